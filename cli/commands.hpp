@@ -1,0 +1,19 @@
+// Registration of the `twinstep` subcommands. Each module's commands live in their own cmd_*.cpp; a command's
+// callback throws twinstep::Error (or a subclass) for bad input, which cli/main.cpp turns into a message and
+// an exit code. Nothing else in a command prints to stderr.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace twinstep::cli {
+
+/// validate, analyze, export-trace (schedule/).
+void register_schedule_commands(CLI::App& app);
+/// lower (models/).
+void register_model_commands(CLI::App& app);
+/// predict, simulate (sim/, topologies/).
+void register_sim_commands(CLI::App& app);
+/// run (backend/); when the backend is not built, `run` explains how to get it.
+void register_backend_commands(CLI::App& app);
+
+}  // namespace twinstep::cli

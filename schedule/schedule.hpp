@@ -1,0 +1,204 @@
+// The schedule IR: one training step (or a microbenchmark) as what each rank's host thread issues, in order.
+// It is the one vocabulary: models/ produce it, sim/ and backend/ execute it, both emit schedule::Trace.
+// It carries no durations for GPU work: those come from a cost model (sim) or the hardware (backend).
+// docs/ir.md is the reference for every field and the execution semantics.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "common/units.hpp"
+
+namespace twinstep::schedule {
+
+using RankId = std::uint32_t;    ///< Global rank (Megatron order: TP fastest, then CP, DP/EP, PP).
+using OpId = std::uint32_t;      ///< Dense: equals the op's index in Schedule::ops.
+using StreamId = std::uint16_t;  ///< Index into Schedule::streams; every rank has every declared stream.
+using CommId = std::uint32_t;    ///< Index into Schedule::communicators.
+
+inline constexpr OpId kNoOp = 0xFFFFFFFFu;
+
+enum class DType : std::uint8_t { kBF16, kFP16, kFP32, kFP8, kInt64, kInt32 };
+
+/// Bytes per element.
+[[nodiscard]] constexpr std::uint32_t dtype_bytes(DType t) {
+  switch (t) {
+    case DType::kBF16: return 2;
+    case DType::kFP16: return 2;
+    case DType::kFP32: return 4;
+    case DType::kFP8: return 1;
+    case DType::kInt64: return 8;
+    case DType::kInt32: return 4;
+  }
+  return 0;
+}
+
+// ---- compute kernels: class and shape; FLOPs and bytes follow (schedule/costs.hpp) ----
+
+/// C[m,n] = A[m,k] x B[k,n], `batch` independent products of that shape.
+struct Gemm {
+  std::uint64_t m = 0, n = 0, k = 0;
+  std::uint64_t batch = 1;
+  DType dtype = DType::kBF16;
+};
+
+/// Grouped GEMM (MoE experts): one [m_i, k] x [k, n] product per local expert, m_i tokens routed to it.
+struct GroupedGemm {
+  std::vector<std::uint64_t> m;  ///< Rows per group (tokens per local expert); size = number of groups.
+  std::uint64_t n = 0, k = 0;
+  DType dtype = DType::kBF16;
+};
+
+/// Core attention (QK^T, softmax, PV) for `batch` sequences; backward when `backward` (about 2.5x the FLOPs).
+struct Attention {
+  std::uint64_t batch = 1;
+  std::uint64_t heads_q = 0, heads_kv = 0;
+  std::uint64_t seq_q = 0, seq_kv = 0;
+  std::uint64_t head_dim = 0;
+  bool causal = true;
+  bool backward = false;
+  DType dtype = DType::kBF16;
+};
+
+/// Bandwidth-bound kernel (norms, activations, residual adds, permute, casts): HBM bytes read plus written.
+struct Elementwise {
+  std::uint64_t bytes = 0;
+  std::uint64_t flops = 0;  ///< Usually negligible; kept so FLOP counts are complete.
+};
+
+/// Optimizer step over `params` parameters held by this rank (Adam: reads/writes param, grad, two moments).
+struct Optimizer {
+  std::uint64_t params = 0;
+  DType param_dtype = DType::kBF16;  ///< Working (model) parameter dtype; master weights and moments are fp32.
+};
+
+enum class CopyKind : std::uint8_t { kD2H, kH2D, kD2D };
+
+/// A memory copy (e.g. the D2H copy of MoE split sizes that a host_sync then waits on).
+struct Memcpy {
+  std::uint64_t bytes = 0;
+  CopyKind kind = CopyKind::kD2D;
+};
+
+using Kernel = std::variant<Gemm, GroupedGemm, Attention, Elementwise, Optimizer, Memcpy>;
+
+/// A GPU kernel. `sm_count` > 0 reserves that many SMs for the kernel's whole duration (fused comm kernels such
+/// as DeepEP/HybridEP, userbuffer comm); 0 means the kernel takes what the GPU gives it.
+struct Compute {
+  Kernel kernel;
+  std::uint32_t sm_count = 0;
+};
+
+// ---- communication ----
+
+enum class CollectiveKind : std::uint8_t { kAllReduce, kAllGather, kReduceScatter, kAllToAll, kBroadcast };
+
+/// A collective on a communicator; one Op per participating rank, matched across members by order on the
+/// communicator. `bytes` is the size of the larger buffer, as nccl-tests reports it: all_reduce and broadcast
+/// the buffer, all_gather the gathered output, reduce_scatter the unreduced input, all_to_all the sum of
+/// `send_bytes`. For all_to_all, `send_bytes[j]` is what this rank sends to the member at position j of the
+/// communicator (uneven splits allowed); what it receives follows from the other members' lists.
+struct Collective {
+  CollectiveKind kind = CollectiveKind::kAllReduce;
+  CommId comm = 0;
+  std::uint64_t bytes = 0;
+  DType dtype = DType::kBF16;
+  std::vector<std::uint64_t> send_bytes;  ///< all_to_all only; size = communicator size.
+  RankId root = 0;                        ///< broadcast only: global rank of the root.
+};
+
+/// Point-to-point send to global rank `peer` over communicator `comm`. Matched with the peer's Recv with the
+/// same (comm, tag), in order.
+struct Send {
+  CommId comm = 0;
+  RankId peer = 0;
+  std::uint64_t bytes = 0;
+  std::uint32_t tag = 0;
+};
+
+struct Recv {
+  CommId comm = 0;
+  RankId peer = 0;
+  std::uint64_t bytes = 0;
+  std::uint32_t tag = 0;
+};
+
+// ---- host-side ----
+
+/// Host work of a given duration on the rank's host thread (framework overhead, CPU computation, event
+/// records). Both executors honour the duration: the simulator advances the host clock, the backend spins.
+struct Host {
+  Nanos duration_ns = 0;
+};
+
+/// The host thread blocks until op `target` (same rank, earlier) has completed on the GPU.
+struct HostSync {
+  OpId target = kNoOp;
+};
+
+using Body = std::variant<Compute, Collective, Send, Recv, Host, HostSync>;
+
+/// The op's kind as a word; the JSON "kind" field ("compute", "collective", "send", "recv", "host", "host_sync").
+[[nodiscard]] const char* kind_name(const Body& body);
+
+enum class Phase : std::uint8_t { kNone, kFwd, kBwd, kWgrad, kOptim };
+
+/// What placed the op; for analysis, attribution and humans. Never changes execution.
+struct Tags {
+  std::int32_t layer = -1;       ///< Transformer layer (global index), -1 if none.
+  std::int32_t microbatch = -1;  ///< Micro-batch index within the step, -1 if none.
+  std::int32_t chunk = -1;       ///< Model chunk (virtual pipeline stage), -1 if none.
+  Phase phase = Phase::kNone;
+  std::string overlap;  ///< Overlap mode that placed or moved the op ("tp", "dp", "ep", ...), empty if none.
+};
+
+struct Op {
+  OpId id = 0;
+  RankId rank = 0;
+  StreamId stream = 0;  ///< GPU stream; ignored for Host and HostSync, which run on the host thread.
+  std::string name;     ///< Stable and human-readable ("L3.mb2.fwd.qkv"); appears in traces and diagnostics.
+  std::vector<OpId> deps;  ///< Cross-stream dependencies (event record/wait): same rank, earlier ops.
+  Body body;
+  Tags tags;
+};
+
+/// A GPU stream declared for every rank. Lower `priority` is more urgent (CUDA convention; 0 is default).
+struct StreamDecl {
+  std::string name;
+  int priority = 0;
+};
+
+/// A named group of ranks. Position in `members` is the rank-in-communicator. `kind` names the parallel
+/// dimension ("tp", "dp", "ep", "pp", "cp", "expt_dp", "world", ...); several communicators share a kind.
+struct Communicator {
+  std::string name;  ///< Unique in the schedule, e.g. "tp.3".
+  std::string kind;
+  std::vector<RankId> members;
+};
+
+/// One step of a training run (or a microbenchmark), all ranks. Ops of one rank appear in that rank's program
+/// order (their relative order in `ops`); ops of different ranks may interleave.
+struct Schedule {
+  static constexpr int kSchemaVersion = 1;
+  std::string name;
+  std::uint32_t world_size = 0;  ///< Ranks in the whole job.
+  std::vector<RankId> ranks;     ///< Ranks present in this schedule (all of them unless reduced), ascending.
+  std::vector<StreamDecl> streams;
+  std::vector<Communicator> communicators;
+  std::vector<Op> ops;
+  std::map<std::string, std::string> meta;  ///< Provenance: model, config, generator, input hashes.
+  std::vector<std::string> warnings;        ///< Gating-rule warnings from lowering, shown to users.
+};
+
+/// Looks a stream / communicator up by name; std::nullopt if absent.
+[[nodiscard]] std::optional<StreamId> find_stream(const Schedule& s, const std::string& name);
+[[nodiscard]] std::optional<CommId> find_communicator(const Schedule& s, const std::string& name);
+
+/// Position of `rank` in `comm.members`, or -1.
+[[nodiscard]] int rank_in(const Communicator& comm, RankId rank);
+
+}  // namespace twinstep::schedule
