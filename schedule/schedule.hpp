@@ -44,6 +44,8 @@ struct Gemm {
   std::uint64_t m = 0, n = 0, k = 0;
   std::uint64_t batch = 1;
   DType dtype = DType::kBF16;
+
+  bool operator==(const Gemm&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// Grouped GEMM (MoE experts): one [m_i, k] x [k, n] product per local expert, m_i tokens routed to it.
@@ -51,6 +53,8 @@ struct GroupedGemm {
   std::vector<std::uint64_t> m;  ///< Rows per group (tokens per local expert); size = number of groups.
   std::uint64_t n = 0, k = 0;
   DType dtype = DType::kBF16;
+
+  bool operator==(const GroupedGemm&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// Core attention (QK^T, softmax, PV) for `batch` sequences; backward when `backward` (about 2.5x the FLOPs).
@@ -62,18 +66,24 @@ struct Attention {
   bool causal = true;
   bool backward = false;
   DType dtype = DType::kBF16;
+
+  bool operator==(const Attention&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// Bandwidth-bound kernel (norms, activations, residual adds, permute, casts): HBM bytes read plus written.
 struct Elementwise {
   std::uint64_t bytes = 0;
   std::uint64_t flops = 0;  ///< Usually negligible; kept so FLOP counts are complete.
+
+  bool operator==(const Elementwise&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// Optimizer step over `params` parameters held by this rank (Adam: reads/writes param, grad, two moments).
 struct Optimizer {
   std::uint64_t params = 0;
   DType param_dtype = DType::kBF16;  ///< Working (model) parameter dtype; master weights and moments are fp32.
+
+  bool operator==(const Optimizer&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 enum class CopyKind : std::uint8_t { kD2H, kH2D, kD2D };
@@ -82,6 +92,8 @@ enum class CopyKind : std::uint8_t { kD2H, kH2D, kD2D };
 struct Memcpy {
   std::uint64_t bytes = 0;
   CopyKind kind = CopyKind::kD2D;
+
+  bool operator==(const Memcpy&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 using Kernel = std::variant<Gemm, GroupedGemm, Attention, Elementwise, Optimizer, Memcpy>;
@@ -91,6 +103,8 @@ using Kernel = std::variant<Gemm, GroupedGemm, Attention, Elementwise, Optimizer
 struct Compute {
   Kernel kernel;
   std::uint32_t sm_count = 0;
+
+  bool operator==(const Compute&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 // ---- communication ----
@@ -109,6 +123,8 @@ struct Collective {
   DType dtype = DType::kBF16;
   std::vector<std::uint64_t> send_bytes;  ///< all_to_all only; size = communicator size.
   RankId root = 0;                        ///< broadcast only: global rank of the root.
+
+  bool operator==(const Collective&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// Point-to-point send to global rank `peer` over communicator `comm`. Matched with the peer's Recv with the
@@ -118,6 +134,8 @@ struct Send {
   RankId peer = 0;
   std::uint64_t bytes = 0;
   std::uint32_t tag = 0;
+
+  bool operator==(const Send&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 struct Recv {
@@ -125,6 +143,8 @@ struct Recv {
   RankId peer = 0;
   std::uint64_t bytes = 0;
   std::uint32_t tag = 0;
+
+  bool operator==(const Recv&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 // ---- host-side ----
@@ -133,11 +153,15 @@ struct Recv {
 /// records). Both executors honour the duration: the simulator advances the host clock, the backend spins.
 struct Host {
   Nanos duration_ns = 0;
+
+  bool operator==(const Host&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// The host thread blocks until op `target` (same rank, earlier) has completed on the GPU.
 struct HostSync {
   OpId target = kNoOp;
+
+  bool operator==(const HostSync&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 using Body = std::variant<Compute, Collective, Send, Recv, Host, HostSync>;
@@ -154,6 +178,8 @@ struct Tags {
   std::int32_t chunk = -1;       ///< Model chunk (virtual pipeline stage), -1 if none.
   Phase phase = Phase::kNone;
   std::string overlap;  ///< Overlap mode that placed or moved the op ("tp", "dp", "ep", ...), empty if none.
+
+  bool operator==(const Tags&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 struct Op {
@@ -164,12 +190,16 @@ struct Op {
   std::vector<OpId> deps;  ///< Cross-stream dependencies (event record/wait): same rank, earlier ops.
   Body body;
   Tags tags;
+
+  bool operator==(const Op&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// A GPU stream declared for every rank. Lower `priority` is more urgent (CUDA convention; 0 is default).
 struct StreamDecl {
   std::string name;
   int priority = 0;
+
+  bool operator==(const StreamDecl&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// A named group of ranks. Position in `members` is the rank-in-communicator. `kind` names the parallel
@@ -178,6 +208,8 @@ struct Communicator {
   std::string name;  ///< Unique in the schedule, e.g. "tp.3".
   std::string kind;
   std::vector<RankId> members;
+
+  bool operator==(const Communicator&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// One step of a training run (or a microbenchmark), all ranks. Ops of one rank appear in that rank's program
@@ -192,6 +224,8 @@ struct Schedule {
   std::vector<Op> ops;
   std::map<std::string, std::string> meta;  ///< Provenance: model, config, generator, input hashes.
   std::vector<std::string> warnings;        ///< Gating-rule warnings from lowering, shown to users.
+
+  bool operator==(const Schedule&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// Looks a stream / communicator up by name; std::nullopt if absent.

@@ -21,6 +21,8 @@ struct OpRecord {
   Nanos issue_ns = 0;
   Nanos start_ns = 0;
   Nanos end_ns = 0;
+
+  bool operator==(const OpRecord&) const = default;  ///< Field-wise (round-trip tests).
 };
 
 struct Trace {
@@ -30,6 +32,8 @@ struct Trace {
   std::vector<OpRecord> records;               ///< One per op of `schedule`, ordered by op id.
   std::vector<Nanos> step_times_ns;            ///< Backend: every measured step; sim: the one step.
   Schedule schedule;                           ///< The schedule that was executed, so a trace stands alone.
+
+  bool operator==(const Trace&) const = default;  ///< Field-wise (round-trip tests).
 };
 
 }  // namespace twinstep::schedule

@@ -1,0 +1,145 @@
+// JSON round trips (IR -> JSON -> IR and JSON -> IR -> JSON are identities) and reader errors that name the
+// JSON pointer and the fix.
+#include "schedule/json.hpp"
+
+#include <string>
+
+#include "common/error.hpp"
+#include "tests/catch.hpp"
+#include "tests/schedule/samples.hpp"
+
+namespace ts = twinstep::schedule;
+using ts::testing::every_kind;
+
+namespace {
+
+/// The ParseError's pointer and message for `text`, or FAILs if it parses.
+std::pair<std::string, std::string> parse_error_of(const std::string& text) {
+  try {
+    (void)ts::schedule_from_json(text, "x.json");
+  } catch (const twinstep::ParseError& e) {
+    return {e.pointer(), e.what()};
+  }
+  FAIL("expected a ParseError for: " << text);
+  return {};
+}
+
+std::string minimal_with_op(const std::string& op) {
+  return R"({"schema_version":1,"name":"m","world_size":1,"ranks":[0],"streams":[{"name":"compute","priority":0}],)"
+         R"("communicators":[{"name":"world","kind":"dp","members":[0]}],"ops":[)" +
+         op + "]}";
+}
+
+}  // namespace
+
+TEST_CASE("schedule::json: IR -> JSON -> IR is the identity for every op kind and kernel class", "[schedule]") {
+  const ts::Schedule s = every_kind();
+  const std::string text = ts::schedule_to_json(s);
+  const ts::Schedule back = ts::schedule_from_json(text, "mem");
+  CHECK(back == s);
+  CHECK(ts::schedule_to_json(back) == text);
+}
+
+TEST_CASE("schedule::json: JSON -> IR -> JSON is the identity on canonical text", "[schedule]") {
+  const std::string text = ts::schedule_to_json(every_kind());
+  CHECK(ts::schedule_to_json(ts::schedule_from_json(text, "mem")) == text);
+  // One op per line: the ops array is line-oriented, easy to diff and grep.
+  CHECK(text.find("\n{\"id\":2,\"rank\":0,\"name\":\"grouped\",\"kind\":\"compute\"") != std::string::npos);
+}
+
+TEST_CASE("schedule::json: default fields may be omitted and key order does not matter", "[schedule]") {
+  // ops before streams/communicators (deferred path), tags/deps/priority/dtype/batch omitted.
+  const std::string text =
+      R"({"ops":[{"kind":"compute","id":0,"rank":0,"name":"g","stream":"c","kernel":{"class":"gemm","m":2,"n":3,"k":4}},)"
+      R"({"id":1,"rank":0,"name":"ar","kind":"collective","stream":"c","collective":"all_reduce","comm":"w","bytes":8}],)"
+      R"("streams":[{"name":"c"}],"communicators":[{"name":"w","kind":"dp","members":[0]}],)"
+      R"("world_size":1,"ranks":[0],"schema_version":1})";
+  const ts::Schedule s = ts::schedule_from_json(text, "mem");
+  REQUIRE(s.ops.size() == 2);
+  const auto& g = std::get<ts::Gemm>(std::get<ts::Compute>(s.ops[0].body).kernel);
+  CHECK(g.m == 2);
+  CHECK(g.batch == 1);
+  CHECK(g.dtype == ts::DType::kBF16);
+  CHECK(s.ops[0].tags.layer == -1);
+  CHECK(std::get<ts::Collective>(s.ops[1].body).bytes == 8);
+  CHECK(s.name.empty());
+}
+
+TEST_CASE("schedule::json: trace round trip", "[schedule]") {
+  ts::Trace t;
+  t.producer = "sim";
+  t.context = {{"gpu", "H100"}, {"topology", "dgx-h100"}};
+  t.step_times_ns = {1000, 1010};
+  t.schedule = every_kind();
+  for (const auto& op : t.schedule.ops) {
+    t.records.push_back({op.id, op.rank, static_cast<twinstep::Nanos>(op.id) * 10, op.id * 10 + 5, op.id * 10 + 9});
+  }
+  const std::string text = ts::trace_to_json(t);
+  const ts::Trace back = ts::trace_from_json(text, "mem");
+  CHECK(back == t);
+  CHECK(ts::trace_to_json(back) == text);
+}
+
+TEST_CASE("schedule::json: unknown schema_version says which version this build reads", "[schedule]") {
+  const auto [ptr, msg] = parse_error_of(R"({"schema_version":2,"world_size":1})");
+  CHECK(ptr == "/schema_version");
+  CHECK(msg.find("reads schema_version 1") != std::string::npos);
+}
+
+TEST_CASE("schedule::json: structural errors name the JSON pointer and the fix", "[schedule]") {
+  const std::string good_kernel = R"("kernel":{"class":"gemm","m":1,"n":2,"k":3})";
+  struct Case {
+    std::string op;
+    std::string pointer;
+    std::string needle;
+  };
+  const Case cases[] = {
+      {R"({"id":0,"rank":0,"name":"a","kind":"compute","stream":"compute","kernel":{"class":"gemm","m":-1,"n":2,"k":3}})",
+       "/ops/0/kernel/m", "non-negative integer"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"compute","stream":"nope",)" + good_kernel + "}", "/ops/0/stream",
+       "declare it in /streams"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"compute",)" + good_kernel + "}", "/ops/0/stream", "missing required"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"launch"})", "/ops/0/kind", "use one of"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"compute","stream":"compute","kernel":{"class":"conv"}})",
+       "/ops/0/kernel/class", "grouped_gemm"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"collective","stream":"compute","collective":"all_reduce","comm":"tp","bytes":1})",
+       "/ops/0/comm", "declare it in /communicators"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"collective","stream":"compute","collective":"all_to_all","comm":"world","bytes":1})",
+       "/ops/0/send_bytes", "one byte count per communicator member"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"host","stream":"compute","duration_ns":5})", "/ops/0/stream",
+       "host thread"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"host","duration_ns":5,"tags":{"micro_batch":1}})",
+       "/ops/0/tags/micro_batch", "microbatch"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"host","duration_ns":5,"tags":{"phase":"forward"}})",
+       "/ops/0/tags/phase", "\"fwd\""},
+      {R"({"id":0,"rank":0,"name":"a","kind":"host","duration_ns":"5 us"})", "/ops/0/duration_ns", "integer"},
+      {R"({"id":0,"rank":0,"name":"a","kind":"host_sync"})", "/ops/0/target", "missing required"},
+      {R"(7)", "/ops/0", "expected an op object"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.op);
+    const auto [ptr, msg] = parse_error_of(minimal_with_op(c.op));
+    CHECK(ptr == c.pointer);
+    CHECK(msg.find(c.needle) != std::string::npos);
+    CHECK(msg.find("x.json") == 0);
+  }
+}
+
+TEST_CASE("schedule::json: syntax errors and wrong top-level types are ParseErrors", "[schedule]") {
+  CHECK_THROWS_AS(ts::schedule_from_json("", "x"), twinstep::ParseError);
+  CHECK_THROWS_AS(ts::schedule_from_json("{\"schema_version\":1,", "x"), twinstep::ParseError);
+  CHECK_THROWS_AS(ts::schedule_from_json("[1,2,3]", "x"), twinstep::ParseError);
+  CHECK_THROWS_AS(ts::schedule_from_json("\xff\xfe garbage", "x"), twinstep::ParseError);
+  CHECK_THROWS_AS(ts::trace_from_json(R"({"schema_version":1,"producer":"sim","records":[3]})", "x"),
+                  twinstep::ParseError);
+  const auto [ptr, msg] = parse_error_of(R"({"schema_version":1,"world_size":1,"ranks":[0],"streams":[]})");
+  CHECK(ptr == "/communicators");
+}
+
+TEST_CASE("schedule::json: spellings", "[schedule]") {
+  CHECK(std::string(ts::dtype_name(ts::DType::kFP8)) == "fp8");
+  CHECK(ts::parse_dtype("int32") == ts::DType::kInt32);
+  CHECK_THROWS_AS(ts::parse_dtype("bfloat16"), twinstep::Error);
+  CHECK(std::string(ts::collective_name(ts::CollectiveKind::kReduceScatter)) == "reduce_scatter");
+  CHECK(std::string(ts::phase_name(ts::Phase::kWgrad)) == "wgrad");
+}
