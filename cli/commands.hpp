@@ -13,6 +13,8 @@ void register_schedule_commands(CLI::App& app);
 void register_model_commands(CLI::App& app);
 /// predict, simulate (sim/, topologies/).
 void register_sim_commands(CLI::App& app);
+/// compare (calibration/).
+void register_calibration_commands(CLI::App& app);
 /// run (backend/); when the backend is not built, `run` explains how to get it.
 void register_backend_commands(CLI::App& app);
 
