@@ -1,2 +1,48 @@
-// Placeholder: the models owner replaces this file (shared --model/--config/parallel/overlap flags).
+// The flags `twinstep lower` and `twinstep predict` share: model, run config file, parallel layout, batch,
+// precision, recompute and overlap knobs (Megatron names in the config, short flags on the command line).
 #pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "models/run_config.hpp"
+
+namespace twinstep::cli {
+
+/// Raw flag values; unset optionals leave the config (file or defaults) unchanged.
+struct RunFlags {
+  std::string model;   ///< --model: zoo id or path.
+  std::string config;  ///< --config: run config JSON.
+  std::optional<std::uint32_t> tp, pp, vpp, cp, ep, etp, dp;
+  std::optional<bool> sp;
+  std::optional<std::uint32_t> mbs, gbs, seq;
+  std::optional<std::string> dtype;
+  std::optional<std::string> recompute;         ///< none | selective | full
+  std::optional<std::string> recompute_method;  ///< uniform | block
+  std::optional<std::uint32_t> recompute_num_layers;
+  std::optional<std::string> dispatcher;        ///< alltoall | allgather | flex
+  std::optional<std::string> cp_comm_type;
+  std::optional<std::uint64_t> bucket_size;
+  std::optional<std::uint32_t> cdmc;
+  std::optional<bool> distributed_optimizer;
+  std::optional<bool> overlap_grad_reduce, overlap_param_gather, tp_comm_overlap, overlap_p2p_comm, batch_p2p_comm;
+  std::optional<std::int32_t> first_pipeline_layers, last_pipeline_layers;
+  std::optional<bool> account_for_embedding, account_for_loss;
+};
+
+/// Adds --model --config --tp --pp --vpp --cp --ep --etp --dp --sp --mbs --gbs --seq --dtype --recompute
+/// --recompute-method --recompute-num-layers --dispatcher --cp-comm-type --bucket-size --cdmc
+/// --distributed-optimizer --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap --overlap-p2p-comm
+/// --batch-p2p-comm --first-pipeline-layers --last-pipeline-layers --account-for-embedding --account-for-loss.
+void add_run_flags(CLI::App& sub, RunFlags& flags);
+
+/// Starts from --config (if given), overrides with the flags that were given, sets world_size and
+/// gpu_memory_bytes (when > 0). When neither the file nor a flag sets CUDA_DEVICE_MAX_CONNECTIONS and TP or CP > 1,
+/// it is set to 1 as the Megatron-Bridge perf recipes do (MLM asserts it on Hopper). Throws Error naming the flag.
+[[nodiscard]] models::RunConfig resolve_run_config(const RunFlags& flags, std::uint32_t world_size,
+                                                   double gpu_memory_bytes);
+
+}  // namespace twinstep::cli

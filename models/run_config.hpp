@@ -63,6 +63,11 @@ struct RunConfig {
   bool batch_p2p_comm = true;
   std::string cp_comm_type = "p2p";  ///< "p2p" | "all_gather" | "a2a" | "a2a+p2p".
   std::uint32_t cuda_device_max_connections = 8;
+  bool batch_p2p_sync = true;  ///< torch.cuda.synchronize() after every batched P2P exchange (MCore default).
+  std::uint32_t microbatch_group_size_per_vp_stage = 0;  ///< 0 = pipeline_model_parallel_size (MCore default).
+  bool align_grad_reduce = true;  ///< VPP: dispatch a chunk's grad reduction at the same time on all PP ranks.
+  std::vector<std::uint32_t> hierarchical_context_parallel_sizes;  ///< For cp_comm_type "a2a+p2p": {inner, outer}.
+  std::uint32_t gpu_compute_capability_major = 9;  ///< 9 = Hopper; >= 10 lifts the CDMC == 1 requirement.
 
   // MoE (lowered by the MoE issue; knobs present so configs round-trip).
   std::string moe_token_dispatcher_type = "alltoall";  ///< "alltoall" | "allgather" | "flex".
@@ -83,5 +88,16 @@ struct RunConfig {
 /// shared_expert) to `base`: sets the Megatron knobs the modes map to and clears the others.
 /// Throws twinstep::Error for an unknown mode name.
 [[nodiscard]] RunConfig apply_overlap_variant(const RunConfig& base, const std::string& variant);
+
+/// Parses a run config JSON text; `source` names it in errors. Fields absent from the text keep `base`'s values.
+[[nodiscard]] RunConfig run_config_from_json(const std::string& text, const std::string& source,
+                                             const RunConfig& base = RunConfig{});
+
+/// Writes a run config as JSON with the same field names (round trip with run_config_from_json).
+[[nodiscard]] std::string run_config_to_json(const RunConfig& config);
+
+/// The derived data-parallel size world / (tp * pp * cp); throws twinstep::Error naming the field if the world
+/// is not divisible or a set data_parallel_size disagrees.
+[[nodiscard]] std::uint32_t derived_dp(const RunConfig& config);
 
 }  // namespace twinstep::models

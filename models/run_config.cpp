@@ -1,0 +1,206 @@
+// Run config JSON (Megatron field names, unknown fields rejected by name) and overlap variants
+// ("none", "all", "dp+tp", ...) mapped onto the Megatron knobs.
+#include "models/run_config.hpp"
+
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "schedule/json.hpp"
+
+namespace twinstep::models {
+namespace {
+
+using Json = nlohmann::json;
+
+/// One JSON field bound to a RunConfig member: how to read it and how to write it.
+struct Field {
+  const char* name;
+  std::function<void(RunConfig&, const Json&)> read;
+  std::function<Json(const RunConfig&)> write;
+};
+
+template <typename T>
+Field plain(const char* name, T RunConfig::*member) {
+  return Field{name, [member](RunConfig& c, const Json& j) { c.*member = j.get<T>(); },
+               [member](const RunConfig& c) { return Json(c.*member); }};
+}
+
+template <typename T>
+Field host_field(const char* name, T HostCosts::*member) {
+  return Field{name, [member](RunConfig& c, const Json& j) { c.host.*member = j.get<T>(); },
+               [member](const RunConfig& c) { return Json(c.host.*member); }};
+}
+
+const std::vector<Field>& fields() {
+  static const std::vector<Field> kFields = {
+      plain("world_size", &RunConfig::world_size),
+      plain("tensor_model_parallel_size", &RunConfig::tensor_model_parallel_size),
+      plain("pipeline_model_parallel_size", &RunConfig::pipeline_model_parallel_size),
+      plain("virtual_pipeline_model_parallel_size", &RunConfig::virtual_pipeline_model_parallel_size),
+      plain("context_parallel_size", &RunConfig::context_parallel_size),
+      plain("expert_model_parallel_size", &RunConfig::expert_model_parallel_size),
+      plain("expert_tensor_parallel_size", &RunConfig::expert_tensor_parallel_size),
+      plain("data_parallel_size", &RunConfig::data_parallel_size),
+      plain("sequence_parallel", &RunConfig::sequence_parallel),
+      plain("decoder_first_pipeline_num_layers", &RunConfig::decoder_first_pipeline_num_layers),
+      plain("decoder_last_pipeline_num_layers", &RunConfig::decoder_last_pipeline_num_layers),
+      plain("account_for_embedding_in_pipeline_split", &RunConfig::account_for_embedding_in_pipeline_split),
+      plain("account_for_loss_in_pipeline_split", &RunConfig::account_for_loss_in_pipeline_split),
+      plain("micro_batch_size", &RunConfig::micro_batch_size),
+      plain("global_batch_size", &RunConfig::global_batch_size),
+      plain("seq_length", &RunConfig::seq_length),
+      Field{"dtype", [](RunConfig& c, const Json& j) { c.dtype = schedule::parse_dtype(j.get<std::string>()); },
+            [](const RunConfig& c) { return Json(schedule::dtype_name(c.dtype)); }},
+      plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
+      plain("recompute_granularity", &RunConfig::recompute_granularity),
+      plain("recompute_method", &RunConfig::recompute_method),
+      plain("recompute_num_layers", &RunConfig::recompute_num_layers),
+      plain("use_distributed_optimizer", &RunConfig::use_distributed_optimizer),
+      plain("overlap_grad_reduce", &RunConfig::overlap_grad_reduce),
+      plain("overlap_param_gather", &RunConfig::overlap_param_gather),
+      plain("bucket_size", &RunConfig::bucket_size),
+      plain("tp_comm_overlap", &RunConfig::tp_comm_overlap),
+      plain("overlap_p2p_comm", &RunConfig::overlap_p2p_comm),
+      plain("batch_p2p_comm", &RunConfig::batch_p2p_comm),
+      plain("cp_comm_type", &RunConfig::cp_comm_type),
+      plain("cuda_device_max_connections", &RunConfig::cuda_device_max_connections),
+      plain("batch_p2p_sync", &RunConfig::batch_p2p_sync),
+      plain("microbatch_group_size_per_vp_stage", &RunConfig::microbatch_group_size_per_vp_stage),
+      plain("align_grad_reduce", &RunConfig::align_grad_reduce),
+      plain("hierarchical_context_parallel_sizes", &RunConfig::hierarchical_context_parallel_sizes),
+      plain("gpu_compute_capability_major", &RunConfig::gpu_compute_capability_major),
+      plain("moe_token_dispatcher_type", &RunConfig::moe_token_dispatcher_type),
+      plain("overlap_moe_expert_parallel_comm", &RunConfig::overlap_moe_expert_parallel_comm),
+      plain("delay_wgrad_compute", &RunConfig::delay_wgrad_compute),
+      plain("moe_shared_expert_overlap", &RunConfig::moe_shared_expert_overlap),
+      plain("moe_routing_skew", &RunConfig::moe_routing_skew),
+      plain("moe_flex_num_sms", &RunConfig::moe_flex_num_sms),
+      plain("gpu_memory_bytes", &RunConfig::gpu_memory_bytes),
+  };
+  return kFields;
+}
+
+const std::vector<Field>& host_fields() {
+  static const std::vector<Field> kFields = {
+      host_field("per_module_call_ns", &HostCosts::per_module_call_ns),
+      host_field("per_kernel_launch_ns", &HostCosts::per_kernel_launch_ns),
+      host_field("event_record_ns", &HostCosts::event_record_ns),
+      host_field("optimizer_step_ns", &HostCosts::optimizer_step_ns),
+  };
+  return kFields;
+}
+
+void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c, const std::string& source,
+                 const std::string& prefix) {
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    const std::string pointer = prefix + "/" + it.key();
+    if (prefix.empty() && it.key() == "host") {
+      if (!it->is_object()) throw ParseError(source, pointer, "must be an object of host costs in ns");
+      read_fields(host_fields(), *it, c, source, pointer);
+      continue;
+    }
+    const Field* found = nullptr;
+    for (const auto& f : table) {
+      if (it.key() == f.name) found = &f;
+    }
+    if (found == nullptr) {
+      throw ParseError(source, pointer,
+                       "unknown field \"" + it.key() + "\"; run config fields use Megatron names "
+                       "(e.g. tensor_model_parallel_size, overlap_grad_reduce); fix the spelling or remove it");
+    }
+    try {
+      found->read(c, *it);
+    } catch (const Json::exception& e) {
+      throw ParseError(source, pointer, std::string("wrong type for \"") + found->name + "\": " + e.what());
+    } catch (const Error& e) {
+      throw ParseError(source, pointer, e.what());
+    }
+  }
+}
+
+}  // namespace
+
+RunConfig run_config_from_json(const std::string& text, const std::string& source, const RunConfig& base) {
+  Json j;
+  try {
+    j = Json::parse(text);
+  } catch (const Json::parse_error& e) {
+    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
+  }
+  if (!j.is_object()) throw ParseError(source, "", "a run config must be a JSON object");
+  RunConfig c = base;
+  read_fields(fields(), j, c, source, "");
+  return c;
+}
+
+RunConfig read_run_config(const std::string& path) { return run_config_from_json(read_file(path), path); }
+
+std::string run_config_to_json(const RunConfig& config) {
+  Json j = Json::object();
+  for (const auto& f : fields()) j[f.name] = f.write(config);
+  Json h = Json::object();
+  for (const auto& f : host_fields()) h[f.name] = f.write(config);
+  j["host"] = h;
+  return j.dump(2) + "\n";
+}
+
+std::uint32_t derived_dp(const RunConfig& c) {
+  const std::uint64_t model = static_cast<std::uint64_t>(c.tensor_model_parallel_size) *
+                              c.pipeline_model_parallel_size * c.context_parallel_size;
+  if (model == 0) throw Error("tensor/pipeline/context parallel sizes must be >= 1");
+  if (c.world_size == 0 || c.world_size % model != 0) {
+    throw Error("world_size " + std::to_string(c.world_size) + " is not divisible by tensor x pipeline x context " +
+                "parallel size " + std::to_string(model) + "; change the GPU count or the parallel sizes");
+  }
+  const auto dp = static_cast<std::uint32_t>(c.world_size / model);
+  if (c.data_parallel_size != 0 && c.data_parallel_size != dp) {
+    throw Error("data_parallel_size " + std::to_string(c.data_parallel_size) + " disagrees with world / (tp*pp*cp) = " +
+                std::to_string(dp) + "; leave it unset (0) or fix the GPU count");
+  }
+  return dp;
+}
+
+RunConfig apply_overlap_variant(const RunConfig& base, const std::string& variant) {
+  bool dp = false, tp = false, pp = false, cp = false, ep = false, delay = false, shared = false;
+  if (variant == "all") {
+    // shared_expert is left out: MCore rejects moe_shared_expert_overlap together with EP overlap.
+    dp = tp = pp = cp = ep = delay = true;
+  } else if (variant != "none") {
+    std::size_t start = 0;
+    while (start <= variant.size()) {
+      std::size_t end = variant.find('+', start);
+      if (end == std::string::npos) end = variant.size();
+      const std::string mode = variant.substr(start, end - start);
+      if (mode == "dp") dp = true;
+      else if (mode == "tp") tp = true;
+      else if (mode == "pp") pp = true;
+      else if (mode == "cp") cp = true;
+      else if (mode == "ep") ep = true;
+      else if (mode == "delay_wgrad") delay = true;
+      else if (mode == "shared_expert") shared = true;
+      else {
+        throw Error("unknown overlap mode \"" + mode + "\" in variant \"" + variant +
+                    "\"; use none, all, or +-joined modes from: dp, tp, pp, cp, ep, delay_wgrad, shared_expert");
+      }
+      start = end + 1;
+    }
+  }
+  RunConfig c = base;
+  c.overlap_grad_reduce = dp;
+  // overlap_param_gather needs the distributed optimizer (MLM args); without it "dp" means grad reduce only.
+  c.overlap_param_gather = dp && base.use_distributed_optimizer;
+  c.tp_comm_overlap = tp;
+  c.overlap_p2p_comm = pp;
+  if (pp) c.batch_p2p_comm = false;  // overlap_p2p_comm and batch_p2p_comm together is a ValueError in MCore.
+  // CP: the p2p ring is the overlapped form; all_gather is its non-overlapped counterpart. a2a types have no toggle.
+  if (cp) c.cp_comm_type = "p2p";
+  else if (base.cp_comm_type == "p2p") c.cp_comm_type = "all_gather";
+  c.overlap_moe_expert_parallel_comm = ep;
+  c.delay_wgrad_compute = delay;
+  c.moe_shared_expert_overlap = shared;
+  return c;
+}
+
+}  // namespace twinstep::models
