@@ -1,0 +1,43 @@
+// Errors of the CUDA/NCCL backend: every failing CUDA, cuBLAS or NCCL call becomes one BackendError naming the
+// call, the op being issued (when there is one) and the rank, thrown at the call site. Never relayed by hand.
+#pragma once
+
+#include <string>
+
+#include "common/error.hpp"
+
+namespace twinstep::backend {
+
+/// A device-side failure (CUDA, cuBLAS, NCCL) or a hung step caught by the watchdog.
+/// what() is one complete line: "rank 1 (host a): ncclAllReduce(...) failed: unhandled cuda error (op 12 "x")".
+class BackendError : public Error {
+ public:
+  BackendError(std::string api, int code, int rank, const std::string& message)
+      : Error(message, ExitCode::kInternal), api_(std::move(api)), code_(code), rank_(rank) {}
+  [[nodiscard]] const std::string& api() const { return api_; }
+  [[nodiscard]] int api_code() const { return code_; }
+  [[nodiscard]] int rank() const { return rank_; }
+
+ private:
+  std::string api_;
+  int code_;
+  int rank_;
+};
+
+/// Context appended to every device error: set by the executor while it issues an op, and the process rank.
+/// Thread-local, so the watchdog thread's own calls carry no op.
+void set_error_context_rank(int rank);
+void set_error_context_op(const std::string& op_description);  ///< "" clears it.
+
+/// Throw BackendError if `status` is not success. `call` is the source text of the call.
+void check_cuda(int status, const char* call, const char* file, int line);
+void check_nccl(int status, const char* call, const char* file, int line);
+void check_cublas(int status, const char* call, const char* file, int line);
+
+}  // namespace twinstep::backend
+
+/// Checks a cudaError_t / ncclResult_t / cublasStatus_t and throws BackendError naming the call, op and rank.
+#define TWINSTEP_CUDA_CHECK(expr) ::twinstep::backend::check_cuda(static_cast<int>(expr), #expr, __FILE__, __LINE__)
+#define TWINSTEP_NCCL_CHECK(expr) ::twinstep::backend::check_nccl(static_cast<int>(expr), #expr, __FILE__, __LINE__)
+#define TWINSTEP_CUBLAS_CHECK(expr) \
+  ::twinstep::backend::check_cublas(static_cast<int>(expr), #expr, __FILE__, __LINE__)

@@ -1,0 +1,91 @@
+// The real executor: runs a schedule on GPUs (one process per GPU, MPI only to bootstrap NCCL and number the
+// ranks) with CUDA streams, events, cuBLAS GEMMs, our own bandwidth-bound kernels and NCCL collectives, and
+// measures every op. Not a simulator: nothing here models time; every duration is read from the hardware.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "schedule/schedule.hpp"
+#include "schedule/trace.hpp"
+#include "schedule/validate.hpp"
+
+namespace twinstep::backend {
+
+/// What can_execute() checks a schedule against; Runtime::device_info() measures it (collectively).
+struct DeviceInfo {
+  int processes = 1;                ///< Processes in the group (one per GPU).
+  int local_processes = 1;          ///< Processes on this host (the most over hosts).
+  int device_count = 0;             ///< GPUs visible to one process.
+  std::uint64_t free_bytes = 0;     ///< Free GPU memory usable for buffers, the least over processes.
+  std::string gpu_name;
+};
+
+/// Device buffers an op reads and writes, for the test hook. Null when the op has none.
+struct OpBuffers {
+  void* send = nullptr;  ///< Collective/send input (device).
+  void* recv = nullptr;  ///< Collective/recv output (device).
+  std::uint64_t send_bytes = 0;
+  std::uint64_t recv_bytes = 0;
+};
+
+/// Test hook: lets a test fill a communication op's inputs and read its outputs. When set, the executor waits for
+/// the op's stream to drain before `before` and for the op to complete before `after` (so ops run one at a time).
+class DataHook {
+ public:
+  virtual ~DataHook() = default;
+  virtual void before(const schedule::Op& op, const OpBuffers& buffers) = 0;
+  virtual void after(const schedule::Op& op, const OpBuffers& buffers) = 0;
+};
+
+struct Options {
+  int warmup_steps = 2;       ///< Steps run and discarded (module load, NCCL connection setup, cuBLAS heuristics).
+  int steps = 5;              ///< Measured steps; the trace holds the per-op median over them.
+  double timeout_s = 120.0;   ///< Watchdog limit for one step, from the step barrier to its last op's end.
+  DataHook* hook = nullptr;   ///< Tests only.
+};
+
+/// Every reason `schedule` cannot run here (empty means it can): ranks versus processes, reduced schedules,
+/// kernels and dtypes the backend does not implement, buffers that do not fit in free GPU memory.
+[[nodiscard]] std::vector<schedule::Diagnostic> can_execute(const schedule::Schedule& schedule,
+                                                            const DeviceInfo& info);
+
+/// Device memory the backend allocates for rank `rank` of `schedule` (buffers sized by the largest op of each
+/// kind, plus cuBLAS workspaces), in bytes.
+[[nodiscard]] std::uint64_t required_device_bytes(const schedule::Schedule& schedule, schedule::RankId rank);
+
+/// Which processes form the runtime: all of MPI_COMM_WORLD, or this process alone (tests of one-GPU schedules).
+enum class ProcessGroup : std::uint8_t { kWorld, kSelf };
+
+/// One process's share of a run: its GPU, the NCCL world communicator, cached communicator splits, cuBLAS
+/// handles and the buffer pool. Constructing and executing are collective over the group. Initializes MPI when
+/// the process was started by a launcher (mpirun/srun); a process started alone runs as a group of one.
+class Runtime {
+ public:
+  explicit Runtime(ProcessGroup group = ProcessGroup::kWorld);
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  [[nodiscard]] int rank() const;
+  [[nodiscard]] int size() const;
+  /// Collective: free memory is the least over the group.
+  [[nodiscard]] DeviceInfo device_info();
+  /// Collective: runs warm-up and measured steps and returns the whole trace on every process. Throws
+  /// NotFeasibleError if can_execute() objects, BackendError on device errors or a watchdog timeout (after which
+  /// the communicators are aborted and this Runtime refuses further work).
+  [[nodiscard]] schedule::Trace execute(const schedule::Schedule& schedule, const Options& options);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Initializes MPI if a launcher started this process and MPI is not initialized yet; finalizes at exit.
+/// Returns whether MPI is in use.
+bool init_mpi();
+
+}  // namespace twinstep::backend
