@@ -1,0 +1,90 @@
+// Hand-made predicted and measured traces of one small schedule, with durations chosen so that every residual
+// of calibration::compare has a closed form (worked out in the comments below and asserted in compare_test.cpp).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "schedule/schedule.hpp"
+#include "schedule/trace.hpp"
+
+namespace twinstep::calibration::testing {
+
+namespace ts = twinstep::schedule;
+
+/// Two ranks, five ops each (ids 0-4 on rank 0, 5-9 on rank 1):
+///   rank 0: gemm, elementwise, all_reduce (dp), send (pp) to rank 1, host
+///   rank 1: gemm, elementwise, all_reduce (dp), recv (pp) from rank 0, host
+inline ts::Schedule small_schedule() {
+  ts::Schedule s;
+  s.name = "calib_small";
+  s.world_size = 2;
+  s.ranks = {0, 1};
+  s.streams = {{"compute", 0}, {"comm", -1}};
+  s.communicators = {{"dp.0", "dp", {0, 1}}, {"pp.0", "pp", {0, 1}}};
+  auto add = [&](ts::RankId rank, std::string name, ts::StreamId stream, ts::Body body) {
+    ts::Op op;
+    op.id = static_cast<ts::OpId>(s.ops.size());
+    op.rank = rank;
+    op.name = std::move(name);
+    op.stream = stream;
+    op.body = std::move(body);
+    s.ops.push_back(std::move(op));
+  };
+  for (ts::RankId r = 0; r < 2; ++r) {
+    const std::string p = "r" + std::to_string(r) + ".";
+    add(r, p + "fwd.gemm", 0, ts::Compute{ts::Gemm{1024, 1024, 1024, 1, ts::DType::kBF16}, 0});
+    add(r, p + "fwd.act", 0, ts::Compute{ts::Elementwise{1 << 20, 0}, 0});
+    ts::Collective ar;
+    ar.kind = ts::CollectiveKind::kAllReduce;
+    ar.comm = 0;
+    ar.bytes = 1 << 20;
+    add(r, p + "grad.ar", 1, ar);
+    if (r == 0) {
+      add(r, p + "pp.send", 1, ts::Send{1, 1, 4096, 0});
+    } else {
+      add(r, p + "pp.recv", 1, ts::Recv{1, 0, 4096, 0});
+    }
+    add(r, p + "host", 0, ts::Host{5});
+  }
+  return s;
+}
+
+/// A trace of `s` with the records given as (start, end) per op id; issue = start.
+inline ts::Trace make_trace(const ts::Schedule& s, const std::string& producer,
+                            const std::vector<std::pair<Nanos, Nanos>>& start_end) {
+  ts::Trace t;
+  t.producer = producer;
+  t.schedule = s;
+  for (std::size_t i = 0; i < start_end.size(); ++i) {
+    t.records.push_back({static_cast<ts::OpId>(i), s.ops[i].rank, start_end[i].first, start_end[i].first,
+                         start_end[i].second});
+  }
+  return t;
+}
+
+/// Predicted: both ranks run back to back, durations gemm 100, act 10, all_reduce 50, send/recv 40, host 5.
+/// Step from records: 205 ns. Busy per kind (all members arrive together): dp 50, pp 40 ns.
+inline ts::Trace predicted_trace() {
+  ts::Trace t = make_trace(small_schedule(), "sim",
+                           {{0, 100}, {100, 110}, {110, 160}, {160, 200}, {200, 205},    // rank 0
+                            {0, 100}, {100, 110}, {110, 160}, {160, 200}, {200, 205}});  // rank 1
+  t.context = {{"profile", "datasheet defaults"}, {"topology", "h200x2-nvlink"}};
+  return t;
+}
+
+/// Measured: rank 0 gemm 120, act 10, all_reduce 80, send 30, host 5; rank 1 gemm 150, act 14, all_reduce 60,
+/// recv 45, host 5. Step: median of {300, 280, 290, 1000} = 295 ns.
+/// dp transfer starts when rank 1 arrives (164): busy rank 0 = 210-164 = 46, rank 1 = 60, mean 53 ns.
+/// pp transfer starts at the recv's start (224): send 240-224 = 16, recv 45, mean 30.5 ns.
+inline ts::Trace measured_trace() {
+  ts::Trace t = make_trace(small_schedule(), "backend",
+                           {{0, 120}, {120, 130}, {130, 210}, {210, 240}, {240, 245},    // rank 0
+                            {0, 150}, {150, 164}, {164, 224}, {224, 269}, {269, 274}});  // rank 1
+  t.step_times_ns = {300, 280, 290, 1000};
+  t.context = {{"gpu", "NVIDIA H200"}, {"nccl", "2.28"}};
+  return t;
+}
+
+}  // namespace twinstep::calibration::testing
