@@ -1,6 +1,75 @@
-// Placeholder: the owner of this command replaces this file.
+// `twinstep run`: executes a schedule on real GPUs through the CUDA/NCCL backend, one process per GPU under
+// mpirun/srun (or one process for a one-GPU schedule), and writes the measured trace (rank 0 writes it).
+// Without the backend in the binary, `run` still exists and says how to build it (exit 2).
+#include <cstdio>
+#include <memory>
+#include <string>
+
 #include "cli/commands.hpp"
+#include "common/error.hpp"
+#include "schedule/json.hpp"
+#include "schedule/validate.hpp"
+
+#if defined(TWINSTEP_HAVE_BACKEND)
+#include "backend/executor.hpp"
+#endif
 
 namespace twinstep::cli {
-void register_backend_commands(CLI::App& /*app*/) {}
+
+namespace {
+
+struct RunArgs {
+  std::string schedule_path;
+  std::string trace_path;
+  int warmup = 2;
+  int steps = 5;
+  double timeout_s = 120.0;
+};
+
+void run_command(const RunArgs& a) {
+#if defined(TWINSTEP_HAVE_BACKEND)
+  if (a.steps < 1) throw Error("--steps must be at least 1 (measured steps)");
+  if (a.warmup < 0) throw Error("--warmup must be 0 or more");
+  if (a.timeout_s <= 0) throw Error("--timeout-s must be positive (seconds per step)");
+  const schedule::Schedule s = schedule::read_schedule(a.schedule_path);
+  schedule::check(s);
+  backend::Runtime runtime;
+  backend::Options options;
+  options.warmup_steps = a.warmup;
+  options.steps = a.steps;
+  options.timeout_s = a.timeout_s;
+  schedule::Trace trace = runtime.execute(s, options);
+  trace.context["schedule_file"] = a.schedule_path;
+  trace.context["command"] = "twinstep run --warmup " + std::to_string(a.warmup) + " --steps " +
+                             std::to_string(a.steps) + " --timeout-s " + std::to_string(a.timeout_s);
+  if (runtime.rank() == 0) {
+    schedule::write_trace(trace, a.trace_path);
+    double best = 0;
+    for (auto t : trace.step_times_ns) best = (best == 0 || t < best) ? static_cast<double>(t) : best;
+    std::fprintf(stderr, "twinstep run: %zu ops on %d GPU(s), %zu measured steps, fastest step %.3f ms -> %s\n",
+                 s.ops.size(), runtime.size(), trace.step_times_ns.size(), best * 1e-6, a.trace_path.c_str());
+  }
+#else
+  (void)a;
+  throw Error(
+      "this twinstep was built without the CUDA/NCCL backend, so it cannot run schedules on GPUs: rebuild on a "
+      "machine with nvcc, NCCL and MPI with `cmake -DTWINSTEP_BACKEND=ON` (for example `cmake -S . -B build -G Ninja "
+      "-DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90`), then start it under `mpirun -np N twinstep run ...`");
+#endif
+}
+
+}  // namespace
+
+void register_backend_commands(CLI::App& app) {
+  auto args = std::make_shared<RunArgs>();
+  CLI::App* run = app.add_subcommand(
+      "run", "Execute a schedule on GPUs and measure every op (under mpirun/srun: one process per GPU)");
+  run->add_option("schedule", args->schedule_path, "Schedule JSON (from `twinstep lower`)")->required();
+  run->add_option("-o,--output", args->trace_path, "Measured trace JSON, written by rank 0")->required();
+  run->add_option("--warmup", args->warmup, "Warm-up steps, run and discarded")->capture_default_str();
+  run->add_option("--steps", args->steps, "Measured steps; the trace holds per-op medians")->capture_default_str();
+  run->add_option("--timeout-s", args->timeout_s, "Watchdog limit per step in seconds")->capture_default_str();
+  run->callback([args] { run_command(*args); });
+}
+
 }  // namespace twinstep::cli
