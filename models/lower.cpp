@@ -1,14 +1,1688 @@
-// Lowering (placeholder while the real lowering lands): validates the layout and rejects everything else.
+// Lowering of (dense) model x run config to one training step as a schedule, the way Megatron-Core executes it:
+// rank order TP fastest then CP, DP, PP; per-layer ops of megatron-overlap.md section 1; TP/SP collectives and TE
+// userbuffer overlap (section 3); CP exchanges per cp_comm_type (section 5); 1F1B and interleaved 1F1B with Megatron's
+// P2P flags (section 4); DP buckets and grad/param overlap (section 2); gating rules (section 7).
+// Each rank is lowered by a function of its coordinates alone (RankLowering), so that a symmetry-reduced schedule can
+// emit only representative ranks.
 #include "models/lower.hpp"
 
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <numeric>
+#include <set>
+
+#include "common/assert.hpp"
 #include "common/error.hpp"
+#include "schedule/kernel_math.hpp"
 
 namespace twinstep::models {
+namespace {
 
-Lowered lower(const ModelSpec& model, const RunConfig& config) {
-  (void)model;
-  (void)derived_dp(config);
-  throw Error("lowering is not implemented yet (issue #3 in progress)");
+using schedule::Attention;
+using schedule::Body;
+using schedule::CollectiveKind;
+using schedule::CommId;
+using schedule::Compute;
+using schedule::Elementwise;
+using schedule::Gemm;
+using schedule::OpId;
+using schedule::Phase;
+using schedule::RankId;
+using schedule::StreamId;
+
+constexpr std::uint64_t kMcoreMinBucket = 40000000;        // MCore: max(40M, 1M * dp) when bucket_size is None
+constexpr std::uint64_t kNcclBufferBytesPerComm = 64ull << 20;  // estimate: channels x NCCL_BUFFSIZE per communicator
+constexpr std::uint32_t kUbSites = 10;  // TE userbuffer names: {qkv,proj,fc1,fc2}_fprop, 4 dgrad, 2 wgrad
+constexpr std::uint32_t kPipelinedRsSplits = 4;  // TE default num_splits for pipelined GEMM+RS (proj/fc2 fprop)
+
+std::string str(std::uint64_t v) { return std::to_string(v); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Validated layout figures.
+
+struct Dims {
+  std::uint32_t t = 1, p = 1, v = 1, c = 1, d = 1, m = 1, g = 1;
+  bool sp = false;
+  std::uint64_t s = 0, b = 1;
+  std::uint64_t tokens = 0;     // T = s*b/c: tokens per CP rank (gathered over TP)
+  std::uint64_t tokens_sp = 0;  // T / t with SP, else T
+  std::uint64_t h = 0, f = 0, ffn1 = 0, nq = 0, nkv = 0, dh = 0, vocab_padded = 0;
+  std::uint64_t act_bytes = 2, grad_bytes = 2;
+  schedule::DType dtype = schedule::DType::kBF16;
+  // Effective overlap switches after gating.
+  bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
+  bool aligned_param_gather = false;
+  std::string cp_type = "p2p";
+};
+
+void fail(const std::string& rule, const std::string& fix) { throw Error(rule + "; " + fix); }
+
+/// Applies Megatron's gating rules (warnings for silent disables, errors for assertions) and checks divisibility.
+Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>& warnings) {
+  Dims k;
+  k.t = cfg.tensor_model_parallel_size;
+  k.p = cfg.pipeline_model_parallel_size;
+  k.v = std::max<std::uint32_t>(1, cfg.virtual_pipeline_model_parallel_size);
+  k.c = cfg.context_parallel_size;
+  if (k.t == 0 || k.p == 0 || k.c == 0) fail("parallel sizes must be >= 1", "set tp/pp/cp to at least 1");
+  k.d = derived_dp(cfg);
+  k.sp = cfg.sequence_parallel && k.t > 1;
+  if (cfg.sequence_parallel && k.t == 1) {
+    warnings.push_back("sequence_parallel with tensor_model_parallel_size=1 has no effect (Megatron disables it)");
+  }
+  for (std::uint32_t i = 0; i < model.num_layers; ++i) {
+    if (model.is_moe_layer(i)) {
+      throw Error("model \"" + model.name + "\": MoE layer lowering is not implemented yet (issue #4); layer " +
+                  str(i) + " is an MoE layer. Use a dense model (llama3-8b, llama3-70b, llama3.1-405b, gpt3-175b)");
+    }
+    if (model.uses_mla() || model.is_linear_attention_layer(i)) {
+      throw Error("model \"" + model.name + "\": multi-latent / linear attention lowering is not implemented yet "
+                  "(issue #4)");
+    }
+  }
+  k.b = cfg.micro_batch_size;
+  k.s = cfg.seq_length;
+  if (k.b == 0 || k.s == 0) fail("micro_batch_size and seq_length must be >= 1", "set them");
+  const std::uint64_t per_step = static_cast<std::uint64_t>(k.b) * k.d;
+  if (cfg.global_batch_size == 0 || cfg.global_batch_size % per_step != 0) {
+    fail("global_batch_size " + str(cfg.global_batch_size) + " is not divisible by micro_batch_size x dp = " +
+             str(per_step),
+         "choose global_batch_size as a multiple of " + str(per_step));
+  }
+  k.m = static_cast<std::uint32_t>(cfg.global_batch_size / per_step);
+  if (model.num_attention_heads % k.t != 0 || model.num_query_groups % k.t != 0) {
+    fail("num_attention_heads (" + str(model.num_attention_heads) + ") and num_query_groups (" +
+             str(model.num_query_groups) + ") must be divisible by tensor_model_parallel_size " + str(k.t),
+         "choose a TP size that divides the KV groups");
+  }
+  if (k.c > 1 && k.s % (2ull * k.c) != 0) {
+    fail("seq_length " + str(k.s) + " must be divisible by 2 x context_parallel_size = " + str(2ull * k.c),
+         "change seq_length or context_parallel_size");
+  }
+  k.tokens = k.s * k.b / k.c;
+  if (k.sp && k.tokens % k.t != 0) {
+    fail("sequence_parallel needs seq_length x micro_batch_size / cp (" + str(k.tokens) +
+             ") divisible by tensor_model_parallel_size " + str(k.t),
+         "change seq_length or TP");
+  }
+  k.tokens_sp = k.sp ? k.tokens / k.t : k.tokens;
+  k.h = model.hidden_size;
+  k.f = model.ffn_hidden_size;
+  k.ffn1 = model.gated_linear_unit ? 2 * k.f : k.f;
+  if (k.f % k.t != 0) fail("ffn_hidden_size must be divisible by tensor_model_parallel_size", "change TP");
+  k.nq = model.num_attention_heads;
+  k.nkv = model.num_query_groups;
+  k.dh = model.kv_channels;
+  const std::uint64_t mult = static_cast<std::uint64_t>(model.make_vocab_size_divisible_by) * k.t;
+  k.vocab_padded = (model.vocab_size + mult - 1) / mult * mult;
+  k.dtype = cfg.dtype == schedule::DType::kFP8 ? schedule::DType::kBF16 : cfg.dtype;  // fp8 GEMMs: not modelled
+  if (cfg.dtype == schedule::DType::kFP8) {
+    warnings.push_back("dtype fp8: GEMMs and activations are lowered in bf16 (fp8 recipes are not modelled yet)");
+  }
+  k.act_bytes = schedule::dtype_bytes(k.dtype);
+  k.grad_bytes = cfg.grad_reduce_in_fp32 ? 4 : k.act_bytes;
+
+  // Pipeline: interleaving needs PP > 1 (MCore).
+  if (k.v > 1 && k.p == 1) {
+    fail("virtual_pipeline_model_parallel_size > 1 needs pipeline_model_parallel_size > 1 (MCore)",
+         "set --pp > 1 or --vpp 1");
+  }
+  k.g = cfg.microbatch_group_size_per_vp_stage == 0 ? k.p : cfg.microbatch_group_size_per_vp_stage;
+  if (k.v > 1) {
+    if (k.g < k.p || k.g > k.m) {
+      fail("interleaved schedule: microbatch_group_size_per_vp_stage " + str(k.g) + " must be in [pp, micro-batches] = [" +
+               str(k.p) + ", " + str(k.m) + "] (MCore ValueError)",
+           "raise global_batch_size so that micro-batches per rank >= pp");
+    }
+    if (k.m % k.g != 0 && k.m % k.g < k.p) {
+      fail("interleaved schedule: micro-batches " + str(k.m) + " mod group size " + str(k.g) +
+               " must be 0 or >= pp (MCore RuntimeError)",
+           "make the number of micro-batches a multiple of " + str(k.g));
+    }
+  }
+  // P2P gating (section 7).
+  k.p2p_overlap = cfg.overlap_p2p_comm;
+  k.batch_p2p = cfg.batch_p2p_comm;
+  if (k.p2p_overlap && k.v == 1) {
+    warnings.push_back("overlap_p2p_comm needs the interleaved schedule (virtual_pipeline_model_parallel_size > 1); "
+                       "MLM sets it to False when VPP is None: P2P overlap is off");
+    k.p2p_overlap = false;
+  }
+  if (k.p2p_overlap && k.batch_p2p) {
+    fail("overlap_p2p_comm and batch_p2p_comm are both set (MCore interleaved schedule raises ValueError)",
+         "set batch_p2p_comm=false (--no-batch-p2p-comm) with overlap_p2p_comm");
+  }
+  if (k.v > 1 && !k.p2p_overlap && k.p <= 2) {
+    fail("interleaved schedule without overlap_p2p_comm needs pipeline_model_parallel_size > 2 (MLM assert)",
+         "set overlap_p2p_comm=true (with batch_p2p_comm=false) or use pp > 2");
+  }
+  if (k.p == 1) {
+    k.p2p_overlap = false;
+    k.batch_p2p = false;
+  }
+  // TP overlap (Bridge _get_model_comm_overlap_cfgs): silently off when t < 2 or without SP.
+  k.tp_overlap = cfg.tp_comm_overlap;
+  if (k.tp_overlap && k.t < 2) {
+    warnings.push_back("tp_comm_overlap needs tensor_model_parallel_size >= 2; Megatron-Bridge disables it: TP "
+                       "overlap is off");
+    k.tp_overlap = false;
+  }
+  if (k.tp_overlap && !cfg.sequence_parallel) {
+    warnings.push_back("tp_comm_overlap needs sequence_parallel; Megatron-Bridge disables it: TP overlap is off");
+    k.tp_overlap = false;
+  }
+  if (k.tp_overlap && (k.tokens % (std::uint64_t{kPipelinedRsSplits} * k.t) != 0)) {
+    fail("tp_comm_overlap: tokens per CP rank (" + str(k.tokens) + ") must split into " + str(kPipelinedRsSplits) +
+             " pipelined chunks and " + str(k.t) + " ring chunks",
+         "choose seq_length x micro_batch_size / cp divisible by " + str(kPipelinedRsSplits * k.t));
+  }
+  // CDMC (MLM args): TP or CP > 1 on Hopper needs CUDA_DEVICE_MAX_CONNECTIONS=1.
+  if ((k.t > 1 || k.c > 1) && cfg.gpu_compute_capability_major < 10 && cfg.cuda_device_max_connections != 1) {
+    if (cfg.overlap_moe_expert_parallel_comm) {
+      warnings.push_back("CUDA_DEVICE_MAX_CONNECTIONS != 1 with TP/CP > 1 (allowed with EP overlap; MLM warns)");
+    } else {
+      fail("tensor or context parallelism > 1 on pre-Blackwell GPUs requires CUDA_DEVICE_MAX_CONNECTIONS=1 (MLM "
+               "assert); cuda_device_max_connections is " + str(cfg.cuda_device_max_connections),
+           "set cuda_device_max_connections=1 (--cdmc 1)");
+    }
+  }
+  // CP type (section 5 and 7).
+  k.cp_type = cfg.cp_comm_type;
+  if (k.cp_type != "p2p" && k.cp_type != "all_gather" && k.cp_type != "a2a" && k.cp_type != "a2a+p2p") {
+    fail("cp_comm_type \"" + k.cp_type + "\" is unknown", "use p2p, all_gather, a2a or a2a+p2p");
+  }
+  if (k.c > 1 && k.cp_type == "a2a" && ((k.nq / k.t) % k.c != 0 || (k.nkv / k.t) % k.c != 0)) {
+    fail("cp_comm_type a2a needs attention heads and KV groups per TP rank divisible by context_parallel_size "
+             "(TE assert): heads/tp = " + str(k.nq / k.t) + ", groups/tp = " + str(k.nkv / k.t) + ", cp = " + str(k.c),
+         "use cp_comm_type p2p or a CP size that divides the KV groups per TP rank");
+  }
+  if (k.c > 1 && k.cp_type == "a2a+p2p") {
+    std::uint64_t prod = 1;
+    for (auto x : cfg.hierarchical_context_parallel_sizes) prod *= x;
+    if (cfg.hierarchical_context_parallel_sizes.empty() || prod != k.c) {
+      fail("cp_comm_type a2a+p2p needs hierarchical_context_parallel_sizes whose product is context_parallel_size "
+               "(Megatron assert)",
+           "set hierarchical_context_parallel_sizes, e.g. [2, " + str(std::max<std::uint32_t>(1, k.c / 2)) + "]");
+    }
+    throw Error("cp_comm_type a2a+p2p lowering is not implemented yet; use p2p, all_gather or a2a");
+  }
+  // Recompute.
+  if (cfg.recompute_granularity != "none" && cfg.recompute_granularity != "selective" &&
+      cfg.recompute_granularity != "full") {
+    fail("recompute_granularity \"" + cfg.recompute_granularity + "\" is unknown", "use none, selective or full");
+  }
+  if (cfg.recompute_granularity == "full") {
+    if (cfg.recompute_method != "uniform" && cfg.recompute_method != "block") {
+      fail("recompute_method \"" + cfg.recompute_method + "\" is unknown", "use uniform or block");
+    }
+    if (cfg.recompute_num_layers == 0) {
+      fail("recompute_granularity full needs recompute_num_layers >= 1 (MLM assert)", "set recompute_num_layers");
+    }
+  }
+  // DP (section 2 and 7).
+  k.grad_overlap = cfg.overlap_grad_reduce;
+  k.param_overlap = cfg.overlap_param_gather;
+  if (k.param_overlap && !(cfg.use_distributed_optimizer && cfg.overlap_grad_reduce)) {
+    fail("overlap_param_gather needs use_distributed_optimizer and overlap_grad_reduce (MLM assert)",
+         "enable --distributed-optimizer and --overlap-grad-reduce, or drop --overlap-param-gather");
+  }
+  if (static_cast<std::uint64_t>(k.d) * k.c == 1) {
+    if (k.grad_overlap || k.param_overlap) {
+      warnings.push_back("overlap_grad_reduce/overlap_param_gather with data-parallel x context-parallel size 1: "
+                         "there is nothing to reduce; DP overlap is off");
+    }
+    k.grad_overlap = false;
+    k.param_overlap = false;
+  }
+  // align_param_gather: Bridge sets it when p > 1 and v > 1; MLM forces it off without VPP.
+  k.aligned_param_gather = k.param_overlap && k.p > 1 && k.v > 1;
+  return k;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pipeline layout.
+
+/// Layers of every virtual stage (index chunk * p + pp_rank).
+std::vector<std::vector<std::uint32_t>> virtual_stage_layers(const ModelSpec& model, const RunConfig& cfg) {
+  const std::uint32_t p = std::max<std::uint32_t>(1, cfg.pipeline_model_parallel_size);
+  const std::uint32_t v = std::max<std::uint32_t>(1, cfg.virtual_pipeline_model_parallel_size);
+  const std::uint32_t stages = p * v;
+  const std::uint32_t L = model.num_layers;
+  std::vector<std::uint32_t> count(stages, 0);
+  const bool acc_emb = cfg.account_for_embedding_in_pipeline_split;
+  const bool acc_loss = cfg.account_for_loss_in_pipeline_split;
+  const bool uneven = cfg.decoder_first_pipeline_num_layers >= 0 || cfg.decoder_last_pipeline_num_layers >= 0;
+  if ((acc_emb || acc_loss) && uneven) {
+    fail("account_for_embedding/loss_in_pipeline_split cannot be combined with decoder_first/last_pipeline_num_layers",
+         "use one way of making the pipeline uneven");
+  }
+  if (acc_emb || acc_loss) {
+    const std::uint32_t slots = L + (acc_emb ? 1 : 0) + (acc_loss ? 1 : 0);
+    if (slots % stages != 0) {
+      fail("num_layers " + str(L) + " plus embedding/loss slots (" + str(slots) +
+               ") must be divisible by pp x vpp = " + str(stages) + " (account_for_*_in_pipeline_split)",
+           "change pp/vpp or the account_for_* flags");
+    }
+    std::fill(count.begin(), count.end(), slots / stages);
+    if (acc_emb) count[0] -= 1;
+    if (acc_loss) count[stages - 1] -= 1;
+  } else if (uneven) {
+    std::vector<std::int64_t> per_rank(p, -1);
+    std::uint32_t fixed = 0, fixed_ranks = 0;
+    if (cfg.decoder_first_pipeline_num_layers >= 0) {
+      per_rank[0] = cfg.decoder_first_pipeline_num_layers;
+      fixed += static_cast<std::uint32_t>(cfg.decoder_first_pipeline_num_layers);
+      ++fixed_ranks;
+    }
+    if (cfg.decoder_last_pipeline_num_layers >= 0) {
+      if (p == 1 && per_rank[0] >= 0) fail("pp=1 cannot have both first and last stage sizes", "drop one");
+      per_rank[p - 1] = cfg.decoder_last_pipeline_num_layers;
+      fixed += static_cast<std::uint32_t>(cfg.decoder_last_pipeline_num_layers);
+      ++fixed_ranks;
+    }
+    if (fixed > L) fail("decoder_first/last_pipeline_num_layers exceed num_layers", "lower them");
+    const std::uint32_t middle = p - fixed_ranks;
+    const std::uint32_t rest = L - fixed;
+    if ((middle == 0 && rest != 0) || (middle > 0 && rest % middle != 0)) {
+      fail("the " + str(rest) + " layers left after decoder_first/last_pipeline_num_layers must split evenly over " +
+               str(middle) + " middle pipeline stages",
+           "adjust decoder_first/last_pipeline_num_layers");
+    }
+    for (std::uint32_t r = 0; r < p; ++r) {
+      if (per_rank[r] < 0) per_rank[r] = middle ? rest / middle : 0;
+      if (per_rank[r] % v != 0) {
+        fail("pipeline stage " + str(r) + " has " + str(per_rank[r]) + " layers, not divisible by vpp " + str(v),
+             "choose stage sizes divisible by virtual_pipeline_model_parallel_size");
+      }
+      for (std::uint32_t j = 0; j < v; ++j) count[j * p + r] = static_cast<std::uint32_t>(per_rank[r] / v);
+    }
+  } else {
+    if (L % stages != 0) {
+      fail("num_layers " + str(L) + " is not divisible by pp x vpp = " + str(stages),
+           "use decoder_first/last_pipeline_num_layers or account_for_embedding/loss_in_pipeline_split (e.g. "
+           "126 layers on pp=16: --account-for-embedding --account-for-loss)");
+    }
+    std::fill(count.begin(), count.end(), L / stages);
+  }
+  std::vector<std::vector<std::uint32_t>> out(stages);
+  std::uint32_t next = 0;
+  for (std::uint32_t vs = 0; vs < stages; ++vs) {
+    for (std::uint32_t i = 0; i < count[vs]; ++i) out[vs].push_back(next++);
+  }
+  TWINSTEP_ASSERT(next == L, "layout assigned %u of %u layers", next, L);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Parameters of a chunk in registration order, for DP buckets and memory.
+
+struct Param {
+  std::string name;
+  std::uint64_t numel = 0;
+  bool shared_embedding = false;
+};
+
+std::vector<Param> chunk_params(const ModelSpec& model, const RunConfig& cfg, const Dims& k, std::uint32_t pp_rank,
+                                std::uint32_t chunk, const std::vector<std::uint32_t>& layers) {
+  std::vector<Param> out;
+  const std::uint64_t t = k.t, h = k.h;
+  const bool first = pp_rank == 0 && chunk == 0;
+  const bool last = pp_rank == k.p - 1 && chunk == k.v - 1;
+  const std::uint64_t norm = model.normalization == "LayerNorm" ? 2 * h : h;
+  const bool bias = model.add_bias_linear;
+  if (first) {
+    out.push_back({"embedding", k.vocab_padded / t * h, model.share_embeddings_and_output_weights && k.p > 1});
+    if (model.position_embedding_type == "learned_absolute") {
+      out.push_back({"position_embedding", model.max_position_embeddings * h, false});
+    }
+  }
+  for (auto l : layers) {
+    const std::string L = "L" + str(l) + ".";
+    const std::uint64_t qkv_out = (k.nq + 2 * k.nkv) * k.dh / t;
+    out.push_back({L + "ln1", norm, false});
+    out.push_back({L + "qkv", h * qkv_out + ((bias || model.add_qkv_bias) ? qkv_out : 0), false});
+    out.push_back({L + "proj", k.nq * k.dh / t * h + (bias ? h : 0), false});
+    out.push_back({L + "ln2", norm, false});
+    out.push_back({L + "fc1", h * k.ffn1 / t + (bias ? k.ffn1 / t : 0), false});
+    out.push_back({L + "fc2", k.f / t * h + (bias ? h : 0), false});
+  }
+  if (last) {
+    out.push_back({"final_norm", norm, false});
+    if (!model.share_embeddings_and_output_weights || k.p > 1) {
+      out.push_back({"output", k.vocab_padded / t * h, model.share_embeddings_and_output_weights});
+    }
+  }
+  (void)cfg;
+  return out;
+}
+
+std::uint64_t round_up(std::uint64_t x, std::uint64_t m) { return (x + m - 1) / m * m; }
+
+std::vector<DpBucket> make_buckets(const std::vector<Param>& params, const RunConfig& cfg, const Dims& k,
+                                   std::uint32_t pp_rank, std::uint32_t chunk) {
+  const std::uint64_t dpc = static_cast<std::uint64_t>(k.d) * k.c;
+  // bucket_size: None without overlap_grad_reduce, or on PP rank > 0, or for chunk > 0 (disable_bucketing).
+  std::uint64_t bucket_size = 0;  // 0 = unbounded (one bucket)
+  if (cfg.overlap_grad_reduce && pp_rank == 0 && chunk == 0) {
+    bucket_size = cfg.bucket_size != 0 ? cfg.bucket_size : std::max<std::uint64_t>(kMcoreMinBucket, 1000000ull * dpc);
+  }
+  const bool distopt = cfg.use_distributed_optimizer;
+  const std::uint64_t end_pad = std::lcm(dpc, std::uint64_t{128});
+  std::vector<DpBucket> buckets;
+  DpBucket cur;
+  std::uint64_t bucket_start = 0, pos = 0;
+  auto close = [&](std::uint64_t end) {
+    const std::uint64_t padded_end = distopt ? round_up(end, end_pad) : end;
+    cur.numel = padded_end - bucket_start;
+    buckets.push_back(cur);
+    cur = DpBucket{};
+    bucket_start = padded_end;
+    pos = padded_end;
+  };
+  for (auto it = params.rbegin(); it != params.rend(); ++it) {
+    if (distopt) pos = round_up(pos, 64);
+    if (it->shared_embedding && !cur.params.empty()) close(pos);  // shared embedding gets its own bucket
+    if (cur.params.empty()) bucket_start = pos;
+    const std::uint64_t end = pos + it->numel;
+    cur.params.push_back(it->name);
+    cur.param_numel += it->numel;
+    if ((bucket_size != 0 && end - bucket_start >= bucket_size) || it->shared_embedding) {
+      close(end);
+    } else {
+      pos = end;
+    }
+  }
+  if (!cur.params.empty()) close(pos);
+  return buckets;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pipeline orders (section 4b).
+
+struct VirtualTable {
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> entries;  // (microbatch, chunk) per forward virtual id
+};
+
+VirtualTable schedule_table(std::uint32_t m, std::uint32_t v, std::uint32_t g) {
+  VirtualTable table;
+  for (std::uint32_t lo = 0; lo < m; lo += g) {
+    const std::uint32_t hi = lo + g >= m ? m : lo + g;
+    for (std::uint32_t c = 0; c < v; ++c) {
+      for (std::uint32_t mb = lo; mb < hi; ++mb) table.entries.emplace_back(mb, c);
+    }
+    if (hi == m) break;
+  }
+  return table;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Global structure shared by all ranks: streams, communicators, per-chunk layers and buckets.
+
+struct Streams {
+  StreamId compute = 0, tp = 0, tp_send = 0, tp_recv = 0, cp = 0, cp_recv = 0, dp = 0;
+  StreamId pp_send_next = 0, pp_recv_prev = 0, pp_send_prev = 0, pp_recv_next = 0;
+};
+
+struct Ctx {
+  const ModelSpec* model = nullptr;
+  const RunConfig* cfg = nullptr;
+  Dims k;
+  Streams st;
+  std::vector<std::vector<std::uint32_t>> vs_layers;          // [chunk * p + pp] -> layers
+  std::vector<std::vector<std::vector<DpBucket>>> buckets;    // [pp][chunk]
+  std::vector<std::vector<std::vector<Param>>> params;        // [pp][chunk]
+  // Communicator id per rank and kind (kNone if the kind is unused).
+  std::vector<CommId> tp_of, cp_of, dp_of, pp_of, norm_of, embd_of;
+  bool recompute_full = false, recompute_selective = false;
+};
+
+constexpr CommId kNone = 0xFFFFFFFFu;
+
+struct Coords {
+  std::uint32_t tp = 0, cp = 0, dp = 0, pp = 0;
+};
+
+Coords coords_of(const Dims& k, RankId r) {
+  Coords co;
+  co.tp = r % k.t;
+  co.cp = (r / k.t) % k.c;
+  co.dp = (r / (k.t * k.c)) % k.d;
+  co.pp = r / (k.t * k.c * k.d);
+  return co;
+}
+
+RankId rank_of(const Dims& k, const Coords& co) {
+  return co.tp + k.t * (co.cp + k.c * (co.dp + k.d * co.pp));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Per-rank lowering.
+
+class RankLowering {
+ public:
+  RankLowering(const Ctx& ctx, RankId rank) : x_(ctx), k_(ctx.k), rank_(rank), co_(coords_of(ctx.k, rank)) {
+    fwd_recv_.resize(k_.v);
+    bwd_recv_.resize(k_.v);
+  }
+
+  std::vector<schedule::Op> run();
+
+ private:
+  // ---- op emission ----
+  OpId emit(StreamId stream, std::string name, Body body, std::vector<OpId> deps, schedule::Tags tags) {
+    schedule::Op op;
+    op.id = static_cast<OpId>(ops_.size());
+    op.rank = rank_;
+    op.stream = stream;
+    op.name = std::move(name);
+    const bool on_gpu = std::holds_alternative<Compute>(body) || std::holds_alternative<schedule::Collective>(body) ||
+                        std::holds_alternative<schedule::Send>(body) || std::holds_alternative<schedule::Recv>(body);
+    if (on_gpu && stream == x_.st.compute) {
+      deps.insert(deps.end(), pending_.begin(), pending_.end());
+      pending_.clear();
+    }
+    std::sort(deps.begin(), deps.end());
+    deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
+    op.deps = std::move(deps);
+    op.body = std::move(body);
+    op.tags = std::move(tags);
+    if (stream == x_.st.compute && std::holds_alternative<Compute>(op.body)) last_compute_ = op.id;
+    ops_.push_back(std::move(op));
+    return ops_.back().id;
+  }
+  schedule::Tags tags(Phase ph, std::string overlap = {}) const {
+    schedule::Tags t;
+    t.layer = cur_layer_;
+    t.microbatch = cur_mb_;
+    t.chunk = cur_chunk_;
+    t.phase = ph;
+    t.overlap = std::move(overlap);
+    return t;
+  }
+  std::string nm(const std::string& what) const {
+    std::string s;
+    if (cur_layer_ >= 0) s += "L" + str(static_cast<std::uint64_t>(cur_layer_)) + ".";
+    if (cur_mb_ >= 0) s += "mb" + str(static_cast<std::uint64_t>(cur_mb_)) + ".";
+    return s + prefix_ + what;
+  }
+  OpId kernel(const std::string& what, schedule::Kernel kern, Phase ph, std::vector<OpId> deps = {},
+              std::string overlap = {}) {
+    return emit(x_.st.compute, nm(what), Compute{std::move(kern), 0}, std::move(deps), tags(ph, std::move(overlap)));
+  }
+  OpId gemm(const std::string& what, std::uint64_t m, std::uint64_t n, std::uint64_t kk, Phase ph,
+            std::vector<OpId> deps = {}, std::string overlap = {}) {
+    return kernel(what, Gemm{m, n, kk, 1, k_.dtype}, ph, std::move(deps), std::move(overlap));
+  }
+  OpId elementwise(const std::string& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
+    return kernel(what, Elementwise{bytes, 0}, ph, std::move(deps));
+  }
+  /// A collective on `stream`: waits for the compute stream at launch (PyTorch syncs the NCCL stream with the
+  /// current stream), plus `deps`. Blocking ones make the next compute op wait for it.
+  OpId collective(StreamId stream, const std::string& what, CollectiveKind kind, CommId comm, std::uint64_t bytes,
+                  Phase ph, bool blocking, std::vector<OpId> deps = {}, std::string overlap = {},
+                  schedule::DType dtype = schedule::DType::kBF16) {
+    TWINSTEP_ASSERT(comm != kNone, "collective %s on an unused communicator", what.c_str());
+    if (last_compute_ != schedule::kNoOp) deps.push_back(last_compute_);
+    schedule::Collective c;
+    c.kind = kind;
+    c.comm = comm;
+    c.bytes = bytes;
+    c.dtype = dtype;
+    if (kind == CollectiveKind::kAllToAll) {
+      const std::uint32_t n = x_.k.c;  // only CP uses all_to_all in dense lowering
+      c.send_bytes.assign(n, bytes / n);
+    }
+    const OpId id = emit(stream, nm(what), std::move(c), std::move(deps), tags(ph, std::move(overlap)));
+    if (blocking) pending_.push_back(id);
+    return id;
+  }
+  OpId send(StreamId stream, const std::string& what, CommId comm, RankId peer, std::uint64_t bytes,
+            std::uint32_t tag, Phase ph, std::vector<OpId> deps, std::string overlap = {}) {
+    return emit(stream, nm(what), schedule::Send{comm, peer, bytes, tag}, std::move(deps), tags(ph, std::move(overlap)));
+  }
+  OpId recv(StreamId stream, const std::string& what, CommId comm, RankId peer, std::uint64_t bytes,
+            std::uint32_t tag, Phase ph, std::string overlap = {}) {
+    return emit(stream, nm(what), schedule::Recv{comm, peer, bytes, tag}, {}, tags(ph, std::move(overlap)));
+  }
+  void host(const std::string& what, Nanos ns, Phase ph) {
+    if (ns > 0) emit(x_.st.compute, nm(what), schedule::Host{ns}, {}, tags(ph));
+  }
+  void host_sync(const std::string& what, OpId target, Phase ph) {
+    emit(x_.st.compute, nm(what), schedule::HostSync{target}, {}, tags(ph));
+  }
+
+  // ---- building blocks ----
+  std::uint64_t act(std::uint64_t tokens, std::uint64_t width) const { return tokens * width * k_.act_bytes; }
+  RankId tp_peer(int delta) const {
+    Coords c = co_;
+    c.tp = static_cast<std::uint32_t>((static_cast<int>(co_.tp) + delta + static_cast<int>(k_.t)) % static_cast<int>(k_.t));
+    return rank_of(k_, c);
+  }
+  RankId cp_peer(int delta) const {
+    Coords c = co_;
+    c.cp = static_cast<std::uint32_t>((static_cast<int>(co_.cp) + delta + static_cast<int>(k_.c)) % static_cast<int>(k_.c));
+    return rank_of(k_, c);
+  }
+  RankId pp_peer(int delta) const {
+    Coords c = co_;
+    c.pp = static_cast<std::uint32_t>((static_cast<int>(co_.pp) + delta + static_cast<int>(k_.p)) % static_cast<int>(k_.p));
+    return rank_of(k_, c);
+  }
+
+  /// Column-parallel linear with SP all-gather of its input (qkv_fprop / fc1_fprop): blocking AG then GEMM, or
+  /// with tp_comm_overlap the userbuffer ring exchange (t GEMM chunks, chunk i+1 waits the recv of step i).
+  OpId ag_gemm(const std::string& site, std::uint64_t n, std::uint64_t kk, Phase ph) {
+    const CommId tp = x_.tp_of[rank_];
+    if (k_.t == 1 || !k_.sp) return gemm(site, k_.tokens, n, kk, ph);
+    if (!k_.tp_overlap) {
+      collective(x_.st.tp, site + "_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, kk), ph, true);
+      return gemm(site, k_.tokens, n, kk, ph);
+    }
+    OpId prev_recv = schedule::kNoOp, g = schedule::kNoOp;
+    const OpId producer = last_compute_;
+    for (std::uint32_t i = 0; i < k_.t; ++i) {
+      OpId rv = schedule::kNoOp;
+      if (i + 1 < k_.t) {
+        std::vector<OpId> d;
+        if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
+        if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+        send(x_.st.tp_send, site + "_ub_send" + str(i), tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, d, "tp");
+        rv = recv(x_.st.tp_recv, site + "_ub_recv" + str(i), tp, tp_peer(-1), act(k_.tokens_sp, kk), 0, ph, "tp");
+      }
+      std::vector<OpId> d;
+      if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+      g = gemm(site + "_chunk" + str(i), k_.tokens_sp, n, kk, ph, d, "tp");
+      prev_recv = rv;
+    }
+    return g;
+  }
+
+  /// Row-parallel linear whose output is reduce-scattered (SP) or all-reduced (no SP) over TP (proj_fprop /
+  /// fc2_fprop): blocking collective after the GEMM, or with tp_comm_overlap the pipelined GEMM+RS (4 chunks, the
+  /// last chunk's RS exposed).
+  void gemm_rs(const std::string& site, std::uint64_t n, std::uint64_t kk, Phase ph) {
+    const CommId tp = x_.tp_of[rank_];
+    if (k_.t == 1) {
+      gemm(site, k_.tokens, n, kk, ph);
+      return;
+    }
+    if (!k_.tp_overlap) {
+      gemm(site, k_.tokens, n, kk, ph);
+      collective(x_.st.tp, site + (k_.sp ? "_rs" : "_ar"), k_.sp ? CollectiveKind::kReduceScatter
+                                                                  : CollectiveKind::kAllReduce,
+                 tp, act(k_.tokens, n), ph, true);
+      return;
+    }
+    const std::uint64_t rows = k_.tokens / kPipelinedRsSplits;
+    for (std::uint32_t i = 0; i < kPipelinedRsSplits; ++i) {
+      gemm(site + "_chunk" + str(i), rows, n, kk, ph, {}, "tp");
+      collective(x_.st.tp, site + "_rs" + str(i), CollectiveKind::kReduceScatter, tp, act(rows, n), ph, true, {},
+                 "tp");
+    }
+  }
+
+  /// Backward of a row-parallel linear (proj / fc2): AG of the output grad over TP (SP), dgrad and wgrad GEMMs.
+  void rowparallel_bwd(const std::string& site, std::uint64_t out, std::uint64_t in, const std::string& param) {
+    const CommId tp = x_.tp_of[rank_];
+    OpId last_recv = schedule::kNoOp;
+    if (k_.t > 1 && k_.sp && k_.tp_overlap) {  // ring-exchange AG + dgrad GEMM (proj_dgrad / fc2_dgrad)
+      OpId prev_recv = schedule::kNoOp;
+      const OpId producer = last_compute_;
+      for (std::uint32_t i = 0; i < k_.t; ++i) {
+        OpId rv = schedule::kNoOp;
+        if (i + 1 < k_.t) {
+          std::vector<OpId> d;
+          if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
+          if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+          send(x_.st.tp_send, site + "_dgrad_ub_send" + str(i), tp, tp_peer(1), act(k_.tokens_sp, out), 0,
+               Phase::kBwd, d, "tp");
+          rv = recv(x_.st.tp_recv, site + "_dgrad_ub_recv" + str(i), tp, tp_peer(-1), act(k_.tokens_sp, out), 0,
+                    Phase::kBwd, "tp");
+        }
+        std::vector<OpId> d;
+        if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+        gemm(site + "_dgrad_chunk" + str(i), k_.tokens_sp, in, out, Phase::kBwd, d, "tp");
+        prev_recv = rv;
+        if (rv != schedule::kNoOp) last_recv = rv;
+      }
+    } else {
+      if (k_.t > 1 && k_.sp) {
+        collective(x_.st.tp, site + "_dgrad_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, out), Phase::kBwd,
+                   true);
+      }
+      gemm(site + "_dgrad", k_.tokens, in, out, Phase::kBwd);
+    }
+    std::vector<OpId> d;
+    if (last_recv != schedule::kNoOp) d.push_back(last_recv);
+    const OpId w = gemm(site + "_wgrad", out, in, k_.tokens, Phase::kWgrad, d, k_.tp_overlap ? "tp" : "");
+    grad_ready(param, w);
+  }
+
+  /// Backward of a column-parallel linear (qkv / fc1) and its layernorm: dgrad GEMM with the async AG of ln_out
+  /// (SP) launched before it, async RS (SP) or AR (no SP) of dgrad launched before the wgrad GEMM; the layernorm
+  /// backward waits for the RS/AR (TE B4/B5; bulk userbuffer overlap with tp_comm_overlap).
+  void colparallel_bwd(const std::string& site, std::uint64_t out, std::uint64_t in, const std::string& param,
+                       const std::string& ln_param) {
+    const CommId tp = x_.tp_of[rank_];
+    const std::string ov = k_.tp_overlap ? "tp" : "";
+    OpId ag = schedule::kNoOp, red = schedule::kNoOp;
+    if (k_.t > 1 && k_.sp) {
+      ag = collective(x_.st.tp, site + "_lnout_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, in), Phase::kBwd,
+                      false, {}, ov);
+    }
+    const OpId dg = gemm(site + "_dgrad", k_.tokens, in, out, Phase::kBwd, {}, ov);
+    if (k_.t > 1) {
+      red = collective(x_.st.tp, site + (k_.sp ? "_dgrad_rs" : "_dgrad_ar"),
+                       k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, in),
+                       Phase::kBwd, false, {dg}, ov);
+    }
+    std::vector<OpId> wd;
+    if (ag != schedule::kNoOp) wd.push_back(ag);
+    const OpId w = gemm(site + "_wgrad", out, in, k_.tokens, Phase::kWgrad, wd, ov);
+    grad_ready(param, w);
+    std::vector<OpId> ld;
+    if (red != schedule::kNoOp) ld.push_back(red);
+    const OpId ln = elementwise(ln_param.substr(ln_param.find('.') + 1) + "_bwd", 3 * act(k_.tokens_sp, k_.h),
+                                Phase::kBwd, ld);
+    grad_ready(ln_param, ln);
+  }
+
+  /// Core attention forward (with its CP exchanges); `recompute` re-runs it in backward.
+  void attention_fwd(Phase ph) {
+    const std::uint64_t hq = k_.nq / k_.t, hkv = k_.nkv / k_.t, s_loc = k_.s / k_.c, b = k_.b;
+    const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * k_.dh * k_.act_bytes;
+    const CommId cp = x_.cp_of[rank_];
+    auto attn = [&](const std::string& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
+                    std::uint64_t skv, bool causal, std::vector<OpId> deps, const std::string& ov) {
+      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, k_.dh, causal, false, k_.dtype}, ph,
+                    std::move(deps), ov);
+    };
+    if (k_.c == 1) {
+      attn("attn", hq, hkv, k_.s, k_.s, true, {}, "");
+      return;
+    }
+    if (k_.cp_type == "p2p") {
+      OpId prev_recv = schedule::kNoOp;
+      const OpId producer = last_compute_;
+      for (std::uint32_t i = 0; i < k_.c; ++i) {
+        OpId rv = schedule::kNoOp;
+        if (i + 1 < k_.c) {
+          std::vector<OpId> d;
+          if (producer != schedule::kNoOp) d.push_back(producer);
+          if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+          send(x_.st.cp, "attn_kv_send" + str(i), cp, cp_peer(1), kv_bytes, 0, ph, d, "cp");
+          rv = recv(x_.st.cp_recv, "attn_kv_recv" + str(i), cp, cp_peer(-1), kv_bytes, 0, ph, "cp");
+        }
+        std::vector<OpId> d;
+        if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+        if (i == 0) {
+          attn("attn_step0", hq, hkv, s_loc, s_loc, true, d, "cp");
+        } else if (i <= co_.cp) {
+          attn("attn_step" + str(i), hq, hkv, s_loc, s_loc / 2, false, d, "cp");
+        } else {
+          attn("attn_step" + str(i), hq, hkv, s_loc / 2, s_loc, false, d, "cp");
+        }
+        if (i > 0) elementwise("attn_correction" + str(i), 3 * s_loc * b * hq * k_.dh * 4, ph);
+        prev_recv = rv;
+      }
+      return;
+    }
+    if (k_.cp_type == "all_gather") {
+      collective(x_.st.cp, "attn_kv_ag", CollectiveKind::kAllGather, cp, kv_bytes * k_.c, ph, true);
+      const std::uint64_t chunk = k_.s / (2 * k_.c);
+      const std::uint32_t owned[2] = {co_.cp, 2 * k_.c - 1 - co_.cp};
+      for (std::uint32_t h = 0; h < 2; ++h) {
+        if (owned[h] > 0) {
+          attn("attn_half" + str(h) + "_prefix", hq, hkv, chunk, chunk * owned[h], false, {}, "");
+        }
+        attn("attn_half" + str(h) + "_diag", hq, hkv, chunk, chunk, true, {}, "");
+      }
+      return;
+    }
+    // a2a (Ulysses): sequence-sharded -> head-sharded Q, K, V; full-sequence attention on heads / cp; output back.
+    const std::uint64_t q_bytes = s_loc * b * hq * k_.dh * k_.act_bytes;
+    const std::uint64_t k_bytes = s_loc * b * hkv * k_.dh * k_.act_bytes;
+    collective(x_.st.cp, "attn_q_a2a", CollectiveKind::kAllToAll, cp, q_bytes, ph, false);
+    collective(x_.st.cp, "attn_k_a2a", CollectiveKind::kAllToAll, cp, k_bytes, ph, false);
+    collective(x_.st.cp, "attn_v_a2a", CollectiveKind::kAllToAll, cp, k_bytes, ph, true);
+    pending_.push_back(static_cast<OpId>(ops_.size() - 3));
+    pending_.push_back(static_cast<OpId>(ops_.size() - 2));
+    attn("attn", hq / k_.c, hkv / k_.c, k_.s, k_.s, true, {}, "");
+    collective(x_.st.cp, "attn_out_a2a", CollectiveKind::kAllToAll, cp, q_bytes, ph, true);
+  }
+
+  void attention_bwd() {
+    const std::uint64_t hq = k_.nq / k_.t, hkv = k_.nkv / k_.t, s_loc = k_.s / k_.c, b = k_.b;
+    const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * k_.dh * k_.act_bytes;
+    const CommId cp = x_.cp_of[rank_];
+    auto attn = [&](const std::string& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
+                    std::uint64_t skv, bool causal, std::vector<OpId> deps, const std::string& ov) {
+      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, k_.dh, causal, true, k_.dtype}, Phase::kBwd,
+                    std::move(deps), ov);
+    };
+    if (k_.c == 1) {
+      attn("attn_bwd", hq, hkv, k_.s, k_.s, true, {}, "");
+      return;
+    }
+    if (k_.cp_type == "p2p") {
+      // c steps; sends KV at step 0, KV + dKV at steps 1..c-2, dKV at step c-1.
+      OpId prev_recv = schedule::kNoOp, prev_attn = last_compute_;
+      for (std::uint32_t i = 0; i < k_.c; ++i) {
+        const std::uint64_t bytes = (i == 0 || i + 1 == k_.c) ? kv_bytes : 2 * kv_bytes;
+        std::vector<OpId> sd;
+        if (prev_attn != schedule::kNoOp) sd.push_back(prev_attn);
+        if (prev_recv != schedule::kNoOp) sd.push_back(prev_recv);
+        send(x_.st.cp, "attn_bwd_send" + str(i), cp, cp_peer(1), bytes, 1, Phase::kBwd, sd, "cp");
+        const OpId rv = recv(x_.st.cp_recv, "attn_bwd_recv" + str(i), cp, cp_peer(-1), bytes, 1, Phase::kBwd, "cp");
+        std::vector<OpId> d;
+        if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+        if (i == 0) {
+          prev_attn = attn("attn_bwd_step0", hq, hkv, s_loc, s_loc, true, d, "cp");
+        } else if (i <= co_.cp) {
+          prev_attn = attn("attn_bwd_step" + str(i), hq, hkv, s_loc, s_loc / 2, false, d, "cp");
+        } else {
+          prev_attn = attn("attn_bwd_step" + str(i), hq, hkv, s_loc / 2, s_loc, false, d, "cp");
+        }
+        prev_recv = rv;
+      }
+      pending_.push_back(prev_recv);  // the final dKV arrives before the qkv dgrad
+      return;
+    }
+    if (k_.cp_type == "all_gather") {
+      collective(x_.st.cp, "attn_bwd_kv_ag", CollectiveKind::kAllGather, cp, kv_bytes * k_.c, Phase::kBwd, true);
+      const std::uint64_t chunk = k_.s / (2 * k_.c);
+      const std::uint32_t owned[2] = {co_.cp, 2 * k_.c - 1 - co_.cp};
+      for (std::uint32_t h = 0; h < 2; ++h) {
+        if (owned[h] > 0) attn("attn_bwd_half" + str(h) + "_prefix", hq, hkv, chunk, chunk * owned[h], false, {}, "");
+        attn("attn_bwd_half" + str(h) + "_diag", hq, hkv, chunk, chunk, true, {}, "");
+      }
+      collective(x_.st.cp, "attn_bwd_dkv_rs", CollectiveKind::kReduceScatter, cp, kv_bytes * k_.c, Phase::kBwd, true);
+      return;
+    }
+    const std::uint64_t q_bytes = s_loc * b * hq * k_.dh * k_.act_bytes;
+    const std::uint64_t k_bytes = s_loc * b * hkv * k_.dh * k_.act_bytes;
+    collective(x_.st.cp, "attn_bwd_do_a2a", CollectiveKind::kAllToAll, cp, q_bytes, Phase::kBwd, true);
+    attn("attn_bwd", hq / k_.c, hkv / k_.c, k_.s, k_.s, true, {}, "");
+    collective(x_.st.cp, "attn_bwd_dq_a2a", CollectiveKind::kAllToAll, cp, q_bytes, Phase::kBwd, false);
+    collective(x_.st.cp, "attn_bwd_dk_a2a", CollectiveKind::kAllToAll, cp, k_bytes, Phase::kBwd, false);
+    collective(x_.st.cp, "attn_bwd_dv_a2a", CollectiveKind::kAllToAll, cp, k_bytes, Phase::kBwd, true);
+    pending_.push_back(static_cast<OpId>(ops_.size() - 3));
+    pending_.push_back(static_cast<OpId>(ops_.size() - 2));
+  }
+
+  std::uint64_t layer_kernel_count_estimate() const { return 12; }
+
+  void layer_fwd(std::uint32_t layer, Phase ph) {
+    cur_layer_ = static_cast<std::int32_t>(layer);
+    host("host_fwd", x_.cfg->host.per_module_call_ns * 6 +
+                         x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
+         ph);
+    const std::uint64_t qkv_out = (k_.nq + 2 * k_.nkv) * k_.dh / k_.t;
+    elementwise("ln1", 2 * act(k_.tokens_sp, k_.h), ph);
+    ag_gemm("qkv", qkv_out, k_.h, ph);
+    elementwise("rope", 2 * act(k_.tokens, (k_.nq + k_.nkv) * k_.dh / k_.t), ph);
+    attention_fwd(ph);
+    gemm_rs("proj", k_.h, k_.nq * k_.dh / k_.t, ph);
+    elementwise("residual1", 3 * act(k_.tokens_sp, k_.h), ph);
+    elementwise("ln2", 2 * act(k_.tokens_sp, k_.h), ph);
+    ag_gemm("fc1", k_.ffn1 / k_.t, k_.h, ph);
+    elementwise(x_.model->gated_linear_unit ? "swiglu" : "gelu",
+                act(k_.tokens, k_.ffn1 / k_.t) + act(k_.tokens, k_.f / k_.t), ph);
+    gemm_rs("fc2", k_.h, k_.f / k_.t, ph);
+    elementwise("residual2", 3 * act(k_.tokens_sp, k_.h), ph);
+    cur_layer_ = -1;
+  }
+
+  void layer_bwd(std::uint32_t layer) {
+    cur_layer_ = static_cast<std::int32_t>(layer);
+    const std::string L = "L" + str(layer) + ".";
+    host("host_bwd", x_.cfg->host.per_module_call_ns * 6 +
+                         x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
+         Phase::kBwd);
+    const std::uint64_t qkv_out = (k_.nq + 2 * k_.nkv) * k_.dh / k_.t;
+    rowparallel_bwd("fc2", k_.h, k_.f / k_.t, L + "fc2");
+    elementwise(std::string(x_.model->gated_linear_unit ? "swiglu" : "gelu") + "_bwd",
+                2 * act(k_.tokens, k_.ffn1 / k_.t) + act(k_.tokens, k_.f / k_.t), Phase::kBwd);
+    colparallel_bwd("fc1", k_.ffn1 / k_.t, k_.h, L + "fc1", L + "ln2");
+    rowparallel_bwd("proj", k_.h, k_.nq * k_.dh / k_.t, L + "proj");
+    if (x_.recompute_selective) {
+      const std::string saved = prefix_;
+      prefix_ = "recompute.";
+      attention_fwd(Phase::kBwd);
+      prefix_ = saved;
+    }
+    attention_bwd();
+    elementwise("rope_bwd", 2 * act(k_.tokens, (k_.nq + k_.nkv) * k_.dh / k_.t), Phase::kBwd);
+    colparallel_bwd("qkv", qkv_out, k_.h, L + "qkv", L + "ln1");
+    cur_layer_ = -1;
+  }
+
+  void embedding_fwd() {
+    const CommId tp = x_.tp_of[rank_];
+    elementwise("embedding", 2 * act(k_.tokens, k_.h), Phase::kFwd);
+    if (x_.model->position_embedding_type == "learned_absolute") {
+      elementwise("position_embedding", 3 * act(k_.tokens, k_.h), Phase::kFwd);
+    }
+    if (k_.t > 1) {
+      collective(x_.st.tp, k_.sp ? "embedding_rs" : "embedding_ar",
+                 k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, k_.h),
+                 Phase::kFwd, true);
+    }
+  }
+  void embedding_bwd() {
+    const CommId tp = x_.tp_of[rank_];
+    if (k_.t > 1 && k_.sp) {
+      collective(x_.st.tp, "embedding_grad_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.h), Phase::kBwd,
+                 true);
+    }
+    const OpId w = elementwise("embedding_wgrad", 3 * act(k_.tokens, k_.h), Phase::kWgrad);
+    grad_ready("embedding", w);
+    if (x_.model->position_embedding_type == "learned_absolute") grad_ready("position_embedding", w);
+  }
+  void output_fwd() {
+    const CommId tp = x_.tp_of[rank_];
+    const std::uint64_t vt = k_.vocab_padded / k_.t;
+    elementwise("final_norm", 2 * act(k_.tokens_sp, k_.h), Phase::kFwd);
+    if (k_.t > 1 && k_.sp) {
+      collective(x_.st.tp, "output_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.h), Phase::kFwd, true);
+    }
+    gemm("output", k_.tokens, vt, k_.h, Phase::kFwd);
+    elementwise("cross_entropy", k_.tokens * vt * (k_.act_bytes + 4), Phase::kFwd);
+    if (k_.t > 1) {
+      for (const char* what : {"ce_max_ar", "ce_sumexp_ar", "ce_target_ar"}) {
+        collective(x_.st.tp, what, CollectiveKind::kAllReduce, tp, k_.tokens * 4, Phase::kFwd, true, {}, "",
+                   schedule::DType::kFP32);
+      }
+    }
+  }
+  void output_bwd() {
+    const CommId tp = x_.tp_of[rank_];
+    const std::uint64_t vt = k_.vocab_padded / k_.t;
+    elementwise("cross_entropy_bwd", k_.tokens * vt * (k_.act_bytes + 4), Phase::kBwd);
+    gemm("output_dgrad", k_.tokens, k_.h, vt, Phase::kBwd);
+    const OpId w = gemm("output_wgrad", vt, k_.h, k_.tokens, Phase::kWgrad);
+    grad_ready(x_.model->share_embeddings_and_output_weights && k_.p == 1 ? "embedding" : "output", w);
+    if (k_.t > 1) {
+      collective(x_.st.tp, k_.sp ? "output_dgrad_rs" : "output_dgrad_ar",
+                 k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, k_.h),
+                 Phase::kBwd, true);
+    }
+    const OpId ln = elementwise("final_norm_bwd", 3 * act(k_.tokens_sp, k_.h), Phase::kBwd);
+    grad_ready("final_norm", ln);
+  }
+
+  // ---- chunks ----
+  const std::vector<std::uint32_t>& layers_of(std::uint32_t chunk) const {
+    return x_.vs_layers[chunk * k_.p + co_.pp];
+  }
+  bool first_vs(std::uint32_t chunk) const { return co_.pp == 0 && chunk == 0; }
+  bool last_vs(std::uint32_t chunk) const { return co_.pp == k_.p - 1 && chunk == k_.v - 1; }
+
+  /// Layers of `chunk` whose forward is fully recomputed, grouped: each group is recomputed together before the
+  /// backward of its last layer (uniform: consecutive groups of N; block: the first N layers, one group each).
+  std::vector<std::vector<std::uint32_t>> recompute_groups(std::uint32_t chunk) const {
+    std::vector<std::vector<std::uint32_t>> groups;
+    if (!x_.recompute_full) return groups;
+    const auto& layers = layers_of(chunk);
+    const std::uint32_t n = x_.cfg->recompute_num_layers;
+    if (x_.cfg->recompute_method == "uniform") {
+      for (std::size_t i = 0; i < layers.size(); i += n) {
+        groups.emplace_back(layers.begin() + static_cast<std::ptrdiff_t>(i),
+                            layers.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(layers.size(), i + n)));
+      }
+    } else {
+      for (std::size_t i = 0; i < layers.size() && i < n; ++i) groups.push_back({layers[i]});
+    }
+    return groups;
+  }
+
+  void chunk_fwd(std::uint32_t mb, std::uint32_t chunk) {
+    cur_mb_ = static_cast<std::int32_t>(mb);
+    cur_chunk_ = static_cast<std::int32_t>(chunk);
+    prefix_ = "fwd.";
+    if (!first_vs(chunk)) {
+      TWINSTEP_ASSERT(!fwd_recv_[chunk].empty(), "rank %u: no activation received for mb %u chunk %u", rank_, mb,
+                      chunk);
+      pending_.push_back(fwd_recv_[chunk].front());
+      fwd_recv_[chunk].pop_front();
+    }
+    param_gather_wait(chunk, "embedding", mb);
+    if (first_vs(chunk)) embedding_fwd();
+    for (auto l : layers_of(chunk)) {
+      for (const char* p : {"ln1", "qkv", "proj", "ln2", "fc1", "fc2"}) {
+        param_gather_wait(chunk, "L" + str(l) + "." + p, mb);
+      }
+      layer_fwd(l, Phase::kFwd);
+    }
+    if (last_vs(chunk)) {
+      param_gather_wait(chunk, "final_norm", mb);
+      param_gather_wait(chunk, "output", mb);
+      output_fwd();
+    }
+    last_fwd_output_ = last_compute_;
+    cur_mb_ = cur_chunk_ = -1;
+    prefix_.clear();
+  }
+
+  void chunk_bwd(std::uint32_t mb, std::uint32_t chunk) {
+    cur_mb_ = static_cast<std::int32_t>(mb);
+    cur_chunk_ = static_cast<std::int32_t>(chunk);
+    prefix_ = "bwd.";
+    hooks_on_ = grad_hooks_enabled(mb);
+    hook_chunk_ = chunk;
+    if (!last_vs(chunk)) {
+      TWINSTEP_ASSERT(!bwd_recv_[chunk].empty(), "rank %u: no gradient received for mb %u chunk %u", rank_, mb, chunk);
+      pending_.push_back(bwd_recv_[chunk].front());
+      bwd_recv_[chunk].pop_front();
+    }
+    if (last_vs(chunk)) output_bwd();
+    const auto groups = recompute_groups(chunk);
+    const auto& layers = layers_of(chunk);
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+      for (const auto& g : groups) {
+        if (g.back() == *it) {
+          prefix_ = "recompute.";
+          for (auto l : g) layer_fwd(l, Phase::kBwd);
+          prefix_ = "bwd.";
+        }
+      }
+      layer_bwd(*it);
+    }
+    if (first_vs(chunk)) embedding_bwd();
+    last_bwd_output_ = last_compute_;
+    hooks_on_ = false;
+    cur_mb_ = cur_chunk_ = -1;
+    prefix_.clear();
+  }
+
+  // ---- DP ----
+  bool grad_hooks_enabled(std::uint32_t mb) const {
+    if (!k_.grad_overlap) return false;
+    if (k_.v > 1 && x_.cfg->align_grad_reduce) return false;  // dispatched whole-chunk by grad_sync_func
+    return mb == k_.m - 1;
+  }
+  const std::vector<DpBucket>& buckets(std::uint32_t chunk) const { return x_.buckets[co_.pp][chunk]; }
+
+  void grad_ready(const std::string& param, OpId producer) {
+    if (!hooks_on_) return;
+    const auto& bs = buckets(hook_chunk_);
+    for (std::size_t b = 0; b < bs.size(); ++b) {
+      const auto& ps = bs[b].params;
+      if (std::find(ps.begin(), ps.end(), param) == ps.end()) continue;
+      auto& st = bucket_state_[hook_chunk_][b];
+      st.ready += 1;
+      st.last_producer = producer;
+      if (st.ready == ps.size()) dispatch_grad_bucket(hook_chunk_, b, false);
+    }
+  }
+
+  void dispatch_grad_bucket(std::uint32_t chunk, std::size_t b, bool blocking) {
+    auto& st = bucket_state_[chunk][b];
+    if (st.dispatched) return;
+    st.dispatched = true;
+    const auto saved_layer = cur_layer_;
+    const auto saved_mb = cur_mb_;
+    const auto saved_chunk = cur_chunk_;
+    const auto saved_prefix = prefix_;
+    cur_layer_ = -1;
+    cur_mb_ = -1;
+    cur_chunk_ = static_cast<std::int32_t>(chunk);
+    prefix_ = "dp.";
+    const auto& bucket = buckets(chunk)[b];
+    const std::string what = "chunk" + str(chunk) + ".bucket" + str(b);
+    const std::string ov = blocking ? "" : "dp";
+    const Phase ph = Phase::kBwd;
+    elementwise(what + ".scale", 2 * bucket.numel * k_.grad_bytes, ph);
+    const bool distopt = x_.cfg->use_distributed_optimizer;
+    st.op = collective(x_.st.dp, what + (distopt ? ".grad_rs" : ".grad_ar"),
+                       distopt ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, x_.dp_of[rank_],
+                       bucket.numel * k_.grad_bytes, ph, blocking, {}, ov,
+                       k_.grad_bytes == 4 ? schedule::DType::kFP32 : k_.dtype);
+    cur_layer_ = saved_layer;
+    cur_mb_ = saved_mb;
+    cur_chunk_ = saved_chunk;
+    prefix_ = saved_prefix;
+  }
+
+  void dispatch_chunk(std::uint32_t chunk, bool blocking) {
+    for (std::size_t b = 0; b < buckets(chunk).size(); ++b) dispatch_grad_bucket(chunk, b, blocking);
+  }
+
+  // Param all-gather overlap (overlap_param_gather): issued at the start of the step (steady state: the params were
+  // updated by the previous step's optimizer) and waited by the forward pre-hooks of the first micro-batch.
+  OpId issue_param_ag(std::uint32_t chunk, std::size_t b) {
+    auto& st = bucket_state_[chunk][b];
+    if (st.ag != schedule::kNoOp) return st.ag;
+    const auto saved_mb = cur_mb_;
+    const auto saved_layer = cur_layer_;
+    const auto saved_prefix = prefix_;
+    cur_mb_ = -1;
+    cur_layer_ = -1;
+    prefix_ = "dp.";
+    const auto saved_chunk = cur_chunk_;
+    cur_chunk_ = static_cast<std::int32_t>(chunk);
+    st.ag = collective(x_.st.dp, "chunk" + str(chunk) + ".bucket" + str(b) + ".param_ag", CollectiveKind::kAllGather,
+                       x_.dp_of[rank_], buckets(chunk)[b].numel * k_.act_bytes, Phase::kFwd, false, {}, "dp");
+    cur_chunk_ = saved_chunk;
+    cur_mb_ = saved_mb;
+    cur_layer_ = saved_layer;
+    prefix_ = saved_prefix;
+    return st.ag;
+  }
+
+  void param_gather_wait(std::uint32_t chunk, const std::string& param, std::uint32_t mb) {
+    if (!k_.param_overlap || mb != first_fwd_mb_[chunk]) return;
+    const auto& bs = buckets(chunk);
+    for (std::size_t b = bs.size(); b-- > 0;) {
+      const auto& ps = bs[b].params;
+      if (std::find(ps.begin(), ps.end(), param) == ps.end()) continue;
+      auto& st = bucket_state_[chunk][b];
+      if (st.ag_waited) return;
+      if (k_.aligned_param_gather) {
+        // Chunk-level: every bucket of the chunk was issued earlier; the first pre-hook waits for all of them.
+        for (std::size_t i = 0; i < bs.size(); ++i) {
+          pending_.push_back(issue_param_ag(chunk, i));
+          bucket_state_[chunk][i].ag_waited = true;
+        }
+        return;
+      }
+      // Prefetch depth 1 (reverse bucket order): wait this one (issuing it if nobody did), then issue the next.
+      pending_.push_back(issue_param_ag(chunk, b));
+      st.ag_waited = true;
+      if (b > 0) issue_param_ag(chunk, b - 1);
+      return;
+    }
+  }
+
+  // ---- pipeline P2P ----
+  struct Exchange {
+    bool send_next = false, recv_prev = false, send_prev = false, recv_next = false;
+    std::uint32_t recv_prev_chunk = 0, recv_next_chunk = 0;
+  };
+  /// Posts the P2P ops of one exchange; blocking: the compute stream waits for all of them (and with
+  /// batch_p2p_comm + batch_p2p_sync the host synchronizes the device).
+  void exchange(const Exchange& ex, bool blocking) {
+    const std::uint64_t bytes = act(k_.tokens_sp, k_.h);  // [s/(c t_sp), b, h]
+    const CommId pp = x_.pp_of[rank_];
+    const std::string ov = blocking ? "" : "pp";
+    std::vector<OpId> posted;
+    std::vector<OpId> fwd_producer, bwd_producer;
+    if (last_fwd_output_ != schedule::kNoOp) fwd_producer.push_back(last_fwd_output_);
+    if (last_bwd_output_ != schedule::kNoOp) bwd_producer.push_back(last_bwd_output_);
+    const auto saved_prefix = prefix_;
+    prefix_ = "pp.x" + str(exchanges_++) + ".";
+    if (ex.send_next) {
+      posted.push_back(send(x_.st.pp_send_next, "send_fwd", pp, pp_peer(1), bytes, 0, Phase::kFwd, fwd_producer, ov));
+    }
+    if (ex.recv_prev) {
+      const OpId r = recv(x_.st.pp_recv_prev, "recv_fwd", pp, pp_peer(-1), bytes, 0, Phase::kFwd, ov);
+      posted.push_back(r);
+      fwd_recv_[ex.recv_prev_chunk].push_back(r);
+    }
+    if (ex.send_prev) {
+      posted.push_back(send(x_.st.pp_send_prev, "send_bwd", pp, pp_peer(-1), bytes, 1, Phase::kBwd, bwd_producer, ov));
+    }
+    if (ex.recv_next) {
+      const OpId r = recv(x_.st.pp_recv_next, "recv_bwd", pp, pp_peer(1), bytes, 1, Phase::kBwd, ov);
+      posted.push_back(r);
+      bwd_recv_[ex.recv_next_chunk].push_back(r);
+    }
+    if (blocking) {
+      pending_.insert(pending_.end(), posted.begin(), posted.end());
+      if (k_.batch_p2p && x_.cfg->batch_p2p_sync) {
+        for (auto id : posted) host_sync("batch_p2p_sync", id, Phase::kNone);
+      }
+    }
+    prefix_ = saved_prefix;
+  }
+
+  void run_no_pipelining();
+  void run_1f1b();
+  void run_interleaved();
+  void finalize_and_optimize();
+
+  const Ctx& x_;
+  const Dims& k_;
+  RankId rank_;
+  Coords co_;
+  std::vector<schedule::Op> ops_;
+  std::vector<OpId> pending_;  // deps the next compute-stream op takes (stream wait_event)
+  OpId last_compute_ = schedule::kNoOp;
+  OpId last_fwd_output_ = schedule::kNoOp;
+  OpId last_bwd_output_ = schedule::kNoOp;
+  std::uint32_t exchanges_ = 0;
+  std::int32_t cur_layer_ = -1, cur_mb_ = -1, cur_chunk_ = -1;
+  std::string prefix_;
+  std::vector<std::deque<OpId>> fwd_recv_, bwd_recv_;
+  bool hooks_on_ = false;
+  std::uint32_t hook_chunk_ = 0;
+  struct BucketState {
+    std::size_t ready = 0;
+    bool dispatched = false;
+    OpId op = schedule::kNoOp;
+    OpId last_producer = schedule::kNoOp;
+    OpId ag = schedule::kNoOp;
+    bool ag_waited = false;
+  };
+  std::vector<std::vector<BucketState>> bucket_state_;
+  std::vector<std::uint32_t> first_fwd_mb_;
+};
+
+void RankLowering::run_no_pipelining() {
+  for (std::uint32_t mb = 0; mb < k_.m; ++mb) {
+    chunk_fwd(mb, 0);
+    chunk_bwd(mb, 0);
+  }
+}
+
+void RankLowering::run_1f1b() {
+  const std::uint32_t p = k_.p, r = co_.pp, m = k_.m;
+  const bool first = r == 0, last = r == p - 1;
+  const std::uint32_t warmup = std::min(p - r - 1, m);
+  const std::uint32_t remaining = m - warmup;
+  const bool blocking = true;
+  std::uint32_t f = 0, bk = 0;
+  for (std::uint32_t i = 0; i < warmup; ++i) {
+    if (!first) exchange(Exchange{false, true, false, false, 0, 0}, blocking);
+    chunk_fwd(f++, 0);
+    if (!last) exchange(Exchange{true, false, false, false, 0, 0}, blocking);
+  }
+  if (remaining > 0 && !first) exchange(Exchange{false, true, false, false, 0, 0}, blocking);
+  for (std::uint32_t i = 0; i < remaining; ++i) {
+    const bool last_iteration = i + 1 == remaining;
+    chunk_fwd(f++, 0);
+    if (!last) exchange(Exchange{true, false, false, true, 0, 0}, blocking);  // send_forward_recv_backward
+    chunk_bwd(bk++, 0);
+    if (!first) {
+      exchange(Exchange{false, !last_iteration, true, false, 0, 0}, blocking);  // send_backward(_recv_forward)
+    }
+  }
+  for (std::uint32_t i = 0; i < warmup; ++i) {
+    if (!last) exchange(Exchange{false, false, false, true, 0, 0}, blocking);
+    chunk_bwd(bk++, 0);
+    if (!first) exchange(Exchange{false, false, true, false, 0, 0}, blocking);
+  }
+  if (k_.grad_overlap) dispatch_chunk(0, false);  // grad_sync_func for stages whose hooks did not fire
+}
+
+void RankLowering::run_interleaved() {
+  const std::uint32_t p = k_.p, v = k_.v, r = co_.pp, m = k_.m;
+  const VirtualTable table = schedule_table(m, v, k_.g);
+  const std::uint32_t total = m * v;
+  std::uint32_t warmup = 2 * (p - r - 1) + (v - 1) * k_.g;
+  const bool all_warmup = warmup >= total;
+  if (all_warmup) warmup = total;
+  const std::uint32_t remaining = total - warmup;
+  auto fchunk = [&](std::uint32_t vid) { return table.entries[vid % total].second; };
+  auto fmb = [&](std::uint32_t vid) { return table.entries[vid].first; };
+  auto bchunk = [&](std::uint32_t vid) { return v - 1 - table.entries[vid % total].second; };
+  auto bmb = [&](std::uint32_t vid) { return table.entries[vid].first; };
+  const bool ov = k_.p2p_overlap;
+  std::set<std::uint32_t> synced;
+
+  auto param_sync = [&](std::uint32_t vid) {  // forward_step_helper: launch param AG of the next chunk (aligned)
+    if (!k_.aligned_param_gather) return;
+    const std::uint32_t sid = vid + r;
+    if (sid < total && fmb(sid) == 0) {
+      const std::uint32_t next = fchunk(sid) + 1;
+      if (next > 1 && next < v) {
+        for (std::size_t b = 0; b < buckets(next).size(); ++b) issue_param_ag(next, b);
+      }
+    }
+  };
+  auto grad_sync = [&](std::uint32_t vid) {  // backward_step_helper: aligned whole-chunk grad reduction
+    if (!k_.grad_overlap || !x_.cfg->align_grad_reduce) return;
+    if (vid < r) return;
+    const std::uint32_t gid = vid - r;
+    if (bmb(gid) == m - 1) {
+      const std::uint32_t c = bchunk(gid);
+      dispatch_chunk(c, false);
+      synced.insert(c);
+    }
+  };
+  auto fwd = [&](std::uint32_t vid) {
+    param_sync(vid);
+    chunk_fwd(fmb(vid), fchunk(vid));
+  };
+  auto bwd = [&](std::uint32_t vid) {
+    chunk_bwd(bmb(vid), bchunk(vid));
+    grad_sync(vid);
+  };
+  // recv_tensor_from_previous_stage (MCore): whether a tensor arrives, and for which chunk.
+  auto from_prev = [&](std::uint32_t vid, bool forward, bool& recv, std::uint32_t& next_chunk) {
+    recv = true;
+    const bool leading = forward ? r == 0 : r == p - 1;
+    const std::uint32_t last_chunk = forward ? v - 1 : 0;
+    auto chunk_of = [&](std::uint32_t id) { return forward ? fchunk(id) : bchunk(id); };
+    if (leading) {
+      if (vid < p - 1) {
+        recv = false;
+        next_chunk = chunk_of(vid + 1);
+      } else {
+        next_chunk = chunk_of(vid - (p - 1));
+        if (next_chunk == last_chunk) recv = false;
+        next_chunk = forward ? next_chunk + 1 : next_chunk - 1;
+      }
+    } else {
+      next_chunk = chunk_of(vid + 1);
+    }
+  };
+
+  if (r != 0) exchange(Exchange{false, true, false, false, 0, 0}, true);
+  for (std::uint32_t k = 0; k < warmup; ++k) {
+    fwd(k);
+    const std::uint32_t next_chunk = fchunk(k + 1);
+    bool recv_prev = !(r == 0 && next_chunk == 0);
+    if (k + 1 == total) recv_prev = false;
+    Exchange ex{!last_vs(fchunk(k)), recv_prev, false, false, next_chunk, 0};
+    if (k + 1 == warmup && !all_warmup) {
+      ex.recv_next = r != p - 1;
+      ex.recv_next_chunk = v - 1;
+    }
+    exchange(ex, true);
+  }
+  for (std::uint32_t k = 0; k < remaining; ++k) {
+    const std::uint32_t fk = k + warmup, bk = k;
+    Exchange fx, bx;
+    fx.send_next = !last_vs(fchunk(fk));
+    from_prev(fk, true, fx.recv_prev, fx.recv_prev_chunk);
+    if (k + 1 == remaining) fx.recv_prev = false;
+    bx.send_prev = !first_vs(bchunk(bk));
+    from_prev(bk, false, bx.recv_next, bx.recv_next_chunk);
+    if (ov) {
+      fwd(fk);
+      exchange(fx, false);
+      bwd(bk);
+      exchange(bx, false);
+    } else {
+      fwd(fk);
+      bwd(bk);
+      Exchange both = fx;
+      both.send_prev = bx.send_prev;
+      both.recv_next = bx.recv_next;
+      both.recv_next_chunk = bx.recv_next_chunk;
+      exchange(both, true);  // send_forward_backward_recv_forward_backward
+
+    }
+  }
+  if (all_warmup && r != p - 1) exchange(Exchange{false, false, false, true, 0, v - 1}, true);
+  for (std::uint32_t k = remaining; k < total; ++k) {
+    bwd(k);
+    const std::uint32_t next_chunk = k + 1 < total ? bchunk(k + 1) : 0;
+    bool recv_next = !(r == p - 1 && next_chunk == v - 1);
+    if (k + 1 == total) recv_next = false;
+    exchange(Exchange{false, false, !first_vs(bchunk(k)), recv_next, 0, next_chunk}, true);
+  }
+  if (k_.grad_overlap) {
+    for (std::uint32_t c = 0; c < v; ++c) {
+      if (!synced.count(c)) dispatch_chunk(c, false);  // remaining grad reductions
+    }
+  }
+}
+
+void RankLowering::finalize_and_optimize() {
+  cur_mb_ = cur_layer_ = cur_chunk_ = -1;
+  prefix_ = "optim.";
+  const bool distopt = x_.cfg->use_distributed_optimizer;
+  // finish_grad_sync per chunk: dispatch what is left (blocking), wait for what was dispatched.
+  for (std::uint32_t c = 0; c < k_.v; ++c) {
+    for (std::size_t b = 0; b < buckets(c).size(); ++b) {
+      auto& st = bucket_state_[c][b];
+      if (static_cast<std::uint64_t>(k_.d) * k_.c > 1) {
+        if (!st.dispatched) dispatch_grad_bucket(c, b, true);
+        else pending_.push_back(st.op);
+      }
+    }
+  }
+  prefix_ = "optim.";
+  std::uint64_t local = 0, norms = 0;
+  for (std::uint32_t c = 0; c < k_.v; ++c) {
+    for (const auto& p : x_.params[co_.pp][c]) {
+      local += p.numel;
+      if (p.name.find("ln") != std::string::npos || p.name == "final_norm") norms += p.numel;
+    }
+  }
+  // (2) TP all-reduce of the sequence-parallel layernorm grads.
+  if (k_.sp) {
+    collective(x_.st.tp, "sp_norm_grad_ar", CollectiveKind::kAllReduce, x_.tp_of[rank_], norms * k_.grad_bytes,
+               Phase::kOptim, true);
+  }
+  // (3) tied embedding grads between the first and last stage.
+  if (x_.embd_of[rank_] != kNone) {
+    collective(x_.st.dp, "embedding_grad_ar", CollectiveKind::kAllReduce, x_.embd_of[rank_],
+               k_.vocab_padded / k_.t * k_.h * k_.grad_bytes, Phase::kOptim, true);
+  }
+  std::uint64_t shard = 0;
+  for (std::uint32_t c = 0; c < k_.v; ++c) {
+    for (const auto& b : buckets(c)) shard += distopt ? b.numel / (static_cast<std::uint64_t>(k_.d) * k_.c) : b.numel;
+  }
+  host("host_optimizer", x_.cfg->host.optimizer_step_ns, Phase::kOptim);
+  elementwise("grad_norm", shard * k_.grad_bytes, Phase::kOptim);
+  if (x_.norm_of[rank_] != kNone) {
+    const OpId ar = collective(x_.st.dp, "grad_norm_ar", CollectiveKind::kAllReduce, x_.norm_of[rank_], 4,
+                               Phase::kOptim, true, {}, "", schedule::DType::kFP32);
+    host_sync("grad_norm_item", ar, Phase::kOptim);  // clip_grad_norm: total_norm.item()
+  }
+  elementwise("clip_grads", 2 * shard * k_.grad_bytes, Phase::kOptim);
+  kernel("adam", schedule::Optimizer{shard, k_.dtype}, Phase::kOptim);
+  if (distopt && !k_.param_overlap && static_cast<std::uint64_t>(k_.d) * k_.c > 1) {
+    for (std::uint32_t c = 0; c < k_.v; ++c) {
+      for (std::size_t b = 0; b < buckets(c).size(); ++b) {
+        collective(x_.st.dp, "chunk" + str(c) + ".bucket" + str(b) + ".param_ag", CollectiveKind::kAllGather,
+                   x_.dp_of[rank_], buckets(c)[b].numel * k_.act_bytes, Phase::kOptim, true);
+      }
+    }
+  }
+  // The step ends when every stream has drained (the next step's forward waits for the param all-gathers).
+  if (!pending_.empty()) elementwise("step_end", 0, Phase::kOptim);
+}
+
+std::vector<schedule::Op> RankLowering::run() {
+  bucket_state_.resize(k_.v);
+  first_fwd_mb_.assign(k_.v, 0);
+  for (std::uint32_t c = 0; c < k_.v; ++c) bucket_state_[c].resize(buckets(c).size());
+  if (k_.aligned_param_gather) {  // at schedule start: all buckets of chunks 0 and 1
+    for (std::uint32_t c = 0; c < std::min<std::uint32_t>(2, k_.v); ++c) {
+      for (std::size_t b = 0; b < buckets(c).size(); ++b) issue_param_ag(c, b);
+    }
+  }
+  if (k_.p == 1) run_no_pipelining();
+  else if (k_.v == 1) run_1f1b();
+  else run_interleaved();
+  for (std::uint32_t c = 0; c < k_.v; ++c) {
+    TWINSTEP_ASSERT(fwd_recv_[c].empty() && bwd_recv_[c].empty(), "rank %u chunk %u: unconsumed P2P receives", rank_,
+                    c);
+  }
+  finalize_and_optimize();
+  return std::move(ops_);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Memory.
+
+MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
+  const Dims& k = x.k;
+  const Coords co = coords_of(k, rank);
+  const RunConfig& cfg = *x.cfg;
+  MemoryEstimate e;
+  double numel = 0;
+  for (std::uint32_t c = 0; c < k.v; ++c) {
+    for (const auto& p : x.params[co.pp][c]) numel += static_cast<double>(p.numel);
+  }
+  const double dpc = static_cast<double>(k.d) * k.c;
+  e.params_bytes = numel * static_cast<double>(k.act_bytes);
+  e.grads_bytes = numel * static_cast<double>(k.grad_bytes);
+  // fp32 master weights + Adam moments (12 B/param), sharded over DP x CP with the distributed optimizer.
+  e.optimizer_bytes = numel * 12.0 / (cfg.use_distributed_optimizer ? dpc : 1.0);
+  // Activations saved per layer per micro-batch (flash attention: no s^2 term), bytes:
+  //   attention: ln1 input + ln_out (T_sp h each), Q/K/V (T (nq+2nkv) dh / t), output (T nq dh / t) + fp32 LSE;
+  //   MLP: ln2 input + fc1 input (T_sp h each), fc1 output (T ffn1 / t), activation output (T f / t).
+  const double B = static_cast<double>(k.act_bytes), T = static_cast<double>(k.tokens),
+               Tsp = static_cast<double>(k.tokens_sp), t = k.t;
+  const double per_layer = B * (4 * Tsp * static_cast<double>(k.h) +
+                                T * static_cast<double>((k.nq + 2 * k.nkv) * k.dh) / t +
+                                T * static_cast<double>(k.nq * k.dh) / t + T * static_cast<double>(k.ffn1) / t +
+                                T * static_cast<double>(k.f) / t) +
+                           4.0 * T * static_cast<double>(k.nq) / t;
+  const double per_layer_ckpt = B * Tsp * static_cast<double>(k.h);  // full recompute keeps only the layer input
+  auto chunk_bytes = [&](std::uint32_t chunk) {
+    const auto& layers = x.vs_layers[chunk * k.p + co.pp];
+    std::size_t recomputed = 0;
+    if (x.recompute_full) {
+      recomputed = cfg.recompute_method == "uniform" ? layers.size()
+                                                     : std::min<std::size_t>(layers.size(), cfg.recompute_num_layers);
+    }
+    return static_cast<double>(layers.size() - recomputed) * per_layer +
+           static_cast<double>(recomputed) * per_layer_ckpt;
+  };
+  // In-flight micro-batches from the actual order: forwards whose backward has not run yet.
+  const auto order = pipeline_order(cfg, co.pp, k.m);
+  double live = 0, peak = 0;
+  for (const auto& step : order) {
+    live += step.forward ? chunk_bytes(step.chunk) : -chunk_bytes(step.chunk);
+    peak = std::max(peak, live);
+  }
+  double transient = 0;
+  if (x.recompute_full) transient = per_layer * static_cast<double>(cfg.recompute_num_layers);
+  if (co.pp == k.p - 1) {  // logits and fp32 softmax of one micro-batch
+    transient += T * static_cast<double>(k.vocab_padded) / t * (B + 4);
+  }
+  e.activations_bytes = peak + transient;
+  std::uint32_t comms = 0;
+  for (const auto* v : {&x.tp_of, &x.cp_of, &x.dp_of, &x.pp_of, &x.norm_of, &x.embd_of}) {
+    if ((*v)[rank] != kNone) ++comms;
+  }
+  e.comm_buffers_bytes = static_cast<double>(comms) * static_cast<double>(kNcclBufferBytesPerComm);
+  if (k.tp_overlap) e.comm_buffers_bytes += kUbSites * T * static_cast<double>(k.h) * B;
+  if (k.p > 1) e.comm_buffers_bytes += 2.0 * Tsp * static_cast<double>(k.h) * B * (k.v > 1 ? 2 : 1);
+  return e;
+}
+
+Ctx build_ctx(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>& warnings) {
+  Ctx x;
+  x.model = &model;
+  x.cfg = &cfg;
+  x.k = gate(model, cfg, warnings);
+  x.vs_layers = virtual_stage_layers(model, cfg);
+  x.recompute_full = cfg.recompute_granularity == "full";
+  x.recompute_selective = cfg.recompute_granularity == "selective";
+  const Dims& k = x.k;
+  x.params.resize(k.p);
+  x.buckets.resize(k.p);
+  for (std::uint32_t r = 0; r < k.p; ++r) {
+    for (std::uint32_t c = 0; c < k.v; ++c) {
+      x.params[r].push_back(chunk_params(model, cfg, k, r, c, x.vs_layers[c * k.p + r]));
+      x.buckets[r].push_back(make_buckets(x.params[r][c], cfg, k, r, c));
+    }
+  }
+  return x;
+}
+
+}  // namespace
+
+std::vector<std::uint32_t> chunk_layers(const ModelSpec& model, const RunConfig& cfg, std::uint32_t pp_rank,
+                                        std::uint32_t chunk) {
+  const auto all = virtual_stage_layers(model, cfg);
+  const std::uint32_t p = std::max<std::uint32_t>(1, cfg.pipeline_model_parallel_size);
+  return all.at(chunk * p + pp_rank);
+}
+
+std::vector<DpBucket> dp_buckets(const ModelSpec& model, const RunConfig& cfg, std::uint32_t pp_rank,
+                                 std::uint32_t chunk) {
+  std::vector<std::string> warnings;
+  const Ctx x = build_ctx(model, cfg, warnings);
+  return x.buckets.at(pp_rank).at(chunk);
+}
+
+std::vector<PipelineStep> pipeline_order(const RunConfig& cfg, std::uint32_t r, std::uint32_t m) {
+  const std::uint32_t p = std::max<std::uint32_t>(1, cfg.pipeline_model_parallel_size);
+  const std::uint32_t v = std::max<std::uint32_t>(1, cfg.virtual_pipeline_model_parallel_size);
+  std::vector<PipelineStep> out;
+  if (p == 1) {
+    for (std::uint32_t mb = 0; mb < m; ++mb) {
+      out.push_back({true, mb, 0});
+      out.push_back({false, mb, 0});
+    }
+    return out;
+  }
+  if (v == 1) {
+    const std::uint32_t w = std::min(p - r - 1, m);
+    std::uint32_t f = 0, b = 0;
+    for (std::uint32_t i = 0; i < w; ++i) out.push_back({true, f++, 0});
+    for (std::uint32_t i = 0; i < m - w; ++i) {
+      out.push_back({true, f++, 0});
+      out.push_back({false, b++, 0});
+    }
+    for (std::uint32_t i = 0; i < w; ++i) out.push_back({false, b++, 0});
+    return out;
+  }
+  const std::uint32_t g = cfg.microbatch_group_size_per_vp_stage == 0 ? p : cfg.microbatch_group_size_per_vp_stage;
+  const VirtualTable table = schedule_table(m, v, g);
+  const std::uint32_t total = m * v;
+  const std::uint32_t w = std::min(total, 2 * (p - r - 1) + (v - 1) * g);
+  auto F = [&](std::uint32_t id) { out.push_back({true, table.entries[id].first, table.entries[id].second}); };
+  auto B = [&](std::uint32_t id) {
+    out.push_back({false, table.entries[id].first, v - 1 - table.entries[id].second});
+  };
+  for (std::uint32_t i = 0; i < w; ++i) F(i);
+  for (std::uint32_t i = 0; i < total - w; ++i) {
+    F(w + i);
+    B(i);
+  }
+  for (std::uint32_t i = total - w; i < total; ++i) B(i);
+  return out;
+}
+
+Lowered lower(const ModelSpec& model, const RunConfig& cfg) {
+  Lowered out;
+  Ctx x = build_ctx(model, cfg, out.warnings);
+  const Dims& k = x.k;
+  const std::uint32_t world = cfg.world_size;
+  schedule::Schedule& s = out.schedule;
+  s.name = model.name + " tp" + str(k.t) + " pp" + str(k.p) + (k.v > 1 ? " vpp" + str(k.v) : "") + " cp" + str(k.c) +
+           " dp" + str(k.d);
+  s.world_size = world;
+  for (RankId r = 0; r < world; ++r) s.ranks.push_back(r);
+
+  // Streams: compute, then the comm streams this layout uses (NCCL streams high priority: TORCH_NCCL_HIGH_PRIORITY=1).
+  auto add_stream = [&](const std::string& name, int prio) {
+    s.streams.push_back({name, prio});
+    return static_cast<StreamId>(s.streams.size() - 1);
+  };
+  x.st.compute = add_stream("compute", 0);
+  if (k.t > 1) x.st.tp = add_stream("tp", -1);
+  if (k.tp_overlap) {
+    x.st.tp_send = add_stream("tp_send", -1);
+    x.st.tp_recv = add_stream("tp_recv", -1);
+  }
+  if (k.c > 1) {
+    x.st.cp = add_stream("cp", -1);
+    if (k.cp_type == "p2p") x.st.cp_recv = add_stream("cp_recv", -1);
+  }
+  const bool tied_pp = model.share_embeddings_and_output_weights && k.p > 1;
+  const bool need_dp_stream = static_cast<std::uint64_t>(k.d) * k.c > 1 || tied_pp || world > 1;
+  if (need_dp_stream) x.st.dp = add_stream("dp", -1);
+  if (k.p > 1) {  // per peer direction, as PyTorch keeps one NCCL stream per P2P peer pair
+    x.st.pp_send_next = add_stream("pp_send_next", -1);
+    x.st.pp_recv_prev = add_stream("pp_recv_prev", -1);
+    x.st.pp_send_prev = add_stream("pp_send_prev", -1);
+    x.st.pp_recv_next = add_stream("pp_recv_next", -1);
+  }
+
+  // Communicators, with full member lists.
+  x.tp_of.assign(world, kNone);
+  x.cp_of.assign(world, kNone);
+  x.dp_of.assign(world, kNone);
+  x.pp_of.assign(world, kNone);
+  x.norm_of.assign(world, kNone);
+  x.embd_of.assign(world, kNone);
+  auto add_comm = [&](const std::string& kind, std::uint32_t index, std::vector<RankId> members,
+                      std::vector<CommId>& of) {
+    const auto id = static_cast<CommId>(s.communicators.size());
+    for (auto m : members) of[m] = id;
+    s.communicators.push_back({kind + "." + str(index), kind, std::move(members)});
+  };
+  if (k.t > 1) {
+    for (std::uint32_t i = 0; i < world / k.t; ++i) {
+      std::vector<RankId> m;
+      for (std::uint32_t j = 0; j < k.t; ++j) m.push_back(i * k.t + j);
+      add_comm("tp", i, m, x.tp_of);
+    }
+  }
+  if (k.c > 1) {
+    std::uint32_t idx = 0;
+    for (std::uint32_t pp = 0; pp < k.p; ++pp) {
+      for (std::uint32_t dp = 0; dp < k.d; ++dp) {
+        for (std::uint32_t tp = 0; tp < k.t; ++tp) {
+          std::vector<RankId> m;
+          for (std::uint32_t cp = 0; cp < k.c; ++cp) m.push_back(rank_of(k, {tp, cp, dp, pp}));
+          add_comm("cp", idx++, m, x.cp_of);
+        }
+      }
+    }
+  }
+  if (static_cast<std::uint64_t>(k.d) * k.c > 1) {  // dense grads reduce over DP x CP (intra_dp_cp)
+    std::uint32_t idx = 0;
+    for (std::uint32_t pp = 0; pp < k.p; ++pp) {
+      for (std::uint32_t tp = 0; tp < k.t; ++tp) {
+        std::vector<RankId> m;
+        for (std::uint32_t dp = 0; dp < k.d; ++dp) {
+          for (std::uint32_t cp = 0; cp < k.c; ++cp) m.push_back(rank_of(k, {tp, cp, dp, pp}));
+        }
+        add_comm("dp", idx++, m, x.dp_of);
+      }
+    }
+  }
+  if (k.p > 1) {
+    const std::uint32_t stride = k.t * k.c * k.d;
+    for (std::uint32_t i = 0; i < stride; ++i) {
+      std::vector<RankId> m;
+      for (std::uint32_t pp = 0; pp < k.p; ++pp) m.push_back(i + stride * pp);
+      add_comm("pp", i, m, x.pp_of);
+    }
+  }
+  // Grad-norm reduction group: the whole world with the distributed optimizer, else the model-parallel group.
+  if (cfg.use_distributed_optimizer) {
+    if (world > 1) {
+      std::vector<RankId> m(world);
+      std::iota(m.begin(), m.end(), 0);
+      add_comm("world", 0, m, x.norm_of);
+    }
+  } else if (k.t * k.p > 1) {
+    std::uint32_t idx = 0;
+    for (std::uint32_t dp = 0; dp < k.d; ++dp) {
+      for (std::uint32_t cp = 0; cp < k.c; ++cp) {
+        std::vector<RankId> m;
+        for (std::uint32_t pp = 0; pp < k.p; ++pp) {
+          for (std::uint32_t tp = 0; tp < k.t; ++tp) m.push_back(rank_of(k, {tp, cp, dp, pp}));
+        }
+        add_comm("mp", idx++, m, x.norm_of);
+      }
+    }
+  }
+  if (tied_pp) {
+    std::uint32_t idx = 0;
+    for (std::uint32_t dp = 0; dp < k.d; ++dp) {
+      for (std::uint32_t cp = 0; cp < k.c; ++cp) {
+        for (std::uint32_t tp = 0; tp < k.t; ++tp) {
+          add_comm("embd", idx++, {rank_of(k, {tp, cp, dp, 0}), rank_of(k, {tp, cp, dp, k.p - 1})}, x.embd_of);
+        }
+      }
+    }
+  }
+
+  // Ops, rank by rank (each rank is a function of its coordinates).
+  for (RankId r = 0; r < world; ++r) {
+    auto ops = RankLowering(x, r).run();
+    const auto base = static_cast<OpId>(s.ops.size());
+    for (auto& op : ops) {
+      op.id += base;
+      for (auto& d : op.deps) d += base;
+      if (auto* hs = std::get_if<schedule::HostSync>(&op.body)) hs->target += base;
+      s.ops.push_back(std::move(op));
+    }
+    out.memory_per_rank.push_back(estimate_memory(x, r));
+  }
+  for (const auto& m : out.memory_per_rank) {
+    if (m.total_bytes() > out.peak_memory.total_bytes()) out.peak_memory = m;
+  }
+  out.fits = out.peak_memory.total_bytes() <= cfg.gpu_memory_bytes;
+
+  // model_flops_per_step = 6 * N_matmul * tokens + attention, tokens = global_batch_size * seq_length;
+  // attention per layer = 3.5 x forward (kernel_math: backward 2.5x), forward = 4 * b * s^2 * n_q * d_h / 2 (causal).
+  const double tokens = static_cast<double>(cfg.global_batch_size) * static_cast<double>(k.s);
+  const double attn_fwd = 4.0 * static_cast<double>(cfg.global_batch_size) * static_cast<double>(k.s) *
+                          static_cast<double>(k.s) * static_cast<double>(k.nq * k.dh) * 0.5;
+  out.model_flops_per_step = 6.0 * matmul_params(model) * tokens + 3.5 * attn_fwd * model.num_layers;
+
+  s.meta["generator"] = "twinstep lower";
+  s.meta["model"] = model.name;
+  s.meta["layout"] = "tp" + str(k.t) + " pp" + str(k.p) + " vpp" + str(k.v) + " cp" + str(k.c) + " dp" + str(k.d) +
+                     (k.sp ? " sp" : "");
+  s.meta["micro_batches"] = str(k.m);
+  s.warnings = out.warnings;
+  return out;
 }
 
 }  // namespace twinstep::models

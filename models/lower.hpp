@@ -33,6 +33,35 @@ struct Lowered {
   double model_flops_per_step = 0;   ///< 6*N*tokens + attention, for MFU (no recompute counted).
 };
 
+/// One DP bucket of a model chunk on one rank (Megatron's _ParamAndGradBuffer): padded element count and the
+/// parameters it holds, in backprop (reverse registration) order.
+struct DpBucket {
+  std::uint64_t numel = 0;         ///< Padded elements (RS bytes = numel * grad bytes, AG = numel * param bytes).
+  std::uint64_t param_numel = 0;   ///< Elements of the parameters themselves (no padding).
+  std::vector<std::string> params; ///< Parameter names, e.g. "L3.fc2", "output", "embedding".
+};
+
+/// The DP buckets of model chunk `chunk` on pipeline rank `pp_rank` under `config` (bucket_size, overlap,
+/// distributed-optimizer padding, PP/VPP single-bucket rules). Throws like lower() for an invalid layout.
+[[nodiscard]] std::vector<DpBucket> dp_buckets(const ModelSpec& model, const RunConfig& config, std::uint32_t pp_rank,
+                                               std::uint32_t chunk);
+
+/// Transformer layers (global indices) of model chunk `chunk` on pipeline rank `pp_rank`, after uneven layouts
+/// (decoder_first/last_pipeline_num_layers, account_for_embedding/loss_in_pipeline_split).
+[[nodiscard]] std::vector<std::uint32_t> chunk_layers(const ModelSpec& model, const RunConfig& config,
+                                                      std::uint32_t pp_rank, std::uint32_t chunk);
+
+/// A pipeline step on one rank: forward or backward of (micro-batch, model chunk), in program order.
+struct PipelineStep {
+  bool forward = true;
+  std::uint32_t microbatch = 0;
+  std::uint32_t chunk = 0;
+};
+
+/// Megatron-Core's compute order on pipeline rank `pp_rank`: no-pipelining, 1F1B, or interleaved 1F1B.
+[[nodiscard]] std::vector<PipelineStep> pipeline_order(const RunConfig& config, std::uint32_t pp_rank,
+                                                       std::uint32_t num_microbatches);
+
 /// Lowers one step. Throws twinstep::Error naming the rule and the fix when the config is invalid
 /// (divisibility, an assertion-type gating rule, an unsupported combination).
 [[nodiscard]] Lowered lower(const ModelSpec& model, const RunConfig& config);

@@ -1,0 +1,2 @@
+#include "tests/catch.hpp"
+#include "models/model_spec.hpp"

@@ -1,0 +1,2 @@
+#include "tests/catch.hpp"
+#include "models/run_config.hpp"
