@@ -1,0 +1,344 @@
+// The analytic resource model: each activity's solo time comes from the cost model; sharing is mechanistic.
+// - SMs: a running comm kernel holds one SM per NCCL channel (CTA) on every member GPU, a fused kernel holds its
+//   sm_count; regular compute kernels split the remaining SMs evenly, and a tiled kernel's compute time scales
+//   with its wave count ceil(tiles / SMs) (hardware.md 5: 132-CTA GEMM + 24-CTA all-gather = 2 waves).
+// - HBM: a comm kernel uses comm_hbm_bytes_per_bus_byte x its bus bandwidth; compute kernels share the rest.
+// - NICs: concurrent inter-node transfers of one GPU share its NIC fairly (bandwidth term x number of users).
+// Whenever one of these changes, the remaining work of the affected activities is re-timed.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <queue>
+
+#include "common/assert.hpp"
+#include "sim/simulate.hpp"
+
+namespace twinstep::sim {
+namespace {
+
+using schedule::kNoOp;
+using schedule::OpId;
+
+struct Act {
+  ActivityId id = kNoOp;
+  ActivityKind kind = ActivityKind::kCompute;
+  bool active = false;
+  bool fused = false;                 ///< Compute with reserved SMs.
+  std::uint32_t gpu = 0;              ///< Compute: its GPU.
+  std::vector<std::uint32_t> gpus;    ///< Comm: member GPUs (capacity kept across reuse).
+  KernelCost kernel;
+  CommCost comm;
+  double hbm_bytes_per_s = 0;         ///< Comm: HBM it uses on each member.
+  double remaining = 1.0;             ///< Fraction of the work left.
+  double ns_per_unit = 0;             ///< Current duration of the whole work at the current rates, ns.
+  Nanos last_ns = 0;
+  Nanos done_ns = 0;
+  std::uint32_t version = 0;
+  std::uint32_t mark = 0;
+};
+
+struct Gpu {
+  std::vector<std::uint32_t> compute;  ///< Slots of running compute activities.
+  std::vector<std::uint32_t> comm;     ///< Slots of running comm activities.
+  std::uint32_t held_sms = 0;
+  std::uint32_t regular = 0;           ///< Running compute kernels without reserved SMs.
+  double comm_hbm_bytes_per_s = 0;
+  std::uint32_t nic_users = 0;
+};
+
+struct HeapEntry {
+  Nanos time;
+  ActivityId id;
+  std::uint32_t slot;
+  std::uint32_t version;
+  bool operator>(const HeapEntry& o) const { return time != o.time ? time > o.time : id > o.id; }
+};
+
+void erase_value(std::vector<std::uint32_t>& v, std::uint32_t x) {
+  auto it = std::find(v.begin(), v.end(), x);
+  TWINSTEP_ASSERT(it != v.end(), "slot %u not registered", x);
+  *it = v.back();
+  v.pop_back();
+}
+
+class AnalyticModel final : public ResourceModel {
+ public:
+  explicit AnalyticModel(const SimContext& ctx) : ctx_(ctx) {
+    gpus_.resize(ctx.cluster.num_gpus());
+    span_cache_.resize(ctx.schedule.communicators.size());
+    span_known_.assign(ctx.schedule.communicators.size(), 0);
+    std::vector<HeapEntry> storage;
+    storage.reserve(1024);
+    heap_ = decltype(heap_)(std::greater<HeapEntry>(), std::move(storage));
+  }
+
+  void start(ActivityId id, const Activity& a, Nanos now) override {
+    const std::uint32_t slot = alloc();
+    Act& act = slots_[slot];
+    act.id = id;
+    act.kind = a.kind;
+    act.active = true;
+    act.remaining = 1.0;
+    act.last_ns = now;
+    act.gpus.clear();
+    act.fused = false;
+    act.hbm_bytes_per_s = 0;
+    ++running_;
+    ++epoch_;
+    affected_.clear();
+    const auto& ops = ctx_.schedule.ops;
+    if (a.kind == ActivityKind::kCompute) {
+      const auto& c = std::get<schedule::Compute>(ops[a.op].body);
+      act.kernel = ctx_.costs.kernel_cost(c);
+      act.gpu = ops[a.op].rank;
+      Gpu& g = gpus_[act.gpu];
+      act.fused = act.kernel.reserved_sms > 0;
+      if (act.fused) {
+        g.held_sms += act.kernel.reserved_sms;
+      } else {
+        ++g.regular;
+      }
+      g.compute.push_back(slot);
+      touch_compute(act.gpu);
+    } else {
+      act.comm = comm_cost(a, act.gpus);
+      const double factor = ctx_.costs.profile().interference.comm_hbm_bytes_per_bus_byte;
+      act.hbm_bytes_per_s = act.comm.bandwidth_time_s > 0 ? act.comm.bus_bytes_per_s * factor : 0.0;
+      for (std::uint32_t gi : act.gpus) {
+        Gpu& g = gpus_[gi];
+        g.held_sms += act.comm.channels;
+        g.comm_hbm_bytes_per_s += act.hbm_bytes_per_s;
+        g.comm.push_back(slot);
+        touch_compute(gi);
+        if (act.comm.uses_nic) {
+          ++g.nic_users;
+          touch_nic(gi);
+        }
+      }
+    }
+    touch(slot);
+    for (std::uint32_t s : affected_) retime(s, now);
+  }
+
+  [[nodiscard]] Nanos next_completion() const override {
+    drop_stale();
+    return heap_.empty() ? kNever : heap_.top().time;
+  }
+
+  void complete(Nanos now, std::vector<ActivityId>& done) override {
+    drop_stale();
+    ++epoch_;
+    affected_.clear();
+    finished_.clear();
+    while (!heap_.empty() && heap_.top().time == now) {
+      const HeapEntry e = heap_.top();
+      heap_.pop();
+      if (!valid(e)) continue;
+      finished_.push_back(e.slot);
+      done.push_back(e.id);
+    }
+    for (std::uint32_t slot : finished_) release(slot);
+    for (std::uint32_t s : affected_) {
+      if (slots_[s].active) retime(s, now);
+    }
+    for (std::uint32_t slot : finished_) free_.push_back(slot);
+  }
+
+  [[nodiscard]] std::size_t running() const override { return running_; }
+
+ private:
+  std::uint32_t alloc() {
+    if (!free_.empty()) {
+      const std::uint32_t s = free_.back();
+      free_.pop_back();
+      return s;
+    }
+    slots_.emplace_back();
+    return static_cast<std::uint32_t>(slots_.size() - 1);
+  }
+
+  bool valid(const HeapEntry& e) const {
+    const Act& a = slots_[e.slot];
+    return a.active && a.version == e.version && a.id == e.id;
+  }
+
+  void drop_stale() const {
+    while (!heap_.empty() && !valid(heap_.top())) heap_.pop();
+  }
+
+  const CommSpan& span_of(schedule::CommId comm) {
+    if (span_known_[comm] == 0) {
+      span_cache_[comm] = ctx_.costs.span(ctx_.schedule.communicators[comm]);
+      span_known_[comm] = 1;
+    }
+    return span_cache_[comm];
+  }
+
+  CommCost comm_cost(const Activity& a, std::vector<std::uint32_t>& gpus) {
+    const auto& ops = ctx_.schedule.ops;
+    const auto& cluster = ctx_.cluster;
+    if (a.kind == ActivityKind::kPointToPoint) {
+      const auto& send = std::get<schedule::Send>(ops[a.op].body);
+      const auto ra = ops[a.op].rank, rb = ops[a.partner].rank;
+      gpus.push_back(ra);
+      if (rb != ra) gpus.push_back(rb);
+      return ctx_.costs.p2p_cost(static_cast<double>(send.bytes), ra, rb);
+    }
+    const auto& inst = ctx_.matching.collectives[a.instance];
+    for (OpId o : inst.ops) {
+      if (o != kNoOp) gpus.push_back(ops[o].rank);
+    }
+    const auto& coll = std::get<schedule::Collective>(ops[a.op].body);
+    const CommSpan& span = span_of(coll.comm);
+    if (coll.kind != schedule::CollectiveKind::kAllToAll) {
+      return ctx_.costs.collective_cost(coll.kind, static_cast<double>(coll.bytes), span);
+    }
+    // All-to-all: per member, bytes out and in within its node and across nodes; the slowest member decides.
+    // Absent members (reduced schedules) mirror present ones: their traffic equals what they receive.
+    const auto& members = ctx_.schedule.communicators[coll.comm].members;
+    const std::size_t n = members.size();
+    std::vector<double>& in_intra = scratch_a_;
+    std::vector<double>& in_inter = scratch_b_;
+    in_intra.assign(n, 0);
+    in_inter.assign(n, 0);
+    double max_intra = 0, max_inter = 0, max_peer = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const OpId o = inst.ops[i];
+      if (o == kNoOp) continue;
+      const auto& c = std::get<schedule::Collective>(ops[o].body);
+      double out_intra = 0, out_inter = 0;
+      const std::uint32_t ni = cluster.node_of(members[i]);
+      for (std::size_t j = 0; j < n && j < c.send_bytes.size(); ++j) {
+        if (j == i) continue;
+        const double b = static_cast<double>(c.send_bytes[j]);
+        max_peer = std::max(max_peer, b);
+        if (cluster.node_of(members[j]) == ni) {
+          out_intra += b;
+          in_intra[j] += b;
+        } else {
+          out_inter += b;
+          in_inter[j] += b;
+        }
+      }
+      max_intra = std::max(max_intra, out_intra);
+      max_inter = std::max(max_inter, out_inter);
+    }
+    for (std::size_t j = 0; j < n; ++j) {
+      if (inst.ops[j] == kNoOp) continue;
+      max_intra = std::max(max_intra, in_intra[j]);
+      max_inter = std::max(max_inter, in_inter[j]);
+    }
+    return ctx_.costs.all_to_all_cost(max_intra, max_inter, static_cast<std::uint32_t>(n - 1), max_peer, span);
+  }
+
+  void touch(std::uint32_t slot) {
+    Act& a = slots_[slot];
+    if (a.mark == epoch_) return;
+    a.mark = epoch_;
+    affected_.push_back(slot);
+  }
+  void touch_compute(std::uint32_t gpu) {
+    for (std::uint32_t s : gpus_[gpu].compute) touch(s);
+  }
+  void touch_nic(std::uint32_t gpu) {
+    for (std::uint32_t s : gpus_[gpu].comm) {
+      if (slots_[s].comm.uses_nic) touch(s);
+    }
+  }
+
+  void release(std::uint32_t slot) {
+    Act& act = slots_[slot];
+    act.active = false;
+    --running_;
+    if (act.kind == ActivityKind::kCompute) {
+      Gpu& g = gpus_[act.gpu];
+      if (act.fused) {
+        g.held_sms -= act.kernel.reserved_sms;
+      } else {
+        --g.regular;
+      }
+      erase_value(g.compute, slot);
+      touch_compute(act.gpu);
+      return;
+    }
+    for (std::uint32_t gi : act.gpus) {
+      Gpu& g = gpus_[gi];
+      g.held_sms -= act.comm.channels;
+      g.comm_hbm_bytes_per_s -= act.hbm_bytes_per_s;
+      if (g.comm.size() == 1) g.comm_hbm_bytes_per_s = 0;  // no drift once idle
+      erase_value(g.comm, slot);
+      touch_compute(gi);
+      if (act.comm.uses_nic) {
+        --g.nic_users;
+        touch_nic(gi);
+      }
+    }
+  }
+
+  /// Duration of the whole work at the current sharing, in ns (double).
+  double current_ns(const Act& a) const {
+    if (a.kind != ActivityKind::kCompute) {
+      std::uint32_t users = 1;
+      if (a.comm.uses_nic) {
+        for (std::uint32_t gi : a.gpus) users = std::max(users, gpus_[gi].nic_users);
+      }
+      return (a.comm.latency_s + a.comm.bandwidth_time_s * users) * 1e9;
+    }
+    const KernelCost& k = a.kernel;
+    if (a.fused) return k.solo_time_s() * 1e9;
+    const Gpu& g = gpus_[a.gpu];
+    const double total_sms = ctx_.cluster.node.gpu.sm_count;
+    const double sharers = std::max<std::uint32_t>(1, g.regular);
+    const double avail = std::max(1.0, total_sms - g.held_sms) / sharers;
+    double sm_factor = 1.0;
+    if (k.tiles > 0) {
+      const double full_waves = std::ceil(static_cast<double>(k.tiles) / total_sms);
+      const double waves = std::ceil(static_cast<double>(k.tiles) / std::max(1.0, std::floor(avail)));
+      sm_factor = waves / full_waves;
+    } else {
+      sm_factor = total_sms / avail;
+    }
+    double mem_s = 0;
+    if (k.mem_bytes_per_s > 0) {
+      double bw = k.mem_bytes_per_s;
+      if (k.uses_hbm) bw = std::max(0.1 * k.mem_bytes_per_s, k.mem_bytes_per_s - g.comm_hbm_bytes_per_s) / sharers;
+      mem_s = k.mem_bytes / bw;
+    }
+    return std::max(k.flop_time_s * sm_factor, mem_s) * 1e9;
+  }
+
+  void retime(std::uint32_t slot, Nanos now) {
+    Act& a = slots_[slot];
+    if (now > a.last_ns && a.ns_per_unit > 0) {
+      a.remaining -= static_cast<double>(now - a.last_ns) / a.ns_per_unit;
+      a.remaining = std::max(0.0, a.remaining);
+    }
+    a.last_ns = now;
+    a.ns_per_unit = current_ns(a);
+    const double left_ns = a.remaining * a.ns_per_unit;
+    a.done_ns = now + static_cast<Nanos>(std::ceil(left_ns - 1e-6));
+    if (a.done_ns < now) a.done_ns = now;
+    ++a.version;
+    heap_.push(HeapEntry{a.done_ns, a.id, slot, a.version});
+  }
+
+  const SimContext& ctx_;
+  std::vector<Act> slots_;
+  std::vector<std::uint32_t> free_;
+  std::vector<Gpu> gpus_;
+  std::vector<CommSpan> span_cache_;
+  std::vector<std::uint8_t> span_known_;
+  std::vector<std::uint32_t> affected_, finished_;
+  std::vector<double> scratch_a_, scratch_b_;
+  mutable std::priority_queue<HeapEntry, std::vector<HeapEntry>, std::greater<HeapEntry>> heap_;
+  std::uint32_t epoch_ = 0;
+  std::size_t running_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<ResourceModel> make_analytic_model(const SimContext& ctx) {
+  return std::make_unique<AnalyticModel>(ctx);
+}
+
+}  // namespace twinstep::sim

@@ -1,0 +1,396 @@
+// The IR execution semantics, implemented once (DESIGN.md rules 1-4): a host thread per rank issuing in program
+// order, FIFO streams, deps, host syncs, collective rendezvous and send/recv matching. An event-driven state
+// machine over flat per-op arrays; time is integer ns, and events are ordered by (time, priority, sequence).
+// It does not time GPU work: a ResourceModel does. Run-time deadlocks are reported op by op.
+#include <algorithm>
+#include <queue>
+#include <string>
+#include <type_traits>
+
+#include "common/assert.hpp"
+#include "common/error.hpp"
+#include "sim/simulate.hpp"
+
+namespace twinstep::sim {
+namespace {
+
+using schedule::kNoOp;
+using schedule::OpId;
+
+constexpr std::uint32_t kNone = UINT32_MAX;
+
+enum class OpClass : std::uint8_t { kCompute, kCollective, kSend, kRecv, kHost, kHostSync };
+
+OpClass class_of(const schedule::Body& b) {
+  switch (b.index()) {
+    case 0: return OpClass::kCompute;
+    case 1: return OpClass::kCollective;
+    case 2: return OpClass::kSend;
+    case 3: return OpClass::kRecv;
+    case 4: return OpClass::kHost;
+    default: return OpClass::kHostSync;
+  }
+}
+static_assert(std::variant_size_v<schedule::Body> == 6, "a new op kind needs a case in class_of and in the core");
+
+/// A host-thread wake-up. Completions from the resource model come first at equal times (priority 0).
+struct Wake {
+  Nanos time;
+  std::uint64_t seq;
+  std::uint32_t rank;  ///< Dense rank index.
+  bool operator>(const Wake& o) const { return time != o.time ? time > o.time : seq > o.seq; }
+};
+
+class Core {
+ public:
+  Core(const SimContext& ctx, ResourceModel& model) : ctx_(ctx), s_(ctx.schedule), m_(ctx.matching), model_(model) {
+    build();
+  }
+
+  std::vector<schedule::OpRecord> run() {
+    for (std::uint32_t r = 0; r < num_ranks_; ++r) push_wake(r, 0);
+    std::vector<ActivityId> done;
+    done.reserve(64);
+    while (true) {
+      const Nanos t_model = model_.next_completion();
+      if (queue_.empty() && t_model == kNever) break;
+      if (!queue_.empty() && queue_.top().time < t_model) {
+        const Wake w = queue_.top();
+        queue_.pop();
+        wake(w.rank, w.time);
+      } else {
+        done.clear();
+        model_.complete(t_model, done);
+        for (ActivityId id : done) activity_done(id, t_model);
+      }
+    }
+    if (completed_count_ < n_ops_) throw Error(deadlock_report());
+    std::vector<schedule::OpRecord> records(n_ops_);
+    for (OpId i = 0; i < n_ops_; ++i) {
+      records[i] = schedule::OpRecord{i, s_.ops[i].rank, issue_[i], start_[i], end_[i]};
+    }
+    return records;
+  }
+
+ private:
+  void build() {
+    n_ops_ = static_cast<OpId>(s_.ops.size());
+    schedule::RankId max_rank = 0;
+    for (auto r : s_.ranks) max_rank = std::max(max_rank, r);
+    for (const auto& op : s_.ops) max_rank = std::max(max_rank, op.rank);
+    rank_index_.assign(static_cast<std::size_t>(max_rank) + 1, kNone);
+    for (const auto& op : s_.ops) {
+      if (rank_index_[op.rank] == kNone) {
+        rank_index_[op.rank] = 0;  // mark present; numbered below in ascending rank order
+      }
+    }
+    for (auto r : s_.ranks) rank_index_[r] = 0;
+    num_ranks_ = 0;
+    for (auto& idx : rank_index_) {
+      if (idx != kNone) {
+        rank_ids_.push_back(static_cast<schedule::RankId>(&idx - rank_index_.data()));
+        idx = num_ranks_++;
+      }
+    }
+    // Program order per rank (CSR).
+    rank_begin_.assign(num_ranks_ + 1, 0);
+    for (const auto& op : s_.ops) ++rank_begin_[rank_index_[op.rank] + 1];
+    for (std::uint32_t r = 0; r < num_ranks_; ++r) rank_begin_[r + 1] += rank_begin_[r];
+    rank_ops_.resize(n_ops_);
+    std::vector<std::uint32_t> fill(rank_begin_.begin(), rank_begin_.end() - 1);
+    for (OpId i = 0; i < n_ops_; ++i) rank_ops_[fill[rank_index_[s_.ops[i].rank]]++] = i;
+
+    cls_.resize(n_ops_);
+    pending_.assign(n_ops_, 0);
+    next_on_stream_.assign(n_ops_, kNoOp);
+    issue_.assign(n_ops_, 0);
+    start_.assign(n_ops_, 0);
+    end_.assign(n_ops_, 0);
+    reached_.assign(n_ops_, 0);
+    completed_.assign(n_ops_, 0);
+    issued_.assign(n_ops_, 0);
+    sync_waiter_.assign(n_ops_, kNoOp);
+
+    // Stream FIFO order and dep counts; dependents in CSR.
+    const std::size_t n_streams = std::max<std::size_t>(1, s_.streams.size());
+    std::vector<OpId> last_on_stream(static_cast<std::size_t>(num_ranks_) * n_streams, kNoOp);
+    dep_begin_.assign(n_ops_ + 1, 0);
+    for (OpId i = 0; i < n_ops_; ++i) {
+      const auto& op = s_.ops[i];
+      cls_[i] = class_of(op.body);
+      if (cls_[i] == OpClass::kHost || cls_[i] == OpClass::kHostSync) continue;
+      std::uint32_t pend = 1;  // issue
+      const std::size_t key = static_cast<std::size_t>(rank_index_[op.rank]) * n_streams + op.stream % n_streams;
+      if (last_on_stream[key] != kNoOp) {
+        next_on_stream_[last_on_stream[key]] = i;
+        ++pend;
+      }
+      last_on_stream[key] = i;
+      for (OpId d : op.deps) {
+        if (d >= n_ops_) {
+          throw Error("op " + std::to_string(i) + " \"" + op.name + "\": dep " + std::to_string(d) +
+                      " does not exist (validate the schedule: twinstep validate)");
+        }
+        ++dep_begin_[d + 1];
+        ++pend;
+      }
+      pending_[i] = pend;
+    }
+    for (OpId i = 0; i < n_ops_; ++i) dep_begin_[i + 1] += dep_begin_[i];
+    dependents_.resize(dep_begin_[n_ops_]);
+    std::vector<std::uint32_t> dfill(dep_begin_.begin(), dep_begin_.end() - 1);
+    for (OpId i = 0; i < n_ops_; ++i) {
+      if (cls_[i] == OpClass::kHost || cls_[i] == OpClass::kHostSync) continue;
+      for (OpId d : s_.ops[i].deps) dependents_[dfill[d]++] = i;
+    }
+    arrived_.assign(m_.collectives.size(), 0);
+    present_.assign(m_.collectives.size(), 0);
+    first_present_.assign(m_.collectives.size(), kNoOp);
+    for (std::size_t c = 0; c < m_.collectives.size(); ++c) {
+      for (OpId o : m_.collectives[c].ops) {
+        if (o == kNoOp) continue;
+        ++present_[c];
+        if (first_present_[c] == kNoOp) first_present_[c] = o;
+      }
+    }
+    pos_.assign(rank_begin_.begin(), rank_begin_.end() - 1);
+    launching_.assign(num_ranks_, kNoOp);
+    finishing_.assign(num_ranks_, kNoOp);
+    blocked_on_.assign(num_ranks_, kNoOp);
+    std::vector<Wake> storage;
+    storage.reserve(num_ranks_ * 2);
+    queue_ = decltype(queue_)(std::greater<Wake>(), std::move(storage));
+  }
+
+  void push_wake(std::uint32_t r, Nanos t) { queue_.push(Wake{t, seq_++, r}); }
+
+  void wake(std::uint32_t r, Nanos t) {
+    if (launching_[r] != kNoOp) {
+      const OpId op = launching_[r];
+      launching_[r] = kNoOp;
+      issued_[op] = 1;
+      release(op, t);
+    }
+    if (finishing_[r] != kNoOp) {
+      const OpId op = finishing_[r];
+      finishing_[r] = kNoOp;
+      complete(op, t);
+    }
+    issue_loop(r, t);
+  }
+
+  void issue_loop(std::uint32_t r, Nanos t) {
+    const std::uint32_t end = rank_begin_[r + 1];
+    while (pos_[r] < end) {
+      if (blocked_on_[r] != kNoOp) return;
+      const OpId op = rank_ops_[pos_[r]];
+      issue_[op] = t;
+      switch (cls_[op]) {
+        case OpClass::kHost: {
+          ++pos_[r];
+          start_[op] = t;
+          const Nanos d = std::get<schedule::Host>(s_.ops[op].body).duration_ns;
+          if (d > 0) {
+            finishing_[r] = op;
+            push_wake(r, t + d);
+            return;
+          }
+          complete(op, t);
+          break;
+        }
+        case OpClass::kHostSync: {
+          ++pos_[r];
+          start_[op] = t;
+          const OpId target = std::get<schedule::HostSync>(s_.ops[op].body).target;
+          if (target >= n_ops_) {
+            throw Error("op " + std::to_string(op) + " \"" + s_.ops[op].name + "\": host_sync target " +
+                        std::to_string(target) + " does not exist (validate the schedule: twinstep validate)");
+          }
+          if (completed_[target] != 0) {
+            finish_sync(r, op, t);
+            return;
+          }
+          blocked_on_[r] = op;
+          sync_waiter_[target] = op;
+          return;
+        }
+        default: {
+          ++pos_[r];
+          const Nanos launch = ctx_.costs.launch_ns(s_.ops[op]);
+          if (launch > 0) {
+            launching_[r] = op;
+            push_wake(r, t + launch);
+            return;
+          }
+          issued_[op] = 1;
+          release(op, t);
+          break;
+        }
+      }
+    }
+  }
+
+  /// The host_sync `op` of rank `r` sees its target complete at `t`; it returns after the wake-up cost.
+  void finish_sync(std::uint32_t r, OpId op, Nanos t) {
+    finishing_[r] = op;
+    push_wake(r, t + ctx_.costs.launch_ns(s_.ops[op]));
+  }
+
+  void release(OpId op, Nanos t) {
+    TWINSTEP_ASSERT(pending_[op] > 0, "op %u released more often than it has conditions", op);
+    if (--pending_[op] == 0) ready(op, t);
+  }
+
+  /// All conditions hold: the op reaches the head of its stream at `t`.
+  void ready(OpId op, Nanos t) {
+    start_[op] = t;
+    reached_[op] = 1;
+    switch (cls_[op]) {
+      case OpClass::kCompute: model_.start(op, Activity{ActivityKind::kCompute, op, UINT32_MAX, kNoOp}, t); break;
+      case OpClass::kCollective: {
+        const std::uint32_t inst = m_.instance_of.empty() ? UINT32_MAX : m_.instance_of[op];
+        if (inst == UINT32_MAX) return;  // unmatched: reported as a deadlock
+        if (++arrived_[inst] == present_[inst]) {
+          model_.start(first_present_[inst], Activity{ActivityKind::kCollective, first_present_[inst], inst, kNoOp}, t);
+        }
+        break;
+      }
+      case OpClass::kSend:
+      case OpClass::kRecv: {
+        const OpId partner = m_.partner.empty() ? kNoOp : m_.partner[op];
+        if (partner == kNoOp || reached_[partner] == 0) return;
+        const OpId send = cls_[op] == OpClass::kSend ? op : partner;
+        const OpId recv = send == op ? partner : op;
+        model_.start(send, Activity{ActivityKind::kPointToPoint, send, UINT32_MAX, recv}, t);
+        break;
+      }
+      default: TWINSTEP_ASSERT(false, "host op %u on a stream", op);
+    }
+  }
+
+  void activity_done(ActivityId id, Nanos t) {
+    switch (cls_[id]) {
+      case OpClass::kCompute: complete(id, t); break;
+      case OpClass::kCollective:
+        for (OpId o : m_.collectives[m_.instance_of[id]].ops) {
+          if (o != kNoOp) complete(o, t);
+        }
+        break;
+      case OpClass::kSend: {
+        const OpId recv = m_.partner[id];
+        complete(std::min(id, recv), t);
+        complete(std::max(id, recv), t);
+        break;
+      }
+      default: TWINSTEP_ASSERT(false, "activity %u is not a GPU op", id);
+    }
+  }
+
+  void complete(OpId op, Nanos t) {
+    end_[op] = t;
+    completed_[op] = 1;
+    ++completed_count_;
+    if (next_on_stream_[op] != kNoOp) release(next_on_stream_[op], t);
+    for (std::uint32_t k = dep_begin_[op]; k < dep_begin_[op + 1]; ++k) release(dependents_[k], t);
+    if (sync_waiter_[op] != kNoOp) {
+      const OpId sync = sync_waiter_[op];
+      sync_waiter_[op] = kNoOp;
+      const std::uint32_t r = rank_index_[s_.ops[sync].rank];
+      blocked_on_[r] = kNoOp;
+      finish_sync(r, sync, t);
+    }
+  }
+
+  std::string op_label(OpId op) const {
+    return "op " + std::to_string(op) + " \"" + s_.ops[op].name + "\"";
+  }
+
+  /// Why `op` (not completed) has not completed.
+  std::string why(OpId op) const {
+    const auto& o = s_.ops[op];
+    if (cls_[op] == OpClass::kHostSync) {
+      const OpId target = std::get<schedule::HostSync>(o.body).target;
+      return "host_sync waits for " + op_label(target) + ", which has not completed";
+    }
+    if (cls_[op] == OpClass::kHost) return "host op in progress";
+    if (reached_[op] == 0) {
+      if (issued_[op] == 0) return "not issued yet (the host thread is blocked earlier)";
+      for (OpId d : o.deps) {
+        if (completed_[d] == 0) return "waits for dep " + op_label(d);
+      }
+      return "waits for the op before it on its stream";
+    }
+    if (cls_[op] == OpClass::kCollective) {
+      const std::uint32_t inst = m_.instance_of.empty() ? UINT32_MAX : m_.instance_of[op];
+      if (inst == UINT32_MAX) return "collective has no matching instance on the other members";
+      std::string missing;
+      int listed = 0;
+      for (OpId m : m_.collectives[inst].ops) {
+        if (m == kNoOp || reached_[m] != 0) continue;
+        if (listed++ < 4) missing += (missing.empty() ? "" : ", ") + std::string("rank ") +
+                                     std::to_string(s_.ops[m].rank) + " (" + op_label(m) + ")";
+      }
+      if (listed > 4) missing += ", and " + std::to_string(listed - 4) + " more";
+      return "collective waits for members that have not reached it: " + missing;
+    }
+    const OpId partner = m_.partner.empty() ? kNoOp : m_.partner[op];
+    const char* what = cls_[op] == OpClass::kSend ? "recv" : "send";
+    if (partner == kNoOp) return std::string("has no matching ") + what + " on the peer";
+    return std::string("waits for the matching ") + what + " " + op_label(partner) + " on rank " +
+           std::to_string(s_.ops[partner].rank);
+  }
+
+  std::string deadlock_report() const {
+    std::string out = "simulation deadlocked: no op can progress; " + std::to_string(n_ops_ - completed_count_) +
+                      " of " + std::to_string(n_ops_) + " ops never completed. First blocked op per rank:";
+    int lines = 0;
+    for (std::uint32_t r = 0; r < num_ranks_; ++r) {
+      for (std::uint32_t k = rank_begin_[r]; k < rank_begin_[r + 1]; ++k) {
+        const OpId op = rank_ops_[k];
+        if (completed_[op] != 0) continue;
+        if (lines++ < 32) {
+          out += "\n  rank " + std::to_string(rank_ids_[r]) + ": " + op_label(op) + ": " + why(op);
+        }
+        break;
+      }
+    }
+    if (lines > 32) out += "\n  ... and " + std::to_string(lines - 32) + " more ranks";
+    out += "\n(the schedule's wait-for graph has a cycle; `twinstep validate` spells it out)";
+    return out;
+  }
+
+  const SimContext& ctx_;
+  const schedule::Schedule& s_;
+  const schedule::Matching& m_;
+  ResourceModel& model_;
+  OpId n_ops_ = 0;
+  std::uint32_t num_ranks_ = 0;
+  std::vector<std::uint32_t> rank_index_;
+  std::vector<schedule::RankId> rank_ids_;
+  std::vector<std::uint32_t> rank_begin_;
+  std::vector<OpId> rank_ops_;
+  std::vector<OpClass> cls_;
+  std::vector<std::uint32_t> pending_;
+  std::vector<OpId> next_on_stream_;
+  std::vector<std::uint32_t> dep_begin_;
+  std::vector<OpId> dependents_;
+  std::vector<Nanos> issue_, start_, end_;
+  std::vector<std::uint8_t> reached_, completed_, issued_;
+  std::vector<OpId> sync_waiter_;
+  std::vector<std::uint32_t> arrived_, present_;
+  std::vector<OpId> first_present_;
+  std::vector<std::uint32_t> pos_;
+  std::vector<OpId> launching_, finishing_, blocked_on_;
+  std::priority_queue<Wake, std::vector<Wake>, std::greater<Wake>> queue_;
+  std::uint64_t seq_ = 0;
+  OpId completed_count_ = 0;
+};
+
+}  // namespace
+
+std::vector<schedule::OpRecord> run_semantics(const SimContext& ctx, ResourceModel& model) {
+  Core core(ctx, model);
+  return core.run();
+}
+
+}  // namespace twinstep::sim

@@ -1,0 +1,403 @@
+// Solo costs: roofline compute with efficiency tables, and NCCL's own cost model for collectives (constants of
+// src/graph/tuning.cc for Hopper, as listed in reference/hardware.md 4.3), all-to-all and send/recv per peer.
+// Datasheet defaults are stated here with their sources; a calibration profile replaces any of them.
+#include "sim/cost_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <set>
+#include <type_traits>
+
+#include "common/assert.hpp"
+#include "schedule/kernel_math.hpp"
+
+namespace twinstep::sim {
+namespace {
+
+constexpr double kUs = 1e-6;
+constexpr double kGBps = 1e9;
+
+// NCCL baseLatencies[algo][proto] (us), tuning.cc; hardware.md 4.3. Index: [Ring, Tree][LL, LL128, Simple].
+constexpr double kBaseLatUs[2][3] = {{6.6, 14.0, 8.4}, {6.8, 14.0, 8.4}};
+// hwLatencies[NVLINK][algo][proto] and hwLatencies[NET][algo][proto] (us).
+constexpr double kNvlinkLatUs[2][3] = {{0.6, 1.9, 3.4}, {0.6, 1.25, 4.0}};
+constexpr double kNetLatUs[2][3] = {{2.7, 4.0, 14.0}, {5.0, 8.5, 14.0}};
+// Per-channel caps on Hopper (GB/s), by node count N1 / N2 / N4+.
+constexpr double kRingLL128PerChGBps = 36.7;
+constexpr double kTreeSimplePerChGBps[3] = {38.7, 41.4, 36.0};
+constexpr double kTreeLL128PerChGBps[3] = {36.7, 36.7, 29.0};
+// NCCL P2P: a transfer uses LL when bytes <= channels x 16 KiB (NCCL_P2P_LL_THRESHOLD), enqueue.cc.
+constexpr double kP2pLLThresholdBytes = 16384;
+
+int node_class(std::uint32_t nodes) { return nodes <= 1 ? 0 : (nodes == 2 ? 1 : 2); }
+
+double ll_max_bytes_per_s(std::uint32_t nodes) {
+  // llMaxBws for Hopper: single node 141 GB/s; multi-node Intel host 39.0 (2 nodes), 20.4 (>= 3 nodes).
+  if (nodes <= 1) return 141.0 * kGBps;
+  return (nodes == 2 ? 39.0 : 20.4) * kGBps;
+}
+
+const char* collective_word(schedule::CollectiveKind k) {
+  switch (k) {
+    case schedule::CollectiveKind::kAllReduce: return "all_reduce";
+    case schedule::CollectiveKind::kAllGather: return "all_gather";
+    case schedule::CollectiveKind::kReduceScatter: return "reduce_scatter";
+    case schedule::CollectiveKind::kAllToAll: return "all_to_all";
+    case schedule::CollectiveKind::kBroadcast: return "broadcast";
+  }
+  return "?";
+}
+
+}  // namespace
+
+const char* algo_name(NcclAlgo a) { return a == NcclAlgo::kRing ? "ring" : "tree"; }
+
+const char* proto_name(NcclProto p) {
+  switch (p) {
+    case NcclProto::kLL: return "ll";
+    case NcclProto::kLL128: return "ll128";
+    case NcclProto::kSimple: return "simple";
+  }
+  return "?";
+}
+
+double EfficiencyTable::at(double size) const {
+  if (points.empty()) return 1.0;
+  if (size <= points.front().first || points.size() == 1) return points.front().second;
+  if (size >= points.back().first) return points.back().second;
+  for (std::size_t i = 1; i < points.size(); ++i) {
+    if (size <= points[i].first) {
+      const auto& [x0, y0] = points[i - 1];
+      const auto& [x1, y1] = points[i];
+      const double t = (std::log(size) - std::log(x0)) / (std::log(x1) - std::log(x0));
+      return y0 + t * (y1 - y0);
+    }
+  }
+  return points.back().second;
+}
+
+Profile Profile::datasheet_defaults() {
+  Profile p;
+  p.name = "datasheet defaults";
+  // GEMM efficiency by FLOPs: bf16 GEMMs measured on the project's H200 with PyTorch/cuBLAS (hardware.md 10):
+  // 2048x2048x768 239, 4096x768x2048 359, 4096^3 682 TFLOP/s, and 8192^3 798 TFLOP/s (hardware.md 1.2),
+  // each divided by the 989.4 TFLOP/s dense peak. Microbenchmarks, not end-to-end figures.
+  const EfficiencyTable gemm{{{6.44e9, 239.0 / 989.4}, {1.29e10, 359.0 / 989.4}, {1.37e11, 682.0 / 989.4},
+                              {2.0 * 8192 * 8192 * 8192, 798.0 / 989.4}}};
+  p.compute["gemm"] = gemm;
+  p.compute["grouped_gemm"] = gemm;
+  // FlashAttention-3 forward, up to 740 TFLOP/s of 989 on H100 (arXiv 2407.08608). No backward figure in the
+  // reference: the forward efficiency is used for both until calibration measures it.
+  p.compute["attention_fwd"] = EfficiencyTable{{{1e9, 0.5}, {1e11, 740.0 / 989.4}}};
+  p.compute["attention_bwd"] = EfficiencyTable{{{1e9, 0.5}, {1e11, 740.0 / 989.4}}};
+  // Streaming kernels: device-to-device copy reaches ~3.0 of 3.35 TB/s (H100), 4.24 of 4.8 (H200): ~0.9.
+  p.memory_efficiency = 0.9;
+  // Launch: an empty CUDA kernel from C++ costs 4.24 us per launch on the H200 machine (hardware.md 10); NCCL
+  // calls and copies are taken as one launch each. host_sync wake-up: not measured yet (0).
+  p.launch_s = {{"compute", 4.24 * kUs}, {"memcpy", 4.24 * kUs},  {"collective", 4.24 * kUs},
+                {"send", 4.24 * kUs},    {"recv", 4.24 * kUs},    {"host_sync", 0.0}};
+  return p;
+}
+
+double KernelCost::solo_time_s() const {
+  const double mem = mem_bytes_per_s > 0 ? mem_bytes / mem_bytes_per_s : 0.0;
+  return std::max(flop_time_s, mem);
+}
+
+CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
+    : cluster_(cluster), profile_(std::move(profile)) {}
+
+Nanos CostModel::launch_ns(const schedule::Op& op) const {
+  const char* cls = std::visit(
+      [](const auto& b) -> const char* {
+        using T = std::decay_t<decltype(b)>;
+        if constexpr (std::is_same_v<T, schedule::Compute>) {
+          return std::holds_alternative<schedule::Memcpy>(b.kernel) ? "memcpy" : "compute";
+        } else if constexpr (std::is_same_v<T, schedule::Collective>) {
+          return "collective";
+        } else if constexpr (std::is_same_v<T, schedule::Send>) {
+          return "send";
+        } else if constexpr (std::is_same_v<T, schedule::Recv>) {
+          return "recv";
+        } else if constexpr (std::is_same_v<T, schedule::HostSync>) {
+          return "host_sync";
+        } else {
+          return nullptr;
+        }
+      },
+      op.body);
+  if (cls == nullptr) return 0;
+  const auto it = profile_.launch_s.find(cls);
+  return it == profile_.launch_s.end() ? 0 : to_nanos(it->second);
+}
+
+KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
+  const auto& gpu = cluster_.node.gpu;
+  KernelCost k;
+  k.reserved_sms = std::min(c.sm_count, gpu.sm_count);
+  const double flops = schedule::kernel_flops(c.kernel);
+  const double bytes = schedule::kernel_bytes(c.kernel);
+  const std::string cls = schedule::kernel_class(c.kernel);
+  const auto eff_it = profile_.compute.find(cls);
+  const Interference& itf = profile_.interference;
+  auto ceil_div = [](std::uint64_t a, std::uint64_t b) { return b == 0 ? 0 : (a + b - 1) / b; };
+  std::visit(
+      [&](const auto& kern) {
+        using T = std::decay_t<decltype(kern)>;
+        double peak = gpu.peak_flop_per_s(schedule::DType::kBF16);
+        if constexpr (std::is_same_v<T, schedule::Gemm>) {
+          peak = gpu.peak_flop_per_s(kern.dtype);
+          k.tiles = ceil_div(kern.m, itf.gemm_tile_m) * ceil_div(kern.n, itf.gemm_tile_n) * kern.batch;
+        } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
+          peak = gpu.peak_flop_per_s(kern.dtype);
+          for (auto m : kern.m) k.tiles += ceil_div(m, itf.gemm_tile_m) * ceil_div(kern.n, itf.gemm_tile_n);
+        } else if constexpr (std::is_same_v<T, schedule::Attention>) {
+          peak = gpu.peak_flop_per_s(kern.dtype);
+          k.tiles = kern.batch * kern.heads_q * ceil_div(kern.seq_q, itf.attention_tile_q);
+        } else if constexpr (std::is_same_v<T, schedule::Elementwise> || std::is_same_v<T, schedule::Optimizer>) {
+          peak = gpu.peak_fp32_flop_per_s;  // CUDA cores, not tensor cores
+        }
+        if constexpr (std::is_same_v<T, schedule::Memcpy>) {
+          if (kern.kind == schedule::CopyKind::kD2D) {
+            k.mem_bytes = 2.0 * static_cast<double>(kern.bytes);  // read + write
+            k.mem_bytes_per_s = gpu.hbm_bytes_per_s * profile_.memory_efficiency;
+          } else {
+            k.uses_hbm = false;
+            k.mem_bytes = static_cast<double>(kern.bytes);
+            k.mem_bytes_per_s = cluster_.node.pcie_bytes_per_s;
+          }
+        } else {
+          const bool tensor = eff_it != profile_.compute.end();
+          const double eff = tensor ? std::max(1e-3, eff_it->second.at(flops)) : 1.0;
+          k.flop_time_s = peak > 0 ? flops / (peak * eff) : 0.0;
+          k.mem_bytes = bytes;
+          k.mem_bytes_per_s = gpu.hbm_bytes_per_s * profile_.memory_efficiency;
+        }
+      },
+      c.kernel);
+  return k;
+}
+
+CommSpan CostModel::span(const schedule::Communicator& comm) const {
+  CommSpan s;
+  s.ranks = static_cast<std::uint32_t>(comm.members.size());
+  std::map<std::uint32_t, std::uint32_t> per_node;
+  for (auto r : comm.members) ++per_node[cluster_.node_of(r)];
+  s.nodes = static_cast<std::uint32_t>(per_node.size());
+  for (const auto& [node, count] : per_node) s.per_node = std::max(s.per_node, count);
+  if (s.nodes > 1) {
+    // Worst path between the first node and any other (fat-tree paths depend only on the group).
+    const std::uint32_t first = per_node.begin()->first;
+    for (const auto& [node, count] : per_node) {
+      (void)count;
+      if (node == first) continue;
+      const auto p = cluster_.path(first, node);
+      s.switch_hops = std::max(s.switch_hops, p.switch_hops);
+      s.fabric_factor = std::min(s.fabric_factor, p.bandwidth_factor);
+    }
+  }
+  return s;
+}
+
+const CollectiveParams* CostModel::override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter) const {
+  const std::string word = kind;
+  const bool p2p = word == "all_to_all" || word == "send_recv";
+  const CollectiveParams* best = nullptr;
+  for (const auto& p : profile_.collectives) {
+    if (p.algo != algo || p.proto != proto || p.inter_node != inter) continue;
+    if (p.kind == word) return &p;
+    if (p.kind == "any" && !p2p && best == nullptr) best = &p;
+  }
+  return best;
+}
+
+CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const CommSpan& span, NcclAlgo algo,
+                             NcclProto proto) const {
+  const auto& node = cluster_.node;
+  const NcclConfig& nc = profile_.nccl;
+  const int a = algo == NcclAlgo::kRing ? 0 : 1;
+  const int p = static_cast<int>(proto);
+  const std::uint32_t n = span.ranks;
+  const bool inter = span.nodes > 1;
+  const int ncls = node_class(span.nodes);
+  CommCost c;
+  c.algo = algo;
+  c.proto = proto;
+  c.uses_nic = inter;
+  const std::uint32_t max_channels = std::max<std::uint32_t>(1, inter ? nc.channels_inter : nc.channels_intra);
+
+  // Graph bandwidth: NVLink inside a node, and per node the NICs of the members there (one ring per NIC rail).
+  double graph_bw = std::numeric_limits<double>::infinity();
+  if (span.per_node > 1) graph_bw = node.nvlink_nccl_bytes_per_s;
+  if (inter) {
+    graph_bw = std::min(graph_bw, span.per_node * std::max<std::uint32_t>(node.nics_per_gpu, 1) *
+                                      node.nic_achievable_bytes_per_s * span.fabric_factor);
+  }
+  if (!std::isfinite(graph_bw)) graph_bw = node.nvlink_nccl_bytes_per_s;
+
+  // Bus bandwidth refinements per (algo, proto) (tuning.cc; hardware.md 4.3).
+  double bus = graph_bw;
+  const double chans = static_cast<double>(max_channels);
+  if (algo == NcclAlgo::kRing) {
+    if (proto == NcclProto::kLL) bus = std::min(ll_max_bytes_per_s(span.nodes), bus * 0.5);
+    if (proto == NcclProto::kLL128) bus = std::min(bus * 0.92, chans * kRingLL128PerChGBps * kGBps);
+  } else {
+    if (proto == NcclProto::kSimple) bus = std::min(bus * 0.92, chans * kTreeSimplePerChGBps[ncls] * kGBps);
+    if (proto == NcclProto::kLL) bus = std::min(bus / 3.8, ll_max_bytes_per_s(span.nodes));
+    if (proto == NcclProto::kLL128) {
+      bus = std::min(bus * (inter ? 120.0 / 128.0 : 7.0 / 9.0), chans * kTreeLL128PerChGBps[ncls] * kGBps);
+    }
+  }
+
+  // Steps.
+  double nsteps = 0, ninter = 0, ratio = 1;
+  const double nn = static_cast<double>(n);
+  switch (kind) {
+    case schedule::CollectiveKind::kAllReduce:
+      nsteps = 2 * (nn - 1);
+      ninter = inter ? 2.0 * (span.nodes - 1) : 0;
+      ratio = nn / nsteps;
+      break;
+    case schedule::CollectiveKind::kAllGather:
+    case schedule::CollectiveKind::kReduceScatter:
+      nsteps = nn - 1;
+      ninter = inter ? span.nodes - 1.0 : 0;
+      ratio = nn / nsteps;
+      break;
+    default:  // broadcast: a pipelined chain, algbw = busbw
+      nsteps = nn;
+      ninter = inter ? span.nodes - 1.0 : 0;
+      ratio = 1;
+      break;
+  }
+  const double hop_s = span.switch_hops * cluster_.fabric.hop_latency_s;
+  double intra_lat = kNvlinkLatUs[a][p] * kUs;
+  double step_inter = kNetLatUs[a][p] * kUs + hop_s;
+  double base = kBaseLatUs[a][p] * kUs;
+  // Ring steps inside a node of a multi-node ring pay at least the network post overhead (tuning.cc).
+  if (inter && algo == NcclAlgo::kRing) {
+    intra_lat = std::max(intra_lat, nc.net_overhead_s * (proto == NcclProto::kSimple ? 3.0 : 1.0));
+  }
+  // A measured override for this span replaces the base, every step's latency and the bus bandwidth.
+  if (const auto* o = override_for(collective_word(kind), algo, proto, inter)) {
+    if (o->base_latency_s >= 0) base = o->base_latency_s;
+    if (o->step_latency_s >= 0) intra_lat = step_inter = o->step_latency_s;
+    if (o->bus_bytes_per_s > 0) bus = o->bus_bytes_per_s;
+  }
+
+  if (algo == NcclAlgo::kRing) {
+    c.latency_s = base + (nsteps - ninter) * intra_lat + ninter * step_inter;
+    // Multi-node ring/Simple all-reduce pays 1.4x latency once it is bandwidth-bound ("plateau" effect).
+    if (inter && kind == schedule::CollectiveKind::kAllReduce && proto == NcclProto::kSimple &&
+        bytes / (chans * nn) >= 64) {
+      c.latency_s *= 1.4;
+    }
+  } else {
+    const double ppn = static_cast<double>(span.per_node);
+    c.latency_s = base + 2.0 * ((ppn - 1) * intra_lat + std::log2(static_cast<double>(span.nodes)) * step_inter);
+    ratio = 0.5;
+  }
+
+  // Fewer channels for small messages (enqueue.cc): threads x per-thread threshold bytes per channel.
+  double per_channel_bytes = 512.0 * 64.0;                                  // Simple: 512 threads x 64 B
+  if (proto == NcclProto::kLL128) per_channel_bytes = 640.0 * 8.0;         // LL128: 640 threads x 8 B
+  if (proto == NcclProto::kLL) per_channel_bytes = 512.0 * 8.0 * nn;        // LL: 8 B x nRanks per thread
+  const double used = std::clamp(std::floor(bytes / per_channel_bytes), 1.0, chans);
+  c.channels = static_cast<std::uint32_t>(used);
+  c.bus_bytes_per_s = bus * used / chans;
+  const double alg_bw = c.bus_bytes_per_s * ratio;
+  c.bandwidth_time_s = alg_bw > 0 ? bytes / alg_bw : 0.0;
+  return c;
+}
+
+CommCost CostModel::collective_cost(schedule::CollectiveKind kind, double bytes, const CommSpan& span) const {
+  TWINSTEP_ASSERT(kind != schedule::CollectiveKind::kAllToAll, "all_to_all goes through all_to_all_cost");
+  if (span.ranks <= 1) return CommCost{};  // NCCL with one rank: a local copy, nothing on the bus
+  const auto& nc = profile_.nccl;
+  CommCost best;
+  double best_time = std::numeric_limits<double>::infinity();
+  double best_full_bw_time = std::numeric_limits<double>::infinity();
+  for (auto algo : nc.algorithms) {
+    if (algo == NcclAlgo::kTree && kind != schedule::CollectiveKind::kAllReduce) continue;  // tree: all_reduce only
+    for (auto proto : nc.protocols) {
+      CommCost c = evaluate(kind, bytes, span, algo, proto);
+      // NCCL chooses with all channels (the channel shrink comes after the choice).
+      const double chans = std::max<std::uint32_t>(1, span.nodes > 1 ? nc.channels_inter : nc.channels_intra);
+      const double full_bw_time = c.latency_s + c.bandwidth_time_s * c.channels / chans;
+      if (full_bw_time < best_full_bw_time) {
+        best_full_bw_time = full_bw_time;
+        best = c;
+        best_time = c.time_s();
+      }
+    }
+  }
+  TWINSTEP_ASSERT(std::isfinite(best_time), "no NCCL algorithm/protocol enabled for %s", collective_word(kind));
+  return best;
+}
+
+CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_bytes, std::uint32_t peers,
+                                    double max_peer_bytes, const CommSpan& span) const {
+  CommCost c;
+  if (peers == 0) return c;
+  const auto& node = cluster_.node;
+  const auto& nc = profile_.nccl;
+  const bool inter = max_inter_bytes > 0 || span.nodes > 1;
+  const std::uint32_t channels = nc.p2p_channels_nvlink;
+  const bool ll = max_peer_bytes <= channels * kP2pLLThresholdBytes;
+  const int p = ll ? 0 : 2;
+  const double eff = ll ? 0.5 : 1.0;  // LL: half the wire carries flags
+  const double rounds = std::ceil(static_cast<double>(peers) / std::max<std::uint32_t>(1, nc.p2p_peers_per_round));
+  const double step = std::max(span.per_node > 1 ? kNvlinkLatUs[0][p] : 0.0, inter ? kNetLatUs[0][p] : 0.0) * kUs +
+                      (inter ? span.switch_hops * cluster_.fabric.hop_latency_s : 0.0);
+  c.latency_s = kBaseLatUs[0][p] * kUs + rounds * step;
+  double nvl = node.nvlink_nccl_bytes_per_s * eff;
+  // alltoall cannot aggregate NICs: one NIC per GPU (nccl-tests#267); PXN keeps traffic on the rail.
+  double nic = std::max<std::uint32_t>(node.nics_per_gpu, 1) * node.nic_achievable_bytes_per_s * eff *
+               span.fabric_factor;
+  const NcclProto proto = ll ? NcclProto::kLL : NcclProto::kSimple;
+  if (const auto* o = override_for("all_to_all", NcclAlgo::kRing, proto, inter)) {
+    const double b = o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs;
+    c.latency_s = b + rounds * (o->step_latency_s >= 0 ? o->step_latency_s : step);
+    if (o->bus_bytes_per_s > 0) (inter ? nic : nvl) = o->bus_bytes_per_s;
+  }
+  const double t_intra = max_intra_bytes > 0 ? max_intra_bytes / nvl : 0.0;
+  const double t_inter = max_inter_bytes > 0 && nic > 0 ? max_inter_bytes / nic : 0.0;
+  c.bandwidth_time_s = std::max(t_intra, t_inter);
+  c.channels = channels;
+  c.uses_nic = max_inter_bytes > 0;
+  c.bus_bytes_per_s = c.bandwidth_time_s > 0 ? (max_intra_bytes + max_inter_bytes) / c.bandwidth_time_s : 0.0;
+  c.algo = NcclAlgo::kRing;
+  c.proto = proto;
+  return c;
+}
+
+CommCost CostModel::p2p_cost(double bytes, schedule::RankId a, schedule::RankId b) const {
+  const auto& node = cluster_.node;
+  const auto& nc = profile_.nccl;
+  CommCost c;
+  const std::uint32_t na = cluster_.node_of(a), nb = cluster_.node_of(b);
+  const bool inter = na != nb;
+  c.channels = inter ? nc.p2p_channels_net : nc.p2p_channels_nvlink;
+  const bool ll = bytes <= c.channels * kP2pLLThresholdBytes;
+  const int p = ll ? 0 : 2;
+  const double eff = ll ? 0.5 : 1.0;
+  const auto path = cluster_.path(na, nb);
+  const double step = (inter ? kNetLatUs[0][p] : kNvlinkLatUs[0][p]) * kUs + path.switch_hops * cluster_.fabric.hop_latency_s;
+  c.latency_s = kBaseLatUs[0][p] * kUs + step;
+  double bw = inter ? std::max<std::uint32_t>(node.nics_per_gpu, 1) * node.nic_achievable_bytes_per_s *
+                                path.bandwidth_factor * eff
+                          : node.nvlink_nccl_bytes_per_s * eff;
+  if (const auto* o = override_for("send_recv", NcclAlgo::kRing, ll ? NcclProto::kLL : NcclProto::kSimple, inter)) {
+    c.latency_s = (o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs) +
+                  (o->step_latency_s >= 0 ? o->step_latency_s : step);
+    if (o->bus_bytes_per_s > 0) bw = o->bus_bytes_per_s;
+  }
+  c.bandwidth_time_s = bw > 0 ? bytes / bw : 0.0;
+  c.uses_nic = inter;
+  c.bus_bytes_per_s = bw;
+  c.proto = ll ? NcclProto::kLL : NcclProto::kSimple;
+  return c;
+}
+
+}  // namespace twinstep::sim

@@ -1,0 +1,149 @@
+// Cost models of the simulator: a calibration profile (versioned JSON; datasheet defaults when none is given)
+// and the CostModel that turns ops into solo durations and resource demands: roofline compute with per-class
+// efficiency tables, NCCL-faithful collective times (algorithm, protocol, channels, ring/tree steps), all-to-all
+// and send/recv per peer, and launch costs. Sharing between concurrent activities is the resource model's job.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/units.hpp"
+#include "schedule/schedule.hpp"
+#include "topologies/cluster.hpp"
+
+namespace twinstep::sim {
+
+/// Efficiency (fraction of peak) over a size axis (FLOPs for GEMM/attention classes, bytes for memory-bound
+/// ones), interpolated linearly in log(size) between points and clamped at both ends.
+struct EfficiencyTable {
+  std::vector<std::pair<double, double>> points;  ///< (size, efficiency), size ascending, efficiency in (0, 1].
+  [[nodiscard]] double at(double size) const;
+};
+
+enum class NcclAlgo : std::uint8_t { kRing, kTree };
+enum class NcclProto : std::uint8_t { kLL, kLL128, kSimple };
+
+[[nodiscard]] const char* algo_name(NcclAlgo a);
+[[nodiscard]] const char* proto_name(NcclProto p);
+
+/// A measured override of NCCL's latency/bandwidth model for one (collective, algorithm, protocol, span).
+/// Negative fields keep the model's value. `kind` "any" matches every collective.
+struct CollectiveParams {
+  /// "all_reduce", "all_gather", "reduce_scatter", "broadcast", "any" (those four), or "all_to_all" /
+  /// "send_recv" (algorithm ring; protocol ll or simple; per-peer round latency and per-GPU bandwidth).
+  std::string kind = "any";
+  NcclAlgo algo = NcclAlgo::kRing;
+  NcclProto proto = NcclProto::kSimple;
+  bool inter_node = false;       ///< span: false = within one node, true = across nodes.
+  double base_latency_s = -1;    ///< Paid once per collective.
+  double step_latency_s = -1;    ///< Paid per algorithm step (ring: 2(n-1) for all_reduce).
+  double bus_bytes_per_s = -1;   ///< Bus bandwidth (nccl-tests busbw) with all channels.
+};
+
+/// NCCL configuration the model follows (defaults: NCCL 2.2x on Hopper with NVLS off).
+struct NcclConfig {
+  std::vector<NcclAlgo> algorithms{NcclAlgo::kRing, NcclAlgo::kTree};
+  std::vector<NcclProto> protocols{NcclProto::kLL, NcclProto::kLL128, NcclProto::kSimple};
+  std::uint32_t channels_intra = 24;   ///< Collective channels (CTAs) within a node.
+  std::uint32_t channels_inter = 16;   ///< Collective channels across nodes.
+  std::uint32_t p2p_channels_nvlink = 32;  ///< CTAs of a send/recv or all-to-all over NVLink.
+  std::uint32_t p2p_channels_net = 4;      ///< CTAs per network peer (NCCL_NCHANNELS_PER_NET_PEER).
+  std::uint32_t p2p_peers_per_round = 8;   ///< NCCL_MAX_DEV_WORK_P2P_PER_BATCH.
+  double net_overhead_s = 1e-6;            ///< Per network post (Intel host), x3 for Simple.
+};
+
+/// Interference coefficients (sharing of one GPU between concurrent kernels).
+struct Interference {
+  double comm_hbm_bytes_per_bus_byte = 2.5;  ///< HBM traffic of a comm kernel per byte of bus traffic.
+  std::uint32_t gemm_tile_m = 128;           ///< Output tile of one CTA, for wave quantization.
+  std::uint32_t gemm_tile_n = 256;
+  std::uint32_t attention_tile_q = 128;
+};
+
+/// A calibration profile: everything the cost model takes from measurements. `datasheet_defaults()` holds the
+/// documented defaults; a profile file overrides any part of it.
+struct Profile {
+  static constexpr int kSchemaVersion = 1;
+  std::string name = "datasheet defaults";     ///< Shown in outputs: "datasheet defaults" or the file path.
+  std::map<std::string, std::string> context;  ///< GPU, driver, NCCL, date... of the measurements.
+  std::map<std::string, EfficiencyTable> compute;  ///< By kernel class (schedule::kernel_class names).
+  double memory_efficiency = 0.9;              ///< Achievable fraction of HBM bandwidth for streaming kernels.
+  std::map<std::string, double> launch_s;      ///< Host issue cost by op class (see CostModel::launch_ns).
+  std::vector<CollectiveParams> collectives;
+  NcclConfig nccl;
+  Interference interference;
+
+  [[nodiscard]] static Profile datasheet_defaults();
+};
+
+/// Reads a profile JSON (format: docs in sim/profile.cpp; example in tests/sim/data). Missing sections keep the
+/// datasheet defaults. Throws ParseError naming the file and field.
+[[nodiscard]] Profile read_profile(const std::string& path);
+[[nodiscard]] Profile profile_from_json(const std::string& text, const std::string& source);
+
+/// Solo cost of a compute kernel and what it needs from the GPU.
+struct KernelCost {
+  double flop_time_s = 0;      ///< FLOPs / (peak x efficiency) with every SM.
+  double mem_bytes = 0;        ///< Bytes through `mem` at its rate.
+  double mem_bytes_per_s = 0;  ///< HBM (x memory efficiency) or PCIe for host copies.
+  bool uses_hbm = true;        ///< false for host<->device copies (copy engine over PCIe).
+  std::uint64_t tiles = 0;     ///< CTAs of a tiled kernel (wave quantization); 0 = not tiled.
+  std::uint32_t reserved_sms = 0;  ///< > 0: the kernel holds these SMs (fused comm kernels).
+  [[nodiscard]] double solo_time_s() const;
+};
+
+/// How a collective (or p2p transfer) runs when nothing else shares its resources.
+struct CommCost {
+  double latency_s = 0;
+  double bandwidth_time_s = 0;
+  std::uint32_t channels = 0;       ///< CTAs held on every member GPU.
+  bool uses_nic = false;            ///< Some member sends or receives over its NIC.
+  double bus_bytes_per_s = 0;       ///< Bus bandwidth it runs at (for HBM interference).
+  NcclAlgo algo = NcclAlgo::kRing;
+  NcclProto proto = NcclProto::kSimple;
+  [[nodiscard]] double time_s() const { return latency_s + bandwidth_time_s; }
+};
+
+/// Where the members of a communication op sit.
+struct CommSpan {
+  std::uint32_t ranks = 0;   ///< Communicator size (full size, even in a reduced schedule).
+  std::uint32_t nodes = 0;   ///< Distinct nodes spanned.
+  std::uint32_t per_node = 0;  ///< Most members on one node.
+  std::uint32_t switch_hops = 0;
+  double fabric_factor = 1.0;  ///< Bandwidth factor of the worst fabric path (oversubscription).
+};
+
+class CostModel {
+ public:
+  CostModel(const topologies::Cluster& cluster, Profile profile);
+
+  [[nodiscard]] const Profile& profile() const { return profile_; }
+  [[nodiscard]] const topologies::Cluster& cluster() const { return cluster_; }
+
+  /// Host time to issue `op`: by class "compute", "memcpy", "collective", "send", "recv"; host_sync: its wake-up
+  /// cost after the target completes ("host_sync"); host ops: 0 (they carry their duration).
+  [[nodiscard]] Nanos launch_ns(const schedule::Op& op) const;
+  [[nodiscard]] KernelCost kernel_cost(const schedule::Compute& c) const;
+  /// Span of a communicator from its members (Megatron placement on the cluster).
+  [[nodiscard]] CommSpan span(const schedule::Communicator& comm) const;
+  /// NCCL ring/tree collective (all_reduce, all_gather, reduce_scatter, broadcast). `bytes` as in the IR.
+  [[nodiscard]] CommCost collective_cost(schedule::CollectiveKind kind, double bytes, const CommSpan& span) const;
+  /// All-to-all: per-peer transfers, NVLink within a node, the NIC across nodes; `out`/`in` are per member the
+  /// bytes it sends/receives within its node and across nodes, already maximised over members by the caller.
+  [[nodiscard]] CommCost all_to_all_cost(double max_intra_bytes, double max_inter_bytes, std::uint32_t peers,
+                                         double max_peer_bytes, const CommSpan& span) const;
+  /// One send/recv pair between two ranks.
+  [[nodiscard]] CommCost p2p_cost(double bytes, schedule::RankId a, schedule::RankId b) const;
+
+ private:
+  CommCost evaluate(schedule::CollectiveKind kind, double bytes, const CommSpan& span, NcclAlgo algo,
+                    NcclProto proto) const;
+  const CollectiveParams* override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter) const;
+  topologies::Cluster cluster_;
+  Profile profile_;
+};
+
+}  // namespace twinstep::sim

@@ -1,0 +1,236 @@
+// Calibration profile JSON (schema_version 1). Every section is optional; what is absent keeps the datasheet
+// default. The calibration issue writes these files from measurements. Format:
+//   { "schema_version": 1, "name": "...", "context": {"gpu": "...", "nccl": "..."},
+//     "compute": {"gemm": [[flops, efficiency], ...], "elementwise": [[bytes, efficiency], ...], ...},
+//     "memory_efficiency": 0.9,
+//     "launch": {"compute": "4.24 us", "memcpy": ..., "collective": ..., "send": ..., "recv": ..., "host_sync": ...},
+//     "collectives": [{"kind": "all_reduce", "algorithm": "ring", "protocol": "simple", "span": "intra",
+//                      "base_latency": "8.4 us", "step_latency": "3.4 us", "bus_bandwidth": "370 GB/s"}],
+//     "nccl": {"algorithms": ["ring", "tree"], "protocols": ["ll", "ll128", "simple"], "channels_intra": 24,
+//              "channels_inter": 16, "p2p_channels_nvlink": 32, "p2p_channels_net": 4, "p2p_peers_per_round": 8,
+//              "net_overhead": "1 us"},
+//     "interference": {"comm_hbm_bytes_per_bus_byte": 2.5, "gemm_tile_m": 128, "gemm_tile_n": 256,
+//                      "attention_tile_q": 128} }
+#include <initializer_list>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "sim/cost_model.hpp"
+
+namespace twinstep::sim {
+namespace {
+
+using Json = nlohmann::json;
+
+class Reader {
+ public:
+  explicit Reader(std::string source) : source_(std::move(source)) {}
+
+  [[noreturn]] void fail(const std::string& ptr, const std::string& msg) const { throw ParseError(source_, ptr, msg); }
+
+  void keys(const Json& j, const std::string& ptr, std::initializer_list<const char*> allowed) const {
+    if (!j.is_object()) fail(ptr, "expected an object");
+    for (const auto& item : j.items()) {
+      bool ok = false;
+      for (const char* a : allowed) ok = ok || item.key() == a;
+      if (!ok) {
+        std::string list;
+        for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
+        fail(ptr + "/" + item.key(), "unknown field \"" + item.key() + "\"; allowed here: " + list);
+      }
+    }
+  }
+
+  double quantity(const Json& v, const std::string& ptr, Dimension dim) const {
+    if (v.is_number()) return v.get<double>();
+    if (v.is_string()) {
+      try {
+        return parse_quantity(v.get<std::string>(), dim, ptr);
+      } catch (const Error& e) {
+        fail(ptr, e.what());
+      }
+    }
+    fail(ptr, "expected a number or a quantity string such as \"3.4 us\"");
+  }
+
+  std::uint32_t count(const Json& v, const std::string& ptr, std::uint32_t min) const {
+    if (!v.is_number_integer() || v.get<std::int64_t>() < min || v.get<std::int64_t>() > 1 << 20) {
+      fail(ptr, "expected an integer >= " + std::to_string(min));
+    }
+    return static_cast<std::uint32_t>(v.get<std::int64_t>());
+  }
+
+  NcclAlgo algo(const Json& v, const std::string& ptr) const {
+    const std::string s = v.is_string() ? v.get<std::string>() : "";
+    if (s == "ring") return NcclAlgo::kRing;
+    if (s == "tree") return NcclAlgo::kTree;
+    fail(ptr, "unknown NCCL algorithm; use \"ring\" or \"tree\" (NVLS is not modelled: NCCL_NVLS_ENABLE=0)");
+  }
+
+  NcclProto proto(const Json& v, const std::string& ptr) const {
+    const std::string s = v.is_string() ? v.get<std::string>() : "";
+    if (s == "ll") return NcclProto::kLL;
+    if (s == "ll128") return NcclProto::kLL128;
+    if (s == "simple") return NcclProto::kSimple;
+    fail(ptr, "unknown NCCL protocol; use \"ll\", \"ll128\" or \"simple\"");
+  }
+
+  EfficiencyTable table(const Json& v, const std::string& ptr) const {
+    if (!v.is_array() || v.empty()) fail(ptr, "expected a non-empty array of [size, efficiency] pairs");
+    EfficiencyTable t;
+    double last = 0;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      const std::string p = ptr + "/" + std::to_string(i);
+      const Json& pt = v[i];
+      if (!pt.is_array() || pt.size() != 2 || !pt[0].is_number() || !pt[1].is_number()) {
+        fail(p, "expected [size, efficiency], two numbers");
+      }
+      const double size = pt[0].get<double>(), eff = pt[1].get<double>();
+      if (size <= last) fail(p, "sizes must be positive and strictly ascending");
+      if (eff <= 0 || eff > 1) fail(p, "efficiency must be in (0, 1] (a fraction of peak)");
+      last = size;
+      t.points.emplace_back(size, eff);
+    }
+    return t;
+  }
+
+ private:
+  std::string source_;
+};
+
+}  // namespace
+
+Profile profile_from_json(const std::string& text, const std::string& source) {
+  Json j;
+  try {
+    j = Json::parse(text);
+  } catch (const Json::parse_error& e) {
+    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
+  }
+  const Reader r(source);
+  r.keys(j, "", {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives",
+                 "nccl", "interference"});
+  if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
+      j["schema_version"].get<int>() != Profile::kSchemaVersion) {
+    r.fail("/schema_version", "expected \"schema_version\": 1");
+  }
+  Profile p = Profile::datasheet_defaults();
+  p.name = source;
+  if (j.contains("name")) {
+    if (!j["name"].is_string()) r.fail("/name", "expected a string");
+    p.name = j["name"].get<std::string>() + " (" + source + ")";
+  }
+  if (j.contains("context")) {
+    if (!j["context"].is_object()) r.fail("/context", "expected an object of strings");
+    for (const auto& item : j["context"].items()) {
+      if (!item.value().is_string()) r.fail("/context/" + item.key(), "expected a string");
+      p.context[item.key()] = item.value().get<std::string>();
+    }
+  }
+  if (j.contains("compute")) {
+    static constexpr std::initializer_list<const char*> kClasses = {
+        "gemm", "grouped_gemm", "attention_fwd", "attention_bwd", "elementwise", "optimizer", "memcpy"};
+    r.keys(j["compute"], "/compute", kClasses);
+    for (const auto& item : j["compute"].items()) {
+      p.compute[item.key()] = r.table(item.value(), "/compute/" + item.key());
+    }
+  }
+  if (j.contains("memory_efficiency")) {
+    p.memory_efficiency = r.quantity(j["memory_efficiency"], "/memory_efficiency", Dimension::kDimensionless);
+    if (p.memory_efficiency <= 0 || p.memory_efficiency > 1) {
+      r.fail("/memory_efficiency", "must be in (0, 1] (fraction of HBM bandwidth)");
+    }
+  }
+  if (j.contains("launch")) {
+    r.keys(j["launch"], "/launch", {"compute", "memcpy", "collective", "send", "recv", "host_sync"});
+    for (const auto& item : j["launch"].items()) {
+      const double s = r.quantity(item.value(), "/launch/" + item.key(), Dimension::kTime);
+      if (s < 0) r.fail("/launch/" + item.key(), "must not be negative");
+      p.launch_s[item.key()] = s;
+    }
+  }
+  if (j.contains("collectives")) {
+    const Json& arr = j["collectives"];
+    if (!arr.is_array()) r.fail("/collectives", "expected an array");
+    for (std::size_t i = 0; i < arr.size(); ++i) {
+      const std::string ptr = "/collectives/" + std::to_string(i);
+      const Json& e = arr[i];
+      r.keys(e, ptr, {"kind", "algorithm", "protocol", "span", "base_latency", "step_latency", "bus_bandwidth"});
+      CollectiveParams c;
+      if (e.contains("kind")) {
+        const std::string k = e["kind"].is_string() ? e["kind"].get<std::string>() : "";
+        if (k != "any" && k != "all_reduce" && k != "all_gather" && k != "reduce_scatter" && k != "broadcast" &&
+            k != "all_to_all" && k != "send_recv") {
+          r.fail(ptr + "/kind", "use all_reduce, all_gather, reduce_scatter, broadcast, all_to_all, send_recv or any");
+        }
+        c.kind = k;
+      }
+      if (!e.contains("algorithm")) r.fail(ptr + "/algorithm", "missing required field \"algorithm\"");
+      if (!e.contains("protocol")) r.fail(ptr + "/protocol", "missing required field \"protocol\"");
+      c.algo = r.algo(e["algorithm"], ptr + "/algorithm");
+      c.proto = r.proto(e["protocol"], ptr + "/protocol");
+      const std::string span = e.contains("span") && e["span"].is_string() ? e["span"].get<std::string>() : "";
+      if (span != "intra" && span != "inter") r.fail(ptr + "/span", "use \"intra\" (one node) or \"inter\" (across nodes)");
+      c.inter_node = span == "inter";
+      if (e.contains("base_latency")) c.base_latency_s = r.quantity(e["base_latency"], ptr + "/base_latency", Dimension::kTime);
+      if (e.contains("step_latency")) c.step_latency_s = r.quantity(e["step_latency"], ptr + "/step_latency", Dimension::kTime);
+      if (e.contains("bus_bandwidth")) {
+        c.bus_bytes_per_s = r.quantity(e["bus_bandwidth"], ptr + "/bus_bandwidth", Dimension::kBandwidth);
+        if (c.bus_bytes_per_s <= 0) r.fail(ptr + "/bus_bandwidth", "must be positive");
+      }
+      p.collectives.push_back(c);
+    }
+  }
+  if (j.contains("nccl")) {
+    const Json& n = j["nccl"];
+    r.keys(n, "/nccl", {"algorithms", "protocols", "channels_intra", "channels_inter", "p2p_channels_nvlink",
+                        "p2p_channels_net", "p2p_peers_per_round", "net_overhead"});
+    if (n.contains("algorithms")) {
+      if (!n["algorithms"].is_array() || n["algorithms"].empty()) r.fail("/nccl/algorithms", "expected a non-empty array");
+      p.nccl.algorithms.clear();
+      for (std::size_t i = 0; i < n["algorithms"].size(); ++i) {
+        p.nccl.algorithms.push_back(r.algo(n["algorithms"][i], "/nccl/algorithms/" + std::to_string(i)));
+      }
+    }
+    if (n.contains("protocols")) {
+      if (!n["protocols"].is_array() || n["protocols"].empty()) r.fail("/nccl/protocols", "expected a non-empty array");
+      p.nccl.protocols.clear();
+      for (std::size_t i = 0; i < n["protocols"].size(); ++i) {
+        p.nccl.protocols.push_back(r.proto(n["protocols"][i], "/nccl/protocols/" + std::to_string(i)));
+      }
+    }
+    if (n.contains("channels_intra")) p.nccl.channels_intra = r.count(n["channels_intra"], "/nccl/channels_intra", 1);
+    if (n.contains("channels_inter")) p.nccl.channels_inter = r.count(n["channels_inter"], "/nccl/channels_inter", 1);
+    if (n.contains("p2p_channels_nvlink")) {
+      p.nccl.p2p_channels_nvlink = r.count(n["p2p_channels_nvlink"], "/nccl/p2p_channels_nvlink", 1);
+    }
+    if (n.contains("p2p_channels_net")) p.nccl.p2p_channels_net = r.count(n["p2p_channels_net"], "/nccl/p2p_channels_net", 1);
+    if (n.contains("p2p_peers_per_round")) {
+      p.nccl.p2p_peers_per_round = r.count(n["p2p_peers_per_round"], "/nccl/p2p_peers_per_round", 1);
+    }
+    if (n.contains("net_overhead")) p.nccl.net_overhead_s = r.quantity(n["net_overhead"], "/nccl/net_overhead", Dimension::kTime);
+  }
+  if (j.contains("interference")) {
+    const Json& f = j["interference"];
+    r.keys(f, "/interference", {"comm_hbm_bytes_per_bus_byte", "gemm_tile_m", "gemm_tile_n", "attention_tile_q"});
+    if (f.contains("comm_hbm_bytes_per_bus_byte")) {
+      p.interference.comm_hbm_bytes_per_bus_byte =
+          r.quantity(f["comm_hbm_bytes_per_bus_byte"], "/interference/comm_hbm_bytes_per_bus_byte", Dimension::kDimensionless);
+      if (p.interference.comm_hbm_bytes_per_bus_byte < 0) {
+        r.fail("/interference/comm_hbm_bytes_per_bus_byte", "must not be negative");
+      }
+    }
+    if (f.contains("gemm_tile_m")) p.interference.gemm_tile_m = r.count(f["gemm_tile_m"], "/interference/gemm_tile_m", 1);
+    if (f.contains("gemm_tile_n")) p.interference.gemm_tile_n = r.count(f["gemm_tile_n"], "/interference/gemm_tile_n", 1);
+    if (f.contains("attention_tile_q")) {
+      p.interference.attention_tile_q = r.count(f["attention_tile_q"], "/interference/attention_tile_q", 1);
+    }
+  }
+  return p;
+}
+
+Profile read_profile(const std::string& path) { return profile_from_json(read_file(path), path); }
+
+}  // namespace twinstep::sim

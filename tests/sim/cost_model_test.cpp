@@ -1,0 +1,150 @@
+// Cost-model tests: efficiency interpolation, roofline, NCCL algorithm/protocol choice and step structure against
+// hardware.md's worked examples, and the calibration profile loader (overrides and errors).
+#include <string>
+
+#include "common/error.hpp"
+#include "sim/cost_model.hpp"
+#include "tests/catch.hpp"
+#include "tests/sim/builder.hpp"
+
+using namespace twinstep;
+using namespace twinstep::sim;
+using namespace twinstep::sim::testing;
+
+namespace {
+Communicator group(std::vector<RankId> m) { return Communicator{"g", "dp", std::move(m)}; }
+std::vector<RankId> iota(RankId first, std::uint32_t n, std::uint32_t stride = 1) {
+  std::vector<RankId> v;
+  for (std::uint32_t i = 0; i < n; ++i) v.push_back(first + i * stride);
+  return v;
+}
+}  // namespace
+
+TEST_CASE("sim::EfficiencyTable: log-linear interpolation, clamped at the ends", "[sim]") {
+  const EfficiencyTable t{{{1e9, 0.2}, {1e11, 0.8}}};
+  CHECK(t.at(1e8) == Approx(0.2));
+  CHECK(t.at(1e10) == Approx(0.5));
+  CHECK(t.at(1e13) == Approx(0.8));
+}
+
+TEST_CASE("sim::CostModel: roofline compute time for GEMM and streaming kernels", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  const auto g = costs.kernel_cost(Compute{Gemm{8192, 8192, 8192, 1, DType::kBF16}, 0});
+  // 8192^3 reaches 798 TFLOP/s (hardware.md 1.2): 2*8192^3 / 798e12.
+  CHECK(g.solo_time_s() == Approx(2.0 * 8192.0 * 8192.0 * 8192.0 / 798e12).epsilon(1e-9));
+  CHECK(g.tiles == 64u * 32u);
+  const auto e = costs.kernel_cost(Compute{Elementwise{1ull << 30, 0}, 0});
+  CHECK(e.solo_time_s() == Approx((1ull << 30) / (3.35e12 * 0.9)).epsilon(1e-9));
+  const auto fp8 = costs.kernel_cost(Compute{Gemm{8192, 8192, 8192, 1, DType::kFP8}, 0});
+  CHECK(fp8.flop_time_s == Approx(g.flop_time_s / 2).epsilon(1e-3));
+  const auto d2h = costs.kernel_cost(Compute{Memcpy{64 << 20, CopyKind::kD2H}, 0});
+  CHECK_FALSE(d2h.uses_hbm);
+  CHECK(d2h.solo_time_s() == Approx((64 << 20) / 64e9));
+}
+
+TEST_CASE("sim::CostModel: NCCL latency terms match hardware.md's 8-GPU worked example", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  Profile p = Profile::datasheet_defaults();
+  const auto span = CostModel(cluster, p).span(group(iota(0, 8)));
+  CHECK(span.nodes == 1);
+  CHECK(span.per_node == 8);
+  // Ring LL all-reduce latency, 8 GPUs: 6.6 + 14 x 0.6 = 15.0 us; Ring Simple 8.4 + 14 x 3.4 = 56.0 us.
+  p.nccl.algorithms = {NcclAlgo::kRing};
+  p.nccl.protocols = {NcclProto::kLL};
+  CHECK(CostModel(cluster, p).collective_cost(CollectiveKind::kAllReduce, 8, span).latency_s == Approx(15.0e-6));
+  p.nccl.protocols = {NcclProto::kSimple};
+  CHECK(CostModel(cluster, p).collective_cost(CollectiveKind::kAllReduce, 8, span).latency_s == Approx(56.0e-6));
+  // Tree LL, 2 nodes x 8 GPUs: 6.8 + 2 x (7 x 0.6 + 1 x (5.0 + hop)) (hardware.md 4.4 gives 25.2 us without hops).
+  const auto two = topologies::load_cluster("dgx-h100", {2, 0});
+  p.nccl.algorithms = {NcclAlgo::kTree};
+  p.nccl.protocols = {NcclProto::kLL};
+  const CostModel c2(two, p);
+  const auto span2 = c2.span(group(iota(0, 16)));
+  CHECK(span2.nodes == 2);
+  CHECK(c2.collective_cost(CollectiveKind::kAllReduce, 8, span2).latency_s ==
+        Approx(25.2e-6 + 2 * two.fabric.hop_latency_s));
+  // Ring LL, same cluster: 6.6 + 28 x max(0.6, 1.0 net overhead) + 2 x (2.7 + hop) = 40.0 us plus hops.
+  p.nccl.algorithms = {NcclAlgo::kRing};
+  CHECK(CostModel(two, p).collective_cost(CollectiveKind::kAllReduce, 8, span2).latency_s ==
+        Approx(40.0e-6 + 2 * two.fabric.hop_latency_s));
+}
+
+TEST_CASE("sim::CostModel: default choice is LL for tiny and Simple ring at NVLink busbw for large", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  const auto span = costs.span(group(iota(0, 8)));
+  const auto tiny = costs.collective_cost(CollectiveKind::kAllReduce, 1024, span);
+  CHECK(tiny.proto == NcclProto::kLL);
+  CHECK(tiny.time_s() < 20e-6);
+  const double big = 8.0 * (1ull << 30);
+  const auto large = costs.collective_cost(CollectiveKind::kAllReduce, big, span);
+  CHECK(large.algo == NcclAlgo::kRing);
+  CHECK(large.proto == NcclProto::kSimple);
+  CHECK(large.channels == 24u);
+  const double busbw = big / large.time_s() * 2 * 7 / 8;
+  CHECK(busbw == Approx(370.8e9).epsilon(0.01));  // nccl-tests 365-370 GB/s with NCCL_ALGO=Ring (hardware.md 6.2)
+  // A DP group with one GPU per node over 4 nodes is limited by one NIC.
+  const auto four = topologies::load_cluster("dgx-h100", {4, 0});
+  const CostModel c4(four, Profile::datasheet_defaults());
+  const auto dp = c4.span(group(iota(0, 4, 8)));
+  CHECK(dp.per_node == 1);
+  const auto ar = c4.collective_cost(CollectiveKind::kAllReduce, big, dp);
+  CHECK(ar.uses_nic);
+  CHECK(big / ar.time_s() * 2 * 3 / 4 < 48e9);
+  // Small messages use fewer channels, so fewer SMs.
+  const auto mid = costs.collective_cost(CollectiveKind::kAllGather, 256 * 1024, span);
+  CHECK(mid.channels < 24u);
+}
+
+TEST_CASE("sim::CostModel: all-to-all and send/recv use NVLink within a node and one NIC across", "[sim]") {
+  const auto two = topologies::load_cluster("dgx-h100", {2, 0});
+  const CostModel costs(two, Profile::datasheet_defaults());
+  const auto intra = costs.p2p_cost(1e9, 0, 1);
+  const auto inter = costs.p2p_cost(1e9, 0, 8);
+  CHECK_FALSE(intra.uses_nic);
+  CHECK(inter.uses_nic);
+  CHECK(intra.bandwidth_time_s == Approx(1e9 / 370.8e9));
+  CHECK(inter.bandwidth_time_s == Approx(1e9 / 48e9));
+  const auto span = costs.span(group(iota(0, 16)));
+  const auto a2a = costs.all_to_all_cost(7e8, 8e8, 15, 1e8, span);
+  CHECK(a2a.bandwidth_time_s == Approx(8e8 / 48e9));
+  CHECK(a2a.uses_nic);
+}
+
+TEST_CASE("sim::read_profile: overrides apply; absent sections keep datasheet defaults", "[sim]") {
+  const Profile p = read_profile(std::string(TWINSTEP_SOURCE_DIR) + "/tests/sim/data/profile_example.json");
+  CHECK(p.name.find("example h200x2") == 0);
+  CHECK(p.context.at("nccl") == "2.28.3");
+  CHECK(p.compute.at("gemm").at(1e12) == Approx(0.81));
+  CHECK(p.compute.count("attention_fwd") == 1);  // default kept
+  CHECK(p.memory_efficiency == Approx(0.88));
+  CHECK(p.launch_s.at("compute") == Approx(5e-6));
+  CHECK(p.launch_s.at("send") == Approx(4.24e-6));
+  CHECK(p.nccl.algorithms.size() == 1);
+  CHECK(p.interference.comm_hbm_bytes_per_bus_byte == Approx(2.0));
+  const auto cluster = topologies::load_cluster("h200x2-nvlink");
+  const CostModel costs(cluster, p);
+  const auto c = costs.collective_cost(CollectiveKind::kAllReduce, 1e9, costs.span(group({0, 1})));
+  CHECK(c.proto == NcclProto::kSimple);
+  CHECK(c.time_s() == Approx(10e-6 + 2 * 3e-6 + 1e9 / 324e9));
+}
+
+TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[sim]") {
+  auto err = [](const std::string& text) {
+    try {
+      (void)profile_from_json(text, "p.json");
+    } catch (const ParseError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(err(R"({"schema_version": 2})").find("p.json: /schema_version") == 0);
+  CHECK(err(R"({"schema_version": 1, "launch": {"kernel": "1 us"}})").find("p.json: /launch/kernel: unknown field") == 0);
+  CHECK(err(R"({"schema_version": 1, "compute": {"gemm": [[1e9, 1.5]]}})").find("/compute/gemm/0: efficiency must be") !=
+        std::string::npos);
+  CHECK(err(R"({"schema_version": 1, "launch": {"compute": "5 GB"}})").find("/launch/compute") != std::string::npos);
+  CHECK(err(R"({"schema_version": 1, "nccl": {"algorithms": ["nvls"]}})").find("/nccl/algorithms/0") !=
+        std::string::npos);
+  CHECK(err("{not json").find("p.json: not valid JSON") == 0);
+}

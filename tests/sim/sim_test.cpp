@@ -1,0 +1,338 @@
+// Simulator tests: closed-form oracles (ring all-reduce, 1F1B bubble, exposed/hidden collectives), mechanistic
+// interference (SM waves, HBM, NIC sharing), host syncs, determinism, run-time deadlocks and error cases.
+#include <cmath>
+#include <string>
+
+#include "common/error.hpp"
+#include "schedule/json.hpp"
+#include "schedule/validate.hpp"
+#include "sim/simulate.hpp"
+#include "tests/catch.hpp"
+#include "tests/sim/builder.hpp"
+
+using namespace twinstep;
+using namespace twinstep::sim;
+using namespace twinstep::sim::testing;
+
+namespace {
+
+Nanos step_of(const Trace& t) { return t.step_times_ns.at(0); }
+Nanos duration(const Trace& t, OpId op) { return t.records.at(op).end_ns - t.records.at(op).start_ns; }
+
+/// Constant GEMM efficiency so that kernel time is proportional to FLOPs.
+Profile flat_profile() {
+  Profile p = closed_form_profile();
+  p.compute["gemm"] = EfficiencyTable{{{1.0, 0.8}}};
+  return p;
+}
+
+CollectiveParams zero_cost_p2p(NcclProto proto) {
+  CollectiveParams c;
+  c.kind = "send_recv";
+  c.algo = NcclAlgo::kRing;
+  c.proto = proto;
+  c.inter_node = false;
+  c.base_latency_s = 0;
+  c.step_latency_s = 0;
+  c.bus_bytes_per_s = 1e30;
+  return c;
+}
+
+/// 1F1B (PipeDream-flush) on `p` stages with `m` micro-batches: warm-up p-s-1 forwards, steady 1F1B, cool-down.
+Schedule one_f_one_b(std::uint32_t p, std::uint32_t m, std::uint64_t fwd_k) {
+  Builder b(p, {{"compute", 0}, {"send", -1}, {"recv", -1}});
+  std::vector<RankId> members;
+  for (RankId r = 0; r < p; ++r) members.push_back(r);
+  const CommId pp = b.comm("pp", "pp", members);
+  for (RankId s = 0; s < p; ++s) {
+    auto fwd = [&](std::uint32_t k) {
+      std::vector<OpId> deps;
+      if (s > 0) deps.push_back(b.recv(s, "recv_act.mb" + std::to_string(k), 2, pp, s - 1, 1 << 20, 2 * k));
+      Tags t;
+      t.microbatch = static_cast<std::int32_t>(k);
+      t.phase = Phase::kFwd;
+      const OpId f = b.gemm(s, "fwd.mb" + std::to_string(k), 0, 1024, 1024, fwd_k, deps, t);
+      if (s + 1 < p) b.send(s, "send_act.mb" + std::to_string(k), 1, pp, s + 1, 1 << 20, 2 * k, {f});
+    };
+    auto bwd = [&](std::uint32_t k) {
+      std::vector<OpId> deps;
+      if (s + 1 < p) deps.push_back(b.recv(s, "recv_grad.mb" + std::to_string(k), 2, pp, s + 1, 1 << 20, 2 * k + 1));
+      Tags t;
+      t.microbatch = static_cast<std::int32_t>(k);
+      t.phase = Phase::kBwd;
+      const OpId g = b.gemm(s, "bwd.mb" + std::to_string(k), 0, 1024, 1024, 2 * fwd_k, deps, t);
+      if (s > 0) b.send(s, "send_grad.mb" + std::to_string(k), 1, pp, s - 1, 1 << 20, 2 * k + 1, {g});
+    };
+    const std::uint32_t warmup = std::min(p - s - 1, m);
+    for (std::uint32_t i = 0; i < warmup; ++i) fwd(i);
+    for (std::uint32_t i = 0; i < m - warmup; ++i) {
+      fwd(warmup + i);
+      bwd(i);
+    }
+    for (std::uint32_t i = m - warmup; i < m; ++i) bwd(i);
+  }
+  // Ops were appended rank by rank: program order per rank holds, which is all the IR needs.
+  return b.schedule();
+}
+
+}  // namespace
+
+TEST_CASE("sim: ring all-reduce on a uniform ring matches 2(n-1)(a + S/(nB))", "[sim]") {
+  for (std::uint32_t n : {2u, 4u, 8u}) {
+    const double bw = 100e9, alpha = 1e-6;
+    const std::uint64_t bytes = 1ull << 30;
+    Builder b(n, {{"comm", 0}});
+    std::vector<RankId> members;
+    for (RankId r = 0; r < n; ++r) members.push_back(r);
+    const CommId c = b.comm("dp", "dp", members);
+    for (RankId r = 0; r < n; ++r) b.collective(r, "ar", 0, CollectiveKind::kAllReduce, c, bytes);
+    Profile prof = closed_form_profile();
+    CollectiveParams o;
+    o.kind = "all_reduce";
+    o.base_latency_s = 0;
+    o.step_latency_s = alpha;
+    prof.collectives.push_back(o);
+    const auto cluster = uniform_node(n, bw);
+    const Trace t = simulate(b.schedule(), cluster, CostModel(cluster, prof));
+    const double expected = 2.0 * (n - 1) * (alpha + static_cast<double>(bytes) / (n * bw));
+    CHECK(to_seconds(step_of(t)) == Approx(expected).epsilon(1e-6));
+    for (const auto& r : t.records) CHECK(r.end_ns == step_of(t));
+  }
+}
+
+TEST_CASE("sim: 1F1B pipeline of equal stages has bubble (p-1)/(m+p-1)", "[sim]") {
+  for (auto [p, m] : {std::pair{4u, 8u}, std::pair{2u, 3u}, std::pair{8u, 16u}}) {
+    const Schedule s = one_f_one_b(p, m, 8192);
+    schedule::check(s);
+    Profile prof = flat_profile();
+    prof.collectives.push_back(zero_cost_p2p(NcclProto::kSimple));
+    prof.collectives.push_back(zero_cost_p2p(NcclProto::kLL));
+    const auto cluster = uniform_node(p, 370e9);
+    const Trace t = simulate(s, cluster, CostModel(cluster, prof));
+    // Per-kernel durations as simulated (integer ns).
+    Nanos tf = 0, tb = 0;
+    for (const auto& op : s.ops) {
+      if (op.name == "fwd.mb0" && op.rank == 0) tf = duration(t, op.id);
+      if (op.name == "bwd.mb0" && op.rank == 0) tb = duration(t, op.id);
+    }
+    REQUIRE(tf > 0);
+    CHECK(tb == 2 * tf);
+    CHECK(step_of(t) == static_cast<Nanos>(m + p - 1) * (tf + tb));
+    for (RankId r = 0; r < p; ++r) {
+      Nanos busy = 0;
+      for (const auto& op : s.ops) {
+        if (op.rank == r && std::holds_alternative<Compute>(op.body)) busy += duration(t, op.id);
+      }
+      const double bubble = 1.0 - static_cast<double>(busy) / static_cast<double>(step_of(t));
+      CHECK(bubble == Approx(static_cast<double>(p - 1) / (m + p - 1)).epsilon(1e-9));
+    }
+  }
+}
+
+TEST_CASE("sim: an exposed collective adds its time, a hidden one adds nothing", "[sim]") {
+  const std::uint64_t bytes = 64ull << 20;
+  const double bw = 370e9, alpha = 2e-6;
+  Profile prof = flat_profile();
+  CollectiveParams o;
+  o.kind = "all_reduce";
+  o.base_latency_s = 0;
+  o.step_latency_s = alpha;
+  prof.collectives.push_back(o);
+  const auto cluster = uniform_node(2, bw);
+  const CostModel costs(cluster, prof);
+  auto build = [&](int mode) {  // 0: no collective, 1: exposed, 2: hidden
+    Builder b(2, {{"compute", 0}, {"comm", -1}});
+    const CommId c = b.comm("dp", "dp", {0, 1});
+    for (RankId r = 0; r < 2; ++r) {
+      const OpId g1 = b.gemm(r, "g1", 0, 1024, 2048, 65536);  // 64 tiles: one channel does not change the waves
+      OpId ar = kNoOp;
+      if (mode != 0) ar = b.collective(r, "ar", 1, CollectiveKind::kAllReduce, c, bytes, {g1});
+      b.gemm(r, "g2", 0, 1024, 2048, 65536, mode == 1 ? std::vector<OpId>{ar} : std::vector<OpId>{});
+    }
+    return simulate(b.schedule(), cluster, costs);
+  };
+  const Trace base = build(0), exposed = build(1), hidden = build(2);
+  const double ar_s = 2.0 * (2 - 1) * (alpha + static_cast<double>(bytes) / (2 * bw));
+  CHECK(to_seconds(step_of(exposed) - step_of(base)) == Approx(ar_s).margin(2e-9));  // ns rounding
+  CHECK(step_of(hidden) == step_of(base));
+}
+
+TEST_CASE("sim: SM sharing slows a concurrent GEMM by its wave count", "[sim]") {
+  Profile prof = Profile::datasheet_defaults();
+  for (auto& [cls, s] : prof.launch_s) s = 0;
+  prof.nccl.protocols = {NcclProto::kSimple};
+  prof.interference.comm_hbm_bytes_per_bus_byte = 0;  // SM effect alone
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, prof);
+  auto run = [&](bool with_comm) {
+    Builder b(8, {{"compute", 0}, {"comm", -1}});
+    const CommId c = b.comm("tp", "tp", {0, 1, 2, 3, 4, 5, 6, 7});
+    for (RankId r = 0; r < 8; ++r) {
+      if (with_comm) b.collective(r, "ar", 1, CollectiveKind::kAllReduce, c, 8ull << 30);
+      b.gemm(r, "gemm", 0, 12 * 128, 11 * 256, 16384);  // exactly 132 tiles: one wave on 132 SMs
+    }
+    return simulate(b.schedule(), cluster, costs);
+  };
+  const Trace alone = run(false), shared = run(true);
+  const OpId gemm_alone = 0, gemm_shared = 1;
+  REQUIRE(duration(shared, 0) > duration(shared, gemm_shared));  // the all-reduce outlasts the GEMM
+  // 24 channels hold 24 SMs: 132 tiles on 108 SMs take 2 waves instead of 1 (hardware.md 5).
+  CHECK(static_cast<double>(duration(shared, gemm_shared)) ==
+        Approx(2.0 * static_cast<double>(duration(alone, gemm_alone))).margin(2));
+}
+
+TEST_CASE("sim: HBM use of a running collective slows a memory-bound kernel", "[sim]") {
+  Profile prof = Profile::datasheet_defaults();
+  for (auto& [cls, s] : prof.launch_s) s = 0;
+  prof.nccl.protocols = {NcclProto::kSimple};
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, prof);
+  auto run = [&](bool with_comm) {
+    Builder b(2, {{"compute", 0}, {"comm", -1}});
+    const CommId c = b.comm("dp", "dp", {0, 1});
+    for (RankId r = 0; r < 2; ++r) {
+      if (with_comm) b.collective(r, "ar", 1, CollectiveKind::kAllReduce, c, 8ull << 30);
+      b.add(r, "add", 0, Compute{Elementwise{4ull << 30, 0}, 0});
+    }
+    return simulate(b.schedule(), cluster, costs);
+  };
+  const Trace alone = run(false), shared = run(true);
+  const auto hbm = cluster.node.gpu.hbm_bytes_per_s * prof.memory_efficiency;
+  const auto ar = costs.collective_cost(CollectiveKind::kAllReduce, 8.0 * (1ull << 30), costs.span(Communicator{"dp", "dp", {0, 1}}));
+  const double comm_hbm = ar.bus_bytes_per_s * prof.interference.comm_hbm_bytes_per_bus_byte;
+  const double bytes = 4.0 * (1ull << 30);
+  CHECK(to_seconds(duration(alone, 0)) == Approx(bytes / hbm).epsilon(1e-6));
+  CHECK(to_seconds(duration(shared, 1)) == Approx(bytes / (hbm - comm_hbm)).epsilon(1e-6));
+}
+
+TEST_CASE("sim: concurrent inter-node transfers of one GPU share its NIC fairly", "[sim]") {
+  Profile prof = Profile::datasheet_defaults();
+  for (auto& [cls, s] : prof.launch_s) s = 0;
+  const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
+  const CostModel costs(cluster, prof);
+  const std::uint64_t bytes = 1ull << 30;
+  auto run = [&](bool two) {
+    Builder b(16, {{"a", 0}, {"b", 0}});
+    std::vector<RankId> all;
+    for (RankId r = 0; r < 16; ++r) all.push_back(r);
+    const CommId w = b.comm("world", "pp", all);
+    b.send(0, "s8", 0, w, 8, bytes, 0);
+    if (two) b.send(0, "s9", 1, w, 9, bytes, 0);
+    b.recv(8, "r8", 0, w, 0, bytes, 0);
+    if (two) b.recv(9, "r9", 0, w, 0, bytes, 0);
+    Schedule s = b.schedule();
+    s.ranks = {0, 8, 9};
+    return simulate(s, cluster, costs);
+  };
+  const CommCost one = costs.p2p_cost(static_cast<double>(bytes), 0, 8);
+  REQUIRE(one.uses_nic);
+  const Trace single = run(false), pair = run(true);
+  CHECK(to_seconds(step_of(single)) == Approx(one.time_s()).epsilon(1e-6));
+  CHECK(to_seconds(step_of(pair)) == Approx(one.latency_s + 2 * one.bandwidth_time_s).epsilon(1e-6));
+}
+
+TEST_CASE("sim: host_sync blocks issue until its target completes; launch costs delay the start", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  Builder b(1, {{"compute", 0}});
+  const OpId g1 = b.gemm(0, "g1", 0, 4096, 4096, 4096);
+  const OpId sync = b.add(0, "sync", 0, HostSync{g1});
+  const OpId h = b.add(0, "py", 0, Host{5000});
+  const OpId g2 = b.gemm(0, "g2", 0, 4096, 4096, 4096);
+  const Trace t = simulate(b.schedule(), cluster, costs);
+  const Nanos launch = to_nanos(4.24e-6);
+  CHECK(t.records[g1].issue_ns == 0);
+  CHECK(t.records[g1].start_ns == launch);
+  CHECK(t.records[sync].issue_ns == launch);
+  CHECK(t.records[sync].end_ns == t.records[g1].end_ns);
+  CHECK(t.records[h].start_ns == t.records[g1].end_ns);
+  CHECK(t.records[h].end_ns == t.records[h].start_ns + 5000);
+  CHECK(t.records[g2].issue_ns == t.records[h].end_ns);
+  CHECK(t.records[g2].start_ns == t.records[g2].issue_ns + launch);
+  CHECK(duration(t, g2) == duration(t, g1));
+}
+
+TEST_CASE("sim: same input gives a byte-identical trace", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  Schedule s = one_f_one_b(4, 6, 4096);
+  // Add a DP-style all-reduce on a side stream overlapping the cool-down, and an all-to-all.
+  s.communicators.push_back(Communicator{"world", "ep", {0, 1, 2, 3}});
+  const CommId w = static_cast<CommId>(s.communicators.size() - 1);
+  for (RankId r = 0; r < 4; ++r) {
+    Op op;
+    op.id = static_cast<OpId>(s.ops.size());
+    op.rank = r;
+    op.name = "a2a";
+    op.stream = 1;
+    Collective c;
+    c.kind = CollectiveKind::kAllToAll;
+    c.comm = w;
+    c.send_bytes = {1u << 20, 2u << 20, 3u << 20, 4u << 20};
+    c.bytes = 10u << 20;
+    op.body = c;
+    s.ops.push_back(op);
+  }
+  const std::string a = schedule::trace_to_json(simulate(s, cluster, costs));
+  const std::string b = schedule::trace_to_json(simulate(s, cluster, costs));
+  CHECK(a == b);
+  CHECK(a.find("\"producer\"") != std::string::npos);
+}
+
+TEST_CASE("sim: a run-time deadlock names the blocked op of every rank", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  Builder b(2, {{"p2p", 0}});
+  const CommId c = b.comm("pp", "pp", {0, 1});
+  b.recv(0, "r0", 0, c, 1, 1024, 0);
+  b.send(0, "s0", 0, c, 1, 1024, 0);
+  b.recv(1, "r1", 0, c, 0, 1024, 0);
+  b.send(1, "s1", 0, c, 0, 1024, 0);
+  try {
+    (void)simulate(b.schedule(), cluster, costs);
+    FAIL("expected a deadlock error");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    CHECK(msg.find("deadlocked") != std::string::npos);
+    CHECK(msg.find("rank 0: op 0 \"r0\": waits for the matching send op 3 \"s1\" on rank 1") != std::string::npos);
+    CHECK(msg.find("rank 1: op 2 \"r1\": waits for the matching send op 1 \"s0\" on rank 0") != std::string::npos);
+  }
+}
+
+TEST_CASE("sim: a collective some members never reach is reported with the missing ranks", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  Builder b(2, {{"compute", 0}});
+  const CommId c = b.comm("tp", "tp", {0, 1});
+  b.collective(0, "ar", 0, CollectiveKind::kAllReduce, c, 1024);
+  b.recv(1, "never", 0, c, 0, 64, 7);  // rank 0 sends nothing: the all-reduce behind it is never reached
+  b.collective(1, "ar", 0, CollectiveKind::kAllReduce, c, 1024);
+  try {
+    (void)simulate(b.schedule(), cluster, costs);
+    FAIL("expected a deadlock error");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    CHECK(msg.find("rank 0: op 0 \"ar\": collective waits for members that have not reached it: rank 1") !=
+          std::string::npos);
+    CHECK(msg.find("rank 1: op 1 \"never\": has no matching send on the peer") != std::string::npos);
+  }
+}
+
+TEST_CASE("sim: more ranks than GPUs is not feasible; flow fidelity is not available yet", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  Builder b(16, {{"compute", 0}});
+  b.gemm(15, "g", 0, 128, 128, 128);
+  Schedule s = b.schedule();
+  REQUIRE_THROWS_AS(simulate(s, cluster, costs), NotFeasibleError);
+  Builder small(1, {{"compute", 0}});
+  small.gemm(0, "g", 0, 128, 128, 128);
+  Options o;
+  o.fidelity = "flow";
+  try {
+    (void)simulate(small.schedule(), cluster, costs, o);
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("issue 6") != std::string::npos);
+  }
+}
