@@ -647,6 +647,9 @@ class Loader {
   Trace finish_trace(const json& j) {
     const Path p;
     expect_object(ctx_, j, p, "a trace {\"schema_version\":1, \"producer\", \"records\", \"schedule\", ...}");
+    if (member(j, "ops") != nullptr && member(j, "records") == nullptr) {
+      fail(ctx_, p, "this is a schedule, not a trace (get a trace with `twinstep simulate` or `twinstep run`)");
+    }
     static constexpr std::array<const char*, 6> kKeys{"schema_version", "producer", "context",
                                                       "step_times_ns",  "records",  "schedule"};
     check_keys(ctx_, j, p, kKeys, "a trace");
