@@ -182,10 +182,12 @@ std::string percent(double rel) {
 
 std::string signed_seconds(double s) { return (s > 0 ? "+" : "") + format_seconds(s); }
 
-/// An aligned text table: the first column left-aligned, the others right-aligned.
+/// An aligned text table: columns in `left` (by index; the first by default) left-aligned, the others right-aligned.
 class Table {
  public:
-  explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
+  explicit Table(std::vector<std::string> header, std::set<std::size_t> left = {0}) : left_(std::move(left)) {
+    rows_.push_back(std::move(header));
+  }
   void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
   [[nodiscard]] std::string str(const std::string& indent = "  ") const {
     std::vector<std::size_t> width;
@@ -199,7 +201,7 @@ class Table {
       for (std::size_t c = 0; c < row.size(); ++c) {
         const std::string pad(width[c] - row[c].size(), ' ');
         if (c > 0) line += "  ";
-        line += c == 0 ? row[c] + pad : pad + row[c];
+        line += left_.count(c) > 0 ? row[c] + pad : pad + row[c];
       }
       while (!line.empty() && line.back() == ' ') line.pop_back();
       out += line + "\n";
@@ -209,6 +211,7 @@ class Table {
 
  private:
   std::vector<std::vector<std::string>> rows_;
+  std::set<std::size_t> left_;
 };
 
 /// JSON number, or null for a non-finite value (JSON has no infinity).
@@ -397,7 +400,7 @@ std::string format_comparison(const Comparison& c) {
   out << cl.str() << "\n";
 
   out << "worst ops by |predicted - measured| duration\n";
-  Table w({"op", "name", "rank", "class", "predicted", "measured", "error"});
+  Table w({"op", "name", "rank", "class", "predicted", "measured", "error"}, {1, 3});
   for (const auto& r : c.worst_ops) {
     w.add({std::to_string(r.op), r.name, std::to_string(r.rank), r.op_class, format_seconds(to_seconds(r.predicted_ns)),
            format_seconds(to_seconds(r.measured_ns)), signed_seconds(to_seconds(r.error_ns()))});

@@ -97,7 +97,8 @@ std::string class_chart(const std::vector<ClassResidual>& classes) {
     const double x = shown >= 0 ? zero_x : zero_x - w;
     o << "<text x=\"" << px(label_w - 8) << "\" y=\"" << px(y + 15) << "\" text-anchor=\"end\">"
       << html_escape(c.op_class) << "</text>"
-      << "<rect class=\"bar " << (shown >= 0 ? "over" : "under") << "\" x=\"" << px(x) << "\" y=\"" << px(y + 4)
+      << "<rect class=\"bar " << (shown >= 0 ? "over" : "under") << "\" fill=\""
+      << (shown >= 0 ? "#c0504d" : "#4f81bd") << "\" x=\"" << px(x) << "\" y=\"" << px(y + 4)
       << "\" width=\"" << px(w) << "\" height=\"14\"><title>" << html_escape(c.op_class) << ": " << c.count
       << " ops, predicted " << seconds(to_seconds(c.predicted_ns)) << ", measured "
       << seconds(to_seconds(c.measured_ns)) << "</title></rect>"
@@ -105,7 +106,7 @@ std::string class_chart(const std::vector<ClassResidual>& classes) {
       << percent(rel) << "</text>\n";
   }
   o << "<line x1=\"" << px(zero_x) << "\" y1=\"" << px(top) << "\" x2=\"" << px(zero_x) << "\" y2=\""
-    << px(height - 8) << "\" class=\"axis\"/>\n</svg>\n";
+    << px(height - 8) << "\" class=\"axis\" stroke=\"#333\"/>\n</svg>\n";
   return o.str();
 }
 
@@ -158,32 +159,34 @@ std::string scatter(const Comparison& c, const ReportOptions& options, std::size
   }
 
   std::ostringstream o;
-  const double total = margin + size + 30;
-  o << "<svg id=\"scatter-chart\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << px(total)
-    << "\" height=\"" << px(total) << "\" viewBox=\"0 0 " << px(total) << ' ' << px(total) << "\">\n";
+  const double width = margin + size + 40;
+  const double height = 20 + size + 46;
+  o << "<svg id=\"scatter-chart\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << px(width)
+    << "\" height=\"" << px(height) << "\" viewBox=\"0 0 " << px(width) << ' ' << px(height) << "\">\n";
   o << "<rect x=\"" << px(margin) << "\" y=\"20\" width=\"" << px(size) << "\" height=\"" << px(size)
-    << "\" class=\"frame\"/>\n";
+    << "\" class=\"frame\" fill=\"none\" stroke=\"#999\"/>\n";
   for (int d = d_lo; d <= d_hi; ++d) {
     const double ns = std::pow(10.0, d);
     const std::string label = seconds(ns * 1e-9);
     o << "<line x1=\"" << px(sx(ns)) << "\" y1=\"20\" x2=\"" << px(sx(ns)) << "\" y2=\"" << px(20 + size)
-      << "\" class=\"grid\"/><text x=\"" << px(sx(ns)) << "\" y=\"" << px(20 + size + 16)
+      << "\" class=\"grid\" stroke=\"#e4e4e4\"/><text x=\"" << px(sx(ns)) << "\" y=\"" << px(20 + size + 16)
       << "\" text-anchor=\"middle\" class=\"tick\">" << label << "</text>"
-      << "<line x1=\"" << px(margin) << "\" y1=\"" << px(sy(ns)) << "\" x2=\"" << px(margin + size) << "\" y2=\""
-      << px(sy(ns)) << "\" class=\"grid\"/><text x=\"" << px(margin - 6) << "\" y=\"" << px(sy(ns) + 4)
-      << "\" text-anchor=\"end\" class=\"tick\">" << label << "</text>\n";
+      << "<line x1=\"" << px(margin) << "\" y1=\"" << px(sy(ns)) << "\" x2=\"" << px(margin + size)
+      << "\" y2=\"" << px(sy(ns)) << "\" class=\"grid\" stroke=\"#e4e4e4\"/><text x=\"" << px(margin - 6)
+      << "\" y=\"" << px(sy(ns) + 4) << "\" text-anchor=\"end\" class=\"tick\">" << label << "</text>\n";
   }
   const double a = std::pow(10.0, d_lo), b = std::pow(10.0, d_hi);
-  o << "<line class=\"diag\" x1=\"" << px(sx(a)) << "\" y1=\"" << px(sy(a)) << "\" x2=\"" << px(sx(b)) << "\" y2=\""
-    << px(sy(b)) << "\"/>\n";
-  o << "<text x=\"" << px(margin + size / 2) << "\" y=\"" << px(total - 2)
+  o << "<line class=\"diag\" stroke=\"#999\" stroke-dasharray=\"4 3\" x1=\"" << px(sx(a)) << "\" y1=\""
+    << px(sy(a)) << "\" x2=\"" << px(sx(b)) << "\" y2=\"" << px(sy(b)) << "\"/>\n";
+  const double mid = 20 + size / 2;
+  o << "<text x=\"" << px(margin + size / 2) << "\" y=\"" << px(20 + size + 38)
     << "\" text-anchor=\"middle\" class=\"legend\">measured duration</text>"
-    << "<text x=\"14\" y=\"" << px(20 + size / 2) << "\" text-anchor=\"middle\" class=\"legend\" transform=\"rotate(-90 14 "
-    << px(20 + size / 2) << ")\">predicted duration</text>\n";
+    << "<text x=\"12\" y=\"" << px(mid) << "\" text-anchor=\"middle\" class=\"legend\" transform=\"rotate(-90 12 "
+    << px(mid) << ")\">predicted duration</text>\n";
   for (const auto* p : points) {
     const double m = static_cast<double>(p->measured_ns);
     const double q = static_cast<double>(p->predicted_ns);
-    o << "<circle cx=\"" << px(sx(m)) << "\" cy=\"" << px(sy(q)) << "\" r=\"2.5\"><title>op " << p->op;
+    o << "<circle cx=\"" << px(sx(m)) << "\" cy=\"" << px(sy(q)) << "\" r=\"2.5\" fill=\"" << kPredColor << "\" fill-opacity=\"0.55\"><title>op " << p->op;
     if (!names[p->op].empty()) o << ' ' << html_escape(names[p->op]);
     o << ": predicted " << seconds(q * 1e-9) << ", measured " << seconds(m * 1e-9) << "</title></circle>\n";
   }

@@ -30,15 +30,16 @@ void run_compare(const CompareArgs& a) {
   } catch (const Error& e) {
     throw Error(a.predicted + " vs " + a.measured + ": " + e.what(), e.code());
   }
-  const std::string text = a.json ? calibration::comparison_to_json(c) : calibration::format_comparison(c);
-  std::fwrite(text.data(), 1, text.size(), stdout);
+  // The report first: if it cannot be written, the command fails before printing anything.
   if (!a.report.empty()) {
     calibration::ReportOptions options;
     options.predicted_label = a.predicted;
     options.measured_label = a.measured;
     calibration::write_report(c, a.report, options);
-    if (!a.json) std::printf("\nreport written to %s\n", a.report.c_str());
   }
+  const std::string text = a.json ? calibration::comparison_to_json(c) : calibration::format_comparison(c);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  if (!a.report.empty() && !a.json) std::printf("\nreport written to %s\n", a.report.c_str());
 }
 
 }  // namespace
