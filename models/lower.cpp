@@ -76,6 +76,8 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
       throw Error("model \"" + model.name + "\": MoE layer lowering is not implemented yet (issue #4); layer " +
                   str(i) + " is an MoE layer. Use a dense model (llama3-8b, llama3-70b, llama3.1-405b, gpt3-175b)");
     }
+  }
+  for (std::uint32_t i = 0; i < model.num_layers; ++i) {
     if (model.uses_mla() || model.is_linear_attention_layer(i)) {
       throw Error("model \"" + model.name + "\": multi-latent / linear attention lowering is not implemented yet "
                   "(issue #4)");
