@@ -12,6 +12,7 @@
 #include <string>
 #include <utility>
 
+#include "common/error.hpp"
 #include "common/units.hpp"
 #include "schedule/kernel_math.hpp"
 #include "schedule/matching.hpp"
@@ -102,7 +103,12 @@ Breakdown analyze(const Trace& trace) {
     t1 = std::max(t1, r.end_ns);
     if (r.op < s.ops.size()) rec_of[r.op] = i;
   }
-  b.step_time_s = to_seconds(t1 - t0);
+  Nanos span = 0;
+  if (__builtin_sub_overflow(t1, t0, &span)) {
+    throw Error("trace times span more than 2^63 ns (first issue " + std::to_string(t0) + " ns, last end " +
+                std::to_string(t1) + " ns): the trace's times are corrupt");
+  }
+  b.step_time_s = to_seconds(span);
   const Matching m = match(s);
 
   std::vector<std::string> kind_of_op(s.ops.size());

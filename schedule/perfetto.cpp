@@ -42,14 +42,15 @@ void put_int(std::string& out, T v) {
   out.append(buf, r.ptr);
 }
 
-/// ns as microseconds with three decimals, exact ("1234.567").
+/// ns as microseconds with three decimals, exact ("1234.567"); safe for the whole int64 range.
 void put_us(std::string& out, Nanos ns) {
+  std::uint64_t mag = static_cast<std::uint64_t>(ns);
   if (ns < 0) {
     out.push_back('-');
-    ns = -ns;
+    mag = ~mag + 1;  // two's complement magnitude, defined for INT64_MIN too
   }
-  put_int(out, ns / 1000);
-  const Nanos frac = ns % 1000;
+  put_int(out, mag / 1000);
+  const std::uint64_t frac = mag % 1000;
   if (frac != 0) {
     out.push_back('.');
     out.push_back(static_cast<char>('0' + frac / 100));
@@ -130,7 +131,9 @@ std::string to_perfetto_json(const Trace& trace) {
     out += ",\"ts\":";
     put_us(out, r.start_ns);
     out += ",\"dur\":";
-    put_us(out, r.end_ns >= r.start_ns ? r.end_ns - r.start_ns : 0);
+    Nanos dur = 0;
+    if (r.end_ns > r.start_ns && __builtin_sub_overflow(r.end_ns, r.start_ns, &dur)) dur = INT64_MAX;
+    put_us(out, dur);
     out += ",\"args\":{\"op\":";
     put_int(out, op.id);
     out += ",\"kind\":";
