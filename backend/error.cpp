@@ -1,8 +1,8 @@
 // Turns CUDA, cuBLAS and NCCL status codes into BackendError with the call, the op and the rank.
 #include "backend/error.hpp"
 
-#include <cuda_runtime.h>
 #include <cublas_v2.h>
+#include <cuda_runtime.h>
 #include <nccl.h>
 
 #include <string>

@@ -39,5 +39,4 @@ void check_cublas(int status, const char* call, const char* file, int line);
 /// Checks a cudaError_t / ncclResult_t / cublasStatus_t and throws BackendError naming the call, op and rank.
 #define TWINSTEP_CUDA_CHECK(expr) ::twinstep::backend::check_cuda(static_cast<int>(expr), #expr, __FILE__, __LINE__)
 #define TWINSTEP_NCCL_CHECK(expr) ::twinstep::backend::check_nccl(static_cast<int>(expr), #expr, __FILE__, __LINE__)
-#define TWINSTEP_CUBLAS_CHECK(expr) \
-  ::twinstep::backend::check_cublas(static_cast<int>(expr), #expr, __FILE__, __LINE__)
+#define TWINSTEP_CUBLAS_CHECK(expr) ::twinstep::backend::check_cublas(static_cast<int>(expr), #expr, __FILE__, __LINE__)

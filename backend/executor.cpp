@@ -48,18 +48,33 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr std::uint64_t kCublasWorkspaceBytes = 32ull << 20;  // PyTorch's default on Hopper (4096 KiB x 8)
-constexpr std::uint64_t kNcclReserveBytes = 2ull << 30;      // NCCL's own buffers and CUDA context headroom
+constexpr std::uint64_t kNcclReserveBytes = 2ull << 30;       // NCCL's own buffers and CUDA context headroom
 
 // ---------------------------------------------------------------------------------------------------------------
 // Buffer sizing: one buffer per role, sized by the largest op that uses it on this rank.
 
 enum class Role : std::uint8_t {
-  kGemmA, kGemmB, kGemmC,
-  kAttnQ, kAttnK, kAttnV, kAttnS, kAttnO, kAttnDO,
-  kElemIn, kElemOut,
-  kOptParam, kOptGrad, kOptMaster, kOptM, kOptV,
-  kCopyDev, kCopyDev2, kCopyHost,
-  kCommSend, kCommRecv,
+  kGemmA,
+  kGemmB,
+  kGemmC,
+  kAttnQ,
+  kAttnK,
+  kAttnV,
+  kAttnS,
+  kAttnO,
+  kAttnDO,
+  kElemIn,
+  kElemOut,
+  kOptParam,
+  kOptGrad,
+  kOptMaster,
+  kOptM,
+  kOptV,
+  kCopyDev,
+  kCopyDev2,
+  kCopyHost,
+  kCommSend,
+  kCommRecv,
   kCount
 };
 constexpr std::size_t kRoles = static_cast<std::size_t>(Role::kCount);
@@ -117,9 +132,17 @@ CommSizes comm_sizes(const sch::Schedule& s, const sch::Op& op, const Instances&
     const std::uint64_t n = std::max<std::size_t>(1, comm.members.size());
     switch (col->kind) {
       case sch::CollectiveKind::kAllReduce:
-      case sch::CollectiveKind::kBroadcast: out.send = out.recv = col->bytes; break;
-      case sch::CollectiveKind::kAllGather: out.send = col->bytes / n; out.recv = col->bytes; break;
-      case sch::CollectiveKind::kReduceScatter: out.send = col->bytes; out.recv = col->bytes / n; break;
+      case sch::CollectiveKind::kBroadcast:
+        out.send = out.recv = col->bytes;
+        break;
+      case sch::CollectiveKind::kAllGather:
+        out.send = col->bytes / n;
+        out.recv = col->bytes;
+        break;
+      case sch::CollectiveKind::kReduceScatter:
+        out.send = col->bytes;
+        out.recv = col->bytes / n;
+        break;
       case sch::CollectiveKind::kAllToAll: {
         for (auto b : col->send_bytes) out.send += b;
         const int me = position(comm, op.rank);
@@ -219,58 +242,83 @@ std::string quote_op(const sch::Op& op) { return "op " + std::to_string(op.id) +
 
 std::optional<KernelDType> kernel_dtype(sch::DType t) {
   switch (t) {
-    case sch::DType::kBF16: return KernelDType::kBF16;
-    case sch::DType::kFP16: return KernelDType::kFP16;
-    case sch::DType::kFP32: return KernelDType::kFP32;
-    default: return std::nullopt;
+    case sch::DType::kBF16:
+      return KernelDType::kBF16;
+    case sch::DType::kFP16:
+      return KernelDType::kFP16;
+    case sch::DType::kFP32:
+      return KernelDType::kFP32;
+    default:
+      return std::nullopt;
   }
 }
 
 cudaDataType_t cuda_dtype(sch::DType t) {
   switch (t) {
-    case sch::DType::kBF16: return CUDA_R_16BF;
-    case sch::DType::kFP16: return CUDA_R_16F;
-    default: return CUDA_R_32F;
+    case sch::DType::kBF16:
+      return CUDA_R_16BF;
+    case sch::DType::kFP16:
+      return CUDA_R_16F;
+    default:
+      return CUDA_R_32F;
   }
 }
 
 ncclDataType_t nccl_dtype(sch::DType t) {
   switch (t) {
-    case sch::DType::kBF16: return ncclBfloat16;
-    case sch::DType::kFP16: return ncclFloat16;
-    case sch::DType::kFP32: return ncclFloat32;
-    case sch::DType::kFP8: return ncclUint8;
-    case sch::DType::kInt64: return ncclInt64;
-    case sch::DType::kInt32: return ncclInt32;
+    case sch::DType::kBF16:
+      return ncclBfloat16;
+    case sch::DType::kFP16:
+      return ncclFloat16;
+    case sch::DType::kFP32:
+      return ncclFloat32;
+    case sch::DType::kFP8:
+      return ncclUint8;
+    case sch::DType::kInt64:
+      return ncclInt64;
+    case sch::DType::kInt32:
+      return ncclInt32;
   }
   return ncclUint8;
 }
 
 const char* dtype_word(sch::DType t) {
   switch (t) {
-    case sch::DType::kBF16: return "bf16";
-    case sch::DType::kFP16: return "fp16";
-    case sch::DType::kFP32: return "fp32";
-    case sch::DType::kFP8: return "fp8";
-    case sch::DType::kInt64: return "int64";
-    case sch::DType::kInt32: return "int32";
+    case sch::DType::kBF16:
+      return "bf16";
+    case sch::DType::kFP16:
+      return "fp16";
+    case sch::DType::kFP32:
+      return "fp32";
+    case sch::DType::kFP8:
+      return "fp8";
+    case sch::DType::kInt64:
+      return "int64";
+    case sch::DType::kInt32:
+      return "int32";
   }
   return "?";
 }
 
 const char* collective_word(sch::CollectiveKind k) {
   switch (k) {
-    case sch::CollectiveKind::kAllReduce: return "all_reduce";
-    case sch::CollectiveKind::kAllGather: return "all_gather";
-    case sch::CollectiveKind::kReduceScatter: return "reduce_scatter";
-    case sch::CollectiveKind::kAllToAll: return "all_to_all";
-    case sch::CollectiveKind::kBroadcast: return "broadcast";
+    case sch::CollectiveKind::kAllReduce:
+      return "all_reduce";
+    case sch::CollectiveKind::kAllGather:
+      return "all_gather";
+    case sch::CollectiveKind::kReduceScatter:
+      return "reduce_scatter";
+    case sch::CollectiveKind::kAllToAll:
+      return "all_to_all";
+    case sch::CollectiveKind::kBroadcast:
+      return "broadcast";
   }
   return "?";
 }
 
 std::string kind_word(const sch::Op& op) {
-  if (const auto* c = std::get_if<sch::Collective>(&op.body)) return std::string("collective ") + collective_word(c->kind);
+  if (const auto* c = std::get_if<sch::Collective>(&op.body))
+    return std::string("collective ") + collective_word(c->kind);
   if (std::holds_alternative<sch::Compute>(op.body)) return "compute";
   if (std::holds_alternative<sch::Send>(op.body)) return "send";
   if (std::holds_alternative<sch::Recv>(op.body)) return "recv";
@@ -324,8 +372,9 @@ std::vector<sch::Diagnostic> can_execute(const sch::Schedule& s, const DeviceInf
   };
   if (info.device_count < 1) add(sch::kNoOp, "", "no CUDA GPU is visible to this process (check CUDA_VISIBLE_DEVICES)");
   if (info.local_processes > info.device_count && info.device_count > 0) {
-    add(sch::kNoOp, "", std::to_string(info.local_processes) + " processes on one host share " +
-                            std::to_string(info.device_count) + " GPUs: start one process per GPU");
+    add(sch::kNoOp, "",
+        std::to_string(info.local_processes) + " processes on one host share " + std::to_string(info.device_count) +
+            " GPUs: start one process per GPU");
   }
   if (s.ranks.size() != s.world_size) {
     add(sch::kNoOp, "ranks",
@@ -381,8 +430,8 @@ std::vector<sch::Diagnostic> can_execute(const sch::Schedule& s, const DeviceInf
         add(op.id, "body.comm", "communicator " + std::to_string(col->comm) + " does not exist");
         continue;
       }
-      const bool reduces = col->kind == sch::CollectiveKind::kAllReduce ||
-                           col->kind == sch::CollectiveKind::kReduceScatter;
+      const bool reduces =
+          col->kind == sch::CollectiveKind::kAllReduce || col->kind == sch::CollectiveKind::kReduceScatter;
       if (reduces && col->dtype == sch::DType::kFP8) {
         add(op.id, "body.dtype", "fp8 reductions are not supported by the backend: reduce in bf16");
       }
@@ -411,7 +460,8 @@ std::vector<sch::Diagnostic> can_execute(const sch::Schedule& s, const DeviceInf
         add(sch::kNoOp, "",
             "rank " + std::to_string(r) + " needs " + format_bytes(static_cast<double>(need_bytes)) +
                 " of GPU memory for its buffers (sized by its largest op of each kind, plus NCCL and cuBLAS) but " +
-                format_bytes(static_cast<double>(info.free_bytes)) + " is free: use a smaller micro-batch or more GPUs");
+                format_bytes(static_cast<double>(info.free_bytes)) +
+                " is free: use a smaller micro-batch or more GPUs");
       }
     }
   }
@@ -487,11 +537,12 @@ class Watchdog {
           fired_at_ = now;
           fired_.store(true);
         }
-      } else if (!acknowledged_.load() &&
-                 std::chrono::duration<double>(now - fired_at_).count() > grace_s_) {
+      } else if (!acknowledged_.load() && std::chrono::duration<double>(now - fired_at_).count() > grace_s_) {
         // The host thread is stuck inside a call: report, abort and leave.
-        std::fprintf(stderr, "twinstep: error: rank %d: %s; the issuing thread is blocked in a CUDA/NCCL call; "
-                     "aborting the communicators\n", rank_, reason_.c_str());
+        std::fprintf(stderr,
+                     "twinstep: error: rank %d: %s; the issuing thread is blocked in a CUDA/NCCL call; "
+                     "aborting the communicators\n",
+                     rank_, reason_.c_str());
         for (auto c : comms_) {
           if (c != nullptr) ncclCommAbort(c);
         }
@@ -744,8 +795,8 @@ void run_gemm(cublasHandle_t h, const GemmCall& g) {
   }
 }
 
-GemmCall plain_gemm(std::uint64_t m, std::uint64_t n, std::uint64_t k, bool ta, bool tb, const void* a,
-                    const void* b, void* c, std::uint64_t batch, cudaDataType_t type) {
+GemmCall plain_gemm(std::uint64_t m, std::uint64_t n, std::uint64_t k, bool ta, bool tb, const void* a, const void* b,
+                    void* c, std::uint64_t batch, cudaDataType_t type) {
   GemmCall g;
   g.trans_a = ta;
   g.trans_b = tb;
@@ -880,8 +931,8 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
           const auto* a = static_cast<const char*>(im.buffer(Role::kGemmA)) + row * gg->k * e;
           const auto* b = static_cast<const char*>(im.buffer(Role::kGemmB)) + i * gg->k * gg->n * e;
           auto* cc = static_cast<char*>(im.buffer(Role::kGemmC)) + row * gg->n * e;
-          if (gg->m[i] > 0) p.gemms.push_back(plain_gemm(gg->m[i], gg->n, gg->k, false, false, a, b, cc, 1,
-                                                          cuda_dtype(gg->dtype)));
+          if (gg->m[i] > 0)
+            p.gemms.push_back(plain_gemm(gg->m[i], gg->n, gg->k, false, false, a, b, cc, 1, cuda_dtype(gg->dtype)));
           row += gg->m[i];
         }
       } else if (const auto* at = std::get_if<sch::Attention>(&c->kernel)) {
@@ -900,10 +951,10 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
           p.gemms.push_back(plain_gemm(gsq, d, skv, false, false, sc, v, o, batch, t));  // O = P V
         } else {
           void* dout = im.buffer(Role::kAttnDO);
-          p.gemms.push_back(plain_gemm(skv, d, gsq, true, false, sc, dout, v, batch, t));   // dV = P^T dO
-          p.gemms.push_back(plain_gemm(gsq, skv, d, false, true, dout, v, sc, batch, t));   // dP = dO V^T
-          p.gemms.push_back(plain_gemm(gsq, d, skv, false, false, sc, k, q, batch, t));     // dQ = dS K
-          p.gemms.push_back(plain_gemm(skv, d, gsq, true, false, sc, q, k, batch, t));      // dK = dS^T Q
+          p.gemms.push_back(plain_gemm(skv, d, gsq, true, false, sc, dout, v, batch, t));  // dV = P^T dO
+          p.gemms.push_back(plain_gemm(gsq, skv, d, false, true, dout, v, sc, batch, t));  // dP = dO V^T
+          p.gemms.push_back(plain_gemm(gsq, d, skv, false, false, sc, k, q, batch, t));    // dQ = dS K
+          p.gemms.push_back(plain_gemm(skv, d, gsq, true, false, sc, q, k, batch, t));     // dK = dS^T Q
         }
       }
     }
@@ -929,8 +980,8 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   auto poll = [&]() {
     if (!im.watchdog->fired()) return;
     im.watchdog->acknowledge();
-    const std::string msg = "rank " + std::to_string(rank()) + " (" + im.host + "): " + im.watchdog->reason() +
-                            "; " + describe_unfinished() + "; communicators aborted";
+    const std::string msg = "rank " + std::to_string(rank()) + " (" + im.host + "): " + im.watchdog->reason() + "; " +
+                            describe_unfinished() + "; communicators aborted";
     im.abort_all();
     throw BackendError("watchdog", 0, rank(), msg);
   };
@@ -965,9 +1016,9 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
     const bool measured = step >= options.warmup_steps;
     const std::string step_word = "step " + std::to_string(step) + (measured ? "" : " (warm-up)");
     // The deadline covers the barrier too, so a rank whose peers hang in the previous step is caught here.
-    im.watchdog->arm(Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                        std::chrono::duration<double>(options.timeout_s)),
-                     step_word, comms, grace_s);
+    im.watchdog->arm(
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.timeout_s)),
+        step_word, comms, grace_s);
     issued.store(plan.size());  // during the barrier every op of the previous step is done
     im.mpi.barrier(poll);
     issued.store(0);
@@ -1067,8 +1118,10 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
                   for (int j = 0; j < p.comm_size; ++j) {
                     const std::uint64_t sn = body.send_bytes[static_cast<std::size_t>(j)];
                     const std::uint64_t rn = p.sizes.a2a_recv[static_cast<std::size_t>(j)];
-                    if (sn > 0) TWINSTEP_NCCL_CHECK(ncclSend(static_cast<char*>(sb) + so, sn, ncclUint8, j, p.comm, p.stream));
-                    if (rn > 0) TWINSTEP_NCCL_CHECK(ncclRecv(static_cast<char*>(rb) + ro, rn, ncclUint8, j, p.comm, p.stream));
+                    if (sn > 0)
+                      TWINSTEP_NCCL_CHECK(ncclSend(static_cast<char*>(sb) + so, sn, ncclUint8, j, p.comm, p.stream));
+                    if (rn > 0)
+                      TWINSTEP_NCCL_CHECK(ncclRecv(static_cast<char*>(rb) + ro, rn, ncclUint8, j, p.comm, p.stream));
                     so += sn;
                     ro += rn;
                   }
@@ -1077,9 +1130,11 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
                 }
               }
             } else if constexpr (std::is_same_v<B, sch::Send>) {
-              TWINSTEP_NCCL_CHECK(ncclSend(im.buffer(Role::kCommSend), body.bytes, ncclUint8, p.peer, p.comm, p.stream));
+              TWINSTEP_NCCL_CHECK(
+                  ncclSend(im.buffer(Role::kCommSend), body.bytes, ncclUint8, p.peer, p.comm, p.stream));
             } else if constexpr (std::is_same_v<B, sch::Recv>) {
-              TWINSTEP_NCCL_CHECK(ncclRecv(im.buffer(Role::kCommRecv), body.bytes, ncclUint8, p.peer, p.comm, p.stream));
+              TWINSTEP_NCCL_CHECK(
+                  ncclRecv(im.buffer(Role::kCommRecv), body.bytes, ncclUint8, p.peer, p.comm, p.stream));
             } else if constexpr (std::is_same_v<B, sch::Host>) {
               h_start[i] = host_ns();
               const auto until = Clock::now() + std::chrono::nanoseconds(body.duration_ns);
@@ -1127,9 +1182,9 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   }
   (void)current_step;
   // A final barrier under the watchdog: a rank whose peers hang in the last step is caught here, not in MPI.
-  im.watchdog->arm(Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                      std::chrono::duration<double>(options.timeout_s)),
-                   "the barrier after the last step", comms, grace_s);
+  im.watchdog->arm(
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.timeout_s)),
+      "the barrier after the last step", comms, grace_s);
   issued.store(plan.size());
   im.mpi.barrier(poll);
   im.watchdog->disarm();
@@ -1146,14 +1201,12 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   std::vector<std::int64_t> mine;
   mine.reserve(plan.size() * 4);
   for (std::size_t i = 0; i < plan.size(); ++i) {
-    const Nanos is = median(issue_ns[i]);
-    const Nanos st = median(start_ns[i]);
-    std::vector<Nanos> dur(end_ns[i].size());
-    for (std::size_t k = 0; k < dur.size(); ++k) dur[k] = end_ns[i][k] - start_ns[i][k];
+    // Separate medians of issue, start and end: an order that holds in every step (a dep, stream FIFO, end after
+    // start) holds between the medians too, which a median duration added to a median start would not guarantee.
     mine.push_back(plan[i].op->id);
-    mine.push_back(is);
-    mine.push_back(st);
-    mine.push_back(st + median(dur));
+    mine.push_back(median(issue_ns[i]));
+    mine.push_back(median(start_ns[i]));
+    mine.push_back(median(end_ns[i]));
   }
   const auto all = im.mpi.all_gather(mine);
   const auto bounds = im.mpi.all_gather(step_bounds);
@@ -1197,15 +1250,15 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   ctx["gpu_count"] = std::to_string(size());
   ctx["cuda_driver"] = std::to_string(driver / 1000) + "." + std::to_string((driver % 1000) / 10);
   ctx["cuda_runtime"] = std::to_string(runtime / 1000) + "." + std::to_string((runtime % 1000) / 10);
-  ctx["nccl"] = std::to_string(nccl / 10000) + "." + std::to_string((nccl % 10000) / 100) + "." +
-                std::to_string(nccl % 100);
+  ctx["nccl"] =
+      std::to_string(nccl / 10000) + "." + std::to_string((nccl % 10000) / 100) + "." + std::to_string(nccl % 100);
   ctx["hosts"] = host_list;
   ctx["git_revision"] = TWINSTEP_GIT_REVISION;
   ctx["date"] = iso_date_utc();
   ctx["warmup_steps"] = std::to_string(options.warmup_steps);
   ctx["steps"] = std::to_string(std::max(1, options.steps));
   ctx["timing"] =
-      "per op: median over measured steps of issue and start, end = start + median duration; GPU ops timed by "
+      "per op: medians over measured steps of issue, start and end separately; GPU ops timed by "
       "cudaEvents recorded on the op's stream around it; host ops by steady_clock";
   ctx["clock_alignment"] =
       "per step: barrier, origin event on every stream; device times relative to the origin event, host times "

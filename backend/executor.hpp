@@ -16,10 +16,10 @@ namespace twinstep::backend {
 
 /// What can_execute() checks a schedule against; Runtime::device_info() measures it (collectively).
 struct DeviceInfo {
-  int processes = 1;                ///< Processes in the group (one per GPU).
-  int local_processes = 1;          ///< Processes on this host (the most over hosts).
-  int device_count = 0;             ///< GPUs visible to one process.
-  std::uint64_t free_bytes = 0;     ///< Free GPU memory usable for buffers, the least over processes.
+  int processes = 1;             ///< Processes in the group (one per GPU).
+  int local_processes = 1;       ///< Processes on this host (the most over hosts).
+  int device_count = 0;          ///< GPUs visible to one process.
+  std::uint64_t free_bytes = 0;  ///< Free GPU memory usable for buffers, the least over processes.
   std::string gpu_name;
 };
 
@@ -41,16 +41,15 @@ class DataHook {
 };
 
 struct Options {
-  int warmup_steps = 2;       ///< Steps run and discarded (module load, NCCL connection setup, cuBLAS heuristics).
-  int steps = 5;              ///< Measured steps; the trace holds the per-op median over them.
-  double timeout_s = 120.0;   ///< Watchdog limit for one step, from the step barrier to its last op's end.
-  DataHook* hook = nullptr;   ///< Tests only.
+  int warmup_steps = 2;      ///< Steps run and discarded (module load, NCCL connection setup, cuBLAS heuristics).
+  int steps = 5;             ///< Measured steps; the trace holds the per-op median over them.
+  double timeout_s = 120.0;  ///< Watchdog limit for one step, from the step barrier to its last op's end.
+  DataHook* hook = nullptr;  ///< Tests only.
 };
 
 /// Every reason `schedule` cannot run here (empty means it can): ranks versus processes, reduced schedules,
 /// kernels and dtypes the backend does not implement, buffers that do not fit in free GPU memory.
-[[nodiscard]] std::vector<schedule::Diagnostic> can_execute(const schedule::Schedule& schedule,
-                                                            const DeviceInfo& info);
+[[nodiscard]] std::vector<schedule::Diagnostic> can_execute(const schedule::Schedule& schedule, const DeviceInfo& info);
 
 /// Device memory the backend allocates for rank `rank` of `schedule` (buffers sized by the largest op of each
 /// kind, plus cuBLAS workspaces), in bytes.

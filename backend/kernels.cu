@@ -198,12 +198,12 @@ void launch_adam(void* param, float* master, const void* grad, float* m, float* 
                                                  static_cast<const __nv_bfloat16*>(grad), m, v, n);
       break;
     case KernelDType::kFP16:
-      adam_kernel<<<grid, kThreads, 0, stream>>>(static_cast<__half*>(param), master,
-                                                 static_cast<const __half*>(grad), m, v, n);
+      adam_kernel<<<grid, kThreads, 0, stream>>>(static_cast<__half*>(param), master, static_cast<const __half*>(grad),
+                                                 m, v, n);
       break;
     case KernelDType::kFP32:
-      adam_kernel<<<grid, kThreads, 0, stream>>>(static_cast<float*>(param), master,
-                                                 static_cast<const float*>(grad), m, v, n);
+      adam_kernel<<<grid, kThreads, 0, stream>>>(static_cast<float*>(param), master, static_cast<const float*>(grad), m,
+                                                 v, n);
       break;
   }
   TWINSTEP_CUDA_CHECK(cudaGetLastError());

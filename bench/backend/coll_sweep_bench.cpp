@@ -2,11 +2,10 @@
 // of `iters` back-to-back ops of one kind on one stream, one warm-up step of the same ops, then one measured step;
 // per-op time = median of the per-op cudaEvent durations; algbw = size / time, busbw = algbw x the kind's factor
 // (nccl-tests doc/PERFORMANCE.md). send_recv is one-directional (rank 0 sends, rank 1 receives): busbw = algbw.
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
@@ -95,8 +94,9 @@ int main(int argc, char** argv) {
       const auto trace = rt.execute(s, o);
       if (first) {
         doc = twinstep::bench::envelope("coll_sweep", trace.context, twinstep::bench::command_line(argc, argv));
-        doc["protocol"] = "per size: one warm-up step of n ops, one measured step of n back-to-back ops on one "
-                          "stream; time = median per-op cudaEvent duration (max over ranks); busbw per nccl-tests";
+        doc["protocol"] =
+            "per size: one warm-up step of n ops, one measured step of n back-to-back ops on one "
+            "stream; time = median per-op cudaEvent duration (max over ranks); busbw per nccl-tests";
         doc["iters"] = iters;
         first = false;
       }

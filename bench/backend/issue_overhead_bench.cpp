@@ -4,12 +4,11 @@
 // Host time per op over the issue loop; medians over repetitions.
 #include <cuda_runtime.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
@@ -90,8 +89,7 @@ int main(int argc, char** argv) {
   const double o1 = twinstep::bench::median_of(ours), og = twinstep::bench::median_of(ours_gpu);
   std::printf("bare launch loop                  %8.2f us/op\n", b * 1e6);
   std::printf("bare launch + 2 event records     %8.2f us/op\n", be2 * 1e6);
-  std::printf("backend issue path                %8.2f us/op  (%.2fx the bare loop with events)\n", o1 * 1e6,
-              o1 / be2);
+  std::printf("backend issue path                %8.2f us/op  (%.2fx the bare loop with events)\n", o1 * 1e6, o1 / be2);
   std::printf("backend GPU time per op (span/n)  %8.2f us/op\n", og * 1e6);
 
   be::Options ctx_o;
@@ -99,8 +97,9 @@ int main(int argc, char** argv) {
   ctx_o.steps = 1;
   const auto ctx_trace = rt.execute(s, ctx_o);
   auto doc = twinstep::bench::envelope("issue_overhead", ctx_trace.context, twinstep::bench::command_line(argc, argv));
-  doc["protocol"] = "host seconds per op over a loop of n empty-kernel ops, median of r repetitions; the backend "
-                    "figure is (issue time of the last op - of the first) / (n-1) from its trace";
+  doc["protocol"] =
+      "host seconds per op over a loop of n empty-kernel ops, median of r repetitions; the backend "
+      "figure is (issue time of the last op - of the first) / (n-1) from its trace";
   doc["n"] = n;
   doc["reps"] = reps;
   doc["results"] = {{{"what", "bare_launch"}, {"us_per_op", b * 1e6}},
