@@ -85,10 +85,9 @@ void run_validate(const std::string& path) {
     }
   }
   print("valid: " + std::to_string(s.ranks.size()) + " ranks (world " + std::to_string(s.world_size) + "), " +
-        std::to_string(s.ops.size()) + " ops (" + std::to_string(compute) + " compute, " +
-        std::to_string(collectives) + " collective, " + std::to_string(p2p) + " send/recv, " + std::to_string(host) +
-        " host), " + std::to_string(s.streams.size()) + " streams, " + std::to_string(s.communicators.size()) +
-        " communicators\n");
+        std::to_string(s.ops.size()) + " ops (" + std::to_string(compute) + " compute, " + std::to_string(collectives) +
+        " collective, " + std::to_string(p2p) + " send/recv, " + std::to_string(host) + " host), " +
+        std::to_string(s.streams.size()) + " streams, " + std::to_string(s.communicators.size()) + " communicators\n");
   for (const auto& w : s.warnings) print("warning: " + w + "\n");
 }
 

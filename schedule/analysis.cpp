@@ -72,9 +72,15 @@ RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<st
     for (; i < ev.size() && std::clamp(ev[i].t, t0, t1) == t; ++i) {
       const Event& e = ev[i];
       switch (e.type) {
-        case Ev::kCompute: compute += e.delta; break;
-        case Ev::kWait: wait += e.delta; break;
-        case Ev::kHost: host += e.delta; break;
+        case Ev::kCompute:
+          compute += e.delta;
+          break;
+        case Ev::kWait:
+          wait += e.delta;
+          break;
+        case Ev::kHost:
+          host += e.delta;
+          break;
         case Ev::kTransfer:
           if (e.delta > 0) {
             transfers.emplace(e.key_start, e.op);
@@ -136,7 +142,8 @@ Breakdown analyze(const Trace& trace) {
         comm = c->comm;
         if (m.instance_of[o] != UINT32_MAX) {
           for (OpId peer : m.collectives[m.instance_of[o]].ops) {
-            if (peer != kNoOp && rec_of[peer] != SIZE_MAX) arrived = std::max(arrived, trace.records[rec_of[peer]].start_ns);
+            if (peer != kNoOp && rec_of[peer] != SIZE_MAX)
+              arrived = std::max(arrived, trace.records[rec_of[peer]].start_ns);
           }
         }
       } else {
@@ -170,8 +177,10 @@ Breakdown analyze(const Trace& trace) {
         // issue .. wait start is busy; the wait itself is not; wait end .. next issue is busy again.
         const Nanos ws = std::clamp(r.start_ns, r.issue_ns, std::max(r.issue_ns, busy_end));
         const Nanos we = std::clamp(r.end_ns, ws, std::max(ws, busy_end));
-        if (ws > r.issue_ns) ev.push_back({r.issue_ns, +1, Ev::kHost, 0, ops[k]}), ev.push_back({ws, -1, Ev::kHost, 0, ops[k]});
-        if (busy_end > we) ev.push_back({we, +1, Ev::kHost, 0, ops[k]}), ev.push_back({busy_end, -1, Ev::kHost, 0, ops[k]});
+        if (ws > r.issue_ns)
+          ev.push_back({r.issue_ns, +1, Ev::kHost, 0, ops[k]}), ev.push_back({ws, -1, Ev::kHost, 0, ops[k]});
+        if (busy_end > we)
+          ev.push_back({we, +1, Ev::kHost, 0, ops[k]}), ev.push_back({busy_end, -1, Ev::kHost, 0, ops[k]});
       } else if (busy_end > r.issue_ns) {
         ev.push_back({r.issue_ns, +1, Ev::kHost, 0, ops[k]});
         ev.push_back({busy_end, -1, Ev::kHost, 0, ops[k]});
@@ -244,12 +253,11 @@ std::string format_breakdown(const Breakdown& b, std::size_t max_rank_rows) {
   for (const auto& r : rows) {
     for (std::size_t c = 0; c < r.size(); ++c) width[c] = std::max(width[c], r[c].size());
   }
-  std::string out = "step time: " + format_seconds(b.step_time_s) + " (" + std::to_string(b.ranks.size()) +
-                    " ranks";
+  std::string out = "step time: " + format_seconds(b.step_time_s) + " (" + std::to_string(b.ranks.size()) + " ranks";
   if (b.flops > 0 && b.step_time_s > 0 && !b.ranks.empty()) {
     char buf[64];
-    std::snprintf(buf, sizeof buf, ", %.1f TFLOP/s per rank", b.flops / static_cast<double>(b.ranks.size()) /
-                                                                 b.step_time_s / 1e12);
+    std::snprintf(buf, sizeof buf, ", %.1f TFLOP/s per rank",
+                  b.flops / static_cast<double>(b.ranks.size()) / b.step_time_s / 1e12);
     out += buf;
   }
   out += ")\n";

@@ -171,8 +171,8 @@ void check_keys(const Ctx& c, const json& obj, const Path& p, const std::array<c
         if (!known.empty()) known += ", ";
         known += a;
       }
-      fail(c, p / it.key(), "unknown field \"" + it.key() + "\" in " + what + " (remove it, or use one of: " + known +
-                                ")");
+      fail(c, p / it.key(),
+           "unknown field \"" + it.key() + "\" in " + what + " (remove it, or use one of: " + known + ")");
     }
   }
 }
@@ -447,14 +447,14 @@ Op parse_op(const Ctx& c, const json& j, const Path& p) {
     if (const json* v = member(j, "sm_count")) comp.sm_count = as_u32(c, *v, p / "sm_count");
     op.body = std::move(comp);
   } else if (kind == "collective") {
-    static constexpr std::array<const char*, 13> kKeys{"id",   "rank",  "name",  "kind",       "stream",
-                                                       "deps", "tags",  "collective", "comm", "bytes",
+    static constexpr std::array<const char*, 13> kKeys{"id",    "rank",       "name",       "kind", "stream",
+                                                       "deps",  "tags",       "collective", "comm", "bytes",
                                                        "dtype", "send_bytes", "root"};
     check_keys(c, j, p, kKeys, "a collective op");
     stream();
     Collective col;
-    col.kind = as_enum(c, required(c, j, p, "collective", "which collective"), p / "collective", kCollectives,
-                       "collective");
+    col.kind =
+        as_enum(c, required(c, j, p, "collective", "which collective"), p / "collective", kCollectives, "collective");
     col.comm = comm_ref(c, j, p);
     col.bytes = u64("bytes", "the larger buffer's size, as nccl-tests reports it");
     if (const json* v = member(j, "dtype")) col.dtype = as_enum(c, *v, p / "dtype", kDTypes, "dtype");
@@ -508,8 +508,7 @@ Op parse_op(const Ctx& c, const json& j, const Path& p) {
       op.body = HostSync{as_u32(c, required(c, j, p, "target", "the op id the host waits for"), p / "target")};
     }
   } else {
-    fail(c, kp,
-         "unknown op kind \"" + kind + "\" (use one of: compute, collective, send, recv, host, host_sync)");
+    fail(c, kp, "unknown op kind \"" + kind + "\" (use one of: compute, collective, send, recv, host, host_sync)");
   }
   return op;
 }
@@ -610,23 +609,20 @@ class Loader {
   /// Reads the schedule's remaining fields from what the DOM kept of it.
   Schedule finish_schedule(const json& j, const Path& p) {
     expect_object(ctx_, j, p, "a schedule {\"schema_version\":1, \"world_size\", \"ranks\", ...}");
-    static constexpr std::array<const char*, 9> kKeys{"schema_version", "name", "world_size", "ranks", "streams",
-                                                      "communicators", "ops", "meta", "warnings"};
+    static constexpr std::array<const char*, 9> kKeys{"schema_version", "name", "world_size", "ranks",   "streams",
+                                                      "communicators",  "ops",  "meta",       "warnings"};
     check_keys(ctx_, j, p, kKeys, "a schedule");
-    check_version(ctx_, required(ctx_, j, p, "schema_version", "this build reads 1"), p / "schema_version",
-                  "schedule");
+    check_version(ctx_, required(ctx_, j, p, "schema_version", "this build reads 1"), p / "schema_version", "schedule");
     if (const json* v = member(j, "name")) sched_.name = as_string(ctx_, *v, p / "name");
-    sched_.world_size =
-        as_u32(ctx_, required(ctx_, j, p, "world_size", "ranks in the whole job"), p / "world_size");
+    sched_.world_size = as_u32(ctx_, required(ctx_, j, p, "world_size", "ranks in the whole job"), p / "world_size");
     sched_.ranks = as_u32_list(ctx_, required(ctx_, j, p, "ranks", "ranks present in this schedule"), p / "ranks",
                                "ranks present in this schedule, ascending");
     if (!streams_done_) {
-      sched_.streams =
-          parse_streams(ctx_, required(ctx_, j, p, "streams", "[{\"name\":\"compute\"}]"), p / "streams");
+      sched_.streams = parse_streams(ctx_, required(ctx_, j, p, "streams", "[{\"name\":\"compute\"}]"), p / "streams");
     }
     if (!comms_done_) {
-      sched_.communicators = parse_comms(ctx_, required(ctx_, j, p, "communicators", "[] if none"),
-                                         p / "communicators");
+      sched_.communicators =
+          parse_comms(ctx_, required(ctx_, j, p, "communicators", "[] if none"), p / "communicators");
     }
     const Path op_path = p / "ops";
     const json& ops = required(ctx_, j, p, "ops", "the ops in program order");
@@ -653,8 +649,7 @@ class Loader {
     static constexpr std::array<const char*, 6> kKeys{"schema_version", "producer", "context",
                                                       "step_times_ns",  "records",  "schedule"};
     check_keys(ctx_, j, p, kKeys, "a trace");
-    check_version(ctx_, required(ctx_, j, p, "schema_version", "this build reads 1"), p / "schema_version",
-                  "trace");
+    check_version(ctx_, required(ctx_, j, p, "schema_version", "this build reads 1"), p / "schema_version", "trace");
     Trace t;
     t.producer = as_string(ctx_, required(ctx_, j, p, "producer", "\"sim\" or \"backend\""), p / "producer");
     if (const json* v = member(j, "context")) t.context = as_string_map(ctx_, *v, p / "context", "string -> string");
@@ -693,9 +688,9 @@ class Loader {
 /// Parses `text` with `loader` observing; turns nlohmann's syntax errors into ParseErrors with line and column.
 json parse_with(Loader& loader, std::string_view text) {
   try {
-    return json::parse(
-        text.begin(), text.end(),
-        [&loader](int depth, json::parse_event_t ev, json& parsed) { return loader.on_event(depth, ev, parsed); });
+    return json::parse(text.begin(), text.end(), [&loader](int depth, json::parse_event_t ev, json& parsed) {
+      return loader.on_event(depth, ev, parsed);
+    });
   } catch (const json::exception& e) {
     std::string msg = e.what();
     if (msg.rfind("[json.exception.", 0) == 0) {
@@ -730,13 +725,27 @@ class Writer {
     for (char c : s) {
       const auto u = static_cast<unsigned char>(c);
       switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
-        case '\b': out += "\\b"; break;
-        case '\f': out += "\\f"; break;
+        case '"':
+          out += "\\\"";
+          break;
+        case '\\':
+          out += "\\\\";
+          break;
+        case '\n':
+          out += "\\n";
+          break;
+        case '\r':
+          out += "\\r";
+          break;
+        case '\t':
+          out += "\\t";
+          break;
+        case '\b':
+          out += "\\b";
+          break;
+        case '\f':
+          out += "\\f";
+          break;
         default:
           if (u < 0x20) {
             static constexpr char kHex[] = "0123456789abcdef";

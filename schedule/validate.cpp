@@ -61,7 +61,8 @@ class Checker {
                 " (ranks are 0-based global ranks)");
       }
       if (i > 0 && r <= s_.ranks[i - 1]) {
-        add(kNoOp, "ranks[" + std::to_string(i) + "]", "ranks must be ascending and unique (sort them, drop duplicates)");
+        add(kNoOp, "ranks[" + std::to_string(i) + "]",
+            "ranks must be ascending and unique (sort them, drop duplicates)");
       }
       present_.insert(r);
     }
@@ -137,8 +138,8 @@ class Checker {
       }
       if (!on_host(op) && op.stream >= s_.streams.size()) {
         add(id, "stream",
-            "stream " + std::to_string(op.stream) + " is not declared (there are " +
-                std::to_string(s_.streams.size()) + " streams): declare it or use an existing stream");
+            "stream " + std::to_string(op.stream) + " is not declared (there are " + std::to_string(s_.streams.size()) +
+                " streams): declare it or use an existing stream");
         references_sound_ = false;
       }
       for (std::size_t k = 0; k < op.deps.size(); ++k) {
@@ -146,14 +147,14 @@ class Checker {
         const std::string f = "deps[" + std::to_string(k) + "]";
         if (d >= id) {
           add(id, f,
-              "dep " + std::to_string(d) + " is not an earlier op (an op may only wait for ops issued before it "
-                                           "on the same rank: reorder the ops or drop the dep)");
+              "dep " + std::to_string(d) +
+                  " is not an earlier op (an op may only wait for ops issued before it "
+                  "on the same rank: reorder the ops or drop the dep)");
           references_sound_ = false;
         } else if (s_.ops[d].rank != op.rank) {
           add(id, f,
-              "dep " + std::to_string(d) + " is on rank " + std::to_string(s_.ops[d].rank) +
-                  ", not rank " + std::to_string(op.rank) +
-                  " (deps are same-rank events; use send/recv or a collective across ranks)");
+              "dep " + std::to_string(d) + " is on rank " + std::to_string(s_.ops[d].rank) + ", not rank " +
+                  std::to_string(op.rank) + " (deps are same-rank events; use send/recv or a collective across ranks)");
           references_sound_ = false;
         }
       }
@@ -179,8 +180,9 @@ class Checker {
             } else if constexpr (std::is_same_v<T, HostSync>) {
               if (b.target >= id) {
                 add(id, "target",
-                    "host_sync target " + (b.target == kNoOp ? std::string("is unset") : std::to_string(b.target) +
-                                                                                          " is not an earlier op") +
+                    "host_sync target " +
+                        (b.target == kNoOp ? std::string("is unset")
+                                           : std::to_string(b.target) + " is not an earlier op") +
                         ": the host can only wait for an op it already issued");
                 references_sound_ = false;
               } else if (s_.ops[b.target].rank != op.rank) {
@@ -215,8 +217,8 @@ class Checker {
         for (auto b : c.send_bytes) sum += b;
         if (sum != c.bytes) {
           add(id, "bytes",
-              "all_to_all bytes " + std::to_string(c.bytes) + " is not the sum of send_bytes (" +
-                  std::to_string(sum) + "): set bytes to the sum");
+              "all_to_all bytes " + std::to_string(c.bytes) + " is not the sum of send_bytes (" + std::to_string(sum) +
+                  "): set bytes to the sum");
         }
       }
     } else if (!c.send_bytes.empty()) {
@@ -250,9 +252,9 @@ class Checker {
           if (present_.count(member) == 0) continue;  // absent member of a reduced schedule: mirrors others
           if (reported[inst.comm]++ >= kMaxPerComm) continue;
           add(ref, "comm",
-              "collective #" + std::to_string(inst.seq) + " on " + q(cm.name) + " (" +
-                  collective_name(rc.kind) + ") has no counterpart on member rank " + std::to_string(member) +
-                  ", which issues only " + std::to_string(inst.seq) + " collectives on " + q(cm.name) +
+              "collective #" + std::to_string(inst.seq) + " on " + q(cm.name) + " (" + collective_name(rc.kind) +
+                  ") has no counterpart on member rank " + std::to_string(member) + ", which issues only " +
+                  std::to_string(inst.seq) + " collectives on " + q(cm.name) +
                   ": every present member must issue the same collectives in the same order");
           continue;
         }
@@ -270,8 +272,8 @@ class Checker {
         }
         if (!what.empty() && reported[inst.comm]++ < kMaxPerComm) {
           add(o, "collective",
-              "collective #" + std::to_string(inst.seq) + " on " + q(cm.name) + " does not match " +
-                  op_ref(s_, ref) + ": " + what +
+              "collective #" + std::to_string(inst.seq) + " on " + q(cm.name) + " does not match " + op_ref(s_, ref) +
+                  ": " + what +
                   " (members must issue the same collectives, with the same kind, size and dtype, in the same "
                   "order)");
         }
@@ -440,8 +442,9 @@ class Checker {
         if (u % 3 == 1 && w % 3 == 2) {
           why = "a recv completes only after its send started";
         } else if (w % 3 == 0) {
-          why = on_host(s_.ops[a]) && std::holds_alternative<HostSync>(s_.ops[a].body) ? "host program order after a host_sync"
-                                                                                        : "host program order";
+          why = on_host(s_.ops[a]) && std::holds_alternative<HostSync>(s_.ops[a].body)
+                    ? "host program order after a host_sync"
+                    : "host program order";
         } else if (w % 3 == 2) {
           why = "host_sync target";
         } else if (std::find(ob.deps.begin(), ob.deps.end(), a) != ob.deps.end()) {
@@ -476,11 +479,15 @@ class Checker {
       const Link& l = shortc[i];
       if (i != 0) msg += "; ";
       msg += op_ref(s_, l.to / 3) + " cannot " + kState[l.to % 3] + " before " + op_ref(s_, l.from / 3) + " " +
-             (l.from % 3 == 0 ? "is issued" : l.from % 3 == 1 ? "starts" : "finishes") + " [" + l.why + "]";
+             (l.from % 3 == 0   ? "is issued"
+              : l.from % 3 == 1 ? "starts"
+                                : "finishes") +
+             " [" + l.why + "]";
       lowest = std::min(lowest, l.to / 3);
     }
-    msg += " (reorder the ops so all members reach their collectives and recvs in an order consistent with their "
-           "streams, or put them on different streams)";
+    msg +=
+        " (reorder the ops so all members reach their collectives and recvs in an order consistent with their "
+        "streams, or put them on different streams)";
     add(lowest, "deadlock", msg);
   }
 

@@ -16,7 +16,8 @@ namespace {
 
 /// Timeline (ns), streams compute/comm, communicator "world" of kind dp:
 ///   rank 0: host   [0,100]   gemm issue 100 run [110,400]   all_reduce issue 120 run [300,600]
-///   rank 1: gemm issue 0 run [10,200]   all_reduce issue 10 run [350,600]   host_sync(all_reduce) issue 20 wait [20,600]
+///   rank 1: gemm issue 0 run [10,200]   all_reduce issue 10 run [350,600]   host_sync(all_reduce) issue 20 wait
+///   [20,600]
 /// All members have arrived at 350, so the transfer is [350,600] on both ranks.
 ///   rank 0: host-bound [0,110) = 110, compute [110,400) = 290, exposed dp [400,600) = 200, bubble 0
 ///   rank 1: host-bound [0,10) = 10, compute [10,200) = 190, bubble [200,350) = 150, exposed dp [350,600) = 250
@@ -31,8 +32,8 @@ ts::Trace hand_trace() {
   ts::Trace t;
   t.producer = "sim";
   t.schedule = b.take();
-  t.records = {{0, 0, 0, 0, 100},   {1, 0, 100, 110, 400}, {2, 0, 120, 300, 600},
-               {3, 1, 0, 10, 200},  {4, 1, 10, 350, 600},  {5, 1, 20, 20, 600}};
+  t.records = {{0, 0, 0, 0, 100},  {1, 0, 100, 110, 400}, {2, 0, 120, 300, 600},
+               {3, 1, 0, 10, 200}, {4, 1, 10, 350, 600},  {5, 1, 20, 20, 600}};
   return t;
 }
 

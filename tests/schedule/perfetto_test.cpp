@@ -25,8 +25,10 @@ TEST_CASE("schedule::to_perfetto_json: a process per rank, host and stream track
   std::set<std::pair<int, std::string>> threads;
   int x_events = 0;
   for (const auto& e : j.at("traceEvents")) {
-    if (e.at("ph") == "M" && e.at("name") == "process_name") processes[e.at("pid").get<int>()] = e.at("args").at("name").get<std::string>();
-    if (e.at("ph") == "M" && e.at("name") == "thread_name") threads.insert({e.at("pid").get<int>(), e.at("args").at("name").get<std::string>()});
+    if (e.at("ph") == "M" && e.at("name") == "process_name")
+      processes[e.at("pid").get<int>()] = e.at("args").at("name").get<std::string>();
+    if (e.at("ph") == "M" && e.at("name") == "thread_name")
+      threads.insert({e.at("pid").get<int>(), e.at("args").at("name").get<std::string>()});
     if (e.at("ph") == "X") {
       ++x_events;
       const auto id = e.at("args").at("op").get<ts::OpId>();

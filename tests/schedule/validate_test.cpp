@@ -148,10 +148,10 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
 
 TEST_CASE("schedule::validate: reports every problem at once and formats them", "[schedule]") {
   auto s = two_rank_ar();
-  s.ops[0].stream = 9;                                       // 1
-  std::get<ts::Collective>(s.ops[3].body).bytes = 4;         // 2
-  s.ops[2].deps = {3};                                       // 3
-  s.world_size = 0;                                          // 4 (and ranks/members above world_size)
+  s.ops[0].stream = 9;                                // 1
+  std::get<ts::Collective>(s.ops[3].body).bytes = 4;  // 2
+  s.ops[2].deps = {3};                                // 3
+  s.world_size = 0;                                   // 4 (and ranks/members above world_size)
   const auto d = ts::validate(s);
   CHECK(d.size() >= 4);
   const std::string line = ts::format_diagnostic(d.back(), s);
