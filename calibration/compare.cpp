@@ -8,13 +8,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <type_traits>
 #include <utility>
 #include <variant>
-
-#include <nlohmann/json.hpp>
 
 #include "common/error.hpp"
 #include "schedule/analysis.hpp"
@@ -376,7 +375,8 @@ std::string format_comparison(const Comparison& c) {
   Table br({"category", "predicted", "measured", "error", "rel error"});
   for (const auto& row : c.breakdown) {
     br.add({row.category, format_seconds(row.predicted_s), format_seconds(row.measured_s),
-            signed_seconds(row.predicted_s - row.measured_s), percent(relative_error(row.predicted_s, row.measured_s))});
+            signed_seconds(row.predicted_s - row.measured_s),
+            percent(relative_error(row.predicted_s, row.measured_s))});
   }
   out << br.str() << "\n";
 
@@ -385,7 +385,8 @@ std::string format_comparison(const Comparison& c) {
   for (const auto& r : c.comms) {
     cm.add({r.kind, format_seconds(r.predicted_busy_s), format_seconds(r.measured_busy_s),
             percent(relative_error(r.predicted_busy_s, r.measured_busy_s)), format_seconds(r.predicted_exposed_s),
-            format_seconds(r.measured_exposed_s), percent(relative_error(r.predicted_exposed_s, r.measured_exposed_s))});
+            format_seconds(r.measured_exposed_s),
+            percent(relative_error(r.predicted_exposed_s, r.measured_exposed_s))});
   }
   if (c.comms.empty()) cm.add({"(no communication)"});
   out << cm.str() << "\n";
@@ -417,9 +418,8 @@ std::string comparison_to_json(const Comparison& c) {
   j["ops"] = c.op_count;
   j["ranks"] = c.rank_count;
   j["predicted"] = {{"producer", c.predicted_producer}, {"context", c.predicted_context}};
-  j["measured"] = {{"producer", c.measured_producer},
-                   {"context", c.measured_context},
-                   {"step_count", c.measured_step_count}};
+  j["measured"] = {
+      {"producer", c.measured_producer}, {"context", c.measured_context}, {"step_count", c.measured_step_count}};
   j["step_time"] = {{"predicted_s", c.step.predicted_s},
                     {"measured_s", c.step.measured_s},
                     {"abs_error_s", c.step.abs_error_s()},

@@ -40,9 +40,9 @@ struct StepTimeError {
 struct ClassResidual {
   std::string op_class;
   std::size_t count = 0;
-  Nanos predicted_ns = 0;  ///< Total predicted duration.
-  Nanos measured_ns = 0;   ///< Total measured duration.
-  Nanos abs_error_sum_ns = 0;  ///< Sum over ops of |predicted - measured|.
+  Nanos predicted_ns = 0;                          ///< Total predicted duration.
+  Nanos measured_ns = 0;                           ///< Total measured duration.
+  Nanos abs_error_sum_ns = 0;                      ///< Sum over ops of |predicted - measured|.
   [[nodiscard]] double rel_error() const;          ///< Of the totals.
   [[nodiscard]] double mean_abs_error_ns() const;  ///< abs_error_sum_ns / count.
 };
@@ -100,11 +100,11 @@ struct Comparison {
   StepTimeError step;
   double predicted_analyzed_step_s = 0;  ///< schedule::analyze's step time (records only) of each trace.
   double measured_analyzed_step_s = 0;
-  std::vector<ClassResidual> classes;    ///< By class name.
-  std::vector<CommResidual> comms;       ///< By communicator kind.
-  std::vector<BreakdownRow> breakdown;   ///< compute, exposed_comm:<kind>..., host_bound, bubble.
-  std::vector<OpResidual> worst_ops;     ///< Largest |error| first, ties by op id; at most kWorstOpCount.
-  std::vector<OpPoint> ops;              ///< Every op, by id.
+  std::vector<ClassResidual> classes;   ///< By class name.
+  std::vector<CommResidual> comms;      ///< By communicator kind.
+  std::vector<BreakdownRow> breakdown;  ///< compute, exposed_comm:<kind>..., host_bound, bubble.
+  std::vector<OpResidual> worst_ops;    ///< Largest |error| first, ties by op id; at most kWorstOpCount.
+  std::vector<OpPoint> ops;             ///< Every op, by id.
 };
 
 /// Joins `predicted` and `measured` on op id and computes every residual. Both traces must carry the same

@@ -97,16 +97,15 @@ std::string class_chart(const std::vector<ClassResidual>& classes) {
     const double x = shown >= 0 ? zero_x : zero_x - w;
     o << "<text x=\"" << px(label_w - 8) << "\" y=\"" << px(y + 15) << "\" text-anchor=\"end\">"
       << html_escape(c.op_class) << "</text>"
-      << "<rect class=\"bar " << (shown >= 0 ? "over" : "under") << "\" fill=\""
-      << (shown >= 0 ? "#c0504d" : "#4f81bd") << "\" x=\"" << px(x) << "\" y=\"" << px(y + 4)
-      << "\" width=\"" << px(w) << "\" height=\"14\"><title>" << html_escape(c.op_class) << ": " << c.count
-      << " ops, predicted " << seconds(to_seconds(c.predicted_ns)) << ", measured "
-      << seconds(to_seconds(c.measured_ns)) << "</title></rect>"
-      << "<text x=\"" << px(zero_x + half_w + 6) << "\" y=\"" << px(y + 15) << "\" class=\"value\">"
-      << percent(rel) << "</text>\n";
+      << "<rect class=\"bar " << (shown >= 0 ? "over" : "under") << "\" fill=\"" << (shown >= 0 ? "#c0504d" : "#4f81bd")
+      << "\" x=\"" << px(x) << "\" y=\"" << px(y + 4) << "\" width=\"" << px(w) << "\" height=\"14\"><title>"
+      << html_escape(c.op_class) << ": " << c.count << " ops, predicted " << seconds(to_seconds(c.predicted_ns))
+      << ", measured " << seconds(to_seconds(c.measured_ns)) << "</title></rect>"
+      << "<text x=\"" << px(zero_x + half_w + 6) << "\" y=\"" << px(y + 15) << "\" class=\"value\">" << percent(rel)
+      << "</text>\n";
   }
-  o << "<line x1=\"" << px(zero_x) << "\" y1=\"" << px(top) << "\" x2=\"" << px(zero_x) << "\" y2=\""
-    << px(height - 8) << "\" class=\"axis\" stroke=\"#333\"/>\n</svg>\n";
+  o << "<line x1=\"" << px(zero_x) << "\" y1=\"" << px(top) << "\" x2=\"" << px(zero_x) << "\" y2=\"" << px(height - 8)
+    << "\" class=\"axis\" stroke=\"#333\"/>\n</svg>\n";
   return o.str();
 }
 
@@ -171,13 +170,13 @@ std::string scatter(const Comparison& c, const ReportOptions& options, std::size
     o << "<line x1=\"" << px(sx(ns)) << "\" y1=\"20\" x2=\"" << px(sx(ns)) << "\" y2=\"" << px(20 + size)
       << "\" class=\"grid\" stroke=\"#e4e4e4\"/><text x=\"" << px(sx(ns)) << "\" y=\"" << px(20 + size + 16)
       << "\" text-anchor=\"middle\" class=\"tick\">" << label << "</text>"
-      << "<line x1=\"" << px(margin) << "\" y1=\"" << px(sy(ns)) << "\" x2=\"" << px(margin + size)
-      << "\" y2=\"" << px(sy(ns)) << "\" class=\"grid\" stroke=\"#e4e4e4\"/><text x=\"" << px(margin - 6)
-      << "\" y=\"" << px(sy(ns) + 4) << "\" text-anchor=\"end\" class=\"tick\">" << label << "</text>\n";
+      << "<line x1=\"" << px(margin) << "\" y1=\"" << px(sy(ns)) << "\" x2=\"" << px(margin + size) << "\" y2=\""
+      << px(sy(ns)) << "\" class=\"grid\" stroke=\"#e4e4e4\"/><text x=\"" << px(margin - 6) << "\" y=\""
+      << px(sy(ns) + 4) << "\" text-anchor=\"end\" class=\"tick\">" << label << "</text>\n";
   }
   const double a = std::pow(10.0, d_lo), b = std::pow(10.0, d_hi);
-  o << "<line class=\"diag\" stroke=\"#999\" stroke-dasharray=\"4 3\" x1=\"" << px(sx(a)) << "\" y1=\""
-    << px(sy(a)) << "\" x2=\"" << px(sx(b)) << "\" y2=\"" << px(sy(b)) << "\"/>\n";
+  o << "<line class=\"diag\" stroke=\"#999\" stroke-dasharray=\"4 3\" x1=\"" << px(sx(a)) << "\" y1=\"" << px(sy(a))
+    << "\" x2=\"" << px(sx(b)) << "\" y2=\"" << px(sy(b)) << "\"/>\n";
   const double mid = 20 + size / 2;
   o << "<text x=\"" << px(margin + size / 2) << "\" y=\"" << px(20 + size + 38)
     << "\" text-anchor=\"middle\" class=\"legend\">measured duration</text>"
@@ -186,7 +185,8 @@ std::string scatter(const Comparison& c, const ReportOptions& options, std::size
   for (const auto* p : points) {
     const double m = static_cast<double>(p->measured_ns);
     const double q = static_cast<double>(p->predicted_ns);
-    o << "<circle cx=\"" << px(sx(m)) << "\" cy=\"" << px(sy(q)) << "\" r=\"2.5\" fill=\"" << kPredColor << "\" fill-opacity=\"0.55\"><title>op " << p->op;
+    o << "<circle cx=\"" << px(sx(m)) << "\" cy=\"" << px(sy(q)) << "\" r=\"2.5\" fill=\"" << kPredColor
+      << "\" fill-opacity=\"0.55\"><title>op " << p->op;
     if (!names[p->op].empty()) o << ' ' << html_escape(names[p->op]);
     o << ": predicted " << seconds(q * 1e-9) << ", measured " << seconds(m * 1e-9) << "</title></circle>\n";
   }
@@ -231,12 +231,23 @@ std::string html_escape(std::string_view text) {
   out.reserve(text.size());
   for (const char ch : text) {
     switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += ch;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += ch;
     }
   }
   return out;
@@ -248,15 +259,15 @@ std::string render_report(const Comparison& c, const ReportOptions& options) {
   o << "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" << html_escape(title)
     << "</title>\n<style>" << kStyle << "</style>\n</head>\n<body>\n";
   o << "<h1>" << html_escape(title) << "</h1>\n";
-  o << "<p>" << c.op_count << " ops on " << c.rank_count << " ranks; predicted by "
-    << html_escape(c.predicted_producer) << ", measured by " << html_escape(c.measured_producer);
+  o << "<p>" << c.op_count << " ops on " << c.rank_count << " ranks; predicted by " << html_escape(c.predicted_producer)
+    << ", measured by " << html_escape(c.measured_producer);
   if (c.measured_step_count > 0) o << " (median of " << c.measured_step_count << " measured steps)";
   o << ".</p>\n";
 
   o << "<h2>Step time</h2>\n<table id=\"step-table\"><tr><th></th><th>predicted</th><th>measured</th><th>error</th>"
-    << "<th>relative error</th></tr>\n<tr class=\"big\"><td>step</td><td>" << seconds(c.step.predicted_s)
-    << "</td><td>" << seconds(c.step.measured_s) << "</td><td>" << signed_seconds(c.step.abs_error_s())
-    << "</td><td>" << percent(c.step.rel_error()) << "</td></tr>\n<tr><td>analyzed (records)</td><td>"
+    << "<th>relative error</th></tr>\n<tr class=\"big\"><td>step</td><td>" << seconds(c.step.predicted_s) << "</td><td>"
+    << seconds(c.step.measured_s) << "</td><td>" << signed_seconds(c.step.abs_error_s()) << "</td><td>"
+    << percent(c.step.rel_error()) << "</td></tr>\n<tr><td>analyzed (records)</td><td>"
     << seconds(c.predicted_analyzed_step_s) << "</td><td>" << seconds(c.measured_analyzed_step_s) << "</td><td>"
     << signed_seconds(c.predicted_analyzed_step_s - c.measured_analyzed_step_s) << "</td><td>"
     << percent(relative_error(c.predicted_analyzed_step_s, c.measured_analyzed_step_s)) << "</td></tr></table>\n";
@@ -277,8 +288,8 @@ std::string render_report(const Comparison& c, const ReportOptions& options) {
   for (const auto& r : c.comms) {
     o << "<tr><td>" << html_escape(r.kind) << "</td><td>" << seconds(r.predicted_busy_s) << "</td><td>"
       << seconds(r.measured_busy_s) << "</td><td>" << percent(relative_error(r.predicted_busy_s, r.measured_busy_s))
-      << "</td><td>" << seconds(r.predicted_exposed_s) << "</td><td>" << seconds(r.measured_exposed_s)
-      << "</td><td>" << percent(relative_error(r.predicted_exposed_s, r.measured_exposed_s)) << "</td></tr>\n";
+      << "</td><td>" << seconds(r.predicted_exposed_s) << "</td><td>" << seconds(r.measured_exposed_s) << "</td><td>"
+      << percent(relative_error(r.predicted_exposed_s, r.measured_exposed_s)) << "</td></tr>\n";
   }
   o << "</table>\n";
 
@@ -294,16 +305,16 @@ std::string render_report(const Comparison& c, const ReportOptions& options) {
 
   std::size_t shown = 0, zero = 0;
   const std::string chart = scatter(c, options, shown, zero);
-  o << "<h2>Per-op durations, predicted vs measured (log axes)</h2>\n" << chart << "<p>" << shown << " of "
-    << c.op_count << " ops shown";
+  o << "<h2>Per-op durations, predicted vs measured (log axes)</h2>\n"
+    << chart << "<p>" << shown << " of " << c.op_count << " ops shown";
   if (zero > 0) o << "; " << zero << " with a zero duration cannot be placed on log axes";
   o << ". Points above the dashed diagonal are overpredicted.</p>\n";
 
   o << "<h2>Worst ops by |predicted - measured| duration</h2>\n<table id=\"worst-table\"><tr><th>op</th>"
     << "<th>name</th><th>rank</th><th>class</th><th>predicted</th><th>measured</th><th>error</th></tr>\n";
   for (const auto& r : c.worst_ops) {
-    o << "<tr><td>" << r.op << "</td><td class=\"name\">" << html_escape(r.name) << "</td><td>" << r.rank
-      << "</td><td>" << html_escape(r.op_class) << "</td><td>" << seconds(to_seconds(r.predicted_ns)) << "</td><td>"
+    o << "<tr><td>" << r.op << "</td><td class=\"name\">" << html_escape(r.name) << "</td><td>" << r.rank << "</td><td>"
+      << html_escape(r.op_class) << "</td><td>" << seconds(to_seconds(r.predicted_ns)) << "</td><td>"
       << seconds(to_seconds(r.measured_ns)) << "</td><td>" << signed_seconds(to_seconds(r.error_ns()))
       << "</td></tr>\n";
   }

@@ -13,6 +13,7 @@ namespace twinstep::calibration {
 /// Escapes & < > " ' for HTML text and attribute values.
 [[nodiscard]] std::string html_escape(std::string_view text);
 
+/// How render_report labels the traces and how many scatter points it draws at most.
 struct ReportOptions {
   std::string predicted_label;  ///< Shown as the predicted trace's name (usually its path); may be empty.
   std::string measured_label;

@@ -4,9 +4,8 @@
 
 #include <cmath>
 #include <limits>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "common/error.hpp"
 #include "schedule/analysis.hpp"
@@ -161,7 +160,8 @@ TEST_CASE("calibration::compare: at most kWorstOpCount worst ops", "[calib]") {
     pred.emplace_back(t0, t0 + 100);
     meas.emplace_back(t0, t0 + 100 + i);
   }
-  const cal::Comparison c = cal::compare(cal::testing::make_trace(s, "sim", pred), cal::testing::make_trace(s, "b", meas));
+  const cal::Comparison c =
+      cal::compare(cal::testing::make_trace(s, "sim", pred), cal::testing::make_trace(s, "b", meas));
   REQUIRE(c.worst_ops.size() == cal::kWorstOpCount);
   for (std::size_t k = 0; k < c.worst_ops.size(); ++k) CHECK(c.worst_ops[k].op == 29 - k);
 }

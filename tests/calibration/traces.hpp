@@ -58,8 +58,8 @@ inline ts::Trace make_trace(const ts::Schedule& s, const std::string& producer,
   t.producer = producer;
   t.schedule = s;
   for (std::size_t i = 0; i < start_end.size(); ++i) {
-    t.records.push_back({static_cast<ts::OpId>(i), s.ops[i].rank, start_end[i].first, start_end[i].first,
-                         start_end[i].second});
+    t.records.push_back(
+        {static_cast<ts::OpId>(i), s.ops[i].rank, start_end[i].first, start_end[i].first, start_end[i].second});
   }
   return t;
 }
@@ -67,9 +67,11 @@ inline ts::Trace make_trace(const ts::Schedule& s, const std::string& producer,
 /// Predicted: both ranks run back to back, durations gemm 100, act 10, all_reduce 50, send/recv 40, host 5.
 /// Step from records: 205 ns. Busy per kind (all members arrive together): dp 50, pp 40 ns.
 inline ts::Trace predicted_trace() {
-  ts::Trace t = make_trace(small_schedule(), "sim",
-                           {{0, 100}, {100, 110}, {110, 160}, {160, 200}, {200, 205},    // rank 0
-                            {0, 100}, {100, 110}, {110, 160}, {160, 200}, {200, 205}});  // rank 1
+  using Span = std::pair<Nanos, Nanos>;                                                        // (start, end)
+  std::vector<Span> spans = {{0, 100}, {100, 110}, {110, 160}, {160, 200}, {200, 205}};        // rank 0: ops 0-4
+  const std::vector<Span> rank1 = {{0, 100}, {100, 110}, {110, 160}, {160, 200}, {200, 205}};  // ops 5-9
+  spans.insert(spans.end(), rank1.begin(), rank1.end());
+  ts::Trace t = make_trace(small_schedule(), "sim", spans);
   t.context = {{"profile", "datasheet defaults"}, {"topology", "h200x2-nvlink"}};
   return t;
 }
@@ -79,9 +81,11 @@ inline ts::Trace predicted_trace() {
 /// dp transfer starts when rank 1 arrives (164): busy rank 0 = 210-164 = 46, rank 1 = 60, mean 53 ns.
 /// pp transfer starts at the recv's start (224): send 240-224 = 16, recv 45, mean 30.5 ns.
 inline ts::Trace measured_trace() {
-  ts::Trace t = make_trace(small_schedule(), "backend",
-                           {{0, 120}, {120, 130}, {130, 210}, {210, 240}, {240, 245},    // rank 0
-                            {0, 150}, {150, 164}, {164, 224}, {224, 269}, {269, 274}});  // rank 1
+  using Span = std::pair<Nanos, Nanos>;                                                        // (start, end)
+  std::vector<Span> spans = {{0, 120}, {120, 130}, {130, 210}, {210, 240}, {240, 245}};        // rank 0: ops 0-4
+  const std::vector<Span> rank1 = {{0, 150}, {150, 164}, {164, 224}, {224, 269}, {269, 274}};  // ops 5-9
+  spans.insert(spans.end(), rank1.begin(), rank1.end());
+  ts::Trace t = make_trace(small_schedule(), "backend", spans);
   t.step_times_ns = {300, 280, 290, 1000};
   t.context = {{"gpu", "NVIDIA H200"}, {"nccl", "2.28"}};
   return t;
