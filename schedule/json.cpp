@@ -594,7 +594,7 @@ class Loader {
       } else if (depth == 1 && key_[1] == "records" && ev == E::array_end) {
         in_records_ = false;
       } else if (in_records_ && depth == 2) {
-        const Path rp = Path() / "records";
+        const Path rp(nullptr, "records");
         if (ev == E::object_end) {
           const Path ip = rp / records_.size();
           records_.push_back(parse_record(ctx_, parsed, ip));

@@ -143,3 +143,14 @@ TEST_CASE("schedule::json: spellings", "[schedule]") {
   CHECK(std::string(ts::collective_name(ts::CollectiveKind::kReduceScatter)) == "reduce_scatter");
   CHECK(std::string(ts::phase_name(ts::Phase::kWgrad)) == "wgrad");
 }
+
+TEST_CASE("schedule::json: trace record errors name the record's pointer", "[schedule]") {
+  try {
+    (void)ts::trace_from_json(R"({"schema_version":1,"producer":"sim","records":[{"op":0,"rank":0,"issue":0,"start":0,)"
+                              R"("end":1},{"op":1,"rank":0,"issue":0,"start":0,"end":1,"dur":3}]})",
+                              "t.json");
+    FAIL("expected a ParseError");
+  } catch (const twinstep::ParseError& e) {
+    CHECK(e.pointer() == "/records/1/dur");
+  }
+}
