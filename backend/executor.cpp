@@ -612,7 +612,7 @@ struct Runtime::Impl {
     cudaDeviceSynchronize();
     {
       for (auto& [members, c] : splits) {
-        if (c != nullptr) ncclCommDestroy(c);
+        if (c != nullptr && c != world) ncclCommDestroy(c);  // world-equal communicators alias `world`
       }
       if (world != nullptr) ncclCommDestroy(world);
     }
@@ -1252,6 +1252,11 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   ctx["cuda_runtime"] = std::to_string(runtime / 1000) + "." + std::to_string((runtime % 1000) / 10);
   ctx["nccl"] =
       std::to_string(nccl / 10000) + "." + std::to_string((nccl % 10000) / 100) + "." + std::to_string(nccl % 100);
+  int cublas_major = 0, cublas_minor = 0, cublas_patch = 0;
+  TWINSTEP_CUBLAS_CHECK(cublasGetProperty(MAJOR_VERSION, &cublas_major));
+  TWINSTEP_CUBLAS_CHECK(cublasGetProperty(MINOR_VERSION, &cublas_minor));
+  TWINSTEP_CUBLAS_CHECK(cublasGetProperty(PATCH_LEVEL, &cublas_patch));
+  ctx["cublas"] = std::to_string(cublas_major) + "." + std::to_string(cublas_minor) + "." + std::to_string(cublas_patch);
   ctx["hosts"] = host_list;
   ctx["git_revision"] = TWINSTEP_GIT_REVISION;
   ctx["date"] = iso_date_utc();

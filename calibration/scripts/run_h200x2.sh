@@ -9,7 +9,9 @@ mkdir -p "$OUT/raw" "$OUT/tables"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
 TORCH_NCCL=$(dirname "$(find /opt /usr/local/lib /usr/lib/python3* -name 'libnccl.so.2' -path '*nvidia*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH=$TORCH_NCCL:${LD_LIBRARY_PATH:-}
+TORCH_CUBLAS=$(dirname "$TORCH_NCCL")/../cublas/lib
+# The backend loads the same NCCL and cuBLAS builds as torch (same sonames, torch's wheels first on the path).
+export LD_LIBRARY_PATH=$TORCH_NCCL:$TORCH_CUBLAS:${LD_LIBRARY_PATH:-}
 MPI="mpirun --allow-run-as-root -np 2 --bind-to none -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
      -x NVSHMEM_DISABLE_NVLS -x LD_LIBRARY_PATH -x PYTHONUNBUFFERED"
 echo "== torch NCCL dir: $TORCH_NCCL"
@@ -24,7 +26,7 @@ ninja -C build-gpu twinstep > "$OUT/build_cli.log" 2>&1 && echo "twinstep CLI bu
 echo "== tests: $MPI build-gpu/tests/backend/backend_tests --order decl"
 timeout 240 $MPI sh -c 'build-gpu/tests/backend/backend_tests --order decl > '"$OUT"'/tests.rank$OMPI_COMM_WORLD_RANK.log 2>&1'
 echo "mpirun exit: $?"
-tail -4 "$OUT/tests.rank0.log" "$OUT/tests.rank1.log"
+tail -n 4 "$OUT/tests.rank0.log" "$OUT/tests.rank1.log"
 if [ "$MODE" = full ]; then
   echo "== ctest -L gpu (one process per test case, then backend_tests_mpi2)"
   (cd build-gpu && timeout 300 ctest -L gpu --output-on-failure > "$OUT/ctest.log" 2>&1; echo "ctest exit: $?")
@@ -34,7 +36,7 @@ fi
 if [ "$MODE" = quick ]; then
   CB="-b 1048576 -e 67108864 -f 8 -n 10"; GN="-n 5"; IN="-n 500 -r 3"
 else
-  CB="-b 8192 -e 1073741824 -f 2 -n 20"; GN="-n 20"; IN="-n 2000 -r 7"
+  CB="-b 8192 -e 1073741824 -f 2 -n 50"; GN="-n 20"; IN="-n 2000 -r 7"
 fi
 echo "== collectives: backend"
 timeout 300 $MPI build-gpu/bench/backend/coll_sweep_bench $CB -o "$OUT/raw/coll_sweep.json"
@@ -43,6 +45,9 @@ timeout 300 $MPI python3 calibration/scripts/torch_collectives.py $CB -o "$OUT/r
 echo "== gemm: backend, torch"
 timeout 120 build-gpu/bench/backend/gemm_sweep_bench $GN -o "$OUT/raw/gemm_sweep.json"
 timeout 120 python3 calibration/scripts/torch_gemm.py $GN -o "$OUT/raw/torch_gemm.json"
+echo "== gemm: backend with the system cuBLAS (/usr/local/cuda), for reference"
+LD_LIBRARY_PATH=${LD_LIBRARY_PATH#*:*:} timeout 120 build-gpu/bench/backend/gemm_sweep_bench $GN \
+  -o "$OUT/raw/gemm_sweep_system_cublas.json"
 echo "== issue overhead"
 timeout 120 build-gpu/bench/backend/issue_overhead_bench $IN -o "$OUT/raw/issue_overhead.json"
 python3 calibration/scripts/make_tables.py "$OUT/raw" "$OUT/tables" \
@@ -51,10 +56,9 @@ cat "$OUT"/tables/*.md | grep -E "Worst|target|^\| (all_reduce|all_to_all) \| (1
 
 if [ -x build-gpu/cli/twinstep ]; then
   echo "== twinstep run on a lowered schedule"
-  build-gpu/cli/twinstep lower --model llama3-8b --cluster h200x2-nvlink --gpus 2 --tp 2 --mbs 1 --gbs 4 \
-      --seq 2048 -o "$OUT/raw/llama3-8b.tp2.json" > "$OUT/raw/lower.log" 2>&1 && \
+  build-gpu/cli/twinstep lower --model llama3-8b --gpus 2 --tp 2 --mbs 1 --gbs 2 --seq 2048 -o "$OUT/raw/llama3-8b.tp2.json" > "$OUT/raw/lower.log" 2>&1 && \
   timeout 180 $MPI build-gpu/cli/twinstep run "$OUT/raw/llama3-8b.tp2.json" -o "$OUT/raw/llama3-8b.tp2.trace.json" \
       --warmup 1 --steps 3 --timeout-s 60 > "$OUT/raw/run.log" 2>&1
-  echo "twinstep run exit: $?"; tail -5 "$OUT/raw/lower.log" "$OUT/raw/run.log"
+  echo "twinstep run exit: $?"; tail -n 5 "$OUT/raw/lower.log" "$OUT/raw/run.log"
 fi
 tar czf "$OUT/results.tgz" -C "$OUT" raw tables
