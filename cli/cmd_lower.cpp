@@ -1,6 +1,87 @@
-// Placeholder: the owner of this command replaces this file.
+// `twinstep lower`: model x run config -> one training step as a schedule JSON, with an optional summary
+// (ops per kind, bytes per communicator kind, FLOPs, memory per rank and the fit verdict, gating warnings).
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+
 #include "cli/commands.hpp"
+#include "cli/run_flags.hpp"
+#include "common/error.hpp"
+#include "common/units.hpp"
+#include "models/lower.hpp"
+#include "schedule/json.hpp"
+#include "schedule/kernel_math.hpp"
 
 namespace twinstep::cli {
-void register_model_commands(CLI::App& /*app*/) {}
+namespace {
+
+struct LowerArgs {
+  RunFlags run;
+  std::uint32_t gpus = 0;
+  double gpu_memory_gib = 0;
+  std::string output;
+  bool summary = false;
+};
+
+void print_summary(const models::Lowered& low, const models::RunConfig& cfg) {
+  const schedule::Schedule& s = low.schedule;
+  std::map<std::string, std::size_t> kinds;
+  std::map<std::string, double> comm_bytes;
+  double flops = 0;
+  for (const auto& op : s.ops) {
+    std::string kind = schedule::kind_name(op.body);
+    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) kind += "/" + std::string(schedule::kernel_class(c->kernel));
+    ++kinds[kind];
+    flops += schedule::op_flops(op);
+    if (const auto* c = std::get_if<schedule::Collective>(&op.body)) {
+      comm_bytes[s.communicators[c->comm].kind + " " + schedule::collective_name(c->kind)] += static_cast<double>(c->bytes);
+    } else if (const auto* snd = std::get_if<schedule::Send>(&op.body)) {
+      comm_bytes[s.communicators[snd->comm].kind + " send"] += static_cast<double>(snd->bytes);
+    }
+  }
+  std::printf("schedule %s: %zu ranks, %zu ops, %zu streams, %zu communicators\n", s.name.c_str(), s.ranks.size(),
+              s.ops.size(), s.streams.size(), s.communicators.size());
+  std::printf("ops per kind:\n");
+  for (const auto& [k, n] : kinds) std::printf("  %-28s %zu\n", k.c_str(), n);
+  std::printf("bytes per communicator kind (all ranks, per step):\n");
+  for (const auto& [k, b] : comm_bytes) std::printf("  %-28s %s\n", k.c_str(), format_bytes(b).c_str());
+  std::printf("FLOPs per step: %.4g in the schedule (recompute included), model FLOPs %.4g (6*N*tokens + attention)\n",
+              flops, low.model_flops_per_step);
+  const auto& m = low.peak_memory;
+  std::printf("memory, largest rank: params %s, grads %s, optimizer %s, activations %s, comm buffers %s = %s\n",
+              format_bytes(m.params_bytes).c_str(), format_bytes(m.grads_bytes).c_str(),
+              format_bytes(m.optimizer_bytes).c_str(), format_bytes(m.activations_bytes).c_str(),
+              format_bytes(m.comm_buffers_bytes).c_str(), format_bytes(m.total_bytes()).c_str());
+  for (const auto& w : low.warnings) std::printf("warning: %s\n", w.c_str());
+  (void)cfg;
+}
+
+}  // namespace
+
+void register_model_commands(CLI::App& app) {
+  auto args = std::make_shared<LowerArgs>();
+  CLI::App* sub = app.add_subcommand("lower", "lower a model and run config to one training step as a schedule");
+  add_run_flags(*sub, args->run);
+  sub->add_option("--gpus", args->gpus, "world size (GPUs); default: the config's world_size");
+  sub->add_option("--gpu-memory-gib", args->gpu_memory_gib, "GPU memory for the fit verdict (default 80 GiB)");
+  sub->add_option("-o,--output", args->output, "schedule JSON to write ('-' for stdout)")->required();
+  sub->add_flag("--summary", args->summary, "print ops per kind, bytes per communicator, FLOPs, memory, warnings");
+  sub->callback([args]() {
+    if (args->run.model.empty()) throw Error("lower: --model is required (a zoo id such as llama3-8b, or a path)");
+    const models::ModelSpec model = models::load_model(args->run.model);
+    const models::RunConfig cfg = resolve_run_config(args->run, args->gpus, args->gpu_memory_gib * 1024.0 * 1024 * 1024);
+    const models::Lowered low = models::lower(model, cfg);
+    schedule::write_schedule(low.schedule, args->output);
+    if (args->summary) print_summary(low, cfg);
+    const std::string verdict = format_bytes(low.peak_memory.total_bytes()) + " per GPU (largest rank) against " +
+                                format_bytes(cfg.gpu_memory_bytes);
+    if (!low.fits) {
+      throw NotFeasibleError("does not fit in " + format_bytes(cfg.gpu_memory_bytes) + ": needs " + verdict +
+                             " (schedule written to " + args->output + ")");
+    }
+    if (args->output != "-") std::fprintf(stderr, "fits: %s\n", verdict.c_str());
+  });
+}
+
 }  // namespace twinstep::cli
