@@ -308,7 +308,10 @@ Comparison compare(const ts::Trace& predicted, const ts::Trace& measured) {
     cr.predicted_ns += r.predicted_ns;
     cr.measured_ns += r.measured_ns;
     cr.abs_error_sum_ns += std::abs(r.error_ns());
-    c.ops.push_back({r.op, r.predicted_ns, r.measured_ns});
+    const OpFamily family = std::holds_alternative<ts::Compute>(op.body) ? OpFamily::kCompute
+                            : comm_of(op) >= 0                           ? OpFamily::kComm
+                                                                         : OpFamily::kHost;
+    c.ops.push_back({r.op, r.predicted_ns, r.measured_ns, family});
     all.push_back(std::move(r));
   }
   for (auto& [name, cr] : classes) c.classes.push_back(std::move(cr));
@@ -359,7 +362,7 @@ std::string format_comparison(const Comparison& c) {
   out << "compare: schedule " << quoted(c.schedule_name) << ", " << c.op_count << " ops on " << c.rank_count
       << " ranks; predicted by " << (c.predicted_producer.empty() ? "?" : c.predicted_producer) << ", measured by "
       << (c.measured_producer.empty() ? "?" : c.measured_producer);
-  if (c.measured_step_count > 0) out << " (median of " << c.measured_step_count << " steps)";
+  if (c.measured_step_count > 1) out << " (median of " << c.measured_step_count << " steps)";
   out << "\n\n";
 
   Table step({"step time", "predicted", "measured", "error", "rel error"});

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -78,11 +79,19 @@ struct OpResidual {
   [[nodiscard]] Nanos error_ns() const { return predicted_ns - measured_ns; }  ///< Signed.
 };
 
+/// What kind of work an op is, for colouring the scatter plot.
+enum class OpFamily : std::uint8_t {
+  kCompute,  ///< Compute kernels.
+  kComm,     ///< Collectives, sends and receives.
+  kHost      ///< Host work and host syncs.
+};
+
 /// Both durations of one op, for the scatter plot.
 struct OpPoint {
   schedule::OpId op = 0;
   Nanos predicted_ns = 0;
   Nanos measured_ns = 0;
+  OpFamily family = OpFamily::kCompute;
 };
 
 /// Everything `twinstep compare` reports. Rows are in a fixed order (classes and kinds by name), so output is

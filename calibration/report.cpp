@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include "common/io.hpp"
@@ -38,6 +39,30 @@ std::string percent(double rel) {
 std::string seconds(double s) { return html_escape(format_seconds(s)); }
 
 std::string signed_seconds(double s) { return (s > 0 ? "+" : "") + seconds(s); }
+
+/// "1 ns", "10 ns", ..., "100 ms", "1 s", "10 s": the label of the decade 10^d ns.
+std::string decade_label(int d) {
+  static constexpr const char* kUnits[] = {"ns", "us", "ms", "s"};
+  const int unit = std::clamp(d >= 0 ? d / 3 : -((2 - d) / 3), 0, 3);
+  const int exponent = d - 3 * unit;
+  if (exponent < 0) return fmt("%g ", std::pow(10.0, exponent)) + kUnits[unit];
+  std::string digits = "1";
+  for (int i = 0; i < exponent; ++i) digits += '0';
+  return digits + " " + kUnits[unit];
+}
+
+/// Fill colour of a scatter point.
+const char* family_color(OpFamily f) {
+  switch (f) {
+    case OpFamily::kCompute:
+      return kPredColor;
+    case OpFamily::kComm:
+      return "#d0473a";
+    case OpFamily::kHost:
+      return "#7a7a7a";
+  }
+  return kPredColor;
+}
 
 /// Grouped horizontal bars, predicted above measured, one group per row.
 std::string bar_chart(const std::string& id, const std::vector<BreakdownRow>& rows) {
@@ -164,9 +189,17 @@ std::string scatter(const Comparison& c, const ReportOptions& options, std::size
     << "\" height=\"" << px(height) << "\" viewBox=\"0 0 " << px(width) << ' ' << px(height) << "\">\n";
   o << "<rect x=\"" << px(margin) << "\" y=\"20\" width=\"" << px(size) << "\" height=\"" << px(size)
     << "\" class=\"frame\" fill=\"none\" stroke=\"#999\"/>\n";
+  double legend_x = margin + 40;
+  for (const auto& [family, name] : {std::pair{OpFamily::kCompute, "compute"},
+                                     std::pair{OpFamily::kComm, "communication"}, std::pair{OpFamily::kHost, "host"}}) {
+    o << "<circle class=\"legend\" cx=\"" << px(legend_x + 5) << "\" cy=\"10\" r=\"4\" fill=\"" << family_color(family)
+      << "\"/><text x=\"" << px(legend_x + 13) << "\" y=\"14\" class=\"legend\">" << name << "</text>";
+    legend_x += 110;
+  }
+  o << "\n";
   for (int d = d_lo; d <= d_hi; ++d) {
     const double ns = std::pow(10.0, d);
-    const std::string label = seconds(ns * 1e-9);
+    const std::string label = decade_label(d);
     o << "<line x1=\"" << px(sx(ns)) << "\" y1=\"20\" x2=\"" << px(sx(ns)) << "\" y2=\"" << px(20 + size)
       << "\" class=\"grid\" stroke=\"#e4e4e4\"/><text x=\"" << px(sx(ns)) << "\" y=\"" << px(20 + size + 16)
       << "\" text-anchor=\"middle\" class=\"tick\">" << label << "</text>"
@@ -185,8 +218,8 @@ std::string scatter(const Comparison& c, const ReportOptions& options, std::size
   for (const auto* p : points) {
     const double m = static_cast<double>(p->measured_ns);
     const double q = static_cast<double>(p->predicted_ns);
-    o << "<circle cx=\"" << px(sx(m)) << "\" cy=\"" << px(sy(q)) << "\" r=\"2.5\" fill=\"" << kPredColor
-      << "\" fill-opacity=\"0.55\"><title>op " << p->op;
+    o << "<circle class=\"op\" cx=\"" << px(sx(m)) << "\" cy=\"" << px(sy(q)) << "\" r=\"2.5\" fill=\""
+      << family_color(p->family) << "\" fill-opacity=\"0.55\"><title>op " << p->op;
     if (!names[p->op].empty()) o << ' ' << html_escape(names[p->op]);
     o << ": predicted " << seconds(q * 1e-9) << ", measured " << seconds(m * 1e-9) << "</title></circle>\n";
   }
@@ -218,7 +251,7 @@ td.name { font-family: ui-monospace, monospace; word-break: break-all; }
 .chart text.value, .chart text.tick, .chart text.legend { fill: #555; font-size: 11px; }
 .chart .over { fill: #c0504d; } .chart .under { fill: #4f81bd; }
 .chart .axis { stroke: #333; } .chart .grid { stroke: #eee; } .chart .frame { fill: none; stroke: #999; }
-.chart .diag { stroke: #999; stroke-dasharray: 4 3; } .chart circle { fill: #3b6fb6; fill-opacity: 0.55; }
+.chart .diag { stroke: #999; stroke-dasharray: 4 3; } .chart circle { fill-opacity: 0.6; }
 .contexts { display: flex; gap: 32px; flex-wrap: wrap; } .context th { text-align: left; color: #555; }
 .path { font-family: ui-monospace, monospace; color: #555; }
 .big { font-size: 18px; }

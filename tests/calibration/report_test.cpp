@@ -87,7 +87,17 @@ TEST_CASE("calibration::write_report: a self-contained HTML file with the charts
   // Class chart: one bar per class, all six underpredicted or exact except the send.
   CHECK(count(html, "<rect class=\"bar over\"") + count(html, "<rect class=\"bar under\"") == 6);
   // Scatter: one point per op (all durations > 0) and the y = x diagonal.
-  CHECK(count(html, "<circle ") == 10);
+  CHECK(count(html, "<circle class=\"op\"") == 10);
+  // Coloured by family: 4 compute (blue), 4 communication (red), 2 host (grey); the legend has one of each.
+  CHECK(count(html, "<circle class=\"legend\"") == 3);
+  CHECK(count(html, "r=\"2.5\" fill=\"#3b6fb6\"") == 4);
+  CHECK(count(html, "r=\"2.5\" fill=\"#d0473a\"") == 4);
+  CHECK(count(html, "r=\"2.5\" fill=\"#7a7a7a\"") == 2);
+  // Decade ticks from 1 ns (5 ns is the shortest op) to 1 us (150 ns the longest), on both axes.
+  for (const char* tick : {"1 ns", "10 ns", "100 ns", "1 us"}) {
+    CHECK(count(html, std::string("class=\"tick\">") + tick + "<") == 2);
+  }
+  CHECK(count(html, "class=\"tick\">") == 8);
   CHECK(count(html, "class=\"diag\"") == 1);
   CHECK(html.find("<table id=\"worst-table\">") != std::string::npos);
   CHECK(count(html, "<td class=\"name\">") == 10);
@@ -124,7 +134,7 @@ TEST_CASE("calibration::render_report: thins the scatter of a large schedule by 
   options.max_scatter_points = 100;
   const std::string html = cal::render_report(c, options);
   // 999 placeable points, stride ceil(999 / 100) = 10: indices 0, 10, ..., 990 (100 points) plus the worst op.
-  CHECK(count(html, "<circle ") == 101);
+  CHECK(count(html, "<circle class=\"op\"") == 101);
   CHECK(html.find("op 506 kept:") != std::string::npos);
   CHECK(html.find("101 of 1000 ops shown; 1 with a zero duration") != std::string::npos);
 }
