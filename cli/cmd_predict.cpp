@@ -1,6 +1,263 @@
-// Placeholder: the owner of this command replaces this file.
+// `twinstep predict` (model x cluster x layout x overlap variants -> step time, MFU, breakdown per variant) and
+// `twinstep simulate` (a schedule file on a cluster -> trace). Printing only: the work is models::lower,
+// sim::simulate and schedule::analyze.
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
 #include "cli/commands.hpp"
+#include "cli/run_flags.hpp"
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "models/lower.hpp"
+#include "models/model_spec.hpp"
+#include "schedule/analysis.hpp"
+#include "schedule/json.hpp"
+#include "schedule/perfetto.hpp"
+#include "schedule/validate.hpp"
+#include "sim/simulate.hpp"
+#include "topologies/cluster.hpp"
 
 namespace twinstep::cli {
-void register_sim_commands(CLI::App& /*app*/) {}
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+struct ClusterFlags {
+  std::string cluster;
+  std::uint32_t nodes = 0;
+  std::uint32_t gpus = 0;
+  std::string profile;
+  std::string fidelity = "analytic";
+};
+
+void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
+  sub->add_option("--cluster", f.cluster, "Cluster id (dgx-h100, hgx-h200, dgx-a100, h200x2-nvlink, h100-superpod, ...) "
+                                          "or a cluster JSON path")
+      ->required();
+  auto* nodes = sub->add_option("--nodes", f.nodes, "Number of nodes (1..2048)");
+  auto* gpus = sub->add_option("--gpus", f.gpus, "Number of GPUs (a multiple of the GPUs per node, or fewer than one node)");
+  nodes->excludes(gpus);
+  sub->add_option("--profile", f.profile, "Calibration profile JSON (default: datasheet defaults)");
+  sub->add_option("--fidelity", f.fidelity, "Resource model: analytic (flow: SimGrid, issue 6)");
+}
+
+struct Setup {
+  topologies::Cluster cluster;
+  sim::Profile profile;
+};
+
+Setup load_setup(const ClusterFlags& f) {
+  Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}),
+          f.profile.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(f.profile)};
+  if (f.fidelity != "analytic") {
+    sim::Options probe;
+    probe.fidelity = f.fidelity;
+    if (f.fidelity == "flow") {
+      throw Error("--fidelity flow: the SimGrid flow model lands in issue 6 and is not available in this build; "
+                  "use --fidelity analytic");
+    }
+    throw Error("--fidelity \"" + f.fidelity + "\" is unknown; use analytic (or flow, from issue 6)");
+  }
+  return s;
+}
+
+std::vector<std::string> split_variants(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) throw Error("--overlap \"" + list + "\": empty variant name; use e.g. none,dp,tp,all");
+    for (const auto& seen : out) {
+      if (seen == item) throw Error("--overlap: variant \"" + item + "\" is listed twice");
+    }
+    out.push_back(item);
+  }
+  if (out.empty()) throw Error("--overlap: give at least one variant, e.g. none,dp,all");
+  return out;
+}
+
+struct VariantResult {
+  std::string name;
+  double step_s = 0;
+  double tflops_per_gpu = 0;
+  double mfu = 0;
+  double memory_gib = 0;
+  bool fits = true;
+  schedule::Breakdown breakdown;
+  std::vector<std::string> warnings;
+};
+
+nlohmann::ordered_json breakdown_json(const schedule::RankBreakdown& b) {
+  nlohmann::ordered_json j;
+  j["compute_s"] = b.compute_s;
+  nlohmann::ordered_json comm = nlohmann::ordered_json::object();
+  for (const auto& [kind, s] : b.exposed_comm_s) comm[kind] = s;
+  j["exposed_comm_s"] = comm;
+  j["bubble_s"] = b.bubble_s;
+  j["host_bound_s"] = b.host_bound_s;
+  j["busy_comm_s"] = b.busy_comm_s;
+  return j;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+void print_table(const std::vector<VariantResult>& results, const std::string& header) {
+  std::string out = header;
+  const double base = results.front().step_s;
+  for (const auto& r : results) {
+    out += "\nvariant " + r.name + "\n";
+    out += "  step time       " + format_seconds(r.step_s);
+    if (&r != &results.front()) {
+      out += "  (" + std::string(r.step_s >= base ? "+" : "-") + format_seconds(std::abs(r.step_s - base)) + ", " +
+             fmt("%+.1f%%", 100.0 * (r.step_s - base) / base) + " vs " + results.front().name + ")";
+    }
+    out += "\n  TFLOP/s per GPU " + fmt("%.1f", r.tflops_per_gpu) + "   MFU " + fmt("%.1f%%", 100.0 * r.mfu) + "\n";
+    out += "  memory per GPU  " + fmt("%.1f GiB", r.memory_gib) + (r.fits ? "  (fits)" : "  (DOES NOT FIT)") + "\n";
+    const auto& m = r.breakdown.mean;
+    auto pct = [&](double s) { return fmt("%5.1f%%", r.step_s > 0 ? 100.0 * s / r.step_s : 0.0); };
+    out += "  breakdown (mean over ranks):\n";
+    out += "    compute         " + format_seconds(m.compute_s) + "  " + pct(m.compute_s) + "\n";
+    for (const auto& [kind, s] : m.exposed_comm_s) {
+      out += "    exposed " + kind + std::string(kind.size() < 8 ? 8 - kind.size() : 0, ' ') + "    " +
+             format_seconds(s) + "  " + pct(s) + "\n";
+    }
+    out += "    bubble          " + format_seconds(m.bubble_s) + "  " + pct(m.bubble_s) + "\n";
+    out += "    host-bound      " + format_seconds(m.host_bound_s) + "  " + pct(m.host_bound_s) + "\n";
+    for (const auto& w : r.warnings) out += "  warning: " + w + "\n";
+  }
+  std::fputs(out.c_str(), stdout);
+}
+
+void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::string& overlap, bool json,
+                 const std::string& trace_dir) {
+  if (flags.model.empty()) throw Error("--model is required (a zoo id such as llama3-70b, or a model JSON path)");
+  const Setup setup = load_setup(cf);
+  const sim::CostModel costs(setup.cluster, setup.profile);
+  const models::ModelSpec model = models::load_model(flags.model);
+  const std::uint32_t gpus = setup.cluster.num_gpus();
+  const models::RunConfig base = resolve_run_config(flags, gpus, setup.cluster.node.gpu.hbm_capacity_bytes);
+  const double peak = setup.cluster.node.gpu.peak_flop_per_s(base.dtype);
+  if (!trace_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(trace_dir, ec);
+    if (ec) throw Error("--trace " + trace_dir + ": cannot create the folder: " + ec.message());
+  }
+  std::vector<VariantResult> results;
+  for (const auto& v : split_variants(overlap)) {
+    const models::RunConfig cfg = models::apply_overlap_variant(base, v);
+    const models::Lowered lowered = models::lower(model, cfg);
+    sim::Options opts;
+    opts.fidelity = cf.fidelity;
+    opts.context["variant"] = v;
+    opts.context["model"] = model.name;
+    const schedule::Trace trace = sim::simulate(lowered.schedule, setup.cluster, costs, opts);
+    VariantResult r;
+    r.name = v;
+    r.breakdown = schedule::analyze(trace);
+    r.step_s = r.breakdown.step_time_s;
+    r.tflops_per_gpu = r.step_s > 0 ? lowered.model_flops_per_step / (r.step_s * gpus) / 1e12 : 0.0;
+    r.mfu = r.step_s > 0 ? lowered.model_flops_per_step / (r.step_s * gpus * peak) : 0.0;
+    r.memory_gib = lowered.peak_memory.total_bytes() / kGiB;
+    r.fits = lowered.fits;
+    r.warnings = lowered.warnings;
+    if (!trace_dir.empty()) {
+      const std::string stem = (std::filesystem::path(trace_dir) / v).string();
+      schedule::write_trace(trace, stem + ".trace.json");
+      write_file_atomic(stem + ".perfetto.json", schedule::to_perfetto_json(trace));
+    }
+    results.push_back(std::move(r));
+  }
+  if (json) {
+    nlohmann::ordered_json j;
+    j["model"] = model.name;
+    j["cluster"] = setup.cluster.describe();
+    j["gpus"] = gpus;
+    j["profile"] = setup.profile.name;
+    j["fidelity"] = cf.fidelity;
+    nlohmann::ordered_json arr = nlohmann::ordered_json::array();
+    for (const auto& r : results) {
+      nlohmann::ordered_json e;
+      e["name"] = r.name;
+      e["step_time_s"] = r.step_s;
+      e["delta_s"] = r.step_s - results.front().step_s;
+      e["tflops_per_gpu"] = r.tflops_per_gpu;
+      e["mfu"] = r.mfu;
+      e["memory_gib_per_gpu"] = r.memory_gib;
+      e["fits"] = r.fits;
+      e["breakdown"] = breakdown_json(r.breakdown.mean);
+      e["warnings"] = r.warnings;
+      arr.push_back(e);
+    }
+    j["variants"] = arr;
+    std::fputs((j.dump(2) + "\n").c_str(), stdout);
+    return;
+  }
+  std::string header = "twinstep predict: " + model.name + " on " + setup.cluster.describe() + "\n";
+  header += "layout: tp " + std::to_string(base.tensor_model_parallel_size) + ", pp " +
+            std::to_string(base.pipeline_model_parallel_size) + ", cp " + std::to_string(base.context_parallel_size) +
+            ", ep " + std::to_string(base.expert_model_parallel_size) + ", mbs " +
+            std::to_string(base.micro_batch_size) + ", gbs " + std::to_string(base.global_batch_size) + ", seq " +
+            std::to_string(base.seq_length) + "\n";
+  header += "costs: " + setup.profile.name + ", fidelity " + cf.fidelity + "\n";
+  print_table(results, header);
+}
+
+void run_simulate(const std::string& path, const ClusterFlags& cf, const std::string& out) {
+  const Setup setup = load_setup(cf);
+  const sim::CostModel costs(setup.cluster, setup.profile);
+  const schedule::Schedule s = schedule::read_schedule(path);
+  schedule::check(s);
+  sim::Options opts;
+  opts.fidelity = cf.fidelity;
+  opts.context["schedule_file"] = path;
+  const schedule::Trace trace = sim::simulate(s, setup.cluster, costs, opts);
+  schedule::write_trace(trace, out);
+  if (out != "-") {
+    const auto b = schedule::analyze(trace);
+    std::fputs(("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile.name + ")\n" +
+                schedule::format_breakdown(b) + "trace written to " + out + "\n")
+                   .c_str(),
+               stdout);
+  }
+}
+
+}  // namespace
+
+void register_sim_commands(CLI::App& app) {
+  {
+    auto* sub = app.add_subcommand("predict", "Predict the step time per overlap variant (model x cluster x layout)");
+    auto flags = std::make_shared<RunFlags>();
+    auto cf = std::make_shared<ClusterFlags>();
+    auto overlap = std::make_shared<std::string>("none");
+    auto json = std::make_shared<bool>(false);
+    auto trace = std::make_shared<std::string>();
+    add_run_flags(*sub, *flags);
+    add_cluster_flags(sub, *cf);
+    sub->add_option("--overlap", *overlap, "Comma-separated variants: none, all, or +-joined modes (dp, tp, pp, cp, ep, "
+                                           "delay_wgrad, shared_expert); the first is the baseline");
+    sub->add_flag("--json", *json, "Print one JSON object with a variants array");
+    sub->add_option("--trace", *trace, "Folder for <variant>.trace.json and <variant>.perfetto.json");
+    sub->callback([=]() { run_predict(*flags, *cf, *overlap, *json, *trace); });
+  }
+  {
+    auto* sub = app.add_subcommand("simulate", "Simulate a schedule file on a cluster and write the trace");
+    auto path = std::make_shared<std::string>();
+    auto cf = std::make_shared<ClusterFlags>();
+    auto out = std::make_shared<std::string>("-");
+    sub->add_option("schedule", *path, "Schedule JSON")->required();
+    add_cluster_flags(sub, *cf);
+    sub->add_option("-o,--output", *out, "Trace JSON to write (- for stdout)");
+    sub->callback([=]() { run_simulate(*path, *cf, *out); });
+  }
+}
+
 }  // namespace twinstep::cli

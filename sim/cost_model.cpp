@@ -105,31 +105,46 @@ double KernelCost::solo_time_s() const {
   return std::max(flop_time_s, mem);
 }
 
+namespace {
+constexpr const char* kLaunchClasses[6] = {"compute", "memcpy", "collective", "send", "recv", "host_sync"};
+constexpr const char* kKernelClasses[8] = {"gemm",        "grouped_gemm", "attention_fwd", "attention_bwd",
+                                           "elementwise", "optimizer",    "memcpy",        ""};
+
+int kernel_class_index(const schedule::Kernel& k) {
+  switch (k.index()) {
+    case 0: return 0;
+    case 1: return 1;
+    case 2: return std::get<schedule::Attention>(k).backward ? 3 : 2;
+    case 3: return 4;
+    case 4: return 5;
+    case 5: return 6;
+    default: return 7;
+  }
+}
+static_assert(std::variant_size_v<schedule::Kernel> == 6, "a new kernel class needs an efficiency slot");
+}  // namespace
+
 CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
-    : cluster_(cluster), profile_(std::move(profile)) {}
+    : cluster_(cluster), profile_(std::move(profile)) {
+  for (int i = 0; i < 6; ++i) {
+    const auto it = profile_.launch_s.find(kLaunchClasses[i]);
+    launch_by_class_[i] = it == profile_.launch_s.end() ? 0 : to_nanos(it->second);
+  }
+  for (int i = 0; i < 7; ++i) {
+    const auto it = profile_.compute.find(kKernelClasses[i]);
+    eff_by_class_[i] = it == profile_.compute.end() ? nullptr : &it->second;
+  }
+}
 
 Nanos CostModel::launch_ns(const schedule::Op& op) const {
-  const char* cls = std::visit(
-      [](const auto& b) -> const char* {
-        using T = std::decay_t<decltype(b)>;
-        if constexpr (std::is_same_v<T, schedule::Compute>) {
-          return std::holds_alternative<schedule::Memcpy>(b.kernel) ? "memcpy" : "compute";
-        } else if constexpr (std::is_same_v<T, schedule::Collective>) {
-          return "collective";
-        } else if constexpr (std::is_same_v<T, schedule::Send>) {
-          return "send";
-        } else if constexpr (std::is_same_v<T, schedule::Recv>) {
-          return "recv";
-        } else if constexpr (std::is_same_v<T, schedule::HostSync>) {
-          return "host_sync";
-        } else {
-          return nullptr;
-        }
-      },
-      op.body);
-  if (cls == nullptr) return 0;
-  const auto it = profile_.launch_s.find(cls);
-  return it == profile_.launch_s.end() ? 0 : to_nanos(it->second);
+  switch (op.body.index()) {
+    case 0: return launch_by_class_[std::holds_alternative<schedule::Memcpy>(std::get<schedule::Compute>(op.body).kernel) ? 1 : 0];
+    case 1: return launch_by_class_[2];
+    case 2: return launch_by_class_[3];
+    case 3: return launch_by_class_[4];
+    case 5: return launch_by_class_[5];
+    default: return 0;  // host ops carry their own duration
+  }
 }
 
 KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
@@ -138,8 +153,7 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
   k.reserved_sms = std::min(c.sm_count, gpu.sm_count);
   const double flops = schedule::kernel_flops(c.kernel);
   const double bytes = schedule::kernel_bytes(c.kernel);
-  const std::string cls = schedule::kernel_class(c.kernel);
-  const auto eff_it = profile_.compute.find(cls);
+  const EfficiencyTable* eff_table = eff_by_class_[kernel_class_index(c.kernel)];
   const Interference& itf = profile_.interference;
   auto ceil_div = [](std::uint64_t a, std::uint64_t b) { return b == 0 ? 0 : (a + b - 1) / b; };
   std::visit(
@@ -168,8 +182,7 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
             k.mem_bytes_per_s = cluster_.node.pcie_bytes_per_s;
           }
         } else {
-          const bool tensor = eff_it != profile_.compute.end();
-          const double eff = tensor ? std::max(1e-3, eff_it->second.at(flops)) : 1.0;
+          const double eff = eff_table != nullptr ? std::max(1e-3, eff_table->at(flops)) : 1.0;
           k.flop_time_s = peak > 0 ? flops / (peak * eff) : 0.0;
           k.mem_bytes = bytes;
           k.mem_bytes_per_s = gpu.hbm_bytes_per_s * profile_.memory_efficiency;

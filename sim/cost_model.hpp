@@ -144,6 +144,8 @@ class CostModel {
   const CollectiveParams* override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter) const;
   topologies::Cluster cluster_;
   Profile profile_;
+  Nanos launch_by_class_[6] = {};                     ///< compute, memcpy, collective, send, recv, host_sync.
+  const EfficiencyTable* eff_by_class_[8] = {};       ///< By kernel_class order; nullptr = no table (roofline 1.0).
 };
 
 }  // namespace twinstep::sim

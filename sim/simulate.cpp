@@ -3,9 +3,9 @@
 #include "sim/simulate.hpp"
 
 #include <cstdio>
+#include <type_traits>
 
 #include "common/error.hpp"
-#include "schedule/json.hpp"
 #include "schedule/matching.hpp"
 
 namespace twinstep::sim {
@@ -21,8 +21,117 @@ std::string fnv1a_hex(std::string_view text) {
   return buf;
 }
 
+namespace {
+
+class Fnv {
+ public:
+  void bytes(const void* p, std::size_t n) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    for (std::size_t i = 0; i < n; ++i) {
+      h_ ^= c[i];
+      h_ *= 1099511628211ull;
+    }
+  }
+  template <typename T>
+  void value(const T& v) {
+    static_assert(std::is_arithmetic_v<T> || std::is_enum_v<T>);
+    bytes(&v, sizeof v);
+  }
+  void text(const std::string& s) {
+    value(s.size());
+    bytes(s.data(), s.size());
+  }
+  template <typename T>
+  void list(const std::vector<T>& v) {
+    value(v.size());
+    for (const auto& x : v) value(x);
+  }
+  [[nodiscard]] std::uint64_t digest() const { return h_; }
+
+ private:
+  std::uint64_t h_ = 1469598103934665603ull;
+};
+
+void hash_kernel(Fnv& f, const schedule::Kernel& k) {
+  f.value(k.index());
+  std::visit(
+      [&](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, schedule::Gemm>) {
+          f.value(x.m), f.value(x.n), f.value(x.k), f.value(x.batch), f.value(x.dtype);
+        } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
+          f.list(x.m), f.value(x.n), f.value(x.k), f.value(x.dtype);
+        } else if constexpr (std::is_same_v<T, schedule::Attention>) {
+          f.value(x.batch), f.value(x.heads_q), f.value(x.heads_kv), f.value(x.seq_q), f.value(x.seq_kv);
+          f.value(x.head_dim), f.value(x.causal), f.value(x.backward), f.value(x.dtype);
+        } else if constexpr (std::is_same_v<T, schedule::Elementwise>) {
+          f.value(x.bytes), f.value(x.flops);
+        } else if constexpr (std::is_same_v<T, schedule::Optimizer>) {
+          f.value(x.params), f.value(x.param_dtype);
+        } else {
+          f.value(x.bytes), f.value(x.kind);
+        }
+      },
+      k);
+}
+
+schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluster& cluster, const CostModel& costs,
+                    const Options& options);
+
+}  // namespace
+
+std::string schedule_fingerprint(const schedule::Schedule& s) {
+  Fnv f;
+  f.text(s.name);
+  f.value(s.world_size);
+  f.list(s.ranks);
+  f.value(s.streams.size());
+  for (const auto& st : s.streams) f.text(st.name), f.value(st.priority);
+  f.value(s.communicators.size());
+  for (const auto& c : s.communicators) f.text(c.name), f.text(c.kind), f.list(c.members);
+  f.value(s.ops.size());
+  for (const auto& op : s.ops) {
+    f.value(op.rank), f.value(op.stream), f.text(op.name), f.list(op.deps), f.value(op.body.index());
+    std::visit(
+        [&](const auto& b) {
+          using T = std::decay_t<decltype(b)>;
+          if constexpr (std::is_same_v<T, schedule::Compute>) {
+            hash_kernel(f, b.kernel), f.value(b.sm_count);
+          } else if constexpr (std::is_same_v<T, schedule::Collective>) {
+            f.value(b.kind), f.value(b.comm), f.value(b.bytes), f.value(b.dtype), f.list(b.send_bytes), f.value(b.root);
+          } else if constexpr (std::is_same_v<T, schedule::Send> || std::is_same_v<T, schedule::Recv>) {
+            f.value(b.comm), f.value(b.peer), f.value(b.bytes), f.value(b.tag);
+          } else if constexpr (std::is_same_v<T, schedule::Host>) {
+            f.value(b.duration_ns);
+          } else {
+            f.value(b.target);
+          }
+        },
+        op.body);
+  }
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "fnv1a64:%016llx", static_cast<unsigned long long>(f.digest()));
+  return buf;
+}
+
 schedule::Trace simulate(const schedule::Schedule& schedule, const topologies::Cluster& cluster,
                          const CostModel& costs, const Options& options) {
+  schedule::Trace trace = run(schedule, cluster, costs, options);
+  trace.schedule = schedule;
+  return trace;
+}
+
+schedule::Trace simulate(schedule::Schedule&& schedule, const topologies::Cluster& cluster, const CostModel& costs,
+                         const Options& options) {
+  schedule::Trace trace = run(schedule, cluster, costs, options);
+  trace.schedule = std::move(schedule);
+  return trace;
+}
+
+namespace {
+
+schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluster& cluster, const CostModel& costs,
+                    const Options& options) {
   if (options.fidelity == "flow") {
     throw Error("--fidelity flow: the SimGrid flow model lands in issue 6 and is not available in this build; "
                 "use --fidelity analytic");
@@ -63,10 +172,11 @@ schedule::Trace simulate(const schedule::Schedule& schedule, const topologies::C
   trace.context["gpu"] = cluster.node.gpu.name;
   trace.context["profile"] = costs.profile().name;
   trace.context["fidelity"] = options.fidelity;
-  trace.context["schedule_hash"] = "fnv1a64:" + fnv1a_hex(schedule::schedule_to_json(schedule));
+  trace.context["schedule_hash"] = schedule_fingerprint(schedule);
   trace.context["simulator"] = "twinstep 0.1.0 sim/analytic";
-  trace.schedule = schedule;
   return trace;
 }
+
+}  // namespace
 
 }  // namespace twinstep::sim

@@ -32,6 +32,14 @@ struct Options {
 [[nodiscard]] schedule::Trace simulate(const schedule::Schedule& schedule, const topologies::Cluster& cluster,
                                        const CostModel& costs, const Options& options = {});
 
+/// Same, moving the schedule into the trace instead of copying it (large lowered schedules).
+[[nodiscard]] schedule::Trace simulate(schedule::Schedule&& schedule, const topologies::Cluster& cluster,
+                                       const CostModel& costs, const Options& options = {});
+
+/// A 64-bit FNV-1a fingerprint of everything in a schedule that changes execution (ranks, streams, communicators,
+/// ops with their bodies and deps, names), as "fnv1a64:<16 hex digits>". Cheaper than hashing its JSON.
+[[nodiscard]] std::string schedule_fingerprint(const schedule::Schedule& schedule);
+
 /// 64-bit FNV-1a of a string as 16 hex digits (input hashes in trace contexts).
 [[nodiscard]] std::string fnv1a_hex(std::string_view text);
 
