@@ -127,8 +127,9 @@ void print_table(const std::vector<VariantResult>& results, const std::string& h
     out += "  breakdown (mean over ranks):\n";
     out += "    compute         " + format_seconds(m.compute_s) + "  " + pct(m.compute_s) + "\n";
     for (const auto& [kind, s] : m.exposed_comm_s) {
-      out += "    exposed " + kind + std::string(kind.size() < 8 ? 8 - kind.size() : 0, ' ') + "    " +
-             format_seconds(s) + "  " + pct(s) + "\n";
+      const std::string label = "exposed " + kind;
+      out += "    " + label + std::string(label.size() < 16 ? 16 - label.size() : 1, ' ') + format_seconds(s) + "  " +
+             pct(s) + "\n";
     }
     out += "    bubble          " + format_seconds(m.bubble_s) + "  " + pct(m.bubble_s) + "\n";
     out += "    host-bound      " + format_seconds(m.host_bound_s) + "  " + pct(m.host_bound_s) + "\n";

@@ -146,7 +146,8 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
     const std::uint32_t gpn = cluster.node.gpus_per_node;
     throw NotFeasibleError("schedule \"" + schedule.name + "\" needs " + std::to_string(needed) + " ranks but " +
                            cluster.describe() + " has " + std::to_string(cluster.num_gpus()) +
-                           " GPUs; pass --nodes " + std::to_string((needed + gpn - 1) / gpn) + " or more");
+                           " GPUs; pass --gpus " + std::to_string(needed) + " (or --nodes " +
+                           std::to_string((needed + gpn - 1) / gpn) + " of " + std::to_string(gpn) + " GPUs)");
   }
   const schedule::Matching matching = schedule::match(schedule);
   const SimContext ctx{schedule, matching, cluster, costs};
