@@ -15,6 +15,10 @@ void register_model_commands(CLI::App& app);
 void register_sim_commands(CLI::App& app);
 /// compare (calibration/).
 void register_calibration_commands(CLI::App& app);
+/// calibrate (calibration/ + backend/).
+void register_calibrate_command(CLI::App& app);
+/// sweep, merge (what-if sweeps over layouts, overlap variants and cluster sizes).
+void register_sweep_commands(CLI::App& app);
 /// run (backend/); when the backend is not built, `run` explains how to get it.
 void register_backend_commands(CLI::App& app);
 
