@@ -43,7 +43,11 @@ struct RankAccum {
 };
 
 RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<std::string>& kind_of_op) {
-  std::sort(ev.begin(), ev.end(), [](const Event& a, const Event& b) { return a.t < b.t; });
+  // Events at equal t are all applied before the next interval is accounted, so their order does not matter for
+  // the counters; for the transfer set every interval has positive length, so its begin sorts before its end.
+  std::sort(ev.begin(), ev.end(), [](const Event& a, const Event& b) {
+    return a.t != b.t ? a.t < b.t : (a.delta != b.delta ? a.delta > b.delta : a.op < b.op);
+  });
   RankAccum acc;
   int compute = 0, wait = 0, host = 0;
   std::set<std::pair<Nanos, OpId>> transfers;  // active, earliest start first, then lower op id
@@ -132,8 +136,10 @@ Breakdown analyze(const Trace& trace) {
     auto& ev = events[op.rank];
     program[op.rank].push_back(id);
     if (std::holds_alternative<Compute>(op.body)) {
-      ev.push_back({r.start_ns, +1, Ev::kCompute, 0, id});
-      ev.push_back({r.end_ns, -1, Ev::kCompute, 0, id});
+      if (r.end_ns > r.start_ns) {
+        ev.push_back({r.start_ns, +1, Ev::kCompute, 0, id});
+        ev.push_back({r.end_ns, -1, Ev::kCompute, 0, id});
+      }
     } else if (std::holds_alternative<Collective>(op.body) || std::holds_alternative<Send>(op.body) ||
                std::holds_alternative<Recv>(op.body)) {
       CommId comm = 0;
@@ -157,8 +163,11 @@ Breakdown analyze(const Trace& trace) {
         ev.push_back({r.start_ns, +1, Ev::kWait, 0, id});
         ev.push_back({arrived, -1, Ev::kWait, 0, id});
       }
-      ev.push_back({arrived, +1, Ev::kTransfer, arrived, id});
-      ev.push_back({r.end_ns, -1, Ev::kTransfer, arrived, id});
+      // A zero-length transfer occupies no time; adding it could leave its begin after its end at equal t.
+      if (r.end_ns > arrived) {
+        ev.push_back({arrived, +1, Ev::kTransfer, arrived, id});
+        ev.push_back({r.end_ns, -1, Ev::kTransfer, arrived, id});
+      }
     }
   }
   // Host thread: busy from each op's issue to the next op's issue, except while a host_sync waits.

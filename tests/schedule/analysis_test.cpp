@@ -82,6 +82,24 @@ TEST_CASE("schedule::analyze: exposed comm goes to the earliest-started transfer
   CHECK(br.ranks[0].bubble_s == Approx(50e-9).epsilon(1e-12));
 }
 
+TEST_CASE("schedule::analyze: a zero-length transfer leaves no exposed comm behind", "[schedule]") {
+  // Regression: a transfer whose start equals its end used to stay "active" and turn the rest of the rank's
+  // timeline into exposed comm.
+  ts::Schedule s = ts::testing::skeleton(1);
+  s.communicators = {{"tp.0", "tp", {0}}};
+  Builder b(std::move(s));
+  b.all_reduce(0, "empty_ar", 1, 0, 0);
+  b.gemm(0, "g", 0, 64, 64, 64);
+  ts::Trace t;
+  t.schedule = b.take();
+  t.records = {{0, 0, 0, 100, 100}, {1, 0, 0, 200, 300}};  // [0,200) idle, [200,300) compute
+  const ts::Breakdown br = ts::analyze(t);
+  CHECK(br.ranks[0].exposed_comm_s.count("tp") == 0);
+  CHECK(br.ranks[0].compute_s == Approx(100e-9).epsilon(1e-12));
+  CHECK(br.ranks[0].bubble_s == Approx(200e-9).epsilon(1e-12));
+  CHECK(std::abs(br.ranks[0].total_s() - br.step_time_s) <= 1e-9 * br.step_time_s);
+}
+
 TEST_CASE("schedule::format_breakdown: aligned table with one row per rank", "[schedule]") {
   const std::string text = ts::format_breakdown(ts::analyze(hand_trace()));
   CHECK(text.find("step time: ") == 0);
