@@ -88,11 +88,16 @@ TEST_CASE("schedule::analyze: a zero-length transfer leaves no exposed comm behi
   ts::Schedule s = ts::testing::skeleton(1);
   s.communicators = {{"tp.0", "tp", {0}}};
   Builder b(std::move(s));
-  b.all_reduce(0, "empty_ar", 1, 0, 0);
-  b.gemm(0, "g", 0, 64, 64, 64);
+  // Many of them, so that the event sort takes its unstable (introsort) path, as in real traces.
+  const int n = 200;
   ts::Trace t;
+  for (int i = 0; i < n; ++i) {
+    const auto id = b.all_reduce(0, "empty_ar" + std::to_string(i), 1, 0, 0);
+    t.records.push_back({id, 0, 0, 100 + i % 7, 100 + i % 7});
+  }
+  const auto g = b.gemm(0, "g", 0, 64, 64, 64);
+  t.records.push_back({g, 0, 0, 200, 300});  // [0,200) idle, [200,300) compute
   t.schedule = b.take();
-  t.records = {{0, 0, 0, 100, 100}, {1, 0, 0, 200, 300}};  // [0,200) idle, [200,300) compute
   const ts::Breakdown br = ts::analyze(t);
   CHECK(br.ranks[0].exposed_comm_s.count("tp") == 0);
   CHECK(br.ranks[0].compute_s == Approx(100e-9).epsilon(1e-12));
