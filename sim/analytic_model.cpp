@@ -61,9 +61,11 @@ void erase_value(std::vector<std::uint32_t>& v, std::uint32_t x) {
   v.pop_back();
 }
 
-class AnalyticModel final : public ResourceModel {
+class AnalyticModel final : public GpuSharingModel {
  public:
-  explicit AnalyticModel(const SimContext& ctx) : ctx_(ctx) {
+  /// `external_comms`: communication activities are timed by the caller (GpuSharingModel); see resource_model.hpp.
+  AnalyticModel(const SimContext& ctx, bool external_comms) : ctx_(ctx), external_(external_comms) {
+    if (external_) slot_of_.assign(ctx.schedule.ops.size(), UINT32_MAX);
     gpus_.resize(ctx.cluster.num_gpus());
     span_cache_.resize(ctx.schedule.communicators.size());
     span_known_.assign(ctx.schedule.communicators.size(), 0);
@@ -102,6 +104,8 @@ class AnalyticModel final : public ResourceModel {
       touch_compute(act.gpu);
     } else {
       act.comm = comm_cost(a, act.gpus);
+      last_comm_ = act.comm;
+      if (external_) slot_of_[id] = slot;
       const double factor = ctx_.costs.profile().interference.comm_hbm_bytes_per_bus_byte;
       act.hbm_bytes_per_s = act.comm.bandwidth_time_s > 0 ? act.comm.bus_bytes_per_s * factor : 0.0;
       for (std::uint32_t gi : act.gpus) {
@@ -120,12 +124,37 @@ class AnalyticModel final : public ResourceModel {
     for (std::uint32_t s : affected_) retime(s, now);
   }
 
-  [[nodiscard]] Nanos next_completion() const override {
+  Nanos advance(Nanos horizon, std::vector<ActivityId>& done) override {
+    const Nanos t = next_completion();
+    if (t == kNever || t > horizon) return horizon;
+    complete(t, done);
+    return t;
+  }
+
+  [[nodiscard]] const CommCost& last_comm_cost() const override { return last_comm_; }
+
+  void finish_external(ActivityId id, Nanos now) override {
+    TWINSTEP_ASSERT(external_ && id < slot_of_.size() && slot_of_[id] != UINT32_MAX, "activity %u not external", id);
+    const std::uint32_t slot = slot_of_[id];
+    slot_of_[id] = UINT32_MAX;
+    ++epoch_;
+    affected_.clear();
+    release(slot);
+    for (std::uint32_t s : affected_) {
+      if (slots_[s].active) retime(s, now);
+    }
+    free_.push_back(slot);
+  }
+
+  [[nodiscard]] std::size_t running() const override { return running_; }
+
+ private:
+  [[nodiscard]] Nanos next_completion() const {
     drop_stale();
     return heap_.empty() ? kNever : heap_.top().time;
   }
 
-  void complete(Nanos now, std::vector<ActivityId>& done) override {
+  void complete(Nanos now, std::vector<ActivityId>& done) {
     drop_stale();
     ++epoch_;
     affected_.clear();
@@ -144,9 +173,6 @@ class AnalyticModel final : public ResourceModel {
     for (std::uint32_t slot : finished_) free_.push_back(slot);
   }
 
-  [[nodiscard]] std::size_t running() const override { return running_; }
-
- private:
   std::uint32_t alloc() {
     if (!free_.empty()) {
       const std::uint32_t s = free_.back();
@@ -309,6 +335,7 @@ class AnalyticModel final : public ResourceModel {
 
   void retime(std::uint32_t slot, Nanos now) {
     Act& a = slots_[slot];
+    if (external_ && a.kind != ActivityKind::kCompute) return;  // timed by the caller
     if (now > a.last_ns && a.ns_per_unit > 0) {
       a.remaining -= static_cast<double>(now - a.last_ns) / a.ns_per_unit;
       a.remaining = std::max(0.0, a.remaining);
@@ -323,6 +350,9 @@ class AnalyticModel final : public ResourceModel {
   }
 
   const SimContext& ctx_;
+  const bool external_;
+  std::vector<std::uint32_t> slot_of_;  ///< External mode: slot of each running comm activity, by op id.
+  CommCost last_comm_;
   std::vector<Act> slots_;
   std::vector<std::uint32_t> free_;
   std::vector<Gpu> gpus_;
@@ -338,7 +368,11 @@ class AnalyticModel final : public ResourceModel {
 }  // namespace
 
 std::unique_ptr<ResourceModel> make_analytic_model(const SimContext& ctx) {
-  return std::make_unique<AnalyticModel>(ctx);
+  return std::make_unique<AnalyticModel>(ctx, false);
+}
+
+std::unique_ptr<GpuSharingModel> make_gpu_sharing_model(const SimContext& ctx) {
+  return std::make_unique<AnalyticModel>(ctx, true);
 }
 
 }  // namespace twinstep::sim

@@ -52,17 +52,20 @@ class Core {
     std::vector<ActivityId> done;
     done.reserve(64);
     while (true) {
-      const Nanos t_model = model_.next_completion();
-      if (queue_.empty() && t_model == kNever) break;
-      if (!queue_.empty() && queue_.top().time < t_model) {
-        const Wake w = queue_.top();
-        queue_.pop();
-        wake(w.rank, w.time);
-      } else {
-        done.clear();
-        model_.complete(t_model, done);
-        for (ActivityId id : done) activity_done(id, t_model);
+      const Nanos horizon = queue_.empty() ? kNever : queue_.top().time;
+      if (horizon == kNever && model_.running() == 0) break;
+      // Completions at the time of a host wake-up come first (they may unblock the host thread).
+      done.clear();
+      const Nanos t = model_.advance(horizon, done);
+      if (!done.empty()) {
+        TWINSTEP_ASSERT(t <= horizon, "model completed activities after the horizon");
+        for (ActivityId id : done) activity_done(id, t);
+        continue;
       }
+      if (horizon == kNever) break;  // activities run but none can finish: reported below
+      const Wake w = queue_.top();
+      queue_.pop();
+      wake(w.rank, w.time);
     }
     if (completed_count_ < n_ops_) throw Error(deadlock_report());
     std::vector<schedule::OpRecord> records(n_ops_);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "common/units.hpp"
@@ -43,14 +44,29 @@ struct SimContext {
 class ResourceModel {
  public:
   virtual ~ResourceModel() = default;
-  /// Starts `activity` at `now` (never earlier than the last completion time handed out).
+  /// Starts `activity` at `now` (never earlier than the last time advance() returned).
   virtual void start(ActivityId id, const Activity& activity, Nanos now) = 0;
-  /// Time of the earliest completion among running activities, or kNever when none runs.
-  [[nodiscard]] virtual Nanos next_completion() const = 0;
-  /// Advances to `now` == next_completion() and appends the activities that end then, in ascending id order.
-  virtual void complete(Nanos now, std::vector<ActivityId>& done) = 0;
-  /// Activities running.
+  /// Advances time to the earliest completion among running activities if it is <= `horizon` (the core's next
+  /// host-thread event; kNever when there is none), appends the activities that end then in ascending id order and
+  /// returns that time. Otherwise appends nothing and returns `horizon`. A model driven by an external engine
+  /// (SimGrid) cannot report its next completion without running to it, hence one call that does both.
+  virtual Nanos advance(Nanos horizon, std::vector<ActivityId>& done) = 0;
+  /// Activities running (started and not yet returned by advance()).
   [[nodiscard]] virtual std::size_t running() const = 0;
 };
+
+/// The analytic model's GPU side, for a model that times communication itself (the flow model): communication
+/// activities hold SMs (one per channel) and HBM on their member GPUs from start() until finish_external(), and
+/// never complete by themselves; compute activities are timed and shared exactly as in the analytic model.
+class GpuSharingModel : public ResourceModel {
+ public:
+  /// The cost (latency, bandwidth time, channels) computed for the communication activity started last.
+  [[nodiscard]] virtual const CommCost& last_comm_cost() const = 0;
+  /// Ends the communication activity `id` at `now` (no earlier than the last advance()); re-times compute.
+  virtual void finish_external(ActivityId id, Nanos now) = 0;
+};
+
+/// The analytic model (sim/analytic_model.cpp) with communication timed by the caller.
+[[nodiscard]] std::unique_ptr<GpuSharingModel> make_gpu_sharing_model(const SimContext& ctx);
 
 }  // namespace twinstep::sim
