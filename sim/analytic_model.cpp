@@ -148,12 +148,12 @@ class AnalyticModel final : public GpuSharingModel {
 
   [[nodiscard]] std::size_t running() const override { return running_; }
 
- private:
-  [[nodiscard]] Nanos next_completion() const {
+  [[nodiscard]] Nanos next_completion() const override {
     drop_stale();
     return heap_.empty() ? kNever : heap_.top().time;
   }
 
+ private:
   void complete(Nanos now, std::vector<ActivityId>& done) {
     drop_stale();
     ++epoch_;

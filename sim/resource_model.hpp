@@ -60,6 +60,8 @@ class ResourceModel {
 /// never complete by themselves; compute activities are timed and shared exactly as in the analytic model.
 class GpuSharingModel : public ResourceModel {
  public:
+  /// Earliest completion among running compute activities, kNever when none runs. Does not advance time.
+  [[nodiscard]] virtual Nanos next_completion() const = 0;
   /// The cost (latency, bandwidth time, channels) computed for the communication activity started last.
   [[nodiscard]] virtual const CommCost& last_comm_cost() const = 0;
   /// Ends the communication activity `id` at `now` (no earlier than the last advance()); re-times compute.

@@ -2,9 +2,15 @@
 // against the chosen resource model and assembles the trace with its context (cluster, profile, fidelity, hash).
 #include "sim/simulate.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <type_traits>
 
+#include "common/assert.hpp"
 #include "common/error.hpp"
 #include "schedule/matching.hpp"
 
@@ -80,6 +86,8 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
 
 }  // namespace
 
+std::string default_fidelity() { return flow_model_available() ? "flow" : "analytic"; }
+
 std::string schedule_fingerprint(const schedule::Schedule& s) {
   Fnv f;
   f.text(s.name);
@@ -130,14 +138,114 @@ schedule::Trace simulate(schedule::Schedule&& schedule, const topologies::Cluste
 
 namespace {
 
+#ifndef TWINSTEP_HAVE_SIMGRID
+}  // namespace
+
+bool flow_model_available() { return false; }
+std::string flow_engine_version() { return ""; }
+std::unique_ptr<ResourceModel> make_flow_model(const SimContext&) {
+  throw Error("--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
+              "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
+}
+
+namespace {
+#endif
+
+void write_all(int fd, const void* data, std::size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) ::_exit(3);
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+/// Runs the flow model in a forked child (SimGrid: one engine per process). The child writes 'R' + record count +
+/// raw records, or 'E'/'N'/'X' + message for Error / NotFeasibleError / any other exception, then _exit()s.
+std::vector<schedule::OpRecord> run_flow_in_child(const SimContext& ctx) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw Error(std::string("--fidelity flow: pipe() failed: ") + std::strerror(errno));
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    throw Error(std::string("--fidelity flow: fork() failed: ") + std::strerror(errno));
+  }
+  if (pid == 0) {
+    ::close(fds[0]);
+    char tag = 'X';
+    std::string msg;
+    try {
+      auto model = make_flow_model(ctx);
+      const auto records = run_semantics(ctx, *model);
+      tag = 'R';
+      const std::uint64_t n = records.size();
+      write_all(fds[1], &tag, 1);
+      write_all(fds[1], &n, sizeof n);
+      write_all(fds[1], records.data(), n * sizeof(schedule::OpRecord));
+      ::close(fds[1]);
+      ::_exit(0);
+    } catch (const NotFeasibleError& e) {
+      tag = 'N';
+      msg = e.what();
+    } catch (const Error& e) {
+      tag = 'E';
+      msg = e.what();
+    } catch (const std::exception& e) {
+      msg = e.what();
+    }
+    write_all(fds[1], &tag, 1);
+    write_all(fds[1], msg.data(), msg.size());
+    ::close(fds[1]);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string data;
+  char buf[1 << 16];
+  while (true) {
+    const ssize_t r = ::read(fds[0], buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    data.append(buf, static_cast<std::size_t>(r));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (data.empty()) {
+    const std::string why = WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
+                                                : "exited with status " + std::to_string(WEXITSTATUS(status));
+    throw Error("--fidelity flow: the simulation process " + why + " without a result (SimGrid aborted?)");
+  }
+  const std::string msg = data.substr(1);
+  switch (data[0]) {
+    case 'R': {
+      std::uint64_t n = 0;
+      TWINSTEP_ASSERT(data.size() >= 1 + sizeof n, "short flow result");
+      std::memcpy(&n, data.data() + 1, sizeof n);
+      TWINSTEP_ASSERT(data.size() == 1 + sizeof n + n * sizeof(schedule::OpRecord), "flow result size mismatch");
+      std::vector<schedule::OpRecord> records(n);
+      std::memcpy(static_cast<void*>(records.data()), data.data() + 1 + sizeof n, n * sizeof(schedule::OpRecord));
+      return records;
+    }
+    case 'N': throw NotFeasibleError(msg);
+    case 'E': throw Error(msg);
+    default: throw Error("--fidelity flow: internal error in the simulation process: " + msg);
+  }
+}
+
 schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluster& cluster, const CostModel& costs,
                     const Options& options) {
-  if (options.fidelity == "flow") {
-    throw Error("--fidelity flow: the SimGrid flow model lands in issue 6 and is not available in this build; "
-                "use --fidelity analytic");
+  if (options.fidelity != "analytic" && options.fidelity != "flow") {
+    throw Error("--fidelity \"" + options.fidelity + "\" is unknown; use analytic or flow");
   }
-  if (options.fidelity != "analytic") {
-    throw Error("--fidelity \"" + options.fidelity + "\" is unknown; use analytic (or flow, from issue 6)");
+  if (options.fidelity == "flow" && !flow_model_available()) {
+    throw Error("--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
+                "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
   }
   std::uint32_t needed = schedule.world_size;
   for (auto r : schedule.ranks) needed = std::max(needed, r + 1);
@@ -151,11 +259,15 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
   }
   const schedule::Matching matching = schedule::match(schedule);
   const SimContext ctx{schedule, matching, cluster, costs};
-  auto model = make_analytic_model(ctx);
 
   schedule::Trace trace;
   trace.producer = "sim";
-  trace.records = run_semantics(ctx, *model);
+  if (options.fidelity == "flow") {
+    trace.records = run_flow_in_child(ctx);
+  } else {
+    auto model = make_analytic_model(ctx);
+    trace.records = run_semantics(ctx, *model);
+  }
   Nanos first = 0, last = 0;
   bool any = false;
   for (const auto& r : trace.records) {
@@ -174,7 +286,20 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
   trace.context["profile"] = costs.profile().name;
   trace.context["fidelity"] = options.fidelity;
   trace.context["schedule_hash"] = schedule_fingerprint(schedule);
-  trace.context["simulator"] = "twinstep 0.1.0 sim/analytic";
+  if (options.fidelity == "flow") {
+    trace.context["simulator"] = "twinstep 0.1.0 sim/flow (" + flow_engine_version() + ")";
+  } else {
+    trace.context["simulator"] = "twinstep 0.1.0 sim/analytic";
+    trace.context["model_limits"] =
+        "analytic: communication activities share only each GPU's NIC (fair share per GPU); contention between "
+        "collectives on NVLink ports and fabric links (two collectives crossing one NIC path, DP traffic and "
+        "all-to-all on the same rails) is not modelled: use --fidelity flow";
+  }
+  std::size_t present = schedule.ranks.size();
+  if (present > 0 && present < schedule.world_size) {
+    trace.context["symmetry_reduction"] = std::to_string(present) + " of " + std::to_string(schedule.world_size) +
+                                          " ranks simulated; absent members of communicators mirror present ones";
+  }
   return trace;
 }
 

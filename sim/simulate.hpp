@@ -1,6 +1,8 @@
 // The simulator's entry point: replays a schedule on a modelled cluster under a cost model and returns the trace
 // (producer "sim"), which schedule::analyze turns into step time and breakdown. The IR semantics live once in
-// sim/core.cpp; the resource model (analytic now, SimGrid flow in issue 6) times the activities.
+// sim/core.cpp; a resource model times the activities: analytic (sim/analytic_model.cpp) or flow (SimGrid,
+// sim/engine/, built when SimGrid is found). Reduced schedules (a subset of world's ranks) are simulated as is:
+// absent members of a communicator mirror the present ones.
 #pragma once
 
 #include <map>
@@ -15,7 +17,7 @@
 namespace twinstep::sim {
 
 struct Options {
-  std::string fidelity = "analytic";            ///< "analytic"; "flow" needs the SimGrid model (issue 6).
+  std::string fidelity = "analytic";            ///< "analytic" or "flow" (needs SimGrid: flow_model_available()).
   std::map<std::string, std::string> context;   ///< Extra context entries copied into the trace.
 };
 
@@ -26,7 +28,22 @@ struct Options {
 /// The analytic resource model: solo costs from `ctx.costs`, SM/HBM sharing on each GPU, fair NIC sharing.
 [[nodiscard]] std::unique_ptr<ResourceModel> make_analytic_model(const SimContext& ctx);
 
-/// Replays `schedule` on `cluster`. Throws NotFeasibleError (exit 3) if the schedule needs more ranks than the
+/// Whether this build has the SimGrid flow model (TWINSTEP_SIMGRID found simgrid >= 3.32 at configure time).
+[[nodiscard]] bool flow_model_available();
+
+/// "SimGrid 3.32" (the engine the flow model was built against), or "" without it.
+[[nodiscard]] std::string flow_engine_version();
+
+/// The SimGrid flow model: comms as max-min shared flows on the cluster's links, compute as in the analytic model.
+/// SimGrid allows one engine per process: a second call in one process throws. simulate() runs it in a forked
+/// child; call this directly only in a process of its own. Throws Error when the build has no SimGrid.
+[[nodiscard]] std::unique_ptr<ResourceModel> make_flow_model(const SimContext& ctx);
+
+/// "analytic" when SimGrid is absent, else "flow": the CLI's default fidelity.
+[[nodiscard]] std::string default_fidelity();
+
+/// Replays `schedule` on `cluster`. With fidelity "flow" the simulation runs in a forked child process (SimGrid's
+/// one-engine-per-process rule) that pipes the records back; errors (deadlocks) come back as the same Error. Throws NotFeasibleError (exit 3) if the schedule needs more ranks than the
 /// cluster has GPUs, Error for an unknown or unavailable fidelity, Error on a run-time deadlock. The schedule is
 /// expected to be valid (schedule::check); an invalid one either deadlocks with a clear error or is rejected.
 [[nodiscard]] schedule::Trace simulate(const schedule::Schedule& schedule, const topologies::Cluster& cluster,

@@ -320,7 +320,7 @@ TEST_CASE("sim: a collective some members never reach is reported with the missi
   }
 }
 
-TEST_CASE("sim: more ranks than GPUs is not feasible; flow fidelity is not available yet", "[sim]") {
+TEST_CASE("sim: more ranks than GPUs is not feasible; an unknown fidelity is an error naming the choices", "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");
   const CostModel costs(cluster, Profile::datasheet_defaults());
   Builder b(16, {{"compute", 0}});
@@ -330,12 +330,21 @@ TEST_CASE("sim: more ranks than GPUs is not feasible; flow fidelity is not avail
   Builder small(1, {{"compute", 0}});
   small.gemm(0, "g", 0, 128, 128, 128);
   Options o;
-  o.fidelity = "flow";
+  o.fidelity = "exact";
   try {
     (void)simulate(small.schedule(), cluster, costs, o);
     FAIL("expected an error");
   } catch (const Error& e) {
-    CHECK(std::string(e.what()).find("issue 6") != std::string::npos);
+    CHECK(std::string(e.what()).find("use analytic or flow") != std::string::npos);
+  }
+  o.fidelity = "flow";
+  if (!flow_model_available()) {
+    try {
+      (void)simulate(small.schedule(), cluster, costs, o);
+      FAIL("expected an error");
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find("no SimGrid") != std::string::npos);
+    }
   }
 }
 

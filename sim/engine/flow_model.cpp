@@ -1,0 +1,515 @@
+// The flow resource model: SimGrid (3.32 and newer) as the max-min bandwidth-sharing engine behind
+// sim::ResourceModel. The topology becomes a SimGrid platform (a host per GPU, split-duplex NVLink and NIC ports,
+// per-group fat-tree uplinks); collectives become coarse steady-state flows on the links they use (one flow per
+// ring edge, all-to-all per peer, send/recv one flow) after an analytic latency term; GPU kernels keep the analytic
+// model's SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md has the traps avoided here).
+#include <simgrid/s4u.hpp>
+#include <simgrid/version.h>
+#include <xbt/log.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <queue>
+#include <set>
+#include <string>
+
+#include "common/assert.hpp"
+#include "common/error.hpp"
+#include "sim/simulate.hpp"
+
+namespace twinstep::sim {
+namespace {
+
+namespace sg4 = simgrid::s4u;
+using schedule::kNoOp;
+using schedule::OpId;
+using schedule::RankId;
+
+/// Latency of every GPU port (NVLink and NIC). Every route crosses exactly two ports, so all routes have equal
+/// latency and CM02's latency-weighted sharing reduces to plain max-min (reference/simgrid.md 5.5). The 2 ns it adds
+/// per flow are taken off the collective's analytic latency term.
+constexpr double kPortLatencyS = 1e-9;
+/// run_until() target when no host event bounds the run (1e9 simulated seconds).
+constexpr double kFarS = 1e9;
+
+double to_s(Nanos t) { return static_cast<double>(t) * 1e-9; }
+Nanos to_ns(double s) { return static_cast<Nanos>(std::llround(s * 1e9)); }
+
+/// Link ids of our own route model (mirrors the SimGrid platform, used to size flows): per GPU four port
+/// directions, then per fat-tree group the uplink in both directions.
+struct LinkIds {
+  std::uint32_t gpus = 0;
+  [[nodiscard]] std::uint32_t nvl_up(RankId g) const { return 4 * g; }
+  [[nodiscard]] std::uint32_t nvl_down(RankId g) const { return 4 * g + 1; }
+  [[nodiscard]] std::uint32_t nic_up(RankId g) const { return 4 * g + 2; }
+  [[nodiscard]] std::uint32_t nic_down(RankId g) const { return 4 * g + 3; }
+  [[nodiscard]] std::uint32_t uplink_up(std::uint32_t grp) const { return 4 * gpus + 2 * grp; }
+  [[nodiscard]] std::uint32_t uplink_down(std::uint32_t grp) const { return 4 * gpus + 2 * grp + 1; }
+};
+
+struct Flow {
+  RankId src = 0;
+  RankId dst = 0;
+  double raw = 0;  ///< Relative volume; scaled to bytes so that the flows alone take the cost model's time.
+};
+
+struct FlowActivity {
+  ActivityId id = kNoOp;
+  std::vector<Flow> flows;
+  std::vector<double> bytes;
+  std::vector<sg4::CommPtr> comms;
+  std::uint32_t pending = 0;
+  bool active = false;
+  bool in_engine = false;  ///< Has flows in SimGrid.
+};
+
+/// The end of an activity's latency term, when its flows start. Ordered by (time, activity id).
+struct LatencyEnd {
+  Nanos time;
+  ActivityId id;
+  std::uint32_t slot;
+  bool operator>(const LatencyEnd& o) const { return time != o.time ? time > o.time : id > o.id; }
+};
+
+class FlowModel;
+FlowModel* g_model = nullptr;  // SimGrid's completion signal is static; one engine (and model) per process.
+
+class FlowModel final : public ResourceModel {
+ public:
+  explicit FlowModel(const SimContext& ctx) : ctx_(ctx), gpu_(make_gpu_sharing_model(ctx)) {
+    if (g_model != nullptr || engine_created_) {
+      throw Error("the flow model (SimGrid) runs one simulation per process; this process already ran one "
+                  "(sim::simulate forks a child per flow simulation; call it instead of make_flow_model)");
+    }
+    engine_created_ = true;
+    g_model = this;
+    static int argc = 1;
+    static char arg0[] = "twinstep";
+    static char* argv[] = {arg0, nullptr};
+    engine_ = std::make_unique<sg4::Engine>(&argc, argv);
+    xbt_log_control_set("root.thresh:critical");
+    // reference/simgrid.md 2.1 and 5.4: no LV08 factors, no reverse "ack" traffic, no TCP window cap.
+    sg4::Engine::set_config("network/model:CM02");
+    sg4::Engine::set_config("network/crosstraffic:0");
+    sg4::Engine::set_config("network/TCP-gamma:0");
+    ids_.gpus = ctx.cluster.num_gpus();
+    build_platform();
+    engine_->track_vetoed_activities(&vetoed_);
+    stopper_ = sg4::Exec::init();  // never gets a host: vetoing it makes run_until() return (see advance)
+    stopper_->set_flops_amount(1);
+    sg4::Activity::on_completion_cb([](sg4::Activity const& a) {
+      if (g_model != nullptr) g_model->on_complete(a);
+    });
+  }
+
+  ~FlowModel() override { g_model = nullptr; }
+
+  FlowModel(const FlowModel&) = delete;
+  FlowModel& operator=(const FlowModel&) = delete;
+
+  void start(ActivityId id, const Activity& a, Nanos now) override {
+    gpu_->start(id, a, now);
+    if (a.kind == ActivityKind::kCompute) return;
+    const CommCost cost = gpu_->last_comm_cost();
+    const std::uint32_t slot = alloc(id);
+    FlowActivity& fa = acts_[slot];
+    build_flows(a, fa.flows);
+    size_flows(fa, cost.bandwidth_time_s);
+    if (fa.flows.empty() && cost.latency_s <= 0) {
+      instant_.push_back(slot);
+      return;
+    }
+    // The latency term first (our own queue, integer ns), then the flows; 2 ns of it are the ports' latency.
+    const double lat_s = std::max(0.0, cost.latency_s - (fa.flows.empty() ? 0.0 : 2 * kPortLatencyS));
+    latency_.push(LatencyEnd{now + static_cast<Nanos>(std::ceil(lat_s * 1e9 - 1e-6)), id, slot});
+  }
+
+  Nanos advance(Nanos horizon, std::vector<ActivityId>& done) override {
+    graveyard_.clear();
+    if (!instant_.empty()) {
+      for (std::uint32_t slot : instant_) finish(slot, last_, done);
+      instant_.clear();
+      std::sort(done.begin(), done.end());
+      return last_;
+    }
+    while (true) {
+      const Nanos tc = gpu_->next_completion();
+      const Nanos tl = latency_.empty() ? kNever : latency_.top().time;
+      const Nanos h = std::min({horizon, tc, tl});
+      if (in_flight_ > 0) {
+        batch_.clear();
+        vetoed_.clear();
+        engine_->run_until(h == kNever ? kFarS : to_s(h));
+        if (!batch_.empty()) {
+          Nanos t = std::max(last_, to_ns(sg4::Engine::get_clock()));
+          if (h != kNever) t = std::min(t, h);
+          last_ = t;
+          for (std::uint32_t slot : batch_) finish(slot, t, done);
+          if (tc == t) gpu_->advance(t, done);
+          std::sort(done.begin(), done.end());
+          return t;
+        }
+      }
+      if (tl != kNever && tl <= horizon && tl <= tc) {
+        // Latency terms end: start their flows (a latency-only activity ends here).
+        last_ = tl;
+        sync_clock(tl);
+        while (!latency_.empty() && latency_.top().time == tl) {
+          const std::uint32_t slot = latency_.top().slot;
+          latency_.pop();
+          if (acts_[slot].flows.empty()) {
+            finish(slot, tl, done);
+          } else {
+            launch(slot);
+          }
+        }
+        if (!done.empty()) {
+          if (tc == tl) gpu_->advance(tl, done);
+          std::sort(done.begin(), done.end());
+          return tl;
+        }
+        continue;
+      }
+      if (tc != kNever && tc <= horizon) {
+        last_ = tc;
+        return gpu_->advance(tc, done);
+      }
+      if (horizon != kNever) last_ = std::max(last_, horizon);
+      return horizon;
+    }
+  }
+
+  [[nodiscard]] std::size_t running() const override { return gpu_->running(); }
+
+  void on_complete(sg4::Activity const& a) {
+    void* data = a.get_data<void>();
+    if (data == nullptr) return;
+    const auto slot = static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(data) - 1);
+    FlowActivity& fa = acts_[slot];
+    TWINSTEP_ASSERT(fa.active && fa.pending > 0, "flow of slot %u completed twice", slot);
+    if (--fa.pending == 0) {
+      batch_.push_back(slot);
+      stopper_->vetoable_start();  // run_until() returns after this instant (reference/simgrid.md 2.3, vetoes)
+    }
+  }
+
+ private:
+  // ---- platform -------------------------------------------------------------------------------------------------
+
+  [[nodiscard]] std::uint32_t group_of(std::uint32_t node) const {
+    const auto& f = ctx_.cluster.fabric;
+    return multi_group_ ? node / f.nodes_per_group : 0;
+  }
+
+  /// GPUs that any flow may touch: present ranks, their ring neighbours and all-to-all peers.
+  std::vector<std::uint8_t> touched_gpus() {
+    const auto& s = ctx_.schedule;
+    std::vector<std::uint8_t> touched(ids_.gpus, 0);
+    for (RankId r : s.ranks) touched[r] = 1;
+    for (const auto& op : s.ops) touched[op.rank] = 1;
+    std::vector<std::uint8_t> seen(s.communicators.size(), 0);
+    for (const auto& inst : ctx_.matching.collectives) {
+      OpId first = kNoOp;
+      for (OpId o : inst.ops) {
+        if (o != kNoOp) {
+          first = o;
+          break;
+        }
+      }
+      if (first == kNoOp) continue;
+      const auto& c = std::get<schedule::Collective>(s.ops[first].body);
+      const std::uint8_t mark = c.kind == schedule::CollectiveKind::kAllToAll ? 2 : 1;
+      if ((seen[c.comm] & mark) != 0) continue;
+      seen[c.comm] |= mark;
+      const auto& members = s.communicators[c.comm].members;
+      if (mark == 2) {
+        for (RankId m : members) touched[m] = 1;
+        continue;
+      }
+      std::vector<std::uint8_t> present(members.size(), 0);
+      for (std::size_t i = 0; i < members.size(); ++i) present[i] = inst.ops[i] != kNoOp;
+      for (const auto& ring : rings_of(c.comm, 0)) {
+        const std::size_t n = ring.size();
+        for (std::size_t k = 0; k < n; ++k) {
+          const std::uint32_t a = ring[k], b = ring[(k + 1) % n];
+          if (present[a] != 0 || present[b] != 0) touched[members[a]] = touched[members[b]] = 1;
+        }
+      }
+    }
+    return touched;
+  }
+
+  void build_platform() {
+    const auto& cl = ctx_.cluster;
+    const auto& node = cl.node;
+    const auto& f = cl.fabric;
+    using Dir = sg4::LinkInRoute::Direction;
+    multi_group_ = f.kind == topologies::FabricKind::kFatTree && f.nodes_per_group > 0 && cl.num_nodes > f.nodes_per_group;
+    const bool has_nic = cl.num_nodes > 1 && node.nics_per_gpu > 0 && node.nic_achievable_bytes_per_s > 0;
+    nvl_bytes_per_s_ = node.nvlink_nccl_bytes_per_s;
+    nic_bytes_per_s_ = has_nic ? node.nics_per_gpu * node.nic_achievable_bytes_per_s : 0.0;
+    const std::uint32_t groups = multi_group_ ? (cl.num_nodes + f.nodes_per_group - 1) / f.nodes_per_group : 1;
+    uplink_bytes_per_s_ = multi_group_ ? f.nodes_per_group * node.gpus_per_node * nic_bytes_per_s_ / f.oversubscription
+                                       : 0.0;
+    const std::vector<std::uint8_t> touched = touched_gpus();
+    std::vector<std::uint8_t> node_used(cl.num_nodes, 0), group_used(groups, 0);
+    for (RankId g = 0; g < ids_.gpus; ++g) {
+      if (touched[g] != 0) node_used[cl.node_of(g)] = group_used[group_of(cl.node_of(g))] = 1;
+    }
+    hosts_.assign(ids_.gpus, nullptr);
+    auto* root = sg4::create_star_zone("fabric");
+    std::vector<sg4::NetZone*> parents(groups, root);
+    std::vector<simgrid::kernel::routing::NetPoint*> group_gw(groups, nullptr);
+    if (multi_group_) {
+      for (std::uint32_t g = 0; g < groups; ++g) {
+        if (group_used[g] == 0) continue;
+        auto* z = sg4::create_star_zone("group" + std::to_string(g));
+        z->set_parent(root);
+        group_gw[g] = z->create_router("group" + std::to_string(g) + "_leaf");
+        z->add_route(group_gw[g], nullptr, nullptr, nullptr, {}, true);
+        parents[g] = z;
+      }
+    }
+    for (std::uint32_t n = 0; n < cl.num_nodes; ++n) {
+      if (node_used[n] == 0) continue;
+      const std::string nn = "node" + std::to_string(n);
+      auto* z = sg4::create_full_zone(nn);
+      z->set_parent(parents[group_of(n)]);
+      auto* gw = z->create_router(nn + "_ib");
+      const RankId first = n * node.gpus_per_node;
+      std::vector<const sg4::Link*> nvl(node.gpus_per_node), nic(node.gpus_per_node);
+      for (std::uint32_t l = 0; l < node.gpus_per_node; ++l) {
+        const std::string gn = "gpu" + std::to_string(first + l);
+        hosts_[first + l] = z->create_host(gn, 1e12)->seal();
+        nvl[l] = z->create_split_duplex_link(gn + "_nvl", nvl_bytes_per_s_)->set_latency(kPortLatencyS)->seal();
+        if (has_nic) {
+          nic[l] = z->create_split_duplex_link(gn + "_nic", nic_bytes_per_s_)->set_latency(kPortLatencyS)->seal();
+        }
+      }
+      for (std::uint32_t a = 0; a < node.gpus_per_node; ++a) {
+        for (std::uint32_t b = 0; b < node.gpus_per_node; ++b) {
+          if (a == b) continue;
+          z->add_route(hosts_[first + a]->get_netpoint(), hosts_[first + b]->get_netpoint(), nullptr, nullptr,
+                       {{nvl[a], Dir::UP}, {nvl[b], Dir::DOWN}}, false);
+        }
+        if (has_nic) z->add_route(hosts_[first + a]->get_netpoint(), gw, nullptr, nullptr, {{nic[a], Dir::UP}}, true);
+      }
+      z->seal();
+      parents[group_of(n)]->add_route(z->get_netpoint(), nullptr, gw, nullptr, {}, true);
+    }
+    if (multi_group_) {
+      for (std::uint32_t g = 0; g < groups; ++g) {
+        if (group_used[g] == 0) continue;
+        parents[g]->seal();
+        const sg4::Link* up =
+            root->create_split_duplex_link("group" + std::to_string(g) + "_uplink", uplink_bytes_per_s_)->seal();
+        root->add_route(parents[g]->get_netpoint(), nullptr, group_gw[g], nullptr, {{up, Dir::UP}}, true);
+      }
+    }
+    root->seal();
+  }
+
+  /// Links of the route a -> b in our route model (the platform above routes identically).
+  void route(RankId a, RankId b, std::vector<std::uint32_t>& links) const {
+    links.clear();
+    const auto& cl = ctx_.cluster;
+    const std::uint32_t na = cl.node_of(a), nb = cl.node_of(b);
+    if (na == nb) {
+      links.push_back(ids_.nvl_up(a));
+      links.push_back(ids_.nvl_down(b));
+      return;
+    }
+    links.push_back(ids_.nic_up(a));
+    if (multi_group_ && group_of(na) != group_of(nb)) {
+      links.push_back(ids_.uplink_up(group_of(na)));
+      links.push_back(ids_.uplink_down(group_of(nb)));
+    }
+    links.push_back(ids_.nic_down(b));
+  }
+
+  [[nodiscard]] double capacity(std::uint32_t link) const {
+    if (link >= 4 * ids_.gpus) return uplink_bytes_per_s_;
+    return (link % 4) < 2 ? nvl_bytes_per_s_ : nic_bytes_per_s_;
+  }
+
+  // ---- flows ----------------------------------------------------------------------------------------------------
+
+  /// The rings of a communicator, as positions in its member list: within a node every ring visits the members in
+  /// order, ring k starting after member k, so that each ring leaves the node through a different GPU's NIC (one
+  /// ring per rail, up to the members per node and the channels). One ring when the communicator is within a node.
+  const std::vector<std::vector<std::uint32_t>>& rings_of(schedule::CommId comm, std::uint32_t channels) {
+    if (rings_.size() < ctx_.schedule.communicators.size()) rings_.resize(ctx_.schedule.communicators.size());
+    auto& cached = rings_[comm];
+    (void)channels;
+    if (!cached.empty()) return cached;
+    const auto& members = ctx_.schedule.communicators[comm].members;
+    std::map<std::uint32_t, std::vector<std::uint32_t>> by_node;
+    for (std::uint32_t i = 0; i < members.size(); ++i) by_node[ctx_.cluster.node_of(members[i])].push_back(i);
+    std::uint32_t per_node = UINT32_MAX;
+    for (const auto& [n, v] : by_node) per_node = std::min<std::uint32_t>(per_node, static_cast<std::uint32_t>(v.size()));
+    const std::uint32_t nrings = by_node.size() > 1 && nic_bytes_per_s_ > 0 ? per_node : 1;
+    for (std::uint32_t k = 0; k < nrings; ++k) {
+      std::vector<std::uint32_t> ring;
+      ring.reserve(members.size());
+      for (const auto& [n, v] : by_node) {
+        const std::size_t m = v.size();
+        for (std::size_t j = 0; j < m; ++j) ring.push_back(v[(k + 1 + j) % m]);
+      }
+      cached.push_back(std::move(ring));
+    }
+    return cached;
+  }
+
+  void build_flows(const Activity& a, std::vector<Flow>& flows) {
+    flows.clear();
+    const auto& ops = ctx_.schedule.ops;
+    if (a.kind == ActivityKind::kPointToPoint) {
+      const RankId src = ops[a.op].rank, dst = ops[a.partner].rank;
+      if (src != dst) flows.push_back(Flow{src, dst, 1.0});
+      return;
+    }
+    const auto& inst = ctx_.matching.collectives[a.instance];
+    const auto& coll = std::get<schedule::Collective>(ops[a.op].body);
+    const auto& members = ctx_.schedule.communicators[coll.comm].members;
+    const std::size_t n = members.size();
+    if (n <= 1) return;
+    if (coll.kind == schedule::CollectiveKind::kAllToAll) {
+      // Per peer. An absent member (reduced schedule) mirrors the present one: it sends what it receives.
+      for (std::size_t i = 0; i < n; ++i) {
+        const OpId o = inst.ops[i];
+        if (o == kNoOp) continue;
+        const auto& c = std::get<schedule::Collective>(ops[o].body);
+        for (std::size_t j = 0; j < n && j < c.send_bytes.size(); ++j) {
+          if (j == i || c.send_bytes[j] == 0 || members[i] == members[j]) continue;
+          const double b = static_cast<double>(c.send_bytes[j]);
+          flows.push_back(Flow{members[i], members[j], b});
+          if (inst.ops[j] == kNoOp) flows.push_back(Flow{members[j], members[i], b});
+        }
+      }
+      return;
+    }
+    // Rings: every edge carries the same steady-state bytes; each ring 1/R of them. Only edges with a present
+    // end are simulated: an absent member's links carry what the present member's carry (symmetry).
+    const auto& rings = rings_of(coll.comm, 0);
+    const double share = 1.0 / static_cast<double>(rings.size());
+    for (const auto& ring : rings) {
+      for (std::size_t k = 0; k < n; ++k) {
+        const std::uint32_t x = ring[k], y = ring[(k + 1) % n];
+        if (inst.ops[x] == kNoOp && inst.ops[y] == kNoOp) continue;
+        if (members[x] == members[y]) continue;
+        flows.push_back(Flow{members[x], members[y], share});
+      }
+    }
+  }
+
+  /// Scales the flows' relative volumes to bytes so that, alone on the platform, the most loaded link finishes
+  /// in `bandwidth_time_s` (the cost model's solo time): contention then stretches it by max-min sharing.
+  void size_flows(FlowActivity& fa, double bandwidth_time_s) {
+    fa.bytes.assign(fa.flows.size(), 0.0);
+    if (fa.flows.empty()) return;
+    if (bandwidth_time_s <= 0) {
+      fa.flows.clear();
+      return;
+    }
+    load_.clear();
+    for (const auto& fl : fa.flows) {
+      route(fl.src, fl.dst, scratch_links_);
+      for (std::uint32_t l : scratch_links_) load_[l] += fl.raw;
+    }
+    double t_iso = 0;  // per unit of raw volume
+    for (const auto& [l, v] : load_) t_iso = std::max(t_iso, v / capacity(l));
+    TWINSTEP_ASSERT(t_iso > 0, "flows on links of zero capacity");
+    const double scale = bandwidth_time_s / t_iso;
+    for (std::size_t i = 0; i < fa.flows.size(); ++i) fa.bytes[i] = fa.flows[i].raw * scale;
+  }
+
+  std::uint32_t alloc(ActivityId id) {
+    std::uint32_t slot;
+    if (!free_.empty()) {
+      slot = free_.back();
+      free_.pop_back();
+    } else {
+      slot = static_cast<std::uint32_t>(acts_.size());
+      acts_.emplace_back();
+    }
+    FlowActivity& fa = acts_[slot];
+    fa.id = id;
+    fa.active = true;
+    fa.pending = 0;
+    fa.in_engine = false;
+    fa.comms.clear();
+    return slot;
+  }
+
+  /// Moves SimGrid's clock to `now` when nothing runs there (run_until on an idle engine advances the clock).
+  void sync_clock(Nanos now) {
+    const double t = to_s(now);
+    if (sg4::Engine::get_clock() < t - 1e-12) engine_->run_until(t);
+  }
+
+  /// Starts the flows of `slot` (after its latency term), outside the engine at its current clock.
+  void launch(std::uint32_t slot) {
+    FlowActivity& fa = acts_[slot];
+    ++in_flight_;
+    fa.in_engine = true;
+    fa.pending = static_cast<std::uint32_t>(fa.flows.size());
+    fa.comms.reserve(fa.flows.size());
+    for (std::size_t i = 0; i < fa.flows.size(); ++i) {
+      const Flow& fl = fa.flows[i];
+      TWINSTEP_ASSERT(hosts_[fl.src] != nullptr && hosts_[fl.dst] != nullptr, "flow %u->%u to a GPU not built",
+                      fl.src, fl.dst);
+      sg4::CommPtr c = sg4::Comm::sendto_init(hosts_[fl.src], hosts_[fl.dst]);
+      c->set_payload_size(static_cast<std::uint64_t>(std::max(1.0, std::round(fa.bytes[i]))));
+      c->set_data(reinterpret_cast<void*>(static_cast<std::uintptr_t>(slot) + 1));
+      c->start();
+      fa.comms.push_back(std::move(c));
+    }
+  }
+
+  void finish(std::uint32_t slot, Nanos t, std::vector<ActivityId>& done) {
+    FlowActivity& fa = acts_[slot];
+    // Released outside the completion signal (never drop the last reference of an activity inside it).
+    for (auto& c : fa.comms) graveyard_.push_back(std::move(c));
+    fa.comms.clear();
+    fa.active = false;
+    if (fa.in_engine) --in_flight_;
+    fa.in_engine = false;
+    gpu_->finish_external(fa.id, t);
+    done.push_back(fa.id);
+    free_.push_back(slot);
+  }
+
+  static inline bool engine_created_ = false;
+  const SimContext& ctx_;
+  std::unique_ptr<GpuSharingModel> gpu_;
+  std::unique_ptr<sg4::Engine> engine_;
+  LinkIds ids_;
+  bool multi_group_ = false;
+  double nvl_bytes_per_s_ = 0, nic_bytes_per_s_ = 0, uplink_bytes_per_s_ = 0;
+  std::vector<sg4::Host*> hosts_;
+  std::vector<std::vector<std::vector<std::uint32_t>>> rings_;
+  std::vector<FlowActivity> acts_;
+  std::vector<std::uint32_t> free_, instant_, batch_;
+  std::vector<sg4::CommPtr> graveyard_;
+  std::set<sg4::Activity*> vetoed_;
+  sg4::ExecPtr stopper_;
+  std::map<std::uint32_t, double> load_;
+  std::vector<std::uint32_t> scratch_links_;
+  std::priority_queue<LatencyEnd, std::vector<LatencyEnd>, std::greater<LatencyEnd>> latency_;
+  std::uint32_t in_flight_ = 0;  ///< Activities with flows in SimGrid.
+  Nanos last_ = 0;
+};
+
+}  // namespace
+
+bool flow_model_available() { return true; }
+
+std::string flow_engine_version() {
+  return "SimGrid " + std::to_string(SIMGRID_VERSION_MAJOR) + "." + std::to_string(SIMGRID_VERSION_MINOR) +
+         (SIMGRID_VERSION_PATCH > 0 ? "." + std::to_string(SIMGRID_VERSION_PATCH) : std::string());
+}
+
+std::unique_ptr<ResourceModel> make_flow_model(const SimContext& ctx) { return std::make_unique<FlowModel>(ctx); }
+
+}  // namespace twinstep::sim

@@ -1,0 +1,245 @@
+// Flow model (SimGrid) tests: equals the analytic model where no link is shared, shows max-min contention where
+// the analytic model cannot (NVLink ports; DP traffic and an all-to-all on the same rails, against hand-computed
+// max-min answers), and symmetry reduction (a reduced schedule agrees with its full expansion, both fidelities).
+// simulate() runs each flow simulation in a forked child, so one test process may run several.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "common/error.hpp"
+#include "schedule/analysis.hpp"
+#include "schedule/validate.hpp"
+#include "sim/simulate.hpp"
+#include "tests/catch.hpp"
+#include "tests/sim/builder.hpp"
+
+using namespace twinstep;
+using namespace twinstep::sim;
+using namespace twinstep::sim::testing;
+
+namespace {
+
+double step_s(const Trace& t) { return to_seconds(t.step_times_ns.at(0)); }
+double end_s(const Trace& t, OpId op) { return to_seconds(t.records.at(op).end_ns); }
+
+Trace run(const Schedule& s, const topologies::Cluster& c, const Profile& p, const std::string& fidelity) {
+  Options o;
+  o.fidelity = fidelity;
+  return simulate(s, c, CostModel(c, p), o);
+}
+
+/// Zero latency for `kind` (both protocols) so that max-min phases start together.
+void zero_latency(Profile& p, const std::string& kind, bool inter) {
+  for (auto proto : {NcclProto::kLL, NcclProto::kSimple, NcclProto::kLL128}) {
+    CollectiveParams c;
+    c.kind = kind;
+    c.algo = NcclAlgo::kRing;
+    c.proto = proto;
+    c.inter_node = inter;
+    c.base_latency_s = 0;
+    c.step_latency_s = 0;
+    p.collectives.push_back(c);
+  }
+}
+
+/// Removes every op of ranks >= `keep` (renumbering ids and deps): the hand-built form of a reduced schedule whose
+/// communicators keep their full member lists.
+Schedule reduce_to_first(const Schedule& full, RankId keep) {
+  Schedule s = full;
+  s.ops.clear();
+  s.ranks.clear();
+  for (RankId r = 0; r < keep; ++r) s.ranks.push_back(r);
+  std::vector<OpId> new_id(full.ops.size(), kNoOp);
+  for (const auto& op : full.ops) {
+    if (op.rank >= keep) continue;
+    new_id[op.id] = static_cast<OpId>(s.ops.size());
+    s.ops.push_back(op);
+  }
+  for (auto& op : s.ops) {
+    op.id = new_id[op.id];
+    for (auto& d : op.deps) d = new_id[d];
+    if (auto* hs = std::get_if<HostSync>(&op.body)) hs->target = new_id[hs->target];
+  }
+  return s;
+}
+
+/// TP within a node, DP across two nodes: gemm, TP all-reduce, gemm, DP all-reduce overlapped with a last gemm.
+Schedule tp_dp_step(std::uint64_t tp_bytes, std::uint64_t dp_bytes) {
+  Builder b(16, {{"compute", 0}, {"tp", -1}, {"dp", -1}});
+  std::vector<CommId> tp, dp;
+  for (RankId n = 0; n < 2; ++n) {
+    std::vector<RankId> m;
+    for (RankId l = 0; l < 8; ++l) m.push_back(n * 8 + l);
+    tp.push_back(b.comm("tp." + std::to_string(n), "tp", m));
+  }
+  for (RankId l = 0; l < 8; ++l) dp.push_back(b.comm("dp." + std::to_string(l), "dp", {l, l + 8}));
+  for (RankId r = 0; r < 16; ++r) {
+    const OpId g1 = b.gemm(r, "g1", 0, 4096, 4096, 4096);
+    const OpId ar = b.collective(r, "tp_ar", 1, CollectiveKind::kAllReduce, tp[r / 8], tp_bytes, {g1});
+    const OpId g2 = b.gemm(r, "g2", 0, 4096, 4096, 4096, {ar});
+    b.collective(r, "dp_ar", 2, CollectiveKind::kAllReduce, dp[r % 8], dp_bytes, {g2});
+    b.gemm(r, "g3", 0, 4096, 4096, 8192);
+  }
+  return b.schedule();
+}
+
+}  // namespace
+
+TEST_CASE("sim::flow: where no link is shared, flow and analytic give the same step time (0.5%)", "[sim][flow]") {
+  if (!flow_model_available()) return;  // no SimGrid in this build: nothing to compare
+  Profile prof = Profile::datasheet_defaults();
+  SECTION("one node: GEMMs, a TP all-reduce, send/recv on disjoint pairs") {
+    const auto cluster = topologies::load_cluster("dgx-h100");
+    Builder b(8, {{"compute", 0}, {"comm", -1}});
+    const CommId tp = b.comm("tp", "tp", {0, 1, 2, 3, 4, 5, 6, 7});
+    const CommId pp = b.comm("pp", "pp", {0, 1, 2, 3, 4, 5, 6, 7});
+    for (RankId r = 0; r < 8; ++r) {
+      const OpId g = b.gemm(r, "g", 0, 8192, 8192, 8192);
+      const OpId ar = b.collective(r, "ar", 1, CollectiveKind::kAllReduce, tp, 256ull << 20, {g});
+      const OpId g2 = b.gemm(r, "g2", 0, 8192, 8192, 4096, {ar});
+      if (r % 2 == 0) {
+        b.send(r, "send", 1, pp, r + 1, 64ull << 20, 0, {g2});
+      } else {
+        b.recv(r, "recv", 1, pp, r - 1, 64ull << 20, 0, {g2});
+      }
+    }
+    schedule::check(b.schedule());
+    const Trace a = run(b.schedule(), cluster, prof, "analytic");
+    const Trace f = run(b.schedule(), cluster, prof, "flow");
+    CHECK(step_s(f) == Approx(step_s(a)).epsilon(0.005));
+    CHECK(f.context.at("simulator").find("SimGrid") != std::string::npos);
+    for (std::size_t i = 0; i < a.records.size(); ++i) {
+      CHECK(to_seconds(f.records[i].end_ns) == Approx(to_seconds(a.records[i].end_ns)).epsilon(0.005));
+    }
+  }
+  SECTION("two nodes: one ring per rail across the NICs, then DP pairs on separate rails") {
+    const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
+    Builder b(16, {{"compute", 0}, {"comm", -1}});
+    std::vector<RankId> all;
+    for (RankId r = 0; r < 16; ++r) all.push_back(r);
+    const CommId world = b.comm("world", "dp", all);
+    std::vector<CommId> dp;
+    for (RankId l = 0; l < 8; ++l) dp.push_back(b.comm("dp." + std::to_string(l), "dp", {l, l + 8}));
+    for (RankId r = 0; r < 16; ++r) {
+      const OpId ar = b.collective(r, "ar", 1, CollectiveKind::kAllReduce, world, 512ull << 20);
+      b.collective(r, "dp_ag", 1, CollectiveKind::kAllGather, dp[r % 8], 128ull << 20, {ar});
+    }
+    const Trace a = run(b.schedule(), cluster, prof, "analytic");
+    const Trace f = run(b.schedule(), cluster, prof, "flow");
+    CHECK(step_s(f) == Approx(step_s(a)).epsilon(0.005));
+  }
+}
+
+TEST_CASE("sim::flow: two collectives crossing one GPU's NVLink port share it max-min; analytic says it can't",
+          "[sim][flow]") {
+  if (!flow_model_available()) return;
+  const double bw = 300e9;
+  const auto cluster = uniform_node(4, bw);
+  Profile prof = closed_form_profile();
+  zero_latency(prof, "all_reduce", false);
+  const CostModel costs(cluster, prof);
+  Builder b(4, {{"a", -1}, {"b", -1}});
+  const CommId ca = b.comm("a", "tp", {0, 1});
+  const CommId cb = b.comm("b", "dp", {0, 2});
+  const std::uint64_t sa = 256ull << 20, sb = 3 * sa;
+  const OpId a0 = b.collective(0, "ar_a", 0, CollectiveKind::kAllReduce, ca, sa);
+  b.collective(1, "ar_a", 0, CollectiveKind::kAllReduce, ca, sa);
+  const OpId b0 = b.collective(0, "ar_b", 1, CollectiveKind::kAllReduce, cb, sb);
+  b.collective(2, "ar_b", 1, CollectiveKind::kAllReduce, cb, sb);
+  const double ta = costs.collective_cost(CollectiveKind::kAllReduce, sa, costs.span(b.schedule().communicators[ca])).time_s();
+  const double tb = costs.collective_cost(CollectiveKind::kAllReduce, sb, costs.span(b.schedule().communicators[cb])).time_s();
+  REQUIRE(tb == Approx(3 * ta).epsilon(1e-9));
+  // Max-min by hand: GPU 0's NVLink port carries one flow of each in each direction; both run at bw/2 until A is
+  // done at 2 ta, when B has done ta of its 3 ta; B then runs alone: ends at 2 ta + 2 ta = ta + tb.
+  const Trace f = run(b.schedule(), cluster, prof, "flow");
+  CHECK(end_s(f, a0) == Approx(2 * ta).epsilon(1e-4));
+  CHECK(end_s(f, b0) == Approx(ta + tb).epsilon(1e-4));
+  const Trace a = run(b.schedule(), cluster, prof, "analytic");
+  CHECK(end_s(a, a0) == Approx(ta).epsilon(1e-4));  // no NVLink sharing in the analytic model
+  CHECK(end_s(a, b0) == Approx(tb).epsilon(1e-4));
+  CHECK(a.context.at("model_limits").find("not modelled") != std::string::npos);
+  CHECK(f.context.count("model_limits") == 0);
+}
+
+TEST_CASE("sim::flow: DP traffic and an EP all-to-all on the same rails share the NICs per flow (max-min)",
+          "[sim][flow]") {
+  if (!flow_model_available()) return;
+  const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
+  Profile prof = closed_form_profile();
+  zero_latency(prof, "all_reduce", true);
+  zero_latency(prof, "all_to_all", true);
+  const CostModel costs(cluster, prof);
+  Builder b(16, {{"ep", -1}, {"dp", -1}});
+  std::vector<RankId> all;
+  for (RankId r = 0; r < 16; ++r) all.push_back(r);
+  const CommId ep = b.comm("ep", "ep", all);
+  const CommId dp = b.comm("dp.0", "dp", {0, 8});
+  const std::uint64_t peer = 64ull << 20, dp_bytes = 8ull << 20;
+  OpId a2a0 = kNoOp, dp0 = kNoOp;
+  for (RankId r = 0; r < 16; ++r) {
+    Collective c;
+    c.kind = CollectiveKind::kAllToAll;
+    c.comm = ep;
+    c.bytes = 16 * peer;
+    c.send_bytes.assign(16, peer);
+    const OpId o = b.add(r, "a2a", 0, c);
+    if (r == 0) a2a0 = o;
+    if (r == 0 || r == 8) {
+      const OpId d = b.collective(r, "dp_ar", 1, CollectiveKind::kAllReduce, dp, dp_bytes);
+      if (r == 0) dp0 = d;
+    }
+  }
+  schedule::check(b.schedule());
+  const double nic = cluster.node.nic_achievable_bytes_per_s;
+  const double t_dp = static_cast<double>(dp_bytes) / nic;    // 2-rank ring: each rank sends S once
+  const double t_a2a = 8.0 * static_cast<double>(peer) / nic;  // 8 remote peers through one NIC
+  REQUIRE(costs.collective_cost(CollectiveKind::kAllReduce, dp_bytes, costs.span(b.schedule().communicators[dp]))
+              .time_s() == Approx(t_dp).epsilon(1e-9));
+  // By hand: NICs of GPUs 0 and 8 carry 8 all-to-all flows plus one DP flow per direction: 9 flows at nic/9.
+  // The DP flow (bytes t_dp nic) ends at 9 t_dp; the all-to-all flows there have then done t_dp nic of
+  // t_a2a nic / 8 and finish the rest at nic/8: t_dp + t_a2a. Analytic: per-GPU fair share (2 users): 2 t_dp.
+  const Trace f = run(b.schedule(), cluster, prof, "flow");
+  CHECK(end_s(f, dp0) == Approx(9 * t_dp).epsilon(1e-3));
+  CHECK(end_s(f, a2a0) == Approx(t_dp + t_a2a).epsilon(1e-3));
+  const Trace a = run(b.schedule(), cluster, prof, "analytic");
+  CHECK(end_s(a, dp0) == Approx(2 * t_dp).epsilon(1e-3));
+  CHECK(end_s(a, a2a0) == Approx(t_dp + t_a2a).epsilon(1e-3));
+}
+
+TEST_CASE("sim: a reduced schedule (DP index 0 only) agrees with its full expansion within 1%", "[sim][flow]") {
+  const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
+  const Profile prof = Profile::datasheet_defaults();
+  const Schedule full = tp_dp_step(512ull << 20, 1ull << 30);
+  const Schedule reduced = reduce_to_first(full, 8);
+  REQUIRE(reduced.ops.size() == full.ops.size() / 2);
+  std::vector<std::string> fidelities{"analytic"};
+  if (flow_model_available()) fidelities.push_back("flow");
+  for (const auto& fid : fidelities) {
+    CAPTURE(fid);
+    const Trace tf = run(full, cluster, prof, fid);
+    const Trace tr = run(reduced, cluster, prof, fid);
+    CHECK(step_s(tr) == Approx(step_s(tf)).epsilon(0.01));
+    CHECK(tr.context.at("symmetry_reduction").find("8 of 16") != std::string::npos);
+    // Every op of the representatives ends when its full-schedule twin does.
+    for (OpId i = 0; i < reduced.ops.size(); ++i) {
+      CHECK(to_seconds(tr.records[i].end_ns) == Approx(to_seconds(tf.records[i].end_ns)).epsilon(0.01));
+    }
+  }
+}
+
+TEST_CASE("sim::flow: a run-time deadlock in the child comes back as the same error", "[sim][flow]") {
+  if (!flow_model_available()) return;
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  Builder b(2, {{"comm", 0}});
+  const CommId c = b.comm("pp", "pp", {0, 1});
+  b.recv(0, "recv_a", 0, c, 1, 1024, 0);
+  b.send(0, "send_b", 0, c, 1, 1024, 1);
+  b.recv(1, "recv_b", 0, c, 0, 1024, 1);
+  b.send(1, "send_a", 0, c, 0, 1024, 0);
+  try {
+    (void)run(b.schedule(), cluster, Profile::datasheet_defaults(), "flow");
+    FAIL("expected a deadlock");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("deadlocked") != std::string::npos);
+  }
+}
