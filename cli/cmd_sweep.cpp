@@ -1,6 +1,230 @@
-// Placeholder: the owner of this command replaces this file.
+// `twinstep sweep` (a grid of model x cluster x GPU count x batch x layout x overlap x dispatcher x fidelity,
+// evaluated in forked worker processes, resumable, shardable) and `twinstep merge` (joins shard outputs). Flags and
+// printing only: the work is in sweep/.
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
 #include "cli/commands.hpp"
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "sweep/grid.hpp"
+#include "sweep/report.hpp"
+#include "sweep/runner.hpp"
 
 namespace twinstep::cli {
-void register_sweep_commands(CLI::App& /*app*/) {}
+namespace {
+
+struct SweepFlags {
+  std::string sweep_file;
+  std::string models, clusters, gpus, gbs, seq, mbs, tp, pp, vpp, cp, ep, parallel, overlap, dispatcher, fidelity;
+  std::string profile, config;
+  std::string output = "sweep.jsonl";
+  unsigned jobs = 0;
+  std::string shard;
+  bool quiet = false;
+  bool dry_run = false;
+};
+
+struct OutputFlags {
+  std::string csv, json, report, measured;
+};
+
+void add_output_flags(CLI::App* sub, OutputFlags& f) {
+  sub->add_option("--csv", f.csv, "Write every point as CSV");
+  sub->add_option("--json", f.json, "Write the rankings and every point as one JSON document");
+  sub->add_option("--report", f.report, "Write a self-contained HTML report with charts");
+  sub->add_option("--measured", f.measured, "Folder of measured traces (twinstep run) to compare in the report");
+}
+
+void write_outputs(const std::vector<sweep::Result>& results, const OutputFlags& f, bool quiet) {
+  const auto rankings = sweep::rank_results(results);
+  std::vector<sweep::Measured> measured;
+  if (!f.measured.empty()) measured = sweep::read_measured(f.measured, results);
+  std::string text = sweep::format_table(rankings, results);
+  if (!f.csv.empty()) {
+    write_file_atomic(f.csv, sweep::to_csv(results));
+    text += "CSV written to " + f.csv + "\n";
+  }
+  if (!f.json.empty()) {
+    write_file_atomic(f.json, sweep::to_json(rankings, results));
+    text += "JSON written to " + f.json + "\n";
+  }
+  if (!f.report.empty()) {
+    write_file_atomic(f.report, sweep::render_html(results, rankings, measured));
+    text += "report written to " + f.report + "\n";
+  }
+  if (!measured.empty()) {
+    std::size_t matched = 0;
+    for (const auto& m : measured) matched += m.match.has_value();
+    text += std::to_string(matched) + " of " + std::to_string(measured.size()) +
+            " measured traces matched a point (same lowered schedule)\n";
+  }
+  if (!quiet || !f.report.empty() || !f.csv.empty() || !f.json.empty()) std::fputs(text.c_str(), stdout);
+}
+
+sweep::Spec build_spec(const SweepFlags& f) {
+  sweep::Spec s;
+  if (!f.sweep_file.empty()) s = sweep::spec_from_json(read_file(f.sweep_file), f.sweep_file);
+  if (!f.models.empty()) s.models = sweep::split_list(f.models, "--model");
+  if (!f.clusters.empty()) s.clusters = sweep::split_list(f.clusters, "--cluster");
+  if (!f.gpus.empty()) s.gpus = sweep::split_uints(f.gpus, "--gpus");
+  if (!f.gbs.empty()) s.gbs = sweep::split_uints(f.gbs, "--gbs");
+  if (!f.seq.empty()) s.seq = sweep::split_uints(f.seq, "--seq");
+  if (!f.mbs.empty()) s.mbs = sweep::split_uints(f.mbs, "--mbs");
+  if (!f.tp.empty()) s.tp = sweep::split_uints(f.tp, "--tp");
+  if (!f.pp.empty()) s.pp = sweep::split_uints(f.pp, "--pp");
+  if (!f.vpp.empty()) s.vpp = sweep::split_uints(f.vpp, "--vpp");
+  if (!f.cp.empty()) s.cp = sweep::split_uints(f.cp, "--cp");
+  if (!f.ep.empty()) s.ep = sweep::split_uints(f.ep, "--ep");
+  if (!f.overlap.empty()) s.overlaps = sweep::split_list(f.overlap, "--overlap");
+  if (!f.dispatcher.empty()) s.dispatchers = sweep::split_list(f.dispatcher, "--dispatcher");
+  if (!f.fidelity.empty()) s.fidelities = sweep::split_list(f.fidelity, "--fidelity");
+  if (!f.profile.empty()) s.profile = f.profile;
+  if (!f.config.empty()) s.base_config = f.config;
+  if (!f.parallel.empty()) {
+    if (f.parallel == "auto") {
+      s.auto_layout = true;
+    } else if (f.parallel == "explicit") {
+      s.auto_layout = false;
+    } else {
+      throw Error("--parallel \"" + f.parallel + "\": use auto (every valid layout) or explicit (the --tp/--pp/... "
+                  "lists)");
+    }
+  }
+  const bool layout_lists = !f.tp.empty() || !f.pp.empty() || !f.vpp.empty() || !f.cp.empty() || !f.ep.empty();
+  if (s.auto_layout && layout_lists) {
+    throw Error("--parallel auto enumerates the layouts itself; drop --tp/--pp/--vpp/--cp/--ep or use --parallel "
+                "explicit");
+  }
+  return s;
+}
+
+std::string with_rank_suffix(const std::string& path, const sweep::Shard& s) {
+  const std::string tag = ".rank" + std::to_string(s.index);
+  const auto dot = path.rfind('.');
+  const auto slash = path.rfind('/');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return path + tag;
+  return path.substr(0, dot) + tag + path.substr(dot);
+}
+
+void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
+  const sweep::Spec spec = build_spec(f);
+  const std::vector<sweep::Point> all = sweep::expand(spec);
+  sweep::Shard shard;
+  std::string output = f.output;
+  if (!f.shard.empty()) {
+    shard = sweep::parse_shard(f.shard);
+  } else {
+    shard = sweep::shard_from_env();
+    if (shard.count > 1) output = with_rank_suffix(output, shard);  // one file per MPI rank
+  }
+  const std::vector<sweep::Point> points = sweep::select_shard(all, shard);
+  std::size_t invalid = 0;
+  for (const auto& p : points) invalid += !p.invalid_reason.empty();
+  std::string head = "twinstep sweep: " + std::to_string(all.size()) + " points";
+  if (shard.count > 1) {
+    head += ", shard " + std::to_string(shard.index) + "/" + std::to_string(shard.count) + " runs " +
+            std::to_string(points.size());
+  }
+  head += " (" + std::to_string(invalid) + " rejected by layout rules) -> " + output + "\n";
+  if (f.dry_run) {
+    for (const auto& p : points) {
+      head += std::to_string(p.index) + " " + sweep::point_key(p) +
+              (p.invalid_reason.empty() ? "" : "  INVALID: " + p.invalid_reason) + "\n";
+    }
+    std::fputs(head.c_str(), stdout);
+    return;
+  }
+  if (!f.quiet) {
+    std::fputs(head.c_str(), stdout);
+    std::fflush(stdout);
+  }
+  sweep::RunOptions opts;
+  opts.output = output;
+  opts.jobs = f.jobs > 0 ? f.jobs : std::max(1u, std::thread::hardware_concurrency());
+  opts.progress = !f.quiet;
+  sweep::RunStats stats;
+  const auto results = sweep::run_sweep(points, opts, &stats);
+  if (!f.quiet) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%zu points: %zu resumed from the file, %zu evaluated in %.1f s with %u jobs\n",
+                  stats.total, stats.resumed, stats.evaluated, stats.wall_s, opts.jobs);
+    std::string note = buf;
+    if (stats.dropped > 0) note += std::to_string(stats.dropped) + " old lines not in this sweep were removed\n";
+    if (stats.torn > 0) note += "a torn last line (interrupted write) was removed and its point re-run\n";
+    if (shard.count > 1) note += "this is one shard: join the shard outputs with `twinstep merge ... -o all.jsonl`\n";
+    std::fputs(note.c_str(), stdout);
+  }
+  write_outputs(results, of, f.quiet);
+}
+
+void run_merge_command(const std::vector<std::string>& inputs, const std::string& output, const OutputFlags& of) {
+  std::size_t lines_in = 0;
+  std::vector<std::string> conflicts;
+  const std::string merged = sweep::merge_results(inputs, &lines_in, &conflicts);
+  write_file_atomic(output, merged);
+  std::string text;
+  for (const auto& c : conflicts) text += "note: " + c + "\n";
+  std::vector<sweep::Result> results = sweep::read_results(output);
+  text += "merged " + std::to_string(lines_in) + " lines from " + std::to_string(inputs.size()) + " files into " +
+          std::to_string(results.size()) + " points -> " + output + "\n";
+  std::fputs(text.c_str(), stdout);
+  if (!of.csv.empty() || !of.json.empty() || !of.report.empty()) write_outputs(results, of, true);
+}
+
+}  // namespace
+
+void register_sweep_commands(CLI::App& app) {
+  {
+    auto* sub = app.add_subcommand(
+        "sweep", "Evaluate a grid of layouts x overlap variants x GPU counts; rank them; CSV/JSON/HTML outputs.\n"
+                 "Lists are comma-separated. Results go to --output as JSON lines as they finish; rerunning the same "
+                 "command resumes. --shard I/N runs every N-th point (Slurm arrays); under mpirun the rank and size "
+                 "(OMPI_COMM_WORLD_RANK/SIZE or PMI_RANK/PMI_SIZE) act as --shard, writing <output>.rank<I>.jsonl.");
+    auto f = std::make_shared<SweepFlags>();
+    auto of = std::make_shared<OutputFlags>();
+    sub->add_option("--sweep", f->sweep_file, "Sweep file (JSON); flags override its fields");
+    sub->add_option("--model", f->models, "Models: zoo ids or JSON paths");
+    sub->add_option("--cluster", f->clusters, "Clusters: ids (h100-superpod, dgx-h100, ...) or JSON paths");
+    sub->add_option("--gpus", f->gpus, "GPU counts, e.g. 16,32,64,128");
+    sub->add_option("--gbs", f->gbs, "Global batch sizes (default 512)");
+    sub->add_option("--seq", f->seq, "Sequence lengths (default 4096)");
+    sub->add_option("--mbs", f->mbs, "Micro-batch sizes (default 1)");
+    sub->add_option("--parallel", f->parallel, "auto: every valid TP/PP/VPP/CP/EP/DP layout; explicit: the lists");
+    sub->add_option("--tp", f->tp, "TP sizes (explicit layouts)");
+    sub->add_option("--pp", f->pp, "PP sizes (explicit layouts)");
+    sub->add_option("--vpp", f->vpp, "Virtual pipeline sizes (explicit layouts)");
+    sub->add_option("--cp", f->cp, "CP sizes (explicit layouts)");
+    sub->add_option("--ep", f->ep, "EP sizes (explicit layouts)");
+    sub->add_option("--overlap", f->overlap, "Overlap variants: none, all, or +-joined modes (dp, tp, pp, cp, ep, "
+                                             "delay_wgrad, shared_expert); default none");
+    sub->add_option("--dispatcher", f->dispatcher, "MoE token dispatchers: alltoall, allgather, flex");
+    sub->add_option("--fidelity", f->fidelity, "Fidelities: analytic, flow");
+    sub->add_option("--profile", f->profile, "Calibration profile JSON (default: datasheet defaults)");
+    sub->add_option("--config", f->config, "Base run config JSON every point starts from");
+    sub->add_option("-o,--output", f->output, "JSON-lines results (default sweep.jsonl); resumed if it exists");
+    sub->add_option("-j,--jobs", f->jobs, "Worker processes at once (default: the number of cores)");
+    sub->add_option("--shard", f->shard, "Run shard I of N (I/N, 0-based): points with index % N == I");
+    sub->add_flag("-q,--quiet", f->quiet, "No progress and no table");
+    sub->add_flag("--dry-run", f->dry_run, "List the points (with the reason for rejected ones) and stop");
+    add_output_flags(sub, *of);
+    sub->callback([f, of]() { run_sweep_command(*f, *of); });
+  }
+  {
+    auto* sub = app.add_subcommand("merge", "Join sweep shard outputs (JSON lines): one line per point, sorted");
+    auto inputs = std::make_shared<std::vector<std::string>>();
+    auto output = std::make_shared<std::string>();
+    auto of = std::make_shared<OutputFlags>();
+    sub->add_option("inputs", *inputs, "Shard outputs (JSON lines)")->required();
+    sub->add_option("-o,--output", *output, "Merged JSON lines")->required();
+    add_output_flags(sub, *of);
+    sub->callback([=]() { run_merge_command(*inputs, *output, *of); });
+  }
+}
+
 }  // namespace twinstep::cli

@@ -1,0 +1,448 @@
+// Grid expansion: the cartesian product of a Spec, the auto-layout enumeration under Megatron-Core's divisibility
+// rules, point keys (canonical JSON) and shards. Nothing here lowers or simulates; see runner.cpp.
+#include "sweep/grid.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "models/lower.hpp"
+#include "models/model_spec.hpp"
+#include "models/run_config.hpp"
+#include "sim/cost_model.hpp"
+#include "topologies/cluster.hpp"
+
+namespace twinstep::sweep {
+namespace {
+
+std::string str(std::uint64_t v) { return std::to_string(v); }
+
+std::vector<std::uint32_t> divisors(std::uint32_t n) {
+  std::vector<std::uint32_t> out;
+  for (std::uint32_t d = 1; d <= n; ++d) {
+    if (n % d == 0) out.push_back(d);
+  }
+  return out;
+}
+
+ModelShape shape_of(const models::ModelSpec& m) {
+  ModelShape s;
+  s.layers = m.num_layers;
+  s.heads = m.num_attention_heads;
+  s.query_groups = m.num_query_groups;
+  s.experts = m.num_moe_experts;
+  s.ffn = m.ffn_hidden_size;
+  return s;
+}
+
+// JSON field readers for the sweep file: a scalar is accepted where a list is expected.
+std::vector<std::string> strings_field(const nlohmann::json& v, const std::string& source, const std::string& field) {
+  std::vector<std::string> out;
+  auto one = [&](const nlohmann::json& x) {
+    if (!x.is_string()) throw ParseError(source, "/" + field, "expected a string or a list of strings");
+    out.push_back(x.get<std::string>());
+  };
+  if (v.is_array()) {
+    for (const auto& x : v) one(x);
+  } else {
+    one(v);
+  }
+  if (out.empty()) throw ParseError(source, "/" + field, "the list is empty; give at least one value");
+  return out;
+}
+
+std::vector<std::uint32_t> uints_field(const nlohmann::json& v, const std::string& source, const std::string& field) {
+  std::vector<std::uint32_t> out;
+  auto one = [&](const nlohmann::json& x) {
+    if (!x.is_number_unsigned() || x.get<std::uint64_t>() == 0 || x.get<std::uint64_t>() > 0xffffffffull) {
+      throw ParseError(source, "/" + field, "expected a positive integer or a list of them");
+    }
+    out.push_back(x.get<std::uint32_t>());
+  };
+  if (v.is_array()) {
+    for (const auto& x : v) one(x);
+  } else {
+    one(v);
+  }
+  if (out.empty()) throw ParseError(source, "/" + field, "the list is empty; give at least one value");
+  return out;
+}
+
+}  // namespace
+
+std::string Layout::describe() const {
+  return "tp" + str(tp) + " pp" + str(pp) + " vpp" + str(vpp) + " cp" + str(cp) + " ep" + str(ep) + " dp" + str(dp) +
+         " mbs" + str(mbs);
+}
+
+std::vector<std::string> split_list(const std::string& text, const std::string& flag) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) throw Error(flag + " \"" + text + "\": empty item; give a comma-separated list");
+    for (const auto& seen : out) {
+      if (seen == item) throw Error(flag + ": \"" + item + "\" is listed twice");
+    }
+    out.push_back(item);
+  }
+  if (out.empty()) throw Error(flag + ": give at least one value");
+  return out;
+}
+
+std::vector<std::uint32_t> split_uints(const std::string& text, const std::string& flag) {
+  std::vector<std::uint32_t> out;
+  for (const auto& item : split_list(text, flag)) {
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(item.c_str(), &end, 10);
+    if (end == item.c_str() || *end != '\0' || v == 0 || v > 0xffffffffull || item[0] == '-') {
+      throw Error(flag + ": \"" + item + "\" is not a positive integer");
+    }
+    out.push_back(static_cast<std::uint32_t>(v));
+  }
+  return out;
+}
+
+Spec spec_from_json(const std::string& text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
+  }
+  if (!j.is_object()) throw ParseError(source, "", "a sweep file is a JSON object");
+  Spec s;
+  for (const auto& [k, v] : j.items()) {
+    if (k == "models") s.models = strings_field(v, source, k);
+    else if (k == "clusters") s.clusters = strings_field(v, source, k);
+    else if (k == "gpus") s.gpus = uints_field(v, source, k);
+    else if (k == "gbs") s.gbs = uints_field(v, source, k);
+    else if (k == "seq") s.seq = uints_field(v, source, k);
+    else if (k == "mbs") s.mbs = uints_field(v, source, k);
+    else if (k == "overlap") s.overlaps = strings_field(v, source, k);
+    else if (k == "dispatcher") s.dispatchers = strings_field(v, source, k);
+    else if (k == "fidelity") s.fidelities = strings_field(v, source, k);
+    else if (k == "profile" || k == "config") {
+      if (!v.is_string()) throw ParseError(source, "/" + k, "expected a path string");
+      (k == "profile" ? s.profile : s.base_config) = v.get<std::string>();
+    } else if (k == "parallel") {
+      if (v.is_string()) {
+        if (v.get<std::string>() != "auto") {
+          throw ParseError(source, "/parallel", "expected \"auto\" or an object of lists {\"tp\": [...], ...}");
+        }
+        s.auto_layout = true;
+      } else if (v.is_object()) {
+        for (const auto& [pk, pv] : v.items()) {
+          const std::string field = "parallel/" + pk;
+          if (pk == "tp") s.tp = uints_field(pv, source, field);
+          else if (pk == "pp") s.pp = uints_field(pv, source, field);
+          else if (pk == "vpp") s.vpp = uints_field(pv, source, field);
+          else if (pk == "cp") s.cp = uints_field(pv, source, field);
+          else if (pk == "ep") s.ep = uints_field(pv, source, field);
+          else throw ParseError(source, "/" + field, "unknown field; use tp, pp, vpp, cp, ep");
+        }
+      } else {
+        throw ParseError(source, "/parallel", "expected \"auto\" or an object of lists {\"tp\": [...], ...}");
+      }
+    } else {
+      throw ParseError(source, "/" + k,
+                       "unknown field; use models, clusters, gpus, gbs, seq, mbs, parallel, overlap, dispatcher, "
+                       "fidelity, profile, config");
+    }
+  }
+  return s;
+}
+
+std::string layout_problem(const ModelShape& m, const Point& p, std::uint32_t gpus_per_node, bool tp_within_node) {
+  const Layout& l = p.layout;
+  if (l.tp == 0 || l.pp == 0 || l.vpp == 0 || l.cp == 0 || l.ep == 0 || l.mbs == 0) {
+    return "parallel sizes and micro_batch_size must be >= 1";
+  }
+  const std::uint64_t tpc = std::uint64_t{l.tp} * l.pp * l.cp;
+  if (p.gpus % tpc != 0) {
+    return "tp x pp x cp = " + str(tpc) + " does not divide " + str(p.gpus) + " GPUs";
+  }
+  if (tp_within_node && gpus_per_node > 0 && l.tp > gpus_per_node) {
+    return "tp " + str(l.tp) + " exceeds the " + str(gpus_per_node) + " GPUs of a node";
+  }
+  if (m.heads % l.tp != 0 || m.query_groups % l.tp != 0) {
+    return "tp " + str(l.tp) + " does not divide num_attention_heads " + str(m.heads) + " and num_query_groups " +
+           str(m.query_groups);
+  }
+  if (m.ffn > 0 && m.ffn % l.tp != 0) return "tp " + str(l.tp) + " does not divide ffn_hidden_size " + str(m.ffn);
+  if (l.vpp > 1 && l.pp == 1) return "vpp " + str(l.vpp) + " needs pp > 1 (interleaving)";
+  if (m.layers % l.pp != 0) return "pp " + str(l.pp) + " does not divide num_layers " + str(m.layers);
+  if ((m.layers / l.pp) % l.vpp != 0) {
+    return "vpp " + str(l.vpp) + " does not divide the " + str(m.layers / l.pp) + " layers per pipeline stage";
+  }
+  if (l.cp > 1 && p.seq % (2 * l.cp) != 0) {
+    return "seq_length " + str(p.seq) + " is not divisible by 2 x cp = " + str(2 * l.cp);
+  }
+  if (l.tp > 1 && (std::uint64_t{p.seq} * l.mbs / l.cp) % l.tp != 0) {
+    return "sequence parallelism needs seq x mbs / cp divisible by tp " + str(l.tp);
+  }
+  if (l.ep > 1) {
+    if (m.experts == 0) return "ep " + str(l.ep) + " > 1 needs an MoE model";
+    if (m.experts % l.ep != 0) return "ep " + str(l.ep) + " does not divide num_moe_experts " + str(m.experts);
+    const std::uint64_t expert_model = std::uint64_t{l.tp} * l.ep * l.pp;  // expert TP = TP (MCore default)
+    if (p.gpus % expert_model != 0) {
+      return "tp x ep x pp = " + str(expert_model) + " does not divide " + str(p.gpus) + " GPUs (expert data parallel)";
+    }
+  }
+  const std::uint32_t dp = static_cast<std::uint32_t>(p.gpus / tpc);
+  const std::uint64_t per_step = std::uint64_t{l.mbs} * dp;
+  if (p.gbs % per_step != 0) {
+    return "global batch " + str(p.gbs) + " is not divisible by mbs x dp = " + str(per_step);
+  }
+  const std::uint64_t micro = p.gbs / per_step;
+  if (l.vpp > 1 && (micro < l.pp || micro % l.pp != 0)) {
+    return "interleaving needs the " + str(micro) + " micro-batches per rank to be a multiple of pp " + str(l.pp);
+  }
+  return "";
+}
+
+std::vector<Layout> auto_layouts(const ModelShape& m, std::uint32_t gpus, std::uint32_t gpus_per_node,
+                                 std::uint32_t gbs, std::uint32_t seq, const std::vector<std::uint32_t>& mbs_list,
+                                 std::vector<std::pair<Layout, std::string>>* rejected) {
+  std::vector<Layout> out;
+  Point p;
+  p.gpus = gpus;
+  p.gbs = gbs;
+  p.seq = seq;
+  for (std::uint32_t tp : divisors(gpus)) {
+    if (gpus_per_node > 0 && tp > gpus_per_node) continue;  // TP stays inside a node: not a candidate
+    for (std::uint32_t pp : divisors(gpus / tp)) {
+      if (pp > m.layers) continue;
+      std::vector<std::uint32_t> vpps{1};
+      if (pp > 1 && m.layers % pp == 0) {
+        for (std::uint32_t v : divisors(m.layers / pp)) {
+          if (v > 1) vpps.push_back(v);
+        }
+      }
+      for (std::uint32_t vpp : vpps) {
+        for (std::uint32_t cp : divisors(gpus / (tp * pp))) {
+          if (2ull * cp > seq) continue;
+          std::vector<std::uint32_t> eps{1};
+          if (m.experts > 0) {
+            for (std::uint32_t e : divisors(gpus)) {
+              if (e > 1 && e <= m.experts) eps.push_back(e);
+            }
+          }
+          for (std::uint32_t ep : eps) {
+            for (std::uint32_t mbs : mbs_list) {
+              p.layout = Layout{tp, pp, vpp, cp, ep, gpus / (tp * pp * cp), mbs};
+              const std::string why = layout_problem(m, p, gpus_per_node, true);
+              if (why.empty()) {
+                out.push_back(p.layout);
+              } else if (rejected != nullptr) {
+                rejected->emplace_back(p.layout, why);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<Point> expand(const Spec& spec) {
+  if (spec.models.empty()) throw Error("sweep: no model given; use --model or \"models\" in the sweep file");
+  if (spec.clusters.empty()) throw Error("sweep: no cluster given; use --cluster or \"clusters\" in the sweep file");
+  if (spec.gpus.empty()) throw Error("sweep: no GPU count given; use --gpus 16,32,... or \"gpus\" in the sweep file");
+  if (spec.gbs.empty() || spec.seq.empty() || spec.mbs.empty() || spec.overlaps.empty() ||
+      spec.dispatchers.empty() || spec.fidelities.empty()) {
+    throw Error("sweep: gbs, seq, mbs, overlap, dispatcher and fidelity lists must not be empty");
+  }
+  for (const auto& v : spec.overlaps) (void)models::apply_overlap_variant(models::RunConfig{}, v);  // names check
+  for (const auto& d : spec.dispatchers) {
+    if (d != "alltoall" && d != "allgather" && d != "flex") {
+      throw Error("--dispatcher \"" + d + "\": use alltoall, allgather or flex");
+    }
+  }
+  for (const auto& f : spec.fidelities) {
+    if (f != "analytic" && f != "flow") throw Error("--fidelity \"" + f + "\": use analytic or flow");
+  }
+  if (!spec.profile.empty()) (void)sim::read_profile(spec.profile);
+  if (!spec.base_config.empty()) (void)models::read_run_config(spec.base_config);
+
+  std::vector<Point> out;
+  for (const auto& model_id : spec.models) {
+    const models::ModelSpec model = models::load_model(model_id);
+    const ModelShape shape = shape_of(model);
+    // The dispatcher only changes MoE layers: a dense model is swept with the first one.
+    const std::vector<std::string> dispatchers =
+        model.num_moe_experts > 0 ? spec.dispatchers : std::vector<std::string>{spec.dispatchers.front()};
+    for (const auto& cluster_id : spec.clusters) {
+      (void)topologies::load_cluster(cluster_id);  // unknown ids are bad input, not invalid points
+      for (const auto& fidelity : spec.fidelities) {
+        for (std::uint32_t gpus : spec.gpus) {
+          Point base;
+          base.model = model_id;
+          base.cluster = cluster_id;
+          base.profile = spec.profile;
+          base.base_config = spec.base_config;
+          base.fidelity = fidelity;
+          base.gpus = gpus;
+          std::uint32_t gpn = 0;
+          std::string cluster_problem;
+          try {
+            gpn = topologies::load_cluster(cluster_id, {0, gpus}).node.gpus_per_node;
+          } catch (const Error& e) {
+            cluster_problem = e.what();
+          }
+          for (std::uint32_t gbs : spec.gbs) {
+            for (std::uint32_t seq : spec.seq) {
+              base.gbs = gbs;
+              base.seq = seq;
+              std::vector<std::pair<Layout, std::string>> layouts;  // (layout, reason)
+              if (!cluster_problem.empty()) {
+                layouts.emplace_back(Layout{1, 1, 1, 1, 1, gpus, spec.mbs.front()}, cluster_problem);
+              } else if (spec.auto_layout) {
+                std::vector<std::pair<Layout, std::string>> rejected;
+                for (const auto& l : auto_layouts(shape, gpus, gpn, gbs, seq, spec.mbs, &rejected)) {
+                  layouts.emplace_back(l, "");
+                }
+                layouts.insert(layouts.end(), rejected.begin(), rejected.end());
+                std::stable_sort(layouts.begin(), layouts.end(), [](const auto& a, const auto& b) {
+                  const Layout& x = a.first;
+                  const Layout& y = b.first;
+                  return std::tie(x.tp, x.pp, x.vpp, x.cp, x.ep, x.mbs) < std::tie(y.tp, y.pp, y.vpp, y.cp, y.ep, y.mbs);
+                });
+              } else {
+                for (auto tp : spec.tp) {
+                  for (auto pp : spec.pp) {
+                    for (auto vpp : spec.vpp) {
+                      for (auto cp : spec.cp) {
+                        for (auto ep : spec.ep) {
+                          for (auto mbs : spec.mbs) {
+                            const std::uint64_t tpc = std::uint64_t{tp} * pp * cp;
+                            Point p = base;
+                            p.layout = Layout{tp, pp, vpp, cp, ep,
+                                              static_cast<std::uint32_t>(gpus % tpc == 0 ? gpus / tpc : 0), mbs};
+                            layouts.emplace_back(p.layout, layout_problem(shape, p, gpn, false));
+                          }
+                        }
+                      }
+                    }
+                  }
+                }
+              }
+              for (const auto& [layout, reason] : layouts) {
+                for (const auto& dispatcher : dispatchers) {
+                  for (const auto& overlap : spec.overlaps) {
+                    Point p = base;
+                    p.layout = layout;
+                    p.dispatcher = dispatcher;
+                    p.overlap = overlap;
+                    p.invalid_reason = reason;
+                    p.index = out.size();
+                    out.push_back(std::move(p));
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+nlohmann::json point_inputs(const Point& p) {
+  nlohmann::json j;
+  j["model"] = p.model;
+  j["cluster"] = p.cluster;
+  j["gpus"] = p.gpus;
+  j["gbs"] = p.gbs;
+  j["seq"] = p.seq;
+  j["tp"] = p.layout.tp;
+  j["pp"] = p.layout.pp;
+  j["vpp"] = p.layout.vpp;
+  j["cp"] = p.layout.cp;
+  j["ep"] = p.layout.ep;
+  j["dp"] = p.layout.dp;
+  j["mbs"] = p.layout.mbs;
+  j["overlap"] = p.overlap;
+  j["dispatcher"] = p.dispatcher;
+  j["fidelity"] = p.fidelity;
+  j["profile"] = p.profile;
+  j["config"] = p.base_config;
+  return j;
+}
+
+Point point_from_inputs(const nlohmann::json& j, const std::string& source) {
+  if (!j.is_object()) throw ParseError(source, "/key", "expected an object of point inputs");
+  Point p;
+  auto s = [&](const char* k) {
+    if (!j.contains(k) || !j[k].is_string()) throw ParseError(source, std::string("/key/") + k, "expected a string");
+    return j[k].get<std::string>();
+  };
+  auto u = [&](const char* k) {
+    if (!j.contains(k) || !j[k].is_number_unsigned()) {
+      throw ParseError(source, std::string("/key/") + k, "expected a non-negative integer");
+    }
+    return j[k].get<std::uint32_t>();
+  };
+  p.model = s("model");
+  p.cluster = s("cluster");
+  p.overlap = s("overlap");
+  p.dispatcher = s("dispatcher");
+  p.fidelity = s("fidelity");
+  p.profile = s("profile");
+  p.base_config = s("config");
+  p.gpus = u("gpus");
+  p.gbs = u("gbs");
+  p.seq = u("seq");
+  p.layout = Layout{u("tp"), u("pp"), u("vpp"), u("cp"), u("ep"), u("dp"), u("mbs")};
+  return p;
+}
+
+std::string point_key(const Point& p) { return point_inputs(p).dump(); }
+
+Shard parse_shard(const std::string& text) {
+  const auto slash = text.find('/');
+  auto bad = [&]() { return Error("--shard \"" + text + "\": expected I/N with 0 <= I < N, e.g. 0/4"); };
+  if (slash == std::string::npos) throw bad();
+  const std::string a = text.substr(0, slash), b = text.substr(slash + 1);
+  if (a.empty() || b.empty() || a.find_first_not_of("0123456789") != std::string::npos ||
+      b.find_first_not_of("0123456789") != std::string::npos || a.size() > 9 || b.size() > 9) {
+    throw bad();
+  }
+  Shard s{static_cast<std::uint32_t>(std::stoul(a)), static_cast<std::uint32_t>(std::stoul(b))};
+  if (s.count == 0 || s.index >= s.count) throw bad();
+  return s;
+}
+
+Shard shard_from_env() {
+  const std::pair<const char*, const char*> vars[] = {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+                                                      {"PMI_RANK", "PMI_SIZE"}};
+  for (const auto& [rank_var, size_var] : vars) {
+    const char* r = std::getenv(rank_var);
+    const char* n = std::getenv(size_var);
+    if (r != nullptr && n != nullptr) {
+      try {
+        return parse_shard(std::string(r) + "/" + n);
+      } catch (const Error&) {
+        throw Error(std::string(rank_var) + "=" + r + " / " + size_var + "=" + n + " is not a valid rank/size pair");
+      }
+    }
+  }
+  return {};
+}
+
+std::vector<Point> select_shard(const std::vector<Point>& points, const Shard& shard) {
+  std::vector<Point> out;
+  for (const auto& p : points) {
+    if (p.index % shard.count == shard.index) out.push_back(p);
+  }
+  return out;
+}
+
+}  // namespace twinstep::sweep

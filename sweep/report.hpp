@@ -1,0 +1,63 @@
+// What a sweep's results say: the ranked table (best layout and overlap per GPU count, speedup of each overlap mode
+// against none, MFU, memory, why the runner-up loses), CSV and JSON exports, measured traces matched to points,
+// and the self-contained HTML report with inline SVG charts.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sweep/runner.hpp"
+
+namespace twinstep::sweep {
+
+/// The best point of one group (model, cluster, fidelity, seq, gbs, gpus), over layouts, dispatchers and overlaps.
+struct Ranking {
+  std::string model, cluster, fidelity;
+  std::uint32_t gpus = 0, gbs = 0, seq = 0;
+  std::size_t ok = 0, invalid = 0, does_not_fit = 0, errors = 0;
+  std::optional<std::size_t> best;       ///< Index into the results; empty when no point of the group ran.
+  std::optional<std::size_t> runner_up;  ///< Best point with a different layout (or dispatcher).
+  std::string runner_up_loses;           ///< The breakdown category that differs most, e.g. "bubble +120 ms".
+  /// Speedup of each overlap variant against "none" on the best layout and dispatcher: step(none) / step(v).
+  std::vector<std::pair<std::string, double>> speedup_vs_none;
+};
+
+/// Groups and ranks results (ties on step time: lower point index). Groups in (model, cluster, fidelity, seq, gbs,
+/// gpus) order.
+[[nodiscard]] std::vector<Ranking> rank_results(const std::vector<Result>& results);
+
+/// The breakdown category where `loser` spends the most more time than `winner`: "bubble +12.0 ms".
+[[nodiscard]] std::string largest_difference(const Result& winner, const Result& loser);
+
+/// The human table printed by `twinstep sweep`, followed by counts of points not run, by reason.
+[[nodiscard]] std::string format_table(const std::vector<Ranking>& rankings, const std::vector<Result>& results);
+
+/// One row per point: inputs, status, reason, step time, MFU, memory and the breakdown categories as columns.
+[[nodiscard]] std::string to_csv(const std::vector<Result>& results);
+
+/// {"schema_version": 1, "rankings": [...], "points": [...]} (points as in the JSON lines).
+[[nodiscard]] std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Result>& results);
+
+/// A measured trace (producer "backend") and the sweep point with the same lowered schedule, if any.
+struct Measured {
+  std::string path;
+  std::string fingerprint;
+  double step_time_s = 0;
+  std::optional<std::size_t> match;  ///< Index into the results.
+};
+
+/// Reads every *.json trace in `dir` (non-trace JSON files are skipped), matches each to a point by the
+/// fingerprint of the schedule it carries. Throws Error if `dir` is not a folder or holds no trace.
+[[nodiscard]] std::vector<Measured> read_measured(const std::string& dir, const std::vector<Result>& results);
+
+/// The HTML report: summary table, step time per overlap variant with the stacked breakdown (best layout of each
+/// group), scaling curves over GPU count, overlap-benefit heat maps over EP and global batch, predicted vs
+/// measured, and the points that did not run with their reasons. Inline CSS and SVG only; no scripts.
+[[nodiscard]] std::string render_html(const std::vector<Result>& results, const std::vector<Ranking>& rankings,
+                                      const std::vector<Measured>& measured = {});
+
+}  // namespace twinstep::sweep

@@ -1,0 +1,543 @@
+// Point evaluation and the process pool. The parent forks workers (fork, no exec: the grid is already in memory),
+// each evaluates a batch of points (one for the flow fidelity: SimGrid allows one engine per process) and writes
+// one JSON line per point into its pipe; the parent appends each line to the output file and flushes it, so a
+// killed sweep loses at most the points in flight. A worker that dies is retried point by point once.
+#include "sweep/runner.hpp"
+
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "common/assert.hpp"
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "models/lower.hpp"
+#include "models/model_spec.hpp"
+#include "models/run_config.hpp"
+#include "schedule/analysis.hpp"
+#include "sim/simulate.hpp"
+#include "topologies/cluster.hpp"
+
+namespace twinstep::sweep {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+/// Per-process caches of the inputs a worker needs for many points.
+struct Inputs {
+  std::map<std::string, models::ModelSpec> models;
+  std::map<std::pair<std::string, std::uint32_t>, topologies::Cluster> clusters;
+  std::map<std::string, sim::Profile> profiles;
+  std::map<std::string, models::RunConfig> configs;
+
+  const models::ModelSpec& model(const std::string& id) {
+    auto it = models.find(id);
+    if (it == models.end()) it = models.emplace(id, models::load_model(id)).first;
+    return it->second;
+  }
+  const topologies::Cluster& cluster(const std::string& id, std::uint32_t gpus) {
+    const auto k = std::make_pair(id, gpus);
+    auto it = clusters.find(k);
+    if (it == clusters.end()) it = clusters.emplace(k, topologies::load_cluster(id, {0, gpus})).first;
+    return it->second;
+  }
+  const sim::Profile& profile(const std::string& path) {
+    auto it = profiles.find(path);
+    if (it == profiles.end()) {
+      it = profiles.emplace(path, path.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(path)).first;
+    }
+    return it->second;
+  }
+  const models::RunConfig& config(const std::string& path) {
+    auto it = configs.find(path);
+    if (it == configs.end()) {
+      models::RunConfig c;
+      if (path.empty()) {
+        c.use_distributed_optimizer = true;  // Megatron-Bridge recipes; the "dp" overlap mode then gathers too
+      } else {
+        c = models::read_run_config(path);
+      }
+      it = configs.emplace(path, c).first;
+    }
+    return it->second;
+  }
+};
+
+Inputs& inputs() {
+  static Inputs in;
+  return in;
+}
+
+nlohmann::ordered_json head(const Point& p, const std::string& status, const std::string& reason) {
+  nlohmann::ordered_json j;
+  j["point"] = p.index;
+  j["key"] = point_inputs(p);
+  j["status"] = status;
+  j["reason"] = reason;
+  return j;
+}
+
+std::string evaluate_or_throw(const Point& p) {
+  Inputs& in = inputs();
+  const models::ModelSpec& model = in.model(p.model);
+  const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
+  models::RunConfig base = in.config(p.base_config);
+  base.world_size = p.gpus;
+  base.tensor_model_parallel_size = p.layout.tp;
+  base.pipeline_model_parallel_size = p.layout.pp;
+  base.virtual_pipeline_model_parallel_size = p.layout.vpp;
+  base.context_parallel_size = p.layout.cp;
+  base.expert_model_parallel_size = p.layout.ep;
+  base.data_parallel_size = 0;
+  base.micro_batch_size = p.layout.mbs;
+  base.global_batch_size = p.gbs;
+  base.seq_length = p.seq;
+  base.sequence_parallel = p.layout.tp > 1;  // Megatron recipes turn SP on with TP
+  base.moe_token_dispatcher_type = p.dispatcher;
+  base.gpu_memory_bytes = cluster.node.gpu.hbm_capacity_bytes;
+  if (base.tensor_model_parallel_size > 1 || base.context_parallel_size > 1) base.cuda_device_max_connections = 1;
+  const models::RunConfig cfg = models::apply_overlap_variant(base, p.overlap);
+
+  models::Lowered lowered;
+  try {
+    lowered = models::lower(model, cfg);
+  } catch (const Error& e) {
+    return head(p, "invalid", e.what()).dump();
+  }
+  const double mem_gib = lowered.peak_memory.total_bytes() / kGiB;
+  const double cap_gib = cfg.gpu_memory_bytes / kGiB;
+  auto with_memory = [&](nlohmann::ordered_json j) {
+    j["memory_gib_per_gpu"] = mem_gib;
+    j["memory_capacity_gib"] = cap_gib;
+    return j;
+  };
+  if (!lowered.fits) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "needs %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB", mem_gib, cap_gib);
+    auto j = with_memory(head(p, "does_not_fit", buf));
+    j["warnings"] = lowered.warnings;
+    return j.dump();
+  }
+  const std::string fingerprint = sim::schedule_fingerprint(lowered.schedule);
+  const sim::CostModel costs(cluster, in.profile(p.profile));
+  sim::Options opts;
+  opts.fidelity = p.fidelity;
+  const schedule::Trace trace = sim::simulate(std::move(lowered.schedule), cluster, costs, opts);
+  const schedule::Breakdown b = schedule::analyze(trace);
+  const double step = b.step_time_s;
+  const double peak = cluster.node.gpu.peak_flop_per_s(cfg.dtype);
+  auto j = with_memory(head(p, "ok", ""));
+  j["step_time_s"] = step;
+  j["mfu"] = step > 0 ? lowered.model_flops_per_step / (step * p.gpus * peak) : 0.0;
+  j["tflops_per_gpu"] = step > 0 ? lowered.model_flops_per_step / (step * p.gpus) / 1e12 : 0.0;
+  nlohmann::ordered_json bd;
+  bd["compute"] = b.mean.compute_s;
+  for (const auto& [kind, s] : b.mean.exposed_comm_s) bd["exposed " + kind] = s;
+  bd["bubble"] = b.mean.bubble_s;
+  bd["host-bound"] = b.mean.host_bound_s;
+  j["breakdown_s"] = bd;
+  j["busy_comm_s"] = b.mean.busy_comm_s;
+  j["warnings"] = lowered.warnings;
+  j["schedule_fingerprint"] = fingerprint;
+  return j.dump();
+}
+
+bool write_all(int fd, const std::string& s) {
+  std::size_t done = 0;
+  while (done < s.size()) {
+    const ssize_t n = ::write(fd, s.data() + done, s.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+struct Worker {
+  pid_t pid = -1;
+  int fd = -1;
+  std::vector<std::size_t> points;  ///< Positions in the todo list.
+  std::set<std::size_t> reported;   ///< Point indices whose line arrived.
+  std::string buffer;
+};
+
+std::string format_duration(double s) {
+  if (s < 0 || !std::isfinite(s)) return "--";
+  const long t = std::lround(s);
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else if (t >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%lds", t);
+  return buf;
+}
+
+class Progress {
+ public:
+  Progress(const RunOptions& o, std::size_t total)
+      : out_(o.progress ? o.progress_out : nullptr), tty_(out_ != nullptr && ::isatty(::fileno(out_)) != 0),
+        total_(total), start_(std::chrono::steady_clock::now()), last_(start_) {}
+
+  void update(std::size_t done, bool final = false) {
+    if (out_ == nullptr || total_ == 0) return;
+    const auto now = std::chrono::steady_clock::now();
+    const double elapsed = std::chrono::duration<double>(now - start_).count();
+    const double eta = done > 0 ? elapsed * static_cast<double>(total_ - done) / static_cast<double>(done) : -1;
+    if (tty_) {
+      if (!final && std::chrono::duration<double>(now - last_).count() < 0.1) return;
+      constexpr int kWidth = 30;
+      const int filled = static_cast<int>(kWidth * done / total_);
+      std::string bar(static_cast<std::size_t>(filled), '#');
+      bar.append(static_cast<std::size_t>(kWidth - filled), '.');
+      std::fprintf(out_, "\r[%s] %zu/%zu %3.0f%%  elapsed %s  ETA %s   ", bar.c_str(), done, total_,
+                   100.0 * static_cast<double>(done) / static_cast<double>(total_), format_duration(elapsed).c_str(),
+                   format_duration(eta).c_str());
+      if (final) std::fputc('\n', out_);
+    } else {
+      // Plain lines: every 10% of the points or every 30 s, and at the end.
+      const std::size_t step = std::max<std::size_t>(1, total_ / 10);
+      const bool due = final || done / step != printed_ / step ||
+                       std::chrono::duration<double>(now - last_).count() >= 30;
+      if (!due || done == printed_) return;
+      std::fprintf(out_, "sweep: %zu/%zu points done, elapsed %s, ETA %s\n", done, total_,
+                   format_duration(elapsed).c_str(), format_duration(eta).c_str());
+      printed_ = done;
+    }
+    std::fflush(out_);
+    last_ = now;
+  }
+
+ private:
+  std::FILE* out_;
+  bool tty_;
+  std::size_t total_;
+  std::size_t printed_ = 0;
+  std::chrono::steady_clock::time_point start_, last_;
+};
+
+}  // namespace
+
+std::string evaluate_point(const Point& point) {
+  if (!point.invalid_reason.empty()) return head(point, "invalid", point.invalid_reason).dump();
+  try {
+    return evaluate_or_throw(point);
+  } catch (const Error& e) {
+    return head(point, "error", e.what()).dump();
+  } catch (const std::exception& e) {
+    return head(point, "error", std::string("internal error: ") + e.what()).dump();
+  }
+}
+
+Result result_from_line(const std::string& line, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ParseError(source, "", std::string("not a JSON line: ") + e.what());
+  }
+  if (!j.is_object() || !j.contains("key") || !j.contains("status") || !j.contains("point") ||
+      !j["point"].is_number_unsigned() || !j["status"].is_string()) {
+    throw ParseError(source, "", "not a sweep result line (needs point, key, status)");
+  }
+  Result r;
+  r.index = j["point"].get<std::size_t>();
+  r.point = point_from_inputs(j["key"], source);
+  r.point.index = r.index;
+  r.key = point_key(r.point);
+  r.status = j["status"].get<std::string>();
+  r.reason = j.value("reason", "");
+  if (r.status == "invalid") r.point.invalid_reason = r.reason;
+  r.step_time_s = j.value("step_time_s", 0.0);
+  r.mfu = j.value("mfu", 0.0);
+  r.tflops_per_gpu = j.value("tflops_per_gpu", 0.0);
+  r.memory_gib = j.value("memory_gib_per_gpu", 0.0);
+  r.capacity_gib = j.value("memory_capacity_gib", 0.0);
+  if (j.contains("breakdown_s") && j["breakdown_s"].is_object()) {
+    for (const auto& [k, v] : j["breakdown_s"].items()) {
+      if (v.is_number()) r.breakdown_s[k] = v.get<double>();
+    }
+  }
+  if (j.contains("warnings") && j["warnings"].is_array()) {
+    for (const auto& w : j["warnings"]) {
+      if (w.is_string()) r.warnings.push_back(w.get<std::string>());
+    }
+  }
+  r.schedule_fingerprint = j.value("schedule_fingerprint", "");
+  r.line = line;
+  return r;
+}
+
+std::vector<Result> read_results(const std::string& path, std::size_t* torn) {
+  const std::string text = read_file(path);
+  std::vector<Result> out;
+  std::size_t start = 0, line_no = 0;
+  if (torn != nullptr) *torn = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    const bool last = end == std::string::npos;
+    if (last) end = text.size();
+    ++line_no;
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    if (line.empty()) continue;
+    try {
+      out.push_back(result_from_line(line, path + ":" + std::to_string(line_no)));
+    } catch (const Error& e) {
+      // A writer killed mid-line leaves an unterminated last line: drop it (resume re-runs that point).
+      if (last || start >= text.size()) {
+        if (torn != nullptr) ++*torn;
+        continue;
+      }
+      throw;
+    }
+  }
+  return out;
+}
+
+std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions& options, RunStats* stats) {
+  TWINSTEP_ASSERT(!options.output.empty(), "run_sweep needs an output path");
+  const auto t0 = std::chrono::steady_clock::now();
+  RunStats st;
+  st.total = points.size();
+  std::map<std::string, std::size_t> wanted;  // key -> position in points
+  for (std::size_t i = 0; i < points.size(); ++i) wanted.emplace(point_key(points[i]), i);
+
+  // Resume: keep the old lines that belong to this sweep, rewrite the file without the rest.
+  std::vector<std::string> lines(points.size());
+  std::vector<bool> done(points.size(), false);
+  if (std::filesystem::exists(options.output)) {
+    for (const auto& r : read_results(options.output, &st.torn)) {
+      const auto it = wanted.find(r.key);
+      if (it == wanted.end() || done[it->second]) {
+        ++st.dropped;
+        continue;
+      }
+      done[it->second] = true;
+      lines[it->second] = r.line;
+      ++st.resumed;
+    }
+  }
+  {
+    std::string kept;
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      if (done[i]) kept += lines[i] + "\n";
+    }
+    write_file_atomic(options.output, kept);
+  }
+  std::FILE* out = std::fopen(options.output.c_str(), "a");
+  if (out == nullptr) {
+    throw Error(options.output + ": cannot open for appending: " + std::strerror(errno));
+  }
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> out_guard(out, &std::fclose);
+  Progress progress(options, points.size());
+  std::size_t finished = st.resumed;
+  auto record = [&](std::size_t pos, const std::string& line) {
+    if (done[pos]) return;
+    done[pos] = true;
+    lines[pos] = line;
+    if (std::fputs((line + "\n").c_str(), out) < 0 || std::fflush(out) != 0) {
+      throw Error(options.output + ": write failed: " + std::strerror(errno));
+    }
+    ++finished;
+    ++st.evaluated;
+    progress.update(finished);
+  };
+
+  // Invalid points need no worker.
+  std::deque<std::vector<std::size_t>> tasks;
+  std::vector<std::size_t> runnable;
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    if (done[i]) continue;
+    if (!points[i].invalid_reason.empty()) {
+      record(i, evaluate_point(points[i]));
+    } else {
+      runnable.push_back(i);
+    }
+  }
+  // Load models, clusters, profiles and configs once here: forked workers inherit them.
+  for (std::size_t pos : runnable) {
+    const Point& p = points[pos];
+    try {
+      (void)inputs().model(p.model);
+      (void)inputs().cluster(p.cluster, p.gpus);
+      (void)inputs().profile(p.profile);
+      (void)inputs().config(p.base_config);
+    } catch (const Error&) {
+      // reported by the worker for this point
+    }
+  }
+  const unsigned jobs = std::max(1u, options.jobs);
+  // Batches: the flow fidelity gets a process per point; analytic points are spread in batches small enough to
+  // keep every job busy until the end.
+  const std::size_t per_worker = std::clamp<std::size_t>(runnable.size() / (4 * jobs), 1,
+                                                         std::max<std::size_t>(1, options.max_points_per_worker));
+  for (std::size_t i = 0; i < runnable.size();) {
+    std::vector<std::size_t> batch;
+    while (i < runnable.size() && batch.size() < per_worker) {
+      const bool flow = points[runnable[i]].fidelity == "flow";
+      if (flow && !batch.empty()) break;
+      batch.push_back(runnable[i++]);
+      if (flow) break;
+    }
+    tasks.push_back(std::move(batch));
+  }
+
+  std::vector<Worker> workers;
+  std::set<std::size_t> retried;
+  auto spawn = [&](std::vector<std::size_t> batch) {
+    int fds[2];
+    if (::pipe(fds) != 0) throw Error(std::string("sweep: pipe failed: ") + std::strerror(errno));
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    if (pid < 0) throw Error(std::string("sweep: fork failed: ") + std::strerror(errno));
+    if (pid == 0) {
+      ::close(fds[0]);
+      for (std::size_t pos : batch) {
+        if (!write_all(fds[1], evaluate_point(points[pos]) + "\n")) ::_exit(4);
+      }
+      ::close(fds[1]);
+      ::_exit(0);
+    }
+    ::close(fds[1]);
+    Worker w;
+    w.pid = pid;
+    w.fd = fds[0];
+    w.points = std::move(batch);
+    workers.push_back(std::move(w));
+  };
+
+  auto finish = [&](Worker& w) {
+    int status = 0;
+    while (::waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    ::close(w.fd);
+    std::vector<std::size_t> missing;
+    for (std::size_t pos : w.points) {
+      if (!done[pos]) missing.push_back(pos);
+    }
+    if (missing.empty()) return;
+    std::string why = WIFSIGNALED(status) ? "worker process killed by signal " + std::to_string(WTERMSIG(status))
+                                          : "worker process exited with status " + std::to_string(WEXITSTATUS(status));
+    for (std::size_t pos : missing) {
+      if (retried.insert(pos).second) {
+        tasks.push_front({pos});  // once more, alone, to find which point it was
+      } else {
+        record(pos, head(points[pos], "error", why + " while evaluating this point").dump());
+      }
+    }
+  };
+
+  try {
+    while (!tasks.empty() || !workers.empty()) {
+      while (!tasks.empty() && workers.size() < jobs) {
+        spawn(std::move(tasks.front()));
+        tasks.pop_front();
+      }
+      std::vector<pollfd> pfds;
+      for (const auto& w : workers) pfds.push_back(pollfd{w.fd, POLLIN, 0});
+      if (::poll(pfds.data(), pfds.size(), 1000) < 0) {
+        if (errno == EINTR) continue;
+        throw Error(std::string("sweep: poll failed: ") + std::strerror(errno));
+      }
+      progress.update(finished);
+      for (std::size_t k = 0; k < workers.size();) {
+        Worker& w = workers[k];
+        bool closed = false;
+        if (pfds[k].revents & (POLLIN | POLLHUP | POLLERR)) {
+          char buf[65536];
+          const ssize_t n = ::read(w.fd, buf, sizeof buf);
+          if (n > 0) {
+            w.buffer.append(buf, static_cast<std::size_t>(n));
+            std::size_t nl;
+            while ((nl = w.buffer.find('\n')) != std::string::npos) {
+              const std::string line = w.buffer.substr(0, nl);
+              w.buffer.erase(0, nl + 1);
+              const Result r = result_from_line(line, "worker");
+              const auto it = wanted.find(r.key);
+              TWINSTEP_ASSERT(it != wanted.end(), "worker reported an unknown point %zu", r.index);
+              record(it->second, line);
+            }
+          } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+            closed = true;
+          }
+        }
+        if (closed) {
+          finish(w);
+          // pfds is indexed like workers: swap-remove both.
+          std::swap(workers[k], workers.back());
+          std::swap(pfds[k], pfds.back());
+          workers.pop_back();
+          pfds.pop_back();
+        } else {
+          ++k;
+        }
+      }
+    }
+  } catch (...) {
+    for (auto& w : workers) {
+      ::kill(w.pid, SIGKILL);
+      ::waitpid(w.pid, nullptr, 0);
+      ::close(w.fd);
+    }
+    throw;
+  }
+  progress.update(finished, true);
+  out_guard.reset();
+
+  // Sorted by point index: a resumed run ends with the same bytes as an uninterrupted one.
+  std::string all;
+  std::vector<Result> results;
+  results.reserve(points.size());
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    TWINSTEP_ASSERT(done[i], "point %zu was never evaluated", points[i].index);
+    all += lines[i] + "\n";
+    results.push_back(result_from_line(lines[i], options.output));
+  }
+  write_file_atomic(options.output, all);
+  st.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (stats != nullptr) *stats = st;
+  return results;
+}
+
+std::string merge_results(const std::vector<std::string>& inputs, std::size_t* lines_in,
+                          std::vector<std::string>* conflicts) {
+  if (inputs.empty()) throw Error("merge: give at least one JSON-lines file");
+  std::map<std::string, Result> by_key;
+  std::size_t n = 0;
+  for (const auto& path : inputs) {
+    for (auto& r : read_results(path)) {
+      ++n;
+      const auto it = by_key.find(r.key);
+      if (it == by_key.end()) {
+        by_key.emplace(r.key, std::move(r));
+      } else if (it->second.line != r.line && conflicts != nullptr) {
+        conflicts->push_back(path + ": point " + std::to_string(r.index) + " differs from an earlier file's line; "
+                             "kept the first");
+      }
+    }
+  }
+  std::vector<const Result*> sorted;
+  for (const auto& [k, r] : by_key) sorted.push_back(&r);
+  std::stable_sort(sorted.begin(), sorted.end(), [](const Result* a, const Result* b) {
+    return a->index != b->index ? a->index < b->index : a->key < b->key;
+  });
+  std::string out;
+  for (const Result* r : sorted) out += r->line + "\n";
+  if (lines_in != nullptr) *lines_in = n;
+  return out;
+}
+
+}  // namespace twinstep::sweep

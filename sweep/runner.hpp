@@ -1,0 +1,72 @@
+// Running a sweep: one point is lowered (models::lower, with the memory estimate), simulated (sim::simulate) and
+// analyzed into one JSON line; run_sweep spreads points over forked worker processes (one SimGrid engine per
+// process for the flow fidelity), appends lines to the output as they finish, and resumes from an existing file.
+// merge joins shard outputs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "sweep/grid.hpp"
+
+namespace twinstep::sweep {
+
+/// One evaluated point, as stored in a JSON line.
+struct Result {
+  std::size_t index = 0;   ///< Point::index.
+  Point point;
+  std::string key;         ///< point_key(point).
+  std::string status;      ///< "ok" | "invalid" | "does_not_fit" | "error".
+  std::string reason;      ///< Why a point is not "ok".
+  double step_time_s = 0, mfu = 0, tflops_per_gpu = 0, memory_gib = 0, capacity_gib = 0;
+  /// Mean breakdown over ranks: "compute", "exposed <kind>", "bubble", "host-bound" (seconds; sum = step).
+  std::map<std::string, double> breakdown_s;
+  std::vector<std::string> warnings;
+  std::string schedule_fingerprint;  ///< sim::schedule_fingerprint of the lowered schedule (measured matching).
+  std::string line;                  ///< The JSON line itself (no newline).
+};
+
+/// Lowers, checks the memory estimate, simulates and analyzes one point, and returns its JSON line (no newline).
+/// Never throws for bad points: they come back with status "invalid" / "does_not_fit" and the reason.
+[[nodiscard]] std::string evaluate_point(const Point& point);
+
+/// Parses one JSON line written by evaluate_point / run_sweep. Throws ParseError naming `source`.
+[[nodiscard]] Result result_from_line(const std::string& line, const std::string& source);
+
+/// Reads a JSON-lines file: complete, parseable lines only; a torn last line (killed writer) is skipped and
+/// counted in `torn` when not null. Throws Error if the file cannot be read or a middle line is corrupt.
+[[nodiscard]] std::vector<Result> read_results(const std::string& path, std::size_t* torn = nullptr);
+
+struct RunOptions {
+  std::string output;          ///< JSON-lines file; appended to, one flushed line per finished point.
+  unsigned jobs = 1;           ///< Worker processes at once.
+  bool progress = true;        ///< Progress on `progress_out`: a bar with ETA on a terminal, plain lines otherwise.
+  std::FILE* progress_out = stdout;
+  std::size_t max_points_per_worker = 32;  ///< Analytic points a worker evaluates before exiting (flow: always 1).
+};
+
+struct RunStats {
+  std::size_t total = 0;     ///< Points of this run (the shard).
+  std::size_t resumed = 0;   ///< Already in the output file, skipped.
+  std::size_t evaluated = 0; ///< Evaluated now (including invalid ones).
+  std::size_t dropped = 0;   ///< Lines of the old file that are not points of this sweep (removed).
+  std::size_t torn = 0;      ///< A torn last line found in the old file (removed).
+  double wall_s = 0;
+};
+
+/// Evaluates `points` (skipping those whose key is already in `options.output`), `options.jobs` processes at a
+/// time, and finally rewrites the output sorted by point index (so a resumed run ends with the same bytes as an
+/// uninterrupted one). Returns the results of all `points`, in order. Throws Error if the output cannot be written.
+[[nodiscard]] std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions& options,
+                                            RunStats* stats = nullptr);
+
+/// Joins JSON-lines files: one line per key (the first seen wins; a later different line for the same key is
+/// reported in `conflicts`), sorted by (index, key). Returns the merged text.
+[[nodiscard]] std::string merge_results(const std::vector<std::string>& inputs, std::size_t* lines_in = nullptr,
+                                        std::vector<std::string>* conflicts = nullptr);
+
+}  // namespace twinstep::sweep
