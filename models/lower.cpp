@@ -54,9 +54,156 @@ struct Dims {
   bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
   bool aligned_param_gather = false;
   std::string cp_type = "p2p";
+  // MoE (megatron-overlap.md sections 1, 6, 7). e = EP, te = expert TP, de = expert DP = t*c*d / (te*e).
+  bool moe = false;  // the model has MoE layers
+  std::uint32_t e = 1, te = 1, de = 1;
+  std::uint64_t experts = 0, local_experts = 0, topk = 0, fe = 0, ffn1e = 0, shared_f = 0;
+  std::string dispatcher = "alltoall";
+  bool ep_overlap = false, delay_wgrad = false, shared_overlap = false;
+  double skew = 1.0;
+  std::uint32_t flex_sms = 0;
 };
 
 void fail(const std::string& rule, const std::string& fix) { throw Error(rule + "; " + fix); }
+
+/// MoE layout and the EP-overlap / dispatcher gating rules (megatron-overlap.md sections 6d and 7).
+void gate_moe(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vector<std::string>& warnings) {
+  bool linear = false;
+  for (std::uint32_t i = 0; i < model.num_layers; ++i) {
+    k.moe = k.moe || model.is_moe_layer(i);
+    linear = linear || model.is_linear_attention_layer(i);
+  }
+  if (linear) {
+    if (model.linear_num_key_heads % k.t != 0 || model.linear_num_value_heads % k.t != 0) {
+      fail("linear_num_key_heads and linear_num_value_heads must be divisible by tensor_model_parallel_size",
+           "choose a TP size that divides " + str(model.linear_num_key_heads));
+    }
+    if (k.c > 1) {
+      fail("context parallelism with Gated DeltaNet (linear attention) layers is not supported",
+           "use context_parallel_size 1 for " + model.name);
+    }
+    warnings.push_back("Gated DeltaNet layers: the chunked recurrent scan is lowered as a stand-in (batched GEMMs "
+                       "over 64-token chunks: intra-chunk scores, state update, state output); its cost is an "
+                       "estimate, not a measured kernel");
+  }
+  k.e = cfg.expert_model_parallel_size;
+  k.te = cfg.expert_tensor_parallel_size == 0 ? k.t : cfg.expert_tensor_parallel_size;
+  if (k.e == 0) fail("expert_model_parallel_size must be >= 1", "set --ep 1 or more");
+  const std::uint64_t stage = static_cast<std::uint64_t>(k.t) * k.c * k.d;  // ranks per pipeline stage
+  if (!k.moe) {
+    if (k.e > 1) {
+      fail("expert_model_parallel_size " + str(k.e) + " > 1 but model \"" + model.name + "\" has no MoE layers",
+           "use --ep 1 for a dense model");
+    }
+    for (bool on : {cfg.overlap_moe_expert_parallel_comm, cfg.delay_wgrad_compute, cfg.moe_shared_expert_overlap}) {
+      if (on) {
+        warnings.push_back("MoE overlap knobs (overlap_moe_expert_parallel_comm, delay_wgrad_compute, "
+                           "moe_shared_expert_overlap) have no effect on a dense model: they are off");
+        break;
+      }
+    }
+    k.te = 1;
+    return;
+  }
+  if (stage % (static_cast<std::uint64_t>(k.te) * k.e) != 0) {
+    fail("tensor x context x data parallel size per pipeline stage (" + str(stage) +
+             ") must be divisible by expert_tensor_parallel_size x expert_model_parallel_size (" +
+             str(static_cast<std::uint64_t>(k.te) * k.e) + ") (MCore expert rank generator)",
+         "choose EP x ETP dividing the GPUs per pipeline stage");
+  }
+  k.de = static_cast<std::uint32_t>(stage / (static_cast<std::uint64_t>(k.te) * k.e));
+  k.experts = model.num_moe_experts;
+  if (k.experts % k.e != 0) {
+    fail("num_moe_experts " + str(k.experts) + " must be divisible by expert_model_parallel_size " + str(k.e) +
+             " (MCore assert)",
+         "choose an EP size that divides the experts (at most " + str(k.experts) + ")");
+  }
+  k.local_experts = k.experts / k.e;
+  k.topk = model.moe_router_topk;
+  k.fe = model.moe_ffn_hidden_size;
+  if (k.fe % k.te != 0) fail("moe_ffn_hidden_size must be divisible by expert_tensor_parallel_size", "change ETP");
+  k.ffn1e = model.gated_linear_unit ? 2 * k.fe : k.fe;
+  k.shared_f = static_cast<std::uint64_t>(model.moe_shared_expert_count) * model.moe_shared_expert_intermediate_size;
+  if (k.shared_f % k.t != 0) fail("shared expert width must be divisible by tensor_model_parallel_size", "change TP");
+  if (k.t > 1 && !k.sp) {
+    fail("MoE with tensor_model_parallel_size > 1 needs sequence_parallel (MCore raises at the MoE forward in "
+             "training)",
+         "add --sp");
+  }
+  k.dispatcher = cfg.moe_token_dispatcher_type;
+  if (k.dispatcher != "alltoall" && k.dispatcher != "allgather" && k.dispatcher != "flex") {
+    fail("moe_token_dispatcher_type \"" + k.dispatcher + "\" is unknown", "use alltoall, allgather or flex");
+  }
+  if (k.dispatcher == "flex" && cfg.gpu_compute_capability_major < 8) {
+    warnings.push_back("flex dispatcher (DeepEP/HybridEP) is not supported on this GPU (sm" +
+                       str(cfg.gpu_compute_capability_major) + "x); Megatron-Bridge falls back to alltoall");
+    k.dispatcher = "alltoall";
+  }
+  k.skew = cfg.moe_routing_skew;
+  if (!(k.skew >= 1.0)) fail("moe_routing_skew must be >= 1 (1 = balanced)", "set --routing-skew 1 or more");
+  if (k.skew > static_cast<double>(k.e)) {
+    fail("moe_routing_skew " + std::to_string(k.skew) + " exceeds expert_model_parallel_size " + str(k.e) +
+             " (the busiest EP rank cannot receive more than every token)",
+         "use a skew in [1, EP]");
+  }
+  k.flex_sms = cfg.moe_flex_num_sms;
+  if (k.dispatcher == "flex" && k.flex_sms == 0) fail("moe_flex_num_sms must be >= 1 for flex", "set --flex-sms");
+  k.shared_overlap = cfg.moe_shared_expert_overlap;
+  k.ep_overlap = cfg.overlap_moe_expert_parallel_comm;
+  k.delay_wgrad = cfg.delay_wgrad_compute;
+  if (k.shared_overlap && k.dispatcher == "allgather") {
+    fail("moe_shared_expert_overlap with the allgather dispatcher (MCore ValueError)",
+         "use moe_token_dispatcher_type alltoall or flex, or drop shared_expert overlap");
+  }
+  if (k.shared_overlap && k.dispatcher == "flex") {
+    warnings.push_back("flex dispatcher: Megatron-Bridge apply_flex_dispatcher_backend forces "
+                       "moe_shared_expert_overlap=False: shared-expert overlap is off");
+    k.shared_overlap = false;
+  }
+  if (k.shared_overlap && k.shared_f == 0) {
+    warnings.push_back("moe_shared_expert_overlap: model \"" + model.name + "\" has no shared expert; nothing to "
+                       "overlap");
+    k.shared_overlap = false;
+  }
+  if (k.delay_wgrad && !k.ep_overlap) {
+    fail("delay_wgrad_compute needs overlap_moe_expert_parallel_comm (MCore assert)",
+         "enable EP overlap (variant ep+delay_wgrad) or drop delay_wgrad");
+  }
+  if (k.ep_overlap) {
+    const std::string rule = "overlap_moe_expert_parallel_comm needs ";
+    if (k.e <= 1) fail(rule + "expert_model_parallel_size > 1 (MCore assert)", "set --ep 2 or more, or drop ep");
+    if (k.experts <= 1) fail(rule + "num_moe_experts > 1 (Bridge assert)", "drop ep overlap");
+    if (k.dispatcher != "alltoall" && k.dispatcher != "flex") {
+      fail(rule + "moe_token_dispatcher_type alltoall or flex, not \"" + k.dispatcher +
+               "\" (a flex backend alone is not enough: the dispatcher type must be flex) (MCore assert)",
+           "use --dispatcher alltoall or flex");
+    }
+    if (cfg.dtype != schedule::DType::kBF16 && cfg.dtype != schedule::DType::kFP16 &&
+        cfg.dtype != schedule::DType::kFP8) {
+      fail(rule + "bf16 or fp16 (MCore assert)", "use --dtype bf16");
+    }
+    if (k.p > 1 && k.v == 1) {
+      fail(rule + "virtual_pipeline_model_parallel_size when pipeline_model_parallel_size > 1 (MCore assert)",
+           "set --vpp 2 or more");
+    }
+    if (cfg.recompute_granularity == "full") {
+      fail(rule + "recompute_granularity != full (MCore assert)", "use --recompute none or selective");
+    }
+    if (k.shared_overlap) {
+      fail("overlap_moe_expert_parallel_comm and moe_shared_expert_overlap are mutually exclusive (MCore assert)",
+           "drop one of ep and shared_expert");
+    }
+    if (model.mtp_num_layers > 1) fail(rule + "mtp_num_layers in {0, 1} (MCore assert)", "set mtp_num_layers <= 1");
+    if (cfg.cuda_device_max_connections == 1) {
+      warnings.push_back("EP overlap with CUDA_DEVICE_MAX_CONNECTIONS=1: comm and compute kernels start in issue "
+                         "order (MCore README: CDMC > 1 is required for a benefit)");
+    }
+  }
+  if (model.mtp_num_layers > 0) {
+    warnings.push_back("multi-token prediction (mtp_num_layers " + str(model.mtp_num_layers) +
+                       ") is not lowered: its layer and loss are left out of the step");
+  }
+}
 
 /// Applies Megatron's gating rules (warnings for silent disables, errors for assertions) and checks divisibility.
 Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>& warnings) {
@@ -70,18 +217,6 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
   k.sp = cfg.sequence_parallel && k.t > 1;
   if (cfg.sequence_parallel && k.t == 1) {
     warnings.push_back("sequence_parallel with tensor_model_parallel_size=1 has no effect (Megatron disables it)");
-  }
-  for (std::uint32_t i = 0; i < model.num_layers; ++i) {
-    if (model.is_moe_layer(i)) {
-      throw Error("model \"" + model.name + "\": MoE layer lowering is not implemented yet (issue #4); layer " +
-                  str(i) + " is an MoE layer. Use a dense model (llama3-8b, llama3-70b, llama3.1-405b, gpt3-175b)");
-    }
-  }
-  for (std::uint32_t i = 0; i < model.num_layers; ++i) {
-    if (model.uses_mla() || model.is_linear_attention_layer(i)) {
-      throw Error("model \"" + model.name + "\": multi-latent / linear attention lowering is not implemented yet "
-                  "(issue #4)");
-    }
   }
   k.b = cfg.micro_batch_size;
   k.s = cfg.seq_length;
@@ -239,6 +374,7 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
   }
   // align_param_gather: Bridge sets it when p > 1 and v > 1; MLM forces it off without VPP.
   k.aligned_param_gather = k.param_overlap && k.p > 1 && k.v > 1;
+  gate_moe(model, cfg, k, warnings);
   return k;
 }
 
@@ -323,7 +459,55 @@ struct Param {
   std::string name;
   std::uint64_t numel = 0;
   bool shared_embedding = false;
+  bool expert = false;     // MoE expert weights: the expert buffer, reduced over expert-DP
+  bool sp_reduce = false;  // replicated over TP with SP (norms, MLA down projections): TP all-reduce in finalize
 };
+
+/// Parameters of transformer layer `l` on one rank (TP- and EP-sharded), in registration order.
+void layer_params_of(const ModelSpec& model, const Dims& k, std::uint32_t l, std::vector<Param>& out) {
+  const std::uint64_t t = k.t, h = k.h;
+  const std::string L = "L" + str(l) + ".";
+  const std::uint64_t norm = model.normalization == "LayerNorm" ? 2 * h : h;
+  const bool bias = model.add_bias_linear;
+  out.push_back({L + "ln1", norm, false, false, true});
+  if (model.is_linear_attention_layer(l)) {  // Gated DeltaNet
+    const std::uint64_t nk = model.linear_num_key_heads, nv = model.linear_num_value_heads;
+    const std::uint64_t dk = model.linear_key_head_dim, dv = model.linear_value_head_dim;
+    const std::uint64_t conv_dim = 2 * nk * dk + nv * dv;
+    out.push_back({L + "in_proj", h * (2 * nk * dk + 2 * nv * dv + 2 * nv) / t});
+    out.push_back({L + "conv", (conv_dim * model.linear_conv_kernel_dim + 2 * nv) / t + dv});
+    out.push_back({L + "out_proj", nv * dv / t * h});
+  } else if (model.uses_mla()) {
+    const std::uint64_t nq = k.nq, qk = model.qk_head_dim, rope = model.qk_pos_emb_head_dim, v = model.v_head_dim;
+    if (model.q_lora_rank > 0) {
+      out.push_back({L + "q_down", h * model.q_lora_rank + model.q_lora_rank, false, false, true});
+      out.push_back({L + "q_up", model.q_lora_rank * nq * (qk + rope) / t});
+    } else {
+      out.push_back({L + "q_up", h * nq * (qk + rope) / t});
+    }
+    out.push_back({L + "kv_down", h * (model.kv_lora_rank + rope) + model.kv_lora_rank, false, false, true});
+    out.push_back({L + "kv_up", model.kv_lora_rank * nq * (qk + v) / t});
+    out.push_back({L + "proj", nq * v / t * h});
+  } else {
+    const std::uint64_t qkv_out = ((model.attention_output_gate ? 2 : 1) * k.nq + 2 * k.nkv) * k.dh / t;
+    out.push_back({L + "qkv", h * qkv_out + ((bias || model.add_qkv_bias) ? qkv_out : 0)});
+    out.push_back({L + "proj", k.nq * k.dh / t * h + (bias ? h : 0)});
+  }
+  out.push_back({L + "ln2", norm, false, false, true});
+  if (model.is_moe_layer(l)) {
+    out.push_back({L + "router", h * k.experts});
+    out.push_back({L + "experts.fc1", k.local_experts * h * k.ffn1e / k.te, false, true});
+    out.push_back({L + "experts.fc2", k.local_experts * k.fe / k.te * h, false, true});
+    if (k.shared_f > 0) {
+      const std::uint64_t sf1 = model.gated_linear_unit ? 2 * k.shared_f : k.shared_f;
+      out.push_back({L + "shared.fc1", h * sf1 / t + (model.moe_shared_expert_gate ? h : 0)});
+      out.push_back({L + "shared.fc2", k.shared_f / t * h});
+    }
+  } else {
+    out.push_back({L + "fc1", h * k.ffn1 / t + (bias ? k.ffn1 / t : 0)});
+    out.push_back({L + "fc2", k.f / t * h + (bias ? h : 0)});
+  }
+}
 
 std::vector<Param> chunk_params(const ModelSpec& model, const RunConfig& cfg, const Dims& k, std::uint32_t pp_rank,
                                 std::uint32_t chunk, const std::vector<std::uint32_t>& layers) {
@@ -332,25 +516,15 @@ std::vector<Param> chunk_params(const ModelSpec& model, const RunConfig& cfg, co
   const bool first = pp_rank == 0 && chunk == 0;
   const bool last = pp_rank == k.p - 1 && chunk == k.v - 1;
   const std::uint64_t norm = model.normalization == "LayerNorm" ? 2 * h : h;
-  const bool bias = model.add_bias_linear;
   if (first) {
     out.push_back({"embedding", k.vocab_padded / t * h, model.share_embeddings_and_output_weights && k.p > 1});
     if (model.position_embedding_type == "learned_absolute") {
       out.push_back({"position_embedding", model.max_position_embeddings * h, false});
     }
   }
-  for (auto l : layers) {
-    const std::string L = "L" + str(l) + ".";
-    const std::uint64_t qkv_out = (k.nq + 2 * k.nkv) * k.dh / t;
-    out.push_back({L + "ln1", norm, false});
-    out.push_back({L + "qkv", h * qkv_out + ((bias || model.add_qkv_bias) ? qkv_out : 0), false});
-    out.push_back({L + "proj", k.nq * k.dh / t * h + (bias ? h : 0), false});
-    out.push_back({L + "ln2", norm, false});
-    out.push_back({L + "fc1", h * k.ffn1 / t + (bias ? k.ffn1 / t : 0), false});
-    out.push_back({L + "fc2", k.f / t * h + (bias ? h : 0), false});
-  }
+  for (auto l : layers) layer_params_of(model, k, l, out);
   if (last) {
-    out.push_back({"final_norm", norm, false});
+    out.push_back({"final_norm", norm, false, false, true});
     if (!model.share_embeddings_and_output_weights || k.p > 1) {
       out.push_back({"output", k.vocab_padded / t * h, model.share_embeddings_and_output_weights});
     }
@@ -361,9 +535,14 @@ std::vector<Param> chunk_params(const ModelSpec& model, const RunConfig& cfg, co
 
 std::uint64_t round_up(std::uint64_t x, std::uint64_t m) { return (x + m - 1) / m * m; }
 
-std::vector<DpBucket> make_buckets(const std::vector<Param>& params, const RunConfig& cfg, const Dims& k,
-                                   std::uint32_t pp_rank, std::uint32_t chunk) {
-  const std::uint64_t dpc = static_cast<std::uint64_t>(k.d) * k.c;
+/// Buckets of one buffer (dense params, or expert params when `expert`); `dpc` is the buffer's reduction group
+/// size (DP x CP for dense, expert-DP for experts), which sets the default bucket size and the padding.
+std::vector<DpBucket> make_buckets(const std::vector<Param>& all, const RunConfig& cfg, std::uint64_t dpc,
+                                   std::uint32_t pp_rank, std::uint32_t chunk, bool expert) {
+  std::vector<Param> params;
+  for (const auto& p : all) {
+    if (p.expert == expert) params.push_back(p);
+  }
   // bucket_size: None without overlap_grad_reduce, or on PP rank > 0, or for chunk > 0 (disable_bucketing).
   std::uint64_t bucket_size = 0;  // 0 = unbounded (one bucket)
   if (cfg.overlap_grad_reduce && pp_rank == 0 && chunk == 0) {
@@ -373,12 +552,14 @@ std::vector<DpBucket> make_buckets(const std::vector<Param>& params, const RunCo
   const std::uint64_t end_pad = std::lcm(dpc, std::uint64_t{128});
   std::vector<DpBucket> buckets;
   DpBucket cur;
+  cur.expert = expert;
   std::uint64_t bucket_start = 0, pos = 0;
   auto close = [&](std::uint64_t end) {
     const std::uint64_t padded_end = distopt ? round_up(end, end_pad) : end;
     cur.numel = padded_end - bucket_start;
     buckets.push_back(cur);
     cur = DpBucket{};
+    cur.expert = expert;
     bucket_start = padded_end;
     pos = padded_end;
   };
@@ -424,6 +605,10 @@ VirtualTable schedule_table(std::uint32_t m, std::uint32_t v, std::uint32_t g) {
 struct Streams {
   StreamId compute = 0, tp = 0, tp_send = 0, tp_recv = 0, cp = 0, cp_recv = 0, dp = 0;
   StreamId pp_send_next = 0, pp_recv_prev = 0, pp_send_prev = 0, pp_recv_next = 0;
+  // MoE: ep = EP all-to-alls (the NCCL ep stream; with EP overlap the comm_stream of the combined schedule, which
+  // also runs the combine node's unpermute/residual kernels); tp_ep = count/token all-gathers over expert-TP x EP;
+  // etp = expert-TP collectives; dtoh = cuda_dtoh_stream (D2H copies of split sizes); shared = SharedExpertMLP.stream.
+  StreamId ep = 0, tp_ep = 0, etp = 0, dtoh = 0, shared = 0;
 };
 
 struct Ctx {
@@ -436,6 +621,8 @@ struct Ctx {
   std::vector<std::vector<std::vector<Param>>> params;        // [pp][chunk]
   // Communicator id per rank and kind (kNone if the kind is unused).
   std::vector<CommId> tp_of, cp_of, dp_of, pp_of, norm_of, embd_of;
+  std::vector<CommId> ep_of, etp_of, tpep_of, edp_of;  // MoE expert layout (kNone where unused)
+  std::vector<std::vector<std::string>> layer_param_names;  // [layer] -> parameter names (param-gather waits)
   bool recompute_full = false, recompute_selective = false;
 };
 
@@ -458,14 +645,50 @@ RankId rank_of(const Dims& k, const Coords& co) {
   return co.tp + k.t * (co.cp + k.c * (co.dp + k.d * co.pp));
 }
 
+/// Expert layout (MCore expert rank generator, order etp-ep-edp-pp): within a pipeline stage the local index
+/// i = rank mod (t*c*d) splits into expert-TP (fastest), EP, then expert-DP.
+struct ExpertCoords {
+  std::uint32_t etp = 0, ep = 0, edp = 0, pp = 0;
+};
+
+ExpertCoords expert_coords_of(const Dims& k, RankId r) {
+  const std::uint32_t stage = k.t * k.c * k.d;
+  const std::uint32_t i = r % stage;
+  return ExpertCoords{i % k.te, (i / k.te) % k.e, i / (k.te * k.e), r / stage};
+}
+
+RankId expert_rank_of(const Dims& k, const ExpertCoords& co) {
+  return co.etp + k.te * (co.ep + k.e * co.edp) + k.t * k.c * k.d * co.pp;
+}
+
+/// Token copies one rank sends to each EP position (routing model): balanced by default; with skew s the busiest
+/// position (0, holding the hottest experts) gets s x the mean and the rest share the remainder evenly. Every rank
+/// routes the same way, so position j receives e x split[j]. The entries sum to `total`.
+std::vector<std::uint64_t> ep_split(const Dims& k, std::uint64_t total) {
+  const std::uint32_t e = k.e;
+  if (e == 1) return {total};
+  std::vector<std::uint64_t> out(e, 0);
+  std::uint64_t hot = static_cast<std::uint64_t>(std::llround(static_cast<double>(total) * k.skew / e));
+  hot = std::min(hot, total);
+  if (k.skew == 1.0) hot = total / e + (total % e > 0 ? 1 : 0);
+  out[0] = hot;
+  const std::uint64_t rest = total - hot;
+  for (std::uint32_t j = 1; j < e; ++j) out[j] = rest / (e - 1) + ((j - 1) < rest % (e - 1) ? 1 : 0);
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Per-rank lowering.
 
 class RankLowering {
  public:
-  RankLowering(const Ctx& ctx, RankId rank) : x_(ctx), k_(ctx.k), rank_(rank), co_(coords_of(ctx.k, rank)) {
+  RankLowering(const Ctx& ctx, RankId rank)
+      : x_(ctx), k_(ctx.k), rank_(rank), co_(coords_of(ctx.k, rank)), eco_(expert_coords_of(ctx.k, rank)) {
     fwd_recv_.resize(k_.v);
     bwd_recv_.resize(k_.v);
+    aq_ = k_.nq;
+    akv_ = k_.nkv;
+    adh_ = k_.dh;
   }
 
   std::vector<schedule::Op> run();
@@ -577,7 +800,7 @@ class RankLowering {
   OpId ag_gemm(const std::string& site, std::uint64_t n, std::uint64_t kk, Phase ph) {
     const CommId tp = x_.tp_of[rank_];
     if (k_.t == 1 || !k_.sp) return gemm(site, k_.tokens, n, kk, ph);
-    if (!k_.tp_overlap) {
+    if (!ub()) {
       collective(x_.st.tp, site + "_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, kk), ph, true);
       return gemm(site, k_.tokens, n, kk, ph);
     }
@@ -609,7 +832,7 @@ class RankLowering {
       gemm(site, k_.tokens, n, kk, ph);
       return;
     }
-    if (!k_.tp_overlap) {
+    if (!ub()) {
       gemm(site, k_.tokens, n, kk, ph);
       collective(x_.st.tp, site + (k_.sp ? "_rs" : "_ar"), k_.sp ? CollectiveKind::kReduceScatter
                                                                   : CollectiveKind::kAllReduce,
@@ -628,7 +851,7 @@ class RankLowering {
   void rowparallel_bwd(const std::string& site, std::uint64_t out, std::uint64_t in, const std::string& param) {
     const CommId tp = x_.tp_of[rank_];
     OpId last_recv = schedule::kNoOp;
-    if (k_.t > 1 && k_.sp && k_.tp_overlap) {  // ring-exchange AG + dgrad GEMM (proj_dgrad / fc2_dgrad)
+    if (k_.t > 1 && k_.sp && ub()) {  // ring-exchange AG + dgrad GEMM (proj_dgrad / fc2_dgrad)
       OpId prev_recv = schedule::kNoOp;
       const OpId producer = last_compute_;
       for (std::uint32_t i = 0; i < k_.t; ++i) {
@@ -657,8 +880,7 @@ class RankLowering {
     }
     std::vector<OpId> d;
     if (last_recv != schedule::kNoOp) d.push_back(last_recv);
-    const OpId w = gemm(site + "_wgrad", out, in, k_.tokens, Phase::kWgrad, d, k_.tp_overlap ? "tp" : "");
-    grad_ready(param, w);
+    wgrad_op(site + "_wgrad", Gemm{out, in, k_.tokens, 1, k_.dtype}, d, param, ub() ? "tp" : "");
   }
 
   /// Backward of a column-parallel linear (qkv / fc1) and its layernorm: dgrad GEMM with the async AG of ln_out
@@ -667,7 +889,7 @@ class RankLowering {
   void colparallel_bwd(const std::string& site, std::uint64_t out, std::uint64_t in, const std::string& param,
                        const std::string& ln_param) {
     const CommId tp = x_.tp_of[rank_];
-    const std::string ov = k_.tp_overlap ? "tp" : "";
+    const std::string ov = ub() ? "tp" : "";
     OpId ag = schedule::kNoOp, red = schedule::kNoOp;
     if (k_.t > 1 && k_.sp) {
       ag = collective(x_.st.tp, site + "_lnout_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, in), Phase::kBwd,
@@ -681,8 +903,7 @@ class RankLowering {
     }
     std::vector<OpId> wd;
     if (ag != schedule::kNoOp) wd.push_back(ag);
-    const OpId w = gemm(site + "_wgrad", out, in, k_.tokens, Phase::kWgrad, wd, ov);
-    grad_ready(param, w);
+    wgrad_op(site + "_wgrad", Gemm{out, in, k_.tokens, 1, k_.dtype}, wd, param, ov);
     std::vector<OpId> ld;
     if (red != schedule::kNoOp) ld.push_back(red);
     const OpId ln = elementwise(ln_param.substr(ln_param.find('.') + 1) + "_bwd", 3 * act(k_.tokens_sp, k_.h),
@@ -692,12 +913,12 @@ class RankLowering {
 
   /// Core attention forward (with its CP exchanges); `recompute` re-runs it in backward.
   void attention_fwd(Phase ph) {
-    const std::uint64_t hq = k_.nq / k_.t, hkv = k_.nkv / k_.t, s_loc = k_.s / k_.c, b = k_.b;
-    const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * k_.dh * k_.act_bytes;
+    const std::uint64_t hq = aq_ / k_.t, hkv = akv_ / k_.t, s_loc = k_.s / k_.c, b = k_.b;
+    const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * adh_ * k_.act_bytes;
     const CommId cp = x_.cp_of[rank_];
     auto attn = [&](const std::string& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
                     std::uint64_t skv, bool causal, std::vector<OpId> deps, const std::string& ov) {
-      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, k_.dh, causal, false, k_.dtype}, ph,
+      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, adh_, causal, false, k_.dtype}, ph,
                     std::move(deps), ov);
     };
     if (k_.c == 1) {
@@ -725,7 +946,7 @@ class RankLowering {
         } else {
           attn("attn_step" + str(i), hq, hkv, s_loc / 2, s_loc, false, d, "cp");
         }
-        if (i > 0) elementwise("attn_correction" + str(i), 3 * s_loc * b * hq * k_.dh * 4, ph);
+        if (i > 0) elementwise("attn_correction" + str(i), 3 * s_loc * b * hq * adh_ * 4, ph);
         prev_recv = rv;
       }
       return;
@@ -743,8 +964,8 @@ class RankLowering {
       return;
     }
     // a2a (Ulysses): sequence-sharded -> head-sharded Q, K, V; full-sequence attention on heads / cp; output back.
-    const std::uint64_t q_bytes = s_loc * b * hq * k_.dh * k_.act_bytes;
-    const std::uint64_t k_bytes = s_loc * b * hkv * k_.dh * k_.act_bytes;
+    const std::uint64_t q_bytes = s_loc * b * hq * adh_ * k_.act_bytes;
+    const std::uint64_t k_bytes = s_loc * b * hkv * adh_ * k_.act_bytes;
     collective(x_.st.cp, "attn_q_a2a", CollectiveKind::kAllToAll, cp, q_bytes, ph, false);
     collective(x_.st.cp, "attn_k_a2a", CollectiveKind::kAllToAll, cp, k_bytes, ph, false);
     collective(x_.st.cp, "attn_v_a2a", CollectiveKind::kAllToAll, cp, k_bytes, ph, true);
@@ -755,12 +976,12 @@ class RankLowering {
   }
 
   void attention_bwd() {
-    const std::uint64_t hq = k_.nq / k_.t, hkv = k_.nkv / k_.t, s_loc = k_.s / k_.c, b = k_.b;
-    const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * k_.dh * k_.act_bytes;
+    const std::uint64_t hq = aq_ / k_.t, hkv = akv_ / k_.t, s_loc = k_.s / k_.c, b = k_.b;
+    const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * adh_ * k_.act_bytes;
     const CommId cp = x_.cp_of[rank_];
     auto attn = [&](const std::string& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
                     std::uint64_t skv, bool causal, std::vector<OpId> deps, const std::string& ov) {
-      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, k_.dh, causal, true, k_.dtype}, Phase::kBwd,
+      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, adh_, causal, true, k_.dtype}, Phase::kBwd,
                     std::move(deps), ov);
     };
     if (k_.c == 1) {
@@ -802,8 +1023,8 @@ class RankLowering {
       collective(x_.st.cp, "attn_bwd_dkv_rs", CollectiveKind::kReduceScatter, cp, kv_bytes * k_.c, Phase::kBwd, true);
       return;
     }
-    const std::uint64_t q_bytes = s_loc * b * hq * k_.dh * k_.act_bytes;
-    const std::uint64_t k_bytes = s_loc * b * hkv * k_.dh * k_.act_bytes;
+    const std::uint64_t q_bytes = s_loc * b * hq * adh_ * k_.act_bytes;
+    const std::uint64_t k_bytes = s_loc * b * hkv * adh_ * k_.act_bytes;
     collective(x_.st.cp, "attn_bwd_do_a2a", CollectiveKind::kAllToAll, cp, q_bytes, Phase::kBwd, true);
     attn("attn_bwd", hq / k_.c, hkv / k_.c, k_.s, k_.s, true, {}, "");
     collective(x_.st.cp, "attn_bwd_dq_a2a", CollectiveKind::kAllToAll, cp, q_bytes, Phase::kBwd, false);
@@ -815,39 +1036,138 @@ class RankLowering {
 
   std::uint64_t layer_kernel_count_estimate() const { return 12; }
 
-  void layer_fwd(std::uint32_t layer, Phase ph) {
-    cur_layer_ = static_cast<std::int32_t>(layer);
-    host("host_fwd", x_.cfg->host.per_module_call_ns * 6 +
-                         x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
-         ph);
-    const std::uint64_t qkv_out = (k_.nq + 2 * k_.nkv) * k_.dh / k_.t;
-    elementwise("ln1", 2 * act(k_.tokens_sp, k_.h), ph);
-    ag_gemm("qkv", qkv_out, k_.h, ph);
-    elementwise("rope", 2 * act(k_.tokens, (k_.nq + k_.nkv) * k_.dh / k_.t), ph);
-    attention_fwd(ph);
-    gemm_rs("proj", k_.h, k_.nq * k_.dh / k_.t, ph);
-    elementwise("residual1", 3 * act(k_.tokens_sp, k_.h), ph);
-    elementwise("ln2", 2 * act(k_.tokens_sp, k_.h), ph);
-    ag_gemm("fc1", k_.ffn1 / k_.t, k_.h, ph);
-    elementwise(x_.model->gated_linear_unit ? "swiglu" : "gelu",
-                act(k_.tokens, k_.ffn1 / k_.t) + act(k_.tokens, k_.f / k_.t), ph);
-    gemm_rs("fc2", k_.h, k_.f / k_.t, ph);
-    elementwise("residual2", 3 * act(k_.tokens_sp, k_.h), ph);
-    cur_layer_ = -1;
+  // ---- helpers for MoE, attention variants and delayed wgrad ----
+  bool ub() const { return k_.tp_overlap && !no_ub_; }
+  std::vector<OpId> take_node_deps() {
+    std::vector<OpId> d = std::move(node_deps_);
+    node_deps_.clear();
+    return d;
+  }
+  /// A kernel on the EP comm stream inside a comm node (combined schedule), else on the compute stream.
+  OpId ep_elementwise(const std::string& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
+    if (!comm_node_) return elementwise(what, bytes, ph, std::move(deps));
+    auto d = take_node_deps();
+    d.insert(d.end(), deps.begin(), deps.end());
+    return emit(x_.st.ep, nm(what), Compute{Elementwise{bytes, 0}, 0}, std::move(d), tags(ph, "ep"));
+  }
+  /// A fused flex (DeepEP/HybridEP) kernel holding moe_flex_num_sms SMs, on the EP stream (its internal comm
+  /// stream); outside a comm node it waits for the compute stream at launch.
+  OpId flex_kernel(const std::string& what, schedule::Kernel kern, Phase ph) {
+    std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
+    if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
+    const std::uint32_t sms = std::holds_alternative<schedule::Memcpy>(kern) ? 0 : k_.flex_sms;
+    return emit(x_.st.ep, nm(what), Compute{std::move(kern), sms}, std::move(d), tags(ph, comm_node_ ? "ep" : ""));
+  }
+  /// An EP all-to-all with per-peer splits (token copies x bytes per copy). Outside a comm node it is a blocking
+  /// NCCL call (the compute stream waits for it); inside, it runs on the comm stream after the node's event.
+  OpId ep_a2a(const std::string& what, const std::vector<std::uint64_t>& copies, std::uint64_t bytes_per_copy,
+              schedule::DType dtype, Phase ph) {
+    schedule::Collective c;
+    c.kind = CollectiveKind::kAllToAll;
+    c.comm = x_.ep_of[rank_];
+    c.dtype = dtype;
+    for (auto n : copies) c.send_bytes.push_back(n * bytes_per_copy);
+    for (auto b : c.send_bytes) c.bytes += b;
+    std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
+    if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
+    const OpId id = emit(x_.st.ep, nm(what), std::move(c), std::move(d), tags(ph, comm_node_ ? "ep" : ""));
+    if (!comm_node_) pending_.push_back(id);
+    return id;
+  }
+  /// A weight-gradient kernel: emitted now, or held for the W node of the combined schedule (delay_wgrad_compute).
+  void wgrad_op(const std::string& what, schedule::Kernel kern, std::vector<OpId> deps, const std::string& param,
+                std::string overlap = {}) {
+    if (defer_wgrad_) {
+      deferred_.push_back(Deferred{nm(what), std::move(kern), std::move(deps), param, tags(Phase::kWgrad, "ep")});
+      return;
+    }
+    const OpId w = kernel(what, std::move(kern), Phase::kWgrad, std::move(deps), std::move(overlap));
+    grad_ready(param, w);
+  }
+  void flush_wgrads() {
+    auto items = std::move(deferred_);
+    deferred_.clear();
+    for (auto& it : items) {
+      const OpId w = emit(x_.st.compute, it.name, Compute{std::move(it.kernel), 0}, std::move(it.deps), it.tags);
+      grad_ready(it.param, w);
+    }
+  }
+  void set_attention_dims(std::uint32_t layer) {
+    aq_ = k_.nq;
+    akv_ = k_.nkv;
+    adh_ = k_.dh;
+    if (x_.model->uses_mla() && !x_.model->is_linear_attention_layer(layer)) {
+      akv_ = k_.nq;  // MLA: every head has its own K and V after the up projection
+      adh_ = x_.model->qk_head_dim + x_.model->qk_pos_emb_head_dim;  // QK dim; V is v_head_dim (same cost order)
+    }
   }
 
-  void layer_bwd(std::uint32_t layer) {
-    cur_layer_ = static_cast<std::int32_t>(layer);
+  // ---- MoE token counts (routing model) ----
+  std::uint64_t moe_tokens() const { return k_.tokens_sp; }  // T_m: tokens entering the router on this rank
+  std::vector<std::uint64_t> dispatch_copies() const { return ep_split(k_, moe_tokens() * k_.topk); }
+  /// Token copies this rank received from each EP peer (= what it sends back in the combine).
+  std::vector<std::uint64_t> combine_copies() const {
+    const auto sp = dispatch_copies();
+    return std::vector<std::uint64_t>(k_.e, sp[eco_.ep]);
+  }
+  /// Rows the grouped GEMMs process on this rank (after the expert-TP all-gather): e x split[position] x t_e.
+  std::uint64_t expert_rows() const { return dispatch_copies()[eco_.ep] * k_.e * k_.te; }
+  std::vector<std::uint64_t> expert_groups() const {
+    const std::uint64_t n = expert_rows(), g = k_.local_experts;
+    std::vector<std::uint64_t> m(g, n / g);
+    for (std::uint64_t i = 0; i < n % g; ++i) m[i] += 1;
+    return m;
+  }
+  /// flex: one copy per (token, destination rank): R = e (1 - C(E - E/e, k) / C(E, k)) under uniform routing.
+  std::vector<std::uint64_t> flex_copies() const {
+    double none = 1.0;
+    for (std::uint64_t i = 0; i < k_.topk; ++i) {
+      none *= static_cast<double>(k_.experts - k_.local_experts - std::min(i, k_.experts - k_.local_experts)) /
+              static_cast<double>(k_.experts - i);
+    }
+    const double r = static_cast<double>(k_.e) * (1.0 - none);
+    return ep_split(k_, static_cast<std::uint64_t>(std::llround(static_cast<double>(moe_tokens()) * r)));
+  }
+  std::vector<std::uint64_t> flex_combine_copies() const {
+    const auto sp = flex_copies();
+    return std::vector<std::uint64_t>(k_.e, sp[eco_.ep]);
+  }
+
+  // ---- attention blocks (standard / gated GQA, MLA, Gated DeltaNet) ----
+  void attn_block_fwd(std::uint32_t layer, Phase ph) {
+    set_attention_dims(layer);
+    elementwise("ln1", 2 * act(k_.tokens_sp, k_.h), ph);
+    const ModelSpec& m = *x_.model;
+    if (m.is_linear_attention_layer(layer)) {
+      gdn_fwd(ph);
+    } else if (m.uses_mla()) {
+      mla_fwd(ph);
+    } else {
+      const std::uint64_t qkv_out = ((m.attention_output_gate ? 2 : 1) * k_.nq + 2 * k_.nkv) * k_.dh / k_.t;
+      ag_gemm("qkv", qkv_out, k_.h, ph);
+      elementwise("rope", 2 * act(k_.tokens, (k_.nq + k_.nkv) * k_.dh / k_.t), ph);
+      attention_fwd(ph);
+      if (m.attention_output_gate) elementwise("attn_gate", 3 * act(k_.tokens, k_.nq * k_.dh / k_.t), ph);
+      gemm_rs("proj", k_.h, k_.nq * k_.dh / k_.t, ph);
+    }
+    elementwise("residual1", 3 * act(k_.tokens_sp, k_.h), ph);
+  }
+
+  void attn_block_bwd(std::uint32_t layer) {
+    set_attention_dims(layer);
     const std::string L = "L" + str(layer) + ".";
-    host("host_bwd", x_.cfg->host.per_module_call_ns * 6 +
-                         x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
-         Phase::kBwd);
-    const std::uint64_t qkv_out = (k_.nq + 2 * k_.nkv) * k_.dh / k_.t;
-    rowparallel_bwd("fc2", k_.h, k_.f / k_.t, L + "fc2");
-    elementwise(std::string(x_.model->gated_linear_unit ? "swiglu" : "gelu") + "_bwd",
-                2 * act(k_.tokens, k_.ffn1 / k_.t) + act(k_.tokens, k_.f / k_.t), Phase::kBwd);
-    colparallel_bwd("fc1", k_.ffn1 / k_.t, k_.h, L + "fc1", L + "ln2");
+    const ModelSpec& m = *x_.model;
+    if (m.is_linear_attention_layer(layer)) {
+      gdn_bwd(L);
+      return;
+    }
+    if (m.uses_mla()) {
+      mla_bwd(L);
+      return;
+    }
+    const std::uint64_t qkv_out = ((m.attention_output_gate ? 2 : 1) * k_.nq + 2 * k_.nkv) * k_.dh / k_.t;
     rowparallel_bwd("proj", k_.h, k_.nq * k_.dh / k_.t, L + "proj");
+    if (m.attention_output_gate) elementwise("attn_gate_bwd", 4 * act(k_.tokens, k_.nq * k_.dh / k_.t), Phase::kBwd);
     if (x_.recompute_selective) {
       const std::string saved = prefix_;
       prefix_ = "recompute.";
@@ -857,6 +1177,390 @@ class RankLowering {
     attention_bwd();
     elementwise("rope_bwd", 2 * act(k_.tokens, (k_.nq + k_.nkv) * k_.dh / k_.t), Phase::kBwd);
     colparallel_bwd("qkv", qkv_out, k_.h, L + "qkv", L + "ln1");
+  }
+
+  /// Multi-latent attention (DeepSeek-V3): down projections (replicated over TP, on the SP shard), all-gather of
+  /// the latents over TP, latent norms, column-parallel up projections, attention over n_q/t heads with head dims
+  /// qk + rope, row-parallel output projection.
+  void mla_fwd(Phase ph) {
+    const ModelSpec& m = *x_.model;
+    const std::uint64_t nqt = k_.nq / k_.t, qk = m.qk_head_dim, rope = m.qk_pos_emb_head_dim, v = m.v_head_dim;
+    const std::uint64_t ql = m.q_lora_rank, kvl = m.kv_lora_rank;
+    no_ub_ = true;
+    if (ql > 0) gemm("q_down", k_.tokens_sp, ql, k_.h, ph);
+    gemm("kv_down", k_.tokens_sp, kvl + rope, k_.h, ph);
+    if (k_.t > 1 && k_.sp) {
+      collective(x_.st.tp, "mla_latent_ag", CollectiveKind::kAllGather, x_.tp_of[rank_],
+                 act(k_.tokens, ql + kvl + rope), ph, true);
+    }
+    elementwise("mla_latent_norm", 2 * act(k_.tokens, ql + kvl), ph);
+    if (ql > 0) gemm("q_up", k_.tokens, nqt * (qk + rope), ql, ph);
+    else ag_gemm("q_up", nqt * (qk + rope), k_.h, ph);
+    gemm("kv_up", k_.tokens, nqt * (qk + v), kvl, ph);
+    elementwise("rope", 2 * act(k_.tokens, nqt * rope + rope), ph);
+    no_ub_ = false;
+    attention_fwd(ph);
+    gemm_rs("proj", k_.h, nqt * v, ph);
+  }
+
+  void mla_bwd(const std::string& L) {
+    const ModelSpec& m = *x_.model;
+    const std::uint64_t nqt = k_.nq / k_.t, qk = m.qk_head_dim, rope = m.qk_pos_emb_head_dim, v = m.v_head_dim;
+    const std::uint64_t ql = m.q_lora_rank, kvl = m.kv_lora_rank;
+    rowparallel_bwd("proj", k_.h, nqt * v, L + "proj");
+    if (x_.recompute_selective) {
+      const std::string saved = prefix_;
+      prefix_ = "recompute.";
+      attention_fwd(Phase::kBwd);
+      prefix_ = saved;
+    }
+    attention_bwd();
+    no_ub_ = true;
+    elementwise("rope_bwd", 2 * act(k_.tokens, nqt * rope + rope), Phase::kBwd);
+    gemm("kv_up_dgrad", k_.tokens, kvl, nqt * (qk + v), Phase::kBwd);
+    wgrad_op("kv_up_wgrad", Gemm{nqt * (qk + v), kvl, k_.tokens, 1, k_.dtype}, {}, L + "kv_up");
+    if (ql > 0) {
+      gemm("q_up_dgrad", k_.tokens, ql, nqt * (qk + rope), Phase::kBwd);
+      wgrad_op("q_up_wgrad", Gemm{nqt * (qk + rope), ql, k_.tokens, 1, k_.dtype}, {}, L + "q_up");
+    } else {
+      colparallel_bwd("q_up", nqt * (qk + rope), k_.h, L + "q_up", L + "ln1");
+    }
+    if (k_.t > 1) {
+      collective(x_.st.tp, k_.sp ? "mla_latent_grad_rs" : "mla_latent_grad_ar",
+                 k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, x_.tp_of[rank_],
+                 act(k_.tokens, ql + kvl + rope), Phase::kBwd, true);
+    }
+    elementwise("mla_latent_norm_bwd", 3 * act(k_.tokens_sp, ql + kvl), Phase::kBwd);
+    gemm("kv_down_dgrad", k_.tokens_sp, k_.h, kvl + rope, Phase::kBwd);
+    wgrad_op("kv_down_wgrad", Gemm{kvl + rope, k_.h, k_.tokens_sp, 1, k_.dtype}, {}, L + "kv_down");
+    if (ql > 0) {
+      gemm("q_down_dgrad", k_.tokens_sp, k_.h, ql, Phase::kBwd);
+      wgrad_op("q_down_wgrad", Gemm{ql, k_.h, k_.tokens_sp, 1, k_.dtype}, {}, L + "q_down");
+    }
+    no_ub_ = false;
+    if (ql > 0) {
+      const OpId ln = elementwise("ln1_bwd", 3 * act(k_.tokens_sp, k_.h), Phase::kBwd);
+      grad_ready(L + "ln1", ln);
+    }
+  }
+
+  /// Gated DeltaNet (Qwen3-Next linear attention): in_proj (q, k, v, z, beta, alpha), causal conv1d, the chunked
+  /// gated delta-rule scan, gated RMSNorm, out_proj. STAND-IN: no measured kernel exists for the scan (a Triton
+  /// kernel in FLA); it is lowered as the chunked algorithm's batched GEMMs over 64-token chunks per value head
+  /// (intra-chunk scores [C,dk]x[dk,C], state update [dk,C]x[C,dv], state output [C,dk]x[dk,dv]); lower() warns.
+  void gdn_fwd(Phase ph) {
+    const ModelSpec& m = *x_.model;
+    const std::uint64_t nk = m.linear_num_key_heads, nv = m.linear_num_value_heads;
+    const std::uint64_t dk = m.linear_key_head_dim, dv = m.linear_value_head_dim;
+    no_ub_ = true;
+    ag_gemm("in_proj", (2 * nk * dk + 2 * nv * dv + 2 * nv) / k_.t, k_.h, ph);
+    elementwise("gdn_conv1d", 2 * act(k_.tokens, (2 * nk * dk + nv * dv) / k_.t), ph);
+    gdn_scan("gdn_scan", ph, 1);
+    elementwise("gdn_gated_norm", 3 * act(k_.tokens, nv * dv / k_.t), ph);
+    gemm_rs("out_proj", k_.h, nv * dv / k_.t, ph);
+    no_ub_ = false;
+  }
+  void gdn_scan(const std::string& what, Phase ph, std::uint64_t factor) {
+    const ModelSpec& m = *x_.model;
+    const std::uint64_t dk = m.linear_key_head_dim, dv = m.linear_value_head_dim, kC = 64;
+    const std::uint64_t batch = k_.b * ((k_.s + kC - 1) / kC) * (m.linear_num_value_heads / k_.t) * factor;
+    gemm(what + "_scores", kC, kC, dk, ph);
+    ops_.back().body = Compute{Gemm{kC, kC, dk, batch, k_.dtype}, 0};
+    gemm(what + "_state", dk, dv, kC, ph);
+    ops_.back().body = Compute{Gemm{dk, dv, kC, batch, k_.dtype}, 0};
+    gemm(what + "_out", kC, dv, dk, ph);
+    ops_.back().body = Compute{Gemm{kC, dv, dk, batch, k_.dtype}, 0};
+  }
+  void gdn_bwd(const std::string& L) {
+    const ModelSpec& m = *x_.model;
+    const std::uint64_t nk = m.linear_num_key_heads, nv = m.linear_num_value_heads;
+    const std::uint64_t dk = m.linear_key_head_dim, dv = m.linear_value_head_dim;
+    no_ub_ = true;
+    rowparallel_bwd("out_proj", k_.h, nv * dv / k_.t, L + "out_proj");
+    elementwise("gdn_gated_norm_bwd", 4 * act(k_.tokens, nv * dv / k_.t), Phase::kBwd);
+    gdn_scan("gdn_scan_bwd", Phase::kBwd, 2);  // dq/dk/dv and the state gradient: about twice the forward
+    const OpId c = elementwise("gdn_conv1d_bwd", 3 * act(k_.tokens, (2 * nk * dk + nv * dv) / k_.t), Phase::kBwd);
+    grad_ready(L + "conv", c);
+    colparallel_bwd("in_proj", (2 * nk * dk + 2 * nv * dv + 2 * nv) / k_.t, k_.h, L + "in_proj", L + "ln1");
+    no_ub_ = false;
+  }
+
+  // ---- MLP blocks ----
+  void dense_mlp_fwd(Phase ph) {
+    elementwise("ln2", 2 * act(k_.tokens_sp, k_.h), ph);
+    ag_gemm("fc1", k_.ffn1 / k_.t, k_.h, ph);
+    elementwise(x_.model->gated_linear_unit ? "swiglu" : "gelu",
+                act(k_.tokens, k_.ffn1 / k_.t) + act(k_.tokens, k_.f / k_.t), ph);
+    gemm_rs("fc2", k_.h, k_.f / k_.t, ph);
+    elementwise("residual2", 3 * act(k_.tokens_sp, k_.h), ph);
+  }
+  void dense_mlp_bwd(const std::string& L) {
+    rowparallel_bwd("fc2", k_.h, k_.f / k_.t, L + "fc2");
+    elementwise(std::string(x_.model->gated_linear_unit ? "swiglu" : "gelu") + "_bwd",
+                2 * act(k_.tokens, k_.ffn1 / k_.t) + act(k_.tokens, k_.f / k_.t), Phase::kBwd);
+    colparallel_bwd("fc1", k_.ffn1 / k_.t, k_.h, L + "fc1", L + "ln2");
+  }
+
+  std::uint64_t shared_fc1_width() const {
+    return (x_.model->gated_linear_unit ? 2 * k_.shared_f : k_.shared_f) / k_.t;
+  }
+  /// Shared expert forward on the compute stream (TP-parallel MLP with SP all-gather / reduce-scatter; expert
+  /// linears never use userbuffers).
+  void shared_expert_fwd(Phase ph) {
+    const CommId tp = x_.tp_of[rank_];
+    if (k_.t > 1) collective(x_.st.tp, "shared_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.h), ph, true);
+    gemm("shared_fc1", k_.tokens, shared_fc1_width(), k_.h, ph);
+    elementwise("shared_act", act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_f / k_.t), ph);
+    gemm("shared_fc2", k_.tokens, k_.h, k_.shared_f / k_.t, ph);
+    if (k_.t > 1) {
+      collective(x_.st.tp, "shared_rs", CollectiveKind::kReduceScatter, tp, act(k_.tokens, k_.h), ph, true);
+    }
+  }
+
+  /// Pre-dispatch part of an MoE layer (node A of the combined schedule, after attention): pre-MLP norm, shared
+  /// expert (before the router unless moe_shared_expert_overlap), router, dispatch preprocess.
+  void moe_pre_fwd(Phase ph) {
+    const OpId ln2 = elementwise("ln2", 2 * act(k_.tokens_sp, k_.h), ph);
+    ln2_op_ = ln2;
+    if (k_.shared_f > 0 && !k_.shared_overlap) shared_expert_fwd(ph);
+    const std::uint64_t T = moe_tokens();
+    gemm("router", T, k_.experts, k_.h, ph);
+    elementwise("router_topk", T * k_.experts * 4 * 3, ph);
+    const std::uint32_t span = k_.te * k_.e;
+    if (k_.dispatcher == "alltoall") {
+      // preprocess: all-gather of per-expert counts over TP x EP, D2H copy of the splits (host syncs on it later).
+      OpId counts = last_compute_;
+      if (span > 1) {
+        counts = collective(x_.st.tp_ep, "moe_count_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                            k_.experts * 8 * span, ph, false, {}, "", schedule::DType::kInt64);
+      }
+      d2h_ = emit(x_.st.dtoh, nm("moe_splits_d2h"), Compute{schedule::Memcpy{2ull * k_.e * 8 + k_.local_experts * 8,
+                                                                              schedule::CopyKind::kD2H}, 0},
+                  {counts}, tags(ph));
+      elementwise("moe_permute", 2 * act(T * k_.topk, k_.h), ph);
+    } else if (k_.dispatcher == "allgather") {
+      if (span > 1) {
+        collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                   act(T, k_.h) * span, ph, true);
+        collective(x_.st.tp_ep, "moe_probs_map_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                   T * k_.experts * 5 * span, ph, true, {}, "", schedule::DType::kFP32);
+      }
+      elementwise("moe_permute", act(T * span, k_.h) + act(expert_rows(), k_.h), ph);
+      // TE's grouped GEMM takes m_splits on the host: tokens_per_expert.tolist() syncs [inf].
+      d2h_ = emit(x_.st.compute, nm("moe_counts_d2h"),
+                  Compute{schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, 0}, {}, tags(ph));
+      host_sync("moe_counts_sync", d2h_, ph);
+    }
+  }
+
+  /// Dispatch (node D): host sync on the split sizes, token and probs all-to-alls (flex: notify, count sync, fused
+  /// dispatch kernel holding moe_flex_num_sms SMs and its transfer).
+  void moe_dispatch_fwd(Phase ph) {
+    if (k_.dispatcher == "alltoall") {
+      host_sync("moe_splits_sync", d2h_, ph);  // cuda_sync_point before_ep_alltoall
+      if (k_.e > 1) ep_a2a("moe_dispatch_a2a", dispatch_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      if (k_.shared_overlap) shared_overlap_fc1(ph);
+      if (k_.e > 1) ep_a2a("moe_probs_a2a", dispatch_copies(), 4, schedule::DType::kFP32, ph);
+    } else if (k_.dispatcher == "flex") {
+      flex_kernel("flex_notify", Elementwise{std::uint64_t{k_.e} * k_.experts * 4 * 2, 0}, ph);
+      const OpId cp = flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H},
+                                  ph);
+      host_sync("flex_counts_sync", cp, ph);  // DeepEP: the CPU waits for the received-count signal
+      std::uint64_t copies = 0;
+      for (auto c : flex_copies()) copies += c;
+      const OpId kd = flex_kernel("flex_dispatch", Elementwise{2 * act(copies, k_.h), 0}, ph);
+      if (k_.e > 1) ep_a2a("flex_dispatch_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      else if (!comm_node_) pending_.push_back(kd);
+    }
+  }
+
+  /// Shared expert on its own stream (moe_shared_expert_overlap): fc1 right after the token all-to-all.
+  void shared_overlap_fc1(Phase ph) {
+    std::vector<OpId> d{ln2_op_};
+    if (k_.t > 1) {
+      schedule::Collective c{CollectiveKind::kAllGather, x_.tp_of[rank_], act(k_.tokens, k_.h), k_.dtype, {}, 0};
+      d = {emit(x_.st.tp, nm("shared_ag"), std::move(c), {ln2_op_}, tags(ph, "shared_expert"))};
+    }
+    emit(x_.st.shared, nm("shared_fc1"), Compute{Gemm{k_.tokens, shared_fc1_width(), k_.h, 1, k_.dtype}, 0}, d,
+         tags(ph, "shared_expert"));
+    emit(x_.st.shared, nm("shared_act"),
+         Compute{Elementwise{act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_f / k_.t), 0}, 0}, {},
+         tags(ph, "shared_expert"));
+  }
+  /// ... and fc2 right after the combine all-to-all; the unpermute-add waits for it.
+  OpId shared_overlap_fc2(Phase ph) {
+    OpId last = emit(x_.st.shared, nm("shared_fc2"),
+                     Compute{Gemm{k_.tokens, k_.h, k_.shared_f / k_.t, 1, k_.dtype}, 0}, {}, tags(ph, "shared_expert"));
+    if (k_.t > 1) {
+      schedule::Collective c{CollectiveKind::kReduceScatter, x_.tp_of[rank_], act(k_.tokens, k_.h), k_.dtype, {}, 0};
+      last = emit(x_.st.tp, nm("shared_rs"), std::move(c), {last}, tags(ph, "shared_expert"));
+    }
+    return last;
+  }
+
+  /// Experts (node M): expert-TP all-gather, sort by local expert, grouped GEMMs sized by the tokens this rank
+  /// received, unsort, expert-TP reduce-scatter.
+  void moe_experts_fwd(Phase ph) {
+    const std::uint64_t n = expert_rows();
+    const CommId etp = k_.te > 1 ? x_.etp_of[rank_] : kNone;
+    if (k_.te > 1) {
+      collective(x_.st.etp, "moe_etp_ag", CollectiveKind::kAllGather, etp, act(n, k_.h), ph, true);
+      collective(x_.st.etp, "moe_etp_probs_ag", CollectiveKind::kAllGather, etp, n * 4, ph, true, {}, "",
+                 schedule::DType::kFP32);
+    }
+    if (k_.local_experts > 1) elementwise("moe_sort", 2 * act(n, k_.h), ph);
+    const auto groups = expert_groups();
+    kernel("experts_fc1", schedule::GroupedGemm{groups, k_.ffn1e / k_.te, k_.h, k_.dtype}, ph);
+    elementwise("experts_act", act(n, k_.ffn1e / k_.te) + act(n, k_.fe / k_.te) + n * 4, ph);
+    kernel("experts_fc2", schedule::GroupedGemm{groups, k_.h, k_.fe / k_.te, k_.dtype}, ph);
+    if (k_.local_experts > 1) elementwise("moe_unsort", 2 * act(n, k_.h), ph);
+    if (k_.te > 1) collective(x_.st.etp, "moe_etp_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.h), ph, true);
+  }
+
+  /// Combine (node C): combine all-to-all, unpermute (weighted sum), shared-expert add, residual.
+  void moe_combine_fwd(Phase ph) {
+    const std::uint64_t T = moe_tokens();
+    std::vector<OpId> add_deps;
+    if (k_.dispatcher == "alltoall") {
+      if (k_.e > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      if (k_.shared_overlap) add_deps.push_back(shared_overlap_fc2(ph));
+    } else if (k_.dispatcher == "flex") {
+      std::uint64_t copies = 0;
+      for (auto c : flex_combine_copies()) copies += c;
+      const OpId kc = flex_kernel("flex_combine", Elementwise{2 * act(copies, k_.h), 0}, ph);
+      if (k_.e > 1) ep_a2a("flex_combine_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      else if (!comm_node_) pending_.push_back(kc);
+    } else {
+      elementwise("moe_unpermute_local", act(expert_rows(), k_.h) + act(T * k_.te * k_.e, k_.h), ph);
+      if (k_.te * k_.e > 1) {
+        collective(x_.st.tp_ep, "moe_output_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
+                   act(T, k_.h) * k_.te * k_.e, ph, true);
+      }
+    }
+    if (k_.dispatcher != "allgather") ep_elementwise("moe_unpermute", act(T * k_.topk, k_.h) + act(T, k_.h), ph);
+    if (k_.shared_f > 0) ep_elementwise("shared_add", 3 * act(T, k_.h), ph, add_deps);
+    ep_elementwise("residual2", 3 * act(k_.tokens_sp, k_.h), ph);
+  }
+
+  // Backward pieces, in backward order: C_b, M_b, D_b, A_b.
+  void moe_combine_bwd() {
+    const Phase ph = Phase::kBwd;
+    const std::uint64_t T = moe_tokens();
+    if (k_.dispatcher == "allgather") {
+      if (k_.te * k_.e > 1) {
+        collective(x_.st.tp_ep, "moe_output_grad_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                   act(T, k_.h) * k_.te * k_.e, ph, true);
+      }
+      elementwise("moe_unpermute_local_bwd", act(expert_rows(), k_.h) + act(T * k_.te * k_.e, k_.h), ph);
+      return;
+    }
+    ep_elementwise("moe_unpermute_bwd", act(T * k_.topk, k_.h) + act(T, k_.h) + T * k_.topk * 4, ph);
+    if (k_.dispatcher == "alltoall") {  // combine's gradient goes the dispatch direction
+      if (k_.e > 1) ep_a2a("moe_combine_grad_a2a", dispatch_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+    } else {
+      std::uint64_t copies = 0;
+      for (auto c : flex_copies()) copies += c;
+      const OpId kd = flex_kernel("flex_combine_bwd", Elementwise{2 * act(copies, k_.h), 0}, ph);
+      if (k_.e > 1) ep_a2a("flex_combine_grad_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      else if (!comm_node_) pending_.push_back(kd);
+    }
+  }
+  void moe_experts_bwd(const std::string& L) {
+    const Phase ph = Phase::kBwd;
+    const std::uint64_t n = expert_rows();
+    const CommId etp = k_.te > 1 ? x_.etp_of[rank_] : kNone;
+    if (k_.te > 1) collective(x_.st.etp, "moe_etp_grad_ag", CollectiveKind::kAllGather, etp, act(n, k_.h), ph, true);
+    if (k_.local_experts > 1) elementwise("moe_unsort_bwd", 2 * act(n, k_.h), ph);
+    const auto groups = expert_groups();
+    // Weight gradients as grouped GEMMs with the same FLOPs (GroupedGemm has one k; the token count varies).
+    kernel("experts_fc2_dgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, ph);
+    wgrad_op("experts_fc2_wgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, {},
+             L + "experts.fc2");
+    elementwise("experts_act_bwd", 2 * act(n, k_.ffn1e / k_.te) + act(n, k_.fe / k_.te) + n * 4, ph);
+    kernel("experts_fc1_dgrad", schedule::GroupedGemm{groups, k_.h, k_.ffn1e / k_.te, k_.dtype}, ph);
+    wgrad_op("experts_fc1_wgrad", schedule::GroupedGemm{groups, k_.ffn1e / k_.te, k_.h, k_.dtype}, {},
+             L + "experts.fc1");
+    if (k_.local_experts > 1) elementwise("moe_sort_bwd", 2 * act(n, k_.h), ph);
+    if (k_.te > 1) {
+      collective(x_.st.etp, "moe_etp_grad_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.h), ph, true);
+    }
+  }
+  void moe_dispatch_bwd() {
+    const Phase ph = Phase::kBwd;
+    if (k_.dispatcher == "alltoall") {  // token and probs gradients go the combine direction
+      if (k_.e > 1) {
+        ep_a2a("moe_dispatch_grad_a2a", combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+        ep_a2a("moe_probs_grad_a2a", combine_copies(), 4, schedule::DType::kFP32, ph);
+      }
+    } else if (k_.dispatcher == "flex") {
+      std::uint64_t copies = 0;
+      for (auto c : flex_combine_copies()) copies += c;
+      const OpId kd = flex_kernel("flex_dispatch_bwd", Elementwise{2 * act(copies, k_.h), 0}, ph);
+      if (k_.e > 1) ep_a2a("flex_dispatch_grad_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      else if (!comm_node_) pending_.push_back(kd);
+    } else if (k_.te * k_.e > 1) {
+      collective(x_.st.tp_ep, "moe_hidden_grad_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
+                 act(moe_tokens(), k_.h) * k_.te * k_.e, ph, true);
+    }
+  }
+  void moe_pre_bwd(const std::string& L) {
+    const Phase ph = Phase::kBwd;
+    const std::uint64_t T = moe_tokens();
+    if (k_.dispatcher != "flex") elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.h), ph);
+    elementwise("router_topk_bwd", T * k_.experts * 4 * 3, ph);
+    gemm("router_dgrad", T, k_.h, k_.experts, ph);
+    wgrad_op("router_wgrad", Gemm{k_.experts, k_.h, T, 1, k_.dtype}, {}, L + "router");
+    if (k_.shared_f > 0) {
+      const CommId tp = x_.tp_of[rank_];
+      if (k_.t > 1) {
+        collective(x_.st.tp, "shared_grad_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.h), ph, true);
+      }
+      gemm("shared_fc2_dgrad", k_.tokens, k_.shared_f / k_.t, k_.h, ph);
+      wgrad_op("shared_fc2_wgrad", Gemm{k_.h, k_.shared_f / k_.t, k_.tokens, 1, k_.dtype}, {}, L + "shared.fc2");
+      elementwise("shared_act_bwd", 2 * act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_f / k_.t), ph);
+      gemm("shared_fc1_dgrad", k_.tokens, k_.h, shared_fc1_width(), ph);
+      wgrad_op("shared_fc1_wgrad", Gemm{shared_fc1_width(), k_.h, k_.tokens, 1, k_.dtype}, {}, L + "shared.fc1");
+      if (k_.t > 1) {
+        collective(x_.st.tp, "shared_grad_rs", CollectiveKind::kReduceScatter, tp, act(k_.tokens, k_.h), ph, true);
+      }
+    }
+    const OpId ln = elementwise("ln2_bwd", 3 * act(k_.tokens_sp, k_.h), ph);
+    grad_ready(L + "ln2", ln);
+  }
+
+  void layer_fwd(std::uint32_t layer, Phase ph) {
+    cur_layer_ = static_cast<std::int32_t>(layer);
+    host("host_fwd", x_.cfg->host.per_module_call_ns * 6 +
+                         x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
+         ph);
+    attn_block_fwd(layer, ph);
+    if (x_.model->is_moe_layer(layer)) {
+      moe_pre_fwd(ph);
+      moe_dispatch_fwd(ph);
+      moe_experts_fwd(ph);
+      moe_combine_fwd(ph);
+    } else {
+      dense_mlp_fwd(ph);
+    }
+    cur_layer_ = -1;
+  }
+
+  void layer_bwd(std::uint32_t layer) {
+    cur_layer_ = static_cast<std::int32_t>(layer);
+    const std::string L = "L" + str(layer) + ".";
+    host("host_bwd", x_.cfg->host.per_module_call_ns * 6 +
+                         x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
+         Phase::kBwd);
+    if (x_.model->is_moe_layer(layer)) {
+      elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.h), Phase::kBwd);
+      moe_combine_bwd();
+      moe_experts_bwd(L);
+      moe_dispatch_bwd();
+      moe_pre_bwd(L);
+    } else {
+      dense_mlp_bwd(L);
+    }
+    attn_block_bwd(layer);
     cur_layer_ = -1;
   }
 
@@ -952,9 +1656,7 @@ class RankLowering {
     param_gather_wait(chunk, "embedding", mb);
     if (first_vs(chunk)) embedding_fwd();
     for (auto l : layers_of(chunk)) {
-      for (const char* p : {"ln1", "qkv", "proj", "ln2", "fc1", "fc2"}) {
-        param_gather_wait(chunk, "L" + str(l) + "." + p, mb);
-      }
+      for (const auto& name : x_.layer_param_names[l]) param_gather_wait(chunk, name, mb);
       layer_fwd(l, Phase::kFwd);
     }
     if (last_vs(chunk)) {
@@ -998,6 +1700,215 @@ class RankLowering {
     prefix_.clear();
   }
 
+  // ---- EP overlap: the combined 1F1B schedule (megatron-overlap.md section 6b) ----
+  /// One side of a combined step: the forward or backward of a (micro-batch, chunk), with its CUDA event (the last
+  /// op(s) of its previous node; each node waits for it and records it again at its end).
+  struct Side {
+    bool fwd = true;
+    std::uint32_t mb = 0, chunk = 0;
+    std::vector<OpId> ev;
+  };
+  void enter(const Side& sd, std::int32_t layer) {
+    cur_mb_ = static_cast<std::int32_t>(sd.mb);
+    cur_chunk_ = static_cast<std::int32_t>(sd.chunk);
+    cur_layer_ = layer;
+    prefix_ = sd.fwd ? "fwd." : "bwd.";
+    hooks_on_ = !sd.fwd && grad_hooks_enabled(sd.mb);
+    hook_chunk_ = sd.chunk;
+  }
+  /// The host cost of one schedule node: event wait + record, the node's own overhead, and for backward nodes a
+  /// separate autograd-engine call (section 6c item 2). Emitted as an explicit host op when the costs are set.
+  void node_host(const std::string& node, bool backward) {
+    const HostCosts& hc = x_.cfg->host;
+    const Nanos ns = 2 * hc.event_record_ns + hc.ep_node_ns + (backward ? hc.ep_backward_call_ns : 0);
+    if (ns > 0) {
+      emit(x_.st.compute, nm("node_" + node), schedule::Host{ns}, {}, tags(backward ? Phase::kBwd : Phase::kFwd, "ep"));
+    }
+  }
+  bool gpu_op_on(OpId id, StreamId stream) const {
+    const auto& op = ops_[id];
+    return op.stream == stream && !std::holds_alternative<schedule::Host>(op.body) &&
+           !std::holds_alternative<schedule::HostSync>(op.body);
+  }
+  /// A node on the compute stream (A, M, and the embedding/output pieces).
+  template <typename Body>
+  void comp_node(Side& sd, std::int32_t layer, const std::string& node, Body&& body) {
+    enter(sd, layer);
+    node_host(node, !sd.fwd);
+    const auto start = static_cast<OpId>(ops_.size());
+    pending_.insert(pending_.end(), sd.ev.begin(), sd.ev.end());
+    body();
+    for (OpId i = static_cast<OpId>(ops_.size()); i-- > start;) {
+      if (gpu_op_on(i, x_.st.compute)) {
+        sd.ev = {i};
+        sd.ev.insert(sd.ev.end(), pending_.begin(), pending_.end());  // blocking comm at the node's tail
+        break;
+      }
+    }
+  }
+  /// A node on the EP comm stream (D, C).
+  template <typename Body>
+  void comm_node(Side& sd, std::int32_t layer, const std::string& node, Body&& body) {
+    enter(sd, layer);
+    node_host(node, !sd.fwd);
+    const auto start = static_cast<OpId>(ops_.size());
+    comm_node_ = true;
+    node_deps_ = sd.ev;
+    body();
+    comm_node_ = false;
+    node_deps_.clear();
+    for (OpId i = static_cast<OpId>(ops_.size()); i-- > start;) {
+      if (gpu_op_on(i, x_.st.ep)) {
+        sd.ev = {i};
+        break;
+      }
+    }
+  }
+  /// W node (delay_wgrad_compute): the held weight-gradient GEMMs, on the compute stream after the dgrad node.
+  void wgrad_node(Side& sd, std::int32_t layer, const std::string& node) {
+    if (deferred_.empty()) return;
+    enter(sd, layer);
+    node_host(node, true);
+    flush_wgrads();
+  }
+
+  void f_attn(Side& f, std::uint32_t l) {
+    comp_node(f, static_cast<std::int32_t>(l), "A", [&] {
+      host("host_fwd", x_.cfg->host.per_module_call_ns * 6, Phase::kFwd);
+      attn_block_fwd(l, Phase::kFwd);
+      if (x_.model->is_moe_layer(l)) moe_pre_fwd(Phase::kFwd);
+    });
+  }
+  void f_dispatch(Side& f, std::uint32_t l) {
+    if (x_.model->is_moe_layer(l)) comm_node(f, static_cast<std::int32_t>(l), "D", [&] { moe_dispatch_fwd(Phase::kFwd); });
+  }
+  void f_mlp(Side& f, std::uint32_t l) {
+    comp_node(f, static_cast<std::int32_t>(l), "M", [&] {
+      if (x_.model->is_moe_layer(l)) moe_experts_fwd(Phase::kFwd);
+      else dense_mlp_fwd(Phase::kFwd);
+    });
+  }
+  void f_combine(Side& f, std::uint32_t l) {
+    if (x_.model->is_moe_layer(l)) comm_node(f, static_cast<std::int32_t>(l), "C", [&] { moe_combine_fwd(Phase::kFwd); });
+  }
+  void b_combine(Side& b, std::uint32_t l) {
+    if (!x_.model->is_moe_layer(l)) return;
+    comm_node(b, static_cast<std::int32_t>(l), "C", [&] {
+      ep_elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.h), Phase::kBwd);
+      moe_combine_bwd();
+    });
+  }
+  void b_mlp(Side& b, std::uint32_t l) {
+    const std::string L = "L" + str(l) + ".";
+    comp_node(b, static_cast<std::int32_t>(l), "M", [&] {
+      host("host_bwd", x_.cfg->host.per_module_call_ns * 6, Phase::kBwd);
+      defer_wgrad_ = k_.delay_wgrad;
+      if (x_.model->is_moe_layer(l)) moe_experts_bwd(L);
+      else dense_mlp_bwd(L);
+      defer_wgrad_ = false;
+    });
+  }
+  void b_dispatch(Side& b, std::uint32_t l) {
+    if (x_.model->is_moe_layer(l)) comm_node(b, static_cast<std::int32_t>(l), "D", [&] { moe_dispatch_bwd(); });
+  }
+  void b_attn(Side& b, std::uint32_t l) {
+    const std::string L = "L" + str(l) + ".";
+    comp_node(b, static_cast<std::int32_t>(l), "A", [&] {
+      defer_wgrad_ = k_.delay_wgrad;
+      if (x_.model->is_moe_layer(l)) moe_pre_bwd(L);
+      attn_block_bwd(l);
+      defer_wgrad_ = false;
+    });
+  }
+
+  /// One combined step: the chunk-level order of TransformerModelChunkSchedulePlan.run with, per (F layer i,
+  /// B layer n-1-i) pair, the host issue order C_b A_f M_b D_f W_M D_b M_f C_f A_b W_A.
+  void combined_step(const PipelineStep* F, const PipelineStep* B) {
+    Side f{true, F ? F->microbatch : 0, F ? F->chunk : 0, {}};
+    Side b{false, B ? B->microbatch : 0, B ? B->chunk : 0, {}};
+    if (F) {  // pre_forward: wait for the received activation, then the embedding
+      enter(f, -1);
+      if (!first_vs(f.chunk)) {
+        TWINSTEP_ASSERT(!fwd_recv_[f.chunk].empty(), "rank %u: no activation received for mb %u chunk %u", rank_,
+                        f.mb, f.chunk);
+        f.ev.push_back(fwd_recv_[f.chunk].front());
+        fwd_recv_[f.chunk].pop_front();
+      }
+      // The forward pre-hooks of the whole chunk wait for their param all-gathers here (slightly earlier than per
+      // layer; the combined schedule issues the chunk's layers interleaved with another micro-batch's backward).
+      for (auto l : layers_of(f.chunk)) {
+        for (const auto& name : x_.layer_param_names[l]) param_gather_wait(f.chunk, name, f.mb);
+      }
+      param_gather_wait(f.chunk, "embedding", f.mb);
+      if (first_vs(f.chunk)) comp_node(f, -1, "embedding", [&] { embedding_fwd(); });
+    }
+    if (B) {  // pre_backward: wait for the received gradient, then the loss/output-layer backward
+      enter(b, -1);
+      if (!last_vs(b.chunk)) {
+        TWINSTEP_ASSERT(!bwd_recv_[b.chunk].empty(), "rank %u: no gradient received for mb %u chunk %u", rank_, b.mb,
+                        b.chunk);
+        b.ev.push_back(bwd_recv_[b.chunk].front());
+        bwd_recv_[b.chunk].pop_front();
+      }
+      if (last_vs(b.chunk)) comp_node(b, -1, "output", [&] { output_bwd(); });
+    }
+    static const std::vector<std::uint32_t> kNoLayers;
+    const auto& lf = F ? layers_of(f.chunk) : kNoLayers;
+    const auto& lb = B ? layers_of(b.chunk) : kNoLayers;
+    const std::size_t paired = std::min(lf.size(), lb.size());
+    std::int32_t held_wa_layer = -1;
+    for (std::size_t i = 0; i < paired; ++i) {
+      const std::uint32_t fl = lf[i], bl = lb[lb.size() - 1 - i];
+      b_combine(b, bl);  // 1
+      f_attn(f, fl);     // 2
+      b_mlp(b, bl);      // 3
+      f_dispatch(f, fl); // 4
+      wgrad_node(b, static_cast<std::int32_t>(bl), "WM");  // 5 (delay_wgrad only)
+      b_dispatch(b, bl); // 6
+      f_mlp(f, fl);      // 8
+      f_combine(f, fl);  // 9
+      b_attn(b, bl);     // 10
+      if (i + 1 == lb.size()) held_wa_layer = static_cast<std::int32_t>(bl);  // the chunk's last backward layer
+      else wgrad_node(b, static_cast<std::int32_t>(bl), "WA");  // 11
+    }
+    for (std::size_t i = paired; i < lb.size(); ++i) {  // remaining B layers
+      const std::uint32_t bl = lb[lb.size() - 1 - i];
+      b_combine(b, bl);
+      b_mlp(b, bl);
+      wgrad_node(b, static_cast<std::int32_t>(bl), "WM");
+      b_dispatch(b, bl);
+      b_attn(b, bl);
+      if (i + 1 == lb.size()) held_wa_layer = static_cast<std::int32_t>(bl);
+      else wgrad_node(b, static_cast<std::int32_t>(bl), "WA");
+    }
+    for (std::size_t i = paired; i < lf.size(); ++i) {  // remaining F layers
+      f_attn(f, lf[i]);
+      f_dispatch(f, lf[i]);
+      f_mlp(f, lf[i]);
+      f_combine(f, lf[i]);
+    }
+    if (B && held_wa_layer >= 0) wgrad_node(b, held_wa_layer, "WA");  // after the P2P post-processing
+    if (F && last_vs(f.chunk)) comp_node(f, -1, "output", [&] { output_fwd(); });
+    if (B && first_vs(b.chunk)) comp_node(b, -1, "embedding", [&] { embedding_bwd(); });
+    if (F && !f.ev.empty()) last_fwd_output_ = f.ev.front();
+    if (B && !b.ev.empty()) last_bwd_output_ = b.ev.front();
+    hooks_on_ = false;
+    cur_mb_ = cur_chunk_ = cur_layer_ = -1;
+    prefix_.clear();
+  }
+  void combined_fwd(std::uint32_t mb, std::uint32_t chunk) {
+    const PipelineStep s{true, mb, chunk};
+    combined_step(&s, nullptr);
+  }
+  void combined_bwd(std::uint32_t mb, std::uint32_t chunk) {
+    const PipelineStep s{false, mb, chunk};
+    combined_step(nullptr, &s);
+  }
+  void combined_pair(std::uint32_t fmb, std::uint32_t fc, std::uint32_t bmb, std::uint32_t bc) {
+    const PipelineStep f{true, fmb, fc}, b{false, bmb, bc};
+    combined_step(&f, &b);
+  }
+
   // ---- DP ----
   bool grad_hooks_enabled(std::uint32_t mb) const {
     if (!k_.grad_overlap) return false;
@@ -1019,10 +1930,17 @@ class RankLowering {
     }
   }
 
+  /// The reduction group of a bucket: DP x CP for the dense buffer, expert-DP for the expert buffer.
+  CommId bucket_comm(const DpBucket& bucket) const { return bucket.expert ? x_.edp_of[rank_] : x_.dp_of[rank_]; }
+  std::uint64_t bucket_group(const DpBucket& bucket) const {
+    return bucket.expert ? k_.de : static_cast<std::uint64_t>(k_.d) * k_.c;
+  }
+
   void dispatch_grad_bucket(std::uint32_t chunk, std::size_t b, bool blocking) {
     auto& st = bucket_state_[chunk][b];
     if (st.dispatched) return;
     st.dispatched = true;
+    if (bucket_group(buckets(chunk)[b]) == 1) return;  // nothing to reduce (expert-DP of 1)
     const auto saved_layer = cur_layer_;
     const auto saved_mb = cur_mb_;
     const auto saved_chunk = cur_chunk_;
@@ -1038,7 +1956,7 @@ class RankLowering {
     elementwise(what + ".scale", 2 * bucket.numel * k_.grad_bytes, ph);
     const bool distopt = x_.cfg->use_distributed_optimizer;
     st.op = collective(x_.st.dp, what + (distopt ? ".grad_rs" : ".grad_ar"),
-                       distopt ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, x_.dp_of[rank_],
+                       distopt ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, bucket_comm(bucket),
                        bucket.numel * k_.grad_bytes, ph, blocking, {}, ov,
                        k_.grad_bytes == 4 ? schedule::DType::kFP32 : k_.dtype);
     cur_layer_ = saved_layer;
@@ -1064,8 +1982,10 @@ class RankLowering {
     prefix_ = "dp.";
     const auto saved_chunk = cur_chunk_;
     cur_chunk_ = static_cast<std::int32_t>(chunk);
+    if (bucket_group(buckets(chunk)[b]) == 1) return schedule::kNoOp;
     st.ag = collective(x_.st.dp, "chunk" + str(chunk) + ".bucket" + str(b) + ".param_ag", CollectiveKind::kAllGather,
-                       x_.dp_of[rank_], buckets(chunk)[b].numel * k_.act_bytes, Phase::kFwd, false, {}, "dp");
+                       bucket_comm(buckets(chunk)[b]), buckets(chunk)[b].numel * k_.act_bytes, Phase::kFwd, false, {},
+                       "dp");
     cur_chunk_ = saved_chunk;
     cur_mb_ = saved_mb;
     cur_layer_ = saved_layer;
@@ -1084,13 +2004,15 @@ class RankLowering {
       if (k_.aligned_param_gather) {
         // Chunk-level: every bucket of the chunk was issued earlier; the first pre-hook waits for all of them.
         for (std::size_t i = 0; i < bs.size(); ++i) {
-          pending_.push_back(issue_param_ag(chunk, i));
+          const OpId ag = issue_param_ag(chunk, i);
+          if (ag != schedule::kNoOp) pending_.push_back(ag);
           bucket_state_[chunk][i].ag_waited = true;
         }
         return;
       }
       // Prefetch depth 1 (reverse bucket order): wait this one (issuing it if nobody did), then issue the next.
-      pending_.push_back(issue_param_ag(chunk, b));
+      const OpId ag = issue_param_ag(chunk, b);
+      if (ag != schedule::kNoOp) pending_.push_back(ag);
       st.ag_waited = true;
       if (b > 0) issue_param_ag(chunk, b - 1);
       return;
@@ -1169,9 +2091,32 @@ class RankLowering {
   };
   std::vector<std::vector<BucketState>> bucket_state_;
   std::vector<std::uint32_t> first_fwd_mb_;
+  // MoE / attention variants / EP overlap.
+  ExpertCoords eco_;
+  std::uint64_t aq_ = 0, akv_ = 0, adh_ = 0;  // attention heads (all TP ranks) and head dim of the current layer
+  bool no_ub_ = false;        // the current linears are not TE userbuffer sites
+  bool comm_node_ = false;    // emitting a D or C node of the combined schedule (EP comm stream)
+  std::vector<OpId> node_deps_;  // the node's event: deps of its first op
+  bool defer_wgrad_ = false;  // delay_wgrad_compute: hold weight-gradient GEMMs for the W node
+  struct Deferred {
+    std::string name;
+    schedule::Kernel kernel;
+    std::vector<OpId> deps;
+    std::string param;
+    schedule::Tags tags;
+  };
+  std::vector<Deferred> deferred_;
+  OpId d2h_ = schedule::kNoOp;     // D2H copy of the split sizes the dispatch host-syncs on
+  OpId ln2_op_ = schedule::kNoOp;  // pre-MLP norm output (the shared expert's input)
 };
 
 void RankLowering::run_no_pipelining() {
+  if (k_.ep_overlap) {  // combined_1f1b_schedule_for_no_pipelining: F0 | F1+B0 | ... | B(m-1)
+    combined_fwd(0, 0);
+    for (std::uint32_t mb = 1; mb < k_.m; ++mb) combined_pair(mb, 0, mb - 1, 0);
+    combined_bwd(k_.m - 1, 0);
+    return;
+  }
   for (std::uint32_t mb = 0; mb < k_.m; ++mb) {
     chunk_fwd(mb, 0);
     chunk_bwd(mb, 0);
@@ -1212,7 +2157,7 @@ void RankLowering::run_interleaved() {
   const std::uint32_t p = k_.p, v = k_.v, r = co_.pp, m = k_.m;
   const VirtualTable table = schedule_table(m, v, k_.g);
   const std::uint32_t total = m * v;
-  std::uint32_t warmup = 2 * (p - r - 1) + (v - 1) * k_.g;
+  std::uint32_t warmup = 2 * (p - r - 1) + (v - 1) * k_.g + (k_.ep_overlap ? 1 : 0);  // +1: EP overlap
   const bool all_warmup = warmup >= total;
   if (all_warmup) warmup = total;
   const std::uint32_t remaining = total - warmup;
@@ -1245,10 +2190,12 @@ void RankLowering::run_interleaved() {
   };
   auto fwd = [&](std::uint32_t vid) {
     param_sync(vid);
-    chunk_fwd(fmb(vid), fchunk(vid));
+    if (k_.ep_overlap) combined_fwd(fmb(vid), fchunk(vid));
+    else chunk_fwd(fmb(vid), fchunk(vid));
   };
   auto bwd = [&](std::uint32_t vid) {
-    chunk_bwd(bmb(vid), bchunk(vid));
+    if (k_.ep_overlap) combined_bwd(bmb(vid), bchunk(vid));
+    else chunk_bwd(bmb(vid), bchunk(vid));
     grad_sync(vid);
   };
   // recv_tensor_from_previous_stage (MCore): whether a tensor arrives, and for which chunk.
@@ -1292,7 +2239,21 @@ void RankLowering::run_interleaved() {
     if (k + 1 == remaining) fx.recv_prev = false;
     bx.send_prev = !first_vs(bchunk(bk));
     from_prev(bk, false, bx.recv_next, bx.recv_next_chunk);
-    if (ov) {
+    if (k_.ep_overlap) {  // the F of virtual id fk paired with the B of virtual id bk, layer by layer
+      param_sync(fk);
+      combined_pair(fmb(fk), fchunk(fk), bmb(bk), bchunk(bk));
+      grad_sync(bk);
+      if (ov) {
+        exchange(fx, false);
+        exchange(bx, false);
+      } else {
+        Exchange both = fx;
+        both.send_prev = bx.send_prev;
+        both.recv_next = bx.recv_next;
+        both.recv_next_chunk = bx.recv_next_chunk;
+        exchange(both, true);
+      }
+    } else if (ov) {
       fwd(fk);
       exchange(fx, false);
       bwd(bk);
@@ -1331,9 +2292,9 @@ void RankLowering::finalize_and_optimize() {
   for (std::uint32_t c = 0; c < k_.v; ++c) {
     for (std::size_t b = 0; b < buckets(c).size(); ++b) {
       auto& st = bucket_state_[c][b];
-      if (static_cast<std::uint64_t>(k_.d) * k_.c > 1) {
+      if (bucket_group(buckets(c)[b]) > 1) {
         if (!st.dispatched) dispatch_grad_bucket(c, b, true);
-        else pending_.push_back(st.op);
+        else if (st.op != schedule::kNoOp) pending_.push_back(st.op);
       }
     }
   }
@@ -1342,7 +2303,7 @@ void RankLowering::finalize_and_optimize() {
   for (std::uint32_t c = 0; c < k_.v; ++c) {
     for (const auto& p : x_.params[co_.pp][c]) {
       local += p.numel;
-      if (p.name.find("ln") != std::string::npos || p.name == "final_norm") norms += p.numel;
+      if (p.sp_reduce) norms += p.numel;
     }
   }
   // (2) TP all-reduce of the sequence-parallel layernorm grads.
@@ -1357,7 +2318,7 @@ void RankLowering::finalize_and_optimize() {
   }
   std::uint64_t shard = 0;
   for (std::uint32_t c = 0; c < k_.v; ++c) {
-    for (const auto& b : buckets(c)) shard += distopt ? b.numel / (static_cast<std::uint64_t>(k_.d) * k_.c) : b.numel;
+    for (const auto& b : buckets(c)) shard += distopt ? b.numel / bucket_group(b) : b.numel;
   }
   host("host_optimizer", x_.cfg->host.optimizer_step_ns, Phase::kOptim);
   elementwise("grad_norm", shard * k_.grad_bytes, Phase::kOptim);
@@ -1368,11 +2329,12 @@ void RankLowering::finalize_and_optimize() {
   }
   elementwise("clip_grads", 2 * shard * k_.grad_bytes, Phase::kOptim);
   kernel("adam", schedule::Optimizer{shard, k_.dtype}, Phase::kOptim);
-  if (distopt && !k_.param_overlap && static_cast<std::uint64_t>(k_.d) * k_.c > 1) {
+  if (distopt && !k_.param_overlap) {
     for (std::uint32_t c = 0; c < k_.v; ++c) {
       for (std::size_t b = 0; b < buckets(c).size(); ++b) {
+        if (bucket_group(buckets(c)[b]) == 1) continue;
         collective(x_.st.dp, "chunk" + str(c) + ".bucket" + str(b) + ".param_ag", CollectiveKind::kAllGather,
-                   x_.dp_of[rank_], buckets(c)[b].numel * k_.act_bytes, Phase::kOptim, true);
+                   bucket_comm(buckets(c)[b]), buckets(c)[b].numel * k_.act_bytes, Phase::kOptim, true);
       }
     }
   }
@@ -1475,8 +2437,19 @@ Ctx build_ctx(const ModelSpec& model, const RunConfig& cfg, std::vector<std::str
   for (std::uint32_t r = 0; r < k.p; ++r) {
     for (std::uint32_t c = 0; c < k.v; ++c) {
       x.params[r].push_back(chunk_params(model, cfg, k, r, c, x.vs_layers[c * k.p + r]));
-      x.buckets[r].push_back(make_buckets(x.params[r][c], cfg, k, r, c));
+      auto b = make_buckets(x.params[r][c], cfg, static_cast<std::uint64_t>(k.d) * k.c, r, c, false);
+      if (k.moe) {  // the expert buffer comes after the dense one (MCore: one buffer per (dtype, is_expert))
+        auto eb = make_buckets(x.params[r][c], cfg, k.de, r, c, true);
+        b.insert(b.end(), eb.begin(), eb.end());
+      }
+      x.buckets[r].push_back(std::move(b));
     }
+  }
+  x.layer_param_names.resize(model.num_layers);
+  for (std::uint32_t l = 0; l < model.num_layers; ++l) {
+    std::vector<Param> ps;
+    layer_params_of(model, k, l, ps);
+    for (const auto& p : ps) x.layer_param_names[l].push_back(p.name);
   }
   return x;
 }
@@ -1536,16 +2509,70 @@ std::vector<PipelineStep> pipeline_order(const RunConfig& cfg, std::uint32_t r, 
   return out;
 }
 
-Lowered lower(const ModelSpec& model, const RunConfig& cfg) {
+std::vector<CombinedStep> combined_order(const RunConfig& cfg, std::uint32_t r, std::uint32_t m) {
+  const std::uint32_t p = std::max<std::uint32_t>(1, cfg.pipeline_model_parallel_size);
+  const std::uint32_t v = std::max<std::uint32_t>(1, cfg.virtual_pipeline_model_parallel_size);
+  std::vector<CombinedStep> out;
+  auto only_f = [&](PipelineStep f) {
+    CombinedStep c;
+    c.has_forward = true;
+    c.forward = f;
+    out.push_back(c);
+  };
+  auto only_b = [&](PipelineStep b) {
+    CombinedStep c;
+    c.has_backward = true;
+    c.backward = b;
+    out.push_back(c);
+  };
+  if (m == 0) return out;
+  if (p == 1) {
+    only_f({true, 0, 0});
+    for (std::uint32_t mb = 1; mb < m; ++mb) {
+      CombinedStep c;
+      c.has_forward = c.has_backward = true;
+      c.forward = {true, mb, 0};
+      c.backward = {false, mb - 1, 0};
+      out.push_back(c);
+    }
+    only_b({false, m - 1, 0});
+    return out;
+  }
+  if (v == 1) throw Error("combined 1F1B with pipeline_model_parallel_size > 1 needs virtual pipelining (MCore)");
+  const std::uint32_t g = cfg.microbatch_group_size_per_vp_stage == 0 ? p : cfg.microbatch_group_size_per_vp_stage;
+  const VirtualTable table = schedule_table(m, v, g);
+  const std::uint32_t total = m * v;
+  const std::uint32_t w = std::min(total, 2 * (p - r - 1) + (v - 1) * g + 1);
+  auto F = [&](std::uint32_t id) { return PipelineStep{true, table.entries[id].first, table.entries[id].second}; };
+  auto B = [&](std::uint32_t id) {
+    return PipelineStep{false, table.entries[id].first, v - 1 - table.entries[id].second};
+  };
+  for (std::uint32_t i = 0; i < w; ++i) only_f(F(i));
+  for (std::uint32_t i = 0; i < total - w; ++i) {
+    CombinedStep c;
+    c.has_forward = c.has_backward = true;
+    c.forward = F(w + i);
+    c.backward = B(i);
+    out.push_back(c);
+  }
+  for (std::uint32_t i = total - w; i < total; ++i) only_b(B(i));
+  return out;
+}
+
+Lowered lower(const ModelSpec& model, const RunConfig& cfg) { return lower(model, cfg, LowerOptions{}); }
+
+Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& options) {
   Lowered out;
   Ctx x = build_ctx(model, cfg, out.warnings);
   const Dims& k = x.k;
   const std::uint32_t world = cfg.world_size;
   schedule::Schedule& s = out.schedule;
   s.name = model.name + " tp" + str(k.t) + " pp" + str(k.p) + (k.v > 1 ? " vpp" + str(k.v) : "") + " cp" + str(k.c) +
-           " dp" + str(k.d);
+           " dp" + str(k.d) + (k.moe ? " ep" + str(k.e) + (k.te != k.t ? " etp" + str(k.te) : "") : "");
   s.world_size = world;
-  for (RankId r = 0; r < world; ++r) s.ranks.push_back(r);
+  for (RankId r = 0; r < world; ++r) {
+    if (!options.representatives_only || coords_of(k, r).dp == 0) s.ranks.push_back(r);
+  }
 
   // Streams: compute, then the comm streams this layout uses (NCCL streams high priority: TORCH_NCCL_HIGH_PRIORITY=1).
   auto add_stream = [&](const std::string& name, int prio) {
@@ -1565,6 +2592,13 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg) {
   const bool tied_pp = model.share_embeddings_and_output_weights && k.p > 1;
   const bool need_dp_stream = static_cast<std::uint64_t>(k.d) * k.c > 1 || tied_pp || world > 1;
   if (need_dp_stream) x.st.dp = add_stream("dp", -1);
+  if (k.moe) {
+    x.st.ep = add_stream("ep", -1);
+    if (k.te * k.e > 1) x.st.tp_ep = add_stream("tp_ep", -1);
+    if (k.te > 1) x.st.etp = add_stream("etp", -1);
+    x.st.dtoh = add_stream("dtoh", 0);
+    if (k.shared_overlap) x.st.shared = add_stream("shared_expert", 0);
+  }
   if (k.p > 1) {  // per peer direction, as PyTorch keeps one NCCL stream per P2P peer pair
     x.st.pp_send_next = add_stream("pp_send_next", -1);
     x.st.pp_recv_prev = add_stream("pp_recv_prev", -1);
@@ -1624,6 +2658,42 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg) {
       add_comm("pp", i, m, x.pp_of);
     }
   }
+  // MoE expert layout (etp fastest, then ep, then expert-DP, per pipeline stage), full member lists.
+  x.ep_of.assign(world, kNone);
+  x.etp_of.assign(world, kNone);
+  x.tpep_of.assign(world, kNone);
+  x.edp_of.assign(world, kNone);
+  if (k.moe) {
+    std::uint32_t ie = 0, it = 0, itpe = 0, id = 0;
+    for (std::uint32_t pp = 0; pp < k.p; ++pp) {
+      for (std::uint32_t edp = 0; edp < k.de; ++edp) {
+        for (std::uint32_t etp = 0; etp < k.te && k.e > 1; ++etp) {
+          std::vector<RankId> m;
+          for (std::uint32_t ep = 0; ep < k.e; ++ep) m.push_back(expert_rank_of(k, {etp, ep, edp, pp}));
+          add_comm("ep", ie++, m, x.ep_of);
+        }
+        for (std::uint32_t ep = 0; ep < k.e && k.te > 1; ++ep) {
+          std::vector<RankId> m;
+          for (std::uint32_t etp = 0; etp < k.te; ++etp) m.push_back(expert_rank_of(k, {etp, ep, edp, pp}));
+          add_comm("etp", it++, m, x.etp_of);
+        }
+        if (k.te * k.e > 1) {
+          std::vector<RankId> m;
+          for (std::uint32_t ep = 0; ep < k.e; ++ep) {
+            for (std::uint32_t etp = 0; etp < k.te; ++etp) m.push_back(expert_rank_of(k, {etp, ep, edp, pp}));
+          }
+          add_comm("tp_ep", itpe++, m, x.tpep_of);
+        }
+      }
+      for (std::uint32_t ep = 0; ep < k.e && k.de > 1; ++ep) {
+        for (std::uint32_t etp = 0; etp < k.te; ++etp) {
+          std::vector<RankId> m;
+          for (std::uint32_t edp = 0; edp < k.de; ++edp) m.push_back(expert_rank_of(k, {etp, ep, edp, pp}));
+          add_comm("expt_dp", id++, m, x.edp_of);
+        }
+      }
+    }
+  }
   // Grad-norm reduction group: the whole world with the distributed optimizer, else the model-parallel group.
   if (cfg.use_distributed_optimizer) {
     if (world > 1) {
@@ -1654,8 +2724,8 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg) {
     }
   }
 
-  // Ops, rank by rank (each rank is a function of its coordinates).
-  for (RankId r = 0; r < world; ++r) {
+  // Ops, rank by rank (each rank is a function of its coordinates alone, so only present ranks are built).
+  for (RankId r : s.ranks) {
     auto ops = RankLowering(x, r).run();
     const auto base = static_cast<OpId>(s.ops.size());
     for (auto& op : ops) {
@@ -1683,6 +2753,18 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg) {
   s.meta["layout"] = "tp" + str(k.t) + " pp" + str(k.p) + " vpp" + str(k.v) + " cp" + str(k.c) + " dp" + str(k.d) +
                      (k.sp ? " sp" : "");
   s.meta["micro_batches"] = str(k.m);
+  if (k.moe) {
+    s.meta["moe"] = "ep" + str(k.e) + " etp" + str(k.te) + " expt_dp" + str(k.de) + " dispatcher " + k.dispatcher +
+                    (k.ep_overlap ? " ep_overlap" : "") + (k.delay_wgrad ? " delay_wgrad" : "") +
+                    (k.shared_overlap ? " shared_expert_overlap" : "") + " routing_skew " + std::to_string(k.skew);
+  }
+  if (options.representatives_only) {
+    // An absent rank r mirrors the present rank with the same tp, cp and pp coordinates and dp = 0:
+    // representative(r) = r - dp(r) * tp * cp, with dp(r) = (r / (tp * cp)) mod dp (Megatron rank order).
+    s.meta["representatives"] = "dp0";
+    s.meta["representative_of"] = "r - ((r / " + str(static_cast<std::uint64_t>(k.t) * k.c) + ") mod " + str(k.d) +
+                                  ") * " + str(static_cast<std::uint64_t>(k.t) * k.c);
+  }
   s.warnings = out.warnings;
   return out;
 }

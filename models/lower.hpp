@@ -39,6 +39,7 @@ struct DpBucket {
   std::uint64_t numel = 0;         ///< Padded elements (RS bytes = numel * grad bytes, AG = numel * param bytes).
   std::uint64_t param_numel = 0;   ///< Elements of the parameters themselves (no padding).
   std::vector<std::string> params; ///< Parameter names, e.g. "L3.fc2", "output", "embedding".
+  bool expert = false;             ///< Expert buffer (MoE experts): reduced over expert-DP, not DP x CP.
 };
 
 /// The DP buckets of model chunk `chunk` on pipeline rank `pp_rank` under `config` (bucket_size, overlap,
@@ -62,8 +63,35 @@ struct PipelineStep {
 [[nodiscard]] std::vector<PipelineStep> pipeline_order(const RunConfig& config, std::uint32_t pp_rank,
                                                        std::uint32_t num_microbatches);
 
+/// One step of the EP-overlap combined 1F1B schedule (megatron-overlap.md section 6b): the forward of one
+/// (micro-batch, chunk) paired layer by layer with the backward of another; either side may be absent (warm-up
+/// forwards, cool-down backwards, and the unpaired first/last step when PP = 1).
+struct CombinedStep {
+  bool has_forward = false, has_backward = false;
+  PipelineStep forward{true, 0, 0};
+  PipelineStep backward{false, 0, 0};
+};
+
+/// The combined schedule's steps on pipeline rank `pp_rank` (PP = 1: F0 | F1+B0 | ... | B(m-1); PP > 1:
+/// interleaved with one extra warm-up micro-batch). Needs the config's EP-overlap layout (PP > 1 needs VPP).
+[[nodiscard]] std::vector<CombinedStep> combined_order(const RunConfig& config, std::uint32_t pp_rank,
+                                                       std::uint32_t num_microbatches);
+
+/// Options of lower(). Additive: default-constructed options give the full schedule.
+struct LowerOptions {
+  /// Emit only the representative ranks: data-parallel index 0 of the dense layout (rank order TP, CP, DP, PP).
+  /// Every DP replica issues the same ops as its representative: an absent rank r maps to the present rank with
+  /// the same tp, cp and pp coordinates and dp = 0, i.e. r - dp(r) * tp * cp (meta "representative_of" spells
+  /// the rule). Communicators keep their full member lists; absent members have no ops. Only the present ranks
+  /// are lowered (memory_per_rank is indexed like schedule.ranks).
+  bool representatives_only = false;
+};
+
 /// Lowers one step. Throws twinstep::Error naming the rule and the fix when the config is invalid
 /// (divisibility, an assertion-type gating rule, an unsupported combination).
 [[nodiscard]] Lowered lower(const ModelSpec& model, const RunConfig& config);
+
+/// lower() with options (representative ranks only).
+[[nodiscard]] Lowered lower(const ModelSpec& model, const RunConfig& config, const LowerOptions& options);
 
 }  // namespace twinstep::models

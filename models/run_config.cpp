@@ -88,6 +88,8 @@ const std::vector<Field>& host_fields() {
       host_field("per_kernel_launch_ns", &HostCosts::per_kernel_launch_ns),
       host_field("event_record_ns", &HostCosts::event_record_ns),
       host_field("optimizer_step_ns", &HostCosts::optimizer_step_ns),
+      host_field("ep_node_ns", &HostCosts::ep_node_ns),
+      host_field("ep_backward_call_ns", &HostCosts::ep_backward_call_ns),
   };
   return kFields;
 }

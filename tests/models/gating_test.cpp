@@ -191,13 +191,14 @@ TEST_CASE("models::gating: CP p2p overlaps the KV ring with attention; all_gathe
   CHECK(count_ops(ag.schedule, "L0.mb0.fwd.attn_kv_ag") == 4);
 }
 
-TEST_CASE("models::gating: MoE models load but their MoE layers are rejected by lower()", "[gating]") {
-  for (const char* id : {"qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v3", "qwen3-next-80b-a3b"}) {
-    ModelSpec m = load_model(id);
-    RunConfig c = config(1, 1, 1);
-    c.global_batch_size = 1;
-    CHECK_THROWS_WITH(lower(m, c), Catch::Contains("MoE layer lowering is not implemented yet (issue #4)"));
-  }
+TEST_CASE("models::gating: expert parallelism needs an MoE model", "[gating]") {
+  RunConfig c = config(4, 1, 1);
+  c.global_batch_size = 4;
+  c.expert_model_parallel_size = 2;
+  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("has no MoE layers"));
+  c.expert_model_parallel_size = 1;
+  c.overlap_moe_expert_parallel_comm = true;
+  CHECK(has_warning(lower(small(), c), "no effect on a dense model"));
 }
 
 TEST_CASE("models::gating: divisibility errors name the field and the fix", "[gating]") {
