@@ -1,6 +1,115 @@
-// Placeholder: the owner of this command replaces this file.
+// `twinstep calibrate`: runs a microbenchmark suite through the backend (under mpirun, one process per GPU),
+// appending raw measurements as each group finishes (--resume continues), then fits a profile the simulator
+// reads. `--fit RAW` fits from an existing raw file on any machine (no GPUs). Logic: calibration/suite, fit.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "calibration/fit.hpp"
+#include "calibration/suite.hpp"
 #include "cli/commands.hpp"
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "topologies/cluster.hpp"
+
+#if defined(TWINSTEP_HAVE_BACKEND)
+#include "backend/executor.hpp"
+#endif
 
 namespace twinstep::cli {
-void register_calibrate_command(CLI::App& /*app*/) {}
+namespace {
+
+struct CalibrateArgs {
+  std::string suite = "default";
+  std::string output;
+  std::string raw;
+  std::string fit_from;
+  std::string cluster = "h200x2-nvlink";
+  std::string framework;
+  std::string name;
+  bool resume = false;
+  int warmup = 2;
+  int steps = 7;
+};
+
+void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
+  const auto cluster = topologies::load_cluster(a.cluster, topologies::ClusterSize{0, raw.world_size});
+  calibration::FrameworkInput fw;
+  if (!a.framework.empty()) fw = calibration::read_framework(a.framework);
+  const auto rev = raw.context.count("git_revision") ? raw.context.at("git_revision") : std::string();
+  const auto r = calibration::fit_profile(raw, cluster, a.name.empty() ? "twinstep calibrate --suite " + raw.suite
+                                                                       : a.name,
+                                          rev, fw);
+  write_file_atomic(a.output, r.json);
+  std::fprintf(stderr, "twinstep calibrate: fitted %zu measurements (suite %s, %u GPU(s)) -> %s\n",
+               raw.measurements.size(), raw.suite.c_str(), raw.world_size, a.output.c_str());
+  for (const auto& line : r.log) std::fprintf(stderr, "  %s\n", line.c_str());
+}
+
+void calibrate_command(const CalibrateArgs& a) {
+  if (!a.fit_from.empty()) {
+    fit_and_write(a, calibration::read_raw(a.fit_from));
+    return;
+  }
+#if defined(TWINSTEP_HAVE_BACKEND)
+  if (a.steps < 1 || a.warmup < 0) throw Error("--steps must be >= 1 and --warmup >= 0");
+  backend::Runtime runtime;
+  const auto world = static_cast<std::uint32_t>(runtime.size());
+  const auto suite = calibration::make_suite(a.suite, world);
+  backend::Options options;
+  options.warmup_steps = a.warmup;
+  options.steps = a.steps;
+  options.timeout_s = 120;
+  // Context (GPU, driver, CUDA, NCCL, cuBLAS, hosts, date, revision) from a first run of the smallest group.
+  calibration::RunOptions ro;
+  ro.raw_path = a.raw.empty() ? a.output + ".raw.jsonl" : a.raw;
+  ro.resume = a.resume;
+  ro.writer = runtime.rank() == 0;
+  {
+    const schedule::Trace t = runtime.execute(suite.back().schedule, options);
+    ro.context = t.context;
+    for (const char* k : {"warmup_steps", "steps", "timing", "clock_alignment", "producer"}) ro.context.erase(k);
+  }
+  ro.context["command"] = "twinstep calibrate --suite " + a.suite + " --warmup " + std::to_string(a.warmup) +
+                          " --steps " + std::to_string(a.steps);
+  if (runtime.rank() == 0) {
+    ro.progress = [](const std::string& line) {
+      std::fprintf(stderr, "calibrate %s\n", line.c_str());
+      std::fflush(stderr);
+    };
+    std::fprintf(stderr, "calibrate: suite %s, %zu groups on %u GPU(s), raw measurements -> %s\n", a.suite.c_str(),
+                 suite.size(), world, ro.raw_path.c_str());
+  }
+  calibration::run_suite(a.suite, suite, [&](const schedule::Schedule& s) { return runtime.execute(s, options); },
+                         ro);
+  if (runtime.rank() == 0) fit_and_write(a, calibration::read_raw(ro.raw_path));
+#else
+  throw Error(
+      "this twinstep was built without the CUDA/NCCL backend, so it cannot measure: rebuild with "
+      "`cmake -DTWINSTEP_BACKEND=ON` on the GPU machine and run `mpirun -np N twinstep calibrate ...`, or fit an "
+      "existing raw file here with `twinstep calibrate --fit RAW.jsonl -o PROFILE`");
+#endif
+}
+
+}  // namespace
+
+void register_calibrate_command(CLI::App& app) {
+  auto a = std::make_shared<CalibrateArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "calibrate", "Measure microbenchmarks on GPUs (under mpirun) and fit a calibration profile for the simulator");
+  sub->add_option("--suite", a->suite, "default (full sweeps, collectives 1 KiB-1 GiB) or quick")
+      ->capture_default_str();
+  sub->add_option("-o,--output", a->output, "Profile JSON to write (read by predict/simulate --profile)")->required();
+  sub->add_option("--raw", a->raw, "Raw measurements, JSON lines (default: OUTPUT.raw.jsonl)");
+  sub->add_flag("--resume", a->resume, "Keep the groups already in the raw file and measure the rest");
+  sub->add_option("--fit", a->fit_from, "Fit from this raw file only (no GPUs needed)");
+  sub->add_option("--cluster", a->cluster, "Cluster whose GPU peaks the efficiencies refer to")->capture_default_str();
+  sub->add_option("--framework", a->framework,
+                  "JSON from calibration/scripts/torch_host_overhead.py: the profile's framework section");
+  sub->add_option("--name", a->name, "Profile name");
+  sub->add_option("--warmup", a->warmup, "Warm-up steps per group")->capture_default_str();
+  sub->add_option("--steps", a->steps, "Measured steps per group (per-op medians)")->capture_default_str();
+  sub->callback([a] { calibrate_command(*a); });
+}
+
 }  // namespace twinstep::cli

@@ -155,6 +155,8 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
   const double bytes = schedule::kernel_bytes(c.kernel);
   const EfficiencyTable* eff_table = eff_by_class_[kernel_class_index(c.kernel)];
   const Interference& itf = profile_.interference;
+  const bool memory_bound = std::holds_alternative<schedule::Elementwise>(c.kernel) ||
+                            std::holds_alternative<schedule::Optimizer>(c.kernel);
   auto ceil_div = [](std::uint64_t a, std::uint64_t b) { return b == 0 ? 0 : (a + b - 1) / b; };
   std::visit(
       [&](const auto& kern) {
@@ -181,6 +183,12 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
             k.mem_bytes = static_cast<double>(kern.bytes);
             k.mem_bytes_per_s = cluster_.node.pcie_bytes_per_s;
           }
+        } else if (memory_bound && profile_.memory_tables_by_bytes) {
+          // Schema addition "memory_tables": "bytes": the class table is HBM efficiency over bytes moved.
+          k.flop_time_s = peak > 0 ? flops / peak : 0.0;
+          k.mem_bytes = bytes;
+          const double eff = eff_table != nullptr ? std::max(1e-4, eff_table->at(bytes)) : profile_.memory_efficiency;
+          k.mem_bytes_per_s = gpu.hbm_bytes_per_s * eff;
         } else {
           const double eff = eff_table != nullptr ? std::max(1e-3, eff_table->at(flops)) : 1.0;
           k.flop_time_s = peak > 0 ? flops / (peak * eff) : 0.0;
@@ -189,6 +197,12 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
         }
       },
       c.kernel);
+  // No kernel finishes faster than the measured floor (launch-to-completion of a tiny kernel); carried as compute
+  // time so that SM sharing stretches it like any other kernel's work.
+  if (profile_.kernel_floor_s > 0 && k.reserved_sms == 0) {
+    const double mem_s = k.mem_bytes_per_s > 0 ? k.mem_bytes / k.mem_bytes_per_s : 0.0;
+    if (std::max(k.flop_time_s, mem_s) < profile_.kernel_floor_s) k.flop_time_s = profile_.kernel_floor_s;
+  }
   return k;
 }
 

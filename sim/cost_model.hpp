@@ -63,6 +63,24 @@ struct Interference {
   std::uint32_t attention_tile_q = 128;
 };
 
+/// Host overhead of a training framework (PyTorch eager) on top of the raw launch costs, measured with the
+/// framework itself. Used when lowering Megatron runs (models::RunConfig::host), never for backend-run
+/// predictions (the backend has no framework). Negative = not measured.
+struct FrameworkCosts {
+  double per_kernel_launch_s = -1;  ///< Extra host time per kernel a framework op launches.
+  double per_module_call_s = -1;    ///< Host time of one nn.Module call (forward) beyond its kernels' launches.
+  std::string source;               ///< How it was measured (script, framework version).
+};
+
+/// The quality of one fit, recorded in the profile: relative error of the fitted model at every point.
+struct FitSummary {
+  std::string name;  ///< "compute.gemm", "coll.all_reduce.span2", "launch.compute", "interference", ...
+  std::uint32_t points = 0;
+  double mean_abs_rel_error = 0;
+  double max_abs_rel_error = 0;
+  std::string note;
+};
+
 /// A calibration profile: everything the cost model takes from measurements. `datasheet_defaults()` holds the
 /// documented defaults; a profile file overrides any part of it.
 struct Profile {
@@ -75,6 +93,14 @@ struct Profile {
   std::vector<CollectiveParams> collectives;
   NcclConfig nccl;
   Interference interference;
+  /// Shortest GPU time of any kernel (launch-to-completion of an empty-ish kernel); 0 = none.
+  double kernel_floor_s = 0;
+  /// false (schema 1 default): every compute table is over FLOPs. true ("memory_tables": "bytes"): the tables of
+  /// the memory-bound classes (elementwise, optimizer, memcpy) are HBM efficiency over bytes moved, replacing
+  /// memory_efficiency for that class.
+  bool memory_tables_by_bytes = false;
+  FrameworkCosts framework;
+  std::vector<FitSummary> fits;
 
   [[nodiscard]] static Profile datasheet_defaults();
 };

@@ -10,7 +10,13 @@
 //              "channels_inter": 16, "p2p_channels_nvlink": 32, "p2p_channels_net": 4, "p2p_peers_per_round": 8,
 //              "net_overhead": "1 us"},
 //     "interference": {"comm_hbm_bytes_per_bus_byte": 2.5, "gemm_tile_m": 128, "gemm_tile_n": 256,
-//                      "attention_tile_q": 128} }
+//                      "attention_tile_q": 128},
+//     "kernel_floor": "2.2 us",              (optional, later addition: shortest kernel GPU time)
+//     "memory_tables": "bytes",              (optional: elementwise/optimizer/memcpy tables over bytes moved)
+//     "framework": {"per_kernel_launch": "9 us", "per_module_call": "30 us", "source": "..."},
+//     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
+//               "note": "..."}] }
+// The later additions are optional, so every schema-1 file reads as before.
 #include <initializer_list>
 
 #include <nlohmann/json.hpp>
@@ -111,7 +117,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   }
   const Reader r(source);
   r.keys(j, "", {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives",
-                 "nccl", "interference"});
+                 "nccl", "interference", "kernel_floor", "memory_tables", "framework", "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -226,6 +232,48 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     if (f.contains("gemm_tile_n")) p.interference.gemm_tile_n = r.count(f["gemm_tile_n"], "/interference/gemm_tile_n", 1);
     if (f.contains("attention_tile_q")) {
       p.interference.attention_tile_q = r.count(f["attention_tile_q"], "/interference/attention_tile_q", 1);
+    }
+  }
+  if (j.contains("kernel_floor")) {
+    p.kernel_floor_s = r.quantity(j["kernel_floor"], "/kernel_floor", Dimension::kTime);
+    if (p.kernel_floor_s < 0 || p.kernel_floor_s > 1e-3) r.fail("/kernel_floor", "must be in [0, 1 ms]");
+  }
+  if (j.contains("memory_tables")) {
+    const std::string m = j["memory_tables"].is_string() ? j["memory_tables"].get<std::string>() : "";
+    if (m != "bytes" && m != "flops") r.fail("/memory_tables", "use \"bytes\" or \"flops\"");
+    p.memory_tables_by_bytes = m == "bytes";
+  }
+  if (j.contains("framework")) {
+    const Json& f = j["framework"];
+    r.keys(f, "/framework", {"per_kernel_launch", "per_module_call", "source"});
+    if (f.contains("per_kernel_launch")) {
+      p.framework.per_kernel_launch_s = r.quantity(f["per_kernel_launch"], "/framework/per_kernel_launch", Dimension::kTime);
+    }
+    if (f.contains("per_module_call")) {
+      p.framework.per_module_call_s = r.quantity(f["per_module_call"], "/framework/per_module_call", Dimension::kTime);
+    }
+    if (f.contains("source")) {
+      if (!f["source"].is_string()) r.fail("/framework/source", "expected a string");
+      p.framework.source = f["source"].get<std::string>();
+    }
+  }
+  if (j.contains("fits")) {
+    const Json& arr = j["fits"];
+    if (!arr.is_array()) r.fail("/fits", "expected an array");
+    for (std::size_t i = 0; i < arr.size(); ++i) {
+      const std::string ptr = "/fits/" + std::to_string(i);
+      r.keys(arr[i], ptr, {"name", "points", "mean_abs_rel_error", "max_abs_rel_error", "note"});
+      FitSummary f;
+      if (arr[i].contains("name") && arr[i]["name"].is_string()) f.name = arr[i]["name"].get<std::string>();
+      if (arr[i].contains("points")) f.points = r.count(arr[i]["points"], ptr + "/points", 0);
+      if (arr[i].contains("mean_abs_rel_error")) {
+        f.mean_abs_rel_error = r.quantity(arr[i]["mean_abs_rel_error"], ptr + "/mean_abs_rel_error", Dimension::kDimensionless);
+      }
+      if (arr[i].contains("max_abs_rel_error")) {
+        f.max_abs_rel_error = r.quantity(arr[i]["max_abs_rel_error"], ptr + "/max_abs_rel_error", Dimension::kDimensionless);
+      }
+      if (arr[i].contains("note") && arr[i]["note"].is_string()) f.note = arr[i]["note"].get<std::string>();
+      p.fits.push_back(std::move(f));
     }
   }
   return p;

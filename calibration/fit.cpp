@@ -1,0 +1,478 @@
+// Fitting the profile: efficiency tables from compute sweeps, HBM efficiency over bytes for memory-bound kernels,
+// a kernel floor, issue and host-sync costs, per-collective alpha/beta (weighted least squares with Eigen, one
+// line per NCCL protocol, the split between LL and Simple chosen by the simulator's own protocol choice) and the
+// interference coefficient (the value under which the simulator reproduces the co-runs best). Every figure is
+// checked by simulating the microbenchmark schedules with the fitted profile; residuals go into the profile.
+#include "calibration/fit.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include <Eigen/Dense>
+#include <nlohmann/json.hpp>
+
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "sim/simulate.hpp"
+
+namespace twinstep::calibration {
+namespace {
+
+using Json = nlohmann::json;
+
+struct Ctx {
+  const RawResults& raw;
+  const topologies::Cluster& cluster;
+  std::vector<BenchGroup> suite;
+  std::map<std::string, double> measured;  ///< By probe name.
+  std::vector<sim::FitSummary> fits;
+  std::vector<std::string> log;
+};
+
+const BenchGroup* find_group(const Ctx& c, const std::string& name) {
+  for (const auto& g : c.suite) {
+    if (g.name == name) return &g;
+  }
+  return nullptr;
+}
+
+/// Simulated probe figures of `g` under `profile`, by probe name.
+std::map<std::string, double> simulate_group(const Ctx& c, const BenchGroup& g, const sim::Profile& profile) {
+  const sim::CostModel costs(c.cluster, profile);
+  const schedule::Trace t = sim::simulate(g.schedule, c.cluster, costs);
+  std::map<std::string, double> out;
+  for (const auto& m : extract(g, t)) out[m.probe] = m.value_s;
+  return out;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/// Records the residual of a fit from (predicted, measured) pairs.
+void summarize(Ctx& c, const std::string& name, const std::vector<std::pair<double, double>>& pm,
+               const std::string& note) {
+  sim::FitSummary f;
+  f.name = name;
+  f.note = note;
+  for (const auto& [p, m] : pm) {
+    if (m <= 0) continue;
+    const double e = std::abs(p - m) / m;
+    f.mean_abs_rel_error += e;
+    f.max_abs_rel_error = std::max(f.max_abs_rel_error, e);
+    ++f.points;
+  }
+  if (f.points > 0) f.mean_abs_rel_error /= f.points;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%-34s %4u points  mean |err| %6.2f%%  max |err| %6.2f%%", name.c_str(), f.points,
+                100 * f.mean_abs_rel_error, 100 * f.max_abs_rel_error);
+  c.log.push_back(std::string(buf) + (note.empty() ? "" : "  (" + note + ")"));
+  c.fits.push_back(std::move(f));
+}
+
+/// Residuals of every probe of the groups whose name starts with `prefix` under `profile`, by family.
+void check_groups(Ctx& c, const std::string& prefix, const sim::Profile& profile, const std::string& note) {
+  std::map<std::string, std::vector<std::pair<double, double>>> by_family;
+  for (const auto& g : c.suite) {
+    if (g.name.rfind(prefix, 0) != 0) continue;
+    if (std::none_of(g.probes.begin(), g.probes.end(), [&](const Probe& p) { return c.measured.count(p.name); })) {
+      continue;
+    }
+    const auto sim = simulate_group(c, g, profile);
+    for (const auto& p : g.probes) {
+      const auto it = c.measured.find(p.name);
+      if (it == c.measured.end()) continue;
+      const std::string key = g.name.rfind("coll.", 0) == 0 || g.name.rfind("p2p.", 0) == 0 ? g.name : p.family;
+      by_family[key].emplace_back(sim.at(p.name), it->second);
+    }
+  }
+  for (const auto& [fam, pm] : by_family) summarize(c, fam, pm, note);
+}
+
+/// (size, efficiency) points merged within 2 % in size (geometric mean), strictly ascending.
+Json table_json(std::vector<std::pair<double, double>> pts) {
+  std::sort(pts.begin(), pts.end());
+  Json t = Json::array();
+  std::size_t i = 0;
+  double last = 0;
+  while (i < pts.size()) {
+    std::size_t j = i;
+    double log_x = 0, log_e = 0;
+    while (j < pts.size() && pts[j].first <= pts[i].first * 1.02) {
+      log_x += std::log(pts[j].first);
+      log_e += std::log(pts[j].second);
+      ++j;
+    }
+    const double n = static_cast<double>(j - i);
+    const double x = std::exp(log_x / n);
+    const double e = std::clamp(std::exp(log_e / n), 1e-4, 1.0);
+    if (x > last) {
+      t.push_back(Json::array({x, e}));
+      last = x;
+    }
+    i = j;
+  }
+  return t;
+}
+
+/// Weighted least squares t = a + x * c with weights 1/t (relative error); a >= 0, c > 0.
+std::pair<double, double> fit_line(const std::vector<double>& x, const std::vector<double>& t) {
+  const auto n = static_cast<Eigen::Index>(x.size());
+  Eigen::MatrixXd a(n, 2);
+  Eigen::VectorXd b = Eigen::VectorXd::Ones(n);
+  for (Eigen::Index i = 0; i < n; ++i) {
+    a(i, 0) = 1.0 / t[i];
+    a(i, 1) = x[i] / t[i];
+  }
+  Eigen::Vector2d s = a.colPivHouseholderQr().solve(b);
+  if (s(0) < 0 || s(1) <= 0) {
+    // Refit with the intercept pinned at 0 (pure bandwidth) or the slope pinned tiny (pure latency).
+    if (s(1) > 0) {
+      const double c = a.col(1).dot(b) / a.col(1).squaredNorm();
+      s << 0.0, c;
+    } else {
+      const double a0 = a.col(0).dot(b) / a.col(0).squaredNorm();
+      s << a0, 1e-15;
+    }
+  }
+  return {s(0), s(1)};
+}
+
+sim::CollectiveParams params(const std::string& kind, sim::NcclProto proto, double base, double bus) {
+  sim::CollectiveParams p;
+  p.kind = kind;
+  p.algo = sim::NcclAlgo::kRing;
+  p.proto = proto;
+  p.inter_node = false;
+  p.base_latency_s = base;
+  p.step_latency_s = 0;
+  p.bus_bytes_per_s = bus;
+  return p;
+}
+
+/// Replaces (or adds) the override of (kind, ring, proto, intra).
+void set_override(sim::Profile& p, const sim::CollectiveParams& o) {
+  for (auto& e : p.collectives) {
+    if (e.kind == o.kind && e.algo == o.algo && e.proto == o.proto && e.inter_node == o.inter_node) {
+      e = o;
+      return;
+    }
+  }
+  p.collectives.push_back(o);
+}
+
+constexpr double kProbeBus = 1e6;  // bytes/s of the regressor runs (keeps simulated ns well inside int64)
+
+/// Per-point regressors (bandwidth-only time x bus) under `proto`, from simulating `g` with a zero-latency override.
+std::vector<double> regressors(Ctx& c, const BenchGroup& g, sim::Profile p, const std::string& kind,
+                               sim::NcclProto proto, bool only_proto, double bus = kProbeBus) {
+  if (only_proto) p.nccl.protocols = {proto};
+  set_override(p, params(kind, proto, 0, bus));
+  const auto sim = simulate_group(c, g, p);
+  std::vector<double> x;
+  for (const auto& pr : g.probes) x.push_back(sim.at(pr.name) * kProbeBus);
+  return x;
+}
+
+/// Ring all_reduce/all_gather/reduce_scatter/broadcast: an LL line for small sizes and a Simple line for large
+/// ones; the split minimises the mean relative error of what the simulator then predicts (it picks the protocol).
+void fit_ring_collective(Ctx& c, sim::Profile& p, const std::string& kind, const BenchGroup& g) {
+  std::vector<double> t;
+  for (const auto& pr : g.probes) t.push_back(c.measured.at(pr.name));
+  const auto x_ll = regressors(c, g, p, kind, sim::NcclProto::kLL, true);
+  const auto x_s = regressors(c, g, p, kind, sim::NcclProto::kSimple, true);
+  const std::size_t n = t.size();
+  double best_err = 1e300;
+  sim::Profile best = p;
+  for (std::size_t k = 0; k <= n; ++k) {
+    if ((k > 0 && k < 2) || (n - k > 0 && n - k < 2)) continue;
+    sim::Profile q = p;
+    if (k >= 2) {
+      const auto [a, slope] = fit_line({x_ll.begin(), x_ll.begin() + k}, {t.begin(), t.begin() + k});
+      set_override(q, params(kind, sim::NcclProto::kLL, a, 1.0 / slope));
+    } else {
+      set_override(q, params(kind, sim::NcclProto::kLL, 1.0, kProbeBus));  // never chosen
+    }
+    if (n - k >= 2) {
+      const auto [a, slope] = fit_line({x_s.begin() + k, x_s.end()}, {t.begin() + k, t.end()});
+      set_override(q, params(kind, sim::NcclProto::kSimple, a, 1.0 / slope));
+    } else {
+      set_override(q, params(kind, sim::NcclProto::kSimple, 1.0, kProbeBus));
+    }
+    const auto sim = simulate_group(c, g, q);
+    double err = 0;
+    for (std::size_t i = 0; i < n; ++i) err += std::abs(sim.at(g.probes[i].name) - t[i]) / t[i];
+    if (err < best_err) {
+      best_err = err;
+      best = q;
+    }
+  }
+  p = best;
+}
+
+/// all_to_all and send/recv: NCCL's P2P protocol follows a size threshold, so each point's protocol is known
+/// from the model; one line per protocol.
+void fit_p2p(Ctx& c, sim::Profile& p, const std::string& kind, const std::vector<const BenchGroup*>& groups) {
+  std::vector<double> x_ll, t_ll, x_s, t_s;
+  for (const auto* g : groups) {
+    sim::Profile q = p;
+    set_override(q, params(kind, sim::NcclProto::kLL, 0, kProbeBus));
+    const auto x1 = regressors(c, *g, q, kind, sim::NcclProto::kSimple, false);
+    const auto x2 = regressors(c, *g, q, kind, sim::NcclProto::kSimple, false, 2 * kProbeBus);
+    for (std::size_t i = 0; i < g->probes.size(); ++i) {
+      const double t = c.measured.at(g->probes[i].name);
+      if (x2[i] < 0.75 * x1[i]) {
+        x_s.push_back(x1[i]);
+        t_s.push_back(t);
+      } else {
+        x_ll.push_back(x1[i]);
+        t_ll.push_back(t);
+      }
+    }
+  }
+  if (x_ll.size() >= 2) {
+    const auto [a, slope] = fit_line(x_ll, t_ll);
+    set_override(p, params(kind, sim::NcclProto::kLL, a, 1.0 / slope));
+  }
+  if (x_s.size() >= 2) {
+    const auto [a, slope] = fit_line(x_s, t_s);
+    set_override(p, params(kind, sim::NcclProto::kSimple, a, 1.0 / slope));
+  }
+}
+
+Json profile_json(const sim::Profile& p, const Json& tables, const std::map<std::string, std::string>& context,
+                  const std::string& name) {
+  Json j;
+  j["schema_version"] = sim::Profile::kSchemaVersion;
+  j["name"] = name;
+  j["context"] = context;
+  j["compute"] = tables;
+  j["memory_tables"] = "bytes";
+  j["memory_efficiency"] = p.memory_efficiency;
+  j["kernel_floor"] = p.kernel_floor_s;
+  Json launch = Json::object();
+  for (const auto& [k, v] : p.launch_s) launch[k] = v;
+  j["launch"] = launch;
+  Json colls = Json::array();
+  for (const auto& o : p.collectives) {
+    colls.push_back({{"kind", o.kind},
+                     {"algorithm", sim::algo_name(o.algo)},
+                     {"protocol", sim::proto_name(o.proto)},
+                     {"span", o.inter_node ? "inter" : "intra"},
+                     {"base_latency", o.base_latency_s},
+                     {"step_latency", o.step_latency_s},
+                     {"bus_bandwidth", o.bus_bytes_per_s}});
+  }
+  j["collectives"] = colls;
+  Json algos = Json::array(), protos = Json::array();
+  for (auto a : p.nccl.algorithms) algos.push_back(sim::algo_name(a));
+  for (auto q : p.nccl.protocols) protos.push_back(sim::proto_name(q));
+  j["nccl"] = {{"algorithms", algos}, {"protocols", protos}};
+  j["interference"] = {{"comm_hbm_bytes_per_bus_byte", p.interference.comm_hbm_bytes_per_bus_byte}};
+  if (p.framework.per_kernel_launch_s >= 0 || p.framework.per_module_call_s >= 0) {
+    Json f = Json::object();
+    if (p.framework.per_kernel_launch_s >= 0) f["per_kernel_launch"] = p.framework.per_kernel_launch_s;
+    if (p.framework.per_module_call_s >= 0) f["per_module_call"] = p.framework.per_module_call_s;
+    f["source"] = p.framework.source;
+    j["framework"] = f;
+  }
+  Json fits = Json::array();
+  for (const auto& f : p.fits) {
+    fits.push_back({{"name", f.name},
+                    {"points", f.points},
+                    {"mean_abs_rel_error", f.mean_abs_rel_error},
+                    {"max_abs_rel_error", f.max_abs_rel_error},
+                    {"note", f.note}});
+  }
+  j["fits"] = fits;
+  return j;
+}
+
+}  // namespace
+
+FrameworkInput read_framework(const std::string& path) {
+  FrameworkInput f;
+  Json j;
+  try {
+    j = Json::parse(read_file(path));
+    f.per_kernel_launch_s = j.at("per_kernel_launch_s").get<double>();
+    f.per_module_call_s = j.at("per_module_call_s").get<double>();
+    f.source = j.value("source", std::string("calibration/scripts/torch_host_overhead.py"));
+  } catch (const Json::exception& e) {
+    throw ParseError(path, "", std::string("expected the JSON of torch_host_overhead.py (per_kernel_launch_s, "
+                                           "per_module_call_s): ") + e.what());
+  }
+  return f;
+}
+
+FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster, const std::string& name,
+                      const std::string& git_revision, const FrameworkInput& framework) {
+  Ctx c{raw, cluster, make_suite(raw.suite, raw.world_size), {}, {}, {}};
+  for (const auto& m : raw.measurements) {
+    if (m.value_s > 0) c.measured[m.probe] = m.value_s;
+  }
+  auto family = [&](const std::string& fam) {
+    std::vector<std::pair<double, double>> v;  // (size, seconds)
+    for (const auto& m : raw.measurements) {
+      if (m.family == fam && m.value_s > 0) v.emplace_back(m.size, m.value_s);
+    }
+    return v;
+  };
+  const auto& gpu = cluster.node.gpu;
+  sim::Profile p = sim::Profile::datasheet_defaults();
+  Json tables = Json::object();
+
+  // Tensor-core classes: efficiency = FLOPs / (peak x time), over FLOPs.
+  for (const char* fam : {"gemm", "grouped_gemm", "attention_fwd", "attention_bwd"}) {
+    std::vector<std::pair<double, double>> pts;
+    for (const auto& [flops, t] : family(fam)) pts.emplace_back(flops, flops / (gpu.peak_flop_per_s(schedule::DType::kBF16) * t));
+    if (!pts.empty()) tables[fam] = table_json(pts);
+  }
+  if (!tables.contains("grouped_gemm") && tables.contains("gemm")) tables["grouped_gemm"] = tables["gemm"];
+  // Memory-bound classes: HBM efficiency over bytes moved.
+  for (const char* fam : {"elementwise", "optimizer"}) {
+    std::vector<std::pair<double, double>> pts;
+    for (const auto& [bytes, t] : family(fam)) pts.emplace_back(bytes, bytes / (gpu.hbm_bytes_per_s * t));
+    if (!pts.empty()) tables[fam] = table_json(pts);
+  }
+  {
+    auto ew = family("elementwise");
+    std::sort(ew.begin(), ew.end());
+    if (!ew.empty()) {
+      p.memory_efficiency = std::clamp(ew.back().first / (gpu.hbm_bytes_per_s * ew.back().second), 0.05, 1.0);
+      std::vector<double> small;
+      for (const auto& [bytes, t] : ew) {
+        if (bytes <= 64 * 1024) small.push_back(t);
+      }
+      p.kernel_floor_s = median(small);
+    }
+  }
+  // Issue and host-sync costs.
+  std::map<std::string, std::vector<double>> host;
+  for (const auto& m : raw.measurements) {
+    if (m.family.rfind("launch.", 0) == 0 || m.family == "host_sync") host[m.family].push_back(m.value_s);
+  }
+  if (host.count("launch.compute")) p.launch_s["compute"] = median(host["launch.compute"]);
+  if (host.count("launch.memcpy")) p.launch_s["memcpy"] = median(host["launch.memcpy"]);
+  if (host.count("launch.collective")) {
+    const double v = median(host["launch.collective"]);
+    p.launch_s["collective"] = p.launch_s["send"] = p.launch_s["recv"] = v;
+  }
+  if (host.count("host_sync")) p.launch_s["host_sync"] = std::max(0.0, median(host["host_sync"]));
+
+  // Apply the compute tables now so the co-run and check simulations see them.
+  {
+    Json tmp = profile_json(p, tables, {}, "tmp");
+    tmp.erase("fits");
+    tmp.erase("collectives");
+    tmp.erase("nccl");
+    p = sim::profile_from_json(tmp.dump(), "fit");
+  }
+
+  // Collectives: ring with LL and Simple (two GPUs of one node: no tree, NVLS off).
+  p.nccl.algorithms = {sim::NcclAlgo::kRing};
+  p.nccl.protocols = {sim::NcclProto::kLL, sim::NcclProto::kSimple};
+  if (raw.world_size > 1) {
+    const std::string span = ".span" + std::to_string(raw.world_size >= 2 ? 1u << static_cast<unsigned>(
+                                                                                 std::floor(std::log2(raw.world_size)))
+                                                                          : 2u);
+    for (const char* kind : {"all_reduce", "all_gather", "reduce_scatter", "broadcast"}) {
+      const BenchGroup* g = find_group(c, std::string("coll.") + kind + span);
+      if (g == nullptr || std::any_of(g->probes.begin(), g->probes.end(),
+                                      [&](const Probe& pr) { return c.measured.count(pr.name) == 0; })) {
+        continue;
+      }
+      fit_ring_collective(c, p, kind, *g);
+    }
+    std::vector<const BenchGroup*> a2a;
+    for (const char* gname : {"coll.all_to_all", "coll.all_to_all_uneven"}) {
+      const BenchGroup* g = find_group(c, gname + span);
+      if (g != nullptr && std::all_of(g->probes.begin(), g->probes.end(),
+                                      [&](const Probe& pr) { return c.measured.count(pr.name) != 0; })) {
+        a2a.push_back(g);
+      }
+    }
+    if (!a2a.empty()) fit_p2p(c, p, "all_to_all", a2a);
+    const BenchGroup* sr = find_group(c, "p2p.send_recv");
+    if (sr != nullptr && std::all_of(sr->probes.begin(), sr->probes.end(),
+                                     [&](const Probe& pr) { return c.measured.count(pr.name) != 0; })) {
+      fit_p2p(c, p, "send_recv", {sr});
+    }
+  }
+
+  // Interference: the HBM traffic per bus byte of a comm kernel under which the simulator reproduces the
+  // measured GEMM+collective co-runs best (least squares over a grid of the one coefficient).
+  {
+    std::vector<const BenchGroup*> coruns;
+    for (const auto& g : c.suite) {
+      if (g.name.rfind("corun.", 0) == 0 &&
+          std::all_of(g.probes.begin(), g.probes.end(), [&](const Probe& pr) { return c.measured.count(pr.name); })) {
+        coruns.push_back(&g);
+      }
+    }
+    if (!coruns.empty()) {
+      double best = p.interference.comm_hbm_bytes_per_bus_byte, best_err = 1e300;
+      for (int i = 0; i <= 40; ++i) {
+        sim::Profile q = p;
+        q.interference.comm_hbm_bytes_per_bus_byte = 0.2 * i;
+        double err = 0;
+        for (const auto* g : coruns) {
+          const auto sim = simulate_group(c, *g, q);
+          for (const auto& pr : g->probes) {
+            if (pr.family != "corun.gemm" && pr.family != "corun.comm") continue;
+            const double m = c.measured.at(pr.name);
+            err += std::pow((sim.at(pr.name) - m) / m, 2);
+          }
+        }
+        if (err < best_err) {
+          best_err = err;
+          best = 0.2 * i;
+        }
+      }
+      p.interference.comm_hbm_bytes_per_bus_byte = best;
+      for (const auto* g : coruns) {
+        const double gs = c.measured.at(g->name + ".gemm_solo"), gc = c.measured.at(g->name + ".gemm_corun");
+        const double cs = c.measured.at(g->name + ".comm_solo"), cc = c.measured.at(g->name + ".comm_corun");
+        char buf[200];
+        std::snprintf(buf, sizeof buf, "measured slowdown: gemm x%.3f, comm x%.3f", gc / gs, cc / cs);
+        c.log.push_back(g->name + ": " + buf);
+      }
+    }
+  }
+  if (framework.per_kernel_launch_s >= 0 || framework.per_module_call_s >= 0) {
+    // The script measures the eager op's whole host cost; the framework's share is what exceeds the raw launch.
+    p.framework.per_kernel_launch_s = framework.per_kernel_launch_s < 0
+                                          ? -1.0
+                                          : std::max(0.0, framework.per_kernel_launch_s - p.launch_s["compute"]);
+    p.framework.per_module_call_s = framework.per_module_call_s;
+    p.framework.source = framework.source;
+  }
+
+  // Residuals of everything, through the simulator with the final profile.
+  check_groups(c, "compute.", p, "solo kernels, simulated vs measured");
+  check_groups(c, "coll.", p, "LL + Simple lines, simulator's protocol choice");
+  check_groups(c, "p2p.", p, "");
+  check_groups(c, "host.", p, "issue per op / host_sync wake-up");
+  check_groups(c, "corun.", p, "comm_hbm_bytes_per_bus_byte = " + std::to_string(p.interference.comm_hbm_bytes_per_bus_byte));
+  p.fits = c.fits;
+
+  std::map<std::string, std::string> context = raw.context;
+  context["suite"] = raw.suite;
+  context["world_size"] = std::to_string(raw.world_size);
+  context["cluster"] = cluster.describe();
+  if (!git_revision.empty()) context["fit_git_revision"] = git_revision;
+  const Json j = profile_json(p, tables, context, name);
+  FitResult r;
+  r.json = j.dump(2) + "\n";
+  r.profile = sim::profile_from_json(r.json, name);
+  r.log = std::move(c.log);
+  return r;
+}
+
+}  // namespace twinstep::calibration

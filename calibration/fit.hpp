@@ -1,0 +1,37 @@
+// Fitting: raw microbenchmark measurements -> a calibration profile (sim/profile.cpp's JSON format). Every fit is
+// checked by running the simulator on the same microbenchmark schedules with the fitted profile, and its residual
+// is recorded in the profile. Never fed with end-to-end step times.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "calibration/suite.hpp"
+#include "sim/cost_model.hpp"
+#include "topologies/cluster.hpp"
+
+namespace twinstep::calibration {
+
+/// The framework (PyTorch eager) overhead measured by calibration/scripts/torch_host_overhead.py, if any.
+struct FrameworkInput {
+  double per_kernel_launch_s = -1;
+  double per_module_call_s = -1;
+  std::string source;
+};
+
+/// Reads the JSON that calibration/scripts/torch_host_overhead.py writes. Throws ParseError.
+[[nodiscard]] FrameworkInput read_framework(const std::string& path);
+
+struct FitResult {
+  sim::Profile profile;      ///< The fitted profile (what the JSON says, read back).
+  std::string json;          ///< The profile file's text.
+  std::vector<std::string> log;  ///< One line per fit: name, points, residuals.
+};
+
+/// Fits a profile from `raw` for `cluster` (whose GPU gives the peak rates the efficiencies divide by). The
+/// suite's schedules are regenerated from the raw header (suite name and world size). `name` goes into the
+/// profile; `git_revision` and `framework` are recorded when given.
+[[nodiscard]] FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster, const std::string& name,
+                                    const std::string& git_revision, const FrameworkInput& framework);
+
+}  // namespace twinstep::calibration

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# On the two-H200 machine, from the repository root: builds twinstep with the backend, runs the calibration suite
+# (raw measurements + fitted profile), the PyTorch host-overhead script and the validation cases, and packs the
+# results into OUT/results.tgz. Usage: calibration/scripts/run_calibration_h200x2.sh OUT [default|quick|none]
+# (none: validation runs only). Every mpirun reads /dev/null: it would otherwise eat the case list on stdin.
+set -u
+OUT=$1
+SUITE=${2:-default}
+mkdir -p "$OUT/r/traces"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
+TORCH_NCCL=$(dirname "$(find /opt /usr/local/lib /usr/lib/python3* -name 'libnccl.so.2' -path '*nvidia*' 2>/dev/null | head -1)")
+TORCH_CUBLAS=$(dirname "$TORCH_NCCL")/../cublas/lib
+export LD_LIBRARY_PATH=$TORCH_NCCL:$TORCH_CUBLAS:${LD_LIBRARY_PATH:-}
+MPI="mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
+     -x NVSHMEM_DISABLE_NVLS -x LD_LIBRARY_PATH -x PYTHONUNBUFFERED"
+T=build-gpu/cli/twinstep
+pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
+trap pack EXIT
+echo "== build $(date +%T)"
+cmake -S . -B build-gpu -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_ENABLE_BENCH=OFF > "$OUT/r/build.log" 2>&1 || { tail -30 "$OUT/r/build.log"; exit 1; }
+ninja -C build-gpu twinstep >> "$OUT/r/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/r/build.log" | head -30; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/r/nvidia-smi.csv" 2>&1
+if [ "$SUITE" != none ]; then
+echo "== calibrate $(date +%T)"
+timeout 280 $MPI -np 2 $T calibrate --suite "$SUITE" -o "$OUT/r/profile.json" --raw "$OUT/r/raw.jsonl" \
+  --steps 5 --warmup 2 2>&1 < /dev/null | tee "$OUT/r/calibrate.log" | tail -40
+echo "== torch host overhead $(date +%T)"
+timeout 60 python3 calibration/scripts/torch_host_overhead.py -o "$OUT/r/framework.json" 2>&1 < /dev/null | tail -3
+fi
+echo "== validation $(date +%T)"
+grep -v '^#' calibration/validation/cases.txt | while IFS='|' read -r name gpus flags; do
+  name=$(echo $name); gpus=$(echo $gpus)
+  $T lower --model calibration/validation/models/llama3-8b-4l.json --gpus $gpus $flags -o "$OUT/r/s.json" \
+    > "$OUT/r/traces/$name.lower.log" 2>&1 < /dev/null || { echo "$name: lower failed"; tail -2 "$OUT/r/traces/$name.lower.log"; continue; }
+  timeout 90 $MPI -np $gpus $T run "$OUT/r/s.json" -o "$OUT/r/traces/$name.trace.json" --warmup 2 --steps 5 \
+    --timeout-s 60 > "$OUT/r/traces/$name.run.log" 2>&1 < /dev/null
+  echo "$name: exit $? $(tail -1 "$OUT/r/traces/$name.run.log")"
+done
+echo "== done $(date +%T)"

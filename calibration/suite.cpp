@@ -1,0 +1,579 @@
+// The microbenchmark suites, built as schedules, and the runner that measures them group by group into a
+// JSON-lines file (header line, then one line per finished group; rewritten atomically after each group, so an
+// interruption loses at most the group in flight). Shapes: regular sweeps plus those the zoo's lowering emits.
+#include "calibration/suite.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include <nlohmann/json.hpp>
+
+#include "common/assert.hpp"
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "models/lower.hpp"
+#include "models/model_spec.hpp"
+#include "models/run_config.hpp"
+#include "schedule/kernel_math.hpp"
+
+namespace twinstep::calibration {
+namespace {
+
+using schedule::OpId;
+using schedule::RankId;
+using Json = nlohmann::json;
+
+constexpr std::uint64_t kKiB = 1024;
+constexpr std::uint64_t kMiB = 1024 * kKiB;
+constexpr std::uint64_t kGiB = 1024 * kMiB;
+
+/// Builds one group's schedule: streams "compute" and "comm", a "world" communicator and span communicators.
+class Builder {
+ public:
+  Builder(std::string name, std::uint32_t world) : world_(world) {
+    group_.name = std::move(name);
+    auto& s = group_.schedule;
+    s.name = "calibration." + group_.name;
+    s.world_size = world;
+    for (RankId r = 0; r < world; ++r) s.ranks.push_back(r);
+    s.streams = {{"compute", 0}, {"comm", 0}};
+    s.communicators.push_back({"world", "world", s.ranks});
+    s.meta["generator"] = "twinstep calibrate (calibration/suite.cpp)";
+  }
+
+  /// Communicators of `span` consecutive ranks covering the world ("span<N>.<i>"); returns their ids.
+  std::vector<schedule::CommId> span_comms(std::uint32_t span) {
+    auto& s = group_.schedule;
+    std::vector<schedule::CommId> ids;
+    for (std::uint32_t g = 0; g < world_ / span; ++g) {
+      schedule::Communicator c{"span" + std::to_string(span) + "." + std::to_string(g), "span", {}};
+      for (std::uint32_t i = 0; i < span; ++i) c.members.push_back(g * span + i);
+      ids.push_back(static_cast<schedule::CommId>(s.communicators.size()));
+      s.communicators.push_back(std::move(c));
+    }
+    return ids;
+  }
+
+  OpId add(RankId rank, schedule::StreamId stream, const std::string& name, schedule::Body body,
+           std::vector<OpId> deps = {}) {
+    auto& ops = group_.schedule.ops;
+    schedule::Op op;
+    op.id = static_cast<OpId>(ops.size());
+    op.rank = rank;
+    op.stream = stream;
+    op.name = name;
+    op.body = std::move(body);
+    op.deps = std::move(deps);
+    ops.push_back(std::move(op));
+    return ops.back().id;
+  }
+
+  void probe(Probe p) { group_.probes.push_back(std::move(p)); }
+  BenchGroup take() { return std::move(group_); }
+  [[nodiscard]] std::uint32_t world() const { return world_; }
+
+ private:
+  BenchGroup group_;
+  std::uint32_t world_;
+};
+
+schedule::Body compute(schedule::Kernel k) { return schedule::Compute{std::move(k), 0}; }
+
+std::vector<std::uint64_t> geometric(std::uint64_t lo, std::uint64_t hi, std::uint64_t factor) {
+  std::vector<std::uint64_t> v;
+  for (std::uint64_t x = lo; x <= hi; x *= factor) v.push_back(x);
+  if (v.back() != hi) v.push_back(hi);
+  return v;
+}
+
+std::string shape_name(const schedule::Gemm& g) {
+  return "m" + std::to_string(g.m) + ".n" + std::to_string(g.n) + ".k" + std::to_string(g.k) +
+         (g.batch > 1 ? ".b" + std::to_string(g.batch) : "");
+}
+
+std::string shape_name(const schedule::Attention& a) {
+  return "b" + std::to_string(a.batch) + ".hq" + std::to_string(a.heads_q) + ".hkv" + std::to_string(a.heads_kv) +
+         ".s" + std::to_string(a.seq_q) + "x" + std::to_string(a.seq_kv) + ".d" + std::to_string(a.head_dim) +
+         (a.causal ? ".causal" : "");
+}
+
+/// GEMM, grouped-GEMM and attention shapes of a few zoo configurations (TP-sharded, expert and CP shapes).
+struct ZooShapes {
+  std::vector<schedule::Gemm> gemms;
+  std::vector<schedule::GroupedGemm> grouped;
+  std::vector<schedule::Attention> attention;
+};
+
+ZooShapes zoo_shapes(bool quick) {
+  struct Cfg {
+    const char* model;
+    std::uint32_t world, tp, cp, ep, seq;
+  };
+  std::vector<Cfg> cfgs = {{"llama3-8b", 1, 1, 1, 1, 4096}, {"llama3-8b", 2, 2, 1, 1, 4096},
+                           {"llama3-8b", 2, 1, 2, 1, 4096}};
+  if (!quick) {
+    cfgs.push_back({"llama3-70b", 8, 8, 1, 1, 4096});
+    cfgs.push_back({"mixtral-8x7b", 2, 1, 1, 2, 4096});
+    cfgs.push_back({"qwen3-30b-a3b", 2, 1, 1, 2, 4096});
+  }
+  std::set<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t>> seen_g;
+  std::set<std::string> seen_a, seen_gg;
+  ZooShapes out;
+  for (const auto& c : cfgs) {
+    try {
+      auto model = models::load_model(c.model);
+      model.num_layers = std::min<std::uint32_t>(model.num_layers, 2);
+      models::RunConfig rc;
+      rc.world_size = c.world;
+      rc.tensor_model_parallel_size = c.tp;
+      rc.context_parallel_size = c.cp;
+      rc.expert_model_parallel_size = c.ep;
+      rc.sequence_parallel = c.tp > 1;
+      rc.seq_length = c.seq;
+      rc.micro_batch_size = 1;
+      rc.global_batch_size = c.world / (c.tp * c.cp);
+      const auto lowered = models::lower(model, rc);
+      for (const auto& op : lowered.schedule.ops) {
+        if (op.rank != 0) continue;
+        const auto* cmp = std::get_if<schedule::Compute>(&op.body);
+        if (cmp == nullptr) continue;
+        if (const auto* g = std::get_if<schedule::Gemm>(&cmp->kernel)) {
+          if (seen_g.insert({g->m, g->n, g->k, g->batch}).second) out.gemms.push_back(*g);
+        } else if (const auto* gg = std::get_if<schedule::GroupedGemm>(&cmp->kernel)) {
+          std::ostringstream key;
+          for (auto m : gg->m) key << m << ",";
+          key << gg->n << "," << gg->k;
+          if (seen_gg.insert(key.str()).second) out.grouped.push_back(*gg);
+        } else if (const auto* a = std::get_if<schedule::Attention>(&cmp->kernel)) {
+          if (seen_a.insert(shape_name(*a) + (a->backward ? "bwd" : "fwd")).second) out.attention.push_back(*a);
+        }
+      }
+    } catch (const Error&) {
+      // A zoo configuration this checkout cannot lower yet (e.g. MoE before its lowering lands): skip it.
+    }
+  }
+  return out;
+}
+
+void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, std::uint32_t world,
+                       const std::vector<std::pair<std::string, schedule::Kernel>>& kernels) {
+  Builder b(name, world);
+  std::vector<OpId> rank0;
+  for (RankId r = 0; r < world; ++r) {
+    for (const auto& [label, k] : kernels) {
+      const OpId id = b.add(r, 0, label, compute(k));
+      if (r == 0) rank0.push_back(id);
+    }
+  }
+  for (std::size_t i = 0; i < kernels.size(); ++i) {
+    const auto& k = kernels[i].second;
+    Probe p;
+    p.name = kernels[i].first;
+    p.family = schedule::kernel_class(k);
+    p.ops = {rank0[i]};
+    const bool memory_bound = std::holds_alternative<schedule::Elementwise>(k) ||
+                              std::holds_alternative<schedule::Optimizer>(k) ||
+                              std::holds_alternative<schedule::Memcpy>(k);
+    p.size = memory_bound ? schedule::kernel_bytes(k) : schedule::kernel_flops(k);
+    if (const auto* g = std::get_if<schedule::Gemm>(&k)) {
+      p.params = {{"m", double(g->m)}, {"n", double(g->n)}, {"k", double(g->k)}, {"batch", double(g->batch)}};
+    }
+    b.probe(std::move(p));
+  }
+  suite.push_back(b.take());
+}
+
+const char* coll_word(schedule::CollectiveKind k) {
+  switch (k) {
+    case schedule::CollectiveKind::kAllReduce: return "all_reduce";
+    case schedule::CollectiveKind::kAllGather: return "all_gather";
+    case schedule::CollectiveKind::kReduceScatter: return "reduce_scatter";
+    case schedule::CollectiveKind::kAllToAll: return "all_to_all";
+    case schedule::CollectiveKind::kBroadcast: return "broadcast";
+  }
+  return "?";
+}
+
+/// all_to_all send sizes for member `pos` of `n`: even, or uneven (member pos sends (1 + (pos+j) mod n) units
+/// to member j, so the busiest pair carries n x the smallest).
+std::vector<std::uint64_t> a2a_split(std::uint64_t total, std::uint32_t n, std::uint32_t pos, bool uneven) {
+  std::vector<std::uint64_t> v(n);
+  std::uint64_t units = 0;
+  for (std::uint32_t j = 0; j < n; ++j) units += uneven ? 1 + (pos + j) % n : 1;
+  const std::uint64_t unit = std::max<std::uint64_t>(16, (total / units) / 16 * 16);
+  for (std::uint32_t j = 0; j < n; ++j) v[j] = unit * (uneven ? 1 + (pos + j) % n : 1);
+  return v;
+}
+
+schedule::Collective make_collective(schedule::CollectiveKind kind, schedule::CommId comm, std::uint64_t bytes,
+                                     std::uint32_t n, std::uint32_t pos, bool uneven, RankId root) {
+  schedule::Collective c;
+  c.kind = kind;
+  c.comm = comm;
+  c.dtype = schedule::DType::kBF16;
+  c.bytes = bytes;
+  if (kind == schedule::CollectiveKind::kAllToAll) {
+    c.send_bytes = a2a_split(bytes, n, pos, uneven);
+    c.bytes = 0;
+    for (auto x : c.send_bytes) c.bytes += x;
+  }
+  if (kind == schedule::CollectiveKind::kBroadcast) c.root = root;
+  return c;
+}
+
+void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, bool quick) {
+  const auto sizes = quick ? geometric(kKiB, kGiB, 8) : geometric(kKiB, kGiB, 2);
+  std::vector<std::uint32_t> spans;
+  for (std::uint32_t s = 2; s <= world; s *= 2) spans.push_back(s);
+  const std::pair<schedule::CollectiveKind, bool> kinds[] = {
+      {schedule::CollectiveKind::kAllReduce, false},     {schedule::CollectiveKind::kAllGather, false},
+      {schedule::CollectiveKind::kReduceScatter, false}, {schedule::CollectiveKind::kBroadcast, false},
+      {schedule::CollectiveKind::kAllToAll, false},      {schedule::CollectiveKind::kAllToAll, true}};
+  for (auto span : spans) {
+    for (const auto& [kind, uneven] : kinds) {
+      const std::string word = std::string(coll_word(kind)) + (uneven ? "_uneven" : "");
+      Builder b("coll." + word + ".span" + std::to_string(span), world);
+      const auto comms = b.span_comms(span);
+      std::vector<std::vector<OpId>> ids(sizes.size());
+      for (RankId r = 0; r < world; ++r) {
+        const auto comm = comms[r / span];
+        const RankId root = (r / span) * span;
+        for (std::size_t i = 0; i < sizes.size(); ++i) {
+          const auto c = make_collective(kind, comm, sizes[i], span, r % span, uneven, root);
+          ids[i].push_back(b.add(r, 1, word + "." + std::to_string(sizes[i]), c));
+        }
+      }
+      for (std::size_t i = 0; i < sizes.size(); ++i) {
+        Probe p;
+        p.name = "coll." + word + ".span" + std::to_string(span) + "." + std::to_string(sizes[i]);
+        p.family = std::string("coll.") + coll_word(kind);
+        p.ops = ids[i];
+        p.size = static_cast<double>(sizes[i]);
+        p.params = {{"span", double(span)}, {"uneven", uneven ? 1.0 : 0.0}};
+        b.probe(std::move(p));
+      }
+      suite.push_back(b.take());
+    }
+  }
+  // send/recv between rank pairs (0->1, 2->3, ...) over the world communicator.
+  Builder b("p2p.send_recv", world);
+  std::vector<std::vector<OpId>> ids(sizes.size());
+  for (RankId r = 0; r < world / 2 * 2; ++r) {
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      const auto tag = static_cast<std::uint32_t>(i);
+      if (r % 2 == 0) {
+        ids[i].push_back(b.add(r, 1, "send." + std::to_string(sizes[i]), schedule::Send{0, r + 1, sizes[i], tag}));
+      } else {
+        ids[i].push_back(b.add(r, 1, "recv." + std::to_string(sizes[i]), schedule::Recv{0, r - 1, sizes[i], tag}));
+      }
+    }
+  }
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    Probe p;
+    p.name = "p2p.send_recv." + std::to_string(sizes[i]);
+    p.family = "send_recv";
+    p.ops = ids[i];
+    p.size = static_cast<double>(sizes[i]);
+    b.probe(std::move(p));
+  }
+  suite.push_back(b.take());
+}
+
+/// Host issue cost per op class and host_sync wake-up, on every rank.
+void add_host_groups(std::vector<BenchGroup>& suite, std::uint32_t world, bool quick) {
+  const int n = quick ? 100 : 400;
+  {
+    Builder b("host.issue", world);
+    std::vector<OpId> compute_ids, memcpy_ids, coll_ids;
+    for (RankId r = 0; r < world; ++r) {
+      for (int i = 0; i < n; ++i) {
+        const OpId id = b.add(r, 0, "issue.compute." + std::to_string(i), compute(schedule::Elementwise{4096, 0}));
+        if (r == 0) compute_ids.push_back(id);
+      }
+      for (int i = 0; i < n; ++i) {
+        const OpId id = b.add(r, 0, "issue.memcpy." + std::to_string(i),
+                              compute(schedule::Memcpy{4096, schedule::CopyKind::kD2D}));
+        if (r == 0) memcpy_ids.push_back(id);
+      }
+      if (world > 1) {
+        for (int i = 0; i < n; ++i) {
+          const OpId id = b.add(r, 1, "issue.collective." + std::to_string(i),
+                                schedule::Collective{schedule::CollectiveKind::kAllReduce, 0, 4096,
+                                                     schedule::DType::kBF16, {}, 0});
+          if (r == 0) coll_ids.push_back(id);
+        }
+      }
+    }
+    b.probe({"host.issue.compute", "launch.compute", Metric::kIssue, compute_ids, schedule::kNoOp, 0, {}});
+    b.probe({"host.issue.memcpy", "launch.memcpy", Metric::kIssue, memcpy_ids, schedule::kNoOp, 0, {}});
+    if (world > 1) {
+      b.probe({"host.issue.collective", "launch.collective", Metric::kIssue, coll_ids, schedule::kNoOp, 0, {}});
+    }
+    suite.push_back(b.take());
+  }
+  {
+    Builder b("host.sync", world);
+    const int m = quick ? 10 : 40;
+    for (RankId r = 0; r < world; ++r) {
+      for (int i = 0; i < m; ++i) {
+        // A kernel long enough (64 MiB streamed) that the host is already waiting when it ends.
+        const OpId k = b.add(r, 0, "sync.kernel." + std::to_string(i), compute(schedule::Elementwise{64 * kMiB, 0}));
+        const OpId s = b.add(r, 0, "sync.wait." + std::to_string(i), schedule::HostSync{k});
+        if (r == 0) b.probe({"host.sync." + std::to_string(i), "host_sync", Metric::kWake, {s}, k, 0, {}});
+      }
+    }
+    suite.push_back(b.take());
+  }
+}
+
+/// GEMM + collective co-runs: a solo GEMM, a solo collective, then both at once on two streams.
+void add_corun_groups(std::vector<BenchGroup>& suite, std::uint32_t world) {
+  if (world < 2) return;
+  const schedule::Gemm gemm{8192, 8192, 8192, 1, schedule::DType::kBF16};
+  const std::pair<schedule::CollectiveKind, std::uint64_t> colls[] = {
+      {schedule::CollectiveKind::kAllReduce, 512 * kMiB},
+      {schedule::CollectiveKind::kAllGather, 1 * kGiB},
+      {schedule::CollectiveKind::kReduceScatter, 1 * kGiB},
+      {schedule::CollectiveKind::kAllToAll, 1 * kGiB}};
+  for (const auto& [kind, bytes] : colls) {
+    const std::string word = coll_word(kind);
+    Builder b("corun." + word, world);
+    std::vector<OpId> g_solo, c_solo, g_co, c_co;
+    for (RankId r = 0; r < world; ++r) {
+      const auto c = make_collective(kind, 0, bytes, world, r, false, 0);
+      const OpId g1 = b.add(r, 0, "gemm.solo", compute(gemm));
+      const OpId c1 = b.add(r, 1, word + ".solo", c, {g1});
+      const OpId g2 = b.add(r, 0, "gemm.corun", compute(gemm), {c1});
+      const OpId c2 = b.add(r, 1, word + ".corun", c);
+      g_solo.push_back(g1);
+      c_solo.push_back(c1);
+      g_co.push_back(g2);
+      c_co.push_back(c2);
+    }
+    const double gflops = schedule::kernel_flops(gemm);
+    b.probe({"corun." + word + ".gemm_solo", "corun.gemm_solo", Metric::kDuration, {g_solo[0]}, schedule::kNoOp,
+             gflops, {}});
+    b.probe({"corun." + word + ".gemm_corun", "corun.gemm", Metric::kDuration, {g_co[0]}, schedule::kNoOp, gflops,
+             {}});
+    b.probe({"corun." + word + ".comm_solo", "corun.comm_solo", Metric::kDuration, c_solo, schedule::kNoOp,
+             double(bytes), {}});
+    b.probe({"corun." + word + ".comm_corun", "corun.comm", Metric::kDuration, c_co, schedule::kNoOp,
+             double(bytes), {}});
+    suite.push_back(b.take());
+  }
+}
+
+}  // namespace
+
+std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t world) {
+  if (suite_name != "default" && suite_name != "quick") {
+    throw Error("unknown calibration suite \"" + suite_name + "\"; use --suite default or --suite quick");
+  }
+  if (world < 1) throw Error("calibration needs at least one GPU");
+  const bool quick = suite_name == "quick";
+  std::vector<BenchGroup> suite;
+
+  // GEMMs: a square sweep, skinny sweeps (m = tokens, narrow n or k as TP/EP shard them) and the zoo's shapes.
+  std::vector<std::pair<std::string, schedule::Kernel>> gemms;
+  std::set<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t>> seen;
+  auto add_gemm = [&](schedule::Gemm g) {
+    if (seen.insert({g.m, g.n, g.k, g.batch}).second) gemms.emplace_back("gemm." + shape_name(g), g);
+  };
+  for (auto s : geometric(256, 16384, quick ? 4 : 2)) add_gemm({s, s, s, 1, schedule::DType::kBF16});
+  if (!quick) {
+    for (std::uint64_t m : {1024, 4096, 16384}) {
+      for (std::uint64_t nk : {512, 1024, 2048, 7168, 14336}) {
+        add_gemm({m, nk, 4096, 1, schedule::DType::kBF16});
+        add_gemm({m, 4096, nk, 1, schedule::DType::kBF16});
+      }
+    }
+  }
+  const ZooShapes zoo = zoo_shapes(quick);
+  for (const auto& g : zoo.gemms) add_gemm(g);
+  add_compute_group(suite, "compute.gemm", world, gemms);
+
+  std::vector<std::pair<std::string, schedule::Kernel>> grouped;
+  for (const auto& g : zoo.grouped) {
+    std::uint64_t rows = 0;
+    for (auto m : g.m) rows += m;
+    grouped.emplace_back("grouped_gemm.g" + std::to_string(g.m.size()) + ".rows" + std::to_string(rows) + ".n" +
+                             std::to_string(g.n) + ".k" + std::to_string(g.k),
+                         g);
+  }
+  if (!grouped.empty()) add_compute_group(suite, "compute.grouped_gemm", world, grouped);
+
+  std::vector<std::pair<std::string, schedule::Kernel>> attn;
+  std::set<std::string> seen_a;
+  auto add_attn = [&](schedule::Attention a) {
+    const std::string name = std::string(a.backward ? "attention_bwd." : "attention_fwd.") + shape_name(a);
+    if (seen_a.insert(name).second) attn.emplace_back(name, a);
+  };
+  for (std::uint64_t seq : geometric(1024, quick ? 4096 : 16384, 2)) {
+    for (bool bwd : {false, true}) {
+      add_attn({1, 32, 8, seq, seq, 128, true, bwd, schedule::DType::kBF16});
+      if (!quick) add_attn({1, 16, 4, seq, seq, 128, true, bwd, schedule::DType::kBF16});
+    }
+  }
+  for (const auto& a : zoo.attention) add_attn(a);
+  add_compute_group(suite, "compute.attention", world, attn);
+
+  std::vector<std::pair<std::string, schedule::Kernel>> mem;
+  for (auto bytes : geometric(kKiB, kGiB, quick ? 16 : 4)) {
+    mem.emplace_back("elementwise." + std::to_string(bytes), schedule::Elementwise{bytes, 0});
+  }
+  for (std::uint64_t params : {std::uint64_t{1} << 20, std::uint64_t{1} << 24, std::uint64_t{1} << 28}) {
+    mem.emplace_back("optimizer." + std::to_string(params), schedule::Optimizer{params, schedule::DType::kBF16});
+  }
+  add_compute_group(suite, "compute.memory", world, mem);
+
+  if (world > 1) add_collective_groups(suite, world, quick);
+  add_host_groups(suite, world, quick);
+  add_corun_groups(suite, world);
+  return suite;
+}
+
+std::vector<Measurement> extract(const BenchGroup& group, const schedule::Trace& trace) {
+  const auto& recs = trace.records;
+  auto rec = [&](OpId id) -> const schedule::OpRecord& {
+    if (id >= recs.size() || recs[id].op != id) {
+      throw Error("calibration group " + group.name + ": the trace has no record of op " + std::to_string(id) +
+                  " (was it produced from this group's schedule?)");
+    }
+    return recs[id];
+  };
+  std::vector<Measurement> out;
+  for (const auto& p : group.probes) {
+    double v = 0;
+    switch (p.metric) {
+      case Metric::kDuration: {
+        double best = -1;
+        for (auto id : p.ops) {
+          const double d = static_cast<double>(rec(id).end_ns - rec(id).start_ns) * 1e-9;
+          best = best < 0 ? d : std::min(best, d);
+        }
+        v = std::max(0.0, best);
+        break;
+      }
+      case Metric::kIssue: {
+        TWINSTEP_ASSERT(p.ops.size() >= 2, "issue probe needs two ops");
+        v = static_cast<double>(rec(p.ops.back()).issue_ns - rec(p.ops.front()).issue_ns) * 1e-9 /
+            static_cast<double>(p.ops.size() - 1);
+        break;
+      }
+      case Metric::kWake:
+        v = static_cast<double>(rec(p.ops.front()).end_ns - rec(p.ref).end_ns) * 1e-9;
+        break;
+    }
+    out.push_back({group.name, p.name, p.family, p.size, v});
+  }
+  return out;
+}
+
+namespace {
+Json measurement_json(const Measurement& m) {
+  return Json{{"probe", m.probe}, {"family", m.family}, {"size", m.size}, {"value_s", m.value_s}};
+}
+}  // namespace
+
+std::size_t run_suite(const std::string& suite_name, const std::vector<BenchGroup>& suite,
+                      const std::function<schedule::Trace(const schedule::Schedule&)>& execute,
+                      const RunOptions& options) {
+  std::set<std::string> done;
+  std::string text;
+  if (options.resume && std::filesystem::exists(options.raw_path)) {
+    const RawResults prior = read_raw(options.raw_path);
+    if (prior.suite != suite_name || prior.world_size != suite.front().schedule.world_size) {
+      throw Error("--resume: " + options.raw_path + " holds suite \"" + prior.suite + "\" on " +
+                  std::to_string(prior.world_size) + " GPU(s), not \"" + suite_name + "\" on " +
+                  std::to_string(suite.front().schedule.world_size) + "; use another --raw file or drop --resume");
+    }
+    done.insert(prior.groups.begin(), prior.groups.end());
+    // Keep only complete lines (a torn last line is dropped).
+    const std::string old = read_file(options.raw_path);
+    const auto last_nl = old.rfind('\n');
+    text = last_nl == std::string::npos ? std::string() : old.substr(0, last_nl + 1);
+  }
+  if (text.empty()) {
+    Json header{{"twinstep_calibration_raw", 1},
+                {"suite", suite_name},
+                {"world_size", suite.front().schedule.world_size},
+                {"context", options.context}};
+    text = header.dump() + "\n";
+    if (options.writer) write_file_atomic(options.raw_path, text);
+  }
+  std::size_t ran = 0, index = 0;
+  for (const auto& g : suite) {
+    ++index;
+    const std::string pos = "[" + std::to_string(index) + "/" + std::to_string(suite.size()) + "] ";
+    if (done.count(g.name) != 0) {
+      if (options.progress) options.progress(pos + g.name + ": already measured, skipped (--resume)");
+      continue;
+    }
+    const schedule::Trace trace = execute(g.schedule);
+    const auto ms = extract(g, trace);
+    Json line{{"group", g.name}, {"measurements", Json::array()}};
+    for (const auto& m : ms) line["measurements"].push_back(measurement_json(m));
+    text += line.dump() + "\n";
+    if (options.writer) write_file_atomic(options.raw_path, text);
+    ++ran;
+    if (options.progress) {
+      double step_s = 0;
+      for (auto t : trace.step_times_ns) step_s = std::max(step_s, static_cast<double>(t) * 1e-9);
+      char buf[160];
+      std::snprintf(buf, sizeof buf, ": %zu ops, %zu figures, step %.3f ms", g.schedule.ops.size(), ms.size(),
+                    step_s * 1e3);
+      options.progress(pos + g.name + buf);
+    }
+  }
+  return ran;
+}
+
+RawResults read_raw(const std::string& path) {
+  const std::string text = read_file(path);
+  RawResults r;
+  std::istringstream in(text);
+  std::string line;
+  std::size_t lineno = 0;
+  const bool ends_complete = !text.empty() && text.back() == '\n';
+  std::size_t total_lines = static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')) +
+                            (ends_complete ? 0 : 1);
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (line.empty()) continue;
+    Json j;
+    try {
+      j = Json::parse(line);
+    } catch (const Json::parse_error&) {
+      if (lineno == total_lines && !ends_complete) break;  // torn last line of an interrupted run
+      throw ParseError(path, "line " + std::to_string(lineno), "not valid JSON; the raw file is damaged");
+    }
+    try {
+      if (lineno == 1) {
+        if (!j.contains("twinstep_calibration_raw")) {
+          throw ParseError(path, "line 1", "not a twinstep calibration raw file (no header line)");
+        }
+        r.suite = j.at("suite").get<std::string>();
+        r.world_size = j.at("world_size").get<std::uint32_t>();
+        for (const auto& item : j.at("context").items()) r.context[item.key()] = item.value().get<std::string>();
+        continue;
+      }
+      const std::string group = j.at("group").get<std::string>();
+      r.groups.push_back(group);
+      for (const auto& m : j.at("measurements")) {
+        r.measurements.push_back({group, m.at("probe").get<std::string>(), m.at("family").get<std::string>(),
+                                  m.at("size").get<double>(), m.at("value_s").get<double>()});
+      }
+    } catch (const Json::exception& e) {
+      throw ParseError(path, "line " + std::to_string(lineno), std::string("malformed raw record: ") + e.what());
+    }
+  }
+  if (lineno == 0) throw ParseError(path, "", "empty file: no header line");
+  return r;
+}
+
+}  // namespace twinstep::calibration

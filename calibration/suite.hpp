@@ -1,0 +1,85 @@
+// Microbenchmark suites as schedules: GEMM/attention/elementwise sweeps (with the shapes the zoo's lowering
+// produces), every collective over sizes and spans, send/recv, uneven all-to-all, issue and host-sync costs and
+// GEMM+collective co-runs. Running a suite appends raw measurements to a JSON-lines file group by group.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "schedule/schedule.hpp"
+#include "schedule/trace.hpp"
+
+namespace twinstep::calibration {
+
+/// How a probe's figure is read from a measured (or simulated) trace.
+enum class Metric : std::uint8_t {
+  kDuration,  ///< min over `ops` of end - start (the member that arrived last sees the bare collective).
+  kIssue,     ///< (issue of the last op - issue of the first) / (count - 1): host cost per issued op.
+  kWake,      ///< end of the host_sync `ops[0]` - end of its target `ref`: host wake-up after completion.
+};
+
+/// One figure of a benchmark group: what it measures and where to read it.
+struct Probe {
+  std::string name;    ///< Unique in the suite, e.g. "gemm.m4096.n4096.k4096".
+  std::string family;  ///< "gemm", "attention_fwd", "attention_bwd", "elementwise", "coll.all_reduce", ...
+  Metric metric = Metric::kDuration;
+  std::vector<schedule::OpId> ops;
+  schedule::OpId ref = schedule::kNoOp;
+  double size = 0;  ///< FLOPs (compute classes) or bytes (memory-bound kernels and communication).
+  std::map<std::string, double> params;  ///< Shape and other parameters, for the raw file and reports.
+};
+
+/// A schedule run once by the backend and the probes read from its trace.
+struct BenchGroup {
+  std::string name;
+  schedule::Schedule schedule;
+  std::vector<Probe> probes;
+};
+
+/// One measured figure.
+struct Measurement {
+  std::string group;
+  std::string probe;
+  std::string family;
+  double size = 0;
+  double value_s = 0;
+};
+
+/// The suites: "default" (the full sweep: collectives 1 KiB..1 GiB) and "quick" (a few points of each).
+/// `world_size` >= 1 is the number of GPUs (communication benchmarks need 2 or more). Deterministic.
+[[nodiscard]] std::vector<BenchGroup> make_suite(const std::string& suite, std::uint32_t world_size);
+
+/// The probe figures of `group` read from `trace` (a trace of `group.schedule`). Throws Error if records miss.
+[[nodiscard]] std::vector<Measurement> extract(const BenchGroup& group, const schedule::Trace& trace);
+
+struct RunOptions {
+  std::string raw_path;     ///< JSON-lines file the measurements are appended to.
+  bool resume = false;      ///< Skip groups already complete in raw_path (else raw_path is started afresh).
+  bool writer = true;       ///< This process writes the file (rank 0).
+  std::map<std::string, std::string> context;  ///< Written in the header line (GPU, driver, NCCL, date...).
+  std::function<void(const std::string&)> progress;  ///< One line per group; may be empty.
+};
+
+/// Runs every group of `suite` through `execute` (the backend, or a simulator in tests) and appends one JSON line
+/// per group as it finishes, so an interrupted run keeps what it measured. Returns the groups run now.
+std::size_t run_suite(const std::string& suite_name, const std::vector<BenchGroup>& suite,
+                      const std::function<schedule::Trace(const schedule::Schedule&)>& execute,
+                      const RunOptions& options);
+
+/// A raw file read back: the header's suite, world size and context, and every measurement.
+struct RawResults {
+  std::string suite;
+  std::uint32_t world_size = 0;
+  std::map<std::string, std::string> context;
+  std::vector<Measurement> measurements;
+  std::vector<std::string> groups;  ///< Complete groups, in file order.
+};
+
+/// Reads a raw JSON-lines file. A torn last line (interrupted write) is ignored; anything else malformed throws
+/// ParseError naming the file and line.
+[[nodiscard]] RawResults read_raw(const std::string& path);
+
+}  // namespace twinstep::calibration

@@ -1,0 +1,129 @@
+// Calibration suite and fitting: the suite's schedules are valid, a suite "measured" by the simulator under a known
+// profile is fitted back to figures that reproduce it, raw files survive interruption and resume, bad input errors.
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "calibration/fit.hpp"
+#include "calibration/suite.hpp"
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "schedule/validate.hpp"
+#include "sim/simulate.hpp"
+#include "tests/catch.hpp"
+
+using namespace twinstep;
+using namespace twinstep::calibration;
+
+namespace {
+
+std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("twinstep_fit_test_" + name)).string();
+}
+
+/// The "hardware": the simulator with a profile the fit does not see.
+sim::Profile truth_profile() {
+  sim::Profile p = sim::Profile::datasheet_defaults();
+  p.launch_s["compute"] = 6e-6;
+  p.launch_s["collective"] = 9e-6;
+  p.interference.comm_hbm_bytes_per_bus_byte = 2.0;
+  return p;
+}
+
+RawResults measure_quick(const std::string& path) {
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  const sim::CostModel costs(cluster, truth_profile());
+  const auto suite = make_suite("quick", 2);
+  RunOptions o;
+  o.raw_path = path;
+  o.context = {{"gpu", "simulated H200"}};
+  run_suite("quick", suite, [&](const schedule::Schedule& s) { return sim::simulate(s, cluster, costs); }, o);
+  return read_raw(path);
+}
+
+}  // namespace
+
+TEST_CASE("calibration::suite: every group is a valid schedule with probes on its ops", "[calibration]") {
+  for (std::uint32_t world : {1u, 2u}) {
+    const auto suite = make_suite("quick", world);
+    REQUIRE(suite.size() >= 4);
+    for (const auto& g : suite) {
+      INFO(g.name);
+      CHECK(schedule::validate(g.schedule).empty());
+      CHECK_FALSE(g.probes.empty());
+      for (const auto& p : g.probes) {
+        for (auto id : p.ops) CHECK(id < g.schedule.ops.size());
+      }
+    }
+  }
+  CHECK_THROWS_AS(make_suite("huge", 2), Error);
+}
+
+TEST_CASE("calibration::fit: a suite measured under a known profile fits back to it", "[calibration]") {
+  const std::string path = temp_path("roundtrip.jsonl");
+  const RawResults raw = measure_quick(path);
+  CHECK(raw.suite == "quick");
+  CHECK(raw.world_size == 2);
+  CHECK(raw.context.at("gpu") == "simulated H200");
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  const FitResult r = fit_profile(raw, cluster, "test", "abc", FrameworkInput{});
+  // Host costs come back exactly (the simulator issues at the launch cost when nothing blocks).
+  CHECK(r.profile.launch_s.at("compute") == Approx(6e-6).epsilon(0.02));
+  CHECK(r.profile.launch_s.at("collective") == Approx(9e-6).epsilon(0.02));
+  // Every fit reproduces its microbenchmarks; collectives within the 5 % bar at every size.
+  REQUIRE_FALSE(r.profile.fits.empty());
+  for (const auto& f : r.profile.fits) {
+    INFO(f.name << " mean " << f.mean_abs_rel_error << " max " << f.max_abs_rel_error);
+    if (f.name.rfind("coll.", 0) == 0 || f.name == "gemm" || f.name.rfind("attention", 0) == 0) {
+      CHECK(f.max_abs_rel_error < 0.05);
+    }
+  }
+  // The profile text reads back through the simulator's reader with the same content.
+  const sim::Profile back = sim::profile_from_json(r.json, "fitted.json");
+  CHECK(back.collectives.size() == r.profile.collectives.size());
+  CHECK(back.memory_tables_by_bytes);
+  CHECK(back.context.at("fit_git_revision") == "abc");
+  CHECK(back.fits.size() == r.profile.fits.size());
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("calibration::suite: resume keeps measured groups and drops a torn line", "[calibration]") {
+  const std::string path = temp_path("resume.jsonl");
+  const RawResults full = measure_quick(path);
+  std::string text = read_file(path);
+  // Cut the file in the middle of its last line (an interrupted write).
+  const auto last = text.rfind('\n', text.size() - 2);
+  write_file_atomic(path, text.substr(0, last + 10));
+  const RawResults torn = read_raw(path);
+  CHECK(torn.groups.size() == full.groups.size() - 1);
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  const sim::CostModel costs(cluster, truth_profile());
+  const auto suite = make_suite("quick", 2);
+  RunOptions o;
+  o.raw_path = path;
+  o.resume = true;
+  std::size_t executed = 0;
+  const auto ran = run_suite("quick", suite, [&](const schedule::Schedule& s) {
+    ++executed;
+    return sim::simulate(s, cluster, costs);
+  }, o);
+  CHECK(ran == 1);
+  CHECK(executed == 1);
+  CHECK(read_raw(path).groups == full.groups);
+  // Resuming another suite is refused.
+  o.resume = true;
+  CHECK_THROWS_WITH(run_suite("default", make_suite("default", 2), [&](const schedule::Schedule& s) {
+    return sim::simulate(s, cluster, costs);
+  }, o), Catch::Contains("--resume"));
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("calibration::read_raw: damaged files name the file and line", "[calibration]") {
+  const std::string path = temp_path("bad.jsonl");
+  write_file_atomic(path, "{\"nope\": 1}\n");
+  CHECK_THROWS_WITH(read_raw(path), Catch::Contains("bad.jsonl") && Catch::Contains("header"));
+  write_file_atomic(path, "{\"twinstep_calibration_raw\":1,\"suite\":\"quick\",\"world_size\":2,\"context\":{}}\n"
+                          "garbage\n{\"group\":\"x\",\"measurements\":[]}\n");
+  CHECK_THROWS_WITH(read_raw(path), Catch::Contains("line 2"));
+  std::filesystem::remove(path);
+}

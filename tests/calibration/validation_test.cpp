@@ -1,0 +1,59 @@
+// The accuracy bar in CI: re-predicts every committed validation case (calibration/validation/measured) with the
+// committed profile (calibration/profiles/h200x2.json, fitted from microbenchmarks only) and fails if the mean
+// absolute step-time error exceeds 5 % or an overlap effect larger than 2 % (pairs <base>.off / <base>.on) is
+// predicted with the wrong sign.
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include "schedule/json.hpp"
+#include "sim/simulate.hpp"
+#include "tests/catch.hpp"
+#include "topologies/cluster.hpp"
+
+using namespace twinstep;
+
+TEST_CASE("calibration::validation: committed cases within the accuracy bar", "[calibration][slow]") {
+  const std::filesystem::path root = std::filesystem::path(TWINSTEP_SOURCE_DIR) / "calibration";
+  const sim::Profile profile = sim::read_profile((root / "profiles" / "h200x2.json").string());
+  std::map<std::string, std::pair<double, double>> cases;  // name -> (predicted, measured) step seconds
+  for (const auto& e : std::filesystem::directory_iterator(root / "validation" / "measured")) {
+    const std::string file = e.path().filename().string();
+    const std::string suffix = ".trace.json";
+    if (file.size() <= suffix.size() || file.compare(file.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const schedule::Trace measured = schedule::read_trace(e.path().string());
+    std::vector<Nanos> steps = measured.step_times_ns;
+    REQUIRE_FALSE(steps.empty());
+    std::sort(steps.begin(), steps.end());
+    const double meas = static_cast<double>(steps[steps.size() / 2]) * 1e-9;
+    const auto cluster =
+        topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, measured.schedule.world_size});
+    const sim::CostModel costs(cluster, profile);
+    const schedule::Trace predicted = sim::simulate(measured.schedule, cluster, costs);
+    cases[file.substr(0, file.size() - suffix.size())] = {static_cast<double>(predicted.step_times_ns.at(0)) * 1e-9,
+                                                          meas};
+  }
+  REQUIRE(cases.size() >= 6);
+  double sum = 0;
+  for (const auto& [name, pm] : cases) {
+    const double err = (pm.first - pm.second) / pm.second;
+    INFO(name << ": predicted " << pm.first << " s, measured " << pm.second << " s, error " << 100 * err << " %");
+    sum += std::abs(err);
+    CHECK(std::isfinite(err));
+  }
+  const double mae = sum / static_cast<double>(cases.size());
+  INFO("mean absolute error " << 100 * mae << " % over " << cases.size() << " cases");
+  CHECK(mae <= 0.05);
+  for (const auto& [name, off] : cases) {
+    if (name.size() < 4 || name.compare(name.size() - 4, 4, ".off") != 0) continue;
+    const auto on = cases.find(name.substr(0, name.size() - 4) + ".on");
+    if (on == cases.end()) continue;
+    const double measured_effect = (off.second - on->second.second) / off.second;
+    const double predicted_effect = (off.first - on->second.first) / off.first;
+    INFO(name << ": overlap effect measured " << 100 * measured_effect << " %, predicted " << 100 * predicted_effect
+              << " %");
+    if (std::abs(measured_effect) > 0.02) CHECK(measured_effect * predicted_effect > 0);
+  }
+}
