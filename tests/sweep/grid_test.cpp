@@ -1,0 +1,207 @@
+// Grid expansion, auto layouts (hand-counted case; every auto layout lowers to a valid schedule), point keys,
+// sweep-file parsing and shards.
+#include <cstdlib>
+#include <set>
+#include <string>
+
+#include "common/error.hpp"
+#include "models/lower.hpp"
+#include "models/model_spec.hpp"
+#include "schedule/validate.hpp"
+#include "sweep/grid.hpp"
+#include "tests/catch.hpp"
+
+using namespace twinstep;
+
+namespace {
+
+const std::string kTiny = std::string(TWINSTEP_SOURCE_DIR) + "/tests/sweep/data/tiny.json";
+
+sweep::ModelShape tiny_shape() { return sweep::ModelShape{4, 8, 4, 0, 512}; }
+
+sweep::Spec tiny_spec() {
+  sweep::Spec s;
+  s.models = {kTiny};
+  s.clusters = {"dgx-h100"};
+  s.gpus = {4};
+  s.gbs = {8};
+  s.seq = {256};
+  s.auto_layout = true;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("sweep::auto_layouts: hand-counted tiny case", "[sweep]") {
+  // 4 layers, 8 heads, 4 groups, 4 GPUs, node of 8, seq 256, mbs 1. By hand (docs in the test source):
+  // tp1: pp1 x cp{1,2,4} = 3; pp2 x vpp{1,2} x cp{1,2} = 4; pp4 = 1 -> 8. tp2: pp1 x cp{1,2} = 2; pp2 x vpp{1,2} = 2
+  // -> 4. tp4: 1. Total 13 with gbs 8 (every dp divides 8 and micro-batches are multiples of pp).
+  std::vector<std::pair<sweep::Layout, std::string>> rejected;
+  const auto layouts = sweep::auto_layouts(tiny_shape(), 4, 8, 8, 256, {1}, &rejected);
+  CHECK(layouts.size() == 13);
+  CHECK(rejected.empty());
+  std::set<std::string> unique;
+  for (const auto& l : layouts) {
+    CHECK(l.tp * l.pp * l.cp * l.dp == 4);
+    unique.insert(l.describe());
+  }
+  CHECK(unique.size() == 13);
+
+  // gbs 6: tp1 pp1 cp1 (dp 4) and tp1 pp2 vpp2 cp1 (dp 2, 3 micro-batches) are rejected, with the reason.
+  rejected.clear();
+  const auto six = sweep::auto_layouts(tiny_shape(), 4, 8, 6, 256, {1}, &rejected);
+  CHECK(six.size() == 11);
+  REQUIRE(rejected.size() == 2);
+  CHECK(rejected[0].first.describe() == "tp1 pp1 vpp1 cp1 ep1 dp4 mbs1");
+  CHECK(rejected[0].second == "global batch 6 is not divisible by mbs x dp = 4");
+  CHECK(rejected[1].first.describe() == "tp1 pp2 vpp2 cp1 ep1 dp2 mbs1");
+  CHECK(rejected[1].second.find("3 micro-batches per rank to be a multiple of pp 2") != std::string::npos);
+
+  // TP never exceeds a node: with 2 GPUs per node, tp4 disappears.
+  for (const auto& l : sweep::auto_layouts(tiny_shape(), 4, 2, 8, 256, {1})) CHECK(l.tp <= 2);
+}
+
+TEST_CASE("sweep::auto_layouts: every auto layout lowers to a valid schedule", "[sweep]") {
+  const models::ModelSpec model = models::load_model(kTiny);
+  const auto layouts = sweep::auto_layouts(tiny_shape(), 4, 8, 8, 256, {1, 2});
+  REQUIRE(layouts.size() > 13);
+  for (const auto& l : layouts) {
+    models::RunConfig c;
+    c.world_size = 4;
+    c.tensor_model_parallel_size = l.tp;
+    c.pipeline_model_parallel_size = l.pp;
+    c.virtual_pipeline_model_parallel_size = l.vpp;
+    c.context_parallel_size = l.cp;
+    c.micro_batch_size = l.mbs;
+    c.global_batch_size = 8;
+    c.seq_length = 256;
+    c.sequence_parallel = l.tp > 1;
+    c.cuda_device_max_connections = 1;
+    c.use_distributed_optimizer = true;
+    // "all" turns on overlap_p2p_comm, which interleaving on pp <= 2 needs.
+    c = models::apply_overlap_variant(c, "all");
+    INFO(l.describe());
+    const models::Lowered lowered = models::lower(model, c);
+    CHECK(schedule::validate(lowered.schedule).empty());
+    CHECK(lowered.schedule.ranks.size() == 4);
+  }
+}
+
+TEST_CASE("sweep::layout_problem: Megatron's rules give reasons", "[sweep]") {
+  sweep::Point p;
+  p.gpus = 8;
+  p.gbs = 16;
+  p.seq = 256;
+  auto why = [&](sweep::Layout l, sweep::ModelShape m = tiny_shape()) {
+    p.layout = l;
+    return sweep::layout_problem(m, p, 8, true);
+  };
+  CHECK(why({1, 1, 1, 1, 1, 8, 1}).empty());
+  CHECK(why({3, 1, 1, 1, 1, 0, 1}) == "tp x pp x cp = 3 does not divide 8 GPUs");
+  CHECK(why({8, 1, 1, 1, 1, 1, 1}).find("does not divide num_attention_heads 8 and num_query_groups 4") !=
+        std::string::npos);
+  CHECK(why({1, 8, 1, 1, 1, 1, 1}) == "pp 8 does not divide num_layers 4");
+  CHECK(why({1, 1, 2, 1, 1, 8, 1}) == "vpp 2 needs pp > 1 (interleaving)");
+  CHECK(why({1, 2, 4, 1, 1, 4, 1}) == "vpp 4 does not divide the 2 layers per pipeline stage");
+  CHECK(why({1, 1, 1, 1, 2, 8, 1}) == "ep 2 > 1 needs an MoE model");
+  CHECK(why({1, 1, 1, 1, 4, 8, 1}, sweep::ModelShape{4, 8, 4, 6, 512}) == "ep 4 does not divide num_moe_experts 6");
+  p.seq = 250;
+  CHECK(why({1, 1, 1, 2, 1, 4, 1}) == "seq_length 250 is not divisible by 2 x cp = 4");
+}
+
+TEST_CASE("sweep::expand: order, keys and invalid points", "[sweep]") {
+  sweep::Spec s = tiny_spec();
+  s.auto_layout = false;
+  s.tp = {1, 3};
+  s.gpus = {4, 8};
+  s.overlaps = {"none", "dp"};
+  s.dispatchers = {"alltoall", "flex"};  // a dense model is swept with the first dispatcher only
+  const auto points = sweep::expand(s);
+  REQUIRE(points.size() == 2 * 2 * 2);  // gpus x tp x overlap
+  std::set<std::string> keys;
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    CHECK(points[i].index == i);
+    CHECK(points[i].dispatcher == "alltoall");
+    keys.insert(sweep::point_key(points[i]));
+  }
+  CHECK(keys.size() == points.size());
+  CHECK(points[0].overlap == "none");
+  CHECK(points[1].overlap == "dp");
+  CHECK(points[0].layout.tp == 1);
+  CHECK(points[2].layout.tp == 3);
+  CHECK(points[2].invalid_reason == "tp x pp x cp = 3 does not divide 4 GPUs");
+  CHECK(points[4].gpus == 8);
+  // Keys are canonical JSON and round-trip.
+  const sweep::Point back = sweep::point_from_inputs(nlohmann::json::parse(sweep::point_key(points[1])), "test");
+  CHECK(sweep::point_key(back) == sweep::point_key(points[1]));
+  CHECK(sweep::point_key(points[1]).find("\"cluster\":\"dgx-h100\",\"config\":\"\",\"cp\":1") != std::string::npos);
+
+  // A GPU count the cluster cannot have is one invalid point with the loader's reason.
+  s.gpus = {12};
+  const auto odd = sweep::expand(s);
+  REQUIRE(!odd.empty());
+  CHECK(!odd[0].invalid_reason.empty());
+
+  s.models = {"no-such-model"};
+  CHECK_THROWS_AS(sweep::expand(s), Error);
+  s = tiny_spec();
+  s.overlaps = {"warp"};
+  CHECK_THROWS_WITH(sweep::expand(s), Catch::Contains("unknown overlap mode \"warp\""));
+}
+
+TEST_CASE("sweep::spec_from_json: fields, scalars for lists, errors", "[sweep]") {
+  const auto s = sweep::spec_from_json(
+      R"({"models": "llama3-8b", "clusters": ["dgx-h100"], "gpus": [8, 16], "gbs": 64,
+          "parallel": {"tp": [1, 2], "pp": [2]}, "overlap": ["none", "all"]})",
+      "s.json");
+  CHECK(s.models == std::vector<std::string>{"llama3-8b"});
+  CHECK(s.gpus == std::vector<std::uint32_t>{8, 16});
+  CHECK(s.gbs == std::vector<std::uint32_t>{64});
+  CHECK(s.tp == std::vector<std::uint32_t>{1, 2});
+  CHECK(s.pp == std::vector<std::uint32_t>{2});
+  CHECK_FALSE(s.auto_layout);
+  CHECK(sweep::spec_from_json(R"({"parallel": "auto"})", "s.json").auto_layout);
+  CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpu": [8]})", "s.json"), Catch::Contains("s.json: /gpu: unknown field"));
+  CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpus": [0]})", "s.json"),
+                    Catch::Contains("/gpus: expected a positive integer"));
+  CHECK_THROWS_WITH(sweep::spec_from_json(R"({"parallel": {"xp": [1]}})", "s.json"),
+                    Catch::Contains("/parallel/xp: unknown field"));
+  CHECK_THROWS_AS(sweep::spec_from_json("{", "s.json"), ParseError);
+}
+
+TEST_CASE("sweep::shards: deterministic partition, flag and MPI environment", "[sweep]") {
+  std::vector<sweep::Point> points(10);
+  for (std::size_t i = 0; i < points.size(); ++i) points[i].index = i;
+  std::set<std::size_t> seen;
+  for (std::uint32_t i = 0; i < 3; ++i) {
+    for (const auto& p : sweep::select_shard(points, {i, 3})) {
+      CHECK(p.index % 3 == i);
+      CHECK(seen.insert(p.index).second);
+    }
+  }
+  CHECK(seen.size() == 10);
+  CHECK(sweep::parse_shard("2/4").index == 2);
+  CHECK(sweep::parse_shard("2/4").count == 4);
+  for (const char* bad : {"4/4", "1", "a/2", "-1/2", "1/0", "/2"}) {
+    CHECK_THROWS_WITH(sweep::parse_shard(bad), Catch::Contains("--shard"));
+  }
+  ::setenv("PMI_RANK", "1", 1);
+  ::setenv("PMI_SIZE", "5", 1);
+  CHECK(sweep::shard_from_env().index == 1);
+  CHECK(sweep::shard_from_env().count == 5);
+  ::setenv("OMPI_COMM_WORLD_RANK", "3", 1);  // Open MPI's variables win
+  ::setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
+  CHECK(sweep::shard_from_env().index == 3);
+  ::unsetenv("OMPI_COMM_WORLD_RANK");
+  ::unsetenv("OMPI_COMM_WORLD_SIZE");
+  ::unsetenv("PMI_RANK");
+  ::unsetenv("PMI_SIZE");
+  CHECK(sweep::shard_from_env().count == 1);
+}
+
+TEST_CASE("sweep::split_list: lists from flags", "[sweep]") {
+  CHECK(sweep::split_uints("16,32,64", "--gpus") == std::vector<std::uint32_t>{16, 32, 64});
+  CHECK_THROWS_WITH(sweep::split_uints("16,x", "--gpus"), Catch::Contains("--gpus: \"x\" is not a positive integer"));
+  CHECK_THROWS_WITH(sweep::split_list("none,,dp", "--overlap"), Catch::Contains("empty item"));
+  CHECK_THROWS_WITH(sweep::split_list("dp,dp", "--overlap"), Catch::Contains("listed twice"));
+}

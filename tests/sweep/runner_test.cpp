@@ -1,0 +1,172 @@
+// The worker pool end to end on a tiny model: results per point, invalid and non-fitting points with reasons,
+// resume after a kill (a truncated output file), shards merged equal the single run, merge dedupe.
+#include <filesystem>
+#include <string>
+
+#include "common/error.hpp"
+#include "common/io.hpp"
+#include "sweep/grid.hpp"
+#include "sweep/runner.hpp"
+#include "tests/catch.hpp"
+
+using namespace twinstep;
+
+namespace {
+
+const std::string kTiny = std::string(TWINSTEP_SOURCE_DIR) + "/tests/sweep/data/tiny.json";
+
+std::string temp_dir(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / ("twinstep_sweep_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+std::vector<sweep::Point> tiny_points() {
+  sweep::Spec s;
+  s.models = {kTiny};
+  s.clusters = {"dgx-h100"};
+  s.gpus = {2, 4};
+  s.gbs = {8};
+  s.seq = {256};
+  s.auto_layout = false;
+  s.tp = {1, 2, 3};
+  s.pp = {1, 2};
+  s.overlaps = {"none", "dp"};
+  return sweep::expand(s);
+}
+
+sweep::RunOptions opts(const std::string& path, unsigned jobs = 2) {
+  sweep::RunOptions o;
+  o.output = path;
+  o.jobs = jobs;
+  o.progress = false;
+  o.max_points_per_worker = 3;
+  return o;
+}
+
+std::size_t count_lines(const std::string& text) { return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')); }
+
+}  // namespace
+
+TEST_CASE("sweep::run_sweep: one line per point, in point order, with reasons", "[sweep]") {
+  const std::string dir = temp_dir("run");
+  const auto points = tiny_points();
+  sweep::RunStats st;
+  const auto results = sweep::run_sweep(points, opts(dir + "/out.jsonl"), &st);
+  REQUIRE(results.size() == points.size());
+  CHECK(st.evaluated == points.size());
+  CHECK(st.resumed == 0);
+  CHECK(count_lines(read_file(dir + "/out.jsonl")) == points.size());
+  std::size_t ok = 0;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    CHECK(r.index == points[i].index);
+    CHECK(r.key == sweep::point_key(points[i]));
+    if (points[i].gpus % (points[i].layout.tp * points[i].layout.pp) != 0) {
+      CHECK(r.status == "invalid");
+      CHECK(r.reason.find("does not divide") != std::string::npos);
+    } else {
+      REQUIRE(r.status == "ok");
+      ++ok;
+      CHECK(r.step_time_s > 0);
+      CHECK(r.mfu > 0);
+      CHECK(r.mfu < 1);
+      CHECK(r.memory_gib > 0);
+      double sum = 0;
+      for (const auto& [c, s] : r.breakdown_s) sum += s;
+      CHECK(sum == Approx(r.step_time_s).epsilon(1e-6));
+      CHECK(r.schedule_fingerprint.rfind("fnv1a64:", 0) == 0);
+    }
+  }
+  CHECK(ok == 14);  // (3 layouts on 2 GPUs + 4 on 4 GPUs) x 2 overlaps; tp3 never divides
+}
+
+TEST_CASE("sweep::run_sweep: resume after a kill equals an uninterrupted run", "[sweep]") {
+  const std::string dir = temp_dir("resume");
+  const auto points = tiny_points();
+  (void)sweep::run_sweep(points, opts(dir + "/full.jsonl"));
+  const std::string full = read_file(dir + "/full.jsonl");
+
+  // A killed run: the first half of the lines, then half of the next line (torn write), and a line from another
+  // sweep that must be dropped.
+  std::size_t cut = 0;
+  for (std::size_t n = 0; n < points.size() / 2; ++n) cut = full.find('\n', cut) + 1;
+  const std::size_t next_end = full.find('\n', cut);
+  std::string foreign = full.substr(0, full.find('\n') + 1);
+  REQUIRE(foreign.find("\"gbs\":8,") != std::string::npos);
+  foreign.replace(foreign.find("\"gbs\":8,"), 8, "\"gbs\":16,");
+  std::string killed = full.substr(0, cut) + foreign + full.substr(cut, (next_end - cut) / 2);
+  write_file_atomic(dir + "/resumed.jsonl", killed);
+
+  sweep::RunStats st;
+  const auto results = sweep::run_sweep(points, opts(dir + "/resumed.jsonl", 1), &st);
+  CHECK(st.resumed == points.size() / 2);
+  CHECK(st.evaluated == points.size() - points.size() / 2);
+  CHECK(st.torn == 1);
+  CHECK(st.dropped == 1);
+  CHECK(read_file(dir + "/resumed.jsonl") == full);
+
+  // A second rerun evaluates nothing.
+  const auto again = sweep::run_sweep(points, opts(dir + "/resumed.jsonl"), &st);
+  CHECK(st.evaluated == 0);
+  CHECK(st.resumed == points.size());
+  CHECK(read_file(dir + "/resumed.jsonl") == full);
+}
+
+TEST_CASE("sweep::merge_results: shards merged equal the single run", "[sweep]") {
+  const std::string dir = temp_dir("shards");
+  const auto points = tiny_points();
+  (void)sweep::run_sweep(points, opts(dir + "/single.jsonl"));
+  std::vector<std::string> shards;
+  for (std::uint32_t i = 0; i < 3; ++i) {
+    const std::string path = dir + "/shard" + std::to_string(i) + ".jsonl";
+    (void)sweep::run_sweep(sweep::select_shard(points, {i, 3}), opts(path, 1));
+    shards.push_back(path);
+  }
+  // Reversed input order and a duplicated shard change nothing.
+  std::vector<std::string> inputs{shards[2], shards[0], shards[1], shards[0]};
+  std::size_t lines_in = 0;
+  std::vector<std::string> conflicts;
+  const std::string merged = sweep::merge_results(inputs, &lines_in, &conflicts);
+  CHECK(merged == read_file(dir + "/single.jsonl"));
+  CHECK(lines_in == points.size() + sweep::select_shard(points, {0, 3}).size());
+  CHECK(conflicts.empty());
+
+  // A different line for the same key: the first wins and the conflict is reported.
+  std::string other = read_file(shards[1]);
+  const auto pos = other.find("\"status\":\"");
+  REQUIRE(pos != std::string::npos);
+  other.replace(pos, std::string("\"status\":\"").size(), "\"reason_x\":1,\"status\":\"");
+  write_file_atomic(dir + "/other.jsonl", other);
+  conflicts.clear();
+  (void)sweep::merge_results({shards[1], dir + "/other.jsonl"}, nullptr, &conflicts);
+  CHECK(conflicts.size() == 1);
+  CHECK_THROWS_AS(sweep::merge_results({dir + "/missing.jsonl"}), Error);
+}
+
+TEST_CASE("sweep::evaluate_point: not fitting, unknown inputs and bad lines", "[sweep]") {
+  sweep::Point p;
+  p.model = "llama3-70b";
+  p.cluster = "dgx-h100";
+  p.gpus = 1;
+  p.gbs = 1;
+  p.seq = 4096;
+  const auto r = sweep::result_from_line(sweep::evaluate_point(p), "test");
+  CHECK(r.status == "does_not_fit");
+  CHECK(r.reason.find("GiB per GPU (memory estimate), the GPU has") != std::string::npos);
+  CHECK(r.memory_gib > r.capacity_gib);
+
+  p.model = kTiny;
+  p.gpus = 2;
+  p.gbs = 3;  // dp 2 does not divide 3: the lowering rejects it
+  p.seq = 256;
+  const auto bad = sweep::result_from_line(sweep::evaluate_point(p), "test");
+  CHECK(bad.status == "invalid");
+  CHECK(bad.reason.find("global_batch_size 3") != std::string::npos);
+
+  CHECK_THROWS_WITH(sweep::result_from_line("{\"x\":1}", "f.jsonl:3"), Catch::Contains("f.jsonl:3"));
+  const std::string dir = temp_dir("bad");
+  write_file_atomic(dir + "/bad.jsonl", "garbage\n" + sweep::evaluate_point(p) + "\n");
+  CHECK_THROWS_WITH(sweep::read_results(dir + "/bad.jsonl"), Catch::Contains("bad.jsonl:1"));
+}
