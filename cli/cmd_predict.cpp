@@ -26,13 +26,15 @@ namespace twinstep::cli {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+/// predict simulates one representative per DP replica (symmetry reduction) above this many GPUs.
+constexpr std::uint32_t kReduceAboveGpus = 512;
 
 struct ClusterFlags {
   std::string cluster;
   std::uint32_t nodes = 0;
   std::uint32_t gpus = 0;
   std::string profile;
-  std::string fidelity = "analytic";
+  std::string fidelity = sim::default_fidelity();
 };
 
 void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
@@ -43,7 +45,13 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
   auto* gpus = sub->add_option("--gpus", f.gpus, "Number of GPUs (a multiple of the GPUs per node, or fewer than one node)");
   nodes->excludes(gpus);
   sub->add_option("--profile", f.profile, "Calibration profile JSON (default: datasheet defaults)");
-  sub->add_option("--fidelity", f.fidelity, "Resource model: analytic (flow: SimGrid, issue 6)");
+  sub->add_option("--fidelity", f.fidelity,
+                  "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
+                  "(SimGrid max-min flows on NVLink ports, NICs and fabric links; one child process per "
+                  "simulation). Default here: " + sim::default_fidelity() +
+                      (sim::flow_model_available() ? " (" + sim::flow_engine_version() + " built in)"
+                                                   : " (this build has no SimGrid)"))
+      ->check(CLI::IsMember({"analytic", "flow"}));
 }
 
 struct Setup {
@@ -54,14 +62,9 @@ struct Setup {
 Setup load_setup(const ClusterFlags& f) {
   Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}),
           f.profile.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(f.profile)};
-  if (f.fidelity != "analytic") {
-    sim::Options probe;
-    probe.fidelity = f.fidelity;
-    if (f.fidelity == "flow") {
-      throw Error("--fidelity flow: the SimGrid flow model lands in issue 6 and is not available in this build; "
-                  "use --fidelity analytic");
-    }
-    throw Error("--fidelity \"" + f.fidelity + "\" is unknown; use analytic (or flow, from issue 6)");
+  if (f.fidelity == "flow" && !sim::flow_model_available()) {
+    throw Error("--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
+                "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
   }
   return s;
 }
@@ -90,6 +93,7 @@ struct VariantResult {
   bool fits = true;
   schedule::Breakdown breakdown;
   std::vector<std::string> warnings;
+  std::vector<std::string> notes;  ///< What the resource model leaves out, symmetry reduction.
 };
 
 nlohmann::ordered_json breakdown_json(const schedule::RankBreakdown& b) {
@@ -134,12 +138,13 @@ void print_table(const std::vector<VariantResult>& results, const std::string& h
     out += "    bubble          " + format_seconds(m.bubble_s) + "  " + pct(m.bubble_s) + "\n";
     out += "    host-bound      " + format_seconds(m.host_bound_s) + "  " + pct(m.host_bound_s) + "\n";
     for (const auto& w : r.warnings) out += "  warning: " + w + "\n";
+    for (const auto& n : r.notes) out += "  note: " + n + "\n";
   }
   std::fputs(out.c_str(), stdout);
 }
 
 void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::string& overlap, bool json,
-                 const std::string& trace_dir) {
+                 const std::string& trace_dir, bool no_reduce) {
   if (flags.model.empty()) throw Error("--model is required (a zoo id such as llama3-70b, or a model JSON path)");
   const Setup setup = load_setup(cf);
   const sim::CostModel costs(setup.cluster, setup.profile);
@@ -155,12 +160,15 @@ void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::strin
   std::vector<VariantResult> results;
   for (const auto& v : split_variants(overlap)) {
     const models::RunConfig cfg = models::apply_overlap_variant(base, v);
-    const models::Lowered lowered = models::lower(model, cfg);
+    models::LowerOptions lower_opts;
+    lower_opts.representatives_only = !no_reduce && gpus > kReduceAboveGpus;
+    models::Lowered lowered = models::lower(model, cfg, lower_opts);
     sim::Options opts;
     opts.fidelity = cf.fidelity;
     opts.context["variant"] = v;
     opts.context["model"] = model.name;
-    const schedule::Trace trace = sim::simulate(lowered.schedule, setup.cluster, costs, opts);
+    // The trace takes the schedule (no copy of a large lowered schedule).
+    const schedule::Trace trace = sim::simulate(std::move(lowered.schedule), setup.cluster, costs, opts);
     VariantResult r;
     r.name = v;
     r.breakdown = schedule::analyze(trace);
@@ -170,6 +178,10 @@ void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::strin
     r.memory_gib = lowered.peak_memory.total_bytes() / kGiB;
     r.fits = lowered.fits;
     r.warnings = lowered.warnings;
+    if (const auto it = trace.context.find("model_limits"); it != trace.context.end()) r.notes.push_back(it->second);
+    if (const auto it = trace.context.find("symmetry_reduction"); it != trace.context.end()) {
+      r.notes.push_back("symmetry reduction: " + it->second + " (--no-reduce simulates every rank)");
+    }
     if (!trace_dir.empty()) {
       const std::string stem = (std::filesystem::path(trace_dir) / v).string();
       schedule::write_trace(trace, stem + ".trace.json");
@@ -196,6 +208,7 @@ void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::strin
       e["fits"] = r.fits;
       e["breakdown"] = breakdown_json(r.breakdown.mean);
       e["warnings"] = r.warnings;
+      e["notes"] = r.notes;
       arr.push_back(e);
     }
     j["variants"] = arr;
@@ -241,13 +254,18 @@ void register_sim_commands(CLI::App& app) {
     auto overlap = std::make_shared<std::string>("none");
     auto json = std::make_shared<bool>(false);
     auto trace = std::make_shared<std::string>();
+    auto no_reduce = std::make_shared<bool>(false);
     add_run_flags(*sub, *flags);
     add_cluster_flags(sub, *cf);
     sub->add_option("--overlap", *overlap, "Comma-separated variants: none, all, or +-joined modes (dp, tp, pp, cp, ep, "
                                            "delay_wgrad, shared_expert); the first is the baseline");
     sub->add_flag("--json", *json, "Print one JSON object with a variants array");
     sub->add_option("--trace", *trace, "Folder for <variant>.trace.json and <variant>.perfetto.json");
-    sub->callback([=]() { run_predict(*flags, *cf, *overlap, *json, *trace); });
+    sub->add_flag("--no-reduce", *no_reduce,
+                  "Simulate every rank. By default above " + std::to_string(kReduceAboveGpus) +
+                      " GPUs predict simulates one representative per DP replica (symmetry reduction: absent members "
+                      "of a communicator mirror present ones)");
+    sub->callback([=]() { run_predict(*flags, *cf, *overlap, *json, *trace, *no_reduce); });
   }
   {
     auto* sub = app.add_subcommand("simulate", "Simulate a schedule file on a cluster and write the trace");

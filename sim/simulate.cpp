@@ -180,7 +180,9 @@ std::vector<schedule::OpRecord> run_flow_in_child(const SimContext& ctx) {
     char tag = 'X';
     std::string msg;
     try {
-      auto model = make_flow_model(ctx);
+      // Never destroyed: the child _exit()s, and destroying SimGrid activities still running (after an error)
+      // prints a backtrace per activity.
+      ResourceModel* model = make_flow_model(ctx).release();
       const auto records = run_semantics(ctx, *model);
       tag = 'R';
       const std::uint64_t n = records.size();
