@@ -22,6 +22,7 @@ struct LowerArgs {
   double gpu_memory_gib = 0;
   std::string output;
   bool summary = false;
+  bool representatives = false;
 };
 
 void print_summary(const models::Lowered& low, const models::RunConfig& cfg) {
@@ -67,11 +68,15 @@ void register_model_commands(CLI::App& app) {
   sub->add_option("--gpu-memory-gib", args->gpu_memory_gib, "GPU memory for the fit verdict (default 80 GiB)");
   sub->add_option("-o,--output", args->output, "schedule JSON to write ('-' for stdout)")->required();
   sub->add_flag("--summary", args->summary, "print ops per kind, bytes per communicator, FLOPs, memory, warnings");
+  sub->add_flag("--representatives", args->representatives,
+                "emit only the representative ranks (data-parallel index 0); communicators keep all members");
   sub->callback([args]() {
     if (args->run.model.empty()) throw Error("lower: --model is required (a zoo id such as llama3-8b, or a path)");
     const models::ModelSpec model = models::load_model(args->run.model);
     const models::RunConfig cfg = resolve_run_config(args->run, args->gpus, args->gpu_memory_gib * 1024.0 * 1024 * 1024);
-    const models::Lowered low = models::lower(model, cfg);
+    models::LowerOptions options;
+    options.representatives_only = args->representatives;
+    const models::Lowered low = models::lower(model, cfg, options);
     schedule::write_schedule(low.schedule, args->output);
     if (args->summary) print_summary(low, cfg);
     const std::string verdict = format_bytes(low.peak_memory.total_bytes()) + " per GPU (largest rank) against " +

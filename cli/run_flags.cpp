@@ -54,6 +54,15 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--last-pipeline-layers", f.last_pipeline_layers, "decoder_last_pipeline_num_layers");
   flag(sub, "--account-for-embedding", f.account_for_embedding, "account_for_embedding_in_pipeline_split");
   flag(sub, "--account-for-loss", f.account_for_loss, "account_for_loss_in_pipeline_split");
+  opt(sub, "--routing-skew", f.routing_skew,
+      "moe_routing_skew: 1 = balanced; s > 1: the busiest EP rank receives s x the mean tokens");
+  opt(sub, "--flex-sms", f.flex_sms, "moe_flex_num_sms: SMs the flex (DeepEP/HybridEP) kernels hold");
+  flag(sub, "--ep-overlap", f.ep_overlap, "overlap_moe_expert_parallel_comm (combined 1F1B)");
+  flag(sub, "--delay-wgrad", f.delay_wgrad, "delay_wgrad_compute (needs --ep-overlap)");
+  flag(sub, "--shared-expert-overlap", f.shared_expert_overlap, "moe_shared_expert_overlap");
+  opt(sub, "--ep-node-ns", f.ep_node_ns, "host cost per EP-overlap schedule node, ns");
+  opt(sub, "--ep-backward-call-ns", f.ep_backward_call_ns, "host cost per EP-overlap backward node call, ns");
+  opt(sub, "--event-record-ns", f.event_record_ns, "host cost per CUDA event record / wait, ns");
 }
 
 models::RunConfig resolve_run_config(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes) {
@@ -123,6 +132,21 @@ models::RunConfig resolve_run_config(const RunFlags& f, std::uint32_t world_size
   if (f.last_pipeline_layers) c.decoder_last_pipeline_num_layers = *f.last_pipeline_layers;
   if (f.account_for_embedding) c.account_for_embedding_in_pipeline_split = *f.account_for_embedding;
   if (f.account_for_loss) c.account_for_loss_in_pipeline_split = *f.account_for_loss;
+  if (f.routing_skew) {
+    if (!(*f.routing_skew >= 1.0)) throw Error("--routing-skew must be >= 1 (1 = balanced)");
+    c.moe_routing_skew = *f.routing_skew;
+  }
+  if (f.flex_sms) c.moe_flex_num_sms = positive("--flex-sms", *f.flex_sms);
+  if (f.ep_overlap) c.overlap_moe_expert_parallel_comm = *f.ep_overlap;
+  if (f.delay_wgrad) c.delay_wgrad_compute = *f.delay_wgrad;
+  if (f.shared_expert_overlap) c.moe_shared_expert_overlap = *f.shared_expert_overlap;
+  auto nanos = [](const char* flag_name, std::int64_t v) {
+    if (v < 0) throw Error(std::string(flag_name) + " must be >= 0 ns");
+    return static_cast<Nanos>(v);
+  };
+  if (f.ep_node_ns) c.host.ep_node_ns = nanos("--ep-node-ns", *f.ep_node_ns);
+  if (f.ep_backward_call_ns) c.host.ep_backward_call_ns = nanos("--ep-backward-call-ns", *f.ep_backward_call_ns);
+  if (f.event_record_ns) c.host.event_record_ns = nanos("--event-record-ns", *f.event_record_ns);
   if (f.cdmc) {
     if (*f.cdmc < 1 || *f.cdmc > 32) throw Error("--cdmc must be in [1, 32] (CUDA_DEVICE_MAX_CONNECTIONS)");
     c.cuda_device_max_connections = *f.cdmc;

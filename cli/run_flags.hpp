@@ -31,12 +31,19 @@ struct RunFlags {
   std::optional<bool> overlap_grad_reduce, overlap_param_gather, tp_comm_overlap, overlap_p2p_comm, batch_p2p_comm;
   std::optional<std::int32_t> first_pipeline_layers, last_pipeline_layers;
   std::optional<bool> account_for_embedding, account_for_loss;
+  // MoE / EP overlap.
+  std::optional<double> routing_skew;          ///< moe_routing_skew
+  std::optional<std::uint32_t> flex_sms;       ///< moe_flex_num_sms
+  std::optional<bool> ep_overlap, delay_wgrad, shared_expert_overlap;
+  std::optional<std::int64_t> ep_node_ns, ep_backward_call_ns, event_record_ns;  ///< host costs (RunConfig::host)
 };
 
 /// Adds --model --config --tp --pp --vpp --cp --ep --etp --dp --sp --mbs --gbs --seq --dtype --recompute
 /// --recompute-method --recompute-num-layers --dispatcher --cp-comm-type --bucket-size --cdmc
 /// --distributed-optimizer --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap --overlap-p2p-comm
-/// --batch-p2p-comm --first-pipeline-layers --last-pipeline-layers --account-for-embedding --account-for-loss.
+/// --batch-p2p-comm --first-pipeline-layers --last-pipeline-layers --account-for-embedding --account-for-loss
+/// --routing-skew --flex-sms --ep-overlap --delay-wgrad --shared-expert-overlap --ep-node-ns --ep-backward-call-ns
+/// --event-record-ns.
 void add_run_flags(CLI::App& sub, RunFlags& flags);
 
 /// Starts from --config (if given), overrides with the flags that were given, sets world_size and

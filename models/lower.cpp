@@ -2370,15 +2370,16 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   const Coords co = coords_of(k, rank);
   const RunConfig& cfg = *x.cfg;
   MemoryEstimate e;
-  double numel = 0;
+  double numel = 0, expert_numel = 0;
   for (std::uint32_t c = 0; c < k.v; ++c) {
-    for (const auto& p : x.params[co.pp][c]) numel += static_cast<double>(p.numel);
+    for (const auto& p : x.params[co.pp][c]) (p.expert ? expert_numel : numel) += static_cast<double>(p.numel);
   }
   const double dpc = static_cast<double>(k.d) * k.c;
-  e.params_bytes = numel * static_cast<double>(k.act_bytes);
-  e.grads_bytes = numel * static_cast<double>(k.grad_bytes);
-  // fp32 master weights + Adam moments (12 B/param), sharded over DP x CP with the distributed optimizer.
-  e.optimizer_bytes = numel * 12.0 / (cfg.use_distributed_optimizer ? dpc : 1.0);
+  e.params_bytes = (numel + expert_numel) * static_cast<double>(k.act_bytes);
+  e.grads_bytes = (numel + expert_numel) * static_cast<double>(k.grad_bytes);
+  // fp32 master weights + Adam moments (12 B/param), sharded over DP x CP (experts: expert-DP) with distopt.
+  e.optimizer_bytes = numel * 12.0 / (cfg.use_distributed_optimizer ? dpc : 1.0) +
+                      expert_numel * 12.0 / (cfg.use_distributed_optimizer ? static_cast<double>(k.de) : 1.0);
   // Activations saved per layer per micro-batch (flash attention: no s^2 term), bytes:
   //   attention: ln1 input + ln_out (T_sp h each), Q/K/V (T (nq+2nkv) dh / t), output (T nq dh / t) + fp32 LSE;
   //   MLP: ln2 input + fc1 input (T_sp h each), fc1 output (T ffn1 / t), activation output (T f / t).
@@ -2390,6 +2391,17 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
                                 T * static_cast<double>(k.f) / t) +
                            4.0 * T * static_cast<double>(k.nq) / t;
   const double per_layer_ckpt = B * Tsp * static_cast<double>(k.h);  // full recompute keeps only the layer input
+  // MoE layers replace the dense MLP terms: router input, permuted tokens (T_m k h), received rows N_r (expert
+  // input, fc1 output N_r ffn1_e / t_e, activation N_r f_e / t_e, fc2 output), probs, and the shared expert.
+  const double Tm = Tsp, k_top = static_cast<double>(k.topk);
+  const double n_r = Tm * k_top * k.te * k.skew;  // the busiest EP rank under skew
+  const double moe_layer = per_layer -
+                           B * (T * static_cast<double>(k.ffn1) / t + T * static_cast<double>(k.f) / t) +
+                           B * (Tm * k_top * static_cast<double>(k.h) +
+                                n_r * (2 * static_cast<double>(k.h) + static_cast<double>(k.ffn1e + k.fe) / k.te)) +
+                           4.0 * n_r +
+                           B * T * static_cast<double>(2 * k.shared_f + k.shared_f) / t;
+  auto layer_bytes = [&](std::uint32_t l) { return x.model->is_moe_layer(l) ? moe_layer : per_layer; };
   auto chunk_bytes = [&](std::uint32_t chunk) {
     const auto& layers = x.vs_layers[chunk * k.p + co.pp];
     std::size_t recomputed = 0;
@@ -2397,15 +2409,24 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
       recomputed = cfg.recompute_method == "uniform" ? layers.size()
                                                      : std::min<std::size_t>(layers.size(), cfg.recompute_num_layers);
     }
-    return static_cast<double>(layers.size() - recomputed) * per_layer +
-           static_cast<double>(recomputed) * per_layer_ckpt;
+    double bytes = static_cast<double>(recomputed) * per_layer_ckpt;
+    for (std::size_t i = recomputed; i < layers.size(); ++i) bytes += layer_bytes(layers[i]);
+    return bytes;
   };
-  // In-flight micro-batches from the actual order: forwards whose backward has not run yet.
-  const auto order = pipeline_order(cfg, co.pp, k.m);
+  // In-flight micro-batches from the actual order: forwards whose backward has not run yet (EP overlap: the
+  // combined schedule holds the paired forward's activations while the backward runs).
   double live = 0, peak = 0;
-  for (const auto& step : order) {
-    live += step.forward ? chunk_bytes(step.chunk) : -chunk_bytes(step.chunk);
-    peak = std::max(peak, live);
+  if (k.ep_overlap) {
+    for (const auto& step : combined_order(cfg, co.pp, k.m)) {
+      if (step.has_forward) live += chunk_bytes(step.forward.chunk);
+      peak = std::max(peak, live);
+      if (step.has_backward) live -= chunk_bytes(step.backward.chunk);
+    }
+  } else {
+    for (const auto& step : pipeline_order(cfg, co.pp, k.m)) {
+      live += step.forward ? chunk_bytes(step.chunk) : -chunk_bytes(step.chunk);
+      peak = std::max(peak, live);
+    }
   }
   double transient = 0;
   if (x.recompute_full) transient = per_layer * static_cast<double>(cfg.recompute_num_layers);
@@ -2414,7 +2435,8 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   }
   e.activations_bytes = peak + transient;
   std::uint32_t comms = 0;
-  for (const auto* v : {&x.tp_of, &x.cp_of, &x.dp_of, &x.pp_of, &x.norm_of, &x.embd_of}) {
+  for (const auto* v : {&x.tp_of, &x.cp_of, &x.dp_of, &x.pp_of, &x.norm_of, &x.embd_of, &x.ep_of, &x.etp_of,
+                        &x.tpep_of, &x.edp_of}) {
     if ((*v)[rank] != kNone) ++comms;
   }
   e.comm_buffers_bytes = static_cast<double>(comms) * static_cast<double>(kNcclBufferBytesPerComm);
@@ -2743,10 +2765,27 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
 
   // model_flops_per_step = 6 * N_matmul * tokens + attention, tokens = global_batch_size * seq_length;
   // attention per layer = 3.5 x forward (kernel_math: backward 2.5x), forward = 4 * b * s^2 * n_q * d_h / 2 (causal).
+  // MoE: only the top-k routed experts (and the shared ones) are active per token, so the (E - k) idle experts'
+  // weights are taken out of N. MLA: QK^T over qk + rope dims and PV over v dims. Gated DeltaNet layers have no
+  // quadratic attention term (their scan is linear in s and left out, as the stand-in kernel is an estimate).
   const double tokens = static_cast<double>(cfg.global_batch_size) * static_cast<double>(k.s);
-  const double attn_fwd = 4.0 * static_cast<double>(cfg.global_batch_size) * static_cast<double>(k.s) *
-                          static_cast<double>(k.s) * static_cast<double>(k.nq * k.dh) * 0.5;
-  out.model_flops_per_step = 6.0 * matmul_params(model) * tokens + 3.5 * attn_fwd * model.num_layers;
+  double active = matmul_params(model);
+  double attn_fwd_sum = 0;
+  const double bs2 = static_cast<double>(cfg.global_batch_size) * static_cast<double>(k.s) * static_cast<double>(k.s);
+  for (std::uint32_t l = 0; l < model.num_layers; ++l) {
+    if (model.is_moe_layer(l)) {
+      const double per_expert = static_cast<double>(model.hidden_size) * static_cast<double>(k.ffn1e + k.fe);
+      active -= static_cast<double>(k.experts - k.topk) * per_expert;
+    }
+    if (model.is_linear_attention_layer(l)) continue;
+    if (model.uses_mla()) {
+      attn_fwd_sum += 2.0 * bs2 * static_cast<double>(k.nq) *
+                      static_cast<double>(model.qk_head_dim + model.qk_pos_emb_head_dim + model.v_head_dim) * 0.5;
+    } else {
+      attn_fwd_sum += 4.0 * bs2 * static_cast<double>(k.nq * k.dh) * 0.5;
+    }
+  }
+  out.model_flops_per_step = 6.0 * active * tokens + 3.5 * attn_fwd_sum;
 
   s.meta["generator"] = "twinstep lower";
   s.meta["model"] = model.name;
