@@ -130,7 +130,7 @@ TEST_CASE("sim::flow: where no link is shared, flow and analytic give the same s
   }
 }
 
-TEST_CASE("sim::flow: two collectives crossing one GPU's NVLink port share it max-min; analytic says it can't",
+TEST_CASE("sim::flow: two collectives crossing one GPU's NVLink port share it max-min, analytic says it can't",
           "[sim][flow]") {
   if (!flow_model_available()) return;
   const double bw = 300e9;
