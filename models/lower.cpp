@@ -31,9 +31,9 @@ using schedule::Phase;
 using schedule::RankId;
 using schedule::StreamId;
 
-constexpr std::uint64_t kMcoreMinBucket = 40000000;        // MCore: max(40M, 1M * dp) when bucket_size is None
+constexpr std::uint64_t kMcoreMinBucket = 40000000;             // MCore: max(40M, 1M * dp) when bucket_size is None
 constexpr std::uint64_t kNcclBufferBytesPerComm = 64ull << 20;  // estimate: channels x NCCL_BUFFSIZE per communicator
-constexpr std::uint32_t kUbSites = 10;  // TE userbuffer names: {qkv,proj,fc1,fc2}_fprop, 4 dgrad, 2 wgrad
+constexpr std::uint32_t kUbSites = 10;           // TE userbuffer names: {qkv,proj,fc1,fc2}_fprop, 4 dgrad, 2 wgrad
 constexpr std::uint32_t kPipelinedRsSplits = 4;  // TE default num_splits for pipelined GEMM+RS (proj/fc2 fprop)
 
 std::string str(std::uint64_t v) { return std::to_string(v); }
@@ -82,9 +82,10 @@ void gate_moe(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vector
       fail("context parallelism with Gated DeltaNet (linear attention) layers is not supported",
            "use context_parallel_size 1 for " + model.name);
     }
-    warnings.push_back("Gated DeltaNet layers: the chunked recurrent scan is lowered as a stand-in (batched GEMMs "
-                       "over 64-token chunks: intra-chunk scores, state update, state output); its cost is an "
-                       "estimate, not a measured kernel");
+    warnings.push_back(
+        "Gated DeltaNet layers: the chunked recurrent scan is lowered as a stand-in (batched GEMMs "
+        "over 64-token chunks: intra-chunk scores, state update, state output); its cost is an "
+        "estimate, not a measured kernel");
   }
   k.e = cfg.expert_model_parallel_size;
   k.te = cfg.expert_tensor_parallel_size == 0 ? k.t : cfg.expert_tensor_parallel_size;
@@ -97,8 +98,9 @@ void gate_moe(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vector
     }
     for (bool on : {cfg.overlap_moe_expert_parallel_comm, cfg.delay_wgrad_compute, cfg.moe_shared_expert_overlap}) {
       if (on) {
-        warnings.push_back("MoE overlap knobs (overlap_moe_expert_parallel_comm, delay_wgrad_compute, "
-                           "moe_shared_expert_overlap) have no effect on a dense model: they are off");
+        warnings.push_back(
+            "MoE overlap knobs (overlap_moe_expert_parallel_comm, delay_wgrad_compute, "
+            "moe_shared_expert_overlap) have no effect on a dense model: they are off");
         break;
       }
     }
@@ -126,9 +128,10 @@ void gate_moe(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vector
   k.shared_f = static_cast<std::uint64_t>(model.moe_shared_expert_count) * model.moe_shared_expert_intermediate_size;
   if (k.shared_f % k.t != 0) fail("shared expert width must be divisible by tensor_model_parallel_size", "change TP");
   if (k.t > 1 && !k.sp) {
-    fail("MoE with tensor_model_parallel_size > 1 needs sequence_parallel (MCore raises at the MoE forward in "
-             "training)",
-         "add --sp");
+    fail(
+        "MoE with tensor_model_parallel_size > 1 needs sequence_parallel (MCore raises at the MoE forward in "
+        "training)",
+        "add --sp");
   }
   k.dispatcher = cfg.moe_token_dispatcher_type;
   if (k.dispatcher != "alltoall" && k.dispatcher != "allgather" && k.dispatcher != "flex") {
@@ -156,12 +159,14 @@ void gate_moe(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vector
          "use moe_token_dispatcher_type alltoall or flex, or drop shared_expert overlap");
   }
   if (k.shared_overlap && k.dispatcher == "flex") {
-    warnings.push_back("flex dispatcher: Megatron-Bridge apply_flex_dispatcher_backend forces "
-                       "moe_shared_expert_overlap=False: shared-expert overlap is off");
+    warnings.push_back(
+        "flex dispatcher: Megatron-Bridge apply_flex_dispatcher_backend forces "
+        "moe_shared_expert_overlap=False: shared-expert overlap is off");
     k.shared_overlap = false;
   }
   if (k.shared_overlap && k.shared_f == 0) {
-    warnings.push_back("moe_shared_expert_overlap: model \"" + model.name + "\" has no shared expert; nothing to "
+    warnings.push_back("moe_shared_expert_overlap: model \"" + model.name +
+                       "\" has no shared expert; nothing to "
                        "overlap");
     k.shared_overlap = false;
   }
@@ -195,8 +200,9 @@ void gate_moe(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vector
     }
     if (model.mtp_num_layers > 1) fail(rule + "mtp_num_layers in {0, 1} (MCore assert)", "set mtp_num_layers <= 1");
     if (cfg.cuda_device_max_connections == 1) {
-      warnings.push_back("EP overlap with CUDA_DEVICE_MAX_CONNECTIONS=1: comm and compute kernels start in issue "
-                         "order (MCore README: CDMC > 1 is required for a benefit)");
+      warnings.push_back(
+          "EP overlap with CUDA_DEVICE_MAX_CONNECTIONS=1: comm and compute kernels start in issue "
+          "order (MCore README: CDMC > 1 is required for a benefit)");
     }
   }
   if (model.mtp_num_layers > 0) {
@@ -223,8 +229,8 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
   if (k.b == 0 || k.s == 0) fail("micro_batch_size and seq_length must be >= 1", "set them");
   const std::uint64_t per_step = static_cast<std::uint64_t>(k.b) * k.d;
   if (cfg.global_batch_size == 0 || cfg.global_batch_size % per_step != 0) {
-    fail("global_batch_size " + str(cfg.global_batch_size) + " is not divisible by micro_batch_size x dp = " +
-             str(per_step),
+    fail("global_batch_size " + str(cfg.global_batch_size) +
+             " is not divisible by micro_batch_size x dp = " + str(per_step),
          "choose global_batch_size as a multiple of " + str(per_step));
   }
   k.m = static_cast<std::uint32_t>(cfg.global_batch_size / per_step);
@@ -268,8 +274,8 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
   k.g = cfg.microbatch_group_size_per_vp_stage == 0 ? k.p : cfg.microbatch_group_size_per_vp_stage;
   if (k.v > 1) {
     if (k.g < k.p || k.g > k.m) {
-      fail("interleaved schedule: microbatch_group_size_per_vp_stage " + str(k.g) + " must be in [pp, micro-batches] = [" +
-               str(k.p) + ", " + str(k.m) + "] (MCore ValueError)",
+      fail("interleaved schedule: microbatch_group_size_per_vp_stage " + str(k.g) +
+               " must be in [pp, micro-batches] = [" + str(k.p) + ", " + str(k.m) + "] (MCore ValueError)",
            "raise global_batch_size so that micro-batches per rank >= pp");
     }
     if (k.m % k.g != 0 && k.m % k.g < k.p) {
@@ -282,8 +288,9 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
   k.p2p_overlap = cfg.overlap_p2p_comm;
   k.batch_p2p = cfg.batch_p2p_comm;
   if (k.p2p_overlap && k.v == 1) {
-    warnings.push_back("overlap_p2p_comm needs the interleaved schedule (virtual_pipeline_model_parallel_size > 1); "
-                       "MLM sets it to False when VPP is None: P2P overlap is off");
+    warnings.push_back(
+        "overlap_p2p_comm needs the interleaved schedule (virtual_pipeline_model_parallel_size > 1); "
+        "MLM sets it to False when VPP is None: P2P overlap is off");
     k.p2p_overlap = false;
   }
   if (k.p2p_overlap && k.batch_p2p) {
@@ -301,8 +308,9 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
   // TP overlap (Bridge _get_model_comm_overlap_cfgs): silently off when t < 2 or without SP.
   k.tp_overlap = cfg.tp_comm_overlap;
   if (k.tp_overlap && k.t < 2) {
-    warnings.push_back("tp_comm_overlap needs tensor_model_parallel_size >= 2; Megatron-Bridge disables it: TP "
-                       "overlap is off");
+    warnings.push_back(
+        "tp_comm_overlap needs tensor_model_parallel_size >= 2; Megatron-Bridge disables it: TP "
+        "overlap is off");
     k.tp_overlap = false;
   }
   if (k.tp_overlap && !cfg.sequence_parallel) {
@@ -319,9 +327,11 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
     if (cfg.overlap_moe_expert_parallel_comm) {
       warnings.push_back("CUDA_DEVICE_MAX_CONNECTIONS != 1 with TP/CP > 1 (allowed with EP overlap; MLM warns)");
     } else {
-      fail("tensor or context parallelism > 1 on pre-Blackwell GPUs requires CUDA_DEVICE_MAX_CONNECTIONS=1 (MLM "
-               "assert); cuda_device_max_connections is " + str(cfg.cuda_device_max_connections),
-           "set cuda_device_max_connections=1 (--cdmc 1)");
+      fail(
+          "tensor or context parallelism > 1 on pre-Blackwell GPUs requires CUDA_DEVICE_MAX_CONNECTIONS=1 (MLM "
+          "assert); cuda_device_max_connections is " +
+              str(cfg.cuda_device_max_connections),
+          "set cuda_device_max_connections=1 (--cdmc 1)");
     }
   }
   // CP type (section 5 and 7).
@@ -330,17 +340,20 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
     fail("cp_comm_type \"" + k.cp_type + "\" is unknown", "use p2p, all_gather, a2a or a2a+p2p");
   }
   if (k.c > 1 && k.cp_type == "a2a" && ((k.nq / k.t) % k.c != 0 || (k.nkv / k.t) % k.c != 0)) {
-    fail("cp_comm_type a2a needs attention heads and KV groups per TP rank divisible by context_parallel_size "
-             "(TE assert): heads/tp = " + str(k.nq / k.t) + ", groups/tp = " + str(k.nkv / k.t) + ", cp = " + str(k.c),
-         "use cp_comm_type p2p or a CP size that divides the KV groups per TP rank");
+    fail(
+        "cp_comm_type a2a needs attention heads and KV groups per TP rank divisible by context_parallel_size "
+        "(TE assert): heads/tp = " +
+            str(k.nq / k.t) + ", groups/tp = " + str(k.nkv / k.t) + ", cp = " + str(k.c),
+        "use cp_comm_type p2p or a CP size that divides the KV groups per TP rank");
   }
   if (k.c > 1 && k.cp_type == "a2a+p2p") {
     std::uint64_t prod = 1;
     for (auto x : cfg.hierarchical_context_parallel_sizes) prod *= x;
     if (cfg.hierarchical_context_parallel_sizes.empty() || prod != k.c) {
-      fail("cp_comm_type a2a+p2p needs hierarchical_context_parallel_sizes whose product is context_parallel_size "
-               "(Megatron assert)",
-           "set hierarchical_context_parallel_sizes, e.g. [2, " + str(std::max<std::uint32_t>(1, k.c / 2)) + "]");
+      fail(
+          "cp_comm_type a2a+p2p needs hierarchical_context_parallel_sizes whose product is context_parallel_size "
+          "(Megatron assert)",
+          "set hierarchical_context_parallel_sizes, e.g. [2, " + str(std::max<std::uint32_t>(1, k.c / 2)) + "]");
     }
     throw Error("cp_comm_type a2a+p2p lowering is not implemented yet; use p2p, all_gather or a2a");
   }
@@ -366,8 +379,9 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
   }
   if (static_cast<std::uint64_t>(k.d) * k.c == 1) {
     if (k.grad_overlap || k.param_overlap) {
-      warnings.push_back("overlap_grad_reduce/overlap_param_gather with data-parallel x context-parallel size 1: "
-                         "there is nothing to reduce; DP overlap is off");
+      warnings.push_back(
+          "overlap_grad_reduce/overlap_param_gather with data-parallel x context-parallel size 1: "
+          "there is nothing to reduce; DP overlap is off");
     }
     k.grad_overlap = false;
     k.param_overlap = false;
@@ -616,12 +630,12 @@ struct Ctx {
   const RunConfig* cfg = nullptr;
   Dims k;
   Streams st;
-  std::vector<std::vector<std::uint32_t>> vs_layers;          // [chunk * p + pp] -> layers
-  std::vector<std::vector<std::vector<DpBucket>>> buckets;    // [pp][chunk]
-  std::vector<std::vector<std::vector<Param>>> params;        // [pp][chunk]
+  std::vector<std::vector<std::uint32_t>> vs_layers;        // [chunk * p + pp] -> layers
+  std::vector<std::vector<std::vector<DpBucket>>> buckets;  // [pp][chunk]
+  std::vector<std::vector<std::vector<Param>>> params;      // [pp][chunk]
   // Communicator id per rank and kind (kNone if the kind is unused).
   std::vector<CommId> tp_of, cp_of, dp_of, pp_of, norm_of, embd_of;
-  std::vector<CommId> ep_of, etp_of, tpep_of, edp_of;  // MoE expert layout (kNone where unused)
+  std::vector<CommId> ep_of, etp_of, tpep_of, edp_of;       // MoE expert layout (kNone where unused)
   std::vector<std::vector<std::string>> layer_param_names;  // [layer] -> parameter names (param-gather waits)
   bool recompute_full = false, recompute_selective = false;
 };
@@ -641,9 +655,7 @@ Coords coords_of(const Dims& k, RankId r) {
   return co;
 }
 
-RankId rank_of(const Dims& k, const Coords& co) {
-  return co.tp + k.t * (co.cp + k.c * (co.dp + k.d * co.pp));
-}
+RankId rank_of(const Dims& k, const Coords& co) { return co.tp + k.t * (co.cp + k.c * (co.dp + k.d * co.pp)); }
 
 /// Expert layout (MCore expert rank generator, order etp-ep-edp-pp): within a pipeline stage the local index
 /// i = rank mod (t*c*d) splits into expert-TP (fastest), EP, then expert-DP.
@@ -762,12 +774,13 @@ class RankLowering {
     if (blocking) pending_.push_back(id);
     return id;
   }
-  OpId send(StreamId stream, const std::string& what, CommId comm, RankId peer, std::uint64_t bytes,
-            std::uint32_t tag, Phase ph, std::vector<OpId> deps, std::string overlap = {}) {
-    return emit(stream, nm(what), schedule::Send{comm, peer, bytes, tag}, std::move(deps), tags(ph, std::move(overlap)));
+  OpId send(StreamId stream, const std::string& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
+            Phase ph, std::vector<OpId> deps, std::string overlap = {}) {
+    return emit(stream, nm(what), schedule::Send{comm, peer, bytes, tag}, std::move(deps),
+                tags(ph, std::move(overlap)));
   }
-  OpId recv(StreamId stream, const std::string& what, CommId comm, RankId peer, std::uint64_t bytes,
-            std::uint32_t tag, Phase ph, std::string overlap = {}) {
+  OpId recv(StreamId stream, const std::string& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
+            Phase ph, std::string overlap = {}) {
     return emit(stream, nm(what), schedule::Recv{comm, peer, bytes, tag}, {}, tags(ph, std::move(overlap)));
   }
   void host(const std::string& what, Nanos ns, Phase ph) {
@@ -781,17 +794,20 @@ class RankLowering {
   std::uint64_t act(std::uint64_t tokens, std::uint64_t width) const { return tokens * width * k_.act_bytes; }
   RankId tp_peer(int delta) const {
     Coords c = co_;
-    c.tp = static_cast<std::uint32_t>((static_cast<int>(co_.tp) + delta + static_cast<int>(k_.t)) % static_cast<int>(k_.t));
+    c.tp = static_cast<std::uint32_t>((static_cast<int>(co_.tp) + delta + static_cast<int>(k_.t)) %
+                                      static_cast<int>(k_.t));
     return rank_of(k_, c);
   }
   RankId cp_peer(int delta) const {
     Coords c = co_;
-    c.cp = static_cast<std::uint32_t>((static_cast<int>(co_.cp) + delta + static_cast<int>(k_.c)) % static_cast<int>(k_.c));
+    c.cp = static_cast<std::uint32_t>((static_cast<int>(co_.cp) + delta + static_cast<int>(k_.c)) %
+                                      static_cast<int>(k_.c));
     return rank_of(k_, c);
   }
   RankId pp_peer(int delta) const {
     Coords c = co_;
-    c.pp = static_cast<std::uint32_t>((static_cast<int>(co_.pp) + delta + static_cast<int>(k_.p)) % static_cast<int>(k_.p));
+    c.pp = static_cast<std::uint32_t>((static_cast<int>(co_.pp) + delta + static_cast<int>(k_.p)) %
+                                      static_cast<int>(k_.p));
     return rank_of(k_, c);
   }
 
@@ -834,16 +850,14 @@ class RankLowering {
     }
     if (!ub()) {
       gemm(site, k_.tokens, n, kk, ph);
-      collective(x_.st.tp, site + (k_.sp ? "_rs" : "_ar"), k_.sp ? CollectiveKind::kReduceScatter
-                                                                  : CollectiveKind::kAllReduce,
-                 tp, act(k_.tokens, n), ph, true);
+      collective(x_.st.tp, site + (k_.sp ? "_rs" : "_ar"),
+                 k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, n), ph, true);
       return;
     }
     const std::uint64_t rows = k_.tokens / kPipelinedRsSplits;
     for (std::uint32_t i = 0; i < kPipelinedRsSplits; ++i) {
       gemm(site + "_chunk" + str(i), rows, n, kk, ph, {}, "tp");
-      collective(x_.st.tp, site + "_rs" + str(i), CollectiveKind::kReduceScatter, tp, act(rows, n), ph, true, {},
-                 "tp");
+      collective(x_.st.tp, site + "_rs" + str(i), CollectiveKind::kReduceScatter, tp, act(rows, n), ph, true, {}, "tp");
     }
   }
 
@@ -860,8 +874,8 @@ class RankLowering {
           std::vector<OpId> d;
           if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
           if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-          send(x_.st.tp_send, site + "_dgrad_ub_send" + str(i), tp, tp_peer(1), act(k_.tokens_sp, out), 0,
-               Phase::kBwd, d, "tp");
+          send(x_.st.tp_send, site + "_dgrad_ub_send" + str(i), tp, tp_peer(1), act(k_.tokens_sp, out), 0, Phase::kBwd,
+               d, "tp");
           rv = recv(x_.st.tp_recv, site + "_dgrad_ub_recv" + str(i), tp, tp_peer(-1), act(k_.tokens_sp, out), 0,
                     Phase::kBwd, "tp");
         }
@@ -906,8 +920,8 @@ class RankLowering {
     wgrad_op(site + "_wgrad", Gemm{out, in, k_.tokens, 1, k_.dtype}, wd, param, ov);
     std::vector<OpId> ld;
     if (red != schedule::kNoOp) ld.push_back(red);
-    const OpId ln = elementwise(ln_param.substr(ln_param.find('.') + 1) + "_bwd", 3 * act(k_.tokens_sp, k_.h),
-                                Phase::kBwd, ld);
+    const OpId ln =
+        elementwise(ln_param.substr(ln_param.find('.') + 1) + "_bwd", 3 * act(k_.tokens_sp, k_.h), Phase::kBwd, ld);
     grad_ready(ln_param, ln);
   }
 
@@ -918,8 +932,8 @@ class RankLowering {
     const CommId cp = x_.cp_of[rank_];
     auto attn = [&](const std::string& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
                     std::uint64_t skv, bool causal, std::vector<OpId> deps, const std::string& ov) {
-      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, adh_, causal, false, k_.dtype}, ph,
-                    std::move(deps), ov);
+      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, adh_, causal, false, k_.dtype}, ph, std::move(deps),
+                    ov);
     };
     if (k_.c == 1) {
       attn("attn", hq, hkv, k_.s, k_.s, true, {}, "");
@@ -1194,8 +1208,10 @@ class RankLowering {
                  act(k_.tokens, ql + kvl + rope), ph, true);
     }
     elementwise("mla_latent_norm", 2 * act(k_.tokens, ql + kvl), ph);
-    if (ql > 0) gemm("q_up", k_.tokens, nqt * (qk + rope), ql, ph);
-    else ag_gemm("q_up", nqt * (qk + rope), k_.h, ph);
+    if (ql > 0)
+      gemm("q_up", k_.tokens, nqt * (qk + rope), ql, ph);
+    else
+      ag_gemm("q_up", nqt * (qk + rope), k_.h, ph);
     gemm("kv_up", k_.tokens, nqt * (qk + v), kvl, ph);
     elementwise("rope", 2 * act(k_.tokens, nqt * rope + rope), ph);
     no_ub_ = false;
@@ -1334,14 +1350,14 @@ class RankLowering {
         counts = collective(x_.st.tp_ep, "moe_count_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
                             k_.experts * 8 * span, ph, false, {}, "", schedule::DType::kInt64);
       }
-      d2h_ = emit(x_.st.dtoh, nm("moe_splits_d2h"), Compute{schedule::Memcpy{2ull * k_.e * 8 + k_.local_experts * 8,
-                                                                              schedule::CopyKind::kD2H}, 0},
+      d2h_ = emit(x_.st.dtoh, nm("moe_splits_d2h"),
+                  Compute{schedule::Memcpy{2ull * k_.e * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, 0},
                   {counts}, tags(ph));
       elementwise("moe_permute", 2 * act(T * k_.topk, k_.h), ph);
     } else if (k_.dispatcher == "allgather") {
       if (span > 1) {
-        collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
-                   act(T, k_.h) * span, ph, true);
+        collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_], act(T, k_.h) * span, ph,
+                   true);
         collective(x_.st.tp_ep, "moe_probs_map_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
                    T * k_.experts * 5 * span, ph, true, {}, "", schedule::DType::kFP32);
       }
@@ -1363,14 +1379,16 @@ class RankLowering {
       if (k_.e > 1) ep_a2a("moe_probs_a2a", dispatch_copies(), 4, schedule::DType::kFP32, ph);
     } else if (k_.dispatcher == "flex") {
       flex_kernel("flex_notify", Elementwise{std::uint64_t{k_.e} * k_.experts * 4 * 2, 0}, ph);
-      const OpId cp = flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H},
-                                  ph);
+      const OpId cp =
+          flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
       host_sync("flex_counts_sync", cp, ph);  // DeepEP: the CPU waits for the received-count signal
       std::uint64_t copies = 0;
       for (auto c : flex_copies()) copies += c;
       const OpId kd = flex_kernel("flex_dispatch", Elementwise{2 * act(copies, k_.h), 0}, ph);
-      if (k_.e > 1) ep_a2a("flex_dispatch_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
-      else if (!comm_node_) pending_.push_back(kd);
+      if (k_.e > 1)
+        ep_a2a("flex_dispatch_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      else if (!comm_node_)
+        pending_.push_back(kd);
     }
   }
 
@@ -1389,8 +1407,8 @@ class RankLowering {
   }
   /// ... and fc2 right after the combine all-to-all; the unpermute-add waits for it.
   OpId shared_overlap_fc2(Phase ph) {
-    OpId last = emit(x_.st.shared, nm("shared_fc2"),
-                     Compute{Gemm{k_.tokens, k_.h, k_.shared_f / k_.t, 1, k_.dtype}, 0}, {}, tags(ph, "shared_expert"));
+    OpId last = emit(x_.st.shared, nm("shared_fc2"), Compute{Gemm{k_.tokens, k_.h, k_.shared_f / k_.t, 1, k_.dtype}, 0},
+                     {}, tags(ph, "shared_expert"));
     if (k_.t > 1) {
       schedule::Collective c{CollectiveKind::kReduceScatter, x_.tp_of[rank_], act(k_.tokens, k_.h), k_.dtype, {}, 0};
       last = emit(x_.st.tp, nm("shared_rs"), std::move(c), {last}, tags(ph, "shared_expert"));
@@ -1428,8 +1446,10 @@ class RankLowering {
       std::uint64_t copies = 0;
       for (auto c : flex_combine_copies()) copies += c;
       const OpId kc = flex_kernel("flex_combine", Elementwise{2 * act(copies, k_.h), 0}, ph);
-      if (k_.e > 1) ep_a2a("flex_combine_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
-      else if (!comm_node_) pending_.push_back(kc);
+      if (k_.e > 1)
+        ep_a2a("flex_combine_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      else if (!comm_node_)
+        pending_.push_back(kc);
     } else {
       elementwise("moe_unpermute_local", act(expert_rows(), k_.h) + act(T * k_.te * k_.e, k_.h), ph);
       if (k_.te * k_.e > 1) {
@@ -1461,8 +1481,10 @@ class RankLowering {
       std::uint64_t copies = 0;
       for (auto c : flex_copies()) copies += c;
       const OpId kd = flex_kernel("flex_combine_bwd", Elementwise{2 * act(copies, k_.h), 0}, ph);
-      if (k_.e > 1) ep_a2a("flex_combine_grad_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
-      else if (!comm_node_) pending_.push_back(kd);
+      if (k_.e > 1)
+        ep_a2a("flex_combine_grad_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      else if (!comm_node_)
+        pending_.push_back(kd);
     }
   }
   void moe_experts_bwd(const std::string& L) {
@@ -1474,8 +1496,7 @@ class RankLowering {
     const auto groups = expert_groups();
     // Weight gradients as grouped GEMMs with the same FLOPs (GroupedGemm has one k; the token count varies).
     kernel("experts_fc2_dgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, ph);
-    wgrad_op("experts_fc2_wgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, {},
-             L + "experts.fc2");
+    wgrad_op("experts_fc2_wgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, {}, L + "experts.fc2");
     elementwise("experts_act_bwd", 2 * act(n, k_.ffn1e / k_.te) + act(n, k_.fe / k_.te) + n * 4, ph);
     kernel("experts_fc1_dgrad", schedule::GroupedGemm{groups, k_.h, k_.ffn1e / k_.te, k_.dtype}, ph);
     wgrad_op("experts_fc1_wgrad", schedule::GroupedGemm{groups, k_.ffn1e / k_.te, k_.h, k_.dtype}, {},
@@ -1496,8 +1517,10 @@ class RankLowering {
       std::uint64_t copies = 0;
       for (auto c : flex_combine_copies()) copies += c;
       const OpId kd = flex_kernel("flex_dispatch_bwd", Elementwise{2 * act(copies, k_.h), 0}, ph);
-      if (k_.e > 1) ep_a2a("flex_dispatch_grad_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
-      else if (!comm_node_) pending_.push_back(kd);
+      if (k_.e > 1)
+        ep_a2a("flex_dispatch_grad_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+      else if (!comm_node_)
+        pending_.push_back(kd);
     } else if (k_.te * k_.e > 1) {
       collective(x_.st.tp_ep, "moe_hidden_grad_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
                  act(moe_tokens(), k_.h) * k_.te * k_.e, ph, true);
@@ -1530,8 +1553,9 @@ class RankLowering {
 
   void layer_fwd(std::uint32_t layer, Phase ph) {
     cur_layer_ = static_cast<std::int32_t>(layer);
-    host("host_fwd", x_.cfg->host.per_module_call_ns * 6 +
-                         x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
+    host("host_fwd",
+         x_.cfg->host.per_module_call_ns * 6 +
+             x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
          ph);
     attn_block_fwd(layer, ph);
     if (x_.model->is_moe_layer(layer)) {
@@ -1548,8 +1572,9 @@ class RankLowering {
   void layer_bwd(std::uint32_t layer) {
     cur_layer_ = static_cast<std::int32_t>(layer);
     const std::string L = "L" + str(layer) + ".";
-    host("host_bwd", x_.cfg->host.per_module_call_ns * 6 +
-                         x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
+    host("host_bwd",
+         x_.cfg->host.per_module_call_ns * 6 +
+             x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
          Phase::kBwd);
     if (x_.model->is_moe_layer(layer)) {
       elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.h), Phase::kBwd);
@@ -1619,9 +1644,7 @@ class RankLowering {
   }
 
   // ---- chunks ----
-  const std::vector<std::uint32_t>& layers_of(std::uint32_t chunk) const {
-    return x_.vs_layers[chunk * k_.p + co_.pp];
-  }
+  const std::vector<std::uint32_t>& layers_of(std::uint32_t chunk) const { return x_.vs_layers[chunk * k_.p + co_.pp]; }
   bool first_vs(std::uint32_t chunk) const { return co_.pp == 0 && chunk == 0; }
   bool last_vs(std::uint32_t chunk) const { return co_.pp == k_.p - 1 && chunk == k_.v - 1; }
 
@@ -1780,16 +1803,20 @@ class RankLowering {
     });
   }
   void f_dispatch(Side& f, std::uint32_t l) {
-    if (x_.model->is_moe_layer(l)) comm_node(f, static_cast<std::int32_t>(l), "D", [&] { moe_dispatch_fwd(Phase::kFwd); });
+    if (x_.model->is_moe_layer(l))
+      comm_node(f, static_cast<std::int32_t>(l), "D", [&] { moe_dispatch_fwd(Phase::kFwd); });
   }
   void f_mlp(Side& f, std::uint32_t l) {
     comp_node(f, static_cast<std::int32_t>(l), "M", [&] {
-      if (x_.model->is_moe_layer(l)) moe_experts_fwd(Phase::kFwd);
-      else dense_mlp_fwd(Phase::kFwd);
+      if (x_.model->is_moe_layer(l))
+        moe_experts_fwd(Phase::kFwd);
+      else
+        dense_mlp_fwd(Phase::kFwd);
     });
   }
   void f_combine(Side& f, std::uint32_t l) {
-    if (x_.model->is_moe_layer(l)) comm_node(f, static_cast<std::int32_t>(l), "C", [&] { moe_combine_fwd(Phase::kFwd); });
+    if (x_.model->is_moe_layer(l))
+      comm_node(f, static_cast<std::int32_t>(l), "C", [&] { moe_combine_fwd(Phase::kFwd); });
   }
   void b_combine(Side& b, std::uint32_t l) {
     if (!x_.model->is_moe_layer(l)) return;
@@ -1803,8 +1830,10 @@ class RankLowering {
     comp_node(b, static_cast<std::int32_t>(l), "M", [&] {
       host("host_bwd", x_.cfg->host.per_module_call_ns * 6, Phase::kBwd);
       defer_wgrad_ = k_.delay_wgrad;
-      if (x_.model->is_moe_layer(l)) moe_experts_bwd(L);
-      else dense_mlp_bwd(L);
+      if (x_.model->is_moe_layer(l))
+        moe_experts_bwd(L);
+      else
+        dense_mlp_bwd(L);
       defer_wgrad_ = false;
     });
   }
@@ -1829,8 +1858,8 @@ class RankLowering {
     if (F) {  // pre_forward: wait for the received activation, then the embedding
       enter(f, -1);
       if (!first_vs(f.chunk)) {
-        TWINSTEP_ASSERT(!fwd_recv_[f.chunk].empty(), "rank %u: no activation received for mb %u chunk %u", rank_,
-                        f.mb, f.chunk);
+        TWINSTEP_ASSERT(!fwd_recv_[f.chunk].empty(), "rank %u: no activation received for mb %u chunk %u", rank_, f.mb,
+                        f.chunk);
         f.ev.push_back(fwd_recv_[f.chunk].front());
         fwd_recv_[f.chunk].pop_front();
       }
@@ -1859,17 +1888,19 @@ class RankLowering {
     std::int32_t held_wa_layer = -1;
     for (std::size_t i = 0; i < paired; ++i) {
       const std::uint32_t fl = lf[i], bl = lb[lb.size() - 1 - i];
-      b_combine(b, bl);  // 1
-      f_attn(f, fl);     // 2
-      b_mlp(b, bl);      // 3
-      f_dispatch(f, fl); // 4
+      b_combine(b, bl);                                    // 1
+      f_attn(f, fl);                                       // 2
+      b_mlp(b, bl);                                        // 3
+      f_dispatch(f, fl);                                   // 4
       wgrad_node(b, static_cast<std::int32_t>(bl), "WM");  // 5 (delay_wgrad only)
-      b_dispatch(b, bl); // 6
-      f_mlp(f, fl);      // 8
-      f_combine(f, fl);  // 9
-      b_attn(b, bl);     // 10
-      if (i + 1 == lb.size()) held_wa_layer = static_cast<std::int32_t>(bl);  // the chunk's last backward layer
-      else wgrad_node(b, static_cast<std::int32_t>(bl), "WA");  // 11
+      b_dispatch(b, bl);                                   // 6
+      f_mlp(f, fl);                                        // 8
+      f_combine(f, fl);                                    // 9
+      b_attn(b, bl);                                       // 10
+      if (i + 1 == lb.size())
+        held_wa_layer = static_cast<std::int32_t>(bl);  // the chunk's last backward layer
+      else
+        wgrad_node(b, static_cast<std::int32_t>(bl), "WA");  // 11
     }
     for (std::size_t i = paired; i < lb.size(); ++i) {  // remaining B layers
       const std::uint32_t bl = lb[lb.size() - 1 - i];
@@ -1878,8 +1909,10 @@ class RankLowering {
       wgrad_node(b, static_cast<std::int32_t>(bl), "WM");
       b_dispatch(b, bl);
       b_attn(b, bl);
-      if (i + 1 == lb.size()) held_wa_layer = static_cast<std::int32_t>(bl);
-      else wgrad_node(b, static_cast<std::int32_t>(bl), "WA");
+      if (i + 1 == lb.size())
+        held_wa_layer = static_cast<std::int32_t>(bl);
+      else
+        wgrad_node(b, static_cast<std::int32_t>(bl), "WA");
     }
     for (std::size_t i = paired; i < lf.size(); ++i) {  // remaining F layers
       f_attn(f, lf[i]);
@@ -2094,10 +2127,10 @@ class RankLowering {
   // MoE / attention variants / EP overlap.
   ExpertCoords eco_;
   std::uint64_t aq_ = 0, akv_ = 0, adh_ = 0;  // attention heads (all TP ranks) and head dim of the current layer
-  bool no_ub_ = false;        // the current linears are not TE userbuffer sites
-  bool comm_node_ = false;    // emitting a D or C node of the combined schedule (EP comm stream)
-  std::vector<OpId> node_deps_;  // the node's event: deps of its first op
-  bool defer_wgrad_ = false;  // delay_wgrad_compute: hold weight-gradient GEMMs for the W node
+  bool no_ub_ = false;                        // the current linears are not TE userbuffer sites
+  bool comm_node_ = false;                    // emitting a D or C node of the combined schedule (EP comm stream)
+  std::vector<OpId> node_deps_;               // the node's event: deps of its first op
+  bool defer_wgrad_ = false;                  // delay_wgrad_compute: hold weight-gradient GEMMs for the W node
   struct Deferred {
     std::string name;
     schedule::Kernel kernel;
@@ -2190,12 +2223,16 @@ void RankLowering::run_interleaved() {
   };
   auto fwd = [&](std::uint32_t vid) {
     param_sync(vid);
-    if (k_.ep_overlap) combined_fwd(fmb(vid), fchunk(vid));
-    else chunk_fwd(fmb(vid), fchunk(vid));
+    if (k_.ep_overlap)
+      combined_fwd(fmb(vid), fchunk(vid));
+    else
+      chunk_fwd(fmb(vid), fchunk(vid));
   };
   auto bwd = [&](std::uint32_t vid) {
-    if (k_.ep_overlap) combined_bwd(bmb(vid), bchunk(vid));
-    else chunk_bwd(bmb(vid), bchunk(vid));
+    if (k_.ep_overlap)
+      combined_bwd(bmb(vid), bchunk(vid));
+    else
+      chunk_bwd(bmb(vid), bchunk(vid));
     grad_sync(vid);
   };
   // recv_tensor_from_previous_stage (MCore): whether a tensor arrives, and for which chunk.
@@ -2266,7 +2303,6 @@ void RankLowering::run_interleaved() {
       both.recv_next = bx.recv_next;
       both.recv_next_chunk = bx.recv_next_chunk;
       exchange(both, true);  // send_forward_backward_recv_forward_backward
-
     }
   }
   if (all_warmup && r != p - 1) exchange(Exchange{false, false, false, true, 0, v - 1}, true);
@@ -2293,8 +2329,10 @@ void RankLowering::finalize_and_optimize() {
     for (std::size_t b = 0; b < buckets(c).size(); ++b) {
       auto& st = bucket_state_[c][b];
       if (bucket_group(buckets(c)[b]) > 1) {
-        if (!st.dispatched) dispatch_grad_bucket(c, b, true);
-        else if (st.op != schedule::kNoOp) pending_.push_back(st.op);
+        if (!st.dispatched)
+          dispatch_grad_bucket(c, b, true);
+        else if (st.op != schedule::kNoOp)
+          pending_.push_back(st.op);
       }
     }
   }
@@ -2351,9 +2389,12 @@ std::vector<schedule::Op> RankLowering::run() {
       for (std::size_t b = 0; b < buckets(c).size(); ++b) issue_param_ag(c, b);
     }
   }
-  if (k_.p == 1) run_no_pipelining();
-  else if (k_.v == 1) run_1f1b();
-  else run_interleaved();
+  if (k_.p == 1)
+    run_no_pipelining();
+  else if (k_.v == 1)
+    run_1f1b();
+  else
+    run_interleaved();
   for (std::uint32_t c = 0; c < k_.v; ++c) {
     TWINSTEP_ASSERT(fwd_recv_[c].empty() && bwd_recv_[c].empty(), "rank %u chunk %u: unconsumed P2P receives", rank_,
                     c);
@@ -2385,22 +2426,20 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   //   MLP: ln2 input + fc1 input (T_sp h each), fc1 output (T ffn1 / t), activation output (T f / t).
   const double B = static_cast<double>(k.act_bytes), T = static_cast<double>(k.tokens),
                Tsp = static_cast<double>(k.tokens_sp), t = k.t;
-  const double per_layer = B * (4 * Tsp * static_cast<double>(k.h) +
-                                T * static_cast<double>((k.nq + 2 * k.nkv) * k.dh) / t +
-                                T * static_cast<double>(k.nq * k.dh) / t + T * static_cast<double>(k.ffn1) / t +
-                                T * static_cast<double>(k.f) / t) +
-                           4.0 * T * static_cast<double>(k.nq) / t;
+  const double per_layer =
+      B * (4 * Tsp * static_cast<double>(k.h) + T * static_cast<double>((k.nq + 2 * k.nkv) * k.dh) / t +
+           T * static_cast<double>(k.nq * k.dh) / t + T * static_cast<double>(k.ffn1) / t +
+           T * static_cast<double>(k.f) / t) +
+      4.0 * T * static_cast<double>(k.nq) / t;
   const double per_layer_ckpt = B * Tsp * static_cast<double>(k.h);  // full recompute keeps only the layer input
   // MoE layers replace the dense MLP terms: router input, permuted tokens (T_m k h), received rows N_r (expert
   // input, fc1 output N_r ffn1_e / t_e, activation N_r f_e / t_e, fc2 output), probs, and the shared expert.
   const double Tm = Tsp, k_top = static_cast<double>(k.topk);
   const double n_r = Tm * k_top * k.te * k.skew;  // the busiest EP rank under skew
-  const double moe_layer = per_layer -
-                           B * (T * static_cast<double>(k.ffn1) / t + T * static_cast<double>(k.f) / t) +
+  const double moe_layer = per_layer - B * (T * static_cast<double>(k.ffn1) / t + T * static_cast<double>(k.f) / t) +
                            B * (Tm * k_top * static_cast<double>(k.h) +
                                 n_r * (2 * static_cast<double>(k.h) + static_cast<double>(k.ffn1e + k.fe) / k.te)) +
-                           4.0 * n_r +
-                           B * T * static_cast<double>(2 * k.shared_f + k.shared_f) / t;
+                           4.0 * n_r + B * T * static_cast<double>(2 * k.shared_f + k.shared_f) / t;
   auto layer_bytes = [&](std::uint32_t l) { return x.model->is_moe_layer(l) ? moe_layer : per_layer; };
   auto chunk_bytes = [&](std::uint32_t chunk) {
     const auto& layers = x.vs_layers[chunk * k.p + co.pp];
@@ -2435,8 +2474,8 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   }
   e.activations_bytes = peak + transient;
   std::uint32_t comms = 0;
-  for (const auto* v : {&x.tp_of, &x.cp_of, &x.dp_of, &x.pp_of, &x.norm_of, &x.embd_of, &x.ep_of, &x.etp_of,
-                        &x.tpep_of, &x.edp_of}) {
+  for (const auto* v :
+       {&x.tp_of, &x.cp_of, &x.dp_of, &x.pp_of, &x.norm_of, &x.embd_of, &x.ep_of, &x.etp_of, &x.tpep_of, &x.edp_of}) {
     if ((*v)[rank] != kNone) ++comms;
   }
   e.comm_buffers_bytes = static_cast<double>(comms) * static_cast<double>(kNcclBufferBytesPerComm);
@@ -2519,9 +2558,7 @@ std::vector<PipelineStep> pipeline_order(const RunConfig& cfg, std::uint32_t r, 
   const std::uint32_t total = m * v;
   const std::uint32_t w = std::min(total, 2 * (p - r - 1) + (v - 1) * g);
   auto F = [&](std::uint32_t id) { out.push_back({true, table.entries[id].first, table.entries[id].second}); };
-  auto B = [&](std::uint32_t id) {
-    out.push_back({false, table.entries[id].first, v - 1 - table.entries[id].second});
-  };
+  auto B = [&](std::uint32_t id) { out.push_back({false, table.entries[id].first, v - 1 - table.entries[id].second}); };
   for (std::uint32_t i = 0; i < w; ++i) F(i);
   for (std::uint32_t i = 0; i < total - w; ++i) {
     F(w + i);
