@@ -1,0 +1,78 @@
+// Sweep throughput: evaluates the same dense points (auto layouts of a model on a cluster) through run_sweep with
+// the analytic fidelity and, when SimGrid is built in, the flow fidelity, and prints configurations per second.
+// Plain main(); prints figures, asserts nothing.
+// Usage: sweep_bench [model cluster gpus gbs max_points jobs [fidelity,...]]
+//   default: llama3-8b h100-superpod 64 256 6 2 analytic,flow
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <unistd.h>
+
+#include "common/error.hpp"
+#include "sweep/grid.hpp"
+#include "sweep/runner.hpp"
+
+using namespace twinstep;
+
+int main(int argc, char** argv) {
+  std::string model = "llama3-8b", cluster = "h100-superpod", fidelities = "analytic,flow";
+  std::uint32_t gpus = 64, gbs = 256;
+  std::size_t max_points = 6;
+  unsigned jobs = 2;
+  if (argc >= 7) {
+    model = argv[1];
+    cluster = argv[2];
+    gpus = static_cast<std::uint32_t>(std::atoi(argv[3]));
+    gbs = static_cast<std::uint32_t>(std::atoi(argv[4]));
+    max_points = static_cast<std::size_t>(std::atoi(argv[5]));
+    jobs = static_cast<unsigned>(std::atoi(argv[6]));
+    if (argc >= 8) fidelities = argv[7];
+  } else if (argc != 1) {
+    std::fprintf(stderr, "usage: sweep_bench [model cluster gpus gbs max_points jobs [fidelity,...]]\n");
+    return 2;
+  }
+  try {
+    sweep::Spec spec;
+    spec.models = {model};
+    spec.clusters = {cluster};
+    spec.gpus = {gpus};
+    spec.gbs = {gbs};
+    spec.auto_layout = true;
+    spec.overlaps = {"none"};
+    std::vector<sweep::Point> base;
+    for (const auto& p : sweep::expand(spec)) {
+      // Valid layouts without interleaving or CP: the plain dense configurations.
+      if (p.invalid_reason.empty() && p.layout.vpp == 1 && p.layout.cp == 1 && base.size() < max_points) base.push_back(p);
+    }
+    std::printf("sweep_bench: %s on %u GPUs of %s, gbs %u: %zu layouts, %u jobs, %ld cores online\n", model.c_str(),
+                gpus, cluster.c_str(), gbs, base.size(), jobs, ::sysconf(_SC_NPROCESSORS_ONLN));
+    const auto dir = std::filesystem::temp_directory_path() / ("twinstep_sweep_bench_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    for (const auto& fidelity : sweep::split_list(fidelities, "fidelity")) {
+      std::vector<sweep::Point> points = base;
+      for (auto& p : points) p.fidelity = fidelity;
+      sweep::RunOptions opts;
+      opts.output = (dir / (fidelity + ".jsonl")).string();
+      opts.jobs = jobs;
+      opts.progress = false;
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto results = sweep::run_sweep(points, opts);
+      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::size_t ok = 0;
+      for (const auto& r : results) ok += r.status == "ok";
+      std::printf("  %-8s %zu points (%zu ok) in %.2f s: %.3f configurations/s\n", fidelity.c_str(), points.size(), ok,
+                  wall, static_cast<double>(points.size()) / wall);
+      for (const auto& r : results) {
+        std::printf("    %-32s %-12s %s\n", r.point.layout.describe().c_str(), r.status.c_str(),
+                    r.status == "ok" ? std::to_string(r.step_time_s).c_str() : r.reason.substr(0, 90).c_str());
+      }
+    }
+    std::filesystem::remove_all(dir);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "sweep_bench: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
