@@ -430,6 +430,15 @@ TEST_CASE("models::moe: gating rules for EP overlap, delay_wgrad, shared-expert 
   RunConfig cd = ep_on(moe_config(2, 2));
   cd.cuda_device_max_connections = 1;
   CHECK(has_warning(lower(m, cd), "CDMC > 1 is required"));
+  // ... bf16 or fp16, and at most one MTP layer.
+  RunConfig f32 = ep_on(moe_config(2, 2));
+  f32.dtype = schedule::DType::kFP32;
+  CHECK_THROWS_WITH(lower(m, f32), Catch::Contains("bf16 or fp16"));
+  ModelSpec mtp = ds;
+  mtp.mtp_num_layers = 2;
+  CHECK_THROWS_WITH(lower(mtp, ep_on(moe_config(2, 2))), Catch::Contains("mtp_num_layers"));
+  mtp.mtp_num_layers = 1;
+  CHECK(has_warning(lower(mtp, ep_on(moe_config(2, 2))), "multi-token prediction"));
   // Variants map onto the knobs.
   const RunConfig v = apply_overlap_variant(moe_config(2, 2), "ep+delay_wgrad");
   CHECK(v.overlap_moe_expert_parallel_comm);
