@@ -1,7 +1,9 @@
 // Lowering of (dense) model x run config to one training step as a schedule, the way Megatron-Core executes it:
 // rank order TP fastest then CP, DP, PP; per-layer ops of megatron-overlap.md section 1; TP/SP collectives and TE
 // userbuffer overlap (section 3); CP exchanges per cp_comm_type (section 5); 1F1B and interleaved 1F1B with Megatron's
-// P2P flags (section 4); DP buckets and grad/param overlap (section 2); gating rules (section 7).
+// P2P flags (section 4); DP buckets and grad/param overlap (section 2); gating rules (section 7); MoE layers with
+// EP / expert-TP / expert-DP, the alltoall / allgather / flex dispatchers and a routing-skew model, MLA and Gated
+// DeltaNet attention, and the EP-overlap combined 1F1B schedule with delay_wgrad_compute (sections 1 and 6).
 // Each rank is lowered by a function of its coordinates alone (RankLowering), so that a symmetry-reduced schedule can
 // emit only representative ranks.
 #include "models/lower.hpp"
