@@ -36,6 +36,9 @@ namespace twinstep::sweep {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+/// Above this many GPUs only one representative per DP replica is lowered and simulated (models::LowerOptions;
+/// the same threshold as `twinstep predict`, so both give the same numbers).
+constexpr std::uint32_t kReduceAboveGpus = 512;
 
 /// Per-process caches of the inputs a worker needs for many points.
 struct Inputs {
@@ -114,7 +117,9 @@ std::string evaluate_or_throw(const Point& p) {
 
   models::Lowered lowered;
   try {
-    lowered = models::lower(model, cfg);
+    models::LowerOptions lower_opts;
+    lower_opts.representatives_only = p.gpus > kReduceAboveGpus;
+    lowered = models::lower(model, cfg, lower_opts);
   } catch (const Error& e) {
     return head(p, "invalid", e.what()).dump();
   }
