@@ -22,7 +22,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <optional>
@@ -35,6 +37,7 @@
 #include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/units.hpp"
+#include "schedule/matching.hpp"
 
 #ifndef TWINSTEP_GIT_REVISION
 #define TWINSTEP_GIT_REVISION "unknown"
@@ -49,6 +52,10 @@ namespace {
 
 constexpr std::uint64_t kCublasWorkspaceBytes = 32ull << 20;  // PyTorch's default on Hopper (4096 KiB x 8)
 constexpr std::uint64_t kNcclReserveBytes = 2ull << 30;       // NCCL's own buffers and CUDA context headroom
+constexpr std::uint64_t kWarmChunk = 4096;                     // bytes per peer of a connection warm-up exchange
+constexpr std::uint64_t kWarmPeers = 64;                       // warm-up slots (peers beyond reuse them)
+constexpr std::uint64_t kWarmBytes = 2 * kWarmPeers * kWarmChunk;
+constexpr double kStuckGrace_s = 2.0;  // after the deadline, how long a host thread blocked in a call is given
 
 // ---------------------------------------------------------------------------------------------------------------
 // Buffer sizing: one buffer per role, sized by the largest op that uses it on this rank.
@@ -469,12 +476,121 @@ std::vector<sch::Diagnostic> can_execute(const sch::Schedule& s, const DeviceInf
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Channels: which NCCL communicator each communication op runs on.
 
 namespace {
 
-/// Watchdog: a thread that watches the step deadline and every communicator's asynchronous error. It only raises
-/// a flag; the host thread (which alone issues NCCL calls) aborts the communicators. If the host thread is stuck
-/// inside a call and does not react within the grace period, the watchdog aborts and exits the process itself.
+std::string stream_word(const sch::Schedule& s, sch::OpId id) {
+  if (id == sch::kNoOp || id >= s.ops.size() || s.ops[id].stream >= s.streams.size()) return "?";
+  return s.streams[s.ops[id].stream].name;
+}
+
+std::string members_word(const std::vector<sch::RankId>& members) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < members.size(); ++i) out += (i == 0 ? "" : ",") + std::to_string(members[i]);
+  return out + "]";
+}
+
+/// Builds the plan with p2p keys with or without the tag.
+ChannelPlan build_channels(const sch::Schedule& s, const sch::Matching& m, const std::vector<bool>& p2p_tagged) {
+  ChannelPlan out;
+  out.channel_of_op.assign(s.ops.size(), kNoChannel);
+  std::map<std::string, std::uint32_t> index;
+  auto use = [&](const sch::Op& op, std::string key, std::vector<sch::RankId> members, bool p2p, bool a2a,
+                 sch::RankId src = 0, sch::RankId dst = 0) {
+    key += " " + members_word(members);
+    auto [it, fresh] = index.emplace(key, static_cast<std::uint32_t>(out.channels.size()));
+    if (fresh) out.channels.push_back(CommChannel{key, std::move(members), p2p, false, src, dst});
+    out.channels[it->second].all_to_all = out.channels[it->second].all_to_all || a2a;
+    out.channel_of_op[op.id] = it->second;
+  };
+  for (const auto& op : s.ops) {
+    if (const auto* col = std::get_if<sch::Collective>(&op.body)) {
+      if (col->comm >= s.communicators.size()) continue;
+      // Keyed by the streams of every member's op of the instance: each rank's ops of one channel lie on one of
+      // its streams, so NCCL's issue order on the channel is that stream's FIFO order, which the IR has anyway.
+      std::string streams;
+      const auto inst = m.instance_of[op.id];
+      if (inst < m.collectives.size()) {
+        for (auto other : m.collectives[inst].ops) streams += (streams.empty() ? "" : ",") + stream_word(s, other);
+      } else {
+        streams = stream_word(s, op.id);
+      }
+      const auto& comm = s.communicators[col->comm];
+      use(op, "coll \"" + comm.name + "\" streams " + streams, comm.members, false,
+          col->kind == sch::CollectiveKind::kAllToAll);
+      continue;
+    }
+    const auto* snd = std::get_if<sch::Send>(&op.body);
+    const auto* rcv = std::get_if<sch::Recv>(&op.body);
+    if (snd == nullptr && rcv == nullptr) continue;
+    const sch::CommId c = snd != nullptr ? snd->comm : rcv->comm;
+    if (c >= s.communicators.size()) continue;
+    // Keyed by (communicator, sender, receiver, sender's stream, receiver's stream): a send and its recv share the
+    // channel whatever streams they run on; the two directions of an exchange never serialize against each other.
+    const sch::OpId partner = m.partner[op.id];
+    const sch::RankId src = snd != nullptr ? op.rank : rcv->peer;
+    const sch::RankId dst = snd != nullptr ? snd->peer : op.rank;
+    const std::string send_stream = snd != nullptr ? stream_word(s, op.id) : stream_word(s, partner);
+    const std::string recv_stream = snd != nullptr ? stream_word(s, partner) : stream_word(s, op.id);
+    std::string key = "p2p \"" + s.communicators[c].name + "\" " + std::to_string(src) + ">" + std::to_string(dst) +
+                      " streams " + send_stream + ">" + recv_stream;
+    const std::uint32_t tag = snd != nullptr ? snd->tag : rcv->tag;
+    std::vector<sch::RankId> members{std::min(src, dst), std::max(src, dst)};
+    if (src == dst) members.pop_back();
+    if (p2p_tagged[op.id]) key += " tag " + std::to_string(tag);
+    use(op, key, members, true, false, src, dst);
+  }
+  return out;
+}
+
+/// Channels whose sends and recvs, each in program order, are not pairwise partners (NCCL matches by order).
+std::vector<bool> misordered_channels(const sch::Schedule& s, const sch::Matching& m, const ChannelPlan& plan) {
+  std::vector<std::vector<sch::OpId>> sends(plan.channels.size()), recvs(plan.channels.size());
+  for (const auto& op : s.ops) {
+    const auto ch = plan.channel_of_op[op.id];
+    if (ch == kNoChannel || !plan.channels[ch].point_to_point) continue;
+    (std::holds_alternative<sch::Send>(op.body) ? sends : recvs)[ch].push_back(op.id);
+  }
+  std::vector<bool> bad(plan.channels.size(), false);
+  for (std::size_t c = 0; c < plan.channels.size(); ++c) {
+    bad[c] = sends[c].size() != recvs[c].size();
+    for (std::size_t k = 0; k < sends[c].size(); ++k) {
+      bad[c] = bad[c] || k >= recvs[c].size() || m.partner[sends[c][k]] != recvs[c][k];
+    }
+  }
+  return bad;
+}
+
+}  // namespace
+
+ChannelPlan plan_channels(const sch::Schedule& s) {
+  const sch::Matching m = sch::match(s);
+  std::vector<bool> tagged(s.ops.size(), false);
+  ChannelPlan plan = build_channels(s, m, tagged);
+  // The IR matches a recv to a send by (communicator, sender, receiver, tag, order), NCCL by order alone: where
+  // tags reorder a channel, its ops get a channel per tag (within one tag the IR's order is NCCL's).
+  const auto bad = misordered_channels(s, m, plan);
+  bool any = false;
+  for (const auto& op : s.ops) {
+    const auto ch = plan.channel_of_op[op.id];
+    if (ch != kNoChannel && bad[ch]) tagged[op.id] = any = true;
+  }
+  if (any) plan = build_channels(s, m, tagged);
+  return plan;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+namespace {
+
+/// Watchdog: a thread that watches the step deadline and every communicator's asynchronous error. It raises a flag
+/// at the deadline; the host thread, which polls it wherever it waits (events, streams, the MPI barrier, host_sync),
+/// then names the first unfinished op, aborts the communicators and throws. If the host thread is blocked inside a
+/// call (an NCCL call waiting for a peer, a driver call) and has not reacted kStuckGrace_s after the deadline, the
+/// watchdog itself prints the rank and the op being issued, aborts the communicators (for at most a second) and
+/// ends the process with exit code 1, so that the launcher ends the other ranks. Before, the grace period was the
+/// step limit again, so a step limit of 60 s ended a blocked process only after 120 s.
 class Watchdog {
  public:
   Watchdog(int device, int rank) : device_(device), rank_(rank), thread_([this] { loop(); }) {}
@@ -510,8 +626,12 @@ class Watchdog {
     return reason_;
   }
   void acknowledge() { acknowledged_.store(true); }
-  /// Called by the host thread when the watchdog fired: describes where this rank is stuck.
-  std::function<std::string()> describe;
+  /// What the host thread is doing, for the message when it is blocked in a call. Called on the watchdog thread
+  /// while the host thread is blocked: it must read only atomics and immutable data, and make no CUDA call.
+  void set_blocked_description(std::function<std::string()> f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    blocked_description_ = std::move(f);
+  }
 
  private:
   void loop() {
@@ -538,15 +658,23 @@ class Watchdog {
           fired_.store(true);
         }
       } else if (!acknowledged_.load() && std::chrono::duration<double>(now - fired_at_).count() > grace_s_) {
-        // The host thread is stuck inside a call: report, abort and leave.
+        // The host thread is stuck inside a call: report, abort (bounded: an abort can itself wait on the blocked
+        // call) and leave.
+        const std::string where = blocked_description_ ? blocked_description_() : std::string("in a call");
         std::fprintf(stderr,
-                     "twinstep: error: rank %d: %s; the issuing thread is blocked in a CUDA/NCCL call; "
-                     "aborting the communicators\n",
-                     rank_, reason_.c_str());
-        for (auto c : comms_) {
-          if (c != nullptr) ncclCommAbort(c);
-        }
+                     "twinstep: error: rank %d: %s; the issuing thread is blocked %s and did not react within "
+                     "%.0f s; aborting the communicators and exiting\n",
+                     rank_, reason_.c_str(), where.c_str(), grace_s_);
         std::fflush(stderr);
+        auto done = std::make_shared<std::atomic<bool>>(false);
+        std::thread([comms = comms_, done] {
+          for (auto c : comms) {
+            if (c != nullptr) ncclCommAbort(c);
+          }
+          done->store(true);
+        }).detach();
+        const auto until = Clock::now() + std::chrono::seconds(1);
+        while (!done->load() && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
         std::_Exit(1);
       }
     }
@@ -564,6 +692,7 @@ class Watchdog {
   std::string what_;
   std::string reason_;
   std::vector<ncclComm_t> comms_;
+  std::function<std::string()> blocked_description_;
   std::atomic<bool> fired_{false};
   std::atomic<bool> acknowledged_{false};
   std::thread thread_;
@@ -583,7 +712,8 @@ struct Runtime::Impl {
   std::string host;
   ncclComm_t world = nullptr;
   bool broken = false;
-  std::map<std::vector<sch::RankId>, ncclComm_t> splits;  // by member list; null where this rank is not a member
+  std::map<std::string, ncclComm_t> channels;  // by CommChannel::key; null where this rank is not a member
+  void* warm = nullptr;                         // kWarmBytes of device memory for connection warm-up exchanges
   std::vector<cublasHandle_t> blas;                       // one per stream, each with its own workspace
   std::vector<void*> blas_ws;
   std::array<DeviceBuffer, kRoles> pool{};
@@ -602,7 +732,12 @@ struct Runtime::Impl {
     ncclUniqueId id{};
     if (mpi.rank() == 0) TWINSTEP_NCCL_CHECK(ncclGetUniqueId(&id));
     mpi.broadcast(&id, sizeof id, 0);
+    // Connect every algorithm's transport when a communicator is created, not lazily inside the first collective:
+    // a lazy connection blocks the issuing thread until every member reaches the same collective, which would
+    // order ops of different channels (see the header). The user's own setting wins.
+    setenv("NCCL_RUNTIME_CONNECT", "0", 0);
     TWINSTEP_NCCL_CHECK(ncclCommInitRank(&world, mpi.size(), id, mpi.rank()));
+    TWINSTEP_CUDA_CHECK(cudaMalloc(&warm, kWarmBytes));
     watchdog = std::make_unique<Watchdog>(device, mpi.rank());
   }
 
@@ -611,8 +746,8 @@ struct Runtime::Impl {
     if (broken) return;  // kernels of aborted communicators may never finish: leak rather than hang
     cudaDeviceSynchronize();
     {
-      for (auto& [members, c] : splits) {
-        if (c != nullptr && c != world) ncclCommDestroy(c);  // world-equal communicators alias `world`
+      for (auto& [key, c] : channels) {
+        if (c != nullptr) ncclCommDestroy(c);
       }
       if (world != nullptr) ncclCommDestroy(world);
     }
@@ -621,6 +756,7 @@ struct Runtime::Impl {
       cudaFree(blas_ws[i]);
     }
     for (auto& b : pool) release(b);
+    if (warm != nullptr) cudaFree(warm);
     if (aux != nullptr) cudaStreamDestroy(aux);
   }
 
@@ -667,28 +803,22 @@ struct Runtime::Impl {
     }
   }
 
-  /// Splits the world communicator for every communicator of `s` not split yet. Collective over the group: every
-  /// rank walks the same list in the same order. Disjoint communicators share one ncclCommSplit call (color =
-  /// index within the round, key = position in the member list, so NCCL rank = position).
-  void ensure_communicators(const sch::Schedule& s) {
-    std::vector<std::vector<sch::RankId>> todo;
-    for (const auto& c : s.communicators) {
-      if (splits.count(c.members) != 0 || std::find(todo.begin(), todo.end(), c.members) != todo.end()) continue;
-      bool is_world = c.members.size() == static_cast<std::size_t>(mpi.size());
-      for (std::size_t i = 0; is_world && i < c.members.size(); ++i) is_world = c.members[i] == i;
-      if (is_world) {
-        splits[c.members] = world;
-        continue;
-      }
-      todo.push_back(c.members);
+  /// Creates the NCCL communicator of every channel of `plan` not created yet, then connects the new ones. Collective
+  /// over the group: every rank walks the same list in the same order. Member-disjoint channels share one
+  /// ncclCommSplit call (color = index within the round, key = position in the member list, so NCCL rank =
+  /// position).
+  void ensure_channels(const ChannelPlan& plan) {
+    std::vector<std::size_t> todo;  // indices into plan.channels
+    for (std::size_t i = 0; i < plan.channels.size(); ++i) {
+      if (channels.count(plan.channels[i].key) == 0) todo.push_back(i);
     }
-    std::vector<std::vector<std::size_t>> rounds;  // indices into todo
+    std::vector<std::vector<std::size_t>> rounds;  // indices into plan.channels
     std::vector<std::vector<bool>> used;
-    for (std::size_t i = 0; i < todo.size(); ++i) {
+    for (auto i : todo) {
       std::size_t r = 0;
       for (; r < rounds.size(); ++r) {
         bool clash = false;
-        for (auto m : todo[i]) clash = clash || (m < used[r].size() && used[r][m]);
+        for (auto m : plan.channels[i].members) clash = clash || (m < used[r].size() && used[r][m]);
         if (!clash) break;
       }
       if (r == rounds.size()) {
@@ -696,7 +826,7 @@ struct Runtime::Impl {
         used.emplace_back(static_cast<std::size_t>(mpi.size()), false);
       }
       rounds[r].push_back(i);
-      for (auto m : todo[i]) {
+      for (auto m : plan.channels[i].members) {
         if (m < used[r].size()) used[r][m] = true;
       }
     }
@@ -704,9 +834,9 @@ struct Runtime::Impl {
     for (const auto& round : rounds) {
       int color = NCCL_SPLIT_NOCOLOR;
       int key = 0;
-      std::size_t mine = todo.size();
+      std::size_t mine = plan.channels.size();
       for (std::size_t j = 0; j < round.size(); ++j) {
-        const auto& members = todo[round[j]];
+        const auto& members = plan.channels[round[j]].members;
         const auto it = std::find(members.begin(), members.end(), me);
         if (it != members.end()) {
           color = static_cast<int>(j);
@@ -716,14 +846,47 @@ struct Runtime::Impl {
       }
       ncclComm_t out = nullptr;
       TWINSTEP_NCCL_CHECK(ncclCommSplit(world, color, key, &out, nullptr));
-      for (auto idx : round) splits[todo[idx]] = idx == mine ? out : nullptr;
+      for (auto idx : round) channels[plan.channels[idx].key] = idx == mine ? out : nullptr;
+    }
+    // Point-to-point connections are always made lazily by NCCL, inside the first send/recv between two ranks, and
+    // that call blocks the issuing thread until the peer makes the matching one. Make them here, channel by channel
+    // in list order on every rank (the first channel not done yet has all its members at it: no cycle), on one
+    // stream, with a small exchange of the same kind as the channel's ops.
+    for (auto i : todo) {
+      const CommChannel& ch = plan.channels[i];
+      ncclComm_t c = channels.at(ch.key);
+      if (c == nullptr) continue;
+      const auto pos = static_cast<int>(std::find(ch.members.begin(), ch.members.end(), me) - ch.members.begin());
+      const int n = static_cast<int>(ch.members.size());
+      char* sb = static_cast<char*>(warm);
+      char* rb = sb + kWarmBytes / 2;
+      if (ch.point_to_point) {
+        const bool i_send = ch.src == me;
+        const bool i_recv = ch.dst == me;
+        const int peer = n == 1 ? 0 : 1 - pos;
+        TWINSTEP_NCCL_CHECK(ncclGroupStart());
+        if (i_send) TWINSTEP_NCCL_CHECK(ncclSend(sb, kWarmChunk, ncclUint8, peer, c, aux));
+        if (i_recv) TWINSTEP_NCCL_CHECK(ncclRecv(rb, kWarmChunk, ncclUint8, peer, c, aux));
+        TWINSTEP_NCCL_CHECK(ncclGroupEnd());
+        continue;
+      }
+      TWINSTEP_NCCL_CHECK(ncclAllReduce(sb, rb, kWarmChunk / 4, ncclFloat32, ncclSum, c, aux));
+      if (ch.all_to_all) {
+        TWINSTEP_NCCL_CHECK(ncclGroupStart());
+        for (int j = 0; j < n; ++j) {
+          const std::uint64_t off = static_cast<std::uint64_t>(j % kWarmPeers) * kWarmChunk;
+          TWINSTEP_NCCL_CHECK(ncclSend(sb + off, kWarmChunk, ncclUint8, j, c, aux));
+          TWINSTEP_NCCL_CHECK(ncclRecv(rb + off, kWarmChunk, ncclUint8, j, c, aux));
+        }
+        TWINSTEP_NCCL_CHECK(ncclGroupEnd());
+      }
     }
   }
 
   std::vector<ncclComm_t> all_comms() const {
     std::vector<ncclComm_t> out{world};
-    for (const auto& [m, c] : splits) {
-      if (c != nullptr && c != world) out.push_back(c);
+    for (const auto& [k, c] : channels) {
+      if (c != nullptr) out.push_back(c);
     }
     return out;
   }
@@ -854,9 +1017,38 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   }
   TWINSTEP_CUDA_CHECK(cudaSetDevice(im.device));
   const auto me = static_cast<sch::RankId>(rank());
+  // Whatever way execute() is left, the watchdog stops watching and forgets this call's state.
+  struct Disarm {
+    Watchdog& w;
+    ~Disarm() {
+      w.disarm();
+      w.set_blocked_description(nullptr);
+    }
+  } disarm_on_exit{*im.watchdog};
 
   // ---- resources ----
-  im.ensure_communicators(s);
+  // Communicators are created and connected under the watchdog: a peer that never arrives is caught here too.
+  const ChannelPlan channel_plan = plan_channels(s);
+  im.watchdog->arm(
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.timeout_s)),
+      "creating and connecting the NCCL communicators", im.all_comms(), kStuckGrace_s);
+  im.watchdog->set_blocked_description(
+      [] { return std::string("in ncclCommSplit or a connection warm-up exchange (before the first step)"); });
+  im.ensure_channels(channel_plan);
+  while (true) {
+    const cudaError_t q = cudaStreamQuery(im.aux);
+    if (q == cudaSuccess) break;
+    if (q != cudaErrorNotReady) TWINSTEP_CUDA_CHECK(q);
+    if (im.watchdog->fired()) {
+      im.watchdog->acknowledge();
+      const std::string msg = "rank " + std::to_string(rank()) + " (" + im.host + "): " + im.watchdog->reason() +
+                              " (a connection warm-up exchange did not complete); communicators aborted";
+      im.abort_all();
+      throw BackendError("watchdog", 0, rank(), msg);
+    }
+    std::this_thread::yield();
+  }
+  im.watchdog->disarm();
   im.ensure_buffers(role_sizes(s, me));
   im.ensure_blas(std::max<std::size_t>(1, s.streams.size()));
   int least = 0, greatest = 0;
@@ -903,9 +1095,19 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
       TWINSTEP_ASSERT(hs->target < index_of.size() && index_of[hs->target] >= 0, "host_sync target of another rank");
       p.host_sync_index = static_cast<std::size_t>(index_of[hs->target]);
     }
-    auto set_comm = [&](sch::CommId c) {
-      p.comm = im.splits.at(s.communicators[c].members);
-      p.comm_size = static_cast<int>(s.communicators[c].members.size());
+    // The op's channel: a copy of its IR communicator (collectives; NCCL rank = position in the IR member list)
+    // or the {sender, receiver} pair (send/recv; NCCL rank = position in the pair, ascending).
+    const CommChannel* channel = nullptr;
+    auto set_comm = [&](sch::CommId) {
+      const auto ch = channel_plan.channel_of_op[op.id];
+      TWINSTEP_ASSERT(ch != kNoChannel, "communication op without a channel");
+      channel = &channel_plan.channels[ch];
+      p.comm = im.channels.at(channel->key);
+      p.comm_size = static_cast<int>(channel->members.size());
+    };
+    auto channel_rank = [&](sch::RankId r) {
+      const auto it = std::find(channel->members.begin(), channel->members.end(), r);
+      return static_cast<int>(it - channel->members.begin());
     };
     if (const auto* col = std::get_if<sch::Collective>(&op.body)) {
       set_comm(col->comm);
@@ -914,11 +1116,11 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
     } else if (const auto* snd = std::get_if<sch::Send>(&op.body)) {
       set_comm(snd->comm);
       p.sizes = comm_sizes(s, op, inst, seq);
-      p.peer = position(s.communicators[snd->comm], snd->peer);
+      p.peer = channel_rank(snd->peer);
     } else if (const auto* rcv = std::get_if<sch::Recv>(&op.body)) {
       set_comm(rcv->comm);
       p.sizes = comm_sizes(s, op, inst, seq);
-      p.peer = position(s.communicators[rcv->comm], rcv->peer);
+      p.peer = channel_rank(rcv->peer);
     } else if (const auto* c = std::get_if<sch::Compute>(&op.body)) {
       if (const auto* g = std::get_if<sch::Gemm>(&c->kernel)) {
         p.gemms.push_back(plain_gemm(g->m, g->n, g->k, false, false, im.buffer(Role::kGemmA), im.buffer(Role::kGemmB),
@@ -1006,10 +1208,18 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   };
 
   const int total_steps = std::max(0, options.warmup_steps) + std::max(1, options.steps);
-  const double grace_s = std::max(5.0, options.timeout_s);
+  const double grace_s = kStuckGrace_s;
+  im.watchdog->set_blocked_description([&plan, &issued, &s]() -> std::string {
+    const std::size_t i = issued.load();
+    if (i >= plan.size()) return "between steps (MPI barrier or stream wait)";
+    const sch::Op& op = *plan[i].op;
+    std::string where = plan[i].gpu ? "stream \"" + s.streams[op.stream].name + "\"" : std::string("host thread");
+    return "while issuing " + quote_op(op) + " (" + kind_word(op) + ", " + where + ")";
+  });
   std::vector<std::vector<Nanos>> issue_ns(plan.size()), start_ns(plan.size()), end_ns(plan.size());
   std::vector<std::int64_t> step_bounds;  // per measured step: min issue, max end (this rank)
   const std::vector<ncclComm_t> comms = im.all_comms();
+  std::vector<std::pair<const sch::Op*, OpBuffers>> deferred_after;  // hook->after() calls at the step's end
 
   for (int step = 0; step < total_steps; ++step) {
     current_step = step;
@@ -1034,12 +1244,12 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
       const sch::Op& op = *p.op;
       if (im.watchdog->fired()) poll();
       h_issue[i] = host_ns();
-      if (options.hook != nullptr && p.gpu && !std::holds_alternative<sch::Compute>(op.body)) {
-        TWINSTEP_CUDA_CHECK(cudaStreamSynchronize(p.stream));
-      }
       OpBuffers bufs{im.buffer(Role::kCommSend), im.buffer(Role::kCommRecv), p.sizes.send, p.sizes.recv};
       const bool hooked = options.hook != nullptr && p.gpu && !std::holds_alternative<sch::Compute>(op.body);
+      const bool serial = hooked && options.hook->serialize();
+      if (serial) TWINSTEP_CUDA_CHECK(cudaStreamSynchronize(p.stream));
       if (hooked) options.hook->before(op, bufs);
+      if (hooked && !serial) deferred_after.emplace_back(&op, bufs);
       if (p.gpu) {
         for (auto ev : p.dep_events) TWINSTEP_CUDA_CHECK(cudaStreamWaitEvent(p.stream, ev, 0));
         TWINSTEP_CUDA_CHECK(cudaEventRecord(p.start, p.stream));
@@ -1149,7 +1359,7 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
           },
           op.body);
       if (p.gpu) TWINSTEP_CUDA_CHECK(cudaEventRecord(p.end, p.stream));
-      if (hooked) {
+      if (serial) {
         wait_event(p.end);
         options.hook->after(op, bufs);
       }
@@ -1157,6 +1367,8 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
     }
     wait_streams();
     im.watchdog->disarm();
+    for (const auto& [hop, hbufs] : deferred_after) options.hook->after(*hop, hbufs);
+    deferred_after.clear();
 
     if (!measured) continue;
     Nanos lo = INT64_MAX, hi = 0;

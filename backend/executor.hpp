@@ -31,11 +31,15 @@ struct OpBuffers {
   std::uint64_t recv_bytes = 0;
 };
 
-/// Test hook: lets a test fill a communication op's inputs and read its outputs. When set, the executor waits for
-/// the op's stream to drain before `before` and for the op to complete before `after` (so ops run one at a time).
+/// Test hook: lets a test fill a communication op's inputs and read its outputs. When set and serialize() is true,
+/// the executor waits for the op's stream to drain before `before` and for the op to complete before `after` (so ops
+/// run one at a time). When serialize() is false, `before` is called just before the op is issued and `after` once
+/// every stream of the step has drained (ops stay concurrent; buffers of one role are shared by its ops, so a test
+/// then gives each rank at most one op of each direction per step).
 class DataHook {
  public:
   virtual ~DataHook() = default;
+  [[nodiscard]] virtual bool serialize() const { return true; }
   virtual void before(const schedule::Op& op, const OpBuffers& buffers) = 0;
   virtual void after(const schedule::Op& op, const OpBuffers& buffers) = 0;
 };
@@ -54,6 +58,27 @@ struct Options {
 /// Device memory the backend allocates for rank `rank` of `schedule` (buffers sized by the largest op of each
 /// kind, plus cuBLAS workspaces), in bytes.
 [[nodiscard]] std::uint64_t required_device_bytes(const schedule::Schedule& schedule, schedule::RankId rank);
+
+/// One NCCL communicator of a run. The IR lets ops on different streams of one communicator proceed
+/// independently, while NCCL serializes the operations of one communicator in issue order on each rank; so the
+/// executor gives every independent stream of communication its own NCCL communicator (see executor.cpp).
+struct CommChannel {
+  std::string key;                        ///< Deterministic description, e.g. `coll "tp.0" [0,1] streams tp,tp`.
+  std::vector<schedule::RankId> members;  ///< Global ranks; the NCCL rank of a member is its position here.
+  bool point_to_point = false;            ///< Carries the sends of one sender to one receiver.
+  bool all_to_all = false;                ///< Carries an all_to_all (grouped send/recv between all members).
+  schedule::RankId src = 0, dst = 0;      ///< Sender and receiver (point-to-point channels only).
+};
+
+/// Every channel a schedule needs and which one each communication op uses.
+struct ChannelPlan {
+  std::vector<CommChannel> channels;         ///< In order of first use by op id: identical on every rank.
+  std::vector<std::uint32_t> channel_of_op;  ///< Per op: index into `channels`, or kNoChannel.
+};
+inline constexpr std::uint32_t kNoChannel = 0xFFFFFFFFu;
+
+/// Derives the channels from the schedule alone (every rank holds it in full, so every rank gets the same list).
+[[nodiscard]] ChannelPlan plan_channels(const schedule::Schedule& schedule);
 
 /// Which processes form the runtime: all of MPI_COMM_WORLD, or this process alone (tests of one-GPU schedules).
 enum class ProcessGroup : std::uint8_t { kWorld, kSelf };

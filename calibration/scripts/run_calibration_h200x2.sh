@@ -32,7 +32,8 @@ fi
 echo "== validation $(date +%T)"
 grep -v '^#' calibration/validation/cases.txt | while IFS='|' read -r name gpus flags; do
   name=$(echo $name); gpus=$(echo $gpus)
-  $T lower --model calibration/validation/models/llama3-8b-4l.json --gpus $gpus $flags -o "$OUT/r/s.json" \
+  model="--model calibration/validation/models/llama3-8b-4l.json"; case "$flags" in *--model*) model="";; esac
+  $T lower $model --gpus $gpus $flags -o "$OUT/r/s.json" \
     > "$OUT/r/traces/$name.lower.log" 2>&1 < /dev/null || { echo "$name: lower failed"; tail -2 "$OUT/r/traces/$name.lower.log"; continue; }
   timeout 90 $MPI -np $gpus $T run "$OUT/r/s.json" -o "$OUT/r/traces/$name.trace.json" --warmup 2 --steps 5 \
     --timeout-s 60 > "$OUT/r/traces/$name.run.log" 2>&1 < /dev/null

@@ -1,12 +1,17 @@
 // GPU tests of the backend: collective data against a host reference, deps and stream order read back from the
-// trace, every kernel class, refusals, and the watchdog on a mismatched schedule. Run one process per GPU under
+// trace, every kernel class, refusals, channels (NCCL communicators per stream / direction) and the concurrent ring
+// exchange they make possible, and the watchdog on a mismatched schedule and on a blocked issuing thread. Run one process per GPU under
 // `mpirun -np 2 backend_tests --order decl` (every process runs the same tests in the same order).
 #include <cuda_runtime.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/error.hpp"
@@ -338,4 +343,201 @@ TEST_CASE("backend::watchdog: a mismatched schedule times out, names the unfinis
     CHECK(message.find("waiting for the other ranks") != std::string::npos);
   }
   CHECK_THROWS_AS(rt.execute(s, o), be::BackendError);  // the runtime refuses work after an abort
+}
+
+namespace {
+
+/// The tp_comm_overlap pattern: on each rank a send to the peer on stream `tx` then a recv from it on `rx`,
+/// `rounds` times, each round after a GEMM; plus collectives on two streams.
+sch::Schedule ring_exchange(std::uint64_t bytes, int rounds, std::uint32_t tag_of_second = 0) {
+  auto s = base(2, {{"compute", 0}, {"tp", -1}, {"tx", -1}, {"rx", -1}});
+  for (int k = 0; k < rounds; ++k) {
+    for (sch::RankId r = 0; r < 2; ++r) {
+      const auto g = add(s, r, 0, "gemm" + std::to_string(k), gemm(2048, 2048, 2048));
+      add(s, r, 2, "send" + std::to_string(k), sch::Send{0, 1 - r, bytes, k == 1 ? tag_of_second : 0}, {g}, 1);
+      add(s, r, 3, "recv" + std::to_string(k), sch::Recv{0, 1 - r, bytes, k == 1 ? tag_of_second : 0}, {}, 1);
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("backend::plan_channels: a communicator per stream for collectives, per direction for send/recv",
+          "[backend]") {
+  auto s = ring_exchange(1u << 20, 2);
+  for (sch::RankId r = 0; r < 2; ++r) {
+    add(s, r, 1, "ar.tp", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
+    add(s, r, 0, "ar.compute", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
+    add(s, r, 1, "ar.tp2", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
+  }
+  const auto plan = be::plan_channels(s);
+  REQUIRE(plan.channel_of_op.size() == s.ops.size());
+  // Channels in order of first use: 0>1 (op 1, rank 0's send), 1>0 (op 2, rank 0's recv), then the collectives.
+  REQUIRE(plan.channels.size() == 4);
+  CHECK(plan.channels[0].point_to_point);
+  CHECK(plan.channels[0].src == 0);
+  CHECK(plan.channels[0].dst == 1);
+  CHECK(plan.channels[1].src == 1);
+  CHECK(plan.channels[1].dst == 0);
+  CHECK(plan.channels[0].members == std::vector<sch::RankId>{0, 1});
+  CHECK(plan.channels[0].key.find("tx>rx") != std::string::npos);
+  CHECK_FALSE(plan.channels[2].point_to_point);
+  for (const auto& op : s.ops) {
+    INFO(op.name << " on rank " << op.rank);
+    const auto ch = plan.channel_of_op[op.id];
+    if (std::holds_alternative<sch::Compute>(op.body) && op.name.rfind("gemm", 0) == 0) {
+      CHECK(ch == be::kNoChannel);
+      continue;
+    }
+    // A send and its matching recv share a channel; the two directions never do.
+    if (std::holds_alternative<sch::Send>(op.body)) CHECK(ch == (op.rank == 0 ? 0u : 1u));
+    if (std::holds_alternative<sch::Recv>(op.body)) CHECK(ch == (op.rank == 1 ? 0u : 1u));
+    if (op.name == "ar.tp" || op.name == "ar.tp2") CHECK(ch == 2u);
+    if (op.name == "ar.compute") CHECK(ch == 3u);
+  }
+  CHECK(be::plan_channels(s).channels.size() == plan.channels.size());  // deterministic
+
+  // Tags that reorder a direction (rank 0 sends tag 0 then tag 5; rank 1 receives tag 5 first) get a channel each,
+  // because NCCL matches by order alone.
+  auto tagged = ring_exchange(1u << 20, 2, 5);
+  std::swap(tagged.ops[5].body, tagged.ops[11].body);  // rank 1's recv0 <-> recv1: it now receives tag 5 first
+  std::swap(tagged.ops[5].name, tagged.ops[11].name);
+  const auto tplan = be::plan_channels(tagged);
+  CHECK(tplan.channels.size() > 2);
+  CHECK(tplan.channel_of_op[1] != tplan.channel_of_op[7]);  // rank 0's send tag 0 and send tag 5
+  CHECK(tplan.channel_of_op[1] == tplan.channel_of_op[11]);  // rank 0's send tag 0 and rank 1's recv tag 0
+  CHECK(tplan.channel_of_op[7] == tplan.channel_of_op[5]);   // and the two of tag 5
+}
+
+namespace {
+
+/// Fills each send's input and checks each recv's output, without serializing the ops.
+class ConcurrentHook : public be::DataHook {
+ public:
+  explicit ConcurrentHook(int rank) : rank_(rank) {}
+  [[nodiscard]] bool serialize() const override { return false; }
+  void before(const sch::Op& op, const be::OpBuffers& b) override {
+    if (std::holds_alternative<sch::Send>(op.body)) {
+      std::vector<float> in(b.send_bytes / 4);
+      for (std::size_t i = 0; i < in.size(); ++i) in[i] = value(rank_, step_, i);
+      REQUIRE(cudaMemcpy(b.send, in.data(), b.send_bytes, cudaMemcpyHostToDevice) == cudaSuccess);
+      REQUIRE(cudaStreamSynchronize(nullptr) == cudaSuccess);  // the DMA done (the op's stream is non-blocking)
+    } else if (std::holds_alternative<sch::Recv>(op.body)) {
+      std::vector<float> poison(b.recv_bytes / 4, -1.0f);
+      REQUIRE(cudaMemcpy(b.recv, poison.data(), b.recv_bytes, cudaMemcpyHostToDevice) == cudaSuccess);
+      REQUIRE(cudaStreamSynchronize(nullptr) == cudaSuccess);
+    }
+  }
+  void after(const sch::Op& op, const be::OpBuffers& b) override {
+    if (const auto* r = std::get_if<sch::Recv>(&op.body)) {
+      std::vector<float> out(b.recv_bytes / 4);
+      REQUIRE(cudaMemcpy(out.data(), b.recv, b.recv_bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+      std::size_t wrong = 0;
+      for (std::size_t i = 0; i < out.size(); ++i) wrong += out[i] == value(static_cast<int>(r->peer), step_, i) ? 0 : 1;
+      INFO(wrong << " of " << out.size() << " elements wrong on rank " << rank_);
+      CHECK(wrong == 0);
+      ++checked;
+      ++step_;
+    }
+  }
+  int checked = 0;
+
+ private:
+  int rank_;
+  int step_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("backend::execute: a ring exchange with send and recv on separate streams completes and delivers",
+          "[backend][gpu]") {
+  be::Runtime rt;
+  if (rt.size() != 2) {
+    WARN("needs two ranks: run under mpirun -np 2");
+    return;
+  }
+  // 64 MiB per direction: far more than NCCL's buffers, so a send cannot finish before its recv runs. On one NCCL
+  // communicator each rank's recv would queue behind its own send, which waits for the peer's recv: deadlock.
+  const auto s = ring_exchange(64u << 20, 1);
+  ConcurrentHook hook(rt.rank());
+  be::Options o;
+  o.warmup_steps = 1;
+  o.steps = 3;
+  o.timeout_s = 20;
+  o.hook = &hook;
+  const auto trace = rt.execute(s, o);
+  CHECK(hook.checked == 4);  // one recv per step
+  // Both directions are in flight together on each rank: the send and the recv overlap in time.
+  for (sch::RankId r = 0; r < 2; ++r) {
+    const auto& snd = trace.records[1 + 3 * r];
+    const auto& rcv = trace.records[2 + 3 * r];
+    REQUIRE(std::holds_alternative<sch::Send>(s.ops[snd.op].body));
+    INFO("rank " << r << " send " << snd.start_ns << ".." << snd.end_ns << " recv " << rcv.start_ns << ".."
+                 << rcv.end_ns);
+    CHECK(rcv.start_ns < snd.end_ns);
+    CHECK(snd.start_ns < rcv.end_ns);
+  }
+  // And several rounds with a GEMM between them, no hook.
+  const auto multi = rt.execute(ring_exchange(16u << 20, 4), quick(3));
+  CHECK(multi.step_times_ns.size() == 3);
+}
+
+namespace {
+
+/// Blocks the issuing thread inside the hook, as a hung call would.
+class BlockingHook : public be::DataHook {
+ public:
+  void before(const sch::Op&, const be::OpBuffers&) override { std::this_thread::sleep_for(std::chrono::seconds(60)); }
+  void after(const sch::Op&, const be::OpBuffers&) override {}
+};
+
+}  // namespace
+
+// Run only by the next test, in a child process (it ends the process).
+TEST_CASE("backend::watchdog child: issuing thread blocked in a call", "[.][watchdog_child]") {
+  be::Runtime rt(be::ProcessGroup::kSelf);
+  auto s = base(1);
+  add(s, 0, 1, "ar.blocked", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
+  BlockingHook hook;
+  be::Options o;
+  o.warmup_steps = 0;
+  o.steps = 1;
+  o.timeout_s = 1.0;
+  o.hook = &hook;
+  std::fprintf(stderr, "child: executing\n");
+  (void)rt.execute(s, o);
+  FAIL("the watchdog should have ended the process");
+}
+
+TEST_CASE("backend::watchdog: a thread blocked in a call is ended within limit + 2 s, naming rank and op",
+          "[backend][gpu]") {
+  char exe[4096] = {};
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  REQUIRE(n > 0);
+  // Not under the launcher: the child is a group of one.
+  const std::string cmd = "env -u OMPI_COMM_WORLD_SIZE -u PMI_SIZE -u PMIX_RANK -u SLURM_PROCID -u MPI_LOCALNRANKS '" +
+                          std::string(exe) + "' '[watchdog_child]' 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string out;
+  char buf[512];
+  std::chrono::steady_clock::time_point executing{};
+  while (std::fgets(buf, sizeof buf, pipe) != nullptr) {
+    out += buf;
+    if (std::string(buf).find("child: executing") != std::string::npos) executing = std::chrono::steady_clock::now();
+  }
+  const int status = pclose(pipe);
+  const auto ended = std::chrono::steady_clock::now();
+  INFO(out);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 1);
+  REQUIRE(executing != std::chrono::steady_clock::time_point{});
+  const double waited_s = std::chrono::duration<double>(ended - executing).count();
+  CHECK(waited_s >= 1.0 + 2.0);  // the 1 s step limit, then the 2 s grace
+  CHECK(waited_s < 1.0 + 2.0 + 3.0);
+  CHECK(out.find("rank 0") != std::string::npos);
+  CHECK(out.find("exceeded its time limit") != std::string::npos);
+  CHECK(out.find("while issuing op 0 \"ar.blocked\"") != std::string::npos);
+  CHECK(out.find("stream \"comm\"") != std::string::npos);
 }

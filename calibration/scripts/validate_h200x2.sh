@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# On the two-H200 machine, from a source tree: builds twinstep, the backend GPU tests and the calibration tests,
+# runs the GPU tests, measures every validation case (calibration/validation/cases.txt), then checks the accuracy
+# bar with the committed profile (the CI test, on the new traces) and packs everything into OUT/results.tgz.
+# Usage: REV=<git revision> calibration/scripts/validate_h200x2.sh OUT. Every mpirun reads /dev/null.
+set -u
+OUT=$1
+R=$OUT/r
+mkdir -p "$R/traces"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The same NCCL and cuBLAS as the calibration (torch's), as run_calibration_h200x2.sh does.
+TORCH_NCCL=$(dirname "$(find /opt /usr/local/lib /usr/lib/python3* -name 'libnccl.so.2' -path '*nvidia*' 2>/dev/null | head -1)")
+TORCH_CUBLAS=$(dirname "$TORCH_NCCL")/../cublas/lib
+export LD_LIBRARY_PATH=$TORCH_NCCL:$TORCH_CUBLAS:${LD_LIBRARY_PATH:-}
+MPI="mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
+     -x NVSHMEM_DISABLE_NVLS -x LD_LIBRARY_PATH"
+B=build-gpu
+T=$B/cli/twinstep
+pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
+trap pack EXIT
+echo "== build $(date +%T) rev ${REV:-unknown}"
+cmake -S . -B $B -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_ENABLE_BENCH=OFF -DTWINSTEP_GIT_REVISION="${REV:-unknown}" \
+      > "$R/build.log" 2>&1 || { tail -30 "$R/build.log"; exit 1; }
+ninja -C $B twinstep backend_tests calibration_tests >> "$R/build.log" 2>&1 \
+  || { grep -E "error|FAILED" "$R/build.log" | head -30; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$R/nvidia-smi.csv" 2>&1
+echo "== GPU tests $(date +%T)"
+timeout 150 $MPI -np 2 $B/tests/backend/backend_tests --order decl -d yes > "$R/gpu_tests.log" 2>&1 < /dev/null
+echo "backend_tests under mpirun -np 2: exit $?"; grep -E "passed|failed|FAILED|test cases" "$R/gpu_tests.log" | tail -8
+echo "== validation $(date +%T)"
+grep -v '^#' calibration/validation/cases.txt | while IFS='|' read -r name gpus flags; do
+  name=$(echo $name); gpus=$(echo $gpus)
+  model="--model calibration/validation/models/llama3-8b-4l.json"; case "$flags" in *--model*) model="";; esac
+  $T lower $model --gpus $gpus $flags -o "$R/s.json" > "$R/traces/$name.lower.log" 2>&1 < /dev/null \
+    || { echo "$name: lower failed: $(tail -1 "$R/traces/$name.lower.log")"; continue; }
+  timeout 75 $MPI -np $gpus $T run "$R/s.json" -o "$R/traces/$name.trace.json" --warmup 2 --steps 5 \
+    --timeout-s 30 > "$R/traces/$name.run.log" 2>&1 < /dev/null
+  echo "$name: exit $? $(tail -1 "$R/traces/$name.run.log")"
+done
+echo "== accuracy bar on the new traces $(date +%T)"
+rm -f calibration/validation/measured/*
+cp "$R"/traces/*.trace.json "$R"/traces/*.run.log calibration/validation/measured/ 2>/dev/null
+$B/tests/calibration/calibration_tests "calibration::validation: committed cases within the accuracy bar" -s \
+  > "$R/accuracy.log" 2>&1
+echo "calibration_tests validation: exit $?"
+grep -E "predicted|mean absolute|overlap effect|passed|failed" "$R/accuracy.log" | sort -u | head -40
+echo "== done $(date +%T)"
