@@ -86,7 +86,9 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
 
 }  // namespace
 
-std::string default_fidelity() { return flow_model_available() ? "flow" : "analytic"; }
+// The flow model loses an activity completion on some lowered schedules (interleaved PP with TP; see the notes in
+// docs/performance.md), so analytic stays the default until it passes on every lowered test schedule.
+std::string default_fidelity() { return "analytic"; }
 
 std::string schedule_fingerprint(const schedule::Schedule& s) {
   Fnv f;
