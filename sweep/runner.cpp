@@ -200,7 +200,10 @@ class Progress {
     if (out_ == nullptr || total_ == 0) return;
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - start_).count();
-    const double eta = done > 0 ? elapsed * static_cast<double>(total_ - done) / static_cast<double>(done) : -1;
+    // ETA from the points evaluated by workers since start_workers(): resumed and rejected points take no time.
+    const double worker_s = std::chrono::duration<double>(now - workers_start_).count();
+    const double eta = done > base_ ? worker_s * static_cast<double>(total_ - done) / static_cast<double>(done - base_)
+                                    : -1;
     if (tty_) {
       if (!final && std::chrono::duration<double>(now - last_).count() < 0.1) return;
       constexpr int kWidth = 30;
@@ -225,7 +228,15 @@ class Progress {
     last_ = now;
   }
 
+  /// Marks the start of the worker phase: `done` points were finished without a worker.
+  void start_workers(std::size_t done) {
+    base_ = done;
+    workers_start_ = std::chrono::steady_clock::now();
+  }
+
  private:
+  std::size_t base_ = 0;
+  std::chrono::steady_clock::time_point workers_start_ = std::chrono::steady_clock::now();
   std::FILE* out_;
   bool tty_;
   std::size_t total_;
@@ -384,6 +395,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
       // reported by the worker for this point
     }
   }
+  progress.start_workers(finished);
   const unsigned jobs = std::max(1u, options.jobs);
   // Batches: the flow fidelity gets a process per point; analytic points are spread in batches small enough to
   // keep every job busy until the end.
