@@ -55,7 +55,8 @@ constexpr std::uint64_t kNcclReserveBytes = 2ull << 30;       // NCCL's own buff
 constexpr std::uint64_t kWarmChunk = 4096;                     // bytes per peer of a connection warm-up exchange
 constexpr std::uint64_t kWarmPeers = 64;                       // warm-up slots (peers beyond reuse them)
 constexpr std::uint64_t kWarmBytes = 2 * kWarmPeers * kWarmChunk;
-constexpr double kStuckGrace_s = 2.0;  // after the deadline, how long a host thread blocked in a call is given
+constexpr double kStuckGrace_s = 2.0;
+constexpr double kAbortWait_s = 3.0;  // how long the host thread waits for the communicators' aborts  // after the deadline, how long a host thread blocked in a call is given
 
 // ---------------------------------------------------------------------------------------------------------------
 // Buffer sizing: one buffer per role, sized by the largest op that uses it on this rank.
@@ -584,6 +585,25 @@ ChannelPlan plan_channels(const sch::Schedule& s) {
 
 namespace {
 
+/// Aborts `comms` all at once, one thread each, and waits at most `wait_s` for them. Sequential aborts can hang: an
+/// abort frees the communicator's device memory, and a free waits for every kernel of the device, including the
+/// hung kernel of a communicator whose abort flag is not set yet. Concurrent aborts set every flag first. Returns
+/// whether all finished (those that did not are left running, detached).
+bool abort_concurrently(const std::vector<ncclComm_t>& comms, double wait_s) {
+  auto left = std::make_shared<std::atomic<int>>(0);
+  for (auto c : comms) {
+    if (c == nullptr) continue;
+    left->fetch_add(1);
+    std::thread([c, left] {
+      ncclCommAbort(c);
+      left->fetch_sub(1);
+    }).detach();
+  }
+  const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(wait_s));
+  while (left->load() > 0 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  return left->load() == 0;
+}
+
 /// Watchdog: a thread that watches the step deadline and every communicator's asynchronous error. It raises a flag
 /// at the deadline; the host thread, which polls it wherever it waits (events, streams, the MPI barrier, host_sync),
 /// then names the first unfinished op, aborts the communicators and throws. If the host thread is blocked inside a
@@ -666,15 +686,7 @@ class Watchdog {
                      "%.0f s; aborting the communicators and exiting\n",
                      rank_, reason_.c_str(), where.c_str(), grace_s_);
         std::fflush(stderr);
-        auto done = std::make_shared<std::atomic<bool>>(false);
-        std::thread([comms = comms_, done] {
-          for (auto c : comms) {
-            if (c != nullptr) ncclCommAbort(c);
-          }
-          done->store(true);
-        }).detach();
-        const auto until = Clock::now() + std::chrono::seconds(1);
-        while (!done->load() && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        (void)abort_concurrently(comms_, 1.0);
         std::_Exit(1);
       }
     }
@@ -894,9 +906,7 @@ struct Runtime::Impl {
   void abort_all() {
     if (broken) return;
     broken = true;
-    for (auto c : all_comms()) {
-      if (c != nullptr) ncclCommAbort(c);
-    }
+    (void)abort_concurrently(all_comms(), kAbortWait_s);
   }
 };
 
