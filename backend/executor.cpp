@@ -2,6 +2,19 @@
 // its priority), NCCL communicators split from the world communicator, two timing events per GPU op (which also
 // carry deps), one host thread issuing in program order, and a watchdog thread that aborts a hung step.
 //
+// Channels (NCCL communicators). The IR lets ops on different streams of one communicator proceed independently;
+// NCCL serializes the operations of one communicator in issue order on each rank, and an ungrouped send waits for
+// its recv, so sharing one NCCL communicator would add orders the IR does not have (the ring exchange of
+// tp_comm_overlap: each rank's recv queued behind its own send -> deadlock). So (plan_channels()): a collective runs
+// on a communicator per (IR communicator, streams of the instance's members); a send/recv on one per (IR
+// communicator, sender -> receiver, sender's stream, receiver's stream), plus the tag where tags reorder a direction
+// (NCCL matches by order only). Within a channel each rank's ops lie on one stream, so NCCL's order is the stream's
+// FIFO order, which the IR has anyway. All channels are split from the world communicator up front, in the same
+// order on every rank, with NCCL_RUNTIME_CONNECT=0 and a warm-up exchange per channel, because a lazy connection
+// blocks the issuing thread until the peer arrives. Not covered: the IR's eager send (a send completing before its
+// recv starts) holds in NCCL only for messages that fit its buffers; a schedule that needs it for larger messages on
+// one stream hangs and is caught by the watchdog.
+//
 // Clock alignment. Each step starts with a barrier over all ranks; each rank then records an origin event on an
 // internal stream, makes every stream wait on it, and polls it: the first host instant at which the origin is seen
 // complete is the host origin. Device times are event times relative to the origin event
