@@ -114,16 +114,16 @@ TEST_CASE("calibration::suite: resume keeps measured groups and drops a torn lin
   o.resume = true;
   CHECK_THROWS_WITH(run_suite("default", make_suite("default", 2), [&](const schedule::Schedule& s) {
     return sim::simulate(s, cluster, costs);
-  }, o), Catch::Contains("--resume"));
+  }, o), twinstep_contains("--resume"));
   std::filesystem::remove(path);
 }
 
 TEST_CASE("calibration::read_raw: damaged files name the file and line", "[calibration]") {
   const std::string path = temp_path("bad.jsonl");
   write_file_atomic(path, "{\"nope\": 1}\n");
-  CHECK_THROWS_WITH(read_raw(path), Catch::Contains("bad.jsonl") && Catch::Contains("header"));
+  CHECK_THROWS_WITH(read_raw(path), twinstep_contains("bad.jsonl") && twinstep_contains("header"));
   write_file_atomic(path, "{\"twinstep_calibration_raw\":1,\"suite\":\"quick\",\"world_size\":2,\"context\":{}}\n"
                           "garbage\n{\"group\":\"x\",\"measurements\":[]}\n");
-  CHECK_THROWS_WITH(read_raw(path), Catch::Contains("line 2"));
+  CHECK_THROWS_WITH(read_raw(path), twinstep_contains("line 2"));
   std::filesystem::remove(path);
 }

@@ -71,24 +71,24 @@ TEST_CASE("models::gating: overlap_p2p_comm with batch_p2p_comm is an error", "[
   c.global_batch_size = 8;
   c.overlap_p2p_comm = true;
   c.batch_p2p_comm = true;
-  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("batch_p2p_comm") && Catch::Contains("ValueError"));
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("batch_p2p_comm") && twinstep_contains("ValueError"));
 }
 
 TEST_CASE("models::gating: interleaving without P2P overlap needs pp > 2; VPP needs PP > 1", "[gating]") {
   RunConfig c = config(2, 1, 2, 1, 2);
   c.global_batch_size = 4;
-  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("pipeline_model_parallel_size > 2"));
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("pipeline_model_parallel_size > 2"));
   RunConfig one = config(1, 1, 1, 1, 2);
   one.global_batch_size = 2;
-  CHECK_THROWS_WITH(lower(small(), one), Catch::Contains("needs pipeline_model_parallel_size > 1"));
+  CHECK_THROWS_WITH(lower(small(), one), twinstep_contains("needs pipeline_model_parallel_size > 1"));
 }
 
 TEST_CASE("models::gating: interleaved micro-batch group checks", "[gating]") {
   RunConfig c = config(4, 1, 4, 1, 2);
   c.global_batch_size = 2;  // m = 2 < p = 4
-  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("microbatch_group_size_per_vp_stage"));
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("microbatch_group_size_per_vp_stage"));
   c.global_batch_size = 6;  // m mod p = 2 < p
-  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("RuntimeError"));
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("RuntimeError"));
 }
 
 TEST_CASE("models::gating: batch_p2p_comm + batch_p2p_sync host-synchronize after each exchange", "[gating]") {
@@ -108,10 +108,10 @@ TEST_CASE("models::gating: overlap_param_gather needs the distributed optimizer 
   c.global_batch_size = 2;
   c.overlap_param_gather = true;
   c.overlap_grad_reduce = true;
-  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("use_distributed_optimizer"));
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("use_distributed_optimizer"));
   c.use_distributed_optimizer = true;
   c.overlap_grad_reduce = false;
-  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("overlap_grad_reduce"));
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("overlap_grad_reduce"));
   c.overlap_grad_reduce = true;
   Lowered low = lower(small(), c);
   CHECK(problems(low.schedule).empty());
@@ -156,7 +156,7 @@ TEST_CASE("models::gating: TP or CP > 1 on Hopper needs CUDA_DEVICE_MAX_CONNECTI
   RunConfig c = config(2, 2, 1);
   c.global_batch_size = 1;
   c.cuda_device_max_connections = 8;
-  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("CUDA_DEVICE_MAX_CONNECTIONS=1") && Catch::Contains("--cdmc 1"));
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("CUDA_DEVICE_MAX_CONNECTIONS=1") && twinstep_contains("--cdmc 1"));
   c.gpu_compute_capability_major = 10;  // Blackwell lifts it
   CHECK_NOTHROW(lower(small(), c));
 }
@@ -167,14 +167,14 @@ TEST_CASE("models::gating: CP a2a needs heads divisible by cp; a2a+p2p needs hie
   c.cp_comm_type = "a2a";
   ModelSpec m = small();
   m.num_query_groups = 4;  // 4 KV groups cannot be split over 8 CP ranks
-  CHECK_THROWS_WITH(lower(m, c), Catch::Contains("cp_comm_type a2a needs"));
+  CHECK_THROWS_WITH(lower(m, c), twinstep_contains("cp_comm_type a2a needs"));
   CHECK_NOTHROW(lower(small(), c));  // 32 heads, 8 groups: fine
   RunConfig d = config(2, 1, 1, 2);
   d.global_batch_size = 1;
   d.cp_comm_type = "a2a+p2p";
-  CHECK_THROWS_WITH(lower(small(), d), Catch::Contains("hierarchical_context_parallel_sizes"));
+  CHECK_THROWS_WITH(lower(small(), d), twinstep_contains("hierarchical_context_parallel_sizes"));
   d.cp_comm_type = "ring";
-  CHECK_THROWS_WITH(lower(small(), d), Catch::Contains("cp_comm_type \"ring\""));
+  CHECK_THROWS_WITH(lower(small(), d), twinstep_contains("cp_comm_type \"ring\""));
 }
 
 TEST_CASE("models::gating: CP p2p overlaps the KV ring with attention; all_gather does not", "[gating]") {
@@ -195,7 +195,7 @@ TEST_CASE("models::gating: expert parallelism needs an MoE model", "[gating]") {
   RunConfig c = config(4, 1, 1);
   c.global_batch_size = 4;
   c.expert_model_parallel_size = 2;
-  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("has no MoE layers"));
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("has no MoE layers"));
   c.expert_model_parallel_size = 1;
   c.overlap_moe_expert_parallel_comm = true;
   CHECK(has_warning(lower(small(), c), "no effect on a dense model"));
@@ -203,11 +203,11 @@ TEST_CASE("models::gating: expert parallelism needs an MoE model", "[gating]") {
 
 TEST_CASE("models::gating: divisibility errors name the field and the fix", "[gating]") {
   RunConfig c = config(3, 2, 1);
-  CHECK_THROWS_WITH(lower(small(), c), Catch::Contains("world_size 3"));
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("world_size 3"));
   RunConfig g = config(2, 1, 1);
   g.global_batch_size = 3;
-  CHECK_THROWS_WITH(lower(small(), g), Catch::Contains("global_batch_size 3"));
+  CHECK_THROWS_WITH(lower(small(), g), twinstep_contains("global_batch_size 3"));
   RunConfig l = config(3, 1, 3);
   l.global_batch_size = 3;
-  CHECK_THROWS_WITH(lower(small(), l), Catch::Contains("num_layers 8 is not divisible"));
+  CHECK_THROWS_WITH(lower(small(), l), twinstep_contains("num_layers 8 is not divisible"));
 }

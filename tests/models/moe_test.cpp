@@ -83,7 +83,7 @@ TEST_CASE("models::moe: Qwen3-30B-A3B, Qwen3-Next, DeepSeek-V3, Mixtral lower un
     for (std::uint32_t ep : {1u, 2u, 4u, 8u, 16u, 64u}) {
       RunConfig c = moe_config(std::max(ep, 2u), ep);
       if (ep > m.num_moe_experts) {
-        CHECK_THROWS_WITH(lower(m, c), Catch::Contains("must be divisible by expert_model_parallel_size"));
+        CHECK_THROWS_WITH(lower(m, c), twinstep_contains("must be divisible by expert_model_parallel_size"));
         continue;
       }
       check_valid(m, c, std::string(id) + " ep" + std::to_string(ep));
@@ -375,32 +375,32 @@ TEST_CASE("models::moe: gating rules for EP overlap, delay_wgrad, shared-expert 
     return c;
   };
   // EP overlap needs EP > 1.
-  CHECK_THROWS_WITH(lower(m, ep_on(moe_config(2, 1))), Catch::Contains("expert_model_parallel_size > 1"));
+  CHECK_THROWS_WITH(lower(m, ep_on(moe_config(2, 1))), twinstep_contains("expert_model_parallel_size > 1"));
   // ... dispatcher alltoall or flex.
   RunConfig ag = ep_on(moe_config(2, 2));
   ag.moe_token_dispatcher_type = "allgather";
-  CHECK_THROWS_WITH(lower(m, ag), Catch::Contains("alltoall or flex"));
+  CHECK_THROWS_WITH(lower(m, ag), twinstep_contains("alltoall or flex"));
   // ... VPP when PP > 1.
   CHECK_THROWS_WITH(lower(moe_model("qwen3-30b-a3b", 4), ep_on(moe_config(8, 2, 4, 1, 4))),
-                    Catch::Contains("virtual_pipeline_model_parallel_size"));
+                    twinstep_contains("virtual_pipeline_model_parallel_size"));
   // ... no full recompute.
   RunConfig rc = ep_on(moe_config(2, 2));
   rc.recompute_granularity = "full";
   rc.recompute_num_layers = 1;
-  CHECK_THROWS_WITH(lower(m, rc), Catch::Contains("recompute_granularity != full"));
+  CHECK_THROWS_WITH(lower(m, rc), twinstep_contains("recompute_granularity != full"));
   // ... mutually exclusive with shared-expert overlap.
   RunConfig sh = ep_on(moe_config(2, 2));
   sh.moe_shared_expert_overlap = true;
-  CHECK_THROWS_WITH(lower(ds, sh), Catch::Contains("mutually exclusive"));
+  CHECK_THROWS_WITH(lower(ds, sh), twinstep_contains("mutually exclusive"));
   // delay_wgrad needs EP overlap.
   RunConfig dw = moe_config(2, 2);
   dw.delay_wgrad_compute = true;
-  CHECK_THROWS_WITH(lower(m, dw), Catch::Contains("delay_wgrad_compute needs overlap_moe_expert_parallel_comm"));
+  CHECK_THROWS_WITH(lower(m, dw), twinstep_contains("delay_wgrad_compute needs overlap_moe_expert_parallel_comm"));
   // Shared-expert overlap: error with allgather, silently off with flex, on its own stream with alltoall.
   RunConfig so = moe_config(2, 2);
   so.moe_shared_expert_overlap = true;
   so.moe_token_dispatcher_type = "allgather";
-  CHECK_THROWS_WITH(lower(ds, so), Catch::Contains("allgather dispatcher"));
+  CHECK_THROWS_WITH(lower(ds, so), twinstep_contains("allgather dispatcher"));
   so.moe_token_dispatcher_type = "flex";
   const Lowered fo = lower(ds, so);
   CHECK(has_warning(fo, "forces moe_shared_expert_overlap=False"));
@@ -423,20 +423,20 @@ TEST_CASE("models::moe: gating rules for EP overlap, delay_wgrad, shared-expert 
   RunConfig tp = moe_config(4, 2);
   tp.tensor_model_parallel_size = 2;
   tp.cuda_device_max_connections = 1;
-  CHECK_THROWS_WITH(lower(m, tp), Catch::Contains("needs sequence_parallel"));
+  CHECK_THROWS_WITH(lower(m, tp), twinstep_contains("needs sequence_parallel"));
   RunConfig sk = moe_config(2, 2);
   sk.moe_routing_skew = 3;
-  CHECK_THROWS_WITH(lower(m, sk), Catch::Contains("exceeds expert_model_parallel_size"));
+  CHECK_THROWS_WITH(lower(m, sk), twinstep_contains("exceeds expert_model_parallel_size"));
   RunConfig cd = ep_on(moe_config(2, 2));
   cd.cuda_device_max_connections = 1;
   CHECK(has_warning(lower(m, cd), "CDMC > 1 is required"));
   // ... bf16 or fp16, and at most one MTP layer.
   RunConfig f32 = ep_on(moe_config(2, 2));
   f32.dtype = schedule::DType::kFP32;
-  CHECK_THROWS_WITH(lower(m, f32), Catch::Contains("bf16 or fp16"));
+  CHECK_THROWS_WITH(lower(m, f32), twinstep_contains("bf16 or fp16"));
   ModelSpec mtp = ds;
   mtp.mtp_num_layers = 2;
-  CHECK_THROWS_WITH(lower(mtp, ep_on(moe_config(2, 2))), Catch::Contains("mtp_num_layers"));
+  CHECK_THROWS_WITH(lower(mtp, ep_on(moe_config(2, 2))), twinstep_contains("mtp_num_layers"));
   mtp.mtp_num_layers = 1;
   CHECK(has_warning(lower(mtp, ep_on(moe_config(2, 2))), "multi-token prediction"));
   // Variants map onto the knobs.

@@ -30,12 +30,12 @@ TEST_CASE("models::run_config: JSON round trip with Megatron names", "[run_confi
 
 TEST_CASE("models::run_config: unknown fields and wrong types are errors naming the field", "[run_config]") {
   CHECK_THROWS_WITH(run_config_from_json(R"({"tensor_parallel_size": 2})", "r.json"),
-                    Catch::Contains("r.json: /tensor_parallel_size: unknown field"));
+                    twinstep_contains("r.json: /tensor_parallel_size: unknown field"));
   CHECK_THROWS_WITH(run_config_from_json(R"({"host": {"launch_ns": 2}})", "r.json"),
-                    Catch::Contains("/host/launch_ns"));
+                    twinstep_contains("/host/launch_ns"));
   CHECK_THROWS_WITH(run_config_from_json(R"({"sequence_parallel": "yes"})", "r.json"),
-                    Catch::Contains("/sequence_parallel: wrong type"));
-  CHECK_THROWS_WITH(run_config_from_json(R"({"dtype": "int3"})", "r.json"), Catch::Contains("/dtype"));
+                    twinstep_contains("/sequence_parallel: wrong type"));
+  CHECK_THROWS_WITH(run_config_from_json(R"({"dtype": "int3"})", "r.json"), twinstep_contains("/dtype"));
 }
 
 TEST_CASE("models::run_config: derived dp", "[run_config]") {
@@ -45,7 +45,7 @@ TEST_CASE("models::run_config: derived dp", "[run_config]") {
   c.pipeline_model_parallel_size = 2;
   CHECK(derived_dp(c) == 4);
   c.data_parallel_size = 8;
-  CHECK_THROWS_WITH(derived_dp(c), Catch::Contains("data_parallel_size 8 disagrees"));
+  CHECK_THROWS_WITH(derived_dp(c), twinstep_contains("data_parallel_size 8 disagrees"));
 }
 
 TEST_CASE("models::run_config: overlap variants map to Megatron knobs", "[run_config]") {
@@ -70,5 +70,5 @@ TEST_CASE("models::run_config: overlap variants map to Megatron knobs", "[run_co
   CHECK_FALSE(all.moe_shared_expert_overlap);
   base.use_distributed_optimizer = false;
   CHECK_FALSE(apply_overlap_variant(base, "dp").overlap_param_gather);
-  CHECK_THROWS_WITH(apply_overlap_variant(base, "dp+fsdp"), Catch::Contains("unknown overlap mode \"fsdp\""));
+  CHECK_THROWS_WITH(apply_overlap_variant(base, "dp+fsdp"), twinstep_contains("unknown overlap mode \"fsdp\""));
 }

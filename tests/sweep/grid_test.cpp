@@ -146,7 +146,7 @@ TEST_CASE("sweep::expand: order, keys and invalid points", "[sweep]") {
   CHECK_THROWS_AS(sweep::expand(s), Error);
   s = tiny_spec();
   s.overlaps = {"warp"};
-  CHECK_THROWS_WITH(sweep::expand(s), Catch::Contains("unknown overlap mode \"warp\""));
+  CHECK_THROWS_WITH(sweep::expand(s), twinstep_contains("unknown overlap mode \"warp\""));
 }
 
 TEST_CASE("sweep::spec_from_json: fields, scalars for lists, errors", "[sweep]") {
@@ -161,11 +161,11 @@ TEST_CASE("sweep::spec_from_json: fields, scalars for lists, errors", "[sweep]")
   CHECK(s.pp == std::vector<std::uint32_t>{2});
   CHECK_FALSE(s.auto_layout);
   CHECK(sweep::spec_from_json(R"({"parallel": "auto"})", "s.json").auto_layout);
-  CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpu": [8]})", "s.json"), Catch::Contains("s.json: /gpu: unknown field"));
+  CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpu": [8]})", "s.json"), twinstep_contains("s.json: /gpu: unknown field"));
   CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpus": [0]})", "s.json"),
-                    Catch::Contains("/gpus: expected a positive integer"));
+                    twinstep_contains("/gpus: expected a positive integer"));
   CHECK_THROWS_WITH(sweep::spec_from_json(R"({"parallel": {"xp": [1]}})", "s.json"),
-                    Catch::Contains("/parallel/xp: unknown field"));
+                    twinstep_contains("/parallel/xp: unknown field"));
   CHECK_THROWS_AS(sweep::spec_from_json("{", "s.json"), ParseError);
 }
 
@@ -183,7 +183,7 @@ TEST_CASE("sweep::shards: deterministic partition, flag and MPI environment", "[
   CHECK(sweep::parse_shard("2/4").index == 2);
   CHECK(sweep::parse_shard("2/4").count == 4);
   for (const char* bad : {"4/4", "1", "a/2", "-1/2", "1/0", "/2"}) {
-    CHECK_THROWS_WITH(sweep::parse_shard(bad), Catch::Contains("--shard"));
+    CHECK_THROWS_WITH(sweep::parse_shard(bad), twinstep_contains("--shard"));
   }
   ::setenv("PMI_RANK", "1", 1);
   ::setenv("PMI_SIZE", "5", 1);
@@ -201,7 +201,7 @@ TEST_CASE("sweep::shards: deterministic partition, flag and MPI environment", "[
 
 TEST_CASE("sweep::split_list: lists from flags", "[sweep]") {
   CHECK(sweep::split_uints("16,32,64", "--gpus") == std::vector<std::uint32_t>{16, 32, 64});
-  CHECK_THROWS_WITH(sweep::split_uints("16,x", "--gpus"), Catch::Contains("--gpus: \"x\" is not a positive integer"));
-  CHECK_THROWS_WITH(sweep::split_list("none,,dp", "--overlap"), Catch::Contains("empty item"));
-  CHECK_THROWS_WITH(sweep::split_list("dp,dp", "--overlap"), Catch::Contains("listed twice"));
+  CHECK_THROWS_WITH(sweep::split_uints("16,x", "--gpus"), twinstep_contains("--gpus: \"x\" is not a positive integer"));
+  CHECK_THROWS_WITH(sweep::split_list("none,,dp", "--overlap"), twinstep_contains("empty item"));
+  CHECK_THROWS_WITH(sweep::split_list("dp,dp", "--overlap"), twinstep_contains("listed twice"));
 }

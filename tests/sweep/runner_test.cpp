@@ -165,8 +165,8 @@ TEST_CASE("sweep::evaluate_point: not fitting, unknown inputs and bad lines", "[
   CHECK(bad.status == "invalid");
   CHECK(bad.reason.find("global_batch_size 3") != std::string::npos);
 
-  CHECK_THROWS_WITH(sweep::result_from_line("{\"x\":1}", "f.jsonl:3"), Catch::Contains("f.jsonl:3"));
+  CHECK_THROWS_WITH(sweep::result_from_line("{\"x\":1}", "f.jsonl:3"), twinstep_contains("f.jsonl:3"));
   const std::string dir = temp_dir("bad");
   write_file_atomic(dir + "/bad.jsonl", "garbage\n" + sweep::evaluate_point(p) + "\n");
-  CHECK_THROWS_WITH(sweep::read_results(dir + "/bad.jsonl"), Catch::Contains("bad.jsonl:1"));
+  CHECK_THROWS_WITH(sweep::read_results(dir + "/bad.jsonl"), twinstep_contains("bad.jsonl:1"));
 }
