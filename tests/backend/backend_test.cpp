@@ -457,9 +457,10 @@ TEST_CASE("backend::execute: a ring exchange with send and recv on separate stre
     WARN("needs two ranks: run under mpirun -np 2");
     return;
   }
-  // 64 MiB per direction: far more than NCCL's buffers, so a send cannot finish before its recv runs. On one NCCL
-  // communicator each rank's recv would queue behind its own send, which waits for the peer's recv: deadlock.
-  const auto s = ring_exchange(64u << 20, 1);
+  // 1 GiB per direction: far more than NCCL's p2p buffers (channels x NCCL_BUFFSIZE; on two H200 64 MiB still fit,
+  // the send finished before the peer's recv was even issued), so a send cannot finish before its recv runs. On one
+  // NCCL communicator each rank's recv would queue behind its own send, which waits for the peer's recv: deadlock.
+  const auto s = ring_exchange(1u << 30, 1);
   ConcurrentHook hook(rt.rank());
   be::Options o;
   o.warmup_steps = 1;
