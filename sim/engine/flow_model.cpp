@@ -127,6 +127,7 @@ class FlowModel final : public ResourceModel {
 
   Nanos advance(Nanos horizon, std::vector<ActivityId>& done) override {
     graveyard_.clear();
+    TWINSTEP_ASSERT(batch_.empty(), "flow completions left unreported from an earlier advance()");
     if (!instant_.empty()) {
       for (std::uint32_t slot : instant_) finish(slot, last_, done);
       instant_.clear();
@@ -138,16 +139,14 @@ class FlowModel final : public ResourceModel {
       const Nanos tl = latency_.empty() ? kNever : latency_.top().time;
       const Nanos h = std::min({horizon, tc, tl});
       if (in_flight_ > 0) {
-        batch_.clear();
-        vetoed_.clear();
-        // SimGrid dies on a date in its past; its clock may sit a rounding step past `h` (ns vs double seconds).
-        const double target = h == kNever ? kFarS : to_s(h);
-        if (target > sg4::Engine::get_clock()) engine_->run_until(target);
+        // Stops at the first flow completion at or before h; otherwise SimGrid's clock ends exactly at h.
+        run_engine_to(h);
         if (!batch_.empty()) {
           Nanos t = std::max(last_, to_ns(sg4::Engine::get_clock()));
           if (h != kNever) t = std::min(t, h);
           last_ = t;
           for (std::uint32_t slot : batch_) finish(slot, t, done);
+          batch_.clear();
           if (tc == t) gpu_->advance(t, done);
           std::sort(done.begin(), done.end());
           return t;
@@ -156,7 +155,8 @@ class FlowModel final : public ResourceModel {
       if (tl != kNever && tl <= horizon && tl <= tc) {
         // Latency terms end: start their flows (a latency-only activity ends here).
         last_ = tl;
-        sync_clock(tl);
+        run_engine_to(tl);  // no flow runs (in_flight_ == 0) or the clock is at tl already: no completion here
+        TWINSTEP_ASSERT(batch_.empty(), "flow completed while moving SimGrid's clock to a latency end");
         while (!latency_.empty() && latency_.top().time == tl) {
           const std::uint32_t slot = latency_.top().slot;
           latency_.pop();
@@ -448,10 +448,18 @@ class FlowModel final : public ResourceModel {
     return slot;
   }
 
-  /// Moves SimGrid's clock to `now` when nothing runs there (run_until on an idle engine advances the clock).
-  void sync_clock(Nanos now) {
-    const double t = to_s(now);
-    if (sg4::Engine::get_clock() < t - 1e-12) engine_->run_until(t);
+  /// Runs SimGrid until its clock reaches `until` (kNever: kFarS), or until a flow completes on the way (the
+  /// completion signal vetoes the stopper, which ends run_until() after that instant). SimGrid 3.32's run_until(t)
+  /// also returns after any event (a flow's latency phase ending, a rate change) within 10 us of t
+  /// (EngineImpl::run: double_equals(max_date, now, 1e-5)), with the clock short of t: hence the loop. Every
+  /// run_until() call makes at least one solver step, which ends at the next event or at t.
+  void run_engine_to(Nanos until) {
+    const double target = until == kNever ? kFarS : to_s(until);
+    const Nanos target_ns = to_ns(target);
+    while (batch_.empty() && to_ns(sg4::Engine::get_clock()) < target_ns) {
+      vetoed_.clear();
+      engine_->run_until(target);
+    }
   }
 
   /// Starts the flows of `slot` (after its latency term), outside the engine at its current clock.
