@@ -42,6 +42,10 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--recompute-num-layers", f.recompute_num_layers, "recompute_num_layers");
   opt(sub, "--dispatcher", f.dispatcher, "moe_token_dispatcher_type: alltoall | allgather | flex");
   opt(sub, "--cp-comm-type", f.cp_comm_type, "cp_comm_type: p2p | all_gather | a2a | a2a+p2p");
+  sub.add_option_function<std::vector<std::uint32_t>>(
+         "--hierarchical-cp-sizes", [&f](const std::vector<std::uint32_t>& v) { f.hierarchical_cp = v; },
+         "hierarchical_context_parallel_sizes for --cp-comm-type a2a+p2p: a2a size,p2p size (e.g. 2,4)")
+      ->delimiter(',');
   opt(sub, "--bucket-size", f.bucket_size, "DP bucket_size in parameters (0 = Megatron default)");
   opt(sub, "--cdmc", f.cdmc, "CUDA_DEVICE_MAX_CONNECTIONS");
   flag(sub, "--distributed-optimizer", f.distributed_optimizer, "use_distributed_optimizer");
@@ -120,6 +124,10 @@ models::RunConfig resolve_run_config(const RunFlags& f, std::uint32_t world_size
       throw Error("--cp-comm-type \"" + t + "\": use p2p, all_gather, a2a or a2a+p2p");
     }
     c.cp_comm_type = t;
+  }
+  if (f.hierarchical_cp) {
+    for (auto v : *f.hierarchical_cp) (void)positive("--hierarchical-cp-sizes", v);
+    c.hierarchical_context_parallel_sizes = *f.hierarchical_cp;
   }
   if (f.bucket_size) c.bucket_size = *f.bucket_size;
   if (f.distributed_optimizer) c.use_distributed_optimizer = *f.distributed_optimizer;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -25,6 +26,7 @@ struct RunFlags {
   std::optional<std::uint32_t> recompute_num_layers;
   std::optional<std::string> dispatcher;        ///< alltoall | allgather | flex
   std::optional<std::string> cp_comm_type;
+  std::optional<std::vector<std::uint32_t>> hierarchical_cp;  ///< hierarchical_context_parallel_sizes (a2a+p2p)
   std::optional<std::uint64_t> bucket_size;
   std::optional<std::uint32_t> cdmc;
   std::optional<bool> distributed_optimizer;
@@ -39,7 +41,8 @@ struct RunFlags {
 };
 
 /// Adds --model --config --tp --pp --vpp --cp --ep --etp --dp --sp --mbs --gbs --seq --dtype --recompute
-/// --recompute-method --recompute-num-layers --dispatcher --cp-comm-type --bucket-size --cdmc
+/// --recompute-method --recompute-num-layers --dispatcher --cp-comm-type --hierarchical-cp-sizes --bucket-size
+/// --cdmc
 /// --distributed-optimizer --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap --overlap-p2p-comm
 /// --batch-p2p-comm --first-pipeline-layers --last-pipeline-layers --account-for-embedding --account-for-loss
 /// --routing-skew --flex-sms --ep-overlap --delay-wgrad --shared-expert-overlap --ep-node-ns --ep-backward-call-ns

@@ -56,6 +56,7 @@ struct Dims {
   bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
   bool aligned_param_gather = false;
   std::string cp_type = "p2p";
+  std::uint32_t ca = 1, cpo = 1;  // a2a+p2p: inner a2a group size, outer p2p ring size (ca * cpo = c)
   // MoE (megatron-overlap.md sections 1, 6, 7). e = EP, te = expert TP, de = expert DP = t*c*d / (te*e).
   bool moe = false;  // the model has MoE layers
   std::uint32_t e = 1, te = 1, de = 1;
@@ -349,15 +350,33 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
         "use cp_comm_type p2p or a CP size that divides the KV groups per TP rank");
   }
   if (k.c > 1 && k.cp_type == "a2a+p2p") {
+    // Hierarchical CP (TE AttnFuncWithCPAndKVP2P with cp_group = [a2a group, p2p group]; megatron-overlap.md 5):
+    // Megatron builds the groups from hierarchical_context_parallel_sizes, the first level of consecutive CP ranks.
+    const auto& hs = cfg.hierarchical_context_parallel_sizes;
     std::uint64_t prod = 1;
-    for (auto x : cfg.hierarchical_context_parallel_sizes) prod *= x;
-    if (cfg.hierarchical_context_parallel_sizes.empty() || prod != k.c) {
+    for (auto x : hs) prod *= x;
+    if (hs.empty() || prod != k.c) {
       fail(
           "cp_comm_type a2a+p2p needs hierarchical_context_parallel_sizes whose product is context_parallel_size "
           "(Megatron assert)",
           "set hierarchical_context_parallel_sizes, e.g. [2, " + str(std::max<std::uint32_t>(1, k.c / 2)) + "]");
     }
-    throw Error("cp_comm_type a2a+p2p lowering is not implemented yet; use p2p, all_gather or a2a");
+    if (hs.size() != 2) {
+      fail(
+          "cp_comm_type a2a+p2p uses two levels (TE takes [a2a group, p2p group]); hierarchical_context_parallel_"
+          "sizes has " +
+              str(hs.size()) + " entries",
+          "give [a2a size, p2p size], e.g. [2, " + str(std::max<std::uint32_t>(1, k.c / 2)) + "]");
+    }
+    k.ca = hs[0];
+    k.cpo = hs[1];
+    if ((k.nq / k.t) % k.ca != 0 || (k.nkv / k.t) % k.ca != 0) {
+      fail(
+          "cp_comm_type a2a+p2p needs attention heads and KV groups per TP rank divisible by the a2a size "
+          "hierarchical_context_parallel_sizes[0] (TE assert): heads/tp = " +
+              str(k.nq / k.t) + ", groups/tp = " + str(k.nkv / k.t) + ", a2a size = " + str(k.ca),
+          "choose an a2a size that divides the KV groups per TP rank");
+    }
   }
   // Recompute.
   if (cfg.recompute_granularity != "none" && cfg.recompute_granularity != "selective" &&
@@ -619,7 +638,7 @@ VirtualTable schedule_table(std::uint32_t m, std::uint32_t v, std::uint32_t g) {
 // Global structure shared by all ranks: streams, communicators, per-chunk layers and buckets.
 
 struct Streams {
-  StreamId compute = 0, tp = 0, tp_send = 0, tp_recv = 0, cp = 0, cp_recv = 0, dp = 0;
+  StreamId compute = 0, tp = 0, tp_send = 0, tp_recv = 0, cp = 0, cp_recv = 0, cp_a2a = 0, dp = 0;
   StreamId pp_send_next = 0, pp_recv_prev = 0, pp_send_prev = 0, pp_recv_next = 0;
   // MoE: ep = EP all-to-alls (the NCCL ep stream; with EP overlap the comm_stream of the combined schedule, which
   // also runs the combine node's unpermute/residual kernels); tp_ep = count/token all-gathers over expert-TP x EP;
@@ -637,7 +656,9 @@ struct Ctx {
   std::vector<std::vector<std::vector<Param>>> params;      // [pp][chunk]
   // Communicator id per rank and kind (kNone if the kind is unused).
   std::vector<CommId> tp_of, cp_of, dp_of, pp_of, norm_of, embd_of;
-  std::vector<CommId> ep_of, etp_of, tpep_of, edp_of;       // MoE expert layout (kNone where unused)
+  std::vector<CommId> cpa_of, cpp_of;                  // a2a+p2p: inner a2a group, outer p2p ring (kNone where unused)
+  std::vector<std::uint32_t> comm_size;                // [CommId] -> members
+  std::vector<CommId> ep_of, etp_of, tpep_of, edp_of;  // MoE expert layout (kNone where unused)
   std::vector<std::vector<std::string>> layer_param_names;  // [layer] -> parameter names (param-gather waits)
   bool recompute_full = false, recompute_selective = false;
 };
@@ -769,7 +790,7 @@ class RankLowering {
     c.bytes = bytes;
     c.dtype = dtype;
     if (kind == CollectiveKind::kAllToAll) {
-      const std::uint32_t n = x_.k.c;  // only CP uses all_to_all in dense lowering
+      const std::uint32_t n = x_.comm_size[comm];  // only CP uses this all_to_all in dense lowering
       c.send_bytes.assign(n, bytes / n);
     }
     const OpId id = emit(stream, nm(what), std::move(c), std::move(deps), tags(ph, std::move(overlap)));
@@ -927,127 +948,185 @@ class RankLowering {
     grad_ready(ln_param, ln);
   }
 
+  /// One attention kernel on the compute stream.
+  OpId attn_kernel(const std::string& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
+                   std::uint64_t skv, bool causal, bool bwd, Phase ph, std::vector<OpId> deps, const std::string& ov) {
+    return kernel(what, Attention{k_.b, heads_q, heads_kv, sq, skv, adh_, causal, bwd, k_.dtype}, ph, std::move(deps),
+                  ov);
+  }
+
+  /// The KV ring of TE's P2P context parallelism (megatron-overlap.md section 5) over a ring of `n` ranks at
+  /// position `pos`: `hq`/`hkv` heads and `s_loc` tokens per rank (two load-balanced chunks). Forward: step i
+  /// computes local Q against the KV block of position pos - i while the next block travels (n - 1 transfers);
+  /// step 0 "diagonal", i <= pos "lower-triangle", i > pos "upper-triangle"; per-step correction kernels.
+  /// `first` are the ops that produce the local KV block (the first send waits for them).
+  void cp_ring_fwd(Phase ph, CommId comm, std::uint32_t n, std::uint32_t pos, RankId next, RankId prev,
+                   std::uint64_t hq, std::uint64_t hkv, std::uint64_t s_loc, std::vector<OpId> first) {
+    const std::uint64_t kv_bytes = 2 * s_loc * k_.b * hkv * adh_ * k_.act_bytes;
+    OpId prev_recv = schedule::kNoOp;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      OpId rv = schedule::kNoOp;
+      if (i + 1 < n) {
+        std::vector<OpId> d = first;
+        if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+        send(x_.st.cp, "attn_kv_send" + str(i), comm, next, kv_bytes, 0, ph, d, "cp");
+        rv = recv(x_.st.cp_recv, "attn_kv_recv" + str(i), comm, prev, kv_bytes, 0, ph, "cp");
+      }
+      std::vector<OpId> d;
+      if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+      if (i == 0) {
+        attn_kernel("attn_step0", hq, hkv, s_loc, s_loc, true, false, ph, d, "cp");
+      } else if (i <= pos) {
+        attn_kernel("attn_step" + str(i), hq, hkv, s_loc, s_loc / 2, false, false, ph, d, "cp");
+      } else {
+        attn_kernel("attn_step" + str(i), hq, hkv, s_loc / 2, s_loc, false, false, ph, d, "cp");
+      }
+      if (i > 0) elementwise("attn_correction" + str(i), 3 * s_loc * k_.b * hq * adh_ * 4, ph);
+      prev_recv = rv;
+    }
+  }
+
+  /// Backward of the KV ring: n steps; sends KV at step 0, KV + dKV at steps 1..n-2, dKV at step n-1, i.e.
+  /// 2(n-1) KV-sized transfers. Returns the recv of the final dKV (kNoOp when n == 1).
+  OpId cp_ring_bwd(CommId comm, std::uint32_t n, std::uint32_t pos, RankId next, RankId prev, std::uint64_t hq,
+                   std::uint64_t hkv, std::uint64_t s_loc) {
+    const std::uint64_t kv_bytes = 2 * s_loc * k_.b * hkv * adh_ * k_.act_bytes;
+    OpId prev_recv = schedule::kNoOp, prev_attn = last_compute_;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      OpId rv = schedule::kNoOp;
+      if (n > 1) {
+        const std::uint64_t bytes = (i == 0 || i + 1 == n) ? kv_bytes : 2 * kv_bytes;
+        std::vector<OpId> sd;
+        if (prev_attn != schedule::kNoOp) sd.push_back(prev_attn);
+        if (prev_recv != schedule::kNoOp) sd.push_back(prev_recv);
+        send(x_.st.cp, "attn_bwd_send" + str(i), comm, next, bytes, 1, Phase::kBwd, sd, "cp");
+        rv = recv(x_.st.cp_recv, "attn_bwd_recv" + str(i), comm, prev, bytes, 1, Phase::kBwd, "cp");
+      }
+      std::vector<OpId> d;
+      if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
+      if (i == 0) {
+        prev_attn = attn_kernel("attn_bwd_step0", hq, hkv, s_loc, s_loc, true, true, Phase::kBwd, d, "cp");
+      } else if (i <= pos) {
+        prev_attn = attn_kernel("attn_bwd_step" + str(i), hq, hkv, s_loc, s_loc / 2, false, true, Phase::kBwd, d, "cp");
+      } else {
+        prev_attn = attn_kernel("attn_bwd_step" + str(i), hq, hkv, s_loc / 2, s_loc, false, true, Phase::kBwd, d, "cp");
+      }
+      prev_recv = rv;
+    }
+    return prev_recv;
+  }
+
+  /// a2a+p2p ring neighbours: the same a2a position, the next/previous p2p position (CP index = outer * ca + inner).
+  RankId cp_outer_peer(int delta) const {
+    Coords c = co_;
+    const int outer = static_cast<int>(co_.cp / k_.ca), n = static_cast<int>(k_.cpo);
+    c.cp = static_cast<std::uint32_t>((outer + delta + n) % n) * k_.ca + co_.cp % k_.ca;
+    return rank_of(k_, c);
+  }
+
   /// Core attention forward (with its CP exchanges); `recompute` re-runs it in backward.
   void attention_fwd(Phase ph) {
     const std::uint64_t hq = aq_ / k_.t, hkv = akv_ / k_.t, s_loc = k_.s / k_.c, b = k_.b;
     const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * adh_ * k_.act_bytes;
-    const CommId cp = x_.cp_of[rank_];
-    auto attn = [&](const std::string& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
-                    std::uint64_t skv, bool causal, std::vector<OpId> deps, const std::string& ov) {
-      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, adh_, causal, false, k_.dtype}, ph, std::move(deps),
-                    ov);
-    };
     if (k_.c == 1) {
-      attn("attn", hq, hkv, k_.s, k_.s, true, {}, "");
+      attn_kernel("attn", hq, hkv, k_.s, k_.s, true, false, ph, {}, "");
       return;
     }
     if (k_.cp_type == "p2p") {
-      OpId prev_recv = schedule::kNoOp;
-      const OpId producer = last_compute_;
-      for (std::uint32_t i = 0; i < k_.c; ++i) {
-        OpId rv = schedule::kNoOp;
-        if (i + 1 < k_.c) {
-          std::vector<OpId> d;
-          if (producer != schedule::kNoOp) d.push_back(producer);
-          if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-          send(x_.st.cp, "attn_kv_send" + str(i), cp, cp_peer(1), kv_bytes, 0, ph, d, "cp");
-          rv = recv(x_.st.cp_recv, "attn_kv_recv" + str(i), cp, cp_peer(-1), kv_bytes, 0, ph, "cp");
-        }
-        std::vector<OpId> d;
-        if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-        if (i == 0) {
-          attn("attn_step0", hq, hkv, s_loc, s_loc, true, d, "cp");
-        } else if (i <= co_.cp) {
-          attn("attn_step" + str(i), hq, hkv, s_loc, s_loc / 2, false, d, "cp");
-        } else {
-          attn("attn_step" + str(i), hq, hkv, s_loc / 2, s_loc, false, d, "cp");
-        }
-        if (i > 0) elementwise("attn_correction" + str(i), 3 * s_loc * b * hq * adh_ * 4, ph);
-        prev_recv = rv;
-      }
+      std::vector<OpId> first;
+      if (last_compute_ != schedule::kNoOp) first.push_back(last_compute_);
+      cp_ring_fwd(ph, x_.cp_of[rank_], k_.c, co_.cp, cp_peer(1), cp_peer(-1), hq, hkv, s_loc, first);
       return;
     }
     if (k_.cp_type == "all_gather") {
-      collective(x_.st.cp, "attn_kv_ag", CollectiveKind::kAllGather, cp, kv_bytes * k_.c, ph, true);
+      collective(x_.st.cp, "attn_kv_ag", CollectiveKind::kAllGather, x_.cp_of[rank_], kv_bytes * k_.c, ph, true);
       const std::uint64_t chunk = k_.s / (2 * k_.c);
       const std::uint32_t owned[2] = {co_.cp, 2 * k_.c - 1 - co_.cp};
       for (std::uint32_t h = 0; h < 2; ++h) {
         if (owned[h] > 0) {
-          attn("attn_half" + str(h) + "_prefix", hq, hkv, chunk, chunk * owned[h], false, {}, "");
+          attn_kernel("attn_half" + str(h) + "_prefix", hq, hkv, chunk, chunk * owned[h], false, false, ph, {}, "");
         }
-        attn("attn_half" + str(h) + "_diag", hq, hkv, chunk, chunk, true, {}, "");
+        attn_kernel("attn_half" + str(h) + "_diag", hq, hkv, chunk, chunk, true, false, ph, {}, "");
       }
       return;
     }
-    // a2a (Ulysses): sequence-sharded -> head-sharded Q, K, V; full-sequence attention on heads / cp; output back.
+    // a2a (Ulysses) over the CP group, or over the inner group of a2a+p2p: sequence-sharded -> head-sharded Q, K, V
+    // (q, k, v async, the compute stream waits for all three), attention, output back.
+    const bool hier = k_.cp_type == "a2a+p2p";
+    const std::uint32_t na = hier ? k_.ca : k_.c;
+    const CommId a2a = hier ? x_.cpa_of[rank_] : x_.cp_of[rank_];
+    const StreamId st = hier ? x_.st.cp_a2a : x_.st.cp;
     const std::uint64_t q_bytes = s_loc * b * hq * adh_ * k_.act_bytes;
     const std::uint64_t k_bytes = s_loc * b * hkv * adh_ * k_.act_bytes;
-    collective(x_.st.cp, "attn_q_a2a", CollectiveKind::kAllToAll, cp, q_bytes, ph, false);
-    collective(x_.st.cp, "attn_k_a2a", CollectiveKind::kAllToAll, cp, k_bytes, ph, false);
-    collective(x_.st.cp, "attn_v_a2a", CollectiveKind::kAllToAll, cp, k_bytes, ph, true);
-    pending_.push_back(static_cast<OpId>(ops_.size() - 3));
-    pending_.push_back(static_cast<OpId>(ops_.size() - 2));
-    attn("attn", hq / k_.c, hkv / k_.c, k_.s, k_.s, true, {}, "");
-    collective(x_.st.cp, "attn_out_a2a", CollectiveKind::kAllToAll, cp, q_bytes, ph, true);
+    std::vector<OpId> kv_ready;
+    if (na > 1) {
+      pending_.push_back(collective(st, "attn_q_a2a", CollectiveKind::kAllToAll, a2a, q_bytes, ph, false));
+      kv_ready.push_back(collective(st, "attn_k_a2a", CollectiveKind::kAllToAll, a2a, k_bytes, ph, false));
+      pending_.push_back(kv_ready.back());
+      kv_ready.push_back(collective(st, "attn_v_a2a", CollectiveKind::kAllToAll, a2a, k_bytes, ph, true));
+    }
+    if (!hier) {
+      attn_kernel("attn", hq / k_.c, hkv / k_.c, k_.s, k_.s, true, false, ph, {}, "");
+    } else {
+      // p2p ring across the outer group on heads / ca and s / cpo tokens per rank (same KV bytes as plain p2p).
+      if (kv_ready.empty() && last_compute_ != schedule::kNoOp) kv_ready.push_back(last_compute_);
+      cp_ring_fwd(ph, x_.cpp_of[rank_], k_.cpo, co_.cp / k_.ca, cp_outer_peer(1), cp_outer_peer(-1), hq / na, hkv / na,
+                  k_.s / k_.cpo, kv_ready);
+    }
+    if (na > 1) collective(st, "attn_out_a2a", CollectiveKind::kAllToAll, a2a, q_bytes, ph, true);
   }
 
   void attention_bwd() {
     const std::uint64_t hq = aq_ / k_.t, hkv = akv_ / k_.t, s_loc = k_.s / k_.c, b = k_.b;
     const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * adh_ * k_.act_bytes;
-    const CommId cp = x_.cp_of[rank_];
-    auto attn = [&](const std::string& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
-                    std::uint64_t skv, bool causal, std::vector<OpId> deps, const std::string& ov) {
-      return kernel(what, Attention{b, heads_q, heads_kv, sq, skv, adh_, causal, true, k_.dtype}, Phase::kBwd,
-                    std::move(deps), ov);
-    };
     if (k_.c == 1) {
-      attn("attn_bwd", hq, hkv, k_.s, k_.s, true, {}, "");
+      attn_kernel("attn_bwd", hq, hkv, k_.s, k_.s, true, true, Phase::kBwd, {}, "");
       return;
     }
     if (k_.cp_type == "p2p") {
-      // c steps; sends KV at step 0, KV + dKV at steps 1..c-2, dKV at step c-1.
-      OpId prev_recv = schedule::kNoOp, prev_attn = last_compute_;
-      for (std::uint32_t i = 0; i < k_.c; ++i) {
-        const std::uint64_t bytes = (i == 0 || i + 1 == k_.c) ? kv_bytes : 2 * kv_bytes;
-        std::vector<OpId> sd;
-        if (prev_attn != schedule::kNoOp) sd.push_back(prev_attn);
-        if (prev_recv != schedule::kNoOp) sd.push_back(prev_recv);
-        send(x_.st.cp, "attn_bwd_send" + str(i), cp, cp_peer(1), bytes, 1, Phase::kBwd, sd, "cp");
-        const OpId rv = recv(x_.st.cp_recv, "attn_bwd_recv" + str(i), cp, cp_peer(-1), bytes, 1, Phase::kBwd, "cp");
-        std::vector<OpId> d;
-        if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-        if (i == 0) {
-          prev_attn = attn("attn_bwd_step0", hq, hkv, s_loc, s_loc, true, d, "cp");
-        } else if (i <= co_.cp) {
-          prev_attn = attn("attn_bwd_step" + str(i), hq, hkv, s_loc, s_loc / 2, false, d, "cp");
-        } else {
-          prev_attn = attn("attn_bwd_step" + str(i), hq, hkv, s_loc / 2, s_loc, false, d, "cp");
-        }
-        prev_recv = rv;
-      }
-      pending_.push_back(prev_recv);  // the final dKV arrives before the qkv dgrad
+      const OpId last = cp_ring_bwd(x_.cp_of[rank_], k_.c, co_.cp, cp_peer(1), cp_peer(-1), hq, hkv, s_loc);
+      pending_.push_back(last);  // the final dKV arrives before the qkv dgrad
       return;
     }
     if (k_.cp_type == "all_gather") {
+      const CommId cp = x_.cp_of[rank_];
       collective(x_.st.cp, "attn_bwd_kv_ag", CollectiveKind::kAllGather, cp, kv_bytes * k_.c, Phase::kBwd, true);
       const std::uint64_t chunk = k_.s / (2 * k_.c);
       const std::uint32_t owned[2] = {co_.cp, 2 * k_.c - 1 - co_.cp};
       for (std::uint32_t h = 0; h < 2; ++h) {
-        if (owned[h] > 0) attn("attn_bwd_half" + str(h) + "_prefix", hq, hkv, chunk, chunk * owned[h], false, {}, "");
-        attn("attn_bwd_half" + str(h) + "_diag", hq, hkv, chunk, chunk, true, {}, "");
+        if (owned[h] > 0) {
+          attn_kernel("attn_bwd_half" + str(h) + "_prefix", hq, hkv, chunk, chunk * owned[h], false, true, Phase::kBwd,
+                      {}, "");
+        }
+        attn_kernel("attn_bwd_half" + str(h) + "_diag", hq, hkv, chunk, chunk, true, true, Phase::kBwd, {}, "");
       }
       collective(x_.st.cp, "attn_bwd_dkv_rs", CollectiveKind::kReduceScatter, cp, kv_bytes * k_.c, Phase::kBwd, true);
       return;
     }
+    const bool hier = k_.cp_type == "a2a+p2p";
+    const std::uint32_t na = hier ? k_.ca : k_.c;
+    const CommId a2a = hier ? x_.cpa_of[rank_] : x_.cp_of[rank_];
+    const StreamId st = hier ? x_.st.cp_a2a : x_.st.cp;
     const std::uint64_t q_bytes = s_loc * b * hq * adh_ * k_.act_bytes;
     const std::uint64_t k_bytes = s_loc * b * hkv * adh_ * k_.act_bytes;
-    collective(x_.st.cp, "attn_bwd_do_a2a", CollectiveKind::kAllToAll, cp, q_bytes, Phase::kBwd, true);
-    attn("attn_bwd", hq / k_.c, hkv / k_.c, k_.s, k_.s, true, {}, "");
-    collective(x_.st.cp, "attn_bwd_dq_a2a", CollectiveKind::kAllToAll, cp, q_bytes, Phase::kBwd, false);
-    collective(x_.st.cp, "attn_bwd_dk_a2a", CollectiveKind::kAllToAll, cp, k_bytes, Phase::kBwd, false);
-    collective(x_.st.cp, "attn_bwd_dv_a2a", CollectiveKind::kAllToAll, cp, k_bytes, Phase::kBwd, true);
-    pending_.push_back(static_cast<OpId>(ops_.size() - 3));
-    pending_.push_back(static_cast<OpId>(ops_.size() - 2));
+    if (na > 1) collective(st, "attn_bwd_do_a2a", CollectiveKind::kAllToAll, a2a, q_bytes, Phase::kBwd, true);
+    std::vector<OpId> dkv;
+    if (!hier) {
+      attn_kernel("attn_bwd", hq / k_.c, hkv / k_.c, k_.s, k_.s, true, true, Phase::kBwd, {}, "");
+    } else {
+      const OpId last = cp_ring_bwd(x_.cpp_of[rank_], k_.cpo, co_.cp / k_.ca, cp_outer_peer(1), cp_outer_peer(-1),
+                                    hq / na, hkv / na, k_.s / k_.cpo);
+      if (last != schedule::kNoOp) dkv.push_back(last);  // dK, dV complete only when the last dKV block arrived
+    }
+    if (na > 1) {
+      pending_.push_back(
+          collective(st, "attn_bwd_dq_a2a", CollectiveKind::kAllToAll, a2a, q_bytes, Phase::kBwd, false));
+      pending_.push_back(
+          collective(st, "attn_bwd_dk_a2a", CollectiveKind::kAllToAll, a2a, k_bytes, Phase::kBwd, false, dkv));
+      collective(st, "attn_bwd_dv_a2a", CollectiveKind::kAllToAll, a2a, k_bytes, Phase::kBwd, true, dkv);
+    } else if (!dkv.empty()) {
+      pending_.push_back(dkv.front());
+    }
   }
 
   std::uint64_t layer_kernel_count_estimate() const { return 12; }
@@ -2476,8 +2555,8 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   }
   e.activations_bytes = peak + transient;
   std::uint32_t comms = 0;
-  for (const auto* v :
-       {&x.tp_of, &x.cp_of, &x.dp_of, &x.pp_of, &x.norm_of, &x.embd_of, &x.ep_of, &x.etp_of, &x.tpep_of, &x.edp_of}) {
+  for (const auto* v : {&x.tp_of, &x.cp_of, &x.cpa_of, &x.cpp_of, &x.dp_of, &x.pp_of, &x.norm_of, &x.embd_of, &x.ep_of,
+                        &x.etp_of, &x.tpep_of, &x.edp_of}) {
     if ((*v)[rank] != kNone) ++comms;
   }
   e.comm_buffers_bytes = static_cast<double>(comms) * static_cast<double>(kNcclBufferBytesPerComm);
@@ -2648,7 +2727,8 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
   }
   if (k.c > 1) {
     x.st.cp = add_stream("cp", -1);
-    if (k.cp_type == "p2p") x.st.cp_recv = add_stream("cp_recv", -1);
+    if (k.cp_type == "p2p" || k.cp_type == "a2a+p2p") x.st.cp_recv = add_stream("cp_recv", -1);
+    if (k.cp_type == "a2a+p2p") x.st.cp_a2a = add_stream("cp_a2a", -1);
   }
   const bool tied_pp = model.share_embeddings_and_output_weights && k.p > 1;
   const bool need_dp_stream = static_cast<std::uint64_t>(k.d) * k.c > 1 || tied_pp || world > 1;
@@ -2674,11 +2754,17 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
   x.pp_of.assign(world, kNone);
   x.norm_of.assign(world, kNone);
   x.embd_of.assign(world, kNone);
-  auto add_comm = [&](const std::string& kind, std::uint32_t index, std::vector<RankId> members,
-                      std::vector<CommId>& of) {
+  x.cpa_of.assign(world, kNone);
+  x.cpp_of.assign(world, kNone);
+  auto add_named_comm = [&](const std::string& name, const std::string& kind, std::vector<RankId> members,
+                            std::vector<CommId>& of) {
     const auto id = static_cast<CommId>(s.communicators.size());
     for (auto m : members) of[m] = id;
-    s.communicators.push_back({kind + "." + str(index), kind, std::move(members)});
+    s.communicators.push_back({name, kind, std::move(members)});
+  };
+  auto add_comm = [&](const std::string& kind, std::uint32_t index, std::vector<RankId> members,
+                      std::vector<CommId>& of) {
+    add_named_comm(kind + "." + str(index), kind, std::move(members), of);
   };
   if (k.t > 1) {
     for (std::uint32_t i = 0; i < world / k.t; ++i) {
@@ -2688,13 +2774,27 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
     }
   }
   if (k.c > 1) {
-    std::uint32_t idx = 0;
+    std::uint32_t idx = 0, a2a_idx = 0, p2p_idx = 0;
     for (std::uint32_t pp = 0; pp < k.p; ++pp) {
       for (std::uint32_t dp = 0; dp < k.d; ++dp) {
         for (std::uint32_t tp = 0; tp < k.t; ++tp) {
-          std::vector<RankId> m;
-          for (std::uint32_t cp = 0; cp < k.c; ++cp) m.push_back(rank_of(k, {tp, cp, dp, pp}));
-          add_comm("cp", idx++, m, x.cp_of);
+          if (k.cp_type != "a2a+p2p") {
+            std::vector<RankId> m;
+            for (std::uint32_t cp = 0; cp < k.c; ++cp) m.push_back(rank_of(k, {tp, cp, dp, pp}));
+            add_comm("cp", idx++, m, x.cp_of);
+            continue;
+          }
+          // Megatron's hierarchical groups: level 0 = runs of ca consecutive CP ranks, level 1 = stride ca.
+          for (std::uint32_t o = 0; o < k.cpo && k.ca > 1; ++o) {
+            std::vector<RankId> m;
+            for (std::uint32_t i = 0; i < k.ca; ++i) m.push_back(rank_of(k, {tp, o * k.ca + i, dp, pp}));
+            add_named_comm("cp_a2a." + str(a2a_idx++), "cp", m, x.cpa_of);
+          }
+          for (std::uint32_t i = 0; i < k.ca && k.cpo > 1; ++i) {
+            std::vector<RankId> m;
+            for (std::uint32_t o = 0; o < k.cpo; ++o) m.push_back(rank_of(k, {tp, o * k.ca + i, dp, pp}));
+            add_named_comm("cp_p2p." + str(p2p_idx++), "cp", m, x.cpp_of);
+          }
         }
       }
     }
@@ -2784,6 +2884,8 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
       }
     }
   }
+
+  for (const auto& comm : s.communicators) x.comm_size.push_back(static_cast<std::uint32_t>(comm.members.size()));
 
   // Ops, rank by rank (each rank is a function of its coordinates alone, so only present ranks are built).
   for (RankId r : s.ranks) {

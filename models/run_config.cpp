@@ -196,9 +196,11 @@ RunConfig apply_overlap_variant(const RunConfig& base, const std::string& varian
   c.tp_comm_overlap = tp;
   c.overlap_p2p_comm = pp;
   if (pp) c.batch_p2p_comm = false;  // overlap_p2p_comm and batch_p2p_comm together is a ValueError in MCore.
-  // CP: the p2p ring is the overlapped form; all_gather is its non-overlapped counterpart. a2a types have no toggle.
-  if (cp) c.cp_comm_type = "p2p";
-  else if (base.cp_comm_type == "p2p") c.cp_comm_type = "all_gather";
+  // CP: the p2p ring is the overlapped form; all_gather is its non-overlapped counterpart. The a2a types (a2a,
+  // a2a+p2p) have no overlap toggle and are kept as configured.
+  const bool a2a_type = base.cp_comm_type == "a2a" || base.cp_comm_type == "a2a+p2p";
+  if (cp && !a2a_type) c.cp_comm_type = "p2p";
+  else if (!cp && base.cp_comm_type == "p2p") c.cp_comm_type = "all_gather";
   c.overlap_moe_expert_parallel_comm = ep;
   c.delay_wgrad_compute = delay;
   c.moe_shared_expert_overlap = shared;

@@ -64,6 +64,12 @@ TEST_CASE("models::run_config: overlap variants map to Megatron knobs", "[run_co
   CHECK(pp.overlap_p2p_comm);
   CHECK_FALSE(pp.batch_p2p_comm);
   CHECK(pp.cp_comm_type == "p2p");
+  RunConfig hier = base;
+  hier.cp_comm_type = "a2a+p2p";  // the a2a types have no overlap toggle: kept by every variant
+  CHECK(apply_overlap_variant(hier, "cp").cp_comm_type == "a2a+p2p");
+  CHECK(apply_overlap_variant(hier, "none").cp_comm_type == "a2a+p2p");
+  hier.cp_comm_type = "a2a";
+  CHECK(apply_overlap_variant(hier, "all").cp_comm_type == "a2a");
   RunConfig all = apply_overlap_variant(base, "all");
   CHECK(all.overlap_moe_expert_parallel_comm);
   CHECK(all.delay_wgrad_compute);
