@@ -334,11 +334,19 @@ class Core {
                                      std::to_string(s_.ops[m].rank) + " (" + op_label(m) + ")";
       }
       if (listed > 4) missing += ", and " + std::to_string(listed - 4) + " more";
+      if (listed == 0) {
+        return "every member reached it and it started, but the resource model never reported its completion "
+               "(a simulator bug: report it with the schedule; --fidelity analytic avoids the flow model)";
+      }
       return "collective waits for members that have not reached it: " + missing;
     }
     const OpId partner = m_.partner.empty() ? kNoOp : m_.partner[op];
     const char* what = cls_[op] == OpClass::kSend ? "recv" : "send";
     if (partner == kNoOp) return std::string("has no matching ") + what + " on the peer";
+    if (reached_[partner] != 0) {
+      return std::string("matched with ") + op_label(partner) + " on rank " + std::to_string(s_.ops[partner].rank) +
+             "; the transfer started, but the resource model never reported its completion (a simulator bug)";
+    }
     return std::string("waits for the matching ") + what + " " + op_label(partner) + " on rank " +
            std::to_string(s_.ops[partner].rank);
   }
@@ -358,7 +366,9 @@ class Core {
       }
     }
     if (lines > 32) out += "\n  ... and " + std::to_string(lines - 32) + " more ranks";
-    out += "\n(the schedule's wait-for graph has a cycle; `twinstep validate` spells it out)";
+    if (out.find("resource model never reported") == std::string::npos) {
+      out += "\n(the schedule's wait-for graph has a cycle; `twinstep validate` spells it out)";
+    }
     return out;
   }
 
