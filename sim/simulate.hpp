@@ -39,7 +39,7 @@ struct Options {
 /// child; call this directly only in a process of its own. Throws Error when the build has no SimGrid.
 [[nodiscard]] std::unique_ptr<ResourceModel> make_flow_model(const SimContext& ctx);
 
-/// The CLI's default fidelity: "analytic" for now (flow becomes the default once it is robust, issue 6).
+/// The CLI's default fidelity: "flow" when this build has SimGrid (flow_model_available()), else "analytic".
 [[nodiscard]] std::string default_fidelity();
 
 /// Replays `schedule` on `cluster`. With fidelity "flow" the simulation runs in a forked child process (SimGrid's
