@@ -21,11 +21,12 @@ struct LowerArgs {
   std::uint32_t gpus = 0;
   double gpu_memory_gib = 0;
   std::string output;
+  std::string profile;
   bool summary = false;
   bool representatives = false;
 };
 
-void print_summary(const models::Lowered& low, const models::RunConfig& cfg) {
+void print_summary(const models::Lowered& low, const std::string& host_costs) {
   const schedule::Schedule& s = low.schedule;
   std::map<std::string, std::size_t> kinds;
   std::map<std::string, double> comm_bytes;
@@ -54,8 +55,17 @@ void print_summary(const models::Lowered& low, const models::RunConfig& cfg) {
               format_bytes(m.params_bytes).c_str(), format_bytes(m.grads_bytes).c_str(),
               format_bytes(m.optimizer_bytes).c_str(), format_bytes(m.activations_bytes).c_str(),
               format_bytes(m.comm_buffers_bytes).c_str(), format_bytes(m.total_bytes()).c_str());
+  std::size_t host_ops = 0;
+  Nanos host_ns = 0;
+  for (const auto& op : s.ops) {
+    if (const auto* h = std::get_if<schedule::Host>(&op.body)) {
+      ++host_ops;
+      host_ns += h->duration_ns;
+    }
+  }
+  std::printf("host costs: %s\n", host_costs.c_str());
+  std::printf("host ops: %zu, %s of host time in all\n", host_ops, format_seconds(to_seconds(host_ns)).c_str());
   for (const auto& w : low.warnings) std::printf("warning: %s\n", w.c_str());
-  (void)cfg;
 }
 
 }  // namespace
@@ -67,25 +77,33 @@ void register_model_commands(CLI::App& app) {
   sub->add_option("--gpus", args->gpus, "world size (GPUs); default: the config's world_size");
   sub->add_option("--gpu-memory-gib", args->gpu_memory_gib, "GPU memory for the fit verdict (default 80 GiB)");
   sub->add_option("-o,--output", args->output, "schedule JSON to write ('-' for stdout)")->required();
+  sub->add_option("--profile", args->profile,
+                  "calibration profile JSON: host costs (per kernel launch, per module call) from its framework "
+                  "section; --event-record-ns, --ep-node-ns, ... override");
   sub->add_flag("--summary", args->summary, "print ops per kind, bytes per communicator, FLOPs, memory, warnings");
   sub->add_flag("--representatives", args->representatives,
                 "emit only the representative ranks (data-parallel index 0); communicators keep all members");
   sub->callback([args]() {
     if (args->run.model.empty()) throw Error("lower: --model is required (a zoo id such as llama3-8b, or a path)");
     const models::ModelSpec model = models::load_model(args->run.model);
-    const models::RunConfig cfg = resolve_run_config(args->run, args->gpus, args->gpu_memory_gib * 1024.0 * 1024 * 1024);
+    const sim::Profile profile = args->profile.empty() ? sim::Profile{} : sim::read_profile(args->profile);
+    const ResolvedRun resolved = resolve_run(args->run, args->gpus, args->gpu_memory_gib * 1024.0 * 1024 * 1024,
+                                             args->profile.empty() ? nullptr : &profile);
+    const models::RunConfig& cfg = resolved.config;
     models::LowerOptions options;
     options.representatives_only = args->representatives;
     const models::Lowered low = models::lower(model, cfg, options);
     schedule::write_schedule(low.schedule, args->output);
-    if (args->summary) print_summary(low, cfg);
+    if (args->summary) print_summary(low, resolved.host_costs);
     const std::string verdict = format_bytes(low.peak_memory.total_bytes()) + " per GPU (largest rank) against " +
                                 format_bytes(cfg.gpu_memory_bytes);
     if (!low.fits) {
       throw NotFeasibleError("does not fit in " + format_bytes(cfg.gpu_memory_bytes) + ": needs " + verdict +
                              " (schedule written to " + args->output + ")");
     }
-    if (args->output != "-") std::fprintf(stderr, "fits: %s\n", verdict.c_str());
+    if (args->output != "-") {
+      std::fprintf(stderr, "fits: %s\nhost costs: %s\n", verdict.c_str(), resolved.host_costs.c_str());
+    }
   });
 }
 

@@ -37,10 +37,11 @@ struct ClusterFlags {
   std::string fidelity = sim::default_fidelity();
 };
 
-void add_cluster_flags(CLI::App* sub, ClusterFlags& f) {
-  sub->add_option("--cluster", f.cluster, "Cluster id (dgx-h100, hgx-h200, dgx-a100, h200x2-nvlink, h100-superpod, ...) "
-                                          "or a cluster JSON path")
-      ->required();
+void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = true) {
+  auto* cluster = sub->add_option("--cluster", f.cluster,
+                                  "Cluster id (dgx-h100, hgx-h200, dgx-a100, h200x2-nvlink, h100-superpod, ...) "
+                                  "or a cluster JSON path");
+  if (cluster_required) cluster->required();
   auto* nodes = sub->add_option("--nodes", f.nodes, "Number of nodes (1..2048)");
   auto* gpus = sub->add_option("--gpus", f.gpus, "Number of GPUs (a multiple of the GPUs per node, or fewer than one node)");
   nodes->excludes(gpus);
@@ -114,7 +115,7 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-void print_table(const std::vector<VariantResult>& results, const std::string& header) {
+std::string format_table(const std::vector<VariantResult>& results, const std::string& header) {
   std::string out = header;
   const double base = results.front().step_s;
   for (const auto& r : results) {
@@ -140,17 +141,53 @@ void print_table(const std::vector<VariantResult>& results, const std::string& h
     for (const auto& w : r.warnings) out += "  warning: " + w + "\n";
     for (const auto& n : r.notes) out += "  note: " + n + "\n";
   }
-  std::fputs(out.c_str(), stdout);
+  return out;
 }
 
-void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::string& overlap, bool json,
-                 const std::string& trace_dir, bool no_reduce) {
+/// Everything `twinstep predict` takes.
+struct PredictArgs {
+  RunFlags flags;
+  ClusterFlags cf;
+  std::string overlap = "none";
+  bool json = false;
+  std::string trace_dir;
+  bool no_reduce = false;
+};
+
+/// The predict options (run flags, cluster flags, --overlap --json --trace --no-reduce) on `sub`.
+void add_predict_options(CLI::App* sub, PredictArgs& a, bool cluster_required) {
+  add_run_flags(*sub, a.flags);
+  add_cluster_flags(sub, a.cf, cluster_required);
+  sub->add_option("--overlap", a.overlap,
+                  "Comma-separated variants: none, all, or +-joined modes (dp, tp, pp, cp, ep, delay_wgrad, "
+                  "shared_expert); the first is the baseline");
+  sub->add_flag("--json", a.json, "Print one JSON object with a variants array");
+  sub->add_option("--trace", a.trace_dir, "Folder for <variant>.trace.json and <variant>.perfetto.json");
+  sub->add_flag("--no-reduce", a.no_reduce,
+                "Simulate every rank. By default above " + std::to_string(kReduceAboveGpus) +
+                    " GPUs predict simulates one representative per DP replica (symmetry reduction: absent members "
+                    "of a communicator mirror present ones)");
+}
+
+/// One prediction, as the table text and as the --json object.
+struct Prediction {
+  std::string text;
+  nlohmann::ordered_json json;
+};
+
+Prediction run_predict(const PredictArgs& args) {
+  const RunFlags& flags = args.flags;
+  const ClusterFlags& cf = args.cf;
+  const std::string& trace_dir = args.trace_dir;
+  if (cf.cluster.empty()) throw Error("--cluster is required (a cluster id such as dgx-h100, or a cluster JSON path)");
   if (flags.model.empty()) throw Error("--model is required (a zoo id such as llama3-70b, or a model JSON path)");
   const Setup setup = load_setup(cf);
   const sim::CostModel costs(setup.cluster, setup.profile);
   const models::ModelSpec model = models::load_model(flags.model);
   const std::uint32_t gpus = setup.cluster.num_gpus();
-  const models::RunConfig base = resolve_run_config(flags, gpus, setup.cluster.node.gpu.hbm_capacity_bytes);
+  const ResolvedRun resolved = resolve_run(flags, gpus, setup.cluster.node.gpu.hbm_capacity_bytes,
+                                           cf.profile.empty() ? nullptr : &setup.profile);
+  const models::RunConfig& base = resolved.config;
   const double peak = setup.cluster.node.gpu.peak_flop_per_s(base.dtype);
   if (!trace_dir.empty()) {
     std::error_code ec;
@@ -158,10 +195,10 @@ void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::strin
     if (ec) throw Error("--trace " + trace_dir + ": cannot create the folder: " + ec.message());
   }
   std::vector<VariantResult> results;
-  for (const auto& v : split_variants(overlap)) {
+  for (const auto& v : split_variants(args.overlap)) {
     const models::RunConfig cfg = models::apply_overlap_variant(base, v);
     models::LowerOptions lower_opts;
-    lower_opts.representatives_only = !no_reduce && gpus > kReduceAboveGpus;
+    lower_opts.representatives_only = !args.no_reduce && gpus > kReduceAboveGpus;
     models::Lowered lowered = models::lower(model, cfg, lower_opts);
     sim::Options opts;
     opts.fidelity = cf.fidelity;
@@ -189,13 +226,15 @@ void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::strin
     }
     results.push_back(std::move(r));
   }
-  if (json) {
-    nlohmann::ordered_json j;
+  Prediction out;
+  {
+    nlohmann::ordered_json& j = out.json;
     j["model"] = model.name;
     j["cluster"] = setup.cluster.describe();
     j["gpus"] = gpus;
     j["profile"] = setup.profile.name;
     j["fidelity"] = cf.fidelity;
+    j["host_costs"] = resolved.host_costs;
     nlohmann::ordered_json arr = nlohmann::ordered_json::array();
     for (const auto& r : results) {
       nlohmann::ordered_json e;
@@ -212,8 +251,6 @@ void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::strin
       arr.push_back(e);
     }
     j["variants"] = arr;
-    std::fputs((j.dump(2) + "\n").c_str(), stdout);
-    return;
   }
   std::string header = "twinstep predict: " + model.name + " on " + setup.cluster.describe() + "\n";
   header += "layout: tp " + std::to_string(base.tensor_model_parallel_size) + ", pp " +
@@ -222,7 +259,81 @@ void run_predict(const RunFlags& flags, const ClusterFlags& cf, const std::strin
             std::to_string(base.micro_batch_size) + ", gbs " + std::to_string(base.global_batch_size) + ", seq " +
             std::to_string(base.seq_length) + "\n";
   header += "costs: " + setup.profile.name + ", fidelity " + cf.fidelity + "\n";
-  print_table(results, header);
+  header += "host costs: " + resolved.host_costs + "\n";
+  out.text = format_table(results, header);
+  return out;
+}
+
+/// A built-in example: predict run on a flag set written in code (the same path as the command line).
+struct Example {
+  const char* id;
+  const char* title;
+  std::vector<std::string> args;  ///< predict arguments; "twinstep predict <args>" is the equivalent command
+};
+
+const std::vector<Example>& examples() {
+  static const std::vector<Example> kExamples = {
+      {"qwen",
+       "Qwen3-30B-A3B (MoE, 128 experts, top-8) on 2 nodes of 8 H100, EP 16, distributed optimizer: EP overlap "
+       "variants. seq 2048: with EP overlap two micro-batches are in flight and seq 4096 needs ~100 GiB per GPU",
+       {"--model", "qwen3-30b-a3b", "--cluster", "dgx-h100", "--nodes", "2", "--ep", "16", "--distributed-optimizer",
+        "--mbs", "1", "--gbs", "256", "--seq", "2048", "--overlap", "none,ep,ep+delay_wgrad"}},
+      {"llama",
+       "Llama-3-70B (dense) on 4 nodes of 8 H100, TP 8 + SP, PP 4 with 2 virtual stages, distributed optimizer: "
+       "dense overlap modes. gbs 32 rather than 64 keeps --example under a minute on 2 cores (same per-micro-batch "
+       "work, half the micro-batches)",
+       {"--model", "llama3-70b", "--cluster", "dgx-h100", "--nodes", "4", "--tp", "8", "--pp", "4", "--vpp", "2",
+        "--sp", "--distributed-optimizer", "--mbs", "1", "--gbs", "32", "--seq", "4096", "--overlap",
+        "none,dp,tp,pp,all"}},
+  };
+  return kExamples;
+}
+
+/// `predict --example [qwen|llama]`: each example's title line, its equivalent command line and its prediction.
+void run_examples(const std::string& which, const PredictArgs& outer) {
+  if (!outer.flags.model.empty() || !outer.cf.cluster.empty()) {
+    throw Error("--example runs the built-in examples with their own model and cluster; drop --model/--cluster, or "
+                "drop --example and give the full command");
+  }
+  std::vector<const Example*> chosen;
+  for (const auto& e : examples()) {
+    if (which.empty() || which == "all" || which == e.id) chosen.push_back(&e);
+  }
+  if (chosen.empty()) throw Error("--example \"" + which + "\": use qwen, llama or all (default: all)");
+  nlohmann::ordered_json all = nlohmann::ordered_json::array();
+  for (const Example* e : chosen) {
+    std::vector<std::string> args = e->args;
+    if (outer.cf.fidelity != sim::default_fidelity()) {
+      args.push_back("--fidelity");
+      args.push_back(outer.cf.fidelity);
+    }
+    std::string command = "twinstep predict";
+    for (const auto& a : args) command += " " + a;
+    PredictArgs a;
+    CLI::App app("example");
+    add_predict_options(&app, a, true);
+    std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 parses a reversed vector
+    app.parse(reversed);
+    a.json = outer.json;
+    const Prediction p = run_predict(a);
+    if (outer.json) {
+      nlohmann::ordered_json j;
+      j["example"] = e->id;
+      j["title"] = e->title;
+      j["command"] = command;
+      for (auto it = p.json.begin(); it != p.json.end(); ++it) j[it.key()] = it.value();
+      all.push_back(j);
+    } else {
+      const std::string head = "=== example " + std::string(e->id) + ": " + e->title + "\n" + command + "\n\n";
+      std::fputs((head + p.text + (e == chosen.back() ? "" : "\n")).c_str(), stdout);
+      std::fflush(stdout);
+    }
+  }
+  if (outer.json) {
+    nlohmann::ordered_json j;
+    j["examples"] = all;
+    std::fputs((j.dump(2) + "\n").c_str(), stdout);
+  }
 }
 
 void run_simulate(const std::string& path, const ClusterFlags& cf, const std::string& out) {
@@ -249,23 +360,22 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
 void register_sim_commands(CLI::App& app) {
   {
     auto* sub = app.add_subcommand("predict", "Predict the step time per overlap variant (model x cluster x layout)");
-    auto flags = std::make_shared<RunFlags>();
-    auto cf = std::make_shared<ClusterFlags>();
-    auto overlap = std::make_shared<std::string>("none");
-    auto json = std::make_shared<bool>(false);
-    auto trace = std::make_shared<std::string>();
-    auto no_reduce = std::make_shared<bool>(false);
-    add_run_flags(*sub, *flags);
-    add_cluster_flags(sub, *cf);
-    sub->add_option("--overlap", *overlap, "Comma-separated variants: none, all, or +-joined modes (dp, tp, pp, cp, ep, "
-                                           "delay_wgrad, shared_expert); the first is the baseline");
-    sub->add_flag("--json", *json, "Print one JSON object with a variants array");
-    sub->add_option("--trace", *trace, "Folder for <variant>.trace.json and <variant>.perfetto.json");
-    sub->add_flag("--no-reduce", *no_reduce,
-                  "Simulate every rank. By default above " + std::to_string(kReduceAboveGpus) +
-                      " GPUs predict simulates one representative per DP replica (symmetry reduction: absent members "
-                      "of a communicator mirror present ones)");
-    sub->callback([=]() { run_predict(*flags, *cf, *overlap, *json, *trace, *no_reduce); });
+    auto args = std::make_shared<PredictArgs>();
+    auto example = std::make_shared<std::string>();
+    add_predict_options(sub, *args, false);
+    auto* ex = sub->add_option("--example", *example,
+                               "Run the built-in examples (qwen: Qwen3-30B-A3B EP overlap on 2 x 8 H100; llama: "
+                               "Llama-3-70B dense overlap modes on 4 x 8 H100; default all), each with its title and "
+                               "equivalent command line; --json and --fidelity apply")
+                   ->expected(0, 1);
+    sub->callback([=]() {
+      if (ex->count() > 0) {
+        run_examples(*example, *args);
+        return;
+      }
+      const Prediction p = run_predict(*args);
+      std::fputs(args->json ? (p.json.dump(2) + "\n").c_str() : p.text.c_str(), stdout);
+    });
   }
   {
     auto* sub = app.add_subcommand("simulate", "Simulate a schedule file on a cluster and write the trace");

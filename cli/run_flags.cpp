@@ -20,6 +20,10 @@ void flag(CLI::App& sub, const std::string& name, std::optional<bool>& target, c
                         help);
 }
 
+/// Config file, then the profile's framework host costs (when `host_costs` is set), then the flags.
+models::RunConfig resolve_config(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
+                                 const sim::Profile* profile, std::string* host_costs);
+
 }  // namespace
 
 void add_run_flags(CLI::App& sub, RunFlags& f) {
@@ -69,7 +73,36 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--event-record-ns", f.event_record_ns, "host cost per CUDA event record / wait, ns");
 }
 
+std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host) {
+  if (profile == nullptr) return "none (no --profile)";
+  const sim::FrameworkCosts& fw = profile->framework;
+  std::string measured;
+  auto take = [&](double seconds, Nanos& target, const char* what) {
+    if (seconds < 0) return;  // not measured
+    target = to_nanos(seconds);
+    measured += std::string(measured.empty() ? "" : ", ") + what + " " + std::to_string(target) + " ns";
+  };
+  take(fw.per_kernel_launch_s, host.per_kernel_launch_ns, "per kernel launch");
+  take(fw.per_module_call_s, host.per_module_call_ns, "per module call");
+  if (measured.empty()) return "none (no framework section in " + profile->name + ")";
+  return "framework section of " + profile->name + " (" + measured + ")";
+}
+
+ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
+                        const sim::Profile* profile) {
+  ResolvedRun r;
+  r.config = resolve_config(f, world_size, gpu_memory_bytes, profile, &r.host_costs);
+  return r;
+}
+
 models::RunConfig resolve_run_config(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes) {
+  return resolve_config(f, world_size, gpu_memory_bytes, nullptr, nullptr);
+}
+
+namespace {
+
+models::RunConfig resolve_config(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
+                                 const sim::Profile* profile, std::string* host_costs) {
   models::RunConfig c;
   bool cdmc_from_file = false;
   if (!f.config.empty()) {
@@ -77,6 +110,7 @@ models::RunConfig resolve_run_config(const RunFlags& f, std::uint32_t world_size
     c = models::run_config_from_json(text, f.config);
     cdmc_from_file = text.find("\"cuda_device_max_connections\"") != std::string::npos;
   }
+  if (host_costs != nullptr) *host_costs = host_costs_from_profile(profile, c.host);
   auto positive = [](const char* flag_name, std::uint32_t v) {
     if (v == 0) throw Error(std::string(flag_name) + " must be >= 1");
     return v;
@@ -155,6 +189,15 @@ models::RunConfig resolve_run_config(const RunFlags& f, std::uint32_t world_size
   if (f.ep_node_ns) c.host.ep_node_ns = nanos("--ep-node-ns", *f.ep_node_ns);
   if (f.ep_backward_call_ns) c.host.ep_backward_call_ns = nanos("--ep-backward-call-ns", *f.ep_backward_call_ns);
   if (f.event_record_ns) c.host.event_record_ns = nanos("--event-record-ns", *f.event_record_ns);
+  if (host_costs != nullptr) {
+    std::string over;
+    for (const auto& [given, name] : {std::pair{f.ep_node_ns.has_value(), "--ep-node-ns"},
+                                      std::pair{f.ep_backward_call_ns.has_value(), "--ep-backward-call-ns"},
+                                      std::pair{f.event_record_ns.has_value(), "--event-record-ns"}}) {
+      if (given) over += std::string(over.empty() ? "" : ", ") + name;
+    }
+    if (!over.empty()) *host_costs += "; " + over + " from the command line";
+  }
   if (f.cdmc) {
     if (*f.cdmc < 1 || *f.cdmc > 32) throw Error("--cdmc must be in [1, 32] (CUDA_DEVICE_MAX_CONNECTIONS)");
     c.cuda_device_max_connections = *f.cdmc;
@@ -167,4 +210,5 @@ models::RunConfig resolve_run_config(const RunFlags& f, std::uint32_t world_size
   return c;
 }
 
+}  // namespace
 }  // namespace twinstep::cli

@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "models/run_config.hpp"
+#include "sim/cost_model.hpp"
 
 namespace twinstep::cli {
 
@@ -48,6 +49,22 @@ struct RunFlags {
 /// --routing-skew --flex-sms --ep-overlap --delay-wgrad --shared-expert-overlap --ep-node-ns --ep-backward-call-ns
 /// --event-record-ns.
 void add_run_flags(CLI::App& sub, RunFlags& flags);
+
+/// A resolved run config and where its host costs (RunConfig::host) came from, for the output line
+/// "host costs: ...".
+struct ResolvedRun {
+  models::RunConfig config;
+  std::string host_costs;  ///< "framework section of P (...)", "none (no framework section in P)", ...
+};
+
+/// Fills RunConfig::host from a calibration profile's framework section (per kernel launch, per module call; the
+/// fields it measured) and says so; `profile` may be null (no --profile). Returns the "host costs" text.
+[[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
+
+/// resolve_run_config() with the host costs of `profile`'s framework section applied after the config file and
+/// before the flags (so --event-record-ns, --ep-node-ns, ... still override).
+[[nodiscard]] ResolvedRun resolve_run(const RunFlags& flags, std::uint32_t world_size, double gpu_memory_bytes,
+                                      const sim::Profile* profile);
 
 /// Starts from --config (if given), overrides with the flags that were given, sets world_size and
 /// gpu_memory_bytes (when > 0). When neither the file nor a flag sets CUDA_DEVICE_MAX_CONNECTIONS and TP or CP > 1,

@@ -1130,6 +1130,12 @@ class RankLowering {
   }
 
   std::uint64_t layer_kernel_count_estimate() const { return 12; }
+  /// Framework host time of one layer's forward or backward: its module calls and kernel launches (the same in the
+  /// plain and the combined EP-overlap schedule).
+  Nanos layer_host_ns() const {
+    return x_.cfg->host.per_module_call_ns * 6 +
+           x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate());
+  }
 
   // ---- helpers for MoE, attention variants and delayed wgrad ----
   bool ub() const { return k_.tp_overlap && !no_ub_; }
@@ -1634,10 +1640,7 @@ class RankLowering {
 
   void layer_fwd(std::uint32_t layer, Phase ph) {
     cur_layer_ = static_cast<std::int32_t>(layer);
-    host("host_fwd",
-         x_.cfg->host.per_module_call_ns * 6 +
-             x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
-         ph);
+    host("host_fwd", layer_host_ns(), ph);
     attn_block_fwd(layer, ph);
     if (x_.model->is_moe_layer(layer)) {
       moe_pre_fwd(ph);
@@ -1653,10 +1656,7 @@ class RankLowering {
   void layer_bwd(std::uint32_t layer) {
     cur_layer_ = static_cast<std::int32_t>(layer);
     const std::string L = "L" + str(layer) + ".";
-    host("host_bwd",
-         x_.cfg->host.per_module_call_ns * 6 +
-             x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate()),
-         Phase::kBwd);
+    host("host_bwd", layer_host_ns(), Phase::kBwd);
     if (x_.model->is_moe_layer(layer)) {
       elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.h), Phase::kBwd);
       moe_combine_bwd();
@@ -1878,7 +1878,7 @@ class RankLowering {
 
   void f_attn(Side& f, std::uint32_t l) {
     comp_node(f, static_cast<std::int32_t>(l), "A", [&] {
-      host("host_fwd", x_.cfg->host.per_module_call_ns * 6, Phase::kFwd);
+      host("host_fwd", layer_host_ns(), Phase::kFwd);
       attn_block_fwd(l, Phase::kFwd);
       if (x_.model->is_moe_layer(l)) moe_pre_fwd(Phase::kFwd);
     });
@@ -1909,7 +1909,7 @@ class RankLowering {
   void b_mlp(Side& b, std::uint32_t l) {
     const std::string L = "L" + str(l) + ".";
     comp_node(b, static_cast<std::int32_t>(l), "M", [&] {
-      host("host_bwd", x_.cfg->host.per_module_call_ns * 6, Phase::kBwd);
+      host("host_bwd", layer_host_ns(), Phase::kBwd);
       defer_wgrad_ = k_.delay_wgrad;
       if (x_.model->is_moe_layer(l))
         moe_experts_bwd(L);

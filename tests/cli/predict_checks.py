@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+# Checks of `twinstep predict` that need arithmetic on its --json output (CTest runs them; exit 0 = pass).
+# usage: predict_checks.py CHECK TWINSTEP [ARGS...]
+#   examples TWINSTEP              predict --example --json: both built-in examples with their exact variant lists
+#   ep_host_cost TWINSTEP MODEL    large per-node host costs make EP overlap slower than none (host-bound time grows)
+import json
+import subprocess
+import sys
+
+
+def predict(twinstep, *args):
+    cmd = [twinstep, "predict", *args, "--json"]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        sys.exit(f"{' '.join(cmd)}: exit {run.returncode}\n{run.stdout}{run.stderr}")
+    return json.loads(run.stdout)
+
+
+def check(cond, what, data):
+    if not cond:
+        sys.exit(f"FAILED: {what}\n{json.dumps(data, indent=1)[:4000]}")
+
+
+def examples(twinstep):
+    d = predict(twinstep, "--example", "--fidelity", "analytic")
+    ex = d["examples"]
+    check([e["example"] for e in ex] == ["qwen", "llama"], "examples qwen then llama", d)
+    want = {"qwen": ["none", "ep", "ep+delay_wgrad"], "llama": ["none", "dp", "tp", "pp", "all"]}
+    for e in ex:
+        names = [v["name"] for v in e["variants"]]
+        check(names == want[e["example"]], f"{e['example']} variants {names}", e)
+        check(e["command"].startswith("twinstep predict --model "), "command line given", e)
+        check(e["title"] != "", "title given", e)
+        for v in e["variants"]:
+            check(v["step_time_s"] > 0 and v["fits"], f"{e['example']} {v['name']}: positive step time and fits", e)
+            b = v["breakdown"]
+            parts = b["compute_s"] + sum(b["exposed_comm_s"].values()) + b["bubble_s"] + b["host_bound_s"]
+            check(abs(parts - v["step_time_s"]) <= 1e-3 * v["step_time_s"], "breakdown sums to the step", v)
+    check(ex[0]["gpus"] == 16 and ex[1]["gpus"] == 32, "16 and 32 GPUs", d)
+    check("--ep 16" in ex[0]["command"] and "--distributed-optimizer" in ex[0]["command"], "qwen: EP 16, distopt", d)
+    check("--tp 8 --pp 4 --vpp 2 --sp" in ex[1]["command"], "llama: tp 8, pp 4, vpp 2, sp", d)
+
+
+def ep_host_cost(twinstep, model):
+    base = ["--model", model, "--cluster", "h200x2-nvlink", "--ep", "2", "--distributed-optimizer", "--gbs", "8",
+            "--seq", "4096", "--overlap", "none,ep", "--fidelity", "analytic"]
+    cheap = predict(twinstep, *base, "--ep-node-ns", "0")
+    dear = predict(twinstep, *base, "--ep-node-ns", "1000000")
+    none0, ep0 = cheap["variants"]
+    none1, ep1 = dear["variants"]
+    # The per-node host op exists only in the combined EP-overlap schedule: the baseline does not move.
+    check(none0["step_time_s"] == none1["step_time_s"], "baseline unchanged by --ep-node-ns", dear)
+    # 1 ms per schedule node: the host thread falls behind, host-bound time grows, and EP overlap loses.
+    check(ep1["breakdown"]["host_bound_s"] > ep0["breakdown"]["host_bound_s"] + 1e-3, "host-bound time grows", dear)
+    check(ep1["step_time_s"] > ep0["step_time_s"], "EP overlap slower with host costs", dear)
+    check(ep1["step_time_s"] > none1["step_time_s"], "EP overlap slower than none with large host costs", dear)
+    check("--ep-node-ns from the command line" in dear["host_costs"], "host_costs names the flag", dear)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__ or "usage: predict_checks.py CHECK TWINSTEP [ARGS...]")
+    {"examples": examples, "ep_host_cost": ep_host_cost}[sys.argv[1]](*sys.argv[2:])
