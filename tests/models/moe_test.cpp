@@ -530,3 +530,26 @@ TEST_CASE("models::moe: step FLOPs count only the active experts and match the s
   CHECK(n_active > 3.85e9);
   CHECK(n_active < 4.1e9);
 }
+
+TEST_CASE("models::moe: framework host time per layer is the same with and without EP overlap", "[moe]") {
+  const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
+  RunConfig c = moe_config(2, 2, 1, 1, 2);
+  c.host.per_module_call_ns = 1000;
+  c.host.per_kernel_launch_ns = 100;
+  auto host_ns = [](const schedule::Schedule& s, const std::string& part) {
+    Nanos total = 0;
+    for (const auto& op : s.ops) {
+      if (op.rank != 0 || op.name.find(part) == std::string::npos) continue;
+      total += std::get<schedule::Host>(op.body).duration_ns;
+    }
+    return total;
+  };
+  const Lowered plain = lower(m, c);
+  c.overlap_moe_expert_parallel_comm = true;
+  const Lowered overlap = lower(m, c);
+  // 2 layers x 2 micro-batches x (6 module calls x 1000 + 12 launches x 100) ns, forward and backward alike.
+  for (const char* part : {"host_fwd", "host_bwd"}) {
+    CHECK(host_ns(plain.schedule, part) == 2 * 2 * (6 * 1000 + 12 * 100));
+    CHECK(host_ns(overlap.schedule, part) == host_ns(plain.schedule, part));
+  }
+}
