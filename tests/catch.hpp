@@ -8,5 +8,5 @@ using Catch::Approx;
 #define twinstep_contains(text) Catch::Matchers::ContainsSubstring(text)
 #else
 #include <catch2/catch.hpp>
-#define twinstep_contains(text) twinstep_contains(text)
+#define twinstep_contains(text) Catch::Contains(text)
 #endif
