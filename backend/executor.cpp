@@ -65,11 +65,12 @@ namespace {
 
 constexpr std::uint64_t kCublasWorkspaceBytes = 32ull << 20;  // PyTorch's default on Hopper (4096 KiB x 8)
 constexpr std::uint64_t kNcclReserveBytes = 2ull << 30;       // NCCL's own buffers and CUDA context headroom
-constexpr std::uint64_t kWarmChunk = 4096;                     // bytes per peer of a connection warm-up exchange
-constexpr std::uint64_t kWarmPeers = 64;                       // warm-up slots (peers beyond reuse them)
+constexpr std::uint64_t kWarmChunk = 4096;                    // bytes per peer of a connection warm-up exchange
+constexpr std::uint64_t kWarmPeers = 64;                      // warm-up slots (peers beyond reuse them)
 constexpr std::uint64_t kWarmBytes = 2 * kWarmPeers * kWarmChunk;
 constexpr double kStuckGrace_s = 2.0;
-constexpr double kAbortWait_s = 3.0;  // how long the host thread waits for the communicators' aborts  // after the deadline, how long a host thread blocked in a call is given
+constexpr double kAbortWait_s = 3.0;  // how long the host thread waits for the communicators' aborts  // after the
+                                      // deadline, how long a host thread blocked in a call is given
 
 // ---------------------------------------------------------------------------------------------------------------
 // Buffer sizing: one buffer per role, sized by the largest op that uses it on this rank.
@@ -738,8 +739,8 @@ struct Runtime::Impl {
   ncclComm_t world = nullptr;
   bool broken = false;
   std::map<std::string, ncclComm_t> channels;  // by CommChannel::key; null where this rank is not a member
-  void* warm = nullptr;                         // kWarmBytes of device memory for connection warm-up exchanges
-  std::vector<cublasHandle_t> blas;                       // one per stream, each with its own workspace
+  void* warm = nullptr;                        // kWarmBytes of device memory for connection warm-up exchanges
+  std::vector<cublasHandle_t> blas;            // one per stream, each with its own workspace
   std::vector<void*> blas_ws;
   std::array<DeviceBuffer, kRoles> pool{};
   cudaStream_t aux = nullptr;
@@ -1491,7 +1492,8 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   TWINSTEP_CUBLAS_CHECK(cublasGetProperty(MAJOR_VERSION, &cublas_major));
   TWINSTEP_CUBLAS_CHECK(cublasGetProperty(MINOR_VERSION, &cublas_minor));
   TWINSTEP_CUBLAS_CHECK(cublasGetProperty(PATCH_LEVEL, &cublas_patch));
-  ctx["cublas"] = std::to_string(cublas_major) + "." + std::to_string(cublas_minor) + "." + std::to_string(cublas_patch);
+  ctx["cublas"] =
+      std::to_string(cublas_major) + "." + std::to_string(cublas_minor) + "." + std::to_string(cublas_patch);
   ctx["hosts"] = host_list;
   ctx["git_revision"] = TWINSTEP_GIT_REVISION;
   ctx["date"] = iso_date_utc();

@@ -69,12 +69,13 @@ void run_case(const Case& c, const std::string& fidelity) {
   rusage self{}, kids{};
   getrusage(RUSAGE_SELF, &self);
   getrusage(RUSAGE_CHILDREN, &kids);
-  std::printf("%-16s %-8s %6u GPUs, %5zu ranks simulated, %8zu ops | wall %6.2f s (lower %.2f, simulate %.2f, "
-              "analyze %.2f) | peak RSS %4ld MB (sim child %4ld MB) | %5.2f M ops/s | step %.3f s, MFU %.1f%%\n",
-              c.name.c_str(), fidelity.c_str(), cluster.num_gpus(), ranks, ops, wall, t_lower, t_sim, t_an,
-              self.ru_maxrss / 1024, kids.ru_maxrss / 1024, static_cast<double>(ops) / t_sim / 1e6, b.step_time_s,
-              100.0 * lowered.model_flops_per_step /
-                  (b.step_time_s * cluster.num_gpus() * cluster.node.gpu.peak_flop_per_s(cfg.dtype)));
+  std::printf(
+      "%-16s %-8s %6u GPUs, %5zu ranks simulated, %8zu ops | wall %6.2f s (lower %.2f, simulate %.2f, "
+      "analyze %.2f) | peak RSS %4ld MB (sim child %4ld MB) | %5.2f M ops/s | step %.3f s, MFU %.1f%%\n",
+      c.name.c_str(), fidelity.c_str(), cluster.num_gpus(), ranks, ops, wall, t_lower, t_sim, t_an,
+      self.ru_maxrss / 1024, kids.ru_maxrss / 1024, static_cast<double>(ops) / t_sim / 1e6, b.step_time_s,
+      100.0 * lowered.model_flops_per_step /
+          (b.step_time_s * cluster.num_gpus() * cluster.node.gpu.peak_flop_per_s(cfg.dtype)));
   std::fflush(stdout);
 }
 

@@ -57,8 +57,9 @@ void bench(const std::string& label, const std::string& model_id, std::uint32_t 
   std::printf("%s: %s, %u GPUs (tp %u pp %u dp %u, gbs %u), %zu ops, %zu ranks explicit%s\n", label.c_str(),
               model_id.c_str(), cluster.num_gpus(), tp, pp, cluster.num_gpus() / (tp * pp), gbs, s.ops.size(),
               s.ranks.size(), note.c_str());
-  std::printf("  lower %.3f s | match %.3f s | core+analytic %.3f s (%.2f M ops/s) | simulate() %.3f s | analyze %.3f s\n",
-              t_lower, t_match, t_core, ops / t_core / 1e6, t_sim, t_analyze);
+  std::printf(
+      "  lower %.3f s | match %.3f s | core+analytic %.3f s (%.2f M ops/s) | simulate() %.3f s | analyze %.3f s\n",
+      t_lower, t_match, t_core, ops / t_core / 1e6, t_sim, t_analyze);
   std::printf("  predicted step %.3f s; simulated-s per wall-s %.2f\n", b.step_time_s, b.step_time_s / t_sim);
 }
 

@@ -3,12 +3,13 @@
 // Plain main(); prints figures, asserts nothing.
 // Usage: sweep_bench [model cluster gpus gbs max_points jobs [fidelity,...]]
 //   default: llama3-8b h100-superpod 64 256 6 2 analytic,flow
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
-#include <unistd.h>
 
 #include "common/error.hpp"
 #include "sweep/grid.hpp"
@@ -44,7 +45,8 @@ int main(int argc, char** argv) {
     std::vector<sweep::Point> base;
     for (const auto& p : sweep::expand(spec)) {
       // Valid layouts without interleaving or CP: the plain dense configurations.
-      if (p.invalid_reason.empty() && p.layout.vpp == 1 && p.layout.cp == 1 && base.size() < max_points) base.push_back(p);
+      if (p.invalid_reason.empty() && p.layout.vpp == 1 && p.layout.cp == 1 && base.size() < max_points)
+        base.push_back(p);
     }
     std::printf("sweep_bench: %s on %u GPUs of %s, gbs %u: %zu layouts, %u jobs, %ld cores online\n", model.c_str(),
                 gpus, cluster.c_str(), gbs, base.size(), jobs, ::sysconf(_SC_NPROCESSORS_ONLN));

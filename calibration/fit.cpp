@@ -5,14 +5,13 @@
 // checked by simulating the microbenchmark schedules with the fitted profile; residuals go into the profile.
 #include "calibration/fit.hpp"
 
+#include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
-#include <set>
-
-#include <Eigen/Dense>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/error.hpp"
 #include "common/io.hpp"
@@ -305,8 +304,10 @@ FrameworkInput read_framework(const std::string& path) {
     f.per_module_call_s = j.at("per_module_call_s").get<double>();
     f.source = j.value("source", std::string("calibration/scripts/torch_host_overhead.py"));
   } catch (const Json::exception& e) {
-    throw ParseError(path, "", std::string("expected the JSON of torch_host_overhead.py (per_kernel_launch_s, "
-                                           "per_module_call_s): ") + e.what());
+    throw ParseError(path, "",
+                     std::string("expected the JSON of torch_host_overhead.py (per_kernel_launch_s, "
+                                 "per_module_call_s): ") +
+                         e.what());
   }
   return f;
 }
@@ -331,7 +332,8 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   // Tensor-core classes: efficiency = FLOPs / (peak x time), over FLOPs.
   for (const char* fam : {"gemm", "grouped_gemm", "attention_fwd", "attention_bwd"}) {
     std::vector<std::pair<double, double>> pts;
-    for (const auto& [flops, t] : family(fam)) pts.emplace_back(flops, flops / (gpu.peak_flop_per_s(schedule::DType::kBF16) * t));
+    for (const auto& [flops, t] : family(fam))
+      pts.emplace_back(flops, flops / (gpu.peak_flop_per_s(schedule::DType::kBF16) * t));
     if (!pts.empty()) tables[fam] = table_json(pts);
   }
   if (!tables.contains("grouped_gemm") && tables.contains("gemm")) tables["grouped_gemm"] = tables["gemm"];
@@ -379,9 +381,9 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   p.nccl.algorithms = {sim::NcclAlgo::kRing};
   p.nccl.protocols = {sim::NcclProto::kLL, sim::NcclProto::kSimple};
   if (raw.world_size > 1) {
-    const std::string span = ".span" + std::to_string(raw.world_size >= 2 ? 1u << static_cast<unsigned>(
-                                                                                 std::floor(std::log2(raw.world_size)))
-                                                                          : 2u);
+    const std::string span =
+        ".span" +
+        std::to_string(raw.world_size >= 2 ? 1u << static_cast<unsigned>(std::floor(std::log2(raw.world_size))) : 2u);
     for (const char* kind : {"all_reduce", "all_gather", "reduce_scatter", "broadcast"}) {
       const BenchGroup* g = find_group(c, std::string("coll.") + kind + span);
       if (g == nullptr || std::any_of(g->probes.begin(), g->probes.end(),
@@ -447,9 +449,8 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   }
   if (framework.per_kernel_launch_s >= 0 || framework.per_module_call_s >= 0) {
     // The script measures the eager op's whole host cost; the framework's share is what exceeds the raw launch.
-    p.framework.per_kernel_launch_s = framework.per_kernel_launch_s < 0
-                                          ? -1.0
-                                          : std::max(0.0, framework.per_kernel_launch_s - p.launch_s["compute"]);
+    p.framework.per_kernel_launch_s =
+        framework.per_kernel_launch_s < 0 ? -1.0 : std::max(0.0, framework.per_kernel_launch_s - p.launch_s["compute"]);
     p.framework.per_module_call_s = framework.per_module_call_s;
     p.framework.source = framework.source;
   }
@@ -459,7 +460,8 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   check_groups(c, "coll.", p, "LL + Simple lines, simulator's protocol choice");
   check_groups(c, "p2p.", p, "");
   check_groups(c, "host.", p, "issue per op / host_sync wake-up");
-  check_groups(c, "corun.", p, "comm_hbm_bytes_per_bus_byte = " + std::to_string(p.interference.comm_hbm_bytes_per_bus_byte));
+  check_groups(c, "corun.", p,
+               "comm_hbm_bytes_per_bus_byte = " + std::to_string(p.interference.comm_hbm_bytes_per_bus_byte));
   p.fits = c.fits;
 
   std::map<std::string, std::string> context = raw.context;

@@ -7,11 +7,10 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <tuple>
-
-#include <nlohmann/json.hpp>
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
@@ -114,8 +113,8 @@ ZooShapes zoo_shapes(bool quick) {
     const char* model;
     std::uint32_t world, tp, cp, ep, seq;
   };
-  std::vector<Cfg> cfgs = {{"llama3-8b", 1, 1, 1, 1, 4096}, {"llama3-8b", 2, 2, 1, 1, 4096},
-                           {"llama3-8b", 2, 1, 2, 1, 4096}};
+  std::vector<Cfg> cfgs = {
+      {"llama3-8b", 1, 1, 1, 1, 4096}, {"llama3-8b", 2, 2, 1, 1, 4096}, {"llama3-8b", 2, 1, 2, 1, 4096}};
   if (!quick) {
     cfgs.push_back({"llama3-70b", 8, 8, 1, 1, 4096});
     cfgs.push_back({"mixtral-8x7b", 2, 1, 1, 2, 4096});
@@ -190,11 +189,16 @@ void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, 
 
 const char* coll_word(schedule::CollectiveKind k) {
   switch (k) {
-    case schedule::CollectiveKind::kAllReduce: return "all_reduce";
-    case schedule::CollectiveKind::kAllGather: return "all_gather";
-    case schedule::CollectiveKind::kReduceScatter: return "reduce_scatter";
-    case schedule::CollectiveKind::kAllToAll: return "all_to_all";
-    case schedule::CollectiveKind::kBroadcast: return "broadcast";
+    case schedule::CollectiveKind::kAllReduce:
+      return "all_reduce";
+    case schedule::CollectiveKind::kAllGather:
+      return "all_gather";
+    case schedule::CollectiveKind::kReduceScatter:
+      return "reduce_scatter";
+    case schedule::CollectiveKind::kAllToAll:
+      return "all_to_all";
+    case schedule::CollectiveKind::kBroadcast:
+      return "broadcast";
   }
   return "?";
 }
@@ -296,15 +300,15 @@ void add_host_groups(std::vector<BenchGroup>& suite, std::uint32_t world, bool q
         if (r == 0) compute_ids.push_back(id);
       }
       for (int i = 0; i < n; ++i) {
-        const OpId id = b.add(r, 0, "issue.memcpy." + std::to_string(i),
-                              compute(schedule::Memcpy{4096, schedule::CopyKind::kD2D}));
+        const OpId id =
+            b.add(r, 0, "issue.memcpy." + std::to_string(i), compute(schedule::Memcpy{4096, schedule::CopyKind::kD2D}));
         if (r == 0) memcpy_ids.push_back(id);
       }
       if (world > 1) {
         for (int i = 0; i < n; ++i) {
-          const OpId id = b.add(r, 1, "issue.collective." + std::to_string(i),
-                                schedule::Collective{schedule::CollectiveKind::kAllReduce, 0, 4096,
-                                                     schedule::DType::kBF16, {}, 0});
+          const OpId id =
+              b.add(r, 1, "issue.collective." + std::to_string(i),
+                    schedule::Collective{schedule::CollectiveKind::kAllReduce, 0, 4096, schedule::DType::kBF16, {}, 0});
           if (r == 0) coll_ids.push_back(id);
         }
       }
@@ -356,14 +360,23 @@ void add_corun_groups(std::vector<BenchGroup>& suite, std::uint32_t world) {
       c_co.push_back(c2);
     }
     const double gflops = schedule::kernel_flops(gemm);
-    b.probe({"corun." + word + ".gemm_solo", "corun.gemm_solo", Metric::kDuration, {g_solo[0]}, schedule::kNoOp,
-             gflops, {}});
-    b.probe({"corun." + word + ".gemm_corun", "corun.gemm", Metric::kDuration, {g_co[0]}, schedule::kNoOp, gflops,
+    b.probe({"corun." + word + ".gemm_solo",
+             "corun.gemm_solo",
+             Metric::kDuration,
+             {g_solo[0]},
+             schedule::kNoOp,
+             gflops,
              {}});
-    b.probe({"corun." + word + ".comm_solo", "corun.comm_solo", Metric::kDuration, c_solo, schedule::kNoOp,
-             double(bytes), {}});
-    b.probe({"corun." + word + ".comm_corun", "corun.comm", Metric::kDuration, c_co, schedule::kNoOp,
-             double(bytes), {}});
+    b.probe({"corun." + word + ".gemm_corun", "corun.gemm", Metric::kDuration, {g_co[0]}, schedule::kNoOp, gflops, {}});
+    b.probe({"corun." + word + ".comm_solo",
+             "corun.comm_solo",
+             Metric::kDuration,
+             c_solo,
+             schedule::kNoOp,
+             double(bytes),
+             {}});
+    b.probe(
+        {"corun." + word + ".comm_corun", "corun.comm", Metric::kDuration, c_co, schedule::kNoOp, double(bytes), {}});
     suite.push_back(b.take());
   }
 }
@@ -540,8 +553,8 @@ RawResults read_raw(const std::string& path) {
   std::string line;
   std::size_t lineno = 0;
   const bool ends_complete = !text.empty() && text.back() == '\n';
-  std::size_t total_lines = static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')) +
-                            (ends_complete ? 0 : 1);
+  std::size_t total_lines =
+      static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')) + (ends_complete ? 0 : 1);
   while (std::getline(in, line)) {
     ++lineno;
     if (line.empty()) continue;

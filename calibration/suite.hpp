@@ -28,7 +28,7 @@ struct Probe {
   Metric metric = Metric::kDuration;
   std::vector<schedule::OpId> ops;
   schedule::OpId ref = schedule::kNoOp;
-  double size = 0;  ///< FLOPs (compute classes) or bytes (memory-bound kernels and communication).
+  double size = 0;                       ///< FLOPs (compute classes) or bytes (memory-bound kernels and communication).
   std::map<std::string, double> params;  ///< Shape and other parameters, for the raw file and reports.
 };
 
@@ -56,10 +56,10 @@ struct Measurement {
 [[nodiscard]] std::vector<Measurement> extract(const BenchGroup& group, const schedule::Trace& trace);
 
 struct RunOptions {
-  std::string raw_path;     ///< JSON-lines file the measurements are appended to.
-  bool resume = false;      ///< Skip groups already complete in raw_path (else raw_path is started afresh).
-  bool writer = true;       ///< This process writes the file (rank 0).
-  std::map<std::string, std::string> context;  ///< Written in the header line (GPU, driver, NCCL, date...).
+  std::string raw_path;  ///< JSON-lines file the measurements are appended to.
+  bool resume = false;   ///< Skip groups already complete in raw_path (else raw_path is started afresh).
+  bool writer = true;    ///< This process writes the file (rank 0).
+  std::map<std::string, std::string> context;        ///< Written in the header line (GPU, driver, NCCL, date...).
   std::function<void(const std::string&)> progress;  ///< One line per group; may be empty.
 };
 

@@ -37,9 +37,8 @@ void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
   calibration::FrameworkInput fw;
   if (!a.framework.empty()) fw = calibration::read_framework(a.framework);
   const auto rev = raw.context.count("git_revision") ? raw.context.at("git_revision") : std::string();
-  const auto r = calibration::fit_profile(raw, cluster, a.name.empty() ? "twinstep calibrate --suite " + raw.suite
-                                                                       : a.name,
-                                          rev, fw);
+  const auto r = calibration::fit_profile(raw, cluster,
+                                          a.name.empty() ? "twinstep calibrate --suite " + raw.suite : a.name, rev, fw);
   write_file_atomic(a.output, r.json);
   std::fprintf(stderr, "twinstep calibrate: fitted %zu measurements (suite %s, %u GPU(s)) -> %s\n",
                raw.measurements.size(), raw.suite.c_str(), raw.world_size, a.output.c_str());
@@ -80,8 +79,8 @@ void calibrate_command(const CalibrateArgs& a) {
     std::fprintf(stderr, "calibrate: suite %s, %zu groups on %u GPU(s), raw measurements -> %s\n", a.suite.c_str(),
                  suite.size(), world, ro.raw_path.c_str());
   }
-  calibration::run_suite(a.suite, suite, [&](const schedule::Schedule& s) { return runtime.execute(s, options); },
-                         ro);
+  calibration::run_suite(
+      a.suite, suite, [&](const schedule::Schedule& s) { return runtime.execute(s, options); }, ro);
   if (runtime.rank() == 0) fit_and_write(a, calibration::read_raw(ro.raw_path));
 #else
   throw Error(

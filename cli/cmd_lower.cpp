@@ -33,11 +33,13 @@ void print_summary(const models::Lowered& low, const std::string& host_costs) {
   double flops = 0;
   for (const auto& op : s.ops) {
     std::string kind = schedule::kind_name(op.body);
-    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) kind += "/" + std::string(schedule::kernel_class(c->kernel));
+    if (const auto* c = std::get_if<schedule::Compute>(&op.body))
+      kind += "/" + std::string(schedule::kernel_class(c->kernel));
     ++kinds[kind];
     flops += schedule::op_flops(op);
     if (const auto* c = std::get_if<schedule::Collective>(&op.body)) {
-      comm_bytes[s.communicators[c->comm].kind + " " + schedule::collective_name(c->kind)] += static_cast<double>(c->bytes);
+      comm_bytes[s.communicators[c->comm].kind + " " + schedule::collective_name(c->kind)] +=
+          static_cast<double>(c->bytes);
     } else if (const auto* snd = std::get_if<schedule::Send>(&op.body)) {
       comm_bytes[s.communicators[snd->comm].kind + " send"] += static_cast<double>(snd->bytes);
     }

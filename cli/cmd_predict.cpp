@@ -3,11 +3,10 @@
 // sim::simulate and schedule::analyze.
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
 #include "cli/run_flags.hpp"
@@ -43,13 +42,15 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = t
                                   "or a cluster JSON path");
   if (cluster_required) cluster->required();
   auto* nodes = sub->add_option("--nodes", f.nodes, "Number of nodes (1..2048)");
-  auto* gpus = sub->add_option("--gpus", f.gpus, "Number of GPUs (a multiple of the GPUs per node, or fewer than one node)");
+  auto* gpus =
+      sub->add_option("--gpus", f.gpus, "Number of GPUs (a multiple of the GPUs per node, or fewer than one node)");
   nodes->excludes(gpus);
   sub->add_option("--profile", f.profile, "Calibration profile JSON (default: datasheet defaults)");
   sub->add_option("--fidelity", f.fidelity,
                   "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
                   "(SimGrid max-min flows on NVLink ports, NICs and fabric links; one child process per "
-                  "simulation). Default here: " + sim::default_fidelity() +
+                  "simulation). Default here: " +
+                      sim::default_fidelity() +
                       (sim::flow_model_available() ? " (" + sim::flow_engine_version() + " built in)"
                                                    : " (this build has no SimGrid)"))
       ->check(CLI::IsMember({"analytic", "flow"}));
@@ -64,8 +65,9 @@ Setup load_setup(const ClusterFlags& f) {
   Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}),
           f.profile.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(f.profile)};
   if (f.fidelity == "flow" && !sim::flow_model_available()) {
-    throw Error("--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
-                "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
+    throw Error(
+        "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
+        "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
   }
   return s;
 }
@@ -282,9 +284,17 @@ const std::vector<Example>& examples() {
        "Llama-3-70B (dense) on 4 nodes of 8 H100, TP 8 + SP, PP 4 with 2 virtual stages, distributed optimizer: "
        "dense overlap modes. gbs 32 rather than 64 keeps --example under a minute on 2 cores (same per-micro-batch "
        "work, half the micro-batches)",
-       {"--model", "llama3-70b", "--cluster", "dgx-h100", "--nodes", "4", "--tp", "8", "--pp", "4", "--vpp", "2",
-        "--sp", "--distributed-optimizer", "--mbs", "1", "--gbs", "32", "--seq", "4096", "--overlap",
-        "none,dp,tp,pp,all"}},
+       {"--model",   "llama3-70b",
+        "--cluster", "dgx-h100",
+        "--nodes",   "4",
+        "--tp",      "8",
+        "--pp",      "4",
+        "--vpp",     "2",
+        "--sp",      "--distributed-optimizer",
+        "--mbs",     "1",
+        "--gbs",     "32",
+        "--seq",     "4096",
+        "--overlap", "none,dp,tp,pp,all"}},
   };
   return kExamples;
 }
@@ -292,8 +302,9 @@ const std::vector<Example>& examples() {
 /// `predict --example [qwen|llama]`: each example's title line, its equivalent command line and its prediction.
 void run_examples(const std::string& which, const PredictArgs& outer) {
   if (!outer.flags.model.empty() || !outer.cf.cluster.empty()) {
-    throw Error("--example runs the built-in examples with their own model and cluster; drop --model/--cluster, or "
-                "drop --example and give the full command");
+    throw Error(
+        "--example runs the built-in examples with their own model and cluster; drop --model/--cluster, or "
+        "drop --example and give the full command");
   }
   std::vector<const Example*> chosen;
   for (const auto& e : examples()) {

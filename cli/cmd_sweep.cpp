@@ -92,14 +92,16 @@ sweep::Spec build_spec(const SweepFlags& f) {
     } else if (f.parallel == "explicit") {
       s.auto_layout = false;
     } else {
-      throw Error("--parallel \"" + f.parallel + "\": use auto (every valid layout) or explicit (the --tp/--pp/... "
+      throw Error("--parallel \"" + f.parallel +
+                  "\": use auto (every valid layout) or explicit (the --tp/--pp/... "
                   "lists)");
     }
   }
   const bool layout_lists = !f.tp.empty() || !f.pp.empty() || !f.vpp.empty() || !f.cp.empty() || !f.ep.empty();
   if (s.auto_layout && layout_lists) {
-    throw Error("--parallel auto enumerates the layouts itself; drop --tp/--pp/--vpp/--cp/--ep or use --parallel "
-                "explicit");
+    throw Error(
+        "--parallel auto enumerates the layouts itself; drop --tp/--pp/--vpp/--cp/--ep or use --parallel "
+        "explicit");
   }
   return s;
 }
@@ -182,10 +184,11 @@ void run_merge_command(const std::vector<std::string>& inputs, const std::string
 void register_sweep_commands(CLI::App& app) {
   {
     auto* sub = app.add_subcommand(
-        "sweep", "Evaluate a grid of layouts x overlap variants x GPU counts; rank them; CSV/JSON/HTML outputs.\n"
-                 "Lists are comma-separated. Results go to --output as JSON lines as they finish; rerunning the same "
-                 "command resumes. --shard I/N runs every N-th point (Slurm arrays); under mpirun the rank and size "
-                 "(OMPI_COMM_WORLD_RANK/SIZE or PMI_RANK/PMI_SIZE) act as --shard, writing <output>.rank<I>.jsonl.");
+        "sweep",
+        "Evaluate a grid of layouts x overlap variants x GPU counts; rank them; CSV/JSON/HTML outputs.\n"
+        "Lists are comma-separated. Results go to --output as JSON lines as they finish; rerunning the same "
+        "command resumes. --shard I/N runs every N-th point (Slurm arrays); under mpirun the rank and size "
+        "(OMPI_COMM_WORLD_RANK/SIZE or PMI_RANK/PMI_SIZE) act as --shard, writing <output>.rank<I>.jsonl.");
     auto f = std::make_shared<SweepFlags>();
     auto of = std::make_shared<OutputFlags>();
     sub->add_option("--sweep", f->sweep_file, "Sweep file (JSON); flags override its fields");
@@ -201,8 +204,9 @@ void register_sweep_commands(CLI::App& app) {
     sub->add_option("--vpp", f->vpp, "Virtual pipeline sizes (explicit layouts)");
     sub->add_option("--cp", f->cp, "CP sizes (explicit layouts)");
     sub->add_option("--ep", f->ep, "EP sizes (explicit layouts)");
-    sub->add_option("--overlap", f->overlap, "Overlap variants: none, all, or +-joined modes (dp, tp, pp, cp, ep, "
-                                             "delay_wgrad, shared_expert); default none");
+    sub->add_option("--overlap", f->overlap,
+                    "Overlap variants: none, all, or +-joined modes (dp, tp, pp, cp, ep, "
+                    "delay_wgrad, shared_expert); default none");
     sub->add_option("--dispatcher", f->dispatcher, "MoE token dispatchers: alltoall, allgather, flex");
     sub->add_option("--fidelity", f->fidelity, "Fidelities: analytic, flow");
     sub->add_option("--profile", f->profile, "Calibration profile JSON (default: datasheet defaults)");

@@ -1,10 +1,9 @@
 // `twinstep`: the command-line entry point. Parses flags (CLI11), dispatches to the subcommands registered in
 // cmd_*.cpp, and maps errors to the exit codes of the CLI contract: 0 ok, 2 bad input, 3 not feasible, 1 bug.
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "cli/commands.hpp"
 #include "common/error.hpp"

@@ -11,13 +11,14 @@ namespace {
 
 template <typename T>
 void opt(CLI::App& sub, const std::string& name, std::optional<T>& target, const std::string& help) {
-  sub.add_option_function<T>(name, [&target](const T& v) { target = v; }, help);
+  sub.add_option_function<T>(
+      name, [&target](const T& v) { target = v; }, help);
 }
 
 void flag(CLI::App& sub, const std::string& name, std::optional<bool>& target, const std::string& help) {
   // --name (true) and --name=false / --no-name style: CLI11 2.1 gives "{false}" default-negation via "!".
-  sub.add_flag_function(name + ",!--no-" + name.substr(2), [&target](std::int64_t count) { target = count > 0; },
-                        help);
+  sub.add_flag_function(
+      name + ",!--no-" + name.substr(2), [&target](std::int64_t count) { target = count > 0; }, help);
 }
 
 /// Config file, then the profile's framework host costs (when `host_costs` is set), then the flags.

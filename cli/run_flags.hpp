@@ -2,12 +2,11 @@
 // precision, recompute and overlap knobs (Megatron names in the config, short flags on the command line).
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "models/run_config.hpp"
 #include "sim/cost_model.hpp"
@@ -25,7 +24,7 @@ struct RunFlags {
   std::optional<std::string> recompute;         ///< none | selective | full
   std::optional<std::string> recompute_method;  ///< uniform | block
   std::optional<std::uint32_t> recompute_num_layers;
-  std::optional<std::string> dispatcher;        ///< alltoall | allgather | flex
+  std::optional<std::string> dispatcher;  ///< alltoall | allgather | flex
   std::optional<std::string> cp_comm_type;
   std::optional<std::vector<std::uint32_t>> hierarchical_cp;  ///< hierarchical_context_parallel_sizes (a2a+p2p)
   std::optional<std::uint64_t> bucket_size;
@@ -35,8 +34,8 @@ struct RunFlags {
   std::optional<std::int32_t> first_pipeline_layers, last_pipeline_layers;
   std::optional<bool> account_for_embedding, account_for_loss;
   // MoE / EP overlap.
-  std::optional<double> routing_skew;          ///< moe_routing_skew
-  std::optional<std::uint32_t> flex_sms;       ///< moe_flex_num_sms
+  std::optional<double> routing_skew;     ///< moe_routing_skew
+  std::optional<std::uint32_t> flex_sms;  ///< moe_flex_num_sms
   std::optional<bool> ep_overlap, delay_wgrad, shared_expert_overlap;
   std::optional<std::int64_t> ep_node_ns, ep_backward_call_ns, event_record_ns;  ///< host costs (RunConfig::host)
 };

@@ -20,32 +20,53 @@ struct UnitDef {
 
 // Longest names first is not needed: we match the whole unit string exactly.
 constexpr UnitDef kUnits[] = {
-    {"s", 1.0, Dimension::kTime},           {"ms", 1e-3, Dimension::kTime},
-    {"us", 1e-6, Dimension::kTime},         {"ns", 1e-9, Dimension::kTime},
-    {"B", 1.0, Dimension::kBytes},          {"kB", 1e3, Dimension::kBytes},
-    {"KB", 1e3, Dimension::kBytes},         {"MB", 1e6, Dimension::kBytes},
-    {"GB", 1e9, Dimension::kBytes},         {"TB", 1e12, Dimension::kBytes},
-    {"KiB", 1024.0, Dimension::kBytes},     {"MiB", 1048576.0, Dimension::kBytes},
-    {"GiB", 1073741824.0, Dimension::kBytes}, {"TiB", 1099511627776.0, Dimension::kBytes},
-    {"B/s", 1.0, Dimension::kBandwidth},    {"kB/s", 1e3, Dimension::kBandwidth},
-    {"MB/s", 1e6, Dimension::kBandwidth},   {"GB/s", 1e9, Dimension::kBandwidth},
-    {"TB/s", 1e12, Dimension::kBandwidth},  {"GiB/s", 1073741824.0, Dimension::kBandwidth},
-    {"Mb/s", 1e6 / 8, Dimension::kBandwidth}, {"Gb/s", 1e9 / 8, Dimension::kBandwidth},
-    {"Gbit/s", 1e9 / 8, Dimension::kBandwidth}, {"Tb/s", 1e12 / 8, Dimension::kBandwidth},
-    {"FLOP/s", 1.0, Dimension::kFlopRate},  {"GFLOP/s", 1e9, Dimension::kFlopRate},
-    {"TFLOP/s", 1e12, Dimension::kFlopRate}, {"PFLOP/s", 1e15, Dimension::kFlopRate},
-    {"Hz", 1.0, Dimension::kFrequency},     {"MHz", 1e6, Dimension::kFrequency},
+    {"s", 1.0, Dimension::kTime},
+    {"ms", 1e-3, Dimension::kTime},
+    {"us", 1e-6, Dimension::kTime},
+    {"ns", 1e-9, Dimension::kTime},
+    {"B", 1.0, Dimension::kBytes},
+    {"kB", 1e3, Dimension::kBytes},
+    {"KB", 1e3, Dimension::kBytes},
+    {"MB", 1e6, Dimension::kBytes},
+    {"GB", 1e9, Dimension::kBytes},
+    {"TB", 1e12, Dimension::kBytes},
+    {"KiB", 1024.0, Dimension::kBytes},
+    {"MiB", 1048576.0, Dimension::kBytes},
+    {"GiB", 1073741824.0, Dimension::kBytes},
+    {"TiB", 1099511627776.0, Dimension::kBytes},
+    {"B/s", 1.0, Dimension::kBandwidth},
+    {"kB/s", 1e3, Dimension::kBandwidth},
+    {"MB/s", 1e6, Dimension::kBandwidth},
+    {"GB/s", 1e9, Dimension::kBandwidth},
+    {"TB/s", 1e12, Dimension::kBandwidth},
+    {"GiB/s", 1073741824.0, Dimension::kBandwidth},
+    {"Mb/s", 1e6 / 8, Dimension::kBandwidth},
+    {"Gb/s", 1e9 / 8, Dimension::kBandwidth},
+    {"Gbit/s", 1e9 / 8, Dimension::kBandwidth},
+    {"Tb/s", 1e12 / 8, Dimension::kBandwidth},
+    {"FLOP/s", 1.0, Dimension::kFlopRate},
+    {"GFLOP/s", 1e9, Dimension::kFlopRate},
+    {"TFLOP/s", 1e12, Dimension::kFlopRate},
+    {"PFLOP/s", 1e15, Dimension::kFlopRate},
+    {"Hz", 1.0, Dimension::kFrequency},
+    {"MHz", 1e6, Dimension::kFrequency},
     {"GHz", 1e9, Dimension::kFrequency},
 };
 
 const char* dimension_name(Dimension dim) {
   switch (dim) {
-    case Dimension::kTime: return "a time (e.g. \"1.5 us\")";
-    case Dimension::kBytes: return "a size (e.g. \"80 GiB\")";
-    case Dimension::kBandwidth: return "a bandwidth (e.g. \"450 GB/s\")";
-    case Dimension::kFlopRate: return "a FLOP rate (e.g. \"989 TFLOP/s\")";
-    case Dimension::kFrequency: return "a frequency (e.g. \"1.98 GHz\")";
-    case Dimension::kDimensionless: return "a number";
+    case Dimension::kTime:
+      return "a time (e.g. \"1.5 us\")";
+    case Dimension::kBytes:
+      return "a size (e.g. \"80 GiB\")";
+    case Dimension::kBandwidth:
+      return "a bandwidth (e.g. \"450 GB/s\")";
+    case Dimension::kFlopRate:
+      return "a FLOP rate (e.g. \"989 TFLOP/s\")";
+    case Dimension::kFrequency:
+      return "a frequency (e.g. \"1.98 GHz\")";
+    case Dimension::kDimensionless:
+      return "a number";
   }
   return "a quantity";
 }

@@ -25,21 +25,21 @@ struct MemoryEstimate {
 };
 
 struct Lowered {
-  schedule::Schedule schedule;       ///< Valid (schedule::validate finds nothing); warnings copied into it.
+  schedule::Schedule schedule;                  ///< Valid (schedule::validate finds nothing); warnings copied into it.
   std::vector<MemoryEstimate> memory_per_rank;  ///< Indexed like schedule.ranks.
-  MemoryEstimate peak_memory;        ///< The rank with the largest total.
-  bool fits = true;                  ///< peak total <= RunConfig::gpu_memory_bytes.
-  std::vector<std::string> warnings; ///< Gating rules that silently disabled a mode, as Megatron-Bridge does.
-  double model_flops_per_step = 0;   ///< 6*N*tokens + attention, for MFU (no recompute counted).
+  MemoryEstimate peak_memory;                   ///< The rank with the largest total.
+  bool fits = true;                             ///< peak total <= RunConfig::gpu_memory_bytes.
+  std::vector<std::string> warnings;  ///< Gating rules that silently disabled a mode, as Megatron-Bridge does.
+  double model_flops_per_step = 0;    ///< 6*N*tokens + attention, for MFU (no recompute counted).
 };
 
 /// One DP bucket of a model chunk on one rank (Megatron's _ParamAndGradBuffer): padded element count and the
 /// parameters it holds, in backprop (reverse registration) order.
 struct DpBucket {
-  std::uint64_t numel = 0;         ///< Padded elements (RS bytes = numel * grad bytes, AG = numel * param bytes).
-  std::uint64_t param_numel = 0;   ///< Elements of the parameters themselves (no padding).
-  std::vector<std::string> params; ///< Parameter names, e.g. "L3.fc2", "output", "embedding".
-  bool expert = false;             ///< Expert buffer (MoE experts): reduced over expert-DP, not DP x CP.
+  std::uint64_t numel = 0;          ///< Padded elements (RS bytes = numel * grad bytes, AG = numel * param bytes).
+  std::uint64_t param_numel = 0;    ///< Elements of the parameters themselves (no padding).
+  std::vector<std::string> params;  ///< Parameter names, e.g. "L3.fc2", "output", "embedding".
+  bool expert = false;              ///< Expert buffer (MoE experts): reduced over expert-DP, not DP x CP.
 };
 
 /// The DP buckets of model chunk `chunk` on pipeline rank `pp_rank` under `config` (bucket_size, overlap,

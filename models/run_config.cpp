@@ -109,8 +109,9 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
     }
     if (found == nullptr) {
       throw ParseError(source, pointer,
-                       "unknown field \"" + it.key() + "\"; run config fields use Megatron names "
-                       "(e.g. tensor_model_parallel_size, overlap_grad_reduce); fix the spelling or remove it");
+                       "unknown field \"" + it.key() +
+                           "\"; run config fields use Megatron names "
+                           "(e.g. tensor_model_parallel_size, overlap_grad_reduce); fix the spelling or remove it");
     }
     try {
       found->read(c, *it);
@@ -175,13 +176,20 @@ RunConfig apply_overlap_variant(const RunConfig& base, const std::string& varian
       std::size_t end = variant.find('+', start);
       if (end == std::string::npos) end = variant.size();
       const std::string mode = variant.substr(start, end - start);
-      if (mode == "dp") dp = true;
-      else if (mode == "tp") tp = true;
-      else if (mode == "pp") pp = true;
-      else if (mode == "cp") cp = true;
-      else if (mode == "ep") ep = true;
-      else if (mode == "delay_wgrad") delay = true;
-      else if (mode == "shared_expert") shared = true;
+      if (mode == "dp")
+        dp = true;
+      else if (mode == "tp")
+        tp = true;
+      else if (mode == "pp")
+        pp = true;
+      else if (mode == "cp")
+        cp = true;
+      else if (mode == "ep")
+        ep = true;
+      else if (mode == "delay_wgrad")
+        delay = true;
+      else if (mode == "shared_expert")
+        shared = true;
       else {
         throw Error("unknown overlap mode \"" + mode + "\" in variant \"" + variant +
                     "\"; use none, all, or +-joined modes from: dp, tp, pp, cp, ep, delay_wgrad, shared_expert");
@@ -199,8 +207,10 @@ RunConfig apply_overlap_variant(const RunConfig& base, const std::string& varian
   // CP: the p2p ring is the overlapped form; all_gather is its non-overlapped counterpart. The a2a types (a2a,
   // a2a+p2p) have no overlap toggle and are kept as configured.
   const bool a2a_type = base.cp_comm_type == "a2a" || base.cp_comm_type == "a2a+p2p";
-  if (cp && !a2a_type) c.cp_comm_type = "p2p";
-  else if (!cp && base.cp_comm_type == "p2p") c.cp_comm_type = "all_gather";
+  if (cp && !a2a_type)
+    c.cp_comm_type = "p2p";
+  else if (!cp && base.cp_comm_type == "p2p")
+    c.cp_comm_type = "all_gather";
   c.overlap_moe_expert_parallel_comm = ep;
   c.delay_wgrad_compute = delay;
   c.moe_shared_expert_overlap = shared;

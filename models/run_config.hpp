@@ -15,10 +15,10 @@ namespace twinstep::models {
 /// Host-side costs the lowering emits as explicit `host` ops (framework overhead; per-piece costs of the
 /// EP-overlap path). Defaults are stated in docs and replaced by a profile's framework section when given.
 struct HostCosts {
-  Nanos per_module_call_ns = 0;   ///< Python/PyTorch overhead per module forward/backward call.
-  Nanos per_kernel_launch_ns = 0; ///< Framework overhead per op launched (on top of the raw launch cost).
-  Nanos event_record_ns = 0;      ///< torch.cuda.Event record / stream wait_event, per call.
-  Nanos optimizer_step_ns = 0;    ///< Host work of the optimizer step outside kernels.
+  Nanos per_module_call_ns = 0;    ///< Python/PyTorch overhead per module forward/backward call.
+  Nanos per_kernel_launch_ns = 0;  ///< Framework overhead per op launched (on top of the raw launch cost).
+  Nanos event_record_ns = 0;       ///< torch.cuda.Event record / stream wait_event, per call.
+  Nanos optimizer_step_ns = 0;     ///< Host work of the optimizer step outside kernels.
   // EP-overlap path (combined 1F1B, megatron-overlap.md 6c item 2): explicit host ops per schedule node.
   Nanos ep_node_ns = 0;           ///< Per node: stream switch, detach/retain-grad, record_stream, state release.
   Nanos ep_backward_call_ns = 0;  ///< Per backward node: its own autograd-engine call (run_backward).

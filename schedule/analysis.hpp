@@ -30,10 +30,10 @@ struct RankBreakdown {
 };
 
 struct Breakdown {
-  double step_time_s = 0;              ///< max(end) - min(issue) over all records.
-  std::vector<RankBreakdown> ranks;    ///< One per rank present, ascending.
-  RankBreakdown mean;                  ///< Mean over ranks (its categories still sum to step_time_s).
-  double flops = 0;                    ///< Total FLOPs over present ranks.
+  double step_time_s = 0;            ///< max(end) - min(issue) over all records.
+  std::vector<RankBreakdown> ranks;  ///< One per rank present, ascending.
+  RankBreakdown mean;                ///< Mean over ranks (its categories still sum to step_time_s).
+  double flops = 0;                  ///< Total FLOPs over present ranks.
 };
 
 [[nodiscard]] Breakdown analyze(const Trace& trace);

@@ -12,8 +12,8 @@ namespace twinstep::schedule {
 /// One collective as executed by all present members of its communicator.
 struct CollectiveInstance {
   CommId comm = 0;
-  std::uint32_t seq = 0;    ///< Its index among the collectives on `comm`.
-  std::vector<OpId> ops;    ///< By position in the communicator; kNoOp for members absent from the schedule.
+  std::uint32_t seq = 0;  ///< Its index among the collectives on `comm`.
+  std::vector<OpId> ops;  ///< By position in the communicator; kNoOp for members absent from the schedule.
 };
 
 struct Matching {

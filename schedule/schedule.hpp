@@ -27,12 +27,18 @@ enum class DType : std::uint8_t { kBF16, kFP16, kFP32, kFP8, kInt64, kInt32 };
 /// Bytes per element.
 [[nodiscard]] constexpr std::uint32_t dtype_bytes(DType t) {
   switch (t) {
-    case DType::kBF16: return 2;
-    case DType::kFP16: return 2;
-    case DType::kFP32: return 4;
-    case DType::kFP8: return 1;
-    case DType::kInt64: return 8;
-    case DType::kInt32: return 4;
+    case DType::kBF16:
+      return 2;
+    case DType::kFP16:
+      return 2;
+    case DType::kFP32:
+      return 4;
+    case DType::kFP8:
+      return 1;
+    case DType::kInt64:
+      return 8;
+    case DType::kInt32:
+      return 4;
   }
   return 0;
 }
@@ -185,8 +191,8 @@ struct Tags {
 struct Op {
   OpId id = 0;
   RankId rank = 0;
-  StreamId stream = 0;  ///< GPU stream; ignored for Host and HostSync, which run on the host thread.
-  std::string name;     ///< Stable and human-readable ("L3.mb2.fwd.qkv"); appears in traces and diagnostics.
+  StreamId stream = 0;     ///< GPU stream; ignored for Host and HostSync, which run on the host thread.
+  std::string name;        ///< Stable and human-readable ("L3.mb2.fwd.qkv"); appears in traces and diagnostics.
   std::vector<OpId> deps;  ///< Cross-stream dependencies (event record/wait): same rank, earlier ops.
   Body body;
   Tags tags;

@@ -10,9 +10,9 @@
 namespace twinstep::schedule {
 
 struct Diagnostic {
-  OpId op = kNoOp;     ///< The op concerned, or kNoOp for schedule-level problems.
-  std::string field;   ///< JSON-ish path of the field ("deps", "body.comm", "communicators[3].members").
-  std::string message; ///< What is wrong and what to do.
+  OpId op = kNoOp;      ///< The op concerned, or kNoOp for schedule-level problems.
+  std::string field;    ///< JSON-ish path of the field ("deps", "body.comm", "communicators[3].members").
+  std::string message;  ///< What is wrong and what to do.
 };
 
 /// All problems (empty means valid): ids not dense, unknown ranks/streams/communicators, ranks not members of

@@ -23,14 +23,14 @@ struct Act {
   ActivityId id = kNoOp;
   ActivityKind kind = ActivityKind::kCompute;
   bool active = false;
-  bool fused = false;                 ///< Compute with reserved SMs.
-  std::uint32_t gpu = 0;              ///< Compute: its GPU.
-  std::vector<std::uint32_t> gpus;    ///< Comm: member GPUs (capacity kept across reuse).
+  bool fused = false;               ///< Compute with reserved SMs.
+  std::uint32_t gpu = 0;            ///< Compute: its GPU.
+  std::vector<std::uint32_t> gpus;  ///< Comm: member GPUs (capacity kept across reuse).
   KernelCost kernel;
   CommCost comm;
-  double hbm_bytes_per_s = 0;         ///< Comm: HBM it uses on each member.
-  double remaining = 1.0;             ///< Fraction of the work left.
-  double ns_per_unit = 0;             ///< Current duration of the whole work at the current rates, ns.
+  double hbm_bytes_per_s = 0;  ///< Comm: HBM it uses on each member.
+  double remaining = 1.0;      ///< Fraction of the work left.
+  double ns_per_unit = 0;      ///< Current duration of the whole work at the current rates, ns.
   Nanos last_ns = 0;
   Nanos done_ns = 0;
   std::uint32_t version = 0;
@@ -41,7 +41,7 @@ struct Gpu {
   std::vector<std::uint32_t> compute;  ///< Slots of running compute activities.
   std::vector<std::uint32_t> comm;     ///< Slots of running comm activities.
   std::uint32_t held_sms = 0;
-  std::uint32_t regular = 0;           ///< Running compute kernels without reserved SMs.
+  std::uint32_t regular = 0;  ///< Running compute kernels without reserved SMs.
   double comm_hbm_bytes_per_s = 0;
   std::uint32_t nic_users = 0;
 };

@@ -23,12 +23,18 @@ enum class OpClass : std::uint8_t { kCompute, kCollective, kSend, kRecv, kHost, 
 
 OpClass class_of(const schedule::Body& b) {
   switch (b.index()) {
-    case 0: return OpClass::kCompute;
-    case 1: return OpClass::kCollective;
-    case 2: return OpClass::kSend;
-    case 3: return OpClass::kRecv;
-    case 4: return OpClass::kHost;
-    default: return OpClass::kHostSync;
+    case 0:
+      return OpClass::kCompute;
+    case 1:
+      return OpClass::kCollective;
+    case 2:
+      return OpClass::kSend;
+    case 3:
+      return OpClass::kRecv;
+    case 4:
+      return OpClass::kHost;
+    default:
+      return OpClass::kHostSync;
   }
 }
 static_assert(std::variant_size_v<schedule::Body> == 6, "a new op kind needs a case in class_of and in the core");
@@ -249,7 +255,9 @@ class Core {
     start_[op] = t;
     reached_[op] = 1;
     switch (cls_[op]) {
-      case OpClass::kCompute: model_.start(op, Activity{ActivityKind::kCompute, op, UINT32_MAX, kNoOp}, t); break;
+      case OpClass::kCompute:
+        model_.start(op, Activity{ActivityKind::kCompute, op, UINT32_MAX, kNoOp}, t);
+        break;
       case OpClass::kCollective: {
         const std::uint32_t inst = m_.instance_of.empty() ? UINT32_MAX : m_.instance_of[op];
         if (inst == UINT32_MAX) return;  // unmatched: reported as a deadlock
@@ -267,13 +275,16 @@ class Core {
         model_.start(send, Activity{ActivityKind::kPointToPoint, send, UINT32_MAX, recv}, t);
         break;
       }
-      default: TWINSTEP_ASSERT(false, "host op %u on a stream", op);
+      default:
+        TWINSTEP_ASSERT(false, "host op %u on a stream", op);
     }
   }
 
   void activity_done(ActivityId id, Nanos t) {
     switch (cls_[id]) {
-      case OpClass::kCompute: complete(id, t); break;
+      case OpClass::kCompute:
+        complete(id, t);
+        break;
       case OpClass::kCollective:
         for (OpId o : m_.collectives[m_.instance_of[id]].ops) {
           if (o != kNoOp) complete(o, t);
@@ -285,7 +296,8 @@ class Core {
         complete(std::max(id, recv), t);
         break;
       }
-      default: TWINSTEP_ASSERT(false, "activity %u is not a GPU op", id);
+      default:
+        TWINSTEP_ASSERT(false, "activity %u is not a GPU op", id);
     }
   }
 
@@ -304,9 +316,7 @@ class Core {
     }
   }
 
-  std::string op_label(OpId op) const {
-    return "op " + std::to_string(op) + " \"" + s_.ops[op].name + "\"";
-  }
+  std::string op_label(OpId op) const { return "op " + std::to_string(op) + " \"" + s_.ops[op].name + "\""; }
 
   /// Why `op` (not completed) has not completed.
   std::string why(OpId op) const {
@@ -330,8 +340,9 @@ class Core {
       int listed = 0;
       for (OpId m : m_.collectives[inst].ops) {
         if (m == kNoOp || reached_[m] != 0) continue;
-        if (listed++ < 4) missing += (missing.empty() ? "" : ", ") + std::string("rank ") +
-                                     std::to_string(s_.ops[m].rank) + " (" + op_label(m) + ")";
+        if (listed++ < 4)
+          missing += (missing.empty() ? "" : ", ") + std::string("rank ") + std::to_string(s_.ops[m].rank) + " (" +
+                     op_label(m) + ")";
       }
       if (listed > 4) missing += ", and " + std::to_string(listed - 4) + " more";
       if (listed == 0) {

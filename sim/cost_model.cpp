@@ -40,11 +40,16 @@ double ll_max_bytes_per_s(std::uint32_t nodes) {
 
 const char* collective_word(schedule::CollectiveKind k) {
   switch (k) {
-    case schedule::CollectiveKind::kAllReduce: return "all_reduce";
-    case schedule::CollectiveKind::kAllGather: return "all_gather";
-    case schedule::CollectiveKind::kReduceScatter: return "reduce_scatter";
-    case schedule::CollectiveKind::kAllToAll: return "all_to_all";
-    case schedule::CollectiveKind::kBroadcast: return "broadcast";
+    case schedule::CollectiveKind::kAllReduce:
+      return "all_reduce";
+    case schedule::CollectiveKind::kAllGather:
+      return "all_gather";
+    case schedule::CollectiveKind::kReduceScatter:
+      return "reduce_scatter";
+    case schedule::CollectiveKind::kAllToAll:
+      return "all_to_all";
+    case schedule::CollectiveKind::kBroadcast:
+      return "broadcast";
   }
   return "?";
 }
@@ -55,9 +60,12 @@ const char* algo_name(NcclAlgo a) { return a == NcclAlgo::kRing ? "ring" : "tree
 
 const char* proto_name(NcclProto p) {
   switch (p) {
-    case NcclProto::kLL: return "ll";
-    case NcclProto::kLL128: return "ll128";
-    case NcclProto::kSimple: return "simple";
+    case NcclProto::kLL:
+      return "ll";
+    case NcclProto::kLL128:
+      return "ll128";
+    case NcclProto::kSimple:
+      return "simple";
   }
   return "?";
 }
@@ -83,7 +91,9 @@ Profile Profile::datasheet_defaults() {
   // GEMM efficiency by FLOPs: bf16 GEMMs measured on the project's H200 with PyTorch/cuBLAS (hardware.md 10):
   // 2048x2048x768 239, 4096x768x2048 359, 4096^3 682 TFLOP/s, and 8192^3 798 TFLOP/s (hardware.md 1.2),
   // each divided by the 989.4 TFLOP/s dense peak. Microbenchmarks, not end-to-end figures.
-  const EfficiencyTable gemm{{{6.44e9, 239.0 / 989.4}, {1.29e10, 359.0 / 989.4}, {1.37e11, 682.0 / 989.4},
+  const EfficiencyTable gemm{{{6.44e9, 239.0 / 989.4},
+                              {1.29e10, 359.0 / 989.4},
+                              {1.37e11, 682.0 / 989.4},
                               {2.0 * 8192 * 8192 * 8192, 798.0 / 989.4}}};
   p.compute["gemm"] = gemm;
   p.compute["grouped_gemm"] = gemm;
@@ -95,8 +105,8 @@ Profile Profile::datasheet_defaults() {
   p.memory_efficiency = 0.9;
   // Launch: an empty CUDA kernel from C++ costs 4.24 us per launch on the H200 machine (hardware.md 10); NCCL
   // calls and copies are taken as one launch each. host_sync wake-up: not measured yet (0).
-  p.launch_s = {{"compute", 4.24 * kUs}, {"memcpy", 4.24 * kUs},  {"collective", 4.24 * kUs},
-                {"send", 4.24 * kUs},    {"recv", 4.24 * kUs},    {"host_sync", 0.0}};
+  p.launch_s = {{"compute", 4.24 * kUs}, {"memcpy", 4.24 * kUs}, {"collective", 4.24 * kUs},
+                {"send", 4.24 * kUs},    {"recv", 4.24 * kUs},   {"host_sync", 0.0}};
   return p;
 }
 
@@ -112,13 +122,20 @@ constexpr const char* kKernelClasses[8] = {"gemm",        "grouped_gemm", "atten
 
 int kernel_class_index(const schedule::Kernel& k) {
   switch (k.index()) {
-    case 0: return 0;
-    case 1: return 1;
-    case 2: return std::get<schedule::Attention>(k).backward ? 3 : 2;
-    case 3: return 4;
-    case 4: return 5;
-    case 5: return 6;
-    default: return 7;
+    case 0:
+      return 0;
+    case 1:
+      return 1;
+    case 2:
+      return std::get<schedule::Attention>(k).backward ? 3 : 2;
+    case 3:
+      return 4;
+    case 4:
+      return 5;
+    case 5:
+      return 6;
+    default:
+      return 7;
   }
 }
 static_assert(std::variant_size_v<schedule::Kernel> == 6, "a new kernel class needs an efficiency slot");
@@ -138,12 +155,20 @@ CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
 
 Nanos CostModel::launch_ns(const schedule::Op& op) const {
   switch (op.body.index()) {
-    case 0: return launch_by_class_[std::holds_alternative<schedule::Memcpy>(std::get<schedule::Compute>(op.body).kernel) ? 1 : 0];
-    case 1: return launch_by_class_[2];
-    case 2: return launch_by_class_[3];
-    case 3: return launch_by_class_[4];
-    case 5: return launch_by_class_[5];
-    default: return 0;  // host ops carry their own duration
+    case 0:
+      return launch_by_class_[std::holds_alternative<schedule::Memcpy>(std::get<schedule::Compute>(op.body).kernel)
+                                  ? 1
+                                  : 0];
+    case 1:
+      return launch_by_class_[2];
+    case 2:
+      return launch_by_class_[3];
+    case 3:
+      return launch_by_class_[4];
+    case 5:
+      return launch_by_class_[5];
+    default:
+      return 0;  // host ops carry their own duration
   }
 }
 
@@ -155,8 +180,8 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
   const double bytes = schedule::kernel_bytes(c.kernel);
   const EfficiencyTable* eff_table = eff_by_class_[kernel_class_index(c.kernel)];
   const Interference& itf = profile_.interference;
-  const bool memory_bound = std::holds_alternative<schedule::Elementwise>(c.kernel) ||
-                            std::holds_alternative<schedule::Optimizer>(c.kernel);
+  const bool memory_bound =
+      std::holds_alternative<schedule::Elementwise>(c.kernel) || std::holds_alternative<schedule::Optimizer>(c.kernel);
   auto ceil_div = [](std::uint64_t a, std::uint64_t b) { return b == 0 ? 0 : (a + b - 1) / b; };
   std::visit(
       [&](const auto& kern) {
@@ -327,9 +352,9 @@ CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const 
   }
 
   // Fewer channels for small messages (enqueue.cc): threads x per-thread threshold bytes per channel.
-  double per_channel_bytes = 512.0 * 64.0;                                  // Simple: 512 threads x 64 B
-  if (proto == NcclProto::kLL128) per_channel_bytes = 640.0 * 8.0;         // LL128: 640 threads x 8 B
-  if (proto == NcclProto::kLL) per_channel_bytes = 512.0 * 8.0 * nn;        // LL: 8 B x nRanks per thread
+  double per_channel_bytes = 512.0 * 64.0;                            // Simple: 512 threads x 64 B
+  if (proto == NcclProto::kLL128) per_channel_bytes = 640.0 * 8.0;    // LL128: 640 threads x 8 B
+  if (proto == NcclProto::kLL) per_channel_bytes = 512.0 * 8.0 * nn;  // LL: 8 B x nRanks per thread
   const double used = std::clamp(std::floor(bytes / per_channel_bytes), 1.0, chans);
   c.channels = static_cast<std::uint32_t>(used);
   c.bus_bytes_per_s = bus * used / chans;
@@ -380,8 +405,8 @@ CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_byt
   c.latency_s = kBaseLatUs[0][p] * kUs + rounds * step;
   double nvl = node.nvlink_nccl_bytes_per_s * eff;
   // alltoall cannot aggregate NICs: one NIC per GPU (nccl-tests#267); PXN keeps traffic on the rail.
-  double nic = std::max<std::uint32_t>(node.nics_per_gpu, 1) * node.nic_achievable_bytes_per_s * eff *
-               span.fabric_factor;
+  double nic =
+      std::max<std::uint32_t>(node.nics_per_gpu, 1) * node.nic_achievable_bytes_per_s * eff * span.fabric_factor;
   const NcclProto proto = ll ? NcclProto::kLL : NcclProto::kSimple;
   if (const auto* o = override_for("all_to_all", NcclAlgo::kRing, proto, inter)) {
     const double b = o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs;
@@ -410,11 +435,12 @@ CommCost CostModel::p2p_cost(double bytes, schedule::RankId a, schedule::RankId 
   const int p = ll ? 0 : 2;
   const double eff = ll ? 0.5 : 1.0;
   const auto path = cluster_.path(na, nb);
-  const double step = (inter ? kNetLatUs[0][p] : kNvlinkLatUs[0][p]) * kUs + path.switch_hops * cluster_.fabric.hop_latency_s;
+  const double step =
+      (inter ? kNetLatUs[0][p] : kNvlinkLatUs[0][p]) * kUs + path.switch_hops * cluster_.fabric.hop_latency_s;
   c.latency_s = kBaseLatUs[0][p] * kUs + step;
   double bw = inter ? std::max<std::uint32_t>(node.nics_per_gpu, 1) * node.nic_achievable_bytes_per_s *
-                                path.bandwidth_factor * eff
-                          : node.nvlink_nccl_bytes_per_s * eff;
+                          path.bandwidth_factor * eff
+                    : node.nvlink_nccl_bytes_per_s * eff;
   if (const auto* o = override_for("send_recv", NcclAlgo::kRing, ll ? NcclProto::kLL : NcclProto::kSimple, inter)) {
     c.latency_s = (o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs) +
                   (o->step_latency_s >= 0 ? o->step_latency_s : step);

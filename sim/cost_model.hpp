@@ -37,18 +37,18 @@ struct CollectiveParams {
   std::string kind = "any";
   NcclAlgo algo = NcclAlgo::kRing;
   NcclProto proto = NcclProto::kSimple;
-  bool inter_node = false;       ///< span: false = within one node, true = across nodes.
-  double base_latency_s = -1;    ///< Paid once per collective.
-  double step_latency_s = -1;    ///< Paid per algorithm step (ring: 2(n-1) for all_reduce).
-  double bus_bytes_per_s = -1;   ///< Bus bandwidth (nccl-tests busbw) with all channels.
+  bool inter_node = false;      ///< span: false = within one node, true = across nodes.
+  double base_latency_s = -1;   ///< Paid once per collective.
+  double step_latency_s = -1;   ///< Paid per algorithm step (ring: 2(n-1) for all_reduce).
+  double bus_bytes_per_s = -1;  ///< Bus bandwidth (nccl-tests busbw) with all channels.
 };
 
 /// NCCL configuration the model follows (defaults: NCCL 2.2x on Hopper with NVLS off).
 struct NcclConfig {
   std::vector<NcclAlgo> algorithms{NcclAlgo::kRing, NcclAlgo::kTree};
   std::vector<NcclProto> protocols{NcclProto::kLL, NcclProto::kLL128, NcclProto::kSimple};
-  std::uint32_t channels_intra = 24;   ///< Collective channels (CTAs) within a node.
-  std::uint32_t channels_inter = 16;   ///< Collective channels across nodes.
+  std::uint32_t channels_intra = 24;       ///< Collective channels (CTAs) within a node.
+  std::uint32_t channels_inter = 16;       ///< Collective channels across nodes.
   std::uint32_t p2p_channels_nvlink = 32;  ///< CTAs of a send/recv or all-to-all over NVLink.
   std::uint32_t p2p_channels_net = 4;      ///< CTAs per network peer (NCCL_NCHANNELS_PER_NET_PEER).
   std::uint32_t p2p_peers_per_round = 8;   ///< NCCL_MAX_DEV_WORK_P2P_PER_BATCH.
@@ -85,11 +85,11 @@ struct FitSummary {
 /// documented defaults; a profile file overrides any part of it.
 struct Profile {
   static constexpr int kSchemaVersion = 1;
-  std::string name = "datasheet defaults";     ///< Shown in outputs: "datasheet defaults" or the file path.
-  std::map<std::string, std::string> context;  ///< GPU, driver, NCCL, date... of the measurements.
+  std::string name = "datasheet defaults";         ///< Shown in outputs: "datasheet defaults" or the file path.
+  std::map<std::string, std::string> context;      ///< GPU, driver, NCCL, date... of the measurements.
   std::map<std::string, EfficiencyTable> compute;  ///< By kernel class (schedule::kernel_class names).
-  double memory_efficiency = 0.9;              ///< Achievable fraction of HBM bandwidth for streaming kernels.
-  std::map<std::string, double> launch_s;      ///< Host issue cost by op class (see CostModel::launch_ns).
+  double memory_efficiency = 0.9;                  ///< Achievable fraction of HBM bandwidth for streaming kernels.
+  std::map<std::string, double> launch_s;          ///< Host issue cost by op class (see CostModel::launch_ns).
   std::vector<CollectiveParams> collectives;
   NcclConfig nccl;
   Interference interference;
@@ -112,11 +112,11 @@ struct Profile {
 
 /// Solo cost of a compute kernel and what it needs from the GPU.
 struct KernelCost {
-  double flop_time_s = 0;      ///< FLOPs / (peak x efficiency) with every SM.
-  double mem_bytes = 0;        ///< Bytes through `mem` at its rate.
-  double mem_bytes_per_s = 0;  ///< HBM (x memory efficiency) or PCIe for host copies.
-  bool uses_hbm = true;        ///< false for host<->device copies (copy engine over PCIe).
-  std::uint64_t tiles = 0;     ///< CTAs of a tiled kernel (wave quantization); 0 = not tiled.
+  double flop_time_s = 0;          ///< FLOPs / (peak x efficiency) with every SM.
+  double mem_bytes = 0;            ///< Bytes through `mem` at its rate.
+  double mem_bytes_per_s = 0;      ///< HBM (x memory efficiency) or PCIe for host copies.
+  bool uses_hbm = true;            ///< false for host<->device copies (copy engine over PCIe).
+  std::uint64_t tiles = 0;         ///< CTAs of a tiled kernel (wave quantization); 0 = not tiled.
   std::uint32_t reserved_sms = 0;  ///< > 0: the kernel holds these SMs (fused comm kernels).
   [[nodiscard]] double solo_time_s() const;
 };
@@ -125,9 +125,9 @@ struct KernelCost {
 struct CommCost {
   double latency_s = 0;
   double bandwidth_time_s = 0;
-  std::uint32_t channels = 0;       ///< CTAs held on every member GPU.
-  bool uses_nic = false;            ///< Some member sends or receives over its NIC.
-  double bus_bytes_per_s = 0;       ///< Bus bandwidth it runs at (for HBM interference).
+  std::uint32_t channels = 0;  ///< CTAs held on every member GPU.
+  bool uses_nic = false;       ///< Some member sends or receives over its NIC.
+  double bus_bytes_per_s = 0;  ///< Bus bandwidth it runs at (for HBM interference).
   NcclAlgo algo = NcclAlgo::kRing;
   NcclProto proto = NcclProto::kSimple;
   [[nodiscard]] double time_s() const { return latency_s + bandwidth_time_s; }
@@ -135,8 +135,8 @@ struct CommCost {
 
 /// Where the members of a communication op sit.
 struct CommSpan {
-  std::uint32_t ranks = 0;   ///< Communicator size (full size, even in a reduced schedule).
-  std::uint32_t nodes = 0;   ///< Distinct nodes spanned.
+  std::uint32_t ranks = 0;     ///< Communicator size (full size, even in a reduced schedule).
+  std::uint32_t nodes = 0;     ///< Distinct nodes spanned.
   std::uint32_t per_node = 0;  ///< Most members on one node.
   std::uint32_t switch_hops = 0;
   double fabric_factor = 1.0;  ///< Bandwidth factor of the worst fabric path (oversubscription).
@@ -170,8 +170,8 @@ class CostModel {
   const CollectiveParams* override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter) const;
   topologies::Cluster cluster_;
   Profile profile_;
-  Nanos launch_by_class_[6] = {};                     ///< compute, memcpy, collective, send, recv, host_sync.
-  const EfficiencyTable* eff_by_class_[8] = {};       ///< By kernel_class order; nullptr = no table (roofline 1.0).
+  Nanos launch_by_class_[6] = {};                ///< compute, memcpy, collective, send, recv, host_sync.
+  const EfficiencyTable* eff_by_class_[8] = {};  ///< By kernel_class order; nullptr = no table (roofline 1.0).
 };
 
 }  // namespace twinstep::sim

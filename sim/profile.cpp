@@ -18,7 +18,6 @@
 //               "note": "..."}] }
 // The later additions are optional, so every schema-1 file reads as before.
 #include <initializer_list>
-
 #include <nlohmann/json.hpp>
 
 #include "common/error.hpp"
@@ -116,8 +115,9 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
   }
   const Reader r(source);
-  r.keys(j, "", {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives",
-                 "nccl", "interference", "kernel_floor", "memory_tables", "framework", "fits"});
+  r.keys(j, "",
+         {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",
+          "interference", "kernel_floor", "memory_tables", "framework", "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -178,10 +178,13 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       c.algo = r.algo(e["algorithm"], ptr + "/algorithm");
       c.proto = r.proto(e["protocol"], ptr + "/protocol");
       const std::string span = e.contains("span") && e["span"].is_string() ? e["span"].get<std::string>() : "";
-      if (span != "intra" && span != "inter") r.fail(ptr + "/span", "use \"intra\" (one node) or \"inter\" (across nodes)");
+      if (span != "intra" && span != "inter")
+        r.fail(ptr + "/span", "use \"intra\" (one node) or \"inter\" (across nodes)");
       c.inter_node = span == "inter";
-      if (e.contains("base_latency")) c.base_latency_s = r.quantity(e["base_latency"], ptr + "/base_latency", Dimension::kTime);
-      if (e.contains("step_latency")) c.step_latency_s = r.quantity(e["step_latency"], ptr + "/step_latency", Dimension::kTime);
+      if (e.contains("base_latency"))
+        c.base_latency_s = r.quantity(e["base_latency"], ptr + "/base_latency", Dimension::kTime);
+      if (e.contains("step_latency"))
+        c.step_latency_s = r.quantity(e["step_latency"], ptr + "/step_latency", Dimension::kTime);
       if (e.contains("bus_bandwidth")) {
         c.bus_bytes_per_s = r.quantity(e["bus_bandwidth"], ptr + "/bus_bandwidth", Dimension::kBandwidth);
         if (c.bus_bytes_per_s <= 0) r.fail(ptr + "/bus_bandwidth", "must be positive");
@@ -191,10 +194,12 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   }
   if (j.contains("nccl")) {
     const Json& n = j["nccl"];
-    r.keys(n, "/nccl", {"algorithms", "protocols", "channels_intra", "channels_inter", "p2p_channels_nvlink",
-                        "p2p_channels_net", "p2p_peers_per_round", "net_overhead"});
+    r.keys(n, "/nccl",
+           {"algorithms", "protocols", "channels_intra", "channels_inter", "p2p_channels_nvlink", "p2p_channels_net",
+            "p2p_peers_per_round", "net_overhead"});
     if (n.contains("algorithms")) {
-      if (!n["algorithms"].is_array() || n["algorithms"].empty()) r.fail("/nccl/algorithms", "expected a non-empty array");
+      if (!n["algorithms"].is_array() || n["algorithms"].empty())
+        r.fail("/nccl/algorithms", "expected a non-empty array");
       p.nccl.algorithms.clear();
       for (std::size_t i = 0; i < n["algorithms"].size(); ++i) {
         p.nccl.algorithms.push_back(r.algo(n["algorithms"][i], "/nccl/algorithms/" + std::to_string(i)));
@@ -212,24 +217,28 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     if (n.contains("p2p_channels_nvlink")) {
       p.nccl.p2p_channels_nvlink = r.count(n["p2p_channels_nvlink"], "/nccl/p2p_channels_nvlink", 1);
     }
-    if (n.contains("p2p_channels_net")) p.nccl.p2p_channels_net = r.count(n["p2p_channels_net"], "/nccl/p2p_channels_net", 1);
+    if (n.contains("p2p_channels_net"))
+      p.nccl.p2p_channels_net = r.count(n["p2p_channels_net"], "/nccl/p2p_channels_net", 1);
     if (n.contains("p2p_peers_per_round")) {
       p.nccl.p2p_peers_per_round = r.count(n["p2p_peers_per_round"], "/nccl/p2p_peers_per_round", 1);
     }
-    if (n.contains("net_overhead")) p.nccl.net_overhead_s = r.quantity(n["net_overhead"], "/nccl/net_overhead", Dimension::kTime);
+    if (n.contains("net_overhead"))
+      p.nccl.net_overhead_s = r.quantity(n["net_overhead"], "/nccl/net_overhead", Dimension::kTime);
   }
   if (j.contains("interference")) {
     const Json& f = j["interference"];
     r.keys(f, "/interference", {"comm_hbm_bytes_per_bus_byte", "gemm_tile_m", "gemm_tile_n", "attention_tile_q"});
     if (f.contains("comm_hbm_bytes_per_bus_byte")) {
-      p.interference.comm_hbm_bytes_per_bus_byte =
-          r.quantity(f["comm_hbm_bytes_per_bus_byte"], "/interference/comm_hbm_bytes_per_bus_byte", Dimension::kDimensionless);
+      p.interference.comm_hbm_bytes_per_bus_byte = r.quantity(
+          f["comm_hbm_bytes_per_bus_byte"], "/interference/comm_hbm_bytes_per_bus_byte", Dimension::kDimensionless);
       if (p.interference.comm_hbm_bytes_per_bus_byte < 0) {
         r.fail("/interference/comm_hbm_bytes_per_bus_byte", "must not be negative");
       }
     }
-    if (f.contains("gemm_tile_m")) p.interference.gemm_tile_m = r.count(f["gemm_tile_m"], "/interference/gemm_tile_m", 1);
-    if (f.contains("gemm_tile_n")) p.interference.gemm_tile_n = r.count(f["gemm_tile_n"], "/interference/gemm_tile_n", 1);
+    if (f.contains("gemm_tile_m"))
+      p.interference.gemm_tile_m = r.count(f["gemm_tile_m"], "/interference/gemm_tile_m", 1);
+    if (f.contains("gemm_tile_n"))
+      p.interference.gemm_tile_n = r.count(f["gemm_tile_n"], "/interference/gemm_tile_n", 1);
     if (f.contains("attention_tile_q")) {
       p.interference.attention_tile_q = r.count(f["attention_tile_q"], "/interference/attention_tile_q", 1);
     }
@@ -247,7 +256,8 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     const Json& f = j["framework"];
     r.keys(f, "/framework", {"per_kernel_launch", "per_module_call", "source"});
     if (f.contains("per_kernel_launch")) {
-      p.framework.per_kernel_launch_s = r.quantity(f["per_kernel_launch"], "/framework/per_kernel_launch", Dimension::kTime);
+      p.framework.per_kernel_launch_s =
+          r.quantity(f["per_kernel_launch"], "/framework/per_kernel_launch", Dimension::kTime);
     }
     if (f.contains("per_module_call")) {
       p.framework.per_module_call_s = r.quantity(f["per_module_call"], "/framework/per_module_call", Dimension::kTime);
@@ -267,10 +277,12 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       if (arr[i].contains("name") && arr[i]["name"].is_string()) f.name = arr[i]["name"].get<std::string>();
       if (arr[i].contains("points")) f.points = r.count(arr[i]["points"], ptr + "/points", 0);
       if (arr[i].contains("mean_abs_rel_error")) {
-        f.mean_abs_rel_error = r.quantity(arr[i]["mean_abs_rel_error"], ptr + "/mean_abs_rel_error", Dimension::kDimensionless);
+        f.mean_abs_rel_error =
+            r.quantity(arr[i]["mean_abs_rel_error"], ptr + "/mean_abs_rel_error", Dimension::kDimensionless);
       }
       if (arr[i].contains("max_abs_rel_error")) {
-        f.max_abs_rel_error = r.quantity(arr[i]["max_abs_rel_error"], ptr + "/max_abs_rel_error", Dimension::kDimensionless);
+        f.max_abs_rel_error =
+            r.quantity(arr[i]["max_abs_rel_error"], ptr + "/max_abs_rel_error", Dimension::kDimensionless);
       }
       if (arr[i].contains("note") && arr[i]["note"].is_string()) f.note = arr[i]["note"].get<std::string>();
       p.fits.push_back(std::move(f));

@@ -28,9 +28,9 @@ enum class ActivityKind : std::uint8_t { kCompute, kCollective, kPointToPoint };
 /// What the core asks the model to run. The model derives the demand (FLOPs, bytes, links, SMs) from the ops.
 struct Activity {
   ActivityKind kind = ActivityKind::kCompute;
-  schedule::OpId op = schedule::kNoOp;          ///< Compute op, send op, or first present collective member.
-  std::uint32_t instance = UINT32_MAX;          ///< Collective: index into Matching::collectives.
-  schedule::OpId partner = schedule::kNoOp;     ///< Point-to-point: the recv.
+  schedule::OpId op = schedule::kNoOp;       ///< Compute op, send op, or first present collective member.
+  std::uint32_t instance = UINT32_MAX;       ///< Collective: index into Matching::collectives.
+  schedule::OpId partner = schedule::kNoOp;  ///< Point-to-point: the recv.
 };
 
 /// Everything a model may read; outlives the model.

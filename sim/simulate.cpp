@@ -125,8 +125,8 @@ std::string schedule_fingerprint(const schedule::Schedule& s) {
   return buf;
 }
 
-schedule::Trace simulate(const schedule::Schedule& schedule, const topologies::Cluster& cluster,
-                         const CostModel& costs, const Options& options) {
+schedule::Trace simulate(const schedule::Schedule& schedule, const topologies::Cluster& cluster, const CostModel& costs,
+                         const Options& options) {
   schedule::Trace trace = run(schedule, cluster, costs, options);
   trace.schedule = schedule;
   return trace;
@@ -147,8 +147,9 @@ namespace {
 bool flow_model_available() { return false; }
 std::string flow_engine_version() { return ""; }
 std::unique_ptr<ResourceModel> make_flow_model(const SimContext&) {
-  throw Error("--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
-              "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
+  throw Error(
+      "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
+      "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
 }
 
 namespace {
@@ -237,9 +238,12 @@ std::vector<schedule::OpRecord> run_flow_in_child(const SimContext& ctx) {
       std::memcpy(static_cast<void*>(records.data()), data.data() + 1 + sizeof n, n * sizeof(schedule::OpRecord));
       return records;
     }
-    case 'N': throw NotFeasibleError(msg);
-    case 'E': throw Error(msg);
-    default: throw Error("--fidelity flow: internal error in the simulation process: " + msg);
+    case 'N':
+      throw NotFeasibleError(msg);
+    case 'E':
+      throw Error(msg);
+    default:
+      throw Error("--fidelity flow: internal error in the simulation process: " + msg);
   }
 }
 
@@ -249,8 +253,9 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
     throw Error("--fidelity \"" + options.fidelity + "\" is unknown; use analytic or flow");
   }
   if (options.fidelity == "flow" && !flow_model_available()) {
-    throw Error("--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
-                "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
+    throw Error(
+        "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
+        "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
   }
   std::uint32_t needed = schedule.world_size;
   for (auto r : schedule.ranks) needed = std::max(needed, r + 1);
@@ -258,9 +263,9 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
   if (needed > cluster.num_gpus()) {
     const std::uint32_t gpn = cluster.node.gpus_per_node;
     throw NotFeasibleError("schedule \"" + schedule.name + "\" needs " + std::to_string(needed) + " ranks but " +
-                           cluster.describe() + " has " + std::to_string(cluster.num_gpus()) +
-                           " GPUs; pass --gpus " + std::to_string(needed) + " (or --nodes " +
-                           std::to_string((needed + gpn - 1) / gpn) + " of " + std::to_string(gpn) + " GPUs)");
+                           cluster.describe() + " has " + std::to_string(cluster.num_gpus()) + " GPUs; pass --gpus " +
+                           std::to_string(needed) + " (or --nodes " + std::to_string((needed + gpn - 1) / gpn) +
+                           " of " + std::to_string(gpn) + " GPUs)");
   }
   const schedule::Matching matching = schedule::match(schedule);
   const SimContext ctx{schedule, matching, cluster, costs};

@@ -17,8 +17,8 @@
 namespace twinstep::sim {
 
 struct Options {
-  std::string fidelity = "analytic";            ///< "analytic" or "flow" (needs SimGrid: flow_model_available()).
-  std::map<std::string, std::string> context;   ///< Extra context entries copied into the trace.
+  std::string fidelity = "analytic";           ///< "analytic" or "flow" (needs SimGrid: flow_model_available()).
+  std::map<std::string, std::string> context;  ///< Extra context entries copied into the trace.
 };
 
 /// Runs the IR semantics (DESIGN.md rules 1-4) against `model` and fills the records (one per op, by op id).
@@ -43,9 +43,10 @@ struct Options {
 [[nodiscard]] std::string default_fidelity();
 
 /// Replays `schedule` on `cluster`. With fidelity "flow" the simulation runs in a forked child process (SimGrid's
-/// one-engine-per-process rule) that pipes the records back; errors (deadlocks) come back as the same Error. Throws NotFeasibleError (exit 3) if the schedule needs more ranks than the
-/// cluster has GPUs, Error for an unknown or unavailable fidelity, Error on a run-time deadlock. The schedule is
-/// expected to be valid (schedule::check); an invalid one either deadlocks with a clear error or is rejected.
+/// one-engine-per-process rule) that pipes the records back; errors (deadlocks) come back as the same Error. Throws
+/// NotFeasibleError (exit 3) if the schedule needs more ranks than the cluster has GPUs, Error for an unknown or
+/// unavailable fidelity, Error on a run-time deadlock. The schedule is expected to be valid (schedule::check); an
+/// invalid one either deadlocks with a clear error or is rejected.
 [[nodiscard]] schedule::Trace simulate(const schedule::Schedule& schedule, const topologies::Cluster& cluster,
                                        const CostModel& costs, const Options& options = {});
 

@@ -118,15 +118,24 @@ Spec spec_from_json(const std::string& text, const std::string& source) {
   if (!j.is_object()) throw ParseError(source, "", "a sweep file is a JSON object");
   Spec s;
   for (const auto& [k, v] : j.items()) {
-    if (k == "models") s.models = strings_field(v, source, k);
-    else if (k == "clusters") s.clusters = strings_field(v, source, k);
-    else if (k == "gpus") s.gpus = uints_field(v, source, k);
-    else if (k == "gbs") s.gbs = uints_field(v, source, k);
-    else if (k == "seq") s.seq = uints_field(v, source, k);
-    else if (k == "mbs") s.mbs = uints_field(v, source, k);
-    else if (k == "overlap") s.overlaps = strings_field(v, source, k);
-    else if (k == "dispatcher") s.dispatchers = strings_field(v, source, k);
-    else if (k == "fidelity") s.fidelities = strings_field(v, source, k);
+    if (k == "models")
+      s.models = strings_field(v, source, k);
+    else if (k == "clusters")
+      s.clusters = strings_field(v, source, k);
+    else if (k == "gpus")
+      s.gpus = uints_field(v, source, k);
+    else if (k == "gbs")
+      s.gbs = uints_field(v, source, k);
+    else if (k == "seq")
+      s.seq = uints_field(v, source, k);
+    else if (k == "mbs")
+      s.mbs = uints_field(v, source, k);
+    else if (k == "overlap")
+      s.overlaps = strings_field(v, source, k);
+    else if (k == "dispatcher")
+      s.dispatchers = strings_field(v, source, k);
+    else if (k == "fidelity")
+      s.fidelities = strings_field(v, source, k);
     else if (k == "profile" || k == "config") {
       if (!v.is_string()) throw ParseError(source, "/" + k, "expected a path string");
       (k == "profile" ? s.profile : s.base_config) = v.get<std::string>();
@@ -139,12 +148,18 @@ Spec spec_from_json(const std::string& text, const std::string& source) {
       } else if (v.is_object()) {
         for (const auto& [pk, pv] : v.items()) {
           const std::string field = "parallel/" + pk;
-          if (pk == "tp") s.tp = uints_field(pv, source, field);
-          else if (pk == "pp") s.pp = uints_field(pv, source, field);
-          else if (pk == "vpp") s.vpp = uints_field(pv, source, field);
-          else if (pk == "cp") s.cp = uints_field(pv, source, field);
-          else if (pk == "ep") s.ep = uints_field(pv, source, field);
-          else throw ParseError(source, "/" + field, "unknown field; use tp, pp, vpp, cp, ep");
+          if (pk == "tp")
+            s.tp = uints_field(pv, source, field);
+          else if (pk == "pp")
+            s.pp = uints_field(pv, source, field);
+          else if (pk == "vpp")
+            s.vpp = uints_field(pv, source, field);
+          else if (pk == "cp")
+            s.cp = uints_field(pv, source, field);
+          else if (pk == "ep")
+            s.ep = uints_field(pv, source, field);
+          else
+            throw ParseError(source, "/" + field, "unknown field; use tp, pp, vpp, cp, ep");
         }
       } else {
         throw ParseError(source, "/parallel", "expected \"auto\" or an object of lists {\"tp\": [...], ...}");
@@ -255,8 +270,8 @@ std::vector<Point> expand(const Spec& spec) {
   if (spec.models.empty()) throw Error("sweep: no model given; use --model or \"models\" in the sweep file");
   if (spec.clusters.empty()) throw Error("sweep: no cluster given; use --cluster or \"clusters\" in the sweep file");
   if (spec.gpus.empty()) throw Error("sweep: no GPU count given; use --gpus 16,32,... or \"gpus\" in the sweep file");
-  if (spec.gbs.empty() || spec.seq.empty() || spec.mbs.empty() || spec.overlaps.empty() ||
-      spec.dispatchers.empty() || spec.fidelities.empty()) {
+  if (spec.gbs.empty() || spec.seq.empty() || spec.mbs.empty() || spec.overlaps.empty() || spec.dispatchers.empty() ||
+      spec.fidelities.empty()) {
     throw Error("sweep: gbs, seq, mbs, overlap, dispatcher and fidelity lists must not be empty");
   }
   for (const auto& v : spec.overlaps) (void)models::apply_overlap_variant(models::RunConfig{}, v);  // names check
@@ -312,7 +327,8 @@ std::vector<Point> expand(const Spec& spec) {
                 std::stable_sort(layouts.begin(), layouts.end(), [](const auto& a, const auto& b) {
                   const Layout& x = a.first;
                   const Layout& y = b.first;
-                  return std::tie(x.tp, x.pp, x.vpp, x.cp, x.ep, x.mbs) < std::tie(y.tp, y.pp, y.vpp, y.cp, y.ep, y.mbs);
+                  return std::tie(x.tp, x.pp, x.vpp, x.cp, x.ep, x.mbs) <
+                         std::tie(y.tp, y.pp, y.vpp, y.cp, y.ep, y.mbs);
                 });
               } else {
                 for (auto tp : spec.tp) {
@@ -323,8 +339,8 @@ std::vector<Point> expand(const Spec& spec) {
                           for (auto mbs : spec.mbs) {
                             const std::uint64_t tpc = std::uint64_t{tp} * pp * cp;
                             Point p = base;
-                            p.layout = Layout{tp, pp, vpp, cp, ep,
-                                              static_cast<std::uint32_t>(gpus % tpc == 0 ? gpus / tpc : 0), mbs};
+                            p.layout = Layout{
+                                tp, pp, vpp, cp, ep, static_cast<std::uint32_t>(gpus % tpc == 0 ? gpus / tpc : 0), mbs};
                             layouts.emplace_back(p.layout, layout_problem(shape, p, gpn, false));
                           }
                         }

@@ -8,11 +8,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <tuple>
-
-#include <nlohmann/json.hpp>
 
 #include "calibration/report.hpp"
 #include "common/error.hpp"
@@ -145,9 +144,9 @@ std::string line_chart(const std::string& id, const std::vector<std::uint32_t>& 
   const double left = 80, top = 15, w = 600, h = 260;
   std::ostringstream o;
   o << "<svg class=\"chart\" id=\"" << id << "\" width=\"960\" height=\"" << px(top + h + 50) << "\" role=\"img\">\n";
-  o << "<line x1=\"" << px(left) << "\" y1=\"" << px(top + h) << "\" x2=\"" << px(left + w) << "\" y2=\""
-    << px(top + h) << "\" stroke=\"#333\"/>\n<line x1=\"" << px(left) << "\" y1=\"" << px(top) << "\" x2=\""
-    << px(left) << "\" y2=\"" << px(top + h) << "\" stroke=\"#333\"/>\n";
+  o << "<line x1=\"" << px(left) << "\" y1=\"" << px(top + h) << "\" x2=\"" << px(left + w) << "\" y2=\"" << px(top + h)
+    << "\" stroke=\"#333\"/>\n<line x1=\"" << px(left) << "\" y1=\"" << px(top) << "\" x2=\"" << px(left) << "\" y2=\""
+    << px(top + h) << "\" stroke=\"#333\"/>\n";
   for (int t = 0; t <= 4; ++t) {
     const double v = max_y * 1.1 * t / 4;
     const double y = top + h - h * t / 4.0;
@@ -155,7 +154,9 @@ std::string line_chart(const std::string& id, const std::vector<std::uint32_t>& 
       << "\" stroke=\"#eee\"/><text x=\"" << px(left - 6) << "\" y=\"" << px(y + 4) << "\" text-anchor=\"end\">"
       << html_escape(format_seconds(v)) << "</text>\n";
   }
-  auto xpos = [&](std::size_t i) { return left + (xs.size() == 1 ? w / 2 : w * static_cast<double>(i) / (xs.size() - 1)); };
+  auto xpos = [&](std::size_t i) {
+    return left + (xs.size() == 1 ? w / 2 : w * static_cast<double>(i) / (xs.size() - 1));
+  };
   for (std::size_t i = 0; i < xs.size(); ++i) {
     o << "<text x=\"" << px(xpos(i)) << "\" y=\"" << px(top + h + 16) << "\" text-anchor=\"middle\">" << xs[i]
       << "</text>\n";
@@ -169,8 +170,8 @@ std::string line_chart(const std::string& id, const std::vector<std::uint32_t>& 
       if (it == pts.end()) continue;
       const double x = xpos(i), y = top + h - h * it->second / (max_y * 1.1);
       poly += px(x) + "," + px(y) + " ";
-      o << "<circle cx=\"" << px(x) << "\" cy=\"" << px(y) << "\" r=\"3.5\" fill=\"" << series_color(si)
-        << "\"><title>" << html_escape(name) << " @ " << xs[i] << " GPUs: " << html_escape(format_seconds(it->second))
+      o << "<circle cx=\"" << px(x) << "\" cy=\"" << px(y) << "\" r=\"3.5\" fill=\"" << series_color(si) << "\"><title>"
+        << html_escape(name) << " @ " << xs[i] << " GPUs: " << html_escape(format_seconds(it->second))
         << "</title></circle>\n";
     }
     if (!poly.empty()) {
@@ -179,8 +180,8 @@ std::string line_chart(const std::string& id, const std::vector<std::uint32_t>& 
     }
     const double ly = top + 10 + 16.0 * static_cast<double>(si);
     o << "<rect x=\"" << px(left + w + 20) << "\" y=\"" << px(ly - 9) << "\" width=\"10\" height=\"10\" fill=\""
-      << series_color(si) << "\"/><text x=\"" << px(left + w + 34) << "\" y=\"" << px(ly) << "\">"
-      << html_escape(name) << "</text>\n";
+      << series_color(si) << "\"/><text x=\"" << px(left + w + 34) << "\" y=\"" << px(ly) << "\">" << html_escape(name)
+      << "</text>\n";
     ++si;
   }
   o << "</svg>\n";
@@ -209,8 +210,8 @@ std::string heat_map(const std::string& id, const std::vector<std::uint32_t>& ro
       const auto it = cells.find({rows[r], cols[c]});
       const double x = left + cw * c, y = top + ch * r;
       if (it == cells.end()) {
-        o << "<rect x=\"" << px(x) << "\" y=\"" << px(y) << "\" width=\"" << px(cw - 2) << "\" height=\""
-          << px(ch - 2) << "\" fill=\"#f4f4f4\"><title>no valid point</title></rect>\n";
+        o << "<rect x=\"" << px(x) << "\" y=\"" << px(y) << "\" width=\"" << px(cw - 2) << "\" height=\"" << px(ch - 2)
+          << "\" fill=\"#f4f4f4\"><title>no valid point</title></rect>\n";
         continue;
       }
       const double t = max_v > 0 ? std::clamp(it->second.first / max_v, 0.0, 1.0) : 0.0;
@@ -236,8 +237,8 @@ std::string scatter(const std::string& id, const std::vector<std::pair<double, d
   std::ostringstream o;
   o << "<svg class=\"chart\" id=\"" << id << "\" width=\"" << px(left + s + 40) << "\" height=\"" << px(top + s + 50)
     << "\" role=\"img\">\n<rect x=\"" << px(left) << "\" y=\"" << px(top) << "\" width=\"" << px(s) << "\" height=\""
-    << px(s) << "\" fill=\"none\" stroke=\"#999\"/>\n<line x1=\"" << px(left) << "\" y1=\"" << px(top + s)
-    << "\" x2=\"" << px(left + s) << "\" y2=\"" << px(top) << "\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>\n";
+    << px(s) << "\" fill=\"none\" stroke=\"#999\"/>\n<line x1=\"" << px(left) << "\" y1=\"" << px(top + s) << "\" x2=\""
+    << px(left + s) << "\" y2=\"" << px(top) << "\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>\n";
   o << "<text x=\"" << px(left + s / 2) << "\" y=\"" << px(top + s + 18) << "\" text-anchor=\"middle\">measured "
     << html_escape(format_seconds(max_v)) << " full scale</text>\n<text x=\"" << px(left - 6) << "\" y=\""
     << px(top + s / 2) << "\" text-anchor=\"end\">predicted</text>\n";
@@ -334,15 +335,15 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
     }
     char buf[512];
     if (!g.best) {
-      std::snprintf(buf, sizeof buf, "  %6u  %-38s %-16s %11s %6s %9s  %zu/%zu/%zu/%zu\n", g.gpus, "(no point ran)",
-                    "", "", "", "", g.ok, g.invalid, g.does_not_fit, g.errors);
+      std::snprintf(buf, sizeof buf, "  %6u  %-38s %-16s %11s %6s %9s  %zu/%zu/%zu/%zu\n", g.gpus, "(no point ran)", "",
+                    "", "", "", g.ok, g.invalid, g.does_not_fit, g.errors);
       o << buf;
       continue;
     }
     const Result& b = results[*g.best];
-    const std::string layout = b.point.layout.describe() + (b.point.dispatcher != "alltoall" || b.point.layout.ep > 1
-                                                                ? " " + b.point.dispatcher
-                                                                : "");
+    const std::string layout =
+        b.point.layout.describe() +
+        (b.point.dispatcher != "alltoall" || b.point.layout.ep > 1 ? " " + b.point.dispatcher : "");
     std::snprintf(buf, sizeof buf, "  %6u  %-38s %-16s %11s %5.1f%% %7.1fGiB  %zu/%zu/%zu/%zu\n", g.gpus,
                   layout.c_str(), b.point.overlap.c_str(), format_seconds(b.step_time_s).c_str(), 100.0 * b.mfu,
                   b.memory_gib, g.ok, g.invalid, g.does_not_fit, g.errors);
@@ -367,11 +368,14 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
   if (!reasons.empty()) {
     std::vector<std::pair<std::string, std::size_t>> sorted(reasons.begin(), reasons.end());
     std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
-    o << "\npoints not run (" << std::to_string(results.size() - [&] {
-      std::size_t ok = 0;
-      for (const auto& r : results) ok += r.status == "ok";
-      return ok;
-    }()) << "), by reason (every point is in the JSON lines and CSV):\n";
+    o << "\npoints not run ("
+      << std::to_string(results.size() -
+                        [&] {
+                          std::size_t ok = 0;
+                          for (const auto& r : results) ok += r.status == "ok";
+                          return ok;
+                        }())
+      << "), by reason (every point is in the JSON lines and CSV):\n";
     std::size_t shown = 0;
     for (const auto& [why, n] : sorted) {
       if (++shown > 25) {
@@ -398,8 +402,8 @@ std::string to_csv(const std::vector<Result>& results) {
     const auto& p = r.point;
     const auto& l = p.layout;
     o << r.index << "," << csv_field(p.model) << "," << csv_field(p.cluster) << "," << p.fidelity << "," << p.gpus
-      << "," << p.gbs << "," << p.seq << "," << l.tp << "," << l.pp << "," << l.vpp << "," << l.cp << "," << l.ep
-      << "," << l.dp << "," << l.mbs << "," << p.dispatcher << "," << csv_field(p.overlap) << "," << r.status << ","
+      << "," << p.gbs << "," << p.seq << "," << l.tp << "," << l.pp << "," << l.vpp << "," << l.cp << "," << l.ep << ","
+      << l.dp << "," << l.mbs << "," << p.dispatcher << "," << csv_field(p.overlap) << "," << r.status << ","
       << fmt("%.9g", r.step_time_s) << "," << fmt("%.6g", r.mfu) << "," << fmt("%.6g", r.tflops_per_gpu) << ","
       << fmt("%.6g", r.memory_gib);
     for (const auto& c : cats) {
@@ -427,9 +431,12 @@ std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Resu
     e["best_point"] = g.best ? nlohmann::ordered_json(results[*g.best].index) : nlohmann::ordered_json();
     if (g.best) {
       const Result& b = results[*g.best];
-      e["best"] = {{"layout", b.point.layout.describe()}, {"dispatcher", b.point.dispatcher},
-                   {"overlap", b.point.overlap},          {"step_time_s", b.step_time_s},
-                   {"mfu", b.mfu},                        {"memory_gib_per_gpu", b.memory_gib}};
+      e["best"] = {{"layout", b.point.layout.describe()},
+                   {"dispatcher", b.point.dispatcher},
+                   {"overlap", b.point.overlap},
+                   {"step_time_s", b.step_time_s},
+                   {"mfu", b.mfu},
+                   {"memory_gib_per_gpu", b.memory_gib}};
     }
     nlohmann::ordered_json sp = nlohmann::ordered_json::object();
     for (const auto& [v, s] : g.speedup_vs_none) sp[v] = s;
@@ -510,8 +517,8 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
     for (const auto& [v, s] : g.speedup_vs_none) sp += v + " " + fmt("%.3fx", s) + "; ";
     o << "<td class=\"name\">" << html_escape(b.point.layout.describe() + " " + b.point.dispatcher) << "</td><td>"
       << html_escape(b.point.overlap) << "</td><td>" << html_escape(format_seconds(b.step_time_s)) << "</td><td>"
-      << fmt("%.1f%%", 100 * b.mfu) << "</td><td>" << fmt("%.1f GiB", b.memory_gib) << "</td><td>"
-      << html_escape(sp) << "</td><td>" << html_escape(g.runner_up_loses) << "</td></tr>\n";
+      << fmt("%.1f%%", 100 * b.mfu) << "</td><td>" << fmt("%.1f GiB", b.memory_gib) << "</td><td>" << html_escape(sp)
+      << "</td><td>" << html_escape(g.runner_up_loses) << "</td></tr>\n";
   }
   o << "</table>\n";
 
@@ -531,9 +538,9 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
         rows.emplace_back(r.point.overlap, &r);
       }
     }
-    o << "<h3>" << html_escape(g.model + " on " + std::to_string(g.gpus) + " GPUs of " + g.cluster + ", batch " +
-                               std::to_string(g.gbs) + ", seq " + std::to_string(g.seq) + ": " +
-                               b.point.layout.describe())
+    o << "<h3>"
+      << html_escape(g.model + " on " + std::to_string(g.gpus) + " GPUs of " + g.cluster + ", batch " +
+                     std::to_string(g.gbs) + ", seq " + std::to_string(g.seq) + ": " + b.point.layout.describe())
       << "</h3>\n"
       << stacked_bars("variants-" + std::to_string(chart), rows);
   }
@@ -560,8 +567,9 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
       series.emplace_back(v, by_variant.at(v));
       for (const auto& [x, y] : by_variant.at(v)) xs_set.insert(x);
     }
-    o << "<h3>" << html_escape(std::get<0>(k) + " on " + std::get<1>(k) + " (" + std::get<2>(k) + "), seq " +
-                               std::to_string(std::get<3>(k)) + ", batch " + std::to_string(std::get<4>(k)))
+    o << "<h3>"
+      << html_escape(std::get<0>(k) + " on " + std::get<1>(k) + " (" + std::get<2>(k) + "), seq " +
+                     std::to_string(std::get<3>(k)) + ", batch " + std::to_string(std::get<4>(k)))
       << "</h3>\n"
       << line_chart("scaling-" + std::to_string(++chart), std::vector<std::uint32_t>(xs_set.begin(), xs_set.end()),
                     series);
@@ -608,9 +616,9 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
       }
       fastest[{mk, cell}] = *none_i;
       const Result& b = results[*best_i];
-      maps[mk][cell] = {n.step_time_s / b.step_time_s - 1.0,
-                        n.point.layout.describe() + ": none " + format_seconds(n.step_time_s) + ", " + b.point.overlap +
-                            " " + format_seconds(b.step_time_s)};
+      maps[mk][cell] = {n.step_time_s / b.step_time_s - 1.0, n.point.layout.describe() + ": none " +
+                                                                 format_seconds(n.step_time_s) + ", " +
+                                                                 b.point.overlap + " " + format_seconds(b.step_time_s)};
       axes[mk].first.insert(cell.first);
       axes[mk].second.insert(cell.second);
     }
@@ -621,8 +629,9 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
   chart = 0;
   for (const auto& [mk, cells] : maps) {
     const auto& [eps, gbss] = axes[mk];
-    o << "<h3>" << html_escape(std::get<0>(mk) + " on " + std::to_string(std::get<4>(mk)) + " GPUs of " +
-                               std::get<1>(mk) + " (" + std::get<2>(mk) + "), seq " + std::to_string(std::get<3>(mk)))
+    o << "<h3>"
+      << html_escape(std::get<0>(mk) + " on " + std::to_string(std::get<4>(mk)) + " GPUs of " + std::get<1>(mk) + " (" +
+                     std::get<2>(mk) + "), seq " + std::to_string(std::get<3>(mk)))
       << "</h3>\n"
       << heat_map("heat-" + std::to_string(++chart), std::vector<std::uint32_t>(eps.begin(), eps.end()), "EP",
                   std::vector<std::uint32_t>(gbss.begin(), gbss.end()), "global batch", cells);

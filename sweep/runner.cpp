@@ -10,17 +10,16 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
@@ -184,17 +183,23 @@ std::string format_duration(double s) {
   if (s < 0 || !std::isfinite(s)) return "--";
   const long t = std::lround(s);
   char buf[32];
-  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
-  else if (t >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
-  else std::snprintf(buf, sizeof buf, "%lds", t);
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else if (t >= 60)
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lds", t);
   return buf;
 }
 
 class Progress {
  public:
   Progress(const RunOptions& o, std::size_t total)
-      : out_(o.progress ? o.progress_out : nullptr), tty_(out_ != nullptr && ::isatty(::fileno(out_)) != 0),
-        total_(total), start_(std::chrono::steady_clock::now()), last_(start_) {}
+      : out_(o.progress ? o.progress_out : nullptr),
+        tty_(out_ != nullptr && ::isatty(::fileno(out_)) != 0),
+        total_(total),
+        start_(std::chrono::steady_clock::now()),
+        last_(start_) {}
 
   void update(std::size_t done, bool final = false) {
     if (out_ == nullptr || total_ == 0) return;
@@ -202,8 +207,8 @@ class Progress {
     const double elapsed = std::chrono::duration<double>(now - start_).count();
     // ETA from the points evaluated by workers since start_workers(): resumed and rejected points take no time.
     const double worker_s = std::chrono::duration<double>(now - workers_start_).count();
-    const double eta = done > base_ ? worker_s * static_cast<double>(total_ - done) / static_cast<double>(done - base_)
-                                    : -1;
+    const double eta =
+        done > base_ ? worker_s * static_cast<double>(total_ - done) / static_cast<double>(done - base_) : -1;
     if (tty_) {
       if (!final && std::chrono::duration<double>(now - last_).count() < 0.1) return;
       constexpr int kWidth = 30;
@@ -217,8 +222,8 @@ class Progress {
     } else {
       // Plain lines: every 10% of the points or every 30 s, and at the end.
       const std::size_t step = std::max<std::size_t>(1, total_ / 10);
-      const bool due = final || done / step != printed_ / step ||
-                       std::chrono::duration<double>(now - last_).count() >= 30;
+      const bool due =
+          final || done / step != printed_ / step || std::chrono::duration<double>(now - last_).count() >= 30;
       if (!due || done == printed_) return;
       std::fprintf(out_, "sweep: %zu/%zu points done, elapsed %s, ETA %s\n", done, total_,
                    format_duration(elapsed).c_str(), format_duration(eta).c_str());
@@ -399,8 +404,8 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   const unsigned jobs = std::max(1u, options.jobs);
   // Batches: the flow fidelity gets a process per point; analytic points are spread in batches small enough to
   // keep every job busy until the end.
-  const std::size_t per_worker = std::clamp<std::size_t>(runnable.size() / (4 * jobs), 1,
-                                                         std::max<std::size_t>(1, options.max_points_per_worker));
+  const std::size_t per_worker =
+      std::clamp<std::size_t>(runnable.size() / (4 * jobs), 1, std::max<std::size_t>(1, options.max_points_per_worker));
   for (std::size_t i = 0; i < runnable.size();) {
     std::vector<std::size_t> batch;
     while (i < runnable.size() && batch.size() < per_worker) {
@@ -541,7 +546,8 @@ std::string merge_results(const std::vector<std::string>& inputs, std::size_t* l
       if (it == by_key.end()) {
         by_key.emplace(r.key, std::move(r));
       } else if (it->second.line != r.line && conflicts != nullptr) {
-        conflicts->push_back(path + ": point " + std::to_string(r.index) + " differs from an earlier file's line; "
+        conflicts->push_back(path + ": point " + std::to_string(r.index) +
+                             " differs from an earlier file's line; "
                              "kept the first");
       }
     }

@@ -17,11 +17,11 @@ namespace twinstep::sweep {
 
 /// One evaluated point, as stored in a JSON line.
 struct Result {
-  std::size_t index = 0;   ///< Point::index.
+  std::size_t index = 0;  ///< Point::index.
   Point point;
-  std::string key;         ///< point_key(point).
-  std::string status;      ///< "ok" | "invalid" | "does_not_fit" | "error".
-  std::string reason;      ///< Why a point is not "ok".
+  std::string key;     ///< point_key(point).
+  std::string status;  ///< "ok" | "invalid" | "does_not_fit" | "error".
+  std::string reason;  ///< Why a point is not "ok".
   double step_time_s = 0, mfu = 0, tflops_per_gpu = 0, memory_gib = 0, capacity_gib = 0;
   /// Mean breakdown over ranks: "compute", "exposed <kind>", "bubble", "host-bound" (seconds; sum = step).
   std::map<std::string, double> breakdown_s;
@@ -42,19 +42,19 @@ struct Result {
 [[nodiscard]] std::vector<Result> read_results(const std::string& path, std::size_t* torn = nullptr);
 
 struct RunOptions {
-  std::string output;          ///< JSON-lines file; appended to, one flushed line per finished point.
-  unsigned jobs = 1;           ///< Worker processes at once.
-  bool progress = true;        ///< Progress on `progress_out`: a bar with ETA on a terminal, plain lines otherwise.
+  std::string output;    ///< JSON-lines file; appended to, one flushed line per finished point.
+  unsigned jobs = 1;     ///< Worker processes at once.
+  bool progress = true;  ///< Progress on `progress_out`: a bar with ETA on a terminal, plain lines otherwise.
   std::FILE* progress_out = stdout;
   std::size_t max_points_per_worker = 32;  ///< Analytic points a worker evaluates before exiting (flow: always 1).
 };
 
 struct RunStats {
-  std::size_t total = 0;     ///< Points of this run (the shard).
-  std::size_t resumed = 0;   ///< Already in the output file, skipped.
-  std::size_t evaluated = 0; ///< Evaluated now (including invalid ones).
-  std::size_t dropped = 0;   ///< Lines of the old file that are not points of this sweep (removed).
-  std::size_t torn = 0;      ///< A torn last line found in the old file (removed).
+  std::size_t total = 0;      ///< Points of this run (the shard).
+  std::size_t resumed = 0;    ///< Already in the output file, skipped.
+  std::size_t evaluated = 0;  ///< Evaluated now (including invalid ones).
+  std::size_t dropped = 0;    ///< Lines of the old file that are not points of this sweep (removed).
+  std::size_t torn = 0;       ///< A torn last line found in the old file (removed).
   double wall_s = 0;
 };
 

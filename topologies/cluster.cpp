@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-
 #include <nlohmann/json.hpp>
 
 #include "common/error.hpp"
@@ -65,8 +64,8 @@ NodeSpec dgx_h100() {
   n.nvlink_nccl_bytes_per_s = 18 * 20.6e9;  // SM90_NVLINK_BW 20.6 GB/s per link, NCCL src/graph/topo.h [SRC]
   n.pcie_bytes_per_s = 64e9;                // Gen5 x16, per direction [DS]
   n.nics_per_gpu = 1;
-  n.nic_bytes_per_s = 50e9;                 // ConnectX-7 400 Gb/s NDR [DS]
-  n.nic_achievable_bytes_per_s = 48e9;      // 48-49 GB/s per NIC in nccl-tests (NVIDIA/nccl-tests#267)
+  n.nic_bytes_per_s = 50e9;             // ConnectX-7 400 Gb/s NDR [DS]
+  n.nic_achievable_bytes_per_s = 48e9;  // 48-49 GB/s per NIC in nccl-tests (NVIDIA/nccl-tests#267)
   n.source = "DGX H100: 8 x H100 SXM5, 4 x NVSwitch gen3, 8 x CX-7 400G (DGX BasePOD core components); hardware.md 2";
   return n;
 }
@@ -89,8 +88,8 @@ NodeSpec dgx_a100() {
   n.nvlink_nccl_bytes_per_s = 12 * 20.0e9;  // SM80_NVLINK_BW 20.0 GB/s per link, NCCL src/graph/topo.h [SRC]
   n.pcie_bytes_per_s = 32e9;                // Gen4 x16, per direction [DS]
   n.nics_per_gpu = 1;
-  n.nic_bytes_per_s = 25e9;                 // ConnectX-6 200 Gb/s HDR [DS]
-  n.nic_achievable_bytes_per_s = 24e9;      // 192 GB/s ring busbw over 8 NICs, 2 nodes (NVIDIA/nccl#812)
+  n.nic_bytes_per_s = 25e9;             // ConnectX-6 200 Gb/s HDR [DS]
+  n.nic_achievable_bytes_per_s = 24e9;  // 192 GB/s ring busbw over 8 NICs, 2 nodes (NVIDIA/nccl#812)
   n.source = "DGX A100: 8 x A100 80GB, 6 x NVSwitch gen2, 8 x CX-6 200G HDR (DGX A100 user guide)";
   return n;
 }
@@ -139,9 +138,8 @@ struct BuiltinCluster {
 };
 
 constexpr BuiltinCluster kBuiltins[] = {
-    {"dgx-h100", "dgx-h100", false},      {"hgx-h200", "hgx-h200", false},
-    {"dgx-a100", "dgx-a100", false},      {"h200x2-nvlink", "h200x2-nvlink", false},
-    {"h100-superpod", "dgx-h100", true},  {"h200-superpod", "hgx-h200", true},
+    {"dgx-h100", "dgx-h100", false},           {"hgx-h200", "hgx-h200", false},     {"dgx-a100", "dgx-a100", false},
+    {"h200x2-nvlink", "h200x2-nvlink", false}, {"h100-superpod", "dgx-h100", true}, {"h200-superpod", "hgx-h200", true},
     {"a100-superpod", "dgx-a100", true},
 };
 
@@ -256,8 +254,9 @@ class Reader {
       }
     }
     require_object(j, ptr);
-    check_keys(j, ptr, {"name", "sm_count", "hbm_capacity", "hbm_bandwidth", "peak_bf16", "peak_fp8", "peak_tf32",
-                        "peak_fp32", "source"});
+    check_keys(j, ptr,
+               {"name", "sm_count", "hbm_capacity", "hbm_bandwidth", "peak_bf16", "peak_fp8", "peak_tf32", "peak_fp32",
+                "source"});
     GpuSpec g;
     g.name = text(j, ptr, "name", true);
     g.sm_count = count(j, ptr, "sm_count", true);
@@ -283,12 +282,13 @@ class Reader {
       }
     }
     require_object(j, ptr);
-    check_keys(j, ptr, {"name", "gpu", "gpus_per_node", "nvlink_links_per_gpu", "nvlink_bandwidth",
-                        "nvlink_nccl_bandwidth", "pcie_bandwidth", "nics_per_gpu", "nic_bandwidth",
-                        "nic_achievable_bandwidth", "source"});
+    check_keys(j, ptr,
+               {"name", "gpu", "gpus_per_node", "nvlink_links_per_gpu", "nvlink_bandwidth", "nvlink_nccl_bandwidth",
+                "pcie_bandwidth", "nics_per_gpu", "nic_bandwidth", "nic_achievable_bandwidth", "source"});
     NodeSpec n;
     n.name = text(j, ptr, "name", true);
-    if (!j.contains("gpu")) fail(ptr + "/gpu", "missing required field \"gpu\" (an id such as \"h100-sxm\" or an object)");
+    if (!j.contains("gpu"))
+      fail(ptr + "/gpu", "missing required field \"gpu\" (an id such as \"h100-sxm\" or an object)");
     n.gpu = gpu(j.at("gpu"), ptr + "/gpu");
     n.gpus_per_node = count(j, ptr, "gpus_per_node", true);
     if (n.gpus_per_node == 0) fail(ptr + "/gpus_per_node", "must be at least 1");
@@ -320,8 +320,9 @@ class Reader {
       fail(ptr, "unknown fabric \"" + kind + "\"; use \"single_switch\", \"superpod\" or an object");
     }
     require_object(j, ptr);
-    check_keys(j, ptr, {"kind", "nodes_per_group", "leaf_switches", "spine_switches", "core_switches",
-                        "oversubscription", "hop_latency", "source"});
+    check_keys(j, ptr,
+               {"kind", "nodes_per_group", "leaf_switches", "spine_switches", "core_switches", "oversubscription",
+                "hop_latency", "source"});
     Fabric f;
     const std::string kind = text(j, ptr, "kind", true);
     if (kind == "single_switch") {
@@ -354,11 +355,15 @@ class Reader {
 double GpuSpec::peak_flop_per_s(schedule::DType dtype) const {
   switch (dtype) {
     case schedule::DType::kBF16:
-    case schedule::DType::kFP16: return peak_bf16_flop_per_s;
-    case schedule::DType::kFP8: return peak_fp8_flop_per_s > 0 ? peak_fp8_flop_per_s : peak_bf16_flop_per_s;
-    case schedule::DType::kFP32: return peak_tf32_flop_per_s > 0 ? peak_tf32_flop_per_s : peak_fp32_flop_per_s;
+    case schedule::DType::kFP16:
+      return peak_bf16_flop_per_s;
+    case schedule::DType::kFP8:
+      return peak_fp8_flop_per_s > 0 ? peak_fp8_flop_per_s : peak_bf16_flop_per_s;
+    case schedule::DType::kFP32:
+      return peak_tf32_flop_per_s > 0 ? peak_tf32_flop_per_s : peak_fp32_flop_per_s;
     case schedule::DType::kInt64:
-    case schedule::DType::kInt32: return peak_fp32_flop_per_s;
+    case schedule::DType::kInt32:
+      return peak_fp32_flop_per_s;
   }
   return peak_bf16_flop_per_s;
 }
@@ -382,8 +387,8 @@ FabricPath Cluster::path(std::uint32_t node_a, std::uint32_t node_b) const {
 std::string Cluster::describe() const {
   std::string fab = fabric.kind == FabricKind::kSingleSwitch ? "single switch" : "rail-optimized fat-tree";
   if (num_nodes == 1) fab = "one node";
-  return name + " (" + std::to_string(num_gpus()) + " x " + node.gpu.name + ", " + std::to_string(num_nodes) +
-         " node" + (num_nodes == 1 ? "" : "s") + ", " + fab + ")";
+  return name + " (" + std::to_string(num_gpus()) + " x " + node.gpu.name + ", " + std::to_string(num_nodes) + " node" +
+         (num_nodes == 1 ? "" : "s") + ", " + fab + ")";
 }
 
 std::vector<std::string> builtin_cluster_ids() {
@@ -448,8 +453,9 @@ Cluster load_cluster(const std::string& id_or_path, const ClusterSize& size) {
   if (!std::filesystem::is_regular_file(id_or_path, ec)) {
     std::string ids;
     for (const auto& b : kBuiltins) ids += std::string(ids.empty() ? "" : ", ") + b.id;
-    throw Error("--cluster \"" + id_or_path + "\" is neither a built-in cluster id nor a readable file; built-in ids: " +
-                ids + " (or a path to a cluster JSON like topologies/clusters/dgx-h100.json)");
+    throw Error("--cluster \"" + id_or_path +
+                "\" is neither a built-in cluster id nor a readable file; built-in ids: " + ids +
+                " (or a path to a cluster JSON like topologies/clusters/dgx-h100.json)");
   }
   return cluster_from_json(read_file(id_or_path), id_or_path, size);
 }

@@ -16,12 +16,12 @@ struct GpuSpec {
   std::string name;  ///< "H100 SXM5".
   std::uint32_t sm_count = 0;
   double hbm_capacity_bytes = 0;
-  double hbm_bytes_per_s = 0;           ///< Datasheet HBM bandwidth.
-  double peak_bf16_flop_per_s = 0;      ///< Dense tensor-core BF16 (= FP16).
-  double peak_fp8_flop_per_s = 0;       ///< Dense FP8; 0 if the GPU has no FP8 tensor cores (A100 uses BF16).
-  double peak_tf32_flop_per_s = 0;      ///< Dense TF32 tensor cores, used for FP32 GEMMs.
-  double peak_fp32_flop_per_s = 0;      ///< Non-tensor FP32.
-  std::string source;                   ///< Where the figures come from.
+  double hbm_bytes_per_s = 0;       ///< Datasheet HBM bandwidth.
+  double peak_bf16_flop_per_s = 0;  ///< Dense tensor-core BF16 (= FP16).
+  double peak_fp8_flop_per_s = 0;   ///< Dense FP8; 0 if the GPU has no FP8 tensor cores (A100 uses BF16).
+  double peak_tf32_flop_per_s = 0;  ///< Dense TF32 tensor cores, used for FP32 GEMMs.
+  double peak_fp32_flop_per_s = 0;  ///< Non-tensor FP32.
+  std::string source;               ///< Where the figures come from.
 
   /// Dense tensor peak for a dtype (FP32 -> TF32; FP8 on a GPU without FP8 -> BF16; integer types -> FP32).
   [[nodiscard]] double peak_flop_per_s(schedule::DType dtype) const;
@@ -33,11 +33,11 @@ struct NodeSpec {
   GpuSpec gpu;
   std::uint32_t gpus_per_node = 0;
   std::uint32_t nvlink_links_per_gpu = 0;
-  double nvlink_bytes_per_s = 0;       ///< Per GPU, per direction, line rate (H100: 450 GB/s).
-  double nvlink_nccl_bytes_per_s = 0;  ///< Per GPU, per direction, what NCCL's model uses (links x SM90_NVLINK_BW).
-  double pcie_bytes_per_s = 0;         ///< Per GPU, per direction.
-  std::uint32_t nics_per_gpu = 0;      ///< 0: the node has no compute fabric (a single-node box).
-  double nic_bytes_per_s = 0;          ///< Per NIC, per direction, line rate.
+  double nvlink_bytes_per_s = 0;          ///< Per GPU, per direction, line rate (H100: 450 GB/s).
+  double nvlink_nccl_bytes_per_s = 0;     ///< Per GPU, per direction, what NCCL's model uses (links x SM90_NVLINK_BW).
+  double pcie_bytes_per_s = 0;            ///< Per GPU, per direction.
+  std::uint32_t nics_per_gpu = 0;         ///< 0: the node has no compute fabric (a single-node box).
+  double nic_bytes_per_s = 0;             ///< Per NIC, per direction, line rate.
   double nic_achievable_bytes_per_s = 0;  ///< Per NIC, per direction, what NCCL achieves.
   std::string source;
 };
@@ -52,9 +52,9 @@ struct Fabric {
   std::uint32_t nodes_per_group = 0;  ///< Fat-tree: nodes under one set of rail leaves (a SuperPOD SU: 32).
   std::uint32_t leaf_switches = 0;
   std::uint32_t spine_switches = 0;
-  std::uint32_t core_switches = 0;   ///< Third tier (SuperPOD at >= 16 SUs); 0 = two tiers.
-  double oversubscription = 1.0;     ///< Leaf down/up ratio: traffic leaving a group gets 1/oversubscription.
-  double hop_latency_s = 0;          ///< Per switch traversal.
+  std::uint32_t core_switches = 0;  ///< Third tier (SuperPOD at >= 16 SUs); 0 = two tiers.
+  double oversubscription = 1.0;    ///< Leaf down/up ratio: traffic leaving a group gets 1/oversubscription.
+  double hop_latency_s = 0;         ///< Per switch traversal.
   std::string source;
 };
 
@@ -99,7 +99,8 @@ inline constexpr std::uint32_t kMaxNodes = 2048;
 [[nodiscard]] Cluster load_cluster(const std::string& id_or_path, const ClusterSize& size = {});
 
 /// Parses cluster JSON text; `source` names it in errors.
-[[nodiscard]] Cluster cluster_from_json(const std::string& text, const std::string& source, const ClusterSize& size = {});
+[[nodiscard]] Cluster cluster_from_json(const std::string& text, const std::string& source,
+                                        const ClusterSize& size = {});
 
 /// Built-in GPU and node types by id ("h100-sxm", "h200-sxm", "a100-80gb"; node ids as above). Throw Error if unknown.
 [[nodiscard]] GpuSpec builtin_gpu(const std::string& id);

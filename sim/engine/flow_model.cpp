@@ -3,7 +3,6 @@
 // per-group fat-tree uplinks); collectives become coarse steady-state flows on the links they use (one flow per
 // ring edge, all-to-all per peer, send/recv one flow) after an analytic latency term; GPU kernels keep the analytic
 // model's SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md has the traps avoided here).
-#include <simgrid/s4u.hpp>
 #include <simgrid/version.h>
 #include <xbt/log.h>
 
@@ -12,6 +11,7 @@
 #include <map>
 #include <queue>
 #include <set>
+#include <simgrid/s4u.hpp>
 #include <string>
 
 #include "common/assert.hpp"
@@ -79,8 +79,9 @@ class FlowModel final : public ResourceModel {
  public:
   explicit FlowModel(const SimContext& ctx) : ctx_(ctx), gpu_(make_gpu_sharing_model(ctx)) {
     if (g_model != nullptr || engine_created_) {
-      throw Error("the flow model (SimGrid) runs one simulation per process; this process already ran one "
-                  "(sim::simulate forks a child per flow simulation; call it instead of make_flow_model)");
+      throw Error(
+          "the flow model (SimGrid) runs one simulation per process; this process already ran one "
+          "(sim::simulate forks a child per flow simulation; call it instead of make_flow_model)");
     }
     engine_created_ = true;
     g_model = this;
@@ -256,8 +257,8 @@ class FlowModel final : public ResourceModel {
     nvl_bytes_per_s_ = node.nvlink_nccl_bytes_per_s;
     nic_bytes_per_s_ = has_nic ? node.nics_per_gpu * node.nic_achievable_bytes_per_s : 0.0;
     const std::uint32_t groups = multi_group_ ? (cl.num_nodes + f.nodes_per_group - 1) / f.nodes_per_group : 1;
-    uplink_bytes_per_s_ = multi_group_ ? f.nodes_per_group * node.gpus_per_node * nic_bytes_per_s_ / f.oversubscription
-                                       : 0.0;
+    uplink_bytes_per_s_ =
+        multi_group_ ? f.nodes_per_group * node.gpus_per_node * nic_bytes_per_s_ / f.oversubscription : 0.0;
     const std::vector<std::uint8_t> touched = touched_gpus();
     std::vector<std::uint8_t> node_used(cl.num_nodes, 0), group_used(groups, 0);
     for (RankId g = 0; g < ids_.gpus; ++g) {
@@ -353,7 +354,8 @@ class FlowModel final : public ResourceModel {
     std::map<std::uint32_t, std::vector<std::uint32_t>> by_node;
     for (std::uint32_t i = 0; i < members.size(); ++i) by_node[ctx_.cluster.node_of(members[i])].push_back(i);
     std::uint32_t per_node = UINT32_MAX;
-    for (const auto& [n, v] : by_node) per_node = std::min<std::uint32_t>(per_node, static_cast<std::uint32_t>(v.size()));
+    for (const auto& [n, v] : by_node)
+      per_node = std::min<std::uint32_t>(per_node, static_cast<std::uint32_t>(v.size()));
     const std::uint32_t nrings = by_node.size() > 1 && nic_bytes_per_s_ > 0 ? per_node : 1;
     for (std::uint32_t k = 0; k < nrings; ++k) {
       std::vector<std::uint32_t> ring;
@@ -471,8 +473,8 @@ class FlowModel final : public ResourceModel {
     fa.comms.reserve(fa.flows.size());
     for (std::size_t i = 0; i < fa.flows.size(); ++i) {
       const Flow& fl = fa.flows[i];
-      TWINSTEP_ASSERT(hosts_[fl.src] != nullptr && hosts_[fl.dst] != nullptr, "flow %u->%u to a GPU not built",
-                      fl.src, fl.dst);
+      TWINSTEP_ASSERT(hosts_[fl.src] != nullptr && hosts_[fl.dst] != nullptr, "flow %u->%u to a GPU not built", fl.src,
+                      fl.dst);
       sg4::CommPtr c = sg4::Comm::sendto_init(hosts_[fl.src], hosts_[fl.dst]);
       c->set_payload_size(static_cast<std::uint64_t>(std::max(1.0, std::round(fa.bytes[i]))));
       c->set_data(reinterpret_cast<void*>(static_cast<std::uintptr_t>(slot) + 1));

@@ -1,7 +1,8 @@
 // GPU tests of the backend: collective data against a host reference, deps and stream order read back from the
 // trace, every kernel class, refusals, channels (NCCL communicators per stream / direction) and the concurrent ring
-// exchange they make possible, and the watchdog on a mismatched schedule and on a blocked issuing thread. Run one process per GPU under
-// `mpirun -np 2 backend_tests --order decl` (every process runs the same tests in the same order).
+// exchange they make possible, and the watchdog on a mismatched schedule and on a blocked issuing thread. Run one
+// process per GPU under `mpirun -np 2 backend_tests --order decl` (every process runs the same tests in the same
+// order).
 #include <cuda_runtime.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -405,7 +406,7 @@ TEST_CASE("backend::plan_channels: a communicator per stream for collectives, pe
   std::swap(tagged.ops[5].name, tagged.ops[11].name);
   const auto tplan = be::plan_channels(tagged);
   CHECK(tplan.channels.size() > 2);
-  CHECK(tplan.channel_of_op[1] != tplan.channel_of_op[7]);  // rank 0's send tag 0 and send tag 5
+  CHECK(tplan.channel_of_op[1] != tplan.channel_of_op[7]);   // rank 0's send tag 0 and send tag 5
   CHECK(tplan.channel_of_op[1] == tplan.channel_of_op[11]);  // rank 0's send tag 0 and rank 1's recv tag 0
   CHECK(tplan.channel_of_op[7] == tplan.channel_of_op[5]);   // and the two of tag 5
 }
@@ -434,7 +435,8 @@ class ConcurrentHook : public be::DataHook {
       std::vector<float> out(b.recv_bytes / 4);
       REQUIRE(cudaMemcpy(out.data(), b.recv, b.recv_bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
       std::size_t wrong = 0;
-      for (std::size_t i = 0; i < out.size(); ++i) wrong += out[i] == value(static_cast<int>(r->peer), step_, i) ? 0 : 1;
+      for (std::size_t i = 0; i < out.size(); ++i)
+        wrong += out[i] == value(static_cast<int>(r->peer), step_, i) ? 0 : 1;
       INFO(wrong << " of " << out.size() << " elements wrong on rank " << rank_);
       CHECK(wrong == 0);
       ++checked;

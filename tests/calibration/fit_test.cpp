@@ -1,10 +1,11 @@
 // Calibration suite and fitting: the suite's schedules are valid, a suite "measured" by the simulator under a known
 // profile is fitted back to figures that reproduce it, raw files survive interruption and resume, bad input errors.
+#include "calibration/fit.hpp"
+
 #include <cstdio>
 #include <filesystem>
 #include <string>
 
-#include "calibration/fit.hpp"
 #include "calibration/suite.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
@@ -37,7 +38,8 @@ RawResults measure_quick(const std::string& path) {
   RunOptions o;
   o.raw_path = path;
   o.context = {{"gpu", "simulated H200"}};
-  run_suite("quick", suite, [&](const schedule::Schedule& s) { return sim::simulate(s, cluster, costs); }, o);
+  run_suite(
+      "quick", suite, [&](const schedule::Schedule& s) { return sim::simulate(s, cluster, costs); }, o);
   return read_raw(path);
 }
 
@@ -103,18 +105,22 @@ TEST_CASE("calibration::suite: resume keeps measured groups and drops a torn lin
   o.raw_path = path;
   o.resume = true;
   std::size_t executed = 0;
-  const auto ran = run_suite("quick", suite, [&](const schedule::Schedule& s) {
-    ++executed;
-    return sim::simulate(s, cluster, costs);
-  }, o);
+  const auto ran = run_suite(
+      "quick", suite,
+      [&](const schedule::Schedule& s) {
+        ++executed;
+        return sim::simulate(s, cluster, costs);
+      },
+      o);
   CHECK(ran == 1);
   CHECK(executed == 1);
   CHECK(read_raw(path).groups == full.groups);
   // Resuming another suite is refused.
   o.resume = true;
-  CHECK_THROWS_WITH(run_suite("default", make_suite("default", 2), [&](const schedule::Schedule& s) {
-    return sim::simulate(s, cluster, costs);
-  }, o), twinstep_contains("--resume"));
+  CHECK_THROWS_WITH(run_suite(
+                        "default", make_suite("default", 2),
+                        [&](const schedule::Schedule& s) { return sim::simulate(s, cluster, costs); }, o),
+                    twinstep_contains("--resume"));
   std::filesystem::remove(path);
 }
 
@@ -122,8 +128,9 @@ TEST_CASE("calibration::read_raw: damaged files name the file and line", "[calib
   const std::string path = temp_path("bad.jsonl");
   write_file_atomic(path, "{\"nope\": 1}\n");
   CHECK_THROWS_WITH(read_raw(path), twinstep_contains("bad.jsonl") && twinstep_contains("header"));
-  write_file_atomic(path, "{\"twinstep_calibration_raw\":1,\"suite\":\"quick\",\"world_size\":2,\"context\":{}}\n"
-                          "garbage\n{\"group\":\"x\",\"measurements\":[]}\n");
+  write_file_atomic(path,
+                    "{\"twinstep_calibration_raw\":1,\"suite\":\"quick\",\"world_size\":2,\"context\":{}}\n"
+                    "garbage\n{\"group\":\"x\",\"measurements\":[]}\n");
   CHECK_THROWS_WITH(read_raw(path), twinstep_contains("line 2"));
   std::filesystem::remove(path);
 }

@@ -156,7 +156,8 @@ TEST_CASE("models::gating: TP or CP > 1 on Hopper needs CUDA_DEVICE_MAX_CONNECTI
   RunConfig c = config(2, 2, 1);
   c.global_batch_size = 1;
   c.cuda_device_max_connections = 8;
-  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("CUDA_DEVICE_MAX_CONNECTIONS=1") && twinstep_contains("--cdmc 1"));
+  CHECK_THROWS_WITH(lower(small(), c),
+                    twinstep_contains("CUDA_DEVICE_MAX_CONNECTIONS=1") && twinstep_contains("--cdmc 1"));
   c.gpu_compute_capability_major = 10;  // Blackwell lifts it
   CHECK_NOTHROW(lower(small(), c));
 }

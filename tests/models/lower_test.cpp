@@ -24,41 +24,116 @@ std::vector<Layout> layouts() {
   std::vector<Layout> v;
   auto add = [&](const char* label, RunConfig c) { v.push_back({label, c}); };
   RunConfig c;
-  c = config(1, 1, 1); c.global_batch_size = 2; add("single gpu", c);
-  c = config(2, 1, 1); c.global_batch_size = 4; add("dp2", c);
-  c = config(2, 1, 1); c.global_batch_size = 4; c.use_distributed_optimizer = true; add("dp2 distopt", c);
-  c = config(4, 1, 1); c.global_batch_size = 8; c.use_distributed_optimizer = true; c.overlap_grad_reduce = true;
-  c.overlap_param_gather = true; c.bucket_size = 1000000; add("dp4 distopt overlap small buckets", c);
-  c = config(2, 2, 1); c.global_batch_size = 2; add("tp2 no sp", c);
-  c = config(2, 2, 1); c.global_batch_size = 2; c.sequence_parallel = true; add("tp2 sp", c);
-  c = config(4, 2, 1); c.global_batch_size = 4; c.sequence_parallel = true; c.tp_comm_overlap = true;
+  c = config(1, 1, 1);
+  c.global_batch_size = 2;
+  add("single gpu", c);
+  c = config(2, 1, 1);
+  c.global_batch_size = 4;
+  add("dp2", c);
+  c = config(2, 1, 1);
+  c.global_batch_size = 4;
+  c.use_distributed_optimizer = true;
+  add("dp2 distopt", c);
+  c = config(4, 1, 1);
+  c.global_batch_size = 8;
+  c.use_distributed_optimizer = true;
+  c.overlap_grad_reduce = true;
+  c.overlap_param_gather = true;
+  c.bucket_size = 1000000;
+  add("dp4 distopt overlap small buckets", c);
+  c = config(2, 2, 1);
+  c.global_batch_size = 2;
+  add("tp2 no sp", c);
+  c = config(2, 2, 1);
+  c.global_batch_size = 2;
+  c.sequence_parallel = true;
+  add("tp2 sp", c);
+  c = config(4, 2, 1);
+  c.global_batch_size = 4;
+  c.sequence_parallel = true;
+  c.tp_comm_overlap = true;
   add("tp2 sp tp-overlap dp2", c);
-  c = config(4, 4, 1); c.global_batch_size = 2; c.sequence_parallel = true; c.tp_comm_overlap = true;
+  c = config(4, 4, 1);
+  c.global_batch_size = 2;
+  c.sequence_parallel = true;
+  c.tp_comm_overlap = true;
   add("tp4 sp tp-overlap", c);
-  c = config(2, 1, 2); c.global_batch_size = 4; add("pp2 1f1b", c);
-  c = config(4, 1, 4); c.global_batch_size = 8; c.batch_p2p_comm = false; add("pp4 1f1b unbatched", c);
-  c = config(8, 2, 4); c.global_batch_size = 4; c.sequence_parallel = true; add("tp2 pp4 1f1b", c);
-  c = config(4, 1, 4, 1, 2); c.global_batch_size = 8; add("pp4 vpp2 blocking", c);
-  c = config(4, 1, 4, 1, 2); c.global_batch_size = 8; c.overlap_p2p_comm = true; c.batch_p2p_comm = false;
+  c = config(2, 1, 2);
+  c.global_batch_size = 4;
+  add("pp2 1f1b", c);
+  c = config(4, 1, 4);
+  c.global_batch_size = 8;
+  c.batch_p2p_comm = false;
+  add("pp4 1f1b unbatched", c);
+  c = config(8, 2, 4);
+  c.global_batch_size = 4;
+  c.sequence_parallel = true;
+  add("tp2 pp4 1f1b", c);
+  c = config(4, 1, 4, 1, 2);
+  c.global_batch_size = 8;
+  add("pp4 vpp2 blocking", c);
+  c = config(4, 1, 4, 1, 2);
+  c.global_batch_size = 8;
+  c.overlap_p2p_comm = true;
+  c.batch_p2p_comm = false;
   add("pp4 vpp2 p2p overlap", c);
-  c = config(2, 1, 2, 1, 2); c.global_batch_size = 4; c.overlap_p2p_comm = true; c.batch_p2p_comm = false;
+  c = config(2, 1, 2, 1, 2);
+  c.global_batch_size = 4;
+  c.overlap_p2p_comm = true;
+  c.batch_p2p_comm = false;
   add("pp2 vpp2 p2p overlap", c);
-  c = config(8, 1, 4, 1, 2); c.global_batch_size = 8; c.use_distributed_optimizer = true;
-  c.overlap_grad_reduce = true; c.overlap_param_gather = true; c.overlap_p2p_comm = true; c.batch_p2p_comm = false;
+  c = config(8, 1, 4, 1, 2);
+  c.global_batch_size = 8;
+  c.use_distributed_optimizer = true;
+  c.overlap_grad_reduce = true;
+  c.overlap_param_gather = true;
+  c.overlap_p2p_comm = true;
+  c.batch_p2p_comm = false;
   add("pp4 vpp2 dp2 all dp+pp overlap", c);
-  c = config(2, 1, 1, 2); c.global_batch_size = 2; add("cp2 p2p", c);
-  c = config(4, 1, 1, 4); c.global_batch_size = 1; add("cp4 p2p", c);
-  c = config(4, 1, 1, 4); c.global_batch_size = 1; c.cp_comm_type = "all_gather"; add("cp4 all_gather", c);
-  c = config(2, 1, 1, 2); c.global_batch_size = 2; c.cp_comm_type = "a2a"; add("cp2 a2a", c);
-  c = config(8, 2, 2, 2); c.global_batch_size = 4; c.sequence_parallel = true; c.use_distributed_optimizer = true;
-  c.overlap_grad_reduce = true; add("tp2 pp2 cp2 overlap", c);
-  c = config(2, 1, 1); c.global_batch_size = 4; c.recompute_granularity = "selective"; add("selective recompute", c);
-  c = config(2, 2, 1); c.global_batch_size = 2; c.sequence_parallel = true; c.recompute_granularity = "full";
-  c.recompute_method = "uniform"; c.recompute_num_layers = 2; add("full uniform recompute", c);
-  c = config(2, 1, 2); c.global_batch_size = 4; c.recompute_granularity = "full"; c.recompute_method = "block";
-  c.recompute_num_layers = 1; add("full block recompute pp2", c);
-  c = config(16, 2, 2, 2); c.global_batch_size = 8; c.sequence_parallel = true; c.tp_comm_overlap = true;
-  c.use_distributed_optimizer = true; c.overlap_grad_reduce = true; c.overlap_param_gather = true;
+  c = config(2, 1, 1, 2);
+  c.global_batch_size = 2;
+  add("cp2 p2p", c);
+  c = config(4, 1, 1, 4);
+  c.global_batch_size = 1;
+  add("cp4 p2p", c);
+  c = config(4, 1, 1, 4);
+  c.global_batch_size = 1;
+  c.cp_comm_type = "all_gather";
+  add("cp4 all_gather", c);
+  c = config(2, 1, 1, 2);
+  c.global_batch_size = 2;
+  c.cp_comm_type = "a2a";
+  add("cp2 a2a", c);
+  c = config(8, 2, 2, 2);
+  c.global_batch_size = 4;
+  c.sequence_parallel = true;
+  c.use_distributed_optimizer = true;
+  c.overlap_grad_reduce = true;
+  add("tp2 pp2 cp2 overlap", c);
+  c = config(2, 1, 1);
+  c.global_batch_size = 4;
+  c.recompute_granularity = "selective";
+  add("selective recompute", c);
+  c = config(2, 2, 1);
+  c.global_batch_size = 2;
+  c.sequence_parallel = true;
+  c.recompute_granularity = "full";
+  c.recompute_method = "uniform";
+  c.recompute_num_layers = 2;
+  add("full uniform recompute", c);
+  c = config(2, 1, 2);
+  c.global_batch_size = 4;
+  c.recompute_granularity = "full";
+  c.recompute_method = "block";
+  c.recompute_num_layers = 1;
+  add("full block recompute pp2", c);
+  c = config(16, 2, 2, 2);
+  c.global_batch_size = 8;
+  c.sequence_parallel = true;
+  c.tp_comm_overlap = true;
+  c.use_distributed_optimizer = true;
+  c.overlap_grad_reduce = true;
+  c.overlap_param_gather = true;
   add("tp2 pp2 cp2 dp2 everything", c);
   return v;
 }
@@ -109,7 +184,8 @@ std::vector<std::string> split(const std::string& text) {
 
 }  // namespace
 
-TEST_CASE("models::lower: interleaved 1F1B order for pp=4 vpp=2 and 8 micro-batches matches Megatron", "[lower][golden]") {
+TEST_CASE("models::lower: interleaved 1F1B order for pp=4 vpp=2 and 8 micro-batches matches Megatron",
+          "[lower][golden]") {
   // Written out by hand from megatron-overlap.md section 4b: table groups of g=p=4 micro-batches per chunk,
   // warm-up W = 2(p-r-1) + (v-1)g = 10, 8, 6, 4 for ranks 0..3, then F(W+k) B(k), then the remaining backwards.
   const std::vector<std::string> expected = {
@@ -184,7 +260,8 @@ TEST_CASE("models::lower: Llama-3-70B step FLOPs match 6*N*tokens + attention wi
   CHECK(std::abs(measured - (6 * n_total * tokens + attention)) / expected < 0.02);
 }
 
-TEST_CASE("models::lower: Llama-3.1-405B's 126 layers lower on pp=16 with embedding and loss in the split", "[lower][slow]") {
+TEST_CASE("models::lower: Llama-3.1-405B's 126 layers lower on pp=16 with embedding and loss in the split",
+          "[lower][slow]") {
   ModelSpec m = load_model("llama3.1-405b");
   RunConfig c = config(16, 1, 16);
   c.seq_length = 256;
@@ -212,7 +289,8 @@ TEST_CASE("models::lower: Llama-3.1-405B's 126 layers lower on pp=16 with embedd
 namespace {
 ModelSpec tiny() {
   return model_from_json(R"({"name": "tiny", "num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128,
-    "num_attention_heads": 4, "num_query_groups": 4, "kv_channels": 16, "vocab_size": 1000})", "tiny");
+    "num_attention_heads": 4, "num_query_groups": 4, "kv_channels": 16, "vocab_size": 1000})",
+                         "tiny");
 }
 std::vector<std::uint64_t> numels(const std::vector<DpBucket>& bs) {
   std::vector<std::uint64_t> out;
@@ -253,7 +331,8 @@ TEST_CASE("models::lower: DP buckets follow Megatron's rule on parameter count",
   }
 }
 
-TEST_CASE("models::lower: default bucket size is max(40M, 1M x dp); PP rank > 0 and chunk > 0 get one bucket", "[lower][buckets]") {
+TEST_CASE("models::lower: default bucket size is max(40M, 1M x dp); PP rank > 0 and chunk > 0 get one bucket",
+          "[lower][buckets]") {
   ModelSpec m = load_model("llama3-8b");
   RunConfig c = config(64, 1, 1);
   c.global_batch_size = 64;

@@ -1,7 +1,8 @@
 // Model zoo: every model loads, parameter counts match the published totals, errors name the field / list the ids.
-#include "tests/catch.hpp"
 #include "models/model_spec.hpp"
+
 #include "common/error.hpp"
+#include "tests/catch.hpp"
 
 using namespace twinstep;
 using namespace twinstep::models;
@@ -10,9 +11,9 @@ TEST_CASE("models::zoo: parameter counts match the published totals", "[zoo]") {
   // Published totals: Llama 3 model cards, GPT-3 paper, Qwen/Mixtral/DeepSeek model cards (DeepSeek-V3: 671B main
   // model + the MTP module, 685B on Hugging Face).
   const std::vector<std::pair<const char*, double>> expected = {
-      {"llama3-8b", 8.03e9},       {"llama3-70b", 70.55e9},    {"llama3.1-405b", 405.85e9},
-      {"gpt3-175b", 175.0e9},      {"qwen3-30b-a3b", 30.53e9}, {"qwen3-next-80b-a3b", 80.0e9},
-      {"deepseek-v3", 684.5e9},    {"mixtral-8x7b", 46.7e9}};
+      {"llama3-8b", 8.03e9},    {"llama3-70b", 70.55e9},    {"llama3.1-405b", 405.85e9},
+      {"gpt3-175b", 175.0e9},   {"qwen3-30b-a3b", 30.53e9}, {"qwen3-next-80b-a3b", 80.0e9},
+      {"deepseek-v3", 684.5e9}, {"mixtral-8x7b", 46.7e9}};
   for (const auto& [id, total] : expected) {
     INFO(id);
     ModelSpec m = load_model(id);
@@ -37,12 +38,15 @@ TEST_CASE("models::zoo: MoE layer pattern and hybrid attention", "[zoo]") {
 }
 
 TEST_CASE("models::zoo: unknown ids list the zoo; bad files name the field", "[zoo]") {
-  CHECK_THROWS_WITH(load_model("llama4"), twinstep_contains("unknown model \"llama4\"") && twinstep_contains("llama3-70b"));
+  CHECK_THROWS_WITH(load_model("llama4"),
+                    twinstep_contains("unknown model \"llama4\"") && twinstep_contains("llama3-70b"));
   CHECK_THROWS_WITH(model_from_json(R"({"num_layers": 2, "hidden_size": 8, "num_attention_heads": 2,
-      "ffn_hidden_size": 16, "vocab_size": 10, "hiden": 3})", "m.json"),
+      "ffn_hidden_size": 16, "vocab_size": 10, "hiden": 3})",
+                                    "m.json"),
                     twinstep_contains("m.json: /hiden: unknown field"));
   CHECK_THROWS_WITH(model_from_json(R"({"num_layers": 2, "hidden_size": 8, "num_attention_heads": 3,
-      "num_query_groups": 2, "ffn_hidden_size": 16, "vocab_size": 10})", "m.json"),
+      "num_query_groups": 2, "ffn_hidden_size": 16, "vocab_size": 10})",
+                                    "m.json"),
                     twinstep_contains("/num_query_groups"));
   CHECK_THROWS_AS(model_from_json("{", "m.json"), ParseError);
   // A path loads the same file as the id.

@@ -1,7 +1,8 @@
 // Run config JSON (round trip, unknown fields named) and overlap variants.
-#include "tests/catch.hpp"
 #include "models/run_config.hpp"
+
 #include "common/error.hpp"
+#include "tests/catch.hpp"
 
 using namespace twinstep;
 using namespace twinstep::models;

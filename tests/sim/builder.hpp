@@ -50,12 +50,12 @@ class Builder {
     c.bytes = bytes;
     return add(r, std::move(name), st, c, std::move(deps));
   }
-  OpId send(RankId r, std::string name, StreamId st, CommId comm, RankId peer, std::uint64_t bytes,
-            std::uint32_t tag, std::vector<OpId> deps = {}) {
+  OpId send(RankId r, std::string name, StreamId st, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
+            std::vector<OpId> deps = {}) {
     return add(r, std::move(name), st, Send{comm, peer, bytes, tag}, std::move(deps));
   }
-  OpId recv(RankId r, std::string name, StreamId st, CommId comm, RankId peer, std::uint64_t bytes,
-            std::uint32_t tag, std::vector<OpId> deps = {}) {
+  OpId recv(RankId r, std::string name, StreamId st, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
+            std::vector<OpId> deps = {}) {
     return add(r, std::move(name), st, Recv{comm, peer, bytes, tag}, std::move(deps));
   }
   Schedule& schedule() { return s_; }

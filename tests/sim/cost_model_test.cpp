@@ -1,9 +1,10 @@
 // Cost-model tests: efficiency interpolation, roofline, NCCL algorithm/protocol choice and step structure against
 // hardware.md's worked examples, and the calibration profile loader (overrides and errors).
+#include "sim/cost_model.hpp"
+
 #include <string>
 
 #include "common/error.hpp"
-#include "sim/cost_model.hpp"
 #include "tests/catch.hpp"
 #include "tests/sim/builder.hpp"
 
@@ -140,9 +141,11 @@ TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[si
     return std::string("no error");
   };
   CHECK(err(R"({"schema_version": 2})").find("p.json: /schema_version") == 0);
-  CHECK(err(R"({"schema_version": 1, "launch": {"kernel": "1 us"}})").find("p.json: /launch/kernel: unknown field") == 0);
-  CHECK(err(R"({"schema_version": 1, "compute": {"gemm": [[1e9, 1.5]]}})").find("/compute/gemm/0: efficiency must be") !=
-        std::string::npos);
+  CHECK(err(R"({"schema_version": 1, "launch": {"kernel": "1 us"}})").find("p.json: /launch/kernel: unknown field") ==
+        0);
+  CHECK(
+      err(R"({"schema_version": 1, "compute": {"gemm": [[1e9, 1.5]]}})").find("/compute/gemm/0: efficiency must be") !=
+      std::string::npos);
   CHECK(err(R"({"schema_version": 1, "launch": {"compute": "5 GB"}})").find("/launch/compute") != std::string::npos);
   CHECK(err(R"({"schema_version": 1, "nccl": {"algorithms": ["nvls"]}})").find("/nccl/algorithms/0") !=
         std::string::npos);

@@ -82,7 +82,6 @@ std::vector<LoweredCase> lowered_cases() {
   return cases;
 }
 
-
 /// The longest time, over ranks, during which two or more communication activities of one rank run at once in
 /// `t` (an activity runs from its last member's arrival to its end). Only then can two transfers share a GPU's
 /// NVLink port, which the flow model shares max-min and the analytic model does not (its model_limits note).
@@ -107,7 +106,7 @@ double overlapped_comm_s(const Trace& t) {
   for (schedule::OpId o = 0; o < s.ops.size(); ++o) {
     const auto k = s.ops[o].body.index();
     if (k < 1 || k > 3 || t.records[o].end_ns <= begin[o]) continue;  // collective, send or recv
-    if (k == 3) continue;  // a transfer once (its send)
+    if (k == 3) continue;                                             // a transfer once (its send)
     events[s.ops[o].rank].push_back({begin[o], +1});
     events[s.ops[o].rank].push_back({t.records[o].end_ns, -1});
     if (k == 2) {
@@ -132,9 +131,10 @@ double overlapped_comm_s(const Trace& t) {
 
 }  // namespace
 
-TEST_CASE("sim::flow: lowered steps (tp, pp+vpp, dp overlap, cp p2p, ep) complete under both fidelities and agree "
-          "on one node",
-          "[sim][flow]") {
+TEST_CASE(
+    "sim::flow: lowered steps (tp, pp+vpp, dp overlap, cp p2p, ep) complete under both fidelities and agree "
+    "on one node",
+    "[sim][flow]") {
   if (!flow_model_available()) return;
   const auto cluster = topologies::load_cluster("dgx-h100");
   const CostModel costs(cluster, Profile::datasheet_defaults());

@@ -146,8 +146,10 @@ TEST_CASE("sim::flow: two collectives crossing one GPU's NVLink port share it ma
   b.collective(1, "ar_a", 0, CollectiveKind::kAllReduce, ca, sa);
   const OpId b0 = b.collective(0, "ar_b", 1, CollectiveKind::kAllReduce, cb, sb);
   b.collective(2, "ar_b", 1, CollectiveKind::kAllReduce, cb, sb);
-  const double ta = costs.collective_cost(CollectiveKind::kAllReduce, sa, costs.span(b.schedule().communicators[ca])).time_s();
-  const double tb = costs.collective_cost(CollectiveKind::kAllReduce, sb, costs.span(b.schedule().communicators[cb])).time_s();
+  const double ta =
+      costs.collective_cost(CollectiveKind::kAllReduce, sa, costs.span(b.schedule().communicators[ca])).time_s();
+  const double tb =
+      costs.collective_cost(CollectiveKind::kAllReduce, sb, costs.span(b.schedule().communicators[cb])).time_s();
   REQUIRE(tb == Approx(3 * ta).epsilon(1e-9));
   // Max-min by hand: GPU 0's NVLink port carries one flow of each in each direction; both run at bw/2 until A is
   // done at 2 ta, when B has done ta of its 3 ta; B then runs alone: ends at 2 ta + 2 ta = ta + tb.
@@ -191,7 +193,7 @@ TEST_CASE("sim::flow: DP traffic and an EP all-to-all on the same rails share th
   }
   schedule::check(b.schedule());
   const double nic = cluster.node.nic_achievable_bytes_per_s;
-  const double t_dp = static_cast<double>(dp_bytes) / nic;    // 2-rank ring: each rank sends S once
+  const double t_dp = static_cast<double>(dp_bytes) / nic;     // 2-rank ring: each rank sends S once
   const double t_a2a = 8.0 * static_cast<double>(peer) / nic;  // 8 remote peers through one NIC
   REQUIRE(costs.collective_cost(CollectiveKind::kAllReduce, dp_bytes, costs.span(b.schedule().communicators[dp]))
               .time_s() == Approx(t_dp).epsilon(1e-9));
@@ -256,7 +258,7 @@ TEST_CASE("sim::flow: a flow that ends while SimGrid catches up to a latency end
   const CostModel costs(cluster, prof);
   const std::uint64_t bytes = 4096;
   const CommCost x = costs.p2p_cost(static_cast<double>(bytes), 0, 1);
-  REQUIRE(x.latency_s > 200e-9);               // Y's latency end is within 10 us of X's flow start
+  REQUIRE(x.latency_s > 200e-9);                  // Y's latency end is within 10 us of X's flow start
   REQUIRE(x.bandwidth_time_s < x.latency_s / 4);  // and X's flow ends before it
   const Nanos delay_ns = static_cast<Nanos>(x.latency_s * 1e9 / 2);
   Builder b(4, {{"comm", -1}});

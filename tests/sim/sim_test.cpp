@@ -200,7 +200,8 @@ TEST_CASE("sim: HBM use of a running collective slows a memory-bound kernel", "[
   };
   const Trace alone = run(false), shared = run(true);
   const auto hbm = cluster.node.gpu.hbm_bytes_per_s * prof.memory_efficiency;
-  const auto ar = costs.collective_cost(CollectiveKind::kAllReduce, 8.0 * (1ull << 30), costs.span(Communicator{"dp", "dp", {0, 1}}));
+  const auto ar = costs.collective_cost(CollectiveKind::kAllReduce, 8.0 * (1ull << 30),
+                                        costs.span(Communicator{"dp", "dp", {0, 1}}));
   const double comm_hbm = ar.bus_bytes_per_s * prof.interference.comm_hbm_bytes_per_bus_byte;
   const double bytes = 4.0 * (1ull << 30);
   CHECK(to_seconds(duration(alone, 0)) == Approx(bytes / hbm).epsilon(1e-6));

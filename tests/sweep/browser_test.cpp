@@ -89,7 +89,8 @@ window.addEventListener('load', function () {
                           " --headless --no-sandbox --disable-gpu --virtual-time-budget=5000 --dump-dom 'file://" +
                           dir + "/probed.html' > '" + dom + "' 2> '" + dir + "/chromium.log'";
   const int rc = std::system(cmd.c_str());
-  if (rc != 0) return fail("chromium exited with " + std::to_string(WEXITSTATUS(rc)) + "; see " + dir + "/chromium.log");
+  if (rc != 0)
+    return fail("chromium exited with " + std::to_string(WEXITSTATUS(rc)) + "; see " + dir + "/chromium.log");
   const std::string text = read_file(dom);
   const std::smatch m = [&] {
     std::smatch mm;

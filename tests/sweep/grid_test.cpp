@@ -1,5 +1,7 @@
 // Grid expansion, auto layouts (hand-counted case; every auto layout lowers to a valid schedule), point keys,
 // sweep-file parsing and shards.
+#include "sweep/grid.hpp"
+
 #include <cstdlib>
 #include <set>
 #include <string>
@@ -8,7 +10,6 @@
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "schedule/validate.hpp"
-#include "sweep/grid.hpp"
 #include "tests/catch.hpp"
 
 using namespace twinstep;
@@ -161,7 +162,8 @@ TEST_CASE("sweep::spec_from_json: fields, scalars for lists, errors", "[sweep]")
   CHECK(s.pp == std::vector<std::uint32_t>{2});
   CHECK_FALSE(s.auto_layout);
   CHECK(sweep::spec_from_json(R"({"parallel": "auto"})", "s.json").auto_layout);
-  CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpu": [8]})", "s.json"), twinstep_contains("s.json: /gpu: unknown field"));
+  CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpu": [8]})", "s.json"),
+                    twinstep_contains("s.json: /gpu: unknown field"));
   CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpus": [0]})", "s.json"),
                     twinstep_contains("/gpus: expected a positive integer"));
   CHECK_THROWS_WITH(sweep::spec_from_json(R"({"parallel": {"xp": [1]}})", "s.json"),

@@ -1,18 +1,18 @@
 // Ranking, runner-up reason, speedups, CSV/JSON and the HTML report on hand-made results (closed-form oracles).
-#include <string>
+#include "sweep/report.hpp"
 
 #include <nlohmann/json.hpp>
+#include <string>
 
-#include "sweep/report.hpp"
 #include "tests/catch.hpp"
 
 using namespace twinstep;
 
 namespace {
 
-sweep::Result make(std::size_t index, std::uint32_t gpus, std::uint32_t tp, std::uint32_t pp, const std::string& overlap,
-                   double compute, double dp_comm, double bubble, const std::string& status = "ok",
-                   std::uint32_t ep = 1, std::uint32_t gbs = 64) {
+sweep::Result make(std::size_t index, std::uint32_t gpus, std::uint32_t tp, std::uint32_t pp,
+                   const std::string& overlap, double compute, double dp_comm, double bubble,
+                   const std::string& status = "ok", std::uint32_t ep = 1, std::uint32_t gbs = 64) {
   sweep::Point p;
   p.index = index;
   p.model = "m<1>";

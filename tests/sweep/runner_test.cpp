@@ -1,12 +1,13 @@
 // The worker pool end to end on a tiny model: results per point, invalid and non-fitting points with reasons,
 // resume after a kill (a truncated output file), shards merged equal the single run, merge dedupe.
+#include "sweep/runner.hpp"
+
 #include <filesystem>
 #include <string>
 
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "sweep/grid.hpp"
-#include "sweep/runner.hpp"
 #include "tests/catch.hpp"
 
 using namespace twinstep;
@@ -16,7 +17,8 @@ namespace {
 const std::string kTiny = std::string(TWINSTEP_SOURCE_DIR) + "/tests/sweep/data/tiny.json";
 
 std::string temp_dir(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / ("twinstep_sweep_" + name + "_" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("twinstep_sweep_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();
@@ -45,7 +47,9 @@ sweep::RunOptions opts(const std::string& path, unsigned jobs = 2) {
   return o;
 }
 
-std::size_t count_lines(const std::string& text) { return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')); }
+std::size_t count_lines(const std::string& text) {
+  return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
+}
 
 }  // namespace
 

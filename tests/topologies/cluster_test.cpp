@@ -1,11 +1,12 @@
 // Cluster tests: built-in types and sizes, Megatron placement, fabric paths, shipped JSON files equal to the
 // built-ins, and loader errors that name the file, the field and the fix.
+#include "topologies/cluster.hpp"
+
 #include <filesystem>
 #include <string>
 
 #include "common/error.hpp"
 #include "tests/catch.hpp"
-#include "topologies/cluster.hpp"
 
 using namespace twinstep;
 using namespace twinstep::topologies;
@@ -74,8 +75,8 @@ TEST_CASE("topologies::Cluster: Megatron placement and fabric paths", "[topo]") 
   CHECK(c.fabric.leaf_switches == 16);  // 2 SUs x 8 rails (SuperPOD RA Table 4)
   CHECK(c.fabric.spine_switches == 8);
   CHECK(c.path(3, 3).switch_hops == 0);
-  CHECK(c.path(0, 31).switch_hops == 1);   // same SU: one rail leaf
-  CHECK(c.path(0, 32).switch_hops == 3);   // across SUs: leaf-spine-leaf
+  CHECK(c.path(0, 31).switch_hops == 1);                                           // same SU: one rail leaf
+  CHECK(c.path(0, 32).switch_hops == 3);                                           // across SUs: leaf-spine-leaf
   CHECK(load_cluster("h100-superpod", {1024, 0}).path(0, 1000).switch_hops == 5);  // core tier from 16 SUs
   CHECK(load_cluster("dgx-h100", {4, 0}).path(0, 3).switch_hops == 1);
 }
