@@ -44,28 +44,53 @@ ModelSpec model_from_json(const std::string& text, const std::string& source) {
   ModelSpec m;
   std::vector<std::string> known;
   bool seen = false;
-#define TWINSTEP_FIELD(name) \
-  known.emplace_back(#name); \
-  read_field(j, source, #name, m.name, seen);
-  TWINSTEP_FIELD(name)
-  TWINSTEP_FIELD(source) TWINSTEP_FIELD(num_layers) TWINSTEP_FIELD(hidden_size) TWINSTEP_FIELD(ffn_hidden_size)
-      TWINSTEP_FIELD(num_attention_heads) TWINSTEP_FIELD(num_query_groups) TWINSTEP_FIELD(kv_channels)
-          TWINSTEP_FIELD(vocab_size) TWINSTEP_FIELD(num_moe_experts) TWINSTEP_FIELD(moe_router_topk) TWINSTEP_FIELD(
-              moe_ffn_hidden_size) TWINSTEP_FIELD(moe_shared_expert_intermediate_size) TWINSTEP_FIELD(normalization)
-              TWINSTEP_FIELD(gated_linear_unit) TWINSTEP_FIELD(add_bias_linear) TWINSTEP_FIELD(add_qkv_bias)
-                  TWINSTEP_FIELD(qk_layernorm) TWINSTEP_FIELD(share_embeddings_and_output_weights) TWINSTEP_FIELD(
-                      position_embedding_type) TWINSTEP_FIELD(max_position_embeddings) TWINSTEP_FIELD(rotary_base)
-                      TWINSTEP_FIELD(make_vocab_size_divisible_by) TWINSTEP_FIELD(first_k_dense_replace) TWINSTEP_FIELD(
-                          moe_layer_freq) TWINSTEP_FIELD(moe_shared_expert_count) TWINSTEP_FIELD(moe_shared_expert_gate)
-                          TWINSTEP_FIELD(mtp_num_layers) TWINSTEP_FIELD(q_lora_rank) TWINSTEP_FIELD(kv_lora_rank)
-                              TWINSTEP_FIELD(qk_head_dim) TWINSTEP_FIELD(qk_pos_emb_head_dim) TWINSTEP_FIELD(v_head_dim)
-                                  TWINSTEP_FIELD(full_attention_interval) TWINSTEP_FIELD(attention_output_gate)
-                                      TWINSTEP_FIELD(linear_num_key_heads) TWINSTEP_FIELD(linear_num_value_heads)
-                                          TWINSTEP_FIELD(linear_key_head_dim) TWINSTEP_FIELD(linear_value_head_dim)
-                                              TWINSTEP_FIELD(linear_conv_kernel_dim)
+#define TWINSTEP_FIELD(name)                    \
+  do {                                          \
+    known.emplace_back(#name);                  \
+    read_field(j, source, #name, m.name, seen); \
+  } while (0)
+  TWINSTEP_FIELD(name);
+  TWINSTEP_FIELD(source);
+  TWINSTEP_FIELD(num_layers);
+  TWINSTEP_FIELD(hidden_size);
+  TWINSTEP_FIELD(ffn_hidden_size);
+  TWINSTEP_FIELD(num_attention_heads);
+  TWINSTEP_FIELD(num_query_groups);
+  TWINSTEP_FIELD(kv_channels);
+  TWINSTEP_FIELD(vocab_size);
+  TWINSTEP_FIELD(num_moe_experts);
+  TWINSTEP_FIELD(moe_router_topk);
+  TWINSTEP_FIELD(moe_ffn_hidden_size);
+  TWINSTEP_FIELD(moe_shared_expert_intermediate_size);
+  TWINSTEP_FIELD(normalization);
+  TWINSTEP_FIELD(gated_linear_unit);
+  TWINSTEP_FIELD(add_bias_linear);
+  TWINSTEP_FIELD(add_qkv_bias);
+  TWINSTEP_FIELD(qk_layernorm);
+  TWINSTEP_FIELD(share_embeddings_and_output_weights);
+  TWINSTEP_FIELD(position_embedding_type);
+  TWINSTEP_FIELD(max_position_embeddings);
+  TWINSTEP_FIELD(rotary_base);
+  TWINSTEP_FIELD(make_vocab_size_divisible_by);
+  TWINSTEP_FIELD(first_k_dense_replace);
+  TWINSTEP_FIELD(moe_layer_freq);
+  TWINSTEP_FIELD(moe_shared_expert_count);
+  TWINSTEP_FIELD(moe_shared_expert_gate);
+  TWINSTEP_FIELD(mtp_num_layers);
+  TWINSTEP_FIELD(q_lora_rank);
+  TWINSTEP_FIELD(kv_lora_rank);
+  TWINSTEP_FIELD(qk_head_dim);
+  TWINSTEP_FIELD(qk_pos_emb_head_dim);
+  TWINSTEP_FIELD(v_head_dim);
+  TWINSTEP_FIELD(full_attention_interval);
+  TWINSTEP_FIELD(attention_output_gate);
+  TWINSTEP_FIELD(linear_num_key_heads);
+  TWINSTEP_FIELD(linear_num_value_heads);
+  TWINSTEP_FIELD(linear_key_head_dim);
+  TWINSTEP_FIELD(linear_value_head_dim);
+  TWINSTEP_FIELD(linear_conv_kernel_dim);
 #undef TWINSTEP_FIELD
-                                                  known.emplace_back(
-                                                      "notes");  // free-text remarks (disagreements between sources)
+  known.emplace_back("notes");  // free-text remarks (disagreements between sources)
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (std::find(known.begin(), known.end(), it.key()) == known.end()) {
       throw ParseError(source, "/" + it.key(), "unknown field \"" + it.key() + "\"; remove it or fix its spelling");
