@@ -3,16 +3,18 @@
 // per-group fat-tree uplinks); collectives become coarse steady-state flows on the links they use (one flow per
 // ring edge, all-to-all per peer, send/recv one flow) after an analytic latency term; GPU kernels keep the analytic
 // model's SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md has the traps avoided here).
-#include <simgrid/version.h>
-#include <xbt/log.h>
-
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <queue>
 #include <set>
-#include <simgrid/s4u.hpp>
 #include <string>
+
+// SimGrid: s4u.hpp first, it defines the macros version.h and xbt/log.h use.
+#include <simgrid/s4u.hpp>
+// (kept apart so that include sorting cannot move version.h above it)
+#include <simgrid/version.h>
+#include <xbt/log.h>
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
