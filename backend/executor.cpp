@@ -50,6 +50,7 @@
 #include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/units.hpp"
+#include "schedule/json.hpp"
 #include "schedule/matching.hpp"
 
 #ifndef TWINSTEP_GIT_REVISION
@@ -304,43 +305,9 @@ ncclDataType_t nccl_dtype(sch::DType t) {
   return ncclUint8;
 }
 
-const char* dtype_word(sch::DType t) {
-  switch (t) {
-    case sch::DType::kBF16:
-      return "bf16";
-    case sch::DType::kFP16:
-      return "fp16";
-    case sch::DType::kFP32:
-      return "fp32";
-    case sch::DType::kFP8:
-      return "fp8";
-    case sch::DType::kInt64:
-      return "int64";
-    case sch::DType::kInt32:
-      return "int32";
-  }
-  return "?";
-}
-
-const char* collective_word(sch::CollectiveKind k) {
-  switch (k) {
-    case sch::CollectiveKind::kAllReduce:
-      return "all_reduce";
-    case sch::CollectiveKind::kAllGather:
-      return "all_gather";
-    case sch::CollectiveKind::kReduceScatter:
-      return "reduce_scatter";
-    case sch::CollectiveKind::kAllToAll:
-      return "all_to_all";
-    case sch::CollectiveKind::kBroadcast:
-      return "broadcast";
-  }
-  return "?";
-}
-
 std::string kind_word(const sch::Op& op) {
   if (const auto* c = std::get_if<sch::Collective>(&op.body))
-    return std::string("collective ") + collective_word(c->kind);
+    return std::string("collective ") + sch::collective_name(c->kind);
   if (std::holds_alternative<sch::Compute>(op.body)) return "compute";
   if (std::holds_alternative<sch::Send>(op.body)) return "send";
   if (std::holds_alternative<sch::Recv>(op.body)) return "recv";
@@ -428,7 +395,7 @@ std::vector<sch::Diagnostic> can_execute(const sch::Schedule& s, const DeviceInf
       auto refuse_dtype = [&](sch::DType t, const char* what) {
         if (!kernel_dtype(t)) {
           add(op.id, "body.kernel.dtype",
-              std::string(what) + " in " + dtype_word(t) +
+              std::string(what) + " in " + sch::dtype_name(t) +
                   " is not supported by the backend (bf16, fp16 and fp32 are): lower with --dtype bf16");
         }
       };

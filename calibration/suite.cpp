@@ -18,6 +18,7 @@
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
+#include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
 
 namespace twinstep::calibration {
@@ -187,22 +188,6 @@ void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, 
   suite.push_back(b.take());
 }
 
-const char* coll_word(schedule::CollectiveKind k) {
-  switch (k) {
-    case schedule::CollectiveKind::kAllReduce:
-      return "all_reduce";
-    case schedule::CollectiveKind::kAllGather:
-      return "all_gather";
-    case schedule::CollectiveKind::kReduceScatter:
-      return "reduce_scatter";
-    case schedule::CollectiveKind::kAllToAll:
-      return "all_to_all";
-    case schedule::CollectiveKind::kBroadcast:
-      return "broadcast";
-  }
-  return "?";
-}
-
 /// all_to_all send sizes for member `pos` of `n`: even, or uneven (member pos sends (1 + (pos+j) mod n) units
 /// to member j, so the busiest pair carries n x the smallest).
 std::vector<std::uint64_t> a2a_split(std::uint64_t total, std::uint32_t n, std::uint32_t pos, bool uneven) {
@@ -240,7 +225,7 @@ void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, 
       {schedule::CollectiveKind::kAllToAll, false},      {schedule::CollectiveKind::kAllToAll, true}};
   for (auto span : spans) {
     for (const auto& [kind, uneven] : kinds) {
-      const std::string word = std::string(coll_word(kind)) + (uneven ? "_uneven" : "");
+      const std::string word = std::string(schedule::collective_name(kind)) + (uneven ? "_uneven" : "");
       Builder b("coll." + word + ".span" + std::to_string(span), world);
       const auto comms = b.span_comms(span);
       std::vector<std::vector<OpId>> ids(sizes.size());
@@ -255,7 +240,7 @@ void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, 
       for (std::size_t i = 0; i < sizes.size(); ++i) {
         Probe p;
         p.name = "coll." + word + ".span" + std::to_string(span) + "." + std::to_string(sizes[i]);
-        p.family = std::string("coll.") + coll_word(kind);
+        p.family = std::string("coll.") + schedule::collective_name(kind);
         p.ops = ids[i];
         p.size = static_cast<double>(sizes[i]);
         p.params = {{"span", double(span)}, {"uneven", uneven ? 1.0 : 0.0}};
@@ -345,7 +330,7 @@ void add_corun_groups(std::vector<BenchGroup>& suite, std::uint32_t world) {
       {schedule::CollectiveKind::kReduceScatter, 1 * kGiB},
       {schedule::CollectiveKind::kAllToAll, 1 * kGiB}};
   for (const auto& [kind, bytes] : colls) {
-    const std::string word = coll_word(kind);
+    const std::string word = schedule::collective_name(kind);
     Builder b("corun." + word, world);
     std::vector<OpId> g_solo, c_solo, g_co, c_co;
     for (RankId r = 0; r < world; ++r) {

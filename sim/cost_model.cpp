@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "common/assert.hpp"
+#include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
 
 namespace twinstep::sim {
@@ -36,22 +37,6 @@ double ll_max_bytes_per_s(std::uint32_t nodes) {
   // llMaxBws for Hopper: single node 141 GB/s; multi-node Intel host 39.0 (2 nodes), 20.4 (>= 3 nodes).
   if (nodes <= 1) return 141.0 * kGBps;
   return (nodes == 2 ? 39.0 : 20.4) * kGBps;
-}
-
-const char* collective_word(schedule::CollectiveKind k) {
-  switch (k) {
-    case schedule::CollectiveKind::kAllReduce:
-      return "all_reduce";
-    case schedule::CollectiveKind::kAllGather:
-      return "all_gather";
-    case schedule::CollectiveKind::kReduceScatter:
-      return "reduce_scatter";
-    case schedule::CollectiveKind::kAllToAll:
-      return "all_to_all";
-    case schedule::CollectiveKind::kBroadcast:
-      return "broadcast";
-  }
-  return "?";
 }
 
 }  // namespace
@@ -332,7 +317,7 @@ CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const 
     intra_lat = std::max(intra_lat, nc.net_overhead_s * (proto == NcclProto::kSimple ? 3.0 : 1.0));
   }
   // A measured override for this span replaces the base, every step's latency and the bus bandwidth.
-  if (const auto* o = override_for(collective_word(kind), algo, proto, inter)) {
+  if (const auto* o = override_for(schedule::collective_name(kind), algo, proto, inter)) {
     if (o->base_latency_s >= 0) base = o->base_latency_s;
     if (o->step_latency_s >= 0) intra_lat = step_inter = o->step_latency_s;
     if (o->bus_bytes_per_s > 0) bus = o->bus_bytes_per_s;
@@ -384,7 +369,8 @@ CommCost CostModel::collective_cost(schedule::CollectiveKind kind, double bytes,
       }
     }
   }
-  TWINSTEP_ASSERT(std::isfinite(best_time), "no NCCL algorithm/protocol enabled for %s", collective_word(kind));
+  TWINSTEP_ASSERT(std::isfinite(best_time), "no NCCL algorithm/protocol enabled for %s",
+                  schedule::collective_name(kind));
   return best;
 }
 
