@@ -2701,6 +2701,12 @@ std::vector<CombinedStep> combined_order(const RunConfig& cfg, std::uint32_t r, 
 
 Lowered lower(const ModelSpec& model, const RunConfig& cfg) { return lower(model, cfg, LowerOptions{}); }
 
+std::vector<std::string> check_config(const ModelSpec& model, const RunConfig& cfg) {
+  std::vector<std::string> warnings;
+  (void)build_ctx(model, cfg, warnings);
+  return warnings;
+}
+
 Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& options) {
   Lowered out;
   Ctx x = build_ctx(model, cfg, out.warnings);

@@ -94,4 +94,8 @@ struct LowerOptions {
 /// lower() with options (representative ranks only).
 [[nodiscard]] Lowered lower(const ModelSpec& model, const RunConfig& config, const LowerOptions& options);
 
+/// lower()'s checks without building the schedule: throws exactly what lower() throws for an invalid config
+/// (divisibility, gating assertions, uneven layouts) and returns the gating warnings lower() would give.
+[[nodiscard]] std::vector<std::string> check_config(const ModelSpec& model, const RunConfig& config);
+
 }  // namespace twinstep::models
