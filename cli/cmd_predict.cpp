@@ -166,7 +166,7 @@ void add_predict_options(CLI::App* sub, PredictArgs& a, bool cluster_required) {
   sub->add_flag("--no-reduce", a.no_reduce,
                 "Simulate every rank. By default above " + std::to_string(sim::kSymmetryReductionAboveGpus) +
                     " GPUs predict simulates one representative per DP replica (symmetry reduction: absent members "
-                    "of a communicator mirror present ones)");
+                    "of a communicator mirror present ones); with --fidelity analytic TP ranks mirror too");
 }
 
 /// One prediction, as the table text and as the --json object.
@@ -199,6 +199,7 @@ Prediction run_predict(const PredictArgs& args) {
     const models::RunConfig cfg = models::apply_overlap_variant(base, v);
     models::LowerOptions lower_opts;
     lower_opts.representatives_only = !args.no_reduce && gpus > sim::kSymmetryReductionAboveGpus;
+    lower_opts.mirror_tp = cf.fidelity == "analytic";
     models::Lowered lowered = models::lower(model, cfg, lower_opts);
     sim::Options opts;
     opts.fidelity = cf.fidelity;

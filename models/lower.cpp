@@ -2717,7 +2717,10 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
            " dp" + str(k.d) + (k.moe ? " ep" + str(k.e) + (k.te != k.t ? " etp" + str(k.te) : "") : "");
   s.world_size = world;
   for (RankId r = 0; r < world; ++r) {
-    if (!options.representatives_only || coords_of(k, r).dp == 0) s.ranks.push_back(r);
+    const Coords co = coords_of(k, r);
+    if (!options.representatives_only || (co.dp == 0 && (!options.mirror_tp || co.tp == 0))) {
+      s.ranks.push_back(r);
+    }
   }
 
   // Streams: compute, then the comm streams this layout uses (NCCL streams high priority: TORCH_NCCL_HIGH_PRIORITY=1).
@@ -2944,7 +2947,12 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
                     (k.ep_overlap ? " ep_overlap" : "") + (k.delay_wgrad ? " delay_wgrad" : "") +
                     (k.shared_overlap ? " shared_expert_overlap" : "") + " routing_skew " + std::to_string(k.skew);
   }
-  if (options.representatives_only) {
+  if (options.representatives_only && options.mirror_tp) {
+    const std::uint64_t tc = static_cast<std::uint64_t>(k.t) * k.c;
+    s.meta["representatives"] = "tp0 dp0";
+    s.meta["representative_of"] =
+        "r - (r mod " + str(k.t) + ") - ((r / " + str(tc) + ") mod " + str(k.d) + ") * " + str(tc);
+  } else if (options.representatives_only) {
     // An absent rank r mirrors the present rank with the same tp, cp and pp coordinates and dp = 0:
     // representative(r) = r - dp(r) * tp * cp, with dp(r) = (r / (tp * cp)) mod dp (Megatron rank order).
     s.meta["representatives"] = "dp0";

@@ -41,9 +41,10 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 /// How far the step's slope over the first and the second pair of short runs may differ (sweep/extrapolate.hpp).
 constexpr double kAffineTolerance = 1e-3;
 
-/// One representative per DP replica: always for the analytic fidelity (it gives the same step time to the ns as
-/// the full schedule: its costs depend on communicator sizes, and absent members mirror present ones), and for
-/// flow above the size where `twinstep predict` reduces too.
+/// Symmetry reduction: always for the analytic fidelity, one representative per (pipeline stage, CP rank): TP ranks
+/// mirror too (it gives the same step time as the full schedule: its costs depend on communicator sizes and spans, and
+/// absent members mirror present ones; tests/sweep and tests/sim check the equality), and for flow one per DP replica
+/// above the size where `twinstep predict` reduces too.
 bool reduce_by_symmetry(const Point& p) {
   return p.fidelity == "analytic" || p.gpus > sim::kSymmetryReductionAboveGpus;
 }
@@ -134,6 +135,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     Sample out;
     models::LowerOptions lower_opts;
     lower_opts.representatives_only = reduce_by_symmetry(p);
+    lower_opts.mirror_tp = p.fidelity == "analytic";
     out.lowered = models::lower(model, c, lower_opts);
     if (!out.lowered.fits) return out;
     out.fingerprint = sim::schedule_fingerprint(out.lowered.schedule);
