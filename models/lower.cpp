@@ -1153,6 +1153,13 @@ class RankLowering {
   }
   /// A fused flex (DeepEP/HybridEP) kernel holding moe_flex_num_sms SMs, on the EP stream (its internal comm
   /// stream); outside a comm node it waits for the compute stream at launch.
+  /// Representation of the fused dispatch/combine: this kernel (its local pack/unpack work, holding the dedicated
+  /// SMs) followed on the same stream by the all_to_all that carries the bytes over NVLink/IB. Limitation of the
+  /// IR: a compute op's SM hold lasts its own cost-model duration and a collective holds the NCCL channel count of
+  /// the profile (p2p_channels_nvlink, 32 by default), so while the transfer runs the simulator sees NCCL's CTAs,
+  /// not moe_flex_num_sms (equal at HybridEP's 32, 12 too many at DeepEP's 20). No IR construct ties a kernel's
+  /// end to a collective's; an exact hold needs a per-collective SM count (Collective::sm_count replacing the
+  /// channel count in the cost model), a schedule/ + sim/ change.
   OpId flex_kernel(const std::string& what, schedule::Kernel kern, Phase ph) {
     std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
     if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
