@@ -2,8 +2,10 @@
 """torch.matmul side of the GEMM comparison, with the protocol of bench/backend/gemm_sweep_bench: per shape
 (MxNxK: [M,K] @ [K,N], bf16) at least --warmup-ms of back-to-back matmuls, then --steps steps of n matmuls each
 bracketed by cudaEvents; time = per op the median over the steps, then the median over the n ops; TFLOP/s = 2MNK /
-time. Inputs are drawn like the backend's fill pattern (random sign, magnitude in [2^-7, 2)), so that both sides
-multiply data of the same bit statistics (data changes the GEMM's power draw and so its clock)."""
+time. By default (--data pattern) the inputs carry the backend's fill pattern bit for bit in distribution (bf16
+words 0x3C00 | random low 10 bits | random sign: magnitudes in [2^-7, 2)), so that both sides multiply data of the
+same bit statistics: under the 700 W cap the data changes the GEMM's power draw and so its clock. --data randn
+draws torch.randn instead. --side-stream issues on a non-default stream (the backend's streams are non-blocking)."""
 import argparse
 import json
 import statistics
@@ -15,10 +17,12 @@ SHAPES = ["4096x4096x4096", "8192x8192x8192", "16384x2048x2048", "4096x768x2048"
           "4096x5120x8192", "4096x8192x4096", "4096x28672x8192", "4096x8192x14336"]
 
 
-def pattern(rows, cols):
-    mag = torch.exp2(torch.rand(rows, cols, device="cuda") * 8.0 - 7.0)
-    sign = torch.where(torch.rand(rows, cols, device="cuda") < 0.5, -1.0, 1.0)
-    return (mag * sign).to(torch.bfloat16)
+def pattern(rows, cols, data):
+    if data == "randn":
+        return torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
+    bits = torch.randint(0, 1 << 16, (rows, cols), device="cuda", dtype=torch.int32)
+    word = 0x3C00 | (bits & 0x03FF) | (bits & 0x8000)
+    return torch.where(word >= 0x8000, word - 0x10000, word).to(torch.int16).view(torch.bfloat16)
 
 
 def main():
@@ -27,14 +31,18 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup-ms", type=float, default=300.0)
     ap.add_argument("-s", "--shapes", nargs="+", default=SHAPES)
+    ap.add_argument("--data", choices=["pattern", "randn"], default="pattern")
+    ap.add_argument("--side-stream", action="store_true")
     ap.add_argument("-o", default="torch_gemm.json")
     a = ap.parse_args()
+    if a.side_stream:
+        torch.cuda.set_stream(torch.cuda.Stream())
     results = []
     print(f"{'shape (MxNxK)':20s} {'time_us':>10s} {'TFLOP/s':>10s}")
     for shape in a.shapes:
         m, n, k = map(int, shape.split("x"))
-        x = pattern(m, k)
-        w = pattern(k, n)
+        x = pattern(m, k, a.data)
+        w = pattern(k, n, a.data)
         torch.matmul(x, w)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -58,7 +66,8 @@ def main():
         print(f"{shape:20s} {t * 1e6:10.2f} {tflops:10.1f}", flush=True)
         results.append({"m": m, "n": n, "k": k, "dtype": "bf16", "time_us": t * 1e6, "tflops": tflops})
     ctx = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "cuda_runtime": torch.version.cuda,
-           "cublas": str(torch.backends.cuda.preferred_blas_library())}
+           "cublas": str(torch.backends.cuda.preferred_blas_library()), "data": a.data,
+           "side_stream": a.side_stream}
     with open(a.o, "w") as f:
         json.dump({"schema_version": 1, "bench": "torch_gemm", "context": ctx, "iters": a.n, "steps": a.steps,
                    "warmup_ms": a.warmup_ms,
