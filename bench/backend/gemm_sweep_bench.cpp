@@ -19,8 +19,8 @@ namespace be = twinstep::backend;
 int main(int argc, char** argv) {
   CLI::App app{"bf16 GEMM TFLOP/s through the twinstep backend"};
   int iters = 20;
-  int steps = 5;
-  double warmup_ms = 300;
+  int steps = 10;
+  double warmup_ms = 1000;
   std::string out = "gemm_sweep.json";
   std::vector<std::string> shapes{"4096x4096x4096", "8192x8192x8192",  "16384x2048x2048",
                                   "4096x768x2048",  "2048x2048x768",   "4096x5120x8192",

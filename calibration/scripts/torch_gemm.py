@@ -28,8 +28,8 @@ def pattern(rows, cols, data):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup-ms", type=float, default=300.0)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup-ms", type=float, default=1000.0)
     ap.add_argument("-s", "--shapes", nargs="+", default=SHAPES)
     ap.add_argument("--data", choices=["pattern", "randn"], default="pattern")
     ap.add_argument("--side-stream", action="store_true")
