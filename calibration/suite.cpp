@@ -162,8 +162,12 @@ ZooShapes zoo_shapes(bool quick) {
 
 /// Grouped GEMMs of MoE experts at a sweep of tokens per expert (the token count an EP rank receives varies with
 /// micro-batch, sequence and routing): the expert shapes of qwen3-30b-a3b (the EP2 validation case: 128 experts,
-/// hidden 2048, expert ffn 768) with 64 local experts (EP2) and 128 (EP1), as lowering emits them: fc1 [h -> 2f]
-/// and fc2 [f -> h] forward (and as weight gradients), their data gradients [2f -> h] and [h -> f]. Balanced rows.
+/// hidden 2048, expert ffn 768) with the 64 local experts of EP2, as lowering emits them: fc1 [h -> 2f] and fc2
+/// [f -> h] forward (and as weight gradients), their data gradients [2f -> h] and [h -> f]. Balanced rows.
+/// One group count only: the profile's grouped_gemm table is keyed by total FLOPs, and the backend's grouped GEMM
+/// (one cuBLAS call per group) costs 5-12 us of host issue per group, so at equal FLOPs 128 groups measured 3x
+/// slower than 64 (single-H200 run at 83e495f, calibration/profiles/h200x1.raw.jsonl); mixing the two would
+/// mispredict both. Other group counts need a table keyed per group (sim/cost_model).
 std::vector<schedule::GroupedGemm> expert_sweep() {
   std::vector<schedule::GroupedGemm> out;
   models::ModelSpec model;
@@ -176,14 +180,11 @@ std::vector<schedule::GroupedGemm> expert_sweep() {
   const std::uint64_t f1 = model.gated_linear_unit ? 2 * f : f;
   const std::uint64_t experts = model.num_moe_experts;
   if (experts < 2 || f == 0) return out;
-  const std::pair<std::uint64_t, std::vector<std::uint64_t>> sweeps[] = {
-      {experts / 2, {16, 32, 64, 128, 256, 512, 1024}}, {experts, {64, 256}}};
-  for (const auto& [local, rows_per_expert] : sweeps) {
-    for (const auto rows : rows_per_expert) {
-      const std::vector<std::uint64_t> m(local, rows);
-      for (const auto& [n, k] : {std::pair{f1, h}, std::pair{h, f}, std::pair{h, f1}, std::pair{f, h}}) {
-        out.push_back(schedule::GroupedGemm{m, n, k, schedule::DType::kBF16});
-      }
+  const std::uint64_t local = experts / 2;
+  for (const std::uint64_t rows : {16, 32, 64, 128, 256, 512, 1024}) {
+    const std::vector<std::uint64_t> m(local, rows);
+    for (const auto& [n, k] : {std::pair{f1, h}, std::pair{h, f}, std::pair{h, f1}, std::pair{f, h}}) {
+      out.push_back(schedule::GroupedGemm{m, n, k, schedule::DType::kBF16});
     }
   }
   return out;

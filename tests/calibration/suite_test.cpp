@@ -1,5 +1,5 @@
 // The default suite's grouped-GEMM microbenchmarks (MoE experts): the zoo's expert shapes of qwen3-30b-a3b at a
-// sweep of tokens per expert, 64 local experts (EP2) and 128 (EP1), each probe sized by kernel_math's FLOPs.
+// sweep of tokens per expert with the 64 local experts of EP2, each probe sized by kernel_math's FLOPs.
 #include "calibration/suite.hpp"
 
 #include <set>
@@ -40,7 +40,7 @@ TEST_CASE("calibration::make_suite: default holds grouped GEMMs at qwen3-30b-a3b
         CHECK(found.count({64, rows, n, k}) == 1);
       }
     }
-    CHECK(found.count({128, 256, 1536, 2048}) == 1);
+    for (const auto& t : found) CHECK(std::get<0>(t) != 128);  // one group count per FLOP-keyed table (suite.cpp)
     // Every rank runs the group's kernels (so a multi-GPU run measures each GPU under the same load).
     CHECK(grouped->schedule.ops.size() == grouped->probes.size() * world);
   }
