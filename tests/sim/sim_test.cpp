@@ -183,6 +183,62 @@ TEST_CASE("sim: SM sharing slows a concurrent GEMM by its wave count", "[sim]") 
         Approx(2.0 * static_cast<double>(duration(alone, gemm_alone))).margin(2));
 }
 
+TEST_CASE("sim: a recv waiting for its peer holds waiting_sms_per_channel x channels SMs", "[sim]") {
+  // Rank 0 posts a recv on its own stream at t = 0 and runs a one-wave GEMM (132 tiles); rank 1's send comes after
+  // a host delay longer than the GEMM. While waiting, the recv's NCCL kernel is resident: with every CTA holding an
+  // SM (32 p2p channels over NVLink), the GEMM's 132 tiles run on 100 SMs: 2 waves instead of 1.
+  auto run = [](double per_channel) {
+    Profile prof = Profile::datasheet_defaults();
+    for (auto& [cls, s] : prof.launch_s) s = 0;
+    prof.interference.comm_hbm_bytes_per_bus_byte = 0;
+    prof.interference.waiting_sms_per_channel = per_channel;
+    const auto cluster = topologies::load_cluster("h200x2-nvlink");
+    const CostModel costs(cluster, prof);
+    Builder b(2, {{"compute", 0}, {"recv", -1}});
+    const CommId c = b.comm("pp", "pp", {0, 1});
+    b.recv(0, "recv", 1, c, 1, 64ull << 20, 0);
+    b.gemm(0, "gemm", 0, 12 * 128, 11 * 256, 16384);
+    b.add(1, "delay", 0, Host{50'000'000});
+    b.send(1, "send", 0, c, 0, 64ull << 20, 0);
+    const Trace t = simulate(b.schedule(), cluster, costs);
+    REQUIRE(t.records.at(0).end_ns > t.records.at(1).end_ns);  // the recv completes after the GEMM
+    return std::pair{duration(t, 1), t.records.at(0).start_ns};
+  };
+  const auto [off, recv_start_off] = run(0.0);
+  const auto [full, recv_start_full] = run(1.0);
+  const auto [quarter, recv_start_quarter] = run(0.25);
+  CHECK(recv_start_off == 0);  // the recv reaches its stream head at once in every variant
+  CHECK(recv_start_full == 0);
+  CHECK(static_cast<double>(full) == Approx(2.0 * static_cast<double>(off)).margin(2));
+  // 8 SMs held: 132 tiles on 124 SMs, still 2 waves (wave quantization, not a proportional slowdown).
+  CHECK(static_cast<double>(quarter) == Approx(2.0 * static_cast<double>(off)).margin(2));
+}
+
+TEST_CASE("sim: the SMs of a waiting recv are released when its transfer starts", "[sim]") {
+  // The send is issued at t = 0 on rank 1, so the recv never waits: the GEMM alongside it sees only the transfer's
+  // own channels while the transfer runs, exactly as without the waiting model.
+  auto run = [](double per_channel) {
+    Profile prof = Profile::datasheet_defaults();
+    for (auto& [cls, s] : prof.launch_s) s = 0;
+    prof.interference.comm_hbm_bytes_per_bus_byte = 0;
+    prof.interference.waiting_sms_per_channel = per_channel;
+    const auto cluster = topologies::load_cluster("h200x2-nvlink");
+    const CostModel costs(cluster, prof);
+    Builder b(2, {{"compute", 0}, {"recv", -1}});
+    const CommId c = b.comm("pp", "pp", {0, 1});
+    const OpId g = b.gemm(1, "gemm0", 0, 4096, 4096, 4096);
+    b.recv(0, "recv", 1, c, 1, 1ull << 20, 0);
+    b.gemm(0, "gemm", 0, 8192, 8192, 8192);
+    b.send(1, "send", 0, c, 0, 1ull << 20, 0, {g});
+    return simulate(b.schedule(), cluster, costs);
+  };
+  const Trace off = run(0.0), on = run(1.0);
+  // While rank 1's first GEMM runs, the recv waits and holds 32 SMs on rank 0; after the transfer nothing is held.
+  CHECK(duration(on, 2) > duration(off, 2));
+  CHECK(on.records.at(3).end_ns == off.records.at(3).end_ns);  // rank 1 is not affected
+  CHECK(on.records.at(1).start_ns == off.records.at(1).start_ns);
+}
+
 TEST_CASE("sim: HBM use of a running collective slows a memory-bound kernel", "[sim]") {
   Profile prof = Profile::datasheet_defaults();
   for (auto& [cls, s] : prof.launch_s) s = 0;
