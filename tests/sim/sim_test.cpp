@@ -215,8 +215,9 @@ TEST_CASE("sim: a recv waiting for its peer holds waiting_sms_per_channel x chan
 }
 
 TEST_CASE("sim: the SMs of a waiting recv are released when its transfer starts", "[sim]") {
-  // The send is issued at t = 0 on rank 1, so the recv never waits: the GEMM alongside it sees only the transfer's
-  // own channels while the transfer runs, exactly as without the waiting model.
+  // Rank 0: a recv posted at t = 0, a GEMM beside it (runs while the recv waits) and a GEMM after it (dep on the
+  // recv). Rank 1 sends after its own GEMM. The first GEMM is slowed by the waiting recv; the second runs after the
+  // transfer and must take its solo time (nothing held any more); rank 1 is not affected.
   auto run = [](double per_channel) {
     Profile prof = Profile::datasheet_defaults();
     for (auto& [cls, s] : prof.launch_s) s = 0;
@@ -226,17 +227,42 @@ TEST_CASE("sim: the SMs of a waiting recv are released when its transfer starts"
     const CostModel costs(cluster, prof);
     Builder b(2, {{"compute", 0}, {"recv", -1}});
     const CommId c = b.comm("pp", "pp", {0, 1});
-    const OpId g = b.gemm(1, "gemm0", 0, 4096, 4096, 4096);
-    b.recv(0, "recv", 1, c, 1, 1ull << 20, 0);
-    b.gemm(0, "gemm", 0, 8192, 8192, 8192);
+    const OpId g = b.gemm(1, "gemm0", 0, 8192, 8192, 8192);
+    const OpId r = b.recv(0, "recv", 1, c, 1, 1ull << 20, 0);
+    b.gemm(0, "beside", 0, 12 * 128, 11 * 256, 4096);
+    b.gemm(0, "after", 0, 12 * 128, 11 * 256, 4096, {r});
     b.send(1, "send", 0, c, 0, 1ull << 20, 0, {g});
     return simulate(b.schedule(), cluster, costs);
   };
   const Trace off = run(0.0), on = run(1.0);
-  // While rank 1's first GEMM runs, the recv waits and holds 32 SMs on rank 0; after the transfer nothing is held.
-  CHECK(duration(on, 2) > duration(off, 2));
-  CHECK(on.records.at(3).end_ns == off.records.at(3).end_ns);  // rank 1 is not affected
-  CHECK(on.records.at(1).start_ns == off.records.at(1).start_ns);
+  REQUIRE(on.records.at(1).end_ns > on.records.at(2).end_ns);  // "beside" ends while the recv still waits
+  CHECK(static_cast<double>(duration(on, 2)) == Approx(2.0 * static_cast<double>(duration(off, 2))).margin(2));
+  CHECK(duration(on, 3) == duration(off, 3));
+  CHECK(on.records.at(3).start_ns == on.records.at(1).end_ns);
+  CHECK(on.records.at(4).end_ns == off.records.at(4).end_ns);
+}
+
+TEST_CASE("sim: a collective member that arrives first holds its channels' SMs until the last arrives", "[sim]") {
+  auto run = [](double per_channel) {
+    Profile prof = Profile::datasheet_defaults();
+    for (auto& [cls, s] : prof.launch_s) s = 0;
+    prof.nccl.protocols = {NcclProto::kSimple};  // 24 channels for a large all-reduce
+    prof.interference.comm_hbm_bytes_per_bus_byte = 0;
+    prof.interference.waiting_sms_per_channel = per_channel;
+    const auto cluster = topologies::load_cluster("h200x2-nvlink");
+    const CostModel costs(cluster, prof);
+    Builder b(2, {{"compute", 0}, {"comm", -1}});
+    const CommId c = b.comm("dp", "dp", {0, 1});
+    b.collective(0, "ar", 1, CollectiveKind::kAllReduce, c, 1ull << 30);
+    b.gemm(0, "gemm", 0, 12 * 128, 11 * 256, 16384);  // one wave on 132 SMs
+    b.add(1, "late", 0, Host{50'000'000});
+    b.collective(1, "ar", 1, CollectiveKind::kAllReduce, c, 1ull << 30);
+    return simulate(b.schedule(), cluster, costs);
+  };
+  const Trace off = run(0.0), half = run(0.5);
+  // 12 of 24 channels' SMs held while waiting: 132 tiles on 120 SMs, 2 waves.
+  CHECK(static_cast<double>(duration(half, 1)) == Approx(2.0 * static_cast<double>(duration(off, 1))).margin(2));
+  CHECK(half.records.at(0).end_ns == off.records.at(0).end_ns);  // the collective itself is timed as before
 }
 
 TEST_CASE("sim: HBM use of a running collective slows a memory-bound kernel", "[sim]") {
