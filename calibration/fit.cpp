@@ -253,10 +253,10 @@ Json profile_json(const sim::Profile& p, const Json& tables, const std::map<std:
   j["context"] = context;
   j["compute"] = tables;
   j["memory_tables"] = "bytes";
-  // The suite runs on twinstep's backend, whose attention computes the whole score matrix (S = QK^T, softmax, PV;
-  // backend/executor.cpp) whether the kernel is causal or not: a non-causal kernel costs what a causal one of the
-  // same shape costs. Change this with the backend's attention (a fused kernel that skips masked blocks: "half").
-  j["attention_causal_work"] = "full";
+  // The suite runs on twinstep's backend, whose causal attention computes only the lower triangle of the scores
+  // (backend/attention.cpp, since 2b51272): a causal kernel does half the work of a non-causal one of the same shape.
+  // A backend computing the whole score matrix for causal kernels would write "full" here.
+  j["attention_causal_work"] = "half";
   j["memory_efficiency"] = p.memory_efficiency;
   j["kernel_floor"] = p.kernel_floor_s;
   Json launch = Json::object();
