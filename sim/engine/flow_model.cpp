@@ -1,10 +1,29 @@
 // The flow resource model: SimGrid (3.32 and newer) as the max-min bandwidth-sharing engine behind
 // sim::ResourceModel. The topology becomes a SimGrid platform (a host per GPU, split-duplex NVLink and NIC ports,
-// per-group fat-tree uplinks); collectives become coarse steady-state flows on the links they use (one flow per
-// ring edge, all-to-all per peer, send/recv one flow) after an analytic latency term; GPU kernels keep the analytic
-// model's SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md has the traps avoided here).
+// and on a multi-group fat-tree one split-duplex uplink per rail leaf, shared by every flow leaving or entering its
+// group on that rail); collectives become coarse steady-state flows on the links they use (one flow per ring edge,
+// all-to-all per peer, send/recv one flow) after an analytic latency term; GPU kernels keep the analytic model's
+// SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md has the traps avoided here).
+//
+// Routing: one flat zone (FabricZone below) whose routes are computed on demand by route(), the same function that
+// sizes the flows. SimGrid's hierarchical zones cannot express a rail-optimized fabric: a node zone has one parent
+// and one gateway, so the leaf (rail) a route leaves through cannot depend on the source GPU; a full zone needs a
+// routing table of hosts^2 entries (2 GiB at 16,384 GPUs). Routes, by the GPUs' node, group (nodes_per_group) and
+// rail (local index):
+//   same node:                   [nvl(a) up, nvl(b) down]
+//   same group, another node:    [nic(a) up, nic(b) down]              (one leaf hop; PXN keeps traffic on a rail)
+//   another group:               [nic(a) up, leaf(group a, rail a) up, leaf(group b, rail b) down, nic(b) down]
+// The spine layer is one aggregated uplink per leaf: ECMP is approximated by splitting every flow evenly over the
+// spines (adaptive routing / packet spraying), not by hashing (src,dst) to one spine. Its capacity is the leaf's
+// downlink capacity (nodes_per_group NICs at NCCL's achievable rate) / oversubscription, so with oversubscription
+// 1 no uplink is ever the bottleneck (its load is bounded by the NICs below it). Above the spines (a core tier) the
+// fabric is non-blocking. Uplinks carry no latency: the fabric's hop latency is in the cost model's latency term,
+// and every route keeps the same 2 ns of port latency (plain max-min under CM02, reference/simgrid.md 5.5).
+// Communication is sized with a cost model whose fabric has oversubscription 1: the shared uplinks, not a per-flow
+// factor, slow cross-group traffic down (so a lone flow is not slowed by an oversubscribed but idle uplink).
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <queue>
 #include <set>
@@ -15,6 +34,9 @@
 // (kept apart so that include sorting cannot move version.h above it)
 #include <simgrid/version.h>
 #include <xbt/log.h>
+// (the kernel routing API, for FabricZone)
+#include <simgrid/kernel/routing/NetPoint.hpp>
+#include <simgrid/kernel/routing/NetZoneImpl.hpp>
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
@@ -38,16 +60,58 @@ constexpr double kFarS = 1e9;
 double to_s(Nanos t) { return static_cast<double>(t) * 1e-9; }
 Nanos to_ns(double s) { return static_cast<Nanos>(std::llround(s * 1e9)); }
 
-/// Link ids of our own route model (mirrors the SimGrid platform, used to size flows): per GPU four port
-/// directions, then per fat-tree group the uplink in both directions.
+/// Link ids of our own route model (the SimGrid platform routes through the same ids): per GPU four port
+/// directions, then per rail leaf (group x rails + rail) its aggregated spine uplink in both directions.
 struct LinkIds {
   std::uint32_t gpus = 0;
+  std::uint32_t leaves = 0;
   [[nodiscard]] std::uint32_t nvl_up(RankId g) const { return 4 * g; }
   [[nodiscard]] std::uint32_t nvl_down(RankId g) const { return 4 * g + 1; }
   [[nodiscard]] std::uint32_t nic_up(RankId g) const { return 4 * g + 2; }
   [[nodiscard]] std::uint32_t nic_down(RankId g) const { return 4 * g + 3; }
-  [[nodiscard]] std::uint32_t uplink_up(std::uint32_t grp) const { return 4 * gpus + 2 * grp; }
-  [[nodiscard]] std::uint32_t uplink_down(std::uint32_t grp) const { return 4 * gpus + 2 * grp + 1; }
+  [[nodiscard]] std::uint32_t uplink_up(std::uint32_t leaf) const { return 4 * gpus + 2 * leaf; }
+  [[nodiscard]] std::uint32_t uplink_down(std::uint32_t leaf) const { return 4 * gpus + 2 * leaf + 1; }
+  [[nodiscard]] std::uint32_t count() const { return 4 * gpus + 2 * leaves; }
+};
+
+namespace routing = simgrid::kernel::routing;
+
+/// The platform's only zone: GPU hosts and links, routes computed on demand (see the file comment). `route_links`
+/// maps a (src GPU, dst GPU) pair to our link ids; `links` maps a link id to its SimGrid link (one direction).
+class FabricZone final : public routing::NetZoneImpl {
+ public:
+  using RouteFn = std::function<void(RankId, RankId, std::vector<std::uint32_t>&)>;
+  FabricZone(const std::string& name, RouteFn route_links) : NetZoneImpl(name), route_links_(std::move(route_links)) {}
+
+  /// Registers a GPU host (after create_host) so that routes can find its GPU index.
+  void add_gpu(const sg4::Host* host, RankId gpu) {
+    const auto v = host->get_netpoint()->id();
+    if (gpu_of_vertex_.size() <= v) gpu_of_vertex_.resize(v + 1, UINT32_MAX);
+    gpu_of_vertex_[v] = gpu;
+  }
+  /// Registers one direction of a link under our link id.
+  void set_link(std::uint32_t id, sg4::Link* link) {
+    if (links_.size() <= id) links_.resize(id + 1, nullptr);
+    links_[id] = link;
+  }
+
+  void get_local_route(const routing::NetPoint* src, const routing::NetPoint* dst, routing::Route* into,
+                       double* latency) override {
+    TWINSTEP_ASSERT(src->id() < gpu_of_vertex_.size() && dst->id() < gpu_of_vertex_.size(),
+                    "route between netpoints that are not GPU hosts");
+    route_links_(gpu_of_vertex_[src->id()], gpu_of_vertex_[dst->id()], scratch_);
+    for (std::uint32_t l : scratch_) {
+      TWINSTEP_ASSERT(l < links_.size() && links_[l] != nullptr, "route uses link %u, which was not built", l);
+      into->link_list_.push_back(links_[l]->get_impl());
+      if (latency != nullptr) *latency += links_[l]->get_latency();
+    }
+  }
+
+ private:
+  RouteFn route_links_;
+  std::vector<RankId> gpu_of_vertex_;
+  std::vector<sg4::Link*> links_;
+  std::vector<std::uint32_t> scratch_;
 };
 
 struct Flow {
@@ -74,12 +138,24 @@ struct LatencyEnd {
   bool operator>(const LatencyEnd& o) const { return time != o.time ? time > o.time : id > o.id; }
 };
 
+/// `costs` with the fabric's oversubscription set to 1: the flow model sizes communication for a non-blocking
+/// fabric and lets the shared leaf uplinks slow down cross-group traffic.
+CostModel without_oversubscription(const CostModel& costs) {
+  topologies::Cluster cluster = costs.cluster();
+  cluster.fabric.oversubscription = 1.0;
+  return CostModel(cluster, costs.profile());
+}
+
 class FlowModel;
 FlowModel* g_model = nullptr;  // SimGrid's completion signal is static; one engine (and model) per process.
 
 class FlowModel final : public ResourceModel {
  public:
-  explicit FlowModel(const SimContext& ctx) : ctx_(ctx), gpu_(make_gpu_sharing_model(ctx)) {
+  explicit FlowModel(const SimContext& ctx)
+      : ctx_(ctx),
+        sizing_costs_(without_oversubscription(ctx.costs)),
+        sizing_ctx_{ctx.schedule, ctx.matching, ctx.cluster, sizing_costs_},
+        gpu_(make_gpu_sharing_model(sizing_ctx_)) {
     if (g_model != nullptr || engine_created_) {
       throw Error(
           "the flow model (SimGrid) runs one simulation per process; this process already ran one "
@@ -203,8 +279,12 @@ class FlowModel final : public ResourceModel {
   // ---- platform -------------------------------------------------------------------------------------------------
 
   [[nodiscard]] std::uint32_t group_of(std::uint32_t node) const {
-    const auto& f = ctx_.cluster.fabric;
-    return multi_group_ ? node / f.nodes_per_group : 0;
+    return multi_group_ ? node / ctx_.cluster.fabric.nodes_per_group : 0;
+  }
+  /// The rail leaf of a GPU: its group's leaf for the GPU's local index (rail-optimized: NIC i on leaf i).
+  [[nodiscard]] std::uint32_t leaf_of(RankId g) const {
+    const auto& cl = ctx_.cluster;
+    return group_of(cl.node_of(g)) * cl.node.gpus_per_node + cl.local_of(g);
   }
 
   /// GPUs that any flow may touch: present ranks, their ring neighbours and all-to-all peers.
@@ -249,74 +329,44 @@ class FlowModel final : public ResourceModel {
     const auto& cl = ctx_.cluster;
     const auto& node = cl.node;
     const auto& f = cl.fabric;
-    using Dir = sg4::LinkInRoute::Direction;
-    // Fat-tree group uplinks as shared links need a zone per group; that routing is not working yet on 3.32 (routes
-    // between groups are not found), so every fabric is one non-blocking switch here and oversubscription stays a
-    // per-flow factor in the cost model's solo time (as in the analytic model).
-    multi_group_ = false;
-    (void)f;
     const bool has_nic = cl.num_nodes > 1 && node.nics_per_gpu > 0 && node.nic_achievable_bytes_per_s > 0;
     nvl_bytes_per_s_ = node.nvlink_nccl_bytes_per_s;
     nic_bytes_per_s_ = has_nic ? node.nics_per_gpu * node.nic_achievable_bytes_per_s : 0.0;
-    const std::uint32_t groups = multi_group_ ? (cl.num_nodes + f.nodes_per_group - 1) / f.nodes_per_group : 1;
-    uplink_bytes_per_s_ =
-        multi_group_ ? f.nodes_per_group * node.gpus_per_node * nic_bytes_per_s_ / f.oversubscription : 0.0;
+    // Shared uplinks exist only where traffic can leave a group: a fat-tree of more than one group.
+    multi_group_ = has_nic && f.kind == topologies::FabricKind::kFatTree && f.nodes_per_group > 0 &&
+                   cl.num_nodes > f.nodes_per_group;
+    const std::uint32_t groups = multi_group_ ? (cl.num_nodes + f.nodes_per_group - 1) / f.nodes_per_group : 0;
+    ids_.leaves = groups * node.gpus_per_node;
+    // A leaf's downlinks: one NIC port per node of the group; its uplinks carry 1/oversubscription of that.
+    uplink_bytes_per_s_ = multi_group_ ? f.nodes_per_group * nic_bytes_per_s_ / f.oversubscription : 0.0;
     const std::vector<std::uint8_t> touched = touched_gpus();
-    std::vector<std::uint8_t> node_used(cl.num_nodes, 0), group_used(groups, 0);
-    for (RankId g = 0; g < ids_.gpus; ++g) {
-      if (touched[g] != 0) node_used[cl.node_of(g)] = group_used[group_of(cl.node_of(g))] = 1;
-    }
     hosts_.assign(ids_.gpus, nullptr);
-    auto* root = sg4::create_star_zone("fabric");
-    std::vector<sg4::NetZone*> parents(groups, root);
-    std::vector<simgrid::kernel::routing::NetPoint*> group_gw(groups, nullptr);
-    if (multi_group_) {
-      for (std::uint32_t g = 0; g < groups; ++g) {
-        if (group_used[g] == 0) continue;
-        auto* z = sg4::create_star_zone("group" + std::to_string(g));
-        z->set_parent(root);
-        group_gw[g] = z->create_router("group" + std::to_string(g) + "_leaf");
-        z->add_route(group_gw[g], nullptr, nullptr, nullptr, {}, true);
-        parents[g] = z;
-      }
+    // The zone is the root (the first zone created); SimGrid's engine owns and deletes it.
+    zone_ =
+        new FabricZone("fabric", [this](RankId a, RankId b, std::vector<std::uint32_t>& links) { route(a, b, links); });
+    sg4::NetZone* z = zone_->get_iface();
+    auto port = [&](const std::string& name, double bytes_per_s, double latency_s, std::uint32_t up_id) {
+      sg4::SplitDuplexLink* l = z->create_split_duplex_link(name, bytes_per_s);
+      l->set_latency(latency_s);
+      l->seal();
+      zone_->set_link(up_id, l->get_link_up());
+      zone_->set_link(up_id + 1, l->get_link_down());
+    };
+    std::vector<std::uint8_t> leaf_used(ids_.leaves, 0);
+    for (RankId g = 0; g < ids_.gpus; ++g) {
+      if (touched[g] == 0) continue;
+      const std::string gn = "gpu" + std::to_string(g);
+      hosts_[g] = z->create_host(gn, 1e12)->seal();
+      zone_->add_gpu(hosts_[g], g);
+      port(gn + "_nvl", nvl_bytes_per_s_, kPortLatencyS, ids_.nvl_up(g));
+      if (has_nic) port(gn + "_nic", nic_bytes_per_s_, kPortLatencyS, ids_.nic_up(g));
+      if (multi_group_) leaf_used[leaf_of(g)] = 1;
     }
-    for (std::uint32_t n = 0; n < cl.num_nodes; ++n) {
-      if (node_used[n] == 0) continue;
-      const std::string nn = "node" + std::to_string(n);
-      auto* z = sg4::create_full_zone(nn);
-      z->set_parent(parents[group_of(n)]);
-      auto* gw = z->create_router(nn + "_ib");
-      const RankId first = n * node.gpus_per_node;
-      std::vector<const sg4::Link*> nvl(node.gpus_per_node), nic(node.gpus_per_node);
-      for (std::uint32_t l = 0; l < node.gpus_per_node; ++l) {
-        const std::string gn = "gpu" + std::to_string(first + l);
-        hosts_[first + l] = z->create_host(gn, 1e12)->seal();
-        nvl[l] = z->create_split_duplex_link(gn + "_nvl", nvl_bytes_per_s_)->set_latency(kPortLatencyS)->seal();
-        if (has_nic) {
-          nic[l] = z->create_split_duplex_link(gn + "_nic", nic_bytes_per_s_)->set_latency(kPortLatencyS)->seal();
-        }
-      }
-      for (std::uint32_t a = 0; a < node.gpus_per_node; ++a) {
-        for (std::uint32_t b = 0; b < node.gpus_per_node; ++b) {
-          if (a == b) continue;
-          z->add_route(hosts_[first + a]->get_netpoint(), hosts_[first + b]->get_netpoint(), nullptr, nullptr,
-                       {{nvl[a], Dir::UP}, {nvl[b], Dir::DOWN}}, false);
-        }
-        if (has_nic) z->add_route(hosts_[first + a]->get_netpoint(), gw, nullptr, nullptr, {{nic[a], Dir::UP}}, true);
-      }
-      z->seal();
-      parents[group_of(n)]->add_route(z->get_netpoint(), nullptr, gw, nullptr, {}, true);
+    for (std::uint32_t leaf = 0; leaf < ids_.leaves; ++leaf) {
+      if (leaf_used[leaf] != 0)
+        port("leaf" + std::to_string(leaf) + "_uplink", uplink_bytes_per_s_, 0.0, ids_.uplink_up(leaf));
     }
-    if (multi_group_) {
-      for (std::uint32_t g = 0; g < groups; ++g) {
-        if (group_used[g] == 0) continue;
-        parents[g]->seal();
-        const sg4::Link* up =
-            root->create_split_duplex_link("group" + std::to_string(g) + "_uplink", uplink_bytes_per_s_)->seal();
-        root->add_route(parents[g]->get_netpoint(), nullptr, group_gw[g], nullptr, {{up, Dir::UP}}, true);
-      }
-    }
-    root->seal();
+    z->seal();
   }
 
   /// Links of the route a -> b in our route model (the platform above routes identically).
@@ -331,8 +381,8 @@ class FlowModel final : public ResourceModel {
     }
     links.push_back(ids_.nic_up(a));
     if (multi_group_ && group_of(na) != group_of(nb)) {
-      links.push_back(ids_.uplink_up(group_of(na)));
-      links.push_back(ids_.uplink_down(group_of(nb)));
+      links.push_back(ids_.uplink_up(leaf_of(a)));
+      links.push_back(ids_.uplink_down(leaf_of(b)));
     }
     links.push_back(ids_.nic_down(b));
   }
@@ -413,8 +463,9 @@ class FlowModel final : public ResourceModel {
     }
   }
 
-  /// Scales the flows' relative volumes to bytes so that, alone on the platform, the most loaded link finishes
-  /// in `bandwidth_time_s` (the cost model's solo time): contention then stretches it by max-min sharing.
+  /// Scales the flows' relative volumes to bytes so that, alone on the platform, the most loaded GPU port finishes
+  /// in `bandwidth_time_s` (the cost model's solo time on a non-blocking fabric): contention then stretches it by
+  /// max-min sharing, and an oversubscribed leaf uplink (not part of the sizing) by its capacity.
   void size_flows(FlowActivity& fa, double bandwidth_time_s) {
     fa.bytes.assign(fa.flows.size(), 0.0);
     if (fa.flows.empty()) return;
@@ -425,7 +476,9 @@ class FlowModel final : public ResourceModel {
     load_.clear();
     for (const auto& fl : fa.flows) {
       route(fl.src, fl.dst, scratch_links_);
-      for (std::uint32_t l : scratch_links_) load_[l] += fl.raw;
+      for (std::uint32_t l : scratch_links_) {
+        if (l < ids_.uplink_up(0)) load_[l] += fl.raw;  // GPU ports only
+      }
     }
     double t_iso = 0;  // per unit of raw volume
     for (const auto& [l, v] : load_) t_iso = std::max(t_iso, v / capacity(l));
@@ -500,7 +553,10 @@ class FlowModel final : public ResourceModel {
 
   static inline bool engine_created_ = false;
   const SimContext& ctx_;
+  CostModel sizing_costs_;  ///< ctx_.costs on a fabric without oversubscription (the uplinks model it).
+  SimContext sizing_ctx_;   ///< ctx_ with sizing_costs_.
   std::unique_ptr<GpuSharingModel> gpu_;
+  FabricZone* zone_ = nullptr;  ///< Owned by SimGrid's engine.
   std::unique_ptr<sg4::Engine> engine_;
   LinkIds ids_;
   bool multi_group_ = false;

@@ -277,3 +277,55 @@ TEST_CASE("sim::flow: a flow that ends while SimGrid catches up to a latency end
   CHECK(end_s(f, sy) == Approx(end_s(a, sy)).epsilon(1e-3));
   CHECK(end_s(f, sy) == Approx(to_seconds(delay_ns) + x.time_s()).epsilon(1e-3));
 }
+
+TEST_CASE("sim::flow: two flows crossing one oversubscribed leaf uplink share it max-min (fat-tree fabric)",
+          "[sim][flow]") {
+  if (!flow_model_available()) return;
+  // 4 DGX H100 nodes, 2 per group (scalable unit), 4:1 oversubscribed: each rail leaf's spine uplink carries
+  // 2 NICs / 4 = nic / 2 per direction. Flows A (GPU 0 -> 16) and B (GPU 8 -> 24) are both on rail 0 and leave
+  // group 0 for group 1: they share leaf (group 0, rail 0)'s uplink and leaf (group 1, rail 0)'s downlink.
+  auto cluster = topologies::load_cluster("dgx-h100", {4, 0});
+  cluster.fabric.kind = topologies::FabricKind::kFatTree;
+  cluster.fabric.nodes_per_group = 2;
+  cluster.fabric.oversubscription = 4;
+  Profile prof = closed_form_profile();
+  zero_latency(prof, "send_recv", true);
+  zero_latency(prof, "send_recv", false);
+  const CostModel costs(cluster, prof);
+  const double nic = cluster.node.nic_achievable_bytes_per_s;
+  const std::uint64_t s = 64ull << 20;
+  const double t0 = static_cast<double>(s) / nic;  // S alone through one NIC
+  Builder b(32, {{"comm", -1}});
+  std::vector<RankId> all;
+  for (RankId r = 0; r < 32; ++r) all.push_back(r);
+  const CommId c = b.comm("pp", "pp", all);
+  SECTION("both flows: nic/4 each until A ends, then B alone at the uplink's nic/2") {
+    const OpId a = b.send(0, "send_a", 0, c, 16, s, 0);
+    b.recv(16, "recv_a", 0, c, 0, s, 0);
+    const OpId bb = b.send(8, "send_b", 0, c, 24, 3 * s, 0);
+    b.recv(24, "recv_b", 0, c, 8, 3 * s, 0);
+    schedule::check(b.schedule());
+    // Analytic: the cost model's per-flow factor 1/4 on each transfer, independently of the other.
+    REQUIRE(costs.p2p_cost(static_cast<double>(s), 0, 16).time_s() == Approx(4 * t0).epsilon(1e-9));
+    // Max-min by hand: the uplink (nic/2) is the bottleneck of both: nic/4 each. A (S) ends at 4 t0; B has then
+    // moved S of 3S and runs alone at min(nic, nic/2): 2S more at nic/2 = 4 t0: ends at 8 t0 (analytic: 12 t0).
+    const Trace f = run(b.schedule(), cluster, prof, "flow");
+    CHECK(end_s(f, a) == Approx(4 * t0).epsilon(1e-3));
+    CHECK(end_s(f, bb) == Approx(8 * t0).epsilon(1e-3));
+    const Trace an = run(b.schedule(), cluster, prof, "analytic");
+    CHECK(end_s(an, a) == Approx(4 * t0).epsilon(1e-3));
+    CHECK(end_s(an, bb) == Approx(12 * t0).epsilon(1e-3));
+  }
+  SECTION("a flow inside a group and a flow on another rail do not touch the uplink") {
+    // A: GPU 0 -> 8 (same group, one leaf hop): full NIC rate. B: GPU 1 -> 17 (rail 1 leaves group 0): alone on
+    // its rail's uplink, so it runs at the uplink's nic/2, not at the cost model's nic/4.
+    const OpId a = b.send(0, "send_a", 0, c, 8, s, 0);
+    b.recv(8, "recv_a", 0, c, 0, s, 0);
+    const OpId bb = b.send(1, "send_b", 0, c, 17, s, 0);
+    b.recv(17, "recv_b", 0, c, 1, s, 0);
+    schedule::check(b.schedule());
+    const Trace f = run(b.schedule(), cluster, prof, "flow");
+    CHECK(end_s(f, a) == Approx(t0).epsilon(1e-3));
+    CHECK(end_s(f, bb) == Approx(2 * t0).epsilon(1e-3));
+  }
+}
