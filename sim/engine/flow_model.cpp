@@ -17,8 +17,8 @@
 // spines (adaptive routing / packet spraying), not by hashing (src,dst) to one spine. Its capacity is the leaf's
 // downlink capacity (nodes_per_group NICs at NCCL's achievable rate) / oversubscription, so with oversubscription
 // 1 no uplink is ever the bottleneck (its load is bounded by the NICs below it). Above the spines (a core tier) the
-// fabric is non-blocking. Uplinks carry no latency: the fabric's hop latency is in the cost model's latency term,
-// and every route keeps the same 2 ns of port latency (plain max-min under CM02, reference/simgrid.md 5.5).
+// fabric is non-blocking. Links carry no latency: the fabric's hop latency is in the cost model's latency term, and a
+// route's latency only sets the flow's weight in CM02's sharing (flow_latency_s).
 // Communication is sized with a cost model whose fabric has oversubscription 1: the shared uplinks, not a per-flow
 // factor, slow cross-group traffic down (so a lone flow is not slowed by an oversubscribed but idle uplink).
 #include <algorithm>
@@ -40,6 +40,7 @@
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
+#include "sim/connections.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::sim {
@@ -50,10 +51,14 @@ using schedule::kNoOp;
 using schedule::OpId;
 using schedule::RankId;
 
-/// Latency of every GPU port (NVLink and NIC). Every route crosses exactly two ports, so all routes have equal
-/// latency and CM02's latency-weighted sharing reduces to plain max-min (reference/simgrid.md 5.5). The 2 ns it adds
-/// per flow are taken off the collective's analytic latency term.
-constexpr double kPortLatencyS = 1e-9;
+/// CM02 shares a link between flows in inverse proportion to their route latency (reference/simgrid.md 5.5). Links
+/// have no latency; FabricZone gives a flow's route the latency flow_latency_s(weight) (weight: the flow's NCCL
+/// connections, see Flow::weight), which makes the sharing weighted max-min by connection count. The latency
+/// (64 ns for 1 connection, 2 ns for 32, at least 1 ns: SimGrid's surf/precision) is taken off the collective's
+/// analytic latency term; the flows then start off the ns grid, so an activity may end up to 1 ns later than its
+/// analytic twin.
+constexpr double kWeightRef = 32;
+double flow_latency_s(double weight) { return std::max(1e-9, 2e-9 * kWeightRef / weight); }
 /// run_until() target when no host event bounds the run (1e9 simulated seconds).
 constexpr double kFarS = 1e9;
 
@@ -95,6 +100,9 @@ class FabricZone final : public routing::NetZoneImpl {
     links_[id] = link;
   }
 
+  /// The weight of the flow whose route SimGrid asks for next (Comm::start() computes the route at once).
+  void set_flow_weight(double weight) { weight_ = weight; }
+
   void get_local_route(const routing::NetPoint* src, const routing::NetPoint* dst, routing::Route* into,
                        double* latency) override {
     TWINSTEP_ASSERT(src->id() < gpu_of_vertex_.size() && dst->id() < gpu_of_vertex_.size(),
@@ -103,8 +111,8 @@ class FabricZone final : public routing::NetZoneImpl {
     for (std::uint32_t l : scratch_) {
       TWINSTEP_ASSERT(l < links_.size() && links_[l] != nullptr, "route uses link %u, which was not built", l);
       into->link_list_.push_back(links_[l]->get_impl());
-      if (latency != nullptr) *latency += links_[l]->get_latency();
     }
+    if (latency != nullptr && !scratch_.empty()) *latency += flow_latency_s(weight_);
   }
 
  private:
@@ -112,12 +120,15 @@ class FabricZone final : public routing::NetZoneImpl {
   std::vector<RankId> gpu_of_vertex_;
   std::vector<sg4::Link*> links_;
   std::vector<std::uint32_t> scratch_;
+  double weight_ = 1.0;
 };
 
 struct Flow {
   RankId src = 0;
   RankId dst = 0;
   double raw = 0;  ///< Relative volume; scaled to bytes so that the flows alone take the cost model's time.
+  /// NCCL connections the flow stands for (sim/connections.hpp): concurrent flows share a link in proportion.
+  double weight = 1.0;
 };
 
 struct FlowActivity {
@@ -193,14 +204,17 @@ class FlowModel final : public ResourceModel {
     const CommCost cost = gpu_->last_comm_cost();
     const std::uint32_t slot = alloc(id);
     FlowActivity& fa = acts_[slot];
-    build_flows(a, fa.flows);
+    build_flows(a, cost, fa.flows);
     size_flows(fa, cost.bandwidth_time_s);
     if (fa.flows.empty() && cost.latency_s <= 0) {
       instant_.push_back(slot);
       return;
     }
-    // The latency term first (our own queue, integer ns), then the flows; 2 ns of it are the ports' latency.
-    const double lat_s = std::max(0.0, cost.latency_s - (fa.flows.empty() ? 0.0 : 2 * kPortLatencyS));
+    // The latency term first (our own queue, integer ns), then the flows, whose SimGrid latency (the longest of
+    // them) is part of it.
+    double flow_lat_s = 0;
+    for (const auto& fl : fa.flows) flow_lat_s = std::max(flow_lat_s, flow_latency_s(fl.weight));
+    const double lat_s = std::max(0.0, cost.latency_s - flow_lat_s);
     latency_.push(LatencyEnd{now + static_cast<Nanos>(std::ceil(lat_s * 1e9 - 1e-6)), id, slot});
   }
 
@@ -345,9 +359,8 @@ class FlowModel final : public ResourceModel {
     zone_ =
         new FabricZone("fabric", [this](RankId a, RankId b, std::vector<std::uint32_t>& links) { route(a, b, links); });
     sg4::NetZone* z = zone_->get_iface();
-    auto port = [&](const std::string& name, double bytes_per_s, double latency_s, std::uint32_t up_id) {
+    auto port = [&](const std::string& name, double bytes_per_s, std::uint32_t up_id) {
       sg4::SplitDuplexLink* l = z->create_split_duplex_link(name, bytes_per_s);
-      l->set_latency(latency_s);
       l->seal();
       zone_->set_link(up_id, l->get_link_up());
       zone_->set_link(up_id + 1, l->get_link_down());
@@ -358,13 +371,13 @@ class FlowModel final : public ResourceModel {
       const std::string gn = "gpu" + std::to_string(g);
       hosts_[g] = z->create_host(gn, 1e12)->seal();
       zone_->add_gpu(hosts_[g], g);
-      port(gn + "_nvl", nvl_bytes_per_s_, kPortLatencyS, ids_.nvl_up(g));
-      if (has_nic) port(gn + "_nic", nic_bytes_per_s_, kPortLatencyS, ids_.nic_up(g));
+      port(gn + "_nvl", nvl_bytes_per_s_, ids_.nvl_up(g));
+      if (has_nic) port(gn + "_nic", nic_bytes_per_s_, ids_.nic_up(g));
       if (multi_group_) leaf_used[leaf_of(g)] = 1;
     }
     for (std::uint32_t leaf = 0; leaf < ids_.leaves; ++leaf) {
       if (leaf_used[leaf] != 0)
-        port("leaf" + std::to_string(leaf) + "_uplink", uplink_bytes_per_s_, 0.0, ids_.uplink_up(leaf));
+        port("leaf" + std::to_string(leaf) + "_uplink", uplink_bytes_per_s_, ids_.uplink_up(leaf));
     }
     z->seal();
   }
@@ -421,12 +434,12 @@ class FlowModel final : public ResourceModel {
     return cached;
   }
 
-  void build_flows(const Activity& a, std::vector<Flow>& flows) {
+  void build_flows(const Activity& a, const CommCost& cost, std::vector<Flow>& flows) {
     flows.clear();
     const auto& ops = ctx_.schedule.ops;
     if (a.kind == ActivityKind::kPointToPoint) {
       const RankId src = ops[a.op].rank, dst = ops[a.partner].rank;
-      if (src != dst) flows.push_back(Flow{src, dst, 1.0});
+      if (src != dst) flows.push_back(Flow{src, dst, 1.0, p2p_connections(cost)});
       return;
     }
     const auto& inst = ctx_.matching.collectives[a.instance];
@@ -436,6 +449,13 @@ class FlowModel final : public ResourceModel {
     if (n <= 1) return;
     if (coll.kind == schedule::CollectiveKind::kAllToAll) {
       // Per peer. An absent member (reduced schedule) mirrors the present one: it sends what it receives.
+      const auto& nc = ctx_.costs.profile().nccl;
+      const auto peers = static_cast<std::uint32_t>(n - 1);
+      const double w_net = all_to_all_peer_connections(nc, peers, true);
+      const double w_nvl = all_to_all_peer_connections(nc, peers, false);
+      auto weight = [&](RankId x, RankId y) {
+        return ctx_.cluster.node_of(x) == ctx_.cluster.node_of(y) ? w_nvl : w_net;
+      };
       for (std::size_t i = 0; i < n; ++i) {
         const OpId o = inst.ops[i];
         if (o == kNoOp) continue;
@@ -443,8 +463,9 @@ class FlowModel final : public ResourceModel {
         for (std::size_t j = 0; j < n && j < c.send_bytes.size(); ++j) {
           if (j == i || c.send_bytes[j] == 0 || members[i] == members[j]) continue;
           const double b = static_cast<double>(c.send_bytes[j]);
-          flows.push_back(Flow{members[i], members[j], b});
-          if (inst.ops[j] == kNoOp) flows.push_back(Flow{members[j], members[i], b});
+          const double w = weight(members[i], members[j]);
+          flows.push_back(Flow{members[i], members[j], b, w});
+          if (inst.ops[j] == kNoOp) flows.push_back(Flow{members[j], members[i], b, w});
         }
       }
       return;
@@ -453,12 +474,13 @@ class FlowModel final : public ResourceModel {
     // end are simulated: an absent member's links carry what the present member's carry (symmetry).
     const auto& rings = rings_of(coll.comm, 0);
     const double share = 1.0 / static_cast<double>(rings.size());
+    const double w_ring = ring_edge_connections(cost, static_cast<std::uint32_t>(rings.size()));
     for (const auto& ring : rings) {
       for (std::size_t k = 0; k < n; ++k) {
         const std::uint32_t x = ring[k], y = ring[(k + 1) % n];
         if (inst.ops[x] == kNoOp && inst.ops[y] == kNoOp) continue;
         if (members[x] == members[y]) continue;
-        flows.push_back(Flow{members[x], members[y], share});
+        flows.push_back(Flow{members[x], members[y], share, w_ring});
       }
     }
   }
@@ -533,7 +555,9 @@ class FlowModel final : public ResourceModel {
       sg4::CommPtr c = sg4::Comm::sendto_init(hosts_[fl.src], hosts_[fl.dst]);
       c->set_payload_size(static_cast<std::uint64_t>(std::max(1.0, std::round(fa.bytes[i]))));
       c->set_data(reinterpret_cast<void*>(static_cast<std::uintptr_t>(slot) + 1));
+      zone_->set_flow_weight(fl.weight);
       c->start();
+      zone_->set_flow_weight(1.0);
       fa.comms.push_back(std::move(c));
     }
   }

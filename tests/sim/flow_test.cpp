@@ -163,8 +163,9 @@ TEST_CASE("sim::flow: two collectives crossing one GPU's NVLink port share it ma
   CHECK(f.context.count("model_limits") == 0);
 }
 
-TEST_CASE("sim::flow: DP traffic and an EP all-to-all on the same rails share the NICs per flow (max-min)",
-          "[sim][flow]") {
+TEST_CASE(
+    "sim::flow: DP traffic and an EP all-to-all on the same rails share the NICs per connection (weighted max-min)",
+    "[sim][flow]") {
   if (!flow_model_available()) return;
   const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
   Profile prof = closed_form_profile();
@@ -197,11 +198,16 @@ TEST_CASE("sim::flow: DP traffic and an EP all-to-all on the same rails share th
   const double t_a2a = 8.0 * static_cast<double>(peer) / nic;  // 8 remote peers through one NIC
   REQUIRE(costs.collective_cost(CollectiveKind::kAllReduce, dp_bytes, costs.span(b.schedule().communicators[dp]))
               .time_s() == Approx(t_dp).epsilon(1e-9));
-  // By hand: NICs of GPUs 0 and 8 carry 8 all-to-all flows plus one DP flow per direction: 9 flows at nic/9.
-  // The DP flow (bytes t_dp nic) ends at 9 t_dp; the all-to-all flows there have then done t_dp nic of
+  // By hand: NICs of GPUs 0 and 8 carry 8 all-to-all flows plus one DP flow per direction, shared in proportion
+  // to NCCL connections: the DP ring edge has 1 (one channel, one ring); an all-to-all network peer has
+  // p2p_channels_net (4) x peers_per_round / peers (8 / 15) = 32/15. The DP flow (bytes t_dp nic) gets
+  // nic / (1 + 8 w) and ends at (1 + 8 w) t_dp; the all-to-all flows have then done w t_dp nic each of
   // t_a2a nic / 8 and finish the rest at nic/8: t_dp + t_a2a. Analytic: per-GPU fair share (2 users): 2 t_dp.
+  const double w = 4.0 * 8.0 / 15.0;
+  REQUIRE(prof.nccl.p2p_channels_net == 4);
+  REQUIRE(prof.nccl.p2p_peers_per_round == 8);
   const Trace f = run(b.schedule(), cluster, prof, "flow");
-  CHECK(end_s(f, dp0) == Approx(9 * t_dp).epsilon(1e-3));
+  CHECK(end_s(f, dp0) == Approx((1 + 8 * w) * t_dp).epsilon(1e-3));
   CHECK(end_s(f, a2a0) == Approx(t_dp + t_a2a).epsilon(1e-3));
   const Trace a = run(b.schedule(), cluster, prof, "analytic");
   CHECK(end_s(a, dp0) == Approx(2 * t_dp).epsilon(1e-3));
