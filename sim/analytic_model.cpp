@@ -4,7 +4,8 @@
 //   with its wave count ceil(tiles / SMs) (hardware.md 5: 132-CTA GEMM + 24-CTA all-gather = 2 waves).
 // - HBM: a comm kernel uses comm_hbm_bytes_per_bus_byte x its bus bandwidth; compute kernels share the rest.
 // - NICs: concurrent inter-node transfers of one GPU share its NIC in proportion to their NCCL connections
-//   (sim/connections.hpp): bandwidth term x (connections of all users / its own).
+//   (sim/connections.hpp): bandwidth term x (connections of all users / its own), per direction (a NIC is full
+//   duplex: a send/recv loads its sender's transmit side and its receiver's receive side; collectives both).
 // Whenever one of these changes, the remaining work of the affected activities is re-timed.
 #include <algorithm>
 #include <cmath>
@@ -32,6 +33,7 @@ struct Act {
   CommCost comm;
   double hbm_bytes_per_s = 0;  ///< Comm: HBM it uses on each member.
   double nic_connections = 0;  ///< Comm using NICs: its connections on each member's NIC.
+  bool one_way = false;        ///< Send/recv: gpus[0] only transmits, gpus[1] only receives.
   double remaining = 1.0;      ///< Fraction of the work left.
   double ns_per_unit = 0;      ///< Current duration of the whole work at the current rates, ns.
   Nanos last_ns = 0;
@@ -46,9 +48,13 @@ struct Gpu {
   std::uint32_t held_sms = 0;
   std::uint32_t regular = 0;  ///< Running compute kernels without reserved SMs.
   double comm_hbm_bytes_per_s = 0;
-  std::uint32_t nic_users = 0;
-  double nic_connections = 0;  ///< Sum over the NIC's users.
+  /// Per NIC direction (0 transmit, 1 receive): users and the sum of their connections.
+  std::uint32_t nic_users[2] = {0, 0};
+  double nic_connections[2] = {0, 0};
 };
+
+/// Whether member `k` of a comm activity loads its NIC's direction `dir` (0 transmit, 1 receive).
+bool loads(const Act& a, std::size_t k, int dir) { return !a.one_way || static_cast<int>(k) == dir; }
 
 struct HeapEntry {
   Nanos time;
@@ -108,19 +114,24 @@ class AnalyticModel final : public GpuSharingModel {
       touch_compute(act.gpu);
     } else {
       act.comm = comm_cost(a, act.gpus, act.nic_connections);
+      act.one_way = a.kind == ActivityKind::kPointToPoint && act.gpus.size() == 2;
       last_comm_ = act.comm;
       if (external_) slot_of_[id] = slot;
       const double factor = ctx_.costs.profile().interference.comm_hbm_bytes_per_bus_byte;
       act.hbm_bytes_per_s = act.comm.bandwidth_time_s > 0 ? act.comm.bus_bytes_per_s * factor : 0.0;
-      for (std::uint32_t gi : act.gpus) {
+      for (std::size_t k = 0; k < act.gpus.size(); ++k) {
+        const std::uint32_t gi = act.gpus[k];
         Gpu& g = gpus_[gi];
         g.held_sms += act.comm.channels;
         g.comm_hbm_bytes_per_s += act.hbm_bytes_per_s;
         g.comm.push_back(slot);
         touch_compute(gi);
         if (act.comm.uses_nic) {
-          ++g.nic_users;
-          g.nic_connections += act.nic_connections;
+          for (int dir = 0; dir < 2; ++dir) {
+            if (!loads(act, k, dir)) continue;
+            ++g.nic_users[dir];
+            g.nic_connections[dir] += act.nic_connections;
+          }
           touch_nic(gi);
         }
       }
@@ -302,7 +313,8 @@ class AnalyticModel final : public GpuSharingModel {
       touch_compute(act.gpu);
       return;
     }
-    for (std::uint32_t gi : act.gpus) {
+    for (std::size_t k = 0; k < act.gpus.size(); ++k) {
+      const std::uint32_t gi = act.gpus[k];
       Gpu& g = gpus_[gi];
       g.held_sms -= act.comm.channels;
       g.comm_hbm_bytes_per_s -= act.hbm_bytes_per_s;
@@ -310,8 +322,11 @@ class AnalyticModel final : public GpuSharingModel {
       erase_value(g.comm, slot);
       touch_compute(gi);
       if (act.comm.uses_nic) {
-        --g.nic_users;
-        g.nic_connections = g.nic_users == 0 ? 0.0 : g.nic_connections - act.nic_connections;
+        for (int dir = 0; dir < 2; ++dir) {
+          if (!loads(act, k, dir)) continue;
+          --g.nic_users[dir];
+          g.nic_connections[dir] = g.nic_users[dir] == 0 ? 0.0 : g.nic_connections[dir] - act.nic_connections;
+        }
         touch_nic(gi);
       }
     }
@@ -322,7 +337,11 @@ class AnalyticModel final : public GpuSharingModel {
     if (a.kind != ActivityKind::kCompute) {
       double share = 1;  // its NIC bandwidth share, inverted: the busiest member NIC decides
       if (a.comm.uses_nic) {
-        for (std::uint32_t gi : a.gpus) share = std::max(share, gpus_[gi].nic_connections / a.nic_connections);
+        for (std::size_t k = 0; k < a.gpus.size(); ++k) {
+          for (int dir = 0; dir < 2; ++dir) {
+            if (loads(a, k, dir)) share = std::max(share, gpus_[a.gpus[k]].nic_connections[dir] / a.nic_connections);
+          }
+        }
       }
       return (a.comm.latency_s + a.comm.bandwidth_time_s * share) * 1e9;
     }

@@ -336,3 +336,43 @@ TEST_CASE("sim::flow: two flows crossing one oversubscribed leaf uplink share it
     CHECK(end_s(f, bb) == Approx(2 * t0).epsilon(1e-3));
   }
 }
+
+TEST_CASE("sim: a NIC is full duplex: opposite transfers do not share it, same-direction ones do (both fidelities)",
+          "[sim][flow]") {
+  Profile prof = Profile::datasheet_defaults();
+  for (auto& [cls, s] : prof.launch_s) s = 0;
+  const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
+  const CostModel costs(cluster, prof);
+  const std::uint64_t bytes = 1ull << 30;
+  const CommCost one = costs.p2p_cost(static_cast<double>(bytes), 0, 8);
+  REQUIRE(one.uses_nic);
+  // GPU 0 sends to GPU 8 while GPU 8 sends to GPU 0 (two streams each): each direction of each NIC carries one
+  // transfer. Then GPU 0 sends to GPUs 8 and 9 at once: its transmit side carries both (equal connections).
+  auto build = [&](bool opposite) {
+    Builder b(16, {{"a", 0}, {"b", 0}});
+    std::vector<RankId> all;
+    for (RankId r = 0; r < 16; ++r) all.push_back(r);
+    const CommId w = b.comm("world", "pp", all);
+    const RankId peer = opposite ? 8 : 9;
+    b.send(0, "s_a", 0, w, 8, bytes, 0);
+    b.recv(8, "r_a", 0, w, 0, bytes, 0);
+    if (opposite) {
+      b.send(8, "s_b", 1, w, 0, bytes, 1);
+      b.recv(0, "r_b", 1, w, 8, bytes, 1);
+    } else {
+      b.send(0, "s_b", 1, w, peer, bytes, 1);
+      b.recv(peer, "r_b", 0, w, 0, bytes, 1);
+    }
+    Schedule s = b.schedule();
+    s.ranks = opposite ? std::vector<RankId>{0, 8} : std::vector<RankId>{0, 8, 9};
+    return s;
+  };
+  std::vector<std::string> fidelities{"analytic"};
+  if (flow_model_available()) fidelities.push_back("flow");
+  for (const auto& fid : fidelities) {
+    CAPTURE(fid);
+    CHECK(step_s(run(build(true), cluster, prof, fid)) == Approx(one.time_s()).epsilon(1e-4));
+    CHECK(step_s(run(build(false), cluster, prof, fid)) ==
+          Approx(one.latency_s + 2 * one.bandwidth_time_s).epsilon(1e-4));
+  }
+}
