@@ -137,11 +137,14 @@ struct FlowActivity {
   std::vector<double> bytes;
   std::vector<sg4::CommPtr> comms;
   std::uint32_t pending = 0;
+  Nanos tail_ns = 0;  ///< Latency term paid after the flows.
   bool active = false;
   bool in_engine = false;  ///< Has flows in SimGrid.
+  bool in_tail = false;    ///< Flows done, paying tail_ns.
 };
 
-/// The end of an activity's latency term, when its flows start. Ordered by (time, activity id).
+/// A timed event of an activity, ordered by (time, activity id): its flows start (at its start), or its latency term
+/// ends (after its flows, or alone for an activity without flows), which ends the activity.
 struct LatencyEnd {
   Nanos time;
   ActivityId id;
@@ -210,12 +213,20 @@ class FlowModel final : public ResourceModel {
       instant_.push_back(slot);
       return;
     }
-    // The latency term first (our own queue, integer ns), then the flows, whose SimGrid latency (the longest of
-    // them) is part of it.
+    // The flows start at once and the latency term (our own queue, integer ns) follows them: the bytes of a
+    // pipelined ring or all-to-all leave from its first step on, so a transfer that starts with a large collective
+    // shares the links with it from the start (latency first would give it the links free for the whole latency
+    // term). The flows' SimGrid latency (the longest of them) is part of the term.
     double flow_lat_s = 0;
     for (const auto& fl : fa.flows) flow_lat_s = std::max(flow_lat_s, flow_latency_s(fl.weight));
     const double lat_s = std::max(0.0, cost.latency_s - flow_lat_s);
-    latency_.push(LatencyEnd{now + static_cast<Nanos>(std::ceil(lat_s * 1e9 - 1e-6)), id, slot});
+    const auto lat_ns = static_cast<Nanos>(std::ceil(lat_s * 1e9 - 1e-6));
+    if (fa.flows.empty()) {
+      latency_.push(LatencyEnd{now + lat_ns, id, slot});
+    } else {
+      fa.tail_ns = lat_ns;
+      latency_.push(LatencyEnd{now, id, slot});  // launched by advance() once SimGrid's clock is at `now`
+    }
   }
 
   Nanos advance(Nanos horizon, std::vector<ActivityId>& done) override {
@@ -238,22 +249,32 @@ class FlowModel final : public ResourceModel {
           Nanos t = std::max(last_, to_ns(sg4::Engine::get_clock()));
           if (h != kNever) t = std::min(t, h);
           last_ = t;
-          for (std::uint32_t slot : batch_) finish(slot, t, done);
+          for (std::uint32_t slot : batch_) {
+            FlowActivity& fa = acts_[slot];
+            if (fa.tail_ns > 0) {  // flows done: the latency term follows
+              leave_engine(fa);
+              fa.in_tail = true;
+              latency_.push(LatencyEnd{t + fa.tail_ns, fa.id, slot});
+            } else {
+              finish(slot, t, done);
+            }
+          }
           batch_.clear();
+          if (done.empty()) continue;
           if (tc == t) gpu_->advance(t, done);
           std::sort(done.begin(), done.end());
           return t;
         }
       }
       if (tl != kNever && tl <= horizon && tl <= tc) {
-        // Latency terms end: start their flows (a latency-only activity ends here).
+        // Flows start, or latency terms end (ending their activities).
         last_ = tl;
         run_engine_to(tl);  // no flow runs (in_flight_ == 0) or the clock is at tl already: no completion here
         TWINSTEP_ASSERT(batch_.empty(), "flow completed while moving SimGrid's clock to a latency end");
         while (!latency_.empty() && latency_.top().time == tl) {
           const std::uint32_t slot = latency_.top().slot;
           latency_.pop();
-          if (acts_[slot].flows.empty()) {
+          if (acts_[slot].flows.empty() || acts_[slot].in_tail) {
             finish(slot, tl, done);
           } else {
             launch(slot);
@@ -522,7 +543,9 @@ class FlowModel final : public ResourceModel {
     fa.id = id;
     fa.active = true;
     fa.pending = 0;
+    fa.tail_ns = 0;
     fa.in_engine = false;
+    fa.in_tail = false;
     fa.comms.clear();
     return slot;
   }
@@ -562,14 +585,19 @@ class FlowModel final : public ResourceModel {
     }
   }
 
-  void finish(std::uint32_t slot, Nanos t, std::vector<ActivityId>& done) {
-    FlowActivity& fa = acts_[slot];
-    // Released outside the completion signal (never drop the last reference of an activity inside it).
+  /// The activity's flows are done: released (outside the completion signal: never drop the last reference of an
+  /// activity inside it) and no longer counted in flight.
+  void leave_engine(FlowActivity& fa) {
     for (auto& c : fa.comms) graveyard_.push_back(std::move(c));
     fa.comms.clear();
-    fa.active = false;
     if (fa.in_engine) --in_flight_;
     fa.in_engine = false;
+  }
+
+  void finish(std::uint32_t slot, Nanos t, std::vector<ActivityId>& done) {
+    FlowActivity& fa = acts_[slot];
+    leave_engine(fa);
+    fa.active = false;
     gpu_->finish_external(fa.id, t);
     done.push_back(fa.id);
     free_.push_back(slot);
