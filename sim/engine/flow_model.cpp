@@ -2,8 +2,9 @@
 // sim::ResourceModel. The topology becomes a SimGrid platform (a host per GPU, split-duplex NVLink and NIC ports,
 // and on a multi-group fat-tree one split-duplex uplink per rail leaf, shared by every flow leaving or entering its
 // group on that rail); collectives become coarse steady-state flows on the links they use (one flow per ring edge,
-// all-to-all per peer, send/recv one flow) after an analytic latency term; GPU kernels keep the analytic model's
-// SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md has the traps avoided here).
+// all-to-all per peer, send/recv one flow), weighted by their NCCL connections and followed by an analytic latency
+// term; GPU kernels keep the analytic model's SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md
+// has the traps avoided here).
 //
 // Routing: one flat zone (FabricZone below) whose routes are computed on demand by route(), the same function that
 // sizes the flows. SimGrid's hierarchical zones cannot express a rail-optimized fabric: a node zone has one parent

@@ -376,3 +376,38 @@ TEST_CASE("sim: a NIC is full duplex: opposite transfers do not share it, same-d
           Approx(one.latency_s + 2 * one.bandwidth_time_s).epsilon(1e-4));
   }
 }
+
+TEST_CASE("sim::flow: a send issued with a large collective shares the NIC with it from the start, as in analytic",
+          "[sim][flow]") {
+  if (!flow_model_available()) return;
+  // GPU 0 starts a DP all-reduce with GPU 8 (latency term of tens of us, then ~0.2 s of bytes) and, on another
+  // stream, a 256 KiB send to GPU 9 that takes a few us alone. The ring's bytes leave from its first step, so the
+  // send shares GPU 0's transmit side with it at once: 4 connections against the ring's 16.
+  Profile prof = Profile::datasheet_defaults();
+  for (auto& [cls, s] : prof.launch_s) s = 0;
+  const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
+  const CostModel costs(cluster, prof);
+  Builder b(16, {{"dp", 0}, {"pp", 0}});
+  std::vector<RankId> all;
+  for (RankId r = 0; r < 16; ++r) all.push_back(r);
+  const CommId w = b.comm("world", "pp", all);
+  const CommId dp = b.comm("dp.0", "dp", {0, 8});
+  const std::uint64_t small = 256ull << 10, big = 8ull << 30;
+  b.collective(0, "dp_ar", 0, CollectiveKind::kAllReduce, dp, big);
+  b.collective(8, "dp_ar", 0, CollectiveKind::kAllReduce, dp, big);
+  const OpId send = b.send(0, "send", 1, w, 9, small, 0);
+  b.recv(9, "recv", 1, w, 0, small, 0);
+  Schedule s = b.schedule();
+  s.ranks = {0, 8, 9};
+  schedule::check(s);
+  const CommCost solo = costs.p2p_cost(static_cast<double>(small), 0, 9);
+  const CommCost ring =
+      costs.collective_cost(CollectiveKind::kAllReduce, static_cast<double>(big), costs.span(s.communicators[dp]));
+  REQUIRE(ring.latency_s > solo.time_s());  // latency first would leave the NIC to the send: it would end solo
+  REQUIRE(ring.channels == 16);
+  const double shared = solo.latency_s + solo.bandwidth_time_s * (16.0 + 4.0) / 4.0;
+  const Trace f = run(s, cluster, prof, "flow");
+  const Trace a = run(s, cluster, prof, "analytic");
+  CHECK(end_s(a, send) == Approx(shared).epsilon(1e-3));
+  CHECK(end_s(f, send) == Approx(shared).epsilon(1e-2));
+}
