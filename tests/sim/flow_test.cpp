@@ -255,10 +255,10 @@ TEST_CASE("sim::flow: a run-time deadlock in the child comes back as the same er
 
 TEST_CASE("sim::flow: a flow that ends while SimGrid catches up to a latency end is still reported (issue 6)",
           "[sim][flow]") {
-  // SimGrid 3.32's run_until(t) returns after any event within 10 us of t. Here flow X's latency phase ends
-  // (a SimGrid event, not a completion) ~1 us before transfer Y's latency term ends, and X completes in between:
-  // the model used to find X's completion while moving the clock to Y's start and then drop it (deadlock report
-  // with an empty member list).
+  // SimGrid 3.32's run_until(t) returns after any event within 10 us of t. Here flow X's SimGrid latency phase ends
+  // (an event, not a completion) within 10 us of the time transfer Y starts (host delay), and X completes in
+  // between: the model used to find X's completion while moving the clock to that time and then drop it (deadlock
+  // report with an empty member list). (Written when latency terms preceded the flows; the path is the same.)
   if (!flow_model_available()) return;
   const auto cluster = uniform_node(4, 300e9);
   const Profile prof = closed_form_profile();
