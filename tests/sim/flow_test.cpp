@@ -9,6 +9,7 @@
 #include "common/error.hpp"
 #include "schedule/analysis.hpp"
 #include "schedule/validate.hpp"
+#include "sim/connections.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
 #include "tests/sim/builder.hpp"
@@ -410,4 +411,21 @@ TEST_CASE("sim::flow: a send issued with a large collective shares the NIC with 
   const Trace a = run(s, cluster, prof, "analytic");
   CHECK(end_s(a, send) == Approx(shared).epsilon(1e-3));
   CHECK(end_s(f, send) == Approx(shared).epsilon(1e-2));
+}
+
+TEST_CASE("sim: NCCL connection counts that weight link sharing (sim/connections.hpp)", "[sim]") {
+  const NcclConfig nc;  // 16 inter-node channels, 4 channels per network peer, 8 peers per round, 32 NVLink CTAs
+  CommCost ring;
+  ring.channels = 16;
+  CHECK(ring_edge_connections(ring, 8) == Approx(2.0));   // 16 channels over 8 rails
+  CHECK(ring_edge_connections(ring, 1) == Approx(16.0));  // one GPU per node: every channel on its NIC
+  ring.channels = 0;
+  CHECK(ring_edge_connections(ring, 4) == Approx(0.25));  // never zero
+  // EP64 all-to-all: 63 peers, 8 at a time; a network peer holds 4 connections 8/63 of the time.
+  CHECK(all_to_all_peer_connections(nc, 63, true) == Approx(4.0 * 8.0 / 63.0));
+  CHECK(all_to_all_peer_connections(nc, 63, false) == Approx(32.0 / 63.0));
+  CHECK(all_to_all_peer_connections(nc, 3, true) == Approx(4.0));  // fewer peers than a round: all at once
+  CommCost p2p;
+  p2p.channels = nc.p2p_channels_net;
+  CHECK(p2p_connections(p2p) == Approx(4.0));
 }
