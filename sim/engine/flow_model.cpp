@@ -77,7 +77,6 @@ struct LinkIds {
   [[nodiscard]] std::uint32_t nic_down(RankId g) const { return 4 * g + 3; }
   [[nodiscard]] std::uint32_t uplink_up(std::uint32_t leaf) const { return 4 * gpus + 2 * leaf; }
   [[nodiscard]] std::uint32_t uplink_down(std::uint32_t leaf) const { return 4 * gpus + 2 * leaf + 1; }
-  [[nodiscard]] std::uint32_t count() const { return 4 * gpus + 2 * leaves; }
 };
 
 namespace routing = simgrid::kernel::routing;
@@ -398,8 +397,9 @@ class FlowModel final : public ResourceModel {
       if (multi_group_) leaf_used[leaf_of(g)] = 1;
     }
     for (std::uint32_t leaf = 0; leaf < ids_.leaves; ++leaf) {
-      if (leaf_used[leaf] != 0)
+      if (leaf_used[leaf] != 0) {
         port("leaf" + std::to_string(leaf) + "_uplink", uplink_bytes_per_s_, ids_.uplink_up(leaf));
+      }
     }
     z->seal();
   }
