@@ -44,7 +44,9 @@
 #include <thread>
 #include <utility>
 
+#include "backend/attention.hpp"
 #include "backend/error.hpp"
+#include "backend/gemm.hpp"
 #include "backend/kernels.hpp"
 #include "backend/mpi_group.hpp"
 #include "common/assert.hpp"
@@ -202,15 +204,15 @@ std::vector<std::uint32_t> collective_seq(const sch::Schedule& s) {
 
 std::uint64_t esz(sch::DType t) { return sch::dtype_bytes(t); }
 
-/// Attention buffer shapes: Q/O [b, hkv, g*sq, d], K/V [b, hkv, skv, d], S [b, hq, sq, skv].
+/// Attention buffers (layouts in attention.hpp): Q, O, dO; K, V; the scores S.
 void attention_sizes(const sch::Attention& a, RoleSizes& s) {
-  const std::uint64_t e = esz(a.dtype);
-  need(s, Role::kAttnQ, a.batch * a.heads_q * a.seq_q * a.head_dim * e);
-  need(s, Role::kAttnO, a.batch * a.heads_q * a.seq_q * a.head_dim * e);
-  need(s, Role::kAttnK, a.batch * a.heads_kv * a.seq_kv * a.head_dim * e);
-  need(s, Role::kAttnV, a.batch * a.heads_kv * a.seq_kv * a.head_dim * e);
-  need(s, Role::kAttnS, a.batch * a.heads_q * a.seq_q * a.seq_kv * e);
-  if (a.backward) need(s, Role::kAttnDO, a.batch * a.heads_q * a.seq_q * a.head_dim * e);
+  const AttentionBufferBytes b = attention_buffer_bytes(a);
+  need(s, Role::kAttnQ, b.q);
+  need(s, Role::kAttnO, b.q);
+  need(s, Role::kAttnK, b.k);
+  need(s, Role::kAttnV, b.k);
+  need(s, Role::kAttnS, b.s);
+  if (a.backward) need(s, Role::kAttnDO, b.q);
 }
 
 RoleSizes role_sizes(const sch::Schedule& s, sch::RankId rank) {
@@ -262,30 +264,6 @@ RoleSizes role_sizes(const sch::Schedule& s, sch::RankId rank) {
 }
 
 std::string quote_op(const sch::Op& op) { return "op " + std::to_string(op.id) + " \"" + op.name + "\""; }
-
-std::optional<KernelDType> kernel_dtype(sch::DType t) {
-  switch (t) {
-    case sch::DType::kBF16:
-      return KernelDType::kBF16;
-    case sch::DType::kFP16:
-      return KernelDType::kFP16;
-    case sch::DType::kFP32:
-      return KernelDType::kFP32;
-    default:
-      return std::nullopt;
-  }
-}
-
-cudaDataType_t cuda_dtype(sch::DType t) {
-  switch (t) {
-    case sch::DType::kBF16:
-      return CUDA_R_16BF;
-    case sch::DType::kFP16:
-      return CUDA_R_16F;
-    default:
-      return CUDA_R_32F;
-  }
-}
 
 ncclDataType_t nccl_dtype(sch::DType t) {
   switch (t) {
@@ -919,58 +897,6 @@ DeviceInfo Runtime::device_info() {
 
 namespace {
 
-struct GemmCall {  // row-major C[M,N] = op(A)[M,K] op(B)[K,N], `batch` strided products
-  bool trans_a = false, trans_b = false;
-  std::uint64_t m = 0, n = 0, k = 0, batch = 1;
-  const void* a = nullptr;
-  const void* b = nullptr;
-  void* c = nullptr;
-  std::uint64_t lda = 0, ldb = 0, ldc = 0;
-  long long stride_a = 0, stride_b = 0, stride_c = 0;
-  cudaDataType_t type = CUDA_R_16BF;
-};
-
-void run_gemm(cublasHandle_t h, const GemmCall& g) {
-  if (g.m == 0 || g.n == 0 || g.k == 0 || g.batch == 0) return;
-  const float alpha = 1.0f, beta = 0.0f;
-  // Column-major view: C^T[N,M] = op(B)^T op(A)^T, where a row-major buffer is its own transpose.
-  const cublasOperation_t ob = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t oa = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const auto m = static_cast<int>(g.n), n = static_cast<int>(g.m), k = static_cast<int>(g.k);
-  if (g.batch == 1) {
-    TWINSTEP_CUBLAS_CHECK(cublasGemmEx(h, ob, oa, m, n, k, &alpha, g.b, g.type, static_cast<int>(g.ldb), g.a, g.type,
-                                       static_cast<int>(g.lda), &beta, g.c, g.type, static_cast<int>(g.ldc),
-                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  } else {
-    TWINSTEP_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-        h, ob, oa, m, n, k, &alpha, g.b, g.type, static_cast<int>(g.ldb), g.stride_b, g.a, g.type,
-        static_cast<int>(g.lda), g.stride_a, &beta, g.c, g.type, static_cast<int>(g.ldc), g.stride_c,
-        static_cast<int>(g.batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  }
-}
-
-GemmCall plain_gemm(std::uint64_t m, std::uint64_t n, std::uint64_t k, bool ta, bool tb, const void* a, const void* b,
-                    void* c, std::uint64_t batch, cudaDataType_t type) {
-  GemmCall g;
-  g.trans_a = ta;
-  g.trans_b = tb;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.batch = batch;
-  g.a = a;
-  g.b = b;
-  g.c = c;
-  g.lda = ta ? m : k;
-  g.ldb = tb ? k : n;
-  g.ldc = n;
-  g.stride_a = static_cast<long long>(m * k);
-  g.stride_b = static_cast<long long>(k * n);
-  g.stride_c = static_cast<long long>(m * n);
-  g.type = type;
-  return g;
-}
-
 struct PlannedOp {
   const sch::Op* op = nullptr;
   bool gpu = false;
@@ -982,7 +908,8 @@ struct PlannedOp {
   int peer = 0;  // NCCL rank of send/recv peer, broadcast root
   int comm_size = 1;
   CommSizes sizes;
-  std::vector<GemmCall> gemms;  // compute ops made of GEMMs (attention interleaves softmax: see issue)
+  std::vector<GemmCall> gemms;  // GEMM and grouped-GEMM ops
+  AttentionCalls attention;     // attention ops
   std::size_t host_sync_index = 0;
 };
 
@@ -1129,26 +1056,14 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
           row += gg->m[i];
         }
       } else if (const auto* at = std::get_if<sch::Attention>(&c->kernel)) {
-        // Per (sequence, kv head): Q is [g*sq, d] (the g query heads of the group stacked), K and V [skv, d].
-        const std::uint64_t group = at->heads_q / at->heads_kv;
-        const std::uint64_t gsq = group * at->seq_q, skv = at->seq_kv, d = at->head_dim;
-        const std::uint64_t batch = at->batch * at->heads_kv;
-        const auto t = cuda_dtype(at->dtype);
-        void* q = im.buffer(Role::kAttnQ);
-        void* k = im.buffer(Role::kAttnK);
-        void* v = im.buffer(Role::kAttnV);
-        void* sc = im.buffer(Role::kAttnS);
-        void* o = im.buffer(Role::kAttnO);
-        p.gemms.push_back(plain_gemm(gsq, skv, d, false, true, q, k, sc, batch, t));  // S = Q K^T
-        if (!at->backward) {
-          p.gemms.push_back(plain_gemm(gsq, d, skv, false, false, sc, v, o, batch, t));  // O = P V
-        } else {
-          void* dout = im.buffer(Role::kAttnDO);
-          p.gemms.push_back(plain_gemm(skv, d, gsq, true, false, sc, dout, v, batch, t));  // dV = P^T dO
-          p.gemms.push_back(plain_gemm(gsq, skv, d, false, true, dout, v, sc, batch, t));  // dP = dO V^T
-          p.gemms.push_back(plain_gemm(gsq, d, skv, false, false, sc, k, q, batch, t));    // dQ = dS K
-          p.gemms.push_back(plain_gemm(skv, d, gsq, true, false, sc, q, k, batch, t));     // dK = dS^T Q
-        }
+        AttentionBuffers ab;
+        ab.q = im.buffer(Role::kAttnQ);
+        ab.k = im.buffer(Role::kAttnK);
+        ab.v = im.buffer(Role::kAttnV);
+        ab.s = im.buffer(Role::kAttnS);
+        ab.o = im.buffer(Role::kAttnO);
+        ab.dout = im.buffer(Role::kAttnDO);
+        p.attention = attention_calls(*at, ab);
       }
     }
   }
@@ -1255,18 +1170,7 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
                     if constexpr (std::is_same_v<K, sch::Gemm> || std::is_same_v<K, sch::GroupedGemm>) {
                       for (const auto& g : p.gemms) run_gemm(p.blas, g);
                     } else if constexpr (std::is_same_v<K, sch::Attention>) {
-                      const auto dt = *kernel_dtype(k.dtype);
-                      const std::uint64_t rows = k.batch * k.heads_q * k.seq_q;
-                      run_gemm(p.blas, p.gemms[0]);
-                      launch_softmax_rows(im.buffer(Role::kAttnS), rows, k.seq_kv, dt, p.stream);
-                      run_gemm(p.blas, p.gemms[1]);
-                      if (k.backward) {
-                        run_gemm(p.blas, p.gemms[2]);
-                        // dS = P * (dP - rowsum(dO * O)): one more pass over the scores, as a softmax pass.
-                        launch_softmax_rows(im.buffer(Role::kAttnS), rows, k.seq_kv, dt, p.stream);
-                        run_gemm(p.blas, p.gemms[3]);
-                        run_gemm(p.blas, p.gemms[4]);
-                      }
+                      run_attention(p.blas, p.stream, p.attention);
                     } else if constexpr (std::is_same_v<K, sch::Elementwise>) {
                       launch_elementwise(im.buffer(Role::kElemIn), im.buffer(Role::kElemOut), k.bytes / 2, 132,
                                          p.stream);

@@ -100,18 +100,28 @@ __device__ float block_reduce(float v, bool is_max) {
   return r;
 }
 
-// One block per row: max, sum of exponentials, then the normalized write (three passes over the row).
+// One block per row of attention scores: softmax over the keys the row sees, zeros over the masked ones computed.
 template <typename T>
-__global__ void softmax_rows_kernel(T* data, std::size_t cols) {
-  T* row = data + blockIdx.x * cols;
+__global__ void attention_softmax_kernel(T* data, SoftmaxShape sh, std::uint64_t row_base) {
+  const std::uint64_t r_all = row_base + blockIdx.x;
+  const std::uint64_t mat = r_all / sh.rows, r = r_all % sh.rows;
+  T* row = data + mat * sh.mat_stride + r * sh.ld;
+  std::uint64_t seen = sh.cols, computed = sh.cols;
+  if (sh.causal) {
+    const std::uint64_t i = r / sh.group;
+    const std::uint64_t see = i + sh.key_offset + 1, end = (i / sh.leaf + 1) * sh.leaf + sh.key_offset;
+    seen = see < sh.cols ? see : sh.cols;
+    computed = end < sh.cols ? end : sh.cols;
+  }
   float mx = -FLT_MAX;
-  for (std::size_t c = threadIdx.x; c < cols; c += blockDim.x) mx = fmaxf(mx, to_f(row[c]));
+  for (std::uint64_t c = threadIdx.x; c < seen; c += blockDim.x) mx = fmaxf(mx, to_f(row[c]));
   mx = block_reduce(mx, true);
   float sum = 0.0f;
-  for (std::size_t c = threadIdx.x; c < cols; c += blockDim.x) sum += __expf(to_f(row[c]) - mx);
+  for (std::uint64_t c = threadIdx.x; c < seen; c += blockDim.x) sum += __expf(to_f(row[c]) - mx);
   sum = block_reduce(sum, false);
   const float inv = 1.0f / sum;
-  for (std::size_t c = threadIdx.x; c < cols; c += blockDim.x) row[c] = from_f<T>(__expf(to_f(row[c]) - mx) * inv);
+  for (std::uint64_t c = threadIdx.x; c < seen; c += blockDim.x) row[c] = from_f<T>(__expf(to_f(row[c]) - mx) * inv);
+  for (std::uint64_t c = seen + threadIdx.x; c < computed; c += blockDim.x) row[c] = from_f<T>(0.0f);
 }
 
 template <typename T>
@@ -167,21 +177,21 @@ void launch_elementwise(const void* in, void* out, std::size_t bytes_read, int s
   }
 }
 
-void launch_softmax_rows(void* data, std::size_t rows, std::size_t cols, KernelDType dtype, cudaStream_t stream) {
-  if (rows == 0 || cols == 0) return;
-  // Rows beyond the grid's x limit are processed in chunks.
-  constexpr std::size_t kMaxGrid = 2147483647u;
-  for (std::size_t r0 = 0; r0 < rows; r0 += kMaxGrid) {
-    const auto nrows = static_cast<unsigned>(std::min(kMaxGrid, rows - r0));
+void launch_attention_softmax(void* scores, const SoftmaxShape& shape, KernelDType dtype, cudaStream_t stream) {
+  const std::uint64_t rows = shape.mats * shape.rows;
+  if (rows == 0 || shape.cols == 0) return;
+  constexpr std::uint64_t kMaxGrid = 2147483647u;
+  for (std::uint64_t r0 = 0; r0 < rows; r0 += kMaxGrid) {
+    const auto n = static_cast<unsigned>(std::min(kMaxGrid, rows - r0));
     switch (dtype) {
       case KernelDType::kBF16:
-        softmax_rows_kernel<<<nrows, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(data) + r0 * cols, cols);
+        attention_softmax_kernel<<<n, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(scores), shape, r0);
         break;
       case KernelDType::kFP16:
-        softmax_rows_kernel<<<nrows, kThreads, 0, stream>>>(static_cast<__half*>(data) + r0 * cols, cols);
+        attention_softmax_kernel<<<n, kThreads, 0, stream>>>(static_cast<__half*>(scores), shape, r0);
         break;
       case KernelDType::kFP32:
-        softmax_rows_kernel<<<nrows, kThreads, 0, stream>>>(static_cast<float*>(data) + r0 * cols, cols);
+        attention_softmax_kernel<<<n, kThreads, 0, stream>>>(static_cast<float*>(scores), shape, r0);
         break;
     }
     TWINSTEP_CUDA_CHECK(cudaGetLastError());

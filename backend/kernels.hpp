@@ -21,8 +21,21 @@ void launch_fill_pattern(void* ptr, std::size_t bytes, std::uint32_t seed, cudaS
 /// Zero bytes launches an empty one-thread kernel.
 void launch_elementwise(const void* in, void* out, std::size_t bytes_read, int sm_count, cudaStream_t stream);
 
-/// In-place numerically stable softmax over each of `rows` rows of `cols` elements (row-major, contiguous).
-void launch_softmax_rows(void* data, std::size_t rows, std::size_t cols, KernelDType dtype, cudaStream_t stream);
+/// The rows of attention's score buffer (backend/attention.hpp): `mats` matrices `mat_stride` elements apart, each
+/// `rows` rows of `cols` scores with row stride `ld`. Row r belongs to query position i = r / group; causal, it sees
+/// keys [0, min(cols, i + key_offset + 1)) and its computed scores end at min(cols, (i / leaf + 1) * leaf +
+/// key_offset) (the diagonal tile it lies in); not causal, it sees all `cols`.
+struct SoftmaxShape {
+  std::uint64_t mats = 0, rows = 0, cols = 0, ld = 0, mat_stride = 0;
+  std::uint64_t group = 1;
+  bool causal = false;
+  std::uint64_t key_offset = 0;
+  std::uint64_t leaf = 1;
+};
+
+/// In-place softmax of each row over the keys it sees; the computed scores it must not see are set to zero (so
+/// the P V products of a causal attention add nothing for them).
+void launch_attention_softmax(void* scores, const SoftmaxShape& shape, KernelDType dtype, cudaStream_t stream);
 
 /// One fused Adam step over `n` parameters: fp32 master weights, moments m and v, gradient and working
 /// parameter in `param_dtype`. Reads grad, master, m, v; writes master, m, v, param.

@@ -336,7 +336,16 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
       pts.emplace_back(flops, flops / (gpu.peak_flop_per_s(schedule::DType::kBF16) * t));
     if (!pts.empty()) tables[fam] = table_json(pts);
   }
-  if (!tables.contains("grouped_gemm") && tables.contains("gemm")) tables["grouped_gemm"] = tables["gemm"];
+  // Grouped GEMMs (MoE experts) have their own table when the raw file measured them (the default suite's expert
+  // sweep); otherwise the dense GEMM table stands in, which overstates the efficiency of many small expert GEMMs.
+  if (tables.contains("grouped_gemm")) {
+    const auto gg = family("grouped_gemm");
+    c.log.push_back("grouped_gemm: own table from " + std::to_string(gg.size()) + " measured grouped GEMMs (" +
+                    std::to_string(tables["grouped_gemm"].size()) + " table points over total FLOPs)");
+  } else if (tables.contains("gemm")) {
+    tables["grouped_gemm"] = tables["gemm"];
+    c.log.push_back("grouped_gemm: no grouped-GEMM measurements in the raw file; the gemm table is used");
+  }
   // Memory-bound classes: HBM efficiency over bytes moved.
   for (const char* fam : {"elementwise", "optimizer"}) {
     std::vector<std::pair<double, double>> pts;

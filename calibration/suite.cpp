@@ -160,6 +160,36 @@ ZooShapes zoo_shapes(bool quick) {
   return out;
 }
 
+/// Grouped GEMMs of MoE experts at a sweep of tokens per expert (the token count an EP rank receives varies with
+/// micro-batch, sequence and routing): the expert shapes of qwen3-30b-a3b (the EP2 validation case: 128 experts,
+/// hidden 2048, expert ffn 768) with the 64 local experts of EP2, as lowering emits them: fc1 [h -> 2f] and fc2
+/// [f -> h] forward (and as weight gradients), their data gradients [2f -> h] and [h -> f]. Balanced rows.
+/// One group count only: the profile's grouped_gemm table is keyed by total FLOPs, and the backend's grouped GEMM
+/// (one cuBLAS call per group) costs 5-12 us of host issue per group, so at equal FLOPs 128 groups measured 3x
+/// slower than 64 (single-H200 run at 83e495f, calibration/profiles/h200x1.raw.jsonl); mixing the two would
+/// mispredict both. Other group counts need a table keyed per group (sim/cost_model).
+std::vector<schedule::GroupedGemm> expert_sweep() {
+  std::vector<schedule::GroupedGemm> out;
+  models::ModelSpec model;
+  try {
+    model = models::load_model("qwen3-30b-a3b");
+  } catch (const Error&) {
+    return out;  // a checkout without this zoo entry
+  }
+  const std::uint64_t h = model.hidden_size, f = model.moe_ffn_hidden_size;
+  const std::uint64_t f1 = model.gated_linear_unit ? 2 * f : f;
+  const std::uint64_t experts = model.num_moe_experts;
+  if (experts < 2 || f == 0) return out;
+  const std::uint64_t local = experts / 2;
+  for (const std::uint64_t rows : {16, 32, 64, 128, 256, 512, 1024}) {
+    const std::vector<std::uint64_t> m(local, rows);
+    for (const auto& [n, k] : {std::pair{f1, h}, std::pair{h, f}, std::pair{h, f1}, std::pair{f, h}}) {
+      out.push_back(schedule::GroupedGemm{m, n, k, schedule::DType::kBF16});
+    }
+  }
+  return out;
+}
+
 void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, std::uint32_t world,
                        const std::vector<std::pair<std::string, schedule::Kernel>>& kernels) {
   Builder b(name, world);
@@ -182,6 +212,10 @@ void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, 
     p.size = memory_bound ? schedule::kernel_bytes(k) : schedule::kernel_flops(k);
     if (const auto* g = std::get_if<schedule::Gemm>(&k)) {
       p.params = {{"m", double(g->m)}, {"n", double(g->n)}, {"k", double(g->k)}, {"batch", double(g->batch)}};
+    } else if (const auto* gg = std::get_if<schedule::GroupedGemm>(&k)) {
+      double rows = 0;
+      for (auto m : gg->m) rows += double(m);
+      p.params = {{"groups", double(gg->m.size())}, {"rows", rows}, {"n", double(gg->n)}, {"k", double(gg->k)}};
     }
     b.probe(std::move(p));
   }
@@ -396,12 +430,17 @@ std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t 
   add_compute_group(suite, "compute.gemm", world, gemms);
 
   std::vector<std::pair<std::string, schedule::Kernel>> grouped;
-  for (const auto& g : zoo.grouped) {
+  std::set<std::string> seen_gg;
+  auto add_grouped = [&](const schedule::GroupedGemm& g) {
     std::uint64_t rows = 0;
     for (auto m : g.m) rows += m;
-    grouped.emplace_back("grouped_gemm.g" + std::to_string(g.m.size()) + ".rows" + std::to_string(rows) + ".n" +
-                             std::to_string(g.n) + ".k" + std::to_string(g.k),
-                         g);
+    const std::string name = "grouped_gemm.g" + std::to_string(g.m.size()) + ".rows" + std::to_string(rows) + ".n" +
+                             std::to_string(g.n) + ".k" + std::to_string(g.k);
+    if (seen_gg.insert(name).second) grouped.emplace_back(name, g);
+  };
+  for (const auto& g : zoo.grouped) add_grouped(g);
+  if (!quick) {
+    for (const auto& g : expert_sweep()) add_grouped(g);
   }
   if (!grouped.empty()) add_compute_group(suite, "compute.grouped_gemm", world, grouped);
 

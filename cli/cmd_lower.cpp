@@ -24,6 +24,7 @@ struct LowerArgs {
   std::string profile;
   bool summary = false;
   bool representatives = false;
+  bool per_tp_group = false;
 };
 
 void print_summary(const models::Lowered& low, const std::string& host_costs) {
@@ -85,6 +86,9 @@ void register_model_commands(CLI::App& app) {
   sub->add_flag("--summary", args->summary, "print ops per kind, bytes per communicator, FLOPs, memory, warnings");
   sub->add_flag("--representatives", args->representatives,
                 "emit only the representative ranks (data-parallel index 0); communicators keep all members");
+  sub->add_flag("--per-tp-group", args->per_tp_group,
+                "with --representatives: TP rank 0 only (TP ranks mirror too; sends and recvs to absent peers "
+                "pair on the rank itself; simulate with --fidelity analytic)");
   sub->callback([args]() {
     if (args->run.model.empty()) throw Error("lower: --model is required (a zoo id such as llama3-8b, or a path)");
     const models::ModelSpec model = models::load_model(args->run.model);
@@ -94,6 +98,8 @@ void register_model_commands(CLI::App& app) {
     const models::RunConfig& cfg = resolved.config;
     models::LowerOptions options;
     options.representatives_only = args->representatives;
+    options.mirror_tp = args->per_tp_group;
+    if (args->per_tp_group && !args->representatives) throw Error("lower: --per-tp-group needs --representatives");
     const models::Lowered low = models::lower(model, cfg, options);
     schedule::write_schedule(low.schedule, args->output);
     if (args->summary) print_summary(low, resolved.host_costs);

@@ -25,8 +25,6 @@ namespace twinstep::cli {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-/// predict simulates one representative per DP replica (symmetry reduction) above this many GPUs.
-constexpr std::uint32_t kReduceAboveGpus = 512;
 
 struct ClusterFlags {
   std::string cluster;
@@ -166,9 +164,9 @@ void add_predict_options(CLI::App* sub, PredictArgs& a, bool cluster_required) {
   sub->add_flag("--json", a.json, "Print one JSON object with a variants array");
   sub->add_option("--trace", a.trace_dir, "Folder for <variant>.trace.json and <variant>.perfetto.json");
   sub->add_flag("--no-reduce", a.no_reduce,
-                "Simulate every rank. By default above " + std::to_string(kReduceAboveGpus) +
+                "Simulate every rank. By default above " + std::to_string(sim::kSymmetryReductionAboveGpus) +
                     " GPUs predict simulates one representative per DP replica (symmetry reduction: absent members "
-                    "of a communicator mirror present ones)");
+                    "of a communicator mirror present ones); with --fidelity analytic TP ranks mirror too");
 }
 
 /// One prediction, as the table text and as the --json object.
@@ -200,7 +198,8 @@ Prediction run_predict(const PredictArgs& args) {
   for (const auto& v : split_variants(args.overlap)) {
     const models::RunConfig cfg = models::apply_overlap_variant(base, v);
     models::LowerOptions lower_opts;
-    lower_opts.representatives_only = !args.no_reduce && gpus > kReduceAboveGpus;
+    lower_opts.representatives_only = !args.no_reduce && gpus > sim::kSymmetryReductionAboveGpus;
+    lower_opts.mirror_tp = cf.fidelity == "analytic";
     models::Lowered lowered = models::lower(model, cfg, lower_opts);
     sim::Options opts;
     opts.fidelity = cf.fidelity;

@@ -28,6 +28,7 @@ struct SweepFlags {
   std::string shard;
   bool quiet = false;
   bool dry_run = false;
+  bool no_extrapolate = false;
 };
 
 struct OutputFlags {
@@ -150,6 +151,7 @@ void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
   opts.output = output;
   opts.jobs = f.jobs > 0 ? f.jobs : std::max(1u, std::thread::hardware_concurrency());
   opts.progress = !f.quiet;
+  opts.extrapolate = !f.no_extrapolate;
   sweep::RunStats stats;
   const auto results = sweep::run_sweep(points, opts, &stats);
   if (!f.quiet) {
@@ -216,6 +218,9 @@ void register_sweep_commands(CLI::App& app) {
     sub->add_option("--shard", f->shard, "Run shard I of N (I/N, 0-based): points with index % N == I");
     sub->add_flag("-q,--quiet", f->quiet, "No progress and no table");
     sub->add_flag("--dry-run", f->dry_run, "List the points (with the reason for rejected ones) and stop");
+    sub->add_flag("--no-extrapolate", f->no_extrapolate,
+                  "Simulate every micro-batch. By default a point with many micro-batches is simulated at three "
+                  "small counts (2 x pp and up) and its step taken on the line through them, checked to be one");
     add_output_flags(sub, *of);
     sub->callback([f, of]() { run_sweep_command(*f, *of); });
   }

@@ -85,7 +85,9 @@ std::string host_costs_from_profile(const sim::Profile* profile, models::HostCos
   };
   take(fw.per_kernel_launch_s, host.per_kernel_launch_ns, "per kernel launch");
   take(fw.per_module_call_s, host.per_module_call_ns, "per module call");
+  take(fw.event_record_s, host.event_record_ns, "per event record/wait");
   if (measured.empty()) return "none (no framework section in " + profile->name + ")";
+  if (fw.event_record_s < 0) measured += ", event record/wait not measured (0 ns)";
   return "framework section of " + profile->name + " (" + measured + ")";
 }
 

@@ -1153,6 +1153,13 @@ class RankLowering {
   }
   /// A fused flex (DeepEP/HybridEP) kernel holding moe_flex_num_sms SMs, on the EP stream (its internal comm
   /// stream); outside a comm node it waits for the compute stream at launch.
+  /// Representation of the fused dispatch/combine: this kernel (its local pack/unpack work, holding the dedicated
+  /// SMs) followed on the same stream by the all_to_all that carries the bytes over NVLink/IB. Limitation of the
+  /// IR: a compute op's SM hold lasts its own cost-model duration and a collective holds the NCCL channel count of
+  /// the profile (p2p_channels_nvlink, 32 by default), so while the transfer runs the simulator sees NCCL's CTAs,
+  /// not moe_flex_num_sms (equal at HybridEP's 32, 12 too many at DeepEP's 20). No IR construct ties a kernel's
+  /// end to a collective's; an exact hold needs a per-collective SM count (Collective::sm_count replacing the
+  /// channel count in the cost model), a schedule/ + sim/ change.
   OpId flex_kernel(const std::string& what, schedule::Kernel kern, Phase ph) {
     std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
     if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
@@ -1807,6 +1814,7 @@ class RankLowering {
   // ---- EP overlap: the combined 1F1B schedule (megatron-overlap.md section 6b) ----
   /// One side of a combined step: the forward or backward of a (micro-batch, chunk), with its CUDA event (the last
   /// op(s) of its previous node; each node waits for it and records it again at its end).
+  struct Exchange;  // a P2P exchange (pipeline section below)
   struct Side {
     bool fwd = true;
     std::uint32_t mb = 0, chunk = 0;
@@ -1878,6 +1886,9 @@ class RankLowering {
 
   void f_attn(Side& f, std::uint32_t l) {
     comp_node(f, static_cast<std::int32_t>(l), "A", [&] {
+      // The layer's forward pre-hooks wait for its param all-gather (overlap_param_gather) right before its first
+      // forward use, not at the chunk's start: the other micro-batch's backward pieces issued before stay free.
+      for (const auto& name : x_.layer_param_names[l]) param_gather_wait(f.chunk, name, f.mb);
       host("host_fwd", layer_host_ns(), Phase::kFwd);
       attn_block_fwd(l, Phase::kFwd);
       if (x_.model->is_moe_layer(l)) moe_pre_fwd(Phase::kFwd);
@@ -1931,26 +1942,31 @@ class RankLowering {
     });
   }
 
-  /// One combined step: the chunk-level order of TransformerModelChunkSchedulePlan.run with, per (F layer i,
-  /// B layer n-1-i) pair, the host issue order C_b A_f M_b D_f W_M D_b M_f C_f A_b W_A.
-  void combined_step(const PipelineStep* F, const PipelineStep* B) {
+  /// One combined step: the chunk-level order of TransformerModelChunkSchedulePlan.run (megatron-overlap.md 6b,
+  /// "Chunk level"): pre_forward (wait for the received activation) -> F embedding -> pre_backward (wait for the
+  /// received gradient) -> B loss/output-layer backward -> paired layers -> remaining B layers -> remaining F
+  /// layers -> post_forward (send/recv forward, issued on the EP comm stream) -> post_backward (send/recv
+  /// backward, on the compute stream) -> the last B layer's W_A (overlaps the P2P) -> F output layer + loss -> B
+  /// embedding backward. Per (F layer i, B layer n-1-i) pair the host issue order is C_b A_f M_b D_f W_M D_b M_f
+  /// C_f A_b W_A. `post_f` / `post_b` are the P2P exchanges of the post_forward / post_backward hooks (interleaved
+  /// schedule with overlap_p2p_comm: MCore's pp_post_forward / pp_post_backward); null: none inside the step.
+  void combined_step(const PipelineStep* F, const PipelineStep* B, const Exchange* post_f = nullptr,
+                     const Exchange* post_b = nullptr) {
     Side f{true, F ? F->microbatch : 0, F ? F->chunk : 0, {}};
     Side b{false, B ? B->microbatch : 0, B ? B->chunk : 0, {}};
-    if (F) {  // pre_forward: wait for the received activation, then the embedding
+    if (F) {  // pre_forward: wait for the received activation (handle.wait(): the compute stream waits), embedding
       enter(f, -1);
       if (!first_vs(f.chunk)) {
         TWINSTEP_ASSERT(!fwd_recv_[f.chunk].empty(), "rank %u: no activation received for mb %u chunk %u", rank_, f.mb,
                         f.chunk);
         f.ev.push_back(fwd_recv_[f.chunk].front());
+        pending_.push_back(fwd_recv_[f.chunk].front());
         fwd_recv_[f.chunk].pop_front();
       }
-      // The forward pre-hooks of the whole chunk wait for their param all-gathers here (slightly earlier than per
-      // layer; the combined schedule issues the chunk's layers interleaved with another micro-batch's backward).
-      for (auto l : layers_of(f.chunk)) {
-        for (const auto& name : x_.layer_param_names[l]) param_gather_wait(f.chunk, name, f.mb);
+      if (first_vs(f.chunk)) {
+        param_gather_wait(f.chunk, "embedding", f.mb);
+        comp_node(f, -1, "embedding", [&] { embedding_fwd(); });
       }
-      param_gather_wait(f.chunk, "embedding", f.mb);
-      if (first_vs(f.chunk)) comp_node(f, -1, "embedding", [&] { embedding_fwd(); });
     }
     if (B) {  // pre_backward: wait for the received gradient, then the loss/output-layer backward
       enter(b, -1);
@@ -1958,6 +1974,7 @@ class RankLowering {
         TWINSTEP_ASSERT(!bwd_recv_[b.chunk].empty(), "rank %u: no gradient received for mb %u chunk %u", rank_, b.mb,
                         b.chunk);
         b.ev.push_back(bwd_recv_[b.chunk].front());
+        pending_.push_back(bwd_recv_[b.chunk].front());
         bwd_recv_[b.chunk].pop_front();
       }
       if (last_vs(b.chunk)) comp_node(b, -1, "output", [&] { output_bwd(); });
@@ -2001,8 +2018,30 @@ class RankLowering {
       f_mlp(f, lf[i]);
       f_combine(f, lf[i]);
     }
+    cur_mb_ = cur_chunk_ = cur_layer_ = -1;  // the P2P ops carry no micro-batch (as in the other schedules)
+    prefix_.clear();
+    if (F && post_f != nullptr) {  // post_forward on the comm stream: after the F chain and the comm stream's work
+      std::vector<OpId> after = f.ev;
+      for (OpId i = static_cast<OpId>(ops_.size()); i-- > 0;) {
+        if (gpu_op_on(i, x_.st.ep)) {
+          after.push_back(i);
+          break;
+        }
+      }
+      exchange(*post_f, false, after, {});
+    }
+    if (B && post_b != nullptr) {  // post_backward on the compute stream: after everything issued there
+      std::vector<OpId> after = b.ev;
+      if (last_compute_ != schedule::kNoOp) after.push_back(last_compute_);
+      exchange(*post_b, false, {}, after);
+    }
     if (B && held_wa_layer >= 0) wgrad_node(b, held_wa_layer, "WA");  // after the P2P post-processing
-    if (F && last_vs(f.chunk)) comp_node(f, -1, "output", [&] { output_fwd(); });
+    if (F && last_vs(f.chunk)) {
+      enter(f, -1);
+      param_gather_wait(f.chunk, "final_norm", f.mb);
+      param_gather_wait(f.chunk, "output", f.mb);
+      comp_node(f, -1, "output", [&] { output_fwd(); });
+    }
     if (B && first_vs(b.chunk)) comp_node(b, -1, "embedding", [&] { embedding_bwd(); });
     if (F && !f.ev.empty()) last_fwd_output_ = f.ev.front();
     if (B && !b.ev.empty()) last_bwd_output_ = b.ev.front();
@@ -2018,9 +2057,10 @@ class RankLowering {
     const PipelineStep s{false, mb, chunk};
     combined_step(nullptr, &s);
   }
-  void combined_pair(std::uint32_t fmb, std::uint32_t fc, std::uint32_t bmb, std::uint32_t bc) {
+  void combined_pair(std::uint32_t fmb, std::uint32_t fc, std::uint32_t bmb, std::uint32_t bc,
+                     const Exchange* post_f = nullptr, const Exchange* post_b = nullptr) {
     const PipelineStep f{true, fmb, fc}, b{false, bmb, bc};
-    combined_step(&f, &b);
+    combined_step(&f, &b, post_f, post_b);
   }
 
   // ---- DP ----
@@ -2139,15 +2179,16 @@ class RankLowering {
     std::uint32_t recv_prev_chunk = 0, recv_next_chunk = 0;
   };
   /// Posts the P2P ops of one exchange; blocking: the compute stream waits for all of them (and with
-  /// batch_p2p_comm + batch_p2p_sync the host synchronizes the device).
-  void exchange(const Exchange& ex, bool blocking) {
+  /// batch_p2p_comm + batch_p2p_sync the host synchronizes the device). The sends wait for the last forward /
+  /// backward output, or for `fwd_after` / `bwd_after` when given (the combined schedule's P2P hooks).
+  void exchange(const Exchange& ex, bool blocking, std::vector<OpId> fwd_after = {}, std::vector<OpId> bwd_after = {}) {
     const std::uint64_t bytes = act(k_.tokens_sp, k_.h);  // [s/(c t_sp), b, h]
     const CommId pp = x_.pp_of[rank_];
     const std::string ov = blocking ? "" : "pp";
     std::vector<OpId> posted;
-    std::vector<OpId> fwd_producer, bwd_producer;
-    if (last_fwd_output_ != schedule::kNoOp) fwd_producer.push_back(last_fwd_output_);
-    if (last_bwd_output_ != schedule::kNoOp) bwd_producer.push_back(last_bwd_output_);
+    std::vector<OpId> fwd_producer = std::move(fwd_after), bwd_producer = std::move(bwd_after);
+    if (fwd_producer.empty() && last_fwd_output_ != schedule::kNoOp) fwd_producer.push_back(last_fwd_output_);
+    if (bwd_producer.empty() && last_bwd_output_ != schedule::kNoOp) bwd_producer.push_back(last_bwd_output_);
     const auto saved_prefix = prefix_;
     prefix_ = "pp.x" + str(exchanges_++) + ".";
     if (ex.send_next) {
@@ -2359,12 +2400,12 @@ void RankLowering::run_interleaved() {
     from_prev(bk, false, bx.recv_next, bx.recv_next_chunk);
     if (k_.ep_overlap) {  // the F of virtual id fk paired with the B of virtual id bk, layer by layer
       param_sync(fk);
-      combined_pair(fmb(fk), fchunk(fk), bmb(bk), bchunk(bk));
-      grad_sync(bk);
-      if (ov) {
-        exchange(fx, false);
-        exchange(bx, false);
-      } else {
+      if (ov) {  // pp_post_forward / pp_post_backward post the P2P inside the combined step
+        combined_pair(fmb(fk), fchunk(fk), bmb(bk), bchunk(bk), &fx, &bx);
+        grad_sync(bk);
+      } else {  // no hooks: send_forward_backward_recv_forward_backward after the step
+        combined_pair(fmb(fk), fchunk(fk), bmb(bk), bchunk(bk));
+        grad_sync(bk);
         Exchange both = fx;
         both.send_prev = bx.send_prev;
         both.recv_next = bx.recv_next;
@@ -2701,6 +2742,12 @@ std::vector<CombinedStep> combined_order(const RunConfig& cfg, std::uint32_t r, 
 
 Lowered lower(const ModelSpec& model, const RunConfig& cfg) { return lower(model, cfg, LowerOptions{}); }
 
+std::vector<std::string> check_config(const ModelSpec& model, const RunConfig& cfg) {
+  std::vector<std::string> warnings;
+  (void)build_ctx(model, cfg, warnings);
+  return warnings;
+}
+
 Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& options) {
   Lowered out;
   Ctx x = build_ctx(model, cfg, out.warnings);
@@ -2711,7 +2758,10 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
            " dp" + str(k.d) + (k.moe ? " ep" + str(k.e) + (k.te != k.t ? " etp" + str(k.te) : "") : "");
   s.world_size = world;
   for (RankId r = 0; r < world; ++r) {
-    if (!options.representatives_only || coords_of(k, r).dp == 0) s.ranks.push_back(r);
+    const Coords co = coords_of(k, r);
+    if (!options.representatives_only || (co.dp == 0 && (!options.mirror_tp || co.tp == 0))) {
+      s.ranks.push_back(r);
+    }
   }
 
   // Streams: compute, then the comm streams this layout uses (NCCL streams high priority: TORCH_NCCL_HIGH_PRIORITY=1).
@@ -2938,7 +2988,12 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
                     (k.ep_overlap ? " ep_overlap" : "") + (k.delay_wgrad ? " delay_wgrad" : "") +
                     (k.shared_overlap ? " shared_expert_overlap" : "") + " routing_skew " + std::to_string(k.skew);
   }
-  if (options.representatives_only) {
+  if (options.representatives_only && options.mirror_tp) {
+    const std::uint64_t tc = static_cast<std::uint64_t>(k.t) * k.c;
+    s.meta["representatives"] = "tp0 dp0";
+    s.meta["representative_of"] =
+        "r - (r mod " + str(k.t) + ") - ((r / " + str(tc) + ") mod " + str(k.d) + ") * " + str(tc);
+  } else if (options.representatives_only) {
     // An absent rank r mirrors the present rank with the same tp, cp and pp coordinates and dp = 0:
     // representative(r) = r - dp(r) * tp * cp, with dp(r) = (r / (tp * cp)) mod dp (Megatron rank order).
     s.meta["representatives"] = "dp0";

@@ -85,6 +85,14 @@ struct LowerOptions {
   /// the rule). Communicators keep their full member lists; absent members have no ops. Only the present ranks
   /// are lowered (memory_per_rank is indexed like schedule.ranks).
   bool representatives_only = false;
+  /// With representatives_only, keep TP rank 0 only too (tp = dp = 0; every CP rank stays: with causal load
+  /// balancing CP ranks do different work per ring step). The ranks of a TP group issue the same ops with the same
+  /// sizes (balanced routing for MoE), so an absent rank r mirrors the present rank with its cp and pp coordinates
+  /// (meta "representatives" = "tp0 dp0"). Sends and recvs whose peer is absent (the TP userbuffer ring) are paired
+  /// on the rank itself by schedule::match (the k-th send to an absent peer with the k-th recv from one, per
+  /// communicator and tag): by symmetry the transfer a rank receives starts when its own does. Only the analytic
+  /// resource model times such mirrored pairs (sim::simulate rejects them for flow).
+  bool mirror_tp = false;
 };
 
 /// Lowers one step. Throws twinstep::Error naming the rule and the fix when the config is invalid
@@ -93,5 +101,9 @@ struct LowerOptions {
 
 /// lower() with options (representative ranks only).
 [[nodiscard]] Lowered lower(const ModelSpec& model, const RunConfig& config, const LowerOptions& options);
+
+/// lower()'s checks without building the schedule: throws exactly what lower() throws for an invalid config
+/// (divisibility, gating assertions, uneven layouts) and returns the gating warnings lower() would give.
+[[nodiscard]] std::vector<std::string> check_config(const ModelSpec& model, const RunConfig& config);
 
 }  // namespace twinstep::models

@@ -1,5 +1,7 @@
 // Cross-rank matching: the n-th collective of every member of a communicator forms one instance, and the k-th
-// send a->b with (comm, tag) pairs with the k-th recv on b from a with the same (comm, tag). O(n log n).
+// send a->b with (comm, tag) pairs with the k-th recv on b from a with the same (comm, tag). In a reduced schedule
+// whose ranks mirror absent ones, the k-th send of rank a to an absent peer pairs with the k-th recv of rank a from
+// an absent peer, per (comm, tag): by symmetry, what a receives is sent when a sends. O(n log n).
 #include "schedule/matching.hpp"
 
 #include <algorithm>
@@ -28,6 +30,12 @@ Matching match(const Schedule& schedule) {
   }
   using P2PKey = std::tuple<CommId, RankId, RankId, std::uint32_t>;  // comm, sender, receiver, tag
   std::map<P2PKey, std::pair<std::vector<OpId>, std::vector<OpId>>> p2p;
+  std::vector<bool> present;
+  for (RankId r : schedule.ranks) {
+    if (r >= present.size()) present.resize(std::size_t{r} + 1, false);
+    present[r] = true;
+  }
+  auto absent = [&](RankId r) { return r >= present.size() || !present[r]; };
 
   for (std::size_t i = 0; i < n; ++i) {
     const Op& op = schedule.ops[i];
@@ -38,9 +46,12 @@ Matching match(const Schedule& schedule) {
       if (it == position[col->comm].end()) continue;
       seqs[col->comm][it->second].push_back(id);
     } else if (const auto* s = std::get_if<Send>(&op.body)) {
-      p2p[{s->comm, op.rank, s->peer, s->tag}].first.push_back(id);
+      // Mirrored pairs use the key (comm, rank, rank, tag), which no ordinary pair has (no self sends).
+      const RankId to = absent(s->peer) ? op.rank : s->peer;
+      p2p[{s->comm, op.rank, to, s->tag}].first.push_back(id);
     } else if (const auto* r = std::get_if<Recv>(&op.body)) {
-      p2p[{r->comm, r->peer, op.rank, r->tag}].second.push_back(id);
+      const RankId from = absent(r->peer) ? op.rank : r->peer;
+      p2p[{r->comm, from, op.rank, r->tag}].second.push_back(id);
     }
   }
 

@@ -299,8 +299,14 @@ class Checker {
       const std::uint64_t bytes = is_send ? std::get<Send>(op.body).bytes : std::get<Recv>(op.body).bytes;
       const std::uint32_t tag = is_send ? std::get<Send>(op.body).tag : std::get<Recv>(op.body).tag;
       const OpId p = m.partner[i];
-      if (p == kNoOp) {
-        if (present_.count(peer) == 0) continue;  // peer absent from a reduced schedule
+      if (p == kNoOp && present_.count(peer) == 0) {
+        // Peer absent from a reduced schedule: the op mirrors, paired with its counterpart on its own rank.
+        add(id, "peer",
+            std::string(is_send ? "send to" : "recv from") + " absent rank " + std::to_string(peer) + " on " +
+                comm_name(comm) + " with tag " + std::to_string(tag) + " has no mirrored " +
+                (is_send ? "recv from" : "send to") + " an absent rank on rank " + std::to_string(op.rank) +
+                " (reduced schedules pair them on the rank itself, k-th with k-th: add it or list the peer in ranks)");
+      } else if (p == kNoOp) {
         add(id, is_send ? "peer" : "peer",
             std::string(is_send ? "send to" : "recv from") + " rank " + std::to_string(peer) + " on " +
                 comm_name(comm) + " with tag " + std::to_string(tag) + " has no matching " +

@@ -223,8 +223,11 @@ class AnalyticModel final : public GpuSharingModel {
       const auto& send = std::get<schedule::Send>(ops[a.op].body);
       const auto ra = ops[a.op].rank, rb = ops[a.partner].rank;
       gpus.push_back(ra);
-      if (rb != ra) gpus.push_back(rb);
-      const CommCost c = ctx_.costs.p2p_cost(static_cast<double>(send.bytes), ra, rb);
+      // A mirrored pair (reduced schedule: send and recv on one rank, peers absent) takes the send's path and
+      // occupies the rank twice, as its outgoing and its incoming transfer do in the full schedule (its NIC's
+      // transmit and receive sides).
+      gpus.push_back(rb);
+      const CommCost c = ctx_.costs.p2p_cost(static_cast<double>(send.bytes), ra, rb == ra ? send.peer : rb);
       nic_connections = p2p_connections(c);
       return c;
     }

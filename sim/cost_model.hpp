@@ -69,7 +69,11 @@ struct Interference {
 struct FrameworkCosts {
   double per_kernel_launch_s = -1;  ///< Extra host time per kernel a framework op launches.
   double per_module_call_s = -1;    ///< Host time of one nn.Module call (forward) beyond its kernels' launches.
-  std::string source;               ///< How it was measured (script, framework version).
+  /// Host time of one torch.cuda.Event record or stream wait_event (the EP-overlap path's per-node events).
+  /// Optional key "event_record": calibration/scripts/torch_host_overhead.py does not time it yet, so the
+  /// committed profiles lack it and the lowering keeps 0 ns (no datasheet figure exists for a host cost).
+  double event_record_s = -1;
+  std::string source;  ///< How it was measured (script, framework version).
 };
 
 /// The quality of one fit, recorded in the profile: relative error of the fitted model at every point.

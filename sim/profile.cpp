@@ -13,7 +13,8 @@
 //                      "attention_tile_q": 128},
 //     "kernel_floor": "2.2 us",              (optional, later addition: shortest kernel GPU time)
 //     "memory_tables": "bytes",              (optional: elementwise/optimizer/memcpy tables over bytes moved)
-//     "framework": {"per_kernel_launch": "9 us", "per_module_call": "30 us", "source": "..."},
+//     "framework": {"per_kernel_launch": "9 us", "per_module_call": "30 us", "event_record": "2 us",
+//                   "source": "..."},   ("event_record" optional, later addition: CUDA event record / wait)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
 //               "note": "..."}] }
 // The later additions are optional, so every schema-1 file reads as before.
@@ -254,13 +255,19 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   }
   if (j.contains("framework")) {
     const Json& f = j["framework"];
-    r.keys(f, "/framework", {"per_kernel_launch", "per_module_call", "source"});
+    r.keys(f, "/framework", {"per_kernel_launch", "per_module_call", "event_record", "source"});
     if (f.contains("per_kernel_launch")) {
       p.framework.per_kernel_launch_s =
           r.quantity(f["per_kernel_launch"], "/framework/per_kernel_launch", Dimension::kTime);
     }
     if (f.contains("per_module_call")) {
       p.framework.per_module_call_s = r.quantity(f["per_module_call"], "/framework/per_module_call", Dimension::kTime);
+    }
+    if (f.contains("event_record")) {
+      p.framework.event_record_s = r.quantity(f["event_record"], "/framework/event_record", Dimension::kTime);
+      if (p.framework.event_record_s < 0 || p.framework.event_record_s > 1e-3) {
+        r.fail("/framework/event_record", "must be in [0, 1 ms] (host time of one CUDA event record or wait)");
+      }
     }
     if (f.contains("source")) {
       if (!f["source"].is_string()) r.fail("/framework/source", "expected a string");

@@ -268,6 +268,17 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
                            " of " + std::to_string(gpn) + " GPUs)");
   }
   const schedule::Matching matching = schedule::match(schedule);
+  if (options.fidelity == "flow") {
+    // The flow model routes a transfer between the GPUs of its two ends; a mirrored pair has one.
+    for (std::size_t i = 0; i < schedule.ops.size(); ++i) {
+      if (std::holds_alternative<schedule::Send>(schedule.ops[i].body) && matching.partner[i] != schedule::kNoOp &&
+          schedule.ops[matching.partner[i]].rank == schedule.ops[i].rank) {
+        throw Error("schedule \"" + schedule.name + "\": op " + std::to_string(i) + " \"" + schedule.ops[i].name +
+                    "\" is a send mirrored on its own rank (TP ranks mirrored): --fidelity flow "
+                    "needs every TP rank present; lower with one representative per DP replica or use analytic");
+      }
+    }
+  }
   const SimContext ctx{schedule, matching, cluster, costs};
 
   schedule::Trace trace;

@@ -5,6 +5,7 @@
 // absent members of a communicator mirror the present ones.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -15,6 +16,10 @@
 #include "topologies/cluster.hpp"
 
 namespace twinstep::sim {
+
+/// Above this many GPUs `twinstep predict` (and a flow sweep) lowers one representative per DP replica
+/// (models::LowerOptions::representatives_only); `--no-reduce` simulates every rank.
+inline constexpr std::uint32_t kSymmetryReductionAboveGpus = 512;
 
 struct Options {
   std::string fidelity = "analytic";           ///< "analytic" or "flow" (needs SimGrid: flow_model_available()).

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -19,6 +20,7 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "common/assert.hpp"
@@ -29,15 +31,23 @@
 #include "models/run_config.hpp"
 #include "schedule/analysis.hpp"
 #include "sim/simulate.hpp"
+#include "sweep/extrapolate.hpp"
 #include "topologies/cluster.hpp"
 
 namespace twinstep::sweep {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-/// Above this many GPUs only one representative per DP replica is lowered and simulated (models::LowerOptions;
-/// the same threshold as `twinstep predict`, so both give the same numbers).
-constexpr std::uint32_t kReduceAboveGpus = 512;
+/// How far the step's slope over the first and the second pair of short runs may differ (sweep/extrapolate.hpp).
+constexpr double kAffineTolerance = 1e-3;
+
+/// Symmetry reduction: always for the analytic fidelity, one representative per (pipeline stage, CP rank): TP ranks
+/// mirror too (it gives the same step time as the full schedule: its costs depend on communicator sizes and spans, and
+/// absent members mirror present ones; tests/sweep and tests/sim check the equality), and for flow one per DP replica
+/// above the size where `twinstep predict` reduces too.
+bool reduce_by_symmetry(const Point& p) {
+  return p.fidelity == "analytic" || p.gpus > sim::kSymmetryReductionAboveGpus;
+}
 
 /// Per-process caches of the inputs a worker needs for many points.
 struct Inputs {
@@ -93,7 +103,7 @@ nlohmann::ordered_json head(const Point& p, const std::string& status, const std
   return j;
 }
 
-std::string evaluate_or_throw(const Point& p) {
+std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   Inputs& in = inputs();
   const models::ModelSpec& model = in.model(p.model);
   const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
@@ -113,15 +123,80 @@ std::string evaluate_or_throw(const Point& p) {
   base.gpu_memory_bytes = cluster.node.gpu.hbm_capacity_bytes;
   if (base.tensor_model_parallel_size > 1 || base.context_parallel_size > 1) base.cuda_device_max_connections = 1;
   const models::RunConfig cfg = models::apply_overlap_variant(base, p.overlap);
+  const sim::CostModel costs(cluster, in.profile(p.profile));
 
-  models::Lowered lowered;
-  try {
+  // Lowers, simulates and analyzes `c` (cfg, or cfg with fewer micro-batches).
+  struct Sample {
+    models::Lowered lowered;  ///< Schedule moved out into the simulation.
+    schedule::Breakdown breakdown;
+    std::string fingerprint;
+  };
+  auto run = [&](const models::RunConfig& c) {
+    Sample out;
     models::LowerOptions lower_opts;
-    lower_opts.representatives_only = p.gpus > kReduceAboveGpus;
-    lowered = models::lower(model, cfg, lower_opts);
+    lower_opts.representatives_only = reduce_by_symmetry(p);
+    lower_opts.mirror_tp = p.fidelity == "analytic";
+    out.lowered = models::lower(model, c, lower_opts);
+    if (!out.lowered.fits) return out;
+    out.fingerprint = sim::schedule_fingerprint(out.lowered.schedule);
+    sim::Options opts;
+    opts.fidelity = p.fidelity;
+    out.breakdown = schedule::analyze(sim::simulate(std::move(out.lowered.schedule), cluster, costs, opts));
+    return out;
+  };
+  auto values_of = [](const schedule::Breakdown& b) {
+    std::map<std::string, double> v;
+    v["step"] = b.step_time_s;
+    v["compute"] = b.mean.compute_s;
+    for (const auto& [kind, x] : b.mean.exposed_comm_s) v["exposed " + kind] = x;
+    v["bubble"] = b.mean.bubble_s;
+    v["host-bound"] = b.mean.host_bound_s;
+    v["busy comm"] = b.mean.busy_comm_s;
+    return v;
+  };
+
+  // Many micro-batches: three short runs and the line through them (sweep/extrapolate.hpp); the full run when the
+  // step is not affine there or the short runs' memory estimates differ.
+  const std::uint32_t dp = p.gpus / (p.layout.tp * p.layout.pp * p.layout.cp);
+  const std::uint64_t per_step = std::uint64_t{p.layout.mbs} * dp;
+  const std::uint32_t micro_batches = per_step > 0 && p.gbs % per_step == 0 ? p.gbs / per_step : 0;
+  const std::uint32_t group =
+      cfg.microbatch_group_size_per_vp_stage == 0 ? p.layout.pp : cfg.microbatch_group_size_per_vp_stage;
+  std::optional<std::map<std::string, double>> values;
+  std::array<std::uint32_t, 3> counts{};
+  std::string fallback;
+  Sample full;
+  std::vector<std::string> warnings;
+  try {
+    warnings = models::check_config(model, cfg);  // the full config's gating, whether or not it is lowered
+    const auto plan =
+        extrapolate ? extrapolation_counts(micro_batches, p.layout.pp, p.layout.vpp, group) : std::nullopt;
+    if (plan) {
+      counts = *plan;
+      std::array<MicroBatchSample, 3> samples;
+      std::vector<Sample> runs;
+      for (std::size_t i = 0; i < 3; ++i) {
+        models::RunConfig c = cfg;
+        c.global_batch_size = static_cast<std::uint32_t>(per_step * counts[i]);
+        runs.push_back(run(c));
+        samples[i] = {counts[i], values_of(runs.back().breakdown)};
+        if (!runs.back().lowered.fits ||
+            runs.back().lowered.peak_memory.total_bytes() != runs.front().lowered.peak_memory.total_bytes()) {
+          fallback = "memory estimate differs between short runs";
+          break;
+        }
+      }
+      if (fallback.empty()) values = sweep::extrapolate(samples, micro_batches, kAffineTolerance, &fallback);
+      if (values) {
+        full.lowered = std::move(runs.back().lowered);
+        full.lowered.model_flops_per_step *= static_cast<double>(micro_batches) / counts[2];
+      }
+    }
+    if (!values) full = run(cfg);
   } catch (const Error& e) {
     return head(p, "invalid", e.what()).dump();
   }
+  const models::Lowered& lowered = full.lowered;
   const double mem_gib = lowered.peak_memory.total_bytes() / kGiB;
   const double cap_gib = cfg.gpu_memory_bytes / kGiB;
   auto with_memory = [&](nlohmann::ordered_json j) {
@@ -133,30 +208,31 @@ std::string evaluate_or_throw(const Point& p) {
     char buf[160];
     std::snprintf(buf, sizeof buf, "needs %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB", mem_gib, cap_gib);
     auto j = with_memory(head(p, "does_not_fit", buf));
-    j["warnings"] = lowered.warnings;
+    j["warnings"] = warnings;
     return j.dump();
   }
-  const std::string fingerprint = sim::schedule_fingerprint(lowered.schedule);
-  const sim::CostModel costs(cluster, in.profile(p.profile));
-  sim::Options opts;
-  opts.fidelity = p.fidelity;
-  const schedule::Trace trace = sim::simulate(std::move(lowered.schedule), cluster, costs, opts);
-  const schedule::Breakdown b = schedule::analyze(trace);
-  const double step = b.step_time_s;
+  if (!values) values = values_of(full.breakdown);
+  const std::map<std::string, double>& v = *values;
+  const double step = v.at("step");
   const double peak = cluster.node.gpu.peak_flop_per_s(cfg.dtype);
   auto j = with_memory(head(p, "ok", ""));
   j["step_time_s"] = step;
   j["mfu"] = step > 0 ? lowered.model_flops_per_step / (step * p.gpus * peak) : 0.0;
   j["tflops_per_gpu"] = step > 0 ? lowered.model_flops_per_step / (step * p.gpus) / 1e12 : 0.0;
   nlohmann::ordered_json bd;
-  bd["compute"] = b.mean.compute_s;
-  for (const auto& [kind, s] : b.mean.exposed_comm_s) bd["exposed " + kind] = s;
-  bd["bubble"] = b.mean.bubble_s;
-  bd["host-bound"] = b.mean.host_bound_s;
+  for (const auto& [key, x] : v) {
+    if (key != "step" && key != "busy comm") bd[key] = x;
+  }
   j["breakdown_s"] = bd;
-  j["busy_comm_s"] = b.mean.busy_comm_s;
-  j["warnings"] = lowered.warnings;
-  j["schedule_fingerprint"] = fingerprint;
+  j["busy_comm_s"] = v.at("busy comm");
+  j["warnings"] = warnings;
+  if (full.fingerprint.empty() || full.breakdown.ranks.empty()) {
+    // Extrapolated: the full schedule was never built, so there is no fingerprint to match measured traces with.
+    j["extrapolated_from_micro_batches"] = counts;
+  } else {
+    j["schedule_fingerprint"] = full.fingerprint;
+    if (!fallback.empty()) j["extrapolation_fallback"] = fallback;
+  }
   return j.dump();
 }
 
@@ -251,10 +327,10 @@ class Progress {
 
 }  // namespace
 
-std::string evaluate_point(const Point& point) {
+std::string evaluate_point(const Point& point, bool extrapolate) {
   if (!point.invalid_reason.empty()) return head(point, "invalid", point.invalid_reason).dump();
   try {
-    return evaluate_or_throw(point);
+    return evaluate_or_throw(point, extrapolate);
   } catch (const Error& e) {
     return head(point, "error", e.what()).dump();
   } catch (const std::exception& e) {
@@ -383,7 +459,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   for (std::size_t i = 0; i < points.size(); ++i) {
     if (done[i]) continue;
     if (!points[i].invalid_reason.empty()) {
-      record(i, evaluate_point(points[i]));
+      record(i, evaluate_point(points[i], options.extrapolate));
     } else {
       runnable.push_back(i);
     }
@@ -428,7 +504,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     if (pid == 0) {
       ::close(fds[0]);
       for (std::size_t pos : batch) {
-        if (!write_all(fds[1], evaluate_point(points[pos]) + "\n")) ::_exit(4);
+        if (!write_all(fds[1], evaluate_point(points[pos], options.extrapolate) + "\n")) ::_exit(4);
       }
       ::close(fds[1]);
       ::_exit(0);

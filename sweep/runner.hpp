@@ -31,8 +31,10 @@ struct Result {
 };
 
 /// Lowers, checks the memory estimate, simulates and analyzes one point, and returns its JSON line (no newline).
-/// Never throws for bad points: they come back with status "invalid" / "does_not_fit" and the reason.
-[[nodiscard]] std::string evaluate_point(const Point& point);
+/// Never throws for bad points: they come back with status "invalid" / "does_not_fit" and the reason. With
+/// `extrapolate`, a point with many micro-batches is simulated at three small counts and extrapolated along the
+/// line through them (sweep/extrapolate.hpp; the line says "extrapolated_from_micro_batches"), else in full.
+[[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true);
 
 /// Parses one JSON line written by evaluate_point / run_sweep. Throws ParseError naming `source`.
 [[nodiscard]] Result result_from_line(const std::string& line, const std::string& source);
@@ -47,6 +49,7 @@ struct RunOptions {
   bool progress = true;  ///< Progress on `progress_out`: a bar with ETA on a terminal, plain lines otherwise.
   std::FILE* progress_out = stdout;
   std::size_t max_points_per_worker = 32;  ///< Analytic points a worker evaluates before exiting (flow: always 1).
+  bool extrapolate = true;                 ///< Micro-batch extrapolation (evaluate_point).
 };
 
 struct RunStats {

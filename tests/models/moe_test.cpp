@@ -114,27 +114,46 @@ TEST_CASE("models::moe: dispatchers x EP overlap x delay_wgrad, PP 1 and PP 4 wi
   }
 }
 
-TEST_CASE("models::moe: every zoo MoE model x EP x dispatcher x overlap x PP", "[moe][slow]") {
+// The issue's "Checked by" grid: every zoo MoE model under EP in {1, 2, 4, 8, 16, 64}, each dispatcher, EP overlap
+// off / on / on with delay_wgrad, PP 1 and PP 4 with VPP 2 (overlap_p2p_comm on, as Bridge sets it for PP > 1 with
+// VPP; off as well at EP 2). Every rank is lowered (no representatives) and validated. Combinations the gating
+// rules reject are checked to be rejected: EP above the expert count, EP overlap at EP 1, EP overlap with the
+// allgather dispatcher.
+TEST_CASE("models::moe: every zoo MoE model x EP 1..64 x dispatcher x overlap x delay_wgrad x PP", "[moe][slow]") {
+  std::size_t lowered = 0;
   for (const char* id : {"qwen3-30b-a3b", "qwen3-next-80b-a3b", "deepseek-v3", "mixtral-8x7b"}) {
-    for (std::uint32_t ep : {2u, 8u, 16u}) {
+    for (std::uint32_t ep : {1u, 2u, 4u, 8u, 16u, 64u}) {
       for (const char* disp : {"alltoall", "allgather", "flex"}) {
-        for (int mode = 0; mode < 3; ++mode) {
-          if (mode > 0 && std::string(disp) == "allgather") continue;
-          for (std::uint32_t pp : {1u, 4u}) {
-            ModelSpec m = moe_model(id, pp == 1 ? 4 : 8);
-            if (ep > m.num_moe_experts) continue;
-            RunConfig c = pp == 1 ? moe_config(ep, ep) : moe_config(4 * ep, ep, 4, 2, 4);
+        for (int mode = 0; mode < 3; ++mode) {             // none, ep, ep+delay_wgrad
+          for (int pp_case = 0; pp_case < 3; ++pp_case) {  // PP 1; PP 4 / VPP 2 with and without overlap_p2p_comm
+            if (pp_case == 2 && ep != 2) continue;
+            const std::uint32_t pp = pp_case == 0 ? 1 : 4;
+            const ModelSpec m = moe_model(id, pp == 1 ? 4 : 8);
+            RunConfig c = pp == 1 ? moe_config(std::max(ep, 2u), ep) : moe_config(4 * std::max(ep, 2u), ep, 4, 2, 4);
             c.moe_token_dispatcher_type = disp;
             c.overlap_moe_expert_parallel_comm = mode > 0;
             c.delay_wgrad_compute = mode == 2;
-            check_valid(m, c,
-                        std::string(id) + " ep" + std::to_string(ep) + " " + disp + " mode " + std::to_string(mode) +
-                            " pp" + std::to_string(pp));
+            c.overlap_p2p_comm = pp_case == 1;
+            c.batch_p2p_comm = pp_case != 1;
+            const std::string what = std::string(id) + " ep" + std::to_string(ep) + " " + disp + " mode " +
+                                     std::to_string(mode) + " pp case " + std::to_string(pp_case);
+            INFO(what);
+            if (ep > m.num_moe_experts) {
+              CHECK_THROWS_WITH(lower(m, c), twinstep_contains("must be divisible by expert_model_parallel_size"));
+            } else if (mode > 0 && ep == 1) {
+              CHECK_THROWS_WITH(lower(m, c), twinstep_contains("expert_model_parallel_size > 1"));
+            } else if (mode > 0 && std::string(disp) == "allgather") {
+              CHECK_THROWS_WITH(lower(m, c), twinstep_contains("alltoall or flex"));
+            } else {
+              check_valid(m, c, what);
+              ++lowered;
+            }
           }
         }
       }
     }
   }
+  CHECK(lowered == 3 * 83 + 55);  // per model with EP 1..64: 6 + 21 + 4 x 14 = 83; Mixtral (8 experts) up to EP 8: 55
 }
 
 TEST_CASE("models::moe: TP/SP with expert TP and expert-DP, MLA and Gated DeltaNet ops", "[moe]") {
@@ -364,6 +383,119 @@ TEST_CASE("models::moe: combined 1F1B order for PP=4/VPP=2, 8 micro-batches (gol
   std::size_t fwd_a = 0;
   for (const auto& n : nodes) fwd_a += n.find("fwd.node_A") != std::string::npos ? 1 : 0;
   CHECK(fwd_a == 2 * 8 * 2);  // layers per chunk x micro-batches x chunks
+}
+
+/// Names of `rank`'s EP-overlap node host ops and pipeline P2P ops in issue order, from the op named `first` on,
+/// `count` of them.
+std::vector<std::string> node_and_p2p_order(const schedule::Schedule& s, schedule::RankId rank,
+                                            const std::string& first, std::size_t count) {
+  std::vector<std::string> all;
+  for (const auto& op : s.ops) {
+    if (op.rank == rank && (op.name.find(".node_") != std::string::npos || op.name.rfind("pp.", 0) == 0)) {
+      all.push_back(op.name);
+    }
+  }
+  const auto it = std::find(all.begin(), all.end(), first);
+  if (it == all.end()) return {};
+  return std::vector<std::string>(it, it + static_cast<std::ptrdiff_t>(std::min<std::size_t>(count, all.end() - it)));
+}
+
+bool depends_on(const schedule::Op& op, schedule::OpId id) {
+  return std::find(op.deps.begin(), op.deps.end(), id) != op.deps.end();
+}
+
+TEST_CASE("models::moe: combined 1F1B with PP=4/VPP=2 posts the P2P in the post_forward/post_backward hooks (golden)",
+          "[moe][golden]") {
+  // megatron-overlap.md 6b "Chunk level" (TransformerModelChunkSchedulePlan.run): pre_forward -> F embedding ->
+  // pre_backward -> B output-layer backward -> paired layers -> remaining B -> remaining F -> post_forward
+  // (send/recv forward, on the comm stream) -> post_backward (send/recv backward, on comp) -> the last B layer's W_A
+  // -> F output layer + loss -> B embedding backward; per pair C_b A_f M_b D_f W_M D_b M_f C_f A_b W_A. The hooks
+  // are MCore's pp_post_forward (send_forward_recv_forward) and pp_post_backward (send_backward_recv_backward) with
+  // overlap_p2p_comm (section 4c), which Bridge sets for PP > 1 with VPP.
+  RunConfig c = moe_config(8, 2, 4, 2, 8);
+  c.overlap_moe_expert_parallel_comm = true;
+  c.delay_wgrad_compute = true;
+  c.host.ep_node_ns = 1000;
+  c.overlap_p2p_comm = true;
+  c.batch_p2p_comm = false;
+  const Lowered low = lower(moe_model("qwen3-30b-a3b", 16), c);
+  REQUIRE(problems(low.schedule).empty());
+  // Rank 0 (pp 0), first steady step F7.0 + B0.1: chunk 0 holds layers 0-1 (with the embedding), chunk 1 layers
+  // 8-9. F sends to pp 1 and receives the next forward (F4.1) from pp 3; B sends its gradient to pp 3.
+  const std::vector<std::string> rank0 = {
+      "mb7.fwd.node_embedding", "L9.mb0.bwd.node_C", "L0.mb7.fwd.node_A", "L9.mb0.bwd.node_M", "L0.mb7.fwd.node_D",
+      "L9.mb0.bwd.node_WM",     "L9.mb0.bwd.node_D", "L0.mb7.fwd.node_M", "L0.mb7.fwd.node_C", "L9.mb0.bwd.node_A",
+      "L9.mb0.bwd.node_WA",     "L8.mb0.bwd.node_C", "L1.mb7.fwd.node_A", "L8.mb0.bwd.node_M", "L1.mb7.fwd.node_D",
+      "L8.mb0.bwd.node_WM",     "L8.mb0.bwd.node_D", "L1.mb7.fwd.node_M", "L1.mb7.fwd.node_C", "L8.mb0.bwd.node_A",
+      "pp.x11.send_fwd",        "pp.x11.recv_fwd",   "pp.x12.send_bwd",   "pp.x12.recv_bwd",   "L8.mb0.bwd.node_WA",
+      "L9.mb1.bwd.node_C"};
+  CHECK(node_and_p2p_order(low.schedule, 0, rank0.front(), rank0.size()) == rank0);
+  // Rank 6 (pp 3, the last stage), step F4.1 + B3.0: chunk 1 (layers 14-15) ends with the output layer, which
+  // comes after both hooks and the held W_A; its post_forward only receives (nothing to send from the last stage).
+  const std::vector<std::string> rank6 = {
+      "L7.mb3.bwd.node_C", "L14.mb4.fwd.node_A", "L7.mb3.bwd.node_M",   "L14.mb4.fwd.node_D", "L7.mb3.bwd.node_WM",
+      "L7.mb3.bwd.node_D", "L14.mb4.fwd.node_M", "L14.mb4.fwd.node_C",  "L7.mb3.bwd.node_A",  "L7.mb3.bwd.node_WA",
+      "L6.mb3.bwd.node_C", "L15.mb4.fwd.node_A", "L6.mb3.bwd.node_M",   "L15.mb4.fwd.node_D", "L6.mb3.bwd.node_WM",
+      "L6.mb3.bwd.node_D", "L15.mb4.fwd.node_M", "L15.mb4.fwd.node_C",  "L6.mb3.bwd.node_A",  "pp.x20.recv_fwd",
+      "pp.x21.send_bwd",   "L6.mb3.bwd.node_WA", "mb4.fwd.node_output", "mb4.bwd.node_output"};
+  CHECK(node_and_p2p_order(low.schedule, 6, rank6.front(), rank6.size()) == rank6);
+  // Data edges: the forward send waits for the F chain's last combine (post_forward runs on the comm stream);
+  // the backward send waits for the last backward attention piece; the held W_A GEMMs are issued after the sends.
+  const auto& send_f = op_named(low.schedule, 0, "pp.x11.send_fwd");
+  CHECK(depends_on(send_f, op_named(low.schedule, 0, "L1.mb7.fwd.residual2").id));
+  CHECK(send_f.tags.overlap == "pp");
+  const auto& send_b = op_named(low.schedule, 0, "pp.x12.send_bwd");
+  CHECK(depends_on(send_b, op_named(low.schedule, 0, "L8.mb0.bwd.ln1_bwd").id));
+  CHECK(op_named(low.schedule, 0, "L8.mb0.bwd.qkv_wgrad").id > send_b.id);
+  // pre_forward of the next step (F4.1 + B1.1) waits for the activation received in this step's post_forward.
+  CHECK(depends_on(op_named(low.schedule, 0, "L8.mb4.fwd.ln1"), op_named(low.schedule, 0, "pp.x11.recv_fwd").id));
+  // Without overlap_p2p_comm (no hooks) the P2P follows the whole step, as send_forward_backward_recv_forward_backward.
+  c.overlap_p2p_comm = false;
+  const Lowered nov = lower(moe_model("qwen3-30b-a3b", 16), c);
+  REQUIRE(problems(nov.schedule).empty());
+  const auto plain = node_and_p2p_order(nov.schedule, 0, "L8.mb0.bwd.node_A", 4);
+  REQUIRE(plain.size() == 4);
+  CHECK(plain[1] == "L8.mb0.bwd.node_WA");
+  CHECK(plain[2].find("send_fwd") != std::string::npos);
+}
+
+TEST_CASE("models::moe: combined 1F1B waits for a layer's param all-gather right before its first forward use",
+          "[moe][dp]") {
+  // overlap_param_gather with the distributed optimizer, PP = 1 (prefetch depth 1, megatron-overlap.md 2b): one
+  // parameter per bucket, so every layer has its own all-gathers.
+  const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
+  RunConfig c = moe_config(4, 2, 1, 1, 2);
+  c.overlap_moe_expert_parallel_comm = true;
+  c.use_distributed_optimizer = true;
+  c.overlap_grad_reduce = true;
+  c.overlap_param_gather = true;
+  c.bucket_size = 1;
+  const Lowered low = lower(m, c);
+  REQUIRE(problems(low.schedule).empty());
+  const auto buckets = dp_buckets(m, c, 0, 0);
+  auto ag_of = [&](const std::string& param) {
+    for (std::size_t b = 0; b < buckets.size(); ++b) {
+      const auto& ps = buckets[b].params;
+      if (std::find(ps.begin(), ps.end(), param) != ps.end()) {
+        return op_named(low.schedule, 0, "dp.chunk0.bucket" + std::to_string(b) + ".param_ag").id;
+      }
+    }
+    FAIL("no bucket holds " << param);
+    return schedule::OpId{0};
+  };
+  const schedule::OpId l1_qkv = ag_of("L1.qkv"), l0_qkv = ag_of("L0.qkv");
+  // Layer 1's first forward compute op waits for layer 1's all-gather; nothing of layer 0 or the embedding does.
+  CHECK(depends_on(op_named(low.schedule, 0, "L1.mb0.fwd.ln1"), l1_qkv));
+  CHECK(depends_on(op_named(low.schedule, 0, "L0.mb0.fwd.ln1"), l0_qkv));
+  for (const auto& op : low.schedule.ops) {
+    if (op.rank != 0 || op.id > op_named(low.schedule, 0, "L0.mb0.fwd.residual2").id) continue;
+    INFO(op.name);
+    CHECK(!depends_on(op, l1_qkv));
+  }
+  // Layer 0's forward compute is issued before layer 1's all-gather is waited for (it was prefetched meanwhile).
+  CHECK(op_named(low.schedule, 0, "L0.mb0.fwd.ln1").id < op_named(low.schedule, 0, "L1.mb0.fwd.ln1").id);
+  // The output layer waits for its own all-gather, right before it.
+  CHECK(depends_on(op_named(low.schedule, 0, "mb0.fwd.final_norm"), ag_of("final_norm")));
 }
 
 TEST_CASE("models::moe: gating rules for EP overlap, delay_wgrad, shared-expert overlap and dispatchers",

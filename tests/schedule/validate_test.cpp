@@ -270,6 +270,17 @@ TEST_CASE("schedule::validate: reduced schedules tolerate absent members", "[sch
   Builder b(std::move(s));
   b.all_reduce(0, "ar", 1, 0, 64);
   b.all_reduce(1, "ar", 1, 0, 64);
-  b.add(0, "send", 1, ts::Send{0, 2, 64, 0});  // peer 2 absent: mirrored, not unmatched
+  b.add(0, "send", 1, ts::Send{0, 2, 64, 0});  // peer 2 absent: mirrored by the recv from absent 3 on rank 0
+  b.add(0, "recv", 1, ts::Recv{0, 3, 64, 0});
   CHECK(ts::validate(b.schedule()).empty());
+  const auto m = ts::match(b.schedule());
+  CHECK(m.partner[2] == 3);
+  CHECK(m.partner[3] == 2);
+
+  // A send to an absent peer with no mirrored recv on its own rank would never start: an error naming the fix.
+  b.add(1, "send", 1, ts::Send{0, 3, 64, 0});
+  const auto d = ts::validate(b.schedule());
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].field == "peer");
+  CHECK(d[0].message.find("no mirrored recv from an absent rank on rank 1") != std::string::npos);
 }

@@ -1,0 +1,43 @@
+// The backend's GEMM call (one cuBLAS strided-batched GEMM in row-major terms, as compute ops issue it) and the
+// mapping of IR dtypes to CUDA's and to the backend kernels'.
+#pragma once
+
+#include <cublas_v2.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "backend/kernels.hpp"
+#include "schedule/schedule.hpp"
+
+namespace twinstep::backend {
+
+/// Row-major C[m,n] = alpha op(A)[m,k] op(B)[k,n] + beta C, `batch` products `stride_*` elements apart; fp32
+/// accumulation. Leading dimensions are row strides in elements.
+struct GemmCall {
+  bool trans_a = false, trans_b = false;
+  std::uint64_t m = 0, n = 0, k = 0, batch = 1;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* c = nullptr;
+  std::uint64_t lda = 0, ldb = 0, ldc = 0;
+  long long stride_a = 0, stride_b = 0, stride_c = 0;
+  float beta = 0.0f;
+  cudaDataType_t type = CUDA_R_16BF;
+};
+
+/// Issues `g` on the handle's stream (cublasGemmEx, or cublasGemmStridedBatchedEx when batch > 1). Empty GEMMs
+/// issue nothing.
+void run_gemm(cublasHandle_t h, const GemmCall& g);
+
+/// A GEMM over contiguous, densely packed operands (leading dimensions from the shape).
+[[nodiscard]] GemmCall plain_gemm(std::uint64_t m, std::uint64_t n, std::uint64_t k, bool ta, bool tb, const void* a,
+                                  const void* b, void* c, std::uint64_t batch, cudaDataType_t type);
+
+/// cuBLAS element type of an IR dtype (bf16, fp16; fp32 otherwise).
+[[nodiscard]] cudaDataType_t cuda_dtype(schedule::DType t);
+
+/// The backend kernels' element type of an IR dtype; nullopt where they have none.
+[[nodiscard]] std::optional<KernelDType> kernel_dtype(schedule::DType t);
+
+}  // namespace twinstep::backend
