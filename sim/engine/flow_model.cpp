@@ -380,6 +380,11 @@ class FlowModel final : public ResourceModel {
     zone_ =
         new FabricZone("fabric", [this](RankId a, RankId b, std::vector<std::uint32_t>& links) { route(a, b, links); });
     sg4::NetZone* z = zone_->get_iface();
+    if (engine_->get_netzone_root() != z) {
+      throw Error("--fidelity flow: " + flow_engine_version() +
+                  " did not make the first zone created the platform's root (3.32 does; newer releases need the "
+                  "platform built with their own API): use --fidelity analytic");
+    }
     auto port = [&](const std::string& name, double bytes_per_s, std::uint32_t up_id) {
       sg4::SplitDuplexLink* l = z->create_split_duplex_link(name, bytes_per_s);
       l->seal();
