@@ -1,7 +1,10 @@
 // The analytic resource model: each activity's solo time comes from the cost model; sharing is mechanistic.
 // - SMs: a running comm kernel holds one SM per NCCL channel (CTA) on every member GPU, a fused kernel holds its
-//   sm_count; regular compute kernels split the remaining SMs evenly, and a tiled kernel's compute time scales
-//   with its wave count ceil(tiles / SMs) (hardware.md 5: 132-CTA GEMM + 24-CTA all-gather = 2 waves).
+//   sm_count; a comm op that reached its stream head and waits for its peers (rendezvous) already holds
+//   waiting_sms_per_channel x its channels on its own GPU: its NCCL kernel is resident and spins (measured: a recv
+//   posted early on its own stream slows the GEMMs and attention that run meanwhile, calibration/validation/REPORT.md);
+//   regular compute kernels split the remaining SMs evenly, and a tiled kernel's compute time scales with its wave
+//   count ceil(tiles / SMs) (hardware.md 5: 132-CTA GEMM + 24-CTA all-gather = 2 waves).
 // - HBM: a comm kernel uses comm_hbm_bytes_per_bus_byte x its bus bandwidth; compute kernels share the rest.
 // - NICs: concurrent inter-node transfers of one GPU share its NIC in proportion to their NCCL connections
 //   (sim/connections.hpp): bandwidth term x (connections of all users / its own), per direction (a NIC is full
@@ -76,6 +79,7 @@ class AnalyticModel final : public GpuSharingModel {
   /// `external_comms`: communication activities are timed by the caller (GpuSharingModel); see resource_model.hpp.
   AnalyticModel(const SimContext& ctx, bool external_comms) : ctx_(ctx), external_(external_comms) {
     if (external_) slot_of_.assign(ctx.schedule.ops.size(), UINT32_MAX);
+    waiting_sms_.assign(ctx.schedule.ops.size(), 0);
     gpus_.resize(ctx.cluster.num_gpus());
     span_cache_.resize(ctx.schedule.communicators.size());
     span_known_.assign(ctx.schedule.communicators.size(), 0);
@@ -113,6 +117,15 @@ class AnalyticModel final : public GpuSharingModel {
       g.compute.push_back(slot);
       touch_compute(act.gpu);
     } else {
+      // Members that waited for this rendezvous stop holding their waiting SMs: the activity holds them now.
+      if (a.kind == ActivityKind::kPointToPoint) {
+        stop_waiting(a.op);
+        stop_waiting(a.partner);
+      } else {
+        for (OpId o : ctx_.matching.collectives[a.instance].ops) {
+          if (o != kNoOp) stop_waiting(o);
+        }
+      }
       act.comm = comm_cost(a, act.gpus, act.nic_connections);
       act.one_way = a.kind == ActivityKind::kPointToPoint && act.gpus.size() == 2;
       last_comm_ = act.comm;
@@ -148,6 +161,30 @@ class AnalyticModel final : public GpuSharingModel {
   }
 
   [[nodiscard]] const CommCost& last_comm_cost() const override { return last_comm_; }
+
+  void comm_waiting(OpId op, Nanos now) override {
+    const double per_channel = ctx_.costs.profile().interference.waiting_sms_per_channel;
+    if (per_channel <= 0) return;
+    const auto& o = ctx_.schedule.ops[op];
+    std::uint32_t channels = 0;
+    if (const auto* s = std::get_if<schedule::Send>(&o.body)) {
+      channels = ctx_.costs.p2p_cost(static_cast<double>(s->bytes), o.rank, s->peer).channels;
+    } else if (const auto* r = std::get_if<schedule::Recv>(&o.body)) {
+      channels = ctx_.costs.p2p_cost(static_cast<double>(r->bytes), r->peer, o.rank).channels;
+    } else if (const auto* c = std::get_if<schedule::Collective>(&o.body)) {
+      channels = c->kind == schedule::CollectiveKind::kAllToAll
+                     ? ctx_.costs.profile().nccl.p2p_channels_nvlink
+                     : ctx_.costs.collective_cost(c->kind, static_cast<double>(c->bytes), span_of(c->comm)).channels;
+    }
+    channels = static_cast<std::uint32_t>(std::lround(channels * per_channel));
+    if (channels == 0 || waiting_sms_[op] != 0) return;
+    ++epoch_;
+    affected_.clear();
+    waiting_sms_[op] = channels;
+    gpus_[o.rank].held_sms += channels;
+    touch_compute(o.rank);
+    for (std::uint32_t s : affected_) retime(s, now);
+  }
 
   void finish_external(ActivityId id, Nanos now) override {
     TWINSTEP_ASSERT(external_ && id < slot_of_.size() && slot_of_[id] != UINT32_MAX, "activity %u not external", id);
@@ -301,6 +338,15 @@ class AnalyticModel final : public GpuSharingModel {
     }
   }
 
+  /// Ends the SM hold of a waiting comm op (its activity starts); call inside an epoch, before re-timing.
+  void stop_waiting(OpId op) {
+    if (op == kNoOp || waiting_sms_[op] == 0) return;
+    const std::uint32_t gpu = ctx_.schedule.ops[op].rank;
+    gpus_[gpu].held_sms -= waiting_sms_[op];
+    waiting_sms_[op] = 0;
+    touch_compute(gpu);
+  }
+
   void release(std::uint32_t slot) {
     Act& act = slots_[slot];
     act.active = false;
@@ -389,7 +435,8 @@ class AnalyticModel final : public GpuSharingModel {
 
   const SimContext& ctx_;
   const bool external_;
-  std::vector<std::uint32_t> slot_of_;  ///< External mode: slot of each running comm activity, by op id.
+  std::vector<std::uint32_t> slot_of_;      ///< External mode: slot of each running comm activity, by op id.
+  std::vector<std::uint32_t> waiting_sms_;  ///< SMs held by a comm op waiting for its peers, by op id (0: none).
   CommCost last_comm_;
   std::vector<Act> slots_;
   std::vector<std::uint32_t> free_;

@@ -263,13 +263,18 @@ class Core {
         if (inst == UINT32_MAX) return;  // unmatched: reported as a deadlock
         if (++arrived_[inst] == present_[inst]) {
           model_.start(first_present_[inst], Activity{ActivityKind::kCollective, first_present_[inst], inst, kNoOp}, t);
+        } else {
+          model_.comm_waiting(op, t);
         }
         break;
       }
       case OpClass::kSend:
       case OpClass::kRecv: {
         const OpId partner = m_.partner.empty() ? kNoOp : m_.partner[op];
-        if (partner == kNoOp || reached_[partner] == 0) return;
+        if (partner == kNoOp || reached_[partner] == 0) {
+          if (partner != kNoOp) model_.comm_waiting(op, t);
+          return;
+        }
         const OpId send = cls_[op] == OpClass::kSend ? op : partner;
         const OpId recv = send == op ? partner : op;
         model_.start(send, Activity{ActivityKind::kPointToPoint, send, UINT32_MAX, recv}, t);

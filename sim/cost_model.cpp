@@ -161,7 +161,7 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
   const auto& gpu = cluster_.node.gpu;
   KernelCost k;
   k.reserved_sms = std::min(c.sm_count, gpu.sm_count);
-  const double flops = schedule::kernel_flops(c.kernel);
+  double flops = schedule::kernel_flops(c.kernel);
   const double bytes = schedule::kernel_bytes(c.kernel);
   const EfficiencyTable* eff_table = eff_by_class_[kernel_class_index(c.kernel)];
   const Interference& itf = profile_.interference;
@@ -181,6 +181,13 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
         } else if constexpr (std::is_same_v<T, schedule::Attention>) {
           peak = gpu.peak_flop_per_s(kern.dtype);
           k.tiles = kern.batch * kern.heads_q * ceil_div(kern.seq_q, itf.attention_tile_q);
+          if (profile_.attention_full_scores && !kern.causal) {
+            // The implementation does the same work for a causal and a non-causal kernel of this shape; the tables
+            // are over the causal FLOPs of their (causal) probes.
+            schedule::Attention as_causal = kern;
+            as_causal.causal = true;
+            flops = schedule::kernel_flops(as_causal);
+          }
         } else if constexpr (std::is_same_v<T, schedule::Elementwise> || std::is_same_v<T, schedule::Optimizer>) {
           peak = gpu.peak_fp32_flop_per_s;  // CUDA cores, not tensor cores
         }

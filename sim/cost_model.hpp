@@ -61,6 +61,11 @@ struct Interference {
   std::uint32_t gemm_tile_m = 128;           ///< Output tile of one CTA, for wave quantization.
   std::uint32_t gemm_tile_n = 256;
   std::uint32_t attention_tile_q = 128;
+  /// SMs a comm kernel holds per NCCL channel while it waits for its peers (launched, rendezvous not complete: a
+  /// recv posted early on its own stream spins until the peer's send arrives). 1 = every CTA resident (NCCL launches
+  /// one CTA per channel); 0 = not modelled. Default 0 until measured: the microbenchmark is a GEMM alone and with
+  /// a recv waiting on a side stream (calibration/validation/REPORT.md names it).
+  double waiting_sms_per_channel = 0.0;
 };
 
 /// Host overhead of a training framework (PyTorch eager) on top of the raw launch costs, measured with the
@@ -103,6 +108,12 @@ struct Profile {
   /// the memory-bound classes (elementwise, optimizer, memcpy) are HBM efficiency over bytes moved, replacing
   /// memory_efficiency for that class.
   bool memory_tables_by_bytes = false;
+  /// false (default; FlashAttention semantics): a causal attention kernel skips the masked half of the scores, so
+  /// its time follows its causal FLOPs. true ("attention_causal_work": "full"): the measured implementation computes
+  /// the whole s_q x s_kv score matrix whether causal or not (twinstep's backend: S = QK^T, softmax, PV over the full
+  /// matrix, backend/executor.cpp), so a kernel's time depends on its shape only; the attention tables, fitted from
+  /// causal probes, are then looked up with every kernel's causal FLOPs count.
+  bool attention_full_scores = false;
   FrameworkCosts framework;
   std::vector<FitSummary> fits;
 

@@ -10,9 +10,11 @@
 //              "channels_inter": 16, "p2p_channels_nvlink": 32, "p2p_channels_net": 4, "p2p_peers_per_round": 8,
 //              "net_overhead": "1 us"},
 //     "interference": {"comm_hbm_bytes_per_bus_byte": 2.5, "gemm_tile_m": 128, "gemm_tile_n": 256,
-//                      "attention_tile_q": 128},
+//                      "attention_tile_q": 128, "waiting_sms_per_channel": 0},  (the last: optional, later)
 //     "kernel_floor": "2.2 us",              (optional, later addition: shortest kernel GPU time)
 //     "memory_tables": "bytes",              (optional: elementwise/optimizer/memcpy tables over bytes moved)
+//     "attention_causal_work": "full",       (optional: the implementation computes the masked scores too; "half"
+//                                             is the default, FlashAttention's skipping of masked blocks)
 //     "framework": {"per_kernel_launch": "9 us", "per_module_call": "30 us", "event_record": "2 us",
 //                   "source": "..."},   ("event_record" optional, later addition: CUDA event record / wait)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
@@ -118,7 +120,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   const Reader r(source);
   r.keys(j, "",
          {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",
-          "interference", "kernel_floor", "memory_tables", "framework", "fits"});
+          "interference", "kernel_floor", "memory_tables", "attention_causal_work", "framework", "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -228,7 +230,9 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   }
   if (j.contains("interference")) {
     const Json& f = j["interference"];
-    r.keys(f, "/interference", {"comm_hbm_bytes_per_bus_byte", "gemm_tile_m", "gemm_tile_n", "attention_tile_q"});
+    r.keys(
+        f, "/interference",
+        {"comm_hbm_bytes_per_bus_byte", "gemm_tile_m", "gemm_tile_n", "attention_tile_q", "waiting_sms_per_channel"});
     if (f.contains("comm_hbm_bytes_per_bus_byte")) {
       p.interference.comm_hbm_bytes_per_bus_byte = r.quantity(
           f["comm_hbm_bytes_per_bus_byte"], "/interference/comm_hbm_bytes_per_bus_byte", Dimension::kDimensionless);
@@ -240,6 +244,13 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       p.interference.gemm_tile_m = r.count(f["gemm_tile_m"], "/interference/gemm_tile_m", 1);
     if (f.contains("gemm_tile_n"))
       p.interference.gemm_tile_n = r.count(f["gemm_tile_n"], "/interference/gemm_tile_n", 1);
+    if (f.contains("waiting_sms_per_channel")) {
+      p.interference.waiting_sms_per_channel =
+          r.quantity(f["waiting_sms_per_channel"], "/interference/waiting_sms_per_channel", Dimension::kDimensionless);
+      if (p.interference.waiting_sms_per_channel < 0 || p.interference.waiting_sms_per_channel > 1) {
+        r.fail("/interference/waiting_sms_per_channel", "must be in [0, 1] (SMs held per NCCL channel while waiting)");
+      }
+    }
     if (f.contains("attention_tile_q")) {
       p.interference.attention_tile_q = r.count(f["attention_tile_q"], "/interference/attention_tile_q", 1);
     }
@@ -252,6 +263,14 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     const std::string m = j["memory_tables"].is_string() ? j["memory_tables"].get<std::string>() : "";
     if (m != "bytes" && m != "flops") r.fail("/memory_tables", "use \"bytes\" or \"flops\"");
     p.memory_tables_by_bytes = m == "bytes";
+  }
+  if (j.contains("attention_causal_work")) {
+    const std::string m = j["attention_causal_work"].is_string() ? j["attention_causal_work"].get<std::string>() : "";
+    if (m != "full" && m != "half") {
+      r.fail("/attention_causal_work",
+             "use \"half\" (causal kernels skip masked blocks) or \"full\" (the whole score matrix is computed)");
+    }
+    p.attention_full_scores = m == "full";
   }
   if (j.contains("framework")) {
     const Json& f = j["framework"];

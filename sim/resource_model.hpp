@@ -53,6 +53,13 @@ class ResourceModel {
   virtual Nanos advance(Nanos horizon, std::vector<ActivityId>& done) = 0;
   /// Activities running (started and not yet returned by advance()).
   [[nodiscard]] virtual std::size_t running() const = 0;
+  /// The communication op `op` (collective member, send or recv) reached the head of its stream at `now` and waits
+  /// for its peers: on a GPU its NCCL kernel is already resident, its CTAs spinning, so it holds its SMs until the
+  /// activity that includes it starts. A notification only (no effect on the IR semantics); default: ignored.
+  virtual void comm_waiting(schedule::OpId op, Nanos now) {
+    (void)op;
+    (void)now;
+  }
 };
 
 /// The analytic model's GPU side, for a model that times communication itself (the flow model): communication

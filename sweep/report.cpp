@@ -457,10 +457,22 @@ std::vector<Measured> read_measured(const std::string& dir, const std::vector<Re
   if (!std::filesystem::is_directory(dir, ec)) {
     throw Error("--measured " + dir + ": not a folder; give a folder of measured trace JSON files");
   }
-  std::map<std::string, std::size_t> by_fp;
-  for (std::size_t i = 0; i < results.size(); ++i) {
-    if (!results[i].schedule_fingerprint.empty()) by_fp.emplace(results[i].schedule_fingerprint, i);
-  }
+  // Candidates for a trace: simulated points with its world size and layout; their full schedules are lowered and
+  // fingerprinted only when a trace asks (sweep points are simulated reduced and extrapolated).
+  std::map<std::size_t, std::string> fingerprints;
+  auto fingerprint_of = [&](std::size_t i) -> const std::string& {
+    auto it = fingerprints.find(i);
+    if (it == fingerprints.end()) {
+      std::string fp;
+      try {
+        fp = sim::schedule_fingerprint(lower_point(results[i].point).schedule);
+      } catch (const Error&) {
+        // no schedule: never matches
+      }
+      it = fingerprints.emplace(i, fp).first;
+    }
+    return it->second;
+  };
   std::vector<std::string> files;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     if (e.is_regular_file() && e.path().extension() == ".json") files.push_back(e.path().string());
@@ -478,8 +490,16 @@ std::vector<Measured> read_measured(const std::string& dir, const std::vector<Re
     m.path = f;
     m.fingerprint = sim::schedule_fingerprint(t.schedule);
     m.step_time_s = schedule::analyze(t).step_time_s;
-    const auto it = by_fp.find(m.fingerprint);
-    if (it != by_fp.end()) m.match = it->second;
+    const auto layout = t.schedule.meta.find("layout");
+    for (std::size_t i = 0; i < results.size() && !m.match; ++i) {
+      const Result& r = results[i];
+      if (r.status != "ok" || r.point.gpus != t.schedule.world_size) continue;
+      const Layout& l = r.point.layout;
+      const std::string prefix = "tp" + std::to_string(l.tp) + " pp" + std::to_string(l.pp) + " vpp" +
+                                 std::to_string(l.vpp) + " cp" + std::to_string(l.cp) + " dp" + std::to_string(l.dp);
+      if (layout != t.schedule.meta.end() && layout->second.rfind(prefix, 0) != 0) continue;
+      if (fingerprint_of(i) == m.fingerprint) m.match = i;
+    }
     out.push_back(std::move(m));
   }
   if (out.empty()) throw Error("--measured " + dir + ": no trace JSON found (twinstep run writes them)");

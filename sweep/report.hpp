@@ -51,7 +51,9 @@ struct Measured {
 };
 
 /// Reads every *.json trace in `dir` (non-trace JSON files are skipped), matches each to a point by the
-/// fingerprint of the schedule it carries. Throws Error if `dir` is not a folder or holds no trace.
+/// fingerprint of the schedule it carries against the full schedule of the simulated points with its world size
+/// and layout (lower_point, computed only for those candidates). Throws Error if `dir` is not a folder or holds no
+/// trace.
 [[nodiscard]] std::vector<Measured> read_measured(const std::string& dir, const std::vector<Result>& results);
 
 /// The HTML report: summary table, step time per overlap variant with the stacked breakdown (best layout of each

@@ -103,11 +103,9 @@ nlohmann::ordered_json head(const Point& p, const std::string& status, const std
   return j;
 }
 
-std::string evaluate_or_throw(const Point& p, bool extrapolate) {
-  Inputs& in = inputs();
-  const models::ModelSpec& model = in.model(p.model);
-  const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
-  models::RunConfig base = in.config(p.base_config);
+/// The run config of a point, as `twinstep predict` would build it from the same flags.
+models::RunConfig point_config(const Point& p, const topologies::Cluster& cluster) {
+  models::RunConfig base = inputs().config(p.base_config);
   base.world_size = p.gpus;
   base.tensor_model_parallel_size = p.layout.tp;
   base.pipeline_model_parallel_size = p.layout.pp;
@@ -122,14 +120,20 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   base.moe_token_dispatcher_type = p.dispatcher;
   base.gpu_memory_bytes = cluster.node.gpu.hbm_capacity_bytes;
   if (base.tensor_model_parallel_size > 1 || base.context_parallel_size > 1) base.cuda_device_max_connections = 1;
-  const models::RunConfig cfg = models::apply_overlap_variant(base, p.overlap);
+  return models::apply_overlap_variant(base, p.overlap);
+}
+
+std::string evaluate_or_throw(const Point& p, bool extrapolate) {
+  Inputs& in = inputs();
+  const models::ModelSpec& model = in.model(p.model);
+  const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
+  const models::RunConfig cfg = point_config(p, cluster);
   const sim::CostModel costs(cluster, in.profile(p.profile));
 
   // Lowers, simulates and analyzes `c` (cfg, or cfg with fewer micro-batches).
   struct Sample {
     models::Lowered lowered;  ///< Schedule moved out into the simulation.
     schedule::Breakdown breakdown;
-    std::string fingerprint;
   };
   auto run = [&](const models::RunConfig& c) {
     Sample out;
@@ -138,7 +142,6 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     lower_opts.mirror_tp = p.fidelity == "analytic";
     out.lowered = models::lower(model, c, lower_opts);
     if (!out.lowered.fits) return out;
-    out.fingerprint = sim::schedule_fingerprint(out.lowered.schedule);
     sim::Options opts;
     opts.fidelity = p.fidelity;
     out.breakdown = schedule::analyze(sim::simulate(std::move(out.lowered.schedule), cluster, costs, opts));
@@ -226,12 +229,10 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   j["breakdown_s"] = bd;
   j["busy_comm_s"] = v.at("busy comm");
   j["warnings"] = warnings;
-  if (full.fingerprint.empty() || full.breakdown.ranks.empty()) {
-    // Extrapolated: the full schedule was never built, so there is no fingerprint to match measured traces with.
-    j["extrapolated_from_micro_batches"] = counts;
-  } else {
-    j["schedule_fingerprint"] = full.fingerprint;
+  if (!full.breakdown.ranks.empty()) {
     if (!fallback.empty()) j["extrapolation_fallback"] = fallback;
+  } else {
+    j["extrapolated_from_micro_batches"] = counts;
   }
   return j.dump();
 }
@@ -327,6 +328,12 @@ class Progress {
 
 }  // namespace
 
+models::Lowered lower_point(const Point& point) {
+  if (!point.invalid_reason.empty()) throw Error("point " + std::to_string(point.index) + ": " + point.invalid_reason);
+  const topologies::Cluster& cluster = inputs().cluster(point.cluster, point.gpus);
+  return models::lower(inputs().model(point.model), point_config(point, cluster));
+}
+
 std::string evaluate_point(const Point& point, bool extrapolate) {
   if (!point.invalid_reason.empty()) return head(point, "invalid", point.invalid_reason).dump();
   try {
@@ -372,7 +379,6 @@ Result result_from_line(const std::string& line, const std::string& source) {
       if (w.is_string()) r.warnings.push_back(w.get<std::string>());
     }
   }
-  r.schedule_fingerprint = j.value("schedule_fingerprint", "");
   r.line = line;
   return r;
 }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "models/lower.hpp"
 #include "sweep/grid.hpp"
 
 namespace twinstep::sweep {
@@ -26,8 +27,7 @@ struct Result {
   /// Mean breakdown over ranks: "compute", "exposed <kind>", "bubble", "host-bound" (seconds; sum = step).
   std::map<std::string, double> breakdown_s;
   std::vector<std::string> warnings;
-  std::string schedule_fingerprint;  ///< sim::schedule_fingerprint of the lowered schedule (measured matching).
-  std::string line;                  ///< The JSON line itself (no newline).
+  std::string line;  ///< The JSON line itself (no newline).
 };
 
 /// Lowers, checks the memory estimate, simulates and analyzes one point, and returns its JSON line (no newline).
@@ -35,6 +35,10 @@ struct Result {
 /// `extrapolate`, a point with many micro-batches is simulated at three small counts and extrapolated along the
 /// line through them (sweep/extrapolate.hpp; the line says "extrapolated_from_micro_batches"), else in full.
 [[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true);
+
+/// `point` lowered in full (every rank and micro-batch), the schedule a measured run of the point executes; its
+/// fingerprint is how a report matches measured traces to points. Throws Error for an invalid point.
+[[nodiscard]] models::Lowered lower_point(const Point& point);
 
 /// Parses one JSON line written by evaluate_point / run_sweep. Throws ParseError naming `source`.
 [[nodiscard]] Result result_from_line(const std::string& line, const std::string& source);

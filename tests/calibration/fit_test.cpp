@@ -84,6 +84,7 @@ TEST_CASE("calibration::fit: a suite measured under a known profile fits back to
   const sim::Profile back = sim::profile_from_json(r.json, "fitted.json");
   CHECK(back.collectives.size() == r.profile.collectives.size());
   CHECK(back.memory_tables_by_bytes);
+  CHECK(back.attention_full_scores);  // the backend's attention computes the masked scores too
   CHECK(back.context.at("fit_git_revision") == "abc");
   CHECK(back.fits.size() == r.profile.fits.size());
   std::filesystem::remove(path);

@@ -131,6 +131,30 @@ TEST_CASE("sim::read_profile: overrides apply; absent sections keep datasheet de
   CHECK(c.time_s() == Approx(10e-6 + 2 * 3e-6 + 1e9 / 324e9));
 }
 
+TEST_CASE("sim::CostModel: attention_causal_work full costs a non-causal kernel as the causal one", "[sim]") {
+  const auto cluster = topologies::load_cluster("h200x2-nvlink");
+  const Attention causal{1, 32, 8, 2048, 6144, 128, true, false, DType::kBF16};
+  Attention full = causal;
+  full.causal = false;
+  // Default (FlashAttention semantics): the non-causal kernel does twice the work at the same shape.
+  const std::string table = R"("compute": {"attention_fwd": [[1e9, 0.05], [1e12, 0.07]]})";
+  const Profile half = profile_from_json(R"({"schema_version": 1, )" + table + "}", "half.json");
+  CHECK_FALSE(half.attention_full_scores);
+  const CostModel ch(cluster, half);
+  const double f_causal = 0.5 * 4.0 * 32 * 2048 * 6144 * 128;
+  const double t_causal = f_causal / (989.4e12 * half.compute.at("attention_fwd").at(f_causal));
+  CHECK(ch.kernel_cost(Compute{causal, 0}).flop_time_s == Approx(t_causal).epsilon(1e-9));
+  CHECK(ch.kernel_cost(Compute{full, 0}).flop_time_s ==
+        Approx(2 * f_causal / (989.4e12 * half.compute.at("attention_fwd").at(2 * f_causal))).epsilon(1e-9));
+  // "full": the implementation computes every score, so both cost the causal figure (the table's own axis).
+  const Profile fs =
+      profile_from_json(R"({"schema_version": 1, "attention_causal_work": "full", )" + table + "}", "full.json");
+  CHECK(fs.attention_full_scores);
+  const CostModel cf(cluster, fs);
+  CHECK(cf.kernel_cost(Compute{causal, 0}).flop_time_s == Approx(t_causal).epsilon(1e-9));
+  CHECK(cf.kernel_cost(Compute{full, 0}).flop_time_s == Approx(t_causal).epsilon(1e-9));
+}
+
 TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[sim]") {
   auto err = [](const std::string& text) {
     try {
@@ -150,4 +174,8 @@ TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[si
   CHECK(err(R"({"schema_version": 1, "nccl": {"algorithms": ["nvls"]}})").find("/nccl/algorithms/0") !=
         std::string::npos);
   CHECK(err("{not json").find("p.json: not valid JSON") == 0);
+  CHECK(err(R"({"schema_version": 1, "interference": {"waiting_sms_per_channel": 2}})")
+            .find("/interference/waiting_sms_per_channel: must be in [0, 1]") != std::string::npos);
+  CHECK(err(R"({"schema_version": 1, "attention_causal_work": "most"})").find("p.json: /attention_causal_work: use") ==
+        0);
 }

@@ -183,6 +183,88 @@ TEST_CASE("sim: SM sharing slows a concurrent GEMM by its wave count", "[sim]") 
         Approx(2.0 * static_cast<double>(duration(alone, gemm_alone))).margin(2));
 }
 
+TEST_CASE("sim: a recv waiting for its peer holds waiting_sms_per_channel x channels SMs", "[sim]") {
+  // Rank 0 posts a recv on its own stream at t = 0 and runs a one-wave GEMM (132 tiles); rank 1's send comes after
+  // a host delay longer than the GEMM. While waiting, the recv's NCCL kernel is resident: with every CTA holding an
+  // SM (32 p2p channels over NVLink), the GEMM's 132 tiles run on 100 SMs: 2 waves instead of 1.
+  auto run = [](double per_channel) {
+    Profile prof = Profile::datasheet_defaults();
+    for (auto& [cls, s] : prof.launch_s) s = 0;
+    prof.interference.comm_hbm_bytes_per_bus_byte = 0;
+    prof.interference.waiting_sms_per_channel = per_channel;
+    const auto cluster = topologies::load_cluster("h200x2-nvlink");
+    const CostModel costs(cluster, prof);
+    Builder b(2, {{"compute", 0}, {"recv", -1}});
+    const CommId c = b.comm("pp", "pp", {0, 1});
+    b.recv(0, "recv", 1, c, 1, 64ull << 20, 0);
+    b.gemm(0, "gemm", 0, 12 * 128, 11 * 256, 16384);
+    b.add(1, "delay", 0, Host{50'000'000});
+    b.send(1, "send", 0, c, 0, 64ull << 20, 0);
+    const Trace t = simulate(b.schedule(), cluster, costs);
+    REQUIRE(t.records.at(0).end_ns > t.records.at(1).end_ns);  // the recv completes after the GEMM
+    return std::pair{duration(t, 1), t.records.at(0).start_ns};
+  };
+  const auto [off, recv_start_off] = run(0.0);
+  const auto [full, recv_start_full] = run(1.0);
+  const auto [quarter, recv_start_quarter] = run(0.25);
+  CHECK(recv_start_off == 0);  // the recv reaches its stream head at once in every variant
+  CHECK(recv_start_full == 0);
+  CHECK(static_cast<double>(full) == Approx(2.0 * static_cast<double>(off)).margin(2));
+  // 8 SMs held: 132 tiles on 124 SMs, still 2 waves (wave quantization, not a proportional slowdown).
+  CHECK(static_cast<double>(quarter) == Approx(2.0 * static_cast<double>(off)).margin(2));
+}
+
+TEST_CASE("sim: the SMs of a waiting recv are released when its transfer starts", "[sim]") {
+  // Rank 0: a recv posted at t = 0, a GEMM beside it (runs while the recv waits) and a GEMM after it (dep on the
+  // recv). Rank 1 sends after its own GEMM. The first GEMM is slowed by the waiting recv; the second runs after the
+  // transfer and must take its solo time (nothing held any more); rank 1 is not affected.
+  auto run = [](double per_channel) {
+    Profile prof = Profile::datasheet_defaults();
+    for (auto& [cls, s] : prof.launch_s) s = 0;
+    prof.interference.comm_hbm_bytes_per_bus_byte = 0;
+    prof.interference.waiting_sms_per_channel = per_channel;
+    const auto cluster = topologies::load_cluster("h200x2-nvlink");
+    const CostModel costs(cluster, prof);
+    Builder b(2, {{"compute", 0}, {"recv", -1}});
+    const CommId c = b.comm("pp", "pp", {0, 1});
+    const OpId g = b.gemm(1, "gemm0", 0, 8192, 8192, 8192);
+    const OpId r = b.recv(0, "recv", 1, c, 1, 1ull << 20, 0);
+    b.gemm(0, "beside", 0, 12 * 128, 11 * 256, 4096);
+    b.gemm(0, "after", 0, 12 * 128, 11 * 256, 4096, {r});
+    b.send(1, "send", 0, c, 0, 1ull << 20, 0, {g});
+    return simulate(b.schedule(), cluster, costs);
+  };
+  const Trace off = run(0.0), on = run(1.0);
+  REQUIRE(on.records.at(1).end_ns > on.records.at(2).end_ns);  // "beside" ends while the recv still waits
+  CHECK(static_cast<double>(duration(on, 2)) == Approx(2.0 * static_cast<double>(duration(off, 2))).margin(2));
+  CHECK(duration(on, 3) == duration(off, 3));
+  CHECK(on.records.at(3).start_ns == on.records.at(1).end_ns);
+  CHECK(on.records.at(4).end_ns == off.records.at(4).end_ns);
+}
+
+TEST_CASE("sim: a collective member that arrives first holds its channels' SMs until the last arrives", "[sim]") {
+  auto run = [](double per_channel) {
+    Profile prof = Profile::datasheet_defaults();
+    for (auto& [cls, s] : prof.launch_s) s = 0;
+    prof.nccl.protocols = {NcclProto::kSimple};  // 24 channels for a large all-reduce
+    prof.interference.comm_hbm_bytes_per_bus_byte = 0;
+    prof.interference.waiting_sms_per_channel = per_channel;
+    const auto cluster = topologies::load_cluster("h200x2-nvlink");
+    const CostModel costs(cluster, prof);
+    Builder b(2, {{"compute", 0}, {"comm", -1}});
+    const CommId c = b.comm("dp", "dp", {0, 1});
+    b.collective(0, "ar", 1, CollectiveKind::kAllReduce, c, 1ull << 30);
+    b.gemm(0, "gemm", 0, 12 * 128, 11 * 256, 16384);  // one wave on 132 SMs
+    b.add(1, "late", 0, Host{50'000'000});
+    b.collective(1, "ar", 1, CollectiveKind::kAllReduce, c, 1ull << 30);
+    return simulate(b.schedule(), cluster, costs);
+  };
+  const Trace off = run(0.0), half = run(0.5);
+  // 12 of 24 channels' SMs held while waiting: 132 tiles on 120 SMs, 2 waves.
+  CHECK(static_cast<double>(duration(half, 1)) == Approx(2.0 * static_cast<double>(duration(off, 1))).margin(2));
+  CHECK(half.records.at(0).end_ns == off.records.at(0).end_ns);  // the collective itself is timed as before
+}
+
 TEST_CASE("sim: HBM use of a running collective slows a memory-bound kernel", "[sim]") {
   Profile prof = Profile::datasheet_defaults();
   for (auto& [cls, s] : prof.launch_s) s = 0;

@@ -7,8 +7,12 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "schedule/json.hpp"
+#include "sim/simulate.hpp"
 #include "sweep/grid.hpp"
+#include "sweep/report.hpp"
 #include "tests/catch.hpp"
+#include "topologies/cluster.hpp"
 
 using namespace twinstep;
 
@@ -80,7 +84,6 @@ TEST_CASE("sweep::run_sweep: one line per point, in point order, with reasons", 
       double sum = 0;
       for (const auto& [c, s] : r.breakdown_s) sum += s;
       CHECK(sum == Approx(r.step_time_s).epsilon(1e-6));
-      CHECK(r.schedule_fingerprint.rfind("fnv1a64:", 0) == 0);
     }
   }
   CHECK(ok == 14);  // (3 layouts on 2 GPUs + 4 on 4 GPUs) x 2 overlaps; tp3 never divides
@@ -173,4 +176,32 @@ TEST_CASE("sweep::evaluate_point: not fitting, unknown inputs and bad lines", "[
   const std::string dir = temp_dir("bad");
   write_file_atomic(dir + "/bad.jsonl", "garbage\n" + sweep::evaluate_point(p) + "\n");
   CHECK_THROWS_WITH(sweep::read_results(dir + "/bad.jsonl"), twinstep_contains("bad.jsonl:1"));
+}
+
+TEST_CASE("sweep::read_measured: a measured trace matches the point whose full schedule it ran", "[sweep]") {
+  const std::string dir = temp_dir("measured");
+  const auto points = tiny_points();
+  const auto results = sweep::run_sweep(points, opts(dir + "/out.jsonl"));
+  // A "measured" trace of the tp2 pp1 / dp point on 4 GPUs: its full schedule lowered and replayed by the simulator
+  // (any trace carrying the executed schedule will do; the sweep itself simulated it TP- and DP-reduced).
+  std::size_t want = points.size();
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    const auto& p = points[i];
+    if (p.gpus == 4 && p.layout.tp == 2 && p.layout.pp == 1 && p.overlap == "dp") want = i;
+  }
+  REQUIRE(want < points.size());
+  REQUIRE(results[want].status == "ok");
+  models::Lowered low = sweep::lower_point(points[want]);
+  const std::string fp = sim::schedule_fingerprint(low.schedule);
+  const auto cluster = topologies::load_cluster("dgx-h100", {0, 4});
+  const auto trace =
+      sim::simulate(std::move(low.schedule), cluster, sim::CostModel(cluster, sim::Profile::datasheet_defaults()));
+  std::filesystem::create_directories(dir + "/measured");
+  schedule::write_trace(trace, dir + "/measured/run.trace.json");
+  write_file_atomic(dir + "/measured/notes.json", "{\"not\": \"a trace\"}\n");
+  const auto m = sweep::read_measured(dir + "/measured", results);
+  REQUIRE(m.size() == 1);
+  CHECK(m[0].fingerprint == fp);
+  REQUIRE(m[0].match);
+  CHECK(*m[0].match == want);
 }
