@@ -6,7 +6,9 @@
 //   regular compute kernels split the remaining SMs evenly, and a tiled kernel's compute time scales with its wave
 //   count ceil(tiles / SMs) (hardware.md 5: 132-CTA GEMM + 24-CTA all-gather = 2 waves).
 // - HBM: a comm kernel uses comm_hbm_bytes_per_bus_byte x its bus bandwidth; compute kernels share the rest.
-// - NICs: concurrent inter-node transfers of one GPU share its NIC fairly (bandwidth term x number of users).
+// - NICs: concurrent inter-node transfers of one GPU share its NIC in proportion to their NCCL connections
+//   (sim/connections.hpp): bandwidth term x (connections of all users / its own), per direction (a NIC is full
+//   duplex: a send/recv loads its sender's transmit side and its receiver's receive side; collectives both).
 // Whenever one of these changes, the remaining work of the affected activities is re-timed.
 #include <algorithm>
 #include <cmath>
@@ -14,6 +16,7 @@
 #include <queue>
 
 #include "common/assert.hpp"
+#include "sim/connections.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::sim {
@@ -32,6 +35,8 @@ struct Act {
   KernelCost kernel;
   CommCost comm;
   double hbm_bytes_per_s = 0;  ///< Comm: HBM it uses on each member.
+  double nic_connections = 0;  ///< Comm using NICs: its connections on each member's NIC.
+  bool one_way = false;        ///< Send/recv: gpus[0] only transmits, gpus[1] only receives.
   double remaining = 1.0;      ///< Fraction of the work left.
   double ns_per_unit = 0;      ///< Current duration of the whole work at the current rates, ns.
   Nanos last_ns = 0;
@@ -46,8 +51,13 @@ struct Gpu {
   std::uint32_t held_sms = 0;
   std::uint32_t regular = 0;  ///< Running compute kernels without reserved SMs.
   double comm_hbm_bytes_per_s = 0;
-  std::uint32_t nic_users = 0;
+  /// Per NIC direction (0 transmit, 1 receive): users and the sum of their connections.
+  std::uint32_t nic_users[2] = {0, 0};
+  double nic_connections[2] = {0, 0};
 };
+
+/// Whether member `k` of a comm activity loads its NIC's direction `dir` (0 transmit, 1 receive).
+bool loads(const Act& a, std::size_t k, int dir) { return !a.one_way || static_cast<int>(k) == dir; }
 
 struct HeapEntry {
   Nanos time;
@@ -116,19 +126,25 @@ class AnalyticModel final : public GpuSharingModel {
           if (o != kNoOp) stop_waiting(o);
         }
       }
-      act.comm = comm_cost(a, act.gpus);
+      act.comm = comm_cost(a, act.gpus, act.nic_connections);
+      act.one_way = a.kind == ActivityKind::kPointToPoint && act.gpus.size() == 2;
       last_comm_ = act.comm;
       if (external_) slot_of_[id] = slot;
       const double factor = ctx_.costs.profile().interference.comm_hbm_bytes_per_bus_byte;
       act.hbm_bytes_per_s = act.comm.bandwidth_time_s > 0 ? act.comm.bus_bytes_per_s * factor : 0.0;
-      for (std::uint32_t gi : act.gpus) {
+      for (std::size_t k = 0; k < act.gpus.size(); ++k) {
+        const std::uint32_t gi = act.gpus[k];
         Gpu& g = gpus_[gi];
         g.held_sms += act.comm.channels;
         g.comm_hbm_bytes_per_s += act.hbm_bytes_per_s;
         g.comm.push_back(slot);
         touch_compute(gi);
         if (act.comm.uses_nic) {
-          ++g.nic_users;
+          for (int dir = 0; dir < 2; ++dir) {
+            if (!loads(act, k, dir)) continue;
+            ++g.nic_users[dir];
+            g.nic_connections[dir] += act.nic_connections;
+          }
           touch_nic(gi);
         }
       }
@@ -237,7 +253,7 @@ class AnalyticModel final : public GpuSharingModel {
     return span_cache_[comm];
   }
 
-  CommCost comm_cost(const Activity& a, std::vector<std::uint32_t>& gpus) {
+  CommCost comm_cost(const Activity& a, std::vector<std::uint32_t>& gpus, double& nic_connections) {
     const auto& ops = ctx_.schedule.ops;
     const auto& cluster = ctx_.cluster;
     if (a.kind == ActivityKind::kPointToPoint) {
@@ -245,9 +261,12 @@ class AnalyticModel final : public GpuSharingModel {
       const auto ra = ops[a.op].rank, rb = ops[a.partner].rank;
       gpus.push_back(ra);
       // A mirrored pair (reduced schedule: send and recv on one rank, peers absent) takes the send's path and
-      // occupies the rank twice, as its outgoing and its incoming transfer do in the full schedule.
+      // occupies the rank twice, as its outgoing and its incoming transfer do in the full schedule (its NIC's
+      // transmit and receive sides).
       gpus.push_back(rb);
-      return ctx_.costs.p2p_cost(static_cast<double>(send.bytes), ra, rb == ra ? send.peer : rb);
+      const CommCost c = ctx_.costs.p2p_cost(static_cast<double>(send.bytes), ra, rb == ra ? send.peer : rb);
+      nic_connections = p2p_connections(c);
+      return c;
     }
     const auto& inst = ctx_.matching.collectives[a.instance];
     for (OpId o : inst.ops) {
@@ -256,7 +275,9 @@ class AnalyticModel final : public GpuSharingModel {
     const auto& coll = std::get<schedule::Collective>(ops[a.op].body);
     const CommSpan& span = span_of(coll.comm);
     if (coll.kind != schedule::CollectiveKind::kAllToAll) {
-      return ctx_.costs.collective_cost(coll.kind, static_cast<double>(coll.bytes), span);
+      const CommCost c = ctx_.costs.collective_cost(coll.kind, static_cast<double>(coll.bytes), span);
+      nic_connections = ring_edge_connections(c, span.per_node);  // one ring per NIC rail: one edge per NIC
+      return c;
     }
     // All-to-all: per member, bytes out and in within its node and across nodes; the slowest member decides.
     // Absent members (reduced schedules) mirror present ones: their traffic equals what they receive.
@@ -267,11 +288,13 @@ class AnalyticModel final : public GpuSharingModel {
     in_intra.assign(n, 0);
     in_inter.assign(n, 0);
     double max_intra = 0, max_inter = 0, max_peer = 0;
+    std::uint32_t max_remote = 0;
     for (std::size_t i = 0; i < n; ++i) {
       const OpId o = inst.ops[i];
       if (o == kNoOp) continue;
       const auto& c = std::get<schedule::Collective>(ops[o].body);
       double out_intra = 0, out_inter = 0;
+      std::uint32_t remote = 0;
       const std::uint32_t ni = cluster.node_of(members[i]);
       for (std::size_t j = 0; j < n && j < c.send_bytes.size(); ++j) {
         if (j == i) continue;
@@ -283,11 +306,15 @@ class AnalyticModel final : public GpuSharingModel {
         } else {
           out_inter += b;
           in_inter[j] += b;
+          if (b > 0) ++remote;
         }
       }
       max_intra = std::max(max_intra, out_intra);
       max_inter = std::max(max_inter, out_inter);
+      max_remote = std::max(max_remote, remote);
     }
+    nic_connections = std::max<std::uint32_t>(1, max_remote) *
+                      all_to_all_peer_connections(ctx_.costs.profile().nccl, static_cast<std::uint32_t>(n - 1), true);
     for (std::size_t j = 0; j < n; ++j) {
       if (inst.ops[j] == kNoOp) continue;
       max_intra = std::max(max_intra, in_intra[j]);
@@ -335,7 +362,8 @@ class AnalyticModel final : public GpuSharingModel {
       touch_compute(act.gpu);
       return;
     }
-    for (std::uint32_t gi : act.gpus) {
+    for (std::size_t k = 0; k < act.gpus.size(); ++k) {
+      const std::uint32_t gi = act.gpus[k];
       Gpu& g = gpus_[gi];
       g.held_sms -= act.comm.channels;
       g.comm_hbm_bytes_per_s -= act.hbm_bytes_per_s;
@@ -343,7 +371,11 @@ class AnalyticModel final : public GpuSharingModel {
       erase_value(g.comm, slot);
       touch_compute(gi);
       if (act.comm.uses_nic) {
-        --g.nic_users;
+        for (int dir = 0; dir < 2; ++dir) {
+          if (!loads(act, k, dir)) continue;
+          --g.nic_users[dir];
+          g.nic_connections[dir] = g.nic_users[dir] == 0 ? 0.0 : g.nic_connections[dir] - act.nic_connections;
+        }
         touch_nic(gi);
       }
     }
@@ -352,11 +384,15 @@ class AnalyticModel final : public GpuSharingModel {
   /// Duration of the whole work at the current sharing, in ns (double).
   double current_ns(const Act& a) const {
     if (a.kind != ActivityKind::kCompute) {
-      std::uint32_t users = 1;
+      double share = 1;  // its NIC bandwidth share, inverted: the busiest member NIC decides
       if (a.comm.uses_nic) {
-        for (std::uint32_t gi : a.gpus) users = std::max(users, gpus_[gi].nic_users);
+        for (std::size_t k = 0; k < a.gpus.size(); ++k) {
+          for (int dir = 0; dir < 2; ++dir) {
+            if (loads(a, k, dir)) share = std::max(share, gpus_[a.gpus[k]].nic_connections[dir] / a.nic_connections);
+          }
+        }
       }
-      return (a.comm.latency_s + a.comm.bandwidth_time_s * users) * 1e9;
+      return (a.comm.latency_s + a.comm.bandwidth_time_s * share) * 1e9;
     }
     const KernelCost& k = a.kernel;
     if (a.fused) return k.solo_time_s() * 1e9;

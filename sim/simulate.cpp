@@ -312,9 +312,9 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
   } else {
     trace.context["simulator"] = "twinstep 0.1.0 sim/analytic";
     trace.context["model_limits"] =
-        "analytic: communication activities share only each GPU's NIC (fair share per GPU); contention between "
-        "collectives on NVLink ports and fabric links (two collectives crossing one NIC path, DP traffic and "
-        "all-to-all on the same rails) is not modelled: use --fidelity flow";
+        "analytic: communication activities share only each GPU's NIC (per direction, by NCCL connections); "
+        "contention between collectives on NVLink ports and fabric uplinks (two collectives crossing one NVLink "
+        "port, traffic leaving a group through an oversubscribed leaf) is not modelled: use --fidelity flow";
   }
   std::size_t present = schedule.ranks.size();
   if (present > 0 && present < schedule.world_size) {

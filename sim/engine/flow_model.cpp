@@ -1,10 +1,30 @@
 // The flow resource model: SimGrid (3.32 and newer) as the max-min bandwidth-sharing engine behind
 // sim::ResourceModel. The topology becomes a SimGrid platform (a host per GPU, split-duplex NVLink and NIC ports,
-// per-group fat-tree uplinks); collectives become coarse steady-state flows on the links they use (one flow per
-// ring edge, all-to-all per peer, send/recv one flow) after an analytic latency term; GPU kernels keep the analytic
-// model's SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md has the traps avoided here).
+// and on a multi-group fat-tree one split-duplex uplink per rail leaf, shared by every flow leaving or entering its
+// group on that rail); collectives become coarse steady-state flows on the links they use (one flow per ring edge,
+// all-to-all per peer, send/recv one flow), weighted by their NCCL connections and followed by an analytic latency
+// term; GPU kernels keep the analytic model's SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md
+// has the traps avoided here).
+//
+// Routing: one flat zone (FabricZone below) whose routes are computed on demand by route(), the same function that
+// sizes the flows. SimGrid's hierarchical zones cannot express a rail-optimized fabric: a node zone has one parent
+// and one gateway, so the leaf (rail) a route leaves through cannot depend on the source GPU; a full zone needs a
+// routing table of hosts^2 entries (2 GiB at 16,384 GPUs). Routes, by the GPUs' node, group (nodes_per_group) and
+// rail (local index):
+//   same node:                   [nvl(a) up, nvl(b) down]
+//   same group, another node:    [nic(a) up, nic(b) down]              (one leaf hop; PXN keeps traffic on a rail)
+//   another group:               [nic(a) up, leaf(group a, rail a) up, leaf(group b, rail b) down, nic(b) down]
+// The spine layer is one aggregated uplink per leaf: ECMP is approximated by splitting every flow evenly over the
+// spines (adaptive routing / packet spraying), not by hashing (src,dst) to one spine. Its capacity is the leaf's
+// downlink capacity (nodes_per_group NICs at NCCL's achievable rate) / oversubscription, so with oversubscription
+// 1 no uplink is ever the bottleneck (its load is bounded by the NICs below it). Above the spines (a core tier) the
+// fabric is non-blocking. Links carry no latency: the fabric's hop latency is in the cost model's latency term, and a
+// route's latency only sets the flow's weight in CM02's sharing (flow_latency_s).
+// Communication is sized with a cost model whose fabric has oversubscription 1: the shared uplinks, not a per-flow
+// factor, slow cross-group traffic down (so a lone flow is not slowed by an oversubscribed but idle uplink).
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <queue>
 #include <set>
@@ -15,9 +35,13 @@
 // (kept apart so that include sorting cannot move version.h above it)
 #include <simgrid/version.h>
 #include <xbt/log.h>
+// (the kernel routing API, for FabricZone)
+#include <simgrid/kernel/routing/NetPoint.hpp>
+#include <simgrid/kernel/routing/NetZoneImpl.hpp>
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
+#include "sim/connections.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::sim {
@@ -28,32 +52,83 @@ using schedule::kNoOp;
 using schedule::OpId;
 using schedule::RankId;
 
-/// Latency of every GPU port (NVLink and NIC). Every route crosses exactly two ports, so all routes have equal
-/// latency and CM02's latency-weighted sharing reduces to plain max-min (reference/simgrid.md 5.5). The 2 ns it adds
-/// per flow are taken off the collective's analytic latency term.
-constexpr double kPortLatencyS = 1e-9;
+/// CM02 shares a link between flows in inverse proportion to their route latency (reference/simgrid.md 5.5). Links
+/// have no latency; FabricZone gives a flow's route the latency flow_latency_s(weight) (weight: the flow's NCCL
+/// connections, see Flow::weight), which makes the sharing weighted max-min by connection count. The latency
+/// (64 ns for 1 connection, 2 ns for 32, at least 1 ns: SimGrid's surf/precision) is taken off the collective's
+/// analytic latency term; the flows then start off the ns grid, so an activity may end up to 1 ns later than its
+/// analytic twin.
+constexpr double kWeightRef = 32;
+double flow_latency_s(double weight) { return std::max(1e-9, 2e-9 * kWeightRef / weight); }
 /// run_until() target when no host event bounds the run (1e9 simulated seconds).
 constexpr double kFarS = 1e9;
 
 double to_s(Nanos t) { return static_cast<double>(t) * 1e-9; }
 Nanos to_ns(double s) { return static_cast<Nanos>(std::llround(s * 1e9)); }
 
-/// Link ids of our own route model (mirrors the SimGrid platform, used to size flows): per GPU four port
-/// directions, then per fat-tree group the uplink in both directions.
+/// Link ids of our own route model (the SimGrid platform routes through the same ids): per GPU four port
+/// directions, then per rail leaf (group x rails + rail) its aggregated spine uplink in both directions.
 struct LinkIds {
   std::uint32_t gpus = 0;
+  std::uint32_t leaves = 0;
   [[nodiscard]] std::uint32_t nvl_up(RankId g) const { return 4 * g; }
   [[nodiscard]] std::uint32_t nvl_down(RankId g) const { return 4 * g + 1; }
   [[nodiscard]] std::uint32_t nic_up(RankId g) const { return 4 * g + 2; }
   [[nodiscard]] std::uint32_t nic_down(RankId g) const { return 4 * g + 3; }
-  [[nodiscard]] std::uint32_t uplink_up(std::uint32_t grp) const { return 4 * gpus + 2 * grp; }
-  [[nodiscard]] std::uint32_t uplink_down(std::uint32_t grp) const { return 4 * gpus + 2 * grp + 1; }
+  [[nodiscard]] std::uint32_t uplink_up(std::uint32_t leaf) const { return 4 * gpus + 2 * leaf; }
+  [[nodiscard]] std::uint32_t uplink_down(std::uint32_t leaf) const { return 4 * gpus + 2 * leaf + 1; }
+};
+
+namespace routing = simgrid::kernel::routing;
+
+/// The platform's only zone: GPU hosts and links, routes computed on demand (see the file comment). `route_links`
+/// maps a (src GPU, dst GPU) pair to our link ids; `links` maps a link id to its SimGrid link (one direction).
+class FabricZone final : public routing::NetZoneImpl {
+ public:
+  using RouteFn = std::function<void(RankId, RankId, std::vector<std::uint32_t>&)>;
+  FabricZone(const std::string& name, RouteFn route_links) : NetZoneImpl(name), route_links_(std::move(route_links)) {}
+
+  /// Registers a GPU host (after create_host) so that routes can find its GPU index.
+  void add_gpu(const sg4::Host* host, RankId gpu) {
+    const auto v = host->get_netpoint()->id();
+    if (gpu_of_vertex_.size() <= v) gpu_of_vertex_.resize(v + 1, UINT32_MAX);
+    gpu_of_vertex_[v] = gpu;
+  }
+  /// Registers one direction of a link under our link id.
+  void set_link(std::uint32_t id, sg4::Link* link) {
+    if (links_.size() <= id) links_.resize(id + 1, nullptr);
+    links_[id] = link;
+  }
+
+  /// The weight of the flow whose route SimGrid asks for next (Comm::start() computes the route at once).
+  void set_flow_weight(double weight) { weight_ = weight; }
+
+  void get_local_route(const routing::NetPoint* src, const routing::NetPoint* dst, routing::Route* into,
+                       double* latency) override {
+    TWINSTEP_ASSERT(src->id() < gpu_of_vertex_.size() && dst->id() < gpu_of_vertex_.size(),
+                    "route between netpoints that are not GPU hosts");
+    route_links_(gpu_of_vertex_[src->id()], gpu_of_vertex_[dst->id()], scratch_);
+    for (std::uint32_t l : scratch_) {
+      TWINSTEP_ASSERT(l < links_.size() && links_[l] != nullptr, "route uses link %u, which was not built", l);
+      into->link_list_.push_back(links_[l]->get_impl());
+    }
+    if (latency != nullptr && !scratch_.empty()) *latency += flow_latency_s(weight_);
+  }
+
+ private:
+  RouteFn route_links_;
+  std::vector<RankId> gpu_of_vertex_;
+  std::vector<sg4::Link*> links_;
+  std::vector<std::uint32_t> scratch_;
+  double weight_ = 1.0;
 };
 
 struct Flow {
   RankId src = 0;
   RankId dst = 0;
   double raw = 0;  ///< Relative volume; scaled to bytes so that the flows alone take the cost model's time.
+  /// NCCL connections the flow stands for (sim/connections.hpp): concurrent flows share a link in proportion.
+  double weight = 1.0;
 };
 
 struct FlowActivity {
@@ -62,11 +137,14 @@ struct FlowActivity {
   std::vector<double> bytes;
   std::vector<sg4::CommPtr> comms;
   std::uint32_t pending = 0;
+  Nanos tail_ns = 0;  ///< Latency term paid after the flows.
   bool active = false;
   bool in_engine = false;  ///< Has flows in SimGrid.
+  bool in_tail = false;    ///< Flows done, paying tail_ns.
 };
 
-/// The end of an activity's latency term, when its flows start. Ordered by (time, activity id).
+/// A timed event of an activity, ordered by (time, activity id): its flows start (at its start), or its latency term
+/// ends (after its flows, or alone for an activity without flows), which ends the activity.
 struct LatencyEnd {
   Nanos time;
   ActivityId id;
@@ -74,12 +152,24 @@ struct LatencyEnd {
   bool operator>(const LatencyEnd& o) const { return time != o.time ? time > o.time : id > o.id; }
 };
 
+/// `costs` with the fabric's oversubscription set to 1: the flow model sizes communication for a non-blocking
+/// fabric and lets the shared leaf uplinks slow down cross-group traffic.
+CostModel without_oversubscription(const CostModel& costs) {
+  topologies::Cluster cluster = costs.cluster();
+  cluster.fabric.oversubscription = 1.0;
+  return CostModel(cluster, costs.profile());
+}
+
 class FlowModel;
 FlowModel* g_model = nullptr;  // SimGrid's completion signal is static; one engine (and model) per process.
 
 class FlowModel final : public ResourceModel {
  public:
-  explicit FlowModel(const SimContext& ctx) : ctx_(ctx), gpu_(make_gpu_sharing_model(ctx)) {
+  explicit FlowModel(const SimContext& ctx)
+      : ctx_(ctx),
+        sizing_costs_(without_oversubscription(ctx.costs)),
+        sizing_ctx_{ctx.schedule, ctx.matching, ctx.cluster, sizing_costs_},
+        gpu_(make_gpu_sharing_model(sizing_ctx_)) {
     if (g_model != nullptr || engine_created_) {
       throw Error(
           "the flow model (SimGrid) runs one simulation per process; this process already ran one "
@@ -117,15 +207,26 @@ class FlowModel final : public ResourceModel {
     const CommCost cost = gpu_->last_comm_cost();
     const std::uint32_t slot = alloc(id);
     FlowActivity& fa = acts_[slot];
-    build_flows(a, fa.flows);
+    build_flows(a, cost, fa.flows);
     size_flows(fa, cost.bandwidth_time_s);
     if (fa.flows.empty() && cost.latency_s <= 0) {
       instant_.push_back(slot);
       return;
     }
-    // The latency term first (our own queue, integer ns), then the flows; 2 ns of it are the ports' latency.
-    const double lat_s = std::max(0.0, cost.latency_s - (fa.flows.empty() ? 0.0 : 2 * kPortLatencyS));
-    latency_.push(LatencyEnd{now + static_cast<Nanos>(std::ceil(lat_s * 1e9 - 1e-6)), id, slot});
+    // The flows start at once and the latency term (our own queue, integer ns) follows them: the bytes of a
+    // pipelined ring or all-to-all leave from its first step on, so a transfer that starts with a large collective
+    // shares the links with it from the start (latency first would give it the links free for the whole latency
+    // term). The flows' SimGrid latency (the longest of them) is part of the term.
+    double flow_lat_s = 0;
+    for (const auto& fl : fa.flows) flow_lat_s = std::max(flow_lat_s, flow_latency_s(fl.weight));
+    const double lat_s = std::max(0.0, cost.latency_s - flow_lat_s);
+    const auto lat_ns = static_cast<Nanos>(std::ceil(lat_s * 1e9 - 1e-6));
+    if (fa.flows.empty()) {
+      latency_.push(LatencyEnd{now + lat_ns, id, slot});
+    } else {
+      fa.tail_ns = lat_ns;
+      latency_.push(LatencyEnd{now, id, slot});  // launched by advance() once SimGrid's clock is at `now`
+    }
   }
 
   Nanos advance(Nanos horizon, std::vector<ActivityId>& done) override {
@@ -148,22 +249,32 @@ class FlowModel final : public ResourceModel {
           Nanos t = std::max(last_, to_ns(sg4::Engine::get_clock()));
           if (h != kNever) t = std::min(t, h);
           last_ = t;
-          for (std::uint32_t slot : batch_) finish(slot, t, done);
+          for (std::uint32_t slot : batch_) {
+            FlowActivity& fa = acts_[slot];
+            if (fa.tail_ns > 0) {  // flows done: the latency term follows
+              leave_engine(fa);
+              fa.in_tail = true;
+              latency_.push(LatencyEnd{t + fa.tail_ns, fa.id, slot});
+            } else {
+              finish(slot, t, done);
+            }
+          }
           batch_.clear();
+          if (done.empty()) continue;
           if (tc == t) gpu_->advance(t, done);
           std::sort(done.begin(), done.end());
           return t;
         }
       }
       if (tl != kNever && tl <= horizon && tl <= tc) {
-        // Latency terms end: start their flows (a latency-only activity ends here).
+        // Flows start, or latency terms end (ending their activities).
         last_ = tl;
         run_engine_to(tl);  // no flow runs (in_flight_ == 0) or the clock is at tl already: no completion here
         TWINSTEP_ASSERT(batch_.empty(), "flow completed while moving SimGrid's clock to a latency end");
         while (!latency_.empty() && latency_.top().time == tl) {
           const std::uint32_t slot = latency_.top().slot;
           latency_.pop();
-          if (acts_[slot].flows.empty()) {
+          if (acts_[slot].flows.empty() || acts_[slot].in_tail) {
             finish(slot, tl, done);
           } else {
             launch(slot);
@@ -203,8 +314,12 @@ class FlowModel final : public ResourceModel {
   // ---- platform -------------------------------------------------------------------------------------------------
 
   [[nodiscard]] std::uint32_t group_of(std::uint32_t node) const {
-    const auto& f = ctx_.cluster.fabric;
-    return multi_group_ ? node / f.nodes_per_group : 0;
+    return multi_group_ ? node / ctx_.cluster.fabric.nodes_per_group : 0;
+  }
+  /// The rail leaf of a GPU: its group's leaf for the GPU's local index (rail-optimized: NIC i on leaf i).
+  [[nodiscard]] std::uint32_t leaf_of(RankId g) const {
+    const auto& cl = ctx_.cluster;
+    return group_of(cl.node_of(g)) * cl.node.gpus_per_node + cl.local_of(g);
   }
 
   /// GPUs that any flow may touch: present ranks, their ring neighbours and all-to-all peers.
@@ -249,74 +364,49 @@ class FlowModel final : public ResourceModel {
     const auto& cl = ctx_.cluster;
     const auto& node = cl.node;
     const auto& f = cl.fabric;
-    using Dir = sg4::LinkInRoute::Direction;
-    // Fat-tree group uplinks as shared links need a zone per group; that routing is not working yet on 3.32 (routes
-    // between groups are not found), so every fabric is one non-blocking switch here and oversubscription stays a
-    // per-flow factor in the cost model's solo time (as in the analytic model).
-    multi_group_ = false;
-    (void)f;
     const bool has_nic = cl.num_nodes > 1 && node.nics_per_gpu > 0 && node.nic_achievable_bytes_per_s > 0;
     nvl_bytes_per_s_ = node.nvlink_nccl_bytes_per_s;
     nic_bytes_per_s_ = has_nic ? node.nics_per_gpu * node.nic_achievable_bytes_per_s : 0.0;
-    const std::uint32_t groups = multi_group_ ? (cl.num_nodes + f.nodes_per_group - 1) / f.nodes_per_group : 1;
-    uplink_bytes_per_s_ =
-        multi_group_ ? f.nodes_per_group * node.gpus_per_node * nic_bytes_per_s_ / f.oversubscription : 0.0;
+    // Shared uplinks exist only where traffic can leave a group: a fat-tree of more than one group.
+    multi_group_ = has_nic && f.kind == topologies::FabricKind::kFatTree && f.nodes_per_group > 0 &&
+                   cl.num_nodes > f.nodes_per_group;
+    const std::uint32_t groups = multi_group_ ? (cl.num_nodes + f.nodes_per_group - 1) / f.nodes_per_group : 0;
+    ids_.leaves = groups * node.gpus_per_node;
+    // A leaf's downlinks: one NIC port per node of the group; its uplinks carry 1/oversubscription of that.
+    uplink_bytes_per_s_ = multi_group_ ? f.nodes_per_group * nic_bytes_per_s_ / f.oversubscription : 0.0;
     const std::vector<std::uint8_t> touched = touched_gpus();
-    std::vector<std::uint8_t> node_used(cl.num_nodes, 0), group_used(groups, 0);
-    for (RankId g = 0; g < ids_.gpus; ++g) {
-      if (touched[g] != 0) node_used[cl.node_of(g)] = group_used[group_of(cl.node_of(g))] = 1;
-    }
     hosts_.assign(ids_.gpus, nullptr);
-    auto* root = sg4::create_star_zone("fabric");
-    std::vector<sg4::NetZone*> parents(groups, root);
-    std::vector<simgrid::kernel::routing::NetPoint*> group_gw(groups, nullptr);
-    if (multi_group_) {
-      for (std::uint32_t g = 0; g < groups; ++g) {
-        if (group_used[g] == 0) continue;
-        auto* z = sg4::create_star_zone("group" + std::to_string(g));
-        z->set_parent(root);
-        group_gw[g] = z->create_router("group" + std::to_string(g) + "_leaf");
-        z->add_route(group_gw[g], nullptr, nullptr, nullptr, {}, true);
-        parents[g] = z;
+    // The zone is the root (the first zone created); SimGrid's engine owns and deletes it.
+    zone_ =
+        new FabricZone("fabric", [this](RankId a, RankId b, std::vector<std::uint32_t>& links) { route(a, b, links); });
+    sg4::NetZone* z = zone_->get_iface();
+    if (engine_->get_netzone_root() != z) {
+      throw Error("--fidelity flow: " + flow_engine_version() +
+                  " did not make the first zone created the platform's root (3.32 does; newer releases need the "
+                  "platform built with their own API): use --fidelity analytic");
+    }
+    auto port = [&](const std::string& name, double bytes_per_s, std::uint32_t up_id) {
+      sg4::SplitDuplexLink* l = z->create_split_duplex_link(name, bytes_per_s);
+      l->seal();
+      zone_->set_link(up_id, l->get_link_up());
+      zone_->set_link(up_id + 1, l->get_link_down());
+    };
+    std::vector<std::uint8_t> leaf_used(ids_.leaves, 0);
+    for (RankId g = 0; g < ids_.gpus; ++g) {
+      if (touched[g] == 0) continue;
+      const std::string gn = "gpu" + std::to_string(g);
+      hosts_[g] = z->create_host(gn, 1e12)->seal();
+      zone_->add_gpu(hosts_[g], g);
+      port(gn + "_nvl", nvl_bytes_per_s_, ids_.nvl_up(g));
+      if (has_nic) port(gn + "_nic", nic_bytes_per_s_, ids_.nic_up(g));
+      if (multi_group_) leaf_used[leaf_of(g)] = 1;
+    }
+    for (std::uint32_t leaf = 0; leaf < ids_.leaves; ++leaf) {
+      if (leaf_used[leaf] != 0) {
+        port("leaf" + std::to_string(leaf) + "_uplink", uplink_bytes_per_s_, ids_.uplink_up(leaf));
       }
     }
-    for (std::uint32_t n = 0; n < cl.num_nodes; ++n) {
-      if (node_used[n] == 0) continue;
-      const std::string nn = "node" + std::to_string(n);
-      auto* z = sg4::create_full_zone(nn);
-      z->set_parent(parents[group_of(n)]);
-      auto* gw = z->create_router(nn + "_ib");
-      const RankId first = n * node.gpus_per_node;
-      std::vector<const sg4::Link*> nvl(node.gpus_per_node), nic(node.gpus_per_node);
-      for (std::uint32_t l = 0; l < node.gpus_per_node; ++l) {
-        const std::string gn = "gpu" + std::to_string(first + l);
-        hosts_[first + l] = z->create_host(gn, 1e12)->seal();
-        nvl[l] = z->create_split_duplex_link(gn + "_nvl", nvl_bytes_per_s_)->set_latency(kPortLatencyS)->seal();
-        if (has_nic) {
-          nic[l] = z->create_split_duplex_link(gn + "_nic", nic_bytes_per_s_)->set_latency(kPortLatencyS)->seal();
-        }
-      }
-      for (std::uint32_t a = 0; a < node.gpus_per_node; ++a) {
-        for (std::uint32_t b = 0; b < node.gpus_per_node; ++b) {
-          if (a == b) continue;
-          z->add_route(hosts_[first + a]->get_netpoint(), hosts_[first + b]->get_netpoint(), nullptr, nullptr,
-                       {{nvl[a], Dir::UP}, {nvl[b], Dir::DOWN}}, false);
-        }
-        if (has_nic) z->add_route(hosts_[first + a]->get_netpoint(), gw, nullptr, nullptr, {{nic[a], Dir::UP}}, true);
-      }
-      z->seal();
-      parents[group_of(n)]->add_route(z->get_netpoint(), nullptr, gw, nullptr, {}, true);
-    }
-    if (multi_group_) {
-      for (std::uint32_t g = 0; g < groups; ++g) {
-        if (group_used[g] == 0) continue;
-        parents[g]->seal();
-        const sg4::Link* up =
-            root->create_split_duplex_link("group" + std::to_string(g) + "_uplink", uplink_bytes_per_s_)->seal();
-        root->add_route(parents[g]->get_netpoint(), nullptr, group_gw[g], nullptr, {{up, Dir::UP}}, true);
-      }
-    }
-    root->seal();
+    z->seal();
   }
 
   /// Links of the route a -> b in our route model (the platform above routes identically).
@@ -331,8 +421,8 @@ class FlowModel final : public ResourceModel {
     }
     links.push_back(ids_.nic_up(a));
     if (multi_group_ && group_of(na) != group_of(nb)) {
-      links.push_back(ids_.uplink_up(group_of(na)));
-      links.push_back(ids_.uplink_down(group_of(nb)));
+      links.push_back(ids_.uplink_up(leaf_of(a)));
+      links.push_back(ids_.uplink_down(leaf_of(b)));
     }
     links.push_back(ids_.nic_down(b));
   }
@@ -371,12 +461,12 @@ class FlowModel final : public ResourceModel {
     return cached;
   }
 
-  void build_flows(const Activity& a, std::vector<Flow>& flows) {
+  void build_flows(const Activity& a, const CommCost& cost, std::vector<Flow>& flows) {
     flows.clear();
     const auto& ops = ctx_.schedule.ops;
     if (a.kind == ActivityKind::kPointToPoint) {
       const RankId src = ops[a.op].rank, dst = ops[a.partner].rank;
-      if (src != dst) flows.push_back(Flow{src, dst, 1.0});
+      if (src != dst) flows.push_back(Flow{src, dst, 1.0, p2p_connections(cost)});
       return;
     }
     const auto& inst = ctx_.matching.collectives[a.instance];
@@ -386,6 +476,13 @@ class FlowModel final : public ResourceModel {
     if (n <= 1) return;
     if (coll.kind == schedule::CollectiveKind::kAllToAll) {
       // Per peer. An absent member (reduced schedule) mirrors the present one: it sends what it receives.
+      const auto& nc = ctx_.costs.profile().nccl;
+      const auto peers = static_cast<std::uint32_t>(n - 1);
+      const double w_net = all_to_all_peer_connections(nc, peers, true);
+      const double w_nvl = all_to_all_peer_connections(nc, peers, false);
+      auto weight = [&](RankId x, RankId y) {
+        return ctx_.cluster.node_of(x) == ctx_.cluster.node_of(y) ? w_nvl : w_net;
+      };
       for (std::size_t i = 0; i < n; ++i) {
         const OpId o = inst.ops[i];
         if (o == kNoOp) continue;
@@ -393,8 +490,9 @@ class FlowModel final : public ResourceModel {
         for (std::size_t j = 0; j < n && j < c.send_bytes.size(); ++j) {
           if (j == i || c.send_bytes[j] == 0 || members[i] == members[j]) continue;
           const double b = static_cast<double>(c.send_bytes[j]);
-          flows.push_back(Flow{members[i], members[j], b});
-          if (inst.ops[j] == kNoOp) flows.push_back(Flow{members[j], members[i], b});
+          const double w = weight(members[i], members[j]);
+          flows.push_back(Flow{members[i], members[j], b, w});
+          if (inst.ops[j] == kNoOp) flows.push_back(Flow{members[j], members[i], b, w});
         }
       }
       return;
@@ -403,18 +501,20 @@ class FlowModel final : public ResourceModel {
     // end are simulated: an absent member's links carry what the present member's carry (symmetry).
     const auto& rings = rings_of(coll.comm, 0);
     const double share = 1.0 / static_cast<double>(rings.size());
+    const double w_ring = ring_edge_connections(cost, static_cast<std::uint32_t>(rings.size()));
     for (const auto& ring : rings) {
       for (std::size_t k = 0; k < n; ++k) {
         const std::uint32_t x = ring[k], y = ring[(k + 1) % n];
         if (inst.ops[x] == kNoOp && inst.ops[y] == kNoOp) continue;
         if (members[x] == members[y]) continue;
-        flows.push_back(Flow{members[x], members[y], share});
+        flows.push_back(Flow{members[x], members[y], share, w_ring});
       }
     }
   }
 
-  /// Scales the flows' relative volumes to bytes so that, alone on the platform, the most loaded link finishes
-  /// in `bandwidth_time_s` (the cost model's solo time): contention then stretches it by max-min sharing.
+  /// Scales the flows' relative volumes to bytes so that, alone on the platform, the most loaded GPU port finishes
+  /// in `bandwidth_time_s` (the cost model's solo time on a non-blocking fabric): contention then stretches it by
+  /// max-min sharing, and an oversubscribed leaf uplink (not part of the sizing) by its capacity.
   void size_flows(FlowActivity& fa, double bandwidth_time_s) {
     fa.bytes.assign(fa.flows.size(), 0.0);
     if (fa.flows.empty()) return;
@@ -425,7 +525,9 @@ class FlowModel final : public ResourceModel {
     load_.clear();
     for (const auto& fl : fa.flows) {
       route(fl.src, fl.dst, scratch_links_);
-      for (std::uint32_t l : scratch_links_) load_[l] += fl.raw;
+      for (std::uint32_t l : scratch_links_) {
+        if (l < ids_.uplink_up(0)) load_[l] += fl.raw;  // GPU ports only
+      }
     }
     double t_iso = 0;  // per unit of raw volume
     for (const auto& [l, v] : load_) t_iso = std::max(t_iso, v / capacity(l));
@@ -447,7 +549,9 @@ class FlowModel final : public ResourceModel {
     fa.id = id;
     fa.active = true;
     fa.pending = 0;
+    fa.tail_ns = 0;
     fa.in_engine = false;
+    fa.in_tail = false;
     fa.comms.clear();
     return slot;
   }
@@ -480,19 +584,26 @@ class FlowModel final : public ResourceModel {
       sg4::CommPtr c = sg4::Comm::sendto_init(hosts_[fl.src], hosts_[fl.dst]);
       c->set_payload_size(static_cast<std::uint64_t>(std::max(1.0, std::round(fa.bytes[i]))));
       c->set_data(reinterpret_cast<void*>(static_cast<std::uintptr_t>(slot) + 1));
+      zone_->set_flow_weight(fl.weight);
       c->start();
+      zone_->set_flow_weight(1.0);
       fa.comms.push_back(std::move(c));
     }
   }
 
-  void finish(std::uint32_t slot, Nanos t, std::vector<ActivityId>& done) {
-    FlowActivity& fa = acts_[slot];
-    // Released outside the completion signal (never drop the last reference of an activity inside it).
+  /// The activity's flows are done: released (outside the completion signal: never drop the last reference of an
+  /// activity inside it) and no longer counted in flight.
+  void leave_engine(FlowActivity& fa) {
     for (auto& c : fa.comms) graveyard_.push_back(std::move(c));
     fa.comms.clear();
-    fa.active = false;
     if (fa.in_engine) --in_flight_;
     fa.in_engine = false;
+  }
+
+  void finish(std::uint32_t slot, Nanos t, std::vector<ActivityId>& done) {
+    FlowActivity& fa = acts_[slot];
+    leave_engine(fa);
+    fa.active = false;
     gpu_->finish_external(fa.id, t);
     done.push_back(fa.id);
     free_.push_back(slot);
@@ -500,7 +611,10 @@ class FlowModel final : public ResourceModel {
 
   static inline bool engine_created_ = false;
   const SimContext& ctx_;
+  CostModel sizing_costs_;  ///< ctx_.costs on a fabric without oversubscription (the uplinks model it).
+  SimContext sizing_ctx_;   ///< ctx_ with sizing_costs_.
   std::unique_ptr<GpuSharingModel> gpu_;
+  FabricZone* zone_ = nullptr;  ///< Owned by SimGrid's engine.
   std::unique_ptr<sg4::Engine> engine_;
   LinkIds ids_;
   bool multi_group_ = false;

@@ -151,9 +151,10 @@ TEST_CASE(
     const double overlap_s = overlapped_comm_s(f);
     INFO("analytic " << ta << " s, flow " << tf << " s, overlapped communication " << overlap_s << " s");
     REQUIRE(ta > 0);
-    // Sharing a port only slows a transfer, and by no more than the time the sharers overlap.
-    CHECK(tf >= ta * (1 - 1e-6));
-    CHECK(tf - ta <= overlap_s + 1e-6 * ta);
+    // Sharing a port only slows a transfer, and by no more than the time the sharers overlap (up to 1 ns per
+    // activity apart: flows start off the ns grid, after their weight-carrying SimGrid latency).
+    CHECK(tf >= ta * (1 - 1e-5));
+    CHECK(tf - ta <= overlap_s + 1e-5 * ta);
     if (lc.name == "tp2 dp4 dp-overlap") {
       // The one legitimate difference (~1%): the DP reduce-scatters/all-gathers overlap the TP collectives of the
       // backward/forward on the same GPUs, and the two rings share each GPU's NVLink port (max-min in flow, not
