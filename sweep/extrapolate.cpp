@@ -12,10 +12,10 @@ namespace twinstep::sweep {
 std::optional<std::array<std::uint32_t, 3>> extrapolation_counts(std::uint32_t micro_batches, std::uint32_t pp,
                                                                  std::uint32_t vpp, std::uint32_t group) {
   const std::uint32_t g = std::max<std::uint32_t>(std::max(group, pp), 1);
-  // Interleaved: whole groups from two on (fewer leaves warm-up micro-batch chunks in flight); 1F1B: from one
-  // micro-batch past the pipeline depth (the EP-overlap combined schedule keeps two in flight at pp 1).
+  // Interleaved: whole groups; 1F1B: from one micro-batch past the pipeline depth (the EP-overlap combined
+  // schedule keeps two in flight at pp 1).
   const std::uint32_t step = vpp > 1 ? g : 1;
-  const std::uint32_t first = vpp > 1 ? 2 * g : g + 1;
+  const std::uint32_t first = vpp > 1 ? g : g + 1;
   const std::array<std::uint32_t, 3> counts{first, first + step, first + 2 * step};
   const std::uint64_t simulated = std::uint64_t{counts[0]} + counts[1] + counts[2];
   if (simulated >= micro_batches) return std::nullopt;

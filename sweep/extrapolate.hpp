@@ -15,10 +15,10 @@
 namespace twinstep::sweep {
 
 /// The three micro-batch counts to simulate instead of `micro_batches`, or nullopt when the full run is as cheap.
-/// Plain 1F1B (`vpp` 1): pp + 1, pp + 2, pp + 3 (the pipeline is full and in steady state). Interleaved: 2, 3 and 4
+/// Plain 1F1B (`vpp` 1): pp + 1, pp + 2, pp + 3 (the pipeline is full and in steady state). Interleaved: 1, 2 and 3
 /// times `group` (MCore's microbatch_group_size_per_vp_stage, default pp; the count must stay a multiple of it).
 /// Chosen only when the three runs together simulate fewer micro-batches than the full run. The caller falls back
-/// to the full run when the short runs' memory estimates differ (warm-up not yet saturated).
+/// to the full run when the memory estimate still grows from the second to the third (warm-up not saturated).
 [[nodiscard]] std::optional<std::array<std::uint32_t, 3>> extrapolation_counts(std::uint32_t micro_batches,
                                                                                std::uint32_t pp, std::uint32_t vpp,
                                                                                std::uint32_t group);
