@@ -15,7 +15,7 @@
 namespace twinstep::sweep {
 
 /// The three micro-batch counts to simulate instead of `micro_batches`, or nullopt when the full run is as cheap.
-/// Plain 1F1B (`vpp` 1): pp + 1, pp + 2, pp + 3 (the pipeline is full and in steady state). Interleaved: 1, 2 and 3
+/// Plain 1F1B (`vpp` 1): pp + 1, pp + 2, pp + 3 (the pipeline is full and in steady state). Interleaved: 2, 3 and 4
 /// times `group` (MCore's microbatch_group_size_per_vp_stage, default pp; the count must stay a multiple of it).
 /// Chosen only when the three runs together simulate fewer micro-batches than the full run. The caller falls back
 /// to the full run when the memory estimate still grows from the second to the third (warm-up not saturated).
@@ -31,7 +31,7 @@ struct MicroBatchSample {
 
 /// Extrapolates every value of `samples` (ascending micro-batch counts, the same keys) along the line through the
 /// last two samples to `micro_batches`. Returns nullopt, with the reason in `why`, when the step is not affine: the
-/// step's slope over the first pair and over the second pair differ by more than `rel_tol` of the larger (plus 1 ns
+/// step's slope over the first pair and over the second pair differ by more than `rel_tol` of the larger (plus 4 ns
 /// per micro-batch of rounding), or a value would come out negative.
 [[nodiscard]] std::optional<std::map<std::string, double>> extrapolate(const std::array<MicroBatchSample, 3>& samples,
                                                                        std::uint32_t micro_batches, double rel_tol,

@@ -38,8 +38,9 @@ namespace twinstep::sweep {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-/// How far the step's slope over the first and the second pair of short runs may differ (sweep/extrapolate.hpp).
-constexpr double kAffineTolerance = 1e-3;
+/// How far the step's slope over the first and the second pair of short runs may differ (sweep/extrapolate.hpp):
+/// tight, so that an extrapolated step equals the full simulation's (tests/sweep/extrapolate_test.cpp).
+constexpr double kAffineTolerance = 1e-6;
 
 /// Symmetry reduction: always for the analytic fidelity, one representative per (pipeline stage, CP rank): TP ranks
 /// mirror too (it gives the same step time as the full schedule: its costs depend on communicator sizes and spans, and

@@ -13,18 +13,18 @@
 
 using namespace twinstep;
 
-TEST_CASE("sweep::extrapolation_counts: from pp + 1 by 1 (1F1B), from one group by a group (interleaved)", "[sweep]") {
+TEST_CASE("sweep::extrapolation_counts: from pp + 1 by 1 (1F1B), from two groups by a group (interleaved)", "[sweep]") {
   using Counts = std::array<std::uint32_t, 3>;
   CHECK(sweep::extrapolation_counts(64, 4, 1, 4) == Counts{5, 6, 7});
-  CHECK(sweep::extrapolation_counts(128, 4, 2, 4) == Counts{4, 8, 12});
-  CHECK(sweep::extrapolation_counts(128, 4, 2, 6) == Counts{6, 12, 18});  // a larger group size
+  CHECK(sweep::extrapolation_counts(128, 4, 2, 4) == Counts{8, 12, 16});
+  CHECK(sweep::extrapolation_counts(128, 4, 2, 6) == Counts{12, 18, 24});  // a larger group size
   CHECK(sweep::extrapolation_counts(10, 1, 1, 1) == Counts{2, 3, 4});
   // Only when the three runs simulate fewer micro-batches than the full run.
   CHECK(sweep::extrapolation_counts(9, 1, 1, 1) == std::nullopt);
   CHECK(sweep::extrapolation_counts(18, 4, 1, 4) == std::nullopt);
   CHECK(sweep::extrapolation_counts(19, 4, 1, 4) == Counts{5, 6, 7});
-  CHECK(sweep::extrapolation_counts(24, 4, 2, 4) == std::nullopt);
-  CHECK(sweep::extrapolation_counts(25, 4, 2, 4) == Counts{4, 8, 12});
+  CHECK(sweep::extrapolation_counts(36, 4, 2, 4) == std::nullopt);
+  CHECK(sweep::extrapolation_counts(37, 4, 2, 4) == Counts{8, 12, 16});
   CHECK(sweep::extrapolation_counts(1, 1, 1, 0) == std::nullopt);
 }
 
