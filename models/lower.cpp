@@ -1154,12 +1154,9 @@ class RankLowering {
   /// A fused flex (DeepEP/HybridEP) kernel holding moe_flex_num_sms SMs, on the EP stream (its internal comm
   /// stream); outside a comm node it waits for the compute stream at launch.
   /// Representation of the fused dispatch/combine: this kernel (its local pack/unpack work, holding the dedicated
-  /// SMs) followed on the same stream by the all_to_all that carries the bytes over NVLink/IB. Limitation of the
-  /// IR: a compute op's SM hold lasts its own cost-model duration and a collective holds the NCCL channel count of
-  /// the profile (p2p_channels_nvlink, 32 by default), so while the transfer runs the simulator sees NCCL's CTAs,
-  /// not moe_flex_num_sms (equal at HybridEP's 32, 12 too many at DeepEP's 20). No IR construct ties a kernel's
-  /// end to a collective's; an exact hold needs a per-collective SM count (Collective::sm_count replacing the
-  /// channel count in the cost model), a schedule/ + sim/ change.
+  /// SMs) followed on the same stream by the all_to_all that carries the bytes over NVLink/IB, which holds the
+  /// same moe_flex_num_sms SMs while it runs (Collective::sm_count; an NCCL all_to_all would hold one CTA per
+  /// channel).
   OpId flex_kernel(const std::string& what, schedule::Kernel kern, Phase ph) {
     std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
     if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
@@ -1168,10 +1165,12 @@ class RankLowering {
   }
   /// An EP all-to-all with per-peer splits (token copies x bytes per copy). Outside a comm node it is a blocking
   /// NCCL call (the compute stream waits for it); inside, it runs on the comm stream after the node's event.
+  /// `sm_count` > 0: the fused flex kernel's transfer, holding its dedicated SMs instead of NCCL channels.
   OpId ep_a2a(const std::string& what, const std::vector<std::uint64_t>& copies, std::uint64_t bytes_per_copy,
-              schedule::DType dtype, Phase ph) {
+              schedule::DType dtype, Phase ph, std::uint32_t sm_count = 0) {
     schedule::Collective c;
     c.kind = CollectiveKind::kAllToAll;
+    c.sm_count = sm_count;
     c.comm = x_.ep_of[rank_];
     c.dtype = dtype;
     for (auto n : copies) c.send_bytes.push_back(n * bytes_per_copy);
@@ -1480,7 +1479,7 @@ class RankLowering {
       for (auto c : flex_copies()) copies += c;
       const OpId kd = flex_kernel("flex_dispatch", Elementwise{2 * act(copies, k_.h), 0}, ph);
       if (k_.e > 1)
-        ep_a2a("flex_dispatch_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+        ep_a2a("flex_dispatch_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
       else if (!comm_node_)
         pending_.push_back(kd);
     }
@@ -1541,7 +1540,7 @@ class RankLowering {
       for (auto c : flex_combine_copies()) copies += c;
       const OpId kc = flex_kernel("flex_combine", Elementwise{2 * act(copies, k_.h), 0}, ph);
       if (k_.e > 1)
-        ep_a2a("flex_combine_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+        ep_a2a("flex_combine_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
       else if (!comm_node_)
         pending_.push_back(kc);
     } else {
@@ -1576,7 +1575,7 @@ class RankLowering {
       for (auto c : flex_copies()) copies += c;
       const OpId kd = flex_kernel("flex_combine_bwd", Elementwise{2 * act(copies, k_.h), 0}, ph);
       if (k_.e > 1)
-        ep_a2a("flex_combine_grad_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+        ep_a2a("flex_combine_grad_a2a", flex_copies(), k_.h * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
       else if (!comm_node_)
         pending_.push_back(kd);
     }
@@ -1612,7 +1611,7 @@ class RankLowering {
       for (auto c : flex_combine_copies()) copies += c;
       const OpId kd = flex_kernel("flex_dispatch_bwd", Elementwise{2 * act(copies, k_.h), 0}, ph);
       if (k_.e > 1)
-        ep_a2a("flex_dispatch_grad_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
+        ep_a2a("flex_dispatch_grad_a2a", flex_combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
       else if (!comm_node_)
         pending_.push_back(kd);
     } else if (k_.te * k_.e > 1) {

@@ -447,9 +447,9 @@ Op parse_op(const Ctx& c, const json& j, const Path& p) {
     if (const json* v = member(j, "sm_count")) comp.sm_count = as_u32(c, *v, p / "sm_count");
     op.body = std::move(comp);
   } else if (kind == "collective") {
-    static constexpr std::array<const char*, 13> kKeys{"id",    "rank",       "name",       "kind", "stream",
+    static constexpr std::array<const char*, 14> kKeys{"id",    "rank",       "name",       "kind", "stream",
                                                        "deps",  "tags",       "collective", "comm", "bytes",
-                                                       "dtype", "send_bytes", "root"};
+                                                       "dtype", "send_bytes", "root",       "sm_count"};
     check_keys(c, j, p, kKeys, "a collective op");
     stream();
     Collective col;
@@ -475,6 +475,7 @@ Op parse_op(const Ctx& c, const json& j, const Path& p) {
     } else if (root != nullptr) {
       fail(c, p / "root", "\"root\" is only for broadcast (remove it)");
     }
+    if (const json* v = member(j, "sm_count")) col.sm_count = as_u32(c, *v, p / "sm_count");
     op.body = std::move(col);
   } else if (kind == "send" || kind == "recv") {
     static constexpr std::array<const char*, 11> kKeys{"id",   "rank", "name", "kind",  "stream", "deps",
@@ -886,6 +887,7 @@ void write_op(Writer& w, const Schedule& s, const Op& op) {
           w.key("dtype"), w.str(dtype_name(b.dtype));
           if (b.kind == CollectiveKind::kAllToAll) w.key("send_bytes"), w.num_list(b.send_bytes);
           if (b.kind == CollectiveKind::kBroadcast) w.key("root"), w.num(b.root);
+          if (b.sm_count > 0) w.key("sm_count"), w.num(b.sm_count);
         } else if constexpr (std::is_same_v<T, Send> || std::is_same_v<T, Recv>) {
           w.key("comm"), w.str(comm_name(s, b.comm));
           w.key("peer"), w.num(b.peer);

@@ -129,6 +129,9 @@ struct Collective {
   DType dtype = DType::kBF16;
   std::vector<std::uint64_t> send_bytes;  ///< all_to_all only; size = communicator size.
   RankId root = 0;                        ///< broadcast only: global rank of the root.
+  /// SMs the collective's kernel occupies while it runs; 0 = one CTA per NCCL channel (the cost model's channel
+  /// count). Set for fused communication kernels with a fixed SM budget (DeepEP/HybridEP: moe_flex_num_sms).
+  std::uint32_t sm_count = 0;
 
   bool operator==(const Collective&) const = default;  ///< Field-wise (round-trip tests, caches).
 };

@@ -127,6 +127,11 @@ class AnalyticModel final : public GpuSharingModel {
         }
       }
       act.comm = comm_cost(a, act.gpus, act.nic_connections);
+      if (a.kind == ActivityKind::kCollective) {
+        // A fused communication kernel holds its own SM budget instead of one CTA per NCCL channel.
+        const auto& coll = std::get<schedule::Collective>(ctx_.schedule.ops[a.op].body);
+        if (coll.sm_count > 0) act.comm.channels = coll.sm_count;
+      }
       act.one_way = a.kind == ActivityKind::kPointToPoint && act.gpus.size() == 2;
       last_comm_ = act.comm;
       if (external_) slot_of_[id] = slot;
@@ -172,7 +177,8 @@ class AnalyticModel final : public GpuSharingModel {
     } else if (const auto* r = std::get_if<schedule::Recv>(&o.body)) {
       channels = ctx_.costs.p2p_cost(static_cast<double>(r->bytes), r->peer, o.rank).channels;
     } else if (const auto* c = std::get_if<schedule::Collective>(&o.body)) {
-      channels = c->kind == schedule::CollectiveKind::kAllToAll
+      channels = c->sm_count > 0 ? c->sm_count
+                 : c->kind == schedule::CollectiveKind::kAllToAll
                      ? ctx_.costs.profile().nccl.p2p_channels_nvlink
                      : ctx_.costs.collective_cost(c->kind, static_cast<double>(c->bytes), span_of(c->comm)).channels;
     }
