@@ -482,8 +482,10 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
     auto ratio = [](const std::map<std::string, double>& v, const std::string& base) {
       return v.at(base + ".waiting") / v.at(base + ".solo");
     };
+    // The simulator holds whole SMs and a tiled kernel's time changes only where its wave count does, so a range of
+    // values predicts the same slowdowns: the fit takes the middle of the best range and logs the range.
     constexpr int kSteps = 100;
-    double best = 0, best_err = 1e300;
+    std::vector<double> errs;
     for (int i = 0; i <= kSteps; ++i) {
       sim::Profile q = p;
       q.interference.waiting_sms_per_channel = static_cast<double>(i) / kSteps;
@@ -493,16 +495,23 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
         const double m = ratio(c.measured, base);
         err += std::pow((ratio(sim, base) - m) / m, 2);
       }
-      if (err < best_err - 1e-12) {  // ties (the channel count is rounded): the smallest value
-        best_err = err;
-        best = q.interference.waiting_sms_per_channel;
-      }
+      errs.push_back(err);
     }
-    p.interference.waiting_sms_per_channel = best;
+    const double best_err = *std::min_element(errs.begin(), errs.end());
+    const auto tied = [&](int i) { return errs[static_cast<std::size_t>(i)] <= best_err * (1 + 1e-9) + 1e-15; };
+    int lo = 0;
+    while (!tied(lo)) ++lo;
+    int hi = lo;
+    while (hi < kSteps && tied(hi + 1)) ++hi;
+    p.interference.waiting_sms_per_channel = 0.5 * (lo + hi) / kSteps;
     const auto sim = simulate_group(c, *g, p);
     char buf[240];
-    std::snprintf(buf, sizeof buf, "%s: waiting_sms_per_channel = %.2f (grid 0..1 step %.2f, rms rel. error %.2f%%)",
-                  kRecvWaitGroup, best, 1.0 / kSteps, 100 * std::sqrt(best_err / std::max<double>(1, bases.size())));
+    std::snprintf(buf, sizeof buf,
+                  "%s: waiting_sms_per_channel = %.3f (equally good %.2f..%.2f; grid 0..1 step %.2f; rms rel. error "
+                  "%.2f%% over %zu shapes)",
+                  kRecvWaitGroup, p.interference.waiting_sms_per_channel, static_cast<double>(lo) / kSteps,
+                  static_cast<double>(hi) / kSteps, 1.0 / kSteps,
+                  100 * std::sqrt(best_err / std::max<double>(1, static_cast<double>(bases.size()))), bases.size());
     c.log.push_back(buf);
     for (const auto& base : bases) {
       const double m = ratio(c.measured, base), s = ratio(sim, base);
