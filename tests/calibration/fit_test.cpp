@@ -89,8 +89,12 @@ TEST_CASE("calibration::fit: a suite measured under a known profile fits back to
   CHECK_FALSE(back.attention_full_scores);  // the backend's causal attention runs the lower triangle only
   CHECK(back.context.at("fit_git_revision") == "abc");
   CHECK(back.fits.size() == r.profile.fits.size());
-  // No waiting SMs in the truth: none fitted.
-  CHECK(back.interference.waiting_sms_per_channel == 0.0);
+  // No waiting SMs in the truth: 0 is in the equally good range (a few SMs change no wave count of the quick suite).
+  CHECK(back.interference.waiting_sms_per_channel < 0.25);
+  CHECK(std::any_of(r.log.begin(), r.log.end(), [](const std::string& l) {
+    return l.find("waiting_sms_per_channel = ") != std::string::npos &&
+           l.find("equally good 0.00..") != std::string::npos;
+  }));
   std::filesystem::remove(path);
 }
 
