@@ -277,7 +277,8 @@ Json profile_json(const sim::Profile& p, const Json& tables, const std::map<std:
   for (auto a : p.nccl.algorithms) algos.push_back(sim::algo_name(a));
   for (auto q : p.nccl.protocols) protos.push_back(sim::proto_name(q));
   j["nccl"] = {{"algorithms", algos}, {"protocols", protos}};
-  j["interference"] = {{"comm_hbm_bytes_per_bus_byte", p.interference.comm_hbm_bytes_per_bus_byte}};
+  j["interference"] = {{"comm_hbm_bytes_per_bus_byte", p.interference.comm_hbm_bytes_per_bus_byte},
+                       {"waiting_sms_per_channel", p.interference.waiting_sms_per_channel}};
   if (p.framework.per_kernel_launch_s >= 0 || p.framework.per_module_call_s >= 0) {
     Json f = Json::object();
     if (p.framework.per_kernel_launch_s >= 0) f["per_kernel_launch"] = p.framework.per_kernel_launch_s;
@@ -429,7 +430,7 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   {
     std::vector<const BenchGroup*> coruns;
     for (const auto& g : c.suite) {
-      if (g.name.rfind("corun.", 0) == 0 &&
+      if (g.name.rfind("corun.", 0) == 0 && c.measured.count(g.name + ".gemm_solo") != 0 &&
           std::all_of(g.probes.begin(), g.probes.end(), [&](const Probe& pr) { return c.measured.count(pr.name); })) {
         coruns.push_back(&g);
       }
@@ -466,6 +467,59 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
       }
     }
   }
+  // Waiting SMs: the SMs per NCCL channel that a recv waiting for its peer holds, as the value under which the
+  // simulator reproduces the slowdown (waiting / solo time of the same kernel) of each compute shape beside the
+  // waiting recv best (least squares of relative errors over a grid of the one coefficient in [0, 1], the range the
+  // profile allows: 1 = every CTA of the NCCL kernel holds an SM). Ratios, as for the HBM coefficient: the solo
+  // error belongs to the efficiency tables.
+  if (const BenchGroup* g = find_group(c, kRecvWaitGroup);
+      g != nullptr &&
+      std::all_of(g->probes.begin(), g->probes.end(), [&](const Probe& pr) { return c.measured.count(pr.name); })) {
+    std::vector<std::string> bases;  // probe names without ".waiting"
+    for (const auto& pr : g->probes) {
+      if (pr.family == "recv_wait.waiting") bases.push_back(pr.name.substr(0, pr.name.size() - 8));
+    }
+    auto ratio = [](const std::map<std::string, double>& v, const std::string& base) {
+      return v.at(base + ".waiting") / v.at(base + ".solo");
+    };
+    // The simulator holds whole SMs and a tiled kernel's time changes only where its wave count does, so a range of
+    // values predicts the same slowdowns: the fit takes the middle of the best range and logs the range.
+    constexpr int kSteps = 100;
+    std::vector<double> errs;
+    for (int i = 0; i <= kSteps; ++i) {
+      sim::Profile q = p;
+      q.interference.waiting_sms_per_channel = static_cast<double>(i) / kSteps;
+      const auto sim = simulate_group(c, *g, q);
+      double err = 0;
+      for (const auto& base : bases) {
+        const double m = ratio(c.measured, base);
+        err += std::pow((ratio(sim, base) - m) / m, 2);
+      }
+      errs.push_back(err);
+    }
+    const double best_err = *std::min_element(errs.begin(), errs.end());
+    const auto tied = [&](int i) { return errs[static_cast<std::size_t>(i)] <= best_err * (1 + 1e-9) + 1e-15; };
+    int lo = 0;
+    while (!tied(lo)) ++lo;
+    int hi = lo;
+    while (hi < kSteps && tied(hi + 1)) ++hi;
+    p.interference.waiting_sms_per_channel = 0.5 * (lo + hi) / kSteps;
+    const auto sim = simulate_group(c, *g, p);
+    char buf[240];
+    std::snprintf(buf, sizeof buf,
+                  "%s: waiting_sms_per_channel = %.3f (equally good %.2f..%.2f; grid 0..1 step %.2f; rms rel. error "
+                  "%.2f%% over %zu shapes)",
+                  kRecvWaitGroup, p.interference.waiting_sms_per_channel, static_cast<double>(lo) / kSteps,
+                  static_cast<double>(hi) / kSteps, 1.0 / kSteps,
+                  100 * std::sqrt(best_err / std::max<double>(1, static_cast<double>(bases.size()))), bases.size());
+    c.log.push_back(buf);
+    for (const auto& base : bases) {
+      const double m = ratio(c.measured, base), s = ratio(sim, base);
+      std::snprintf(buf, sizeof buf, "%s: measured slowdown x%.3f; simulated x%.3f (%+.1f%%)", base.c_str(), m, s,
+                    100 * (s - m) / m);
+      c.log.push_back(buf);
+    }
+  }
   if (framework.per_kernel_launch_s >= 0 || framework.per_module_call_s >= 0) {
     // The script measures the eager op's whole host cost; the framework's share is what exceeds the raw launch.
     p.framework.per_kernel_launch_s =
@@ -480,7 +534,8 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   check_groups(c, "p2p.", p, "");
   check_groups(c, "host.", p, "issue per op / host_sync wake-up");
   check_groups(c, "corun.", p,
-               "comm_hbm_bytes_per_bus_byte = " + std::to_string(p.interference.comm_hbm_bytes_per_bus_byte));
+               "comm_hbm_bytes_per_bus_byte = " + std::to_string(p.interference.comm_hbm_bytes_per_bus_byte) +
+                   ", waiting_sms_per_channel = " + std::to_string(p.interference.waiting_sms_per_channel));
   p.fits = c.fits;
 
   std::map<std::string, std::string> context = raw.context;

@@ -74,6 +74,7 @@ class Builder {
   }
 
   void probe(Probe p) { group_.probes.push_back(std::move(p)); }
+  schedule::Schedule& schedule() { return group_.schedule; }
   BenchGroup take() { return std::move(group_); }
   [[nodiscard]] std::uint32_t world() const { return world_; }
 
@@ -400,6 +401,70 @@ void add_corun_groups(std::vector<BenchGroup>& suite, std::uint32_t world) {
   }
 }
 
+/// A recv waiting for its peer beside compute (calibration/validation/REPORT.md section 2): rank 0 runs a list of
+/// GEMM and attention shapes solo, then again while a 16 MiB recv from rank 1 (stream tp_recv, priority -1) is posted
+/// and waits ~20 ms: its NCCL kernel is resident and spins, holding SMs. Rank 1 keeps its GPU idle: it waits (host)
+/// for a tiny handshake from rank 0 sent when the solo list is done, runs 20 ms of host work, then sends. The
+/// handshake starts the wait on both ranks at the same moment, independent of how long the solo list took. The fit
+/// takes interference.waiting_sms_per_channel from the slowdowns (waiting / solo per shape).
+void add_recv_wait_group(std::vector<BenchGroup>& suite, std::uint32_t world) {
+  if (world < 2) return;
+  Builder b(kRecvWaitGroup, world);
+  auto& s = b.schedule();
+  const auto tp_send = static_cast<schedule::StreamId>(s.streams.size());
+  s.streams.push_back({"tp_send", 0});
+  const auto tp_recv = static_cast<schedule::StreamId>(s.streams.size());
+  s.streams.push_back({"tp_recv", -1});
+  std::vector<std::pair<std::string, schedule::Kernel>> kernels;
+  for (const auto& g : {schedule::Gemm{2048, 3072, 4096, 1, schedule::DType::kBF16},
+                        schedule::Gemm{1024, 4096, 7168, 1, schedule::DType::kBF16},
+                        schedule::Gemm{4096, 4096, 4096, 1, schedule::DType::kBF16},
+                        schedule::Gemm{4096, 4096, 14336, 1, schedule::DType::kBF16},
+                        schedule::Gemm{4096, 28672, 4096, 1, schedule::DType::kBF16},
+                        schedule::Gemm{8192, 8192, 8192, 1, schedule::DType::kBF16}}) {
+    kernels.emplace_back("gemm." + shape_name(g), g);
+  }
+  for (bool bwd : {false, true}) {
+    const schedule::Attention a{1, 16, 4, 4096, 4096, 128, true, bwd, schedule::DType::kBF16};
+    kernels.emplace_back(std::string(bwd ? "attention_bwd." : "attention_fwd.") + shape_name(a), a);
+  }
+  constexpr std::uint64_t kRecvBytes = 16 * kMiB;
+  constexpr std::uint64_t kHandshakeBytes = 4 * kKiB;
+  constexpr Nanos kPeerDelayNs = 20'000'000;  // 20 ms of host work on rank 1 before its send
+  // Rank 0: a warm-up GEMM (unprobed: the first kernel of a step after the barrier runs on an idle-clocked GPU,
+  // measured about x2 slower on the two-H200 machine), the solo list, the handshake, then the recv and the same list
+  // beside it.
+  std::vector<OpId> solo, waiting;
+  b.add(0, 0, "warmup", compute(schedule::Gemm{8192, 8192, 8192, 1, schedule::DType::kBF16}));
+  for (const auto& [label, k] : kernels) solo.push_back(b.add(0, 0, label + ".solo", compute(k)));
+  const OpId handshake = b.add(0, tp_send, "handshake.send", schedule::Send{0, 1, kHandshakeBytes, 1}, {solo.back()});
+  const OpId recv = b.add(0, tp_recv, "recv", schedule::Recv{0, 1, kRecvBytes, 0}, {handshake});
+  for (const auto& [label, k] : kernels) {
+    waiting.push_back(b.add(0, 0, label + ".waiting", compute(k),
+                            waiting.empty() ? std::vector<OpId>{handshake} : std::vector<OpId>{}));
+  }
+  // Rank 1: wait for the handshake, 20 ms of host work, then the matching send. Other ranks stay idle.
+  const OpId hs_recv = b.add(1, tp_recv, "handshake.recv", schedule::Recv{0, 0, kHandshakeBytes, 1});
+  b.add(1, 0, "handshake.wait", schedule::HostSync{hs_recv});
+  b.add(1, 0, "peer_delay", schedule::Host{kPeerDelayNs});
+  b.add(1, tp_send, "send", schedule::Send{0, 0, kRecvBytes, 0});
+  for (std::size_t i = 0; i < kernels.size(); ++i) {
+    const auto& [label, k] = kernels[i];
+    const double flops = schedule::kernel_flops(k);
+    const std::string base = std::string(kRecvWaitGroup) + "." + label;
+    b.probe({base + ".solo", "recv_wait.solo", Metric::kDuration, {solo[i]}, schedule::kNoOp, flops, {}});
+    b.probe({base + ".waiting", "recv_wait.waiting", Metric::kDuration, {waiting[i]}, schedule::kNoOp, flops, {}});
+  }
+  b.probe({std::string(kRecvWaitGroup) + ".recv",
+           "recv_wait.recv",
+           Metric::kDuration,
+           {recv},
+           schedule::kNoOp,
+           double(kRecvBytes),
+           {}});
+  suite.push_back(b.take());
+}
+
 }  // namespace
 
 std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t world) {
@@ -471,6 +536,7 @@ std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t 
   if (world > 1) add_collective_groups(suite, world, quick);
   add_host_groups(suite, world, quick);
   add_corun_groups(suite, world);
+  add_recv_wait_group(suite, world);
   return suite;
 }
 

@@ -48,6 +48,10 @@ struct Measurement {
   double value_s = 0;
 };
 
+/// The co-run group of a compute list beside a recv that waits for its peer (probes "<group>.<kernel>.solo" and
+/// "<group>.<kernel>.waiting", families "recv_wait.solo" / "recv_wait.waiting", and "<group>.recv").
+inline constexpr const char* kRecvWaitGroup = "corun.recv_wait";
+
 /// The suites: "default" (the full sweep: collectives 1 KiB..1 GiB) and "quick" (a few points of each).
 /// `world_size` >= 1 is the number of GPUs (communication benchmarks need 2 or more). Deterministic.
 [[nodiscard]] std::vector<BenchGroup> make_suite(const std::string& suite, std::uint32_t world_size);

@@ -2,6 +2,8 @@
 // profile is fitted back to figures that reproduce it, raw files survive interruption and resume, bad input errors.
 #include "calibration/fit.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -31,9 +33,9 @@ sim::Profile truth_profile() {
   return p;
 }
 
-RawResults measure_quick(const std::string& path) {
+RawResults measure_quick(const std::string& path, const sim::Profile& truth = truth_profile()) {
   const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
-  const sim::CostModel costs(cluster, truth_profile());
+  const sim::CostModel costs(cluster, truth);
   const auto suite = make_suite("quick", 2);
   RunOptions o;
   o.raw_path = path;
@@ -87,7 +89,59 @@ TEST_CASE("calibration::fit: a suite measured under a known profile fits back to
   CHECK_FALSE(back.attention_full_scores);  // the backend's causal attention runs the lower triangle only
   CHECK(back.context.at("fit_git_revision") == "abc");
   CHECK(back.fits.size() == r.profile.fits.size());
+  // No waiting SMs in the truth: 0 is in the equally good range (a few SMs change no wave count of the quick suite).
+  CHECK(back.interference.waiting_sms_per_channel < 0.25);
+  CHECK(std::any_of(r.log.begin(), r.log.end(), [](const std::string& l) {
+    return l.find("waiting_sms_per_channel = ") != std::string::npos &&
+           l.find("equally good 0.00..") != std::string::npos;
+  }));
   std::filesystem::remove(path);
+}
+
+TEST_CASE("calibration::fit: waiting_sms_per_channel is recovered from corun.recv_wait", "[calibration]") {
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  for (const double truth_value : {0.25, 0.5, 1.0}) {
+    INFO("truth " << truth_value);
+    const std::string path = temp_path("recv_wait.jsonl");
+    sim::Profile truth = truth_profile();
+    truth.interference.waiting_sms_per_channel = truth_value;
+    const RawResults raw = measure_quick(path, truth);
+    // The synthetic hardware does slow the kernels beside the waiting recv.
+    double solo = 0, waiting = 0;
+    for (const auto& m : raw.measurements) {
+      if (m.family == "recv_wait.solo") solo += m.value_s;
+      if (m.family == "recv_wait.waiting") waiting += m.value_s;
+    }
+    CHECK(waiting > 1.02 * solo);
+    const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+    // Whole SMs and wave quantization make a range of values equally good: the truth lies in the logged range and
+    // the fitted value is its middle.
+    const std::string head = std::string(kRecvWaitGroup) + ": waiting_sms_per_channel = ";
+    const auto fit_line =
+        std::find_if(r.log.begin(), r.log.end(), [&](const std::string& l) { return l.rfind(head, 0) == 0; });
+    REQUIRE(fit_line != r.log.end());
+    double value = -1, lo = -1, hi = -1;
+    REQUIRE(std::sscanf(fit_line->c_str() + head.size(), "%lf (equally good %lf..%lf", &value, &lo, &hi) == 3);
+    CHECK(lo <= truth_value + 1e-9);
+    CHECK(hi >= truth_value - 0.01 - 1e-9);  // the grid step
+    CHECK(r.profile.interference.waiting_sms_per_channel == Approx(0.5 * (lo + hi)).margin(1e-3));
+    CHECK(value == Approx(r.profile.interference.waiting_sms_per_channel).margin(1e-3));
+    CHECK(sim::profile_from_json(r.json, "fitted.json").interference.waiting_sms_per_channel ==
+          r.profile.interference.waiting_sms_per_channel);
+    // One log line per shape (6 GEMMs, attention fwd and bwd), each within 1 % of its measured slowdown.
+    int shapes = 0;
+    for (const auto& line : r.log) {
+      if (line.rfind(std::string(kRecvWaitGroup) + ".", 0) == 0 &&
+          line.find("measured slowdown") != std::string::npos) {
+        ++shapes;
+        const auto pct = line.rfind('(');
+        REQUIRE(pct != std::string::npos);
+        CHECK(std::abs(std::stod(line.substr(pct + 1))) < 1.0);
+      }
+    }
+    CHECK(shapes == 8);
+    std::filesystem::remove(path);
+  }
 }
 
 TEST_CASE("calibration::suite: resume keeps measured groups and drops a torn line", "[calibration]") {
