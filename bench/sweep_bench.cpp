@@ -3,6 +3,7 @@
 // Plain main(); prints figures, asserts nothing.
 // Usage: sweep_bench [model cluster gpus gbs max_points jobs [fidelity,...]]
 //   default: llama3-8b h100-superpod 64 256 6 2 analytic,flow
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -16,6 +17,22 @@
 #include "sweep/runner.hpp"
 
 using namespace twinstep;
+
+namespace {
+
+/// User + system CPU seconds of this process and of its reaped children (the sweep's forked workers).
+double cpu_seconds() {
+  double total = 0;
+  for (int who : {RUSAGE_SELF, RUSAGE_CHILDREN}) {
+    rusage u{};
+    ::getrusage(who, &u);
+    total += static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+             1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+  }
+  return total;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   std::string model = "llama3-8b", cluster = "h100-superpod", fidelities = "analytic,flow";
@@ -59,13 +76,20 @@ int main(int argc, char** argv) {
       opts.output = (dir / (fidelity + ".jsonl")).string();
       opts.jobs = jobs;
       opts.progress = false;
+      const double cpu0 = cpu_seconds();
       const auto t0 = std::chrono::steady_clock::now();
       const auto results = sweep::run_sweep(points, opts);
       const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double cpu = cpu_seconds() - cpu0;
       std::size_t ok = 0;
       for (const auto& r : results) ok += r.status == "ok";
-      std::printf("  %-8s %zu points (%zu ok) in %.2f s: %.3f configurations/s\n", fidelity.c_str(), points.size(), ok,
-                  wall, static_cast<double>(points.size()) / wall);
+      // CPU seconds (this process and its workers) do not depend on what else runs on the machine; per 2 cores
+      // they bound the rate from above.
+      std::printf(
+          "  %-8s %zu points (%zu ok) in %.2f s wall: %.3f configurations/s; %.2f CPU s, %.1f ms CPU per point "
+          "(%.1f configurations/s on 2 idle cores)\n",
+          fidelity.c_str(), points.size(), ok, wall, static_cast<double>(points.size()) / wall, cpu,
+          1e3 * cpu / static_cast<double>(points.size()), 2.0 * static_cast<double>(points.size()) / cpu);
       for (const auto& r : results) {
         std::printf("    %-32s %-12s %s\n", r.point.layout.describe().c_str(), r.status.c_str(),
                     r.status == "ok" ? std::to_string(r.step_time_s).c_str() : r.reason.substr(0, 90).c_str());

@@ -306,7 +306,7 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
   trace.context["gpu"] = cluster.node.gpu.name;
   trace.context["profile"] = costs.profile().name;
   trace.context["fidelity"] = options.fidelity;
-  trace.context["schedule_hash"] = schedule_fingerprint(schedule);
+  if (options.schedule_hash) trace.context["schedule_hash"] = schedule_fingerprint(schedule);
   if (options.fidelity == "flow") {
     trace.context["simulator"] = "twinstep 0.1.0 sim/flow (" + flow_engine_version() + ")";
   } else {

@@ -24,6 +24,9 @@ inline constexpr std::uint32_t kSymmetryReductionAboveGpus = 512;
 struct Options {
   std::string fidelity = "analytic";           ///< "analytic" or "flow" (needs SimGrid: flow_model_available()).
   std::map<std::string, std::string> context;  ///< Extra context entries copied into the trace.
+  /// Record schedule_fingerprint() as the trace's "schedule_hash" (provenance); sweeps, which keep only the step time
+  /// and breakdown, skip it.
+  bool schedule_hash = true;
 };
 
 /// Runs the IR semantics (DESIGN.md rules 1-4) against `model` and fills the records (one per op, by op id).

@@ -145,6 +145,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     if (!out.lowered.fits) return out;
     sim::Options opts;
     opts.fidelity = p.fidelity;
+    opts.schedule_hash = false;
     out.breakdown = schedule::analyze(sim::simulate(std::move(out.lowered.schedule), cluster, costs, opts));
     return out;
   };
