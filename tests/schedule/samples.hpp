@@ -91,8 +91,8 @@ inline Schedule every_kind() {
     b.add(r, "ag", 1, ag);
     Collective rs{CollectiveKind::kReduceScatter, 0, 1 << 20, DType::kBF16, {}, 0};
     b.add(r, "rs", 1, rs);
-    Collective a2a{CollectiveKind::kAllToAll, 0, 300, DType::kBF16, {100, 200}, 0};
-    if (r == 1) a2a = Collective{CollectiveKind::kAllToAll, 0, 150, DType::kBF16, {50, 100}, 0};
+    Collective a2a{CollectiveKind::kAllToAll, 0, 300, DType::kBF16, {100, 200}, 0, 24};  // a fused kernel of 24 SMs
+    if (r == 1) a2a = Collective{CollectiveKind::kAllToAll, 0, 150, DType::kBF16, {50, 100}, 0, 24};
     b.add(r, "a2a", 1, a2a);
     Collective bc{CollectiveKind::kBroadcast, 0, 4096, DType::kInt64, {}, 1};
     b.add(r, "bcast", 1, bc, {g});
