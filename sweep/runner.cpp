@@ -41,6 +41,9 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 /// How far the step's slope over the first and the second pair of short runs may differ (sweep/extrapolate.hpp):
 /// tight, so that an extrapolated step equals the full simulation's (tests/sweep/extrapolate_test.cpp).
 constexpr double kAffineTolerance = 1e-6;
+/// A simulation of more ops than this is not run inside a sweep (about 2.5 KB per op lowered and simulated: ~7.5 GB,
+/// per worker); the point is reported with its size, to be predicted on its own.
+constexpr std::size_t kMaxOpsPerSimulation = 3'000'000;
 
 /// Symmetry reduction: always for the analytic fidelity, one representative per (pipeline stage, CP rank): TP ranks
 /// mirror too (it gives the same step time as the full schedule: its costs depend on communicator sizes and spans, and
@@ -136,11 +139,42 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     models::Lowered lowered;  ///< Schedule moved out into the simulation.
     schedule::Breakdown breakdown;
   };
+  const std::uint32_t dp = p.gpus / (p.layout.tp * p.layout.pp * p.layout.cp);
+  const std::uint64_t per_step = std::uint64_t{p.layout.mbs} * dp;
+  const std::uint32_t micro_batches = per_step > 0 && p.gbs % per_step == 0 ? p.gbs / per_step : 0;
+  const std::uint32_t group =
+      cfg.microbatch_group_size_per_vp_stage == 0 ? p.layout.pp : cfg.microbatch_group_size_per_vp_stage;
+  models::LowerOptions lower_opts;
+  lower_opts.representatives_only = reduce_by_symmetry(p);
+  lower_opts.mirror_tp = p.fidelity == "analytic";
+  // Ops of `c`'s schedule, estimated from the same config with one layer per virtual stage (layers scale the ops
+  // almost linearly); 0 when that probe is not a valid layout (uneven or patterned layer layouts).
+  auto estimated_ops = [&](const models::RunConfig& c) -> double {
+    models::ModelSpec probe = model;
+    probe.num_layers = p.layout.pp * p.layout.vpp;
+    if (probe.num_layers >= model.num_layers) return 0;
+    try {
+      const models::Lowered low = models::lower(probe, c, lower_opts);
+      return static_cast<double>(low.schedule.ops.size()) * model.num_layers / probe.num_layers;
+    } catch (const Error&) {
+      return 0;
+    }
+  };
+  std::string too_large;
+  auto small_enough = [&](const models::RunConfig& c) {
+    const double ops = estimated_ops(c);
+    if (ops <= static_cast<double>(kMaxOpsPerSimulation)) return true;
+    char buf[240];
+    std::snprintf(buf, sizeof buf,
+                  "too large to simulate inside a sweep: about %.1f M ops for %u micro-batches (limit %.1f M, "
+                  "memory); predict it on its own with twinstep predict",
+                  ops / 1e6, c.global_batch_size / static_cast<std::uint32_t>(std::max<std::uint64_t>(1, per_step)),
+                  static_cast<double>(kMaxOpsPerSimulation) / 1e6);
+    too_large = buf;
+    return false;
+  };
   auto run = [&](const models::RunConfig& c) {
     Sample out;
-    models::LowerOptions lower_opts;
-    lower_opts.representatives_only = reduce_by_symmetry(p);
-    lower_opts.mirror_tp = p.fidelity == "analytic";
     out.lowered = models::lower(model, c, lower_opts);
     if (!out.lowered.fits) return out;
     sim::Options opts;
@@ -162,11 +196,6 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
 
   // Many micro-batches: three short runs and the line through them (sweep/extrapolate.hpp); the full run when the
   // step is not affine there or the short runs' memory estimates differ.
-  const std::uint32_t dp = p.gpus / (p.layout.tp * p.layout.pp * p.layout.cp);
-  const std::uint64_t per_step = std::uint64_t{p.layout.mbs} * dp;
-  const std::uint32_t micro_batches = per_step > 0 && p.gbs % per_step == 0 ? p.gbs / per_step : 0;
-  const std::uint32_t group =
-      cfg.microbatch_group_size_per_vp_stage == 0 ? p.layout.pp : cfg.microbatch_group_size_per_vp_stage;
   std::optional<std::map<std::string, double>> values;
   std::array<std::uint32_t, 3> counts{};
   std::string fallback;
@@ -176,8 +205,12 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     warnings = models::check_config(model, cfg);  // the full config's gating, whether or not it is lowered
     const auto plan =
         extrapolate ? extrapolation_counts(micro_batches, p.layout.pp, p.layout.vpp, group) : std::nullopt;
+    bool short_does_not_fit = false;
     if (plan) {
       counts = *plan;
+      models::RunConfig largest = cfg;
+      largest.global_batch_size = static_cast<std::uint32_t>(per_step * counts[2]);
+      if (!small_enough(largest)) return head(p, "error", too_large).dump();
       std::array<MicroBatchSample, 3> samples;
       std::vector<Sample> runs;
       for (std::size_t i = 0; i < 3; ++i) {
@@ -185,20 +218,29 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
         c.global_batch_size = static_cast<std::uint32_t>(per_step * counts[i]);
         runs.push_back(run(c));
         samples[i] = {counts[i], values_of(runs.back().breakdown)};
+        if (!runs.back().lowered.fits) {
+          // The memory estimate does not fall with more micro-batches: the full run does not fit either.
+          full.lowered = std::move(runs.back().lowered);
+          short_does_not_fit = true;
+          break;
+        }
         // The memory estimate (activations in flight) must have saturated by the second short run.
-        if (!runs.back().lowered.fits ||
-            (i == 2 && runs[2].lowered.peak_memory.total_bytes() != runs[1].lowered.peak_memory.total_bytes())) {
+        if (i == 2 && runs[2].lowered.peak_memory.total_bytes() != runs[1].lowered.peak_memory.total_bytes()) {
           fallback = "memory estimate still grows between the short runs";
           break;
         }
       }
-      if (fallback.empty()) values = sweep::extrapolate(samples, micro_batches, kAffineTolerance, &fallback);
+      if (fallback.empty() && !short_does_not_fit)
+        values = sweep::extrapolate(samples, micro_batches, kAffineTolerance, &fallback);
       if (values) {
         full.lowered = std::move(runs.back().lowered);
         full.lowered.model_flops_per_step *= static_cast<double>(micro_batches) / counts[2];
       }
     }
-    if (!values) full = run(cfg);
+    if (!values && !short_does_not_fit) {
+      if (!small_enough(cfg)) return head(p, "error", too_large).dump();
+      full = run(cfg);
+    }
   } catch (const Error& e) {
     return head(p, "invalid", e.what()).dump();
   }
