@@ -143,22 +143,26 @@ std::pair<double, double> fit_line(const std::vector<double>& x, const std::vect
   return {s(0), s(1)};
 }
 
-sim::CollectiveParams params(const std::string& kind, sim::NcclProto proto, double base, double bus) {
+/// `ranks`: the group size the line is for (0: any size; coll.<kind>.spanN groups, N below the largest span).
+sim::CollectiveParams params(const std::string& kind, sim::NcclProto proto, double base, double bus,
+                             std::uint32_t ranks) {
   sim::CollectiveParams p;
   p.kind = kind;
   p.algo = sim::NcclAlgo::kRing;
   p.proto = proto;
   p.inter_node = false;
+  p.ranks = ranks;
   p.base_latency_s = base;
   p.step_latency_s = 0;
   p.bus_bytes_per_s = bus;
   return p;
 }
 
-/// Replaces (or adds) the override of (kind, ring, proto, intra).
+/// Replaces (or adds) the override of (kind, ring, proto, intra, ranks).
 void set_override(sim::Profile& p, const sim::CollectiveParams& o) {
   for (auto& e : p.collectives) {
-    if (e.kind == o.kind && e.algo == o.algo && e.proto == o.proto && e.inter_node == o.inter_node) {
+    if (e.kind == o.kind && e.algo == o.algo && e.proto == o.proto && e.inter_node == o.inter_node &&
+        e.ranks == o.ranks) {
       e = o;
       return;
     }
@@ -170,9 +174,9 @@ constexpr double kProbeBus = 1e6;  // bytes/s of the regressor runs (keeps simul
 
 /// Per-point regressors (bandwidth-only time x bus) under `proto`, from simulating `g` with a zero-latency override.
 std::vector<double> regressors(Ctx& c, const BenchGroup& g, sim::Profile p, const std::string& kind,
-                               sim::NcclProto proto, bool only_proto, double bus = kProbeBus) {
+                               sim::NcclProto proto, bool only_proto, std::uint32_t ranks, double bus = kProbeBus) {
   if (only_proto) p.nccl.protocols = {proto};
-  set_override(p, params(kind, proto, 0, bus));
+  set_override(p, params(kind, proto, 0, bus, ranks));
   const auto sim = simulate_group(c, g, p);
   std::vector<double> x;
   for (const auto& pr : g.probes) x.push_back(sim.at(pr.name) * kProbeBus);
@@ -181,11 +185,11 @@ std::vector<double> regressors(Ctx& c, const BenchGroup& g, sim::Profile p, cons
 
 /// Ring all_reduce/all_gather/reduce_scatter/broadcast: an LL line for small sizes and a Simple line for large
 /// ones; the split minimises the mean relative error of what the simulator then predicts (it picks the protocol).
-void fit_ring_collective(Ctx& c, sim::Profile& p, const std::string& kind, const BenchGroup& g) {
+void fit_ring_collective(Ctx& c, sim::Profile& p, const std::string& kind, const BenchGroup& g, std::uint32_t ranks) {
   std::vector<double> t;
   for (const auto& pr : g.probes) t.push_back(c.measured.at(pr.name));
-  const auto x_ll = regressors(c, g, p, kind, sim::NcclProto::kLL, true);
-  const auto x_s = regressors(c, g, p, kind, sim::NcclProto::kSimple, true);
+  const auto x_ll = regressors(c, g, p, kind, sim::NcclProto::kLL, true, ranks);
+  const auto x_s = regressors(c, g, p, kind, sim::NcclProto::kSimple, true, ranks);
   const std::size_t n = t.size();
   double best_err = 1e300;
   sim::Profile best = p;
@@ -194,15 +198,15 @@ void fit_ring_collective(Ctx& c, sim::Profile& p, const std::string& kind, const
     sim::Profile q = p;
     if (k >= 2) {
       const auto [a, slope] = fit_line({x_ll.begin(), x_ll.begin() + k}, {t.begin(), t.begin() + k});
-      set_override(q, params(kind, sim::NcclProto::kLL, a, 1.0 / slope));
+      set_override(q, params(kind, sim::NcclProto::kLL, a, 1.0 / slope, ranks));
     } else {
-      set_override(q, params(kind, sim::NcclProto::kLL, 1.0, kProbeBus));  // never chosen
+      set_override(q, params(kind, sim::NcclProto::kLL, 1.0, kProbeBus, ranks));  // never chosen
     }
     if (n - k >= 2) {
       const auto [a, slope] = fit_line({x_s.begin() + k, x_s.end()}, {t.begin() + k, t.end()});
-      set_override(q, params(kind, sim::NcclProto::kSimple, a, 1.0 / slope));
+      set_override(q, params(kind, sim::NcclProto::kSimple, a, 1.0 / slope, ranks));
     } else {
-      set_override(q, params(kind, sim::NcclProto::kSimple, 1.0, kProbeBus));
+      set_override(q, params(kind, sim::NcclProto::kSimple, 1.0, kProbeBus, ranks));
     }
     const auto sim = simulate_group(c, g, q);
     double err = 0;
@@ -217,13 +221,14 @@ void fit_ring_collective(Ctx& c, sim::Profile& p, const std::string& kind, const
 
 /// all_to_all and send/recv: NCCL's P2P protocol follows a size threshold, so each point's protocol is known
 /// from the model; one line per protocol.
-void fit_p2p(Ctx& c, sim::Profile& p, const std::string& kind, const std::vector<const BenchGroup*>& groups) {
+void fit_p2p(Ctx& c, sim::Profile& p, const std::string& kind, const std::vector<const BenchGroup*>& groups,
+             std::uint32_t ranks) {
   std::vector<double> x_ll, t_ll, x_s, t_s;
   for (const auto* g : groups) {
     sim::Profile q = p;
-    set_override(q, params(kind, sim::NcclProto::kLL, 0, kProbeBus));
-    const auto x1 = regressors(c, *g, q, kind, sim::NcclProto::kSimple, false);
-    const auto x2 = regressors(c, *g, q, kind, sim::NcclProto::kSimple, false, 2 * kProbeBus);
+    set_override(q, params(kind, sim::NcclProto::kLL, 0, kProbeBus, ranks));
+    const auto x1 = regressors(c, *g, q, kind, sim::NcclProto::kSimple, false, ranks);
+    const auto x2 = regressors(c, *g, q, kind, sim::NcclProto::kSimple, false, ranks, 2 * kProbeBus);
     for (std::size_t i = 0; i < g->probes.size(); ++i) {
       const double t = c.measured.at(g->probes[i].name);
       if (x2[i] < 0.75 * x1[i]) {
@@ -237,11 +242,11 @@ void fit_p2p(Ctx& c, sim::Profile& p, const std::string& kind, const std::vector
   }
   if (x_ll.size() >= 2) {
     const auto [a, slope] = fit_line(x_ll, t_ll);
-    set_override(p, params(kind, sim::NcclProto::kLL, a, 1.0 / slope));
+    set_override(p, params(kind, sim::NcclProto::kLL, a, 1.0 / slope, ranks));
   }
   if (x_s.size() >= 2) {
     const auto [a, slope] = fit_line(x_s, t_s);
-    set_override(p, params(kind, sim::NcclProto::kSimple, a, 1.0 / slope));
+    set_override(p, params(kind, sim::NcclProto::kSimple, a, 1.0 / slope, ranks));
   }
 }
 
@@ -271,6 +276,7 @@ Json profile_json(const sim::Profile& p, const Json& tables, const std::map<std:
                      {"base_latency", o.base_latency_s},
                      {"step_latency", o.step_latency_s},
                      {"bus_bandwidth", o.bus_bytes_per_s}});
+    if (o.ranks != 0) colls.back()["ranks"] = o.ranks;
   }
   j["collectives"] = colls;
   Json algos = Json::array(), protos = Json::array();
@@ -395,30 +401,36 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   p.nccl.algorithms = {sim::NcclAlgo::kRing};
   p.nccl.protocols = {sim::NcclProto::kLL, sim::NcclProto::kSimple};
   if (raw.world_size > 1) {
-    const std::string span =
-        ".span" +
-        std::to_string(raw.world_size >= 2 ? 1u << static_cast<unsigned>(std::floor(std::log2(raw.world_size))) : 2u);
-    for (const char* kind : {"all_reduce", "all_gather", "reduce_scatter", "broadcast"}) {
-      const BenchGroup* g = find_group(c, std::string("coll.") + kind + span);
-      if (g == nullptr || std::any_of(g->probes.begin(), g->probes.end(),
-                                      [&](const Probe& pr) { return c.measured.count(pr.name) == 0; })) {
-        continue;
+    // One set of lines per measured span (coll.<kind>.spanN, N = 2, 4, .. up to the world size): the largest span's
+    // lines apply to any group size ("ranks" absent: a two-GPU profile applies to every span), each smaller span's
+    // lines only to groups of that size. Largest first, so a smaller span is fitted beside the finished general lines.
+    std::vector<std::uint32_t> spans;
+    for (std::uint32_t s = 2; s <= raw.world_size; s *= 2) spans.insert(spans.begin(), s);
+    for (const std::uint32_t n : spans) {
+      const std::string span = ".span" + std::to_string(n);
+      const std::uint32_t ranks = n == spans.front() ? 0 : n;
+      for (const char* kind : {"all_reduce", "all_gather", "reduce_scatter", "broadcast"}) {
+        const BenchGroup* g = find_group(c, std::string("coll.") + kind + span);
+        if (g == nullptr || std::any_of(g->probes.begin(), g->probes.end(),
+                                        [&](const Probe& pr) { return c.measured.count(pr.name) == 0; })) {
+          continue;
+        }
+        fit_ring_collective(c, p, kind, *g, ranks);
       }
-      fit_ring_collective(c, p, kind, *g);
-    }
-    std::vector<const BenchGroup*> a2a;
-    for (const char* gname : {"coll.all_to_all", "coll.all_to_all_uneven"}) {
-      const BenchGroup* g = find_group(c, gname + span);
-      if (g != nullptr && std::all_of(g->probes.begin(), g->probes.end(),
-                                      [&](const Probe& pr) { return c.measured.count(pr.name) != 0; })) {
-        a2a.push_back(g);
+      std::vector<const BenchGroup*> a2a;
+      for (const char* gname : {"coll.all_to_all", "coll.all_to_all_uneven"}) {
+        const BenchGroup* g = find_group(c, gname + span);
+        if (g != nullptr && std::all_of(g->probes.begin(), g->probes.end(),
+                                        [&](const Probe& pr) { return c.measured.count(pr.name) != 0; })) {
+          a2a.push_back(g);
+        }
       }
+      if (!a2a.empty()) fit_p2p(c, p, "all_to_all", a2a, ranks);
     }
-    if (!a2a.empty()) fit_p2p(c, p, "all_to_all", a2a);
     const BenchGroup* sr = find_group(c, "p2p.send_recv");
     if (sr != nullptr && std::all_of(sr->probes.begin(), sr->probes.end(),
                                      [&](const Probe& pr) { return c.measured.count(pr.name) != 0; })) {
-      fit_p2p(c, p, "send_recv", {sr});
+      fit_p2p(c, p, "send_recv", {sr}, 0);
     }
   }
 

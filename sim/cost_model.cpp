@@ -244,14 +244,23 @@ CommSpan CostModel::span(const schedule::Communicator& comm) const {
   return s;
 }
 
-const CollectiveParams* CostModel::override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter) const {
+const CollectiveParams* CostModel::override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter,
+                                                std::uint32_t ranks) const {
   const std::string word = kind;
   const bool p2p = word == "all_to_all" || word == "send_recv";
+  // Rank of a match, best first: own kind at this group size, own kind at any size, "any" at this size, "any".
   const CollectiveParams* best = nullptr;
+  int best_rank = 4;
   for (const auto& p : profile_.collectives) {
     if (p.algo != algo || p.proto != proto || p.inter_node != inter) continue;
-    if (p.kind == word) return &p;
-    if (p.kind == "any" && !p2p && best == nullptr) best = &p;
+    if (p.ranks != 0 && p.ranks != ranks) continue;
+    int rank = 4;
+    if (p.kind == word) rank = p.ranks != 0 ? 0 : 1;
+    if (p.kind == "any" && !p2p) rank = p.ranks != 0 ? 2 : 3;
+    if (rank < best_rank) {
+      best = &p;
+      best_rank = rank;
+    }
   }
   return best;
 }
@@ -324,7 +333,7 @@ CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const 
     intra_lat = std::max(intra_lat, nc.net_overhead_s * (proto == NcclProto::kSimple ? 3.0 : 1.0));
   }
   // A measured override for this span replaces the base, every step's latency and the bus bandwidth.
-  if (const auto* o = override_for(schedule::collective_name(kind), algo, proto, inter)) {
+  if (const auto* o = override_for(schedule::collective_name(kind), algo, proto, inter, n)) {
     if (o->base_latency_s >= 0) base = o->base_latency_s;
     if (o->step_latency_s >= 0) intra_lat = step_inter = o->step_latency_s;
     if (o->bus_bytes_per_s > 0) bus = o->bus_bytes_per_s;
@@ -401,7 +410,7 @@ CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_byt
   double nic =
       std::max<std::uint32_t>(node.nics_per_gpu, 1) * node.nic_achievable_bytes_per_s * eff * span.fabric_factor;
   const NcclProto proto = ll ? NcclProto::kLL : NcclProto::kSimple;
-  if (const auto* o = override_for("all_to_all", NcclAlgo::kRing, proto, inter)) {
+  if (const auto* o = override_for("all_to_all", NcclAlgo::kRing, proto, inter, span.ranks)) {
     const double b = o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs;
     c.latency_s = b + rounds * (o->step_latency_s >= 0 ? o->step_latency_s : step);
     if (o->bus_bytes_per_s > 0) (inter ? nic : nvl) = o->bus_bytes_per_s;
@@ -434,7 +443,7 @@ CommCost CostModel::p2p_cost(double bytes, schedule::RankId a, schedule::RankId 
   double bw = inter ? std::max<std::uint32_t>(node.nics_per_gpu, 1) * node.nic_achievable_bytes_per_s *
                           path.bandwidth_factor * eff
                     : node.nvlink_nccl_bytes_per_s * eff;
-  if (const auto* o = override_for("send_recv", NcclAlgo::kRing, ll ? NcclProto::kLL : NcclProto::kSimple, inter)) {
+  if (const auto* o = override_for("send_recv", NcclAlgo::kRing, ll ? NcclProto::kLL : NcclProto::kSimple, inter, 2)) {
     c.latency_s = (o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs) +
                   (o->step_latency_s >= 0 ? o->step_latency_s : step);
     if (o->bus_bytes_per_s > 0) bw = o->bus_bytes_per_s;

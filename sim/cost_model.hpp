@@ -37,7 +37,9 @@ struct CollectiveParams {
   std::string kind = "any";
   NcclAlgo algo = NcclAlgo::kRing;
   NcclProto proto = NcclProto::kSimple;
-  bool inter_node = false;      ///< span: false = within one node, true = across nodes.
+  bool inter_node = false;  ///< span: false = within one node, true = across nodes.
+  /// Group size (ranks) it was measured at; 0 = any size. An entry for the collective's own size wins over 0.
+  std::uint32_t ranks = 0;
   double base_latency_s = -1;   ///< Paid once per collective.
   double step_latency_s = -1;   ///< Paid per algorithm step (ring: 2(n-1) for all_reduce).
   double bus_bytes_per_s = -1;  ///< Bus bandwidth (nccl-tests busbw) with all channels.
@@ -182,7 +184,8 @@ class CostModel {
  private:
   CommCost evaluate(schedule::CollectiveKind kind, double bytes, const CommSpan& span, NcclAlgo algo,
                     NcclProto proto) const;
-  const CollectiveParams* override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter) const;
+  const CollectiveParams* override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter,
+                                       std::uint32_t ranks) const;
   topologies::Cluster cluster_;
   Profile profile_;
   Nanos launch_by_class_[6] = {};                ///< compute, memcpy, collective, send, recv, host_sync.

@@ -6,6 +6,8 @@
 //     "launch": {"compute": "4.24 us", "memcpy": ..., "collective": ..., "send": ..., "recv": ..., "host_sync": ...},
 //     "collectives": [{"kind": "all_reduce", "algorithm": "ring", "protocol": "simple", "span": "intra",
 //                      "base_latency": "8.4 us", "step_latency": "3.4 us", "bus_bandwidth": "370 GB/s"}],
+//                     (optional, later: "ranks": N, the group size the entry was measured at; an entry for a
+//                      collective's own group size wins over one without "ranks")
 //     "nccl": {"algorithms": ["ring", "tree"], "protocols": ["ll", "ll128", "simple"], "channels_intra": 24,
 //              "channels_inter": 16, "p2p_channels_nvlink": 32, "p2p_channels_net": 4, "p2p_peers_per_round": 8,
 //              "net_overhead": "1 us"},
@@ -166,7 +168,8 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     for (std::size_t i = 0; i < arr.size(); ++i) {
       const std::string ptr = "/collectives/" + std::to_string(i);
       const Json& e = arr[i];
-      r.keys(e, ptr, {"kind", "algorithm", "protocol", "span", "base_latency", "step_latency", "bus_bandwidth"});
+      r.keys(e, ptr,
+             {"kind", "algorithm", "protocol", "span", "ranks", "base_latency", "step_latency", "bus_bandwidth"});
       CollectiveParams c;
       if (e.contains("kind")) {
         const std::string k = e["kind"].is_string() ? e["kind"].get<std::string>() : "";
@@ -184,6 +187,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       if (span != "intra" && span != "inter")
         r.fail(ptr + "/span", "use \"intra\" (one node) or \"inter\" (across nodes)");
       c.inter_node = span == "inter";
+      if (e.contains("ranks")) c.ranks = r.count(e["ranks"], ptr + "/ranks", 2);
       if (e.contains("base_latency"))
         c.base_latency_s = r.quantity(e["base_latency"], ptr + "/base_latency", Dimension::kTime);
       if (e.contains("step_latency"))

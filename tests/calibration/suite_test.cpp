@@ -1,12 +1,17 @@
 // The default suite's grouped-GEMM microbenchmarks (MoE experts): the zoo's expert shapes of qwen3-30b-a3b at a
-// sweep of tokens per expert with the 64 local experts of EP2, each probe sized by kernel_math's FLOPs.
+// sweep of tokens per expert with the 64 local experts of EP2, each probe sized by kernel_math's FLOPs; on eight GPUs,
+// collectives over spans 2, 4 and 8 and co-runs at span 8, fitted to one set of collective lines per span.
 #include "calibration/suite.hpp"
 
 #include <algorithm>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <tuple>
 
+#include "calibration/fit.hpp"
+#include "common/error.hpp"
 #include "schedule/kernel_math.hpp"
 #include "schedule/validate.hpp"
 #include "sim/simulate.hpp"
@@ -139,5 +144,113 @@ TEST_CASE("calibration::make_suite: corun.recv_wait runs a compute list solo and
       CHECK(t0.records[waiting].end_ns - t0.records[waiting].start_ns ==
             t0.records[solo].end_ns - t0.records[solo].start_ns);
     }
+  }
+}
+
+TEST_CASE("calibration::make_suite: eight GPUs measure collectives over spans 2, 4 and 8 and co-runs at span 8",
+          "[calibration]") {
+  const auto suite = make_suite("default", 8);
+  std::set<std::string> names;
+  for (const auto& g : suite) names.insert(g.name);
+  for (const char* kind :
+       {"all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all", "all_to_all_uneven"}) {
+    for (std::uint32_t span : {2u, 4u, 8u}) {
+      const std::string name = std::string("coll.") + kind + ".span" + std::to_string(span);
+      INFO(name);
+      const auto it = std::find_if(suite.begin(), suite.end(), [&](const auto& g) { return g.name == name; });
+      REQUIRE(it != suite.end());
+      CHECK(twinstep::schedule::validate(it->schedule).empty());
+      // Every rank takes part, in a group of `span` consecutive ranks; the probe carries the span.
+      std::set<sch::RankId> ranks;
+      for (const auto& op : it->schedule.ops) {
+        const auto& c = std::get<sch::Collective>(op.body);
+        const auto& members = it->schedule.communicators[c.comm].members;
+        REQUIRE(members.size() == span);
+        CHECK(members.front() == op.rank / span * span);
+        ranks.insert(op.rank);
+      }
+      CHECK(ranks.size() == 8);
+      for (const auto& p : it->probes) CHECK(p.params.at("span") == static_cast<double>(span));
+    }
+    CHECK(names.count(std::string("coll.") + kind + ".span16") == 0);
+  }
+  // Co-runs: each collective spans the whole node (the world communicator, 8 members) beside a GEMM on every rank.
+  std::size_t coruns = 0;
+  for (const auto& g : suite) {
+    if (g.name.rfind("corun.", 0) != 0 || g.name == twinstep::calibration::kRecvWaitGroup) continue;
+    ++coruns;
+    for (const auto& op : g.schedule.ops) {
+      if (const auto* c = std::get_if<sch::Collective>(&op.body)) {
+        CHECK(g.schedule.communicators[c->comm].members.size() == 8);
+      }
+    }
+  }
+  CHECK(coruns == 4);
+}
+
+TEST_CASE("calibration::fit: an eight-GPU suite fits collective lines per span, read back by the simulator",
+          "[calibration]") {
+  namespace cal = twinstep::calibration;
+  // The "hardware": all_reduce over 2 ranks at half the bus bandwidth of the larger groups.
+  auto truth = twinstep::sim::Profile::datasheet_defaults();
+  truth.nccl.algorithms = {twinstep::sim::NcclAlgo::kRing};
+  truth.nccl.protocols = {twinstep::sim::NcclProto::kLL, twinstep::sim::NcclProto::kSimple};
+  twinstep::sim::CollectiveParams wide;
+  wide.kind = "all_reduce";
+  wide.base_latency_s = 12e-6;
+  wide.bus_bytes_per_s = 300e9;
+  twinstep::sim::CollectiveParams pair = wide;
+  pair.ranks = 2;
+  pair.base_latency_s = 6e-6;
+  pair.bus_bytes_per_s = 150e9;
+  truth.collectives = {wide, pair};
+  const auto cluster = twinstep::topologies::load_cluster("hgx-h200", twinstep::topologies::ClusterSize{0, 8});
+  const twinstep::sim::CostModel costs(cluster, truth);
+  const std::string path = (std::filesystem::temp_directory_path() / "twinstep_suite_test_span8.jsonl").string();
+  cal::RunOptions o;
+  o.raw_path = path;
+  cal::run_suite(
+      "quick", make_suite("quick", 8),
+      [&](const sch::Schedule& s) { return twinstep::sim::simulate(s, cluster, costs); }, o);
+  const auto raw = cal::read_raw(path);
+  std::filesystem::remove(path);
+  REQUIRE(raw.world_size == 8);
+  const auto r = cal::fit_profile(raw, cluster, "span test", "", cal::FrameworkInput{});
+  // The written profile keys the smaller spans' lines by "ranks"; the largest span's lines hold for any size.
+  const auto j = nlohmann::json::parse(r.json);
+  std::set<std::pair<std::string, std::uint32_t>> keys;
+  for (const auto& e : j.at("collectives")) {
+    if (e.at("protocol") != "simple") continue;
+    keys.insert({e.at("kind").get<std::string>(), e.contains("ranks") ? e.at("ranks").get<std::uint32_t>() : 0u});
+  }
+  for (const char* kind : {"all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all"}) {
+    for (std::uint32_t ranks : {0u, 2u, 4u}) {
+      INFO(kind << " ranks " << ranks);
+      CHECK(keys.count({kind, ranks}) == 1);
+    }
+    CHECK(keys.count({kind, 8u}) == 0);
+  }
+  // Read back through the simulator's reader: the same entries, and the fitted bandwidths are the truth's per span.
+  const auto& back = r.profile;
+  REQUIRE(back.collectives.size() == j.at("collectives").size());
+  auto bus = [&](std::uint32_t ranks) {
+    for (const auto& c : back.collectives) {
+      if (c.kind == "all_reduce" && c.proto == twinstep::sim::NcclProto::kSimple && c.ranks == ranks) {
+        return c.bus_bytes_per_s;
+      }
+    }
+    return -1.0;
+  };
+  CHECK(bus(2) == Approx(150e9).epsilon(0.05));
+  CHECK(bus(4) == Approx(300e9).epsilon(0.05));
+  CHECK(bus(0) == Approx(300e9).epsilon(0.05));
+  // A group size below 2 is refused with the field named.
+  auto bad = j;
+  bad["collectives"][0]["ranks"] = 1;
+  try {
+    (void)twinstep::sim::profile_from_json(bad.dump(), "bad.json");
+    FAIL("ranks 1 accepted");
+  } catch (const twinstep::Error& e) {
+    CHECK(std::string(e.what()).find("/collectives/0/ranks") != std::string::npos);
   }
 }

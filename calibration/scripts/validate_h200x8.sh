@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# On one 8-GPU H200 node (HGX, NVSwitch; device kind nvidia-h200-x8), from a source tree: builds twinstep and the
+# backend GPU tests, runs the GPU tests (mpirun -np 2), measures every case of
+# calibration/validation/cases_h200x8.txt with mpirun -np <GPUs>, predicts each (twinstep simulate on cluster hgx-h200,
+# analytic fidelity, as the CI test does) with the committed two-GPU profile and, if given, with the fresh 8-GPU
+# profile, and tabulates both (validation_table.py); packs everything into OUT/results.tgz.
+# Usage: REV=<git revision> calibration/scripts/validate_h200x8.sh OUT [PROFILE8]
+#   PROFILE8: the 8-GPU profile (e.g. from run_calibration_h200x8.sh); without it only the two-GPU predictions are made
+#   (re-predict later without a GPU: calibration/scripts/repredict.sh TRACES PROFILE OUT build/cli/twinstep hgx-h200).
+# Expected time: build ~3 min (fresh machine), GPU tests <= 150 s, 12 cases x ~10 s = ~2 min: ~7 min in all (<600 s).
+# Every mpirun reads /dev/null (it would otherwise eat the case list on stdin).
+set -u
+OUT=$1
+PROFILE8=${2:-}
+R=$OUT/r
+mkdir -p "$R/traces" "$R/pred_h200x2" "$R/pred_h200x8"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The same NCCL and cuBLAS as the calibration (torch's), as run_calibration_h200x8.sh does.
+TORCH_NCCL=$(dirname "$(find /opt /usr/local/lib /usr/lib/python3* -name 'libnccl.so.2' -path '*nvidia*' 2>/dev/null | head -1)")
+TORCH_CUBLAS=$(dirname "$TORCH_NCCL")/../cublas/lib
+export LD_LIBRARY_PATH=$TORCH_NCCL:$TORCH_CUBLAS:${LD_LIBRARY_PATH:-}
+MPI="mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
+     -x NVSHMEM_DISABLE_NVLS -x LD_LIBRARY_PATH"
+B=build-gpu
+T=$B/cli/twinstep
+CLUSTER=hgx-h200
+pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
+trap pack EXIT
+echo "== build $(date +%T) rev ${REV:-unknown}"
+cmake -S . -B $B -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_ENABLE_BENCH=OFF -DTWINSTEP_GIT_REVISION="${REV:-unknown}" \
+      > "$R/build.log" 2>&1 || { tail -30 "$R/build.log"; exit 1; }
+ninja -C $B twinstep backend_tests >> "$R/build.log" 2>&1 \
+  || { grep -E "error|FAILED" "$R/build.log" | head -30; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$R/nvidia-smi.csv" 2>&1
+nvidia-smi topo -m > "$R/nvidia-smi-topo.txt" 2>&1
+echo "== GPU tests $(date +%T)"
+# The multi-rank backend tests need exactly two ranks (tests/backend/backend_test.cpp skips them otherwise): -np 2
+# (GPUs 0 and 1 of the node).
+timeout 150 $MPI -np 2 $B/tests/backend/backend_tests --order decl -d yes > "$R/gpu_tests.log" 2>&1 < /dev/null
+echo "backend_tests under mpirun -np 2: exit $?"; grep -E "passed|failed|FAILED|test cases" "$R/gpu_tests.log" | tail -8
+echo "== validation $(date +%T)"
+grep -v '^#' calibration/validation/cases_h200x8.txt | while IFS='|' read -r name gpus flags; do
+  name=$(echo $name); gpus=$(echo $gpus)
+  model="--model calibration/validation/models/llama3-8b-4l.json"; case "$flags" in *--model*) model="";; esac
+  $T lower $model --gpus $gpus $flags --gpu-memory-gib 141 -o "$R/s.json" > "$R/traces/$name.lower.log" 2>&1 \
+    < /dev/null || { echo "$name: lower failed: $(tail -1 "$R/traces/$name.lower.log")"; continue; }
+  timeout 75 $MPI -np $gpus $T run "$R/s.json" -o "$R/traces/$name.trace.json" --warmup 2 --steps 5 \
+    --timeout-s 30 > "$R/traces/$name.run.log" 2>&1 < /dev/null
+  echo "$name: exit $? $(tail -1 "$R/traces/$name.run.log")"
+  for p in h200x2 h200x8; do
+    prof=calibration/profiles/h200x2.json; [ $p = h200x8 ] && prof=$PROFILE8
+    [ -n "$prof" ] || continue
+    ln -sf "../traces/$name.trace.json" "$R/pred_$p/$name.trace.json"
+    $T simulate "$R/s.json" --cluster $CLUSTER --gpus $gpus --profile "$prof" --fidelity analytic \
+      -o "$R/pred_$p/$name.pred.json" > "$R/pred_$p/$name.pred.log" 2>&1 < /dev/null \
+      || echo "$name: simulate ($p) failed"
+  done
+done
+echo "== accuracy with the two-GPU profile $(date +%T)"
+python3 calibration/scripts/validation_table.py "$R/pred_h200x2" 2>&1 | tee "$R/table_h200x2.md"
+if [ -n "$PROFILE8" ]; then
+  echo "== accuracy with the 8-GPU profile $(date +%T)"
+  python3 calibration/scripts/validation_table.py "$R/pred_h200x8" 2>&1 | tee "$R/table_h200x8.md"
+fi
+echo "== done $(date +%T)"
