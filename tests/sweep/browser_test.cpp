@@ -1,7 +1,7 @@
 // Renders a real sweep's HTML report in headless Chromium and checks that the charts are drawn: a probe script,
 // appended to a copy of the report, counts the SVG shapes with a non-empty rendered box per chart and writes the
 // counts into the DOM, which `chromium --dump-dom` prints. Exit 77 (ctest SKIP_RETURN_CODE) without chromium.
-// Usage: sweep_browser_test <work folder>
+// Usage: sweep_browser_test <work folder> [report.html]   (an existing report instead of the tiny sweep's)
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -32,20 +32,9 @@ int fail(const std::string& why) {
   return 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+/// A real sweep of the tiny test model (two GPU counts, two batches, two overlap variants) and its report.
+std::string tiny_report(const std::string& dir) {
   using namespace twinstep;
-  const std::string chromium = find_chromium();
-  if (chromium.empty()) {
-    std::printf("SKIP: chromium not installed (Debian: apt-get install chromium); the report is not rendered\n");
-    return 77;
-  }
-  const std::string dir = argc > 1 ? argv[1] : (std::filesystem::temp_directory_path() / "twinstep_browser").string();
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-
-  // A real sweep of the tiny test model: two GPU counts, two batches, two overlap variants.
   sweep::Spec spec;
   spec.models = {std::string(TWINSTEP_SOURCE_DIR) + "/tests/sweep/data/tiny.json"};
   spec.clusters = {"dgx-h100"};
@@ -59,7 +48,29 @@ int main(int argc, char** argv) {
   opts.jobs = 2;
   opts.progress = false;
   const auto results = sweep::run_sweep(sweep::expand(spec), opts);
-  const std::string html = sweep::render_html(results, sweep::rank_results(results));
+  return sweep::render_html(results, sweep::rank_results(results));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace twinstep;
+  const std::string chromium = find_chromium();
+  if (chromium.empty()) {
+    std::printf("SKIP: chromium not installed (Debian: apt-get install chromium); the report is not rendered\n");
+    return 77;
+  }
+  const std::string dir = argc > 1 ? argv[1] : (std::filesystem::temp_directory_path() / "twinstep_browser").string();
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+
+  // With a second argument, an existing report (e.g. a full sweep's) is rendered and checked instead.
+  std::string html;
+  if (argc > 2) {
+    html = read_file(argv[2]);
+  } else {
+    html = tiny_report(dir);
+  }
   write_file_atomic(dir + "/report.html", html);
 
   const std::string probe = R"(<script>
