@@ -447,8 +447,8 @@ Op parse_op(const Ctx& c, const json& j, const Path& p) {
     if (const json* v = member(j, "sm_count")) comp.sm_count = as_u32(c, *v, p / "sm_count");
     op.body = std::move(comp);
   } else if (kind == "collective") {
-    static constexpr std::array<const char*, 14> kKeys{"id",    "rank",       "name",       "kind", "stream",
-                                                       "deps",  "tags",       "collective", "comm", "bytes",
+    static constexpr std::array<const char*, 14> kKeys{"id",    "rank",       "name",       "kind",    "stream",
+                                                       "deps",  "tags",       "collective", "comm",    "bytes",
                                                        "dtype", "send_bytes", "root",       "sm_count"};
     check_keys(c, j, p, kKeys, "a collective op");
     stream();
