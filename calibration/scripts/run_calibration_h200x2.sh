@@ -7,13 +7,7 @@ set -u
 OUT=$1
 SUITE=${2:-default}
 mkdir -p "$OUT/r/traces"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
-TORCH_NCCL=$(dirname "$(find /opt /usr/local/lib /usr/lib/python3* -name 'libnccl.so.2' -path '*nvidia*' 2>/dev/null | head -1)")
-TORCH_CUBLAS=$(dirname "$TORCH_NCCL")/../cublas/lib
-export LD_LIBRARY_PATH=$TORCH_NCCL:$TORCH_CUBLAS:${LD_LIBRARY_PATH:-}
-MPI="mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
-     -x NVSHMEM_DISABLE_NVLS -x LD_LIBRARY_PATH -x PYTHONUNBUFFERED"
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
 T=build-gpu/cli/twinstep
 pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
 trap pack EXIT

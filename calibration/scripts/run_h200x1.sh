@@ -15,12 +15,7 @@ REPS=${2:-3}
 MODE=${3:-all}
 R=$OUT/r
 mkdir -p "$R"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
-TORCH_NCCL=$(dirname "$(find /opt /usr/local/lib /usr/lib/python3* -name 'libnccl.so.2' -path '*nvidia*' 2>/dev/null | head -1)")
-TORCH_CUBLAS=$(dirname "$TORCH_NCCL")/../cublas/lib
-# The backend loads the same NCCL and cuBLAS builds as torch (same sonames, torch's wheels first on the path).
-export LD_LIBRARY_PATH=$TORCH_NCCL:$TORCH_CUBLAS:${LD_LIBRARY_PATH:-}
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
 pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
 trap pack EXIT
 REV=$(cat REVISION 2>/dev/null || echo unknown)

@@ -6,12 +6,7 @@ set -u
 OUT=$1
 MODE=${2:-full}
 mkdir -p "$OUT/raw" "$OUT/tables"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
-TORCH_NCCL=$(dirname "$(find /opt /usr/local/lib /usr/lib/python3* -name 'libnccl.so.2' -path '*nvidia*' 2>/dev/null | head -1)")
-TORCH_CUBLAS=$(dirname "$TORCH_NCCL")/../cublas/lib
-# The backend loads the same NCCL and cuBLAS builds as torch (same sonames, torch's wheels first on the path).
-export LD_LIBRARY_PATH=$TORCH_NCCL:$TORCH_CUBLAS:${LD_LIBRARY_PATH:-}
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
 MPI="mpirun --allow-run-as-root -np 2 --bind-to none -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
      -x NVSHMEM_DISABLE_NVLS -x LD_LIBRARY_PATH -x PYTHONUNBUFFERED"
 echo "== torch NCCL dir: $TORCH_NCCL"
