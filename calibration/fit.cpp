@@ -289,6 +289,7 @@ Json profile_json(const sim::Profile& p, const Json& tables, const std::map<std:
     Json f = Json::object();
     if (p.framework.per_kernel_launch_s >= 0) f["per_kernel_launch"] = p.framework.per_kernel_launch_s;
     if (p.framework.per_module_call_s >= 0) f["per_module_call"] = p.framework.per_module_call_s;
+    if (p.framework.event_record_s >= 0) f["event_record"] = p.framework.event_record_s;
     f["source"] = p.framework.source;
     j["framework"] = f;
   }
@@ -313,6 +314,7 @@ FrameworkInput read_framework(const std::string& path) {
     j = Json::parse(read_file(path));
     f.per_kernel_launch_s = j.at("per_kernel_launch_s").get<double>();
     f.per_module_call_s = j.at("per_module_call_s").get<double>();
+    f.event_record_s = j.value("event_record_s", -1.0);
     f.source = j.value("source", std::string("calibration/scripts/torch_host_overhead.py"));
   } catch (const Json::exception& e) {
     throw ParseError(path, "",
@@ -537,6 +539,7 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
     p.framework.per_kernel_launch_s =
         framework.per_kernel_launch_s < 0 ? -1.0 : std::max(0.0, framework.per_kernel_launch_s - p.launch_s["compute"]);
     p.framework.per_module_call_s = framework.per_module_call_s;
+    p.framework.event_record_s = framework.event_record_s;
     p.framework.source = framework.source;
   }
 

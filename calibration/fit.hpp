@@ -16,6 +16,7 @@ namespace twinstep::calibration {
 struct FrameworkInput {
   double per_kernel_launch_s = -1;
   double per_module_call_s = -1;
+  double event_record_s = -1;  ///< Optional ("event_record_s"): one torch.cuda.Event record or stream wait_event.
   std::string source;
 };
 

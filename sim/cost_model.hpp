@@ -77,8 +77,8 @@ struct FrameworkCosts {
   double per_kernel_launch_s = -1;  ///< Extra host time per kernel a framework op launches.
   double per_module_call_s = -1;    ///< Host time of one nn.Module call (forward) beyond its kernels' launches.
   /// Host time of one torch.cuda.Event record or stream wait_event (the EP-overlap path's per-node events).
-  /// Optional key "event_record": calibration/scripts/torch_host_overhead.py does not time it yet, so the
-  /// committed profiles lack it and the lowering keeps 0 ns (no datasheet figure exists for a host cost).
+  /// Optional key "event_record", measured by calibration/scripts/torch_host_overhead.py (event_record_s); without
+  /// it the lowering keeps 0 ns (no datasheet figure exists for a host cost).
   double event_record_s = -1;
   std::string source;  ///< How it was measured (script, framework version).
 };

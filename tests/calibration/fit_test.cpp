@@ -189,3 +189,28 @@ TEST_CASE("calibration::read_raw: damaged files name the file and line", "[calib
   CHECK_THROWS_WITH(read_raw(path), twinstep_contains("line 2"));
   std::filesystem::remove(path);
 }
+
+TEST_CASE("calibration::read_framework: the torch script's JSON, event_record_s optional, into the profile",
+          "[calibration]") {
+  const std::string with = temp_path("framework_with.json");
+  write_file_atomic(with, R"({"per_kernel_launch_s": 7.6e-6, "per_module_call_s": 3.6e-6, "event_record_s": 2.5e-6,
+                              "source": "test"})");
+  const FrameworkInput f = read_framework(with);
+  CHECK(f.per_kernel_launch_s == Approx(7.6e-6));
+  CHECK(f.per_module_call_s == Approx(3.6e-6));
+  CHECK(f.event_record_s == Approx(2.5e-6));
+  const std::string without = temp_path("framework_without.json");
+  write_file_atomic(without, R"({"per_kernel_launch_s": 7.6e-6, "per_module_call_s": 3.6e-6})");
+  CHECK(read_framework(without).event_record_s < 0);  // not measured: the profile keeps no figure
+  const std::string bad = temp_path("framework_bad.json");
+  write_file_atomic(bad, R"({"per_module_call_s": 3.6e-6})");
+  CHECK_THROWS_AS(read_framework(bad), ParseError);
+
+  // Fitted into the profile's framework section and read back by the simulator.
+  const RawResults raw = measure_quick(temp_path("framework_fit.jsonl"));
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  const FitResult r = fit_profile(raw, cluster, "test", "", f);
+  CHECK(r.profile.framework.event_record_s == Approx(2.5e-6));
+  CHECK(r.profile.framework.per_module_call_s == Approx(3.6e-6));
+  CHECK(fit_profile(raw, cluster, "test", "", read_framework(without)).profile.framework.event_record_s < 0);
+}
