@@ -115,16 +115,7 @@ AttentionCalls attention_calls(const schedule::Attention& a, const AttentionBuff
     auto make = [&](bool ta, bool tb, std::uint64_t m, std::uint64_t n, std::uint64_t k, const void* A,
                     std::uint64_t lda, long long sa, const void* B, std::uint64_t ldb, long long sb, void* C,
                     std::uint64_t ldc, long long sc, float beta) {
-      GemmCall g;
-      g.trans_a = ta;
-      g.trans_b = tb;
-      g.m = m;
-      g.n = n;
-      g.k = k;
-      g.batch = x.batch;
-      g.a = A;
-      g.b = B;
-      g.c = C;
+      GemmCall g = plain_gemm(m, n, k, ta, tb, A, B, C, x.batch, t);  // then the block's strides within the buffers
       g.lda = lda;
       g.ldb = ldb;
       g.ldc = ldc;
@@ -132,7 +123,6 @@ AttentionCalls attention_calls(const schedule::Attention& a, const AttentionBuff
       g.stride_b = sb;
       g.stride_c = sc;
       g.beta = beta;
-      g.type = t;
       return g;
     };
     auto* s_blk = const_cast<char*>(at(buf.s, x.s_off, e));

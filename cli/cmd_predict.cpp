@@ -199,7 +199,7 @@ Prediction run_predict(const PredictArgs& args) {
     const models::RunConfig cfg = models::apply_overlap_variant(base, v);
     models::LowerOptions lower_opts;
     lower_opts.representatives_only = !args.no_reduce && gpus > sim::kSymmetryReductionAboveGpus;
-    lower_opts.mirror_tp = cf.fidelity == "analytic";
+    lower_opts.mirror_tp = sim::mirrors_tp_ranks(cf.fidelity);
     models::Lowered lowered = models::lower(model, cfg, lower_opts);
     sim::Options opts;
     opts.fidelity = cf.fidelity;

@@ -220,7 +220,8 @@ void register_sweep_commands(CLI::App& app) {
     sub->add_flag("--dry-run", f->dry_run, "List the points (with the reason for rejected ones) and stop");
     sub->add_flag("--no-extrapolate", f->no_extrapolate,
                   "Simulate every micro-batch. By default a point with many micro-batches is simulated at three "
-                  "small counts (2 x pp and up) and its step taken on the line through them, checked to be one");
+                  "small counts (1F1B: pp+1 to pp+3; interleaved: 2 to 4 micro-batch groups) and its step taken on the "
+                  "line through them, checked to be one");
     add_output_flags(sub, *of);
     sub->callback([f, of]() { run_sweep_command(*f, *of); });
   }

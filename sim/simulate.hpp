@@ -21,6 +21,10 @@ namespace twinstep::sim {
 /// (models::LowerOptions::representatives_only); `--no-reduce` simulates every rank.
 inline constexpr std::uint32_t kSymmetryReductionAboveGpus = 512;
 
+/// Whether a reduced schedule for `fidelity` may also mirror TP ranks (models::LowerOptions::mirror_tp): only the
+/// analytic model times sends and recvs paired on one rank; simulate() rejects them for flow.
+[[nodiscard]] inline bool mirrors_tp_ranks(const std::string& fidelity) { return fidelity == "analytic"; }
+
 struct Options {
   std::string fidelity = "analytic";           ///< "analytic" or "flow" (needs SimGrid: flow_model_available()).
   std::map<std::string, std::string> context;  ///< Extra context entries copied into the trace.

@@ -146,7 +146,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
       cfg.microbatch_group_size_per_vp_stage == 0 ? p.layout.pp : cfg.microbatch_group_size_per_vp_stage;
   models::LowerOptions lower_opts;
   lower_opts.representatives_only = reduce_by_symmetry(p);
-  lower_opts.mirror_tp = p.fidelity == "analytic";
+  lower_opts.mirror_tp = sim::mirrors_tp_ranks(p.fidelity);
   // Ops of `c`'s schedule, estimated from the same config with one layer per virtual stage (layers scale the ops
   // almost linearly); 0 when that probe is not a valid layout (uneven or patterned layer layouts).
   auto estimated_ops = [&](const models::RunConfig& c) -> double {
