@@ -32,9 +32,13 @@ echo "check-simgrid-build: SimGrid $version headers in $prefix/include"
 
 cxx=${CXX:-c++}
 # The project's flags (cmake/TwinstepHelpers.cmake with TWINSTEP_WERROR=ON); SimGrid's headers are system headers
-# there too (an imported pkg-config target), so -isystem.
-flags=(-std=c++20 -Wall -Wextra -Wpedantic -Wshadow -Werror -fsyntax-only -I "$root" -isystem "$prefix/include"
-  -DTWINSTEP_HAVE_SIMGRID=1)
+# there too (an imported pkg-config target), so -isystem, except for the compiler's own system directories (an
+# -isystem /usr/include would hide libstdc++'s #include_next <stdlib.h>).
+flags=(-std=c++20 -Wall -Wextra -Wpedantic -Wshadow -Werror -fsyntax-only -I "$root" -DTWINSTEP_HAVE_SIMGRID=1)
+case "$prefix" in
+  /usr | /usr/local) ;;
+  *) flags+=(-isystem "$prefix/include") ;;
+esac
 status=0
 for src in sim/engine/flow_model.cpp sim/simulate.cpp; do
   if "$cxx" "${flags[@]}" "$root/$src"; then

@@ -441,6 +441,11 @@ class FlowModel final : public ResourceModel {
         new FabricZone("fabric", [this](RankId a, RankId b, std::vector<std::uint32_t>& links) { route(a, b, links); });
     sg4::NetZone* z = zone_->get_iface();
 #ifdef TWINSTEP_SG_ENGINE_OWNS_ROOT
+    if (engine_->get_netzone_root() == nullptr) {
+      throw Error("--fidelity flow: " + flow_engine_version() +
+                  " has no root zone after the engine's creation (4.0's headers say the engine creates it): use "
+                  "--fidelity analytic");
+    }
     zone_->set_parent(engine_->get_netzone_root()->get_impl());
 #else
     if (engine_->get_netzone_root() != z) {
