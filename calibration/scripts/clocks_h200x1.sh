@@ -12,11 +12,14 @@ R=$OUT/r
 mkdir -p "$R"
 . "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
 B=build-gpu
+pack() { tar czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"; }  # one file back: the device tool caps the count
+trap pack EXIT
+REV=$(cat REVISION 2>/dev/null || echo unknown)
 mark() { echo "$(date +'%Y/%m/%d %H:%M:%S.%3N') $1" >> "$R/marks.txt"; }
 echo "== build $(date +%T)"
 nvidia-smi -q -d CLOCK,POWER,PERFORMANCE > "$R/nvidia-smi-q.txt" 2>&1
 cmake -S . -B $B -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_BUILD_TYPE=Release > "$R/build.log" 2>&1 || { tail -30 "$R/build.log"; exit 1; }
+      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_GIT_REVISION="$REV" > "$R/build.log" 2>&1 || { tail -30 "$R/build.log"; exit 1; }
 ninja -C $B twinstep backend_tests backend_plan_tests >> "$R/build.log" 2>&1 \
   || { grep -E "error|FAILED" "$R/build.log" | head -30; exit 1; }
 T=$B/cli/twinstep
