@@ -224,6 +224,10 @@ struct GpuMonitor::Nvml {
 
 GpuMonitor::GpuMonitor(int cuda_device, const char* library, double sample_interval_ms)
     : interval_ms_(sample_interval_ms) {
+  if (const char* env = std::getenv("TWINSTEP_GPU_MONITOR"); env != nullptr && std::string(env) == "0") {
+    unavailable_ = "disabled by TWINSTEP_GPU_MONITOR=0";
+    return;
+  }
   auto nv = std::make_unique<Nvml>();
   nv->lib = dlopen(library, RTLD_NOW | RTLD_LOCAL);
   if (nv->lib == nullptr) {

@@ -73,7 +73,8 @@ struct GpuMonitorReport {
 void write_monitor_context(const std::vector<GpuMonitorReport>& per_rank, std::map<std::string, std::string>& context);
 
 /// Samples one CUDA device through NVML. Constructing it loads NVML and finds the device by its PCI bus id (so the
-/// right GPU is read under CUDA_VISIBLE_DEVICES); it never throws for NVML's absence or failures.
+/// right GPU is read under CUDA_VISIBLE_DEVICES); it never throws for NVML's absence or failures. The environment
+/// variable TWINSTEP_GPU_MONITOR=0 turns it off (no thread, no NVML call during the run).
 class GpuMonitor {
  public:
   /// `library`: the NVML shared library to load (tests pass a missing name).

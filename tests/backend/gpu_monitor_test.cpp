@@ -3,6 +3,7 @@
 // NVML library cannot be loaded (it says why and never throws).
 #include "backend/gpu_monitor.hpp"
 
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -95,4 +96,12 @@ TEST_CASE("backend::GpuMonitor: a library that cannot be loaded leaves it unavai
   std::map<std::string, std::string> ctx;
   be::write_monitor_context({r}, ctx);
   CHECK_THAT(ctx.at("gpu_monitor"), twinstep_contains("unavailable: dlopen"));
+}
+
+TEST_CASE("backend::GpuMonitor: TWINSTEP_GPU_MONITOR=0 turns it off before NVML is loaded", "[backend]") {
+  setenv("TWINSTEP_GPU_MONITOR", "0", 1);
+  be::GpuMonitor m(0);
+  unsetenv("TWINSTEP_GPU_MONITOR");
+  CHECK_FALSE(m.available());
+  CHECK(m.stop().unavailable == "disabled by TWINSTEP_GPU_MONITOR=0");
 }
