@@ -9,6 +9,7 @@ clocks.csv, marks.txt); prints Markdown."""
 import json
 import statistics
 import sys
+import textwrap
 from datetime import datetime
 
 D = sys.argv[1]
@@ -98,10 +99,10 @@ def main():
     group_of = {"gemm": "compute.gemm", "attention_fwd": "compute.attention", "attention_bwd": "compute.attention",
                 "elementwise": "compute.memory", "optimizer": "compute.memory"}
     print("\n### Per kernel class: in-run duration / suite duration, next to the clock ratio\n")
-    print(f"In-run: gpu1.base, run1 and run2 (mean SM clock median {run_clock:.0f} MHz). Suite: the same ops "
-          "simulated (analytic) with the profile fitted from this session's suite, i.e. the suite's figures "
-          "interpolated to each shape. Clock ratio = suite group's SM clock / in-run SM clock: what in-run / suite "
-          "would be if duration scaled as 1/clock.\n")
+    print(textwrap.fill(f"In-run: gpu1.base, run1 and run2 (mean SM clock median {run_clock:.0f} MHz). Suite: the "
+                        "same ops simulated (analytic) with the profile fitted from this session's suite, i.e. the "
+                        "suite's figures interpolated to each shape. Clock ratio = suite group's SM clock / in-run SM "
+                        "clock: what in-run / suite would be if duration scaled as 1/clock.", 116) + "\n")
     print("| class | ops | in-run ms (run1, run2) | suite ms | in-run / suite | suite group (clock MHz) "
           "| clock ratio suite/run |")
     print("|---|---:|---|---:|---:|---|---:|")
@@ -139,8 +140,8 @@ def main():
         e[1] += statistics.mean(x[rid] for x in meas)
         e[2] += gd[op["id"]]
         e[3] += gpred[op["id"]]
-    print(f"\n### Per GEMM shape: in-run (gpu1.base, {run_clock:.0f} MHz) against the same GEMMs alone back to back "
-          f"({gclock:.0f} MHz) and the suite's figure\n")
+    print(f"\n### Per GEMM shape: in-run (gpu1.base, {run_clock:.0f} MHz), the same GEMMs alone ({gclock:.0f} MHz), "
+          "the suite's figure\n")
     print(f"Clock ratio alone/in-run: {gclock/run_clock:.3f}.\n")
     print("| m x n x k | ops | in-run ms | alone ms | in-run / alone | suite ms | alone / suite |")
     print("|---|---:|---:|---:|---:|---:|---:|")
