@@ -47,6 +47,7 @@
 #include "backend/attention.hpp"
 #include "backend/error.hpp"
 #include "backend/gemm.hpp"
+#include "backend/gpu_monitor.hpp"
 #include "backend/kernels.hpp"
 #include "backend/mpi_group.hpp"
 #include "common/assert.hpp"
@@ -690,6 +691,7 @@ struct Runtime::Impl {
   std::array<DeviceBuffer, kRoles> pool{};
   cudaStream_t aux = nullptr;
   std::unique_ptr<Watchdog> watchdog;
+  std::unique_ptr<GpuMonitor> monitor;  // SM clock and power over the measured steps (gpu_monitor.hpp)
 
   explicit Impl(bool self) : mpi(self) {
     set_error_context_rank(mpi.rank());
@@ -710,6 +712,7 @@ struct Runtime::Impl {
     TWINSTEP_NCCL_CHECK(ncclCommInitRank(&world, mpi.size(), id, mpi.rank()));
     TWINSTEP_CUDA_CHECK(cudaMalloc(&warm, kWarmBytes));
     watchdog = std::make_unique<Watchdog>(device, mpi.rank());
+    monitor = std::make_unique<GpuMonitor>(device);
   }
 
   ~Impl() {
@@ -1127,6 +1130,12 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   const std::vector<ncclComm_t> comms = im.all_comms();
   std::vector<std::pair<const sch::Op*, OpBuffers>> deferred_after;  // hook->after() calls at the step's end
 
+  // The GPU monitor samples during the measured steps' GPU work only (from the origin to the streams' drain).
+  struct StopMonitor {
+    GpuMonitor& m;
+    ~StopMonitor() { (void)m.stop(); }
+  } stop_monitor_on_exit{*im.monitor};
+  im.monitor->start();
   for (int step = 0; step < total_steps; ++step) {
     current_step = step;
     const bool measured = step >= options.warmup_steps;
@@ -1142,6 +1151,7 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
     for (auto st : streams) TWINSTEP_CUDA_CHECK(cudaStreamWaitEvent(st, origin, 0));
     wait_event(origin);
     const auto t0 = Clock::now();
+    im.monitor->record(measured);
     auto host_ns = [&t0]() { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count(); };
     std::vector<Nanos> h_issue(plan.size(), 0), h_start(plan.size(), 0), h_end(plan.size(), 0);
 
@@ -1261,6 +1271,7 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
       issued.store(i + 1, std::memory_order_relaxed);
     }
     wait_streams();
+    im.monitor->record(false);
     im.watchdog->disarm();
     for (const auto& [hop, hbufs] : deferred_after) options.hook->after(*hop, hbufs);
     deferred_after.clear();
@@ -1318,6 +1329,7 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   const auto all = im.mpi.all_gather(mine);
   const auto bounds = im.mpi.all_gather(step_bounds);
   const auto hosts = im.mpi.all_gather(im.host);
+  const auto monitor_reports = im.mpi.all_gather(encode_report(im.monitor->stop()));
 
   sch::Trace trace;
   trace.producer = "backend";
@@ -1373,6 +1385,9 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
   ctx["timing"] =
       "per op: medians over measured steps of issue, start and end separately; GPU ops timed by "
       "cudaEvents recorded on the op's stream around it; host ops by steady_clock";
+  std::vector<GpuMonitorReport> per_rank;
+  for (const auto& text : monitor_reports) per_rank.push_back(decode_report(text));
+  write_monitor_context(per_rank, ctx);
   ctx["clock_alignment"] =
       "per step: barrier, origin event on every stream; device times relative to the origin event, host times "
       "relative to the first host instant the origin was seen complete (offset <= polling latency, few us)";

@@ -621,6 +621,14 @@ std::size_t run_suite(const std::string& suite_name, const std::vector<BenchGrou
     const auto ms = extract(g, trace);
     Json line{{"group", g.name}, {"measurements", Json::array()}};
     for (const auto& m : ms) line["measurements"].push_back(measurement_json(m));
+    // The GPU's SM clock and power over the group's measured steps (the backend's "gpu_monitor*" context keys, see
+    // backend/gpu_monitor.hpp), prefix dropped ("status" for the bare key): every figure is tied to that clock.
+    const std::string monitor_key = "gpu_monitor";
+    for (const auto& [key, value] : trace.context) {
+      if (key.rfind(monitor_key, 0) != 0) continue;
+      const std::string rest = key.substr(monitor_key.size());
+      if (rest.empty() || rest[0] == '.') line["gpu_monitor"][rest.empty() ? "status" : rest.substr(1)] = value;
+    }
     text += line.dump() + "\n";
     if (options.writer) write_file_atomic(options.raw_path, text);
     ++ran;
