@@ -94,6 +94,51 @@ void check_groups(Ctx& c, const std::string& prefix, const sim::Profile& profile
   for (const auto& [fam, pm] : by_family) summarize(c, fam, pm, note);
 }
 
+/// One log line per probe of the collective and p2p groups: size, measured and simulated time, relative error, and
+/// the algorithm, protocol and channel count the cost model picks for the probe's op (first member). The per-size view
+/// behind each group's mean/max line: where a protocol switch or a channel shrink sits and which sizes miss.
+void log_per_size(Ctx& c, const sim::Profile& profile) {
+  const sim::CostModel costs(c.cluster, profile);
+  for (const auto& g : c.suite) {
+    if (g.name.rfind("coll.", 0) != 0 && g.name.rfind("p2p.", 0) != 0) continue;
+    if (std::any_of(g.probes.begin(), g.probes.end(), [&](const Probe& p) { return c.measured.count(p.name) == 0; })) {
+      continue;
+    }
+    const auto sim = simulate_group(c, g, profile);
+    for (const auto& p : g.probes) {
+      const auto& op = g.schedule.ops.at(p.ops.front());
+      sim::CommCost cc;
+      if (const auto* col = std::get_if<schedule::Collective>(&op.body)) {
+        const auto& comm = g.schedule.communicators.at(col->comm);
+        const auto span = costs.span(comm);
+        if (col->kind == schedule::CollectiveKind::kAllToAll) {
+          double max_peer = 0;
+          for (auto id : p.ops) {
+            const auto& o = g.schedule.ops.at(id);
+            const auto& a = std::get<schedule::Collective>(o.body);
+            for (std::size_t j = 0; j < a.send_bytes.size() && j < comm.members.size(); ++j) {
+              if (comm.members[j] != o.rank) max_peer = std::max(max_peer, static_cast<double>(a.send_bytes[j]));
+            }
+          }
+          cc = costs.all_to_all_cost(max_peer, 0, span.ranks - 1, max_peer, span);
+        } else {
+          cc = costs.collective_cost(col->kind, static_cast<double>(col->bytes), span);
+        }
+      } else if (const auto* snd = std::get_if<schedule::Send>(&op.body)) {
+        cc = costs.p2p_cost(static_cast<double>(snd->bytes), op.rank, snd->peer);
+      } else if (const auto* rcv = std::get_if<schedule::Recv>(&op.body)) {
+        cc = costs.p2p_cost(static_cast<double>(rcv->bytes), rcv->peer, op.rank);
+      }
+      const double m = c.measured.at(p.name), s = sim.at(p.name);
+      char buf[240];
+      std::snprintf(buf, sizeof buf, "  %-28s %11.0f B  measured %9.2f us  simulated %9.2f us  %+7.2f%%  %s/%s %u ch",
+                    g.name.c_str(), p.size, m * 1e6, s * 1e6, 100 * (s - m) / m, sim::algo_name(cc.algo),
+                    sim::proto_name(cc.proto), cc.channels);
+      c.log.push_back(buf);
+    }
+  }
+}
+
 /// (size, efficiency) points merged within 2 % in size (geometric mean), strictly ascending.
 Json table_json(std::vector<std::pair<double, double>> pts) {
   std::sort(pts.begin(), pts.end());
@@ -547,6 +592,7 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   check_groups(c, "compute.", p, "solo kernels, simulated vs measured");
   check_groups(c, "coll.", p, "LL + Simple lines, simulator's protocol choice");
   check_groups(c, "p2p.", p, "");
+  log_per_size(c, p);
   check_groups(c, "host.", p, "issue per op / host_sync wake-up");
   check_groups(c, "corun.", p,
                "comm_hbm_bytes_per_bus_byte = " + std::to_string(p.interference.comm_hbm_bytes_per_bus_byte) +
