@@ -30,6 +30,23 @@ constexpr double kTreeSimplePerChGBps[3] = {38.7, 41.4, 36.0};
 constexpr double kTreeLL128PerChGBps[3] = {36.7, 36.7, 29.0};
 // NCCL P2P: a transfer uses LL when bytes <= channels x 16 KiB (NCCL_P2P_LL_THRESHOLD), enqueue.cc.
 constexpr double kP2pLLThresholdBytes = 16384;
+// Ring graph search within a node (search.cc; hardware.md 4.3): per-channel speeds tried on sm90 (GB/s) and the most
+// search channels (MAXCHANNELS / 2).
+constexpr double kSearchSpeedsIntraSm90GBps[] = {60, 50, 40, 30, 24, 20, 15, 12, 11, 6, 3};
+constexpr double kMaxSearchChannels = 32;
+
+/// The intra-node ring bandwidth NCCL's tuning model uses: its graph search packs channels of one of its per-channel
+/// speeds into the path bandwidth, so the total is the best speed x channels that fits, not the path bandwidth itself.
+/// Two H200 over NV18 (370.8 GB/s): 360 GB/s, as NCCL 2.28.9 prints (Ring Simple 360.0 in its TUNING table,
+/// calibration/measured/h200x2/nccl_tuning.log).
+double nccl_graph_bytes_per_s(double path_bytes_per_s) {
+  const double path_gbps = path_bytes_per_s / kGBps;
+  double best = 0;
+  for (const double speed : kSearchSpeedsIntraSm90GBps) {
+    best = std::max(best, speed * std::min(kMaxSearchChannels, std::floor(path_gbps / speed + 1e-9)));
+  }
+  return best > 0 ? best * kGBps : path_bytes_per_s;
+}
 
 int node_class(std::uint32_t nodes) { return nodes <= 1 ? 0 : (nodes == 2 ? 1 : 2); }
 
@@ -288,6 +305,8 @@ CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const 
                                       node.nic_achievable_bytes_per_s * span.fabric_factor);
   }
   if (!std::isfinite(graph_bw)) graph_bw = node.nvlink_nccl_bytes_per_s;
+  // NCCL's own estimate (the one it picks the algorithm and protocol by) sees the bandwidth its graph search found.
+  if (!measured && !inter) graph_bw = nccl_graph_bytes_per_s(graph_bw);
 
   // Bus bandwidth refinements per (algo, proto) (tuning.cc; hardware.md 4.3).
   double bus = graph_bw;

@@ -25,28 +25,49 @@ Profile ring_ll_simple() {
 
 }  // namespace
 
-TEST_CASE("sim::CostModel: two-rank ring all_reduce switches LL -> Simple where NCCL's estimates cross",
-          "[sim][nccl]") {
+TEST_CASE("sim::CostModel: two-rank ring collectives switch LL -> Simple where NCCL's estimates cross", "[sim][nccl]") {
   const auto cluster = topologies::load_cluster("h200x2-nvlink");
   const CostModel costs(cluster, ring_ll_simple());
   const auto span = pair_span(costs);
-  // NCCL's estimates (hardware.md 4.3): LL 6.6 + 2 x 0.6 us at min(141, 370.8 / 2) GB/s; Simple 8.4 + 2 x 3.4 us at
-  // 370.8 GB/s (h200x2-nvlink's nvlink_nccl_bandwidth); LL128 14 + 2 x 1.9 us at 0.92 x 370.8 GB/s never wins.
-  const double x_star = (15.2e-6 - 7.8e-6) / (1.0 / 141e9 - 1.0 / 370.8e9);  // 1.68 MB
-  CHECK(x_star > 1024.0 * 1024);
-  CHECK(x_star < 2048.0 * 1024);
+  // NCCL's estimates (hardware.md 4.3), with the ring bandwidth its graph search finds on NV18: 360 GB/s (18 links
+  // of 20.6 GB/s give 370.8; the search packs channels of 30 GB/s: 12 x 30), as NCCL 2.28.9 prints it. all_reduce:
+  // LL 6.6 + 2 x 0.6 us at min(141, 360 / 2) GB/s; Simple 8.4 + 2 x 3.4 us at 360 GB/s; LL128 14 + 2 x 1.9 us at
+  // 0.92 x 360 never wins.
+  const double x_star = (15.2e-6 - 7.8e-6) / (1.0 / 141e9 - 1.0 / 360e9);  // 1.715 MB
+  CHECK(x_star == Approx(1.7152e6).epsilon(1e-3));
   const auto below = costs.collective_cost(CollectiveKind::kAllReduce, 0.99 * x_star, span);
   const auto above = costs.collective_cost(CollectiveKind::kAllReduce, 1.01 * x_star, span);
   CHECK(below.proto == NcclProto::kLL);
   CHECK(above.proto == NcclProto::kSimple);
   CHECK(below.latency_s == Approx(7.8e-6));
   CHECK(above.latency_s == Approx(15.2e-6));
-  // The measured sizes of the suite: LL up to 1 MiB, Simple from 2 MiB, never LL128 (NCCL's log on two H200).
+  // all_gather / reduce_scatter (n - 1 = 1 step, algbw = 2 x busbw; IR bytes = the gathered total): LL 7.2 us at
+  // 282 GB/s, Simple 11.8 us at 720 GB/s, crossing at 2.132 MB; broadcast (1 step, algbw = busbw): LL 7.2 us at
+  // 141, Simple 11.8 us at 360, crossing at 1.066 MB.
+  const double ag_star = (11.8e-6 - 7.2e-6) / (1.0 / 282e9 - 1.0 / 720e9);
+  const double bc_star = (11.8e-6 - 7.2e-6) / (1.0 / 141e9 - 1.0 / 360e9);
+  CHECK(ag_star == Approx(2.1324e6).epsilon(1e-3));
+  CHECK(bc_star == Approx(1.0662e6).epsilon(1e-3));
+  for (auto kind : {CollectiveKind::kAllGather, CollectiveKind::kReduceScatter}) {
+    CHECK(costs.collective_cost(kind, 0.99 * ag_star, span).proto == NcclProto::kLL);
+    CHECK(costs.collective_cost(kind, 1.01 * ag_star, span).proto == NcclProto::kSimple);
+  }
+  CHECK(costs.collective_cost(CollectiveKind::kBroadcast, 0.99 * bc_star, span).proto == NcclProto::kLL);
+  CHECK(costs.collective_cost(CollectiveKind::kBroadcast, 1.01 * bc_star, span).proto == NcclProto::kSimple);
+  // The suite's sizes, as NCCL 2.28.9 ran them on two H200 (nccl_tuning.log): all_reduce and broadcast LL up to
+  // 1 MiB, all_gather and reduce_scatter LL up to 2 MiB (NCCL logs 1 MiB per rank), Simple above; never LL128.
   for (double bytes = 1024; bytes <= 1024.0 * 1024 * 1024; bytes *= 2) {
     INFO(bytes);
-    const auto c = costs.collective_cost(CollectiveKind::kAllReduce, bytes, span);
-    CHECK(c.proto == (bytes <= 1024.0 * 1024 ? NcclProto::kLL : NcclProto::kSimple));
+    const double mib = 1024.0 * 1024;
+    const auto proto = [&](CollectiveKind k) { return costs.collective_cost(k, bytes, span).proto; };
+    CHECK(proto(CollectiveKind::kAllReduce) == (bytes <= mib ? NcclProto::kLL : NcclProto::kSimple));
+    CHECK(proto(CollectiveKind::kBroadcast) == (bytes <= mib ? NcclProto::kLL : NcclProto::kSimple));
+    CHECK(proto(CollectiveKind::kAllGather) == (bytes <= 2 * mib ? NcclProto::kLL : NcclProto::kSimple));
+    CHECK(proto(CollectiveKind::kReduceScatter) == (bytes <= 2 * mib ? NcclProto::kLL : NcclProto::kSimple));
   }
+  // The time of the chosen protocol keeps the cluster's 370.8 GB/s (no profile entry): only the choice sees 360.
+  const double big = 1024.0 * 1024 * 1024;
+  CHECK(costs.collective_cost(CollectiveKind::kAllReduce, big, span).bandwidth_time_s == Approx(big / 370.8e9));
 }
 
 TEST_CASE("sim::CostModel: LL channels shrink to bytes / (512 threads x 8 B x nRanks), as NCCL ran them",
@@ -85,8 +106,8 @@ TEST_CASE("sim::CostModel: LL128 wins mid sizes on eight GPUs of one node, never
   const auto cluster = topologies::load_cluster("dgx-h100");
   const CostModel costs(cluster, ring_ll_simple());
   const auto eight = costs.span(schedule::Communicator{"g", "tp", {0, 1, 2, 3, 4, 5, 6, 7}});
-  // 8 ranks, 14 steps: LL 15.0 us at 141 x 8/14 GB/s, LL128 40.6 us at 341.1 x 8/14, Simple 56.0 us at 370.8 x 8/14:
-  // LL128 beats LL above 3.5 MB and Simple below 37.6 MB.
+  // 8 ranks, 14 steps: LL 15.0 us at 141 x 8/14 GB/s, LL128 40.6 us at 331.2 x 8/14, Simple 56.0 us at 360 x 8/14
+  // (NCCL's estimates): LL128 beats LL above 3.6 MB and Simple below 36.4 MB.
   CHECK(costs.collective_cost(CollectiveKind::kAllReduce, 1e6, eight).proto == NcclProto::kLL);
   CHECK(costs.collective_cost(CollectiveKind::kAllReduce, 8e6, eight).proto == NcclProto::kLL128);
   CHECK(costs.collective_cost(CollectiveKind::kAllReduce, 1e8, eight).proto == NcclProto::kSimple);
