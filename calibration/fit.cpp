@@ -299,8 +299,10 @@ sim::CollectiveParams fit_protocol(const std::string& kind, sim::NcclProto proto
 }
 
 /// Ring all_reduce/all_gather/reduce_scatter/broadcast: the protocol of each size is the one NCCL's own cost model
-/// picks (CostModel::collective_cost; NCCL_DEBUG=INFO on two H200 confirms LL up to 1 MiB and Simple from 2 MiB for
-/// all four, calibration/measured/h200x2/nccl_tuning.log); one line per protocol over the sizes it runs.
+/// picks (CostModel::collective_cost; on two H200 it matches NCCL_DEBUG=INFO at every size: LL up to 1 MiB for
+/// all_reduce and broadcast, 2 MiB for all_gather and reduce_scatter, Simple above, never LL128;
+/// calibration/measured/h200x2/nccl_tuning.log); one latency, bus bandwidth and efficiency table per protocol over the
+/// sizes it runs.
 void fit_ring_collective(Ctx& c, sim::Profile& p, const std::string& kind, const BenchGroup& g, std::uint32_t ranks) {
   const sim::CostModel costs(c.cluster, p);
   std::vector<sim::NcclProto> chosen;
