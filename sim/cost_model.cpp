@@ -38,7 +38,8 @@ constexpr double kMaxSearchChannels = 32;
 /// The intra-node ring bandwidth NCCL's tuning model uses: its graph search packs channels of one of its per-channel
 /// speeds into the path bandwidth, so the total is the best speed x channels that fits, not the path bandwidth itself.
 /// Two H200 over NV18 (370.8 GB/s): 360 GB/s, as NCCL 2.28.9 prints (Ring Simple 360.0 in its TUNING table,
-/// calibration/measured/h200x2/nccl_tuning.log).
+/// calibration/measured/h200x2/nccl_tuning.log). sm90's speeds serve every GPU here: DGX A100's 12 x 20 GB/s path is a
+/// whole number of channels at sm80's speeds and at these alike.
 double nccl_graph_bytes_per_s(double path_bytes_per_s) {
   const double path_gbps = path_bytes_per_s / kGBps;
   double best = 0;
