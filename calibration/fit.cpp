@@ -371,6 +371,7 @@ Json profile_json(const sim::Profile& p, const Json& tables, const std::map<std:
   // (backend/attention.cpp, since 2b51272): a causal kernel does half the work of a non-causal one of the same shape.
   // A backend computing the whole score matrix for causal kernels would write "full" here.
   j["attention_causal_work"] = "half";
+  j["grouped_gemm_table"] = p.grouped_gemm_per_group ? "per_group" : "total";
   j["memory_efficiency"] = p.memory_efficiency;
   j["kernel_floor"] = p.kernel_floor_s;
   Json launch = Json::object();
@@ -457,19 +458,41 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   Json tables = Json::object();
 
   // Tensor-core classes: efficiency = FLOPs / (peak x time), over FLOPs.
-  for (const char* fam : {"gemm", "grouped_gemm", "attention_fwd", "attention_bwd"}) {
+  const double peak_bf16 = gpu.peak_flop_per_s(schedule::DType::kBF16);
+  for (const char* fam : {"gemm", "attention_fwd", "attention_bwd"}) {
     std::vector<std::pair<double, double>> pts;
-    for (const auto& [flops, t] : family(fam))
-      pts.emplace_back(flops, flops / (gpu.peak_flop_per_s(schedule::DType::kBF16) * t));
+    for (const auto& [flops, t] : family(fam)) pts.emplace_back(flops, flops / (peak_bf16 * t));
     if (!pts.empty()) tables[fam] = table_json(pts);
   }
   // Grouped GEMMs (MoE experts) have their own table when the raw file measured them (the default suite's expert
-  // sweep); otherwise the dense GEMM table stands in, which overstates the efficiency of many small expert GEMMs.
-  if (tables.contains("grouped_gemm")) {
-    const auto gg = family("grouped_gemm");
-    c.log.push_back("grouped_gemm: own table from " + std::to_string(gg.size()) + " measured grouped GEMMs (" +
-                    std::to_string(tables["grouped_gemm"].size()) + " table points over total FLOPs)");
-  } else if (tables.contains("gemm")) {
+  // sweep), over FLOPs per group (sim::Profile::grouped_gemm_per_group: the backend issues one GEMM per group, so a
+  // grouped GEMM's time follows its group's shape and its group count); otherwise the dense GEMM table stands in
+  // (over total FLOPs, as before), which overstates the efficiency of many small expert GEMMs.
+  {
+    std::map<std::string, double> groups_of;  // probe -> non-empty groups (the suite's balanced expert rows)
+    for (const auto& g : c.suite) {
+      for (const auto& pr : g.probes) {
+        if (pr.family == "grouped_gemm" && pr.params.count("groups")) groups_of[pr.name] = pr.params.at("groups");
+      }
+    }
+    std::vector<std::pair<double, double>> pts;
+    for (const auto& m : raw.measurements) {
+      if (m.family != "grouped_gemm" || m.value_s <= 0) continue;
+      const auto it = groups_of.find(m.probe);
+      if (it == groups_of.end() || it->second < 1) {
+        c.log.push_back("grouped_gemm: probe " + m.probe + " is not in this suite (group count unknown): skipped");
+        continue;
+      }
+      pts.emplace_back(m.size / it->second, m.size / (peak_bf16 * m.value_s));
+    }
+    if (!pts.empty()) {
+      tables["grouped_gemm"] = table_json(pts);
+      p.grouped_gemm_per_group = true;
+      c.log.push_back("grouped_gemm: own table from " + std::to_string(pts.size()) + " measured grouped GEMMs (" +
+                      std::to_string(tables["grouped_gemm"].size()) + " table points over FLOPs per group)");
+    }
+  }
+  if (!tables.contains("grouped_gemm") && tables.contains("gemm")) {
     tables["grouped_gemm"] = tables["gemm"];
     c.log.push_back("grouped_gemm: no grouped-GEMM measurements in the raw file; the gemm table is used");
   }

@@ -165,10 +165,10 @@ ZooShapes zoo_shapes(bool quick) {
 /// micro-batch, sequence and routing): the expert shapes of qwen3-30b-a3b (the EP2 validation case: 128 experts,
 /// hidden 2048, expert ffn 768) with the 64 local experts of EP2, as lowering emits them: fc1 [h -> 2f] and fc2
 /// [f -> h] forward (and as weight gradients), their data gradients [2f -> h] and [h -> f]. Balanced rows.
-/// One group count only: the profile's grouped_gemm table is keyed by total FLOPs, and the backend's grouped GEMM
-/// (one cuBLAS call per group) costs 5-12 us of host issue per group, so at equal FLOPs 128 groups measured 3x
-/// slower than 64 (single-H200 run at 83e495f, calibration/profiles/h200x1.raw.jsonl); mixing the two would
-/// mispredict both. Other group counts need a table keyed per group (sim/cost_model).
+/// One group count: the backend's grouped GEMM (one cuBLAS call per group) costs 5-12 us of host issue per group, so
+/// at equal FLOPs 128 groups measured 3x slower than 64 (single-H200 run at 83e495f,
+/// calibration/profiles/h200x1.raw.jsonl). The fit keys the grouped_gemm table by FLOPs per group
+/// (sim::Profile::grouped_gemm_per_group), so other group counts read it at their own group's shape.
 std::vector<schedule::GroupedGemm> expert_sweep() {
   std::vector<schedule::GroupedGemm> out;
   models::ModelSpec model;

@@ -180,6 +180,7 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
   KernelCost k;
   k.reserved_sms = std::min(c.sm_count, gpu.sm_count);
   double flops = schedule::kernel_flops(c.kernel);
+  double table_size = -1;  // where the efficiency table is read, when not at `flops` (grouped GEMMs per group)
   const double bytes = schedule::kernel_bytes(c.kernel);
   const EfficiencyTable* eff_table = eff_by_class_[kernel_class_index(c.kernel)];
   const Interference& itf = profile_.interference;
@@ -195,7 +196,12 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
           k.tiles = ceil_div(kern.m, itf.gemm_tile_m) * ceil_div(kern.n, itf.gemm_tile_n) * kern.batch;
         } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
           peak = gpu.peak_flop_per_s(kern.dtype);
-          for (auto m : kern.m) k.tiles += ceil_div(m, itf.gemm_tile_m) * ceil_div(kern.n, itf.gemm_tile_n);
+          std::uint64_t groups = 0;
+          for (auto m : kern.m) {
+            k.tiles += ceil_div(m, itf.gemm_tile_m) * ceil_div(kern.n, itf.gemm_tile_n);
+            groups += m > 0 ? 1 : 0;
+          }
+          if (profile_.grouped_gemm_per_group && groups > 0) table_size = flops / static_cast<double>(groups);
         } else if constexpr (std::is_same_v<T, schedule::Attention>) {
           peak = gpu.peak_flop_per_s(kern.dtype);
           k.tiles = kern.batch * kern.heads_q * ceil_div(kern.seq_q, itf.attention_tile_q);
@@ -225,7 +231,8 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
           const double eff = eff_table != nullptr ? std::max(1e-4, eff_table->at(bytes)) : profile_.memory_efficiency;
           k.mem_bytes_per_s = gpu.hbm_bytes_per_s * eff;
         } else {
-          const double eff = eff_table != nullptr ? std::max(1e-3, eff_table->at(flops)) : 1.0;
+          const double eff =
+              eff_table != nullptr ? std::max(1e-3, eff_table->at(table_size > 0 ? table_size : flops)) : 1.0;
           k.flop_time_s = peak > 0 ? flops / (peak * eff) : 0.0;
           k.mem_bytes = bytes;
           k.mem_bytes_per_s = gpu.hbm_bytes_per_s * profile_.memory_efficiency;

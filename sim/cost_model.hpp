@@ -120,6 +120,13 @@ struct Profile {
   /// matrix, backend/executor.cpp), so a kernel's time depends on its shape only; the attention tables, fitted from
   /// causal probes, are then looked up with every kernel's causal FLOPs count.
   bool attention_full_scores = false;
+  /// false (schema 1 default): the grouped_gemm table is over a grouped GEMM's total FLOPs. true
+  /// ("grouped_gemm_table": "per_group"): it is over FLOPs per non-empty group, and a grouped GEMM of g groups takes
+  /// g times the time of one group at that efficiency. The backend runs a grouped GEMM as one cuBLAS GEMM per group,
+  /// issued by the host one after the other (launch.compute each), so its time follows the group's shape and the
+  /// group count, not the total FLOPs: at equal total FLOPs, 32 groups of twice the rows take about half the time of
+  /// 64 groups when the issue of each group's call bounds it.
+  bool grouped_gemm_per_group = false;
   FrameworkCosts framework;
   std::vector<FitSummary> fits;
 

@@ -19,6 +19,8 @@
 //     "memory_tables": "bytes",              (optional: elementwise/optimizer/memcpy tables over bytes moved)
 //     "attention_causal_work": "full",       (optional: the implementation computes the masked scores too; "half"
 //                                             is the default, FlashAttention's skipping of masked blocks)
+//     "grouped_gemm_table": "per_group",     (optional: the grouped_gemm table is over FLOPs per non-empty group;
+//                                             "total", the default, over a grouped GEMM's total FLOPs)
 //     "framework": {"per_kernel_launch": "9 us", "per_module_call": "30 us", "event_record": "2 us",
 //                   "source": "..."},   ("event_record" optional, later addition: CUDA event record / wait)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
@@ -124,7 +126,8 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   const Reader r(source);
   r.keys(j, "",
          {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",
-          "interference", "kernel_floor", "memory_tables", "attention_causal_work", "framework", "fits"});
+          "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table", "framework",
+          "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -279,6 +282,14 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
              "use \"half\" (causal kernels skip masked blocks) or \"full\" (the whole score matrix is computed)");
     }
     p.attention_full_scores = m == "full";
+  }
+  if (j.contains("grouped_gemm_table")) {
+    const std::string m = j["grouped_gemm_table"].is_string() ? j["grouped_gemm_table"].get<std::string>() : "";
+    if (m != "per_group" && m != "total") {
+      r.fail("/grouped_gemm_table",
+             "use \"per_group\" (the table is over FLOPs per non-empty group) or \"total\" (over total FLOPs)");
+    }
+    p.grouped_gemm_per_group = m == "per_group";
   }
   if (j.contains("framework")) {
     const Json& f = j["framework"];

@@ -1,26 +1,4 @@
 #!/usr/bin/env bash
-# Predicts every case of calibration/validation/cases_h200x8.txt without a GPU: lowers it (as validate_h200x8.sh
-# does), simulates it on cluster hgx-h200 (8 GPUs) with PROFILE at the analytic and the flow fidelity, and writes
-# OUT/<case>.<fidelity>.pred.json and .log; then tabulates step times, breakdowns and the effect of each .off/.on pair
-# (predicted_table.py) into OUT/PREDICTED.md.
+# Predicts every case of calibration/validation/cases_h200x8.txt without a GPU: predict_hgx.sh with that cases file.
 # Usage: calibration/scripts/predict_h200x8.sh OUT [PROFILE] [TWINSTEP]
-#   PROFILE defaults to calibration/profiles/h200x2.json (the two-GPU profile), TWINSTEP to build/cli/twinstep.
-set -eu
-OUT=$1
-PROFILE=${2:-calibration/profiles/h200x2.json}
-T=${3:-build/cli/twinstep}
-mkdir -p "$OUT"
-grep -v '^#' calibration/validation/cases_h200x8.txt | while IFS='|' read -r name gpus flags; do
-  name=$(echo $name); gpus=$(echo $gpus)
-  model="--model calibration/validation/models/llama3-8b-4l.json"; case "$flags" in *--model*) model="";; esac
-  # shellcheck disable=SC2086
-  "$T" lower $model --gpus $gpus $flags --gpu-memory-gib 141 -o "$OUT/$name.schedule.json" > "$OUT/$name.lower.log" \
-    2>&1 < /dev/null || { echo "$name: lower failed: $(tail -1 "$OUT/$name.lower.log")"; continue; }
-  "$T" validate "$OUT/$name.schedule.json" >> "$OUT/$name.lower.log" 2>&1 || echo "$name: validate failed"
-  for fid in analytic flow; do
-    "$T" simulate "$OUT/$name.schedule.json" --cluster hgx-h200 --gpus "$gpus" --profile "$PROFILE" --fidelity $fid \
-      -o "$OUT/$name.$fid.pred.json" > "$OUT/$name.$fid.log" 2>&1 < /dev/null || echo "$name: simulate $fid failed"
-  done
-done
-python3 "$(dirname "$0")/predicted_table.py" "$OUT" > "$OUT/PREDICTED.md"
-cat "$OUT/PREDICTED.md"
+exec "$(dirname "$0")/predict_hgx.sh" "$1" calibration/validation/cases_h200x8.txt "${@:2}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tabulates predictions made by predict_h200x8.sh: per case the step time at the analytic and the flow fidelity, the
+"""Tabulates predictions made by predict_hgx.sh: per case the step time at the analytic and the flow fidelity, the
 analytic breakdown (mean over ranks, as twinstep simulate prints it) and the memory estimate, then the predicted
 effect of every <base>.off -> <base>.on pair (step-time reduction, the sign convention of validation_table.py).
 Usage: predicted_table.py DIR (DIR/<case>.{analytic,flow}.log and <case>.lower.log)"""

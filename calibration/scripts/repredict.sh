@@ -4,7 +4,7 @@
 # size); OUT gets <case>.pred.json beside a link to each trace, and validation_table.py tabulates the error, the MAE
 # and the sign of every overlap effect.
 # Usage: calibration/scripts/repredict.sh TRACES PROFILE OUT [TWINSTEP] [CLUSTER]
-#   TWINSTEP defaults to build/cli/twinstep, CLUSTER to h200x2-nvlink (the 8-GPU traces: hgx-h200).
+#   TWINSTEP defaults to build/cli/twinstep, CLUSTER to h200x2-nvlink (the 4- and 8-GPU traces: hgx-h200).
 set -eu
 TRACES=$1
 PROFILE=$2

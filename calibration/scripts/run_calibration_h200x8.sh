@@ -1,40 +1,5 @@
 #!/usr/bin/env bash
-# On one 8-GPU H200 node (HGX, NVSwitch; device kind nvidia-h200-x8), from the repository root: builds twinstep with
-# the backend, runs the calibration suite under mpirun -np 8 (compute on every GPU; collectives over spans 2, 4 and 8;
-# send/recv pairs; host costs; GEMM + collective co-runs at span 8; corun.recv_wait), the PyTorch host-overhead
-# script, and re-fits the raw file with the framework section on cluster hgx-h200; packs OUT/results.tgz.
+# On one 8-GPU H200 node (device kind nvidia-h200-x8): run_calibration_hgx.sh with N = 8 (collectives over spans 2, 4
+# and 8; co-runs at span 8).
 # Usage: calibration/scripts/run_calibration_h200x8.sh OUT [default|quick] [PRIOR_RAW]
-#   PRIOR_RAW: a raw.jsonl of an interrupted run (same suite, 8 GPUs): its groups are kept (--resume) and only the
-#   rest is measured, so a second 600 s device call finishes what the first could not.
-# Expected time: build ~2 min (fresh machine), suite default on 8 GPUs ~4-6 min (the two-GPU default suite took a few
-# minutes; the collectives here are 3 spans instead of 1), torch 30 s. The calibrate step is cut at 400 s so that the
-# raw file is packed within one 600 s call; rerun with PRIOR_RAW if calibrate.log shows it was cut.
-# Every mpirun reads /dev/null.
-set -u
-OUT=$1
-SUITE=${2:-default}
-PRIOR=${3:-}
-mkdir -p "$OUT/r"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-T=build-gpu/cli/twinstep
-pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
-trap pack EXIT
-echo "== build $(date +%T)"
-cmake -S . -B build-gpu -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_ENABLE_BENCH=OFF > "$OUT/r/build.log" 2>&1 || { tail -30 "$OUT/r/build.log"; exit 1; }
-ninja -C build-gpu twinstep >> "$OUT/r/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/r/build.log" | head -30; exit 1; }
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/r/nvidia-smi.csv" 2>&1
-nvidia-smi topo -m > "$OUT/r/nvidia-smi-topo.txt" 2>&1
-RESUME=""
-if [ -n "$PRIOR" ]; then cp "$PRIOR" "$OUT/r/raw.jsonl"; RESUME=--resume; fi
-echo "== calibrate $(date +%T)"
-timeout 400 $MPI -np 8 $T calibrate --suite "$SUITE" -o "$OUT/r/profile.json" --raw "$OUT/r/raw.jsonl" $RESUME \
-  --cluster hgx-h200 --steps 5 --warmup 2 2>&1 < /dev/null | tee "$OUT/r/calibrate.log" | tail -40
-echo "== torch host overhead $(date +%T)"
-timeout 60 python3 calibration/scripts/torch_host_overhead.py -o "$OUT/r/framework.json" 2>&1 < /dev/null | tail -3
-echo "== fit with the framework section $(date +%T)"
-FW=""; [ -s "$OUT/r/framework.json" ] && FW="--framework $OUT/r/framework.json"
-$T calibrate --fit "$OUT/r/raw.jsonl" $FW --cluster hgx-h200 --name "8 H200 (HGX, NVSwitch), suite $SUITE" \
-  -o "$OUT/r/profile.json" > "$OUT/r/fit.log" 2>&1 < /dev/null || echo "fit failed: $(tail -3 "$OUT/r/fit.log")"
-tail -30 "$OUT/r/fit.log"
-echo "== done $(date +%T)"
+exec "$(dirname "$0")/run_calibration_hgx.sh" "$1" 8 "${@:2}"

@@ -30,9 +30,16 @@
 #include <set>
 #include <string>
 
-// SimGrid: s4u.hpp first, it defines the macros version.h and xbt/log.h use.
-#include <simgrid/s4u.hpp>
-// (kept apart so that include sorting cannot move version.h above it)
+// SimGrid: the s4u headers first, they define the macros version.h and xbt/log.h use. Only the headers this file
+// needs (not simgrid/s4u.hpp): fewer headers whose API moves between releases (tools/check-simgrid-build.sh).
+#include <simgrid/s4u/Activity.hpp>
+#include <simgrid/s4u/Comm.hpp>
+#include <simgrid/s4u/Engine.hpp>
+#include <simgrid/s4u/Exec.hpp>
+#include <simgrid/s4u/Host.hpp>
+#include <simgrid/s4u/Link.hpp>
+#include <simgrid/s4u/NetZone.hpp>
+// (kept apart so that include sorting cannot move version.h above them)
 #include <simgrid/version.h>
 #include <xbt/log.h>
 // (the kernel routing API, for FabricZone)
@@ -51,6 +58,57 @@ namespace sg4 = simgrid::s4u;
 using schedule::kNoOp;
 using schedule::OpId;
 using schedule::RankId;
+
+// ---- SimGrid release differences (all of them are here; docs/performance.md "SimGrid releases") -----------------
+// Built and tested against 3.32 (Debian 12). The newer branches follow the public headers of the later releases
+// (checked at the compile level only: tools/check-simgrid-build.sh). The old names stay where they still exist,
+// since the build treats their deprecation warnings as errors.
+//   3.34: per-class completion signals (Comm::on_completion_cb); the Activity-wide one is gone by 4.0. Every
+//         start() is vetoable; vetoable_start() is deprecated, then removed.
+//   4.0:  the engine creates the root zone itself (a zone created by hand is no longer the root); NetZone's
+//         create_host / create_split_duplex_link become add_host / add_split_duplex_link (old names deprecated).
+#if SIMGRID_VERSION >= 33400
+#define TWINSTEP_SG_PER_CLASS_SIGNALS 1
+#endif
+#if SIMGRID_VERSION >= 40000
+#define TWINSTEP_SG_ENGINE_OWNS_ROOT 1
+#endif
+
+/// Calls `cb` at the completion of every Comm (the flow model's only activities that complete).
+void on_any_comm_completion(void (*cb)(const sg4::Activity&)) {
+#ifdef TWINSTEP_SG_PER_CLASS_SIGNALS
+  sg4::Comm::on_completion_cb([cb](const sg4::Comm& c) { cb(c); });
+#else
+  sg4::Activity::on_completion_cb([cb](const sg4::Activity& a) { cb(a); });
+#endif
+}
+
+/// Starts `exec`, or vetoes it (it is recorded in the engine's vetoed set) when it has no host.
+void start_or_veto(sg4::Exec& exec) {
+#ifdef TWINSTEP_SG_PER_CLASS_SIGNALS
+  exec.start();
+#else
+  exec.vetoable_start();
+#endif
+}
+
+/// A host of `speed_flops` in `zone`.
+sg4::Host* add_host(sg4::NetZone* zone, const std::string& name, double speed_flops) {
+#ifdef TWINSTEP_SG_ENGINE_OWNS_ROOT
+  return zone->add_host(name, speed_flops);
+#else
+  return zone->create_host(name, speed_flops);
+#endif
+}
+
+/// A split-duplex link of `bytes_per_s` in each direction in `zone`.
+sg4::SplitDuplexLink* add_split_duplex_link(sg4::NetZone* zone, const std::string& name, double bytes_per_s) {
+#ifdef TWINSTEP_SG_ENGINE_OWNS_ROOT
+  return zone->add_split_duplex_link(name, bytes_per_s);
+#else
+  return zone->create_split_duplex_link(name, bytes_per_s);
+#endif
+}
 
 /// CM02 shares a link between flows in inverse proportion to their route latency (reference/simgrid.md 5.5). Links
 /// have no latency; FabricZone gives a flow's route the latency flow_latency_s(weight) (weight: the flow's NCCL
@@ -88,7 +146,7 @@ class FabricZone final : public routing::NetZoneImpl {
   using RouteFn = std::function<void(RankId, RankId, std::vector<std::uint32_t>&)>;
   FabricZone(const std::string& name, RouteFn route_links) : NetZoneImpl(name), route_links_(std::move(route_links)) {}
 
-  /// Registers a GPU host (after create_host) so that routes can find its GPU index.
+  /// Registers a GPU host (after add_host) so that routes can find its GPU index.
   void add_gpu(const sg4::Host* host, RankId gpu) {
     const auto v = host->get_netpoint()->id();
     if (gpu_of_vertex_.size() <= v) gpu_of_vertex_.resize(v + 1, UINT32_MAX);
@@ -191,7 +249,7 @@ class FlowModel final : public ResourceModel {
     engine_->track_vetoed_activities(&vetoed_);
     stopper_ = sg4::Exec::init();  // never gets a host: vetoing it makes run_until() return (see advance)
     stopper_->set_flops_amount(1);
-    sg4::Activity::on_completion_cb([](sg4::Activity const& a) {
+    on_any_comm_completion([](const sg4::Activity& a) {
       if (g_model != nullptr) g_model->on_complete(a);
     });
   }
@@ -306,7 +364,7 @@ class FlowModel final : public ResourceModel {
     TWINSTEP_ASSERT(fa.active && fa.pending > 0, "flow of slot %u completed twice", slot);
     if (--fa.pending == 0) {
       batch_.push_back(slot);
-      stopper_->vetoable_start();  // run_until() returns after this instant (reference/simgrid.md 2.3, vetoes)
+      start_or_veto(*stopper_);  // run_until() returns after this instant (reference/simgrid.md 2.3, vetoes)
     }
   }
 
@@ -376,17 +434,27 @@ class FlowModel final : public ResourceModel {
     uplink_bytes_per_s_ = multi_group_ ? f.nodes_per_group * nic_bytes_per_s_ / f.oversubscription : 0.0;
     const std::vector<std::uint8_t> touched = touched_gpus();
     hosts_.assign(ids_.gpus, nullptr);
-    // The zone is the root (the first zone created); SimGrid's engine owns and deletes it.
+    // SimGrid's engine owns and deletes the zone. Before 4.0 the first zone created is the root (and its creation
+    // builds the models); from 4.0 on the engine has a root already, and the zone becomes its only child, which
+    // takes the root's models (NetZoneImpl::set_parent). Routes between two GPUs stay inside the zone either way.
     zone_ =
         new FabricZone("fabric", [this](RankId a, RankId b, std::vector<std::uint32_t>& links) { route(a, b, links); });
     sg4::NetZone* z = zone_->get_iface();
+#ifdef TWINSTEP_SG_ENGINE_OWNS_ROOT
+    if (engine_->get_netzone_root() == nullptr) {
+      throw Error("--fidelity flow: " + flow_engine_version() +
+                  " has no root zone after the engine's creation (4.0's headers say the engine creates it): use "
+                  "--fidelity analytic");
+    }
+    zone_->set_parent(engine_->get_netzone_root()->get_impl());
+#else
     if (engine_->get_netzone_root() != z) {
       throw Error("--fidelity flow: " + flow_engine_version() +
-                  " did not make the first zone created the platform's root (3.32 does; newer releases need the "
-                  "platform built with their own API): use --fidelity analytic");
+                  " did not make the first zone created the platform's root (3.32 does): use --fidelity analytic");
     }
+#endif
     auto port = [&](const std::string& name, double bytes_per_s, std::uint32_t up_id) {
-      sg4::SplitDuplexLink* l = z->create_split_duplex_link(name, bytes_per_s);
+      sg4::SplitDuplexLink* l = add_split_duplex_link(z, name, bytes_per_s);
       l->seal();
       zone_->set_link(up_id, l->get_link_up());
       zone_->set_link(up_id + 1, l->get_link_down());
@@ -395,7 +463,7 @@ class FlowModel final : public ResourceModel {
     for (RankId g = 0; g < ids_.gpus; ++g) {
       if (touched[g] == 0) continue;
       const std::string gn = "gpu" + std::to_string(g);
-      hosts_[g] = z->create_host(gn, 1e12)->seal();
+      hosts_[g] = add_host(z, gn, 1e12)->seal();
       zone_->add_gpu(hosts_[g], g);
       port(gn + "_nvl", nvl_bytes_per_s_, ids_.nvl_up(g));
       if (has_nic) port(gn + "_nic", nic_bytes_per_s_, ids_.nic_up(g));

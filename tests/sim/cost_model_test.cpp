@@ -2,7 +2,9 @@
 // hardware.md's worked examples, and the calibration profile loader (overrides and errors).
 #include "sim/cost_model.hpp"
 
+#include <cmath>
 #include <string>
+#include <vector>
 
 #include "common/error.hpp"
 #include "tests/catch.hpp"
@@ -155,6 +157,38 @@ TEST_CASE("sim::CostModel: attention_causal_work full costs a non-causal kernel 
   CHECK(cf.kernel_cost(Compute{full, 0}).flop_time_s == Approx(t_causal).epsilon(1e-9));
 }
 
+TEST_CASE("sim::CostModel: grouped_gemm_table per_group reads the table at FLOPs per non-empty group", "[sim]") {
+  const auto cluster = topologies::load_cluster("h200x2-nvlink");
+  const double peak = 989.4e12;
+  // Efficiency 0.1 at 1e9 FLOPs, 0.5 from 1e11 on (linear in log FLOPs between).
+  const std::string table = R"("compute": {"grouped_gemm": [[1e9, 0.1], [1e11, 0.5]]})";
+  // 64 experts of 8 rows (one empty), n = k = 2048: each non-empty group 2 * 8 * 2048 * 2048 = 67.1 MFLOP.
+  GroupedGemm g{std::vector<std::uint64_t>(64, 8), 2048, 2048, DType::kBF16};
+  g.m[5] = 0;
+  const double per_group = 2.0 * 8 * 2048 * 2048;
+  const double total = 63 * per_group;
+  const Profile tot = profile_from_json(R"({"schema_version": 1, )" + table + "}", "total.json");
+  CHECK_FALSE(tot.grouped_gemm_per_group);
+  CHECK(CostModel(cluster, tot).kernel_cost(Compute{g, 0}).flop_time_s ==
+        Approx(total / (peak * tot.compute.at("grouped_gemm").at(total))).epsilon(1e-9));
+  const Profile pg =
+      profile_from_json(R"({"schema_version": 1, "grouped_gemm_table": "per_group", )" + table + "}", "pg.json");
+  CHECK(pg.grouped_gemm_per_group);
+  // Below the table's first point: efficiency 0.1 (clamped), so 63 groups take 63 x (one group at 0.1).
+  CHECK(CostModel(cluster, pg).kernel_cost(Compute{g, 0}).flop_time_s == Approx(63 * per_group / (peak * 0.1)));
+  // Half the groups with twice the rows: per-group FLOPs double, time = 32 x one such group at its efficiency.
+  const GroupedGemm h{std::vector<std::uint64_t>(32, 16), 2048, 2048, DType::kBF16};
+  const double eff2 = pg.compute.at("grouped_gemm").at(2 * per_group);
+  CHECK(eff2 == Approx(0.1));
+  CHECK(CostModel(cluster, pg).kernel_cost(Compute{h, 0}).flop_time_s ==
+        Approx(32 * 2 * per_group / (peak * eff2)).epsilon(1e-9));
+  // Inside the table: 4 groups of 2 * 8192 * 2048 * 2048 = 68.7 GFLOP each.
+  const GroupedGemm big{std::vector<std::uint64_t>(4, 8192), 2048, 2048, DType::kBF16};
+  const double f_big = 2.0 * 8192 * 2048 * 2048;
+  const double e_big = 0.1 + 0.4 * std::log(f_big / 1e9) / std::log(100.0);
+  CHECK(CostModel(cluster, pg).kernel_cost(Compute{big, 0}).flop_time_s == Approx(4 * f_big / (peak * e_big)));
+}
+
 TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[sim]") {
   auto err = [](const std::string& text) {
     try {
@@ -178,4 +212,6 @@ TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[si
             .find("/interference/waiting_sms_per_channel: must be in [0, 1]") != std::string::npos);
   CHECK(err(R"({"schema_version": 1, "attention_causal_work": "most"})").find("p.json: /attention_causal_work: use") ==
         0);
+  CHECK(err(R"({"schema_version": 1, "grouped_gemm_table": "per_expert"})")
+            .find("p.json: /grouped_gemm_table: use \"per_group\"") == 0);
 }
