@@ -30,6 +30,24 @@ constexpr double kTreeSimplePerChGBps[3] = {38.7, 41.4, 36.0};
 constexpr double kTreeLL128PerChGBps[3] = {36.7, 36.7, 29.0};
 // NCCL P2P: a transfer uses LL when bytes <= channels x 16 KiB (NCCL_P2P_LL_THRESHOLD), enqueue.cc.
 constexpr double kP2pLLThresholdBytes = 16384;
+// Ring graph search within a node (search.cc; hardware.md 4.3): per-channel speeds tried on sm90 (GB/s) and the most
+// search channels (MAXCHANNELS / 2).
+constexpr double kSearchSpeedsIntraSm90GBps[] = {60, 50, 40, 30, 24, 20, 15, 12, 11, 6, 3};
+constexpr double kMaxSearchChannels = 32;
+
+/// The intra-node ring bandwidth NCCL's tuning model uses: its graph search packs channels of one of its per-channel
+/// speeds into the path bandwidth, so the total is the best speed x channels that fits, not the path bandwidth itself.
+/// Two H200 over NV18 (370.8 GB/s): 360 GB/s, as NCCL 2.28.9 prints (Ring Simple 360.0 in its TUNING table,
+/// calibration/measured/h200x2/nccl_tuning.log). sm90's speeds serve every GPU here: DGX A100's 12 x 20 GB/s path is a
+/// whole number of channels at sm80's speeds and at these alike.
+double nccl_graph_bytes_per_s(double path_bytes_per_s) {
+  const double path_gbps = path_bytes_per_s / kGBps;
+  double best = 0;
+  for (const double speed : kSearchSpeedsIntraSm90GBps) {
+    best = std::max(best, speed * std::min(kMaxSearchChannels, std::floor(path_gbps / speed + 1e-9)));
+  }
+  return best > 0 ? best * kGBps : path_bytes_per_s;
+}
 
 int node_class(std::uint32_t nodes) { return nodes <= 1 ? 0 : (nodes == 2 ? 1 : 2); }
 
@@ -273,7 +291,7 @@ const CollectiveParams* CostModel::override_for(const char* kind, NcclAlgo algo,
 }
 
 CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const CommSpan& span, NcclAlgo algo,
-                             NcclProto proto) const {
+                             NcclProto proto, bool measured) const {
   const auto& node = cluster_.node;
   const NcclConfig& nc = profile_.nccl;
   const int a = algo == NcclAlgo::kRing ? 0 : 1;
@@ -295,6 +313,8 @@ CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const 
                                       node.nic_achievable_bytes_per_s * span.fabric_factor);
   }
   if (!std::isfinite(graph_bw)) graph_bw = node.nvlink_nccl_bytes_per_s;
+  // NCCL's own estimate (the one it picks the algorithm and protocol by) sees the bandwidth its graph search found.
+  if (!measured && !inter) graph_bw = nccl_graph_bytes_per_s(graph_bw);
 
   // Bus bandwidth refinements per (algo, proto) (tuning.cc; hardware.md 4.3).
   double bus = graph_bw;
@@ -325,8 +345,10 @@ CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const 
       ninter = inter ? span.nodes - 1.0 : 0;
       ratio = nn / nsteps;
       break;
-    default:  // broadcast: a pipelined chain, algbw = busbw
-      nsteps = nn;
+    default:  // broadcast: a pipelined chain of n - 1 hops, algbw = busbw. NCCL 2.28.9's tuning table on two H200
+              // prints Ring Broadcast latencies LL 7.2 / Simple 11.8 us = base + 1 x hop (NCCL_DEBUG_SUBSYS=TUNING,
+              // calibration/measured/h200x2/nccl_tuning.log), i.e. n - 1 steps (hardware.md 4.3's "others n" is older)
+      nsteps = nn - 1;
       ninter = inter ? span.nodes - 1.0 : 0;
       ratio = 1;
       break;
@@ -340,10 +362,12 @@ CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const 
     intra_lat = std::max(intra_lat, nc.net_overhead_s * (proto == NcclProto::kSimple ? 3.0 : 1.0));
   }
   // A measured override for this span replaces the base, every step's latency and the bus bandwidth.
-  if (const auto* o = override_for(schedule::collective_name(kind), algo, proto, inter, n)) {
+  const CollectiveParams* o = measured ? override_for(schedule::collective_name(kind), algo, proto, inter, n) : nullptr;
+  if (o != nullptr) {
     if (o->base_latency_s >= 0) base = o->base_latency_s;
     if (o->step_latency_s >= 0) intra_lat = step_inter = o->step_latency_s;
     if (o->bus_bytes_per_s > 0) bus = o->bus_bytes_per_s;
+    if (!o->bus_efficiency.points.empty()) bus *= o->bus_efficiency.at(bytes);
   }
 
   if (algo == NcclAlgo::kRing) {
@@ -375,26 +399,29 @@ CommCost CostModel::collective_cost(schedule::CollectiveKind kind, double bytes,
   TWINSTEP_ASSERT(kind != schedule::CollectiveKind::kAllToAll, "all_to_all goes through all_to_all_cost");
   if (span.ranks <= 1) return CommCost{};  // NCCL with one rank: a local copy, nothing on the bus
   const auto& nc = profile_.nccl;
-  CommCost best;
   double best_time = std::numeric_limits<double>::infinity();
   double best_full_bw_time = std::numeric_limits<double>::infinity();
+  NcclAlgo best_algo = NcclAlgo::kRing;
+  NcclProto best_proto = NcclProto::kSimple;
   for (auto algo : nc.algorithms) {
     if (algo == NcclAlgo::kTree && kind != schedule::CollectiveKind::kAllReduce) continue;  // tree: all_reduce only
     for (auto proto : nc.protocols) {
-      CommCost c = evaluate(kind, bytes, span, algo, proto);
-      // NCCL chooses with all channels (the channel shrink comes after the choice).
+      // NCCL's estimate, from its own constants: the measured overrides say how long the chosen pair takes, not
+      // which pair NCCL picks (NCCL never sees them). NCCL chooses with all channels (the shrink comes after).
+      const CommCost c = evaluate(kind, bytes, span, algo, proto, false);
       const double chans = std::max<std::uint32_t>(1, span.nodes > 1 ? nc.channels_inter : nc.channels_intra);
       const double full_bw_time = c.latency_s + c.bandwidth_time_s * c.channels / chans;
       if (full_bw_time < best_full_bw_time) {
         best_full_bw_time = full_bw_time;
-        best = c;
+        best_algo = algo;
+        best_proto = proto;
         best_time = c.time_s();
       }
     }
   }
   TWINSTEP_ASSERT(std::isfinite(best_time), "no NCCL algorithm/protocol enabled for %s",
                   schedule::collective_name(kind));
-  return best;
+  return evaluate(kind, bytes, span, best_algo, best_proto, true);
 }
 
 CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_bytes, std::uint32_t peers,
@@ -421,6 +448,8 @@ CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_byt
     const double b = o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs;
     c.latency_s = b + rounds * (o->step_latency_s >= 0 ? o->step_latency_s : step);
     if (o->bus_bytes_per_s > 0) (inter ? nic : nvl) = o->bus_bytes_per_s;
+    if (!o->bus_efficiency.points.empty())
+      (inter ? nic : nvl) *= o->bus_efficiency.at(max_intra_bytes + max_inter_bytes);
   }
   const double t_intra = max_intra_bytes > 0 ? max_intra_bytes / nvl : 0.0;
   const double t_inter = max_inter_bytes > 0 && nic > 0 ? max_inter_bytes / nic : 0.0;
@@ -454,6 +483,7 @@ CommCost CostModel::p2p_cost(double bytes, schedule::RankId a, schedule::RankId 
     c.latency_s = (o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs) +
                   (o->step_latency_s >= 0 ? o->step_latency_s : step);
     if (o->bus_bytes_per_s > 0) bw = o->bus_bytes_per_s;
+    if (!o->bus_efficiency.points.empty()) bw *= o->bus_efficiency.at(bytes);
   }
   c.bandwidth_time_s = bw > 0 ? bytes / bw : 0.0;
   c.uses_nic = inter;

@@ -43,6 +43,10 @@ struct CollectiveParams {
   double base_latency_s = -1;   ///< Paid once per collective.
   double step_latency_s = -1;   ///< Paid per algorithm step (ring: 2(n-1) for all_reduce).
   double bus_bytes_per_s = -1;  ///< Bus bandwidth (nccl-tests busbw) with all channels.
+  /// Optional: the achieved fraction of bus_bytes_per_s over message bytes (ring collectives: the IR bytes; all_to_all:
+  /// the bytes one GPU moves; send_recv: the bytes sent), measured, interpolated like the compute tables. Empty: 1.
+  /// The fit writes it where a protocol's measured bandwidth changes with size more than its line allows.
+  EfficiencyTable bus_efficiency;
 };
 
 /// NCCL configuration the model follows (defaults: NCCL 2.2x on Hopper with NVLS off).
@@ -179,7 +183,9 @@ class CostModel {
   [[nodiscard]] KernelCost kernel_cost(const schedule::Compute& c) const;
   /// Span of a communicator from its members (Megatron placement on the cluster).
   [[nodiscard]] CommSpan span(const schedule::Communicator& comm) const;
-  /// NCCL ring/tree collective (all_reduce, all_gather, reduce_scatter, broadcast). `bytes` as in the IR.
+  /// NCCL ring/tree collective (all_reduce, all_gather, reduce_scatter, broadcast). `bytes` as in the IR. The
+  /// algorithm and protocol are chosen as NCCL chooses them, by its own cost model with its constants (never by the
+  /// profile's measured overrides); the returned time is the chosen pair's, with the overrides.
   [[nodiscard]] CommCost collective_cost(schedule::CollectiveKind kind, double bytes, const CommSpan& span) const;
   /// All-to-all: per-peer transfers, NVLink within a node, the NIC across nodes; `out`/`in` are per member the
   /// bytes it sends/receives within its node and across nodes, already maximised over members by the caller.
@@ -189,8 +195,10 @@ class CostModel {
   [[nodiscard]] CommCost p2p_cost(double bytes, schedule::RankId a, schedule::RankId b) const;
 
  private:
-  CommCost evaluate(schedule::CollectiveKind kind, double bytes, const CommSpan& span, NcclAlgo algo,
-                    NcclProto proto) const;
+  /// `measured`: apply the profile's overrides (the time the collective takes); false: NCCL's own tuning constants
+  /// (the estimate NCCL chooses the algorithm and protocol by).
+  CommCost evaluate(schedule::CollectiveKind kind, double bytes, const CommSpan& span, NcclAlgo algo, NcclProto proto,
+                    bool measured) const;
   const CollectiveParams* override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter,
                                        std::uint32_t ranks) const;
   topologies::Cluster cluster_;

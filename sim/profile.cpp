@@ -7,7 +7,9 @@
 //     "collectives": [{"kind": "all_reduce", "algorithm": "ring", "protocol": "simple", "span": "intra",
 //                      "base_latency": "8.4 us", "step_latency": "3.4 us", "bus_bandwidth": "370 GB/s"}],
 //                     (optional, later: "ranks": N, the group size the entry was measured at; an entry for a
-//                      collective's own group size wins over one without "ranks")
+//                      collective's own group size wins over one without "ranks"; "bus_efficiency": [[bytes,
+//                      fraction], ...], the measured fraction of bus_bandwidth over message bytes, interpolated as
+//                      the compute tables are)
 //     "nccl": {"algorithms": ["ring", "tree"], "protocols": ["ll", "ll128", "simple"], "channels_intra": 24,
 //              "channels_inter": 16, "p2p_channels_nvlink": 32, "p2p_channels_net": 4, "p2p_peers_per_round": 8,
 //              "net_overhead": "1 us"},
@@ -172,7 +174,8 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       const std::string ptr = "/collectives/" + std::to_string(i);
       const Json& e = arr[i];
       r.keys(e, ptr,
-             {"kind", "algorithm", "protocol", "span", "ranks", "base_latency", "step_latency", "bus_bandwidth"});
+             {"kind", "algorithm", "protocol", "span", "ranks", "base_latency", "step_latency", "bus_bandwidth",
+              "bus_efficiency"});
       CollectiveParams c;
       if (e.contains("kind")) {
         const std::string k = e["kind"].is_string() ? e["kind"].get<std::string>() : "";
@@ -199,6 +202,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
         c.bus_bytes_per_s = r.quantity(e["bus_bandwidth"], ptr + "/bus_bandwidth", Dimension::kBandwidth);
         if (c.bus_bytes_per_s <= 0) r.fail(ptr + "/bus_bandwidth", "must be positive");
       }
+      if (e.contains("bus_efficiency")) c.bus_efficiency = r.table(e["bus_efficiency"], ptr + "/bus_efficiency");
       p.collectives.push_back(c);
     }
   }

@@ -214,3 +214,64 @@ TEST_CASE("calibration::read_framework: the torch script's JSON, event_record_s 
   CHECK(r.profile.framework.per_module_call_s == Approx(3.6e-6));
   CHECK(fit_profile(raw, cluster, "test", "", read_framework(without)).profile.framework.event_record_s < 0);
 }
+
+TEST_CASE(
+    "calibration::fit: collective lines follow NCCL's protocol choice; a size-dependent bus bandwidth comes "
+    "back as bus_efficiency",
+    "[calibration]") {
+  // The "hardware": ring all_reduce on LL (9 us, 120 GB/s) and Simple (20 us, 400 GB/s at 1 GiB, half of it at 4 MiB,
+  // log-linear in between), as NCCL 2.28.9 ran it on two H200: LL up to 1 MiB, Simple from 2 MiB.
+  sim::Profile truth = truth_profile();
+  truth.nccl.algorithms = {sim::NcclAlgo::kRing};
+  sim::CollectiveParams ll;
+  ll.kind = "all_reduce";
+  ll.proto = sim::NcclProto::kLL;
+  ll.base_latency_s = 9e-6;
+  ll.step_latency_s = 0;
+  ll.bus_bytes_per_s = 120e9;
+  sim::CollectiveParams simple = ll;
+  simple.proto = sim::NcclProto::kSimple;
+  simple.base_latency_s = 20e-6;
+  simple.bus_bytes_per_s = 400e9;
+  simple.bus_efficiency.points = {{4194304.0, 0.5}, {1073741824.0, 1.0}};
+  truth.collectives = {ll, simple};
+  const std::string path = temp_path("proto_split.jsonl");
+  const RawResults raw = measure_quick(path, truth);
+  std::filesystem::remove(path);
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+  // The per-size log names NCCL's protocol: LL for the quick suite's 1 KiB..512 KiB, Simple for 4 MiB..1 GiB.
+  int ll_lines = 0, simple_lines = 0;
+  for (const auto& line : r.log) {
+    if (line.find("coll.all_reduce.span2 ") == std::string::npos || line.find(" B  measured") == std::string::npos) {
+      continue;
+    }
+    const double bytes = std::stod(line.substr(line.find("span2") + 5));
+    INFO(line);
+    const bool is_ll = line.find("ring/ll ") != std::string::npos;
+    CHECK(is_ll == (bytes <= 1024.0 * 1024));
+    (is_ll ? ll_lines : simple_lines)++;
+    const auto pct = line.find('%');
+    CHECK(std::abs(std::stod(line.substr(line.rfind(' ', pct - 1) + 1))) < 0.5);
+  }
+  CHECK(ll_lines == 4);
+  CHECK(simple_lines == 4);
+  // The Simple entry carries the measured efficiency. Between measured sizes (8x apart in the quick suite) the
+  // interpolation is close but not exact: the fitted latency is the line's intercept, not the truth's 20 us, so the
+  // table holds a slightly different efficiency curve through the same measured points.
+  const sim::Profile back = sim::profile_from_json(r.json, "fitted.json");
+  const auto it = std::find_if(back.collectives.begin(), back.collectives.end(), [](const sim::CollectiveParams& c) {
+    return c.kind == "all_reduce" && c.proto == sim::NcclProto::kSimple && c.ranks == 0;
+  });
+  REQUIRE(it != back.collectives.end());
+  CHECK(it->bus_efficiency.points.size() == 4);
+  const sim::CostModel fitted(cluster, back), real(cluster, truth);
+  const auto span = fitted.span(schedule::Communicator{"g", "tp", {0, 1}});
+  for (const double mib : {16.0, 128.0, 700.0}) {
+    INFO(mib << " MiB");
+    const double bytes = mib * 1024 * 1024;
+    const double f = fitted.collective_cost(schedule::CollectiveKind::kAllReduce, bytes, span).time_s();
+    const double t = real.collective_cost(schedule::CollectiveKind::kAllReduce, bytes, span).time_s();
+    CHECK(f == Approx(t).epsilon(0.10));
+  }
+}
