@@ -250,6 +250,12 @@ schedule::Collective make_collective(schedule::CollectiveKind kind, schedule::Co
   return c;
 }
 
+/// The unprobed GEMM that opens each collective and p2p sweep on the comm stream (about 0.8 ms on an H200): the host
+/// issues the whole sweep (21 ops x ~8 us) while it runs, so every probed op starts behind its predecessor on the GPU
+/// and its duration is GPU time only. Without it the small sizes (8-20 us each, as long as the host's issue of the
+/// next op) carried host jitter: run-to-run spread up to 22 % at 1-64 KiB (calibration/measured/h200x2/coll_oos.md).
+schedule::Body sweep_gate() { return compute(schedule::Gemm{8192, 8192, 4096, 1, schedule::DType::kBF16}); }
+
 void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, bool quick) {
   const auto sizes = quick ? geometric(kKiB, kGiB, 8) : geometric(kKiB, kGiB, 2);
   std::vector<std::uint32_t> spans;
@@ -270,6 +276,8 @@ void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, 
         // An unprobed warm-up op of the first size: the first collective of a step absorbs the ranks' exit skew from
         // the step barrier and the host's first NCCL enqueue on an idle stream (measured 22.2 us for a 1 KiB
         // all_reduce whose 2 KiB successor took 8.9 us, h200x2.raw.jsonl of ef0c3f2); the probed ops start behind it.
+        // The gate before it lets the host issue the sweep ahead of the GPU.
+        b.add(r, 1, word + ".gate", sweep_gate());
         b.add(r, 1, word + ".warmup", make_collective(kind, comm, sizes.front(), span, r % span, uneven, root));
         for (std::size_t i = 0; i < sizes.size(); ++i) {
           const auto c = make_collective(kind, comm, sizes[i], span, r % span, uneven, root);
@@ -294,6 +302,7 @@ void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, 
   for (RankId r = 0; r < world / 2 * 2; ++r) {
     // Unprobed warm-up pair of the first size (as for the collectives above), with a tag no probed pair uses.
     const auto warm_tag = static_cast<std::uint32_t>(sizes.size());
+    b.add(r, 1, "p2p.gate", sweep_gate());
     if (r % 2 == 0) {
       b.add(r, 1, "send.warmup", schedule::Send{0, r + 1, sizes.front(), warm_tag});
     } else {

@@ -7,6 +7,8 @@
 #               protocol and channels NCCL picked per call (timings perturbed by the logging: not for fitting);
 #   ll, ll128, simple   NCCL_PROTO forced to one protocol: each protocol's own latency and bandwidth over all sizes.
 # Usage: calibration/scripts/coll_h200x2.sh OUT [PRIOR_RAW] (default calibration/profiles/h200x2.raw.jsonl).
+#   RUNS="a b" (environment) measures only those runs (default: all six). OUT/coll.tgz packs OUT/r at the end (the
+#   device tool returns a limited number of files).
 set -u
 OUT=$1
 PRIOR=${2:-calibration/profiles/h200x2.raw.jsonl}
@@ -19,9 +21,12 @@ cmake -S . -B build-gpu -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -D
 ninja -C build-gpu twinstep >> "$OUT/r/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/r/build.log" | head -30; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/r/nvidia-smi.csv" 2>&1
 grep -v -E '"group":"(coll|p2p)\.' "$PRIOR" > "$OUT/r/prior.raw.jsonl"
+RUNS=${RUNS:-a b debug ll ll128 simple}
+trap 'tar czf "$OUT/coll.tgz" -C "$OUT" r' EXIT
 measure() {  # name, then NAME=VALUE environment settings for this run only
   local name=$1
   shift
+  case " $RUNS " in *" $name "*) ;; *) return 0 ;; esac
   local xs=() kv
   for kv in "$@"; do xs+=(-x "${kv%%=*}"); done
   cp "$OUT/r/prior.raw.jsonl" "$OUT/r/$name.raw.jsonl"
@@ -33,9 +38,11 @@ measure() {  # name, then NAME=VALUE environment settings for this run only
 measure a
 measure b
 measure debug NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,TUNING,COLL
-grep -E "NCCL INFO" "$OUT/r/debug.log" > "$OUT/r/nccl_debug.log"
-grep -v "NCCL INFO" "$OUT/r/debug.log" > "$OUT/r/debug.calibrate.log"
-rm -f "$OUT/r/debug.log"
+if [ -f "$OUT/r/debug.log" ]; then
+  grep -E "NCCL INFO" "$OUT/r/debug.log" > "$OUT/r/nccl_debug.log"
+  grep -v "NCCL INFO" "$OUT/r/debug.log" > "$OUT/r/debug.calibrate.log"
+  rm -f "$OUT/r/debug.log"
+fi
 measure ll NCCL_PROTO=LL
 measure ll128 NCCL_PROTO=LL128
 measure simple NCCL_PROTO=Simple

@@ -161,9 +161,11 @@ TEST_CASE("calibration::make_suite: eight GPUs measure collectives over spans 2,
       const auto it = std::find_if(suite.begin(), suite.end(), [&](const auto& g) { return g.name == name; });
       REQUIRE(it != suite.end());
       CHECK(twinstep::schedule::validate(it->schedule).empty());
-      // Every rank takes part, in a group of `span` consecutive ranks; the probe carries the span.
+      // Every rank takes part, in a group of `span` consecutive ranks; the probe carries the span. (Each rank's
+      // sweep opens with a GEMM gate, the one compute op.)
       std::set<sch::RankId> ranks;
       for (const auto& op : it->schedule.ops) {
+        if (std::holds_alternative<sch::Compute>(op.body)) continue;
         const auto& c = std::get<sch::Collective>(op.body);
         const auto& members = it->schedule.communicators[c.comm].members;
         REQUIRE(members.size() == span);
@@ -256,8 +258,10 @@ TEST_CASE("calibration::fit: an eight-GPU suite fits collective lines per span, 
   }
 }
 
-TEST_CASE("calibration::make_suite: every collective and p2p sweep opens with an unprobed warm-up of its first size",
-          "[calibration]") {
+TEST_CASE(
+    "calibration::make_suite: every collective and p2p sweep opens with a GEMM gate and an unprobed warm-up of "
+    "its first size",
+    "[calibration]") {
   namespace cal = twinstep::calibration;
   const auto cluster = twinstep::topologies::load_cluster("h200x2-nvlink", twinstep::topologies::ClusterSize{0, 2});
   const twinstep::sim::CostModel costs(cluster, twinstep::sim::Profile::datasheet_defaults());
@@ -268,10 +272,22 @@ TEST_CASE("calibration::make_suite: every collective and p2p sweep opens with an
     ++groups;
     std::set<sch::OpId> probed;
     for (const auto& p : g.probes) probed.insert(p.ops.begin(), p.ops.end());
-    // Each rank's first op: the warm-up, unprobed, of the same body type and bytes as its first probed op.
-    std::map<sch::RankId, sch::OpId> first;
-    for (const auto& op : g.schedule.ops) first.emplace(op.rank, op.id);
+    // Each rank's first op: the gate (an unprobed GEMM on the sweep's stream, so that the host issues the sweep while
+    // it runs); its second: the warm-up, unprobed, of the same body type and bytes as its first probed op.
+    std::map<sch::RankId, sch::OpId> gate, first;
+    for (const auto& op : g.schedule.ops) {
+      if (gate.emplace(op.rank, op.id).second) continue;
+      first.emplace(op.rank, op.id);
+    }
     REQUIRE(first.size() == 2);
+    for (const auto& [rank, id] : gate) {
+      const auto& op = g.schedule.ops[id];
+      CHECK(probed.count(id) == 0);
+      CHECK(op.stream == g.schedule.ops[first.at(rank)].stream);
+      const auto* c = std::get_if<sch::Compute>(&op.body);
+      REQUIRE(c != nullptr);
+      CHECK(std::holds_alternative<sch::Gemm>(c->kernel));
+    }
     auto bytes = [](const sch::Op& op) -> std::uint64_t {
       if (const auto* c = std::get_if<sch::Collective>(&op.body)) return c->bytes;
       if (const auto* s = std::get_if<sch::Send>(&op.body)) return s->bytes;
