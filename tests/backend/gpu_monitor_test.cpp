@@ -36,7 +36,7 @@ TEST_CASE("backend::summarize_samples: median, extremes, mean power and the SW p
   CHECK(e.reasons_seen == 0x4);
 }
 
-TEST_CASE("backend::encode_report: a report survives the text round trip exactly; garbage is refused", "[backend]") {
+TEST_CASE("backend::encode_report: a report survives the text round trip exactly, garbage is refused", "[backend]") {
   be::GpuMonitorReport r;
   r.power_source = "instant";
   r.power_limit_w = 700;

@@ -280,7 +280,7 @@ TEST_CASE("calibration::format_comparison: aligned tables with every section", "
   CHECK(row_line[ops_end] == ' ');
 }
 
-TEST_CASE("calibration::comparison_to_json: the same figures as one object; infinities become null", "[calib]") {
+TEST_CASE("calibration::comparison_to_json: the same figures as one object, infinities become null", "[calib]") {
   ts::Trace p = predicted_trace();
   ts::Trace m = measured_trace();
   // The send measured at 0 ns: its class's relative error is infinite.

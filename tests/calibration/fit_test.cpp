@@ -216,7 +216,7 @@ TEST_CASE("calibration::read_framework: the torch script's JSON, event_record_s 
 }
 
 TEST_CASE(
-    "calibration::fit: collective lines follow NCCL's protocol choice; a size-dependent bus bandwidth comes "
+    "calibration::fit: collective lines follow NCCL's protocol choice, a size-dependent bus bandwidth comes "
     "back as bus_efficiency",
     "[calibration]") {
   // The "hardware": ring all_reduce on LL (9 us, 120 GB/s) and Simple (20 us, 400 GB/s at 1 GiB, half of it at 4 MiB,

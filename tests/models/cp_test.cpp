@@ -118,7 +118,7 @@ TEST_CASE("models::cp: a2a+p2p lowers to a2a inside the inner group and a KV rin
   CHECK(std::find(dk.deps.begin(), dk.deps.end(), last_recv.id) != dk.deps.end());
 }
 
-TEST_CASE("models::cp: a2a+p2p layouts validate; degenerate levels drop their exchanges", "[cp]") {
+TEST_CASE("models::cp: a2a+p2p layouts validate, degenerate levels drop their exchanges", "[cp]") {
   struct Case {
     std::uint32_t world, tp, cp, inner, outer;
   };

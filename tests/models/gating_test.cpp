@@ -31,7 +31,7 @@ TEST_CASE("models::gating: tp_comm_overlap with tp < 2 is silently off", "[gatin
   CHECK_FALSE(schedule::find_stream(low.schedule, "tp_send").has_value());
 }
 
-TEST_CASE("models::gating: tp_comm_overlap without sequence_parallel is silently off; with it, chunked", "[gating]") {
+TEST_CASE("models::gating: tp_comm_overlap without sequence_parallel is silently off, with it, chunked", "[gating]") {
   RunConfig c = config(2, 2, 1);
   c.global_batch_size = 2;
   c.tp_comm_overlap = true;
@@ -74,7 +74,7 @@ TEST_CASE("models::gating: overlap_p2p_comm with batch_p2p_comm is an error", "[
   CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("batch_p2p_comm") && twinstep_contains("ValueError"));
 }
 
-TEST_CASE("models::gating: interleaving without P2P overlap needs pp > 2; VPP needs PP > 1", "[gating]") {
+TEST_CASE("models::gating: interleaving without P2P overlap needs pp > 2, VPP needs PP > 1", "[gating]") {
   RunConfig c = config(2, 1, 2, 1, 2);
   c.global_batch_size = 4;
   CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("pipeline_model_parallel_size > 2"));
@@ -162,7 +162,7 @@ TEST_CASE("models::gating: TP or CP > 1 on Hopper needs CUDA_DEVICE_MAX_CONNECTI
   CHECK_NOTHROW(lower(small(), c));
 }
 
-TEST_CASE("models::gating: CP a2a needs heads divisible by cp; a2a+p2p needs hierarchical sizes", "[gating]") {
+TEST_CASE("models::gating: CP a2a needs heads divisible by cp, a2a+p2p needs hierarchical sizes", "[gating]") {
   RunConfig c = config(8, 1, 1, 8);
   c.global_batch_size = 1;
   c.cp_comm_type = "a2a";
@@ -178,7 +178,7 @@ TEST_CASE("models::gating: CP a2a needs heads divisible by cp; a2a+p2p needs hie
   CHECK_THROWS_WITH(lower(small(), d), twinstep_contains("cp_comm_type \"ring\""));
 }
 
-TEST_CASE("models::gating: CP p2p overlaps the KV ring with attention; all_gather does not", "[gating]") {
+TEST_CASE("models::gating: CP p2p overlaps the KV ring with attention, all_gather does not", "[gating]") {
   RunConfig c = config(4, 1, 1, 4);
   c.global_batch_size = 1;
   Lowered p2p = lower(small(), c);

@@ -331,7 +331,7 @@ TEST_CASE("models::lower: DP buckets follow Megatron's rule on parameter count",
   }
 }
 
-TEST_CASE("models::lower: default bucket size is max(40M, 1M x dp); PP rank > 0 and chunk > 0 get one bucket",
+TEST_CASE("models::lower: default bucket size is max(40M, 1M x dp), PP rank > 0 and chunk > 0 get one bucket",
           "[lower][buckets]") {
   ModelSpec m = load_model("llama3-8b");
   RunConfig c = config(64, 1, 1);

@@ -37,7 +37,7 @@ TEST_CASE("models::zoo: MoE layer pattern and hybrid attention", "[zoo]") {
   CHECK(full == 12);
 }
 
-TEST_CASE("models::zoo: unknown ids list the zoo; bad files name the field", "[zoo]") {
+TEST_CASE("models::zoo: unknown ids list the zoo, bad files name the field", "[zoo]") {
   CHECK_THROWS_WITH(load_model("llama4"),
                     twinstep_contains("unknown model \"llama4\"") && twinstep_contains("llama3-70b"));
   CHECK_THROWS_WITH(model_from_json(R"({"num_layers": 2, "hidden_size": 8, "num_attention_heads": 2,

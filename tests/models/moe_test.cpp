@@ -244,7 +244,7 @@ TEST_CASE("models::moe: alltoall bytes per layer per micro-batch are T*k*h*B und
   CHECK(op_named(low.schedule, 0, "L0.mb0.fwd.moe_dispatch_a2a").id == sync.id + 1);
 }
 
-TEST_CASE("models::moe: routing skew gives uneven per-peer splits; the busiest rank computes more", "[moe]") {
+TEST_CASE("models::moe: routing skew gives uneven per-peer splits, the busiest rank computes more", "[moe]") {
   const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
   RunConfig c = moe_config(4, 4);
   c.moe_routing_skew = 2.0;
@@ -272,7 +272,7 @@ TEST_CASE("models::moe: routing skew gives uneven per-peer splits; the busiest r
   CHECK(rows(0) + 3 * rows(1) == 4 * copies + 2 * 4);  // remainder of 2048 / 3 spread over the cold ranks
 }
 
-TEST_CASE("models::moe: flex holds moe_flex_num_sms SMs and host-syncs on the counts; allgather is k-independent",
+TEST_CASE("models::moe: flex holds moe_flex_num_sms SMs and host-syncs on the counts, allgather is k-independent",
           "[moe]") {
   const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
   RunConfig c = moe_config(4, 4);

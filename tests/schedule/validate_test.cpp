@@ -205,7 +205,7 @@ TEST_CASE("schedule::validate: crossed collective order on different streams is 
   CHECK(d[0].message.find("[dep]") != std::string::npos);
 }
 
-TEST_CASE("schedule::validate: send-then-recv on both ranks is fine; recv-then-send is a deadlock", "[schedule]") {
+TEST_CASE("schedule::validate: send-then-recv on both ranks is fine, recv-then-send is a deadlock", "[schedule]") {
   {
     Builder b(skeleton(2));
     b.add(0, "s01", 1, ts::Send{0, 1, 64, 0});

@@ -115,7 +115,7 @@ TEST_CASE("sim::CostModel: all-to-all and send/recv use NVLink within a node and
   CHECK(a2a.uses_nic);
 }
 
-TEST_CASE("sim::read_profile: overrides apply; absent sections keep datasheet defaults", "[sim]") {
+TEST_CASE("sim::read_profile: overrides apply, absent sections keep datasheet defaults", "[sim]") {
   const Profile p = read_profile(std::string(TWINSTEP_SOURCE_DIR) + "/tests/sim/data/profile_example.json");
   CHECK(p.name.find("example h200x2") == 0);
   CHECK(p.context.at("nccl") == "2.28.3");

@@ -316,7 +316,7 @@ TEST_CASE("sim: concurrent inter-node transfers of one GPU share its NIC fairly"
   CHECK(to_seconds(step_of(pair)) == Approx(one.latency_s + 2 * one.bandwidth_time_s).epsilon(1e-6));
 }
 
-TEST_CASE("sim: host_sync blocks issue until its target completes; launch costs delay the start", "[sim]") {
+TEST_CASE("sim: host_sync blocks issue until its target completes, launch costs delay the start", "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");
   const CostModel costs(cluster, Profile::datasheet_defaults());
   Builder b(1, {{"compute", 0}});
@@ -403,7 +403,7 @@ TEST_CASE("sim: a collective some members never reach is reported with the missi
   }
 }
 
-TEST_CASE("sim: more ranks than GPUs is not feasible; an unknown fidelity is an error naming the choices", "[sim]") {
+TEST_CASE("sim: more ranks than GPUs is not feasible, an unknown fidelity is an error naming the choices", "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");
   const CostModel costs(cluster, Profile::datasheet_defaults());
   Builder b(16, {{"compute", 0}});
@@ -431,7 +431,7 @@ TEST_CASE("sim: more ranks than GPUs is not feasible; an unknown fidelity is an 
   }
 }
 
-TEST_CASE("sim: breakdown of a lowered Llama step sums to the step time; traces are deterministic", "[sim]") {
+TEST_CASE("sim: breakdown of a lowered Llama step sums to the step time, traces are deterministic", "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");
   const CostModel costs(cluster, Profile::datasheet_defaults());
   models::RunConfig cfg;
