@@ -230,27 +230,29 @@ std::vector<double> regressors(Ctx& c, const BenchGroup& g, sim::Profile p, cons
 
 /// The bytes a probe's cost is looked up by (CollectiveParams::bus_efficiency): the IR bytes of a ring collective,
 /// the bytes sent of a send/recv, and for an all_to_all the most any member sends to or receives from the others.
+/// A probe may hold the ops of several groups (span < world: one communicator per group), so each op's own
+/// communicator gives its peers.
 double traffic_key(const BenchGroup& g, const Probe& pr) {
   const auto& first = g.schedule.ops.at(pr.ops.front());
   if (const auto* s = std::get_if<schedule::Send>(&first.body)) return static_cast<double>(s->bytes);
   if (const auto* r = std::get_if<schedule::Recv>(&first.body)) return static_cast<double>(r->bytes);
   const auto& col = std::get<schedule::Collective>(first.body);
   if (col.kind != schedule::CollectiveKind::kAllToAll) return static_cast<double>(col.bytes);
-  const auto& members = g.schedule.communicators.at(col.comm).members;
-  std::vector<double> in(members.size(), 0.0);
+  std::map<schedule::RankId, double> in;  // bytes received, by global rank
   double most = 0;
   for (auto id : pr.ops) {
     const auto& op = g.schedule.ops.at(id);
     const auto& a = std::get<schedule::Collective>(op.body);
+    const auto& members = g.schedule.communicators.at(a.comm).members;
     double out = 0;
     for (std::size_t j = 0; j < a.send_bytes.size() && j < members.size(); ++j) {
       if (members[j] == op.rank) continue;
       out += static_cast<double>(a.send_bytes[j]);
-      in[j] += static_cast<double>(a.send_bytes[j]);
+      in[members[j]] += static_cast<double>(a.send_bytes[j]);
     }
     most = std::max(most, out);
   }
-  for (double v : in) most = std::max(most, v);
+  for (const auto& [rank, v] : in) most = std::max(most, v);
   return most;
 }
 

@@ -206,7 +206,13 @@ TEST_CASE("calibration::fit: an eight-GPU suite fits collective lines per span, 
   pair.ranks = 2;
   pair.base_latency_s = 6e-6;
   pair.bus_bytes_per_s = 150e9;
-  truth.collectives = {wide, pair};
+  // all_to_all whose bandwidth grows with the bytes each member exchanges (so a table read at the wrong key misses).
+  twinstep::sim::CollectiveParams a2a;
+  a2a.kind = "all_to_all";
+  a2a.base_latency_s = 10e-6;
+  a2a.bus_bytes_per_s = 300e9;
+  a2a.bus_efficiency.points = {{1e3, 0.05}, {1e6, 0.4}, {1e9, 1.0}};
+  truth.collectives = {wide, pair, a2a};
   const auto cluster = twinstep::topologies::load_cluster("hgx-h200", twinstep::topologies::ClusterSize{0, 8});
   const twinstep::sim::CostModel costs(cluster, truth);
   const std::string path = (std::filesystem::temp_directory_path() / "twinstep_suite_test_span8.jsonl").string();
@@ -247,6 +253,17 @@ TEST_CASE("calibration::fit: an eight-GPU suite fits collective lines per span, 
   CHECK(bus(2) == Approx(150e9).epsilon(0.05));
   CHECK(bus(4) == Approx(300e9).epsilon(0.05));
   CHECK(bus(0) == Approx(300e9).epsilon(0.05));
+  // all_to_all is reproduced in-sample at every span (its bus_efficiency table passes through its points): the table
+  // is keyed by the bytes a member exchanges with the peers of its own group, and a probe of span < 8 holds the ops
+  // of several groups, each with its own communicator.
+  std::size_t a2a_fits = 0;
+  for (const auto& f : back.fits) {
+    if (f.name.rfind("coll.all_to_all", 0) != 0) continue;
+    INFO(f.name);
+    ++a2a_fits;
+    CHECK(f.max_abs_rel_error < 0.01);
+  }
+  CHECK(a2a_fits == 6);
   // A group size below 2 is refused with the field named.
   auto bad = j;
   bad["collectives"][0]["ranks"] = 1;
