@@ -661,6 +661,7 @@ struct Ctx {
   std::vector<CommId> ep_of, etp_of, tpep_of, edp_of;  // MoE expert layout (kNone where unused)
   std::vector<std::vector<std::string>> layer_param_names;  // [layer] -> parameter names (param-gather waits)
   bool recompute_full = false, recompute_selective = false;
+  bool op_names = true;  // LowerOptions::op_names
 };
 
 constexpr CommId kNone = 0xFFFFFFFFu;
@@ -761,6 +762,7 @@ class RankLowering {
     return t;
   }
   std::string nm(const std::string& what) const {
+    if (!x_.op_names) return {};
     std::string s;
     if (cur_layer_ >= 0) s += "L" + str(static_cast<std::uint64_t>(cur_layer_)) + ".";
     if (cur_mb_ >= 0) s += "mb" + str(static_cast<std::uint64_t>(cur_mb_)) + ".";
@@ -2750,6 +2752,7 @@ std::vector<std::string> check_config(const ModelSpec& model, const RunConfig& c
 Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& options) {
   Lowered out;
   Ctx x = build_ctx(model, cfg, out.warnings);
+  x.op_names = options.op_names;
   const Dims& k = x.k;
   const std::uint32_t world = cfg.world_size;
   schedule::Schedule& s = out.schedule;
@@ -2939,6 +2942,8 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
   // Ops, rank by rank (each rank is a function of its coordinates alone, so only present ranks are built).
   for (RankId r : s.ranks) {
     auto ops = RankLowering(x, r).run();
+    // Ranks lower to about as many ops each: room for all of them once the first is known.
+    if (s.ops.empty()) s.ops.reserve(ops.size() * s.ranks.size() + ops.size() / 8);
     const auto base = static_cast<OpId>(s.ops.size());
     for (auto& op : ops) {
       op.id += base;

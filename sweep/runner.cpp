@@ -147,6 +147,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   models::LowerOptions lower_opts;
   lower_opts.representatives_only = reduce_by_symmetry(p);
   lower_opts.mirror_tp = sim::mirrors_tp_ranks(p.fidelity);
+  lower_opts.op_names = false;  // a sweep keeps only step times, breakdowns and memory
   // Ops of `c`'s schedule, estimated from the same config with one layer per virtual stage (layers scale the ops
   // almost linearly); 0 when that probe is not a valid layout (uneven or patterned layer layouts).
   auto estimated_ops = [&](const models::RunConfig& c) -> double {
@@ -180,7 +181,10 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     sim::Options opts;
     opts.fidelity = p.fidelity;
     opts.schedule_hash = false;
-    out.breakdown = schedule::analyze(sim::simulate(std::move(out.lowered.schedule), cluster, costs, opts));
+    schedule::Matching matching;
+    opts.matching_out = &matching;
+    const schedule::Trace trace = sim::simulate(std::move(out.lowered.schedule), cluster, costs, opts);
+    out.breakdown = schedule::analyze(trace, matching);
     return out;
   };
   auto values_of = [](const schedule::Breakdown& b) {
