@@ -178,6 +178,21 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
   auto index_of = [&](RankId r) { return r < rank_index.size() ? rank_index[r] : UINT32_MAX; };
   std::vector<std::vector<Event>> events(ranks.size());
   std::vector<std::vector<OpId>> program(ranks.size());  // ops of each rank that have records, in program order
+  // Busy intervals of one kind (compute, host) are only counted, so two that abut ([a, b) and [b, c)) count exactly
+  // as one [a, c): at b the end and the begin would cancel within one time step. Each rank's last end event of the
+  // kind is extended instead of adding an abutting pair, which removes most events (kernels back to back on a stream,
+  // the host thread busy from one issue to the next).
+  constexpr std::size_t kNoEvent = SIZE_MAX;
+  std::vector<std::size_t> last_compute_end(ranks.size(), kNoEvent);
+  auto add_busy = [](std::vector<Event>& ev, std::size_t& last_end, Ev type, Nanos begin, Nanos end, OpId id) {
+    if (last_end != kNoEvent && ev[last_end].t == begin) {
+      ev[last_end].t = end;
+      return;
+    }
+    ev.push_back({begin, +1, type, 0, id});
+    ev.push_back({end, -1, type, 0, id});
+    last_end = ev.size() - 1;
+  };
   for (std::size_t o = 0; o < s.ops.size(); ++o) {
     const Op& op = s.ops[o];
     const std::uint32_t ri = index_of(op.rank);
@@ -189,10 +204,7 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
     auto& ev = events[ri];
     program[ri].push_back(id);
     if (std::holds_alternative<Compute>(op.body)) {
-      if (r.end_ns > r.start_ns) {
-        ev.push_back({r.start_ns, +1, Ev::kCompute, 0, id});
-        ev.push_back({r.end_ns, -1, Ev::kCompute, 0, id});
-      }
+      if (r.end_ns > r.start_ns) add_busy(ev, last_compute_end[ri], Ev::kCompute, r.start_ns, r.end_ns, id);
     } else if (std::holds_alternative<Collective>(op.body) || std::holds_alternative<Send>(op.body) ||
                std::holds_alternative<Recv>(op.body)) {
       CommId comm = 0;
@@ -232,6 +244,7 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
   for (std::size_t ri = 0; ri < ranks.size(); ++ri) {
     const auto& ops = program[ri];
     auto& ev = events[ri];
+    std::size_t last_host_end = kNoEvent;
     for (std::size_t k = 0; k < ops.size(); ++k) {
       const Op& op = s.ops[ops[k]];
       const OpRecord& r = trace.records[rec_of[ops[k]]];
@@ -245,13 +258,10 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
         // issue .. wait start is busy; the wait itself is not; wait end .. next issue is busy again.
         const Nanos ws = std::clamp(r.start_ns, r.issue_ns, std::max(r.issue_ns, busy_end));
         const Nanos we = std::clamp(r.end_ns, ws, std::max(ws, busy_end));
-        if (ws > r.issue_ns)
-          ev.push_back({r.issue_ns, +1, Ev::kHost, 0, ops[k]}), ev.push_back({ws, -1, Ev::kHost, 0, ops[k]});
-        if (busy_end > we)
-          ev.push_back({we, +1, Ev::kHost, 0, ops[k]}), ev.push_back({busy_end, -1, Ev::kHost, 0, ops[k]});
+        if (ws > r.issue_ns) add_busy(ev, last_host_end, Ev::kHost, r.issue_ns, ws, ops[k]);
+        if (busy_end > we) add_busy(ev, last_host_end, Ev::kHost, we, busy_end, ops[k]);
       } else if (busy_end > r.issue_ns) {
-        ev.push_back({r.issue_ns, +1, Ev::kHost, 0, ops[k]});
-        ev.push_back({busy_end, -1, Ev::kHost, 0, ops[k]});
+        add_busy(ev, last_host_end, Ev::kHost, r.issue_ns, busy_end, ops[k]);
       }
     }
   }
