@@ -718,8 +718,15 @@ std::vector<std::uint64_t> ep_split(const Dims& k, std::uint64_t total) {
 
 class RankLowering {
  public:
-  RankLowering(const Ctx& ctx, RankId rank)
-      : x_(ctx), k_(ctx.k), rank_(rank), co_(coords_of(ctx.k, rank)), eco_(expert_coords_of(ctx.k, rank)) {
+  /// Appends the rank's ops to `out` (the schedule's ops: ids are global, the rank's first op is out.size()).
+  RankLowering(const Ctx& ctx, RankId rank, std::vector<schedule::Op>& out)
+      : x_(ctx),
+        k_(ctx.k),
+        rank_(rank),
+        co_(coords_of(ctx.k, rank)),
+        ops_(out),
+        first_op_(static_cast<OpId>(out.size())),
+        eco_(expert_coords_of(ctx.k, rank)) {
     fwd_recv_.resize(k_.v);
     bwd_recv_.resize(k_.v);
     aq_ = k_.nq;
@@ -727,13 +734,13 @@ class RankLowering {
     adh_ = k_.dh;
   }
 
-  std::vector<schedule::Op> run();
+  void run();
 
  private:
   // ---- op emission ----
   OpId emit(StreamId stream, std::string name, Body body, std::vector<OpId> deps, schedule::Tags tags) {
-    schedule::Op op;
-    op.id = static_cast<OpId>(ops_.size());
+    schedule::Op& op = ops_.emplace_back();
+    op.id = static_cast<OpId>(ops_.size() - 1);
     op.rank = rank_;
     op.stream = stream;
     op.name = std::move(name);
@@ -749,8 +756,7 @@ class RankLowering {
     op.body = std::move(body);
     op.tags = std::move(tags);
     if (stream == x_.st.compute && std::holds_alternative<Compute>(op.body)) last_compute_ = op.id;
-    ops_.push_back(std::move(op));
-    return ops_.back().id;
+    return op.id;
   }
   schedule::Tags tags(Phase ph, std::string overlap = {}) const {
     schedule::Tags t;
@@ -2023,7 +2029,7 @@ class RankLowering {
     prefix_.clear();
     if (F && post_f != nullptr) {  // post_forward on the comm stream: after the F chain and the comm stream's work
       std::vector<OpId> after = f.ev;
-      for (OpId i = static_cast<OpId>(ops_.size()); i-- > 0;) {
+      for (OpId i = static_cast<OpId>(ops_.size()); i-- > first_op_;) {
         if (gpu_op_on(i, x_.st.ep)) {
           after.push_back(i);
           break;
@@ -2226,7 +2232,8 @@ class RankLowering {
   const Dims& k_;
   RankId rank_;
   Coords co_;
-  std::vector<schedule::Op> ops_;
+  std::vector<schedule::Op>& ops_;  // the schedule's ops, this rank's from first_op_ on
+  OpId first_op_;
   std::vector<OpId> pending_;  // deps the next compute-stream op takes (stream wait_event)
   OpId last_compute_ = schedule::kNoOp;
   OpId last_fwd_output_ = schedule::kNoOp;
@@ -2503,7 +2510,7 @@ void RankLowering::finalize_and_optimize() {
   if (!pending_.empty()) elementwise("step_end", 0, Phase::kOptim);
 }
 
-std::vector<schedule::Op> RankLowering::run() {
+void RankLowering::run() {
   bucket_state_.resize(k_.v);
   first_fwd_mb_.assign(k_.v, 0);
   for (std::uint32_t c = 0; c < k_.v; ++c) bucket_state_[c].resize(buckets(c).size());
@@ -2523,7 +2530,6 @@ std::vector<schedule::Op> RankLowering::run() {
                     c);
   }
   finalize_and_optimize();
-  return std::move(ops_);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -2941,16 +2947,9 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
 
   // Ops, rank by rank (each rank is a function of its coordinates alone, so only present ranks are built).
   for (RankId r : s.ranks) {
-    auto ops = RankLowering(x, r).run();
+    RankLowering(x, r, s.ops).run();
     // Ranks lower to about as many ops each: room for all of them once the first is known.
-    if (s.ops.empty()) s.ops.reserve(ops.size() * s.ranks.size() + ops.size() / 8);
-    const auto base = static_cast<OpId>(s.ops.size());
-    for (auto& op : ops) {
-      op.id += base;
-      for (auto& d : op.deps) d += base;
-      if (auto* hs = std::get_if<schedule::HostSync>(&op.body)) hs->target += base;
-      s.ops.push_back(std::move(op));
-    }
+    if (r == s.ranks.front()) s.ops.reserve(s.ops.size() * s.ranks.size() + s.ops.size() / 8);
     out.memory_per_rank.push_back(estimate_memory(x, r));
   }
   for (const auto& m : out.memory_per_rank) {

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <map>
 #include <queue>
+#include <type_traits>
+#include <unordered_map>
 
 #include "common/assert.hpp"
 #include "sim/connections.hpp"
@@ -67,6 +69,59 @@ struct HeapEntry {
   bool operator>(const HeapEntry& o) const { return time != o.time ? time > o.time : id > o.id; }
 };
 
+/// Mixes `v` into the hash `h` (64-bit FNV-1a style, word by word).
+void mix(std::size_t& h, std::uint64_t v) {
+  h ^= v;
+  h *= 1099511628211ull;
+}
+
+/// Hash of a compute op's kernel and SM reservation, for the per-simulation kernel cost cache.
+struct ComputeHash {
+  std::size_t operator()(const schedule::Compute& c) const {
+    std::size_t h = 1469598103934665603ull;
+    mix(h, c.kernel.index());
+    mix(h, c.sm_count);
+    std::visit(
+        [&](const auto& k) {
+          using T = std::decay_t<decltype(k)>;
+          if constexpr (std::is_same_v<T, schedule::Gemm>) {
+            mix(h, k.m), mix(h, k.n), mix(h, k.k), mix(h, k.batch), mix(h, static_cast<std::uint64_t>(k.dtype));
+          } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
+            for (auto m : k.m) mix(h, m);
+            mix(h, k.n), mix(h, k.k), mix(h, static_cast<std::uint64_t>(k.dtype));
+          } else if constexpr (std::is_same_v<T, schedule::Attention>) {
+            mix(h, k.batch), mix(h, k.heads_q), mix(h, k.heads_kv), mix(h, k.seq_q), mix(h, k.seq_kv);
+            mix(h, k.head_dim), mix(h, (k.causal ? 1u : 0u) | (k.backward ? 2u : 0u));
+            mix(h, static_cast<std::uint64_t>(k.dtype));
+          } else if constexpr (std::is_same_v<T, schedule::Elementwise>) {
+            mix(h, k.bytes), mix(h, k.flops);
+          } else if constexpr (std::is_same_v<T, schedule::Optimizer>) {
+            mix(h, k.params), mix(h, static_cast<std::uint64_t>(k.param_dtype));
+          } else {
+            mix(h, k.bytes), mix(h, static_cast<std::uint64_t>(k.kind));
+          }
+        },
+        c.kernel);
+    return h;
+  }
+};
+
+/// A collective's cost inputs besides its communicator's span (which is fixed per communicator).
+struct CollectiveKey {
+  schedule::CommId comm = 0;
+  schedule::CollectiveKind kind = schedule::CollectiveKind::kAllReduce;
+  std::uint64_t bytes = 0;
+  bool operator==(const CollectiveKey&) const = default;
+};
+
+struct CollectiveKeyHash {
+  std::size_t operator()(const CollectiveKey& k) const {
+    std::size_t h = 1469598103934665603ull;
+    mix(h, k.comm), mix(h, static_cast<std::uint64_t>(k.kind)), mix(h, k.bytes);
+    return h;
+  }
+};
+
 void erase_value(std::vector<std::uint32_t>& v, std::uint32_t x) {
   auto it = std::find(v.begin(), v.end(), x);
   TWINSTEP_ASSERT(it != v.end(), "slot %u not registered", x);
@@ -104,8 +159,7 @@ class AnalyticModel final : public GpuSharingModel {
     affected_.clear();
     const auto& ops = ctx_.schedule.ops;
     if (a.kind == ActivityKind::kCompute) {
-      const auto& c = std::get<schedule::Compute>(ops[a.op].body);
-      act.kernel = ctx_.costs.kernel_cost(c);
+      act.kernel = kernel_cost(std::get<schedule::Compute>(ops[a.op].body));
       act.gpu = ops[a.op].rank;
       Gpu& g = gpus_[act.gpu];
       act.fused = act.kernel.reserved_sms > 0;
@@ -180,7 +234,7 @@ class AnalyticModel final : public GpuSharingModel {
       channels = c->sm_count > 0 ? c->sm_count
                  : c->kind == schedule::CollectiveKind::kAllToAll
                      ? ctx_.costs.profile().nccl.p2p_channels_nvlink
-                     : ctx_.costs.collective_cost(c->kind, static_cast<double>(c->bytes), span_of(c->comm)).channels;
+                     : collective_cost(c->kind, c->bytes, c->comm).channels;
     }
     channels = static_cast<std::uint32_t>(std::lround(channels * per_channel));
     if (channels == 0 || waiting_sms_[op] != 0) return;
@@ -259,6 +313,23 @@ class AnalyticModel final : public GpuSharingModel {
     return span_cache_[comm];
   }
 
+  // The cost model's functions are pure: ops of one shape (every micro-batch and layer repeats them) look their
+  // costs up once per simulation.
+  const KernelCost& kernel_cost(const schedule::Compute& c) {
+    auto it = kernel_costs_.find(c);
+    if (it == kernel_costs_.end()) it = kernel_costs_.emplace(c, ctx_.costs.kernel_cost(c)).first;
+    return it->second;
+  }
+  const CommCost& collective_cost(schedule::CollectiveKind kind, std::uint64_t bytes, schedule::CommId comm) {
+    const CollectiveKey key{comm, kind, bytes};
+    auto it = collective_costs_.find(key);
+    if (it == collective_costs_.end()) {
+      it = collective_costs_.emplace(key, ctx_.costs.collective_cost(kind, static_cast<double>(bytes), span_of(comm)))
+               .first;
+    }
+    return it->second;
+  }
+
   CommCost comm_cost(const Activity& a, std::vector<std::uint32_t>& gpus, double& nic_connections) {
     const auto& ops = ctx_.schedule.ops;
     const auto& cluster = ctx_.cluster;
@@ -281,7 +352,7 @@ class AnalyticModel final : public GpuSharingModel {
     const auto& coll = std::get<schedule::Collective>(ops[a.op].body);
     const CommSpan& span = span_of(coll.comm);
     if (coll.kind != schedule::CollectiveKind::kAllToAll) {
-      const CommCost c = ctx_.costs.collective_cost(coll.kind, static_cast<double>(coll.bytes), span);
+      const CommCost c = collective_cost(coll.kind, coll.bytes, coll.comm);
       nic_connections = ring_edge_connections(c, span.per_node);  // one ring per NIC rail: one edge per NIC
       return c;
     }
@@ -448,6 +519,8 @@ class AnalyticModel final : public GpuSharingModel {
   std::vector<std::uint32_t> free_;
   std::vector<Gpu> gpus_;
   std::vector<CommSpan> span_cache_;
+  std::unordered_map<schedule::Compute, KernelCost, ComputeHash> kernel_costs_;      // lookups only
+  std::unordered_map<CollectiveKey, CommCost, CollectiveKeyHash> collective_costs_;  // lookups only
   std::vector<std::uint8_t> span_known_;
   std::vector<std::uint32_t> affected_, finished_;
   std::vector<double> scratch_a_, scratch_b_;
