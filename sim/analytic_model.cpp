@@ -135,6 +135,15 @@ class AnalyticModel final : public GpuSharingModel {
   AnalyticModel(const SimContext& ctx, bool external_comms) : ctx_(ctx), external_(external_comms) {
     if (external_) slot_of_.assign(ctx.schedule.ops.size(), UINT32_MAX);
     waiting_sms_.assign(ctx.schedule.ops.size(), 0);
+    // Kernel costs, looked up in one pass over the ops in order (the run visits them rank by rank, where each first
+    // read of an op would be a cache miss).
+    const auto& ops = ctx.schedule.ops;
+    kernel_of_op_.assign(ops.size(), UINT32_MAX);
+    gpu_of_op_.resize(ops.size());
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+      gpu_of_op_[i] = ops[i].rank;
+      if (const auto* c = std::get_if<schedule::Compute>(&ops[i].body)) kernel_of_op_[i] = kernel_index(*c);
+    }
     gpus_.resize(ctx.cluster.num_gpus());
     span_cache_.resize(ctx.schedule.communicators.size());
     span_known_.assign(ctx.schedule.communicators.size(), 0);
@@ -157,10 +166,9 @@ class AnalyticModel final : public GpuSharingModel {
     ++running_;
     ++epoch_;
     affected_.clear();
-    const auto& ops = ctx_.schedule.ops;
     if (a.kind == ActivityKind::kCompute) {
-      act.kernel = kernel_cost(std::get<schedule::Compute>(ops[a.op].body));
-      act.gpu = ops[a.op].rank;
+      act.kernel = kernels_[kernel_of_op_[a.op]];
+      act.gpu = gpu_of_op_[a.op];
       Gpu& g = gpus_[act.gpu];
       act.fused = act.kernel.reserved_sms > 0;
       if (act.fused) {
@@ -315,9 +323,12 @@ class AnalyticModel final : public GpuSharingModel {
 
   // The cost model's functions are pure: ops of one shape (every micro-batch and layer repeats them) look their
   // costs up once per simulation.
-  const KernelCost& kernel_cost(const schedule::Compute& c) {
-    auto it = kernel_costs_.find(c);
-    if (it == kernel_costs_.end()) it = kernel_costs_.emplace(c, ctx_.costs.kernel_cost(c)).first;
+  std::uint32_t kernel_index(const schedule::Compute& c) {
+    auto it = kernel_index_.find(c);
+    if (it == kernel_index_.end()) {
+      it = kernel_index_.emplace(c, static_cast<std::uint32_t>(kernels_.size())).first;
+      kernels_.push_back(ctx_.costs.kernel_cost(c));
+    }
     return it->second;
   }
   const CommCost& collective_cost(schedule::CollectiveKind kind, std::uint64_t bytes, schedule::CommId comm) {
@@ -335,7 +346,7 @@ class AnalyticModel final : public GpuSharingModel {
     const auto& cluster = ctx_.cluster;
     if (a.kind == ActivityKind::kPointToPoint) {
       const auto& send = std::get<schedule::Send>(ops[a.op].body);
-      const auto ra = ops[a.op].rank, rb = ops[a.partner].rank;
+      const auto ra = gpu_of_op_[a.op], rb = gpu_of_op_[a.partner];
       gpus.push_back(ra);
       // A mirrored pair (reduced schedule: send and recv on one rank, peers absent) takes the send's path and
       // occupies the rank twice, as its outgoing and its incoming transfer do in the full schedule (its NIC's
@@ -347,7 +358,7 @@ class AnalyticModel final : public GpuSharingModel {
     }
     const auto& inst = ctx_.matching.collectives[a.instance];
     for (OpId o : inst.ops) {
-      if (o != kNoOp) gpus.push_back(ops[o].rank);
+      if (o != kNoOp) gpus.push_back(gpu_of_op_[o]);
     }
     const auto& coll = std::get<schedule::Collective>(ops[a.op].body);
     const CommSpan& span = span_of(coll.comm);
@@ -418,7 +429,7 @@ class AnalyticModel final : public GpuSharingModel {
   /// Ends the SM hold of a waiting comm op (its activity starts); call inside an epoch, before re-timing.
   void stop_waiting(OpId op) {
     if (op == kNoOp || waiting_sms_[op] == 0) return;
-    const std::uint32_t gpu = ctx_.schedule.ops[op].rank;
+    const std::uint32_t gpu = gpu_of_op_[op];
     gpus_[gpu].held_sms -= waiting_sms_[op];
     waiting_sms_[op] = 0;
     touch_compute(gpu);
@@ -519,7 +530,10 @@ class AnalyticModel final : public GpuSharingModel {
   std::vector<std::uint32_t> free_;
   std::vector<Gpu> gpus_;
   std::vector<CommSpan> span_cache_;
-  std::unordered_map<schedule::Compute, KernelCost, ComputeHash> kernel_costs_;      // lookups only
+  std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;  // lookups only
+  std::vector<KernelCost> kernels_;                                                 ///< Distinct kernels' costs.
+  std::vector<std::uint32_t> kernel_of_op_;  ///< Per compute op: its index in kernels_.
+  std::vector<std::uint32_t> gpu_of_op_;     ///< Per op: its GPU (rank).
   std::unordered_map<CollectiveKey, CommCost, CollectiveKeyHash> collective_costs_;  // lookups only
   std::vector<std::uint8_t> span_known_;
   std::vector<std::uint32_t> affected_, finished_;

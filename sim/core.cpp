@@ -110,6 +110,7 @@ class Core {
     for (OpId i = 0; i < n_ops_; ++i) rank_ops_[fill[rank_index_[s_.ops[i].rank]]++] = i;
 
     cls_.resize(n_ops_);
+    host_ns_.resize(n_ops_);
     pending_.assign(n_ops_, 0);
     next_on_stream_.assign(n_ops_, kNoOp);
     issue_.assign(n_ops_, 0);
@@ -127,6 +128,13 @@ class Core {
     for (OpId i = 0; i < n_ops_; ++i) {
       const auto& op = s_.ops[i];
       cls_[i] = class_of(op.body);
+      // The host's cost of issuing it (a host op's own duration), read here while the op is at hand: the run then
+      // visits ops rank by rank, where each first read of an op would be a cache miss.
+      if (cls_[i] == OpClass::kHost) {
+        host_ns_[i] = std::get<schedule::Host>(op.body).duration_ns;
+      } else {
+        host_ns_[i] = ctx_.costs.launch_ns(op);
+      }
       if (cls_[i] == OpClass::kHost || cls_[i] == OpClass::kHostSync) continue;
       std::uint32_t pend = 1;  // issue
       const std::size_t key = static_cast<std::size_t>(rank_index_[op.rank]) * n_streams + op.stream % n_streams;
@@ -198,7 +206,7 @@ class Core {
         case OpClass::kHost: {
           ++pos_[r];
           start_[op] = t;
-          const Nanos d = std::get<schedule::Host>(s_.ops[op].body).duration_ns;
+          const Nanos d = host_ns_[op];
           if (d > 0) {
             finishing_[r] = op;
             push_wake(r, t + d);
@@ -225,7 +233,7 @@ class Core {
         }
         default: {
           ++pos_[r];
-          const Nanos launch = ctx_.costs.launch_ns(s_.ops[op]);
+          const Nanos launch = host_ns_[op];
           if (launch > 0) {
             launching_[r] = op;
             push_wake(r, t + launch);
@@ -242,7 +250,7 @@ class Core {
   /// The host_sync `op` of rank `r` sees its target complete at `t`; it returns after the wake-up cost.
   void finish_sync(std::uint32_t r, OpId op, Nanos t) {
     finishing_[r] = op;
-    push_wake(r, t + ctx_.costs.launch_ns(s_.ops[op]));
+    push_wake(r, t + host_ns_[op]);
   }
 
   void release(OpId op, Nanos t) {
@@ -399,6 +407,7 @@ class Core {
   std::vector<std::uint32_t> rank_begin_;
   std::vector<OpId> rank_ops_;
   std::vector<OpClass> cls_;
+  std::vector<Nanos> host_ns_;  ///< Per op: launch cost (CostModel::launch_ns), or a host op's duration.
   std::vector<std::uint32_t> pending_;
   std::vector<OpId> next_on_stream_;
   std::vector<std::uint32_t> dep_begin_;
