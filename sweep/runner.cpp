@@ -1,11 +1,13 @@
-// Point evaluation and the process pool. The parent forks workers (fork, no exec: the grid is already in memory),
-// each evaluates a batch of points (one for the flow fidelity: SimGrid allows one engine per process) and writes
-// one JSON line per point into its pipe; the parent appends each line to the output file and flushes it, so a
-// killed sweep loses at most the points in flight. A worker that dies is retried point by point once.
+// Point evaluation and the process pool. The parent forks workers (fork, no exec: the grid is already in memory)
+// and hands each one point at a time over a socket (up to max_points_per_worker; a flow point gets a process of its
+// own: SimGrid allows one engine per process); the worker answers with the point's JSON line, and the parent appends
+// each line to the output file and flushes it, so a killed sweep loses at most the points in flight. The point a
+// dead worker was evaluating is retried once.
 #include "sweep/runner.hpp"
 
 #include <malloc.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -308,13 +310,28 @@ void keep_freed_memory() {
   ::mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
 }
 
+/// A worker process and the socket to it: the parent sends the position of one point at a time, the worker answers
+/// with the point's JSON line; a shutdown of the parent's sending side tells it to exit.
 struct Worker {
   pid_t pid = -1;
   int fd = -1;
-  std::vector<std::size_t> points;  ///< Positions in the todo list.
-  std::set<std::size_t> reported;   ///< Point indices whose line arrived.
+  std::vector<std::size_t> points;  ///< Positions sent to it, in order; all but the last have their line back.
+  std::size_t limit = 1;            ///< Points it may evaluate before it is told to exit.
+  bool closing = false;             ///< Told to exit.
   std::string buffer;
 };
+
+bool read_all(int fd, void* data, std::size_t n) {
+  auto* p = static_cast<char*>(data);
+  while (n > 0) {
+    const ssize_t r = ::read(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
 
 std::string format_duration(double s) {
   if (s < 0 || !std::isfinite(s)) return "--";
@@ -520,7 +537,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   };
 
   // Invalid points need no worker.
-  std::deque<std::vector<std::size_t>> tasks;
+  std::deque<std::size_t> todo;
   std::vector<std::size_t> runnable;
   for (std::size_t i = 0; i < points.size(); ++i) {
     if (done[i]) continue;
@@ -543,45 +560,54 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     }
   }
   progress.start_workers(finished);
+  todo.assign(runnable.begin(), runnable.end());
   const unsigned jobs = std::max(1u, options.jobs);
-  // Batches: the flow fidelity gets a process per point; analytic points are spread in batches small enough to
-  // keep every job busy until the end.
-  const std::size_t per_worker =
-      std::clamp<std::size_t>(runnable.size() / (4 * jobs), 1, std::max<std::size_t>(1, options.max_points_per_worker));
-  for (std::size_t i = 0; i < runnable.size();) {
-    std::vector<std::size_t> batch;
-    while (i < runnable.size() && batch.size() < per_worker) {
-      const bool flow = points[runnable[i]].fidelity == "flow";
-      if (flow && !batch.empty()) break;
-      batch.push_back(runnable[i++]);
-      if (flow) break;
-    }
-    tasks.push_back(std::move(batch));
-  }
+  // Workers take one point at a time, the next as soon as they answer, so every job stays busy until the end
+  // however uneven the points; a worker evaluates up to max_points_per_worker analytic points (its heap warm for
+  // the next), and a flow point gets a fresh process of its own (SimGrid: one engine per process).
+  auto is_flow = [&](std::size_t pos) { return points[pos].fidelity == "flow"; };
 
   std::vector<Worker> workers;
   std::set<std::size_t> retried;
-  auto spawn = [&](std::vector<std::size_t> batch) {
+  auto send_next = [&](Worker& w) {
+    if (w.closing) return;
+    if (todo.empty() || w.points.size() >= w.limit || is_flow(todo.front())) {
+      ::shutdown(w.fd, SHUT_WR);  // the worker exits once it reads the end
+      w.closing = true;
+      return;
+    }
+    const std::uint64_t pos = todo.front();
+    todo.pop_front();
+    w.points.push_back(pos);
+    // A worker that died meanwhile is found by its end of file; its point is retried then (finish).
+    (void)::send(w.fd, &pos, sizeof pos, MSG_NOSIGNAL);
+  };
+  auto spawn = [&]() {
     int fds[2];
-    if (::pipe(fds) != 0) throw Error(std::string("sweep: pipe failed: ") + std::strerror(errno));
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) {
+      throw Error(std::string("sweep: socketpair failed: ") + std::strerror(errno));
+    }
     std::fflush(nullptr);
     const pid_t pid = ::fork();
     if (pid < 0) throw Error(std::string("sweep: fork failed: ") + std::strerror(errno));
     if (pid == 0) {
       ::close(fds[0]);
       keep_freed_memory();
-      for (std::size_t pos : batch) {
-        if (!write_all(fds[1], evaluate_point(points[pos], options.extrapolate) + "\n")) ::_exit(4);
+      std::uint64_t pos = 0;
+      while (read_all(fds[1], &pos, sizeof pos)) {
+        if (pos >= points.size() || !write_all(fds[1], evaluate_point(points[pos], options.extrapolate) + "\n")) {
+          ::_exit(4);
+        }
       }
-      ::close(fds[1]);
       ::_exit(0);
     }
     ::close(fds[1]);
     Worker w;
     w.pid = pid;
     w.fd = fds[0];
-    w.points = std::move(batch);
+    w.limit = is_flow(todo.front()) ? 1 : std::max<std::size_t>(1, options.max_points_per_worker);
     workers.push_back(std::move(w));
+    send_next(workers.back());
   };
 
   auto finish = [&](Worker& w) {
@@ -598,7 +624,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
                                           : "worker process exited with status " + std::to_string(WEXITSTATUS(status));
     for (std::size_t pos : missing) {
       if (retried.insert(pos).second) {
-        tasks.push_front({pos});  // once more, alone, to find which point it was
+        todo.push_front(pos);  // once more, in a fresh worker's turn: a second death names the point
       } else {
         record(pos, head(points[pos], "error", why + " while evaluating this point").dump());
       }
@@ -606,11 +632,8 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   };
 
   try {
-    while (!tasks.empty() || !workers.empty()) {
-      while (!tasks.empty() && workers.size() < jobs) {
-        spawn(std::move(tasks.front()));
-        tasks.pop_front();
-      }
+    while (!todo.empty() || !workers.empty()) {
+      while (!todo.empty() && workers.size() < jobs) spawn();
       std::vector<pollfd> pfds;
       for (const auto& w : workers) pfds.push_back(pollfd{w.fd, POLLIN, 0});
       if (::poll(pfds.data(), pfds.size(), 1000) < 0) {
@@ -634,6 +657,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
               const auto it = wanted.find(r.key);
               TWINSTEP_ASSERT(it != wanted.end(), "worker reported an unknown point %zu", r.index);
               record(it->second, line);
+              send_next(w);
             }
           } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
             closed = true;
