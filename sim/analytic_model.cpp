@@ -122,6 +122,31 @@ struct CollectiveKeyHash {
   }
 };
 
+/// A transfer's cost inputs (CostModel::p2p_cost).
+struct P2PKey {
+  std::uint64_t bytes = 0;
+  schedule::RankId from = 0, to = 0;
+  bool operator==(const P2PKey&) const = default;
+};
+
+struct P2PKeyHash {
+  std::size_t operator()(const P2PKey& k) const {
+    std::size_t h = 1469598103934665603ull;
+    mix(h, k.bytes), mix(h, k.from), mix(h, k.to);
+    return h;
+  }
+};
+
+/// What the analytic model reads of a communication op (collective, send, recv).
+struct CommInfo {
+  enum class Op : std::uint8_t { kCollective, kSend, kRecv } op = Op::kCollective;
+  schedule::CollectiveKind kind = schedule::CollectiveKind::kAllReduce;  ///< Collectives only.
+  schedule::CommId comm = 0;
+  std::uint64_t bytes = 0;
+  std::uint32_t sm_count = 0;  ///< Collectives only.
+  schedule::RankId peer = 0;   ///< Sends and recvs only.
+};
+
 void erase_value(std::vector<std::uint32_t>& v, std::uint32_t x) {
   auto it = std::find(v.begin(), v.end(), x);
   TWINSTEP_ASSERT(it != v.end(), "slot %u not registered", x);
@@ -135,14 +160,25 @@ class AnalyticModel final : public GpuSharingModel {
   AnalyticModel(const SimContext& ctx, bool external_comms) : ctx_(ctx), external_(external_comms) {
     if (external_) slot_of_.assign(ctx.schedule.ops.size(), UINT32_MAX);
     waiting_sms_.assign(ctx.schedule.ops.size(), 0);
-    // Kernel costs, looked up in one pass over the ops in order (the run visits them rank by rank, where each first
-    // read of an op would be a cache miss).
+    // What the run needs of each op, read in one pass over the ops in order (the run visits them rank by rank, where
+    // each first read of an op would be a cache miss): its GPU, a compute op's kernel cost (looked up once per
+    // distinct kernel), a communication op's sizes.
     const auto& ops = ctx.schedule.ops;
-    kernel_of_op_.assign(ops.size(), UINT32_MAX);
+    info_of_op_.assign(ops.size(), UINT32_MAX);
     gpu_of_op_.resize(ops.size());
     for (std::size_t i = 0; i < ops.size(); ++i) {
       gpu_of_op_[i] = ops[i].rank;
-      if (const auto* c = std::get_if<schedule::Compute>(&ops[i].body)) kernel_of_op_[i] = kernel_index(*c);
+      const auto& body = ops[i].body;
+      if (const auto* c = std::get_if<schedule::Compute>(&body)) {
+        info_of_op_[i] = kernel_index(*c);
+      } else if (const auto* coll = std::get_if<schedule::Collective>(&body)) {
+        info_of_op_[i] =
+            add_comm_info({CommInfo::Op::kCollective, coll->kind, coll->comm, coll->bytes, coll->sm_count, 0});
+      } else if (const auto* send = std::get_if<schedule::Send>(&body)) {
+        info_of_op_[i] = add_comm_info({CommInfo::Op::kSend, {}, send->comm, send->bytes, 0, send->peer});
+      } else if (const auto* recv = std::get_if<schedule::Recv>(&body)) {
+        info_of_op_[i] = add_comm_info({CommInfo::Op::kRecv, {}, recv->comm, recv->bytes, 0, recv->peer});
+      }
     }
     gpus_.resize(ctx.cluster.num_gpus());
     span_cache_.resize(ctx.schedule.communicators.size());
@@ -167,7 +203,7 @@ class AnalyticModel final : public GpuSharingModel {
     ++epoch_;
     affected_.clear();
     if (a.kind == ActivityKind::kCompute) {
-      act.kernel = kernels_[kernel_of_op_[a.op]];
+      act.kernel = kernels_[info_of_op_[a.op]];
       act.gpu = gpu_of_op_[a.op];
       Gpu& g = gpus_[act.gpu];
       act.fused = act.kernel.reserved_sms > 0;
@@ -191,7 +227,7 @@ class AnalyticModel final : public GpuSharingModel {
       act.comm = comm_cost(a, act.gpus, act.nic_connections);
       if (a.kind == ActivityKind::kCollective) {
         // A fused communication kernel holds its own SM budget instead of one CTA per NCCL channel.
-        const auto& coll = std::get<schedule::Collective>(ctx_.schedule.ops[a.op].body);
+        const CommInfo& coll = comm_info(a.op);
         if (coll.sm_count > 0) act.comm.channels = coll.sm_count;
       }
       act.one_way = a.kind == ActivityKind::kPointToPoint && act.gpus.size() == 2;
@@ -232,25 +268,29 @@ class AnalyticModel final : public GpuSharingModel {
   void comm_waiting(OpId op, Nanos now) override {
     const double per_channel = ctx_.costs.profile().interference.waiting_sms_per_channel;
     if (per_channel <= 0) return;
-    const auto& o = ctx_.schedule.ops[op];
+    const std::uint32_t gpu = gpu_of_op_[op];
+    const CommInfo& c = comm_info(op);
     std::uint32_t channels = 0;
-    if (const auto* s = std::get_if<schedule::Send>(&o.body)) {
-      channels = ctx_.costs.p2p_cost(static_cast<double>(s->bytes), o.rank, s->peer).channels;
-    } else if (const auto* r = std::get_if<schedule::Recv>(&o.body)) {
-      channels = ctx_.costs.p2p_cost(static_cast<double>(r->bytes), r->peer, o.rank).channels;
-    } else if (const auto* c = std::get_if<schedule::Collective>(&o.body)) {
-      channels = c->sm_count > 0 ? c->sm_count
-                 : c->kind == schedule::CollectiveKind::kAllToAll
-                     ? ctx_.costs.profile().nccl.p2p_channels_nvlink
-                     : collective_cost(c->kind, c->bytes, c->comm).channels;
+    switch (c.op) {
+      case CommInfo::Op::kCollective:
+        channels = c.sm_count > 0                                  ? c.sm_count
+                   : c.kind == schedule::CollectiveKind::kAllToAll ? ctx_.costs.profile().nccl.p2p_channels_nvlink
+                                                                   : collective_cost(c.kind, c.bytes, c.comm).channels;
+        break;
+      case CommInfo::Op::kSend:
+        channels = p2p_cost(c.bytes, gpu, c.peer).channels;
+        break;
+      case CommInfo::Op::kRecv:
+        channels = p2p_cost(c.bytes, c.peer, gpu).channels;
+        break;
     }
     channels = static_cast<std::uint32_t>(std::lround(channels * per_channel));
     if (channels == 0 || waiting_sms_[op] != 0) return;
     ++epoch_;
     affected_.clear();
     waiting_sms_[op] = channels;
-    gpus_[o.rank].held_sms += channels;
-    touch_compute(o.rank);
+    gpus_[gpu].held_sms += channels;
+    touch_compute(gpu);
     for (std::uint32_t s : affected_) retime(s, now);
   }
 
@@ -341,18 +381,31 @@ class AnalyticModel final : public GpuSharingModel {
     return it->second;
   }
 
+  std::uint32_t add_comm_info(const CommInfo& c) {
+    comms_.push_back(c);
+    return static_cast<std::uint32_t>(comms_.size() - 1);
+  }
+  const CommInfo& comm_info(OpId op) const { return comms_[info_of_op_[op]]; }
+  const CommCost& p2p_cost(std::uint64_t bytes, schedule::RankId from, schedule::RankId to) {
+    const P2PKey key{bytes, from, to};
+    auto it = p2p_costs_.find(key);
+    if (it == p2p_costs_.end())
+      it = p2p_costs_.emplace(key, ctx_.costs.p2p_cost(static_cast<double>(bytes), from, to)).first;
+    return it->second;
+  }
+
   CommCost comm_cost(const Activity& a, std::vector<std::uint32_t>& gpus, double& nic_connections) {
     const auto& ops = ctx_.schedule.ops;
     const auto& cluster = ctx_.cluster;
     if (a.kind == ActivityKind::kPointToPoint) {
-      const auto& send = std::get<schedule::Send>(ops[a.op].body);
+      const CommInfo& send = comm_info(a.op);
       const auto ra = gpu_of_op_[a.op], rb = gpu_of_op_[a.partner];
       gpus.push_back(ra);
       // A mirrored pair (reduced schedule: send and recv on one rank, peers absent) takes the send's path and
       // occupies the rank twice, as its outgoing and its incoming transfer do in the full schedule (its NIC's
       // transmit and receive sides).
       gpus.push_back(rb);
-      const CommCost c = ctx_.costs.p2p_cost(static_cast<double>(send.bytes), ra, rb == ra ? send.peer : rb);
+      const CommCost c = p2p_cost(send.bytes, ra, rb == ra ? send.peer : rb);
       nic_connections = p2p_connections(c);
       return c;
     }
@@ -360,7 +413,7 @@ class AnalyticModel final : public GpuSharingModel {
     for (OpId o : inst.ops) {
       if (o != kNoOp) gpus.push_back(gpu_of_op_[o]);
     }
-    const auto& coll = std::get<schedule::Collective>(ops[a.op].body);
+    const CommInfo& coll = comm_info(a.op);
     const CommSpan& span = span_of(coll.comm);
     if (coll.kind != schedule::CollectiveKind::kAllToAll) {
       const CommCost c = collective_cost(coll.kind, coll.bytes, coll.comm);
@@ -532,8 +585,10 @@ class AnalyticModel final : public GpuSharingModel {
   std::vector<CommSpan> span_cache_;
   std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;  // lookups only
   std::vector<KernelCost> kernels_;                                                 ///< Distinct kernels' costs.
-  std::vector<std::uint32_t> kernel_of_op_;  ///< Per compute op: its index in kernels_.
-  std::vector<std::uint32_t> gpu_of_op_;     ///< Per op: its GPU (rank).
+  std::vector<CommInfo> comms_;                                                     ///< Communication ops' sizes.
+  std::vector<std::uint32_t> info_of_op_;  ///< Per op: compute, its index in kernels_; communication, in comms_.
+  std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;                       // lookups only
+  std::vector<std::uint32_t> gpu_of_op_;                                             ///< Per op: its GPU (rank).
   std::unordered_map<CollectiveKey, CommCost, CollectiveKeyHash> collective_costs_;  // lookups only
   std::vector<std::uint8_t> span_known_;
   std::vector<std::uint32_t> affected_, finished_;

@@ -75,8 +75,11 @@ class Core {
     }
     if (completed_count_ < n_ops_) throw Error(deadlock_report());
     std::vector<schedule::OpRecord> records(n_ops_);
-    for (OpId i = 0; i < n_ops_; ++i) {
-      records[i] = schedule::OpRecord{i, s_.ops[i].rank, issue_[i], start_[i], end_[i]};
+    for (std::uint32_t r = 0; r < num_ranks_; ++r) {
+      for (std::uint32_t k = rank_begin_[r]; k < rank_begin_[r + 1]; ++k) {
+        const OpId i = rank_ops_[k];
+        records[i] = schedule::OpRecord{i, rank_ids_[r], issue_[i], start_[i], end_[i]};
+      }
     }
     return records;
   }
@@ -135,6 +138,7 @@ class Core {
       } else {
         host_ns_[i] = ctx_.costs.launch_ns(op);
       }
+      if (cls_[i] == OpClass::kHostSync) sync_target_.emplace_back(i, std::get<schedule::HostSync>(op.body).target);
       if (cls_[i] == OpClass::kHost || cls_[i] == OpClass::kHostSync) continue;
       std::uint32_t pend = 1;  // issue
       const std::size_t key = static_cast<std::size_t>(rank_index_[op.rank]) * n_streams + op.stream % n_streams;
@@ -218,7 +222,7 @@ class Core {
         case OpClass::kHostSync: {
           ++pos_[r];
           start_[op] = t;
-          const OpId target = std::get<schedule::HostSync>(s_.ops[op].body).target;
+          const OpId target = sync_target(op);
           if (target >= n_ops_) {
             throw Error("op " + std::to_string(op) + " \"" + s_.ops[op].name + "\": host_sync target " +
                         std::to_string(target) + " does not exist (validate the schedule: twinstep validate)");
@@ -245,6 +249,13 @@ class Core {
         }
       }
     }
+  }
+
+  /// The target of host_sync `op`.
+  OpId sync_target(OpId op) const {
+    const auto it = std::lower_bound(sync_target_.begin(), sync_target_.end(), std::make_pair(op, OpId{0}));
+    TWINSTEP_ASSERT(it != sync_target_.end() && it->first == op, "op %u is not a host_sync", op);
+    return it->second;
   }
 
   /// The host_sync `op` of rank `r` sees its target complete at `t`; it returns after the wake-up cost.
@@ -408,6 +419,7 @@ class Core {
   std::vector<OpId> rank_ops_;
   std::vector<OpClass> cls_;
   std::vector<Nanos> host_ns_;  ///< Per op: launch cost (CostModel::launch_ns), or a host op's duration.
+  std::vector<std::pair<OpId, OpId>> sync_target_;  ///< (host_sync op, its target), ascending op.
   std::vector<std::uint32_t> pending_;
   std::vector<OpId> next_on_stream_;
   std::vector<std::uint32_t> dep_begin_;
