@@ -44,6 +44,7 @@ struct Act {
   Nanos last_ns = 0;
   Nanos done_ns = 0;
   std::uint32_t version = 0;
+  bool queued = false;  ///< Its current (done_ns, id) is in the heap under `version`.
   std::uint32_t mark = 0;
 };
 
@@ -194,6 +195,7 @@ class AnalyticModel final : public GpuSharingModel {
     act.id = id;
     act.kind = a.kind;
     act.active = true;
+    act.queued = false;
     act.remaining = 1.0;
     act.last_ns = now;
     act.gpus.clear();
@@ -568,9 +570,13 @@ class AnalyticModel final : public GpuSharingModel {
     a.last_ns = now;
     a.ns_per_unit = current_ns(a);
     const double left_ns = a.remaining * a.ns_per_unit;
-    a.done_ns = now + static_cast<Nanos>(std::ceil(left_ns - 1e-6));
-    if (a.done_ns < now) a.done_ns = now;
+    Nanos done = now + static_cast<Nanos>(std::ceil(left_ns - 1e-6));
+    if (done < now) done = now;
+    // Its heap entry orders by (done_ns, id) only: an unchanged end keeps the entry it has.
+    if (a.queued && done == a.done_ns) return;
+    a.done_ns = done;
     ++a.version;
+    a.queued = true;
     heap_.push(HeapEntry{a.done_ns, a.id, slot, a.version});
   }
 
