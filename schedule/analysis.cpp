@@ -177,7 +177,6 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
   }
   auto index_of = [&](RankId r) { return r < rank_index.size() ? rank_index[r] : UINT32_MAX; };
   std::vector<std::vector<Event>> events(ranks.size());
-  std::vector<std::vector<OpId>> program(ranks.size());  // ops of each rank that have records, in program order
   // Busy intervals of one kind (compute, host) are only counted, so two that abut ([a, b) and [b, c)) count exactly
   // as one [a, c): at b the end and the begin would cancel within one time step. Each rank's last end event of the
   // kind is extended instead of adding an abutting pair, which removes most events (kernels back to back on a stream,
@@ -193,6 +192,23 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
     ev.push_back({end, -1, type, 0, id});
     last_end = ev.size() - 1;
   };
+  // Host thread: busy from each op's issue to the next op's issue, except while a host_sync waits. The ops of a rank
+  // come in its program order, so an op's interval is known when the rank's next op with a record is reached.
+  std::vector<OpId> previous(ranks.size(), kNoOp);  // per rank: the last op with a record so far
+  std::vector<std::size_t> last_host_end(ranks.size(), kNoEvent);
+  auto host_interval = [&](std::uint32_t ri, OpId id, Nanos busy_end) {
+    const OpRecord& r = trace.records[rec_of[id]];
+    auto& ev = events[ri];
+    if (std::holds_alternative<HostSync>(s.ops[id].body)) {
+      // issue .. wait start is busy; the wait itself is not; wait end .. next issue is busy again.
+      const Nanos ws = std::clamp(r.start_ns, r.issue_ns, std::max(r.issue_ns, busy_end));
+      const Nanos we = std::clamp(r.end_ns, ws, std::max(ws, busy_end));
+      if (ws > r.issue_ns) add_busy(ev, last_host_end[ri], Ev::kHost, r.issue_ns, ws, id);
+      if (busy_end > we) add_busy(ev, last_host_end[ri], Ev::kHost, we, busy_end, id);
+    } else if (busy_end > r.issue_ns) {
+      add_busy(ev, last_host_end[ri], Ev::kHost, r.issue_ns, busy_end, id);
+    }
+  };
   for (std::size_t o = 0; o < s.ops.size(); ++o) {
     const Op& op = s.ops[o];
     const std::uint32_t ri = index_of(op.rank);
@@ -202,7 +218,8 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
     const OpRecord& r = trace.records[rec_of[o]];
     const auto id = static_cast<OpId>(o);
     auto& ev = events[ri];
-    program[ri].push_back(id);
+    if (previous[ri] != kNoOp) host_interval(ri, previous[ri], r.issue_ns);
+    previous[ri] = id;
     if (std::holds_alternative<Compute>(op.body)) {
       if (r.end_ns > r.start_ns) add_busy(ev, last_compute_end[ri], Ev::kCompute, r.start_ns, r.end_ns, id);
     } else if (std::holds_alternative<Collective>(op.body) || std::holds_alternative<Send>(op.body) ||
@@ -240,30 +257,11 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
       }
     }
   }
-  // Host thread: busy from each op's issue to the next op's issue, except while a host_sync waits.
-  for (std::size_t ri = 0; ri < ranks.size(); ++ri) {
-    const auto& ops = program[ri];
-    auto& ev = events[ri];
-    std::size_t last_host_end = kNoEvent;
-    for (std::size_t k = 0; k < ops.size(); ++k) {
-      const Op& op = s.ops[ops[k]];
-      const OpRecord& r = trace.records[rec_of[ops[k]]];
-      Nanos busy_end = r.issue_ns;
-      if (k + 1 < ops.size()) {
-        busy_end = trace.records[rec_of[ops[k + 1]]].issue_ns;
-      } else if (std::holds_alternative<Host>(op.body)) {
-        busy_end = r.end_ns;
-      }
-      if (std::holds_alternative<HostSync>(op.body)) {
-        // issue .. wait start is busy; the wait itself is not; wait end .. next issue is busy again.
-        const Nanos ws = std::clamp(r.start_ns, r.issue_ns, std::max(r.issue_ns, busy_end));
-        const Nanos we = std::clamp(r.end_ns, ws, std::max(ws, busy_end));
-        if (ws > r.issue_ns) add_busy(ev, last_host_end, Ev::kHost, r.issue_ns, ws, ops[k]);
-        if (busy_end > we) add_busy(ev, last_host_end, Ev::kHost, we, busy_end, ops[k]);
-      } else if (busy_end > r.issue_ns) {
-        add_busy(ev, last_host_end, Ev::kHost, r.issue_ns, busy_end, ops[k]);
-      }
-    }
+  for (std::uint32_t ri = 0; ri < ranks.size(); ++ri) {  // each rank's last op: busy until its issue (host: end)
+    const OpId last = previous[ri];
+    if (last == kNoOp) continue;
+    const OpRecord& r = trace.records[rec_of[last]];
+    host_interval(ri, last, std::holds_alternative<Host>(s.ops[last].body) ? r.end_ns : r.issue_ns);
   }
 
   for (std::size_t ri = 0; ri < ranks.size(); ++ri) {
