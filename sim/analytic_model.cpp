@@ -138,6 +138,13 @@ struct P2PKeyHash {
   }
 };
 
+/// What the analytic model keeps of each op, together (the run visits ops rank by rank, interleaved).
+struct OpInfo {
+  std::uint32_t gpu = 0;            ///< Its rank.
+  std::uint32_t info = UINT32_MAX;  ///< Compute: its index in kernels_; communication: in comms_.
+  std::uint32_t waiting_sms = 0;    ///< SMs it holds while waiting for its peers (communication; 0: none).
+};
+
 /// What the analytic model reads of a communication op (collective, send, recv).
 struct CommInfo {
   enum class Op : std::uint8_t { kCollective, kSend, kRecv } op = Op::kCollective;
@@ -160,25 +167,23 @@ class AnalyticModel final : public GpuSharingModel {
   /// `external_comms`: communication activities are timed by the caller (GpuSharingModel); see resource_model.hpp.
   AnalyticModel(const SimContext& ctx, bool external_comms) : ctx_(ctx), external_(external_comms) {
     if (external_) slot_of_.assign(ctx.schedule.ops.size(), UINT32_MAX);
-    waiting_sms_.assign(ctx.schedule.ops.size(), 0);
     // What the run needs of each op, read in one pass over the ops in order (the run visits them rank by rank, where
     // each first read of an op would be a cache miss): its GPU, a compute op's kernel cost (looked up once per
     // distinct kernel), a communication op's sizes.
     const auto& ops = ctx.schedule.ops;
-    info_of_op_.assign(ops.size(), UINT32_MAX);
-    gpu_of_op_.resize(ops.size());
+    op_.assign(ops.size(), OpInfo{});
     for (std::size_t i = 0; i < ops.size(); ++i) {
-      gpu_of_op_[i] = ops[i].rank;
+      op_[i].gpu = ops[i].rank;
       const auto& body = ops[i].body;
       if (const auto* c = std::get_if<schedule::Compute>(&body)) {
-        info_of_op_[i] = kernel_index(*c);
+        op_[i].info = kernel_index(*c);
       } else if (const auto* coll = std::get_if<schedule::Collective>(&body)) {
-        info_of_op_[i] =
+        op_[i].info =
             add_comm_info({CommInfo::Op::kCollective, coll->kind, coll->comm, coll->bytes, coll->sm_count, 0});
       } else if (const auto* send = std::get_if<schedule::Send>(&body)) {
-        info_of_op_[i] = add_comm_info({CommInfo::Op::kSend, {}, send->comm, send->bytes, 0, send->peer});
+        op_[i].info = add_comm_info({CommInfo::Op::kSend, {}, send->comm, send->bytes, 0, send->peer});
       } else if (const auto* recv = std::get_if<schedule::Recv>(&body)) {
-        info_of_op_[i] = add_comm_info({CommInfo::Op::kRecv, {}, recv->comm, recv->bytes, 0, recv->peer});
+        op_[i].info = add_comm_info({CommInfo::Op::kRecv, {}, recv->comm, recv->bytes, 0, recv->peer});
       }
     }
     gpus_.resize(ctx.cluster.num_gpus());
@@ -205,8 +210,8 @@ class AnalyticModel final : public GpuSharingModel {
     ++epoch_;
     affected_.clear();
     if (a.kind == ActivityKind::kCompute) {
-      act.kernel = kernels_[info_of_op_[a.op]];
-      act.gpu = gpu_of_op_[a.op];
+      act.kernel = kernels_[op_[a.op].info];
+      act.gpu = op_[a.op].gpu;
       Gpu& g = gpus_[act.gpu];
       act.fused = act.kernel.reserved_sms > 0;
       if (act.fused) {
@@ -270,7 +275,7 @@ class AnalyticModel final : public GpuSharingModel {
   void comm_waiting(OpId op, Nanos now) override {
     const double per_channel = ctx_.costs.profile().interference.waiting_sms_per_channel;
     if (per_channel <= 0) return;
-    const std::uint32_t gpu = gpu_of_op_[op];
+    const std::uint32_t gpu = op_[op].gpu;
     const CommInfo& c = comm_info(op);
     std::uint32_t channels = 0;
     switch (c.op) {
@@ -287,10 +292,10 @@ class AnalyticModel final : public GpuSharingModel {
         break;
     }
     channels = static_cast<std::uint32_t>(std::lround(channels * per_channel));
-    if (channels == 0 || waiting_sms_[op] != 0) return;
+    if (channels == 0 || op_[op].waiting_sms != 0) return;
     ++epoch_;
     affected_.clear();
-    waiting_sms_[op] = channels;
+    op_[op].waiting_sms = channels;
     gpus_[gpu].held_sms += channels;
     touch_compute(gpu);
     for (std::uint32_t s : affected_) retime(s, now);
@@ -387,7 +392,7 @@ class AnalyticModel final : public GpuSharingModel {
     comms_.push_back(c);
     return static_cast<std::uint32_t>(comms_.size() - 1);
   }
-  const CommInfo& comm_info(OpId op) const { return comms_[info_of_op_[op]]; }
+  const CommInfo& comm_info(OpId op) const { return comms_[op_[op].info]; }
   const CommCost& p2p_cost(std::uint64_t bytes, schedule::RankId from, schedule::RankId to) {
     const P2PKey key{bytes, from, to};
     auto it = p2p_costs_.find(key);
@@ -401,7 +406,7 @@ class AnalyticModel final : public GpuSharingModel {
     const auto& cluster = ctx_.cluster;
     if (a.kind == ActivityKind::kPointToPoint) {
       const CommInfo& send = comm_info(a.op);
-      const auto ra = gpu_of_op_[a.op], rb = gpu_of_op_[a.partner];
+      const auto ra = op_[a.op].gpu, rb = op_[a.partner].gpu;
       gpus.push_back(ra);
       // A mirrored pair (reduced schedule: send and recv on one rank, peers absent) takes the send's path and
       // occupies the rank twice, as its outgoing and its incoming transfer do in the full schedule (its NIC's
@@ -413,7 +418,7 @@ class AnalyticModel final : public GpuSharingModel {
     }
     const auto& inst = ctx_.matching.collectives[a.instance];
     for (OpId o : inst.ops) {
-      if (o != kNoOp) gpus.push_back(gpu_of_op_[o]);
+      if (o != kNoOp) gpus.push_back(op_[o].gpu);
     }
     const CommInfo& coll = comm_info(a.op);
     const CommSpan& span = span_of(coll.comm);
@@ -483,10 +488,10 @@ class AnalyticModel final : public GpuSharingModel {
 
   /// Ends the SM hold of a waiting comm op (its activity starts); call inside an epoch, before re-timing.
   void stop_waiting(OpId op) {
-    if (op == kNoOp || waiting_sms_[op] == 0) return;
-    const std::uint32_t gpu = gpu_of_op_[op];
-    gpus_[gpu].held_sms -= waiting_sms_[op];
-    waiting_sms_[op] = 0;
+    if (op == kNoOp || op_[op].waiting_sms == 0) return;
+    const std::uint32_t gpu = op_[op].gpu;
+    gpus_[gpu].held_sms -= op_[op].waiting_sms;
+    op_[op].waiting_sms = 0;
     touch_compute(gpu);
   }
 
@@ -582,19 +587,17 @@ class AnalyticModel final : public GpuSharingModel {
 
   const SimContext& ctx_;
   const bool external_;
-  std::vector<std::uint32_t> slot_of_;      ///< External mode: slot of each running comm activity, by op id.
-  std::vector<std::uint32_t> waiting_sms_;  ///< SMs held by a comm op waiting for its peers, by op id (0: none).
+  std::vector<std::uint32_t> slot_of_;  ///< External mode: slot of each running comm activity, by op id.
   CommCost last_comm_;
   std::vector<Act> slots_;
   std::vector<std::uint32_t> free_;
   std::vector<Gpu> gpus_;
   std::vector<CommSpan> span_cache_;
-  std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;  // lookups only
-  std::vector<KernelCost> kernels_;                                                 ///< Distinct kernels' costs.
-  std::vector<CommInfo> comms_;                                                     ///< Communication ops' sizes.
-  std::vector<std::uint32_t> info_of_op_;  ///< Per op: compute, its index in kernels_; communication, in comms_.
+  std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;   // lookups only
+  std::vector<KernelCost> kernels_;                                                  ///< Distinct kernels' costs.
+  std::vector<CommInfo> comms_;                                                      ///< Communication ops' sizes.
   std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;                       // lookups only
-  std::vector<std::uint32_t> gpu_of_op_;                                             ///< Per op: its GPU (rank).
+  std::vector<OpInfo> op_;                                                           ///< By op id.
   std::unordered_map<CollectiveKey, CommCost, CollectiveKeyHash> collective_costs_;  // lookups only
   std::vector<std::uint8_t> span_known_;
   std::vector<std::uint32_t> affected_, finished_;
