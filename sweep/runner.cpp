@@ -571,7 +571,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   std::set<std::size_t> retried;
   auto send_next = [&](Worker& w) {
     if (w.closing) return;
-    if (todo.empty() || w.points.size() >= w.limit || is_flow(todo.front())) {
+    if (todo.empty() || w.points.size() >= w.limit || (!w.points.empty() && is_flow(todo.front()))) {
       ::shutdown(w.fd, SHUT_WR);  // the worker exits once it reads the end
       w.closing = true;
       return;
