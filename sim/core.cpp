@@ -101,43 +101,23 @@ class Core {
  private:
   void build() {
     n_ops_ = static_cast<OpId>(s_.ops.size());
+    op_.assign(n_ops_, OpState{});
+    // One pass over the ops (200 bytes each, the run's other inputs are compact): each op's rank, class, host cost,
+    // matching link, predecessor on its stream and deps; the rest is built from what this pass kept.
+    std::vector<schedule::RankId> rank_of(n_ops_);
     schedule::RankId max_rank = 0;
     for (auto r : s_.ranks) max_rank = std::max(max_rank, r);
-    for (const auto& op : s_.ops) max_rank = std::max(max_rank, op.rank);
-    rank_index_.assign(static_cast<std::size_t>(max_rank) + 1, kNone);
-    for (const auto& op : s_.ops) {
-      if (rank_index_[op.rank] == kNone) {
-        rank_index_[op.rank] = 0;  // mark present; numbered below in ascending rank order
-      }
-    }
-    for (auto r : s_.ranks) rank_index_[r] = 0;
-    num_ranks_ = 0;
-    for (auto& idx : rank_index_) {
-      if (idx != kNone) {
-        rank_ids_.push_back(static_cast<schedule::RankId>(&idx - rank_index_.data()));
-        idx = num_ranks_++;
-      }
-    }
-    // Program order per rank (CSR).
-    rank_begin_.assign(num_ranks_ + 1, 0);
-    for (const auto& op : s_.ops) ++rank_begin_[rank_index_[op.rank] + 1];
-    for (std::uint32_t r = 0; r < num_ranks_; ++r) rank_begin_[r + 1] += rank_begin_[r];
-    rank_ops_.resize(n_ops_);
-    std::vector<std::uint32_t> fill(rank_begin_.begin(), rank_begin_.end() - 1);
-    for (OpId i = 0; i < n_ops_; ++i) rank_ops_[fill[rank_index_[s_.ops[i].rank]]++] = i;
-
-    op_.assign(n_ops_, OpState{});
-
-    // Stream FIFO order and dep counts; dependents in CSR.
     const std::size_t n_streams = std::max<std::size_t>(1, s_.streams.size());
-    std::vector<OpId> last_on_stream(static_cast<std::size_t>(num_ranks_) * n_streams, kNoOp);
+    std::vector<OpId> last_on_stream;  // by (global rank, stream); grown on demand
     std::vector<std::uint32_t> dep_begin(n_ops_ + 1, 0);
+    std::vector<std::pair<OpId, OpId>> dep_edges;  // (dep, dependent), dependents ascending, deps in order
+    dep_edges.reserve(n_ops_);
     for (OpId i = 0; i < n_ops_; ++i) {
       const auto& op = s_.ops[i];
+      rank_of[i] = op.rank;
+      max_rank = std::max(max_rank, op.rank);
       OpState& st = op_[i];
       st.cls = class_of(op.body);
-      // The host's cost of issuing it (a host op's own duration), read here while the op is at hand: the run then
-      // visits ops rank by rank, where each first read of an op would be a cache miss.
       if (st.cls == OpClass::kHost) {
         st.host_ns = std::get<schedule::Host>(op.body).duration_ns;
       } else {
@@ -148,7 +128,9 @@ class Core {
       if (st.cls == OpClass::kHostSync) sync_target_.emplace_back(i, std::get<schedule::HostSync>(op.body).target);
       if (st.cls == OpClass::kHost || st.cls == OpClass::kHostSync) continue;
       std::uint32_t pend = 1;  // issue
-      const std::size_t key = static_cast<std::size_t>(rank_index_[op.rank]) * n_streams + op.stream % n_streams;
+      const std::size_t key = static_cast<std::size_t>(op.rank) * n_streams + op.stream % n_streams;
+      if (key >= last_on_stream.size())
+        last_on_stream.resize((static_cast<std::size_t>(op.rank) + 1) * n_streams, kNoOp);
       if (last_on_stream[key] != kNoOp) {
         op_[last_on_stream[key]].next_on_stream = i;
         ++pend;
@@ -160,20 +142,38 @@ class Core {
                       " does not exist (validate the schedule: twinstep validate)");
         }
         ++dep_begin[d + 1];
+        dep_edges.emplace_back(d, i);
         ++pend;
       }
       st.pending = pend;
     }
+    // Dependents in CSR.
     for (OpId i = 0; i < n_ops_; ++i) {
       dep_begin[i + 1] += dep_begin[i];
       op_[i].dep_begin = dep_begin[i];
       op_[i].dep_end = dep_begin[i + 1];
     }
     dependents_.resize(dep_begin[n_ops_]);
-    for (OpId i = 0; i < n_ops_; ++i) {
-      if (op_[i].cls == OpClass::kHost || op_[i].cls == OpClass::kHostSync) continue;
-      for (OpId d : s_.ops[i].deps) dependents_[dep_begin[d]++] = i;
+    for (const auto& [d, i] : dep_edges) dependents_[dep_begin[d]++] = i;
+
+    // Ranks present (with ops or listed), numbered in ascending rank order; program order per rank (CSR).
+    rank_index_.assign(static_cast<std::size_t>(max_rank) + 1, kNone);
+    for (auto r : rank_of) rank_index_[r] = 0;
+    for (auto r : s_.ranks) rank_index_[r] = 0;
+    num_ranks_ = 0;
+    for (auto& idx : rank_index_) {
+      if (idx != kNone) {
+        rank_ids_.push_back(static_cast<schedule::RankId>(&idx - rank_index_.data()));
+        idx = num_ranks_++;
+      }
     }
+    rank_begin_.assign(num_ranks_ + 1, 0);
+    for (auto r : rank_of) ++rank_begin_[rank_index_[r] + 1];
+    for (std::uint32_t r = 0; r < num_ranks_; ++r) rank_begin_[r + 1] += rank_begin_[r];
+    rank_ops_.resize(n_ops_);
+    std::vector<std::uint32_t> fill(rank_begin_.begin(), rank_begin_.end() - 1);
+    for (OpId i = 0; i < n_ops_; ++i) rank_ops_[fill[rank_index_[rank_of[i]]]++] = i;
+
     arrived_.assign(m_.collectives.size(), 0);
     present_.assign(m_.collectives.size(), 0);
     first_present_.assign(m_.collectives.size(), kNoOp);
