@@ -111,6 +111,29 @@ nlohmann::ordered_json head(const Point& p, const std::string& status, const std
   return j;
 }
 
+/// A point's evaluation cost relative to others, about the ops it simulates: ranks simulated x micro-batches
+/// simulated (three short runs when extrapolated) x layers per pipeline stage. Orders the work only; 0 when unknown.
+double estimated_cost(const Point& p) {
+  try {
+    const auto& l = p.layout;
+    const std::uint64_t model_parallel = std::uint64_t{l.tp} * l.pp * l.cp;
+    if (model_parallel == 0 || p.gpus % model_parallel != 0 || l.mbs == 0) return 0;
+    const std::uint64_t dp = p.gpus / model_parallel;
+    const std::uint64_t micro_batches = p.gbs / (std::uint64_t{l.mbs} * dp);
+    if (micro_batches == 0) return 0;
+    double simulated = static_cast<double>(micro_batches);
+    if (const auto plan = extrapolation_counts(static_cast<std::uint32_t>(micro_batches), l.pp, l.vpp, l.pp)) {
+      simulated = static_cast<double>((*plan)[0]) + (*plan)[1] + (*plan)[2];
+    }
+    const double ranks = p.fidelity == "analytic"                    ? static_cast<double>(l.pp) * l.cp
+                         : p.gpus > sim::kSymmetryReductionAboveGpus ? static_cast<double>(p.gpus / dp)
+                                                                     : static_cast<double>(p.gpus);
+    return ranks * simulated * inputs().model(p.model).num_layers / l.pp;
+  } catch (const Error&) {
+    return 0;
+  }
+}
+
 /// The run config of a point, as `twinstep predict` would build it from the same flags.
 models::RunConfig point_config(const Point& p, const topologies::Cluster& cluster) {
   models::RunConfig base = inputs().config(p.base_config);
@@ -360,9 +383,10 @@ class Progress {
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - start_).count();
     // ETA from the points evaluated by workers since start_workers(): resumed and rejected points take no time.
+    // Weighted by the points' estimated costs when known (the costliest are handed out first).
     const double worker_s = std::chrono::duration<double>(now - workers_start_).count();
-    const double eta =
-        done > base_ ? worker_s * static_cast<double>(total_ - done) / static_cast<double>(done - base_) : -1;
+    double eta = done > base_ ? worker_s * static_cast<double>(total_ - done) / static_cast<double>(done - base_) : -1;
+    if (work_total_ > 0 && work_done_ > 0) eta = worker_s * std::max(0.0, work_total_ - work_done_) / work_done_;
     if (tty_) {
       if (!final && std::chrono::duration<double>(now - last_).count() < 0.1) return;
       constexpr int kWidth = 30;
@@ -387,13 +411,18 @@ class Progress {
     last_ = now;
   }
 
-  /// Marks the start of the worker phase: `done` points were finished without a worker.
-  void start_workers(std::size_t done) {
+  /// Marks the start of the worker phase: `done` points were finished without a worker; the workers' points are
+  /// estimated to cost `work` in all (0: unknown).
+  void start_workers(std::size_t done, double work) {
     base_ = done;
+    work_total_ = work;
     workers_start_ = std::chrono::steady_clock::now();
   }
+  /// A worker's point of estimated cost `work` is done.
+  void add_work_done(double work) { work_done_ += work; }
 
  private:
+  double work_total_ = 0, work_done_ = 0;
   std::size_t base_ = 0;
   std::chrono::steady_clock::time_point workers_start_ = std::chrono::steady_clock::now();
   std::FILE* out_;
@@ -524,10 +553,12 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> out_guard(out, &std::fclose);
   Progress progress(options, points.size());
   std::size_t finished = st.resumed;
+  std::vector<double> cost(points.size(), 0.0);  // estimated, for the order of the workers' points and the ETA
   auto record = [&](std::size_t pos, const std::string& line) {
     if (done[pos]) return;
     done[pos] = true;
     lines[pos] = line;
+    progress.add_work_done(cost[pos]);
     if (std::fputs((line + "\n").c_str(), out) < 0 || std::fflush(out) != 0) {
       throw Error(options.output + ": write failed: " + std::strerror(errno));
     }
@@ -559,7 +590,11 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
       // reported by the worker for this point
     }
   }
-  progress.start_workers(finished);
+  // The costliest points first (ties in point order): a large point started last would run alone at the end.
+  double work = 0;
+  for (std::size_t pos : runnable) work += cost[pos] = estimated_cost(points[pos]);
+  std::stable_sort(runnable.begin(), runnable.end(), [&](std::size_t a, std::size_t b) { return cost[a] > cost[b]; });
+  progress.start_workers(finished, work);
   todo.assign(runnable.begin(), runnable.end());
   const unsigned jobs = std::max(1u, options.jobs);
   // Workers take one point at a time, the next as soon as they answer, so every job stays busy until the end
