@@ -739,11 +739,7 @@ class RankLowering {
  private:
   // ---- op emission ----
   OpId emit(StreamId stream, std::string name, Body body, std::vector<OpId> deps, schedule::Tags tags) {
-    schedule::Op& op = ops_.emplace_back();
-    op.id = static_cast<OpId>(ops_.size() - 1);
-    op.rank = rank_;
-    op.stream = stream;
-    op.name = std::move(name);
+    const auto id = static_cast<OpId>(ops_.size());
     const bool on_gpu = std::holds_alternative<Compute>(body) || std::holds_alternative<schedule::Collective>(body) ||
                         std::holds_alternative<schedule::Send>(body) || std::holds_alternative<schedule::Recv>(body);
     if (on_gpu && stream == x_.st.compute) {
@@ -752,11 +748,10 @@ class RankLowering {
     }
     std::sort(deps.begin(), deps.end());
     deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
-    op.deps = std::move(deps);
-    op.body = std::move(body);
-    op.tags = std::move(tags);
-    if (stream == x_.st.compute && std::holds_alternative<Compute>(op.body)) last_compute_ = op.id;
-    return op.id;
+    if (stream == x_.st.compute && std::holds_alternative<Compute>(body)) last_compute_ = id;
+    // Built in place, field by field in declaration order.
+    ops_.emplace_back(id, rank_, stream, std::move(name), std::move(deps), std::move(body), std::move(tags));
+    return id;
   }
   schedule::Tags tags(Phase ph, std::string overlap = {}) const {
     schedule::Tags t;
