@@ -1,8 +1,10 @@
 // Sweep throughput: evaluates the same dense points (auto layouts of a model on a cluster) through run_sweep with
 // the analytic fidelity and, when SimGrid is built in, the flow fidelity, and prints configurations per second.
 // Plain main(); prints figures, asserts nothing.
-// Usage: sweep_bench [model cluster gpus gbs max_points jobs [fidelity,...]]
+// Usage: sweep_bench [model cluster gpus gbs max_points jobs [fidelity,...] [results_dir]]
 //   default: llama3-8b h100-superpod 64 256 6 2 analytic,flow
+// With results_dir, each fidelity's JSON lines (no timing fields: identical runs give identical bytes) are kept
+// there as <fidelity>.jsonl, to compare the results of two builds with diff.
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -35,7 +37,7 @@ double cpu_seconds() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model = "llama3-8b", cluster = "h100-superpod", fidelities = "analytic,flow";
+  std::string model = "llama3-8b", cluster = "h100-superpod", fidelities = "analytic,flow", results_dir;
   std::uint32_t gpus = 64, gbs = 256;
   std::size_t max_points = 6;
   unsigned jobs = 2;
@@ -47,8 +49,9 @@ int main(int argc, char** argv) {
     max_points = static_cast<std::size_t>(std::atoi(argv[5]));
     jobs = static_cast<unsigned>(std::atoi(argv[6]));
     if (argc >= 8) fidelities = argv[7];
+    if (argc >= 9) results_dir = argv[8];
   } else if (argc != 1) {
-    std::fprintf(stderr, "usage: sweep_bench [model cluster gpus gbs max_points jobs [fidelity,...]]\n");
+    std::fprintf(stderr, "usage: sweep_bench [model cluster gpus gbs max_points jobs [fidelity,...] [results_dir]]\n");
     return 2;
   }
   try {
@@ -90,6 +93,11 @@ int main(int argc, char** argv) {
           "(%.1f configurations/s on 2 idle cores)\n",
           fidelity.c_str(), points.size(), ok, wall, static_cast<double>(points.size()) / wall, cpu,
           1e3 * cpu / static_cast<double>(points.size()), 2.0 * static_cast<double>(points.size()) / cpu);
+      if (!results_dir.empty()) {
+        std::filesystem::create_directories(results_dir);
+        std::filesystem::copy_file(opts.output, std::filesystem::path(results_dir) / (fidelity + ".jsonl"),
+                                   std::filesystem::copy_options::overwrite_existing);
+      }
       for (const auto& r : results) {
         std::printf("    %-32s %-12s %s\n", r.point.layout.describe().c_str(), r.status.c_str(),
                     r.status == "ok" ? std::to_string(r.step_time_s).c_str() : r.reason.substr(0, 90).c_str());

@@ -661,6 +661,7 @@ struct Ctx {
   std::vector<CommId> ep_of, etp_of, tpep_of, edp_of;  // MoE expert layout (kNone where unused)
   std::vector<std::vector<std::string>> layer_param_names;  // [layer] -> parameter names (param-gather waits)
   bool recompute_full = false, recompute_selective = false;
+  bool op_names = true;  // LowerOptions::op_names
 };
 
 constexpr CommId kNone = 0xFFFFFFFFu;
@@ -717,8 +718,15 @@ std::vector<std::uint64_t> ep_split(const Dims& k, std::uint64_t total) {
 
 class RankLowering {
  public:
-  RankLowering(const Ctx& ctx, RankId rank)
-      : x_(ctx), k_(ctx.k), rank_(rank), co_(coords_of(ctx.k, rank)), eco_(expert_coords_of(ctx.k, rank)) {
+  /// Appends the rank's ops to `out` (the schedule's ops: ids are global, the rank's first op is out.size()).
+  RankLowering(const Ctx& ctx, RankId rank, std::vector<schedule::Op>& out)
+      : x_(ctx),
+        k_(ctx.k),
+        rank_(rank),
+        co_(coords_of(ctx.k, rank)),
+        ops_(out),
+        first_op_(static_cast<OpId>(out.size())),
+        eco_(expert_coords_of(ctx.k, rank)) {
     fwd_recv_.resize(k_.v);
     bwd_recv_.resize(k_.v);
     aq_ = k_.nq;
@@ -726,16 +734,12 @@ class RankLowering {
     adh_ = k_.dh;
   }
 
-  std::vector<schedule::Op> run();
+  void run();
 
  private:
   // ---- op emission ----
   OpId emit(StreamId stream, std::string name, Body body, std::vector<OpId> deps, schedule::Tags tags) {
-    schedule::Op op;
-    op.id = static_cast<OpId>(ops_.size());
-    op.rank = rank_;
-    op.stream = stream;
-    op.name = std::move(name);
+    const auto id = static_cast<OpId>(ops_.size());
     const bool on_gpu = std::holds_alternative<Compute>(body) || std::holds_alternative<schedule::Collective>(body) ||
                         std::holds_alternative<schedule::Send>(body) || std::holds_alternative<schedule::Recv>(body);
     if (on_gpu && stream == x_.st.compute) {
@@ -744,12 +748,10 @@ class RankLowering {
     }
     std::sort(deps.begin(), deps.end());
     deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
-    op.deps = std::move(deps);
-    op.body = std::move(body);
-    op.tags = std::move(tags);
-    if (stream == x_.st.compute && std::holds_alternative<Compute>(op.body)) last_compute_ = op.id;
-    ops_.push_back(std::move(op));
-    return ops_.back().id;
+    if (stream == x_.st.compute && std::holds_alternative<Compute>(body)) last_compute_ = id;
+    // Built in place, field by field in declaration order.
+    ops_.emplace_back(id, rank_, stream, std::move(name), std::move(deps), std::move(body), std::move(tags));
+    return id;
   }
   schedule::Tags tags(Phase ph, std::string overlap = {}) const {
     schedule::Tags t;
@@ -761,6 +763,7 @@ class RankLowering {
     return t;
   }
   std::string nm(const std::string& what) const {
+    if (!x_.op_names) return {};
     std::string s;
     if (cur_layer_ >= 0) s += "L" + str(static_cast<std::uint64_t>(cur_layer_)) + ".";
     if (cur_mb_ >= 0) s += "mb" + str(static_cast<std::uint64_t>(cur_mb_)) + ".";
@@ -2021,7 +2024,7 @@ class RankLowering {
     prefix_.clear();
     if (F && post_f != nullptr) {  // post_forward on the comm stream: after the F chain and the comm stream's work
       std::vector<OpId> after = f.ev;
-      for (OpId i = static_cast<OpId>(ops_.size()); i-- > 0;) {
+      for (OpId i = static_cast<OpId>(ops_.size()); i-- > first_op_;) {
         if (gpu_op_on(i, x_.st.ep)) {
           after.push_back(i);
           break;
@@ -2224,7 +2227,8 @@ class RankLowering {
   const Dims& k_;
   RankId rank_;
   Coords co_;
-  std::vector<schedule::Op> ops_;
+  std::vector<schedule::Op>& ops_;  // the schedule's ops, this rank's from first_op_ on
+  OpId first_op_;
   std::vector<OpId> pending_;  // deps the next compute-stream op takes (stream wait_event)
   OpId last_compute_ = schedule::kNoOp;
   OpId last_fwd_output_ = schedule::kNoOp;
@@ -2501,7 +2505,7 @@ void RankLowering::finalize_and_optimize() {
   if (!pending_.empty()) elementwise("step_end", 0, Phase::kOptim);
 }
 
-std::vector<schedule::Op> RankLowering::run() {
+void RankLowering::run() {
   bucket_state_.resize(k_.v);
   first_fwd_mb_.assign(k_.v, 0);
   for (std::uint32_t c = 0; c < k_.v; ++c) bucket_state_[c].resize(buckets(c).size());
@@ -2521,7 +2525,6 @@ std::vector<schedule::Op> RankLowering::run() {
                     c);
   }
   finalize_and_optimize();
-  return std::move(ops_);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -2750,6 +2753,7 @@ std::vector<std::string> check_config(const ModelSpec& model, const RunConfig& c
 Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& options) {
   Lowered out;
   Ctx x = build_ctx(model, cfg, out.warnings);
+  x.op_names = options.op_names;
   const Dims& k = x.k;
   const std::uint32_t world = cfg.world_size;
   schedule::Schedule& s = out.schedule;
@@ -2938,14 +2942,9 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
 
   // Ops, rank by rank (each rank is a function of its coordinates alone, so only present ranks are built).
   for (RankId r : s.ranks) {
-    auto ops = RankLowering(x, r).run();
-    const auto base = static_cast<OpId>(s.ops.size());
-    for (auto& op : ops) {
-      op.id += base;
-      for (auto& d : op.deps) d += base;
-      if (auto* hs = std::get_if<schedule::HostSync>(&op.body)) hs->target += base;
-      s.ops.push_back(std::move(op));
-    }
+    RankLowering(x, r, s.ops).run();
+    // Ranks lower to about as many ops each: room for all of them once the first is known.
+    if (r == s.ranks.front()) s.ops.reserve(s.ops.size() * s.ranks.size() + s.ops.size() / 8);
     out.memory_per_rank.push_back(estimate_memory(x, r));
   }
   for (const auto& m : out.memory_per_rank) {

@@ -93,6 +93,10 @@ struct LowerOptions {
   /// communicator and tag): by symmetry the transfer a rank receives starts when its own does. Only the analytic
   /// resource model times such mirrored pairs (sim::simulate rejects them for flow).
   bool mirror_tp = false;
+  /// Give every op its human-readable name ("L3.mb2.qkv_fprop"). Off, names are left empty: for callers that only
+  /// simulate and analyze the schedule (sweeps), which then name ops by id in their errors. Execution, costs and
+  /// results do not depend on names.
+  bool op_names = true;
 };
 
 /// Lowers one step. Throws twinstep::Error naming the rule and the fix when the config is invalid

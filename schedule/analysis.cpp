@@ -12,6 +12,7 @@
 #include <string>
 #include <utility>
 
+#include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/units.hpp"
 #include "schedule/kernel_math.hpp"
@@ -39,18 +40,39 @@ struct Event {
 
 struct RankAccum {
   Nanos compute = 0, host = 0, bubble = 0, busy_comm = 0;
-  std::map<std::string, Nanos> exposed;
+  std::vector<Nanos> exposed;  ///< By communicator kind index.
 };
 
-RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<std::string>& kind_of_op) {
-  // Events at equal t are all applied before the next interval is accounted, so their order does not matter for
-  // the counters; for the transfer set every interval has positive length, so its begin sorts before its end.
-  std::sort(ev.begin(), ev.end(), [](const Event& a, const Event& b) {
-    return a.t != b.t ? a.t < b.t : (a.delta != b.delta ? a.delta > b.delta : a.op < b.op);
-  });
+/// The transfers in flight on one rank, earliest start first (then lower op id): a handful at a time, so a sorted
+/// vector.
+class ActiveTransfers {
+ public:
+  [[nodiscard]] bool empty() const { return active_.empty(); }
+  [[nodiscard]] OpId first() const { return active_.front().second; }
+  void insert(Nanos start, OpId op) {
+    const std::pair<Nanos, OpId> key{start, op};
+    active_.insert(std::lower_bound(active_.begin(), active_.end(), key), key);
+  }
+  void erase(Nanos start, OpId op) {
+    const std::pair<Nanos, OpId> key{start, op};
+    const auto it = std::lower_bound(active_.begin(), active_.end(), key);
+    if (it != active_.end() && *it == key) active_.erase(it);
+  }
+
+ private:
+  std::vector<std::pair<Nanos, OpId>> active_;
+};
+
+RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<std::uint32_t>& kind_of_op,
+                std::size_t num_kinds) {
+  // Events at equal t are all applied before the next interval is accounted, so their order among themselves does
+  // not matter: the counters only add up, and a transfer's begin and end never share a t (every transfer interval
+  // has positive length). Sorting by time alone is therefore enough.
+  std::sort(ev.begin(), ev.end(), [](const Event& a, const Event& b) { return a.t < b.t; });
   RankAccum acc;
+  acc.exposed.assign(num_kinds, 0);
   int compute = 0, wait = 0, host = 0;
-  std::set<std::pair<Nanos, OpId>> transfers;  // active, earliest start first, then lower op id
+  ActiveTransfers transfers;
   Nanos now = t0;
   std::size_t i = 0;
   auto account = [&](Nanos until) {
@@ -60,7 +82,7 @@ RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<st
     if (compute > 0) {
       acc.compute += d;
     } else if (!transfers.empty()) {
-      acc.exposed[kind_of_op[transfers.begin()->second]] += d;
+      acc.exposed[kind_of_op[transfers.first()]] += d;
     } else if (wait > 0) {
       acc.bubble += d;
     } else if (host > 0) {
@@ -87,9 +109,9 @@ RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<st
           break;
         case Ev::kTransfer:
           if (e.delta > 0) {
-            transfers.emplace(e.key_start, e.op);
+            transfers.insert(e.key_start, e.op);
           } else {
-            transfers.erase({e.key_start, e.op});
+            transfers.erase(e.key_start, e.op);
           }
           break;
       }
@@ -102,6 +124,11 @@ RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<st
 }  // namespace
 
 Breakdown analyze(const Trace& trace) {
+  if (trace.records.empty()) return Breakdown{};
+  return analyze(trace, match(trace.schedule));
+}
+
+Breakdown analyze(const Trace& trace, const Matching& m) {
   const Schedule& s = trace.schedule;
   Breakdown b;
   if (trace.records.empty()) return b;
@@ -119,27 +146,82 @@ Breakdown analyze(const Trace& trace) {
                 std::to_string(t1) + " ns): the trace's times are corrupt");
   }
   b.step_time_s = to_seconds(span);
-  const Matching m = match(s);
+  TWINSTEP_ASSERT(m.instance_of.size() == s.ops.size() && m.partner.size() == s.ops.size(),
+                  "analyze: the matching is not the schedule's");
 
-  std::vector<std::string> kind_of_op(s.ops.size());
-  std::map<RankId, std::vector<Event>> events;  // ascending rank
-  const std::set<RankId> present(s.ranks.begin(), s.ranks.end());
-  for (RankId r : s.ranks) events[r];
-  std::map<RankId, std::vector<OpId>> program;  // ops of each rank that have records, in program order
+  // Communicator kinds by index ("?" for an op on a communicator that does not exist); per op, its kind's index.
+  std::vector<std::string> kinds;
+  std::vector<std::uint32_t> kind_of_comm(s.communicators.size());
+  auto kind_index = [&](const std::string& kind) {
+    const auto it = std::find(kinds.begin(), kinds.end(), kind);
+    if (it != kinds.end()) return static_cast<std::uint32_t>(it - kinds.begin());
+    kinds.push_back(kind);
+    return static_cast<std::uint32_t>(kinds.size() - 1);
+  };
+  for (std::size_t c = 0; c < s.communicators.size(); ++c) kind_of_comm[c] = kind_index(s.communicators[c].kind);
+  std::uint32_t unknown_kind = UINT32_MAX;
+  std::vector<std::uint32_t> kind_of_op(s.ops.size(), UINT32_MAX);
+
+  // Present ranks, ascending, by dense index.
+  std::vector<std::uint32_t> rank_index;
+  for (RankId r : s.ranks) {
+    if (r >= rank_index.size()) rank_index.resize(std::size_t{r} + 1, UINT32_MAX);
+    rank_index[r] = 0;
+  }
+  std::vector<RankId> ranks;
+  for (std::size_t r = 0; r < rank_index.size(); ++r) {
+    if (rank_index[r] != UINT32_MAX) {
+      rank_index[r] = static_cast<std::uint32_t>(ranks.size());
+      ranks.push_back(static_cast<RankId>(r));
+    }
+  }
+  auto index_of = [&](RankId r) { return r < rank_index.size() ? rank_index[r] : UINT32_MAX; };
+  std::vector<std::vector<Event>> events(ranks.size());
+  // Busy intervals of one kind (compute, host) are only counted, so two that abut ([a, b) and [b, c)) count exactly
+  // as one [a, c): at b the end and the begin would cancel within one time step. Each rank's last end event of the
+  // kind is extended instead of adding an abutting pair, which removes most events (kernels back to back on a stream,
+  // the host thread busy from one issue to the next).
+  constexpr std::size_t kNoEvent = SIZE_MAX;
+  std::vector<std::size_t> last_compute_end(ranks.size(), kNoEvent);
+  auto add_busy = [](std::vector<Event>& ev, std::size_t& last_end, Ev type, Nanos begin, Nanos end, OpId id) {
+    if (last_end != kNoEvent && ev[last_end].t == begin) {
+      ev[last_end].t = end;
+      return;
+    }
+    ev.push_back({begin, +1, type, 0, id});
+    ev.push_back({end, -1, type, 0, id});
+    last_end = ev.size() - 1;
+  };
+  // Host thread: busy from each op's issue to the next op's issue, except while a host_sync waits. The ops of a rank
+  // come in its program order, so an op's interval is known when the rank's next op with a record is reached.
+  std::vector<OpId> previous(ranks.size(), kNoOp);  // per rank: the last op with a record so far
+  std::vector<std::size_t> last_host_end(ranks.size(), kNoEvent);
+  auto host_interval = [&](std::uint32_t ri, OpId id, Nanos busy_end) {
+    const OpRecord& r = trace.records[rec_of[id]];
+    auto& ev = events[ri];
+    if (std::holds_alternative<HostSync>(s.ops[id].body)) {
+      // issue .. wait start is busy; the wait itself is not; wait end .. next issue is busy again.
+      const Nanos ws = std::clamp(r.start_ns, r.issue_ns, std::max(r.issue_ns, busy_end));
+      const Nanos we = std::clamp(r.end_ns, ws, std::max(ws, busy_end));
+      if (ws > r.issue_ns) add_busy(ev, last_host_end[ri], Ev::kHost, r.issue_ns, ws, id);
+      if (busy_end > we) add_busy(ev, last_host_end[ri], Ev::kHost, we, busy_end, id);
+    } else if (busy_end > r.issue_ns) {
+      add_busy(ev, last_host_end[ri], Ev::kHost, r.issue_ns, busy_end, id);
+    }
+  };
   for (std::size_t o = 0; o < s.ops.size(); ++o) {
     const Op& op = s.ops[o];
-    if (present.count(op.rank) == 0) continue;
+    const std::uint32_t ri = index_of(op.rank);
+    if (ri == UINT32_MAX) continue;
     b.flops += op_flops(op);
     if (rec_of[o] == SIZE_MAX) continue;
     const OpRecord& r = trace.records[rec_of[o]];
     const auto id = static_cast<OpId>(o);
-    auto& ev = events[op.rank];
-    program[op.rank].push_back(id);
+    auto& ev = events[ri];
+    if (previous[ri] != kNoOp) host_interval(ri, previous[ri], r.issue_ns);
+    previous[ri] = id;
     if (std::holds_alternative<Compute>(op.body)) {
-      if (r.end_ns > r.start_ns) {
-        ev.push_back({r.start_ns, +1, Ev::kCompute, 0, id});
-        ev.push_back({r.end_ns, -1, Ev::kCompute, 0, id});
-      }
+      if (r.end_ns > r.start_ns) add_busy(ev, last_compute_end[ri], Ev::kCompute, r.start_ns, r.end_ns, id);
     } else if (std::holds_alternative<Collective>(op.body) || std::holds_alternative<Send>(op.body) ||
                std::holds_alternative<Recv>(op.body)) {
       CommId comm = 0;
@@ -157,7 +239,12 @@ Breakdown analyze(const Trace& trace) {
         const OpId p = m.partner[o];
         if (p != kNoOp && rec_of[p] != SIZE_MAX) arrived = std::max(arrived, trace.records[rec_of[p]].start_ns);
       }
-      kind_of_op[o] = comm < s.communicators.size() ? s.communicators[comm].kind : "?";
+      if (comm < s.communicators.size()) {
+        kind_of_op[o] = kind_of_comm[comm];
+      } else {
+        if (unknown_kind == UINT32_MAX) unknown_kind = kind_index("?");
+        kind_of_op[o] = unknown_kind;
+      }
       arrived = std::min(arrived, r.end_ns);
       if (arrived > r.start_ns) {
         ev.push_back({r.start_ns, +1, Ev::kWait, 0, id});
@@ -170,43 +257,24 @@ Breakdown analyze(const Trace& trace) {
       }
     }
   }
-  // Host thread: busy from each op's issue to the next op's issue, except while a host_sync waits.
-  for (auto& [rank, ops] : program) {
-    auto& ev = events[rank];
-    for (std::size_t k = 0; k < ops.size(); ++k) {
-      const Op& op = s.ops[ops[k]];
-      const OpRecord& r = trace.records[rec_of[ops[k]]];
-      Nanos busy_end = r.issue_ns;
-      if (k + 1 < ops.size()) {
-        busy_end = trace.records[rec_of[ops[k + 1]]].issue_ns;
-      } else if (std::holds_alternative<Host>(op.body)) {
-        busy_end = r.end_ns;
-      }
-      if (std::holds_alternative<HostSync>(op.body)) {
-        // issue .. wait start is busy; the wait itself is not; wait end .. next issue is busy again.
-        const Nanos ws = std::clamp(r.start_ns, r.issue_ns, std::max(r.issue_ns, busy_end));
-        const Nanos we = std::clamp(r.end_ns, ws, std::max(ws, busy_end));
-        if (ws > r.issue_ns)
-          ev.push_back({r.issue_ns, +1, Ev::kHost, 0, ops[k]}), ev.push_back({ws, -1, Ev::kHost, 0, ops[k]});
-        if (busy_end > we)
-          ev.push_back({we, +1, Ev::kHost, 0, ops[k]}), ev.push_back({busy_end, -1, Ev::kHost, 0, ops[k]});
-      } else if (busy_end > r.issue_ns) {
-        ev.push_back({r.issue_ns, +1, Ev::kHost, 0, ops[k]});
-        ev.push_back({busy_end, -1, Ev::kHost, 0, ops[k]});
-      }
-    }
+  for (std::uint32_t ri = 0; ri < ranks.size(); ++ri) {  // each rank's last op: busy until its issue (host: end)
+    const OpId last = previous[ri];
+    if (last == kNoOp) continue;
+    const OpRecord& r = trace.records[rec_of[last]];
+    host_interval(ri, last, std::holds_alternative<Host>(s.ops[last].body) ? r.end_ns : r.issue_ns);
   }
 
-  std::map<std::string, double> mean_exposed;
-  for (auto& [rank, ev] : events) {
-    const RankAccum a = sweep(ev, t0, t1, kind_of_op);
+  for (std::size_t ri = 0; ri < ranks.size(); ++ri) {
+    const RankAccum a = sweep(events[ri], t0, t1, kind_of_op, kinds.size());
     RankBreakdown rb;
-    rb.rank = rank;
+    rb.rank = ranks[ri];
     rb.compute_s = to_seconds(a.compute);
     rb.host_bound_s = to_seconds(a.host);
     rb.bubble_s = to_seconds(a.bubble);
     rb.busy_comm_s = to_seconds(a.busy_comm);
-    for (const auto& [kind, ns] : a.exposed) rb.exposed_comm_s[kind] = to_seconds(ns);
+    for (std::size_t kind = 0; kind < kinds.size(); ++kind) {
+      if (a.exposed[kind] > 0) rb.exposed_comm_s[kinds[kind]] = to_seconds(a.exposed[kind]);
+    }
     b.ranks.push_back(rb);
   }
   const double n = b.ranks.empty() ? 1.0 : static_cast<double>(b.ranks.size());

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "schedule/matching.hpp"
 #include "schedule/trace.hpp"
 
 namespace twinstep::schedule {
@@ -37,6 +38,10 @@ struct Breakdown {
 };
 
 [[nodiscard]] Breakdown analyze(const Trace& trace);
+
+/// analyze() with the schedule's matching (schedule::match of trace.schedule) already at hand, e.g. from the
+/// simulation that produced the trace (sim::Options::matching_out).
+[[nodiscard]] Breakdown analyze(const Trace& trace, const Matching& matching);
 
 /// The human table `twinstep analyze` prints: step time, then the mean breakdown and one row per rank
 /// (at most `max_rank_rows`, the slowest-compute ranks first if more).

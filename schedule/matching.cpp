@@ -6,12 +6,33 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <map>
-#include <tuple>
 #include <unordered_map>
 #include <utility>
 
 namespace twinstep::schedule {
+
+namespace {
+
+/// A transfer's matching key: communicator, sender, receiver, tag.
+struct P2PKey {
+  CommId comm;
+  RankId from, to;
+  std::uint32_t tag;
+  bool operator==(const P2PKey&) const = default;
+};
+
+struct P2PKeyHash {
+  std::size_t operator()(const P2PKey& k) const {
+    std::size_t h = 1469598103934665603ull;
+    for (std::uint64_t v : {std::uint64_t{k.comm}, std::uint64_t{k.from}, std::uint64_t{k.to}, std::uint64_t{k.tag}}) {
+      h ^= v;
+      h *= 1099511628211ull;
+    }
+    return h;
+  }
+};
+
+}  // namespace
 
 Matching match(const Schedule& schedule) {
   const std::size_t n = schedule.ops.size();
@@ -19,17 +40,14 @@ Matching match(const Schedule& schedule) {
   m.instance_of.assign(n, UINT32_MAX);
   m.partner.assign(n, kNoOp);
 
-  // Per communicator: rank -> position, and per position the collective ops in program order.
+  // Per communicator with collectives: rank -> position, and per position the collective ops in program order.
+  // Built on first use: a reduced schedule touches few of the world's communicators.
   const std::size_t ncomm = schedule.communicators.size();
   std::vector<std::unordered_map<RankId, std::uint32_t>> position(ncomm);  // lookups only
   std::vector<std::vector<std::vector<OpId>>> seqs(ncomm);
-  for (std::size_t c = 0; c < ncomm; ++c) {
-    const auto& members = schedule.communicators[c].members;
-    seqs[c].resize(members.size());
-    for (std::size_t i = 0; i < members.size(); ++i) position[c].emplace(members[i], static_cast<std::uint32_t>(i));
-  }
-  using P2PKey = std::tuple<CommId, RankId, RankId, std::uint32_t>;  // comm, sender, receiver, tag
-  std::map<P2PKey, std::pair<std::vector<OpId>, std::vector<OpId>>> p2p;
+  std::vector<std::uint8_t> used(ncomm, 0);
+  // Sends and recvs per key, in program order; keys are looked up only, each key's lists pair on their own.
+  std::unordered_map<P2PKey, std::pair<std::vector<OpId>, std::vector<OpId>>, P2PKeyHash> p2p;
   std::vector<bool> present;
   for (RankId r : schedule.ranks) {
     if (r >= present.size()) present.resize(std::size_t{r} + 1, false);
@@ -42,6 +60,14 @@ Matching match(const Schedule& schedule) {
     const auto id = static_cast<OpId>(i);
     if (const auto* col = std::get_if<Collective>(&op.body)) {
       if (col->comm >= ncomm) continue;
+      if (used[col->comm] == 0) {
+        used[col->comm] = 1;
+        const auto& members = schedule.communicators[col->comm].members;
+        seqs[col->comm].resize(members.size());
+        for (std::size_t k = 0; k < members.size(); ++k) {
+          position[col->comm].emplace(members[k], static_cast<std::uint32_t>(k));
+        }
+      }
       auto it = position[col->comm].find(op.rank);
       if (it == position[col->comm].end()) continue;
       seqs[col->comm][it->second].push_back(id);

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <map>
 #include <queue>
+#include <type_traits>
+#include <unordered_map>
 
 #include "common/assert.hpp"
 #include "sim/connections.hpp"
@@ -42,6 +44,7 @@ struct Act {
   Nanos last_ns = 0;
   Nanos done_ns = 0;
   std::uint32_t version = 0;
+  bool queued = false;  ///< Its current (done_ns, id) is in the heap under `version`.
   std::uint32_t mark = 0;
 };
 
@@ -67,6 +70,91 @@ struct HeapEntry {
   bool operator>(const HeapEntry& o) const { return time != o.time ? time > o.time : id > o.id; }
 };
 
+/// Mixes `v` into the hash `h` (64-bit FNV-1a style, word by word).
+void mix(std::size_t& h, std::uint64_t v) {
+  h ^= v;
+  h *= 1099511628211ull;
+}
+
+/// Hash of a compute op's kernel and SM reservation, for the per-simulation kernel cost cache.
+struct ComputeHash {
+  std::size_t operator()(const schedule::Compute& c) const {
+    std::size_t h = 1469598103934665603ull;
+    mix(h, c.kernel.index());
+    mix(h, c.sm_count);
+    std::visit(
+        [&](const auto& k) {
+          using T = std::decay_t<decltype(k)>;
+          if constexpr (std::is_same_v<T, schedule::Gemm>) {
+            mix(h, k.m), mix(h, k.n), mix(h, k.k), mix(h, k.batch), mix(h, static_cast<std::uint64_t>(k.dtype));
+          } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
+            for (auto m : k.m) mix(h, m);
+            mix(h, k.n), mix(h, k.k), mix(h, static_cast<std::uint64_t>(k.dtype));
+          } else if constexpr (std::is_same_v<T, schedule::Attention>) {
+            mix(h, k.batch), mix(h, k.heads_q), mix(h, k.heads_kv), mix(h, k.seq_q), mix(h, k.seq_kv);
+            mix(h, k.head_dim), mix(h, (k.causal ? 1u : 0u) | (k.backward ? 2u : 0u));
+            mix(h, static_cast<std::uint64_t>(k.dtype));
+          } else if constexpr (std::is_same_v<T, schedule::Elementwise>) {
+            mix(h, k.bytes), mix(h, k.flops);
+          } else if constexpr (std::is_same_v<T, schedule::Optimizer>) {
+            mix(h, k.params), mix(h, static_cast<std::uint64_t>(k.param_dtype));
+          } else {
+            mix(h, k.bytes), mix(h, static_cast<std::uint64_t>(k.kind));
+          }
+        },
+        c.kernel);
+    return h;
+  }
+};
+
+/// A collective's cost inputs besides its communicator's span (which is fixed per communicator).
+struct CollectiveKey {
+  schedule::CommId comm = 0;
+  schedule::CollectiveKind kind = schedule::CollectiveKind::kAllReduce;
+  std::uint64_t bytes = 0;
+  bool operator==(const CollectiveKey&) const = default;
+};
+
+struct CollectiveKeyHash {
+  std::size_t operator()(const CollectiveKey& k) const {
+    std::size_t h = 1469598103934665603ull;
+    mix(h, k.comm), mix(h, static_cast<std::uint64_t>(k.kind)), mix(h, k.bytes);
+    return h;
+  }
+};
+
+/// A transfer's cost inputs (CostModel::p2p_cost).
+struct P2PKey {
+  std::uint64_t bytes = 0;
+  schedule::RankId from = 0, to = 0;
+  bool operator==(const P2PKey&) const = default;
+};
+
+struct P2PKeyHash {
+  std::size_t operator()(const P2PKey& k) const {
+    std::size_t h = 1469598103934665603ull;
+    mix(h, k.bytes), mix(h, k.from), mix(h, k.to);
+    return h;
+  }
+};
+
+/// What the analytic model keeps of each op, together (the run visits ops rank by rank, interleaved).
+struct OpInfo {
+  std::uint32_t gpu = 0;            ///< Its rank.
+  std::uint32_t info = UINT32_MAX;  ///< Compute: its index in kernels_; communication: in comms_.
+  std::uint32_t waiting_sms = 0;    ///< SMs it holds while waiting for its peers (communication; 0: none).
+};
+
+/// What the analytic model reads of a communication op (collective, send, recv).
+struct CommInfo {
+  enum class Op : std::uint8_t { kCollective, kSend, kRecv } op = Op::kCollective;
+  schedule::CollectiveKind kind = schedule::CollectiveKind::kAllReduce;  ///< Collectives only.
+  schedule::CommId comm = 0;
+  std::uint64_t bytes = 0;
+  std::uint32_t sm_count = 0;  ///< Collectives only.
+  schedule::RankId peer = 0;   ///< Sends and recvs only.
+};
+
 void erase_value(std::vector<std::uint32_t>& v, std::uint32_t x) {
   auto it = std::find(v.begin(), v.end(), x);
   TWINSTEP_ASSERT(it != v.end(), "slot %u not registered", x);
@@ -79,7 +167,25 @@ class AnalyticModel final : public GpuSharingModel {
   /// `external_comms`: communication activities are timed by the caller (GpuSharingModel); see resource_model.hpp.
   AnalyticModel(const SimContext& ctx, bool external_comms) : ctx_(ctx), external_(external_comms) {
     if (external_) slot_of_.assign(ctx.schedule.ops.size(), UINT32_MAX);
-    waiting_sms_.assign(ctx.schedule.ops.size(), 0);
+    // What the run needs of each op, read in one pass over the ops in order (the run visits them rank by rank, where
+    // each first read of an op would be a cache miss): its GPU, a compute op's kernel cost (looked up once per
+    // distinct kernel), a communication op's sizes.
+    const auto& ops = ctx.schedule.ops;
+    op_.assign(ops.size(), OpInfo{});
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+      op_[i].gpu = ops[i].rank;
+      const auto& body = ops[i].body;
+      if (const auto* c = std::get_if<schedule::Compute>(&body)) {
+        op_[i].info = kernel_index(*c);
+      } else if (const auto* coll = std::get_if<schedule::Collective>(&body)) {
+        op_[i].info =
+            add_comm_info({CommInfo::Op::kCollective, coll->kind, coll->comm, coll->bytes, coll->sm_count, 0});
+      } else if (const auto* send = std::get_if<schedule::Send>(&body)) {
+        op_[i].info = add_comm_info({CommInfo::Op::kSend, {}, send->comm, send->bytes, 0, send->peer});
+      } else if (const auto* recv = std::get_if<schedule::Recv>(&body)) {
+        op_[i].info = add_comm_info({CommInfo::Op::kRecv, {}, recv->comm, recv->bytes, 0, recv->peer});
+      }
+    }
     gpus_.resize(ctx.cluster.num_gpus());
     span_cache_.resize(ctx.schedule.communicators.size());
     span_known_.assign(ctx.schedule.communicators.size(), 0);
@@ -94,6 +200,7 @@ class AnalyticModel final : public GpuSharingModel {
     act.id = id;
     act.kind = a.kind;
     act.active = true;
+    act.queued = false;
     act.remaining = 1.0;
     act.last_ns = now;
     act.gpus.clear();
@@ -102,11 +209,9 @@ class AnalyticModel final : public GpuSharingModel {
     ++running_;
     ++epoch_;
     affected_.clear();
-    const auto& ops = ctx_.schedule.ops;
     if (a.kind == ActivityKind::kCompute) {
-      const auto& c = std::get<schedule::Compute>(ops[a.op].body);
-      act.kernel = ctx_.costs.kernel_cost(c);
-      act.gpu = ops[a.op].rank;
+      act.kernel = kernels_[op_[a.op].info];
+      act.gpu = op_[a.op].gpu;
       Gpu& g = gpus_[act.gpu];
       act.fused = act.kernel.reserved_sms > 0;
       if (act.fused) {
@@ -129,7 +234,7 @@ class AnalyticModel final : public GpuSharingModel {
       act.comm = comm_cost(a, act.gpus, act.nic_connections);
       if (a.kind == ActivityKind::kCollective) {
         // A fused communication kernel holds its own SM budget instead of one CTA per NCCL channel.
-        const auto& coll = std::get<schedule::Collective>(ctx_.schedule.ops[a.op].body);
+        const CommInfo& coll = comm_info(a.op);
         if (coll.sm_count > 0) act.comm.channels = coll.sm_count;
       }
       act.one_way = a.kind == ActivityKind::kPointToPoint && act.gpus.size() == 2;
@@ -170,25 +275,29 @@ class AnalyticModel final : public GpuSharingModel {
   void comm_waiting(OpId op, Nanos now) override {
     const double per_channel = ctx_.costs.profile().interference.waiting_sms_per_channel;
     if (per_channel <= 0) return;
-    const auto& o = ctx_.schedule.ops[op];
+    const std::uint32_t gpu = op_[op].gpu;
+    const CommInfo& c = comm_info(op);
     std::uint32_t channels = 0;
-    if (const auto* s = std::get_if<schedule::Send>(&o.body)) {
-      channels = ctx_.costs.p2p_cost(static_cast<double>(s->bytes), o.rank, s->peer).channels;
-    } else if (const auto* r = std::get_if<schedule::Recv>(&o.body)) {
-      channels = ctx_.costs.p2p_cost(static_cast<double>(r->bytes), r->peer, o.rank).channels;
-    } else if (const auto* c = std::get_if<schedule::Collective>(&o.body)) {
-      channels = c->sm_count > 0 ? c->sm_count
-                 : c->kind == schedule::CollectiveKind::kAllToAll
-                     ? ctx_.costs.profile().nccl.p2p_channels_nvlink
-                     : ctx_.costs.collective_cost(c->kind, static_cast<double>(c->bytes), span_of(c->comm)).channels;
+    switch (c.op) {
+      case CommInfo::Op::kCollective:
+        channels = c.sm_count > 0                                  ? c.sm_count
+                   : c.kind == schedule::CollectiveKind::kAllToAll ? ctx_.costs.profile().nccl.p2p_channels_nvlink
+                                                                   : collective_cost(c.kind, c.bytes, c.comm).channels;
+        break;
+      case CommInfo::Op::kSend:
+        channels = p2p_cost(c.bytes, gpu, c.peer).channels;
+        break;
+      case CommInfo::Op::kRecv:
+        channels = p2p_cost(c.bytes, c.peer, gpu).channels;
+        break;
     }
     channels = static_cast<std::uint32_t>(std::lround(channels * per_channel));
-    if (channels == 0 || waiting_sms_[op] != 0) return;
+    if (channels == 0 || op_[op].waiting_sms != 0) return;
     ++epoch_;
     affected_.clear();
-    waiting_sms_[op] = channels;
-    gpus_[o.rank].held_sms += channels;
-    touch_compute(o.rank);
+    op_[op].waiting_sms = channels;
+    gpus_[gpu].held_sms += channels;
+    touch_compute(gpu);
     for (std::uint32_t s : affected_) retime(s, now);
   }
 
@@ -259,29 +368,62 @@ class AnalyticModel final : public GpuSharingModel {
     return span_cache_[comm];
   }
 
+  // The cost model's functions are pure: ops of one shape (every micro-batch and layer repeats them) look their
+  // costs up once per simulation.
+  std::uint32_t kernel_index(const schedule::Compute& c) {
+    auto it = kernel_index_.find(c);
+    if (it == kernel_index_.end()) {
+      it = kernel_index_.emplace(c, static_cast<std::uint32_t>(kernels_.size())).first;
+      kernels_.push_back(ctx_.costs.kernel_cost(c));
+    }
+    return it->second;
+  }
+  const CommCost& collective_cost(schedule::CollectiveKind kind, std::uint64_t bytes, schedule::CommId comm) {
+    const CollectiveKey key{comm, kind, bytes};
+    auto it = collective_costs_.find(key);
+    if (it == collective_costs_.end()) {
+      it = collective_costs_.emplace(key, ctx_.costs.collective_cost(kind, static_cast<double>(bytes), span_of(comm)))
+               .first;
+    }
+    return it->second;
+  }
+
+  std::uint32_t add_comm_info(const CommInfo& c) {
+    comms_.push_back(c);
+    return static_cast<std::uint32_t>(comms_.size() - 1);
+  }
+  const CommInfo& comm_info(OpId op) const { return comms_[op_[op].info]; }
+  const CommCost& p2p_cost(std::uint64_t bytes, schedule::RankId from, schedule::RankId to) {
+    const P2PKey key{bytes, from, to};
+    auto it = p2p_costs_.find(key);
+    if (it == p2p_costs_.end())
+      it = p2p_costs_.emplace(key, ctx_.costs.p2p_cost(static_cast<double>(bytes), from, to)).first;
+    return it->second;
+  }
+
   CommCost comm_cost(const Activity& a, std::vector<std::uint32_t>& gpus, double& nic_connections) {
     const auto& ops = ctx_.schedule.ops;
     const auto& cluster = ctx_.cluster;
     if (a.kind == ActivityKind::kPointToPoint) {
-      const auto& send = std::get<schedule::Send>(ops[a.op].body);
-      const auto ra = ops[a.op].rank, rb = ops[a.partner].rank;
+      const CommInfo& send = comm_info(a.op);
+      const auto ra = op_[a.op].gpu, rb = op_[a.partner].gpu;
       gpus.push_back(ra);
       // A mirrored pair (reduced schedule: send and recv on one rank, peers absent) takes the send's path and
       // occupies the rank twice, as its outgoing and its incoming transfer do in the full schedule (its NIC's
       // transmit and receive sides).
       gpus.push_back(rb);
-      const CommCost c = ctx_.costs.p2p_cost(static_cast<double>(send.bytes), ra, rb == ra ? send.peer : rb);
+      const CommCost c = p2p_cost(send.bytes, ra, rb == ra ? send.peer : rb);
       nic_connections = p2p_connections(c);
       return c;
     }
     const auto& inst = ctx_.matching.collectives[a.instance];
     for (OpId o : inst.ops) {
-      if (o != kNoOp) gpus.push_back(ops[o].rank);
+      if (o != kNoOp) gpus.push_back(op_[o].gpu);
     }
-    const auto& coll = std::get<schedule::Collective>(ops[a.op].body);
+    const CommInfo& coll = comm_info(a.op);
     const CommSpan& span = span_of(coll.comm);
     if (coll.kind != schedule::CollectiveKind::kAllToAll) {
-      const CommCost c = ctx_.costs.collective_cost(coll.kind, static_cast<double>(coll.bytes), span);
+      const CommCost c = collective_cost(coll.kind, coll.bytes, coll.comm);
       nic_connections = ring_edge_connections(c, span.per_node);  // one ring per NIC rail: one edge per NIC
       return c;
     }
@@ -346,10 +488,10 @@ class AnalyticModel final : public GpuSharingModel {
 
   /// Ends the SM hold of a waiting comm op (its activity starts); call inside an epoch, before re-timing.
   void stop_waiting(OpId op) {
-    if (op == kNoOp || waiting_sms_[op] == 0) return;
-    const std::uint32_t gpu = ctx_.schedule.ops[op].rank;
-    gpus_[gpu].held_sms -= waiting_sms_[op];
-    waiting_sms_[op] = 0;
+    if (op == kNoOp || op_[op].waiting_sms == 0) return;
+    const std::uint32_t gpu = op_[op].gpu;
+    gpus_[gpu].held_sms -= op_[op].waiting_sms;
+    op_[op].waiting_sms = 0;
     touch_compute(gpu);
   }
 
@@ -433,21 +575,30 @@ class AnalyticModel final : public GpuSharingModel {
     a.last_ns = now;
     a.ns_per_unit = current_ns(a);
     const double left_ns = a.remaining * a.ns_per_unit;
-    a.done_ns = now + static_cast<Nanos>(std::ceil(left_ns - 1e-6));
-    if (a.done_ns < now) a.done_ns = now;
+    Nanos done = now + static_cast<Nanos>(std::ceil(left_ns - 1e-6));
+    if (done < now) done = now;
+    // Its heap entry orders by (done_ns, id) only: an unchanged end keeps the entry it has.
+    if (a.queued && done == a.done_ns) return;
+    a.done_ns = done;
     ++a.version;
+    a.queued = true;
     heap_.push(HeapEntry{a.done_ns, a.id, slot, a.version});
   }
 
   const SimContext& ctx_;
   const bool external_;
-  std::vector<std::uint32_t> slot_of_;      ///< External mode: slot of each running comm activity, by op id.
-  std::vector<std::uint32_t> waiting_sms_;  ///< SMs held by a comm op waiting for its peers, by op id (0: none).
+  std::vector<std::uint32_t> slot_of_;  ///< External mode: slot of each running comm activity, by op id.
   CommCost last_comm_;
   std::vector<Act> slots_;
   std::vector<std::uint32_t> free_;
   std::vector<Gpu> gpus_;
   std::vector<CommSpan> span_cache_;
+  std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;   // lookups only
+  std::vector<KernelCost> kernels_;                                                  ///< Distinct kernels' costs.
+  std::vector<CommInfo> comms_;                                                      ///< Communication ops' sizes.
+  std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;                       // lookups only
+  std::vector<OpInfo> op_;                                                           ///< By op id.
+  std::unordered_map<CollectiveKey, CommCost, CollectiveKeyHash> collective_costs_;  // lookups only
   std::vector<std::uint8_t> span_known_;
   std::vector<std::uint32_t> affected_, finished_;
   std::vector<double> scratch_a_, scratch_b_;

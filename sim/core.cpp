@@ -39,6 +39,20 @@ OpClass class_of(const schedule::Body& b) {
 }
 static_assert(std::variant_size_v<schedule::Body> == 6, "a new op kind needs a case in class_of and in the core");
 
+/// The run's state of one op, in one cache line: the run visits the ops rank by rank, interleaved, where a dozen
+/// per-op arrays would cost a cache miss each.
+struct alignas(64) OpState {
+  Nanos issue = 0, start = 0, end = 0;
+  Nanos host_ns = 0;          ///< Launch cost (CostModel::launch_ns), or a host op's own duration.
+  std::uint32_t pending = 0;  ///< Conditions left before it runs: its issue, the op before it on its stream, deps.
+  OpId next_on_stream = kNoOp;
+  std::uint32_t dep_begin = 0, dep_end = 0;  ///< Its dependents: dependents_[dep_begin, dep_end).
+  OpId sync_waiter = kNoOp;                  ///< The host_sync waiting for it.
+  std::uint32_t link = UINT32_MAX;           ///< Collective: its instance (Matching::instance_of); send/recv: partner.
+  OpClass cls = OpClass::kCompute;
+  std::uint8_t reached = 0, completed = 0, issued = 0;
+};
+
 /// A host-thread wake-up. Completions from the resource model come first at equal times (priority 0).
 struct Wake {
   Nanos time;
@@ -75,8 +89,11 @@ class Core {
     }
     if (completed_count_ < n_ops_) throw Error(deadlock_report());
     std::vector<schedule::OpRecord> records(n_ops_);
-    for (OpId i = 0; i < n_ops_; ++i) {
-      records[i] = schedule::OpRecord{i, s_.ops[i].rank, issue_[i], start_[i], end_[i]};
+    for (std::uint32_t r = 0; r < num_ranks_; ++r) {
+      for (std::uint32_t k = rank_begin_[r]; k < rank_begin_[r + 1]; ++k) {
+        const OpId i = rank_ops_[k];
+        records[i] = schedule::OpRecord{i, rank_ids_[r], op_[i].issue, op_[i].start, op_[i].end};
+      }
     }
     return records;
   }
@@ -84,54 +101,38 @@ class Core {
  private:
   void build() {
     n_ops_ = static_cast<OpId>(s_.ops.size());
+    op_.assign(n_ops_, OpState{});
+    // One pass over the ops (200 bytes each, the run's other inputs are compact): each op's rank, class, host cost,
+    // matching link, predecessor on its stream and deps; the rest is built from what this pass kept.
+    std::vector<schedule::RankId> rank_of(n_ops_);
     schedule::RankId max_rank = 0;
     for (auto r : s_.ranks) max_rank = std::max(max_rank, r);
-    for (const auto& op : s_.ops) max_rank = std::max(max_rank, op.rank);
-    rank_index_.assign(static_cast<std::size_t>(max_rank) + 1, kNone);
-    for (const auto& op : s_.ops) {
-      if (rank_index_[op.rank] == kNone) {
-        rank_index_[op.rank] = 0;  // mark present; numbered below in ascending rank order
-      }
-    }
-    for (auto r : s_.ranks) rank_index_[r] = 0;
-    num_ranks_ = 0;
-    for (auto& idx : rank_index_) {
-      if (idx != kNone) {
-        rank_ids_.push_back(static_cast<schedule::RankId>(&idx - rank_index_.data()));
-        idx = num_ranks_++;
-      }
-    }
-    // Program order per rank (CSR).
-    rank_begin_.assign(num_ranks_ + 1, 0);
-    for (const auto& op : s_.ops) ++rank_begin_[rank_index_[op.rank] + 1];
-    for (std::uint32_t r = 0; r < num_ranks_; ++r) rank_begin_[r + 1] += rank_begin_[r];
-    rank_ops_.resize(n_ops_);
-    std::vector<std::uint32_t> fill(rank_begin_.begin(), rank_begin_.end() - 1);
-    for (OpId i = 0; i < n_ops_; ++i) rank_ops_[fill[rank_index_[s_.ops[i].rank]]++] = i;
-
-    cls_.resize(n_ops_);
-    pending_.assign(n_ops_, 0);
-    next_on_stream_.assign(n_ops_, kNoOp);
-    issue_.assign(n_ops_, 0);
-    start_.assign(n_ops_, 0);
-    end_.assign(n_ops_, 0);
-    reached_.assign(n_ops_, 0);
-    completed_.assign(n_ops_, 0);
-    issued_.assign(n_ops_, 0);
-    sync_waiter_.assign(n_ops_, kNoOp);
-
-    // Stream FIFO order and dep counts; dependents in CSR.
     const std::size_t n_streams = std::max<std::size_t>(1, s_.streams.size());
-    std::vector<OpId> last_on_stream(static_cast<std::size_t>(num_ranks_) * n_streams, kNoOp);
-    dep_begin_.assign(n_ops_ + 1, 0);
+    std::vector<OpId> last_on_stream;  // by (global rank, stream); grown on demand
+    std::vector<std::uint32_t> dep_begin(n_ops_ + 1, 0);
+    std::vector<std::pair<OpId, OpId>> dep_edges;  // (dep, dependent), dependents ascending, deps in order
+    dep_edges.reserve(n_ops_);
     for (OpId i = 0; i < n_ops_; ++i) {
       const auto& op = s_.ops[i];
-      cls_[i] = class_of(op.body);
-      if (cls_[i] == OpClass::kHost || cls_[i] == OpClass::kHostSync) continue;
+      rank_of[i] = op.rank;
+      max_rank = std::max(max_rank, op.rank);
+      OpState& st = op_[i];
+      st.cls = class_of(op.body);
+      if (st.cls == OpClass::kHost) {
+        st.host_ns = std::get<schedule::Host>(op.body).duration_ns;
+      } else {
+        st.host_ns = ctx_.costs.launch_ns(op);
+      }
+      if (st.cls == OpClass::kCollective && !m_.instance_of.empty()) st.link = m_.instance_of[i];
+      if ((st.cls == OpClass::kSend || st.cls == OpClass::kRecv) && !m_.partner.empty()) st.link = m_.partner[i];
+      if (st.cls == OpClass::kHostSync) sync_target_.emplace_back(i, std::get<schedule::HostSync>(op.body).target);
+      if (st.cls == OpClass::kHost || st.cls == OpClass::kHostSync) continue;
       std::uint32_t pend = 1;  // issue
-      const std::size_t key = static_cast<std::size_t>(rank_index_[op.rank]) * n_streams + op.stream % n_streams;
+      const std::size_t key = static_cast<std::size_t>(op.rank) * n_streams + op.stream % n_streams;
+      if (key >= last_on_stream.size())
+        last_on_stream.resize((static_cast<std::size_t>(op.rank) + 1) * n_streams, kNoOp);
       if (last_on_stream[key] != kNoOp) {
-        next_on_stream_[last_on_stream[key]] = i;
+        op_[last_on_stream[key]].next_on_stream = i;
         ++pend;
       }
       last_on_stream[key] = i;
@@ -140,18 +141,39 @@ class Core {
           throw Error("op " + std::to_string(i) + " \"" + op.name + "\": dep " + std::to_string(d) +
                       " does not exist (validate the schedule: twinstep validate)");
         }
-        ++dep_begin_[d + 1];
+        ++dep_begin[d + 1];
+        dep_edges.emplace_back(d, i);
         ++pend;
       }
-      pending_[i] = pend;
+      st.pending = pend;
     }
-    for (OpId i = 0; i < n_ops_; ++i) dep_begin_[i + 1] += dep_begin_[i];
-    dependents_.resize(dep_begin_[n_ops_]);
-    std::vector<std::uint32_t> dfill(dep_begin_.begin(), dep_begin_.end() - 1);
+    // Dependents in CSR.
     for (OpId i = 0; i < n_ops_; ++i) {
-      if (cls_[i] == OpClass::kHost || cls_[i] == OpClass::kHostSync) continue;
-      for (OpId d : s_.ops[i].deps) dependents_[dfill[d]++] = i;
+      dep_begin[i + 1] += dep_begin[i];
+      op_[i].dep_begin = dep_begin[i];
+      op_[i].dep_end = dep_begin[i + 1];
     }
+    dependents_.resize(dep_begin[n_ops_]);
+    for (const auto& [d, i] : dep_edges) dependents_[dep_begin[d]++] = i;
+
+    // Ranks present (with ops or listed), numbered in ascending rank order; program order per rank (CSR).
+    rank_index_.assign(static_cast<std::size_t>(max_rank) + 1, kNone);
+    for (auto r : rank_of) rank_index_[r] = 0;
+    for (auto r : s_.ranks) rank_index_[r] = 0;
+    num_ranks_ = 0;
+    for (auto& idx : rank_index_) {
+      if (idx != kNone) {
+        rank_ids_.push_back(static_cast<schedule::RankId>(&idx - rank_index_.data()));
+        idx = num_ranks_++;
+      }
+    }
+    rank_begin_.assign(num_ranks_ + 1, 0);
+    for (auto r : rank_of) ++rank_begin_[rank_index_[r] + 1];
+    for (std::uint32_t r = 0; r < num_ranks_; ++r) rank_begin_[r + 1] += rank_begin_[r];
+    rank_ops_.resize(n_ops_);
+    std::vector<std::uint32_t> fill(rank_begin_.begin(), rank_begin_.end() - 1);
+    for (OpId i = 0; i < n_ops_; ++i) rank_ops_[fill[rank_index_[rank_of[i]]]++] = i;
+
     arrived_.assign(m_.collectives.size(), 0);
     present_.assign(m_.collectives.size(), 0);
     first_present_.assign(m_.collectives.size(), kNoOp);
@@ -177,7 +199,7 @@ class Core {
     if (launching_[r] != kNoOp) {
       const OpId op = launching_[r];
       launching_[r] = kNoOp;
-      issued_[op] = 1;
+      op_[op].issued = 1;
       release(op, t);
     }
     if (finishing_[r] != kNoOp) {
@@ -193,12 +215,12 @@ class Core {
     while (pos_[r] < end) {
       if (blocked_on_[r] != kNoOp) return;
       const OpId op = rank_ops_[pos_[r]];
-      issue_[op] = t;
-      switch (cls_[op]) {
+      op_[op].issue = t;
+      switch (op_[op].cls) {
         case OpClass::kHost: {
           ++pos_[r];
-          start_[op] = t;
-          const Nanos d = std::get<schedule::Host>(s_.ops[op].body).duration_ns;
+          op_[op].start = t;
+          const Nanos d = op_[op].host_ns;
           if (d > 0) {
             finishing_[r] = op;
             push_wake(r, t + d);
@@ -209,29 +231,29 @@ class Core {
         }
         case OpClass::kHostSync: {
           ++pos_[r];
-          start_[op] = t;
-          const OpId target = std::get<schedule::HostSync>(s_.ops[op].body).target;
+          op_[op].start = t;
+          const OpId target = sync_target(op);
           if (target >= n_ops_) {
             throw Error("op " + std::to_string(op) + " \"" + s_.ops[op].name + "\": host_sync target " +
                         std::to_string(target) + " does not exist (validate the schedule: twinstep validate)");
           }
-          if (completed_[target] != 0) {
+          if (op_[target].completed != 0) {
             finish_sync(r, op, t);
             return;
           }
           blocked_on_[r] = op;
-          sync_waiter_[target] = op;
+          op_[target].sync_waiter = op;
           return;
         }
         default: {
           ++pos_[r];
-          const Nanos launch = ctx_.costs.launch_ns(s_.ops[op]);
+          const Nanos launch = op_[op].host_ns;
           if (launch > 0) {
             launching_[r] = op;
             push_wake(r, t + launch);
             return;
           }
-          issued_[op] = 1;
+          op_[op].issued = 1;
           release(op, t);
           break;
         }
@@ -239,27 +261,34 @@ class Core {
     }
   }
 
+  /// The target of host_sync `op`.
+  OpId sync_target(OpId op) const {
+    const auto it = std::lower_bound(sync_target_.begin(), sync_target_.end(), std::make_pair(op, OpId{0}));
+    TWINSTEP_ASSERT(it != sync_target_.end() && it->first == op, "op %u is not a host_sync", op);
+    return it->second;
+  }
+
   /// The host_sync `op` of rank `r` sees its target complete at `t`; it returns after the wake-up cost.
   void finish_sync(std::uint32_t r, OpId op, Nanos t) {
     finishing_[r] = op;
-    push_wake(r, t + ctx_.costs.launch_ns(s_.ops[op]));
+    push_wake(r, t + op_[op].host_ns);
   }
 
   void release(OpId op, Nanos t) {
-    TWINSTEP_ASSERT(pending_[op] > 0, "op %u released more often than it has conditions", op);
-    if (--pending_[op] == 0) ready(op, t);
+    TWINSTEP_ASSERT(op_[op].pending > 0, "op %u released more often than it has conditions", op);
+    if (--op_[op].pending == 0) ready(op, t);
   }
 
   /// All conditions hold: the op reaches the head of its stream at `t`.
   void ready(OpId op, Nanos t) {
-    start_[op] = t;
-    reached_[op] = 1;
-    switch (cls_[op]) {
+    op_[op].start = t;
+    op_[op].reached = 1;
+    switch (op_[op].cls) {
       case OpClass::kCompute:
         model_.start(op, Activity{ActivityKind::kCompute, op, UINT32_MAX, kNoOp}, t);
         break;
       case OpClass::kCollective: {
-        const std::uint32_t inst = m_.instance_of.empty() ? UINT32_MAX : m_.instance_of[op];
+        const std::uint32_t inst = op_[op].link;
         if (inst == UINT32_MAX) return;  // unmatched: reported as a deadlock
         if (++arrived_[inst] == present_[inst]) {
           model_.start(first_present_[inst], Activity{ActivityKind::kCollective, first_present_[inst], inst, kNoOp}, t);
@@ -270,12 +299,12 @@ class Core {
       }
       case OpClass::kSend:
       case OpClass::kRecv: {
-        const OpId partner = m_.partner.empty() ? kNoOp : m_.partner[op];
-        if (partner == kNoOp || reached_[partner] == 0) {
+        const OpId partner = op_[op].link;
+        if (partner == kNoOp || op_[partner].reached == 0) {
           if (partner != kNoOp) model_.comm_waiting(op, t);
           return;
         }
-        const OpId send = cls_[op] == OpClass::kSend ? op : partner;
+        const OpId send = op_[op].cls == OpClass::kSend ? op : partner;
         const OpId recv = send == op ? partner : op;
         model_.start(send, Activity{ActivityKind::kPointToPoint, send, UINT32_MAX, recv}, t);
         break;
@@ -286,17 +315,17 @@ class Core {
   }
 
   void activity_done(ActivityId id, Nanos t) {
-    switch (cls_[id]) {
+    switch (op_[id].cls) {
       case OpClass::kCompute:
         complete(id, t);
         break;
       case OpClass::kCollective:
-        for (OpId o : m_.collectives[m_.instance_of[id]].ops) {
+        for (OpId o : m_.collectives[op_[id].link].ops) {
           if (o != kNoOp) complete(o, t);
         }
         break;
       case OpClass::kSend: {
-        const OpId recv = m_.partner[id];
+        const OpId recv = op_[id].link;
         complete(std::min(id, recv), t);
         complete(std::max(id, recv), t);
         break;
@@ -307,14 +336,14 @@ class Core {
   }
 
   void complete(OpId op, Nanos t) {
-    end_[op] = t;
-    completed_[op] = 1;
+    op_[op].end = t;
+    op_[op].completed = 1;
     ++completed_count_;
-    if (next_on_stream_[op] != kNoOp) release(next_on_stream_[op], t);
-    for (std::uint32_t k = dep_begin_[op]; k < dep_begin_[op + 1]; ++k) release(dependents_[k], t);
-    if (sync_waiter_[op] != kNoOp) {
-      const OpId sync = sync_waiter_[op];
-      sync_waiter_[op] = kNoOp;
+    if (op_[op].next_on_stream != kNoOp) release(op_[op].next_on_stream, t);
+    for (std::uint32_t k = op_[op].dep_begin; k < op_[op].dep_end; ++k) release(dependents_[k], t);
+    if (op_[op].sync_waiter != kNoOp) {
+      const OpId sync = op_[op].sync_waiter;
+      op_[op].sync_waiter = kNoOp;
       const std::uint32_t r = rank_index_[s_.ops[sync].rank];
       blocked_on_[r] = kNoOp;
       finish_sync(r, sync, t);
@@ -326,25 +355,25 @@ class Core {
   /// Why `op` (not completed) has not completed.
   std::string why(OpId op) const {
     const auto& o = s_.ops[op];
-    if (cls_[op] == OpClass::kHostSync) {
+    if (op_[op].cls == OpClass::kHostSync) {
       const OpId target = std::get<schedule::HostSync>(o.body).target;
       return "host_sync waits for " + op_label(target) + ", which has not completed";
     }
-    if (cls_[op] == OpClass::kHost) return "host op in progress";
-    if (reached_[op] == 0) {
-      if (issued_[op] == 0) return "not issued yet (the host thread is blocked earlier)";
+    if (op_[op].cls == OpClass::kHost) return "host op in progress";
+    if (op_[op].reached == 0) {
+      if (op_[op].issued == 0) return "not issued yet (the host thread is blocked earlier)";
       for (OpId d : o.deps) {
-        if (completed_[d] == 0) return "waits for dep " + op_label(d);
+        if (op_[d].completed == 0) return "waits for dep " + op_label(d);
       }
       return "waits for the op before it on its stream";
     }
-    if (cls_[op] == OpClass::kCollective) {
+    if (op_[op].cls == OpClass::kCollective) {
       const std::uint32_t inst = m_.instance_of.empty() ? UINT32_MAX : m_.instance_of[op];
       if (inst == UINT32_MAX) return "collective has no matching instance on the other members";
       std::string missing;
       int listed = 0;
       for (OpId m : m_.collectives[inst].ops) {
-        if (m == kNoOp || reached_[m] != 0) continue;
+        if (m == kNoOp || op_[m].reached != 0) continue;
         if (listed++ < 4)
           missing += (missing.empty() ? "" : ", ") + std::string("rank ") + std::to_string(s_.ops[m].rank) + " (" +
                      op_label(m) + ")";
@@ -357,9 +386,9 @@ class Core {
       return "collective waits for members that have not reached it: " + missing;
     }
     const OpId partner = m_.partner.empty() ? kNoOp : m_.partner[op];
-    const char* what = cls_[op] == OpClass::kSend ? "recv" : "send";
+    const char* what = op_[op].cls == OpClass::kSend ? "recv" : "send";
     if (partner == kNoOp) return std::string("has no matching ") + what + " on the peer";
-    if (reached_[partner] != 0) {
+    if (op_[partner].reached != 0) {
       return std::string("matched with ") + op_label(partner) + " on rank " + std::to_string(s_.ops[partner].rank) +
              "; the transfer started, but the resource model never reported its completion (a simulator bug)";
     }
@@ -374,7 +403,7 @@ class Core {
     for (std::uint32_t r = 0; r < num_ranks_; ++r) {
       for (std::uint32_t k = rank_begin_[r]; k < rank_begin_[r + 1]; ++k) {
         const OpId op = rank_ops_[k];
-        if (completed_[op] != 0) continue;
+        if (op_[op].completed != 0) continue;
         if (lines++ < 32) {
           out += "\n  rank " + std::to_string(rank_ids_[r]) + ": " + op_label(op) + ": " + why(op);
         }
@@ -398,14 +427,9 @@ class Core {
   std::vector<schedule::RankId> rank_ids_;
   std::vector<std::uint32_t> rank_begin_;
   std::vector<OpId> rank_ops_;
-  std::vector<OpClass> cls_;
-  std::vector<std::uint32_t> pending_;
-  std::vector<OpId> next_on_stream_;
-  std::vector<std::uint32_t> dep_begin_;
+  std::vector<OpState> op_;
+  std::vector<std::pair<OpId, OpId>> sync_target_;  ///< (host_sync op, its target), ascending op.
   std::vector<OpId> dependents_;
-  std::vector<Nanos> issue_, start_, end_;
-  std::vector<std::uint8_t> reached_, completed_, issued_;
-  std::vector<OpId> sync_waiter_;
   std::vector<std::uint32_t> arrived_, present_;
   std::vector<OpId> first_present_;
   std::vector<std::uint32_t> pos_;

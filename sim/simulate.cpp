@@ -267,7 +267,7 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
                            std::to_string(needed) + " (or --nodes " + std::to_string((needed + gpn - 1) / gpn) +
                            " of " + std::to_string(gpn) + " GPUs)");
   }
-  const schedule::Matching matching = schedule::match(schedule);
+  schedule::Matching matching = schedule::match(schedule);
   if (options.fidelity == "flow") {
     // The flow model routes a transfer between the GPUs of its two ends; a mirrored pair has one.
     for (std::size_t i = 0; i < schedule.ops.size(); ++i) {
@@ -289,6 +289,7 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
     auto model = make_analytic_model(ctx);
     trace.records = run_semantics(ctx, *model);
   }
+  if (options.matching_out != nullptr) *options.matching_out = std::move(matching);  // the run is over
   Nanos first = 0, last = 0;
   bool any = false;
   for (const auto& r : trace.records) {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "schedule/matching.hpp"
 #include "schedule/trace.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/resource_model.hpp"
@@ -31,6 +32,9 @@ struct Options {
   /// Record schedule_fingerprint() as the trace's "schedule_hash" (provenance); sweeps, which keep only the step time
   /// and breakdown, skip it.
   bool schedule_hash = true;
+  /// When set, receives the schedule's matching (schedule::match) that the simulation used, so that
+  /// schedule::analyze(trace, matching) need not match the schedule again.
+  schedule::Matching* matching_out = nullptr;
 };
 
 /// Runs the IR semantics (DESIGN.md rules 1-4) against `model` and fills the records (one per op, by op id).

@@ -1,10 +1,13 @@
-// Point evaluation and the process pool. The parent forks workers (fork, no exec: the grid is already in memory),
-// each evaluates a batch of points (one for the flow fidelity: SimGrid allows one engine per process) and writes
-// one JSON line per point into its pipe; the parent appends each line to the output file and flushes it, so a
-// killed sweep loses at most the points in flight. A worker that dies is retried point by point once.
+// Point evaluation and the process pool. The parent forks workers (fork, no exec: the grid is already in memory)
+// and hands each one point at a time over a socket (up to max_points_per_worker; a flow point gets a process of its
+// own: SimGrid allows one engine per process); the worker answers with the point's JSON line, and the parent appends
+// each line to the output file and flushes it, so a killed sweep loses at most the points in flight. The point a
+// dead worker was evaluating is retried once.
 #include "sweep/runner.hpp"
 
+#include <malloc.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +21,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -107,6 +111,29 @@ nlohmann::ordered_json head(const Point& p, const std::string& status, const std
   return j;
 }
 
+/// A point's evaluation cost relative to others, about the ops it simulates: ranks simulated x micro-batches
+/// simulated (three short runs when extrapolated) x layers per pipeline stage. Orders the work only; 0 when unknown.
+double estimated_cost(const Point& p) {
+  try {
+    const auto& l = p.layout;
+    const std::uint64_t model_parallel = std::uint64_t{l.tp} * l.pp * l.cp;
+    if (model_parallel == 0 || p.gpus % model_parallel != 0 || l.mbs == 0) return 0;
+    const std::uint64_t dp = p.gpus / model_parallel;
+    const std::uint64_t micro_batches = p.gbs / (std::uint64_t{l.mbs} * dp);
+    if (micro_batches == 0) return 0;
+    double simulated = static_cast<double>(micro_batches);
+    if (const auto plan = extrapolation_counts(static_cast<std::uint32_t>(micro_batches), l.pp, l.vpp, l.pp)) {
+      simulated = static_cast<double>((*plan)[0]) + (*plan)[1] + (*plan)[2];
+    }
+    const double ranks = p.fidelity == "analytic"                    ? static_cast<double>(l.pp) * l.cp
+                         : p.gpus > sim::kSymmetryReductionAboveGpus ? static_cast<double>(p.gpus / dp)
+                                                                     : static_cast<double>(p.gpus);
+    return ranks * simulated * inputs().model(p.model).num_layers / l.pp;
+  } catch (const Error&) {
+    return 0;
+  }
+}
+
 /// The run config of a point, as `twinstep predict` would build it from the same flags.
 models::RunConfig point_config(const Point& p, const topologies::Cluster& cluster) {
   models::RunConfig base = inputs().config(p.base_config);
@@ -147,6 +174,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   models::LowerOptions lower_opts;
   lower_opts.representatives_only = reduce_by_symmetry(p);
   lower_opts.mirror_tp = sim::mirrors_tp_ranks(p.fidelity);
+  lower_opts.op_names = false;  // a sweep keeps only step times, breakdowns and memory
   // Ops of `c`'s schedule, estimated from the same config with one layer per virtual stage (layers scale the ops
   // almost linearly); 0 when that probe is not a valid layout (uneven or patterned layer layouts).
   auto estimated_ops = [&](const models::RunConfig& c) -> double {
@@ -180,7 +208,10 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     sim::Options opts;
     opts.fidelity = p.fidelity;
     opts.schedule_hash = false;
-    out.breakdown = schedule::analyze(sim::simulate(std::move(out.lowered.schedule), cluster, costs, opts));
+    schedule::Matching matching;
+    opts.matching_out = &matching;
+    const schedule::Trace trace = sim::simulate(std::move(out.lowered.schedule), cluster, costs, opts);
+    out.breakdown = schedule::analyze(trace, matching);
     return out;
   };
   auto values_of = [](const schedule::Breakdown& b) {
@@ -293,13 +324,37 @@ bool write_all(int fd, const std::string& s) {
   return true;
 }
 
+/// A worker lowers and simulates one schedule after another, each of the same tens of MB: keep the freed memory in
+/// the heap for the next one instead of returning it to the kernel and faulting it in again (~15% of a worker's CPU
+/// time). glibc's defaults mmap large blocks afresh and trim the heap top; 32 MiB is the largest mmap threshold glibc
+/// accepts on 64-bit.
+void keep_freed_memory() {
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+}
+
+/// A worker process and the socket to it: the parent sends the position of one point at a time, the worker answers
+/// with the point's JSON line; a shutdown of the parent's sending side tells it to exit.
 struct Worker {
   pid_t pid = -1;
   int fd = -1;
-  std::vector<std::size_t> points;  ///< Positions in the todo list.
-  std::set<std::size_t> reported;   ///< Point indices whose line arrived.
+  std::vector<std::size_t> points;  ///< Positions sent to it, in order; all but the last have their line back.
+  std::size_t limit = 1;            ///< Points it may evaluate before it is told to exit.
+  bool closing = false;             ///< Told to exit.
   std::string buffer;
 };
+
+bool read_all(int fd, void* data, std::size_t n) {
+  auto* p = static_cast<char*>(data);
+  while (n > 0) {
+    const ssize_t r = ::read(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
 
 std::string format_duration(double s) {
   if (s < 0 || !std::isfinite(s)) return "--";
@@ -328,9 +383,10 @@ class Progress {
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - start_).count();
     // ETA from the points evaluated by workers since start_workers(): resumed and rejected points take no time.
+    // Weighted by the points' estimated costs when known (the costliest are handed out first).
     const double worker_s = std::chrono::duration<double>(now - workers_start_).count();
-    const double eta =
-        done > base_ ? worker_s * static_cast<double>(total_ - done) / static_cast<double>(done - base_) : -1;
+    double eta = done > base_ ? worker_s * static_cast<double>(total_ - done) / static_cast<double>(done - base_) : -1;
+    if (work_total_ > 0 && work_done_ > 0) eta = worker_s * std::max(0.0, work_total_ - work_done_) / work_done_;
     if (tty_) {
       if (!final && std::chrono::duration<double>(now - last_).count() < 0.1) return;
       constexpr int kWidth = 30;
@@ -355,13 +411,18 @@ class Progress {
     last_ = now;
   }
 
-  /// Marks the start of the worker phase: `done` points were finished without a worker.
-  void start_workers(std::size_t done) {
+  /// Marks the start of the worker phase: `done` points were finished without a worker; the workers' points are
+  /// estimated to cost `work` in all (0: unknown).
+  void start_workers(std::size_t done, double work) {
     base_ = done;
+    work_total_ = work;
     workers_start_ = std::chrono::steady_clock::now();
   }
+  /// A worker's point of estimated cost `work` is done.
+  void add_work_done(double work) { work_done_ += work; }
 
  private:
+  double work_total_ = 0, work_done_ = 0;
   std::size_t base_ = 0;
   std::chrono::steady_clock::time_point workers_start_ = std::chrono::steady_clock::now();
   std::FILE* out_;
@@ -492,10 +553,12 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> out_guard(out, &std::fclose);
   Progress progress(options, points.size());
   std::size_t finished = st.resumed;
+  std::vector<double> cost(points.size(), 0.0);  // estimated, for the order of the workers' points and the ETA
   auto record = [&](std::size_t pos, const std::string& line) {
     if (done[pos]) return;
     done[pos] = true;
     lines[pos] = line;
+    progress.add_work_done(cost[pos]);
     if (std::fputs((line + "\n").c_str(), out) < 0 || std::fflush(out) != 0) {
       throw Error(options.output + ": write failed: " + std::strerror(errno));
     }
@@ -505,7 +568,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   };
 
   // Invalid points need no worker.
-  std::deque<std::vector<std::size_t>> tasks;
+  std::deque<std::size_t> todo;
   std::vector<std::size_t> runnable;
   for (std::size_t i = 0; i < points.size(); ++i) {
     if (done[i]) continue;
@@ -527,45 +590,59 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
       // reported by the worker for this point
     }
   }
-  progress.start_workers(finished);
+  // The costliest points first (ties in point order): a large point started last would run alone at the end.
+  double work = 0;
+  for (std::size_t pos : runnable) work += cost[pos] = estimated_cost(points[pos]);
+  std::stable_sort(runnable.begin(), runnable.end(), [&](std::size_t a, std::size_t b) { return cost[a] > cost[b]; });
+  progress.start_workers(finished, work);
+  todo.assign(runnable.begin(), runnable.end());
   const unsigned jobs = std::max(1u, options.jobs);
-  // Batches: the flow fidelity gets a process per point; analytic points are spread in batches small enough to
-  // keep every job busy until the end.
-  const std::size_t per_worker =
-      std::clamp<std::size_t>(runnable.size() / (4 * jobs), 1, std::max<std::size_t>(1, options.max_points_per_worker));
-  for (std::size_t i = 0; i < runnable.size();) {
-    std::vector<std::size_t> batch;
-    while (i < runnable.size() && batch.size() < per_worker) {
-      const bool flow = points[runnable[i]].fidelity == "flow";
-      if (flow && !batch.empty()) break;
-      batch.push_back(runnable[i++]);
-      if (flow) break;
-    }
-    tasks.push_back(std::move(batch));
-  }
+  // Workers take one point at a time, the next as soon as they answer, so every job stays busy until the end
+  // however uneven the points; a worker evaluates up to max_points_per_worker analytic points (its heap warm for
+  // the next), and a flow point gets a fresh process of its own (SimGrid: one engine per process).
+  auto is_flow = [&](std::size_t pos) { return points[pos].fidelity == "flow"; };
 
   std::vector<Worker> workers;
   std::set<std::size_t> retried;
-  auto spawn = [&](std::vector<std::size_t> batch) {
+  auto send_next = [&](Worker& w) {
+    if (w.closing) return;
+    if (todo.empty() || w.points.size() >= w.limit || (!w.points.empty() && is_flow(todo.front()))) {
+      ::shutdown(w.fd, SHUT_WR);  // the worker exits once it reads the end
+      w.closing = true;
+      return;
+    }
+    const std::uint64_t pos = todo.front();
+    todo.pop_front();
+    w.points.push_back(pos);
+    // A worker that died meanwhile is found by its end of file; its point is retried then (finish).
+    (void)::send(w.fd, &pos, sizeof pos, MSG_NOSIGNAL);
+  };
+  auto spawn = [&]() {
     int fds[2];
-    if (::pipe(fds) != 0) throw Error(std::string("sweep: pipe failed: ") + std::strerror(errno));
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) {
+      throw Error(std::string("sweep: socketpair failed: ") + std::strerror(errno));
+    }
     std::fflush(nullptr);
     const pid_t pid = ::fork();
     if (pid < 0) throw Error(std::string("sweep: fork failed: ") + std::strerror(errno));
     if (pid == 0) {
       ::close(fds[0]);
-      for (std::size_t pos : batch) {
-        if (!write_all(fds[1], evaluate_point(points[pos], options.extrapolate) + "\n")) ::_exit(4);
+      keep_freed_memory();
+      std::uint64_t pos = 0;
+      while (read_all(fds[1], &pos, sizeof pos)) {
+        if (pos >= points.size() || !write_all(fds[1], evaluate_point(points[pos], options.extrapolate) + "\n")) {
+          ::_exit(4);
+        }
       }
-      ::close(fds[1]);
       ::_exit(0);
     }
     ::close(fds[1]);
     Worker w;
     w.pid = pid;
     w.fd = fds[0];
-    w.points = std::move(batch);
+    w.limit = is_flow(todo.front()) ? 1 : std::max<std::size_t>(1, options.max_points_per_worker);
     workers.push_back(std::move(w));
+    send_next(workers.back());
   };
 
   auto finish = [&](Worker& w) {
@@ -582,7 +659,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
                                           : "worker process exited with status " + std::to_string(WEXITSTATUS(status));
     for (std::size_t pos : missing) {
       if (retried.insert(pos).second) {
-        tasks.push_front({pos});  // once more, alone, to find which point it was
+        todo.push_front(pos);  // once more, in a fresh worker's turn: a second death names the point
       } else {
         record(pos, head(points[pos], "error", why + " while evaluating this point").dump());
       }
@@ -590,11 +667,8 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   };
 
   try {
-    while (!tasks.empty() || !workers.empty()) {
-      while (!tasks.empty() && workers.size() < jobs) {
-        spawn(std::move(tasks.front()));
-        tasks.pop_front();
-      }
+    while (!todo.empty() || !workers.empty()) {
+      while (!todo.empty() && workers.size() < jobs) spawn();
       std::vector<pollfd> pfds;
       for (const auto& w : workers) pfds.push_back(pollfd{w.fd, POLLIN, 0});
       if (::poll(pfds.data(), pfds.size(), 1000) < 0) {
@@ -618,6 +692,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
               const auto it = wanted.find(r.key);
               TWINSTEP_ASSERT(it != wanted.end(), "worker reported an unknown point %zu", r.index);
               record(it->second, line);
+              send_next(w);
             }
           } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
             closed = true;

@@ -89,6 +89,25 @@ TEST_CASE("sweep::run_sweep: one line per point, in point order, with reasons", 
   CHECK(ok == 14);  // (3 layouts on 2 GPUs + 4 on 4 GPUs) x 2 overlaps; tp3 never divides
 }
 
+TEST_CASE("sweep::run_sweep: mixed analytic and flow points give the lines evaluate_point gives", "[sweep]") {
+  // Workers take points one at a time and stay up for several analytic points; a flow point needs a process of its
+  // own. The lines must not depend on which worker evaluated what.
+  const std::string dir = temp_dir("mixed");
+  auto points = tiny_points();
+  for (std::size_t i = 0; i < points.size(); i += 3) points[i].fidelity = "flow";
+  for (const unsigned jobs : {1u, 2u}) {
+    const std::string path = dir + "/out" + std::to_string(jobs) + ".jsonl";
+    const auto results = sweep::run_sweep(points, opts(path, jobs));
+    REQUIRE(results.size() == points.size());
+    std::size_t flow_ok = 0;
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      CHECK(results[i].line == sweep::evaluate_point(points[i]));
+      flow_ok += points[i].fidelity == "flow" && results[i].status == "ok";
+    }
+    if (sim::flow_model_available()) CHECK(flow_ok > 0);
+  }
+}
+
 TEST_CASE("sweep::run_sweep: resume after a kill equals an uninterrupted run", "[sweep]") {
   const std::string dir = temp_dir("resume");
   const auto points = tiny_points();
