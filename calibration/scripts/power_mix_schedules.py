@@ -6,7 +6,8 @@ power the GPU settles at for each mix under its power cap: the microbenchmark a 
 each kernel class draws at which clock), taken without changing any GPU setting.
 
 Usage: power_mix_schedules.py OUTDIR
-Writes OUTDIR/<name>.json and OUTDIR/list.txt (one name per line). Shares are planned from nominal kernel times
+Writes OUTDIR/<name>.json and OUTDIR/list.txt (one name per line); also, as shape_MxNxK, each GEMM shape of the
+4-layer llama3-8b validation model alone. Shares are planned from nominal kernel times
 (GEMM 215 us, attention fwd 1.5 ms, elementwise 256 MiB 0.12 ms); the measured trace gives the real shares."""
 import json
 import os
@@ -70,6 +71,18 @@ def main():
     for share in (1.0, 0.7, 0.4):
         plans.append(("attention", share, "idle"))
     names = []
+    # GEMM shapes alone (the 4-layer llama3-8b validation model's: attention projections, MLP, LM head), 100 % share:
+    # the clock and power each shape settles at by itself (shapes differ: 4096^3 settles higher than the LM head).
+    for m, n, k in ((4096, 6144, 4096), (4096, 4096, 4096), (4096, 28672, 4096), (4096, 4096, 14336),
+                    (4096, 128256, 4096), (128256, 4096, 4096)):
+        kern = dict(GEMM, m=m, n=n, k=k)
+        nominal = 2.0 * m * n * k / 650e12
+        s = Sched(f"power mix: GEMM {m}x{n}x{k} alone")
+        for _ in range(max(1, round(STEP_S / nominal))):
+            s.add(name="gemm", kind="compute", stream="compute", kernel=kern)
+        name = f"shape_{m}x{n}x{k}"
+        s.dump(os.path.join(out, name + ".json"))
+        names.append(name)
     for heavy, share, filler in plans:
         name = f"{heavy}_{int(round(share * 100))}_{filler}"
         s = Sched(f"power mix: {heavy} {share:.2f} of GPU time, rest {filler}")
