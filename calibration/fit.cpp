@@ -402,6 +402,9 @@ Json profile_json(const sim::Profile& p, const Json& tables, const std::map<std:
   j["nccl"] = {{"algorithms", algos}, {"protocols", protos}};
   j["interference"] = {{"comm_hbm_bytes_per_bus_byte", p.interference.comm_hbm_bytes_per_bus_byte},
                        {"waiting_sms_per_channel", p.interference.waiting_sms_per_channel}};
+  if (p.interference.waiting_sms_per_channel_more >= 0) {
+    j["interference"]["waiting_sms_per_channel_more"] = p.interference.waiting_sms_per_channel_more;
+  }
   if (p.framework.per_kernel_launch_s >= 0 || p.framework.per_module_call_s >= 0) {
     Json f = Json::object();
     if (p.framework.per_kernel_launch_s >= 0) f["per_kernel_launch"] = p.framework.per_kernel_launch_s;
@@ -628,13 +631,21 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   // simulator reproduces the slowdown (waiting / solo time of the same kernel) of each compute shape beside the
   // waiting recv best (least squares of relative errors over a grid of the one coefficient in [0, 1], the range the
   // profile allows: 1 = every CTA of the NCCL kernel holds an SM). Ratios, as for the HBM coefficient: the solo
-  // error belongs to the efficiency tables.
-  if (const BenchGroup* g = find_group(c, kRecvWaitGroup);
-      g != nullptr &&
-      std::all_of(g->probes.begin(), g->probes.end(), [&](const Probe& pr) { return c.measured.count(pr.name); })) {
+  // error belongs to the efficiency tables. Then, the same way from the group with four recvs waiting at once, the
+  // SMs per channel of each further waiting kernel (waiting_sms_per_channel_more), the first coefficient fixed.
+  auto fit_waiting = [&](const char* group, double sim::Interference::*field, const char* field_name) {
+    const BenchGroup* g = find_group(c, group);
+    if (g == nullptr ||
+        !std::all_of(g->probes.begin(), g->probes.end(), [&](const Probe& pr) { return c.measured.count(pr.name); })) {
+      return;
+    }
     std::vector<std::string> bases;  // probe names without ".waiting"
     for (const auto& pr : g->probes) {
-      if (pr.family == "recv_wait.waiting") bases.push_back(pr.name.substr(0, pr.name.size() - 8));
+      const std::string suffix = ".waiting";
+      if (pr.family.size() > suffix.size() &&
+          pr.family.compare(pr.family.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        bases.push_back(pr.name.substr(0, pr.name.size() - suffix.size()));
+      }
     }
     auto ratio = [](const std::map<std::string, double>& v, const std::string& base) {
       return v.at(base + ".waiting") / v.at(base + ".solo");
@@ -645,7 +656,7 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
     std::vector<double> errs;
     for (int i = 0; i <= kSteps; ++i) {
       sim::Profile q = p;
-      q.interference.waiting_sms_per_channel = static_cast<double>(i) / kSteps;
+      q.interference.*field = static_cast<double>(i) / kSteps;
       const auto sim = simulate_group(c, *g, q);
       double err = 0;
       for (const auto& base : bases) {
@@ -660,13 +671,12 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
     while (!tied(lo)) ++lo;
     int hi = lo;
     while (hi < kSteps && tied(hi + 1)) ++hi;
-    p.interference.waiting_sms_per_channel = 0.5 * (lo + hi) / kSteps;
+    p.interference.*field = 0.5 * (lo + hi) / kSteps;
     const auto sim = simulate_group(c, *g, p);
     char buf[240];
     std::snprintf(buf, sizeof buf,
-                  "%s: waiting_sms_per_channel = %.3f (equally good %.2f..%.2f; grid 0..1 step %.2f; rms rel. error "
-                  "%.2f%% over %zu shapes)",
-                  kRecvWaitGroup, p.interference.waiting_sms_per_channel, static_cast<double>(lo) / kSteps,
+                  "%s: %s = %.3f (equally good %.2f..%.2f; grid 0..1 step %.2f; rms rel. error %.2f%% over %zu shapes)",
+                  group, field_name, p.interference.*field, static_cast<double>(lo) / kSteps,
                   static_cast<double>(hi) / kSteps, 1.0 / kSteps,
                   100 * std::sqrt(best_err / std::max<double>(1, static_cast<double>(bases.size()))), bases.size());
     c.log.push_back(buf);
@@ -676,7 +686,9 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
                     100 * (s - m) / m);
       c.log.push_back(buf);
     }
-  }
+  };
+  fit_waiting(kRecvWaitGroup, &sim::Interference::waiting_sms_per_channel, "waiting_sms_per_channel");
+  fit_waiting(kRecvWait4Group, &sim::Interference::waiting_sms_per_channel_more, "waiting_sms_per_channel_more");
   if (framework.per_kernel_launch_s >= 0 || framework.per_module_call_s >= 0) {
     // The script measures the eager op's whole host cost; the framework's share is what exceeds the raw launch.
     p.framework.per_kernel_launch_s =
@@ -696,7 +708,8 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   check_groups(c, "host.", p, "issue per op / host_sync wake-up");
   check_groups(c, "corun.", p,
                "comm_hbm_bytes_per_bus_byte = " + std::to_string(p.interference.comm_hbm_bytes_per_bus_byte) +
-                   ", waiting_sms_per_channel = " + std::to_string(p.interference.waiting_sms_per_channel));
+                   ", waiting_sms_per_channel = " + std::to_string(p.interference.waiting_sms_per_channel) +
+                   ", waiting_sms_per_channel_more = " + std::to_string(p.interference.waiting_sms_per_channel_more));
   p.fits = c.fits;
 
   std::map<std::string, std::string> context = raw.context;

@@ -427,14 +427,22 @@ void add_corun_groups(std::vector<BenchGroup>& suite, std::uint32_t world) {
 /// for a tiny handshake from rank 0 sent when the solo list is done, runs 20 ms of host work, then sends. The
 /// handshake starts the wait on both ranks at the same moment, independent of how long the solo list took. The fit
 /// takes interference.waiting_sms_per_channel from the slowdowns (waiting / solo per shape).
-void add_recv_wait_group(std::vector<BenchGroup>& suite, std::uint32_t world) {
+/// The recv-wait co-run group (kRecvWaitGroup) with `waiting` recvs waiting at once beside the compute list
+/// (kRecvWait4Group: 4), each on its own stream, so each its own NCCL communicator and kernel.
+void add_recv_wait_group(std::vector<BenchGroup>& suite, std::uint32_t world, const char* group,
+                         std::uint32_t waiting_recvs) {
   if (world < 2) return;
-  Builder b(kRecvWaitGroup, world);
+  Builder b(group, world);
   auto& s = b.schedule();
   const auto tp_send = static_cast<schedule::StreamId>(s.streams.size());
   s.streams.push_back({"tp_send", 0});
   const auto tp_recv = static_cast<schedule::StreamId>(s.streams.size());
   s.streams.push_back({"tp_recv", -1});
+  std::vector<schedule::StreamId> more_recv;  // the further recvs' streams ("tp_recv1", ...)
+  for (std::uint32_t i = 1; i < waiting_recvs; ++i) {
+    more_recv.push_back(static_cast<schedule::StreamId>(s.streams.size()));
+    s.streams.push_back({"tp_recv" + std::to_string(i), -1});
+  }
   std::vector<std::pair<std::string, schedule::Kernel>> kernels;
   for (const auto& g : {schedule::Gemm{2048, 3072, 4096, 1, schedule::DType::kBF16},
                         schedule::Gemm{1024, 4096, 7168, 1, schedule::DType::kBF16},
@@ -459,6 +467,10 @@ void add_recv_wait_group(std::vector<BenchGroup>& suite, std::uint32_t world) {
   for (const auto& [label, k] : kernels) solo.push_back(b.add(0, 0, label + ".solo", compute(k)));
   const OpId handshake = b.add(0, tp_send, "handshake.send", schedule::Send{0, 1, kHandshakeBytes, 1}, {solo.back()});
   const OpId recv = b.add(0, tp_recv, "recv", schedule::Recv{0, 1, kRecvBytes, 0}, {handshake});
+  // Further recvs: tags 10, 11, ... (the handshake has tag 1).
+  for (std::uint32_t i = 0; i < more_recv.size(); ++i) {
+    b.add(0, more_recv[i], "recv" + std::to_string(i + 1), schedule::Recv{0, 1, kRecvBytes, 10 + i}, {handshake});
+  }
   for (const auto& [label, k] : kernels) {
     waiting.push_back(b.add(0, 0, label + ".waiting", compute(k),
                             waiting.empty() ? std::vector<OpId>{handshake} : std::vector<OpId>{}));
@@ -468,15 +480,20 @@ void add_recv_wait_group(std::vector<BenchGroup>& suite, std::uint32_t world) {
   b.add(1, 0, "handshake.wait", schedule::HostSync{hs_recv});
   b.add(1, 0, "peer_delay", schedule::Host{kPeerDelayNs});
   b.add(1, tp_send, "send", schedule::Send{0, 0, kRecvBytes, 0});
+  for (std::uint32_t i = 0; i < more_recv.size(); ++i) {
+    b.add(1, tp_send, "send" + std::to_string(i + 1), schedule::Send{0, 0, kRecvBytes, 10 + i});
+  }
+  // Families: "recv_wait.solo" / ".waiting" for the one-recv group, "recv_wait4.solo" / ... for four.
+  const std::string family = waiting_recvs == 1 ? "recv_wait" : "recv_wait" + std::to_string(waiting_recvs);
   for (std::size_t i = 0; i < kernels.size(); ++i) {
     const auto& [label, k] = kernels[i];
     const double flops = schedule::kernel_flops(k);
-    const std::string base = std::string(kRecvWaitGroup) + "." + label;
-    b.probe({base + ".solo", "recv_wait.solo", Metric::kDuration, {solo[i]}, schedule::kNoOp, flops, {}});
-    b.probe({base + ".waiting", "recv_wait.waiting", Metric::kDuration, {waiting[i]}, schedule::kNoOp, flops, {}});
+    const std::string base = std::string(group) + "." + label;
+    b.probe({base + ".solo", family + ".solo", Metric::kDuration, {solo[i]}, schedule::kNoOp, flops, {}});
+    b.probe({base + ".waiting", family + ".waiting", Metric::kDuration, {waiting[i]}, schedule::kNoOp, flops, {}});
   }
-  b.probe({std::string(kRecvWaitGroup) + ".recv",
-           "recv_wait.recv",
+  b.probe({std::string(group) + ".recv",
+           family + ".recv",
            Metric::kDuration,
            {recv},
            schedule::kNoOp,
@@ -556,7 +573,8 @@ std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t 
   if (world > 1) add_collective_groups(suite, world, quick);
   add_host_groups(suite, world, quick);
   add_corun_groups(suite, world);
-  add_recv_wait_group(suite, world);
+  add_recv_wait_group(suite, world, kRecvWaitGroup, 1);
+  if (!quick) add_recv_wait_group(suite, world, kRecvWait4Group, 4);
   return suite;
 }
 

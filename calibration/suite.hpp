@@ -51,6 +51,8 @@ struct Measurement {
 /// The co-run group of a compute list beside a recv that waits for its peer (probes "<group>.<kernel>.solo" and
 /// "<group>.<kernel>.waiting", families "recv_wait.solo" / "recv_wait.waiting", and "<group>.recv").
 inline constexpr const char* kRecvWaitGroup = "corun.recv_wait";
+/// The same with four recvs waiting at once (default suite only): sizes Interference::waiting_sms_per_channel_more.
+inline constexpr const char* kRecvWait4Group = "corun.recv_wait4";
 
 /// The suites: "default" (the full sweep: collectives 1 KiB..1 GiB) and "quick" (a few points of each).
 /// `world_size` >= 1 is the number of GPUs (communication benchmarks need 2 or more). Deterministic.

@@ -52,7 +52,9 @@ struct Gpu {
   std::vector<std::uint32_t> compute;  ///< Slots of running compute activities.
   std::vector<std::uint32_t> comm;     ///< Slots of running comm activities.
   std::uint32_t held_sms = 0;
-  std::uint32_t regular = 0;  ///< Running compute kernels without reserved SMs.
+  std::uint32_t waiting_held = 0;      ///< Of held_sms: the SMs of the comm kernels waiting for their peers.
+  std::vector<std::uint32_t> waiting;  ///< NCCL channels of each waiting comm op (Interference::waiting_sms).
+  std::uint32_t regular = 0;           ///< Running compute kernels without reserved SMs.
   double comm_hbm_bytes_per_s = 0;
   /// Per NIC direction (0 transmit, 1 receive): users and the sum of their connections.
   std::uint32_t nic_users[2] = {0, 0};
@@ -140,9 +142,9 @@ struct P2PKeyHash {
 
 /// What the analytic model keeps of each op, together (the run visits ops rank by rank, interleaved).
 struct OpInfo {
-  std::uint32_t gpu = 0;            ///< Its rank.
-  std::uint32_t info = UINT32_MAX;  ///< Compute: its index in kernels_; communication: in comms_.
-  std::uint32_t waiting_sms = 0;    ///< SMs it holds while waiting for its peers (communication; 0: none).
+  std::uint32_t gpu = 0;               ///< Its rank.
+  std::uint32_t info = UINT32_MAX;     ///< Compute: its index in kernels_; communication: in comms_.
+  std::uint32_t waiting_channels = 0;  ///< NCCL channels of its kernel while it waits for its peers (0: not waiting).
 };
 
 /// What the analytic model reads of a communication op (collective, send, recv).
@@ -291,13 +293,12 @@ class AnalyticModel final : public GpuSharingModel {
         channels = p2p_cost(c.bytes, c.peer, gpu).channels;
         break;
     }
-    channels = static_cast<std::uint32_t>(std::lround(channels * per_channel));
-    if (channels == 0 || op_[op].waiting_sms != 0) return;
+    if (channels == 0 || op_[op].waiting_channels != 0) return;
     ++epoch_;
     affected_.clear();
-    op_[op].waiting_sms = channels;
-    gpus_[gpu].held_sms += channels;
-    touch_compute(gpu);
+    op_[op].waiting_channels = channels;
+    gpus_[gpu].waiting.push_back(channels);
+    update_waiting(gpu);
     for (std::uint32_t s : affected_) retime(s, now);
   }
 
@@ -488,10 +489,21 @@ class AnalyticModel final : public GpuSharingModel {
 
   /// Ends the SM hold of a waiting comm op (its activity starts); call inside an epoch, before re-timing.
   void stop_waiting(OpId op) {
-    if (op == kNoOp || op_[op].waiting_sms == 0) return;
+    if (op == kNoOp || op_[op].waiting_channels == 0) return;
     const std::uint32_t gpu = op_[op].gpu;
-    gpus_[gpu].held_sms -= op_[op].waiting_sms;
-    op_[op].waiting_sms = 0;
+    auto& w = gpus_[gpu].waiting;
+    w.erase(std::find(w.begin(), w.end(), op_[op].waiting_channels));
+    op_[op].waiting_channels = 0;
+    update_waiting(gpu);
+  }
+
+  /// Re-derives the SMs the waiting comm kernels of `gpu` hold (Interference::waiting_sms); call inside an epoch.
+  void update_waiting(std::uint32_t gpu) {
+    Gpu& g = gpus_[gpu];
+    const std::uint32_t held = ctx_.costs.profile().interference.waiting_sms(g.waiting);
+    if (held == g.waiting_held) return;
+    g.held_sms = g.held_sms - g.waiting_held + held;
+    g.waiting_held = held;
     touch_compute(gpu);
   }
 

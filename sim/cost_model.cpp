@@ -88,6 +88,19 @@ double EfficiencyTable::at(double size) const {
   return points.back().second;
 }
 
+std::uint32_t Interference::waiting_sms(const std::vector<std::uint32_t>& channels) const {
+  if (channels.empty() || waiting_sms_per_channel <= 0) return 0;
+  std::uint64_t total = 0;
+  std::uint32_t first = 0;
+  for (auto ch : channels) {
+    total += ch;
+    first = std::max(first, ch);
+  }
+  const double more = waiting_sms_per_channel_more < 0 ? waiting_sms_per_channel : waiting_sms_per_channel_more;
+  return static_cast<std::uint32_t>(
+      std::lround(waiting_sms_per_channel * first + more * static_cast<double>(total - first)));
+}
+
 Profile Profile::datasheet_defaults() {
   Profile p;
   p.name = "datasheet defaults";

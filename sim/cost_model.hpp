@@ -72,6 +72,14 @@ struct Interference {
   /// one CTA per channel); 0 = not modelled. Default 0 until measured: the microbenchmark is a GEMM alone and with
   /// a recv waiting on a side stream (calibration/validation/REPORT.md names it).
   double waiting_sms_per_channel = 0.0;
+  /// SMs per NCCL channel of each further comm kernel waiting on a GPU where one already waits (the first holds
+  /// waiting_sms_per_channel x its channels, the one with the most channels counting as the first). Negative: the same
+  /// as waiting_sms_per_channel (every waiting kernel holds its own share). Measured: two H200, 1-4 recvs waiting
+  /// beside the same kernels, the GPU's slowdown grows less with each further kernel than with the first
+  /// (calibration/measured/h200x2/recv_wait_n/README.md); the suite's corun.recv_wait4 group sizes it.
+  double waiting_sms_per_channel_more = -1.0;
+  /// SMs held by the comm kernels waiting on one GPU, given each one's NCCL channels.
+  [[nodiscard]] std::uint32_t waiting_sms(const std::vector<std::uint32_t>& channels) const;
 };
 
 /// Host overhead of a training framework (PyTorch eager) on top of the raw launch costs, measured with the

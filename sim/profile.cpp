@@ -14,7 +14,8 @@
 //              "channels_inter": 16, "p2p_channels_nvlink": 32, "p2p_channels_net": 4, "p2p_peers_per_round": 8,
 //              "net_overhead": "1 us"},
 //     "interference": {"comm_hbm_bytes_per_bus_byte": 2.5, "gemm_tile_m": 128, "gemm_tile_n": 256,
-//                      "attention_tile_q": 128, "waiting_sms_per_channel": 0},  (the last: optional, later)
+//                      "attention_tile_q": 128, "waiting_sms_per_channel": 0,
+//                      "waiting_sms_per_channel_more": 0},  (the last two: optional, later)
 //     "kernel_floor": "2.2 us",              (optional, later addition: shortest kernel GPU time)
 //     "memory_tables": "bytes",              (optional: elementwise/optimizer/memcpy tables over bytes moved)
 //     "attention_causal_work": "full",       (optional: the implementation computes the masked scores too; "half"
@@ -241,9 +242,9 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   }
   if (j.contains("interference")) {
     const Json& f = j["interference"];
-    r.keys(
-        f, "/interference",
-        {"comm_hbm_bytes_per_bus_byte", "gemm_tile_m", "gemm_tile_n", "attention_tile_q", "waiting_sms_per_channel"});
+    r.keys(f, "/interference",
+           {"comm_hbm_bytes_per_bus_byte", "gemm_tile_m", "gemm_tile_n", "attention_tile_q", "waiting_sms_per_channel",
+            "waiting_sms_per_channel_more"});
     if (f.contains("comm_hbm_bytes_per_bus_byte")) {
       p.interference.comm_hbm_bytes_per_bus_byte = r.quantity(
           f["comm_hbm_bytes_per_bus_byte"], "/interference/comm_hbm_bytes_per_bus_byte", Dimension::kDimensionless);
@@ -260,6 +261,14 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
           r.quantity(f["waiting_sms_per_channel"], "/interference/waiting_sms_per_channel", Dimension::kDimensionless);
       if (p.interference.waiting_sms_per_channel < 0 || p.interference.waiting_sms_per_channel > 1) {
         r.fail("/interference/waiting_sms_per_channel", "must be in [0, 1] (SMs held per NCCL channel while waiting)");
+      }
+    }
+    if (f.contains("waiting_sms_per_channel_more")) {
+      p.interference.waiting_sms_per_channel_more = r.quantity(
+          f["waiting_sms_per_channel_more"], "/interference/waiting_sms_per_channel_more", Dimension::kDimensionless);
+      if (p.interference.waiting_sms_per_channel_more < 0 || p.interference.waiting_sms_per_channel_more > 1) {
+        r.fail("/interference/waiting_sms_per_channel_more",
+               "must be in [0, 1] (SMs held per NCCL channel by each further waiting kernel on a GPU)");
       }
     }
     if (f.contains("attention_tile_q")) {

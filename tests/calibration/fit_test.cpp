@@ -144,6 +144,50 @@ TEST_CASE("calibration::fit: waiting_sms_per_channel is recovered from corun.rec
   }
 }
 
+TEST_CASE("calibration::fit: waiting_sms_per_channel_more is recovered from corun.recv_wait4", "[calibration]") {
+  // The synthetic hardware: the first waiting kernel holds 0.5 SMs per channel, each further one 0.25.
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  sim::Profile truth = truth_profile();
+  truth.interference.waiting_sms_per_channel = 0.5;
+  truth.interference.waiting_sms_per_channel_more = 0.25;
+  const sim::CostModel costs(cluster, truth);
+  std::vector<BenchGroup> groups;
+  for (auto& g : make_suite("default", 2)) {
+    if (g.name == kRecvWaitGroup || g.name == kRecvWait4Group) groups.push_back(std::move(g));
+  }
+  REQUIRE(groups.size() == 2);
+  // Four recvs wait beside the kernels, each on its own stream.
+  std::size_t recvs = 0;
+  for (const auto& op : groups[1].schedule.ops)
+    recvs += op.rank == 0 && std::holds_alternative<schedule::Recv>(op.body);
+  CHECK(recvs == 4);
+  const std::string path = temp_path("recv_wait4.jsonl");
+  RunOptions o;
+  o.raw_path = path;
+  run_suite(
+      "default", groups, [&](const schedule::Schedule& s) { return sim::simulate(s, cluster, costs); }, o);
+  const RawResults raw = read_raw(path);
+  std::filesystem::remove(path);
+  const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+  auto range = [&](const std::string& head) {
+    const auto line =
+        std::find_if(r.log.begin(), r.log.end(), [&](const std::string& l) { return l.rfind(head, 0) == 0; });
+    REQUIRE(line != r.log.end());
+    double value = -1, lo = -1, hi = -1;
+    REQUIRE(std::sscanf(line->c_str() + head.size(), "%lf (equally good %lf..%lf", &value, &lo, &hi) == 3);
+    return std::pair{lo, hi};
+  };
+  const auto [lo1, hi1] = range(std::string(kRecvWaitGroup) + ": waiting_sms_per_channel = ");
+  CHECK(lo1 <= 0.5 + 1e-9);
+  CHECK(hi1 >= 0.5 - 0.01 - 1e-9);
+  const auto [lo2, hi2] = range(std::string(kRecvWait4Group) + ": waiting_sms_per_channel_more = ");
+  CHECK(lo2 <= 0.25 + 1e-9);
+  CHECK(hi2 >= 0.25 - 0.01 - 1e-9);
+  CHECK(hi2 < 0.5);  // distinguishable from "every waiting kernel holds the first one's share"
+  CHECK(sim::profile_from_json(r.json, "fitted.json").interference.waiting_sms_per_channel_more ==
+        r.profile.interference.waiting_sms_per_channel_more);
+}
+
 TEST_CASE("calibration::suite: resume keeps measured groups and drops a torn line", "[calibration]") {
   const std::string path = temp_path("resume.jsonl");
   const RawResults full = measure_quick(path);

@@ -189,6 +189,25 @@ TEST_CASE("sim::CostModel: grouped_gemm_table per_group reads the table at FLOPs
   CHECK(CostModel(cluster, pg).kernel_cost(Compute{big, 0}).flop_time_s == Approx(4 * f_big / (peak * e_big)));
 }
 
+TEST_CASE("sim::Interference: the first waiting kernel holds its share, each further one the second share", "[sim]") {
+  Interference itf;
+  itf.waiting_sms_per_channel = 0.5;
+  CHECK(itf.waiting_sms({}) == 0);
+  // Unset second share: every waiting kernel holds the first share.
+  CHECK(itf.waiting_sms({32, 32, 16}) == 40);
+  itf.waiting_sms_per_channel_more = 0.25;
+  // The kernel with the most channels counts as the first: 0.5 x 32 + 0.25 x (32 + 16) = 28.
+  CHECK(itf.waiting_sms({16, 32, 32}) == 28);
+  CHECK(itf.waiting_sms({24}) == 12);
+  itf.waiting_sms_per_channel = 0;  // not modelled
+  CHECK(itf.waiting_sms({32, 32}) == 0);
+  const Profile p = profile_from_json(
+      R"({"schema_version": 1, "interference": {"waiting_sms_per_channel": 0.6, "waiting_sms_per_channel_more": 0.4}})",
+      "w.json");
+  CHECK(p.interference.waiting_sms_per_channel_more == Approx(0.4));
+  CHECK(Profile::datasheet_defaults().interference.waiting_sms_per_channel_more < 0);
+}
+
 TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[sim]") {
   auto err = [](const std::string& text) {
     try {
@@ -212,6 +231,8 @@ TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[si
             .find("/interference/waiting_sms_per_channel: must be in [0, 1]") != std::string::npos);
   CHECK(err(R"({"schema_version": 1, "attention_causal_work": "most"})").find("p.json: /attention_causal_work: use") ==
         0);
+  CHECK(err(R"({"schema_version": 1, "interference": {"waiting_sms_per_channel_more": 1.5}})")
+            .find("/interference/waiting_sms_per_channel_more: must be in [0, 1]") != std::string::npos);
   CHECK(err(R"({"schema_version": 1, "grouped_gemm_table": "per_expert"})")
             .find("p.json: /grouped_gemm_table: use \"per_group\"") == 0);
 }
