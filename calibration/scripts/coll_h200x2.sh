@@ -16,9 +16,7 @@ mkdir -p "$OUT/r"
 . "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
 T=build-gpu/cli/twinstep
 echo "== build $(date +%T)"
-cmake -S . -B build-gpu -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_ENABLE_BENCH=OFF > "$OUT/r/build.log" 2>&1 || { tail -30 "$OUT/r/build.log"; exit 1; }
-ninja -C build-gpu twinstep >> "$OUT/r/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/r/build.log" | head -30; exit 1; }
+build_gpu "$OUT/r/build.log" twinstep || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/r/nvidia-smi.csv" 2>&1
 grep -v -E '"group":"(coll|p2p)\.' "$PRIOR" > "$OUT/r/prior.raw.jsonl"
 RUNS=${RUNS:-a b debug ll ll128 simple}

@@ -12,9 +12,7 @@ T=build-gpu/cli/twinstep
 pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
 trap pack EXIT
 echo "== build $(date +%T)"
-cmake -S . -B build-gpu -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_ENABLE_BENCH=OFF > "$OUT/r/build.log" 2>&1 || { tail -30 "$OUT/r/build.log"; exit 1; }
-ninja -C build-gpu twinstep >> "$OUT/r/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/r/build.log" | head -30; exit 1; }
+build_gpu "$OUT/r/build.log" twinstep || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/r/nvidia-smi.csv" 2>&1
 if [ "$SUITE" != none ]; then
 echo "== calibrate $(date +%T)"

@@ -14,11 +14,7 @@ T=$B/cli/twinstep
 pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
 trap pack EXIT
 echo "== build $(date +%T) rev ${REV:-unknown}"
-cmake -S . -B $B -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_ENABLE_BENCH=OFF -DTWINSTEP_GIT_REVISION="${REV:-unknown}" \
-      > "$R/build.log" 2>&1 || { tail -30 "$R/build.log"; exit 1; }
-ninja -C $B twinstep backend_tests >> "$R/build.log" 2>&1 \
-  || { grep -E "error|FAILED" "$R/build.log" | head -30; exit 1; }
+build_gpu "$R/build.log" twinstep backend_tests || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$R/nvidia-smi.csv" 2>&1
 echo "== GPU tests $(date +%T)"
 timeout 150 $MPI -np 2 $B/tests/backend/backend_tests --order decl -d yes > "$R/gpu_tests.log" 2>&1 < /dev/null
