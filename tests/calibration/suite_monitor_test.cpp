@@ -11,12 +11,46 @@
 namespace cal = twinstep::calibration;
 namespace sch = twinstep::schedule;
 
-TEST_CASE("calibration::run_suite: each raw group line carries the trace's gpu_monitor figures", "[calibration]") {
+namespace {
+
+/// A benchmark group of one rank, no ops yet.
+cal::BenchGroup one_rank_group(const std::string& group, const std::string& schedule_name) {
   cal::BenchGroup g;
-  g.name = "compute.gemm";
-  g.schedule.name = "one gemm";
+  g.name = group;
+  g.schedule.name = schedule_name;
   g.schedule.world_size = 1;
   g.schedule.ranks = {0};
+  return g;
+}
+
+/// What run_suite wrote for one group: the group's raw line and the file read back.
+struct Written {
+  std::size_t groups = 0;  ///< run_suite's count of measured groups
+  std::string line;
+  cal::RawResults raw;
+};
+
+/// Runs `g` through run_suite with `execute` into a temporary raw file (removed afterwards).
+template <class Execute>
+Written run_one(const cal::BenchGroup& g, const std::string& file, Execute execute) {
+  const std::string path = (std::filesystem::temp_directory_path() / file).string();
+  cal::RunOptions o;
+  o.raw_path = path;
+  Written w;
+  w.groups = cal::run_suite("default", {g}, execute, o);
+  std::ifstream in(path);
+  std::string header;
+  std::getline(in, header);
+  std::getline(in, w.line);
+  w.raw = cal::read_raw(path);
+  std::filesystem::remove(path);
+  return w;
+}
+
+}  // namespace
+
+TEST_CASE("calibration::run_suite: each raw group line carries the trace's gpu_monitor figures", "[calibration]") {
+  cal::BenchGroup g = one_rank_group("compute.gemm", "one gemm");
   g.schedule.streams = {{"compute", 0}};
   sch::Op op;
   op.id = 0;
@@ -39,18 +73,11 @@ TEST_CASE("calibration::run_suite: each raw group line carries the trace's gpu_m
                  {"gpu_monitorish", "not the monitor's"}};
     return t;
   };
-  const std::string path = (std::filesystem::temp_directory_path() / "twinstep_suite_monitor_test.jsonl").string();
-  cal::RunOptions o;
-  o.raw_path = path;
-  REQUIRE(cal::run_suite("default", {g}, execute, o) == 1);
-  std::ifstream in(path);
-  std::string header, line;
-  std::getline(in, header);
-  std::getline(in, line);
-  const auto raw = cal::read_raw(path);
-  std::filesystem::remove(path);
+  const Written w = run_one(g, "twinstep_suite_monitor_test.jsonl", execute);
+  REQUIRE(w.groups == 1);
+  const auto& raw = w.raw;
 
-  const auto j = nlohmann::json::parse(line);
+  const auto j = nlohmann::json::parse(w.line);
   REQUIRE(j.contains("gpu_monitor"));
   const auto& m = j.at("gpu_monitor");
   CHECK(m.size() == 3);
@@ -62,24 +89,9 @@ TEST_CASE("calibration::run_suite: each raw group line carries the trace's gpu_m
 }
 
 TEST_CASE("calibration::run_suite: a trace without monitor keys writes no gpu_monitor field", "[calibration]") {
-  cal::BenchGroup g;
-  g.name = "host.issue";
-  g.schedule.name = "empty";
-  g.schedule.world_size = 1;
-  g.schedule.ranks = {0};
-  const std::string path = (std::filesystem::temp_directory_path() / "twinstep_suite_monitor_test2.jsonl").string();
-  cal::RunOptions o;
-  o.raw_path = path;
-  cal::run_suite(
-      "default", {g},
-      [](const sch::Schedule& s) {
+  const Written w =
+      run_one(one_rank_group("host.issue", "empty"), "twinstep_suite_monitor_test2.jsonl", [](const sch::Schedule& s) {
         return sch::Trace{"sim", {{"gpu", "x"}}, {}, {0}, s};
-      },
-      o);
-  std::ifstream in(path);
-  std::string header, line;
-  std::getline(in, header);
-  std::getline(in, line);
-  std::filesystem::remove(path);
-  CHECK_FALSE(nlohmann::json::parse(line).contains("gpu_monitor"));
+      });
+  CHECK_FALSE(nlohmann::json::parse(w.line).contains("gpu_monitor"));
 }

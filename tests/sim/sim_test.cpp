@@ -183,17 +183,26 @@ TEST_CASE("sim: SM sharing slows a concurrent GEMM by its wave count", "[sim]") 
         Approx(2.0 * static_cast<double>(duration(alone, gemm_alone))).margin(2));
 }
 
+namespace {
+
+/// Datasheet defaults with no launch costs and no comm HBM traffic: waiting SMs are the only interference.
+Profile waiting_only_profile(double waiting_sms_per_channel) {
+  Profile prof = Profile::datasheet_defaults();
+  for (auto& [cls, s] : prof.launch_s) s = 0;
+  prof.interference.comm_hbm_bytes_per_bus_byte = 0;
+  prof.interference.waiting_sms_per_channel = waiting_sms_per_channel;
+  return prof;
+}
+
+}  // namespace
+
 TEST_CASE("sim: a recv waiting for its peer holds waiting_sms_per_channel x channels SMs", "[sim]") {
   // Rank 0 posts a recv on its own stream at t = 0 and runs a one-wave GEMM (132 tiles); rank 1's send comes after
   // a host delay longer than the GEMM. While waiting, the recv's NCCL kernel is resident: with every CTA holding an
   // SM (32 p2p channels over NVLink), the GEMM's 132 tiles run on 100 SMs: 2 waves instead of 1.
   auto run = [](double per_channel) {
-    Profile prof = Profile::datasheet_defaults();
-    for (auto& [cls, s] : prof.launch_s) s = 0;
-    prof.interference.comm_hbm_bytes_per_bus_byte = 0;
-    prof.interference.waiting_sms_per_channel = per_channel;
     const auto cluster = topologies::load_cluster("h200x2-nvlink");
-    const CostModel costs(cluster, prof);
+    const CostModel costs(cluster, waiting_only_profile(per_channel));
     Builder b(2, {{"compute", 0}, {"recv", -1}});
     const CommId c = b.comm("pp", "pp", {0, 1});
     b.recv(0, "recv", 1, c, 1, 64ull << 20, 0);
@@ -219,12 +228,8 @@ TEST_CASE("sim: the SMs of a waiting recv are released when its transfer starts"
   // recv). Rank 1 sends after its own GEMM. The first GEMM is slowed by the waiting recv; the second runs after the
   // transfer and must take its solo time (nothing held any more); rank 1 is not affected.
   auto run = [](double per_channel) {
-    Profile prof = Profile::datasheet_defaults();
-    for (auto& [cls, s] : prof.launch_s) s = 0;
-    prof.interference.comm_hbm_bytes_per_bus_byte = 0;
-    prof.interference.waiting_sms_per_channel = per_channel;
     const auto cluster = topologies::load_cluster("h200x2-nvlink");
-    const CostModel costs(cluster, prof);
+    const CostModel costs(cluster, waiting_only_profile(per_channel));
     Builder b(2, {{"compute", 0}, {"recv", -1}});
     const CommId c = b.comm("pp", "pp", {0, 1});
     const OpId g = b.gemm(1, "gemm0", 0, 8192, 8192, 8192);
