@@ -7,6 +7,7 @@
 
 #include <malloc.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +18,8 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -327,10 +330,37 @@ bool write_all(int fd, const std::string& s) {
 /// A worker lowers and simulates one schedule after another, each of the same tens of MB: keep the freed memory in
 /// the heap for the next one instead of returning it to the kernel and faulting it in again (~15% of a worker's CPU
 /// time). glibc's defaults mmap large blocks afresh and trim the heap top; 32 MiB is the largest mmap threshold glibc
-/// accepts on 64-bit.
-void keep_freed_memory() {
+/// accepts on 64-bit. The heap grows kHeapStep at a time and is backed by transparent huge pages where the kernel
+/// offers them on request (/sys/kernel/mm/transparent_hugepage/enabled "madvise" or "always"): a simulation walks
+/// ops spread over MBs rank by rank, and 2 MiB pages cut its page faults and TLB misses (~10% of a worker's CPU
+/// time on the sweep benchmark; docs/performance.md). Without THP the advice is ignored.
+constexpr std::size_t kHeapStep = std::size_t{64} << 20;
+constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
+
+/// Asks for huge pages on the heap grown since `*from` (its first call: the worker's heap), and moves `*from` on.
+void advise_huge_pages(std::uintptr_t* from) {
+  const auto top = reinterpret_cast<std::uintptr_t>(::sbrk(0));
+  const std::uintptr_t begin = (*from + kHugePage - 1) & ~(kHugePage - 1);
+  const std::uintptr_t end = top & ~(kHugePage - 1);
+  if (end > begin && ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE) == 0) *from = end;
+}
+
+/// Sets a worker's heap up (above); returns where its huge-page advice starts.
+std::uintptr_t keep_freed_memory() {
   ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
   ::mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+  ::mallopt(M_TOP_PAD, static_cast<int>(kHeapStep));
+  // Grow the heap by a step before the first point touches it (freed blocks stay: no trimming), so that the advice
+  // covers it: blocks below the mmap threshold until the break moves.
+  const auto from = reinterpret_cast<std::uintptr_t>(::sbrk(0));
+  std::vector<void*> blocks;
+  while (reinterpret_cast<std::uintptr_t>(::sbrk(0)) - from < kHeapStep && blocks.size() < 16) {
+    blocks.push_back(std::malloc(kHeapStep / 4));
+  }
+  for (void* b : blocks) std::free(b);
+  std::uintptr_t advised = from;
+  advise_huge_pages(&advised);
+  return advised;
 }
 
 /// A worker process and the socket to it: the parent sends the position of one point at a time, the worker answers
@@ -627,9 +657,10 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     if (pid < 0) throw Error(std::string("sweep: fork failed: ") + std::strerror(errno));
     if (pid == 0) {
       ::close(fds[0]);
-      keep_freed_memory();
+      std::uintptr_t advised = keep_freed_memory();
       std::uint64_t pos = 0;
       while (read_all(fds[1], &pos, sizeof pos)) {
+        advise_huge_pages(&advised);  // what the last point grew
         if (pos >= points.size() || !write_all(fds[1], evaluate_point(points[pos], options.extrapolate) + "\n")) {
           ::_exit(4);
         }
