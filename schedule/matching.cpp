@@ -34,18 +34,39 @@ struct P2PKeyHash {
 
 }  // namespace
 
+Matching::Matching(const Matching& other)
+    : collectives(other.collectives),
+      instance_of(other.instance_of),
+      partner(other.partner),
+      instance_ops(other.instance_ops) {
+  for (auto& inst : collectives) {
+    inst.ops = {instance_ops.data() + (inst.ops.data() - other.instance_ops.data()), inst.ops.size()};
+  }
+}
+
+Matching& Matching::operator=(const Matching& other) {
+  if (this != &other) *this = Matching(other);
+  return *this;
+}
+
 Matching match(const Schedule& schedule) {
   const std::size_t n = schedule.ops.size();
   Matching m;
   m.instance_of.assign(n, UINT32_MAX);
   m.partner.assign(n, kNoOp);
 
-  // Per communicator with collectives: rank -> position, and per position the collective ops in program order.
-  // Built on first use: a reduced schedule touches few of the world's communicators.
+  // Per communicator with collectives: rank -> position, and per position the collectives seen so far. Built on first
+  // use: a reduced schedule touches few of the world's communicators.
   const std::size_t ncomm = schedule.communicators.size();
   std::vector<std::unordered_map<RankId, std::uint32_t>> position(ncomm);  // lookups only
-  std::vector<std::vector<std::vector<OpId>>> seqs(ncomm);
-  std::vector<std::uint8_t> used(ncomm, 0);
+  std::vector<std::vector<std::uint32_t>> seen(ncomm);
+  std::vector<std::uint32_t> instances(ncomm, 0);  // per communicator: the most collectives of one member
+  struct Member {
+    OpId op;
+    CommId comm;
+    std::uint32_t pos, seq;
+  };
+  std::vector<Member> members_seen;
   // Sends and recvs per key, in program order; keys are looked up only, each key's lists pair on their own.
   std::unordered_map<P2PKey, std::pair<std::vector<OpId>, std::vector<OpId>>, P2PKeyHash> p2p;
   std::vector<bool> present;
@@ -60,17 +81,18 @@ Matching match(const Schedule& schedule) {
     const auto id = static_cast<OpId>(i);
     if (const auto* col = std::get_if<Collective>(&op.body)) {
       if (col->comm >= ncomm) continue;
-      if (used[col->comm] == 0) {
-        used[col->comm] = 1;
+      if (seen[col->comm].empty()) {
         const auto& members = schedule.communicators[col->comm].members;
-        seqs[col->comm].resize(members.size());
+        seen[col->comm].assign(std::max<std::size_t>(1, members.size()), 0);
         for (std::size_t k = 0; k < members.size(); ++k) {
           position[col->comm].emplace(members[k], static_cast<std::uint32_t>(k));
         }
       }
       auto it = position[col->comm].find(op.rank);
       if (it == position[col->comm].end()) continue;
-      seqs[col->comm][it->second].push_back(id);
+      const std::uint32_t seq = seen[col->comm][it->second]++;
+      instances[col->comm] = std::max(instances[col->comm], seq + 1);
+      members_seen.push_back({id, col->comm, it->second, seq});
     } else if (const auto* s = std::get_if<Send>(&op.body)) {
       // Mirrored pairs use the key (comm, rank, rank, tag), which no ordinary pair has (no self sends).
       const RankId to = absent(s->peer) ? op.rank : s->peer;
@@ -81,23 +103,31 @@ Matching match(const Schedule& schedule) {
     }
   }
 
+  // Instances numbered by communicator, then by sequence; their ops laid out in that order.
+  std::vector<std::uint32_t> first_instance(ncomm, 0);
+  std::size_t total = 0, slots = 0;
   for (std::size_t c = 0; c < ncomm; ++c) {
-    std::size_t count = 0;
-    for (const auto& s : seqs[c]) count = std::max(count, s.size());
-    for (std::size_t k = 0; k < count; ++k) {
-      CollectiveInstance inst;
+    first_instance[c] = static_cast<std::uint32_t>(total);
+    total += instances[c];
+    slots += std::size_t{instances[c]} * schedule.communicators[c].members.size();
+  }
+  m.instance_ops.assign(slots, kNoOp);
+  m.collectives.resize(total);
+  std::size_t offset = 0;
+  for (std::size_t c = 0; c < ncomm; ++c) {
+    const std::size_t size = schedule.communicators[c].members.size();
+    for (std::uint32_t k = 0; k < instances[c]; ++k) {
+      CollectiveInstance& inst = m.collectives[first_instance[c] + k];
       inst.comm = static_cast<CommId>(c);
-      inst.seq = static_cast<std::uint32_t>(k);
-      inst.ops.assign(seqs[c].size(), kNoOp);
-      const auto index = static_cast<std::uint32_t>(m.collectives.size());
-      for (std::size_t pos = 0; pos < seqs[c].size(); ++pos) {
-        if (k < seqs[c][pos].size()) {
-          inst.ops[pos] = seqs[c][pos][k];
-          m.instance_of[seqs[c][pos][k]] = index;
-        }
-      }
-      m.collectives.push_back(std::move(inst));
+      inst.seq = k;
+      inst.ops = {m.instance_ops.data() + offset, size};
+      offset += size;
     }
+  }
+  for (const Member& x : members_seen) {
+    const std::uint32_t index = first_instance[x.comm] + x.seq;
+    m.instance_ops[static_cast<std::size_t>(m.collectives[index].ops.data() - m.instance_ops.data()) + x.pos] = x.op;
+    m.instance_of[x.op] = index;
   }
 
   for (const auto& [key, lists] : p2p) {

@@ -2,6 +2,8 @@
 // tricky true negative, and the wording of diagnostics (op id, name, rank, field, fix).
 #include "schedule/validate.hpp"
 
+#include <initializer_list>
+#include <optional>
 #include <string>
 
 #include "common/error.hpp"
@@ -261,6 +263,27 @@ TEST_CASE("schedule::match: instances by order on the communicator, p2p pairs by
   REQUIRE(recv != ts::kNoOp);
   CHECK(std::holds_alternative<ts::Recv>(s.ops[recv].body));
   CHECK(m.partner[recv] == send);
+}
+
+TEST_CASE("schedule::Matching: a copy's instances view the copy's own ops, and a move keeps them valid", "[schedule]") {
+  const ts::Schedule s = ts::testing::every_kind();
+  std::vector<std::vector<ts::OpId>> expected;
+  std::optional<ts::Matching> original(ts::match(s));
+  for (const auto& inst : original->collectives) expected.emplace_back(inst.ops.begin(), inst.ops.end());
+  ts::Matching copy(*original);
+  ts::Matching assigned;
+  assigned = *original;
+  original.reset();  // the views must not point into the destroyed original
+  const ts::Matching moved(std::move(assigned));
+  for (const ts::Matching* m : std::initializer_list<const ts::Matching*>{&copy, &moved}) {
+    REQUIRE(m->collectives.size() == expected.size());
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      const auto& ops = m->collectives[i].ops;
+      CHECK(ops.data() >= m->instance_ops.data());
+      CHECK(ops.data() + ops.size() <= m->instance_ops.data() + m->instance_ops.size());
+      CHECK(std::vector<ts::OpId>(ops.begin(), ops.end()) == expected[i]);
+    }
+  }
 }
 
 TEST_CASE("schedule::validate: reduced schedules tolerate absent members", "[schedule]") {
