@@ -287,6 +287,9 @@ class FlowModel final : public ResourceModel {
     }
   }
 
+  /// A waiting comm kernel holds SMs on its GPU (compute is shared as in the analytic model).
+  void comm_waiting(OpId op, Nanos now) override { gpu_->comm_waiting(op, now); }
+
   Nanos advance(Nanos horizon, std::vector<ActivityId>& done) override {
     graveyard_.clear();
     TWINSTEP_ASSERT(batch_.empty(), "flow completions left unreported from an earlier advance()");

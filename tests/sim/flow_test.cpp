@@ -131,6 +131,40 @@ TEST_CASE("sim::flow: where no link is shared, flow and analytic give the same s
   }
 }
 
+TEST_CASE("sim::flow: a comm kernel waiting for its peer holds SMs as in analytic (recv and collective)",
+          "[sim][flow]") {
+  // Rank 0 posts a recv and a collective that wait for rank 1 (behind a host delay) and runs a one-wave GEMM
+  // (132 tiles) meanwhile. Both fidelities share GPU compute the same way (GpuSharingModel): the waiting kernels'
+  // SMs make the GEMM 2 waves in both, and with no waiting SMs it runs its solo time in both.
+  const auto cluster = topologies::load_cluster("h200x2-nvlink");
+  auto schedule = [] {
+    Builder b(2, {{"compute", 0}, {"recv", -1}, {"dp", -1}});
+    const CommId pp = b.comm("pp", "pp", {0, 1});
+    const CommId dp = b.comm("dp", "dp", {0, 1});
+    b.recv(0, "recv", 1, pp, 1, 64ull << 20, 0);
+    b.collective(0, "ar", 2, CollectiveKind::kAllReduce, dp, 1ull << 30);
+    b.gemm(0, "gemm", 0, 12 * 128, 11 * 256, 16384);
+    b.add(1, "delay", 0, Host{50'000'000});
+    b.send(1, "send", 0, pp, 0, 64ull << 20, 0);
+    b.collective(1, "ar", 2, CollectiveKind::kAllReduce, dp, 1ull << 30);
+    return b.schedule();
+  }();
+  auto gemm_ns = [&](double per_channel, const std::string& fidelity) {
+    Profile prof = Profile::datasheet_defaults();
+    for (auto& [cls, sec] : prof.launch_s) sec = 0;
+    prof.interference.comm_hbm_bytes_per_bus_byte = 0;
+    prof.interference.waiting_sms_per_channel = per_channel;
+    const Trace t = run(schedule, cluster, prof, fidelity);
+    REQUIRE(t.records.at(0).end_ns > t.records.at(2).end_ns);  // the GEMM ends while the recv still waits
+    return t.records.at(2).end_ns - t.records.at(2).start_ns;
+  };
+  const Nanos solo = gemm_ns(0.0, "analytic");
+  CHECK(gemm_ns(0.0, "flow") == solo);
+  const Nanos analytic = gemm_ns(1.0, "analytic");
+  CHECK(static_cast<double>(analytic) == Approx(2.0 * static_cast<double>(solo)).margin(2));
+  CHECK(gemm_ns(1.0, "flow") == analytic);
+}
+
 TEST_CASE("sim::flow: two collectives crossing one GPU's NVLink port share it max-min, analytic says it can't",
           "[sim][flow]") {
   if (!flow_model_available()) return;
