@@ -53,11 +53,14 @@ struct alignas(64) OpState {
   std::uint8_t reached = 0, completed = 0, issued = 0;
 };
 
-/// A host-thread wake-up. Completions from the resource model come first at equal times (priority 0).
+/// A timed event of the core: a host thread wakes up (a host op's duration or a host_sync's return ended, or the
+/// thread reaches a host op at its own time), or an op whose last condition was its launch may start. Completions
+/// from the resource model come first at equal times (priority 0).
 struct Wake {
   Nanos time;
   std::uint64_t seq;
-  std::uint32_t rank;  ///< Dense rank index.
+  std::uint32_t target;  ///< Dense rank index (host wake-up) or op id (`op_ready`).
+  bool op_ready;
   bool operator>(const Wake& o) const { return time != o.time ? time > o.time : seq > o.seq; }
 };
 
@@ -85,7 +88,11 @@ class Core {
       if (horizon == kNever) break;  // activities run but none can finish: reported below
       const Wake w = queue_.top();
       queue_.pop();
-      wake(w.rank, w.time);
+      if (w.op_ready) {
+        ready(w.target, w.time);
+      } else {
+        wake(w.target, w.time);
+      }
     }
     if (completed_count_ < n_ops_) throw Error(deadlock_report());
     std::vector<schedule::OpRecord> records(n_ops_);
@@ -185,7 +192,6 @@ class Core {
       }
     }
     pos_.assign(rank_begin_.begin(), rank_begin_.end() - 1);
-    launching_.assign(num_ranks_, kNoOp);
     finishing_.assign(num_ranks_, kNoOp);
     blocked_on_.assign(num_ranks_, kNoOp);
     std::vector<Wake> storage;
@@ -193,15 +199,9 @@ class Core {
     queue_ = decltype(queue_)(std::greater<Wake>(), std::move(storage));
   }
 
-  void push_wake(std::uint32_t r, Nanos t) { queue_.push(Wake{t, seq_++, r}); }
+  void push_wake(std::uint32_t r, Nanos t) { queue_.push(Wake{t, seq_++, r, false}); }
 
   void wake(std::uint32_t r, Nanos t) {
-    if (launching_[r] != kNoOp) {
-      const OpId op = launching_[r];
-      launching_[r] = kNoOp;
-      op_[op].issued = 1;
-      release(op, t);
-    }
     if (finishing_[r] != kNoOp) {
       const OpId op = finishing_[r];
       finishing_[r] = kNoOp;
@@ -210,13 +210,23 @@ class Core {
     issue_loop(r, t);
   }
 
+  /// Runs rank `r`'s host thread from `t`, the simulation's time. Launches only take the thread's own time and touch
+  /// nothing else, so the thread runs ahead through GPU ops (its own clock `at` past `t`) without an event per launch:
+  /// an op is issued when its launch ends (issued_at), and whichever of its conditions holds last decides when it
+  /// may start (release). A host op or host_sync acts on the shared state: the thread resumes there at its own time.
   void issue_loop(std::uint32_t r, Nanos t) {
     const std::uint32_t end = rank_begin_[r + 1];
+    Nanos at = t;
     while (pos_[r] < end) {
       if (blocked_on_[r] != kNoOp) return;
       const OpId op = rank_ops_[pos_[r]];
-      op_[op].issue = t;
-      switch (op_[op].cls) {
+      const OpClass cls = op_[op].cls;
+      if (at > t && (cls == OpClass::kHost || cls == OpClass::kHostSync)) {
+        push_wake(r, at);
+        return;
+      }
+      op_[op].issue = at;
+      switch (cls) {
         case OpClass::kHost: {
           ++pos_[r];
           op_[op].start = t;
@@ -245,21 +255,18 @@ class Core {
           op_[target].sync_waiter = op;
           return;
         }
-        default: {
+        default:
           ++pos_[r];
-          const Nanos launch = op_[op].host_ns;
-          if (launch > 0) {
-            launching_[r] = op;
-            push_wake(r, t + launch);
-            return;
-          }
+          at += op_[op].host_ns;  // issued when its launch ends
           op_[op].issued = 1;
           release(op, t);
           break;
-        }
       }
     }
   }
+
+  /// When `op` is issued: its launch started at `issue` and takes host_ns (a GPU op).
+  Nanos issued_at(OpId op) const { return op_[op].issue + op_[op].host_ns; }
 
   /// The target of host_sync `op`.
   OpId sync_target(OpId op) const {
@@ -274,9 +281,17 @@ class Core {
     push_wake(r, t + op_[op].host_ns);
   }
 
+  /// One of `op`'s conditions holds at `t` (its issue counts from issue_loop's call, at the simulation's time). With
+  /// all of them held it starts at `t`, or when it is issued if that is later (an event then).
   void release(OpId op, Nanos t) {
     TWINSTEP_ASSERT(op_[op].pending > 0, "op %u released more often than it has conditions", op);
-    if (--op_[op].pending == 0) ready(op, t);
+    if (--op_[op].pending != 0) return;
+    const Nanos issued = issued_at(op);
+    if (issued > t) {
+      queue_.push(Wake{issued, seq_++, op, true});
+    } else {
+      ready(op, t);
+    }
   }
 
   /// All conditions hold: the op reaches the head of its stream at `t`.
@@ -433,7 +448,7 @@ class Core {
   std::vector<std::uint32_t> arrived_, present_;
   std::vector<OpId> first_present_;
   std::vector<std::uint32_t> pos_;
-  std::vector<OpId> launching_, finishing_, blocked_on_;
+  std::vector<OpId> finishing_, blocked_on_;
   std::priority_queue<Wake, std::vector<Wake>, std::greater<Wake>> queue_;
   std::uint64_t seq_ = 0;
   OpId completed_count_ = 0;
