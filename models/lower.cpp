@@ -803,7 +803,7 @@ class RankLowering {
     op.tags.microbatch = cur_mb_;
     op.tags.chunk = cur_chunk_;
     op.tags.phase = ph;
-    op.tags.overlap = overlap;
+    if (!overlap.empty()) op.tags.overlap = overlap;
   }
   template <typename B>
   OpId emit(StreamId stream, const Name& what, B&& body, std::vector<OpId> deps, Phase ph,
@@ -2287,8 +2287,11 @@ class RankLowering {
     std::vector<OpId> fwd_producer = std::move(fwd_after), bwd_producer = std::move(bwd_after);
     if (fwd_producer.empty() && last_fwd_output_ != schedule::kNoOp) fwd_producer.push_back(last_fwd_output_);
     if (bwd_producer.empty() && last_bwd_output_ != schedule::kNoOp) bwd_producer.push_back(last_bwd_output_);
-    const auto saved_prefix = prefix_;
-    if (x_.op_names) prefix_ = "pp.x" + str(exchanges_) + ".";
+    std::string saved_prefix;
+    if (x_.op_names) {
+      saved_prefix = prefix_;
+      prefix_ = "pp.x" + str(exchanges_) + ".";
+    }
     ++exchanges_;
     if (ex.send_next) {
       posted.push_back(send(x_.st.pp_send_next, "send_fwd", pp, pp_peer(1), bytes, 0, Phase::kFwd, fwd_producer, ov));
@@ -2312,7 +2315,7 @@ class RankLowering {
         for (auto id : posted) host_sync("batch_p2p_sync", id, Phase::kNone);
       }
     }
-    prefix_ = saved_prefix;
+    if (x_.op_names) prefix_ = std::move(saved_prefix);
   }
 
   void run_no_pipelining();
