@@ -761,6 +761,7 @@ class RankLowering {
     aq_ = k_.nq;
     akv_ = k_.nkv;
     adh_ = k_.dh;
+    init_routing();
   }
 
   void run();
@@ -1120,13 +1121,13 @@ class RankLowering {
       attn_kernel("attn", hq, hkv, k_.s, k_.s, true, false, ph, {}, "");
       return;
     }
-    if (k_.cp_type == "p2p") {
+    if (cp_p2p_) {
       std::vector<OpId> first;
       if (last_compute_ != schedule::kNoOp) first.push_back(last_compute_);
       cp_ring_fwd(ph, x_.cp_of[rank_], k_.c, co_.cp, cp_peer(1), cp_peer(-1), hq, hkv, s_loc, first);
       return;
     }
-    if (k_.cp_type == "all_gather") {
+    if (cp_ag_) {
       collective(x_.st.cp, "attn_kv_ag", CollectiveKind::kAllGather, x_.cp_of[rank_], kv_bytes * k_.c, ph, true);
       const std::uint64_t chunk = k_.s / (2 * k_.c);
       const std::uint32_t owned[2] = {co_.cp, 2 * k_.c - 1 - co_.cp};
@@ -1140,7 +1141,7 @@ class RankLowering {
     }
     // a2a (Ulysses) over the CP group, or over the inner group of a2a+p2p: sequence-sharded -> head-sharded Q, K, V
     // (q, k, v async, the compute stream waits for all three), attention, output back.
-    const bool hier = k_.cp_type == "a2a+p2p";
+    const bool hier = cp_hier_;
     const std::uint32_t na = hier ? k_.ca : k_.c;
     const CommId a2a = hier ? x_.cpa_of[rank_] : x_.cp_of[rank_];
     const StreamId st = hier ? x_.st.cp_a2a : x_.st.cp;
@@ -1171,12 +1172,12 @@ class RankLowering {
       attn_kernel("attn_bwd", hq, hkv, k_.s, k_.s, true, true, Phase::kBwd, {}, "");
       return;
     }
-    if (k_.cp_type == "p2p") {
+    if (cp_p2p_) {
       const OpId last = cp_ring_bwd(x_.cp_of[rank_], k_.c, co_.cp, cp_peer(1), cp_peer(-1), hq, hkv, s_loc);
       pending_.push_back(last);  // the final dKV arrives before the qkv dgrad
       return;
     }
-    if (k_.cp_type == "all_gather") {
+    if (cp_ag_) {
       const CommId cp = x_.cp_of[rank_];
       collective(x_.st.cp, "attn_bwd_kv_ag", CollectiveKind::kAllGather, cp, kv_bytes * k_.c, Phase::kBwd, true);
       const std::uint64_t chunk = k_.s / (2 * k_.c);
@@ -1191,7 +1192,7 @@ class RankLowering {
       collective(x_.st.cp, "attn_bwd_dkv_rs", CollectiveKind::kReduceScatter, cp, kv_bytes * k_.c, Phase::kBwd, true);
       return;
     }
-    const bool hier = k_.cp_type == "a2a+p2p";
+    const bool hier = cp_hier_;
     const std::uint32_t na = hier ? k_.ca : k_.c;
     const CommId a2a = hier ? x_.cpa_of[rank_] : x_.cp_of[rank_];
     const StreamId st = hier ? x_.st.cp_a2a : x_.st.cp;
@@ -1306,34 +1307,33 @@ class RankLowering {
   }
 
   // ---- MoE token counts (routing model) ----
+  // The routing model is a function of the layout and the rank's EP position alone: computed once per rank
+  // (init_routing) and read by every MoE layer and micro-batch.
   std::uint64_t moe_tokens() const { return k_.tokens_sp; }  // T_m: tokens entering the router on this rank
-  std::vector<std::uint64_t> dispatch_copies() const { return ep_split(k_, moe_tokens() * k_.topk); }
+  const std::vector<std::uint64_t>& dispatch_copies() const { return dispatch_copies_; }
   /// Token copies this rank received from each EP peer (= what it sends back in the combine).
-  std::vector<std::uint64_t> combine_copies() const {
-    const auto sp = dispatch_copies();
-    return std::vector<std::uint64_t>(k_.e, sp[eco_.ep]);
-  }
+  const std::vector<std::uint64_t>& combine_copies() const { return combine_copies_; }
   /// Rows the grouped GEMMs process on this rank (after the expert-TP all-gather): e x split[position] x t_e.
-  std::uint64_t expert_rows() const { return dispatch_copies()[eco_.ep] * k_.e * k_.te; }
-  std::vector<std::uint64_t> expert_groups() const {
+  std::uint64_t expert_rows() const { return dispatch_copies_[eco_.ep] * k_.e * k_.te; }
+  const std::vector<std::uint64_t>& expert_groups() const { return expert_groups_; }
+  const std::vector<std::uint64_t>& flex_copies() const { return flex_copies_; }
+  const std::vector<std::uint64_t>& flex_combine_copies() const { return flex_combine_copies_; }
+  void init_routing() {
+    if (!k_.moe) return;
+    dispatch_copies_ = ep_split(k_, moe_tokens() * k_.topk);
+    combine_copies_.assign(k_.e, dispatch_copies_[eco_.ep]);
     const std::uint64_t n = expert_rows(), g = k_.local_experts;
-    std::vector<std::uint64_t> m(g, n / g);
-    for (std::uint64_t i = 0; i < n % g; ++i) m[i] += 1;
-    return m;
-  }
-  /// flex: one copy per (token, destination rank): R = e (1 - C(E - E/e, k) / C(E, k)) under uniform routing.
-  std::vector<std::uint64_t> flex_copies() const {
+    expert_groups_.assign(g, n / g);
+    for (std::uint64_t i = 0; i < n % g; ++i) expert_groups_[i] += 1;
+    // flex: one copy per (token, destination rank): R = e (1 - C(E - E/e, k) / C(E, k)) under uniform routing.
     double none = 1.0;
     for (std::uint64_t i = 0; i < k_.topk; ++i) {
       none *= static_cast<double>(k_.experts - k_.local_experts - std::min(i, k_.experts - k_.local_experts)) /
               static_cast<double>(k_.experts - i);
     }
     const double r = static_cast<double>(k_.e) * (1.0 - none);
-    return ep_split(k_, static_cast<std::uint64_t>(std::llround(static_cast<double>(moe_tokens()) * r)));
-  }
-  std::vector<std::uint64_t> flex_combine_copies() const {
-    const auto sp = flex_copies();
-    return std::vector<std::uint64_t>(k_.e, sp[eco_.ep]);
+    flex_copies_ = ep_split(k_, static_cast<std::uint64_t>(std::llround(static_cast<double>(moe_tokens()) * r)));
+    flex_combine_copies_.assign(k_.e, flex_copies_[eco_.ep]);
   }
 
   // ---- attention blocks (standard / gated GQA, MLA, Gated DeltaNet) ----
@@ -1529,7 +1529,7 @@ class RankLowering {
     gemm("router", T, k_.experts, k_.h, ph);
     elementwise("router_topk", T * k_.experts * 4 * 3, ph);
     const std::uint32_t span = k_.te * k_.e;
-    if (k_.dispatcher == "alltoall") {
+    if (dispatch_a2a_) {
       // preprocess: all-gather of per-expert counts over TP x EP, D2H copy of the splits (host syncs on it later).
       OpId counts = last_compute_;
       if (span > 1) {
@@ -1540,7 +1540,7 @@ class RankLowering {
           kernel_on(x_.st.dtoh, "moe_splits_d2h",
                     schedule::Memcpy{2ull * k_.e * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, ph, {counts});
       elementwise("moe_permute", 2 * act(T * k_.topk, k_.h), ph);
-    } else if (k_.dispatcher == "allgather") {
+    } else if (dispatch_ag_) {
       if (span > 1) {
         collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_], act(T, k_.h) * span, ph,
                    true);
@@ -1557,12 +1557,12 @@ class RankLowering {
   /// Dispatch (node D): host sync on the split sizes, token and probs all-to-alls (flex: notify, count sync, fused
   /// dispatch kernel holding moe_flex_num_sms SMs and its transfer).
   void moe_dispatch_fwd(Phase ph) {
-    if (k_.dispatcher == "alltoall") {
+    if (dispatch_a2a_) {
       host_sync("moe_splits_sync", d2h_, ph);  // cuda_sync_point before_ep_alltoall
       if (k_.e > 1) ep_a2a("moe_dispatch_a2a", dispatch_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
       if (k_.shared_overlap) shared_overlap_fc1(ph);
       if (k_.e > 1) ep_a2a("moe_probs_a2a", dispatch_copies(), 4, schedule::DType::kFP32, ph);
-    } else if (k_.dispatcher == "flex") {
+    } else if (dispatch_flex_) {
       flex_kernel("flex_notify", Elementwise{std::uint64_t{k_.e} * k_.experts * 4 * 2, 0}, ph);
       const OpId cp =
           flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
@@ -1612,7 +1612,7 @@ class RankLowering {
                  schedule::DType::kFP32);
     }
     if (k_.local_experts > 1) elementwise("moe_sort", 2 * act(n, k_.h), ph);
-    const auto groups = expert_groups();
+    const auto& groups = expert_groups();
     kernel("experts_fc1", schedule::GroupedGemm{groups, k_.ffn1e / k_.te, k_.h, k_.dtype}, ph);
     elementwise("experts_act", act(n, k_.ffn1e / k_.te) + act(n, k_.fe / k_.te) + n * 4, ph);
     kernel("experts_fc2", schedule::GroupedGemm{groups, k_.h, k_.fe / k_.te, k_.dtype}, ph);
@@ -1624,10 +1624,10 @@ class RankLowering {
   void moe_combine_fwd(Phase ph) {
     const std::uint64_t T = moe_tokens();
     std::vector<OpId> add_deps;
-    if (k_.dispatcher == "alltoall") {
+    if (dispatch_a2a_) {
       if (k_.e > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
       if (k_.shared_overlap) add_deps.push_back(shared_overlap_fc2(ph));
-    } else if (k_.dispatcher == "flex") {
+    } else if (dispatch_flex_) {
       std::uint64_t copies = 0;
       for (auto c : flex_combine_copies()) copies += c;
       const OpId kc = flex_kernel("flex_combine", Elementwise{2 * act(copies, k_.h), 0}, ph);
@@ -1642,7 +1642,7 @@ class RankLowering {
                    act(T, k_.h) * k_.te * k_.e, ph, true);
       }
     }
-    if (k_.dispatcher != "allgather") ep_elementwise("moe_unpermute", act(T * k_.topk, k_.h) + act(T, k_.h), ph);
+    if (!dispatch_ag_) ep_elementwise("moe_unpermute", act(T * k_.topk, k_.h) + act(T, k_.h), ph);
     if (k_.shared_f > 0) ep_elementwise("shared_add", 3 * act(T, k_.h), ph, add_deps);
     ep_elementwise("residual2", 3 * act(k_.tokens_sp, k_.h), ph);
   }
@@ -1651,7 +1651,7 @@ class RankLowering {
   void moe_combine_bwd() {
     const Phase ph = Phase::kBwd;
     const std::uint64_t T = moe_tokens();
-    if (k_.dispatcher == "allgather") {
+    if (dispatch_ag_) {
       if (k_.te * k_.e > 1) {
         collective(x_.st.tp_ep, "moe_output_grad_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
                    act(T, k_.h) * k_.te * k_.e, ph, true);
@@ -1660,7 +1660,7 @@ class RankLowering {
       return;
     }
     ep_elementwise("moe_unpermute_bwd", act(T * k_.topk, k_.h) + act(T, k_.h) + T * k_.topk * 4, ph);
-    if (k_.dispatcher == "alltoall") {  // combine's gradient goes the dispatch direction
+    if (dispatch_a2a_) {  // combine's gradient goes the dispatch direction
       if (k_.e > 1) ep_a2a("moe_combine_grad_a2a", dispatch_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
     } else {
       std::uint64_t copies = 0;
@@ -1678,7 +1678,7 @@ class RankLowering {
     const CommId etp = k_.te > 1 ? x_.etp_of[rank_] : kNone;
     if (k_.te > 1) collective(x_.st.etp, "moe_etp_grad_ag", CollectiveKind::kAllGather, etp, act(n, k_.h), ph, true);
     if (k_.local_experts > 1) elementwise("moe_unsort_bwd", 2 * act(n, k_.h), ph);
-    const auto groups = expert_groups();
+    const auto& groups = expert_groups();
     // Weight gradients as grouped GEMMs with the same FLOPs (GroupedGemm has one k; the token count varies).
     kernel("experts_fc2_dgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, ph);
     wgrad_op("experts_fc2_wgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, {},
@@ -1694,12 +1694,12 @@ class RankLowering {
   }
   void moe_dispatch_bwd() {
     const Phase ph = Phase::kBwd;
-    if (k_.dispatcher == "alltoall") {  // token and probs gradients go the combine direction
+    if (dispatch_a2a_) {  // token and probs gradients go the combine direction
       if (k_.e > 1) {
         ep_a2a("moe_dispatch_grad_a2a", combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
         ep_a2a("moe_probs_grad_a2a", combine_copies(), 4, schedule::DType::kFP32, ph);
       }
-    } else if (k_.dispatcher == "flex") {
+    } else if (dispatch_flex_) {
       std::uint64_t copies = 0;
       for (auto c : flex_combine_copies()) copies += c;
       const OpId kd = flex_kernel("flex_dispatch_bwd", Elementwise{2 * act(copies, k_.h), 0}, ph);
@@ -1715,7 +1715,7 @@ class RankLowering {
   void moe_pre_bwd(std::string_view L) {
     const Phase ph = Phase::kBwd;
     const std::uint64_t T = moe_tokens();
-    if (k_.dispatcher != "flex") elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.h), ph);
+    if (!dispatch_flex_) elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.h), ph);
     elementwise("router_topk_bwd", T * k_.experts * 4 * 3, ph);
     gemm("router_dgrad", T, k_.h, k_.experts, ph);
     wgrad_op("router_wgrad", Gemm{k_.experts, k_.h, T, 1, k_.dtype}, {}, Name{L, "router"});
@@ -2352,10 +2352,17 @@ class RankLowering {
   // MoE / attention variants / EP overlap.
   ExpertCoords eco_;
   std::uint64_t aq_ = 0, akv_ = 0, adh_ = 0;  // attention heads (all TP ranks) and head dim of the current layer
-  bool no_ub_ = false;                        // the current linears are not TE userbuffer sites
-  bool comm_node_ = false;                    // emitting a D or C node of the combined schedule (EP comm stream)
-  std::vector<OpId> node_deps_;               // the node's event: deps of its first op
-  bool defer_wgrad_ = false;                  // delay_wgrad_compute: hold weight-gradient GEMMs for the W node
+  // Routing model (init_routing): token copies per EP peer for dispatch / combine (flex: per destination rank),
+  // rows per local expert.
+  std::vector<std::uint64_t> dispatch_copies_, combine_copies_, expert_groups_, flex_copies_, flex_combine_copies_;
+  // Dispatcher and CP type as flags (compared once, not per layer).
+  const bool dispatch_a2a_ = k_.dispatcher == "alltoall", dispatch_flex_ = k_.dispatcher == "flex";
+  const bool dispatch_ag_ = k_.dispatcher == "allgather";
+  const bool cp_p2p_ = k_.cp_type == "p2p", cp_ag_ = k_.cp_type == "all_gather", cp_hier_ = k_.cp_type == "a2a+p2p";
+  bool no_ub_ = false;           // the current linears are not TE userbuffer sites
+  bool comm_node_ = false;       // emitting a D or C node of the combined schedule (EP comm stream)
+  std::vector<OpId> node_deps_;  // the node's event: deps of its first op
+  bool defer_wgrad_ = false;     // delay_wgrad_compute: hold weight-gradient GEMMs for the W node
   struct Deferred {
     std::string name;
     schedule::Kernel kernel;
