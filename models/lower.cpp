@@ -2283,7 +2283,8 @@ class RankLowering {
     const std::uint64_t bytes = act(k_.tokens_sp, k_.h);  // [s/(c t_sp), b, h]
     const CommId pp = x_.pp_of[rank_];
     const std::string_view ov = blocking ? "" : "pp";
-    std::vector<OpId> posted;
+    OpId posted[4];  // at most one op per direction
+    std::size_t n_posted = 0;
     std::vector<OpId> fwd_producer = std::move(fwd_after), bwd_producer = std::move(bwd_after);
     if (fwd_producer.empty() && last_fwd_output_ != schedule::kNoOp) fwd_producer.push_back(last_fwd_output_);
     if (bwd_producer.empty() && last_bwd_output_ != schedule::kNoOp) bwd_producer.push_back(last_bwd_output_);
@@ -2294,25 +2295,27 @@ class RankLowering {
     }
     ++exchanges_;
     if (ex.send_next) {
-      posted.push_back(send(x_.st.pp_send_next, "send_fwd", pp, pp_peer(1), bytes, 0, Phase::kFwd, fwd_producer, ov));
+      posted[n_posted++] =
+          send(x_.st.pp_send_next, "send_fwd", pp, pp_peer(1), bytes, 0, Phase::kFwd, std::move(fwd_producer), ov);
     }
     if (ex.recv_prev) {
       const OpId r = recv(x_.st.pp_recv_prev, "recv_fwd", pp, pp_peer(-1), bytes, 0, Phase::kFwd, ov);
-      posted.push_back(r);
+      posted[n_posted++] = r;
       fwd_recv_[ex.recv_prev_chunk].push_back(r);
     }
     if (ex.send_prev) {
-      posted.push_back(send(x_.st.pp_send_prev, "send_bwd", pp, pp_peer(-1), bytes, 1, Phase::kBwd, bwd_producer, ov));
+      posted[n_posted++] =
+          send(x_.st.pp_send_prev, "send_bwd", pp, pp_peer(-1), bytes, 1, Phase::kBwd, std::move(bwd_producer), ov);
     }
     if (ex.recv_next) {
       const OpId r = recv(x_.st.pp_recv_next, "recv_bwd", pp, pp_peer(1), bytes, 1, Phase::kBwd, ov);
-      posted.push_back(r);
+      posted[n_posted++] = r;
       bwd_recv_[ex.recv_next_chunk].push_back(r);
     }
     if (blocking) {
-      pending_.insert(pending_.end(), posted.begin(), posted.end());
+      pending_.insert(pending_.end(), posted, posted + n_posted);
       if (k_.batch_p2p && x_.cfg->batch_p2p_sync) {
-        for (auto id : posted) host_sync("batch_p2p_sync", id, Phase::kNone);
+        for (std::size_t i = 0; i < n_posted; ++i) host_sync("batch_p2p_sync", posted[i], Phase::kNone);
       }
     }
     if (x_.op_names) prefix_ = std::move(saved_prefix);
