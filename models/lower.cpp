@@ -727,9 +727,10 @@ struct Name {
   std::string_view head, tail;
   std::int64_t num = -1;
   std::string_view after;
-  Name(const char* s) : head(s) {}         // NOLINT(google-explicit-constructor): literals convert implicitly
-  Name(std::string_view s) : head(s) {}    // NOLINT(google-explicit-constructor)
-  Name(const std::string& s) : head(s) {}  // NOLINT(google-explicit-constructor)
+  // Implicit on purpose: a literal, view or string is a Name of one part.
+  Name(const char* s) : head(s) {}
+  Name(std::string_view s) : head(s) {}
+  Name(const std::string& s) : head(s) {}
   Name(std::string_view h, std::string_view t, std::int64_t n = -1, std::string_view a = {})
       : head(h), tail(t), num(n), after(a) {}
   void append_to(std::string& out) const {
