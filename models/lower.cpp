@@ -13,6 +13,9 @@
 #include <deque>
 #include <numeric>
 #include <set>
+#include <string_view>
+#include <type_traits>
+#include <variant>
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
@@ -716,6 +719,33 @@ std::vector<std::uint64_t> ep_split(const Dims& k, std::uint64_t total) {
 // ---------------------------------------------------------------------------------------------------------------
 // Per-rank lowering.
 
+/// A name assembled only where it is used: head, tail, then num (if >= 0), then after; {"qkv", "_ub_send", 3} is
+/// "qkv_ub_send3". Op names are built only with LowerOptions::op_names and parameter names only when a grad hook or
+/// a held wgrad needs them, so a lowering without names (sweeps) builds no strings. The views must outlive the call
+/// that takes the Name: literals, members, or temporaries of the caller's full expression.
+struct Name {
+  std::string_view head, tail;
+  std::int64_t num = -1;
+  std::string_view after;
+  // Implicit on purpose: a literal, view or string is a Name of one part.
+  Name(const char* s) : head(s) {}
+  Name(std::string_view s) : head(s) {}
+  Name(const std::string& s) : head(s) {}
+  Name(std::string_view h, std::string_view t, std::int64_t n = -1, std::string_view a = {})
+      : head(h), tail(t), num(n), after(a) {}
+  void append_to(std::string& out) const {
+    out += head;
+    out += tail;
+    if (num >= 0) out += std::to_string(num);
+    out += after;
+  }
+  [[nodiscard]] std::string str() const {
+    std::string s;
+    append_to(s);
+    return s;
+  }
+};
+
 class RankLowering {
  public:
   /// Appends the rank's ops to `out` (the schedule's ops: ids are global, the rank's first op is out.size()).
@@ -732,62 +762,118 @@ class RankLowering {
     aq_ = k_.nq;
     akv_ = k_.nkv;
     adh_ = k_.dh;
+    init_routing();
   }
 
   void run();
 
  private:
   // ---- op emission ----
-  OpId emit(StreamId stream, std::string name, Body body, std::vector<OpId> deps, schedule::Tags tags) {
+  /// Appends an op with body type B on `stream`: id, rank, stream and `deps` (plus the pending waits when it is GPU
+  /// work on the compute stream), sorted and deduplicated. The caller sets the body (the op holds a default
+  /// Compute{Gemm{}} until then), and name and tags with label().
+  template <typename B>
+  schedule::Op& open(StreamId stream, std::vector<OpId> deps) {
+    constexpr bool on_gpu = !std::is_same_v<B, schedule::Host> && !std::is_same_v<B, schedule::HostSync>;
     const auto id = static_cast<OpId>(ops_.size());
-    const bool on_gpu = std::holds_alternative<Compute>(body) || std::holds_alternative<schedule::Collective>(body) ||
-                        std::holds_alternative<schedule::Send>(body) || std::holds_alternative<schedule::Recv>(body);
-    if (on_gpu && stream == x_.st.compute) {
+    if (on_gpu && stream == x_.st.compute && !pending_.empty()) {
       deps.insert(deps.end(), pending_.begin(), pending_.end());
       pending_.clear();
     }
-    std::sort(deps.begin(), deps.end());
-    deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
-    if (stream == x_.st.compute && std::holds_alternative<Compute>(body)) last_compute_ = id;
-    // Built in place, field by field in declaration order.
-    ops_.emplace_back(id, rank_, stream, std::move(name), std::move(deps), std::move(body), std::move(tags));
-    return id;
+    sort_unique(deps);
+    if (std::is_same_v<B, Compute> && stream == x_.st.compute) last_compute_ = id;
+    schedule::Op& op = ops_.emplace_back();
+    op.id = id;
+    op.rank = rank_;
+    op.stream = stream;
+    op.deps = std::move(deps);
+    return op;
   }
-  schedule::Tags tags(Phase ph, std::string overlap = {}) const {
+  static void sort_unique(std::vector<OpId>& deps) {
+    if (deps.size() == 2) {  // the common case: no call into sort and unique
+      if (deps[0] > deps[1]) std::swap(deps[0], deps[1]);
+      if (deps[0] == deps[1]) deps.pop_back();
+    } else if (deps.size() > 2) {
+      std::sort(deps.begin(), deps.end());
+      deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
+    }
+  }
+  /// Name (only with op names on) and tags of the op being emitted, from the current layer, micro-batch, chunk.
+  void label(schedule::Op& op, const Name& what, Phase ph, std::string_view overlap) const {
+    if (x_.op_names) op.name = nm(what);
+    op.tags.layer = cur_layer_;
+    op.tags.microbatch = cur_mb_;
+    op.tags.chunk = cur_chunk_;
+    op.tags.phase = ph;
+    if (!overlap.empty()) op.tags.overlap = overlap;
+  }
+  template <typename B>
+  OpId emit(StreamId stream, const Name& what, B&& body, std::vector<OpId> deps, Phase ph,
+            std::string_view overlap = {}) {
+    using T = std::decay_t<B>;
+    schedule::Op& op = open<T>(stream, std::move(deps));
+    label(op, what, ph, overlap);
+    op.body.template emplace<T>(std::forward<B>(body));
+    return op.id;
+  }
+  schedule::Tags tags(Phase ph, std::string_view overlap = {}) const {
     schedule::Tags t;
     t.layer = cur_layer_;
     t.microbatch = cur_mb_;
     t.chunk = cur_chunk_;
     t.phase = ph;
-    t.overlap = std::move(overlap);
+    t.overlap = overlap;
     return t;
   }
-  std::string nm(const std::string& what) const {
+  std::string nm(const Name& what) const {
     if (!x_.op_names) return {};
     std::string s;
-    if (cur_layer_ >= 0) s += "L" + str(static_cast<std::uint64_t>(cur_layer_)) + ".";
-    if (cur_mb_ >= 0) s += "mb" + str(static_cast<std::uint64_t>(cur_mb_)) + ".";
-    return s + prefix_ + what;
+    if (cur_layer_ >= 0) {
+      s += 'L';
+      s += str(static_cast<std::uint64_t>(cur_layer_));
+      s += '.';
+    }
+    if (cur_mb_ >= 0) {
+      s += "mb";
+      s += str(static_cast<std::uint64_t>(cur_mb_));
+      s += '.';
+    }
+    s += prefix_;
+    what.append_to(s);
+    return s;
   }
-  OpId kernel(const std::string& what, schedule::Kernel kern, Phase ph, std::vector<OpId> deps = {},
-              std::string overlap = {}) {
-    return emit(x_.st.compute, nm(what), Compute{std::move(kern), 0}, std::move(deps), tags(ph, std::move(overlap)));
+  /// A compute kernel on `stream` holding `sm_count` SMs (0: what the GPU gives it), built in place in the op.
+  template <typename K>
+  OpId kernel_on(StreamId stream, const Name& what, K&& kern, Phase ph, std::vector<OpId> deps = {},
+                 std::string_view overlap = {}, std::uint32_t sm_count = 0) {
+    schedule::Op& op = open<Compute>(stream, std::move(deps));
+    label(op, what, ph, overlap);
+    auto& c = std::get<Compute>(op.body);
+    c.kernel.template emplace<std::decay_t<K>>(std::forward<K>(kern));
+    c.sm_count = sm_count;
+    return op.id;
   }
-  OpId gemm(const std::string& what, std::uint64_t m, std::uint64_t n, std::uint64_t kk, Phase ph,
-            std::vector<OpId> deps = {}, std::string overlap = {}) {
-    return kernel(what, Gemm{m, n, kk, 1, k_.dtype}, ph, std::move(deps), std::move(overlap));
+  template <typename K>
+  OpId kernel(const Name& what, K&& kern, Phase ph, std::vector<OpId> deps = {}, std::string_view overlap = {}) {
+    return kernel_on(x_.st.compute, what, std::forward<K>(kern), ph, std::move(deps), overlap);
   }
-  OpId elementwise(const std::string& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
+  OpId gemm(const Name& what, std::uint64_t m, std::uint64_t n, std::uint64_t kk, Phase ph, std::vector<OpId> deps = {},
+            std::string_view overlap = {}) {
+    return kernel(what, Gemm{m, n, kk, 1, k_.dtype}, ph, std::move(deps), overlap);
+  }
+  OpId elementwise(const Name& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
     return kernel(what, Elementwise{bytes, 0}, ph, std::move(deps));
   }
   /// A collective on `stream`: waits for the compute stream at launch (PyTorch syncs the NCCL stream with the
   /// current stream), plus `deps`. Blocking ones make the next compute op wait for it.
-  OpId collective(StreamId stream, const std::string& what, CollectiveKind kind, CommId comm, std::uint64_t bytes,
-                  Phase ph, bool blocking, std::vector<OpId> deps = {}, std::string overlap = {},
+  OpId collective(StreamId stream, const Name& what, CollectiveKind kind, CommId comm, std::uint64_t bytes, Phase ph,
+                  bool blocking, std::vector<OpId> deps = {}, std::string_view overlap = {},
                   schedule::DType dtype = schedule::DType::kBF16) {
-    TWINSTEP_ASSERT(comm != kNone, "collective %s on an unused communicator", what.c_str());
+    TWINSTEP_ASSERT(comm != kNone, "collective %s on an unused communicator", what.str().c_str());
     if (last_compute_ != schedule::kNoOp) deps.push_back(last_compute_);
-    schedule::Collective c;
+    schedule::Op& op = open<schedule::Collective>(stream, std::move(deps));
+    label(op, what, ph, overlap);
+    auto& c = op.body.emplace<schedule::Collective>();
     c.kind = kind;
     c.comm = comm;
     c.bytes = bytes;
@@ -796,24 +882,22 @@ class RankLowering {
       const std::uint32_t n = x_.comm_size[comm];  // only CP uses this all_to_all in dense lowering
       c.send_bytes.assign(n, bytes / n);
     }
-    const OpId id = emit(stream, nm(what), std::move(c), std::move(deps), tags(ph, std::move(overlap)));
-    if (blocking) pending_.push_back(id);
-    return id;
+    if (blocking) pending_.push_back(op.id);
+    return op.id;
   }
-  OpId send(StreamId stream, const std::string& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
-            Phase ph, std::vector<OpId> deps, std::string overlap = {}) {
-    return emit(stream, nm(what), schedule::Send{comm, peer, bytes, tag}, std::move(deps),
-                tags(ph, std::move(overlap)));
+  OpId send(StreamId stream, const Name& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
+            Phase ph, std::vector<OpId> deps, std::string_view overlap = {}) {
+    return emit(stream, what, schedule::Send{comm, peer, bytes, tag}, std::move(deps), ph, overlap);
   }
-  OpId recv(StreamId stream, const std::string& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
-            Phase ph, std::string overlap = {}) {
-    return emit(stream, nm(what), schedule::Recv{comm, peer, bytes, tag}, {}, tags(ph, std::move(overlap)));
+  OpId recv(StreamId stream, const Name& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
+            Phase ph, std::string_view overlap = {}) {
+    return emit(stream, what, schedule::Recv{comm, peer, bytes, tag}, {}, ph, overlap);
   }
-  void host(const std::string& what, Nanos ns, Phase ph) {
-    if (ns > 0) emit(x_.st.compute, nm(what), schedule::Host{ns}, {}, tags(ph));
+  void host(const Name& what, Nanos ns, Phase ph) {
+    if (ns > 0) emit(x_.st.compute, what, schedule::Host{ns}, {}, ph);
   }
-  void host_sync(const std::string& what, OpId target, Phase ph) {
-    emit(x_.st.compute, nm(what), schedule::HostSync{target}, {}, tags(ph));
+  void host_sync(const Name& what, OpId target, Phase ph) {
+    emit(x_.st.compute, what, schedule::HostSync{target}, {}, ph);
   }
 
   // ---- building blocks ----
@@ -839,11 +923,11 @@ class RankLowering {
 
   /// Column-parallel linear with SP all-gather of its input (qkv_fprop / fc1_fprop): blocking AG then GEMM, or
   /// with tp_comm_overlap the userbuffer ring exchange (t GEMM chunks, chunk i+1 waits the recv of step i).
-  OpId ag_gemm(const std::string& site, std::uint64_t n, std::uint64_t kk, Phase ph) {
+  OpId ag_gemm(std::string_view site, std::uint64_t n, std::uint64_t kk, Phase ph) {
     const CommId tp = x_.tp_of[rank_];
     if (k_.t == 1 || !k_.sp) return gemm(site, k_.tokens, n, kk, ph);
     if (!ub()) {
-      collective(x_.st.tp, site + "_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, kk), ph, true);
+      collective(x_.st.tp, Name{site, "_ag"}, CollectiveKind::kAllGather, tp, act(k_.tokens, kk), ph, true);
       return gemm(site, k_.tokens, n, kk, ph);
     }
     OpId prev_recv = schedule::kNoOp, g = schedule::kNoOp;
@@ -854,12 +938,12 @@ class RankLowering {
         std::vector<OpId> d;
         if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
         if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-        send(x_.st.tp_send, site + "_ub_send" + str(i), tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, d, "tp");
-        rv = recv(x_.st.tp_recv, site + "_ub_recv" + str(i), tp, tp_peer(-1), act(k_.tokens_sp, kk), 0, ph, "tp");
+        send(x_.st.tp_send, Name{site, "_ub_send", i}, tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, d, "tp");
+        rv = recv(x_.st.tp_recv, Name{site, "_ub_recv", i}, tp, tp_peer(-1), act(k_.tokens_sp, kk), 0, ph, "tp");
       }
       std::vector<OpId> d;
       if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-      g = gemm(site + "_chunk" + str(i), k_.tokens_sp, n, kk, ph, d, "tp");
+      g = gemm(Name{site, "_chunk", i}, k_.tokens_sp, n, kk, ph, d, "tp");
       prev_recv = rv;
     }
     return g;
@@ -868,7 +952,7 @@ class RankLowering {
   /// Row-parallel linear whose output is reduce-scattered (SP) or all-reduced (no SP) over TP (proj_fprop /
   /// fc2_fprop): blocking collective after the GEMM, or with tp_comm_overlap the pipelined GEMM+RS (4 chunks, the
   /// last chunk's RS exposed).
-  void gemm_rs(const std::string& site, std::uint64_t n, std::uint64_t kk, Phase ph) {
+  void gemm_rs(std::string_view site, std::uint64_t n, std::uint64_t kk, Phase ph) {
     const CommId tp = x_.tp_of[rank_];
     if (k_.t == 1) {
       gemm(site, k_.tokens, n, kk, ph);
@@ -876,19 +960,20 @@ class RankLowering {
     }
     if (!ub()) {
       gemm(site, k_.tokens, n, kk, ph);
-      collective(x_.st.tp, site + (k_.sp ? "_rs" : "_ar"),
+      collective(x_.st.tp, Name{site, k_.sp ? "_rs" : "_ar"},
                  k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, n), ph, true);
       return;
     }
     const std::uint64_t rows = k_.tokens / kPipelinedRsSplits;
     for (std::uint32_t i = 0; i < kPipelinedRsSplits; ++i) {
-      gemm(site + "_chunk" + str(i), rows, n, kk, ph, {}, "tp");
-      collective(x_.st.tp, site + "_rs" + str(i), CollectiveKind::kReduceScatter, tp, act(rows, n), ph, true, {}, "tp");
+      gemm(Name{site, "_chunk", i}, rows, n, kk, ph, {}, "tp");
+      collective(x_.st.tp, Name{site, "_rs", i}, CollectiveKind::kReduceScatter, tp, act(rows, n), ph, true, {}, "tp");
     }
   }
 
   /// Backward of a row-parallel linear (proj / fc2): AG of the output grad over TP (SP), dgrad and wgrad GEMMs.
-  void rowparallel_bwd(const std::string& site, std::uint64_t out, std::uint64_t in, const std::string& param) {
+  /// `L` is the layer's parameter prefix ("L3."): the weight is L + site.
+  void rowparallel_bwd(std::string_view site, std::uint64_t out, std::uint64_t in, std::string_view L) {
     const CommId tp = x_.tp_of[rank_];
     OpId last_recv = schedule::kNoOp;
     if (k_.t > 1 && k_.sp && ub()) {  // ring-exchange AG + dgrad GEMM (proj_dgrad / fc2_dgrad)
@@ -900,60 +985,60 @@ class RankLowering {
           std::vector<OpId> d;
           if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
           if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-          send(x_.st.tp_send, site + "_dgrad_ub_send" + str(i), tp, tp_peer(1), act(k_.tokens_sp, out), 0, Phase::kBwd,
+          send(x_.st.tp_send, Name{site, "_dgrad_ub_send", i}, tp, tp_peer(1), act(k_.tokens_sp, out), 0, Phase::kBwd,
                d, "tp");
-          rv = recv(x_.st.tp_recv, site + "_dgrad_ub_recv" + str(i), tp, tp_peer(-1), act(k_.tokens_sp, out), 0,
+          rv = recv(x_.st.tp_recv, Name{site, "_dgrad_ub_recv", i}, tp, tp_peer(-1), act(k_.tokens_sp, out), 0,
                     Phase::kBwd, "tp");
         }
         std::vector<OpId> d;
         if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-        gemm(site + "_dgrad_chunk" + str(i), k_.tokens_sp, in, out, Phase::kBwd, d, "tp");
+        gemm(Name{site, "_dgrad_chunk", i}, k_.tokens_sp, in, out, Phase::kBwd, d, "tp");
         prev_recv = rv;
         if (rv != schedule::kNoOp) last_recv = rv;
       }
     } else {
       if (k_.t > 1 && k_.sp) {
-        collective(x_.st.tp, site + "_dgrad_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, out), Phase::kBwd,
+        collective(x_.st.tp, Name{site, "_dgrad_ag"}, CollectiveKind::kAllGather, tp, act(k_.tokens, out), Phase::kBwd,
                    true);
       }
-      gemm(site + "_dgrad", k_.tokens, in, out, Phase::kBwd);
+      gemm(Name{site, "_dgrad"}, k_.tokens, in, out, Phase::kBwd);
     }
     std::vector<OpId> d;
     if (last_recv != schedule::kNoOp) d.push_back(last_recv);
-    wgrad_op(site + "_wgrad", Gemm{out, in, k_.tokens, 1, k_.dtype}, d, param, ub() ? "tp" : "");
+    wgrad_op(Name{site, "_wgrad"}, Gemm{out, in, k_.tokens, 1, k_.dtype}, d, Name{L, site}, ub() ? "tp" : "");
   }
 
   /// Backward of a column-parallel linear (qkv / fc1) and its layernorm: dgrad GEMM with the async AG of ln_out
   /// (SP) launched before it, async RS (SP) or AR (no SP) of dgrad launched before the wgrad GEMM; the layernorm
   /// backward waits for the RS/AR (TE B4/B5; bulk userbuffer overlap with tp_comm_overlap).
-  void colparallel_bwd(const std::string& site, std::uint64_t out, std::uint64_t in, const std::string& param,
-                       const std::string& ln_param) {
+  /// `L` is the layer's parameter prefix ("L3."): the weight is L + site, the layernorm L + ln ("ln1").
+  void colparallel_bwd(std::string_view site, std::uint64_t out, std::uint64_t in, std::string_view L,
+                       std::string_view ln) {
     const CommId tp = x_.tp_of[rank_];
-    const std::string ov = ub() ? "tp" : "";
+    const std::string_view ov = ub() ? "tp" : "";
     OpId ag = schedule::kNoOp, red = schedule::kNoOp;
     if (k_.t > 1 && k_.sp) {
-      ag = collective(x_.st.tp, site + "_lnout_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, in), Phase::kBwd,
-                      false, {}, ov);
+      ag = collective(x_.st.tp, Name{site, "_lnout_ag"}, CollectiveKind::kAllGather, tp, act(k_.tokens, in),
+                      Phase::kBwd, false, {}, ov);
     }
-    const OpId dg = gemm(site + "_dgrad", k_.tokens, in, out, Phase::kBwd, {}, ov);
+    const OpId dg = gemm(Name{site, "_dgrad"}, k_.tokens, in, out, Phase::kBwd, {}, ov);
     if (k_.t > 1) {
-      red = collective(x_.st.tp, site + (k_.sp ? "_dgrad_rs" : "_dgrad_ar"),
+      red = collective(x_.st.tp, Name{site, k_.sp ? "_dgrad_rs" : "_dgrad_ar"},
                        k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, in),
                        Phase::kBwd, false, {dg}, ov);
     }
     std::vector<OpId> wd;
     if (ag != schedule::kNoOp) wd.push_back(ag);
-    wgrad_op(site + "_wgrad", Gemm{out, in, k_.tokens, 1, k_.dtype}, wd, param, ov);
+    wgrad_op(Name{site, "_wgrad"}, Gemm{out, in, k_.tokens, 1, k_.dtype}, wd, Name{L, site}, ov);
     std::vector<OpId> ld;
     if (red != schedule::kNoOp) ld.push_back(red);
-    const OpId ln =
-        elementwise(ln_param.substr(ln_param.find('.') + 1) + "_bwd", 3 * act(k_.tokens_sp, k_.h), Phase::kBwd, ld);
-    grad_ready(ln_param, ln);
+    const OpId ln_op = elementwise(Name{ln, "_bwd"}, 3 * act(k_.tokens_sp, k_.h), Phase::kBwd, ld);
+    grad_ready(Name{L, ln}, ln_op);
   }
 
   /// One attention kernel on the compute stream.
-  OpId attn_kernel(const std::string& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
-                   std::uint64_t skv, bool causal, bool bwd, Phase ph, std::vector<OpId> deps, const std::string& ov) {
+  OpId attn_kernel(const Name& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq, std::uint64_t skv,
+                   bool causal, bool bwd, Phase ph, std::vector<OpId> deps, std::string_view ov) {
     return kernel(what, Attention{k_.b, heads_q, heads_kv, sq, skv, adh_, causal, bwd, k_.dtype}, ph, std::move(deps),
                   ov);
   }
@@ -972,19 +1057,19 @@ class RankLowering {
       if (i + 1 < n) {
         std::vector<OpId> d = first;
         if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-        send(x_.st.cp, "attn_kv_send" + str(i), comm, next, kv_bytes, 0, ph, d, "cp");
-        rv = recv(x_.st.cp_recv, "attn_kv_recv" + str(i), comm, prev, kv_bytes, 0, ph, "cp");
+        send(x_.st.cp, Name{"attn_kv_send", {}, i}, comm, next, kv_bytes, 0, ph, d, "cp");
+        rv = recv(x_.st.cp_recv, Name{"attn_kv_recv", {}, i}, comm, prev, kv_bytes, 0, ph, "cp");
       }
       std::vector<OpId> d;
       if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
       if (i == 0) {
         attn_kernel("attn_step0", hq, hkv, s_loc, s_loc, true, false, ph, d, "cp");
       } else if (i <= pos) {
-        attn_kernel("attn_step" + str(i), hq, hkv, s_loc, s_loc / 2, false, false, ph, d, "cp");
+        attn_kernel(Name{"attn_step", {}, i}, hq, hkv, s_loc, s_loc / 2, false, false, ph, d, "cp");
       } else {
-        attn_kernel("attn_step" + str(i), hq, hkv, s_loc / 2, s_loc, false, false, ph, d, "cp");
+        attn_kernel(Name{"attn_step", {}, i}, hq, hkv, s_loc / 2, s_loc, false, false, ph, d, "cp");
       }
-      if (i > 0) elementwise("attn_correction" + str(i), 3 * s_loc * k_.b * hq * adh_ * 4, ph);
+      if (i > 0) elementwise(Name{"attn_correction", {}, i}, 3 * s_loc * k_.b * hq * adh_ * 4, ph);
       prev_recv = rv;
     }
   }
@@ -1002,17 +1087,19 @@ class RankLowering {
         std::vector<OpId> sd;
         if (prev_attn != schedule::kNoOp) sd.push_back(prev_attn);
         if (prev_recv != schedule::kNoOp) sd.push_back(prev_recv);
-        send(x_.st.cp, "attn_bwd_send" + str(i), comm, next, bytes, 1, Phase::kBwd, sd, "cp");
-        rv = recv(x_.st.cp_recv, "attn_bwd_recv" + str(i), comm, prev, bytes, 1, Phase::kBwd, "cp");
+        send(x_.st.cp, Name{"attn_bwd_send", {}, i}, comm, next, bytes, 1, Phase::kBwd, sd, "cp");
+        rv = recv(x_.st.cp_recv, Name{"attn_bwd_recv", {}, i}, comm, prev, bytes, 1, Phase::kBwd, "cp");
       }
       std::vector<OpId> d;
       if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
       if (i == 0) {
         prev_attn = attn_kernel("attn_bwd_step0", hq, hkv, s_loc, s_loc, true, true, Phase::kBwd, d, "cp");
       } else if (i <= pos) {
-        prev_attn = attn_kernel("attn_bwd_step" + str(i), hq, hkv, s_loc, s_loc / 2, false, true, Phase::kBwd, d, "cp");
+        prev_attn =
+            attn_kernel(Name{"attn_bwd_step", {}, i}, hq, hkv, s_loc, s_loc / 2, false, true, Phase::kBwd, d, "cp");
       } else {
-        prev_attn = attn_kernel("attn_bwd_step" + str(i), hq, hkv, s_loc / 2, s_loc, false, true, Phase::kBwd, d, "cp");
+        prev_attn =
+            attn_kernel(Name{"attn_bwd_step", {}, i}, hq, hkv, s_loc / 2, s_loc, false, true, Phase::kBwd, d, "cp");
       }
       prev_recv = rv;
     }
@@ -1035,27 +1122,27 @@ class RankLowering {
       attn_kernel("attn", hq, hkv, k_.s, k_.s, true, false, ph, {}, "");
       return;
     }
-    if (k_.cp_type == "p2p") {
+    if (cp_p2p_) {
       std::vector<OpId> first;
       if (last_compute_ != schedule::kNoOp) first.push_back(last_compute_);
       cp_ring_fwd(ph, x_.cp_of[rank_], k_.c, co_.cp, cp_peer(1), cp_peer(-1), hq, hkv, s_loc, first);
       return;
     }
-    if (k_.cp_type == "all_gather") {
+    if (cp_ag_) {
       collective(x_.st.cp, "attn_kv_ag", CollectiveKind::kAllGather, x_.cp_of[rank_], kv_bytes * k_.c, ph, true);
       const std::uint64_t chunk = k_.s / (2 * k_.c);
       const std::uint32_t owned[2] = {co_.cp, 2 * k_.c - 1 - co_.cp};
       for (std::uint32_t h = 0; h < 2; ++h) {
         if (owned[h] > 0) {
-          attn_kernel("attn_half" + str(h) + "_prefix", hq, hkv, chunk, chunk * owned[h], false, false, ph, {}, "");
+          attn_kernel(Name{"attn_half", {}, h, "_prefix"}, hq, hkv, chunk, chunk * owned[h], false, false, ph, {}, "");
         }
-        attn_kernel("attn_half" + str(h) + "_diag", hq, hkv, chunk, chunk, true, false, ph, {}, "");
+        attn_kernel(Name{"attn_half", {}, h, "_diag"}, hq, hkv, chunk, chunk, true, false, ph, {}, "");
       }
       return;
     }
     // a2a (Ulysses) over the CP group, or over the inner group of a2a+p2p: sequence-sharded -> head-sharded Q, K, V
     // (q, k, v async, the compute stream waits for all three), attention, output back.
-    const bool hier = k_.cp_type == "a2a+p2p";
+    const bool hier = cp_hier_;
     const std::uint32_t na = hier ? k_.ca : k_.c;
     const CommId a2a = hier ? x_.cpa_of[rank_] : x_.cp_of[rank_];
     const StreamId st = hier ? x_.st.cp_a2a : x_.st.cp;
@@ -1086,27 +1173,27 @@ class RankLowering {
       attn_kernel("attn_bwd", hq, hkv, k_.s, k_.s, true, true, Phase::kBwd, {}, "");
       return;
     }
-    if (k_.cp_type == "p2p") {
+    if (cp_p2p_) {
       const OpId last = cp_ring_bwd(x_.cp_of[rank_], k_.c, co_.cp, cp_peer(1), cp_peer(-1), hq, hkv, s_loc);
       pending_.push_back(last);  // the final dKV arrives before the qkv dgrad
       return;
     }
-    if (k_.cp_type == "all_gather") {
+    if (cp_ag_) {
       const CommId cp = x_.cp_of[rank_];
       collective(x_.st.cp, "attn_bwd_kv_ag", CollectiveKind::kAllGather, cp, kv_bytes * k_.c, Phase::kBwd, true);
       const std::uint64_t chunk = k_.s / (2 * k_.c);
       const std::uint32_t owned[2] = {co_.cp, 2 * k_.c - 1 - co_.cp};
       for (std::uint32_t h = 0; h < 2; ++h) {
         if (owned[h] > 0) {
-          attn_kernel("attn_bwd_half" + str(h) + "_prefix", hq, hkv, chunk, chunk * owned[h], false, true, Phase::kBwd,
-                      {}, "");
+          attn_kernel(Name{"attn_bwd_half", {}, h, "_prefix"}, hq, hkv, chunk, chunk * owned[h], false, true,
+                      Phase::kBwd, {}, "");
         }
-        attn_kernel("attn_bwd_half" + str(h) + "_diag", hq, hkv, chunk, chunk, true, true, Phase::kBwd, {}, "");
+        attn_kernel(Name{"attn_bwd_half", {}, h, "_diag"}, hq, hkv, chunk, chunk, true, true, Phase::kBwd, {}, "");
       }
       collective(x_.st.cp, "attn_bwd_dkv_rs", CollectiveKind::kReduceScatter, cp, kv_bytes * k_.c, Phase::kBwd, true);
       return;
     }
-    const bool hier = k_.cp_type == "a2a+p2p";
+    const bool hier = cp_hier_;
     const std::uint32_t na = hier ? k_.ca : k_.c;
     const CommId a2a = hier ? x_.cpa_of[rank_] : x_.cp_of[rank_];
     const StreamId st = hier ? x_.st.cp_a2a : x_.st.cp;
@@ -1148,11 +1235,11 @@ class RankLowering {
     return d;
   }
   /// A kernel on the EP comm stream inside a comm node (combined schedule), else on the compute stream.
-  OpId ep_elementwise(const std::string& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
+  OpId ep_elementwise(const Name& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
     if (!comm_node_) return elementwise(what, bytes, ph, std::move(deps));
     auto d = take_node_deps();
     d.insert(d.end(), deps.begin(), deps.end());
-    return emit(x_.st.ep, nm(what), Compute{Elementwise{bytes, 0}, 0}, std::move(d), tags(ph, "ep"));
+    return kernel_on(x_.st.ep, what, Elementwise{bytes, 0}, ph, std::move(d), "ep");
   }
   /// A fused flex (DeepEP/HybridEP) kernel holding moe_flex_num_sms SMs, on the EP stream (its internal comm
   /// stream); outside a comm node it waits for the compute stream at launch.
@@ -1160,46 +1247,54 @@ class RankLowering {
   /// SMs) followed on the same stream by the all_to_all that carries the bytes over NVLink/IB, which holds the
   /// same moe_flex_num_sms SMs while it runs (Collective::sm_count; an NCCL all_to_all would hold one CTA per
   /// channel).
-  OpId flex_kernel(const std::string& what, schedule::Kernel kern, Phase ph) {
+  template <typename K>
+  OpId flex_kernel(const Name& what, K&& kern, Phase ph) {
     std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
     if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
-    const std::uint32_t sms = std::holds_alternative<schedule::Memcpy>(kern) ? 0 : k_.flex_sms;
-    return emit(x_.st.ep, nm(what), Compute{std::move(kern), sms}, std::move(d), tags(ph, comm_node_ ? "ep" : ""));
+    const std::uint32_t sms = std::is_same_v<std::decay_t<K>, schedule::Memcpy> ? 0 : k_.flex_sms;
+    return kernel_on(x_.st.ep, what, std::forward<K>(kern), ph, std::move(d), comm_node_ ? "ep" : "", sms);
   }
   /// An EP all-to-all with per-peer splits (token copies x bytes per copy). Outside a comm node it is a blocking
   /// NCCL call (the compute stream waits for it); inside, it runs on the comm stream after the node's event.
   /// `sm_count` > 0: the fused flex kernel's transfer, holding its dedicated SMs instead of NCCL channels.
-  OpId ep_a2a(const std::string& what, const std::vector<std::uint64_t>& copies, std::uint64_t bytes_per_copy,
+  OpId ep_a2a(const Name& what, const std::vector<std::uint64_t>& copies, std::uint64_t bytes_per_copy,
               schedule::DType dtype, Phase ph, std::uint32_t sm_count = 0) {
-    schedule::Collective c;
+    std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
+    if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
+    schedule::Op& op = open<schedule::Collective>(x_.st.ep, std::move(d));
+    label(op, what, ph, comm_node_ ? "ep" : "");
+    auto& c = op.body.emplace<schedule::Collective>();
     c.kind = CollectiveKind::kAllToAll;
     c.sm_count = sm_count;
     c.comm = x_.ep_of[rank_];
     c.dtype = dtype;
+    c.send_bytes.reserve(copies.size());
     for (auto n : copies) c.send_bytes.push_back(n * bytes_per_copy);
     for (auto b : c.send_bytes) c.bytes += b;
-    std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
-    if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
-    const OpId id = emit(x_.st.ep, nm(what), std::move(c), std::move(d), tags(ph, comm_node_ ? "ep" : ""));
+    const OpId id = op.id;
     if (!comm_node_) pending_.push_back(id);
     return id;
   }
   /// A weight-gradient kernel: emitted now, or held for the W node of the combined schedule (delay_wgrad_compute).
-  void wgrad_op(const std::string& what, schedule::Kernel kern, std::vector<OpId> deps, const std::string& param,
-                std::string overlap = {}) {
+  template <typename K>
+  void wgrad_op(const Name& what, K&& kern, std::vector<OpId> deps, const Name& param, std::string_view overlap = {}) {
     if (defer_wgrad_) {
-      deferred_.push_back(Deferred{nm(what), std::move(kern), std::move(deps), param, tags(Phase::kWgrad, "ep")});
+      deferred_.push_back(Deferred{nm(what), schedule::Kernel(std::forward<K>(kern)), std::move(deps), param.str(),
+                                   tags(Phase::kWgrad, "ep")});
       return;
     }
-    const OpId w = kernel(what, std::move(kern), Phase::kWgrad, std::move(deps), std::move(overlap));
+    const OpId w = kernel(what, std::forward<K>(kern), Phase::kWgrad, std::move(deps), overlap);
     grad_ready(param, w);
   }
   void flush_wgrads() {
     auto items = std::move(deferred_);
     deferred_.clear();
     for (auto& it : items) {
-      const OpId w = emit(x_.st.compute, it.name, Compute{std::move(it.kernel), 0}, std::move(it.deps), it.tags);
-      grad_ready(it.param, w);
+      schedule::Op& op = open<Compute>(x_.st.compute, std::move(it.deps));
+      op.name = std::move(it.name);
+      op.tags = std::move(it.tags);
+      std::get<Compute>(op.body).kernel = std::move(it.kernel);
+      grad_ready(it.param, op.id);
     }
   }
   void set_attention_dims(std::uint32_t layer) {
@@ -1213,34 +1308,33 @@ class RankLowering {
   }
 
   // ---- MoE token counts (routing model) ----
+  // The routing model is a function of the layout and the rank's EP position alone: computed once per rank
+  // (init_routing) and read by every MoE layer and micro-batch.
   std::uint64_t moe_tokens() const { return k_.tokens_sp; }  // T_m: tokens entering the router on this rank
-  std::vector<std::uint64_t> dispatch_copies() const { return ep_split(k_, moe_tokens() * k_.topk); }
+  const std::vector<std::uint64_t>& dispatch_copies() const { return dispatch_copies_; }
   /// Token copies this rank received from each EP peer (= what it sends back in the combine).
-  std::vector<std::uint64_t> combine_copies() const {
-    const auto sp = dispatch_copies();
-    return std::vector<std::uint64_t>(k_.e, sp[eco_.ep]);
-  }
+  const std::vector<std::uint64_t>& combine_copies() const { return combine_copies_; }
   /// Rows the grouped GEMMs process on this rank (after the expert-TP all-gather): e x split[position] x t_e.
-  std::uint64_t expert_rows() const { return dispatch_copies()[eco_.ep] * k_.e * k_.te; }
-  std::vector<std::uint64_t> expert_groups() const {
+  std::uint64_t expert_rows() const { return dispatch_copies_[eco_.ep] * k_.e * k_.te; }
+  const std::vector<std::uint64_t>& expert_groups() const { return expert_groups_; }
+  const std::vector<std::uint64_t>& flex_copies() const { return flex_copies_; }
+  const std::vector<std::uint64_t>& flex_combine_copies() const { return flex_combine_copies_; }
+  void init_routing() {
+    if (!k_.moe) return;
+    dispatch_copies_ = ep_split(k_, moe_tokens() * k_.topk);
+    combine_copies_.assign(k_.e, dispatch_copies_[eco_.ep]);
     const std::uint64_t n = expert_rows(), g = k_.local_experts;
-    std::vector<std::uint64_t> m(g, n / g);
-    for (std::uint64_t i = 0; i < n % g; ++i) m[i] += 1;
-    return m;
-  }
-  /// flex: one copy per (token, destination rank): R = e (1 - C(E - E/e, k) / C(E, k)) under uniform routing.
-  std::vector<std::uint64_t> flex_copies() const {
+    expert_groups_.assign(g, n / g);
+    for (std::uint64_t i = 0; i < n % g; ++i) expert_groups_[i] += 1;
+    // flex: one copy per (token, destination rank): R = e (1 - C(E - E/e, k) / C(E, k)) under uniform routing.
     double none = 1.0;
     for (std::uint64_t i = 0; i < k_.topk; ++i) {
       none *= static_cast<double>(k_.experts - k_.local_experts - std::min(i, k_.experts - k_.local_experts)) /
               static_cast<double>(k_.experts - i);
     }
     const double r = static_cast<double>(k_.e) * (1.0 - none);
-    return ep_split(k_, static_cast<std::uint64_t>(std::llround(static_cast<double>(moe_tokens()) * r)));
-  }
-  std::vector<std::uint64_t> flex_combine_copies() const {
-    const auto sp = flex_copies();
-    return std::vector<std::uint64_t>(k_.e, sp[eco_.ep]);
+    flex_copies_ = ep_split(k_, static_cast<std::uint64_t>(std::llround(static_cast<double>(moe_tokens()) * r)));
+    flex_combine_copies_.assign(k_.e, flex_copies_[eco_.ep]);
   }
 
   // ---- attention blocks (standard / gated GQA, MLA, Gated DeltaNet) ----
@@ -1276,7 +1370,7 @@ class RankLowering {
       return;
     }
     const std::uint64_t qkv_out = ((m.attention_output_gate ? 2 : 1) * k_.nq + 2 * k_.nkv) * k_.dh / k_.t;
-    rowparallel_bwd("proj", k_.h, k_.nq * k_.dh / k_.t, L + "proj");
+    rowparallel_bwd("proj", k_.h, k_.nq * k_.dh / k_.t, L);
     if (m.attention_output_gate) elementwise("attn_gate_bwd", 4 * act(k_.tokens, k_.nq * k_.dh / k_.t), Phase::kBwd);
     if (x_.recompute_selective) {
       const std::string saved = prefix_;
@@ -1286,7 +1380,7 @@ class RankLowering {
     }
     attention_bwd();
     elementwise("rope_bwd", 2 * act(k_.tokens, (k_.nq + k_.nkv) * k_.dh / k_.t), Phase::kBwd);
-    colparallel_bwd("qkv", qkv_out, k_.h, L + "qkv", L + "ln1");
+    colparallel_bwd("qkv", qkv_out, k_.h, L, "ln1");
   }
 
   /// Multi-latent attention (DeepSeek-V3): down projections (replicated over TP, on the SP shard), all-gather of
@@ -1315,11 +1409,11 @@ class RankLowering {
     gemm_rs("proj", k_.h, nqt * v, ph);
   }
 
-  void mla_bwd(const std::string& L) {
+  void mla_bwd(std::string_view L) {
     const ModelSpec& m = *x_.model;
     const std::uint64_t nqt = k_.nq / k_.t, qk = m.qk_head_dim, rope = m.qk_pos_emb_head_dim, v = m.v_head_dim;
     const std::uint64_t ql = m.q_lora_rank, kvl = m.kv_lora_rank;
-    rowparallel_bwd("proj", k_.h, nqt * v, L + "proj");
+    rowparallel_bwd("proj", k_.h, nqt * v, L);
     if (x_.recompute_selective) {
       const std::string saved = prefix_;
       prefix_ = "recompute.";
@@ -1330,12 +1424,12 @@ class RankLowering {
     no_ub_ = true;
     elementwise("rope_bwd", 2 * act(k_.tokens, nqt * rope + rope), Phase::kBwd);
     gemm("kv_up_dgrad", k_.tokens, kvl, nqt * (qk + v), Phase::kBwd);
-    wgrad_op("kv_up_wgrad", Gemm{nqt * (qk + v), kvl, k_.tokens, 1, k_.dtype}, {}, L + "kv_up");
+    wgrad_op("kv_up_wgrad", Gemm{nqt * (qk + v), kvl, k_.tokens, 1, k_.dtype}, {}, Name{L, "kv_up"});
     if (ql > 0) {
       gemm("q_up_dgrad", k_.tokens, ql, nqt * (qk + rope), Phase::kBwd);
-      wgrad_op("q_up_wgrad", Gemm{nqt * (qk + rope), ql, k_.tokens, 1, k_.dtype}, {}, L + "q_up");
+      wgrad_op("q_up_wgrad", Gemm{nqt * (qk + rope), ql, k_.tokens, 1, k_.dtype}, {}, Name{L, "q_up"});
     } else {
-      colparallel_bwd("q_up", nqt * (qk + rope), k_.h, L + "q_up", L + "ln1");
+      colparallel_bwd("q_up", nqt * (qk + rope), k_.h, L, "ln1");
     }
     if (k_.t > 1) {
       collective(x_.st.tp, k_.sp ? "mla_latent_grad_rs" : "mla_latent_grad_ar",
@@ -1344,15 +1438,15 @@ class RankLowering {
     }
     elementwise("mla_latent_norm_bwd", 3 * act(k_.tokens_sp, ql + kvl), Phase::kBwd);
     gemm("kv_down_dgrad", k_.tokens_sp, k_.h, kvl + rope, Phase::kBwd);
-    wgrad_op("kv_down_wgrad", Gemm{kvl + rope, k_.h, k_.tokens_sp, 1, k_.dtype}, {}, L + "kv_down");
+    wgrad_op("kv_down_wgrad", Gemm{kvl + rope, k_.h, k_.tokens_sp, 1, k_.dtype}, {}, Name{L, "kv_down"});
     if (ql > 0) {
       gemm("q_down_dgrad", k_.tokens_sp, k_.h, ql, Phase::kBwd);
-      wgrad_op("q_down_wgrad", Gemm{ql, k_.h, k_.tokens_sp, 1, k_.dtype}, {}, L + "q_down");
+      wgrad_op("q_down_wgrad", Gemm{ql, k_.h, k_.tokens_sp, 1, k_.dtype}, {}, Name{L, "q_down"});
     }
     no_ub_ = false;
     if (ql > 0) {
       const OpId ln = elementwise("ln1_bwd", 3 * act(k_.tokens_sp, k_.h), Phase::kBwd);
-      grad_ready(L + "ln1", ln);
+      grad_ready(Name{L, "ln1"}, ln);
     }
   }
 
@@ -1372,28 +1466,25 @@ class RankLowering {
     gemm_rs("out_proj", k_.h, nv * dv / k_.t, ph);
     no_ub_ = false;
   }
-  void gdn_scan(const std::string& what, Phase ph, std::uint64_t factor) {
+  void gdn_scan(std::string_view what, Phase ph, std::uint64_t factor) {
     const ModelSpec& m = *x_.model;
     const std::uint64_t dk = m.linear_key_head_dim, dv = m.linear_value_head_dim, kC = 64;
     const std::uint64_t batch = k_.b * ((k_.s + kC - 1) / kC) * (m.linear_num_value_heads / k_.t) * factor;
-    gemm(what + "_scores", kC, kC, dk, ph);
-    ops_.back().body = Compute{Gemm{kC, kC, dk, batch, k_.dtype}, 0};
-    gemm(what + "_state", dk, dv, kC, ph);
-    ops_.back().body = Compute{Gemm{dk, dv, kC, batch, k_.dtype}, 0};
-    gemm(what + "_out", kC, dv, dk, ph);
-    ops_.back().body = Compute{Gemm{kC, dv, dk, batch, k_.dtype}, 0};
+    kernel(Name{what, "_scores"}, Gemm{kC, kC, dk, batch, k_.dtype}, ph);
+    kernel(Name{what, "_state"}, Gemm{dk, dv, kC, batch, k_.dtype}, ph);
+    kernel(Name{what, "_out"}, Gemm{kC, dv, dk, batch, k_.dtype}, ph);
   }
-  void gdn_bwd(const std::string& L) {
+  void gdn_bwd(std::string_view L) {
     const ModelSpec& m = *x_.model;
     const std::uint64_t nk = m.linear_num_key_heads, nv = m.linear_num_value_heads;
     const std::uint64_t dk = m.linear_key_head_dim, dv = m.linear_value_head_dim;
     no_ub_ = true;
-    rowparallel_bwd("out_proj", k_.h, nv * dv / k_.t, L + "out_proj");
+    rowparallel_bwd("out_proj", k_.h, nv * dv / k_.t, L);
     elementwise("gdn_gated_norm_bwd", 4 * act(k_.tokens, nv * dv / k_.t), Phase::kBwd);
     gdn_scan("gdn_scan_bwd", Phase::kBwd, 2);  // dq/dk/dv and the state gradient: about twice the forward
     const OpId c = elementwise("gdn_conv1d_bwd", 3 * act(k_.tokens, (2 * nk * dk + nv * dv) / k_.t), Phase::kBwd);
-    grad_ready(L + "conv", c);
-    colparallel_bwd("in_proj", (2 * nk * dk + 2 * nv * dv + 2 * nv) / k_.t, k_.h, L + "in_proj", L + "ln1");
+    grad_ready(Name{L, "conv"}, c);
+    colparallel_bwd("in_proj", (2 * nk * dk + 2 * nv * dv + 2 * nv) / k_.t, k_.h, L, "ln1");
     no_ub_ = false;
   }
 
@@ -1406,11 +1497,11 @@ class RankLowering {
     gemm_rs("fc2", k_.h, k_.f / k_.t, ph);
     elementwise("residual2", 3 * act(k_.tokens_sp, k_.h), ph);
   }
-  void dense_mlp_bwd(const std::string& L) {
-    rowparallel_bwd("fc2", k_.h, k_.f / k_.t, L + "fc2");
-    elementwise(std::string(x_.model->gated_linear_unit ? "swiglu" : "gelu") + "_bwd",
+  void dense_mlp_bwd(std::string_view L) {
+    rowparallel_bwd("fc2", k_.h, k_.f / k_.t, L);
+    elementwise(Name{x_.model->gated_linear_unit ? "swiglu" : "gelu", "_bwd"},
                 2 * act(k_.tokens, k_.ffn1 / k_.t) + act(k_.tokens, k_.f / k_.t), Phase::kBwd);
-    colparallel_bwd("fc1", k_.ffn1 / k_.t, k_.h, L + "fc1", L + "ln2");
+    colparallel_bwd("fc1", k_.ffn1 / k_.t, k_.h, L, "ln2");
   }
 
   std::uint64_t shared_fc1_width() const {
@@ -1439,18 +1530,18 @@ class RankLowering {
     gemm("router", T, k_.experts, k_.h, ph);
     elementwise("router_topk", T * k_.experts * 4 * 3, ph);
     const std::uint32_t span = k_.te * k_.e;
-    if (k_.dispatcher == "alltoall") {
+    if (dispatch_a2a_) {
       // preprocess: all-gather of per-expert counts over TP x EP, D2H copy of the splits (host syncs on it later).
       OpId counts = last_compute_;
       if (span > 1) {
         counts = collective(x_.st.tp_ep, "moe_count_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
                             k_.experts * 8 * span, ph, false, {}, "", schedule::DType::kInt64);
       }
-      d2h_ = emit(x_.st.dtoh, nm("moe_splits_d2h"),
-                  Compute{schedule::Memcpy{2ull * k_.e * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, 0},
-                  {counts}, tags(ph));
+      d2h_ =
+          kernel_on(x_.st.dtoh, "moe_splits_d2h",
+                    schedule::Memcpy{2ull * k_.e * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, ph, {counts});
       elementwise("moe_permute", 2 * act(T * k_.topk, k_.h), ph);
-    } else if (k_.dispatcher == "allgather") {
+    } else if (dispatch_ag_) {
       if (span > 1) {
         collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_], act(T, k_.h) * span, ph,
                    true);
@@ -1459,8 +1550,7 @@ class RankLowering {
       }
       elementwise("moe_permute", act(T * span, k_.h) + act(expert_rows(), k_.h), ph);
       // TE's grouped GEMM takes m_splits on the host: tokens_per_expert.tolist() syncs [inf].
-      d2h_ = emit(x_.st.compute, nm("moe_counts_d2h"),
-                  Compute{schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, 0}, {}, tags(ph));
+      d2h_ = kernel("moe_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
       host_sync("moe_counts_sync", d2h_, ph);
     }
   }
@@ -1468,12 +1558,12 @@ class RankLowering {
   /// Dispatch (node D): host sync on the split sizes, token and probs all-to-alls (flex: notify, count sync, fused
   /// dispatch kernel holding moe_flex_num_sms SMs and its transfer).
   void moe_dispatch_fwd(Phase ph) {
-    if (k_.dispatcher == "alltoall") {
+    if (dispatch_a2a_) {
       host_sync("moe_splits_sync", d2h_, ph);  // cuda_sync_point before_ep_alltoall
       if (k_.e > 1) ep_a2a("moe_dispatch_a2a", dispatch_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
       if (k_.shared_overlap) shared_overlap_fc1(ph);
       if (k_.e > 1) ep_a2a("moe_probs_a2a", dispatch_copies(), 4, schedule::DType::kFP32, ph);
-    } else if (k_.dispatcher == "flex") {
+    } else if (dispatch_flex_) {
       flex_kernel("flex_notify", Elementwise{std::uint64_t{k_.e} * k_.experts * 4 * 2, 0}, ph);
       const OpId cp =
           flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
@@ -1493,21 +1583,21 @@ class RankLowering {
     std::vector<OpId> d{ln2_op_};
     if (k_.t > 1) {
       schedule::Collective c{CollectiveKind::kAllGather, x_.tp_of[rank_], act(k_.tokens, k_.h), k_.dtype, {}, 0};
-      d = {emit(x_.st.tp, nm("shared_ag"), std::move(c), {ln2_op_}, tags(ph, "shared_expert"))};
+      d = {emit(x_.st.tp, "shared_ag", std::move(c), {ln2_op_}, ph, "shared_expert")};
     }
-    emit(x_.st.shared, nm("shared_fc1"), Compute{Gemm{k_.tokens, shared_fc1_width(), k_.h, 1, k_.dtype}, 0}, d,
-         tags(ph, "shared_expert"));
-    emit(x_.st.shared, nm("shared_act"),
-         Compute{Elementwise{act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_f / k_.t), 0}, 0}, {},
-         tags(ph, "shared_expert"));
+    kernel_on(x_.st.shared, "shared_fc1", Gemm{k_.tokens, shared_fc1_width(), k_.h, 1, k_.dtype}, ph, d,
+              "shared_expert");
+    kernel_on(x_.st.shared, "shared_act",
+              Elementwise{act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_f / k_.t), 0}, ph, {},
+              "shared_expert");
   }
   /// ... and fc2 right after the combine all-to-all; the unpermute-add waits for it.
   OpId shared_overlap_fc2(Phase ph) {
-    OpId last = emit(x_.st.shared, nm("shared_fc2"), Compute{Gemm{k_.tokens, k_.h, k_.shared_f / k_.t, 1, k_.dtype}, 0},
-                     {}, tags(ph, "shared_expert"));
+    OpId last = kernel_on(x_.st.shared, "shared_fc2", Gemm{k_.tokens, k_.h, k_.shared_f / k_.t, 1, k_.dtype}, ph, {},
+                          "shared_expert");
     if (k_.t > 1) {
       schedule::Collective c{CollectiveKind::kReduceScatter, x_.tp_of[rank_], act(k_.tokens, k_.h), k_.dtype, {}, 0};
-      last = emit(x_.st.tp, nm("shared_rs"), std::move(c), {last}, tags(ph, "shared_expert"));
+      last = emit(x_.st.tp, "shared_rs", std::move(c), {last}, ph, "shared_expert");
     }
     return last;
   }
@@ -1523,7 +1613,7 @@ class RankLowering {
                  schedule::DType::kFP32);
     }
     if (k_.local_experts > 1) elementwise("moe_sort", 2 * act(n, k_.h), ph);
-    const auto groups = expert_groups();
+    const auto& groups = expert_groups();
     kernel("experts_fc1", schedule::GroupedGemm{groups, k_.ffn1e / k_.te, k_.h, k_.dtype}, ph);
     elementwise("experts_act", act(n, k_.ffn1e / k_.te) + act(n, k_.fe / k_.te) + n * 4, ph);
     kernel("experts_fc2", schedule::GroupedGemm{groups, k_.h, k_.fe / k_.te, k_.dtype}, ph);
@@ -1535,10 +1625,10 @@ class RankLowering {
   void moe_combine_fwd(Phase ph) {
     const std::uint64_t T = moe_tokens();
     std::vector<OpId> add_deps;
-    if (k_.dispatcher == "alltoall") {
+    if (dispatch_a2a_) {
       if (k_.e > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
       if (k_.shared_overlap) add_deps.push_back(shared_overlap_fc2(ph));
-    } else if (k_.dispatcher == "flex") {
+    } else if (dispatch_flex_) {
       std::uint64_t copies = 0;
       for (auto c : flex_combine_copies()) copies += c;
       const OpId kc = flex_kernel("flex_combine", Elementwise{2 * act(copies, k_.h), 0}, ph);
@@ -1553,7 +1643,7 @@ class RankLowering {
                    act(T, k_.h) * k_.te * k_.e, ph, true);
       }
     }
-    if (k_.dispatcher != "allgather") ep_elementwise("moe_unpermute", act(T * k_.topk, k_.h) + act(T, k_.h), ph);
+    if (!dispatch_ag_) ep_elementwise("moe_unpermute", act(T * k_.topk, k_.h) + act(T, k_.h), ph);
     if (k_.shared_f > 0) ep_elementwise("shared_add", 3 * act(T, k_.h), ph, add_deps);
     ep_elementwise("residual2", 3 * act(k_.tokens_sp, k_.h), ph);
   }
@@ -1562,7 +1652,7 @@ class RankLowering {
   void moe_combine_bwd() {
     const Phase ph = Phase::kBwd;
     const std::uint64_t T = moe_tokens();
-    if (k_.dispatcher == "allgather") {
+    if (dispatch_ag_) {
       if (k_.te * k_.e > 1) {
         collective(x_.st.tp_ep, "moe_output_grad_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
                    act(T, k_.h) * k_.te * k_.e, ph, true);
@@ -1571,7 +1661,7 @@ class RankLowering {
       return;
     }
     ep_elementwise("moe_unpermute_bwd", act(T * k_.topk, k_.h) + act(T, k_.h) + T * k_.topk * 4, ph);
-    if (k_.dispatcher == "alltoall") {  // combine's gradient goes the dispatch direction
+    if (dispatch_a2a_) {  // combine's gradient goes the dispatch direction
       if (k_.e > 1) ep_a2a("moe_combine_grad_a2a", dispatch_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
     } else {
       std::uint64_t copies = 0;
@@ -1583,20 +1673,21 @@ class RankLowering {
         pending_.push_back(kd);
     }
   }
-  void moe_experts_bwd(const std::string& L) {
+  void moe_experts_bwd(std::string_view L) {
     const Phase ph = Phase::kBwd;
     const std::uint64_t n = expert_rows();
     const CommId etp = k_.te > 1 ? x_.etp_of[rank_] : kNone;
     if (k_.te > 1) collective(x_.st.etp, "moe_etp_grad_ag", CollectiveKind::kAllGather, etp, act(n, k_.h), ph, true);
     if (k_.local_experts > 1) elementwise("moe_unsort_bwd", 2 * act(n, k_.h), ph);
-    const auto groups = expert_groups();
+    const auto& groups = expert_groups();
     // Weight gradients as grouped GEMMs with the same FLOPs (GroupedGemm has one k; the token count varies).
     kernel("experts_fc2_dgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, ph);
-    wgrad_op("experts_fc2_wgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, {}, L + "experts.fc2");
+    wgrad_op("experts_fc2_wgrad", schedule::GroupedGemm{groups, k_.fe / k_.te, k_.h, k_.dtype}, {},
+             Name{L, "experts.fc2"});
     elementwise("experts_act_bwd", 2 * act(n, k_.ffn1e / k_.te) + act(n, k_.fe / k_.te) + n * 4, ph);
     kernel("experts_fc1_dgrad", schedule::GroupedGemm{groups, k_.h, k_.ffn1e / k_.te, k_.dtype}, ph);
     wgrad_op("experts_fc1_wgrad", schedule::GroupedGemm{groups, k_.ffn1e / k_.te, k_.h, k_.dtype}, {},
-             L + "experts.fc1");
+             Name{L, "experts.fc1"});
     if (k_.local_experts > 1) elementwise("moe_sort_bwd", 2 * act(n, k_.h), ph);
     if (k_.te > 1) {
       collective(x_.st.etp, "moe_etp_grad_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.h), ph, true);
@@ -1604,12 +1695,12 @@ class RankLowering {
   }
   void moe_dispatch_bwd() {
     const Phase ph = Phase::kBwd;
-    if (k_.dispatcher == "alltoall") {  // token and probs gradients go the combine direction
+    if (dispatch_a2a_) {  // token and probs gradients go the combine direction
       if (k_.e > 1) {
         ep_a2a("moe_dispatch_grad_a2a", combine_copies(), k_.h * k_.act_bytes, k_.dtype, ph);
         ep_a2a("moe_probs_grad_a2a", combine_copies(), 4, schedule::DType::kFP32, ph);
       }
-    } else if (k_.dispatcher == "flex") {
+    } else if (dispatch_flex_) {
       std::uint64_t copies = 0;
       for (auto c : flex_combine_copies()) copies += c;
       const OpId kd = flex_kernel("flex_dispatch_bwd", Elementwise{2 * act(copies, k_.h), 0}, ph);
@@ -1622,29 +1713,29 @@ class RankLowering {
                  act(moe_tokens(), k_.h) * k_.te * k_.e, ph, true);
     }
   }
-  void moe_pre_bwd(const std::string& L) {
+  void moe_pre_bwd(std::string_view L) {
     const Phase ph = Phase::kBwd;
     const std::uint64_t T = moe_tokens();
-    if (k_.dispatcher != "flex") elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.h), ph);
+    if (!dispatch_flex_) elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.h), ph);
     elementwise("router_topk_bwd", T * k_.experts * 4 * 3, ph);
     gemm("router_dgrad", T, k_.h, k_.experts, ph);
-    wgrad_op("router_wgrad", Gemm{k_.experts, k_.h, T, 1, k_.dtype}, {}, L + "router");
+    wgrad_op("router_wgrad", Gemm{k_.experts, k_.h, T, 1, k_.dtype}, {}, Name{L, "router"});
     if (k_.shared_f > 0) {
       const CommId tp = x_.tp_of[rank_];
       if (k_.t > 1) {
         collective(x_.st.tp, "shared_grad_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.h), ph, true);
       }
       gemm("shared_fc2_dgrad", k_.tokens, k_.shared_f / k_.t, k_.h, ph);
-      wgrad_op("shared_fc2_wgrad", Gemm{k_.h, k_.shared_f / k_.t, k_.tokens, 1, k_.dtype}, {}, L + "shared.fc2");
+      wgrad_op("shared_fc2_wgrad", Gemm{k_.h, k_.shared_f / k_.t, k_.tokens, 1, k_.dtype}, {}, Name{L, "shared.fc2"});
       elementwise("shared_act_bwd", 2 * act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_f / k_.t), ph);
       gemm("shared_fc1_dgrad", k_.tokens, k_.h, shared_fc1_width(), ph);
-      wgrad_op("shared_fc1_wgrad", Gemm{shared_fc1_width(), k_.h, k_.tokens, 1, k_.dtype}, {}, L + "shared.fc1");
+      wgrad_op("shared_fc1_wgrad", Gemm{shared_fc1_width(), k_.h, k_.tokens, 1, k_.dtype}, {}, Name{L, "shared.fc1"});
       if (k_.t > 1) {
         collective(x_.st.tp, "shared_grad_rs", CollectiveKind::kReduceScatter, tp, act(k_.tokens, k_.h), ph, true);
       }
     }
     const OpId ln = elementwise("ln2_bwd", 3 * act(k_.tokens_sp, k_.h), ph);
-    grad_ready(L + "ln2", ln);
+    grad_ready(Name{L, "ln2"}, ln);
   }
 
   void layer_fwd(std::uint32_t layer, Phase ph) {
@@ -1832,11 +1923,11 @@ class RankLowering {
   }
   /// The host cost of one schedule node: event wait + record, the node's own overhead, and for backward nodes a
   /// separate autograd-engine call (section 6c item 2). Emitted as an explicit host op when the costs are set.
-  void node_host(const std::string& node, bool backward) {
+  void node_host(std::string_view node, bool backward) {
     const HostCosts& hc = x_.cfg->host;
     const Nanos ns = 2 * hc.event_record_ns + hc.ep_node_ns + (backward ? hc.ep_backward_call_ns : 0);
     if (ns > 0) {
-      emit(x_.st.compute, nm("node_" + node), schedule::Host{ns}, {}, tags(backward ? Phase::kBwd : Phase::kFwd, "ep"));
+      emit(x_.st.compute, Name{"node_", node}, schedule::Host{ns}, {}, backward ? Phase::kBwd : Phase::kFwd, "ep");
     }
   }
   bool gpu_op_on(OpId id, StreamId stream) const {
@@ -1846,7 +1937,7 @@ class RankLowering {
   }
   /// A node on the compute stream (A, M, and the embedding/output pieces).
   template <typename Body>
-  void comp_node(Side& sd, std::int32_t layer, const std::string& node, Body&& body) {
+  void comp_node(Side& sd, std::int32_t layer, std::string_view node, Body&& body) {
     enter(sd, layer);
     node_host(node, !sd.fwd);
     const auto start = static_cast<OpId>(ops_.size());
@@ -1862,7 +1953,7 @@ class RankLowering {
   }
   /// A node on the EP comm stream (D, C).
   template <typename Body>
-  void comm_node(Side& sd, std::int32_t layer, const std::string& node, Body&& body) {
+  void comm_node(Side& sd, std::int32_t layer, std::string_view node, Body&& body) {
     enter(sd, layer);
     node_host(node, !sd.fwd);
     const auto start = static_cast<OpId>(ops_.size());
@@ -1879,7 +1970,7 @@ class RankLowering {
     }
   }
   /// W node (delay_wgrad_compute): the held weight-gradient GEMMs, on the compute stream after the dgrad node.
-  void wgrad_node(Side& sd, std::int32_t layer, const std::string& node) {
+  void wgrad_node(Side& sd, std::int32_t layer, std::string_view node) {
     if (deferred_.empty()) return;
     enter(sd, layer);
     node_host(node, true);
@@ -2073,8 +2164,9 @@ class RankLowering {
   }
   const std::vector<DpBucket>& buckets(std::uint32_t chunk) const { return x_.buckets[co_.pp][chunk]; }
 
-  void grad_ready(const std::string& param, OpId producer) {
+  void grad_ready(const Name& param_name, OpId producer) {
     if (!hooks_on_) return;
+    const std::string param = param_name.str();
     const auto& bs = buckets(hook_chunk_);
     for (std::size_t b = 0; b < bs.size(); ++b) {
       const auto& ps = bs[b].params;
@@ -2092,6 +2184,11 @@ class RankLowering {
     return bucket.expert ? k_.de : static_cast<std::uint64_t>(k_.d) * k_.c;
   }
 
+  /// "chunk1.bucket2", the name stem of a bucket's ops (empty with op names off).
+  std::string bucket_name(std::uint32_t chunk, std::size_t b) const {
+    return x_.op_names ? "chunk" + str(chunk) + ".bucket" + str(b) : std::string();
+  }
+
   void dispatch_grad_bucket(std::uint32_t chunk, std::size_t b, bool blocking) {
     auto& st = bucket_state_[chunk][b];
     if (st.dispatched) return;
@@ -2106,12 +2203,12 @@ class RankLowering {
     cur_chunk_ = static_cast<std::int32_t>(chunk);
     prefix_ = "dp.";
     const auto& bucket = buckets(chunk)[b];
-    const std::string what = "chunk" + str(chunk) + ".bucket" + str(b);
-    const std::string ov = blocking ? "" : "dp";
+    const std::string what = bucket_name(chunk, b);
+    const std::string_view ov = blocking ? "" : "dp";
     const Phase ph = Phase::kBwd;
-    elementwise(what + ".scale", 2 * bucket.numel * k_.grad_bytes, ph);
+    elementwise(Name{what, ".scale"}, 2 * bucket.numel * k_.grad_bytes, ph);
     const bool distopt = x_.cfg->use_distributed_optimizer;
-    st.op = collective(x_.st.dp, what + (distopt ? ".grad_rs" : ".grad_ar"),
+    st.op = collective(x_.st.dp, Name{what, distopt ? ".grad_rs" : ".grad_ar"},
                        distopt ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, bucket_comm(bucket),
                        bucket.numel * k_.grad_bytes, ph, blocking, {}, ov,
                        k_.grad_bytes == 4 ? schedule::DType::kFP32 : k_.dtype);
@@ -2139,7 +2236,7 @@ class RankLowering {
     const auto saved_chunk = cur_chunk_;
     cur_chunk_ = static_cast<std::int32_t>(chunk);
     if (bucket_group(buckets(chunk)[b]) == 1) return schedule::kNoOp;
-    st.ag = collective(x_.st.dp, "chunk" + str(chunk) + ".bucket" + str(b) + ".param_ag", CollectiveKind::kAllGather,
+    st.ag = collective(x_.st.dp, Name{bucket_name(chunk, b), ".param_ag"}, CollectiveKind::kAllGather,
                        bucket_comm(buckets(chunk)[b]), buckets(chunk)[b].numel * k_.act_bytes, Phase::kFwd, false, {},
                        "dp");
     cur_chunk_ = saved_chunk;
@@ -2149,7 +2246,7 @@ class RankLowering {
     return st.ag;
   }
 
-  void param_gather_wait(std::uint32_t chunk, const std::string& param, std::uint32_t mb) {
+  void param_gather_wait(std::uint32_t chunk, std::string_view param, std::uint32_t mb) {
     if (!k_.param_overlap || mb != first_fwd_mb_[chunk]) return;
     const auto& bs = buckets(chunk);
     for (std::size_t b = bs.size(); b-- > 0;) {
@@ -2186,36 +2283,43 @@ class RankLowering {
   void exchange(const Exchange& ex, bool blocking, std::vector<OpId> fwd_after = {}, std::vector<OpId> bwd_after = {}) {
     const std::uint64_t bytes = act(k_.tokens_sp, k_.h);  // [s/(c t_sp), b, h]
     const CommId pp = x_.pp_of[rank_];
-    const std::string ov = blocking ? "" : "pp";
-    std::vector<OpId> posted;
+    const std::string_view ov = blocking ? "" : "pp";
+    OpId posted[4];  // at most one op per direction
+    std::size_t n_posted = 0;
     std::vector<OpId> fwd_producer = std::move(fwd_after), bwd_producer = std::move(bwd_after);
     if (fwd_producer.empty() && last_fwd_output_ != schedule::kNoOp) fwd_producer.push_back(last_fwd_output_);
     if (bwd_producer.empty() && last_bwd_output_ != schedule::kNoOp) bwd_producer.push_back(last_bwd_output_);
-    const auto saved_prefix = prefix_;
-    prefix_ = "pp.x" + str(exchanges_++) + ".";
+    std::string saved_prefix;
+    if (x_.op_names) {
+      saved_prefix = prefix_;
+      prefix_ = "pp.x" + str(exchanges_) + ".";
+    }
+    ++exchanges_;
     if (ex.send_next) {
-      posted.push_back(send(x_.st.pp_send_next, "send_fwd", pp, pp_peer(1), bytes, 0, Phase::kFwd, fwd_producer, ov));
+      posted[n_posted++] =
+          send(x_.st.pp_send_next, "send_fwd", pp, pp_peer(1), bytes, 0, Phase::kFwd, std::move(fwd_producer), ov);
     }
     if (ex.recv_prev) {
       const OpId r = recv(x_.st.pp_recv_prev, "recv_fwd", pp, pp_peer(-1), bytes, 0, Phase::kFwd, ov);
-      posted.push_back(r);
+      posted[n_posted++] = r;
       fwd_recv_[ex.recv_prev_chunk].push_back(r);
     }
     if (ex.send_prev) {
-      posted.push_back(send(x_.st.pp_send_prev, "send_bwd", pp, pp_peer(-1), bytes, 1, Phase::kBwd, bwd_producer, ov));
+      posted[n_posted++] =
+          send(x_.st.pp_send_prev, "send_bwd", pp, pp_peer(-1), bytes, 1, Phase::kBwd, std::move(bwd_producer), ov);
     }
     if (ex.recv_next) {
       const OpId r = recv(x_.st.pp_recv_next, "recv_bwd", pp, pp_peer(1), bytes, 1, Phase::kBwd, ov);
-      posted.push_back(r);
+      posted[n_posted++] = r;
       bwd_recv_[ex.recv_next_chunk].push_back(r);
     }
     if (blocking) {
-      pending_.insert(pending_.end(), posted.begin(), posted.end());
+      pending_.insert(pending_.end(), posted, posted + n_posted);
       if (k_.batch_p2p && x_.cfg->batch_p2p_sync) {
-        for (auto id : posted) host_sync("batch_p2p_sync", id, Phase::kNone);
+        for (std::size_t i = 0; i < n_posted; ++i) host_sync("batch_p2p_sync", posted[i], Phase::kNone);
       }
     }
-    prefix_ = saved_prefix;
+    if (x_.op_names) prefix_ = std::move(saved_prefix);
   }
 
   void run_no_pipelining();
@@ -2252,10 +2356,17 @@ class RankLowering {
   // MoE / attention variants / EP overlap.
   ExpertCoords eco_;
   std::uint64_t aq_ = 0, akv_ = 0, adh_ = 0;  // attention heads (all TP ranks) and head dim of the current layer
-  bool no_ub_ = false;                        // the current linears are not TE userbuffer sites
-  bool comm_node_ = false;                    // emitting a D or C node of the combined schedule (EP comm stream)
-  std::vector<OpId> node_deps_;               // the node's event: deps of its first op
-  bool defer_wgrad_ = false;                  // delay_wgrad_compute: hold weight-gradient GEMMs for the W node
+  // Routing model (init_routing): token copies per EP peer for dispatch / combine (flex: per destination rank),
+  // rows per local expert.
+  std::vector<std::uint64_t> dispatch_copies_, combine_copies_, expert_groups_, flex_copies_, flex_combine_copies_;
+  // Dispatcher and CP type as flags (compared once, not per layer).
+  const bool dispatch_a2a_ = k_.dispatcher == "alltoall", dispatch_flex_ = k_.dispatcher == "flex";
+  const bool dispatch_ag_ = k_.dispatcher == "allgather";
+  const bool cp_p2p_ = k_.cp_type == "p2p", cp_ag_ = k_.cp_type == "all_gather", cp_hier_ = k_.cp_type == "a2a+p2p";
+  bool no_ub_ = false;           // the current linears are not TE userbuffer sites
+  bool comm_node_ = false;       // emitting a D or C node of the combined schedule (EP comm stream)
+  std::vector<OpId> node_deps_;  // the node's event: deps of its first op
+  bool defer_wgrad_ = false;     // delay_wgrad_compute: hold weight-gradient GEMMs for the W node
   struct Deferred {
     std::string name;
     schedule::Kernel kernel;
@@ -2496,7 +2607,7 @@ void RankLowering::finalize_and_optimize() {
     for (std::uint32_t c = 0; c < k_.v; ++c) {
       for (std::size_t b = 0; b < buckets(c).size(); ++b) {
         if (bucket_group(buckets(c)[b]) == 1) continue;
-        collective(x_.st.dp, "chunk" + str(c) + ".bucket" + str(b) + ".param_ag", CollectiveKind::kAllGather,
+        collective(x_.st.dp, Name{bucket_name(c, b), ".param_ag"}, CollectiveKind::kAllGather,
                    bucket_comm(buckets(c)[b]), buckets(c)[b].numel * k_.act_bytes, Phase::kOptim, true);
       }
     }
@@ -2941,10 +3052,29 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
   for (const auto& comm : s.communicators) x.comm_size.push_back(static_cast<std::uint32_t>(comm.members.size()));
 
   // Ops, rank by rank (each rank is a function of its coordinates alone, so only present ranks are built).
+  // Room for the ops, so that the vector of (large) ops is not moved and its fresh pages not touched twice while it
+  // grows. Before the first rank, a generous guess of its ops (a hint only: more ops just grow the vector; room that
+  // is never written costs no memory; capped): kOpsPerLayerStep per layer and micro-batch (a dense layer without TP
+  // overlap lowers to about 40 ops, an MoE layer to about 50), kOpsPerStep per (micro-batch, chunk), the optimizer.
+  // Ranks lower to about as many ops each, in proportion to their layers (plus the embedding on the first stage,
+  // the output layer and loss on the last): once the first rank is known, room for all of them, each scaled by the
+  // most layers a stage holds over the first rank's stage, with a rank's worth and 1/8 to spare.
+  constexpr std::size_t kOpsPerLayerStep = 64, kOpsPerStep = 32, kOpsPerRank = 512, kMaxGuess = std::size_t{1} << 22;
+  std::vector<std::size_t> stage_layers(k.p, 0);
+  for (std::uint32_t pp = 0; pp < k.p; ++pp) {
+    for (std::uint32_t c = 0; c < k.v; ++c) stage_layers[pp] += x.vs_layers[c * k.p + pp].size();
+  }
+  const std::size_t most_layers = *std::max_element(stage_layers.begin(), stage_layers.end());
+  const std::size_t first_layers = s.ranks.empty() ? 0 : stage_layers[coords_of(k, s.ranks.front()).pp];
+  s.ops.reserve(std::min(
+      kMaxGuess, static_cast<std::size_t>(k.m) * (first_layers * kOpsPerLayerStep + k.v * kOpsPerStep) + kOpsPerRank));
   for (RankId r : s.ranks) {
     RankLowering(x, r, s.ops).run();
-    // Ranks lower to about as many ops each: room for all of them once the first is known.
-    if (r == s.ranks.front()) s.ops.reserve(s.ops.size() * s.ranks.size() + s.ops.size() / 8);
+    if (r == s.ranks.front() && s.ranks.size() > 1) {
+      const std::size_t per_rank = s.ops.size() * (most_layers + 1) / (first_layers + 1) + 1;
+      const std::size_t n = s.ranks.size();
+      s.ops.reserve(per_rank * (n + 1) + per_rank * n / 8);
+    }
     out.memory_per_rank.push_back(estimate_memory(x, r));
   }
   for (const auto& m : out.memory_per_rank) {
