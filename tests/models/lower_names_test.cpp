@@ -10,6 +10,7 @@
 using namespace twinstep;
 using namespace twinstep::models;
 using twinstep::models::test::config;
+using twinstep::models::test::moe_model;
 using twinstep::models::test::problems;
 using twinstep::models::test::shrink;
 
@@ -20,15 +21,6 @@ struct Case {
   ModelSpec model;
   RunConfig cfg;
 };
-
-/// A zoo MoE model cut to `layers` layers (DeepSeek-V3: one dense layer first; no MTP).
-ModelSpec moe_model(const std::string& id, std::uint32_t layers) {
-  ModelSpec m = load_model(id);
-  m.num_layers = layers;
-  if (m.first_k_dense_replace > 0) m.first_k_dense_replace = 1;
-  m.mtp_num_layers = 0;
-  return m;
-}
 
 RunConfig moe_config(std::uint32_t world, std::uint32_t tp, std::uint32_t pp, std::uint32_t ep, std::uint32_t gbs) {
   RunConfig c = config(world, tp, pp);

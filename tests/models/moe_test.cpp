@@ -12,19 +12,10 @@ using namespace twinstep::models;
 using twinstep::models::test::config;
 using twinstep::models::test::count_ops;
 using twinstep::models::test::count_overlap;
+using twinstep::models::test::moe_model;
 using twinstep::models::test::problems;
 
 namespace {
-
-/// A zoo MoE model cut to `layers` layers, keeping at least one MoE layer (DeepSeek-V3: one dense layer first;
-/// Qwen3-Next: the full-attention layer every 4th).
-ModelSpec moe_model(const std::string& id, std::uint32_t layers) {
-  ModelSpec m = load_model(id);
-  m.num_layers = layers;
-  if (m.first_k_dense_replace > 0) m.first_k_dense_replace = 1;
-  m.mtp_num_layers = 0;
-  return m;
-}
 
 RunConfig moe_config(std::uint32_t world, std::uint32_t ep, std::uint32_t pp = 1, std::uint32_t vpp = 1,
                      std::uint32_t microbatches = 2) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "models/lower.hpp"
+#include "models/model_spec.hpp"
 #include "schedule/kernel_math.hpp"
 #include "schedule/validate.hpp"
 
@@ -28,6 +29,16 @@ inline RunConfig config(std::uint32_t world, std::uint32_t tp, std::uint32_t pp,
 /// The model with fewer layers (keeps the suite fast).
 inline ModelSpec shrink(ModelSpec m, std::uint32_t layers) {
   m.num_layers = layers;
+  return m;
+}
+
+/// A zoo MoE model cut to `layers` layers, keeping at least one MoE layer (DeepSeek-V3: one dense layer first, no
+/// MTP; Qwen3-Next: the full-attention layer every 4th).
+inline ModelSpec moe_model(const std::string& id, std::uint32_t layers) {
+  ModelSpec m = load_model(id);
+  m.num_layers = layers;
+  if (m.first_k_dense_replace > 0) m.first_k_dense_replace = 1;
+  m.mtp_num_layers = 0;
   return m;
 }
 
