@@ -405,6 +405,9 @@ Json profile_json(const sim::Profile& p, const Json& tables, const std::map<std:
   if (p.interference.waiting_sms_per_channel_more >= 0) {
     j["interference"]["waiting_sms_per_channel_more"] = p.interference.waiting_sms_per_channel_more;
   }
+  if (p.interference.attention_tile_q != sim::Interference{}.attention_tile_q) {
+    j["interference"]["attention_tile_q"] = p.interference.attention_tile_q;  // the fit chose proportional (0)
+  }
   if (p.framework.per_kernel_launch_s >= 0 || p.framework.per_module_call_s >= 0) {
     Json f = Json::object();
     if (p.framework.per_kernel_launch_s >= 0) f["per_kernel_launch"] = p.framework.per_kernel_launch_s;
@@ -653,17 +656,44 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
     // The simulator holds whole SMs and a tiled kernel's time changes only where its wave count does, so a range of
     // values predicts the same slowdowns: the fit takes the middle of the best range and logs the range.
     constexpr int kSteps = 100;
-    std::vector<double> errs;
-    for (int i = 0; i <= kSteps; ++i) {
-      sim::Profile q = p;
-      q.interference.*field = static_cast<double>(i) / kSteps;
-      const auto sim = simulate_group(c, *g, q);
-      double err = 0;
-      for (const auto& base : bases) {
-        const double m = ratio(c.measured, base);
-        err += std::pow((ratio(sim, base) - m) / m, 2);
+    auto grid = [&](const sim::Profile& base_profile) {
+      std::vector<double> errs;
+      for (int i = 0; i <= kSteps; ++i) {
+        sim::Profile q = base_profile;
+        q.interference.*field = static_cast<double>(i) / kSteps;
+        const auto sim = simulate_group(c, *g, q);
+        double err = 0;
+        for (const auto& base : bases) {
+          const double m = ratio(c.measured, base);
+          err += std::pow((ratio(sim, base) - m) / m, 2);
+        }
+        errs.push_back(err);
       }
-      errs.push_back(err);
+      return errs;
+    };
+    std::vector<double> errs = grid(p);
+    const bool attention_shapes = std::any_of(
+        bases.begin(), bases.end(), [](const std::string& b) { return b.find(".attention_") != std::string::npos; });
+    if (field == &sim::Interference::waiting_sms_per_channel && attention_shapes &&
+        p.interference.attention_tile_q != 0) {
+      // How attention's time follows the SMs left to it: in waves of attention_tile_q query rows per CTA, or in
+      // proportion (0: several kernels whose partial waves do not line up). The attention shapes beside the waiting
+      // recv decide, with the coefficient fitted under each.
+      sim::Profile proportional = p;
+      proportional.interference.attention_tile_q = 0;
+      std::vector<double> errs0 = grid(proportional);
+      const double waves_err = *std::min_element(errs.begin(), errs.end());
+      const double prop_err = *std::min_element(errs0.begin(), errs0.end());
+      char line[200];
+      std::snprintf(line, sizeof line,
+                    "%s: attention beside the waiting recv: in waves of %u query rows, sum of squared rel. errors "
+                    "%.4f; in proportion to its SMs, %.4f",
+                    group, p.interference.attention_tile_q, waves_err, prop_err);
+      c.log.push_back(line);
+      if (prop_err < waves_err) {
+        p.interference.attention_tile_q = 0;
+        errs = std::move(errs0);
+      }
     }
     const double best_err = *std::min_element(errs.begin(), errs.end());
     const auto tied = [&](int i) { return errs[static_cast<std::size_t>(i)] <= best_err * (1 + 1e-9) + 1e-15; };

@@ -217,7 +217,8 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
           if (profile_.grouped_gemm_per_group && groups > 0) table_size = flops / static_cast<double>(groups);
         } else if constexpr (std::is_same_v<T, schedule::Attention>) {
           peak = gpu.peak_flop_per_s(kern.dtype);
-          k.tiles = kern.batch * kern.heads_q * ceil_div(kern.seq_q, itf.attention_tile_q);
+          k.tiles =
+              itf.attention_tile_q == 0 ? 0 : kern.batch * kern.heads_q * ceil_div(kern.seq_q, itf.attention_tile_q);
           if (profile_.attention_full_scores && !kern.causal) {
             // The implementation does the same work for a causal and a non-causal kernel of this shape; the tables
             // are over the causal FLOPs of their (causal) probes.

@@ -66,6 +66,10 @@ struct Interference {
   double comm_hbm_bytes_per_bus_byte = 2.5;  ///< HBM traffic of a comm kernel per byte of bus traffic.
   std::uint32_t gemm_tile_m = 128;           ///< Output tile of one CTA, for wave quantization.
   std::uint32_t gemm_tile_n = 256;
+  /// Query rows per CTA of an attention kernel, for wave quantization; 0: its time scales with the SMs it gets
+  /// (no wave steps), as for an attention made of several kernels whose partial waves do not line up (the backend's
+  /// causal attention is batched GEMMs and softmax over blocks of the triangle of different sizes,
+  /// backend/attention.cpp). The fit chooses by corun.recv_wait's attention shapes.
   std::uint32_t attention_tile_q = 128;
   /// SMs a comm kernel holds per NCCL channel while it waits for its peers (launched, rendezvous not complete: a
   /// recv posted early on its own stream spins until the peer's send arrives). 1 = every CTA resident (NCCL launches

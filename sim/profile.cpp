@@ -14,7 +14,8 @@
 //              "channels_inter": 16, "p2p_channels_nvlink": 32, "p2p_channels_net": 4, "p2p_peers_per_round": 8,
 //              "net_overhead": "1 us"},
 //     "interference": {"comm_hbm_bytes_per_bus_byte": 2.5, "gemm_tile_m": 128, "gemm_tile_n": 256,
-//                      "attention_tile_q": 128, "waiting_sms_per_channel": 0,
+//                      "attention_tile_q": 128 (0: attention time scales with its SMs, no waves),
+//                      "waiting_sms_per_channel": 0,
 //                      "waiting_sms_per_channel_more": 0},  (the last two: optional, later)
 //     "kernel_floor": "2.2 us",              (optional, later addition: shortest kernel GPU time)
 //     "memory_tables": "bytes",              (optional: elementwise/optimizer/memcpy tables over bytes moved)
@@ -272,7 +273,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       }
     }
     if (f.contains("attention_tile_q")) {
-      p.interference.attention_tile_q = r.count(f["attention_tile_q"], "/interference/attention_tile_q", 1);
+      p.interference.attention_tile_q = r.count(f["attention_tile_q"], "/interference/attention_tile_q", 0);
     }
   }
   if (j.contains("kernel_floor")) {

@@ -144,6 +144,38 @@ TEST_CASE("calibration::fit: waiting_sms_per_channel is recovered from corun.rec
   }
 }
 
+TEST_CASE("calibration::fit: attention's SM scaling beside a waiting recv (waves or proportional) is recovered",
+          "[calibration]") {
+  // The synthetic hardware times attention in waves of 128 query rows or in proportion to its SMs
+  // (attention_tile_q 0); the fit keeps the one that reproduces corun.recv_wait's attention shapes, logs both errors,
+  // and writes attention_tile_q only when it is not the default.
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  for (const std::uint32_t tile_q : {128u, 0u}) {
+    INFO("truth attention_tile_q " << tile_q);
+    const std::string path = temp_path("recv_wait_attention.jsonl");
+    sim::Profile truth = truth_profile();
+    truth.interference.waiting_sms_per_channel = 0.5;
+    truth.interference.attention_tile_q = tile_q;
+    const RawResults raw = measure_quick(path, truth);
+    const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+    CHECK(r.profile.interference.attention_tile_q == tile_q);
+    CHECK(sim::profile_from_json(r.json, "fitted.json").interference.attention_tile_q == tile_q);
+    CHECK((r.json.find("\"attention_tile_q\"") != std::string::npos) == (tile_q != 128));
+    CHECK(std::any_of(r.log.begin(), r.log.end(), [](const std::string& l) {
+      return l.find("attention beside the waiting recv: in waves of 128 query rows") != std::string::npos;
+    }));
+    for (const auto& line : r.log) {
+      if (line.rfind(std::string(kRecvWaitGroup) + ".attention", 0) == 0) {
+        INFO(line);
+        const auto pct = line.rfind('(');
+        REQUIRE(pct != std::string::npos);
+        CHECK(std::abs(std::stod(line.substr(pct + 1))) < 1.0);
+      }
+    }
+    std::filesystem::remove(path);
+  }
+}
+
 TEST_CASE("calibration::fit: waiting_sms_per_channel_more is recovered from corun.recv_wait4", "[calibration]") {
   // The synthetic hardware: the first waiting kernel holds 0.5 SMs per channel, each further one 0.25.
   const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});

@@ -223,6 +223,30 @@ TEST_CASE("sim: a recv waiting for its peer holds waiting_sms_per_channel x chan
   CHECK(static_cast<double>(quarter) == Approx(2.0 * static_cast<double>(off)).margin(2));
 }
 
+TEST_CASE("sim: attention beside a waiting recv slows in waves, or in proportion with attention_tile_q 0", "[sim]") {
+  // Causal attention of 16 query heads x 4096 rows: 512 CTAs of 128 rows, 3.88 waves on the 132 SMs of an H200. The
+  // waiting recv holds 0.5 x 32 channels = 16 SMs: 512 / 116 = 4.41, so 5 waves instead of 4 (x1.25); proportional,
+  // 132 / 116 (x1.138).
+  auto run = [](double per_channel, std::uint32_t tile_q) {
+    const auto cluster = topologies::load_cluster("h200x2-nvlink");
+    Profile prof = waiting_only_profile(per_channel);
+    prof.interference.attention_tile_q = tile_q;
+    const CostModel costs(cluster, prof);
+    Builder b(2, {{"compute", 0}, {"recv", -1}});
+    const CommId c = b.comm("pp", "pp", {0, 1});
+    b.recv(0, "recv", 1, c, 1, 64ull << 20, 0);
+    b.add(0, "attention", 0, Compute{Attention{1, 16, 4, 4096, 4096, 128, true, false, DType::kBF16}, 0});
+    b.add(1, "delay", 0, Host{500'000'000});
+    b.send(1, "send", 0, c, 0, 64ull << 20, 0);
+    const Trace t = simulate(b.schedule(), cluster, costs);
+    REQUIRE(t.records.at(0).end_ns > t.records.at(1).end_ns);  // the attention ends while the recv waits
+    return static_cast<double>(duration(t, 1));
+  };
+  CHECK(run(0.5, 128) / run(0.0, 128) == Approx(5.0 / 4.0).epsilon(1e-4));
+  CHECK(run(0.5, 0) / run(0.0, 0) == Approx(132.0 / 116.0).epsilon(1e-4));
+  CHECK(run(0.0, 0) == Approx(run(0.0, 128)).epsilon(1e-9));  // alone, the same time either way
+}
+
 TEST_CASE("sim: the SMs of a waiting recv are released when its transfer starts", "[sim]") {
   // Rank 0: a recv posted at t = 0, a GEMM beside it (runs while the recv waits) and a GEMM after it (dep on the
   // recv). Rank 1 sends after its own GEMM. The first GEMM is slowed by the waiting recv; the second runs after the
