@@ -18,10 +18,7 @@ REV=$(cat REVISION 2>/dev/null || echo unknown)
 mark() { echo "$(date +'%Y/%m/%d %H:%M:%S.%3N') $1" >> "$R/marks.txt"; }
 echo "== build $(date +%T)"
 nvidia-smi -q -d CLOCK,POWER,PERFORMANCE > "$R/nvidia-smi-q.txt" 2>&1
-cmake -S . -B $B -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_GIT_REVISION="$REV" > "$R/build.log" 2>&1 || { tail -30 "$R/build.log"; exit 1; }
-ninja -C $B twinstep backend_tests backend_plan_tests >> "$R/build.log" 2>&1 \
-  || { grep -E "error|FAILED" "$R/build.log" | head -30; exit 1; }
+REV=$REV build_gpu "$R/build.log" twinstep backend_tests backend_plan_tests || exit 1
 T=$B/cli/twinstep
 echo "== tests $(date +%T)"
 timeout 60 $B/tests/backend/backend_plan_tests > "$R/backend_plan_tests.log" 2>&1; echo "backend_plan_tests exit $?"

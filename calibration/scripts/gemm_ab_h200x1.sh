@@ -8,15 +8,10 @@ OUT=$1
 REPS=${2:-3}
 R=$OUT/r
 mkdir -p "$R"
-export PYTHONUNBUFFERED=1
-TORCH_NCCL=$(dirname "$(find /opt /usr/local/lib /usr/lib/python3* -name 'libnccl.so.2' -path '*nvidia*' 2>/dev/null | head -1)")
-TORCH_CUBLAS=$(dirname "$TORCH_NCCL")/../cublas/lib
-export LD_LIBRARY_PATH=$TORCH_NCCL:$TORCH_CUBLAS:${LD_LIBRARY_PATH:-}
+. "$(dirname "$0")/device_env.sh"  # NVLS off, torch's NCCL/cuBLAS first on the library path, build_gpu
 REV=$(cat REVISION 2>/dev/null || echo unknown)
 B=build-gpu
-cmake -S . -B $B -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_GIT_REVISION="$REV" > "$R/build.log" 2>&1 || { tail -30 "$R/build.log"; exit 1; }
-ninja -C $B gemm_sweep_bench >> "$R/build.log" 2>&1 || { grep -E "error|FAILED" "$R/build.log" | head -30; exit 1; }
+REV=$REV BENCH=ON build_gpu "$R/build.log" gemm_sweep_bench || exit 1
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active \
   --format=csv -lms 100 > "$R/clocks.csv" 2>&1 &
 SAMPLER=$!

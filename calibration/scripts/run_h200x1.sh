@@ -22,12 +22,10 @@ REV=$(cat REVISION 2>/dev/null || echo unknown)
 B=build-gpu
 echo "== build $(date +%T) revision $REV"
 nvidia-smi -q -d CLOCK,POWER,PERFORMANCE,TEMPERATURE > "$R/nvidia-smi-q.txt" 2>&1
-cmake -S . -B $B -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_GIT_REVISION="$REV" > "$R/build.log" 2>&1 || { tail -30 "$R/build.log"; exit 1; }
 TARGETS="gemm_sweep_bench issue_overhead_bench"
 [ "$MODE" = all ] && TARGETS="$TARGETS backend_tests backend_plan_tests twinstep"
-ninja -C $B $TARGETS >> "$R/build.log" 2>&1 \
-  || { grep -E "error|FAILED" "$R/build.log" | head -30; exit 1; }
+# shellcheck disable=SC2086
+REV=$REV BENCH=ON build_gpu "$R/build.log" $TARGETS || exit 1
 
 if [ "$MODE" = all ]; then
 echo "== tests $(date +%T)"

@@ -7,15 +7,11 @@ OUT=$1
 MODE=${2:-full}
 mkdir -p "$OUT/raw" "$OUT/tables"
 . "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-MPI="mpirun --allow-run-as-root -np 2 --bind-to none -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
-     -x NVSHMEM_DISABLE_NVLS -x LD_LIBRARY_PATH -x PYTHONUNBUFFERED"
+MPI="$MPI -np 2"
 echo "== torch NCCL dir: $TORCH_NCCL"
 
 echo "== build"
-cmake -S . -B build-gpu -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_BUILD_TYPE=Release > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-ninja -C build-gpu backend_tests coll_sweep_bench gemm_sweep_bench issue_overhead_bench >> "$OUT/build.log" 2>&1 \
-  || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
+BENCH=ON build_gpu "$OUT/build.log" backend_tests coll_sweep_bench gemm_sweep_bench issue_overhead_bench || exit 1
 ninja -C build-gpu twinstep > "$OUT/build_cli.log" 2>&1 && echo "twinstep CLI built" || echo "twinstep CLI failed to build"
 
 echo "== tests: $MPI build-gpu/tests/backend/backend_tests --order decl"
