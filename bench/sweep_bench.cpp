@@ -1,6 +1,6 @@
 // Sweep throughput: evaluates the same dense points (auto layouts of a model on a cluster) through run_sweep with
 // the analytic fidelity and, when SimGrid is built in, the flow fidelity, and prints configurations per second.
-// Plain main(); prints figures, asserts nothing.
+// Plain main(); prints figures, asserts nothing. Untimed analytic warm-up passes come first (printed).
 // Usage: sweep_bench [model cluster gpus gbs max_points jobs [fidelity,...] [results_dir]]
 //   default: llama3-8b h100-superpod 64 256 6 2 analytic,flow
 // With results_dir, each fidelity's JSON lines (no timing fields: identical runs give identical bytes) are kept
@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +22,9 @@
 using namespace twinstep;
 
 namespace {
+
+/// Untimed analytic passes before the timed ones (see main).
+constexpr int kWarmupPasses = 3;
 
 /// User + system CPU seconds of this process and of its reaped children (the sweep's forked workers).
 double cpu_seconds() {
@@ -72,6 +76,24 @@ int main(int argc, char** argv) {
                 gpus, cluster.c_str(), gbs, base.size(), jobs, ::sysconf(_SC_NPROCESSORS_ONLN));
     const auto dir = std::filesystem::temp_directory_path() / ("twinstep_sweep_bench_" + std::to_string(::getpid()));
     std::filesystem::create_directories(dir);
+    {
+      // Analytic passes first, reported but not the figure: on the machines we measure on, the first ~0.3 s of work
+      // after an idle spell runs up to ~50 % slower whatever the build (docs/performance.md); a sweep of thousands of
+      // points runs past that. The timed passes below start fresh workers, as any sweep does.
+      std::vector<sweep::Point> points = base;
+      for (auto& p : points) p.fidelity = "analytic";
+      sweep::RunOptions opts;
+      opts.output = (dir / "warmup.jsonl").string();
+      opts.jobs = jobs;
+      opts.progress = false;
+      for (int pass = 0; pass < kWarmupPasses; ++pass) {
+        std::filesystem::remove(opts.output);
+        const double cpu0 = cpu_seconds();
+        (void)sweep::run_sweep(points, opts);
+        std::printf("  warm-up pass %d: analytic, %.1f ms CPU per point (not the figure)\n", pass + 1,
+                    1e3 * (cpu_seconds() - cpu0) / static_cast<double>(std::max<std::size_t>(1, points.size())));
+      }
+    }
     for (const auto& fidelity : sweep::split_list(fidelities, "fidelity")) {
       std::vector<sweep::Point> points = base;
       for (auto& p : points) p.fidelity = fidelity;
