@@ -159,6 +159,12 @@ struct CommInfo {
   schedule::RankId peer = 0;   ///< Sends and recvs only.
 };
 
+/// std::ceil(x) as Nanos for |x| < 2^63, without a libm call (hot: every re-timing).
+Nanos ceil_ns(double x) {
+  const auto t = static_cast<Nanos>(x);  // toward zero: the ceiling for x <= 0, the floor for x > 0
+  return static_cast<double>(t) < x ? t + 1 : t;
+}
+
 void erase_value(std::vector<std::uint32_t>& v, std::uint32_t x) {
   auto it = std::find(v.begin(), v.end(), x);
   TWINSTEP_ASSERT(it != v.end(), "slot %u not registered", x);
@@ -564,9 +570,15 @@ class AnalyticModel final : public GpuSharingModel {
     const double avail = std::max(1.0, total_sms - g.held_sms) / sharers;
     double sm_factor = 1.0;
     if (k.tiles > 0) {
-      const double full_waves = std::ceil(static_cast<double>(k.tiles) / total_sms);
-      const double waves = std::ceil(static_cast<double>(k.tiles) / std::max(1.0, std::floor(avail)));
-      sm_factor = waves / full_waves;
+      // Wave counts in integers: the same values as ceil(tiles / SMs) and floor(avail) in doubles (whole numbers of
+      // SMs and sharers; tiles far below 2^44), without a libm call and three divisions per re-timing.
+      const std::uint64_t sms = std::max<std::uint64_t>(1, ctx_.cluster.node.gpu.sm_count);
+      const std::uint64_t free_sms = g.held_sms < sms ? sms - g.held_sms : 0;
+      const std::uint64_t per_kernel =
+          std::max<std::uint64_t>(1, std::max<std::uint64_t>(1, free_sms) / std::max<std::uint32_t>(1, g.regular));
+      const std::uint64_t full_waves = (k.tiles + sms - 1) / sms;
+      const std::uint64_t waves = (k.tiles + per_kernel - 1) / per_kernel;
+      sm_factor = static_cast<double>(waves) / static_cast<double>(full_waves);
     } else {
       sm_factor = total_sms / avail;
     }
@@ -589,7 +601,7 @@ class AnalyticModel final : public GpuSharingModel {
     a.last_ns = now;
     a.ns_per_unit = current_ns(a);
     const double left_ns = a.remaining * a.ns_per_unit;
-    Nanos done = now + static_cast<Nanos>(std::ceil(left_ns - 1e-6));
+    Nanos done = now + ceil_ns(left_ns - 1e-6);
     if (done < now) done = now;
     // Its heap entry orders by (done_ns, id) only: an unchanged end keeps the entry it has.
     if (a.queued && done == a.done_ns) return;
