@@ -565,22 +565,19 @@ class AnalyticModel final : public GpuSharingModel {
     const KernelCost& k = a.kernel;
     if (a.fused) return k.solo_time_s() * 1e9;
     const Gpu& g = gpus_[a.gpu];
-    const double total_sms = ctx_.cluster.node.gpu.sm_count;
-    const double sharers = std::max<std::uint32_t>(1, g.regular);
-    const double avail = std::max(1.0, total_sms - g.held_sms) / sharers;
+    const std::uint64_t sms = std::max<std::uint64_t>(1, ctx_.cluster.node.gpu.sm_count);
+    const std::uint64_t free_sms = g.held_sms + 1 < sms ? sms - g.held_sms : 1;  // at least one
+    const std::uint32_t sharers = std::max<std::uint32_t>(1, g.regular);
     double sm_factor = 1.0;
     if (k.tiles > 0) {
-      // Wave counts in integers: the same values as ceil(tiles / SMs) and floor(avail) in doubles (whole numbers of
-      // SMs and sharers; tiles far below 2^44), without a libm call and three divisions per re-timing.
-      const std::uint64_t sms = std::max<std::uint64_t>(1, ctx_.cluster.node.gpu.sm_count);
-      const std::uint64_t free_sms = g.held_sms < sms ? sms - g.held_sms : 0;
-      const std::uint64_t per_kernel =
-          std::max<std::uint64_t>(1, std::max<std::uint64_t>(1, free_sms) / std::max<std::uint32_t>(1, g.regular));
+      // Wave counts in integers (whole SMs and sharers; tiles far below 2^44): the values ceil(tiles / SMs) and
+      // floor(free / sharers) take in doubles, without a libm call and three divisions per re-timing.
+      const std::uint64_t per_kernel = std::max<std::uint64_t>(1, free_sms / sharers);
       const std::uint64_t full_waves = (k.tiles + sms - 1) / sms;
       const std::uint64_t waves = (k.tiles + per_kernel - 1) / per_kernel;
       sm_factor = static_cast<double>(waves) / static_cast<double>(full_waves);
     } else {
-      sm_factor = total_sms / avail;
+      sm_factor = static_cast<double>(sms) / (static_cast<double>(free_sms) / sharers);
     }
     double mem_s = 0;
     if (k.mem_bytes_per_s > 0) {
