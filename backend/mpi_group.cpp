@@ -2,6 +2,7 @@
 // communicator per Runtime (so an abandoned barrier never matches a later one), polled non-blocking barriers.
 #include "backend/mpi_group.hpp"
 
+#include <dlfcn.h>
 #include <mpi.h>
 
 #include <cstdlib>
@@ -34,8 +35,24 @@ void mpi_check(int rc, const char* what) {
 
 }  // namespace
 
+std::string mpi_init_provider() {
+  // The definition the dynamic linker binds MPI calls to: the first in the global lookup scope.
+  void* symbol = ::dlsym(RTLD_DEFAULT, "MPI_Init_thread");
+  Dl_info info{};
+  if (symbol == nullptr || ::dladdr(symbol, &info) == 0 || info.dli_fname == nullptr) return "";
+  return info.dli_fname;
+}
+
 bool init_mpi() {
   if (!launched_by_launcher()) return false;
+  const std::string provider = mpi_init_provider();
+  if (provider.find("simgrid") != std::string::npos) {
+    throw Error("MPI_Init_thread resolves to " + provider +
+                    " (SimGrid's SMPI), not to the MPI library: this binary was linked with SimGrid before MPI. "
+                    "Rebuild twinstep from this source tree (cli/CMakeLists.txt puts MPI first), or configure with "
+                    "-DTWINSTEP_SIMGRID=OFF on GPU machines",
+                ExitCode::kInternal);
+  }
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {

@@ -11,6 +11,11 @@
 
 namespace twinstep::backend {
 
+/// The shared object that provides the MPI_Init_thread this process would call (dlsym in the global scope), e.g.
+/// ".../libmpi.so.40"; empty when no MPI is loaded. SimGrid's SMPI also defines the MPI symbols, so a binary that
+/// links SimGrid before MPI would call SMPI's (`twinstep info` prints this; `run` refuses to start then).
+[[nodiscard]] std::string mpi_init_provider();
+
 class MpiGroup {
  public:
   /// `self`: this process alone even when MPI is in use.

@@ -9,9 +9,11 @@
 #include "common/error.hpp"
 #include "schedule/json.hpp"
 #include "schedule/validate.hpp"
+#include "sim/simulate.hpp"
 
 #if defined(TWINSTEP_HAVE_BACKEND)
 #include "backend/executor.hpp"
+#include "backend/mpi_group.hpp"
 #endif
 
 namespace twinstep::cli {
@@ -58,9 +60,27 @@ void run_command(const RunArgs& a) {
 #endif
 }
 
+/// `twinstep info`: what this binary was built with, and which library its MPI calls bind to.
+std::string build_info() {
+  std::string out = "twinstep 0.1.0\n";
+  out += "flow model: " +
+         (sim::flow_model_available() ? sim::flow_engine_version() : std::string("not built (no SimGrid)")) + "\n";
+  out += "default fidelity: " + sim::default_fidelity() + "\n";
+#if defined(TWINSTEP_HAVE_BACKEND)
+  const std::string mpi = backend::mpi_init_provider();
+  out += "backend: CUDA/NCCL\n";
+  out += "MPI_Init_thread from: " + (mpi.empty() ? std::string("(no MPI library loaded)") : mpi) + "\n";
+#else
+  out += "backend: not built\n";
+#endif
+  return out;
+}
+
 }  // namespace
 
 void register_backend_commands(CLI::App& app) {
+  app.add_subcommand("info", "Print what this binary was built with (flow model, backend, the MPI library it binds)")
+      ->callback([] { std::fputs(build_info().c_str(), stdout); });
   auto args = std::make_shared<RunArgs>();
   CLI::App* run = app.add_subcommand(
       "run", "Execute a schedule on GPUs and measure every op (under mpirun/srun: one process per GPU)");
