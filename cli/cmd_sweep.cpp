@@ -12,6 +12,7 @@
 #include "cli/commands.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "models/recipe.hpp"
 #include "sweep/grid.hpp"
 #include "sweep/report.hpp"
 #include "sweep/runner.hpp"
@@ -99,6 +100,8 @@ sweep::Spec build_spec(const SweepFlags& f) {
     }
   }
   const bool layout_lists = !f.tp.empty() || !f.pp.empty() || !f.vpp.empty() || !f.cp.empty() || !f.ep.empty();
+  // No layout given anywhere: every valid layout (a planner's question), not the single TP1 PP1 point.
+  if (f.parallel.empty() && !layout_lists && f.sweep_file.empty()) s.auto_layout = true;
   if (s.auto_layout && layout_lists) {
     throw Error(
         "--parallel auto enumerates the layouts itself; drop --tp/--pp/--vpp/--cp/--ep or use --parallel "
@@ -200,7 +203,9 @@ void register_sweep_commands(CLI::App& app) {
     sub->add_option("--gbs", f->gbs, "Global batch sizes (default 512)");
     sub->add_option("--seq", f->seq, "Sequence lengths (default 4096)");
     sub->add_option("--mbs", f->mbs, "Micro-batch sizes (default 1)");
-    sub->add_option("--parallel", f->parallel, "auto: every valid TP/PP/VPP/CP/EP/DP layout; explicit: the lists");
+    sub->add_option("--parallel", f->parallel,
+                    "auto: every valid TP/PP/VPP/CP/EP/DP layout (the default when no layout list and no --sweep file "
+                    "is given); explicit: the --tp/--pp/--vpp/--cp/--ep lists");
     sub->add_option("--tp", f->tp, "TP sizes (explicit layouts)");
     sub->add_option("--pp", f->pp, "PP sizes (explicit layouts)");
     sub->add_option("--vpp", f->vpp, "Virtual pipeline sizes (explicit layouts)");
@@ -223,6 +228,8 @@ void register_sweep_commands(CLI::App& app) {
                   "small counts (1F1B: pp+1 to pp+3; interleaved: 2 to 4 micro-batch groups) and its step taken on the "
                   "line through them, checked to be one");
     add_output_flags(sub, *of);
+    sub->footer(std::string(models::recipe_defaults_text()) +
+                " The same defaults as `twinstep predict`: each result line holds its equivalent predict command.");
     sub->callback([f, of]() { run_sweep_command(*f, *of); });
   }
   {

@@ -4,74 +4,94 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "models/limits.hpp"
+#include "models/recipe.hpp"
 #include "schedule/json.hpp"
 
 namespace twinstep::cli {
 namespace {
 
+/// Megatron's long option name for a run config field: "tensor_model_parallel_size" -> "--tensor-model-parallel-size".
+std::string megatron_flag(const std::string& field) {
+  std::string out = "--" + field;
+  for (char& ch : out) ch = ch == '_' ? '-' : ch;
+  return out;
+}
+
+/// `short_name` and, when it differs, Megatron's long name of `field` as an alias
+/// ("--tp,--tensor-model-parallel-size").
+std::string names(const std::string& short_name, const std::string& field) {
+  const std::string long_name = megatron_flag(field);
+  return long_name == short_name ? short_name : short_name + "," + long_name;
+}
+
 template <typename T>
-void opt(CLI::App& sub, const std::string& name, std::optional<T>& target, const std::string& help) {
+void opt(CLI::App& sub, const std::string& name, const std::string& field, std::optional<T>& target,
+         const std::string& help = "") {
   sub.add_option_function<T>(
-      name, [&target](const T& v) { target = v; }, help);
+      names(name, field), [&target](const T& v) { target = v; }, help.empty() ? field : field + ": " + help);
 }
 
-void flag(CLI::App& sub, const std::string& name, std::optional<bool>& target, const std::string& help) {
-  // --name (true) and --name=false / --no-name style: CLI11 2.1 gives "{false}" default-negation via "!".
+void flag(CLI::App& sub, const std::string& name, const std::string& field, std::optional<bool>& target) {
+  // --name (true) and --no-name (false); Megatron's long name is an alias of the positive form.
   sub.add_flag_function(
-      name + ",!--no-" + name.substr(2), [&target](std::int64_t count) { target = count > 0; }, help);
+      names(name, field) + ",!--no-" + name.substr(2), [&target](std::int64_t count) { target = count > 0; }, field);
 }
-
-/// Config file, then the profile's framework host costs (when `host_costs` is set), then the flags.
-models::RunConfig resolve_config(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
-                                 const sim::Profile* profile, std::string* host_costs);
 
 }  // namespace
 
 void add_run_flags(CLI::App& sub, RunFlags& f) {
   sub.add_option("--model", f.model, "zoo id (llama3-8b, llama3-70b, ...) or path to a model JSON");
   sub.add_option("--config", f.config, "run config JSON (Megatron field names); flags override it");
-  opt(sub, "--tp", f.tp, "tensor_model_parallel_size");
-  opt(sub, "--pp", f.pp, "pipeline_model_parallel_size");
-  opt(sub, "--vpp", f.vpp, "virtual_pipeline_model_parallel_size (1 = no interleaving)");
-  opt(sub, "--cp", f.cp, "context_parallel_size");
-  opt(sub, "--ep", f.ep, "expert_model_parallel_size");
-  opt(sub, "--etp", f.etp, "expert_tensor_parallel_size (0 = tp)");
-  opt(sub, "--dp", f.dp, "data_parallel_size (derived from the GPU count if unset; must agree)");
-  flag(sub, "--sp", f.sp, "sequence_parallel");
-  opt(sub, "--mbs", f.mbs, "micro_batch_size");
-  opt(sub, "--gbs", f.gbs, "global_batch_size");
-  opt(sub, "--seq", f.seq, "seq_length");
-  opt(sub, "--dtype", f.dtype, "bf16 | fp16 | fp8");
-  opt(sub, "--recompute", f.recompute, "recompute_granularity: none | selective | full");
-  opt(sub, "--recompute-method", f.recompute_method, "recompute_method: uniform | block");
-  opt(sub, "--recompute-num-layers", f.recompute_num_layers, "recompute_num_layers");
-  opt(sub, "--dispatcher", f.dispatcher, "moe_token_dispatcher_type: alltoall | allgather | flex");
-  opt(sub, "--cp-comm-type", f.cp_comm_type, "cp_comm_type: p2p | all_gather | a2a | a2a+p2p");
+  opt(sub, "--tp", "tensor_model_parallel_size", f.tp);
+  opt(sub, "--pp", "pipeline_model_parallel_size", f.pp);
+  opt(sub, "--vpp", "virtual_pipeline_model_parallel_size", f.vpp, "1 = no interleaving");
+  opt(sub, "--cp", "context_parallel_size", f.cp);
+  opt(sub, "--ep", "expert_model_parallel_size", f.ep);
+  opt(sub, "--etp", "expert_tensor_parallel_size", f.etp, "0 = tp");
+  opt(sub, "--dp", "data_parallel_size", f.dp, "derived from the GPU count if unset; must agree");
+  flag(sub, "--sp", "sequence_parallel", f.sp);
+  opt(sub, "--mbs", "micro_batch_size", f.mbs);
+  opt(sub, "--gbs", "global_batch_size", f.gbs, "sequences per step; default micro_batch_size x DP (Megatron's)");
+  opt(sub, "--seq", "seq_length", f.seq);
+  opt(sub, "--dtype", "dtype", f.dtype, "bf16 | fp16 | fp8");
+  opt(sub, "--recompute", "recompute_granularity", f.recompute, "none | selective | full");
+  opt(sub, "--recompute-method", "recompute_method", f.recompute_method, "uniform | block");
+  opt(sub, "--recompute-num-layers", "recompute_num_layers", f.recompute_num_layers);
+  opt(sub, "--dispatcher", "moe_token_dispatcher_type", f.dispatcher, "alltoall | allgather | flex");
+  opt(sub, "--cp-comm-type", "cp_comm_type", f.cp_comm_type, "p2p | all_gather | a2a | a2a+p2p");
   sub.add_option_function<std::vector<std::uint32_t>>(
-         "--hierarchical-cp-sizes", [&f](const std::vector<std::uint32_t>& v) { f.hierarchical_cp = v; },
+         names("--hierarchical-cp-sizes", "hierarchical_context_parallel_sizes"),
+         [&f](const std::vector<std::uint32_t>& v) { f.hierarchical_cp = v; },
          "hierarchical_context_parallel_sizes for --cp-comm-type a2a+p2p: a2a size,p2p size (e.g. 2,4)")
       ->delimiter(',');
-  opt(sub, "--bucket-size", f.bucket_size, "DP bucket_size in parameters (0 = Megatron default)");
-  opt(sub, "--cdmc", f.cdmc, "CUDA_DEVICE_MAX_CONNECTIONS");
-  flag(sub, "--distributed-optimizer", f.distributed_optimizer, "use_distributed_optimizer");
-  flag(sub, "--overlap-grad-reduce", f.overlap_grad_reduce, "overlap_grad_reduce");
-  flag(sub, "--overlap-param-gather", f.overlap_param_gather, "overlap_param_gather");
-  flag(sub, "--tp-comm-overlap", f.tp_comm_overlap, "tp_comm_overlap");
-  flag(sub, "--overlap-p2p-comm", f.overlap_p2p_comm, "overlap_p2p_comm");
-  flag(sub, "--batch-p2p-comm", f.batch_p2p_comm, "batch_p2p_comm");
-  opt(sub, "--first-pipeline-layers", f.first_pipeline_layers, "decoder_first_pipeline_num_layers");
-  opt(sub, "--last-pipeline-layers", f.last_pipeline_layers, "decoder_last_pipeline_num_layers");
-  flag(sub, "--account-for-embedding", f.account_for_embedding, "account_for_embedding_in_pipeline_split");
-  flag(sub, "--account-for-loss", f.account_for_loss, "account_for_loss_in_pipeline_split");
-  opt(sub, "--routing-skew", f.routing_skew,
-      "moe_routing_skew: 1 = balanced; s > 1: the busiest EP rank receives s x the mean tokens");
-  opt(sub, "--flex-sms", f.flex_sms, "moe_flex_num_sms: SMs the flex (DeepEP/HybridEP) kernels hold");
-  flag(sub, "--ep-overlap", f.ep_overlap, "overlap_moe_expert_parallel_comm (combined 1F1B)");
-  flag(sub, "--delay-wgrad", f.delay_wgrad, "delay_wgrad_compute (needs --ep-overlap)");
-  flag(sub, "--shared-expert-overlap", f.shared_expert_overlap, "moe_shared_expert_overlap");
-  opt(sub, "--ep-node-ns", f.ep_node_ns, "host cost per EP-overlap schedule node, ns");
-  opt(sub, "--ep-backward-call-ns", f.ep_backward_call_ns, "host cost per EP-overlap backward node call, ns");
-  opt(sub, "--event-record-ns", f.event_record_ns, "host cost per CUDA event record / wait, ns");
+  opt(sub, "--bucket-size", "bucket_size", f.bucket_size, "DP bucket size in parameters (0 = Megatron default)");
+  opt(sub, "--cdmc", "cuda_device_max_connections", f.cdmc, "CUDA_DEVICE_MAX_CONNECTIONS");
+  flag(sub, "--distributed-optimizer", "use_distributed_optimizer", f.distributed_optimizer);
+  flag(sub, "--overlap-grad-reduce", "overlap_grad_reduce", f.overlap_grad_reduce);
+  flag(sub, "--overlap-param-gather", "overlap_param_gather", f.overlap_param_gather);
+  flag(sub, "--tp-comm-overlap", "tp_comm_overlap", f.tp_comm_overlap);
+  flag(sub, "--overlap-p2p-comm", "overlap_p2p_comm", f.overlap_p2p_comm);
+  flag(sub, "--batch-p2p-comm", "batch_p2p_comm", f.batch_p2p_comm);
+  opt(sub, "--first-pipeline-layers", "decoder_first_pipeline_num_layers", f.first_pipeline_layers);
+  opt(sub, "--last-pipeline-layers", "decoder_last_pipeline_num_layers", f.last_pipeline_layers);
+  flag(sub, "--account-for-embedding", "account_for_embedding_in_pipeline_split", f.account_for_embedding);
+  flag(sub, "--account-for-loss", "account_for_loss_in_pipeline_split", f.account_for_loss);
+  opt(sub, "--routing-skew", "moe_routing_skew", f.routing_skew,
+      "1 = balanced; s > 1: the busiest EP rank receives s x the mean tokens");
+  opt(sub, "--flex-sms", "moe_flex_num_sms", f.flex_sms, "SMs the flex (DeepEP/HybridEP) kernels hold");
+  flag(sub, "--ep-overlap", "overlap_moe_expert_parallel_comm", f.ep_overlap);
+  flag(sub, "--delay-wgrad", "delay_wgrad_compute", f.delay_wgrad);
+  flag(sub, "--shared-expert-overlap", "moe_shared_expert_overlap", f.shared_expert_overlap);
+  sub.add_option_function<std::int64_t>(
+      "--ep-node-ns", [&f](std::int64_t v) { f.ep_node_ns = v; }, "host cost per EP-overlap schedule node, ns");
+  sub.add_option_function<std::int64_t>(
+      "--ep-backward-call-ns", [&f](std::int64_t v) { f.ep_backward_call_ns = v; },
+      "host cost per EP-overlap backward node call, ns");
+  sub.add_option_function<std::int64_t>(
+      "--event-record-ns", [&f](std::int64_t v) { f.event_record_ns = v; },
+      "host cost per CUDA event record / wait, ns");
+  sub.footer(models::recipe_defaults_text());
 }
 
 std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host) {
@@ -94,124 +114,110 @@ std::string host_costs_from_profile(const sim::Profile* profile, models::HostCos
 ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
                         const sim::Profile* profile) {
   ResolvedRun r;
-  r.config = resolve_config(f, world_size, gpu_memory_bytes, profile, &r.host_costs);
-  return r;
-}
-
-models::RunConfig resolve_run_config(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes) {
-  return resolve_config(f, world_size, gpu_memory_bytes, nullptr, nullptr);
-}
-
-namespace {
-
-models::RunConfig resolve_config(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
-                                 const sim::Profile* profile, std::string* host_costs) {
-  models::RunConfig c;
-  bool cdmc_from_file = false;
-  if (!f.config.empty()) {
-    const std::string text = read_file(f.config);
-    c = models::run_config_from_json(text, f.config);
-    cdmc_from_file = text.find("\"cuda_device_max_connections\"") != std::string::npos;
-  }
-  if (host_costs != nullptr) *host_costs = host_costs_from_profile(profile, c.host);
-  auto positive = [](const char* flag_name, std::uint32_t v) {
-    if (v == 0) throw Error(std::string(flag_name) + " must be >= 1");
-    return v;
+  models::RunConfig& c = r.config;
+  models::SetFields set;  // fields the config file or a flag set: the recipe defaults leave them alone
+  if (!f.config.empty()) c = models::read_run_config(f.config, &set);
+  r.host_costs = host_costs_from_profile(profile, c.host);
+  // Applies a given flag's value to its run config field and records the field as set.
+  auto take = [&set](const char* field, const auto& given, auto& member, auto&& convert) {
+    if (!given) return;
+    member = convert(*given);
+    set.insert(field);
   };
-  if (f.tp) c.tensor_model_parallel_size = positive("--tp", *f.tp);
-  if (f.pp) c.pipeline_model_parallel_size = positive("--pp", *f.pp);
-  if (f.vpp) c.virtual_pipeline_model_parallel_size = positive("--vpp", *f.vpp);
-  if (f.cp) c.context_parallel_size = positive("--cp", *f.cp);
-  if (f.ep) c.expert_model_parallel_size = positive("--ep", *f.ep);
-  if (f.etp) c.expert_tensor_parallel_size = *f.etp;
-  if (f.dp) c.data_parallel_size = positive("--dp", *f.dp);
-  if (f.sp) c.sequence_parallel = *f.sp;
-  if (f.mbs) c.micro_batch_size = positive("--mbs", *f.mbs);
-  if (f.gbs) c.global_batch_size = positive("--gbs", *f.gbs);
-  if (f.seq) c.seq_length = positive("--seq", *f.seq);
-  if (f.dtype) {
+  auto same = [](const auto& v) { return v; };
+  auto positive = [](const char* flag_name) {
+    return [flag_name](std::uint32_t v) {
+      if (v == 0) throw Error(std::string(flag_name) + " must be >= 1");
+      return v;
+    };
+  };
+  auto one_of = [](const char* flag_name, std::initializer_list<const char*> allowed) {
+    return [flag_name, allowed](const std::string& v) {
+      std::string list;
+      for (const char* a : allowed) {
+        if (v == a) return v;
+        list += std::string(list.empty() ? "" : ", ") + a;
+      }
+      throw Error(std::string(flag_name) + " \"" + v + "\": use " + list);
+    };
+  };
+  take("tensor_model_parallel_size", f.tp, c.tensor_model_parallel_size, positive("--tp"));
+  take("pipeline_model_parallel_size", f.pp, c.pipeline_model_parallel_size, positive("--pp"));
+  take("virtual_pipeline_model_parallel_size", f.vpp, c.virtual_pipeline_model_parallel_size, positive("--vpp"));
+  take("context_parallel_size", f.cp, c.context_parallel_size, positive("--cp"));
+  take("expert_model_parallel_size", f.ep, c.expert_model_parallel_size, positive("--ep"));
+  take("expert_tensor_parallel_size", f.etp, c.expert_tensor_parallel_size, same);
+  take("data_parallel_size", f.dp, c.data_parallel_size, positive("--dp"));
+  take("sequence_parallel", f.sp, c.sequence_parallel, same);
+  take("micro_batch_size", f.mbs, c.micro_batch_size, positive("--mbs"));
+  take("global_batch_size", f.gbs, c.global_batch_size, positive("--gbs"));
+  take("seq_length", f.seq, c.seq_length, positive("--seq"));
+  take("dtype", f.dtype, c.dtype, [](const std::string& v) {
     try {
-      c.dtype = schedule::parse_dtype(*f.dtype);
+      return schedule::parse_dtype(v);
     } catch (const Error&) {
-      throw Error("--dtype \"" + *f.dtype + "\" is not a dtype; use bf16, fp16 or fp8");
+      throw Error("--dtype \"" + v + "\" is not a dtype; use bf16, fp16 or fp8");
     }
-  }
-  if (f.recompute) {
-    if (*f.recompute != "none" && *f.recompute != "selective" && *f.recompute != "full") {
-      throw Error("--recompute \"" + *f.recompute + "\": use none, selective or full");
-    }
-    c.recompute_granularity = *f.recompute;
-  }
-  if (f.recompute_method) {
-    if (*f.recompute_method != "uniform" && *f.recompute_method != "block") {
-      throw Error("--recompute-method \"" + *f.recompute_method + "\": use uniform or block");
-    }
-    c.recompute_method = *f.recompute_method;
-  }
-  if (f.recompute_num_layers) c.recompute_num_layers = *f.recompute_num_layers;
-  if (f.dispatcher) {
-    if (*f.dispatcher != "alltoall" && *f.dispatcher != "allgather" && *f.dispatcher != "flex") {
-      throw Error("--dispatcher \"" + *f.dispatcher + "\": use alltoall, allgather or flex");
-    }
-    c.moe_token_dispatcher_type = *f.dispatcher;
-  }
-  if (f.cp_comm_type) {
-    const auto& t = *f.cp_comm_type;
-    if (t != "p2p" && t != "all_gather" && t != "a2a" && t != "a2a+p2p") {
-      throw Error("--cp-comm-type \"" + t + "\": use p2p, all_gather, a2a or a2a+p2p");
-    }
-    c.cp_comm_type = t;
-  }
-  if (f.hierarchical_cp) {
-    for (auto v : *f.hierarchical_cp) (void)positive("--hierarchical-cp-sizes", v);
-    c.hierarchical_context_parallel_sizes = *f.hierarchical_cp;
-  }
-  if (f.bucket_size) c.bucket_size = *f.bucket_size;
-  if (f.distributed_optimizer) c.use_distributed_optimizer = *f.distributed_optimizer;
-  if (f.overlap_grad_reduce) c.overlap_grad_reduce = *f.overlap_grad_reduce;
-  if (f.overlap_param_gather) c.overlap_param_gather = *f.overlap_param_gather;
-  if (f.tp_comm_overlap) c.tp_comm_overlap = *f.tp_comm_overlap;
-  if (f.overlap_p2p_comm) c.overlap_p2p_comm = *f.overlap_p2p_comm;
-  if (f.batch_p2p_comm) c.batch_p2p_comm = *f.batch_p2p_comm;
-  if (f.first_pipeline_layers) c.decoder_first_pipeline_num_layers = *f.first_pipeline_layers;
-  if (f.last_pipeline_layers) c.decoder_last_pipeline_num_layers = *f.last_pipeline_layers;
-  if (f.account_for_embedding) c.account_for_embedding_in_pipeline_split = *f.account_for_embedding;
-  if (f.account_for_loss) c.account_for_loss_in_pipeline_split = *f.account_for_loss;
-  if (f.routing_skew) {
-    if (!(*f.routing_skew >= 1.0)) throw Error("--routing-skew must be >= 1 (1 = balanced)");
-    c.moe_routing_skew = *f.routing_skew;
-  }
-  if (f.flex_sms) c.moe_flex_num_sms = positive("--flex-sms", *f.flex_sms);
-  if (f.ep_overlap) c.overlap_moe_expert_parallel_comm = *f.ep_overlap;
-  if (f.delay_wgrad) c.delay_wgrad_compute = *f.delay_wgrad;
-  if (f.shared_expert_overlap) c.moe_shared_expert_overlap = *f.shared_expert_overlap;
-  auto nanos = [](const char* flag_name, std::int64_t v) {
-    if (v < 0) throw Error(std::string(flag_name) + " must be >= 0 ns");
-    return static_cast<Nanos>(v);
+  });
+  take("recompute_granularity", f.recompute, c.recompute_granularity,
+       one_of("--recompute", {"none", "selective", "full"}));
+  take("recompute_method", f.recompute_method, c.recompute_method, one_of("--recompute-method", {"uniform", "block"}));
+  take("recompute_num_layers", f.recompute_num_layers, c.recompute_num_layers, same);
+  take("moe_token_dispatcher_type", f.dispatcher, c.moe_token_dispatcher_type,
+       one_of("--dispatcher", {"alltoall", "allgather", "flex"}));
+  take("cp_comm_type", f.cp_comm_type, c.cp_comm_type,
+       one_of("--cp-comm-type", {"p2p", "all_gather", "a2a", "a2a+p2p"}));
+  take("hierarchical_context_parallel_sizes", f.hierarchical_cp, c.hierarchical_context_parallel_sizes,
+       [&](const std::vector<std::uint32_t>& v) {
+         for (auto x : v) (void)positive("--hierarchical-cp-sizes")(x);
+         return v;
+       });
+  take("bucket_size", f.bucket_size, c.bucket_size, same);
+  take("use_distributed_optimizer", f.distributed_optimizer, c.use_distributed_optimizer, same);
+  take("overlap_grad_reduce", f.overlap_grad_reduce, c.overlap_grad_reduce, same);
+  take("overlap_param_gather", f.overlap_param_gather, c.overlap_param_gather, same);
+  take("tp_comm_overlap", f.tp_comm_overlap, c.tp_comm_overlap, same);
+  take("overlap_p2p_comm", f.overlap_p2p_comm, c.overlap_p2p_comm, same);
+  take("batch_p2p_comm", f.batch_p2p_comm, c.batch_p2p_comm, same);
+  take("decoder_first_pipeline_num_layers", f.first_pipeline_layers, c.decoder_first_pipeline_num_layers, same);
+  take("decoder_last_pipeline_num_layers", f.last_pipeline_layers, c.decoder_last_pipeline_num_layers, same);
+  take("account_for_embedding_in_pipeline_split", f.account_for_embedding, c.account_for_embedding_in_pipeline_split,
+       same);
+  take("account_for_loss_in_pipeline_split", f.account_for_loss, c.account_for_loss_in_pipeline_split, same);
+  take("moe_routing_skew", f.routing_skew, c.moe_routing_skew, [](double v) {
+    if (!(v >= 1.0)) throw Error("--routing-skew must be >= 1 (1 = balanced)");
+    return v;
+  });
+  take("moe_flex_num_sms", f.flex_sms, c.moe_flex_num_sms, positive("--flex-sms"));
+  take("overlap_moe_expert_parallel_comm", f.ep_overlap, c.overlap_moe_expert_parallel_comm, same);
+  take("delay_wgrad_compute", f.delay_wgrad, c.delay_wgrad_compute, same);
+  take("moe_shared_expert_overlap", f.shared_expert_overlap, c.moe_shared_expert_overlap, same);
+  take("cuda_device_max_connections", f.cdmc, c.cuda_device_max_connections, [](std::uint32_t v) {
+    if (v < 1 || v > 32) throw Error("--cdmc must be in [1, 32] (CUDA_DEVICE_MAX_CONNECTIONS)");
+    return v;
+  });
+  auto nanos = [](const char* flag_name) {
+    return [flag_name](std::int64_t v) {
+      if (v < 0) throw Error(std::string(flag_name) + " must be >= 0 ns");
+      return static_cast<Nanos>(v);
+    };
   };
-  if (f.ep_node_ns) c.host.ep_node_ns = nanos("--ep-node-ns", *f.ep_node_ns);
-  if (f.ep_backward_call_ns) c.host.ep_backward_call_ns = nanos("--ep-backward-call-ns", *f.ep_backward_call_ns);
-  if (f.event_record_ns) c.host.event_record_ns = nanos("--event-record-ns", *f.event_record_ns);
-  if (host_costs != nullptr) {
-    std::string over;
-    for (const auto& [given, name] : {std::pair{f.ep_node_ns.has_value(), "--ep-node-ns"},
-                                      std::pair{f.ep_backward_call_ns.has_value(), "--ep-backward-call-ns"},
-                                      std::pair{f.event_record_ns.has_value(), "--event-record-ns"}}) {
-      if (given) over += std::string(over.empty() ? "" : ", ") + name;
-    }
-    if (!over.empty()) *host_costs += "; " + over + " from the command line";
+  take("host/ep_node_ns", f.ep_node_ns, c.host.ep_node_ns, nanos("--ep-node-ns"));
+  take("host/ep_backward_call_ns", f.ep_backward_call_ns, c.host.ep_backward_call_ns, nanos("--ep-backward-call-ns"));
+  take("host/event_record_ns", f.event_record_ns, c.host.event_record_ns, nanos("--event-record-ns"));
+  std::string over;
+  for (const auto& [given, name] : {std::pair{f.ep_node_ns.has_value(), "--ep-node-ns"},
+                                    std::pair{f.ep_backward_call_ns.has_value(), "--ep-backward-call-ns"},
+                                    std::pair{f.event_record_ns.has_value(), "--event-record-ns"}}) {
+    if (given) over += std::string(over.empty() ? "" : ", ") + name;
   }
-  if (f.cdmc) {
-    if (*f.cdmc < 1 || *f.cdmc > 32) throw Error("--cdmc must be in [1, 32] (CUDA_DEVICE_MAX_CONNECTIONS)");
-    c.cuda_device_max_connections = *f.cdmc;
-  } else if (!cdmc_from_file && (c.tensor_model_parallel_size > 1 || c.context_parallel_size > 1)) {
-    c.cuda_device_max_connections = 1;  // Bridge perf recipes export CUDA_DEVICE_MAX_CONNECTIONS=1 for TP/CP > 1
-  }
+  if (!over.empty()) r.host_costs += "; " + over + " from the command line";
   if (world_size > 0) c.world_size = world_size;
   if (gpu_memory_bytes > 0) c.gpu_memory_bytes = gpu_memory_bytes;
   (void)models::derived_dp(c);  // reports a world size that does not divide, or a --dp that disagrees
-  return c;
+  if (std::string note = models::apply_recipe_defaults(c, set); !note.empty()) r.notes.push_back(std::move(note));
+  models::check_limits(c);
+  return r;
 }
 
-}  // namespace
 }  // namespace twinstep::cli

@@ -49,26 +49,21 @@ struct RunFlags {
 /// --event-record-ns.
 void add_run_flags(CLI::App& sub, RunFlags& flags);
 
-/// A resolved run config and where its host costs (RunConfig::host) came from, for the output line
-/// "host costs: ...".
+/// A resolved run config, where its host costs (RunConfig::host) came from, and notes on defaults it applied.
 struct ResolvedRun {
   models::RunConfig config;
-  std::string host_costs;  ///< "framework section of P (...)", "none (no framework section in P)", ...
+  std::string host_costs;          ///< "framework section of P (...)", "none (no framework section in P)", ...
+  std::vector<std::string> notes;  ///< e.g. the global_batch_size default (models/recipe.hpp).
 };
 
 /// Fills RunConfig::host from a calibration profile's framework section (per kernel launch, per module call; the
 /// fields it measured) and says so; `profile` may be null (no --profile). Returns the "host costs" text.
 [[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
 
-/// resolve_run_config() with the host costs of `profile`'s framework section applied after the config file and
-/// before the flags (so --event-record-ns, --ep-node-ns, ... still override).
+/// The run config of the flags: --config (if given), then `profile`'s framework host costs, then every flag that was
+/// given, then world_size and gpu_memory_bytes (when > 0), then the recipe defaults (models/recipe.hpp) for every
+/// knob neither the file nor a flag set. Throws Error naming the flag.
 [[nodiscard]] ResolvedRun resolve_run(const RunFlags& flags, std::uint32_t world_size, double gpu_memory_bytes,
                                       const sim::Profile* profile);
-
-/// Starts from --config (if given), overrides with the flags that were given, sets world_size and
-/// gpu_memory_bytes (when > 0). When neither the file nor a flag sets CUDA_DEVICE_MAX_CONNECTIONS and TP or CP > 1,
-/// it is set to 1 as the Megatron-Bridge perf recipes do (MLM asserts it on Hopper). Throws Error naming the flag.
-[[nodiscard]] models::RunConfig resolve_run_config(const RunFlags& flags, std::uint32_t world_size,
-                                                   double gpu_memory_bytes);
 
 }  // namespace twinstep::cli

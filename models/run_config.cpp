@@ -125,7 +125,8 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
 
 }  // namespace
 
-RunConfig run_config_from_json(const std::string& text, const std::string& source, const RunConfig& base) {
+RunConfig run_config_from_json(const std::string& text, const std::string& source, const RunConfig& base,
+                               std::set<std::string>* present) {
   Json j;
   try {
     j = Json::parse(text);
@@ -135,10 +136,15 @@ RunConfig run_config_from_json(const std::string& text, const std::string& sourc
   if (!j.is_object()) throw ParseError(source, "", "a run config must be a JSON object");
   RunConfig c = base;
   read_fields(fields(), j, c, source, "");
+  if (present != nullptr) {
+    for (auto it = j.begin(); it != j.end(); ++it) present->insert(it.key());
+  }
   return c;
 }
 
-RunConfig read_run_config(const std::string& path) { return run_config_from_json(read_file(path), path); }
+RunConfig read_run_config(const std::string& path, std::set<std::string>* present) {
+  return run_config_from_json(read_file(path), path, RunConfig{}, present);
+}
 
 std::string run_config_to_json(const RunConfig& config) {
   Json j = Json::object();
@@ -203,7 +209,11 @@ RunConfig apply_overlap_variant(const RunConfig& base, const std::string& varian
   c.overlap_param_gather = dp && base.use_distributed_optimizer;
   c.tp_comm_overlap = tp;
   c.overlap_p2p_comm = pp;
-  if (pp) c.batch_p2p_comm = false;  // overlap_p2p_comm and batch_p2p_comm together is a ValueError in MCore.
+  // overlap_p2p_comm and batch_p2p_comm together is a ValueError in MCore, so P2P overlap un-batches the P2P ops; but
+  // only where the overlap takes effect (the interleaved schedule). Without VPP, MLM forces overlap_p2p_comm off and
+  // derives batch_p2p_comm = not overlap_p2p_comm, and Bridge sets batch_p2p_comm=True for p > 1, v = 1: batched P2P
+  // (with its torch.cuda.synchronize) stays.
+  if (pp && base.virtual_pipeline_model_parallel_size > 1) c.batch_p2p_comm = false;
   // CP: the p2p ring is the overlapped form; all_gather is its non-overlapped counterpart. The a2a types (a2a,
   // a2a+p2p) have no overlap toggle and are kept as configured.
   const bool a2a_type = base.cp_comm_type == "a2a" || base.cp_comm_type == "a2a+p2p";

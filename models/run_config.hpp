@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -84,17 +85,20 @@ struct RunConfig {
   double gpu_memory_bytes = 80.0 * 1024 * 1024 * 1024;  ///< For the fit verdict (from the cluster's GPU).
 };
 
-/// Reads a run config JSON (Megatron field names; unknown fields are errors naming the field).
-[[nodiscard]] RunConfig read_run_config(const std::string& path);
+/// Reads a run config JSON (Megatron field names; unknown fields are errors naming the field). When `present` is not
+/// null it receives the top-level field names the file sets (what models/recipe.hpp's defaults must not override).
+[[nodiscard]] RunConfig read_run_config(const std::string& path, std::set<std::string>* present = nullptr);
 
 /// Applies an overlap variant ("none", "all", or "+"-joined modes: dp, tp, pp, cp, ep, delay_wgrad,
 /// shared_expert) to `base`: sets the Megatron knobs the modes map to and clears the others.
 /// Throws twinstep::Error for an unknown mode name.
 [[nodiscard]] RunConfig apply_overlap_variant(const RunConfig& base, const std::string& variant);
 
-/// Parses a run config JSON text; `source` names it in errors. Fields absent from the text keep `base`'s values.
+/// Parses a run config JSON text; `source` names it in errors. Fields absent from the text keep `base`'s values;
+/// `present` (if not null) receives the top-level field names the text sets.
 [[nodiscard]] RunConfig run_config_from_json(const std::string& text, const std::string& source,
-                                             const RunConfig& base = RunConfig{});
+                                             const RunConfig& base = RunConfig{},
+                                             std::set<std::string>* present = nullptr);
 
 /// Writes a run config as JSON with the same field names (round trip with run_config_from_json).
 [[nodiscard]] std::string run_config_to_json(const RunConfig& config);

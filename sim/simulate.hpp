@@ -18,13 +18,29 @@
 
 namespace twinstep::sim {
 
-/// Above this many GPUs `twinstep predict` (and a flow sweep) lowers one representative per DP replica
-/// (models::LowerOptions::representatives_only); `--no-reduce` simulates every rank.
+/// Above this many GPUs a flow simulation lowers one representative per DP replica
+/// (models::LowerOptions::representatives_only); below it flow simulates every rank.
 inline constexpr std::uint32_t kSymmetryReductionAboveGpus = 512;
 
 /// Whether a reduced schedule for `fidelity` may also mirror TP ranks (models::LowerOptions::mirror_tp): only the
 /// analytic model times sends and recvs paired on one rank; simulate() rejects them for flow.
 [[nodiscard]] inline bool mirrors_tp_ranks(const std::string& fidelity) { return fidelity == "analytic"; }
+
+/// The symmetry reduction a prediction of `gpus` GPUs at `fidelity` uses: the one policy of predict and sweep.
+struct Reduction {
+  bool representatives_only = false;  ///< models::LowerOptions::representatives_only.
+  bool mirror_tp = false;             ///< models::LowerOptions::mirror_tp.
+};
+
+/// analytic: always one representative per (pipeline stage, CP rank), TP ranks mirrored (the same step time as the full
+/// schedule: costs depend on communicator sizes and spans, and absent members mirror present ones; tests/sim and
+/// tests/sweep check the equality); flow: one representative per DP replica above kSymmetryReductionAboveGpus.
+/// `allowed` false (predict's --no-reduce) simulates every rank.
+[[nodiscard]] inline Reduction reduction_policy(std::uint32_t gpus, const std::string& fidelity, bool allowed = true) {
+  if (!allowed) return {};
+  const bool reduce = fidelity == "analytic" || gpus > kSymmetryReductionAboveGpus;
+  return {reduce, reduce && mirrors_tp_ranks(fidelity)};
+}
 
 struct Options {
   std::string fidelity = "analytic";           ///< "analytic" or "flow" (needs SimGrid: flow_model_available()).
@@ -55,7 +71,7 @@ struct Options {
 /// child; call this directly only in a process of its own. Throws Error when the build has no SimGrid.
 [[nodiscard]] std::unique_ptr<ResourceModel> make_flow_model(const SimContext& ctx);
 
-/// The CLI's default fidelity: "flow" when this build has SimGrid (flow_model_available()), else "analytic".
+/// The default fidelity of predict, simulate and sweep alike: "analytic" (flow is asked for by name).
 [[nodiscard]] std::string default_fidelity();
 
 /// Replays `schedule` on `cluster`. With fidelity "flow" the simulation runs in a forked child process (SimGrid's

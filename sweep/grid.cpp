@@ -461,4 +461,17 @@ std::vector<Point> select_shard(const std::vector<Point>& points, const Shard& s
   return out;
 }
 
+std::string predict_command(const Point& p) {
+  const Layout& l = p.layout;
+  std::string c = "twinstep predict --model " + p.model + " --cluster " + p.cluster + " --gpus " +
+                  std::to_string(p.gpus) + " --tp " + std::to_string(l.tp) + " --pp " + std::to_string(l.pp);
+  if (l.vpp > 1) c += " --vpp " + std::to_string(l.vpp);
+  if (l.cp > 1) c += " --cp " + std::to_string(l.cp);
+  if (l.ep > 1) c += " --ep " + std::to_string(l.ep) + " --dispatcher " + p.dispatcher;
+  c += " --mbs " + std::to_string(l.mbs) + " --gbs " + std::to_string(p.gbs) + " --seq " + std::to_string(p.seq);
+  if (!p.base_config.empty()) c += " --config " + p.base_config;
+  if (!p.profile.empty()) c += " --profile " + p.profile;
+  return c + " --fidelity " + p.fidelity + " --overlap " + p.overlap;
+}
+
 }  // namespace twinstep::sweep

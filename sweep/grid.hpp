@@ -37,8 +37,9 @@ struct Spec {
   std::vector<std::uint32_t> gbs{512}, seq{4096}, mbs{1};
   std::vector<std::uint32_t> tp{1}, pp{1}, vpp{1}, cp{1}, ep{1};
   bool auto_layout = false;
-  std::vector<std::string> overlaps{"none"}, dispatchers{"alltoall"}, fidelities{"analytic"};
-  std::string profile;      ///< Calibration profile JSON; empty = datasheet defaults.
+  std::vector<std::string> overlaps{"none"}, dispatchers{"alltoall"};
+  std::vector<std::string> fidelities{"analytic"};  ///< = sim::default_fidelity() (tests/sweep check it)
+  std::string profile;                              ///< Calibration profile JSON; empty = datasheet defaults.
   std::string base_config;  ///< Run config JSON every point starts from; empty = built-in defaults.
 };
 
@@ -74,6 +75,9 @@ struct ModelShape {
 [[nodiscard]] nlohmann::json point_inputs(const Point& p);
 /// Inverse of point_inputs (index 0, no reason). Throws ParseError naming `source` for a malformed object.
 [[nodiscard]] Point point_from_inputs(const nlohmann::json& j, const std::string& source);
+/// The `twinstep predict` command line that evaluates `p` alone, with the same config (the same recipe defaults,
+/// models/recipe.hpp) and fidelity: "twinstep predict --model ... --overlap none".
+[[nodiscard]] std::string predict_command(const Point& p);
 /// Canonical JSON of point_inputs (sorted keys, no spaces): equal inputs give equal keys.
 [[nodiscard]] std::string point_key(const Point& p);
 

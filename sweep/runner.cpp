@@ -33,8 +33,10 @@
 #include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "models/limits.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
+#include "models/recipe.hpp"
 #include "models/run_config.hpp"
 #include "schedule/analysis.hpp"
 #include "sim/simulate.hpp"
@@ -52,20 +54,13 @@ constexpr double kAffineTolerance = 1e-6;
 /// per worker); the point is reported with its size, to be predicted on its own.
 constexpr std::size_t kMaxOpsPerSimulation = 3'000'000;
 
-/// Symmetry reduction: always for the analytic fidelity, one representative per (pipeline stage, CP rank): TP ranks
-/// mirror too (it gives the same step time as the full schedule: its costs depend on communicator sizes and spans, and
-/// absent members mirror present ones; tests/sweep and tests/sim check the equality), and for flow one per DP replica
-/// above the size where `twinstep predict` reduces too.
-bool reduce_by_symmetry(const Point& p) {
-  return p.fidelity == "analytic" || p.gpus > sim::kSymmetryReductionAboveGpus;
-}
-
 /// Per-process caches of the inputs a worker needs for many points.
 struct Inputs {
   std::map<std::string, models::ModelSpec> models;
   std::map<std::pair<std::string, std::uint32_t>, topologies::Cluster> clusters;
   std::map<std::string, sim::Profile> profiles;
-  std::map<std::string, models::RunConfig> configs;
+  /// Base run configs by path ("" = none) with the fields each file sets (the recipe defaults leave them alone).
+  std::map<std::string, std::pair<models::RunConfig, models::SetFields>> configs;
 
   const models::ModelSpec& model(const std::string& id) {
     auto it = models.find(id);
@@ -85,16 +80,13 @@ struct Inputs {
     }
     return it->second;
   }
-  const models::RunConfig& config(const std::string& path) {
+
+  const std::pair<models::RunConfig, models::SetFields>& config(const std::string& path) {
     auto it = configs.find(path);
     if (it == configs.end()) {
-      models::RunConfig c;
-      if (path.empty()) {
-        c.use_distributed_optimizer = true;  // Megatron-Bridge recipes; the "dp" overlap mode then gathers too
-      } else {
-        c = models::read_run_config(path);
-      }
-      it = configs.emplace(path, c).first;
+      std::pair<models::RunConfig, models::SetFields> c;
+      if (!path.empty()) c.first = models::read_run_config(path, &c.second);
+      it = configs.emplace(path, std::move(c)).first;
     }
     return it->second;
   }
@@ -111,6 +103,7 @@ nlohmann::ordered_json head(const Point& p, const std::string& status, const std
   j["key"] = point_inputs(p);
   j["status"] = status;
   j["reason"] = reason;
+  j["predict_command"] = predict_command(p);
   return j;
 }
 
@@ -137,9 +130,12 @@ double estimated_cost(const Point& p) {
   }
 }
 
-/// The run config of a point, as `twinstep predict` would build it from the same flags.
+/// The run config of a point, as `twinstep predict` builds it from the same flags (predict_command(p)): the base
+/// config, the point's layout, batch and dispatcher, then the recipe defaults for every knob neither set.
 models::RunConfig point_config(const Point& p, const topologies::Cluster& cluster) {
-  models::RunConfig base = inputs().config(p.base_config);
+  const auto& [config, file_fields] = inputs().config(p.base_config);
+  models::RunConfig base = config;
+  models::SetFields set = file_fields;
   base.world_size = p.gpus;
   base.tensor_model_parallel_size = p.layout.tp;
   base.pipeline_model_parallel_size = p.layout.pp;
@@ -150,10 +146,10 @@ models::RunConfig point_config(const Point& p, const topologies::Cluster& cluste
   base.micro_batch_size = p.layout.mbs;
   base.global_batch_size = p.gbs;
   base.seq_length = p.seq;
-  base.sequence_parallel = p.layout.tp > 1;  // Megatron recipes turn SP on with TP
   base.moe_token_dispatcher_type = p.dispatcher;
+  set.insert({"global_batch_size", "moe_token_dispatcher_type"});
   base.gpu_memory_bytes = cluster.node.gpu.hbm_capacity_bytes;
-  if (base.tensor_model_parallel_size > 1 || base.context_parallel_size > 1) base.cuda_device_max_connections = 1;
+  (void)models::apply_recipe_defaults(base, set);
   return models::apply_overlap_variant(base, p.overlap);
 }
 
@@ -175,8 +171,9 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   const std::uint32_t group =
       cfg.microbatch_group_size_per_vp_stage == 0 ? p.layout.pp : cfg.microbatch_group_size_per_vp_stage;
   models::LowerOptions lower_opts;
-  lower_opts.representatives_only = reduce_by_symmetry(p);
-  lower_opts.mirror_tp = sim::mirrors_tp_ranks(p.fidelity);
+  const sim::Reduction reduction = sim::reduction_policy(p.gpus, p.fidelity);
+  lower_opts.representatives_only = reduction.representatives_only;
+  lower_opts.mirror_tp = reduction.mirror_tp;
   lower_opts.op_names = false;  // a sweep keeps only step times, breakdowns and memory
   // Ops of `c`'s schedule, estimated from the same config with one layer per virtual stage (layers scale the ops
   // almost linearly); 0 when that probe is not a valid layout (uneven or patterned layer layouts).
@@ -236,6 +233,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   Sample full;
   std::vector<std::string> warnings;
   try {
+    models::check_limits(cfg);
     warnings = models::check_config(model, cfg);  // the full config's gating, whether or not it is lowered
     const auto plan =
         extrapolate ? extrapolation_counts(micro_batches, p.layout.pp, p.layout.vpp, group) : std::nullopt;

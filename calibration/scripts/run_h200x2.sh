@@ -47,7 +47,7 @@ cat "$OUT"/tables/*.md | grep -E "Worst|target|^\| (all_reduce|all_to_all) \| (1
 
 if [ -x build-gpu/cli/twinstep ]; then
   echo "== twinstep run on a lowered schedule"
-  build-gpu/cli/twinstep lower --model llama3-8b --gpus 2 --tp 2 --mbs 1 --gbs 2 --seq 2048 -o "$OUT/raw/llama3-8b.tp2.json" > "$OUT/raw/lower.log" 2>&1 && \
+  build-gpu/cli/twinstep lower --model llama3-8b --gpus 2 --tp 2 --no-sp --no-distributed-optimizer --mbs 1 --gbs 2 --seq 2048 -o "$OUT/raw/llama3-8b.tp2.json" > "$OUT/raw/lower.log" 2>&1 && \
   timeout 180 $MPI build-gpu/cli/twinstep run "$OUT/raw/llama3-8b.tp2.json" -o "$OUT/raw/llama3-8b.tp2.trace.json" \
       --warmup 1 --steps 3 --timeout-s 60 > "$OUT/raw/run.log" 2>&1
   echo "twinstep run exit: $?"; tail -n 5 "$OUT/raw/lower.log" "$OUT/raw/run.log"

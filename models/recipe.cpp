@@ -1,0 +1,27 @@
+// Recipe defaults (models/recipe.hpp): the Megatron-Bridge performance-recipe knobs, in one place.
+#include "models/recipe.hpp"
+
+namespace twinstep::models {
+
+std::string apply_recipe_defaults(RunConfig& c, const SetFields& set) {
+  const auto unset = [&](const char* field) { return set.count(field) == 0; };
+  if (unset("sequence_parallel")) c.sequence_parallel = c.tensor_model_parallel_size > 1;
+  if (unset("use_distributed_optimizer")) c.use_distributed_optimizer = true;
+  if (unset("cuda_device_max_connections") && (c.tensor_model_parallel_size > 1 || c.context_parallel_size > 1)) {
+    c.cuda_device_max_connections = 1;
+  }
+  if (!unset("global_batch_size")) return "";
+  const std::uint64_t per_step = std::uint64_t{c.micro_batch_size} * derived_dp(c);
+  c.global_batch_size = static_cast<std::uint32_t>(per_step);
+  return "global_batch_size not given: Megatron's default micro_batch_size x data_parallel_size = " +
+         std::to_string(per_step) + " (one micro-batch per DP rank; give --gbs for a real step)";
+}
+
+const char* recipe_defaults_text() {
+  return "Recipe defaults (Megatron-Bridge performance recipes) for every knob not set by a flag or --config: "
+         "sequence_parallel on when TP > 1; use_distributed_optimizer on; CUDA_DEVICE_MAX_CONNECTIONS=1 when TP or "
+         "CP > 1; global_batch_size = micro_batch_size x DP (Megatron's default) when not given. Turn one off with "
+         "its --no-... flag (e.g. --no-sp, --no-distributed-optimizer) or --cdmc N.";
+}
+
+}  // namespace twinstep::models

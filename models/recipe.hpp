@@ -1,0 +1,29 @@
+// Recipe defaults: the knobs a Megatron-Bridge performance recipe sets for a layout, applied to every knob the user
+// did not set (in a run config file or by a flag). One place for predict, lower, sweep, calibration and the benches,
+// so the same layout gets the same config wherever it is evaluated.
+#pragma once
+
+#include <set>
+#include <string>
+
+#include "models/run_config.hpp"
+
+namespace twinstep::models {
+
+/// Run config fields (Megatron names, as in run config JSON) that the user set explicitly.
+using SetFields = std::set<std::string>;
+
+/// Applies the recipe defaults to every field not in `set`:
+///  - sequence_parallel = (tensor_model_parallel_size > 1): Bridge recipes turn SP on with TP;
+///  - use_distributed_optimizer = true: every Bridge pretraining recipe uses it;
+///  - cuda_device_max_connections = 1 when TP or CP > 1: Bridge exports CUDA_DEVICE_MAX_CONNECTIONS=1 there (MLM
+///    asserts it on Hopper for TP/CP communication overlap);
+///  - global_batch_size = micro_batch_size x data-parallel size when unset: Megatron's own default (one micro-batch
+///    per DP rank per step). Returns a note saying so then (empty otherwise), for the output's warnings.
+/// Layout, batch and overlap knobs stay as given. Throws like derived_dp() when the world does not divide.
+[[nodiscard]] std::string apply_recipe_defaults(RunConfig& config, const SetFields& set);
+
+/// The recipe defaults as one paragraph, for --help and docs.
+[[nodiscard]] const char* recipe_defaults_text();
+
+}  // namespace twinstep::models
