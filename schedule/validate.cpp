@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -13,6 +14,7 @@
 
 #include "common/error.hpp"
 #include "schedule/json.hpp"
+#include "schedule/kernel_math.hpp"
 #include "schedule/matching.hpp"
 
 namespace twinstep::schedule {
@@ -120,6 +122,27 @@ class Checker {
   }
 
   // ---- per-op checks ----
+  /// A kernel's FLOPs and bytes must stay where its time fits the simulator's int64-nanosecond clock on any GPU:
+  /// 1e21 FLOPs is ~17 minutes at 1 EFLOP/s and ~12 days at 1 PFLOP/s; 1e18 bytes is 1 EB.
+  void check_kernel_size(OpId id, const Kernel& kernel) {
+    constexpr double kMaxFlops = 1e21, kMaxBytes = 1e18;
+    const double flops = kernel_flops(kernel), bytes = kernel_bytes(kernel);
+    char buf[256];
+    if (!(flops <= kMaxFlops)) {
+      std::snprintf(buf, sizeof buf,
+                    "%s kernel of %.3g FLOPs, above the %.0e one op may have: a shape field (m, n, k, batch, seq) is "
+                    "orders of magnitude too large; fix it",
+                    kernel_class(kernel), flops, kMaxFlops);
+      add(id, "kernel", buf);
+    } else if (!(bytes <= kMaxBytes)) {
+      std::snprintf(buf, sizeof buf,
+                    "%s kernel moving %.3g bytes, above the %.0e one op may move: a size field is orders of magnitude "
+                    "too large; fix it",
+                    kernel_class(kernel), bytes, kMaxBytes);
+      add(id, "kernel", buf);
+    }
+  }
+
   void check_ops() {
     const std::size_t n = s_.ops.size();
     for (std::size_t i = 0; i < n; ++i) {
@@ -175,6 +198,8 @@ class Checker {
               } else {
                 references_sound_ = false;
               }
+            } else if constexpr (std::is_same_v<T, Compute>) {
+              check_kernel_size(id, b.kernel);
             } else if constexpr (std::is_same_v<T, Host>) {
               if (b.duration_ns < 0) add(id, "duration_ns", "negative host duration: use a duration >= 0 ns");
             } else if constexpr (std::is_same_v<T, HostSync>) {

@@ -14,12 +14,14 @@
 // Whenever one of these changes, the remaining work of the affected activities is re-timed.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <queue>
 #include <type_traits>
 #include <unordered_map>
 
 #include "common/assert.hpp"
+#include "common/error.hpp"
 #include "sim/connections.hpp"
 #include "sim/simulate.hpp"
 
@@ -163,6 +165,20 @@ struct CommInfo {
 Nanos ceil_ns(double x) {
   const auto t = static_cast<Nanos>(x);  // toward zero: the ceiling for x <= 0, the floor for x > 0
   return static_cast<double>(t) < x ? t + 1 : t;
+}
+
+/// The latest end time an activity may have: the simulator's clock is int64 nanoseconds (292 years); past ~126 years
+/// a step is a bad input (a kernel shape or a sequence length off by orders of magnitude), not a prediction.
+constexpr double kMaxEndNs = 4e18;
+
+[[noreturn]] void throw_time_overflow(std::uint64_t activity, double left_ns) {
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "activity %llu would run %.3g s more, past the simulator's clock (int64 nanoseconds, ~126 years): a "
+                "kernel shape, sequence length or message size in the input is orders of magnitude too large; check "
+                "the schedule's m, n, k, seq and bytes fields (or --seq, --gbs)",
+                static_cast<unsigned long long>(activity), left_ns * 1e-9);
+  throw Error(buf);
 }
 
 void erase_value(std::vector<std::uint32_t>& v, std::uint32_t x) {
@@ -598,6 +614,7 @@ class AnalyticModel final : public GpuSharingModel {
     a.last_ns = now;
     a.ns_per_unit = current_ns(a);
     const double left_ns = a.remaining * a.ns_per_unit;
+    if (!(left_ns < kMaxEndNs - static_cast<double>(now))) throw_time_overflow(a.id, left_ns);
     Nanos done = now + ceil_ns(left_ns - 1e-6);
     if (done < now) done = now;
     // Its heap entry orders by (done_ns, id) only: an unchanged end keeps the entry it has.
