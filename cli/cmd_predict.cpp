@@ -1,8 +1,11 @@
 // `twinstep predict` (model x cluster x layout x overlap variants -> step time, MFU, breakdown per variant) and
 // `twinstep simulate` (a schedule file on a cluster -> trace). Printing only: the work is models::lower,
 // sim::simulate and schedule::analyze.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -12,6 +15,7 @@
 #include "cli/run_flags.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "models/limits.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "schedule/analysis.hpp"
@@ -39,18 +43,19 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = t
                                   "Cluster id (dgx-h100, hgx-h200, dgx-a100, h200x2-nvlink, h100-superpod, ...) "
                                   "or a cluster JSON path");
   if (cluster_required) cluster->required();
-  auto* nodes = sub->add_option("--nodes", f.nodes, "Number of nodes (1..2048)");
+  auto* nodes = sub->add_option("--nodes", f.nodes, "Number of nodes (1..2048)")->check(CLI::Range(1u, 2048u));
   auto* gpus =
-      sub->add_option("--gpus", f.gpus, "Number of GPUs (a multiple of the GPUs per node, or fewer than one node)");
+      sub->add_option("--gpus", f.gpus, "Number of GPUs (a multiple of the GPUs per node, or fewer than one node)")
+          ->check(CLI::Range(1u, 1u << 24));
   nodes->excludes(gpus);
   sub->add_option("--profile", f.profile, "Calibration profile JSON (default: datasheet defaults)");
   sub->add_option("--fidelity", f.fidelity,
                   "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
                   "(SimGrid max-min flows on NVLink ports, NICs and fabric links; one child process per "
-                  "simulation). Default here: " +
-                      sim::default_fidelity() +
-                      (sim::flow_model_available() ? " (" + sim::flow_engine_version() + " built in)"
-                                                   : " (this build has no SimGrid)"))
+                  "simulation). Default: " +
+                      sim::default_fidelity() + ", as in sweep" +
+                      (sim::flow_model_available() ? " (flow: " + sim::flow_engine_version() + " built in)"
+                                                   : " (this build has no SimGrid, so no flow)"))
       ->check(CLI::IsMember({"analytic", "flow"}));
 }
 
@@ -93,6 +98,7 @@ struct VariantResult {
   double memory_gib = 0;
   bool fits = true;
   schedule::Breakdown breakdown;
+  double solo_compute_s = 0;  ///< Mean over ranks of the compute kernels' solo times (cost model, nothing beside).
   std::vector<std::string> warnings;
   std::vector<std::string> notes;  ///< What the resource model leaves out, symmetry reduction.
 };
@@ -115,33 +121,80 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-std::string format_table(const std::vector<VariantResult>& results, const std::string& header) {
+/// A variant's step-time change against the baseline, split into its causes. The terms sum exactly to the change:
+/// the breakdown's categories sum to the step, so each category's change is one cause.
+struct Attribution {
+  std::vector<std::pair<std::string, double>> terms;  ///< (cause, seconds; > 0 slower).
+};
+
+Attribution attribute(const VariantResult& r, const VariantResult& base) {
+  Attribution a;
+  const auto& m = r.breakdown.mean;
+  const auto& b = base.breakdown.mean;
+  std::map<std::string, double> exposed;
+  for (const auto& [kind, s] : b.exposed_comm_s) exposed[kind] -= s;
+  for (const auto& [kind, s] : m.exposed_comm_s) exposed[kind] += s;
+  for (const auto& [kind, d] : exposed) {
+    if (d != 0) a.terms.emplace_back((d < 0 ? "communication hidden: exposed " : "communication exposed: ") + kind, d);
+  }
+  const double work = r.solo_compute_s - base.solo_compute_s;
+  a.terms.emplace_back("kernel work (solo kernel time, e.g. chunked or moved GEMMs)", work);
+  a.terms.emplace_back("kernel slowdown by concurrent communication (SMs, HBM) and kernel overlap",
+                       (m.compute_s - b.compute_s) - work);
+  a.terms.emplace_back("host-bound time (launches, framework host ops, host syncs)", m.host_bound_s - b.host_bound_s);
+  a.terms.emplace_back("pipeline bubble and waiting for peers", m.bubble_s - b.bubble_s);
+  return a;
+}
+
+/// One time unit for a whole table, chosen from its longest step: s, ms or us.
+struct TimeUnit {
+  const char* name;
+  double per_second;
+};
+
+TimeUnit unit_for(double longest_s) {
+  if (longest_s >= 10.0) return {"s", 1.0};
+  if (longest_s >= 0.01) return {"ms", 1e3};
+  return {"us", 1e6};
+}
+
+std::string format_table(const std::vector<VariantResult>& results, const std::string& header,
+                         const std::string& legend) {
   std::string out = header;
   const double base = results.front().step_s;
+  double longest = 0;
+  for (const auto& r : results) longest = std::max(longest, r.step_s);
+  const TimeUnit u = unit_for(longest);
+  auto t = [&](double s) { return fmt("%10.3f ", s * u.per_second) + u.name; };
   for (const auto& r : results) {
     out += "\nvariant " + r.name + "\n";
-    out += "  step time       " + format_seconds(r.step_s);
+    out += "  step time       " + t(r.step_s);
     if (&r != &results.front()) {
-      out += "  (" + std::string(r.step_s >= base ? "+" : "-") + format_seconds(std::abs(r.step_s - base)) + ", " +
+      out += "  (" + fmt("%+.3f ", (r.step_s - base) * u.per_second) + u.name + ", " +
              fmt("%+.1f%%", 100.0 * (r.step_s - base) / base) + " vs " + results.front().name + ")";
     }
-    out += "\n  TFLOP/s per GPU " + fmt("%.1f", r.tflops_per_gpu) + "   MFU " + fmt("%.1f%%", 100.0 * r.mfu) + "\n";
-    out += "  memory per GPU  " + fmt("%.1f GiB", r.memory_gib) + (r.fits ? "  (fits)" : "  (DOES NOT FIT)") + "\n";
+    out += "\n  TFLOP/s per GPU " + fmt("%10.1f", r.tflops_per_gpu) + "   MFU " + fmt("%.1f%%", 100.0 * r.mfu) + "\n";
+    out += "  memory per GPU  " + fmt("%10.1f GiB", r.memory_gib) + (r.fits ? "  (fits)" : "  (DOES NOT FIT)") + "\n";
     const auto& m = r.breakdown.mean;
     auto pct = [&](double s) { return fmt("%5.1f%%", r.step_s > 0 ? 100.0 * s / r.step_s : 0.0); };
+    auto row = [&](const std::string& label, double s) {
+      out += "    " + label + std::string(label.size() < 16 ? 16 - label.size() : 1, ' ') + t(s) + "  " + pct(s) + "\n";
+    };
     out += "  breakdown (mean over ranks):\n";
-    out += "    compute         " + format_seconds(m.compute_s) + "  " + pct(m.compute_s) + "\n";
-    for (const auto& [kind, s] : m.exposed_comm_s) {
-      const std::string label = "exposed " + kind;
-      out += "    " + label + std::string(label.size() < 16 ? 16 - label.size() : 1, ' ') + format_seconds(s) + "  " +
-             pct(s) + "\n";
+    row("compute", m.compute_s);
+    for (const auto& [kind, s] : m.exposed_comm_s) row("exposed " + kind, s);
+    row("bubble", m.bubble_s);
+    row("host-bound", m.host_bound_s);
+    if (&r != &results.front()) {
+      out += "  change vs " + results.front().name + " by cause (sums to the change):\n";
+      for (const auto& [cause, s] : attribute(r, results.front()).terms) {
+        out += "    " + fmt("%+10.3f ", s * u.per_second) + u.name + "  " + cause + "\n";
+      }
     }
-    out += "    bubble          " + format_seconds(m.bubble_s) + "  " + pct(m.bubble_s) + "\n";
-    out += "    host-bound      " + format_seconds(m.host_bound_s) + "  " + pct(m.host_bound_s) + "\n";
     for (const auto& w : r.warnings) out += "  warning: " + w + "\n";
     for (const auto& n : r.notes) out += "  note: " + n + "\n";
   }
-  return out;
+  return out + "\n" + legend;
 }
 
 /// Everything `twinstep predict` takes.
@@ -164,16 +217,28 @@ void add_predict_options(CLI::App* sub, PredictArgs& a, bool cluster_required) {
   sub->add_flag("--json", a.json, "Print one JSON object with a variants array");
   sub->add_option("--trace", a.trace_dir, "Folder for <variant>.trace.json and <variant>.perfetto.json");
   sub->add_flag("--no-reduce", a.no_reduce,
-                "Simulate every rank. By default above " + std::to_string(sim::kSymmetryReductionAboveGpus) +
-                    " GPUs predict simulates one representative per DP replica (symmetry reduction: absent members "
-                    "of a communicator mirror present ones); with --fidelity analytic TP ranks mirror too");
+                "Simulate every rank. By default (as in sweep) analytic simulates one representative per pipeline "
+                "stage and CP rank, and flow one per DP replica above " +
+                    std::to_string(sim::kSymmetryReductionAboveGpus) +
+                    " GPUs (symmetry reduction: absent members of a communicator mirror present ones)");
 }
 
 /// One prediction, as the table text and as the --json object.
 struct Prediction {
   std::string text;
   nlohmann::ordered_json json;
+  bool none_fits = false;  ///< No variant fits in memory: exit 3 after printing.
 };
+
+/// Exit 3 (not feasible) when no variant of `p` fits, after its table or JSON was printed.
+void fail_if_none_fits(const Prediction& p) {
+  if (p.none_fits) {
+    throw Error(
+        "no variant fits in GPU memory (see the memory lines above); use more GPUs, more TP/PP/CP/EP, "
+        "recompute, or a smaller micro-batch",
+        ExitCode::kNotFeasible);
+  }
+}
 
 Prediction run_predict(const PredictArgs& args) {
   const RunFlags& flags = args.flags;
@@ -198,8 +263,15 @@ Prediction run_predict(const PredictArgs& args) {
   for (const auto& v : split_variants(args.overlap)) {
     const models::RunConfig cfg = models::apply_overlap_variant(base, v);
     models::LowerOptions lower_opts;
-    lower_opts.representatives_only = !args.no_reduce && gpus > sim::kSymmetryReductionAboveGpus;
-    lower_opts.mirror_tp = sim::mirrors_tp_ranks(cf.fidelity);
+    const sim::Reduction reduction = sim::reduction_policy(gpus, cf.fidelity, !args.no_reduce);
+    lower_opts.representatives_only = reduction.representatives_only;
+    lower_opts.mirror_tp = reduction.mirror_tp;
+    if (const double ops = models::estimated_ops(model, cfg, lower_opts); ops > models::kMaxSimulatedOps) {
+      throw Error("variant " + v + ": the step is about " + fmt("%.1f", ops / 1e6) + " M ops to simulate, above the " +
+                  fmt("%.0f", models::kMaxSimulatedOps / 1e6) +
+                  " M one simulation may hold (memory); use fewer micro-batches (--gbs) or, with --fidelity flow, "
+                  "--fidelity analytic (it simulates one rank per pipeline stage and CP rank)");
+    }
     models::Lowered lowered = models::lower(model, cfg, lower_opts);
     sim::Options opts;
     opts.fidelity = cf.fidelity;
@@ -210,6 +282,11 @@ Prediction run_predict(const PredictArgs& args) {
     VariantResult r;
     r.name = v;
     r.breakdown = schedule::analyze(trace);
+    double solo = 0;
+    for (const auto& op : trace.schedule.ops) {
+      if (const auto* c = std::get_if<schedule::Compute>(&op.body)) solo += costs.kernel_cost(*c).solo_time_s();
+    }
+    r.solo_compute_s = trace.schedule.ranks.empty() ? 0.0 : solo / static_cast<double>(trace.schedule.ranks.size());
     r.step_s = r.breakdown.step_time_s;
     r.tflops_per_gpu = r.step_s > 0 ? lowered.model_flops_per_step / (r.step_s * gpus) / 1e12 : 0.0;
     r.mfu = r.step_s > 0 ? lowered.model_flops_per_step / (r.step_s * gpus * peak) : 0.0;
@@ -236,6 +313,9 @@ Prediction run_predict(const PredictArgs& args) {
     j["profile"] = setup.profile.name;
     j["fidelity"] = cf.fidelity;
     j["host_costs"] = resolved.host_costs;
+    j["notes"] = resolved.notes;
+    j["peak_flop_per_s"] = peak;
+    j["memory_capacity_gib"] = base.gpu_memory_bytes / kGiB;
     nlohmann::ordered_json arr = nlohmann::ordered_json::array();
     for (const auto& r : results) {
       nlohmann::ordered_json e;
@@ -247,6 +327,13 @@ Prediction run_predict(const PredictArgs& args) {
       e["memory_gib_per_gpu"] = r.memory_gib;
       e["fits"] = r.fits;
       e["breakdown"] = breakdown_json(r.breakdown.mean);
+      if (&r != &results.front()) {
+        nlohmann::ordered_json terms = nlohmann::ordered_json::array();
+        for (const auto& [cause, sec] : attribute(r, results.front()).terms) {
+          terms.push_back(nlohmann::ordered_json{{"cause", cause}, {"delta_s", sec}});
+        }
+        e["attribution"] = terms;
+      }
       e["warnings"] = r.warnings;
       e["notes"] = r.notes;
       arr.push_back(e);
@@ -261,7 +348,19 @@ Prediction run_predict(const PredictArgs& args) {
             std::to_string(base.seq_length) + "\n";
   header += "costs: " + setup.profile.name + ", fidelity " + cf.fidelity + "\n";
   header += "host costs: " + resolved.host_costs + "\n";
-  out.text = format_table(results, header);
+  for (const auto& n : resolved.notes) header += "note: " + n + "\n";
+  const std::string legend =
+      "compute: some kernel runs; exposed <kind>: communication of that kind (tp, cp, dp, ep, pp, expt_dp; world: the "
+      "grad-norm all-reduce over all GPUs; mp: the same over the model-parallel group) with no compute beside it; "
+      "bubble: waiting for other ranks, pipeline bubbles, host syncs; host-bound: the GPU idle while the host issues.\n"
+      "MFU: model FLOPs (no recompute) / (step time x GPUs x " +
+      fmt("%.0f", peak / 1e12) + " TFLOP/s, the GPU's dense " + schedule::dtype_name(base.dtype) +
+      " peak). fits: the memory estimate against " + fmt("%.1f GiB", base.gpu_memory_bytes / kGiB) +
+      " per GPU (the GPU's HBM).\n";
+  out.text = format_table(results, header, legend);
+  bool any_fits = false;
+  for (const auto& r : results) any_fits = any_fits || r.fits;
+  out.none_fits = !any_fits;
   return out;
 }
 
@@ -355,14 +454,18 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   opts.fidelity = cf.fidelity;
   opts.context["schedule_file"] = path;
   const schedule::Trace trace = sim::simulate(s, setup.cluster, costs, opts);
-  schedule::write_trace(trace, out);
-  if (out != "-") {
-    const auto b = schedule::analyze(trace);
-    std::fputs(("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile.name + ")\n" +
-                schedule::format_breakdown(b) + "trace written to " + out + "\n")
-                   .c_str(),
-               stdout);
+  if (out == "-") {
+    schedule::write_trace(trace, out);
+    return;
   }
+  if (!out.empty()) schedule::write_trace(trace, out);
+  const auto b = schedule::analyze(trace);
+  std::fputs(
+      ("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile.name + ", fidelity " +
+       cf.fidelity + ")\n" + schedule::format_breakdown(b) +
+       (out.empty() ? "no trace written (-o FILE writes it, -o - to stdout)\n" : "trace written to " + out + "\n"))
+          .c_str(),
+      stdout);
 }
 
 }  // namespace
@@ -385,16 +488,18 @@ void register_sim_commands(CLI::App& app) {
       }
       const Prediction p = run_predict(*args);
       std::fputs(args->json ? (p.json.dump(2) + "\n").c_str() : p.text.c_str(), stdout);
+      std::fflush(stdout);
+      fail_if_none_fits(p);
     });
   }
   {
     auto* sub = app.add_subcommand("simulate", "Simulate a schedule file on a cluster and write the trace");
     auto path = std::make_shared<std::string>();
     auto cf = std::make_shared<ClusterFlags>();
-    auto out = std::make_shared<std::string>("-");
+    auto out = std::make_shared<std::string>();
     sub->add_option("schedule", *path, "Schedule JSON")->required();
     add_cluster_flags(sub, *cf);
-    sub->add_option("-o,--output", *out, "Trace JSON to write (- for stdout)");
+    sub->add_option("-o,--output", *out, "Trace JSON to write (- for stdout); without it only the breakdown prints");
     sub->callback([=]() { run_simulate(*path, *cf, *out); });
   }
 }

@@ -3,6 +3,9 @@
 # usage: predict_checks.py CHECK TWINSTEP [ARGS...]
 #   examples TWINSTEP              predict --example --json: both built-in examples with their exact variant lists
 #   ep_host_cost TWINSTEP MODEL    large per-node host costs make EP overlap slower than none (host-bound time grows)
+#   attribution TWINSTEP           every variant's causes sum to its change against the baseline
+#   sweep_row_equals_predict TWINSTEP OUTDIR
+#                                  a sweep row's predict_command gives the row's step time and memory
 import json
 import subprocess
 import sys
@@ -57,7 +60,42 @@ def ep_host_cost(twinstep, model):
     check("--ep-node-ns from the command line" in dear["host_costs"], "host_costs names the flag", dear)
 
 
+def attribution(twinstep):
+    d = predict(twinstep, "--model", "llama3-8b", "--cluster", "dgx-h100", "--gpus", "8", "--tp", "2", "--pp", "2",
+                "--gbs", "16", "--seq", "2048", "--overlap", "none,dp,tp,all")
+    base = d["variants"][0]
+    check("attribution" not in base, "no attribution on the baseline", base)
+    for v in d["variants"][1:]:
+        total = sum(t["delta_s"] for t in v["attribution"])
+        check(abs(total - v["delta_s"]) <= 1e-9 + 1e-9 * base["step_time_s"], f"{v['name']}: causes sum to delta", v)
+        check(abs(v["delta_s"] - (v["step_time_s"] - base["step_time_s"])) <= 1e-12, "delta_s is the change", v)
+    tp = d["variants"][2]
+    hidden = [t for t in tp["attribution"] if t["cause"] == "communication hidden: exposed tp"]
+    check(len(hidden) == 1 and hidden[0]["delta_s"] < 0, "tp overlap hides tp communication", tp)
+
+
+def sweep_row_equals_predict(twinstep, outdir):
+    out = f"{outdir}/row_vs_predict.jsonl"
+    cmd = [twinstep, "sweep", "--model", "llama3-8b", "--cluster", "dgx-h100", "--gpus", "16", "--tp", "2",
+           "--pp", "2", "--vpp", "2", "--gbs", "64", "--seq", "2048", "--overlap", "all", "-j", "1", "-q", "-o", out]
+    subprocess.run(["rm", "-f", out], check=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        sys.exit(f"{' '.join(cmd)}: exit {run.returncode}\n{run.stdout}{run.stderr}")
+    rows = [json.loads(line) for line in open(out)]
+    check(len(rows) == 1 and rows[0]["status"] == "ok", "one simulated row", rows)
+    row = rows[0]
+    args = row["predict_command"].split()
+    check(args[:2] == ["twinstep", "predict"], "predict command", row)
+    d = predict(twinstep, *args[2:])
+    v = d["variants"][0]
+    check(abs(v["step_time_s"] - row["step_time_s"]) <= 1e-6 * row["step_time_s"], "same step time", [row, v])
+    check(v["memory_gib_per_gpu"] == row["memory_gib_per_gpu"], "same memory (same recipe defaults)", [row, v])
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         sys.exit(__doc__ or "usage: predict_checks.py CHECK TWINSTEP [ARGS...]")
-    {"examples": examples, "ep_host_cost": ep_host_cost}[sys.argv[1]](*sys.argv[2:])
+    checks = {"examples": examples, "ep_host_cost": ep_host_cost, "attribution": attribution,
+              "sweep_row_equals_predict": sweep_row_equals_predict}
+    checks[sys.argv[1]](*sys.argv[2:])

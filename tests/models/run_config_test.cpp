@@ -61,7 +61,9 @@ TEST_CASE("models::run_config: overlap variants map to Megatron knobs", "[run_co
   CHECK(dp_tp.overlap_param_gather);
   CHECK(dp_tp.tp_comm_overlap);
   CHECK_FALSE(dp_tp.overlap_p2p_comm);
-  RunConfig pp = apply_overlap_variant(base, "pp+cp");
+  RunConfig interleaved = base;  // P2P overlap takes effect only with VPP (the next test case)
+  interleaved.virtual_pipeline_model_parallel_size = 2;
+  RunConfig pp = apply_overlap_variant(interleaved, "pp+cp");
   CHECK(pp.overlap_p2p_comm);
   CHECK_FALSE(pp.batch_p2p_comm);
   CHECK(pp.cp_comm_type == "p2p");
@@ -78,4 +80,17 @@ TEST_CASE("models::run_config: overlap variants map to Megatron knobs", "[run_co
   base.use_distributed_optimizer = false;
   CHECK_FALSE(apply_overlap_variant(base, "dp").overlap_param_gather);
   CHECK_THROWS_WITH(apply_overlap_variant(base, "dp+fsdp"), twinstep_contains("unknown overlap mode \"fsdp\""));
+}
+
+TEST_CASE("models::apply_overlap_variant: pp un-batches P2P only where the overlap takes effect (VPP)",
+          "[run_config]") {
+  RunConfig c;
+  c.pipeline_model_parallel_size = 4;
+  // No VPP: MLM forces overlap_p2p_comm off and keeps batch_p2p_comm = not overlap_p2p_comm; Bridge sets it True.
+  CHECK(apply_overlap_variant(c, "pp").batch_p2p_comm);
+  CHECK(apply_overlap_variant(c, "all").batch_p2p_comm);
+  c.virtual_pipeline_model_parallel_size = 2;
+  CHECK_FALSE(apply_overlap_variant(c, "pp").batch_p2p_comm);
+  CHECK(apply_overlap_variant(c, "pp").overlap_p2p_comm);
+  CHECK(apply_overlap_variant(c, "dp").batch_p2p_comm);
 }

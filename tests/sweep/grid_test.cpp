@@ -10,6 +10,7 @@
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "schedule/validate.hpp"
+#include "sim/simulate.hpp"
 #include "tests/catch.hpp"
 
 using namespace twinstep;
@@ -206,4 +207,22 @@ TEST_CASE("sweep::split_list: lists from flags", "[sweep]") {
   CHECK_THROWS_WITH(sweep::split_uints("16,x", "--gpus"), twinstep_contains("--gpus: \"x\" is not a positive integer"));
   CHECK_THROWS_WITH(sweep::split_list("none,,dp", "--overlap"), twinstep_contains("empty item"));
   CHECK_THROWS_WITH(sweep::split_list("dp,dp", "--overlap"), twinstep_contains("listed twice"));
+}
+
+TEST_CASE("sweep: the default fidelity is predict's, and each point names its predict command", "[sweep]") {
+  CHECK(sweep::Spec{}.fidelities == std::vector<std::string>{sim::default_fidelity()});
+  sweep::Point p;
+  p.model = "llama3-70b";
+  p.cluster = "dgx-h100";
+  p.gpus = 64;
+  p.gbs = 512;
+  p.seq = 8192;
+  p.layout.tp = 2;
+  p.layout.pp = 4;
+  p.layout.vpp = 2;
+  p.layout.cp = 4;
+  p.overlap = "all";
+  CHECK(sweep::predict_command(p) ==
+        "twinstep predict --model llama3-70b --cluster dgx-h100 --gpus 64 --tp 2 --pp 4 --vpp 2 --cp 4 --mbs 1 "
+        "--gbs 512 --seq 8192 --fidelity analytic --overlap all");
 }
