@@ -10,11 +10,10 @@
 #include <utility>
 #include <vector>
 
-#include "models/lower.hpp"
-#include "models/model_spec.hpp"
 #include "schedule/matching.hpp"
 #include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
+#include "tests/models/test_util.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
@@ -25,21 +24,13 @@ namespace {
 
 /// One training step of a 2-layer Qwen3-30B-A3B (MoE) on 8 GPUs: TP 2, PP 2, EP 2 (DP 2), 4 micro-batches.
 sch::Schedule lowered_tp2_pp2_ep2() {
-  namespace models = twinstep::models;
-  models::ModelSpec m = models::load_model("qwen3-30b-a3b");
-  m.num_layers = 2;
-  m.mtp_num_layers = 0;
-  models::RunConfig c;
-  c.world_size = 8;
-  c.tensor_model_parallel_size = 2;
-  c.pipeline_model_parallel_size = 2;
+  namespace mt = twinstep::models::test;
+  twinstep::models::RunConfig c = mt::config(8, 2, 2);
   c.expert_model_parallel_size = 2;
   c.sequence_parallel = true;
-  c.cuda_device_max_connections = 1;
   c.seq_length = 256;
-  c.micro_batch_size = 1;
   c.global_batch_size = 8;
-  return models::lower(m, c).schedule;
+  return twinstep::models::lower(mt::moe_model("qwen3-30b-a3b", 2), c).schedule;
 }
 
 std::string stream_name(const sch::Schedule& s, sch::OpId op) { return s.streams[s.ops[op].stream].name; }
