@@ -1,4 +1,4 @@
-// Turns CUDA, cuBLAS and NCCL status codes into BackendError with the call, the op and the rank.
+// Turns CUDA, cuBLAS and NCCL status codes into BackendError with the call and the rank.
 #include "backend/error.hpp"
 
 #include <cublas_v2.h>
@@ -12,12 +12,10 @@ namespace twinstep::backend {
 namespace {
 
 thread_local int t_rank = -1;
-thread_local std::string t_op;
 
 [[noreturn]] void fail(const std::string& api, int code, const std::string& what, const char* call, const char* file,
                        int line) {
   std::string msg = "rank " + std::to_string(t_rank) + ": " + call + " failed: " + what;
-  if (!t_op.empty()) msg += " (while issuing " + t_op + ")";
   msg += " [" + std::string(file) + ":" + std::to_string(line) + "]";
   throw BackendError(api, code, t_rank, msg);
 }
@@ -31,7 +29,6 @@ std::string api_name(const char* call) {
 }  // namespace
 
 void set_error_context_rank(int rank) { t_rank = rank; }
-void set_error_context_op(const std::string& op_description) { t_op = op_description; }
 
 void check_cuda(int status, const char* call, const char* file, int line) {
   if (status == cudaSuccess) return;

@@ -1,5 +1,5 @@
 // Errors of the CUDA/NCCL backend: every failing CUDA, cuBLAS or NCCL call becomes one BackendError naming the
-// call, the op being issued (when there is one) and the rank, thrown at the call site. Never relayed by hand.
+// call, the source line and the rank, thrown at the call site. Never relayed by hand.
 #pragma once
 
 #include <string>
@@ -9,7 +9,7 @@
 namespace twinstep::backend {
 
 /// A device-side failure (CUDA, cuBLAS, NCCL) or a hung step caught by the watchdog.
-/// what() is one complete line: "rank 1 (host a): ncclAllReduce(...) failed: unhandled cuda error (op 12 "x")".
+/// what() is one complete line: "rank 1: ncclAllReduce(...) failed: unhandled cuda error [file:line]".
 class BackendError : public Error {
  public:
   BackendError(std::string api, int code, int rank, const std::string& message)
@@ -24,10 +24,8 @@ class BackendError : public Error {
   int rank_;
 };
 
-/// Context appended to every device error: set by the executor while it issues an op, and the process rank.
-/// Thread-local, so the watchdog thread's own calls carry no op.
+/// The process rank, named in every device error of the calling thread (thread-local).
 void set_error_context_rank(int rank);
-void set_error_context_op(const std::string& op_description);  ///< "" clears it.
 
 /// Throw BackendError if `status` is not success. `call` is the source text of the call.
 void check_cuda(int status, const char* call, const char* file, int line);
@@ -36,7 +34,7 @@ void check_cublas(int status, const char* call, const char* file, int line);
 
 }  // namespace twinstep::backend
 
-/// Checks a cudaError_t / ncclResult_t / cublasStatus_t and throws BackendError naming the call, op and rank.
+/// Checks a cudaError_t / ncclResult_t / cublasStatus_t and throws BackendError naming the call and rank.
 #define TWINSTEP_CUDA_CHECK(expr) ::twinstep::backend::check_cuda(static_cast<int>(expr), #expr, __FILE__, __LINE__)
 #define TWINSTEP_NCCL_CHECK(expr) ::twinstep::backend::check_nccl(static_cast<int>(expr), #expr, __FILE__, __LINE__)
 #define TWINSTEP_CUBLAS_CHECK(expr) ::twinstep::backend::check_cublas(static_cast<int>(expr), #expr, __FILE__, __LINE__)

@@ -1,6 +1,8 @@
 // The real executor: runs a schedule on GPUs (one process per GPU, MPI only to bootstrap NCCL and number the
 // ranks) with CUDA streams, events, cuBLAS GEMMs, our own bandwidth-bound kernels and NCCL collectives, and
 // measures every op. Not a simulator: nothing here models time; every duration is read from the hardware.
+// The public entry of backend/: planning (plan.hpp, channels.hpp) is pure host code; the Runtime (runtime.cpp,
+// execute.cpp) holds the CUDA and NCCL state.
 #pragma once
 
 #include <cstdint>
@@ -8,20 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "backend/channels.hpp"
+#include "backend/plan.hpp"
 #include "schedule/schedule.hpp"
 #include "schedule/trace.hpp"
-#include "schedule/validate.hpp"
 
 namespace twinstep::backend {
-
-/// What can_execute() checks a schedule against; Runtime::device_info() measures it (collectively).
-struct DeviceInfo {
-  int processes = 1;             ///< Processes in the group (one per GPU).
-  int local_processes = 1;       ///< Processes on this host (the most over hosts).
-  int device_count = 0;          ///< GPUs visible to one process.
-  std::uint64_t free_bytes = 0;  ///< Free GPU memory usable for buffers, the least over processes.
-  std::string gpu_name;
-};
 
 /// Device buffers an op reads and writes, for the test hook. Null when the op has none.
 struct OpBuffers {
@@ -50,35 +44,6 @@ struct Options {
   double timeout_s = 120.0;  ///< Watchdog limit for one step, from the step barrier to its last op's end.
   DataHook* hook = nullptr;  ///< Tests only.
 };
-
-/// Every reason `schedule` cannot run here (empty means it can): ranks versus processes, reduced schedules,
-/// kernels and dtypes the backend does not implement, buffers that do not fit in free GPU memory.
-[[nodiscard]] std::vector<schedule::Diagnostic> can_execute(const schedule::Schedule& schedule, const DeviceInfo& info);
-
-/// Device memory the backend allocates for rank `rank` of `schedule` (buffers sized by the largest op of each
-/// kind, plus cuBLAS workspaces), in bytes.
-[[nodiscard]] std::uint64_t required_device_bytes(const schedule::Schedule& schedule, schedule::RankId rank);
-
-/// One NCCL communicator of a run. The IR lets ops on different streams of one communicator proceed
-/// independently, while NCCL serializes the operations of one communicator in issue order on each rank; so the
-/// executor gives every independent stream of communication its own NCCL communicator (see executor.cpp).
-struct CommChannel {
-  std::string key;                        ///< Deterministic description, e.g. `coll "tp.0" [0,1] streams tp,tp`.
-  std::vector<schedule::RankId> members;  ///< Global ranks; the NCCL rank of a member is its position here.
-  bool point_to_point = false;            ///< Carries the sends of one sender to one receiver.
-  bool all_to_all = false;                ///< Carries an all_to_all (grouped send/recv between all members).
-  schedule::RankId src = 0, dst = 0;      ///< Sender and receiver (point-to-point channels only).
-};
-
-/// Every channel a schedule needs and which one each communication op uses.
-struct ChannelPlan {
-  std::vector<CommChannel> channels;         ///< In order of first use by op id: identical on every rank.
-  std::vector<std::uint32_t> channel_of_op;  ///< Per op: index into `channels`, or kNoChannel.
-};
-inline constexpr std::uint32_t kNoChannel = 0xFFFFFFFFu;
-
-/// Derives the channels from the schedule alone (every rank holds it in full, so every rank gets the same list).
-[[nodiscard]] ChannelPlan plan_channels(const schedule::Schedule& schedule);
 
 /// Which processes form the runtime: all of MPI_COMM_WORLD, or this process alone (tests of one-GPU schedules).
 enum class ProcessGroup : std::uint8_t { kWorld, kSelf };

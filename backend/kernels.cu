@@ -219,9 +219,4 @@ void launch_adam(void* param, float* master, const void* grad, float* m, float* 
   TWINSTEP_CUDA_CHECK(cudaGetLastError());
 }
 
-void launch_empty(cudaStream_t stream) {
-  empty_kernel<<<1, 1, 0, stream>>>();
-  TWINSTEP_CUDA_CHECK(cudaGetLastError());
-}
-
 }  // namespace twinstep::backend

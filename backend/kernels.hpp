@@ -1,5 +1,5 @@
 // Host-side launchers of the backend's own CUDA kernels (kernels.cu): the bandwidth-bound elementwise kernel, the
-// row softmax of attention, the fused Adam step, buffer fills, and the empty kernel used to measure issue cost.
+// row softmax of attention, the fused Adam step and buffer fills.
 // GEMMs are cuBLAS's, collectives NCCL's; these are the only kernels we write.
 #pragma once
 
@@ -41,8 +41,5 @@ void launch_attention_softmax(void* scores, const SoftmaxShape& shape, KernelDTy
 /// parameter in `param_dtype`. Reads grad, master, m, v; writes master, m, v, param.
 void launch_adam(void* param, float* master, const void* grad, float* m, float* v, std::size_t n,
                  KernelDType param_dtype, int sm_count, cudaStream_t stream);
-
-/// An empty kernel <<<1, 1>>>: the cost of issuing one op and nothing else.
-void launch_empty(cudaStream_t stream);
 
 }  // namespace twinstep::backend

@@ -26,13 +26,6 @@ std::optional<StreamId> find_stream(const Schedule& s, const std::string& name) 
   return std::nullopt;
 }
 
-std::optional<CommId> find_communicator(const Schedule& s, const std::string& name) {
-  for (std::size_t i = 0; i < s.communicators.size(); ++i) {
-    if (s.communicators[i].name == name) return static_cast<CommId>(i);
-  }
-  return std::nullopt;
-}
-
 int rank_in(const Communicator& comm, RankId rank) {
   for (std::size_t i = 0; i < comm.members.size(); ++i) {
     if (comm.members[i] == rank) return static_cast<int>(i);

@@ -237,9 +237,8 @@ struct Schedule {
   bool operator==(const Schedule&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
-/// Looks a stream / communicator up by name; std::nullopt if absent.
+/// Looks a stream up by name; std::nullopt if absent.
 [[nodiscard]] std::optional<StreamId> find_stream(const Schedule& s, const std::string& name);
-[[nodiscard]] std::optional<CommId> find_communicator(const Schedule& s, const std::string& name);
 
 /// Position of `rank` in `comm.members`, or -1.
 [[nodiscard]] int rank_in(const Communicator& comm, RankId rank);

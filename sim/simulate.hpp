@@ -90,7 +90,4 @@ struct Options {
 /// ops with their bodies and deps, names), as "fnv1a64:<16 hex digits>". Cheaper than hashing its JSON.
 [[nodiscard]] std::string schedule_fingerprint(const schedule::Schedule& schedule);
 
-/// 64-bit FNV-1a of a string as 16 hex digits (input hashes in trace contexts).
-[[nodiscard]] std::string fnv1a_hex(std::string_view text);
-
 }  // namespace twinstep::sim

@@ -1,8 +1,9 @@
 // GPU tests of the backend: collective data against a host reference, deps and stream order read back from the
-// trace, every kernel class, refusals, channels (NCCL communicators per stream / direction) and the concurrent ring
-// exchange they make possible, and the watchdog on a mismatched schedule and on a blocked issuing thread. Run one
+// trace, every kernel class, refusals, the concurrent ring exchange that channels (NCCL communicators per stream /
+// direction) make possible, and the watchdog on a mismatched schedule and on a blocked issuing thread. Run one
 // process per GPU under `mpirun -np 2 backend_tests --order decl` (every process runs the same tests in the same
-// order).
+// order). The planning behind them (can_execute, channels, rank plans) is tested without a GPU in plan_test.cpp
+// and channels_test.cpp.
 #include <cuda_runtime.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,46 +21,20 @@
 #include "backend/attention.hpp"
 #include "backend/error.hpp"
 #include "backend/executor.hpp"
+#include "backend/handles.hpp"
 #include "common/error.hpp"
+#include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
+using twinstep::backend::test::add;
+using twinstep::backend::test::base;
+using twinstep::backend::test::elementwise;
+using twinstep::backend::test::gemm;
+using twinstep::backend::test::ring_exchange;
 
 namespace {
-
-sch::Schedule base(std::uint32_t world, std::vector<sch::StreamDecl> streams = {{"compute", 0}, {"comm", -1}}) {
-  sch::Schedule s;
-  s.name = "test";
-  s.world_size = world;
-  for (std::uint32_t r = 0; r < world; ++r) s.ranks.push_back(r);
-  s.streams = std::move(streams);
-  sch::Communicator c;
-  c.name = "world";
-  c.kind = "world";
-  for (std::uint32_t r = 0; r < world; ++r) c.members.push_back(r);
-  s.communicators.push_back(c);
-  return s;
-}
-
-sch::OpId add(sch::Schedule& s, sch::RankId rank, sch::StreamId stream, std::string name, sch::Body body,
-              std::vector<sch::OpId> deps = {}, int key = -1) {
-  sch::Op op;
-  op.id = static_cast<sch::OpId>(s.ops.size());
-  op.rank = rank;
-  op.stream = stream;
-  op.name = std::move(name);
-  op.body = std::move(body);
-  op.deps = std::move(deps);
-  op.tags.layer = key;
-  s.ops.push_back(std::move(op));
-  return s.ops.back().id;
-}
-
-sch::Compute gemm(std::uint64_t m, std::uint64_t n, std::uint64_t k, sch::DType t = sch::DType::kBF16) {
-  return sch::Compute{sch::Gemm{m, n, k, 1, t}, 0};
-}
-sch::Compute elementwise(std::uint64_t bytes) { return sch::Compute{sch::Elementwise{bytes, 0}, 0}; }
 
 be::Options quick(int steps = 3) {
   be::Options o;
@@ -148,48 +123,6 @@ class ReferenceHook : public be::DataHook {
 };
 
 }  // namespace
-
-TEST_CASE("backend::can_execute: refuses what it cannot run, each reason named", "[backend]") {
-  be::DeviceInfo info;
-  info.processes = 2;
-  info.device_count = 2;
-  info.local_processes = 2;
-  info.free_bytes = 100ull << 30;
-  auto s = base(2);
-  add(s, 0, 0, "g", gemm(1024, 1024, 1024));
-  add(s, 1, 0, "g", gemm(1024, 1024, 1024));
-  CHECK(be::can_execute(s, info).empty());
-
-  auto join = [](const std::vector<sch::Diagnostic>& d) {
-    std::string out;
-    for (const auto& x : d) out += x.field + ": " + x.message + "\n";
-    return out;
-  };
-  be::DeviceInfo one = info;
-  one.processes = 1;
-  CHECK(join(be::can_execute(s, one)).find("mpirun -np 2") != std::string::npos);
-
-  auto reduced = s;
-  reduced.world_size = 4;
-  CHECK(join(be::can_execute(reduced, info)).find("reduced") != std::string::npos);
-
-  auto fp8 = s;
-  fp8.ops[0].body = gemm(64, 64, 64, sch::DType::kFP8);
-  const auto d = be::can_execute(fp8, info);
-  REQUIRE(d.size() == 1);
-  CHECK(d[0].op == 0);
-  CHECK(d[0].message.find("fp8") != std::string::npos);
-
-  auto big = s;
-  big.ops[0].body = gemm(1ull << 18, 1ull << 18, 1024);  // C alone is 128 GiB
-  CHECK(join(be::can_execute(big, info)).find("GPU memory") != std::string::npos);
-  CHECK(be::required_device_bytes(big, 0) > (128ull << 30));
-  CHECK(be::required_device_bytes(big, 1) < (1ull << 30));
-
-  auto gqa = s;
-  gqa.ops[0].body = sch::Compute{sch::Attention{1, 6, 4, 128, 128, 64, true, false, sch::DType::kBF16}, 0};
-  CHECK(join(be::can_execute(gqa, info)).find("multiple of heads_kv") != std::string::npos);
-}
 
 TEST_CASE("backend::execute: every collective kind and send/recv match a host reference", "[backend][gpu]") {
   be::Runtime rt;
@@ -330,35 +263,28 @@ TEST_CASE("backend::attention: causal and full outputs match a host reference (G
     for (auto* vec : {&q, &k, &v}) {
       for (auto& x : *vec) x = to_bf16(u(rng));
     }
-    void *dq = nullptr, *dk = nullptr, *dv = nullptr, *ds = nullptr, *dout = nullptr;
-    REQUIRE(cudaMalloc(&dq, bytes.q) == cudaSuccess);
-    REQUIRE(cudaMalloc(&dk, bytes.k) == cudaSuccess);
-    REQUIRE(cudaMalloc(&dv, bytes.k) == cudaSuccess);
-    REQUIRE(cudaMalloc(&ds, bytes.s) == cudaSuccess);
-    REQUIRE(cudaMalloc(&dout, bytes.q) == cudaSuccess);
-    REQUIRE(cudaMemcpy(dq, q.data(), bytes.q, cudaMemcpyHostToDevice) == cudaSuccess);
-    REQUIRE(cudaMemcpy(dk, k.data(), bytes.k, cudaMemcpyHostToDevice) == cudaSuccess);
-    REQUIRE(cudaMemcpy(dv, v.data(), bytes.k, cudaMemcpyHostToDevice) == cudaSuccess);
-    REQUIRE(cudaMemset(ds, 0xFF, bytes.s) == cudaSuccess);    // NaN scores: every used score must be written
-    REQUIRE(cudaMemset(dout, 0xFF, bytes.q) == cudaSuccess);  // NaN output: every element must be written
-    cudaStream_t stream = nullptr;
-    REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
-    cublasHandle_t blas = nullptr;
-    REQUIRE(cublasCreate(&blas) == CUBLAS_STATUS_SUCCESS);
-    REQUIRE(cublasSetStream(blas, stream) == CUBLAS_STATUS_SUCCESS);
+    // Owned (handles.hpp): a failing REQUIRE frees them too.
+    const be::DeviceMemory dq = be::device_alloc(bytes.q), dk = be::device_alloc(bytes.k),
+                           dv = be::device_alloc(bytes.k), ds = be::device_alloc(bytes.s),
+                           dout = be::device_alloc(bytes.q);
+    REQUIRE(cudaMemcpy(dq.get(), q.data(), bytes.q, cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemcpy(dk.get(), k.data(), bytes.k, cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemcpy(dv.get(), v.data(), bytes.k, cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemset(ds.get(), 0xFF, bytes.s) == cudaSuccess);    // NaN scores: every used score must be written
+    REQUIRE(cudaMemset(dout.get(), 0xFF, bytes.q) == cudaSuccess);  // NaN output: every element must be written
+    const be::CudaStream stream = be::make_stream(0);
+    const be::CublasHandle blas = be::make_cublas();
+    REQUIRE(cublasSetStream(blas.get(), stream.get()) == CUBLAS_STATUS_SUCCESS);
     be::AttentionBuffers buf;
-    buf.q = dq;
-    buf.k = dk;
-    buf.v = dv;
-    buf.s = ds;
-    buf.o = dout;
-    be::run_attention(blas, stream, be::attention_calls(a, buf));
-    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    buf.q = dq.get();
+    buf.k = dk.get();
+    buf.v = dv.get();
+    buf.s = ds.get();
+    buf.o = dout.get();
+    be::run_attention(blas.get(), stream.get(), be::attention_calls(a, buf));
+    REQUIRE(cudaStreamSynchronize(stream.get()) == cudaSuccess);
     std::vector<std::uint16_t> o(bytes.q / 2);
-    REQUIRE(cudaMemcpy(o.data(), dout, bytes.q, cudaMemcpyDeviceToHost) == cudaSuccess);
-    cublasDestroy(blas);
-    cudaStreamDestroy(stream);
-    for (void* p : {dq, dk, dv, ds, dout}) cudaFree(p);
+    REQUIRE(cudaMemcpy(o.data(), dout.get(), bytes.q, cudaMemcpyDeviceToHost) == cudaSuccess);
 
     // Host reference in double over the same bf16 inputs; query head h of kv head b at position i is row i*g + h.
     double err2 = 0, ref2 = 0;
@@ -497,71 +423,6 @@ TEST_CASE("backend::watchdog: a mismatched schedule times out, names the unfinis
     CHECK(message.find("waiting for the other ranks") != std::string::npos);
   }
   CHECK_THROWS_AS(rt.execute(s, o), be::BackendError);  // the runtime refuses work after an abort
-}
-
-namespace {
-
-/// The tp_comm_overlap pattern: on each rank a send to the peer on stream `tx` then a recv from it on `rx`,
-/// `rounds` times, each round after a GEMM; plus collectives on two streams.
-sch::Schedule ring_exchange(std::uint64_t bytes, int rounds, std::uint32_t tag_of_second = 0) {
-  auto s = base(2, {{"compute", 0}, {"tp", -1}, {"tx", -1}, {"rx", -1}});
-  for (int k = 0; k < rounds; ++k) {
-    for (sch::RankId r = 0; r < 2; ++r) {
-      const auto g = add(s, r, 0, "gemm" + std::to_string(k), gemm(2048, 2048, 2048));
-      add(s, r, 2, "send" + std::to_string(k), sch::Send{0, 1 - r, bytes, k == 1 ? tag_of_second : 0}, {g}, 1);
-      add(s, r, 3, "recv" + std::to_string(k), sch::Recv{0, 1 - r, bytes, k == 1 ? tag_of_second : 0}, {}, 1);
-    }
-  }
-  return s;
-}
-
-}  // namespace
-
-TEST_CASE("backend::plan_channels: a communicator per stream for collectives, per direction for send/recv",
-          "[backend]") {
-  auto s = ring_exchange(1u << 20, 2);
-  for (sch::RankId r = 0; r < 2; ++r) {
-    add(s, r, 1, "ar.tp", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
-    add(s, r, 0, "ar.compute", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
-    add(s, r, 1, "ar.tp2", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
-  }
-  const auto plan = be::plan_channels(s);
-  REQUIRE(plan.channel_of_op.size() == s.ops.size());
-  // Channels in order of first use: 0>1 (op 1, rank 0's send), 1>0 (op 2, rank 0's recv), then the collectives.
-  REQUIRE(plan.channels.size() == 4);
-  CHECK(plan.channels[0].point_to_point);
-  CHECK(plan.channels[0].src == 0);
-  CHECK(plan.channels[0].dst == 1);
-  CHECK(plan.channels[1].src == 1);
-  CHECK(plan.channels[1].dst == 0);
-  CHECK(plan.channels[0].members == std::vector<sch::RankId>{0, 1});
-  CHECK(plan.channels[0].key.find("tx>rx") != std::string::npos);
-  CHECK_FALSE(plan.channels[2].point_to_point);
-  for (const auto& op : s.ops) {
-    INFO(op.name << " on rank " << op.rank);
-    const auto ch = plan.channel_of_op[op.id];
-    if (std::holds_alternative<sch::Compute>(op.body) && op.name.rfind("gemm", 0) == 0) {
-      CHECK(ch == be::kNoChannel);
-      continue;
-    }
-    // A send and its matching recv share a channel; the two directions never do.
-    if (std::holds_alternative<sch::Send>(op.body)) CHECK(ch == (op.rank == 0 ? 0u : 1u));
-    if (std::holds_alternative<sch::Recv>(op.body)) CHECK(ch == (op.rank == 1 ? 0u : 1u));
-    if (op.name == "ar.tp" || op.name == "ar.tp2") CHECK(ch == 2u);
-    if (op.name == "ar.compute") CHECK(ch == 3u);
-  }
-  CHECK(be::plan_channels(s).channels.size() == plan.channels.size());  // deterministic
-
-  // Tags that reorder a direction (rank 0 sends tag 0 then tag 5; rank 1 receives tag 5 first) get a channel each,
-  // because NCCL matches by order alone.
-  auto tagged = ring_exchange(1u << 20, 2, 5);
-  std::swap(tagged.ops[5].body, tagged.ops[11].body);  // rank 1's recv0 <-> recv1: it now receives tag 5 first
-  std::swap(tagged.ops[5].name, tagged.ops[11].name);
-  const auto tplan = be::plan_channels(tagged);
-  CHECK(tplan.channels.size() > 2);
-  CHECK(tplan.channel_of_op[1] != tplan.channel_of_op[7]);   // rank 0's send tag 0 and send tag 5
-  CHECK(tplan.channel_of_op[1] == tplan.channel_of_op[11]);  // rank 0's send tag 0 and rank 1's recv tag 0
-  CHECK(tplan.channel_of_op[7] == tplan.channel_of_op[5]);   // and the two of tag 5
 }
 
 namespace {

@@ -1,0 +1,50 @@
+// Checked creation of the handles of handles.hpp.
+#include "backend/handles.hpp"
+
+#include "backend/error.hpp"
+
+namespace twinstep::backend {
+
+CudaStream make_stream(int priority) {
+  cudaStream_t s = nullptr;
+  TWINSTEP_CUDA_CHECK(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, priority));
+  return CudaStream(s);
+}
+
+CudaEvent make_event() {
+  cudaEvent_t e = nullptr;
+  TWINSTEP_CUDA_CHECK(cudaEventCreate(&e));
+  return CudaEvent(e);
+}
+
+CublasHandle make_cublas() {
+  cublasHandle_t h = nullptr;
+  TWINSTEP_CUBLAS_CHECK(cublasCreate(&h));
+  return CublasHandle(h);
+}
+
+DeviceMemory device_alloc(std::uint64_t bytes) {
+  void* p = nullptr;
+  TWINSTEP_CUDA_CHECK(cudaMalloc(&p, bytes));
+  return DeviceMemory(p);
+}
+
+PinnedMemory pinned_alloc(std::uint64_t bytes) {
+  void* p = nullptr;
+  TWINSTEP_CUDA_CHECK(cudaMallocHost(&p, bytes));
+  return PinnedMemory(p);
+}
+
+NcclComm nccl_init_rank(int size, const ncclUniqueId& id, int rank) {
+  ncclComm_t c = nullptr;
+  TWINSTEP_NCCL_CHECK(ncclCommInitRank(&c, size, id, rank));
+  return NcclComm(c);
+}
+
+NcclComm nccl_split(ncclComm_t parent, int color, int key) {
+  ncclComm_t c = nullptr;
+  TWINSTEP_NCCL_CHECK(ncclCommSplit(parent, color, key, &c, nullptr));
+  return NcclComm(c);
+}
+
+}  // namespace twinstep::backend

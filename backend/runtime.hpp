@@ -1,0 +1,86 @@
+// Runtime::Impl: what one process holds across runs (its GPU, MPI group, NCCL world communicator, cached channel
+// communicators, cuBLAS handles, buffer pool, watchdog and GPU monitor), every handle owned by an RAII type
+// (handles.hpp). Backend-internal: included by runtime.cpp and execute.cpp only.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/channels.hpp"
+#include "backend/executor.hpp"
+#include "backend/gpu_monitor.hpp"
+#include "backend/handles.hpp"
+#include "backend/mpi_group.hpp"
+#include "backend/plan.hpp"
+#include "backend/watchdog.hpp"
+
+namespace twinstep::backend {
+
+/// One buffer of the pool: device memory, or pinned host memory for Role::kCopyHost.
+struct PoolBuffer {
+  DeviceMemory device;
+  PinnedMemory pinned;
+  std::uint64_t bytes = 0;
+  [[nodiscard]] void* ptr() const { return device ? device.get() : pinned.get(); }
+};
+
+/// A cuBLAS handle with its own workspace (one per stream); the handle goes before its workspace.
+struct BlasSlot {
+  DeviceMemory workspace;
+  CublasHandle handle;
+};
+
+/// Every device resource a Runtime keeps across runs. The destructor first waits for the device, then the members
+/// go in reverse order: channel communicators, the world communicator, cuBLAS, buffers, the warm-up buffer, the
+/// internal stream.
+struct DeviceResources {
+  CudaStream aux;     ///< Internal stream: buffer fills, connection warm-ups, the step origin event.
+  DeviceMemory warm;  ///< kWarmBytes for connection warm-up exchanges.
+  std::array<PoolBuffer, kRoles> pool{};
+  std::vector<BlasSlot> blas;
+  NcclComm world;
+  std::map<std::string, NcclComm> channels;  ///< By CommChannel::key; empty where this rank is not a member.
+
+  DeviceResources() = default;
+  DeviceResources(const DeviceResources&) = delete;
+  DeviceResources& operator=(const DeviceResources&) = delete;
+  ~DeviceResources();
+};
+
+struct Runtime::Impl {
+  MpiGroup mpi;
+  int device = 0;
+  std::string host;
+  /// The communicators were aborted: their kernels may never finish, so the device resources are leaked rather
+  /// than freed (a free waits for every kernel of the device) and the Runtime refuses further work.
+  bool broken = false;
+  std::unique_ptr<DeviceResources> dev;
+  std::unique_ptr<GpuMonitor> monitor;  ///< SM clock and power over the measured steps (gpu_monitor.hpp).
+  std::unique_ptr<Watchdog> watchdog;   ///< Declared last: stops first, before the communicators it watches go.
+
+  explicit Impl(bool self);
+  ~Impl();
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  [[nodiscard]] void* buffer(Role r) const { return dev->pool[static_cast<std::size_t>(r)].ptr(); }
+  /// Grows the pool to `sizes` (filled with a pattern: never zeros, which run faster than real data).
+  void ensure_buffers(const RoleSizes& sizes);
+  /// At least `n` cuBLAS handles, each with a kCublasWorkspaceBytes workspace.
+  void ensure_blas(std::size_t n);
+  /// Creates and connects the communicator of every channel of `plan` not created yet. Collective over the group.
+  void ensure_channels(const ChannelPlan& plan);
+  /// The world communicator and every channel's of this rank.
+  [[nodiscard]] std::vector<ncclComm_t> all_comms() const;
+  /// Aborts every communicator (once) and marks the runtime broken.
+  void abort_all();
+
+ private:
+  void warm_up(const CommChannel& channel, ncclComm_t comm);
+};
+
+}  // namespace twinstep::backend
