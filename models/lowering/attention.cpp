@@ -75,6 +75,23 @@ RankId RankLowering::cp_outer_peer(int delta) const {
   return rank_of(k_, c);
 }
 
+void RankLowering::cp_gathered_attention(std::string_view stem, bool bwd, Phase ph, std::uint64_t hq,
+                                         std::uint64_t hkv) {
+  const std::uint64_t chunk = k_.seq / (2 * k_.cp);
+  const std::uint32_t owned[2] = {co_.cp, 2 * k_.cp - 1 - co_.cp};
+  for (std::uint32_t h = 0; h < 2; ++h) {
+    if (owned[h] > 0) {
+      attn_kernel(Name{stem, {}, h, "_prefix"}, hq, hkv, chunk, chunk * owned[h], false, bwd, ph, {}, "");
+    }
+    attn_kernel(Name{stem, {}, h, "_diag"}, hq, hkv, chunk, chunk, true, bwd, ph, {}, "");
+  }
+}
+
+RankLowering::A2aGroup RankLowering::cp_a2a_group() const {
+  if (cp_hier_) return {k_.cp_a2a_size, x_.cpa_of[rank_], x_.st.cp_a2a};
+  return {k_.cp, x_.cp_of[rank_], x_.st.cp};
+}
+
 void RankLowering::attention_fwd(Phase ph) {
   const std::uint64_t hq = aq_ / k_.tp, hkv = akv_ / k_.tp, s_loc = k_.seq / k_.cp, b = k_.micro_batch;
   const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * adh_ * k_.act_bytes;
@@ -90,22 +107,13 @@ void RankLowering::attention_fwd(Phase ph) {
   }
   if (cp_ag_) {
     collective(x_.st.cp, "attn_kv_ag", CollectiveKind::kAllGather, x_.cp_of[rank_], kv_bytes * k_.cp, ph, true);
-    const std::uint64_t chunk = k_.seq / (2 * k_.cp);
-    const std::uint32_t owned[2] = {co_.cp, 2 * k_.cp - 1 - co_.cp};
-    for (std::uint32_t h = 0; h < 2; ++h) {
-      if (owned[h] > 0) {
-        attn_kernel(Name{"attn_half", {}, h, "_prefix"}, hq, hkv, chunk, chunk * owned[h], false, false, ph, {}, "");
-      }
-      attn_kernel(Name{"attn_half", {}, h, "_diag"}, hq, hkv, chunk, chunk, true, false, ph, {}, "");
-    }
+    cp_gathered_attention("attn_half", false, ph, hq, hkv);
     return;
   }
   // a2a (Ulysses) over the CP group, or over the inner group of a2a+p2p: sequence-sharded -> head-sharded Q, K, V
   // (q, k, v async, the compute stream waits for all three), attention, output back.
   const bool hier = cp_hier_;
-  const std::uint32_t na = hier ? k_.cp_a2a_size : k_.cp;
-  const CommId a2a = hier ? x_.cpa_of[rank_] : x_.cp_of[rank_];
-  const StreamId st = hier ? x_.st.cp_a2a : x_.st.cp;
+  const auto [na, a2a, st] = cp_a2a_group();
   const std::uint64_t q_bytes = s_loc * b * hq * adh_ * k_.act_bytes;
   const std::uint64_t k_bytes = s_loc * b * hkv * adh_ * k_.act_bytes;
   std::vector<OpId> kv_ready;
@@ -126,6 +134,14 @@ void RankLowering::attention_fwd(Phase ph) {
   if (na > 1) collective(st, "attn_out_a2a", CollectiveKind::kAllToAll, a2a, q_bytes, ph, true);
 }
 
+void RankLowering::selective_recompute() {
+  if (!x_.recompute_selective) return;
+  const std::string saved = prefix_;
+  prefix_ = "recompute.";
+  attention_fwd(Phase::kBwd);
+  prefix_ = saved;
+}
+
 void RankLowering::attention_bwd() {
   const std::uint64_t hq = aq_ / k_.tp, hkv = akv_ / k_.tp, s_loc = k_.seq / k_.cp, b = k_.micro_batch;
   const std::uint64_t kv_bytes = 2 * s_loc * b * hkv * adh_ * k_.act_bytes;
@@ -141,22 +157,12 @@ void RankLowering::attention_bwd() {
   if (cp_ag_) {
     const CommId cp = x_.cp_of[rank_];
     collective(x_.st.cp, "attn_bwd_kv_ag", CollectiveKind::kAllGather, cp, kv_bytes * k_.cp, Phase::kBwd, true);
-    const std::uint64_t chunk = k_.seq / (2 * k_.cp);
-    const std::uint32_t owned[2] = {co_.cp, 2 * k_.cp - 1 - co_.cp};
-    for (std::uint32_t h = 0; h < 2; ++h) {
-      if (owned[h] > 0) {
-        attn_kernel(Name{"attn_bwd_half", {}, h, "_prefix"}, hq, hkv, chunk, chunk * owned[h], false, true, Phase::kBwd,
-                    {}, "");
-      }
-      attn_kernel(Name{"attn_bwd_half", {}, h, "_diag"}, hq, hkv, chunk, chunk, true, true, Phase::kBwd, {}, "");
-    }
+    cp_gathered_attention("attn_bwd_half", true, Phase::kBwd, hq, hkv);
     collective(x_.st.cp, "attn_bwd_dkv_rs", CollectiveKind::kReduceScatter, cp, kv_bytes * k_.cp, Phase::kBwd, true);
     return;
   }
   const bool hier = cp_hier_;
-  const std::uint32_t na = hier ? k_.cp_a2a_size : k_.cp;
-  const CommId a2a = hier ? x_.cpa_of[rank_] : x_.cp_of[rank_];
-  const StreamId st = hier ? x_.st.cp_a2a : x_.st.cp;
+  const auto [na, a2a, st] = cp_a2a_group();
   const std::uint64_t q_bytes = s_loc * b * hq * adh_ * k_.act_bytes;
   const std::uint64_t k_bytes = s_loc * b * hkv * adh_ * k_.act_bytes;
   if (na > 1) collective(st, "attn_bwd_do_a2a", CollectiveKind::kAllToAll, a2a, q_bytes, Phase::kBwd, true);
@@ -225,12 +231,7 @@ void RankLowering::attn_block_bwd(std::uint32_t layer) {
   rowparallel_bwd("proj", k_.hidden, k_.heads * k_.head_dim / k_.tp, L);
   if (m.attention_output_gate)
     elementwise("attn_gate_bwd", 4 * act(k_.tokens, k_.heads * k_.head_dim / k_.tp), Phase::kBwd);
-  if (x_.recompute_selective) {
-    const std::string saved = prefix_;
-    prefix_ = "recompute.";
-    attention_fwd(Phase::kBwd);
-    prefix_ = saved;
-  }
+  selective_recompute();
   attention_bwd();
   elementwise("rope_bwd", 2 * act(k_.tokens, (k_.heads + k_.kv_groups) * k_.head_dim / k_.tp), Phase::kBwd);
   colparallel_bwd("qkv", qkv_out, k_.hidden, L, "ln1");
@@ -264,12 +265,7 @@ void RankLowering::mla_bwd(std::string_view L) {
   const std::uint64_t nqt = k_.heads / k_.tp, qk = m.qk_head_dim, rope = m.qk_pos_emb_head_dim, v = m.v_head_dim;
   const std::uint64_t ql = m.q_lora_rank, kvl = m.kv_lora_rank;
   rowparallel_bwd("proj", k_.hidden, nqt * v, L);
-  if (x_.recompute_selective) {
-    const std::string saved = prefix_;
-    prefix_ = "recompute.";
-    attention_fwd(Phase::kBwd);
-    prefix_ = saved;
-  }
+  selective_recompute();
   attention_bwd();
   no_ub_ = true;
   elementwise("rope_bwd", 2 * act(k_.tokens, nqt * rope + rope), Phase::kBwd);

@@ -41,6 +41,17 @@ OpId RankLowering::ep_a2a(const Name& what, const std::vector<std::uint64_t>& co
   return id;
 }
 
+void RankLowering::flex_transfer(const Name& kernel_name, const Name& a2a_name,
+                                 const std::vector<std::uint64_t>& copies, Phase ph) {
+  std::uint64_t total = 0;
+  for (auto c : copies) total += c;
+  const OpId k = flex_kernel(kernel_name, Elementwise{2 * act(total, k_.hidden), 0}, ph);
+  if (k_.ep > 1)
+    ep_a2a(a2a_name, copies, k_.hidden * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
+  else if (!comm_node_)
+    pending_.push_back(k);
+}
+
 void RankLowering::shared_expert_fwd(Phase ph) {
   const CommId tp = x_.tp_of[rank_];
   if (k_.tp > 1) collective(x_.st.tp, "shared_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), ph, true);
@@ -95,13 +106,7 @@ void RankLowering::moe_dispatch_fwd(Phase ph) {
     const OpId cp =
         flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
     host_sync("flex_counts_sync", cp, ph);  // DeepEP: the CPU waits for the received-count signal
-    std::uint64_t copies = 0;
-    for (auto c : flex_copies()) copies += c;
-    const OpId kd = flex_kernel("flex_dispatch", Elementwise{2 * act(copies, k_.hidden), 0}, ph);
-    if (k_.ep > 1)
-      ep_a2a("flex_dispatch_a2a", flex_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
-    else if (!comm_node_)
-      pending_.push_back(kd);
+    flex_transfer("flex_dispatch", "flex_dispatch_a2a", flex_copies(), ph);
   }
 }
 
@@ -152,13 +157,7 @@ void RankLowering::moe_combine_fwd(Phase ph) {
     if (k_.ep > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
     if (k_.shared_overlap) add_deps.push_back(shared_overlap_fc2(ph));
   } else if (dispatch_flex_) {
-    std::uint64_t copies = 0;
-    for (auto c : flex_combine_copies()) copies += c;
-    const OpId kc = flex_kernel("flex_combine", Elementwise{2 * act(copies, k_.hidden), 0}, ph);
-    if (k_.ep > 1)
-      ep_a2a("flex_combine_a2a", flex_combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
-    else if (!comm_node_)
-      pending_.push_back(kc);
+    flex_transfer("flex_combine", "flex_combine_a2a", flex_combine_copies(), ph);
   } else {
     elementwise("moe_unpermute_local", act(expert_rows(), k_.hidden) + act(T * k_.etp * k_.ep, k_.hidden), ph);
     if (k_.etp * k_.ep > 1) {
@@ -187,13 +186,7 @@ void RankLowering::moe_combine_bwd() {
   if (dispatch_a2a_) {  // combine's gradient goes the dispatch direction
     if (k_.ep > 1) ep_a2a("moe_combine_grad_a2a", dispatch_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
   } else {
-    std::uint64_t copies = 0;
-    for (auto c : flex_copies()) copies += c;
-    const OpId kd = flex_kernel("flex_combine_bwd", Elementwise{2 * act(copies, k_.hidden), 0}, ph);
-    if (k_.ep > 1)
-      ep_a2a("flex_combine_grad_a2a", flex_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
-    else if (!comm_node_)
-      pending_.push_back(kd);
+    flex_transfer("flex_combine_bwd", "flex_combine_grad_a2a", flex_copies(), ph);
   }
 }
 
@@ -227,13 +220,7 @@ void RankLowering::moe_dispatch_bwd() {
       ep_a2a("moe_probs_grad_a2a", combine_copies(), 4, schedule::DType::kFP32, ph);
     }
   } else if (dispatch_flex_) {
-    std::uint64_t copies = 0;
-    for (auto c : flex_combine_copies()) copies += c;
-    const OpId kd = flex_kernel("flex_dispatch_bwd", Elementwise{2 * act(copies, k_.hidden), 0}, ph);
-    if (k_.ep > 1)
-      ep_a2a("flex_dispatch_grad_a2a", flex_combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
-    else if (!comm_node_)
-      pending_.push_back(kd);
+    flex_transfer("flex_dispatch_bwd", "flex_dispatch_grad_a2a", flex_combine_copies(), ph);
   } else if (k_.etp * k_.ep > 1) {
     collective(x_.st.tp_ep, "moe_hidden_grad_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
                act(moe_tokens(), k_.hidden) * k_.etp * k_.ep, ph, true);

@@ -49,6 +49,17 @@ class RankLowering : private OpEmitter {
   /// Column-parallel linear with SP all-gather of its input (qkv_fprop / fc1_fprop): blocking AG then GEMM, or
   /// with tp_comm_overlap the userbuffer ring exchange (t GEMM chunks, chunk i+1 waits the recv of step i).
   OpId ag_gemm(std::string_view site, std::uint64_t n, std::uint64_t kk, Phase ph);
+  /// Op names of a userbuffer ring: site + send / recv / chunk + step.
+  struct RingNames {
+    std::string_view send, recv, chunk;
+  };
+  struct Ring {
+    OpId last_gemm = schedule::kNoOp, last_recv = schedule::kNoOp;
+  };
+  /// TE's userbuffer ring exchange of the SP shards around a GEMM [tokens_sp x kk] x [kk x n]: tp GEMM chunks, step
+  /// i sends its shard to the next TP rank and receives from the previous one; chunk i+1 waits for the recv of step
+  /// i, each send for the previous recv (the first for the input's producer).
+  Ring ub_ring_gemm(std::string_view site, const RingNames& names, std::uint64_t n, std::uint64_t kk, Phase ph);
   /// Row-parallel linear whose output is reduce-scattered (SP) or all-reduced (no SP) over TP (proj_fprop /
   /// fc2_fprop): blocking collective after the GEMM, or with tp_comm_overlap the pipelined GEMM+RS (4 chunks, the
   /// last chunk's RS exposed).
@@ -92,9 +103,21 @@ class RankLowering : private OpEmitter {
                    std::uint64_t hkv, std::uint64_t s_loc);
   /// a2a+p2p ring neighbours: the same a2a position, the next/previous p2p position (CP index = outer * ca + inner).
   RankId cp_outer_peer(int delta) const;
+  /// Attention of the CP all_gather variant after the KV all-gather: the rank's two load-balanced chunks (cp rank
+  /// and 2 cp - 1 - cp rank), each causal on itself and full on the chunks before it. Names "<stem><h>_prefix/_diag".
+  void cp_gathered_attention(std::string_view stem, bool bwd, Phase ph, std::uint64_t hq, std::uint64_t hkv);
+  /// The group of the a2a (Ulysses) exchange: the whole CP group, or the inner group of a2a+p2p.
+  struct A2aGroup {
+    std::uint32_t size;
+    CommId comm;
+    StreamId stream;
+  };
+  A2aGroup cp_a2a_group() const;
   /// Core attention forward (with its CP exchanges); `recompute` re-runs it in backward.
   void attention_fwd(Phase ph);
   void attention_bwd();
+  /// Selective recompute: core attention's forward again right before its backward (ops named "recompute.").
+  void selective_recompute();
   void set_attention_dims(std::uint32_t layer);
   // ---- attention blocks (standard / gated GQA, MLA, Gated DeltaNet) ----
   void attn_block_fwd(std::uint32_t layer, Phase ph);
@@ -128,6 +151,9 @@ class RankLowering : private OpEmitter {
   /// `sm_count` > 0: the fused flex kernel's transfer, holding its dedicated SMs instead of NCCL channels.
   OpId ep_a2a(const Name& what, const std::vector<std::uint64_t>& copies, std::uint64_t bytes_per_copy,
               schedule::DType dtype, Phase ph, std::uint32_t sm_count = 0);
+  /// A fused flex dispatch or combine: the kernel packing `copies` token copies (flex_kernel), then with EP > 1 its
+  /// all-to-all holding moe_flex_num_sms SMs; with EP 1 a blocking kernel outside a comm node.
+  void flex_transfer(const Name& kernel_name, const Name& a2a_name, const std::vector<std::uint64_t>& copies, Phase ph);
   /// Shared expert forward on the compute stream (TP-parallel MLP with SP all-gather / reduce-scatter; expert
   /// linears never use userbuffers).
   void shared_expert_fwd(Phase ph);

@@ -12,7 +12,14 @@ OpId RankLowering::ag_gemm(std::string_view site, std::uint64_t n, std::uint64_t
     collective(x_.st.tp, Name{site, "_ag"}, CollectiveKind::kAllGather, tp, act(k_.tokens, kk), ph, true);
     return gemm(site, k_.tokens, n, kk, ph);
   }
-  OpId prev_recv = schedule::kNoOp, g = schedule::kNoOp;
+  return ub_ring_gemm(site, {"_ub_send", "_ub_recv", "_chunk"}, n, kk, ph).last_gemm;
+}
+
+RankLowering::Ring RankLowering::ub_ring_gemm(std::string_view site, const RingNames& names, std::uint64_t n,
+                                              std::uint64_t kk, Phase ph) {
+  const CommId tp = x_.tp_of[rank_];
+  Ring ring;
+  OpId prev_recv = schedule::kNoOp;
   const OpId producer = last_compute_;
   for (std::uint32_t i = 0; i < k_.tp; ++i) {
     OpId rv = schedule::kNoOp;
@@ -20,15 +27,16 @@ OpId RankLowering::ag_gemm(std::string_view site, std::uint64_t n, std::uint64_t
       std::vector<OpId> d;
       if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
       if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-      send(x_.st.tp_send, Name{site, "_ub_send", i}, tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, d, "tp");
-      rv = recv(x_.st.tp_recv, Name{site, "_ub_recv", i}, tp, tp_peer(-1), act(k_.tokens_sp, kk), 0, ph, "tp");
+      send(x_.st.tp_send, Name{site, names.send, i}, tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, d, "tp");
+      rv = recv(x_.st.tp_recv, Name{site, names.recv, i}, tp, tp_peer(-1), act(k_.tokens_sp, kk), 0, ph, "tp");
     }
     std::vector<OpId> d;
     if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-    g = gemm(Name{site, "_chunk", i}, k_.tokens_sp, n, kk, ph, d, "tp");
+    ring.last_gemm = gemm(Name{site, names.chunk, i}, k_.tokens_sp, n, kk, ph, d, "tp");
     prev_recv = rv;
+    if (rv != schedule::kNoOp) ring.last_recv = rv;
   }
-  return g;
+  return ring;
 }
 
 void RankLowering::gemm_rs(std::string_view site, std::uint64_t n, std::uint64_t kk, Phase ph) {
@@ -54,25 +62,8 @@ void RankLowering::rowparallel_bwd(std::string_view site, std::uint64_t out, std
   const CommId tp = x_.tp_of[rank_];
   OpId last_recv = schedule::kNoOp;
   if (k_.tp > 1 && k_.sp && ub()) {  // ring-exchange AG + dgrad GEMM (proj_dgrad / fc2_dgrad)
-    OpId prev_recv = schedule::kNoOp;
-    const OpId producer = last_compute_;
-    for (std::uint32_t i = 0; i < k_.tp; ++i) {
-      OpId rv = schedule::kNoOp;
-      if (i + 1 < k_.tp) {
-        std::vector<OpId> d;
-        if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
-        if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-        send(x_.st.tp_send, Name{site, "_dgrad_ub_send", i}, tp, tp_peer(1), act(k_.tokens_sp, out), 0, Phase::kBwd, d,
-             "tp");
-        rv = recv(x_.st.tp_recv, Name{site, "_dgrad_ub_recv", i}, tp, tp_peer(-1), act(k_.tokens_sp, out), 0,
-                  Phase::kBwd, "tp");
-      }
-      std::vector<OpId> d;
-      if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-      gemm(Name{site, "_dgrad_chunk", i}, k_.tokens_sp, in, out, Phase::kBwd, d, "tp");
-      prev_recv = rv;
-      if (rv != schedule::kNoOp) last_recv = rv;
-    }
+    last_recv =
+        ub_ring_gemm(site, {"_dgrad_ub_send", "_dgrad_ub_recv", "_dgrad_chunk"}, in, out, Phase::kBwd).last_recv;
   } else {
     if (k_.tp > 1 && k_.sp) {
       collective(x_.st.tp, Name{site, "_dgrad_ag"}, CollectiveKind::kAllGather, tp, act(k_.tokens, out), Phase::kBwd,
