@@ -194,7 +194,6 @@ class RankLowering : private OpEmitter {
   }
 
   // ---- layers and chunks (layers.cpp) ----
-  // ---- MLP blocks ----
   void dense_mlp_fwd(Phase ph);
   void dense_mlp_bwd(std::string_view L);
   void layer_fwd(std::uint32_t layer, Phase ph);
@@ -222,7 +221,9 @@ class RankLowering : private OpEmitter {
   bool last_vs(std::uint32_t chunk) const { return co_.pp == k_.pp - 1 && chunk == k_.vpp - 1; }
 
   // ---- EP overlap: the combined 1F1B schedule (ep_overlap.cpp) ----
+  /// Emits the weight-gradient kernels wgrad_op() held (delay_wgrad_compute), in order, and fires their grad hooks.
   void flush_wgrads();
+  /// Makes `sd`'s (micro-batch, chunk) and `layer` the current ones for names, tags and grad hooks.
   void enter(const Side& sd, std::int32_t layer);
   /// The host cost of one schedule node: event wait + record, the node's own overhead, and for backward nodes a
   /// separate autograd-engine call (section 6c item 2). Emitted as an explicit host op when the costs are set.
