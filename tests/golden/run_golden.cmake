@@ -2,6 +2,8 @@
 # (CTest via cmake -P; no shell needed). On a mismatch it prints a unified diff and how to regenerate.
 # -DTWINSTEP=path -DSOURCE_DIR=dir (commands run there, so paths in arguments are relative to it)
 # -DSTEPS="args@@args%%args@@args": commands run in order; the last one's stdout is the output compared
+# [-DHASH_FILES="path@@path"]: files the commands wrote, whose SHA-256 is appended to the output ("sha256 NAME: HEX"),
+# so that a large output (a lowered schedule's JSON) is compared byte for byte without committing it
 # -DGOLDEN=path -DACTUAL=path (where the output is written). With TWINSTEP_UPDATE_GOLDEN=1 in the environment it
 # rewrites GOLDEN instead of comparing (tests/golden/regen.sh).
 # Lists arrive joined with "@@" (arguments) and "%%" (commands): a ";" would not survive add_test's quoting.
@@ -14,6 +16,12 @@ foreach(step IN LISTS steps)
     string(REPLACE ";" " " shown "${args}")
     message(FATAL_ERROR "twinstep ${shown}: exit code ${rc}\n${out}${err}")
   endif()
+endforeach()
+string(REPLACE "@@" ";" hash_files "${HASH_FILES}")
+foreach(f IN LISTS hash_files)
+  file(SHA256 ${f} digest)
+  get_filename_component(name ${f} NAME)
+  string(APPEND out "sha256 ${name}: ${digest}\n")
 endforeach()
 file(WRITE ${ACTUAL} "${out}")
 if("$ENV{TWINSTEP_UPDATE_GOLDEN}" STREQUAL "1")
