@@ -1,0 +1,52 @@
+// The validated layout figures of one lowering (Dims): parallel sizes, micro-batches, tokens, widths and the
+// overlap switches left on after gating (gating.hpp fills them). Plain data; no rules live here.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common/error.hpp"
+#include "schedule/schedule.hpp"
+
+namespace twinstep::models::lowering {
+
+/// Layout figures after gate(): what every other part of the lowering reads instead of the RunConfig.
+struct Dims {
+  std::uint32_t tp = 1, pp = 1, vpp = 1, cp = 1, dp = 1;  ///< Parallel sizes (dp derived); vpp 1 = no interleaving.
+  std::uint32_t microbatches = 1;                         ///< Micro-batches per step on each pipeline rank.
+  std::uint32_t microbatch_group = 1;           ///< microbatch_group_size_per_vp_stage (interleaved schedule).
+  bool sp = false;                              ///< Sequence parallelism (only with tp > 1).
+  std::uint64_t seq = 0, micro_batch = 1;       ///< seq_length and micro_batch_size.
+  std::uint64_t tokens = 0;                     ///< T = seq * micro_batch / cp: tokens per CP rank (gathered over TP).
+  std::uint64_t tokens_sp = 0;                  ///< T / tp with SP, else T.
+  std::uint64_t hidden = 0, ffn = 0, ffn1 = 0;  ///< Hidden size, FFN width, fc1 output width (2 x ffn when gated).
+  std::uint64_t heads = 0, kv_groups = 0, head_dim = 0, vocab_padded = 0;
+  std::uint64_t act_bytes = 2, grad_bytes = 2;
+  schedule::DType dtype = schedule::DType::kBF16;
+  // Effective overlap switches after gating.
+  bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
+  bool aligned_param_gather = false;
+  std::string cp_type = "p2p";
+  /// a2a+p2p: inner a2a group size and outer p2p ring size (cp_a2a_size * cp_p2p_size = cp).
+  std::uint32_t cp_a2a_size = 1, cp_p2p_size = 1;
+  // MoE (megatron-overlap.md sections 1, 6, 7): expert_dp = tp * cp * dp / (etp * ep).
+  bool moe = false;  ///< The model has MoE layers.
+  std::uint32_t ep = 1, etp = 1, expert_dp = 1;
+  std::uint64_t experts = 0, local_experts = 0, topk = 0;
+  std::uint64_t expert_ffn = 0, expert_ffn1 = 0, shared_ffn = 0;  ///< Expert FFN width, its fc1 width, shared width.
+  std::string dispatcher = "alltoall";
+  bool ep_overlap = false, delay_wgrad = false, shared_overlap = false;
+  double skew = 1.0;
+  std::uint32_t flex_sms = 0;
+};
+
+/// TE's default num_splits for the pipelined GEMM + reduce-scatter (proj / fc2 fprop with tp_comm_overlap).
+constexpr std::uint32_t kPipelinedRsSplits = 4;
+
+/// Decimal text of a count (names, messages).
+inline std::string str(std::uint64_t v) { return std::to_string(v); }
+
+/// Throws the lowering's input error: the rule that is broken, then the fix.
+[[noreturn]] inline void fail(const std::string& rule, const std::string& fix) { throw Error(rule + "; " + fix); }
+
+}  // namespace twinstep::models::lowering

@@ -1,0 +1,187 @@
+// A transformer layer (attention block, then dense MLP or MoE), the embedding and the output layer + loss, and a
+// model chunk's forward and backward on one rank: P2P receive waits, param-gather waits, full recompute groups.
+#include <algorithm>
+
+#include "models/lowering/rank_lowering.hpp"
+
+namespace twinstep::models::lowering {
+
+// ---- MLP blocks ----
+void RankLowering::dense_mlp_fwd(Phase ph) {
+  elementwise("ln2", 2 * act(k_.tokens_sp, k_.hidden), ph);
+  ag_gemm("fc1", k_.ffn1 / k_.tp, k_.hidden, ph);
+  elementwise(x_.model->gated_linear_unit ? "swiglu" : "gelu",
+              act(k_.tokens, k_.ffn1 / k_.tp) + act(k_.tokens, k_.ffn / k_.tp), ph);
+  gemm_rs("fc2", k_.hidden, k_.ffn / k_.tp, ph);
+  elementwise("residual2", 3 * act(k_.tokens_sp, k_.hidden), ph);
+}
+
+void RankLowering::dense_mlp_bwd(std::string_view L) {
+  rowparallel_bwd("fc2", k_.hidden, k_.ffn / k_.tp, L);
+  elementwise(Name{x_.model->gated_linear_unit ? "swiglu" : "gelu", "_bwd"},
+              2 * act(k_.tokens, k_.ffn1 / k_.tp) + act(k_.tokens, k_.ffn / k_.tp), Phase::kBwd);
+  colparallel_bwd("fc1", k_.ffn1 / k_.tp, k_.hidden, L, "ln2");
+}
+
+void RankLowering::layer_fwd(std::uint32_t layer, Phase ph) {
+  cur_layer_ = static_cast<std::int32_t>(layer);
+  host("host_fwd", layer_host_ns(), ph);
+  attn_block_fwd(layer, ph);
+  if (x_.model->is_moe_layer(layer)) {
+    moe_pre_fwd(ph);
+    moe_dispatch_fwd(ph);
+    moe_experts_fwd(ph);
+    moe_combine_fwd(ph);
+  } else {
+    dense_mlp_fwd(ph);
+  }
+  cur_layer_ = -1;
+}
+
+void RankLowering::layer_bwd(std::uint32_t layer) {
+  cur_layer_ = static_cast<std::int32_t>(layer);
+  const std::string L = "L" + str(layer) + ".";
+  host("host_bwd", layer_host_ns(), Phase::kBwd);
+  if (x_.model->is_moe_layer(layer)) {
+    elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
+    moe_combine_bwd();
+    moe_experts_bwd(L);
+    moe_dispatch_bwd();
+    moe_pre_bwd(L);
+  } else {
+    dense_mlp_bwd(L);
+  }
+  attn_block_bwd(layer);
+  cur_layer_ = -1;
+}
+
+void RankLowering::embedding_fwd() {
+  const CommId tp = x_.tp_of[rank_];
+  elementwise("embedding", 2 * act(k_.tokens, k_.hidden), Phase::kFwd);
+  if (x_.model->position_embedding_type == "learned_absolute") {
+    elementwise("position_embedding", 3 * act(k_.tokens, k_.hidden), Phase::kFwd);
+  }
+  if (k_.tp > 1) {
+    collective(x_.st.tp, k_.sp ? "embedding_rs" : "embedding_ar",
+               k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, k_.hidden),
+               Phase::kFwd, true);
+  }
+}
+
+void RankLowering::embedding_bwd() {
+  const CommId tp = x_.tp_of[rank_];
+  if (k_.tp > 1 && k_.sp) {
+    collective(x_.st.tp, "embedding_grad_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), Phase::kBwd,
+               true);
+  }
+  const OpId w = elementwise("embedding_wgrad", 3 * act(k_.tokens, k_.hidden), Phase::kWgrad);
+  grad_ready("embedding", w);
+  if (x_.model->position_embedding_type == "learned_absolute") grad_ready("position_embedding", w);
+}
+
+void RankLowering::output_fwd() {
+  const CommId tp = x_.tp_of[rank_];
+  const std::uint64_t vt = k_.vocab_padded / k_.tp;
+  elementwise("final_norm", 2 * act(k_.tokens_sp, k_.hidden), Phase::kFwd);
+  if (k_.tp > 1 && k_.sp) {
+    collective(x_.st.tp, "output_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), Phase::kFwd, true);
+  }
+  gemm("output", k_.tokens, vt, k_.hidden, Phase::kFwd);
+  elementwise("cross_entropy", k_.tokens * vt * (k_.act_bytes + 4), Phase::kFwd);
+  if (k_.tp > 1) {
+    for (const char* what : {"ce_max_ar", "ce_sumexp_ar", "ce_target_ar"}) {
+      collective(x_.st.tp, what, CollectiveKind::kAllReduce, tp, k_.tokens * 4, Phase::kFwd, true, {}, "",
+                 schedule::DType::kFP32);
+    }
+  }
+}
+
+void RankLowering::output_bwd() {
+  const CommId tp = x_.tp_of[rank_];
+  const std::uint64_t vt = k_.vocab_padded / k_.tp;
+  elementwise("cross_entropy_bwd", k_.tokens * vt * (k_.act_bytes + 4), Phase::kBwd);
+  gemm("output_dgrad", k_.tokens, k_.hidden, vt, Phase::kBwd);
+  const OpId w = gemm("output_wgrad", vt, k_.hidden, k_.tokens, Phase::kWgrad);
+  grad_ready(x_.model->share_embeddings_and_output_weights && k_.pp == 1 ? "embedding" : "output", w);
+  if (k_.tp > 1) {
+    collective(x_.st.tp, k_.sp ? "output_dgrad_rs" : "output_dgrad_ar",
+               k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, k_.hidden),
+               Phase::kBwd, true);
+  }
+  const OpId ln = elementwise("final_norm_bwd", 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
+  grad_ready("final_norm", ln);
+}
+
+std::vector<std::vector<std::uint32_t>> RankLowering::recompute_groups(std::uint32_t chunk) const {
+  std::vector<std::vector<std::uint32_t>> groups;
+  if (!x_.recompute_full) return groups;
+  const auto& layers = layers_of(chunk);
+  const std::uint32_t n = x_.cfg->recompute_num_layers;
+  if (x_.cfg->recompute_method == "uniform") {
+    for (std::size_t i = 0; i < layers.size(); i += n) {
+      groups.emplace_back(layers.begin() + static_cast<std::ptrdiff_t>(i),
+                          layers.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(layers.size(), i + n)));
+    }
+  } else {
+    for (std::size_t i = 0; i < layers.size() && i < n; ++i) groups.push_back({layers[i]});
+  }
+  return groups;
+}
+
+void RankLowering::chunk_fwd(std::uint32_t mb, std::uint32_t chunk) {
+  cur_mb_ = static_cast<std::int32_t>(mb);
+  cur_chunk_ = static_cast<std::int32_t>(chunk);
+  prefix_ = "fwd.";
+  if (!first_vs(chunk)) {
+    TWINSTEP_ASSERT(!fwd_recv_[chunk].empty(), "rank %u: no activation received for mb %u chunk %u", rank_, mb, chunk);
+    pending_.push_back(fwd_recv_[chunk].front());
+    fwd_recv_[chunk].pop_front();
+  }
+  param_gather_wait(chunk, "embedding", mb);
+  if (first_vs(chunk)) embedding_fwd();
+  for (auto l : layers_of(chunk)) {
+    for (const auto& name : x_.layer_param_names[l]) param_gather_wait(chunk, name, mb);
+    layer_fwd(l, Phase::kFwd);
+  }
+  if (last_vs(chunk)) {
+    param_gather_wait(chunk, "final_norm", mb);
+    param_gather_wait(chunk, "output", mb);
+    output_fwd();
+  }
+  last_fwd_output_ = last_compute_;
+  cur_mb_ = cur_chunk_ = -1;
+  prefix_.clear();
+}
+
+void RankLowering::chunk_bwd(std::uint32_t mb, std::uint32_t chunk) {
+  cur_mb_ = static_cast<std::int32_t>(mb);
+  cur_chunk_ = static_cast<std::int32_t>(chunk);
+  prefix_ = "bwd.";
+  hooks_on_ = grad_hooks_enabled(mb);
+  hook_chunk_ = chunk;
+  if (!last_vs(chunk)) {
+    TWINSTEP_ASSERT(!bwd_recv_[chunk].empty(), "rank %u: no gradient received for mb %u chunk %u", rank_, mb, chunk);
+    pending_.push_back(bwd_recv_[chunk].front());
+    bwd_recv_[chunk].pop_front();
+  }
+  if (last_vs(chunk)) output_bwd();
+  const auto groups = recompute_groups(chunk);
+  const auto& layers = layers_of(chunk);
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+    for (const auto& g : groups) {
+      if (g.back() == *it) {
+        prefix_ = "recompute.";
+        for (auto l : g) layer_fwd(l, Phase::kBwd);
+        prefix_ = "bwd.";
+      }
+    }
+    layer_bwd(*it);
+  }
+  if (first_vs(chunk)) embedding_bwd();
+  last_bwd_output_ = last_compute_;
+  hooks_on_ = false;
+  cur_mb_ = cur_chunk_ = -1;
+  prefix_.clear();
+}
+
+}  // namespace twinstep::models::lowering

@@ -1,0 +1,257 @@
+// MoE layers and token dispatchers (megatron-overlap.md sections 1 and 6): router, the alltoall / allgather / flex
+// dispatchers (preprocess, dispatch, experts' grouped GEMMs, combine) forward and backward, the shared expert on
+// the compute stream or overlapped on its own stream, and the EP comm stream pieces of the combined schedule.
+#include <type_traits>
+
+#include "models/lowering/rank_lowering.hpp"
+
+namespace twinstep::models::lowering {
+
+OpId RankLowering::ep_elementwise(const Name& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps) {
+  if (!comm_node_) return elementwise(what, bytes, ph, std::move(deps));
+  auto d = take_node_deps();
+  d.insert(d.end(), deps.begin(), deps.end());
+  return kernel_on(x_.st.ep, what, Elementwise{bytes, 0}, ph, std::move(d), "ep");
+}
+
+template <typename K>
+OpId RankLowering::flex_kernel(const Name& what, K&& kern, Phase ph) {
+  std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
+  if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
+  const std::uint32_t sms = std::is_same_v<std::decay_t<K>, schedule::Memcpy> ? 0 : k_.flex_sms;
+  return kernel_on(x_.st.ep, what, std::forward<K>(kern), ph, std::move(d), comm_node_ ? "ep" : "", sms);
+}
+
+OpId RankLowering::ep_a2a(const Name& what, const std::vector<std::uint64_t>& copies, std::uint64_t bytes_per_copy,
+                          schedule::DType dtype, Phase ph, std::uint32_t sm_count) {
+  std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
+  if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
+  schedule::Op& op = open<schedule::Collective>(x_.st.ep, std::move(d));
+  label(op, what, ph, comm_node_ ? "ep" : "");
+  auto& c = op.body.emplace<schedule::Collective>();
+  c.kind = CollectiveKind::kAllToAll;
+  c.sm_count = sm_count;
+  c.comm = x_.ep_of[rank_];
+  c.dtype = dtype;
+  c.send_bytes.reserve(copies.size());
+  for (auto n : copies) c.send_bytes.push_back(n * bytes_per_copy);
+  for (auto b : c.send_bytes) c.bytes += b;
+  const OpId id = op.id;
+  if (!comm_node_) pending_.push_back(id);
+  return id;
+}
+
+void RankLowering::flex_transfer(const Name& kernel_name, const Name& a2a_name,
+                                 const std::vector<std::uint64_t>& copies, Phase ph) {
+  std::uint64_t total = 0;
+  for (auto c : copies) total += c;
+  const OpId k = flex_kernel(kernel_name, Elementwise{2 * act(total, k_.hidden), 0}, ph);
+  if (k_.ep > 1)
+    ep_a2a(a2a_name, copies, k_.hidden * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
+  else if (!comm_node_)
+    pending_.push_back(k);
+}
+
+void RankLowering::shared_expert_fwd(Phase ph) {
+  const CommId tp = x_.tp_of[rank_];
+  if (k_.tp > 1) collective(x_.st.tp, "shared_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), ph, true);
+  gemm("shared_fc1", k_.tokens, shared_fc1_width(), k_.hidden, ph);
+  elementwise("shared_act", act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_ffn / k_.tp), ph);
+  gemm("shared_fc2", k_.tokens, k_.hidden, k_.shared_ffn / k_.tp, ph);
+  if (k_.tp > 1) {
+    collective(x_.st.tp, "shared_rs", CollectiveKind::kReduceScatter, tp, act(k_.tokens, k_.hidden), ph, true);
+  }
+}
+
+void RankLowering::moe_pre_fwd(Phase ph) {
+  const OpId ln2 = elementwise("ln2", 2 * act(k_.tokens_sp, k_.hidden), ph);
+  ln2_op_ = ln2;
+  if (k_.shared_ffn > 0 && !k_.shared_overlap) shared_expert_fwd(ph);
+  const std::uint64_t T = moe_tokens();
+  gemm("router", T, k_.experts, k_.hidden, ph);
+  elementwise("router_topk", T * k_.experts * 4 * 3, ph);
+  const std::uint32_t span = k_.etp * k_.ep;
+  if (dispatch_a2a_) {
+    // preprocess: all-gather of per-expert counts over TP x EP, D2H copy of the splits (host syncs on it later).
+    OpId counts = last_compute_;
+    if (span > 1) {
+      counts = collective(x_.st.tp_ep, "moe_count_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                          k_.experts * 8 * span, ph, false, {}, "", schedule::DType::kInt64);
+    }
+    d2h_ = kernel_on(x_.st.dtoh, "moe_splits_d2h",
+                     schedule::Memcpy{2ull * k_.ep * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, ph, {counts});
+    elementwise("moe_permute", 2 * act(T * k_.topk, k_.hidden), ph);
+  } else if (dispatch_ag_) {
+    if (span > 1) {
+      collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_], act(T, k_.hidden) * span,
+                 ph, true);
+      collective(x_.st.tp_ep, "moe_probs_map_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                 T * k_.experts * 5 * span, ph, true, {}, "", schedule::DType::kFP32);
+    }
+    elementwise("moe_permute", act(T * span, k_.hidden) + act(expert_rows(), k_.hidden), ph);
+    // TE's grouped GEMM takes m_splits on the host: tokens_per_expert.tolist() syncs [inf].
+    d2h_ = kernel("moe_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
+    host_sync("moe_counts_sync", d2h_, ph);
+  }
+}
+
+void RankLowering::moe_dispatch_fwd(Phase ph) {
+  if (dispatch_a2a_) {
+    host_sync("moe_splits_sync", d2h_, ph);  // cuda_sync_point before_ep_alltoall
+    if (k_.ep > 1) ep_a2a("moe_dispatch_a2a", dispatch_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
+    if (k_.shared_overlap) shared_overlap_fc1(ph);
+    if (k_.ep > 1) ep_a2a("moe_probs_a2a", dispatch_copies(), 4, schedule::DType::kFP32, ph);
+  } else if (dispatch_flex_) {
+    flex_kernel("flex_notify", Elementwise{std::uint64_t{k_.ep} * k_.experts * 4 * 2, 0}, ph);
+    const OpId cp =
+        flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
+    host_sync("flex_counts_sync", cp, ph);  // DeepEP: the CPU waits for the received-count signal
+    flex_transfer("flex_dispatch", "flex_dispatch_a2a", flex_copies(), ph);
+  }
+}
+
+void RankLowering::shared_overlap_fc1(Phase ph) {
+  std::vector<OpId> d{ln2_op_};
+  if (k_.tp > 1) {
+    schedule::Collective c{CollectiveKind::kAllGather, x_.tp_of[rank_], act(k_.tokens, k_.hidden), k_.dtype, {}, 0};
+    d = {emit(x_.st.tp, "shared_ag", std::move(c), {ln2_op_}, ph, "shared_expert")};
+  }
+  kernel_on(x_.st.shared, "shared_fc1", Gemm{k_.tokens, shared_fc1_width(), k_.hidden, 1, k_.dtype}, ph, d,
+            "shared_expert");
+  kernel_on(x_.st.shared, "shared_act",
+            Elementwise{act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_ffn / k_.tp), 0}, ph, {},
+            "shared_expert");
+}
+
+OpId RankLowering::shared_overlap_fc2(Phase ph) {
+  OpId last = kernel_on(x_.st.shared, "shared_fc2", Gemm{k_.tokens, k_.hidden, k_.shared_ffn / k_.tp, 1, k_.dtype}, ph,
+                        {}, "shared_expert");
+  if (k_.tp > 1) {
+    schedule::Collective c{CollectiveKind::kReduceScatter, x_.tp_of[rank_], act(k_.tokens, k_.hidden), k_.dtype, {}, 0};
+    last = emit(x_.st.tp, "shared_rs", std::move(c), {last}, ph, "shared_expert");
+  }
+  return last;
+}
+
+void RankLowering::moe_experts_fwd(Phase ph) {
+  const std::uint64_t n = expert_rows();
+  const CommId etp = k_.etp > 1 ? x_.etp_of[rank_] : kNone;
+  if (k_.etp > 1) {
+    collective(x_.st.etp, "moe_etp_ag", CollectiveKind::kAllGather, etp, act(n, k_.hidden), ph, true);
+    collective(x_.st.etp, "moe_etp_probs_ag", CollectiveKind::kAllGather, etp, n * 4, ph, true, {}, "",
+               schedule::DType::kFP32);
+  }
+  if (k_.local_experts > 1) elementwise("moe_sort", 2 * act(n, k_.hidden), ph);
+  const auto& groups = expert_groups();
+  kernel("experts_fc1", schedule::GroupedGemm{groups, k_.expert_ffn1 / k_.etp, k_.hidden, k_.dtype}, ph);
+  elementwise("experts_act", act(n, k_.expert_ffn1 / k_.etp) + act(n, k_.expert_ffn / k_.etp) + n * 4, ph);
+  kernel("experts_fc2", schedule::GroupedGemm{groups, k_.hidden, k_.expert_ffn / k_.etp, k_.dtype}, ph);
+  if (k_.local_experts > 1) elementwise("moe_unsort", 2 * act(n, k_.hidden), ph);
+  if (k_.etp > 1) collective(x_.st.etp, "moe_etp_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.hidden), ph, true);
+}
+
+void RankLowering::moe_combine_fwd(Phase ph) {
+  const std::uint64_t T = moe_tokens();
+  std::vector<OpId> add_deps;
+  if (dispatch_a2a_) {
+    if (k_.ep > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
+    if (k_.shared_overlap) add_deps.push_back(shared_overlap_fc2(ph));
+  } else if (dispatch_flex_) {
+    flex_transfer("flex_combine", "flex_combine_a2a", flex_combine_copies(), ph);
+  } else {
+    elementwise("moe_unpermute_local", act(expert_rows(), k_.hidden) + act(T * k_.etp * k_.ep, k_.hidden), ph);
+    if (k_.etp * k_.ep > 1) {
+      collective(x_.st.tp_ep, "moe_output_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
+                 act(T, k_.hidden) * k_.etp * k_.ep, ph, true);
+    }
+  }
+  if (!dispatch_ag_) ep_elementwise("moe_unpermute", act(T * k_.topk, k_.hidden) + act(T, k_.hidden), ph);
+  if (k_.shared_ffn > 0) ep_elementwise("shared_add", 3 * act(T, k_.hidden), ph, add_deps);
+  ep_elementwise("residual2", 3 * act(k_.tokens_sp, k_.hidden), ph);
+}
+
+// Backward pieces, in backward order: C_b, M_b, D_b, A_b.
+void RankLowering::moe_combine_bwd() {
+  const Phase ph = Phase::kBwd;
+  const std::uint64_t T = moe_tokens();
+  if (dispatch_ag_) {
+    if (k_.etp * k_.ep > 1) {
+      collective(x_.st.tp_ep, "moe_output_grad_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                 act(T, k_.hidden) * k_.etp * k_.ep, ph, true);
+    }
+    elementwise("moe_unpermute_local_bwd", act(expert_rows(), k_.hidden) + act(T * k_.etp * k_.ep, k_.hidden), ph);
+    return;
+  }
+  ep_elementwise("moe_unpermute_bwd", act(T * k_.topk, k_.hidden) + act(T, k_.hidden) + T * k_.topk * 4, ph);
+  if (dispatch_a2a_) {  // combine's gradient goes the dispatch direction
+    if (k_.ep > 1) ep_a2a("moe_combine_grad_a2a", dispatch_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
+  } else {
+    flex_transfer("flex_combine_bwd", "flex_combine_grad_a2a", flex_copies(), ph);
+  }
+}
+
+void RankLowering::moe_experts_bwd(std::string_view L) {
+  const Phase ph = Phase::kBwd;
+  const std::uint64_t n = expert_rows();
+  const CommId etp = k_.etp > 1 ? x_.etp_of[rank_] : kNone;
+  if (k_.etp > 1)
+    collective(x_.st.etp, "moe_etp_grad_ag", CollectiveKind::kAllGather, etp, act(n, k_.hidden), ph, true);
+  if (k_.local_experts > 1) elementwise("moe_unsort_bwd", 2 * act(n, k_.hidden), ph);
+  const auto& groups = expert_groups();
+  // Weight gradients as grouped GEMMs with the same FLOPs (GroupedGemm has one k; the token count varies).
+  kernel("experts_fc2_dgrad", schedule::GroupedGemm{groups, k_.expert_ffn / k_.etp, k_.hidden, k_.dtype}, ph);
+  wgrad_op("experts_fc2_wgrad", schedule::GroupedGemm{groups, k_.expert_ffn / k_.etp, k_.hidden, k_.dtype}, {},
+           Name{L, "experts.fc2"});
+  elementwise("experts_act_bwd", 2 * act(n, k_.expert_ffn1 / k_.etp) + act(n, k_.expert_ffn / k_.etp) + n * 4, ph);
+  kernel("experts_fc1_dgrad", schedule::GroupedGemm{groups, k_.hidden, k_.expert_ffn1 / k_.etp, k_.dtype}, ph);
+  wgrad_op("experts_fc1_wgrad", schedule::GroupedGemm{groups, k_.expert_ffn1 / k_.etp, k_.hidden, k_.dtype}, {},
+           Name{L, "experts.fc1"});
+  if (k_.local_experts > 1) elementwise("moe_sort_bwd", 2 * act(n, k_.hidden), ph);
+  if (k_.etp > 1) {
+    collective(x_.st.etp, "moe_etp_grad_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.hidden), ph, true);
+  }
+}
+
+void RankLowering::moe_dispatch_bwd() {
+  const Phase ph = Phase::kBwd;
+  if (dispatch_a2a_) {  // token and probs gradients go the combine direction
+    if (k_.ep > 1) {
+      ep_a2a("moe_dispatch_grad_a2a", combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
+      ep_a2a("moe_probs_grad_a2a", combine_copies(), 4, schedule::DType::kFP32, ph);
+    }
+  } else if (dispatch_flex_) {
+    flex_transfer("flex_dispatch_bwd", "flex_dispatch_grad_a2a", flex_combine_copies(), ph);
+  } else if (k_.etp * k_.ep > 1) {
+    collective(x_.st.tp_ep, "moe_hidden_grad_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
+               act(moe_tokens(), k_.hidden) * k_.etp * k_.ep, ph, true);
+  }
+}
+
+void RankLowering::moe_pre_bwd(std::string_view L) {
+  const Phase ph = Phase::kBwd;
+  const std::uint64_t T = moe_tokens();
+  if (!dispatch_flex_) elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.hidden), ph);
+  elementwise("router_topk_bwd", T * k_.experts * 4 * 3, ph);
+  gemm("router_dgrad", T, k_.hidden, k_.experts, ph);
+  wgrad_op("router_wgrad", Gemm{k_.experts, k_.hidden, T, 1, k_.dtype}, {}, Name{L, "router"});
+  if (k_.shared_ffn > 0) {
+    const CommId tp = x_.tp_of[rank_];
+    if (k_.tp > 1) {
+      collective(x_.st.tp, "shared_grad_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), ph, true);
+    }
+    gemm("shared_fc2_dgrad", k_.tokens, k_.shared_ffn / k_.tp, k_.hidden, ph);
+    wgrad_op("shared_fc2_wgrad", Gemm{k_.hidden, k_.shared_ffn / k_.tp, k_.tokens, 1, k_.dtype}, {},
+             Name{L, "shared.fc2"});
+    elementwise("shared_act_bwd", 2 * act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_ffn / k_.tp), ph);
+    gemm("shared_fc1_dgrad", k_.tokens, k_.hidden, shared_fc1_width(), ph);
+    wgrad_op("shared_fc1_wgrad", Gemm{shared_fc1_width(), k_.hidden, k_.tokens, 1, k_.dtype}, {},
+             Name{L, "shared.fc1"});
+    if (k_.tp > 1) {
+      collective(x_.st.tp, "shared_grad_rs", CollectiveKind::kReduceScatter, tp, act(k_.tokens, k_.hidden), ph, true);
+    }
+  }
+  const OpId ln = elementwise("ln2_bwd", 3 * act(k_.tokens_sp, k_.hidden), ph);
+  grad_ready(Name{L, "ln2"}, ln);
+}
+
+}  // namespace twinstep::models::lowering

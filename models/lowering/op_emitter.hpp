@@ -1,0 +1,231 @@
+// Op emission and names: OpEmitter appends one rank's ops to the schedule (ids, streams, deps, the compute stream's
+// pending waits, tags) and names them from the current layer, micro-batch and phase prefix ("L3.mb2.fwd.qkv").
+// RankLowering (rank_lowering.hpp) builds on it; nothing here knows what a layer is.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "common/assert.hpp"
+#include "models/lowering/context.hpp"
+#include "schedule/schedule.hpp"
+
+namespace twinstep::models::lowering {
+
+using schedule::Attention;
+using schedule::CollectiveKind;
+using schedule::Compute;
+using schedule::Elementwise;
+using schedule::Gemm;
+using schedule::OpId;
+using schedule::Phase;
+
+/// A name assembled only where it is used: head, tail, then num (if >= 0), then after; {"qkv", "_ub_send", 3} is
+/// "qkv_ub_send3". Op names are built only with LowerOptions::op_names and parameter names only when a grad hook or
+/// a held wgrad needs them, so a lowering without names (sweeps) builds no strings. The views must outlive the call
+/// that takes the Name: literals, members, or temporaries of the caller's full expression.
+struct Name {
+  std::string_view head, tail;
+  std::int64_t num = -1;
+  std::string_view after;
+  // Implicit on purpose: a literal, view or string is a Name of one part.
+  Name(const char* s) : head(s) {}
+  Name(std::string_view s) : head(s) {}
+  Name(const std::string& s) : head(s) {}
+  Name(std::string_view h, std::string_view t, std::int64_t n = -1, std::string_view a = {})
+      : head(h), tail(t), num(n), after(a) {}
+  void append_to(std::string& out) const {
+    out += head;
+    out += tail;
+    if (num >= 0) out += std::to_string(num);
+    out += after;
+  }
+  [[nodiscard]] std::string str() const {
+    std::string s;
+    append_to(s);
+    return s;
+  }
+};
+
+/// Emits one rank's ops. The rank's first op is ops_[first_op_]; ids are global (the op's index in the schedule).
+class OpEmitter {
+ protected:
+  /// Appends the rank's ops to `out` (the schedule's ops: ids are global, the rank's first op is out.size()).
+  OpEmitter(const Ctx& ctx, RankId rank, std::vector<schedule::Op>& out)
+      : x_(ctx),
+        k_(ctx.k),
+        rank_(rank),
+        co_(coords_of(ctx.k, rank)),
+        ops_(out),
+        first_op_(static_cast<OpId>(out.size())) {}
+
+  /// Appends an op with body type B on `stream`: id, rank, stream and `deps` (plus the pending waits when it is GPU
+  /// work on the compute stream), sorted and deduplicated. The caller sets the body (the op holds a default
+  /// Compute{Gemm{}} until then), and name and tags with label().
+  template <typename B>
+  schedule::Op& open(StreamId stream, std::vector<OpId> deps) {
+    constexpr bool on_gpu = !std::is_same_v<B, schedule::Host> && !std::is_same_v<B, schedule::HostSync>;
+    const auto id = static_cast<OpId>(ops_.size());
+    if (on_gpu && stream == x_.st.compute && !pending_.empty()) {
+      deps.insert(deps.end(), pending_.begin(), pending_.end());
+      pending_.clear();
+    }
+    sort_unique(deps);
+    if (std::is_same_v<B, Compute> && stream == x_.st.compute) last_compute_ = id;
+    schedule::Op& op = ops_.emplace_back();
+    op.id = id;
+    op.rank = rank_;
+    op.stream = stream;
+    op.deps = std::move(deps);
+    return op;
+  }
+  static void sort_unique(std::vector<OpId>& deps) {
+    if (deps.size() == 2) {  // the common case: no call into sort and unique
+      if (deps[0] > deps[1]) std::swap(deps[0], deps[1]);
+      if (deps[0] == deps[1]) deps.pop_back();
+    } else if (deps.size() > 2) {
+      std::sort(deps.begin(), deps.end());
+      deps.erase(std::unique(deps.begin(), deps.end()), deps.end());
+    }
+  }
+  /// Name (only with op names on) and tags of the op being emitted, from the current layer, micro-batch, chunk.
+  void label(schedule::Op& op, const Name& what, Phase ph, std::string_view overlap) const {
+    if (x_.op_names) op.name = nm(what);
+    op.tags.layer = cur_layer_;
+    op.tags.microbatch = cur_mb_;
+    op.tags.chunk = cur_chunk_;
+    op.tags.phase = ph;
+    if (!overlap.empty()) op.tags.overlap = overlap;
+  }
+  template <typename B>
+  OpId emit(StreamId stream, const Name& what, B&& body, std::vector<OpId> deps, Phase ph,
+            std::string_view overlap = {}) {
+    using T = std::decay_t<B>;
+    schedule::Op& op = open<T>(stream, std::move(deps));
+    label(op, what, ph, overlap);
+    op.body.template emplace<T>(std::forward<B>(body));
+    return op.id;
+  }
+  schedule::Tags tags(Phase ph, std::string_view overlap = {}) const {
+    schedule::Tags t;
+    t.layer = cur_layer_;
+    t.microbatch = cur_mb_;
+    t.chunk = cur_chunk_;
+    t.phase = ph;
+    t.overlap = overlap;
+    return t;
+  }
+  std::string nm(const Name& what) const {
+    if (!x_.op_names) return {};
+    std::string s;
+    if (cur_layer_ >= 0) {
+      s += 'L';
+      s += str(static_cast<std::uint64_t>(cur_layer_));
+      s += '.';
+    }
+    if (cur_mb_ >= 0) {
+      s += "mb";
+      s += str(static_cast<std::uint64_t>(cur_mb_));
+      s += '.';
+    }
+    s += prefix_;
+    what.append_to(s);
+    return s;
+  }
+  /// A compute kernel on `stream` holding `sm_count` SMs (0: what the GPU gives it), built in place in the op.
+  template <typename K>
+  OpId kernel_on(StreamId stream, const Name& what, K&& kern, Phase ph, std::vector<OpId> deps = {},
+                 std::string_view overlap = {}, std::uint32_t sm_count = 0) {
+    schedule::Op& op = open<Compute>(stream, std::move(deps));
+    label(op, what, ph, overlap);
+    auto& c = std::get<Compute>(op.body);
+    c.kernel.template emplace<std::decay_t<K>>(std::forward<K>(kern));
+    c.sm_count = sm_count;
+    return op.id;
+  }
+  template <typename K>
+  OpId kernel(const Name& what, K&& kern, Phase ph, std::vector<OpId> deps = {}, std::string_view overlap = {}) {
+    return kernel_on(x_.st.compute, what, std::forward<K>(kern), ph, std::move(deps), overlap);
+  }
+  OpId gemm(const Name& what, std::uint64_t m, std::uint64_t n, std::uint64_t kk, Phase ph, std::vector<OpId> deps = {},
+            std::string_view overlap = {}) {
+    return kernel(what, Gemm{m, n, kk, 1, k_.dtype}, ph, std::move(deps), overlap);
+  }
+  OpId elementwise(const Name& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
+    return kernel(what, Elementwise{bytes, 0}, ph, std::move(deps));
+  }
+  /// A collective on `stream`: waits for the compute stream at launch (PyTorch syncs the NCCL stream with the
+  /// current stream), plus `deps`. Blocking ones make the next compute op wait for it.
+  OpId collective(StreamId stream, const Name& what, CollectiveKind kind, CommId comm, std::uint64_t bytes, Phase ph,
+                  bool blocking, std::vector<OpId> deps = {}, std::string_view overlap = {},
+                  schedule::DType dtype = schedule::DType::kBF16) {
+    TWINSTEP_ASSERT(comm != kNone, "collective %s on an unused communicator", what.str().c_str());
+    if (last_compute_ != schedule::kNoOp) deps.push_back(last_compute_);
+    schedule::Op& op = open<schedule::Collective>(stream, std::move(deps));
+    label(op, what, ph, overlap);
+    auto& c = op.body.emplace<schedule::Collective>();
+    c.kind = kind;
+    c.comm = comm;
+    c.bytes = bytes;
+    c.dtype = dtype;
+    if (kind == CollectiveKind::kAllToAll) {
+      const std::uint32_t n = x_.comm_size[comm];  // only CP uses this all_to_all in dense lowering
+      c.send_bytes.assign(n, bytes / n);
+    }
+    if (blocking) pending_.push_back(op.id);
+    return op.id;
+  }
+  OpId send(StreamId stream, const Name& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
+            Phase ph, std::vector<OpId> deps, std::string_view overlap = {}) {
+    return emit(stream, what, schedule::Send{comm, peer, bytes, tag}, std::move(deps), ph, overlap);
+  }
+  OpId recv(StreamId stream, const Name& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
+            Phase ph, std::string_view overlap = {}) {
+    return emit(stream, what, schedule::Recv{comm, peer, bytes, tag}, {}, ph, overlap);
+  }
+  void host(const Name& what, Nanos ns, Phase ph) {
+    if (ns > 0) emit(x_.st.compute, what, schedule::Host{ns}, {}, ph);
+  }
+  void host_sync(const Name& what, OpId target, Phase ph) {
+    emit(x_.st.compute, what, schedule::HostSync{target}, {}, ph);
+  }
+  // ---- building blocks ----
+  std::uint64_t act(std::uint64_t tokens, std::uint64_t width) const { return tokens * width * k_.act_bytes; }
+  RankId tp_peer(int delta) const {
+    Coords c = co_;
+    c.tp = static_cast<std::uint32_t>((static_cast<int>(co_.tp) + delta + static_cast<int>(k_.tp)) %
+                                      static_cast<int>(k_.tp));
+    return rank_of(k_, c);
+  }
+  RankId cp_peer(int delta) const {
+    Coords c = co_;
+    c.cp = static_cast<std::uint32_t>((static_cast<int>(co_.cp) + delta + static_cast<int>(k_.cp)) %
+                                      static_cast<int>(k_.cp));
+    return rank_of(k_, c);
+  }
+  RankId pp_peer(int delta) const {
+    Coords c = co_;
+    c.pp = static_cast<std::uint32_t>((static_cast<int>(co_.pp) + delta + static_cast<int>(k_.pp)) %
+                                      static_cast<int>(k_.pp));
+    return rank_of(k_, c);
+  }
+
+  const Ctx& x_;
+  const Dims& k_;
+  RankId rank_;
+  Coords co_;
+  std::vector<schedule::Op>& ops_;  // the schedule's ops, this rank's from first_op_ on
+  OpId first_op_;
+  std::vector<OpId> pending_;  // deps the next compute-stream op takes (stream wait_event)
+  OpId last_compute_ = schedule::kNoOp;
+  std::int32_t cur_layer_ = -1, cur_mb_ = -1, cur_chunk_ = -1;
+  std::string prefix_;
+};
+
+}  // namespace twinstep::models::lowering
