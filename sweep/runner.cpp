@@ -33,6 +33,7 @@
 #include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/process.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
@@ -653,9 +654,11 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
       throw Error(std::string("sweep: socketpair failed: ") + std::strerror(errno));
     }
     std::fflush(nullptr);
+    const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0) throw Error(std::string("sweep: fork failed: ") + std::strerror(errno));
     if (pid == 0) {
+      die_with_parent(parent);
       ::close(fds[0]);
       std::uintptr_t advised = keep_freed_memory();
       std::uint64_t pos = 0;
