@@ -15,6 +15,7 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::calibration {
@@ -434,7 +435,7 @@ FrameworkInput read_framework(const std::string& path) {
   FrameworkInput f;
   Json j;
   try {
-    j = Json::parse(read_file(path));
+    j = parse_json(read_file(path), path);
     f.per_kernel_launch_s = j.at("per_kernel_launch_s").get<double>();
     f.per_module_call_s = j.at("per_module_call_s").get<double>();
     f.event_record_s = j.value("event_record_s", -1.0);

@@ -15,6 +15,7 @@
 #include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
@@ -696,8 +697,8 @@ RawResults read_raw(const std::string& path) {
     if (line.empty()) continue;
     Json j;
     try {
-      j = Json::parse(line);
-    } catch (const Json::parse_error&) {
+      j = parse_json(line, path);
+    } catch (const ParseError&) {
       if (lineno == total_lines && !ends_complete) break;  // torn last line of an interrupted run
       throw ParseError(path, "line " + std::to_string(lineno), "not valid JSON; the raw file is damaged");
     }

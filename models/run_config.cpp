@@ -7,6 +7,7 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 #include "schedule/json.hpp"
 
 namespace twinstep::models {
@@ -126,12 +127,7 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
 }  // namespace
 
 RunConfig run_config_from_json(const std::string& text, const std::string& source, const RunConfig& base) {
-  Json j;
-  try {
-    j = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
-  }
+  const Json j = parse_json(text, source);
   if (!j.is_object()) throw ParseError(source, "", "a run config must be a JSON object");
   RunConfig c = base;
   read_fields(fields(), j, c, source, "");

@@ -33,6 +33,7 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 #include "sim/cost_model.hpp"
 
 namespace twinstep::sim {
@@ -40,42 +41,14 @@ namespace {
 
 using Json = nlohmann::json;
 
-class Reader {
+/// Values of the profile format on top of the shared field reader: NCCL algorithm and protocol names, efficiency
+/// tables, and counts up to 2^20.
+class Reader : public JsonReader {
  public:
-  explicit Reader(std::string source) : source_(std::move(source)) {}
-
-  [[noreturn]] void fail(const std::string& ptr, const std::string& msg) const { throw ParseError(source_, ptr, msg); }
-
-  void keys(const Json& j, const std::string& ptr, std::initializer_list<const char*> allowed) const {
-    if (!j.is_object()) fail(ptr, "expected an object");
-    for (const auto& item : j.items()) {
-      bool ok = false;
-      for (const char* a : allowed) ok = ok || item.key() == a;
-      if (!ok) {
-        std::string list;
-        for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
-        fail(ptr + "/" + item.key(), "unknown field \"" + item.key() + "\"; allowed here: " + list);
-      }
-    }
-  }
-
-  double quantity(const Json& v, const std::string& ptr, Dimension dim) const {
-    if (v.is_number()) return v.get<double>();
-    if (v.is_string()) {
-      try {
-        return parse_quantity(v.get<std::string>(), dim, ptr);
-      } catch (const Error& e) {
-        fail(ptr, e.what());
-      }
-    }
-    fail(ptr, "expected a number or a quantity string such as \"3.4 us\"");
-  }
+  using JsonReader::JsonReader;
 
   std::uint32_t count(const Json& v, const std::string& ptr, std::uint32_t min) const {
-    if (!v.is_number_integer() || v.get<std::int64_t>() < min || v.get<std::int64_t>() > 1 << 20) {
-      fail(ptr, "expected an integer >= " + std::to_string(min));
-    }
-    return static_cast<std::uint32_t>(v.get<std::int64_t>());
+    return JsonReader::count(v, ptr, min, 1u << 20);
   }
 
   NcclAlgo algo(const Json& v, const std::string& ptr) const {
@@ -111,20 +84,12 @@ class Reader {
     }
     return t;
   }
-
- private:
-  std::string source_;
 };
 
 }  // namespace
 
 Profile profile_from_json(const std::string& text, const std::string& source) {
-  Json j;
-  try {
-    j = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
-  }
+  const Json j = parse_json(text, source);
   const Reader r(source);
   r.keys(j, "",
          {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",

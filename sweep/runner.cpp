@@ -33,6 +33,7 @@
 #include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 #include "common/process.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
@@ -483,12 +484,7 @@ std::string evaluate_point(const Point& point, bool extrapolate) {
 }
 
 Result result_from_line(const std::string& line, const std::string& source) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw ParseError(source, "", std::string("not a JSON line: ") + e.what());
-  }
+  const nlohmann::json j = parse_json(line, source);
   if (!j.is_object() || !j.contains("key") || !j.contains("status") || !j.contains("point") ||
       !j["point"].is_number_unsigned() || !j["status"].is_string()) {
     throw ParseError(source, "", "not a sweep result line (needs point, key, status)");
