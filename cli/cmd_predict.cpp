@@ -67,6 +67,7 @@ Setup load_setup(const ClusterFlags& f) {
         "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
         "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
   }
+  for (const auto& w : sim::profile_warnings(s.profile, s.cluster)) std::fprintf(stderr, "warning: %s\n", w.c_str());
   return s;
 }
 
