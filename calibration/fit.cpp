@@ -16,6 +16,7 @@
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/json.hpp"
+#include "common/stats.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::calibration {
@@ -46,13 +47,6 @@ std::map<std::string, double> simulate_group(const Ctx& c, const BenchGroup& g, 
   std::map<std::string, double> out;
   for (const auto& m : extract(g, t)) out[m.probe] = m.value_s;
   return out;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /// Records the residual of a fit from (predicted, measured) pairs.

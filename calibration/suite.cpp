@@ -16,6 +16,7 @@
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/json.hpp"
+#include "common/units.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
@@ -28,10 +29,6 @@ namespace {
 using schedule::OpId;
 using schedule::RankId;
 using Json = nlohmann::json;
-
-constexpr std::uint64_t kKiB = 1024;
-constexpr std::uint64_t kMiB = 1024 * kKiB;
-constexpr std::uint64_t kGiB = 1024 * kMiB;
 
 /// Builds one group's schedule: streams "compute" and "comm", a "world" communicator and span communicators.
 class Builder {

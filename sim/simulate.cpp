@@ -14,6 +14,7 @@
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
+#include "common/hash.hpp"
 #include "common/process.hpp"
 #include "common/units.hpp"
 #include "schedule/matching.hpp"
@@ -33,36 +34,7 @@ std::string fnv1a_hex(std::string_view text) {
 
 namespace {
 
-class Fnv {
- public:
-  void bytes(const void* p, std::size_t n) {
-    const auto* c = static_cast<const unsigned char*>(p);
-    for (std::size_t i = 0; i < n; ++i) {
-      h_ ^= c[i];
-      h_ *= 1099511628211ull;
-    }
-  }
-  template <typename T>
-  void value(const T& v) {
-    static_assert(std::is_arithmetic_v<T> || std::is_enum_v<T>);
-    bytes(&v, sizeof v);
-  }
-  void text(const std::string& s) {
-    value(s.size());
-    bytes(s.data(), s.size());
-  }
-  template <typename T>
-  void list(const std::vector<T>& v) {
-    value(v.size());
-    for (const auto& x : v) value(x);
-  }
-  [[nodiscard]] std::uint64_t digest() const { return h_; }
-
- private:
-  std::uint64_t h_ = 1469598103934665603ull;
-};
-
-void hash_kernel(Fnv& f, const schedule::Kernel& k) {
+void hash_kernel(Fnv1a& f, const schedule::Kernel& k) {
   f.value(k.index());
   std::visit(
       [&](const auto& x) {
@@ -96,7 +68,7 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
 std::string default_fidelity() { return flow_model_available() ? "flow" : "analytic"; }
 
 std::string schedule_fingerprint(const schedule::Schedule& s) {
-  Fnv f;
+  Fnv1a f;
   f.text(s.name);
   f.value(s.world_size);
   f.list(s.ranks);

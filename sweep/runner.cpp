@@ -35,6 +35,7 @@
 #include "common/io.hpp"
 #include "common/json.hpp"
 #include "common/process.hpp"
+#include "common/units.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
@@ -46,7 +47,6 @@
 namespace twinstep::sweep {
 namespace {
 
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 /// How far the step's slope over the first and the second pair of short runs may differ (sweep/extrapolate.hpp):
 /// tight, so that an extrapolated step equals the full simulation's (tests/sweep/extrapolate_test.cpp).
 constexpr double kAffineTolerance = 1e-6;

@@ -16,8 +16,6 @@
 namespace twinstep::topologies {
 namespace {
 
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
 GpuSpec h100_sxm() {
   GpuSpec g;
   g.name = "H100 SXM5";
