@@ -371,7 +371,7 @@ FrameworkInput read_framework(const std::string& path) {
     throw ParseError(path, "",
                      std::string("expected the JSON of torch_host_overhead.py (per_kernel_launch_s, "
                                  "per_module_call_s): ") +
-                         e.what());
+                         json_error_message(e));
   }
   return f;
 }

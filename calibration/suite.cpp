@@ -716,7 +716,8 @@ RawResults read_raw(const std::string& path) {
                                   m.at("size").get<double>(), m.at("value_s").get<double>()});
       }
     } catch (const Json::exception& e) {
-      throw ParseError(path, "line " + std::to_string(lineno), std::string("malformed raw record: ") + e.what());
+      throw ParseError(path, "line " + std::to_string(lineno),
+                       std::string("malformed raw record: ") + json_error_message(e));
     }
   }
   if (lineno == 0) throw ParseError(path, "", "empty file: no header line");

@@ -16,10 +16,7 @@ std::pair<std::size_t, std::size_t> line_and_column(std::string_view text, std::
   return {line, column};
 }
 
-namespace {
-
-/// nlohmann's message without its "[json.exception.parse_error.101] parse error at line 1, column 2: " head.
-std::string bare_message(const nlohmann::json::exception& e) {
+std::string json_error_message(const nlohmann::json::exception& e) {
   std::string msg = e.what();
   if (msg.rfind("[json.exception.", 0) == 0) {
     const auto close = msg.find("] ");
@@ -32,8 +29,6 @@ std::string bare_message(const nlohmann::json::exception& e) {
   return msg;
 }
 
-}  // namespace
-
 nlohmann::json parse_json(std::string_view text, const std::string& source,
                           const nlohmann::json::parser_callback_t& callback) {
   try {
@@ -42,9 +37,9 @@ nlohmann::json parse_json(std::string_view text, const std::string& source,
     // e.byte counts the characters read, the offending one included.
     const auto [line, column] = line_and_column(text, e.byte > 0 ? e.byte - 1 : 0);
     throw ParseError(source, "line " + std::to_string(line) + ", column " + std::to_string(column),
-                     "not valid JSON: " + bare_message(e));
+                     "not valid JSON: " + json_error_message(e));
   } catch (const nlohmann::json::exception& e) {
-    throw ParseError(source, "", "not valid JSON: " + bare_message(e));
+    throw ParseError(source, "", "not valid JSON: " + json_error_message(e));
   }
 }
 

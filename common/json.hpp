@@ -24,6 +24,11 @@ namespace twinstep {
 [[nodiscard]] nlohmann::json parse_json(std::string_view text, const std::string& source,
                                         const nlohmann::json::parser_callback_t& callback = nullptr);
 
+/// nlohmann's message for `e` without its "[json.exception.type_error.302] " head (nor, for a parse error, the
+/// "parse error at line L, column C: " one): for messages about a field's type ("type must be number, but is
+/// string") in ParseErrors that name the field themselves.
+[[nodiscard]] std::string json_error_message(const nlohmann::json::exception& e);
+
 /// 1-based (line, column) of the character at byte `offset` of `text` (an offset past the end: just after the last
 /// character).
 [[nodiscard]] std::pair<std::size_t, std::size_t> line_and_column(std::string_view text, std::size_t offset);

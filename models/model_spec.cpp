@@ -28,7 +28,7 @@ void read_field(const Json& j, const std::string& source, const char* key, T& ou
   try {
     out = it->get<T>();
   } catch (const Json::exception& e) {
-    throw ParseError(source, std::string("/") + key, std::string("wrong type: ") + e.what());
+    throw ParseError(source, std::string("/") + key, std::string("wrong type: ") + json_error_message(e));
   }
 }
 

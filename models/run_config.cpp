@@ -117,7 +117,8 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
     try {
       found->read(c, *it);
     } catch (const Json::exception& e) {
-      throw ParseError(source, pointer, std::string("wrong type for \"") + found->name + "\": " + e.what());
+      throw ParseError(source, pointer,
+                       std::string("wrong type for \"") + found->name + "\": " + json_error_message(e));
     } catch (const Error& e) {
       throw ParseError(source, pointer, e.what());
     }

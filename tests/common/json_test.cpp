@@ -59,6 +59,15 @@ TEST_CASE("common::parse_json: truncated input and trailing text", "[common]") {
   CHECK(std::string(big.what()).rfind("f.json: not valid JSON: number overflow", 0) == 0);
 }
 
+TEST_CASE("common::json_error_message: nlohmann's message without its exception-id head", "[common]") {
+  try {
+    (void)nlohmann::json("text").get<double>();
+    FAIL("expected a type error");
+  } catch (const nlohmann::json::exception& e) {
+    CHECK(twinstep::json_error_message(e) == "type must be number, but is string");
+  }
+}
+
 TEST_CASE("common::line_and_column: 1-based, newlines end lines, past the end clamps", "[common]") {
   CHECK(twinstep::line_and_column("ab\ncd", 0) == std::pair<std::size_t, std::size_t>{1, 1});
   CHECK(twinstep::line_and_column("ab\ncd", 2) == std::pair<std::size_t, std::size_t>{1, 3});
