@@ -1,4 +1,5 @@
-// parse_json(): nlohmann's parser with its exceptions turned into ParseErrors that name file, line and column.
+// parse_json(): nlohmann's parser with its exceptions turned into ParseErrors that name file, line and column;
+// JsonReader: the field checks shared by the cluster and profile readers.
 #include "common/json.hpp"
 
 #include <algorithm>
