@@ -16,6 +16,7 @@
 #include <variant>
 
 #include "common/error.hpp"
+#include "common/stats.hpp"
 #include "schedule/analysis.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
@@ -231,11 +232,9 @@ double relative_error(double predicted, double measured) {
 
 double step_time_s(const ts::Trace& trace) {
   if (!trace.step_times_ns.empty()) {
-    std::vector<Nanos> v = trace.step_times_ns;
-    std::sort(v.begin(), v.end());
-    const std::size_t n = v.size();
-    if (n % 2 == 1) return to_seconds(v[n / 2]);
-    return 0.5 * (to_seconds(v[n / 2 - 1]) + to_seconds(v[n / 2]));
+    std::vector<double> steps_s;
+    for (const Nanos ns : trace.step_times_ns) steps_s.push_back(to_seconds(ns));
+    return median(std::move(steps_s));
   }
   if (trace.records.empty()) return 0.0;
   Nanos first = std::numeric_limits<Nanos>::max();

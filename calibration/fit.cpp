@@ -15,6 +15,8 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
+#include "common/stats.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::calibration {
@@ -45,13 +47,6 @@ std::map<std::string, double> simulate_group(const Ctx& c, const BenchGroup& g, 
   std::map<std::string, double> out;
   for (const auto& m : extract(g, t)) out[m.probe] = m.value_s;
   return out;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /// Records the residual of a fit from (predicted, measured) pairs.
@@ -140,9 +135,9 @@ void log_per_size(Ctx& c, const sim::Profile& profile) {
 }
 
 /// (size, efficiency) points merged within 2 % in size (geometric mean), strictly ascending.
-Json table_json(std::vector<std::pair<double, double>> pts) {
+sim::EfficiencyTable merged_table(std::vector<std::pair<double, double>> pts) {
   std::sort(pts.begin(), pts.end());
-  Json t = Json::array();
+  sim::EfficiencyTable t;
   std::size_t i = 0;
   double last = 0;
   while (i < pts.size()) {
@@ -157,7 +152,7 @@ Json table_json(std::vector<std::pair<double, double>> pts) {
     const double x = std::exp(log_x / n);
     const double e = std::clamp(std::exp(log_e / n), 1e-4, 1.0);
     if (x > last) {
-      t.push_back(Json::array({x, e}));
+      t.points.emplace_back(x, e);
       last = x;
     }
     i = j;
@@ -361,80 +356,13 @@ void fit_p2p(Ctx& c, sim::Profile& p, const std::string& kind, const std::vector
                  fit_protocol(kind, sim::NcclProto::kSimple, x_s, t_s, k_s, ranks, c.cluster.node.nvlink_bytes_per_s));
 }
 
-Json profile_json(const sim::Profile& p, const Json& tables, const std::map<std::string, std::string>& context,
-                  const std::string& name) {
-  Json j;
-  j["schema_version"] = sim::Profile::kSchemaVersion;
-  j["name"] = name;
-  j["context"] = context;
-  j["compute"] = tables;
-  j["memory_tables"] = "bytes";
-  // The suite runs on twinstep's backend, whose causal attention computes only the lower triangle of the scores
-  // (backend/attention.cpp, since 2b51272): a causal kernel does half the work of a non-causal one of the same shape.
-  // A backend computing the whole score matrix for causal kernels would write "full" here.
-  j["attention_causal_work"] = "half";
-  j["grouped_gemm_table"] = p.grouped_gemm_per_group ? "per_group" : "total";
-  j["memory_efficiency"] = p.memory_efficiency;
-  j["kernel_floor"] = p.kernel_floor_s;
-  Json launch = Json::object();
-  for (const auto& [k, v] : p.launch_s) launch[k] = v;
-  j["launch"] = launch;
-  Json colls = Json::array();
-  for (const auto& o : p.collectives) {
-    colls.push_back({{"kind", o.kind},
-                     {"algorithm", sim::algo_name(o.algo)},
-                     {"protocol", sim::proto_name(o.proto)},
-                     {"span", o.inter_node ? "inter" : "intra"},
-                     {"base_latency", o.base_latency_s},
-                     {"step_latency", o.step_latency_s},
-                     {"bus_bandwidth", o.bus_bytes_per_s}});
-    if (o.ranks != 0) colls.back()["ranks"] = o.ranks;
-    if (!o.bus_efficiency.points.empty()) {
-      Json t = Json::array();
-      for (const auto& [bytes, eff] : o.bus_efficiency.points) t.push_back(Json::array({bytes, eff}));
-      colls.back()["bus_efficiency"] = t;
-    }
-  }
-  j["collectives"] = colls;
-  Json algos = Json::array(), protos = Json::array();
-  for (auto a : p.nccl.algorithms) algos.push_back(sim::algo_name(a));
-  for (auto q : p.nccl.protocols) protos.push_back(sim::proto_name(q));
-  j["nccl"] = {{"algorithms", algos}, {"protocols", protos}};
-  j["interference"] = {{"comm_hbm_bytes_per_bus_byte", p.interference.comm_hbm_bytes_per_bus_byte},
-                       {"waiting_sms_per_channel", p.interference.waiting_sms_per_channel}};
-  if (p.interference.waiting_sms_per_channel_more >= 0) {
-    j["interference"]["waiting_sms_per_channel_more"] = p.interference.waiting_sms_per_channel_more;
-  }
-  if (p.interference.attention_tile_q != sim::Interference{}.attention_tile_q) {
-    j["interference"]["attention_tile_q"] = p.interference.attention_tile_q;  // the fit chose proportional (0)
-  }
-  if (p.framework.per_kernel_launch_s >= 0 || p.framework.per_module_call_s >= 0) {
-    Json f = Json::object();
-    if (p.framework.per_kernel_launch_s >= 0) f["per_kernel_launch"] = p.framework.per_kernel_launch_s;
-    if (p.framework.per_module_call_s >= 0) f["per_module_call"] = p.framework.per_module_call_s;
-    if (p.framework.event_record_s >= 0) f["event_record"] = p.framework.event_record_s;
-    f["source"] = p.framework.source;
-    j["framework"] = f;
-  }
-  Json fits = Json::array();
-  for (const auto& f : p.fits) {
-    fits.push_back({{"name", f.name},
-                    {"points", f.points},
-                    {"mean_abs_rel_error", f.mean_abs_rel_error},
-                    {"max_abs_rel_error", f.max_abs_rel_error},
-                    {"note", f.note}});
-  }
-  j["fits"] = fits;
-  return j;
-}
-
 }  // namespace
 
 FrameworkInput read_framework(const std::string& path) {
   FrameworkInput f;
   Json j;
   try {
-    j = Json::parse(read_file(path));
+    j = parse_json(read_file(path), path);
     f.per_kernel_launch_s = j.at("per_kernel_launch_s").get<double>();
     f.per_module_call_s = j.at("per_module_call_s").get<double>();
     f.event_record_s = j.value("event_record_s", -1.0);
@@ -443,7 +371,7 @@ FrameworkInput read_framework(const std::string& path) {
     throw ParseError(path, "",
                      std::string("expected the JSON of torch_host_overhead.py (per_kernel_launch_s, "
                                  "per_module_call_s): ") +
-                         e.what());
+                         json_error_message(e));
   }
   return f;
 }
@@ -463,14 +391,14 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   };
   const auto& gpu = cluster.node.gpu;
   sim::Profile p = sim::Profile::datasheet_defaults();
-  Json tables = Json::object();
+  std::map<std::string, sim::EfficiencyTable> tables;  // the measured compute tables
 
   // Tensor-core classes: efficiency = FLOPs / (peak x time), over FLOPs.
   const double peak_bf16 = gpu.peak_flop_per_s(schedule::DType::kBF16);
   for (const char* fam : {"gemm", "attention_fwd", "attention_bwd"}) {
     std::vector<std::pair<double, double>> pts;
     for (const auto& [flops, t] : family(fam)) pts.emplace_back(flops, flops / (peak_bf16 * t));
-    if (!pts.empty()) tables[fam] = table_json(pts);
+    if (!pts.empty()) tables[fam] = merged_table(pts);
   }
   // Grouped GEMMs (MoE experts) have their own table when the raw file measured them (the default suite's expert
   // sweep), over FLOPs per group (sim::Profile::grouped_gemm_per_group: the backend issues one GEMM per group, so a
@@ -494,13 +422,13 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
       pts.emplace_back(m.size / it->second, m.size / (peak_bf16 * m.value_s));
     }
     if (!pts.empty()) {
-      tables["grouped_gemm"] = table_json(pts);
+      tables["grouped_gemm"] = merged_table(pts);
       p.grouped_gemm_per_group = true;
       c.log.push_back("grouped_gemm: own table from " + std::to_string(pts.size()) + " measured grouped GEMMs (" +
-                      std::to_string(tables["grouped_gemm"].size()) + " table points over FLOPs per group)");
+                      std::to_string(tables["grouped_gemm"].points.size()) + " table points over FLOPs per group)");
     }
   }
-  if (!tables.contains("grouped_gemm") && tables.contains("gemm")) {
+  if (!tables.count("grouped_gemm") && tables.count("gemm")) {
     tables["grouped_gemm"] = tables["gemm"];
     c.log.push_back("grouped_gemm: no grouped-GEMM measurements in the raw file; the gemm table is used");
   }
@@ -508,7 +436,7 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   for (const char* fam : {"elementwise", "optimizer"}) {
     std::vector<std::pair<double, double>> pts;
     for (const auto& [bytes, t] : family(fam)) pts.emplace_back(bytes, bytes / (gpu.hbm_bytes_per_s * t));
-    if (!pts.empty()) tables[fam] = table_json(pts);
+    if (!pts.empty()) tables[fam] = merged_table(pts);
   }
   {
     auto ew = family("elementwise");
@@ -535,14 +463,18 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   }
   if (host.count("host_sync")) p.launch_s["host_sync"] = std::max(0.0, median(host["host_sync"]));
 
-  // Apply the compute tables now so the co-run and check simulations see them.
-  {
-    Json tmp = profile_json(p, tables, {}, "tmp");
-    tmp.erase("fits");
-    tmp.erase("collectives");
-    tmp.erase("nccl");
-    p = sim::profile_from_json(tmp.dump(), "fit");
+  // The compute tables apply from here on, so the co-run and check simulations see them. A class not measured keeps
+  // its datasheet table, which the profile does not write (missing_fields). The memory-bound tables are over bytes.
+  // The suite runs on twinstep's backend, whose causal attention computes only the lower triangle of the scores
+  // (backend/attention.cpp, since 2b51272): a causal kernel does half the work of a non-causal one of the same shape
+  // (attention_full_scores false: "attention_causal_work": "half"; a backend computing the whole score matrix for
+  // causal kernels would set it).
+  for (const auto& [fam, table] : tables) p.compute[fam] = table;
+  for (const auto& entry : p.compute) {
+    if (!tables.count(entry.first)) p.missing_fields.push_back("compute." + entry.first);
   }
+  p.memory_tables_by_bytes = true;
+  p.attention_full_scores = false;
 
   // Collectives: ring (one node, NVLS off: in NCCL's tuning table on two H200, Ring LL has a lower latency and Ring
   // Simple a higher bandwidth than any Tree protocol, so Tree never wins) with LL, LL128 and Simple, all three enabled
@@ -747,10 +679,11 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   context["world_size"] = std::to_string(raw.world_size);
   context["cluster"] = cluster.describe();
   if (!git_revision.empty()) context["fit_git_revision"] = git_revision;
-  const Json j = profile_json(p, tables, context, name);
+  p.name = p.declared_name = name;
+  p.context = std::move(context);
   FitResult r;
-  r.json = j.dump(2) + "\n";
-  r.profile = sim::profile_from_json(r.json, name);
+  r.json = sim::profile_to_json(p);
+  r.profile = std::move(p);
   r.log = std::move(c.log);
   return r;
 }

@@ -24,7 +24,7 @@ struct FrameworkInput {
 [[nodiscard]] FrameworkInput read_framework(const std::string& path);
 
 struct FitResult {
-  sim::Profile profile;          ///< The fitted profile (what the JSON says, read back).
+  sim::Profile profile;          ///< The fitted profile (what `json` holds).
   std::string json;              ///< The profile file's text.
   std::vector<std::string> log;  ///< One line per fit: name, points, residuals.
 };

@@ -15,6 +15,8 @@
 #include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
+#include "common/units.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
@@ -27,10 +29,6 @@ namespace {
 using schedule::OpId;
 using schedule::RankId;
 using Json = nlohmann::json;
-
-constexpr std::uint64_t kKiB = 1024;
-constexpr std::uint64_t kMiB = 1024 * kKiB;
-constexpr std::uint64_t kGiB = 1024 * kMiB;
 
 /// Builds one group's schedule: streams "compute" and "comm", a "world" communicator and span communicators.
 class Builder {
@@ -696,8 +694,8 @@ RawResults read_raw(const std::string& path) {
     if (line.empty()) continue;
     Json j;
     try {
-      j = Json::parse(line);
-    } catch (const Json::parse_error&) {
+      j = parse_json(line, path);
+    } catch (const ParseError&) {
       if (lineno == total_lines && !ends_complete) break;  // torn last line of an interrupted run
       throw ParseError(path, "line " + std::to_string(lineno), "not valid JSON; the raw file is damaged");
     }
@@ -718,7 +716,8 @@ RawResults read_raw(const std::string& path) {
                                   m.at("size").get<double>(), m.at("value_s").get<double>()});
       }
     } catch (const Json::exception& e) {
-      throw ParseError(path, "line " + std::to_string(lineno), std::string("malformed raw record: ") + e.what());
+      throw ParseError(path, "line " + std::to_string(lineno),
+                       std::string("malformed raw record: ") + json_error_message(e));
     }
   }
   if (lineno == 0) throw ParseError(path, "", "empty file: no header line");

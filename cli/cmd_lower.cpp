@@ -93,8 +93,8 @@ void register_model_commands(CLI::App& app) {
     if (args->run.model.empty()) throw Error("lower: --model is required (a zoo id such as llama3-8b, or a path)");
     const models::ModelSpec model = models::load_model(args->run.model);
     const sim::Profile profile = args->profile.empty() ? sim::Profile{} : sim::read_profile(args->profile);
-    const ResolvedRun resolved = resolve_run(args->run, args->gpus, args->gpu_memory_gib * 1024.0 * 1024 * 1024,
-                                             args->profile.empty() ? nullptr : &profile);
+    const ResolvedRun resolved =
+        resolve_run(args->run, args->gpus, args->gpu_memory_gib * kGiB, args->profile.empty() ? nullptr : &profile);
     const models::RunConfig& cfg = resolved.config;
     models::LowerOptions options;
     options.representatives_only = args->representatives;

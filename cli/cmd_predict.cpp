@@ -15,6 +15,7 @@
 #include "cli/run_flags.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/units.hpp"
 #include "models/limits.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
@@ -28,7 +29,6 @@
 namespace twinstep::cli {
 namespace {
 
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 struct ClusterFlags {
   std::string cluster;
@@ -72,6 +72,7 @@ Setup load_setup(const ClusterFlags& f) {
         "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
         "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
   }
+  for (const auto& w : sim::profile_warnings(s.profile, s.cluster)) std::fprintf(stderr, "warning: %s\n", w.c_str());
   return s;
 }
 

@@ -10,6 +10,11 @@ namespace twinstep {
 
 using Nanos = std::int64_t;  ///< Simulated or measured time, integer nanoseconds.
 
+/// Binary byte multiples (an integer: in a double expression it converts exactly).
+inline constexpr std::uint64_t kKiB = 1024;
+inline constexpr std::uint64_t kMiB = 1024 * kKiB;
+inline constexpr std::uint64_t kGiB = 1024 * kMiB;
+
 /// The dimension a quantity must have; parse_quantity rejects a string of another dimension.
 enum class Dimension { kTime, kBytes, kBandwidth, kFlopRate, kFrequency, kDimensionless };
 

@@ -8,6 +8,7 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 
 #ifndef TWINSTEP_ZOO_DIR
 #error "TWINSTEP_ZOO_DIR must name the source tree's models/zoo folder (set by models/CMakeLists.txt)"
@@ -27,19 +28,14 @@ void read_field(const Json& j, const std::string& source, const char* key, T& ou
   try {
     out = it->get<T>();
   } catch (const Json::exception& e) {
-    throw ParseError(source, std::string("/") + key, std::string("wrong type: ") + e.what());
+    throw ParseError(source, std::string("/") + key, std::string("wrong type: ") + json_error_message(e));
   }
 }
 
 }  // namespace
 
 ModelSpec model_from_json(const std::string& text, const std::string& source) {
-  Json j;
-  try {
-    j = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
-  }
+  const Json j = parse_json(text, source);
   if (!j.is_object()) throw ParseError(source, "", "a model file must be a JSON object");
   ModelSpec m;
   std::vector<std::string> known;

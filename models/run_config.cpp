@@ -7,6 +7,7 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 #include "schedule/json.hpp"
 
 namespace twinstep::models {
@@ -116,7 +117,8 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
     try {
       found->read(c, *it);
     } catch (const Json::exception& e) {
-      throw ParseError(source, pointer, std::string("wrong type for \"") + found->name + "\": " + e.what());
+      throw ParseError(source, pointer,
+                       std::string("wrong type for \"") + found->name + "\": " + json_error_message(e));
     } catch (const Error& e) {
       throw ParseError(source, pointer, e.what());
     }
@@ -127,12 +129,7 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
 
 RunConfig run_config_from_json(const std::string& text, const std::string& source, const RunConfig& base,
                                std::set<std::string>* present) {
-  Json j;
-  try {
-    j = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
-  }
+  const Json j = parse_json(text, source);
   if (!j.is_object()) throw ParseError(source, "", "a run config must be a JSON object");
   RunConfig c = base;
   read_fields(fields(), j, c, source, "");

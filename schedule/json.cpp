@@ -17,6 +17,7 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 
 namespace twinstep::schedule {
 
@@ -686,20 +687,11 @@ class Loader {
   std::vector<OpRecord> records_;
 };
 
-/// Parses `text` with `loader` observing; turns nlohmann's syntax errors into ParseErrors with line and column.
+/// Parses `text` with `loader` observing (syntax errors: ParseError with line and column, common/json.hpp).
 json parse_with(Loader& loader, std::string_view text) {
-  try {
-    return json::parse(text.begin(), text.end(), [&loader](int depth, json::parse_event_t ev, json& parsed) {
-      return loader.on_event(depth, ev, parsed);
-    });
-  } catch (const json::exception& e) {
-    std::string msg = e.what();
-    if (msg.rfind("[json.exception.", 0) == 0) {
-      const auto close = msg.find("] ");
-      if (close != std::string::npos) msg = msg.substr(close + 2);
-    }
-    throw ParseError(loader.ctx().source, "", "not valid JSON: " + msg);
-  }
+  return parse_json(text, loader.ctx().source, [&loader](int depth, json::parse_event_t ev, json& parsed) {
+    return loader.on_event(depth, ev, parsed);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "common/hash.hpp"
+
 namespace twinstep::schedule {
 
 namespace {
@@ -23,10 +25,9 @@ struct P2PKey {
 
 struct P2PKeyHash {
   std::size_t operator()(const P2PKey& k) const {
-    std::size_t h = 1469598103934665603ull;
+    std::uint64_t h = kFnvOffsetBasis;
     for (std::uint64_t v : {std::uint64_t{k.comm}, std::uint64_t{k.from}, std::uint64_t{k.to}, std::uint64_t{k.tag}}) {
-      h ^= v;
-      h *= 1099511628211ull;
+      fnv_mix(h, v);
     }
     return h;
   }

@@ -22,6 +22,7 @@
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
+#include "common/hash.hpp"
 #include "sim/connections.hpp"
 #include "sim/simulate.hpp"
 
@@ -76,36 +77,32 @@ struct HeapEntry {
   bool operator>(const HeapEntry& o) const { return time != o.time ? time > o.time : id > o.id; }
 };
 
-/// Mixes `v` into the hash `h` (64-bit FNV-1a style, word by word).
-void mix(std::size_t& h, std::uint64_t v) {
-  h ^= v;
-  h *= 1099511628211ull;
-}
-
 /// Hash of a compute op's kernel and SM reservation, for the per-simulation kernel cost cache.
 struct ComputeHash {
   std::size_t operator()(const schedule::Compute& c) const {
-    std::size_t h = 1469598103934665603ull;
-    mix(h, c.kernel.index());
-    mix(h, c.sm_count);
+    std::uint64_t h = kFnvOffsetBasis;
+    fnv_mix(h, c.kernel.index());
+    fnv_mix(h, c.sm_count);
     std::visit(
         [&](const auto& k) {
           using T = std::decay_t<decltype(k)>;
           if constexpr (std::is_same_v<T, schedule::Gemm>) {
-            mix(h, k.m), mix(h, k.n), mix(h, k.k), mix(h, k.batch), mix(h, static_cast<std::uint64_t>(k.dtype));
+            fnv_mix(h, k.m), fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, k.batch),
+                fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
           } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
-            for (auto m : k.m) mix(h, m);
-            mix(h, k.n), mix(h, k.k), mix(h, static_cast<std::uint64_t>(k.dtype));
+            for (auto m : k.m) fnv_mix(h, m);
+            fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
           } else if constexpr (std::is_same_v<T, schedule::Attention>) {
-            mix(h, k.batch), mix(h, k.heads_q), mix(h, k.heads_kv), mix(h, k.seq_q), mix(h, k.seq_kv);
-            mix(h, k.head_dim), mix(h, (k.causal ? 1u : 0u) | (k.backward ? 2u : 0u));
-            mix(h, static_cast<std::uint64_t>(k.dtype));
+            fnv_mix(h, k.batch), fnv_mix(h, k.heads_q), fnv_mix(h, k.heads_kv), fnv_mix(h, k.seq_q),
+                fnv_mix(h, k.seq_kv);
+            fnv_mix(h, k.head_dim), fnv_mix(h, (k.causal ? 1u : 0u) | (k.backward ? 2u : 0u));
+            fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
           } else if constexpr (std::is_same_v<T, schedule::Elementwise>) {
-            mix(h, k.bytes), mix(h, k.flops);
+            fnv_mix(h, k.bytes), fnv_mix(h, k.flops);
           } else if constexpr (std::is_same_v<T, schedule::Optimizer>) {
-            mix(h, k.params), mix(h, static_cast<std::uint64_t>(k.param_dtype));
+            fnv_mix(h, k.params), fnv_mix(h, static_cast<std::uint64_t>(k.param_dtype));
           } else {
-            mix(h, k.bytes), mix(h, static_cast<std::uint64_t>(k.kind));
+            fnv_mix(h, k.bytes), fnv_mix(h, static_cast<std::uint64_t>(k.kind));
           }
         },
         c.kernel);
@@ -123,8 +120,8 @@ struct CollectiveKey {
 
 struct CollectiveKeyHash {
   std::size_t operator()(const CollectiveKey& k) const {
-    std::size_t h = 1469598103934665603ull;
-    mix(h, k.comm), mix(h, static_cast<std::uint64_t>(k.kind)), mix(h, k.bytes);
+    std::uint64_t h = kFnvOffsetBasis;
+    fnv_mix(h, k.comm), fnv_mix(h, static_cast<std::uint64_t>(k.kind)), fnv_mix(h, k.bytes);
     return h;
   }
 };
@@ -138,8 +135,8 @@ struct P2PKey {
 
 struct P2PKeyHash {
   std::size_t operator()(const P2PKey& k) const {
-    std::size_t h = 1469598103934665603ull;
-    mix(h, k.bytes), mix(h, k.from), mix(h, k.to);
+    std::uint64_t h = kFnvOffsetBasis;
+    fnv_mix(h, k.bytes), fnv_mix(h, k.from), fnv_mix(h, k.to);
     return h;
   }
 };

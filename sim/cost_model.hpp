@@ -141,6 +141,12 @@ struct Profile {
   bool grouped_gemm_per_group = false;
   FrameworkCosts framework;
   std::vector<FitSummary> fits;
+  /// The file's "name" field, which profile_to_json() writes (`name` adds the file path for display); empty: none.
+  std::string declared_name;
+  /// Fields that datasheet_defaults() sets and the profile file lacks ("compute.attention_bwd", "memory_efficiency",
+  /// "launch.memcpy"), so their datasheet values are used; profile_to_json() leaves them out. Empty for
+  /// datasheet_defaults() itself.
+  std::vector<std::string> missing_fields;
 
   [[nodiscard]] static Profile datasheet_defaults();
 };
@@ -149,6 +155,16 @@ struct Profile {
 /// datasheet defaults. Throws ParseError naming the file and field.
 [[nodiscard]] Profile read_profile(const std::string& path);
 [[nodiscard]] Profile profile_from_json(const std::string& text, const std::string& source);
+
+/// The profile as JSON text (2-space indent, keys sorted, a final newline), as calibration writes it:
+/// profile_from_json() reads it back to the same profile. Quantities are SI numbers; fields in `missing_fields` are
+/// left out, and NCCL and tile settings only where they differ from the defaults.
+[[nodiscard]] std::string profile_to_json(const Profile& profile);
+
+/// Warnings about using `profile` on `cluster`, one line each (empty when none): a profile measured on another GPU
+/// model than the cluster's (context "gpu" against the cluster's GPU name, compared by model, "H200" of "NVIDIA
+/// H200" and "H200 SXM"), and the fields it leaves to the datasheet (`missing_fields`).
+[[nodiscard]] std::vector<std::string> profile_warnings(const Profile& profile, const topologies::Cluster& cluster);
 
 /// Solo cost of a compute kernel and what it needs from the GPU.
 struct KernelCost {

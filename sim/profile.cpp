@@ -27,12 +27,16 @@
 //                   "source": "..."},   ("event_record" optional, later addition: CUDA event record / wait)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
 //               "note": "..."}] }
-// The later additions are optional, so every schema-1 file reads as before.
+// The later additions are optional, so every schema-1 file reads as before. profile_to_json() writes the same
+// format (calibration/fit.cpp's output), and profile_warnings() says what a profile leaves to the datasheet.
+#include <algorithm>
+#include <cctype>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 #include "sim/cost_model.hpp"
 
 namespace twinstep::sim {
@@ -40,42 +44,14 @@ namespace {
 
 using Json = nlohmann::json;
 
-class Reader {
+/// Values of the profile format on top of the shared field reader: NCCL algorithm and protocol names, efficiency
+/// tables, and counts up to 2^20.
+class Reader : public JsonReader {
  public:
-  explicit Reader(std::string source) : source_(std::move(source)) {}
-
-  [[noreturn]] void fail(const std::string& ptr, const std::string& msg) const { throw ParseError(source_, ptr, msg); }
-
-  void keys(const Json& j, const std::string& ptr, std::initializer_list<const char*> allowed) const {
-    if (!j.is_object()) fail(ptr, "expected an object");
-    for (const auto& item : j.items()) {
-      bool ok = false;
-      for (const char* a : allowed) ok = ok || item.key() == a;
-      if (!ok) {
-        std::string list;
-        for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
-        fail(ptr + "/" + item.key(), "unknown field \"" + item.key() + "\"; allowed here: " + list);
-      }
-    }
-  }
-
-  double quantity(const Json& v, const std::string& ptr, Dimension dim) const {
-    if (v.is_number()) return v.get<double>();
-    if (v.is_string()) {
-      try {
-        return parse_quantity(v.get<std::string>(), dim, ptr);
-      } catch (const Error& e) {
-        fail(ptr, e.what());
-      }
-    }
-    fail(ptr, "expected a number or a quantity string such as \"3.4 us\"");
-  }
+  using JsonReader::JsonReader;
 
   std::uint32_t count(const Json& v, const std::string& ptr, std::uint32_t min) const {
-    if (!v.is_number_integer() || v.get<std::int64_t>() < min || v.get<std::int64_t>() > 1 << 20) {
-      fail(ptr, "expected an integer >= " + std::to_string(min));
-    }
-    return static_cast<std::uint32_t>(v.get<std::int64_t>());
+    return JsonReader::count(v, ptr, min, 1u << 20);
   }
 
   NcclAlgo algo(const Json& v, const std::string& ptr) const {
@@ -111,20 +87,12 @@ class Reader {
     }
     return t;
   }
-
- private:
-  std::string source_;
 };
 
 }  // namespace
 
 Profile profile_from_json(const std::string& text, const std::string& source) {
-  Json j;
-  try {
-    j = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
-  }
+  const Json j = parse_json(text, source);
   const Reader r(source);
   r.keys(j, "",
          {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",
@@ -138,7 +106,8 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   p.name = source;
   if (j.contains("name")) {
     if (!j["name"].is_string()) r.fail("/name", "expected a string");
-    p.name = j["name"].get<std::string>() + " (" + source + ")";
+    p.declared_name = j["name"].get<std::string>();
+    p.name = p.declared_name + " (" + source + ")";
   }
   if (j.contains("context")) {
     if (!j["context"].is_object()) r.fail("/context", "expected an object of strings");
@@ -343,7 +312,144 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       p.fits.push_back(std::move(f));
     }
   }
+  // What the file leaves to the datasheet: every field datasheet_defaults() sets that the file does not.
+  const Profile datasheet = Profile::datasheet_defaults();
+  for (const auto& entry : datasheet.compute) {
+    if (!j.contains("compute") || !j["compute"].contains(entry.first))
+      p.missing_fields.push_back("compute." + entry.first);
+  }
+  if (!j.contains("memory_efficiency")) p.missing_fields.push_back("memory_efficiency");
+  for (const auto& entry : datasheet.launch_s) {
+    if (!j.contains("launch") || !j["launch"].contains(entry.first))
+      p.missing_fields.push_back("launch." + entry.first);
+  }
   return p;
+}
+
+namespace {
+
+Json table_json(const EfficiencyTable& t) {
+  Json out = Json::array();
+  for (const auto& [size, eff] : t.points) out.push_back(Json::array({size, eff}));
+  return out;
+}
+
+bool is_missing(const Profile& p, const std::string& field) {
+  return std::find(p.missing_fields.begin(), p.missing_fields.end(), field) != p.missing_fields.end();
+}
+
+/// "H200" of "NVIDIA H200" or "H200 SXM", "H100" of "NVIDIA H100 80GB HBM3": the first word with a digit, upper case.
+std::string gpu_model(const std::string& name) {
+  std::string word;
+  for (std::size_t i = 0; i <= name.size(); ++i) {
+    const char c = i < name.size() ? name[i] : ' ';
+    if (std::isalnum(static_cast<unsigned char>(c)) != 0) {
+      word += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      continue;
+    }
+    if (std::any_of(word.begin(), word.end(), [](char w) { return std::isdigit(static_cast<unsigned char>(w)); })) {
+      return word;
+    }
+    word.clear();
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string profile_to_json(const Profile& p) {
+  Json j;
+  j["schema_version"] = Profile::kSchemaVersion;
+  if (!p.declared_name.empty()) j["name"] = p.declared_name;
+  j["context"] = p.context;
+  Json compute = Json::object();
+  for (const auto& [cls, table] : p.compute) {
+    if (!is_missing(p, "compute." + cls)) compute[cls] = table_json(table);
+  }
+  j["compute"] = compute;
+  j["memory_tables"] = p.memory_tables_by_bytes ? "bytes" : "flops";
+  j["attention_causal_work"] = p.attention_full_scores ? "full" : "half";
+  j["grouped_gemm_table"] = p.grouped_gemm_per_group ? "per_group" : "total";
+  if (!is_missing(p, "memory_efficiency")) j["memory_efficiency"] = p.memory_efficiency;
+  j["kernel_floor"] = p.kernel_floor_s;
+  Json launch = Json::object();
+  for (const auto& [cls, s] : p.launch_s) {
+    if (!is_missing(p, "launch." + cls)) launch[cls] = s;
+  }
+  j["launch"] = launch;
+  Json colls = Json::array();
+  for (const auto& o : p.collectives) {
+    colls.push_back({{"kind", o.kind},
+                     {"algorithm", algo_name(o.algo)},
+                     {"protocol", proto_name(o.proto)},
+                     {"span", o.inter_node ? "inter" : "intra"},
+                     {"base_latency", o.base_latency_s},
+                     {"step_latency", o.step_latency_s},
+                     {"bus_bandwidth", o.bus_bytes_per_s}});
+    if (o.ranks != 0) colls.back()["ranks"] = o.ranks;
+    if (!o.bus_efficiency.points.empty()) colls.back()["bus_efficiency"] = table_json(o.bus_efficiency);
+  }
+  j["collectives"] = colls;
+  Json algos = Json::array(), protos = Json::array();
+  for (auto a : p.nccl.algorithms) algos.push_back(algo_name(a));
+  for (auto q : p.nccl.protocols) protos.push_back(proto_name(q));
+  j["nccl"] = {{"algorithms", algos}, {"protocols", protos}};
+  // Settings the reader defaults (NCCL's channel and peer counts, the tiles) only where they differ from it.
+  const auto put_unless_default = [](Json& obj, const char* key, auto value, auto default_value) {
+    if (value != default_value) obj[key] = value;
+  };
+  const NcclConfig nccl;
+  put_unless_default(j["nccl"], "channels_intra", p.nccl.channels_intra, nccl.channels_intra);
+  put_unless_default(j["nccl"], "channels_inter", p.nccl.channels_inter, nccl.channels_inter);
+  put_unless_default(j["nccl"], "p2p_channels_nvlink", p.nccl.p2p_channels_nvlink, nccl.p2p_channels_nvlink);
+  put_unless_default(j["nccl"], "p2p_channels_net", p.nccl.p2p_channels_net, nccl.p2p_channels_net);
+  put_unless_default(j["nccl"], "p2p_peers_per_round", p.nccl.p2p_peers_per_round, nccl.p2p_peers_per_round);
+  put_unless_default(j["nccl"], "net_overhead", p.nccl.net_overhead_s, nccl.net_overhead_s);
+  const Interference interference;
+  j["interference"] = {{"comm_hbm_bytes_per_bus_byte", p.interference.comm_hbm_bytes_per_bus_byte},
+                       {"waiting_sms_per_channel", p.interference.waiting_sms_per_channel}};
+  if (p.interference.waiting_sms_per_channel_more >= 0) {
+    j["interference"]["waiting_sms_per_channel_more"] = p.interference.waiting_sms_per_channel_more;
+  }
+  put_unless_default(j["interference"], "attention_tile_q", p.interference.attention_tile_q,
+                     interference.attention_tile_q);
+  put_unless_default(j["interference"], "gemm_tile_m", p.interference.gemm_tile_m, interference.gemm_tile_m);
+  put_unless_default(j["interference"], "gemm_tile_n", p.interference.gemm_tile_n, interference.gemm_tile_n);
+  if (p.framework.per_kernel_launch_s >= 0 || p.framework.per_module_call_s >= 0) {
+    Json f = Json::object();
+    if (p.framework.per_kernel_launch_s >= 0) f["per_kernel_launch"] = p.framework.per_kernel_launch_s;
+    if (p.framework.per_module_call_s >= 0) f["per_module_call"] = p.framework.per_module_call_s;
+    if (p.framework.event_record_s >= 0) f["event_record"] = p.framework.event_record_s;
+    f["source"] = p.framework.source;
+    j["framework"] = f;
+  }
+  Json fits = Json::array();
+  for (const auto& f : p.fits) {
+    fits.push_back({{"name", f.name},
+                    {"points", f.points},
+                    {"mean_abs_rel_error", f.mean_abs_rel_error},
+                    {"max_abs_rel_error", f.max_abs_rel_error},
+                    {"note", f.note}});
+  }
+  j["fits"] = fits;
+  return j.dump(2) + "\n";
+}
+
+std::vector<std::string> profile_warnings(const Profile& profile, const topologies::Cluster& cluster) {
+  std::vector<std::string> out;
+  const auto gpu = profile.context.find("gpu");
+  const std::string& cluster_gpu = cluster.node.gpu.name;
+  if (gpu != profile.context.end() && gpu_model(gpu->second) != gpu_model(cluster_gpu)) {
+    out.push_back("profile " + profile.name + " was measured on " + gpu->second + ", but the cluster's GPU is " +
+                  cluster_gpu + ": its efficiencies and latencies are another GPU's (calibrate on " + cluster_gpu +
+                  ": twinstep calibrate)");
+  }
+  if (!profile.missing_fields.empty()) {
+    std::string list;
+    for (const auto& f : profile.missing_fields) list += (list.empty() ? "" : ", ") + f;
+    out.push_back("profile " + profile.name + " lacks " + list + ": datasheet values used");
+  }
+  return out;
 }
 
 Profile read_profile(const std::string& path) { return profile_from_json(read_file(path), path); }

@@ -2,52 +2,28 @@
 // against the chosen resource model and assembles the trace with its context (cluster, profile, fidelity, hash).
 #include "sim/simulate.hpp"
 
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
+#include "common/hash.hpp"
+#include "common/process.hpp"
+#include "common/units.hpp"
 #include "schedule/matching.hpp"
 
 namespace twinstep::sim {
 
 namespace {
 
-class Fnv {
- public:
-  void bytes(const void* p, std::size_t n) {
-    const auto* c = static_cast<const unsigned char*>(p);
-    for (std::size_t i = 0; i < n; ++i) {
-      h_ ^= c[i];
-      h_ *= 1099511628211ull;
-    }
-  }
-  template <typename T>
-  void value(const T& v) {
-    static_assert(std::is_arithmetic_v<T> || std::is_enum_v<T>);
-    bytes(&v, sizeof v);
-  }
-  void text(const std::string& s) {
-    value(s.size());
-    bytes(s.data(), s.size());
-  }
-  template <typename T>
-  void list(const std::vector<T>& v) {
-    value(v.size());
-    for (const auto& x : v) value(x);
-  }
-  [[nodiscard]] std::uint64_t digest() const { return h_; }
-
- private:
-  std::uint64_t h_ = 1469598103934665603ull;
-};
-
-void hash_kernel(Fnv& f, const schedule::Kernel& k) {
+void hash_kernel(Fnv1a& f, const schedule::Kernel& k) {
   f.value(k.index());
   std::visit(
       [&](const auto& x) {
@@ -81,7 +57,7 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
 std::string default_fidelity() { return "analytic"; }
 
 std::string schedule_fingerprint(const schedule::Schedule& s) {
-  Fnv f;
+  Fnv1a f;
   f.text(s.name);
   f.value(s.world_size);
   f.list(s.ranks);
@@ -155,13 +131,17 @@ void write_all(int fd, const void* data, std::size_t n) {
   }
 }
 
-/// Runs the flow model in a forked child (SimGrid: one engine per process). The child writes 'R' + record count +
-/// raw records, or 'E'/'N'/'X' + message for Error / NotFeasibleError / any other exception, then _exit()s.
-std::vector<schedule::OpRecord> run_flow_in_child(const SimContext& ctx) {
+}  // namespace
+
+// The child writes 'R' + record count + raw records, or 'E'/'N'/'X' + message for Error / NotFeasibleError / any other
+// exception, then _exit()s.
+std::vector<schedule::OpRecord> run_in_child(const std::function<std::vector<schedule::OpRecord>()>& work,
+                                             const schedule::Schedule& schedule) {
   int fds[2];
   if (::pipe(fds) != 0) throw Error(std::string("--fidelity flow: pipe() failed: ") + std::strerror(errno));
   std::fflush(stdout);
   std::fflush(stderr);
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
     ::close(fds[0]);
@@ -169,14 +149,12 @@ std::vector<schedule::OpRecord> run_flow_in_child(const SimContext& ctx) {
     throw Error(std::string("--fidelity flow: fork() failed: ") + std::strerror(errno));
   }
   if (pid == 0) {
+    die_with_parent(parent);
     ::close(fds[0]);
     char tag = 'X';
     std::string msg;
     try {
-      // Never destroyed: the child _exit()s, and destroying SimGrid activities still running (after an error)
-      // prints a backtrace per activity.
-      ResourceModel* model = make_flow_model(ctx).release();
-      const auto records = run_semantics(ctx, *model);
+      const auto records = work();
       tag = 'R';
       const std::uint64_t n = records.size();
       write_all(fds[1], &tag, 1);
@@ -209,12 +187,32 @@ std::vector<schedule::OpRecord> run_flow_in_child(const SimContext& ctx) {
   }
   ::close(fds[0]);
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  rusage usage{};
+  while (::wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {
   }
-  if (data.empty()) {
-    const std::string why = WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
-                                                : "exited with status " + std::to_string(WEXITSTATUS(status));
-    throw Error("--fidelity flow: the simulation process " + why + " without a result (SimGrid aborted?)");
+  if (WIFSIGNALED(status)) {
+    // ru_maxrss is in KiB on Linux.
+    const double peak_rss_bytes = static_cast<double>(usage.ru_maxrss) * 1024.0;
+    const int sig = WTERMSIG(status);
+    const std::string what = "--fidelity flow: the simulation process was killed by signal " + std::to_string(sig) +
+                             " (" + std::string(strsignal(sig)) + ") at a peak memory (RSS) of " +
+                             format_bytes(peak_rss_bytes) + ", simulating schedule \"" + schedule.name + "\" (" +
+                             std::to_string(schedule.ops.size()) + " ops on " + std::to_string(schedule.ranks.size()) +
+                             " of " + std::to_string(schedule.world_size) + " ranks)";
+    if (sig == SIGKILL) {
+      // The out-of-memory killer's signal (or a user's kill -9): the schedule does not fit this machine's memory.
+      throw NotFeasibleError(what +
+                             "; SIGKILL is what the out-of-memory killer sends: use --fidelity analytic, or fewer "
+                             "ranks / symmetry reduction (predict simulates one representative per DP replica above " +
+                             std::to_string(kSymmetryReductionAboveGpus) + " GPUs unless --no-reduce is given)");
+    }
+    throw Error(what + "; this is a bug (please report it); --fidelity analytic avoids the flow engine",
+                ExitCode::kInternal);
+  }
+  if (data.empty() || WEXITSTATUS(status) != 0) {
+    throw Error("--fidelity flow: the simulation process exited with status " + std::to_string(WEXITSTATUS(status)) +
+                    " without a result (SimGrid aborted?)",
+                ExitCode::kInternal);
   }
   const std::string msg = data.substr(1);
   switch (data[0]) {
@@ -235,6 +233,8 @@ std::vector<schedule::OpRecord> run_flow_in_child(const SimContext& ctx) {
       throw Error("--fidelity flow: internal error in the simulation process: " + msg);
   }
 }
+
+namespace {
 
 schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluster& cluster, const CostModel& costs,
                     const Options& options) {
@@ -273,7 +273,14 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
   schedule::Trace trace;
   trace.producer = "sim";
   if (options.fidelity == "flow") {
-    trace.records = run_flow_in_child(ctx);
+    trace.records = run_in_child(
+        [&ctx] {
+          // Never destroyed: the child _exit()s, and destroying SimGrid activities still running (after an error)
+          // prints a backtrace per activity.
+          ResourceModel* model = make_flow_model(ctx).release();
+          return run_semantics(ctx, *model);
+        },
+        schedule);
   } else {
     auto model = make_analytic_model(ctx);
     trace.records = run_semantics(ctx, *model);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -70,6 +71,15 @@ struct Options {
 /// SimGrid allows one engine per process: a second call in one process throws. simulate() runs it in a forked
 /// child; call this directly only in a process of its own. Throws Error when the build has no SimGrid.
 [[nodiscard]] std::unique_ptr<ResourceModel> make_flow_model(const SimContext& ctx);
+
+/// Runs `work` (the flow simulation) in a forked child process and returns its records, piped back. The child dies
+/// with this process (die_with_parent: no orphan keeps its memory after a timeout or Ctrl-C). Its errors come back as
+/// the same Error / NotFeasibleError. A child killed by a signal throws an error naming the signal, the child's peak
+/// memory (wait4's ru_maxrss) and the size of `schedule` (ops, ranks): NotFeasibleError (exit 3) for SIGKILL, what
+/// the out-of-memory killer sends, with the fix (--fidelity analytic, fewer ranks, symmetry reduction); Error with
+/// ExitCode::kInternal (exit 1) for any other signal (a crash).
+[[nodiscard]] std::vector<schedule::OpRecord> run_in_child(const std::function<std::vector<schedule::OpRecord>()>& work,
+                                                           const schedule::Schedule& schedule);
 
 /// The default fidelity of predict, simulate and sweep alike: "analytic" (flow is asked for by name).
 [[nodiscard]] std::string default_fidelity();

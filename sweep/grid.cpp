@@ -11,6 +11,7 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
@@ -109,12 +110,7 @@ std::vector<std::uint32_t> split_uints(const std::string& text, const std::strin
 }
 
 Spec spec_from_json(const std::string& text, const std::string& source) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
-  }
+  const nlohmann::json j = parse_json(text, source);
   if (!j.is_object()) throw ParseError(source, "", "a sweep file is a JSON object");
   Spec s;
   for (const auto& [k, v] : j.items()) {

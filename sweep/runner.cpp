@@ -33,9 +33,12 @@
 #include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
-#include "models/limits.hpp"
+#include "common/json.hpp"
+#include "common/process.hpp"
+#include "common/units.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
+#include "models/limits.hpp"
 #include "models/recipe.hpp"
 #include "models/run_config.hpp"
 #include "schedule/analysis.hpp"
@@ -46,7 +49,6 @@
 namespace twinstep::sweep {
 namespace {
 
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 /// How far the step's slope over the first and the second pair of short runs may differ (sweep/extrapolate.hpp):
 /// tight, so that an extrapolated step equals the full simulation's (tests/sweep/extrapolate_test.cpp).
 constexpr double kAffineTolerance = 1e-6;
@@ -480,12 +482,7 @@ std::string evaluate_point(const Point& point, bool extrapolate) {
 }
 
 Result result_from_line(const std::string& line, const std::string& source) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw ParseError(source, "", std::string("not a JSON line: ") + e.what());
-  }
+  const nlohmann::json j = parse_json(line, source);
   if (!j.is_object() || !j.contains("key") || !j.contains("status") || !j.contains("point") ||
       !j["point"].is_number_unsigned() || !j["status"].is_string()) {
     throw ParseError(source, "", "not a sweep result line (needs point, key, status)");
@@ -651,9 +648,11 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
       throw Error(std::string("sweep: socketpair failed: ") + std::strerror(errno));
     }
     std::fflush(nullptr);
+    const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0) throw Error(std::string("sweep: fork failed: ") + std::strerror(errno));
     if (pid == 0) {
+      die_with_parent(parent);
       ::close(fds[0]);
       std::uintptr_t advised = keep_freed_memory();
       std::uint64_t pos = 0;

@@ -10,12 +10,11 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "common/json.hpp"
 #include "common/units.hpp"
 
 namespace twinstep::topologies {
 namespace {
-
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 GpuSpec h100_sxm() {
   GpuSpec g;
@@ -178,30 +177,11 @@ std::uint32_t resolve_nodes(NodeSpec& node, const ClusterSize& size, std::uint32
 
 using Json = nlohmann::json;
 
-class Reader {
+/// Cluster files on top of the shared field reader: fields looked up by key, required or with a fallback, and the
+/// GPU, node and fabric sections.
+class Reader : public JsonReader {
  public:
-  explicit Reader(std::string source) : source_(std::move(source)) {}
-
-  [[noreturn]] void fail(const std::string& pointer, const std::string& message) const {
-    throw ParseError(source_, pointer, message);
-  }
-
-  void require_object(const Json& j, const std::string& ptr) const {
-    if (!j.is_object()) fail(ptr, "expected an object");
-  }
-
-  void check_keys(const Json& j, const std::string& ptr, std::initializer_list<const char*> allowed) const {
-    for (const auto& [key, value] : j.items()) {
-      (void)value;
-      bool ok = false;
-      for (const char* a : allowed) ok = ok || key == a;
-      if (!ok) {
-        std::string list;
-        for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
-        fail(ptr + "/" + key, "unknown field \"" + key + "\"; allowed here: " + list);
-      }
-    }
-  }
+  using JsonReader::JsonReader;
 
   double quantity(const Json& j, const std::string& ptr, const char* key, Dimension dim, bool required,
                   double fallback = 0) const {
@@ -209,18 +189,7 @@ class Reader {
       if (required) fail(ptr + "/" + key, std::string("missing required field \"") + key + "\"");
       return fallback;
     }
-    const Json& v = j.at(key);
-    if (v.is_number()) return v.get<double>();
-    if (v.is_string()) {
-      try {
-        return parse_quantity(v.get<std::string>(), dim, key);
-      } catch (const ParseError&) {
-        throw;
-      } catch (const Error& e) {
-        fail(ptr + "/" + key, e.what());
-      }
-    }
-    fail(ptr + "/" + key, "expected a number or a quantity string such as \"450 GB/s\"");
+    return JsonReader::quantity(j.at(key), ptr + "/" + key, dim);
   }
 
   std::uint32_t count(const Json& j, const std::string& ptr, const char* key, bool required,
@@ -229,11 +198,7 @@ class Reader {
       if (required) fail(ptr + "/" + key, std::string("missing required field \"") + key + "\"");
       return fallback;
     }
-    const Json& v = j.at(key);
-    if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > 1000000) {
-      fail(ptr + "/" + key, "expected a non-negative integer");
-    }
-    return static_cast<std::uint32_t>(v.get<std::int64_t>());
+    return JsonReader::count(j.at(key), ptr + "/" + key, 0, 1000000);
   }
 
   std::string text(const Json& j, const std::string& ptr, const char* key, bool required) const {
@@ -241,8 +206,7 @@ class Reader {
       if (required) fail(ptr + "/" + key, std::string("missing required field \"") + key + "\"");
       return {};
     }
-    if (!j.at(key).is_string()) fail(ptr + "/" + key, "expected a string");
-    return j.at(key).get<std::string>();
+    return JsonReader::text(j.at(key), ptr + "/" + key);
   }
 
   GpuSpec gpu(const Json& j, const std::string& ptr) const {
@@ -253,10 +217,9 @@ class Reader {
         fail(ptr, e.what());
       }
     }
-    require_object(j, ptr);
-    check_keys(j, ptr,
-               {"name", "sm_count", "hbm_capacity", "hbm_bandwidth", "peak_bf16", "peak_fp8", "peak_tf32", "peak_fp32",
-                "source"});
+    keys(j, ptr,
+         {"name", "sm_count", "hbm_capacity", "hbm_bandwidth", "peak_bf16", "peak_fp8", "peak_tf32", "peak_fp32",
+          "source"});
     GpuSpec g;
     g.name = text(j, ptr, "name", true);
     g.sm_count = count(j, ptr, "sm_count", true);
@@ -281,10 +244,9 @@ class Reader {
         fail(ptr, e.what());
       }
     }
-    require_object(j, ptr);
-    check_keys(j, ptr,
-               {"name", "gpu", "gpus_per_node", "nvlink_links_per_gpu", "nvlink_bandwidth", "nvlink_nccl_bandwidth",
-                "pcie_bandwidth", "nics_per_gpu", "nic_bandwidth", "nic_achievable_bandwidth", "source"});
+    keys(j, ptr,
+         {"name", "gpu", "gpus_per_node", "nvlink_links_per_gpu", "nvlink_bandwidth", "nvlink_nccl_bandwidth",
+          "pcie_bandwidth", "nics_per_gpu", "nic_bandwidth", "nic_achievable_bandwidth", "source"});
     NodeSpec n;
     n.name = text(j, ptr, "name", true);
     if (!j.contains("gpu"))
@@ -319,10 +281,9 @@ class Reader {
       if (kind == "superpod") return superpod(nodes, rails);
       fail(ptr, "unknown fabric \"" + kind + "\"; use \"single_switch\", \"superpod\" or an object");
     }
-    require_object(j, ptr);
-    check_keys(j, ptr,
-               {"kind", "nodes_per_group", "leaf_switches", "spine_switches", "core_switches", "oversubscription",
-                "hop_latency", "source"});
+    keys(j, ptr,
+         {"kind", "nodes_per_group", "leaf_switches", "spine_switches", "core_switches", "oversubscription",
+          "hop_latency", "source"});
     Fabric f;
     const std::string kind = text(j, ptr, "kind", true);
     if (kind == "single_switch") {
@@ -345,9 +306,6 @@ class Reader {
     f.source = text(j, ptr, "source", false);
     return f;
   }
-
- private:
-  std::string source_;
 };
 
 }  // namespace
@@ -413,15 +371,9 @@ NodeSpec builtin_node(const std::string& id) {
 }
 
 Cluster cluster_from_json(const std::string& text, const std::string& source, const ClusterSize& size) {
-  Json j;
-  try {
-    j = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    throw ParseError(source, "", std::string("not valid JSON: ") + e.what());
-  }
+  const Json j = parse_json(text, source);
   const Reader r(source);
-  r.require_object(j, "");
-  r.check_keys(j, "", {"schema_version", "name", "node", "fabric", "nodes", "source"});
+  r.keys(j, "", {"schema_version", "name", "node", "fabric", "nodes", "source"});
   if (!j.contains("schema_version") || !j.at("schema_version").is_number_integer() ||
       j.at("schema_version").get<int>() != 1) {
     r.fail("/schema_version", "expected \"schema_version\": 1");

@@ -1,5 +1,5 @@
-// Shared bits of the device benchmarks: medians, the JSON envelope ("schema_version", "context", "results") that
-// calibration/ reads, and the table printer. Header-only; benches only.
+// Shared bits of the device benchmarks (medians: twinstep::median, common/stats.hpp): the JSON envelope
+// ("schema_version", "context", "results") that calibration/ reads, and the table printer. Header-only; benches only.
 #pragma once
 
 #include <algorithm>
@@ -9,16 +9,10 @@
 #include <vector>
 
 #include "common/io.hpp"
+#include "common/stats.hpp"
 #include "schedule/trace.hpp"
 
 namespace twinstep::bench {
-
-inline double median_of(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /// Per-op durations (end - start) in seconds of the ops of `rank` in a trace.
 inline std::vector<double> op_durations_s(const schedule::Trace& t, schedule::RankId rank) {

@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
       double t = 0;
       for (sch::RankId r = 0; r < world; ++r) {
         if (kind == "send_recv" && r > 1) continue;
-        t = std::max(t, twinstep::bench::median_of(twinstep::bench::op_durations_s(trace, r)));
+        t = std::max(t, twinstep::median(twinstep::bench::op_durations_s(trace, r)));
       }
       const double algbw = static_cast<double>(bytes) / t / 1e9;
       const double busbw = algbw * bus_factor(kind, world);

@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
     be::Options probe;
     probe.warmup_steps = 1;
     probe.steps = 1;
-    const double t_est = twinstep::bench::median_of(twinstep::bench::op_durations_s(rt.execute(s, probe), 0));
+    const double t_est = twinstep::median(twinstep::bench::op_durations_s(rt.execute(s, probe), 0));
     be::Options o;
     o.warmup_steps =
         static_cast<int>(std::clamp(std::ceil(warmup_ms * 1e-3 / std::max(1e-9, t_est * iters)), 1.0, 10000.0));
@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
       doc["warmup_ms"] = warmup_ms;
       first = false;
     }
-    const double t = twinstep::bench::median_of(twinstep::bench::op_durations_s(trace, 0));
+    const double t = twinstep::median(twinstep::bench::op_durations_s(trace, 0));
     const double tflops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) / t / 1e12;
     std::printf("%-20s %10.2f %10.1f %8d\n", shape.c_str(), t * 1e6, tflops, o.warmup_steps);
     doc["results"].push_back({{"m", m},

@@ -85,8 +85,8 @@ int main(int argc, char** argv) {
     ours.push_back(static_cast<double>(recs.back().issue_ns - recs.front().issue_ns) * 1e-9 / (n - 1));
     ours_gpu.push_back(static_cast<double>(recs.back().end_ns - recs.front().start_ns) * 1e-9 / n);
   }
-  const double b = twinstep::bench::median_of(bare), be2 = twinstep::bench::median_of(bare_ev);
-  const double o1 = twinstep::bench::median_of(ours), og = twinstep::bench::median_of(ours_gpu);
+  const double b = twinstep::median(bare), be2 = twinstep::median(bare_ev);
+  const double o1 = twinstep::median(ours), og = twinstep::median(ours_gpu);
   std::printf("bare launch loop                  %8.2f us/op\n", b * 1e6);
   std::printf("bare launch + 2 event records     %8.2f us/op\n", be2 * 1e6);
   std::printf("backend issue path                %8.2f us/op  (%.2fx the bare loop with events)\n", o1 * 1e6, o1 / be2);

@@ -226,7 +226,7 @@ TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[si
   CHECK(err(R"({"schema_version": 1, "launch": {"compute": "5 GB"}})").find("/launch/compute") != std::string::npos);
   CHECK(err(R"({"schema_version": 1, "nccl": {"algorithms": ["nvls"]}})").find("/nccl/algorithms/0") !=
         std::string::npos);
-  CHECK(err("{not json").find("p.json: not valid JSON") == 0);
+  CHECK(err("{not json").find("p.json: line 1, column 3: not valid JSON: syntax error") == 0);
   CHECK(err(R"({"schema_version": 1, "interference": {"waiting_sms_per_channel": 2}})")
             .find("/interference/waiting_sms_per_channel: must be in [0, 1]") != std::string::npos);
   CHECK(err(R"({"schema_version": 1, "attention_causal_work": "most"})").find("p.json: /attention_causal_work: use") ==

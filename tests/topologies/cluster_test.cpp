@@ -121,6 +121,6 @@ TEST_CASE("topologies::cluster_from_json: errors name the file, the field and th
   const std::string oversub = R"({"schema_version": 1, "name": "x", "node": "dgx-h100",
       "fabric": {"kind": "fat_tree", "nodes_per_group": 4, "oversubscription": 0.5}})";
   CHECK(json_error(oversub).find("/fabric/oversubscription: must be >= 1") != std::string::npos);
-  CHECK(json_error("[1,2").find("c.json: not valid JSON") == 0);
+  CHECK(json_error("[1,2").find("c.json: line 1, column 5: not valid JSON: syntax error") == 0);
   CHECK(json_error(R"({"name": "x", "node": "dgx-h100"})").find("/schema_version") != std::string::npos);
 }

@@ -1,0 +1,82 @@
+// The profile's read and write in one module (sim/profile.cpp): profile_to_json() writes back every committed
+// profile byte for byte, what a file leaves to the datasheet is recorded, and profile_warnings() reports it and a
+// profile measured on another GPU model than the cluster's.
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/io.hpp"
+#include "sim/cost_model.hpp"
+#include "tests/catch.hpp"
+#include "topologies/cluster.hpp"
+
+using namespace twinstep;
+using namespace twinstep::sim;
+
+namespace {
+
+const std::string kSource = TWINSTEP_SOURCE_DIR;
+
+std::vector<std::string> committed_profiles() {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(kSource + "/calibration/profiles")) {
+    const std::string name = e.path().filename().string();
+    // Profiles only: not the raw measurements (.raw.jsonl) nor the torch script's inputs (.framework.json).
+    if (e.path().extension() == ".json" && name.find(".framework.") == std::string::npos) {
+      out.push_back(e.path().string());
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("sim::profile_to_json: every committed profile writes back byte for byte", "[sim]") {
+  const auto paths = committed_profiles();
+  REQUIRE(paths.size() >= 2);  // h200x2.json, h200x4.json
+  for (const auto& path : paths) {
+    INFO(path);
+    const Profile p = read_profile(path);
+    CHECK(p.missing_fields.empty());
+    CHECK(profile_to_json(p) == read_file(path));
+  }
+}
+
+TEST_CASE("sim::profile_from_json: the fields a file lacks are listed, and writing leaves them out", "[sim]") {
+  const Profile p = read_profile(kSource + "/tests/sim/data/profile_example.json");
+  // It gives gemm and elementwise tables, memory_efficiency and launch compute, collective and host_sync.
+  const std::vector<std::string> missing = {"compute.attention_bwd", "compute.attention_fwd", "compute.grouped_gemm",
+                                            "launch.memcpy",         "launch.recv",           "launch.send"};
+  CHECK(p.missing_fields == missing);
+  CHECK(p.declared_name == "example h200x2");
+  // The datasheet values stand in for them.
+  CHECK(p.launch_s.at("send") == Profile::datasheet_defaults().launch_s.at("send"));
+  const Profile back = profile_from_json(profile_to_json(p), "back.json");
+  CHECK(back.missing_fields == missing);
+  CHECK(back.compute.at("gemm").points == p.compute.at("gemm").points);
+  CHECK(back.nccl.channels_intra == 24);
+  CHECK(back.nccl.protocols == p.nccl.protocols);
+  CHECK(back.memory_efficiency == p.memory_efficiency);
+  CHECK(back.collectives.at(0).bus_bytes_per_s == p.collectives.at(0).bus_bytes_per_s);
+  CHECK(back.interference.comm_hbm_bytes_per_bus_byte == 2.0);
+  CHECK(Profile::datasheet_defaults().missing_fields.empty());
+}
+
+TEST_CASE("sim::profile_warnings: another GPU model, and the fields left to the datasheet", "[sim]") {
+  const auto h100 = topologies::load_cluster("dgx-h100");
+  const auto h200 = topologies::load_cluster("h200x2-nvlink");
+  const Profile measured = read_profile(kSource + "/calibration/profiles/h200x2.json");  // context.gpu "NVIDIA H200"
+  CHECK(profile_warnings(measured, h200).empty());
+  const auto other = profile_warnings(measured, h100);
+  REQUIRE(other.size() == 1);
+  CHECK(other[0].find("was measured on NVIDIA H200, but the cluster's GPU is H100 SXM5") != std::string::npos);
+  CHECK(other[0].rfind("profile two H200", 0) == 0);
+
+  const Profile example = read_profile(kSource + "/tests/sim/data/profile_example.json");  // "H200 SXM"
+  const auto w = profile_warnings(example, h200);
+  REQUIRE(w.size() == 1);
+  CHECK(w[0].find("lacks compute.attention_bwd, compute.attention_fwd, compute.grouped_gemm, launch.memcpy, "
+                  "launch.recv, launch.send: datasheet values used") != std::string::npos);
+  CHECK(profile_warnings(example, h100).size() == 2);
+  CHECK(profile_warnings(Profile::datasheet_defaults(), h100).empty());
+}
