@@ -1,6 +1,6 @@
 // `twinstep predict` (model x cluster x layout x overlap variants -> step time, MFU, breakdown per variant) and
-// `twinstep simulate` (a schedule file on a cluster -> trace). Printing only: the work is models::lower,
-// sim::simulate and schedule::analyze.
+// `twinstep simulate` (a schedule file on a cluster -> trace). Printing only: the work is evaluate::evaluate (one
+// point: lower, simulate, analyse; the same path as sweep) and evaluate::simulate_schedule.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -16,7 +16,7 @@
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/units.hpp"
-#include "models/limits.hpp"
+#include "evaluate/evaluate.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "schedule/analysis.hpp"
@@ -262,46 +262,33 @@ Prediction run_predict(const PredictArgs& args) {
   }
   std::vector<VariantResult> results;
   for (const auto& v : split_variants(args.overlap)) {
-    const models::RunConfig cfg = models::apply_overlap_variant(base, v);
-    models::LowerOptions lower_opts;
-    const sim::Reduction reduction = sim::reduction_policy(gpus, cf.fidelity, !args.no_reduce);
-    lower_opts.representatives_only = reduction.representatives_only;
-    lower_opts.mirror_tp = reduction.mirror_tp;
-    if (const double ops = models::estimated_ops(model, cfg, lower_opts); ops > models::kMaxSimulatedOps) {
-      throw Error("variant " + v + ": the step is about " + fmt("%.1f", ops / 1e6) + " M ops to simulate, above the " +
-                  fmt("%.0f", models::kMaxSimulatedOps / 1e6) +
-                  " M one simulation may hold (memory); use fewer micro-batches (--gbs) or, with --fidelity flow, "
-                  "--fidelity analytic (it simulates one rank per pipeline stage and CP rank)");
-    }
-    models::Lowered lowered = models::lower(model, cfg, lower_opts);
-    sim::Options opts;
+    evaluate::Options opts;
     opts.fidelity = cf.fidelity;
+    opts.reduce = !args.no_reduce;
+    opts.keep_trace = !trace_dir.empty();
     opts.context["variant"] = v;
     opts.context["model"] = model.name;
-    // The trace takes the schedule (no copy of a large lowered schedule).
-    const schedule::Trace trace = sim::simulate(std::move(lowered.schedule), setup.cluster, costs, opts);
+    evaluate::Result e;
+    try {
+      e = evaluate::evaluate(model, setup.cluster, costs, models::apply_overlap_variant(base, v), opts);
+    } catch (const Error& err) {
+      throw Error("variant " + v + ": " + err.what(), err.code());
+    }
     VariantResult r;
     r.name = v;
-    r.breakdown = schedule::analyze(trace);
-    double solo = 0;
-    for (const auto& op : trace.schedule.ops) {
-      if (const auto* c = std::get_if<schedule::Compute>(&op.body)) solo += costs.kernel_cost(*c).solo_time_s();
-    }
-    r.solo_compute_s = trace.schedule.ranks.empty() ? 0.0 : solo / static_cast<double>(trace.schedule.ranks.size());
-    r.step_s = r.breakdown.step_time_s;
-    r.tflops_per_gpu = r.step_s > 0 ? lowered.model_flops_per_step / (r.step_s * gpus) / 1e12 : 0.0;
-    r.mfu = r.step_s > 0 ? lowered.model_flops_per_step / (r.step_s * gpus * peak) : 0.0;
-    r.memory_gib = lowered.peak_memory.total_bytes() / kGiB;
-    r.fits = lowered.fits;
-    r.warnings = lowered.warnings;
-    if (const auto it = trace.context.find("model_limits"); it != trace.context.end()) r.notes.push_back(it->second);
-    if (const auto it = trace.context.find("symmetry_reduction"); it != trace.context.end()) {
-      r.notes.push_back("symmetry reduction: " + it->second + " (--no-reduce simulates every rank)");
-    }
-    if (!trace_dir.empty()) {
+    r.breakdown = std::move(e.sim.breakdown);
+    r.solo_compute_s = e.sim.solo_compute_s;
+    r.step_s = e.step_s;
+    r.tflops_per_gpu = e.tflops_per_gpu;
+    r.mfu = e.mfu;
+    r.memory_gib = e.peak_memory.total_bytes() / kGiB;
+    r.fits = e.fits;
+    r.warnings = std::move(e.warnings);
+    r.notes = std::move(e.sim.notes);
+    if (e.sim.trace) {
       const std::string stem = (std::filesystem::path(trace_dir) / v).string();
-      schedule::write_trace(trace, stem + ".trace.json");
-      write_file_atomic(stem + ".perfetto.json", schedule::to_perfetto_json(trace));
+      schedule::write_trace(*e.sim.trace, stem + ".trace.json");
+      write_file_atomic(stem + ".perfetto.json", schedule::to_perfetto_json(*e.sim.trace));
     }
     results.push_back(std::move(r));
   }
@@ -449,18 +436,20 @@ void run_examples(const std::string& which, const PredictArgs& outer) {
 void run_simulate(const std::string& path, const ClusterFlags& cf, const std::string& out) {
   const Setup setup = load_setup(cf);
   const sim::CostModel costs(setup.cluster, setup.profile);
-  const schedule::Schedule s = schedule::read_schedule(path);
+  schedule::Schedule s = schedule::read_schedule(path);
   schedule::check(s);
-  sim::Options opts;
+  evaluate::Options opts;
   opts.fidelity = cf.fidelity;
   opts.context["schedule_file"] = path;
-  const schedule::Trace trace = sim::simulate(s, setup.cluster, costs, opts);
+  opts.keep_trace = true;
+  evaluate::Simulated simulated = evaluate::simulate_schedule(std::move(s), setup.cluster, costs, opts);
+  const schedule::Trace& trace = *simulated.trace;
   if (out == "-") {
     schedule::write_trace(trace, out);
     return;
   }
   if (!out.empty()) schedule::write_trace(trace, out);
-  const auto b = schedule::analyze(trace);
+  const schedule::Breakdown& b = simulated.breakdown;
   std::fputs(
       ("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile.name + ", fidelity " +
        cf.fidelity + ")\n" + schedule::format_breakdown(b) +

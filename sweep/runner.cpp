@@ -38,6 +38,7 @@
 #include "common/units.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
+#include "evaluate/evaluate.hpp"
 #include "models/limits.hpp"
 #include "models/recipe.hpp"
 #include "models/run_config.hpp"
@@ -162,11 +163,6 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   const models::RunConfig cfg = point_config(p, cluster);
   const sim::CostModel costs(cluster, in.profile(p.profile));
 
-  // Lowers, simulates and analyzes `c` (cfg, or cfg with fewer micro-batches).
-  struct Sample {
-    models::Lowered lowered;  ///< Schedule moved out into the simulation.
-    schedule::Breakdown breakdown;
-  };
   const std::uint32_t dp = p.gpus / (p.layout.tp * p.layout.pp * p.layout.cp);
   const std::uint64_t per_step = std::uint64_t{p.layout.mbs} * dp;
   const std::uint32_t micro_batches = per_step > 0 && p.gbs % per_step == 0 ? p.gbs / per_step : 0;
@@ -203,19 +199,14 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     too_large = buf;
     return false;
   };
-  auto run = [&](const models::RunConfig& c) {
-    Sample out;
-    out.lowered = models::lower(model, c, lower_opts);
-    if (!out.lowered.fits) return out;
-    sim::Options opts;
-    opts.fidelity = p.fidelity;
-    opts.schedule_hash = false;
-    schedule::Matching matching;
-    opts.matching_out = &matching;
-    const schedule::Trace trace = sim::simulate(std::move(out.lowered.schedule), cluster, costs, opts);
-    out.breakdown = schedule::analyze(trace, matching);
-    return out;
-  };
+  // Lowers, simulates and analyzes `c` (cfg, or cfg with fewer micro-batches): the one evaluation path of predict.
+  evaluate::Options eval_opts;
+  eval_opts.fidelity = p.fidelity;
+  eval_opts.op_names = false;  // a sweep keeps only step times, breakdowns and memory
+  eval_opts.schedule_hash = false;
+  eval_opts.simulate_when_not_fitting = false;
+  eval_opts.check_size = false;  // small_enough() checks the largest sample once per point
+  auto run = [&](const models::RunConfig& c) { return evaluate::evaluate(model, cluster, costs, c, eval_opts); };
   auto values_of = [](const schedule::Breakdown& b) {
     std::map<std::string, double> v;
     v["step"] = b.step_time_s;
@@ -232,7 +223,8 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   std::optional<std::map<std::string, double>> values;
   std::array<std::uint32_t, 3> counts{};
   std::string fallback;
-  Sample full;
+  evaluate::Result full;
+  bool extrapolated = false;
   std::vector<std::string> warnings;
   try {
     models::check_limits(cfg);
@@ -246,20 +238,20 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
       largest.global_batch_size = static_cast<std::uint32_t>(per_step * counts[2]);
       if (!small_enough(largest)) return head(p, "error", too_large).dump();
       std::array<MicroBatchSample, 3> samples;
-      std::vector<Sample> runs;
+      std::vector<evaluate::Result> runs;
       for (std::size_t i = 0; i < 3; ++i) {
         models::RunConfig c = cfg;
         c.global_batch_size = static_cast<std::uint32_t>(per_step * counts[i]);
         runs.push_back(run(c));
-        samples[i] = {counts[i], values_of(runs.back().breakdown)};
-        if (!runs.back().lowered.fits) {
+        samples[i] = {counts[i], values_of(runs.back().sim.breakdown)};
+        if (!runs.back().fits) {
           // The memory estimate does not fall with more micro-batches: the full run does not fit either.
-          full.lowered = std::move(runs.back().lowered);
+          full = std::move(runs.back());
           short_does_not_fit = true;
           break;
         }
         // The memory estimate (activations in flight) must have saturated by the second short run.
-        if (i == 2 && runs[2].lowered.peak_memory.total_bytes() != runs[1].lowered.peak_memory.total_bytes()) {
+        if (i == 2 && runs[2].peak_memory.total_bytes() != runs[1].peak_memory.total_bytes()) {
           fallback = "memory estimate still grows between the short runs";
           break;
         }
@@ -267,8 +259,9 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
       if (fallback.empty() && !short_does_not_fit)
         values = sweep::extrapolate(samples, micro_batches, kAffineTolerance, &fallback);
       if (values) {
-        full.lowered = std::move(runs.back().lowered);
-        full.lowered.model_flops_per_step *= static_cast<double>(micro_batches) / counts[2];
+        full = std::move(runs.back());
+        full.model_flops_per_step *= static_cast<double>(micro_batches) / counts[2];
+        extrapolated = true;
       }
     }
     if (!values && !short_does_not_fit) {
@@ -278,7 +271,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   } catch (const Error& e) {
     return head(p, "invalid", e.what()).dump();
   }
-  const models::Lowered& lowered = full.lowered;
+  const evaluate::Result& lowered = full;
   const double mem_gib = lowered.peak_memory.total_bytes() / kGiB;
   const double cap_gib = cfg.gpu_memory_bytes / kGiB;
   auto with_memory = [&](nlohmann::ordered_json j) {
@@ -293,7 +286,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     j["warnings"] = warnings;
     return j.dump();
   }
-  if (!values) values = values_of(full.breakdown);
+  if (!values) values = values_of(full.sim.breakdown);
   const std::map<std::string, double>& v = *values;
   const double step = v.at("step");
   const double peak = cluster.node.gpu.peak_flop_per_s(cfg.dtype);
@@ -308,7 +301,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   j["breakdown_s"] = bd;
   j["busy_comm_s"] = v.at("busy comm");
   j["warnings"] = warnings;
-  if (!full.breakdown.ranks.empty()) {
+  if (!extrapolated) {
     if (!fallback.empty()) j["extrapolation_fallback"] = fallback;
   } else {
     j["extrapolated_from_micro_batches"] = counts;

@@ -1,0 +1,62 @@
+// Evaluating one point: a model, a cluster, a run config -> lowered (with the symmetry-reduction policy), checked
+// against the size limits, simulated and analysed, with step time, MFU, memory and the figures attribution needs.
+// The one path of `twinstep predict` (per overlap variant) and `twinstep sweep` (per point and per extrapolation
+// sample); `twinstep simulate` uses its second half (simulate_schedule) on a schedule file.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "models/lower.hpp"
+#include "schedule/analysis.hpp"
+#include "schedule/trace.hpp"
+#include "sim/cost_model.hpp"
+#include "sim/simulate.hpp"
+#include "topologies/cluster.hpp"
+
+namespace twinstep::evaluate {
+
+struct Options {
+  std::string fidelity = sim::default_fidelity();
+  bool reduce = true;         ///< Symmetry reduction by sim::reduction_policy (predict's --no-reduce clears it).
+  bool op_names = true;       ///< Human-readable op names (a sweep, which keeps no trace, turns them off).
+  bool keep_trace = false;    ///< Return the trace (predict --trace).
+  bool schedule_hash = true;  ///< sim::Options::schedule_hash.
+  bool simulate_when_not_fitting = true;  ///< false: a point that does not fit in memory is not simulated.
+  /// Check models::check_limits and the estimated op count before lowering; a sweep, which checks the size of its
+  /// largest extrapolation sample once per point, turns it off for the samples.
+  bool check_size = true;
+  std::map<std::string, std::string> context;  ///< Copied into the trace's context.
+};
+
+/// What a simulated schedule gives.
+struct Simulated {
+  schedule::Breakdown breakdown;
+  double solo_compute_s = 0;       ///< Mean over simulated ranks of the compute kernels' solo times (cost model).
+  std::vector<std::string> notes;  ///< What the resource model leaves out; the symmetry reduction applied.
+  std::optional<schedule::Trace> trace;
+};
+
+/// One evaluated point.
+struct Result {
+  models::MemoryEstimate peak_memory;
+  bool fits = true;
+  bool simulated = false;  ///< false only for a point that does not fit with simulate_when_not_fitting off.
+  std::vector<std::string> warnings;  ///< Gating warnings of the lowering.
+  double model_flops_per_step = 0;
+  double step_s = 0, tflops_per_gpu = 0, mfu = 0;
+  Simulated sim;
+};
+
+/// Simulates `schedule` on `cluster` and analyses the trace (the trace kept with `options.keep_trace`).
+[[nodiscard]] Simulated simulate_schedule(schedule::Schedule schedule, const topologies::Cluster& cluster,
+                                          const sim::CostModel& costs, const Options& options);
+
+/// Lowers `config` (after models::check_limits and a refusal above models::kMaxSimulatedOps estimated ops, exit 2,
+/// unless options.check_size is off), simulates and analyses it. Throws Error for an invalid config.
+[[nodiscard]] Result evaluate(const models::ModelSpec& model, const topologies::Cluster& cluster,
+                              const sim::CostModel& costs, const models::RunConfig& config, const Options& options);
+
+}  // namespace twinstep::evaluate
