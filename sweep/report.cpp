@@ -1,6 +1,6 @@
 // Ranking, exports and the HTML report of a sweep. The charts are inline SVG drawn here (stacked bars, line chart,
-// heat map, scatter); strings from inputs go through calibration::html_escape. Fixed number formats, ordered maps:
-// the same results give the same bytes.
+// heat map, scatter); strings from inputs go through html::escape. Fixed number formats, ordered maps: the same
+// results give the same bytes.
 #include "sweep/report.hpp"
 
 #include <algorithm>
@@ -13,8 +13,8 @@
 #include <sstream>
 #include <tuple>
 
-#include "calibration/report.hpp"
 #include "common/error.hpp"
+#include "common/html.hpp"
 #include "common/io.hpp"
 #include "common/units.hpp"
 #include "schedule/analysis.hpp"
@@ -24,7 +24,7 @@
 namespace twinstep::sweep {
 namespace {
 
-using calibration::html_escape;
+std::string html_escape(std::string_view text) { return html::escape(text); }
 
 std::string fmt(const char* f, double v) {
   char buf[64];
