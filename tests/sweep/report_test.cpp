@@ -220,7 +220,7 @@ TEST_CASE("sweep::reasons_not_run: one line per reason, numbers blanked, most fr
   CHECK(named);
 }
 
-TEST_CASE("sweep::render_html: a sortable ranked table of every simulated point; not-run points by reason", "[sweep]") {
+TEST_CASE("sweep::render_html: a sortable ranked table of every simulated point, not-run points by reason", "[sweep]") {
   const auto results = sample();
   const std::string html = sweep::render_html(results, sweep::rank_results(results), {}, {3, "s.jsonl"});
   // One script (the table sorter), nothing external.
