@@ -87,7 +87,7 @@ void write_outputs(const std::vector<sweep::Result>& results, const OutputFlags&
     text += "CSV written to " + f.csv + "\n";
   }
   if (!f.json.empty()) {
-    write_file_atomic(f.json, sweep::to_json(rankings, results));
+    write_file_atomic(f.json, sweep::to_json(rankings, results, notes));
     text += "JSON written to " + f.json + "\n";
   }
   if (!f.report.empty()) {

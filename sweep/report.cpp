@@ -470,9 +470,14 @@ std::string to_csv(const std::vector<Result>& results) {
   return o.str();
 }
 
-std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Result>& results) {
+std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Result>& results,
+                    const ReportNotes& notes) {
   nlohmann::ordered_json j;
   j["schema_version"] = 1;
+  if (notes.other_points_kept > 0) {
+    j["results_file"] = notes.results_file;
+    j["other_points_kept"] = notes.other_points_kept;
+  }
   nlohmann::ordered_json rs = nlohmann::ordered_json::array();
   for (const auto& g : rankings) {
     nlohmann::ordered_json e;

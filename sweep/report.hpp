@@ -68,8 +68,10 @@ struct ReportNotes {
 /// not sort first), one that does not fit has its memory estimate only.
 [[nodiscard]] std::string to_csv(const std::vector<Result>& results);
 
-/// {"schema_version": 1, "rankings": [...], "points": [...]} (points as in the JSON lines).
-[[nodiscard]] std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Result>& results);
+/// {"schema_version": 1, "rankings": [...], "points": [...]} (points as in the JSON lines), and where the results
+/// file keeps other points, "results_file" and "other_points_kept" (notes).
+[[nodiscard]] std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Result>& results,
+                                  const ReportNotes& notes = {});
 
 /// A measured trace (producer "backend") and the sweep point with the same lowered schedule, if any.
 struct Measured {

@@ -101,6 +101,10 @@ TEST_CASE("sweep::to_csv and to_json: every point, categories as columns", "[swe
   CHECK(j["rankings"][0]["best_point"] == 1);
   CHECK(j["rankings"][0]["runner_up_loses_on"] == "bubble +400.000 ms");
   CHECK(j["rankings"][0]["speedup_vs_none"]["dp"].get<double>() == Approx(1.30 / 1.05));
+  CHECK_FALSE(j.contains("other_points_kept"));
+  const auto kept = nlohmann::json::parse(sweep::to_json(sweep::rank_results(results), results, {3, "s.jsonl"}));
+  CHECK(kept["other_points_kept"] == 3);
+  CHECK(kept["results_file"] == "s.jsonl");
 }
 
 TEST_CASE("sweep::render_html: charts present, input strings escaped", "[sweep]") {
