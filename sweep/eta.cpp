@@ -1,37 +1,48 @@
-// Time left in a sweep from a rate measured on simulated points (sweep/eta.hpp).
+// Time left in a sweep from a power law of the estimated cost fitted on simulated points (sweep/eta.hpp).
 #include "sweep/eta.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 namespace twinstep::sweep {
 
-EtaEstimator::EtaEstimator(unsigned jobs, double queued_cost)
-    : jobs_(std::max(1u, jobs)), queued_cost_(std::max(0.0, queued_cost)) {}
+EtaEstimator::EtaEstimator(unsigned jobs) : jobs_(std::max(1u, jobs)) {}
 
-void EtaEstimator::started(std::size_t id, double cost, double t) {
-  queued_cost_ = std::max(0.0, queued_cost_ - cost);
-  in_flight_[id] = {cost, t};
+void EtaEstimator::queued(std::size_t id, double cost) { pending_[id] = {cost, -1}; }
+
+void EtaEstimator::started(std::size_t id, double t) {
+  const auto it = pending_.find(id);
+  if (it != pending_.end()) it->second.start = t;
 }
 
 void EtaEstimator::finished(std::size_t id, double t, bool simulated) {
-  const auto it = in_flight_.find(id);
-  if (it == in_flight_.end()) return;
-  if (simulated && it->second.cost > 0) {
-    measured_cost_ += it->second.cost;
-    measured_s_ += std::max(0.0, t - it->second.start);
+  const auto it = pending_.find(id);
+  if (it == pending_.end()) return;
+  const double seconds = t - it->second.start;
+  if (simulated && it->second.cost > 0 && it->second.start >= 0 && seconds > 0) {
+    const double x = std::log(it->second.cost), y = std::log(seconds);
+    n_ += 1;
+    sx_ += x;
+    sy_ += y;
+    sxx_ += x * x;
+    sxy_ += x * y;
   }
-  in_flight_.erase(it);
+  pending_.erase(it);
 }
 
 double EtaEstimator::seconds_left(double t) const {
-  if (measured_cost_ <= 0) return in_flight_.empty() && queued_cost_ <= 0 ? 0.0 : -1.0;
-  const double rate = measured_s_ / measured_cost_;  // seconds per unit of cost on one worker
-  // Work left in seconds of one worker; the longest single piece bounds the end from below (it runs on one).
-  double total = queued_cost_ * rate, longest = 0;
-  for (const auto& [id, f] : in_flight_) {
-    const double left = std::max(0.0, f.cost * rate - (t - f.start));
+  if (pending_.empty()) return 0;
+  if (n_ == 0) return -1;
+  // log(seconds) = a + b log(cost); with one cost measured so far, time proportional to cost (b = 1).
+  const double var = sxx_ - sx_ * sx_ / n_;
+  const double b = var > 1e-12 ? (sxy_ - sx_ * sy_ / n_) / var : 1.0;
+  const double a = (sy_ - b * sx_) / n_;
+  double total = 0, longest = 0;
+  for (const auto& [id, p] : pending_) {
+    const double predicted = std::exp(a + b * std::log(p.cost));
+    const double left = p.start < 0 ? predicted : std::max(0.0, predicted - (t - p.start));
     total += left;
-    longest = std::max(longest, left);
+    if (p.start >= 0) longest = std::max(longest, left);
   }
   return std::max(total / jobs_, longest);
 }

@@ -1,8 +1,12 @@
 // The time left in a running sweep. Points differ in cost by orders of magnitude (a 1-rank analytic point vs a
-// 1024-rank flow point), so the estimate is in units of each point's estimated cost (ops it simulates), converted to
-// seconds by a rate measured on the points that were simulated: points rejected or found not to fit come back in
-// milliseconds whatever their estimated cost, and counting them as work done made the old estimate several times
-// too low. Points in flight count with the part of them not yet done; `jobs` workers share what is left.
+// 1024-rank flow point), so each point's time is predicted from its estimated cost (about the ops it simulates)
+// with time = a * cost^b, fitted by least squares in log-log on the points that were simulated so far. Points
+// rejected or found not to fit come back in microseconds whatever their estimated cost: counting them as work done
+// made the old estimate several times too low, so they are left out of the fit. The fit's exponent matters because
+// the sweep hands out the costliest points first and time grows faster than the cost estimate (cost^1.52 on the
+// Qwen3 sample of docs/sweep.md): a plain seconds-per-cost rate measured on the first, large points overestimated
+// the small ones left at the end 2-3x. Points in flight count with the part of them not yet done;
+// `jobs` workers share what is left, and the longest single point left bounds the end from below.
 #pragma once
 
 #include <cstddef>
@@ -12,27 +16,29 @@ namespace twinstep::sweep {
 
 class EtaEstimator {
  public:
-  /// `jobs` workers; `queued_cost`: the estimated cost of every point still to hand out.
-  EtaEstimator(unsigned jobs, double queued_cost);
+  explicit EtaEstimator(unsigned jobs);
 
-  /// Point `id` of estimated cost `cost` was handed to a worker at time `t` (seconds, any fixed origin).
-  void started(std::size_t id, double cost, double t);
+  /// Point `id` of estimated cost `cost` (> 0) is to be evaluated.
+  void queued(std::size_t id, double cost);
+
+  /// Point `id` was handed to a worker at time `t` (seconds, any fixed origin).
+  void started(std::size_t id, double t);
 
   /// Point `id` came back at time `t`. `simulated`: it was lowered and simulated in full (status ok), so its time
-  /// measures the rate; otherwise (rejected, does not fit, error) its time says nothing about the others'.
+  /// enters the fit; otherwise (rejected, does not fit, error) its time says nothing about the others'.
   void finished(std::size_t id, double t, bool simulated);
 
   /// Seconds left at time `t`, or a negative value while unknown (no simulated point back yet).
   [[nodiscard]] double seconds_left(double t) const;
 
  private:
-  struct InFlight {
-    double cost = 0, start = 0;
+  struct Pending {
+    double cost = 0, start = -1;  ///< start < 0: not handed out yet.
   };
   unsigned jobs_;
-  double queued_cost_;
-  double measured_cost_ = 0, measured_s_ = 0;
-  std::map<std::size_t, InFlight> in_flight_;
+  std::map<std::size_t, Pending> pending_;
+  /// Sums of the fit over simulated points: count, log cost, log seconds, their squares and product.
+  double n_ = 0, sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;
 };
 
 }  // namespace twinstep::sweep

@@ -413,8 +413,9 @@ class Progress {
     if (out_ == nullptr || total_ == 0) return;
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - start_).count();
-    // ETA from the cost rate of the simulated points (sweep/eta.hpp); unknown until the first one is back.
-    const double eta = eta_ != nullptr ? eta_->seconds_left(elapsed) : -1;
+    // ETA fitted on the simulated points (sweep/eta.hpp); unknown until the first one is back. Computed only when
+    // printed: it walks the points left.
+    auto eta = [&] { return eta_ != nullptr ? eta_->seconds_left(elapsed) : -1.0; };
     if (tty_) {
       if (!final && std::chrono::duration<double>(now - last_).count() < 0.1) return;
       constexpr int kWidth = 30;
@@ -423,7 +424,7 @@ class Progress {
       bar.append(static_cast<std::size_t>(kWidth - filled), '.');
       std::fprintf(out_, "\r[%s] %zu/%zu %3.0f%%  elapsed %s  ETA %s   ", bar.c_str(), done, total_,
                    100.0 * static_cast<double>(done) / static_cast<double>(total_), format_duration(elapsed).c_str(),
-                   format_duration(eta).c_str());
+                   format_duration(eta()).c_str());
       if (final) std::fputc('\n', out_);
     } else {
       // Plain lines: every 10% of the points or every 30 s, and at the end.
@@ -432,7 +433,7 @@ class Progress {
           final || done / step != printed_ / step || std::chrono::duration<double>(now - last_).count() >= 30;
       if (!due || done == printed_) return;
       std::fprintf(out_, "sweep: %zu/%zu points done, elapsed %s, ETA %s\n", done, total_,
-                   format_duration(elapsed).c_str(), format_duration(eta).c_str());
+                   format_duration(elapsed).c_str(), format_duration(eta()).c_str());
       printed_ = done;
     }
     std::fflush(out_);
@@ -656,10 +657,9 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   // For the ETA, a point of unknown cost counts as the mean known one.
   const double mean_cost = known > 0 ? work / static_cast<double>(known) : 1.0;
   auto eta_cost = [&](std::size_t pos) { return cost[pos] > 0 ? cost[pos] : mean_cost; };
-  double eta_work = 0;
-  for (std::size_t pos : runnable) eta_work += eta_cost(pos);
   const unsigned jobs = std::max(1u, options.jobs);
-  EtaEstimator eta(jobs, eta_work);
+  EtaEstimator eta(jobs);
+  for (std::size_t pos : runnable) eta.queued(pos, eta_cost(pos));
   progress.set_estimator(&eta);
   todo.assign(runnable.begin(), runnable.end());
   // Workers take one point at a time, the next as soon as they answer, so every job stays busy until the end
@@ -679,7 +679,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     const std::uint64_t pos = todo.front();
     todo.pop_front();
     w.points.push_back(pos);
-    eta.started(pos, eta_cost(pos), progress.now_s());
+    eta.started(pos, progress.now_s());
     // A worker that died meanwhile is found by its end of file; its point is retried then (finish).
     (void)::send(w.fd, &pos, sizeof pos, MSG_NOSIGNAL);
   };
@@ -728,6 +728,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
       eta.finished(pos, progress.now_s(), false);
       if (retried.insert(pos).second) {
         todo.push_front(pos);  // once more, in a fresh worker's turn: a second death names the point
+        eta.queued(pos, eta_cost(pos));
       } else {
         record(pos, head(points[pos], "error", why + " while evaluating this point").dump());
       }
