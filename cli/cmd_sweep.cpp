@@ -63,10 +63,7 @@ void check_outputs(const std::string& output, const OutputFlags& f) {
   check_writable("--csv", f.csv);
   check_writable("--json", f.json);
   check_writable("--report", f.report);
-  std::error_code ec;
-  if (!f.measured.empty() && !std::filesystem::is_directory(f.measured, ec)) {
-    throw Error("--measured " + f.measured + ": not a folder; give a folder of measured trace JSON files");
-  }
+  if (!f.measured.empty()) sweep::check_measured_folder(f.measured);
 }
 
 void add_output_flags(CLI::App* sub, OutputFlags& f) {

@@ -512,11 +512,15 @@ std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Resu
   return j.dump(2) + "\n";
 }
 
-std::vector<Measured> read_measured(const std::string& dir, const std::vector<Result>& results) {
+void check_measured_folder(const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) {
     throw Error("--measured " + dir + ": not a folder; give a folder of measured trace JSON files");
   }
+}
+
+std::vector<Measured> read_measured(const std::string& dir, const std::vector<Result>& results) {
+  check_measured_folder(dir);
   // Candidates for a trace: simulated points with its world size and layout; their full schedules are lowered and
   // fingerprinted only when a trace asks (sweep points are simulated reduced and extrapolated).
   std::map<std::size_t, std::string> fingerprints;

@@ -81,6 +81,9 @@ struct Measured {
   std::optional<std::size_t> match;  ///< Index into the results.
 };
 
+/// Throws Error (naming --measured) unless `dir` is a folder: checked before a sweep runs, and by read_measured.
+void check_measured_folder(const std::string& dir);
+
 /// Reads every *.json trace in `dir` (non-trace JSON files are skipped), matches each to a point by the
 /// fingerprint of the schedule it carries against the full schedule of the simulated points with its world size
 /// and layout (lower_point, computed only for those candidates). Throws Error if `dir` is not a folder or holds no
