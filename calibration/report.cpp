@@ -1,6 +1,6 @@
-// Renders a Comparison as one self-contained HTML page: inline CSS and SVG drawn here (bar charts, a log-log
-// scatter), no JavaScript, no external resources. Everything that came from an input file goes through
-// html_escape. Numbers are printed with fixed precision, so the same comparison gives the same bytes.
+// Renders a Comparison as one self-contained HTML page (common/html.hpp): inline CSS and SVG (bar charts, a log-log
+// scatter), no JavaScript, no external resources. Everything that came from an input file is escaped. Numbers are
+// printed with fixed precision, so the same comparison gives the same bytes.
 #include "calibration/report.hpp"
 
 #include <algorithm>
@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/html.hpp"
 #include "common/io.hpp"
 
 namespace twinstep::calibration {
@@ -21,14 +22,9 @@ namespace {
 constexpr const char* kPredColor = "#3b6fb6";
 constexpr const char* kMeasColor = "#e08a2c";
 
-std::string fmt(const char* format, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, v);
-  return buf;
-}
-
-/// SVG coordinate with one decimal.
-std::string px(double v) { return fmt("%.1f", v); }
+using html::escape;
+using html::px;
+std::string fmt(const char* format, double v) { return html::format(format, v); }
 
 std::string percent(double rel) {
   if (std::isinf(rel)) return rel > 0 ? "+inf" : "-inf";
@@ -36,7 +32,7 @@ std::string percent(double rel) {
   return fmt("%+.2f%%", rel * 100.0);
 }
 
-std::string seconds(double s) { return html_escape(format_seconds(s)); }
+std::string seconds(double s) { return escape(format_seconds(s)); }
 
 std::string signed_seconds(double s) { return (s > 0 ? "+" : "") + seconds(s); }
 
@@ -73,32 +69,29 @@ std::string bar_chart(const std::string& id, const std::vector<BreakdownRow>& ro
   const double height = top + row_h * static_cast<double>(rows.size()) + 10;
   const double width = label_w + bar_w + value_w;
   std::ostringstream o;
-  o << "<svg id=\"" << id << "\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << px(width)
-    << "\" height=\"" << px(height) << "\" viewBox=\"0 0 " << px(width) << ' ' << px(height) << "\">\n";
-  o << "<rect x=\"" << px(label_w) << "\" y=\"6\" width=\"12\" height=\"10\" fill=\"" << kPredColor << "\"/>"
-    << "<text x=\"" << px(label_w + 16) << "\" y=\"15\" class=\"legend\">predicted</text>"
-    << "<rect x=\"" << px(label_w + 100) << "\" y=\"6\" width=\"12\" height=\"10\" fill=\"" << kMeasColor << "\"/>"
-    << "<text x=\"" << px(label_w + 116) << "\" y=\"15\" class=\"legend\">measured</text>\n";
+  o << html::svg_rect(label_w, 6, 12, 10, kPredColor).str()
+    << html::svg_text(label_w + 16, 15).attr("class", "legend").text("predicted").str()
+    << html::svg_rect(label_w + 100, 6, 12, 10, kMeasColor).str()
+    << html::svg_text(label_w + 116, 15).attr("class", "legend").text("measured").str() << "\n";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
     const double y = top + row_h * static_cast<double>(i);
-    o << "<text x=\"" << px(label_w - 8) << "\" y=\"" << px(y + 19) << "\" text-anchor=\"end\">"
-      << html_escape(r.category) << "</text>\n";
+    o << html::svg_text(label_w - 8, y + 19, "end").text(r.category).str() << "\n";
     const double values[2] = {r.predicted_s, r.measured_s};
     const char* cls[2] = {"bar pred", "bar meas"};
     const char* color[2] = {kPredColor, kMeasColor};
     for (int k = 0; k < 2; ++k) {
       const double w = std::max(0.0, values[k]) / max_v * bar_w;
       const double by = y + 3 + 14 * k;
-      o << "<rect class=\"" << cls[k] << "\" x=\"" << px(label_w) << "\" y=\"" << px(by) << "\" width=\"" << px(w)
-        << "\" height=\"13\" fill=\"" << color[k] << "\"><title>" << html_escape(r.category) << ' '
-        << (k == 0 ? "predicted " : "measured ") << seconds(values[k]) << "</title></rect>"
-        << "<text x=\"" << px(label_w + w + 4) << "\" y=\"" << px(by + 11) << "\" class=\"value\">"
-        << seconds(values[k]) << "</text>\n";
+      o << html::svg_rect(label_w, by, w, 13, color[k])
+               .attr("class", cls[k])
+               .title(r.category + (k == 0 ? " predicted " : " measured ") + format_seconds(values[k]))
+               .str()
+        << html::svg_text(label_w + w + 4, by + 11).attr("class", "value").text(format_seconds(values[k])).str()
+        << "\n";
     }
   }
-  o << "</svg>\n";
-  return o.str();
+  return html::svg_chart(id, width, height, o.str());
 }
 
 /// Diverging bars of each class's relative error of total duration, clipped at +-100%.
@@ -108,11 +101,10 @@ std::string class_chart(const std::vector<ClassResidual>& classes) {
   const double width = label_w + 2 * half_w + value_w;
   const double zero_x = label_w + half_w;
   std::ostringstream o;
-  o << "<svg id=\"class-chart\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << px(width)
-    << "\" height=\"" << px(height) << "\" viewBox=\"0 0 " << px(width) << ' ' << px(height) << "\">\n";
-  o << "<text x=\"" << px(label_w) << "\" y=\"14\" class=\"legend\">-100%</text>"
-    << "<text x=\"" << px(zero_x) << "\" y=\"14\" class=\"legend\" text-anchor=\"middle\">0</text>"
-    << "<text x=\"" << px(zero_x + half_w) << "\" y=\"14\" class=\"legend\" text-anchor=\"end\">+100%</text>\n";
+  o << html::svg_text(label_w, 14).attr("class", "legend").text("-100%").str()
+    << html::svg_text(zero_x, 14).attr("class", "legend").attr("text-anchor", "middle").text("0").str()
+    << html::svg_text(zero_x + half_w, 14).attr("class", "legend").attr("text-anchor", "end").text("+100%").str()
+    << "\n";
   for (std::size_t i = 0; i < classes.size(); ++i) {
     const auto& c = classes[i];
     const double y = top + row_h * static_cast<double>(i);
@@ -120,18 +112,17 @@ std::string class_chart(const std::vector<ClassResidual>& classes) {
     const double shown = std::isnan(rel) ? 0.0 : std::clamp(rel, -1.0, 1.0);
     const double w = std::fabs(shown) * half_w;
     const double x = shown >= 0 ? zero_x : zero_x - w;
-    o << "<text x=\"" << px(label_w - 8) << "\" y=\"" << px(y + 15) << "\" text-anchor=\"end\">"
-      << html_escape(c.op_class) << "</text>"
-      << "<rect class=\"bar " << (shown >= 0 ? "over" : "under") << "\" fill=\"" << (shown >= 0 ? "#c0504d" : "#4f81bd")
-      << "\" x=\"" << px(x) << "\" y=\"" << px(y + 4) << "\" width=\"" << px(w) << "\" height=\"14\"><title>"
-      << html_escape(c.op_class) << ": " << c.count << " ops, predicted " << seconds(to_seconds(c.predicted_ns))
-      << ", measured " << seconds(to_seconds(c.measured_ns)) << "</title></rect>"
-      << "<text x=\"" << px(zero_x + half_w + 6) << "\" y=\"" << px(y + 15) << "\" class=\"value\">" << percent(rel)
-      << "</text>\n";
+    o << html::svg_text(label_w - 8, y + 15, "end").text(c.op_class).str()
+      << html::svg_rect(x, y + 4, w, 14, shown >= 0 ? "#c0504d" : "#4f81bd")
+             .attr("class", shown >= 0 ? "bar over" : "bar under")
+             .title(c.op_class + ": " + std::to_string(c.count) + " ops, predicted " +
+                    format_seconds(to_seconds(c.predicted_ns)) + ", measured " +
+                    format_seconds(to_seconds(c.measured_ns)))
+             .str()
+      << html::svg_text(zero_x + half_w + 6, y + 15).attr("class", "value").text(percent(rel)).str() << "\n";
   }
-  o << "<line x1=\"" << px(zero_x) << "\" y1=\"" << px(top) << "\" x2=\"" << px(zero_x) << "\" y2=\"" << px(height - 8)
-    << "\" class=\"axis\" stroke=\"#333\"/>\n</svg>\n";
-  return o.str();
+  o << html::svg_line(zero_x, top, zero_x, height - 8, "#333").attr("class", "axis").str() << "\n";
+  return html::svg_chart("class-chart", width, height, o.str());
 }
 
 /// Log-log scatter of per-op durations with the y = x diagonal; ops with a zero duration cannot be placed.
@@ -185,69 +176,68 @@ std::string scatter(const Comparison& c, const ReportOptions& options, std::size
   std::ostringstream o;
   const double width = margin + size + 40;
   const double height = 20 + size + 46;
-  o << "<svg id=\"scatter-chart\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << px(width)
-    << "\" height=\"" << px(height) << "\" viewBox=\"0 0 " << px(width) << ' ' << px(height) << "\">\n";
-  o << "<rect x=\"" << px(margin) << "\" y=\"20\" width=\"" << px(size) << "\" height=\"" << px(size)
-    << "\" class=\"frame\" fill=\"none\" stroke=\"#999\"/>\n";
+  o << html::svg_rect(margin, 20, size, size, "none").attr("class", "frame").attr("stroke", "#999").str() << "\n";
   double legend_x = margin + 40;
   for (const auto& [family, name] : {std::pair{OpFamily::kCompute, "compute"},
                                      std::pair{OpFamily::kComm, "communication"}, std::pair{OpFamily::kHost, "host"}}) {
-    o << "<circle class=\"legend\" cx=\"" << px(legend_x + 5) << "\" cy=\"10\" r=\"4\" fill=\"" << family_color(family)
-      << "\"/><text x=\"" << px(legend_x + 13) << "\" y=\"14\" class=\"legend\">" << name << "</text>";
+    o << html::svg_circle(legend_x + 5, 10, "4", family_color(family)).attr("class", "legend").str()
+      << html::svg_text(legend_x + 13, 14).attr("class", "legend").text(name).str();
     legend_x += 110;
   }
   o << "\n";
   for (int d = d_lo; d <= d_hi; ++d) {
     const double ns = std::pow(10.0, d);
     const std::string label = decade_label(d);
-    o << "<line x1=\"" << px(sx(ns)) << "\" y1=\"20\" x2=\"" << px(sx(ns)) << "\" y2=\"" << px(20 + size)
-      << "\" class=\"grid\" stroke=\"#e4e4e4\"/><text x=\"" << px(sx(ns)) << "\" y=\"" << px(20 + size + 16)
-      << "\" text-anchor=\"middle\" class=\"tick\">" << label << "</text>"
-      << "<line x1=\"" << px(margin) << "\" y1=\"" << px(sy(ns)) << "\" x2=\"" << px(margin + size) << "\" y2=\""
-      << px(sy(ns)) << "\" class=\"grid\" stroke=\"#e4e4e4\"/><text x=\"" << px(margin - 6) << "\" y=\""
-      << px(sy(ns) + 4) << "\" text-anchor=\"end\" class=\"tick\">" << label << "</text>\n";
+    o << html::svg_line(sx(ns), 20, sx(ns), 20 + size, "#e4e4e4").attr("class", "grid").str()
+      << html::svg_text(sx(ns), 20 + size + 16, "middle").attr("class", "tick").text(label).str()
+      << html::svg_line(margin, sy(ns), margin + size, sy(ns), "#e4e4e4").attr("class", "grid").str()
+      << html::svg_text(margin - 6, sy(ns) + 4, "end").attr("class", "tick").text(label).str() << "\n";
   }
   const double a = std::pow(10.0, d_lo), b = std::pow(10.0, d_hi);
-  o << "<line class=\"diag\" stroke=\"#999\" stroke-dasharray=\"4 3\" x1=\"" << px(sx(a)) << "\" y1=\"" << px(sy(a))
-    << "\" x2=\"" << px(sx(b)) << "\" y2=\"" << px(sy(b)) << "\"/>\n";
+  o << html::svg_line(sx(a), sy(a), sx(b), sy(b), "#999").attr("class", "diag").attr("stroke-dasharray", "4 3").str()
+    << "\n";
   const double mid = 20 + size / 2;
-  o << "<text x=\"" << px(margin + size / 2) << "\" y=\"" << px(20 + size + 38)
-    << "\" text-anchor=\"middle\" class=\"legend\">measured duration</text>"
-    << "<text x=\"12\" y=\"" << px(mid) << "\" text-anchor=\"middle\" class=\"legend\" transform=\"rotate(-90 12 "
-    << px(mid) << ")\">predicted duration</text>\n";
+  o << html::svg_text(margin + size / 2, 20 + size + 38, "middle")
+           .attr("class", "legend")
+           .text("measured duration")
+           .str()
+    << html::svg_text(12, mid, "middle")
+           .attr("class", "legend")
+           .attr("transform", "rotate(-90 12 " + px(mid) + ")")
+           .text("predicted duration")
+           .str()
+    << "\n";
   for (const auto* p : points) {
     const double m = static_cast<double>(p->measured_ns);
     const double q = static_cast<double>(p->predicted_ns);
-    o << "<circle class=\"op\" cx=\"" << px(sx(m)) << "\" cy=\"" << px(sy(q)) << "\" r=\"2.5\" fill=\""
-      << family_color(p->family) << "\" fill-opacity=\"0.55\"><title>op " << p->op;
-    if (!names[p->op].empty()) o << ' ' << html_escape(names[p->op]);
-    o << ": predicted " << seconds(q * 1e-9) << ", measured " << seconds(m * 1e-9) << "</title></circle>\n";
+    std::string tip = "op " + std::to_string(p->op);
+    if (!names[p->op].empty()) tip += " " + names[p->op];
+    tip += ": predicted " + format_seconds(q * 1e-9) + ", measured " + format_seconds(m * 1e-9);
+    o << html::svg_circle(sx(m), sy(q), "2.5", family_color(p->family))
+             .attr("class", "op")
+             .attr("fill-opacity", "0.55")
+             .title(tip)
+             .str()
+      << "\n";
   }
-  o << "</svg>\n";
-  return o.str();
+  return html::svg_chart("scatter-chart", width, height, o.str());
 }
 
 std::string context_block(const std::string& title, const std::string& label, const std::string& producer,
                           const std::map<std::string, std::string>& context) {
   std::ostringstream o;
-  o << "<div class=\"context\"><h3>" << html_escape(title) << "</h3>";
-  if (!label.empty()) o << "<p class=\"path\">" << html_escape(label) << "</p>";
-  o << "<table><tr><th>producer</th><td>" << html_escape(producer) << "</td></tr>\n";
+  o << "<div class=\"context\"><h3>" << escape(title) << "</h3>";
+  if (!label.empty()) o << "<p class=\"path\">" << escape(label) << "</p>";
+  o << "<table><tr><th>producer</th><td>" << escape(producer) << "</td></tr>\n";
   for (const auto& [k, v] : context) {
-    o << "<tr><th>" << html_escape(k) << "</th><td>" << html_escape(v) << "</td></tr>\n";
+    o << "<tr><th>" << escape(k) << "</th><td>" << escape(v) << "</td></tr>\n";
   }
   o << "</table></div>\n";
   return o.str();
 }
 
-constexpr const char* kStyle = R"(
-body { font: 14px/1.4 system-ui, sans-serif; margin: 24px auto; max-width: 1100px; color: #222; }
-h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 8px 0; }
-th, td { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }
-th:first-child, td:first-child, td.name { text-align: left; }
-td.name { font-family: ui-monospace, monospace; word-break: break-all; }
-.chart { display: block; margin: 8px 0; font-size: 12px; }
+/// The rules this report adds to the shared style (common/html.hpp).
+constexpr const char* kStyle = R"(td.name { word-break: break-all; }
 .chart text.value, .chart text.tick, .chart text.legend { fill: #555; font-size: 11px; }
 .chart .over { fill: #c0504d; } .chart .under { fill: #4f81bd; }
 .chart .axis { stroke: #333; } .chart .grid { stroke: #eee; } .chart .frame { fill: none; stroke: #999; }
@@ -259,41 +249,12 @@ td.name { font-family: ui-monospace, monospace; word-break: break-all; }
 
 }  // namespace
 
-std::string html_escape(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (const char ch : text) {
-    switch (ch) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += ch;
-    }
-  }
-  return out;
-}
-
 std::string render_report(const Comparison& c, const ReportOptions& options) {
   std::ostringstream o;
   const std::string title = "twinstep compare: " + c.schedule_name;
-  o << "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" << html_escape(title)
-    << "</title>\n<style>" << kStyle << "</style>\n</head>\n<body>\n";
-  o << "<h1>" << html_escape(title) << "</h1>\n";
-  o << "<p>" << c.op_count << " ops on " << c.rank_count << " ranks; predicted by " << html_escape(c.predicted_producer)
-    << ", measured by " << html_escape(c.measured_producer);
+  o << html::page_begin(title, kStyle);
+  o << "<p>" << c.op_count << " ops on " << c.rank_count << " ranks; predicted by " << escape(c.predicted_producer)
+    << ", measured by " << escape(c.measured_producer);
   if (c.measured_step_count > 0) o << " (median of " << c.measured_step_count << " measured steps)";
   o << ".</p>\n";
 
@@ -309,7 +270,7 @@ std::string render_report(const Comparison& c, const ReportOptions& options) {
   o << "<table id=\"breakdown-table\"><tr><th>category</th><th>predicted</th><th>measured</th><th>error</th>"
     << "<th>relative error</th></tr>\n";
   for (const auto& r : c.breakdown) {
-    o << "<tr><td>" << html_escape(r.category) << "</td><td>" << seconds(r.predicted_s) << "</td><td>"
+    o << "<tr><td>" << escape(r.category) << "</td><td>" << seconds(r.predicted_s) << "</td><td>"
       << seconds(r.measured_s) << "</td><td>" << signed_seconds(r.predicted_s - r.measured_s) << "</td><td>"
       << percent(relative_error(r.predicted_s, r.measured_s)) << "</td></tr>\n";
   }
@@ -319,7 +280,7 @@ std::string render_report(const Comparison& c, const ReportOptions& options) {
     << "<th>busy measured</th><th>busy error</th><th>exposed predicted</th><th>exposed measured</th>"
     << "<th>exposed error</th></tr>\n";
   for (const auto& r : c.comms) {
-    o << "<tr><td>" << html_escape(r.kind) << "</td><td>" << seconds(r.predicted_busy_s) << "</td><td>"
+    o << "<tr><td>" << escape(r.kind) << "</td><td>" << seconds(r.predicted_busy_s) << "</td><td>"
       << seconds(r.measured_busy_s) << "</td><td>" << percent(relative_error(r.predicted_busy_s, r.measured_busy_s))
       << "</td><td>" << seconds(r.predicted_exposed_s) << "</td><td>" << seconds(r.measured_exposed_s) << "</td><td>"
       << percent(relative_error(r.predicted_exposed_s, r.measured_exposed_s)) << "</td></tr>\n";
@@ -330,7 +291,7 @@ std::string render_report(const Comparison& c, const ReportOptions& options) {
   o << "<table id=\"class-table\"><tr><th>class</th><th>ops</th><th>predicted</th><th>measured</th>"
     << "<th>relative error</th><th>mean |error| per op</th></tr>\n";
   for (const auto& r : c.classes) {
-    o << "<tr><td>" << html_escape(r.op_class) << "</td><td>" << r.count << "</td><td>"
+    o << "<tr><td>" << escape(r.op_class) << "</td><td>" << r.count << "</td><td>"
       << seconds(to_seconds(r.predicted_ns)) << "</td><td>" << seconds(to_seconds(r.measured_ns)) << "</td><td>"
       << percent(r.rel_error()) << "</td><td>" << seconds(r.mean_abs_error_ns() * 1e-9) << "</td></tr>\n";
   }
@@ -346,8 +307,8 @@ std::string render_report(const Comparison& c, const ReportOptions& options) {
   o << "<h2>Worst ops by |predicted - measured| duration</h2>\n<table id=\"worst-table\"><tr><th>op</th>"
     << "<th>name</th><th>rank</th><th>class</th><th>predicted</th><th>measured</th><th>error</th></tr>\n";
   for (const auto& r : c.worst_ops) {
-    o << "<tr><td>" << r.op << "</td><td class=\"name\">" << html_escape(r.name) << "</td><td>" << r.rank << "</td><td>"
-      << html_escape(r.op_class) << "</td><td>" << seconds(to_seconds(r.predicted_ns)) << "</td><td>"
+    o << "<tr><td>" << r.op << "</td><td class=\"name\">" << escape(r.name) << "</td><td>" << r.rank << "</td><td>"
+      << escape(r.op_class) << "</td><td>" << seconds(to_seconds(r.predicted_ns)) << "</td><td>"
       << seconds(to_seconds(r.measured_ns)) << "</td><td>" << signed_seconds(to_seconds(r.error_ns()))
       << "</td></tr>\n";
   }
@@ -356,7 +317,7 @@ std::string render_report(const Comparison& c, const ReportOptions& options) {
   o << "<h2>Context</h2>\n<div class=\"contexts\">\n"
     << context_block("predicted", options.predicted_label, c.predicted_producer, c.predicted_context)
     << context_block("measured", options.measured_label, c.measured_producer, c.measured_context) << "</div>\n";
-  o << "</body>\n</html>\n";
+  o << html::page_end();
   return o.str();
 }
 

@@ -1,17 +1,14 @@
-// The HTML report of `twinstep compare --report`: one self-contained file (inline CSS, inline SVG charts drawn
-// here, no scripts, no external resources) showing a Comparison. Every string taken from input files is escaped.
+// The HTML report of `twinstep compare --report`: one self-contained file (inline CSS, inline SVG charts built
+// with common/html.hpp, no scripts, no external resources) showing a Comparison. Every string taken from input
+// files is escaped.
 #pragma once
 
 #include <cstddef>
 #include <string>
-#include <string_view>
 
 #include "calibration/compare.hpp"
 
 namespace twinstep::calibration {
-
-/// Escapes & < > " ' for HTML text and attribute values.
-[[nodiscard]] std::string html_escape(std::string_view text);
 
 /// How render_report labels the traces and how many scatter points it draws at most.
 struct ReportOptions {

@@ -3,7 +3,10 @@
 // printing only: the work is in sweep/.
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -30,11 +33,39 @@ struct SweepFlags {
   bool quiet = false;
   bool dry_run = false;
   bool no_extrapolate = false;
+  std::size_t top = 10;
 };
 
 struct OutputFlags {
   std::string csv, json, report, measured;
 };
+
+/// Fails (exit 2) unless `path` can be written: its folder exists and is writable, and it is not a folder.
+void check_writable(const std::string& flag, const std::string& path) {
+  if (path.empty() || path == "-") return;
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    throw Error(flag + " " + path + ": the folder " + dir.string() +
+                " does not exist; create it or give a path in an existing folder");
+  }
+  if (fs::is_directory(p, ec)) throw Error(flag + " " + path + ": is a folder; give a file path");
+  if (::access(dir.c_str(), W_OK) != 0) {
+    throw Error(flag + " " + path + ": the folder " + dir.string() + " is not writable (" + std::strerror(errno) +
+                "); give a path in a writable folder");
+  }
+}
+
+/// Every output and the --measured folder checked before a point is evaluated: a typo must not cost a sweep.
+void check_outputs(const std::string& output, const OutputFlags& f) {
+  check_writable("-o/--output", output);
+  check_writable("--csv", f.csv);
+  check_writable("--json", f.json);
+  check_writable("--report", f.report);
+  if (!f.measured.empty()) sweep::check_measured_folder(f.measured);
+}
 
 void add_output_flags(CLI::App* sub, OutputFlags& f) {
   sub->add_option("--csv", f.csv, "Write every point as CSV");
@@ -43,21 +74,22 @@ void add_output_flags(CLI::App* sub, OutputFlags& f) {
   sub->add_option("--measured", f.measured, "Folder of measured traces (twinstep run) to compare in the report");
 }
 
-void write_outputs(const std::vector<sweep::Result>& results, const OutputFlags& f, bool quiet) {
+void write_outputs(const std::vector<sweep::Result>& results, const OutputFlags& f, bool quiet, std::size_t top,
+                   const sweep::ReportNotes& notes = {}) {
   const auto rankings = sweep::rank_results(results);
   std::vector<sweep::Measured> measured;
   if (!f.measured.empty()) measured = sweep::read_measured(f.measured, results);
-  std::string text = sweep::format_table(rankings, results);
+  std::string text = sweep::format_table(rankings, results, top);
   if (!f.csv.empty()) {
     write_file_atomic(f.csv, sweep::to_csv(results));
     text += "CSV written to " + f.csv + "\n";
   }
   if (!f.json.empty()) {
-    write_file_atomic(f.json, sweep::to_json(rankings, results));
+    write_file_atomic(f.json, sweep::to_json(rankings, results, notes));
     text += "JSON written to " + f.json + "\n";
   }
   if (!f.report.empty()) {
-    write_file_atomic(f.report, sweep::render_html(results, rankings, measured));
+    write_file_atomic(f.report, sweep::render_html(results, rankings, measured, notes));
     text += "report written to " + f.report + "\n";
   }
   if (!measured.empty()) {
@@ -130,19 +162,31 @@ void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
     if (shard.count > 1) output = with_rank_suffix(output, shard);  // one file per MPI rank
   }
   const std::vector<sweep::Point> points = sweep::select_shard(all, shard);
-  std::size_t invalid = 0;
-  for (const auto& p : points) invalid += !p.invalid_reason.empty();
+  if (!f.dry_run) check_outputs(output, of);
+  // Rejected before lowering: by the layout rules (grid), or by the lowering's own checks (gating, divisibility),
+  // the same reasons the run gives them. Whether a point fits in memory is known only once it is lowered.
+  std::size_t by_layout = 0, by_checks = 0;
+  std::vector<std::string> reasons(points.size());
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    reasons[i] = sweep::rejection_reason(points[i]);
+    by_layout += !points[i].invalid_reason.empty();
+    by_checks += points[i].invalid_reason.empty() && !reasons[i].empty();
+  }
   std::string head = "twinstep sweep: " + std::to_string(all.size()) + " points";
   if (shard.count > 1) {
     head += ", shard " + std::to_string(shard.index) + "/" + std::to_string(shard.count) + " runs " +
             std::to_string(points.size());
   }
-  head += " (" + std::to_string(invalid) + " rejected by layout rules) -> " + output + "\n";
+  head += " (" + std::to_string(by_layout + by_checks) + " invalid: " + std::to_string(by_layout) +
+          " by the layout rules, " + std::to_string(by_checks) + " by the lowering's checks) -> " + output + "\n";
   if (f.dry_run) {
-    for (const auto& p : points) {
-      head += std::to_string(p.index) + " " + sweep::point_key(p) +
-              (p.invalid_reason.empty() ? "" : "  INVALID: " + p.invalid_reason) + "\n";
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      head += std::to_string(points[i].index) + " " + sweep::point_key(points[i]) +
+              (reasons[i].empty() ? "" : "  INVALID: " + reasons[i]) + "\n";
     }
+    head += std::to_string(points.size() - by_layout - by_checks) +
+            " points to simulate; whether each fits in GPU memory is known only once it is lowered (the memory "
+            "estimate), so some may still be reported as not fitting\n";
     std::fputs(head.c_str(), stdout);
     return;
   }
@@ -162,15 +206,22 @@ void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
     std::snprintf(buf, sizeof buf, "%zu points: %zu resumed from the file, %zu evaluated in %.1f s with %u jobs\n",
                   stats.total, stats.resumed, stats.evaluated, stats.wall_s, opts.jobs);
     std::string note = buf;
-    if (stats.dropped > 0) note += std::to_string(stats.dropped) + " old lines not in this sweep were removed\n";
     if (stats.torn > 0) note += "a torn last line (interrupted write) was removed and its point re-run\n";
+    if (stats.duplicates > 0) {
+      note += std::to_string(stats.duplicates) + " repeated lines of the same point in " + output +
+              " were joined (the first kept)\n";
+    }
     if (shard.count > 1) note += "this is one shard: join the shard outputs with `twinstep merge ... -o all.jsonl`\n";
     std::fputs(note.c_str(), stdout);
   }
-  write_outputs(results, of, f.quiet);
+  if (stats.kept > 0 && !f.quiet) {
+    std::fputs((sweep::kept_points_note(stats.kept, output) + "\n").c_str(), stdout);
+  }
+  write_outputs(results, of, f.quiet, f.top, sweep::ReportNotes{stats.kept, output});
 }
 
 void run_merge_command(const std::vector<std::string>& inputs, const std::string& output, const OutputFlags& of) {
+  check_outputs(output, of);
   std::size_t lines_in = 0;
   std::vector<std::string> conflicts;
   const std::string merged = sweep::merge_results(inputs, &lines_in, &conflicts);
@@ -181,7 +232,7 @@ void run_merge_command(const std::vector<std::string>& inputs, const std::string
   text += "merged " + std::to_string(lines_in) + " lines from " + std::to_string(inputs.size()) + " files into " +
           std::to_string(results.size()) + " points -> " + output + "\n";
   std::fputs(text.c_str(), stdout);
-  if (!of.csv.empty() || !of.json.empty() || !of.report.empty()) write_outputs(results, of, true);
+  if (!of.csv.empty() || !of.json.empty() || !of.report.empty()) write_outputs(results, of, true, 10);
 }
 
 }  // namespace
@@ -192,8 +243,12 @@ void register_sweep_commands(CLI::App& app) {
         "sweep",
         "Evaluate a grid of layouts x overlap variants x GPU counts; rank them; CSV/JSON/HTML outputs.\n"
         "Lists are comma-separated. Results go to --output as JSON lines as they finish; rerunning the same "
-        "command resumes. --shard I/N runs every N-th point (Slurm arrays); under mpirun the rank and size "
-        "(OMPI_COMM_WORLD_RANK/SIZE or PMI_RANK/PMI_SIZE) act as --shard, writing <output>.rank<I>.jsonl.");
+        "command resumes. A sweep never removes lines from --output: the points of earlier, different sweeps "
+        "into the same file stay there (the file holds the union; this run's table and reports show this "
+        "sweep's points and say how many others the file keeps; `twinstep merge FILE -o all.jsonl --report "
+        "all.html` reports them all). --shard I/N runs every N-th point (Slurm arrays); under mpirun the rank "
+        "and size (OMPI_COMM_WORLD_RANK/SIZE or PMI_RANK/PMI_SIZE) act as --shard, writing "
+        "<output>.rank<I>.jsonl. Output paths are checked before any point is evaluated.");
     auto f = std::make_shared<SweepFlags>();
     auto of = std::make_shared<OutputFlags>();
     sub->add_option("--sweep", f->sweep_file, "Sweep file (JSON); flags override its fields");
@@ -218,11 +273,16 @@ void register_sweep_commands(CLI::App& app) {
     sub->add_option("--fidelity", f->fidelity, "Fidelities: analytic, flow");
     sub->add_option("--profile", f->profile, "Calibration profile JSON (default: datasheet defaults)");
     sub->add_option("--config", f->config, "Base run config JSON every point starts from");
-    sub->add_option("-o,--output", f->output, "JSON-lines results (default sweep.jsonl); resumed if it exists");
+    sub->add_option("-o,--output", f->output,
+                    "JSON-lines results (default sweep.jsonl); resumed if it exists, other sweeps' lines in it kept");
+    sub->add_option("--top", f->top,
+                    "Simulated layouts listed per GPU count in the printed table (default 10; 0: all)");
     sub->add_option("-j,--jobs", f->jobs, "Worker processes at once (default: the number of cores)");
     sub->add_option("--shard", f->shard, "Run shard I of N (I/N, 0-based): points with index % N == I");
     sub->add_flag("-q,--quiet", f->quiet, "No progress and no table");
-    sub->add_flag("--dry-run", f->dry_run, "List the points (with the reason for rejected ones) and stop");
+    sub->add_flag("--dry-run", f->dry_run,
+                  "List the points with the reason for invalid ones (layout rules and the lowering's checks) and "
+                  "stop; whether a point fits in memory is known only once it is lowered");
     sub->add_flag("--no-extrapolate", f->no_extrapolate,
                   "Simulate every micro-batch. By default a point with many micro-batches is simulated at three "
                   "small counts (1F1B: pp+1 to pp+3; interleaved: 2 to 4 micro-batch groups) and its step taken on the "

@@ -1,9 +1,10 @@
-// Ranking, exports and the HTML report of a sweep. The charts are inline SVG drawn here (stacked bars, line chart,
-// heat map, scatter); strings from inputs go through calibration::html_escape. Fixed number formats, ordered maps:
-// the same results give the same bytes.
+// Ranking, exports and the HTML report of a sweep. The charts (stacked bars, line chart, heat map, scatter) are
+// inline SVG built from common/html.hpp's shapes, which escape every string from the inputs; the ranked tables sort
+// in the browser with its inline script. Fixed number formats, ordered maps: the same results give the same bytes.
 #include "sweep/report.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -13,8 +14,8 @@
 #include <sstream>
 #include <tuple>
 
-#include "calibration/report.hpp"
 #include "common/error.hpp"
+#include "common/html.hpp"
 #include "common/io.hpp"
 #include "common/units.hpp"
 #include "schedule/analysis.hpp"
@@ -24,14 +25,9 @@
 namespace twinstep::sweep {
 namespace {
 
-using calibration::html_escape;
-
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
-std::string px(double v) { return fmt("%.1f", v); }
+using html::escape;
+using html::px;
+std::string fmt(const char* f, double v) { return html::format(f, v); }
 
 /// Layout plus dispatcher: what "a different layout" means for the runner-up and the speedup table.
 std::string layout_id(const Result& r) { return r.point.layout.describe() + " " + r.point.dispatcher; }
@@ -68,18 +64,16 @@ const char* series_color(std::size_t i) {
   return kColors[i % (sizeof kColors / sizeof kColors[0])];
 }
 
-constexpr const char* kStyle = R"(
-body { font: 14px/1.4 system-ui, sans-serif; margin: 24px auto; max-width: 1150px; color: #222; }
-h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
-h3 { font-size: 15px; margin-bottom: 2px; }
-table { border-collapse: collapse; margin: 8px 0; }
-th, td { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }
-th:first-child, td:first-child, td.name { text-align: left; }
-td.name { font-family: ui-monospace, monospace; }
-.chart { display: block; margin: 8px 0; font-size: 12px; }
-.chart text { fill: #444; font-size: 11px; }
-.note { color: #666; }
+/// The rules this report adds to the shared style (common/html.hpp).
+constexpr const char* kStyle = R"(.chart text { fill: #444; font-size: 11px; }
+table.sortable th { cursor: pointer; } table.sortable td { white-space: nowrap; } table.sortable td.wrap { white-space: normal; }
+.scroll { overflow-x: auto; }
+table.sortable th[data-sort=asc]::after { content: " \25B2"; } table.sortable th[data-sort=desc]::after { content: " \25BC"; }
+details { margin: 8px 0; } summary { cursor: pointer; color: #444; }
 )";
+
+/// A 10x10 legend swatch.
+std::string swatch(double x, double y, const std::string& fill) { return html::svg_rect(x, y, 10, 10, fill).str(); }
 
 /// Stacked horizontal bars: one bar per row, segments per category.
 std::string stacked_bars(const std::string& id, const std::vector<std::pair<std::string, const Result*>>& rows) {
@@ -98,39 +92,30 @@ std::string stacked_bars(const std::string& id, const std::vector<std::pair<std:
   const double left = 170, width = 620, bar_h = 20, gap = 8, top = 10;
   const double height = top + rows.size() * (bar_h + gap) + 50;
   std::ostringstream o;
-  o << "<svg class=\"chart\" id=\"" << id << "\" width=\"960\" height=\"" << px(height) << "\" role=\"img\">\n";
   double y = top;
   for (const auto& [name, r] : rows) {
-    o << "<text x=\"" << px(left - 6) << "\" y=\"" << px(y + 14) << "\" text-anchor=\"end\">" << html_escape(name)
-      << "</text>\n";
+    o << html::svg_text(left - 6, y + 14, "end").text(name).str() << "\n";
     double x = left;
     std::size_t ci = 0;
     for (const auto& c : cats) {
       const auto it = r->breakdown_s.find(c);
       const double s = it == r->breakdown_s.end() ? 0 : it->second;
       const double w = width * s / max_s;
-      if (w > 0) {
-        o << "<rect x=\"" << px(x) << "\" y=\"" << px(y) << "\" width=\"" << px(w) << "\" height=\"" << px(bar_h)
-          << "\" fill=\"" << category_color(c, ci) << "\"><title>" << html_escape(c) << ": "
-          << html_escape(format_seconds(s)) << "</title></rect>\n";
-      }
+      if (w > 0)
+        o << html::svg_rect(x, y, w, bar_h, category_color(c, ci)).title(c + ": " + format_seconds(s)).str() << "\n";
       x += w;
       ++ci;
     }
-    o << "<text x=\"" << px(x + 6) << "\" y=\"" << px(y + 14) << "\">" << html_escape(format_seconds(r->step_time_s))
-      << "</text>\n";
+    o << html::svg_text(x + 6, y + 14).text(format_seconds(r->step_time_s)).str() << "\n";
     y += bar_h + gap;
   }
   double lx = left;
   std::size_t ci = 0;
   for (const auto& c : cats) {
-    o << "<rect x=\"" << px(lx) << "\" y=\"" << px(y + 12) << "\" width=\"10\" height=\"10\" fill=\""
-      << category_color(c, ci++) << "\"/><text x=\"" << px(lx + 14) << "\" y=\"" << px(y + 21) << "\">"
-      << html_escape(c) << "</text>\n";
+    o << swatch(lx, y + 12, category_color(c, ci++)) << html::svg_text(lx + 14, y + 21).text(c).str() << "\n";
     lx += 24 + 7.0 * static_cast<double>(c.size());
   }
-  o << "</svg>\n";
-  return o.str();
+  return html::svg_chart(id, 960, height, o.str());
 }
 
 /// Line chart over categorical x values (GPU counts), one series per overlap variant.
@@ -143,25 +128,21 @@ std::string line_chart(const std::string& id, const std::vector<std::uint32_t>& 
   if (max_y <= 0) max_y = 1;
   const double left = 80, top = 15, w = 600, h = 260;
   std::ostringstream o;
-  o << "<svg class=\"chart\" id=\"" << id << "\" width=\"960\" height=\"" << px(top + h + 50) << "\" role=\"img\">\n";
-  o << "<line x1=\"" << px(left) << "\" y1=\"" << px(top + h) << "\" x2=\"" << px(left + w) << "\" y2=\"" << px(top + h)
-    << "\" stroke=\"#333\"/>\n<line x1=\"" << px(left) << "\" y1=\"" << px(top) << "\" x2=\"" << px(left) << "\" y2=\""
-    << px(top + h) << "\" stroke=\"#333\"/>\n";
+  o << html::svg_line(left, top + h, left + w, top + h, "#333").str() << "\n"
+    << html::svg_line(left, top, left, top + h, "#333").str() << "\n";
   for (int t = 0; t <= 4; ++t) {
     const double v = max_y * 1.1 * t / 4;
     const double y = top + h - h * t / 4.0;
-    o << "<line x1=\"" << px(left) << "\" y1=\"" << px(y) << "\" x2=\"" << px(left + w) << "\" y2=\"" << px(y)
-      << "\" stroke=\"#eee\"/><text x=\"" << px(left - 6) << "\" y=\"" << px(y + 4) << "\" text-anchor=\"end\">"
-      << html_escape(format_seconds(v)) << "</text>\n";
+    o << html::svg_line(left, y, left + w, y, "#eee").str()
+      << html::svg_text(left - 6, y + 4, "end").text(format_seconds(v)).str() << "\n";
   }
   auto xpos = [&](std::size_t i) {
     return left + (xs.size() == 1 ? w / 2 : w * static_cast<double>(i) / (xs.size() - 1));
   };
   for (std::size_t i = 0; i < xs.size(); ++i) {
-    o << "<text x=\"" << px(xpos(i)) << "\" y=\"" << px(top + h + 16) << "\" text-anchor=\"middle\">" << xs[i]
-      << "</text>\n";
+    o << html::svg_text(xpos(i), top + h + 16, "middle").text(std::to_string(xs[i])).str() << "\n";
   }
-  o << "<text x=\"" << px(left + w / 2) << "\" y=\"" << px(top + h + 34) << "\" text-anchor=\"middle\">GPUs</text>\n";
+  o << html::svg_text(left + w / 2, top + h + 34, "middle").text("GPUs").str() << "\n";
   std::size_t si = 0;
   for (const auto& [name, pts] : series) {
     std::string poly;
@@ -170,22 +151,25 @@ std::string line_chart(const std::string& id, const std::vector<std::uint32_t>& 
       if (it == pts.end()) continue;
       const double x = xpos(i), y = top + h - h * it->second / (max_y * 1.1);
       poly += px(x) + "," + px(y) + " ";
-      o << "<circle cx=\"" << px(x) << "\" cy=\"" << px(y) << "\" r=\"3.5\" fill=\"" << series_color(si) << "\"><title>"
-        << html_escape(name) << " @ " << xs[i] << " GPUs: " << html_escape(format_seconds(it->second))
-        << "</title></circle>\n";
+      o << html::svg_circle(x, y, "3.5", series_color(si))
+               .title(name + " @ " + std::to_string(xs[i]) + " GPUs: " + format_seconds(it->second))
+               .str()
+        << "\n";
     }
     if (!poly.empty()) {
-      o << "<polyline points=\"" << poly << "\" fill=\"none\" stroke=\"" << series_color(si)
-        << "\" stroke-width=\"2\"/>\n";
+      o << html::Tag("polyline")
+               .attr("points", poly)
+               .attr("fill", "none")
+               .attr("stroke", series_color(si))
+               .attr("stroke-width", "2")
+               .str()
+        << "\n";
     }
     const double ly = top + 10 + 16.0 * static_cast<double>(si);
-    o << "<rect x=\"" << px(left + w + 20) << "\" y=\"" << px(ly - 9) << "\" width=\"10\" height=\"10\" fill=\""
-      << series_color(si) << "\"/><text x=\"" << px(left + w + 34) << "\" y=\"" << px(ly) << "\">" << html_escape(name)
-      << "</text>\n";
+    o << swatch(left + w + 20, ly - 9, series_color(si)) << html::svg_text(left + w + 34, ly).text(name).str() << "\n";
     ++si;
   }
-  o << "</svg>\n";
-  return o.str();
+  return html::svg_chart(id, 960, top + h + 50, o.str());
 }
 
 /// Heat map: rows x cols of values (NaN = no data), white -> green by value / max.
@@ -196,36 +180,30 @@ std::string heat_map(const std::string& id, const std::vector<std::uint32_t>& ro
   for (const auto& [k, v] : cells) max_v = std::max(max_v, v.first);
   const double left = 90, top = 30, cw = 90, ch = 30;
   std::ostringstream o;
-  o << "<svg class=\"chart\" id=\"" << id << "\" width=\"" << px(left + cw * cols.size() + 20) << "\" height=\""
-    << px(top + ch * rows.size() + 30) << "\" role=\"img\">\n";
-  o << "<text x=\"" << px(left) << "\" y=\"12\">" << html_escape(col_label) << " &#8594;</text>\n";
+  o << html::svg_text(left, 12).text(col_label).raw(" &#8594;").str() << "\n";
   for (std::size_t c = 0; c < cols.size(); ++c) {
-    o << "<text x=\"" << px(left + cw * (c + 0.5)) << "\" y=\"" << px(top - 4) << "\" text-anchor=\"middle\">"
-      << cols[c] << "</text>\n";
+    o << html::svg_text(left + cw * (c + 0.5), top - 4, "middle").text(std::to_string(cols[c])).str() << "\n";
   }
   for (std::size_t r = 0; r < rows.size(); ++r) {
-    o << "<text x=\"" << px(left - 6) << "\" y=\"" << px(top + ch * (r + 0.5) + 4) << "\" text-anchor=\"end\">"
-      << html_escape(row_label) << " " << rows[r] << "</text>\n";
+    o << html::svg_text(left - 6, top + ch * (r + 0.5) + 4, "end").text(row_label + " " + std::to_string(rows[r])).str()
+      << "\n";
     for (std::size_t c = 0; c < cols.size(); ++c) {
       const auto it = cells.find({rows[r], cols[c]});
       const double x = left + cw * c, y = top + ch * r;
       if (it == cells.end()) {
-        o << "<rect x=\"" << px(x) << "\" y=\"" << px(y) << "\" width=\"" << px(cw - 2) << "\" height=\"" << px(ch - 2)
-          << "\" fill=\"#f4f4f4\"><title>no valid point</title></rect>\n";
+        o << html::svg_rect(x, y, cw - 2, ch - 2, "#f4f4f4").title("no valid point").str() << "\n";
         continue;
       }
       const double t = max_v > 0 ? std::clamp(it->second.first / max_v, 0.0, 1.0) : 0.0;
       const int g = static_cast<int>(255 - 120 * t), rb = static_cast<int>(255 - 200 * t);
       char color[16];
       std::snprintf(color, sizeof color, "#%02x%02x%02x", rb, g, rb);
-      o << "<rect x=\"" << px(x) << "\" y=\"" << px(y) << "\" width=\"" << px(cw - 2) << "\" height=\"" << px(ch - 2)
-        << "\" fill=\"" << color << "\"><title>" << html_escape(it->second.second) << "</title></rect>\n";
-      o << "<text x=\"" << px(x + cw / 2 - 1) << "\" y=\"" << px(y + ch / 2 + 3) << "\" text-anchor=\"middle\">"
-        << fmt("%+.1f%%", 100.0 * it->second.first) << "</text>\n";
+      o << html::svg_rect(x, y, cw - 2, ch - 2, color).title(it->second.second).str() << "\n";
+      o << html::svg_text(x + cw / 2 - 1, y + ch / 2 + 3, "middle").text(fmt("%+.1f%%", 100.0 * it->second.first)).str()
+        << "\n";
     }
   }
-  o << "</svg>\n";
-  return o.str();
+  return html::svg_chart(id, left + cw * cols.size() + 20, top + ch * rows.size() + 30, o.str());
 }
 
 std::string scatter(const std::string& id, const std::vector<std::pair<double, double>>& pts) {
@@ -235,19 +213,17 @@ std::string scatter(const std::string& id, const std::vector<std::pair<double, d
   max_v *= 1.1;
   const double left = 80, top = 10, s = 300;
   std::ostringstream o;
-  o << "<svg class=\"chart\" id=\"" << id << "\" width=\"" << px(left + s + 40) << "\" height=\"" << px(top + s + 50)
-    << "\" role=\"img\">\n<rect x=\"" << px(left) << "\" y=\"" << px(top) << "\" width=\"" << px(s) << "\" height=\""
-    << px(s) << "\" fill=\"none\" stroke=\"#999\"/>\n<line x1=\"" << px(left) << "\" y1=\"" << px(top + s) << "\" x2=\""
-    << px(left + s) << "\" y2=\"" << px(top) << "\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>\n";
-  o << "<text x=\"" << px(left + s / 2) << "\" y=\"" << px(top + s + 18) << "\" text-anchor=\"middle\">measured "
-    << html_escape(format_seconds(max_v)) << " full scale</text>\n<text x=\"" << px(left - 6) << "\" y=\""
-    << px(top + s / 2) << "\" text-anchor=\"end\">predicted</text>\n";
+  o << html::svg_rect(left, top, s, s, "none").attr("stroke", "#999").str() << "\n"
+    << html::svg_line(left, top + s, left + s, top, "#999").attr("stroke-dasharray", "4 3").str() << "\n";
+  o << html::svg_text(left + s / 2, top + s + 18, "middle")
+           .text("measured " + format_seconds(max_v) + " full scale")
+           .str()
+    << "\n"
+    << html::svg_text(left - 6, top + s / 2, "end").text("predicted").str() << "\n";
   for (const auto& [meas, pred] : pts) {
-    o << "<circle cx=\"" << px(left + s * meas / max_v) << "\" cy=\"" << px(top + s - s * pred / max_v)
-      << "\" r=\"4\" fill=\"#3b6fb6\"/>\n";
+    o << html::svg_circle(left + s * meas / max_v, top + s - s * pred / max_v, "4", "#3b6fb6").str() << "\n";
   }
-  o << "</svg>\n";
-  return o.str();
+  return html::svg_chart(id, left + s + 40, top + s + 50, o.str());
 }
 
 }  // namespace
@@ -269,6 +245,75 @@ std::string largest_difference(const Result& winner, const Result& loser) {
   }
   if (best_cat.empty()) return "";
   return best_cat + " " + (best_d >= 0 ? "+" : "-") + format_seconds(std::abs(best_d));
+}
+
+std::vector<std::optional<double>> speedups_vs_none(const std::vector<Result>& results) {
+  // The point with its overlap blanked out identifies "the same point"; its none variant is the reference.
+  auto without_overlap = [](const Result& r) {
+    Point p = r.point;
+    p.overlap = "";
+    return point_key(p);
+  };
+  std::map<std::string, std::size_t> none_of;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    if (r.status == "ok" && r.point.overlap == "none") none_of.emplace(without_overlap(r), i);
+  }
+  std::vector<std::optional<double>> out(results.size());
+  if (none_of.empty()) return out;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    if (r.status != "ok" || r.point.overlap == "none" || r.step_time_s <= 0) continue;
+    const auto it = none_of.find(without_overlap(r));
+    if (it != none_of.end()) out[i] = results[it->second].step_time_s / r.step_time_s;
+  }
+  return out;
+}
+
+std::string kept_points_note(std::size_t count, const std::string& results_file) {
+  return std::to_string(count) + " other point" + (count == 1 ? "" : "s") + " (earlier sweeps into " + results_file +
+         ") are kept in that file and not shown here; `twinstep merge " + results_file +
+         " -o all.jsonl --report all.html` reports every point of the file.";
+}
+
+std::vector<NotRunReason> reasons_not_run(const std::vector<Result>& results) {
+  // A number standing alone ("needs 93.2 GiB", "size 8 does not divide 12") becomes "#"; names with digits
+  // ("llama3-8b", "tp2") stay.
+  auto pattern = [](const std::string& reason) {
+    std::string out;
+    for (std::size_t i = 0; i < reason.size();) {
+      const bool starts = std::isdigit(static_cast<unsigned char>(reason[i])) &&
+                          (i == 0 || !std::isalnum(static_cast<unsigned char>(reason[i - 1])));
+      std::size_t j = i;
+      while (starts && j < reason.size() &&
+             (std::isdigit(static_cast<unsigned char>(reason[j])) ||
+              (reason[j] == '.' && j + 1 < reason.size() && std::isdigit(static_cast<unsigned char>(reason[j + 1]))))) {
+        ++j;
+      }
+      if (starts && (j == reason.size() || !std::isalpha(static_cast<unsigned char>(reason[j])))) {
+        out += '#';
+        i = j;
+      } else {
+        out += reason[i++];
+      }
+    }
+    return out;
+  };
+  std::map<std::pair<std::string, std::string>, NotRunReason> by;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    if (r.status == "ok") continue;
+    auto& e = by[{r.status, pattern(r.reason)}];
+    if (e.count++ == 0) {
+      e.status = r.status;
+      e.reason = pattern(r.reason);
+      e.example = i;
+    }
+  }
+  std::vector<NotRunReason> out;
+  for (auto& [k, e] : by) out.push_back(std::move(e));
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.count > b.count; });
+  return out;
 }
 
 std::vector<Ranking> rank_results(const std::vector<Result>& results) {
@@ -314,12 +359,18 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
       }
       if (g.runner_up) g.runner_up_loses = largest_difference(best, results[*g.runner_up]);
     }
+    for (std::size_t i : members) {
+      if (results[i].status == "ok") g.ranked.push_back(i);
+    }
+    std::sort(g.ranked.begin(), g.ranked.end(),
+              [&](std::size_t a, std::size_t b) { return better(results[a], results[b]); });
     out.push_back(std::move(g));
   }
   return out;
 }
 
-std::string format_table(const std::vector<Ranking>& rankings, const std::vector<Result>& results) {
+std::string format_table(const std::vector<Ranking>& rankings, const std::vector<Result>& results, std::size_t top) {
+  const auto speedups = speedups_vs_none(results);
   std::ostringstream o;
   std::string last_head;
   for (const auto& g : rankings) {
@@ -327,62 +378,62 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
                              ", global batch " + std::to_string(g.gbs);
     if (head != last_head) {
       o << "\n" << head << "\n";
-      char buf[256];
-      std::snprintf(buf, sizeof buf, "  %6s  %-38s %-16s %11s %6s %9s  %s\n", "GPUs", "best layout", "overlap",
-                    "step time", "MFU", "mem/GPU", "points ok/invalid/no-fit/error");
-      o << buf;
       last_head = head;
     }
     char buf[512];
-    if (!g.best) {
-      std::snprintf(buf, sizeof buf, "  %6u  %-38s %-16s %11s %6s %9s  %zu/%zu/%zu/%zu\n", g.gpus, "(no point ran)", "",
-                    "", "", "", g.ok, g.invalid, g.does_not_fit, g.errors);
-      o << buf;
-      continue;
-    }
-    const Result& b = results[*g.best];
-    const std::string layout =
-        b.point.layout.describe() +
-        (b.point.dispatcher != "alltoall" || b.point.layout.ep > 1 ? " " + b.point.dispatcher : "");
-    std::snprintf(buf, sizeof buf, "  %6u  %-38s %-16s %11s %5.1f%% %7.1fGiB  %zu/%zu/%zu/%zu\n", g.gpus,
-                  layout.c_str(), b.point.overlap.c_str(), format_seconds(b.step_time_s).c_str(), 100.0 * b.mfu,
-                  b.memory_gib, g.ok, g.invalid, g.does_not_fit, g.errors);
+    std::snprintf(buf, sizeof buf, "  %u GPUs: %zu simulated, %zu invalid, %zu do not fit, %zu errors\n", g.gpus, g.ok,
+                  g.invalid, g.does_not_fit, g.errors);
     o << buf;
+    if (!g.best) continue;
+    std::snprintf(buf, sizeof buf, "  %4s  %-38s %-16s %11s %8s %6s %8s %19s %8s\n", "#", "layout", "overlap",
+                  "step time", "vs best", "MFU", "TFLOP/s", "memory (capacity)", "vs none");
+    o << buf;
+    const Result& b = results[*g.best];
+    const std::size_t shown = top == 0 ? g.ranked.size() : std::min(top, g.ranked.size());
+    for (std::size_t k = 0; k < shown; ++k) {
+      const std::size_t i = g.ranked[k];
+      const Result& r = results[i];
+      const std::string layout =
+          r.point.layout.describe() +
+          (r.point.dispatcher != "alltoall" || r.point.layout.ep > 1 ? " " + r.point.dispatcher : "");
+      const std::string memory = r.capacity_gib > 0 ? fmt("%.1f", r.memory_gib) + fmt(" (%.1f) GiB", r.capacity_gib)
+                                                    : fmt("%.1f GiB", r.memory_gib);
+      const std::string gain = speedups[i] ? fmt("%+.1f%%", 100.0 * (*speedups[i] - 1)) : "";
+      std::snprintf(buf, sizeof buf, "  %4zu  %-38s %-16s %11s %+7.1f%% %5.1f%% %8.1f %19s %8s\n", k + 1,
+                    layout.c_str(), r.point.overlap.c_str(), format_seconds(r.step_time_s).c_str(),
+                    b.step_time_s > 0 ? 100.0 * (r.step_time_s / b.step_time_s - 1) : 0.0, 100.0 * r.mfu,
+                    r.tflops_per_gpu, memory.c_str(), gain.c_str());
+      o << buf;
+    }
+    if (shown < g.ranked.size()) {
+      o << "        ... " << g.ranked.size() - shown
+        << " more simulated (--top 0 lists all; the CSV, JSON and HTML report have every one)\n";
+    }
     if (!g.speedup_vs_none.empty()) {
-      o << "          speedup vs none:";
-      for (const auto& [v, s] : g.speedup_vs_none) o << " " << v << " " << fmt("%.3fx", s);
+      o << "        speedup vs none on the best layout:";
+      for (const auto& [v, sp] : g.speedup_vs_none) o << " " << v << " " << fmt("%.3fx", sp);
       o << "\n";
     }
     if (g.runner_up) {
       const Result& r = results[*g.runner_up];
-      o << "          runner-up: " << r.point.layout.describe() << " " << r.point.overlap << " "
+      o << "        runner-up: " << r.point.layout.describe() << " " << r.point.overlap << " "
         << format_seconds(r.step_time_s) << " (" << fmt("%+.1f%%", 100.0 * (r.step_time_s / b.step_time_s - 1))
         << "), loses on " << g.runner_up_loses << "\n";
     }
   }
-  // Points that did not run, by reason (first 160 characters), most frequent first.
-  std::map<std::string, std::size_t> reasons;
-  for (const auto& r : results) {
-    if (r.status != "ok") reasons[r.status + ": " + r.reason.substr(0, 160)]++;
-  }
+  // Points that did not run, by reason, most frequent first.
+  const auto reasons = reasons_not_run(results);
   if (!reasons.empty()) {
-    std::vector<std::pair<std::string, std::size_t>> sorted(reasons.begin(), reasons.end());
-    std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
-    o << "\npoints not run ("
-      << std::to_string(results.size() -
-                        [&] {
-                          std::size_t ok = 0;
-                          for (const auto& r : results) ok += r.status == "ok";
-                          return ok;
-                        }())
-      << "), by reason (every point is in the JSON lines and CSV):\n";
+    std::size_t not_run = 0;
+    for (const auto& e : reasons) not_run += e.count;
+    o << "\npoints not run (" << not_run << "), by reason (every point is in the JSON lines and CSV):\n";
     std::size_t shown = 0;
-    for (const auto& [why, n] : sorted) {
+    for (const auto& e : reasons) {
       if (++shown > 25) {
-        o << "  ... " << sorted.size() - 25 << " more reasons\n";
+        o << "  ... " << reasons.size() - 25 << " more reasons\n";
         break;
       }
-      o << "  " << n << " x " << why << "\n";
+      o << "  " << e.count << " x " << e.status << ": " << e.reason.substr(0, 160) << "\n";
     }
   }
   return o.str();
@@ -395,7 +446,7 @@ std::string to_csv(const std::vector<Result>& results) {
   }
   std::ostringstream o;
   o << "point,model,cluster,fidelity,gpus,gbs,seq,tp,pp,vpp,cp,ep,dp,mbs,dispatcher,overlap,status,step_time_s,mfu,"
-       "tflops_per_gpu,memory_gib_per_gpu";
+       "tflops_per_gpu,memory_gib_per_gpu,memory_capacity_gib";
   for (const auto& c : cats) o << "," << csv_field(c + "_s");
   o << ",reason\n";
   for (const auto& r : results) {
@@ -403,9 +454,13 @@ std::string to_csv(const std::vector<Result>& results) {
     const auto& l = p.layout;
     o << r.index << "," << csv_field(p.model) << "," << csv_field(p.cluster) << "," << p.fidelity << "," << p.gpus
       << "," << p.gbs << "," << p.seq << "," << l.tp << "," << l.pp << "," << l.vpp << "," << l.cp << "," << l.ep << ","
-      << l.dp << "," << l.mbs << "," << p.dispatcher << "," << csv_field(p.overlap) << "," << r.status << ","
-      << fmt("%.9g", r.step_time_s) << "," << fmt("%.6g", r.mfu) << "," << fmt("%.6g", r.tflops_per_gpu) << ","
-      << fmt("%.6g", r.memory_gib);
+      << l.dp << "," << l.mbs << "," << p.dispatcher << "," << csv_field(p.overlap) << "," << r.status << ",";
+    // Only a simulated point has a step time, MFU and TFLOP/s; one that does not fit has its memory estimate.
+    const bool ran = r.status == "ok";
+    const bool has_memory = ran || r.status == "does_not_fit";
+    o << (ran ? fmt("%.9g", r.step_time_s) : "") << "," << (ran ? fmt("%.6g", r.mfu) : "") << ","
+      << (ran ? fmt("%.6g", r.tflops_per_gpu) : "") << "," << (has_memory ? fmt("%.6g", r.memory_gib) : "") << ","
+      << (has_memory && r.capacity_gib > 0 ? fmt("%.6g", r.capacity_gib) : "");
     for (const auto& c : cats) {
       const auto it = r.breakdown_s.find(c);
       o << "," << (it == r.breakdown_s.end() ? std::string() : fmt("%.9g", it->second));
@@ -415,9 +470,14 @@ std::string to_csv(const std::vector<Result>& results) {
   return o.str();
 }
 
-std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Result>& results) {
+std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Result>& results,
+                    const ReportNotes& notes) {
   nlohmann::ordered_json j;
   j["schema_version"] = 1;
+  if (notes.other_points_kept > 0) {
+    j["results_file"] = notes.results_file;
+    j["other_points_kept"] = notes.other_points_kept;
+  }
   nlohmann::ordered_json rs = nlohmann::ordered_json::array();
   for (const auto& g : rankings) {
     nlohmann::ordered_json e;
@@ -452,11 +512,15 @@ std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Resu
   return j.dump(2) + "\n";
 }
 
-std::vector<Measured> read_measured(const std::string& dir, const std::vector<Result>& results) {
+void check_measured_folder(const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) {
     throw Error("--measured " + dir + ": not a folder; give a folder of measured trace JSON files");
   }
+}
+
+std::vector<Measured> read_measured(const std::string& dir, const std::vector<Result>& results) {
+  check_measured_folder(dir);
   // Candidates for a trace: simulated points with its world size and layout; their full schedules are lowered and
   // fingerprinted only when a trace asks (sweep points are simulated reduced and extrapolated).
   std::map<std::size_t, std::string> fingerprints;
@@ -506,26 +570,110 @@ std::vector<Measured> read_measured(const std::string& dir, const std::vector<Re
   return out;
 }
 
+namespace {
+
+/// A table cell showing `shown` that sorts by `value` (html::sortable_tables_script); empty when `value` is.
+std::string sort_cell(const std::optional<double>& value, const std::string& shown) {
+  if (!value) return "<td data-v=\"\"></td>";
+  return "<td data-v=\"" + fmt("%.9g", *value) + "\">" + escape(shown) + "</td>";
+}
+
+/// Every simulated point, ranked within its group, in one sortable table.
+std::string ranked_table(const std::vector<Result>& results, const std::vector<Ranking>& rankings) {
+  const auto speedups = speedups_vs_none(results);
+  std::ostringstream o;
+  o << "<h2>Every simulated layout, ranked</h2>\n<p class=\"note\">Rank: by step time among the points with the same "
+       "model, cluster, fidelity, sequence length, batch and GPU count. Gain vs none: step(none) / step(variant) - 1 "
+       "for the same layout and dispatcher. Click a header to sort by it.</p>\n"
+    << html::table_begin(
+           "all-points",
+           {"rank", "model / cluster", "seq", "batch", "GPUs", "layout", "dispatcher", "overlap", "step time",
+            "vs best", "MFU", "TFLOP/s / GPU", "memory / GPU", "capacity", "gain vs none", "point"},
+           "sortable");
+  for (const auto& g : rankings) {
+    for (std::size_t k = 0; k < g.ranked.size(); ++k) {
+      const Result& r = results[g.ranked[k]];
+      const Result& best = results[g.ranked[0]];
+      const std::optional<double> gain =
+          speedups[g.ranked[k]] ? std::optional<double>(*speedups[g.ranked[k]] - 1) : std::nullopt;
+      const std::optional<double> capacity = r.capacity_gib > 0 ? std::optional<double>(r.capacity_gib) : std::nullopt;
+      const double vs_best = best.step_time_s > 0 ? r.step_time_s / best.step_time_s - 1 : 0.0;
+      o << "<tr><td>" << k + 1 << "</td><td class=\"name wrap\">"
+        << escape(g.model + " / " + g.cluster + " (" + g.fidelity + ")") << "</td><td>" << g.seq << "</td><td>" << g.gbs
+        << "</td><td>" << g.gpus << "</td><td class=\"name\">" << escape(r.point.layout.describe()) << "</td><td>"
+        << escape(r.point.dispatcher) << "</td><td>" << escape(r.point.overlap) << "</td>"
+        << sort_cell(r.step_time_s, format_seconds(r.step_time_s)) << sort_cell(vs_best, fmt("%+.1f%%", 100 * vs_best))
+        << sort_cell(r.mfu, fmt("%.1f%%", 100 * r.mfu)) << sort_cell(r.tflops_per_gpu, fmt("%.1f", r.tflops_per_gpu))
+        << sort_cell(r.memory_gib, fmt("%.1f GiB", r.memory_gib))
+        << sort_cell(capacity, capacity ? fmt("%.1f GiB", *capacity) : "")
+        << sort_cell(gain, gain ? fmt("%+.1f%%", 100 * *gain) : "") << "<td>" << r.index << "</td></tr>\n";
+    }
+  }
+  o << "</table></div>\n";
+  return o.str();
+}
+
+/// The points that did not run: counted by reason, each point listed in a collapsed table below.
+std::string not_run_section(const std::vector<Result>& results) {
+  const auto reasons = reasons_not_run(results);
+  std::size_t not_run = 0;
+  for (const auto& e : reasons) not_run += e.count;
+  std::ostringstream o;
+  o << "<h2>Points not run</h2>\n";
+  if (not_run == 0) {
+    o << "<p class=\"note\">Every point was simulated.</p>\n";
+    return o.str();
+  }
+  o << "<p>" << not_run << " points, by status and reason (numbers in a reason shown as #; the example is the first "
+    << "such point).</p>\n"
+    << html::table_begin("not-run-reasons", {"points", "status", "reason", "example"}, "sortable");
+  for (const auto& e : reasons) {
+    const Result& ex = results[e.example];
+    o << "<tr><td>" << e.count << "</td><td>" << escape(e.status) << "</td><td class=\"name wrap\">" << escape(e.reason)
+      << "</td><td class=\"name wrap\">" << escape("point " + std::to_string(ex.index) + ": " + ex.reason)
+      << "</td></tr>\n";
+  }
+  o << "</table>\n<details id=\"not-run-details\"><summary>every point not run (" << not_run << ")</summary>\n"
+    << html::table_begin("not-run", {"point", "model / GPUs", "layout", "overlap", "status", "reason"}, "sortable");
+  std::size_t listed = 0;
+  for (const auto& r : results) {
+    if (r.status == "ok") continue;
+    if (++listed > 500) continue;
+    o << "<tr><td>" << r.index << "</td><td class=\"name\">" << escape(r.point.model) << " / " << r.point.gpus
+      << "</td><td class=\"name\">" << escape(r.point.layout.describe()) << "</td><td>" << escape(r.point.overlap)
+      << "</td><td>" << escape(r.status) << "</td><td class=\"name wrap\">" << escape(r.reason) << "</td></tr>\n";
+  }
+  o << "</table>\n";
+  if (listed > 500) o << "<p class=\"note\">" << not_run - 500 << " more in the CSV and JSON lines.</p>\n";
+  o << "</details>\n";
+  return o.str();
+}
+
+}  // namespace
+
 std::string render_html(const std::vector<Result>& results, const std::vector<Ranking>& rankings,
-                        const std::vector<Measured>& measured) {
+                        const std::vector<Measured>& measured, const ReportNotes& notes) {
   std::ostringstream o;
   std::set<std::string> models;
   for (const auto& r : results) models.insert(r.point.model);
   std::string title = "twinstep sweep:";
   for (const auto& m : models) title += " " + m;
-  o << "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" << html_escape(title)
-    << "</title>\n<style>" << kStyle << "</style>\n</head>\n<body>\n<h1>" << html_escape(title) << "</h1>\n";
+  o << html::page_begin(title, kStyle);
   std::size_t ok = 0;
   for (const auto& r : results) ok += r.status == "ok";
   o << "<p>" << results.size() << " points, " << ok << " simulated, " << results.size() - ok
-    << " not run (listed at the end with the reason).</p>\n";
+    << " not run (counted by reason at the end).</p>\n";
+  if (notes.other_points_kept > 0) {
+    o << "<p class=\"note\" id=\"kept-note\">" << escape(kept_points_note(notes.other_points_kept, notes.results_file))
+      << "</p>\n";
+  }
 
   // Ranked table.
   o << "<h2>Best layout and overlap per GPU count</h2>\n<table id=\"ranking\"><tr><th>model / cluster</th><th>seq</th>"
        "<th>batch</th><th>GPUs</th><th>best layout</th><th>overlap</th><th>step time</th><th>MFU</th>"
        "<th>memory / GPU</th><th>speedup vs none</th><th>runner-up loses on</th></tr>\n";
   for (const auto& g : rankings) {
-    o << "<tr><td class=\"name\">" << html_escape(g.model + " / " + g.cluster + " (" + g.fidelity + ")") << "</td><td>"
+    o << "<tr><td class=\"name\">" << escape(g.model + " / " + g.cluster + " (" + g.fidelity + ")") << "</td><td>"
       << g.seq << "</td><td>" << g.gbs << "</td><td>" << g.gpus << "</td>";
     if (!g.best) {
       o << "<td class=\"name\" colspan=\"7\">no point ran (" << g.invalid << " invalid, " << g.does_not_fit
@@ -535,12 +683,13 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
     const Result& b = results[*g.best];
     std::string sp;
     for (const auto& [v, s] : g.speedup_vs_none) sp += v + " " + fmt("%.3fx", s) + "; ";
-    o << "<td class=\"name\">" << html_escape(b.point.layout.describe() + " " + b.point.dispatcher) << "</td><td>"
-      << html_escape(b.point.overlap) << "</td><td>" << html_escape(format_seconds(b.step_time_s)) << "</td><td>"
-      << fmt("%.1f%%", 100 * b.mfu) << "</td><td>" << fmt("%.1f GiB", b.memory_gib) << "</td><td>" << html_escape(sp)
-      << "</td><td>" << html_escape(g.runner_up_loses) << "</td></tr>\n";
+    o << "<td class=\"name\">" << escape(b.point.layout.describe() + " " + b.point.dispatcher) << "</td><td>"
+      << escape(b.point.overlap) << "</td><td>" << escape(format_seconds(b.step_time_s)) << "</td><td>"
+      << fmt("%.1f%%", 100 * b.mfu) << "</td><td>" << fmt("%.1f GiB", b.memory_gib) << "</td><td>" << escape(sp)
+      << "</td><td>" << escape(g.runner_up_loses) << "</td></tr>\n";
   }
   o << "</table>\n";
+  o << ranked_table(results, rankings);
 
   // Step time per overlap variant, best layout of each group.
   o << "<h2>Step time per overlap variant (best layout, stacked breakdown)</h2>\n";
@@ -559,8 +708,8 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
       }
     }
     o << "<h3>"
-      << html_escape(g.model + " on " + std::to_string(g.gpus) + " GPUs of " + g.cluster + ", batch " +
-                     std::to_string(g.gbs) + ", seq " + std::to_string(g.seq) + ": " + b.point.layout.describe())
+      << escape(g.model + " on " + std::to_string(g.gpus) + " GPUs of " + g.cluster + ", batch " +
+                std::to_string(g.gbs) + ", seq " + std::to_string(g.seq) + ": " + b.point.layout.describe())
       << "</h3>\n"
       << stacked_bars("variants-" + std::to_string(chart), rows);
   }
@@ -588,8 +737,8 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
       for (const auto& [x, y] : by_variant.at(v)) xs_set.insert(x);
     }
     o << "<h3>"
-      << html_escape(std::get<0>(k) + " on " + std::get<1>(k) + " (" + std::get<2>(k) + "), seq " +
-                     std::to_string(std::get<3>(k)) + ", batch " + std::to_string(std::get<4>(k)))
+      << escape(std::get<0>(k) + " on " + std::get<1>(k) + " (" + std::get<2>(k) + "), seq " +
+                std::to_string(std::get<3>(k)) + ", batch " + std::to_string(std::get<4>(k)))
       << "</h3>\n"
       << line_chart("scaling-" + std::to_string(++chart), std::vector<std::uint32_t>(xs_set.begin(), xs_set.end()),
                     series);
@@ -650,8 +799,8 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
   for (const auto& [mk, cells] : maps) {
     const auto& [eps, gbss] = axes[mk];
     o << "<h3>"
-      << html_escape(std::get<0>(mk) + " on " + std::to_string(std::get<4>(mk)) + " GPUs of " + std::get<1>(mk) + " (" +
-                     std::get<2>(mk) + "), seq " + std::to_string(std::get<3>(mk)))
+      << escape(std::get<0>(mk) + " on " + std::to_string(std::get<4>(mk)) + " GPUs of " + std::get<1>(mk) + " (" +
+                std::get<2>(mk) + "), seq " + std::to_string(std::get<3>(mk)))
       << "</h3>\n"
       << heat_map("heat-" + std::to_string(++chart), std::vector<std::uint32_t>(eps.begin(), eps.end()), "EP",
                   std::vector<std::uint32_t>(gbss.begin(), gbss.end()), "global batch", cells);
@@ -664,16 +813,16 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
     o << "<table id=\"measured\"><tr><th>measured trace</th><th>point</th><th>measured</th><th>predicted</th>"
          "<th>error</th></tr>\n";
     for (const auto& m : measured) {
-      o << "<tr><td class=\"name\">" << html_escape(m.path) << "</td>";
+      o << "<tr><td class=\"name\">" << escape(m.path) << "</td>";
       if (m.match) {
         const Result& r = results[*m.match];
         pts.emplace_back(m.step_time_s, r.step_time_s);
-        o << "<td class=\"name\">" << html_escape(r.point.layout.describe() + " " + r.point.overlap) << "</td><td>"
-          << html_escape(format_seconds(m.step_time_s)) << "</td><td>" << html_escape(format_seconds(r.step_time_s))
+        o << "<td class=\"name\">" << escape(r.point.layout.describe() + " " + r.point.overlap) << "</td><td>"
+          << escape(format_seconds(m.step_time_s)) << "</td><td>" << escape(format_seconds(r.step_time_s))
           << "</td><td>" << fmt("%+.1f%%", m.step_time_s > 0 ? 100 * (r.step_time_s / m.step_time_s - 1) : 0.0)
           << "</td></tr>\n";
       } else {
-        o << "<td colspan=\"4\">no point of this sweep lowers to the same schedule (" << html_escape(m.fingerprint)
+        o << "<td colspan=\"4\">no point of this sweep lowers to the same schedule (" << escape(m.fingerprint)
           << ")</td></tr>\n";
       }
     }
@@ -681,22 +830,8 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
     if (!pts.empty()) o << scatter("measured-scatter", pts);
   }
 
-  // Not run.
-  o << "<h2>Points not run</h2>\n<table id=\"not-run\"><tr><th>point</th><th>model / GPUs</th><th>layout</th>"
-       "<th>overlap</th><th>status</th><th>reason</th></tr>\n";
-  std::size_t listed = 0, not_run = 0;
-  for (const auto& r : results) {
-    if (r.status == "ok") continue;
-    ++not_run;
-    if (++listed > 500) continue;
-    o << "<tr><td>" << r.index << "</td><td class=\"name\">" << html_escape(r.point.model) << " / " << r.point.gpus
-      << "</td><td class=\"name\">" << html_escape(r.point.layout.describe()) << "</td><td>"
-      << html_escape(r.point.overlap) << "</td><td>" << html_escape(r.status) << "</td><td class=\"name\">"
-      << html_escape(r.reason) << "</td></tr>\n";
-  }
-  o << "</table>\n";
-  if (listed > 500) o << "<p class=\"note\">" << not_run - 500 << " more in the CSV and JSON lines.</p>\n";
-  o << "</body>\n</html>\n";
+  o << not_run_section(results);
+  o << html::sortable_tables_script() << html::page_end();
   return o.str();
 }
 

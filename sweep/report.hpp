@@ -1,6 +1,7 @@
-// What a sweep's results say: the ranked table (best layout and overlap per GPU count, speedup of each overlap mode
-// against none, MFU, memory, why the runner-up loses), CSV and JSON exports, measured traces matched to points,
-// and the self-contained HTML report with inline SVG charts.
+// What a sweep's results say: the ranked table (every simulated layout per GPU count, best first, with the gain of
+// each overlap variant against none, MFU, memory, why the runner-up loses), CSV and JSON exports, measured traces
+// matched to points, and the self-contained HTML report (common/html.hpp) with inline SVG charts and a sortable
+// table of every simulated layout.
 #pragma once
 
 #include <cstddef>
@@ -24,7 +25,30 @@ struct Ranking {
   std::string runner_up_loses;           ///< The breakdown category that differs most, e.g. "bubble +120 ms".
   /// Speedup of each overlap variant against "none" on the best layout and dispatcher: step(none) / step(v).
   std::vector<std::pair<std::string, double>> speedup_vs_none;
+  /// Every simulated point of the group, best first (indices into the results).
+  std::vector<std::size_t> ranked;
 };
+
+/// Per result: its speedup against the "none" overlap variant of the same point (everything else equal),
+/// step(none) / step(it); empty for the none variant itself, and where either did not run.
+[[nodiscard]] std::vector<std::optional<double>> speedups_vs_none(const std::vector<Result>& results);
+
+/// Points not run that share a status and a reason (numbers in the reason blanked to "#"), most frequent first.
+struct NotRunReason {
+  std::string status, reason;
+  std::size_t count = 0;
+  std::size_t example = 0;  ///< Index into the results of the first such point.
+};
+[[nodiscard]] std::vector<NotRunReason> reasons_not_run(const std::vector<Result>& results);
+
+/// What the report of one run says beside its points.
+struct ReportNotes {
+  std::size_t other_points_kept = 0;  ///< Lines of other points kept in the results file (earlier sweeps).
+  std::string results_file;           ///< That file.
+};
+
+/// "N other points (earlier sweeps into FILE) are kept in that file; ..." (how to report them all).
+[[nodiscard]] std::string kept_points_note(std::size_t count, const std::string& results_file);
 
 /// Groups and ranks results (ties on step time: lower point index). Groups in (model, cluster, fidelity, seq, gbs,
 /// gpus) order.
@@ -33,14 +57,21 @@ struct Ranking {
 /// The breakdown category where `loser` spends the most more time than `winner`: "bubble +12.0 ms".
 [[nodiscard]] std::string largest_difference(const Result& winner, const Result& loser);
 
-/// The human table printed by `twinstep sweep`, followed by counts of points not run, by reason.
-[[nodiscard]] std::string format_table(const std::vector<Ranking>& rankings, const std::vector<Result>& results);
+/// The human table printed by `twinstep sweep`: per GPU count, the `top` best simulated layouts (0: all) with step
+/// time, gap to the best, MFU, TFLOP/s, memory against capacity and the gain vs none, then the speedups on the best
+/// layout and the runner-up; followed by counts of points not run, by reason.
+[[nodiscard]] std::string format_table(const std::vector<Ranking>& rankings, const std::vector<Result>& results,
+                                       std::size_t top = 10);
 
 /// One row per point: inputs, status, reason, step time, MFU, memory and the breakdown categories as columns.
+/// Figures a point does not have are empty fields, not 0: a point that did not run has no step time (so it does
+/// not sort first), one that does not fit has its memory estimate only.
 [[nodiscard]] std::string to_csv(const std::vector<Result>& results);
 
-/// {"schema_version": 1, "rankings": [...], "points": [...]} (points as in the JSON lines).
-[[nodiscard]] std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Result>& results);
+/// {"schema_version": 1, "rankings": [...], "points": [...]} (points as in the JSON lines), and where the results
+/// file keeps other points, "results_file" and "other_points_kept" (notes).
+[[nodiscard]] std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Result>& results,
+                                  const ReportNotes& notes = {});
 
 /// A measured trace (producer "backend") and the sweep point with the same lowered schedule, if any.
 struct Measured {
@@ -50,16 +81,21 @@ struct Measured {
   std::optional<std::size_t> match;  ///< Index into the results.
 };
 
+/// Throws Error (naming --measured) unless `dir` is a folder: checked before a sweep runs, and by read_measured.
+void check_measured_folder(const std::string& dir);
+
 /// Reads every *.json trace in `dir` (non-trace JSON files are skipped), matches each to a point by the
 /// fingerprint of the schedule it carries against the full schedule of the simulated points with its world size
 /// and layout (lower_point, computed only for those candidates). Throws Error if `dir` is not a folder or holds no
 /// trace.
 [[nodiscard]] std::vector<Measured> read_measured(const std::string& dir, const std::vector<Result>& results);
 
-/// The HTML report: summary table, step time per overlap variant with the stacked breakdown (best layout of each
-/// group), scaling curves over GPU count, overlap-benefit heat maps over EP and global batch, predicted vs
-/// measured, and the points that did not run with their reasons. Inline CSS and SVG only; no scripts.
+/// The HTML report: summary table, a sortable ranked table of every simulated layout (step time, MFU, TFLOP/s,
+/// memory and capacity, gain vs none), step time per overlap variant with the stacked breakdown (best layout of
+/// each group), scaling curves over GPU count, overlap-benefit heat maps over EP and global batch, predicted vs
+/// measured, and the points that did not run, counted by reason (each point in a collapsed list). Inline CSS, SVG
+/// and the table-sorting script only; nothing external.
 [[nodiscard]] std::string render_html(const std::vector<Result>& results, const std::vector<Ranking>& rankings,
-                                      const std::vector<Measured>& measured = {});
+                                      const std::vector<Measured>& measured = {}, const ReportNotes& notes = {});
 
 }  // namespace twinstep::sweep

@@ -44,6 +44,7 @@
 #include "models/run_config.hpp"
 #include "schedule/analysis.hpp"
 #include "sim/simulate.hpp"
+#include "sweep/eta.hpp"
 #include "sweep/extrapolate.hpp"
 #include "topologies/cluster.hpp"
 
@@ -405,11 +406,9 @@ class Progress {
     if (out_ == nullptr || total_ == 0) return;
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - start_).count();
-    // ETA from the points evaluated by workers since start_workers(): resumed and rejected points take no time.
-    // Weighted by the points' estimated costs when known (the costliest are handed out first).
-    const double worker_s = std::chrono::duration<double>(now - workers_start_).count();
-    double eta = done > base_ ? worker_s * static_cast<double>(total_ - done) / static_cast<double>(done - base_) : -1;
-    if (work_total_ > 0 && work_done_ > 0) eta = worker_s * std::max(0.0, work_total_ - work_done_) / work_done_;
+    // ETA fitted on the simulated points (sweep/eta.hpp); unknown until the first one is back. Computed only when
+    // printed: it walks the points left.
+    auto eta = [&] { return eta_ != nullptr ? eta_->seconds_left(elapsed) : -1.0; };
     if (tty_) {
       if (!final && std::chrono::duration<double>(now - last_).count() < 0.1) return;
       constexpr int kWidth = 30;
@@ -418,7 +417,7 @@ class Progress {
       bar.append(static_cast<std::size_t>(kWidth - filled), '.');
       std::fprintf(out_, "\r[%s] %zu/%zu %3.0f%%  elapsed %s  ETA %s   ", bar.c_str(), done, total_,
                    100.0 * static_cast<double>(done) / static_cast<double>(total_), format_duration(elapsed).c_str(),
-                   format_duration(eta).c_str());
+                   format_duration(eta()).c_str());
       if (final) std::fputc('\n', out_);
     } else {
       // Plain lines: every 10% of the points or every 30 s, and at the end.
@@ -427,27 +426,22 @@ class Progress {
           final || done / step != printed_ / step || std::chrono::duration<double>(now - last_).count() >= 30;
       if (!due || done == printed_) return;
       std::fprintf(out_, "sweep: %zu/%zu points done, elapsed %s, ETA %s\n", done, total_,
-                   format_duration(elapsed).c_str(), format_duration(eta).c_str());
+                   format_duration(elapsed).c_str(), format_duration(eta()).c_str());
       printed_ = done;
     }
     std::fflush(out_);
     last_ = now;
   }
 
-  /// Marks the start of the worker phase: `done` points were finished without a worker; the workers' points are
-  /// estimated to cost `work` in all (0: unknown).
-  void start_workers(std::size_t done, double work) {
-    base_ = done;
-    work_total_ = work;
-    workers_start_ = std::chrono::steady_clock::now();
+  /// Seconds since the progress started: the clock of the ETA estimator.
+  [[nodiscard]] double now_s() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }
-  /// A worker's point of estimated cost `work` is done.
-  void add_work_done(double work) { work_done_ += work; }
+  /// The ETA from here on comes from `eta` (fed with now_s() times).
+  void set_estimator(const EtaEstimator* eta) { eta_ = eta; }
 
  private:
-  double work_total_ = 0, work_done_ = 0;
-  std::size_t base_ = 0;
-  std::chrono::steady_clock::time_point workers_start_ = std::chrono::steady_clock::now();
+  const EtaEstimator* eta_ = nullptr;
   std::FILE* out_;
   bool tty_;
   std::size_t total_;
@@ -455,12 +449,47 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_;
 };
 
+/// The lines of `results` (one key each), sorted by (point index, key): the order of every results file written.
+std::string sorted_lines(const std::vector<Result>& results) {
+  std::vector<const Result*> sorted;
+  sorted.reserve(results.size());
+  for (const auto& r : results) sorted.push_back(&r);
+  std::sort(sorted.begin(), sorted.end(), [](const Result* a, const Result* b) {
+    return a->index != b->index ? a->index < b->index : a->key < b->key;
+  });
+  std::string out;
+  for (const Result* r : sorted) out += r->line + "\n";
+  return out;
+}
+
 }  // namespace
 
 models::Lowered lower_point(const Point& point) {
   if (!point.invalid_reason.empty()) throw Error("point " + std::to_string(point.index) + ": " + point.invalid_reason);
   const topologies::Cluster& cluster = inputs().cluster(point.cluster, point.gpus);
   return models::lower(inputs().model(point.model), point_config(point, cluster));
+}
+
+std::string rejection_reason(const Point& point) {
+  if (!point.invalid_reason.empty()) return point.invalid_reason;
+  Inputs& in = inputs();
+  const models::ModelSpec* model = nullptr;
+  models::RunConfig cfg;
+  try {
+    // What evaluate_or_throw needs before its checks: a failure here is an "error" line, not a rejection.
+    model = &in.model(point.model);
+    const topologies::Cluster& cluster = in.cluster(point.cluster, point.gpus);
+    (void)in.profile(point.profile);
+    cfg = point_config(point, cluster);
+  } catch (const Error&) {
+    return "";
+  }
+  try {
+    (void)models::check_config(*model, cfg);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 std::string evaluate_point(const Point& point, bool extrapolate) {
@@ -542,28 +571,35 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   std::map<std::string, std::size_t> wanted;  // key -> position in points
   for (std::size_t i = 0; i < points.size(); ++i) wanted.emplace(point_key(points[i]), i);
 
-  // Resume: keep the old lines that belong to this sweep, rewrite the file without the rest.
+  // Resume: the old lines of this sweep's points are its results; the lines of other points (earlier sweeps into
+  // the same file) stay in the file as they are. The file is rewritten at once without a torn last line.
   std::vector<std::string> lines(points.size());
   std::vector<bool> done(points.size(), false);
+  // The file's lines: first those of other points (`others` of them, kept to the end), then this sweep's.
+  std::vector<Result> file_lines;
+  std::size_t others = 0;
   if (std::filesystem::exists(options.output)) {
-    for (const auto& r : read_results(options.output, &st.torn)) {
+    std::set<std::string> seen;
+    std::vector<Result> resumed;
+    for (auto& r : read_results(options.output, &st.torn)) {
+      if (!seen.insert(r.key).second) {
+        ++st.duplicates;
+        continue;
+      }
       const auto it = wanted.find(r.key);
-      if (it == wanted.end() || done[it->second]) {
-        ++st.dropped;
+      if (it == wanted.end()) {
+        file_lines.push_back(std::move(r));
         continue;
       }
       done[it->second] = true;
       lines[it->second] = r.line;
+      resumed.push_back(std::move(r));
       ++st.resumed;
     }
+    st.kept = others = file_lines.size();
+    for (auto& r : resumed) file_lines.push_back(std::move(r));
   }
-  {
-    std::string kept;
-    for (std::size_t i = 0; i < points.size(); ++i) {
-      if (done[i]) kept += lines[i] + "\n";
-    }
-    write_file_atomic(options.output, kept);
-  }
+  write_file_atomic(options.output, sorted_lines(file_lines));
   std::FILE* out = std::fopen(options.output.c_str(), "a");
   if (out == nullptr) {
     throw Error(options.output + ": cannot open for appending: " + std::strerror(errno));
@@ -576,7 +612,6 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     if (done[pos]) return;
     done[pos] = true;
     lines[pos] = line;
-    progress.add_work_done(cost[pos]);
     if (std::fputs((line + "\n").c_str(), out) < 0 || std::fflush(out) != 0) {
       throw Error(options.output + ": write failed: " + std::strerror(errno));
     }
@@ -585,36 +620,36 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     progress.update(finished);
   };
 
-  // Invalid points need no worker.
+  // Invalid points need no worker: the layout rules' and the lowering's checks (rejection_reason, which loads the
+  // models, clusters, profiles and configs once here: forked workers inherit them) give the line evaluate_point
+  // gives, at once.
   std::deque<std::size_t> todo;
   std::vector<std::size_t> runnable;
   for (std::size_t i = 0; i < points.size(); ++i) {
     if (done[i]) continue;
-    if (!points[i].invalid_reason.empty()) {
-      record(i, evaluate_point(points[i], options.extrapolate));
+    const std::string reason = rejection_reason(points[i]);
+    if (!reason.empty()) {
+      record(i, head(points[i], "invalid", reason).dump());
     } else {
       runnable.push_back(i);
     }
   }
-  // Load models, clusters, profiles and configs once here: forked workers inherit them.
-  for (std::size_t pos : runnable) {
-    const Point& p = points[pos];
-    try {
-      (void)inputs().model(p.model);
-      (void)inputs().cluster(p.cluster, p.gpus);
-      (void)inputs().profile(p.profile);
-      (void)inputs().config(p.base_config);
-    } catch (const Error&) {
-      // reported by the worker for this point
-    }
-  }
   // The costliest points first (ties in point order): a large point started last would run alone at the end.
   double work = 0;
-  for (std::size_t pos : runnable) work += cost[pos] = estimated_cost(points[pos]);
+  std::size_t known = 0;
+  for (std::size_t pos : runnable) {
+    work += cost[pos] = estimated_cost(points[pos]);
+    known += cost[pos] > 0;
+  }
   std::stable_sort(runnable.begin(), runnable.end(), [&](std::size_t a, std::size_t b) { return cost[a] > cost[b]; });
-  progress.start_workers(finished, work);
-  todo.assign(runnable.begin(), runnable.end());
+  // For the ETA, a point of unknown cost counts as the mean known one.
+  const double mean_cost = known > 0 ? work / static_cast<double>(known) : 1.0;
+  auto eta_cost = [&](std::size_t pos) { return cost[pos] > 0 ? cost[pos] : mean_cost; };
   const unsigned jobs = std::max(1u, options.jobs);
+  EtaEstimator eta(jobs);
+  for (std::size_t pos : runnable) eta.queued(pos, eta_cost(pos));
+  progress.set_estimator(&eta);
+  todo.assign(runnable.begin(), runnable.end());
   // Workers take one point at a time, the next as soon as they answer, so every job stays busy until the end
   // however uneven the points; a worker evaluates up to max_points_per_worker analytic points (its heap warm for
   // the next), and a flow point gets a fresh process of its own (SimGrid: one engine per process).
@@ -632,6 +667,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     const std::uint64_t pos = todo.front();
     todo.pop_front();
     w.points.push_back(pos);
+    eta.started(pos, progress.now_s());
     // A worker that died meanwhile is found by its end of file; its point is retried then (finish).
     (void)::send(w.fd, &pos, sizeof pos, MSG_NOSIGNAL);
   };
@@ -679,8 +715,10 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     std::string why = WIFSIGNALED(status) ? "worker process killed by signal " + std::to_string(WTERMSIG(status))
                                           : "worker process exited with status " + std::to_string(WEXITSTATUS(status));
     for (std::size_t pos : missing) {
+      eta.finished(pos, progress.now_s(), false);
       if (retried.insert(pos).second) {
         todo.push_front(pos);  // once more, in a fresh worker's turn: a second death names the point
+        eta.queued(pos, eta_cost(pos));
       } else {
         record(pos, head(points[pos], "error", why + " while evaluating this point").dump());
       }
@@ -712,6 +750,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
               const Result r = result_from_line(line, "worker");
               const auto it = wanted.find(r.key);
               TWINSTEP_ASSERT(it != wanted.end(), "worker reported an unknown point %zu", r.index);
+              eta.finished(it->second, progress.now_s(), r.status == "ok");
               record(it->second, line);
               send_next(w);
             }
@@ -742,16 +781,16 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   progress.update(finished, true);
   out_guard.reset();
 
-  // Sorted by point index: a resumed run ends with the same bytes as an uninterrupted one.
-  std::string all;
+  // The union sorted by (index, key): a resumed run ends with the same bytes as an uninterrupted one.
   std::vector<Result> results;
   results.reserve(points.size());
   for (std::size_t i = 0; i < points.size(); ++i) {
     TWINSTEP_ASSERT(done[i], "point %zu was never evaluated", points[i].index);
-    all += lines[i] + "\n";
     results.push_back(result_from_line(lines[i], options.output));
   }
-  write_file_atomic(options.output, all);
+  file_lines.resize(others);
+  file_lines.insert(file_lines.end(), results.begin(), results.end());
+  write_file_atomic(options.output, sorted_lines(file_lines));
   st.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (stats != nullptr) *stats = st;
   return results;
@@ -775,15 +814,11 @@ std::string merge_results(const std::vector<std::string>& inputs, std::size_t* l
       }
     }
   }
-  std::vector<const Result*> sorted;
-  for (const auto& [k, r] : by_key) sorted.push_back(&r);
-  std::stable_sort(sorted.begin(), sorted.end(), [](const Result* a, const Result* b) {
-    return a->index != b->index ? a->index < b->index : a->key < b->key;
-  });
-  std::string out;
-  for (const Result* r : sorted) out += r->line + "\n";
+  std::vector<Result> all;
+  all.reserve(by_key.size());
+  for (auto& [k, r] : by_key) all.push_back(std::move(r));
   if (lines_in != nullptr) *lines_in = n;
-  return out;
+  return sorted_lines(all);
 }
 
 }  // namespace twinstep::sweep

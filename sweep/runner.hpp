@@ -36,6 +36,12 @@ struct Result {
 /// line through them (sweep/extrapolate.hpp; the line says "extrapolated_from_micro_batches"), else in full.
 [[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true);
 
+/// Why `point` cannot run, known before anything is lowered: its layout rule (Point::invalid_reason) or the
+/// lowering's checks (models::check_config: divisibility, gating assertions, uneven layouts), word for word the
+/// reason evaluate_point gives it; "" when it passes them. Whether it fits in memory is known only once it is
+/// lowered (the memory estimate). Cheap: no schedule is built.
+[[nodiscard]] std::string rejection_reason(const Point& point);
+
 /// `point` lowered in full (every rank and micro-batch), the schedule a measured run of the point executes; its
 /// fingerprint is how a report matches measured traces to points. Throws Error for an invalid point.
 [[nodiscard]] models::Lowered lower_point(const Point& point);
@@ -57,17 +63,20 @@ struct RunOptions {
 };
 
 struct RunStats {
-  std::size_t total = 0;      ///< Points of this run (the shard).
-  std::size_t resumed = 0;    ///< Already in the output file, skipped.
-  std::size_t evaluated = 0;  ///< Evaluated now (including invalid ones).
-  std::size_t dropped = 0;    ///< Lines of the old file that are not points of this sweep (removed).
-  std::size_t torn = 0;       ///< A torn last line found in the old file (removed).
+  std::size_t total = 0;       ///< Points of this run (the shard).
+  std::size_t resumed = 0;     ///< Already in the output file, skipped.
+  std::size_t evaluated = 0;   ///< Evaluated now (including invalid ones).
+  std::size_t kept = 0;        ///< Lines of the old file for points not in this sweep: kept in the file as they are.
+  std::size_t duplicates = 0;  ///< Later lines of the old file for a key seen before (the first one is kept).
+  std::size_t torn = 0;        ///< A torn last line found in the old file (removed; its point is re-run).
   double wall_s = 0;
 };
 
 /// Evaluates `points` (skipping those whose key is already in `options.output`), `options.jobs` processes at a
-/// time, and finally rewrites the output sorted by point index (so a resumed run ends with the same bytes as an
-/// uninterrupted one). Returns the results of all `points`, in order. Throws Error if the output cannot be written.
+/// time. The output ends as the union of its old lines and this sweep's: the lines of other points (an earlier
+/// sweep into the same file) are never removed. It is rewritten sorted by (point index, key), as merge_results
+/// sorts, so a resumed run ends with the same bytes as an uninterrupted one. Returns the results of `points` only,
+/// in order. Throws Error if the output cannot be written.
 [[nodiscard]] std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions& options,
                                             RunStats* stats = nullptr);
 

@@ -1,7 +1,9 @@
 // Renders a real sweep's HTML report in headless Chromium and checks that the charts are drawn: a probe script,
 // appended to a copy of the report, counts the SVG shapes with a non-empty rendered box per chart and writes the
-// counts into the DOM, which `chromium --dump-dom` prints. Exit 77 (ctest SKIP_RETURN_CODE) without chromium.
-// Usage: sweep_browser_test <work folder> [report.html]   (an existing report instead of the tiny sweep's)
+// counts into the DOM, which `chromium --dump-dom` prints; it also clicks the ranked table's "step time" header
+// twice and reports whether the rows came out in ascending, then descending order. Exit 77 (ctest SKIP_RETURN_CODE)
+// without chromium. Usage: sweep_browser_test <work folder> [report.html]   (an existing report instead of the tiny
+// sweep's)
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -32,7 +34,8 @@ int fail(const std::string& why) {
   return 1;
 }
 
-/// A real sweep of the tiny test model (two GPU counts, two batches, two overlap variants) and its report.
+/// A real sweep of the tiny test model (two GPU counts, two batches, two overlap variants, one impossible TP) and
+/// its report.
 std::string tiny_report(const std::string& dir) {
   using namespace twinstep;
   sweep::Spec spec;
@@ -41,7 +44,7 @@ std::string tiny_report(const std::string& dir) {
   spec.gpus = {2, 4};
   spec.gbs = {8, 16};
   spec.seq = {256};
-  spec.tp = {1, 2};
+  spec.tp = {1, 2, 3};  // tp 3 divides no GPU count: points not run, listed collapsed
   spec.overlaps = {"none", "dp"};
   sweep::RunOptions opts;
   opts.output = dir + "/sweep.jsonl";
@@ -85,9 +88,33 @@ window.addEventListener('load', function () {
     var r = svg.getBoundingClientRect();
     out.push(svg.id + '=' + drawn + '@' + Math.round(r.width) + 'x' + Math.round(r.height));
   });
+  // The ranked table: click "step time" (ascending), then again (descending); the rows must follow the numbers.
+  var sorted = 'none';
+  var table = document.getElementById('all-points');
+  if (table) {
+    var col = -1;
+    Array.prototype.forEach.call(table.rows[0].cells, function (c, i) { if (c.textContent === 'step time') col = i; });
+    var values = function () {
+      return Array.prototype.slice.call(table.rows, 1).map(function (r) {
+        return Number(r.cells[col].getAttribute('data-v'));
+      });
+    };
+    var monotonic = function (v, sign) {
+      for (var i = 1; i < v.length; i++) if (sign * (v[i] - v[i - 1]) < 0) return false;
+      return true;
+    };
+    table.rows[0].cells[col].click();
+    var asc = values();
+    table.rows[0].cells[col].click();
+    var desc = values();
+    var moved = asc.join() !== desc.join();
+    sorted = (monotonic(asc, 1) && monotonic(desc, -1) && moved ? 'ok' : 'wrong') + ':' + asc.length;
+  }
+  var details = document.getElementById('not-run-details');
+  var collapsed = details ? (details.open ? 'open' : 'closed') : 'absent';
   var pre = document.createElement('pre');
   pre.id = 'probe';
-  pre.textContent = 'PRO' + 'BE ' + out.join(' ') + ' E' + 'ND';
+  pre.textContent = 'PRO' + 'BE ' + out.join(' ') + ' SORTED=' + sorted + ' DETAILS=' + collapsed + ' E' + 'ND';
   document.body.appendChild(pre);
 });
 </script>
@@ -129,7 +156,18 @@ window.addEventListener('load', function () {
       ++failures;
     }
   }
+  // The table of every simulated layout sorts when its header is clicked (both directions), and the points not
+  // run are listed collapsed.
+  std::smatch sm;
+  if (!std::regex_search(charts, sm, std::regex("SORTED=ok:([0-9]+)")) || std::stoi(sm[1]) < 2) {
+    std::fprintf(stderr, "FAIL: the ranked table did not sort by step time when clicked (%s)\n", charts.c_str());
+    ++failures;
+  }
+  if (charts.find("DETAILS=open") != std::string::npos) {
+    std::fprintf(stderr, "FAIL: the list of points not run is open; it should be collapsed\n");
+    ++failures;
+  }
   if (failures > 0) return 1;
-  std::printf("PASS: the report renders in %s with every chart drawn\n", chromium.c_str());
+  std::printf("PASS: the report renders in %s with every chart drawn and the ranked table sorts\n", chromium.c_str());
   return 0;
 }

@@ -2,7 +2,9 @@
 #include "sweep/report.hpp"
 
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "tests/catch.hpp"
 
@@ -74,6 +76,10 @@ TEST_CASE("sweep::rank_results: best, runner-up with reason, speedup vs none", "
   CHECK(rankings[1].does_not_fit == 1);
   CHECK_FALSE(rankings[1].runner_up);
 
+  // Every simulated point of the group, best first: A dp 1.05, A none 1.30, B dp 1.32, B none 1.40.
+  CHECK(g.ranked == std::vector<std::size_t>{1, 0, 3, 2});
+  CHECK(rankings[1].ranked == std::vector<std::size_t>{6, 5});
+
   const std::string table = sweep::format_table(rankings, results);
   CHECK(table.find("runner-up: tp2 pp2 vpp1 cp1 ep1 dp2 mbs1 dp") != std::string::npos);
   CHECK(table.find("loses on bubble +400.000 ms") != std::string::npos);
@@ -95,6 +101,10 @@ TEST_CASE("sweep::to_csv and to_json: every point, categories as columns", "[swe
   CHECK(j["rankings"][0]["best_point"] == 1);
   CHECK(j["rankings"][0]["runner_up_loses_on"] == "bubble +400.000 ms");
   CHECK(j["rankings"][0]["speedup_vs_none"]["dp"].get<double>() == Approx(1.30 / 1.05));
+  CHECK_FALSE(j.contains("other_points_kept"));
+  const auto kept = nlohmann::json::parse(sweep::to_json(sweep::rank_results(results), results, {3, "s.jsonl"}));
+  CHECK(kept["other_points_kept"] == 3);
+  CHECK(kept["results_file"] == "s.jsonl");
 }
 
 TEST_CASE("sweep::render_html: charts present, input strings escaped", "[sweep]") {
@@ -106,8 +116,139 @@ TEST_CASE("sweep::render_html: charts present, input strings escaped", "[sweep]"
   CHECK(html.find("<polyline") != std::string::npos);
   CHECK(html.find("m&lt;1&gt;") != std::string::npos);
   CHECK(html.find("m<1>") == std::string::npos);
-  CHECK(html.find("<script") == std::string::npos);
   // Heat cell for 8 GPUs, EP 1, batch 64: fastest layout A, benefit 1.30 / 1.05 - 1 = +23.8%.
   CHECK(html.find("+23.8%") != std::string::npos);
   CHECK(html == sweep::render_html(results, sweep::rank_results(results)));  // deterministic bytes
+}
+
+namespace {
+
+/// The fields of the CSV line of point `index`.
+std::vector<std::string> csv_row(const std::string& csv, std::size_t index) {
+  std::istringstream in(csv);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(std::to_string(index) + ",", 0) != 0) continue;
+    std::vector<std::string> fields;
+    std::size_t start = 0;
+    for (std::size_t comma; (comma = line.find(',', start)) != std::string::npos; start = comma + 1) {
+      fields.push_back(line.substr(start, comma - start));
+    }
+    fields.push_back(line.substr(start));
+    return fields;
+  }
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("sweep::format_table: the top-N simulated layouts of each GPU count, ranked, with the gain vs none",
+          "[sweep]") {
+  const auto results = sample();
+  const auto rankings = sweep::rank_results(results);
+  const std::string all = sweep::format_table(rankings, results, 0);
+  // Rank 1 (A dp) gains 1.30 / 1.05 - 1 = +23.8% on its none variant; rank 3 (B dp) 1.40 / 1.32 - 1 = +6.1%.
+  CHECK(all.find("     1  tp1 pp1 vpp1 cp1 ep1 dp8 mbs1") != std::string::npos);
+  const auto row = [&](const std::string& prefix) {
+    const auto at = all.find(prefix);
+    REQUIRE(at != std::string::npos);
+    return all.substr(at, all.find('\n', at) - at);
+  };
+  CHECK(row("     1  tp1 pp1").find("+23.8%") != std::string::npos);
+  CHECK(row("     1  tp1 pp1").find("+0.0%") != std::string::npos);   // vs best
+  CHECK(row("     2  tp1 pp1").find("+23.8%") != std::string::npos);  // 1.30 vs 1.05 best
+  CHECK(row("     3  tp2 pp2").find("+6.1%") != std::string::npos);
+  CHECK(row("     4  tp2 pp2").find("+33.3%") != std::string::npos);  // 1.40 / 1.05 - 1
+  CHECK(all.find("8 GPUs: 4 simulated, 1 invalid, 0 do not fit, 0 errors") != std::string::npos);
+  CHECK(all.find("more simulated") == std::string::npos);
+  const std::string top2 = sweep::format_table(rankings, results, 2);
+  CHECK(top2.find("     2  tp1 pp1") != std::string::npos);
+  CHECK(top2.find("     3  tp2 pp2") == std::string::npos);
+  CHECK(top2.find("... 2 more simulated (--top 0 lists all") != std::string::npos);
+}
+
+TEST_CASE("sweep::speedups_vs_none: each variant against the none variant of the same point", "[sweep]") {
+  const auto results = sample();
+  const auto s = sweep::speedups_vs_none(results);
+  REQUIRE(s.size() == results.size());
+  CHECK_FALSE(s[0]);  // none itself
+  REQUIRE(s[1]);
+  CHECK(*s[1] == Approx(1.30 / 1.05));
+  REQUIRE(s[3]);
+  CHECK(*s[3] == Approx(1.40 / 1.32));
+  REQUIRE(s[6]);
+  CHECK(*s[6] == Approx(0.80 / 0.62));
+  CHECK_FALSE(s[4]);  // did not run
+}
+
+TEST_CASE("sweep::to_csv: points that did not run have empty figures, not 0", "[sweep]") {
+  const auto results = sample();
+  const std::string csv = sweep::to_csv(results);
+  CHECK(csv.find(",memory_gib_per_gpu,memory_capacity_gib,") != std::string::npos);
+  // Columns: 16 status, 17 step_time_s, 18 mfu, 19 tflops_per_gpu, 20 memory_gib_per_gpu, 21 memory_capacity_gib.
+  const auto invalid = csv_row(csv, 4);
+  REQUIRE(invalid.size() > 21);
+  CHECK(invalid[16] == "invalid");
+  for (std::size_t c = 17; c <= 21; ++c) CHECK(invalid[c].empty());
+  const auto no_fit = csv_row(csv, 7);
+  REQUIRE(no_fit.size() > 21);
+  CHECK(no_fit[16] == "does_not_fit");
+  CHECK(no_fit[17].empty());
+  CHECK(no_fit[18].empty());
+  const auto ok = csv_row(csv, 1);
+  REQUIRE(ok.size() > 21);
+  CHECK(ok[17] == "1.05");
+  CHECK(ok[18] == "0.5");
+  CHECK(ok[20] == "40");
+}
+
+TEST_CASE("sweep::reasons_not_run: one line per reason, numbers blanked, most frequent first", "[sweep]") {
+  auto results = sample();
+  auto no_fit = [&](std::size_t index, const std::string& reason) {
+    nlohmann::ordered_json j = nlohmann::json::parse(results[7].line);
+    j["point"] = index;
+    j["reason"] = reason;
+    return sweep::result_from_line(j.dump(), "test");
+  };
+  results.push_back(no_fit(20, "needs 93.2 GiB per GPU (memory estimate), the GPU has 79.6 GiB"));
+  results.push_back(no_fit(21, "needs 120.5 GiB per GPU (memory estimate), the GPU has 79.6 GiB"));
+  results.push_back(no_fit(22, "llama3-8b: tp2 needs 8 heads"));
+  const auto reasons = sweep::reasons_not_run(results);
+  REQUIRE(reasons.size() == 4);
+  CHECK(reasons[0].count == 2);
+  CHECK(reasons[0].status == "does_not_fit");
+  CHECK(reasons[0].reason == "needs # GiB per GPU (memory estimate), the GPU has # GiB");
+  CHECK(results[reasons[0].example].index == 20);
+  bool named = false;
+  for (const auto& r : reasons) named |= r.reason == "llama3-8b: tp2 needs # heads";
+  CHECK(named);
+}
+
+TEST_CASE("sweep::render_html: a sortable ranked table of every simulated point, not-run points by reason", "[sweep]") {
+  const auto results = sample();
+  const std::string html = sweep::render_html(results, sweep::rank_results(results), {}, {3, "s.jsonl"});
+  // One script (the table sorter), nothing external.
+  CHECK(html.find("<script") == html.rfind("<script"));
+  CHECK(html.find("<script>") != std::string::npos);
+  CHECK(html.find("src=") == std::string::npos);
+  CHECK(html.find("href=") == std::string::npos);
+  const auto table = html.find("<table id=\"all-points\" class=\"sortable\">");
+  REQUIRE(table != std::string::npos);
+  const std::string ranked = html.substr(table, html.find("</table>", table) - table);
+  std::size_t rows = 0;
+  for (auto p = ranked.find("<tr><td>"); p != std::string::npos; p = ranked.find("<tr><td>", p + 1)) ++rows;
+  CHECK(rows == 6);  // every simulated point
+  // Sort keys: step time in seconds, gain vs none as a fraction, empty for the none variant.
+  CHECK(ranked.find("<td data-v=\"1.05\">1.050 s</td>") != std::string::npos);
+  CHECK(ranked.find("<td data-v=\"0.238095238\">+23.8%</td>") != std::string::npos);
+  CHECK(ranked.find("<td data-v=\"\"></td>") != std::string::npos);
+  // Not run: counted by reason first, each point in a collapsed list after.
+  const auto reasons = html.find("<table id=\"not-run-reasons\"");
+  const auto details = html.find("<details id=\"not-run-details\"><summary>every point not run (2)</summary>");
+  REQUIRE(reasons != std::string::npos);
+  REQUIRE(details != std::string::npos);
+  CHECK(reasons < details);
+  CHECK(html.find("<details open") == std::string::npos);
+  CHECK(html.find("3 other points (earlier sweeps into s.jsonl) are kept in that file") != std::string::npos);
+  CHECK(sweep::render_html(results, sweep::rank_results(results)).find("other points") == std::string::npos);
 }

@@ -111,26 +111,33 @@ TEST_CASE("sweep::run_sweep: mixed analytic and flow points give the lines evalu
 TEST_CASE("sweep::run_sweep: resume after a kill equals an uninterrupted run", "[sweep]") {
   const std::string dir = temp_dir("resume");
   const auto points = tiny_points();
-  (void)sweep::run_sweep(points, opts(dir + "/full.jsonl"));
-  const std::string full = read_file(dir + "/full.jsonl");
-
-  // A killed run: the first half of the lines, then half of the next line (torn write), and a line from another
-  // sweep that must be dropped.
-  std::size_t cut = 0;
-  for (std::size_t n = 0; n < points.size() / 2; ++n) cut = full.find('\n', cut) + 1;
-  const std::size_t next_end = full.find('\n', cut);
-  std::string foreign = full.substr(0, full.find('\n') + 1);
+  (void)sweep::run_sweep(points, opts(dir + "/plain.jsonl"));
+  const std::string plain = read_file(dir + "/plain.jsonl");
+  // A line of another sweep (the first point with batch 16) in the file before the run: kept, in (index, key) order.
+  std::string foreign = plain.substr(0, plain.find('\n') + 1);
   REQUIRE(foreign.find("\"gbs\":8,") != std::string::npos);
   foreign.replace(foreign.find("\"gbs\":8,"), 8, "\"gbs\":16,");
-  std::string killed = full.substr(0, cut) + foreign + full.substr(cut, (next_end - cut) / 2);
+  write_file_atomic(dir + "/full.jsonl", foreign);
+  sweep::RunStats st;
+  (void)sweep::run_sweep(points, opts(dir + "/full.jsonl"), &st);
+  CHECK(st.kept == 1);
+  const std::string full = read_file(dir + "/full.jsonl");
+  CHECK(full.size() == plain.size() + foreign.size());
+  CHECK(full.find(foreign) != std::string::npos);
+
+  // A killed run: the first half of the lines, the other sweep's line, then half of the next line (torn write).
+  std::size_t cut = 0;
+  for (std::size_t n = 0; n < points.size() / 2; ++n) cut = plain.find('\n', cut) + 1;
+  const std::size_t next_end = plain.find('\n', cut);
+  const std::string killed = plain.substr(0, cut) + foreign + plain.substr(cut, (next_end - cut) / 2);
   write_file_atomic(dir + "/resumed.jsonl", killed);
 
-  sweep::RunStats st;
   const auto results = sweep::run_sweep(points, opts(dir + "/resumed.jsonl", 1), &st);
+  CHECK(results.size() == points.size());
   CHECK(st.resumed == points.size() / 2);
   CHECK(st.evaluated == points.size() - points.size() / 2);
   CHECK(st.torn == 1);
-  CHECK(st.dropped == 1);
+  CHECK(st.kept == 1);
   CHECK(read_file(dir + "/resumed.jsonl") == full);
 
   // A second rerun evaluates nothing.
@@ -138,6 +145,68 @@ TEST_CASE("sweep::run_sweep: resume after a kill equals an uninterrupted run", "
   CHECK(st.evaluated == 0);
   CHECK(st.resumed == points.size());
   CHECK(read_file(dir + "/resumed.jsonl") == full);
+}
+
+TEST_CASE("sweep::run_sweep: a second, different sweep into the same file keeps the first one's points", "[sweep]") {
+  // Issue 20 item 2: `sweep --gpus 8 ... -o s.jsonl` then `sweep --gpus 16 ... -o s.jsonl` must leave both.
+  const std::string dir = temp_dir("union");
+  std::vector<sweep::Point> first, second;
+  for (const auto& p : tiny_points()) (p.gpus == 2 ? first : second).push_back(p);
+  REQUIRE(!first.empty());
+  REQUIRE(!second.empty());
+  const std::string path = dir + "/s.jsonl";
+  sweep::RunStats st;
+  (void)sweep::run_sweep(first, opts(path), &st);
+  const std::string after_first = read_file(path);
+  const auto results = sweep::run_sweep(second, opts(path), &st);
+  CHECK(results.size() == second.size());  // this run's points only
+  for (std::size_t i = 0; i < second.size(); ++i) CHECK(results[i].key == sweep::point_key(second[i]));
+  CHECK(st.kept == first.size());
+  CHECK(st.evaluated == second.size());
+  const auto in_file = sweep::read_results(path);
+  CHECK(in_file.size() == first.size() + second.size());
+  std::size_t lines_in = 0;
+  for (const auto& r : in_file) lines_in += after_first.find(r.line) != std::string::npos;
+  CHECK(lines_in == first.size());  // the first sweep's lines, byte for byte
+  // The file is the union in merge order: what merging the two sweeps' own outputs gives.
+  (void)sweep::run_sweep(second, opts(dir + "/second_alone.jsonl"));
+  write_file_atomic(dir + "/first_alone.jsonl", after_first);
+  CHECK(read_file(path) == sweep::merge_results({dir + "/first_alone.jsonl", dir + "/second_alone.jsonl"}));
+
+  // Running the first sweep again resumes all of it and keeps the second's: the file does not change.
+  const std::string both = read_file(path);
+  (void)sweep::run_sweep(first, opts(path), &st);
+  CHECK(st.evaluated == 0);
+  CHECK(st.resumed == first.size());
+  CHECK(st.kept == second.size());
+  CHECK(read_file(path) == both);
+}
+
+TEST_CASE("sweep::rejection_reason: the lowering's checks before lowering, word for word", "[sweep]") {
+  for (const auto& p : tiny_points()) {
+    const std::string reason = sweep::rejection_reason(p);
+    const auto r = sweep::result_from_line(sweep::evaluate_point(p), "test");
+    if (r.status == "invalid") {
+      CHECK(reason == r.reason);
+    } else {
+      CHECK(reason.empty());
+    }
+  }
+  // Passes the layout rules, rejected by the lowering (dp 2 does not divide the batch 3).
+  sweep::Point p;
+  p.model = kTiny;
+  p.cluster = "dgx-h100";
+  p.gpus = 2;
+  p.gbs = 3;
+  p.seq = 256;
+  REQUIRE(p.invalid_reason.empty());
+  const std::string reason = sweep::rejection_reason(p);
+  CHECK(reason.find("global_batch_size 3") != std::string::npos);
+  CHECK(reason == sweep::result_from_line(sweep::evaluate_point(p), "test").reason);
+  // Unknown inputs are the evaluation's error to report, not a rejection.
+  p.model = "no-such-model";
+  CHECK(sweep::rejection_reason(p).empty());
+  CHECK(sweep::result_from_line(sweep::evaluate_point(p), "test").status == "error");
 }
 
 TEST_CASE("sweep::merge_results: shards merged equal the single run", "[sweep]") {
