@@ -29,7 +29,6 @@
 namespace twinstep::cli {
 namespace {
 
-
 struct ClusterFlags {
   std::string cluster;
   std::uint32_t nodes = 0;
@@ -62,17 +61,19 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = t
 struct Setup {
   topologies::Cluster cluster;
   sim::Profile profile;
+  std::vector<std::string> warnings;  ///< The profile's: measured on another GPU, fields left to the datasheet.
 };
 
 Setup load_setup(const ClusterFlags& f) {
   Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}),
-          f.profile.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(f.profile)};
+          f.profile.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(f.profile),
+          {}};
   if (f.fidelity == "flow" && !sim::flow_model_available()) {
     throw Error(
         "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
         "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
   }
-  for (const auto& w : sim::profile_warnings(s.profile, s.cluster)) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  s.warnings = sim::profile_warnings(s.profile, s.cluster);
   return s;
 }
 
@@ -302,6 +303,7 @@ Prediction run_predict(const PredictArgs& args) {
     j["fidelity"] = cf.fidelity;
     j["host_costs"] = resolved.host_costs;
     j["notes"] = resolved.notes;
+    j["warnings"] = setup.warnings;
     j["peak_flop_per_s"] = peak;
     j["memory_capacity_gib"] = base.gpu_memory_bytes / kGiB;
     nlohmann::ordered_json arr = nlohmann::ordered_json::array();
@@ -337,6 +339,7 @@ Prediction run_predict(const PredictArgs& args) {
   header += "costs: " + setup.profile.name + ", fidelity " + cf.fidelity + "\n";
   header += "host costs: " + resolved.host_costs + "\n";
   for (const auto& n : resolved.notes) header += "note: " + n + "\n";
+  for (const auto& w : setup.warnings) header += "warning: " + w + "\n";
   const std::string legend =
       "compute: some kernel runs; exposed <kind>: communication of that kind (tp, cp, dp, ep, pp, expt_dp; world: the "
       "grad-norm all-reduce over all GPUs; mp: the same over the model-parallel group) with no compute beside it; "
@@ -436,6 +439,7 @@ void run_examples(const std::string& which, const PredictArgs& outer) {
 void run_simulate(const std::string& path, const ClusterFlags& cf, const std::string& out) {
   const Setup setup = load_setup(cf);
   const sim::CostModel costs(setup.cluster, setup.profile);
+  for (const auto& w : setup.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   schedule::Schedule s = schedule::read_schedule(path);
   schedule::check(s);
   evaluate::Options opts;

@@ -43,7 +43,7 @@ struct Simulated {
 struct Result {
   models::MemoryEstimate peak_memory;
   bool fits = true;
-  bool simulated = false;  ///< false only for a point that does not fit with simulate_when_not_fitting off.
+  bool simulated = false;             ///< false only for a point that does not fit with simulate_when_not_fitting off.
   std::vector<std::string> warnings;  ///< Gating warnings of the lowering.
   double model_flops_per_step = 0;
   double step_s = 0, tflops_per_gpu = 0, mfu = 0;
