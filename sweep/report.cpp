@@ -409,6 +409,7 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
       o << "        ... " << g.ranked.size() - shown
         << " more simulated (--top 0 lists all; the CSV, JSON and HTML report have every one)\n";
     }
+    o << "        the best alone, with its timeline and causes: " << predict_command(b.point) << " --trace DIR\n";
     if (!g.speedup_vs_none.empty()) {
       o << "        speedup vs none on the best layout:";
       for (const auto& [v, sp] : g.speedup_vs_none) o << " " << v << " " << fmt("%.3fx", sp);
