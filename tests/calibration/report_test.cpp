@@ -56,7 +56,7 @@ cal::Comparison hostile_comparison() {
 TEST_CASE("calibration::html_escape: the five special characters", "[calib]") {
   CHECK(cal::html_escape("a<b>&\"c'") == "a&lt;b&gt;&amp;&quot;c&#39;");
   CHECK(cal::html_escape("plain L3.mb2.fwd") == "plain L3.mb2.fwd");
-  CHECK(cal::html_escape("") == "");
+  CHECK(cal::html_escape("").empty());
 }
 
 TEST_CASE("calibration::write_report: a self-contained HTML file with the charts and tables", "[calib]") {
