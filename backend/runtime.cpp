@@ -106,7 +106,9 @@ void Runtime::Impl::ensure_channels(const ChannelPlan& plan) {
     NcclComm comm = nccl_split(dev->world.get(), args ? args->color : NCCL_SPLIT_NOCOLOR, args ? args->key : 0);
     for (auto idx : round.channels) {
       NcclComm& slot = dev->channels[plan.channels[idx].key];
-      if (args && idx == args->channel) slot = std::move(comm);
+      // One idx of the round is this rank's channel, so `comm` is moved at most once; the loop also creates the
+      // (empty) slots of the round's other channels.
+      if (args && idx == args->channel) slot = std::move(comm);  // NOLINT(bugprone-use-after-move)
     }
   }
   // Point-to-point connections are always made lazily by NCCL, inside the first send/recv between two ranks, and

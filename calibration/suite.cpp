@@ -419,10 +419,10 @@ void add_corun_groups(std::vector<BenchGroup>& suite, std::uint32_t world) {
   }
 }
 
-/// A recv waiting for its peer beside compute (calibration/validation/REPORT.md section 2): rank 0 runs a list of
-/// GEMM and attention shapes solo, then again while a 16 MiB recv from rank 1 (stream tp_recv, priority -1) is posted
-/// and waits ~20 ms: its NCCL kernel is resident and spins, holding SMs. Rank 1 keeps its GPU idle: it waits (host)
-/// for a tiny handshake from rank 0 sent when the solo list is done, runs 20 ms of host work, then sends. The
+/// A recv waiting for its peer beside compute (calibration/validation/h200x2/REPORT.md section 2): rank 0 runs a list
+/// of GEMM and attention shapes solo, then again while a 16 MiB recv from rank 1 (stream tp_recv, priority -1) is
+/// posted and waits ~20 ms: its NCCL kernel is resident and spins, holding SMs. Rank 1 keeps its GPU idle: it waits
+/// (host) for a tiny handshake from rank 0 sent when the solo list is done, runs 20 ms of host work, then sends. The
 /// handshake starts the wait on both ranks at the same moment, independent of how long the solo list took. The fit
 /// takes interference.waiting_sms_per_channel from the slowdowns (waiting / solo per shape).
 /// The recv-wait co-run group (kRecvWaitGroup) with `waiting` recvs waiting at once beside the compute list

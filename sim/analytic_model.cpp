@@ -2,11 +2,12 @@
 // - SMs: a running comm kernel holds one SM per NCCL channel (CTA) on every member GPU, a fused kernel holds its
 //   sm_count; a comm op that reached its stream head and waits for its peers (rendezvous) already holds
 //   waiting_sms_per_channel x its channels on its own GPU: its NCCL kernel is resident and spins (measured: a recv
-//   posted early on its own stream slows the GEMMs and attention that run meanwhile, calibration/validation/REPORT.md);
-//   each further kernel waiting on the same GPU holds waiting_sms_per_channel_more x its channels (Interference::
-//   waiting_sms; measured with 1-4 waiting recvs, calibration/measured/h200x2/recv_wait_n);
-//   regular compute kernels split the remaining SMs evenly, and a tiled kernel's compute time scales with its wave
-//   count ceil(tiles / SMs) (hardware.md 5: 132-CTA GEMM + 24-CTA all-gather = 2 waves).
+//   posted early on its own stream slows the GEMMs and attention that run meanwhile,
+//   calibration/validation/h200x2/REPORT.md); each further kernel waiting on the same GPU holds
+//   waiting_sms_per_channel_more x its channels (Interference::waiting_sms; measured with 1-4 waiting recvs,
+//   calibration/measured/h200x2/recv_wait_n); regular compute kernels split the remaining SMs evenly, and a tiled
+//   kernel's compute time scales with its wave count ceil(tiles / SMs) (hardware.md 5: 132-CTA GEMM + 24-CTA
+//   all-gather = 2 waves).
 // - HBM: a comm kernel uses comm_hbm_bytes_per_bus_byte x its bus bandwidth; compute kernels share the rest.
 // - NICs: concurrent inter-node transfers of one GPU share its NIC in proportion to their NCCL connections
 //   (sim/connections.hpp): bandwidth term x (connections of all users / its own), per direction (a NIC is full

@@ -74,7 +74,7 @@ struct Interference {
   /// SMs a comm kernel holds per NCCL channel while it waits for its peers (launched, rendezvous not complete: a
   /// recv posted early on its own stream spins until the peer's send arrives). 1 = every CTA resident (NCCL launches
   /// one CTA per channel); 0 = not modelled. Default 0 until measured: the microbenchmark is a GEMM alone and with
-  /// a recv waiting on a side stream (calibration/validation/REPORT.md names it).
+  /// a recv waiting on a side stream (calibration/validation/h200x2/REPORT.md names it).
   double waiting_sms_per_channel = 0.0;
   /// SMs per NCCL channel of each further comm kernel waiting on a GPU where one already waits (the first holds
   /// waiting_sms_per_channel x its channels, the one with the most channels counting as the first). Negative: the same

@@ -4,7 +4,7 @@
 # flow fidelity, and writes OUT/<case>.<fidelity>.pred.json and .log; then tabulates step times, breakdowns and the
 # effect of each .off/.on pair (predicted_table.py) into OUT/PREDICTED.md.
 # Usage: calibration/scripts/predict_hgx.sh OUT CASES [PROFILE] [TWINSTEP]
-#   CASES: calibration/validation/cases_h200x4.txt or cases_h200x8.txt (each case names its GPU count);
+#   CASES: calibration/validation/h200x4/cases.txt or h200x8/cases.txt (each case names its GPU count);
 #   PROFILE defaults to calibration/profiles/h200x2.json (the two-GPU profile), TWINSTEP to build/cli/twinstep.
 set -eu
 OUT=$1

@@ -32,7 +32,7 @@ def parse(log):
 
 
 order = []
-cases_file = os.path.join(os.path.dirname(__file__), "..", "validation", "cases_h200x8.txt")
+cases_file = os.path.join(os.path.dirname(__file__), "..", "validation", "h200x8", "cases.txt")
 if os.path.exists(cases_file):
     for line in open(cases_file):
         if line.strip() and not line.startswith("#"):

@@ -4,7 +4,7 @@ kernels of the suite's corun.recv_wait group solo, then posts N recvs of 16 MiB 
 NCCL kernel) whose sends rank 1 delays by 20 ms of host work, and runs the same kernels beside them. N = 1 is the
 suite's group; N = 2, 3, 4 measure how the slowdown grows with the number of waiting kernels (the analytic model sums
 waiting_sms_per_channel x channels over them; the four-GPU traces say the GPU's slowdown grows less,
-calibration/validation/REPORT_h200x4.md section 4).
+calibration/validation/h200x4/REPORT.md section 4).
 
 Usage: recv_wait_n_schedules.py OUTDIR   (writes OUTDIR/recv_wait_<N>.json)"""
 import json

@@ -22,7 +22,7 @@ echo "== torch host overhead $(date +%T)"
 timeout 60 python3 calibration/scripts/torch_host_overhead.py -o "$OUT/r/framework.json" 2>&1 < /dev/null | tail -3
 fi
 echo "== validation $(date +%T)"
-grep -v '^#' calibration/validation/cases.txt | while IFS='|' read -r name gpus flags; do
+grep -v '^#' calibration/validation/h200x2/cases.txt | while IFS='|' read -r name gpus flags; do
   name=$(echo $name); gpus=$(echo $gpus)
   model="--model calibration/validation/models/llama3-8b-4l.json"; case "$flags" in *--model*) model="";; esac
   $T lower $model --gpus $gpus $flags -o "$OUT/r/s.json" \

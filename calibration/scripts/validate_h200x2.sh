@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the two-H200 machine, from a source tree: builds twinstep, the backend GPU tests and the calibration tests,
-# runs the GPU tests, measures every validation case (calibration/validation/cases.txt), predicts each with the
+# runs the GPU tests, measures every validation case (calibration/validation/h200x2/cases.txt), predicts each with the
 # committed profile (twinstep simulate, as the CI test does) and tabulates the accuracy bar (validation_table.py);
 # packs everything into OUT/results.tgz.
 # Usage: REV=<git revision> calibration/scripts/validate_h200x2.sh OUT. Every mpirun reads /dev/null.
@@ -20,7 +20,7 @@ echo "== GPU tests $(date +%T)"
 timeout 150 $MPI -np 2 $B/tests/backend/backend_tests --order decl -d yes > "$R/gpu_tests.log" 2>&1 < /dev/null
 echo "backend_tests under mpirun -np 2: exit $?"; grep -E "passed|failed|FAILED|test cases" "$R/gpu_tests.log" | tail -8
 echo "== validation $(date +%T)"
-grep -v '^#' calibration/validation/cases.txt | while IFS='|' read -r name gpus flags; do
+grep -v '^#' calibration/validation/h200x2/cases.txt | while IFS='|' read -r name gpus flags; do
   name=$(echo $name); gpus=$(echo $gpus)
   model="--model calibration/validation/models/llama3-8b-4l.json"; case "$flags" in *--model*) model="";; esac
   $T lower $model --gpus $gpus $flags -o "$R/s.json" > "$R/traces/$name.lower.log" 2>&1 < /dev/null \

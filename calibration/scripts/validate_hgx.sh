@@ -6,7 +6,7 @@
 # packs everything into OUT/results.tgz.
 # Usage: REV=<git revision> calibration/scripts/validate_hgx.sh OUT N CASES [PROFILE_N]
 #   N: the node's GPU count used (4 or 8; names the prediction folder pred_h200x<N>); CASES: a cases file
-#   (calibration/validation/cases_h200x4.txt, cases_h200x8.txt); PROFILE_N: the N-GPU profile (from
+#   (calibration/validation/h200x4/cases.txt, h200x8/cases.txt); PROFILE_N: the N-GPU profile (from
 #   run_calibration_hgx.sh); without it only the two-GPU predictions are made (re-predict later without a GPU:
 #   calibration/scripts/repredict.sh TRACES PROFILE OUT build/cli/twinstep hgx-h200).
 # Expected time: build ~3 min (fresh machine), GPU tests <= 150 s, ~10 s per case.

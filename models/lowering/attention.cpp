@@ -13,7 +13,8 @@ OpId RankLowering::attn_kernel(const Name& what, std::uint64_t heads_q, std::uin
 }
 
 void RankLowering::cp_ring_fwd(Phase ph, CommId comm, std::uint32_t n, std::uint32_t pos, RankId next, RankId prev,
-                               std::uint64_t hq, std::uint64_t hkv, std::uint64_t s_loc, std::vector<OpId> first) {
+                               std::uint64_t hq, std::uint64_t hkv, std::uint64_t s_loc,
+                               const std::vector<OpId>& first) {
   const std::uint64_t kv_bytes = 2 * s_loc * k_.micro_batch * hkv * adh_ * k_.act_bytes;
   OpId prev_recv = schedule::kNoOp;
   for (std::uint32_t i = 0; i < n; ++i) {

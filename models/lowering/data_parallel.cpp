@@ -177,10 +177,9 @@ void RankLowering::finalize_and_optimize() {
     }
   }
   prefix_ = "optim.";
-  std::uint64_t local = 0, norms = 0;
+  std::uint64_t norms = 0;
   for (std::uint32_t c = 0; c < k_.vpp; ++c) {
     for (const auto& p : x_.params[co_.pp][c]) {
-      local += p.numel;
       if (p.sp_reduce) norms += p.numel;
     }
   }

@@ -96,7 +96,7 @@ class RankLowering : private OpEmitter {
   /// step 0 "diagonal", i <= pos "lower-triangle", i > pos "upper-triangle"; per-step correction kernels.
   /// `first` are the ops that produce the local KV block (the first send waits for them).
   void cp_ring_fwd(Phase ph, CommId comm, std::uint32_t n, std::uint32_t pos, RankId next, RankId prev,
-                   std::uint64_t hq, std::uint64_t hkv, std::uint64_t s_loc, std::vector<OpId> first);
+                   std::uint64_t hq, std::uint64_t hkv, std::uint64_t s_loc, const std::vector<OpId>& first);
   /// Backward of the KV ring: n steps; sends KV at step 0, KV + dKV at steps 1..n-2, dKV at step n-1, i.e.
   /// 2(n-1) KV-sized transfers. Returns the recv of the final dKV (kNoOp when n == 1).
   OpId cp_ring_bwd(CommId comm, std::uint32_t n, std::uint32_t pos, RankId next, RankId prev, std::uint64_t hq,

@@ -243,7 +243,7 @@ TEST_CASE("calibration::compare: rejects traces of different schedules, naming t
     m.records.pop_back();
     const std::string msg = compare_error(p, m);
     CHECK(msg.find("10 ops") != std::string::npos);
-    CHECK(msg.find("9") != std::string::npos);
+    CHECK(msg.find('9') != std::string::npos);
     CHECK(msg.find("re-run predict/run on the same schedule file") != std::string::npos);
   }
   SECTION("a missing record") {

@@ -1,8 +1,8 @@
-// The accuracy bar in CI: re-predicts every committed validation case (calibration/validation/measured) with the
+// The accuracy bar in CI: re-predicts every committed validation case (calibration/validation/h200x2) with the
 // committed profile (calibration/profiles/h200x2.json, fitted from microbenchmarks only) and fails if the mean
 // absolute step-time error exceeds 5 % or an overlap effect larger than 2 % (pairs <base>.off / <base>.on) is
-// predicted with the wrong sign. The four-GPU cases (measured_h200x4, profile h200x4.json, cluster hgx-h200) are
-// checked for the signs only: their MAE (9.2 %, calibration/validation/REPORT_h200x4.md) is above the bar.
+// predicted with the wrong sign. The four-GPU cases (validation/h200x4, profile h200x4.json, cluster hgx-h200) are
+// checked for the signs only: their MAE (9.2 %, calibration/validation/h200x4/REPORT.md) is above the bar.
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -79,7 +79,7 @@ int check_effect_signs(const std::map<std::string, std::pair<double, double>>& c
 
 TEST_CASE("calibration::validation: committed cases within the accuracy bar", "[calibration][slow]") {
   const std::filesystem::path root = std::filesystem::path(TWINSTEP_SOURCE_DIR) / "calibration";
-  const auto cases = repredict(root / "validation" / "measured", root / "profiles" / "h200x2.json", "h200x2-nvlink");
+  const auto cases = repredict(root / "validation" / "h200x2", root / "profiles" / "h200x2.json", "h200x2-nvlink");
   REQUIRE(cases.size() >= 6);
   const double mae = mean_abs_error(cases);
   INFO("mean absolute error " << 100 * mae << " % over " << cases.size() << " cases");
@@ -89,11 +89,11 @@ TEST_CASE("calibration::validation: committed cases within the accuracy bar", "[
 
 TEST_CASE("calibration::validation: four-GPU cases keep every overlap effect's sign", "[calibration][slow]") {
   const std::filesystem::path root = std::filesystem::path(TWINSTEP_SOURCE_DIR) / "calibration";
-  const auto cases = repredict(root / "validation" / "measured_h200x4", root / "profiles" / "h200x4.json", "hgx-h200");
+  const auto cases = repredict(root / "validation" / "h200x4", root / "profiles" / "h200x4.json", "hgx-h200");
   REQUIRE(cases.size() == 12);
   const double mae = mean_abs_error(cases);
   INFO("mean absolute error " << 100 * mae << " % over " << cases.size() << " cases (not yet within the 5 % bar)");
   CHECK(std::isfinite(mae));
-  // tp4, moe_ep4 and pp2tp2_interleave are measured beyond 2 % (REPORT_h200x4.md); dp4 and pp4_vpp2 are not.
+  // tp4, moe_ep4 and pp2tp2_interleave are measured beyond 2 % (validation/h200x4/REPORT.md); dp4 and pp4_vpp2 are not.
   CHECK(check_effect_signs(cases) == 3);
 }

@@ -22,7 +22,7 @@ struct Layout {
 /// >= 20 layouts over tp, pp, vpp, cp, dp, sp, overlap knobs and recompute; `layers` must divide by 8.
 std::vector<Layout> layouts() {
   std::vector<Layout> v;
-  auto add = [&](const char* label, RunConfig c) { v.push_back({label, c}); };
+  auto add = [&](const char* label, const RunConfig& c) { v.push_back({label, c}); };
   RunConfig c;
   c = config(1, 1, 1);
   c.global_batch_size = 2;
@@ -294,6 +294,7 @@ ModelSpec tiny() {
 }
 std::vector<std::uint64_t> numels(const std::vector<DpBucket>& bs) {
   std::vector<std::uint64_t> out;
+  out.reserve(bs.size());
   for (const auto& b : bs) out.push_back(b.numel);
   return out;
 }

@@ -22,7 +22,7 @@ namespace {
 std::string find_chromium() {
   for (const char* name : {"chromium", "chromium-browser", "google-chrome"}) {
     for (const char* dir : {"/usr/bin/", "/usr/local/bin/", "/snap/bin/"}) {
-      const std::string path = std::string(dir) + name;
+      std::string path = std::string(dir) + name;
       if (std::filesystem::exists(path)) return path;
     }
   }
