@@ -1,7 +1,7 @@
 // Whole-file reads and atomic writes (and the temporaries that killed writers left behind).
 #include "common/io.hpp"
 
-#include <signal.h>
+#include <signal.h>  // NOLINT(modernize-deprecated-headers): kill() is POSIX, <csignal> need not declare it
 #include <unistd.h>
 
 #include <cerrno>

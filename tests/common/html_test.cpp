@@ -11,7 +11,7 @@ namespace html = twinstep::html;
 TEST_CASE("html::escape: the five special characters", "[common]") {
   CHECK(html::escape("a<b>&\"c'") == "a&lt;b&gt;&amp;&quot;c&#39;");
   CHECK(html::escape("plain L3.mb2.fwd") == "plain L3.mb2.fwd");
-  CHECK(html::escape("") == "");
+  CHECK(html::escape("").empty());
 }
 
 TEST_CASE("html::Tag: attributes in order, values, text and tooltips escaped", "[common]") {
