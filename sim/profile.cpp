@@ -24,7 +24,10 @@
 //     "grouped_gemm_table": "per_group",     (optional: the grouped_gemm table is over FLOPs per non-empty group;
 //                                             "total", the default, over a grouped GEMM's total FLOPs)
 //     "framework": {"per_kernel_launch": "9 us", "per_module_call": "30 us", "event_record": "2 us",
-//                   "source": "..."},   ("event_record" optional, later addition: CUDA event record / wait)
+//                   "per_kernel_backward": ..., "backward_call": ..., "host_sync": ..., "optimizer_step": ...,
+//                   "optimizer_per_param": ..., "optimizer_per_group": ..., "moe_router": ..., "moe_preprocess": ...,
+//                   "moe_permute": ..., "moe_unpermute": ..., "ep_node": ..., "source": "..."},
+//                   (every figure optional: absent = not measured; sim::kFrameworkFields lists them)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
 //               "note": "..."}] }
 // The later additions are optional, so every schema-1 file reads as before. profile_to_json() writes the same
@@ -272,19 +275,15 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   }
   if (j.contains("framework")) {
     const Json& f = j["framework"];
-    r.keys(f, "/framework", {"per_kernel_launch", "per_module_call", "event_record", "source"});
-    if (f.contains("per_kernel_launch")) {
-      p.framework.per_kernel_launch_s =
-          r.quantity(f["per_kernel_launch"], "/framework/per_kernel_launch", Dimension::kTime);
-    }
-    if (f.contains("per_module_call")) {
-      p.framework.per_module_call_s = r.quantity(f["per_module_call"], "/framework/per_module_call", Dimension::kTime);
-    }
-    if (f.contains("event_record")) {
-      p.framework.event_record_s = r.quantity(f["event_record"], "/framework/event_record", Dimension::kTime);
-      if (p.framework.event_record_s < 0 || p.framework.event_record_s > 1e-3) {
-        r.fail("/framework/event_record", "must be in [0, 1 ms] (host time of one CUDA event record or wait)");
-      }
+    std::vector<std::string> keys{"source"};
+    for (const auto& fld : kFrameworkFields) keys.emplace_back(fld.key);
+    r.keys(f, "/framework", keys);
+    for (const auto& fld : kFrameworkFields) {
+      if (!f.contains(fld.key)) continue;
+      const std::string path = std::string("/framework/") + fld.key;
+      double& v = p.framework.*fld.member;
+      v = r.quantity(f[fld.key], path, Dimension::kTime);
+      if (v < 0 || v > 1.0) r.fail(path, "must be in [0, 1 s] (host time of one framework call)");
     }
     if (f.contains("source")) {
       if (!f["source"].is_string()) r.fail("/framework/source", "expected a string");
@@ -415,13 +414,13 @@ std::string profile_to_json(const Profile& p) {
                      interference.attention_tile_q);
   put_unless_default(j["interference"], "gemm_tile_m", p.interference.gemm_tile_m, interference.gemm_tile_m);
   put_unless_default(j["interference"], "gemm_tile_n", p.interference.gemm_tile_n, interference.gemm_tile_n);
-  if (p.framework.per_kernel_launch_s >= 0 || p.framework.per_module_call_s >= 0) {
-    Json f = Json::object();
-    if (p.framework.per_kernel_launch_s >= 0) f["per_kernel_launch"] = p.framework.per_kernel_launch_s;
-    if (p.framework.per_module_call_s >= 0) f["per_module_call"] = p.framework.per_module_call_s;
-    if (p.framework.event_record_s >= 0) f["event_record"] = p.framework.event_record_s;
-    f["source"] = p.framework.source;
-    j["framework"] = f;
+  Json fw = Json::object();
+  for (const auto& fld : kFrameworkFields) {
+    if (p.framework.*fld.member >= 0) fw[fld.key] = p.framework.*fld.member;
+  }
+  if (!fw.empty()) {
+    fw["source"] = p.framework.source;
+    j["framework"] = fw;
   }
   Json fits = Json::array();
   for (const auto& f : p.fits) {
