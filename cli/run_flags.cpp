@@ -96,18 +96,43 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
 
 std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host) {
   if (profile == nullptr) return "none (no --profile)";
-  const sim::FrameworkCosts& fw = profile->framework;
-  std::string measured;
-  auto take = [&](double seconds, Nanos& target, const char* what) {
-    if (seconds < 0) return;  // not measured
-    target = to_nanos(seconds);
-    measured += std::string(measured.empty() ? "" : ", ") + what + " " + std::to_string(target) + " ns";
+  using H = models::HostCosts;
+  using F = sim::FrameworkCosts;
+  // Where each measured figure goes (sim::kFrameworkFields names them); backward_call is also each EP-overlap
+  // backward node's own autograd call.
+  static const std::vector<std::pair<double F::*, std::vector<Nanos H::*>>> kTargets = {
+      {&F::per_kernel_launch_s, {&H::per_kernel_launch_ns}},
+      {&F::per_module_call_s, {&H::per_module_call_ns}},
+      {&F::event_record_s, {&H::event_record_ns}},
+      {&F::per_kernel_backward_s, {&H::per_kernel_backward_ns}},
+      {&F::backward_call_s, {&H::backward_call_ns, &H::ep_backward_call_ns}},
+      {&F::host_sync_s, {&H::host_sync_ns}},
+      {&F::optimizer_step_s, {&H::optimizer_step_ns}},
+      {&F::optimizer_per_param_s, {&H::optimizer_per_param_ns}},
+      {&F::optimizer_per_group_s, {&H::optimizer_per_group_ns}},
+      {&F::moe_router_s, {&H::moe_router_ns}},
+      {&F::moe_preprocess_s, {&H::moe_preprocess_ns}},
+      {&F::moe_permute_s, {&H::moe_permute_ns}},
+      {&F::moe_unpermute_s, {&H::moe_unpermute_ns}},
+      {&F::ep_node_s, {&H::ep_node_ns}},
   };
-  take(fw.per_kernel_launch_s, host.per_kernel_launch_ns, "per kernel launch");
-  take(fw.per_module_call_s, host.per_module_call_ns, "per module call");
-  take(fw.event_record_s, host.event_record_ns, "per event record/wait");
+  const sim::FrameworkCosts& fw = profile->framework;
+  std::string measured, missing;
+  for (const auto& field : sim::kFrameworkFields) {
+    const double seconds = fw.*field.member;
+    if (seconds < 0) {  // not measured
+      missing += std::string(missing.empty() ? "" : ", ") + field.key;
+      continue;
+    }
+    for (const auto& [from, to] : kTargets) {
+      if (from != field.member) continue;
+      for (Nanos H::*t : to) host.*t = to_nanos(seconds);
+    }
+    measured +=
+        std::string(measured.empty() ? "" : ", ") + field.what + " " + std::to_string(to_nanos(seconds)) + " ns";
+  }
   if (measured.empty()) return "none (no framework section in " + profile->name + ")";
-  if (fw.event_record_s < 0) measured += ", event record/wait not measured (0 ns)";
+  if (!missing.empty()) measured += "; not measured, 0 ns: " + missing;
   return "framework section of " + profile->name + " (" + measured + ")";
 }
 

@@ -1,8 +1,13 @@
 // Evaluating one point (evaluate/evaluate.hpp).
 #include "evaluate/evaluate.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
+#include <map>
+#include <string>
 #include <utility>
+#include <variant>
 
 #include "common/error.hpp"
 #include "models/limits.hpp"
@@ -14,6 +19,28 @@ std::string fmt(const char* f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, f, v);
   return buf;
+}
+
+/// The cause of a host op or host sync: the last dotted part of its name, trailing digits dropped.
+std::string host_cause(const std::string& name) {
+  std::string c = name.substr(name.rfind('.') == std::string::npos ? 0 : name.rfind('.') + 1);
+  while (!c.empty() && std::isdigit(static_cast<unsigned char>(c.back())) != 0) c.pop_back();
+  return c;
+}
+
+std::map<std::string, double> host_work(const schedule::Trace& trace) {
+  std::map<std::string, double> out;
+  const auto ranks = static_cast<double>(std::max<std::size_t>(1, trace.schedule.ranks.size()));
+  for (const auto& r : trace.records) {
+    const schedule::Op& op = trace.schedule.ops[r.op];
+    if (op.name.empty()) continue;
+    if (const auto* h = std::get_if<schedule::Host>(&op.body)) {
+      out[host_cause(op.name)] += to_seconds(h->duration_ns) / ranks;
+    } else if (std::holds_alternative<schedule::HostSync>(op.body) && r.end_ns > r.start_ns) {
+      out["wait " + host_cause(op.name)] += to_seconds(r.end_ns - r.start_ns) / ranks;
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -35,6 +62,7 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   }
   const auto ranks = trace.schedule.ranks.size();
   out.solo_compute_s = ranks == 0 ? 0.0 : solo / static_cast<double>(ranks);
+  out.host_work_s = host_work(trace);
   if (const auto it = trace.context.find("model_limits"); it != trace.context.end()) out.notes.push_back(it->second);
   if (const auto it = trace.context.find("symmetry_reduction"); it != trace.context.end()) {
     out.notes.push_back("symmetry reduction: " + it->second + " (--no-reduce simulates every rank)");

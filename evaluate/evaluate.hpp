@@ -36,6 +36,10 @@ struct Simulated {
   schedule::Breakdown breakdown;
   double solo_compute_s = 0;       ///< Mean over simulated ranks of the compute kernels' solo times (cost model).
   std::vector<std::string> notes;  ///< What the resource model leaves out; the symmetry reduction applied.
+  /// Mean over simulated ranks of the host thread's time by cause: each host op's duration under its name's last
+  /// part ("host_moe_router", "node_A", "moe_splits_sync_host", "autograd_backward_call"; digits dropped), and the
+  /// time blocked in each host sync as "wait <sync name>". Empty without op names.
+  std::map<std::string, double> host_work_s;
   std::optional<schedule::Trace> trace;
 };
 
