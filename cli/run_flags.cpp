@@ -4,6 +4,7 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "evaluate/evaluate.hpp"
 #include "models/limits.hpp"
 #include "models/recipe.hpp"
 #include "schedule/json.hpp"
@@ -94,55 +95,13 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   sub.footer(models::recipe_defaults_text());
 }
 
-std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host) {
-  if (profile == nullptr) return "none (no --profile)";
-  using H = models::HostCosts;
-  using F = sim::FrameworkCosts;
-  // Where each measured figure goes (sim::kFrameworkFields names them); backward_call is also each EP-overlap
-  // backward node's own autograd call.
-  static const std::vector<std::pair<double F::*, std::vector<Nanos H::*>>> kTargets = {
-      {&F::per_kernel_launch_s, {&H::per_kernel_launch_ns}},
-      {&F::per_module_call_s, {&H::per_module_call_ns}},
-      {&F::event_record_s, {&H::event_record_ns}},
-      {&F::per_kernel_backward_s, {&H::per_kernel_backward_ns}},
-      {&F::backward_call_s, {&H::backward_call_ns, &H::ep_backward_call_ns}},
-      {&F::host_sync_s, {&H::host_sync_ns}},
-      {&F::optimizer_step_s, {&H::optimizer_step_ns}},
-      {&F::optimizer_per_param_s, {&H::optimizer_per_param_ns}},
-      {&F::optimizer_per_group_s, {&H::optimizer_per_group_ns}},
-      {&F::moe_router_s, {&H::moe_router_ns}},
-      {&F::moe_preprocess_s, {&H::moe_preprocess_ns}},
-      {&F::moe_permute_s, {&H::moe_permute_ns}},
-      {&F::moe_unpermute_s, {&H::moe_unpermute_ns}},
-      {&F::ep_node_s, {&H::ep_node_ns}},
-  };
-  const sim::FrameworkCosts& fw = profile->framework;
-  std::string measured, missing;
-  for (const auto& field : sim::kFrameworkFields) {
-    const double seconds = fw.*field.member;
-    if (seconds < 0) {  // not measured
-      missing += std::string(missing.empty() ? "" : ", ") + field.key;
-      continue;
-    }
-    for (const auto& [from, to] : kTargets) {
-      if (from != field.member) continue;
-      for (Nanos H::*t : to) host.*t = to_nanos(seconds);
-    }
-    measured +=
-        std::string(measured.empty() ? "" : ", ") + field.what + " " + std::to_string(to_nanos(seconds)) + " ns";
-  }
-  if (measured.empty()) return "none (no framework section in " + profile->name + ")";
-  if (!missing.empty()) measured += "; not measured, 0 ns: " + missing;
-  return "framework section of " + profile->name + " (" + measured + ")";
-}
-
 ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
                         const sim::Profile* profile) {
   ResolvedRun r;
   models::RunConfig& c = r.config;
   models::SetFields set;  // fields the config file or a flag set: the recipe defaults leave them alone
   if (!f.config.empty()) c = models::read_run_config(f.config, &set);
-  r.host_costs = host_costs_from_profile(profile, c.host);
+  r.host_costs = evaluate::host_costs_from_profile(profile, c.host);
   // Applies a given flag's value to its run config field and records the field as set.
   auto take = [&set](const char* field, const auto& given, auto& member, auto&& convert) {
     if (!given) return;

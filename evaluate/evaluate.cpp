@@ -8,8 +8,10 @@
 #include <string>
 #include <utility>
 #include <variant>
+#include <vector>
 
 #include "common/error.hpp"
+#include "common/units.hpp"
 #include "models/limits.hpp"
 
 namespace twinstep::evaluate {
@@ -101,6 +103,48 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
   r.tflops_per_gpu = r.step_s > 0 ? r.model_flops_per_step / (r.step_s * gpus) / 1e12 : 0.0;
   r.mfu = r.step_s > 0 ? r.model_flops_per_step / (r.step_s * gpus * peak) : 0.0;
   return r;
+}
+
+std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host) {
+  if (profile == nullptr) return "none (no measured profile)";
+  using H = models::HostCosts;
+  using F = sim::FrameworkCosts;
+  // Where each measured figure goes (sim::kFrameworkFields names them); backward_call is also each EP-overlap
+  // backward node's own autograd call.
+  static const std::vector<std::pair<double F::*, std::vector<Nanos H::*>>> kTargets = {
+      {&F::per_kernel_launch_s, {&H::per_kernel_launch_ns}},
+      {&F::per_module_call_s, {&H::per_module_call_ns}},
+      {&F::event_record_s, {&H::event_record_ns}},
+      {&F::per_kernel_backward_s, {&H::per_kernel_backward_ns}},
+      {&F::backward_call_s, {&H::backward_call_ns, &H::ep_backward_call_ns}},
+      {&F::host_sync_s, {&H::host_sync_ns}},
+      {&F::optimizer_step_s, {&H::optimizer_step_ns}},
+      {&F::optimizer_per_param_s, {&H::optimizer_per_param_ns}},
+      {&F::optimizer_per_group_s, {&H::optimizer_per_group_ns}},
+      {&F::moe_router_s, {&H::moe_router_ns}},
+      {&F::moe_preprocess_s, {&H::moe_preprocess_ns}},
+      {&F::moe_permute_s, {&H::moe_permute_ns}},
+      {&F::moe_unpermute_s, {&H::moe_unpermute_ns}},
+      {&F::ep_node_s, {&H::ep_node_ns}},
+  };
+  const sim::FrameworkCosts& fw = profile->framework;
+  std::string measured, missing;
+  for (const auto& field : sim::kFrameworkFields) {
+    const double seconds = fw.*field.member;
+    if (seconds < 0) {  // not measured
+      missing += std::string(missing.empty() ? "" : ", ") + field.key;
+      continue;
+    }
+    for (const auto& [from, to] : kTargets) {
+      if (from != field.member) continue;
+      for (Nanos H::*t : to) host.*t = to_nanos(seconds);
+    }
+    measured +=
+        std::string(measured.empty() ? "" : ", ") + field.what + " " + std::to_string(to_nanos(seconds)) + " ns";
+  }
+  if (measured.empty()) return "none (no framework section in " + profile->name + ")";
+  if (!missing.empty()) measured += "; not measured, 0 ns: " + missing;
+  return "framework section of " + profile->name + " (" + measured + ")";
 }
 
 }  // namespace twinstep::evaluate
