@@ -31,7 +31,7 @@ struct Case {
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-void run_case(const Case& c, const std::string& fidelity) {
+void run_case(const Case& c, sim::Fidelity fidelity) {
   const auto t0 = Clock::now();
   const auto cluster = topologies::load_cluster(c.cluster, {c.nodes, 0});
   const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
@@ -72,7 +72,7 @@ void run_case(const Case& c, const std::string& fidelity) {
   std::printf(
       "%-16s %-8s %6u GPUs, %5zu ranks simulated, %8zu ops | wall %6.2f s (lower %.2f, simulate %.2f, "
       "analyze %.2f) | peak RSS %4ld MB (sim child %4ld MB) | %5.2f M ops/s | step %.3f s, MFU %.1f%%\n",
-      c.name.c_str(), fidelity.c_str(), cluster.num_gpus(), ranks, ops, wall, t_lower, t_sim, t_an,
+      c.name.c_str(), to_string(fidelity).c_str(), cluster.num_gpus(), ranks, ops, wall, t_lower, t_sim, t_an,
       self.ru_maxrss / 1024, kids.ru_maxrss / 1024, static_cast<double>(ops) / t_sim / 1e6, b.step_time_s,
       100.0 * lowered.model_flops_per_step /
           (b.step_time_s * cluster.num_gpus() * cluster.node.gpu.peak_flop_per_s(cfg.dtype)));
@@ -88,8 +88,8 @@ int main(int argc, char** argv) {
       {"deepseek-v3-1k", "deepseek-v3", "h100-superpod", 128, 1, 1, 64, 1024, 4096, 1},
   };
   std::vector<std::string> want(argv + 1, argv + argc);
-  std::vector<std::string> fids{"analytic"};
-  if (sim::flow_model_available()) fids.push_back("flow");
+  std::vector<sim::Fidelity> fids{sim::Fidelity::kAnalytic};
+  if (sim::flow_model_available()) fids.push_back(sim::Fidelity::kFlow);
   for (const auto& c : cases) {
     if (!want.empty() && std::find(want.begin(), want.end(), c.name) == want.end()) continue;
     for (const auto& f : fids) {
@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
         try {
           run_case(c, f);
         } catch (const std::exception& e) {
-          std::printf("%-16s %-8s error: %s\n", c.name.c_str(), f.c_str(), e.what());
+          std::printf("%-16s %-8s error: %s\n", c.name.c_str(), to_string(f).c_str(), e.what());
         }
         std::fflush(stdout);
         _exit(0);

@@ -34,7 +34,7 @@ struct ClusterFlags {
   std::uint32_t nodes = 0;
   std::uint32_t gpus = 0;
   std::string profile;
-  std::string fidelity = sim::default_fidelity();
+  sim::Fidelity fidelity = sim::default_fidelity();
 };
 
 void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = true) {
@@ -48,14 +48,14 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = t
           ->check(CLI::Range(1u, 1u << 24));
   nodes->excludes(gpus);
   sub->add_option("--profile", f.profile, "Calibration profile JSON (default: datasheet defaults)");
-  sub->add_option("--fidelity", f.fidelity,
-                  "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
-                  "(SimGrid max-min flows on NVLink ports, NICs and fabric links; one child process per "
-                  "simulation). Default: " +
-                      sim::default_fidelity() + ", as in sweep" +
-                      (sim::flow_model_available() ? " (flow: " + sim::flow_engine_version() + " built in)"
-                                                   : " (this build has no SimGrid, so no flow)"))
-      ->check(CLI::IsMember({"analytic", "flow"}));
+  sub->add_option_function<std::string>(
+      "--fidelity", [&f](const std::string& v) { f.fidelity = sim::parse_fidelity(v, "--fidelity"); },
+      "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
+      "(SimGrid max-min flows on NVLink ports, NICs and fabric links; one child process per "
+      "simulation). Default: " +
+          to_string(sim::default_fidelity()) + ", as in sweep" +
+          (sim::flow_model_available() ? " (flow: " + sim::flow_engine_version() + " built in)"
+                                       : " (this build has no SimGrid, so no flow)"));
 }
 
 struct Setup {
@@ -68,11 +68,7 @@ Setup load_setup(const ClusterFlags& f) {
   Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}),
           f.profile.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(f.profile),
           {}};
-  if (f.fidelity == "flow" && !sim::flow_model_available()) {
-    throw Error(
-        "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
-        "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
-  }
+  sim::check_available(f.fidelity);
   s.warnings = sim::profile_warnings(s.profile, s.cluster);
   return s;
 }
@@ -300,7 +296,7 @@ Prediction run_predict(const PredictArgs& args) {
     j["cluster"] = setup.cluster.describe();
     j["gpus"] = gpus;
     j["profile"] = setup.profile.name;
-    j["fidelity"] = cf.fidelity;
+    j["fidelity"] = to_string(cf.fidelity);
     j["host_costs"] = resolved.host_costs;
     j["notes"] = resolved.notes;
     j["warnings"] = setup.warnings;
@@ -336,7 +332,7 @@ Prediction run_predict(const PredictArgs& args) {
             ", ep " + std::to_string(base.expert_model_parallel_size) + ", mbs " +
             std::to_string(base.micro_batch_size) + ", gbs " + std::to_string(base.global_batch_size) + ", seq " +
             std::to_string(base.seq_length) + "\n";
-  header += "costs: " + setup.profile.name + ", fidelity " + cf.fidelity + "\n";
+  header += "costs: " + setup.profile.name + ", fidelity " + to_string(cf.fidelity) + "\n";
   header += "host costs: " + resolved.host_costs + "\n";
   for (const auto& n : resolved.notes) header += "note: " + n + "\n";
   for (const auto& w : setup.warnings) header += "warning: " + w + "\n";
@@ -405,7 +401,7 @@ void run_examples(const std::string& which, const PredictArgs& outer) {
     std::vector<std::string> args = e->args;
     if (outer.cf.fidelity != sim::default_fidelity()) {
       args.push_back("--fidelity");
-      args.push_back(outer.cf.fidelity);
+      args.push_back(to_string(outer.cf.fidelity));
     }
     std::string command = "twinstep predict";
     for (const auto& a : args) command += " " + a;
@@ -456,7 +452,7 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   const schedule::Breakdown& b = simulated.breakdown;
   std::fputs(
       ("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile.name + ", fidelity " +
-       cf.fidelity + ")\n" + schedule::format_breakdown(b) +
+       to_string(cf.fidelity) + ")\n" + schedule::format_breakdown(b) +
        (out.empty() ? "no trace written (-o FILE writes it, -o - to stdout)\n" : "trace written to " + out + "\n"))
           .c_str(),
       stdout);

@@ -19,7 +19,7 @@
 namespace twinstep::evaluate {
 
 struct Options {
-  std::string fidelity = sim::default_fidelity();
+  sim::Fidelity fidelity = sim::default_fidelity();
   bool reduce = true;         ///< Symmetry reduction by sim::reduction_policy (predict's --no-reduce clears it).
   bool op_names = true;       ///< Human-readable op names (a sweep, which keeps no trace, turns them off).
   bool keep_trace = false;    ///< Return the trace (predict --trace).

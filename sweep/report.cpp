@@ -30,9 +30,9 @@ using html::px;
 std::string fmt(const char* f, double v) { return html::format(f, v); }
 
 /// Layout plus dispatcher: what "a different layout" means for the runner-up and the speedup table.
-std::string layout_id(const Result& r) { return r.point.layout.describe() + " " + r.point.dispatcher; }
+std::string layout_id(const Result& r) { return r.point.layout.describe() + " " + to_string(r.point.dispatcher); }
 
-using GroupKey = std::tuple<std::string, std::string, std::string, std::uint32_t, std::uint32_t, std::uint32_t>;
+using GroupKey = std::tuple<std::string, std::string, sim::Fidelity, std::uint32_t, std::uint32_t, std::uint32_t>;
 GroupKey group_of(const Result& r) {
   return {r.point.model, r.point.cluster, r.point.fidelity, r.point.seq, r.point.gbs, r.point.gpus};
 }
@@ -374,8 +374,8 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
   std::ostringstream o;
   std::string last_head;
   for (const auto& g : rankings) {
-    const std::string head = g.model + " on " + g.cluster + " (" + g.fidelity + "), seq " + std::to_string(g.seq) +
-                             ", global batch " + std::to_string(g.gbs);
+    const std::string head = g.model + " on " + g.cluster + " (" + to_string(g.fidelity) + "), seq " +
+                             std::to_string(g.seq) + ", global batch " + std::to_string(g.gbs);
     if (head != last_head) {
       o << "\n" << head << "\n";
       last_head = head;
@@ -394,8 +394,9 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
       const std::size_t i = g.ranked[k];
       const Result& r = results[i];
       const std::string layout =
-          r.point.layout.describe() +
-          (r.point.dispatcher != "alltoall" || r.point.layout.ep > 1 ? " " + r.point.dispatcher : "");
+          r.point.layout.describe() + (r.point.dispatcher != models::TokenDispatcher::kAllToAll || r.point.layout.ep > 1
+                                           ? " " + to_string(r.point.dispatcher)
+                                           : "");
       const std::string memory = r.capacity_gib > 0 ? fmt("%.1f", r.memory_gib) + fmt(" (%.1f) GiB", r.capacity_gib)
                                                     : fmt("%.1f GiB", r.memory_gib);
       const std::string gain = speedups[i] ? fmt("%+.1f%%", 100.0 * (*speedups[i] - 1)) : "";
@@ -453,9 +454,10 @@ std::string to_csv(const std::vector<Result>& results) {
   for (const auto& r : results) {
     const auto& p = r.point;
     const auto& l = p.layout;
-    o << r.index << "," << csv_field(p.model) << "," << csv_field(p.cluster) << "," << p.fidelity << "," << p.gpus
-      << "," << p.gbs << "," << p.seq << "," << l.tp << "," << l.pp << "," << l.vpp << "," << l.cp << "," << l.ep << ","
-      << l.dp << "," << l.mbs << "," << p.dispatcher << "," << csv_field(p.overlap) << "," << r.status << ",";
+    o << r.index << "," << csv_field(p.model) << "," << csv_field(p.cluster) << "," << to_string(p.fidelity) << ","
+      << p.gpus << "," << p.gbs << "," << p.seq << "," << l.tp << "," << l.pp << "," << l.vpp << "," << l.cp << ","
+      << l.ep << "," << l.dp << "," << l.mbs << "," << to_string(p.dispatcher) << "," << csv_field(p.overlap) << ","
+      << r.status << ",";
     // Only a simulated point has a step time, MFU and TFLOP/s; one that does not fit has its memory estimate.
     const bool ran = r.status == "ok";
     const bool has_memory = ran || r.status == "does_not_fit";
@@ -484,7 +486,7 @@ std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Resu
     nlohmann::ordered_json e;
     e["model"] = g.model;
     e["cluster"] = g.cluster;
-    e["fidelity"] = g.fidelity;
+    e["fidelity"] = to_string(g.fidelity);
     e["gpus"] = g.gpus;
     e["gbs"] = g.gbs;
     e["seq"] = g.seq;
@@ -493,7 +495,7 @@ std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Resu
     if (g.best) {
       const Result& b = results[*g.best];
       e["best"] = {{"layout", b.point.layout.describe()},
-                   {"dispatcher", b.point.dispatcher},
+                   {"dispatcher", to_string(b.point.dispatcher)},
                    {"overlap", b.point.overlap},
                    {"step_time_s", b.step_time_s},
                    {"mfu", b.mfu},
@@ -600,11 +602,12 @@ std::string ranked_table(const std::vector<Result>& results, const std::vector<R
       const std::optional<double> capacity = r.capacity_gib > 0 ? std::optional<double>(r.capacity_gib) : std::nullopt;
       const double vs_best = best.step_time_s > 0 ? r.step_time_s / best.step_time_s - 1 : 0.0;
       o << "<tr><td>" << k + 1 << "</td><td class=\"name wrap\">"
-        << escape(g.model + " / " + g.cluster + " (" + g.fidelity + ")") << "</td><td>" << g.seq << "</td><td>" << g.gbs
-        << "</td><td>" << g.gpus << "</td><td class=\"name\">" << escape(r.point.layout.describe()) << "</td><td>"
-        << escape(r.point.dispatcher) << "</td><td>" << escape(r.point.overlap) << "</td>"
-        << sort_cell(r.step_time_s, format_seconds(r.step_time_s)) << sort_cell(vs_best, fmt("%+.1f%%", 100 * vs_best))
-        << sort_cell(r.mfu, fmt("%.1f%%", 100 * r.mfu)) << sort_cell(r.tflops_per_gpu, fmt("%.1f", r.tflops_per_gpu))
+        << escape(g.model + " / " + g.cluster + " (" + to_string(g.fidelity) + ")") << "</td><td>" << g.seq
+        << "</td><td>" << g.gbs << "</td><td>" << g.gpus << "</td><td class=\"name\">"
+        << escape(r.point.layout.describe()) << "</td><td>" << escape(to_string(r.point.dispatcher)) << "</td><td>"
+        << escape(r.point.overlap) << "</td>" << sort_cell(r.step_time_s, format_seconds(r.step_time_s))
+        << sort_cell(vs_best, fmt("%+.1f%%", 100 * vs_best)) << sort_cell(r.mfu, fmt("%.1f%%", 100 * r.mfu))
+        << sort_cell(r.tflops_per_gpu, fmt("%.1f", r.tflops_per_gpu))
         << sort_cell(r.memory_gib, fmt("%.1f GiB", r.memory_gib))
         << sort_cell(capacity, capacity ? fmt("%.1f GiB", *capacity) : "")
         << sort_cell(gain, gain ? fmt("%+.1f%%", 100 * *gain) : "") << "<td>" << r.index << "</td></tr>\n";
@@ -674,8 +677,8 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
        "<th>batch</th><th>GPUs</th><th>best layout</th><th>overlap</th><th>step time</th><th>MFU</th>"
        "<th>memory / GPU</th><th>speedup vs none</th><th>runner-up loses on</th></tr>\n";
   for (const auto& g : rankings) {
-    o << "<tr><td class=\"name\">" << escape(g.model + " / " + g.cluster + " (" + g.fidelity + ")") << "</td><td>"
-      << g.seq << "</td><td>" << g.gbs << "</td><td>" << g.gpus << "</td>";
+    o << "<tr><td class=\"name\">" << escape(g.model + " / " + g.cluster + " (" + to_string(g.fidelity) + ")")
+      << "</td><td>" << g.seq << "</td><td>" << g.gbs << "</td><td>" << g.gpus << "</td>";
     if (!g.best) {
       o << "<td class=\"name\" colspan=\"7\">no point ran (" << g.invalid << " invalid, " << g.does_not_fit
         << " do not fit, " << g.errors << " errors)</td></tr>\n";
@@ -684,7 +687,7 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
     const Result& b = results[*g.best];
     std::string sp;
     for (const auto& [v, s] : g.speedup_vs_none) sp += v + " " + fmt("%.3fx", s) + "; ";
-    o << "<td class=\"name\">" << escape(b.point.layout.describe() + " " + b.point.dispatcher) << "</td><td>"
+    o << "<td class=\"name\">" << escape(b.point.layout.describe() + " " + to_string(b.point.dispatcher)) << "</td><td>"
       << escape(b.point.overlap) << "</td><td>" << escape(format_seconds(b.step_time_s)) << "</td><td>"
       << fmt("%.1f%%", 100 * b.mfu) << "</td><td>" << fmt("%.1f GiB", b.memory_gib) << "</td><td>" << escape(sp)
       << "</td><td>" << escape(g.runner_up_loses) << "</td></tr>\n";
@@ -717,7 +720,7 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
 
   // Scaling curves: per (model, cluster, fidelity, seq, gbs), best step time over layouts per overlap variant.
   o << "<h2>Scaling over GPU count (best layout per variant)</h2>\n";
-  using CurveKey = std::tuple<std::string, std::string, std::string, std::uint32_t, std::uint32_t>;
+  using CurveKey = std::tuple<std::string, std::string, sim::Fidelity, std::uint32_t, std::uint32_t>;
   std::map<CurveKey, std::map<std::string, std::map<std::uint32_t, double>>> curves;
   std::map<CurveKey, std::vector<std::string>> variant_order;
   for (const auto& r : results) {
@@ -738,7 +741,7 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
       for (const auto& [x, y] : by_variant.at(v)) xs_set.insert(x);
     }
     o << "<h3>"
-      << escape(std::get<0>(k) + " on " + std::get<1>(k) + " (" + std::get<2>(k) + "), seq " +
+      << escape(std::get<0>(k) + " on " + std::get<1>(k) + " (" + to_string(std::get<2>(k)) + "), seq " +
                 std::to_string(std::get<3>(k)) + ", batch " + std::to_string(std::get<4>(k)))
       << "</h3>\n"
       << line_chart("scaling-" + std::to_string(++chart), std::vector<std::uint32_t>(xs_set.begin(), xs_set.end()),
@@ -749,7 +752,7 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
   // overlap variant against none on the fastest layout with that EP and batch.
   o << "<h2>Overlap benefit over EP and global batch</h2>\n<p class=\"note\">Cell: step(none) / step(best variant) - 1 "
        "on the fastest layout with that EP size and batch (same layout for both).</p>\n";
-  using MapKey = std::tuple<std::string, std::string, std::string, std::uint32_t, std::uint32_t>;
+  using MapKey = std::tuple<std::string, std::string, sim::Fidelity, std::uint32_t, std::uint32_t>;
   std::map<MapKey, std::map<std::pair<std::uint32_t, std::uint32_t>, std::pair<double, std::string>>> maps;
   std::map<MapKey, std::pair<std::set<std::uint32_t>, std::set<std::uint32_t>>> axes;
   {
@@ -801,7 +804,7 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
     const auto& [eps, gbss] = axes[mk];
     o << "<h3>"
       << escape(std::get<0>(mk) + " on " + std::to_string(std::get<4>(mk)) + " GPUs of " + std::get<1>(mk) + " (" +
-                std::get<2>(mk) + "), seq " + std::to_string(std::get<3>(mk)))
+                to_string(std::get<2>(mk)) + "), seq " + std::to_string(std::get<3>(mk)))
       << "</h3>\n"
       << heat_map("heat-" + std::to_string(++chart), std::vector<std::uint32_t>(eps.begin(), eps.end()), "EP",
                   std::vector<std::uint32_t>(gbss.begin(), gbss.end()), "global batch", cells);

@@ -17,7 +17,8 @@ namespace twinstep::sweep {
 
 /// The best point of one group (model, cluster, fidelity, seq, gbs, gpus), over layouts, dispatchers and overlaps.
 struct Ranking {
-  std::string model, cluster, fidelity;
+  std::string model, cluster;
+  sim::Fidelity fidelity = sim::Fidelity::kAnalytic;
   std::uint32_t gpus = 0, gbs = 0, seq = 0;
   std::size_t ok = 0, invalid = 0, does_not_fit = 0, errors = 0;
   std::optional<std::size_t> best;       ///< Index into the results; empty when no point of the group ran.

@@ -125,9 +125,12 @@ double estimated_cost(const Point& p) {
     if (const auto plan = extrapolation_counts(static_cast<std::uint32_t>(micro_batches), l.pp, l.vpp, l.pp)) {
       simulated = static_cast<double>((*plan)[0]) + (*plan)[1] + (*plan)[2];
     }
-    const double ranks = p.fidelity == "analytic"                    ? static_cast<double>(l.pp) * l.cp
-                         : p.gpus > sim::kSymmetryReductionAboveGpus ? static_cast<double>(p.gpus / dp)
-                                                                     : static_cast<double>(p.gpus);
+    // Ranks simulated under the one reduction policy: one per (stage, CP rank) with TP mirrored, one per DP
+    // replica, or all.
+    const sim::Reduction reduction = sim::reduction_policy(p.gpus, p.fidelity);
+    const double ranks = reduction.mirror_tp              ? static_cast<double>(l.pp) * l.cp
+                         : reduction.representatives_only ? static_cast<double>(p.gpus / dp)
+                                                          : static_cast<double>(p.gpus);
     return ranks * simulated * inputs().model(p.model).num_layers / l.pp;
   } catch (const Error&) {
     return 0;
@@ -653,7 +656,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   // Workers take one point at a time, the next as soon as they answer, so every job stays busy until the end
   // however uneven the points; a worker evaluates up to max_points_per_worker analytic points (its heap warm for
   // the next), and a flow point gets a fresh process of its own (SimGrid: one engine per process).
-  auto is_flow = [&](std::size_t pos) { return points[pos].fidelity == "flow"; };
+  auto is_flow = [&](std::size_t pos) { return points[pos].fidelity == sim::Fidelity::kFlow; };
 
   std::vector<Worker> workers;
   std::set<std::size_t> retried;
