@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -265,7 +266,13 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
                            std::to_string(needed) + " (or --nodes " + std::to_string((needed + gpn - 1) / gpn) +
                            " of " + std::to_string(gpn) + " GPUs)");
   }
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  auto t0 = Clock::now();
   schedule::Matching matching = schedule::match(schedule);
+  if (options.timings != nullptr) options.timings->match_s = seconds_since(t0);
   if (options.fidelity == Fidelity::kFlow) {
     // The flow model routes a transfer between the GPUs of its two ends; a mirrored pair has one.
     for (std::size_t i = 0; i < schedule.ops.size(); ++i) {
@@ -281,6 +288,7 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
 
   schedule::Trace trace;
   trace.producer = "sim";
+  t0 = Clock::now();
   if (options.fidelity == Fidelity::kFlow) {
     trace.records = run_in_child(
         [&ctx] {
@@ -294,6 +302,7 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
     auto model = make_analytic_model(ctx);
     trace.records = run_semantics(ctx, *model);
   }
+  if (options.timings != nullptr) options.timings->run_s = seconds_since(t0);
   if (options.matching_out != nullptr) *options.matching_out = std::move(matching);  // the run is over
   Nanos first = 0, last = 0;
   bool any = false;

@@ -56,6 +56,12 @@ struct Reduction {
   return {reduce, reduce && mirrors_tp_ranks(fidelity)};
 }
 
+/// Wall seconds of one simulate() call's parts, for the benchmarks (Options::timings).
+struct Timings {
+  double match_s = 0;  ///< schedule::match.
+  double run_s = 0;    ///< The IR semantics with the resource model (for flow: in its child process, fork included).
+};
+
 struct Options {
   Fidelity fidelity = Fidelity::kAnalytic;     ///< flow needs SimGrid: flow_model_available().
   std::map<std::string, std::string> context;  ///< Extra context entries copied into the trace.
@@ -65,6 +71,8 @@ struct Options {
   /// When set, receives the schedule's matching (schedule::match) that the simulation used, so that
   /// schedule::analyze(trace, matching) need not match the schedule again.
   schedule::Matching* matching_out = nullptr;
+  /// When set, receives the wall seconds of the simulation's parts (bench/sim_bench prints them).
+  Timings* timings = nullptr;
 };
 
 /// Runs the IR semantics (DESIGN.md rules 1-4) against `model` and fills the records (one per op, by op id).
