@@ -1,6 +1,6 @@
 // Chrome trace-event JSON for Perfetto / chrome://tracing: pid = rank ("rank N"), tid 0 = the host thread,
 // tid 1+s = stream s; one complete ("X") event per op record, ts/dur in microseconds with ns precision.
-// Written by hand (nlohmann stays in json.cpp); output is deterministic: records in op-id order.
+// Written by hand (nlohmann stays in json_read.cpp); output is deterministic: records in op-id order.
 #include "schedule/perfetto.hpp"
 
 #include <charconv>

@@ -8,9 +8,11 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "sim/simulate.hpp"
 #include "sweep/runner.hpp"
 
 namespace twinstep::sweep {
@@ -50,6 +52,15 @@ struct ReportNotes {
 
 /// "N other points (earlier sweeps into FILE) are kept in that file; ..." (how to report them all).
 [[nodiscard]] std::string kept_points_note(std::size_t count, const std::string& results_file);
+
+/// Layout plus dispatcher ("tp2 pp4 ... mbs1 alltoall"): what "a different layout" means for the runner-up and the
+/// speedups.
+[[nodiscard]] std::string layout_id(const Result& r);
+/// A ranking group: (model, cluster, fidelity, seq, gbs, gpus).
+using GroupKey = std::tuple<std::string, std::string, sim::Fidelity, std::uint32_t, std::uint32_t, std::uint32_t>;
+[[nodiscard]] GroupKey group_of(const Result& r);
+/// The ranking order: shorter step time first, ties by lower point index.
+[[nodiscard]] bool better(const Result& a, const Result& b);
 
 /// Groups and ranks results (ties on step time: lower point index). Groups in (model, cluster, fidelity, seq, gbs,
 /// gpus) order.
