@@ -8,6 +8,7 @@
 
 #include "common/enum_names.hpp"
 #include "common/io.hpp"
+#include "common/json_string.hpp"
 #include "schedule/json.hpp"
 #include "schedule/json_spellings.hpp"
 
@@ -36,45 +37,7 @@ class Writer {
     out.append(buf, r.ptr);
   }
 
-  void str(std::string_view s) {
-    out.push_back('"');
-    for (char c : s) {
-      const auto u = static_cast<unsigned char>(c);
-      switch (c) {
-        case '"':
-          out += "\\\"";
-          break;
-        case '\\':
-          out += "\\\\";
-          break;
-        case '\n':
-          out += "\\n";
-          break;
-        case '\r':
-          out += "\\r";
-          break;
-        case '\t':
-          out += "\\t";
-          break;
-        case '\b':
-          out += "\\b";
-          break;
-        case '\f':
-          out += "\\f";
-          break;
-        default:
-          if (u < 0x20) {
-            static constexpr char kHex[] = "0123456789abcdef";
-            out += "\\u00";
-            out.push_back(kHex[u >> 4]);
-            out.push_back(kHex[u & 15]);
-          } else {
-            out.push_back(c);
-          }
-      }
-    }
-    out.push_back('"');
-  }
+  void str(std::string_view s) { append_json_string(out, s); }
 
   /// ,"key": (or "key": as the first member when `first`).
   void key(std::string_view k, bool first = false) {

@@ -1,10 +1,12 @@
 // Name tables (common/enum_names.hpp): the one lookup and print of a mode's spellings, and the error an unknown
-// spelling gives.
+// spelling gives. Also append_json_string (common/json_string.hpp): escapes that nlohmann reads back to the text.
 #include "common/enum_names.hpp"
 
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "common/error.hpp"
+#include "common/json_string.hpp"
 #include "tests/catch.hpp"
 
 using namespace twinstep;
@@ -13,6 +15,12 @@ namespace {
 
 enum class Colour : std::uint8_t { kRed, kDeepBlue, kUnlisted };
 constexpr NameTable<Colour, 2> kColours{{{"red", Colour::kRed}, {"deep_blue", Colour::kDeepBlue}}};
+
+std::string quoted(std::string_view text) {
+  std::string out;
+  append_json_string(out, text);
+  return out;
+}
 
 }  // namespace
 
@@ -38,4 +46,18 @@ TEST_CASE("common::enum_names: an unknown spelling names the field and every acc
     CHECK(e.code() == ExitCode::kBadInput);
   }
   CHECK_THROWS_AS(parse_name(kColours, "", "colour"), ParseError);
+}
+
+TEST_CASE("common::append_json_string: quotes, escapes, and reads back as the same text", "[common]") {
+  CHECK(quoted("plain") == "\"plain\"");
+  CHECK(quoted("a\"b\\c") == "\"a\\\"b\\\\c\"");
+  CHECK(quoted("\n\r\t\b\f") == "\"\\n\\r\\t\\b\\f\"");
+  CHECK(quoted(std::string_view("\x01\x1f", 2)) == "\"\\u0001\\u001f\"");
+  CHECK(quoted("h\xc3\xa9") == "\"h\xc3\xa9\"");  // UTF-8 passes as is
+  const std::string all = [] {
+    std::string s;
+    for (int c = 1; c < 128; ++c) s.push_back(static_cast<char>(c));
+    return s;
+  }();
+  CHECK(nlohmann::json::parse(quoted(all)).get<std::string>() == all);
 }
