@@ -16,7 +16,7 @@ namespace {
 enum class Colour : std::uint8_t { kRed, kDeepBlue, kUnlisted };
 constexpr NameTable<Colour, 2> kColours{{{"red", Colour::kRed}, {"deep_blue", Colour::kDeepBlue}}};
 
-std::string quoted(std::string_view text) {
+std::string json_literal(std::string_view text) {
   std::string out;
   append_json_string(out, text);
   return out;
@@ -49,15 +49,15 @@ TEST_CASE("common::enum_names: an unknown spelling names the field and every acc
 }
 
 TEST_CASE("common::append_json_string: quotes, escapes, and reads back as the same text", "[common]") {
-  CHECK(quoted("plain") == "\"plain\"");
-  CHECK(quoted("a\"b\\c") == "\"a\\\"b\\\\c\"");
-  CHECK(quoted("\n\r\t\b\f") == "\"\\n\\r\\t\\b\\f\"");
-  CHECK(quoted(std::string_view("\x01\x1f", 2)) == "\"\\u0001\\u001f\"");
-  CHECK(quoted("h\xc3\xa9") == "\"h\xc3\xa9\"");  // UTF-8 passes as is
+  CHECK(json_literal("plain") == "\"plain\"");
+  CHECK(json_literal("a\"b\\c") == "\"a\\\"b\\\\c\"");
+  CHECK(json_literal("\n\r\t\b\f") == "\"\\n\\r\\t\\b\\f\"");
+  CHECK(json_literal(std::string_view("\x01\x1f", 2)) == "\"\\u0001\\u001f\"");
+  CHECK(json_literal("h\xc3\xa9") == "\"h\xc3\xa9\"");  // UTF-8 passes as is
   const std::string all = [] {
     std::string s;
     for (int c = 1; c < 128; ++c) s.push_back(static_cast<char>(c));
     return s;
   }();
-  CHECK(nlohmann::json::parse(quoted(all)).get<std::string>() == all);
+  CHECK(nlohmann::json::parse(json_literal(all)).get<std::string>() == all);
 }
