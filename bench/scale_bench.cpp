@@ -1,6 +1,8 @@
-// Simulator scale benchmark (issue 6): lowers and predicts one training step per case with each fidelity, each case
+// Simulator scale benchmark (issue 6): predicts one training step per case with each fidelity through
+// evaluate::evaluate (the path of predict and sweep, with its symmetry reduction: sim::reduction_policy), each case
 // in a forked child so that its peak RSS is its own (flow runs SimGrid in a grandchild: both RSS figures shown).
-// Prints wall time (lower / simulate / analyze), peak RSS (getrusage) and simulated ops per second. Asserts nothing.
+// Prints wall time (lower / simulate / analyze, evaluate::Phases), peak RSS (getrusage) and simulated ops per
+// second. Asserts nothing.
 // Usage: scale_bench [case...]   cases: llama405b-16k, qwen3-30b-ep16, deepseek-v3-1k (default: all)
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -13,9 +15,9 @@
 #include <vector>
 
 #include "common/error.hpp"
-#include "models/lower.hpp"
+#include "evaluate/evaluate.hpp"
+#include "models/model_spec.hpp"
 #include "models/recipe.hpp"
-#include "schedule/analysis.hpp"
 #include "sim/simulate.hpp"
 #include "topologies/cluster.hpp"
 
@@ -31,7 +33,7 @@ struct Case {
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-void run_case(const Case& c, const std::string& fidelity) {
+void run_case(const Case& c, sim::Fidelity fidelity) {
   const auto t0 = Clock::now();
   const auto cluster = topologies::load_cluster(c.cluster, {c.nodes, 0});
   const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
@@ -52,30 +54,22 @@ void run_case(const Case& c, const std::string& fidelity) {
   // 126 layers on pp=16: Megatron's embedding/loss accounting makes 128 slots (the 405B recipe).
   cfg.account_for_embedding_in_pipeline_split = c.model == "llama3.1-405b";
   cfg.account_for_loss_in_pipeline_split = c.model == "llama3.1-405b";
-  models::LowerOptions lo;
-  lo.representatives_only = cluster.num_gpus() > 512;
-  models::Lowered lowered = models::lower(models::load_model(c.model), cfg, lo);
-  const double t_lower = since(t0);
-  const std::size_t ops = lowered.schedule.ops.size(), ranks = lowered.schedule.ranks.size();
-  auto t1 = Clock::now();
-  sim::Options o;
+  evaluate::Phases ph;
+  evaluate::Options o;
   o.fidelity = fidelity;
-  const schedule::Trace trace = sim::simulate(std::move(lowered.schedule), cluster, costs, o);
-  const double t_sim = since(t1);
-  t1 = Clock::now();
-  const auto b = schedule::analyze(trace);
-  const double t_an = since(t1);
+  o.phases = &ph;
+  const evaluate::Result r = evaluate::evaluate(models::load_model(c.model), cluster, costs, cfg, o);
   const double wall = since(t0);
+  const std::size_t ops = ph.ops, ranks = ph.ranks;
   rusage self{}, kids{};
   getrusage(RUSAGE_SELF, &self);
   getrusage(RUSAGE_CHILDREN, &kids);
   std::printf(
       "%-16s %-8s %6u GPUs, %5zu ranks simulated, %8zu ops | wall %6.2f s (lower %.2f, simulate %.2f, "
       "analyze %.2f) | peak RSS %4ld MB (sim child %4ld MB) | %5.2f M ops/s | step %.3f s, MFU %.1f%%\n",
-      c.name.c_str(), fidelity.c_str(), cluster.num_gpus(), ranks, ops, wall, t_lower, t_sim, t_an,
-      self.ru_maxrss / 1024, kids.ru_maxrss / 1024, static_cast<double>(ops) / t_sim / 1e6, b.step_time_s,
-      100.0 * lowered.model_flops_per_step /
-          (b.step_time_s * cluster.num_gpus() * cluster.node.gpu.peak_flop_per_s(cfg.dtype)));
+      c.name.c_str(), to_string(fidelity).c_str(), cluster.num_gpus(), ranks, ops, wall, ph.lower_s, ph.simulate_s,
+      ph.analyze_s, self.ru_maxrss / 1024, kids.ru_maxrss / 1024, static_cast<double>(ops) / ph.simulate_s / 1e6,
+      r.step_s, 100.0 * r.mfu);
   std::fflush(stdout);
 }
 
@@ -88,8 +82,8 @@ int main(int argc, char** argv) {
       {"deepseek-v3-1k", "deepseek-v3", "h100-superpod", 128, 1, 1, 64, 1024, 4096, 1},
   };
   std::vector<std::string> want(argv + 1, argv + argc);
-  std::vector<std::string> fids{"analytic"};
-  if (sim::flow_model_available()) fids.push_back("flow");
+  std::vector<sim::Fidelity> fids{sim::Fidelity::kAnalytic};
+  if (sim::flow_model_available()) fids.push_back(sim::Fidelity::kFlow);
   for (const auto& c : cases) {
     if (!want.empty() && std::find(want.begin(), want.end(), c.name) == want.end()) continue;
     for (const auto& f : fids) {
@@ -99,7 +93,7 @@ int main(int argc, char** argv) {
         try {
           run_case(c, f);
         } catch (const std::exception& e) {
-          std::printf("%-16s %-8s error: %s\n", c.name.c_str(), f.c_str(), e.what());
+          std::printf("%-16s %-8s error: %s\n", c.name.c_str(), to_string(f).c_str(), e.what());
         }
         std::fflush(stdout);
         _exit(0);

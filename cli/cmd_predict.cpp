@@ -35,7 +35,7 @@ struct ClusterFlags {
   std::uint32_t nodes = 0;
   std::uint32_t gpus = 0;
   std::string profile;
-  std::string fidelity = sim::default_fidelity();
+  sim::Fidelity fidelity = sim::default_fidelity();
 };
 
 void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = true) {
@@ -52,14 +52,14 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = t
       "--profile", f.profile,
       "Calibration profile: a JSON path, a shipped id (h100x1, h200x2) or \"datasheet\" (default: the measured "
       "profile of the cluster's GPU, calibration/profiles/defaults.json)");
-  sub->add_option("--fidelity", f.fidelity,
-                  "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
-                  "(SimGrid max-min flows on NVLink ports, NICs and fabric links; one child process per "
-                  "simulation). Default: " +
-                      sim::default_fidelity() + ", as in sweep" +
-                      (sim::flow_model_available() ? " (flow: " + sim::flow_engine_version() + " built in)"
-                                                   : " (this build has no SimGrid, so no flow)"))
-      ->check(CLI::IsMember({"analytic", "flow"}));
+  sub->add_option_function<std::string>(
+      "--fidelity", [&f](const std::string& v) { f.fidelity = sim::parse_fidelity(v, "--fidelity"); },
+      "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
+      "(SimGrid max-min flows on NVLink ports, NICs and fabric links; one child process per "
+      "simulation). Default: " +
+          to_string(sim::default_fidelity()) + ", as in sweep" +
+          (sim::flow_model_available() ? " (flow: " + sim::flow_engine_version() + " built in)"
+                                       : " (this build has no SimGrid, so no flow)"));
 }
 
 struct Setup {
@@ -71,11 +71,7 @@ struct Setup {
 Setup load_setup(const ClusterFlags& f) {
   Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}), {}};
   s.choice = sim::choose_profile(f.profile, s.cluster);
-  if (f.fidelity == "flow" && !sim::flow_model_available()) {
-    throw Error(
-        "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
-        "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
-  }
+  sim::check_available(f.fidelity);
   return s;
 }
 
@@ -303,7 +299,7 @@ Prediction run_predict(const PredictArgs& args) {
     j["gpus"] = gpus;
     j["profile"] = setup.profile().name;
     j["profile_reason"] = setup.choice.reason;
-    j["fidelity"] = cf.fidelity;
+    j["fidelity"] = to_string(cf.fidelity);
     j["host_costs"] = resolved.host_costs;
     j["notes"] = resolved.notes;
     j["warnings"] = setup.choice.warnings;
@@ -339,7 +335,8 @@ Prediction run_predict(const PredictArgs& args) {
             ", ep " + std::to_string(base.expert_model_parallel_size) + ", mbs " +
             std::to_string(base.micro_batch_size) + ", gbs " + std::to_string(base.global_batch_size) + ", seq " +
             std::to_string(base.seq_length) + "\n";
-  header += "costs: " + setup.profile().name + " [" + setup.choice.reason + "], fidelity " + cf.fidelity + "\n";
+  header +=
+      "costs: " + setup.profile().name + " [" + setup.choice.reason + "], fidelity " + to_string(cf.fidelity) + "\n";
   header += "host costs: " + resolved.host_costs + "\n";
   for (const auto& n : resolved.notes) header += "note: " + n + "\n";
   for (const auto& w : setup.choice.warnings) header += "warning: " + w + "\n";
@@ -408,7 +405,7 @@ void run_examples(const std::string& which, const PredictArgs& outer) {
     std::vector<std::string> args = e->args;
     if (outer.cf.fidelity != sim::default_fidelity()) {
       args.push_back("--fidelity");
-      args.push_back(outer.cf.fidelity);
+      args.push_back(to_string(outer.cf.fidelity));
     }
     std::string command = "twinstep predict";
     for (const auto& a : args) command += " " + a;
@@ -459,7 +456,7 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   const schedule::Breakdown& b = simulated.breakdown;
   std::fputs(
       ("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile().name + ", fidelity " +
-       cf.fidelity + ")\n" + schedule::format_breakdown(b) +
+       to_string(cf.fidelity) + ")\n" + schedule::format_breakdown(b) +
        (out.empty() ? "no trace written (-o FILE writes it, -o - to stdout)\n" : "trace written to " + out + "\n"))
           .c_str(),
       stdout);

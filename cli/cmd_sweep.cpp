@@ -116,8 +116,10 @@ sweep::Spec build_spec(const SweepFlags& f) {
   if (!f.cp.empty()) s.cp = sweep::split_uints(f.cp, "--cp");
   if (!f.ep.empty()) s.ep = sweep::split_uints(f.ep, "--ep");
   if (!f.overlap.empty()) s.overlaps = sweep::split_list(f.overlap, "--overlap");
-  if (!f.dispatcher.empty()) s.dispatchers = sweep::split_list(f.dispatcher, "--dispatcher");
-  if (!f.fidelity.empty()) s.fidelities = sweep::split_list(f.fidelity, "--fidelity");
+  if (!f.dispatcher.empty()) {
+    s.dispatchers = sweep::split_modes(f.dispatcher, "--dispatcher", models::parse_token_dispatcher);
+  }
+  if (!f.fidelity.empty()) s.fidelities = sweep::split_modes(f.fidelity, "--fidelity", sim::parse_fidelity);
   if (!f.profile.empty()) s.profile = f.profile;
   if (!f.config.empty()) s.base_config = f.config;
   if (!f.parallel.empty()) {

@@ -115,16 +115,6 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
       return v;
     };
   };
-  auto one_of = [](const char* flag_name, std::initializer_list<const char*> allowed) {
-    return [flag_name, allowed](const std::string& v) {
-      std::string list;
-      for (const char* a : allowed) {
-        if (v == a) return v;
-        list += std::string(list.empty() ? "" : ", ") + a;
-      }
-      throw Error(std::string(flag_name) + " \"" + v + "\": use " + list);
-    };
-  };
   take("tensor_model_parallel_size", f.tp, c.tensor_model_parallel_size, positive("--tp"));
   take("pipeline_model_parallel_size", f.pp, c.pipeline_model_parallel_size, positive("--pp"));
   take("virtual_pipeline_model_parallel_size", f.vpp, c.virtual_pipeline_model_parallel_size, positive("--vpp"));
@@ -143,14 +133,18 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
       throw Error("--dtype \"" + v + "\" is not a dtype; use bf16, fp16 or fp8");
     }
   });
+  // A mode flag's value parsed by its mode's one parser (ParseError naming the flag and the accepted names).
+  auto mode = [](auto parse, const char* flag_name) {
+    return [parse, flag_name](const std::string& v) { return parse(v, flag_name); };
+  };
   take("recompute_granularity", f.recompute, c.recompute_granularity,
-       one_of("--recompute", {"none", "selective", "full"}));
-  take("recompute_method", f.recompute_method, c.recompute_method, one_of("--recompute-method", {"uniform", "block"}));
+       mode(models::parse_recompute_granularity, "--recompute"));
+  take("recompute_method", f.recompute_method, c.recompute_method,
+       mode(models::parse_recompute_method, "--recompute-method"));
   take("recompute_num_layers", f.recompute_num_layers, c.recompute_num_layers, same);
   take("moe_token_dispatcher_type", f.dispatcher, c.moe_token_dispatcher_type,
-       one_of("--dispatcher", {"alltoall", "allgather", "flex"}));
-  take("cp_comm_type", f.cp_comm_type, c.cp_comm_type,
-       one_of("--cp-comm-type", {"p2p", "all_gather", "a2a", "a2a+p2p"}));
+       mode(models::parse_token_dispatcher, "--dispatcher"));
+  take("cp_comm_type", f.cp_comm_type, c.cp_comm_type, mode(models::parse_cp_comm_type, "--cp-comm-type"));
   take("hierarchical_context_parallel_sizes", f.hierarchical_cp, c.hierarchical_context_parallel_sizes,
        [&](const std::vector<std::uint32_t>& v) {
          for (auto x : v) (void)positive("--hierarchical-cp-sizes")(x);

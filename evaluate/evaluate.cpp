@@ -1,6 +1,7 @@
 // Evaluating one point (evaluate/evaluate.hpp).
 #include "evaluate/evaluate.hpp"
 
+#include <chrono>
 #include <cstdio>
 #include <utility>
 
@@ -17,6 +18,9 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
 }  // namespace
 
 Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& cluster, const sim::CostModel& costs,
@@ -27,9 +31,19 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   opts.schedule_hash = options.schedule_hash;
   schedule::Matching matching;
   opts.matching_out = &matching;
+  Phases* phases = options.phases;
+  if (phases != nullptr) {
+    opts.timings = &phases->sim;
+    phases->ops = s.ops.size();
+    phases->ranks = s.ranks.size();
+  }
+  auto t0 = Clock::now();
   schedule::Trace trace = sim::simulate(std::move(s), cluster, costs, opts);  // the trace takes the schedule
+  if (phases != nullptr) phases->simulate_s = seconds_since(t0);
   Simulated out;
+  t0 = Clock::now();
   out.breakdown = schedule::analyze(trace, matching);
+  if (phases != nullptr) phases->analyze_s = seconds_since(t0);
   double solo = 0;
   for (const auto& op : trace.schedule.ops) {
     if (const auto* c = std::get_if<schedule::Compute>(&op.body)) solo += costs.kernel_cost(*c).solo_time_s();
@@ -60,7 +74,9 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
                 " M one simulation may hold (memory); use fewer micro-batches (--gbs) or, with --fidelity flow, "
                 "--fidelity analytic (it simulates one rank per pipeline stage and CP rank)");
   }
+  const auto t0 = Clock::now();
   models::Lowered lowered = models::lower(model, config, lower_opts);
+  if (options.phases != nullptr) options.phases->lower_s = seconds_since(t0);
   Result r;
   r.peak_memory = lowered.peak_memory;
   r.fits = lowered.fits;

@@ -4,6 +4,7 @@
 // sample); `twinstep simulate` uses its second half (simulate_schedule) on a schedule file.
 #pragma once
 
+#include <cstddef>
 #include <map>
 #include <optional>
 #include <string>
@@ -18,8 +19,19 @@
 
 namespace twinstep::evaluate {
 
+/// Wall seconds of evaluate's phases (Options::phases), for the benchmarks: they time evaluate's own path rather
+/// than lowering and simulating themselves.
+struct Phases {
+  double lower_s = 0;     ///< models::lower (after the size checks).
+  double simulate_s = 0;  ///< sim::simulate, whole: matching, run, trace assembly and context.
+  double analyze_s = 0;   ///< schedule::analyze.
+  sim::Timings sim;       ///< simulate's parts.
+  std::size_t ops = 0;    ///< Of the simulated schedule.
+  std::size_t ranks = 0;  ///< Ranks the simulated schedule contains (fewer than the GPUs under symmetry reduction).
+};
+
 struct Options {
-  std::string fidelity = sim::default_fidelity();
+  sim::Fidelity fidelity = sim::default_fidelity();
   bool reduce = true;         ///< Symmetry reduction by sim::reduction_policy (predict's --no-reduce clears it).
   bool op_names = true;       ///< Human-readable op names (a sweep, which keeps no trace, turns them off).
   bool keep_trace = false;    ///< Return the trace (predict --trace).
@@ -29,6 +41,7 @@ struct Options {
   /// largest extrapolation sample once per point, turns it off for the samples.
   bool check_size = true;
   std::map<std::string, std::string> context;  ///< Copied into the trace's context.
+  Phases* phases = nullptr;                    ///< When set, receives the phases' wall seconds.
 };
 
 /// What a simulated schedule gives.

@@ -104,8 +104,9 @@ void describe(schedule::Schedule& s, const ModelSpec& model, const Dims& k, cons
   s.meta["micro_batches"] = str(k.microbatches);
   if (k.moe) {
     s.meta["moe"] = "ep" + str(k.ep) + " etp" + str(k.etp) + " expt_dp" + str(k.expert_dp) + " dispatcher " +
-                    k.dispatcher + (k.ep_overlap ? " ep_overlap" : "") + (k.delay_wgrad ? " delay_wgrad" : "") +
-                    (k.shared_overlap ? " shared_expert_overlap" : "") + " routing_skew " + std::to_string(k.skew);
+                    to_string(k.dispatcher) + (k.ep_overlap ? " ep_overlap" : "") +
+                    (k.delay_wgrad ? " delay_wgrad" : "") + (k.shared_overlap ? " shared_expert_overlap" : "") +
+                    " routing_skew " + std::to_string(k.skew);
   }
   if (options.representatives_only && options.mirror_tp) {
     const std::uint64_t tc = static_cast<std::uint64_t>(k.tp) * k.cp;

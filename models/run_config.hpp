@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/units.hpp"
@@ -24,6 +25,28 @@ struct HostCosts {
   Nanos ep_node_ns = 0;           ///< Per node: stream switch, detach/retain-grad, record_stream, state release.
   Nanos ep_backward_call_ns = 0;  ///< Per backward node: its own autograd-engine call (run_backward).
 };
+
+// Modes of a run, each with its Megatron spelling (JSON field values and CLI flag values alike). The spellings are
+// read only by parse_X (ParseError naming `field`, a JSON field or a flag, and the accepted names) and written only
+// by to_string; code compares the enumerators.
+
+/// recompute_granularity: "none" | "selective" (core attention) | "full" (whole layers).
+enum class RecomputeGranularity : std::uint8_t { kNone, kSelective, kFull };
+/// recompute_method for full recompute: "uniform" (every recompute_num_layers-th group) | "block" (the first ones).
+enum class RecomputeMethod : std::uint8_t { kUniform, kBlock };
+/// cp_comm_type: "p2p" (ring exchange, overlapped) | "all_gather" | "a2a" (Ulysses) | "a2a+p2p" (hierarchical).
+enum class CpCommType : std::uint8_t { kP2p, kAllGather, kA2a, kA2aP2p };
+/// moe_token_dispatcher_type: "alltoall" | "allgather" | "flex" (DeepEP/HybridEP fused kernels).
+enum class TokenDispatcher : std::uint8_t { kAllToAll, kAllGather, kFlex };
+
+[[nodiscard]] RecomputeGranularity parse_recompute_granularity(std::string_view text, std::string_view field);
+[[nodiscard]] RecomputeMethod parse_recompute_method(std::string_view text, std::string_view field);
+[[nodiscard]] CpCommType parse_cp_comm_type(std::string_view text, std::string_view field);
+[[nodiscard]] TokenDispatcher parse_token_dispatcher(std::string_view text, std::string_view field);
+[[nodiscard]] std::string to_string(RecomputeGranularity granularity);
+[[nodiscard]] std::string to_string(RecomputeMethod method);
+[[nodiscard]] std::string to_string(CpCommType type);
+[[nodiscard]] std::string to_string(TokenDispatcher dispatcher);
 
 struct RunConfig {
   // Cluster size and layout (Megatron names). dp is derived: world / (tp * pp * cp) unless set.
@@ -50,9 +73,9 @@ struct RunConfig {
   schedule::DType dtype = schedule::DType::kBF16;
   bool grad_reduce_in_fp32 = false;
 
-  // Recompute: granularity "none" | "selective" | "full"; method "uniform" | "block".
-  std::string recompute_granularity = "none";
-  std::string recompute_method = "uniform";
+  // Recompute.
+  RecomputeGranularity recompute_granularity = RecomputeGranularity::kNone;
+  RecomputeMethod recompute_method = RecomputeMethod::kUniform;
   std::uint32_t recompute_num_layers = 0;
 
   // DP.
@@ -65,7 +88,7 @@ struct RunConfig {
   bool tp_comm_overlap = false;
   bool overlap_p2p_comm = false;
   bool batch_p2p_comm = true;
-  std::string cp_comm_type = "p2p";  ///< "p2p" | "all_gather" | "a2a" | "a2a+p2p".
+  CpCommType cp_comm_type = CpCommType::kP2p;
   std::uint32_t cuda_device_max_connections = 8;
   bool batch_p2p_sync = true;  ///< torch.cuda.synchronize() after every batched P2P exchange (MCore default).
   std::uint32_t microbatch_group_size_per_vp_stage = 0;  ///< 0 = pipeline_model_parallel_size (MCore default).
@@ -74,7 +97,7 @@ struct RunConfig {
   std::uint32_t gpu_compute_capability_major = 9;  ///< 9 = Hopper; >= 10 lifts the CDMC == 1 requirement.
 
   // MoE (lowered by the MoE issue; knobs present so configs round-trip).
-  std::string moe_token_dispatcher_type = "alltoall";  ///< "alltoall" | "allgather" | "flex".
+  TokenDispatcher moe_token_dispatcher_type = TokenDispatcher::kAllToAll;
   bool overlap_moe_expert_parallel_comm = false;
   bool delay_wgrad_compute = false;
   bool moe_shared_expert_overlap = false;

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/error.hpp"
+#include "models/run_config.hpp"
 #include "schedule/schedule.hpp"
 
 namespace twinstep::models::lowering {
@@ -26,7 +27,7 @@ struct Dims {
   // Effective overlap switches after gating.
   bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
   bool aligned_param_gather = false;
-  std::string cp_type = "p2p";
+  CpCommType cp_type = CpCommType::kP2p;
   /// a2a+p2p: inner a2a group size and outer p2p ring size (cp_a2a_size * cp_p2p_size = cp).
   std::uint32_t cp_a2a_size = 1, cp_p2p_size = 1;
   // MoE (megatron-overlap.md sections 1, 6, 7): expert_dp = tp * cp * dp / (etp * ep).
@@ -34,7 +35,7 @@ struct Dims {
   std::uint32_t ep = 1, etp = 1, expert_dp = 1;
   std::uint64_t experts = 0, local_experts = 0, topk = 0;
   std::uint64_t expert_ffn = 0, expert_ffn1 = 0, shared_ffn = 0;  ///< Expert FFN width, its fc1 width, shared width.
-  std::string dispatcher = "alltoall";
+  TokenDispatcher dispatcher = TokenDispatcher::kAllToAll;
   bool ep_overlap = false, delay_wgrad = false, shared_overlap = false;
   double skew = 1.0;
   std::uint32_t flex_sms = 0;

@@ -117,7 +117,7 @@ std::vector<std::vector<std::uint32_t>> RankLowering::recompute_groups(std::uint
   if (!x_.recompute_full) return groups;
   const auto& layers = layers_of(chunk);
   const std::uint32_t n = x_.cfg->recompute_num_layers;
-  if (x_.cfg->recompute_method == "uniform") {
+  if (x_.cfg->recompute_method == RecomputeMethod::kUniform) {
     for (std::size_t i = 0; i < layers.size(); i += n) {
       groups.emplace_back(layers.begin() + static_cast<std::ptrdiff_t>(i),
                           layers.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(layers.size(), i + n)));

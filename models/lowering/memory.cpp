@@ -53,8 +53,9 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
     const auto& layers = x.vs_layers[chunk * k.pp + co.pp];
     std::size_t recomputed = 0;
     if (x.recompute_full) {
-      recomputed = cfg.recompute_method == "uniform" ? layers.size()
-                                                     : std::min<std::size_t>(layers.size(), cfg.recompute_num_layers);
+      recomputed = cfg.recompute_method == RecomputeMethod::kUniform
+                       ? layers.size()
+                       : std::min<std::size_t>(layers.size(), cfg.recompute_num_layers);
     }
     double bytes = static_cast<double>(recomputed) * per_layer_ckpt;
     for (std::size_t i = recomputed; i < layers.size(); ++i) bytes += layer_bytes(layers[i]);

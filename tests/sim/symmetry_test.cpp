@@ -68,7 +68,7 @@ TEST_CASE("sim::symmetry: per-DP and per-TP-group representatives equal the full
     c.pipeline_model_parallel_size = cs.pp;
     c.virtual_pipeline_model_parallel_size = cs.vpp;
     c.context_parallel_size = cs.cp;
-    c.cp_comm_type = cs.cp_type;
+    c.cp_comm_type = models::parse_cp_comm_type(cs.cp_type, "cp_type");
     c.expert_model_parallel_size = cs.ep;
     c.sequence_parallel = cs.tp > 1;
     c.use_distributed_optimizer = true;
