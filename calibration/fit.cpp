@@ -462,6 +462,14 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
     p.launch_s["collective"] = p.launch_s["send"] = p.launch_s["recv"] = v;
   }
   if (host.count("host_sync")) p.launch_s["host_sync"] = std::max(0.0, median(host["host_sync"]));
+  // A class not measured (one GPU: no collective, send or recv) keeps its datasheet figure, which the profile does not
+  // write (missing_fields), so that a profile of several GPUs can supply it (borrow_comm_fields).
+  for (const auto& entry : p.launch_s) {
+    const bool measured = entry.first == "host_sync"                       ? host.count("host_sync") != 0
+                          : entry.first == "send" || entry.first == "recv" ? host.count("launch.collective") != 0
+                                                                           : host.count("launch." + entry.first) != 0;
+    if (!measured) p.missing_fields.push_back("launch." + entry.first);
+  }
 
   // The compute tables apply from here on, so the co-run and check simulations see them. A class not measured keeps
   // its datasheet table, which the profile does not write (missing_fields). The memory-bound tables are over bytes.
