@@ -44,6 +44,7 @@
 #include "models/recipe.hpp"
 #include "models/run_config.hpp"
 #include "schedule/analysis.hpp"
+#include "sim/profile_choice.hpp"
 #include "sim/simulate.hpp"
 #include "sweep/eta.hpp"
 #include "topologies/cluster.hpp"
@@ -55,7 +56,7 @@ namespace {
 struct Inputs {
   std::map<std::string, models::ModelSpec> models;
   std::map<std::pair<std::string, std::uint32_t>, topologies::Cluster> clusters;
-  std::map<std::string, sim::Profile> profiles;
+  std::map<std::string, sim::ProfileChoice> profiles;
   /// Base run configs by path ("" = none) with the fields each file sets (the recipe defaults leave them alone).
   std::map<std::string, std::pair<models::RunConfig, models::SetFields>> configs;
 
@@ -70,11 +71,11 @@ struct Inputs {
     if (it == clusters.end()) it = clusters.emplace(k, topologies::load_cluster(id, {0, gpus})).first;
     return it->second;
   }
-  const sim::Profile& profile(const std::string& path) {
-    auto it = profiles.find(path);
-    if (it == profiles.end()) {
-      it = profiles.emplace(path, path.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(path)).first;
-    }
+  /// The profile a point uses: sim::choose_profile of its --profile value on its cluster, as predict chooses.
+  const sim::ProfileChoice& profile(const std::string& flag, const topologies::Cluster& cluster) {
+    const std::string key = flag + '\n' + cluster.node.gpu.name + '\n' + cluster.profile + '\n' + cluster.source_dir;
+    auto it = profiles.find(key);
+    if (it == profiles.end()) it = profiles.emplace(key, sim::choose_profile(flag, cluster)).first;
     return it->second;
   }
 
@@ -141,6 +142,8 @@ models::RunConfig point_config(const Point& p, const topologies::Cluster& cluste
   base.expert_model_parallel_size = p.layout.ep;
   base.data_parallel_size = 0;
   base.micro_batch_size = p.layout.mbs;
+  const sim::ProfileChoice& profile = inputs().profile(p.profile, cluster);
+  (void)evaluate::host_costs_from_profile(profile.measured ? &profile.profile : nullptr, base.host);
   base.global_batch_size = p.gbs;
   base.seq_length = p.seq;
   base.moe_token_dispatcher_type = p.dispatcher;
@@ -155,7 +158,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   const models::ModelSpec& model = in.model(p.model);
   const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
   const models::RunConfig cfg = point_config(p, cluster);
-  const sim::CostModel costs(cluster, in.profile(p.profile));
+  const sim::CostModel costs(cluster, in.profile(p.profile, cluster).profile);
   // The one evaluation path of predict: reduction policy, steady-state periodicity, size limits.
   evaluate::Options eval_opts;
   eval_opts.fidelity = p.fidelity;
@@ -202,6 +205,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   v["busy comm"] = mean.busy_comm_s;
   auto j = with_memory(head(p, "ok", ""), full.peak_memory.total_bytes() / kGiB);
   j["step_time_s"] = full.step_s;
+  j["profile_used"] = in.profile(p.profile, cluster).profile.name;
   j["mfu"] = full.mfu;
   j["tflops_per_gpu"] = full.tflops_per_gpu;
   nlohmann::ordered_json bd;
@@ -388,7 +392,6 @@ std::string rejection_reason(const Point& point) {
     // What evaluate_or_throw needs before its checks: a failure here is an "error" line, not a rejection.
     model = &in.model(point.model);
     const topologies::Cluster& cluster = in.cluster(point.cluster, point.gpus);
-    (void)in.profile(point.profile);
     cfg = point_config(point, cluster);
   } catch (const Error&) {
     return "";
@@ -427,6 +430,7 @@ Result result_from_line(const std::string& line, const std::string& source) {
   r.reason = j.value("reason", "");
   if (r.status == "invalid") r.point.invalid_reason = r.reason;
   r.step_time_s = j.value("step_time_s", 0.0);
+  r.profile = j.value("profile_used", "");
   r.mfu = j.value("mfu", 0.0);
   r.tflops_per_gpu = j.value("tflops_per_gpu", 0.0);
   r.memory_gib = j.value("memory_gib_per_gpu", 0.0);
