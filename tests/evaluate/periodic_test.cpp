@@ -131,7 +131,7 @@ TEST_CASE("evaluate::evaluate: a step extrapolated by its period equals the full
       {"llama3-8b", 8, 8, 1, 2, 2, 1, 1, 128, "all", -1},       // interleaved, DP 4
       {"llama3-8b", 5, 8, 2, 2, 1, 1, 1, 64, "dp", 3},          // uneven stages (3 + 2 layers)
       {"llama3-8b", 4, 8, 2, 2, 1, 2, 1, 64, "cp", -1},         // CP 2 ring attention
-      {"qwen3-30b-a3b", 4, 8, 1, 2, 1, 1, 4, 64, "ep", -1},     // MoE, EP 4, 1F1B
+      {"qwen3-30b-a3b", 4, 8, 1, 2, 1, 1, 4, 64, "dp", -1},     // MoE, EP 4, 1F1B
       {"qwen3-30b-a3b", 4, 8, 1, 1, 1, 1, 8, 96, "ep+dp", -1},  // MoE, EP-overlap combined schedule at pp 1
   };
   for (const auto& l : layouts) {

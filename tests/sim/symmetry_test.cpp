@@ -70,7 +70,7 @@ TEST_CASE("sim::symmetry: per-DP and per-TP-group representatives equal the full
       {"llama3-8b", 5, 2, 2, 1, 2, 1, "p2p", "all", 3},  // uneven stages: 3 + 2 layers
       {"qwen3-30b-a3b", 4, 2, 1, 1, 1, 8, "p2p", "all"},
       {"qwen3-30b-a3b", 8, 1, 4, 2, 2, 4, "p2p", "ep+dp"},
-      {"qwen3-30b-a3b", 4, 1, 2, 1, 2, 4, "a2a", "ep", -1, 2},  // EP with expert-DP 4, CP mirrored
+      {"qwen3-30b-a3b", 4, 1, 2, 1, 2, 4, "a2a", "dp", -1, 2},  // EP with expert-DP 4, CP mirrored
   };
   for (const auto& cs : cases) {
     models::ModelSpec m = models::load_model(cs.model);
