@@ -26,9 +26,9 @@ struct Options {
   /// Steady-state periodicity (evaluate/periodic.hpp) when `reduce` is on and no trace is kept (a sweep's
   /// --no-extrapolate clears it).
   bool periodic = true;
-  bool op_names = true;       ///< Human-readable op names (a sweep, which keeps no trace, turns them off).
-  bool keep_trace = false;    ///< Return the trace (predict --trace).
-  bool schedule_hash = true;  ///< sim::Options::schedule_hash.
+  bool op_names = true;                   ///< Human-readable op names (a sweep, which keeps no trace, turns them off).
+  bool keep_trace = false;                ///< Return the trace (predict --trace).
+  bool schedule_hash = true;              ///< sim::Options::schedule_hash.
   bool simulate_when_not_fitting = true;  ///< false: a point that does not fit in memory is not simulated.
   /// Refuse a simulation estimated above models::kMaxSimulatedOps ops (models::estimated_ops, of the largest short
   /// run with periodicity) before lowering; a sweep, which never refuses a point for size, turns it off.

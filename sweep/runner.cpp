@@ -166,9 +166,11 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   eval_opts.schedule_hash = false;
   eval_opts.simulate_when_not_fitting = false;
   eval_opts.periodic = extrapolate;
-  // Never refused for size: with the reductions and periodicity every point simulates a few micro-batches of one
-  // rank per pipeline stage and CP rank (analytic).
-  eval_opts.check_size = false;
+  // Size guard kept (evaluate's models::kMaxSimulatedOps, of the largest short run with periodicity): a point with
+  // few micro-batches and a large p2p CP group still lowers tens of M ops (GPT-3 175B, 128 GPUs, cp 64: 2.7 GB per
+  // worker and rising, bench/results/scale.md), so such a point is refused with its size instead of being run into
+  // the memory of a shared machine. Issue 18's "never refused for size" needs memory per op cut first (not done).
+  eval_opts.check_size = true;
   const double cap_gib = cfg.gpu_memory_bytes / kGiB;
   auto with_memory = [&](nlohmann::ordered_json j, double mem_gib) {
     j["memory_gib_per_gpu"] = mem_gib;
