@@ -83,7 +83,8 @@ struct LowerOptions {
   /// Every DP replica issues the same ops as its representative: an absent rank r maps to the present rank with
   /// the same tp, cp and pp coordinates and dp = 0, i.e. r - dp(r) * tp * cp (meta "representative_of" spells
   /// the rule). Communicators keep their full member lists; absent members have no ops. Only the present ranks
-  /// are lowered (memory_per_rank is indexed like schedule.ranks).
+  /// are lowered (memory_per_rank is indexed like schedule.ranks). A skewed MoE routing (moe_routing_skew != 1: the
+  /// EP positions receive different token counts) falls back to every rank (meta "representatives" = "all (...)").
   bool representatives_only = false;
   /// With representatives_only, keep TP rank 0 only too (tp = dp = 0; every CP rank stays: with causal load
   /// balancing CP ranks do different work per ring step). The ranks of a TP group issue the same ops with the same
@@ -93,6 +94,12 @@ struct LowerOptions {
   /// communicator and tag): by symmetry the transfer a rank receives starts when its own does. Only the analytic
   /// resource model times such mirrored pairs (sim::simulate rejects them for flow).
   bool mirror_tp = false;
+  /// With mirror_tp, keep CP rank 0 only too where the CP ranks are symmetric: with Ulysses all-to-all
+  /// (cp_comm_type "a2a") every CP rank issues the same ops on the same shapes (heads split, the whole sequence), so
+  /// an absent rank mirrors the present one with its pp coordinate (meta "representatives" = "tp0 cp0 dp0"). The p2p
+  /// ring, all_gather and a2a+p2p give each CP position different attention shapes (causal load balancing: a rank
+  /// holds chunks i and 2 cp - 1 - i), and those keep every CP rank. Analytic only, like mirror_tp.
+  bool mirror_cp = false;
   /// Give every op its human-readable name ("L3.mb2.qkv_fprop"). Off, names are left empty: for callers that only
   /// simulate and analyze the schedule (sweeps), which then name ops by id in their errors. Execution, costs and
   /// results do not depend on names.
@@ -105,6 +112,11 @@ struct LowerOptions {
 
 /// lower() with options (representative ranks only).
 [[nodiscard]] Lowered lower(const ModelSpec& model, const RunConfig& config, const LowerOptions& options);
+
+/// The memory estimate of the rank with the largest total (Lowered::peak_memory) without building the schedule: the
+/// run context and each distinct rank's estimate (one per pipeline stage and CP rank; DP and TP ranks hold the same).
+/// Throws like lower() for an invalid config. For pruning layouts that cannot fit before anything is lowered.
+[[nodiscard]] MemoryEstimate estimate_peak_memory(const ModelSpec& model, const RunConfig& config);
 
 /// lower()'s checks without building the schedule: throws exactly what lower() throws for an invalid config
 /// (divisibility, gating assertions, uneven layouts) and returns the gating warnings lower() would give.
