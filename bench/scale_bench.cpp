@@ -103,7 +103,8 @@ int run_case(const Case& c, sim::Fidelity fidelity) {
   std::printf(
       "%-15s %-8s %6u GPUs | wall %7.2f s, CPU %7.2f s | peak RSS %5ld MB (flow child %5ld MB) | step %.4f s, MFU "
       "%.1f%%\n",
-      c.name.c_str(), to_string(fidelity).c_str(), c.gpus, wall, u.cpu_s, u.self_mb, u.child_mb, r.step_s, 100.0 * r.mfu);
+      c.name.c_str(), to_string(fidelity).c_str(), c.gpus, wall, u.cpu_s, u.self_mb, u.child_mb, r.step_s,
+      100.0 * r.mfu);
   for (const auto& n : r.sim.notes) std::printf("  note: %s\n", n.c_str());
   return 0;
 }

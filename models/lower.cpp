@@ -31,7 +31,7 @@ bool symmetric_routing(const Dims& k) { return !k.moe || k.skew == 1.0; }
 /// Whether CP ranks are mirrored (LowerOptions::mirror_cp): asked for, and the CP ranks are symmetric (a2a).
 bool mirrors_cp(const Dims& k, const LowerOptions& options) {
   return symmetric_routing(k) && options.representatives_only && options.mirror_tp && options.mirror_cp && k.cp > 1 &&
-         k.cp_type == "a2a";
+         k.cp_type == CpCommType::kA2a;
 }
 
 /// The ranks lower() emits: every rank, or the representatives (dp 0; also tp 0 with mirror_tp, cp 0 with mirror_cp).

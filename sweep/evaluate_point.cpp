@@ -1,7 +1,7 @@
 // Evaluating one point of a sweep: its run config as `twinstep predict` builds it, the lowering checks, the
-// steady-state periodicity over micro-batches (evaluate/periodic.hpp) through evaluate::evaluate, and its JSON line. Per-process
-// caches of models, clusters, profiles and base configs serve the many points a worker evaluates. The pool that
-// runs points in worker processes is runner.cpp.
+// steady-state periodicity over micro-batches (evaluate/periodic.hpp) through evaluate::evaluate, and its JSON line.
+// Per-process caches of models, clusters, profiles and base configs serve the many points a worker evaluates. The pool
+// that runs points in worker processes is runner.cpp.
 #include <algorithm>
 #include <array>
 #include <cstdint>
