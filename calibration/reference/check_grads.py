@@ -4,6 +4,7 @@ name the dgrad and wgrad GEMMs and accumulate into main grads, the named backwar
 recompute) against plain autograd on the same model: the main grads of one step must equal the .grad autograd
 computes with F.linear / F.embedding, to bf16 rounding. Runs on CPU (Debian's python3-torch is enough).
 Usage: check_grads.py SCHEDULE... (small one-GPU schedules; see README.md). Exit 1 if any relative error > 1 %."""
+import contextlib
 import importlib.util
 import os
 import sys
@@ -24,7 +25,7 @@ def check(schedule, grad_dtype):
     tr = load_reference()
     d = tr.shapes_from_schedule(schedule)
     dev = torch.device("cpu")
-    model = tr.Model(d, dev, False, tr.sdpa_probe(dev))
+    model = tr.Model(d, dev, False, tr.sdpa_probe(dev, d, contextlib.nullcontext))
     opt = tr.Optimizer(model, grad_dtype)
     ids = torch.randint(0, d["vocab"], (d["mbs"], d["seq"]))
     labels = torch.randint(0, d["vocab"], (d["mbs"], d["seq"]))

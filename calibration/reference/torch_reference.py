@@ -20,6 +20,7 @@ per-tensor current scaling (e4m3 activations and weights forward, e5m2 gradients
 router, the output layer, attention, norms and the optimizer stay bf16/fp32.
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -333,15 +334,26 @@ def rotate(x, cos, sin):
     return x * cos + rot * sin
 
 
-def sdpa_probe(device):
-    """How this torch runs causal GQA attention: SDPA with enable_gqa, SDPA on repeated KV heads, or (torch < 2.0,
-    CPU smoke runs only) a plain softmax(QK^T)V."""
+def fused_sdpa():
+    """A context that lets SDPA pick among its fused kernels (cuDNN, flash, memory-efficient) but never the math
+    fallback, whose S x S score matrix would change both the time and the memory of the step."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    names = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION")
+    return sdpa_kernel([getattr(SDPBackend, n) for n in names if hasattr(SDPBackend, n)])
+
+
+def sdpa_probe(device, d, sdpa_ctx):
+    """How this torch runs causal GQA attention: SDPA with enable_gqa (forward and backward on a fused kernel), SDPA on
+    repeated KV heads, or (torch < 2.0, CPU smoke runs only) a plain softmax(QK^T)V."""
     if not hasattr(F, "scaled_dot_product_attention"):
         return "manual"
-    q = torch.zeros(1, 4, 8, 16, device=device, dtype=torch.bfloat16)
-    kv = torch.zeros(1, 2, 8, 16, device=device, dtype=torch.bfloat16)
+    if d["heads"] == d["kv_heads"]:
+        return "sdpa_mha"
+    q = torch.randn(1, d["heads"], 256, d["head_dim"], device=device, dtype=torch.bfloat16, requires_grad=True)
+    kv = torch.randn(1, d["kv_heads"], 256, d["head_dim"], device=device, dtype=torch.bfloat16, requires_grad=True)
     try:
-        F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+        with sdpa_ctx():
+            F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True).sum().backward()
         return "sdpa_gqa"
     except (TypeError, RuntimeError):
         return "sdpa_repeat_kv"
@@ -431,6 +443,8 @@ class Model:
     def attention(self, q, k, v):
         if self.sdpa == "sdpa_gqa":
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if self.sdpa == "sdpa_mha":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         if self.sdpa == "sdpa_repeat_kv":
@@ -628,7 +642,15 @@ def main():
         fail("--device cuda: no CUDA device visible to torch; use --device cpu for a smoke run")
     if fp8 and (E4M3 is None or not hasattr(torch, "_scaled_mm") or device.type != "cuda"):
         fail("--fp8 needs torch >= 2.1 with torch._scaled_mm on a CUDA device of compute capability >= 8.9")
-    sdpa = sdpa_probe(device)
+    sdpa_ctx = contextlib.nullcontext
+    if a.sdpa_backend != "auto":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        backend = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                   "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[a.sdpa_backend]
+        sdpa_ctx = lambda: sdpa_kernel(backend)  # noqa: E731
+    elif device.type == "cuda":
+        sdpa_ctx = fused_sdpa
+    sdpa = sdpa_probe(device, d, sdpa_ctx)
     grad_dtype = torch.float32 if d["grad_bytes"] == 4 else torch.bfloat16
 
     model = Model(d, device, fp8, sdpa)
@@ -649,12 +671,8 @@ def main():
         opt.step()
         return loss
 
-    sdpa_ctx = None
-    if a.sdpa_backend != "auto":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        sdpa_ctx = sdpa_kernel({"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[a.sdpa_backend])
-        sdpa_ctx.__enter__()
+    attention_ctx = sdpa_ctx()
+    attention_ctx.__enter__()
 
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -680,6 +698,7 @@ def main():
                "max_reserved_bytes": torch.cuda.max_memory_reserved(),
                "device_used_bytes": total - free, "device_total_bytes": total}
 
+    attention_ops = None
     if a.profile_trace:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -690,9 +709,10 @@ def main():
         if hasattr(prof, "add_metadata_json") and d["schedule"]:
             prof.add_metadata_json("twinstep_schedule", json.dumps(d["schedule"]))
         prof.export_chrome_trace(a.profile_trace)
+        attention_ops = sorted({e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot_product")
+                                or e.key.startswith("aten::_flash_attention") or e.key.startswith("aten::_efficient")})
 
-    if sdpa_ctx is not None:
-        sdpa_ctx.__exit__(None, None, None)
+    attention_ctx.__exit__(None, None, None)
 
     shapes = {k: v for k, v in d.items() if k not in ("schedule", "expert_splits")}
     result = {
@@ -704,7 +724,9 @@ def main():
         "params": model.count,
         "params_match_schedule": None if d["schedule_params"] is None else model.count == d["schedule_params"],
         "main_grad_dtype": str(grad_dtype).replace("torch.", ""),
-        "attention": {"probe": sdpa, "sdpa_backend": a.sdpa_backend},
+        "attention": {"path": sdpa, "sdpa_backends": "fused only (cuDNN, flash, efficient; no math fallback)"
+                      if a.sdpa_backend == "auto" and cuda else a.sdpa_backend,
+                      "ops_in_profiled_step": attention_ops},
         "fp8": ("linear layers of the transformer layers (qkv, proj, fc1, fc2, experts) via torch._scaled_mm, "
                 "per-tensor current scaling, e4m3 forward / e5m2 gradients; router, output layer, attention, "
                 "norms, cross-entropy and the optimizer bf16/fp32") if fp8 else None,
