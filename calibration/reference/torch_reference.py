@@ -475,9 +475,10 @@ class Model:
             top, _ = scores.topk(k, dim=-1)  # computed as the router does; the slots follow the schedule's splits
             probs = scores.gather(1, self.route_idx)
             probs = bwd_range(bwd + ".router_topk_bwd", (probs / probs.sum(-1, keepdim=True)).to(h.dtype))
+            counts = torch.bincount(self.route_idx.reshape(-1), minlength=d["experts"])
             del top
         with record_function(pre + ".moe_splits_d2h"):
-            splits = torch.bincount(self.route_idx.reshape(-1), minlength=d["experts"]).cpu().tolist()
+            splits = counts.cpu().tolist()  # the D2H copy and the host's wait for it (moe_splits_sync)
         with record_function(pre + ".moe_permute"):
             xp = bwd_range(bwd + ".moe_permute_bwd", h2.index_select(0, self.route_token))
             pp = probs.reshape(-1).index_select(0, self.route_order)
