@@ -10,6 +10,7 @@
 #include <string>
 
 #include "calibration/compare.hpp"
+#include "calibration/fit.hpp"
 #include "common/error.hpp"
 #include "schedule/json.hpp"
 #include "sim/cost_model.hpp"
@@ -210,4 +211,37 @@ TEST_CASE("import-trace: bad input is refused with the file and the first proble
     CHECK_THAT(e2, twinstep_contains("cannot tell which rank"));
     fs::remove_all(dir);
   }
+}
+
+TEST_CASE("calibrate --from-trace: fits the classes and host costs the imported trace covers, and says so") {
+  const auto r = import_file("kineto_moe.json", "moe.schedule.json");
+  const auto cluster = twinstep::topologies::load_cluster("dgx-h100", twinstep::topologies::ClusterSize{0, 1});
+  const auto base = twinstep::sim::Profile::datasheet_defaults();
+  const auto fit = twinstep::calibration::fit_profile_from_trace(r.trace, "moe.json", cluster, base, "from trace");
+  const auto& p = fit.profile;
+  // make_fixtures.py: every op's host issue is 8 us after the previous one; a host wait ends 1 us after its target.
+  CHECK(p.launch_s.at("compute") == Approx(8e-6));
+  CHECK(p.launch_s.at("host_sync") == Approx(1e-6));
+  CHECK(p.launch_s.at("collective") == base.launch_s.at("collective"));  // not in the trace: the base's
+  CHECK(p.context.at("source.compute.gemm") == "moe.json (21 ops)");
+  CHECK(p.context.at("source.launch.compute") == "moe.json (87 issue gaps)");
+  CHECK(p.context.at("source.base") == "datasheet defaults");
+  CHECK(p.context.count("source.compute.memcpy") == 0);
+  CHECK(p.grouped_gemm_per_group);
+  CHECK(p.memory_tables_by_bytes);
+  // The simulator with the fitted tables reproduces the ops of well-posed efficiency (attention, streaming kernels).
+  auto residual = [&](const std::string& name) {
+    for (const auto& f : p.fits) {
+      if (f.name == name) return f.max_abs_rel_error;
+    }
+    FAIL("no fit " << name);
+    return 1.0;
+  };
+  CHECK(residual("trace.attention_fwd") < 1e-3);
+  CHECK(residual("trace.attention_bwd") < 1e-3);
+  CHECK(residual("trace.elementwise") < 1e-2);
+  // The profile file says it too, and reads back.
+  const auto back = twinstep::sim::profile_from_json(fit.json, "fit.json");
+  CHECK(back.context.at("source.compute.attention_fwd") == "moe.json (2 ops)");
+  CHECK(back.launch_s.at("compute") == Approx(8e-6));
 }
