@@ -76,6 +76,14 @@ def row(d):
     backend = step_ms(os.path.join(d, "backend.analyze.json"))
     ds = step_ms(os.path.join(d, "pred_datasheet.analyze.json"))
     prof = step_ms(os.path.join(d, "pred_profile.analyze.json"))
+    own = step_ms(os.path.join(d, "pred_from_trace.analyze.json"))
+    cross = step_ms(os.path.join(d, "pred_cross_fit.analyze.json"))
+    match = None
+    try:
+        m = re.search(r"GPU time matched: .*\(([0-9.]+) %\)", open(os.path.join(d, "import.txt")).read())
+        match = float(m.group(1)) if m else None
+    except OSError:
+        pass
     mem = t.get("memory", {})
     alloc = mem.get("max_allocated_bytes")
     reserved = mem.get("max_reserved_bytes")
@@ -84,10 +92,11 @@ def row(d):
         note += " params differ from the schedule's"
     return ("| " + " | ".join([
         os.path.basename(os.path.normpath(d)), fmt(torch_ms), fmt(backend), pct(backend, torch_ms), fmt(ds),
-        pct(ds, torch_ms), fmt(prof), pct(prof, torch_ms), pct(prof, backend),
+        pct(ds, torch_ms), fmt(prof), pct(prof, torch_ms), pct(prof, backend), fmt(match), pct(own, torch_ms),
+        pct(cross, torch_ms),
         fmt(alloc / GIB if alloc else None), fmt(reserved / GIB if reserved else None),
         fmt(smi_peak_gib(os.path.join(d, "torch.smi.csv"))), fmt(smi_peak_gib(os.path.join(d, "backend.smi.csv"))),
-        fmt(estimate_gib(os.path.join(d, "lower.txt"))), note]) + " |", torch_ms, backend, prof)
+        fmt(estimate_gib(os.path.join(d, "lower.txt"))), note]) + " |", torch_ms, backend, prof, cross)
 
 
 def main():
@@ -96,17 +105,21 @@ def main():
         print(f"reference_table.py: error: no case folders (with lower.txt) under {sys.argv[1:]}", file=sys.stderr)
         sys.exit(2)
     print("| case | PyTorch step ms | backend ms | backend vs PyTorch | predicted (datasheet) ms | vs PyTorch | "
-          "predicted (profile) ms | vs PyTorch | vs backend | torch max allocated GiB | torch max reserved GiB | "
+          "predicted (profile) ms | vs PyTorch | vs backend | torch trace GPU time matched % | "
+          "predicted (fit from own torch trace) vs PyTorch | predicted (fit from one case's torch trace) vs PyTorch | "
+          "torch max allocated GiB | torch max reserved GiB | "
           "torch peak used GiB (nvidia-smi) | backend peak used GiB (nvidia-smi) | lowering estimate GiB | note |")
-    print("|" + " --- |" * 15)
-    errs = {"backend": [], "profile": []}
+    print("|" + " --- |" * 18)
+    errs = {"backend": [], "profile": [], "cross-fit": []}
     for d in dirs:
-        line, torch_ms, backend, prof = row(d)
+        line, torch_ms, backend, prof, cross = row(d)
         print(line)
         if torch_ms and backend:
             errs["backend"].append(abs(backend / torch_ms - 1) * 100)
         if torch_ms and prof:
             errs["profile"].append(abs(prof / torch_ms - 1) * 100)
+        if torch_ms and cross:
+            errs["cross-fit"].append(abs(cross / torch_ms - 1) * 100)
     if len(dirs) > 1:
         for k, v in errs.items():
             if v:

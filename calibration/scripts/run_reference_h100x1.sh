@@ -5,7 +5,9 @@
 # same shapes in eager PyTorch (bf16, SDPA) and writes a profiler (Kineto) trace of one step; `twinstep simulate`
 # predicts it with datasheet defaults and, when a profile is at hand, with the profile (schedule lowered with the
 # profile's host costs). nvidia-smi samples memory.used and the SM clock during each run. Ends with the side-by-side
-# table (calibration/reference/reference_table.py) in OUT/table.md; everything else lands in OUT/r/<case>/.
+# table (calibration/reference/reference_table.py) in OUT/table.md; everything else lands in OUT/r/<case>/. Issue 19:
+# each torch trace is imported onto its schedule (import-trace), compared, fitted from (calibrate --from-trace), and
+# the fit from dense_s4096 predicts every case.
 #
 # Usage, from the repository root: calibration/scripts/run_reference_h100x1.sh OUT [WHAT...]
 #   WHAT: all (default) | build | calibrate | dense | dense_rc | moe | a case name (dense_s2048, dense_s4096_rc,
@@ -92,7 +94,20 @@ run_case() {
     --steps "${STEPS:-10}" --profile-trace "$D/torch_trace.json" -o "$D/torch.json" > "$D/torch.log" 2>&1 < /dev/null
   echo "torch exit $?" >> "$D/torch.log"
   kill $s 2>/dev/null
-  [ -f "$D/torch_trace.json" ] && gzip -9f "$D/torch_trace.json"
+  if [ -f "$D/torch_trace.json" ]; then
+    # issue 19: the torch trace imported onto the schedule, compared with the prediction, and fitted from.
+    $T import-trace "$D/torch_trace.json" --schedule "$D/step.json" -o "$D/torch_measured.json" > "$D/import.txt" 2>&1
+    head -2 "$D/import.txt"
+    if [ -s "$D/torch_measured.json" ]; then
+      [ -n "$PROF" ] && $T compare "$D/pred_profile.json" "$D/torch_measured.json" > "$D/compare_profile_vs_torch.txt" 2>&1
+      $T calibrate --from-trace "$D/torch_measured.json" --cluster dgx-h100 -o "$D/profile_from_trace.json" \
+        > "$D/from_trace.log" 2>&1
+      $T simulate "$D/step.json" --cluster dgx-h100 --gpus 1 --profile "$D/profile_from_trace.json" \
+        -o "$D/pred_from_trace.json" > /dev/null 2>&1
+      $T analyze --json "$D/pred_from_trace.json" > "$D/pred_from_trace.analyze.json" 2>&1
+    fi
+    gzip -9f "$D/torch_trace.json"
+  fi
   python3 calibration/reference/reference_table.py "$D" 2>&1 | tail -1
 }
 
@@ -109,6 +124,19 @@ for c in "${CASES[@]}"; do
   # shellcheck disable=SC2086
   run_case $c
 done
+# The fit from dense_s4096's torch trace (kept on the warm machine for later calls) predicting every case (other
+# sequence lengths, recompute, MoE).
+FIT=build-gpu/reference_fit_dense_s4096.json
+[ -s "$R/dense_s4096/profile_from_trace.json" ] && cp "$R/dense_s4096/profile_from_trace.json" "$FIT"
+if [ -s "$FIT" ]; then
+  echo "== predictions with the fit from dense_s4096's torch trace $(date +%T)"
+  cp "$FIT" "$R/cross_fit_profile.json"
+  for D in "$R"/*/; do
+    [ -s "$D/step.json" ] || continue
+    $T simulate "$D/step.json" --cluster dgx-h100 --gpus 1 --profile "$FIT" -o "$D/pred_cross_fit.json" > /dev/null 2>&1
+    $T analyze --json "$D/pred_cross_fit.json" > "$D/pred_cross_fit.analyze.json" 2>&1
+  done
+fi
 echo "== table $(date +%T)"
 python3 calibration/reference/reference_table.py "$R"/*/ > "$OUT/table.md" 2>&1
 cat "$OUT/table.md"
