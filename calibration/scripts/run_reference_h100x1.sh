@@ -71,7 +71,8 @@ run_case() {
   local flags=(--model "$R/models/$model.json" --gpus 1 --mbs 1 --seq "$seq")
   [ "$rc" = 1 ] && flags+=(--recompute full --recompute-method uniform --recompute-num-layers 1)
   $T lower "${flags[@]}" -o "$D/step.json" --summary > "$D/lower.txt" 2>&1 || { tail -3 "$D/lower.txt"; return; }
-  $T simulate "$D/step.json" --cluster dgx-h100 --gpus 1 -o "$D/pred_datasheet.json" > "$D/pred_datasheet.txt" 2>&1
+  $T simulate "$D/step.json" --cluster dgx-h100 --gpus 1 --profile datasheet -o "$D/pred_datasheet.json" \
+    > "$D/pred_datasheet.txt" 2>&1
   $T analyze --json "$D/pred_datasheet.json" > "$D/pred_datasheet.analyze.json" 2>&1
   if [ -n "$PROF" ]; then
     $T lower "${flags[@]}" --profile "$PROF" -o "$D/step_profile.json" > /dev/null 2>&1
