@@ -21,6 +21,7 @@ enum class ActivityKind : std::uint8_t { kKernel, kMemcpy, kMemset };
 struct LaunchOp {
   std::string name;                             ///< "aten::mm", "aten::_scaled_dot_product_cudnn_attention", ...
   std::vector<std::vector<std::int64_t>> dims;  ///< One shape per input, in the op's argument order.
+  Nanos start_ns = -1;                          ///< When the host entered this call: tells two calls apart.
 };
 
 /// One kernel, copy or memset on the GPU.

@@ -236,9 +236,17 @@ void Matcher::check_shapes(const RankEvents& r, const std::map<std::string, OpId
       }
     } else if (const auto* at = std::get_if<schedule::Attention>(k)) {
       if (attention_op(a.op.name) && !a.op.dims.empty() && a.op.dims[0].size() == 4) {
+        // The query (forward) or the output gradient (backward): [batch, heads, seq, head_dim] for the SDPA ops,
+        // [batch, seq, heads, head_dim] for the flash/efficient kernels' own ops; either layout is this op's.
         const auto& q = a.op.dims[0];
         const std::array<std::uint64_t, 4> want{at->batch, at->heads_q, at->seq_q, at->head_dim};
+        const std::array<std::uint64_t, 4> bshd{at->batch, at->seq_q, at->heads_q, at->head_dim};
+        bool bhsd_ok = true, bshd_ok = true;
         for (std::size_t i = 0; i < 4; ++i) {
+          bhsd_ok = bhsd_ok && static_cast<std::uint64_t>(q[i]) == want[i];
+          bshd_ok = bshd_ok && static_cast<std::uint64_t>(q[i]) == bshd[i];
+        }
+        for (std::size_t i = 0; i < 4 && !bhsd_ok && !bshd_ok; ++i) {
           if (static_cast<std::uint64_t>(q[i]) != want[i]) {
             throw Error(a.where + ": op \"" + op.name + "\" (rank " + std::to_string(op.rank) +
                         ") attends over a [batch, heads, seq, head_dim] = [" + std::to_string(q[0]) + "," +
@@ -303,15 +311,12 @@ void Matcher::match_rank(const RankEvents& r) {
   std::optional<OpId> last_claim;
   for (const auto& a : r.activities) {
     if (used_.count(&a)) continue;
-    if (last_claim && last_op != nullptr && !a.op.name.empty() && a.op.name == last_op->name &&
-        a.op.dims == last_op->dims && a.launch_ns >= 0 && !hits_[*last_claim].ordered.empty()) {
-      // A further kernel of the same launching op (split-K reduction, a cast around an fp8 GEMM): same op.
-      const GpuActivity* prev = hits_[*last_claim].ordered.back().back();
-      if (prev->launch_ns >= 0 && a.launch_ns - prev->launch_ns < 200000) {
-        hits_[*last_claim].ordered.back().push_back(&a);
-        used_.insert(&a);
-        continue;
-      }
+    if (last_claim && last_op != nullptr && !a.op.name.empty() && a.op.start_ns >= 0 &&
+        a.op.start_ns == last_op->start_ns && a.op.name == last_op->name && a.op.dims == last_op->dims) {
+      // A further kernel of the same call of the launching op (split-K reduction, flash backward's parts): same op.
+      hits_[*last_claim].ordered.back().push_back(&a);
+      used_.insert(&a);
+      continue;
     }
     std::optional<OpId> pick;
     if (const auto sh = gemm_shape(a.op)) {

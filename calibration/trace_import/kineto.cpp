@@ -177,7 +177,7 @@ RankEvents read_kineto(const std::string& path) {
       auto dims = input_dims(args);
       if (!dims.empty()) {
         op_iv.push_back(HostInterval{r.thread(e), ts, ts + dur});
-        op_of.push_back(LaunchOp{name, std::move(dims)});
+        op_of.push_back(LaunchOp{name, std::move(dims), ts});
       }
     }
   }

@@ -121,7 +121,7 @@ TEST_CASE("import-trace: an Nsight Systems SQLite export of the step gives the s
   check_records(r.trace, expected["records_step0"]);
 }
 
-TEST_CASE("import-trace: without ranges, GEMMs and attention match by shape and order; the rest is reported") {
+TEST_CASE("import-trace: without ranges, GEMMs and attention match by shape and order, the rest is reported") {
   const auto r = import_file("kineto_moe_unnamed.json", "moe.schedule.json");
   const auto expected = read_json(kData / "expected_moe.json")["records_step0"];
   std::size_t gemm_or_attention = 0;
