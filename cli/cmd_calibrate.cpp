@@ -26,6 +26,7 @@ struct CalibrateArgs {
   std::string fit_from;
   std::string cluster = "h200x2-nvlink";
   std::string framework;
+  std::string memory;
   std::string name;
   bool resume = false;
   int warmup = 2;
@@ -37,8 +38,13 @@ void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
   calibration::FrameworkInput fw;
   if (!a.framework.empty()) fw = calibration::read_framework(a.framework);
   const auto rev = raw.context.count("git_revision") ? raw.context.at("git_revision") : std::string();
-  const auto r = calibration::fit_profile(raw, cluster,
-                                          a.name.empty() ? "twinstep calibrate --suite " + raw.suite : a.name, rev, fw);
+  auto r = calibration::fit_profile(raw, cluster, a.name.empty() ? "twinstep calibrate --suite " + raw.suite : a.name,
+                                    rev, fw);
+  if (!a.memory.empty()) {
+    r.profile.memory_overhead = calibration::read_memory_overhead(a.memory);
+    r.json = sim::profile_to_json(r.profile);
+    r.log.push_back("memory_overhead: from " + a.memory + " (" + r.profile.memory_overhead.source + ")");
+  }
   write_file_atomic(a.output, r.json);
   std::fprintf(stderr, "twinstep calibrate: fitted %zu measurements (suite %s, %u GPU(s)) -> %s\n",
                raw.measurements.size(), raw.suite.c_str(), raw.world_size, a.output.c_str());
@@ -105,6 +111,8 @@ void register_calibrate_command(CLI::App& app) {
   sub->add_option("--cluster", a->cluster, "Cluster whose GPU peaks the efficiencies refer to")->capture_default_str();
   sub->add_option("--framework", a->framework,
                   "JSON from calibration/scripts/torch_host_overhead.py: the profile's framework section");
+  sub->add_option("--memory", a->memory,
+                  "JSON from calibration/scripts/torch_memory_overhead.py: the profile's memory_overhead section");
   sub->add_option("--name", a->name, "Profile name");
   sub->add_option("--warmup", a->warmup, "Warm-up steps per group")->capture_default_str();
   sub->add_option("--steps", a->steps, "Measured steps per group (per-op medians)")->capture_default_str();
