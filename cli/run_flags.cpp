@@ -68,6 +68,7 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--bucket-size", "bucket_size", f.bucket_size, "DP bucket size in parameters (0 = Megatron default)");
   opt(sub, "--cdmc", "cuda_device_max_connections", f.cdmc, "CUDA_DEVICE_MAX_CONNECTIONS");
   flag(sub, "--distributed-optimizer", "use_distributed_optimizer", f.distributed_optimizer);
+  flag(sub, "--grad-reduce-in-fp32", "grad_reduce_in_fp32", f.grad_reduce_in_fp32);
   flag(sub, "--overlap-grad-reduce", "overlap_grad_reduce", f.overlap_grad_reduce);
   flag(sub, "--overlap-param-gather", "overlap_param_gather", f.overlap_param_gather);
   flag(sub, "--tp-comm-overlap", "tp_comm_overlap", f.tp_comm_overlap);
@@ -111,6 +112,27 @@ std::string host_costs_from_profile(const sim::Profile* profile, models::HostCos
   return "framework section of " + profile->name + " (" + measured + ")";
 }
 
+std::string memory_costs_from_profile(const sim::Profile* profile, models::MemoryCosts& memory) {
+  if (profile == nullptr) return memory.source;
+  memory.nccl_channels_per_communicator = profile->nccl.channels_intra;
+  const sim::MemoryOverhead& m = profile->memory_overhead;
+  std::string measured;
+  auto take = [&](double value, double& target, const char* what) {
+    if (value < 0) return;  // not measured
+    target = value;
+    measured += std::string(measured.empty() ? "" : ", ") + what;
+  };
+  take(m.cuda_context_bytes, memory.cuda_context_bytes, "CUDA context");
+  take(m.cublas_workspace_bytes, memory.cublas_workspace_bytes, "cuBLAS workspace");
+  take(m.nccl_buffer_bytes_per_channel, memory.nccl_buffer_bytes_per_channel, "NCCL buffer per channel");
+  take(m.allocator_reserved_over_allocated, memory.allocator_reserved_over_allocated, "allocator reserved/allocated");
+  memory.source = measured.empty()
+                      ? "datasheet defaults (docs/memory.md; no memory_overhead section in " + profile->name + ")"
+                      : "memory_overhead section of " + profile->name + " (" + measured +
+                            "; the rest datasheet defaults, docs/memory.md)";
+  return memory.source;
+}
+
 ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
                         const sim::Profile* profile) {
   ResolvedRun r;
@@ -118,6 +140,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   models::SetFields set;  // fields the config file or a flag set: the recipe defaults leave them alone
   if (!f.config.empty()) c = models::read_run_config(f.config, &set);
   r.host_costs = host_costs_from_profile(profile, c.host);
+  (void)memory_costs_from_profile(profile, c.memory);
   // Applies a given flag's value to its run config field and records the field as set.
   auto take = [&set](const char* field, const auto& given, auto& member, auto&& convert) {
     if (!given) return;
@@ -174,6 +197,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
        });
   take("bucket_size", f.bucket_size, c.bucket_size, same);
   take("use_distributed_optimizer", f.distributed_optimizer, c.use_distributed_optimizer, same);
+  take("grad_reduce_in_fp32", f.grad_reduce_in_fp32, c.grad_reduce_in_fp32, same);
   take("overlap_grad_reduce", f.overlap_grad_reduce, c.overlap_grad_reduce, same);
   take("overlap_param_gather", f.overlap_param_gather, c.overlap_param_gather, same);
   take("tp_comm_overlap", f.tp_comm_overlap, c.tp_comm_overlap, same);

@@ -30,6 +30,7 @@ struct RunFlags {
   std::optional<std::uint64_t> bucket_size;
   std::optional<std::uint32_t> cdmc;
   std::optional<bool> distributed_optimizer;
+  std::optional<bool> grad_reduce_in_fp32;
   std::optional<bool> overlap_grad_reduce, overlap_param_gather, tp_comm_overlap, overlap_p2p_comm, batch_p2p_comm;
   std::optional<std::int32_t> first_pipeline_layers, last_pipeline_layers;
   std::optional<bool> account_for_embedding, account_for_loss;
@@ -43,7 +44,8 @@ struct RunFlags {
 /// Adds --model --config --tp --pp --vpp --cp --ep --etp --dp --sp --mbs --gbs --seq --dtype --recompute
 /// --recompute-method --recompute-num-layers --dispatcher --cp-comm-type --hierarchical-cp-sizes --bucket-size
 /// --cdmc
-/// --distributed-optimizer --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap --overlap-p2p-comm
+/// --distributed-optimizer --grad-reduce-in-fp32 --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap
+/// --overlap-p2p-comm
 /// --batch-p2p-comm --first-pipeline-layers --last-pipeline-layers --account-for-embedding --account-for-loss
 /// --routing-skew --flex-sms --ep-overlap --delay-wgrad --shared-expert-overlap --ep-node-ns --ep-backward-call-ns
 /// --event-record-ns.
@@ -59,6 +61,11 @@ struct ResolvedRun {
 /// Fills RunConfig::host from a calibration profile's framework section (per kernel launch, per module call; the
 /// fields it measured) and says so; `profile` may be null (no --profile). Returns the "host costs" text.
 [[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
+
+/// Fills RunConfig::memory from a calibration profile: its memory_overhead section (the fields the GPU measured) and
+/// NCCL's channels per communicator (nccl.channels_intra); `profile` may be null (the datasheet defaults stay).
+/// Sets and returns MemoryCosts::source.
+std::string memory_costs_from_profile(const sim::Profile* profile, models::MemoryCosts& memory);
 
 /// The run config of the flags: --config (if given), then `profile`'s framework host costs, then every flag that was
 /// given, then world_size and gpu_memory_bytes (when > 0), then the recipe defaults (models/recipe.hpp) for every

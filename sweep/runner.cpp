@@ -274,7 +274,8 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   }
   const evaluate::Result& lowered = full;
   const double mem_gib = lowered.peak_memory.total_bytes() / kGiB;
-  const double cap_gib = cfg.gpu_memory_bytes / kGiB;
+  // What the estimate is compared with: GPU memory less the CUDA context, NCCL's and TE's userbuffers.
+  const double cap_gib = lowered.peak_memory.usable_bytes() / kGiB;
   auto with_memory = [&](nlohmann::ordered_json j) {
     j["memory_gib_per_gpu"] = mem_gib;
     j["memory_capacity_gib"] = cap_gib;
@@ -282,7 +283,8 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   };
   if (!lowered.fits) {
     char buf[160];
-    std::snprintf(buf, sizeof buf, "needs %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB", mem_gib, cap_gib);
+    std::snprintf(buf, sizeof buf, "needs %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB usable", mem_gib,
+                  cap_gib);
     auto j = with_memory(head(p, "does_not_fit", buf));
     j["warnings"] = warnings;
     return j.dump();
