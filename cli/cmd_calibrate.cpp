@@ -10,6 +10,7 @@
 #include "cli/commands.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "sim/cost_model.hpp"
 #include "topologies/cluster.hpp"
 
 #if defined(TWINSTEP_HAVE_BACKEND)
@@ -27,6 +28,7 @@ struct CalibrateArgs {
   std::string cluster = "h200x2-nvlink";
   std::string framework;
   std::string memory;
+  std::string borrow;
   std::string name;
   bool resume = false;
   int warmup = 2;
@@ -40,6 +42,13 @@ void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
   const auto rev = raw.context.count("git_revision") ? raw.context.at("git_revision") : std::string();
   auto r = calibration::fit_profile(raw, cluster, a.name.empty() ? "twinstep calibrate --suite " + raw.suite : a.name,
                                     rev, fw);
+  if (!a.borrow.empty()) {
+    const auto taken = calibration::borrow_comm_fields(r, sim::read_profile(a.borrow));
+    std::string list;
+    for (const auto& t : taken) list += (list.empty() ? "" : ", ") + t;
+    r.log.push_back("borrowed from " + a.borrow + ": " +
+                    (list.empty() ? "nothing (the raw file measured it all)" : list));
+  }
   if (!a.memory.empty()) {
     r.profile.memory_overhead = calibration::read_memory_overhead(a.memory);
     r.json = sim::profile_to_json(r.profile);
@@ -113,6 +122,10 @@ void register_calibrate_command(CLI::App& app) {
                   "JSON from calibration/scripts/torch_host_overhead.py: the profile's framework section");
   sub->add_option("--memory", a->memory,
                   "JSON from calibration/scripts/torch_memory_overhead.py: the profile's memory_overhead section");
+  sub->add_option(
+      "--borrow", a->borrow,
+      "Profile measured on several GPUs of the same NVLink generation: the collective, send/recv and co-run "
+      "figures a one-GPU raw file lacks come from it (the context records them)");
   sub->add_option("--name", a->name, "Profile name");
   sub->add_option("--warmup", a->warmup, "Warm-up steps per group")->capture_default_str();
   sub->add_option("--steps", a->steps, "Measured steps per group (per-op medians)")->capture_default_str();

@@ -58,15 +58,6 @@ struct ResolvedRun {
   std::vector<std::string> notes;  ///< e.g. the global_batch_size default (models/recipe.hpp).
 };
 
-/// Fills RunConfig::host from a calibration profile's framework section (per kernel launch, per module call; the
-/// fields it measured) and says so; `profile` may be null (no --profile). Returns the "host costs" text.
-[[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
-
-/// Fills RunConfig::memory from a calibration profile: its memory_overhead section (the fields the GPU measured) and
-/// NCCL's channels per communicator (nccl.channels_intra); `profile` may be null (the datasheet defaults stay).
-/// Sets and returns MemoryCosts::source.
-std::string memory_costs_from_profile(const sim::Profile* profile, models::MemoryCosts& memory);
-
 /// The run config of the flags: --config (if given), then `profile`'s framework host costs, then every flag that was
 /// given, then world_size and gpu_memory_bytes (when > 0), then the recipe defaults (models/recipe.hpp) for every
 /// knob neither the file nor a flag set. Throws Error naming the flag.

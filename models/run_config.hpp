@@ -28,7 +28,7 @@ struct HostCosts {
 /// Memory the framework and the runtime take beyond the model's tensors, per GPU, and the bytes per element of the
 /// tensor classes whose dtype is an implementation choice. The defaults are public datasheet figures (sources in
 /// docs/memory.md); a calibration profile's memory_overhead section replaces the measured ones
-/// (cli::memory_costs_from_profile; calibration/scripts/torch_memory_overhead.py measures them).
+/// (evaluate::memory_costs_from_profile; calibration/scripts/torch_memory_overhead.py measures them).
 struct MemoryCosts {
   /// Device memory of the CUDA context and the libraries' modules, outside the caching allocator. Default: PyTorch's
   /// context with lazy module loading, 287,047,680 B (pytorch/pytorch PR 86509).
