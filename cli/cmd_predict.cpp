@@ -362,7 +362,7 @@ Prediction run_predict(const PredictArgs& args) {
       "bubble: waiting for other ranks, pipeline bubbles, host syncs; host-bound: the GPU idle while the host issues.\n"
       "MFU: model FLOPs (no recompute) / (step time x GPUs x " +
       fmt("%.0f", peak / 1e12) + " TFLOP/s, the GPU's dense " + schedule::dtype_name(base.dtype) +
-      " peak). fits: the tightest rank's allocator reserve at its peak phase against the usable capacity: " +
+      " peak). fits: the tightest rank's allocator reserve at its peak phase against " +
       fmt("%.1f GiB", base.gpu_memory_bytes / kGiB) +
       " per GPU (the GPU's HBM) less the CUDA context, NCCL's and "
       "TE's userbuffers (memory costs: " +
