@@ -387,6 +387,40 @@ FrameworkInput read_framework(const std::string& path) {
   return f;
 }
 
+sim::MemoryOverhead read_memory_overhead(const std::string& path) {
+  const Json j = parse_json(read_file(path), path);
+  if (!j.is_object() || !j.contains("memory_overhead") || !j["memory_overhead"].is_object()) {
+    throw ParseError(path, "/memory_overhead",
+                     "expected the JSON of calibration/scripts/torch_memory_overhead.py (an object "
+                     "\"memory_overhead\"); rerun the script with -o FILE");
+  }
+  const Json& m = j["memory_overhead"];
+  // A non-negative number, or null / absent (not measured: -1).
+  auto bytes = [&](const char* key, bool required) {
+    const std::string ptr = std::string("/memory_overhead/") + key;
+    if (!m.contains(key) || m[key].is_null()) {
+      if (required) throw ParseError(path, ptr, "missing: the script always measures it; rerun it");
+      return -1.0;
+    }
+    if (!m[key].is_number() || m[key].get<double>() < 0) {
+      throw ParseError(path, ptr, "expected a number >= 0 (bytes) or null (not measured)");
+    }
+    return m[key].get<double>();
+  };
+  sim::MemoryOverhead o;
+  o.cuda_context_bytes = bytes("cuda_context_bytes", true) + std::max(0.0, bytes("cuda_libraries_bytes", false));
+  o.cublas_workspace_bytes = bytes("cublas_workspace_bytes", false);
+  o.nccl_buffer_bytes_per_channel = bytes("nccl_buffer_bytes_per_channel", false);
+  o.allocator_reserved_over_allocated = bytes("allocator_reserved_over_allocated", false);
+  if (o.allocator_reserved_over_allocated >= 0 && o.allocator_reserved_over_allocated < 1) {
+    throw ParseError(path, "/memory_overhead/allocator_reserved_over_allocated",
+                     "must be >= 1 (the allocator reserves at least what it hands out)");
+  }
+  o.source = m.contains("source") && m["source"].is_string() ? m["source"].get<std::string>()
+                                                             : "calibration/scripts/torch_memory_overhead.py";
+  return o;
+}
+
 FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster, const std::string& name,
                       const std::string& git_revision, const FrameworkInput& framework) {
   Ctx c{raw, cluster, make_suite(raw.suite, raw.world_size), {}, {}, {}};

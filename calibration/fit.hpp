@@ -25,6 +25,11 @@ struct FrameworkInput {
 /// Reads the JSON that calibration/scripts/torch_host_overhead.py writes. Throws ParseError.
 [[nodiscard]] FrameworkInput read_framework(const std::string& path);
 
+/// Reads the JSON that calibration/scripts/torch_memory_overhead.py prints (its "memory_overhead" object): the CUDA
+/// context plus the libraries' modules outside the allocator, the cuBLAS workspace, NCCL's buffer per channel and
+/// the allocator's reserved/allocated (the last two may be null: not measured). Throws ParseError naming the field.
+[[nodiscard]] sim::MemoryOverhead read_memory_overhead(const std::string& path);
+
 struct FitResult {
   sim::Profile profile;          ///< The fitted profile (what `json` holds).
   std::string json;              ///< The profile file's text.

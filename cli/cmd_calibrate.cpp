@@ -31,6 +31,7 @@ struct CalibrateArgs {
   std::string base_profile;
   std::string cluster = "h200x2-nvlink";
   std::string framework;
+  std::string memory;
   std::string borrow;
   std::string name;
   bool resume = false;
@@ -51,6 +52,11 @@ void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
     for (const auto& t : taken) list += (list.empty() ? "" : ", ") + t;
     r.log.push_back("borrowed from " + a.borrow + ": " +
                     (list.empty() ? "nothing (the raw file measured it all)" : list));
+  }
+  if (!a.memory.empty()) {
+    r.profile.memory_overhead = calibration::read_memory_overhead(a.memory);
+    r.json = sim::profile_to_json(r.profile);
+    r.log.push_back("memory_overhead: from " + a.memory + " (" + r.profile.memory_overhead.source + ")");
   }
   write_file_atomic(a.output, r.json);
   std::fprintf(stderr, "twinstep calibrate: fitted %zu measurements (suite %s, %u GPU(s)) -> %s\n",
@@ -148,6 +154,8 @@ void register_calibrate_command(CLI::App& app) {
   sub->add_option("--cluster", a->cluster, "Cluster whose GPU peaks the efficiencies refer to")->capture_default_str();
   sub->add_option("--framework", a->framework,
                   "JSON from calibration/scripts/torch_host_overhead.py: the profile's framework section");
+  sub->add_option("--memory", a->memory,
+                  "JSON from calibration/scripts/torch_memory_overhead.py: the profile's memory_overhead section");
   sub->add_option(
       "--borrow", a->borrow,
       "Profile measured on several GPUs of the same NVLink generation: the collective, send/recv and co-run "

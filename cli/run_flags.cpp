@@ -69,6 +69,7 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--bucket-size", "bucket_size", f.bucket_size, "DP bucket size in parameters (0 = Megatron default)");
   opt(sub, "--cdmc", "cuda_device_max_connections", f.cdmc, "CUDA_DEVICE_MAX_CONNECTIONS");
   flag(sub, "--distributed-optimizer", "use_distributed_optimizer", f.distributed_optimizer);
+  flag(sub, "--grad-reduce-in-fp32", "grad_reduce_in_fp32", f.grad_reduce_in_fp32);
   flag(sub, "--overlap-grad-reduce", "overlap_grad_reduce", f.overlap_grad_reduce);
   flag(sub, "--overlap-param-gather", "overlap_param_gather", f.overlap_param_gather);
   flag(sub, "--tp-comm-overlap", "tp_comm_overlap", f.tp_comm_overlap);
@@ -102,6 +103,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   models::SetFields set;  // fields the config file or a flag set: the recipe defaults leave them alone
   if (!f.config.empty()) c = models::read_run_config(f.config, &set);
   r.host_costs = evaluate::host_costs_from_profile(profile, c.host);
+  (void)evaluate::memory_costs_from_profile(profile, c.memory);
   // Applies a given flag's value to its run config field and records the field as set.
   auto take = [&set](const char* field, const auto& given, auto& member, auto&& convert) {
     if (!given) return;
@@ -152,6 +154,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
        });
   take("bucket_size", f.bucket_size, c.bucket_size, same);
   take("use_distributed_optimizer", f.distributed_optimizer, c.use_distributed_optimizer, same);
+  take("grad_reduce_in_fp32", f.grad_reduce_in_fp32, c.grad_reduce_in_fp32, same);
   take("overlap_grad_reduce", f.overlap_grad_reduce, c.overlap_grad_reduce, same);
   take("overlap_param_gather", f.overlap_param_gather, c.overlap_param_gather, same);
   take("tp_comm_overlap", f.tp_comm_overlap, c.tp_comm_overlap, same);

@@ -214,4 +214,25 @@ std::string host_costs_from_profile(const sim::Profile* profile, models::HostCos
   return "framework section of " + profile->name + " (" + measured + ")";
 }
 
+std::string memory_costs_from_profile(const sim::Profile* profile, models::MemoryCosts& memory) {
+  if (profile == nullptr) return memory.source;
+  memory.nccl_channels_per_communicator = profile->nccl.channels_intra;
+  const sim::MemoryOverhead& m = profile->memory_overhead;
+  std::string measured;
+  auto take = [&](double value, double& target, const char* what) {
+    if (value < 0) return;  // not measured
+    target = value;
+    measured += std::string(measured.empty() ? "" : ", ") + what;
+  };
+  take(m.cuda_context_bytes, memory.cuda_context_bytes, "CUDA context");
+  take(m.cublas_workspace_bytes, memory.cublas_workspace_bytes, "cuBLAS workspace");
+  take(m.nccl_buffer_bytes_per_channel, memory.nccl_buffer_bytes_per_channel, "NCCL buffer per channel");
+  take(m.allocator_reserved_over_allocated, memory.allocator_reserved_over_allocated, "allocator reserved/allocated");
+  memory.source = measured.empty()
+                      ? "datasheet defaults (docs/memory.md; no memory_overhead section in " + profile->name + ")"
+                      : "memory_overhead section of " + profile->name + " (" + measured +
+                            "; the rest datasheet defaults, docs/memory.md)";
+  return memory.source;
+}
+
 }  // namespace twinstep::evaluate

@@ -78,6 +78,11 @@ struct Result {
 /// costs). Returns the "host costs" text predict and lower print. predict and sweep both take host costs this way.
 [[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
 
+/// Fills RunConfig::memory from a calibration profile: its memory_overhead section (the fields the GPU measured) and
+/// NCCL's channels per communicator (nccl.channels_intra); `profile` null: the datasheet defaults stay. Sets and
+/// returns MemoryCosts::source. predict, lower and sweep take the memory model's figures this way.
+std::string memory_costs_from_profile(const sim::Profile* profile, models::MemoryCosts& memory);
+
 /// Simulates `schedule` on `cluster` and analyses the trace (the trace kept with `options.keep_trace`).
 [[nodiscard]] Simulated simulate_schedule(schedule::Schedule schedule, const topologies::Cluster& cluster,
                                           const sim::CostModel& costs, const Options& options);

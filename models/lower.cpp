@@ -184,10 +184,11 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
   lowering::add_streams(x, s);
   lowering::add_communicators(x, s);
   lower_ranks(x, out);
-  for (const auto& m : out.memory_per_rank) {
-    if (m.total_bytes() > out.peak_memory.total_bytes()) out.peak_memory = m;
+  for (std::size_t i = 0; i < out.memory_per_rank.size(); ++i) {
+    const auto& m = out.memory_per_rank[i];
+    if (i == 0 || m.margin_bytes() < out.peak_memory.margin_bytes()) out.peak_memory = m;
   }
-  out.fits = out.peak_memory.total_bytes() <= cfg.gpu_memory_bytes;
+  out.fits = out.peak_memory.margin_bytes() >= 0;
 
   out.model_flops_per_step = model_flops_per_step(model, cfg, x.k);
   describe(s, model, x.k, options);

@@ -128,6 +128,7 @@ models::RunConfig point_config(const Point& p, const topologies::Cluster& cluste
   base.micro_batch_size = p.layout.mbs;
   const sim::ProfileChoice& profile = inputs().profile(p.profile, cluster);
   (void)evaluate::host_costs_from_profile(profile.measured ? &profile.profile : nullptr, base.host);
+  (void)evaluate::memory_costs_from_profile(profile.measured ? &profile.profile : nullptr, base.memory);
   base.global_batch_size = p.gbs;
   base.seq_length = p.seq;
   base.moe_token_dispatcher_type = p.dispatcher;
