@@ -158,7 +158,8 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   // group's activations during its backward (uniform: a group of recompute_num_layers layers; block: one layer).
   const double loss_working = last_stage ? mc.loss_working_bytes_per_logit * T * V : 0.0;
   const double recompute =
-      x.recompute_full ? std::max(la.dense, la.moe) * (cfg.recompute_method == RecomputeMethod::kBlock ? 1.0 : group) : 0.0;
+      x.recompute_full ? std::max(la.dense, la.moe) * (cfg.recompute_method == RecomputeMethod::kBlock ? 1.0 : group)
+                       : 0.0;
   const double fb_transient = std::max(loss_working, recompute);
   // Optimizer step: bf16 main grads are copied to fp32 for the fp32 main weights' shard (Megatron's
   // _copy_model_grads_to_main_grads); Adam's temporaries per parameter of the shard (0 for fused Adam).

@@ -147,7 +147,8 @@ TEST_CASE("memory: full recompute keeps each group's input, block keeps the firs
   MemoryEstimate e = lower(m, c).peak_memory;
   CHECK(e.activations_bytes == Approx(2 * input + loss));
   CHECK(e.transient_bytes == Approx(std::max(2 * layer, 2 * d.T * d.V)));
-  c.recompute_method = models::RecomputeMethod::kBlock;  // the first 2 layers keep their inputs, the last 2 everything; 1 layer recomputed
+  c.recompute_method = models::RecomputeMethod::kBlock;  // the first 2 layers keep their inputs, the last 2 everything;
+                                                         // 1 layer recomputed
   e = lower(m, c).peak_memory;
   CHECK(e.activations_bytes == Approx(2 * input + 2 * layer + loss));
   CHECK(e.transient_bytes == Approx(std::max(layer, 2 * d.T * d.V)));
