@@ -35,6 +35,8 @@ constexpr std::array<std::pair<std::string_view, DType>, 6> kDTypes{{{"bf16", DT
                                                                      {"fp8", DType::kFP8},
                                                                      {"int64", DType::kInt64},
                                                                      {"int32", DType::kInt32}}};
+constexpr std::array<std::pair<std::string_view, Fp8Format>, 2> kFp8Formats{
+    {{"e4m3", Fp8Format::kE4M3}, {"e5m2", Fp8Format::kE5M2}}};
 constexpr std::array<std::pair<std::string_view, CollectiveKind>, 5> kCollectives{
     {{"all_reduce", CollectiveKind::kAllReduce},
      {"all_gather", CollectiveKind::kAllGather},
@@ -327,8 +329,17 @@ Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
     const json* v = member(k, key);
     return v == nullptr ? def : as_enum(c, *v, p / key, kDTypes, "dtype");
   };
+  // fp8 GEMM operand formats: default e4m3, only with dtype fp8.
+  auto formats = [&](DType t, Fp8Format& a, Fp8Format& b) {
+    for (const auto& [key, f] : {std::pair<const char*, Fp8Format*>{"a_format", &a}, {"b_format", &b}}) {
+      const json* v = member(k, key);
+      if (v == nullptr) continue;
+      if (t != DType::kFP8) fail(c, p / key, std::string(key) + " is for dtype fp8 only (drop it or set dtype fp8)");
+      *f = as_enum(c, *v, p / key, kFp8Formats, "fp8 format");
+    }
+  };
   if (cls == "gemm") {
-    static constexpr std::array<const char*, 6> kKeys{"class", "m", "n", "k", "batch", "dtype"};
+    static constexpr std::array<const char*, 8> kKeys{"class", "m", "n", "k", "batch", "dtype", "a_format", "b_format"};
     check_keys(c, k, p, kKeys, "a gemm kernel");
     Gemm g;
     g.m = u64("m", "rows of A and C");
@@ -336,10 +347,11 @@ Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
     g.k = u64("k", "the reduction dimension");
     if (const json* b = member(k, "batch")) g.batch = as_u64(c, *b, p / "batch");
     g.dtype = dtype("dtype", DType::kBF16);
+    formats(g.dtype, g.a_format, g.b_format);
     return g;
   }
   if (cls == "grouped_gemm") {
-    static constexpr std::array<const char*, 5> kKeys{"class", "m", "n", "k", "dtype"};
+    static constexpr std::array<const char*, 7> kKeys{"class", "m", "n", "k", "dtype", "a_format", "b_format"};
     check_keys(c, k, p, kKeys, "a grouped_gemm kernel");
     GroupedGemm g;
     g.m = as_u64_list(c, required(c, k, p, "m", "rows per group: a list, one entry per local expert"), p / "m",
@@ -347,6 +359,7 @@ Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
     g.n = u64("n", "columns of B and C");
     g.k = u64("k", "the reduction dimension");
     g.dtype = dtype("dtype", DType::kBF16);
+    formats(g.dtype, g.a_format, g.b_format);
     return g;
   }
   if (cls == "attention") {
@@ -791,6 +804,14 @@ std::string comm_name(const Schedule& s, CommId id) {
                                      : "<undeclared communicator " + std::to_string(id) + ">";
 }
 
+/// The fp8 operand formats of a GEMM: written for dtype fp8 only.
+template <typename G>
+void write_formats(Writer& w, const G& g) {
+  if (g.dtype != DType::kFP8) return;
+  w.key("a_format"), w.str(name_of(kFp8Formats, g.a_format));
+  w.key("b_format"), w.str(name_of(kFp8Formats, g.b_format));
+}
+
 void write_kernel(Writer& w, const Kernel& kernel) {
   w.ch('{');
   std::visit(
@@ -803,12 +824,14 @@ void write_kernel(Writer& w, const Kernel& kernel) {
           w.key("k"), w.num(k.k);
           w.key("batch"), w.num(k.batch);
           w.key("dtype"), w.str(dtype_name(k.dtype));
+          write_formats(w, k);
         } else if constexpr (std::is_same_v<T, GroupedGemm>) {
           w.key("class", true), w.str("grouped_gemm");
           w.key("m"), w.num_list(k.m);
           w.key("n"), w.num(k.n);
           w.key("k"), w.num(k.k);
           w.key("dtype"), w.str(dtype_name(k.dtype));
+          write_formats(w, k);
         } else if constexpr (std::is_same_v<T, Attention>) {
           w.key("class", true), w.str("attention");
           w.key("batch"), w.num(k.batch);
