@@ -197,7 +197,8 @@ void Execution::bind_compute(const sch::Compute& c, BoundOp& b) {
   if (const auto* g = std::get_if<sch::Gemm>(&c.kernel)) {
     if (g->dtype == sch::DType::kFP8) {
       for (std::uint64_t i = 0; i < g->batch; ++i) {
-        fp8(g->m, g->n, g->k, g->a_format, g->b_format, i * g->m * g->k, i * g->n * g->k, i * g->m * g->n * 2);
+        fp8(g->m, g->n, g->k, g->a_format, g->b_format, i * g->m * g->k, i * g->n * g->k,
+            i * g->m * g->n * sch::gemm_output_bytes(g->dtype));
       }
       return;
     }
@@ -206,7 +207,7 @@ void Execution::bind_compute(const sch::Compute& c, BoundOp& b) {
   } else if (const auto* gg = std::get_if<sch::GroupedGemm>(&c.kernel)) {
     // A loop of GEMMs over the groups, each on its own slice of A, B and C.
     const std::uint64_t e = sch::dtype_bytes(gg->dtype);
-    const std::uint64_t ce = gg->dtype == sch::DType::kFP8 ? 2 : e;  // fp8 GEMMs write bf16
+    const std::uint64_t ce = sch::gemm_output_bytes(gg->dtype);
     std::uint64_t row = 0;
     for (std::size_t i = 0; i < gg->m.size(); ++i) {
       if (gg->m[i] > 0 && gg->dtype == sch::DType::kFP8) {

@@ -24,8 +24,7 @@ void need(RoleSizes& s, Role r, std::uint64_t bytes) {
 }
 
 std::uint64_t esz(sch::DType t) { return sch::dtype_bytes(t); }
-/// A GEMM's output element: bf16 for fp8 GEMMs (gemm_fp8.hpp), the input dtype otherwise.
-std::uint64_t out_esz(sch::DType t) { return t == sch::DType::kFP8 ? 2 : esz(t); }
+std::uint64_t out_esz(sch::DType t) { return sch::gemm_output_bytes(t); }
 
 /// Attention buffers of the kernel that runs `a` (attention_kernel()): the fused one's (sdpa.hpp: Q, O, dO, dQ;
 /// K, V, dK, dV; the row statistics) or the fallback's (attention.hpp: Q, O, dO; K, V; the scores S).

@@ -54,6 +54,7 @@ const std::vector<Field>& fields() {
       plain("seq_length", &RunConfig::seq_length),
       Field{"dtype", [](RunConfig& c, const Json& j) { c.dtype = schedule::parse_dtype(j.get<std::string>()); },
             [](const RunConfig& c) { return Json(schedule::dtype_name(c.dtype)); }},
+      plain("fp8_recipe", &RunConfig::fp8_recipe),
       plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
       plain("recompute_granularity", &RunConfig::recompute_granularity),
       plain("recompute_method", &RunConfig::recompute_method),

@@ -48,6 +48,9 @@ struct RunConfig {
   std::uint32_t global_batch_size = 1;
   std::uint32_t seq_length = 4096;
   schedule::DType dtype = schedule::DType::kBF16;
+  /// dtype fp8: Megatron's fp8_recipe with the HYBRID format (e4m3 forward, e5m2 gradients): "delayed" (scales
+  /// from the amax history) or "tensorwise" (per-tensor current scaling: an amax pass before each cast).
+  std::string fp8_recipe = "delayed";
   bool grad_reduce_in_fp32 = false;
 
   // Recompute: granularity "none" | "selective" | "full"; method "uniform" | "block".

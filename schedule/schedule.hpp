@@ -61,6 +61,9 @@ struct Gemm {
   bool operator==(const Gemm&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
+/// Bytes of a GEMM's output element: bf16 for fp8 GEMMs, the input dtype's otherwise.
+[[nodiscard]] constexpr std::uint32_t gemm_output_bytes(DType t) { return t == DType::kFP8 ? 2 : dtype_bytes(t); }
+
 /// Grouped GEMM (MoE experts): one [m_i, k] x [k, n] product per local expert, m_i tokens routed to it.
 struct GroupedGemm {
   std::vector<std::uint64_t> m;  ///< Rows per group (tokens per local expert); size = number of groups.
