@@ -16,6 +16,7 @@
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
 #include "sim/cost_model.hpp"
+#include "sim/profile_choice.hpp"
 #include "topologies/cluster.hpp"
 
 namespace twinstep::sweep {
@@ -279,7 +280,9 @@ std::vector<Point> expand(const Spec& spec) {
   for (const auto& f : spec.fidelities) {
     if (f != "analytic" && f != "flow") throw Error("--fidelity \"" + f + "\": use analytic or flow");
   }
-  if (!spec.profile.empty()) (void)sim::read_profile(spec.profile);
+  if (!spec.profile.empty()) {
+    if (const std::string path = sim::profile_path(spec.profile); !path.empty()) (void)sim::read_profile(path);
+  }
   if (!spec.base_config.empty()) (void)models::read_run_config(spec.base_config);
 
   std::vector<Point> out;

@@ -369,9 +369,23 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
   return out;
 }
 
+namespace {
+
+/// The calibration profiles the simulated points used, in name order.
+std::set<std::string> profiles_used(const std::vector<Result>& results) {
+  std::set<std::string> out;
+  for (const auto& r : results) {
+    if (!r.profile.empty()) out.insert(r.profile);
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string format_table(const std::vector<Ranking>& rankings, const std::vector<Result>& results, std::size_t top) {
   const auto speedups = speedups_vs_none(results);
   std::ostringstream o;
+  for (const auto& name : profiles_used(results)) o << "costs: " << name << "\n";
   std::string last_head;
   for (const auto& g : rankings) {
     const std::string head = g.model + " on " + g.cluster + " (" + g.fidelity + "), seq " + std::to_string(g.seq) +
@@ -664,6 +678,7 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
   for (const auto& r : results) ok += r.status == "ok";
   o << "<p>" << results.size() << " points, " << ok << " simulated, " << results.size() - ok
     << " not run (counted by reason at the end).</p>\n";
+  for (const auto& name : profiles_used(results)) o << "<p>costs: " << escape(name) << "</p>\n";
   if (notes.other_points_kept > 0) {
     o << "<p class=\"note\" id=\"kept-note\">" << escape(kept_points_note(notes.other_points_kept, notes.results_file))
       << "</p>\n";
