@@ -17,23 +17,22 @@ namespace sch = twinstep::schedule;
 
 namespace {
 
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+/// The kernel of the first compute op whose name ends with `name` (rank 0's: ranks come in order).
 const sch::Kernel* kernel_of(const sch::Schedule& s, const std::string& name) {
   for (const auto& op : s.ops) {
-    if (op.name.find(name) == std::string::npos) continue;
+    if (!ends_with(op.name, name)) continue;
     if (const auto* c = std::get_if<sch::Compute>(&op.body)) return &c->kernel;
   }
   return nullptr;
 }
 
-std::uint64_t elementwise_bytes(const sch::Schedule& s, const std::string& part) {
-  std::uint64_t b = 0;
-  for (const auto& op : s.ops) {
-    if (op.name.find(part) == std::string::npos) continue;
-    if (const auto* c = std::get_if<sch::Compute>(&op.body)) {
-      if (const auto* e = std::get_if<sch::Elementwise>(&c->kernel)) b += e->bytes;
-    }
-  }
-  return b;
+std::uint64_t elementwise_bytes(const sch::Schedule& s, const std::string& name) {
+  const auto* k = kernel_of(s, name);
+  return k != nullptr && std::holds_alternative<sch::Elementwise>(*k) ? std::get<sch::Elementwise>(*k).bytes : 0;
 }
 
 }  // namespace
@@ -55,22 +54,22 @@ TEST_CASE("models::lower: --dtype fp8 runs linear layers as fp8 GEMMs (e4m3 forw
     return std::get<sch::Gemm>(*k);
   };
   for (const char* fwd : {"qkv", "proj", "fc1", "fc2"}) {
-    const sch::Gemm g = gemm(std::string("L0.") + fwd);
+    const sch::Gemm g = gemm(std::string("L0.mb0.fwd.") + fwd);
     CHECK(g.dtype == sch::DType::kFP8);
     CHECK(g.a_format == sch::Fp8Format::kE4M3);
     CHECK(g.b_format == sch::Fp8Format::kE4M3);
-    CHECK(count_ops(fp8.schedule, std::string("L0.") + fwd + "_fp8_cast") >= 1);
+    CHECK(count_ops(fp8.schedule, std::string("L0.mb0.fwd.") + fwd + "_fp8_cast") >= 1);
   }
   for (const char* bwd : {"fc2_dgrad", "fc2_wgrad", "qkv_dgrad", "qkv_wgrad"}) {
-    const sch::Gemm g = gemm(std::string("L0.") + bwd);
+    const sch::Gemm g = gemm(std::string("L0.mb0.bwd.") + bwd);
     CHECK(g.dtype == sch::DType::kFP8);
     CHECK(g.a_format == sch::Fp8Format::kE5M2);  // the gradient
     CHECK(g.b_format == sch::Fp8Format::kE4M3);
   }
   CHECK(count_ops(fp8.schedule, "wgrad_fp8_cast") == 0);  // wgrad reads the transposed copies of the casts
-  CHECK(gemm("output").dtype == sch::DType::kBF16);
-  CHECK(gemm("output_dgrad").dtype == sch::DType::kBF16);
-  const auto* at = kernel_of(fp8.schedule, "L0.attn");
+  CHECK(gemm("fwd.output").dtype == sch::DType::kBF16);
+  CHECK(gemm("bwd.output_dgrad").dtype == sch::DType::kBF16);
+  const auto* at = kernel_of(fp8.schedule, "L0.mb0.fwd.attn");
   REQUIRE(at != nullptr);
   CHECK(std::get<sch::Attention>(*at).dtype == sch::DType::kBF16);
   // The same GEMM FLOPs as bf16 (the casts are bandwidth kernels).
@@ -79,11 +78,11 @@ TEST_CASE("models::lower: --dtype fp8 runs linear layers as fp8 GEMMs (e4m3 forw
   CHECK(count_ops(bf16.schedule, "_fp8_cast") == 0);
   // fc1's forward cast: tokens x hidden elements, bf16 read + e4m3 row-wise and column-wise written (2 + 1 + 1 B).
   const std::uint64_t fc1_in = c.seq_length * m.hidden_size;
-  CHECK(elementwise_bytes(fp8.schedule, "r0.L0.fc1_fp8_cast") == fc1_in * 4);
+  CHECK(elementwise_bytes(fp8.schedule, "L0.mb0.fwd.fc1_fp8_cast") == fc1_in * 4);
   // Tensorwise (current) scaling reads the input once more for its amax.
   c.fp8_recipe = "tensorwise";
   const Lowered cur = lower(m, c);
-  CHECK(elementwise_bytes(cur.schedule, "r0.L0.fc1_fp8_cast") == fc1_in * 6);
+  CHECK(elementwise_bytes(cur.schedule, "L0.mb0.fwd.fc1_fp8_cast") == fc1_in * 6);
   c.fp8_recipe = "mxfp8";
   CHECK_THROWS_WITH(lower(m, c), twinstep_contains("fp8_recipe \"mxfp8\""));
 }
