@@ -38,15 +38,20 @@ enum class RecomputeMethod : std::uint8_t { kUniform, kBlock };
 enum class CpCommType : std::uint8_t { kP2p, kAllGather, kA2a, kA2aP2p };
 /// moe_token_dispatcher_type: "alltoall" | "allgather" | "flex" (DeepEP/HybridEP fused kernels).
 enum class TokenDispatcher : std::uint8_t { kAllToAll, kAllGather, kFlex };
+/// fp8_recipe with the HYBRID format (e4m3 forward, e5m2 gradients): "delayed" (scales from the amax history) |
+/// "tensorwise" (per-tensor current scaling: an amax pass before each cast).
+enum class Fp8Recipe : std::uint8_t { kDelayed, kTensorwise };
 
 [[nodiscard]] RecomputeGranularity parse_recompute_granularity(std::string_view text, std::string_view field);
 [[nodiscard]] RecomputeMethod parse_recompute_method(std::string_view text, std::string_view field);
 [[nodiscard]] CpCommType parse_cp_comm_type(std::string_view text, std::string_view field);
 [[nodiscard]] TokenDispatcher parse_token_dispatcher(std::string_view text, std::string_view field);
+[[nodiscard]] Fp8Recipe parse_fp8_recipe(std::string_view text, std::string_view field);
 [[nodiscard]] std::string to_string(RecomputeGranularity granularity);
 [[nodiscard]] std::string to_string(RecomputeMethod method);
 [[nodiscard]] std::string to_string(CpCommType type);
 [[nodiscard]] std::string to_string(TokenDispatcher dispatcher);
+[[nodiscard]] std::string to_string(Fp8Recipe recipe);
 
 /// Memory the framework and the runtime take beyond the model's tensors, per GPU, and the bytes per element of the
 /// tensor classes whose dtype is an implementation choice. The defaults are public datasheet figures (sources in
@@ -108,6 +113,8 @@ struct RunConfig {
   std::uint32_t global_batch_size = 1;
   std::uint32_t seq_length = 4096;
   schedule::DType dtype = schedule::DType::kBF16;
+  /// dtype fp8: Megatron's fp8_recipe (Fp8Recipe).
+  Fp8Recipe fp8_recipe = Fp8Recipe::kDelayed;
   bool grad_reduce_in_fp32 = false;
 
   // Recompute.
