@@ -1,23 +1,19 @@
-// Simulator speed: lowers a model (models::lower), then times the semantics core + analytic model alone, the
-// whole simulate() (with trace assembly and input hashing) and schedule::analyze, and prints simulated ops per
-// second. Plain main(); prints figures, asserts nothing. Usage: sim_bench [model tp pp nodes gbs]...
-#include <chrono>
+// Simulator speed: evaluates two fixed layouts through evaluate::evaluate (the path of predict and sweep), every
+// rank explicit, and prints the wall time of its phases (evaluate::Phases: lowering, matching, the semantics core
+// with the analytic model, the whole simulate() with trace assembly and input hashing, schedule::analyze) and
+// simulated ops per second. Plain main(); prints figures, asserts nothing; takes no arguments.
 #include <cstdio>
 #include <string>
 
-#include "models/lower.hpp"
+#include "evaluate/evaluate.hpp"
+#include "models/model_spec.hpp"
 #include "models/recipe.hpp"
-#include "schedule/analysis.hpp"
-#include "schedule/matching.hpp"
 #include "sim/simulate.hpp"
 #include "topologies/cluster.hpp"
 
 using namespace twinstep;
-using Clock = std::chrono::steady_clock;
 
 namespace {
-
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 void bench(const std::string& label, const std::string& model_id, std::uint32_t nodes, std::uint32_t tp,
            std::uint32_t pp, std::uint32_t gbs, const std::string& note) {
@@ -35,32 +31,19 @@ void bench(const std::string& label, const std::string& model_id, std::uint32_t 
   cfg.gpu_memory_bytes = cluster.node.gpu.hbm_capacity_bytes;
   cfg.cuda_device_max_connections = 1;  // as measured before (docs/performance.md), also for TP 1
   (void)models::apply_recipe_defaults(cfg, {"global_batch_size", "cuda_device_max_connections"});
-  auto t0 = Clock::now();
-  const models::Lowered lowered = models::lower(models::load_model(model_id), cfg);
-  const double t_lower = since(t0);
-  const auto& s = lowered.schedule;
-  t0 = Clock::now();
-  const auto matching = schedule::match(s);
-  const double t_match = since(t0);
-  t0 = Clock::now();
-  const sim::SimContext ctx{s, matching, cluster, costs};
-  auto model = sim::make_analytic_model(ctx);
-  const auto records = sim::run_semantics(ctx, *model);
-  const double t_core = since(t0);
-  t0 = Clock::now();
-  const schedule::Trace trace = sim::simulate(s, cluster, costs);
-  const double t_sim = since(t0);
-  t0 = Clock::now();
-  const auto b = schedule::analyze(trace);
-  const double t_analyze = since(t0);
-  const double ops = static_cast<double>(s.ops.size());
+  evaluate::Phases ph;
+  evaluate::Options opts;
+  opts.reduce = false;  // every rank explicit: the core's speed on the full schedule, as this bench has always timed
+  opts.phases = &ph;
+  const evaluate::Result r = evaluate::evaluate(models::load_model(model_id), cluster, costs, cfg, opts);
+  const double ops = static_cast<double>(ph.ops);
   std::printf("%s: %s, %u GPUs (tp %u pp %u dp %u, gbs %u), %zu ops, %zu ranks explicit%s\n", label.c_str(),
-              model_id.c_str(), cluster.num_gpus(), tp, pp, cluster.num_gpus() / (tp * pp), gbs, s.ops.size(),
-              s.ranks.size(), note.c_str());
+              model_id.c_str(), cluster.num_gpus(), tp, pp, cluster.num_gpus() / (tp * pp), gbs, ph.ops, ph.ranks,
+              note.c_str());
   std::printf(
       "  lower %.3f s | match %.3f s | core+analytic %.3f s (%.2f M ops/s) | simulate() %.3f s | analyze %.3f s\n",
-      t_lower, t_match, t_core, ops / t_core / 1e6, t_sim, t_analyze);
-  std::printf("  predicted step %.3f s; simulated-s per wall-s %.2f\n", b.step_time_s, b.step_time_s / t_sim);
+      ph.lower_s, ph.sim.match_s, ph.sim.run_s, ops / ph.sim.run_s / 1e6, ph.simulate_s, ph.analyze_s);
+  std::printf("  predicted step %.3f s; simulated-s per wall-s %.2f\n", r.step_s, r.step_s / ph.simulate_s);
 }
 
 }  // namespace

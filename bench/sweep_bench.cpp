@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
       // after an idle spell runs up to ~50 % slower whatever the build (docs/performance.md); a sweep of thousands of
       // points runs past that. The timed passes below start fresh workers, as any sweep does.
       std::vector<sweep::Point> points = base;
-      for (auto& p : points) p.fidelity = "analytic";
+      for (auto& p : points) p.fidelity = sim::Fidelity::kAnalytic;
       sweep::RunOptions opts;
       opts.output = (dir / "warmup.jsonl").string();
       opts.jobs = jobs;
@@ -94,9 +94,10 @@ int main(int argc, char** argv) {
                     1e3 * (cpu_seconds() - cpu0) / static_cast<double>(std::max<std::size_t>(1, points.size())));
       }
     }
-    for (const auto& fidelity : sweep::split_list(fidelities, "fidelity")) {
+    for (const sim::Fidelity mode : sweep::split_modes(fidelities, "fidelity", sim::parse_fidelity)) {
+      const std::string fidelity = to_string(mode);
       std::vector<sweep::Point> points = base;
-      for (auto& p : points) p.fidelity = fidelity;
+      for (auto& p : points) p.fidelity = mode;
       sweep::RunOptions opts;
       opts.output = (dir / (fidelity + ".jsonl")).string();
       opts.jobs = jobs;

@@ -35,7 +35,7 @@ struct ClusterFlags {
   std::uint32_t nodes = 0;
   std::uint32_t gpus = 0;
   std::string profile;
-  std::string fidelity = sim::default_fidelity();
+  sim::Fidelity fidelity = sim::default_fidelity();
 };
 
 void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = true) {
@@ -52,14 +52,14 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = t
       "--profile", f.profile,
       "Calibration profile: a JSON path, a shipped id (h100x1, h200x2) or \"datasheet\" (default: the measured "
       "profile of the cluster's GPU, calibration/profiles/defaults.json)");
-  sub->add_option("--fidelity", f.fidelity,
-                  "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
-                  "(SimGrid max-min flows on NVLink ports, NICs and fabric links; one child process per "
-                  "simulation). Default: " +
-                      sim::default_fidelity() + ", as in sweep" +
-                      (sim::flow_model_available() ? " (flow: " + sim::flow_engine_version() + " built in)"
-                                                   : " (this build has no SimGrid, so no flow)"))
-      ->check(CLI::IsMember({"analytic", "flow"}));
+  sub->add_option_function<std::string>(
+      "--fidelity", [&f](const std::string& v) { f.fidelity = sim::parse_fidelity(v, "--fidelity"); },
+      "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
+      "(SimGrid max-min flows on NVLink ports, NICs and fabric links; one child process per "
+      "simulation). Default: " +
+          to_string(sim::default_fidelity()) + ", as in sweep" +
+          (sim::flow_model_available() ? " (flow: " + sim::flow_engine_version() + " built in)"
+                                       : " (this build has no SimGrid, so no flow)"));
 }
 
 struct Setup {
@@ -71,11 +71,7 @@ struct Setup {
 Setup load_setup(const ClusterFlags& f) {
   Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}), {}};
   s.choice = sim::choose_profile(f.profile, s.cluster);
-  if (f.fidelity == "flow" && !sim::flow_model_available()) {
-    throw Error(
-        "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
-        "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
-  }
+  sim::check_available(f.fidelity);
   return s;
 }
 
@@ -101,6 +97,7 @@ struct VariantResult {
   double mfu = 0;
   double memory_gib = 0;
   bool fits = true;
+  models::MemoryEstimate memory;  ///< The tightest rank's breakdown.
   schedule::Breakdown breakdown;
   double solo_compute_s = 0;  ///< Mean over ranks of the compute kernels' solo times (cost model, nothing beside).
   std::map<std::string, double> host_work_s;  ///< Host thread time by cause (evaluate::Simulated::host_work_s).
@@ -196,7 +193,11 @@ std::string format_table(const std::vector<VariantResult>& results, const std::s
              fmt("%+.1f%%", 100.0 * (r.step_s - base) / base) + " vs " + results.front().name + ")";
     }
     out += "\n  TFLOP/s per GPU " + fmt("%10.1f", r.tflops_per_gpu) + "   MFU " + fmt("%.1f%%", 100.0 * r.mfu) + "\n";
-    out += "  memory per GPU  " + fmt("%10.1f GiB", r.memory_gib) + (r.fits ? "  (fits)" : "  (DOES NOT FIT)") + "\n";
+    out += "  memory per GPU  " + fmt("%10.1f GiB", r.memory_gib) + " of " +
+           fmt("%.1f GiB usable", r.memory.usable_bytes() / kGiB) +
+           (r.fits ? "  (fits, margin " : "  (DOES NOT FIT, ") + fmt("%+.1f GiB)", r.memory.margin_bytes() / kGiB) +
+           "\n";
+    out += models::memory_breakdown_text(r.memory, "  ");
     const auto& m = r.breakdown.mean;
     auto pct = [&](double s) { return fmt("%5.1f%%", r.step_s > 0 ? 100.0 * s / r.step_s : 0.0); };
     auto row = [&](const std::string& label, double s) {
@@ -314,6 +315,7 @@ Prediction run_predict(const PredictArgs& args) {
     r.mfu = e.mfu;
     r.memory_gib = e.peak_memory.total_bytes() / kGiB;
     r.fits = e.fits;
+    r.memory = e.peak_memory;
     r.warnings = std::move(e.warnings);
     r.notes = std::move(e.sim.notes);
     if (e.sim.trace) {
@@ -331,7 +333,7 @@ Prediction run_predict(const PredictArgs& args) {
     j["gpus"] = gpus;
     j["profile"] = setup.profile().name;
     j["profile_reason"] = setup.choice.reason;
-    j["fidelity"] = cf.fidelity;
+    j["fidelity"] = to_string(cf.fidelity);
     j["host_costs"] = resolved.host_costs;
     j["notes"] = resolved.notes;
     j["warnings"] = setup.choice.warnings;
@@ -347,6 +349,13 @@ Prediction run_predict(const PredictArgs& args) {
       e["mfu"] = r.mfu;
       e["memory_gib_per_gpu"] = r.memory_gib;
       e["fits"] = r.fits;
+      nlohmann::ordered_json mem = nlohmann::ordered_json::object();
+      for (const auto& [key, bytes] : models::memory_terms(r.memory)) mem[key + "_gib"] = bytes / kGiB;
+      mem["allocator_reserved_gib"] = r.memory.total_bytes() / kGiB;
+      mem["usable_capacity_gib"] = r.memory.usable_bytes() / kGiB;
+      mem["margin_gib"] = r.memory.margin_bytes() / kGiB;
+      mem["peak_phase"] = r.memory.peak_phase;
+      e["memory"] = mem;
       e["breakdown"] = breakdown_json(r.breakdown.mean);
       nlohmann::ordered_json hw = nlohmann::ordered_json::object();
       for (const auto& [cause, sec] : r.host_work_s) hw[cause] = sec;
@@ -370,7 +379,8 @@ Prediction run_predict(const PredictArgs& args) {
             ", ep " + std::to_string(base.expert_model_parallel_size) + ", mbs " +
             std::to_string(base.micro_batch_size) + ", gbs " + std::to_string(base.global_batch_size) + ", seq " +
             std::to_string(base.seq_length) + "\n";
-  header += "costs: " + setup.profile().name + " [" + setup.choice.reason + "], fidelity " + cf.fidelity + "\n";
+  header +=
+      "costs: " + setup.profile().name + " [" + setup.choice.reason + "], fidelity " + to_string(cf.fidelity) + "\n";
   header += "host costs: " + resolved.host_costs + "\n";
   for (const auto& n : resolved.notes) header += "note: " + n + "\n";
   for (const auto& w : setup.choice.warnings) header += "warning: " + w + "\n";
@@ -380,8 +390,11 @@ Prediction run_predict(const PredictArgs& args) {
       "bubble: waiting for other ranks, pipeline bubbles, host syncs; host-bound: the GPU idle while the host issues.\n"
       "MFU: model FLOPs (no recompute) / (step time x GPUs x " +
       fmt("%.0f", peak / 1e12) + " TFLOP/s, the GPU's dense " + schedule::dtype_name(base.dtype) +
-      " peak). fits: the memory estimate against " + fmt("%.1f GiB", base.gpu_memory_bytes / kGiB) +
-      " per GPU (the GPU's HBM).\n";
+      " peak). fits: the tightest rank's allocator reserve at its peak phase against " +
+      fmt("%.1f GiB", base.gpu_memory_bytes / kGiB) +
+      " per GPU (the GPU's HBM) less the CUDA context, NCCL's and "
+      "TE's userbuffers (memory costs: " +
+      base.memory.source + ").\n";
   out.text = format_table(results, header, legend);
   bool any_fits = false;
   for (const auto& r : results) any_fits = any_fits || r.fits;
@@ -400,7 +413,7 @@ const std::vector<Example>& examples() {
   static const std::vector<Example> kExamples = {
       {"qwen",
        "Qwen3-30B-A3B (MoE, 128 experts, top-8) on 2 nodes of 8 H100, EP 16, distributed optimizer: EP overlap "
-       "variants. seq 2048: with EP overlap two micro-batches are in flight and seq 4096 needs ~100 GiB per GPU",
+       "variants. seq 2048 keeps --example short; the production seq 4096 fits too (--seq 4096)",
        {"--model", "qwen3-30b-a3b", "--cluster", "dgx-h100", "--nodes", "2", "--ep", "16", "--distributed-optimizer",
         "--mbs", "1", "--gbs", "256", "--seq", "2048", "--overlap", "none,ep,ep+delay_wgrad"}},
       {"llama",
@@ -439,7 +452,7 @@ void run_examples(const std::string& which, const PredictArgs& outer) {
     std::vector<std::string> args = e->args;
     if (outer.cf.fidelity != sim::default_fidelity()) {
       args.push_back("--fidelity");
-      args.push_back(outer.cf.fidelity);
+      args.push_back(to_string(outer.cf.fidelity));
     }
     std::string command = "twinstep predict";
     for (const auto& a : args) command += " " + a;
@@ -490,7 +503,7 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   const schedule::Breakdown& b = simulated.breakdown;
   std::fputs(
       ("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile().name + ", fidelity " +
-       cf.fidelity + ")\n" + schedule::format_breakdown(b) +
+       to_string(cf.fidelity) + ")\n" + schedule::format_breakdown(b) +
        (out.empty() ? "no trace written (-o FILE writes it, -o - to stdout)\n" : "trace written to " + out + "\n"))
           .c_str(),
       stdout);

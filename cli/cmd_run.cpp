@@ -65,7 +65,7 @@ std::string build_info() {
   std::string out = "twinstep 0.1.0\n";
   out += "flow model: " +
          (sim::flow_model_available() ? sim::flow_engine_version() : std::string("not built (no SimGrid)")) + "\n";
-  out += "default fidelity: " + sim::default_fidelity() + "\n";
+  out += "default fidelity: " + to_string(sim::default_fidelity()) + "\n";
 #if defined(TWINSTEP_HAVE_BACKEND)
   const std::string mpi = backend::mpi_init_provider();
   out += "backend: CUDA/NCCL\n";

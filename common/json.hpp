@@ -19,8 +19,8 @@
 namespace twinstep {
 
 /// Parses `text` (the contents of `source`, a file name for messages). `callback`, when given, sees every parse
-/// event as in nlohmann::json::parse (schedule/json.cpp streams a schedule's ops through one). A syntax error throws
-/// ParseError with file() = `source` and pointer() = "line L, column C" (1-based, the character where parsing
+/// event as in nlohmann::json::parse (schedule/json_read.cpp streams a schedule's ops through one). A syntax error
+/// throws ParseError with file() = `source` and pointer() = "line L, column C" (1-based, the character where parsing
 /// stopped); other errors from the parser (a number out of range) name no position.
 [[nodiscard]] nlohmann::json parse_json(std::string_view text, const std::string& source,
                                         const nlohmann::json::parser_callback_t& callback = nullptr);

@@ -5,6 +5,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "common/enum_names.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/json.hpp"
@@ -14,6 +15,21 @@ namespace twinstep::models {
 namespace {
 
 using Json = nlohmann::json;
+
+constexpr NameTable<RecomputeGranularity, 3> kRecomputeGranularities{{{"none", RecomputeGranularity::kNone},
+                                                                      {"selective", RecomputeGranularity::kSelective},
+                                                                      {"full", RecomputeGranularity::kFull}}};
+constexpr NameTable<RecomputeMethod, 2> kRecomputeMethods{
+    {{"uniform", RecomputeMethod::kUniform}, {"block", RecomputeMethod::kBlock}}};
+constexpr NameTable<CpCommType, 4> kCpCommTypes{{{"p2p", CpCommType::kP2p},
+                                                 {"all_gather", CpCommType::kAllGather},
+                                                 {"a2a", CpCommType::kA2a},
+                                                 {"a2a+p2p", CpCommType::kA2aP2p}}};
+constexpr NameTable<TokenDispatcher, 3> kTokenDispatchers{{{"alltoall", TokenDispatcher::kAllToAll},
+                                                           {"allgather", TokenDispatcher::kAllGather},
+                                                           {"flex", TokenDispatcher::kFlex}}};
+constexpr NameTable<Fp8Recipe, 2> kFp8Recipes{
+    {{"delayed", Fp8Recipe::kDelayed}, {"tensorwise", Fp8Recipe::kTensorwise}}};
 
 /// One JSON field bound to a RunConfig member: how to read it and how to write it.
 struct Field {
@@ -26,6 +42,14 @@ template <typename T>
 Field plain(const char* name, T RunConfig::*member) {
   return Field{name, [member](RunConfig& c, const Json& j) { c.*member = j.get<T>(); },
                [member](const RunConfig& c) { return Json(c.*member); }};
+}
+
+/// A mode field: read with its parse_X, written with to_string.
+template <typename E>
+Field mode(const char* name, E RunConfig::*member, E (*parse)(std::string_view, std::string_view)) {
+  return Field{name,
+               [name, member, parse](RunConfig& c, const Json& j) { c.*member = parse(j.get<std::string>(), name); },
+               [member](const RunConfig& c) { return Json(to_string(c.*member)); }};
 }
 
 template <typename T>
@@ -54,9 +78,10 @@ const std::vector<Field>& fields() {
       plain("seq_length", &RunConfig::seq_length),
       Field{"dtype", [](RunConfig& c, const Json& j) { c.dtype = schedule::parse_dtype(j.get<std::string>()); },
             [](const RunConfig& c) { return Json(schedule::dtype_name(c.dtype)); }},
+      mode("fp8_recipe", &RunConfig::fp8_recipe, parse_fp8_recipe),
       plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
-      plain("recompute_granularity", &RunConfig::recompute_granularity),
-      plain("recompute_method", &RunConfig::recompute_method),
+      mode("recompute_granularity", &RunConfig::recompute_granularity, parse_recompute_granularity),
+      mode("recompute_method", &RunConfig::recompute_method, parse_recompute_method),
       plain("recompute_num_layers", &RunConfig::recompute_num_layers),
       plain("use_distributed_optimizer", &RunConfig::use_distributed_optimizer),
       plain("overlap_grad_reduce", &RunConfig::overlap_grad_reduce),
@@ -65,14 +90,14 @@ const std::vector<Field>& fields() {
       plain("tp_comm_overlap", &RunConfig::tp_comm_overlap),
       plain("overlap_p2p_comm", &RunConfig::overlap_p2p_comm),
       plain("batch_p2p_comm", &RunConfig::batch_p2p_comm),
-      plain("cp_comm_type", &RunConfig::cp_comm_type),
+      mode("cp_comm_type", &RunConfig::cp_comm_type, parse_cp_comm_type),
       plain("cuda_device_max_connections", &RunConfig::cuda_device_max_connections),
       plain("batch_p2p_sync", &RunConfig::batch_p2p_sync),
       plain("microbatch_group_size_per_vp_stage", &RunConfig::microbatch_group_size_per_vp_stage),
       plain("align_grad_reduce", &RunConfig::align_grad_reduce),
       plain("hierarchical_context_parallel_sizes", &RunConfig::hierarchical_context_parallel_sizes),
       plain("gpu_compute_capability_major", &RunConfig::gpu_compute_capability_major),
-      plain("moe_token_dispatcher_type", &RunConfig::moe_token_dispatcher_type),
+      mode("moe_token_dispatcher_type", &RunConfig::moe_token_dispatcher_type, parse_token_dispatcher),
       plain("overlap_moe_expert_parallel_comm", &RunConfig::overlap_moe_expert_parallel_comm),
       plain("delay_wgrad_compute", &RunConfig::delay_wgrad_compute),
       plain("moe_shared_expert_overlap", &RunConfig::moe_shared_expert_overlap),
@@ -128,6 +153,8 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
     } catch (const Json::exception& e) {
       throw ParseError(source, pointer,
                        std::string("wrong type for \"") + found->name + "\": " + json_error_message(e));
+    } catch (const UnknownNameError& e) {
+      throw ParseError(source, pointer, e.message());
     } catch (const Error& e) {
       throw ParseError(source, pointer, e.what());
     }
@@ -135,6 +162,27 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
 }
 
 }  // namespace
+
+RecomputeGranularity parse_recompute_granularity(std::string_view text, std::string_view field) {
+  return parse_name(kRecomputeGranularities, text, field);
+}
+RecomputeMethod parse_recompute_method(std::string_view text, std::string_view field) {
+  return parse_name(kRecomputeMethods, text, field);
+}
+CpCommType parse_cp_comm_type(std::string_view text, std::string_view field) {
+  return parse_name(kCpCommTypes, text, field);
+}
+TokenDispatcher parse_token_dispatcher(std::string_view text, std::string_view field) {
+  return parse_name(kTokenDispatchers, text, field);
+}
+std::string to_string(RecomputeGranularity granularity) { return name_of(kRecomputeGranularities, granularity); }
+std::string to_string(RecomputeMethod method) { return name_of(kRecomputeMethods, method); }
+std::string to_string(CpCommType type) { return name_of(kCpCommTypes, type); }
+std::string to_string(TokenDispatcher dispatcher) { return name_of(kTokenDispatchers, dispatcher); }
+Fp8Recipe parse_fp8_recipe(std::string_view text, std::string_view field) {
+  return parse_name(kFp8Recipes, text, field);
+}
+std::string to_string(Fp8Recipe recipe) { return name_of(kFp8Recipes, recipe); }
 
 RunConfig run_config_from_json(const std::string& text, const std::string& source, const RunConfig& base,
                                std::set<std::string>* present) {
@@ -222,11 +270,11 @@ RunConfig apply_overlap_variant(const RunConfig& base, const std::string& varian
   if (pp && base.virtual_pipeline_model_parallel_size > 1) c.batch_p2p_comm = false;
   // CP: the p2p ring is the overlapped form; all_gather is its non-overlapped counterpart. The a2a types (a2a,
   // a2a+p2p) have no overlap toggle and are kept as configured.
-  const bool a2a_type = base.cp_comm_type == "a2a" || base.cp_comm_type == "a2a+p2p";
+  const bool a2a_type = base.cp_comm_type == CpCommType::kA2a || base.cp_comm_type == CpCommType::kA2aP2p;
   if (cp && !a2a_type)
-    c.cp_comm_type = "p2p";
-  else if (!cp && base.cp_comm_type == "p2p")
-    c.cp_comm_type = "all_gather";
+    c.cp_comm_type = CpCommType::kP2p;
+  else if (!cp && base.cp_comm_type == CpCommType::kP2p)
+    c.cp_comm_type = CpCommType::kAllGather;
   c.overlap_moe_expert_parallel_comm = ep;
   c.delay_wgrad_compute = delay;
   c.moe_shared_expert_overlap = shared;

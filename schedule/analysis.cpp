@@ -121,6 +121,49 @@ RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<st
   return acc;
 }
 
+/// The schedule's present ranks, ascending; `rank_index` maps a rank to its position there (UINT32_MAX: absent).
+std::vector<RankId> present_ranks(const Schedule& s, std::vector<std::uint32_t>& rank_index) {
+  for (RankId r : s.ranks) {
+    if (r >= rank_index.size()) rank_index.resize(std::size_t{r} + 1, UINT32_MAX);
+    rank_index[r] = 0;
+  }
+  std::vector<RankId> ranks;
+  for (std::size_t r = 0; r < rank_index.size(); ++r) {
+    if (rank_index[r] != UINT32_MAX) {
+      rank_index[r] = static_cast<std::uint32_t>(ranks.size());
+      ranks.push_back(static_cast<RankId>(r));
+    }
+  }
+  return ranks;
+}
+
+/// Sweeps each rank's events over [t0, t1] into its breakdown, appended to `b.ranks`, and sets the mean over ranks.
+void add_rank_breakdowns(Breakdown& b, std::vector<std::vector<Event>>& events, const std::vector<RankId>& ranks,
+                         Nanos t0, Nanos t1, const std::vector<std::uint32_t>& kind_of_op,
+                         const std::vector<std::string>& kinds) {
+  for (std::size_t ri = 0; ri < ranks.size(); ++ri) {
+    const RankAccum a = sweep(events[ri], t0, t1, kind_of_op, kinds.size());
+    RankBreakdown rb;
+    rb.rank = ranks[ri];
+    rb.compute_s = to_seconds(a.compute);
+    rb.host_bound_s = to_seconds(a.host);
+    rb.bubble_s = to_seconds(a.bubble);
+    rb.busy_comm_s = to_seconds(a.busy_comm);
+    for (std::size_t kind = 0; kind < kinds.size(); ++kind) {
+      if (a.exposed[kind] > 0) rb.exposed_comm_s[kinds[kind]] = to_seconds(a.exposed[kind]);
+    }
+    b.ranks.push_back(rb);
+  }
+  const double n = b.ranks.empty() ? 1.0 : static_cast<double>(b.ranks.size());
+  for (const RankBreakdown& rb : b.ranks) {
+    b.mean.compute_s += rb.compute_s / n;
+    b.mean.host_bound_s += rb.host_bound_s / n;
+    b.mean.bubble_s += rb.bubble_s / n;
+    b.mean.busy_comm_s += rb.busy_comm_s / n;
+    for (const auto& [kind, sec] : rb.exposed_comm_s) b.mean.exposed_comm_s[kind] += sec / n;
+  }
+}
+
 }  // namespace
 
 Breakdown analyze(const Trace& trace) {
@@ -128,6 +171,8 @@ Breakdown analyze(const Trace& trace) {
   return analyze(trace, match(trace.schedule));
 }
 
+// About 125 lines on purpose: one pass over the ops builds every rank's events, and its helpers (add_busy,
+// host_interval) share that pass's state (the event lists, each rank's last busy end and last op).
 Breakdown analyze(const Trace& trace, const Matching& m) {
   const Schedule& s = trace.schedule;
   Breakdown b;
@@ -162,19 +207,8 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
   std::uint32_t unknown_kind = UINT32_MAX;
   std::vector<std::uint32_t> kind_of_op(s.ops.size(), UINT32_MAX);
 
-  // Present ranks, ascending, by dense index.
   std::vector<std::uint32_t> rank_index;
-  for (RankId r : s.ranks) {
-    if (r >= rank_index.size()) rank_index.resize(std::size_t{r} + 1, UINT32_MAX);
-    rank_index[r] = 0;
-  }
-  std::vector<RankId> ranks;
-  for (std::size_t r = 0; r < rank_index.size(); ++r) {
-    if (rank_index[r] != UINT32_MAX) {
-      rank_index[r] = static_cast<std::uint32_t>(ranks.size());
-      ranks.push_back(static_cast<RankId>(r));
-    }
-  }
+  const std::vector<RankId> ranks = present_ranks(s, rank_index);
   auto index_of = [&](RankId r) { return r < rank_index.size() ? rank_index[r] : UINT32_MAX; };
   std::vector<std::vector<Event>> events(ranks.size());
   // Busy intervals of one kind (compute, host) are only counted, so two that abut ([a, b) and [b, c)) count exactly
@@ -264,27 +298,7 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
     host_interval(ri, last, std::holds_alternative<Host>(s.ops[last].body) ? r.end_ns : r.issue_ns);
   }
 
-  for (std::size_t ri = 0; ri < ranks.size(); ++ri) {
-    const RankAccum a = sweep(events[ri], t0, t1, kind_of_op, kinds.size());
-    RankBreakdown rb;
-    rb.rank = ranks[ri];
-    rb.compute_s = to_seconds(a.compute);
-    rb.host_bound_s = to_seconds(a.host);
-    rb.bubble_s = to_seconds(a.bubble);
-    rb.busy_comm_s = to_seconds(a.busy_comm);
-    for (std::size_t kind = 0; kind < kinds.size(); ++kind) {
-      if (a.exposed[kind] > 0) rb.exposed_comm_s[kinds[kind]] = to_seconds(a.exposed[kind]);
-    }
-    b.ranks.push_back(rb);
-  }
-  const double n = b.ranks.empty() ? 1.0 : static_cast<double>(b.ranks.size());
-  for (const RankBreakdown& rb : b.ranks) {
-    b.mean.compute_s += rb.compute_s / n;
-    b.mean.host_bound_s += rb.host_bound_s / n;
-    b.mean.bubble_s += rb.bubble_s / n;
-    b.mean.busy_comm_s += rb.busy_comm_s / n;
-    for (const auto& [kind, sec] : rb.exposed_comm_s) b.mean.exposed_comm_s[kind] += sec / n;
-  }
+  add_rank_breakdowns(b, events, ranks, t0, t1, kind_of_op, kinds);
   return b;
 }
 

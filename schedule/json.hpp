@@ -1,5 +1,6 @@
-// JSON spelling of the schedule IR and of traces, versioned by "schema_version". Only json.cpp includes
-// nlohmann/json. Readers report the file and the JSON pointer of the offending field (ParseError).
+// JSON spelling of the schedule IR and of traces, versioned by "schema_version". Read in json_read.cpp (the only
+// file here that includes nlohmann/json), written in json_write.cpp. Readers report the file and the JSON pointer
+// of the offending field (ParseError).
 #pragma once
 
 #include <string>

@@ -1,6 +1,6 @@
 // Chrome trace-event JSON for Perfetto / chrome://tracing: pid = rank ("rank N"), tid 0 = the host thread,
 // tid 1+s = stream s; one complete ("X") event per op record, ts/dur in microseconds with ns precision.
-// Written by hand (nlohmann stays in json.cpp); output is deterministic: records in op-id order.
+// Written by hand (nlohmann stays in json_read.cpp); output is deterministic: records in op-id order.
 #include "schedule/perfetto.hpp"
 
 #include <charconv>
@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common/json_string.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
 
@@ -16,24 +17,7 @@ namespace twinstep::schedule {
 
 namespace {
 
-void put_str(std::string& out, std::string_view s) {
-  out.push_back('"');
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (u < 0x20) {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\u00";
-      out.push_back(kHex[u >> 4]);
-      out.push_back(kHex[u & 15]);
-    } else {
-      out.push_back(c);
-    }
-  }
-  out.push_back('"');
-}
+void put_str(std::string& out, std::string_view s) { append_json_string(out, s); }
 
 template <typename T>
 void put_int(std::string& out, T v) {

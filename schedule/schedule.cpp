@@ -1,23 +1,21 @@
 // Small lookups on the IR types.
 #include "schedule/schedule.hpp"
 
-#include <type_traits>
+#include "common/enum_names.hpp"
+#include "schedule/op_kind.hpp"
 
 namespace twinstep::schedule {
 
-const char* kind_name(const Body& body) {
-  return std::visit(
-      [](const auto& b) -> const char* {
-        using T = std::decay_t<decltype(b)>;
-        if constexpr (std::is_same_v<T, Compute>) return "compute";
-        if constexpr (std::is_same_v<T, Collective>) return "collective";
-        if constexpr (std::is_same_v<T, Send>) return "send";
-        if constexpr (std::is_same_v<T, Recv>) return "recv";
-        if constexpr (std::is_same_v<T, Host>) return "host";
-        if constexpr (std::is_same_v<T, HostSync>) return "host_sync";
-      },
-      body);
-}
+namespace {
+constexpr NameTable<OpKind, 6> kOpKinds{{{"compute", OpKind::kCompute},
+                                         {"collective", OpKind::kCollective},
+                                         {"send", OpKind::kSend},
+                                         {"recv", OpKind::kRecv},
+                                         {"host", OpKind::kHost},
+                                         {"host_sync", OpKind::kHostSync}}};
+}  // namespace
+
+const char* kind_name(const Body& body) { return name_of(kOpKinds, kind_of(body)); }
 
 std::optional<StreamId> find_stream(const Schedule& s, const std::string& name) {
   for (std::size_t i = 0; i < s.streams.size(); ++i) {

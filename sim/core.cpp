@@ -9,6 +9,7 @@
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
+#include "schedule/op_kind.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::sim {
@@ -19,25 +20,7 @@ using schedule::OpId;
 
 constexpr std::uint32_t kNone = UINT32_MAX;
 
-enum class OpClass : std::uint8_t { kCompute, kCollective, kSend, kRecv, kHost, kHostSync };
-
-OpClass class_of(const schedule::Body& b) {
-  switch (b.index()) {
-    case 0:
-      return OpClass::kCompute;
-    case 1:
-      return OpClass::kCollective;
-    case 2:
-      return OpClass::kSend;
-    case 3:
-      return OpClass::kRecv;
-    case 4:
-      return OpClass::kHost;
-    default:
-      return OpClass::kHostSync;
-  }
-}
-static_assert(std::variant_size_v<schedule::Body> == 6, "a new op kind needs a case in class_of and in the core");
+using schedule::OpKind;
 
 /// The run's state of one op, in one cache line: the run visits the ops rank by rank, interleaved, where a dozen
 /// per-op arrays would cost a cache miss each.
@@ -49,7 +32,7 @@ struct alignas(64) OpState {
   std::uint32_t dep_begin = 0, dep_end = 0;  ///< Its dependents: dependents_[dep_begin, dep_end).
   OpId sync_waiter = kNoOp;                  ///< The host_sync waiting for it.
   std::uint32_t link = UINT32_MAX;           ///< Collective: its instance (Matching::instance_of); send/recv: partner.
-  OpClass cls = OpClass::kCompute;
+  OpKind cls = OpKind::kCompute;
   std::uint8_t reached = 0, completed = 0, issued = 0;
 };
 
@@ -124,16 +107,16 @@ class Core {
       rank_of[i] = op.rank;
       max_rank = std::max(max_rank, op.rank);
       OpState& st = op_[i];
-      st.cls = class_of(op.body);
-      if (st.cls == OpClass::kHost) {
+      st.cls = schedule::kind_of(op.body);
+      if (st.cls == OpKind::kHost) {
         st.host_ns = std::get<schedule::Host>(op.body).duration_ns;
       } else {
         st.host_ns = ctx_.costs.launch_ns(op);
       }
-      if (st.cls == OpClass::kCollective && !m_.instance_of.empty()) st.link = m_.instance_of[i];
-      if ((st.cls == OpClass::kSend || st.cls == OpClass::kRecv) && !m_.partner.empty()) st.link = m_.partner[i];
-      if (st.cls == OpClass::kHostSync) sync_target_.emplace_back(i, std::get<schedule::HostSync>(op.body).target);
-      if (st.cls == OpClass::kHost || st.cls == OpClass::kHostSync) continue;
+      if (st.cls == OpKind::kCollective && !m_.instance_of.empty()) st.link = m_.instance_of[i];
+      if ((st.cls == OpKind::kSend || st.cls == OpKind::kRecv) && !m_.partner.empty()) st.link = m_.partner[i];
+      if (st.cls == OpKind::kHostSync) sync_target_.emplace_back(i, std::get<schedule::HostSync>(op.body).target);
+      if (st.cls == OpKind::kHost || st.cls == OpKind::kHostSync) continue;
       std::uint32_t pend = 1;  // issue
       const std::size_t key = static_cast<std::size_t>(op.rank) * n_streams + op.stream % n_streams;
       if (key >= last_on_stream.size())
@@ -220,14 +203,14 @@ class Core {
     while (pos_[r] < end) {
       if (blocked_on_[r] != kNoOp) return;
       const OpId op = rank_ops_[pos_[r]];
-      const OpClass cls = op_[op].cls;
-      if (at > t && (cls == OpClass::kHost || cls == OpClass::kHostSync)) {
+      const OpKind cls = op_[op].cls;
+      if (at > t && (cls == OpKind::kHost || cls == OpKind::kHostSync)) {
         push_wake(r, at);
         return;
       }
       op_[op].issue = at;
       switch (cls) {
-        case OpClass::kHost: {
+        case OpKind::kHost: {
           ++pos_[r];
           op_[op].start = t;
           const Nanos d = op_[op].host_ns;
@@ -239,7 +222,7 @@ class Core {
           complete(op, t);
           break;
         }
-        case OpClass::kHostSync: {
+        case OpKind::kHostSync: {
           ++pos_[r];
           op_[op].start = t;
           const OpId target = sync_target(op);
@@ -255,7 +238,10 @@ class Core {
           op_[target].sync_waiter = op;
           return;
         }
-        default:
+        case OpKind::kCompute:
+        case OpKind::kCollective:
+        case OpKind::kSend:
+        case OpKind::kRecv:
           ++pos_[r];
           at += op_[op].host_ns;  // issued when its launch ends
           op_[op].issued = 1;
@@ -299,10 +285,10 @@ class Core {
     op_[op].start = t;
     op_[op].reached = 1;
     switch (op_[op].cls) {
-      case OpClass::kCompute:
+      case OpKind::kCompute:
         model_.start(op, Activity{ActivityKind::kCompute, op, UINT32_MAX, kNoOp}, t);
         break;
-      case OpClass::kCollective: {
+      case OpKind::kCollective: {
         const std::uint32_t inst = op_[op].link;
         if (inst == UINT32_MAX) return;  // unmatched: reported as a deadlock
         if (++arrived_[inst] == present_[inst]) {
@@ -312,40 +298,43 @@ class Core {
         }
         break;
       }
-      case OpClass::kSend:
-      case OpClass::kRecv: {
+      case OpKind::kSend:
+      case OpKind::kRecv: {
         const OpId partner = op_[op].link;
         if (partner == kNoOp || op_[partner].reached == 0) {
           if (partner != kNoOp) model_.comm_waiting(op, t);
           return;
         }
-        const OpId send = op_[op].cls == OpClass::kSend ? op : partner;
+        const OpId send = op_[op].cls == OpKind::kSend ? op : partner;
         const OpId recv = send == op ? partner : op;
         model_.start(send, Activity{ActivityKind::kPointToPoint, send, UINT32_MAX, recv}, t);
         break;
       }
-      default:
+      case OpKind::kHost:
+      case OpKind::kHostSync:
         TWINSTEP_ASSERT(false, "host op %u on a stream", op);
     }
   }
 
   void activity_done(ActivityId id, Nanos t) {
     switch (op_[id].cls) {
-      case OpClass::kCompute:
+      case OpKind::kCompute:
         complete(id, t);
         break;
-      case OpClass::kCollective:
+      case OpKind::kCollective:
         for (OpId o : m_.collectives[op_[id].link].ops) {
           if (o != kNoOp) complete(o, t);
         }
         break;
-      case OpClass::kSend: {
+      case OpKind::kSend: {
         const OpId recv = op_[id].link;
         complete(std::min(id, recv), t);
         complete(std::max(id, recv), t);
         break;
       }
-      default:
+      case OpKind::kRecv:  // completed with its send
+      case OpKind::kHost:
+      case OpKind::kHostSync:
         TWINSTEP_ASSERT(false, "activity %u is not a GPU op", id);
     }
   }
@@ -370,11 +359,11 @@ class Core {
   /// Why `op` (not completed) has not completed.
   std::string why(OpId op) const {
     const auto& o = s_.ops[op];
-    if (op_[op].cls == OpClass::kHostSync) {
+    if (op_[op].cls == OpKind::kHostSync) {
       const OpId target = std::get<schedule::HostSync>(o.body).target;
       return "host_sync waits for " + op_label(target) + ", which has not completed";
     }
-    if (op_[op].cls == OpClass::kHost) return "host op in progress";
+    if (op_[op].cls == OpKind::kHost) return "host op in progress";
     if (op_[op].reached == 0) {
       if (op_[op].issued == 0) return "not issued yet (the host thread is blocked earlier)";
       for (OpId d : o.deps) {
@@ -382,7 +371,7 @@ class Core {
       }
       return "waits for the op before it on its stream";
     }
-    if (op_[op].cls == OpClass::kCollective) {
+    if (op_[op].cls == OpKind::kCollective) {
       const std::uint32_t inst = m_.instance_of.empty() ? UINT32_MAX : m_.instance_of[op];
       if (inst == UINT32_MAX) return "collective has no matching instance on the other members";
       std::string missing;
@@ -401,7 +390,7 @@ class Core {
       return "collective waits for members that have not reached it: " + missing;
     }
     const OpId partner = m_.partner.empty() ? kNoOp : m_.partner[op];
-    const char* what = op_[op].cls == OpClass::kSend ? "recv" : "send";
+    const char* what = op_[op].cls == OpKind::kSend ? "recv" : "send";
     if (partner == kNoOp) return std::string("has no matching ") + what + " on the peer";
     if (op_[partner].reached != 0) {
       return std::string("matched with ") + op_label(partner) + " on rank " + std::to_string(s_.ops[partner].rank) +

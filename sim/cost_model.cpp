@@ -12,6 +12,7 @@
 #include "common/assert.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
+#include "schedule/op_kind.hpp"
 
 namespace twinstep::sim {
 namespace {
@@ -136,25 +137,18 @@ constexpr const char* kLaunchClasses[6] = {"compute", "memcpy", "collective", "s
 constexpr const char* kKernelClasses[8] = {"gemm",        "grouped_gemm", "attention_fwd", "attention_bwd",
                                            "elementwise", "optimizer",    "memcpy",        ""};
 
-int kernel_class_index(const schedule::Kernel& k) {
-  switch (k.index()) {
-    case 0:
-      return 0;
-    case 1:
-      return 1;
-    case 2:
-      return std::get<schedule::Attention>(k).backward ? 3 : 2;
-    case 3:
-      return 4;
-    case 4:
-      return 5;
-    case 5:
-      return 6;
-    default:
-      return 7;
-  }
-}
-static_assert(std::variant_size_v<schedule::Kernel> == 6, "a new kernel class needs an efficiency slot");
+/// A kernel's slot in kKernelClasses: one overload per Kernel alternative and no catch-all, so a new kernel class
+/// does not compile until it has a slot.
+struct KernelClassIndex {
+  int operator()(const schedule::Gemm& /*unused*/) const { return 0; }
+  int operator()(const schedule::GroupedGemm& /*unused*/) const { return 1; }
+  int operator()(const schedule::Attention& a) const { return a.backward ? 3 : 2; }
+  int operator()(const schedule::Elementwise& /*unused*/) const { return 4; }
+  int operator()(const schedule::Optimizer& /*unused*/) const { return 5; }
+  int operator()(const schedule::Memcpy& /*unused*/) const { return 6; }
+};
+
+int kernel_class_index(const schedule::Kernel& k) { return std::visit(KernelClassIndex{}, k); }
 }  // namespace
 
 CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
@@ -170,22 +164,24 @@ CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
 }
 
 Nanos CostModel::launch_ns(const schedule::Op& op) const {
-  switch (op.body.index()) {
-    case 0:
+  // Slots of kLaunchClasses.
+  switch (schedule::kind_of(op.body)) {
+    case schedule::OpKind::kCompute:
       return launch_by_class_[std::holds_alternative<schedule::Memcpy>(std::get<schedule::Compute>(op.body).kernel)
                                   ? 1
                                   : 0];
-    case 1:
+    case schedule::OpKind::kCollective:
       return launch_by_class_[2];
-    case 2:
+    case schedule::OpKind::kSend:
       return launch_by_class_[3];
-    case 3:
+    case schedule::OpKind::kRecv:
       return launch_by_class_[4];
-    case 5:
+    case schedule::OpKind::kHostSync:
       return launch_by_class_[5];
-    default:
+    case schedule::OpKind::kHost:
       return 0;  // host ops carry their own duration
   }
+  return 0;  // not reached: the switch names every kind
 }
 
 KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {

@@ -28,6 +28,9 @@
 //                   "optimizer_per_param": ..., "optimizer_per_group": ..., "moe_router": ..., "moe_preprocess": ...,
 //                   "moe_permute": ..., "moe_unpermute": ..., "ep_node": ..., "source": "..."},
 //                   (every figure optional: absent = not measured; sim::kFrameworkFields lists them)
+//     "memory_overhead": {"cuda_context_bytes": 5.2e8, "cublas_workspace_bytes": 3.4e7,
+//                         "nccl_buffer_bytes_per_channel": 4.2e6, "allocator_reserved_over_allocated": 1.03,
+//                         "source": "..."},  (optional, later addition; each key optional: what the GPU measured)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
 //               "note": "..."}] }
 // The later additions are optional, so every schema-1 file reads as before. profile_to_json() writes the same
@@ -92,6 +95,154 @@ class Reader : public JsonReader {
   }
 };
 
+/// "collectives": measured parameters per (kind, algorithm, protocol, span, ranks).
+void read_collectives(const Reader& r, const Json& arr, Profile& p) {
+  if (!arr.is_array()) r.fail("/collectives", "expected an array");
+  for (std::size_t i = 0; i < arr.size(); ++i) {
+    const std::string ptr = "/collectives/" + std::to_string(i);
+    const Json& e = arr[i];
+    r.keys(e, ptr,
+           {"kind", "algorithm", "protocol", "span", "ranks", "base_latency", "step_latency", "bus_bandwidth",
+            "bus_efficiency"});
+    CollectiveParams c;
+    if (e.contains("kind")) {
+      const std::string k = e["kind"].is_string() ? e["kind"].get<std::string>() : "";
+      if (k != "any" && k != "all_reduce" && k != "all_gather" && k != "reduce_scatter" && k != "broadcast" &&
+          k != "all_to_all" && k != "send_recv") {
+        r.fail(ptr + "/kind", "use all_reduce, all_gather, reduce_scatter, broadcast, all_to_all, send_recv or any");
+      }
+      c.kind = k;
+    }
+    if (!e.contains("algorithm")) r.fail(ptr + "/algorithm", "missing required field \"algorithm\"");
+    if (!e.contains("protocol")) r.fail(ptr + "/protocol", "missing required field \"protocol\"");
+    c.algo = r.algo(e["algorithm"], ptr + "/algorithm");
+    c.proto = r.proto(e["protocol"], ptr + "/protocol");
+    const std::string span = e.contains("span") && e["span"].is_string() ? e["span"].get<std::string>() : "";
+    if (span != "intra" && span != "inter")
+      r.fail(ptr + "/span", "use \"intra\" (one node) or \"inter\" (across nodes)");
+    c.inter_node = span == "inter";
+    if (e.contains("ranks")) c.ranks = r.count(e["ranks"], ptr + "/ranks", 2);
+    if (e.contains("base_latency"))
+      c.base_latency_s = r.quantity(e["base_latency"], ptr + "/base_latency", Dimension::kTime);
+    if (e.contains("step_latency"))
+      c.step_latency_s = r.quantity(e["step_latency"], ptr + "/step_latency", Dimension::kTime);
+    if (e.contains("bus_bandwidth")) {
+      c.bus_bytes_per_s = r.quantity(e["bus_bandwidth"], ptr + "/bus_bandwidth", Dimension::kBandwidth);
+      if (c.bus_bytes_per_s <= 0) r.fail(ptr + "/bus_bandwidth", "must be positive");
+    }
+    if (e.contains("bus_efficiency")) c.bus_efficiency = r.table(e["bus_efficiency"], ptr + "/bus_efficiency");
+    p.collectives.push_back(c);
+  }
+}
+
+/// "nccl": the algorithms and protocols NCCL may choose, channel and peer counts.
+void read_nccl(const Reader& r, const Json& n, Profile& p) {
+  r.keys(n, "/nccl",
+         {"algorithms", "protocols", "channels_intra", "channels_inter", "p2p_channels_nvlink", "p2p_channels_net",
+          "p2p_peers_per_round", "net_overhead"});
+  if (n.contains("algorithms")) {
+    if (!n["algorithms"].is_array() || n["algorithms"].empty())
+      r.fail("/nccl/algorithms", "expected a non-empty array");
+    p.nccl.algorithms.clear();
+    for (std::size_t i = 0; i < n["algorithms"].size(); ++i) {
+      p.nccl.algorithms.push_back(r.algo(n["algorithms"][i], "/nccl/algorithms/" + std::to_string(i)));
+    }
+  }
+  if (n.contains("protocols")) {
+    if (!n["protocols"].is_array() || n["protocols"].empty()) r.fail("/nccl/protocols", "expected a non-empty array");
+    p.nccl.protocols.clear();
+    for (std::size_t i = 0; i < n["protocols"].size(); ++i) {
+      p.nccl.protocols.push_back(r.proto(n["protocols"][i], "/nccl/protocols/" + std::to_string(i)));
+    }
+  }
+  if (n.contains("channels_intra")) p.nccl.channels_intra = r.count(n["channels_intra"], "/nccl/channels_intra", 1);
+  if (n.contains("channels_inter")) p.nccl.channels_inter = r.count(n["channels_inter"], "/nccl/channels_inter", 1);
+  if (n.contains("p2p_channels_nvlink")) {
+    p.nccl.p2p_channels_nvlink = r.count(n["p2p_channels_nvlink"], "/nccl/p2p_channels_nvlink", 1);
+  }
+  if (n.contains("p2p_channels_net"))
+    p.nccl.p2p_channels_net = r.count(n["p2p_channels_net"], "/nccl/p2p_channels_net", 1);
+  if (n.contains("p2p_peers_per_round")) {
+    p.nccl.p2p_peers_per_round = r.count(n["p2p_peers_per_round"], "/nccl/p2p_peers_per_round", 1);
+  }
+  if (n.contains("net_overhead"))
+    p.nccl.net_overhead_s = r.quantity(n["net_overhead"], "/nccl/net_overhead", Dimension::kTime);
+}
+
+/// "interference": HBM traffic of communication kernels, tiles, SMs held by waiting kernels.
+void read_interference(const Reader& r, const Json& f, Profile& p) {
+  r.keys(f, "/interference",
+         {"comm_hbm_bytes_per_bus_byte", "gemm_tile_m", "gemm_tile_n", "attention_tile_q", "waiting_sms_per_channel",
+          "waiting_sms_per_channel_more"});
+  if (f.contains("comm_hbm_bytes_per_bus_byte")) {
+    p.interference.comm_hbm_bytes_per_bus_byte = r.quantity(
+        f["comm_hbm_bytes_per_bus_byte"], "/interference/comm_hbm_bytes_per_bus_byte", Dimension::kDimensionless);
+    if (p.interference.comm_hbm_bytes_per_bus_byte < 0) {
+      r.fail("/interference/comm_hbm_bytes_per_bus_byte", "must not be negative");
+    }
+  }
+  if (f.contains("gemm_tile_m")) p.interference.gemm_tile_m = r.count(f["gemm_tile_m"], "/interference/gemm_tile_m", 1);
+  if (f.contains("gemm_tile_n")) p.interference.gemm_tile_n = r.count(f["gemm_tile_n"], "/interference/gemm_tile_n", 1);
+  if (f.contains("waiting_sms_per_channel")) {
+    p.interference.waiting_sms_per_channel =
+        r.quantity(f["waiting_sms_per_channel"], "/interference/waiting_sms_per_channel", Dimension::kDimensionless);
+    if (p.interference.waiting_sms_per_channel < 0 || p.interference.waiting_sms_per_channel > 1) {
+      r.fail("/interference/waiting_sms_per_channel", "must be in [0, 1] (SMs held per NCCL channel while waiting)");
+    }
+  }
+  if (f.contains("waiting_sms_per_channel_more")) {
+    p.interference.waiting_sms_per_channel_more = r.quantity(
+        f["waiting_sms_per_channel_more"], "/interference/waiting_sms_per_channel_more", Dimension::kDimensionless);
+    if (p.interference.waiting_sms_per_channel_more < 0 || p.interference.waiting_sms_per_channel_more > 1) {
+      r.fail("/interference/waiting_sms_per_channel_more",
+             "must be in [0, 1] (SMs held per NCCL channel by each further waiting kernel on a GPU)");
+    }
+  }
+  if (f.contains("attention_tile_q")) {
+    p.interference.attention_tile_q = r.count(f["attention_tile_q"], "/interference/attention_tile_q", 0);
+  }
+}
+
+/// "framework": host costs of the training framework (sim::kFrameworkFields lists the figures).
+void read_framework(const Reader& r, const Json& f, Profile& p) {
+  std::vector<std::string> keys{"source"};
+  for (const auto& fld : kFrameworkFields) keys.emplace_back(fld.key);
+  r.keys(f, "/framework", keys);
+  for (const auto& fld : kFrameworkFields) {
+    if (!f.contains(fld.key)) continue;
+    const std::string path = std::string("/framework/") + fld.key;
+    double& v = p.framework.*fld.member;
+    v = r.quantity(f[fld.key], path, Dimension::kTime);
+    if (v < 0 || v > 1.0) r.fail(path, "must be in [0, 1 s] (host time of one framework call)");
+  }
+  if (f.contains("source")) {
+    if (!f["source"].is_string()) r.fail("/framework/source", "expected a string");
+    p.framework.source = f["source"].get<std::string>();
+  }
+}
+
+/// "fits": summaries of the fits that produced the profile.
+void read_fits(const Reader& r, const Json& arr, Profile& p) {
+  if (!arr.is_array()) r.fail("/fits", "expected an array");
+  for (std::size_t i = 0; i < arr.size(); ++i) {
+    const std::string ptr = "/fits/" + std::to_string(i);
+    r.keys(arr[i], ptr, {"name", "points", "mean_abs_rel_error", "max_abs_rel_error", "note"});
+    FitSummary f;
+    if (arr[i].contains("name") && arr[i]["name"].is_string()) f.name = arr[i]["name"].get<std::string>();
+    if (arr[i].contains("points")) f.points = r.count(arr[i]["points"], ptr + "/points", 0);
+    if (arr[i].contains("mean_abs_rel_error")) {
+      f.mean_abs_rel_error =
+          r.quantity(arr[i]["mean_abs_rel_error"], ptr + "/mean_abs_rel_error", Dimension::kDimensionless);
+    }
+    if (arr[i].contains("max_abs_rel_error")) {
+      f.max_abs_rel_error =
+          r.quantity(arr[i]["max_abs_rel_error"], ptr + "/max_abs_rel_error", Dimension::kDimensionless);
+    }
+    if (arr[i].contains("note") && arr[i]["note"].is_string()) f.note = arr[i]["note"].get<std::string>();
+    p.fits.push_back(std::move(f));
+  }
+}
+
 }  // namespace
 
 Profile profile_from_json(const std::string& text, const std::string& source) {
@@ -100,7 +251,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   r.keys(j, "",
          {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",
           "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table", "framework",
-          "fits"});
+          "memory_overhead", "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -141,113 +292,9 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       p.launch_s[item.key()] = s;
     }
   }
-  if (j.contains("collectives")) {
-    const Json& arr = j["collectives"];
-    if (!arr.is_array()) r.fail("/collectives", "expected an array");
-    for (std::size_t i = 0; i < arr.size(); ++i) {
-      const std::string ptr = "/collectives/" + std::to_string(i);
-      const Json& e = arr[i];
-      r.keys(e, ptr,
-             {"kind", "algorithm", "protocol", "span", "ranks", "base_latency", "step_latency", "bus_bandwidth",
-              "bus_efficiency"});
-      CollectiveParams c;
-      if (e.contains("kind")) {
-        const std::string k = e["kind"].is_string() ? e["kind"].get<std::string>() : "";
-        if (k != "any" && k != "all_reduce" && k != "all_gather" && k != "reduce_scatter" && k != "broadcast" &&
-            k != "all_to_all" && k != "send_recv") {
-          r.fail(ptr + "/kind", "use all_reduce, all_gather, reduce_scatter, broadcast, all_to_all, send_recv or any");
-        }
-        c.kind = k;
-      }
-      if (!e.contains("algorithm")) r.fail(ptr + "/algorithm", "missing required field \"algorithm\"");
-      if (!e.contains("protocol")) r.fail(ptr + "/protocol", "missing required field \"protocol\"");
-      c.algo = r.algo(e["algorithm"], ptr + "/algorithm");
-      c.proto = r.proto(e["protocol"], ptr + "/protocol");
-      const std::string span = e.contains("span") && e["span"].is_string() ? e["span"].get<std::string>() : "";
-      if (span != "intra" && span != "inter")
-        r.fail(ptr + "/span", "use \"intra\" (one node) or \"inter\" (across nodes)");
-      c.inter_node = span == "inter";
-      if (e.contains("ranks")) c.ranks = r.count(e["ranks"], ptr + "/ranks", 2);
-      if (e.contains("base_latency"))
-        c.base_latency_s = r.quantity(e["base_latency"], ptr + "/base_latency", Dimension::kTime);
-      if (e.contains("step_latency"))
-        c.step_latency_s = r.quantity(e["step_latency"], ptr + "/step_latency", Dimension::kTime);
-      if (e.contains("bus_bandwidth")) {
-        c.bus_bytes_per_s = r.quantity(e["bus_bandwidth"], ptr + "/bus_bandwidth", Dimension::kBandwidth);
-        if (c.bus_bytes_per_s <= 0) r.fail(ptr + "/bus_bandwidth", "must be positive");
-      }
-      if (e.contains("bus_efficiency")) c.bus_efficiency = r.table(e["bus_efficiency"], ptr + "/bus_efficiency");
-      p.collectives.push_back(c);
-    }
-  }
-  if (j.contains("nccl")) {
-    const Json& n = j["nccl"];
-    r.keys(n, "/nccl",
-           {"algorithms", "protocols", "channels_intra", "channels_inter", "p2p_channels_nvlink", "p2p_channels_net",
-            "p2p_peers_per_round", "net_overhead"});
-    if (n.contains("algorithms")) {
-      if (!n["algorithms"].is_array() || n["algorithms"].empty())
-        r.fail("/nccl/algorithms", "expected a non-empty array");
-      p.nccl.algorithms.clear();
-      for (std::size_t i = 0; i < n["algorithms"].size(); ++i) {
-        p.nccl.algorithms.push_back(r.algo(n["algorithms"][i], "/nccl/algorithms/" + std::to_string(i)));
-      }
-    }
-    if (n.contains("protocols")) {
-      if (!n["protocols"].is_array() || n["protocols"].empty()) r.fail("/nccl/protocols", "expected a non-empty array");
-      p.nccl.protocols.clear();
-      for (std::size_t i = 0; i < n["protocols"].size(); ++i) {
-        p.nccl.protocols.push_back(r.proto(n["protocols"][i], "/nccl/protocols/" + std::to_string(i)));
-      }
-    }
-    if (n.contains("channels_intra")) p.nccl.channels_intra = r.count(n["channels_intra"], "/nccl/channels_intra", 1);
-    if (n.contains("channels_inter")) p.nccl.channels_inter = r.count(n["channels_inter"], "/nccl/channels_inter", 1);
-    if (n.contains("p2p_channels_nvlink")) {
-      p.nccl.p2p_channels_nvlink = r.count(n["p2p_channels_nvlink"], "/nccl/p2p_channels_nvlink", 1);
-    }
-    if (n.contains("p2p_channels_net"))
-      p.nccl.p2p_channels_net = r.count(n["p2p_channels_net"], "/nccl/p2p_channels_net", 1);
-    if (n.contains("p2p_peers_per_round")) {
-      p.nccl.p2p_peers_per_round = r.count(n["p2p_peers_per_round"], "/nccl/p2p_peers_per_round", 1);
-    }
-    if (n.contains("net_overhead"))
-      p.nccl.net_overhead_s = r.quantity(n["net_overhead"], "/nccl/net_overhead", Dimension::kTime);
-  }
-  if (j.contains("interference")) {
-    const Json& f = j["interference"];
-    r.keys(f, "/interference",
-           {"comm_hbm_bytes_per_bus_byte", "gemm_tile_m", "gemm_tile_n", "attention_tile_q", "waiting_sms_per_channel",
-            "waiting_sms_per_channel_more"});
-    if (f.contains("comm_hbm_bytes_per_bus_byte")) {
-      p.interference.comm_hbm_bytes_per_bus_byte = r.quantity(
-          f["comm_hbm_bytes_per_bus_byte"], "/interference/comm_hbm_bytes_per_bus_byte", Dimension::kDimensionless);
-      if (p.interference.comm_hbm_bytes_per_bus_byte < 0) {
-        r.fail("/interference/comm_hbm_bytes_per_bus_byte", "must not be negative");
-      }
-    }
-    if (f.contains("gemm_tile_m"))
-      p.interference.gemm_tile_m = r.count(f["gemm_tile_m"], "/interference/gemm_tile_m", 1);
-    if (f.contains("gemm_tile_n"))
-      p.interference.gemm_tile_n = r.count(f["gemm_tile_n"], "/interference/gemm_tile_n", 1);
-    if (f.contains("waiting_sms_per_channel")) {
-      p.interference.waiting_sms_per_channel =
-          r.quantity(f["waiting_sms_per_channel"], "/interference/waiting_sms_per_channel", Dimension::kDimensionless);
-      if (p.interference.waiting_sms_per_channel < 0 || p.interference.waiting_sms_per_channel > 1) {
-        r.fail("/interference/waiting_sms_per_channel", "must be in [0, 1] (SMs held per NCCL channel while waiting)");
-      }
-    }
-    if (f.contains("waiting_sms_per_channel_more")) {
-      p.interference.waiting_sms_per_channel_more = r.quantity(
-          f["waiting_sms_per_channel_more"], "/interference/waiting_sms_per_channel_more", Dimension::kDimensionless);
-      if (p.interference.waiting_sms_per_channel_more < 0 || p.interference.waiting_sms_per_channel_more > 1) {
-        r.fail("/interference/waiting_sms_per_channel_more",
-               "must be in [0, 1] (SMs held per NCCL channel by each further waiting kernel on a GPU)");
-      }
-    }
-    if (f.contains("attention_tile_q")) {
-      p.interference.attention_tile_q = r.count(f["attention_tile_q"], "/interference/attention_tile_q", 0);
-    }
-  }
+  if (j.contains("collectives")) read_collectives(r, j["collectives"], p);
+  if (j.contains("nccl")) read_nccl(r, j["nccl"], p);
+  if (j.contains("interference")) read_interference(r, j["interference"], p);
   if (j.contains("kernel_floor")) {
     p.kernel_floor_s = r.quantity(j["kernel_floor"], "/kernel_floor", Dimension::kTime);
     if (p.kernel_floor_s < 0 || p.kernel_floor_s > 1e-3) r.fail("/kernel_floor", "must be in [0, 1 ms]");
@@ -273,44 +320,34 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     }
     p.grouped_gemm_per_group = m == "per_group";
   }
-  if (j.contains("framework")) {
-    const Json& f = j["framework"];
-    std::vector<std::string> keys{"source"};
-    for (const auto& fld : kFrameworkFields) keys.emplace_back(fld.key);
-    r.keys(f, "/framework", keys);
-    for (const auto& fld : kFrameworkFields) {
-      if (!f.contains(fld.key)) continue;
-      const std::string path = std::string("/framework/") + fld.key;
-      double& v = p.framework.*fld.member;
-      v = r.quantity(f[fld.key], path, Dimension::kTime);
-      if (v < 0 || v > 1.0) r.fail(path, "must be in [0, 1 s] (host time of one framework call)");
+  if (j.contains("framework")) read_framework(r, j["framework"], p);
+  if (j.contains("memory_overhead")) {
+    const Json& m = j["memory_overhead"];
+    r.keys(m, "/memory_overhead",
+           {"cuda_context_bytes", "cublas_workspace_bytes", "nccl_buffer_bytes_per_channel",
+            "allocator_reserved_over_allocated", "source"});
+    auto bytes = [&](const char* key, double& target) {
+      if (!m.contains(key)) return;
+      const std::string ptr = std::string("/memory_overhead/") + key;
+      target = r.quantity(m[key], ptr, Dimension::kBytes);
+      if (target < 0 || target > 64.0 * 1024 * 1024 * 1024) r.fail(ptr, "must be in [0, 64 GiB] (bytes per GPU)");
+    };
+    bytes("cuda_context_bytes", p.memory_overhead.cuda_context_bytes);
+    bytes("cublas_workspace_bytes", p.memory_overhead.cublas_workspace_bytes);
+    bytes("nccl_buffer_bytes_per_channel", p.memory_overhead.nccl_buffer_bytes_per_channel);
+    if (m.contains("allocator_reserved_over_allocated")) {
+      const char* ptr = "/memory_overhead/allocator_reserved_over_allocated";
+      p.memory_overhead.allocator_reserved_over_allocated =
+          r.quantity(m["allocator_reserved_over_allocated"], ptr, Dimension::kDimensionless);
+      const double v = p.memory_overhead.allocator_reserved_over_allocated;
+      if (v < 1 || v > 4) r.fail(ptr, "must be in [1, 4] (reserved over allocated bytes at the peak)");
     }
-    if (f.contains("source")) {
-      if (!f["source"].is_string()) r.fail("/framework/source", "expected a string");
-      p.framework.source = f["source"].get<std::string>();
-    }
-  }
-  if (j.contains("fits")) {
-    const Json& arr = j["fits"];
-    if (!arr.is_array()) r.fail("/fits", "expected an array");
-    for (std::size_t i = 0; i < arr.size(); ++i) {
-      const std::string ptr = "/fits/" + std::to_string(i);
-      r.keys(arr[i], ptr, {"name", "points", "mean_abs_rel_error", "max_abs_rel_error", "note"});
-      FitSummary f;
-      if (arr[i].contains("name") && arr[i]["name"].is_string()) f.name = arr[i]["name"].get<std::string>();
-      if (arr[i].contains("points")) f.points = r.count(arr[i]["points"], ptr + "/points", 0);
-      if (arr[i].contains("mean_abs_rel_error")) {
-        f.mean_abs_rel_error =
-            r.quantity(arr[i]["mean_abs_rel_error"], ptr + "/mean_abs_rel_error", Dimension::kDimensionless);
-      }
-      if (arr[i].contains("max_abs_rel_error")) {
-        f.max_abs_rel_error =
-            r.quantity(arr[i]["max_abs_rel_error"], ptr + "/max_abs_rel_error", Dimension::kDimensionless);
-      }
-      if (arr[i].contains("note") && arr[i]["note"].is_string()) f.note = arr[i]["note"].get<std::string>();
-      p.fits.push_back(std::move(f));
+    if (m.contains("source")) {
+      if (!m["source"].is_string()) r.fail("/memory_overhead/source", "expected a string");
+      p.memory_overhead.source = m["source"].get<std::string>();
     }
   }
+  if (j.contains("fits")) read_fits(r, j["fits"], p);
   // What the file leaves to the datasheet: every field datasheet_defaults() sets that the file does not.
   const Profile datasheet = Profile::datasheet_defaults();
   for (const auto& entry : datasheet.compute) {
@@ -421,6 +458,19 @@ std::string profile_to_json(const Profile& p) {
   if (!fw.empty()) {
     fw["source"] = p.framework.source;
     j["framework"] = fw;
+  }
+  const MemoryOverhead& mo = p.memory_overhead;
+  if (mo.cuda_context_bytes >= 0 || mo.cublas_workspace_bytes >= 0 || mo.nccl_buffer_bytes_per_channel >= 0 ||
+      mo.allocator_reserved_over_allocated >= 0) {
+    Json m = Json::object();
+    if (mo.cuda_context_bytes >= 0) m["cuda_context_bytes"] = mo.cuda_context_bytes;
+    if (mo.cublas_workspace_bytes >= 0) m["cublas_workspace_bytes"] = mo.cublas_workspace_bytes;
+    if (mo.nccl_buffer_bytes_per_channel >= 0) m["nccl_buffer_bytes_per_channel"] = mo.nccl_buffer_bytes_per_channel;
+    if (mo.allocator_reserved_over_allocated >= 0) {
+      m["allocator_reserved_over_allocated"] = mo.allocator_reserved_over_allocated;
+    }
+    m["source"] = mo.source;
+    j["memory_overhead"] = m;
   }
   Json fits = Json::array();
   for (const auto& f : p.fits) {

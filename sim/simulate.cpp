@@ -7,12 +7,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
 
 #include "common/assert.hpp"
+#include "common/enum_names.hpp"
 #include "common/error.hpp"
 #include "common/hash.hpp"
 #include "common/process.hpp"
@@ -54,7 +56,23 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
 // Analytic for predict, simulate and sweep alike, so that a sweep row and `twinstep predict` with the same flags give
 // the same number (issue 20); flow (link sharing on NVLink ports, NICs and fabric links) is asked for by name. The
 // two agree within 0.4 % on the 8-GPU validation cases (docs/calibration.md); they part where links are shared.
-std::string default_fidelity() { return "analytic"; }
+Fidelity default_fidelity() { return Fidelity::kAnalytic; }
+
+namespace {
+constexpr NameTable<Fidelity, 2> kFidelities{{{"analytic", Fidelity::kAnalytic}, {"flow", Fidelity::kFlow}}};
+}  // namespace
+
+Fidelity parse_fidelity(std::string_view text, std::string_view field) { return parse_name(kFidelities, text, field); }
+
+std::string to_string(Fidelity fidelity) { return name_of(kFidelities, fidelity); }
+
+void check_available(Fidelity fidelity) {
+  if (fidelity == Fidelity::kFlow && !flow_model_available()) {
+    throw Error(
+        "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
+        "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
+  }
+}
 
 std::string schedule_fingerprint(const schedule::Schedule& s) {
   Fnv1a f;
@@ -112,9 +130,8 @@ namespace {
 bool flow_model_available() { return false; }
 std::string flow_engine_version() { return ""; }
 std::unique_ptr<ResourceModel> make_flow_model(const SimContext&) {
-  throw Error(
-      "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
-      "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
+  check_available(Fidelity::kFlow);
+  return nullptr;  // not reached: check_available throws without SimGrid
 }
 
 namespace {
@@ -238,14 +255,7 @@ namespace {
 
 schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluster& cluster, const CostModel& costs,
                     const Options& options) {
-  if (options.fidelity != "analytic" && options.fidelity != "flow") {
-    throw Error("--fidelity \"" + options.fidelity + "\" is unknown; use analytic or flow");
-  }
-  if (options.fidelity == "flow" && !flow_model_available()) {
-    throw Error(
-        "--fidelity flow: this build has no SimGrid (apt-get install libsimgrid-dev pkg-config, then "
-        "reconfigure with -DTWINSTEP_SIMGRID=ON); use --fidelity analytic");
-  }
+  check_available(options.fidelity);
   std::uint32_t needed = schedule.world_size;
   for (auto r : schedule.ranks) needed = std::max(needed, r + 1);
   for (const auto& op : schedule.ops) needed = std::max(needed, op.rank + 1);
@@ -256,8 +266,14 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
                            std::to_string(needed) + " (or --nodes " + std::to_string((needed + gpn - 1) / gpn) +
                            " of " + std::to_string(gpn) + " GPUs)");
   }
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  auto t0 = Clock::now();
   schedule::Matching matching = schedule::match(schedule);
-  if (options.fidelity == "flow") {
+  if (options.timings != nullptr) options.timings->match_s = seconds_since(t0);
+  if (options.fidelity == Fidelity::kFlow) {
     // The flow model routes a transfer between the GPUs of its two ends; a mirrored pair has one.
     for (std::size_t i = 0; i < schedule.ops.size(); ++i) {
       if (std::holds_alternative<schedule::Send>(schedule.ops[i].body) && matching.partner[i] != schedule::kNoOp &&
@@ -272,7 +288,8 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
 
   schedule::Trace trace;
   trace.producer = "sim";
-  if (options.fidelity == "flow") {
+  t0 = Clock::now();
+  if (options.fidelity == Fidelity::kFlow) {
     trace.records = run_in_child(
         [&ctx] {
           // Never destroyed: the child _exit()s, and destroying SimGrid activities still running (after an error)
@@ -285,6 +302,7 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
     auto model = make_analytic_model(ctx);
     trace.records = run_semantics(ctx, *model);
   }
+  if (options.timings != nullptr) options.timings->run_s = seconds_since(t0);
   if (options.matching_out != nullptr) *options.matching_out = std::move(matching);  // the run is over
   Nanos first = 0, last = 0;
   bool any = false;
@@ -302,9 +320,9 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
   trace.context["cluster"] = cluster.describe();
   trace.context["gpu"] = cluster.node.gpu.name;
   trace.context["profile"] = costs.profile().name;
-  trace.context["fidelity"] = options.fidelity;
+  trace.context["fidelity"] = to_string(options.fidelity);
   if (options.schedule_hash) trace.context["schedule_hash"] = schedule_fingerprint(schedule);
-  if (options.fidelity == "flow") {
+  if (options.fidelity == Fidelity::kFlow) {
     trace.context["simulator"] = "twinstep 0.1.0 sim/flow (" + flow_engine_version() + ")";
   } else {
     trace.context["simulator"] = "twinstep 0.1.0 sim/analytic";

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "schedule/matching.hpp"
 #include "schedule/trace.hpp"
@@ -19,32 +20,56 @@
 
 namespace twinstep::sim {
 
+/// How a simulation times activities: "analytic" (our event queue, fast, reentrant) or "flow" (SimGrid's max-min
+/// shared flows on the cluster's links; needs flow_model_available()). The spellings are read only by
+/// parse_fidelity and written only by to_string.
+enum class Fidelity : std::uint8_t { kAnalytic, kFlow };
+
+/// The fidelity spelled `text`; ParseError naming `field` (a flag or JSON field) and the accepted names otherwise.
+[[nodiscard]] Fidelity parse_fidelity(std::string_view text, std::string_view field);
+[[nodiscard]] std::string to_string(Fidelity fidelity);
+
+/// Throws Error with the fix when this build cannot simulate at `fidelity` (flow without SimGrid).
+void check_available(Fidelity fidelity);
+
 /// Above this many GPUs a flow simulation lowers one representative per DP replica
 /// (models::LowerOptions::representatives_only); below it flow simulates every rank.
 inline constexpr std::uint32_t kSymmetryReductionAboveGpus = 512;
 
 /// Whether a reduced schedule for `fidelity` may also mirror TP ranks (models::LowerOptions::mirror_tp): only the
 /// analytic model times sends and recvs paired on one rank; simulate() rejects them for flow.
-[[nodiscard]] inline bool mirrors_tp_ranks(const std::string& fidelity) { return fidelity == "analytic"; }
+[[nodiscard]] inline bool mirrors_tp_ranks(Fidelity fidelity) { return fidelity == Fidelity::kAnalytic; }
 
 /// The symmetry reduction a prediction of `gpus` GPUs at `fidelity` uses: the one policy of predict and sweep.
 struct Reduction {
   bool representatives_only = false;  ///< models::LowerOptions::representatives_only.
   bool mirror_tp = false;             ///< models::LowerOptions::mirror_tp.
+  bool mirror_cp = false;             ///< models::LowerOptions::mirror_cp (where the CP ranks are symmetric).
 };
 
-/// analytic: always one representative per (pipeline stage, CP rank), TP ranks mirrored (the same step time as the full
+/// analytic: at every GPU count one representative per (pipeline stage, CP rank), TP ranks mirrored, and CP ranks
+/// too where they are symmetric (Ulysses a2a; models::LowerOptions::mirror_cp); DP replicas, and the EP and
+/// expert-DP ranks they hold under balanced routing, mirror their representative. The same step time as the full
 /// schedule: costs depend on communicator sizes and spans, and absent members mirror present ones; tests/sim and
-/// tests/sweep check the equality); flow: one representative per DP replica above kSymmetryReductionAboveGpus.
+/// tests/sweep check the equality; a skewed routing (moe_routing_skew) keeps the ranks it needs (models/lowering/
+/// moe_routing). flow: one representative per DP replica above kSymmetryReductionAboveGpus (below it every rank:
+/// absent ranks' traffic does not load the links in flow, which is within 1% but not exact, tests/sim/flow_test).
 /// `allowed` false (predict's --no-reduce) simulates every rank.
-[[nodiscard]] inline Reduction reduction_policy(std::uint32_t gpus, const std::string& fidelity, bool allowed = true) {
+[[nodiscard]] inline Reduction reduction_policy(std::uint32_t gpus, Fidelity fidelity, bool allowed = true) {
   if (!allowed) return {};
-  const bool reduce = fidelity == "analytic" || gpus > kSymmetryReductionAboveGpus;
-  return {reduce, reduce && mirrors_tp_ranks(fidelity)};
+  const bool reduce = fidelity == Fidelity::kAnalytic || gpus > kSymmetryReductionAboveGpus;
+  const bool mirror = reduce && mirrors_tp_ranks(fidelity);
+  return {reduce, mirror, mirror};
 }
 
+/// Wall seconds of one simulate() call's parts, for the benchmarks (Options::timings).
+struct Timings {
+  double match_s = 0;  ///< schedule::match.
+  double run_s = 0;    ///< The IR semantics with the resource model (for flow: in its child process, fork included).
+};
+
 struct Options {
-  std::string fidelity = "analytic";           ///< "analytic" or "flow" (needs SimGrid: flow_model_available()).
+  Fidelity fidelity = Fidelity::kAnalytic;     ///< flow needs SimGrid: flow_model_available().
   std::map<std::string, std::string> context;  ///< Extra context entries copied into the trace.
   /// Record schedule_fingerprint() as the trace's "schedule_hash" (provenance); sweeps, which keep only the step time
   /// and breakdown, skip it.
@@ -52,6 +77,8 @@ struct Options {
   /// When set, receives the schedule's matching (schedule::match) that the simulation used, so that
   /// schedule::analyze(trace, matching) need not match the schedule again.
   schedule::Matching* matching_out = nullptr;
+  /// When set, receives the wall seconds of the simulation's parts (bench/sim_bench prints them).
+  Timings* timings = nullptr;
 };
 
 /// Runs the IR semantics (DESIGN.md rules 1-4) against `model` and fills the records (one per op, by op id).
@@ -81,8 +108,8 @@ struct Options {
 [[nodiscard]] std::vector<schedule::OpRecord> run_in_child(const std::function<std::vector<schedule::OpRecord>()>& work,
                                                            const schedule::Schedule& schedule);
 
-/// The default fidelity of predict, simulate and sweep alike: "analytic" (flow is asked for by name).
-[[nodiscard]] std::string default_fidelity();
+/// The default fidelity of predict, simulate and sweep alike: analytic (flow is asked for by name).
+[[nodiscard]] Fidelity default_fidelity();
 
 /// Replays `schedule` on `cluster`. With fidelity "flow" the simulation runs in a forked child process (SimGrid's
 /// one-engine-per-process rule) that pipes the records back; errors (deadlocks) come back as the same Error. Throws

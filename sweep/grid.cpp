@@ -9,6 +9,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "common/enum_names.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/json.hpp"
@@ -55,6 +56,21 @@ std::vector<std::string> strings_field(const nlohmann::json& v, const std::strin
     one(v);
   }
   if (out.empty()) throw ParseError(source, "/" + field, "the list is empty; give at least one value");
+  return out;
+}
+
+/// A list of mode names (or one), each read by the mode's parser; errors name `source` and the field.
+template <typename E>
+std::vector<E> modes_field(const nlohmann::json& v, const std::string& source, const std::string& field,
+                           E (*parse)(std::string_view, std::string_view)) {
+  std::vector<E> out;
+  for (const auto& name : strings_field(v, source, field)) {
+    try {
+      out.push_back(parse(name, field));
+    } catch (const UnknownNameError& e) {
+      throw ParseError(source, "/" + field, e.message());
+    }
+  }
   return out;
 }
 
@@ -130,9 +146,9 @@ Spec spec_from_json(const std::string& text, const std::string& source) {
     else if (k == "overlap")
       s.overlaps = strings_field(v, source, k);
     else if (k == "dispatcher")
-      s.dispatchers = strings_field(v, source, k);
+      s.dispatchers = modes_field(v, source, k, models::parse_token_dispatcher);
     else if (k == "fidelity")
-      s.fidelities = strings_field(v, source, k);
+      s.fidelities = modes_field(v, source, k, sim::parse_fidelity);
     else if (k == "profile" || k == "config") {
       if (!v.is_string()) throw ParseError(source, "/" + k, "expected a path string");
       (k == "profile" ? s.profile : s.base_config) = v.get<std::string>();
@@ -272,14 +288,6 @@ std::vector<Point> expand(const Spec& spec) {
     throw Error("sweep: gbs, seq, mbs, overlap, dispatcher and fidelity lists must not be empty");
   }
   for (const auto& v : spec.overlaps) (void)models::apply_overlap_variant(models::RunConfig{}, v);  // names check
-  for (const auto& d : spec.dispatchers) {
-    if (d != "alltoall" && d != "allgather" && d != "flex") {
-      throw Error("--dispatcher \"" + d + "\": use alltoall, allgather or flex");
-    }
-  }
-  for (const auto& f : spec.fidelities) {
-    if (f != "analytic" && f != "flow") throw Error("--fidelity \"" + f + "\": use analytic or flow");
-  }
   if (!spec.profile.empty()) {
     if (const std::string path = sim::profile_path(spec.profile); !path.empty()) (void)sim::read_profile(path);
   }
@@ -290,8 +298,8 @@ std::vector<Point> expand(const Spec& spec) {
     const models::ModelSpec model = models::load_model(model_id);
     const ModelShape shape = shape_of(model);
     // The dispatcher only changes MoE layers: a dense model is swept with the first one.
-    const std::vector<std::string> dispatchers =
-        model.num_moe_experts > 0 ? spec.dispatchers : std::vector<std::string>{spec.dispatchers.front()};
+    const std::vector<models::TokenDispatcher> dispatchers =
+        model.num_moe_experts > 0 ? spec.dispatchers : std::vector{spec.dispatchers.front()};
     for (const auto& cluster_id : spec.clusters) {
       (void)topologies::load_cluster(cluster_id);  // unknown ids are bad input, not invalid points
       for (const auto& fidelity : spec.fidelities) {
@@ -385,8 +393,8 @@ nlohmann::json point_inputs(const Point& p) {
   j["dp"] = p.layout.dp;
   j["mbs"] = p.layout.mbs;
   j["overlap"] = p.overlap;
-  j["dispatcher"] = p.dispatcher;
-  j["fidelity"] = p.fidelity;
+  j["dispatcher"] = to_string(p.dispatcher);
+  j["fidelity"] = to_string(p.fidelity);
   j["profile"] = p.profile;
   j["config"] = p.base_config;
   return j;
@@ -408,8 +416,17 @@ Point point_from_inputs(const nlohmann::json& j, const std::string& source) {
   p.model = s("model");
   p.cluster = s("cluster");
   p.overlap = s("overlap");
-  p.dispatcher = s("dispatcher");
-  p.fidelity = s("fidelity");
+  // A mode field: its parser's message, with the file and the field's pointer.
+  auto mode = [&](const char* k, auto parse) {
+    const std::string text = s(k);
+    try {
+      return parse(text, k);
+    } catch (const UnknownNameError& e) {
+      throw ParseError(source, std::string("/key/") + k, e.message());
+    }
+  };
+  p.dispatcher = mode("dispatcher", models::parse_token_dispatcher);
+  p.fidelity = mode("fidelity", sim::parse_fidelity);
   p.profile = s("profile");
   p.base_config = s("config");
   p.gpus = u("gpus");
@@ -466,11 +483,11 @@ std::string predict_command(const Point& p) {
                   std::to_string(p.gpus) + " --tp " + std::to_string(l.tp) + " --pp " + std::to_string(l.pp);
   if (l.vpp > 1) c += " --vpp " + std::to_string(l.vpp);
   if (l.cp > 1) c += " --cp " + std::to_string(l.cp);
-  if (l.ep > 1) c += " --ep " + std::to_string(l.ep) + " --dispatcher " + p.dispatcher;
+  if (l.ep > 1) c += " --ep " + std::to_string(l.ep) + " --dispatcher " + to_string(p.dispatcher);
   c += " --mbs " + std::to_string(l.mbs) + " --gbs " + std::to_string(p.gbs) + " --seq " + std::to_string(p.seq);
   if (!p.base_config.empty()) c += " --config " + p.base_config;
   if (!p.profile.empty()) c += " --profile " + p.profile;
-  return c + " --fidelity " + p.fidelity + " --overlap " + p.overlap;
+  return c + " --fidelity " + to_string(p.fidelity) + " --overlap " + p.overlap;
 }
 
 }  // namespace twinstep::sweep

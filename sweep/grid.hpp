@@ -7,7 +7,11 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "models/run_config.hpp"
+#include "sim/simulate.hpp"
 
 namespace twinstep::sweep {
 
@@ -23,7 +27,9 @@ struct Layout {
 /// and resumed runs agree on it); invalid_reason is non-empty when a rule rejected it before lowering.
 struct Point {
   std::size_t index = 0;
-  std::string model, cluster, profile, base_config, fidelity = "analytic", overlap = "none", dispatcher = "alltoall";
+  std::string model, cluster, profile, base_config, overlap = "none";
+  sim::Fidelity fidelity = sim::Fidelity::kAnalytic;
+  models::TokenDispatcher dispatcher = models::TokenDispatcher::kAllToAll;
   std::uint32_t gpus = 0, gbs = 0, seq = 0;
   Layout layout;
   std::string invalid_reason;
@@ -37,9 +43,10 @@ struct Spec {
   std::vector<std::uint32_t> gbs{512}, seq{4096}, mbs{1};
   std::vector<std::uint32_t> tp{1}, pp{1}, vpp{1}, cp{1}, ep{1};
   bool auto_layout = false;
-  std::vector<std::string> overlaps{"none"}, dispatchers{"alltoall"};
-  std::vector<std::string> fidelities{"analytic"};  ///< = sim::default_fidelity() (tests/sweep check it)
-  std::string profile;                              ///< Calibration profile JSON; empty = datasheet defaults.
+  std::vector<std::string> overlaps{"none"};
+  std::vector<models::TokenDispatcher> dispatchers{models::TokenDispatcher::kAllToAll};
+  std::vector<sim::Fidelity> fidelities{sim::default_fidelity()};
+  std::string profile;      ///< Calibration profile JSON; empty = datasheet defaults.
   std::string base_config;  ///< Run config JSON every point starts from; empty = built-in defaults.
 };
 
@@ -96,5 +103,14 @@ struct Shard {
 [[nodiscard]] std::vector<std::string> split_list(const std::string& text, const std::string& flag);
 /// Splits "16,32,64" into positive integers; throws Error naming `flag`.
 [[nodiscard]] std::vector<std::uint32_t> split_uints(const std::string& text, const std::string& flag);
+/// Splits "analytic,flow" into modes, each read by `parse` (a mode's one parser, e.g. sim::parse_fidelity) with
+/// `flag` as the field its errors name.
+template <typename E>
+[[nodiscard]] std::vector<E> split_modes(const std::string& text, const std::string& flag,
+                                         E (*parse)(std::string_view, std::string_view)) {
+  std::vector<E> out;
+  for (const auto& item : split_list(text, flag)) out.push_back(parse(item, flag));
+  return out;
+}
 
 }  // namespace twinstep::sweep

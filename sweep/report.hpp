@@ -7,17 +7,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "sim/simulate.hpp"
 #include "sweep/runner.hpp"
 
 namespace twinstep::sweep {
 
 /// The best point of one group (model, cluster, fidelity, seq, gbs, gpus), over layouts, dispatchers and overlaps.
 struct Ranking {
-  std::string model, cluster, fidelity;
+  std::string model, cluster;
+  sim::Fidelity fidelity = sim::Fidelity::kAnalytic;
   std::uint32_t gpus = 0, gbs = 0, seq = 0;
   std::size_t ok = 0, invalid = 0, does_not_fit = 0, errors = 0;
   std::optional<std::size_t> best;       ///< Index into the results; empty when no point of the group ran.
@@ -32,6 +36,9 @@ struct Ranking {
 /// Per result: its speedup against the "none" overlap variant of the same point (everything else equal),
 /// step(none) / step(it); empty for the none variant itself, and where either did not run.
 [[nodiscard]] std::vector<std::optional<double>> speedups_vs_none(const std::vector<Result>& results);
+
+/// The calibration profiles the simulated points used (Result::profile), in name order.
+[[nodiscard]] std::set<std::string> profiles_used(const std::vector<Result>& results);
 
 /// Points not run that share a status and a reason (numbers in the reason blanked to "#"), most frequent first.
 struct NotRunReason {
@@ -49,6 +56,15 @@ struct ReportNotes {
 
 /// "N other points (earlier sweeps into FILE) are kept in that file; ..." (how to report them all).
 [[nodiscard]] std::string kept_points_note(std::size_t count, const std::string& results_file);
+
+/// Layout plus dispatcher ("tp2 pp4 ... mbs1 alltoall"): what "a different layout" means for the runner-up and the
+/// speedups.
+[[nodiscard]] std::string layout_id(const Result& r);
+/// A ranking group: (model, cluster, fidelity, seq, gbs, gpus).
+using GroupKey = std::tuple<std::string, std::string, sim::Fidelity, std::uint32_t, std::uint32_t, std::uint32_t>;
+[[nodiscard]] GroupKey group_of(const Result& r);
+/// The ranking order: shorter step time first, ties by lower point index.
+[[nodiscard]] bool better(const Result& a, const Result& b);
 
 /// Groups and ranks results (ties on step time: lower point index). Groups in (model, cluster, fidelity, seq, gbs,
 /// gpus) order.

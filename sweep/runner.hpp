@@ -31,10 +31,20 @@ struct Result {
   std::string line;     ///< The JSON line itself (no newline).
 };
 
+/// A point's evaluation cost relative to others, about the ops it simulates: ranks simulated (sim::reduction_policy)
+/// x micro-batches simulated (three short runs when extrapolated) x layers per pipeline stage. Orders a sweep's work
+/// and its ETA only; 0 when unknown.
+[[nodiscard]] double estimated_cost(const Point& point);
+
+/// The JSON line of a point that did not run (no newline): its index, inputs, `status` ("invalid", "error"), `reason`
+/// and the predict command that evaluates it alone.
+[[nodiscard]] std::string status_line(const Point& point, const std::string& status, const std::string& reason);
+
 /// Lowers, checks the memory estimate, simulates and analyzes one point, and returns its JSON line (no newline).
 /// Never throws for bad points: they come back with status "invalid" / "does_not_fit" and the reason. With
 /// `extrapolate`, a point with many micro-batches is simulated at three small counts and extrapolated along the
-/// line through them (sweep/extrapolate.hpp; the line says "extrapolated_from_micro_batches"), else in full.
+/// line through them (evaluate/periodic.hpp, through evaluate::evaluate; the line says
+/// "extrapolated_from_micro_batches"), else in full.
 [[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true);
 
 /// Why `point` cannot run, known before anything is lowered: its layout rule (Point::invalid_reason) or the

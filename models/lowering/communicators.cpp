@@ -42,7 +42,7 @@ void add_tp_cp(Ctx& x, CommAdder& comms, std::uint32_t world) {
     for (std::uint32_t pp = 0; pp < k.pp; ++pp) {
       for (std::uint32_t dp = 0; dp < k.dp; ++dp) {
         for (std::uint32_t tp = 0; tp < k.tp; ++tp) {
-          if (k.cp_type != "a2a+p2p") {
+          if (k.cp_type != CpCommType::kA2aP2p) {
             std::vector<RankId> m;
             for (std::uint32_t cp = 0; cp < k.cp; ++cp) m.push_back(rank_of(k, {tp, cp, dp, pp}));
             comms.add("cp", idx++, m, x.cp_of);

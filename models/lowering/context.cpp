@@ -14,8 +14,8 @@ Ctx build_ctx(const ModelSpec& model, const RunConfig& cfg, std::vector<std::str
   x.cfg = &cfg;
   x.k = gate(model, cfg, warnings);
   x.vs_layers = virtual_stage_layers(model, cfg);
-  x.recompute_full = cfg.recompute_granularity == "full";
-  x.recompute_selective = cfg.recompute_granularity == "selective";
+  x.recompute_full = cfg.recompute_granularity == RecomputeGranularity::kFull;
+  x.recompute_selective = cfg.recompute_granularity == RecomputeGranularity::kSelective;
   const Dims& k = x.k;
   x.params.resize(k.pp);
   x.buckets.resize(k.pp);
@@ -56,8 +56,8 @@ void add_streams(Ctx& x, schedule::Schedule& s) {
   }
   if (k.cp > 1) {
     x.st.cp = add_stream("cp", -1);
-    if (k.cp_type == "p2p" || k.cp_type == "a2a+p2p") x.st.cp_recv = add_stream("cp_recv", -1);
-    if (k.cp_type == "a2a+p2p") x.st.cp_a2a = add_stream("cp_a2a", -1);
+    if (k.cp_type == CpCommType::kP2p || k.cp_type == CpCommType::kA2aP2p) x.st.cp_recv = add_stream("cp_recv", -1);
+    if (k.cp_type == CpCommType::kA2aP2p) x.st.cp_a2a = add_stream("cp_a2a", -1);
   }
   const bool tied_pp = model.share_embeddings_and_output_weights && k.pp > 1;
   const bool need_dp_stream = static_cast<std::uint64_t>(k.dp) * k.cp > 1 || tied_pp || world > 1;

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/error.hpp"
+#include "models/run_config.hpp"
 #include "schedule/schedule.hpp"
 
 namespace twinstep::models::lowering {
@@ -22,11 +23,16 @@ struct Dims {
   std::uint64_t hidden = 0, ffn = 0, ffn1 = 0;  ///< Hidden size, FFN width, fc1 output width (2 x ffn when gated).
   std::uint64_t heads = 0, kv_groups = 0, head_dim = 0, vocab_padded = 0;
   std::uint64_t act_bytes = 2, grad_bytes = 2;
-  schedule::DType dtype = schedule::DType::kBF16;
+  schedule::DType dtype = schedule::DType::kBF16;  ///< Activations, attention, norms, communication.
+  /// --dtype fp8 (Transformer Engine's HYBRID recipe): linear layers run fp8 GEMMs with cast kernels around them
+  /// (op_emitter.hpp linear_gemm(), fp8_cast()); `dtype` stays bf16. fp8_current: per-tensor current scaling
+  /// (fp8_recipe tensorwise), an amax pass before each cast. The memory estimate (memory.cpp) does not count TE's
+  /// fp8 copies of weights and saved activations yet: it reads this flag when it does.
+  bool fp8 = false, fp8_current = false;
   // Effective overlap switches after gating.
   bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
   bool aligned_param_gather = false;
-  std::string cp_type = "p2p";
+  CpCommType cp_type = CpCommType::kP2p;
   /// a2a+p2p: inner a2a group size and outer p2p ring size (cp_a2a_size * cp_p2p_size = cp).
   std::uint32_t cp_a2a_size = 1, cp_p2p_size = 1;
   // MoE (megatron-overlap.md sections 1, 6, 7): expert_dp = tp * cp * dp / (etp * ep).
@@ -34,7 +40,7 @@ struct Dims {
   std::uint32_t ep = 1, etp = 1, expert_dp = 1;
   std::uint64_t experts = 0, local_experts = 0, topk = 0;
   std::uint64_t expert_ffn = 0, expert_ffn1 = 0, shared_ffn = 0;  ///< Expert FFN width, its fc1 width, shared width.
-  std::string dispatcher = "alltoall";
+  TokenDispatcher dispatcher = TokenDispatcher::kAllToAll;
   bool ep_overlap = false, delay_wgrad = false, shared_overlap = false;
   double skew = 1.0;
   std::uint32_t flex_sms = 0;

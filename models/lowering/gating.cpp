@@ -84,13 +84,10 @@ void gate_expert_layout(const ModelSpec& model, Dims& k) {
 /// The token dispatcher (alltoall, allgather, flex; flex falls back on old GPUs) and the routing model's knobs.
 void gate_dispatcher(const RunConfig& cfg, Dims& k, std::vector<std::string>& warnings) {
   k.dispatcher = cfg.moe_token_dispatcher_type;
-  if (k.dispatcher != "alltoall" && k.dispatcher != "allgather" && k.dispatcher != "flex") {
-    fail("moe_token_dispatcher_type \"" + k.dispatcher + "\" is unknown", "use alltoall, allgather or flex");
-  }
-  if (k.dispatcher == "flex" && cfg.gpu_compute_capability_major < 8) {
+  if (k.dispatcher == TokenDispatcher::kFlex && cfg.gpu_compute_capability_major < 8) {
     warnings.push_back("flex dispatcher (DeepEP/HybridEP) is not supported on this GPU (sm" +
                        str(cfg.gpu_compute_capability_major) + "x); Megatron-Bridge falls back to alltoall");
-    k.dispatcher = "alltoall";
+    k.dispatcher = TokenDispatcher::kAllToAll;
   }
   k.skew = cfg.moe_routing_skew;
   if (!(k.skew >= 1.0)) fail("moe_routing_skew must be >= 1 (1 = balanced)", "set --routing-skew 1 or more");
@@ -100,7 +97,8 @@ void gate_dispatcher(const RunConfig& cfg, Dims& k, std::vector<std::string>& wa
          "use a skew in [1, EP]");
   }
   k.flex_sms = cfg.moe_flex_num_sms;
-  if (k.dispatcher == "flex" && k.flex_sms == 0) fail("moe_flex_num_sms must be >= 1 for flex", "set --flex-sms");
+  if (k.dispatcher == TokenDispatcher::kFlex && k.flex_sms == 0)
+    fail("moe_flex_num_sms must be >= 1 for flex", "set --flex-sms");
 }
 
 /// Shared-expert overlap, EP overlap (the combined 1F1B schedule) and delay_wgrad_compute: MCore's asserts and
@@ -109,11 +107,11 @@ void gate_moe_overlap(const ModelSpec& model, const RunConfig& cfg, Dims& k, std
   k.shared_overlap = cfg.moe_shared_expert_overlap;
   k.ep_overlap = cfg.overlap_moe_expert_parallel_comm;
   k.delay_wgrad = cfg.delay_wgrad_compute;
-  if (k.shared_overlap && k.dispatcher == "allgather") {
+  if (k.shared_overlap && k.dispatcher == TokenDispatcher::kAllGather) {
     fail("moe_shared_expert_overlap with the allgather dispatcher (MCore ValueError)",
          "use moe_token_dispatcher_type alltoall or flex, or drop shared_expert overlap");
   }
-  if (k.shared_overlap && k.dispatcher == "flex") {
+  if (k.shared_overlap && k.dispatcher == TokenDispatcher::kFlex) {
     warnings.push_back(
         "flex dispatcher: Megatron-Bridge apply_flex_dispatcher_backend forces "
         "moe_shared_expert_overlap=False: shared-expert overlap is off");
@@ -133,8 +131,8 @@ void gate_moe_overlap(const ModelSpec& model, const RunConfig& cfg, Dims& k, std
     const std::string rule = "overlap_moe_expert_parallel_comm needs ";
     if (k.ep <= 1) fail(rule + "expert_model_parallel_size > 1 (MCore assert)", "set --ep 2 or more, or drop ep");
     if (k.experts <= 1) fail(rule + "num_moe_experts > 1 (Bridge assert)", "drop ep overlap");
-    if (k.dispatcher != "alltoall" && k.dispatcher != "flex") {
-      fail(rule + "moe_token_dispatcher_type alltoall or flex, not \"" + k.dispatcher +
+    if (k.dispatcher == TokenDispatcher::kAllGather) {
+      fail(rule + "moe_token_dispatcher_type alltoall or flex, not \"" + to_string(k.dispatcher) +
                "\" (a flex backend alone is not enough: the dispatcher type must be flex) (MCore assert)",
            "use --dispatcher alltoall or flex");
     }
@@ -146,7 +144,7 @@ void gate_moe_overlap(const ModelSpec& model, const RunConfig& cfg, Dims& k, std
       fail(rule + "virtual_pipeline_model_parallel_size when pipeline_model_parallel_size > 1 (MCore assert)",
            "set --vpp 2 or more");
     }
-    if (cfg.recompute_granularity == "full") {
+    if (cfg.recompute_granularity == RecomputeGranularity::kFull) {
       fail(rule + "recompute_granularity != full (MCore assert)", "use --recompute none or selective");
     }
     if (k.shared_overlap) {
@@ -207,7 +205,7 @@ void gate_sizes(const RunConfig& cfg, Dims& k, std::vector<std::string>& warning
 }
 
 /// Head and width divisibility by TP, tokens per CP rank (and per TP rank with SP), padded vocabulary, dtypes.
-void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vector<std::string>& warnings) {
+void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k) {
   if (model.num_attention_heads % k.tp != 0 || model.num_query_groups % k.tp != 0) {
     fail("num_attention_heads (" + str(model.num_attention_heads) + ") and num_query_groups (" +
              str(model.num_query_groups) + ") must be divisible by tensor_model_parallel_size " + str(k.tp),
@@ -233,10 +231,10 @@ void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vec
   k.head_dim = model.kv_channels;
   const std::uint64_t mult = static_cast<std::uint64_t>(model.make_vocab_size_divisible_by) * k.tp;
   k.vocab_padded = (model.vocab_size + mult - 1) / mult * mult;
-  k.dtype = cfg.dtype == schedule::DType::kFP8 ? schedule::DType::kBF16 : cfg.dtype;  // fp8 GEMMs: not modelled
-  if (cfg.dtype == schedule::DType::kFP8) {
-    warnings.push_back("dtype fp8: GEMMs and activations are lowered in bf16 (fp8 recipes are not modelled yet)");
-  }
+  // fp8: linear-layer GEMMs in fp8 (Dims::fp8); activations, attention, norms and communication stay bf16.
+  k.fp8 = cfg.dtype == schedule::DType::kFP8;
+  k.dtype = k.fp8 ? schedule::DType::kBF16 : cfg.dtype;
+  k.fp8_current = k.fp8 && cfg.fp8_recipe == Fp8Recipe::kTensorwise;
   k.act_bytes = schedule::dtype_bytes(k.dtype);
   k.grad_bytes = cfg.grad_reduce_in_fp32 ? 4 : k.act_bytes;
 }
@@ -321,17 +319,14 @@ void gate_tp_overlap(const RunConfig& cfg, Dims& k, std::vector<std::string>& wa
 void gate_context_parallel(const RunConfig& cfg, Dims& k) {
   // CP type (section 5 and 7).
   k.cp_type = cfg.cp_comm_type;
-  if (k.cp_type != "p2p" && k.cp_type != "all_gather" && k.cp_type != "a2a" && k.cp_type != "a2a+p2p") {
-    fail("cp_comm_type \"" + k.cp_type + "\" is unknown", "use p2p, all_gather, a2a or a2a+p2p");
-  }
-  if (k.cp > 1 && k.cp_type == "a2a" && ((k.heads / k.tp) % k.cp != 0 || (k.kv_groups / k.tp) % k.cp != 0)) {
+  if (k.cp > 1 && k.cp_type == CpCommType::kA2a && ((k.heads / k.tp) % k.cp != 0 || (k.kv_groups / k.tp) % k.cp != 0)) {
     fail(
         "cp_comm_type a2a needs attention heads and KV groups per TP rank divisible by context_parallel_size "
         "(TE assert): heads/tp = " +
             str(k.heads / k.tp) + ", groups/tp = " + str(k.kv_groups / k.tp) + ", cp = " + str(k.cp),
         "use cp_comm_type p2p or a CP size that divides the KV groups per TP rank");
   }
-  if (k.cp > 1 && k.cp_type == "a2a+p2p") {
+  if (k.cp > 1 && k.cp_type == CpCommType::kA2aP2p) {
     // Hierarchical CP (TE AttnFuncWithCPAndKVP2P with cp_group = [a2a group, p2p group]; megatron-overlap.md 5):
     // Megatron builds the groups from hierarchical_context_parallel_sizes, the first level of consecutive CP ranks.
     const auto& hs = cfg.hierarchical_context_parallel_sizes;
@@ -362,17 +357,9 @@ void gate_context_parallel(const RunConfig& cfg, Dims& k) {
   }
 }
 
-/// Recompute granularity and method names; full recompute needs a layer count.
+/// Full recompute needs a layer count.
 void gate_recompute(const RunConfig& cfg) {
-  // Recompute.
-  if (cfg.recompute_granularity != "none" && cfg.recompute_granularity != "selective" &&
-      cfg.recompute_granularity != "full") {
-    fail("recompute_granularity \"" + cfg.recompute_granularity + "\" is unknown", "use none, selective or full");
-  }
-  if (cfg.recompute_granularity == "full") {
-    if (cfg.recompute_method != "uniform" && cfg.recompute_method != "block") {
-      fail("recompute_method \"" + cfg.recompute_method + "\" is unknown", "use uniform or block");
-    }
+  if (cfg.recompute_granularity == RecomputeGranularity::kFull) {
     if (cfg.recompute_num_layers == 0) {
       fail("recompute_granularity full needs recompute_num_layers >= 1 (MLM assert)", "set recompute_num_layers");
     }
@@ -406,7 +393,7 @@ void gate_data_parallel(const RunConfig& cfg, Dims& k, std::vector<std::string>&
 Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>& warnings) {
   Dims k;
   gate_sizes(cfg, k, warnings);
-  gate_widths(model, cfg, k, warnings);
+  gate_widths(model, cfg, k);
   gate_pipeline(cfg, k, warnings);
   gate_tp_overlap(cfg, k, warnings);
   gate_context_parallel(cfg, k);

@@ -96,7 +96,7 @@ void RankLowering::output_fwd() {
     if (k_.tp > 1 && k_.sp) {
       collective(x_.st.tp, "output_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), Phase::kFwd, true);
     }
-    gemm("output", k_.tokens, vt, k_.hidden, Phase::kFwd);
+    kernel("output", Gemm{k_.tokens, vt, k_.hidden, 1, k_.dtype}, Phase::kFwd);  // bf16 under fp8 too (TE recipe)
   });
   fwd_ops("host_loss", Phase::kFwd, [&] {  // vocab-parallel cross entropy: a function, no module
     elementwise("cross_entropy", k_.tokens * vt * (k_.act_bytes + 4), Phase::kFwd);
@@ -113,8 +113,8 @@ void RankLowering::output_bwd() {
   const CommId tp = x_.tp_of[rank_];
   const std::uint64_t vt = k_.vocab_padded / k_.tp;
   elementwise("cross_entropy_bwd", k_.tokens * vt * (k_.act_bytes + 4), Phase::kBwd);
-  gemm("output_dgrad", k_.tokens, k_.hidden, vt, Phase::kBwd);
-  const OpId w = gemm("output_wgrad", vt, k_.hidden, k_.tokens, Phase::kWgrad);
+  kernel("output_dgrad", Gemm{k_.tokens, k_.hidden, vt, 1, k_.dtype}, Phase::kBwd);
+  const OpId w = kernel("output_wgrad", Gemm{vt, k_.hidden, k_.tokens, 1, k_.dtype}, Phase::kWgrad);
   grad_ready(x_.model->share_embeddings_and_output_weights && k_.pp == 1 ? "embedding" : "output", w);
   if (k_.tp > 1) {
     collective(x_.st.tp, k_.sp ? "output_dgrad_rs" : "output_dgrad_ar",
@@ -130,7 +130,7 @@ std::vector<std::vector<std::uint32_t>> RankLowering::recompute_groups(std::uint
   if (!x_.recompute_full) return groups;
   const auto& layers = layers_of(chunk);
   const std::uint32_t n = x_.cfg->recompute_num_layers;
-  if (x_.cfg->recompute_method == "uniform") {
+  if (x_.cfg->recompute_method == RecomputeMethod::kUniform) {
     for (std::size_t i = 0; i < layers.size(); i += n) {
       groups.emplace_back(layers.begin() + static_cast<std::ptrdiff_t>(i),
                           layers.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(layers.size(), i + n)));

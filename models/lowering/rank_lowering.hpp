@@ -359,9 +359,11 @@ class RankLowering : private OpEmitter {
   Routing routing_;                           // token copies per EP peer, rows per local expert (moe_routing.hpp)
   std::uint64_t aq_ = 0, akv_ = 0, adh_ = 0;  // attention heads (all TP ranks) and head dim of the current layer
   // Dispatcher and CP type as flags (compared once, not per layer).
-  const bool dispatch_a2a_ = k_.dispatcher == "alltoall", dispatch_flex_ = k_.dispatcher == "flex";
-  const bool dispatch_ag_ = k_.dispatcher == "allgather";
-  const bool cp_p2p_ = k_.cp_type == "p2p", cp_ag_ = k_.cp_type == "all_gather", cp_hier_ = k_.cp_type == "a2a+p2p";
+  const bool dispatch_a2a_ = k_.dispatcher == TokenDispatcher::kAllToAll;
+  const bool dispatch_flex_ = k_.dispatcher == TokenDispatcher::kFlex;
+  const bool dispatch_ag_ = k_.dispatcher == TokenDispatcher::kAllGather;
+  const bool cp_p2p_ = k_.cp_type == CpCommType::kP2p, cp_ag_ = k_.cp_type == CpCommType::kAllGather;
+  const bool cp_hier_ = k_.cp_type == CpCommType::kA2aP2p;
   bool no_ub_ = false;           // the current linears are not TE userbuffer sites
   bool comm_node_ = false;       // emitting a D or C node of the combined schedule (EP comm stream)
   std::vector<OpId> node_deps_;  // the node's event: deps of its first op

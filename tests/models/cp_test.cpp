@@ -21,7 +21,7 @@ ModelSpec two_layers() { return shrink(load_model("llama3-8b"), 2); }
 RunConfig hierarchical(std::uint32_t world, std::uint32_t cp, std::uint32_t inner, std::uint32_t outer) {
   RunConfig c = config(world, 1, 1, cp);
   c.global_batch_size = world / cp;
-  c.cp_comm_type = "a2a+p2p";
+  c.cp_comm_type = models::CpCommType::kA2aP2p;
   c.hierarchical_context_parallel_sizes = {inner, outer};
   return c;
 }

@@ -98,11 +98,11 @@ std::vector<Layout> layouts() {
   add("cp4 p2p", c);
   c = config(4, 1, 1, 4);
   c.global_batch_size = 1;
-  c.cp_comm_type = "all_gather";
+  c.cp_comm_type = models::CpCommType::kAllGather;
   add("cp4 all_gather", c);
   c = config(2, 1, 1, 2);
   c.global_batch_size = 2;
-  c.cp_comm_type = "a2a";
+  c.cp_comm_type = models::CpCommType::kA2a;
   add("cp2 a2a", c);
   c = config(8, 2, 2, 2);
   c.global_batch_size = 4;
@@ -112,19 +112,19 @@ std::vector<Layout> layouts() {
   add("tp2 pp2 cp2 overlap", c);
   c = config(2, 1, 1);
   c.global_batch_size = 4;
-  c.recompute_granularity = "selective";
+  c.recompute_granularity = models::RecomputeGranularity::kSelective;
   add("selective recompute", c);
   c = config(2, 2, 1);
   c.global_batch_size = 2;
   c.sequence_parallel = true;
-  c.recompute_granularity = "full";
-  c.recompute_method = "uniform";
+  c.recompute_granularity = models::RecomputeGranularity::kFull;
+  c.recompute_method = models::RecomputeMethod::kUniform;
   c.recompute_num_layers = 2;
   add("full uniform recompute", c);
   c = config(2, 1, 2);
   c.global_batch_size = 4;
-  c.recompute_granularity = "full";
-  c.recompute_method = "block";
+  c.recompute_granularity = models::RecomputeGranularity::kFull;
+  c.recompute_method = models::RecomputeMethod::kBlock;
   c.recompute_num_layers = 1;
   add("full block recompute pp2", c);
   c = config(16, 2, 2, 2);
@@ -371,21 +371,23 @@ TEST_CASE("models::lower: memory estimate and fit verdict", "[lower][memory]") {
   const double n = total_params(m);
   CHECK(low.peak_memory.params_bytes == Approx(2 * n));
   CHECK(low.peak_memory.grads_bytes == Approx(2 * n));
-  CHECK(low.peak_memory.optimizer_bytes == Approx(12 * n));
+  CHECK(low.peak_memory.main_params_bytes == Approx(4 * n));
+  CHECK(low.peak_memory.optimizer_bytes == Approx(8 * n));
   CHECK(low.peak_memory.activations_bytes > 0);
   c.gpu_memory_bytes = 1e9;
   CHECK_FALSE(lower(m, c).fits);
   c.gpu_memory_bytes = 1e12;
   CHECK(lower(m, c).fits);
-  // Distributed optimizer over dp=4 shards the optimizer state 4 ways.
+  // Distributed optimizer over dp=4 shards the main weights and the optimizer state 4 ways.
   RunConfig d = config(4, 1, 1);
   d.global_batch_size = 4;
   d.seq_length = 8192;
   d.use_distributed_optimizer = true;
-  CHECK(lower(m, d).peak_memory.optimizer_bytes == Approx(12 * n / 4).epsilon(0.001));
+  CHECK(lower(m, d).peak_memory.optimizer_bytes == Approx(8 * n / 4).epsilon(0.001));
+  CHECK(lower(m, d).peak_memory.main_params_bytes == Approx(4 * n / 4).epsilon(0.001));
   // Full recompute keeps less activation memory than none; 1F1B rank 0 holds more than the last rank.
   RunConfig r = c;
-  r.recompute_granularity = "full";
+  r.recompute_granularity = models::RecomputeGranularity::kFull;
   r.recompute_num_layers = 1;
   CHECK(lower(m, r).peak_memory.activations_bytes < low.peak_memory.activations_bytes);
   RunConfig p = config(4, 1, 4);

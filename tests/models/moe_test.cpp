@@ -90,7 +90,7 @@ TEST_CASE("models::moe: dispatchers x EP overlap x delay_wgrad, PP 1 and PP 4 wi
         for (std::uint32_t pp : {1u, 4u}) {
           const ModelSpec m = moe_model(id, pp == 1 ? 2 : 8);
           RunConfig c = pp == 1 ? moe_config(4, 4) : moe_config(8, 2, 4, 2, 4);
-          c.moe_token_dispatcher_type = disp;
+          c.moe_token_dispatcher_type = parse_token_dispatcher(disp, "disp");
           c.overlap_moe_expert_parallel_comm = mode > 0;
           c.delay_wgrad_compute = mode == 2;
           if (pp > 1) {
@@ -121,7 +121,7 @@ TEST_CASE("models::moe: every zoo MoE model x EP 1..64 x dispatcher x overlap x 
             const std::uint32_t pp = pp_case == 0 ? 1 : 4;
             const ModelSpec m = moe_model(id, pp == 1 ? 4 : 8);
             RunConfig c = pp == 1 ? moe_config(std::max(ep, 2u), ep) : moe_config(4 * std::max(ep, 2u), ep, 4, 2, 4);
-            c.moe_token_dispatcher_type = disp;
+            c.moe_token_dispatcher_type = parse_token_dispatcher(disp, "disp");
             c.overlap_moe_expert_parallel_comm = mode > 0;
             c.delay_wgrad_compute = mode == 2;
             c.overlap_p2p_comm = pp_case == 1;
@@ -186,7 +186,7 @@ TEST_CASE("models::moe: TP/SP with expert TP and expert-DP, MLA and Gated DeltaN
   e1.expert_tensor_parallel_size = 1;
   e1.overlap_moe_expert_parallel_comm = true;
   e1.delay_wgrad_compute = true;
-  e1.recompute_granularity = "selective";
+  e1.recompute_granularity = models::RecomputeGranularity::kSelective;
   e1.use_distributed_optimizer = true;
   e1.overlap_grad_reduce = true;
   e1.overlap_param_gather = true;
@@ -267,7 +267,7 @@ TEST_CASE("models::moe: flex holds moe_flex_num_sms SMs and host-syncs on the co
           "[moe]") {
   const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
   RunConfig c = moe_config(4, 4);
-  c.moe_token_dispatcher_type = "flex";
+  c.moe_token_dispatcher_type = models::TokenDispatcher::kFlex;
   c.moe_flex_num_sms = 24;
   const Lowered low = lower(m, c);
   REQUIRE(problems(low.schedule).empty());
@@ -278,7 +278,7 @@ TEST_CASE("models::moe: flex holds moe_flex_num_sms SMs and host-syncs on the co
   const auto& a2a = std::get<schedule::Collective>(op_named(low.schedule, 0, "L0.mb0.fwd.flex_dispatch_a2a").body);
   CHECK(a2a.bytes < 256ull * 8 * 2048 * 2);
   CHECK(a2a.bytes > 256ull * 3 * 2048 * 2);
-  c.moe_token_dispatcher_type = "allgather";
+  c.moe_token_dispatcher_type = models::TokenDispatcher::kAllGather;
   const Lowered ag = lower(m, c);
   REQUIRE(problems(ag.schedule).empty());
   const auto& hid = std::get<schedule::Collective>(op_named(ag.schedule, 0, "L0.mb0.fwd.moe_hidden_ag").body);
@@ -501,14 +501,14 @@ TEST_CASE("models::moe: gating rules for EP overlap, delay_wgrad, shared-expert 
   CHECK_THROWS_WITH(lower(m, ep_on(moe_config(2, 1))), twinstep_contains("expert_model_parallel_size > 1"));
   // ... dispatcher alltoall or flex.
   RunConfig ag = ep_on(moe_config(2, 2));
-  ag.moe_token_dispatcher_type = "allgather";
+  ag.moe_token_dispatcher_type = models::TokenDispatcher::kAllGather;
   CHECK_THROWS_WITH(lower(m, ag), twinstep_contains("alltoall or flex"));
   // ... VPP when PP > 1.
   CHECK_THROWS_WITH(lower(moe_model("qwen3-30b-a3b", 4), ep_on(moe_config(8, 2, 4, 1, 4))),
                     twinstep_contains("virtual_pipeline_model_parallel_size"));
   // ... no full recompute.
   RunConfig rc = ep_on(moe_config(2, 2));
-  rc.recompute_granularity = "full";
+  rc.recompute_granularity = models::RecomputeGranularity::kFull;
   rc.recompute_num_layers = 1;
   CHECK_THROWS_WITH(lower(m, rc), twinstep_contains("recompute_granularity != full"));
   // ... mutually exclusive with shared-expert overlap.
@@ -522,13 +522,13 @@ TEST_CASE("models::moe: gating rules for EP overlap, delay_wgrad, shared-expert 
   // Shared-expert overlap: error with allgather, silently off with flex, on its own stream with alltoall.
   RunConfig so = moe_config(2, 2);
   so.moe_shared_expert_overlap = true;
-  so.moe_token_dispatcher_type = "allgather";
+  so.moe_token_dispatcher_type = models::TokenDispatcher::kAllGather;
   CHECK_THROWS_WITH(lower(ds, so), twinstep_contains("allgather dispatcher"));
-  so.moe_token_dispatcher_type = "flex";
+  so.moe_token_dispatcher_type = models::TokenDispatcher::kFlex;
   const Lowered fo = lower(ds, so);
   CHECK(has_warning(fo, "forces moe_shared_expert_overlap=False"));
   CHECK(count_overlap(fo.schedule, "shared_expert") == 0);
-  so.moe_token_dispatcher_type = "alltoall";
+  so.moe_token_dispatcher_type = models::TokenDispatcher::kAllToAll;
   const Lowered ao = lower(ds, so);
   REQUIRE(problems(ao.schedule).empty());
   CHECK(count_overlap(ao.schedule, "shared_expert") > 0);
@@ -536,7 +536,7 @@ TEST_CASE("models::moe: gating rules for EP overlap, delay_wgrad, shared-expert 
         *schedule::find_stream(ao.schedule, "shared_expert"));
   // Flex on a GPU DeepEP/HybridEP do not support: silent fallback to alltoall.
   RunConfig old = moe_config(2, 2);
-  old.moe_token_dispatcher_type = "flex";
+  old.moe_token_dispatcher_type = models::TokenDispatcher::kFlex;
   old.gpu_compute_capability_major = 7;
   const Lowered fb = lower(m, old);
   CHECK(has_warning(fb, "falls back to alltoall"));

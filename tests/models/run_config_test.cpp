@@ -1,6 +1,10 @@
 // Run config JSON (round trip, unknown fields named) and overlap variants.
 #include "models/run_config.hpp"
 
+#include <string_view>
+#include <utility>
+#include <vector>
+
 #include "common/error.hpp"
 #include "tests/catch.hpp"
 
@@ -15,10 +19,10 @@ TEST_CASE("models::run_config: JSON round trip with Megatron names", "[run_confi
   c.virtual_pipeline_model_parallel_size = 5;
   c.context_parallel_size = 2;
   c.sequence_parallel = true;
-  c.recompute_granularity = "full";
+  c.recompute_granularity = models::RecomputeGranularity::kFull;
   c.recompute_num_layers = 3;
   c.bucket_size = 134217728;
-  c.cp_comm_type = "a2a";
+  c.cp_comm_type = models::CpCommType::kA2a;
   c.hierarchical_context_parallel_sizes = {2, 4};
   c.host.per_module_call_ns = 1500;
   const std::string text = run_config_to_json(c);
@@ -39,6 +43,60 @@ TEST_CASE("models::run_config: unknown fields and wrong types are errors naming 
   CHECK_THROWS_WITH(run_config_from_json(R"({"dtype": "int3"})", "r.json"), twinstep_contains("/dtype"));
 }
 
+namespace {
+
+/// Each (spelling, enumerator) pair parses one way and prints the other.
+template <typename E>
+void check_names(const std::vector<std::pair<const char*, E>>& names, E (*parse)(std::string_view, std::string_view)) {
+  for (const auto& [name, value] : names) {
+    CAPTURE(name);
+    CHECK(parse(name, "f") == value);
+    CHECK(to_string(value) == name);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("models::run_config: every mode name parses to its enumerator and prints back", "[run_config]") {
+  // The Megatron spellings, in the order of each enum.
+  check_names<RecomputeGranularity>({{"none", RecomputeGranularity::kNone},
+                                     {"selective", RecomputeGranularity::kSelective},
+                                     {"full", RecomputeGranularity::kFull}},
+                                    parse_recompute_granularity);
+  check_names<RecomputeMethod>({{"uniform", RecomputeMethod::kUniform}, {"block", RecomputeMethod::kBlock}},
+                               parse_recompute_method);
+  check_names<CpCommType>({{"p2p", CpCommType::kP2p},
+                           {"all_gather", CpCommType::kAllGather},
+                           {"a2a", CpCommType::kA2a},
+                           {"a2a+p2p", CpCommType::kA2aP2p}},
+                          parse_cp_comm_type);
+  check_names<TokenDispatcher>({{"alltoall", TokenDispatcher::kAllToAll},
+                                {"allgather", TokenDispatcher::kAllGather},
+                                {"flex", TokenDispatcher::kFlex}},
+                               parse_token_dispatcher);
+}
+
+TEST_CASE("models::run_config: an unknown mode name is a ParseError naming the field and the accepted names",
+          "[run_config]") {
+  try {
+    (void)parse_cp_comm_type("ring", "--cp-comm-type");
+    FAIL("expected a ParseError");
+  } catch (const ParseError& e) {
+    CHECK(std::string(e.what()) ==
+          "--cp-comm-type: unknown value \"ring\" (use one of: \"p2p\", \"all_gather\", \"a2a\", \"a2a+p2p\")");
+    CHECK(e.file() == "--cp-comm-type");
+  }
+  CHECK_THROWS_AS(parse_token_dispatcher("AllToAll", "d"), ParseError);  // spellings are exact
+  CHECK_THROWS_AS(parse_recompute_granularity("", "g"), ParseError);
+  CHECK_THROWS_AS(parse_recompute_method("uniform ", "m"), ParseError);
+  // In a config file the error names the file and the field's pointer once.
+  CHECK_THROWS_WITH(run_config_from_json(R"({"moe_token_dispatcher_type": "deepep"})", "r.json"),
+                    twinstep_contains("r.json: /moe_token_dispatcher_type: unknown value \"deepep\" (use one of: "
+                                      "\"alltoall\", \"allgather\", \"flex\")"));
+  CHECK_THROWS_WITH(run_config_from_json(R"({"recompute_method": 3})", "r.json"),
+                    twinstep_contains("r.json: /recompute_method: wrong type"));
+}
+
 TEST_CASE("models::run_config: derived dp", "[run_config]") {
   RunConfig c;
   c.world_size = 16;
@@ -55,7 +113,7 @@ TEST_CASE("models::run_config: overlap variants map to Megatron knobs", "[run_co
   RunConfig none = apply_overlap_variant(base, "none");
   CHECK_FALSE(none.overlap_grad_reduce);
   CHECK_FALSE(none.tp_comm_overlap);
-  CHECK(none.cp_comm_type == "all_gather");
+  CHECK(none.cp_comm_type == models::CpCommType::kAllGather);
   RunConfig dp_tp = apply_overlap_variant(base, "dp+tp");
   CHECK(dp_tp.overlap_grad_reduce);
   CHECK(dp_tp.overlap_param_gather);
@@ -66,13 +124,13 @@ TEST_CASE("models::run_config: overlap variants map to Megatron knobs", "[run_co
   RunConfig pp = apply_overlap_variant(interleaved, "pp+cp");
   CHECK(pp.overlap_p2p_comm);
   CHECK_FALSE(pp.batch_p2p_comm);
-  CHECK(pp.cp_comm_type == "p2p");
+  CHECK(pp.cp_comm_type == models::CpCommType::kP2p);
   RunConfig hier = base;
-  hier.cp_comm_type = "a2a+p2p";  // the a2a types have no overlap toggle: kept by every variant
-  CHECK(apply_overlap_variant(hier, "cp").cp_comm_type == "a2a+p2p");
-  CHECK(apply_overlap_variant(hier, "none").cp_comm_type == "a2a+p2p");
-  hier.cp_comm_type = "a2a";
-  CHECK(apply_overlap_variant(hier, "all").cp_comm_type == "a2a");
+  hier.cp_comm_type = models::CpCommType::kA2aP2p;  // the a2a types have no overlap toggle: kept by every variant
+  CHECK(apply_overlap_variant(hier, "cp").cp_comm_type == models::CpCommType::kA2aP2p);
+  CHECK(apply_overlap_variant(hier, "none").cp_comm_type == models::CpCommType::kA2aP2p);
+  hier.cp_comm_type = models::CpCommType::kA2a;
+  CHECK(apply_overlap_variant(hier, "all").cp_comm_type == models::CpCommType::kA2a);
   RunConfig all = apply_overlap_variant(base, "all");
   CHECK(all.overlap_moe_expert_parallel_comm);
   CHECK(all.delay_wgrad_compute);

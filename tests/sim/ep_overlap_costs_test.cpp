@@ -83,7 +83,7 @@ TEST_CASE("sim: the flex kernels' dedicated SMs slow the compute they overlap in
   c.seq_length = 4096;
   c.global_batch_size = 8;
   c.cuda_device_max_connections = 32;
-  c.moe_token_dispatcher_type = "flex";
+  c.moe_token_dispatcher_type = models::TokenDispatcher::kFlex;
   c.overlap_moe_expert_parallel_comm = true;
   struct Result {
     double gemm_s = 0, a2a_s = 0;
@@ -92,7 +92,7 @@ TEST_CASE("sim: the flex kernels' dedicated SMs slow the compute they overlap in
     c.moe_flex_num_sms = sms;
     const auto low = models::lower(m, c);
     Options opt;
-    opt.fidelity = "analytic";
+    opt.fidelity = sim::Fidelity::kAnalytic;
     const schedule::Trace t = simulate(low.schedule, cluster, costs, opt);
     Result r;
     for (const auto& rec : t.records) {

@@ -67,7 +67,7 @@ std::vector<LoweredCase> lowered_cases() {
     auto c = base_config();
     c.tensor_model_parallel_size = 2;
     c.context_parallel_size = 2;
-    c.cp_comm_type = "p2p";
+    c.cp_comm_type = models::CpCommType::kP2p;
     c.sequence_parallel = true;
     c.seq_length = 4096;
     c.global_batch_size = 4;
@@ -144,7 +144,7 @@ TEST_CASE(
     model.num_layers = lc.layers;
     const models::Lowered lowered = models::lower(model, lc.config);
     Options oa, of;
-    of.fidelity = "flow";
+    of.fidelity = sim::Fidelity::kFlow;
     const Trace a = simulate(lowered.schedule, cluster, costs, oa);
     const Trace f = simulate(lowered.schedule, cluster, costs, of);  // throws on a lost completion (deadlock)
     const double ta = to_seconds(a.step_times_ns.at(0)), tf = to_seconds(f.step_times_ns.at(0));

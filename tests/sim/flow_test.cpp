@@ -25,7 +25,7 @@ double end_s(const Trace& t, OpId op) { return to_seconds(t.records.at(op).end_n
 
 Trace run(const Schedule& s, const topologies::Cluster& c, const Profile& p, const std::string& fidelity) {
   Options o;
-  o.fidelity = fidelity;
+  o.fidelity = parse_fidelity(fidelity, "fidelity");
   return simulate(s, c, CostModel(c, p), o);
 }
 

@@ -442,14 +442,13 @@ TEST_CASE("sim: more ranks than GPUs is not feasible, an unknown fidelity is an 
   Builder small(1, {{"compute", 0}});
   small.gemm(0, "g", 0, 128, 128, 128);
   Options o;
-  o.fidelity = "exact";
-  try {
-    (void)simulate(small.schedule(), cluster, costs, o);
-    FAIL("expected an error");
-  } catch (const Error& e) {
-    CHECK(std::string(e.what()).find("use analytic or flow") != std::string::npos);
-  }
-  o.fidelity = "flow";
+  CHECK(parse_fidelity("analytic", "--fidelity") == Fidelity::kAnalytic);
+  CHECK(parse_fidelity("flow", "--fidelity") == Fidelity::kFlow);
+  CHECK(to_string(Fidelity::kAnalytic) == "analytic");
+  CHECK(to_string(Fidelity::kFlow) == "flow");
+  CHECK_THROWS_WITH(parse_fidelity("exact", "--fidelity"),
+                    "--fidelity: unknown value \"exact\" (use one of: \"analytic\", \"flow\")");
+  o.fidelity = sim::Fidelity::kFlow;
   if (!flow_model_available()) {
     try {
       (void)simulate(small.schedule(), cluster, costs, o);

@@ -117,13 +117,14 @@ TEST_CASE("sweep::expand: order, keys and invalid points", "[sweep]") {
   s.tp = {1, 3};
   s.gpus = {4, 8};
   s.overlaps = {"none", "dp"};
-  s.dispatchers = {"alltoall", "flex"};  // a dense model is swept with the first dispatcher only
+  s.dispatchers = {models::TokenDispatcher::kAllToAll,
+                   models::TokenDispatcher::kFlex};  // a dense model is swept with the first dispatcher only
   const auto points = sweep::expand(s);
   REQUIRE(points.size() == 2 * 2 * 2);  // gpus x tp x overlap
   std::set<std::string> keys;
   for (std::size_t i = 0; i < points.size(); ++i) {
     CHECK(points[i].index == i);
-    CHECK(points[i].dispatcher == "alltoall");
+    CHECK(points[i].dispatcher == models::TokenDispatcher::kAllToAll);
     keys.insert(sweep::point_key(points[i]));
   }
   CHECK(keys.size() == points.size());
@@ -210,7 +211,7 @@ TEST_CASE("sweep::split_list: lists from flags", "[sweep]") {
 }
 
 TEST_CASE("sweep: the default fidelity is predict's, and each point names its predict command", "[sweep]") {
-  CHECK(sweep::Spec{}.fidelities == std::vector<std::string>{sim::default_fidelity()});
+  CHECK(sweep::Spec{}.fidelities == std::vector<sim::Fidelity>{sim::default_fidelity()});
   sweep::Point p;
   p.model = "llama3-70b";
   p.cluster = "dgx-h100";

@@ -94,7 +94,7 @@ TEST_CASE("sweep::run_sweep: mixed analytic and flow points give the lines evalu
   // own. The lines must not depend on which worker evaluated what.
   const std::string dir = temp_dir("mixed");
   auto points = tiny_points();
-  for (std::size_t i = 0; i < points.size(); i += 3) points[i].fidelity = "flow";
+  for (std::size_t i = 0; i < points.size(); i += 3) points[i].fidelity = sim::Fidelity::kFlow;
   for (const unsigned jobs : {1u, 2u}) {
     const std::string path = dir + "/out" + std::to_string(jobs) + ".jsonl";
     const auto results = sweep::run_sweep(points, opts(path, jobs));
@@ -102,7 +102,7 @@ TEST_CASE("sweep::run_sweep: mixed analytic and flow points give the lines evalu
     std::size_t flow_ok = 0;
     for (std::size_t i = 0; i < points.size(); ++i) {
       CHECK(results[i].line == sweep::evaluate_point(points[i]));
-      flow_ok += points[i].fidelity == "flow" && results[i].status == "ok";
+      flow_ok += points[i].fidelity == sim::Fidelity::kFlow && results[i].status == "ok";
     }
     if (sim::flow_model_available()) CHECK(flow_ok > 0);
   }

@@ -1,79 +1,30 @@
-// JSON read/write of schedules and traces; the only file that includes nlohmann/json. Reading streams the "ops"
-// and "records" arrays through nlohmann's parser callback, so a million-op file never exists as one DOM; writing
-// is a plain deterministic string builder (fixed key order, one op or record per line). docs/ir.md is the spec.
-#include "schedule/json.hpp"
-
+// Reading schedules and traces from JSON; with json_write.cpp the IR's JSON (schedule/json.hpp, docs/ir.md is the
+// spec), and the only file of schedule/ that includes nlohmann/json. Reading streams the "ops" and "records" arrays
+// through nlohmann's parser callback, so a million-op file never exists as one DOM; errors name the file and the
+// JSON pointer of the offending field.
 #include <array>
-#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <type_traits>
 #include <unordered_map>
 #include <utility>
 
+#include "common/enum_names.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/json.hpp"
+#include "schedule/json.hpp"
+#include "schedule/json_spellings.hpp"
 
 namespace twinstep::schedule {
 
 namespace {
 
 using nlohmann::json;
-
-// ---------------------------------------------------------------------------------------------------------------
-// Spellings
-// ---------------------------------------------------------------------------------------------------------------
-
-constexpr std::array<std::pair<std::string_view, DType>, 6> kDTypes{{{"bf16", DType::kBF16},
-                                                                     {"fp16", DType::kFP16},
-                                                                     {"fp32", DType::kFP32},
-                                                                     {"fp8", DType::kFP8},
-                                                                     {"int64", DType::kInt64},
-                                                                     {"int32", DType::kInt32}}};
-constexpr std::array<std::pair<std::string_view, CollectiveKind>, 5> kCollectives{
-    {{"all_reduce", CollectiveKind::kAllReduce},
-     {"all_gather", CollectiveKind::kAllGather},
-     {"reduce_scatter", CollectiveKind::kReduceScatter},
-     {"all_to_all", CollectiveKind::kAllToAll},
-     {"broadcast", CollectiveKind::kBroadcast}}};
-constexpr std::array<std::pair<std::string_view, Phase>, 5> kPhases{{{"none", Phase::kNone},
-                                                                     {"fwd", Phase::kFwd},
-                                                                     {"bwd", Phase::kBwd},
-                                                                     {"wgrad", Phase::kWgrad},
-                                                                     {"optim", Phase::kOptim}}};
-constexpr std::array<std::pair<std::string_view, CopyKind>, 3> kCopies{
-    {{"d2h", CopyKind::kD2H}, {"h2d", CopyKind::kH2D}, {"d2d", CopyKind::kD2D}}};
-
-template <typename E, std::size_t N>
-const char* name_of(const std::array<std::pair<std::string_view, E>, N>& table, E value) {
-  for (const auto& [name, v] : table) {
-    if (v == value) return name.data();  // the literals are NUL-terminated
-  }
-  return "?";
-}
-
-template <typename E, std::size_t N>
-std::string spellings(const std::array<std::pair<std::string_view, E>, N>& table) {
-  std::string out;
-  for (const auto& [name, v] : table) {
-    if (!out.empty()) out += ", ";
-    out += '"' + std::string(name) + '"';
-  }
-  return out;
-}
-
-template <typename E, std::size_t N>
-const E* lookup(const std::array<std::pair<std::string_view, E>, N>& table, std::string_view name) {
-  for (const auto& entry : table) {
-    if (entry.first == name) return &entry.second;
-  }
-  return nullptr;
-}
+using namespace spelling;  // NOLINT(google-build-using-namespace): the tables, named as in the JSON
 
 // ---------------------------------------------------------------------------------------------------------------
 // JSON pointers, built only when an error is reported
@@ -228,7 +179,7 @@ template <typename E, std::size_t N>
 E as_enum(const Ctx& c, const json& v, const Path& p, const std::array<std::pair<std::string_view, E>, N>& table,
           const char* what) {
   const std::string& s = as_string(c, v, p);
-  if (const E* e = lookup(table, s)) return *e;
+  if (const E* e = find_name(table, s)) return *e;
   fail(c, p, "unknown " + std::string(what) + " \"" + s + "\" (use one of: " + spellings(table) + ")");
 }
 
@@ -327,8 +278,17 @@ Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
     const json* v = member(k, key);
     return v == nullptr ? def : as_enum(c, *v, p / key, kDTypes, "dtype");
   };
+  // fp8 GEMM operand formats: default e4m3, only with dtype fp8.
+  auto formats = [&](DType t, Fp8Format& a, Fp8Format& b) {
+    for (const auto& [key, f] : {std::pair<const char*, Fp8Format*>{"a_format", &a}, {"b_format", &b}}) {
+      const json* v = member(k, key);
+      if (v == nullptr) continue;
+      if (t != DType::kFP8) fail(c, p / key, std::string(key) + " is for dtype fp8 only (drop it or set dtype fp8)");
+      *f = as_enum(c, *v, p / key, kFp8Formats, "fp8 format");
+    }
+  };
   if (cls == "gemm") {
-    static constexpr std::array<const char*, 6> kKeys{"class", "m", "n", "k", "batch", "dtype"};
+    static constexpr std::array<const char*, 8> kKeys{"class", "m", "n", "k", "batch", "dtype", "a_format", "b_format"};
     check_keys(c, k, p, kKeys, "a gemm kernel");
     Gemm g;
     g.m = u64("m", "rows of A and C");
@@ -336,10 +296,11 @@ Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
     g.k = u64("k", "the reduction dimension");
     if (const json* b = member(k, "batch")) g.batch = as_u64(c, *b, p / "batch");
     g.dtype = dtype("dtype", DType::kBF16);
+    formats(g.dtype, g.a_format, g.b_format);
     return g;
   }
   if (cls == "grouped_gemm") {
-    static constexpr std::array<const char*, 5> kKeys{"class", "m", "n", "k", "dtype"};
+    static constexpr std::array<const char*, 7> kKeys{"class", "m", "n", "k", "dtype", "a_format", "b_format"};
     check_keys(c, k, p, kKeys, "a grouped_gemm kernel");
     GroupedGemm g;
     g.m = as_u64_list(c, required(c, k, p, "m", "rows per group: a list, one entry per local expert"), p / "m",
@@ -347,6 +308,7 @@ Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
     g.n = u64("n", "columns of B and C");
     g.k = u64("k", "the reduction dimension");
     g.dtype = dtype("dtype", DType::kBF16);
+    formats(g.dtype, g.a_format, g.b_format);
     return g;
   }
   if (cls == "attention") {
@@ -694,274 +656,17 @@ json parse_with(Loader& loader, std::string_view text) {
   });
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Writing
-// ---------------------------------------------------------------------------------------------------------------
-
-class Writer {
- public:
-  std::string out;
-
-  void raw(std::string_view s) { out.append(s); }
-  void ch(char c) { out.push_back(c); }
-
-  template <typename T>
-  void num(T v) {
-    static_assert(std::is_integral_v<T>);
-    char buf[24];
-    auto r = std::to_chars(buf, buf + sizeof buf, v);
-    out.append(buf, r.ptr);
-  }
-
-  void str(std::string_view s) {
-    out.push_back('"');
-    for (char c : s) {
-      const auto u = static_cast<unsigned char>(c);
-      switch (c) {
-        case '"':
-          out += "\\\"";
-          break;
-        case '\\':
-          out += "\\\\";
-          break;
-        case '\n':
-          out += "\\n";
-          break;
-        case '\r':
-          out += "\\r";
-          break;
-        case '\t':
-          out += "\\t";
-          break;
-        case '\b':
-          out += "\\b";
-          break;
-        case '\f':
-          out += "\\f";
-          break;
-        default:
-          if (u < 0x20) {
-            static constexpr char kHex[] = "0123456789abcdef";
-            out += "\\u00";
-            out.push_back(kHex[u >> 4]);
-            out.push_back(kHex[u & 15]);
-          } else {
-            out.push_back(c);
-          }
-      }
-    }
-    out.push_back('"');
-  }
-
-  /// ,"key": (or "key": as the first member when `first`).
-  void key(std::string_view k, bool first = false) {
-    if (!first) out.push_back(',');
-    str(k);
-    out.push_back(':');
-  }
-
-  template <typename T>
-  void num_list(const std::vector<T>& v) {
-    out.push_back('[');
-    for (std::size_t i = 0; i < v.size(); ++i) {
-      if (i != 0) out.push_back(',');
-      num(v[i]);
-    }
-    out.push_back(']');
-  }
-
-  void string_map(const std::map<std::string, std::string>& m) {
-    out.push_back('{');
-    bool first = true;
-    for (const auto& [k, v] : m) {
-      key(k, first);
-      first = false;
-      str(v);
-    }
-    out.push_back('}');
-  }
-};
-
-std::string stream_name(const Schedule& s, StreamId id) {
-  return id < s.streams.size() ? s.streams[id].name : "<undeclared stream " + std::to_string(id) + ">";
-}
-
-std::string comm_name(const Schedule& s, CommId id) {
-  return id < s.communicators.size() ? s.communicators[id].name
-                                     : "<undeclared communicator " + std::to_string(id) + ">";
-}
-
-void write_kernel(Writer& w, const Kernel& kernel) {
-  w.ch('{');
-  std::visit(
-      [&w](const auto& k) {
-        using T = std::decay_t<decltype(k)>;
-        if constexpr (std::is_same_v<T, Gemm>) {
-          w.key("class", true), w.str("gemm");
-          w.key("m"), w.num(k.m);
-          w.key("n"), w.num(k.n);
-          w.key("k"), w.num(k.k);
-          w.key("batch"), w.num(k.batch);
-          w.key("dtype"), w.str(dtype_name(k.dtype));
-        } else if constexpr (std::is_same_v<T, GroupedGemm>) {
-          w.key("class", true), w.str("grouped_gemm");
-          w.key("m"), w.num_list(k.m);
-          w.key("n"), w.num(k.n);
-          w.key("k"), w.num(k.k);
-          w.key("dtype"), w.str(dtype_name(k.dtype));
-        } else if constexpr (std::is_same_v<T, Attention>) {
-          w.key("class", true), w.str("attention");
-          w.key("batch"), w.num(k.batch);
-          w.key("heads_q"), w.num(k.heads_q);
-          w.key("heads_kv"), w.num(k.heads_kv);
-          w.key("seq_q"), w.num(k.seq_q);
-          w.key("seq_kv"), w.num(k.seq_kv);
-          w.key("head_dim"), w.num(k.head_dim);
-          w.key("causal"), w.raw(k.causal ? "true" : "false");
-          w.key("backward"), w.raw(k.backward ? "true" : "false");
-          w.key("dtype"), w.str(dtype_name(k.dtype));
-        } else if constexpr (std::is_same_v<T, Elementwise>) {
-          w.key("class", true), w.str("elementwise");
-          w.key("bytes"), w.num(k.bytes);
-          w.key("flops"), w.num(k.flops);
-        } else if constexpr (std::is_same_v<T, Optimizer>) {
-          w.key("class", true), w.str("optimizer");
-          w.key("params"), w.num(k.params);
-          w.key("param_dtype"), w.str(dtype_name(k.param_dtype));
-        } else {
-          static_assert(std::is_same_v<T, Memcpy>);
-          w.key("class", true), w.str("memcpy");
-          w.key("bytes"), w.num(k.bytes);
-          w.key("copy"), w.str(name_of(kCopies, k.kind));
-        }
-      },
-      kernel);
-  w.ch('}');
-}
-
-void write_op(Writer& w, const Schedule& s, const Op& op) {
-  w.key("id", true), w.num(op.id);
-  w.key("rank"), w.num(op.rank);
-  w.key("name"), w.str(op.name);
-  w.key("kind"), w.str(kind_name(op.body));
-  const bool on_host = std::holds_alternative<Host>(op.body) || std::holds_alternative<HostSync>(op.body);
-  if (!on_host) w.key("stream"), w.str(stream_name(s, op.stream));
-  w.key("deps"), w.num_list(op.deps);
-  const Tags& t = op.tags;
-  if (t.layer != -1 || t.microbatch != -1 || t.chunk != -1 || t.phase != Phase::kNone || !t.overlap.empty()) {
-    w.key("tags"), w.ch('{');
-    bool first = true;
-    auto int_tag = [&](const char* k, std::int32_t v) {
-      if (v == -1) return;
-      w.key(k, first), w.num(v);
-      first = false;
-    };
-    int_tag("layer", t.layer);
-    int_tag("microbatch", t.microbatch);
-    int_tag("chunk", t.chunk);
-    if (t.phase != Phase::kNone) {
-      w.key("phase", first), w.str(phase_name(t.phase));
-      first = false;
-    }
-    if (!t.overlap.empty()) w.key("overlap", first), w.str(t.overlap);
-    w.ch('}');
-  }
-  std::visit(
-      [&](const auto& b) {
-        using T = std::decay_t<decltype(b)>;
-        if constexpr (std::is_same_v<T, Compute>) {
-          w.key("kernel"), write_kernel(w, b.kernel);
-          if (b.sm_count > 0) w.key("sm_count"), w.num(b.sm_count);
-        } else if constexpr (std::is_same_v<T, Collective>) {
-          w.key("collective"), w.str(collective_name(b.kind));
-          w.key("comm"), w.str(comm_name(s, b.comm));
-          w.key("bytes"), w.num(b.bytes);
-          w.key("dtype"), w.str(dtype_name(b.dtype));
-          if (b.kind == CollectiveKind::kAllToAll) w.key("send_bytes"), w.num_list(b.send_bytes);
-          if (b.kind == CollectiveKind::kBroadcast) w.key("root"), w.num(b.root);
-          if (b.sm_count > 0) w.key("sm_count"), w.num(b.sm_count);
-        } else if constexpr (std::is_same_v<T, Send> || std::is_same_v<T, Recv>) {
-          w.key("comm"), w.str(comm_name(s, b.comm));
-          w.key("peer"), w.num(b.peer);
-          w.key("bytes"), w.num(b.bytes);
-          w.key("tag"), w.num(b.tag);
-        } else if constexpr (std::is_same_v<T, Host>) {
-          w.key("duration_ns"), w.num(b.duration_ns);
-        } else {
-          static_assert(std::is_same_v<T, HostSync>);
-          w.key("target"), w.num(b.target);
-        }
-      },
-      op.body);
-}
-
-void write_schedule_to(Writer& w, const Schedule& s) {
-  w.ch('{');
-  w.key("schema_version", true), w.num(Schedule::kSchemaVersion);
-  w.key("name"), w.str(s.name);
-  w.key("world_size"), w.num(s.world_size);
-  w.key("ranks"), w.num_list(s.ranks);
-  w.raw(",\n\"streams\":[");
-  for (std::size_t i = 0; i < s.streams.size(); ++i) {
-    w.raw(i == 0 ? "\n{" : ",\n{");
-    w.key("name", true), w.str(s.streams[i].name);
-    w.key("priority"), w.num(s.streams[i].priority);
-    w.ch('}');
-  }
-  w.raw("],\n\"communicators\":[");
-  for (std::size_t i = 0; i < s.communicators.size(); ++i) {
-    const Communicator& c = s.communicators[i];
-    w.raw(i == 0 ? "\n{" : ",\n{");
-    w.key("name", true), w.str(c.name);
-    w.key("kind"), w.str(c.kind);
-    w.key("members"), w.num_list(c.members);
-    w.ch('}');
-  }
-  w.raw("],\n\"ops\":[");
-  for (std::size_t i = 0; i < s.ops.size(); ++i) {
-    w.raw(i == 0 ? "\n{" : ",\n{");
-    write_op(w, s, s.ops[i]);
-    w.ch('}');
-  }
-  w.raw("],\n\"meta\":");
-  w.string_map(s.meta);
-  w.raw(",\n\"warnings\":[");
-  for (std::size_t i = 0; i < s.warnings.size(); ++i) {
-    if (i != 0) w.ch(',');
-    w.str(s.warnings[i]);
-  }
-  w.raw("]}");
-}
-
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------------------------
-// Public API
-// ---------------------------------------------------------------------------------------------------------------
-
-const char* dtype_name(DType t) { return name_of(kDTypes, t); }
-
 DType parse_dtype(std::string_view name) {
-  if (const DType* d = lookup(kDTypes, name)) return *d;
+  if (const DType* d = find_name(kDTypes, name)) return *d;
   throw Error("unknown dtype \"" + std::string(name) + "\" (use one of: " + spellings(kDTypes) + ")");
 }
-
-const char* collective_name(CollectiveKind k) { return name_of(kCollectives, k); }
-
-const char* phase_name(Phase p) { return name_of(kPhases, p); }
 
 Schedule schedule_from_json(std::string_view text, const std::string& source) {
   Loader loader(source, false);
   const json root = parse_with(loader, text);
   return loader.finish_schedule(root, Path());
-}
-
-std::string schedule_to_json(const Schedule& schedule) {
-  Writer w;
-  w.out.reserve(256 + schedule.ops.size() * 160);
-  write_schedule_to(w, schedule);
-  w.ch('\n');
-  return std::move(w.out);
 }
 
 Trace trace_from_json(std::string_view text, const std::string& source) {
@@ -970,41 +675,8 @@ Trace trace_from_json(std::string_view text, const std::string& source) {
   return loader.finish_trace(root);
 }
 
-std::string trace_to_json(const Trace& trace) {
-  Writer w;
-  w.out.reserve(512 + trace.records.size() * 64 + trace.schedule.ops.size() * 160);
-  w.ch('{');
-  w.key("schema_version", true), w.num(Trace::kSchemaVersion);
-  w.key("producer"), w.str(trace.producer);
-  w.raw(",\n");
-  w.key("context", true), w.string_map(trace.context);
-  w.raw(",\n");
-  w.key("step_times_ns", true), w.num_list(trace.step_times_ns);
-  w.raw(",\n\"records\":[");
-  for (std::size_t i = 0; i < trace.records.size(); ++i) {
-    const OpRecord& r = trace.records[i];
-    w.raw(i == 0 ? "\n{" : ",\n{");
-    w.key("op", true), w.num(r.op);
-    w.key("rank"), w.num(r.rank);
-    w.key("issue"), w.num(r.issue_ns);
-    w.key("start"), w.num(r.start_ns);
-    w.key("end"), w.num(r.end_ns);
-    w.ch('}');
-  }
-  w.raw("],\n\"schedule\":");
-  write_schedule_to(w, trace.schedule);
-  w.raw("}\n");
-  return std::move(w.out);
-}
-
 Schedule read_schedule(const std::string& path) { return schedule_from_json(read_file(path), path); }
 
-void write_schedule(const Schedule& schedule, const std::string& path) {
-  write_file_atomic(path, schedule_to_json(schedule));
-}
-
 Trace read_trace(const std::string& path) { return trace_from_json(read_file(path), path); }
-
-void write_trace(const Trace& trace, const std::string& path) { write_file_atomic(path, trace_to_json(trace)); }
 
 }  // namespace twinstep::schedule

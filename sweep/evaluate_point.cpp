@@ -1,0 +1,257 @@
+// Evaluating one point of a sweep: its run config as `twinstep predict` builds it, the lowering checks, the
+// steady-state periodicity over micro-batches (evaluate/periodic.hpp) through evaluate::evaluate, and its JSON line.
+// Per-process caches of models, clusters, profiles and base configs serve the many points a worker evaluates. The pool
+// that runs points in worker processes is runner.cpp.
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/error.hpp"
+#include "common/units.hpp"
+#include "evaluate/evaluate.hpp"
+#include "evaluate/periodic.hpp"
+#include "models/limits.hpp"
+#include "models/lower.hpp"
+#include "models/model_spec.hpp"
+#include "models/recipe.hpp"
+#include "models/run_config.hpp"
+#include "schedule/analysis.hpp"
+#include "sim/profile_choice.hpp"
+#include "sim/simulate.hpp"
+#include "sweep/runner.hpp"
+#include "topologies/cluster.hpp"
+
+namespace twinstep::sweep {
+namespace {
+
+/// Per-process caches of the inputs a worker needs for many points.
+struct Inputs {
+  std::map<std::string, models::ModelSpec> models;
+  std::map<std::pair<std::string, std::uint32_t>, topologies::Cluster> clusters;
+  std::map<std::string, sim::ProfileChoice> profiles;
+  /// Base run configs by path ("" = none) with the fields each file sets (the recipe defaults leave them alone).
+  std::map<std::string, std::pair<models::RunConfig, models::SetFields>> configs;
+
+  const models::ModelSpec& model(const std::string& id) {
+    auto it = models.find(id);
+    if (it == models.end()) it = models.emplace(id, models::load_model(id)).first;
+    return it->second;
+  }
+  const topologies::Cluster& cluster(const std::string& id, std::uint32_t gpus) {
+    const auto k = std::make_pair(id, gpus);
+    auto it = clusters.find(k);
+    if (it == clusters.end()) it = clusters.emplace(k, topologies::load_cluster(id, {0, gpus})).first;
+    return it->second;
+  }
+  /// The profile a point uses: sim::choose_profile of its --profile value on its cluster, as predict chooses.
+  const sim::ProfileChoice& profile(const std::string& flag, const topologies::Cluster& cluster) {
+    const std::string key = flag + '\n' + cluster.node.gpu.name + '\n' + cluster.profile + '\n' + cluster.source_dir;
+    auto it = profiles.find(key);
+    if (it == profiles.end()) it = profiles.emplace(key, sim::choose_profile(flag, cluster)).first;
+    return it->second;
+  }
+
+  const std::pair<models::RunConfig, models::SetFields>& config(const std::string& path) {
+    auto it = configs.find(path);
+    if (it == configs.end()) {
+      std::pair<models::RunConfig, models::SetFields> c;
+      if (!path.empty()) c.first = models::read_run_config(path, &c.second);
+      it = configs.emplace(path, std::move(c)).first;
+    }
+    return it->second;
+  }
+};
+
+Inputs& inputs() {
+  static Inputs in;
+  return in;
+}
+
+nlohmann::ordered_json head(const Point& p, const std::string& status, const std::string& reason) {
+  nlohmann::ordered_json j;
+  j["point"] = p.index;
+  j["key"] = point_inputs(p);
+  j["status"] = status;
+  j["reason"] = reason;
+  j["predict_command"] = predict_command(p);
+  return j;
+}
+
+}  // namespace
+
+double estimated_cost(const Point& p) {
+  try {
+    const auto& l = p.layout;
+    const std::uint64_t model_parallel = std::uint64_t{l.tp} * l.pp * l.cp;
+    if (model_parallel == 0 || p.gpus % model_parallel != 0 || l.mbs == 0) return 0;
+    const std::uint64_t dp = p.gpus / model_parallel;
+    const std::uint64_t micro_batches = p.gbs / (std::uint64_t{l.mbs} * dp);
+    if (micro_batches == 0) return 0;
+    double simulated = static_cast<double>(micro_batches);
+    if (const auto plan = evaluate::periodic_counts(static_cast<std::uint32_t>(micro_batches), l.pp, l.vpp, l.pp)) {
+      simulated = static_cast<double>((*plan)[0]) + (*plan)[1] + (*plan)[2];
+    }
+    // Ranks simulated under the one reduction policy: one per (stage, CP rank) with TP mirrored, one per DP
+    // replica, or all.
+    const sim::Reduction reduction = sim::reduction_policy(p.gpus, p.fidelity);
+    const double ranks = reduction.mirror_tp              ? static_cast<double>(l.pp) * l.cp
+                         : reduction.representatives_only ? static_cast<double>(p.gpus / dp)
+                                                          : static_cast<double>(p.gpus);
+    return ranks * simulated * inputs().model(p.model).num_layers / l.pp;
+  } catch (const Error&) {
+    return 0;
+  }
+}
+
+namespace {
+
+/// The run config of a point, as `twinstep predict` builds it from the same flags (predict_command(p)): the base
+/// config, the point's layout, batch and dispatcher, then the recipe defaults for every knob neither set.
+models::RunConfig point_config(const Point& p, const topologies::Cluster& cluster) {
+  const auto& [config, file_fields] = inputs().config(p.base_config);
+  models::RunConfig base = config;
+  models::SetFields set = file_fields;
+  base.world_size = p.gpus;
+  base.tensor_model_parallel_size = p.layout.tp;
+  base.pipeline_model_parallel_size = p.layout.pp;
+  base.virtual_pipeline_model_parallel_size = p.layout.vpp;
+  base.context_parallel_size = p.layout.cp;
+  base.expert_model_parallel_size = p.layout.ep;
+  base.data_parallel_size = 0;
+  base.micro_batch_size = p.layout.mbs;
+  const sim::ProfileChoice& profile = inputs().profile(p.profile, cluster);
+  (void)evaluate::host_costs_from_profile(profile.measured ? &profile.profile : nullptr, base.host);
+  (void)evaluate::memory_costs_from_profile(profile.measured ? &profile.profile : nullptr, base.memory);
+  base.global_batch_size = p.gbs;
+  base.seq_length = p.seq;
+  base.moe_token_dispatcher_type = p.dispatcher;
+  set.insert({"global_batch_size", "moe_token_dispatcher_type"});
+  base.gpu_memory_bytes = cluster.node.gpu.hbm_capacity_bytes;
+  (void)models::apply_recipe_defaults(base, set);
+  return models::apply_overlap_variant(base, p.overlap);
+}
+
+std::string evaluate_or_throw(const Point& p, bool extrapolate) {
+  Inputs& in = inputs();
+  const models::ModelSpec& model = in.model(p.model);
+  const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
+  const models::RunConfig cfg = point_config(p, cluster);
+  const sim::CostModel costs(cluster, in.profile(p.profile, cluster).profile);
+  // The one evaluation path of predict: reduction policy, steady-state periodicity, size limits.
+  evaluate::Options eval_opts;
+  eval_opts.fidelity = p.fidelity;
+  eval_opts.op_names = false;  // a sweep keeps only step times, breakdowns and memory
+  eval_opts.schedule_hash = false;
+  eval_opts.simulate_when_not_fitting = false;
+  eval_opts.periodic = extrapolate;
+  // Size guard kept (evaluate's models::kMaxSimulatedOps, of the largest short run with periodicity): a point with
+  // few micro-batches and a large p2p CP group still lowers tens of M ops (GPT-3 175B, 128 GPUs, cp 64: 2.7 GB per
+  // worker and rising, bench/results/scale.md), so such a point is refused with its size instead of being run into
+  // the memory of a shared machine. Issue 18's "never refused for size" needs memory per op cut first (not done).
+  eval_opts.check_size = true;
+  const double cap_gib = cfg.gpu_memory_bytes / kGiB;
+  auto with_memory = [&](nlohmann::ordered_json j, double mem_gib) {
+    j["memory_gib_per_gpu"] = mem_gib;
+    j["memory_capacity_gib"] = cap_gib;
+    return j;
+  };
+  auto does_not_fit = [&](double mem_gib, const std::vector<std::string>& warnings, const char* when) {
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "%sneeds %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB", when, mem_gib,
+                  cap_gib);
+    auto j = with_memory(head(p, "does_not_fit", buf), mem_gib);
+    j["warnings"] = warnings;
+    return j.dump();
+  };
+  evaluate::Result full;
+  try {
+    // Pruned first: a layout that cannot fit is not lowered (the memory estimate needs only the run context).
+    if (const double mem = models::estimate_peak_memory(model, cfg).total_bytes(); mem > cfg.gpu_memory_bytes) {
+      return does_not_fit(mem / kGiB, models::check_config(model, cfg), "pruned before lowering: ");
+    }
+    full = evaluate::evaluate(model, cluster, costs, cfg, eval_opts);
+  } catch (const Error& e) {
+    return head(p, "invalid", e.what()).dump();
+  }
+  const std::vector<std::string>& warnings = full.warnings;
+  if (!full.fits) return does_not_fit(full.peak_memory.total_bytes() / kGiB, warnings, "");
+  const schedule::RankBreakdown& mean = full.sim.breakdown.mean;
+  std::map<std::string, double> v;
+  v["step"] = full.sim.breakdown.step_time_s;
+  v["compute"] = mean.compute_s;
+  for (const auto& [kind, x] : mean.exposed_comm_s) v["exposed " + kind] = x;
+  v["bubble"] = mean.bubble_s;
+  v["host-bound"] = mean.host_bound_s;
+  v["busy comm"] = mean.busy_comm_s;
+  auto j = with_memory(head(p, "ok", ""), full.peak_memory.total_bytes() / kGiB);
+  j["step_time_s"] = full.step_s;
+  j["profile_used"] = in.profile(p.profile, cluster).profile.name;
+  j["mfu"] = full.mfu;
+  j["tflops_per_gpu"] = full.tflops_per_gpu;
+  nlohmann::ordered_json bd;
+  for (const auto& [key, x] : v) {
+    if (key != "step" && key != "busy comm") bd[key] = x;
+  }
+  j["breakdown_s"] = bd;
+  j["busy_comm_s"] = v.at("busy comm");
+  j["warnings"] = warnings;
+  if (full.periodic_from.empty()) {
+    if (!full.periodic_fallback.empty()) j["extrapolation_fallback"] = full.periodic_fallback;
+  } else {
+    j["extrapolated_from_micro_batches"] = full.periodic_from;
+  }
+  return j.dump();
+}
+
+}  // namespace
+
+std::string status_line(const Point& p, const std::string& status, const std::string& reason) {
+  return head(p, status, reason).dump();
+}
+
+models::Lowered lower_point(const Point& point) {
+  if (!point.invalid_reason.empty()) throw Error("point " + std::to_string(point.index) + ": " + point.invalid_reason);
+  const topologies::Cluster& cluster = inputs().cluster(point.cluster, point.gpus);
+  return models::lower(inputs().model(point.model), point_config(point, cluster));
+}
+
+std::string rejection_reason(const Point& point) {
+  if (!point.invalid_reason.empty()) return point.invalid_reason;
+  Inputs& in = inputs();
+  const models::ModelSpec* model = nullptr;
+  models::RunConfig cfg;
+  try {
+    // What evaluate_or_throw needs before its checks: a failure here is an "error" line, not a rejection.
+    model = &in.model(point.model);
+    const topologies::Cluster& cluster = in.cluster(point.cluster, point.gpus);
+    cfg = point_config(point, cluster);
+  } catch (const Error&) {
+    return "";
+  }
+  try {
+    (void)models::check_config(*model, cfg);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string evaluate_point(const Point& point, bool extrapolate) {
+  if (!point.invalid_reason.empty()) return head(point, "invalid", point.invalid_reason).dump();
+  try {
+    return evaluate_or_throw(point, extrapolate);
+  } catch (const Error& e) {
+    return head(point, "error", e.what()).dump();
+  } catch (const std::exception& e) {
+    return head(point, "error", std::string("internal error: ") + e.what()).dump();
+  }
+}
+
+}  // namespace twinstep::sweep
