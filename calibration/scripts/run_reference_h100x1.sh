@@ -100,7 +100,9 @@ run_case() {
     $T import-trace "$D/torch_trace.json" --schedule "$D/step.json" -o "$D/torch_measured.json" > "$D/import.txt" 2>&1
     head -2 "$D/import.txt"
     if [ -s "$D/torch_measured.json" ]; then
-      [ -n "$PROF" ] && $T compare "$D/pred_profile.json" "$D/torch_measured.json" > "$D/compare_profile_vs_torch.txt" 2>&1
+      # Op by op, what the PyTorch step runs slower or faster than the backend (both on step.json; the prediction
+      # with the profile ran step_profile.json, whose host ops differ).
+      [ -s "$D/backend.json" ] && $T compare "$D/backend.json" "$D/torch_measured.json" > "$D/compare_backend_vs_torch.txt" 2>&1
       $T calibrate --from-trace "$D/torch_measured.json" --cluster dgx-h100 -o "$D/profile_from_trace.json" \
         > "$D/from_trace.log" 2>&1
       $T simulate "$D/step.json" --cluster dgx-h100 --gpus 1 --profile "$D/profile_from_trace.json" \
