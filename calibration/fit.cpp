@@ -688,4 +688,57 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   return r;
 }
 
+std::vector<std::string> borrow_comm_fields(FitResult& r, const sim::Profile& donor) {
+  sim::Profile& p = r.profile;
+  std::vector<std::string> taken;
+  if (p.collectives.empty() && !donor.collectives.empty()) {
+    p.collectives = donor.collectives;
+    p.nccl = donor.nccl;
+    taken.emplace_back("collectives");
+    taken.emplace_back("nccl");
+  }
+  for (const char* cls : {"collective", "send", "recv"}) {
+    const std::string field = std::string("launch.") + cls;
+    const auto missing = [&field](const sim::Profile& q) {
+      return std::find(q.missing_fields.begin(), q.missing_fields.end(), field) != q.missing_fields.end();
+    };
+    if (missing(p) && !missing(donor) && donor.launch_s.count(cls) != 0) {
+      p.launch_s[cls] = donor.launch_s.at(cls);
+      p.missing_fields.erase(std::find(p.missing_fields.begin(), p.missing_fields.end(), field));
+      taken.push_back(field);
+    }
+  }
+  const bool own_coruns = std::any_of(p.fits.begin(), p.fits.end(), [](const sim::FitSummary& f) {
+    return f.name.starts_with("corun.") || f.name.starts_with("recv_wait");
+  });
+  if (!own_coruns) {
+    p.interference.comm_hbm_bytes_per_bus_byte = donor.interference.comm_hbm_bytes_per_bus_byte;
+    p.interference.waiting_sms_per_channel = donor.interference.waiting_sms_per_channel;
+    p.interference.waiting_sms_per_channel_more = donor.interference.waiting_sms_per_channel_more;
+    taken.emplace_back("interference.comm_hbm_bytes_per_bus_byte");
+    taken.emplace_back("interference.waiting_sms_per_channel");
+    taken.emplace_back("interference.waiting_sms_per_channel_more");
+  }
+  if (taken.empty()) return taken;
+  for (const auto& f : donor.fits) {
+    const bool comm = f.name.starts_with("coll.") || f.name.starts_with("p2p.") || f.name == "launch.collective" ||
+                      (!own_coruns && (f.name.starts_with("corun.") || f.name.starts_with("recv_wait")));
+    if (!comm) continue;
+    sim::FitSummary b = f;
+    b.note = "borrowed from " + donor.declared_name + ": " + f.note;
+    p.fits.push_back(std::move(b));
+  }
+  std::string list;
+  for (const auto& t : taken) list += (list.empty() ? "" : ", ") + t;
+  const auto gpu = donor.context.find("gpu");
+  p.context["borrowed_from"] = donor.declared_name.empty() ? donor.name : donor.declared_name;
+  if (gpu != donor.context.end()) p.context["borrowed_from"] += " (measured on " + gpu->second + ")";
+  p.context["borrowed_fields"] = list;
+  p.context["datasheet_fields"] =
+      "inter-node figures (InfiniBand NIC bandwidth and latency, collectives spanning nodes): the cluster's "
+      "datasheet figures and NCCL's model; no lent machine spans two nodes";
+  r.json = sim::profile_to_json(p);
+  return taken;
+}
+
 }  // namespace twinstep::calibration

@@ -35,4 +35,12 @@ struct FitResult {
 [[nodiscard]] FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster, const std::string& name,
                                     const std::string& git_revision, const FrameworkInput& framework);
 
+/// What a one-GPU calibration cannot measure, taken from `donor`, a profile measured on two or more GPUs of the
+/// same NVLink generation (DGX H100 and HGX H200: NVLink 4, NVSwitch gen 3, the same NCCL): the collective and
+/// send/recv figures, NCCL's channel settings, the collective/send/recv launch costs and the comm kernels' SM and HBM
+/// sharing (when `r` has no co-run fits of its own), with the donor's fits of them (their notes say "borrowed").
+/// The context records what came from where ("borrowed_from", "borrowed_fields") and that inter-node (InfiniBand)
+/// figures stay datasheet-based ("datasheet_fields"). Rewrites r.json. Returns the borrowed field names.
+std::vector<std::string> borrow_comm_fields(FitResult& r, const sim::Profile& donor);
+
 }  // namespace twinstep::calibration

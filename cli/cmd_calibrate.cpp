@@ -10,6 +10,7 @@
 #include "cli/commands.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "sim/cost_model.hpp"
 #include "topologies/cluster.hpp"
 
 #if defined(TWINSTEP_HAVE_BACKEND)
@@ -26,6 +27,7 @@ struct CalibrateArgs {
   std::string fit_from;
   std::string cluster = "h200x2-nvlink";
   std::string framework;
+  std::string borrow;
   std::string name;
   bool resume = false;
   int warmup = 2;
@@ -37,8 +39,15 @@ void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
   calibration::FrameworkInput fw;
   if (!a.framework.empty()) fw = calibration::read_framework(a.framework);
   const auto rev = raw.context.count("git_revision") ? raw.context.at("git_revision") : std::string();
-  const auto r = calibration::fit_profile(raw, cluster,
-                                          a.name.empty() ? "twinstep calibrate --suite " + raw.suite : a.name, rev, fw);
+  auto r = calibration::fit_profile(raw, cluster, a.name.empty() ? "twinstep calibrate --suite " + raw.suite : a.name,
+                                    rev, fw);
+  if (!a.borrow.empty()) {
+    const auto taken = calibration::borrow_comm_fields(r, sim::read_profile(a.borrow));
+    std::string list;
+    for (const auto& t : taken) list += (list.empty() ? "" : ", ") + t;
+    r.log.push_back("borrowed from " + a.borrow + ": " +
+                    (list.empty() ? "nothing (the raw file measured it all)" : list));
+  }
   write_file_atomic(a.output, r.json);
   std::fprintf(stderr, "twinstep calibrate: fitted %zu measurements (suite %s, %u GPU(s)) -> %s\n",
                raw.measurements.size(), raw.suite.c_str(), raw.world_size, a.output.c_str());
@@ -105,6 +114,10 @@ void register_calibrate_command(CLI::App& app) {
   sub->add_option("--cluster", a->cluster, "Cluster whose GPU peaks the efficiencies refer to")->capture_default_str();
   sub->add_option("--framework", a->framework,
                   "JSON from calibration/scripts/torch_host_overhead.py: the profile's framework section");
+  sub->add_option(
+      "--borrow", a->borrow,
+      "Profile measured on several GPUs of the same NVLink generation: the collective, send/recv and co-run "
+      "figures a one-GPU raw file lacks come from it (the context records them)");
   sub->add_option("--name", a->name, "Profile name");
   sub->add_option("--warmup", a->warmup, "Warm-up steps per group")->capture_default_str();
   sub->add_option("--steps", a->steps, "Measured steps per group (per-op medians)")->capture_default_str();

@@ -12,6 +12,7 @@
 #include "models/lower.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
+#include "sim/profile_choice.hpp"
 
 namespace twinstep::cli {
 namespace {
@@ -92,9 +93,10 @@ void register_model_commands(CLI::App& app) {
   sub->callback([args]() {
     if (args->run.model.empty()) throw Error("lower: --model is required (a zoo id such as llama3-8b, or a path)");
     const models::ModelSpec model = models::load_model(args->run.model);
-    const sim::Profile profile = args->profile.empty() ? sim::Profile{} : sim::read_profile(args->profile);
+    const std::string profile_file = args->profile.empty() ? "" : sim::profile_path(args->profile);
+    const sim::Profile profile = profile_file.empty() ? sim::Profile{} : sim::read_profile(profile_file);
     const ResolvedRun resolved =
-        resolve_run(args->run, args->gpus, args->gpu_memory_gib * kGiB, args->profile.empty() ? nullptr : &profile);
+        resolve_run(args->run, args->gpus, args->gpu_memory_gib * kGiB, profile_file.empty() ? nullptr : &profile);
     const models::RunConfig& cfg = resolved.config;
     models::LowerOptions options;
     options.representatives_only = args->representatives;

@@ -23,6 +23,7 @@
 #include "schedule/json.hpp"
 #include "schedule/perfetto.hpp"
 #include "schedule/validate.hpp"
+#include "sim/profile_choice.hpp"
 #include "sim/simulate.hpp"
 #include "topologies/cluster.hpp"
 
@@ -47,7 +48,10 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = t
       sub->add_option("--gpus", f.gpus, "Number of GPUs (a multiple of the GPUs per node, or fewer than one node)")
           ->check(CLI::Range(1u, 1u << 24));
   nodes->excludes(gpus);
-  sub->add_option("--profile", f.profile, "Calibration profile JSON (default: datasheet defaults)");
+  sub->add_option(
+      "--profile", f.profile,
+      "Calibration profile: a JSON path, a shipped id (h100x1, h200x2) or \"datasheet\" (default: the measured "
+      "profile of the cluster's GPU, calibration/profiles/defaults.json)");
   sub->add_option_function<std::string>(
       "--fidelity", [&f](const std::string& v) { f.fidelity = sim::parse_fidelity(v, "--fidelity"); },
       "Resource model: analytic (own event queue; shares only each GPU's NIC between transfers) or flow "
@@ -60,16 +64,14 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = t
 
 struct Setup {
   topologies::Cluster cluster;
-  sim::Profile profile;
-  std::vector<std::string> warnings;  ///< The profile's: measured on another GPU, fields left to the datasheet.
+  sim::ProfileChoice choice;  ///< The profile, why it was chosen, its warnings (another GPU, datasheet fields).
+  [[nodiscard]] const sim::Profile& profile() const { return choice.profile; }
 };
 
 Setup load_setup(const ClusterFlags& f) {
-  Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}),
-          f.profile.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(f.profile),
-          {}};
+  Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}), {}};
+  s.choice = sim::choose_profile(f.profile, s.cluster);
   sim::check_available(f.fidelity);
-  s.warnings = sim::profile_warnings(s.profile, s.cluster);
   return s;
 }
 
@@ -245,11 +247,11 @@ Prediction run_predict(const PredictArgs& args) {
   if (cf.cluster.empty()) throw Error("--cluster is required (a cluster id such as dgx-h100, or a cluster JSON path)");
   if (flags.model.empty()) throw Error("--model is required (a zoo id such as llama3-70b, or a model JSON path)");
   const Setup setup = load_setup(cf);
-  const sim::CostModel costs(setup.cluster, setup.profile);
+  const sim::CostModel costs(setup.cluster, setup.profile());
   const models::ModelSpec model = models::load_model(flags.model);
   const std::uint32_t gpus = setup.cluster.num_gpus();
   const ResolvedRun resolved = resolve_run(flags, gpus, setup.cluster.node.gpu.hbm_capacity_bytes,
-                                           cf.profile.empty() ? nullptr : &setup.profile);
+                                           setup.choice.measured ? &setup.profile() : nullptr);
   const models::RunConfig& base = resolved.config;
   const double peak = setup.cluster.node.gpu.peak_flop_per_s(base.dtype);
   if (!trace_dir.empty()) {
@@ -295,11 +297,12 @@ Prediction run_predict(const PredictArgs& args) {
     j["model"] = model.name;
     j["cluster"] = setup.cluster.describe();
     j["gpus"] = gpus;
-    j["profile"] = setup.profile.name;
+    j["profile"] = setup.profile().name;
+    j["profile_reason"] = setup.choice.reason;
     j["fidelity"] = to_string(cf.fidelity);
     j["host_costs"] = resolved.host_costs;
     j["notes"] = resolved.notes;
-    j["warnings"] = setup.warnings;
+    j["warnings"] = setup.choice.warnings;
     j["peak_flop_per_s"] = peak;
     j["memory_capacity_gib"] = base.gpu_memory_bytes / kGiB;
     nlohmann::ordered_json arr = nlohmann::ordered_json::array();
@@ -332,10 +335,11 @@ Prediction run_predict(const PredictArgs& args) {
             ", ep " + std::to_string(base.expert_model_parallel_size) + ", mbs " +
             std::to_string(base.micro_batch_size) + ", gbs " + std::to_string(base.global_batch_size) + ", seq " +
             std::to_string(base.seq_length) + "\n";
-  header += "costs: " + setup.profile.name + ", fidelity " + to_string(cf.fidelity) + "\n";
+  header +=
+      "costs: " + setup.profile().name + " [" + setup.choice.reason + "], fidelity " + to_string(cf.fidelity) + "\n";
   header += "host costs: " + resolved.host_costs + "\n";
   for (const auto& n : resolved.notes) header += "note: " + n + "\n";
-  for (const auto& w : setup.warnings) header += "warning: " + w + "\n";
+  for (const auto& w : setup.choice.warnings) header += "warning: " + w + "\n";
   const std::string legend =
       "compute: some kernel runs; exposed <kind>: communication of that kind (tp, cp, dp, ep, pp, expt_dp; world: the "
       "grad-norm all-reduce over all GPUs; mp: the same over the model-parallel group) with no compute beside it; "
@@ -434,8 +438,8 @@ void run_examples(const std::string& which, const PredictArgs& outer) {
 
 void run_simulate(const std::string& path, const ClusterFlags& cf, const std::string& out) {
   const Setup setup = load_setup(cf);
-  const sim::CostModel costs(setup.cluster, setup.profile);
-  for (const auto& w : setup.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  const sim::CostModel costs(setup.cluster, setup.profile());
+  for (const auto& w : setup.choice.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   schedule::Schedule s = schedule::read_schedule(path);
   schedule::check(s);
   evaluate::Options opts;
@@ -451,7 +455,7 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   if (!out.empty()) schedule::write_trace(trace, out);
   const schedule::Breakdown& b = simulated.breakdown;
   std::fputs(
-      ("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile.name + ", fidelity " +
+      ("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile().name + ", fidelity " +
        to_string(cf.fidelity) + ")\n" + schedule::format_breakdown(b) +
        (out.empty() ? "no trace written (-o FILE writes it, -o - to stdout)\n" : "trace written to " + out + "\n"))
           .c_str(),

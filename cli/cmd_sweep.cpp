@@ -273,7 +273,10 @@ void register_sweep_commands(CLI::App& app) {
                     "delay_wgrad, shared_expert); default none");
     sub->add_option("--dispatcher", f->dispatcher, "MoE token dispatchers: alltoall, allgather, flex");
     sub->add_option("--fidelity", f->fidelity, "Fidelities: analytic, flow");
-    sub->add_option("--profile", f->profile, "Calibration profile JSON (default: datasheet defaults)");
+    sub->add_option(
+        "--profile", f->profile,
+        "Calibration profile: a JSON path, a shipped id (h100x1, h200x2) or \"datasheet\" (default: the measured "
+        "profile of each cluster's GPU, calibration/profiles/defaults.json)");
     sub->add_option("--config", f->config, "Base run config JSON every point starts from");
     sub->add_option("-o,--output", f->output,
                     "JSON-lines results (default sweep.jsonl); resumed if it exists, other sweeps' lines in it kept");

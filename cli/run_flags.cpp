@@ -4,6 +4,7 @@
 
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "evaluate/evaluate.hpp"
 #include "models/limits.hpp"
 #include "models/recipe.hpp"
 #include "schedule/json.hpp"
@@ -94,30 +95,13 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   sub.footer(models::recipe_defaults_text());
 }
 
-std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host) {
-  if (profile == nullptr) return "none (no --profile)";
-  const sim::FrameworkCosts& fw = profile->framework;
-  std::string measured;
-  auto take = [&](double seconds, Nanos& target, const char* what) {
-    if (seconds < 0) return;  // not measured
-    target = to_nanos(seconds);
-    measured += std::string(measured.empty() ? "" : ", ") + what + " " + std::to_string(target) + " ns";
-  };
-  take(fw.per_kernel_launch_s, host.per_kernel_launch_ns, "per kernel launch");
-  take(fw.per_module_call_s, host.per_module_call_ns, "per module call");
-  take(fw.event_record_s, host.event_record_ns, "per event record/wait");
-  if (measured.empty()) return "none (no framework section in " + profile->name + ")";
-  if (fw.event_record_s < 0) measured += ", event record/wait not measured (0 ns)";
-  return "framework section of " + profile->name + " (" + measured + ")";
-}
-
 ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
                         const sim::Profile* profile) {
   ResolvedRun r;
   models::RunConfig& c = r.config;
   models::SetFields set;  // fields the config file or a flag set: the recipe defaults leave them alone
   if (!f.config.empty()) c = models::read_run_config(f.config, &set);
-  r.host_costs = host_costs_from_profile(profile, c.host);
+  r.host_costs = evaluate::host_costs_from_profile(profile, c.host);
   // Applies a given flag's value to its run config field and records the field as set.
   auto take = [&set](const char* field, const auto& given, auto& member, auto&& convert) {
     if (!given) return;

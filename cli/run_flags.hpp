@@ -56,10 +56,6 @@ struct ResolvedRun {
   std::vector<std::string> notes;  ///< e.g. the global_batch_size default (models/recipe.hpp).
 };
 
-/// Fills RunConfig::host from a calibration profile's framework section (per kernel launch, per module call; the
-/// fields it measured) and says so; `profile` may be null (no --profile). Returns the "host costs" text.
-[[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
-
 /// The run config of the flags: --config (if given), then `profile`'s framework host costs, then every flag that was
 /// given, then world_size and gpu_memory_bytes (when > 0), then the recipe defaults (models/recipe.hpp) for every
 /// knob neither the file nor a flag set. Throws Error naming the flag.

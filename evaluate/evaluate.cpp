@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "common/error.hpp"
+#include "common/units.hpp"
 #include "models/limits.hpp"
 
 namespace twinstep::evaluate {
@@ -89,6 +90,23 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
   r.tflops_per_gpu = r.step_s > 0 ? r.model_flops_per_step / (r.step_s * gpus) / 1e12 : 0.0;
   r.mfu = r.step_s > 0 ? r.model_flops_per_step / (r.step_s * gpus * peak) : 0.0;
   return r;
+}
+
+std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host) {
+  if (profile == nullptr) return "none (no measured profile)";
+  const sim::FrameworkCosts& fw = profile->framework;
+  std::string measured;
+  auto take = [&](double seconds, Nanos& target, const char* what) {
+    if (seconds < 0) return;  // not measured
+    target = to_nanos(seconds);
+    measured += std::string(measured.empty() ? "" : ", ") + what + " " + std::to_string(target) + " ns";
+  };
+  take(fw.per_kernel_launch_s, host.per_kernel_launch_ns, "per kernel launch");
+  take(fw.per_module_call_s, host.per_module_call_ns, "per module call");
+  take(fw.event_record_s, host.event_record_ns, "per event record/wait");
+  if (measured.empty()) return "none (no framework section in " + profile->name + ")";
+  if (fw.event_record_s < 0) measured += ", event record/wait not measured (0 ns)";
+  return "framework section of " + profile->name + " (" + measured + ")";
 }
 
 }  // namespace twinstep::evaluate

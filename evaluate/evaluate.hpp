@@ -63,6 +63,11 @@ struct Result {
   Simulated sim;
 };
 
+/// Fills RunConfig::host from a calibration profile's framework section (per kernel launch, per module call, per
+/// event record: the fields it measured) and says so; `profile` null: none (the datasheet defaults have no host
+/// costs). Returns the "host costs" text predict and lower print. predict and sweep both take host costs this way.
+[[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
+
 /// Simulates `schedule` on `cluster` and analyses the trace (the trace kept with `options.keep_trace`).
 [[nodiscard]] Simulated simulate_schedule(schedule::Schedule schedule, const topologies::Cluster& cluster,
                                           const sim::CostModel& costs, const Options& options);

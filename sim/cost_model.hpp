@@ -161,6 +161,10 @@ struct Profile {
 /// left out, and NCCL and tile settings only where they differ from the defaults.
 [[nodiscard]] std::string profile_to_json(const Profile& profile);
 
+/// The GPU model of a GPU name, for matching profiles to clusters: "H200" of "NVIDIA H200" and "H200 SXM", "H100"
+/// of "NVIDIA H100 80GB HBM3" (the first word with a digit, upper case); "" when no word has a digit.
+[[nodiscard]] std::string gpu_model(const std::string& name);
+
 /// Warnings about using `profile` on `cluster`, one line each (empty when none): a profile measured on another GPU
 /// model than the cluster's (context "gpu" against the cluster's GPU name, compared by model, "H200" of "NVIDIA
 /// H200" and "H200 SXM"), and the fields it leaves to the datasheet (`missing_fields`).

@@ -346,7 +346,9 @@ bool is_missing(const Profile& p, const std::string& field) {
   return std::find(p.missing_fields.begin(), p.missing_fields.end(), field) != p.missing_fields.end();
 }
 
-/// "H200" of "NVIDIA H200" or "H200 SXM", "H100" of "NVIDIA H100 80GB HBM3": the first word with a digit, upper case.
+}  // namespace
+
+// "H200" of "NVIDIA H200" or "H200 SXM", "H100" of "NVIDIA H100 80GB HBM3": the first word with a digit, upper case.
 std::string gpu_model(const std::string& name) {
   std::string word;
   for (std::size_t i = 0; i <= name.size(); ++i) {
@@ -362,8 +364,6 @@ std::string gpu_model(const std::string& name) {
   }
   return "";
 }
-
-}  // namespace
 
 std::string profile_to_json(const Profile& p) {
   Json j;

@@ -22,6 +22,7 @@
 #include "models/recipe.hpp"
 #include "models/run_config.hpp"
 #include "schedule/analysis.hpp"
+#include "sim/profile_choice.hpp"
 #include "sim/simulate.hpp"
 #include "sweep/extrapolate.hpp"
 #include "sweep/runner.hpp"
@@ -41,7 +42,7 @@ constexpr std::size_t kMaxOpsPerSimulation = 3'000'000;
 struct Inputs {
   std::map<std::string, models::ModelSpec> models;
   std::map<std::pair<std::string, std::uint32_t>, topologies::Cluster> clusters;
-  std::map<std::string, sim::Profile> profiles;
+  std::map<std::string, sim::ProfileChoice> profiles;
   /// Base run configs by path ("" = none) with the fields each file sets (the recipe defaults leave them alone).
   std::map<std::string, std::pair<models::RunConfig, models::SetFields>> configs;
 
@@ -56,11 +57,11 @@ struct Inputs {
     if (it == clusters.end()) it = clusters.emplace(k, topologies::load_cluster(id, {0, gpus})).first;
     return it->second;
   }
-  const sim::Profile& profile(const std::string& path) {
-    auto it = profiles.find(path);
-    if (it == profiles.end()) {
-      it = profiles.emplace(path, path.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(path)).first;
-    }
+  /// The profile a point uses: sim::choose_profile of its --profile value on its cluster, as predict chooses.
+  const sim::ProfileChoice& profile(const std::string& flag, const topologies::Cluster& cluster) {
+    const std::string key = flag + '\n' + cluster.node.gpu.name + '\n' + cluster.profile + '\n' + cluster.source_dir;
+    auto it = profiles.find(key);
+    if (it == profiles.end()) it = profiles.emplace(key, sim::choose_profile(flag, cluster)).first;
     return it->second;
   }
 
@@ -132,6 +133,8 @@ models::RunConfig point_config(const Point& p, const topologies::Cluster& cluste
   base.expert_model_parallel_size = p.layout.ep;
   base.data_parallel_size = 0;
   base.micro_batch_size = p.layout.mbs;
+  const sim::ProfileChoice& profile = inputs().profile(p.profile, cluster);
+  (void)evaluate::host_costs_from_profile(profile.measured ? &profile.profile : nullptr, base.host);
   base.global_batch_size = p.gbs;
   base.seq_length = p.seq;
   base.moe_token_dispatcher_type = p.dispatcher;
@@ -187,6 +190,7 @@ std::string outcome_line(const Point& p, const models::RunConfig& cfg, const top
   const double peak = cluster.node.gpu.peak_flop_per_s(cfg.dtype);
   auto j = with_memory(head(p, "ok", ""));
   j["step_time_s"] = step;
+  j["profile_used"] = inputs().profile(p.profile, cluster).profile.name;
   j["mfu"] = step > 0 ? lowered.model_flops_per_step / (step * p.gpus * peak) : 0.0;
   j["tflops_per_gpu"] = step > 0 ? lowered.model_flops_per_step / (step * p.gpus) / 1e12 : 0.0;
   nlohmann::ordered_json bd;
@@ -209,7 +213,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   const models::ModelSpec& model = in.model(p.model);
   const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
   const models::RunConfig cfg = point_config(p, cluster);
-  const sim::CostModel costs(cluster, in.profile(p.profile));
+  const sim::CostModel costs(cluster, in.profile(p.profile, cluster).profile);
 
   const std::uint32_t dp = p.gpus / (p.layout.tp * p.layout.pp * p.layout.cp);
   const std::uint64_t per_step = std::uint64_t{p.layout.mbs} * dp;
@@ -329,7 +333,6 @@ std::string rejection_reason(const Point& point) {
     // What evaluate_or_throw needs before its checks: a failure here is an "error" line, not a rejection.
     model = &in.model(point.model);
     const topologies::Cluster& cluster = in.cluster(point.cluster, point.gpus);
-    (void)in.profile(point.profile);
     cfg = point_config(point, cluster);
   } catch (const Error&) {
     return "";

@@ -17,6 +17,7 @@
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
 #include "sim/cost_model.hpp"
+#include "sim/profile_choice.hpp"
 #include "topologies/cluster.hpp"
 
 namespace twinstep::sweep {
@@ -287,7 +288,9 @@ std::vector<Point> expand(const Spec& spec) {
     throw Error("sweep: gbs, seq, mbs, overlap, dispatcher and fidelity lists must not be empty");
   }
   for (const auto& v : spec.overlaps) (void)models::apply_overlap_variant(models::RunConfig{}, v);  // names check
-  if (!spec.profile.empty()) (void)sim::read_profile(spec.profile);
+  if (!spec.profile.empty()) {
+    if (const std::string path = sim::profile_path(spec.profile); !path.empty()) (void)sim::read_profile(path);
+  }
   if (!spec.base_config.empty()) (void)models::read_run_config(spec.base_config);
 
   std::vector<Point> out;

@@ -189,9 +189,18 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
   return out;
 }
 
+std::set<std::string> profiles_used(const std::vector<Result>& results) {
+  std::set<std::string> out;
+  for (const auto& r : results) {
+    if (!r.profile.empty()) out.insert(r.profile);
+  }
+  return out;
+}
+
 std::string format_table(const std::vector<Ranking>& rankings, const std::vector<Result>& results, std::size_t top) {
   const auto speedups = speedups_vs_none(results);
   std::ostringstream o;
+  for (const auto& name : profiles_used(results)) o << "costs: " << name << "\n";
   std::string last_head;
   for (const auto& g : rankings) {
     const std::string head = g.model + " on " + g.cluster + " (" + to_string(g.fidelity) + "), seq " +

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -61,6 +62,9 @@ using GroupKey = std::tuple<std::string, std::string, sim::Fidelity, std::uint32
 [[nodiscard]] GroupKey group_of(const Result& r);
 /// The ranking order: shorter step time first, ties by lower point index.
 [[nodiscard]] bool better(const Result& a, const Result& b);
+
+/// The calibration profiles the simulated points used (Result::profile), in name order.
+[[nodiscard]] std::set<std::string> profiles_used(const std::vector<Result>& results);
 
 /// Groups and ranks results (ties on step time: lower point index). Groups in (model, cluster, fidelity, seq, gbs,
 /// gpus) order.

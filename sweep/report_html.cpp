@@ -476,6 +476,7 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
   for (const auto& r : results) ok += r.status == "ok";
   o << "<p>" << results.size() << " points, " << ok << " simulated, " << results.size() - ok
     << " not run (counted by reason at the end).</p>\n";
+  for (const auto& name : profiles_used(results)) o << "<p>costs: " << escape(name) << "</p>\n";
   if (notes.other_points_kept > 0) {
     o << "<p class=\"note\" id=\"kept-note\">" << escape(kept_points_note(notes.other_points_kept, notes.results_file))
       << "</p>\n";

@@ -220,6 +220,7 @@ Result result_from_line(const std::string& line, const std::string& source) {
   r.reason = j.value("reason", "");
   if (r.status == "invalid") r.point.invalid_reason = r.reason;
   r.step_time_s = j.value("step_time_s", 0.0);
+  r.profile = j.value("profile_used", "");
   r.mfu = j.value("mfu", 0.0);
   r.tflops_per_gpu = j.value("tflops_per_gpu", 0.0);
   r.memory_gib = j.value("memory_gib_per_gpu", 0.0);

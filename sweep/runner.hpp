@@ -27,7 +27,8 @@ struct Result {
   /// Mean breakdown over ranks: "compute", "exposed <kind>", "bubble", "host-bound" (seconds; sum = step).
   std::map<std::string, double> breakdown_s;
   std::vector<std::string> warnings;
-  std::string line;  ///< The JSON line itself (no newline).
+  std::string profile;  ///< The calibration profile it was simulated with ("profile_used"; sim::choose_profile).
+  std::string line;     ///< The JSON line itself (no newline).
 };
 
 /// A point's evaluation cost relative to others, about the ops it simulates: ranks simulated (sim::reduction_policy)

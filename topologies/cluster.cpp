@@ -373,7 +373,7 @@ NodeSpec builtin_node(const std::string& id) {
 Cluster cluster_from_json(const std::string& text, const std::string& source, const ClusterSize& size) {
   const Json j = parse_json(text, source);
   const Reader r(source);
-  r.keys(j, "", {"schema_version", "name", "node", "fabric", "nodes", "source"});
+  r.keys(j, "", {"schema_version", "name", "node", "fabric", "nodes", "source", "profile"});
   if (!j.contains("schema_version") || !j.at("schema_version").is_number_integer() ||
       j.at("schema_version").get<int>() != 1) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -387,6 +387,8 @@ Cluster cluster_from_json(const std::string& text, const std::string& source, co
   const std::uint32_t rails = c.node.gpus_per_node * std::max<std::uint32_t>(c.node.nics_per_gpu, 1);
   c.fabric = j.contains("fabric") ? r.fabric(j.at("fabric"), "/fabric", c.num_nodes, rails) : single_switch();
   c.name += " x" + std::to_string(c.num_nodes);
+  c.profile = r.text(j, "", "profile", false);
+  c.source_dir = std::filesystem::path(source).parent_path().string();
   return c;
 }
 

@@ -69,6 +69,10 @@ struct Cluster {
   NodeSpec node;
   Fabric fabric;
   std::uint32_t num_nodes = 0;
+  /// The cluster file's "profile", as written: a shipped profile id ("h100x1") or a path relative to the file's
+  /// folder (`source_dir`); empty for built-in ids and files without one. sim::choose_profile resolves it.
+  std::string profile;
+  std::string source_dir;  ///< The folder of the cluster file ("" for built-in ids).
 
   [[nodiscard]] std::uint32_t num_gpus() const { return num_nodes * node.gpus_per_node; }
   /// Megatron placement: rank r runs on node r / gpus_per_node, local GPU r % gpus_per_node.

@@ -46,7 +46,7 @@ def examples(twinstep):
 
 def ep_host_cost(twinstep, model):
     base = ["--model", model, "--cluster", "h200x2-nvlink", "--ep", "2", "--distributed-optimizer", "--gbs", "8",
-            "--seq", "4096", "--overlap", "none,ep", "--fidelity", "analytic"]
+            "--seq", "4096", "--overlap", "none,ep", "--fidelity", "analytic", "--profile", "datasheet"]
     cheap = predict(twinstep, *base, "--ep-node-ns", "0")
     dear = predict(twinstep, *base, "--ep-node-ns", "1000000")
     none0, ep0 = cheap["variants"]

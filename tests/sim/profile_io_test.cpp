@@ -22,7 +22,7 @@ std::vector<std::string> committed_profiles() {
   for (const auto& e : std::filesystem::directory_iterator(kSource + "/calibration/profiles")) {
     const std::string name = e.path().filename().string();
     // Profiles only: not the raw measurements (.raw.jsonl) nor the torch script's inputs (.framework.json).
-    if (e.path().extension() == ".json" && name.find(".framework.") == std::string::npos) {
+    if (e.path().extension() == ".json" && name.find(".framework.") == std::string::npos && name != "defaults.json") {
       out.push_back(e.path().string());
     }
   }
