@@ -37,6 +37,9 @@ struct Ranking {
 /// step(none) / step(it); empty for the none variant itself, and where either did not run.
 [[nodiscard]] std::vector<std::optional<double>> speedups_vs_none(const std::vector<Result>& results);
 
+/// The calibration profiles the simulated points used (Result::profile), in name order.
+[[nodiscard]] std::set<std::string> profiles_used(const std::vector<Result>& results);
+
 /// Points not run that share a status and a reason (numbers in the reason blanked to "#"), most frequent first.
 struct NotRunReason {
   std::string status, reason;
@@ -62,9 +65,6 @@ using GroupKey = std::tuple<std::string, std::string, sim::Fidelity, std::uint32
 [[nodiscard]] GroupKey group_of(const Result& r);
 /// The ranking order: shorter step time first, ties by lower point index.
 [[nodiscard]] bool better(const Result& a, const Result& b);
-
-/// The calibration profiles the simulated points used (Result::profile), in name order.
-[[nodiscard]] std::set<std::string> profiles_used(const std::vector<Result>& results);
 
 /// Groups and ranks results (ties on step time: lower point index). Groups in (model, cluster, fidelity, seq, gbs,
 /// gpus) order.

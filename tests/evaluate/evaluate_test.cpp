@@ -24,7 +24,7 @@ models::RunConfig layout(std::uint32_t gpus, std::uint32_t tp, std::uint32_t pp)
 
 }  // namespace
 
-TEST_CASE("evaluate: phases describe the simulated schedule, results unchanged", "[evaluate]") {
+TEST_CASE("evaluate: phases name the simulated schedule and timing them leaves the result unchanged", "[evaluate]") {
   models::ModelSpec m = models::load_model("llama3-8b");
   m.num_layers = 4;
   const auto cluster = topologies::load_cluster("dgx-h100", {0, 8});
