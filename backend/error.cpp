@@ -30,6 +30,11 @@ std::string api_name(const char* call) {
 
 void set_error_context_rank(int rank) { t_rank = rank; }
 
+void throw_call_error(const std::string& api, int code, const std::string& what, const char* call, const char* file,
+                      int line) {
+  fail(api, code, what, call, file, line);
+}
+
 void check_cuda(int status, const char* call, const char* file, int line) {
   if (status == cudaSuccess) return;
   const auto err = static_cast<cudaError_t>(status);

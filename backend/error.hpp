@@ -31,6 +31,10 @@ void set_error_context_rank(int rank);
 void check_cuda(int status, const char* call, const char* file, int line);
 void check_nccl(int status, const char* call, const char* file, int line);
 void check_cublas(int status, const char* call, const char* file, int line);
+/// Throws BackendError for a failed call of library `api` (status `code`, described by `what`): for libraries
+/// checked outside this file (cuDNN, backend/sdpa_cudnn.cpp).
+[[noreturn]] void throw_call_error(const std::string& api, int code, const std::string& what, const char* call,
+                                   const char* file, int line);
 
 }  // namespace twinstep::backend
 

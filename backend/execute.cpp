@@ -16,8 +16,10 @@
 #include "backend/attention.hpp"
 #include "backend/error.hpp"
 #include "backend/gemm.hpp"
+#include "backend/gemm_fp8.hpp"
 #include "backend/kernels.hpp"
 #include "backend/runtime.hpp"
+#include "backend/sdpa.hpp"
 #include "common/error.hpp"
 #include "schedule/json.hpp"
 
@@ -74,7 +76,17 @@ struct BoundOp {
   CudaEvent start, end;  // GPU ops only
   ncclComm_t comm = nullptr;
   std::vector<GemmCall> gemms;  // GEMM and grouped-GEMM ops
-  AttentionCalls attention;     // attention ops
+  struct Fp8Call {              // fp8 ones: the matmul and its operands
+    Fp8Gemm gemm;
+    const void* a;
+    const void* b;
+    void* c;
+  };
+  std::vector<Fp8Call> fp8;
+  void* workspace = nullptr;              // the stream's cuBLAS workspace (FP8 GEMMs on the same stream share it)
+  AttentionCalls attention;               // attention ops on the GEMM + softmax path
+  const sch::Attention* fused = nullptr;  // attention ops on cuDNN's fused path, with its buffers
+  SdpaBuffers sdpa;
 };
 
 /// Host time relative to a step's host origin.
@@ -156,6 +168,7 @@ Execution::Execution(Runtime::Impl& im, const sch::Schedule& s, const Options& o
     if (p.gpu) {
       b.stream = streams_[op.stream].get();
       b.blas = im.dev->blas[op.stream].handle.get();
+      b.workspace = im.dev->blas[op.stream].workspace.get();
       b.start = make_event();
       b.end = make_event();
     }
@@ -171,22 +184,51 @@ Execution::~Execution() {
 }
 
 void Execution::bind_compute(const sch::Compute& c, BoundOp& b) {
+  // FP8 GEMMs (gemm_fp8.hpp): A [rows,k] and B [n,k] of one byte per element, C bf16; fast accumulation for the
+  // forward ones (both operands e4m3), as Transformer Engine.
+  auto fp8 = [&](std::uint64_t m, std::uint64_t n, std::uint64_t k, sch::Fp8Format fa, sch::Fp8Format fb,
+                 std::uint64_t a_off, std::uint64_t b_off, std::uint64_t c_off) {
+    const Fp8GemmShape shape{m, n, k, fa, fb, fa == sch::Fp8Format::kE4M3 && fb == sch::Fp8Format::kE4M3};
+    b.fp8.push_back({Fp8Gemm(im_.lt(), shape, kCublasWorkspaceBytes),
+                     static_cast<const char*>(im_.buffer(Role::kGemmA)) + a_off,
+                     static_cast<const char*>(im_.buffer(Role::kGemmB)) + b_off,
+                     static_cast<char*>(im_.buffer(Role::kGemmC)) + c_off});
+  };
   if (const auto* g = std::get_if<sch::Gemm>(&c.kernel)) {
+    if (g->dtype == sch::DType::kFP8) {
+      for (std::uint64_t i = 0; i < g->batch; ++i) {
+        fp8(g->m, g->n, g->k, g->a_format, g->b_format, i * g->m * g->k, i * g->n * g->k,
+            i * g->m * g->n * sch::gemm_output_bytes(g->dtype));
+      }
+      return;
+    }
     b.gemms.push_back(plain_gemm(g->m, g->n, g->k, false, false, im_.buffer(Role::kGemmA), im_.buffer(Role::kGemmB),
                                  im_.buffer(Role::kGemmC), g->batch, cuda_dtype(g->dtype)));
   } else if (const auto* gg = std::get_if<sch::GroupedGemm>(&c.kernel)) {
     // A loop of GEMMs over the groups, each on its own slice of A, B and C.
     const std::uint64_t e = sch::dtype_bytes(gg->dtype);
+    const std::uint64_t ce = sch::gemm_output_bytes(gg->dtype);
     std::uint64_t row = 0;
     for (std::size_t i = 0; i < gg->m.size(); ++i) {
-      const auto* a = static_cast<const char*>(im_.buffer(Role::kGemmA)) + row * gg->k * e;
-      const auto* bb = static_cast<const char*>(im_.buffer(Role::kGemmB)) + i * gg->k * gg->n * e;
-      auto* cc = static_cast<char*>(im_.buffer(Role::kGemmC)) + row * gg->n * e;
-      if (gg->m[i] > 0)
+      if (gg->m[i] > 0 && gg->dtype == sch::DType::kFP8) {
+        fp8(gg->m[i], gg->n, gg->k, gg->a_format, gg->b_format, row * gg->k, i * gg->k * gg->n, row * gg->n * ce);
+      } else if (gg->m[i] > 0) {
+        const auto* a = static_cast<const char*>(im_.buffer(Role::kGemmA)) + row * gg->k * e;
+        const auto* bb = static_cast<const char*>(im_.buffer(Role::kGemmB)) + i * gg->k * gg->n * e;
+        auto* cc = static_cast<char*>(im_.buffer(Role::kGemmC)) + row * gg->n * e;
         b.gemms.push_back(plain_gemm(gg->m[i], gg->n, gg->k, false, false, a, bb, cc, 1, cuda_dtype(gg->dtype)));
+      }
       row += gg->m[i];
     }
   } else if (const auto* at = std::get_if<sch::Attention>(&c.kernel)) {
+    if (attention_kernel(*at) == AttentionKernel::kCudnnSdpa) {
+      b.fused = at;
+      b.sdpa = SdpaBuffers{im_.buffer(Role::kAttnQ),  im_.buffer(Role::kAttnK),     im_.buffer(Role::kAttnV),
+                           im_.buffer(Role::kAttnO),  im_.buffer(Role::kAttnStats), im_.buffer(Role::kAttnDO),
+                           im_.buffer(Role::kAttnDQ), im_.buffer(Role::kAttnDK),    im_.buffer(Role::kAttnDV)};
+      im_.sdpa().prepare(*at);  // plans are built here, before any step
+      return;
+    }
     AttentionBuffers ab;
     ab.q = im_.buffer(Role::kAttnQ);
     ab.k = im_.buffer(Role::kAttnK);
@@ -347,8 +389,14 @@ void Execution::issue_compute(const sch::Compute& c, const BoundOp& b) {
         using K = std::decay_t<decltype(k)>;
         if constexpr (std::is_same_v<K, sch::Gemm> || std::is_same_v<K, sch::GroupedGemm>) {
           for (const auto& g : b.gemms) run_gemm(b.blas, g);
+          const float* scales = im_.fp8_scales();
+          for (const auto& f : b.fp8) f.gemm.run(f.a, f.b, f.c, scales, scales + 1, b.workspace, b.stream);
         } else if constexpr (std::is_same_v<K, sch::Attention>) {
-          run_attention(b.blas, b.stream, b.attention);
+          if (b.fused != nullptr) {
+            im_.sdpa().run(*b.fused, b.sdpa, b.stream);
+          } else {
+            run_attention(b.blas, b.stream, b.attention);
+          }
         } else if constexpr (std::is_same_v<K, sch::Elementwise>) {
           launch_elementwise(im_.buffer(Role::kElemIn), im_.buffer(Role::kElemOut), k.bytes / 2, kBandwidthKernelSms,
                              b.stream);
@@ -504,6 +552,22 @@ void Execution::write_context(sch::Trace& trace, const std::vector<std::string>&
   TWINSTEP_CUBLAS_CHECK(cublasGetProperty(PATCH_LEVEL, &cublas_patch));
   ctx["cublas"] =
       std::to_string(cublas_major) + "." + std::to_string(cublas_minor) + "." + std::to_string(cublas_patch);
+  // Which attention kernels ran (sdpa.hpp: cuDNN's fused attention where built and taken, else GEMM + softmax).
+  bool fused = false, fallback = false;
+  for (const auto& op : s_.ops) {
+    if (const auto* c = std::get_if<sch::Compute>(&op.body)) {
+      if (const auto* at = std::get_if<sch::Attention>(&c->kernel)) {
+        (attention_kernel(*at) == AttentionKernel::kCudnnSdpa ? fused : fallback) = true;
+      }
+    }
+  }
+  const std::string fused_name = attention_kernel_name(AttentionKernel::kCudnnSdpa);
+  const std::string fallback_name = attention_kernel_name(AttentionKernel::kGemmSoftmax);
+  ctx["attention_kernel"] = fused && fallback ? fused_name + "," + fallback_name
+                            : fused           ? fused_name
+                            : fallback        ? fallback_name
+                                              : "none";
+  if (im_.dev->sdpa) ctx["cudnn"] = im_.dev->sdpa->version();
   ctx["hosts"] = host_list;
   ctx["git_revision"] = TWINSTEP_GIT_REVISION;
   ctx["date"] = iso_date_utc();

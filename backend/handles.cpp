@@ -17,6 +17,12 @@ CudaEvent make_event() {
   return CudaEvent(e);
 }
 
+CublasLtHandle make_cublaslt() {
+  cublasLtHandle_t h = nullptr;
+  TWINSTEP_CUBLAS_CHECK(cublasLtCreate(&h));
+  return CublasLtHandle(h);
+}
+
 CublasHandle make_cublas() {
   cublasHandle_t h = nullptr;
   TWINSTEP_CUBLAS_CHECK(cublasCreate(&h));

@@ -3,6 +3,7 @@
 // (BackendError on failure, nothing left behind). Backend-internal: only backend/*.cpp include this header.
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -46,6 +47,7 @@ class Handle {
 using CudaStream = Handle<cudaStream_t, &cudaStreamDestroy>;
 using CudaEvent = Handle<cudaEvent_t, &cudaEventDestroy>;
 using CublasHandle = Handle<cublasHandle_t, &cublasDestroy_v2>;
+using CublasLtHandle = Handle<cublasLtHandle_t, &cublasLtDestroy>;
 using DeviceMemory = Handle<void*, &cudaFree>;
 using PinnedMemory = Handle<void*, &cudaFreeHost>;  ///< Page-locked host memory.
 /// Destroyed with ncclCommDestroy; a communicator to abort is released first (abort_concurrently, watchdog.hpp).
@@ -55,6 +57,7 @@ using NcclComm = Handle<ncclComm_t, &ncclCommDestroy>;
 [[nodiscard]] CudaStream make_stream(int priority);
 [[nodiscard]] CudaEvent make_event();
 [[nodiscard]] CublasHandle make_cublas();
+[[nodiscard]] CublasLtHandle make_cublaslt();
 [[nodiscard]] DeviceMemory device_alloc(std::uint64_t bytes);
 [[nodiscard]] PinnedMemory pinned_alloc(std::uint64_t bytes);
 /// ncclCommInitRank of rank `rank` of `size`.

@@ -7,6 +7,7 @@
 
 #include "backend/attention.hpp"
 #include "backend/gemm.hpp"
+#include "backend/sdpa.hpp"
 #include "common/assert.hpp"
 #include "common/units.hpp"
 #include "schedule/json.hpp"
@@ -23,9 +24,22 @@ void need(RoleSizes& s, Role r, std::uint64_t bytes) {
 }
 
 std::uint64_t esz(sch::DType t) { return sch::dtype_bytes(t); }
+std::uint64_t out_esz(sch::DType t) { return sch::gemm_output_bytes(t); }
 
-/// Attention buffers (layouts in attention.hpp): Q, O, dO; K, V; the scores S.
+/// Attention buffers of the kernel that runs `a` (attention_kernel()): the fused one's (sdpa.hpp: Q, O, dO, dQ;
+/// K, V, dK, dV; the row statistics) or the fallback's (attention.hpp: Q, O, dO; K, V; the scores S).
 void attention_sizes(const sch::Attention& a, RoleSizes& s) {
+  if (attention_kernel(a) == AttentionKernel::kCudnnSdpa) {
+    const SdpaBufferBytes b = sdpa_buffer_bytes(a);
+    for (Role r : {Role::kAttnQ, Role::kAttnO}) need(s, r, b.q);
+    for (Role r : {Role::kAttnK, Role::kAttnV}) need(s, r, b.kv);
+    need(s, Role::kAttnStats, b.stats);
+    if (a.backward) {
+      for (Role r : {Role::kAttnDO, Role::kAttnDQ}) need(s, r, b.q);
+      for (Role r : {Role::kAttnDK, Role::kAttnDV}) need(s, r, b.kv);
+    }
+    return;
+  }
   const AttentionBufferBytes b = attention_buffer_bytes(a);
   need(s, Role::kAttnQ, b.q);
   need(s, Role::kAttnO, b.q);
@@ -42,13 +56,13 @@ void kernel_sizes(const sch::Kernel& kernel, RoleSizes& sizes) {
         if constexpr (std::is_same_v<K, sch::Gemm>) {
           need(sizes, Role::kGemmA, k.batch * k.m * k.k * esz(k.dtype));
           need(sizes, Role::kGemmB, k.batch * k.k * k.n * esz(k.dtype));
-          need(sizes, Role::kGemmC, k.batch * k.m * k.n * esz(k.dtype));
+          need(sizes, Role::kGemmC, k.batch * k.m * k.n * out_esz(k.dtype));
         } else if constexpr (std::is_same_v<K, sch::GroupedGemm>) {
           std::uint64_t rows = 0;
           for (auto m : k.m) rows += m;
           need(sizes, Role::kGemmA, rows * k.k * esz(k.dtype));
           need(sizes, Role::kGemmB, k.m.size() * k.k * k.n * esz(k.dtype));
-          need(sizes, Role::kGemmC, rows * k.n * esz(k.dtype));
+          need(sizes, Role::kGemmC, rows * k.n * out_esz(k.dtype));
         } else if constexpr (std::is_same_v<K, sch::Attention>) {
           attention_sizes(k, sizes);
         } else if constexpr (std::is_same_v<K, sch::Elementwise>) {
@@ -139,7 +153,11 @@ void check_compute(const sch::Op& op, const sch::Compute& c, Diagnostics& out) {
       [&](const auto& k) {
         using K = std::decay_t<decltype(k)>;
         if constexpr (std::is_same_v<K, sch::Gemm> || std::is_same_v<K, sch::GroupedGemm>) {
-          refuse_dtype(k.dtype, "a GEMM");
+          if (k.dtype != sch::DType::kFP8) refuse_dtype(k.dtype, "a GEMM");  // fp8: cuBLASLt (gemm_fp8.hpp)
+          if (k.dtype == sch::DType::kFP8 && k.a_format == sch::Fp8Format::kE5M2 &&
+              k.b_format == sch::Fp8Format::kE5M2) {
+            add(out, op.id, "body.kernel.b_format", "an fp8 GEMM of two e5m2 operands has no kernel: make one e4m3");
+          }
         } else if constexpr (std::is_same_v<K, sch::Attention>) {
           refuse_dtype(k.dtype, "attention");
           if (k.heads_kv == 0 || k.heads_q % k.heads_kv != 0) {

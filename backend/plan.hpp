@@ -47,6 +47,10 @@ enum class Role : std::uint8_t {
   kAttnS,
   kAttnO,
   kAttnDO,
+  kAttnDQ,  ///< Fused attention (sdpa.hpp) only: its gradients and row statistics; the fallback works in place.
+  kAttnDK,
+  kAttnDV,
+  kAttnStats,
   kElemIn,
   kElemOut,
   kOptParam,

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 
 #include "backend/error.hpp"
@@ -81,6 +82,25 @@ void Runtime::Impl::ensure_buffers(const RoleSizes& sizes) {
     b.bytes = bytes;
   }
   TWINSTEP_CUDA_CHECK(cudaStreamSynchronize(dev->aux.get()));
+}
+
+cublasLtHandle_t Runtime::Impl::lt() {
+  if (!dev->lt) dev->lt = make_cublaslt();
+  return dev->lt.get();
+}
+
+const float* Runtime::Impl::fp8_scales() {
+  if (!dev->fp8_scales) {
+    const std::array<float, 2> ones{1.0f, 1.0f};
+    dev->fp8_scales = device_alloc(sizeof ones);
+    TWINSTEP_CUDA_CHECK(cudaMemcpy(dev->fp8_scales.get(), ones.data(), sizeof ones, cudaMemcpyHostToDevice));
+  }
+  return static_cast<const float*>(dev->fp8_scales.get());
+}
+
+CudnnSdpa& Runtime::Impl::sdpa() {
+  if (!dev->sdpa) dev->sdpa = std::make_unique<CudnnSdpa>();
+  return *dev->sdpa;
 }
 
 void Runtime::Impl::ensure_blas(std::size_t n) {

@@ -16,6 +16,7 @@
 #include "backend/handles.hpp"
 #include "backend/mpi_group.hpp"
 #include "backend/plan.hpp"
+#include "backend/sdpa.hpp"
 #include "backend/watchdog.hpp"
 
 namespace twinstep::backend {
@@ -42,6 +43,9 @@ struct DeviceResources {
   DeviceMemory warm;  ///< kWarmBytes for connection warm-up exchanges.
   std::array<PoolBuffer, kRoles> pool{};
   std::vector<BlasSlot> blas;
+  CublasLtHandle lt;                ///< FP8 GEMMs (gemm_fp8.hpp); made by the first that runs.
+  DeviceMemory fp8_scales;          ///< Their per-tensor scales: two floats, 1.
+  std::unique_ptr<CudnnSdpa> sdpa;  ///< Fused attention's handle, plans and workspace; made by the first that runs.
   NcclComm world;
   std::map<std::string, NcclComm> channels;  ///< By CommChannel::key; empty where this rank is not a member.
 
@@ -70,6 +74,12 @@ struct Runtime::Impl {
   [[nodiscard]] void* buffer(Role r) const { return dev->pool[static_cast<std::size_t>(r)].ptr(); }
   /// Grows the pool to `sizes` (filled with a pattern: never zeros, which run faster than real data).
   void ensure_buffers(const RoleSizes& sizes);
+  /// The cuBLASLt handle of the FP8 GEMMs (made on first use).
+  [[nodiscard]] cublasLtHandle_t lt();
+  /// Two device floats (1.0): the A and B scales of every FP8 GEMM.
+  [[nodiscard]] const float* fp8_scales();
+  /// The fused attention state (made on first use; a build without cuDNN never asks).
+  [[nodiscard]] CudnnSdpa& sdpa();
   /// At least `n` cuBLAS handles, each with a kCublasWorkspaceBytes workspace.
   void ensure_blas(std::size_t n);
   /// Creates and connects the communicator of every channel of `plan` not created yet. Collective over the group.

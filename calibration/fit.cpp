@@ -12,11 +12,14 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <type_traits>
+#include <variant>
 
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/json.hpp"
 #include "common/stats.hpp"
+#include "schedule/kernel_math.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::calibration {
@@ -132,6 +135,14 @@ void log_per_size(Ctx& c, const sim::Profile& profile) {
       c.log.push_back(buf);
     }
   }
+}
+
+/// Efficiency of a tensor-core kernel: the fraction of `peak` FLOP/s that `flops` in `seconds` is.
+double compute_efficiency(double flops, double seconds, double peak) { return flops / (peak * seconds); }
+
+/// Efficiency of a memory-bound kernel: the fraction of the HBM bandwidth that `bytes` moved in `seconds` is.
+double memory_efficiency(double bytes, double seconds, double hbm_bytes_per_s) {
+  return bytes / (hbm_bytes_per_s * seconds);
 }
 
 /// (size, efficiency) points merged within 2 % in size (geometric mean), strictly ascending.
@@ -376,6 +387,40 @@ FrameworkInput read_framework(const std::string& path) {
   return f;
 }
 
+sim::MemoryOverhead read_memory_overhead(const std::string& path) {
+  const Json j = parse_json(read_file(path), path);
+  if (!j.is_object() || !j.contains("memory_overhead") || !j["memory_overhead"].is_object()) {
+    throw ParseError(path, "/memory_overhead",
+                     "expected the JSON of calibration/scripts/torch_memory_overhead.py (an object "
+                     "\"memory_overhead\"); rerun the script with -o FILE");
+  }
+  const Json& m = j["memory_overhead"];
+  // A non-negative number, or null / absent (not measured: -1).
+  auto bytes = [&](const char* key, bool required) {
+    const std::string ptr = std::string("/memory_overhead/") + key;
+    if (!m.contains(key) || m[key].is_null()) {
+      if (required) throw ParseError(path, ptr, "missing: the script always measures it; rerun it");
+      return -1.0;
+    }
+    if (!m[key].is_number() || m[key].get<double>() < 0) {
+      throw ParseError(path, ptr, "expected a number >= 0 (bytes) or null (not measured)");
+    }
+    return m[key].get<double>();
+  };
+  sim::MemoryOverhead o;
+  o.cuda_context_bytes = bytes("cuda_context_bytes", true) + std::max(0.0, bytes("cuda_libraries_bytes", false));
+  o.cublas_workspace_bytes = bytes("cublas_workspace_bytes", false);
+  o.nccl_buffer_bytes_per_channel = bytes("nccl_buffer_bytes_per_channel", false);
+  o.allocator_reserved_over_allocated = bytes("allocator_reserved_over_allocated", false);
+  if (o.allocator_reserved_over_allocated >= 0 && o.allocator_reserved_over_allocated < 1) {
+    throw ParseError(path, "/memory_overhead/allocator_reserved_over_allocated",
+                     "must be >= 1 (the allocator reserves at least what it hands out)");
+  }
+  o.source = m.contains("source") && m["source"].is_string() ? m["source"].get<std::string>()
+                                                             : "calibration/scripts/torch_memory_overhead.py";
+  return o;
+}
+
 FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster, const std::string& name,
                       const std::string& git_revision, const FrameworkInput& framework) {
   Ctx c{raw, cluster, make_suite(raw.suite, raw.world_size), {}, {}, {}};
@@ -397,7 +442,7 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   const double peak_bf16 = gpu.peak_flop_per_s(schedule::DType::kBF16);
   for (const char* fam : {"gemm", "attention_fwd", "attention_bwd"}) {
     std::vector<std::pair<double, double>> pts;
-    for (const auto& [flops, t] : family(fam)) pts.emplace_back(flops, flops / (peak_bf16 * t));
+    for (const auto& [flops, t] : family(fam)) pts.emplace_back(flops, compute_efficiency(flops, t, peak_bf16));
     if (!pts.empty()) tables[fam] = merged_table(pts);
   }
   // Grouped GEMMs (MoE experts) have their own table when the raw file measured them (the default suite's expert
@@ -419,7 +464,7 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
         c.log.push_back("grouped_gemm: probe " + m.probe + " is not in this suite (group count unknown): skipped");
         continue;
       }
-      pts.emplace_back(m.size / it->second, m.size / (peak_bf16 * m.value_s));
+      pts.emplace_back(m.size / it->second, compute_efficiency(m.size, m.value_s, peak_bf16));
     }
     if (!pts.empty()) {
       tables["grouped_gemm"] = merged_table(pts);
@@ -435,14 +480,17 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   // Memory-bound classes: HBM efficiency over bytes moved.
   for (const char* fam : {"elementwise", "optimizer"}) {
     std::vector<std::pair<double, double>> pts;
-    for (const auto& [bytes, t] : family(fam)) pts.emplace_back(bytes, bytes / (gpu.hbm_bytes_per_s * t));
+    for (const auto& [bytes, t] : family(fam)) {
+      pts.emplace_back(bytes, memory_efficiency(bytes, t, gpu.hbm_bytes_per_s));
+    }
     if (!pts.empty()) tables[fam] = merged_table(pts);
   }
   {
     auto ew = family("elementwise");
     std::sort(ew.begin(), ew.end());
     if (!ew.empty()) {
-      p.memory_efficiency = std::clamp(ew.back().first / (gpu.hbm_bytes_per_s * ew.back().second), 0.05, 1.0);
+      p.memory_efficiency =
+          std::clamp(memory_efficiency(ew.back().first, ew.back().second, gpu.hbm_bytes_per_s), 0.05, 1.0);
       std::vector<double> small;
       for (const auto& [bytes, t] : ew) {
         if (bytes <= 64 * 1024) small.push_back(t);
@@ -462,6 +510,14 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
     p.launch_s["collective"] = p.launch_s["send"] = p.launch_s["recv"] = v;
   }
   if (host.count("host_sync")) p.launch_s["host_sync"] = std::max(0.0, median(host["host_sync"]));
+  // A class not measured (one GPU: no collective, send or recv) keeps its datasheet figure, which the profile does not
+  // write (missing_fields), so that a profile of several GPUs can supply it (borrow_comm_fields).
+  for (const auto& entry : p.launch_s) {
+    const bool measured = entry.first == "host_sync"                       ? host.count("host_sync") != 0
+                          : entry.first == "send" || entry.first == "recv" ? host.count("launch.collective") != 0
+                                                                           : host.count("launch." + entry.first) != 0;
+    if (!measured) p.missing_fields.push_back("launch." + entry.first);
+  }
 
   // The compute tables apply from here on, so the co-run and check simulations see them. A class not measured keeps
   // its datasheet table, which the profile does not write (missing_fields). The memory-bound tables are over bytes.
@@ -681,6 +737,144 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   if (!git_revision.empty()) context["fit_git_revision"] = git_revision;
   p.name = p.declared_name = name;
   p.context = std::move(context);
+  FitResult r;
+  r.json = sim::profile_to_json(p);
+  r.profile = std::move(p);
+  r.log = std::move(c.log);
+  return r;
+}
+
+FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::string& label,
+                                 const topologies::Cluster& cluster, const sim::Profile& base,
+                                 const std::string& name) {
+  const schedule::Schedule& s = measured.schedule;
+  if (measured.records.size() != s.ops.size()) {
+    throw Error(label + ": the trace has " + std::to_string(measured.records.size()) + " records for " +
+                std::to_string(s.ops.size()) + " ops; write it with `twinstep import-trace` or `twinstep run`");
+  }
+  const RawResults none;
+  Ctx c{none, cluster, {}, {}, {}, {}};
+  const auto& gpu = cluster.node.gpu;
+  auto dur_s = [&](schedule::OpId id) {
+    const auto& r = measured.records[id];
+    return static_cast<double>(r.end_ns - r.start_ns) * 1e-9;
+  };
+
+  // Compute tables: one point per timed op, through the same efficiency definitions as fit_profile.
+  std::map<std::string, std::vector<std::pair<double, double>>> pts;
+  for (const auto& op : s.ops) {
+    const auto* comp = std::get_if<schedule::Compute>(&op.body);
+    const double t = dur_s(op.id);
+    if (comp == nullptr || t <= 0) continue;
+    const std::string fam = schedule::kernel_class(comp->kernel);
+    if (fam == "memcpy") continue;  // PCIe copies: the profile has no table for them
+    if (fam == "elementwise" || fam == "optimizer") {
+      const double bytes = schedule::kernel_bytes(comp->kernel);
+      pts[fam].emplace_back(bytes, memory_efficiency(bytes, t, gpu.hbm_bytes_per_s));
+      continue;
+    }
+    const double flops = schedule::kernel_flops(comp->kernel);
+    double peak = gpu.peak_flop_per_s(schedule::DType::kBF16);
+    double size = flops;
+    std::visit(
+        [&](const auto& k) {
+          using K = std::decay_t<decltype(k)>;
+          if constexpr (std::is_same_v<K, schedule::Gemm> || std::is_same_v<K, schedule::Attention>) {
+            peak = gpu.peak_flop_per_s(k.dtype);
+          } else if constexpr (std::is_same_v<K, schedule::GroupedGemm>) {
+            peak = gpu.peak_flop_per_s(k.dtype);
+            const auto groups = std::count_if(k.m.begin(), k.m.end(), [](std::uint64_t m) { return m > 0; });
+            if (groups > 0) size = flops / static_cast<double>(groups);
+          }
+        },
+        comp->kernel);
+    pts[fam].emplace_back(size, compute_efficiency(flops, t, peak));
+  }
+  sim::Profile p = base;
+  auto source = [&](const std::string& field, std::size_t n, const std::string& what) {
+    p.context["source." + field] = label + " (" + std::to_string(n) + " " + what + ")";
+    std::erase(p.missing_fields, field);
+  };
+  for (const auto& [fam, v] : pts) {
+    p.compute[fam] = merged_table(v);
+    source("compute." + fam, v.size(), "ops");
+    c.log.push_back("compute." + fam + ": " + std::to_string(v.size()) + " timed ops -> " +
+                    std::to_string(p.compute[fam].points.size()) + " table points");
+  }
+  if (pts.count("grouped_gemm")) p.grouped_gemm_per_group = true;
+  const bool memory_fitted = pts.count("elementwise") || pts.count("optimizer");
+  if (memory_fitted && !base.memory_tables_by_bytes) {
+    // The fitted memory-bound tables are over bytes; a base table of the other class over FLOPs cannot stay.
+    for (const char* fam : {"elementwise", "optimizer"}) {
+      if (!pts.count(fam) && p.compute.erase(fam))
+        c.log.push_back(std::string("compute.") + fam + ": base table over FLOPs dropped");
+    }
+  }
+  if (memory_fitted) p.memory_tables_by_bytes = true;
+  if (pts.count("attention_fwd") || pts.count("attention_bwd")) {
+    // A real framework's fused attention skips the masked half of causal scores (FlashAttention semantics).
+    for (const char* fam : {"attention_fwd", "attention_bwd"}) {
+      if (!pts.count(fam) && base.attention_full_scores && p.compute.erase(fam)) {
+        c.log.push_back(std::string("compute.") + fam + ": base table (full-score semantics) dropped");
+      }
+    }
+    p.attention_full_scores = false;
+  }
+
+  // Host costs: per rank, the gap between consecutive compute-op issues where no host wait lies between.
+  std::vector<double> gaps, wakes;
+  std::map<schedule::RankId, const schedule::Op*> prev;
+  for (const auto& op : s.ops) {
+    if (std::holds_alternative<schedule::HostSync>(op.body)) {
+      prev.erase(op.rank);
+      const auto& hs = std::get<schedule::HostSync>(op.body);
+      const auto& r = measured.records[op.id];
+      if (r.end_ns > r.start_ns)
+        wakes.push_back(static_cast<double>(r.end_ns - measured.records[hs.target].end_ns) * 1e-9);
+      continue;
+    }
+    if (!std::holds_alternative<schedule::Compute>(op.body) || dur_s(op.id) <= 0) continue;
+    if (const auto it = prev.find(op.rank); it != prev.end()) {
+      const Nanos gap = measured.records[op.id].issue_ns - measured.records[it->second->id].issue_ns;
+      if (gap > 0) gaps.push_back(static_cast<double>(gap) * 1e-9);
+    }
+    prev[op.rank] = &op;
+  }
+  if (!gaps.empty()) {
+    p.launch_s["compute"] = median(gaps);
+    source("launch.compute", gaps.size(), "issue gaps");
+  }
+  if (!wakes.empty()) {
+    p.launch_s["host_sync"] = std::max(0.0, median(wakes));
+    source("launch.host_sync", wakes.size(), "host waits");
+  }
+
+  // Residuals: the trace's own schedule simulated with the fitted profile.
+  const sim::CostModel costs(cluster, p);
+  const schedule::Trace predicted = sim::simulate(s, cluster, costs);
+  std::map<std::string, std::vector<std::pair<double, double>>> by_class;
+  for (const auto& op : s.ops) {
+    const auto* comp = std::get_if<schedule::Compute>(&op.body);
+    if (comp == nullptr || dur_s(op.id) <= 0) continue;
+    const auto& pr = predicted.records[op.id];
+    by_class[std::string("trace.") + schedule::kernel_class(comp->kernel)].emplace_back(
+        static_cast<double>(pr.end_ns - pr.start_ns) * 1e-9, dur_s(op.id));
+  }
+  for (const auto& [cls, pm] : by_class) summarize(c, cls, pm, "per op, simulated vs the trace");
+  if (!measured.step_times_ns.empty() && !predicted.step_times_ns.empty()) {
+    std::vector<double> steps;
+    for (const Nanos t : measured.step_times_ns) steps.push_back(static_cast<double>(t) * 1e-9);
+    summarize(c, "trace.step", {{static_cast<double>(predicted.step_times_ns.front()) * 1e-9, median(steps)}},
+              "the whole step, simulated vs the trace's median");
+  }
+  p.fits.insert(p.fits.end(), c.fits.begin(), c.fits.end());
+  p.context["source.base"] = base.name;
+  p.context["from_trace"] = label;
+  for (const char* k : {"gpu", "format", "source"}) {
+    if (measured.context.count(k)) p.context[std::string("trace.") + k] = measured.context.at(k);
+  }
+  if (measured.context.count("gpu")) p.context["gpu"] = measured.context.at("gpu");
+  p.name = p.declared_name = name;
   FitResult r;
   r.json = sim::profile_to_json(p);
   r.profile = std::move(p);

@@ -1,12 +1,14 @@
 // Fitting: raw microbenchmark measurements -> a calibration profile (sim/profile.cpp's JSON format). Every fit is
 // checked by running the simulator on the same microbenchmark schedules with the fitted profile, and its residual
-// is recorded in the profile. Never fed with end-to-end step times.
+// is recorded in the profile. Never fed with end-to-end step times; a real step's trace gives per-op times
+// (fit_profile_from_trace), not a step time to match.
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "calibration/suite.hpp"
+#include "schedule/trace.hpp"
 #include "sim/cost_model.hpp"
 #include "topologies/cluster.hpp"
 
@@ -23,6 +25,11 @@ struct FrameworkInput {
 /// Reads the JSON that calibration/scripts/torch_host_overhead.py writes. Throws ParseError.
 [[nodiscard]] FrameworkInput read_framework(const std::string& path);
 
+/// Reads the JSON that calibration/scripts/torch_memory_overhead.py prints (its "memory_overhead" object): the CUDA
+/// context plus the libraries' modules outside the allocator, the cuBLAS workspace, NCCL's buffer per channel and
+/// the allocator's reserved/allocated (the last two may be null: not measured). Throws ParseError naming the field.
+[[nodiscard]] sim::MemoryOverhead read_memory_overhead(const std::string& path);
+
 struct FitResult {
   sim::Profile profile;          ///< The fitted profile (what `json` holds).
   std::string json;              ///< The profile file's text.
@@ -34,6 +41,18 @@ struct FitResult {
 /// profile; `git_revision` and `framework` are recorded when given.
 [[nodiscard]] FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster, const std::string& name,
                                     const std::string& git_revision, const FrameworkInput& framework);
+
+/// Fits, from a measured trace of a real training step (`twinstep import-trace` of a PyTorch or Nsight Systems
+/// trace, or `twinstep run`), what the trace covers, on top of `base` (the datasheet defaults or another profile):
+/// the compute table of every kernel class it timed (as fit_profile: tensor-core classes over FLOPs, grouped GEMMs
+/// over FLOPs per group, memory-bound classes over bytes), the host's issue cost per compute op (the median gap
+/// between consecutive issues with no host wait between: the framework's cost per op, launches included) and the
+/// host_sync wake-up. Ops with zero-length records (not matched by the import) are left out. The profile's context
+/// says where each figure came from ("source.compute.gemm": "LABEL, N ops"; "source.base": the base profile).
+/// Residuals: the trace's schedule simulated on `cluster` with the fitted profile, per op class and for the step.
+[[nodiscard]] FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::string& label,
+                                               const topologies::Cluster& cluster, const sim::Profile& base,
+                                               const std::string& name);
 
 /// What a one-GPU calibration cannot measure, taken from `donor`, a profile measured on two or more GPUs of the
 /// same NVLink generation (DGX H100 and HGX H200: NVLink 4, NVSwitch gen 3, the same NCCL): the collective and

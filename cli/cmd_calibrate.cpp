@@ -1,6 +1,7 @@
 // `twinstep calibrate`: runs a microbenchmark suite through the backend (under mpirun, one process per GPU),
 // appending raw measurements as each group finishes (--resume continues), then fits a profile the simulator
 // reads. `--fit RAW` fits from an existing raw file on any machine (no GPUs). Logic: calibration/suite, fit.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -10,6 +11,7 @@
 #include "cli/commands.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
+#include "schedule/json.hpp"
 #include "sim/cost_model.hpp"
 #include "topologies/cluster.hpp"
 
@@ -25,8 +27,11 @@ struct CalibrateArgs {
   std::string output;
   std::string raw;
   std::string fit_from;
+  std::string from_trace;
+  std::string base_profile;
   std::string cluster = "h200x2-nvlink";
   std::string framework;
+  std::string memory;
   std::string borrow;
   std::string name;
   bool resume = false;
@@ -48,13 +53,41 @@ void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
     r.log.push_back("borrowed from " + a.borrow + ": " +
                     (list.empty() ? "nothing (the raw file measured it all)" : list));
   }
+  if (!a.memory.empty()) {
+    r.profile.memory_overhead = calibration::read_memory_overhead(a.memory);
+    r.json = sim::profile_to_json(r.profile);
+    r.log.push_back("memory_overhead: from " + a.memory + " (" + r.profile.memory_overhead.source + ")");
+  }
   write_file_atomic(a.output, r.json);
   std::fprintf(stderr, "twinstep calibrate: fitted %zu measurements (suite %s, %u GPU(s)) -> %s\n",
                raw.measurements.size(), raw.suite.c_str(), raw.world_size, a.output.c_str());
   for (const auto& line : r.log) std::fprintf(stderr, "  %s\n", line.c_str());
 }
 
+/// --from-trace: the figures a real step's measured trace covers, on the base profile (calibration/fit.hpp).
+void fit_from_trace(const CalibrateArgs& a) {
+  const schedule::Trace measured = schedule::read_trace(a.from_trace);
+  const auto cluster =
+      topologies::load_cluster(a.cluster, topologies::ClusterSize{0, std::max(1u, measured.schedule.world_size)});
+  const sim::Profile base =
+      a.base_profile.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(a.base_profile);
+  const auto r =
+      calibration::fit_profile_from_trace(measured, a.from_trace, cluster, base,
+                                          a.name.empty() ? "twinstep calibrate --from-trace " + a.from_trace : a.name);
+  write_file_atomic(a.output, r.json);
+  std::fprintf(stderr, "twinstep calibrate: fitted from the trace %s (%zu ops, base: %s) -> %s\n", a.from_trace.c_str(),
+               measured.schedule.ops.size(), base.name.c_str(), a.output.c_str());
+  for (const auto& line : r.log) std::fprintf(stderr, "  %s\n", line.c_str());
+  for (const auto& w : sim::profile_warnings(r.profile, cluster)) std::fprintf(stderr, "warning: %s\n", w.c_str());
+}
+
 void calibrate_command(const CalibrateArgs& a) {
+  if (!a.from_trace.empty()) {
+    if (!a.fit_from.empty()) throw Error("--from-trace and --fit each give what to fit from: use one");
+    fit_from_trace(a);
+    return;
+  }
+  if (!a.base_profile.empty()) throw Error("--profile (the base profile) goes with --from-trace only");
   if (!a.fit_from.empty()) {
     fit_and_write(a, calibration::read_raw(a.fit_from));
     return;
@@ -111,9 +144,18 @@ void register_calibrate_command(CLI::App& app) {
   sub->add_option("--raw", a->raw, "Raw measurements, JSON lines (default: OUTPUT.raw.jsonl)");
   sub->add_flag("--resume", a->resume, "Keep the groups already in the raw file and measure the rest");
   sub->add_option("--fit", a->fit_from, "Fit from this raw file only (no GPUs needed)");
+  sub->add_option("--from-trace", a->from_trace,
+                  "Fit what a real step's measured trace covers (from `twinstep import-trace`; no GPUs needed): "
+                  "compute tables per class, host issue cost per op, host_sync wake-up")
+      ->check(CLI::ExistingFile);
+  sub->add_option("--profile", a->base_profile,
+                  "With --from-trace: the profile whose other figures the result keeps (default: datasheet defaults)")
+      ->check(CLI::ExistingFile);
   sub->add_option("--cluster", a->cluster, "Cluster whose GPU peaks the efficiencies refer to")->capture_default_str();
   sub->add_option("--framework", a->framework,
                   "JSON from calibration/scripts/torch_host_overhead.py: the profile's framework section");
+  sub->add_option("--memory", a->memory,
+                  "JSON from calibration/scripts/torch_memory_overhead.py: the profile's memory_overhead section");
   sub->add_option(
       "--borrow", a->borrow,
       "Profile measured on several GPUs of the same NVLink generation: the collective, send/recv and co-run "

@@ -54,11 +54,7 @@ void print_summary(const models::Lowered& low, const std::string& host_costs) {
   for (const auto& [k, b] : comm_bytes) std::printf("  %-28s %s\n", k.c_str(), format_bytes(b).c_str());
   std::printf("FLOPs per step: %.4g in the schedule (recompute included), model FLOPs %.4g (6*N*tokens + attention)\n",
               flops, low.model_flops_per_step);
-  const auto& m = low.peak_memory;
-  std::printf("memory, largest rank: params %s, grads %s, optimizer %s, activations %s, comm buffers %s = %s\n",
-              format_bytes(m.params_bytes).c_str(), format_bytes(m.grads_bytes).c_str(),
-              format_bytes(m.optimizer_bytes).c_str(), format_bytes(m.activations_bytes).c_str(),
-              format_bytes(m.comm_buffers_bytes).c_str(), format_bytes(m.total_bytes()).c_str());
+  std::printf("%s", models::memory_breakdown_text(low.peak_memory).c_str());
   std::size_t host_ops = 0;
   Nanos host_ns = 0;
   for (const auto& op : s.ops) {
@@ -105,11 +101,12 @@ void register_model_commands(CLI::App& app) {
     const models::Lowered low = models::lower(model, cfg, options);
     schedule::write_schedule(low.schedule, args->output);
     if (args->summary) print_summary(low, resolved.host_costs);
-    const std::string verdict = format_bytes(low.peak_memory.total_bytes()) + " per GPU (largest rank) against " +
+    const models::MemoryEstimate& m = low.peak_memory;
+    const std::string verdict = format_bytes(m.total_bytes()) + " per GPU (tightest rank, " + m.peak_phase +
+                                ") against " + format_bytes(m.usable_bytes()) + " usable of " +
                                 format_bytes(cfg.gpu_memory_bytes);
     if (!low.fits) {
-      throw NotFeasibleError("does not fit in " + format_bytes(cfg.gpu_memory_bytes) + ": needs " + verdict +
-                             " (schedule written to " + args->output + ")");
+      throw NotFeasibleError("does not fit: needs " + verdict + " (schedule written to " + args->output + ")");
     }
     if (args->output != "-") {
       std::fprintf(stderr, "fits: %s\nhost costs: %s\n", verdict.c_str(), resolved.host_costs.c_str());

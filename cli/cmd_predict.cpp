@@ -97,6 +97,7 @@ struct VariantResult {
   double mfu = 0;
   double memory_gib = 0;
   bool fits = true;
+  models::MemoryEstimate memory;  ///< The tightest rank's breakdown.
   schedule::Breakdown breakdown;
   double solo_compute_s = 0;  ///< Mean over ranks of the compute kernels' solo times (cost model, nothing beside).
   std::vector<std::string> warnings;
@@ -174,7 +175,11 @@ std::string format_table(const std::vector<VariantResult>& results, const std::s
              fmt("%+.1f%%", 100.0 * (r.step_s - base) / base) + " vs " + results.front().name + ")";
     }
     out += "\n  TFLOP/s per GPU " + fmt("%10.1f", r.tflops_per_gpu) + "   MFU " + fmt("%.1f%%", 100.0 * r.mfu) + "\n";
-    out += "  memory per GPU  " + fmt("%10.1f GiB", r.memory_gib) + (r.fits ? "  (fits)" : "  (DOES NOT FIT)") + "\n";
+    out += "  memory per GPU  " + fmt("%10.1f GiB", r.memory_gib) + " of " +
+           fmt("%.1f GiB usable", r.memory.usable_bytes() / kGiB) +
+           (r.fits ? "  (fits, margin " : "  (DOES NOT FIT, ") + fmt("%+.1f GiB)", r.memory.margin_bytes() / kGiB) +
+           "\n";
+    out += models::memory_breakdown_text(r.memory, "  ");
     const auto& m = r.breakdown.mean;
     auto pct = [&](double s) { return fmt("%5.1f%%", r.step_s > 0 ? 100.0 * s / r.step_s : 0.0); };
     auto row = [&](const std::string& label, double s) {
@@ -282,6 +287,7 @@ Prediction run_predict(const PredictArgs& args) {
     r.mfu = e.mfu;
     r.memory_gib = e.peak_memory.total_bytes() / kGiB;
     r.fits = e.fits;
+    r.memory = e.peak_memory;
     r.warnings = std::move(e.warnings);
     r.notes = std::move(e.sim.notes);
     if (e.sim.trace) {
@@ -315,6 +321,13 @@ Prediction run_predict(const PredictArgs& args) {
       e["mfu"] = r.mfu;
       e["memory_gib_per_gpu"] = r.memory_gib;
       e["fits"] = r.fits;
+      nlohmann::ordered_json mem = nlohmann::ordered_json::object();
+      for (const auto& [key, bytes] : models::memory_terms(r.memory)) mem[key + "_gib"] = bytes / kGiB;
+      mem["allocator_reserved_gib"] = r.memory.total_bytes() / kGiB;
+      mem["usable_capacity_gib"] = r.memory.usable_bytes() / kGiB;
+      mem["margin_gib"] = r.memory.margin_bytes() / kGiB;
+      mem["peak_phase"] = r.memory.peak_phase;
+      e["memory"] = mem;
       e["breakdown"] = breakdown_json(r.breakdown.mean);
       if (&r != &results.front()) {
         nlohmann::ordered_json terms = nlohmann::ordered_json::array();
@@ -346,8 +359,11 @@ Prediction run_predict(const PredictArgs& args) {
       "bubble: waiting for other ranks, pipeline bubbles, host syncs; host-bound: the GPU idle while the host issues.\n"
       "MFU: model FLOPs (no recompute) / (step time x GPUs x " +
       fmt("%.0f", peak / 1e12) + " TFLOP/s, the GPU's dense " + schedule::dtype_name(base.dtype) +
-      " peak). fits: the memory estimate against " + fmt("%.1f GiB", base.gpu_memory_bytes / kGiB) +
-      " per GPU (the GPU's HBM).\n";
+      " peak). fits: the tightest rank's allocator reserve at its peak phase against " +
+      fmt("%.1f GiB", base.gpu_memory_bytes / kGiB) +
+      " per GPU (the GPU's HBM) less the CUDA context, NCCL's and "
+      "TE's userbuffers (memory costs: " +
+      base.memory.source + ").\n";
   out.text = format_table(results, header, legend);
   bool any_fits = false;
   for (const auto& r : results) any_fits = any_fits || r.fits;
@@ -366,7 +382,7 @@ const std::vector<Example>& examples() {
   static const std::vector<Example> kExamples = {
       {"qwen",
        "Qwen3-30B-A3B (MoE, 128 experts, top-8) on 2 nodes of 8 H100, EP 16, distributed optimizer: EP overlap "
-       "variants. seq 2048: with EP overlap two micro-batches are in flight and seq 4096 needs ~100 GiB per GPU",
+       "variants. seq 2048 keeps --example short; the production seq 4096 fits too (--seq 4096)",
        {"--model", "qwen3-30b-a3b", "--cluster", "dgx-h100", "--nodes", "2", "--ep", "16", "--distributed-optimizer",
         "--mbs", "1", "--gbs", "256", "--seq", "2048", "--overlap", "none,ep,ep+delay_wgrad"}},
       {"llama",

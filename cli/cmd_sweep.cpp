@@ -287,11 +287,13 @@ void register_sweep_commands(CLI::App& app) {
     sub->add_flag("-q,--quiet", f->quiet, "No progress and no table");
     sub->add_flag("--dry-run", f->dry_run,
                   "List the points with the reason for invalid ones (layout rules and the lowering's checks) and "
-                  "stop; whether a point fits in memory is known only once it is lowered");
+                  "stop; whether a point fits in memory is known once it is evaluated (a layout that cannot fit is "
+                  "pruned before it is lowered: \"pruned before lowering\")");
     sub->add_flag("--no-extrapolate", f->no_extrapolate,
-                  "Simulate every micro-batch. By default a point with many micro-batches is simulated at three "
-                  "small counts (1F1B: pp+1 to pp+3; interleaved: 2 to 4 micro-batch groups) and its step taken on the "
-                  "line through them, checked to be one");
+                  "Simulate every micro-batch. By default (steady-state periodicity, as in predict) a point with many "
+                  "micro-batches is simulated at three small counts (1F1B: pp+1 to pp+3; interleaved: 2 to 4 "
+                  "micro-batch groups) and its step extrapolated by the period, checked to be the same over both "
+                  "pairs");
     add_output_flags(sub, *of);
     sub->footer(std::string(models::recipe_defaults_text()) +
                 " The same defaults as `twinstep predict`: each result line holds its equivalent predict command.");

@@ -15,6 +15,8 @@ void register_model_commands(CLI::App& app);
 void register_sim_commands(CLI::App& app);
 /// compare (calibration/).
 void register_calibration_commands(CLI::App& app);
+/// import-trace (calibration/trace_import/).
+void register_import_trace_command(CLI::App& app);
 /// calibrate (calibration/ + backend/).
 void register_calibrate_command(CLI::App& app);
 /// sweep, merge (what-if sweeps over layouts, overlap variants and cluster sizes).

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   twinstep::cli::register_model_commands(app);
   twinstep::cli::register_sim_commands(app);
   twinstep::cli::register_calibration_commands(app);
+  twinstep::cli::register_import_trace_command(app);
   twinstep::cli::register_calibrate_command(app);
   twinstep::cli::register_sweep_commands(app);
   twinstep::cli::register_backend_commands(app);

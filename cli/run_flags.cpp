@@ -56,6 +56,7 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--gbs", "global_batch_size", f.gbs, "sequences per step; default micro_batch_size x DP (Megatron's)");
   opt(sub, "--seq", "seq_length", f.seq);
   opt(sub, "--dtype", "dtype", f.dtype, "bf16 | fp16 | fp8");
+  opt(sub, "--fp8-recipe", "fp8_recipe", f.fp8_recipe, "delayed | tensorwise (per-tensor current scaling)");
   opt(sub, "--recompute", "recompute_granularity", f.recompute, "none | selective | full");
   opt(sub, "--recompute-method", "recompute_method", f.recompute_method, "uniform | block");
   opt(sub, "--recompute-num-layers", "recompute_num_layers", f.recompute_num_layers);
@@ -69,6 +70,7 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--bucket-size", "bucket_size", f.bucket_size, "DP bucket size in parameters (0 = Megatron default)");
   opt(sub, "--cdmc", "cuda_device_max_connections", f.cdmc, "CUDA_DEVICE_MAX_CONNECTIONS");
   flag(sub, "--distributed-optimizer", "use_distributed_optimizer", f.distributed_optimizer);
+  flag(sub, "--grad-reduce-in-fp32", "grad_reduce_in_fp32", f.grad_reduce_in_fp32);
   flag(sub, "--overlap-grad-reduce", "overlap_grad_reduce", f.overlap_grad_reduce);
   flag(sub, "--overlap-param-gather", "overlap_param_gather", f.overlap_param_gather);
   flag(sub, "--tp-comm-overlap", "tp_comm_overlap", f.tp_comm_overlap);
@@ -102,6 +104,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   models::SetFields set;  // fields the config file or a flag set: the recipe defaults leave them alone
   if (!f.config.empty()) c = models::read_run_config(f.config, &set);
   r.host_costs = evaluate::host_costs_from_profile(profile, c.host);
+  (void)evaluate::memory_costs_from_profile(profile, c.memory);
   // Applies a given flag's value to its run config field and records the field as set.
   auto take = [&set](const char* field, const auto& given, auto& member, auto&& convert) {
     if (!given) return;
@@ -137,6 +140,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   auto mode = [](auto parse, const char* flag_name) {
     return [parse, flag_name](const std::string& v) { return parse(v, flag_name); };
   };
+  take("fp8_recipe", f.fp8_recipe, c.fp8_recipe, mode(models::parse_fp8_recipe, "--fp8-recipe"));
   take("recompute_granularity", f.recompute, c.recompute_granularity,
        mode(models::parse_recompute_granularity, "--recompute"));
   take("recompute_method", f.recompute_method, c.recompute_method,
@@ -152,6 +156,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
        });
   take("bucket_size", f.bucket_size, c.bucket_size, same);
   take("use_distributed_optimizer", f.distributed_optimizer, c.use_distributed_optimizer, same);
+  take("grad_reduce_in_fp32", f.grad_reduce_in_fp32, c.grad_reduce_in_fp32, same);
   take("overlap_grad_reduce", f.overlap_grad_reduce, c.overlap_grad_reduce, same);
   take("overlap_param_gather", f.overlap_param_gather, c.overlap_param_gather, same);
   take("tp_comm_overlap", f.tp_comm_overlap, c.tp_comm_overlap, same);

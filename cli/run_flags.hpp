@@ -21,6 +21,7 @@ struct RunFlags {
   std::optional<bool> sp;
   std::optional<std::uint32_t> mbs, gbs, seq;
   std::optional<std::string> dtype;
+  std::optional<std::string> fp8_recipe;        ///< delayed | tensorwise
   std::optional<std::string> recompute;         ///< none | selective | full
   std::optional<std::string> recompute_method;  ///< uniform | block
   std::optional<std::uint32_t> recompute_num_layers;
@@ -30,6 +31,7 @@ struct RunFlags {
   std::optional<std::uint64_t> bucket_size;
   std::optional<std::uint32_t> cdmc;
   std::optional<bool> distributed_optimizer;
+  std::optional<bool> grad_reduce_in_fp32;
   std::optional<bool> overlap_grad_reduce, overlap_param_gather, tp_comm_overlap, overlap_p2p_comm, batch_p2p_comm;
   std::optional<std::int32_t> first_pipeline_layers, last_pipeline_layers;
   std::optional<bool> account_for_embedding, account_for_loss;
@@ -43,7 +45,8 @@ struct RunFlags {
 /// Adds --model --config --tp --pp --vpp --cp --ep --etp --dp --sp --mbs --gbs --seq --dtype --recompute
 /// --recompute-method --recompute-num-layers --dispatcher --cp-comm-type --hierarchical-cp-sizes --bucket-size
 /// --cdmc
-/// --distributed-optimizer --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap --overlap-p2p-comm
+/// --distributed-optimizer --grad-reduce-in-fp32 --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap
+/// --overlap-p2p-comm
 /// --batch-p2p-comm --first-pipeline-layers --last-pipeline-layers --account-for-embedding --account-for-loss
 /// --routing-skew --flex-sms --ep-overlap --delay-wgrad --shared-expert-overlap --ep-node-ns --ep-backward-call-ns
 /// --event-record-ns.

@@ -1,12 +1,14 @@
 // Evaluating one point (evaluate/evaluate.hpp).
 #include "evaluate/evaluate.hpp"
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <utility>
 
 #include "common/error.hpp"
 #include "common/units.hpp"
+#include "evaluate/periodic.hpp"
 #include "models/limits.hpp"
 
 namespace twinstep::evaluate {
@@ -51,6 +53,10 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   const auto ranks = trace.schedule.ranks.size();
   out.solo_compute_s = ranks == 0 ? 0.0 : solo / static_cast<double>(ranks);
   if (const auto it = trace.context.find("model_limits"); it != trace.context.end()) out.notes.push_back(it->second);
+  if (const auto it = trace.schedule.meta.find("representatives");
+      it != trace.schedule.meta.end() && it->second.rfind("all ", 0) == 0) {
+    out.notes.push_back("symmetry reduction not applied: every rank simulated (" + it->second.substr(4) + ")");
+  }
   if (const auto it = trace.context.find("symmetry_reduction"); it != trace.context.end()) {
     out.notes.push_back("symmetry reduction: " + it->second + " (--no-reduce simulates every rank)");
   }
@@ -58,22 +64,34 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   return out;
 }
 
-Result evaluate(const models::ModelSpec& model, const topologies::Cluster& cluster, const sim::CostModel& costs,
-                const models::RunConfig& config, const Options& options) {
-  if (options.check_size) models::check_limits(config);
-  const std::uint32_t gpus = cluster.num_gpus();
-  models::LowerOptions lower_opts;
-  const sim::Reduction reduction = sim::reduction_policy(gpus, options.fidelity, options.reduce);
-  lower_opts.representatives_only = reduction.representatives_only;
-  lower_opts.mirror_tp = reduction.mirror_tp;
-  lower_opts.op_names = options.op_names;
-  if (const double ops = options.check_size ? models::estimated_ops(model, config, lower_opts) : 0.0;
-      ops > models::kMaxSimulatedOps) {
+namespace {
+
+/// The lowering options of the one reduction policy (sim::reduction_policy).
+models::LowerOptions lower_options(const topologies::Cluster& cluster, const Options& options) {
+  models::LowerOptions lo;
+  const sim::Reduction reduction = sim::reduction_policy(cluster.num_gpus(), options.fidelity, options.reduce);
+  lo.representatives_only = reduction.representatives_only;
+  lo.mirror_tp = reduction.mirror_tp;
+  lo.mirror_cp = reduction.mirror_cp;
+  lo.op_names = options.op_names;
+  return lo;
+}
+
+/// Refuses (exit 2) a simulation of `config` estimated above models::kMaxSimulatedOps ops.
+void check_ops(const models::ModelSpec& model, const models::RunConfig& config, const models::LowerOptions& lo) {
+  if (const double ops = models::estimated_ops(model, config, lo); ops > models::kMaxSimulatedOps) {
     throw Error("the step is about " + fmt("%.1f", ops / 1e6) + " M ops to simulate, above the " +
                 fmt("%.0f", models::kMaxSimulatedOps / 1e6) +
                 " M one simulation may hold (memory); use fewer micro-batches (--gbs) or, with --fidelity flow, "
                 "--fidelity analytic (it simulates one rank per pipeline stage and CP rank)");
   }
+}
+
+/// One lowering and simulation of `config` as it is (no periodicity).
+Result evaluate_once(const models::ModelSpec& model, const topologies::Cluster& cluster, const sim::CostModel& costs,
+                     const models::RunConfig& config, const Options& options) {
+  const models::LowerOptions lower_opts = lower_options(cluster, options);
+  if (options.check_size) check_ops(model, config, lower_opts);
   const auto t0 = Clock::now();
   models::Lowered lowered = models::lower(model, config, lower_opts);
   if (options.phases != nullptr) options.phases->lower_s = seconds_since(t0);
@@ -85,10 +103,97 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
   if (!r.fits && !options.simulate_when_not_fitting) return r;
   r.sim = simulate_schedule(std::move(lowered.schedule), cluster, costs, options);
   r.simulated = true;
+  return r;
+}
+
+void set_rates(Result& r, const topologies::Cluster& cluster, const models::RunConfig& config) {
+  const double gpus = cluster.num_gpus();
   r.step_s = r.sim.breakdown.step_time_s;
   const double peak = cluster.node.gpu.peak_flop_per_s(config.dtype);
   r.tflops_per_gpu = r.step_s > 0 ? r.model_flops_per_step / (r.step_s * gpus) / 1e12 : 0.0;
   r.mfu = r.step_s > 0 ? r.model_flops_per_step / (r.step_s * gpus * peak) : 0.0;
+}
+
+}  // namespace
+
+Result evaluate(const models::ModelSpec& model, const topologies::Cluster& cluster, const sim::CostModel& costs,
+                const models::RunConfig& config, const Options& options) {
+  models::check_limits(config);
+  const std::uint64_t per_step = std::uint64_t{config.micro_batch_size} * models::derived_dp(config);
+  const auto micro_batches = static_cast<std::uint32_t>(
+      per_step > 0 && config.global_batch_size % per_step == 0 ? config.global_batch_size / per_step : 0);
+  const std::uint32_t pp = config.pipeline_model_parallel_size;
+  const std::uint32_t group =
+      config.microbatch_group_size_per_vp_stage == 0 ? pp : config.microbatch_group_size_per_vp_stage;
+  const auto plan = options.periodic && options.reduce && !options.keep_trace
+                        ? periodic_counts(micro_batches, pp, config.virtual_pipeline_model_parallel_size, group)
+                        : std::nullopt;
+  if (!plan) {
+    Result r = evaluate_once(model, cluster, costs, config, options);
+    if (r.simulated) set_rates(r, cluster, config);
+    return r;
+  }
+  // Steady-state periodicity (evaluate/periodic.hpp): three short runs, the full config's checks and warnings.
+  std::vector<std::string> warnings = models::check_config(model, config);
+  const auto& counts = *plan;
+  auto with_batches = [&](std::uint32_t m) {
+    models::RunConfig c = config;
+    c.global_batch_size = static_cast<std::uint32_t>(per_step * m);
+    return c;
+  };
+  // The largest short run stands for the size of all three.
+  if (options.check_size) check_ops(model, with_batches(counts[2]), lower_options(cluster, options));
+  Options sample_opts = options;
+  sample_opts.check_size = false;
+  std::array<Result, 3> runs;
+  std::array<MicroBatchSample, 3> samples;
+  std::string fallback;
+  for (std::size_t i = 0; i < 3 && fallback.empty(); ++i) {
+    try {
+      runs[i] = evaluate_once(model, cluster, costs, with_batches(counts[i]), sample_opts);
+    } catch (const NotFeasibleError&) {
+      throw;
+    } catch (const Error& e) {
+      fallback = std::string("a short run is not a valid layout: ") + e.what();
+      break;
+    }
+    if (!runs[i].simulated) {
+      // Does not fit, and not simulated: the memory estimate does not fall with more micro-batches, so the full
+      // step does not fit either.
+      Result r = std::move(runs[i]);
+      r.warnings = std::move(warnings);
+      r.model_flops_per_step *= static_cast<double>(micro_batches) / counts[i];
+      return r;
+    }
+    samples[i] = {counts[i], breakdown_values(runs[i].sim.breakdown, runs[i].sim.solo_compute_s)};
+  }
+  if (fallback.empty() && runs[2].peak_memory.total_bytes() != runs[1].peak_memory.total_bytes()) {
+    fallback = "the memory estimate (activations in flight) still grows between the short runs";
+  }
+  std::optional<std::map<std::string, double>> values;
+  if (fallback.empty()) values = extrapolate(samples, micro_batches, kPeriodTolerance, &fallback);
+  if (!values) {
+    Result r = evaluate_once(model, cluster, costs, config, options);
+    r.periodic_fallback = fallback;
+    r.sim.notes.push_back("steady-state periodicity not used (" + fallback + "): every micro-batch simulated");
+    if (r.simulated) set_rates(r, cluster, config);
+    return r;
+  }
+  Result r = std::move(runs[2]);
+  const double period_s =
+      (samples[2].values.at("step") - samples[1].values.at("step")) / static_cast<double>(counts[2] - counts[1]);
+  r.sim.breakdown = breakdown_from_values(*values, r.sim.breakdown, &r.sim.solo_compute_s);
+  r.model_flops_per_step *= static_cast<double>(micro_batches) / counts[2];  // 6 N tokens + attention: linear
+  r.warnings = std::move(warnings);
+  r.periodic_from.assign(counts.begin(), counts.end());
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "steady-state periodicity: simulated %u, %u and %u of %u micro-batches (warm-up, steady periods, "
+                "cool-down); the period, %.6f ms per micro-batch, is the same over both pairs (1e-9 relative), and "
+                "the other %u micro-batches are extrapolated by it",
+                counts[0], counts[1], counts[2], micro_batches, period_s * 1e3, micro_batches - counts[2]);
+  r.sim.notes.emplace_back(buf);
+  set_rates(r, cluster, config);
   return r;
 }
 
@@ -107,6 +212,27 @@ std::string host_costs_from_profile(const sim::Profile* profile, models::HostCos
   if (measured.empty()) return "none (no framework section in " + profile->name + ")";
   if (fw.event_record_s < 0) measured += ", event record/wait not measured (0 ns)";
   return "framework section of " + profile->name + " (" + measured + ")";
+}
+
+std::string memory_costs_from_profile(const sim::Profile* profile, models::MemoryCosts& memory) {
+  if (profile == nullptr) return memory.source;
+  memory.nccl_channels_per_communicator = profile->nccl.channels_intra;
+  const sim::MemoryOverhead& m = profile->memory_overhead;
+  std::string measured;
+  auto take = [&](double value, double& target, const char* what) {
+    if (value < 0) return;  // not measured
+    target = value;
+    measured += std::string(measured.empty() ? "" : ", ") + what;
+  };
+  take(m.cuda_context_bytes, memory.cuda_context_bytes, "CUDA context");
+  take(m.cublas_workspace_bytes, memory.cublas_workspace_bytes, "cuBLAS workspace");
+  take(m.nccl_buffer_bytes_per_channel, memory.nccl_buffer_bytes_per_channel, "NCCL buffer per channel");
+  take(m.allocator_reserved_over_allocated, memory.allocator_reserved_over_allocated, "allocator reserved/allocated");
+  memory.source = measured.empty()
+                      ? "datasheet defaults (docs/memory.md; no memory_overhead section in " + profile->name + ")"
+                      : "memory_overhead section of " + profile->name + " (" + measured +
+                            "; the rest datasheet defaults, docs/memory.md)";
+  return memory.source;
 }
 
 }  // namespace twinstep::evaluate

@@ -32,13 +32,19 @@ struct Phases {
 
 struct Options {
   sim::Fidelity fidelity = sim::default_fidelity();
-  bool reduce = true;         ///< Symmetry reduction by sim::reduction_policy (predict's --no-reduce clears it).
-  bool op_names = true;       ///< Human-readable op names (a sweep, which keeps no trace, turns them off).
-  bool keep_trace = false;    ///< Return the trace (predict --trace).
-  bool schedule_hash = true;  ///< sim::Options::schedule_hash.
+  /// Symmetry reduction by sim::reduction_policy and steady-state periodicity (evaluate/periodic.hpp); predict's
+  /// --no-reduce clears it: every rank and every micro-batch simulated.
+  bool reduce = true;
+  /// Steady-state periodicity (evaluate/periodic.hpp) when `reduce` is on and no trace is kept (a sweep's
+  /// --no-extrapolate clears it).
+  bool periodic = true;
+  bool op_names = true;                   ///< Human-readable op names (a sweep, which keeps no trace, turns them off).
+  bool keep_trace = false;                ///< Return the trace (predict --trace).
+  bool schedule_hash = true;              ///< sim::Options::schedule_hash.
   bool simulate_when_not_fitting = true;  ///< false: a point that does not fit in memory is not simulated.
-  /// Check models::check_limits and the estimated op count before lowering; a sweep, which checks the size of its
-  /// largest extrapolation sample once per point, turns it off for the samples.
+  /// Refuse a simulation estimated above models::kMaxSimulatedOps ops (models::estimated_ops, of the largest short
+  /// run with periodicity) before lowering; a sweep, which never refuses a point for size, turns it off.
+  /// models::check_limits (figures that would overflow the clock) is checked either way.
   bool check_size = true;
   std::map<std::string, std::string> context;  ///< Copied into the trace's context.
   Phases* phases = nullptr;                    ///< When set, receives the phases' wall seconds.
@@ -61,6 +67,10 @@ struct Result {
   double model_flops_per_step = 0;
   double step_s = 0, tflops_per_gpu = 0, mfu = 0;
   Simulated sim;
+  /// The micro-batch counts of the three short runs when the step was extrapolated by periodicity (empty: the full
+  /// step was simulated).
+  std::vector<std::uint32_t> periodic_from;
+  std::string periodic_fallback;  ///< Why periodicity was tried and the full step simulated instead ("" otherwise).
 };
 
 /// Fills RunConfig::host from a calibration profile's framework section (per kernel launch, per module call, per
@@ -68,12 +78,20 @@ struct Result {
 /// costs). Returns the "host costs" text predict and lower print. predict and sweep both take host costs this way.
 [[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
 
+/// Fills RunConfig::memory from a calibration profile: its memory_overhead section (the fields the GPU measured) and
+/// NCCL's channels per communicator (nccl.channels_intra); `profile` null: the datasheet defaults stay. Sets and
+/// returns MemoryCosts::source. predict, lower and sweep take the memory model's figures this way.
+std::string memory_costs_from_profile(const sim::Profile* profile, models::MemoryCosts& memory);
+
 /// Simulates `schedule` on `cluster` and analyses the trace (the trace kept with `options.keep_trace`).
 [[nodiscard]] Simulated simulate_schedule(schedule::Schedule schedule, const topologies::Cluster& cluster,
                                           const sim::CostModel& costs, const Options& options);
 
-/// Lowers `config` (after models::check_limits and a refusal above models::kMaxSimulatedOps estimated ops, exit 2,
-/// unless options.check_size is off), simulates and analyses it. Throws Error for an invalid config.
+/// Lowers `config` (after models::check_limits and a refusal above models::kMaxSimulatedOps estimated ops of what is
+/// simulated, exit 2, unless options.check_size is off), simulates and analyses it. A step of many micro-batches is
+/// simulated at three short micro-batch counts and extrapolated by its period (evaluate/periodic.hpp), checked, with
+/// a note saying so; when the check fails, the full step is simulated and a note says why. Throws Error for an
+/// invalid config.
 [[nodiscard]] Result evaluate(const models::ModelSpec& model, const topologies::Cluster& cluster,
                               const sim::CostModel& costs, const models::RunConfig& config, const Options& options);
 

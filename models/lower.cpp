@@ -24,12 +24,27 @@ std::string schedule_name(const ModelSpec& model, const Dims& k) {
          str(k.cp) + " dp" + str(k.dp) + (k.moe ? " ep" + str(k.ep) + (k.etp != k.tp ? " etp" + str(k.etp) : "") : "");
 }
 
-/// The ranks lower() emits: every rank, or the representatives (dp 0; also tp 0 with mirror_tp).
+/// Whether the ranks of a DP replica or TP group issue the same ops: not under a skewed MoE routing, where EP
+/// position 0 receives more tokens than the others (models/lowering/moe_routing.hpp).
+bool symmetric_routing(const Dims& k) { return !k.moe || k.skew == 1.0; }
+
+/// Whether CP ranks are mirrored (LowerOptions::mirror_cp): asked for, and the CP ranks are symmetric (a2a).
+bool mirrors_cp(const Dims& k, const LowerOptions& options) {
+  return symmetric_routing(k) && options.representatives_only && options.mirror_tp && options.mirror_cp && k.cp > 1 &&
+         k.cp_type == CpCommType::kA2a;
+}
+
+/// The ranks lower() emits: every rank, or the representatives (dp 0; also tp 0 with mirror_tp, cp 0 with mirror_cp).
+/// A skewed routing falls back to every rank (the EP positions differ and span the DP and TP coordinates).
 std::vector<RankId> present_ranks(const Dims& k, std::uint32_t world, const LowerOptions& options) {
   std::vector<RankId> ranks;
+  const bool cp0 = mirrors_cp(k, options);
   for (RankId r = 0; r < world; ++r) {
     const Coords co = lowering::coords_of(k, r);
-    if (!options.representatives_only || (co.dp == 0 && (!options.mirror_tp || co.tp == 0))) ranks.push_back(r);
+    if (!options.representatives_only || !symmetric_routing(k) ||
+        (co.dp == 0 && (!options.mirror_tp || co.tp == 0) && (!cp0 || co.cp == 0))) {
+      ranks.push_back(r);
+    }
   }
   return ranks;
 }
@@ -108,7 +123,14 @@ void describe(schedule::Schedule& s, const ModelSpec& model, const Dims& k, cons
                     (k.delay_wgrad ? " delay_wgrad" : "") + (k.shared_overlap ? " shared_expert_overlap" : "") +
                     " routing_skew " + std::to_string(k.skew);
   }
-  if (options.representatives_only && options.mirror_tp) {
+  if (!symmetric_routing(k)) {
+    if (options.representatives_only) s.meta["representatives"] = "all (skewed MoE routing: the EP positions differ)";
+  } else if (mirrors_cp(k, options)) {
+    const std::uint64_t tc = static_cast<std::uint64_t>(k.tp) * k.cp;
+    s.meta["representatives"] = "tp0 cp0 dp0";
+    s.meta["representative_of"] =
+        "r - (r mod " + str(tc) + ") - ((r / " + str(tc) + ") mod " + str(k.dp) + ") * " + str(tc);
+  } else if (options.representatives_only && options.mirror_tp) {
     const std::uint64_t tc = static_cast<std::uint64_t>(k.tp) * k.cp;
     s.meta["representatives"] = "tp0 dp0";
     s.meta["representative_of"] =
@@ -132,6 +154,25 @@ std::vector<std::string> check_config(const ModelSpec& model, const RunConfig& c
   return warnings;
 }
 
+MemoryEstimate estimate_peak_memory(const ModelSpec& model, const RunConfig& cfg) {
+  std::vector<std::string> warnings;
+  Ctx x = lowering::build_ctx(model, cfg, warnings);
+  LowerOptions representatives;
+  representatives.representatives_only = true;
+  representatives.mirror_tp = true;
+  schedule::Schedule s;  // the communicators only: the estimate counts each rank's NCCL buffers
+  s.world_size = cfg.world_size;
+  s.ranks = present_ranks(x.k, cfg.world_size, representatives);
+  lowering::add_streams(x, s);
+  lowering::add_communicators(x, s);
+  MemoryEstimate peak;
+  for (const RankId r : s.ranks) {
+    const MemoryEstimate m = lowering::estimate_memory(x, r);
+    if (m.total_bytes() > peak.total_bytes()) peak = m;
+  }
+  return peak;
+}
+
 Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& options) {
   Lowered out;
   Ctx x = lowering::build_ctx(model, cfg, out.warnings);
@@ -143,10 +184,11 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
   lowering::add_streams(x, s);
   lowering::add_communicators(x, s);
   lower_ranks(x, out);
-  for (const auto& m : out.memory_per_rank) {
-    if (m.total_bytes() > out.peak_memory.total_bytes()) out.peak_memory = m;
+  for (std::size_t i = 0; i < out.memory_per_rank.size(); ++i) {
+    const auto& m = out.memory_per_rank[i];
+    if (i == 0 || m.margin_bytes() < out.peak_memory.margin_bytes()) out.peak_memory = m;
   }
-  out.fits = out.peak_memory.total_bytes() <= cfg.gpu_memory_bytes;
+  out.fits = out.peak_memory.margin_bytes() >= 0;
 
   out.model_flops_per_step = model_flops_per_step(model, cfg, x.k);
   describe(s, model, x.k, options);

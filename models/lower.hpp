@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/model_spec.hpp"
@@ -12,23 +13,55 @@
 
 namespace twinstep::models {
 
-/// Bytes per rank, for the fit verdict. The largest rank decides.
+/// One rank's memory at its peak phase (models/lowering/memory.cpp; docs/memory.md gives each term's closed form).
+/// The terms the caching allocator holds sum to allocated_bytes(); the allocator reserves more (fragmentation), and
+/// the CUDA context, NCCL's and TE's userbuffers live outside it: they are taken off the GPU's memory first (usable
+/// capacity), and the allocator's reserved bytes are compared with what is left.
 struct MemoryEstimate {
-  double params_bytes = 0;
-  double grads_bytes = 0;
-  double optimizer_bytes = 0;
-  double activations_bytes = 0;
-  double comm_buffers_bytes = 0;
-  [[nodiscard]] double total_bytes() const {
-    return params_bytes + grads_bytes + optimizer_bytes + activations_bytes + comm_buffers_bytes;
+  // Held by the caching allocator at the peak (bytes).
+  double params_bytes = 0;              ///< Model weights in the compute dtype (bf16).
+  double fp8_weights_bytes = 0;         ///< fp8 copies of the weights (TE's cast and transpose); 0 without fp8.
+  double main_params_bytes = 0;         ///< fp32 main (master) weights, sharded with the distributed optimizer.
+  double grads_bytes = 0;               ///< Main gradients in the grad buffer's dtype (fp32 with grad_reduce_in_fp32).
+  double optimizer_bytes = 0;           ///< Adam's two fp32 moments, sharded with the distributed optimizer.
+  double activations_bytes = 0;         ///< Saved for the backward by the micro-batches in flight at the peak.
+  double transient_bytes = 0;           ///< The peak phase's working memory (loss, recompute, optimizer temporaries).
+  double comm_buffers_bytes = 0;        ///< Allocator-held buffers: PP receive tensors posted ahead, cuBLAS workspace.
+  double allocator_overhead_bytes = 0;  ///< Reserved - allocated: (reserved/allocated - 1) x allocated.
+  // Outside the allocator: the reserve taken off the GPU's memory (bytes).
+  double cuda_context_bytes = 0;  ///< CUDA context and library modules.
+  double nccl_bytes = 0;          ///< NCCL buffers of the rank's communicators (channels x buffer per channel).
+  double userbuffers_bytes = 0;   ///< TE's TP-overlap userbuffers (tp_comm_overlap).
+  double gpu_memory_bytes = 0;    ///< The GPU's memory (RunConfig::gpu_memory_bytes).
+  std::string peak_phase;         ///< "forward/backward" or "optimizer step": the phase the peak is in.
+
+  [[nodiscard]] double allocated_bytes() const {
+    return params_bytes + fp8_weights_bytes + main_params_bytes + grads_bytes + optimizer_bytes + activations_bytes +
+           transient_bytes + comm_buffers_bytes;
   }
+  /// What the allocator reserves at the peak: the figure compared with the usable capacity.
+  [[nodiscard]] double total_bytes() const { return allocated_bytes() + allocator_overhead_bytes; }
+  /// Taken off the GPU's memory before the allocator gets any.
+  [[nodiscard]] double reserve_bytes() const { return cuda_context_bytes + nccl_bytes + userbuffers_bytes; }
+  /// GPU memory - CUDA context - NCCL and userbuffer reserve.
+  [[nodiscard]] double usable_bytes() const { return gpu_memory_bytes - reserve_bytes(); }
+  /// usable_bytes() - total_bytes(): < 0 does not fit.
+  [[nodiscard]] double margin_bytes() const { return usable_bytes() - total_bytes(); }
 };
+
+/// The estimate's terms in output order as (key, bytes): the allocator-held terms, the allocator's overhead, then the
+/// reserve outside it. The keys are the JSON keys of predict's memory breakdown.
+[[nodiscard]] std::vector<std::pair<std::string, double>> memory_terms(const MemoryEstimate& m);
+
+/// Multi-line text of the breakdown: every term, the allocator's reserved total, the usable capacity it is compared
+/// with and the margin (lower --summary, predict's table).
+[[nodiscard]] std::string memory_breakdown_text(const MemoryEstimate& m, const std::string& indent = "");
 
 struct Lowered {
   schedule::Schedule schedule;                  ///< Valid (schedule::validate finds nothing); warnings copied into it.
   std::vector<MemoryEstimate> memory_per_rank;  ///< Indexed like schedule.ranks.
-  MemoryEstimate peak_memory;                   ///< The rank with the largest total.
-  bool fits = true;                             ///< peak total <= RunConfig::gpu_memory_bytes.
+  MemoryEstimate peak_memory;                   ///< The rank with the smallest margin (the tightest fit).
+  bool fits = true;                             ///< peak_memory.margin_bytes() >= 0.
   std::vector<std::string> warnings;  ///< Gating rules that silently disabled a mode, as Megatron-Bridge does.
   double model_flops_per_step = 0;    ///< 6*N*tokens + attention, for MFU (no recompute counted).
 };
@@ -83,7 +116,8 @@ struct LowerOptions {
   /// Every DP replica issues the same ops as its representative: an absent rank r maps to the present rank with
   /// the same tp, cp and pp coordinates and dp = 0, i.e. r - dp(r) * tp * cp (meta "representative_of" spells
   /// the rule). Communicators keep their full member lists; absent members have no ops. Only the present ranks
-  /// are lowered (memory_per_rank is indexed like schedule.ranks).
+  /// are lowered (memory_per_rank is indexed like schedule.ranks). A skewed MoE routing (moe_routing_skew != 1: the
+  /// EP positions receive different token counts) falls back to every rank (meta "representatives" = "all (...)").
   bool representatives_only = false;
   /// With representatives_only, keep TP rank 0 only too (tp = dp = 0; every CP rank stays: with causal load
   /// balancing CP ranks do different work per ring step). The ranks of a TP group issue the same ops with the same
@@ -93,6 +127,12 @@ struct LowerOptions {
   /// communicator and tag): by symmetry the transfer a rank receives starts when its own does. Only the analytic
   /// resource model times such mirrored pairs (sim::simulate rejects them for flow).
   bool mirror_tp = false;
+  /// With mirror_tp, keep CP rank 0 only too where the CP ranks are symmetric: with Ulysses all-to-all
+  /// (cp_comm_type "a2a") every CP rank issues the same ops on the same shapes (heads split, the whole sequence), so
+  /// an absent rank mirrors the present one with its pp coordinate (meta "representatives" = "tp0 cp0 dp0"). The p2p
+  /// ring, all_gather and a2a+p2p give each CP position different attention shapes (causal load balancing: a rank
+  /// holds chunks i and 2 cp - 1 - i), and those keep every CP rank. Analytic only, like mirror_tp.
+  bool mirror_cp = false;
   /// Give every op its human-readable name ("L3.mb2.qkv_fprop"). Off, names are left empty: for callers that only
   /// simulate and analyze the schedule (sweeps), which then name ops by id in their errors. Execution, costs and
   /// results do not depend on names.
@@ -105,6 +145,11 @@ struct LowerOptions {
 
 /// lower() with options (representative ranks only).
 [[nodiscard]] Lowered lower(const ModelSpec& model, const RunConfig& config, const LowerOptions& options);
+
+/// The memory estimate of the rank with the largest total (Lowered::peak_memory) without building the schedule: the
+/// run context and each distinct rank's estimate (one per pipeline stage and CP rank; DP and TP ranks hold the same).
+/// Throws like lower() for an invalid config. For pruning layouts that cannot fit before anything is lowered.
+[[nodiscard]] MemoryEstimate estimate_peak_memory(const ModelSpec& model, const RunConfig& config);
 
 /// lower()'s checks without building the schedule: throws exactly what lower() throws for an invalid config
 /// (divisibility, gating assertions, uneven layouts) and returns the gating warnings lower() would give.

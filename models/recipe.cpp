@@ -7,6 +7,7 @@ std::string apply_recipe_defaults(RunConfig& c, const SetFields& set) {
   const auto unset = [&](const char* field) { return set.count(field) == 0; };
   if (unset("sequence_parallel")) c.sequence_parallel = c.tensor_model_parallel_size > 1;
   if (unset("use_distributed_optimizer")) c.use_distributed_optimizer = true;
+  if (unset("grad_reduce_in_fp32")) c.grad_reduce_in_fp32 = true;
   if (unset("cuda_device_max_connections") && (c.tensor_model_parallel_size > 1 || c.context_parallel_size > 1)) {
     c.cuda_device_max_connections = 1;
   }
@@ -19,7 +20,9 @@ std::string apply_recipe_defaults(RunConfig& c, const SetFields& set) {
 
 const char* recipe_defaults_text() {
   return "Recipe defaults (Megatron-Bridge performance recipes) for every knob not set by a flag or --config: "
-         "sequence_parallel on when TP > 1; use_distributed_optimizer on; CUDA_DEVICE_MAX_CONNECTIONS=1 when TP or "
+         "sequence_parallel on when TP > 1; use_distributed_optimizer on; grad_reduce_in_fp32 on (fp32 main grads: "
+         "Megatron-LM forces it for bf16, Bridge's bf16 mixed precision sets it); CUDA_DEVICE_MAX_CONNECTIONS=1 when "
+         "TP or "
          "CP > 1; global_batch_size = micro_batch_size x DP (Megatron's default) when not given. Turn one off with "
          "its --no-... flag (e.g. --no-sp, --no-distributed-optimizer) or --cdmc N.";
 }

@@ -16,6 +16,8 @@ using SetFields = std::set<std::string>;
 /// Applies the recipe defaults to every field not in `set`:
 ///  - sequence_parallel = (tensor_model_parallel_size > 1): Bridge recipes turn SP on with TP;
 ///  - use_distributed_optimizer = true: every Bridge pretraining recipe uses it;
+///  - grad_reduce_in_fp32 = true: fp32 main grads and their reduction (Megatron-LM's validate_args turns
+///    accumulate_allreduce_grads_in_fp32 on for bf16; Bridge's bf16 mixed-precision config sets it);
 ///  - cuda_device_max_connections = 1 when TP or CP > 1: Bridge exports CUDA_DEVICE_MAX_CONNECTIONS=1 there (MLM
 ///    asserts it on Hopper for TP/CP communication overlap);
 ///  - global_batch_size = micro_batch_size x data-parallel size when unset: Megatron's own default (one micro-batch

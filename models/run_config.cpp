@@ -28,6 +28,8 @@ constexpr NameTable<CpCommType, 4> kCpCommTypes{{{"p2p", CpCommType::kP2p},
 constexpr NameTable<TokenDispatcher, 3> kTokenDispatchers{{{"alltoall", TokenDispatcher::kAllToAll},
                                                            {"allgather", TokenDispatcher::kAllGather},
                                                            {"flex", TokenDispatcher::kFlex}}};
+constexpr NameTable<Fp8Recipe, 2> kFp8Recipes{
+    {{"delayed", Fp8Recipe::kDelayed}, {"tensorwise", Fp8Recipe::kTensorwise}}};
 
 /// One JSON field bound to a RunConfig member: how to read it and how to write it.
 struct Field {
@@ -76,6 +78,7 @@ const std::vector<Field>& fields() {
       plain("seq_length", &RunConfig::seq_length),
       Field{"dtype", [](RunConfig& c, const Json& j) { c.dtype = schedule::parse_dtype(j.get<std::string>()); },
             [](const RunConfig& c) { return Json(schedule::dtype_name(c.dtype)); }},
+      mode("fp8_recipe", &RunConfig::fp8_recipe, parse_fp8_recipe),
       plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
       mode("recompute_granularity", &RunConfig::recompute_granularity, parse_recompute_granularity),
       mode("recompute_method", &RunConfig::recompute_method, parse_recompute_method),
@@ -167,6 +170,10 @@ std::string to_string(RecomputeGranularity granularity) { return name_of(kRecomp
 std::string to_string(RecomputeMethod method) { return name_of(kRecomputeMethods, method); }
 std::string to_string(CpCommType type) { return name_of(kCpCommTypes, type); }
 std::string to_string(TokenDispatcher dispatcher) { return name_of(kTokenDispatchers, dispatcher); }
+Fp8Recipe parse_fp8_recipe(std::string_view text, std::string_view field) {
+  return parse_name(kFp8Recipes, text, field);
+}
+std::string to_string(Fp8Recipe recipe) { return name_of(kFp8Recipes, recipe); }
 
 RunConfig run_config_from_json(const std::string& text, const std::string& source, const RunConfig& base,
                                std::set<std::string>* present) {

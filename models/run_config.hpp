@@ -38,15 +38,57 @@ enum class RecomputeMethod : std::uint8_t { kUniform, kBlock };
 enum class CpCommType : std::uint8_t { kP2p, kAllGather, kA2a, kA2aP2p };
 /// moe_token_dispatcher_type: "alltoall" | "allgather" | "flex" (DeepEP/HybridEP fused kernels).
 enum class TokenDispatcher : std::uint8_t { kAllToAll, kAllGather, kFlex };
+/// fp8_recipe with the HYBRID format (e4m3 forward, e5m2 gradients): "delayed" (scales from the amax history) |
+/// "tensorwise" (per-tensor current scaling: an amax pass before each cast).
+enum class Fp8Recipe : std::uint8_t { kDelayed, kTensorwise };
 
 [[nodiscard]] RecomputeGranularity parse_recompute_granularity(std::string_view text, std::string_view field);
 [[nodiscard]] RecomputeMethod parse_recompute_method(std::string_view text, std::string_view field);
 [[nodiscard]] CpCommType parse_cp_comm_type(std::string_view text, std::string_view field);
 [[nodiscard]] TokenDispatcher parse_token_dispatcher(std::string_view text, std::string_view field);
+[[nodiscard]] Fp8Recipe parse_fp8_recipe(std::string_view text, std::string_view field);
 [[nodiscard]] std::string to_string(RecomputeGranularity granularity);
 [[nodiscard]] std::string to_string(RecomputeMethod method);
 [[nodiscard]] std::string to_string(CpCommType type);
 [[nodiscard]] std::string to_string(TokenDispatcher dispatcher);
+[[nodiscard]] std::string to_string(Fp8Recipe recipe);
+
+/// Memory the framework and the runtime take beyond the model's tensors, per GPU, and the bytes per element of the
+/// tensor classes whose dtype is an implementation choice. The defaults are public datasheet figures (sources in
+/// docs/memory.md); a calibration profile's memory_overhead section replaces the measured ones
+/// (evaluate::memory_costs_from_profile; calibration/scripts/torch_memory_overhead.py measures them).
+struct MemoryCosts {
+  /// Device memory of the CUDA context and the libraries' modules, outside the caching allocator. Default: PyTorch's
+  /// context with lazy module loading, 287,047,680 B (pytorch/pytorch PR 86509).
+  double cuda_context_bytes = 287047680.0;
+  /// cuBLAS workspace torch keeps in its caching allocator per handle: 8 x 4 MiB, the ":4096:8" of PyTorch's
+  /// CUBLAS_WORKSPACE_CONFIG documentation (torch's Hopper default).
+  double cublas_workspace_bytes = 32.0 * 1024 * 1024;
+  /// NCCL's buffer per channel of a communicator, outside the allocator: NCCL_BUFFSIZE, 4 MiB by default (NCCL
+  /// environment variable documentation; the Simple protocol's buffer per channel and peer connection).
+  double nccl_buffer_bytes_per_channel = 4.0 * 1024 * 1024;
+  /// Channels of one communicator (sim::NcclConfig::channels_intra of the profile; NCCL's 24 on DGX H100 by default).
+  std::uint32_t nccl_channels_per_communicator = 24;
+  /// The caching allocator's reserved over allocated bytes at the peak (fragmentation); 1 = none. No public figure
+  /// exists: the datasheet default is 1 until a measured profile sets it.
+  double allocator_reserved_over_allocated = 1.0;
+  /// Bytes per logit of the loss: saved for the backward per micro-batch in flight (the fp32 softmax or log-softmax)
+  /// and the working memory on top of it at the loss's peak. Megatron's vocab-parallel cross entropy converts the
+  /// bf16 logits to fp32 once and works in place (saved 4, working 2: the bf16 logits in forward, their bf16 grad in
+  /// backward). PyTorch's F.cross_entropy on fp32 logits: saved 4 (log-softmax), working 8 (the nll grad and the
+  /// log-softmax grad, fp32, live together in backward).
+  double loss_saved_bytes_per_logit = 4.0;
+  double loss_working_bytes_per_logit = 2.0;
+  /// Adam's temporaries per parameter of the optimizer's shard during the step: 0 for the fused multi-tensor Adam
+  /// Megatron uses (TE / Apex FusedAdam update in place); torch.optim.Adam(foreach=True) keeps sqrt(v), 4 B/param.
+  double adam_temporary_bytes_per_param = 0;
+  /// Hook for fp8 (TE): bytes per element of the fp8 weight copies TE keeps beside the bf16 weights (the cast and its
+  /// transpose: 2 with fp8, 0 without) and of the GEMM inputs saved for the backward (the activation dtype, 2 in
+  /// bf16; 1 where TE saves fp8 inputs). Negative = derived from the dtype (bf16: no copies, 2-byte inputs).
+  double fp8_weight_copy_bytes_per_param = -1;
+  double linear_input_bytes = -1;
+  std::string source = "datasheet defaults (docs/memory.md)";  ///< Where the figures come from (outputs name it).
+};
 
 struct RunConfig {
   // Cluster size and layout (Megatron names). dp is derived: world / (tp * pp * cp) unless set.
@@ -71,6 +113,8 @@ struct RunConfig {
   std::uint32_t global_batch_size = 1;
   std::uint32_t seq_length = 4096;
   schedule::DType dtype = schedule::DType::kBF16;
+  /// dtype fp8: Megatron's fp8_recipe (Fp8Recipe).
+  Fp8Recipe fp8_recipe = Fp8Recipe::kDelayed;
   bool grad_reduce_in_fp32 = false;
 
   // Recompute.
@@ -105,6 +149,7 @@ struct RunConfig {
   std::uint32_t moe_flex_num_sms = 20;  ///< SMs the fused flex dispatch/combine kernels hold.
 
   HostCosts host;
+  MemoryCosts memory;
   double gpu_memory_bytes = 80.0 * 1024 * 1024 * 1024;  ///< For the fit verdict (from the cluster's GPU).
 };
 

@@ -278,8 +278,17 @@ Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
     const json* v = member(k, key);
     return v == nullptr ? def : as_enum(c, *v, p / key, kDTypes, "dtype");
   };
+  // fp8 GEMM operand formats: default e4m3, only with dtype fp8.
+  auto formats = [&](DType t, Fp8Format& a, Fp8Format& b) {
+    for (const auto& [key, f] : {std::pair<const char*, Fp8Format*>{"a_format", &a}, {"b_format", &b}}) {
+      const json* v = member(k, key);
+      if (v == nullptr) continue;
+      if (t != DType::kFP8) fail(c, p / key, std::string(key) + " is for dtype fp8 only (drop it or set dtype fp8)");
+      *f = as_enum(c, *v, p / key, kFp8Formats, "fp8 format");
+    }
+  };
   if (cls == "gemm") {
-    static constexpr std::array<const char*, 6> kKeys{"class", "m", "n", "k", "batch", "dtype"};
+    static constexpr std::array<const char*, 8> kKeys{"class", "m", "n", "k", "batch", "dtype", "a_format", "b_format"};
     check_keys(c, k, p, kKeys, "a gemm kernel");
     Gemm g;
     g.m = u64("m", "rows of A and C");
@@ -287,10 +296,11 @@ Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
     g.k = u64("k", "the reduction dimension");
     if (const json* b = member(k, "batch")) g.batch = as_u64(c, *b, p / "batch");
     g.dtype = dtype("dtype", DType::kBF16);
+    formats(g.dtype, g.a_format, g.b_format);
     return g;
   }
   if (cls == "grouped_gemm") {
-    static constexpr std::array<const char*, 5> kKeys{"class", "m", "n", "k", "dtype"};
+    static constexpr std::array<const char*, 7> kKeys{"class", "m", "n", "k", "dtype", "a_format", "b_format"};
     check_keys(c, k, p, kKeys, "a grouped_gemm kernel");
     GroupedGemm g;
     g.m = as_u64_list(c, required(c, k, p, "m", "rows per group: a list, one entry per local expert"), p / "m",
@@ -298,6 +308,7 @@ Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
     g.n = u64("n", "columns of B and C");
     g.k = u64("k", "the reduction dimension");
     g.dtype = dtype("dtype", DType::kBF16);
+    formats(g.dtype, g.a_format, g.b_format);
     return g;
   }
   if (cls == "attention") {

@@ -1,4 +1,4 @@
-// The JSON spellings of the IR's enums (dtype, collective kind, phase, copy kind) as name tables
+// The JSON spellings of the IR's enums (dtype, fp8 format, collective kind, phase, copy kind) as name tables
 // (common/enum_names.hpp), shared by the schedule JSON reader (json_read.cpp) and writer (json_write.cpp). Internal
 // to schedule/: other modules use the functions of schedule/json.hpp (dtype_name, parse_dtype, ...).
 #pragma once
@@ -14,6 +14,7 @@ inline constexpr NameTable<DType, 6> kDTypes{{{"bf16", DType::kBF16},
                                               {"fp8", DType::kFP8},
                                               {"int64", DType::kInt64},
                                               {"int32", DType::kInt32}}};
+inline constexpr NameTable<Fp8Format, 2> kFp8Formats{{{"e4m3", Fp8Format::kE4M3}, {"e5m2", Fp8Format::kE5M2}}};
 inline constexpr NameTable<CollectiveKind, 5> kCollectives{{{"all_reduce", CollectiveKind::kAllReduce},
                                                             {"all_gather", CollectiveKind::kAllGather},
                                                             {"reduce_scatter", CollectiveKind::kReduceScatter},

@@ -77,6 +77,14 @@ std::string comm_name(const Schedule& s, CommId id) {
                                      : "<undeclared communicator " + std::to_string(id) + ">";
 }
 
+/// The fp8 operand formats of a GEMM: written for dtype fp8 only.
+template <typename G>
+void write_formats(Writer& w, const G& g) {
+  if (g.dtype != DType::kFP8) return;
+  w.key("a_format"), w.str(name_of(kFp8Formats, g.a_format));
+  w.key("b_format"), w.str(name_of(kFp8Formats, g.b_format));
+}
+
 void write_kernel(Writer& w, const Kernel& kernel) {
   w.ch('{');
   std::visit(
@@ -89,12 +97,14 @@ void write_kernel(Writer& w, const Kernel& kernel) {
           w.key("k"), w.num(k.k);
           w.key("batch"), w.num(k.batch);
           w.key("dtype"), w.str(dtype_name(k.dtype));
+          write_formats(w, k);
         } else if constexpr (std::is_same_v<T, GroupedGemm>) {
           w.key("class", true), w.str("grouped_gemm");
           w.key("m"), w.num_list(k.m);
           w.key("n"), w.num(k.n);
           w.key("k"), w.num(k.k);
           w.key("dtype"), w.str(dtype_name(k.dtype));
+          write_formats(w, k);
         } else if constexpr (std::is_same_v<T, Attention>) {
           w.key("class", true), w.str("attention");
           w.key("batch"), w.num(k.batch);

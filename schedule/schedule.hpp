@@ -45,20 +45,32 @@ enum class DType : std::uint8_t { kBF16, kFP16, kFP32, kFP8, kInt64, kInt32 };
 
 // ---- compute kernels: class and shape; FLOPs and bytes follow (schedule/costs.hpp) ----
 
-/// C[m,n] = A[m,k] x B[k,n], `batch` independent products of that shape.
+/// Element format of an fp8 GEMM operand: e4m3 (weights and activations) or e5m2 (gradients, whose range needs
+/// the wider exponent), as Transformer Engine's HYBRID recipe assigns them.
+enum class Fp8Format : std::uint8_t { kE4M3, kE5M2 };
+
+/// C[m,n] = A[m,k] x B[k,n], `batch` independent products of that shape. dtype fp8: A and B in fp8 (formats
+/// `a_format`, `b_format`; per-tensor scales), C in bf16, fp32 accumulation, run at the fp8 tensor-core rate.
 struct Gemm {
   std::uint64_t m = 0, n = 0, k = 0;
   std::uint64_t batch = 1;
   DType dtype = DType::kBF16;
+  Fp8Format a_format = Fp8Format::kE4M3;  ///< dtype fp8 only.
+  Fp8Format b_format = Fp8Format::kE4M3;  ///< dtype fp8 only.
 
   bool operator==(const Gemm&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
+
+/// Bytes of a GEMM's output element: bf16 for fp8 GEMMs, the input dtype's otherwise.
+[[nodiscard]] constexpr std::uint32_t gemm_output_bytes(DType t) { return t == DType::kFP8 ? 2 : dtype_bytes(t); }
 
 /// Grouped GEMM (MoE experts): one [m_i, k] x [k, n] product per local expert, m_i tokens routed to it.
 struct GroupedGemm {
   std::vector<std::uint64_t> m;  ///< Rows per group (tokens per local expert); size = number of groups.
   std::uint64_t n = 0, k = 0;
   DType dtype = DType::kBF16;
+  Fp8Format a_format = Fp8Format::kE4M3;  ///< dtype fp8 only, as Gemm's.
+  Fp8Format b_format = Fp8Format::kE4M3;
 
   bool operator==(const GroupedGemm&) const = default;  ///< Field-wise (round-trip tests, caches).
 };

@@ -99,6 +99,17 @@ struct FrameworkCosts {
   std::string source;  ///< How it was measured (script, framework version).
 };
 
+/// Device memory the framework and the runtime take beyond the model's tensors, measured on the GPU by
+/// calibration/scripts/torch_memory_overhead.py (`twinstep calibrate --memory`). Negative = not measured: the
+/// lowering keeps its datasheet default (models::MemoryCosts, docs/memory.md).
+struct MemoryOverhead {
+  double cuda_context_bytes = -1;                 ///< CUDA context and library modules, outside the allocator.
+  double cublas_workspace_bytes = -1;             ///< cuBLAS workspace held in the caching allocator.
+  double nccl_buffer_bytes_per_channel = -1;      ///< NCCL buffers per channel of a communicator.
+  double allocator_reserved_over_allocated = -1;  ///< The caching allocator's reserved / allocated at the peak.
+  std::string source;                             ///< How it was measured (script, torch/CUDA/NCCL versions, GPU).
+};
+
 /// The quality of one fit, recorded in the profile: relative error of the fitted model at every point.
 struct FitSummary {
   std::string name;  ///< "compute.gemm", "coll.all_reduce.span2", "launch.compute", "interference", ...
@@ -140,6 +151,7 @@ struct Profile {
   /// 64 groups when the issue of each group's call bounds it.
   bool grouped_gemm_per_group = false;
   FrameworkCosts framework;
+  MemoryOverhead memory_overhead;
   std::vector<FitSummary> fits;
   /// The file's "name" field, which profile_to_json() writes (`name` adds the file path for display); empty: none.
   std::string declared_name;

@@ -25,6 +25,9 @@
 //                                             "total", the default, over a grouped GEMM's total FLOPs)
 //     "framework": {"per_kernel_launch": "9 us", "per_module_call": "30 us", "event_record": "2 us",
 //                   "source": "..."},   ("event_record" optional, later addition: CUDA event record / wait)
+//     "memory_overhead": {"cuda_context_bytes": 5.2e8, "cublas_workspace_bytes": 3.4e7,
+//                         "nccl_buffer_bytes_per_channel": 4.2e6, "allocator_reserved_over_allocated": 1.03,
+//                         "source": "..."},  (optional, later addition; each key optional: what the GPU measured)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
 //               "note": "..."}] }
 // The later additions are optional, so every schema-1 file reads as before. profile_to_json() writes the same
@@ -249,7 +252,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   r.keys(j, "",
          {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",
           "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table", "framework",
-          "fits"});
+          "memory_overhead", "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -319,6 +322,32 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     p.grouped_gemm_per_group = m == "per_group";
   }
   if (j.contains("framework")) read_framework(r, j["framework"], p);
+  if (j.contains("memory_overhead")) {
+    const Json& m = j["memory_overhead"];
+    r.keys(m, "/memory_overhead",
+           {"cuda_context_bytes", "cublas_workspace_bytes", "nccl_buffer_bytes_per_channel",
+            "allocator_reserved_over_allocated", "source"});
+    auto bytes = [&](const char* key, double& target) {
+      if (!m.contains(key)) return;
+      const std::string ptr = std::string("/memory_overhead/") + key;
+      target = r.quantity(m[key], ptr, Dimension::kBytes);
+      if (target < 0 || target > 64.0 * 1024 * 1024 * 1024) r.fail(ptr, "must be in [0, 64 GiB] (bytes per GPU)");
+    };
+    bytes("cuda_context_bytes", p.memory_overhead.cuda_context_bytes);
+    bytes("cublas_workspace_bytes", p.memory_overhead.cublas_workspace_bytes);
+    bytes("nccl_buffer_bytes_per_channel", p.memory_overhead.nccl_buffer_bytes_per_channel);
+    if (m.contains("allocator_reserved_over_allocated")) {
+      const char* ptr = "/memory_overhead/allocator_reserved_over_allocated";
+      p.memory_overhead.allocator_reserved_over_allocated =
+          r.quantity(m["allocator_reserved_over_allocated"], ptr, Dimension::kDimensionless);
+      const double v = p.memory_overhead.allocator_reserved_over_allocated;
+      if (v < 1 || v > 4) r.fail(ptr, "must be in [1, 4] (reserved over allocated bytes at the peak)");
+    }
+    if (m.contains("source")) {
+      if (!m["source"].is_string()) r.fail("/memory_overhead/source", "expected a string");
+      p.memory_overhead.source = m["source"].get<std::string>();
+    }
+  }
   if (j.contains("fits")) read_fits(r, j["fits"], p);
   // What the file leaves to the datasheet: every field datasheet_defaults() sets that the file does not.
   const Profile datasheet = Profile::datasheet_defaults();
@@ -430,6 +459,19 @@ std::string profile_to_json(const Profile& p) {
     if (p.framework.event_record_s >= 0) f["event_record"] = p.framework.event_record_s;
     f["source"] = p.framework.source;
     j["framework"] = f;
+  }
+  const MemoryOverhead& mo = p.memory_overhead;
+  if (mo.cuda_context_bytes >= 0 || mo.cublas_workspace_bytes >= 0 || mo.nccl_buffer_bytes_per_channel >= 0 ||
+      mo.allocator_reserved_over_allocated >= 0) {
+    Json m = Json::object();
+    if (mo.cuda_context_bytes >= 0) m["cuda_context_bytes"] = mo.cuda_context_bytes;
+    if (mo.cublas_workspace_bytes >= 0) m["cublas_workspace_bytes"] = mo.cublas_workspace_bytes;
+    if (mo.nccl_buffer_bytes_per_channel >= 0) m["nccl_buffer_bytes_per_channel"] = mo.nccl_buffer_bytes_per_channel;
+    if (mo.allocator_reserved_over_allocated >= 0) {
+      m["allocator_reserved_over_allocated"] = mo.allocator_reserved_over_allocated;
+    }
+    m["source"] = mo.source;
+    j["memory_overhead"] = m;
   }
   Json fits = Json::array();
   for (const auto& f : p.fits) {

@@ -44,16 +44,22 @@ inline constexpr std::uint32_t kSymmetryReductionAboveGpus = 512;
 struct Reduction {
   bool representatives_only = false;  ///< models::LowerOptions::representatives_only.
   bool mirror_tp = false;             ///< models::LowerOptions::mirror_tp.
+  bool mirror_cp = false;             ///< models::LowerOptions::mirror_cp (where the CP ranks are symmetric).
 };
 
-/// analytic: always one representative per (pipeline stage, CP rank), TP ranks mirrored (the same step time as the full
+/// analytic: at every GPU count one representative per (pipeline stage, CP rank), TP ranks mirrored, and CP ranks
+/// too where they are symmetric (Ulysses a2a; models::LowerOptions::mirror_cp); DP replicas, and the EP and
+/// expert-DP ranks they hold under balanced routing, mirror their representative. The same step time as the full
 /// schedule: costs depend on communicator sizes and spans, and absent members mirror present ones; tests/sim and
-/// tests/sweep check the equality); flow: one representative per DP replica above kSymmetryReductionAboveGpus.
+/// tests/sweep check the equality; a skewed routing (moe_routing_skew) keeps the ranks it needs (models/lowering/
+/// moe_routing). flow: one representative per DP replica above kSymmetryReductionAboveGpus (below it every rank:
+/// absent ranks' traffic does not load the links in flow, which is within 1% but not exact, tests/sim/flow_test).
 /// `allowed` false (predict's --no-reduce) simulates every rank.
 [[nodiscard]] inline Reduction reduction_policy(std::uint32_t gpus, Fidelity fidelity, bool allowed = true) {
   if (!allowed) return {};
   const bool reduce = fidelity == Fidelity::kAnalytic || gpus > kSymmetryReductionAboveGpus;
-  return {reduce, reduce && mirrors_tp_ranks(fidelity)};
+  const bool mirror = reduce && mirrors_tp_ranks(fidelity);
+  return {reduce, mirror, mirror};
 }
 
 /// Wall seconds of one simulate() call's parts, for the benchmarks (Options::timings).

@@ -38,6 +38,7 @@
 #include "common/process.hpp"
 #include "common/units.hpp"
 #include "evaluate/evaluate.hpp"
+#include "evaluate/periodic.hpp"
 #include "models/limits.hpp"
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
@@ -46,7 +47,6 @@
 #include "schedule/analysis.hpp"
 #include "sim/simulate.hpp"
 #include "sweep/eta.hpp"
-#include "sweep/extrapolate.hpp"
 #include "topologies/cluster.hpp"
 
 namespace twinstep::sweep {

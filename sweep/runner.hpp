@@ -43,7 +43,8 @@ struct Result {
 /// Lowers, checks the memory estimate, simulates and analyzes one point, and returns its JSON line (no newline).
 /// Never throws for bad points: they come back with status "invalid" / "does_not_fit" and the reason. With
 /// `extrapolate`, a point with many micro-batches is simulated at three small counts and extrapolated along the
-/// line through them (sweep/extrapolate.hpp; the line says "extrapolated_from_micro_batches"), else in full.
+/// line through them (evaluate/periodic.hpp, through evaluate::evaluate; the line says
+/// "extrapolated_from_micro_batches"), else in full.
 [[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true);
 
 /// Why `point` cannot run, known before anything is lowered: its layout rule (Point::invalid_reason) or the

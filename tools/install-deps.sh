@@ -7,6 +7,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libeigen3-dev catch2   # parsing, CLI, fitting, tests
   libsimgrid-dev                                        # the flow-level network model (sim/engine)
   libopenmpi-dev openmpi-bin                            # backend bootstrap (mpirun, NCCL unique id)
+  libsqlite3-dev                                        # import-trace: Nsight Systems SQLite exports
   clang-format clang-tidy                               # formatting and clang-tidy checks in .ci/run
 )
 sudo_cmd=()

@@ -17,7 +17,7 @@ namespace sch = twinstep::schedule;
 namespace be = twinstep::backend;
 
 int main(int argc, char** argv) {
-  CLI::App app{"bf16 GEMM TFLOP/s through the twinstep backend"};
+  CLI::App app{"bf16 or fp8 GEMM TFLOP/s through the twinstep backend"};
   int iters = 20;
   int steps = 10;
   double warmup_ms = 1000;
@@ -29,6 +29,11 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "measured steps per shape");
   app.add_option("--warmup-ms", warmup_ms, "back-to-back GEMMs of the shape before measuring, in ms");
   app.add_option("-s,--shapes", shapes, "MxNxK shapes");
+  std::string dtype = "bf16", a_format = "e4m3";
+  app.add_option("--dtype", dtype, "bf16 | fp8 (cuBLASLt, B stored [n,k], bf16 output, gemm_fp8.hpp)")
+      ->check(CLI::IsMember({"bf16", "fp8"}));
+  app.add_option("--a-format", a_format, "fp8 format of A: e4m3 (forward, fast accumulation) | e5m2 (a gradient)")
+      ->check(CLI::IsMember({"e4m3", "e5m2"}));
   app.add_option("-o", out, "JSON output");
   CLI11_PARSE(app, argc, argv);
 
@@ -51,7 +56,9 @@ int main(int argc, char** argv) {
       sch::Op op;
       op.id = static_cast<sch::OpId>(i);
       op.name = "gemm." + shape + "." + std::to_string(i);
-      op.body = sch::Compute{sch::Gemm{m, n, k, 1, sch::DType::kBF16}, 0};
+      sch::Gemm g{m, n, k, 1, dtype == "fp8" ? sch::DType::kFP8 : sch::DType::kBF16};
+      if (a_format == "e5m2") g.a_format = sch::Fp8Format::kE5M2;
+      op.body = sch::Compute{g, 0};
       s.ops.push_back(op);
     }
     be::Options probe;
@@ -68,7 +75,10 @@ int main(int argc, char** argv) {
       doc["protocol"] =
           "per shape: >= warmup_ms of back-to-back GEMMs of the shape (warm-up steps of n), then `steps` measured "
           "steps of n back-to-back GEMMs; time = median over the n ops of the per-op cudaEvent duration (median "
-          "over the steps); bf16 in/out, fp32 accumulate; inputs: random sign, magnitude in [2^-7, 2)";
+          "over the steps); bf16 in/out (fp8: A and B fp8 read as the same fill bytes, bf16 out), fp32 accumulate; "
+          "inputs: random sign, magnitude in [2^-7, 2)";
+      doc["dtype"] = dtype;
+      if (dtype == "fp8") doc["a_format"] = a_format;
       doc["iters"] = iters;
       doc["steps"] = steps;
       doc["warmup_ms"] = warmup_ms;
@@ -80,7 +90,7 @@ int main(int argc, char** argv) {
     doc["results"].push_back({{"m", m},
                               {"n", n},
                               {"k", k},
-                              {"dtype", "bf16"},
+                              {"dtype", dtype},
                               {"time_us", t * 1e6},
                               {"tflops", tflops},
                               {"warmup_steps", o.warmup_steps}});

@@ -271,10 +271,10 @@ void RankLowering::mla_bwd(std::string_view L) {
   no_ub_ = true;
   elementwise("rope_bwd", 2 * act(k_.tokens, nqt * rope + rope), Phase::kBwd);
   gemm("kv_up_dgrad", k_.tokens, kvl, nqt * (qk + v), Phase::kBwd);
-  wgrad_op("kv_up_wgrad", Gemm{nqt * (qk + v), kvl, k_.tokens, 1, k_.dtype}, {}, Name{L, "kv_up"});
+  wgrad_op("kv_up_wgrad", linear_gemm(nqt * (qk + v), kvl, k_.tokens, GemmRole::kWgrad), {}, Name{L, "kv_up"});
   if (ql > 0) {
     gemm("q_up_dgrad", k_.tokens, ql, nqt * (qk + rope), Phase::kBwd);
-    wgrad_op("q_up_wgrad", Gemm{nqt * (qk + rope), ql, k_.tokens, 1, k_.dtype}, {}, Name{L, "q_up"});
+    wgrad_op("q_up_wgrad", linear_gemm(nqt * (qk + rope), ql, k_.tokens, GemmRole::kWgrad), {}, Name{L, "q_up"});
   } else {
     colparallel_bwd("q_up", nqt * (qk + rope), k_.hidden, L, "ln1");
   }
@@ -285,10 +285,10 @@ void RankLowering::mla_bwd(std::string_view L) {
   }
   elementwise("mla_latent_norm_bwd", 3 * act(k_.tokens_sp, ql + kvl), Phase::kBwd);
   gemm("kv_down_dgrad", k_.tokens_sp, k_.hidden, kvl + rope, Phase::kBwd);
-  wgrad_op("kv_down_wgrad", Gemm{kvl + rope, k_.hidden, k_.tokens_sp, 1, k_.dtype}, {}, Name{L, "kv_down"});
+  wgrad_op("kv_down_wgrad", linear_gemm(kvl + rope, k_.hidden, k_.tokens_sp, GemmRole::kWgrad), {}, Name{L, "kv_down"});
   if (ql > 0) {
     gemm("q_down_dgrad", k_.tokens_sp, k_.hidden, ql, Phase::kBwd);
-    wgrad_op("q_down_wgrad", Gemm{ql, k_.hidden, k_.tokens_sp, 1, k_.dtype}, {}, Name{L, "q_down"});
+    wgrad_op("q_down_wgrad", linear_gemm(ql, k_.hidden, k_.tokens_sp, GemmRole::kWgrad), {}, Name{L, "q_down"});
   }
   no_ub_ = false;
   if (ql > 0) {

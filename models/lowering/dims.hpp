@@ -23,7 +23,12 @@ struct Dims {
   std::uint64_t hidden = 0, ffn = 0, ffn1 = 0;  ///< Hidden size, FFN width, fc1 output width (2 x ffn when gated).
   std::uint64_t heads = 0, kv_groups = 0, head_dim = 0, vocab_padded = 0;
   std::uint64_t act_bytes = 2, grad_bytes = 2;
-  schedule::DType dtype = schedule::DType::kBF16;
+  schedule::DType dtype = schedule::DType::kBF16;  ///< Activations, attention, norms, communication.
+  /// --dtype fp8 (Transformer Engine's HYBRID recipe): linear layers run fp8 GEMMs with cast kernels around them
+  /// (op_emitter.hpp linear_gemm(), fp8_cast()); `dtype` stays bf16. fp8_current: per-tensor current scaling
+  /// (fp8_recipe tensorwise), an amax pass before each cast. The memory estimate (memory.cpp) does not count TE's
+  /// fp8 copies of weights and saved activations yet: it reads this flag when it does.
+  bool fp8 = false, fp8_current = false;
   // Effective overlap switches after gating.
   bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
   bool aligned_param_gather = false;

@@ -205,7 +205,7 @@ void gate_sizes(const RunConfig& cfg, Dims& k, std::vector<std::string>& warning
 }
 
 /// Head and width divisibility by TP, tokens per CP rank (and per TP rank with SP), padded vocabulary, dtypes.
-void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vector<std::string>& warnings) {
+void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k) {
   if (model.num_attention_heads % k.tp != 0 || model.num_query_groups % k.tp != 0) {
     fail("num_attention_heads (" + str(model.num_attention_heads) + ") and num_query_groups (" +
              str(model.num_query_groups) + ") must be divisible by tensor_model_parallel_size " + str(k.tp),
@@ -231,10 +231,10 @@ void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vec
   k.head_dim = model.kv_channels;
   const std::uint64_t mult = static_cast<std::uint64_t>(model.make_vocab_size_divisible_by) * k.tp;
   k.vocab_padded = (model.vocab_size + mult - 1) / mult * mult;
-  k.dtype = cfg.dtype == schedule::DType::kFP8 ? schedule::DType::kBF16 : cfg.dtype;  // fp8 GEMMs: not modelled
-  if (cfg.dtype == schedule::DType::kFP8) {
-    warnings.push_back("dtype fp8: GEMMs and activations are lowered in bf16 (fp8 recipes are not modelled yet)");
-  }
+  // fp8: linear-layer GEMMs in fp8 (Dims::fp8); activations, attention, norms and communication stay bf16.
+  k.fp8 = cfg.dtype == schedule::DType::kFP8;
+  k.dtype = k.fp8 ? schedule::DType::kBF16 : cfg.dtype;
+  k.fp8_current = k.fp8 && cfg.fp8_recipe == Fp8Recipe::kTensorwise;
   k.act_bytes = schedule::dtype_bytes(k.dtype);
   k.grad_bytes = cfg.grad_reduce_in_fp32 ? 4 : k.act_bytes;
 }
@@ -393,7 +393,7 @@ void gate_data_parallel(const RunConfig& cfg, Dims& k, std::vector<std::string>&
 Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>& warnings) {
   Dims k;
   gate_sizes(cfg, k, warnings);
-  gate_widths(model, cfg, k, warnings);
+  gate_widths(model, cfg, k);
   gate_pipeline(cfg, k, warnings);
   gate_tp_overlap(cfg, k, warnings);
   gate_context_parallel(cfg, k);

@@ -86,7 +86,7 @@ void RankLowering::output_fwd() {
   if (k_.tp > 1 && k_.sp) {
     collective(x_.st.tp, "output_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), Phase::kFwd, true);
   }
-  gemm("output", k_.tokens, vt, k_.hidden, Phase::kFwd);
+  kernel("output", Gemm{k_.tokens, vt, k_.hidden, 1, k_.dtype}, Phase::kFwd);  // bf16 under fp8 too (TE recipe)
   elementwise("cross_entropy", k_.tokens * vt * (k_.act_bytes + 4), Phase::kFwd);
   if (k_.tp > 1) {
     for (const char* what : {"ce_max_ar", "ce_sumexp_ar", "ce_target_ar"}) {
@@ -100,8 +100,8 @@ void RankLowering::output_bwd() {
   const CommId tp = x_.tp_of[rank_];
   const std::uint64_t vt = k_.vocab_padded / k_.tp;
   elementwise("cross_entropy_bwd", k_.tokens * vt * (k_.act_bytes + 4), Phase::kBwd);
-  gemm("output_dgrad", k_.tokens, k_.hidden, vt, Phase::kBwd);
-  const OpId w = gemm("output_wgrad", vt, k_.hidden, k_.tokens, Phase::kWgrad);
+  kernel("output_dgrad", Gemm{k_.tokens, k_.hidden, vt, 1, k_.dtype}, Phase::kBwd);
+  const OpId w = kernel("output_wgrad", Gemm{vt, k_.hidden, k_.tokens, 1, k_.dtype}, Phase::kWgrad);
   grad_ready(x_.model->share_embeddings_and_output_weights && k_.pp == 1 ? "embedding" : "output", w);
   if (k_.tp > 1) {
     collective(x_.st.tp, k_.sp ? "output_dgrad_rs" : "output_dgrad_ar",

@@ -1,15 +1,77 @@
-// Memory estimate: 2 B params and grads (4 B grads with fp32 reduction), 12 B/param fp32 master weights and Adam
-// moments (sharded with the distributed optimizer), activations saved per layer (flash attention, no s^2 term;
-// full recompute keeps the layer input), the peak over the pipeline order, NCCL and userbuffer buffers.
+// Memory per rank and phase (docs/memory.md has each term's closed form and source): static state (bf16 weights, fp8
+// copies, fp32 main weights, main grads, Adam moments; the last two sharded with the distributed optimizer), the
+// activations the in-flight micro-batches of the rank's actual pipeline order have saved (layer by layer for the
+// EP-overlap combined schedule), the phase's working memory (loss, recompute, optimizer temporaries), the allocator's
+// reserve over what it hands out, and what lives outside the allocator (CUDA context, NCCL, TE userbuffers).
 #include "models/lowering/memory.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "common/units.hpp"
 
 namespace twinstep::models::lowering {
 namespace {
 
-constexpr std::uint64_t kNcclBufferBytesPerComm = 64ull << 20;  // estimate: channels x NCCL_BUFFSIZE per communicator
-constexpr std::uint32_t kUbSites = 10;  // TE userbuffer names: {qkv,proj,fc1,fc2}_fprop, 4 dgrad, 2 wgrad
+/// TE's userbuffer sites with tp_comm_overlap: {qkv, proj, fc1, fc2} fprop, the 4 dgrads and 2 wgrads (one
+/// (s*b/cp) x h buffer each, megatron-overlap.md section 3).
+constexpr double kUbSites = 10;
+
+/// Bytes per element of each tensor class. The fp8 hook (MemoryCosts) sets the fp8 weight copies and the dtype of
+/// the GEMM inputs saved for the backward; everything else follows the run's dtypes.
+struct TensorBytes {
+  double weight = 2, fp8_weight_copy = 0, main_param = 4, main_grad = 2, moments = 8;
+  double act = 2, linear_input = 2;
+};
+
+TensorBytes tensor_bytes(const Dims& k, const MemoryCosts& m) {
+  TensorBytes b;
+  b.weight = static_cast<double>(k.act_bytes);
+  b.fp8_weight_copy = m.fp8_weight_copy_bytes_per_param >= 0 ? m.fp8_weight_copy_bytes_per_param : 0.0;
+  b.main_param = k.act_bytes < 4 ? 4.0 : 0.0;  // fp32 weights are their own main weights
+  b.main_grad = static_cast<double>(k.grad_bytes);
+  b.act = static_cast<double>(k.act_bytes);
+  b.linear_input = m.linear_input_bytes >= 0 ? m.linear_input_bytes : b.act;
+  return b;
+}
+
+/// Bytes one layer saves for its backward per micro-batch (TE fused kernels, flash attention: no s^2 term).
+struct LayerActivations {
+  double dense = 0;  ///< Attention + dense MLP layer.
+  double moe = 0;    ///< Attention + MoE layer.
+  double input = 0;  ///< The layer's input alone: what a full-recompute group keeps.
+};
+
+LayerActivations layer_activations(const Ctx& x, const TensorBytes& b) {
+  const Dims& k = x.k;
+  const double T = static_cast<double>(k.tokens), Tsp = static_cast<double>(k.tokens_sp), t = k.tp;
+  const double h = static_cast<double>(k.hidden), nq = static_cast<double>(k.heads);
+  const double nkv = static_cast<double>(k.kv_groups), dh = static_cast<double>(k.head_dim);
+  // Attention: LN input and LN output (sequence-sharded with SP), Q/K/V (flash inputs), the attention output
+  // (flash's O, proj's input), and flash's fp32 softmax statistics (selective recompute of core attention drops
+  // them: the checkpointed kernel keeps its inputs only).
+  const double attention = b.act * Tsp * h + b.linear_input * Tsp * h + b.act * T * (nq + 2 * nkv) * dh / t +
+                           b.linear_input * T * nq * dh / t + (x.recompute_selective ? 0.0 : 4.0 * T * nq / t);
+  // Pre-MLP LN input and output (the MLP's or the router's and dispatcher's input).
+  const double ln2 = b.act * Tsp * h + b.linear_input * Tsp * h;
+  // Dense MLP: fc1 output (the activation's input) and the activation output (fc2's input).
+  const double mlp = b.act * T * static_cast<double>(k.ffn1) / t + b.linear_input * T * static_cast<double>(k.ffn) / t;
+  // MoE: fp32 router scores (T_m x E) and top-k probs, the expert rows this rank receives N_r (fc1 input, fc1 output,
+  // activation output), the rows the combine returns (the unpermute keeps them for the probs' gradient) and the
+  // shared expert's fc1 and activation outputs.
+  const double Tm = Tsp, topk = static_cast<double>(k.topk), E = static_cast<double>(k.experts);
+  const double n_r = Tm * topk * k.etp * k.skew;  // the busiest EP rank under skew
+  const double shared_fc1 = static_cast<double>(x.model->gated_linear_unit ? 2 * k.shared_ffn : k.shared_ffn);
+  const double moe =
+      4.0 * Tm * E + 4.0 * Tm * topk +
+      n_r * (b.linear_input * h + b.act * static_cast<double>(k.expert_ffn1) / k.etp +
+             b.linear_input * static_cast<double>(k.expert_ffn) / k.etp) +
+      b.act * Tm * topk * h +
+      (k.shared_ffn == 0 ? 0.0
+                         : b.act * T * shared_fc1 / t + b.linear_input * T * static_cast<double>(k.shared_ffn) / t);
+  return {attention + ln2 + mlp, attention + ln2 + moe, b.act * Tsp * h};
+}
 
 }  // namespace
 
@@ -17,80 +79,154 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   const Dims& k = x.k;
   const Coords co = coords_of(k, rank);
   const RunConfig& cfg = *x.cfg;
+  const MemoryCosts& mc = cfg.memory;
+  const TensorBytes b = tensor_bytes(k, mc);
   MemoryEstimate e;
+  e.gpu_memory_bytes = cfg.gpu_memory_bytes;
+
+  // Static state. The distributed optimizer shards the fp32 main weights and the moments over DP x CP (experts:
+  // expert-DP); weights and main grads are whole on every rank (Megatron's distributed optimizer: 6 + 12/d B/param
+  // for bf16 weights with fp32 grads).
   double numel = 0, expert_numel = 0;
   for (std::uint32_t c = 0; c < k.vpp; ++c) {
     for (const auto& p : x.params[co.pp][c]) (p.expert ? expert_numel : numel) += static_cast<double>(p.numel);
   }
-  const double dpc = static_cast<double>(k.dp) * k.cp;
-  e.params_bytes = (numel + expert_numel) * static_cast<double>(k.act_bytes);
-  e.grads_bytes = (numel + expert_numel) * static_cast<double>(k.grad_bytes);
-  // fp32 master weights + Adam moments (12 B/param), sharded over DP x CP (experts: expert-DP) with distopt.
-  e.optimizer_bytes = numel * 12.0 / (cfg.use_distributed_optimizer ? dpc : 1.0) +
-                      expert_numel * 12.0 / (cfg.use_distributed_optimizer ? static_cast<double>(k.expert_dp) : 1.0);
-  // Activations saved per layer per micro-batch (flash attention: no s^2 term), bytes:
-  //   attention: ln1 input + ln_out (T_sp h each), Q/K/V (T (nq+2nkv) dh / t), output (T nq dh / t) + fp32 LSE;
-  //   MLP: ln2 input + fc1 input (T_sp h each), fc1 output (T ffn1 / t), activation output (T f / t).
-  const double B = static_cast<double>(k.act_bytes), T = static_cast<double>(k.tokens),
-               Tsp = static_cast<double>(k.tokens_sp), t = k.tp;
-  const double per_layer = B * (4 * Tsp * static_cast<double>(k.hidden) +
-                                T * static_cast<double>((k.heads + 2 * k.kv_groups) * k.head_dim) / t +
-                                T * static_cast<double>(k.heads * k.head_dim) / t +
-                                T * static_cast<double>(k.ffn1) / t + T * static_cast<double>(k.ffn) / t) +
-                           4.0 * T * static_cast<double>(k.heads) / t;
-  const double per_layer_ckpt = B * Tsp * static_cast<double>(k.hidden);  // full recompute keeps only the layer input
-  // MoE layers replace the dense MLP terms: router input, permuted tokens (T_m k h), received rows N_r (expert
-  // input, fc1 output N_r ffn1_e / t_e, activation N_r f_e / t_e, fc2 output), probs, and the shared expert.
-  const double Tm = Tsp, k_top = static_cast<double>(k.topk);
-  const double n_r = Tm * k_top * k.etp * k.skew;  // the busiest EP rank under skew
-  const double moe_layer =
-      per_layer - B * (T * static_cast<double>(k.ffn1) / t + T * static_cast<double>(k.ffn) / t) +
-      B * (Tm * k_top * static_cast<double>(k.hidden) +
-           n_r * (2 * static_cast<double>(k.hidden) + static_cast<double>(k.expert_ffn1 + k.expert_ffn) / k.etp)) +
-      4.0 * n_r + B * T * static_cast<double>(2 * k.shared_ffn + k.shared_ffn) / t;
-  auto layer_bytes = [&](std::uint32_t l) { return x.model->is_moe_layer(l) ? moe_layer : per_layer; };
-  auto chunk_bytes = [&](std::uint32_t chunk) {
+  const bool distopt = cfg.use_distributed_optimizer;
+  const double sharded = numel / (distopt ? static_cast<double>(k.dp) * k.cp : 1.0) +
+                         expert_numel / (distopt ? static_cast<double>(k.expert_dp) : 1.0);
+  const double all = numel + expert_numel;
+  e.params_bytes = all * b.weight;
+  e.fp8_weights_bytes = all * b.fp8_weight_copy;
+  e.grads_bytes = all * b.main_grad;
+  e.main_params_bytes = sharded * b.main_param;
+  e.optimizer_bytes = sharded * b.moments;
+
+  // Activations per layer of each model chunk on this rank, after recompute: full/uniform keeps each group of
+  // recompute_num_layers layers' input only, full/block keeps the input only of the chunk's first
+  // recompute_num_layers layers.
+  const LayerActivations la = layer_activations(x, b);
+  const double T = static_cast<double>(k.tokens), V = static_cast<double>(k.vocab_padded) / k.tp;
+  const bool last_stage = co.pp == k.pp - 1;
+  const std::uint32_t group = std::max<std::uint32_t>(1, cfg.recompute_num_layers);
+  auto chunk_layers = [&](std::uint32_t chunk) {
     const auto& layers = x.vs_layers[chunk * k.pp + co.pp];
-    std::size_t recomputed = 0;
-    if (x.recompute_full) {
-      recomputed = cfg.recompute_method == RecomputeMethod::kUniform
-                       ? layers.size()
-                       : std::min<std::size_t>(layers.size(), cfg.recompute_num_layers);
+    std::vector<double> bytes;
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      const double full = x.model->is_moe_layer(layers[i]) ? la.moe : la.dense;
+      if (!x.recompute_full) {
+        bytes.push_back(full);
+      } else if (cfg.recompute_method == RecomputeMethod::kBlock) {
+        bytes.push_back(i < group ? la.input : full);
+      } else {
+        bytes.push_back(i % group == 0 ? la.input : 0.0);
+      }
     }
-    double bytes = static_cast<double>(recomputed) * per_layer_ckpt;
-    for (std::size_t i = recomputed; i < layers.size(); ++i) bytes += layer_bytes(layers[i]);
+    // The loss's saved fp32 softmax (per logit) stays until the micro-batch's backward reaches it.
+    if (last_stage && chunk == k.vpp - 1) bytes.push_back(mc.loss_saved_bytes_per_logit * T * V);
     return bytes;
   };
-  // In-flight micro-batches from the actual order: forwards whose backward has not run yet (EP overlap: the
-  // combined schedule holds the paired forward's activations while the backward runs).
+  std::vector<std::vector<double>> per_chunk(k.vpp);
+  std::vector<double> chunk_total(k.vpp, 0.0);
+  for (std::uint32_t c = 0; c < k.vpp; ++c) {
+    per_chunk[c] = chunk_layers(c);
+    for (double v : per_chunk[c]) chunk_total[c] += v;
+  }
+  // In flight, from the actual order: forwards whose backward has not run yet. The EP-overlap combined schedule
+  // pairs the forward of one micro-batch with the backward of another layer by layer (forward layer i beside
+  // backward layer n-1-i), so the forward's layers are added while the backward's are freed.
   double live = 0, peak = 0;
   if (k.ep_overlap) {
     for (const auto& step : combined_order(cfg, co.pp, k.microbatches)) {
-      if (step.has_forward) live += chunk_bytes(step.forward.chunk);
-      peak = std::max(peak, live);
-      if (step.has_backward) live -= chunk_bytes(step.backward.chunk);
+      const std::vector<double> none;
+      const auto& f = step.has_forward ? per_chunk[step.forward.chunk] : none;
+      const auto& bw = step.has_backward ? per_chunk[step.backward.chunk] : none;
+      for (std::size_t i = 0; i < std::max(f.size(), bw.size()); ++i) {
+        if (i < f.size()) live += f[i];
+        peak = std::max(peak, live);
+        if (i < bw.size()) live -= bw[bw.size() - 1 - i];
+      }
     }
   } else {
     for (const auto& step : pipeline_order(cfg, co.pp, k.microbatches)) {
-      live += step.forward ? chunk_bytes(step.chunk) : -chunk_bytes(step.chunk);
+      live += step.forward ? chunk_total[step.chunk] : -chunk_total[step.chunk];
       peak = std::max(peak, live);
     }
   }
-  double transient = 0;
-  if (x.recompute_full) transient = per_layer * static_cast<double>(cfg.recompute_num_layers);
-  if (co.pp == k.pp - 1) {  // logits and fp32 softmax of one micro-batch
-    transient += T * static_cast<double>(k.vocab_padded) / t * (B + 4);
+  e.activations_bytes = peak;
+
+  // Working memory per phase. Forward/backward: the loss's working memory at the last stage, or the recomputed
+  // group's activations during its backward (uniform: a group of recompute_num_layers layers; block: one layer).
+  const double loss_working = last_stage ? mc.loss_working_bytes_per_logit * T * V : 0.0;
+  const double recompute =
+      x.recompute_full ? std::max(la.dense, la.moe) * (cfg.recompute_method == RecomputeMethod::kBlock ? 1.0 : group)
+                       : 0.0;
+  const double fb_transient = std::max(loss_working, recompute);
+  // Optimizer step: bf16 main grads are copied to fp32 for the fp32 main weights' shard (Megatron's
+  // _copy_model_grads_to_main_grads); Adam's temporaries per parameter of the shard (0 for fused Adam).
+  const double opt_transient =
+      (b.main_param > 0 && b.main_grad < 4 ? 4.0 * sharded : 0.0) + mc.adam_temporary_bytes_per_param * sharded;
+  if (e.activations_bytes + fb_transient >= opt_transient) {
+    e.transient_bytes = fb_transient;
+    e.peak_phase = "forward/backward";
+  } else {
+    e.activations_bytes = 0;
+    e.transient_bytes = opt_transient;
+    e.peak_phase = "optimizer step";
   }
-  e.activations_bytes = peak + transient;
+
+  // Allocator-held buffers: the cuBLAS workspace; with PP, the receive tensors posted for the next forward and
+  // backward (two per model chunk direction with VPP).
+  e.comm_buffers_bytes = mc.cublas_workspace_bytes;
+  if (k.pp > 1) e.comm_buffers_bytes += 2.0 * static_cast<double>(k.tokens_sp * k.hidden) * b.act * (k.vpp > 1 ? 2 : 1);
+  e.allocator_overhead_bytes = (mc.allocator_reserved_over_allocated - 1.0) * e.allocated_bytes();
+
+  // Outside the allocator: the context, NCCL's buffers per communicator this rank is in, TE's userbuffers.
+  e.cuda_context_bytes = mc.cuda_context_bytes;
   std::uint32_t comms = 0;
   for (const auto* v : {&x.tp_of, &x.cp_of, &x.cpa_of, &x.cpp_of, &x.dp_of, &x.pp_of, &x.norm_of, &x.embd_of, &x.ep_of,
                         &x.etp_of, &x.tpep_of, &x.edp_of}) {
     if ((*v)[rank] != kNone) ++comms;
   }
-  e.comm_buffers_bytes = static_cast<double>(comms) * static_cast<double>(kNcclBufferBytesPerComm);
-  if (k.tp_overlap) e.comm_buffers_bytes += kUbSites * T * static_cast<double>(k.hidden) * B;
-  if (k.pp > 1) e.comm_buffers_bytes += 2.0 * Tsp * static_cast<double>(k.hidden) * B * (k.vpp > 1 ? 2 : 1);
+  e.nccl_bytes = static_cast<double>(comms) * mc.nccl_channels_per_communicator * mc.nccl_buffer_bytes_per_channel;
+  if (k.tp_overlap) e.userbuffers_bytes = kUbSites * T * static_cast<double>(k.hidden) * b.act;
   return e;
 }
 
 }  // namespace twinstep::models::lowering
+
+namespace twinstep::models {
+
+std::vector<std::pair<std::string, double>> memory_terms(const MemoryEstimate& m) {
+  return {{"params", m.params_bytes},
+          {"fp8_weights", m.fp8_weights_bytes},
+          {"main_params", m.main_params_bytes},
+          {"grads", m.grads_bytes},
+          {"optimizer", m.optimizer_bytes},
+          {"activations", m.activations_bytes},
+          {"transient", m.transient_bytes},
+          {"comm_buffers", m.comm_buffers_bytes},
+          {"allocator_overhead", m.allocator_overhead_bytes},
+          {"cuda_context", m.cuda_context_bytes},
+          {"nccl", m.nccl_bytes},
+          {"userbuffers", m.userbuffers_bytes}};
+}
+
+std::string memory_breakdown_text(const MemoryEstimate& m, const std::string& indent) {
+  std::string out;
+  auto line = [&](const std::string& label, double bytes) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%s  %-20s %12s\n", indent.c_str(), label.c_str(), format_bytes(bytes).c_str());
+    out += buf;
+  };
+  out += indent + "memory, tightest rank (peak in " + m.peak_phase + "):\n";
+  for (const auto& [key, bytes] : memory_terms(m)) {
+    if (key == "cuda_context") line("= allocator reserved", m.total_bytes());
+    line(key, bytes);
+  }
+  line("usable capacity", m.usable_bytes());
+  out += indent + "  (GPU memory " + format_bytes(m.gpu_memory_bytes) + " - CUDA context - NCCL - userbuffers)\n";
+  line(m.margin_bytes() >= 0 ? "margin" : "short by", std::abs(m.margin_bytes()));
+  return out;
+}
+
+}  // namespace twinstep::models

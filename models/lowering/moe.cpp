@@ -68,7 +68,7 @@ void RankLowering::moe_pre_fwd(Phase ph) {
   ln2_op_ = ln2;
   if (k_.shared_ffn > 0 && !k_.shared_overlap) shared_expert_fwd(ph);
   const std::uint64_t T = moe_tokens();
-  gemm("router", T, k_.experts, k_.hidden, ph);
+  kernel("router", Gemm{T, k_.experts, k_.hidden, 1, k_.dtype}, ph);  // bf16 under fp8 too (TE keeps the router)
   elementwise("router_topk", T * k_.experts * 4 * 3, ph);
   const std::uint32_t span = k_.etp * k_.ep;
   if (dispatch_a2a_) {
@@ -116,7 +116,7 @@ void RankLowering::shared_overlap_fc1(Phase ph) {
     schedule::Collective c{CollectiveKind::kAllGather, x_.tp_of[rank_], act(k_.tokens, k_.hidden), k_.dtype, {}, 0};
     d = {emit(x_.st.tp, "shared_ag", std::move(c), {ln2_op_}, ph, "shared_expert")};
   }
-  kernel_on(x_.st.shared, "shared_fc1", Gemm{k_.tokens, shared_fc1_width(), k_.hidden, 1, k_.dtype}, ph, d,
+  kernel_on(x_.st.shared, "shared_fc1", linear_gemm(k_.tokens, shared_fc1_width(), k_.hidden, GemmRole::kFprop), ph, d,
             "shared_expert");
   kernel_on(x_.st.shared, "shared_act",
             Elementwise{act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_ffn / k_.tp), 0}, ph, {},
@@ -124,8 +124,9 @@ void RankLowering::shared_overlap_fc1(Phase ph) {
 }
 
 OpId RankLowering::shared_overlap_fc2(Phase ph) {
-  OpId last = kernel_on(x_.st.shared, "shared_fc2", Gemm{k_.tokens, k_.hidden, k_.shared_ffn / k_.tp, 1, k_.dtype}, ph,
-                        {}, "shared_expert");
+  OpId last =
+      kernel_on(x_.st.shared, "shared_fc2", linear_gemm(k_.tokens, k_.hidden, k_.shared_ffn / k_.tp, GemmRole::kFprop),
+                ph, {}, "shared_expert");
   if (k_.tp > 1) {
     schedule::Collective c{CollectiveKind::kReduceScatter, x_.tp_of[rank_], act(k_.tokens, k_.hidden), k_.dtype, {}, 0};
     last = emit(x_.st.tp, "shared_rs", std::move(c), {last}, ph, "shared_expert");
@@ -143,9 +144,11 @@ void RankLowering::moe_experts_fwd(Phase ph) {
   }
   if (k_.local_experts > 1) elementwise("moe_sort", 2 * act(n, k_.hidden), ph);
   const auto& groups = expert_groups();
-  kernel("experts_fc1", schedule::GroupedGemm{groups, k_.expert_ffn1 / k_.etp, k_.hidden, k_.dtype}, ph);
+  fp8_cast("experts_fc1", n * k_.hidden, ph);
+  kernel("experts_fc1", grouped_linear(groups, k_.expert_ffn1 / k_.etp, k_.hidden, GemmRole::kFprop), ph);
   elementwise("experts_act", act(n, k_.expert_ffn1 / k_.etp) + act(n, k_.expert_ffn / k_.etp) + n * 4, ph);
-  kernel("experts_fc2", schedule::GroupedGemm{groups, k_.hidden, k_.expert_ffn / k_.etp, k_.dtype}, ph);
+  fp8_cast("experts_fc2", n * (k_.expert_ffn / k_.etp), ph);
+  kernel("experts_fc2", grouped_linear(groups, k_.hidden, k_.expert_ffn / k_.etp, GemmRole::kFprop), ph);
   if (k_.local_experts > 1) elementwise("moe_unsort", 2 * act(n, k_.hidden), ph);
   if (k_.etp > 1) collective(x_.st.etp, "moe_etp_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.hidden), ph, true);
 }
@@ -199,12 +202,14 @@ void RankLowering::moe_experts_bwd(std::string_view L) {
   if (k_.local_experts > 1) elementwise("moe_unsort_bwd", 2 * act(n, k_.hidden), ph);
   const auto& groups = expert_groups();
   // Weight gradients as grouped GEMMs with the same FLOPs (GroupedGemm has one k; the token count varies).
-  kernel("experts_fc2_dgrad", schedule::GroupedGemm{groups, k_.expert_ffn / k_.etp, k_.hidden, k_.dtype}, ph);
-  wgrad_op("experts_fc2_wgrad", schedule::GroupedGemm{groups, k_.expert_ffn / k_.etp, k_.hidden, k_.dtype}, {},
+  fp8_cast("experts_fc2_dgrad", n * k_.hidden, ph);
+  kernel("experts_fc2_dgrad", grouped_linear(groups, k_.expert_ffn / k_.etp, k_.hidden, GemmRole::kDgrad), ph);
+  wgrad_op("experts_fc2_wgrad", grouped_linear(groups, k_.expert_ffn / k_.etp, k_.hidden, GemmRole::kWgrad), {},
            Name{L, "experts.fc2"});
   elementwise("experts_act_bwd", 2 * act(n, k_.expert_ffn1 / k_.etp) + act(n, k_.expert_ffn / k_.etp) + n * 4, ph);
-  kernel("experts_fc1_dgrad", schedule::GroupedGemm{groups, k_.hidden, k_.expert_ffn1 / k_.etp, k_.dtype}, ph);
-  wgrad_op("experts_fc1_wgrad", schedule::GroupedGemm{groups, k_.expert_ffn1 / k_.etp, k_.hidden, k_.dtype}, {},
+  fp8_cast("experts_fc1_dgrad", n * (k_.expert_ffn1 / k_.etp), ph);
+  kernel("experts_fc1_dgrad", grouped_linear(groups, k_.hidden, k_.expert_ffn1 / k_.etp, GemmRole::kDgrad), ph);
+  wgrad_op("experts_fc1_wgrad", grouped_linear(groups, k_.expert_ffn1 / k_.etp, k_.hidden, GemmRole::kWgrad), {},
            Name{L, "experts.fc1"});
   if (k_.local_experts > 1) elementwise("moe_sort_bwd", 2 * act(n, k_.hidden), ph);
   if (k_.etp > 1) {
@@ -232,7 +237,7 @@ void RankLowering::moe_pre_bwd(std::string_view L) {
   const std::uint64_t T = moe_tokens();
   if (!dispatch_flex_) elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.hidden), ph);
   elementwise("router_topk_bwd", T * k_.experts * 4 * 3, ph);
-  gemm("router_dgrad", T, k_.hidden, k_.experts, ph);
+  kernel("router_dgrad", Gemm{T, k_.hidden, k_.experts, 1, k_.dtype}, ph);
   wgrad_op("router_wgrad", Gemm{k_.experts, k_.hidden, T, 1, k_.dtype}, {}, Name{L, "router"});
   if (k_.shared_ffn > 0) {
     const CommId tp = x_.tp_of[rank_];
@@ -240,11 +245,11 @@ void RankLowering::moe_pre_bwd(std::string_view L) {
       collective(x_.st.tp, "shared_grad_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), ph, true);
     }
     gemm("shared_fc2_dgrad", k_.tokens, k_.shared_ffn / k_.tp, k_.hidden, ph);
-    wgrad_op("shared_fc2_wgrad", Gemm{k_.hidden, k_.shared_ffn / k_.tp, k_.tokens, 1, k_.dtype}, {},
+    wgrad_op("shared_fc2_wgrad", linear_gemm(k_.hidden, k_.shared_ffn / k_.tp, k_.tokens, GemmRole::kWgrad), {},
              Name{L, "shared.fc2"});
     elementwise("shared_act_bwd", 2 * act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_ffn / k_.tp), ph);
     gemm("shared_fc1_dgrad", k_.tokens, k_.hidden, shared_fc1_width(), ph);
-    wgrad_op("shared_fc1_wgrad", Gemm{shared_fc1_width(), k_.hidden, k_.tokens, 1, k_.dtype}, {},
+    wgrad_op("shared_fc1_wgrad", linear_gemm(shared_fc1_width(), k_.hidden, k_.tokens, GemmRole::kWgrad), {},
              Name{L, "shared.fc1"});
     if (k_.tp > 1) {
       collective(x_.st.tp, "shared_grad_rs", CollectiveKind::kReduceScatter, tp, act(k_.tokens, k_.hidden), ph, true);

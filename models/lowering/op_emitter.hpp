@@ -153,9 +153,45 @@ class OpEmitter {
   OpId kernel(const Name& what, K&& kern, Phase ph, std::vector<OpId> deps = {}, std::string_view overlap = {}) {
     return kernel_on(x_.st.compute, what, std::forward<K>(kern), ph, std::move(deps), overlap);
   }
+  /// The GEMM of a linear layer in role `role` (forward; dgrad: A is the output gradient; wgrad: A the transposed
+  /// output gradient): in the run's dtype, or with --dtype fp8 as Transformer Engine's HYBRID recipe runs it: fp8
+  /// operands, e4m3 forward, an e5m2 gradient against e4m3 in both backward GEMMs, bf16 output.
+  enum class GemmRole : std::uint8_t { kFprop, kDgrad, kWgrad };
+  [[nodiscard]] Gemm linear_gemm(std::uint64_t m, std::uint64_t n, std::uint64_t kk, GemmRole role) const {
+    Gemm g{m, n, kk, 1, k_.dtype};
+    if (k_.fp8) {
+      g.dtype = schedule::DType::kFP8;
+      if (role != GemmRole::kFprop) g.a_format = schedule::Fp8Format::kE5M2;
+    }
+    return g;
+  }
+  [[nodiscard]] schedule::GroupedGemm grouped_linear(std::vector<std::uint64_t> groups, std::uint64_t n,
+                                                     std::uint64_t kk, GemmRole role) const {
+    const Gemm g = linear_gemm(0, n, kk, role);
+    return schedule::GroupedGemm{std::move(groups), n, kk, g.dtype, g.a_format, g.b_format};
+  }
+  /// --dtype fp8: the cast kernel before a linear GEMM of `elements` input elements (bf16 -> fp8 and the transposed
+  /// copy the wgrad GEMM reads, with the amax; tensorwise scaling reads the input once more for the amax first).
+  /// Nothing otherwise.
+  void fp8_cast(const Name& what, std::uint64_t elements, Phase ph, std::vector<OpId> deps = {}) {
+    if (!k_.fp8) return;
+    const std::uint64_t per = k_.act_bytes + 2 + (k_.fp8_current ? k_.act_bytes : 0);
+    Name cast = what;  // "<gemm>_fp8_cast"
+    cast.after = what.after.empty() ? std::string_view("_fp8_cast") : std::string_view("_fp8_cast_");
+    elementwise(cast, elements * per, ph, std::move(deps));
+  }
+  /// A linear layer's GEMM on the compute stream (role from the phase: forward, dgrad, wgrad), preceded by its
+  /// fp8 cast where the run is fp8 (the wgrad GEMM reads the transposed copies the other casts made).
   OpId gemm(const Name& what, std::uint64_t m, std::uint64_t n, std::uint64_t kk, Phase ph, std::vector<OpId> deps = {},
             std::string_view overlap = {}) {
-    return kernel(what, Gemm{m, n, kk, 1, k_.dtype}, ph, std::move(deps), overlap);
+    const GemmRole role = ph == Phase::kWgrad ? GemmRole::kWgrad
+                          : ph == Phase::kBwd ? GemmRole::kDgrad
+                                              : GemmRole::kFprop;
+    if (k_.fp8 && role != GemmRole::kWgrad) {
+      fp8_cast(what, m * kk, ph, std::move(deps));  // the GEMM follows it in stream order
+      deps.clear();
+    }
+    return kernel(what, linear_gemm(m, n, kk, role), ph, std::move(deps), overlap);
   }
   OpId elementwise(const Name& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
     return kernel(what, Elementwise{bytes, 0}, ph, std::move(deps));

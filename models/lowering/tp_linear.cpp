@@ -73,7 +73,7 @@ void RankLowering::rowparallel_bwd(std::string_view site, std::uint64_t out, std
   }
   std::vector<OpId> d;
   if (last_recv != schedule::kNoOp) d.push_back(last_recv);
-  wgrad_op(Name{site, "_wgrad"}, Gemm{out, in, k_.tokens, 1, k_.dtype}, d, Name{L, site}, ub() ? "tp" : "");
+  wgrad_op(Name{site, "_wgrad"}, linear_gemm(out, in, k_.tokens, GemmRole::kWgrad), d, Name{L, site}, ub() ? "tp" : "");
 }
 
 void RankLowering::colparallel_bwd(std::string_view site, std::uint64_t out, std::uint64_t in, std::string_view L,
@@ -93,7 +93,7 @@ void RankLowering::colparallel_bwd(std::string_view site, std::uint64_t out, std
   }
   std::vector<OpId> wd;
   if (ag != schedule::kNoOp) wd.push_back(ag);
-  wgrad_op(Name{site, "_wgrad"}, Gemm{out, in, k_.tokens, 1, k_.dtype}, wd, Name{L, site}, ov);
+  wgrad_op(Name{site, "_wgrad"}, linear_gemm(out, in, k_.tokens, GemmRole::kWgrad), wd, Name{L, site}, ov);
   std::vector<OpId> ld;
   if (red != schedule::kNoOp) ld.push_back(red);
   const OpId ln_op = elementwise(Name{ln, "_bwd"}, 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd, ld);

@@ -1,10 +1,14 @@
 // The causal attention plan without a GPU: the blocks cover each causal (query, key) pair exactly once and nothing
 // outside the leaf diagonal tiles, their FLOPs match kernel_math's count within 2%, and every block stays inside
-// the score buffer.
+// the score buffer. Which attention kernel runs (cuDNN's fused one or this fallback) and the buffers each needs.
+#include <string>
 #include <vector>
 
 #include "backend/attention.hpp"
+#include "backend/plan.hpp"
+#include "backend/sdpa.hpp"
 #include "schedule/kernel_math.hpp"
+#include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
 
 namespace be = twinstep::backend;
@@ -94,4 +98,44 @@ TEST_CASE("backend::plan_attention: every block of every tile lies inside the sc
       CHECK(b.key0 + b.keys <= p.seq_kv);
     }
   }
+}
+
+TEST_CASE("backend::attention_kernel: cuDNN's fused attention takes the shapes it supports, the fallback the rest",
+          "[backend]") {
+  const sch::Attention llama{1, 32, 8, 8192, 8192, 128, true, true, sch::DType::kBF16};
+  CHECK(be::cudnn_sdpa_refusal(llama).empty());
+  auto with = [&](auto change) {
+    sch::Attention a = llama;
+    change(a);
+    return be::cudnn_sdpa_refusal(a);
+  };
+  CHECK(with([](sch::Attention& a) { a.head_dim = 256; }).empty());
+  CHECK(with([](sch::Attention& a) { a.heads_kv = 1; }).empty());                      // MQA
+  CHECK(with([](sch::Attention& a) { a.causal = false, a.seq_kv = 16384; }).empty());  // a CP chunk of full keys
+  CHECK_THAT(with([](sch::Attention& a) { a.dtype = sch::DType::kFP8; }), twinstep_contains("fp8"));
+  CHECK_THAT(with([](sch::Attention& a) { a.head_dim = 320; }), twinstep_contains("head_dim 320"));
+  CHECK_THAT(with([](sch::Attention& a) { a.head_dim = 100; }), twinstep_contains("head_dim 100"));
+  CHECK_THAT(with([](sch::Attention& a) { a.heads_kv = 5; }), twinstep_contains("heads_kv"));
+  CHECK_THAT(with([](sch::Attention& a) { a.seq_q = a.seq_kv = 1000; }), twinstep_contains("1000/1000"));
+  CHECK_THAT(with([](sch::Attention& a) { a.seq_kv = 16384; }), twinstep_contains("causal"));
+  // The build decides the rest; the names are the trace context's.
+  CHECK(be::attention_kernel(llama) ==
+        (be::cudnn_sdpa_built() ? be::AttentionKernel::kCudnnSdpa : be::AttentionKernel::kGemmSoftmax));
+  sch::Attention fp8 = llama;
+  fp8.dtype = sch::DType::kFP8;
+  CHECK(be::attention_kernel(fp8) == be::AttentionKernel::kGemmSoftmax);
+  CHECK(std::string(be::attention_kernel_name(be::AttentionKernel::kCudnnSdpa)) == "cudnn_sdpa");
+  CHECK(std::string(be::attention_kernel_name(be::AttentionKernel::kGemmSoftmax)) == "gemm_softmax");
+}
+
+TEST_CASE("backend::required_device_bytes: the fused attention's buffers replace the score matrix", "[backend]") {
+  auto s = twinstep::backend::test::base(1, {{"compute", 0}});
+  const sch::Attention a{1, 32, 8, 8192, 8192, 128, true, true, sch::DType::kBF16};
+  twinstep::backend::test::add(s, 0, 0, "attn", sch::Compute{a, 0});
+  const std::uint64_t q = 32ull * 8192 * 128 * 2, kv = 8ull * 8192 * 128 * 2, stats = 32ull * 8192 * 4;
+  const std::uint64_t fused = 4 * q + 4 * kv + stats + be::kCublasWorkspaceBytes;  // Q O dO dQ, K V dK dV
+  const be::AttentionBufferBytes fb = be::attention_buffer_bytes(a);
+  const std::uint64_t fallback = 3 * fb.q + 2 * fb.k + fb.s + be::kCublasWorkspaceBytes;
+  CHECK(be::required_device_bytes(s, 0) == (be::cudnn_sdpa_built() ? fused : fallback));
+  CHECK(fused < fallback / 4);  // no seq x seq scores in memory
 }

@@ -23,6 +23,7 @@
 #include "backend/executor.hpp"
 #include "backend/handles.hpp"
 #include "common/error.hpp"
+#include "tests/backend/bf16.hpp"
 #include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
 
@@ -31,8 +32,10 @@ namespace sch = twinstep::schedule;
 using twinstep::backend::test::add;
 using twinstep::backend::test::base;
 using twinstep::backend::test::elementwise;
+using twinstep::backend::test::from_bf16;
 using twinstep::backend::test::gemm;
 using twinstep::backend::test::ring_exchange;
+using twinstep::backend::test::to_bf16;
 
 namespace {
 
@@ -231,24 +234,6 @@ TEST_CASE("backend::execute: every compute kernel class runs with time consisten
   CHECK(dur(d2h) > (256ull << 20) / 100e9);  // no faster than 100 GB/s over PCIe/C2C
   CHECK(dur(f32) > dur(f16));                // fp32 without tensor cores is slower than fp16
 }
-
-namespace {
-
-std::uint16_t to_bf16(float f) {  // round to nearest even
-  std::uint32_t b = 0;
-  std::memcpy(&b, &f, 4);
-  b += 0x7FFFu + ((b >> 16) & 1u);
-  return static_cast<std::uint16_t>(b >> 16);
-}
-
-float from_bf16(std::uint16_t h) {
-  const std::uint32_t b = static_cast<std::uint32_t>(h) << 16;
-  float f = 0;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
-
-}  // namespace
 
 TEST_CASE("backend::attention: causal and full outputs match a host reference (GQA, block-triangular plan)",
           "[backend][gpu]") {

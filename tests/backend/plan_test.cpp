@@ -56,7 +56,16 @@ TEST_CASE("backend::can_execute: refuses what it cannot run, each reason named",
   CHECK(join(be::can_execute(reduced, info)).find("reduced") != std::string::npos);
 
   auto fp8 = s;
-  fp8.ops[0].body = gemm(64, 64, 64, sch::DType::kFP8);
+  fp8.ops[0].body = gemm(64, 64, 64, sch::DType::kFP8);  // cuBLASLt runs fp8 GEMMs
+  CHECK(be::can_execute(fp8, info).empty());
+  auto e5m2 = fp8;
+  std::get<sch::Gemm>(std::get<sch::Compute>(e5m2.ops[0].body).kernel).a_format = sch::Fp8Format::kE5M2;
+  CHECK(be::can_execute(e5m2, info).empty());  // a gradient against e4m3 weights
+  std::get<sch::Gemm>(std::get<sch::Compute>(e5m2.ops[0].body).kernel).b_format = sch::Fp8Format::kE5M2;
+  const auto two = be::can_execute(e5m2, info);
+  REQUIRE(two.size() == 1);
+  CHECK(two[0].field == "body.kernel.b_format");
+  fp8.ops[0].body = sch::Compute{sch::Attention{1, 4, 4, 128, 128, 64, true, false, sch::DType::kFP8}, 0};
   const auto d = be::can_execute(fp8, info);
   REQUIRE(d.size() == 1);
   CHECK(d[0].op == 0);

@@ -291,6 +291,35 @@ TEST_CASE("calibration::read_framework: the torch script's JSON, event_record_s 
   CHECK(fit_profile(raw, cluster, "test", "", read_framework(without)).profile.framework.event_record_s < 0);
 }
 
+TEST_CASE("calibration::read_memory_overhead: the memory script's JSON, null fields not measured", "[calibration]") {
+  const std::string path = temp_path("memory.json");
+  write_file_atomic(path, R"({"memory_overhead": {"cuda_context_bytes": 500000000, "cuda_libraries_bytes": 20000000,
+      "cublas_workspace_bytes": 33554432, "nccl_communicator_bytes": 1000, "nccl_buffer_bytes_per_channel": null,
+      "allocator_reserved_over_allocated": 1.03, "device_total_bytes": 85000000000, "source": "test"},
+      "raw": {}, "steps": []})");
+  const sim::MemoryOverhead m = read_memory_overhead(path);
+  CHECK(m.cuda_context_bytes == 520000000.0);  // the context and the libraries' modules, both outside the allocator
+  CHECK(m.cublas_workspace_bytes == 33554432.0);
+  CHECK(m.nccl_buffer_bytes_per_channel < 0);  // null: a 1-rank run cannot measure it
+  CHECK(m.allocator_reserved_over_allocated == 1.03);
+  CHECK(m.source == "test");
+  // Written into a profile and read back.
+  sim::Profile p = sim::Profile::datasheet_defaults();
+  p.memory_overhead = m;
+  const sim::Profile back = sim::profile_from_json(sim::profile_to_json(p), "back.json");
+  CHECK(back.memory_overhead.cuda_context_bytes == 520000000.0);
+  CHECK(back.memory_overhead.allocator_reserved_over_allocated == 1.03);
+  // Errors name the file and the field.
+  write_file_atomic(path, R"({"per_kernel_launch_s": 1e-6})");
+  CHECK_THROWS_WITH(read_memory_overhead(path), Catch::Contains("memory.json") && Catch::Contains("/memory_overhead"));
+  write_file_atomic(path,
+                    R"({"memory_overhead": {"cuda_context_bytes": 1, "allocator_reserved_over_allocated": 0.5}})");
+  CHECK_THROWS_WITH(read_memory_overhead(path), Catch::Contains("allocator_reserved_over_allocated"));
+  write_file_atomic(path, R"({"memory_overhead": {"cublas_workspace_bytes": 1}})");
+  CHECK_THROWS_WITH(read_memory_overhead(path), Catch::Contains("cuda_context_bytes"));
+  std::filesystem::remove(path);
+}
+
 TEST_CASE(
     "calibration::fit: collective lines follow NCCL's protocol choice, a size-dependent bus bandwidth comes "
     "back as bus_efficiency",

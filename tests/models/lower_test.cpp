@@ -371,18 +371,20 @@ TEST_CASE("models::lower: memory estimate and fit verdict", "[lower][memory]") {
   const double n = total_params(m);
   CHECK(low.peak_memory.params_bytes == Approx(2 * n));
   CHECK(low.peak_memory.grads_bytes == Approx(2 * n));
-  CHECK(low.peak_memory.optimizer_bytes == Approx(12 * n));
+  CHECK(low.peak_memory.main_params_bytes == Approx(4 * n));
+  CHECK(low.peak_memory.optimizer_bytes == Approx(8 * n));
   CHECK(low.peak_memory.activations_bytes > 0);
   c.gpu_memory_bytes = 1e9;
   CHECK_FALSE(lower(m, c).fits);
   c.gpu_memory_bytes = 1e12;
   CHECK(lower(m, c).fits);
-  // Distributed optimizer over dp=4 shards the optimizer state 4 ways.
+  // Distributed optimizer over dp=4 shards the main weights and the optimizer state 4 ways.
   RunConfig d = config(4, 1, 1);
   d.global_batch_size = 4;
   d.seq_length = 8192;
   d.use_distributed_optimizer = true;
-  CHECK(lower(m, d).peak_memory.optimizer_bytes == Approx(12 * n / 4).epsilon(0.001));
+  CHECK(lower(m, d).peak_memory.optimizer_bytes == Approx(8 * n / 4).epsilon(0.001));
+  CHECK(lower(m, d).peak_memory.main_params_bytes == Approx(4 * n / 4).epsilon(0.001));
   // Full recompute keeps less activation memory than none; 1F1B rank 0 holds more than the last rank.
   RunConfig r = c;
   r.recompute_granularity = models::RecomputeGranularity::kFull;

@@ -9,11 +9,12 @@ using namespace twinstep::models;
 
 TEST_CASE("models::zoo: parameter counts match the published totals", "[zoo]") {
   // Published totals: Llama 3 model cards, GPT-3 paper, Qwen/Mixtral/DeepSeek model cards (DeepSeek-V3: 671B main
-  // model + the MTP module, 685B on Hugging Face).
+  // model + the MTP module, 685B on Hugging Face), the Nemotron-4 340B report (341B).
   const std::vector<std::pair<const char*, double>> expected = {
-      {"llama3-8b", 8.03e9},    {"llama3-70b", 70.55e9},    {"llama3.1-405b", 405.85e9},
-      {"gpt3-175b", 175.0e9},   {"qwen3-30b-a3b", 30.53e9}, {"qwen3-next-80b-a3b", 80.0e9},
-      {"deepseek-v3", 684.5e9}, {"mixtral-8x7b", 46.7e9}};
+      {"llama3-8b", 8.03e9},      {"llama3-70b", 70.55e9},    {"llama3.1-405b", 405.85e9},
+      {"gpt3-175b", 175.0e9},     {"qwen3-30b-a3b", 30.53e9}, {"qwen3-next-80b-a3b", 80.0e9},
+      {"deepseek-v3", 684.5e9},   {"mixtral-8x7b", 46.7e9},   {"qwen3-235b-a22b", 235.1e9},
+      {"nemotron4-340b", 341.0e9}};
   for (const auto& [id, total] : expected) {
     INFO(id);
     ModelSpec m = load_model(id);
@@ -21,7 +22,7 @@ TEST_CASE("models::zoo: parameter counts match the published totals", "[zoo]") {
     CHECK_FALSE(m.source.empty());
     CHECK(std::abs(total_params(m) - total) / total < 0.015);
   }
-  CHECK(zoo_ids().size() == 8);
+  CHECK(zoo_ids().size() == 10);
 }
 
 TEST_CASE("models::zoo: MoE layer pattern and hybrid attention", "[zoo]") {

@@ -27,6 +27,7 @@ TEST_CASE("models::recipe: Bridge defaults for every knob the user did not set",
   CHECK(apply_recipe_defaults(c, {"global_batch_size"}).empty());
   CHECK(c.sequence_parallel);
   CHECK(c.use_distributed_optimizer);
+  CHECK(c.grad_reduce_in_fp32);
   CHECK(c.cuda_device_max_connections == 1);
   CHECK(c.global_batch_size == 64);
 
@@ -44,10 +45,11 @@ TEST_CASE("models::recipe: what the user set is kept", "[recipe]") {
   c.sequence_parallel = false;
   c.use_distributed_optimizer = false;
   c.cuda_device_max_connections = 4;
-  (void)apply_recipe_defaults(
-      c, {"sequence_parallel", "use_distributed_optimizer", "cuda_device_max_connections", "global_batch_size"});
+  (void)apply_recipe_defaults(c, {"sequence_parallel", "use_distributed_optimizer", "grad_reduce_in_fp32",
+                                  "cuda_device_max_connections", "global_batch_size"});
   CHECK_FALSE(c.sequence_parallel);
   CHECK_FALSE(c.use_distributed_optimizer);
+  CHECK_FALSE(c.grad_reduce_in_fp32);
   CHECK(c.cuda_device_max_connections == 4);
 }
 

@@ -154,3 +154,38 @@ TEST_CASE("schedule::json: trace record errors name the record's pointer", "[sch
     CHECK(e.pointer() == "/records/1/dur");
   }
 }
+
+TEST_CASE("schedule::json: fp8 GEMM operand formats round-trip, written for fp8 only, refused on other dtypes",
+          "[schedule]") {
+  const std::string fp8 =
+      R"({"id":0,"rank":0,"name":"g","kind":"compute","stream":"compute","deps":[],"kernel":{"class":"gemm",)"
+      R"("m":64,"n":32,"k":16,"batch":1,"dtype":"fp8","a_format":"e5m2","b_format":"e4m3"}})";
+  const ts::Schedule s = ts::schedule_from_json(minimal_with_op(fp8), "mem");
+  const auto& g = std::get<ts::Gemm>(std::get<ts::Compute>(s.ops[0].body).kernel);
+  CHECK(g.a_format == ts::Fp8Format::kE5M2);
+  CHECK(g.b_format == ts::Fp8Format::kE4M3);
+  const std::string text = ts::schedule_to_json(s);
+  CHECK(text.find(R"("dtype":"fp8","a_format":"e5m2","b_format":"e4m3")") != std::string::npos);
+  CHECK(ts::schedule_from_json(text, "mem") == s);
+  // Grouped GEMMs carry them too; an fp8 kernel without them reads e4m3.
+  const std::string grouped =
+      R"({"id":0,"rank":0,"name":"g","kind":"compute","stream":"compute","kernel":{"class":"grouped_gemm",)"
+      R"("m":[4,0,2],"n":32,"k":16,"dtype":"fp8","b_format":"e5m2"}})";
+  const auto& gg = std::get<ts::GroupedGemm>(
+      std::get<ts::Compute>(ts::schedule_from_json(minimal_with_op(grouped), "mem").ops[0].body).kernel);
+  CHECK(gg.a_format == ts::Fp8Format::kE4M3);
+  CHECK(gg.b_format == ts::Fp8Format::kE5M2);
+  // Not written for bf16 (canonical text unchanged), refused there, and an unknown format is named.
+  CHECK(ts::schedule_to_json(every_kind()).find(R"("dtype":"bf16","a_format")") == std::string::npos);
+  const std::string bf16 =
+      R"({"id":0,"rank":0,"name":"g","kind":"compute","stream":"compute","kernel":{"class":"gemm",)"
+      R"("m":64,"n":32,"k":16,"a_format":"e5m2"}})";
+  const auto [ptr, msg] = parse_error_of(minimal_with_op(bf16));
+  CHECK(ptr == "/ops/0/kernel/a_format");
+  CHECK_THAT(msg, twinstep_contains("dtype fp8 only"));
+  std::string bad = fp8;
+  bad.replace(bad.find("e5m2"), 4, "e3m4");
+  const auto [ptr2, msg2] = parse_error_of(minimal_with_op(bad));
+  CHECK(ptr2 == "/ops/0/kernel/a_format");
+  CHECK_THAT(msg2, twinstep_contains(R"("e4m3", "e5m2")"));
+}

@@ -80,3 +80,26 @@ TEST_CASE("sim::profile_warnings: another GPU model, and the fields left to the 
   CHECK(profile_warnings(example, h100).size() == 2);
   CHECK(profile_warnings(Profile::datasheet_defaults(), h100).empty());
 }
+
+TEST_CASE("sim::profile: the memory_overhead section reads, writes back, and names a bad field", "[sim][profile]") {
+  const std::string text =
+      R"({"schema_version": 1, "name": "m", "memory_overhead": {"cuda_context_bytes": "512 MiB",
+          "allocator_reserved_over_allocated": 1.04, "source": "script"}})";
+  const Profile p = profile_from_json(text, "m.json");
+  CHECK(p.memory_overhead.cuda_context_bytes == 512.0 * 1024 * 1024);
+  CHECK(p.memory_overhead.allocator_reserved_over_allocated == 1.04);
+  CHECK(p.memory_overhead.nccl_buffer_bytes_per_channel < 0);  // absent: not measured
+  CHECK(p.memory_overhead.source == "script");
+  const Profile back = profile_from_json(profile_to_json(p), "back.json");
+  CHECK(back.memory_overhead.cuda_context_bytes == p.memory_overhead.cuda_context_bytes);
+  CHECK(back.memory_overhead.allocator_reserved_over_allocated == 1.04);
+  CHECK(back.memory_overhead.cublas_workspace_bytes < 0);
+  // No section: nothing written, nothing measured.
+  CHECK(profile_to_json(Profile::datasheet_defaults()).find("memory_overhead") == std::string::npos);
+  CHECK_THROWS_WITH(
+      profile_from_json(R"({"schema_version": 1, "memory_overhead": {"allocator_reserved_over_allocated": 0.9}})",
+                        "bad.json"),
+      Catch::Contains("bad.json") && Catch::Contains("/memory_overhead/allocator_reserved_over_allocated"));
+  CHECK_THROWS_WITH(profile_from_json(R"({"schema_version": 1, "memory_overhead": {"context": 1}})", "bad.json"),
+                    Catch::Contains("/memory_overhead"));
+}

@@ -1,6 +1,8 @@
-// Symmetry reduction of lowered schedules under the analytic model: one representative per DP replica, and TP rank 0
-// of it only (TP ranks mirror too, their userbuffer ring sends and recvs paired on the rank itself), give the same
-// step time and mean breakdown as the full schedule, for dense layouts with every overlap mode and for MoE.
+// Symmetry reduction of lowered schedules under the analytic model: one representative per DP replica, TP rank 0 of
+// it only (TP ranks mirror too, their userbuffer ring sends and recvs paired on the rank itself), and CP rank 0 where
+// CP ranks are symmetric (Ulysses a2a) give the same step time and mean breakdown as the full schedule, for dense
+// layouts with every overlap mode, interleaved and uneven pipeline stages, and MoE (EP, expert-DP); a skewed routing
+// falls back to every rank.
 #include <string>
 
 #include "models/lower.hpp"
@@ -17,11 +19,13 @@ using namespace twinstep;
 namespace {
 
 schedule::Breakdown predict(const models::ModelSpec& m, const models::RunConfig& c, const topologies::Cluster& cl,
-                            int reduce) {
+                            int reduce, std::size_t* ranks = nullptr) {
   models::LowerOptions o;
   o.representatives_only = reduce > 0;
   o.mirror_tp = reduce > 1;
+  o.mirror_cp = reduce > 2;
   models::Lowered low = models::lower(m, c, o);
+  if (ranks != nullptr) *ranks = low.schedule.ranks.size();
   const auto problems = schedule::validate(low.schedule);
   INFO((problems.empty() ? std::string() : problems.front().message));
   REQUIRE(problems.empty());
@@ -52,12 +56,21 @@ TEST_CASE("sim::symmetry: per-DP and per-TP-group representatives equal the full
     std::uint32_t layers, tp, pp, vpp, cp, ep;
     const char* cp_type;
     const char* overlap;
+    std::int32_t first_stage_layers = -1;  ///< decoder_first_pipeline_num_layers (uneven stages)
+    std::size_t cp_mirrored_ranks = 0;     ///< Ranks simulated with CP mirrored too (0: CP ranks not symmetric).
   };
   const Case cases[] = {
-      {"llama3-8b", 4, 4, 2, 1, 2, 1, "p2p", "none"},    {"llama3-8b", 4, 4, 2, 1, 2, 1, "p2p", "all"},
-      {"llama3-8b", 4, 2, 2, 2, 4, 1, "p2p", "all"},     {"llama3-8b", 4, 8, 2, 1, 1, 1, "p2p", "tp+dp"},
-      {"llama3-8b", 4, 2, 1, 1, 4, 1, "a2a", "all"},     {"llama3-8b", 4, 2, 1, 1, 4, 1, "all_gather", "cp"},
-      {"qwen3-30b-a3b", 4, 2, 1, 1, 1, 8, "p2p", "all"}, {"qwen3-30b-a3b", 8, 1, 4, 2, 2, 4, "p2p", "ep+dp"},
+      {"llama3-8b", 4, 4, 2, 1, 2, 1, "p2p", "none"},
+      {"llama3-8b", 4, 4, 2, 1, 2, 1, "p2p", "all"},
+      {"llama3-8b", 4, 2, 2, 2, 4, 1, "p2p", "all"},
+      {"llama3-8b", 4, 8, 2, 1, 1, 1, "p2p", "tp+dp"},
+      {"llama3-8b", 4, 2, 1, 1, 4, 1, "a2a", "all", -1, 1},
+      {"llama3-8b", 8, 2, 2, 2, 4, 1, "a2a", "all", -1, 2},  // interleaved, CP mirrored
+      {"llama3-8b", 4, 2, 1, 1, 4, 1, "all_gather", "cp"},
+      {"llama3-8b", 5, 2, 2, 1, 2, 1, "p2p", "all", 3},  // uneven stages: 3 + 2 layers
+      {"qwen3-30b-a3b", 4, 2, 1, 1, 1, 8, "p2p", "all"},
+      {"qwen3-30b-a3b", 8, 1, 4, 2, 2, 4, "p2p", "ep+dp"},
+      {"qwen3-30b-a3b", 4, 1, 2, 1, 2, 4, "a2a", "dp", -1, 2},  // EP with expert-DP 4, CP mirrored
   };
   for (const auto& cs : cases) {
     models::ModelSpec m = models::load_model(cs.model);
@@ -80,13 +93,46 @@ TEST_CASE("sim::symmetry: per-DP and per-TP-group representatives equal the full
       c.batch_p2p_comm = false;
       c.overlap_p2p_comm = true;
     }
+    c.decoder_first_pipeline_num_layers = cs.first_stage_layers;
     c = models::apply_overlap_variant(c, cs.overlap);
     INFO(cs.model << " tp" << cs.tp << " pp" << cs.pp << " vpp" << cs.vpp << " cp" << cs.cp << " (" << cs.cp_type
                   << ") ep" << cs.ep << " overlap " << cs.overlap);
     const auto full = predict(m, c, cl, 0);
-    for (int level : {1, 2}) {
+    for (int level : {1, 2, 3}) {
       INFO("reduction level " << level);
-      check_equal(predict(m, c, cl, level), full);
+      std::size_t ranks = 0;
+      check_equal(predict(m, c, cl, level, &ranks), full);
+      if (level == 3) CHECK(ranks == (cs.cp_mirrored_ranks > 0 ? cs.cp_mirrored_ranks : std::size_t{cs.pp} * cs.cp));
     }
   }
+}
+
+TEST_CASE("sim::symmetry: a skewed MoE routing falls back to every rank and equals the full schedule",
+          "[sim][symmetry]") {
+  const topologies::Cluster cl = topologies::load_cluster("dgx-h100", {0, 16});
+  models::ModelSpec m = models::load_model("qwen3-30b-a3b");
+  m.num_layers = 2;
+  models::RunConfig c;
+  c.world_size = 16;
+  c.tensor_model_parallel_size = 2;
+  c.expert_model_parallel_size = 8;
+  c.expert_tensor_parallel_size = 1;
+  c.sequence_parallel = true;
+  c.micro_batch_size = 1;
+  c.global_batch_size = 16;
+  c.seq_length = 2048;
+  c.cuda_device_max_connections = 1;
+  c.moe_routing_skew = 2.0;
+  models::LowerOptions o;
+  o.representatives_only = o.mirror_tp = o.mirror_cp = true;
+  const models::Lowered red = models::lower(m, c, o);
+  CHECK(red.schedule.ranks.size() == 16);
+  CHECK(red.schedule.meta.at("representatives").rfind("all (skewed", 0) == 0);
+  // Balanced, the same layout reduces to one rank.
+  c.moe_routing_skew = 1.0;
+  CHECK(models::lower(m, c, o).schedule.ranks.size() == 1);
+  c.moe_routing_skew = 2.0;
+  std::size_t ranks = 0;
+  check_equal(predict(m, c, cl, 3, &ranks), predict(m, c, cl, 0));
+  CHECK(ranks == 16);
 }

@@ -1,0 +1,247 @@
+// twinstep import-trace on the fixtures of tests/calibration/data/import (make_fixtures.py writes them with a known
+// timeline): every record equals the timeline's, both formats (PyTorch profiler JSON, Nsight Systems SQLite), one
+// and two ranks, matching by name and by kind/shape/order, the round trip through the trace JSON and `compare`, and
+// the refusals (truncated file, another model, clock skew, wrong rank, not a trace).
+#include "calibration/trace_import/import.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "calibration/compare.hpp"
+#include "calibration/fit.hpp"
+#include "common/error.hpp"
+#include "schedule/json.hpp"
+#include "sim/cost_model.hpp"
+#include "sim/simulate.hpp"
+#include "tests/catch.hpp"
+#include "topologies/cluster.hpp"
+
+namespace ti = twinstep::calibration::trace_import;
+namespace ts = twinstep::schedule;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kData = fs::path(TWINSTEP_SOURCE_DIR) / "tests/calibration/data/import";
+
+nlohmann::json read_json(const fs::path& p) {
+  std::ifstream f(p);
+  return nlohmann::json::parse(f);
+}
+
+ti::ImportResult import_file(const std::string& trace, const std::string& schedule) {
+  const auto s = ts::read_schedule((kData / schedule).string());
+  return ti::import_trace(s, ti::read_trace_files((kData / trace).string()));
+}
+
+/// The message of the twinstep::Error that importing `trace` against `schedule` throws (exit code 2), or FAILs.
+std::string import_error(const std::string& trace, const std::string& schedule) {
+  try {
+    (void)import_file(trace, schedule);
+  } catch (const twinstep::Error& e) {
+    CHECK(e.code() == twinstep::ExitCode::kBadInput);
+    return e.what();
+  }
+  FAIL("import accepted " << trace);
+  return {};
+}
+
+void check_records(const ts::Trace& t, const nlohmann::json& expected) {
+  std::size_t checked = 0;
+  for (const auto& [id, v] : expected.items()) {
+    const auto& r = t.records.at(std::stoul(id));
+    INFO("op " << id << " " << t.schedule.ops.at(std::stoul(id)).name);
+    CHECK(r.issue_ns == v[0].get<std::int64_t>());
+    CHECK(r.start_ns == v[1].get<std::int64_t>());
+    CHECK(r.end_ns == v[2].get<std::int64_t>());
+    ++checked;
+  }
+  CHECK(checked > 50);
+}
+
+}  // namespace
+
+TEST_CASE("import-trace: a PyTorch profiler trace of two MoE steps gives the timeline's per-op medians") {
+  const auto r = import_file("kineto_moe.json", "moe.schedule.json");
+  const auto expected = read_json(kData / "expected_moe.json");
+  CHECK(r.report.steps == 2);
+  CHECK(r.report.matched_ops == r.report.ops);
+  CHECK(r.report.by_name_ops == r.report.ops);
+  CHECK(r.report.unmatched_ops.empty());
+  CHECK(r.report.unmatched_activities.empty());
+  CHECK(r.report.match_rate() == Approx(1.0));
+  CHECK(r.trace.producer == "import");
+  CHECK(r.trace.context.at("gpu") == "NVIDIA H100 80GB HBM3");
+  REQUIRE(r.trace.step_times_ns.size() == 2);
+  CHECK(r.trace.step_times_ns[0] == expected["step_times_ns"][0].get<std::int64_t>());
+  CHECK(r.trace.step_times_ns[1] == expected["step_times_ns"][1].get<std::int64_t>());
+  check_records(r.trace, expected["records"]);
+  // The host_sync is the host's wait inside its target copy's range.
+  bool saw_sync = false;
+  for (const auto& op : r.trace.schedule.ops) {
+    if (!std::holds_alternative<ts::HostSync>(op.body)) continue;
+    saw_sync = true;
+    const auto& rec = r.trace.records[op.id];
+    CHECK(rec.end_ns > rec.start_ns);
+    CHECK(rec.end_ns >= r.trace.records[std::get<ts::HostSync>(op.body).target].end_ns);
+  }
+  CHECK(saw_sync);
+}
+
+TEST_CASE("import-trace: the imported trace round-trips through JSON and compares against a prediction") {
+  const auto r = import_file("kineto_moe.json", "moe.schedule.json");
+  const fs::path out = fs::temp_directory_path() / "twinstep_import_roundtrip.json";
+  ts::write_trace(r.trace, out.string());
+  const ts::Trace back = ts::read_trace(out.string());
+  fs::remove(out);
+  CHECK(back == r.trace);
+  // Against itself: no error anywhere.
+  const auto self = twinstep::calibration::compare(back, back);
+  CHECK(self.step.rel_error() == Approx(0.0));
+  // Against the simulator's prediction of the same schedule: compare joins them op by op.
+  const auto cluster = twinstep::topologies::load_cluster("dgx-h100", twinstep::topologies::ClusterSize{0, 1});
+  const twinstep::sim::CostModel costs(cluster, twinstep::sim::Profile::datasheet_defaults());
+  const ts::Trace predicted = twinstep::sim::simulate(back.schedule, cluster, costs);
+  const auto c = twinstep::calibration::compare(predicted, back);
+  CHECK(c.op_count == back.schedule.ops.size());
+  CHECK(c.measured_step_count == 2);
+  CHECK(c.step.measured_s == Approx(0.5e-9 * static_cast<double>(back.step_times_ns[0] + back.step_times_ns[1])));
+}
+
+TEST_CASE("import-trace: an Nsight Systems SQLite export of the step gives the same records") {
+  const auto r = import_file("nsys_moe.sqlite", "moe.schedule.json");
+  const auto expected = read_json(kData / "expected_moe.json");
+  CHECK(r.report.steps == 1);
+  CHECK(r.report.matched_ops == r.report.ops);
+  CHECK(r.report.match_rate() == Approx(1.0));
+  CHECK(r.trace.context.at("format") == "nsys-sqlite");
+  CHECK(r.trace.context.at("gpu") == "NVIDIA H100 80GB HBM3");
+  check_records(r.trace, expected["records_step0"]);
+}
+
+TEST_CASE("import-trace: without ranges, GEMMs and attention match by shape and order, the rest is reported") {
+  const auto r = import_file("kineto_moe_unnamed.json", "moe.schedule.json");
+  const auto expected = read_json(kData / "expected_moe.json")["records_step0"];
+  std::size_t gemm_or_attention = 0;
+  for (const auto& op : r.trace.schedule.ops) {
+    const auto* c = std::get_if<ts::Compute>(&op.body);
+    if (c == nullptr) continue;
+    const bool by_shape =
+        std::holds_alternative<ts::Gemm>(c->kernel) || std::holds_alternative<ts::Attention>(c->kernel);
+    const auto& rec = r.trace.records[op.id];
+    const auto& want = expected[std::to_string(op.id)];
+    INFO(op.name);
+    if (by_shape) {
+      ++gemm_or_attention;
+      CHECK(rec.end_ns - rec.start_ns == want[2].get<std::int64_t>() - want[1].get<std::int64_t>());
+    } else {
+      CHECK(rec.end_ns == rec.start_ns);  // not guessed: zero length, and listed
+    }
+  }
+  CHECK(r.report.by_order_ops == gemm_or_attention);
+  CHECK(r.report.by_name_ops == 0);
+  CHECK(r.report.match_rate() < 1.0);
+  CHECK_FALSE(r.report.unmatched_activities.empty());
+  CHECK(r.report.unmatched_ops.size() == r.report.ops - gemm_or_attention);
+  const std::string text = ti::format_report(r.report);
+  CHECK(text.find("unmatched GPU activities") != std::string::npos);
+  CHECK(text.find("vectorized_elementwise_kernel") != std::string::npos);
+}
+
+TEST_CASE("import-trace: two ranks from a folder share one clock and match the timeline") {
+  const auto r = import_file("tp2", "tp2.schedule.json");
+  const auto expected = read_json(kData / "expected_tp2.json");
+  CHECK(r.report.matched_ops == r.report.ops);
+  CHECK(r.report.match_rate() == Approx(1.0));
+  CHECK(r.trace.step_times_ns.at(0) == expected["step_times_ns"][0].get<std::int64_t>());
+  check_records(r.trace, expected["records"]);
+}
+
+TEST_CASE("import-trace: bad input is refused with the file and the first problem named") {
+  SECTION("truncated JSON") {
+    const auto e = import_error("kineto_truncated.json", "moe.schedule.json");
+    CHECK_THAT(e, twinstep_contains("kineto_truncated.json"));
+    CHECK_THAT(e, twinstep_contains("truncated"));
+  }
+  SECTION("a trace of another model: the first GEMM whose shape differs") {
+    const auto e = import_error("kineto_other_model.json", "moe.schedule.json");
+    CHECK_THAT(e, twinstep_contains("\"L0.mb0.fwd.qkv\""));
+    CHECK_THAT(e, twinstep_contains("another model or layout"));
+    CHECK_THAT(e, twinstep_contains("traceEvents["));
+  }
+  SECTION("clock skew between ranks") {
+    const auto e = import_error("tp2_skew", "tp2.schedule.json");
+    CHECK_THAT(e, twinstep_contains("clock skew between ranks"));
+    CHECK_THAT(e, twinstep_contains("5000.0 us apart"));
+  }
+  SECTION("ranks the schedule lacks") {
+    const auto e = import_error("tp2", "moe.schedule.json");
+    CHECK_THAT(e, twinstep_contains("rank 1 is not in schedule"));
+  }
+  SECTION("JSON that is not a profiler trace") {
+    const auto e = import_error("moe.schedule.json", "moe.schedule.json");
+    CHECK_THAT(e, twinstep_contains("no \"traceEvents\" array"));
+  }
+  SECTION("an SQLite file without kernels") {
+    const auto e = import_error("nsys_no_kernels.sqlite", "moe.schedule.json");
+    CHECK_THAT(e, twinstep_contains("CUPTI_ACTIVITY_KIND_KERNEL"));
+  }
+  SECTION("an event without a time, and a folder whose files name no rank") {
+    const fs::path dir = fs::temp_directory_path() / "twinstep_import_bad";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    std::ofstream(dir / "a.json") << R"({"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "dur": 1}]})";
+    std::string e1, e2;
+    try {
+      (void)ti::read_trace_files((dir / "a.json").string());
+    } catch (const twinstep::Error& e) {
+      e1 = e.what();
+    }
+    CHECK_THAT(e1, twinstep_contains("/traceEvents/0"));
+    CHECK_THAT(e1, twinstep_contains("\"ts\""));
+    std::ofstream(dir / "a.json", std::ios::trunc) << R"({"traceEvents": []})";
+    std::ofstream(dir / "b.json") << R"({"traceEvents": []})";
+    try {
+      (void)ti::read_trace_files(dir.string());
+    } catch (const twinstep::Error& e) {
+      e2 = e.what();
+    }
+    CHECK_THAT(e2, twinstep_contains("cannot tell which rank"));
+    fs::remove_all(dir);
+  }
+}
+
+TEST_CASE("calibrate --from-trace: fits the classes and host costs the imported trace covers, and says so") {
+  const auto r = import_file("kineto_moe.json", "moe.schedule.json");
+  const auto cluster = twinstep::topologies::load_cluster("dgx-h100", twinstep::topologies::ClusterSize{0, 1});
+  const auto base = twinstep::sim::Profile::datasheet_defaults();
+  const auto fit = twinstep::calibration::fit_profile_from_trace(r.trace, "moe.json", cluster, base, "from trace");
+  const auto& p = fit.profile;
+  // make_fixtures.py: every op's host issue is 8 us after the previous one; a host wait ends 1 us after its target.
+  CHECK(p.launch_s.at("compute") == Approx(8e-6));
+  CHECK(p.launch_s.at("host_sync") == Approx(1e-6));
+  CHECK(p.launch_s.at("collective") == base.launch_s.at("collective"));  // not in the trace: the base's
+  CHECK(p.context.at("source.compute.gemm") == "moe.json (21 ops)");
+  CHECK(p.context.at("source.launch.compute") == "moe.json (87 issue gaps)");
+  CHECK(p.context.at("source.base") == "datasheet defaults");
+  CHECK(p.context.count("source.compute.memcpy") == 0);
+  CHECK(p.grouped_gemm_per_group);
+  CHECK(p.memory_tables_by_bytes);
+  // The simulator with the fitted tables reproduces the ops of well-posed efficiency (attention, streaming kernels).
+  auto residual = [&](const std::string& name) {
+    for (const auto& f : p.fits) {
+      if (f.name == name) return f.max_abs_rel_error;
+    }
+    FAIL("no fit " << name);
+    return 1.0;
+  };
+  CHECK(residual("trace.attention_fwd") < 1e-3);
+  CHECK(residual("trace.attention_bwd") < 1e-3);
+  CHECK(residual("trace.elementwise") < 1e-2);
+  // The profile file says it too, and reads back.
+  const auto back = twinstep::sim::profile_from_json(fit.json, "fit.json");
+  CHECK(back.context.at("source.compute.attention_fwd") == "moe.json (2 ops)");
+  CHECK(back.launch_s.at("compute") == Approx(8e-6));
+}
