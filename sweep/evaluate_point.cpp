@@ -100,7 +100,7 @@ double estimated_cost(const Point& p) {
     }
     // Ranks simulated under the one reduction policy: one per (stage, CP rank) with TP mirrored, one per DP
     // replica, or all.
-    const sim::Reduction reduction = sim::reduction_policy(p.gpus, p.fidelity);
+    const sim::Reduction reduction = sim::reduction_policy(inputs().cluster(p.cluster, p.gpus), p.fidelity);
     const double ranks = reduction.mirror_tp              ? static_cast<double>(l.pp) * l.cp
                          : reduction.representatives_only ? static_cast<double>(p.gpus / dp)
                                                           : static_cast<double>(p.gpus);
