@@ -211,8 +211,8 @@ void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
     std::string note = buf;
     std::size_t cannot_fit = 0, cannot_win = 0;
     for (const auto& r : results) {
-      cannot_fit += r.status == "does_not_fit" && r.reason.rfind("pruned before lowering", 0) == 0;
-      cannot_win += r.status == "cannot_win";
+      cannot_fit += r.status == sweep::PointStatus::kDoesNotFit && r.reason.rfind("pruned before lowering", 0) == 0;
+      cannot_win += r.status == sweep::PointStatus::kCannotWin;
     }
     if (cannot_fit + cannot_win > 0) {
       std::snprintf(buf, sizeof buf,
