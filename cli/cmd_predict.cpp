@@ -250,7 +250,8 @@ void add_predict_options(CLI::App* sub, PredictArgs& a, bool cluster_required) {
   sub->add_option("--trace", a.trace_dir, "Folder for <variant>.trace.json and <variant>.perfetto.json");
   sub->add_flag("--no-reduce", a.no_reduce,
                 "Simulate every rank. By default (as in sweep) analytic simulates one representative per pipeline "
-                "stage and CP rank, and flow one per DP replica above " +
+                "stage and CP rank, and flow one per DP replica where every fabric link is one GPU's (one switch, or "
+                "one fat-tree group) and above " +
                     std::to_string(sim::kSymmetryReductionAboveGpus) +
                     " GPUs (symmetry reduction: absent members of a communicator mirror present ones)");
 }

@@ -201,6 +201,7 @@ void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
   opts.jobs = f.jobs > 0 ? f.jobs : std::max(1u, std::thread::hardware_concurrency());
   opts.progress = !f.quiet;
   opts.extrapolate = !f.no_extrapolate;
+  opts.prune = spec.auto_layout;
   sweep::RunStats stats;
   const auto results = sweep::run_sweep(points, opts, &stats);
   if (!f.quiet) {
@@ -208,6 +209,18 @@ void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
     std::snprintf(buf, sizeof buf, "%zu points: %zu resumed from the file, %zu evaluated in %.1f s with %u jobs\n",
                   stats.total, stats.resumed, stats.evaluated, stats.wall_s, opts.jobs);
     std::string note = buf;
+    std::size_t cannot_fit = 0, cannot_win = 0;
+    for (const auto& r : results) {
+      cannot_fit += r.status == sweep::PointStatus::kDoesNotFit && r.reason.rfind("pruned before lowering", 0) == 0;
+      cannot_win += r.status == sweep::PointStatus::kCannotWin;
+    }
+    if (cannot_fit + cannot_win > 0) {
+      std::snprintf(buf, sizeof buf,
+                    "pruned: %zu that cannot fit (memory estimate above the GPU's, before lowering), %zu that cannot "
+                    "win (step lower bound above the best step so far, before simulating)\n",
+                    cannot_fit, cannot_win);
+      note += buf;
+    }
     if (stats.torn > 0) note += "a torn last line (interrupted write) was removed and its point re-run\n";
     if (stats.duplicates > 0) {
       note += std::to_string(stats.duplicates) + " repeated lines of the same point in " + output +

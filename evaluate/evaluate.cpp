@@ -101,7 +101,7 @@ namespace {
 /// The lowering options of the one reduction policy (sim::reduction_policy).
 models::LowerOptions lower_options(const topologies::Cluster& cluster, const Options& options) {
   models::LowerOptions lo;
-  const sim::Reduction reduction = sim::reduction_policy(cluster.num_gpus(), options.fidelity, options.reduce);
+  const sim::Reduction reduction = sim::reduction_policy(cluster, options.fidelity, options.reduce);
   lo.representatives_only = reduction.representatives_only;
   lo.mirror_tp = reduction.mirror_tp;
   lo.mirror_cp = reduction.mirror_cp;

@@ -41,6 +41,10 @@ std::vector<RankId> present_ranks(const Dims& k, std::uint32_t world, const Lowe
   const bool cp0 = mirrors_cp(k, options);
   for (RankId r = 0; r < world; ++r) {
     const Coords co = lowering::coords_of(k, r);
+    if (options.one_rank_per_stage) {
+      if (co.dp == 0 && co.tp == 0 && co.cp == 0) ranks.push_back(r);
+      continue;
+    }
     if (!options.representatives_only || !symmetric_routing(k) ||
         (co.dp == 0 && (!options.mirror_tp || co.tp == 0) && (!cp0 || co.cp == 0))) {
       ranks.push_back(r);
@@ -123,7 +127,9 @@ void describe(schedule::Schedule& s, const ModelSpec& model, const Dims& k, cons
                     (k.delay_wgrad ? " delay_wgrad" : "") + (k.shared_overlap ? " shared_expert_overlap" : "") +
                     " routing_skew " + std::to_string(k.skew);
   }
-  if (!symmetric_routing(k)) {
+  if (options.one_rank_per_stage) {
+    s.meta["representatives"] = "tp0 cp0 dp0 of each stage (not for simulation: absent peers' traffic unpaired)";
+  } else if (!symmetric_routing(k)) {
     if (options.representatives_only) s.meta["representatives"] = "all (skewed MoE routing: the EP positions differ)";
   } else if (mirrors_cp(k, options)) {
     const std::uint64_t tc = static_cast<std::uint64_t>(k.tp) * k.cp;

@@ -133,6 +133,10 @@ struct LowerOptions {
   /// ring, all_gather and a2a+p2p give each CP position different attention shapes (causal load balancing: a rank
   /// holds chunks i and 2 cp - 1 - i), and those keep every CP rank. Analytic only, like mirror_tp.
   bool mirror_cp = false;
+  /// Emit one rank per pipeline stage only (tp = cp = dp = 0), whatever the symmetry (p2p CP, skewed routing). Not a
+  /// schedule to simulate: the traffic of absent peers is left unpaired. For figures that need one rank's ops and no
+  /// more (evaluate/bound.hpp: a lower bound on the step time from each stage's kernels).
+  bool one_rank_per_stage = false;
   /// Give every op its human-readable name ("L3.mb2.qkv_fprop"). Off, names are left empty: for callers that only
   /// simulate and analyze the schedule (sweeps), which then name ops by id in their errors. Execution, costs and
   /// results do not depend on names.

@@ -66,6 +66,16 @@ Fidelity parse_fidelity(std::string_view text, std::string_view field) { return 
 
 std::string to_string(Fidelity fidelity) { return name_of(kFidelities, fidelity); }
 
+bool flow_links_private(const topologies::Cluster& cluster) {
+  switch (cluster.fabric.kind) {
+    case topologies::FabricKind::kSingleSwitch:
+      return true;
+    case topologies::FabricKind::kFatTree:
+      return cluster.num_nodes <= cluster.fabric.nodes_per_group;
+  }
+  return false;  // not reached: the switch names every kind
+}
+
 void check_available(Fidelity fidelity) {
   if (fidelity == Fidelity::kFlow && !flow_model_available()) {
     throw Error(
@@ -218,10 +228,12 @@ std::vector<schedule::OpRecord> run_in_child(const std::function<std::vector<sch
                              " of " + std::to_string(schedule.world_size) + " ranks)";
     if (sig == SIGKILL) {
       // The out-of-memory killer's signal (or a user's kill -9): the schedule does not fit this machine's memory.
-      throw NotFeasibleError(what +
-                             "; SIGKILL is what the out-of-memory killer sends: use --fidelity analytic, or fewer "
-                             "ranks / symmetry reduction (predict simulates one representative per DP replica above " +
-                             std::to_string(kSymmetryReductionAboveGpus) + " GPUs unless --no-reduce is given)");
+      throw NotFeasibleError(
+          what +
+          "; SIGKILL is what the out-of-memory killer sends: use --fidelity analytic, or fewer "
+          "ranks / symmetry reduction (predict simulates one representative per DP replica where the "
+          "fabric's links are per GPU, and above " +
+          std::to_string(kSymmetryReductionAboveGpus) + " GPUs, unless --no-reduce is given)");
     }
     throw Error(what + "; this is a bug (please report it); --fidelity analytic avoids the flow engine",
                 ExitCode::kInternal);

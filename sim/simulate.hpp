@@ -33,8 +33,17 @@ enum class Fidelity : std::uint8_t { kAnalytic, kFlow };
 void check_available(Fidelity fidelity);
 
 /// Above this many GPUs a flow simulation lowers one representative per DP replica
-/// (models::LowerOptions::representatives_only); below it flow simulates every rank.
+/// (models::LowerOptions::representatives_only) on any fabric; at or below it, where flow_links_private() holds.
 inline constexpr std::uint32_t kSymmetryReductionAboveGpus = 512;
+
+/// Whether every link a flow may load in the flow model belongs to one GPU (its split-duplex NVLink and NIC ports):
+/// one switch, or a fat-tree whose nodes all sit in one group (no leaf uplink on any route). Then the traffic of
+/// absent DP replicas shares no link with the present ranks' traffic, and the flows the model adds for absent
+/// members (an absent member mirrors the present one) load the absent GPUs' ports as their own traffic would: a
+/// schedule reduced to one representative per DP replica gives the same step (tests/sim/symmetry_test.cpp, 1e-6).
+/// Leaf uplinks are shared by the GPUs of a group on one rail: there the absent replicas' cross-group traffic is left
+/// off them.
+[[nodiscard]] bool flow_links_private(const topologies::Cluster& cluster);
 
 /// Whether a reduced schedule for `fidelity` may also mirror TP ranks (models::LowerOptions::mirror_tp): only the
 /// analytic model times sends and recvs paired on one rank; simulate() rejects them for flow.
@@ -52,12 +61,15 @@ struct Reduction {
 /// expert-DP ranks they hold under balanced routing, mirror their representative. The same step time as the full
 /// schedule: costs depend on communicator sizes and spans, and absent members mirror present ones; tests/sim and
 /// tests/sweep check the equality; a skewed routing (moe_routing_skew) keeps the ranks it needs (models/lowering/
-/// moe_routing). flow: one representative per DP replica above kSymmetryReductionAboveGpus (below it every rank:
-/// absent ranks' traffic does not load the links in flow, which is within 1% but not exact, tests/sim/flow_test).
-/// `allowed` false (predict's --no-reduce) simulates every rank.
-[[nodiscard]] inline Reduction reduction_policy(std::uint32_t gpus, Fidelity fidelity, bool allowed = true) {
+/// moe_routing). flow: one representative per DP replica (the EP and expert-DP ranks they hold mirrored with them)
+/// where that is exact, flow_links_private(cluster), and on any fabric above kSymmetryReductionAboveGpus (where
+/// uplinks are shared, the absent replicas' cross-group traffic is left off them: within 1%, tests/sim/flow_test);
+/// else every rank. `allowed` false (predict's --no-reduce) simulates every rank.
+[[nodiscard]] inline Reduction reduction_policy(const topologies::Cluster& cluster, Fidelity fidelity,
+                                                bool allowed = true) {
   if (!allowed) return {};
-  const bool reduce = fidelity == Fidelity::kAnalytic || gpus > kSymmetryReductionAboveGpus;
+  const bool reduce = fidelity == Fidelity::kAnalytic || cluster.num_gpus() > kSymmetryReductionAboveGpus ||
+                      flow_links_private(cluster);
   const bool mirror = reduce && mirrors_tp_ranks(fidelity);
   return {reduce, mirror, mirror};
 }

@@ -4,6 +4,7 @@
 // that runs points in worker processes is runner.cpp.
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -15,6 +16,7 @@
 
 #include "common/error.hpp"
 #include "common/units.hpp"
+#include "evaluate/bound.hpp"
 #include "evaluate/evaluate.hpp"
 #include "evaluate/periodic.hpp"
 #include "models/limits.hpp"
@@ -100,7 +102,7 @@ double estimated_cost(const Point& p) {
     }
     // Ranks simulated under the one reduction policy: one per (stage, CP rank) with TP mirrored, one per DP
     // replica, or all.
-    const sim::Reduction reduction = sim::reduction_policy(p.gpus, p.fidelity);
+    const sim::Reduction reduction = sim::reduction_policy(inputs().cluster(p.cluster, p.gpus), p.fidelity);
     const double ranks = reduction.mirror_tp              ? static_cast<double>(l.pp) * l.cp
                          : reduction.representatives_only ? static_cast<double>(p.gpus / dp)
                                                           : static_cast<double>(p.gpus);
@@ -138,7 +140,7 @@ models::RunConfig point_config(const Point& p, const topologies::Cluster& cluste
   return models::apply_overlap_variant(base, p.overlap);
 }
 
-std::string evaluate_or_throw(const Point& p, bool extrapolate) {
+std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_above_s) {
   Inputs& in = inputs();
   const models::ModelSpec& model = in.model(p.model);
   const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
@@ -151,11 +153,9 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   eval_opts.schedule_hash = false;
   eval_opts.simulate_when_not_fitting = false;
   eval_opts.periodic = extrapolate;
-  // Size guard kept (evaluate's models::kMaxSimulatedOps, of the largest short run with periodicity): a point with
-  // few micro-batches and a large p2p CP group still lowers tens of M ops (GPT-3 175B, 128 GPUs, cp 64: 2.7 GB per
-  // worker and rising, bench/results/scale.md), so such a point is refused with its size instead of being run into
-  // the memory of a shared machine. Issue 18's "never refused for size" needs memory per op cut first (not done).
-  eval_opts.check_size = true;
+  // Never refused for size (issue 18): the reductions and periodicity bound what is simulated, and a point that
+  // cannot win is pruned before it is lowered in full (below).
+  eval_opts.check_size = false;
   const double cap_gib = cfg.gpu_memory_bytes / kGiB;
   auto with_memory = [&](nlohmann::ordered_json j, double mem_gib) {
     j["memory_gib_per_gpu"] = mem_gib;
@@ -175,6 +175,21 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     // Pruned first: a layout that cannot fit is not lowered (the memory estimate needs only the run context).
     if (const double mem = models::estimate_peak_memory(model, cfg).total_bytes(); mem > cfg.gpu_memory_bytes) {
       return does_not_fit(mem / kGiB, models::check_config(model, cfg), "pruned before lowering: ");
+    }
+    // Pruned next: a layout whose step lasts at least longer than the best found so far in its group cannot win.
+    if (std::isfinite(prune_above_s)) {
+      if (const evaluate::StepBound bound = evaluate::step_lower_bound(model, costs, cfg, p.fidelity);
+          bound.seconds > prune_above_s) {
+        char buf[400];
+        std::snprintf(buf, sizeof buf,
+                      "pruned before simulating: the step lasts at least %.6f s (%s), longer than %.6f s, the best "
+                      "step found so far at this model, cluster, GPU count, batch and sequence length",
+                      bound.seconds, bound.what.c_str(), prune_above_s);
+        auto j = head(p, PointStatus::kCannotWin, buf);
+        j["lower_bound_s"] = bound.seconds;
+        j["best_so_far_s"] = prune_above_s;
+        return j.dump();
+      }
     }
     full = evaluate::evaluate(model, cluster, costs, cfg, eval_opts);
   } catch (const Error& e) {
@@ -243,10 +258,10 @@ std::string rejection_reason(const Point& point) {
   return "";
 }
 
-std::string evaluate_point(const Point& point, bool extrapolate) {
+std::string evaluate_point(const Point& point, bool extrapolate, double prune_above_s) {
   if (!point.invalid_reason.empty()) return head(point, PointStatus::kInvalid, point.invalid_reason).dump();
   try {
-    return evaluate_or_throw(point, extrapolate);
+    return evaluate_or_throw(point, extrapolate, prune_above_s);
   } catch (const Error& e) {
     return head(point, PointStatus::kError, e.what()).dump();
   } catch (const std::exception& e) {

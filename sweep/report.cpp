@@ -40,9 +40,9 @@ std::string csv_field(const std::string& s) {
 
 std::string layout_id(const Result& r) { return r.point.layout.describe() + " " + to_string(r.point.dispatcher); }
 
-GroupKey group_of(const Result& r) {
-  return {r.point.model, r.point.cluster, r.point.fidelity, r.point.seq, r.point.gbs, r.point.gpus};
-}
+GroupKey group_of(const Point& p) { return {p.model, p.cluster, p.fidelity, p.seq, p.gbs, p.gpus}; }
+
+GroupKey group_of(const Result& r) { return group_of(r.point); }
 
 bool better(const Result& a, const Result& b) {
   return a.step_time_s != b.step_time_s ? a.step_time_s < b.step_time_s : a.index < b.index;
@@ -157,6 +157,9 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
         case PointStatus::kDoesNotFit:
           ++g.does_not_fit;
           break;
+        case PointStatus::kCannotWin:
+          ++g.cannot_win;
+          break;
         case PointStatus::kError:
           ++g.errors;
           break;
@@ -216,8 +219,9 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
       last_head = head;
     }
     char buf[512];
-    std::snprintf(buf, sizeof buf, "  %u GPUs: %zu simulated, %zu invalid, %zu do not fit, %zu errors\n", g.gpus, g.ok,
-                  g.invalid, g.does_not_fit, g.errors);
+    std::snprintf(buf, sizeof buf,
+                  "  %u GPUs: %zu simulated, %zu invalid, %zu do not fit, %zu cannot win, %zu errors\n", g.gpus, g.ok,
+                  g.invalid, g.does_not_fit, g.cannot_win, g.errors);
     o << buf;
     if (!g.best) continue;
     std::snprintf(buf, sizeof buf, "  %4s  %-38s %-16s %11s %8s %6s %8s %19s %8s\n", "#", "layout", "overlap",
@@ -328,6 +332,7 @@ std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Resu
     e["points"] = {{to_string(PointStatus::kOk), g.ok},
                    {to_string(PointStatus::kInvalid), g.invalid},
                    {to_string(PointStatus::kDoesNotFit), g.does_not_fit},
+                   {to_string(PointStatus::kCannotWin), g.cannot_win},
                    {to_string(PointStatus::kError), g.errors}};
     e["best_point"] = g.best ? nlohmann::ordered_json(results[*g.best].index) : nlohmann::ordered_json();
     if (g.best) {

@@ -24,6 +24,7 @@ struct Ranking {
   sim::Fidelity fidelity = sim::Fidelity::kAnalytic;
   std::uint32_t gpus = 0, gbs = 0, seq = 0;
   std::size_t ok = 0, invalid = 0, does_not_fit = 0, errors = 0;
+  std::size_t cannot_win = 0;  ///< Pruned before simulating: their step's lower bound exceeds a better point's step.
   std::optional<std::size_t> best;       ///< Index into the results; empty when no point of the group ran.
   std::optional<std::size_t> runner_up;  ///< Best point with a different layout (or dispatcher).
   std::string runner_up_loses;           ///< The breakdown category that differs most, e.g. "bubble +120 ms".
@@ -63,6 +64,7 @@ struct ReportNotes {
 [[nodiscard]] std::string layout_id(const Result& r);
 /// A ranking group: (model, cluster, fidelity, seq, gbs, gpus).
 using GroupKey = std::tuple<std::string, std::string, sim::Fidelity, std::uint32_t, std::uint32_t, std::uint32_t>;
+[[nodiscard]] GroupKey group_of(const Point& p);
 [[nodiscard]] GroupKey group_of(const Result& r);
 /// The ranking order: shorter step time first, ties by lower point index.
 [[nodiscard]] bool better(const Result& a, const Result& b);

@@ -289,7 +289,7 @@ std::string best_table(const std::vector<Result>& results, const std::vector<Ran
       << "</td><td>" << g.seq << "</td><td>" << g.gbs << "</td><td>" << g.gpus << "</td>";
     if (!g.best) {
       o << "<td class=\"name\" colspan=\"7\">no point ran (" << g.invalid << " invalid, " << g.does_not_fit
-        << " do not fit, " << g.errors << " errors)</td></tr>\n";
+        << " do not fit, " << g.cannot_win << " cannot win, " << g.errors << " errors)</td></tr>\n";
       continue;
     }
     const Result& b = results[*g.best];

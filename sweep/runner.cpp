@@ -48,6 +48,7 @@
 #include "schedule/analysis.hpp"
 #include "sim/simulate.hpp"
 #include "sweep/eta.hpp"
+#include "sweep/report.hpp"
 #include "topologies/cluster.hpp"
 
 namespace twinstep::sweep {
@@ -204,9 +205,10 @@ std::string sorted_lines(const std::vector<Result>& results) {
   return out;
 }
 
-constexpr NameTable<PointStatus, 4> kPointStatuses{{{"ok", PointStatus::kOk},
+constexpr NameTable<PointStatus, 5> kPointStatuses{{{"ok", PointStatus::kOk},
                                                     {"invalid", PointStatus::kInvalid},
                                                     {"does_not_fit", PointStatus::kDoesNotFit},
+                                                    {"cannot_win", PointStatus::kCannotWin},
                                                     {"error", PointStatus::kError}}};
 }  // namespace
 
@@ -320,14 +322,24 @@ Resumed resume(const std::string& output, const std::map<std::string, std::size_
   return out;
 }
 
-/// A worker process's loop: reads point positions from `fd`, answers each with its JSON line, exits at the end of
-/// its input (or with 4 when the parent is gone).
+/// What the parent sends a worker per point: its position and the step time above which it cannot win (infinity:
+/// no pruning).
+struct Task {
+  std::uint64_t pos = 0;
+  double prune_above_s = std::numeric_limits<double>::infinity();
+};
+
+/// A worker process's loop: reads tasks from `fd`, answers each with its point's JSON line, exits at the end of its
+/// input (or with 4 when the parent is gone).
 [[noreturn]] void worker_main(int fd, const std::vector<Point>& points, bool extrapolate) {
   std::uintptr_t advised = keep_freed_memory();
-  std::uint64_t pos = 0;
-  while (read_all(fd, &pos, sizeof pos)) {
+  Task task;
+  while (read_all(fd, &task, sizeof task)) {
     advise_huge_pages(&advised);  // what the last point grew
-    if (pos >= points.size() || !write_all(fd, evaluate_point(points[pos], extrapolate) + "\n")) ::_exit(4);
+    if (task.pos >= points.size() ||
+        !write_all(fd, evaluate_point(points[task.pos], extrapolate, task.prune_above_s) + "\n")) {
+      ::_exit(4);
+    }
   }
   ::_exit(0);
 }
@@ -359,10 +371,22 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   Progress progress(options, points.size());
   std::size_t finished = st.resumed;
   std::vector<double> cost(points.size(), 0.0);  // estimated, for the order of the workers' points and the ETA
+  std::map<GroupKey, double> best_s;             // options.prune: the best step time so far per ranking group
+  auto note_best = [&](std::size_t pos, const std::string& line) {
+    if (!options.prune) return;
+    const Result r = result_from_line(line, options.output);
+    if (r.status != PointStatus::kOk) return;
+    const auto [it, fresh] = best_s.emplace(group_of(points[pos]), r.step_time_s);
+    if (!fresh) it->second = std::min(it->second, r.step_time_s);
+  };
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    if (done[i]) note_best(i, lines[i]);  // resumed
+  }
   auto record = [&](std::size_t pos, const std::string& line) {
     if (done[pos]) return;
     done[pos] = true;
     lines[pos] = line;
+    note_best(pos, line);
     if (std::fputs((line + "\n").c_str(), out) < 0 || std::fflush(out) != 0) {
       throw Error(options.output + ": write failed: " + std::strerror(errno));
     }
@@ -385,14 +409,17 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
       runnable.push_back(i);
     }
   }
-  // The costliest points first (ties in point order): a large point started last would run alone at the end.
+  // The costliest points first (ties in point order): a large point started last would run alone at the end. When
+  // pruning, the cheapest first instead: they set a best step time early, and the costly ones that cannot beat it
+  // are pruned rather than simulated.
   double work = 0;
   std::size_t known = 0;
   for (std::size_t pos : runnable) {
     work += cost[pos] = estimated_cost(points[pos]);
     known += cost[pos] > 0;
   }
-  std::stable_sort(runnable.begin(), runnable.end(), [&](std::size_t a, std::size_t b) { return cost[a] > cost[b]; });
+  std::stable_sort(runnable.begin(), runnable.end(),
+                   [&](std::size_t a, std::size_t b) { return options.prune ? cost[a] < cost[b] : cost[a] > cost[b]; });
   // For the ETA, a point of unknown cost counts as the mean known one.
   const double mean_cost = known > 0 ? work / static_cast<double>(known) : 1.0;
   auto eta_cost = [&](std::size_t pos) { return cost[pos] > 0 ? cost[pos] : mean_cost; };
@@ -415,12 +442,16 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
       w.closing = true;
       return;
     }
-    const std::uint64_t pos = todo.front();
+    Task task;
+    task.pos = todo.front();
     todo.pop_front();
-    w.points.push_back(pos);
-    eta.started(pos, progress.now_s());
+    w.points.push_back(task.pos);
+    eta.started(task.pos, progress.now_s());
+    if (options.prune) {
+      if (const auto it = best_s.find(group_of(points[task.pos])); it != best_s.end()) task.prune_above_s = it->second;
+    }
     // A worker that died meanwhile is found by its end of file; its point is retried then (finish).
-    (void)::send(w.fd, &pos, sizeof pos, MSG_NOSIGNAL);
+    (void)::send(w.fd, &task, sizeof task, MSG_NOSIGNAL);
   };
   auto spawn = [&]() {
     int fds[2];

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <string>
 #include <string_view>
@@ -17,12 +18,13 @@
 
 namespace twinstep::sweep {
 
-/// What became of a point (a result line's "status"): spelled "ok", "invalid", "does_not_fit", "error"; read only
-/// by parse_point_status and written only by to_string.
+/// What became of a point (a result line's "status"): spelled "ok", "invalid", "does_not_fit", "cannot_win",
+/// "error"; read only by parse_point_status and written only by to_string.
 enum class PointStatus : std::uint8_t {
   kOk,          ///< Lowered and simulated.
   kInvalid,     ///< Rejected by a layout rule or the lowering's checks.
   kDoesNotFit,  ///< Its memory estimate exceeds the GPU's memory.
+  kCannotWin,   ///< Pruned before simulating: its step's lower bound exceeds a better point's step.
   kError,       ///< Its inputs failed to load, or its worker died.
 };
 /// Throws UnknownNameError naming `field` and the accepted spellings.
@@ -57,8 +59,11 @@ struct Result {
 /// Never throws for bad points: they come back with status kInvalid / kDoesNotFit and the reason. With
 /// `extrapolate`, a point with many micro-batches is simulated at three small counts and extrapolated along the
 /// line through them (evaluate/periodic.hpp, through evaluate::evaluate; the line says
-/// "extrapolated_from_micro_batches"), else in full.
-[[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true);
+/// "extrapolated_from_micro_batches"), else in full. With a finite `prune_above_s` (the best step time found so far
+/// among the points it is ranked with), a point whose step lasts longer than that for sure (evaluate::
+/// step_lower_bound) is not simulated: status "cannot_win", with "lower_bound_s" and "best_so_far_s".
+[[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true,
+                                         double prune_above_s = std::numeric_limits<double>::infinity());
 
 /// Why `point` cannot run, known before anything is lowered: its layout rule (Point::invalid_reason) or the
 /// lowering's checks (models::check_config: divisibility, gating assertions, uneven layouts), word for word the
@@ -84,6 +89,11 @@ struct RunOptions {
   std::FILE* progress_out = stdout;
   std::size_t max_points_per_worker = 32;  ///< Analytic points a worker evaluates before exiting (flow: always 1).
   bool extrapolate = true;                 ///< Micro-batch extrapolation (evaluate_point).
+  /// Prune points that cannot win (`twinstep sweep --parallel auto`): the cheapest points (estimated_cost) go first,
+  /// and each point goes to its worker with the best step time found so far in its ranking group (group_of), above
+  /// which evaluate_point prunes it. Which points are pruned depends on the order in which workers finish; a pruned
+  /// point is never one that would have ranked first.
+  bool prune = false;
 };
 
 struct RunStats {

@@ -2,7 +2,7 @@
 // it only (TP ranks mirror too, their userbuffer ring sends and recvs paired on the rank itself), and CP rank 0 where
 // CP ranks are symmetric (Ulysses a2a) give the same step time and mean breakdown as the full schedule, for dense
 // layouts with every overlap mode, interleaved and uneven pipeline stages, and MoE (EP, expert-DP); a skewed routing
-// falls back to every rank.
+// falls back to every rank. Under the flow model, one representative per DP replica where every link is one GPU's.
 #include <string>
 
 #include "models/lower.hpp"
@@ -19,7 +19,8 @@ using namespace twinstep;
 namespace {
 
 schedule::Breakdown predict(const models::ModelSpec& m, const models::RunConfig& c, const topologies::Cluster& cl,
-                            int reduce, std::size_t* ranks = nullptr) {
+                            int reduce, std::size_t* ranks = nullptr,
+                            sim::Fidelity fidelity = sim::Fidelity::kAnalytic) {
   models::LowerOptions o;
   o.representatives_only = reduce > 0;
   o.mirror_tp = reduce > 1;
@@ -30,19 +31,21 @@ schedule::Breakdown predict(const models::ModelSpec& m, const models::RunConfig&
   INFO((problems.empty() ? std::string() : problems.front().message));
   REQUIRE(problems.empty());
   const sim::CostModel costs(cl, sim::Profile::datasheet_defaults());
-  return schedule::analyze(sim::simulate(std::move(low.schedule), cl, costs));
+  sim::Options so;
+  so.fidelity = fidelity;
+  return schedule::analyze(sim::simulate(std::move(low.schedule), cl, costs, so));
 }
 
-void check_equal(const schedule::Breakdown& a, const schedule::Breakdown& b) {
-  CHECK(a.step_time_s == Approx(b.step_time_s).epsilon(1e-9));
-  CHECK(a.mean.compute_s == Approx(b.mean.compute_s).epsilon(1e-9));
-  CHECK(a.mean.bubble_s == Approx(b.mean.bubble_s).margin(1e-9));
-  CHECK(a.mean.busy_comm_s == Approx(b.mean.busy_comm_s).epsilon(1e-9));
+void check_equal(const schedule::Breakdown& a, const schedule::Breakdown& b, double rel = 1e-9) {
+  CHECK(a.step_time_s == Approx(b.step_time_s).epsilon(rel));
+  CHECK(a.mean.compute_s == Approx(b.mean.compute_s).epsilon(rel));
+  CHECK(a.mean.bubble_s == Approx(b.mean.bubble_s).margin(rel));
+  CHECK(a.mean.busy_comm_s == Approx(b.mean.busy_comm_s).epsilon(rel));
   CHECK(a.mean.exposed_comm_s.size() == b.mean.exposed_comm_s.size());
   for (const auto& [k, v] : b.mean.exposed_comm_s) {
     INFO(k);
     CHECK(a.mean.exposed_comm_s.count(k) == 1);
-    if (a.mean.exposed_comm_s.count(k) == 1) CHECK(a.mean.exposed_comm_s.at(k) == Approx(v).margin(1e-9));
+    if (a.mean.exposed_comm_s.count(k) == 1) CHECK(a.mean.exposed_comm_s.at(k) == Approx(v).margin(rel));
   }
 }
 
@@ -135,4 +138,65 @@ TEST_CASE("sim::symmetry: a skewed MoE routing falls back to every rank and equa
   std::size_t ranks = 0;
   check_equal(predict(m, c, cl, 3, &ranks), predict(m, c, cl, 0));
   CHECK(ranks == 16);
+}
+
+TEST_CASE("sim::symmetry: flow, one representative per DP replica equals the full schedule where links are per GPU",
+          "[sim][symmetry][flow]") {
+  // The policy: flow reduces where every link is one GPU's (one switch, one fat-tree group) and above 512 GPUs.
+  const std::string su4 = std::string(TWINSTEP_SOURCE_DIR) + "/topologies/clusters/h100-superpod-4su.json";
+  const auto one_group = topologies::load_cluster(su4, {0, 256});  // 32 nodes of 32 per group
+  const auto two_groups = topologies::load_cluster(su4, {0, 512});
+  CHECK(sim::flow_links_private(topologies::load_cluster("dgx-h100", {0, 16})));
+  CHECK(sim::flow_links_private(one_group));
+  CHECK_FALSE(sim::flow_links_private(two_groups));
+  CHECK(sim::reduction_policy(one_group, sim::Fidelity::kFlow).representatives_only);
+  CHECK_FALSE(sim::reduction_policy(two_groups, sim::Fidelity::kFlow).representatives_only);
+  CHECK(sim::reduction_policy(topologies::load_cluster(su4, {0, 1024}), sim::Fidelity::kFlow).representatives_only);
+  CHECK_FALSE(sim::reduction_policy(one_group, sim::Fidelity::kFlow).mirror_tp);  // pairs on one rank: analytic only
+  CHECK_FALSE(sim::reduction_policy(one_group, sim::Fidelity::kFlow, false).representatives_only);
+  if (!sim::flow_model_available()) return;
+  struct Case {
+    const char* model;
+    std::uint32_t gpus, layers, tp, pp, vpp, cp, ep;
+    const char* overlap;
+    std::size_t ranks;  ///< Simulated when reduced: tp x pp x cp.
+  };
+  const Case cases[] = {
+      {"llama3-8b", 16, 4, 2, 2, 1, 1, 1, "none", 4},      // DP 4 over two nodes
+      {"llama3-8b", 16, 4, 2, 2, 1, 1, 1, "all", 4},       // every dense overlap mode
+      {"llama3-8b", 32, 4, 8, 2, 1, 1, 1, "dp", 16},       // TP 8 per node, DP 2 across nodes
+      {"llama3-8b", 16, 4, 1, 2, 2, 2, 1, "all", 4},       // interleaved, CP 2 ring
+      {"qwen3-30b-a3b", 16, 2, 1, 2, 1, 1, 8, "dp", 2},    // MoE: EP 8 spans the DP replicas
+      {"qwen3-30b-a3b", 16, 2, 2, 1, 1, 1, 8, "none", 2},  // EP 8 over TP 2 x DP 8, expert-DP 2
+  };
+  for (const auto& cs : cases) {
+    INFO(cs.model << " on " << cs.gpus << " GPUs: tp" << cs.tp << " pp" << cs.pp << " vpp" << cs.vpp << " cp" << cs.cp
+                  << " ep" << cs.ep << " overlap " << cs.overlap);
+    const topologies::Cluster cl = topologies::load_cluster("dgx-h100", {0, cs.gpus});
+    REQUIRE(sim::reduction_policy(cl, sim::Fidelity::kFlow).representatives_only);
+    models::ModelSpec m = models::load_model(cs.model);
+    m.num_layers = cs.layers;
+    models::RunConfig c;
+    c.world_size = cs.gpus;
+    c.tensor_model_parallel_size = cs.tp;
+    c.pipeline_model_parallel_size = cs.pp;
+    c.virtual_pipeline_model_parallel_size = cs.vpp;
+    c.context_parallel_size = cs.cp;
+    c.expert_model_parallel_size = cs.ep;
+    c.sequence_parallel = cs.tp > 1;
+    c.use_distributed_optimizer = true;
+    c.micro_batch_size = 1;
+    c.cuda_device_max_connections = 1;
+    c.seq_length = 2048;
+    c.global_batch_size = cs.gpus / (cs.tp * cs.pp * cs.cp) * 4;
+    if (cs.vpp > 1) {
+      c.batch_p2p_comm = false;
+      c.overlap_p2p_comm = true;
+    }
+    c = models::apply_overlap_variant(c, cs.overlap);
+    std::size_t ranks = 0;
+    const auto reduced = predict(m, c, cl, 1, &ranks, sim::Fidelity::kFlow);
+    CHECK(ranks == cs.ranks);
+    check_equal(reduced, predict(m, c, cl, 0, nullptr, sim::Fidelity::kFlow), 1e-6);
+  }
 }

@@ -159,7 +159,7 @@ TEST_CASE("sweep::format_table: the top-N simulated layouts of each GPU count, r
   CHECK(row("     2  tp1 pp1").find("+23.8%") != std::string::npos);  // 1.30 vs 1.05 best
   CHECK(row("     3  tp2 pp2").find("+6.1%") != std::string::npos);
   CHECK(row("     4  tp2 pp2").find("+33.3%") != std::string::npos);  // 1.40 / 1.05 - 1
-  CHECK(all.find("8 GPUs: 4 simulated, 1 invalid, 0 do not fit, 0 errors") != std::string::npos);
+  CHECK(all.find("8 GPUs: 4 simulated, 1 invalid, 0 do not fit, 0 cannot win, 0 errors") != std::string::npos);
   CHECK(all.find("more simulated") == std::string::npos);
   const std::string top2 = sweep::format_table(rankings, results, 2);
   CHECK(top2.find("     2  tp1 pp1") != std::string::npos);

@@ -3,6 +3,7 @@
 #include "sweep/runner.hpp"
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "common/error.hpp"
@@ -268,7 +269,8 @@ TEST_CASE("sweep::evaluate_point: not fitting, unknown inputs and bad lines", "[
 
 TEST_CASE("sweep::PointStatus: read back as written, and an unknown status names the line and the field", "[sweep]") {
   const sweep::PointStatus all[] = {sweep::PointStatus::kOk, sweep::PointStatus::kInvalid,
-                                    sweep::PointStatus::kDoesNotFit, sweep::PointStatus::kError};
+                                    sweep::PointStatus::kDoesNotFit, sweep::PointStatus::kCannotWin,
+                                    sweep::PointStatus::kError};
   for (const auto status : all) {
     CHECK(sweep::parse_point_status(sweep::to_string(status), "status") == status);
     sweep::Point p;
@@ -292,7 +294,7 @@ TEST_CASE("sweep::PointStatus: read back as written, and an unknown status names
     CHECK(e.file() == "f.jsonl:7");
     CHECK(e.pointer() == "/status");
     CHECK(std::string(e.what()).find("unknown value \"failed\" (use one of: \"ok\", \"invalid\", \"does_not_fit\", "
-                                     "\"error\")") != std::string::npos);
+                                     "\"cannot_win\", \"error\")") != std::string::npos);
   }
 }
 
@@ -322,4 +324,56 @@ TEST_CASE("sweep::read_measured: a measured trace matches the point whose full s
   CHECK(m[0].fingerprint == fp);
   REQUIRE(m[0].match);
   CHECK(*m[0].match == want);
+}
+
+TEST_CASE("sweep::run_sweep: pruning skips points that cannot win, each with a bound above the best", "[sweep]") {
+  // Every layout of the tiny model on 8 GPUs: the CP rings over 64- and 128-token chunks launch many tiny kernels
+  // and cannot beat the layouts without CP.
+  sweep::Spec s;
+  s.models = {kTiny};
+  s.clusters = {"dgx-h100"};
+  s.gpus = {8};
+  s.gbs = {32};
+  s.seq = {1024};
+  s.auto_layout = true;
+  const auto points = sweep::expand(s);
+  const std::string dir = temp_dir("prune");
+  sweep::RunOptions o = opts(dir + "/pruned.jsonl", 1);  // one worker: the cheapest points first, in order
+  o.prune = true;
+  const auto pruned = sweep::run_sweep(points, o);
+  const auto all = sweep::run_sweep(points, opts(dir + "/all.jsonl"));
+  REQUIRE(pruned.size() == all.size());
+  // The best of the pruned run is the best of the full one.
+  const auto best_of = [](const std::vector<sweep::Result>& rs) {
+    const auto rankings = sweep::rank_results(rs);
+    REQUIRE(rankings.size() == 1);
+    REQUIRE(rankings[0].best);
+    return rs[*rankings[0].best];
+  };
+  const sweep::Result best = best_of(all);
+  CHECK(best_of(pruned).key == best.key);
+  CHECK(best_of(pruned).step_time_s == best.step_time_s);
+  std::size_t cannot_win = 0;
+  for (std::size_t i = 0; i < pruned.size(); ++i) {
+    const auto& r = pruned[i];
+    if (r.status != sweep::PointStatus::kCannotWin) {
+      CHECK(r.line == all[i].line);  // a point not pruned gives the same line
+      continue;
+    }
+    ++cannot_win;
+    INFO(r.key << ": " << r.reason);
+    const nlohmann::json j = nlohmann::json::parse(r.line);
+    const double bound = j.at("lower_bound_s").get<double>(), best_so_far = j.at("best_so_far_s").get<double>();
+    CHECK(bound > best_so_far);
+    CHECK(best_so_far >= best.step_time_s);
+    CHECK(r.reason.find("pruned before simulating") != std::string::npos);
+    // The bound holds: simulated after all, the point takes at least that long, so it could not have won.
+    REQUIRE(all[i].status == sweep::PointStatus::kOk);
+    CHECK(all[i].step_time_s >= bound);
+    CHECK(all[i].step_time_s > best.step_time_s);
+  }
+  CHECK(cannot_win > 0);
+  // The report counts them.
+  const auto rankings = sweep::rank_results(pruned);
+  CHECK(rankings[0].cannot_win == cannot_win);
 }
