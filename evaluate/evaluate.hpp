@@ -78,8 +78,9 @@ struct Result {
 };
 
 /// Fills RunConfig::host from a calibration profile's framework section (every figure of sim::kFrameworkFields it
-/// measured; the others stay 0 and are listed as not measured) and says so; `profile` null: none (the datasheet defaults have no host
-/// costs). Returns the "host costs" text predict and lower print. predict and sweep both take host costs this way.
+/// measured; the others stay 0 and are listed as not measured) and says so; `profile` null: none (the datasheet
+/// defaults have no host costs). Returns the "host costs" text predict and lower print. predict and sweep both take
+/// host costs this way.
 [[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
 
 /// Fills RunConfig::memory from a calibration profile: its memory_overhead section (the fields the GPU measured) and
