@@ -430,6 +430,19 @@ FrameworkInput read_framework(const std::string& path) {
     if (j.value("schema", std::string()) == kFrameworkSchema) {
       read_torch_framework(j, f);
       if (f.module_fwd.size() < 2) throw ParseError(path, "/module_fwd", "needs at least two samples to fit a line");
+      const std::pair<const char*, const std::vector<FrameworkSample>*> lines[] = {{"/module_fwd", &f.module_fwd},
+                                                                                   {"/function_fwd", &f.function_fwd},
+                                                                                   {"/backward", &f.backward},
+                                                                                   {"/ep_node/fwd", &f.ep_node_fwd},
+                                                                                   {"/ep_node/bwd", &f.ep_node_bwd}};
+      for (const auto& line : lines) {
+        const std::vector<FrameworkSample>& v = *line.second;
+        const double x0 = v.empty() ? 0.0 : v.front().x;
+        if (v.size() >= 2 && std::all_of(v.begin(), v.end(), [x0](const FrameworkSample& s) { return s.x == x0; })) {
+          throw ParseError(path, line.first,
+                           "needs samples at two different kernel counts to fit a line; rerun the script");
+        }
+      }
       return f;
     }
     f.per_kernel_launch_s = j.at("per_kernel_launch_s").get<double>();
@@ -446,23 +459,20 @@ FrameworkInput read_framework(const std::string& path) {
 
 Line fit_framework_line(const std::vector<FrameworkSample>& samples) {
   TWINSTEP_ASSERT(samples.size() >= 2, "a line needs two samples");
-  double mx = 0, mt = 0;
-  for (const auto& s : samples) {
-    mx += s.x;
-    mt += s.host_s;
+  std::vector<double> slopes;
+  for (std::size_t i = 0; i < samples.size(); ++i) {
+    for (std::size_t j = i + 1; j < samples.size(); ++j) {
+      if (samples[j].x != samples[i].x) {
+        slopes.push_back((samples[j].host_s - samples[i].host_s) / (samples[j].x - samples[i].x));
+      }
+    }
   }
-  const auto n = static_cast<double>(samples.size());
-  mx /= n;
-  mt /= n;
-  double sxx = 0, sxt = 0;
-  for (const auto& s : samples) {
-    sxx += (s.x - mx) * (s.x - mx);
-    sxt += (s.x - mx) * (s.host_s - mt);
-  }
-  TWINSTEP_ASSERT(sxx > 0, "a line needs two different x");
+  TWINSTEP_ASSERT(!slopes.empty(), "a line needs two different x");
   Line l;
-  l.slope_s = sxt / sxx;
-  l.fixed_s = mt - l.slope_s * mx;
+  l.slope_s = median(slopes);
+  std::vector<double> fixed;
+  for (const auto& s : samples) fixed.push_back(s.host_s - l.slope_s * s.x);
+  l.fixed_s = median(fixed);
   return l;
 }
 
@@ -493,10 +503,9 @@ void framework_residuals(FrameworkFit& r, const std::string& name, const std::ve
   r.fits.push_back(std::move(f));
 }
 
-/// Fits and logs one line; the per-sample residuals follow its summary line.
-Line framework_line(FrameworkFit& r, const std::string& name, const std::vector<FrameworkSample>& samples,
-                    const char* x_name) {
-  const Line l = fit_framework_line(samples);
+/// Logs line `l` against `samples`: its summary, then each sample's residual (a slowed sample stands out).
+void log_framework_line(FrameworkFit& r, const std::string& name, const std::vector<FrameworkSample>& samples,
+                        const Line& l, const char* x_name) {
   std::vector<std::pair<double, double>> pm;
   for (const auto& s : samples) pm.emplace_back(l.fixed_s + l.slope_s * s.x, s.host_s);
   char note[160];
@@ -509,6 +518,41 @@ Line framework_line(FrameworkFit& r, const std::string& name, const std::vector<
                   1e6 * s.host_s, 1e6 * s.wall_s, 1e6 * p, 100 * (p - s.host_s) / s.host_s);
     r.log.emplace_back(buf);
   }
+}
+
+/// Fits (fit_framework_line) and logs one line.
+Line framework_line(FrameworkFit& r, const std::string& name, const std::vector<FrameworkSample>& samples,
+                    const char* x_name) {
+  const Line l = fit_framework_line(samples);
+  log_framework_line(r, name, samples, l, x_name);
+  return l;
+}
+
+/// The module forward's line: the function line (the same ops without nn.Module) plus the wrapper's constant, the
+/// median over the kernel counts measured in both of module - function (each pair was timed back to back). Without
+/// function samples, the module's own line.
+Line module_line(FrameworkFit& r, const FrameworkInput& in, Line& fn) {
+  if (in.function_fwd.size() < 2) return framework_line(r, "framework.module_fwd", in.module_fwd, "kernels");
+  fn = fit_framework_line(in.function_fwd);
+  std::vector<double> wrapper;
+  for (const auto& m : in.module_fwd) {
+    for (const auto& f : in.function_fwd) {
+      if (f.x == m.x) wrapper.push_back(m.host_s - f.host_s);
+    }
+  }
+  if (wrapper.empty()) return framework_line(r, "framework.module_fwd", in.module_fwd, "kernels");
+  const std::size_t n = wrapper.size();
+  const double w = median(wrapper);
+  const Line own = fit_framework_line(in.module_fwd);
+  const Line l{fn.fixed_s + w, fn.slope_s};
+  log_framework_line(r, "framework.module_fwd", in.module_fwd, l, "kernels");
+  log_framework_line(r, "framework.function_fwd", in.function_fwd, fn, "kernels");
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "framework: module line = function line + the nn.Module wrapper %.2f us (median of %zu paired "
+                "module - function differences); the module samples' own line would be %.2f us + %.3f us x kernels",
+                1e6 * w, n, 1e6 * own.fixed_s, 1e6 * own.slope_s);
+  r.log.emplace_back(buf);
   return l;
 }
 
@@ -526,7 +570,8 @@ FrameworkFit fit_framework(const FrameworkInput& in, const std::map<std::string,
     return r;
   }
   char buf[320];
-  const Line fwd = framework_line(r, "framework.module_fwd", in.module_fwd, "kernels");
+  Line fn{};
+  const Line fwd = module_line(r, in, fn);
   c.per_module_call_s = std::max(0.0, fwd.fixed_s);
   c.per_kernel_launch_s = std::max(0.0, fwd.slope_s - launch);
   std::snprintf(buf, sizeof buf,
@@ -534,13 +579,6 @@ FrameworkFit fit_framework(const FrameworkInput& in, const std::map<std::string,
                 "launch.compute %.3f us)",
                 1e6 * c.per_module_call_s, 1e6 * c.per_kernel_launch_s, 1e6 * fwd.slope_s, 1e6 * launch);
   r.log.emplace_back(buf);
-  Line fn{};
-  if (in.function_fwd.size() >= 2) {
-    fn = framework_line(r, "framework.function_fwd", in.function_fwd, "kernels");
-    std::snprintf(buf, sizeof buf, "framework: the nn.Module wrapper's own share of a call: %.2f us",
-                  1e6 * (fwd.fixed_s - fn.fixed_s));
-    r.log.emplace_back(buf);
-  }
   Line bwd{};
   if (in.backward.size() >= 2) {
     bwd = framework_line(r, "framework.backward", in.backward, "kernels");

@@ -57,8 +57,10 @@ struct FrameworkInput {
 /// Reads the JSON of torch_framework.py or torch_host_overhead.py. Throws ParseError naming the file and field.
 [[nodiscard]] FrameworkInput read_framework(const std::string& path);
 
-/// The framework group fitted from torch_framework.py's samples: lines fixed + per kernel (least squares) for the
-/// module forward, the autograd backward and the EP-overlap node proxy, fixed + per parameter + per group for the
+/// The framework group fitted from torch_framework.py's samples: lines fixed + per kernel through the medians
+/// (fit_framework_line) for the autograd backward, the EP-overlap node proxy and the plain function forward; the
+/// module forward is that function line plus the nn.Module wrapper's constant (the median of the paired
+/// differences); fixed + per parameter + per group for the
 /// optimizer, the syncs and events and the MoE dispatcher's pieces; each figure less the raw launch cost the
 /// simulator charges for the same issue (`launch_s`, the profile's launch section). From torch_host_overhead.py's
 /// figures: those three only.
@@ -69,7 +71,10 @@ struct FrameworkFit {
 };
 [[nodiscard]] FrameworkFit fit_framework(const FrameworkInput& in, const std::map<std::string, double>& launch_s);
 
-/// Least-squares line host = fixed + slope * x over `samples` (x not all equal; at least two samples).
+/// The line host = fixed + slope * x through the medians (Theil-Sen): slope the median of the pairwise slopes,
+/// fixed the median of host - slope * x (x not all equal; at least two samples). A host that runs slower for a while
+/// (a neighbour's load, a frequency change: it only adds time) slows whole samples; least squares follows such a
+/// sample at the large x, where it has the most leverage, while the medians ignore a minority of them.
 struct Line {
   double fixed_s = 0;
   double slope_s = 0;

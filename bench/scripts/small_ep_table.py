@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 # The small-EP table (issue 21 item 5, megatron-overlap.md 6c): Qwen3-30B-A3B with the alltoall dispatcher on two
-# DGX H100 nodes (TP2 SP, ETP1, MBS 1, seq 4096), EP 2/4/8/16 x GBS 8/64/1024, each cell predicted with EP overlap
+# DGX H100 nodes (TP2 SP, ETP1, MBS 1, seq 4096 unless --seq), EP 2/4/8/16 x GBS 8/64/1024, each cell predicted with EP overlap
 # off (the baseline: DP overlap, as the recipes run), on, and on with delay_wgrad_compute. The change of each variant
 # and its dominant mechanism come from `twinstep predict`'s attribution (the terms sum to the change): nothing here
 # decides a sign. Writes a markdown table to stdout.
-# Usage: python3 bench/scripts/small_ep_table.py [--twinstep build/cli/twinstep] [--profile calibration/profiles/h200x2.json]
-#        [--ep 2,4,8,16] [--gbs 8,64,1024] [--json-dir DIR]
+# Usage: python3 bench/scripts/small_ep_table.py [--twinstep build/cli/twinstep] [--profile calibration/profiles/h100x1.json]
+#        [--ep 2,4,8,16] [--gbs 8,64,1024] [--seq 4096] [--json-dir DIR]
 import argparse
 import json
 import os
@@ -15,9 +15,9 @@ import sys
 VARIANTS = "dp,dp+ep,dp+ep+delay_wgrad"
 
 
-def predict(a, ep, gbs):
+def predict(a, ep, gbs, seq):
     cmd = [a.twinstep, "predict", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100", "--nodes", "2",
-           "--tp", "2", "--sp", "--ep", str(ep), "--etp", "1", "--mbs", "1", "--gbs", str(gbs), "--seq", "4096",
+           "--tp", "2", "--sp", "--ep", str(ep), "--etp", "1", "--mbs", "1", "--gbs", str(gbs), "--seq", str(seq),
            "--dispatcher", "alltoall", "--overlap", VARIANTS, "--json"]
     if a.profile:
         cmd += ["--profile", a.profile]
@@ -50,37 +50,50 @@ def host_change(v, base, top=2):
     return ", ".join("%s %+.1f ms" % (k, 1e3 * s) for k, s in items)
 
 
+def host_busy(v):
+    """The host thread's time not blocked in a host sync (step time less predict's "wait ..." host_work_s): issuing
+    launches and framework host ops, plus its idle tail after the last issue."""
+    return v["step_time_s"] - sum(s for k, s in v.get("host_work_s", {}).items() if k.startswith("wait "))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--twinstep", default="build/cli/twinstep")
-    ap.add_argument("--profile", default="calibration/profiles/h200x2.json")
+    ap.add_argument("--profile", default="calibration/profiles/h100x1.json")
     ap.add_argument("--ep", default="2,4,8,16")
     ap.add_argument("--gbs", default="8,64,1024")
+    ap.add_argument("--seq", default="4096", help="sequence lengths, comma-separated (a column when more than one)")
     ap.add_argument("--json-dir", default="", help="keep each cell's predict --json output here")
     a = ap.parse_args()
-    print("| EP | GBS | step, EP overlap off | EP overlap | EP overlap + delay_wgrad | host-bound (off / on) | "
-          "dominant mechanism of EP overlap (predict's attribution) | host time, largest changes |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    seqs = [int(x) for x in a.seq.split(",")]
+    seq_col = len(seqs) > 1
+    print("| %sEP | GBS | step, EP overlap off | EP overlap | EP overlap + delay_wgrad | host-bound (off / on) | "
+          "host busy / step (off / on) | dominant mechanism of EP overlap (predict's attribution) | "
+          "host time, largest changes |" % ("seq | " if seq_col else ""))
+    print("| %s--- | --- | --- | --- | --- | --- | --- | --- | --- |" % ("--- | " if seq_col else ""))
     host_costs = None
-    for ep in [int(x) for x in a.ep.split(",")]:
-        for gbs in [int(x) for x in a.gbs.split(",")]:
-            j, cmd, err = predict(a, ep, gbs)
-            if j is None:
-                print("| %d | %d | not run: %s | | | | | |" % (ep, gbs, err.replace("|", "/")))
-                continue
-            if a.json_dir:
-                os.makedirs(a.json_dir, exist_ok=True)
-                with open(os.path.join(a.json_dir, "ep%d_gbs%d.json" % (ep, gbs)), "w") as f:
-                    json.dump(j, f, indent=1)
-            host_costs = j.get("host_costs", host_costs)
-            base, ov, dw = j["variants"]
-            pct = lambda v: "%+.1f %%" % (100.0 * v["delta_s"] / base["step_time_s"])
-            hb = lambda v: v["breakdown"]["host_bound_s"]
-            fits = "" if base["fits"] else " (memory estimate %.0f GiB > 80)" % base["memory_gib_per_gpu"]
-            print("| %d | %d | %.1f ms%s | %s | %s | %.1f / %.1f ms | %s | %s |" % (
-                ep, gbs, 1e3 * base["step_time_s"], fits, pct(ov), pct(dw), 1e3 * hb(base), 1e3 * hb(ov), mechanism(ov),
-                host_change(ov, base)))
-            sys.stdout.flush()
+    for seq in seqs:
+        for ep in [int(x) for x in a.ep.split(",")]:
+            for gbs in [int(x) for x in a.gbs.split(",")]:
+                lead = ("| %d | %d | %d |" % (seq, ep, gbs)) if seq_col else ("| %d | %d |" % (ep, gbs))
+                j, cmd, err = predict(a, ep, gbs, seq)
+                if j is None:
+                    print("%s not run: %s | | | | | | |" % (lead, err.replace("|", "/")))
+                    continue
+                if a.json_dir:
+                    os.makedirs(a.json_dir, exist_ok=True)
+                    with open(os.path.join(a.json_dir, "s%d_ep%d_gbs%d.json" % (seq, ep, gbs)), "w") as f:
+                        json.dump(j, f, indent=1)
+                host_costs = j.get("host_costs", host_costs)
+                base, ov, dw = j["variants"]
+                pct = lambda v: "%+.1f %%" % (100.0 * v["delta_s"] / base["step_time_s"])
+                hb = lambda v: v["breakdown"]["host_bound_s"]
+                busy = lambda v: "%.0f %%" % (100.0 * host_busy(v) / v["step_time_s"])
+                fits = "" if base["fits"] else " (memory estimate %.0f GiB > 80)" % base["memory_gib_per_gpu"]
+                print("%s %.1f ms%s | %s | %s | %.1f / %.1f ms | %s / %s | %s | %s |" % (
+                    lead, 1e3 * base["step_time_s"], fits, pct(ov), pct(dw), 1e3 * hb(base), 1e3 * hb(ov),
+                    busy(base), busy(ov), mechanism(ov), host_change(ov, base)))
+                sys.stdout.flush()
     print()
     print("Host costs: %s" % host_costs)
 

@@ -17,7 +17,11 @@
 # The GPU work of every probe is tiny, so the host loop is the bottleneck and its time per iteration, read before the
 # final synchronize, is the host cost; every sample also carries its wall time (after the synchronize), so a sample
 # whose GPU could not keep up (wall > host) is visible. Writes JSON for `twinstep calibrate --framework`.
-# Usage: python3 torch_framework.py -o framework.json [-n 2000] [--device cuda|cpu]
+# The line probes (kernels 1..32) run in --rounds rounds, each over the kernel counts in another order, and keep each
+# count's fastest round: a slower phase of the host lasting seconds (session 6's H100 run: some counts ran at 1.5x
+# the host time per kernel of their neighbours) then cannot bend the line. Run it alone on the machine (no build
+# beside it), pinned to one core: taskset -c 2 python3 torch_framework.py -o framework.json
+# Usage: python3 torch_framework.py -o framework.json [-n 2000] [--rounds 3] [--device cuda|cpu]
 #   --device cpu is a smoke test of the script (no CUDA-only probes); its figures mean nothing for a profile.
 import argparse
 import json
@@ -32,11 +36,12 @@ KERNELS = [1, 2, 4, 8, 16, 32]  # kernels per module forward / per backward grap
 
 
 class Env:
-    def __init__(self, device, n, reps):
+    def __init__(self, device, n, reps, rounds):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.n = n
         self.reps = reps
+        self.rounds = rounds
 
     def sync(self):
         if self.cuda:
@@ -121,29 +126,54 @@ def chain(x, k):
     return x
 
 
+def round_orders(rounds):
+    """The order of KERNELS in each round: ascending, descending, then rotated, so a slower phase of the host (a
+    neighbour's load, a frequency change) that lasts seconds falls on different k in different rounds."""
+    orders = []
+    for r in range(rounds):
+        o = list(KERNELS) if r % 2 == 0 else list(reversed(KERNELS))
+        shift = (r // 2) % len(o)
+        orders.append(o[shift:] + o[:shift])
+    return orders
+
+
+def keep_best(best, key, k, h, w, **extra):
+    """best[key][k]: the sample with the least host time over the rounds; every round's host time kept beside it."""
+    cur = best.setdefault(key, {}).get(k)
+    rounds = (cur["round_host_s"] if cur else []) + [h]
+    if cur is None or h < cur["host_s"]:
+        cur = sample(k, h, w, **extra)
+    cur["round_host_s"] = rounds
+    best[key][k] = cur
+
+
 def probe_module_and_backward(env):
     x = torch.randn(64, 64, device=env.device, requires_grad=True)
     g = torch.ones(64, 64, device=env.device)
-    out = {"module_fwd": [], "function_fwd": [], "backward": []}
-    for k in KERNELS:
-        m = Chain(k)
-        with torch.enable_grad():
-            h, w = env.time(lambda: m(x))
-            out["module_fwd"].append(sample(k, h, w, profiled_kernels=env.kernels(lambda: m(x))))
-            h, w = env.time(lambda: chain(x, k))
-            out["function_fwd"].append(sample(k, h, w))
+    best = {}
+    profiled = {}
+    for order in round_orders(env.rounds):
+        for k in order:
+            m = Chain(k)
+            with torch.enable_grad():
+                h, w = env.time(lambda: m(x))
+                if k not in profiled:
+                    profiled[k] = env.kernels(lambda: m(x))
+                keep_best(best, "module_fwd", k, h, w, profiled_kernels=profiled[k])
+                h, w = env.time(lambda: chain(x, k))
+                keep_best(best, "function_fwd", k, h, w)
 
-            def bwd():
-                y = m(x)
-                t0 = time.perf_counter()
-                torch.autograd.backward(y, g)
-                return time.perf_counter() - t0
+                def bwd():
+                    y = m(x)
+                    t0 = time.perf_counter()
+                    torch.autograd.backward(y, g)
+                    return time.perf_counter() - t0
 
-            h, w = env.time_part(bwd)
-            # Backward kernels: one grad * c per op, plus the accumulation into x.grad (fixed per call).
-            out["backward"].append(sample(k, h, w))
-        x.grad = None
-    return out
+                h, w = env.time_part(bwd)
+                # Backward kernels: one grad * c per op, plus the accumulation into x.grad (fixed per call).
+                keep_best(best, "backward", k, h, w)
+            x.grad = None
+    return {key: [best[key][k] for k in KERNELS] for key in ("module_fwd", "function_fwd", "backward")}
 
 
 def probe_syncs(env):
@@ -273,8 +303,8 @@ def probe_ep_node(env):
     x = torch.randn(64, 64, device=env.device)
     g = torch.ones(64, 64, device=env.device)
     ev_in.record()
-    out = {"fwd": [], "bwd": []}
-    for k in KERNELS:
+    best = {}
+    for k in [k for order in round_orders(env.rounds) for k in order]:
         def fwd_node():
             with torch.cuda.stream(comm):
                 comm.wait_event(ev_in)
@@ -301,10 +331,10 @@ def probe_ep_node(env):
             return time.perf_counter() - t0
 
         h, w = env.time_part(fwd_node_timed)
-        out["fwd"].append(sample(k, h, w))
+        keep_best(best, "fwd", k, h, w)
         h, w = env.time_part(bwd_node)
-        out["bwd"].append(sample(k, h, w))
-    return out
+        keep_best(best, "bwd", k, h, w)
+    return {key: [best[key][k] for k in KERNELS] for key in ("fwd", "bwd")}
 
 
 def main():
@@ -312,10 +342,13 @@ def main():
     ap.add_argument("-o", "--output", required=True)
     ap.add_argument("-n", type=int, default=2000, help="calls per timed repetition")
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions; the fastest counts")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds over the kernel counts of the line probes (module, function, backward, EP node), "
+                         "each in another order; the fastest round counts, every round's host time is kept")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--moe-tokens", default="512,4096", help="tokens per rank of the MoE probes, comma-separated")
     a = ap.parse_args()
-    env = Env(a.device, a.n, a.reps)
+    env = Env(a.device, a.n, a.reps, a.rounds)
     torch.manual_seed(0)
     res = {"schema": SCHEMA}
     res.update(probe_module_and_backward(env))
@@ -328,9 +361,9 @@ def main():
     gpu = torch.cuda.get_device_name(0) if env.cuda else "cpu (smoke test)"
     res["context"] = {"torch": torch.__version__, "cuda": str(torch.version.cuda), "gpu": gpu,
                       "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                      "n": a.n, "reps": a.reps, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    res["source"] = "calibration/scripts/torch_framework.py, torch %s, CUDA %s, %s, n=%d, best of %d" % (
-        torch.__version__, torch.version.cuda, gpu, a.n, a.reps)
+                      "n": a.n, "reps": a.reps, "rounds": a.rounds, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    res["source"] = "calibration/scripts/torch_framework.py, torch %s, CUDA %s, %s, n=%d, best of %d x %d rounds" % (
+        torch.__version__, torch.version.cuda, gpu, a.n, a.reps, a.rounds)
     with open(a.output, "w") as f:
         json.dump(res, f, indent=1)
     print("wrote", a.output)

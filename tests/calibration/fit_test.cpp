@@ -437,6 +437,53 @@ TEST_CASE("calibration::fit_framework: torch_framework.py's samples give back th
   CHECK(noisy.fits.front().max_abs_rel_error > 0.03);
 }
 
+TEST_CASE("calibration::fit_framework_line: a line through the medians ignores a minority of slowed samples",
+          "[calibration][framework]") {
+  // 3 us + 13 us x k, with the k = 4 sample taken while the host ran 1.5x slower (as in session 6's H100 data).
+  std::vector<FrameworkSample> v;
+  for (double k : {1.0, 2.0, 4.0, 8.0, 16.0, 32.0}) v.push_back({k, 1e-6 * (3 + 13 * k), 0});
+  v[2].host_s *= 1.5;
+  const Line l = fit_framework_line(v);
+  CHECK(l.slope_s == Approx(13e-6));
+  CHECK(l.fixed_s == Approx(3e-6));
+  // The slowed sample at the largest x, where least squares has the most leverage (its intercept would be -29 us):
+  // the medians still give the line of the five others.
+  v[2].host_s = 1e-6 * (3 + 13 * 4);
+  v[5].host_s *= 1.5;
+  const Line last = fit_framework_line(v);
+  CHECK(last.slope_s == Approx(13e-6));
+  CHECK(last.fixed_s == Approx(3e-6));
+  // Two of six slowed (k = 16 and 32) is past what the medians resist (9 of the 15 pairwise slopes hold one): the
+  // slope follows them. That is why the module line takes its slope from the function's samples (next test).
+  v[4].host_s *= 1.5;
+  CHECK(fit_framework_line(v).slope_s > 15e-6);
+}
+
+TEST_CASE("calibration::fit_framework: the module line is the function line plus the wrapper's paired median",
+          "[calibration][framework]") {
+  // Function: 1 us + 13 us x k; module: the same ops plus a 2.5 us nn.Module call, its k = 16 and 32 samples slowed
+  // 1.5x (session 6's H100 run: 19.9 and 19.5 us per kernel where the function took 12.6 and 13.5).
+  FrameworkInput in;
+  for (double k : {1.0, 2.0, 4.0, 8.0, 16.0, 32.0}) {
+    in.function_fwd.push_back({k, 1e-6 * (1 + 13 * k), 0});
+    in.module_fwd.push_back({k, 1e-6 * (3.5 + 13 * k) * (k >= 16 ? 1.5 : 1.0), 0});
+  }
+  const FrameworkFit f = fit_framework(in, {{"compute", 5e-6}});
+  CHECK(f.costs.per_module_call_s == Approx(3.5e-6));
+  CHECK(f.costs.per_kernel_launch_s == Approx(8e-6));  // 13 us less the raw 5 us launch
+  REQUIRE(f.fits.size() >= 2);
+  CHECK(f.fits[0].name == "framework.module_fwd");
+  CHECK(f.fits[0].max_abs_rel_error > 0.3);  // the slowed samples stand out in the residuals
+  CHECK(f.fits[1].name == "framework.function_fwd");
+  CHECK(f.fits[1].max_abs_rel_error < 1e-9);
+  // Without function samples: the module samples' own line (its unslowed samples: 3.5 us + 13 us x k).
+  in.function_fwd.clear();
+  in.module_fwd[4].host_s = 1e-6 * (3.5 + 13 * 16);
+  const FrameworkFit own = fit_framework(in, {{"compute", 5e-6}});
+  CHECK(own.costs.per_module_call_s == Approx(3.5e-6).epsilon(1e-6));
+  CHECK(own.costs.per_kernel_launch_s == Approx(8e-6).epsilon(1e-6));
+}
+
 TEST_CASE("calibration::read_framework: torch_framework.py's JSON, and errors naming the file", "[calibration]") {
   const std::string path = temp_path("torch_framework.json");
   write_file_atomic(path, R"({"schema": "twinstep.torch_framework/1", "source": "t",
@@ -461,6 +508,11 @@ TEST_CASE("calibration::read_framework: torch_framework.py's JSON, and errors na
   CHECK_THROWS_WITH(read_framework(path), twinstep_contains("torch_framework.json") && twinstep_contains("host_s"));
   write_file_atomic(path, R"({"schema": "twinstep.torch_framework/1", "module_fwd": []})");
   CHECK_THROWS_WITH(read_framework(path), twinstep_contains("/module_fwd"));
+  // A line needs two different kernel counts (the fit through the medians has no slope otherwise).
+  write_file_atomic(path, R"({"schema": "twinstep.torch_framework/1",
+    "module_fwd": [{"kernels": 2, "host_s": 1e-5}, {"kernels": 4, "host_s": 2e-5}],
+    "backward": [{"kernels": 4, "host_s": 1e-5}, {"kernels": 4, "host_s": 2e-5}]})");
+  CHECK_THROWS_WITH(read_framework(path), twinstep_contains("/backward") && twinstep_contains("two different"));
   std::filesystem::remove(path);
 }
 

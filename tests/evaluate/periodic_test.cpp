@@ -141,7 +141,17 @@ TEST_CASE("evaluate::evaluate: a step extrapolated by its period equals the full
     m.num_layers = l.layers;
     const auto cluster = topologies::load_cluster("dgx-h100", {0, l.gpus});
     const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
-    const models::RunConfig c = config_of(l);
+    models::RunConfig c = config_of(l);
+    // Framework host costs (about h100x1.json's), so the host thread's time by cause has host ops to extrapolate.
+    c.host.per_module_call_ns = 3800;
+    c.host.per_kernel_launch_ns = 7300;
+    c.host.per_kernel_backward_ns = 22000;
+    c.host.backward_call_ns = 72000;
+    c.host.host_sync_ns = 6500;
+    c.host.event_record_ns = 8900;
+    c.host.ep_node_ns = 15000;
+    c.host.moe_router_ns = 117000;
+    c.host.moe_permute_ns = 129000;
     evaluate::Options o;
     const evaluate::Result periodic = evaluate::evaluate(m, cluster, costs, c, o);
     o.periodic = false;
@@ -168,6 +178,14 @@ TEST_CASE("evaluate::evaluate: a step extrapolated by its period equals the full
       CHECK(a.exposed_comm_s.at(kind) == Approx(s).margin(1e-8));
     }
     REQUIRE(periodic.sim.breakdown.ranks.size() == full.sim.breakdown.ranks.size());
+    // The host thread's time by cause (host ops, waits in host syncs) is extrapolated with the breakdown.
+    CHECK(!full.sim.host_work_s.empty());
+    REQUIRE(periodic.sim.host_work_s.size() == full.sim.host_work_s.size());
+    for (const auto& [cause, s] : full.sim.host_work_s) {
+      INFO(cause);
+      REQUIRE(periodic.sim.host_work_s.count(cause) == 1);
+      CHECK(periodic.sim.host_work_s.at(cause) == Approx(s).epsilon(1e-9).margin(1e-8));
+    }
   }
 }
 
