@@ -131,8 +131,8 @@ void log_per_size(Ctx& c, const sim::Profile& profile) {
       const double m = c.measured.at(p.name), s = sim.at(p.name);
       char buf[240];
       std::snprintf(buf, sizeof buf, "  %-28s %11.0f B  measured %9.2f us  simulated %9.2f us  %+7.2f%%  %s/%s %u ch",
-                    g.name.c_str(), p.size, m * 1e6, s * 1e6, 100 * (s - m) / m, sim::algo_name(cc.algo),
-                    sim::proto_name(cc.proto), cc.channels);
+                    g.name.c_str(), p.size, m * 1e6, s * 1e6, 100 * (s - m) / m, sim::to_string(cc.algo).c_str(),
+                    sim::to_string(cc.proto).c_str(), cc.channels);
       c.log.push_back(buf);
     }
   }

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "common/assert.hpp"
+#include "common/enum_names.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
 #include "schedule/op_kind.hpp"
@@ -60,19 +61,18 @@ double ll_max_bytes_per_s(std::uint32_t nodes) {
 
 }  // namespace
 
-const char* algo_name(NcclAlgo a) { return a == NcclAlgo::kRing ? "ring" : "tree"; }
+namespace {
+constexpr NameTable<NcclAlgo, 2> kNcclAlgos{{{"ring", NcclAlgo::kRing}, {"tree", NcclAlgo::kTree}}};
+constexpr NameTable<NcclProto, 3> kNcclProtos{
+    {{"ll", NcclProto::kLL}, {"ll128", NcclProto::kLL128}, {"simple", NcclProto::kSimple}}};
+}  // namespace
 
-const char* proto_name(NcclProto p) {
-  switch (p) {
-    case NcclProto::kLL:
-      return "ll";
-    case NcclProto::kLL128:
-      return "ll128";
-    case NcclProto::kSimple:
-      return "simple";
-  }
-  return "?";
+NcclAlgo parse_nccl_algo(std::string_view text, std::string_view field) { return parse_name(kNcclAlgos, text, field); }
+NcclProto parse_nccl_proto(std::string_view text, std::string_view field) {
+  return parse_name(kNcclProtos, text, field);
 }
+std::string to_string(NcclAlgo algo) { return name_of(kNcclAlgos, algo); }
+std::string to_string(NcclProto proto) { return name_of(kNcclProtos, proto); }
 
 double EfficiencyTable::at(double size) const {
   if (points.empty()) return 1.0;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -23,11 +24,16 @@ struct EfficiencyTable {
   [[nodiscard]] double at(double size) const;
 };
 
+/// NCCL's algorithms and protocols, spelled in profiles as NCCL_ALGO / NCCL_PROTO name them, lower case ("ring",
+/// "tree"; "ll", "ll128", "simple"): read only by parse_nccl_algo / parse_nccl_proto, written only by to_string.
 enum class NcclAlgo : std::uint8_t { kRing, kTree };
 enum class NcclProto : std::uint8_t { kLL, kLL128, kSimple };
 
-[[nodiscard]] const char* algo_name(NcclAlgo a);
-[[nodiscard]] const char* proto_name(NcclProto p);
+/// Throw UnknownNameError naming `field` and the accepted spellings.
+[[nodiscard]] NcclAlgo parse_nccl_algo(std::string_view text, std::string_view field);
+[[nodiscard]] NcclProto parse_nccl_proto(std::string_view text, std::string_view field);
+[[nodiscard]] std::string to_string(NcclAlgo algo);
+[[nodiscard]] std::string to_string(NcclProto proto);
 
 /// A measured override of NCCL's latency/bandwidth model for one (collective, algorithm, protocol, span).
 /// Negative fields keep the model's value. `kind` "any" matches every collective.

@@ -40,6 +40,7 @@
 #include <initializer_list>
 #include <nlohmann/json.hpp>
 
+#include "common/enum_names.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/json.hpp"
@@ -61,18 +62,19 @@ class Reader : public JsonReader {
   }
 
   NcclAlgo algo(const Json& v, const std::string& ptr) const {
-    const std::string s = v.is_string() ? v.get<std::string>() : "";
-    if (s == "ring") return NcclAlgo::kRing;
-    if (s == "tree") return NcclAlgo::kTree;
-    fail(ptr, "unknown NCCL algorithm; use \"ring\" or \"tree\" (NVLS is not modelled: NCCL_NVLS_ENABLE=0)");
+    try {
+      return parse_nccl_algo(text(v, ptr), "algorithm");
+    } catch (const UnknownNameError& e) {
+      fail(ptr, e.message() + "; NVLS is not modelled (NCCL_NVLS_ENABLE=0)");
+    }
   }
 
   NcclProto proto(const Json& v, const std::string& ptr) const {
-    const std::string s = v.is_string() ? v.get<std::string>() : "";
-    if (s == "ll") return NcclProto::kLL;
-    if (s == "ll128") return NcclProto::kLL128;
-    if (s == "simple") return NcclProto::kSimple;
-    fail(ptr, "unknown NCCL protocol; use \"ll\", \"ll128\" or \"simple\"");
+    try {
+      return parse_nccl_proto(text(v, ptr), "protocol");
+    } catch (const UnknownNameError& e) {
+      fail(ptr, e.message());
+    }
   }
 
   EfficiencyTable table(const Json& v, const std::string& ptr) const {
@@ -416,8 +418,8 @@ std::string profile_to_json(const Profile& p) {
   Json colls = Json::array();
   for (const auto& o : p.collectives) {
     colls.push_back({{"kind", o.kind},
-                     {"algorithm", algo_name(o.algo)},
-                     {"protocol", proto_name(o.proto)},
+                     {"algorithm", to_string(o.algo)},
+                     {"protocol", to_string(o.proto)},
                      {"span", o.inter_node ? "inter" : "intra"},
                      {"base_latency", o.base_latency_s},
                      {"step_latency", o.step_latency_s},
@@ -427,8 +429,8 @@ std::string profile_to_json(const Profile& p) {
   }
   j["collectives"] = colls;
   Json algos = Json::array(), protos = Json::array();
-  for (auto a : p.nccl.algorithms) algos.push_back(algo_name(a));
-  for (auto q : p.nccl.protocols) protos.push_back(proto_name(q));
+  for (auto a : p.nccl.algorithms) algos.push_back(to_string(a));
+  for (auto q : p.nccl.protocols) protos.push_back(to_string(q));
   j["nccl"] = {{"algorithms", algos}, {"protocols", protos}};
   // Settings the reader defaults (NCCL's channel and peer counts, the tiles) only where they differ from it.
   const auto put_unless_default = [](Json& obj, const char* key, auto value, auto default_value) {

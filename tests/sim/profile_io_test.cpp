@@ -103,3 +103,26 @@ TEST_CASE("sim::profile: the memory_overhead section reads, writes back, and nam
   CHECK_THROWS_WITH(profile_from_json(R"({"schema_version": 1, "memory_overhead": {"context": 1}})", "bad.json"),
                     Catch::Contains("/memory_overhead"));
 }
+
+TEST_CASE("sim::NcclAlgo and NcclProto: spellings read back as written and an unknown one names the field",
+          "[sim][profile]") {
+  for (const auto a : {NcclAlgo::kRing, NcclAlgo::kTree}) CHECK(parse_nccl_algo(to_string(a), "algorithm") == a);
+  for (const auto p : {NcclProto::kLL, NcclProto::kLL128, NcclProto::kSimple}) {
+    CHECK(parse_nccl_proto(to_string(p), "protocol") == p);
+  }
+  CHECK(to_string(NcclProto::kLL128) == "ll128");
+  const Profile p = profile_from_json(
+      R"({"schema_version": 1, "nccl": {"algorithms": ["tree"], "protocols": ["simple", "ll"]}})", "p.json");
+  CHECK(p.nccl.algorithms == std::vector<NcclAlgo>{NcclAlgo::kTree});
+  CHECK(p.nccl.protocols == std::vector<NcclProto>{NcclProto::kSimple, NcclProto::kLL});
+  CHECK_THROWS_WITH(
+      profile_from_json(R"({"schema_version": 1, "nccl": {"algorithms": ["ring", "nvls"]}})", "p.json"),
+      twinstep_contains("p.json") && twinstep_contains("/nccl/algorithms/1") &&
+          twinstep_contains(R"(unknown value "nvls" (use one of: "ring", "tree"); NVLS is not modelled)"));
+  CHECK_THROWS_WITH(
+      profile_from_json(
+          R"({"schema_version": 1, "collectives": [{"algorithm": "ring", "protocol": "LL", "span": "intra"}]})",
+          "p.json"),
+      twinstep_contains("/collectives/0/protocol") &&
+          twinstep_contains(R"(unknown value "LL" (use one of: "ll", "ll128", "simple"))"));
+}
