@@ -43,7 +43,7 @@ TEST_CASE("backend::peer_memory: one buffer per (comm, writer, transport) of non
   CHECK(plan_peer_buffers(s, 2).empty());
 }
 
-TEST_CASE("backend::peer_memory: handles round-trip through their string encoding; a short one is refused",
+TEST_CASE("backend::peer_memory: handles round-trip through their string encoding, a short one is refused",
           "[backend]") {
   MemHandle h;
   h.bytes = std::string(64, '\0');

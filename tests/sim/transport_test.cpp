@@ -67,7 +67,7 @@ void check_fidelity(Fidelity fidelity) {
 
 }  // namespace
 
-TEST_CASE("sim: a copy-engine ring exchange leaves a GEMM's time unchanged; NCCL send/recv slows it", "[sim]") {
+TEST_CASE("sim: a copy-engine ring exchange leaves a GEMM's time unchanged, NCCL send/recv slows it", "[sim]") {
   check_fidelity(Fidelity::kAnalytic);
 }
 
