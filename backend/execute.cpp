@@ -18,6 +18,7 @@
 #include "backend/gemm.hpp"
 #include "backend/gemm_fp8.hpp"
 #include "backend/kernels.hpp"
+#include "backend/peer_memory.hpp"
 #include "backend/runtime.hpp"
 #include "backend/sdpa.hpp"
 #include "common/error.hpp"
@@ -569,6 +570,15 @@ void Execution::write_context(sch::Trace& trace, const std::vector<std::string>&
                             : fallback        ? fallback_name
                                               : "none";
   if (im_.dev->sdpa) ctx["cudnn"] = im_.dev->sdpa->version();
+  // Send/recv transports the backend does not run yet (peer_memory.hpp): what ran them instead, never hidden.
+  std::string ran;
+  for (const auto& [asked, how] : transports_ran(s_)) ran += (ran.empty() ? "" : ",") + asked + ":" + how;
+  if (!ran.empty()) {
+    ctx["transport_ran"] = ran;
+    ctx["transport_note"] =
+        "send/recv ops with these transports ran as NCCL send/recv kernels (holding SMs); the peer-mapped copy-engine "
+        "and sm_kernel paths are not built yet";
+  }
   ctx["hosts"] = host_list;
   ctx["git_revision"] = TWINSTEP_GIT_REVISION;
   ctx["date"] = iso_date_utc();

@@ -74,6 +74,10 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   flag(sub, "--overlap-grad-reduce", "overlap_grad_reduce", f.overlap_grad_reduce);
   flag(sub, "--overlap-param-gather", "overlap_param_gather", f.overlap_param_gather);
   flag(sub, "--tp-comm-overlap", "tp_comm_overlap", f.tp_comm_overlap);
+  opt(sub, "--tp-ring-transport", "tp_comm_overlap_ring_exchange_transport", f.ring_transport,
+      "copy_engine (TE use_ce, default) | sm_kernel | nccl: how the TP-overlap ring exchange moves its chunks");
+  opt(sub, "--tp-ring-sms", "tp_comm_overlap_ring_exchange_num_sm", f.ring_sms,
+      "SMs of a sm_kernel ring exchange (TE ub_cfg num_sm, default 1)");
   flag(sub, "--overlap-p2p-comm", "overlap_p2p_comm", f.overlap_p2p_comm);
   flag(sub, "--batch-p2p-comm", "batch_p2p_comm", f.batch_p2p_comm);
   opt(sub, "--first-pipeline-layers", "decoder_first_pipeline_num_layers", f.first_pipeline_layers);
@@ -160,6 +164,10 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   take("overlap_grad_reduce", f.overlap_grad_reduce, c.overlap_grad_reduce, same);
   take("overlap_param_gather", f.overlap_param_gather, c.overlap_param_gather, same);
   take("tp_comm_overlap", f.tp_comm_overlap, c.tp_comm_overlap, same);
+  take("tp_comm_overlap_ring_exchange_transport", f.ring_transport, c.tp_comm_overlap_ring_exchange_transport,
+       mode(schedule::parse_transport, "--tp-ring-transport"));
+  take("tp_comm_overlap_ring_exchange_num_sm", f.ring_sms, c.tp_comm_overlap_ring_exchange_num_sm,
+       positive("--tp-ring-sms"));
   take("overlap_p2p_comm", f.overlap_p2p_comm, c.overlap_p2p_comm, same);
   take("batch_p2p_comm", f.batch_p2p_comm, c.batch_p2p_comm, same);
   take("decoder_first_pipeline_num_layers", f.first_pipeline_layers, c.decoder_first_pipeline_num_layers, same);

@@ -27,6 +27,8 @@ struct RunFlags {
   std::optional<std::uint32_t> recompute_num_layers;
   std::optional<std::string> dispatcher;  ///< alltoall | allgather | flex
   std::optional<std::string> cp_comm_type;
+  std::optional<std::string> ring_transport;                  ///< tp_comm_overlap_ring_exchange_transport
+  std::optional<std::uint32_t> ring_sms;                      ///< tp_comm_overlap_ring_exchange_num_sm
   std::optional<std::vector<std::uint32_t>> hierarchical_cp;  ///< hierarchical_context_parallel_sizes (a2a+p2p)
   std::optional<std::uint64_t> bucket_size;
   std::optional<std::uint32_t> cdmc;

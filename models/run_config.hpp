@@ -142,6 +142,11 @@ struct RunConfig {
 
   // TP / PP / CP.
   bool tp_comm_overlap = false;
+  /// How the TP-overlap ring exchange (AG+GEMM sites) moves its chunks: "copy_engine" (Transformer Engine ub_cfg
+  /// method ring_exchange with use_ce, TE's default), "sm_kernel" (use_ce false: a copy kernel on
+  /// tp_comm_overlap_ring_exchange_num_sm SMs), "nccl" (NCCL send/recv kernels; no TE equivalent).
+  schedule::Transport tp_comm_overlap_ring_exchange_transport = schedule::Transport::kCopyEngine;
+  std::uint32_t tp_comm_overlap_ring_exchange_num_sm = 1;  ///< TE ub_cfg num_sm of ring_exchange (default 1).
   bool overlap_p2p_comm = false;
   bool batch_p2p_comm = true;
   CpCommType cp_comm_type = CpCommType::kP2p;

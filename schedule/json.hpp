@@ -32,5 +32,10 @@ void write_trace(const Trace& trace, const std::string& path);
 [[nodiscard]] DType parse_dtype(std::string_view name);
 [[nodiscard]] const char* collective_name(CollectiveKind k);
 [[nodiscard]] const char* phase_name(Phase p);
+[[nodiscard]] const char* transport_name(Transport t);
+/// The transport spelled `text` ("nccl", "copy_engine", "sm_kernel"); UnknownNameError naming `field` otherwise.
+[[nodiscard]] Transport parse_transport(std::string_view text, std::string_view field);
+/// The same spelling as a string (run configs write their modes with to_string).
+[[nodiscard]] inline std::string to_string(Transport t) { return transport_name(t); }
 
 }  // namespace twinstep::schedule

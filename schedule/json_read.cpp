@@ -419,8 +419,8 @@ Op parse_op(const Ctx& c, const json& j, const Path& p) {
     if (const json* v = member(j, "sm_count")) col.sm_count = as_u32(c, *v, p / "sm_count");
     op.body = std::move(col);
   } else if (kind == "send" || kind == "recv") {
-    static constexpr std::array<const char*, 11> kKeys{"id",   "rank", "name", "kind",  "stream", "deps",
-                                                       "tags", "comm", "peer", "bytes", "tag"};
+    static constexpr std::array<const char*, 13> kKeys{"id",   "rank", "name",  "kind", "stream",    "deps",    "tags",
+                                                       "comm", "peer", "bytes", "tag",  "transport", "sm_count"};
     check_keys(c, j, p, kKeys, kind == "send" ? "a send op" : "a recv op");
     stream();
     const CommId comm = comm_ref(c, j, p);
@@ -428,10 +428,24 @@ Op parse_op(const Ctx& c, const json& j, const Path& p) {
     const std::uint64_t bytes = u64("bytes", "message size");
     std::uint32_t tag = 0;
     if (const json* v = member(j, "tag")) tag = as_u32(c, *v, p / "tag");
+    Transport transport = Transport::kNccl;
+    if (const json* v = member(j, "transport")) transport = as_enum(c, *v, p / "transport", kTransports, "transport");
+    std::uint32_t sms = 0;
+    const json* sm = member(j, "sm_count");
+    if (transport == Transport::kSmKernel) {
+      if (sm == nullptr) {
+        fail(c, p / "sm_count",
+             "missing required field \"sm_count\" (a sm_kernel transfer names the SMs its copy kernel holds, >= 1)");
+      }
+      sms = as_u32(c, *sm, p / "sm_count");
+      if (sms == 0) fail(c, p / "sm_count", "a sm_kernel transfer needs at least 1 SM (set sm_count >= 1)");
+    } else if (sm != nullptr) {
+      fail(c, p / "sm_count", "\"sm_count\" is only for transport \"sm_kernel\" (remove it)");
+    }
     if (kind == "send") {
-      op.body = Send{comm, peer, bytes, tag};
+      op.body = Send{comm, peer, bytes, tag, transport, sms};
     } else {
-      op.body = Recv{comm, peer, bytes, tag};
+      op.body = Recv{comm, peer, bytes, tag, transport, sms};
     }
   } else if (kind == "host" || kind == "host_sync") {
     if (member(j, "stream") != nullptr) {

@@ -1,6 +1,6 @@
-// The JSON spellings of the IR's enums (dtype, fp8 format, collective kind, phase, copy kind) as name tables
-// (common/enum_names.hpp), shared by the schedule JSON reader (json_read.cpp) and writer (json_write.cpp). Internal
-// to schedule/: other modules use the functions of schedule/json.hpp (dtype_name, parse_dtype, ...).
+// The JSON spellings of the IR's enums (dtype, fp8 format, collective kind, phase, copy kind, p2p transport) as name
+// tables (common/enum_names.hpp), shared by the schedule JSON reader (json_read.cpp) and writer (json_write.cpp).
+// Internal to schedule/: other modules use the functions of schedule/json.hpp (dtype_name, parse_dtype, ...).
 #pragma once
 
 #include "common/enum_names.hpp"
@@ -27,5 +27,7 @@ inline constexpr NameTable<Phase, 5> kPhases{{{"none", Phase::kNone},
                                               {"optim", Phase::kOptim}}};
 inline constexpr NameTable<CopyKind, 3> kCopies{
     {{"d2h", CopyKind::kD2H}, {"h2d", CopyKind::kH2D}, {"d2d", CopyKind::kD2D}}};
+inline constexpr NameTable<Transport, 3> kTransports{
+    {{"nccl", Transport::kNccl}, {"copy_engine", Transport::kCopyEngine}, {"sm_kernel", Transport::kSmKernel}}};
 
 }  // namespace twinstep::schedule::spelling

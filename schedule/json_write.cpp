@@ -166,6 +166,8 @@ void write_op(Writer& w, const Schedule& s, const Op& op) {
           w.key("peer"), w.num(b.peer);
           w.key("bytes"), w.num(b.bytes);
           w.key("tag"), w.num(b.tag);
+          if (b.transport != Transport::kNccl) w.key("transport"), w.str(transport_name(b.transport));
+          if (b.transport == Transport::kSmKernel) w.key("sm_count"), w.num(b.sm_count);
         } else if constexpr (std::is_same_v<T, Host>) {
           w.key("duration_ns"), w.num(b.duration_ns);
         } else {
@@ -212,6 +214,12 @@ const char* dtype_name(DType t) { return name_of(kDTypes, t); }
 const char* collective_name(CollectiveKind k) { return name_of(kCollectives, k); }
 
 const char* phase_name(Phase p) { return name_of(kPhases, p); }
+
+const char* transport_name(Transport t) { return name_of(kTransports, t); }
+
+Transport parse_transport(std::string_view text, std::string_view field) {
+  return parse_name(kTransports, text, field);
+}
 
 std::string schedule_to_json(const Schedule& schedule) {
   Writer w;

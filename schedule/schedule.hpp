@@ -148,6 +148,13 @@ struct Collective {
   bool operator==(const Collective&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
+/// How a send/recv pair moves its bytes (docs/ir.md, "Transports"). `kNccl`: NCCL send/recv kernels, one CTA per
+/// channel on both GPUs, spinning while they wait for the peer. `kCopyEngine`: a DMA copy between peer-mapped
+/// buffers (Transformer Engine userbuffers' ring exchange with `use_ce`): no SMs, both GPUs in one NVLink domain.
+/// `kSmKernel`: a copy kernel on `sm_count` SMs over peer-mapped buffers (userbuffers without `use_ce`). Both sides
+/// of a pair name the same transport.
+enum class Transport : std::uint8_t { kNccl, kCopyEngine, kSmKernel };
+
 /// Point-to-point send to global rank `peer` over communicator `comm`. Matched with the peer's Recv with the
 /// same (comm, tag), in order.
 struct Send {
@@ -155,6 +162,8 @@ struct Send {
   RankId peer = 0;
   std::uint64_t bytes = 0;
   std::uint32_t tag = 0;
+  Transport transport = Transport::kNccl;
+  std::uint32_t sm_count = 0;  ///< kSmKernel only: the SMs its copy kernel holds (>= 1).
 
   bool operator==(const Send&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
@@ -164,6 +173,8 @@ struct Recv {
   RankId peer = 0;
   std::uint64_t bytes = 0;
   std::uint32_t tag = 0;
+  Transport transport = Transport::kNccl;
+  std::uint32_t sm_count = 0;  ///< kSmKernel only: the SMs its copy kernel holds (>= 1).
 
   bool operator==(const Recv&) const = default;  ///< Field-wise (round-trip tests, caches).
 };

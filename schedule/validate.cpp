@@ -333,12 +333,27 @@ class Checker {
                 " (pairs match by communicator, peer, tag and order: add the " + (is_send ? "recv" : "send") +
                 " or fix peer/tag)");
       } else if (is_send) {
-        const std::uint64_t rb = std::get<Recv>(s_.ops[p].body).bytes;
-        if (rb != bytes) {
+        const Send& snd = std::get<Send>(op.body);
+        const Recv& rcv = std::get<Recv>(s_.ops[p].body);
+        if (rcv.bytes != bytes) {
           add(id, "bytes",
               "send of " + std::to_string(bytes) + " bytes is matched by " + op_ref(s_, p) + " receiving " +
-                  std::to_string(rb) + " bytes: make the sizes equal");
+                  std::to_string(rcv.bytes) + " bytes: make the sizes equal");
         }
+        if (rcv.transport != snd.transport || rcv.sm_count != snd.sm_count) {
+          add(id, "transport",
+              std::string("send over transport ") + transport_name(snd.transport) + " (sm_count " +
+                  std::to_string(snd.sm_count) + ") is matched by " + op_ref(s_, p) + " over " +
+                  transport_name(rcv.transport) + " (sm_count " + std::to_string(rcv.sm_count) +
+                  "): both sides of a pair move the same bytes the same way; make them equal");
+        }
+      }
+      const Transport transport = is_send ? std::get<Send>(op.body).transport : std::get<Recv>(op.body).transport;
+      const std::uint32_t sms = is_send ? std::get<Send>(op.body).sm_count : std::get<Recv>(op.body).sm_count;
+      if (transport == Transport::kSmKernel && sms == 0) {
+        add(id, "sm_count", "a sm_kernel transfer holds at least 1 SM: set sm_count >= 1");
+      } else if (transport != Transport::kSmKernel && sms != 0) {
+        add(id, "sm_count", "sm_count is only for transport sm_kernel: set it to 0");
       }
     }
   }

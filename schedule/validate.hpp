@@ -17,7 +17,9 @@ struct Diagnostic {
 
 /// All problems (empty means valid): ids not dense, unknown ranks/streams/communicators, ranks not members of
 /// the communicator they use, mismatched collective sequences/kinds/sizes/dtypes across members, all_to_all
-/// split lists of the wrong size, unmatched send/recv (by comm, peer, tag, order) and size mismatches, deps
+/// split lists of the wrong size, unmatched send/recv (by comm, peer, tag, order), size and transport mismatches,
+/// a sm_kernel transfer without SMs (whether a copy_engine pair shares an NVLink domain needs the cluster: the
+/// simulator checks it, sim::simulate), deps
 /// and host_sync targets that are not earlier ops of the same rank, and potential deadlocks (a cycle in the
 /// wait-for graph of program order, stream order, deps and rendezvous), spelled out op by op.
 [[nodiscard]] std::vector<Diagnostic> validate(const Schedule& schedule);

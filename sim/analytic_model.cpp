@@ -24,6 +24,7 @@
 #include "common/assert.hpp"
 #include "common/error.hpp"
 #include "common/hash.hpp"
+#include "schedule/json.hpp"
 #include "sim/connections.hpp"
 #include "sim/simulate.hpp"
 
@@ -155,8 +156,9 @@ struct CommInfo {
   schedule::CollectiveKind kind = schedule::CollectiveKind::kAllReduce;  ///< Collectives only.
   schedule::CommId comm = 0;
   std::uint64_t bytes = 0;
-  std::uint32_t sm_count = 0;  ///< Collectives only.
-  schedule::RankId peer = 0;   ///< Sends and recvs only.
+  std::uint32_t sm_count = 0;                                  ///< Collectives and sm_kernel sends/recvs.
+  schedule::RankId peer = 0;                                   ///< Sends and recvs only.
+  schedule::Transport transport = schedule::Transport::kNccl;  ///< Sends and recvs only.
 };
 
 /// std::ceil(x) as Nanos for |x| < 2^63, without a libm call (hot: every re-timing).
@@ -205,9 +207,13 @@ class AnalyticModel final : public GpuSharingModel {
         op_[i].info =
             add_comm_info({CommInfo::Op::kCollective, coll->kind, coll->comm, coll->bytes, coll->sm_count, 0});
       } else if (const auto* send = std::get_if<schedule::Send>(&body)) {
-        op_[i].info = add_comm_info({CommInfo::Op::kSend, {}, send->comm, send->bytes, 0, send->peer});
+        check_peer_mapped(ops[i], send->peer, send->transport);
+        op_[i].info = add_comm_info(
+            {CommInfo::Op::kSend, {}, send->comm, send->bytes, send->sm_count, send->peer, send->transport});
       } else if (const auto* recv = std::get_if<schedule::Recv>(&body)) {
-        op_[i].info = add_comm_info({CommInfo::Op::kRecv, {}, recv->comm, recv->bytes, 0, recv->peer});
+        check_peer_mapped(ops[i], recv->peer, recv->transport);
+        op_[i].info = add_comm_info(
+            {CommInfo::Op::kRecv, {}, recv->comm, recv->bytes, recv->sm_count, recv->peer, recv->transport});
       }
     }
     gpus_.resize(ctx.cluster.num_gpus());
@@ -264,12 +270,14 @@ class AnalyticModel final : public GpuSharingModel {
       act.one_way = a.kind == ActivityKind::kPointToPoint && act.gpus.size() == 2;
       last_comm_ = act.comm;
       if (external_) slot_of_[id] = slot;
-      const double factor = ctx_.costs.profile().interference.comm_hbm_bytes_per_bus_byte;
+      const double factor = act.comm.hbm_bytes_per_bus_byte > 0
+                                ? act.comm.hbm_bytes_per_bus_byte
+                                : ctx_.costs.profile().interference.comm_hbm_bytes_per_bus_byte;
       act.hbm_bytes_per_s = act.comm.bandwidth_time_s > 0 ? act.comm.bus_bytes_per_s * factor : 0.0;
       for (std::size_t k = 0; k < act.gpus.size(); ++k) {
         const std::uint32_t gi = act.gpus[k];
         Gpu& g = gpus_[gi];
-        g.held_sms += act.comm.channels;
+        g.held_sms += held_sms(act.comm);
         g.comm_hbm_bytes_per_s += act.hbm_bytes_per_s;
         g.comm.push_back(slot);
         touch_compute(gi);
@@ -309,10 +317,20 @@ class AnalyticModel final : public GpuSharingModel {
                                                                    : collective_cost(c.kind, c.bytes, c.comm).channels;
         break;
       case CommInfo::Op::kSend:
-        channels = p2p_cost(c.bytes, gpu, c.peer).channels;
-        break;
       case CommInfo::Op::kRecv:
-        channels = p2p_cost(c.bytes, c.peer, gpu).channels;
+        // A copy engine holds no SMs while it waits (nothing is launched on the SMs); a sm_kernel its SMs.
+        switch (c.transport) {
+          case schedule::Transport::kNccl:
+            channels = c.op == CommInfo::Op::kSend ? p2p_cost(c.bytes, gpu, c.peer).channels
+                                                   : p2p_cost(c.bytes, c.peer, gpu).channels;
+            break;
+          case schedule::Transport::kCopyEngine:
+            channels = 0;
+            break;
+          case schedule::Transport::kSmKernel:
+            channels = c.sm_count;
+            break;
+        }
         break;
     }
     if (channels == 0 || op_[op].waiting_channels != 0) return;
@@ -416,6 +434,17 @@ class AnalyticModel final : public GpuSharingModel {
     return static_cast<std::uint32_t>(comms_.size() - 1);
   }
   const CommInfo& comm_info(OpId op) const { return comms_[op_[op].info]; }
+  static std::uint32_t held_sms(const CommCost& c) { return c.holds_sms ? c.channels : 0; }
+
+  /// copy_engine and sm_kernel transfers need peer-mapped memory: both GPUs in one NVLink domain (one node).
+  void check_peer_mapped(const schedule::Op& op, schedule::RankId peer, schedule::Transport transport) const {
+    if (transport == schedule::Transport::kNccl) return;
+    if (ctx_.cluster.node_of(op.rank) == ctx_.cluster.node_of(peer)) return;
+    throw ValidationError({"op " + std::to_string(op.id) + " \"" + op.name + "\" (rank " + std::to_string(op.rank) +
+                           "): transport " + schedule::transport_name(transport) + " to rank " + std::to_string(peer) +
+                           " crosses nodes, but peer-mapped buffers need both GPUs in one NVLink domain: use transport "
+                           "nccl, or place the TP group inside a node"});
+  }
   const CommCost& p2p_cost(std::uint64_t bytes, schedule::RankId from, schedule::RankId to) {
     const P2PKey key{bytes, from, to};
     auto it = p2p_costs_.find(key);
@@ -435,7 +464,21 @@ class AnalyticModel final : public GpuSharingModel {
       // occupies the rank twice, as its outgoing and its incoming transfer do in the full schedule (its NIC's
       // transmit and receive sides).
       gpus.push_back(rb);
-      const CommCost c = p2p_cost(send.bytes, ra, rb == ra ? send.peer : rb);
+      const schedule::RankId to = rb == ra ? send.peer : rb;
+      CommCost c;
+      switch (send.transport) {
+        case schedule::Transport::kNccl:
+          c = p2p_cost(send.bytes, ra, to);
+          break;
+        case schedule::Transport::kCopyEngine:
+          c = ctx_.costs.copy_engine_cost(static_cast<double>(send.bytes), ra, to);
+          break;
+        case schedule::Transport::kSmKernel:
+          // A copy kernel over peer-mapped buffers: NCCL's p2p timing over the same NVLink, on its own SMs.
+          c = p2p_cost(send.bytes, ra, to);
+          c.channels = send.sm_count;
+          break;
+      }
       nic_connections = p2p_connections(c);
       return c;
     }
@@ -547,7 +590,7 @@ class AnalyticModel final : public GpuSharingModel {
     for (std::size_t k = 0; k < act.gpus.size(); ++k) {
       const std::uint32_t gi = act.gpus[k];
       Gpu& g = gpus_[gi];
-      g.held_sms -= act.comm.channels;
+      g.held_sms -= held_sms(act.comm);
       g.comm_hbm_bytes_per_s -= act.hbm_bytes_per_s;
       if (g.comm.size() == 1) g.comm_hbm_bytes_per_s = 0;  // no drift once idle
       erase_value(g.comm, slot);

@@ -242,7 +242,12 @@ struct KernelCost {
 struct CommCost {
   double latency_s = 0;
   double bandwidth_time_s = 0;
-  std::uint32_t channels = 0;  ///< CTAs held on every member GPU.
+  std::uint32_t channels = 0;  ///< CTAs held on every member GPU (its connections when it holds none).
+  /// false: a copy-engine transfer, which holds no SMs (channels then only weigh its share of shared links).
+  bool holds_sms = true;
+  /// HBM bytes per bus byte on each member: 0 = the profile's comm_hbm_bytes_per_bus_byte (NCCL kernels, their
+  /// FIFO traffic included); a copy engine moves each byte once through each side's HBM (1).
+  double hbm_bytes_per_bus_byte = 0;
   bool uses_nic = false;       ///< Some member sends or receives over its NIC.
   double bus_bytes_per_s = 0;  ///< Bus bandwidth it runs at (for HBM interference).
   NcclAlgo algo = NcclAlgo::kRing;
@@ -282,6 +287,9 @@ class CostModel {
                                          double max_peer_bytes, const CommSpan& span) const;
   /// One send/recv pair between two ranks.
   [[nodiscard]] CommCost p2p_cost(double bytes, schedule::RankId a, schedule::RankId b) const;
+  /// One copy-engine transfer (transport copy_engine) between two GPUs of one node: no SMs, the copy engine's
+  /// NVLink bandwidth (kCopyEngineNvlinkEfficiency x the node's line rate), each byte once through both HBMs.
+  [[nodiscard]] CommCost copy_engine_cost(double bytes, schedule::RankId a, schedule::RankId b) const;
 
  private:
   /// `measured`: apply the profile's overrides (the time the collective takes); false: NCCL's own tuning constants

@@ -105,6 +105,8 @@ std::string schedule_fingerprint(const schedule::Schedule& s) {
             f.value(b.kind), f.value(b.comm), f.value(b.bytes), f.value(b.dtype), f.list(b.send_bytes), f.value(b.root);
           } else if constexpr (std::is_same_v<T, schedule::Send> || std::is_same_v<T, schedule::Recv>) {
             f.value(b.comm), f.value(b.peer), f.value(b.bytes), f.value(b.tag);
+            // Mixed only when not the default: schedules without transports keep their fingerprints.
+            if (b.transport != schedule::Transport::kNccl) f.value(b.transport), f.value(b.sm_count);
           } else if constexpr (std::is_same_v<T, schedule::Host>) {
             f.value(b.duration_ns);
           } else {

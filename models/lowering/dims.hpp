@@ -44,6 +44,9 @@ struct Dims {
   bool ep_overlap = false, delay_wgrad = false, shared_overlap = false;
   double skew = 1.0;
   std::uint32_t flex_sms = 0;
+  /// TP-overlap ring exchange: how its send/recv move the chunks, and the SMs of a sm_kernel transfer.
+  schedule::Transport ring_transport = schedule::Transport::kCopyEngine;
+  std::uint32_t ring_sms = 0;
 };
 
 /// TE's default num_splits for the pipelined GEMM + reduce-scatter (proj / fc2 fprop with tp_comm_overlap).

@@ -296,6 +296,12 @@ void gate_tp_overlap(const RunConfig& cfg, Dims& k, std::vector<std::string>& wa
     warnings.push_back("tp_comm_overlap needs sequence_parallel; Megatron-Bridge disables it: TP overlap is off");
     k.tp_overlap = false;
   }
+  k.ring_transport = cfg.tp_comm_overlap_ring_exchange_transport;
+  k.ring_sms = k.ring_transport == schedule::Transport::kSmKernel ? cfg.tp_comm_overlap_ring_exchange_num_sm : 0;
+  if (k.tp_overlap && k.ring_transport == schedule::Transport::kSmKernel && k.ring_sms == 0) {
+    fail("tp_comm_overlap_ring_exchange_transport sm_kernel needs tp_comm_overlap_ring_exchange_num_sm >= 1",
+         "set tp_comm_overlap_ring_exchange_num_sm (Transformer Engine's ring_exchange default is 1)");
+  }
   if (k.tp_overlap && (k.tokens % (std::uint64_t{kPipelinedRsSplits} * k.tp) != 0)) {
     fail("tp_comm_overlap: tokens per CP rank (" + str(k.tokens) + ") must split into " + str(kPipelinedRsSplits) +
              " pipelined chunks and " + str(k.tp) + " ring chunks",

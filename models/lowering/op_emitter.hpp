@@ -218,13 +218,16 @@ class OpEmitter {
     if (blocking) pending_.push_back(op.id);
     return op.id;
   }
+  /// A send/recv; `transport` other than NCCL only for the TP-overlap ring exchange (`sms`: a sm_kernel's SMs).
   OpId send(StreamId stream, const Name& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
-            Phase ph, std::vector<OpId> deps, std::string_view overlap = {}) {
-    return emit(stream, what, schedule::Send{comm, peer, bytes, tag}, std::move(deps), ph, overlap);
+            Phase ph, std::vector<OpId> deps, std::string_view overlap = {},
+            schedule::Transport transport = schedule::Transport::kNccl, std::uint32_t sms = 0) {
+    return emit(stream, what, schedule::Send{comm, peer, bytes, tag, transport, sms}, std::move(deps), ph, overlap);
   }
   OpId recv(StreamId stream, const Name& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
-            Phase ph, std::string_view overlap = {}) {
-    return emit(stream, what, schedule::Recv{comm, peer, bytes, tag}, {}, ph, overlap);
+            Phase ph, std::string_view overlap = {}, schedule::Transport transport = schedule::Transport::kNccl,
+            std::uint32_t sms = 0) {
+    return emit(stream, what, schedule::Recv{comm, peer, bytes, tag, transport, sms}, {}, ph, overlap);
   }
   void host(const Name& what, Nanos ns, Phase ph) {
     if (ns > 0) emit(x_.st.compute, what, schedule::Host{ns}, {}, ph);

@@ -27,8 +27,10 @@ RankLowering::Ring RankLowering::ub_ring_gemm(std::string_view site, const RingN
       std::vector<OpId> d;
       if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
       if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-      send(x_.st.tp_send, Name{site, names.send, i}, tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, d, "tp");
-      rv = recv(x_.st.tp_recv, Name{site, names.recv, i}, tp, tp_peer(-1), act(k_.tokens_sp, kk), 0, ph, "tp");
+      send(x_.st.tp_send, Name{site, names.send, i}, tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, d, "tp",
+           k_.ring_transport, k_.ring_sms);
+      rv = recv(x_.st.tp_recv, Name{site, names.recv, i}, tp, tp_peer(-1), act(k_.tokens_sp, kk), 0, ph, "tp",
+                k_.ring_transport, k_.ring_sms);
     }
     std::vector<OpId> d;
     if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);

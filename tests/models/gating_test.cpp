@@ -210,3 +210,54 @@ TEST_CASE("models::gating: divisibility errors name the field and the fix", "[ga
   l.global_batch_size = 3;
   CHECK_THROWS_WITH(lower(small(), l), twinstep_contains("num_layers 8 is not divisible"));
 }
+
+TEST_CASE("models::lowering: the TP-overlap ring exchange carries the configured transport, PP p2p stays NCCL",
+          "[gating]") {
+  RunConfig c = config(4, 2, 2);
+  c.global_batch_size = 4;
+  c.sequence_parallel = true;
+  c.tp_comm_overlap = true;
+  // Every send/recv as (ring exchange?, transport, sm_count) counts.
+  struct Counts {
+    std::size_t ring = 0, ring_with = 0, other = 0, other_nccl = 0;
+  };
+  auto counts = [&](schedule::Transport want, std::uint32_t sms) {
+    const Lowered low = lower(small(), c);
+    REQUIRE(problems(low.schedule).empty());
+    Counts n;
+    for (const auto& op : low.schedule.ops) {
+      const auto* s = std::get_if<schedule::Send>(&op.body);
+      const auto* r = std::get_if<schedule::Recv>(&op.body);
+      if (s == nullptr && r == nullptr) continue;
+      const schedule::Transport t = s != nullptr ? s->transport : r->transport;
+      const std::uint32_t k = s != nullptr ? s->sm_count : r->sm_count;
+      if (op.name.find("_ub_") != std::string::npos) {
+        ++n.ring;
+        n.ring_with += t == want && k == sms ? 1 : 0;
+      } else {
+        ++n.other;
+        n.other_nccl += t == schedule::Transport::kNccl && k == 0 ? 1 : 0;
+      }
+    }
+    return n;
+  };
+  // Default: Transformer Engine's ring_exchange with use_ce (copy engine).
+  const Counts ce = counts(schedule::Transport::kCopyEngine, 0);
+  // Per rank, micro-batch and layer: qkv/fc1 fprop and proj/fc2 dgrad rings, 1 send + 1 recv each at TP2.
+  CHECK(ce.ring == std::size_t{4} * 4 * 4 * 2 * (small().num_layers / 2));  // ranks, micro-batches, sites, s+r
+  CHECK(ce.ring_with == ce.ring);
+  CHECK(ce.other > 0);  // pipeline p2p
+  CHECK(ce.other_nccl == ce.other);
+  c.tp_comm_overlap_ring_exchange_transport = schedule::Transport::kSmKernel;
+  c.tp_comm_overlap_ring_exchange_num_sm = 3;
+  const Counts sk = counts(schedule::Transport::kSmKernel, 3);
+  CHECK(sk.ring_with == sk.ring);
+  CHECK(sk.other_nccl == sk.other);
+  c.tp_comm_overlap_ring_exchange_transport = schedule::Transport::kNccl;
+  const Counts nc = counts(schedule::Transport::kNccl, 0);
+  CHECK(nc.ring_with == nc.ring);
+  // sm_kernel without SMs is refused, naming the knob.
+  c.tp_comm_overlap_ring_exchange_transport = schedule::Transport::kSmKernel;
+  c.tp_comm_overlap_ring_exchange_num_sm = 0;
+  CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("tp_comm_overlap_ring_exchange_num_sm"));
+}

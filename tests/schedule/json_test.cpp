@@ -200,3 +200,41 @@ TEST_CASE("schedule::json: fp8 GEMM operand formats round-trip, written for fp8 
   CHECK(ptr2 == "/ops/0/kernel/a_format");
   CHECK_THAT(msg2, twinstep_contains(R"("e4m3", "e5m2")"));
 }
+
+TEST_CASE("schedule::json: a send/recv's transport round-trips, is written only when not nccl, and is checked",
+          "[schedule]") {
+  const std::string head = R"({"id":0,"rank":0,"name":"s","kind":"send","stream":"compute","comm":"world","peer":0,)"
+                           R"("bytes":64,"tag":0)";
+  // Default: no key, nccl.
+  const ts::Schedule plain = ts::schedule_from_json(minimal_with_op(head + "}"), "mem");
+  CHECK(std::get<ts::Send>(plain.ops[0].body).transport == ts::Transport::kNccl);
+  CHECK(ts::schedule_to_json(plain).find("transport") == std::string::npos);
+  // copy_engine and sm_kernel (with its SMs) round-trip, text and IR.
+  const ts::Schedule ce = ts::schedule_from_json(minimal_with_op(head + R"(,"transport":"copy_engine"})"), "mem");
+  CHECK(std::get<ts::Send>(ce.ops[0].body).transport == ts::Transport::kCopyEngine);
+  const std::string ce_text = ts::schedule_to_json(ce);
+  CHECK(ce_text.find(R"("tag":0,"transport":"copy_engine"})") != std::string::npos);
+  CHECK(ts::schedule_from_json(ce_text, "mem") == ce);
+  const std::string recv = R"({"id":0,"rank":0,"name":"r","kind":"recv","stream":"compute","comm":"world","peer":0,)"
+                           R"("bytes":64,"transport":"sm_kernel","sm_count":2})";
+  const ts::Schedule sk = ts::schedule_from_json(minimal_with_op(recv), "mem");
+  const auto& r = std::get<ts::Recv>(sk.ops[0].body);
+  CHECK(r.transport == ts::Transport::kSmKernel);
+  CHECK(r.sm_count == 2);
+  const std::string sk_text = ts::schedule_to_json(sk);
+  CHECK(sk_text.find(R"("transport":"sm_kernel","sm_count":2)") != std::string::npos);
+  CHECK(ts::schedule_from_json(sk_text, "mem") == sk);
+  // Errors: an unknown transport lists the spellings; sm_count missing, zero, or on another transport.
+  const auto [p1, m1] = parse_error_of(minimal_with_op(head + R"(,"transport":"dma"})"));
+  CHECK(p1 == "/ops/0/transport");
+  CHECK_THAT(m1, twinstep_contains(R"("nccl", "copy_engine", "sm_kernel")"));
+  const auto [p2, m2] = parse_error_of(minimal_with_op(head + R"(,"transport":"sm_kernel"})"));
+  CHECK(p2 == "/ops/0/sm_count");
+  CHECK_THAT(m2, twinstep_contains("missing required field"));
+  const auto [p3, m3] = parse_error_of(minimal_with_op(head + R"(,"transport":"sm_kernel","sm_count":0})"));
+  CHECK(p3 == "/ops/0/sm_count");
+  CHECK_THAT(m3, twinstep_contains("at least 1 SM"));
+  const auto [p4, m4] = parse_error_of(minimal_with_op(head + R"(,"transport":"copy_engine","sm_count":4})"));
+  CHECK(p4 == "/ops/0/sm_count");
+  CHECK_THAT(m4, twinstep_contains("only for transport"));
+}

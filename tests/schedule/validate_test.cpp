@@ -122,6 +122,23 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
     b.add(1, "recv", 1, ts::Recv{0, 0, 32, 0});
     expect_one(b.schedule(), "bytes", "make the sizes equal");
   }
+  SECTION("send/recv transport mismatch, and sm_count without a sm_kernel") {
+    Builder b(skeleton(2));
+    b.add(0, "send", 1, ts::Send{0, 1, 64, 0, ts::Transport::kCopyEngine});
+    b.add(1, "recv", 1, ts::Recv{0, 0, 64, 0});
+    expect_one(b.schedule(), "transport", "over nccl");
+    Builder c(skeleton(2));
+    c.add(0, "send", 1, ts::Send{0, 1, 64, 0, ts::Transport::kSmKernel, 0});
+    c.add(1, "recv", 1, ts::Recv{0, 0, 64, 0, ts::Transport::kSmKernel, 0});
+    const auto d = ts::validate(c.schedule());
+    REQUIRE(d.size() == 2);
+    CHECK(d[0].field == "sm_count");
+    CHECK(d[1].field == "sm_count");
+    Builder ok(skeleton(2));
+    ok.add(0, "send", 1, ts::Send{0, 1, 64, 0, ts::Transport::kSmKernel, 2});
+    ok.add(1, "recv", 1, ts::Recv{0, 0, 64, 0, ts::Transport::kSmKernel, 2});
+    CHECK(ts::validate(ok.schedule()).empty());
+  }
   SECTION("dep on a later op (a dep cycle)") {
     auto s = two_rank_ar();
     s.ops[0].deps = {1};
