@@ -390,7 +390,8 @@ void Execution::issue_compute(const sch::Compute& c, const BoundOp& b) {
         if constexpr (std::is_same_v<K, sch::Gemm> || std::is_same_v<K, sch::GroupedGemm>) {
           for (const auto& g : b.gemms) run_gemm(b.blas, g);
           const float* scales = im_.fp8_scales();
-          for (const auto& f : b.fp8) f.gemm.run(f.a, f.b, f.c, scales, scales + 1, b.workspace, b.stream);
+          for (const auto& f : b.fp8)
+            f.gemm.run(f.a, f.b, f.c, scales, scales + kFp8ScaleStride, b.workspace, b.stream);
         } else if constexpr (std::is_same_v<K, sch::Attention>) {
           if (b.fused != nullptr) {
             im_.sdpa().run(*b.fused, b.sdpa, b.stream);

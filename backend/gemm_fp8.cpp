@@ -1,6 +1,7 @@
 // cuBLASLt FP8 GEMMs (see gemm_fp8.hpp).
 #include "backend/gemm_fp8.hpp"
 
+#include <cstdint>
 #include <utility>
 
 #include "backend/error.hpp"
@@ -22,7 +23,14 @@ Fp8Gemm::Fp8Gemm(cublasLtHandle_t lt, const Fp8GemmShape& shape, std::uint64_t w
   TWINSTEP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
   TWINSTEP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof nt));
   TWINSTEP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
-  // The scale pointers are bound per run (unset means 1).
+  // Per-tensor scaling selects other kernels than an unscaled FP8 product, so the heuristic must see the scale
+  // pointers set: placeholders here (aligned, never dereferenced by the heuristic), the real ones bound per run.
+  static constexpr std::uintptr_t kPlaceholderScale = 256;
+  const void* placeholder = reinterpret_cast<const void*>(kPlaceholderScale);  // NOLINT(performance-no-int-to-ptr)
+  TWINSTEP_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &placeholder, sizeof placeholder));
+  TWINSTEP_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &placeholder, sizeof placeholder));
   TWINSTEP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la_, fp8_cuda_type(shape.b), k, n, static_cast<std::int64_t>(k)));
   TWINSTEP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb_, fp8_cuda_type(shape.a), k, m, static_cast<std::int64_t>(k)));
   TWINSTEP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc_, CUDA_R_16BF, n, m, static_cast<std::int64_t>(n)));

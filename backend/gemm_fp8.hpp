@@ -9,6 +9,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "schedule/schedule.hpp"
@@ -47,6 +48,9 @@ class Fp8Gemm {
   cublasLtMatrixLayout_t la_ = nullptr, lb_ = nullptr, lc_ = nullptr;
   cublasLtMatmulAlgo_t algo_{};
 };
+
+/// Floats between A's and B's scale where both share one allocation: each scale on its own 16-byte boundary.
+inline constexpr std::size_t kFp8ScaleStride = 4;
 
 /// CUDA's element type of an fp8 format.
 [[nodiscard]] cudaDataType_t fp8_cuda_type(schedule::Fp8Format f);

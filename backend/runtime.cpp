@@ -15,6 +15,7 @@
 #include <cstdlib>
 
 #include "backend/error.hpp"
+#include "backend/gemm_fp8.hpp"
 #include "backend/kernels.hpp"
 
 namespace twinstep::backend {
@@ -91,7 +92,9 @@ cublasLtHandle_t Runtime::Impl::lt() {
 
 const float* Runtime::Impl::fp8_scales() {
   if (!dev->fp8_scales) {
-    const std::array<float, 2> ones{1.0f, 1.0f};
+    // A's scale at element 0, B's at kFp8ScaleStride: each on its own 16-byte boundary.
+    std::array<float, 2 * kFp8ScaleStride> ones{};
+    ones[0] = ones[kFp8ScaleStride] = 1.0f;
     dev->fp8_scales = device_alloc(sizeof ones);
     TWINSTEP_CUDA_CHECK(cudaMemcpy(dev->fp8_scales.get(), ones.data(), sizeof ones, cudaMemcpyHostToDevice));
   }

@@ -44,7 +44,7 @@ struct DeviceResources {
   std::array<PoolBuffer, kRoles> pool{};
   std::vector<BlasSlot> blas;
   CublasLtHandle lt;                ///< FP8 GEMMs (gemm_fp8.hpp); made by the first that runs.
-  DeviceMemory fp8_scales;          ///< Their per-tensor scales: two floats, 1.
+  DeviceMemory fp8_scales;          ///< Their per-tensor scales, 1: A's at 0, B's at kFp8ScaleStride.
   std::unique_ptr<CudnnSdpa> sdpa;  ///< Fused attention's handle, plans and workspace; made by the first that runs.
   NcclComm world;
   std::map<std::string, NcclComm> channels;  ///< By CommChannel::key; empty where this rank is not a member.

@@ -203,13 +203,36 @@ def mm(a, b_t, fp8, fmt_a=None, fmt_b=None, fast_accum=False):
     return torch._scaled_mm(qa, qb.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
 
 
+# How the bf16 weight-gradient GEMM accumulates into fp32 main grads: inside the GEMM (addmm with an fp32 output,
+# torch >= 2.8 on CUDA: cuBLAS with an fp32 C and beta 1, as Megatron's gradient accumulation fusion does), else a
+# bf16 GEMM and an add. Set by probe_fp32_accumulation().
+FP32_ACCUMULATE_IN_GEMM = False
+
+
+def probe_fp32_accumulation(device):
+    global FP32_ACCUMULATE_IN_GEMM
+    if device.type != "cuda":
+        return "bf16 GEMM + add (not CUDA)"
+    try:
+        acc = torch.zeros(16, 16, device=device)
+        a = torch.ones(16, 32, device=device, dtype=torch.bfloat16)
+        torch.addmm(acc, a, a.t(), out_dtype=torch.float32, out=acc)
+        FP32_ACCUMULATE_IN_GEMM = bool(torch.all(acc == 32.0))
+    except (TypeError, RuntimeError) as e:
+        return f"bf16 GEMM + add (this torch has no fp32-output addmm: {str(e).splitlines()[0]})"
+    return "in the GEMM (addmm, bf16 inputs, fp32 output and accumulator)" if FP32_ACCUMULATE_IN_GEMM else \
+        "bf16 GEMM + add (the fp32-output addmm gave a wrong result)"
+
+
 def accumulate_wgrad(main_grad, g2, x2, fp8):
-    """main_grad += g2^T x2: in the GEMM itself when main_grad has the GEMM's dtype (bf16 main grads), else a bf16
-    GEMM and an add into the fp32 main grad."""
+    """main_grad += g2^T x2: in the GEMM itself when main_grad has the GEMM's dtype (bf16 main grads) or when this
+    torch has the fp32-output addmm, else a bf16 GEMM and an add into the fp32 main grad."""
     if fp8:
         main_grad.add_(mm(g2.t().contiguous(), x2.t().contiguous(), True, E5M2, E4M3))
     elif main_grad.dtype == g2.dtype:
         main_grad.addmm_(g2.t(), x2)
+    elif FP32_ACCUMULATE_IN_GEMM:
+        torch.addmm(main_grad, g2.t(), x2, out_dtype=torch.float32, out=main_grad)
     else:
         main_grad.add_(g2.t() @ x2)
 
@@ -334,6 +357,30 @@ def rotate(x, cos, sin):
     return x * cos + rot * sin
 
 
+def rope(q, k, cos, sin):
+    return rotate(q, cos, sin), rotate(k, cos, sin)
+
+
+def swiglu(u):
+    a, g = u.chunk(2, dim=-1)
+    return F.silu(a) * g
+
+
+def cross_entropy(logits, labels, micro_batches):
+    return F.cross_entropy(logits.float(), labels) / micro_batches
+
+
+# The elementwise blocks the step calls through this table: eager by default; --fuse-elementwise compiles each
+# (torch.compile, one fused Triton kernel per block and direction), as production stacks run them fused
+# (Transformer Engine's RMSNorm and fused RoPE, Megatron's fused SwiGLU and cross-entropy loss fusion).
+ELEMENTWISE = {"rms_norm": rms_norm, "rope": rope, "swiglu": swiglu, "cross_entropy": cross_entropy}
+
+
+def fuse_elementwise():
+    for name, fn in list(ELEMENTWISE.items()):
+        ELEMENTWISE[name] = torch.compile(fn, fullgraph=True, dynamic=False)
+
+
 def fused_sdpa():
     """A context that lets SDPA pick among its fused kernels (cuDNN, flash, memory-efficient) but never the math
     fallback, whose S x S score matrix would change both the time and the memory of the step."""
@@ -418,13 +465,13 @@ class Model:
         pre, bwd = f"L{li}.mb{mb}.{phase}", f"L{li}.mb{mb}.bwd"
         b, s, hq, hkv, hd = d["mbs"], d["seq"], d["heads"], d["kv_heads"], d["head_dim"]
         with record_function(pre + ".ln1"):
-            h = bwd_range(bwd + ".ln1_bwd", rms_norm(x, p["ln1"]))
+            h = bwd_range(bwd + ".ln1_bwd", ELEMENTWISE["rms_norm"](x, p["ln1"]))
         with record_function(pre + ".qkv"):
             qkv = Linear.apply(h, p["qkv"], bwd + ".qkv", self.fp8).view(b, s, hq + 2 * hkv, hd)
         q, k, v = qkv.split([hq, hkv, hkv], dim=2)
         if d["rope"]:
             with record_function(pre + ".rope"):
-                q, k = rotate(q, self.cos, self.sin), rotate(k, self.cos, self.sin)
+                q, k = ELEMENTWISE["rope"](q, k, self.cos, self.sin)
                 q, k, v = bwd_range(bwd + ".rope_bwd", q, k, v)
         with record_function(pre + ".attn"):
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -435,7 +482,7 @@ class Model:
         with record_function(pre + ".residual1"):
             x = bwd_range(bwd + ".residual1_bwd", x + o)
         with record_function(pre + ".ln2"):
-            h = bwd_range(bwd + ".ln2_bwd", rms_norm(x, p["ln2"]))
+            h = bwd_range(bwd + ".ln2_bwd", ELEMENTWISE["rms_norm"](x, p["ln2"]))
         y = self.moe(h, li, mb, phase) if li in d["moe_layers"] else self.mlp(h, p, pre, bwd)
         with record_function(pre + ".residual2"):
             return bwd_range(bwd + ".residual2_bwd", x + y)
@@ -458,8 +505,7 @@ class Model:
         with record_function(pre + ".fc1"):
             u = Linear.apply(h, p["fc1"], bwd + ".fc1", self.fp8)
         with record_function(pre + ".swiglu"):
-            a, g = u.chunk(2, dim=-1)
-            u = bwd_range(bwd + ".swiglu_bwd", F.silu(a) * g)
+            u = bwd_range(bwd + ".swiglu_bwd", ELEMENTWISE["swiglu"](u))
         with record_function(pre + ".fc2"):
             return Linear.apply(u, p["fc2"], bwd + ".fc2", self.fp8)
 
@@ -508,12 +554,12 @@ class Model:
             else:
                 x = self.layer(x, li, mb, "fwd")
         with record_function(pre + ".final_norm"):
-            x = bwd_range(bwd + ".final_norm_bwd", rms_norm(x, self.final_norm))
+            x = bwd_range(bwd + ".final_norm_bwd", ELEMENTWISE["rms_norm"](x, self.final_norm))
         with record_function(pre + ".output"):
             logits = Linear.apply(x, self.output, bwd + ".output", False)
         with record_function(pre + ".cross_entropy"):
             logits = bwd_range(bwd + ".cross_entropy_bwd", logits)
-            loss = F.cross_entropy(logits.float(), labels.reshape(-1)) / d["micro_batches"]
+            loss = ELEMENTWISE["cross_entropy"](logits, labels.reshape(-1), d["micro_batches"])
         loss.backward()
         Segment.close()
         return loss
@@ -628,6 +674,8 @@ def main():
     g.add_argument("--main-grad-dtype", choices=["bf16", "fp32"], default="fp32")
     ap.add_argument("--fp8", action="store_true", help="fp8 linear layers (torch._scaled_mm); default: as the "
                     "schedule's GEMM dtype")
+    ap.add_argument("--fuse-elementwise", action="store_true", help="torch.compile RMSNorm, RoPE, SwiGLU and the "
+                    "cross entropy into fused kernels, as Transformer Engine / Megatron run them (default: eager)")
     ap.add_argument("--sdpa-backend", choices=["auto", "cudnn", "flash", "efficient", "math"], default="auto")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--warmup", type=int, default=3)
@@ -653,6 +701,10 @@ def main():
         sdpa_ctx = fused_sdpa
     sdpa = sdpa_probe(device, d, sdpa_ctx)
     grad_dtype = torch.float32 if d["grad_bytes"] == 4 else torch.bfloat16
+    wgrad_accumulation = probe_fp32_accumulation(device) if grad_dtype == torch.float32 else \
+        "in the GEMM (bf16 main grads, addmm_)"
+    if a.fuse_elementwise:
+        fuse_elementwise()
 
     model = Model(d, device, fp8, sdpa)
     opt = Optimizer(model, grad_dtype)
@@ -725,6 +777,9 @@ def main():
         "params": model.count,
         "params_match_schedule": None if d["schedule_params"] is None else model.count == d["schedule_params"],
         "main_grad_dtype": str(grad_dtype).replace("torch.", ""),
+        "wgrad_accumulation": wgrad_accumulation,
+        "elementwise": ("torch.compile (fused kernels) of " + ", ".join(ELEMENTWISE)) if a.fuse_elementwise
+                       else "eager",
         "attention": {"path": sdpa, "sdpa_backends": "fused only (cuDNN, flash, efficient; no math fallback)"
                       if a.sdpa_backend == "auto" and cuda else a.sdpa_backend,
                       "ops_in_profiled_step": attention_ops},

@@ -10,13 +10,15 @@
 # the fit from dense_s4096 predicts every case.
 #
 # Usage, from the repository root: calibration/scripts/run_reference_h100x1.sh OUT [WHAT...]
-#   WHAT: all (default) | build | calibrate | dense | dense_rc | moe | a case name (dense_s2048, dense_s4096_rc,
-#   moe_s4096, ...). One device call has 10 minutes: the first call of a fresh machine builds (a few minutes), so
+#   WHAT: all (default) | build | calibrate | dense | dense_rc | dense_fp8 | moe | a case name (dense_s2048,
+#   dense_s4096_rc, dense_s4096_fp8 (fp8 linear layers, per-tensor current scaling on both sides), moe_s4096, ...). One device call has 10 minutes: the first call of a fresh machine builds (a few minutes), so
 #   split, e.g. `OUT build calibrate dense` then `OUT dense_rc moe` (build-gpu and the fitted profile stay on the
 #   warm machine between calls; the table of each call covers the cases of that call, reference_table.py joins the
 #   OUT folders of several calls afterwards).
 # Environment: PROFILE=path uses that profile instead of the one `calibrate` fits here (build-gpu/reference_profile.json);
-#   SUITE=quick|default for calibrate (default: quick); STEPS (torch, default 10), BSTEPS (backend, default 5).
+#   SUITE=quick|default for calibrate (default: quick); STEPS (torch, default 10), BSTEPS (backend, default 5);
+#   TORCH_FLAGS: more torch_reference.py flags, e.g. --fuse-elementwise (RMSNorm, RoPE, SwiGLU, cross entropy fused
+#   by torch.compile, as production stacks run them).
 set -u
 OUT=$1
 shift
@@ -62,14 +64,15 @@ PROF=${PROFILE:-}
 [ -z "$PROF" ] && [ -s "$KEEP" ] && PROF=$KEEP
 [ -n "$PROF" ] && cp "$PROF" "$R/profile_used.json"
 
-# run_case NAME MODEL SEQ RECOMPUTE(0|1)
+# run_case NAME MODEL SEQ RECOMPUTE(0|1) [DTYPE]
 run_case() {
-  local name=$1 model=$2 seq=$3 rc=$4
+  local name=$1 model=$2 seq=$3 rc=$4 dtype=${5:-bf16}
   local D=$R/$name
   mkdir -p "$D"
   echo "== $name $(date +%T)"
   local flags=(--model "$R/models/$model.json" --gpus 1 --mbs 1 --seq "$seq")
   [ "$rc" = 1 ] && flags+=(--recompute full --recompute-method uniform --recompute-num-layers 1)
+  [ "$dtype" = fp8 ] && flags+=(--dtype fp8 --fp8-recipe tensorwise)
   $T lower "${flags[@]}" -o "$D/step.json" --summary > "$D/lower.txt" 2>&1 || { tail -3 "$D/lower.txt"; return; }
   $T simulate "$D/step.json" --cluster dgx-h100 --gpus 1 --profile datasheet -o "$D/pred_datasheet.json" \
     > "$D/pred_datasheet.txt" 2>&1
@@ -91,7 +94,8 @@ run_case() {
   [ -s "$D/backend.json" ] && $T analyze --json "$D/backend.json" > "$D/backend.analyze.json" 2>&1
   $smi > "$D/torch.smi.csv" 2>&1 &
   s=$!
-  timeout 300 python3 calibration/reference/torch_reference.py --schedule "$D/step.json" --warmup 3 \
+  # shellcheck disable=SC2086  # TORCH_FLAGS are words
+  timeout 300 python3 calibration/reference/torch_reference.py --schedule "$D/step.json" --warmup 3 ${TORCH_FLAGS:-} \
     --steps "${STEPS:-10}" --profile-trace "$D/torch_trace.json" -o "$D/torch.json" > "$D/torch.log" 2>&1 < /dev/null
   echo "torch exit $?" >> "$D/torch.log"
   kill $s 2>/dev/null
@@ -100,7 +104,9 @@ run_case() {
     $T import-trace "$D/torch_trace.json" --schedule "$D/step.json" -o "$D/torch_measured.json" > "$D/import.txt" 2>&1
     head -2 "$D/import.txt"
     if [ -s "$D/torch_measured.json" ]; then
-      [ -n "$PROF" ] && $T compare "$D/pred_profile.json" "$D/torch_measured.json" > "$D/compare_profile_vs_torch.txt" 2>&1
+      # Op by op, what the PyTorch step runs slower or faster than the backend (both on step.json; the prediction
+      # with the profile ran step_profile.json, whose host ops differ).
+      [ -s "$D/backend.json" ] && $T compare "$D/backend.json" "$D/torch_measured.json" > "$D/compare_backend_vs_torch.txt" 2>&1
       $T calibrate --from-trace "$D/torch_measured.json" --cluster dgx-h100 -o "$D/profile_from_trace.json" \
         > "$D/from_trace.log" 2>&1
       $T simulate "$D/step.json" --cluster dgx-h100 --gpus 1 --profile "$D/profile_from_trace.json" \
@@ -119,6 +125,7 @@ done
 for seq in 2048 4096 8192 16384; do
   { want dense_rc || want "dense_s${seq}_rc"; } && CASES+=("dense_s${seq}_rc llama3-8b-4l $seq 1")
 done
+{ want dense_fp8 || want dense_s4096_fp8; } && CASES+=("dense_s4096_fp8 llama3-8b-4l 4096 0 fp8")
 { want moe || want moe_s4096; } && CASES+=("moe_s4096 qwen3-30b-a3b-2l 4096 0")
 { want moe || want moe_s4096_rc; } && CASES+=("moe_s4096_rc qwen3-30b-a3b-2l 4096 1")
 for c in "${CASES[@]}"; do

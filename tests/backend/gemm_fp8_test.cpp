@@ -48,7 +48,10 @@ TEST_CASE("backend::Fp8Gemm: e4m3 and e5m2 x e4m3 products match a host referenc
     std::vector<double> va(m * k), vb(n * k);
     for (std::size_t i = 0; i < ha.size(); ++i) ha[i] = random_fp8(a_format, rng, va[i]);
     for (std::size_t i = 0; i < hb.size(); ++i) hb[i] = random_fp8(sch::Fp8Format::kE4M3, rng, vb[i]);
-    const float scales[2] = {0.5f, 4.0f};  // A's and B's dequantization scales: the product doubles
+    // A's and B's dequantization scales (the product doubles), as the runtime lays them out.
+    float scales[2 * be::kFp8ScaleStride] = {};
+    scales[0] = 0.5f;
+    scales[be::kFp8ScaleStride] = 4.0f;
     const be::DeviceMemory da = be::device_alloc(ha.size()), db = be::device_alloc(hb.size()),
                            dc = be::device_alloc(m * n * 2), ds = be::device_alloc(sizeof scales);
     REQUIRE(cudaMemcpy(da.get(), ha.data(), ha.size(), cudaMemcpyHostToDevice) == cudaSuccess);
@@ -59,7 +62,7 @@ TEST_CASE("backend::Fp8Gemm: e4m3 and e5m2 x e4m3 products match a host referenc
       const be::Fp8Gemm g(lt.get(), be::Fp8GemmShape{m, n, k, a_format, sch::Fp8Format::kE4M3, fast},
                           be::kCublasWorkspaceBytes);
       const auto* s = static_cast<const float*>(ds.get());
-      g.run(da.get(), db.get(), dc.get(), s, s + 1, ws.get(), stream.get());
+      g.run(da.get(), db.get(), dc.get(), s, s + be::kFp8ScaleStride, ws.get(), stream.get());
       REQUIRE(cudaStreamSynchronize(stream.get()) == cudaSuccess);
       std::vector<std::uint16_t> hc(m * n);
       REQUIRE(cudaMemcpy(hc.data(), dc.get(), m * n * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
