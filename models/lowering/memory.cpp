@@ -1,8 +1,9 @@
 // Memory per rank and phase (docs/memory.md has each term's closed form and source): static state (bf16 weights, fp8
 // copies, main weights and Adam moments in the optimizer state dtypes, main grads; main weights and moments sharded
 // with the distributed optimizer), the activations the in-flight micro-batches of the rank's actual pipeline order
-// have saved (layer by layer for the EP-overlap combined schedule), the phase's working memory (loss, recompute, optimizer temporaries), the allocator's
-// reserve over what it hands out, and what lives outside the allocator (CUDA context, NCCL, TE userbuffers).
+// have saved (layer by layer for the EP-overlap combined schedule), the phase's working memory (loss, recompute,
+// optimizer temporaries), the allocator's reserve over what it hands out, and what lives outside the allocator (CUDA
+// context, NCCL, TE userbuffers).
 #include "models/lowering/memory.hpp"
 
 #include <algorithm>
