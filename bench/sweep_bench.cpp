@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
       const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double cpu = cpu_seconds() - cpu0;
       std::size_t ok = 0;
-      for (const auto& r : results) ok += r.status == "ok";
+      for (const auto& r : results) ok += r.status == sweep::PointStatus::kOk;
       // CPU seconds (this process and its workers) do not depend on what else runs on the machine; per 2 cores
       // they bound the rate from above.
       std::printf(
@@ -122,8 +122,9 @@ int main(int argc, char** argv) {
                                    std::filesystem::copy_options::overwrite_existing);
       }
       for (const auto& r : results) {
-        std::printf("    %-32s %-12s %s\n", r.point.layout.describe().c_str(), r.status.c_str(),
-                    r.status == "ok" ? std::to_string(r.step_time_s).c_str() : r.reason.substr(0, 90).c_str());
+        std::printf("    %-32s %-12s %s\n", r.point.layout.describe().c_str(), sweep::to_string(r.status).c_str(),
+                    r.status == sweep::PointStatus::kOk ? std::to_string(r.step_time_s).c_str()
+                                                        : r.reason.substr(0, 90).c_str());
       }
     }
     std::filesystem::remove_all(dir);

@@ -144,13 +144,11 @@ void register_calibrate_command(CLI::App& app) {
   sub->add_option("--raw", a->raw, "Raw measurements, JSON lines (default: OUTPUT.raw.jsonl)");
   sub->add_flag("--resume", a->resume, "Keep the groups already in the raw file and measure the rest");
   sub->add_option("--fit", a->fit_from, "Fit from this raw file only (no GPUs needed)");
-  sub->add_option("--from-trace", a->from_trace,
-                  "Fit what a real step's measured trace covers (from `twinstep import-trace`; no GPUs needed): "
-                  "compute tables per class, host issue cost per op, host_sync wake-up")
-      ->check(CLI::ExistingFile);
-  sub->add_option("--profile", a->base_profile,
-                  "With --from-trace: the profile whose other figures the result keeps (default: datasheet defaults)")
-      ->check(CLI::ExistingFile);
+  add_input_file(sub, "--from-trace", a->from_trace,
+                 "Fit what a real step's measured trace covers (from `twinstep import-trace`; no GPUs needed): "
+                 "compute tables per class, host issue cost per op, host_sync wake-up");
+  add_input_file(sub, "--profile", a->base_profile,
+                 "With --from-trace: the profile whose other figures the result keeps (default: datasheet defaults)");
   sub->add_option("--cluster", a->cluster, "Cluster whose GPU peaks the efficiencies refer to")->capture_default_str();
   sub->add_option("--framework", a->framework,
                   "JSON from calibration/scripts/torch_host_overhead.py: the profile's framework section");

@@ -50,12 +50,8 @@ void register_calibration_commands(CLI::App& app) {
       "compare",
       "Compare a predicted trace with a measured one of the same schedule: step-time error, per-op-class and "
       "per-communicator residuals, breakdowns side by side, the 20 worst ops");
-  cmd->add_option("PREDICTED", args->predicted, "Trace from `twinstep simulate`/`predict --trace`")
-      ->required()
-      ->check(CLI::ExistingFile);
-  cmd->add_option("MEASURED", args->measured, "Trace from `twinstep run` on the same schedule file")
-      ->required()
-      ->check(CLI::ExistingFile);
+  add_input_file(cmd, "PREDICTED", args->predicted, "Trace from `twinstep simulate`/`predict --trace`")->required();
+  add_input_file(cmd, "MEASURED", args->measured, "Trace from `twinstep run` on the same schedule file")->required();
   cmd->add_flag("--json", args->json, "Print the comparison as one JSON object instead of tables");
   cmd->add_option("--report", args->report, "Also write a self-contained HTML report (charts, tables) to this file");
   cmd->callback([args] { run_compare(*args); });

@@ -49,9 +49,8 @@ void register_import_trace_command(CLI::App& app) {
       "Match a real step's profiler trace (PyTorch profiler JSON, a folder of one per rank, or an Nsight Systems "
       "SQLite export) to a schedule's ops and write it as a measured trace for compare/analyze/calibrate");
   cmd->add_option("TRACE", a->trace, "Trace file or folder")->required();
-  cmd->add_option("--schedule", a->schedule, "The schedule of the traced step (`twinstep lower` with its config)")
-      ->required()
-      ->check(CLI::ExistingFile);
+  add_input_file(cmd, "--schedule", a->schedule, "The schedule of the traced step (`twinstep lower` with its config)")
+      ->required();
   cmd->add_option("-o,--output", a->output, "Measured trace JSON to write")->required();
   cmd->add_option("--min-match", a->min_match,
                   "Fail (exit 2, nothing written) when less than this fraction of the GPU time matched ops")

@@ -100,6 +100,7 @@ struct VariantResult {
   models::MemoryEstimate memory;  ///< The tightest rank's breakdown.
   schedule::Breakdown breakdown;
   double solo_compute_s = 0;  ///< Mean over ranks of the compute kernels' solo times (cost model, nothing beside).
+  std::map<std::string, double> host_work_s;  ///< Host thread time by cause (evaluate::Simulated::host_work_s).
   std::vector<std::string> warnings;
   std::vector<std::string> notes;  ///< What the resource model leaves out, symmetry reduction.
 };
@@ -147,6 +148,23 @@ Attribution attribute(const VariantResult& r, const VariantResult& base) {
   return a;
 }
 
+/// The host thread's time by cause in `r` less that in `base` (base null: `r`'s own), the largest first; the
+/// causes of the host-bound term: which module calls, syncs and schedule nodes take the host's time. Not additive to
+/// the step (host work overlaps GPU work unless the GPU waits for it).
+std::vector<std::pair<std::string, double>> host_causes(const VariantResult& r, const VariantResult* base,
+                                                        std::size_t top) {
+  std::map<std::string, double> d = r.host_work_s;
+  if (base != nullptr) {
+    for (const auto& [cause, s] : base->host_work_s) d[cause] -= s;
+  }
+  std::vector<std::pair<std::string, double>> v(d.begin(), d.end());
+  std::erase_if(v, [](const auto& e) { return std::abs(e.second) < 1e-9; });
+  std::stable_sort(v.begin(), v.end(),
+                   [](const auto& a, const auto& b) { return std::abs(a.second) > std::abs(b.second); });
+  if (v.size() > top) v.resize(top);
+  return v;
+}
+
 /// One time unit for a whole table, chosen from its longest step: s, ms or us.
 struct TimeUnit {
   const char* name;
@@ -190,10 +208,19 @@ std::string format_table(const std::vector<VariantResult>& results, const std::s
     for (const auto& [kind, s] : m.exposed_comm_s) row("exposed " + kind, s);
     row("bubble", m.bubble_s);
     row("host-bound", m.host_bound_s);
-    if (&r != &results.front()) {
+    const bool first = &r == &results.front();
+    if (!first) {
       out += "  change vs " + results.front().name + " by cause (sums to the change):\n";
       for (const auto& [cause, s] : attribute(r, results.front()).terms) {
         out += "    " + fmt("%+10.3f ", s * u.per_second) + u.name + "  " + cause + "\n";
+      }
+    }
+    const auto causes = host_causes(r, first ? nullptr : &results.front(), 6);
+    if (!causes.empty()) {
+      out += first ? "  host thread time per rank by cause (largest; overlaps GPU work unless host-bound):\n"
+                   : "  host thread time per rank by cause, change vs " + results.front().name + " (largest):\n";
+      for (const auto& [cause, s] : causes) {
+        out += "    " + fmt(first ? "%10.3f " : "%+10.3f ", s * u.per_second) + u.name + "  " + cause + "\n";
       }
     }
     for (const auto& w : r.warnings) out += "  warning: " + w + "\n";
@@ -282,6 +309,7 @@ Prediction run_predict(const PredictArgs& args) {
     r.name = v;
     r.breakdown = std::move(e.sim.breakdown);
     r.solo_compute_s = e.sim.solo_compute_s;
+    r.host_work_s = std::move(e.sim.host_work_s);
     r.step_s = e.step_s;
     r.tflops_per_gpu = e.tflops_per_gpu;
     r.mfu = e.mfu;
@@ -329,6 +357,9 @@ Prediction run_predict(const PredictArgs& args) {
       mem["peak_phase"] = r.memory.peak_phase;
       e["memory"] = mem;
       e["breakdown"] = breakdown_json(r.breakdown.mean);
+      nlohmann::ordered_json hw = nlohmann::ordered_json::object();
+      for (const auto& [cause, sec] : r.host_work_s) hw[cause] = sec;
+      e["host_work_s"] = hw;
       if (&r != &results.front()) {
         nlohmann::ordered_json terms = nlohmann::ordered_json::array();
         for (const auto& [cause, sec] : attribute(r, results.front()).terms) {

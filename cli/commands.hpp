@@ -4,8 +4,16 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <string>
 
 namespace twinstep::cli {
+
+/// An option or positional naming an input file, which CLI11 checks exists before the command's callback runs
+/// (its message names the option and the path). The caller chains ->required() where the file must be given.
+inline CLI::Option* add_input_file(CLI::App* cmd, const std::string& name, std::string& path,
+                                   const std::string& description) {
+  return cmd->add_option(name, path, description)->check(CLI::ExistingFile);
+}
 
 /// validate, analyze, export-trace (schedule/).
 void register_schedule_commands(CLI::App& app);

@@ -50,13 +50,18 @@ void JsonReader::fail(const std::string& pointer, const std::string& message) co
 
 void JsonReader::keys(const nlohmann::json& j, const std::string& pointer,
                       std::initializer_list<const char*> allowed) const {
+  keys(j, pointer, std::vector<std::string>(allowed.begin(), allowed.end()));
+}
+
+void JsonReader::keys(const nlohmann::json& j, const std::string& pointer,
+                      const std::vector<std::string>& allowed) const {
   if (!j.is_object()) fail(pointer, "expected an object");
   for (const auto& item : j.items()) {
     bool ok = false;
-    for (const char* a : allowed) ok = ok || item.key() == a;
+    for (const auto& a : allowed) ok = ok || item.key() == a;
     if (!ok) {
       std::string list;
-      for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
       fail(pointer + "/" + item.key(), "unknown field \"" + item.key() + "\"; allowed here: " + list);
     }
   }

@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "common/units.hpp"
 
@@ -42,6 +43,8 @@ class JsonReader {
   [[noreturn]] void fail(const std::string& pointer, const std::string& message) const;
   /// `j` must be an object whose keys are all in `allowed` ("unknown field \"x\"; allowed here: a, b").
   void keys(const nlohmann::json& j, const std::string& pointer, std::initializer_list<const char*> allowed) const;
+  /// As above, with the allowed keys built at run time (a table of fields).
+  void keys(const nlohmann::json& j, const std::string& pointer, const std::vector<std::string>& allowed) const;
   /// A number (already SI) or a quantity string of dimension `dim` ("3.4 us", "450 GB/s"; common/units.hpp).
   [[nodiscard]] double quantity(const nlohmann::json& v, const std::string& pointer, Dimension dim) const;
   /// An integer in [min, max].

@@ -1,10 +1,16 @@
 // Evaluating one point (evaluate/evaluate.hpp).
 #include "evaluate/evaluate.hpp"
 
+#include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <map>
+#include <string>
 #include <utility>
+#include <variant>
+#include <vector>
 
 #include "common/error.hpp"
 #include "common/units.hpp"
@@ -22,6 +28,31 @@ std::string fmt(const char* f, double v) {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+/// The prefix of the host work's causes among the values periodicity extrapolates (beside breakdown_values' keys).
+constexpr const char* kHostWorkKey = "host_work.";
+
+/// The cause of a host op or host sync: the last dotted part of its name, trailing digits dropped.
+std::string host_cause(const std::string& name) {
+  std::string c = name.substr(name.rfind('.') == std::string::npos ? 0 : name.rfind('.') + 1);
+  while (!c.empty() && std::isdigit(static_cast<unsigned char>(c.back())) != 0) c.pop_back();
+  return c;
+}
+
+std::map<std::string, double> host_work(const schedule::Trace& trace) {
+  std::map<std::string, double> out;
+  const auto ranks = static_cast<double>(std::max<std::size_t>(1, trace.schedule.ranks.size()));
+  for (const auto& r : trace.records) {
+    const schedule::Op& op = trace.schedule.ops[r.op];
+    if (op.name.empty()) continue;
+    if (const auto* h = std::get_if<schedule::Host>(&op.body)) {
+      out[host_cause(op.name)] += to_seconds(h->duration_ns) / ranks;
+    } else if (std::holds_alternative<schedule::HostSync>(op.body) && r.end_ns > r.start_ns) {
+      out["wait " + host_cause(op.name)] += to_seconds(r.end_ns - r.start_ns) / ranks;
+    }
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -52,6 +83,7 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   }
   const auto ranks = trace.schedule.ranks.size();
   out.solo_compute_s = ranks == 0 ? 0.0 : solo / static_cast<double>(ranks);
+  out.host_work_s = host_work(trace);
   if (const auto it = trace.context.find("model_limits"); it != trace.context.end()) out.notes.push_back(it->second);
   if (const auto it = trace.schedule.meta.find("representatives");
       it != trace.schedule.meta.end() && it->second.rfind("all ", 0) == 0) {
@@ -166,6 +198,8 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
       return r;
     }
     samples[i] = {counts[i], breakdown_values(runs[i].sim.breakdown, runs[i].sim.solo_compute_s)};
+    // The host thread's work by cause is affine in the micro-batch count like the breakdown: extrapolated with it.
+    for (const auto& [cause, s] : runs[i].sim.host_work_s) samples[i].values[kHostWorkKey + cause] = s;
   }
   if (fallback.empty() && runs[2].peak_memory.total_bytes() != runs[1].peak_memory.total_bytes()) {
     fallback = "the memory estimate (activations in flight) still grows between the short runs";
@@ -183,6 +217,7 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
   const double period_s =
       (samples[2].values.at("step") - samples[1].values.at("step")) / static_cast<double>(counts[2] - counts[1]);
   r.sim.breakdown = breakdown_from_values(*values, r.sim.breakdown, &r.sim.solo_compute_s);
+  for (auto& [cause, s] : r.sim.host_work_s) s = values->at(kHostWorkKey + cause);
   r.model_flops_per_step *= static_cast<double>(micro_batches) / counts[2];  // 6 N tokens + attention: linear
   r.warnings = std::move(warnings);
   r.periodic_from.assign(counts.begin(), counts.end());
@@ -199,18 +234,43 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
 
 std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host) {
   if (profile == nullptr) return "none (no measured profile)";
-  const sim::FrameworkCosts& fw = profile->framework;
-  std::string measured;
-  auto take = [&](double seconds, Nanos& target, const char* what) {
-    if (seconds < 0) return;  // not measured
-    target = to_nanos(seconds);
-    measured += std::string(measured.empty() ? "" : ", ") + what + " " + std::to_string(target) + " ns";
+  using H = models::HostCosts;
+  using F = sim::FrameworkCosts;
+  // Where each measured figure goes (sim::kFrameworkFields names them); backward_call is also each EP-overlap
+  // backward node's own autograd call.
+  static const std::vector<std::pair<double F::*, std::vector<Nanos H::*>>> kTargets = {
+      {&F::per_kernel_launch_s, {&H::per_kernel_launch_ns}},
+      {&F::per_module_call_s, {&H::per_module_call_ns}},
+      {&F::event_record_s, {&H::event_record_ns}},
+      {&F::per_kernel_backward_s, {&H::per_kernel_backward_ns}},
+      {&F::backward_call_s, {&H::backward_call_ns, &H::ep_backward_call_ns}},
+      {&F::host_sync_s, {&H::host_sync_ns}},
+      {&F::optimizer_step_s, {&H::optimizer_step_ns}},
+      {&F::optimizer_per_param_s, {&H::optimizer_per_param_ns}},
+      {&F::optimizer_per_group_s, {&H::optimizer_per_group_ns}},
+      {&F::moe_router_s, {&H::moe_router_ns}},
+      {&F::moe_preprocess_s, {&H::moe_preprocess_ns}},
+      {&F::moe_permute_s, {&H::moe_permute_ns}},
+      {&F::moe_unpermute_s, {&H::moe_unpermute_ns}},
+      {&F::ep_node_s, {&H::ep_node_ns}},
   };
-  take(fw.per_kernel_launch_s, host.per_kernel_launch_ns, "per kernel launch");
-  take(fw.per_module_call_s, host.per_module_call_ns, "per module call");
-  take(fw.event_record_s, host.event_record_ns, "per event record/wait");
+  const sim::FrameworkCosts& fw = profile->framework;
+  std::string measured, missing;
+  for (const auto& field : sim::kFrameworkFields) {
+    const double seconds = fw.*field.member;
+    if (seconds < 0) {  // not measured
+      missing += std::string(missing.empty() ? "" : ", ") + field.key;
+      continue;
+    }
+    for (const auto& [from, to] : kTargets) {
+      if (from != field.member) continue;
+      for (Nanos H::*t : to) host.*t = to_nanos(seconds);
+    }
+    measured +=
+        std::string(measured.empty() ? "" : ", ") + field.what + " " + std::to_string(to_nanos(seconds)) + " ns";
+  }
   if (measured.empty()) return "none (no framework section in " + profile->name + ")";
-  if (fw.event_record_s < 0) measured += ", event record/wait not measured (0 ns)";
+  if (!missing.empty()) measured += "; not measured, 0 ns: " + missing;
   return "framework section of " + profile->name + " (" + measured + ")";
 }
 

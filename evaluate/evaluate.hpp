@@ -55,6 +55,10 @@ struct Simulated {
   schedule::Breakdown breakdown;
   double solo_compute_s = 0;       ///< Mean over simulated ranks of the compute kernels' solo times (cost model).
   std::vector<std::string> notes;  ///< What the resource model leaves out; the symmetry reduction applied.
+  /// Mean over simulated ranks of the host thread's time by cause: each host op's duration under its name's last
+  /// part ("host_moe_router", "node_A", "moe_splits_sync_host", "autograd_backward_call"; digits dropped), and the
+  /// time blocked in each host sync as "wait <sync name>". Empty without op names.
+  std::map<std::string, double> host_work_s;
   std::optional<schedule::Trace> trace;
 };
 
@@ -73,8 +77,8 @@ struct Result {
   std::string periodic_fallback;  ///< Why periodicity was tried and the full step simulated instead ("" otherwise).
 };
 
-/// Fills RunConfig::host from a calibration profile's framework section (per kernel launch, per module call, per
-/// event record: the fields it measured) and says so; `profile` null: none (the datasheet defaults have no host
+/// Fills RunConfig::host from a calibration profile's framework section (every figure of sim::kFrameworkFields it
+/// measured; the others stay 0 and are listed as not measured) and says so; `profile` null: none (the datasheet defaults have no host
 /// costs). Returns the "host costs" text predict and lower print. predict and sweep both take host costs this way.
 [[nodiscard]] std::string host_costs_from_profile(const sim::Profile* profile, models::HostCosts& host);
 

@@ -15,12 +15,24 @@
 namespace twinstep::models {
 
 /// Host-side costs the lowering emits as explicit `host` ops (framework overhead; per-piece costs of the
-/// EP-overlap path). Defaults are stated in docs and replaced by a profile's framework section when given.
+/// EP-overlap path). 0 unless set: filled from a profile's framework section (sim::FrameworkCosts, measured by
+/// calibration/scripts/torch_framework.py) or from a config/flags. Module calls cost per_module_call_ns plus
+/// per_kernel_launch_ns per GPU op the lowering emits inside them; backward regions per_kernel_backward_ns per op.
 struct HostCosts {
-  Nanos per_module_call_ns = 0;    ///< Python/PyTorch overhead per module forward/backward call.
-  Nanos per_kernel_launch_ns = 0;  ///< Framework overhead per op launched (on top of the raw launch cost).
-  Nanos event_record_ns = 0;       ///< torch.cuda.Event record / stream wait_event, per call.
-  Nanos optimizer_step_ns = 0;     ///< Host work of the optimizer step outside kernels.
+  Nanos per_module_call_ns = 0;      ///< Python/PyTorch overhead per module forward call.
+  Nanos per_kernel_launch_ns = 0;    ///< Framework overhead per op launched in a forward (beyond the raw launch).
+  Nanos per_kernel_backward_ns = 0;  ///< Autograd-engine overhead per op launched in a backward.
+  Nanos backward_call_ns = 0;        ///< One torch.autograd.backward call (per micro-batch and model chunk).
+  Nanos host_sync_ns = 0;            ///< Framework share of one host sync (.item(), .tolist()) beyond the wake-up.
+  Nanos event_record_ns = 0;         ///< torch.cuda.Event record / stream wait_event, per call.
+  Nanos optimizer_step_ns = 0;       ///< Host work of the optimizer step outside kernels: fixed part.
+  Nanos optimizer_per_param_ns = 0;  ///< ... per parameter tensor of the rank.
+  Nanos optimizer_per_group_ns = 0;  ///< ... per parameter group.
+  // The alltoall dispatcher's host pieces of one MoE forward (each a measured whole, its raw launches apart).
+  Nanos moe_router_ns = 0;
+  Nanos moe_preprocess_ns = 0;
+  Nanos moe_permute_ns = 0;
+  Nanos moe_unpermute_ns = 0;
   // EP-overlap path (combined 1F1B, megatron-overlap.md 6c item 2): explicit host ops per schedule node.
   Nanos ep_node_ns = 0;           ///< Per node: stream switch, detach/retain-grad, record_stream, state release.
   Nanos ep_backward_call_ns = 0;  ///< Per backward node: its own autograd-engine call (run_backward).

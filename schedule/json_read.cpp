@@ -8,6 +8,7 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "common/io.hpp"
 #include "common/json.hpp"
 #include "schedule/json.hpp"
+#include "schedule/json_kernels.hpp"
 #include "schedule/json_spellings.hpp"
 
 namespace twinstep::schedule {
@@ -268,92 +270,68 @@ std::vector<Communicator> parse_comms(Ctx& c, const json& v, const Path& p) {
   return out;
 }
 
+/// One kernel field's value; `what` names a list's entries in its error.
+void read_value(const Ctx& c, const json& v, const Path& p, const char* /*what*/, std::uint64_t& out) {
+  out = as_u64(c, v, p);
+}
+void read_value(const Ctx& c, const json& v, const Path& p, const char* what, std::vector<std::uint64_t>& out) {
+  out = as_u64_list(c, v, p, what);
+}
+void read_value(const Ctx& c, const json& v, const Path& p, const char* /*what*/, bool& out) { out = as_bool(c, v, p); }
+void read_value(const Ctx& c, const json& v, const Path& p, const char* /*what*/, DType& out) {
+  out = as_enum(c, v, p, kDTypes, "dtype");
+}
+void read_value(const Ctx& c, const json& v, const Path& p, const char* /*what*/, Fp8Format& out) {
+  out = as_enum(c, v, p, kFp8Formats, "fp8 format");
+}
+void read_value(const Ctx& c, const json& v, const Path& p, const char* /*what*/, CopyKind& out) {
+  out = as_enum(c, v, p, kCopies, "copy direction");
+}
+
+/// A kernel of class `cls` (json_kernels.hpp): its keys checked, its fields read in their order (so dtype is known
+/// before the fp8 operand formats), absent optional ones left at their defaults.
+template <typename C>
+Kernel parse_fields(const Ctx& c, const json& k, const Path& p, const C& cls) {
+  check_keys(c, k, p, cls.keys(), cls.what);
+  typename C::Kernel out;
+  auto read = [&](const auto& f) {
+    const json* v = member(k, f.key);
+    if (v == nullptr) {
+      if (f.presence == Presence::kRequired) (void)required(c, k, p, f.key, f.what);  // throws
+      return;
+    }
+    if constexpr (requires { out.dtype; }) {
+      if (f.presence == Presence::kFp8Only && out.dtype != DType::kFP8) {
+        fail(c, p / f.key, std::string(f.key) + " is for dtype fp8 only (drop it or set dtype fp8)");
+      }
+    }
+    read_value(c, *v, p / f.key, f.what, out.*f.member);
+  };
+  std::apply([&](const auto&... field) { (read(field), ...); }, cls.fields);
+  return out;
+}
+
+/// The kernel classes' spellings, separated by ", ", each in double quotes when `quoted`.
+std::string kernel_class_names(bool quoted) {
+  std::string out;
+  const char* q = quoted ? "\"" : "";
+  std::apply([&](const auto&... cls) { ((out += (out.empty() ? "" : ", ") + (q + std::string(cls.name) + q)), ...); },
+             kKernelClasses);
+  return out;
+}
+
 Kernel parse_kernel(const Ctx& c, const json& k, const Path& p) {
+  static const std::string kNames = kernel_class_names(false);
   expect_object(c, k, p, "a kernel {\"class\":\"gemm\", ...}");
   const Path cp = p / "class";
-  const std::string& cls =
-      as_string(c, required(c, k, p, "class", "gemm, grouped_gemm, attention, elementwise, optimizer, memcpy"), cp);
-  auto u64 = [&](const char* key, const char* what) { return as_u64(c, required(c, k, p, key, what), p / key); };
-  auto dtype = [&](const char* key, DType def) {
-    const json* v = member(k, key);
-    return v == nullptr ? def : as_enum(c, *v, p / key, kDTypes, "dtype");
+  const std::string& name = as_string(c, required(c, k, p, "class", kNames.c_str()), cp);
+  std::optional<Kernel> out;
+  auto try_class = [&](const auto& cls) {
+    if (!out && name == cls.name) out = parse_fields(c, k, p, cls);
   };
-  // fp8 GEMM operand formats: default e4m3, only with dtype fp8.
-  auto formats = [&](DType t, Fp8Format& a, Fp8Format& b) {
-    for (const auto& [key, f] : {std::pair<const char*, Fp8Format*>{"a_format", &a}, {"b_format", &b}}) {
-      const json* v = member(k, key);
-      if (v == nullptr) continue;
-      if (t != DType::kFP8) fail(c, p / key, std::string(key) + " is for dtype fp8 only (drop it or set dtype fp8)");
-      *f = as_enum(c, *v, p / key, kFp8Formats, "fp8 format");
-    }
-  };
-  if (cls == "gemm") {
-    static constexpr std::array<const char*, 8> kKeys{"class", "m", "n", "k", "batch", "dtype", "a_format", "b_format"};
-    check_keys(c, k, p, kKeys, "a gemm kernel");
-    Gemm g;
-    g.m = u64("m", "rows of A and C");
-    g.n = u64("n", "columns of B and C");
-    g.k = u64("k", "the reduction dimension");
-    if (const json* b = member(k, "batch")) g.batch = as_u64(c, *b, p / "batch");
-    g.dtype = dtype("dtype", DType::kBF16);
-    formats(g.dtype, g.a_format, g.b_format);
-    return g;
-  }
-  if (cls == "grouped_gemm") {
-    static constexpr std::array<const char*, 7> kKeys{"class", "m", "n", "k", "dtype", "a_format", "b_format"};
-    check_keys(c, k, p, kKeys, "a grouped_gemm kernel");
-    GroupedGemm g;
-    g.m = as_u64_list(c, required(c, k, p, "m", "rows per group: a list, one entry per local expert"), p / "m",
-                      "rows per group, one per local expert");
-    g.n = u64("n", "columns of B and C");
-    g.k = u64("k", "the reduction dimension");
-    g.dtype = dtype("dtype", DType::kBF16);
-    formats(g.dtype, g.a_format, g.b_format);
-    return g;
-  }
-  if (cls == "attention") {
-    static constexpr std::array<const char*, 10> kKeys{"class",  "batch",    "heads_q", "heads_kv", "seq_q",
-                                                       "seq_kv", "head_dim", "causal",  "backward", "dtype"};
-    check_keys(c, k, p, kKeys, "an attention kernel");
-    Attention a;
-    if (const json* b = member(k, "batch")) a.batch = as_u64(c, *b, p / "batch");
-    a.heads_q = u64("heads_q", "query heads");
-    a.heads_kv = u64("heads_kv", "key/value heads (GQA groups)");
-    a.seq_q = u64("seq_q", "query sequence length");
-    a.seq_kv = u64("seq_kv", "key/value sequence length");
-    a.head_dim = u64("head_dim", "dimension per head");
-    if (const json* v = member(k, "causal")) a.causal = as_bool(c, *v, p / "causal");
-    if (const json* v = member(k, "backward")) a.backward = as_bool(c, *v, p / "backward");
-    a.dtype = dtype("dtype", DType::kBF16);
-    return a;
-  }
-  if (cls == "elementwise") {
-    static constexpr std::array<const char*, 3> kKeys{"class", "bytes", "flops"};
-    check_keys(c, k, p, kKeys, "an elementwise kernel");
-    Elementwise e;
-    e.bytes = u64("bytes", "HBM bytes read plus written");
-    if (const json* v = member(k, "flops")) e.flops = as_u64(c, *v, p / "flops");
-    return e;
-  }
-  if (cls == "optimizer") {
-    static constexpr std::array<const char*, 3> kKeys{"class", "params", "param_dtype"};
-    check_keys(c, k, p, kKeys, "an optimizer kernel");
-    Optimizer o;
-    o.params = u64("params", "parameters updated by this rank");
-    o.param_dtype = dtype("param_dtype", DType::kBF16);
-    return o;
-  }
-  if (cls == "memcpy") {
-    static constexpr std::array<const char*, 3> kKeys{"class", "bytes", "copy"};
-    check_keys(c, k, p, kKeys, "a memcpy kernel");
-    Memcpy m;
-    m.bytes = u64("bytes", "bytes copied");
-    if (const json* v = member(k, "copy")) m.kind = as_enum(c, *v, p / "copy", kCopies, "copy direction");
-    return m;
-  }
-  fail(c, cp,
-       "unknown kernel class \"" + cls +
-           "\" (use one of: \"gemm\", \"grouped_gemm\", \"attention\", \"elementwise\", \"optimizer\", \"memcpy\")");
+  std::apply([&](const auto&... cls) { (try_class(cls), ...); }, kKernelClasses);
+  if (!out) fail(c, cp, "unknown kernel class \"" + name + "\" (use one of: " + kernel_class_names(true) + ")");
+  return *std::move(out);
 }
 
 CommId comm_ref(const Ctx& c, const json& op, const Path& p) {

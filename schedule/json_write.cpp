@@ -5,11 +5,13 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "common/enum_names.hpp"
 #include "common/io.hpp"
 #include "common/json_string.hpp"
 #include "schedule/json.hpp"
+#include "schedule/json_kernels.hpp"
 #include "schedule/json_spellings.hpp"
 
 namespace twinstep::schedule {
@@ -56,6 +58,16 @@ class Writer {
     out.push_back(']');
   }
 
+  /// `items` as objects, one a line ("\n{...},\n{...}"), each object's members written by `members(item)`.
+  template <typename T, typename F>
+  void object_lines(const std::vector<T>& items, const F& members) {
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      raw(i == 0 ? "\n{" : ",\n{");
+      members(items[i]);
+      ch('}');
+    }
+  }
+
   void string_map(const std::map<std::string, std::string>& m) {
     out.push_back('{');
     bool first = true;
@@ -77,59 +89,32 @@ std::string comm_name(const Schedule& s, CommId id) {
                                      : "<undeclared communicator " + std::to_string(id) + ">";
 }
 
-/// The fp8 operand formats of a GEMM: written for dtype fp8 only.
-template <typename G>
-void write_formats(Writer& w, const G& g) {
-  if (g.dtype != DType::kFP8) return;
-  w.key("a_format"), w.str(name_of(kFp8Formats, g.a_format));
-  w.key("b_format"), w.str(name_of(kFp8Formats, g.b_format));
-}
+/// One kernel field's value.
+void write_value(Writer& w, std::uint64_t v) { w.num(v); }
+void write_value(Writer& w, const std::vector<std::uint64_t>& v) { w.num_list(v); }
+void write_value(Writer& w, bool v) { w.raw(v ? "true" : "false"); }
+void write_value(Writer& w, DType v) { w.str(name_of(kDTypes, v)); }
+void write_value(Writer& w, Fp8Format v) { w.str(name_of(kFp8Formats, v)); }
+void write_value(Writer& w, CopyKind v) { w.str(name_of(kCopies, v)); }
 
+/// "class" and the fields of json_kernels.hpp, in their order (fp8 operand formats for dtype fp8 only).
 void write_kernel(Writer& w, const Kernel& kernel) {
   w.ch('{');
   std::visit(
       [&w](const auto& k) {
-        using T = std::decay_t<decltype(k)>;
-        if constexpr (std::is_same_v<T, Gemm>) {
-          w.key("class", true), w.str("gemm");
-          w.key("m"), w.num(k.m);
-          w.key("n"), w.num(k.n);
-          w.key("k"), w.num(k.k);
-          w.key("batch"), w.num(k.batch);
-          w.key("dtype"), w.str(dtype_name(k.dtype));
-          write_formats(w, k);
-        } else if constexpr (std::is_same_v<T, GroupedGemm>) {
-          w.key("class", true), w.str("grouped_gemm");
-          w.key("m"), w.num_list(k.m);
-          w.key("n"), w.num(k.n);
-          w.key("k"), w.num(k.k);
-          w.key("dtype"), w.str(dtype_name(k.dtype));
-          write_formats(w, k);
-        } else if constexpr (std::is_same_v<T, Attention>) {
-          w.key("class", true), w.str("attention");
-          w.key("batch"), w.num(k.batch);
-          w.key("heads_q"), w.num(k.heads_q);
-          w.key("heads_kv"), w.num(k.heads_kv);
-          w.key("seq_q"), w.num(k.seq_q);
-          w.key("seq_kv"), w.num(k.seq_kv);
-          w.key("head_dim"), w.num(k.head_dim);
-          w.key("causal"), w.raw(k.causal ? "true" : "false");
-          w.key("backward"), w.raw(k.backward ? "true" : "false");
-          w.key("dtype"), w.str(dtype_name(k.dtype));
-        } else if constexpr (std::is_same_v<T, Elementwise>) {
-          w.key("class", true), w.str("elementwise");
-          w.key("bytes"), w.num(k.bytes);
-          w.key("flops"), w.num(k.flops);
-        } else if constexpr (std::is_same_v<T, Optimizer>) {
-          w.key("class", true), w.str("optimizer");
-          w.key("params"), w.num(k.params);
-          w.key("param_dtype"), w.str(dtype_name(k.param_dtype));
-        } else {
-          static_assert(std::is_same_v<T, Memcpy>);
-          w.key("class", true), w.str("memcpy");
-          w.key("bytes"), w.num(k.bytes);
-          w.key("copy"), w.str(name_of(kCopies, k.kind));
-        }
+        const auto& cls = class_of<std::decay_t<decltype(k)>>();
+        w.key("class", true), w.str(cls.name);
+        std::apply(
+            [&](const auto&... field) {
+              auto write = [&](const auto& f) {
+                if constexpr (requires { k.dtype; }) {
+                  if (f.presence == Presence::kFp8Only && k.dtype != DType::kFP8) return;
+                }
+                w.key(f.key), write_value(w, k.*f.member);
+              };
+              (write(field), ...);
+            },
+            cls.fields);
       },
       kernel);
   w.ch('}');
@@ -198,27 +183,18 @@ void write_schedule_to(Writer& w, const Schedule& s) {
   w.key("world_size"), w.num(s.world_size);
   w.key("ranks"), w.num_list(s.ranks);
   w.raw(",\n\"streams\":[");
-  for (std::size_t i = 0; i < s.streams.size(); ++i) {
-    w.raw(i == 0 ? "\n{" : ",\n{");
-    w.key("name", true), w.str(s.streams[i].name);
-    w.key("priority"), w.num(s.streams[i].priority);
-    w.ch('}');
-  }
+  w.object_lines(s.streams, [&w](const StreamDecl& stream) {
+    w.key("name", true), w.str(stream.name);
+    w.key("priority"), w.num(stream.priority);
+  });
   w.raw("],\n\"communicators\":[");
-  for (std::size_t i = 0; i < s.communicators.size(); ++i) {
-    const Communicator& c = s.communicators[i];
-    w.raw(i == 0 ? "\n{" : ",\n{");
+  w.object_lines(s.communicators, [&w](const Communicator& c) {
     w.key("name", true), w.str(c.name);
     w.key("kind"), w.str(c.kind);
     w.key("members"), w.num_list(c.members);
-    w.ch('}');
-  }
+  });
   w.raw("],\n\"ops\":[");
-  for (std::size_t i = 0; i < s.ops.size(); ++i) {
-    w.raw(i == 0 ? "\n{" : ",\n{");
-    write_op(w, s, s.ops[i]);
-    w.ch('}');
-  }
+  w.object_lines(s.ops, [&w, &s](const Op& op) { write_op(w, s, op); });
   w.raw("],\n\"meta\":");
   w.string_map(s.meta);
   w.raw(",\n\"warnings\":[");
@@ -256,16 +232,13 @@ std::string trace_to_json(const Trace& trace) {
   w.raw(",\n");
   w.key("step_times_ns", true), w.num_list(trace.step_times_ns);
   w.raw(",\n\"records\":[");
-  for (std::size_t i = 0; i < trace.records.size(); ++i) {
-    const OpRecord& r = trace.records[i];
-    w.raw(i == 0 ? "\n{" : ",\n{");
+  w.object_lines(trace.records, [&w](const OpRecord& r) {
     w.key("op", true), w.num(r.op);
     w.key("rank"), w.num(r.rank);
     w.key("issue"), w.num(r.issue_ns);
     w.key("start"), w.num(r.start_ns);
     w.key("end"), w.num(r.end_ns);
-    w.ch('}');
-  }
+  });
   w.raw("],\n\"schedule\":");
   write_schedule_to(w, trace.schedule);
   w.raw("}\n");

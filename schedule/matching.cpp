@@ -50,6 +50,13 @@ Matching& Matching::operator=(const Matching& other) {
   return *this;
 }
 
+OpId first_present_op(const CollectiveInstance& inst) {
+  for (OpId o : inst.ops) {
+    if (o != kNoOp) return o;
+  }
+  return kNoOp;
+}
+
 Matching match(const Schedule& schedule) {
   const std::size_t n = schedule.ops.size();
   Matching m;

@@ -35,6 +35,10 @@ struct Matching {
   ~Matching() = default;
 };
 
+/// The op of `inst`'s first present member (in communicator order): the op every reader takes as the instance's
+/// description (present members issue the same collective: validate() checks it). kNoOp when no member is present.
+[[nodiscard]] OpId first_present_op(const CollectiveInstance& inst);
+
 /// Matches everything it can; ops that have no counterpart keep UINT32_MAX / kNoOp (validate() reports them).
 [[nodiscard]] Matching match(const Schedule& schedule);
 

@@ -261,13 +261,7 @@ class Checker {
     std::vector<int> reported(s_.communicators.size(), 0);
     for (const CollectiveInstance& inst : m.collectives) {
       const Communicator& cm = s_.communicators[inst.comm];
-      OpId ref = kNoOp;
-      for (OpId o : inst.ops) {
-        if (o != kNoOp) {
-          ref = o;
-          break;
-        }
-      }
+      const OpId ref = first_present_op(inst);
       if (ref == kNoOp) continue;
       const auto& rc = std::get<Collective>(s_.ops[ref].body);
       for (std::size_t pos = 0; pos < inst.ops.size(); ++pos) {

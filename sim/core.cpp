@@ -9,6 +9,7 @@
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
+#include "schedule/matching.hpp"
 #include "schedule/op_kind.hpp"
 #include "sim/simulate.hpp"
 
@@ -168,11 +169,10 @@ class Core {
     present_.assign(m_.collectives.size(), 0);
     first_present_.assign(m_.collectives.size(), kNoOp);
     for (std::size_t c = 0; c < m_.collectives.size(); ++c) {
-      for (OpId o : m_.collectives[c].ops) {
-        if (o == kNoOp) continue;
-        ++present_[c];
-        if (first_present_[c] == kNoOp) first_present_[c] = o;
-      }
+      const auto& ops = m_.collectives[c].ops;
+      present_[c] =
+          static_cast<std::uint32_t>(std::count_if(ops.begin(), ops.end(), [](OpId o) { return o != kNoOp; }));
+      first_present_[c] = schedule::first_present_op(m_.collectives[c]);
     }
     pos_.assign(rank_begin_.begin(), rank_begin_.end() - 1);
     finishing_.assign(num_ranks_, kNoOp);

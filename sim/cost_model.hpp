@@ -87,16 +87,55 @@ struct Interference {
 };
 
 /// Host overhead of a training framework (PyTorch eager) on top of the raw launch costs, measured with the
-/// framework itself. Used when lowering Megatron runs (models::RunConfig::host), never for backend-run
-/// predictions (the backend has no framework). Negative = not measured.
+/// framework itself (calibration/scripts/torch_framework.py, fitted by calibration/fit.cpp). Used when lowering
+/// Megatron runs (models::RunConfig::host), never for backend-run predictions (the backend has no framework).
+/// Negative = not measured. Every field is one key of the profile's "framework" section (kFrameworkFields).
 struct FrameworkCosts {
-  double per_kernel_launch_s = -1;  ///< Extra host time per kernel a framework op launches.
-  double per_module_call_s = -1;    ///< Host time of one nn.Module call (forward) beyond its kernels' launches.
+  double per_kernel_launch_s = -1;  ///< Forward: host time per kernel a module launches, beyond the raw launch.
+  double per_module_call_s = -1;    ///< Forward: fixed host time of one nn.Module call (the fit's intercept).
   /// Host time of one torch.cuda.Event record or stream wait_event (the EP-overlap path's per-node events).
-  /// Optional key "event_record", measured by calibration/scripts/torch_host_overhead.py (event_record_s); without
-  /// it the lowering keeps 0 ns (no datasheet figure exists for a host cost).
+  /// Optional key "event_record"; without it the lowering keeps 0 ns (no datasheet figure exists for a host cost).
   double event_record_s = -1;
+  double per_kernel_backward_s = -1;  ///< Backward: host time per kernel the autograd engine launches, beyond raw.
+  double backward_call_s = -1;        ///< Fixed host time of one torch.autograd.backward call.
+  double host_sync_s = -1;            ///< One .item() / .tolist() sync with the GPU idle, beyond the raw wake-up.
+  double optimizer_step_s = -1;       ///< Fused Adam step(): fixed part.
+  double optimizer_per_param_s = -1;  ///< Fused Adam step(): per parameter tensor.
+  double optimizer_per_group_s = -1;  ///< Fused Adam step(): per parameter group.
+  /// The alltoall dispatcher's host pieces of one MoE forward (router, preprocess with its D2H count sync,
+  /// permute, unpermute), each the measured host time less the raw launches of the kernels it launched.
+  double moe_router_s = -1;
+  double moe_preprocess_s = -1;
+  double moe_permute_s = -1;
+  double moe_unpermute_s = -1;
+  /// One combined-1F1B schedule node beyond its two events and its body: stream switch, detach/requires_grad,
+  /// record_stream, state release (the plain-torch proxy of torch_framework.py).
+  double ep_node_s = -1;
   std::string source;  ///< How it was measured (script, framework version).
+};
+
+/// The profile keys of FrameworkCosts' figures, in file order, with their members: one list for reading,
+/// writing, the fit and the lowering's host costs.
+struct FrameworkField {
+  const char* key;
+  double FrameworkCosts::*member;
+  const char* what;  ///< Shown in outputs ("per kernel launch").
+};
+inline constexpr FrameworkField kFrameworkFields[] = {
+    {"per_kernel_launch", &FrameworkCosts::per_kernel_launch_s, "per kernel launch"},
+    {"per_module_call", &FrameworkCosts::per_module_call_s, "per module call"},
+    {"event_record", &FrameworkCosts::event_record_s, "per event record/wait"},
+    {"per_kernel_backward", &FrameworkCosts::per_kernel_backward_s, "per backward kernel"},
+    {"backward_call", &FrameworkCosts::backward_call_s, "per autograd backward call"},
+    {"host_sync", &FrameworkCosts::host_sync_s, "per host sync"},
+    {"optimizer_step", &FrameworkCosts::optimizer_step_s, "optimizer step"},
+    {"optimizer_per_param", &FrameworkCosts::optimizer_per_param_s, "optimizer per parameter"},
+    {"optimizer_per_group", &FrameworkCosts::optimizer_per_group_s, "optimizer per group"},
+    {"moe_router", &FrameworkCosts::moe_router_s, "MoE router"},
+    {"moe_preprocess", &FrameworkCosts::moe_preprocess_s, "MoE preprocess"},
+    {"moe_permute", &FrameworkCosts::moe_permute_s, "MoE permute"},
+    {"moe_unpermute", &FrameworkCosts::moe_unpermute_s, "MoE unpermute"},
+    {"ep_node", &FrameworkCosts::ep_node_s, "per EP-overlap node"},
 };
 
 /// Device memory the framework and the runtime take beyond the model's tensors, measured on the GPU by

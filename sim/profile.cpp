@@ -24,7 +24,10 @@
 //     "grouped_gemm_table": "per_group",     (optional: the grouped_gemm table is over FLOPs per non-empty group;
 //                                             "total", the default, over a grouped GEMM's total FLOPs)
 //     "framework": {"per_kernel_launch": "9 us", "per_module_call": "30 us", "event_record": "2 us",
-//                   "source": "..."},   ("event_record" optional, later addition: CUDA event record / wait)
+//                   "per_kernel_backward": ..., "backward_call": ..., "host_sync": ..., "optimizer_step": ...,
+//                   "optimizer_per_param": ..., "optimizer_per_group": ..., "moe_router": ..., "moe_preprocess": ...,
+//                   "moe_permute": ..., "moe_unpermute": ..., "ep_node": ..., "source": "..."},
+//                   (every figure optional: absent = not measured; sim::kFrameworkFields lists them)
 //     "memory_overhead": {"cuda_context_bytes": 5.2e8, "cublas_workspace_bytes": 3.4e7,
 //                         "nccl_buffer_bytes_per_channel": 4.2e6, "allocator_reserved_over_allocated": 1.03,
 //                         "source": "..."},  (optional, later addition; each key optional: what the GPU measured)
@@ -200,21 +203,17 @@ void read_interference(const Reader& r, const Json& f, Profile& p) {
   }
 }
 
-/// "framework": host costs of the training framework.
+/// "framework": host costs of the training framework (sim::kFrameworkFields lists the figures).
 void read_framework(const Reader& r, const Json& f, Profile& p) {
-  r.keys(f, "/framework", {"per_kernel_launch", "per_module_call", "event_record", "source"});
-  if (f.contains("per_kernel_launch")) {
-    p.framework.per_kernel_launch_s =
-        r.quantity(f["per_kernel_launch"], "/framework/per_kernel_launch", Dimension::kTime);
-  }
-  if (f.contains("per_module_call")) {
-    p.framework.per_module_call_s = r.quantity(f["per_module_call"], "/framework/per_module_call", Dimension::kTime);
-  }
-  if (f.contains("event_record")) {
-    p.framework.event_record_s = r.quantity(f["event_record"], "/framework/event_record", Dimension::kTime);
-    if (p.framework.event_record_s < 0 || p.framework.event_record_s > 1e-3) {
-      r.fail("/framework/event_record", "must be in [0, 1 ms] (host time of one CUDA event record or wait)");
-    }
+  std::vector<std::string> keys{"source"};
+  for (const auto& fld : kFrameworkFields) keys.emplace_back(fld.key);
+  r.keys(f, "/framework", keys);
+  for (const auto& fld : kFrameworkFields) {
+    if (!f.contains(fld.key)) continue;
+    const std::string path = std::string("/framework/") + fld.key;
+    double& v = p.framework.*fld.member;
+    v = r.quantity(f[fld.key], path, Dimension::kTime);
+    if (v < 0 || v > 1.0) r.fail(path, "must be in [0, 1 s] (host time of one framework call)");
   }
   if (f.contains("source")) {
     if (!f["source"].is_string()) r.fail("/framework/source", "expected a string");
@@ -452,13 +451,13 @@ std::string profile_to_json(const Profile& p) {
                      interference.attention_tile_q);
   put_unless_default(j["interference"], "gemm_tile_m", p.interference.gemm_tile_m, interference.gemm_tile_m);
   put_unless_default(j["interference"], "gemm_tile_n", p.interference.gemm_tile_n, interference.gemm_tile_n);
-  if (p.framework.per_kernel_launch_s >= 0 || p.framework.per_module_call_s >= 0) {
-    Json f = Json::object();
-    if (p.framework.per_kernel_launch_s >= 0) f["per_kernel_launch"] = p.framework.per_kernel_launch_s;
-    if (p.framework.per_module_call_s >= 0) f["per_module_call"] = p.framework.per_module_call_s;
-    if (p.framework.event_record_s >= 0) f["event_record"] = p.framework.event_record_s;
-    f["source"] = p.framework.source;
-    j["framework"] = f;
+  Json fw = Json::object();
+  for (const auto& fld : kFrameworkFields) {
+    if (p.framework.*fld.member >= 0) fw[fld.key] = p.framework.*fld.member;
+  }
+  if (!fw.empty()) {
+    fw["source"] = p.framework.source;
+    j["framework"] = fw;
   }
   const MemoryOverhead& mo = p.memory_overhead;
   if (mo.cuda_context_bytes >= 0 || mo.cublas_workspace_bytes >= 0 || mo.nccl_buffer_bytes_per_channel >= 0 ||

@@ -74,11 +74,11 @@ Inputs& inputs() {
   return in;
 }
 
-nlohmann::ordered_json head(const Point& p, const std::string& status, const std::string& reason) {
+nlohmann::ordered_json head(const Point& p, PointStatus status, const std::string& reason) {
   nlohmann::ordered_json j;
   j["point"] = p.index;
   j["key"] = point_inputs(p);
-  j["status"] = status;
+  j["status"] = to_string(status);
   j["reason"] = reason;
   j["predict_command"] = predict_command(p);
   return j;
@@ -166,7 +166,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     char buf[200];
     std::snprintf(buf, sizeof buf, "%sneeds %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB", when, mem_gib,
                   cap_gib);
-    auto j = with_memory(head(p, "does_not_fit", buf), mem_gib);
+    auto j = with_memory(head(p, PointStatus::kDoesNotFit, buf), mem_gib);
     j["warnings"] = warnings;
     return j.dump();
   };
@@ -178,7 +178,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
     }
     full = evaluate::evaluate(model, cluster, costs, cfg, eval_opts);
   } catch (const Error& e) {
-    return head(p, "invalid", e.what()).dump();
+    return head(p, PointStatus::kInvalid, e.what()).dump();
   }
   const std::vector<std::string>& warnings = full.warnings;
   if (!full.fits) return does_not_fit(full.peak_memory.total_bytes() / kGiB, warnings, "");
@@ -190,7 +190,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
   v["bubble"] = mean.bubble_s;
   v["host-bound"] = mean.host_bound_s;
   v["busy comm"] = mean.busy_comm_s;
-  auto j = with_memory(head(p, "ok", ""), full.peak_memory.total_bytes() / kGiB);
+  auto j = with_memory(head(p, PointStatus::kOk, ""), full.peak_memory.total_bytes() / kGiB);
   j["step_time_s"] = full.step_s;
   j["profile_used"] = in.profile(p.profile, cluster).profile.name;
   j["mfu"] = full.mfu;
@@ -212,7 +212,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate) {
 
 }  // namespace
 
-std::string status_line(const Point& p, const std::string& status, const std::string& reason) {
+std::string status_line(const Point& p, PointStatus status, const std::string& reason) {
   return head(p, status, reason).dump();
 }
 
@@ -228,7 +228,7 @@ std::string rejection_reason(const Point& point) {
   const models::ModelSpec* model = nullptr;
   models::RunConfig cfg;
   try {
-    // What evaluate_or_throw needs before its checks: a failure here is an "error" line, not a rejection.
+    // What evaluate_or_throw needs before its checks: a failure here is an error line, not a rejection.
     model = &in.model(point.model);
     const topologies::Cluster& cluster = in.cluster(point.cluster, point.gpus);
     cfg = point_config(point, cluster);
@@ -244,13 +244,13 @@ std::string rejection_reason(const Point& point) {
 }
 
 std::string evaluate_point(const Point& point, bool extrapolate) {
-  if (!point.invalid_reason.empty()) return head(point, "invalid", point.invalid_reason).dump();
+  if (!point.invalid_reason.empty()) return head(point, PointStatus::kInvalid, point.invalid_reason).dump();
   try {
     return evaluate_or_throw(point, extrapolate);
   } catch (const Error& e) {
-    return head(point, "error", e.what()).dump();
+    return head(point, PointStatus::kError, e.what()).dump();
   } catch (const std::exception& e) {
-    return head(point, "error", std::string("internal error: ") + e.what()).dump();
+    return head(point, PointStatus::kError, std::string("internal error: ") + e.what()).dump();
   }
 }
 

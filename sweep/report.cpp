@@ -77,13 +77,13 @@ std::vector<std::optional<double>> speedups_vs_none(const std::vector<Result>& r
   std::map<std::string, std::size_t> none_of;
   for (std::size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
-    if (r.status == "ok" && r.point.overlap == "none") none_of.emplace(without_overlap(r), i);
+    if (r.status == PointStatus::kOk && r.point.overlap == "none") none_of.emplace(without_overlap(r), i);
   }
   std::vector<std::optional<double>> out(results.size());
   if (none_of.empty()) return out;
   for (std::size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
-    if (r.status != "ok" || r.point.overlap == "none" || r.step_time_s <= 0) continue;
+    if (r.status != PointStatus::kOk || r.point.overlap == "none" || r.step_time_s <= 0) continue;
     const auto it = none_of.find(without_overlap(r));
     if (it != none_of.end()) out[i] = results[it->second].step_time_s / r.step_time_s;
   }
@@ -119,11 +119,12 @@ std::vector<NotRunReason> reasons_not_run(const std::vector<Result>& results) {
     }
     return out;
   };
+  // Keyed by the status's spelling, then the reason: equally frequent reasons are listed in that order.
   std::map<std::pair<std::string, std::string>, NotRunReason> by;
   for (std::size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
-    if (r.status == "ok") continue;
-    auto& e = by[{r.status, pattern(r.reason)}];
+    if (r.status == PointStatus::kOk) continue;
+    auto& e = by[{to_string(r.status), pattern(r.reason)}];
     if (e.count++ == 0) {
       e.status = r.status;
       e.reason = pattern(r.reason);
@@ -145,15 +146,20 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
     std::tie(g.model, g.cluster, g.fidelity, g.seq, g.gbs, g.gpus) = key;
     for (std::size_t i : members) {
       const Result& r = results[i];
-      if (r.status == "ok") {
-        ++g.ok;
-        if (!g.best || better(r, results[*g.best])) g.best = i;
-      } else if (r.status == "invalid") {
-        ++g.invalid;
-      } else if (r.status == "does_not_fit") {
-        ++g.does_not_fit;
-      } else {
-        ++g.errors;
+      switch (r.status) {
+        case PointStatus::kOk:
+          ++g.ok;
+          if (!g.best || better(r, results[*g.best])) g.best = i;
+          break;
+        case PointStatus::kInvalid:
+          ++g.invalid;
+          break;
+        case PointStatus::kDoesNotFit:
+          ++g.does_not_fit;
+          break;
+        case PointStatus::kError:
+          ++g.errors;
+          break;
       }
     }
     if (g.best) {
@@ -162,7 +168,7 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
       std::optional<double> none_s;
       for (std::size_t i : members) {
         const Result& r = results[i];
-        if (r.status != "ok") continue;
+        if (r.status != PointStatus::kOk) continue;
         if (layout_id(r) != best_layout) {
           if (!g.runner_up || better(r, results[*g.runner_up])) g.runner_up = i;
         } else if (r.point.overlap == "none") {
@@ -172,7 +178,7 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
       if (none_s) {
         for (std::size_t i : members) {
           const Result& r = results[i];
-          if (r.status == "ok" && layout_id(r) == best_layout && r.step_time_s > 0) {
+          if (r.status == PointStatus::kOk && layout_id(r) == best_layout && r.step_time_s > 0) {
             g.speedup_vs_none.emplace_back(r.point.overlap, *none_s / r.step_time_s);
           }
         }
@@ -180,7 +186,7 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
       if (g.runner_up) g.runner_up_loses = largest_difference(best, results[*g.runner_up]);
     }
     for (std::size_t i : members) {
-      if (results[i].status == "ok") g.ranked.push_back(i);
+      if (results[i].status == PointStatus::kOk) g.ranked.push_back(i);
     }
     std::sort(g.ranked.begin(), g.ranked.end(),
               [&](std::size_t a, std::size_t b) { return better(results[a], results[b]); });
@@ -264,7 +270,7 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
         o << "  ... " << reasons.size() - 25 << " more reasons\n";
         break;
       }
-      o << "  " << e.count << " x " << e.status << ": " << e.reason.substr(0, 160) << "\n";
+      o << "  " << e.count << " x " << to_string(e.status) << ": " << e.reason.substr(0, 160) << "\n";
     }
   }
   return o.str();
@@ -286,10 +292,10 @@ std::string to_csv(const std::vector<Result>& results) {
     o << r.index << "," << csv_field(p.model) << "," << csv_field(p.cluster) << "," << to_string(p.fidelity) << ","
       << p.gpus << "," << p.gbs << "," << p.seq << "," << l.tp << "," << l.pp << "," << l.vpp << "," << l.cp << ","
       << l.ep << "," << l.dp << "," << l.mbs << "," << to_string(p.dispatcher) << "," << csv_field(p.overlap) << ","
-      << r.status << ",";
+      << to_string(r.status) << ",";
     // Only a simulated point has a step time, MFU and TFLOP/s; one that does not fit has its memory estimate.
-    const bool ran = r.status == "ok";
-    const bool has_memory = ran || r.status == "does_not_fit";
+    const bool ran = r.status == PointStatus::kOk;
+    const bool has_memory = ran || r.status == PointStatus::kDoesNotFit;
     o << (ran ? fmt("%.9g", r.step_time_s) : "") << "," << (ran ? fmt("%.6g", r.mfu) : "") << ","
       << (ran ? fmt("%.6g", r.tflops_per_gpu) : "") << "," << (has_memory ? fmt("%.6g", r.memory_gib) : "") << ","
       << (has_memory && r.capacity_gib > 0 ? fmt("%.6g", r.capacity_gib) : "");
@@ -319,7 +325,10 @@ std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Resu
     e["gpus"] = g.gpus;
     e["gbs"] = g.gbs;
     e["seq"] = g.seq;
-    e["points"] = {{"ok", g.ok}, {"invalid", g.invalid}, {"does_not_fit", g.does_not_fit}, {"error", g.errors}};
+    e["points"] = {{to_string(PointStatus::kOk), g.ok},
+                   {to_string(PointStatus::kInvalid), g.invalid},
+                   {to_string(PointStatus::kDoesNotFit), g.does_not_fit},
+                   {to_string(PointStatus::kError), g.errors}};
     e["best_point"] = g.best ? nlohmann::ordered_json(results[*g.best].index) : nlohmann::ordered_json();
     if (g.best) {
       const Result& b = results[*g.best];
@@ -389,7 +398,7 @@ std::vector<Measured> read_measured(const std::string& dir, const std::vector<Re
     const auto layout = t.schedule.meta.find("layout");
     for (std::size_t i = 0; i < results.size() && !m.match; ++i) {
       const Result& r = results[i];
-      if (r.status != "ok" || r.point.gpus != t.schedule.world_size) continue;
+      if (r.status != PointStatus::kOk || r.point.gpus != t.schedule.world_size) continue;
       const Layout& l = r.point.layout;
       const std::string prefix = "tp" + std::to_string(l.tp) + " pp" + std::to_string(l.pp) + " vpp" +
                                  std::to_string(l.vpp) + " cp" + std::to_string(l.cp) + " dp" + std::to_string(l.dp);

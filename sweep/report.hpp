@@ -42,7 +42,8 @@ struct Ranking {
 
 /// Points not run that share a status and a reason (numbers in the reason blanked to "#"), most frequent first.
 struct NotRunReason {
-  std::string status, reason;
+  PointStatus status = PointStatus::kError;
+  std::string reason;
   std::size_t count = 0;
   std::size_t example = 0;  ///< Index into the results of the first such point.
 };

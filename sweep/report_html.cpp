@@ -256,19 +256,20 @@ std::string not_run_section(const std::vector<Result>& results) {
     << html::table_begin("not-run-reasons", {"points", "status", "reason", "example"}, "sortable");
   for (const auto& e : reasons) {
     const Result& ex = results[e.example];
-    o << "<tr><td>" << e.count << "</td><td>" << escape(e.status) << "</td><td class=\"name wrap\">" << escape(e.reason)
-      << "</td><td class=\"name wrap\">" << escape("point " + std::to_string(ex.index) + ": " + ex.reason)
-      << "</td></tr>\n";
+    o << "<tr><td>" << e.count << "</td><td>" << escape(to_string(e.status)) << "</td><td class=\"name wrap\">"
+      << escape(e.reason) << "</td><td class=\"name wrap\">"
+      << escape("point " + std::to_string(ex.index) + ": " + ex.reason) << "</td></tr>\n";
   }
   o << "</table>\n<details id=\"not-run-details\"><summary>every point not run (" << not_run << ")</summary>\n"
     << html::table_begin("not-run", {"point", "model / GPUs", "layout", "overlap", "status", "reason"}, "sortable");
   std::size_t listed = 0;
   for (const auto& r : results) {
-    if (r.status == "ok") continue;
+    if (r.status == PointStatus::kOk) continue;
     if (++listed > 500) continue;
     o << "<tr><td>" << r.index << "</td><td class=\"name\">" << escape(r.point.model) << " / " << r.point.gpus
       << "</td><td class=\"name\">" << escape(r.point.layout.describe()) << "</td><td>" << escape(r.point.overlap)
-      << "</td><td>" << escape(r.status) << "</td><td class=\"name wrap\">" << escape(r.reason) << "</td></tr>\n";
+      << "</td><td>" << escape(to_string(r.status)) << "</td><td class=\"name wrap\">" << escape(r.reason)
+      << "</td></tr>\n";
   }
   o << "</table>\n";
   if (listed > 500) o << "<p class=\"note\">" << not_run - 500 << " more in the CSV and JSON lines.</p>\n";
@@ -318,7 +319,7 @@ std::string variant_charts(const std::vector<Result>& results, const std::vector
     const Result& b = results[*g.best];
     std::vector<std::pair<std::string, const Result*>> rows;
     for (const auto& r : results) {
-      if (r.status == "ok" && group_of(r) == group_of(b) && layout_id(r) == layout_id(b)) {
+      if (r.status == PointStatus::kOk && group_of(r) == group_of(b) && layout_id(r) == layout_id(b)) {
         rows.emplace_back(r.point.overlap, &r);
       }
     }
@@ -340,7 +341,7 @@ std::string scaling_curves(const std::vector<Result>& results) {
   std::map<CurveKey, std::map<std::string, std::map<std::uint32_t, double>>> curves;
   std::map<CurveKey, std::vector<std::string>> variant_order;
   for (const auto& r : results) {
-    if (r.status != "ok") continue;
+    if (r.status != PointStatus::kOk) continue;
     const CurveKey k{r.point.model, r.point.cluster, r.point.fidelity, r.point.seq, r.point.gbs};
     auto& vs = variant_order[k];
     if (std::find(vs.begin(), vs.end(), r.point.overlap) == vs.end()) vs.push_back(r.point.overlap);
@@ -381,7 +382,7 @@ std::string heat_maps(const std::vector<Result>& results) {
     std::map<std::string, std::pair<std::optional<std::size_t>, std::optional<std::size_t>>> per_layout;
     for (std::size_t i = 0; i < results.size(); ++i) {
       const Result& r = results[i];
-      if (r.status != "ok") continue;
+      if (r.status != PointStatus::kOk) continue;
       Point p = r.point;
       p.overlap = "";
       auto& [none_i, best_i] = per_layout[point_key(p)];
@@ -473,7 +474,7 @@ std::string render_html(const std::vector<Result>& results, const std::vector<Ra
   for (const auto& m : models) title += " " + m;
   o << html::page_begin(title, kStyle);
   std::size_t ok = 0;
-  for (const auto& r : results) ok += r.status == "ok";
+  for (const auto& r : results) ok += r.status == PointStatus::kOk;
   o << "<p>" << results.size() << " points, " << ok << " simulated, " << results.size() - ok
     << " not run (counted by reason at the end).</p>\n";
   for (const auto& name : profiles_used(results)) o << "<p>costs: " << escape(name) << "</p>\n";

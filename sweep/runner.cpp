@@ -32,6 +32,7 @@
 #include <set>
 
 #include "common/assert.hpp"
+#include "common/enum_names.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/json.hpp"
@@ -203,7 +204,17 @@ std::string sorted_lines(const std::vector<Result>& results) {
   return out;
 }
 
+constexpr NameTable<PointStatus, 4> kPointStatuses{{{"ok", PointStatus::kOk},
+                                                    {"invalid", PointStatus::kInvalid},
+                                                    {"does_not_fit", PointStatus::kDoesNotFit},
+                                                    {"error", PointStatus::kError}}};
 }  // namespace
+
+PointStatus parse_point_status(std::string_view text, std::string_view field) {
+  return parse_name(kPointStatuses, text, field);
+}
+
+std::string to_string(PointStatus status) { return name_of(kPointStatuses, status); }
 
 Result result_from_line(const std::string& line, const std::string& source) {
   const nlohmann::json j = parse_json(line, source);
@@ -216,9 +227,13 @@ Result result_from_line(const std::string& line, const std::string& source) {
   r.point = point_from_inputs(j["key"], source);
   r.point.index = r.index;
   r.key = point_key(r.point);
-  r.status = j["status"].get<std::string>();
+  try {
+    r.status = parse_point_status(j["status"].get<std::string>(), "status");
+  } catch (const UnknownNameError& e) {
+    throw ParseError(source, "/status", e.message());
+  }
   r.reason = j.value("reason", "");
-  if (r.status == "invalid") r.point.invalid_reason = r.reason;
+  if (r.status == PointStatus::kInvalid) r.point.invalid_reason = r.reason;
   r.step_time_s = j.value("step_time_s", 0.0);
   r.profile = j.value("profile_used", "");
   r.mfu = j.value("mfu", 0.0);
@@ -365,7 +380,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     if (done[i]) continue;
     const std::string reason = rejection_reason(points[i]);
     if (!reason.empty()) {
-      record(i, status_line(points[i], "invalid", reason));
+      record(i, status_line(points[i], PointStatus::kInvalid, reason));
     } else {
       runnable.push_back(i);
     }
@@ -448,7 +463,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
         todo.push_front(pos);  // once more, in a fresh worker's turn: a second death names the point
         eta.queued(pos, eta_cost(pos));
       } else {
-        record(pos, status_line(points[pos], "error", why + " while evaluating this point"));
+        record(pos, status_line(points[pos], PointStatus::kError, why + " while evaluating this point"));
       }
     }
   };
@@ -478,7 +493,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
               const Result r = result_from_line(line, "worker");
               const auto it = wanted.find(r.key);
               TWINSTEP_ASSERT(it != wanted.end(), "worker reported an unknown point %zu", r.index);
-              eta.finished(it->second, progress.now_s(), r.status == "ok");
+              eta.finished(it->second, progress.now_s(), r.status == PointStatus::kOk);
               record(it->second, line);
               send_next(w);
             }

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "models/lower.hpp"
@@ -16,13 +17,25 @@
 
 namespace twinstep::sweep {
 
+/// What became of a point (a result line's "status"): spelled "ok", "invalid", "does_not_fit", "error"; read only
+/// by parse_point_status and written only by to_string.
+enum class PointStatus : std::uint8_t {
+  kOk,          ///< Lowered and simulated.
+  kInvalid,     ///< Rejected by a layout rule or the lowering's checks.
+  kDoesNotFit,  ///< Its memory estimate exceeds the GPU's memory.
+  kError,       ///< Its inputs failed to load, or its worker died.
+};
+/// Throws UnknownNameError naming `field` and the accepted spellings.
+[[nodiscard]] PointStatus parse_point_status(std::string_view text, std::string_view field);
+[[nodiscard]] std::string to_string(PointStatus status);
+
 /// One evaluated point, as stored in a JSON line.
 struct Result {
   std::size_t index = 0;  ///< Point::index.
   Point point;
-  std::string key;     ///< point_key(point).
-  std::string status;  ///< "ok" | "invalid" | "does_not_fit" | "error".
-  std::string reason;  ///< Why a point is not "ok".
+  std::string key;  ///< point_key(point).
+  PointStatus status = PointStatus::kOk;
+  std::string reason;  ///< Why a point is not kOk.
   double step_time_s = 0, mfu = 0, tflops_per_gpu = 0, memory_gib = 0, capacity_gib = 0;
   /// Mean breakdown over ranks: "compute", "exposed <kind>", "bubble", "host-bound" (seconds; sum = step).
   std::map<std::string, double> breakdown_s;
@@ -36,12 +49,12 @@ struct Result {
 /// and its ETA only; 0 when unknown.
 [[nodiscard]] double estimated_cost(const Point& point);
 
-/// The JSON line of a point that did not run (no newline): its index, inputs, `status` ("invalid", "error"), `reason`
+/// The JSON line of a point that did not run (no newline): its index, inputs, `status` (kInvalid, kError), `reason`
 /// and the predict command that evaluates it alone.
-[[nodiscard]] std::string status_line(const Point& point, const std::string& status, const std::string& reason);
+[[nodiscard]] std::string status_line(const Point& point, PointStatus status, const std::string& reason);
 
 /// Lowers, checks the memory estimate, simulates and analyzes one point, and returns its JSON line (no newline).
-/// Never throws for bad points: they come back with status "invalid" / "does_not_fit" and the reason. With
+/// Never throws for bad points: they come back with status kInvalid / kDoesNotFit and the reason. With
 /// `extrapolate`, a point with many micro-batches is simulated at three small counts and extrapolated along the
 /// line through them (evaluate/periodic.hpp, through evaluate::evaluate; the line says
 /// "extrapolated_from_micro_batches"), else in full.

@@ -198,21 +198,27 @@ void RankLowering::set_attention_dims(std::uint32_t layer) {
 // ---- attention blocks (standard / gated GQA, MLA, Gated DeltaNet) ----
 void RankLowering::attn_block_fwd(std::uint32_t layer, Phase ph) {
   set_attention_dims(layer);
-  elementwise("ln1", 2 * act(k_.tokens_sp, k_.hidden), ph);
   const ModelSpec& m = *x_.model;
-  if (m.is_linear_attention_layer(layer)) {
-    gdn_fwd(ph);
-  } else if (m.uses_mla()) {
-    mla_fwd(ph);
-  } else {
-    const std::uint64_t qkv_out =
-        ((m.attention_output_gate ? 2 : 1) * k_.heads + 2 * k_.kv_groups) * k_.head_dim / k_.tp;
-    ag_gemm("qkv", qkv_out, k_.hidden, ph);
-    elementwise("rope", 2 * act(k_.tokens, (k_.heads + k_.kv_groups) * k_.head_dim / k_.tp), ph);
-    attention_fwd(ph);
-    if (m.attention_output_gate) elementwise("attn_gate", 3 * act(k_.tokens, k_.heads * k_.head_dim / k_.tp), ph);
-    gemm_rs("proj", k_.hidden, k_.heads * k_.head_dim / k_.tp, ph);
-  }
+  fwd_module("host_attention", ph, [&] {  // SelfAttention (or the linear-attention / MLA module)
+    if (m.is_linear_attention_layer(layer)) {
+      elementwise("ln1", 2 * act(k_.tokens_sp, k_.hidden), ph);
+      gdn_fwd(ph);
+    } else if (m.uses_mla()) {
+      elementwise("ln1", 2 * act(k_.tokens_sp, k_.hidden), ph);
+      mla_fwd(ph);
+    } else {
+      const std::uint64_t qkv_out =
+          ((m.attention_output_gate ? 2 : 1) * k_.heads + 2 * k_.kv_groups) * k_.head_dim / k_.tp;
+      fwd_module("host_qkv", ph, [&] {  // TE LayerNormLinear: ln1 and the QKV projection
+        elementwise("ln1", 2 * act(k_.tokens_sp, k_.hidden), ph);
+        ag_gemm("qkv", qkv_out, k_.hidden, ph);
+      });
+      elementwise("rope", 2 * act(k_.tokens, (k_.heads + k_.kv_groups) * k_.head_dim / k_.tp), ph);
+      fwd_module("host_core_attention", ph, [&] { attention_fwd(ph); });
+      if (m.attention_output_gate) elementwise("attn_gate", 3 * act(k_.tokens, k_.heads * k_.head_dim / k_.tp), ph);
+      fwd_module("host_proj", ph, [&] { gemm_rs("proj", k_.hidden, k_.heads * k_.head_dim / k_.tp, ph); });
+    }
+  });
   elementwise("residual1", 3 * act(k_.tokens_sp, k_.hidden), ph);
 }
 

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <numeric>
+#include <set>
+#include <utility>
 
 #include "models/lowering/context.hpp"
 #include "models/lowering/rank_lowering.hpp"
@@ -197,7 +199,7 @@ void RankLowering::finalize_and_optimize() {
   for (std::uint32_t c = 0; c < k_.vpp; ++c) {
     for (const auto& b : buckets(c)) shard += distopt ? b.numel / bucket_group(b) : b.numel;
   }
-  host("host_optimizer", x_.cfg->host.optimizer_step_ns, Phase::kOptim);
+  host("host_optimizer", optimizer_host_ns(), Phase::kOptim);
   elementwise("grad_norm", shard * k_.grad_bytes, Phase::kOptim);
   if (x_.norm_of[rank_] != kNone) {
     const OpId ar = collective(x_.st.dp, "grad_norm_ar", CollectiveKind::kAllReduce, x_.norm_of[rank_], 4,
@@ -217,6 +219,23 @@ void RankLowering::finalize_and_optimize() {
   }
   // The step ends when every stream has drained (the next step's forward waits for the param all-gathers).
   if (!pending_.empty()) elementwise("step_end", 0, Phase::kOptim);
+}
+
+Nanos RankLowering::optimizer_host_ns() const {
+  const HostCosts& hc = x_.cfg->host;
+  // Parameter tensors the optimizer steps on this rank (TE's grouped expert linears hold one weight per local expert)
+  // and Megatron's parameter groups: weight decay or not (norms), dense or expert.
+  std::uint64_t tensors = 0;
+  std::set<std::pair<bool, bool>> groups;
+  for (const auto& chunk : x_.params[co_.pp]) {
+    for (const auto& p : chunk) {
+      tensors += p.expert ? k_.local_experts : 1;
+      const bool norm = p.name.ends_with("ln1") || p.name.ends_with("ln2") || p.name.ends_with("final_norm");
+      groups.insert({norm, p.expert});
+    }
+  }
+  return hc.optimizer_step_ns + hc.optimizer_per_param_ns * static_cast<Nanos>(tensors) +
+         hc.optimizer_per_group_ns * static_cast<Nanos>(groups.size());
 }
 
 }  // namespace lowering

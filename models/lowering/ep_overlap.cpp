@@ -40,12 +40,21 @@ void RankLowering::node_host(std::string_view node, bool backward) {
 }
 
 template <typename Body>
+void RankLowering::node_body(const Side& sd, std::string_view node, Body&& body) {
+  // A forward node calls module pieces (their own module calls); a backward node runs the autograd engine.
+  if (sd.fwd)
+    body();
+  else
+    bwd_ops(Name{"host_bwd_", node}, std::forward<Body>(body));
+}
+
+template <typename Body>
 void RankLowering::comp_node(Side& sd, std::int32_t layer, std::string_view node, Body&& body) {
   enter(sd, layer);
   node_host(node, !sd.fwd);
   const auto start = static_cast<OpId>(ops_.size());
   pending_.insert(pending_.end(), sd.ev.begin(), sd.ev.end());
-  body();
+  node_body(sd, node, body);
   for (OpId i = static_cast<OpId>(ops_.size()); i-- > start;) {
     if (gpu_op_on(i, x_.st.compute)) {
       sd.ev = {i};
@@ -62,7 +71,7 @@ void RankLowering::comm_node(Side& sd, std::int32_t layer, std::string_view node
   const auto start = static_cast<OpId>(ops_.size());
   comm_node_ = true;
   node_deps_ = sd.ev;
-  body();
+  node_body(sd, node, body);
   comm_node_ = false;
   node_deps_.clear();
   for (OpId i = static_cast<OpId>(ops_.size()); i-- > start;) {
@@ -77,7 +86,7 @@ void RankLowering::wgrad_node(Side& sd, std::int32_t layer, std::string_view nod
   if (deferred_.empty()) return;
   enter(sd, layer);
   node_host(node, true);
-  flush_wgrads();
+  bwd_ops(Name{"host_bwd_", node}, [&] { flush_wgrads(); });
 }
 
 void RankLowering::f_attn(Side& f, std::uint32_t l) {
@@ -85,7 +94,6 @@ void RankLowering::f_attn(Side& f, std::uint32_t l) {
     // The layer's forward pre-hooks wait for its param all-gather (overlap_param_gather) right before its first
     // forward use, not at the chunk's start: the other micro-batch's backward pieces issued before stay free.
     for (const auto& name : x_.layer_param_names[l]) param_gather_wait(f.chunk, name, f.mb);
-    host("host_fwd", layer_host_ns(), Phase::kFwd);
     attn_block_fwd(l, Phase::kFwd);
     if (x_.model->is_moe_layer(l)) moe_pre_fwd(Phase::kFwd);
   });
@@ -120,7 +128,6 @@ void RankLowering::b_combine(Side& b, std::uint32_t l) {
 void RankLowering::b_mlp(Side& b, std::uint32_t l) {
   const std::string L = "L" + str(l) + ".";
   comp_node(b, static_cast<std::int32_t>(l), "M", [&] {
-    host("host_bwd", layer_host_ns(), Phase::kBwd);
     defer_wgrad_ = k_.delay_wgrad;
     if (x_.model->is_moe_layer(l))
       moe_experts_bwd(L);

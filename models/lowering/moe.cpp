@@ -64,23 +64,31 @@ void RankLowering::shared_expert_fwd(Phase ph) {
 }
 
 void RankLowering::moe_pre_fwd(Phase ph) {
-  const OpId ln2 = elementwise("ln2", 2 * act(k_.tokens_sp, k_.hidden), ph);
-  ln2_op_ = ln2;
-  if (k_.shared_ffn > 0 && !k_.shared_overlap) shared_expert_fwd(ph);
+  fwd_module("host_pre_mlp_layernorm", ph, [&] { ln2_op_ = elementwise("ln2", 2 * act(k_.tokens_sp, k_.hidden), ph); });
+  if (k_.shared_ffn > 0 && !k_.shared_overlap) fwd_module("host_shared_expert", ph, [&] { shared_expert_fwd(ph); });
   const std::uint64_t T = moe_tokens();
-  kernel("router", Gemm{T, k_.experts, k_.hidden, 1, k_.dtype}, ph);  // bf16 under fp8 too (TE keeps the router)
-  elementwise("router_topk", T * k_.experts * 4 * 3, ph);
+  // The router's host work: measured as a whole with the alltoall dispatcher (HostCosts::moe_router_ns); the other
+  // dispatchers run the same router module, so the same figure.
+  host_piece("host_moe_router", ph, x_.cfg->host.moe_router_ns, [&] {
+    kernel("router", Gemm{T, k_.experts, k_.hidden, 1, k_.dtype}, ph);  // bf16 under fp8 too (TE keeps it)
+    // softmax, top-k, normalisation and the routing map over T x E fp32 scores (read, written, read again)
+    elementwise("router_topk", T * k_.experts * 4 * 3, ph);
+  });
   const std::uint32_t span = k_.etp * k_.ep;
   if (dispatch_a2a_) {
     // preprocess: all-gather of per-expert counts over TP x EP, D2H copy of the splits (host syncs on it later).
-    OpId counts = last_compute_;
-    if (span > 1) {
-      counts = collective(x_.st.tp_ep, "moe_count_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
-                          k_.experts * 8 * span, ph, false, {}, "", schedule::DType::kInt64);
-    }
-    d2h_ = kernel_on(x_.st.dtoh, "moe_splits_d2h",
-                     schedule::Memcpy{2ull * k_.ep * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, ph, {counts});
-    elementwise("moe_permute", 2 * act(T * k_.topk, k_.hidden), ph);
+    host_piece("host_moe_preprocess", ph, x_.cfg->host.moe_preprocess_ns, [&] {
+      OpId counts = last_compute_;
+      if (span > 1) {
+        counts = collective(x_.st.tp_ep, "moe_count_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                            k_.experts * 8 * span, ph, false, {}, "", schedule::DType::kInt64);
+      }
+      d2h_ =
+          kernel_on(x_.st.dtoh, "moe_splits_d2h",
+                    schedule::Memcpy{2ull * k_.ep * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, ph, {counts});
+    });
+    host_piece("host_moe_permute", ph, x_.cfg->host.moe_permute_ns,
+               [&] { elementwise("moe_permute", 2 * act(T * k_.topk, k_.hidden), ph); });
   } else if (dispatch_ag_) {
     if (span > 1) {
       collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_], act(T, k_.hidden) * span,
@@ -96,17 +104,22 @@ void RankLowering::moe_pre_fwd(Phase ph) {
 }
 
 void RankLowering::moe_dispatch_fwd(Phase ph) {
+  // The dispatcher's methods are no module calls: their ops cost per kernel, issued after the host's sync.
   if (dispatch_a2a_) {
     host_sync("moe_splits_sync", d2h_, ph);  // cuda_sync_point before_ep_alltoall
-    if (k_.ep > 1) ep_a2a("moe_dispatch_a2a", dispatch_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
-    if (k_.shared_overlap) shared_overlap_fc1(ph);
-    if (k_.ep > 1) ep_a2a("moe_probs_a2a", dispatch_copies(), 4, schedule::DType::kFP32, ph);
+    fwd_ops("host_moe_dispatch", ph, [&] {
+      if (k_.ep > 1) ep_a2a("moe_dispatch_a2a", dispatch_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
+      if (k_.shared_overlap) fwd_module("host_shared_expert", ph, [&] { shared_overlap_fc1(ph); });
+      if (k_.ep > 1) ep_a2a("moe_probs_a2a", dispatch_copies(), 4, schedule::DType::kFP32, ph);
+    });
   } else if (dispatch_flex_) {
-    flex_kernel("flex_notify", Elementwise{std::uint64_t{k_.ep} * k_.experts * 4 * 2, 0}, ph);
-    const OpId cp =
-        flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
+    OpId cp = schedule::kNoOp;
+    fwd_ops("host_flex_notify", ph, [&] {
+      flex_kernel("flex_notify", Elementwise{std::uint64_t{k_.ep} * k_.experts * 4 * 2, 0}, ph);
+      cp = flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
+    });
     host_sync("flex_counts_sync", cp, ph);  // DeepEP: the CPU waits for the received-count signal
-    flex_transfer("flex_dispatch", "flex_dispatch_a2a", flex_copies(), ph);
+    fwd_ops("host_moe_dispatch", ph, [&] { flex_transfer("flex_dispatch", "flex_dispatch_a2a", flex_copies(), ph); });
   }
 }
 
@@ -144,11 +157,17 @@ void RankLowering::moe_experts_fwd(Phase ph) {
   }
   if (k_.local_experts > 1) elementwise("moe_sort", 2 * act(n, k_.hidden), ph);
   const auto& groups = expert_groups();
-  fp8_cast("experts_fc1", n * k_.hidden, ph);
-  kernel("experts_fc1", grouped_linear(groups, k_.expert_ffn1 / k_.etp, k_.hidden, GemmRole::kFprop), ph);
-  elementwise("experts_act", act(n, k_.expert_ffn1 / k_.etp) + act(n, k_.expert_ffn / k_.etp) + n * 4, ph);
-  fp8_cast("experts_fc2", n * (k_.expert_ffn / k_.etp), ph);
-  kernel("experts_fc2", grouped_linear(groups, k_.hidden, k_.expert_ffn / k_.etp, GemmRole::kFprop), ph);
+  fwd_module("host_experts", ph, [&] {  // TEGroupedMLP with its two TEGroupedLinear calls
+    fwd_module("host_experts_fc1", ph, [&] {
+      fp8_cast("experts_fc1", n * k_.hidden, ph);
+      kernel("experts_fc1", grouped_linear(groups, k_.expert_ffn1 / k_.etp, k_.hidden, GemmRole::kFprop), ph);
+    });
+    elementwise("experts_act", act(n, k_.expert_ffn1 / k_.etp) + act(n, k_.expert_ffn / k_.etp) + n * 4, ph);
+    fwd_module("host_experts_fc2", ph, [&] {
+      fp8_cast("experts_fc2", n * (k_.expert_ffn / k_.etp), ph);
+      kernel("experts_fc2", grouped_linear(groups, k_.hidden, k_.expert_ffn / k_.etp, GemmRole::kFprop), ph);
+    });
+  });
   if (k_.local_experts > 1) elementwise("moe_unsort", 2 * act(n, k_.hidden), ph);
   if (k_.etp > 1) collective(x_.st.etp, "moe_etp_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.hidden), ph, true);
 }
@@ -156,21 +175,28 @@ void RankLowering::moe_experts_fwd(Phase ph) {
 void RankLowering::moe_combine_fwd(Phase ph) {
   const std::uint64_t T = moe_tokens();
   std::vector<OpId> add_deps;
-  if (dispatch_a2a_) {
-    if (k_.ep > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
-    if (k_.shared_overlap) add_deps.push_back(shared_overlap_fc2(ph));
-  } else if (dispatch_flex_) {
-    flex_transfer("flex_combine", "flex_combine_a2a", flex_combine_copies(), ph);
-  } else {
-    elementwise("moe_unpermute_local", act(expert_rows(), k_.hidden) + act(T * k_.etp * k_.ep, k_.hidden), ph);
-    if (k_.etp * k_.ep > 1) {
-      collective(x_.st.tp_ep, "moe_output_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
-                 act(T, k_.hidden) * k_.etp * k_.ep, ph, true);
+  fwd_ops("host_moe_combine", ph, [&] {
+    if (dispatch_a2a_) {
+      if (k_.ep > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
+      if (k_.shared_overlap) add_deps.push_back(shared_overlap_fc2(ph));
+    } else if (dispatch_flex_) {
+      flex_transfer("flex_combine", "flex_combine_a2a", flex_combine_copies(), ph);
+    } else {
+      elementwise("moe_unpermute_local", act(expert_rows(), k_.hidden) + act(T * k_.etp * k_.ep, k_.hidden), ph);
+      if (k_.etp * k_.ep > 1) {
+        collective(x_.st.tp_ep, "moe_output_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
+                   act(T, k_.hidden) * k_.etp * k_.ep, ph, true);
+      }
     }
+  });
+  if (!dispatch_ag_) {
+    host_piece("host_moe_unpermute", ph, x_.cfg->host.moe_unpermute_ns,
+               [&] { ep_elementwise("moe_unpermute", act(T * k_.topk, k_.hidden) + act(T, k_.hidden), ph); });
   }
-  if (!dispatch_ag_) ep_elementwise("moe_unpermute", act(T * k_.topk, k_.hidden) + act(T, k_.hidden), ph);
-  if (k_.shared_ffn > 0) ep_elementwise("shared_add", 3 * act(T, k_.hidden), ph, add_deps);
-  ep_elementwise("residual2", 3 * act(k_.tokens_sp, k_.hidden), ph);
+  fwd_ops("host_moe_output", ph, [&] {
+    if (k_.shared_ffn > 0) ep_elementwise("shared_add", 3 * act(T, k_.hidden), ph, add_deps);
+    ep_elementwise("residual2", 3 * act(k_.tokens_sp, k_.hidden), ph);
+  });
 }
 
 // Backward pieces, in backward order: C_b, M_b, D_b, A_b.

@@ -78,6 +78,7 @@ class OpEmitter {
     }
     sort_unique(deps);
     if (std::is_same_v<B, Compute> && stream == x_.st.compute) last_compute_ = id;
+    if (on_gpu && !modules_.empty()) ++modules_.back().kernels;
     schedule::Op& op = ops_.emplace_back();
     op.id = id;
     op.rank = rank_;
@@ -228,8 +229,33 @@ class OpEmitter {
   void host(const Name& what, Nanos ns, Phase ph) {
     if (ns > 0) emit(x_.st.compute, what, schedule::Host{ns}, {}, ph);
   }
+  /// The host blocks on `target`; then the framework's share of the sync (HostCosts::host_sync_ns: .item(),
+  /// .tolist(), synchronize() beyond the wake-up) as a host op named after it.
   void host_sync(const Name& what, OpId target, Phase ph) {
     emit(x_.st.compute, what, schedule::HostSync{target}, {}, ph);
+    host(Name{what.head, what.tail, what.num, "_host"}, x_.cfg->host.host_sync_ns, ph);
+  }
+  /// A module call's framework host time (or the autograd engine's for a backward region): a host op before the
+  /// call's ops whose duration, set by module_end(), is fixed + per_kernel x the GPU ops emitted until then (nested
+  /// calls count their own). Nothing is emitted when both costs are 0.
+  void module_begin(const Name& what, Phase ph, Nanos fixed, Nanos per_kernel) {
+    ModuleCall m{schedule::kNoOp, fixed, per_kernel, 0};
+    if (fixed > 0 || per_kernel > 0) m.host = emit(x_.st.compute, what, schedule::Host{0}, {}, ph);
+    modules_.push_back(m);
+  }
+  void module_end() {
+    TWINSTEP_ASSERT(!modules_.empty(), "module_end without module_begin");
+    const ModuleCall m = modules_.back();
+    modules_.pop_back();
+    if (m.host != schedule::kNoOp) {
+      std::get<schedule::Host>(ops_[m.host].body).duration_ns = m.fixed + m.per_kernel * static_cast<Nanos>(m.kernels);
+    }
+  }
+  template <typename Body>
+  void module_call(const Name& what, Phase ph, Nanos fixed, Nanos per_kernel, Body&& body) {
+    module_begin(what, ph, fixed, per_kernel);
+    body();
+    module_end();
   }
   // ---- building blocks ----
   std::uint64_t act(std::uint64_t tokens, std::uint64_t width) const { return tokens * width * k_.act_bytes; }
@@ -259,6 +285,12 @@ class OpEmitter {
   std::vector<schedule::Op>& ops_;  // the schedule's ops, this rank's from first_op_ on
   OpId first_op_;
   std::vector<OpId> pending_;  // deps the next compute-stream op takes (stream wait_event)
+  struct ModuleCall {
+    OpId host;  // its host op (kNoOp: none emitted)
+    Nanos fixed, per_kernel;
+    std::uint32_t kernels;  // GPU ops emitted inside it (not inside a nested call)
+  };
+  std::vector<ModuleCall> modules_;  // the module calls open now, innermost last
   OpId last_compute_ = schedule::kNoOp;
   std::int32_t cur_layer_ = -1, cur_mb_ = -1, cur_chunk_ = -1;
   std::string prefix_;

@@ -9,6 +9,7 @@
 #include <deque>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "models/lower.hpp"
@@ -207,12 +208,28 @@ class RankLowering : private OpEmitter {
   std::vector<std::vector<std::uint32_t>> recompute_groups(std::uint32_t chunk) const;
   void chunk_fwd(std::uint32_t mb, std::uint32_t chunk);
   void chunk_bwd(std::uint32_t mb, std::uint32_t chunk);
-  std::uint64_t layer_kernel_count_estimate() const { return 12; }
-  /// Framework host time of one layer's forward or backward: its module calls and kernel launches (the same in the
-  /// plain and the combined EP-overlap schedule).
-  Nanos layer_host_ns() const {
-    return x_.cfg->host.per_module_call_ns * 6 +
-           x_.cfg->host.per_kernel_launch_ns * static_cast<Nanos>(layer_kernel_count_estimate());
+  // ---- framework host time (HostCosts), counted from the ops emitted (op_emitter.hpp's module calls) ----
+  /// The optimizer step's host time: fixed + per parameter tensor + per parameter group of this rank.
+  Nanos optimizer_host_ns() const;
+  /// A forward nn.Module call: per module call + per kernel launched inside it (not inside a nested call).
+  template <typename Body>
+  void fwd_module(const Name& what, Phase ph, Body&& body) {
+    module_call(what, ph, x_.cfg->host.per_module_call_ns, x_.cfg->host.per_kernel_launch_ns, std::forward<Body>(body));
+  }
+  /// Ops launched by Python code outside a module call (the token dispatcher's methods): per kernel only.
+  template <typename Body>
+  void fwd_ops(const Name& what, Phase ph, Body&& body) {
+    module_call(what, ph, 0, x_.cfg->host.per_kernel_launch_ns, std::forward<Body>(body));
+  }
+  /// A measured host piece (HostCosts::moe_*): its whole framework host time, whatever the lowering emits in it.
+  template <typename Body>
+  void host_piece(const Name& what, Phase ph, Nanos ns, Body&& body) {
+    module_call(what, ph, ns, 0, std::forward<Body>(body));
+  }
+  /// A backward region the autograd engine runs: per kernel launched.
+  template <typename Body>
+  void bwd_ops(const Name& what, Body&& body) {
+    module_call(what, Phase::kBwd, 0, x_.cfg->host.per_kernel_backward_ns, std::forward<Body>(body));
   }
   const std::vector<std::uint32_t>& layers_of(std::uint32_t chunk) const {
     return x_.vs_layers[chunk * k_.pp + co_.pp];
@@ -228,6 +245,9 @@ class RankLowering : private OpEmitter {
   /// The host cost of one schedule node: event wait + record, the node's own overhead, and for backward nodes a
   /// separate autograd-engine call (section 6c item 2). Emitted as an explicit host op when the costs are set.
   void node_host(std::string_view node, bool backward);
+  /// A node's body: as it is in a forward node, in an autograd-engine region (bwd_ops) in a backward node.
+  template <typename Body>
+  void node_body(const Side& sd, std::string_view node, Body&& body);
   /// A node on the compute stream (A, M, and the embedding/output pieces).
   template <typename Body>
   void comp_node(Side& sd, std::int32_t layer, std::string_view node, Body&& body);

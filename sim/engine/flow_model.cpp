@@ -48,6 +48,7 @@
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
+#include "schedule/matching.hpp"
 #include "sim/connections.hpp"
 #include "sim/simulate.hpp"
 
@@ -391,13 +392,7 @@ class FlowModel final : public ResourceModel {
     for (const auto& op : s.ops) touched[op.rank] = 1;
     std::vector<std::uint8_t> seen(s.communicators.size(), 0);
     for (const auto& inst : ctx_.matching.collectives) {
-      OpId first = kNoOp;
-      for (OpId o : inst.ops) {
-        if (o != kNoOp) {
-          first = o;
-          break;
-        }
-      }
+      const OpId first = schedule::first_present_op(inst);
       if (first == kNoOp) continue;
       const auto& c = std::get<schedule::Collective>(s.ops[first].body);
       const std::uint8_t mark = c.kind == schedule::CollectiveKind::kAllToAll ? 2 : 1;

@@ -381,6 +381,89 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("calibration::fit_framework: torch_framework.py's samples give back the lines they were made from",
+          "[calibration][framework]") {
+  // Synthetic samples on exact lines: module forward 12 us + 7 us x kernels, backward 20 us + 4 us x kernels,
+  // function call 9 us + 7 us x kernels, EP node forward 9 + 2 x 3 + 5 = 20 us + 7 us x kernels.
+  auto line = [](double fixed_us, double per_us) {
+    std::vector<FrameworkSample> v;
+    for (double k : {1.0, 2.0, 4.0, 8.0, 16.0, 32.0}) v.push_back({k, 1e-6 * (fixed_us + per_us * k), 0});
+    return v;
+  };
+  FrameworkInput in;
+  in.module_fwd = line(12, 7);
+  in.function_fwd = line(9, 7);
+  in.backward = line(20, 4);
+  in.ep_node_fwd = line(20, 7);
+  in.ep_node_bwd = line(2 * 3 + 5 + 20, 4);
+  in.events = {{"event_record", 2.5e-6}, {"stream_wait_event", 3.5e-6}};
+  in.syncs = {{"item", 15e-6}};
+  // Fused Adam: 30 us + 0.5 us x tensors + 4 us x groups.
+  for (auto [p, g] : {std::pair{1.0, 1.0}, {16.0, 1.0}, {256.0, 1.0}, {64.0, 2.0}, {64.0, 8.0}})
+    in.optimizer.push_back({p, g, 1e-6 * (30 + 0.5 * p + 4 * g)});
+  in.moe = {{"router", {100e-6, 10}}, {"preprocess", {60e-6, 3}}, {"permute", {80e-6, 6}}, {"unpermute", {50e-6, -1}}};
+  in.moe_tokens = 512;
+  const std::map<std::string, double> launch = {{"compute", 5e-6}, {"memcpy", 6e-6}, {"host_sync", 1e-6}};
+  const FrameworkFit f = fit_framework(in, launch);
+  const sim::FrameworkCosts& c = f.costs;
+  CHECK(c.per_module_call_s == Approx(12e-6));
+  CHECK(c.per_kernel_launch_s == Approx(2e-6));  // 7 us slope less the raw 5 us launch
+  CHECK(c.backward_call_s == Approx(20e-6));
+  CHECK(c.per_kernel_backward_s == Approx(0.0).margin(1e-12));  // 4 us < the raw launch: nothing left
+  CHECK(c.event_record_s == Approx(3e-6));
+  CHECK(c.host_sync_s == Approx(8e-6));  // 15 us less the memcpy launch and the wake-up
+  CHECK(c.ep_node_s == Approx(5e-6));    // 20 us - 9 us body call - 2 x 3 us events
+  CHECK(c.optimizer_step_s == Approx(30e-6));
+  CHECK(c.optimizer_per_param_s == Approx(0.5e-6));
+  CHECK(c.optimizer_per_group_s == Approx(4e-6));
+  CHECK(c.moe_router_s == Approx(50e-6));      // 100 us - 10 raw launches
+  CHECK(c.moe_preprocess_s == Approx(37e-6));  // 60 us - 3 raw launches - the 8 us sync share
+  CHECK(c.moe_permute_s == Approx(50e-6));
+  CHECK(c.moe_unpermute_s == Approx(50e-6));  // kernels unknown: the whole host time
+  // Residuals: exact lines fit exactly; the summaries are in the fit list and the log.
+  bool found = false;
+  for (const auto& s : f.fits) {
+    if (s.name == "framework.module_fwd") {
+      found = true;
+      CHECK(s.points == 6);
+      CHECK(s.max_abs_rel_error < 1e-9);
+    }
+  }
+  CHECK(found);
+  // A noisy sample shows up as a residual.
+  in.module_fwd[2].host_s *= 1.1;
+  const FrameworkFit noisy = fit_framework(in, launch);
+  CHECK(noisy.fits.front().name == "framework.module_fwd");
+  CHECK(noisy.fits.front().max_abs_rel_error > 0.03);
+}
+
+TEST_CASE("calibration::read_framework: torch_framework.py's JSON, and errors naming the file", "[calibration]") {
+  const std::string path = temp_path("torch_framework.json");
+  write_file_atomic(path, R"({"schema": "twinstep.torch_framework/1", "source": "t",
+    "module_fwd": [{"kernels": 1, "host_s": 1.9e-5, "wall_s": 2e-5}, {"kernels": 4, "host_s": 4e-5, "wall_s": 4e-5}],
+    "backward": [{"kernels": 1, "host_s": 2e-5}, {"kernels": 4, "host_s": 3e-5}],
+    "syncs": {"item": {"kernels": 1, "host_s": 1.5e-5, "wall_s": 1.5e-5}},
+    "events": {"event_record": {"kernels": 0, "host_s": 2e-6, "wall_s": 2e-6}},
+    "optimizer": [{"params": 1, "groups": 1, "host_s": 3e-5, "wall_s": 3e-5}],
+    "moe": [{"tokens": 4096, "pieces": {"router": {"host_s": 9e-4, "profiled_kernels": 12}}},
+            {"tokens": 512, "pieces": {"router": {"host_s": 1e-4, "profiled_kernels": null}}}],
+    "ep_node": {"fwd": [], "bwd": []}})");
+  const FrameworkInput f = read_framework(path);
+  CHECK(f.module_fwd.size() == 2);
+  CHECK(f.module_fwd[0].wall_s == Approx(2e-5));
+  CHECK(f.backward[1].wall_s == Approx(3e-5));  // wall_s absent: the host time
+  CHECK(f.syncs.at("item") == Approx(1.5e-5));
+  CHECK(f.optimizer.size() == 1);
+  CHECK(f.moe_tokens == 512);  // the fewest-token case
+  CHECK(f.moe.at("router").host_s == Approx(1e-4));
+  CHECK(f.moe.at("router").kernels < 0);
+  write_file_atomic(path, R"({"schema": "twinstep.torch_framework/1", "module_fwd": [{"kernels": 1}]})");
+  CHECK_THROWS_WITH(read_framework(path), twinstep_contains("torch_framework.json") && twinstep_contains("host_s"));
+  write_file_atomic(path, R"({"schema": "twinstep.torch_framework/1", "module_fwd": []})");
+  CHECK_THROWS_WITH(read_framework(path), twinstep_contains("/module_fwd"));
+  std::filesystem::remove(path);
+}
+
 // A one-GPU fit borrows what one GPU cannot measure from a multi-GPU profile of the same NVLink generation, says so
 // in its context and fits, and the rewritten JSON reads back to the same figures.
 TEST_CASE("borrow_comm_fields takes collectives, comm launches and co-run figures a one-GPU fit lacks") {

@@ -396,3 +396,30 @@ TEST_CASE("models::lower: memory estimate and fit verdict", "[lower][memory]") {
   Lowered pl = lower(m, p);
   CHECK(pl.memory_per_rank[0].activations_bytes > pl.memory_per_rank[2].activations_bytes);
 }
+
+TEST_CASE("models::lower: each module call's host time is fixed + per kernel x the ops emitted inside it",
+          "[lower][host]") {
+  // One Llama-3-8B layer on one GPU: Megatron's TE layer calls TransformerLayer, SelfAttention (LayerNormLinear qkv,
+  // core attention, proj) and MLP (LayerNormLinear fc1, fc2); each call's own kernels are the ones not inside a
+  // nested call (the layer: both residual adds; attention: rope; MLP: the activation).
+  RunConfig c = config(1, 1, 1);
+  c.global_batch_size = 1;
+  c.host.per_module_call_ns = 1000;
+  c.host.per_kernel_launch_ns = 100;
+  const Lowered low = lower(shrink(load_model("llama3-8b"), 1), c);
+  std::map<std::string, Nanos> fwd;
+  for (const auto& op : low.schedule.ops) {
+    if (op.name.starts_with("L0.mb0.fwd.host_")) {
+      fwd[op.name.substr(std::string("L0.mb0.fwd.").size())] = std::get<schedule::Host>(op.body).duration_ns;
+    }
+  }
+  const std::map<std::string, Nanos> expected = {
+      {"host_layer", 1200}, {"host_attention", 1100}, {"host_qkv", 1200}, {"host_core_attention", 1100},
+      {"host_proj", 1100},  {"host_mlp", 1100},       {"host_fc1", 1200}, {"host_fc2", 1100}};
+  CHECK(fwd == expected);
+  // Without host costs nothing is emitted.
+  c.host = HostCosts{};
+  for (const auto& op : lower(shrink(load_model("llama3-8b"), 1), c).schedule.ops) {
+    CHECK(op.name.find("host_") == std::string::npos);
+  }
+}

@@ -5,6 +5,7 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/error.hpp"
 #include "schedule/matching.hpp"
@@ -306,4 +307,27 @@ TEST_CASE("schedule::validate: reduced schedules tolerate absent members", "[sch
   REQUIRE(d.size() == 1);
   CHECK(d[0].field == "peer");
   CHECK(d[0].message.find("no mirrored recv from an absent rank on rank 1") != std::string::npos);
+}
+
+TEST_CASE("schedule::first_present_op: the op of the first member present, kNoOp when none is", "[schedule]") {
+  ts::Schedule s = skeleton(4);
+  s.ranks = {2, 3};  // members 0 and 1 absent
+  s.communicators[0].members = {0, 1, 2, 3};
+  Builder b(std::move(s));
+  const ts::OpId on3 = b.all_reduce(3, "ar", 1, 0, 64);  // issued first, but rank 3 comes after rank 2 in the group
+  const ts::OpId on2 = b.all_reduce(2, "ar", 1, 0, 64);
+  REQUIRE(ts::validate(b.schedule()).empty());
+  const auto m = ts::match(b.schedule());
+  REQUIRE(m.collectives.size() == 1);
+  CHECK(m.collectives[0].ops[0] == ts::kNoOp);
+  CHECK(ts::first_present_op(m.collectives[0]) == on2);
+  CHECK(on2 != on3);
+
+  const std::vector<ts::OpId> none{ts::kNoOp, ts::kNoOp};
+  ts::CollectiveInstance absent;
+  absent.ops = none;
+  CHECK(ts::first_present_op(absent) == ts::kNoOp);
+  const std::vector<ts::OpId> last{ts::kNoOp, 7};
+  absent.ops = last;
+  CHECK(ts::first_present_op(absent) == 7);
 }

@@ -236,3 +236,25 @@ TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[si
   CHECK(err(R"({"schema_version": 1, "grouped_gemm_table": "per_expert"})")
             .find("p.json: /grouped_gemm_table: use \"per_group\"") == 0);
 }
+
+TEST_CASE("sim::CostModel: inter-node all-to-all against published nccl-tests figures for DGX H100 (CX-7 NDR)",
+          "[sim][a2a]") {
+  // Oracle (docs/small-ep.md, "The inter-node all-to-all"): NVIDIA/nccl-tests issue 267, maintainers: an alltoall
+  // cannot aggregate several NICs, so a rank's inter-node traffic runs at one NIC's rate, and a CX-7 at NDR
+  // (400 Gb/s) reaches 48-49 GB/s. For nccl-tests' alltoall_perf over n nodes of 8 GPUs with S bytes per rank,
+  // (N - 8) / N of S leaves the node, so busbw = S / t x (N - 1) / N = [48, 49] GB/s x N / (N - 8) x (N - 1) / N.
+  // Checked within 5 % at 1 GiB per rank (bandwidth-bound) on 2, 4 and 6 nodes.
+  for (std::uint32_t nodes : {2u, 4u, 6u}) {
+    const auto cluster = topologies::load_cluster("dgx-h100", {nodes, 0});
+    const CostModel costs(cluster, Profile::datasheet_defaults());
+    const std::uint32_t n = 8 * nodes;
+    const double s = 1024.0 * 1024 * 1024, per_peer = s / n;
+    const auto span = costs.span(group(iota(0, n)));
+    const auto a2a = costs.all_to_all_cost(7 * per_peer, (n - 8) * per_peer, n - 1, per_peer, span);
+    const double busbw = s / a2a.time_s() * (n - 1) / n;
+    const double share = static_cast<double>(n) / (n - 8) * (n - 1) / n;
+    CAPTURE(nodes, busbw / 1e9);
+    CHECK(busbw > 0.95 * 48e9 * share);
+    CHECK(busbw < 1.05 * 49e9 * share);
+  }
+}

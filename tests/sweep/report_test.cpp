@@ -216,7 +216,7 @@ TEST_CASE("sweep::reasons_not_run: one line per reason, numbers blanked, most fr
   const auto reasons = sweep::reasons_not_run(results);
   REQUIRE(reasons.size() == 4);
   CHECK(reasons[0].count == 2);
-  CHECK(reasons[0].status == "does_not_fit");
+  CHECK(reasons[0].status == sweep::PointStatus::kDoesNotFit);
   CHECK(reasons[0].reason == "needs # GiB per GPU (memory estimate), the GPU has # GiB");
   CHECK(results[reasons[0].example].index == 20);
   bool named = false;

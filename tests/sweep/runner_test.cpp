@@ -72,10 +72,10 @@ TEST_CASE("sweep::run_sweep: one line per point, in point order, with reasons", 
     CHECK(r.index == points[i].index);
     CHECK(r.key == sweep::point_key(points[i]));
     if (points[i].gpus % (points[i].layout.tp * points[i].layout.pp) != 0) {
-      CHECK(r.status == "invalid");
+      CHECK(r.status == sweep::PointStatus::kInvalid);
       CHECK(r.reason.find("does not divide") != std::string::npos);
     } else {
-      REQUIRE(r.status == "ok");
+      REQUIRE(r.status == sweep::PointStatus::kOk);
       ++ok;
       CHECK(r.step_time_s > 0);
       CHECK(r.mfu > 0);
@@ -102,7 +102,7 @@ TEST_CASE("sweep::run_sweep: mixed analytic and flow points give the lines evalu
     std::size_t flow_ok = 0;
     for (std::size_t i = 0; i < points.size(); ++i) {
       CHECK(results[i].line == sweep::evaluate_point(points[i]));
-      flow_ok += points[i].fidelity == sim::Fidelity::kFlow && results[i].status == "ok";
+      flow_ok += points[i].fidelity == sim::Fidelity::kFlow && results[i].status == sweep::PointStatus::kOk;
     }
     if (sim::flow_model_available()) CHECK(flow_ok > 0);
   }
@@ -186,7 +186,7 @@ TEST_CASE("sweep::rejection_reason: the lowering's checks before lowering, word 
   for (const auto& p : tiny_points()) {
     const std::string reason = sweep::rejection_reason(p);
     const auto r = sweep::result_from_line(sweep::evaluate_point(p), "test");
-    if (r.status == "invalid") {
+    if (r.status == sweep::PointStatus::kInvalid) {
       CHECK(reason == r.reason);
     } else {
       CHECK(reason.empty());
@@ -206,7 +206,7 @@ TEST_CASE("sweep::rejection_reason: the lowering's checks before lowering, word 
   // Unknown inputs are the evaluation's error to report, not a rejection.
   p.model = "no-such-model";
   CHECK(sweep::rejection_reason(p).empty());
-  CHECK(sweep::result_from_line(sweep::evaluate_point(p), "test").status == "error");
+  CHECK(sweep::result_from_line(sweep::evaluate_point(p), "test").status == sweep::PointStatus::kError);
 }
 
 TEST_CASE("sweep::merge_results: shards merged equal the single run", "[sweep]") {
@@ -248,7 +248,7 @@ TEST_CASE("sweep::evaluate_point: not fitting, unknown inputs and bad lines", "[
   p.gbs = 1;
   p.seq = 4096;
   const auto r = sweep::result_from_line(sweep::evaluate_point(p), "test");
-  CHECK(r.status == "does_not_fit");
+  CHECK(r.status == sweep::PointStatus::kDoesNotFit);
   CHECK(r.reason.find("GiB per GPU (memory estimate), the GPU has") != std::string::npos);
   CHECK(r.memory_gib > r.capacity_gib);
 
@@ -257,13 +257,43 @@ TEST_CASE("sweep::evaluate_point: not fitting, unknown inputs and bad lines", "[
   p.gbs = 3;  // dp 2 does not divide 3: the lowering rejects it
   p.seq = 256;
   const auto bad = sweep::result_from_line(sweep::evaluate_point(p), "test");
-  CHECK(bad.status == "invalid");
+  CHECK(bad.status == sweep::PointStatus::kInvalid);
   CHECK(bad.reason.find("global_batch_size 3") != std::string::npos);
 
   CHECK_THROWS_WITH(sweep::result_from_line("{\"x\":1}", "f.jsonl:3"), twinstep_contains("f.jsonl:3"));
   const std::string dir = temp_dir("bad");
   write_file_atomic(dir + "/bad.jsonl", "garbage\n" + sweep::evaluate_point(p) + "\n");
   CHECK_THROWS_WITH(sweep::read_results(dir + "/bad.jsonl"), twinstep_contains("bad.jsonl:1"));
+}
+
+TEST_CASE("sweep::PointStatus: read back as written, and an unknown status names the line and the field", "[sweep]") {
+  const sweep::PointStatus all[] = {sweep::PointStatus::kOk, sweep::PointStatus::kInvalid,
+                                    sweep::PointStatus::kDoesNotFit, sweep::PointStatus::kError};
+  for (const auto status : all) {
+    CHECK(sweep::parse_point_status(sweep::to_string(status), "status") == status);
+    sweep::Point p;
+    p.model = kTiny;
+    p.cluster = "dgx-h100";
+    CHECK(sweep::result_from_line(sweep::status_line(p, status, "why"), "test").status == status);
+  }
+  CHECK(sweep::to_string(sweep::PointStatus::kDoesNotFit) == "does_not_fit");
+  sweep::Point p;
+  p.model = kTiny;
+  p.cluster = "dgx-h100";
+  std::string line = sweep::status_line(p, sweep::PointStatus::kError, "why");
+  const std::string error = "\"status\":\"error\"";
+  const auto pos = line.find(error);
+  REQUIRE(pos != std::string::npos);
+  line.replace(pos, error.size(), "\"status\":\"failed\"");
+  try {
+    (void)sweep::result_from_line(line, "f.jsonl:7");
+    FAIL("expected a ParseError");
+  } catch (const ParseError& e) {
+    CHECK(e.file() == "f.jsonl:7");
+    CHECK(e.pointer() == "/status");
+    CHECK(std::string(e.what()).find("unknown value \"failed\" (use one of: \"ok\", \"invalid\", \"does_not_fit\", "
+                                     "\"error\")") != std::string::npos);
+  }
 }
 
 TEST_CASE("sweep::read_measured: a measured trace matches the point whose full schedule it ran", "[sweep]") {
@@ -278,7 +308,7 @@ TEST_CASE("sweep::read_measured: a measured trace matches the point whose full s
     if (p.gpus == 4 && p.layout.tp == 2 && p.layout.pp == 1 && p.overlap == "dp") want = i;
   }
   REQUIRE(want < points.size());
-  REQUIRE(results[want].status == "ok");
+  REQUIRE(results[want].status == sweep::PointStatus::kOk);
   models::Lowered low = sweep::lower_point(points[want]);
   const std::string fp = sim::schedule_fingerprint(low.schedule);
   const auto cluster = topologies::load_cluster("dgx-h100", {0, 4});
