@@ -71,6 +71,11 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--cdmc", "cuda_device_max_connections", f.cdmc, "CUDA_DEVICE_MAX_CONNECTIONS");
   flag(sub, "--distributed-optimizer", "use_distributed_optimizer", f.distributed_optimizer);
   flag(sub, "--grad-reduce-in-fp32", "grad_reduce_in_fp32", f.grad_reduce_in_fp32);
+  opt(sub, "--main-params-dtype", "main_params_dtype", f.main_params_dtype,
+      "fp32 | fp16 | bf16 | fp8 (master weights)");
+  opt(sub, "--exp-avg-dtype", "exp_avg_dtype", f.exp_avg_dtype, "fp32 | fp16 | bf16 | fp8 (Adam's first moment)");
+  opt(sub, "--exp-avg-sq-dtype", "exp_avg_sq_dtype", f.exp_avg_sq_dtype,
+      "fp32 | fp16 | bf16 | fp8 (Adam's second moment)");
   flag(sub, "--overlap-grad-reduce", "overlap_grad_reduce", f.overlap_grad_reduce);
   flag(sub, "--overlap-param-gather", "overlap_param_gather", f.overlap_param_gather);
   flag(sub, "--tp-comm-overlap", "tp_comm_overlap", f.tp_comm_overlap);
@@ -161,6 +166,11 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   take("bucket_size", f.bucket_size, c.bucket_size, same);
   take("use_distributed_optimizer", f.distributed_optimizer, c.use_distributed_optimizer, same);
   take("grad_reduce_in_fp32", f.grad_reduce_in_fp32, c.grad_reduce_in_fp32, same);
+  take("main_params_dtype", f.main_params_dtype, c.main_params_dtype,
+       mode(models::parse_optimizer_state_dtype, "--main-params-dtype"));
+  take("exp_avg_dtype", f.exp_avg_dtype, c.exp_avg_dtype, mode(models::parse_optimizer_state_dtype, "--exp-avg-dtype"));
+  take("exp_avg_sq_dtype", f.exp_avg_sq_dtype, c.exp_avg_sq_dtype,
+       mode(models::parse_optimizer_state_dtype, "--exp-avg-sq-dtype"));
   take("overlap_grad_reduce", f.overlap_grad_reduce, c.overlap_grad_reduce, same);
   take("overlap_param_gather", f.overlap_param_gather, c.overlap_param_gather, same);
   take("tp_comm_overlap", f.tp_comm_overlap, c.tp_comm_overlap, same);

@@ -34,6 +34,7 @@ struct RunFlags {
   std::optional<std::uint32_t> cdmc;
   std::optional<bool> distributed_optimizer;
   std::optional<bool> grad_reduce_in_fp32;
+  std::optional<std::string> main_params_dtype, exp_avg_dtype, exp_avg_sq_dtype;  ///< fp32 | fp16 | bf16 | fp8
   std::optional<bool> overlap_grad_reduce, overlap_param_gather, tp_comm_overlap, overlap_p2p_comm, batch_p2p_comm;
   std::optional<std::int32_t> first_pipeline_layers, last_pipeline_layers;
   std::optional<bool> account_for_embedding, account_for_loss;
@@ -47,7 +48,8 @@ struct RunFlags {
 /// Adds --model --config --tp --pp --vpp --cp --ep --etp --dp --sp --mbs --gbs --seq --dtype --recompute
 /// --recompute-method --recompute-num-layers --dispatcher --cp-comm-type --hierarchical-cp-sizes --bucket-size
 /// --cdmc
-/// --distributed-optimizer --grad-reduce-in-fp32 --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap
+/// --distributed-optimizer --grad-reduce-in-fp32 --main-params-dtype --exp-avg-dtype --exp-avg-sq-dtype
+/// --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap
 /// --overlap-p2p-comm
 /// --batch-p2p-comm --first-pipeline-layers --last-pipeline-layers --account-for-embedding --account-for-loss
 /// --routing-skew --flex-sms --ep-overlap --delay-wgrad --shared-expert-overlap --ep-node-ns --ep-backward-call-ns

@@ -28,6 +28,10 @@ constexpr NameTable<CpCommType, 4> kCpCommTypes{{{"p2p", CpCommType::kP2p},
 constexpr NameTable<TokenDispatcher, 3> kTokenDispatchers{{{"alltoall", TokenDispatcher::kAllToAll},
                                                            {"allgather", TokenDispatcher::kAllGather},
                                                            {"flex", TokenDispatcher::kFlex}}};
+constexpr NameTable<schedule::DType, 4> kOptimizerStateDtypes{{{"fp32", schedule::DType::kFP32},
+                                                               {"fp16", schedule::DType::kFP16},
+                                                               {"bf16", schedule::DType::kBF16},
+                                                               {"fp8", schedule::DType::kFP8}}};
 constexpr NameTable<Fp8Recipe, 2> kFp8Recipes{
     {{"delayed", Fp8Recipe::kDelayed}, {"tensorwise", Fp8Recipe::kTensorwise}}};
 
@@ -50,6 +54,15 @@ Field mode(const char* name, E RunConfig::*member, E (*parse)(std::string_view, 
   return Field{name,
                [name, member, parse](RunConfig& c, const Json& j) { c.*member = parse(j.get<std::string>(), name); },
                [member](const RunConfig& c) { return Json(to_string(c.*member)); }};
+}
+
+/// An optimizer state dtype field: read with parse_optimizer_state_dtype, written with its spelling.
+Field optimizer_dtype(const char* name, schedule::DType RunConfig::*member) {
+  return Field{name,
+               [name, member](RunConfig& c, const Json& j) {
+                 c.*member = parse_optimizer_state_dtype(j.get<std::string>(), name);
+               },
+               [member](const RunConfig& c) { return Json(name_of(kOptimizerStateDtypes, c.*member)); }};
 }
 
 template <typename T>
@@ -80,6 +93,9 @@ const std::vector<Field>& fields() {
             [](const RunConfig& c) { return Json(schedule::dtype_name(c.dtype)); }},
       mode("fp8_recipe", &RunConfig::fp8_recipe, parse_fp8_recipe),
       plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
+      optimizer_dtype("main_params_dtype", &RunConfig::main_params_dtype),
+      optimizer_dtype("exp_avg_dtype", &RunConfig::exp_avg_dtype),
+      optimizer_dtype("exp_avg_sq_dtype", &RunConfig::exp_avg_sq_dtype),
       mode("recompute_granularity", &RunConfig::recompute_granularity, parse_recompute_granularity),
       mode("recompute_method", &RunConfig::recompute_method, parse_recompute_method),
       plain("recompute_num_layers", &RunConfig::recompute_num_layers),
@@ -186,6 +202,9 @@ Fp8Recipe parse_fp8_recipe(std::string_view text, std::string_view field) {
   return parse_name(kFp8Recipes, text, field);
 }
 std::string to_string(Fp8Recipe recipe) { return name_of(kFp8Recipes, recipe); }
+schedule::DType parse_optimizer_state_dtype(std::string_view text, std::string_view field) {
+  return parse_name(kOptimizerStateDtypes, text, field);
+}
 
 RunConfig run_config_from_json(const std::string& text, const std::string& source, const RunConfig& base,
                                std::set<std::string>* present) {

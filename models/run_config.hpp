@@ -59,6 +59,9 @@ enum class Fp8Recipe : std::uint8_t { kDelayed, kTensorwise };
 [[nodiscard]] CpCommType parse_cp_comm_type(std::string_view text, std::string_view field);
 [[nodiscard]] TokenDispatcher parse_token_dispatcher(std::string_view text, std::string_view field);
 [[nodiscard]] Fp8Recipe parse_fp8_recipe(std::string_view text, std::string_view field);
+/// main_params_dtype / exp_avg_dtype / exp_avg_sq_dtype (MCore OptimizerConfig, honoured with its precision-aware
+/// optimizer): "fp32" | "fp16" | "bf16" | "fp8"; ParseError naming `field` otherwise.
+[[nodiscard]] schedule::DType parse_optimizer_state_dtype(std::string_view text, std::string_view field);
 [[nodiscard]] std::string to_string(RecomputeGranularity granularity);
 [[nodiscard]] std::string to_string(RecomputeMethod method);
 [[nodiscard]] std::string to_string(CpCommType type);
@@ -128,6 +131,12 @@ struct RunConfig {
   /// dtype fp8: Megatron's fp8_recipe (Fp8Recipe).
   Fp8Recipe fp8_recipe = Fp8Recipe::kDelayed;
   bool grad_reduce_in_fp32 = false;
+  /// Optimizer state dtypes (MCore OptimizerConfig names; fp32 is Megatron's default, lower ones are what MCore's
+  /// use_precision_aware_optimizer or Apex DistributedFusedAdam's `dtype` keep): the main (master) weights and Adam's
+  /// two moments. Used by the memory model (docs/memory.md).
+  schedule::DType main_params_dtype = schedule::DType::kFP32;
+  schedule::DType exp_avg_dtype = schedule::DType::kFP32;
+  schedule::DType exp_avg_sq_dtype = schedule::DType::kFP32;
 
   // Recompute.
   RecomputeGranularity recompute_granularity = RecomputeGranularity::kNone;

@@ -1,8 +1,9 @@
 // Memory per rank and phase (docs/memory.md has each term's closed form and source): static state (bf16 weights, fp8
-// copies, fp32 main weights, main grads, Adam moments; the last two sharded with the distributed optimizer), the
-// activations the in-flight micro-batches of the rank's actual pipeline order have saved (layer by layer for the
-// EP-overlap combined schedule), the phase's working memory (loss, recompute, optimizer temporaries), the allocator's
-// reserve over what it hands out, and what lives outside the allocator (CUDA context, NCCL, TE userbuffers).
+// copies, main weights and Adam moments in the optimizer state dtypes, main grads; main weights and moments sharded
+// with the distributed optimizer), the activations the in-flight micro-batches of the rank's actual pipeline order
+// have saved (layer by layer for the EP-overlap combined schedule), the phase's working memory (loss, recompute,
+// optimizer temporaries), the allocator's reserve over what it hands out, and what lives outside the allocator (CUDA
+// context, NCCL, TE userbuffers).
 #include "models/lowering/memory.hpp"
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <cstdio>
 
 #include "common/units.hpp"
+#include "schedule/schedule.hpp"
 
 namespace twinstep::models::lowering {
 namespace {
@@ -25,11 +27,14 @@ struct TensorBytes {
   double act = 2, linear_input = 2;
 };
 
-TensorBytes tensor_bytes(const Dims& k, const MemoryCosts& m) {
+TensorBytes tensor_bytes(const Dims& k, const RunConfig& cfg, const MemoryCosts& m) {
   TensorBytes b;
   b.weight = static_cast<double>(k.act_bytes);
   b.fp8_weight_copy = m.fp8_weight_copy_bytes_per_param >= 0 ? m.fp8_weight_copy_bytes_per_param : 0.0;
-  b.main_param = k.act_bytes < 4 ? 4.0 : 0.0;  // fp32 weights are their own main weights
+  // fp32 weights are their own main weights; otherwise the main weights and Adam's moments take the optimizer's state
+  // dtypes (fp32 unless the precision-aware optimizer or Apex's DistributedFusedAdam keeps lower ones).
+  b.main_param = k.act_bytes < 4 ? schedule::dtype_bytes(cfg.main_params_dtype) : 0.0;
+  b.moments = schedule::dtype_bytes(cfg.exp_avg_dtype) + schedule::dtype_bytes(cfg.exp_avg_sq_dtype);
   b.main_grad = static_cast<double>(k.grad_bytes);
   b.act = static_cast<double>(k.act_bytes);
   b.linear_input = m.linear_input_bytes >= 0 ? m.linear_input_bytes : b.act;
@@ -80,7 +85,7 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   const Coords co = coords_of(k, rank);
   const RunConfig& cfg = *x.cfg;
   const MemoryCosts& mc = cfg.memory;
-  const TensorBytes b = tensor_bytes(k, mc);
+  const TensorBytes b = tensor_bytes(k, cfg, mc);
   MemoryEstimate e;
   e.gpu_memory_bytes = cfg.gpu_memory_bytes;
 
@@ -161,10 +166,11 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
       x.recompute_full ? std::max(la.dense, la.moe) * (cfg.recompute_method == RecomputeMethod::kBlock ? 1.0 : group)
                        : 0.0;
   const double fb_transient = std::max(loss_working, recompute);
-  // Optimizer step: bf16 main grads are copied to fp32 for the fp32 main weights' shard (Megatron's
-  // _copy_model_grads_to_main_grads); Adam's temporaries per parameter of the shard (0 for fused Adam).
+  // Optimizer step: main grads in a narrower dtype than the main weights are copied to the main weights' dtype for
+  // their shard (Megatron's _copy_model_grads_to_main_grads: bf16 grads to fp32); Adam's temporaries per parameter
+  // of the shard (0 for fused Adam).
   const double opt_transient =
-      (b.main_param > 0 && b.main_grad < 4 ? 4.0 * sharded : 0.0) + mc.adam_temporary_bytes_per_param * sharded;
+      (b.main_param > b.main_grad ? b.main_param * sharded : 0.0) + mc.adam_temporary_bytes_per_param * sharded;
   if (e.activations_bytes + fb_transient >= opt_transient) {
     e.transient_bytes = fb_transient;
     e.peak_phase = "forward/backward";

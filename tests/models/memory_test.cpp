@@ -93,6 +93,40 @@ TEST_CASE("memory: static terms (weights, fp32 main weights, main grads, Adam) a
   CHECK(e.main_params_bytes + e.optimizer_bytes == Approx(12 * n / 4).epsilon(1e-3));
 }
 
+TEST_CASE("memory: optimizer state dtypes set the main weights' and the moments' bytes (precision-aware optimizer)",
+          "[memory]") {
+  const ModelSpec m = test::shrink(load_model("llama3-8b"), 2);
+  const double n = total_params(m);
+  RunConfig d = config(4, 1, 1);
+  d.seq_length = 1024;
+  d.global_batch_size = 4;
+  d.use_distributed_optimizer = true;
+  d.grad_reduce_in_fp32 = false;  // bf16 main grads
+  // bf16 moments, fp16 main weights, sharded over DP 4: 2 x 2 / 4 and 2 / 4 bytes per parameter.
+  d.exp_avg_dtype = schedule::DType::kBF16;
+  d.exp_avg_sq_dtype = schedule::DType::kBF16;
+  d.main_params_dtype = schedule::DType::kFP16;
+  MemoryEstimate e = lower(m, d).peak_memory;
+  CHECK(e.optimizer_bytes == Approx(4 * n / 4).epsilon(1e-3));
+  CHECK(e.main_params_bytes == Approx(2 * n / 4).epsilon(1e-3));
+  CHECK(e.grads_bytes == Approx(2 * n));
+  // fp8 second moment: 2 + 1 bytes.
+  d.exp_avg_sq_dtype = schedule::DType::kFP8;
+  CHECK(lower(m, d).peak_memory.optimizer_bytes == Approx(3 * n / 4).epsilon(1e-3));
+  // The optimizer step copies the grads to the main weights' dtype only when that is wider: bf16 grads into bf16
+  // main weights need no copy, into fp32 main weights 4 bytes per parameter of the shard.
+  RunConfig one = one_gpu(64);
+  const ModelSpec m1 = test::shrink(load_model("llama3-8b"), 1);
+  one.grad_reduce_in_fp32 = false;
+  one.main_params_dtype = schedule::DType::kBF16;
+  e = lower(m1, one).peak_memory;
+  CHECK(e.main_params_bytes == Approx(2 * total_params(m1)));
+  CHECK(e.peak_phase == "forward/backward");
+  CHECK(e.transient_bytes == Approx(2.0 * 64 * 128256));  // the loss's working memory; no grad copy
+  one.main_params_dtype = schedule::DType::kFP32;
+  CHECK(lower(m1, one).peak_memory.transient_bytes == Approx(4 * total_params(m1)));
+}
+
 TEST_CASE("memory: experts' optimizer state is sharded over expert-DP, the rest over DP x CP", "[memory]") {
   const ModelSpec m = test::moe_model("qwen3-30b-a3b", 2);
   RunConfig c = config(8, 1, 1);
@@ -333,23 +367,60 @@ TEST_CASE("memory: the issue's MoE production layouts fit on 80 GiB H100 (margin
   }
 }
 
-// Known divergence (reported, not hidden): with Megatron's interleaved schedule these dense layouts hold more than an
-// 80 GiB H100. Llama-3.1-405B, PP rank 1: (pp - 2) x 2 + (vpp - 1) x pp + 1 = 77 chunk forwards of 2 layers at
-// ~533 MB each (76.5 GiB) on top of 18 GiB of weights and fp32 grads; the Llama 3 paper ran it on its own pipeline
-// schedule. Nemotron-4-340B at DP 2: 64.5 GiB of static state (12/d = 6 B/param of optimizer state) before 25.7 GiB
-// of activations. [!mayfail]: the verdicts print, the run does not fail on them.
-TEST_CASE("memory: the issue's dense production layouts on 80 GiB H100 (margins printed)", "[memory][slow][!mayfail]") {
+// The dense production layouts of issue 21 with the settings their published runs used (docs/memory.md,
+// "Production layouts"):
+// - Nemotron-4-340B on 128 H100 as NVIDIA's DGX Cloud benchmark ran it (dgxc-benchmarking nemotron/configure.sh and
+//   nemotron4-340b-synth.yaml, NeMo 24.09): TP8 PP8 VPP12, MBS 1, GBS 32 (16 micro-batches), SP, selective recompute,
+//   TP comm overlap, Apex DistributedFusedAdam with grad_sync_dtype bf16 and dtype bf16 (bf16 grads, bf16 sharded
+//   master weights and moments).
+// - Llama-3.1-405B on H100 as Megatron-Bridge's performance config runs it (scripts/performance/configs/llama:
+//   H100 BF16 V1): 1,024 GPUs, TP8 PP8 CP2 VPP8, seq 8192, GBS 512, embedding and loss counted in the pipeline split,
+//   TP comm overlap, grad_reduce_in_fp32 off.
+TEST_CASE("memory: the issue's dense production layouts fit with their published settings (margins printed)",
+          "[memory][slow]") {
   std::vector<Layout> layouts;
   {
-    RunConfig c = production(8192, 8, 16, 4, 8192, 2048);  // Llama 3 paper: 16M tokens per step at seq 8192
+    RunConfig c = production(128, 8, 8, 12, 4096, 32);
+    c.grad_reduce_in_fp32 = false;
+    c.recompute_granularity = RecomputeGranularity::kSelective;
+    c.tp_comm_overlap = true;
+    c.main_params_dtype = schedule::DType::kBF16;
+    c.exp_avg_dtype = schedule::DType::kBF16;
+    c.exp_avg_sq_dtype = schedule::DType::kBF16;
+    layouts.push_back({"Nemotron-4-340B 128 H100 TP8 PP8 VPP12 (dgxc NeMo 24.09)", load_model("nemotron4-340b"), c});
+  }
+  {
+    RunConfig c = production(1024, 8, 8, 8, 8192, 512);
+    c.context_parallel_size = 2;
+    c.grad_reduce_in_fp32 = false;
+    c.tp_comm_overlap = true;
     c.account_for_embedding_in_pipeline_split = true;
     c.account_for_loss_in_pipeline_split = true;
-    layouts.push_back({"Llama-3.1-405B 8192 H100 TP8 PP16 VPP4 seq 8192", load_model("llama3.1-405b"), c});
+    layouts.push_back({"Llama-3.1-405B 1024 H100 TP8 PP8 CP2 VPP8 seq 8192 (Bridge)", load_model("llama3.1-405b"), c});
   }
-  layouts.push_back({"Nemotron-4-340B 128 H100 TP8 PP8 VPP12 seq 4096", load_model("nemotron4-340b"),
-                     production(128, 8, 8, 12, 4096, 512)});
   for (const auto& l : layouts) {
     INFO(l.what);
     CHECK(lower_and_print(l).fits);
   }
+}
+
+// Known divergence (reported, not hidden): the Llama 3 paper's layout (TP8 PP16, 8,192 GPUs, seq 8192, no
+// activation recompute) does not fit under Megatron's interleaved schedule, whatever the static state: PP rank 1
+// holds 2 (pp - 2) + (vpp - 1) pp + 1 = 77 chunk forwards of 2 layers in its warm-up, 76.5 GiB of activations. Meta
+// ran its own pipeline schedule (a tunable number of micro-batches per round) and FSDP sharding the gradients over
+// DP (arXiv 2407.21783 section 3.3.2); neither is Megatron's and neither is modelled.
+TEST_CASE("memory: the Llama 3 paper's PP16 layout holds 77 chunk forwards under Megatron's schedule",
+          "[memory][slow]") {
+  RunConfig c = production(8192, 8, 16, 4, 8192, 2048);
+  c.grad_reduce_in_fp32 = false;
+  c.account_for_embedding_in_pipeline_split = true;
+  c.account_for_loss_in_pipeline_split = true;
+  const ModelSpec m = load_model("llama3.1-405b");
+  const Lowered low = lower_and_print({"Llama-3.1-405B 8192 H100 TP8 PP16 VPP4 seq 8192 (Llama 3 paper)", m, c});
+  const MemoryEstimate& e = low.peak_memory;
+  const Dense d = dense_dims(m, 8192);
+  const double layer = dense_layer(d, 8, 8192.0 / 8);
+  CHECK(e.activations_bytes == Approx(77 * 2 * layer));
+  CHECK_FALSE(low.fits);
+  CHECK(e.activations_bytes > e.usable_bytes() - e.params_bytes - e.grads_bytes);
 }

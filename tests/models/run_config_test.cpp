@@ -25,12 +25,30 @@ TEST_CASE("models::run_config: JSON round trip with Megatron names", "[run_confi
   c.cp_comm_type = models::CpCommType::kA2a;
   c.hierarchical_context_parallel_sizes = {2, 4};
   c.host.per_module_call_ns = 1500;
+  c.exp_avg_dtype = schedule::DType::kBF16;
+  c.exp_avg_sq_dtype = schedule::DType::kFP8;
   const std::string text = run_config_to_json(c);
   RunConfig back = run_config_from_json(text, "c.json");
   CHECK(run_config_to_json(back) == text);
   CHECK(back.virtual_pipeline_model_parallel_size == 5);
   CHECK(back.host.per_module_call_ns == 1500);
   CHECK(back.hierarchical_context_parallel_sizes == std::vector<std::uint32_t>{2, 4});
+  CHECK(back.main_params_dtype == schedule::DType::kFP32);
+  CHECK(back.exp_avg_dtype == schedule::DType::kBF16);
+  CHECK(back.exp_avg_sq_dtype == schedule::DType::kFP8);
+  CHECK(text.find("\"exp_avg_dtype\": \"bf16\"") != std::string::npos);
+}
+
+TEST_CASE("models::run_config: optimizer state dtypes take fp32, fp16, bf16, fp8 and name the field otherwise",
+          "[run_config]") {
+  CHECK(parse_optimizer_state_dtype("fp32", "f") == schedule::DType::kFP32);
+  CHECK(parse_optimizer_state_dtype("fp16", "f") == schedule::DType::kFP16);
+  CHECK(parse_optimizer_state_dtype("bf16", "f") == schedule::DType::kBF16);
+  CHECK(parse_optimizer_state_dtype("fp8", "f") == schedule::DType::kFP8);
+  CHECK_THROWS_AS(parse_optimizer_state_dtype("int32", "f"), ParseError);  // a schedule dtype, not a state dtype
+  CHECK_THROWS_WITH(run_config_from_json(R"({"main_params_dtype": "float32"})", "r.json"),
+                    twinstep_contains("r.json: /main_params_dtype: unknown value \"float32\" (use one of: "
+                                      "\"fp32\", \"fp16\", \"bf16\", \"fp8\")"));
 }
 
 TEST_CASE("models::run_config: unknown fields and wrong types are errors naming the field", "[run_config]") {
