@@ -182,8 +182,8 @@ TEST_CASE("schedule::json: fp8 GEMM operand formats round-trip, written for fp8 
   const std::string grouped =
       R"({"id":0,"rank":0,"name":"g","kind":"compute","stream":"compute","kernel":{"class":"grouped_gemm",)"
       R"("m":[4,0,2],"n":32,"k":16,"dtype":"fp8","b_format":"e5m2"}})";
-  const auto& gg = std::get<ts::GroupedGemm>(
-      std::get<ts::Compute>(ts::schedule_from_json(minimal_with_op(grouped), "mem").ops[0].body).kernel);
+  const ts::Schedule grouped_schedule = ts::schedule_from_json(minimal_with_op(grouped), "mem");
+  const auto& gg = std::get<ts::GroupedGemm>(std::get<ts::Compute>(grouped_schedule.ops[0].body).kernel);
   CHECK(gg.a_format == ts::Fp8Format::kE4M3);
   CHECK(gg.b_format == ts::Fp8Format::kE5M2);
   // Not written for bf16 (canonical text unchanged), refused there, and an unknown format is named.
