@@ -663,8 +663,11 @@ class Model:
         with record_function(pre + ".output"):
             logits = Linear.apply(x, self.output, bwd + ".output", False)
         with record_function(pre + ".cross_entropy"):
-            logits = bwd_range(bwd + ".cross_entropy_bwd", logits)
             loss = ELEMENTWISE["cross_entropy"](logits, labels.reshape(-1), d["micro_batches"])
+        # The loss is the backward's root: a range opened by a node on it holds the whole loss backward (the loss
+        # scaling, NLL and softmax backward, the cast of the fp32 logits' gradient to bf16) until the output layer's
+        # dgrad closes it. Autograd runs the backward on its own thread, so the range must open inside the graph.
+        loss = bwd_range(bwd + ".cross_entropy_bwd", loss)
         loss.backward()
         Segment.close()
         return loss
@@ -677,6 +680,11 @@ def copy(dst, src):
         else:
             for a, b in zip(dst, src):
                 a.copy_(b)
+
+
+# Megatron's train_step zeroes each model chunk's grad buffers first (DistributedDataParallel.zero_grad_buffer); the
+# schedule's op for it on one GPU (one chunk) is named so.
+ZERO_GRAD_RANGE = "dp.chunk0.zero_grad_buffer"
 
 
 class Optimizer:
@@ -820,7 +828,7 @@ def main():
                for _ in range(d["micro_batches"])]
 
     def step():
-        with record_function("zero_grad"):
+        with record_function(ZERO_GRAD_RANGE):
             opt.zero()
         loss = None
         for mb, (ids, labels) in enumerate(batches):
