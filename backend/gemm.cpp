@@ -15,12 +15,12 @@ void run_gemm(cublasHandle_t h, const GemmCall& g) {
   const auto m = static_cast<int>(g.n), n = static_cast<int>(g.m), k = static_cast<int>(g.k);
   if (g.batch == 1) {
     TWINSTEP_CUBLAS_CHECK(cublasGemmEx(h, ob, oa, m, n, k, &alpha, g.b, g.type, static_cast<int>(g.ldb), g.a, g.type,
-                                       static_cast<int>(g.lda), &beta, g.c, g.type, static_cast<int>(g.ldc),
+                                       static_cast<int>(g.lda), &beta, g.c, g.c_type, static_cast<int>(g.ldc),
                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   } else {
     TWINSTEP_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
         h, ob, oa, m, n, k, &alpha, g.b, g.type, static_cast<int>(g.ldb), g.stride_b, g.a, g.type,
-        static_cast<int>(g.lda), g.stride_a, &beta, g.c, g.type, static_cast<int>(g.ldc), g.stride_c,
+        static_cast<int>(g.lda), g.stride_a, &beta, g.c, g.c_type, static_cast<int>(g.ldc), g.stride_c,
         static_cast<int>(g.batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 }
@@ -44,7 +44,13 @@ GemmCall plain_gemm(std::uint64_t m, std::uint64_t n, std::uint64_t k, bool ta, 
   g.stride_b = static_cast<long long>(k * n);
   g.stride_c = static_cast<long long>(m * n);
   g.type = type;
+  g.c_type = type;
   return g;
+}
+
+void accumulate_into_fp32(GemmCall& g) {
+  g.c_type = CUDA_R_32F;
+  g.beta = 1.0f;
 }
 
 cudaDataType_t cuda_dtype(schedule::DType t) {

@@ -23,7 +23,8 @@ struct GemmCall {
   std::uint64_t lda = 0, ldb = 0, ldc = 0;
   long long stride_a = 0, stride_b = 0, stride_c = 0;
   float beta = 0.0f;
-  cudaDataType_t type = CUDA_R_16BF;
+  cudaDataType_t type = CUDA_R_16BF;    ///< A's and B's element type.
+  cudaDataType_t c_type = CUDA_R_16BF;  ///< C's: `type`, or fp32 for an accumulating GEMM (accumulate_into_fp32).
 };
 
 /// Issues `g` on the handle's stream (cublasGemmEx, or cublasGemmStridedBatchedEx when batch > 1). Empty GEMMs
@@ -33,6 +34,10 @@ void run_gemm(cublasHandle_t h, const GemmCall& g);
 /// A GEMM over contiguous, densely packed operands (leading dimensions from the shape).
 [[nodiscard]] GemmCall plain_gemm(std::uint64_t m, std::uint64_t n, std::uint64_t k, bool ta, bool tb, const void* a,
                                   const void* b, void* c, std::uint64_t batch, cudaDataType_t type);
+
+/// Makes `g` add its product into an fp32 C (IR accumulate_fp32: C fp32, beta 1), as Megatron's fused wgrad
+/// accumulation does (cublasGemmEx with an fp32 C).
+void accumulate_into_fp32(GemmCall& g);
 
 /// cuBLAS element type of an IR dtype (bf16, fp16; fp32 otherwise).
 [[nodiscard]] cudaDataType_t cuda_dtype(schedule::DType t);

@@ -33,7 +33,8 @@ Fp8Gemm::Fp8Gemm(cublasLtHandle_t lt, const Fp8GemmShape& shape, std::uint64_t w
       cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &placeholder, sizeof placeholder));
   TWINSTEP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la_, fp8_cuda_type(shape.b), k, n, static_cast<std::int64_t>(k)));
   TWINSTEP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb_, fp8_cuda_type(shape.a), k, m, static_cast<std::int64_t>(k)));
-  TWINSTEP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc_, CUDA_R_16BF, n, m, static_cast<std::int64_t>(n)));
+  const cudaDataType_t c_type = shape.accumulate_fp32 ? CUDA_R_32F : CUDA_R_16BF;
+  TWINSTEP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc_, c_type, n, m, static_cast<std::int64_t>(n)));
   cublasLtMatmulPreference_t pref = nullptr;
   TWINSTEP_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const std::uint64_t ws = workspace_bytes;
@@ -79,7 +80,7 @@ void Fp8Gemm::run(const void* a, const void* b, void* c, const float* a_scale, c
       cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &b_scale, sizeof b_scale));
   TWINSTEP_CUBLAS_CHECK(
       cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = shape_.accumulate_fp32 ? 1.0f : 0.0f;
   TWINSTEP_CUBLAS_CHECK(cublasLtMatmul(lt_, op_, &alpha, b, la_, a, lb_, &beta, c, lc_, c, lc_, &algo_, workspace,
                                        workspace_bytes_, stream));
 }

@@ -24,7 +24,8 @@ void need(RoleSizes& s, Role r, std::uint64_t bytes) {
 }
 
 std::uint64_t esz(sch::DType t) { return sch::dtype_bytes(t); }
-std::uint64_t out_esz(sch::DType t) { return sch::gemm_output_bytes(t); }
+/// C's element: the output dtype's, fp32 for an accumulating GEMM.
+std::uint64_t c_esz(sch::DType t, bool accumulate_fp32) { return sch::gemm_c_bytes(t, accumulate_fp32); }
 
 /// Attention buffers of the kernel that runs `a` (attention_kernel()): the fused one's (sdpa.hpp: Q, O, dO, dQ;
 /// K, V, dK, dV; the row statistics) or the fallback's (attention.hpp: Q, O, dO; K, V; the scores S).
@@ -56,13 +57,13 @@ void kernel_sizes(const sch::Kernel& kernel, RoleSizes& sizes) {
         if constexpr (std::is_same_v<K, sch::Gemm>) {
           need(sizes, Role::kGemmA, k.batch * k.m * k.k * esz(k.dtype));
           need(sizes, Role::kGemmB, k.batch * k.k * k.n * esz(k.dtype));
-          need(sizes, Role::kGemmC, k.batch * k.m * k.n * out_esz(k.dtype));
+          need(sizes, Role::kGemmC, k.batch * k.m * k.n * c_esz(k.dtype, k.accumulate_fp32));
         } else if constexpr (std::is_same_v<K, sch::GroupedGemm>) {
           std::uint64_t rows = 0;
           for (auto m : k.m) rows += m;
           need(sizes, Role::kGemmA, rows * k.k * esz(k.dtype));
           need(sizes, Role::kGemmB, k.m.size() * k.k * k.n * esz(k.dtype));
-          need(sizes, Role::kGemmC, rows * k.n * out_esz(k.dtype));
+          need(sizes, Role::kGemmC, rows * k.n * c_esz(k.dtype, k.accumulate_fp32));
         } else if constexpr (std::is_same_v<K, sch::Attention>) {
           attention_sizes(k, sizes);
         } else if constexpr (std::is_same_v<K, sch::Elementwise>) {

@@ -729,7 +729,9 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
 
   // Tensor-core classes: efficiency = FLOPs / (peak x time), over FLOPs.
   const double peak_bf16 = gpu.peak_flop_per_s(schedule::DType::kBF16);
-  for (const char* fam : {"gemm", "attention_fwd", "attention_bwd"}) {
+  // gemm_accumulate: GEMMs adding into an fp32 C (accumulate_fp32), the fp32 epilogue in their time; absent from
+  // raw files measured before the group existed (the simulator then adds the epilogue's bytes to the gemm table).
+  for (const char* fam : {"gemm", "gemm_accumulate", "attention_fwd", "attention_bwd"}) {
     std::vector<std::pair<double, double>> pts;
     for (const auto& [flops, t] : family(fam)) pts.emplace_back(flops, compute_efficiency(flops, t, peak_bf16));
     if (!pts.empty()) tables[fam] = merged_table(pts);

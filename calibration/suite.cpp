@@ -204,6 +204,8 @@ void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, 
     Probe p;
     p.name = kernels[i].first;
     p.family = schedule::kernel_class(k);
+    if (const auto* g = std::get_if<schedule::Gemm>(&k); g != nullptr && g->accumulate_fp32)
+      p.family = "gemm_accumulate";
     p.ops = {rank0[i]};
     const bool memory_bound = std::holds_alternative<schedule::Elementwise>(k) ||
                               std::holds_alternative<schedule::Optimizer>(k) ||
@@ -528,6 +530,22 @@ std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t 
   const ZooShapes zoo = zoo_shapes(quick);
   for (const auto& g : zoo.gemms) add_gemm(g);
   add_compute_group(suite, "compute.gemm", world, gemms);
+
+  // Weight-gradient GEMMs accumulating into an fp32 main grad (Megatron's gradient_accumulation_fusion): C[out, in]
+  // += dY^T[out, tokens] X[tokens, in], the reduction over the tokens; the zoo's dense layer shapes at TP 1 and 8.
+  std::vector<std::pair<std::string, schedule::Kernel>> accumulating;
+  for (const auto& [out, in] : std::vector<std::pair<std::uint64_t, std::uint64_t>>{
+           {6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {3584, 4096}, {4096, 1792}}) {
+    for (std::uint64_t tokens : {4096, 16384}) {
+      if (quick && tokens != 4096) continue;
+      schedule::Gemm g{out, in, tokens, 1, schedule::DType::kBF16};
+      g.accumulate_fp32 = true;
+      accumulating.emplace_back("gemm_accumulate." + shape_name(g), g);
+      if (quick && accumulating.size() == 2) break;
+    }
+    if (quick && accumulating.size() == 2) break;
+  }
+  add_compute_group(suite, "compute.gemm_accumulate", world, accumulating);
 
   std::vector<std::pair<std::string, schedule::Kernel>> grouped;
   std::set<std::string> seen_gg;

@@ -71,6 +71,7 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--cdmc", "cuda_device_max_connections", f.cdmc, "CUDA_DEVICE_MAX_CONNECTIONS");
   flag(sub, "--distributed-optimizer", "use_distributed_optimizer", f.distributed_optimizer);
   flag(sub, "--grad-reduce-in-fp32", "grad_reduce_in_fp32", f.grad_reduce_in_fp32);
+  flag(sub, "--gradient-accumulation-fusion", "gradient_accumulation_fusion", f.gradient_accumulation_fusion);
   opt(sub, "--main-params-dtype", "main_params_dtype", f.main_params_dtype,
       "fp32 | fp16 | bf16 | fp8 (master weights)");
   opt(sub, "--exp-avg-dtype", "exp_avg_dtype", f.exp_avg_dtype, "fp32 | fp16 | bf16 | fp8 (Adam's first moment)");
@@ -166,6 +167,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   take("bucket_size", f.bucket_size, c.bucket_size, same);
   take("use_distributed_optimizer", f.distributed_optimizer, c.use_distributed_optimizer, same);
   take("grad_reduce_in_fp32", f.grad_reduce_in_fp32, c.grad_reduce_in_fp32, same);
+  take("gradient_accumulation_fusion", f.gradient_accumulation_fusion, c.gradient_accumulation_fusion, same);
   take("main_params_dtype", f.main_params_dtype, c.main_params_dtype,
        mode(models::parse_optimizer_state_dtype, "--main-params-dtype"));
   take("exp_avg_dtype", f.exp_avg_dtype, c.exp_avg_dtype, mode(models::parse_optimizer_state_dtype, "--exp-avg-dtype"));

@@ -93,6 +93,7 @@ const std::vector<Field>& fields() {
             [](const RunConfig& c) { return Json(schedule::dtype_name(c.dtype)); }},
       mode("fp8_recipe", &RunConfig::fp8_recipe, parse_fp8_recipe),
       plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
+      plain("gradient_accumulation_fusion", &RunConfig::gradient_accumulation_fusion),
       optimizer_dtype("main_params_dtype", &RunConfig::main_params_dtype),
       optimizer_dtype("exp_avg_dtype", &RunConfig::exp_avg_dtype),
       optimizer_dtype("exp_avg_sq_dtype", &RunConfig::exp_avg_sq_dtype),

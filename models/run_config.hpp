@@ -131,6 +131,10 @@ struct RunConfig {
   /// dtype fp8: Megatron's fp8_recipe (Fp8Recipe).
   Fp8Recipe fp8_recipe = Fp8Recipe::kDelayed;
   bool grad_reduce_in_fp32 = false;
+  /// Megatron's gradient_accumulation_fusion (on by default; --no-gradient-accumulation-fusion): linear layers' wgrad
+  /// GEMMs accumulate straight into the main grad. With fp32 main grads (grad_reduce_in_fp32) they are lowered with
+  /// accumulate_fp32 (TE/Apex wgrad_gemm_accum_fp32: an fp32 C, beta 1); with bf16 main grads, plain GEMMs.
+  bool gradient_accumulation_fusion = true;
   /// Optimizer state dtypes (MCore OptimizerConfig names; fp32 is Megatron's default, lower ones are what MCore's
   /// use_precision_aware_optimizer or Apex DistributedFusedAdam's `dtype` keep): the main (master) weights and Adam's
   /// two moments. Used by the memory model (docs/memory.md).

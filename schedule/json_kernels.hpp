@@ -20,6 +20,7 @@ enum class Presence : std::uint8_t {
   kRequired,  ///< The reader fails without it.
   kOptional,  ///< Absent: the member's default.
   kFp8Only,   ///< Only with dtype fp8 (written then, refused by the reader otherwise); absent: the default.
+  kIfTrue,    ///< A switch, false by default: written only when true, so schedules without it are unchanged.
 };
 
 /// One field of kernel `K`. `what`: what it holds, for the error of a missing required field.
@@ -40,6 +41,10 @@ constexpr KernelField<K, T> required_field(const char* key, T K::*member, const 
 template <typename K, typename T>
 constexpr KernelField<K, T> optional_field(const char* key, T K::*member) {
   return {key, member, Presence::kOptional, ""};
+}
+template <typename K>
+constexpr KernelField<K, bool> switch_field(const char* key, bool K::*member) {
+  return {key, member, Presence::kIfTrue, ""};
 }
 template <typename K, typename T>
 constexpr KernelField<K, T> fp8_field(const char* key, T K::*member) {
@@ -75,13 +80,14 @@ inline constexpr auto kKernelClasses = std::make_tuple(
                        required_field("n", &Gemm::n, "columns of B and C"),
                        required_field("k", &Gemm::k, "the reduction dimension"), optional_field("batch", &Gemm::batch),
                        optional_field("dtype", &Gemm::dtype), fp8_field("a_format", &Gemm::a_format),
-                       fp8_field("b_format", &Gemm::b_format)),
+                       fp8_field("b_format", &Gemm::b_format), switch_field("accumulate_fp32", &Gemm::accumulate_fp32)),
     kernel_class<GroupedGemm>(
         "grouped_gemm", "a grouped_gemm kernel",
         required_field("m", &GroupedGemm::m, "rows per group: a list, one entry per local expert"),
         required_field("n", &GroupedGemm::n, "columns of B and C"),
         required_field("k", &GroupedGemm::k, "the reduction dimension"), optional_field("dtype", &GroupedGemm::dtype),
-        fp8_field("a_format", &GroupedGemm::a_format), fp8_field("b_format", &GroupedGemm::b_format)),
+        fp8_field("a_format", &GroupedGemm::a_format), fp8_field("b_format", &GroupedGemm::b_format),
+        switch_field("accumulate_fp32", &GroupedGemm::accumulate_fp32)),
     kernel_class<Attention>("attention", "an attention kernel", optional_field("batch", &Attention::batch),
                             required_field("heads_q", &Attention::heads_q, "query heads"),
                             required_field("heads_kv", &Attention::heads_kv, "key/value heads (GQA groups)"),

@@ -97,7 +97,8 @@ void write_value(Writer& w, DType v) { w.str(name_of(kDTypes, v)); }
 void write_value(Writer& w, Fp8Format v) { w.str(name_of(kFp8Formats, v)); }
 void write_value(Writer& w, CopyKind v) { w.str(name_of(kCopies, v)); }
 
-/// "class" and the fields of json_kernels.hpp, in their order (fp8 operand formats for dtype fp8 only).
+/// "class" and the fields of json_kernels.hpp, in their order (fp8 operand formats for dtype fp8 only, switches
+/// only when on).
 void write_kernel(Writer& w, const Kernel& kernel) {
   w.ch('{');
   std::visit(
@@ -109,6 +110,9 @@ void write_kernel(Writer& w, const Kernel& kernel) {
               auto write = [&](const auto& f) {
                 if constexpr (requires { k.dtype; }) {
                   if (f.presence == Presence::kFp8Only && k.dtype != DType::kFP8) return;
+                }
+                if constexpr (std::is_same_v<typename std::decay_t<decltype(f)>::Value, bool>) {
+                  if (f.presence == Presence::kIfTrue && !(k.*f.member)) return;
                 }
                 w.key(f.key), write_value(w, k.*f.member);
               };

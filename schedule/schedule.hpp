@@ -57,12 +57,24 @@ struct Gemm {
   DType dtype = DType::kBF16;
   Fp8Format a_format = Fp8Format::kE4M3;  ///< dtype fp8 only.
   Fp8Format b_format = Fp8Format::kE4M3;  ///< dtype fp8 only.
+  /// The product is added into an fp32 buffer (C += A x B, beta 1): Megatron's gradient_accumulation_fusion, the
+  /// wgrad GEMM accumulating into the fp32 main grad; the epilogue reads and writes C in fp32 instead of writing
+  /// the output dtype.
+  bool accumulate_fp32 = false;
 
   bool operator==(const Gemm&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
 
 /// Bytes of a GEMM's output element: bf16 for fp8 GEMMs, the input dtype's otherwise.
 [[nodiscard]] constexpr std::uint32_t gemm_output_bytes(DType t) { return t == DType::kFP8 ? 2 : dtype_bytes(t); }
+/// Bytes of a GEMM's C element: fp32 when it accumulates (accumulate_fp32), else the output's.
+[[nodiscard]] constexpr std::uint32_t gemm_c_bytes(DType t, bool accumulate_fp32) {
+  return accumulate_fp32 ? 4 : gemm_output_bytes(t);
+}
+/// HBM bytes per C element of a GEMM's epilogue: a read and a write when it accumulates, else one write.
+[[nodiscard]] constexpr std::uint32_t gemm_epilogue_bytes(DType t, bool accumulate_fp32) {
+  return (accumulate_fp32 ? 2 : 1) * gemm_c_bytes(t, accumulate_fp32);
+}
 
 /// Grouped GEMM (MoE experts): one [m_i, k] x [k, n] product per local expert, m_i tokens routed to it.
 struct GroupedGemm {
@@ -71,6 +83,7 @@ struct GroupedGemm {
   DType dtype = DType::kBF16;
   Fp8Format a_format = Fp8Format::kE4M3;  ///< dtype fp8 only, as Gemm's.
   Fp8Format b_format = Fp8Format::kE4M3;
+  bool accumulate_fp32 = false;  ///< As Gemm's: every group's C += A x B into fp32.
 
   bool operator==(const GroupedGemm&) const = default;  ///< Field-wise (round-trip tests, caches).
 };

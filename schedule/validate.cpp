@@ -124,6 +124,20 @@ class Checker {
   // ---- per-op checks ----
   /// A kernel's FLOPs and bytes must stay where its time fits the simulator's int64-nanosecond clock on any GPU:
   /// 1e21 FLOPs is ~17 minutes at 1 EFLOP/s and ~12 days at 1 PFLOP/s; 1e18 bytes is 1 EB.
+  /// accumulate_fp32 adds a floating-point product into an fp32 buffer: not for integer GEMMs.
+  void check_accumulate(OpId id, const Kernel& kernel) {
+    std::visit(
+        [&](const auto& k) {
+          if constexpr (requires { k.accumulate_fp32; }) {
+            if (k.accumulate_fp32 && (k.dtype == DType::kInt64 || k.dtype == DType::kInt32)) {
+              add(id, "accumulate_fp32",
+                  "an integer GEMM cannot accumulate into fp32: drop accumulate_fp32 or use a "
+                  "floating-point dtype");
+            }
+          }
+        },
+        kernel);
+  }
   void check_kernel_size(OpId id, const Kernel& kernel) {
     constexpr double kMaxFlops = 1e21, kMaxBytes = 1e18;
     const double flops = kernel_flops(kernel), bytes = kernel_bytes(kernel);
@@ -200,6 +214,7 @@ class Checker {
               }
             } else if constexpr (std::is_same_v<T, Compute>) {
               check_kernel_size(id, b.kernel);
+              check_accumulate(id, b.kernel);
             } else if constexpr (std::is_same_v<T, Host>) {
               if (b.duration_ns < 0) add(id, "duration_ns", "negative host duration: use a duration >= 0 ns");
             } else if constexpr (std::is_same_v<T, HostSync>) {

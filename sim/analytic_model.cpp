@@ -90,10 +90,11 @@ struct ComputeHash {
           using T = std::decay_t<decltype(k)>;
           if constexpr (std::is_same_v<T, schedule::Gemm>) {
             fnv_mix(h, k.m), fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, k.batch),
-                fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
+                fnv_mix(h, static_cast<std::uint64_t>(k.dtype)), fnv_mix(h, k.accumulate_fp32 ? 1u : 0u);
           } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
             for (auto m : k.m) fnv_mix(h, m);
             fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
+            fnv_mix(h, k.accumulate_fp32 ? 1u : 0u);
           } else if constexpr (std::is_same_v<T, schedule::Attention>) {
             fnv_mix(h, k.batch), fnv_mix(h, k.heads_q), fnv_mix(h, k.heads_kv), fnv_mix(h, k.seq_q),
                 fnv_mix(h, k.seq_kv);

@@ -134,8 +134,11 @@ double KernelCost::solo_time_s() const {
 
 namespace {
 constexpr const char* kLaunchClasses[6] = {"compute", "memcpy", "collective", "send", "recv", "host_sync"};
+/// Profile tables by slot: one per kernel class, then the measured accumulating-GEMM table (slot 7, read for Gemms
+/// with accumulate_fp32 when the profile has it).
 constexpr const char* kKernelClasses[8] = {"gemm",        "grouped_gemm", "attention_fwd", "attention_bwd",
-                                           "elementwise", "optimizer",    "memcpy",        ""};
+                                           "elementwise", "optimizer",    "memcpy",        "gemm_accumulate"};
+constexpr int kGemmAccumulateSlot = 7;
 
 /// A kernel's slot in kKernelClasses: one overload per Kernel alternative and no catch-all, so a new kernel class
 /// does not compile until it has a slot.
@@ -149,6 +152,19 @@ struct KernelClassIndex {
 };
 
 int kernel_class_index(const schedule::Kernel& k) { return std::visit(KernelClassIndex{}, k); }
+
+/// HBM bytes an accumulating GEMM's epilogue moves beyond a plain one's: per output element an fp32 read and write
+/// instead of one write of the output dtype.
+double gemm_accumulate_extra_bytes(const schedule::Gemm& g) {
+  const double per = schedule::gemm_epilogue_bytes(g.dtype, true) - schedule::gemm_output_bytes(g.dtype);
+  return per * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.batch);
+}
+double gemm_accumulate_extra_bytes(const schedule::GroupedGemm& g) {
+  const double per = schedule::gemm_epilogue_bytes(g.dtype, true) - schedule::gemm_output_bytes(g.dtype);
+  double rows = 0;
+  for (auto m : g.m) rows += static_cast<double>(m);
+  return per * rows * static_cast<double>(g.n);
+}
 }  // namespace
 
 CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
@@ -157,7 +173,7 @@ CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
     const auto it = profile_.launch_s.find(kLaunchClasses[i]);
     launch_by_class_[i] = it == profile_.launch_s.end() ? 0 : to_nanos(it->second);
   }
-  for (int i = 0; i < 7; ++i) {
+  for (int i = 0; i < 8; ++i) {
     const auto it = profile_.compute.find(kKernelClasses[i]);
     eff_by_class_[i] = it == profile_.compute.end() ? nullptr : &it->second;
   }
@@ -192,6 +208,12 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
   double table_size = -1;  // where the efficiency table is read, when not at `flops` (grouped GEMMs per group)
   const double bytes = schedule::kernel_bytes(c.kernel);
   const EfficiencyTable* eff_table = eff_by_class_[kernel_class_index(c.kernel)];
+  // An accumulating bf16/fp16 GEMM with a measured table of its own is read there, its fp32 epilogue included (the
+  // table is measured at the bf16 peak; fp8 ones add the epilogue's bytes to the fp8 GEMM time below).
+  const auto* gemm = std::get_if<schedule::Gemm>(&c.kernel);
+  const bool measured_accumulate = gemm != nullptr && gemm->accumulate_fp32 && gemm->dtype != schedule::DType::kFP8 &&
+                                   eff_by_class_[kGemmAccumulateSlot] != nullptr;
+  if (measured_accumulate) eff_table = eff_by_class_[kGemmAccumulateSlot];
   const Interference& itf = profile_.interference;
   const bool memory_bound =
       std::holds_alternative<schedule::Elementwise>(c.kernel) || std::holds_alternative<schedule::Optimizer>(c.kernel);
@@ -246,6 +268,14 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
           k.flop_time_s = peak > 0 ? flops / (peak * eff) : 0.0;
           k.mem_bytes = bytes;
           k.mem_bytes_per_s = gpu.hbm_bytes_per_s * profile_.memory_efficiency;
+          // An accumulating GEMM (gradient_accumulation_fusion) without a measured table: the GEMM time plus its
+          // epilogue's extra HBM traffic, an fp32 read and write of C instead of the output dtype's write
+          // (docs/calibration.md, "Accumulating GEMMs").
+          if constexpr (requires { kern.accumulate_fp32; }) {
+            if (kern.accumulate_fp32 && !measured_accumulate && k.mem_bytes_per_s > 0) {
+              k.flop_time_s += gemm_accumulate_extra_bytes(kern) / k.mem_bytes_per_s;
+            }
+          }
         }
       },
       c.kernel);

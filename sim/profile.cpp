@@ -2,6 +2,7 @@
 // default. The calibration issue writes these files from measurements. Format:
 //   { "schema_version": 1, "name": "...", "context": {"gpu": "...", "nccl": "..."},
 //     "compute": {"gemm": [[flops, efficiency], ...], "elementwise": [[bytes, efficiency], ...], ...},
+//                 (optional, later: "gemm_accumulate", GEMMs with accumulate_fp32 measured, over FLOPs)
 //     "memory_efficiency": 0.9,
 //     "launch": {"compute": "4.24 us", "memcpy": ..., "collective": ..., "send": ..., "recv": ..., "host_sync": ...},
 //     "collectives": [{"kind": "all_reduce", "algorithm": "ring", "protocol": "simple", "span": "intra",
@@ -273,8 +274,9 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     }
   }
   if (j.contains("compute")) {
-    static constexpr std::initializer_list<const char*> kClasses = {
-        "gemm", "grouped_gemm", "attention_fwd", "attention_bwd", "elementwise", "optimizer", "memcpy"};
+    static constexpr std::initializer_list<const char*> kClasses = {"gemm",          "grouped_gemm",   "attention_fwd",
+                                                                    "attention_bwd", "elementwise",    "optimizer",
+                                                                    "memcpy",        "gemm_accumulate"};
     r.keys(j["compute"], "/compute", kClasses);
     for (const auto& item : j["compute"].items()) {
       p.compute[item.key()] = r.table(item.value(), "/compute/" + item.key());

@@ -29,6 +29,10 @@ struct Dims {
   /// (fp8_recipe tensorwise), an amax pass before each cast. The memory estimate (memory.cpp) does not count TE's
   /// fp8 copies of weights and saved activations yet: it reads this flag when it does.
   bool fp8 = false, fp8_current = false;
+  /// gradient_accumulation_fusion with fp32 main grads: linear layers' wgrad GEMMs (fp8 ones too: Transformer
+  /// Engine's _Linear backward passes main_grad as the wgrad GEMM's fp32 output with accumulate) add into the main
+  /// grad (Gemm::accumulate_fp32).
+  bool wgrad_accumulate_fp32 = false;
   // Effective overlap switches after gating.
   bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
   bool aligned_param_gather = false;

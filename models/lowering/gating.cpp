@@ -237,6 +237,7 @@ void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k) {
   k.fp8_current = k.fp8 && cfg.fp8_recipe == Fp8Recipe::kTensorwise;
   k.act_bytes = schedule::dtype_bytes(k.dtype);
   k.grad_bytes = cfg.grad_reduce_in_fp32 ? 4 : k.act_bytes;
+  k.wgrad_accumulate_fp32 = cfg.gradient_accumulation_fusion && k.grad_bytes == 4;
 }
 
 /// The interleaved schedule's micro-batch grouping and the P2P flags (section 7).

@@ -114,7 +114,10 @@ void RankLowering::output_bwd() {
   const std::uint64_t vt = k_.vocab_padded / k_.tp;
   elementwise("cross_entropy_bwd", k_.tokens * vt * (k_.act_bytes + 4), Phase::kBwd);
   kernel("output_dgrad", Gemm{k_.tokens, k_.hidden, vt, 1, k_.dtype}, Phase::kBwd);
-  const OpId w = kernel("output_wgrad", Gemm{vt, k_.hidden, k_.tokens, 1, k_.dtype}, Phase::kWgrad);
+  // A ColumnParallelLinear: its wgrad accumulates into the main grad as the TP linears' do (bf16 under fp8 too).
+  Gemm wg{vt, k_.hidden, k_.tokens, 1, k_.dtype};
+  wg.accumulate_fp32 = k_.wgrad_accumulate_fp32;
+  const OpId w = kernel("output_wgrad", wg, Phase::kWgrad);
   grad_ready(x_.model->share_embeddings_and_output_weights && k_.pp == 1 ? "embedding" : "output", w);
   if (k_.tp > 1) {
     collective(x_.st.tp, k_.sp ? "output_dgrad_rs" : "output_dgrad_ar",

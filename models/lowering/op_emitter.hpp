@@ -156,7 +156,8 @@ class OpEmitter {
   }
   /// The GEMM of a linear layer in role `role` (forward; dgrad: A is the output gradient; wgrad: A the transposed
   /// output gradient): in the run's dtype, or with --dtype fp8 as Transformer Engine's HYBRID recipe runs it: fp8
-  /// operands, e4m3 forward, an e5m2 gradient against e4m3 in both backward GEMMs, bf16 output.
+  /// operands, e4m3 forward, an e5m2 gradient against e4m3 in both backward GEMMs, bf16 output. A wgrad GEMM
+  /// accumulates into the fp32 main grad under gradient_accumulation_fusion (Dims::wgrad_accumulate_fp32).
   enum class GemmRole : std::uint8_t { kFprop, kDgrad, kWgrad };
   [[nodiscard]] Gemm linear_gemm(std::uint64_t m, std::uint64_t n, std::uint64_t kk, GemmRole role) const {
     Gemm g{m, n, kk, 1, k_.dtype};
@@ -164,12 +165,13 @@ class OpEmitter {
       g.dtype = schedule::DType::kFP8;
       if (role != GemmRole::kFprop) g.a_format = schedule::Fp8Format::kE5M2;
     }
+    g.accumulate_fp32 = role == GemmRole::kWgrad && k_.wgrad_accumulate_fp32;
     return g;
   }
   [[nodiscard]] schedule::GroupedGemm grouped_linear(std::vector<std::uint64_t> groups, std::uint64_t n,
                                                      std::uint64_t kk, GemmRole role) const {
     const Gemm g = linear_gemm(0, n, kk, role);
-    return schedule::GroupedGemm{std::move(groups), n, kk, g.dtype, g.a_format, g.b_format};
+    return schedule::GroupedGemm{std::move(groups), n, kk, g.dtype, g.a_format, g.b_format, g.accumulate_fp32};
   }
   /// --dtype fp8: the cast kernel before a linear GEMM of `elements` input elements (bf16 -> fp8 and the transposed
   /// copy the wgrad GEMM reads, with the amax; tensorwise scaling reads the input once more for the amax first).

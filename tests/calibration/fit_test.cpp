@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <variant>
 
 #include "calibration/suite.hpp"
 #include "common/error.hpp"
@@ -95,6 +96,34 @@ TEST_CASE("calibration::fit: a suite measured under a known profile fits back to
     return l.find("waiting_sms_per_channel = ") != std::string::npos &&
            l.find("equally good 0.00..") != std::string::npos;
   }));
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("calibration::fit: the compute.gemm_accumulate group fits a gemm_accumulate table that reproduces it",
+          "[calibration]") {
+  const std::string path = temp_path("accumulate.jsonl");
+  const RawResults raw = measure_quick(path);
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  const FitResult r = fit_profile(raw, cluster, "test", "abc", FrameworkInput{});
+  REQUIRE(r.profile.compute.count("gemm_accumulate") == 1);
+  // The truth has no such table (the gemm table plus the fp32 epilogue's bytes); the fitted table reproduces the
+  // suite's accumulating GEMMs, and costs more than the plain GEMM of the same shape.
+  const sim::CostModel truth(cluster, truth_profile()), fitted(cluster, r.profile);
+  std::size_t probes = 0;
+  for (const auto& g : make_suite("quick", 2)) {
+    if (g.name != "compute.gemm_accumulate") continue;
+    for (const auto& pr : g.probes) {
+      const auto& c = std::get<schedule::Compute>(g.schedule.ops[pr.ops[0]].body);
+      INFO(pr.name);
+      CHECK(pr.family == "gemm_accumulate");
+      CHECK(fitted.kernel_cost(c).solo_time_s() == Approx(truth.kernel_cost(c).solo_time_s()).epsilon(0.05));
+      schedule::Compute plain = c;
+      std::get<schedule::Gemm>(plain.kernel).accumulate_fp32 = false;
+      CHECK(fitted.kernel_cost(c).solo_time_s() > fitted.kernel_cost(plain).solo_time_s());
+      ++probes;
+    }
+  }
+  CHECK(probes == 2);
   std::filesystem::remove(path);
 }
 

@@ -63,6 +63,14 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
     REQUIRE(!d.empty());
     CHECK(d[0].field == "rank");
   }
+  SECTION("an integer GEMM accumulating into fp32") {
+    auto s = two_rank_ar();
+    auto& g = std::get<ts::Gemm>(std::get<ts::Compute>(s.ops[0].body).kernel);
+    g.accumulate_fp32 = true;
+    CHECK(ts::validate(s).empty());  // bf16: fine
+    g.dtype = ts::DType::kInt32;
+    expect_one(s, "accumulate_fp32", "integer GEMM");
+  }
   SECTION("undeclared stream") {
     auto s = two_rank_ar();
     s.ops[0].stream = 5;

@@ -46,6 +46,51 @@ TEST_CASE("sim::CostModel: roofline compute time for GEMM and streaming kernels"
   CHECK(d2h.solo_time_s() == Approx((64 << 20) / 64e9));
 }
 
+TEST_CASE("sim::CostModel: an accumulating GEMM costs its GEMM time plus the fp32 epilogue's extra HBM bytes",
+          "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  const double bw = 3.35e12 * 0.9;  // HBM x the datasheet profile's memory efficiency
+  Gemm g{4096, 1024, 8192, 1, DType::kBF16};
+  const double plain = costs.kernel_cost(Compute{g, 0}).flop_time_s;
+  g.accumulate_fp32 = true;
+  // Per output element: fp32 read + write (8 B) instead of a bf16 write (2 B).
+  CHECK(costs.kernel_cost(Compute{g, 0}).flop_time_s == Approx(plain + 6.0 * 4096 * 1024 / bw).epsilon(1e-9));
+  g.dtype = DType::kFP8;  // fp8 GEMMs write bf16: the same 6 B extra
+  g.accumulate_fp32 = false;
+  const double plain8 = costs.kernel_cost(Compute{g, 0}).flop_time_s;
+  g.accumulate_fp32 = true;
+  CHECK(costs.kernel_cost(Compute{g, 0}).flop_time_s == Approx(plain8 + 6.0 * 4096 * 1024 / bw).epsilon(1e-9));
+  GroupedGemm gg{{128, 0, 64}, 2048, 1024, DType::kBF16};
+  const double plain_g = costs.kernel_cost(Compute{gg, 0}).flop_time_s;
+  gg.accumulate_fp32 = true;
+  CHECK(costs.kernel_cost(Compute{gg, 0}).flop_time_s == Approx(plain_g + 6.0 * 192 * 2048 / bw).epsilon(1e-9));
+}
+
+TEST_CASE("sim::CostModel: a measured gemm_accumulate table prices bf16 accumulating GEMMs, read from the profile",
+          "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  // A flat gemm table at 0.5 and a flat gemm_accumulate table at 0.25: an accumulating bf16 GEMM takes exactly twice
+  // the plain one (the measured table includes the epilogue: no bytes added), as read back from the profile's JSON.
+  const sim::Profile p = sim::profile_from_json(
+      R"({"schema_version":1,"compute":{"gemm":[[1e6,0.5],[1e15,0.5]],"gemm_accumulate":[[1e6,0.25],[1e15,0.25]]}})",
+      "p.json");
+  REQUIRE(p.compute.count("gemm_accumulate") == 1);
+  CHECK(sim::profile_to_json(p).find("\"gemm_accumulate\"") != std::string::npos);
+  const CostModel costs(cluster, p);
+  Gemm g{4096, 1024, 8192, 1, DType::kBF16};
+  const double plain = costs.kernel_cost(Compute{g, 0}).flop_time_s;
+  g.accumulate_fp32 = true;
+  CHECK(costs.kernel_cost(Compute{g, 0}).flop_time_s == Approx(2 * plain).epsilon(1e-12));
+  // fp8 accumulating GEMMs keep the fp8 GEMM time plus the epilogue's bytes (the table is at the bf16 peak).
+  g.dtype = DType::kFP8;
+  g.accumulate_fp32 = false;
+  const double plain8 = costs.kernel_cost(Compute{g, 0}).flop_time_s;
+  g.accumulate_fp32 = true;
+  CHECK(costs.kernel_cost(Compute{g, 0}).flop_time_s ==
+        Approx(plain8 + 6.0 * 4096 * 1024 / (3.35e12 * p.memory_efficiency)).epsilon(1e-9));
+}
+
 TEST_CASE("sim::CostModel: NCCL latency terms match hardware.md's 8-GPU worked example", "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");
   Profile p = Profile::datasheet_defaults();

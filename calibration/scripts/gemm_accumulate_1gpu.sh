@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Accumulating wgrad GEMMs (IR accumulate_fp32, Megatron's gradient_accumulation_fusion) on one GPU: the backend's GPU
+# tests of C += A B into an fp32 C (bf16 and fp8), then the calibration group compute.gemm_accumulate measured beside
+# a fresh compute.gemm (same session, same clocks): the stored one-GPU raw file minus its compute.gemm group is
+# resumed, so only those two groups run, and the profile is fitted from the result (compute.gemm_accumulate table).
+# Usage, from the repository root: calibration/scripts/gemm_accumulate_1gpu.sh OUT
+set -u
+OUT=$1
+mkdir -p "$OUT"
+case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
+  *H100*) G=h100x1 ;; *H200*) G=h200x1 ;; *) G=gpu1 ;;
+esac
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS
+REV=$(git rev-parse --short=12 HEAD 2>/dev/null || cat REVISION 2>/dev/null || echo unknown)
+echo "== build $(date +%T) revision $REV"
+REV=$REV build_gpu "$OUT/build.log" twinstep backend_tests || exit 1
+echo "== GPU tests $(date +%T)"
+timeout 120 build-gpu/tests/backend/backend_tests "*accumulat*" > "$OUT/backend_tests.log" 2>&1
+echo "backend_tests exit $?"; tail -3 "$OUT/backend_tests.log"
+echo "== calibrate compute.gemm + compute.gemm_accumulate $(date +%T)"
+RAW=calibration/profiles/$G.raw.jsonl
+[ -f "$RAW" ] || RAW=calibration/profiles/h200x1.raw.jsonl
+grep -v '"group":"compute.gemm",' "$RAW" > "$OUT/$G.raw.jsonl"
+timeout 300 build-gpu/cli/twinstep calibrate --suite default --resume -o "$OUT/$G.accumulate.json" \
+  --raw "$OUT/$G.raw.jsonl" --steps 5 --warmup 2 > "$OUT/calibrate.log" 2>&1 < /dev/null
+echo "calibrate exit $?"; grep -i "gemm" "$OUT/calibrate.log" | tail -8
+echo "== done $(date +%T)"
