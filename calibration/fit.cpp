@@ -1031,6 +1031,28 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   return r;
 }
 
+/// `t`, fitted over the sizes a trace has, continued outside that range by `base` (a table over the same size
+/// measured elsewhere: the microbenchmarks' curve) scaled to meet `t` at each end: the trace gives the level of the
+/// framework's implementation at its shapes, the base how the efficiency changes with size beyond them (a trace of
+/// one sequence length has one attention shape; attention at a quarter of its FLOPs runs at a lower efficiency).
+/// Without a base table the ends stay flat (EfficiencyTable::at).
+sim::EfficiencyTable continue_with(sim::EfficiencyTable t, const sim::EfficiencyTable* base) {
+  if (base == nullptr || base->points.empty() || t.points.empty()) return t;
+  const auto [x_lo, e_lo] = t.points.front();
+  const auto [x_hi, e_hi] = t.points.back();
+  const double r_lo = e_lo / base->at(x_lo), r_hi = e_hi / base->at(x_hi);
+  std::vector<std::pair<double, double>> out;
+  for (const auto& [x, e] : base->points) {
+    if (x < x_lo / 1.02) out.emplace_back(x, std::clamp(e * r_lo, 1e-4, 1.0));
+  }
+  out.insert(out.end(), t.points.begin(), t.points.end());
+  for (const auto& [x, e] : base->points) {
+    if (x > x_hi * 1.02) out.emplace_back(x, std::clamp(e * r_hi, 1e-4, 1.0));
+  }
+  t.points = std::move(out);
+  return t;
+}
+
 FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::string& label,
                                  const topologies::Cluster& cluster, const sim::Profile& base,
                                  const std::string& name) {
@@ -1047,8 +1069,17 @@ FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::str
     return static_cast<double>(r.end_ns - r.start_ns) * 1e-9;
   };
 
-  // Compute tables: one point per timed op, through the same efficiency definitions as fit_profile.
+  // Compute tables: one point per timed op, through the same efficiency definitions as fit_profile; per class,
+  // and per op stem (every layer and micro-batch's instance of one op: sim::op_stem) for the op tables.
   std::map<std::string, std::vector<std::pair<double, double>>> pts;
+  std::map<std::string, std::pair<std::string, std::vector<std::pair<double, double>>>> stem_pts;  // stem -> class
+  auto add_point = [&](const schedule::Op& op, const std::string& fam, double size, double eff) {
+    pts[fam].emplace_back(size, eff);
+    if (op.name.empty()) return;
+    auto& sp = stem_pts[std::string(sim::op_stem(op.name))];
+    sp.first = fam;
+    sp.second.emplace_back(size, eff);
+  };
   for (const auto& op : s.ops) {
     const auto* comp = std::get_if<schedule::Compute>(&op.body);
     const double t = dur_s(op.id);
@@ -1057,7 +1088,7 @@ FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::str
     if (fam == "memcpy") continue;  // PCIe copies: the profile has no table for them
     if (fam == "elementwise" || fam == "optimizer") {
       const double bytes = schedule::kernel_bytes(comp->kernel);
-      pts[fam].emplace_back(bytes, memory_efficiency(bytes, t, gpu.hbm_bytes_per_s));
+      add_point(op, fam, bytes, memory_efficiency(bytes, t, gpu.hbm_bytes_per_s));
       continue;
     }
     const double flops = schedule::kernel_flops(comp->kernel);
@@ -1075,18 +1106,44 @@ FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::str
           }
         },
         comp->kernel);
-    pts[fam].emplace_back(size, compute_efficiency(flops, t, peak));
+    add_point(op, fam, size, compute_efficiency(flops, t, peak));
   }
   sim::Profile p = base;
+  // The base's table of a class, where it is over the same size as the trace's (memory-bound classes over bytes,
+  // attention with causal work halved, grouped GEMMs per group): the shape dependence outside the trace's sizes.
+  auto base_table = [&](const std::string& fam) -> const sim::EfficiencyTable* {
+    const auto it = base.compute.find(fam);
+    if (it == base.compute.end()) return nullptr;
+    const bool same_size = (fam == "elementwise" || fam == "optimizer")         ? base.memory_tables_by_bytes
+                           : (fam == "attention_fwd" || fam == "attention_bwd") ? !base.attention_full_scores
+                           : fam == "grouped_gemm"                              ? base.grouped_gemm_per_group
+                                                                                : true;
+    return same_size ? &it->second : nullptr;
+  };
   auto source = [&](const std::string& field, std::size_t n, const std::string& what) {
     p.context["source." + field] = label + " (" + std::to_string(n) + " " + what + ")";
     std::erase(p.missing_fields, field);
   };
   for (const auto& [fam, v] : pts) {
-    p.compute[fam] = merged_table(v);
+    const sim::EfficiencyTable own = merged_table(v);
+    p.compute[fam] = continue_with(own, base_table(fam));
     source("compute." + fam, v.size(), "ops");
     c.log.push_back("compute." + fam + ": " + std::to_string(v.size()) + " timed ops -> " +
-                    std::to_string(p.compute[fam].points.size()) + " table points");
+                    std::to_string(own.points.size()) + " table points" +
+                    (base_table(fam) != nullptr ? ", continued outside them by the base's table" : ""));
+  }
+  // Per op stem: an op's efficiency as the framework implements it (eager RoPE at 8 % of HBM, a residual add at
+  // 100 %, at about the same bytes), which a class table over size alone mixes up across shapes.
+  std::size_t stem_ops = 0;
+  for (const auto& [stem, fv] : stem_pts) {
+    p.op_compute[stem] = continue_with(merged_table(fv.second), base_table(fv.first));
+    stem_ops += fv.second.size();
+  }
+  if (!stem_pts.empty()) {
+    p.context["source.op_compute"] =
+        label + " (" + std::to_string(stem_ops) + " ops, " + std::to_string(stem_pts.size()) + " op stems)";
+    c.log.push_back("op_compute: " + std::to_string(stem_pts.size()) + " op stems from " + std::to_string(stem_ops) +
+                    " timed ops (each continued outside its sizes by its class's base table)");
   }
   if (pts.count("grouped_gemm")) p.grouped_gemm_per_group = true;
   const bool memory_fitted = pts.count("elementwise") || pts.count("optimizer");

@@ -79,7 +79,7 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   if (phases != nullptr) phases->analyze_s = seconds_since(t0);
   double solo = 0;
   for (const auto& op : trace.schedule.ops) {
-    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) solo += costs.kernel_cost(*c).solo_time_s();
+    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) solo += costs.kernel_cost(*c, op.name).solo_time_s();
   }
   const auto ranks = trace.schedule.ranks.size();
   out.solo_compute_s = ranks == 0 ? 0.0 : solo / static_cast<double>(ranks);

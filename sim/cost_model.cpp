@@ -184,14 +184,34 @@ Nanos CostModel::launch_ns(const schedule::Op& op) const {
   return 0;  // not reached: the switch names every kind
 }
 
-KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
+std::string_view op_stem(std::string_view name) {
+  // Strips "L<digits>." then "mb<digits>." where present.
+  auto strip = [&name](std::string_view head) {
+    if (!name.starts_with(head)) return;
+    std::size_t i = head.size();
+    while (i < name.size() && name[i] >= '0' && name[i] <= '9') ++i;
+    if (i > head.size() && i < name.size() && name[i] == '.') name.remove_prefix(i + 1);
+  };
+  strip("L");
+  strip("mb");
+  return name;
+}
+
+const EfficiencyTable* CostModel::op_table(std::string_view op_name) const {
+  if (profile_.op_compute.empty() || op_name.empty()) return nullptr;
+  const auto it = profile_.op_compute.find(std::string(op_stem(op_name)));
+  return it == profile_.op_compute.end() ? nullptr : &it->second;
+}
+
+KernelCost CostModel::kernel_cost(const schedule::Compute& c, std::string_view op_name) const {
   const auto& gpu = cluster_.node.gpu;
   KernelCost k;
   k.reserved_sms = std::min(c.sm_count, gpu.sm_count);
   double flops = schedule::kernel_flops(c.kernel);
   double table_size = -1;  // where the efficiency table is read, when not at `flops` (grouped GEMMs per group)
   const double bytes = schedule::kernel_bytes(c.kernel);
-  const EfficiencyTable* eff_table = eff_by_class_[kernel_class_index(c.kernel)];
+  const EfficiencyTable* own = op_table(op_name);
+  const EfficiencyTable* eff_table = own != nullptr ? own : eff_by_class_[kernel_class_index(c.kernel)];
   const Interference& itf = profile_.interference;
   const bool memory_bound =
       std::holds_alternative<schedule::Elementwise>(c.kernel) || std::holds_alternative<schedule::Optimizer>(c.kernel);

@@ -35,6 +35,11 @@ enum class NcclProto : std::uint8_t { kLL, kLL128, kSimple };
 [[nodiscard]] std::string to_string(NcclAlgo algo);
 [[nodiscard]] std::string to_string(NcclProto proto);
 
+/// An op's name less its layer and micro-batch ("L3.mb2.bwd.fc1_wgrad" -> "bwd.fc1_wgrad", "mb0.fwd.output" ->
+/// "fwd.output", "optim.adam" unchanged): what every layer and micro-batch's instance of one op shares, the key of
+/// Profile::op_compute. A view into `name`.
+[[nodiscard]] std::string_view op_stem(std::string_view name);
+
 /// A measured override of NCCL's latency/bandwidth model for one (collective, algorithm, protocol, span).
 /// Negative fields keep the model's value. `kind` "any" matches every collective.
 struct CollectiveParams {
@@ -171,8 +176,14 @@ struct Profile {
   std::string name = "datasheet defaults";         ///< Shown in outputs: "datasheet defaults" or the file path.
   std::map<std::string, std::string> context;      ///< GPU, driver, NCCL, date... of the measurements.
   std::map<std::string, EfficiencyTable> compute;  ///< By kernel class (schedule::kernel_class names).
-  double memory_efficiency = 0.9;                  ///< Achievable fraction of HBM bandwidth for streaming kernels.
-  std::map<std::string, double> launch_s;          ///< Host issue cost by op class (see CostModel::launch_ns).
+  /// Optional ("op_compute"): by op stem (op_stem(): the op's name less its layer and micro-batch, "fwd.rope",
+  /// "bwd.fc1_wgrad"), the efficiency of that op as one framework implements it, over the same size as its class
+  /// table; it wins over the class table for ops so named. Fitted from a real step's trace (calibrate --from-trace):
+  /// a framework's op (eager RoPE: several kernels) moves a multiple of the bytes the IR counts that the class
+  /// table, shared by every op of the class, cannot hold.
+  std::map<std::string, EfficiencyTable> op_compute;
+  double memory_efficiency = 0.9;          ///< Achievable fraction of HBM bandwidth for streaming kernels.
+  std::map<std::string, double> launch_s;  ///< Host issue cost by op class (see CostModel::launch_ns).
   std::vector<CollectiveParams> collectives;
   NcclConfig nccl;
   Interference interference;
@@ -274,7 +285,11 @@ class CostModel {
   /// Host time to issue `op`: by class "compute", "memcpy", "collective", "send", "recv"; host_sync: its wake-up
   /// cost after the target completes ("host_sync"); host ops: 0 (they carry their duration).
   [[nodiscard]] Nanos launch_ns(const schedule::Op& op) const;
-  [[nodiscard]] KernelCost kernel_cost(const schedule::Compute& c) const;
+  /// `op_name`: the op's name, when known; an op whose stem has a table in the profile's op_compute reads that
+  /// table instead of its class table.
+  [[nodiscard]] KernelCost kernel_cost(const schedule::Compute& c, std::string_view op_name = {}) const;
+  /// The op_compute table of the op named `op_name`, or nullptr (no such table, or no name).
+  [[nodiscard]] const EfficiencyTable* op_table(std::string_view op_name) const;
   /// Span of a communicator from its members (Megatron placement on the cluster).
   [[nodiscard]] CommSpan span(const schedule::Communicator& comm) const;
   /// NCCL ring/tree collective (all_reduce, all_gather, reduce_scatter, broadcast). `bytes` as in the IR. The

@@ -2,6 +2,8 @@
 // default. The calibration issue writes these files from measurements. Format:
 //   { "schema_version": 1, "name": "...", "context": {"gpu": "...", "nccl": "..."},
 //     "compute": {"gemm": [[flops, efficiency], ...], "elementwise": [[bytes, efficiency], ...], ...},
+//     "op_compute": {"fwd.rope": [[bytes, efficiency], ...], "bwd.fc1_wgrad": [[flops, efficiency], ...]},
+//                    (optional, later addition: by op stem, sim::op_stem; over the size of the op's class table)
 //     "memory_efficiency": 0.9,
 //     "launch": {"compute": "4.24 us", "memcpy": ..., "collective": ..., "send": ..., "recv": ..., "host_sync": ...},
 //     "collectives": [{"kind": "all_reduce", "algorithm": "ring", "protocol": "simple", "span": "intra",
@@ -251,9 +253,9 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   const Json j = parse_json(text, source);
   const Reader r(source);
   r.keys(j, "",
-         {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",
-          "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table", "framework",
-          "memory_overhead", "fits"});
+         {"schema_version", "name", "context", "compute", "op_compute", "memory_efficiency", "launch", "collectives",
+          "nccl", "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table",
+          "framework", "memory_overhead", "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -278,6 +280,17 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     r.keys(j["compute"], "/compute", kClasses);
     for (const auto& item : j["compute"].items()) {
       p.compute[item.key()] = r.table(item.value(), "/compute/" + item.key());
+    }
+  }
+  if (j.contains("op_compute")) {
+    if (!j["op_compute"].is_object()) r.fail("/op_compute", "expected an object of tables by op stem");
+    for (const auto& item : j["op_compute"].items()) {
+      if (item.key().empty() || op_stem(item.key()) != item.key()) {
+        r.fail("/op_compute/" + item.key(),
+               "expected an op stem: the op's name without its layer and micro-batch (\"fwd.rope\", not "
+               "\"L0.mb0.fwd.rope\")");
+      }
+      p.op_compute[item.key()] = r.table(item.value(), "/op_compute/" + item.key());
     }
   }
   if (j.contains("memory_efficiency")) {
@@ -405,6 +418,11 @@ std::string profile_to_json(const Profile& p) {
     if (!is_missing(p, "compute." + cls)) compute[cls] = table_json(table);
   }
   j["compute"] = compute;
+  if (!p.op_compute.empty()) {
+    Json ops = Json::object();
+    for (const auto& [stem, table] : p.op_compute) ops[stem] = table_json(table);
+    j["op_compute"] = ops;
+  }
   j["memory_tables"] = p.memory_tables_by_bytes ? "bytes" : "flops";
   j["attention_causal_work"] = p.attention_full_scores ? "full" : "half";
   j["grouped_gemm_table"] = p.grouped_gemm_per_group ? "per_group" : "total";
