@@ -7,6 +7,8 @@
 #include <string>
 
 #include "calibration/fit.hpp"
+#include "calibration/fit_framework.hpp"
+#include "calibration/fit_trace.hpp"
 #include "calibration/suite.hpp"
 #include "cli/commands.hpp"
 #include "common/error.hpp"
@@ -64,7 +66,7 @@ void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
   for (const auto& line : r.log) std::fprintf(stderr, "  %s\n", line.c_str());
 }
 
-/// --from-trace: the figures a real step's measured trace covers, on the base profile (calibration/fit.hpp).
+/// --from-trace: the figures a real step's measured trace covers, on the base profile (calibration/fit_trace.hpp).
 void fit_from_trace(const CalibrateArgs& a) {
   const schedule::Trace measured = schedule::read_trace(a.from_trace);
   const auto cluster =

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <string>
 
+#include "calibration/fit_framework.hpp"
 #include "calibration/suite.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
