@@ -168,12 +168,12 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
                            "(e.g. tensor_model_parallel_size, overlap_grad_reduce); fix the spelling or remove it");
     }
     try {
-      found->read(c, *it);
+      reading_names(source, pointer, [&] { found->read(c, *it); });
+    } catch (const ParseError&) {
+      throw;  // an unknown spelling, already naming the file and the field
     } catch (const Json::exception& e) {
       throw ParseError(source, pointer,
                        std::string("wrong type for \"") + found->name + "\": " + json_error_message(e));
-    } catch (const UnknownNameError& e) {
-      throw ParseError(source, pointer, e.message());
     } catch (const Error& e) {
       throw ParseError(source, pointer, e.what());
     }

@@ -55,26 +55,20 @@ using Json = nlohmann::json;
 /// tables, and counts up to 2^20.
 class Reader : public JsonReader {
  public:
-  using JsonReader::JsonReader;
+  explicit Reader(const std::string& source) : JsonReader(source), file_(source) {}
 
   std::uint32_t count(const Json& v, const std::string& ptr, std::uint32_t min) const {
     return JsonReader::count(v, ptr, min, 1u << 20);
   }
 
   NcclAlgo algo(const Json& v, const std::string& ptr) const {
-    try {
-      return parse_nccl_algo(text(v, ptr), "algorithm");
-    } catch (const UnknownNameError& e) {
-      fail(ptr, e.message() + "; NVLS is not modelled (NCCL_NVLS_ENABLE=0)");
-    }
+    return reading_names(
+        file_, ptr, [&] { return parse_nccl_algo(text(v, ptr), "algorithm"); },
+        "; NVLS is not modelled (NCCL_NVLS_ENABLE=0)");
   }
 
   NcclProto proto(const Json& v, const std::string& ptr) const {
-    try {
-      return parse_nccl_proto(text(v, ptr), "protocol");
-    } catch (const UnknownNameError& e) {
-      fail(ptr, e.message());
-    }
+    return reading_names(file_, ptr, [&] { return parse_nccl_proto(text(v, ptr), "protocol"); });
   }
 
   EfficiencyTable table(const Json& v, const std::string& ptr) const {
@@ -95,6 +89,9 @@ class Reader : public JsonReader {
     }
     return t;
   }
+
+ private:
+  std::string file_;  ///< The source the base reader names in its errors.
 };
 
 /// "collectives": measured parameters per (kind, algorithm, protocol, span, ranks).

@@ -65,11 +65,7 @@ std::vector<E> modes_field(const nlohmann::json& v, const std::string& source, c
                            E (*parse)(std::string_view, std::string_view)) {
   std::vector<E> out;
   for (const auto& name : strings_field(v, source, field)) {
-    try {
-      out.push_back(parse(name, field));
-    } catch (const UnknownNameError& e) {
-      throw ParseError(source, "/" + field, e.message());
-    }
+    out.push_back(reading_names(source, "/" + field, [&] { return parse(name, field); }));
   }
   return out;
 }
@@ -419,11 +415,7 @@ Point point_from_inputs(const nlohmann::json& j, const std::string& source) {
   // A mode field: its parser's message, with the file and the field's pointer.
   auto mode = [&](const char* k, auto parse) {
     const std::string text = s(k);
-    try {
-      return parse(text, k);
-    } catch (const UnknownNameError& e) {
-      throw ParseError(source, std::string("/key/") + k, e.message());
-    }
+    return reading_names(source, std::string("/key/") + k, [&] { return parse(text, k); });
   };
   p.dispatcher = mode("dispatcher", models::parse_token_dispatcher);
   p.fidelity = mode("fidelity", sim::parse_fidelity);

@@ -229,11 +229,8 @@ Result result_from_line(const std::string& line, const std::string& source) {
   r.point = point_from_inputs(j["key"], source);
   r.point.index = r.index;
   r.key = point_key(r.point);
-  try {
-    r.status = parse_point_status(j["status"].get<std::string>(), "status");
-  } catch (const UnknownNameError& e) {
-    throw ParseError(source, "/status", e.message());
-  }
+  r.status =
+      reading_names(source, "/status", [&] { return parse_point_status(j["status"].get<std::string>(), "status"); });
   r.reason = j.value("reason", "");
   if (r.status == PointStatus::kInvalid) r.point.invalid_reason = r.reason;
   r.step_time_s = j.value("step_time_s", 0.0);
