@@ -36,13 +36,13 @@ std::pair<double, double> fit_line(const std::vector<double>& x, const std::vect
 }
 
 /// `ranks`: the group size the line is for (0: any size; coll.<kind>.spanN groups, N below the largest span).
-sim::CollectiveParams params(const std::string& kind, sim::NcclProto proto, double base, double bus,
+sim::CollectiveParams params(sim::CollectiveParamsKind kind, sim::NcclProto proto, double base, double bus,
                              std::uint32_t ranks) {
   sim::CollectiveParams p;
   p.kind = kind;
   p.algo = sim::NcclAlgo::kRing;
   p.proto = proto;
-  p.inter_node = false;
+  p.span = sim::Span::kIntra;
   p.ranks = ranks;
   p.base_latency_s = base;
   p.step_latency_s = 0;
@@ -53,8 +53,7 @@ sim::CollectiveParams params(const std::string& kind, sim::NcclProto proto, doub
 /// Replaces (or adds) the override of (kind, ring, proto, intra, ranks).
 void set_override(sim::Profile& p, const sim::CollectiveParams& o) {
   for (auto& e : p.collectives) {
-    if (e.kind == o.kind && e.algo == o.algo && e.proto == o.proto && e.inter_node == o.inter_node &&
-        e.ranks == o.ranks) {
+    if (e.kind == o.kind && e.algo == o.algo && e.proto == o.proto && e.span == o.span && e.ranks == o.ranks) {
       e = o;
       return;
     }
@@ -65,7 +64,7 @@ void set_override(sim::Profile& p, const sim::CollectiveParams& o) {
 constexpr double kProbeBus = 1e6;  // bytes/s of the regressor runs (keeps simulated ns well inside int64)
 
 /// Per-point regressors (bandwidth-only time x bus) under `proto`, from simulating `g` with a zero-latency override.
-std::vector<double> regressors(Ctx& c, const BenchGroup& g, sim::Profile p, const std::string& kind,
+std::vector<double> regressors(Ctx& c, const BenchGroup& g, sim::Profile p, sim::CollectiveParamsKind kind,
                                sim::NcclProto proto, bool only_proto, std::uint32_t ranks, double bus = kProbeBus) {
   if (only_proto) p.nccl.protocols = {proto};
   set_override(p, params(kind, proto, 0, bus, ranks));
@@ -110,7 +109,7 @@ double traffic_key(const BenchGroup& g, const Probe& pr) {
 /// bus bandwidth that reproduces it given that latency, as a fraction of the largest (the entry's bus_bandwidth).
 /// Points within 2 % in bytes are merged (geometric mean). Such a table reproduces its own points: it is judged on a
 /// second run it was not fitted from (calibration/measured/h200x2/coll_oos.md).
-sim::CollectiveParams fit_protocol(const std::string& kind, sim::NcclProto proto, const std::vector<double>& x,
+sim::CollectiveParams fit_protocol(sim::CollectiveParamsKind kind, sim::NcclProto proto, const std::vector<double>& x,
                                    const std::vector<double>& t, const std::vector<double>& key, std::uint32_t ranks,
                                    double max_bus) {
   const auto [line_a, slope] = fit_line(x, t);
@@ -152,7 +151,8 @@ sim::CollectiveParams fit_protocol(const std::string& kind, sim::NcclProto proto
 /// all_reduce and broadcast, 2 MiB for all_gather and reduce_scatter, Simple above, never LL128;
 /// calibration/measured/h200x2/nccl_tuning.log); one latency, bus bandwidth and efficiency table per protocol over the
 /// sizes it runs.
-void fit_ring_collective(Ctx& c, sim::Profile& p, const std::string& kind, const BenchGroup& g, std::uint32_t ranks) {
+void fit_ring_collective(Ctx& c, sim::Profile& p, sim::CollectiveParamsKind kind, const BenchGroup& g,
+                         std::uint32_t ranks) {
   const sim::CostModel costs(c.cluster, p);
   std::vector<sim::NcclProto> chosen;
   for (const auto& pr : g.probes) {
@@ -178,7 +178,7 @@ void fit_ring_collective(Ctx& c, sim::Profile& p, const std::string& kind, const
 
 /// all_to_all and send/recv: NCCL's P2P protocol follows a size threshold, so each point's protocol is known
 /// from the model; one line per protocol.
-void fit_p2p(Ctx& c, sim::Profile& p, const std::string& kind, const std::vector<const BenchGroup*>& groups,
+void fit_p2p(Ctx& c, sim::Profile& p, sim::CollectiveParamsKind kind, const std::vector<const BenchGroup*>& groups,
              std::uint32_t ranks) {
   std::vector<double> x_ll, t_ll, k_ll, x_s, t_s, k_s;
   for (const auto* g : groups) {
@@ -270,8 +270,9 @@ void fit_collectives(Ctx& c, sim::Profile& p) {
     for (const std::uint32_t n : spans) {
       const std::string span = ".span" + std::to_string(n);
       const std::uint32_t ranks = n == spans.front() ? 0 : n;
-      for (const char* kind : {"all_reduce", "all_gather", "reduce_scatter", "broadcast"}) {
-        const BenchGroup* g = find_group(c, std::string("coll.") + kind + span);
+      for (const auto kind : {sim::CollectiveParamsKind::kAllReduce, sim::CollectiveParamsKind::kAllGather,
+                              sim::CollectiveParamsKind::kReduceScatter, sim::CollectiveParamsKind::kBroadcast}) {
+        const BenchGroup* g = find_group(c, "coll." + sim::to_string(kind) + span);
         if (g != nullptr && all_measured(c, *g)) fit_ring_collective(c, p, kind, *g, ranks);
       }
       std::vector<const BenchGroup*> a2a;
@@ -279,10 +280,10 @@ void fit_collectives(Ctx& c, sim::Profile& p) {
         const BenchGroup* g = find_group(c, gname + span);
         if (g != nullptr && all_measured(c, *g)) a2a.push_back(g);
       }
-      if (!a2a.empty()) fit_p2p(c, p, "all_to_all", a2a, ranks);
+      if (!a2a.empty()) fit_p2p(c, p, sim::CollectiveParamsKind::kAllToAll, a2a, ranks);
     }
     const BenchGroup* sr = find_group(c, "p2p.send_recv");
-    if (sr != nullptr && all_measured(c, *sr)) fit_p2p(c, p, "send_recv", {sr}, 0);
+    if (sr != nullptr && all_measured(c, *sr)) fit_p2p(c, p, sim::CollectiveParamsKind::kSendRecv, {sr}, 0);
   }
 }
 

@@ -35,15 +35,37 @@ enum class NcclProto : std::uint8_t { kLL, kLL128, kSimple };
 [[nodiscard]] std::string to_string(NcclAlgo algo);
 [[nodiscard]] std::string to_string(NcclProto proto);
 
+/// What a measured collective line applies to, spelled in profiles as the "kind" field: a ring collective
+/// ("all_reduce", "all_gather", "reduce_scatter", "broadcast"), "any" (those four), or "all_to_all" / "send_recv"
+/// (algorithm ring; protocol ll or simple; per-peer round latency and per-GPU bandwidth).
+enum class CollectiveParamsKind : std::uint8_t {
+  kAny,
+  kAllReduce,
+  kAllGather,
+  kReduceScatter,
+  kBroadcast,
+  kAllToAll,
+  kSendRecv
+};
+/// Where a measured collective line applies, spelled in profiles as the "span" field: "intra" (within one node) or
+/// "inter" (across nodes).
+enum class Span : std::uint8_t { kIntra, kInter };
+
+/// Throw UnknownNameError naming `field` and the accepted spellings.
+[[nodiscard]] CollectiveParamsKind parse_collective_params_kind(std::string_view text, std::string_view field);
+[[nodiscard]] Span parse_span(std::string_view text, std::string_view field);
+[[nodiscard]] std::string to_string(CollectiveParamsKind kind);
+[[nodiscard]] std::string to_string(Span span);
+/// The line kind of an IR collective (all_to_all for kAllToAll; never kAny or kSendRecv).
+[[nodiscard]] CollectiveParamsKind params_kind_of(schedule::CollectiveKind kind);
+
 /// A measured override of NCCL's latency/bandwidth model for one (collective, algorithm, protocol, span).
-/// Negative fields keep the model's value. `kind` "any" matches every collective.
+/// Negative fields keep the model's value. `kind` kAny matches every ring collective.
 struct CollectiveParams {
-  /// "all_reduce", "all_gather", "reduce_scatter", "broadcast", "any" (those four), or "all_to_all" /
-  /// "send_recv" (algorithm ring; protocol ll or simple; per-peer round latency and per-GPU bandwidth).
-  std::string kind = "any";
+  CollectiveParamsKind kind = CollectiveParamsKind::kAny;
   NcclAlgo algo = NcclAlgo::kRing;
   NcclProto proto = NcclProto::kSimple;
-  bool inter_node = false;  ///< span: false = within one node, true = across nodes.
+  Span span = Span::kIntra;
   /// Group size (ranks) it was measured at; 0 = any size. An entry for the collective's own size wins over 0.
   std::uint32_t ranks = 0;
   double base_latency_s = -1;   ///< Paid once per collective.
@@ -93,8 +115,8 @@ struct Interference {
 };
 
 /// Host overhead of a training framework (PyTorch eager) on top of the raw launch costs, measured with the
-/// framework itself (calibration/scripts/torch_framework.py, fitted by calibration/fit.cpp). Used when lowering
-/// Megatron runs (models::RunConfig::host), never for backend-run predictions (the backend has no framework).
+/// framework itself (calibration/scripts/torch_framework.py, fitted by calibration/fit_framework.cpp). Used when
+/// lowering Megatron runs (models::RunConfig::host), never for backend-run predictions (the backend has no framework).
 /// Negative = not measured. Every field is one key of the profile's "framework" section (kFrameworkFields).
 struct FrameworkCosts {
   double per_kernel_launch_s = -1;  ///< Forward: host time per kernel a module launches, beyond the raw launch.
@@ -296,7 +318,7 @@ class CostModel {
   /// (the estimate NCCL chooses the algorithm and protocol by).
   CommCost evaluate(schedule::CollectiveKind kind, double bytes, const CommSpan& span, NcclAlgo algo, NcclProto proto,
                     bool measured) const;
-  const CollectiveParams* override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter,
+  const CollectiveParams* override_for(CollectiveParamsKind kind, NcclAlgo algo, NcclProto proto, bool inter,
                                        std::uint32_t ranks) const;
   topologies::Cluster cluster_;
   Profile profile_;

@@ -61,15 +61,20 @@ class Reader : public JsonReader {
     return JsonReader::count(v, ptr, min, 1u << 20);
   }
 
-  NcclAlgo algo(const Json& v, const std::string& ptr) const {
+  /// A mode's spelling at `ptr`, read by its parse_X; an unknown one names the file, the pointer and the spellings.
+  template <typename E>
+  E name(const Json& v, const std::string& ptr, E (*parse)(std::string_view, std::string_view),
+         std::string_view hint = {}) const {
+    const std::string t = text(v, ptr);
     return reading_names(
-        file_, ptr, [&] { return parse_nccl_algo(text(v, ptr), "algorithm"); },
-        "; NVLS is not modelled (NCCL_NVLS_ENABLE=0)");
+        file_, ptr, [&] { return parse(t, ptr); }, hint);
   }
 
-  NcclProto proto(const Json& v, const std::string& ptr) const {
-    return reading_names(file_, ptr, [&] { return parse_nccl_proto(text(v, ptr), "protocol"); });
+  NcclAlgo algo(const Json& v, const std::string& ptr) const {
+    return name(v, ptr, parse_nccl_algo, "; NVLS is not modelled (NCCL_NVLS_ENABLE=0)");
   }
+
+  NcclProto proto(const Json& v, const std::string& ptr) const { return name(v, ptr, parse_nccl_proto); }
 
   EfficiencyTable table(const Json& v, const std::string& ptr) const {
     if (!v.is_array() || v.empty()) fail(ptr, "expected a non-empty array of [size, efficiency] pairs");
@@ -104,22 +109,14 @@ void read_collectives(const Reader& r, const Json& arr, Profile& p) {
            {"kind", "algorithm", "protocol", "span", "ranks", "base_latency", "step_latency", "bus_bandwidth",
             "bus_efficiency"});
     CollectiveParams c;
-    if (e.contains("kind")) {
-      const std::string k = e["kind"].is_string() ? e["kind"].get<std::string>() : "";
-      if (k != "any" && k != "all_reduce" && k != "all_gather" && k != "reduce_scatter" && k != "broadcast" &&
-          k != "all_to_all" && k != "send_recv") {
-        r.fail(ptr + "/kind", "use all_reduce, all_gather, reduce_scatter, broadcast, all_to_all, send_recv or any");
-      }
-      c.kind = k;
-    }
+    if (e.contains("kind")) c.kind = r.name(e["kind"], ptr + "/kind", parse_collective_params_kind);
     if (!e.contains("algorithm")) r.fail(ptr + "/algorithm", "missing required field \"algorithm\"");
     if (!e.contains("protocol")) r.fail(ptr + "/protocol", "missing required field \"protocol\"");
     c.algo = r.algo(e["algorithm"], ptr + "/algorithm");
     c.proto = r.proto(e["protocol"], ptr + "/protocol");
-    const std::string span = e.contains("span") && e["span"].is_string() ? e["span"].get<std::string>() : "";
-    if (span != "intra" && span != "inter")
-      r.fail(ptr + "/span", "use \"intra\" (one node) or \"inter\" (across nodes)");
-    c.inter_node = span == "inter";
+    if (!e.contains("span"))
+      r.fail(ptr + "/span", "missing required field \"span\" (\"intra\": one node; \"inter\": across nodes)");
+    c.span = r.name(e["span"], ptr + "/span", parse_span);
     if (e.contains("ranks")) c.ranks = r.count(e["ranks"], ptr + "/ranks", 2);
     if (e.contains("base_latency"))
       c.base_latency_s = r.quantity(e["base_latency"], ptr + "/base_latency", Dimension::kTime);
@@ -414,10 +411,10 @@ std::string profile_to_json(const Profile& p) {
   j["launch"] = launch;
   Json colls = Json::array();
   for (const auto& o : p.collectives) {
-    colls.push_back({{"kind", o.kind},
+    colls.push_back({{"kind", to_string(o.kind)},
                      {"algorithm", to_string(o.algo)},
                      {"protocol", to_string(o.proto)},
-                     {"span", o.inter_node ? "inter" : "intra"},
+                     {"span", to_string(o.span)},
                      {"base_latency", o.base_latency_s},
                      {"step_latency", o.step_latency_s},
                      {"bus_bandwidth", o.bus_bytes_per_s}});

@@ -330,7 +330,7 @@ TEST_CASE(
   sim::Profile truth = truth_profile();
   truth.nccl.algorithms = {sim::NcclAlgo::kRing};
   sim::CollectiveParams ll;
-  ll.kind = "all_reduce";
+  ll.kind = sim::CollectiveParamsKind::kAllReduce;
   ll.proto = sim::NcclProto::kLL;
   ll.base_latency_s = 9e-6;
   ll.step_latency_s = 0;
@@ -367,7 +367,7 @@ TEST_CASE(
   // table holds a slightly different efficiency curve through the same measured points.
   const sim::Profile back = sim::profile_from_json(r.json, "fitted.json");
   const auto it = std::find_if(back.collectives.begin(), back.collectives.end(), [](const sim::CollectiveParams& c) {
-    return c.kind == "all_reduce" && c.proto == sim::NcclProto::kSimple && c.ranks == 0;
+    return c.kind == sim::CollectiveParamsKind::kAllReduce && c.proto == sim::NcclProto::kSimple && c.ranks == 0;
   });
   REQUIRE(it != back.collectives.end());
   CHECK(it->bus_efficiency.points.size() == 4);
@@ -530,7 +530,7 @@ TEST_CASE("borrow_comm_fields takes collectives, comm launches and co-run figure
   donor.declared_name = "two H200";
   donor.context["gpu"] = "NVIDIA H200";
   twinstep::sim::CollectiveParams ar;
-  ar.kind = "all_reduce";
+  ar.kind = twinstep::sim::CollectiveParamsKind::kAllReduce;
   ar.base_latency_s = 8.5e-6;
   ar.bus_bytes_per_s = 3.5e11;
   donor.collectives = {ar};
