@@ -99,8 +99,10 @@ struct RunOptions {
   unsigned jobs = 1;     ///< Worker processes at once.
   bool progress = true;  ///< Progress on `progress_out`: a bar with ETA on a terminal, plain lines otherwise.
   std::FILE* progress_out = stdout;
-  std::size_t max_points_per_worker = 32;  ///< Analytic points a worker evaluates before exiting (flow: always 1).
-  bool extrapolate = true;                 ///< Micro-batch extrapolation (evaluate_point).
+  /// Analytic points a worker evaluates before exiting (flow: always 1). A fresh worker faults its heap in again (the
+  /// largest points' hundreds of MB), so it stays up long.
+  std::size_t max_points_per_worker = 512;
+  bool extrapolate = true;  ///< Micro-batch extrapolation (evaluate_point).
   /// Prune points that cannot win (`twinstep sweep --parallel auto`): the cheapest points (estimated_cost) go first,
   /// and each point goes to its worker with the best step time found so far in its ranking group (group_of), above
   /// which evaluate_point prunes it. Which points are pruned depends on the order in which workers finish; a pruned
