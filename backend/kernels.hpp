@@ -1,5 +1,5 @@
 // Host-side launchers of the backend's own CUDA kernels (kernels.cu): the bandwidth-bound elementwise kernel, the
-// row softmax of attention, the fused Adam step and buffer fills.
+// row softmax of attention, the fused Adam step, buffer fills and the sm_kernel transport's peer copy.
 // GEMMs are cuBLAS's, collectives NCCL's; these are the only kernels we write.
 #pragma once
 
@@ -20,6 +20,10 @@ void launch_fill_pattern(void* ptr, std::size_t bytes, std::uint32_t seed, cudaS
 /// Reads `bytes_read` from `in` and writes as many to `out` (out = in * 1.0001 as 16-byte words of bf16 pairs).
 /// Zero bytes launches an empty one-thread kernel.
 void launch_elementwise(const void* in, void* out, std::size_t bytes_read, int sm_count, cudaStream_t stream);
+
+/// Copies `bytes` from `src` to `dst` (a peer-mapped slot: the sm_kernel transport, peer_link.hpp) with a kernel of
+/// `blocks` blocks, so that it holds at most that many SMs. Zero bytes launches nothing.
+void launch_peer_copy(void* dst, const void* src, std::size_t bytes, int blocks, cudaStream_t stream);
 
 /// The rows of attention's score buffer (backend/attention.hpp): `mats` matrices `mat_stride` elements apart, each
 /// `rows` rows of `cols` scores with row stride `ld`. Row r belongs to query position i = r / group; causal, it sees

@@ -1,0 +1,249 @@
+// Peer-mapped transfers, CUDA side (peer_link.hpp): rank views, the IPC export/import of each rank's flags and
+// slots, and the protocol steps of peer_memory.hpp issued on streams.
+#include "backend/peer_link.hpp"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "backend/error.hpp"
+#include "backend/kernels.hpp"
+#include "backend/mpi_group.hpp"
+#include "backend/plan.hpp"
+#include "common/assert.hpp"
+#include "schedule/json.hpp"
+
+namespace twinstep::backend {
+
+namespace sch = twinstep::schedule;
+
+namespace {
+
+/// The driver's 32-bit stream memory operations, reached through the runtime (cudart loads libcuda itself, so the
+/// backend does not link it and runs its host-only tests where no driver is installed).
+struct StreamMemOps {
+  PFN_cuStreamWaitValue32_v11070 wait = nullptr;
+  PFN_cuStreamWriteValue32_v11070 write = nullptr;
+  PFN_cuGetErrorName_v6000 error_name = nullptr;
+};
+
+template <typename F>
+F entry_point(const char* symbol, unsigned cuda_version) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  TWINSTEP_CUDA_CHECK(cudaGetDriverEntryPointByVersion(symbol, &fn, cuda_version, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || fn == nullptr) {
+    throw_call_error("cudaGetDriverEntryPointByVersion", static_cast<int>(found),
+                     std::string("the CUDA driver has no ") + symbol + " of CUDA " +
+                         std::to_string(cuda_version / 1000) +
+                         " (needed by the copy_engine and sm_kernel transports): update the driver, or lower with "
+                         "--tp-ring-transport nccl",
+                     "cudaGetDriverEntryPointByVersion", __FILE__, __LINE__);
+  }
+  return reinterpret_cast<F>(fn);
+}
+
+const StreamMemOps& mem_ops() {
+  static const StreamMemOps ops = [] {
+    StreamMemOps o;
+    o.wait = entry_point<PFN_cuStreamWaitValue32_v11070>("cuStreamWaitValue32", 12000);
+    o.write = entry_point<PFN_cuStreamWriteValue32_v11070>("cuStreamWriteValue32", 12000);
+    o.error_name = entry_point<PFN_cuGetErrorName_v6000>("cuGetErrorName", 12000);
+    return o;
+  }();
+  return ops;
+}
+
+/// Which protocol step of which op a failing call belongs to, for its error message.
+struct Where {
+  const sch::Op& op;
+  const PeerLink& link;
+  bool send;
+  std::uint64_t message;
+  [[nodiscard]] std::string text() const {
+    return "issuing " + quote_op(op) + " (" + sch::transport_name(link.transport) +
+           (send ? " send to rank " + std::to_string(link.dst) : " recv from rank " + std::to_string(link.src)) +
+           ", message " + std::to_string(message) + " of its link)";
+  }
+};
+
+std::string api_of(const char* call) {
+  const std::string s(call);
+  return s.substr(0, s.find('('));
+}
+
+void check_peer(cudaError_t st, const char* call, const Where& where, const char* file, int line) {
+  if (st == cudaSuccess) return;
+  throw_call_error(api_of(call), static_cast<int>(st),
+                   std::string(cudaGetErrorName(st)) + ": " + cudaGetErrorString(st) + ", " + where.text(), call, file,
+                   line);
+}
+
+void check_peer(CUresult st, const char* call, const Where& where, const char* file, int line) {
+  if (st == CUDA_SUCCESS) return;
+  const char* name = nullptr;
+  if (mem_ops().error_name(st, &name) != CUDA_SUCCESS || name == nullptr) name = "CUresult";
+  throw_call_error(api_of(call), static_cast<int>(st),
+                   std::string(name) + " (" + std::to_string(st) + "), " + where.text(), call, file, line);
+}
+
+#define TWINSTEP_PEER_CHECK(expr, where) check_peer((expr), #expr, (where), __FILE__, __LINE__)
+
+CUdeviceptr device_address(const char* p) { return static_cast<CUdeviceptr>(reinterpret_cast<std::uintptr_t>(p)); }
+
+}  // namespace
+
+std::vector<RankView> gather_rank_views(MpiGroup& mpi, const std::string& host, int device) {
+  char bus[64] = {};
+  TWINSTEP_CUDA_CHECK(cudaDeviceGetPCIBusId(bus, sizeof bus, device));
+  const std::string my_bus(bus);
+  const auto buses = mpi.all_gather(my_bus);
+  const auto hosts = mpi.all_gather(host);
+  std::string mine(buses.size(), '0');
+  for (std::size_t q = 0; q < buses.size(); ++q) {
+    if (hosts[q] != host) continue;
+    if (buses[q] == my_bus) {
+      mine[q] = '1';  // the same GPU (ranks sharing one): IPC maps it into the other process
+      continue;
+    }
+    int other = -1;
+    if (cudaDeviceGetByPCIBusId(&other, buses[q].c_str()) != cudaSuccess) {
+      (void)cudaGetLastError();  // not visible to this process: cannot check, so not mapped
+      continue;
+    }
+    int can = 0;
+    TWINSTEP_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device, other));
+    mine[q] = can != 0 ? '1' : '0';
+  }
+  const auto all = mpi.all_gather(mine);
+  std::vector<RankView> views(all.size());
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    views[r].host = hosts[r];
+    for (char c : all[r]) views[r].can_map.push_back(c == '1');
+  }
+  return views;
+}
+
+PeerLinks::PeerLinks(const PeerLayout& layout, sch::RankId me, HandleExchange& exchange)
+    : layout_(layout), me_(me), sent_(layout.links.size(), 0), received_(layout.links.size(), 0) {
+  const std::size_t ranks = layout_.rank_bytes.size();
+  TWINSTEP_ASSERT(me_ < ranks, "rank outside the peer layout");
+  imported_.resize(ranks);
+  base_.assign(ranks, nullptr);
+  MemHandle mine;
+  if (const std::uint64_t bytes = layout_.rank_bytes[me_]; bytes > 0) {
+    own_ = device_alloc(bytes);
+    // Flags start at 0 (no message yet); the slots' bytes are whatever the senders write.
+    TWINSTEP_CUDA_CHECK(cudaMemset(own_.get(), 0, bytes));
+    TWINSTEP_CUDA_CHECK(cudaDeviceSynchronize());
+    cudaIpcMemHandle_t h{};
+    TWINSTEP_CUDA_CHECK(cudaIpcGetMemHandle(&h, own_.get()));
+    mine.bytes.assign(reinterpret_cast<const char*>(&h), sizeof h);
+    mine.size = bytes;
+    base_[me_] = static_cast<char*>(own_.get());
+  }
+  const std::vector<MemHandle> all = exchange.all_gather(mine);
+  // The ranks this one writes into: the receivers of its sends (slots, ready flags), the senders of its recvs
+  // (credits).
+  std::vector<bool> writes_into(ranks, false);
+  for (const auto& l : layout_.links) {
+    if (l.src == me_) writes_into[l.dst] = true;
+    if (l.dst == me_) writes_into[l.src] = true;
+  }
+  for (std::size_t q = 0; q < ranks; ++q) {
+    if (!writes_into[q] || q == me_) continue;
+    const MemHandle* h = q < all.size() ? &all[q] : nullptr;
+    if (h == nullptr || h->size != layout_.rank_bytes[q] || h->bytes.size() != sizeof(cudaIpcMemHandle_t)) {
+      throw BackendError("cudaIpcOpenMemHandle", 0, static_cast<int>(me_),
+                         "rank " + std::to_string(me_) + ": rank " + std::to_string(q) + " exported " +
+                             (h == nullptr ? std::string("no") : std::to_string(h->size) + " bytes of") +
+                             " peer-mapped memory, this rank's layout of the schedule expects " +
+                             std::to_string(layout_.rank_bytes[q]) +
+                             ": the ranks run different schedules or twinstep builds (run the same on every rank)");
+    }
+    cudaIpcMemHandle_t ih{};
+    std::memcpy(&ih, h->bytes.data(), sizeof ih);
+    void* p = nullptr;
+    TWINSTEP_CUDA_CHECK(cudaIpcOpenMemHandle(&p, ih, cudaIpcMemLazyEnablePeerAccess));
+    imported_[q] = IpcMapping(p);
+    base_[q] = static_cast<char*>(p);
+  }
+  (void)mem_ops();  // a driver without the stream memory operations fails here, before the first step
+}
+
+PeerLinks::~PeerLinks() {
+  if (closed_) return;
+  // A peer may still write into this rank's allocation (its streams were not seen drained), and closing a mapping
+  // or freeing memory waits for streams that may never finish: leak both.
+  (void)own_.release();
+  for (auto& m : imported_) (void)m.release();
+}
+
+char* PeerLinks::flag(sch::RankId owner, std::uint64_t offset, std::uint64_t slot) const {
+  TWINSTEP_ASSERT(owner < base_.size() && base_[owner] != nullptr, "peer flag of a rank not mapped here");
+  return base_[owner] + offset + slot * sizeof(std::uint32_t);
+}
+
+void PeerLinks::send(const sch::Op& op, const void* src, std::uint64_t bytes, cudaStream_t stream) {
+  const std::uint32_t li = layout_.link_of_op[op.id];
+  TWINSTEP_ASSERT(li != kNoLink && layout_.links[li].src == me_, "peer send without its link");
+  const PeerLink& l = layout_.links[li];
+  TWINSTEP_ASSERT(bytes <= l.slot_bytes, "peer message larger than its slot");
+  const std::uint64_t k = sent_[li]++;
+  const std::uint64_t slot = k % l.slots;
+  const Where where{op, l, true, k};
+  const StreamMemOps& ops = mem_ops();
+  if (k >= l.slots) {
+    // The slot's previous message (k - slots) must have been received before it is overwritten.
+    TWINSTEP_PEER_CHECK(ops.wait(stream, device_address(flag(me_, l.credit_offset, slot)),
+                                 static_cast<cuuint32_t>(k - l.slots + 1), CU_STREAM_WAIT_VALUE_GEQ),
+                        where);
+  }
+  char* dst = base_[l.dst] + l.data_offset + slot * l.slot_bytes;
+  if (bytes > 0 && l.transport == sch::Transport::kCopyEngine) {
+    TWINSTEP_PEER_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream), where);
+  } else if (bytes > 0) {
+    const auto& body = std::get<sch::Send>(op.body);
+    try {
+      launch_peer_copy(dst, src, bytes, static_cast<int>(std::max<std::uint32_t>(1, body.sm_count)), stream);
+    } catch (const BackendError& e) {
+      throw BackendError(e.api(), e.api_code(), e.rank(), std::string(e.what()) + ", " + where.text());
+    }
+  }
+  // The write is fenced behind the copy (cuStreamWriteValue32's default memory barrier).
+  TWINSTEP_PEER_CHECK(ops.write(stream, device_address(flag(l.dst, l.ready_offset, slot)),
+                                static_cast<cuuint32_t>(k + 1), CU_STREAM_WRITE_VALUE_DEFAULT),
+                      where);
+}
+
+void PeerLinks::recv(const sch::Op& op, cudaStream_t stream) {
+  const std::uint32_t li = layout_.link_of_op[op.id];
+  TWINSTEP_ASSERT(li != kNoLink && layout_.links[li].dst == me_, "peer recv without its link");
+  const PeerLink& l = layout_.links[li];
+  const std::uint64_t k = received_[li]++;
+  const std::uint64_t slot = k % l.slots;
+  const Where where{op, l, false, k};
+  const StreamMemOps& ops = mem_ops();
+  TWINSTEP_PEER_CHECK(ops.wait(stream, device_address(flag(me_, l.ready_offset, slot)), static_cast<cuuint32_t>(k + 1),
+                               CU_STREAM_WAIT_VALUE_GEQ),
+                      where);
+  TWINSTEP_PEER_CHECK(ops.write(stream, device_address(flag(l.src, l.credit_offset, slot)),
+                                static_cast<cuuint32_t>(k + 1), CU_STREAM_WRITE_VALUE_DEFAULT),
+                      where);
+}
+
+void* PeerLinks::next_recv_slot(std::uint32_t link) const {
+  const PeerLink& l = layout_.links[link];
+  return base_[me_] + l.data_offset + (received_[link] % l.slots) * l.slot_bytes;
+}
+
+void PeerLinks::close(const std::function<void()>& barrier) {
+  for (auto& m : imported_) m.reset();
+  barrier();
+  own_.reset();
+  closed_ = true;
+}
+
+}  // namespace twinstep::backend
