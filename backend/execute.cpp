@@ -627,8 +627,8 @@ void Execution::write_context(sch::Trace& trace, const std::vector<std::string>&
     ctx["transport_note"] =
         fell.empty() ? std::string(
                            "copy_engine: cudaMemcpyAsync into the receiver's CUDA IPC-mapped slot; sm_kernel: "
-                           "a copy kernel of sm_count blocks into it; flags by cuStreamWriteValue32 and "
-                           "cuStreamWaitValue32 (no SM held while waiting), double-buffered slots")
+                           "a copy kernel of sm_count blocks into it; flags raised and awaited by one-thread kernels "
+                           "(as userbuffers), double-buffered slots")
                      : fell;
   }
   ctx["hosts"] = host_list;

@@ -1,9 +1,6 @@
 // Peer-mapped transfers, CUDA side (peer_link.hpp): rank views, the IPC export/import of each rank's flags and
-// slots, and the protocol steps of peer_memory.hpp issued on streams.
+// slots, and the protocol steps of peer_memory.hpp issued on streams (copies, and the flag kernels of kernels.hpp).
 #include "backend/peer_link.hpp"
-
-#include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cstring>
@@ -20,41 +17,6 @@ namespace twinstep::backend {
 namespace sch = twinstep::schedule;
 
 namespace {
-
-/// The driver's 32-bit stream memory operations, reached through the runtime (cudart loads libcuda itself, so the
-/// backend does not link it and runs its host-only tests where no driver is installed).
-struct StreamMemOps {
-  PFN_cuStreamWaitValue32_v11070 wait = nullptr;
-  PFN_cuStreamWriteValue32_v11070 write = nullptr;
-  PFN_cuGetErrorName_v6000 error_name = nullptr;
-};
-
-template <typename F>
-F entry_point(const char* symbol, unsigned cuda_version) {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-  TWINSTEP_CUDA_CHECK(cudaGetDriverEntryPointByVersion(symbol, &fn, cuda_version, cudaEnableDefault, &found));
-  if (found != cudaDriverEntryPointSuccess || fn == nullptr) {
-    throw_call_error("cudaGetDriverEntryPointByVersion", static_cast<int>(found),
-                     std::string("the CUDA driver has no ") + symbol + " of CUDA " +
-                         std::to_string(cuda_version / 1000) +
-                         " (needed by the copy_engine and sm_kernel transports): update the driver, or lower with "
-                         "--tp-ring-transport nccl",
-                     "cudaGetDriverEntryPointByVersion", __FILE__, __LINE__);
-  }
-  return reinterpret_cast<F>(fn);
-}
-
-const StreamMemOps& mem_ops() {
-  static const StreamMemOps ops = [] {
-    StreamMemOps o;
-    o.wait = entry_point<PFN_cuStreamWaitValue32_v11070>("cuStreamWaitValue32", 12000);
-    o.write = entry_point<PFN_cuStreamWriteValue32_v11070>("cuStreamWriteValue32", 12000);
-    o.error_name = entry_point<PFN_cuGetErrorName_v6000>("cuGetErrorName", 12000);
-    return o;
-  }();
-  return ops;
-}
 
 /// Which protocol step of which op a failing call belongs to, for its error message.
 struct Where {
@@ -81,17 +43,17 @@ void check_peer(cudaError_t st, const char* call, const Where& where, const char
                    line);
 }
 
-void check_peer(CUresult st, const char* call, const Where& where, const char* file, int line) {
-  if (st == CUDA_SUCCESS) return;
-  const char* name = nullptr;
-  if (mem_ops().error_name(st, &name) != CUDA_SUCCESS || name == nullptr) name = "CUresult";
-  throw_call_error(api_of(call), static_cast<int>(st),
-                   std::string(name) + " (" + std::to_string(st) + "), " + where.text(), call, file, line);
+/// Runs a launcher of kernels.hpp, adding `where` to its error.
+template <typename F>
+void launch(const Where& where, F&& f) {
+  try {
+    f();
+  } catch (const BackendError& e) {
+    throw BackendError(e.api(), e.api_code(), e.rank(), std::string(e.what()) + ", " + where.text());
+  }
 }
 
 #define TWINSTEP_PEER_CHECK(expr, where) check_peer((expr), #expr, (where), __FILE__, __LINE__)
-
-CUdeviceptr device_address(const char* p) { return static_cast<CUdeviceptr>(reinterpret_cast<std::uintptr_t>(p)); }
 
 }  // namespace
 
@@ -170,7 +132,6 @@ PeerLinks::PeerLinks(const PeerLayout& layout, sch::RankId me, HandleExchange& e
     imported_[q] = IpcMapping(p);
     base_[q] = static_cast<char*>(p);
   }
-  (void)mem_ops();  // a driver without the stream memory operations fails here, before the first step
 }
 
 PeerLinks::~PeerLinks() {
@@ -181,9 +142,9 @@ PeerLinks::~PeerLinks() {
   for (auto& m : imported_) (void)m.release();
 }
 
-char* PeerLinks::flag(sch::RankId owner, std::uint64_t offset, std::uint64_t slot) const {
+std::uint32_t* PeerLinks::flag(sch::RankId owner, std::uint64_t offset, std::uint64_t slot) const {
   TWINSTEP_ASSERT(owner < base_.size() && base_[owner] != nullptr, "peer flag of a rank not mapped here");
-  return base_[owner] + offset + slot * sizeof(std::uint32_t);
+  return reinterpret_cast<std::uint32_t*>(base_[owner] + offset + slot * sizeof(std::uint32_t));
 }
 
 void PeerLinks::send(const sch::Op& op, const void* src, std::uint64_t bytes, cudaStream_t stream) {
@@ -194,28 +155,21 @@ void PeerLinks::send(const sch::Op& op, const void* src, std::uint64_t bytes, cu
   const std::uint64_t k = sent_[li]++;
   const std::uint64_t slot = k % l.slots;
   const Where where{op, l, true, k};
-  const StreamMemOps& ops = mem_ops();
   if (k >= l.slots) {
     // The slot's previous message (k - slots) must have been received before it is overwritten.
-    TWINSTEP_PEER_CHECK(ops.wait(stream, device_address(flag(me_, l.credit_offset, slot)),
-                                 static_cast<cuuint32_t>(k - l.slots + 1), CU_STREAM_WAIT_VALUE_GEQ),
-                        where);
+    launch(where, [&] {
+      launch_wait_flag(flag(me_, l.credit_offset, slot), static_cast<std::uint32_t>(k - l.slots + 1), stream);
+    });
   }
   char* dst = base_[l.dst] + l.data_offset + slot * l.slot_bytes;
   if (bytes > 0 && l.transport == sch::Transport::kCopyEngine) {
     TWINSTEP_PEER_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream), where);
   } else if (bytes > 0) {
-    const auto& body = std::get<sch::Send>(op.body);
-    try {
-      launch_peer_copy(dst, src, bytes, static_cast<int>(std::max<std::uint32_t>(1, body.sm_count)), stream);
-    } catch (const BackendError& e) {
-      throw BackendError(e.api(), e.api_code(), e.rank(), std::string(e.what()) + ", " + where.text());
-    }
+    const auto blocks = static_cast<int>(std::max<std::uint32_t>(1, std::get<sch::Send>(op.body).sm_count));
+    launch(where, [&] { launch_peer_copy(dst, src, bytes, blocks, stream); });
   }
-  // The write is fenced behind the copy (cuStreamWriteValue32's default memory barrier).
-  TWINSTEP_PEER_CHECK(ops.write(stream, device_address(flag(l.dst, l.ready_offset, slot)),
-                                static_cast<cuuint32_t>(k + 1), CU_STREAM_WRITE_VALUE_DEFAULT),
-                      where);
+  launch(where,
+         [&] { launch_signal_flag(flag(l.dst, l.ready_offset, slot), static_cast<std::uint32_t>(k + 1), stream); });
 }
 
 void PeerLinks::recv(const sch::Op& op, cudaStream_t stream) {
@@ -225,13 +179,9 @@ void PeerLinks::recv(const sch::Op& op, cudaStream_t stream) {
   const std::uint64_t k = received_[li]++;
   const std::uint64_t slot = k % l.slots;
   const Where where{op, l, false, k};
-  const StreamMemOps& ops = mem_ops();
-  TWINSTEP_PEER_CHECK(ops.wait(stream, device_address(flag(me_, l.ready_offset, slot)), static_cast<cuuint32_t>(k + 1),
-                               CU_STREAM_WAIT_VALUE_GEQ),
-                      where);
-  TWINSTEP_PEER_CHECK(ops.write(stream, device_address(flag(l.src, l.credit_offset, slot)),
-                                static_cast<cuuint32_t>(k + 1), CU_STREAM_WRITE_VALUE_DEFAULT),
-                      where);
+  launch(where, [&] { launch_wait_flag(flag(me_, l.ready_offset, slot), static_cast<std::uint32_t>(k + 1), stream); });
+  launch(where,
+         [&] { launch_signal_flag(flag(l.src, l.credit_offset, slot), static_cast<std::uint32_t>(k + 1), stream); });
 }
 
 void* PeerLinks::next_recv_slot(std::uint32_t link) const {

@@ -1,10 +1,10 @@
 // Peer-mapped transfers, the CUDA side: one rank's end of the copy_engine / sm_kernel links of a run, bound to the
 // layout and protocol of peer_memory.hpp. This rank's allocation (flags and receive slots) is exported as a CUDA IPC
 // handle, the handles travel through the MPI bootstrap, and each peer's allocation is opened here; a send is a
-// cudaMemcpyAsync (copy_engine) or a copy kernel on sm_count SMs (sm_kernel) into the peer's slot, the flags are
-// 32-bit stream memory operations (cuStreamWaitValue32 / cuStreamWriteValue32, reached through
-// cudaGetDriverEntryPointByVersion: no link against libcuda), so no SM is held while a stream waits.
-// Backend-internal: included by execute.cpp only.
+// cudaMemcpyAsync (copy_engine) or a copy kernel on sm_count SMs (sm_kernel) into the peer's slot. Flags are raised
+// and awaited by one-thread kernels (kernels.hpp), as Transformer Engine's userbuffers do: a stream memory wait
+// (cuStreamWaitValue32) would block every stream that shares its hardware queue (CUDA_DEVICE_MAX_CONNECTIONS), so
+// a GEMM behind a waiting recv could not start, or a send behind it never come. Backend-internal: execute.cpp only.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -55,7 +55,7 @@ class PeerLinks {
   void close(const std::function<void()>& barrier);
 
  private:
-  [[nodiscard]] char* flag(schedule::RankId owner, std::uint64_t offset, std::uint64_t slot) const;
+  [[nodiscard]] std::uint32_t* flag(schedule::RankId owner, std::uint64_t offset, std::uint64_t slot) const;
 
   PeerLayout layout_;
   schedule::RankId me_;

@@ -11,9 +11,10 @@
 // to slot k % slots:
 //   sender:   [k >= slots: wait credit[k % slots] >= k - slots + 1]  copy into the peer's slot  ready[k % slots] = k+1
 //   receiver: wait ready[k % slots] >= k + 1   credit[k % slots] = k + 1 (written into the sender's flags)
-// The waits are stream waits on a 32-bit value (no SM held while waiting) and the flag writes stream writes that
-// follow the copy in stream order behind a memory fence. A slot is handed back when its recv op completes: the
-// backend's compute ops read their role buffers, not the received bytes, so no consumer of a message is tracked.
+// Waits and flag writes are one-thread kernels on the op's stream (kernels.hpp): a waiting stream holds one block of
+// one thread, and a flag is written after a system-scope fence, so the copy before it in stream order is visible. A
+// slot is handed back when its recv op completes: the backend's compute ops read their role buffers, not the received
+// bytes, so no consumer of a message is tracked.
 #pragma once
 
 #include <cstdint>
