@@ -278,7 +278,7 @@ std::string Execution::describe_unfinished() const {
       state += std::holds_alternative<sch::Recv>(op.body)
                    ? "; its stream waits for rank " + std::to_string(plan_.ops[i].peer) + "'s send to raise its flag"
                    : "; its stream waits for rank " + std::to_string(plan_.ops[i].peer) +
-                         " to receive the message before last on this link (its slot's credit)";
+                         " to receive the earlier message in its slot (the slot's credit)";
     }
     return "first unfinished op: " + quote_op(op) + " (" + kind_word(op) + ", " + where + ", " + state + ")";
   }
