@@ -153,23 +153,19 @@ void PeerLinks::send(const sch::Op& op, const void* src, std::uint64_t bytes, cu
   const PeerLink& l = layout_.links[li];
   TWINSTEP_ASSERT(bytes <= l.slot_bytes, "peer message larger than its slot");
   const std::uint64_t k = sent_[li]++;
-  const std::uint64_t slot = k % l.slots;
+  const PeerSendStep step = send_step(l, k);
   const Where where{op, l, true, k};
-  if (k >= l.slots) {
-    // The slot's previous message (k - slots) must have been received before it is overwritten.
-    launch(where, [&] {
-      launch_wait_flag(flag(me_, l.credit_offset, slot), static_cast<std::uint32_t>(k - l.slots + 1), stream);
-    });
+  if (step.wait_credit) {
+    launch(where, [&] { launch_wait_flag(flag(me_, l.credit_offset, step.slot), step.credit_at_least, stream); });
   }
-  char* dst = base_[l.dst] + l.data_offset + slot * l.slot_bytes;
+  char* dst = base_[l.dst] + l.data_offset + step.slot * l.slot_bytes;
   if (bytes > 0 && l.transport == sch::Transport::kCopyEngine) {
     TWINSTEP_PEER_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream), where);
   } else if (bytes > 0) {
     const auto blocks = static_cast<int>(std::max<std::uint32_t>(1, std::get<sch::Send>(op.body).sm_count));
     launch(where, [&] { launch_peer_copy(dst, src, bytes, blocks, stream); });
   }
-  launch(where,
-         [&] { launch_signal_flag(flag(l.dst, l.ready_offset, slot), static_cast<std::uint32_t>(k + 1), stream); });
+  launch(where, [&] { launch_signal_flag(flag(l.dst, l.ready_offset, step.slot), step.ready_value, stream); });
 }
 
 void PeerLinks::recv(const sch::Op& op, cudaStream_t stream) {
@@ -177,16 +173,15 @@ void PeerLinks::recv(const sch::Op& op, cudaStream_t stream) {
   TWINSTEP_ASSERT(li != kNoLink && layout_.links[li].dst == me_, "peer recv without its link");
   const PeerLink& l = layout_.links[li];
   const std::uint64_t k = received_[li]++;
-  const std::uint64_t slot = k % l.slots;
+  const PeerRecvStep step = recv_step(l, k);
   const Where where{op, l, false, k};
-  launch(where, [&] { launch_wait_flag(flag(me_, l.ready_offset, slot), static_cast<std::uint32_t>(k + 1), stream); });
-  launch(where,
-         [&] { launch_signal_flag(flag(l.src, l.credit_offset, slot), static_cast<std::uint32_t>(k + 1), stream); });
+  launch(where, [&] { launch_wait_flag(flag(me_, l.ready_offset, step.slot), step.ready_at_least, stream); });
+  launch(where, [&] { launch_signal_flag(flag(l.src, l.credit_offset, step.slot), step.credit_value, stream); });
 }
 
 void* PeerLinks::next_recv_slot(std::uint32_t link) const {
   const PeerLink& l = layout_.links[link];
-  return base_[me_] + l.data_offset + (received_[link] % l.slots) * l.slot_bytes;
+  return base_[me_] + l.data_offset + recv_step(l, received_[link]).slot * l.slot_bytes;
 }
 
 void PeerLinks::close(const std::function<void()>& barrier) {

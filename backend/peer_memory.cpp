@@ -88,6 +88,23 @@ PeerLayout plan_peer_layout(const sch::Schedule& s) {
   return out;
 }
 
+PeerSendStep send_step(const PeerLink& l, std::uint64_t k) {
+  PeerSendStep s;
+  s.slot = k % l.slots;
+  s.wait_credit = k >= l.slots;  // the slot held message k - slots: it must have been received
+  s.credit_at_least = s.wait_credit ? static_cast<std::uint32_t>(k - l.slots + 1) : 0;
+  s.ready_value = static_cast<std::uint32_t>(k + 1);
+  return s;
+}
+
+PeerRecvStep recv_step(const PeerLink& l, std::uint64_t k) {
+  PeerRecvStep r;
+  r.slot = k % l.slots;
+  r.ready_at_least = static_cast<std::uint32_t>(k + 1);
+  r.credit_value = static_cast<std::uint32_t>(k + 1);
+  return r;
+}
+
 std::vector<std::vector<Reach>> reach_matrix(const std::vector<RankView>& views) {
   const std::size_t n = views.size();
   auto can = [&](std::size_t a, std::size_t b) { return b < views[a].can_map.size() && views[a].can_map[b]; };

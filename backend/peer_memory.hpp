@@ -63,6 +63,26 @@ struct PeerLayout {
 /// in link order), then its receive slots, each kPeerSlotAlign-aligned.
 [[nodiscard]] PeerLayout plan_peer_layout(const schedule::Schedule& schedule);
 
+/// The protocol's steps for message `k` of a link (counted from 0 over the run), on the sending side: wait until the
+/// slot's credit flag reaches `credit_at_least` (only when `wait_credit`), copy into `slot`, set its ready flag to
+/// `ready_value`.
+struct PeerSendStep {
+  std::uint64_t slot = 0;
+  bool wait_credit = false;
+  std::uint32_t credit_at_least = 0;
+  std::uint32_t ready_value = 0;
+};
+[[nodiscard]] PeerSendStep send_step(const PeerLink& link, std::uint64_t k);
+
+/// On the receiving side: wait until the slot's ready flag reaches `ready_at_least`, then set the sender's credit flag
+/// of the slot to `credit_value`. Flags compare cyclically ((int32)(flag - target) >= 0).
+struct PeerRecvStep {
+  std::uint64_t slot = 0;
+  std::uint32_t ready_at_least = 0;
+  std::uint32_t credit_value = 0;
+};
+[[nodiscard]] PeerRecvStep recv_step(const PeerLink& link, std::uint64_t k);
+
 /// Whether two ranks can map each other's memory, and if not why.
 enum class Reach : std::uint8_t { kMappable, kOtherHost, kNoPeerAccess };
 
