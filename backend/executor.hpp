@@ -23,6 +23,9 @@ struct OpBuffers {
   void* recv = nullptr;  ///< Collective/recv output (device).
   std::uint64_t send_bytes = 0;
   std::uint64_t recv_bytes = 0;
+  /// A peer-mapped recv (copy_engine, sm_kernel): `recv` is its slot, which the sender writes whenever its send runs,
+  /// maybe before this recv is issued: a hook must not write it in before().
+  bool peer_slot = false;
 };
 
 /// Test hook: lets a test fill a communication op's inputs and read its outputs. When set and serialize() is true,
