@@ -49,7 +49,8 @@ void summarize(std::vector<sim::FitSummary>& fits, std::vector<std::string>& log
 /// (size, efficiency) points merged within 2 % in size (geometric mean), strictly ascending.
 [[nodiscard]] sim::EfficiencyTable merged_table(std::vector<std::pair<double, double>> pts);
 
-/// The collective and send/recv lines of every measured span (fit_collectives.cpp), into `p.collectives`.
+/// The collective and send/recv lines of every measured span (fit_collectives.cpp), into `p.collectives`, and the copy
+/// engine's peer-copy bandwidth, into `p.copy_engine`.
 void fit_collectives(Ctx& c, sim::Profile& p);
 
 /// One log line per probe of the collective and p2p groups under `profile` (fit_collectives.cpp).

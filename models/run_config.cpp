@@ -100,6 +100,7 @@ const std::vector<Field>& fields() {
       Field{"dtype", [](RunConfig& c, const Json& j) { c.dtype = schedule::parse_dtype(j.get<std::string>()); },
             [](const RunConfig& c) { return Json(schedule::dtype_name(c.dtype)); }},
       mode("fp8_recipe", &RunConfig::fp8_recipe, parse_fp8_recipe),
+      plain("fp8_amax_history_len", &RunConfig::fp8_amax_history_len),
       plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
       optimizer_dtype("main_params_dtype", &RunConfig::main_params_dtype),
       optimizer_dtype("exp_avg_dtype", &RunConfig::exp_avg_dtype),

@@ -147,6 +147,10 @@ struct RunConfig {
   schedule::DType dtype = schedule::DType::kBF16;
   /// dtype fp8: Megatron's fp8_recipe (Fp8Recipe).
   Fp8Recipe fp8_recipe = Fp8Recipe::kDelayed;
+  /// dtype fp8 with the delayed recipe: rows of TE's amax history per fp8 tensor (Megatron's fp8_amax_history_len).
+  /// 1024 as Megatron-Bridge's bf16_with_fp8_delayed_scaling_mixed() sets it (MCore's own default is 1). Only the
+  /// memory estimate reads it (the history's fp32 tensors, docs/memory.md "fp8").
+  std::uint32_t fp8_amax_history_len = 1024;
   bool grad_reduce_in_fp32 = false;
   /// Optimizer state dtypes (MCore OptimizerConfig names; fp32 is Megatron's default, lower ones are what MCore's
   /// use_precision_aware_optimizer or Apex DistributedFusedAdam's `dtype` keep): the main (master) weights and Adam's

@@ -503,11 +503,6 @@ CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_byt
   return c;
 }
 
-// A copy engine's unidirectional peer copy over NVLink 4: 371-377 GB/s of the 450 GB/s line rate, measured with
-// cudaMemcpyPeerAsync (CUDA samples' p2pBandwidthLatencyTest, "P2P=Enabled" writes) on an HGX H100 8-GPU node
-// ([MEAS-pub] NVIDIA/nccl#1264). The copy-engine ring-exchange benchmark of issue 17 item 4 will measure it here.
-constexpr double kCopyEngineNvlinkEfficiency = 376.0 / 450.0;
-
 CommCost CostModel::copy_engine_cost(double bytes, schedule::RankId a, schedule::RankId b) const {
   const auto& node = cluster_.node;
   const std::uint32_t na = cluster_.node_of(a), nb = cluster_.node_of(b);
@@ -519,7 +514,7 @@ CommCost CostModel::copy_engine_cost(double bytes, schedule::RankId a, schedule:
   c.hbm_bytes_per_bus_byte = 1.0;
   // Latency: the launch is the op's issue cost (launch_ns); the DMA start-up is not modelled until measured.
   c.latency_s = 0;
-  const double bw = node.nvlink_bytes_per_s * kCopyEngineNvlinkEfficiency;
+  const double bw = node.nvlink_bytes_per_s * profile_.copy_engine.nvlink_efficiency;
   c.bandwidth_time_s = bw > 0 ? bytes / bw : 0.0;
   c.bus_bytes_per_s = bw;
   c.uses_nic = false;

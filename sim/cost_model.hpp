@@ -177,6 +177,18 @@ struct MemoryOverhead {
   std::string source;                             ///< How it was measured (script, torch/CUDA/NCCL versions, GPU).
 };
 
+/// The copy engine's peer copy (send/recv transport copy_engine: TE userbuffers' ring exchange with use_ce): the
+/// fraction of the node's NVLink line rate (per direction) one cudaMemcpyPeerAsync between two GPUs reaches. Measured
+/// by calibrate's `p2p.copy_engine` group on two GPUs (calibration/fit_collectives.cpp); the default is the published
+/// HGX H100 figure, 371-377 GB/s of 450 GB/s (CUDA samples' p2pBandwidthLatencyTest, P2P writes, NVIDIA/nccl#1264).
+struct CopyEngine {
+  static constexpr double kDefaultNvlinkEfficiency = 376.0 / 450.0;
+  static constexpr const char* kDefaultSource =
+      "datasheet: 376/450 of the NVLink line rate, HGX H100 cudaMemcpyPeerAsync 371-377 GB/s (NVIDIA/nccl#1264)";
+  double nvlink_efficiency = kDefaultNvlinkEfficiency;
+  std::string source = kDefaultSource;  ///< Where the figure comes from (profile JSON "copy_engine.source").
+};
+
 /// The quality of one fit, recorded in the profile: relative error of the fitted model at every point.
 struct FitSummary {
   std::string name;  ///< "compute.gemm", "coll.all_reduce.span2", "launch.compute", "interference", ...
@@ -219,6 +231,7 @@ struct Profile {
   bool grouped_gemm_per_group = false;
   FrameworkCosts framework;
   MemoryOverhead memory_overhead;
+  CopyEngine copy_engine;
   std::vector<FitSummary> fits;
   /// The file's "name" field, which profile_to_json() writes (`name` adds the file path for display); empty: none.
   std::string declared_name;
@@ -310,7 +323,8 @@ class CostModel {
   /// One send/recv pair between two ranks.
   [[nodiscard]] CommCost p2p_cost(double bytes, schedule::RankId a, schedule::RankId b) const;
   /// One copy-engine transfer (transport copy_engine) between two GPUs of one node: no SMs, the copy engine's
-  /// NVLink bandwidth (kCopyEngineNvlinkEfficiency x the node's line rate), each byte once through both HBMs.
+  /// NVLink bandwidth (the profile's copy_engine.nvlink_efficiency x the node's line rate), each byte once through
+  /// both HBMs.
   [[nodiscard]] CommCost copy_engine_cost(double bytes, schedule::RankId a, schedule::RankId b) const;
 
  private:

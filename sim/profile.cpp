@@ -31,6 +31,8 @@
 //     "memory_overhead": {"cuda_context_bytes": 5.2e8, "cublas_workspace_bytes": 3.4e7,
 //                         "nccl_buffer_bytes_per_channel": 4.2e6, "allocator_reserved_over_allocated": 1.03,
 //                         "source": "..."},  (optional, later addition; each key optional: what the GPU measured)
+//     "copy_engine": {"nvlink_efficiency": 0.8356, "source": "..."},  (optional, later addition: a copy-engine
+//                         peer copy's fraction of the NVLink line rate; absent: sim::CopyEngine's default)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
 //               "note": "..."}] }
 // The later additions are optional, so every schema-1 file reads as before. profile_to_json() writes the same
@@ -247,7 +249,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   r.keys(j, "",
          {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",
           "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table", "framework",
-          "memory_overhead", "fits"});
+          "memory_overhead", "copy_engine", "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -341,6 +343,22 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     if (m.contains("source")) {
       if (!m["source"].is_string()) r.fail("/memory_overhead/source", "expected a string");
       p.memory_overhead.source = m["source"].get<std::string>();
+    }
+  }
+  if (j.contains("copy_engine")) {
+    const Json& ce = j["copy_engine"];
+    r.keys(ce, "/copy_engine", {"nvlink_efficiency", "source"});
+    if (ce.contains("nvlink_efficiency")) {
+      const double v = r.quantity(ce["nvlink_efficiency"], "/copy_engine/nvlink_efficiency", Dimension::kDimensionless);
+      if (v <= 0 || v > 1) {
+        r.fail("/copy_engine/nvlink_efficiency",
+               "must be in (0, 1] (a copy-engine peer copy's fraction of the NVLink line rate)");
+      }
+      p.copy_engine.nvlink_efficiency = v;
+    }
+    if (ce.contains("source")) {
+      if (!ce["source"].is_string()) r.fail("/copy_engine/source", "expected a string");
+      p.copy_engine.source = ce["source"].get<std::string>();
     }
   }
   if (j.contains("fits")) read_fits(r, j["fits"], p);
@@ -467,6 +485,11 @@ std::string profile_to_json(const Profile& p) {
     }
     m["source"] = mo.source;
     j["memory_overhead"] = m;
+  }
+  // The copy engine only where it is not the default (profiles measured before it existed write back unchanged).
+  const CopyEngine ce;
+  if (p.copy_engine.nvlink_efficiency != ce.nvlink_efficiency || p.copy_engine.source != ce.source) {
+    j["copy_engine"] = {{"nvlink_efficiency", p.copy_engine.nvlink_efficiency}, {"source", p.copy_engine.source}};
   }
   Json fits = Json::array();
   for (const auto& f : p.fits) {

@@ -245,3 +245,70 @@ TEST_CASE("calibrate --from-trace: fits the classes and host costs the imported 
   CHECK(back.context.at("source.compute.attention_fwd") == "moe.json (2 ops)");
   CHECK(back.launch_s.at("compute") == Approx(8e-6));
 }
+
+namespace {
+
+ts::Op elementwise_op(ts::OpId id, const std::string& name) {
+  ts::Op op;
+  op.id = id;
+  op.name = name;
+  op.body = ts::Compute{ts::Elementwise{1 << 20, 0}, 0};
+  return op;
+}
+
+ti::GpuActivity kernel(const std::string& name, twinstep::Nanos launch, twinstep::Nanos start, twinstep::Nanos end,
+                       const std::string& range, twinstep::Nanos range_start, const std::string& op) {
+  ti::GpuActivity a;
+  a.name = name;
+  a.launch_ns = launch;
+  a.start_ns = start;
+  a.end_ns = end;
+  if (!range.empty()) {
+    a.ranges = {range};
+    a.range_starts = {range_start};
+  }
+  a.op.name = op;
+  a.op.start_ns = launch - 1;  // one framework call per kernel
+  a.where = "test: kernel " + name;
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("import-trace: the grad zeroing's fills are one op, matched by kind when no range names it") {
+  // A trace recorded before the schedule had Megatron's zero_grad_buffer op: eager PyTorch zeroes each main grad
+  // with its own fill kernel inside a range that names no op ("zero_grad"); a later fill of the loss backward
+  // lies outside any range. The fills of the one zeroing are one op's record; the later fill is not a second step.
+  ts::Schedule s;
+  s.name = "zeroing";
+  s.world_size = 1;
+  s.ranks = {0};
+  s.streams = {{"compute", 0}};
+  s.ops = {elementwise_op(0, "dp.chunk0.zero_grad_buffer"), elementwise_op(1, "mb0.fwd.norm"),
+           elementwise_op(2, "mb0.bwd.loss_bwd")};
+  const std::string fill = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>";
+  ti::RankEvents r;
+  r.source = "zeroing.json";
+  r.rank_known = true;
+  r.activities = {kernel(fill, 10, 100, 400, "zero_grad", 5, "aten::fill_"),
+                  kernel(fill, 20, 400, 450, "zero_grad", 5, "aten::fill_"),
+                  kernel(fill, 30, 450, 900, "zero_grad", 5, "aten::fill_"),
+                  kernel("rms_norm_kernel", 40, 900, 1000, "mb0.fwd.norm", 35, "aten::rms_norm"),
+                  kernel(fill, 50, 1000, 1600, "", 0, "aten::zero_"),
+                  kernel("nll_backward", 60, 1600, 1700, "mb0.bwd.loss_bwd", 55, "aten::nll_loss_backward")};
+  r.range_names = {"mb0.bwd.loss_bwd", "mb0.fwd.norm", "zero_grad"};
+  const auto res = ti::import_trace(s, {r});
+  CHECK(res.report.steps == 1);
+  CHECK(res.report.by_order_ops == 1);
+  CHECK(res.report.by_name_ops == 2);
+  // The step starts at the first fill's launch (10): the zeroing runs from the first fill's start to the last's end.
+  const auto& z = res.trace.records[0];
+  CHECK(z.issue_ns == 0);
+  CHECK(z.start_ns == 90);
+  CHECK(z.end_ns == 890);
+  // 800 + 100 + 100 ns of 1600 ns matched; the stray fill (600 ns) is reported, not taken as a second zeroing.
+  CHECK(res.report.matched_gpu_time_s == Approx(1000e-9));
+  CHECK(res.report.gpu_time_s == Approx(1600e-9));
+  REQUIRE(res.report.unmatched_activities.size() == 1);
+  CHECK(res.report.unmatched_activities[0].find("in range (none)") != std::string::npos);
+}

@@ -104,6 +104,28 @@ TEST_CASE("sim::profile: the memory_overhead section reads, writes back, and nam
                     Catch::Contains("/memory_overhead"));
 }
 
+TEST_CASE("sim::profile: the copy_engine section reads, writes back, defaults to 376/450, names a bad field",
+          "[sim][profile]") {
+  // Absent: the published HGX H100 figure with its source, and nothing written (committed profiles stay as they are).
+  const Profile d = Profile::datasheet_defaults();
+  CHECK(d.copy_engine.nvlink_efficiency == 376.0 / 450.0);
+  CHECK(d.copy_engine.source.find("NVIDIA/nccl#1264") != std::string::npos);
+  CHECK(profile_to_json(d).find("copy_engine") == std::string::npos);
+  const std::string text =
+      R"({"schema_version": 1, "name": "m", "copy_engine": {"nvlink_efficiency": 0.81, "source": "measured"}})";
+  const Profile p = profile_from_json(text, "m.json");
+  CHECK(p.copy_engine.nvlink_efficiency == 0.81);
+  CHECK(p.copy_engine.source == "measured");
+  const Profile back = profile_from_json(profile_to_json(p), "back.json");
+  CHECK(back.copy_engine.nvlink_efficiency == 0.81);
+  CHECK(back.copy_engine.source == "measured");
+  CHECK_THROWS_WITH(
+      profile_from_json(R"({"schema_version": 1, "copy_engine": {"nvlink_efficiency": 1.2}})", "b.json"),
+      Catch::Contains("b.json") && Catch::Contains("/copy_engine/nvlink_efficiency") && Catch::Contains("(0, 1]"));
+  CHECK_THROWS_WITH(profile_from_json(R"({"schema_version": 1, "copy_engine": {"bandwidth": 1}})", "b.json"),
+                    Catch::Contains("/copy_engine"));
+}
+
 TEST_CASE("sim::NcclAlgo and NcclProto: spellings read back as written and an unknown one names the field",
           "[sim][profile]") {
   for (const auto a : {NcclAlgo::kRing, NcclAlgo::kTree}) CHECK(parse_nccl_algo(to_string(a), "algorithm") == a);
