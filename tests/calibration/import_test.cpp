@@ -10,7 +10,7 @@
 #include <string>
 
 #include "calibration/compare.hpp"
-#include "calibration/fit.hpp"
+#include "calibration/fit_trace.hpp"
 #include "common/error.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
