@@ -69,10 +69,11 @@ bool write_all(int fd, const std::string& s) {
 /// time). glibc's defaults mmap large blocks afresh and trim the heap top. No block is mmapped at all (M_MMAP_MAX 0):
 /// the threshold cannot go above 32 MiB on 64-bit, and the largest schedules' op and state vectors are above it,
 /// so they were mapped, faulted in page by page and unmapped again at every point (a quarter of a `--parallel
-/// auto` grid's CPU time in the kernel's page-fault path, bench/results/scale.md). The heap grows kHeapStep at a time and is backed by transparent huge pages where the kernel
-/// offers them on request (/sys/kernel/mm/transparent_hugepage/enabled "madvise" or "always"): a simulation walks
-/// ops spread over MBs rank by rank, and 2 MiB pages cut its page faults and TLB misses (~10% of a worker's CPU
-/// time on the sweep benchmark; docs/performance.md). Without THP the advice is ignored.
+/// auto` grid's CPU time in the kernel's page-fault path, bench/results/scale.md). The heap grows kHeapStep at a time
+/// and is backed by transparent huge pages where the kernel offers them on request
+/// (/sys/kernel/mm/transparent_hugepage/enabled "madvise" or "always"): a simulation walks ops spread over MBs rank by
+/// rank, and 2 MiB pages cut its page faults and TLB misses (~10% of a worker's CPU time on the sweep benchmark;
+/// docs/performance.md). Without THP the advice is ignored.
 constexpr std::size_t kHeapStep = std::size_t{64} << 20;
 constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
 
