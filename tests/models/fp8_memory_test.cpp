@@ -104,9 +104,8 @@ TEST_CASE("memory: fp8 scaling state per TE module: delayed scales + amax histor
   }
 }
 
-TEST_CASE(
-    "memory: fp8 linear layers save their inputs in fp8; attention's output, norms' inputs and the loss stay bf16",
-    "[memory][fp8]") {
+TEST_CASE("memory: fp8 linear layers save their inputs in fp8, attention's output, norms' inputs and the loss bf16",
+          "[memory][fp8]") {
   const ModelSpec m = test::shrink(load_model("llama3-8b"), 2);
   const double h = m.hidden_size, nq = m.num_attention_heads, dh = m.kv_channels, f = m.ffn_hidden_size;
   const double T = 4096, layers = m.num_layers;
