@@ -166,7 +166,7 @@ TEST_CASE("sim::profile: a collective line's kind and span are enums, read and w
   const Profile p = profile_from_json(
       R"({"schema_version": 1, "collectives": [
             {"kind": "all_to_all", "algorithm": "ring", "protocol": "simple", "span": "inter", "bus_bandwidth": "40 GB/s"},
-            {"algorithm": "ring", "protocol": "ll", "span": "intra", "base_latency": "5 us"}]})",
+            {"algorithm": "ring", "protocol": "ll", "span": "intra", "bus_bandwidth": "300 GB/s", "base_latency": "5 us"}]})",
       "p.json");
   REQUIRE(p.collectives.size() == 2);
   CHECK(p.collectives[0].kind == CollectiveParamsKind::kAllToAll);
