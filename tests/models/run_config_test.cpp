@@ -160,7 +160,7 @@ TEST_CASE("models::run_config: overlap variants map to Megatron knobs", "[run_co
   CHECK_THROWS_WITH(testing::with_overlap(base, "dp+fsdp"), twinstep_contains("unknown overlap mode \"fsdp\""));
 }
 
-TEST_CASE("models::parse_overlap_variant: a variant prints as it was spelled; an unknown mode names the field",
+TEST_CASE("models::parse_overlap_variant: a variant prints as it was spelled and an unknown mode names the field",
           "[run_config]") {
   for (const char* text : {"none", "all", "dp", "tp+dp", "dp+tp+pp+cp+ep+delay_wgrad+shared_expert"}) {
     CHECK(to_string(parse_overlap_variant(text, "--overlap")) == text);
