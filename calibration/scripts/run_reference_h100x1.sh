@@ -18,7 +18,8 @@
 #   OUT folders of several calls afterwards).
 # Environment: PROFILE=path uses that profile instead of the one `calibrate` fits here (build-gpu/reference_profile.json);
 #   SUITE=quick|default for calibrate (default: quick); STEPS (torch, default 10), BSTEPS (backend, default 5);
-#   TORCH_FLAGS: more torch_reference.py flags, e.g. --fuse-elementwise (RMSNorm, RoPE, SwiGLU, cross entropy fused
+#   FIT_BASE=path: the base profile of `calibrate --from-trace` (default datasheet defaults; a profile measured on
+#   the same GPU); TORCH_FLAGS: more torch_reference.py flags, e.g. --fuse-elementwise (RMSNorm, RoPE, SwiGLU, cross entropy fused
 #   by torch.compile, as production stacks run them).
 set -u
 OUT=$1
@@ -119,8 +120,13 @@ run_case() {
         $T import-trace "$D/torch_trace.json" --schedule "$run_step" -o "$cmp" > "$D/import_profile.txt" 2>&1
       fi
       [ -s "$D/backend.json" ] && $T compare "$D/backend.json" "$cmp" > "$D/compare_backend_vs_torch.txt" 2>&1
-      $T calibrate --from-trace "$D/torch_measured.json" --cluster dgx-h100 -o "$D/profile_from_trace.json" \
-        > "$D/from_trace.log" 2>&1
+      # FIT_BASE: the fit's base profile (default: datasheet defaults); outside the shapes the trace has, its
+      # tables give the shape dependence (calibration/fit_trace.cpp). Only a profile measured on this GPU: an H100
+      # profile's attention curve made an H200 trace's fit worse at 16k (docs/import-trace.md).
+      local base=()
+      [ -n "${FIT_BASE:-}" ] && base=(--profile "$FIT_BASE")
+      $T calibrate --from-trace "$D/torch_measured.json" --cluster dgx-h100 "${base[@]}" \
+        -o "$D/profile_from_trace.json" > "$D/from_trace.log" 2>&1
       $T simulate "$D/step.json" --cluster dgx-h100 --gpus 1 --profile "$D/profile_from_trace.json" \
         -o "$D/pred_from_trace.json" > /dev/null 2>&1
       $T analyze --json "$D/pred_from_trace.json" > "$D/pred_from_trace.analyze.json" 2>&1

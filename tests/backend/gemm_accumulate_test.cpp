@@ -11,6 +11,7 @@
 #include "backend/gemm.hpp"
 #include "backend/gemm_fp8.hpp"
 #include "backend/handles.hpp"
+#include "backend/plan.hpp"
 #include "tests/backend/bf16.hpp"
 #include "tests/catch.hpp"
 

@@ -10,9 +10,10 @@
 #include <string>
 
 #include "calibration/compare.hpp"
-#include "calibration/fit.hpp"
+#include "calibration/fit_trace.hpp"
 #include "common/error.hpp"
 #include "schedule/json.hpp"
+#include "schedule/kernel_math.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
@@ -244,6 +245,92 @@ TEST_CASE("calibrate --from-trace: fits the classes and host costs the imported 
   const auto back = twinstep::sim::profile_from_json(fit.json, "fit.json");
   CHECK(back.context.at("source.compute.attention_fwd") == "moe.json (2 ops)");
   CHECK(back.launch_s.at("compute") == Approx(8e-6));
+  REQUIRE(back.op_compute.size() == p.op_compute.size());
+  for (const auto& [stem, table] : p.op_compute) CHECK(back.op_compute.at(stem).points == table.points);
+}
+
+TEST_CASE("calibrate --from-trace: accumulating bf16 GEMMs fit the gemm_accumulate table, the others the gemm table") {
+  auto r = import_file("kineto_moe.json", "moe.schedule.json");
+  // The fixture's dense wgrad GEMMs (qkv, proj, router, output) as gradient_accumulation_fusion lowers them.
+  std::size_t timed_gemms = 0, accumulating = 0;
+  for (auto& op : r.trace.schedule.ops) {
+    auto* c = std::get_if<ts::Compute>(&op.body);
+    auto* g = c == nullptr ? nullptr : std::get_if<ts::Gemm>(&c->kernel);
+    const auto& rec = r.trace.records[op.id];
+    if (g == nullptr || rec.end_ns <= rec.start_ns) continue;
+    ++timed_gemms;
+    if (op.name.size() > 6 && op.name.compare(op.name.size() - 6, 6, "_wgrad") == 0) {
+      g->accumulate_fp32 = true;
+      ++accumulating;
+    }
+  }
+  REQUIRE(accumulating > 0);
+  REQUIRE(accumulating < timed_gemms);
+  const auto cluster = twinstep::topologies::load_cluster("dgx-h100", twinstep::topologies::ClusterSize{0, 1});
+  const auto base = twinstep::sim::Profile::datasheet_defaults();
+  const auto p = twinstep::calibration::fit_profile_from_trace(r.trace, "moe.json", cluster, base, "t").profile;
+  CHECK(p.context.at("source.compute.gemm_accumulate") == "moe.json (" + std::to_string(accumulating) + " ops)");
+  CHECK(p.context.at("source.compute.gemm") == "moe.json (" + std::to_string(timed_gemms - accumulating) + " ops)");
+  REQUIRE(p.compute.count("gemm_accumulate") == 1);
+  // Read back from the profile's JSON: the table's name is one the reader accepts.
+  CHECK(twinstep::sim::profile_from_json(twinstep::sim::profile_to_json(p), "fit.json")
+            .compute.count("gemm_accumulate") == 1);
+}
+
+TEST_CASE(
+    "calibrate --from-trace: each op stem gets its own table and the base continues the tables outside the trace") {
+  const auto r = import_file("kineto_moe.json", "moe.schedule.json");
+  const auto cluster = twinstep::topologies::load_cluster("dgx-h100", twinstep::topologies::ClusterSize{0, 1});
+  const auto base = twinstep::sim::Profile::datasheet_defaults();
+  const auto fit = twinstep::calibration::fit_profile_from_trace(r.trace, "moe.json", cluster, base, "from trace");
+  const auto& p = fit.profile;
+  REQUIRE_FALSE(p.op_compute.empty());
+  CHECK(p.context.count("source.op_compute") == 1);
+  // Every timed compute op has its stem's table; costed alone with it, an op of well-posed efficiency (attention,
+  // streaming kernels: the fixture's tiny GEMMs run below the cost model's 0.1 % floor) takes the time the trace
+  // gave it (the fixture's ops of one stem share one shape).
+  const twinstep::sim::CostModel costs(cluster, p);
+  std::size_t checked = 0;
+  for (const auto& op : r.trace.schedule.ops) {
+    const auto* c = std::get_if<ts::Compute>(&op.body);
+    const auto& rec = r.trace.records[op.id];
+    if (c == nullptr || rec.end_ns <= rec.start_ns || std::holds_alternative<ts::Memcpy>(c->kernel)) continue;
+    REQUIRE(costs.op_table(op.name) != nullptr);
+    if (std::holds_alternative<ts::Gemm>(c->kernel) || std::holds_alternative<ts::GroupedGemm>(c->kernel)) continue;
+    if (costs.op_table(op.name)->points.front().second >= 1.0) continue;  // faster than the roofline: clamped
+    INFO(op.name);
+    CHECK(costs.kernel_cost(*c, op.name).solo_time_s() == Approx((rec.end_ns - rec.start_ns) * 1e-9).epsilon(1e-6));
+    ++checked;
+  }
+  CHECK(checked > 10);
+  // Outside the GEMM FLOPs the trace has, the gemm table is the base's, scaled to meet the trace's table at each end.
+  double x_min = 0, x_max = 0;
+  for (const auto& op : r.trace.schedule.ops) {
+    const auto* c = std::get_if<ts::Compute>(&op.body);
+    const auto& rec = r.trace.records[op.id];
+    if (c == nullptr || !std::holds_alternative<ts::Gemm>(c->kernel) || rec.end_ns <= rec.start_ns) continue;
+    const double f = ts::kernel_flops(c->kernel);
+    x_min = x_min == 0 ? f : std::min(x_min, f);
+    x_max = std::max(x_max, f);
+  }
+  const auto& g = p.compute.at("gemm");
+  const auto& b = base.compute.at("gemm");
+  std::pair<double, double> lo{0, 0}, hi{0, 0};  // the trace's own first and last points
+  for (const auto& pt : g.points) {
+    if (pt.first < x_min / 1.02 || pt.first > x_max * 1.02) continue;
+    if (lo.first == 0) lo = pt;
+    hi = pt;
+  }
+  REQUIRE(lo.first > 0);
+  std::size_t outside = 0;
+  for (const auto& [x, e] : b.points) {
+    if (x >= x_min / 1.02 && x <= x_max * 1.02) continue;
+    const auto& edge = x < x_min ? lo : hi;
+    INFO("base point " << x);
+    CHECK(g.at(x) == Approx(std::min(1.0, e * edge.second / b.at(edge.first))));
+    ++outside;
+  }
+  CHECK(outside > 0);
 }
 
 namespace {
@@ -311,4 +398,53 @@ TEST_CASE("import-trace: the grad zeroing's fills are one op, matched by kind wh
   CHECK(res.report.gpu_time_s == Approx(1600e-9));
   REQUIRE(res.report.unmatched_activities.size() == 1);
   CHECK(res.report.unmatched_activities[0].find("in range (none)") != std::string::npos);
+}
+
+TEST_CASE("import-trace: a trace of another layout is refused at its first range, shape or rank that differs") {
+  // Issue 19 item 4, the refusals of a trace recorded for another model or layout that the fixtures above do not
+  // hold: each names the source, the record and the mismatch.
+  const auto s = ts::read_schedule((kData / "moe.schedule.json").string());
+  auto refusal = [&](const std::vector<ti::RankEvents>& ranks) {
+    try {
+      (void)ti::import_trace(s, ranks);
+    } catch (const twinstep::Error& e) {
+      CHECK(e.code() == twinstep::ExitCode::kBadInput);
+      return std::string(e.what());
+    }
+    FAIL("import accepted the trace");
+    return std::string();
+  };
+  ti::RankEvents r;
+  r.source = "other.json";
+  r.rank_known = true;
+  SECTION("a range naming a layer the schedule lacks (a deeper model)") {
+    r.activities = {kernel("k", 10, 20, 30, "L9.mb0.fwd.qkv", 5, "aten::mm")};
+    r.range_names = {"L9.mb0.fwd.qkv"};
+    const auto e = refusal({r});
+    CHECK_THAT(e, twinstep_contains("other.json: range \"L9.mb0.fwd.qkv\" names layer 9"));
+    CHECK_THAT(e, twinstep_contains("layers 0-1"));
+  }
+  SECTION("a range naming a micro-batch the schedule lacks (more micro-batches)") {
+    r.range_names = {"L0.mb3.fwd.qkv"};
+    CHECK_THAT(refusal({r}), twinstep_contains("names micro-batch 3"));
+  }
+  SECTION("attention over another shape under the op's own range") {
+    auto a = kernel("cudnn_attn_fwd", 10, 20, 30, "L0.mb0.fwd.attn", 5, "aten::_scaled_dot_product_cudnn_attention");
+    a.op.dims = {{1, 32, 128, 64}, {1, 32, 128, 64}, {1, 32, 128, 64}};
+    r.activities = {a};
+    r.range_names = {"L0.mb0.fwd.attn"};
+    const auto e = refusal({r});
+    CHECK_THAT(e, twinstep_contains("test: kernel cudnn_attn_fwd: op \"L0.mb0.fwd.attn\""));
+    CHECK_THAT(e, twinstep_contains("[1,32,128,64]"));
+    CHECK_THAT(e, twinstep_contains("[1,4,128,64]"));
+  }
+  SECTION("metadata naming another schedule") {
+    r.context["schedule_name"] = "llama3-8b tp1 pp1 cp1 dp1";
+    CHECK_THAT(refusal({r}), twinstep_contains("other.json: recorded for schedule \"llama3-8b tp1 pp1 cp1 dp1\""));
+  }
+  SECTION("two traces of one rank") {
+    ti::RankEvents again = r;
+    again.source = "again.json";
+    CHECK_THAT(refusal({r, again}), twinstep_contains("again.json: a second trace of rank 0"));
+  }
 }

@@ -95,6 +95,7 @@ TEST_CASE("models::lower: gradient_accumulation_fusion with fp32 main grads accu
 TEST_CASE("models::lower: MoE expert wgrad grouped GEMMs accumulate into fp32 main grads", "[lower][moe]") {
   const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
   RunConfig c = config(2, 1, 1);
+  c.global_batch_size = 2;  // one micro-batch per data-parallel rank
   c.seq_length = 256;
   c.expert_model_parallel_size = 2;
   c.cuda_device_max_connections = 32;
