@@ -56,6 +56,9 @@ ChannelPlan build_channels(const sch::Schedule& s, const sch::Matching& m, const
     const auto* snd = std::get_if<sch::Send>(&op.body);
     const auto* rcv = std::get_if<sch::Recv>(&op.body);
     if (snd == nullptr && rcv == nullptr) continue;
+    // copy_engine / sm_kernel pairs run over peer-mapped memory (peer_memory.hpp), not on NCCL; those that cannot
+    // were turned into NCCL ones before planning (with_fallbacks).
+    if ((snd != nullptr ? snd->transport : rcv->transport) != sch::Transport::kNccl) continue;
     const sch::CommId c = snd != nullptr ? snd->comm : rcv->comm;
     if (c >= s.communicators.size()) continue;
     // Keyed by (communicator, sender, receiver, sender's stream, receiver's stream): a send and its recv share the

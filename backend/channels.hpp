@@ -8,6 +8,8 @@
 // its instance's members); a send/recv on one per (IR communicator, sender -> receiver, sender's stream,
 // receiver's stream), plus the tag where tags reorder a direction (NCCL matches by order only). Within a channel
 // each rank's ops lie on one stream, so NCCL's order is the stream's FIFO order, which the IR has anyway.
+// Send/recv whose transport is copy_engine or sm_kernel get no channel: they run over peer-mapped memory
+// (peer_memory.hpp; the runtime turns those between ranks that cannot map each other into NCCL ones first).
 #pragma once
 
 #include <cstdint>

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <atomic>
 #include <ctime>
+#include <memory>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -18,9 +20,11 @@
 #include "backend/gemm.hpp"
 #include "backend/gemm_fp8.hpp"
 #include "backend/kernels.hpp"
+#include "backend/peer_link.hpp"
 #include "backend/peer_memory.hpp"
 #include "backend/runtime.hpp"
 #include "backend/sdpa.hpp"
+#include "common/assert.hpp"
 #include "common/error.hpp"
 #include "schedule/json.hpp"
 
@@ -103,11 +107,21 @@ struct StepTimes {
   std::vector<Nanos> issue, start, end;  // start and end: host ops only (GPU ops are timed by events)
 };
 
+/// How a run's send/recv move their bytes: the schedule as asked, with its peer-mapped pairs between ranks that
+/// cannot map each other turned into NCCL ones (`ran`, what every plan is made from), those pairs, and this rank's
+/// ends of the peer-mapped links (null when there are none).
+struct Transports {
+  const sch::Schedule& asked;
+  const sch::Schedule& ran;
+  std::vector<Fallback> fallbacks;
+  PeerLinks* links = nullptr;
+};
+
 /// One execute() call: the run's streams and events (freed on every way out), the issue loop and the gathering of
-/// the trace. Constructed after the channels, buffers and cuBLAS handles exist.
+/// the trace. Constructed after the channels, buffers, cuBLAS handles and peer-mapped links exist.
 class Execution {
  public:
-  Execution(Runtime::Impl& im, const sch::Schedule& s, const Options& options, const ChannelPlan& channels,
+  Execution(Runtime::Impl& im, const Transports& transports, const Options& options, const ChannelPlan& channels,
             RankPlan plan);
   ~Execution();  // the watchdog stops describing this run before it goes
   Execution(const Execution&) = delete;
@@ -125,13 +139,15 @@ class Execution {
   void issue(std::size_t i, StepTimes& times, const HostClock& host);
   void issue_compute(const sch::Compute& c, const BoundOp& b);
   void issue_collective(const sch::Collective& c, const PlannedOp& p, const BoundOp& b);
+  void issue_p2p(const sch::Op& op, const PlannedOp& p, const BoundOp& b);
   void record_step(const StepTimes& times);
   [[nodiscard]] sch::Trace gather();
   void write_context(sch::Trace& trace, const std::vector<std::string>& hosts,
                      const std::vector<std::string>& monitor_reports) const;
 
   Runtime::Impl& im_;
-  const sch::Schedule& s_;
+  const Transports& transports_;
+  const sch::Schedule& s_;  // transports_.ran
   const Options& options_;
   RankPlan plan_;
   std::vector<CudaStream> streams_;  // one per declared stream
@@ -144,10 +160,11 @@ class Execution {
   std::vector<std::int64_t> step_bounds_;  // per measured step: min issue, max end (this rank)
 };
 
-Execution::Execution(Runtime::Impl& im, const sch::Schedule& s, const Options& options, const ChannelPlan& channels,
-                     RankPlan plan)
+Execution::Execution(Runtime::Impl& im, const Transports& transports, const Options& options,
+                     const ChannelPlan& channels, RankPlan plan)
     : im_(im),
-      s_(s),
+      transports_(transports),
+      s_(transports.ran),
       options_(options),
       plan_(std::move(plan)),
       bound_(plan_.ops.size()),
@@ -156,6 +173,7 @@ Execution::Execution(Runtime::Impl& im, const sch::Schedule& s, const Options& o
       end_ns_(plan_.ops.size()) {
   int least = 0, greatest = 0;
   TWINSTEP_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  const sch::Schedule& s = s_;
   for (std::size_t i = 0; i < s.streams.size(); ++i) {
     // IR priority: lower is more urgent, 0 default (the CUDA convention); clamp to the device range [greatest, least].
     streams_.push_back(make_stream(std::clamp(s.streams[i].priority, greatest, least)));
@@ -254,6 +272,14 @@ std::string Execution::describe_unfinished() const {
     std::string where = gpu ? "stream \"" + s_.streams[op.stream].name + "\"" : std::string("host thread");
     std::string state = i < n_issued ? "issued, not complete" : "not issued yet";
     if (i == n_issued && std::holds_alternative<sch::HostSync>(op.body)) state = "host thread blocked in it";
+    if (i < n_issued && plan_.ops[i].channel == kNoChannel &&
+        (std::holds_alternative<sch::Send>(op.body) || std::holds_alternative<sch::Recv>(op.body))) {
+      // Peer-mapped (peer_memory.hpp): its stream waits on a flag the peer's stream writes.
+      state += std::holds_alternative<sch::Recv>(op.body)
+                   ? "; its stream waits for rank " + std::to_string(plan_.ops[i].peer) + "'s send to raise its flag"
+                   : "; its stream waits for rank " + std::to_string(plan_.ops[i].peer) +
+                         " to receive the earlier message in its slot (the slot's credit)";
+    }
     return "first unfinished op: " + quote_op(op) + " (" + kind_word(op) + ", " + where + ", " + state + ")";
   }
   return "all its ops of the step finished; it was waiting for the other ranks at the step barrier";
@@ -347,7 +373,12 @@ void Execution::issue(std::size_t i, StepTimes& times, const HostClock& host) {
   const sch::Op& op = s_.ops[p.op];
   if (im_.watchdog->fired()) poll();
   times.issue[i] = host.now();
-  const OpBuffers bufs{im_.buffer(Role::kCommSend), im_.buffer(Role::kCommRecv), p.bytes.send, p.bytes.recv};
+  OpBuffers bufs{im_.buffer(Role::kCommSend), im_.buffer(Role::kCommRecv), p.bytes.send, p.bytes.recv};
+  const bool peer_mapped = p.channel == kNoChannel && transports_.links != nullptr;
+  if (peer_mapped && std::holds_alternative<sch::Recv>(op.body)) {
+    bufs.recv = transports_.links->next_recv_slot(transports_.links->layout().link_of_op[op.id]);
+    bufs.peer_slot = true;
+  }
   const bool hooked = options_.hook != nullptr && p.gpu && !std::holds_alternative<sch::Compute>(op.body);
   const bool serial = hooked && options_.hook->serialize();
   if (serial) TWINSTEP_CUDA_CHECK(cudaStreamSynchronize(b.stream));
@@ -361,10 +392,8 @@ void Execution::issue(std::size_t i, StepTimes& times, const HostClock& host) {
     issue_compute(*c, b);
   } else if (const auto* col = std::get_if<sch::Collective>(&op.body)) {
     issue_collective(*col, p, b);
-  } else if (const auto* snd = std::get_if<sch::Send>(&op.body)) {
-    TWINSTEP_NCCL_CHECK(ncclSend(im_.buffer(Role::kCommSend), snd->bytes, ncclUint8, p.peer, b.comm, b.stream));
-  } else if (const auto* rcv = std::get_if<sch::Recv>(&op.body)) {
-    TWINSTEP_NCCL_CHECK(ncclRecv(im_.buffer(Role::kCommRecv), rcv->bytes, ncclUint8, p.peer, b.comm, b.stream));
+  } else if (std::holds_alternative<sch::Send>(op.body) || std::holds_alternative<sch::Recv>(op.body)) {
+    issue_p2p(op, p, b);
   } else if (const auto* h = std::get_if<sch::Host>(&op.body)) {
     times.start[i] = host.now();
     const auto until = Clock::now() + std::chrono::nanoseconds(h->duration_ns);
@@ -464,6 +493,25 @@ void Execution::issue_collective(const sch::Collective& c, const PlannedOp& p, c
   }
 }
 
+void Execution::issue_p2p(const sch::Op& op, const PlannedOp& p, const BoundOp& b) {
+  const auto* snd = std::get_if<sch::Send>(&op.body);
+  const auto* rcv = std::get_if<sch::Recv>(&op.body);
+  if (p.channel == kNoChannel) {  // copy_engine / sm_kernel over peer-mapped memory (peer_link.hpp)
+    TWINSTEP_ASSERT(transports_.links != nullptr, "peer-mapped send/recv without links");
+    if (snd != nullptr) {
+      transports_.links->send(op, im_.buffer(Role::kCommSend), snd->bytes, b.stream);
+    } else {
+      transports_.links->recv(op, b.stream);
+    }
+    return;
+  }
+  if (snd != nullptr) {
+    TWINSTEP_NCCL_CHECK(ncclSend(im_.buffer(Role::kCommSend), snd->bytes, ncclUint8, p.peer, b.comm, b.stream));
+  } else {
+    TWINSTEP_NCCL_CHECK(ncclRecv(im_.buffer(Role::kCommRecv), rcv->bytes, ncclUint8, p.peer, b.comm, b.stream));
+  }
+}
+
 void Execution::record_step(const StepTimes& times) {
   Nanos lo = INT64_MAX, hi = 0;
   for (std::size_t i = 0; i < plan_.ops.size(); ++i) {
@@ -506,7 +554,7 @@ sch::Trace Execution::gather() {
 
   sch::Trace trace;
   trace.producer = "backend";
-  trace.schedule = s_;
+  trace.schedule = transports_.asked;
   trace.records.resize(s_.ops.size());
   for (std::size_t i = 0; i + 3 < all.size(); i += 4) {
     const auto id = static_cast<std::size_t>(all[i]);
@@ -570,14 +618,18 @@ void Execution::write_context(sch::Trace& trace, const std::vector<std::string>&
                             : fallback        ? fallback_name
                                               : "none";
   if (im_.dev->sdpa) ctx["cudnn"] = im_.dev->sdpa->version();
-  // Send/recv transports the backend does not run yet (peer_memory.hpp): what ran them instead, never hidden.
-  std::string ran;
-  for (const auto& [asked, how] : transports_ran(s_)) ran += (ran.empty() ? "" : ",") + asked + ":" + how;
+  // What ran the send/recv transports other than nccl (peer_memory.hpp): as asked over peer-mapped memory, or
+  // NCCL send/recv where two ranks cannot map each other; never hidden.
+  const std::string ran = transport_ran_text(transports_ran(transports_.asked, s_));
   if (!ran.empty()) {
     ctx["transport_ran"] = ran;
+    const std::string fell = fallback_text(transports_.fallbacks);
     ctx["transport_note"] =
-        "send/recv ops with these transports ran as NCCL send/recv kernels (holding SMs); the peer-mapped copy-engine "
-        "and sm_kernel paths are not built yet";
+        fell.empty() ? std::string(
+                           "copy_engine: cudaMemcpyAsync into the receiver's CUDA IPC-mapped slot; sm_kernel: "
+                           "a copy kernel of sm_count blocks into it; flags raised and awaited by one-thread kernels "
+                           "(as userbuffers), double-buffered slots")
+                     : fell;
   }
   ctx["hosts"] = host_list;
   ctx["git_revision"] = TWINSTEP_GIT_REVISION;
@@ -609,6 +661,17 @@ void require_executable(const sch::Schedule& s, const DeviceInfo& info) {
   throw NotFeasibleError(msg);
 }
 
+/// When the watchdog has fired: acknowledges, aborts the communicators and throws, saying `during` what.
+void throw_if_fired(Runtime::Impl& im, const std::string& during) {
+  if (!im.watchdog->fired()) return;
+  im.watchdog->acknowledge();
+  const int rank = im.mpi.rank();
+  const std::string msg = "rank " + std::to_string(rank) + " (" + im.host + "): " + im.watchdog->reason() + " (" +
+                          during + "); communicators aborted";
+  im.abort_all();
+  throw BackendError("watchdog", 0, rank, msg);
+}
+
 /// Creates and connects the channels' communicators under the watchdog: a peer that never arrives is caught here.
 void connect_channels(Runtime::Impl& im, const ChannelPlan& channels, double timeout_s) {
   im.watchdog->arm(timeout_s, "creating and connecting the NCCL communicators", im.all_comms());
@@ -619,17 +682,38 @@ void connect_channels(Runtime::Impl& im, const ChannelPlan& channels, double tim
     const cudaError_t q = cudaStreamQuery(im.dev->aux.get());
     if (q == cudaSuccess) break;
     if (q != cudaErrorNotReady) TWINSTEP_CUDA_CHECK(q);
-    if (im.watchdog->fired()) {
-      im.watchdog->acknowledge();
-      const int rank = im.mpi.rank();
-      const std::string msg = "rank " + std::to_string(rank) + " (" + im.host + "): " + im.watchdog->reason() +
-                              " (a connection warm-up exchange did not complete); communicators aborted";
-      im.abort_all();
-      throw BackendError("watchdog", 0, rank, msg);
-    }
+    throw_if_fired(im, "a connection warm-up exchange did not complete");
     std::this_thread::yield();
   }
   im.watchdog->disarm();
+}
+
+/// Runs `f` (blocking bootstrap calls: MPI gathers, barriers) under the watchdog: a rank whose peers never arrive is
+/// ended by it (Watchdog: a host thread blocked in a call), naming `what`.
+template <typename F>
+auto under_watchdog(Runtime::Impl& im, double timeout_s, const std::string& what, F&& f) {
+  im.watchdog->arm(timeout_s, what, im.all_comms());
+  im.watchdog->set_blocked_description([what] { return "in " + what + " (an MPI call of the bootstrap)"; });
+  struct Disarm {
+    Watchdog& w;
+    ~Disarm() { w.disarm(); }
+  } disarm{*im.watchdog};
+  return f();
+}
+
+/// Each rank's end of the peer-mapped links (peer_link.hpp), opened through the MPI bootstrap.
+std::unique_ptr<PeerLinks> open_links(Runtime::Impl& im, const PeerLayout& layout, double timeout_s) {
+  return under_watchdog(im, timeout_s, "the exchange of the peer-mapped buffers' CUDA IPC handles", [&] {
+    MpiHandleExchange exchange(im.mpi);
+    return std::make_unique<PeerLinks>(layout, static_cast<sch::RankId>(im.mpi.rank()), exchange);
+  });
+}
+
+/// Closes the links once every rank's streams drained (after Execution::run's last barrier).
+void close_links(Runtime::Impl& im, PeerLinks& links, double timeout_s) {
+  under_watchdog(im, timeout_s, "closing the peer-mapped buffers", [&] {
+    links.close([&] { im.mpi.barrier([&] { throw_if_fired(im, "a rank did not reach the peer buffers' close"); }); });
+  });
 }
 
 }  // namespace
@@ -652,14 +736,33 @@ sch::Trace Runtime::execute(const sch::Schedule& s, const Options& options) {
     }
   } disarm_on_exit{*im.watchdog};
 
-  const sch::Matching matching = sch::match(s);
-  const ChannelPlan channels = plan_channels(s, matching);
+  // Peer-mapped send/recv (copy_engine, sm_kernel) between ranks that cannot map each other's memory run as NCCL
+  // ones (peer_memory.hpp); every plan below is made from the schedule as it runs.
+  std::vector<Fallback> fallbacks;
+  std::optional<sch::Schedule> with;
+  if (!plan_peer_layout(s).empty()) {
+    const auto views = under_watchdog(im, options.timeout_s, "the exchange of the ranks' hosts and GPUs",
+                                      [&] { return gather_rank_views(im.mpi, im.host, im.device); });
+    with = with_fallbacks(s, reach_matrix(views), &fallbacks);
+  }
+  const sch::Schedule& ran = with ? *with : s;
+  const sch::Matching matching = sch::match(ran);
+  const ChannelPlan channels = plan_channels(ran, matching);
   connect_channels(im, channels, options.timeout_s);
-  RankPlan plan = plan_rank(s, matching, channels, static_cast<sch::RankId>(rank()));
+  RankPlan plan = plan_rank(ran, matching, channels, static_cast<sch::RankId>(rank()));
   im.ensure_buffers(plan.buffers);
-  im.ensure_blas(std::max<std::size_t>(1, s.streams.size()));
-  Execution run(im, s, options, channels, std::move(plan));
-  return run.run();
+  im.ensure_blas(std::max<std::size_t>(1, ran.streams.size()));
+  const PeerLayout layout = plan_peer_layout(ran);
+  std::unique_ptr<PeerLinks> links;
+  if (!layout.empty()) links = open_links(im, layout, options.timeout_s);
+  const Transports transports{s, ran, std::move(fallbacks), links.get()};
+  sch::Trace trace;
+  {
+    Execution run(im, transports, options, channels, std::move(plan));
+    trace = run.run();
+  }
+  if (links) close_links(im, *links, options.timeout_s);
+  return trace;
 }
 
 }  // namespace twinstep::backend

@@ -23,6 +23,9 @@ struct OpBuffers {
   void* recv = nullptr;  ///< Collective/recv output (device).
   std::uint64_t send_bytes = 0;
   std::uint64_t recv_bytes = 0;
+  /// A peer-mapped recv (copy_engine, sm_kernel): `recv` is its slot, which the sender writes whenever its send runs,
+  /// maybe before this recv is issued: a hook must not write it in before().
+  bool peer_slot = false;
 };
 
 /// Test hook: lets a test fill a communication op's inputs and read its outputs. When set and serialize() is true,
@@ -66,6 +69,11 @@ class Runtime {
   /// NotFeasibleError if can_execute() objects, BackendError on device errors or a watchdog timeout (after which
   /// the communicators are aborted and this Runtime refuses further work).
   [[nodiscard]] schedule::Trace execute(const schedule::Schedule& schedule, const Options& options);
+  /// Collective: times a bare cudaMemcpyPeerAsync from rank 0's GPU to rank 1's for every send of rank 0 to rank 1
+  /// in `schedule` (calibrate's copy-engine group, whose meta "measure" asks for it; backend/peer_copy.cpp) and
+  /// returns its trace on every process: each send and the recv with its tag last the mean copy time. Throws
+  /// NotFeasibleError with fewer than two ranks, ranks 0 and 1 on different hosts, or GPUs that cannot be peers.
+  [[nodiscard]] schedule::Trace measure_peer_copies(const schedule::Schedule& schedule);
 
   struct Impl;
 

@@ -1,6 +1,6 @@
-// Owning wrappers of CUDA, cuBLAS and NCCL handles and memory: each frees its handle when it goes out of scope,
-// so a throw anywhere releases what was created before it. The make_* functions create with a checked call
-// (BackendError on failure, nothing left behind). Backend-internal: only backend/*.cpp include this header.
+// Owning wrappers of CUDA, cuBLAS and NCCL handles, memory and CUDA IPC mappings: each frees its handle when it goes
+// out of scope, so a throw anywhere releases what was created before it. The make_* functions create with a checked
+// call (BackendError on failure, nothing left behind). Backend-internal: only backend/*.cpp include this header.
 #pragma once
 
 #include <cublasLt.h>
@@ -50,6 +50,8 @@ using CublasHandle = Handle<cublasHandle_t, &cublasDestroy_v2>;
 using CublasLtHandle = Handle<cublasLtHandle_t, &cublasLtDestroy>;
 using DeviceMemory = Handle<void*, &cudaFree>;
 using PinnedMemory = Handle<void*, &cudaFreeHost>;  ///< Page-locked host memory.
+/// Another process's device memory opened with cudaIpcOpenMemHandle (peer_link.hpp); closed, never freed, here.
+using IpcMapping = Handle<void*, &cudaIpcCloseMemHandle>;
 /// Destroyed with ncclCommDestroy; a communicator to abort is released first (abort_concurrently, watchdog.hpp).
 using NcclComm = Handle<ncclComm_t, &ncclCommDestroy>;
 

@@ -51,6 +51,31 @@ __global__ void elementwise_tail_kernel(const unsigned char* in, unsigned char* 
 
 __global__ void empty_kernel() {}
 
+// The sm_kernel transport's copy into a peer-mapped slot: one block per SM it may hold, 16-byte words.
+constexpr int kPeerCopyThreads = 512;
+
+// The peer-mapped transports' flags (peer_link.hpp): a one-thread kernel raises a flag after a system-scope fence,
+// another spins until a flag reaches its target (a cyclic >=, as the 32-bit counters may wrap), sleeping between
+// polls, as Transformer Engine's userbuffers do: a waiting stream holds one block of one thread, never the queue.
+__global__ void signal_flag_kernel(std::uint32_t* flag, std::uint32_t value) {
+  __threadfence_system();  // what this stream wrote before (the copy) is visible before the flag
+  *reinterpret_cast<volatile std::uint32_t*>(flag) = value;
+}
+
+__global__ void wait_flag_kernel(const std::uint32_t* flag, std::uint32_t target) {
+  while (static_cast<std::int32_t>(*reinterpret_cast<const volatile std::uint32_t*>(flag) - target) < 0) {
+    __nanosleep(256);
+  }
+  __threadfence_system();  // acquire: the stream's later work reads what the flag's writer wrote before it
+}
+
+__global__ void peer_copy_kernel(const uint4* src, uint4* dst, std::size_t n) {
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ float to_f(T v) {
   return static_cast<float>(v);
@@ -175,6 +200,41 @@ void launch_elementwise(const void* in, void* out, std::size_t bytes_read, int s
     elementwise_tail_kernel<<<1, kThreads, 0, stream>>>(src, dst, tail);
     TWINSTEP_CUDA_CHECK(cudaGetLastError());
   }
+}
+
+void launch_peer_copy(void* dst, const void* src, std::size_t bytes, int blocks, cudaStream_t stream) {
+  if (bytes == 0) return;
+  const bool aligned = reinterpret_cast<std::uintptr_t>(dst) % sizeof(uint4) == 0 &&
+                       reinterpret_cast<std::uintptr_t>(src) % sizeof(uint4) == 0;
+  const std::size_t words = aligned ? bytes / sizeof(uint4) : 0;
+  if (words > 0) {
+    peer_copy_kernel<<<static_cast<unsigned>(std::max(blocks, 1)), kPeerCopyThreads, 0, stream>>>(
+        static_cast<const uint4*>(src), static_cast<uint4*>(dst), words);
+    TWINSTEP_CUDA_CHECK(cudaGetLastError());
+  }
+  const std::size_t done = words * sizeof(uint4);
+  if (done < bytes) {
+    const std::size_t tail = bytes - done;
+    const unsigned grid = static_cast<unsigned>(
+        std::min<std::size_t>((tail + kThreads - 1) / kThreads, static_cast<std::size_t>(std::max(blocks, 1))));
+    // elementwise_tail_kernel copies one byte per thread of its grid: loop over grid-sized pieces.
+    for (std::size_t off = done; off < bytes; off += static_cast<std::size_t>(grid) * kThreads) {
+      const std::size_t n = std::min<std::size_t>(bytes - off, static_cast<std::size_t>(grid) * kThreads);
+      elementwise_tail_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const unsigned char*>(src) + off,
+                                                             static_cast<unsigned char*>(dst) + off, n);
+      TWINSTEP_CUDA_CHECK(cudaGetLastError());
+    }
+  }
+}
+
+void launch_signal_flag(std::uint32_t* flag, std::uint32_t value, cudaStream_t stream) {
+  signal_flag_kernel<<<1, 1, 0, stream>>>(flag, value);
+  TWINSTEP_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_wait_flag(const std::uint32_t* flag, std::uint32_t target, cudaStream_t stream) {
+  wait_flag_kernel<<<1, 1, 0, stream>>>(flag, target);
+  TWINSTEP_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_attention_softmax(void* scores, const SoftmaxShape& shape, KernelDType dtype, cudaStream_t stream) {

@@ -1,5 +1,5 @@
 // Host-side launchers of the backend's own CUDA kernels (kernels.cu): the bandwidth-bound elementwise kernel, the
-// row softmax of attention, the fused Adam step and buffer fills.
+// row softmax of attention, the fused Adam step, buffer fills, and the peer-mapped transports' copy kernel and flags.
 // GEMMs are cuBLAS's, collectives NCCL's; these are the only kernels we write.
 #pragma once
 
@@ -20,6 +20,19 @@ void launch_fill_pattern(void* ptr, std::size_t bytes, std::uint32_t seed, cudaS
 /// Reads `bytes_read` from `in` and writes as many to `out` (out = in * 1.0001 as 16-byte words of bf16 pairs).
 /// Zero bytes launches an empty one-thread kernel.
 void launch_elementwise(const void* in, void* out, std::size_t bytes_read, int sm_count, cudaStream_t stream);
+
+/// Copies `bytes` from `src` to `dst` (a peer-mapped slot: the sm_kernel transport, peer_link.hpp) with a kernel of
+/// `blocks` blocks, so that it holds at most that many SMs. Zero bytes launches nothing.
+void launch_peer_copy(void* dst, const void* src, std::size_t bytes, int blocks, cudaStream_t stream);
+
+/// Writes `value` into `flag` (device or peer-mapped memory) from a one-thread kernel, after a system-scope fence: the
+/// stream's earlier writes (a copy into a peer's slot) are visible to whoever sees the flag.
+void launch_signal_flag(std::uint32_t* flag, std::uint32_t value, cudaStream_t stream);
+
+/// A one-thread kernel that returns once `flag` has reached `target` (cyclic: (int32)(flag - target) >= 0), polling
+/// with a sleep between reads: the stream waits while holding one block of one thread, never the hardware queue
+/// (a stream memory wait would block every stream that shares it).
+void launch_wait_flag(const std::uint32_t* flag, std::uint32_t target, cudaStream_t stream);
 
 /// The rows of attention's score buffer (backend/attention.hpp): `mats` matrices `mat_stride` elements apart, each
 /// `rows` rows of `cols` scores with row stride `ld`. Row r belongs to query position i = r / group; causal, it sees

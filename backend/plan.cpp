@@ -7,6 +7,7 @@
 
 #include "backend/attention.hpp"
 #include "backend/gemm.hpp"
+#include "backend/peer_memory.hpp"
 #include "backend/sdpa.hpp"
 #include "common/assert.hpp"
 #include "common/units.hpp"
@@ -92,13 +93,22 @@ bool is_gpu_op(const sch::Op& op) {
   return !std::holds_alternative<sch::Host>(op.body) && !std::holds_alternative<sch::HostSync>(op.body);
 }
 
-std::uint64_t required_bytes(const sch::Schedule& s, const sch::Matching& m, sch::RankId rank) {
+/// A send/recv over peer-mapped memory (copy_engine, sm_kernel): no NCCL channel; a recv lands in a peer slot.
+bool is_peer_mapped(const sch::Op& op) {
+  if (const auto* snd = std::get_if<sch::Send>(&op.body)) return snd->transport != sch::Transport::kNccl;
+  if (const auto* rcv = std::get_if<sch::Recv>(&op.body)) return rcv->transport != sch::Transport::kNccl;
+  return false;
+}
+
+std::uint64_t required_bytes(const sch::Schedule& s, const sch::Matching& m, const PeerLayout& peers,
+                             sch::RankId rank) {
   const auto sizes = role_sizes(s, m, rank);
   std::uint64_t total = 0;
   for (std::size_t r = 0; r < kRoles; ++r) {
     if (static_cast<Role>(r) != Role::kCopyHost) total += sizes[r];
   }
-  return total + kCublasWorkspaceBytes * std::max<std::size_t>(1, s.streams.size());
+  const std::uint64_t peer_bytes = rank < peers.rank_bytes.size() ? peers.rank_bytes[rank] : 0;
+  return total + peer_bytes + kCublasWorkspaceBytes * std::max<std::size_t>(1, s.streams.size());
 }
 
 using Diagnostics = std::vector<sch::Diagnostic>;
@@ -111,10 +121,12 @@ void add(Diagnostics& out, sch::OpId op, std::string field, std::string message)
 void check_processes(const sch::Schedule& s, const DeviceInfo& info, Diagnostics& out) {
   if (info.device_count < 1)
     add(out, sch::kNoOp, "", "no CUDA GPU is visible to this process (check CUDA_VISIBLE_DEVICES)");
-  if (info.local_processes > info.device_count && info.device_count > 0) {
+  // NCCL refuses two ranks of a communicator on one GPU; peer-mapped send/recv (CUDA IPC) do not mind.
+  if (info.local_processes > info.device_count && info.device_count > 0 && uses_nccl(s)) {
     add(out, sch::kNoOp, "",
         std::to_string(info.local_processes) + " processes on one host share " + std::to_string(info.device_count) +
-            " GPUs: start one process per GPU");
+            " GPUs: start one process per GPU (ranks may share a GPU only when the schedule has no NCCL op: no "
+            "collective, every send/recv copy_engine or sm_kernel)");
   }
   if (s.ranks.size() != s.world_size) {
     add(out, sch::kNoOp, "ranks",
@@ -255,14 +267,14 @@ RoleSizes role_sizes(const sch::Schedule& s, const sch::Matching& m, sch::RankId
     } else if (is_comm(op)) {
       const auto cs = comm_bytes(s, m, op);
       need(sizes, Role::kCommSend, cs.send);
-      need(sizes, Role::kCommRecv, cs.recv);
+      if (!is_peer_mapped(op)) need(sizes, Role::kCommRecv, cs.recv);  // a peer-mapped recv lands in its slot
     }
   }
   return sizes;
 }
 
 std::uint64_t required_device_bytes(const sch::Schedule& s, sch::RankId rank) {
-  return required_bytes(s, sch::match(s), rank);
+  return required_bytes(s, sch::match(s), plan_peer_layout(s), rank);
 }
 
 std::vector<sch::Diagnostic> can_execute(const sch::Schedule& s, const DeviceInfo& info) {
@@ -280,13 +292,22 @@ std::vector<sch::Diagnostic> can_execute(const sch::Schedule& s, const DeviceInf
   }
   if (!out.empty()) return out;
   const sch::Matching m = sch::match(s);
+  const PeerLayout peers = plan_peer_layout(s);
+  // Ranks sharing a GPU (peer-mapped schedules only) share its free memory.
+  const std::uint64_t per_gpu =
+      info.device_count > 0 && info.local_processes > info.device_count
+          ? static_cast<std::uint64_t>((info.local_processes + info.device_count - 1) / info.device_count)
+          : 1;
   for (auto r : s.ranks) {
-    const std::uint64_t need_bytes = required_bytes(s, m, r) + kNcclReserveBytes;
+    const std::uint64_t need_bytes = (required_bytes(s, m, peers, r) + kNcclReserveBytes) * per_gpu;
     if (need_bytes > info.free_bytes) {
       add(out, sch::kNoOp, "",
           "rank " + std::to_string(r) + " needs " + format_bytes(static_cast<double>(need_bytes)) +
-              " of GPU memory for its buffers (sized by its largest op of each kind, plus NCCL and cuBLAS) but " +
-              format_bytes(static_cast<double>(info.free_bytes)) + " is free: use a smaller micro-batch or more GPUs");
+              " of GPU memory for its buffers (sized by its largest op of each kind, plus peer-mapped receive slots, "
+              "NCCL and cuBLAS" +
+              (per_gpu > 1 ? ", times the " + std::to_string(per_gpu) + " ranks sharing its GPU" : std::string()) +
+              ") but " + format_bytes(static_cast<double>(info.free_bytes)) +
+              " is free: use a smaller micro-batch or more GPUs");
     }
   }
   return out;
@@ -319,13 +340,19 @@ RankPlan plan_rank(const sch::Schedule& s, const sch::Matching& m, const Channel
       p.host_sync = static_cast<std::uint32_t>(index_of[hs->target]);
     }
     if (!is_comm(op)) continue;
+    p.bytes = comm_bytes(s, m, op);
+    if (is_peer_mapped(op)) {
+      // Over peer-mapped memory (peer_memory.hpp), no channel: its peer is the global rank.
+      p.peer = static_cast<int>(std::holds_alternative<sch::Send>(op.body) ? std::get<sch::Send>(op.body).peer
+                                                                           : std::get<sch::Recv>(op.body).peer);
+      continue;
+    }
     // The op's channel: a copy of its IR communicator (collectives; NCCL rank = position in the IR member list)
     // or the {sender, receiver} pair (send/recv; NCCL rank = position in the pair, ascending).
     p.channel = channels.channel_of_op[op.id];
     TWINSTEP_ASSERT(p.channel != kNoChannel, "communication op without a channel");
     const CommChannel& channel = channels.channels[p.channel];
     p.channel_size = static_cast<int>(channel.members.size());
-    p.bytes = comm_bytes(s, m, op);
     if (const auto* col = std::get_if<sch::Collective>(&op.body)) {
       if (col->kind == sch::CollectiveKind::kBroadcast) p.peer = sch::rank_in(s.communicators[col->comm], col->root);
     } else {

@@ -25,12 +25,13 @@ struct DeviceInfo {
   std::string gpu_name;
 };
 
-/// Every reason `schedule` cannot run here (empty means it can): ranks versus processes, reduced schedules,
-/// kernels and dtypes the backend does not implement, buffers that do not fit in free GPU memory.
+/// Every reason `schedule` cannot run here (empty means it can): ranks versus processes (ranks may share a GPU only
+/// when no op runs on NCCL), reduced schedules, kernels and dtypes the backend does not implement, buffers (with
+/// the peer-mapped receive slots of peer_memory.hpp) that do not fit in free GPU memory.
 [[nodiscard]] std::vector<schedule::Diagnostic> can_execute(const schedule::Schedule& schedule, const DeviceInfo& info);
 
 /// Device memory the backend allocates for rank `rank` of `schedule` (buffers sized by the largest op of each
-/// kind, plus cuBLAS workspaces), in bytes.
+/// kind, its peer-mapped receive slots and flags, plus cuBLAS workspaces), in bytes.
 [[nodiscard]] std::uint64_t required_device_bytes(const schedule::Schedule& schedule, schedule::RankId rank);
 
 inline constexpr std::uint64_t kCublasWorkspaceBytes = 32ull << 20;  ///< Per stream; PyTorch's on Hopper (4 MiB x 8).
@@ -90,10 +91,11 @@ struct PlannedOp {
   bool gpu = false;                    ///< Runs on a stream (everything but host and host_sync).
   std::vector<std::uint32_t> deps;     ///< GPU ops (indices into RankPlan::ops) whose end its stream waits for.
   std::uint32_t host_sync = 0;         ///< host_sync: the index of its target in RankPlan::ops.
-  std::uint32_t channel = kNoChannel;  ///< Communication ops: index into ChannelPlan::channels.
-  int peer = 0;                        ///< NCCL rank, in the channel, of the send/recv peer or the broadcast root.
-  int channel_size = 1;                ///< Members of the channel.
-  CommBytes bytes;                     ///< Communication ops only.
+  std::uint32_t channel = kNoChannel;  ///< NCCL communication ops: index into ChannelPlan::channels.
+  int peer = 0;          ///< NCCL rank, in the channel, of the send/recv peer or the broadcast root; a peer-mapped
+                         ///< (copy_engine, sm_kernel) send/recv has no channel: its peer's global rank.
+  int channel_size = 1;  ///< Members of the channel.
+  CommBytes bytes;       ///< Communication ops only.
 };
 
 /// What one rank issues, in its program order, and the buffers it needs.

@@ -1,7 +1,8 @@
 // One process's share of a run (runtime.hpp): its GPU, the NCCL world communicator and the channel communicators
 // split from it, cuBLAS handles, the buffer pool, and their release (or deliberate leak after an abort).
 //
-// All channels are split from the world communicator up front, in the same order on every rank, with
+// The world communicator is created with the first schedule that runs anything on NCCL (a schedule of peer-mapped
+// send/recv only never creates one). All channels are split from it up front, in the same order on every rank, with
 // NCCL_RUNTIME_CONNECT=0 and a warm-up exchange per channel, because a lazy connection blocks the issuing thread
 // until the peer arrives. Not covered: the IR's eager send (a send completing before its recv starts) holds in NCCL
 // only for messages that fit its buffers; a schedule that needs it for larger messages on one stream hangs and is
@@ -48,14 +49,6 @@ Runtime::Impl::Impl(bool self) : mpi(self) {
   TWINSTEP_CUDA_CHECK(cudaSetDevice(device));
   dev = std::make_unique<DeviceResources>();
   dev->aux = make_stream(0);
-  ncclUniqueId id{};
-  if (mpi.rank() == 0) TWINSTEP_NCCL_CHECK(ncclGetUniqueId(&id));
-  mpi.broadcast(&id, sizeof id, 0);
-  // Connect every algorithm's transport when a communicator is created, not lazily inside the first collective:
-  // a lazy connection blocks the issuing thread until every member reaches the same collective, which would
-  // order ops of different channels (channels.hpp). The user's own setting wins.
-  setenv("NCCL_RUNTIME_CONNECT", "0", 0);
-  dev->world = nccl_init_rank(mpi.size(), id, mpi.rank());
   dev->warm = device_alloc(kWarmBytes);
   watchdog = std::make_unique<Watchdog>(device, mpi.rank());
   monitor = std::make_unique<GpuMonitor>(device);
@@ -116,7 +109,23 @@ void Runtime::Impl::ensure_blas(std::size_t n) {
   }
 }
 
+void Runtime::Impl::ensure_world() {
+  if (dev->world) return;
+  ncclUniqueId id{};
+  if (mpi.rank() == 0) TWINSTEP_NCCL_CHECK(ncclGetUniqueId(&id));
+  mpi.broadcast(&id, sizeof id, 0);
+  // Connect every algorithm's transport when a communicator is created, not lazily inside the first collective:
+  // a lazy connection blocks the issuing thread until every member reaches the same collective, which would
+  // order ops of different channels (channels.hpp). The user's own setting wins.
+  setenv("NCCL_RUNTIME_CONNECT", "0", 0);
+  dev->world = nccl_init_rank(mpi.size(), id, mpi.rank());
+}
+
 void Runtime::Impl::ensure_channels(const ChannelPlan& plan) {
+  // A schedule with nothing on NCCL (peer-mapped send/recv only) creates no communicator at all, so its ranks may
+  // share a GPU (NCCL refuses two ranks on one).
+  if (plan.channels.empty()) return;
+  ensure_world();
   std::vector<std::uint32_t> todo;  // indices into plan.channels
   for (std::size_t i = 0; i < plan.channels.size(); ++i) {
     if (dev->channels.count(plan.channels[i].key) == 0) todo.push_back(static_cast<std::uint32_t>(i));
@@ -174,7 +183,8 @@ void Runtime::Impl::warm_up(const CommChannel& ch, ncclComm_t c) {
 }
 
 std::vector<ncclComm_t> Runtime::Impl::all_comms() const {
-  std::vector<ncclComm_t> out{dev->world.get()};
+  std::vector<ncclComm_t> out;
+  if (dev->world) out.push_back(dev->world.get());
   for (const auto& [key, c] : dev->channels) {
     if (c) out.push_back(c.get());
   }
@@ -185,7 +195,8 @@ void Runtime::Impl::abort_all() {
   if (broken) return;
   broken = true;
   // ncclCommAbort frees each communicator: their owners give them up first.
-  std::vector<ncclComm_t> comms{dev->world.release()};
+  std::vector<ncclComm_t> comms;
+  if (dev->world) comms.push_back(dev->world.release());
   for (auto& [key, c] : dev->channels) {
     if (c) comms.push_back(c.release());
   }

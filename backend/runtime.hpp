@@ -46,7 +46,7 @@ struct DeviceResources {
   CublasLtHandle lt;                ///< FP8 GEMMs (gemm_fp8.hpp); made by the first that runs.
   DeviceMemory fp8_scales;          ///< Their per-tensor scales, 1: A's at 0, B's at kFp8ScaleStride.
   std::unique_ptr<CudnnSdpa> sdpa;  ///< Fused attention's handle, plans and workspace; made by the first that runs.
-  NcclComm world;
+  NcclComm world;                   ///< Created by the first schedule with an NCCL op (Impl::ensure_world).
   std::map<std::string, NcclComm> channels;  ///< By CommChannel::key; empty where this rank is not a member.
 
   DeviceResources() = default;
@@ -82,9 +82,12 @@ struct Runtime::Impl {
   [[nodiscard]] CudnnSdpa& sdpa();
   /// At least `n` cuBLAS handles, each with a kCublasWorkspaceBytes workspace.
   void ensure_blas(std::size_t n);
-  /// Creates and connects the communicator of every channel of `plan` not created yet. Collective over the group.
+  /// The world communicator, created on first use. Collective over the group.
+  void ensure_world();
+  /// Creates and connects the communicator of every channel of `plan` not created yet (and the world communicator
+  /// first, unless `plan` has no channel). Collective over the group.
   void ensure_channels(const ChannelPlan& plan);
-  /// The world communicator and every channel's of this rank.
+  /// The world communicator (once created) and every channel's of this rank.
   [[nodiscard]] std::vector<ncclComm_t> all_comms() const;
   /// Aborts every communicator (once) and marks the runtime broken.
   void abort_all();

@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     spec.gpus = {gpus};
     spec.gbs = {gbs};
     spec.auto_layout = true;
-    spec.overlaps = {"none"};
+    spec.overlaps = {models::OverlapVariant{}};  // none
     std::vector<sweep::Point> base;
     for (const auto& p : sweep::expand(spec)) {
       // Valid layouts without interleaving or CP: the plain dense configurations.

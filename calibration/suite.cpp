@@ -326,6 +326,46 @@ void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, 
   suite.push_back(b.take());
 }
 
+/// The TP ring exchange's chunk sizes (TE userbuffers: one T_sp x h bf16 shard per ring step, T_sp = seq / TP with
+/// micro-batch 1) for the zoo's hidden sizes, sequence lengths and TP sizes, plus 1 MiB for the start-up cost.
+std::vector<std::uint64_t> ring_chunk_sizes(bool quick) {
+  std::set<std::uint64_t> sizes{kMiB};
+  const std::vector<std::uint64_t> hidden =
+      quick ? std::vector<std::uint64_t>{4096, 8192} : std::vector<std::uint64_t>{4096, 8192, 16384};
+  const std::vector<std::uint64_t> seqs =
+      quick ? std::vector<std::uint64_t>{4096} : std::vector<std::uint64_t>{4096, 8192};
+  for (auto h : hidden) {
+    for (auto seq : seqs) {
+      for (std::uint64_t tp : {2, 4, 8}) sizes.insert(seq / tp * h * 2);
+    }
+  }
+  return {sizes.begin(), sizes.end()};
+}
+
+/// The copy engine's peer copy (sim::CopyEngine): rank 0 sends each ring chunk size to rank 1 over the copy engine
+/// (transport copy_engine). The schedule's meta "measure" asks the runner for a bare cudaMemcpyPeerAsync between the
+/// two GPUs (kPeerCopyMeasure; backend Runtime::measure_peer_copies), not the backend's send/recv, which runs
+/// copy_engine pairs as NCCL until its peer-mapped path exists (backend/peer_memory.hpp). Two GPUs or more.
+void add_copy_engine_group(std::vector<BenchGroup>& suite, std::uint32_t world, bool quick) {
+  if (world < 2) return;  // skipped_groups() says so
+  Builder b(kCopyEngineGroup, world);
+  b.schedule().meta["measure"] = kPeerCopyMeasure;
+  const auto sizes = ring_chunk_sizes(quick);
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const auto tag = static_cast<std::uint32_t>(i);
+    const auto ce = schedule::Transport::kCopyEngine;
+    const OpId send = b.add(0, 1, "ce_send." + std::to_string(sizes[i]), schedule::Send{0, 1, sizes[i], tag, ce, 0});
+    const OpId recv = b.add(1, 1, "ce_recv." + std::to_string(sizes[i]), schedule::Recv{0, 0, sizes[i], tag, ce, 0});
+    Probe p;
+    p.name = std::string(kCopyEngineGroup) + "." + std::to_string(sizes[i]);
+    p.family = "copy_engine";
+    p.ops = {send, recv};
+    p.size = static_cast<double>(sizes[i]);
+    b.probe(std::move(p));
+  }
+  suite.push_back(b.take());
+}
+
 /// Host issue cost per op class and host_sync wake-up, on every rank.
 void add_host_groups(std::vector<BenchGroup>& suite, std::uint32_t world, bool quick) {
   const int n = quick ? 100 : 400;
@@ -569,11 +609,22 @@ std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t 
   add_compute_group(suite, "compute.memory", world, mem);
 
   if (world > 1) add_collective_groups(suite, world, quick);
+  add_copy_engine_group(suite, world, quick);
   add_host_groups(suite, world, quick);
   add_corun_groups(suite, world);
   add_recv_wait_group(suite, world, kRecvWaitGroup, 1);
   if (!quick) add_recv_wait_group(suite, world, kRecvWait4Group, 4);
   return suite;
+}
+
+std::vector<std::string> skipped_groups(std::uint32_t world) {
+  std::vector<std::string> out;
+  if (world < 2) {
+    out.push_back(std::string(kCopyEngineGroup) +
+                  ": skipped on 1 GPU (cudaMemcpyPeerAsync needs two GPUs of one node; the profile keeps the "
+                  "datasheet copy_engine.nvlink_efficiency, 376/450)");
+  }
+  return out;
 }
 
 std::vector<Measurement> extract(const BenchGroup& group, const schedule::Trace& trace) {

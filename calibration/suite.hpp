@@ -54,9 +54,19 @@ inline constexpr const char* kRecvWaitGroup = "corun.recv_wait";
 /// The same with four recvs waiting at once (default suite only): sizes Interference::waiting_sms_per_channel_more.
 inline constexpr const char* kRecvWait4Group = "corun.recv_wait4";
 
+/// The copy engine's peer-copy group (probes "p2p.copy_engine.<bytes>", family "copy_engine": the TP ring
+/// exchange's chunk sizes from rank 0 to rank 1), on two GPUs or more. Its schedule's meta "measure" is
+/// kPeerCopyMeasure: the runner times a bare cudaMemcpyPeerAsync between the two GPUs for each send instead of
+/// executing the schedule (backend Runtime::measure_peer_copies), and fills the trace of the schedule's ops with it.
+inline constexpr const char* kCopyEngineGroup = "p2p.copy_engine";
+inline constexpr const char* kPeerCopyMeasure = "cudaMemcpyPeerAsync";
+
 /// The suites: "default" (the full sweep: collectives 1 KiB..1 GiB) and "quick" (a few points of each).
 /// `world_size` >= 1 is the number of GPUs (communication benchmarks need 2 or more). Deterministic.
 [[nodiscard]] std::vector<BenchGroup> make_suite(const std::string& suite, std::uint32_t world_size);
+
+/// The groups `make_suite` leaves out on `world_size` GPUs, one line each saying why (printed by calibrate).
+[[nodiscard]] std::vector<std::string> skipped_groups(std::uint32_t world_size);
 
 /// The probe figures of `group` read from `trace` (a trace of `group.schedule`). Throws Error if records miss.
 [[nodiscard]] std::vector<Measurement> extract(const BenchGroup& group, const schedule::Trace& trace);

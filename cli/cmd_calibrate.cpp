@@ -7,6 +7,8 @@
 #include <string>
 
 #include "calibration/fit.hpp"
+#include "calibration/fit_framework.hpp"
+#include "calibration/fit_trace.hpp"
 #include "calibration/suite.hpp"
 #include "cli/commands.hpp"
 #include "common/error.hpp"
@@ -64,7 +66,7 @@ void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
   for (const auto& line : r.log) std::fprintf(stderr, "  %s\n", line.c_str());
 }
 
-/// --from-trace: the figures a real step's measured trace covers, on the base profile (calibration/fit.hpp).
+/// --from-trace: the figures a real step's measured trace covers, on the base profile (calibration/fit_trace.hpp).
 void fit_from_trace(const CalibrateArgs& a) {
   const schedule::Trace measured = schedule::read_trace(a.from_trace);
   const auto cluster =
@@ -121,8 +123,18 @@ void calibrate_command(const CalibrateArgs& a) {
     std::fprintf(stderr, "calibrate: suite %s, %zu groups on %u GPU(s), raw measurements -> %s\n", a.suite.c_str(),
                  suite.size(), world, ro.raw_path.c_str());
   }
-  calibration::run_suite(
-      a.suite, suite, [&](const schedule::Schedule& s) { return runtime.execute(s, options); }, ro);
+  if (runtime.rank() == 0) {
+    for (const auto& line : calibration::skipped_groups(world)) std::fprintf(stderr, "calibrate %s\n", line.c_str());
+  }
+  // The copy-engine group asks for a bare cudaMemcpyPeerAsync (its meta "measure"); every other group is executed.
+  const auto run = [&](const schedule::Schedule& s) {
+    const auto measure = s.meta.find("measure");
+    if (measure != s.meta.end() && measure->second == calibration::kPeerCopyMeasure) {
+      return runtime.measure_peer_copies(s);
+    }
+    return runtime.execute(s, options);
+  };
+  calibration::run_suite(a.suite, suite, run, ro);
   if (runtime.rank() == 0) fit_and_write(a, calibration::read_raw(ro.raw_path));
 #else
   throw Error(

@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +24,7 @@
 #include "schedule/validate.hpp"
 #include "sim/profile_choice.hpp"
 #include "sim/simulate.hpp"
+#include "sweep/grid.hpp"
 #include "topologies/cluster.hpp"
 
 namespace twinstep::cli {
@@ -73,21 +73,6 @@ Setup load_setup(const ClusterFlags& f) {
   s.choice = sim::choose_profile(f.profile, s.cluster);
   sim::check_available(f.fidelity);
   return s;
-}
-
-std::vector<std::string> split_variants(const std::string& list) {
-  std::vector<std::string> out;
-  std::stringstream ss(list);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.empty()) throw Error("--overlap \"" + list + "\": empty variant name; use e.g. none,dp,tp,all");
-    for (const auto& seen : out) {
-      if (seen == item) throw Error("--overlap: variant \"" + item + "\" is listed twice");
-    }
-    out.push_back(item);
-  }
-  if (out.empty()) throw Error("--overlap: give at least one variant, e.g. none,dp,all");
-  return out;
 }
 
 struct VariantResult {
@@ -293,7 +278,8 @@ Prediction run_predict(const PredictArgs& args) {
     if (ec) throw Error("--trace " + trace_dir + ": cannot create the folder: " + ec.message());
   }
   std::vector<VariantResult> results;
-  for (const auto& v : split_variants(args.overlap)) {
+  for (const auto& variant : sweep::split_modes(args.overlap, "--overlap", models::parse_overlap_variant)) {
+    const std::string v = models::to_string(variant);
     evaluate::Options opts;
     opts.fidelity = cf.fidelity;
     opts.reduce = !args.no_reduce;
@@ -302,7 +288,7 @@ Prediction run_predict(const PredictArgs& args) {
     opts.context["model"] = model.name;
     evaluate::Result e;
     try {
-      e = evaluate::evaluate(model, setup.cluster, costs, models::apply_overlap_variant(base, v), opts);
+      e = evaluate::evaluate(model, setup.cluster, costs, models::apply_overlap_variant(base, variant), opts);
     } catch (const Error& err) {
       throw Error("variant " + v + ": " + err.what(), err.code());
     }

@@ -115,7 +115,7 @@ sweep::Spec build_spec(const SweepFlags& f) {
   if (!f.vpp.empty()) s.vpp = sweep::split_uints(f.vpp, "--vpp");
   if (!f.cp.empty()) s.cp = sweep::split_uints(f.cp, "--cp");
   if (!f.ep.empty()) s.ep = sweep::split_uints(f.ep, "--ep");
-  if (!f.overlap.empty()) s.overlaps = sweep::split_list(f.overlap, "--overlap");
+  if (!f.overlap.empty()) s.overlaps = sweep::split_modes(f.overlap, "--overlap", models::parse_overlap_variant);
   if (!f.dispatcher.empty()) {
     s.dispatchers = sweep::split_modes(f.dispatcher, "--dispatcher", models::parse_token_dispatcher);
   }

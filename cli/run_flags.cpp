@@ -57,6 +57,8 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--seq", "seq_length", f.seq);
   opt(sub, "--dtype", "dtype", f.dtype, "bf16 | fp16 | fp8");
   opt(sub, "--fp8-recipe", "fp8_recipe", f.fp8_recipe, "delayed | tensorwise (per-tensor current scaling)");
+  opt(sub, "--fp8-amax-history-len", "fp8_amax_history_len", f.fp8_amax_history_len,
+      "delayed recipe's amax history rows per fp8 tensor (memory only; default 1024, Bridge's fp8 recipe)");
   opt(sub, "--recompute", "recompute_granularity", f.recompute, "none | selective | full");
   opt(sub, "--recompute-method", "recompute_method", f.recompute_method, "uniform | block");
   opt(sub, "--recompute-num-layers", "recompute_num_layers", f.recompute_num_layers);
@@ -150,6 +152,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
     return [parse, flag_name](const std::string& v) { return parse(v, flag_name); };
   };
   take("fp8_recipe", f.fp8_recipe, c.fp8_recipe, mode(models::parse_fp8_recipe, "--fp8-recipe"));
+  take("fp8_amax_history_len", f.fp8_amax_history_len, c.fp8_amax_history_len, positive("--fp8-amax-history-len"));
   take("recompute_granularity", f.recompute, c.recompute_granularity,
        mode(models::parse_recompute_granularity, "--recompute"));
   take("recompute_method", f.recompute_method, c.recompute_method,

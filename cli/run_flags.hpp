@@ -22,7 +22,8 @@ struct RunFlags {
   std::optional<bool> sp;
   std::optional<std::uint32_t> mbs, gbs, seq;
   std::optional<std::string> dtype;
-  std::optional<std::string> fp8_recipe;        ///< delayed | tensorwise
+  std::optional<std::string> fp8_recipe;  ///< delayed | tensorwise
+  std::optional<std::uint32_t> fp8_amax_history_len;
   std::optional<std::string> recompute;         ///< none | selective | full
   std::optional<std::string> recompute_method;  ///< uniform | block
   std::optional<std::uint32_t> recompute_num_layers;

@@ -68,4 +68,17 @@ template <typename E, std::size_t N>
                          "unknown value \"" + std::string(text) + "\" (use one of: " + spellings(table) + ")");
 }
 
+/// Runs `read` (a parse_X call, or code that makes some) for the field at JSON pointer `pointer` of `file`: an
+/// UnknownNameError it throws becomes ParseError(file, pointer, its message + `hint`), so the error names the file
+/// and the field rather than the bare field name. The one place a file reader does this. Returns what `read` does.
+template <typename Read>
+decltype(auto) reading_names(const std::string& file, const std::string& pointer, Read&& read,
+                             std::string_view hint = {}) {
+  try {
+    return std::forward<Read>(read)();
+  } catch (const UnknownNameError& e) {
+    throw ParseError(file, pointer, e.message() + std::string(hint));
+  }
+}
+
 }  // namespace twinstep

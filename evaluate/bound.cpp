@@ -31,7 +31,7 @@ Sums sums_of(const schedule::Schedule& s, const sim::CostModel& costs, bool coun
     out[{op.rank, kHostThread}] += to_seconds(costs.launch_ns(op));
     double& stream = out[{op.rank, op.stream}];
     if (const auto* c = std::get_if<schedule::Compute>(&op.body)) {
-      stream += costs.kernel_cost(*c).solo_time_s();
+      stream += costs.kernel_cost(*c, op.name).solo_time_s();
     } else if (!count_comm) {
       continue;
     } else if (const auto* snd = std::get_if<schedule::Send>(&op.body)) {

@@ -65,21 +65,27 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   schedule::Matching matching;
   opts.matching_out = &matching;
   Phases* phases = options.phases;
+  sim::Timings timings;
   if (phases != nullptr) {
-    opts.timings = &phases->sim;
+    opts.timings = &timings;
     phases->ops = s.ops.size();
     phases->ranks = s.ranks.size();
+    ++phases->simulations;
   }
   auto t0 = Clock::now();
   schedule::Trace trace = sim::simulate(std::move(s), cluster, costs, opts);  // the trace takes the schedule
-  if (phases != nullptr) phases->simulate_s = seconds_since(t0);
+  if (phases != nullptr) {
+    phases->simulate_s += seconds_since(t0);
+    phases->sim.match_s += timings.match_s;
+    phases->sim.run_s += timings.run_s;
+  }
   Simulated out;
   t0 = Clock::now();
   out.breakdown = schedule::analyze(trace, matching);
-  if (phases != nullptr) phases->analyze_s = seconds_since(t0);
+  if (phases != nullptr) phases->analyze_s += seconds_since(t0);
   double solo = 0;
   for (const auto& op : trace.schedule.ops) {
-    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) solo += costs.kernel_cost(*c).solo_time_s();
+    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) solo += costs.kernel_cost(*c, op.name).solo_time_s();
   }
   const auto ranks = trace.schedule.ranks.size();
   out.solo_compute_s = ranks == 0 ? 0.0 : solo / static_cast<double>(ranks);
@@ -126,7 +132,7 @@ Result evaluate_once(const models::ModelSpec& model, const topologies::Cluster& 
   if (options.check_size) check_ops(model, config, lower_opts);
   const auto t0 = Clock::now();
   models::Lowered lowered = models::lower(model, config, lower_opts);
-  if (options.phases != nullptr) options.phases->lower_s = seconds_since(t0);
+  if (options.phases != nullptr) options.phases->lower_s += seconds_since(t0);
   Result r;
   r.peak_memory = lowered.peak_memory;
   r.fits = lowered.fits;

@@ -20,7 +20,9 @@
 namespace twinstep::evaluate {
 
 /// Wall seconds of evaluate's phases (Options::phases), for the benchmarks: they time evaluate's own path rather
-/// than lowering and simulating themselves.
+/// than lowering and simulating themselves. The seconds add up over every lowering and simulation one evaluate call
+/// runs (with periodicity: the three short runs, and the full step when the check fails); ops and ranks are those of
+/// the last simulated schedule.
 struct Phases {
   double lower_s = 0;     ///< models::lower (after the size checks).
   double simulate_s = 0;  ///< sim::simulate, whole: matching, run, trace assembly and context.
@@ -28,6 +30,7 @@ struct Phases {
   sim::Timings sim;       ///< simulate's parts.
   std::size_t ops = 0;    ///< Of the simulated schedule.
   std::size_t ranks = 0;  ///< Ranks the simulated schedule contains (fewer than the GPUs under symmetry reduction).
+  std::size_t simulations = 0;  ///< Schedules lowered and simulated.
 };
 
 struct Options {

@@ -19,14 +19,15 @@ namespace twinstep::models {
 /// capacity), and the allocator's reserved bytes are compared with what is left.
 struct MemoryEstimate {
   // Held by the caching allocator at the peak (bytes).
-  double params_bytes = 0;              ///< Model weights in the compute dtype (bf16).
-  double fp8_weights_bytes = 0;         ///< fp8 copies of the weights (TE's cast and transpose); 0 without fp8.
-  double main_params_bytes = 0;         ///< fp32 main (master) weights, sharded with the distributed optimizer.
-  double grads_bytes = 0;               ///< Main gradients in the grad buffer's dtype (fp32 with grad_reduce_in_fp32).
-  double optimizer_bytes = 0;           ///< Adam's two fp32 moments, sharded with the distributed optimizer.
-  double activations_bytes = 0;         ///< Saved for the backward by the micro-batches in flight at the peak.
-  double transient_bytes = 0;           ///< The peak phase's working memory (loss, recompute, optimizer temporaries).
-  double comm_buffers_bytes = 0;        ///< Allocator-held buffers: PP receive tensors posted ahead, cuBLAS workspace.
+  double params_bytes = 0;        ///< Model weights in the compute dtype (bf16).
+  double fp8_weights_bytes = 0;   ///< TE's cached fp8 copies of the linear weights (data + transpose); 0 without fp8.
+  double fp8_scaling_bytes = 0;   ///< TE's fp8 scaling state (delayed: scales and amax history); 0 without fp8.
+  double main_params_bytes = 0;   ///< fp32 main (master) weights, sharded with the distributed optimizer.
+  double grads_bytes = 0;         ///< Main gradients in the grad buffer's dtype (fp32 with grad_reduce_in_fp32).
+  double optimizer_bytes = 0;     ///< Adam's two fp32 moments, sharded with the distributed optimizer.
+  double activations_bytes = 0;   ///< Saved for the backward by the micro-batches in flight at the peak.
+  double transient_bytes = 0;     ///< The peak phase's working memory (loss, recompute, optimizer temporaries).
+  double comm_buffers_bytes = 0;  ///< Allocator-held buffers: PP receive tensors posted ahead, cuBLAS workspace.
   double allocator_overhead_bytes = 0;  ///< Reserved - allocated: (reserved/allocated - 1) x allocated.
   // Outside the allocator: the reserve taken off the GPU's memory (bytes).
   double cuda_context_bytes = 0;  ///< CUDA context and library modules.
@@ -34,10 +35,14 @@ struct MemoryEstimate {
   double userbuffers_bytes = 0;   ///< TE's TP-overlap userbuffers (tp_comm_overlap).
   double gpu_memory_bytes = 0;    ///< The GPU's memory (RunConfig::gpu_memory_bytes).
   std::string peak_phase;         ///< "forward/backward" or "optimizer step": the phase the peak is in.
+  bool fp8 = false;               ///< --dtype fp8: the fp8 terms are reported (memory_terms, the text).
+  /// fp8 runs: the forward/backward activations had the linear layers saved their inputs in bf16 (the comparison
+  /// the text prints beside `activations`); 0 otherwise.
+  double fp8_bf16_inputs_activations_bytes = 0;
 
   [[nodiscard]] double allocated_bytes() const {
-    return params_bytes + fp8_weights_bytes + main_params_bytes + grads_bytes + optimizer_bytes + activations_bytes +
-           transient_bytes + comm_buffers_bytes;
+    return params_bytes + fp8_weights_bytes + fp8_scaling_bytes + main_params_bytes + grads_bytes + optimizer_bytes +
+           activations_bytes + transient_bytes + comm_buffers_bytes;
   }
   /// What the allocator reserves at the peak: the figure compared with the usable capacity.
   [[nodiscard]] double total_bytes() const { return allocated_bytes() + allocator_overhead_bytes; }
@@ -50,7 +55,8 @@ struct MemoryEstimate {
 };
 
 /// The estimate's terms in output order as (key, bytes): the allocator-held terms, the allocator's overhead, then the
-/// reserve outside it. The keys are the JSON keys of predict's memory breakdown.
+/// reserve outside it. The keys are the JSON keys of predict's memory breakdown. `fp8_scaling` is listed for fp8 runs
+/// only (MemoryEstimate::fp8).
 [[nodiscard]] std::vector<std::pair<std::string, double>> memory_terms(const MemoryEstimate& m);
 
 /// Multi-line text of the breakdown: every term, the allocator's reserved total, the usable capacity it is compared

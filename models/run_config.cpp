@@ -32,6 +32,14 @@ constexpr NameTable<schedule::DType, 4> kOptimizerStateDtypes{{{"fp32", schedule
                                                                {"fp16", schedule::DType::kFP16},
                                                                {"bf16", schedule::DType::kBF16},
                                                                {"fp8", schedule::DType::kFP8}}};
+constexpr NameTable<OverlapMode, 7> kOverlapModes{{{"dp", OverlapMode::kDp},
+                                                   {"tp", OverlapMode::kTp},
+                                                   {"pp", OverlapMode::kPp},
+                                                   {"cp", OverlapMode::kCp},
+                                                   {"ep", OverlapMode::kEp},
+                                                   {"delay_wgrad", OverlapMode::kDelayWgrad},
+                                                   {"shared_expert", OverlapMode::kSharedExpert}}};
+constexpr std::string_view kOverlapNone = "none", kOverlapAll = "all";
 constexpr NameTable<Fp8Recipe, 2> kFp8Recipes{
     {{"delayed", Fp8Recipe::kDelayed}, {"tensorwise", Fp8Recipe::kTensorwise}}};
 
@@ -92,6 +100,7 @@ const std::vector<Field>& fields() {
       Field{"dtype", [](RunConfig& c, const Json& j) { c.dtype = schedule::parse_dtype(j.get<std::string>()); },
             [](const RunConfig& c) { return Json(schedule::dtype_name(c.dtype)); }},
       mode("fp8_recipe", &RunConfig::fp8_recipe, parse_fp8_recipe),
+      plain("fp8_amax_history_len", &RunConfig::fp8_amax_history_len),
       plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
       optimizer_dtype("main_params_dtype", &RunConfig::main_params_dtype),
       optimizer_dtype("exp_avg_dtype", &RunConfig::exp_avg_dtype),
@@ -169,12 +178,12 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
                            "(e.g. tensor_model_parallel_size, overlap_grad_reduce); fix the spelling or remove it");
     }
     try {
-      found->read(c, *it);
+      reading_names(source, pointer, [&] { found->read(c, *it); });
+    } catch (const ParseError&) {
+      throw;  // an unknown spelling, already naming the file and the field
     } catch (const Json::exception& e) {
       throw ParseError(source, pointer,
                        std::string("wrong type for \"") + found->name + "\": " + json_error_message(e));
-    } catch (const UnknownNameError& e) {
-      throw ParseError(source, pointer, e.message());
     } catch (const Error& e) {
       throw ParseError(source, pointer, e.what());
     }
@@ -248,36 +257,69 @@ std::uint32_t derived_dp(const RunConfig& c) {
   return dp;
 }
 
-RunConfig apply_overlap_variant(const RunConfig& base, const std::string& variant) {
+OverlapVariant parse_overlap_variant(std::string_view text, std::string_view field) {
+  OverlapVariant v;
+  if (text == kOverlapAll) {
+    v.all = true;
+  } else if (text != kOverlapNone) {
+    std::size_t start = 0;
+    while (start <= text.size()) {
+      std::size_t end = text.find('+', start);
+      if (end == std::string_view::npos) end = text.size();
+      const std::string_view mode = text.substr(start, end - start);
+      const OverlapMode* m = find_name(kOverlapModes, mode);
+      if (m == nullptr) {
+        throw UnknownNameError(std::string(field),
+                               "unknown overlap mode \"" + std::string(mode) + "\" in variant \"" + std::string(text) +
+                                   "\" (use none, all, or +-joined modes from: " + spellings(kOverlapModes) + ")");
+      }
+      v.modes.push_back(*m);
+      start = end + 1;
+    }
+  }
+  return v;
+}
+
+std::string to_string(const OverlapVariant& variant) {
+  if (variant.all) return std::string(kOverlapAll);
+  if (variant.modes.empty()) return std::string(kOverlapNone);
+  std::string out;
+  for (const OverlapMode m : variant.modes) {
+    if (!out.empty()) out += '+';
+    out += name_of(kOverlapModes, m);
+  }
+  return out;
+}
+
+RunConfig apply_overlap_variant(const RunConfig& base, const OverlapVariant& variant) {
   bool dp = false, tp = false, pp = false, cp = false, ep = false, delay = false, shared = false;
-  if (variant == "all") {
+  if (variant.all) {
     // shared_expert is left out: MCore rejects moe_shared_expert_overlap together with EP overlap.
     dp = tp = pp = cp = ep = delay = true;
-  } else if (variant != "none") {
-    std::size_t start = 0;
-    while (start <= variant.size()) {
-      std::size_t end = variant.find('+', start);
-      if (end == std::string::npos) end = variant.size();
-      const std::string mode = variant.substr(start, end - start);
-      if (mode == "dp")
+  }
+  for (const OverlapMode m : variant.modes) {
+    switch (m) {
+      case OverlapMode::kDp:
         dp = true;
-      else if (mode == "tp")
+        break;
+      case OverlapMode::kTp:
         tp = true;
-      else if (mode == "pp")
+        break;
+      case OverlapMode::kPp:
         pp = true;
-      else if (mode == "cp")
+        break;
+      case OverlapMode::kCp:
         cp = true;
-      else if (mode == "ep")
+        break;
+      case OverlapMode::kEp:
         ep = true;
-      else if (mode == "delay_wgrad")
+        break;
+      case OverlapMode::kDelayWgrad:
         delay = true;
-      else if (mode == "shared_expert")
+        break;
+      case OverlapMode::kSharedExpert:
         shared = true;
-      else {
-        throw Error("unknown overlap mode \"" + mode + "\" in variant \"" + variant +
-                    "\"; use none, all, or +-joined modes from: dp, tp, pp, cp, ep, delay_wgrad, shared_expert");
-      }
-      start = end + 1;
+        break;
     }
   }
   RunConfig c = base;

@@ -70,6 +70,23 @@ enum class Fp8Recipe : std::uint8_t { kDelayed, kTensorwise };
 [[nodiscard]] std::string to_string(TokenDispatcher dispatcher);
 [[nodiscard]] std::string to_string(Fp8Recipe recipe);
 
+/// One overlap mode of an overlap variant: "dp" (grad reduce, param gather), "tp" (TE userbuffers), "pp" (P2P),
+/// "cp" (the p2p ring), "ep" (EP-overlap schedule), "delay_wgrad", "shared_expert".
+enum class OverlapMode : std::uint8_t { kDp, kTp, kPp, kCp, kEp, kDelayWgrad, kSharedExpert };
+
+/// An overlap variant (`--overlap`, a sweep's "overlap"): "none", "all", or "+"-joined modes ("dp+tp"). The modes
+/// keep the order they were written in, so a variant prints as it was spelled.
+struct OverlapVariant {
+  bool all = false;
+  std::vector<OverlapMode> modes;  ///< Empty and not `all`: "none".
+  [[nodiscard]] bool none() const { return !all && modes.empty(); }
+  [[nodiscard]] bool operator==(const OverlapVariant&) const = default;
+};
+
+/// Throws UnknownNameError naming `field`, the unknown mode and the accepted spellings.
+[[nodiscard]] OverlapVariant parse_overlap_variant(std::string_view text, std::string_view field);
+[[nodiscard]] std::string to_string(const OverlapVariant& variant);
+
 /// Memory the framework and the runtime take beyond the model's tensors, per GPU, and the bytes per element of the
 /// tensor classes whose dtype is an implementation choice. The defaults are public datasheet figures (sources in
 /// docs/memory.md); a calibration profile's memory_overhead section replaces the measured ones
@@ -132,6 +149,10 @@ struct RunConfig {
   schedule::DType dtype = schedule::DType::kBF16;
   /// dtype fp8: Megatron's fp8_recipe (Fp8Recipe).
   Fp8Recipe fp8_recipe = Fp8Recipe::kDelayed;
+  /// dtype fp8 with the delayed recipe: rows of TE's amax history per fp8 tensor (Megatron's fp8_amax_history_len).
+  /// 1024 as Megatron-Bridge's bf16_with_fp8_delayed_scaling_mixed() sets it (MCore's own default is 1). Only the
+  /// memory estimate reads it (the history's fp32 tensors, docs/memory.md "fp8").
+  std::uint32_t fp8_amax_history_len = 1024;
   bool grad_reduce_in_fp32 = false;
   /// Optimizer state dtypes (MCore OptimizerConfig names; fp32 is Megatron's default, lower ones are what MCore's
   /// use_precision_aware_optimizer or Apex DistributedFusedAdam's `dtype` keep): the main (master) weights and Adam's
@@ -185,10 +206,8 @@ struct RunConfig {
 /// null it receives the top-level field names the file sets (what models/recipe.hpp's defaults must not override).
 [[nodiscard]] RunConfig read_run_config(const std::string& path, std::set<std::string>* present = nullptr);
 
-/// Applies an overlap variant ("none", "all", or "+"-joined modes: dp, tp, pp, cp, ep, delay_wgrad,
-/// shared_expert) to `base`: sets the Megatron knobs the modes map to and clears the others.
-/// Throws twinstep::Error for an unknown mode name.
-[[nodiscard]] RunConfig apply_overlap_variant(const RunConfig& base, const std::string& variant);
+/// Applies an overlap variant to `base`: sets the Megatron knobs its modes map to and clears the others.
+[[nodiscard]] RunConfig apply_overlap_variant(const RunConfig& base, const OverlapVariant& variant);
 
 /// Parses a run config JSON text; `source` names it in errors. Fields absent from the text keep `base`'s values;
 /// `present` (if not null) receives the top-level field names the text sets.

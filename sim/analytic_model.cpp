@@ -202,7 +202,7 @@ class AnalyticModel final : public GpuSharingModel {
       op_[i].gpu = ops[i].rank;
       const auto& body = ops[i].body;
       if (const auto* c = std::get_if<schedule::Compute>(&body)) {
-        op_[i].info = kernel_index(*c);
+        op_[i].info = kernel_index(*c, ops[i].name);
       } else if (const auto* coll = std::get_if<schedule::Collective>(&body)) {
         op_[i].info =
             add_comm_info({CommInfo::Op::kCollective, coll->kind, coll->comm, coll->bytes, coll->sm_count, 0});
@@ -411,11 +411,13 @@ class AnalyticModel final : public GpuSharingModel {
 
   // The cost model's functions are pure: ops of one shape (every micro-batch and layer repeats them) look their
   // costs up once per simulation.
-  std::uint32_t kernel_index(const schedule::Compute& c) {
-    auto it = kernel_index_.find(c);
-    if (it == kernel_index_.end()) {
-      it = kernel_index_.emplace(c, static_cast<std::uint32_t>(kernels_.size())).first;
-      kernels_.push_back(ctx_.costs.kernel_cost(c));
+  // An op whose stem has its own efficiency table (Profile::op_compute) is looked up per stem and shape.
+  std::uint32_t kernel_index(const schedule::Compute& c, const std::string& name) {
+    auto& index = ctx_.costs.op_table(name) != nullptr ? op_kernel_index_[std::string(op_stem(name))] : kernel_index_;
+    auto it = index.find(c);
+    if (it == index.end()) {
+      it = index.emplace(c, static_cast<std::uint32_t>(kernels_.size())).first;
+      kernels_.push_back(ctx_.costs.kernel_cost(c, name));
     }
     return it->second;
   }
@@ -674,7 +676,8 @@ class AnalyticModel final : public GpuSharingModel {
   std::vector<std::uint32_t> free_;
   std::vector<Gpu> gpus_;
   std::vector<CommSpan> span_cache_;
-  std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;   // lookups only
+  std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;  // lookups only
+  std::map<std::string, std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash>> op_kernel_index_;
   std::vector<KernelCost> kernels_;                                                  ///< Distinct kernels' costs.
   std::vector<CommInfo> comms_;                                                      ///< Communication ops' sizes.
   std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;                       // lookups only

@@ -65,6 +65,15 @@ namespace {
 constexpr NameTable<NcclAlgo, 2> kNcclAlgos{{{"ring", NcclAlgo::kRing}, {"tree", NcclAlgo::kTree}}};
 constexpr NameTable<NcclProto, 3> kNcclProtos{
     {{"ll", NcclProto::kLL}, {"ll128", NcclProto::kLL128}, {"simple", NcclProto::kSimple}}};
+constexpr NameTable<CollectiveParamsKind, 7> kCollectiveParamsKinds{
+    {{"all_reduce", CollectiveParamsKind::kAllReduce},
+     {"all_gather", CollectiveParamsKind::kAllGather},
+     {"reduce_scatter", CollectiveParamsKind::kReduceScatter},
+     {"broadcast", CollectiveParamsKind::kBroadcast},
+     {"all_to_all", CollectiveParamsKind::kAllToAll},
+     {"send_recv", CollectiveParamsKind::kSendRecv},
+     {"any", CollectiveParamsKind::kAny}}};
+constexpr NameTable<Span, 2> kSpans{{{"intra", Span::kIntra}, {"inter", Span::kInter}}};
 }  // namespace
 
 NcclAlgo parse_nccl_algo(std::string_view text, std::string_view field) { return parse_name(kNcclAlgos, text, field); }
@@ -73,6 +82,28 @@ NcclProto parse_nccl_proto(std::string_view text, std::string_view field) {
 }
 std::string to_string(NcclAlgo algo) { return name_of(kNcclAlgos, algo); }
 std::string to_string(NcclProto proto) { return name_of(kNcclProtos, proto); }
+CollectiveParamsKind parse_collective_params_kind(std::string_view text, std::string_view field) {
+  return parse_name(kCollectiveParamsKinds, text, field);
+}
+Span parse_span(std::string_view text, std::string_view field) { return parse_name(kSpans, text, field); }
+std::string to_string(CollectiveParamsKind kind) { return name_of(kCollectiveParamsKinds, kind); }
+std::string to_string(Span span) { return name_of(kSpans, span); }
+
+CollectiveParamsKind params_kind_of(schedule::CollectiveKind kind) {
+  switch (kind) {
+    case schedule::CollectiveKind::kAllReduce:
+      return CollectiveParamsKind::kAllReduce;
+    case schedule::CollectiveKind::kAllGather:
+      return CollectiveParamsKind::kAllGather;
+    case schedule::CollectiveKind::kReduceScatter:
+      return CollectiveParamsKind::kReduceScatter;
+    case schedule::CollectiveKind::kAllToAll:
+      return CollectiveParamsKind::kAllToAll;
+    case schedule::CollectiveKind::kBroadcast:
+      return CollectiveParamsKind::kBroadcast;
+  }
+  TWINSTEP_ASSERT(false, "unknown collective kind");
+}
 
 double EfficiencyTable::at(double size) const {
   if (points.empty()) return 1.0;
@@ -184,14 +215,34 @@ Nanos CostModel::launch_ns(const schedule::Op& op) const {
   return 0;  // not reached: the switch names every kind
 }
 
-KernelCost CostModel::kernel_cost(const schedule::Compute& c) const {
+std::string_view op_stem(std::string_view name) {
+  // Strips "L<digits>." then "mb<digits>." where present.
+  auto strip = [&name](std::string_view head) {
+    if (!name.starts_with(head)) return;
+    std::size_t i = head.size();
+    while (i < name.size() && name[i] >= '0' && name[i] <= '9') ++i;
+    if (i > head.size() && i < name.size() && name[i] == '.') name.remove_prefix(i + 1);
+  };
+  strip("L");
+  strip("mb");
+  return name;
+}
+
+const EfficiencyTable* CostModel::op_table(std::string_view op_name) const {
+  if (profile_.op_compute.empty() || op_name.empty()) return nullptr;
+  const auto it = profile_.op_compute.find(std::string(op_stem(op_name)));
+  return it == profile_.op_compute.end() ? nullptr : &it->second;
+}
+
+KernelCost CostModel::kernel_cost(const schedule::Compute& c, std::string_view op_name) const {
   const auto& gpu = cluster_.node.gpu;
   KernelCost k;
   k.reserved_sms = std::min(c.sm_count, gpu.sm_count);
   double flops = schedule::kernel_flops(c.kernel);
   double table_size = -1;  // where the efficiency table is read, when not at `flops` (grouped GEMMs per group)
   const double bytes = schedule::kernel_bytes(c.kernel);
-  const EfficiencyTable* eff_table = eff_by_class_[kernel_class_index(c.kernel)];
+  const EfficiencyTable* own = op_table(op_name);
+  const EfficiencyTable* eff_table = own != nullptr ? own : eff_by_class_[kernel_class_index(c.kernel)];
   const Interference& itf = profile_.interference;
   const bool memory_bound =
       std::holds_alternative<schedule::Elementwise>(c.kernel) || std::holds_alternative<schedule::Optimizer>(c.kernel);
@@ -279,19 +330,19 @@ CommSpan CostModel::span(const schedule::Communicator& comm) const {
   return s;
 }
 
-const CollectiveParams* CostModel::override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter,
+const CollectiveParams* CostModel::override_for(CollectiveParamsKind kind, NcclAlgo algo, NcclProto proto, bool inter,
                                                 std::uint32_t ranks) const {
-  const std::string word = kind;
-  const bool p2p = word == "all_to_all" || word == "send_recv";
+  const bool p2p = kind == CollectiveParamsKind::kAllToAll || kind == CollectiveParamsKind::kSendRecv;
+  const Span span = inter ? Span::kInter : Span::kIntra;
   // Rank of a match, best first: own kind at this group size, own kind at any size, "any" at this size, "any".
   const CollectiveParams* best = nullptr;
   int best_rank = 4;
   for (const auto& p : profile_.collectives) {
-    if (p.algo != algo || p.proto != proto || p.inter_node != inter) continue;
+    if (p.algo != algo || p.proto != proto || p.span != span) continue;
     if (p.ranks != 0 && p.ranks != ranks) continue;
     int rank = 4;
-    if (p.kind == word) rank = p.ranks != 0 ? 0 : 1;
-    if (p.kind == "any" && !p2p) rank = p.ranks != 0 ? 2 : 3;
+    if (p.kind == kind) rank = p.ranks != 0 ? 0 : 1;
+    if (p.kind == CollectiveParamsKind::kAny && !p2p) rank = p.ranks != 0 ? 2 : 3;
     if (rank < best_rank) {
       best = &p;
       best_rank = rank;
@@ -372,7 +423,7 @@ CommCost CostModel::evaluate(schedule::CollectiveKind kind, double bytes, const 
     intra_lat = std::max(intra_lat, nc.net_overhead_s * (proto == NcclProto::kSimple ? 3.0 : 1.0));
   }
   // A measured override for this span replaces the base, every step's latency and the bus bandwidth.
-  const CollectiveParams* o = measured ? override_for(schedule::collective_name(kind), algo, proto, inter, n) : nullptr;
+  const CollectiveParams* o = measured ? override_for(params_kind_of(kind), algo, proto, inter, n) : nullptr;
   if (o != nullptr) {
     if (o->base_latency_s >= 0) base = o->base_latency_s;
     if (o->step_latency_s >= 0) intra_lat = step_inter = o->step_latency_s;
@@ -454,7 +505,7 @@ CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_byt
   double nic =
       std::max<std::uint32_t>(node.nics_per_gpu, 1) * node.nic_achievable_bytes_per_s * eff * span.fabric_factor;
   const NcclProto proto = ll ? NcclProto::kLL : NcclProto::kSimple;
-  if (const auto* o = override_for("all_to_all", NcclAlgo::kRing, proto, inter, span.ranks)) {
+  if (const auto* o = override_for(CollectiveParamsKind::kAllToAll, NcclAlgo::kRing, proto, inter, span.ranks)) {
     const double b = o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs;
     c.latency_s = b + rounds * (o->step_latency_s >= 0 ? o->step_latency_s : step);
     if (o->bus_bytes_per_s > 0) (inter ? nic : nvl) = o->bus_bytes_per_s;
@@ -472,11 +523,6 @@ CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_byt
   return c;
 }
 
-// A copy engine's unidirectional peer copy over NVLink 4: 371-377 GB/s of the 450 GB/s line rate, measured with
-// cudaMemcpyPeerAsync (CUDA samples' p2pBandwidthLatencyTest, "P2P=Enabled" writes) on an HGX H100 8-GPU node
-// ([MEAS-pub] NVIDIA/nccl#1264). The copy-engine ring-exchange benchmark of issue 17 item 4 will measure it here.
-constexpr double kCopyEngineNvlinkEfficiency = 376.0 / 450.0;
-
 CommCost CostModel::copy_engine_cost(double bytes, schedule::RankId a, schedule::RankId b) const {
   const auto& node = cluster_.node;
   const std::uint32_t na = cluster_.node_of(a), nb = cluster_.node_of(b);
@@ -488,7 +534,7 @@ CommCost CostModel::copy_engine_cost(double bytes, schedule::RankId a, schedule:
   c.hbm_bytes_per_bus_byte = 1.0;
   // Latency: the launch is the op's issue cost (launch_ns); the DMA start-up is not modelled until measured.
   c.latency_s = 0;
-  const double bw = node.nvlink_bytes_per_s * kCopyEngineNvlinkEfficiency;
+  const double bw = node.nvlink_bytes_per_s * profile_.copy_engine.nvlink_efficiency;
   c.bandwidth_time_s = bw > 0 ? bytes / bw : 0.0;
   c.bus_bytes_per_s = bw;
   c.uses_nic = false;
@@ -512,7 +558,8 @@ CommCost CostModel::p2p_cost(double bytes, schedule::RankId a, schedule::RankId 
   double bw = inter ? std::max<std::uint32_t>(node.nics_per_gpu, 1) * node.nic_achievable_bytes_per_s *
                           path.bandwidth_factor * eff
                     : node.nvlink_nccl_bytes_per_s * eff;
-  if (const auto* o = override_for("send_recv", NcclAlgo::kRing, ll ? NcclProto::kLL : NcclProto::kSimple, inter, 2)) {
+  if (const auto* o = override_for(CollectiveParamsKind::kSendRecv, NcclAlgo::kRing,
+                                   ll ? NcclProto::kLL : NcclProto::kSimple, inter, 2)) {
     c.latency_s = (o->base_latency_s >= 0 ? o->base_latency_s : kBaseLatUs[0][p] * kUs) +
                   (o->step_latency_s >= 0 ? o->step_latency_s : step);
     if (o->bus_bytes_per_s > 0) bw = o->bus_bytes_per_s;

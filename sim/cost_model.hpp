@@ -35,15 +35,42 @@ enum class NcclProto : std::uint8_t { kLL, kLL128, kSimple };
 [[nodiscard]] std::string to_string(NcclAlgo algo);
 [[nodiscard]] std::string to_string(NcclProto proto);
 
+/// What a measured collective line applies to, spelled in profiles as the "kind" field: a ring collective
+/// ("all_reduce", "all_gather", "reduce_scatter", "broadcast"), "any" (those four), or "all_to_all" / "send_recv"
+/// (algorithm ring; protocol ll or simple; per-peer round latency and per-GPU bandwidth).
+enum class CollectiveParamsKind : std::uint8_t {
+  kAny,
+  kAllReduce,
+  kAllGather,
+  kReduceScatter,
+  kBroadcast,
+  kAllToAll,
+  kSendRecv
+};
+/// Where a measured collective line applies, spelled in profiles as the "span" field: "intra" (within one node) or
+/// "inter" (across nodes).
+enum class Span : std::uint8_t { kIntra, kInter };
+
+/// Throw UnknownNameError naming `field` and the accepted spellings.
+[[nodiscard]] CollectiveParamsKind parse_collective_params_kind(std::string_view text, std::string_view field);
+[[nodiscard]] Span parse_span(std::string_view text, std::string_view field);
+[[nodiscard]] std::string to_string(CollectiveParamsKind kind);
+[[nodiscard]] std::string to_string(Span span);
+/// The line kind of an IR collective (all_to_all for kAllToAll; never kAny or kSendRecv).
+[[nodiscard]] CollectiveParamsKind params_kind_of(schedule::CollectiveKind kind);
+
+/// An op's name less its layer and micro-batch ("L3.mb2.bwd.fc1_wgrad" -> "bwd.fc1_wgrad", "mb0.fwd.output" ->
+/// "fwd.output", "optim.adam" unchanged): what every layer and micro-batch's instance of one op shares, the key of
+/// Profile::op_compute. A view into `name`.
+[[nodiscard]] std::string_view op_stem(std::string_view name);
+
 /// A measured override of NCCL's latency/bandwidth model for one (collective, algorithm, protocol, span).
-/// Negative fields keep the model's value. `kind` "any" matches every collective.
+/// Negative fields keep the model's value. `kind` kAny matches every ring collective.
 struct CollectiveParams {
-  /// "all_reduce", "all_gather", "reduce_scatter", "broadcast", "any" (those four), or "all_to_all" /
-  /// "send_recv" (algorithm ring; protocol ll or simple; per-peer round latency and per-GPU bandwidth).
-  std::string kind = "any";
+  CollectiveParamsKind kind = CollectiveParamsKind::kAny;
   NcclAlgo algo = NcclAlgo::kRing;
   NcclProto proto = NcclProto::kSimple;
-  bool inter_node = false;  ///< span: false = within one node, true = across nodes.
+  Span span = Span::kIntra;
   /// Group size (ranks) it was measured at; 0 = any size. An entry for the collective's own size wins over 0.
   std::uint32_t ranks = 0;
   double base_latency_s = -1;   ///< Paid once per collective.
@@ -93,8 +120,8 @@ struct Interference {
 };
 
 /// Host overhead of a training framework (PyTorch eager) on top of the raw launch costs, measured with the
-/// framework itself (calibration/scripts/torch_framework.py, fitted by calibration/fit.cpp). Used when lowering
-/// Megatron runs (models::RunConfig::host), never for backend-run predictions (the backend has no framework).
+/// framework itself (calibration/scripts/torch_framework.py, fitted by calibration/fit_framework.cpp). Used when
+/// lowering Megatron runs (models::RunConfig::host), never for backend-run predictions (the backend has no framework).
 /// Negative = not measured. Every field is one key of the profile's "framework" section (kFrameworkFields).
 struct FrameworkCosts {
   double per_kernel_launch_s = -1;  ///< Forward: host time per kernel a module launches, beyond the raw launch.
@@ -157,6 +184,18 @@ struct MemoryOverhead {
   std::string source;                             ///< How it was measured (script, torch/CUDA/NCCL versions, GPU).
 };
 
+/// The copy engine's peer copy (send/recv transport copy_engine: TE userbuffers' ring exchange with use_ce): the
+/// fraction of the node's NVLink line rate (per direction) one cudaMemcpyPeerAsync between two GPUs reaches. Measured
+/// by calibrate's `p2p.copy_engine` group on two GPUs (calibration/fit_collectives.cpp); the default is the published
+/// HGX H100 figure, 371-377 GB/s of 450 GB/s (CUDA samples' p2pBandwidthLatencyTest, P2P writes, NVIDIA/nccl#1264).
+struct CopyEngine {
+  static constexpr double kDefaultNvlinkEfficiency = 376.0 / 450.0;
+  static constexpr const char* kDefaultSource =
+      "datasheet: 376/450 of the NVLink line rate, HGX H100 cudaMemcpyPeerAsync 371-377 GB/s (NVIDIA/nccl#1264)";
+  double nvlink_efficiency = kDefaultNvlinkEfficiency;
+  std::string source = kDefaultSource;  ///< Where the figure comes from (profile JSON "copy_engine.source").
+};
+
 /// The quality of one fit, recorded in the profile: relative error of the fitted model at every point.
 struct FitSummary {
   std::string name;  ///< "compute.gemm", "coll.all_reduce.span2", "launch.compute", "interference", ...
@@ -173,8 +212,14 @@ struct Profile {
   std::string name = "datasheet defaults";         ///< Shown in outputs: "datasheet defaults" or the file path.
   std::map<std::string, std::string> context;      ///< GPU, driver, NCCL, date... of the measurements.
   std::map<std::string, EfficiencyTable> compute;  ///< By kernel class (schedule::kernel_class names).
-  double memory_efficiency = 0.9;                  ///< Achievable fraction of HBM bandwidth for streaming kernels.
-  std::map<std::string, double> launch_s;          ///< Host issue cost by op class (see CostModel::launch_ns).
+  /// Optional ("op_compute"): by op stem (op_stem(): the op's name less its layer and micro-batch, "fwd.rope",
+  /// "bwd.fc1_wgrad"), the efficiency of that op as one framework implements it, over the same size as its class
+  /// table; it wins over the class table for ops so named. Fitted from a real step's trace (calibrate --from-trace):
+  /// a framework's op (eager RoPE: several kernels) moves a multiple of the bytes the IR counts that the class
+  /// table, shared by every op of the class, cannot hold.
+  std::map<std::string, EfficiencyTable> op_compute;
+  double memory_efficiency = 0.9;          ///< Achievable fraction of HBM bandwidth for streaming kernels.
+  std::map<std::string, double> launch_s;  ///< Host issue cost by op class (see CostModel::launch_ns).
   std::vector<CollectiveParams> collectives;
   NcclConfig nccl;
   Interference interference;
@@ -199,6 +244,7 @@ struct Profile {
   bool grouped_gemm_per_group = false;
   FrameworkCosts framework;
   MemoryOverhead memory_overhead;
+  CopyEngine copy_engine;
   std::vector<FitSummary> fits;
   /// The file's "name" field, which profile_to_json() writes (`name` adds the file path for display); empty: none.
   std::string declared_name;
@@ -276,7 +322,11 @@ class CostModel {
   /// Host time to issue `op`: by class "compute", "memcpy", "collective", "send", "recv"; host_sync: its wake-up
   /// cost after the target completes ("host_sync"); host ops: 0 (they carry their duration).
   [[nodiscard]] Nanos launch_ns(const schedule::Op& op) const;
-  [[nodiscard]] KernelCost kernel_cost(const schedule::Compute& c) const;
+  /// `op_name`: the op's name, when known; an op whose stem has a table in the profile's op_compute reads that
+  /// table instead of its class table.
+  [[nodiscard]] KernelCost kernel_cost(const schedule::Compute& c, std::string_view op_name = {}) const;
+  /// The op_compute table of the op named `op_name`, or nullptr (no such table, or no name).
+  [[nodiscard]] const EfficiencyTable* op_table(std::string_view op_name) const;
   /// Span of a communicator from its members (Megatron placement on the cluster).
   [[nodiscard]] CommSpan span(const schedule::Communicator& comm) const;
   /// NCCL ring/tree collective (all_reduce, all_gather, reduce_scatter, broadcast). `bytes` as in the IR. The
@@ -290,7 +340,8 @@ class CostModel {
   /// One send/recv pair between two ranks.
   [[nodiscard]] CommCost p2p_cost(double bytes, schedule::RankId a, schedule::RankId b) const;
   /// One copy-engine transfer (transport copy_engine) between two GPUs of one node: no SMs, the copy engine's
-  /// NVLink bandwidth (kCopyEngineNvlinkEfficiency x the node's line rate), each byte once through both HBMs.
+  /// NVLink bandwidth (the profile's copy_engine.nvlink_efficiency x the node's line rate), each byte once through
+  /// both HBMs.
   [[nodiscard]] CommCost copy_engine_cost(double bytes, schedule::RankId a, schedule::RankId b) const;
 
  private:
@@ -298,7 +349,7 @@ class CostModel {
   /// (the estimate NCCL chooses the algorithm and protocol by).
   CommCost evaluate(schedule::CollectiveKind kind, double bytes, const CommSpan& span, NcclAlgo algo, NcclProto proto,
                     bool measured) const;
-  const CollectiveParams* override_for(const char* kind, NcclAlgo algo, NcclProto proto, bool inter,
+  const CollectiveParams* override_for(CollectiveParamsKind kind, NcclAlgo algo, NcclProto proto, bool inter,
                                        std::uint32_t ranks) const;
   topologies::Cluster cluster_;
   Profile profile_;

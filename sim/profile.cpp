@@ -2,6 +2,8 @@
 // default. The calibration issue writes these files from measurements. Format:
 //   { "schema_version": 1, "name": "...", "context": {"gpu": "...", "nccl": "..."},
 //     "compute": {"gemm": [[flops, efficiency], ...], "elementwise": [[bytes, efficiency], ...], ...},
+//     "op_compute": {"fwd.rope": [[bytes, efficiency], ...], "bwd.fc1_wgrad": [[flops, efficiency], ...]},
+//                    (optional, later addition: by op stem, sim::op_stem; over the size of the op's class table)
 //     "memory_efficiency": 0.9,
 //     "launch": {"compute": "4.24 us", "memcpy": ..., "collective": ..., "send": ..., "recv": ..., "host_sync": ...},
 //     "collectives": [{"kind": "all_reduce", "algorithm": "ring", "protocol": "simple", "span": "intra",
@@ -32,6 +34,8 @@
 //     "memory_overhead": {"cuda_context_bytes": 5.2e8, "cublas_workspace_bytes": 3.4e7,
 //                         "nccl_buffer_bytes_per_channel": 4.2e6, "allocator_reserved_over_allocated": 1.03,
 //                         "source": "..."},  (optional, later addition; each key optional: what the GPU measured)
+//     "copy_engine": {"nvlink_efficiency": 0.8356, "source": "..."},  (optional, later addition: a copy-engine
+//                         peer copy's fraction of the NVLink line rate; absent: sim::CopyEngine's default)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
 //               "note": "..."}] }
 // The later additions are optional, so every schema-1 file reads as before. profile_to_json() writes the same
@@ -56,27 +60,26 @@ using Json = nlohmann::json;
 /// tables, and counts up to 2^20.
 class Reader : public JsonReader {
  public:
-  using JsonReader::JsonReader;
+  explicit Reader(const std::string& source) : JsonReader(source), file_(source) {}
 
   std::uint32_t count(const Json& v, const std::string& ptr, std::uint32_t min) const {
     return JsonReader::count(v, ptr, min, 1u << 20);
   }
 
-  NcclAlgo algo(const Json& v, const std::string& ptr) const {
-    try {
-      return parse_nccl_algo(text(v, ptr), "algorithm");
-    } catch (const UnknownNameError& e) {
-      fail(ptr, e.message() + "; NVLS is not modelled (NCCL_NVLS_ENABLE=0)");
-    }
+  /// A mode's spelling at `ptr`, read by its parse_X; an unknown one names the file, the pointer and the spellings.
+  template <typename E>
+  E name(const Json& v, const std::string& ptr, E (*parse)(std::string_view, std::string_view),
+         std::string_view hint = {}) const {
+    const std::string t = text(v, ptr);
+    return reading_names(
+        file_, ptr, [&] { return parse(t, ptr); }, hint);
   }
 
-  NcclProto proto(const Json& v, const std::string& ptr) const {
-    try {
-      return parse_nccl_proto(text(v, ptr), "protocol");
-    } catch (const UnknownNameError& e) {
-      fail(ptr, e.message());
-    }
+  NcclAlgo algo(const Json& v, const std::string& ptr) const {
+    return name(v, ptr, parse_nccl_algo, "; NVLS is not modelled (NCCL_NVLS_ENABLE=0)");
   }
+
+  NcclProto proto(const Json& v, const std::string& ptr) const { return name(v, ptr, parse_nccl_proto); }
 
   EfficiencyTable table(const Json& v, const std::string& ptr) const {
     if (!v.is_array() || v.empty()) fail(ptr, "expected a non-empty array of [size, efficiency] pairs");
@@ -96,6 +99,9 @@ class Reader : public JsonReader {
     }
     return t;
   }
+
+ private:
+  std::string file_;  ///< The source the base reader names in its errors.
 };
 
 /// "collectives": measured parameters per (kind, algorithm, protocol, span, ranks).
@@ -108,22 +114,14 @@ void read_collectives(const Reader& r, const Json& arr, Profile& p) {
            {"kind", "algorithm", "protocol", "span", "ranks", "base_latency", "step_latency", "bus_bandwidth",
             "bus_efficiency"});
     CollectiveParams c;
-    if (e.contains("kind")) {
-      const std::string k = e["kind"].is_string() ? e["kind"].get<std::string>() : "";
-      if (k != "any" && k != "all_reduce" && k != "all_gather" && k != "reduce_scatter" && k != "broadcast" &&
-          k != "all_to_all" && k != "send_recv") {
-        r.fail(ptr + "/kind", "use all_reduce, all_gather, reduce_scatter, broadcast, all_to_all, send_recv or any");
-      }
-      c.kind = k;
-    }
+    if (e.contains("kind")) c.kind = r.name(e["kind"], ptr + "/kind", parse_collective_params_kind);
     if (!e.contains("algorithm")) r.fail(ptr + "/algorithm", "missing required field \"algorithm\"");
     if (!e.contains("protocol")) r.fail(ptr + "/protocol", "missing required field \"protocol\"");
     c.algo = r.algo(e["algorithm"], ptr + "/algorithm");
     c.proto = r.proto(e["protocol"], ptr + "/protocol");
-    const std::string span = e.contains("span") && e["span"].is_string() ? e["span"].get<std::string>() : "";
-    if (span != "intra" && span != "inter")
-      r.fail(ptr + "/span", "use \"intra\" (one node) or \"inter\" (across nodes)");
-    c.inter_node = span == "inter";
+    if (!e.contains("span"))
+      r.fail(ptr + "/span", "missing required field \"span\" (\"intra\": one node; \"inter\": across nodes)");
+    c.span = r.name(e["span"], ptr + "/span", parse_span);
     if (e.contains("ranks")) c.ranks = r.count(e["ranks"], ptr + "/ranks", 2);
     if (e.contains("base_latency"))
       c.base_latency_s = r.quantity(e["base_latency"], ptr + "/base_latency", Dimension::kTime);
@@ -252,9 +250,9 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   const Json j = parse_json(text, source);
   const Reader r(source);
   r.keys(j, "",
-         {"schema_version", "name", "context", "compute", "memory_efficiency", "launch", "collectives", "nccl",
-          "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table", "framework",
-          "memory_overhead", "fits"});
+         {"schema_version", "name", "context", "compute", "op_compute", "memory_efficiency", "launch", "collectives",
+          "nccl", "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table",
+          "framework", "memory_overhead", "copy_engine", "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -279,6 +277,17 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     r.keys(j["compute"], "/compute", kClasses);
     for (const auto& item : j["compute"].items()) {
       p.compute[item.key()] = r.table(item.value(), "/compute/" + item.key());
+    }
+  }
+  if (j.contains("op_compute")) {
+    if (!j["op_compute"].is_object()) r.fail("/op_compute", "expected an object of tables by op stem");
+    for (const auto& item : j["op_compute"].items()) {
+      if (item.key().empty() || op_stem(item.key()) != item.key()) {
+        r.fail("/op_compute/" + item.key(),
+               "expected an op stem: the op's name without its layer and micro-batch (\"fwd.rope\", not "
+               "\"L0.mb0.fwd.rope\")");
+      }
+      p.op_compute[item.key()] = r.table(item.value(), "/op_compute/" + item.key());
     }
   }
   if (j.contains("memory_efficiency")) {
@@ -350,6 +359,22 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       p.memory_overhead.source = m["source"].get<std::string>();
     }
   }
+  if (j.contains("copy_engine")) {
+    const Json& ce = j["copy_engine"];
+    r.keys(ce, "/copy_engine", {"nvlink_efficiency", "source"});
+    if (ce.contains("nvlink_efficiency")) {
+      const double v = r.quantity(ce["nvlink_efficiency"], "/copy_engine/nvlink_efficiency", Dimension::kDimensionless);
+      if (v <= 0 || v > 1) {
+        r.fail("/copy_engine/nvlink_efficiency",
+               "must be in (0, 1] (a copy-engine peer copy's fraction of the NVLink line rate)");
+      }
+      p.copy_engine.nvlink_efficiency = v;
+    }
+    if (ce.contains("source")) {
+      if (!ce["source"].is_string()) r.fail("/copy_engine/source", "expected a string");
+      p.copy_engine.source = ce["source"].get<std::string>();
+    }
+  }
   if (j.contains("fits")) read_fits(r, j["fits"], p);
   // What the file leaves to the datasheet: every field datasheet_defaults() sets that the file does not.
   const Profile datasheet = Profile::datasheet_defaults();
@@ -406,6 +431,11 @@ std::string profile_to_json(const Profile& p) {
     if (!is_missing(p, "compute." + cls)) compute[cls] = table_json(table);
   }
   j["compute"] = compute;
+  if (!p.op_compute.empty()) {
+    Json ops = Json::object();
+    for (const auto& [stem, table] : p.op_compute) ops[stem] = table_json(table);
+    j["op_compute"] = ops;
+  }
   j["memory_tables"] = p.memory_tables_by_bytes ? "bytes" : "flops";
   j["attention_causal_work"] = p.attention_full_scores ? "full" : "half";
   j["grouped_gemm_table"] = p.grouped_gemm_per_group ? "per_group" : "total";
@@ -418,10 +448,10 @@ std::string profile_to_json(const Profile& p) {
   j["launch"] = launch;
   Json colls = Json::array();
   for (const auto& o : p.collectives) {
-    colls.push_back({{"kind", o.kind},
+    colls.push_back({{"kind", to_string(o.kind)},
                      {"algorithm", to_string(o.algo)},
                      {"protocol", to_string(o.proto)},
-                     {"span", o.inter_node ? "inter" : "intra"},
+                     {"span", to_string(o.span)},
                      {"base_latency", o.base_latency_s},
                      {"step_latency", o.step_latency_s},
                      {"bus_bandwidth", o.bus_bytes_per_s}});
@@ -474,6 +504,11 @@ std::string profile_to_json(const Profile& p) {
     }
     m["source"] = mo.source;
     j["memory_overhead"] = m;
+  }
+  // The copy engine only where it is not the default (profiles measured before it existed write back unchanged).
+  const CopyEngine ce;
+  if (p.copy_engine.nvlink_efficiency != ce.nvlink_efficiency || p.copy_engine.source != ce.source) {
+    j["copy_engine"] = {{"nvlink_efficiency", p.copy_engine.nvlink_efficiency}, {"source", p.copy_engine.source}};
   }
   Json fits = Json::array();
   for (const auto& f : p.fits) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <ctime>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -86,6 +87,13 @@ nlohmann::ordered_json head(const Point& p, PointStatus status, const std::strin
   return j;
 }
 
+/// This thread's CPU seconds so far (PointTimings).
+double thread_cpu_s() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 }  // namespace
 
 double estimated_cost(const Point& p) {
@@ -140,7 +148,16 @@ models::RunConfig point_config(const Point& p, const topologies::Cluster& cluste
   return models::apply_overlap_variant(base, p.overlap);
 }
 
-std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_above_s) {
+std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_above_s, PointTimings* timings) {
+  PointTimings ignored;
+  PointTimings& t = timings != nullptr ? *timings : ignored;
+  double t0 = thread_cpu_s();
+  // Adds the CPU seconds since the last call to `to`.
+  auto lap = [&](double& to) {
+    const double now = thread_cpu_s();
+    to += now - t0;
+    t0 = now;
+  };
   Inputs& in = inputs();
   const models::ModelSpec& model = in.model(p.model);
   const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
@@ -156,6 +173,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
   // Never refused for size (issue 18): the reductions and periodicity bound what is simulated, and a point that
   // cannot win is pruned before it is lowered in full (below).
   eval_opts.check_size = false;
+  eval_opts.phases = timings != nullptr ? &timings->phases : nullptr;
   const double cap_gib = cfg.gpu_memory_bytes / kGiB;
   auto with_memory = [&](nlohmann::ordered_json j, double mem_gib) {
     j["memory_gib_per_gpu"] = mem_gib;
@@ -174,12 +192,16 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
   try {
     // Pruned first: a layout that cannot fit is not lowered (the memory estimate needs only the run context).
     if (const double mem = models::estimate_peak_memory(model, cfg).total_bytes(); mem > cfg.gpu_memory_bytes) {
-      return does_not_fit(mem / kGiB, models::check_config(model, cfg), "pruned before lowering: ");
+      std::string line = does_not_fit(mem / kGiB, models::check_config(model, cfg), "pruned before lowering: ");
+      lap(t.check_s);
+      return line;
     }
+    lap(t.check_s);
     // Pruned next: a layout whose step lasts at least longer than the best found so far in its group cannot win.
     if (std::isfinite(prune_above_s)) {
-      if (const evaluate::StepBound bound = evaluate::step_lower_bound(model, costs, cfg, p.fidelity);
-          bound.seconds > prune_above_s) {
+      const evaluate::StepBound bound = evaluate::step_lower_bound(model, costs, cfg, p.fidelity);
+      lap(t.bound_s);
+      if (bound.seconds > prune_above_s) {
         char buf[400];
         std::snprintf(buf, sizeof buf,
                       "pruned before simulating: the step lasts at least %.6f s (%s), longer than %.6f s, the best "
@@ -192,6 +214,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
       }
     }
     full = evaluate::evaluate(model, cluster, costs, cfg, eval_opts);
+    lap(t.evaluate_s);
   } catch (const Error& e) {
     return head(p, PointStatus::kInvalid, e.what()).dump();
   }
@@ -258,10 +281,13 @@ std::string rejection_reason(const Point& point) {
   return "";
 }
 
-std::string evaluate_point(const Point& point, bool extrapolate, double prune_above_s) {
+std::string evaluate_point(const Point& point, bool extrapolate, double prune_above_s, PointTimings* timings) {
   if (!point.invalid_reason.empty()) return head(point, PointStatus::kInvalid, point.invalid_reason).dump();
   try {
-    return evaluate_or_throw(point, extrapolate, prune_above_s);
+    const double t0 = thread_cpu_s();
+    std::string line = evaluate_or_throw(point, extrapolate, prune_above_s, timings);
+    if (timings != nullptr) timings->total_s += thread_cpu_s() - t0;
+    return line;
   } catch (const Error& e) {
     return head(point, PointStatus::kError, e.what()).dump();
   } catch (const std::exception& e) {

@@ -65,11 +65,7 @@ std::vector<E> modes_field(const nlohmann::json& v, const std::string& source, c
                            E (*parse)(std::string_view, std::string_view)) {
   std::vector<E> out;
   for (const auto& name : strings_field(v, source, field)) {
-    try {
-      out.push_back(parse(name, field));
-    } catch (const UnknownNameError& e) {
-      throw ParseError(source, "/" + field, e.message());
-    }
+    out.push_back(reading_names(source, "/" + field, [&] { return parse(name, field); }));
   }
   return out;
 }
@@ -144,7 +140,7 @@ Spec spec_from_json(const std::string& text, const std::string& source) {
     else if (k == "mbs")
       s.mbs = uints_field(v, source, k);
     else if (k == "overlap")
-      s.overlaps = strings_field(v, source, k);
+      s.overlaps = modes_field(v, source, k, models::parse_overlap_variant);
     else if (k == "dispatcher")
       s.dispatchers = modes_field(v, source, k, models::parse_token_dispatcher);
     else if (k == "fidelity")
@@ -287,7 +283,6 @@ std::vector<Point> expand(const Spec& spec) {
       spec.fidelities.empty()) {
     throw Error("sweep: gbs, seq, mbs, overlap, dispatcher and fidelity lists must not be empty");
   }
-  for (const auto& v : spec.overlaps) (void)models::apply_overlap_variant(models::RunConfig{}, v);  // names check
   if (!spec.profile.empty()) {
     if (const std::string path = sim::profile_path(spec.profile); !path.empty()) (void)sim::read_profile(path);
   }
@@ -392,7 +387,7 @@ nlohmann::json point_inputs(const Point& p) {
   j["ep"] = p.layout.ep;
   j["dp"] = p.layout.dp;
   j["mbs"] = p.layout.mbs;
-  j["overlap"] = p.overlap;
+  j["overlap"] = models::to_string(p.overlap);
   j["dispatcher"] = to_string(p.dispatcher);
   j["fidelity"] = to_string(p.fidelity);
   j["profile"] = p.profile;
@@ -415,16 +410,12 @@ Point point_from_inputs(const nlohmann::json& j, const std::string& source) {
   };
   p.model = s("model");
   p.cluster = s("cluster");
-  p.overlap = s("overlap");
   // A mode field: its parser's message, with the file and the field's pointer.
   auto mode = [&](const char* k, auto parse) {
     const std::string text = s(k);
-    try {
-      return parse(text, k);
-    } catch (const UnknownNameError& e) {
-      throw ParseError(source, std::string("/key/") + k, e.message());
-    }
+    return reading_names(source, std::string("/key/") + k, [&] { return parse(text, k); });
   };
+  p.overlap = mode("overlap", models::parse_overlap_variant);
   p.dispatcher = mode("dispatcher", models::parse_token_dispatcher);
   p.fidelity = mode("fidelity", sim::parse_fidelity);
   p.profile = s("profile");
@@ -487,7 +478,7 @@ std::string predict_command(const Point& p) {
   c += " --mbs " + std::to_string(l.mbs) + " --gbs " + std::to_string(p.gbs) + " --seq " + std::to_string(p.seq);
   if (!p.base_config.empty()) c += " --config " + p.base_config;
   if (!p.profile.empty()) c += " --profile " + p.profile;
-  return c + " --fidelity " + to_string(p.fidelity) + " --overlap " + p.overlap;
+  return c + " --fidelity " + to_string(p.fidelity) + " --overlap " + models::to_string(p.overlap);
 }
 
 }  // namespace twinstep::sweep

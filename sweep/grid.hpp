@@ -27,7 +27,8 @@ struct Layout {
 /// and resumed runs agree on it); invalid_reason is non-empty when a rule rejected it before lowering.
 struct Point {
   std::size_t index = 0;
-  std::string model, cluster, profile, base_config, overlap = "none";
+  std::string model, cluster, profile, base_config;
+  models::OverlapVariant overlap;
   sim::Fidelity fidelity = sim::Fidelity::kAnalytic;
   models::TokenDispatcher dispatcher = models::TokenDispatcher::kAllToAll;
   std::uint32_t gpus = 0, gbs = 0, seq = 0;
@@ -43,7 +44,7 @@ struct Spec {
   std::vector<std::uint32_t> gbs{512}, seq{4096}, mbs{1};
   std::vector<std::uint32_t> tp{1}, pp{1}, vpp{1}, cp{1}, ep{1};
   bool auto_layout = false;
-  std::vector<std::string> overlaps{"none"};
+  std::vector<models::OverlapVariant> overlaps{models::OverlapVariant{}};
   std::vector<models::TokenDispatcher> dispatchers{models::TokenDispatcher::kAllToAll};
   std::vector<sim::Fidelity> fidelities{sim::default_fidelity()};
   std::string profile;      ///< Calibration profile JSON; empty = datasheet defaults.

@@ -71,19 +71,19 @@ std::vector<std::optional<double>> speedups_vs_none(const std::vector<Result>& r
   // The point with its overlap blanked out identifies "the same point"; its none variant is the reference.
   auto without_overlap = [](const Result& r) {
     Point p = r.point;
-    p.overlap = "";
+    p.overlap = {};
     return point_key(p);
   };
   std::map<std::string, std::size_t> none_of;
   for (std::size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
-    if (r.status == PointStatus::kOk && r.point.overlap == "none") none_of.emplace(without_overlap(r), i);
+    if (r.status == PointStatus::kOk && r.point.overlap.none()) none_of.emplace(without_overlap(r), i);
   }
   std::vector<std::optional<double>> out(results.size());
   if (none_of.empty()) return out;
   for (std::size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
-    if (r.status != PointStatus::kOk || r.point.overlap == "none" || r.step_time_s <= 0) continue;
+    if (r.status != PointStatus::kOk || r.point.overlap.none() || r.step_time_s <= 0) continue;
     const auto it = none_of.find(without_overlap(r));
     if (it != none_of.end()) out[i] = results[it->second].step_time_s / r.step_time_s;
   }
@@ -174,7 +174,7 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
         if (r.status != PointStatus::kOk) continue;
         if (layout_id(r) != best_layout) {
           if (!g.runner_up || better(r, results[*g.runner_up])) g.runner_up = i;
-        } else if (r.point.overlap == "none") {
+        } else if (r.point.overlap.none()) {
           none_s = r.step_time_s;
         }
       }
@@ -182,7 +182,7 @@ std::vector<Ranking> rank_results(const std::vector<Result>& results) {
         for (std::size_t i : members) {
           const Result& r = results[i];
           if (r.status == PointStatus::kOk && layout_id(r) == best_layout && r.step_time_s > 0) {
-            g.speedup_vs_none.emplace_back(r.point.overlap, *none_s / r.step_time_s);
+            g.speedup_vs_none.emplace_back(models::to_string(r.point.overlap), *none_s / r.step_time_s);
           }
         }
       }
@@ -240,7 +240,7 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
                                                     : fmt("%.1f GiB", r.memory_gib);
       const std::string gain = speedups[i] ? fmt("%+.1f%%", 100.0 * (*speedups[i] - 1)) : "";
       std::snprintf(buf, sizeof buf, "  %4zu  %-38s %-16s %11s %+7.1f%% %5.1f%% %8.1f %19s %8s\n", k + 1,
-                    layout.c_str(), r.point.overlap.c_str(), format_seconds(r.step_time_s).c_str(),
+                    layout.c_str(), models::to_string(r.point.overlap).c_str(), format_seconds(r.step_time_s).c_str(),
                     b.step_time_s > 0 ? 100.0 * (r.step_time_s / b.step_time_s - 1) : 0.0, 100.0 * r.mfu,
                     r.tflops_per_gpu, memory.c_str(), gain.c_str());
       o << buf;
@@ -257,7 +257,7 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
     }
     if (g.runner_up) {
       const Result& r = results[*g.runner_up];
-      o << "        runner-up: " << r.point.layout.describe() << " " << r.point.overlap << " "
+      o << "        runner-up: " << r.point.layout.describe() << " " << models::to_string(r.point.overlap) << " "
         << format_seconds(r.step_time_s) << " (" << fmt("%+.1f%%", 100.0 * (r.step_time_s / b.step_time_s - 1))
         << "), loses on " << g.runner_up_loses << "\n";
     }
@@ -295,8 +295,8 @@ std::string to_csv(const std::vector<Result>& results) {
     const auto& l = p.layout;
     o << r.index << "," << csv_field(p.model) << "," << csv_field(p.cluster) << "," << to_string(p.fidelity) << ","
       << p.gpus << "," << p.gbs << "," << p.seq << "," << l.tp << "," << l.pp << "," << l.vpp << "," << l.cp << ","
-      << l.ep << "," << l.dp << "," << l.mbs << "," << to_string(p.dispatcher) << "," << csv_field(p.overlap) << ","
-      << to_string(r.status) << ",";
+      << l.ep << "," << l.dp << "," << l.mbs << "," << to_string(p.dispatcher) << ","
+      << csv_field(models::to_string(p.overlap)) << "," << to_string(r.status) << ",";
     // Only a simulated point has a step time, MFU and TFLOP/s; one that does not fit has its memory estimate.
     const bool ran = r.status == PointStatus::kOk;
     const bool has_memory = ran || r.status == PointStatus::kDoesNotFit;
@@ -339,7 +339,7 @@ std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Resu
       const Result& b = results[*g.best];
       e["best"] = {{"layout", b.point.layout.describe()},
                    {"dispatcher", to_string(b.point.dispatcher)},
-                   {"overlap", b.point.overlap},
+                   {"overlap", models::to_string(b.point.overlap)},
                    {"step_time_s", b.step_time_s},
                    {"mfu", b.mfu},
                    {"memory_gib_per_gpu", b.memory_gib}};

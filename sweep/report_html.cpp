@@ -228,9 +228,9 @@ std::string ranked_table(const std::vector<Result>& results, const std::vector<R
         << escape(g.model + " / " + g.cluster + " (" + to_string(g.fidelity) + ")") << "</td><td>" << g.seq
         << "</td><td>" << g.gbs << "</td><td>" << g.gpus << "</td><td class=\"name\">"
         << escape(r.point.layout.describe()) << "</td><td>" << escape(to_string(r.point.dispatcher)) << "</td><td>"
-        << escape(r.point.overlap) << "</td>" << sort_cell(r.step_time_s, format_seconds(r.step_time_s))
-        << sort_cell(vs_best, fmt("%+.1f%%", 100 * vs_best)) << sort_cell(r.mfu, fmt("%.1f%%", 100 * r.mfu))
-        << sort_cell(r.tflops_per_gpu, fmt("%.1f", r.tflops_per_gpu))
+        << escape(models::to_string(r.point.overlap)) << "</td>"
+        << sort_cell(r.step_time_s, format_seconds(r.step_time_s)) << sort_cell(vs_best, fmt("%+.1f%%", 100 * vs_best))
+        << sort_cell(r.mfu, fmt("%.1f%%", 100 * r.mfu)) << sort_cell(r.tflops_per_gpu, fmt("%.1f", r.tflops_per_gpu))
         << sort_cell(r.memory_gib, fmt("%.1f GiB", r.memory_gib))
         << sort_cell(capacity, capacity ? fmt("%.1f GiB", *capacity) : "")
         << sort_cell(gain, gain ? fmt("%+.1f%%", 100 * *gain) : "") << "<td>" << r.index << "</td></tr>\n";
@@ -267,9 +267,9 @@ std::string not_run_section(const std::vector<Result>& results) {
     if (r.status == PointStatus::kOk) continue;
     if (++listed > 500) continue;
     o << "<tr><td>" << r.index << "</td><td class=\"name\">" << escape(r.point.model) << " / " << r.point.gpus
-      << "</td><td class=\"name\">" << escape(r.point.layout.describe()) << "</td><td>" << escape(r.point.overlap)
-      << "</td><td>" << escape(to_string(r.status)) << "</td><td class=\"name wrap\">" << escape(r.reason)
-      << "</td></tr>\n";
+      << "</td><td class=\"name\">" << escape(r.point.layout.describe()) << "</td><td>"
+      << escape(models::to_string(r.point.overlap)) << "</td><td>" << escape(to_string(r.status))
+      << "</td><td class=\"name wrap\">" << escape(r.reason) << "</td></tr>\n";
   }
   o << "</table>\n";
   if (listed > 500) o << "<p class=\"note\">" << not_run - 500 << " more in the CSV and JSON lines.</p>\n";
@@ -296,9 +296,9 @@ std::string best_table(const std::vector<Result>& results, const std::vector<Ran
     std::string sp;
     for (const auto& [v, s] : g.speedup_vs_none) sp += v + " " + fmt("%.3fx", s) + "; ";
     o << "<td class=\"name\">" << escape(b.point.layout.describe() + " " + to_string(b.point.dispatcher)) << "</td><td>"
-      << escape(b.point.overlap) << "</td><td>" << escape(format_seconds(b.step_time_s)) << "</td><td>"
-      << fmt("%.1f%%", 100 * b.mfu) << "</td><td>" << fmt("%.1f GiB", b.memory_gib) << "</td><td>" << escape(sp)
-      << "</td><td>" << escape(g.runner_up_loses) << "</td></tr>\n";
+      << escape(models::to_string(b.point.overlap)) << "</td><td>" << escape(format_seconds(b.step_time_s))
+      << "</td><td>" << fmt("%.1f%%", 100 * b.mfu) << "</td><td>" << fmt("%.1f GiB", b.memory_gib) << "</td><td>"
+      << escape(sp) << "</td><td>" << escape(g.runner_up_loses) << "</td></tr>\n";
   }
   o << "</table>\n";
   return o.str();
@@ -320,7 +320,7 @@ std::string variant_charts(const std::vector<Result>& results, const std::vector
     std::vector<std::pair<std::string, const Result*>> rows;
     for (const auto& r : results) {
       if (r.status == PointStatus::kOk && group_of(r) == group_of(b) && layout_id(r) == layout_id(b)) {
-        rows.emplace_back(r.point.overlap, &r);
+        rows.emplace_back(models::to_string(r.point.overlap), &r);
       }
     }
     o << "<h3>"
@@ -344,8 +344,9 @@ std::string scaling_curves(const std::vector<Result>& results) {
     if (r.status != PointStatus::kOk) continue;
     const CurveKey k{r.point.model, r.point.cluster, r.point.fidelity, r.point.seq, r.point.gbs};
     auto& vs = variant_order[k];
-    if (std::find(vs.begin(), vs.end(), r.point.overlap) == vs.end()) vs.push_back(r.point.overlap);
-    auto& cell = curves[k][r.point.overlap];
+    const std::string variant = models::to_string(r.point.overlap);
+    if (std::find(vs.begin(), vs.end(), variant) == vs.end()) vs.push_back(variant);
+    auto& cell = curves[k][variant];
     const auto it = cell.find(r.point.gpus);
     if (it == cell.end() || r.step_time_s < it->second) cell[r.point.gpus] = r.step_time_s;
   }
@@ -384,9 +385,9 @@ std::string heat_maps(const std::vector<Result>& results) {
       const Result& r = results[i];
       if (r.status != PointStatus::kOk) continue;
       Point p = r.point;
-      p.overlap = "";
+      p.overlap = {};
       auto& [none_i, best_i] = per_layout[point_key(p)];
-      if (r.point.overlap == "none") {
+      if (r.point.overlap.none()) {
         none_i = i;
       } else if (!best_i || better(r, results[*best_i])) {
         best_i = i;
@@ -404,16 +405,16 @@ std::string heat_maps(const std::vector<Result>& results) {
       if (f != fastest.end()) {
         const Result& old = results[f->second];
         Point op = old.point;
-        op.overlap = "";
+        op.overlap = {};
         const auto& old_pair = per_layout[point_key(op)];
         const double old_step = std::min(old.step_time_s, results[*old_pair.second].step_time_s);
         if (old_step < step || (old_step == step && old.index < n.index)) continue;
       }
       fastest[{mk, cell}] = *none_i;
       const Result& b = results[*best_i];
-      maps[mk][cell] = {n.step_time_s / b.step_time_s - 1.0, n.point.layout.describe() + ": none " +
-                                                                 format_seconds(n.step_time_s) + ", " +
-                                                                 b.point.overlap + " " + format_seconds(b.step_time_s)};
+      maps[mk][cell] = {n.step_time_s / b.step_time_s - 1.0,
+                        n.point.layout.describe() + ": none " + format_seconds(n.step_time_s) + ", " +
+                            models::to_string(b.point.overlap) + " " + format_seconds(b.step_time_s)};
       axes[mk].first.insert(cell.first);
       axes[mk].second.insert(cell.second);
     }
@@ -448,10 +449,10 @@ std::string measured_section(const std::vector<Result>& results, const std::vect
       if (m.match) {
         const Result& r = results[*m.match];
         pts.emplace_back(m.step_time_s, r.step_time_s);
-        o << "<td class=\"name\">" << escape(r.point.layout.describe() + " " + r.point.overlap) << "</td><td>"
-          << escape(format_seconds(m.step_time_s)) << "</td><td>" << escape(format_seconds(r.step_time_s))
-          << "</td><td>" << fmt("%+.1f%%", m.step_time_s > 0 ? 100 * (r.step_time_s / m.step_time_s - 1) : 0.0)
-          << "</td></tr>\n";
+        o << "<td class=\"name\">" << escape(r.point.layout.describe() + " " + models::to_string(r.point.overlap))
+          << "</td><td>" << escape(format_seconds(m.step_time_s)) << "</td><td>"
+          << escape(format_seconds(r.step_time_s)) << "</td><td>"
+          << fmt("%+.1f%%", m.step_time_s > 0 ? 100 * (r.step_time_s / m.step_time_s - 1) : 0.0) << "</td></tr>\n";
       } else {
         o << "<td colspan=\"4\">no point of this sweep lowers to the same schedule (" << escape(m.fingerprint)
           << ")</td></tr>\n";

@@ -66,11 +66,14 @@ bool write_all(int fd, const std::string& s) {
 
 /// A worker lowers and simulates one schedule after another, each of the same tens of MB: keep the freed memory in
 /// the heap for the next one instead of returning it to the kernel and faulting it in again (~15% of a worker's CPU
-/// time). glibc's defaults mmap large blocks afresh and trim the heap top; 32 MiB is the largest mmap threshold glibc
-/// accepts on 64-bit. The heap grows kHeapStep at a time and is backed by transparent huge pages where the kernel
-/// offers them on request (/sys/kernel/mm/transparent_hugepage/enabled "madvise" or "always"): a simulation walks
-/// ops spread over MBs rank by rank, and 2 MiB pages cut its page faults and TLB misses (~10% of a worker's CPU
-/// time on the sweep benchmark; docs/performance.md). Without THP the advice is ignored.
+/// time). glibc's defaults mmap large blocks afresh and trim the heap top. No block is mmapped at all (M_MMAP_MAX 0):
+/// the threshold cannot go above 32 MiB on 64-bit, and the largest schedules' op and state vectors are above it,
+/// so they were mapped, faulted in page by page and unmapped again at every point (a quarter of a `--parallel
+/// auto` grid's CPU time in the kernel's page-fault path, bench/results/scale.md). The heap grows kHeapStep at a time
+/// and is backed by transparent huge pages where the kernel offers them on request
+/// (/sys/kernel/mm/transparent_hugepage/enabled "madvise" or "always"): a simulation walks ops spread over MBs rank by
+/// rank, and 2 MiB pages cut its page faults and TLB misses (~10% of a worker's CPU time on the sweep benchmark;
+/// docs/performance.md). Without THP the advice is ignored.
 constexpr std::size_t kHeapStep = std::size_t{64} << 20;
 constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
 
@@ -84,7 +87,7 @@ void advise_huge_pages(std::uintptr_t* from) {
 
 /// Sets a worker's heap up (above); returns where its huge-page advice starts.
 std::uintptr_t keep_freed_memory() {
-  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_MMAP_MAX, 0);
   ::mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
   ::mallopt(M_TOP_PAD, static_cast<int>(kHeapStep));
   // Grow the heap by a step before the first point touches it (freed blocks stay: no trimming), so that the advice
@@ -229,11 +232,8 @@ Result result_from_line(const std::string& line, const std::string& source) {
   r.point = point_from_inputs(j["key"], source);
   r.point.index = r.index;
   r.key = point_key(r.point);
-  try {
-    r.status = parse_point_status(j["status"].get<std::string>(), "status");
-  } catch (const UnknownNameError& e) {
-    throw ParseError(source, "/status", e.message());
-  }
+  r.status =
+      reading_names(source, "/status", [&] { return parse_point_status(j["status"].get<std::string>(), "status"); });
   r.reason = j.value("reason", "");
   if (r.status == PointStatus::kInvalid) r.point.invalid_reason = r.reason;
   r.step_time_s = j.value("step_time_s", 0.0);

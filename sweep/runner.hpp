@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "evaluate/evaluate.hpp"
 #include "models/lower.hpp"
 #include "sweep/grid.hpp"
 
@@ -55,6 +56,15 @@ struct Result {
 /// and the predict command that evaluates it alone.
 [[nodiscard]] std::string status_line(const Point& point, PointStatus status, const std::string& reason);
 
+/// CPU seconds (this thread's) of one evaluate_point call by stage, and the wall split of its simulations.
+struct PointTimings {
+  double check_s = 0;       ///< The run config, the lowering's checks and the memory estimate (nothing lowered).
+  double bound_s = 0;       ///< The lower bound of "cannot win" pruning (evaluate::step_lower_bound).
+  double evaluate_s = 0;    ///< evaluate::evaluate: lowerings, simulations, analyses, periodicity.
+  double total_s = 0;       ///< The whole call, the JSON line included.
+  evaluate::Phases phases;  ///< evaluate's phases (wall seconds, summed over its simulations).
+};
+
 /// Lowers, checks the memory estimate, simulates and analyzes one point, and returns its JSON line (no newline).
 /// Never throws for bad points: they come back with status kInvalid / kDoesNotFit and the reason. With
 /// `extrapolate`, a point with many micro-batches is simulated at three small counts and extrapolated along the
@@ -62,8 +72,10 @@ struct Result {
 /// "extrapolated_from_micro_batches"), else in full. With a finite `prune_above_s` (the best step time found so far
 /// among the points it is ranked with), a point whose step lasts longer than that for sure (evaluate::
 /// step_lower_bound) is not simulated: status "cannot_win", with "lower_bound_s" and "best_so_far_s".
+/// `timings`, when set, receives where the point's time went (the benchmarks' profile of a grid).
 [[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true,
-                                         double prune_above_s = std::numeric_limits<double>::infinity());
+                                         double prune_above_s = std::numeric_limits<double>::infinity(),
+                                         PointTimings* timings = nullptr);
 
 /// Why `point` cannot run, known before anything is lowered: its layout rule (Point::invalid_reason) or the
 /// lowering's checks (models::check_config: divisibility, gating assertions, uneven layouts), word for word the
@@ -87,8 +99,10 @@ struct RunOptions {
   unsigned jobs = 1;     ///< Worker processes at once.
   bool progress = true;  ///< Progress on `progress_out`: a bar with ETA on a terminal, plain lines otherwise.
   std::FILE* progress_out = stdout;
-  std::size_t max_points_per_worker = 32;  ///< Analytic points a worker evaluates before exiting (flow: always 1).
-  bool extrapolate = true;                 ///< Micro-batch extrapolation (evaluate_point).
+  /// Analytic points a worker evaluates before exiting (flow: always 1). A fresh worker faults its heap in again (the
+  /// largest points' hundreds of MB), so it stays up long.
+  std::size_t max_points_per_worker = 512;
+  bool extrapolate = true;  ///< Micro-batch extrapolation (evaluate_point).
   /// Prune points that cannot win (`twinstep sweep --parallel auto`): the cheapest points (estimated_cost) go first,
   /// and each point goes to its worker with the best step time found so far in its ranking group (group_of), above
   /// which evaluate_point prunes it. Which points are pruned depends on the order in which workers finish; a pruned

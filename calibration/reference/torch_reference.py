@@ -4,7 +4,8 @@
 The shapes come from the schedule's ops (`--schedule step.json`, written by `twinstep lower ... --gpus 1`) or from
 explicit flags. The step is built as the lowering models it (models/lowering/): per layer RMSNorm, QKV GEMM, RoPE,
 causal SDPA with GQA, output projection, residual, RMSNorm, then a SwiGLU MLP (dense layers) or a MoE block (router
-GEMM, softmax top-k, token-count D2H + sync, permute, chunk sort, per-expert GEMMs in a loop, unsort, unpermute);
+GEMM, softmax top-k, token-count D2H + sync, permute, chunk sort, the expert GEMMs (grouped, or a loop), unsort,
+unpermute);
 embedding, final norm, output layer and an fp32 cross-entropy; full recompute per layer where the schedule has it
 (a reentrant checkpoint as Megatron's CheckpointFunction); main grads in the dtype the schedule's grad_norm implies
 (bf16, or fp32 with grad_reduce_in_fp32), accumulated in the wgrad GEMM as Megatron's gradient accumulation fusion
@@ -17,7 +18,9 @@ steps (CUDA events), peak memory (max_memory_allocated, max_memory_reserved, cud
 
 --fp8: the linear layers of the transformer layers (QKV, projection, MLP, experts) run torch._scaled_mm with
 per-tensor current scaling (e4m3 activations and weights forward, e5m2 gradients backward, bf16 outputs); the
-router, the output layer, attention, norms and the optimizer stay bf16/fp32.
+router, the output layer, attention, norms and the optimizer stay bf16/fp32. The dense layers cast each tensor once
+with its transposed copy (TE's cast-transpose; torch.compile fuses the cast with --fuse-elementwise); the experts
+cast per expert GEMM.
 """
 import argparse
 import contextlib
@@ -187,17 +190,35 @@ E4M3, E5M2 = getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2"
 
 
 def quantize(x, fmt):
+    """Per-tensor current scaling: x in fmt and the dequantisation scale (1 / scale)."""
     amax = x.abs().amax().float().clamp(min=1e-12)
     scale = torch.finfo(fmt).max / amax
     return (x.float() * scale).to(fmt), scale.reciprocal()
+
+
+def quantize_t(x, fmt):
+    """quantize() plus the transposed fp8 copy with the same scale (Transformer Engine's cast-transpose: the copy the
+    other GEMM of the backward reads as its column-major operand)."""
+    q, s = quantize(x, fmt)
+    return q, q.t().contiguous(), s
+
+
+# The fp8 casts the linear layers call through this table: eager by default; --fuse-elementwise compiles them (one or
+# two fused kernels per cast, as TE's fused cast / cast-transpose kernels), see fuse_elementwise().
+FP8_CAST = {"quantize": quantize, "quantize_t": quantize_t}
+
+
+def scaled_mm(qa, sa, qb_col, sb):
+    """fp8 GEMM: qa [M,K] row-major times qb_col [K,N] column-major, bf16 output."""
+    return torch._scaled_mm(qa, qb_col, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
 
 
 def mm(a, b_t, fp8, fmt_a=None, fmt_b=None, fast_accum=False):
     """a [M,K] @ b_t.T where b_t is [N,K] (a weight as stored): bf16, or fp8 with the given formats."""
     if not fp8:
         return a @ b_t.t()
-    qa, sa = quantize(a.contiguous(), fmt_a)
-    qb, sb = quantize(b_t, fmt_b)
+    qa, sa = FP8_CAST["quantize"](a.contiguous(), fmt_a)
+    qb, sb = FP8_CAST["quantize"](b_t, fmt_b)
     # _scaled_mm wants the first operand row-major and the second column-major: qb is [N,K] row-major, so qb.t()
     # is the [K,N] column-major operand.
     return torch._scaled_mm(qa, qb.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
@@ -238,34 +259,106 @@ def accumulate_wgrad(main_grad, g2, x2, fp8):
 
 
 class Linear(torch.autograd.Function):
-    """y = x W^T with Megatron's backward: dgrad and wgrad as two named GEMMs, wgrad accumulated into W.main_grad."""
+    """y = x W^T with Megatron's backward: dgrad and wgrad as two named GEMMs, wgrad accumulated into W.main_grad.
+    fp8 as Transformer Engine runs it: the forward casts the weight and the input once each with a transposed copy
+    (cast-transpose) and keeps the fp8 copies the backward's GEMMs read (W^T for dgrad, x^T for wgrad); the backward
+    casts the gradient once the same way."""
 
     @staticmethod
     def forward(ctx, x, w, prefix, fp8):
-        ctx.save_for_backward(x, w)
         ctx.prefix, ctx.fp8 = prefix, fp8
         x2 = x.reshape(-1, x.shape[-1])
-        return mm(x2, w, fp8, E4M3, E4M3, fast_accum=True).view(*x.shape[:-1], w.shape[0])
+        if not fp8:
+            ctx.save_for_backward(x, w)
+            return (x2 @ w.t()).view(*x.shape[:-1], w.shape[0])
+        qw, qw_t, sw = FP8_CAST["quantize_t"](w, E4M3)
+        qx, qx_t, sx = FP8_CAST["quantize_t"](x2.contiguous(), E4M3)
+        ctx.save_for_backward(qx_t, sx, qw_t, sw, w)
+        ctx.x_shape = x.shape
+        y = torch._scaled_mm(qx, qw.t(), scale_a=sx, scale_b=sw, out_dtype=torch.bfloat16, use_fast_accum=True)
+        return y.view(*x.shape[:-1], w.shape[0])
 
     @staticmethod
     def backward(ctx, g):
         Segment.close()
-        x, w = ctx.saved_tensors
-        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        g2 = g.reshape(-1, g.shape[-1])
+        if not ctx.fp8:
+            x, w = ctx.saved_tensors
+            x2 = x.reshape(-1, x.shape[-1])
+            with record_function(ctx.prefix + "_dgrad"):
+                dx = (g2 @ w).view(x.shape)
+            with record_function(ctx.prefix + "_wgrad"):
+                accumulate_wgrad(w.main_grad, g2, x2, False)
+            return dx, None, None, None
+        qx_t, sx, qw_t, sw, w = ctx.saved_tensors
         with record_function(ctx.prefix + "_dgrad"):
-            dx = mm(g2, w.t().contiguous() if ctx.fp8 else w.t(), ctx.fp8, E5M2, E4M3).view(x.shape)
+            qg, qg_t, sg = FP8_CAST["quantize_t"](g2.contiguous(), E5M2)
+            # dx [M,K] = g [M,N] @ W [N,K]: W as the column-major operand is qw_t [K,N] row-major, transposed.
+            dx = scaled_mm(qg, sg, qw_t.t(), sw).view(ctx.x_shape)
         with record_function(ctx.prefix + "_wgrad"):
-            accumulate_wgrad(w.main_grad, g2, x2, ctx.fp8)
+            # dW [N,K] = g^T [N,M] @ x [M,K]: g^T row-major is qg_t; x column-major is qx_t [K,M] transposed.
+            w.main_grad.add_(scaled_mm(qg_t, sg, qx_t.t(), sx))
         return dx, None, None, None
 
 
+# How the bf16 expert GEMMs run: one grouped GEMM per direction (torch._grouped_mm, torch >= 2.8 on sm90: CUTLASS
+# grouped GEMM over the expert-sorted tokens, as Transformer Engine's GroupedLinear / Megatron's TEGroupedMLP run
+# them), else a loop of per-expert GEMMs (Megatron's SequentialMLP). Set by probe_grouped_mm().
+GROUPED_MM = False
+
+
+def grouped_offsets(splits, device):
+    """torch._grouped_mm's offs: the cumulative end row of each group, int32 on the device."""
+    ends, row = [], 0
+    for n in splits:
+        row += n
+        ends.append(row)
+    return torch.tensor(ends, device=device, dtype=torch.int32)
+
+
+def probe_grouped_mm(device):
+    """Checks torch._grouped_mm in the three forms the experts use (fprop, dgrad, wgrad) against per-group GEMMs."""
+    global GROUPED_MM
+    if device.type != "cuda" or not hasattr(torch, "_grouped_mm"):
+        return "per-expert GEMMs in a loop (this torch has no torch._grouped_mm)"
+    try:
+        gen = torch.Generator(device="cpu").manual_seed(3)
+        splits, n, k = [32, 64, 16], 48, 80
+        x = torch.randn(sum(splits), k, generator=gen).to(device, torch.bfloat16)
+        w = torch.randn(len(splits), n, k, generator=gen).to(device, torch.bfloat16)
+        g = torch.randn(sum(splits), n, generator=gen).to(device, torch.bfloat16)
+        offs = grouped_offsets(splits, device)
+        y = torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
+        dx = torch._grouped_mm(g, w, offs=offs)
+        dw = torch._grouped_mm(g.t(), x, offs=offs)
+        rows = [0]
+        for m in splits:
+            rows.append(rows[-1] + m)
+        ok = True
+        for e in range(len(splits)):
+            a, b = rows[e], rows[e + 1]
+            ok &= torch.allclose(y[a:b].float(), (x[a:b].float() @ w[e].float().t()), rtol=3e-2, atol=0.5)
+            ok &= torch.allclose(dx[a:b].float(), (g[a:b].float() @ w[e].float()), rtol=3e-2, atol=0.5)
+            ok &= torch.allclose(dw[e].float(), (g[a:b].float().t() @ x[a:b].float()), rtol=3e-2, atol=0.5)
+        GROUPED_MM = bool(ok)
+    except (TypeError, RuntimeError) as e:
+        return f"per-expert GEMMs in a loop (torch._grouped_mm failed: {str(e).splitlines()[0]})"
+    return "grouped GEMM (torch._grouped_mm) per direction" if GROUPED_MM else \
+        "per-expert GEMMs in a loop (torch._grouped_mm gave a wrong result)"
+
+
 class ExpertLinear(torch.autograd.Function):
-    """Per-expert GEMMs over expert-sorted tokens (Megatron's SequentialMLP: a loop), W is [experts, out, in]."""
+    """Expert GEMMs over expert-sorted tokens, W is [experts, out, in]: one grouped GEMM per direction (bf16, when
+    probe_grouped_mm() found torch._grouped_mm), else per-expert GEMMs in a loop (Megatron's SequentialMLP; fp8)."""
 
     @staticmethod
     def forward(ctx, x, w, splits, prefix, fp8):
         ctx.save_for_backward(x, w)
         ctx.splits, ctx.prefix, ctx.fp8 = splits, prefix, fp8
+        ctx.grouped = GROUPED_MM and not fp8 and all(splits)
+        if ctx.grouped:
+            ctx.offs = grouped_offsets(splits, x.device)
+            return torch._grouped_mm(x, w.transpose(-2, -1), offs=ctx.offs)
         y = x.new_empty(x.shape[0], w.shape[1])
         row = 0
         for e, n in enumerate(splits):
@@ -280,6 +373,17 @@ class ExpertLinear(torch.autograd.Function):
     def backward(ctx, g):
         Segment.close()
         x, w = ctx.saved_tensors
+        if ctx.grouped:
+            g = g.contiguous()
+            with record_function(ctx.prefix + "_dgrad"):
+                dx = torch._grouped_mm(g, w, offs=ctx.offs)
+            with record_function(ctx.prefix + "_wgrad"):
+                dw = torch._grouped_mm(g.t(), x, offs=ctx.offs)
+                if w.main_grad.dtype == dw.dtype:
+                    w.main_grad.add_(dw)
+                else:
+                    w.main_grad.add_(dw.to(w.main_grad.dtype))
+            return dx, None, None, None, None
         dx = torch.empty_like(x)
         with record_function(ctx.prefix + "_dgrad"):
             row = 0
@@ -377,8 +481,9 @@ ELEMENTWISE = {"rms_norm": rms_norm, "rope": rope, "swiglu": swiglu, "cross_entr
 
 
 def fuse_elementwise():
-    for name, fn in list(ELEMENTWISE.items()):
-        ELEMENTWISE[name] = torch.compile(fn, fullgraph=True, dynamic=False)
+    for table in (ELEMENTWISE, FP8_CAST):
+        for name, fn in list(table.items()):
+            table[name] = torch.compile(fn, fullgraph=True, dynamic=False)
 
 
 def fused_sdpa():
@@ -558,8 +663,11 @@ class Model:
         with record_function(pre + ".output"):
             logits = Linear.apply(x, self.output, bwd + ".output", False)
         with record_function(pre + ".cross_entropy"):
-            logits = bwd_range(bwd + ".cross_entropy_bwd", logits)
             loss = ELEMENTWISE["cross_entropy"](logits, labels.reshape(-1), d["micro_batches"])
+        # The loss is the backward's root: a range opened by a node on it holds the whole loss backward (the loss
+        # scaling, NLL and softmax backward, the cast of the fp32 logits' gradient to bf16) until the output layer's
+        # dgrad closes it. Autograd runs the backward on its own thread, so the range must open inside the graph.
+        loss = bwd_range(bwd + ".cross_entropy_bwd", loss)
         loss.backward()
         Segment.close()
         return loss
@@ -572,6 +680,11 @@ def copy(dst, src):
         else:
             for a, b in zip(dst, src):
                 a.copy_(b)
+
+
+# Megatron's train_step zeroes each model chunk's grad buffers first (DistributedDataParallel.zero_grad_buffer); the
+# schedule's op for it on one GPU (one chunk) is named so.
+ZERO_GRAD_RANGE = "dp.chunk0.zero_grad_buffer"
 
 
 class Optimizer:
@@ -705,6 +818,7 @@ def main():
         "in the GEMM (bf16 main grads, addmm_)"
     if a.fuse_elementwise:
         fuse_elementwise()
+    experts_gemm = probe_grouped_mm(device) if d["experts"] else None
 
     model = Model(d, device, fp8, sdpa)
     opt = Optimizer(model, grad_dtype)
@@ -714,7 +828,7 @@ def main():
                for _ in range(d["micro_batches"])]
 
     def step():
-        with record_function("zero_grad"):
+        with record_function(ZERO_GRAD_RANGE):
             opt.zero()
         loss = None
         for mb, (ids, labels) in enumerate(batches):
@@ -778,6 +892,7 @@ def main():
         "params_match_schedule": None if d["schedule_params"] is None else model.count == d["schedule_params"],
         "main_grad_dtype": str(grad_dtype).replace("torch.", ""),
         "wgrad_accumulation": wgrad_accumulation,
+        "experts_gemm": experts_gemm,
         "elementwise": ("torch.compile (fused kernels) of " + ", ".join(ELEMENTWISE)) if a.fuse_elementwise
                        else "eager",
         "attention": {"path": sdpa, "sdpa_backends": "fused only (cuDNN, flash, efficient; no math fallback)"

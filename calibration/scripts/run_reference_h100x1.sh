@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One H100 (device kind nvidia-h100-x1; runs on nvidia-h200 too): the PyTorch reference of issue 17 item 6 side by
 # side with the backend and the prediction. Per case: `twinstep lower` (one GPU, MBS 1) writes the schedule; the
-# backend runs it (`mpirun -np 1 build-gpu/cli/twinstep run`); calibration/reference/torch_reference.py trains the
+# backend runs it (`mpirun -np 1 build-gpu/cli/twinstep run`; with a profile, the schedule lowered with the profile,
+# whose host ops replay the measured framework host costs); calibration/reference/torch_reference.py trains the
 # same shapes in eager PyTorch (bf16, SDPA) and writes a profiler (Kineto) trace of one step; `twinstep simulate`
 # predicts it with datasheet defaults and, when a profile is at hand, with the profile (schedule lowered with the
 # profile's host costs). nvidia-smi samples memory.used and the SM clock during each run. Ends with the side-by-side
@@ -17,7 +18,8 @@
 #   OUT folders of several calls afterwards).
 # Environment: PROFILE=path uses that profile instead of the one `calibrate` fits here (build-gpu/reference_profile.json);
 #   SUITE=quick|default for calibrate (default: quick); STEPS (torch, default 10), BSTEPS (backend, default 5);
-#   TORCH_FLAGS: more torch_reference.py flags, e.g. --fuse-elementwise (RMSNorm, RoPE, SwiGLU, cross entropy fused
+#   FIT_BASE=path: the base profile of `calibrate --from-trace` (default datasheet defaults; a profile measured on
+#   the same GPU); TORCH_FLAGS: more torch_reference.py flags, e.g. --fuse-elementwise (RMSNorm, RoPE, SwiGLU, cross entropy fused
 #   by torch.compile, as production stacks run them).
 set -u
 OUT=$1
@@ -83,11 +85,17 @@ run_case() {
       > "$D/pred_profile.txt" 2>&1
     $T analyze --json "$D/pred_profile.json" > "$D/pred_profile.analyze.json" 2>&1
   fi
+  # The backend runs the schedule lowered with the profile when there is one: that schedule carries the framework
+  # host costs (module calls, autograd, optimizer; measured in PyTorch on the GPU machine) as host ops, as production
+  # training pays them; step.json (lowered without a profile) has no host ops at all.
+  local run_step=$D/step.json
+  [ -s "$D/step_profile.json" ] && run_step=$D/step_profile.json
+  echo "backend schedule: $run_step" > "$D/backend_schedule.txt"
   local smi="nvidia-smi --query-gpu=timestamp,memory.used,clocks.sm,power.draw --format=csv,noheader,nounits -lms 100"
   $smi > "$D/backend.smi.csv" 2>&1 &
   local s=$!
   # shellcheck disable=SC2086  # $MPI is a command line
-  timeout 300 $MPI -np 1 $T run "$D/step.json" -o "$D/backend.json" --warmup 2 --steps "${BSTEPS:-5}" \
+  timeout 300 $MPI -np 1 $T run "$run_step" -o "$D/backend.json" --warmup 2 --steps "${BSTEPS:-5}" \
     > "$D/backend.log" 2>&1 < /dev/null
   echo "backend exit $?" >> "$D/backend.log"
   kill $s 2>/dev/null
@@ -104,11 +112,21 @@ run_case() {
     $T import-trace "$D/torch_trace.json" --schedule "$D/step.json" -o "$D/torch_measured.json" > "$D/import.txt" 2>&1
     head -2 "$D/import.txt"
     if [ -s "$D/torch_measured.json" ]; then
-      # Op by op, what the PyTorch step runs slower or faster than the backend (both on step.json; the prediction
-      # with the profile ran step_profile.json, whose host ops differ).
-      [ -s "$D/backend.json" ] && $T compare "$D/backend.json" "$D/torch_measured.json" > "$D/compare_backend_vs_torch.txt" 2>&1
-      $T calibrate --from-trace "$D/torch_measured.json" --cluster dgx-h100 -o "$D/profile_from_trace.json" \
-        > "$D/from_trace.log" 2>&1
+      # Op by op, what the PyTorch step runs slower or faster than the backend (the trace imported once more onto
+      # the schedule the backend ran, when that is step_profile.json).
+      local cmp=$D/torch_measured.json
+      if [ "$run_step" != "$D/step.json" ]; then
+        cmp=$D/torch_measured_profile.json
+        $T import-trace "$D/torch_trace.json" --schedule "$run_step" -o "$cmp" > "$D/import_profile.txt" 2>&1
+      fi
+      [ -s "$D/backend.json" ] && $T compare "$D/backend.json" "$cmp" > "$D/compare_backend_vs_torch.txt" 2>&1
+      # FIT_BASE: the fit's base profile (default: datasheet defaults); outside the shapes the trace has, its
+      # tables give the shape dependence (calibration/fit_trace.cpp). Only a profile measured on this GPU: an H100
+      # profile's attention curve made an H200 trace's fit worse at 16k (docs/import-trace.md).
+      local base=()
+      [ -n "${FIT_BASE:-}" ] && base=(--profile "$FIT_BASE")
+      $T calibrate --from-trace "$D/torch_measured.json" --cluster dgx-h100 "${base[@]}" \
+        -o "$D/profile_from_trace.json" > "$D/from_trace.log" 2>&1
       $T simulate "$D/step.json" --cluster dgx-h100 --gpus 1 --profile "$D/profile_from_trace.json" \
         -o "$D/pred_from_trace.json" > /dev/null 2>&1
       $T analyze --json "$D/pred_from_trace.json" > "$D/pred_from_trace.analyze.json" 2>&1

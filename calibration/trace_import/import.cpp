@@ -64,6 +64,11 @@ bool attention_kernel(const std::string& name) {
   const std::string l = lower(name);
   return contains(l, "flash") || contains(l, "fmha") || contains(l, "attention") || contains(l, "sdpa");
 }
+/// A memory fill: a memset, or a kernel of a fill/zero op (PyTorch's FillFunctor for tensor.zero_()).
+bool fill_activity(const GpuActivity& a) {
+  return a.kind == ActivityKind::kMemset || contains(a.name, "FillFunctor") || a.op.name == "aten::zero_" ||
+         a.op.name == "aten::fill_";
+}
 bool backward_word(const std::string& name) {
   const std::string l = lower(name);
   return contains(l, "backward") || contains(l, "bwd");
@@ -106,6 +111,11 @@ const schedule::Kernel* kernel_of(const schedule::Op& op) {
   return c == nullptr ? nullptr : &c->kernel;
 }
 
+/// The op of Megatron's DistributedDataParallel.zero_grad_buffer() (models/lowering/data_parallel.cpp): a fill.
+bool zero_grad_op(const schedule::Op& op) {
+  const auto* k = kernel_of(op);
+  return k != nullptr && std::holds_alternative<schedule::Elementwise>(*k) && op.name.ends_with(".zero_grad_buffer");
+}
 std::string shape_text(const std::array<std::uint64_t, 4>& s) {
   std::string t = std::to_string(s[0]) + "x" + std::to_string(s[1]) + "x" + std::to_string(s[2]);
   return s[3] > 1 ? std::to_string(s[3]) + " x " + t : t;
@@ -297,25 +307,41 @@ void Matcher::match_rank(const RankEvents& r) {
     }
   }
 
-  // 2. By kind, shape and order, for activities no range named, against ops no range named.
+  // 2. By kind, shape and order, for activities no range named, against ops no range named. Where ranges named
+  // ops, they tell how many steps the trace holds: no op takes more claims than that (a fill elsewhere in the step
+  // is not a second step of the grad zeroing).
+  std::size_t named_steps = 0;
+  for (const OpId id : order) named_steps = std::max({named_steps, hits_[id].named.size(), hits_[id].waits.size()});
   std::map<OpId, std::size_t> claims;
   auto candidate = [&](auto&& fits) -> std::optional<OpId> {
     std::optional<OpId> best;
     for (const OpId id : order) {
       if (!hits_[id].named.empty() || !fits(s_.ops[id])) continue;
+      if (named_steps > 0 && claims[id] >= named_steps) continue;
       if (!best || claims[id] < claims[*best]) best = id;
     }
     return best;
   };
-  const LaunchOp* last_op = nullptr;
+  const GpuActivity* last_act = nullptr;
   std::optional<OpId> last_claim;
+  auto same_range = [](const GpuActivity& x, const GpuActivity& y) {
+    return !x.ranges.empty() && !y.ranges.empty() && x.ranges.back() == y.ranges.back() &&
+           x.range_starts.back() == y.range_starts.back();
+  };
   for (const auto& a : r.activities) {
     if (used_.count(&a)) continue;
-    if (last_claim && last_op != nullptr && !a.op.name.empty() && a.op.start_ns >= 0 &&
-        a.op.start_ns == last_op->start_ns && a.op.name == last_op->name && a.op.dims == last_op->dims) {
+    const LaunchOp* last_op = last_act != nullptr ? &last_act->op : nullptr;
+    const bool same_call = last_op != nullptr && !a.op.name.empty() && a.op.start_ns >= 0 &&
+                           a.op.start_ns == last_op->start_ns && a.op.name == last_op->name &&
+                           a.op.dims == last_op->dims;
+    // The fills of one zeroing (one per parameter tensor in eager PyTorch) under one host range are one op's.
+    const bool same_zeroing = last_act != nullptr && zero_grad_op(s_.ops[*last_claim]) && fill_activity(a) &&
+                              fill_activity(*last_act) && same_range(a, *last_act);
+    if (last_claim && (same_call || same_zeroing)) {
       // A further kernel of the same call of the launching op (split-K reduction, flash backward's parts): same op.
       hits_[*last_claim].ordered.back().push_back(&a);
       used_.insert(&a);
+      last_act = &a;
       continue;
     }
     std::optional<OpId> pick;
@@ -340,13 +366,15 @@ void Matcher::match_rank(const RankEvents& r) {
       });
     } else if (const std::string kind = nccl_kind(a.name); !kind.empty()) {
       pick = candidate([&](const schedule::Op& op) { return op_comm_kind(op) == kind; });
+    } else if (fill_activity(a)) {
+      pick = candidate(zero_grad_op);
     }
     if (!pick) continue;
     hits_[*pick].ordered.push_back({&a});
     ++claims[*pick];
     used_.insert(&a);
     last_claim = pick;
-    last_op = &a.op;
+    last_act = &a;
   }
 }
 

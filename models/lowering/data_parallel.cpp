@@ -162,6 +162,24 @@ void RankLowering::param_gather_wait(std::uint32_t chunk, std::string_view param
   }
 }
 
+// MCore's DistributedDataParallel.zero_grad_buffer() resets every buffer of the chunk (_ParamAndGradBuffer.reset:
+// grad_data.zero_(), one fill kernel per buffer over its padded numel), before the step's first forward. The fill
+// writes the whole (unsharded) buffer in the grad dtype, also with the distributed optimizer.
+void RankLowering::zero_grad_buffers() {
+  const auto saved_prefix = prefix_;
+  prefix_ = "dp.";
+  for (std::uint32_t c = 0; c < k_.vpp; ++c) {
+    std::uint64_t numel = 0;
+    for (const auto& b : buckets(c)) numel += b.numel;
+    if (numel == 0) continue;
+    cur_layer_ = cur_mb_ = -1;
+    cur_chunk_ = static_cast<std::int32_t>(c);
+    elementwise(Name{"chunk", "", c, ".zero_grad_buffer"}, numel * k_.grad_bytes, Phase::kNone);
+  }
+  cur_chunk_ = -1;
+  prefix_ = saved_prefix;
+}
+
 void RankLowering::finalize_and_optimize() {
   cur_mb_ = cur_layer_ = cur_chunk_ = -1;
   prefix_ = "optim.";

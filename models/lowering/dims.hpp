@@ -26,8 +26,8 @@ struct Dims {
   schedule::DType dtype = schedule::DType::kBF16;  ///< Activations, attention, norms, communication.
   /// --dtype fp8 (Transformer Engine's HYBRID recipe): linear layers run fp8 GEMMs with cast kernels around them
   /// (op_emitter.hpp linear_gemm(), fp8_cast()); `dtype` stays bf16. fp8_current: per-tensor current scaling
-  /// (fp8_recipe tensorwise), an amax pass before each cast. The memory estimate (memory.cpp) does not count TE's
-  /// fp8 copies of weights and saved activations yet: it reads this flag when it does.
+  /// (fp8_recipe tensorwise), an amax pass before each cast. The memory estimate (memory.cpp) counts TE's fp8 weight
+  /// copies, scaling state and fp8-saved linear inputs from these flags.
   bool fp8 = false, fp8_current = false;
   // Effective overlap switches after gating.
   bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;

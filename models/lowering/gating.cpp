@@ -235,6 +235,10 @@ void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k) {
   k.fp8 = cfg.dtype == schedule::DType::kFP8;
   k.dtype = k.fp8 ? schedule::DType::kBF16 : cfg.dtype;
   k.fp8_current = k.fp8 && cfg.fp8_recipe == Fp8Recipe::kTensorwise;
+  if (k.fp8 && !k.fp8_current && cfg.fp8_amax_history_len == 0) {
+    fail("fp8_amax_history_len must be >= 1 with the delayed fp8 recipe (TE keeps that many amax rows)",
+         "set --fp8-amax-history-len (Megatron-Bridge's fp8 recipe: 1024)");
+  }
   k.act_bytes = schedule::dtype_bytes(k.dtype);
   k.grad_bytes = cfg.grad_reduce_in_fp32 ? 4 : k.act_bytes;
 }

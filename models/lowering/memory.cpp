@@ -1,14 +1,17 @@
-// Memory per rank and phase (docs/memory.md has each term's closed form and source): static state (bf16 weights, fp8
-// copies, main weights and Adam moments in the optimizer state dtypes, main grads; main weights and moments sharded
-// with the distributed optimizer), the activations the in-flight micro-batches of the rank's actual pipeline order
-// have saved (layer by layer for the EP-overlap combined schedule), the phase's working memory (loss, recompute,
-// optimizer temporaries), the allocator's reserve over what it hands out, and what lives outside the allocator (CUDA
-// context, NCCL, TE userbuffers).
+// Memory per rank and phase (docs/memory.md has each term's closed form and source): static state (bf16 weights,
+// Transformer Engine's fp8 weight copies and scaling state with --dtype fp8, main weights and Adam moments in the
+// optimizer state dtypes, main grads; main weights and moments sharded with the distributed optimizer), the
+// activations the in-flight micro-batches of the rank's actual pipeline order have saved (layer by layer for the
+// EP-overlap combined schedule; fp8 runs save the linear layers' inputs in fp8), the phase's working memory (loss,
+// recompute, optimizer temporaries), the allocator's reserve over what it hands out, and what lives outside the
+// allocator (CUDA context, NCCL, TE userbuffers).
 #include "models/lowering/memory.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <utility>
+#include <vector>
 
 #include "common/units.hpp"
 #include "schedule/schedule.hpp"
@@ -20,24 +23,38 @@ namespace {
 /// (s*b/cp) x h buffer each, megatron-overlap.md section 3).
 constexpr double kUbSites = 10;
 
-/// Bytes per element of each tensor class. The fp8 hook (MemoryCosts) sets the fp8 weight copies and the dtype of
-/// the GEMM inputs saved for the backward; everything else follows the run's dtypes.
+/// PyTorch's CUDA caching allocator rounds every allocation up to a multiple of 512 B (kMinBlockSize,
+/// c10/cuda/CUDACachingAllocator.cpp): what TE's one-element fp32 scale tensors really take.
+constexpr double kAllocatorBlockBytes = 512;
+double allocation_bytes(double bytes) { return std::ceil(bytes / kAllocatorBlockBytes) * kAllocatorBlockBytes; }
+
+/// Bytes per element of each tensor class, from the run's dtypes. --dtype fp8 (Transformer Engine, Hopper's per-tensor
+/// scaling): a linear layer saves its input for the wgrad GEMM as one fp8 copy (1 B: TE's `_Linear.forward` keeps the
+/// column-wise data only, the row-wise local shard where SP re-gathers it; `_LayerNormLinear` its fp8 `ln_out`;
+/// `_GroupedLinear` each expert's column-wise input), and keeps a cached fp8 weight with its transpose (2 B). The
+/// MemoryCosts hook overrides the derived figures when set.
 struct TensorBytes {
   double weight = 2, fp8_weight_copy = 0, main_param = 4, main_grad = 2, moments = 8;
-  double act = 2, linear_input = 2;
+  double act = 2;
+  double linear_input = 2;       ///< A linear layer's saved input that no other op keeps (its only copy).
+  double linear_input_copy = 0;  ///< What a linear layer adds for an input another op keeps in bf16 (0: same tensor).
+  double saved_scale_inv = 0;    ///< Allocated bytes of each fp8-saved tensor's fp32 scale_inv (fp8: one block).
 };
 
 TensorBytes tensor_bytes(const Dims& k, const RunConfig& cfg, const MemoryCosts& m) {
   TensorBytes b;
   b.weight = static_cast<double>(k.act_bytes);
-  b.fp8_weight_copy = m.fp8_weight_copy_bytes_per_param >= 0 ? m.fp8_weight_copy_bytes_per_param : 0.0;
+  b.fp8_weight_copy = m.fp8_weight_copy_bytes_per_param >= 0 ? m.fp8_weight_copy_bytes_per_param : (k.fp8 ? 2.0 : 0.0);
   // fp32 weights are their own main weights; otherwise the main weights and Adam's moments take the optimizer's state
   // dtypes (fp32 unless the precision-aware optimizer or Apex's DistributedFusedAdam keeps lower ones).
   b.main_param = k.act_bytes < 4 ? schedule::dtype_bytes(cfg.main_params_dtype) : 0.0;
   b.moments = schedule::dtype_bytes(cfg.exp_avg_dtype) + schedule::dtype_bytes(cfg.exp_avg_sq_dtype);
   b.main_grad = static_cast<double>(k.grad_bytes);
   b.act = static_cast<double>(k.act_bytes);
-  b.linear_input = m.linear_input_bytes >= 0 ? m.linear_input_bytes : b.act;
+  const double fp8_input = schedule::dtype_bytes(schedule::DType::kFP8);
+  b.linear_input = m.linear_input_bytes >= 0 ? m.linear_input_bytes : (k.fp8 ? fp8_input : b.act);
+  b.linear_input_copy = b.linear_input == b.act ? 0.0 : b.linear_input;
+  b.saved_scale_inv = k.fp8 ? allocation_bytes(4) : 0.0;
   return b;
 }
 
@@ -53,15 +70,21 @@ LayerActivations layer_activations(const Ctx& x, const TensorBytes& b) {
   const double T = static_cast<double>(k.tokens), Tsp = static_cast<double>(k.tokens_sp), t = k.tp;
   const double h = static_cast<double>(k.hidden), nq = static_cast<double>(k.heads);
   const double nkv = static_cast<double>(k.kv_groups), dh = static_cast<double>(k.head_dim);
-  // Attention: LN input and LN output (sequence-sharded with SP), Q/K/V (flash inputs), the attention output
-  // (flash's O, proj's input), and flash's fp32 softmax statistics (selective recompute of core attention drops
-  // them: the checkpointed kernel keeps its inputs only).
+  // Attention: LN input and LN output (sequence-sharded with SP; the QKV GEMM's input), Q/K/V (flash inputs), the
+  // attention output O (flash keeps it unless selective recompute of core attention drops the kernel's saved tensors;
+  // proj keeps its input: the same tensor in bf16, its own fp8 copy in fp8), and flash's fp32 softmax statistics
+  // (dropped by selective recompute: the checkpointed kernel keeps its inputs only).
+  const double o = T * nq * dh / t;
   const double attention = b.act * Tsp * h + b.linear_input * Tsp * h + b.act * T * (nq + 2 * nkv) * dh / t +
-                           b.linear_input * T * nq * dh / t + (x.recompute_selective ? 0.0 : 4.0 * T * nq / t);
-  // Pre-MLP LN input and output (the MLP's or the router's and dispatcher's input).
-  const double ln2 = b.act * Tsp * h + b.linear_input * Tsp * h;
+                           (x.recompute_selective ? b.linear_input * o : b.act * o + b.linear_input_copy * o) +
+                           (x.recompute_selective ? 0.0 : 4.0 * T * nq / t) + 2 * b.saved_scale_inv;
+  // Pre-MLP LN input and output. Dense: the output is fc1's input (TE's LayerNormLinear). MoE: the output is the
+  // router's input (a bf16 GEMM that keeps it) and the shared expert fc1's (its fp8 copy in fp8).
+  const double ln2_dense = b.act * Tsp * h + b.linear_input * Tsp * h;
+  const double ln2_moe = 2 * b.act * Tsp * h + (k.shared_ffn == 0 ? 0.0 : b.linear_input_copy * Tsp * h);
   // Dense MLP: fc1 output (the activation's input) and the activation output (fc2's input).
-  const double mlp = b.act * T * static_cast<double>(k.ffn1) / t + b.linear_input * T * static_cast<double>(k.ffn) / t;
+  const double mlp = b.act * T * static_cast<double>(k.ffn1) / t + b.linear_input * T * static_cast<double>(k.ffn) / t +
+                     2 * b.saved_scale_inv;
   // MoE: fp32 router scores (T_m x E) and top-k probs, the expert rows this rank receives N_r (fc1 input, fc1 output,
   // activation output), the rows the combine returns (the unpermute keeps them for the probs' gradient) and the
   // shared expert's fc1 and activation outputs.
@@ -72,44 +95,19 @@ LayerActivations layer_activations(const Ctx& x, const TensorBytes& b) {
       4.0 * Tm * E + 4.0 * Tm * topk +
       n_r * (b.linear_input * h + b.act * static_cast<double>(k.expert_ffn1) / k.etp +
              b.linear_input * static_cast<double>(k.expert_ffn) / k.etp) +
-      b.act * Tm * topk * h +
+      2.0 * static_cast<double>(k.local_experts) * b.saved_scale_inv + b.act * Tm * topk * h +
       (k.shared_ffn == 0 ? 0.0
-                         : b.act * T * shared_fc1 / t + b.linear_input * T * static_cast<double>(k.shared_ffn) / t);
-  return {attention + ln2 + mlp, attention + ln2 + moe, b.act * Tsp * h};
+                         : b.act * T * shared_fc1 / t + b.linear_input * T * static_cast<double>(k.shared_ffn) / t +
+                               2 * b.saved_scale_inv);
+  return {attention + ln2_dense + mlp, attention + ln2_moe + moe, b.act * Tsp * h};
 }
 
-}  // namespace
-
-MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
+/// Activations the rank holds at its peak over its actual order, layer bytes `la` per layer of each model chunk on
+/// this rank, after recompute: full/uniform keeps each group of recompute_num_layers layers' input only, full/block
+/// keeps the input only of the chunk's first recompute_num_layers layers.
+double peak_activations(const Ctx& x, const Coords& co, const LayerActivations& la) {
   const Dims& k = x.k;
-  const Coords co = coords_of(k, rank);
   const RunConfig& cfg = *x.cfg;
-  const MemoryCosts& mc = cfg.memory;
-  const TensorBytes b = tensor_bytes(k, cfg, mc);
-  MemoryEstimate e;
-  e.gpu_memory_bytes = cfg.gpu_memory_bytes;
-
-  // Static state. The distributed optimizer shards the fp32 main weights and the moments over DP x CP (experts:
-  // expert-DP); weights and main grads are whole on every rank (Megatron's distributed optimizer: 6 + 12/d B/param
-  // for bf16 weights with fp32 grads).
-  double numel = 0, expert_numel = 0;
-  for (std::uint32_t c = 0; c < k.vpp; ++c) {
-    for (const auto& p : x.params[co.pp][c]) (p.expert ? expert_numel : numel) += static_cast<double>(p.numel);
-  }
-  const bool distopt = cfg.use_distributed_optimizer;
-  const double sharded = numel / (distopt ? static_cast<double>(k.dp) * k.cp : 1.0) +
-                         expert_numel / (distopt ? static_cast<double>(k.expert_dp) : 1.0);
-  const double all = numel + expert_numel;
-  e.params_bytes = all * b.weight;
-  e.fp8_weights_bytes = all * b.fp8_weight_copy;
-  e.grads_bytes = all * b.main_grad;
-  e.main_params_bytes = sharded * b.main_param;
-  e.optimizer_bytes = sharded * b.moments;
-
-  // Activations per layer of each model chunk on this rank, after recompute: full/uniform keeps each group of
-  // recompute_num_layers layers' input only, full/block keeps the input only of the chunk's first
-  // recompute_num_layers layers.
-  const LayerActivations la = layer_activations(x, b);
   const double T = static_cast<double>(k.tokens), V = static_cast<double>(k.vocab_padded) / k.tp;
   const bool last_stage = co.pp == k.pp - 1;
   const std::uint32_t group = std::max<std::uint32_t>(1, cfg.recompute_num_layers);
@@ -127,7 +125,7 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
       }
     }
     // The loss's saved fp32 softmax (per logit) stays until the micro-batch's backward reaches it.
-    if (last_stage && chunk == k.vpp - 1) bytes.push_back(mc.loss_saved_bytes_per_logit * T * V);
+    if (last_stage && chunk == k.vpp - 1) bytes.push_back(cfg.memory.loss_saved_bytes_per_logit * T * V);
     return bytes;
   };
   std::vector<std::vector<double>> per_chunk(k.vpp);
@@ -157,7 +155,91 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
       peak = std::max(peak, live);
     }
   }
-  e.activations_bytes = peak;
+  return peak;
+}
+
+/// --dtype fp8: what Transformer Engine keeps on the rank beside the bf16 weights (docs/memory.md "fp8").
+struct Fp8Static {
+  double weight_copies = 0;  ///< Cached fp8 weights: row-wise data + transpose + scale_inv per GEMM.
+  double scaling = 0;        ///< The recipe's scale / amax tensors of every TE module.
+};
+
+/// The fp8 weight copies: each fp8 linear module's weight workspace per GEMM, cached across micro-batches because
+/// Megatron passes `is_first_microbatch` (TE's `get_weight_workspace`, module/base.py): row-wise data and, for the
+/// dgrad GEMM, its transpose (Hopper: no column-wise fp8 layout), 1 B per element each, and a one-element fp32
+/// scale_inv. The scaling state of a TE module with G GEMMs (its `set_meta_tensor`, module/base.py): delayed
+/// scaling (`DelayedScalingRecipeState`, quantization.py) keeps fp32 scale [3G] and amax history [H x 3G] for the
+/// forward's input/weight/output and scale [2G] and history [H x 2G] for the backward's two gradients; current
+/// scaling keeps a one-element fp32 scale and amax per quantizer (`Float8CurrentScalingQuantizer`), 5G of them. TE's
+/// DotProductAttention enters the same setup with 3 GEMMs under fp8 autocast, fp8 attention or not.
+Fp8Static fp8_static(const Ctx& x, const Coords& co, const TensorBytes& b) {
+  const Dims& k = x.k;
+  const double block = allocation_bytes(4);  // a one-element fp32 tensor
+  const double H = static_cast<double>(x.cfg->fp8_amax_history_len);
+  auto module_scaling = [&](double G) {
+    if (!k.fp8) return 0.0;
+    if (k.fp8_current) return 5 * G * 2 * block;
+    return allocation_bytes(4 * 3 * G) + allocation_bytes(4 * H * 3 * G) + allocation_bytes(4 * 2 * G) +
+           allocation_bytes(4 * H * 2 * G);
+  };
+  Fp8Static f;
+  for (std::uint32_t c = 0; c < k.vpp; ++c) {
+    for (const auto& p : x.params[co.pp][c]) {
+      if (p.fp8_gemms == 0) continue;
+      const double G = p.fp8_gemms;
+      f.weight_copies += static_cast<double>(p.fp8_numel) * b.fp8_weight_copy + (k.fp8 ? G * block : 0.0);
+      f.scaling += module_scaling(G);
+    }
+    for (auto layer : x.vs_layers[c * k.pp + co.pp]) {
+      if (!x.model->is_linear_attention_layer(layer)) f.scaling += module_scaling(3);  // DotProductAttention
+    }
+  }
+  return f;
+}
+
+}  // namespace
+
+MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
+  const Dims& k = x.k;
+  const Coords co = coords_of(k, rank);
+  const RunConfig& cfg = *x.cfg;
+  const MemoryCosts& mc = cfg.memory;
+  const TensorBytes b = tensor_bytes(k, cfg, mc);
+  MemoryEstimate e;
+  e.gpu_memory_bytes = cfg.gpu_memory_bytes;
+
+  // Static state. The distributed optimizer shards the fp32 main weights and the moments over DP x CP (experts:
+  // expert-DP); weights and main grads are whole on every rank (Megatron's distributed optimizer: 6 + 12/d B/param
+  // for bf16 weights with fp32 grads).
+  double numel = 0, expert_numel = 0;
+  for (std::uint32_t c = 0; c < k.vpp; ++c) {
+    for (const auto& p : x.params[co.pp][c]) (p.expert ? expert_numel : numel) += static_cast<double>(p.numel);
+  }
+  const bool distopt = cfg.use_distributed_optimizer;
+  const double sharded = numel / (distopt ? static_cast<double>(k.dp) * k.cp : 1.0) +
+                         expert_numel / (distopt ? static_cast<double>(k.expert_dp) : 1.0);
+  const double all = numel + expert_numel;
+  e.params_bytes = all * b.weight;
+  const Fp8Static fp8 = fp8_static(x, co, b);
+  e.fp8 = k.fp8;
+  e.fp8_weights_bytes = fp8.weight_copies;
+  e.fp8_scaling_bytes = fp8.scaling;
+  e.grads_bytes = all * b.main_grad;
+  e.main_params_bytes = sharded * b.main_param;
+  e.optimizer_bytes = sharded * b.moments;
+
+  const LayerActivations la = layer_activations(x, b);
+  e.activations_bytes = peak_activations(x, co, la);
+  if (k.fp8) {
+    // The same peak with the linear layers' inputs saved in bf16 (the output's comparison for fp8 runs).
+    TensorBytes bf16 = b;
+    bf16.linear_input = bf16.act;
+    bf16.linear_input_copy = bf16.saved_scale_inv = 0;
+    e.fp8_bf16_inputs_activations_bytes = peak_activations(x, co, layer_activations(x, bf16));
+  }
+  const double T = static_cast<double>(k.tokens), V = static_cast<double>(k.vocab_padded) / k.tp;
+  const bool last_stage = co.pp == k.pp - 1;
+  const std::uint32_t group = std::max<std::uint32_t>(1, cfg.recompute_num_layers);
 
   // Working memory per phase. Forward/backward: the loss's working memory at the last stage, or the recomputed
   // group's activations during its backward (uniform: a group of recompute_num_layers layers; block: one layer).
@@ -203,18 +285,21 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
 namespace twinstep::models {
 
 std::vector<std::pair<std::string, double>> memory_terms(const MemoryEstimate& m) {
-  return {{"params", m.params_bytes},
-          {"fp8_weights", m.fp8_weights_bytes},
-          {"main_params", m.main_params_bytes},
-          {"grads", m.grads_bytes},
-          {"optimizer", m.optimizer_bytes},
-          {"activations", m.activations_bytes},
-          {"transient", m.transient_bytes},
-          {"comm_buffers", m.comm_buffers_bytes},
-          {"allocator_overhead", m.allocator_overhead_bytes},
-          {"cuda_context", m.cuda_context_bytes},
-          {"nccl", m.nccl_bytes},
-          {"userbuffers", m.userbuffers_bytes}};
+  std::vector<std::pair<std::string, double>> terms{{"params", m.params_bytes}, {"fp8_weights", m.fp8_weights_bytes}};
+  if (m.fp8) terms.emplace_back("fp8_scaling", m.fp8_scaling_bytes);
+  for (auto& term : std::vector<std::pair<std::string, double>>{{"main_params", m.main_params_bytes},
+                                                                {"grads", m.grads_bytes},
+                                                                {"optimizer", m.optimizer_bytes},
+                                                                {"activations", m.activations_bytes},
+                                                                {"transient", m.transient_bytes},
+                                                                {"comm_buffers", m.comm_buffers_bytes},
+                                                                {"allocator_overhead", m.allocator_overhead_bytes},
+                                                                {"cuda_context", m.cuda_context_bytes},
+                                                                {"nccl", m.nccl_bytes},
+                                                                {"userbuffers", m.userbuffers_bytes}}) {
+    terms.push_back(std::move(term));
+  }
+  return terms;
 }
 
 std::string memory_breakdown_text(const MemoryEstimate& m, const std::string& indent) {
@@ -228,6 +313,9 @@ std::string memory_breakdown_text(const MemoryEstimate& m, const std::string& in
   for (const auto& [key, bytes] : memory_terms(m)) {
     if (key == "cuda_context") line("= allocator reserved", m.total_bytes());
     line(key, bytes);
+    if (key == "activations" && m.fp8 && m.activations_bytes > 0) {
+      line("  (inputs in bf16)", m.fp8_bf16_inputs_activations_bytes);  // what fp8-saved linear inputs save
+    }
   }
   line("usable capacity", m.usable_bytes());
   out += indent + "  (GPU memory " + format_bytes(m.gpu_memory_bytes) + " - CUDA context - NCCL - userbuffers)\n";

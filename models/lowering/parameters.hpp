@@ -18,6 +18,12 @@ struct Param {
   bool shared_embedding = false;
   bool expert = false;     ///< MoE expert weights: the expert buffer, reduced over expert-DP
   bool sp_reduce = false;  ///< Replicated over TP with SP (norms, MLA down projections): TP all-reduce in finalize
+  /// A Transformer Engine linear module's weight, run as fp8 GEMMs with --dtype fp8 (op_emitter.hpp gemm(),
+  /// grouped_linear()): its weight-matrix elements (no bias, no fused norm weight) and the module's GEMM count
+  /// (TE's num_gemms: 1, a grouped expert linear's local experts). 0 for what stays bf16 (norms, embedding, router,
+  /// output layer, convolutions). What the fp8 memory terms count (memory.cpp).
+  std::uint64_t fp8_numel = 0;
+  std::uint32_t fp8_gemms = 0;
 };
 
 /// Parameters of transformer layer `l` on one rank (TP- and EP-sharded), in registration order, appended to `out`.

@@ -254,6 +254,7 @@ void RankLowering::run() {
   bucket_state_.resize(k_.vpp);
   first_fwd_mb_.assign(k_.vpp, 0);
   for (std::uint32_t c = 0; c < k_.vpp; ++c) bucket_state_[c].resize(buckets(c).size());
+  zero_grad_buffers();
   if (k_.aligned_param_gather) {  // at schedule start: all buckets of chunks 0 and 1
     for (std::uint32_t c = 0; c < std::min<std::uint32_t>(2, k_.vpp); ++c) {
       for (std::size_t b = 0; b < buckets(c).size(); ++b) issue_param_ag(c, b);

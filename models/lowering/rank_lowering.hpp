@@ -368,6 +368,9 @@ class RankLowering : private OpEmitter {
   std::string bucket_name(std::uint32_t chunk, std::size_t b) const {
     return x_.op_names ? "chunk" + str(chunk) + ".bucket" + str(b) : std::string();
   }
+  /// Megatron's train_step starts with model_chunk.zero_grad_buffer() per chunk: a fill over the chunk's grad
+  /// buffers (dense and expert), one memory-bound op per chunk on the compute stream.
+  void zero_grad_buffers();
   void finalize_and_optimize();
 
   // ---- pipeline P2P and schedules (pipeline_schedule.cpp) ----

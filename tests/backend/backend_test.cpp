@@ -23,6 +23,7 @@
 #include "backend/executor.hpp"
 #include "backend/handles.hpp"
 #include "common/error.hpp"
+#include "schedule/json.hpp"
 #include "tests/backend/bf16.hpp"
 #include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
@@ -347,6 +348,106 @@ TEST_CASE("backend::execute: refuses before starting with NotFeasibleError", "[b
   }
 }
 
+namespace {
+
+/// The byte a rank puts at position `i` of its `n`-th peer-mapped message (counted over the whole run): a slot that
+/// still holds an earlier message reads wrong.
+std::uint8_t peer_byte(int rank, std::uint64_t n, std::uint64_t i) {
+  return static_cast<std::uint8_t>((static_cast<std::uint64_t>(rank) * 131 + n * 29 + i * 7 + i / 251) % 253);
+}
+
+/// Serialized: fills each send with peer_byte() and checks each received slot against the sender's pattern. With
+/// one link per direction, a rank's n-th recv is its peer's n-th send.
+class PeerHook : public be::DataHook {
+ public:
+  explicit PeerHook(int rank) : rank_(rank) {}
+  void before(const sch::Op& op, const be::OpBuffers& b) override {
+    if (!std::holds_alternative<sch::Send>(op.body)) {
+      CHECK(b.peer_slot);  // never written here: the sender may already have filled it
+      return;
+    }
+    std::vector<std::uint8_t> in(b.send_bytes);
+    for (std::size_t i = 0; i < in.size(); ++i) in[i] = peer_byte(rank_, sent_, i);
+    ++sent_;
+    REQUIRE(cudaMemcpy(b.send, in.data(), in.size(), cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  void after(const sch::Op& op, const be::OpBuffers& b) override {
+    const auto* r = std::get_if<sch::Recv>(&op.body);
+    if (r == nullptr) return;
+    std::vector<std::uint8_t> out(b.recv_bytes);
+    REQUIRE(cudaMemcpy(out.data(), b.recv, out.size(), cudaMemcpyDeviceToHost) == cudaSuccess);
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < out.size(); ++i) wrong += out[i] == peer_byte(static_cast<int>(r->peer), received_, i);
+    INFO(op.name << ", message " << received_ << " on rank " << rank_ << ": " << wrong << " of " << out.size()
+                 << " bytes wrong");
+    CHECK(wrong == 0);
+    ++received_;
+  }
+  std::uint64_t received_ = 0;
+
+ private:
+  int rank_;
+  std::uint64_t sent_ = 0;
+};
+
+/// TE's ring exchange on two ranks over `transport`: per round each rank sends to the other on "tx" (after its
+/// previous recv, as the lowering orders them) and receives on "rx"; the messages of `sizes`, one per round.
+sch::Schedule peer_ring(sch::Transport transport, const std::vector<std::uint64_t>& sizes) {
+  auto s = base(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}});
+  const std::uint32_t sms = transport == sch::Transport::kSmKernel ? 4 : 0;
+  std::vector<sch::OpId> prev_recv(2, sch::kNoOp);
+  for (std::size_t k = 0; k < sizes.size(); ++k) {
+    for (sch::RankId r = 0; r < 2; ++r) {
+      std::vector<sch::OpId> deps;
+      if (prev_recv[r] != sch::kNoOp) deps.push_back(prev_recv[r]);
+      add(s, r, 1, "send" + std::to_string(k), sch::Send{0, 1 - r, sizes[k], 0, transport, sms}, deps);
+      prev_recv[r] = add(s, r, 2, "recv" + std::to_string(k), sch::Recv{0, 1 - r, sizes[k], 0, transport, sms});
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+// Two ranks on two GPUs, or on ONE GPU (no NCCL op: CUDA IPC maps the other process's memory on the same device):
+// `mpirun -np 2 backend_tests '[peer]'` (ctest: backend_tests_peer_mpi2).
+TEST_CASE("backend::execute: copy_engine and sm_kernel ring exchanges deliver every byte over peer-mapped memory",
+          "[backend][gpu][peer]") {
+  be::Runtime rt;
+  if (rt.size() != 2) {
+    WARN("needs two ranks: run under mpirun -np 2 (one GPU or two)");
+    return;
+  }
+  for (const auto transport : {sch::Transport::kCopyEngine, sch::Transport::kSmKernel}) {
+    const std::string name = sch::transport_name(transport);
+    INFO(name);
+    // Five rounds: both slots reused (credits), sizes that are not multiples of 16 (the copy kernel's tail), 24 MiB.
+    const std::vector<std::uint64_t> sizes{1u << 20, 12345, 24u << 20, 4096 + 3, 777};
+    const auto s = peer_ring(transport, sizes);
+    PeerHook hook(rt.rank());
+    be::Options o = quick(2);
+    o.hook = &hook;
+    const auto trace = rt.execute(s, o);
+    CHECK(hook.received_ == sizes.size() * 3);  // one warm-up and two measured steps
+    CHECK(trace.context.at("transport_ran") == name);
+    CHECK(trace.context.at("transport_note").find("one-thread kernels") != std::string::npos);
+    for (const auto& r : trace.records) CHECK(r.end_ns >= r.start_ns);
+
+    // Unhooked and concurrent, 40 rounds of 8 MiB: the sender runs up to a slot ahead of its receiver.
+    const auto many = rt.execute(peer_ring(transport, std::vector<std::uint64_t>(40, 8u << 20)), quick(3));
+    CHECK(many.step_times_ns.size() == 3);
+    // No recv ends before the matching send began (cross-rank causality; clock alignment of a few us as slack).
+    constexpr twinstep::Nanos kClockSlackNs = 100'000;
+    for (const auto& op : many.schedule.ops) {
+      if (!std::holds_alternative<sch::Recv>(op.body)) continue;
+      // Round k is ops send(0) recv(0) send(1) recv(1) from 4k: rank 0's recv is fed by the op after it.
+      const auto sender = static_cast<sch::OpId>(op.rank == 0 ? op.id + 1 : op.id - 3);
+      REQUIRE(std::holds_alternative<sch::Send>(many.schedule.ops[sender].body));
+      CHECK(many.records[op.id].end_ns + kClockSlackNs >= many.records[sender].start_ns);
+    }
+  }
+}
+
 // Declared before the watchdog tests: under mpirun -np 2, a Runtime created after the mismatched-schedule test's
 // abort (leaked communicators, a broken runtime) segfaulted in this test's GEMMs with the monitor on or off
 // (session 3, two H200); a watchdog abort ends the process in real runs, so only this test binary meets it.
@@ -374,16 +475,11 @@ TEST_CASE("backend::execute: the GPU monitor records the SM clock and power of t
   CHECK(cap <= 1);
 }
 
-TEST_CASE("backend::watchdog: a mismatched schedule times out, names the unfinished op and aborts", "[backend][gpu]") {
-  be::Runtime rt;
-  if (rt.size() != 2) {
-    WARN("needs two ranks: run under mpirun -np 2");
-    return;
-  }
-  auto s = base(2);
-  add(s, 0, 1, "ar.ok", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
-  add(s, 1, 1, "ar.ok", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
-  add(s, 0, 1, "ar.extra", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
+namespace {
+
+/// Runs a two-rank schedule that hangs, with a 3 s step limit: the watchdog must end it within the limit + 5 s on both
+/// ranks (rank 1 waiting at the step barrier), and the runtime refuse work after. Returns this rank's message.
+std::string expect_watchdog(be::Runtime& rt, const sch::Schedule& s) {
   be::Options o;
   o.warmup_steps = 0;
   o.steps = 1;
@@ -400,14 +496,29 @@ TEST_CASE("backend::watchdog: a mismatched schedule times out, names the unfinis
   CHECK(waited_s >= 3.0);
   CHECK(waited_s < 8.0);
   CHECK(message.find("exceeded its time limit") != std::string::npos);
+  if (rt.rank() == 1) CHECK(message.find("waiting for the other ranks") != std::string::npos);
+  CHECK_THROWS_AS(rt.execute(s, o), be::BackendError);  // the runtime refuses work after an abort
+  return message;
+}
+
+}  // namespace
+
+TEST_CASE("backend::watchdog: a mismatched schedule times out, names the unfinished op and aborts", "[backend][gpu]") {
+  be::Runtime rt;
+  if (rt.size() != 2) {
+    WARN("needs two ranks: run under mpirun -np 2");
+    return;
+  }
+  auto s = base(2);
+  add(s, 0, 1, "ar.ok", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
+  add(s, 1, 1, "ar.ok", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
+  add(s, 0, 1, "ar.extra", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
+  const std::string message = expect_watchdog(rt, s);
   CHECK(message.find("aborted") != std::string::npos);
   if (rt.rank() == 0) {
     CHECK(message.find("op 2 \"ar.extra\"") != std::string::npos);
     CHECK(message.find("stream \"comm\"") != std::string::npos);
-  } else {
-    CHECK(message.find("waiting for the other ranks") != std::string::npos);
   }
-  CHECK_THROWS_AS(rt.execute(s, o), be::BackendError);  // the runtime refuses work after an abort
 }
 
 namespace {
@@ -546,4 +657,21 @@ TEST_CASE("backend::watchdog: a thread blocked in a call is ended within limit +
   CHECK(out.find("exceeded its time limit") != std::string::npos);
   CHECK(out.find("while issuing op 0 \"ar.blocked\"") != std::string::npos);
   CHECK(out.find("stream \"comm\"") != std::string::npos);
+}
+
+// Last: it leaves rank 0 with a stream waiting forever on a flag (and the runtime broken).
+TEST_CASE("backend::watchdog: a peer-mapped recv whose send never comes times out, naming it and the peer",
+          "[backend][gpu][peer]") {
+  be::Runtime rt;
+  if (rt.size() != 2) {
+    WARN("needs two ranks: run under mpirun -np 2 (one GPU or two)");
+    return;
+  }
+  auto s = base(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}});
+  add(s, 0, 2, "recv.orphan", sch::Recv{0, 1, 4096, 0, sch::Transport::kCopyEngine});
+  const std::string message = expect_watchdog(rt, s);
+  if (rt.rank() == 0) {
+    CHECK(message.find("op 0 \"recv.orphan\"") != std::string::npos);
+    CHECK(message.find("waits for rank 1's send to raise its flag") != std::string::npos);
+  }
 }

@@ -186,6 +186,51 @@ TEST_CASE("backend::plan_rank: program order, GPU deps, host_sync targets, NCCL 
   CHECK(plan1.ops[1].bytes.a2a_recv == std::vector<std::uint64_t>{7, 100});
 }
 
+TEST_CASE("backend::plan: peer-mapped send/recv need no channel, may share a GPU, count their receive slots",
+          "[backend]") {
+  constexpr auto kCe = sch::Transport::kCopyEngine;
+  auto s = base(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}});
+  const auto snd0 = add(s, 0, 1, "send", sch::Send{0, 1, 10000, 0, kCe});
+  const auto rcv0 = add(s, 0, 2, "recv", sch::Recv{0, 1, 10000, 0, kCe});
+  const auto snd1 = add(s, 1, 1, "send", sch::Send{0, 0, 10000, 0, kCe});
+  const auto rcv1 = add(s, 1, 2, "recv", sch::Recv{0, 0, 10000, 0, kCe});
+  const sch::Matching m = sch::match(s);
+  const be::ChannelPlan channels = be::plan_channels(s, m);
+  CHECK(channels.channels.empty());
+  for (auto id : {snd0, rcv0, snd1, rcv1}) CHECK(channels.channel_of_op[id] == be::kNoChannel);
+  const be::RankPlan plan = be::plan_rank(s, m, channels, 0);
+  REQUIRE(plan.ops.size() == 2);
+  CHECK(plan.ops[0].channel == be::kNoChannel);
+  CHECK(plan.ops[0].peer == 1);  // the global rank
+  CHECK(plan.ops[0].bytes.send == 10000);
+  CHECK(plan.ops[1].bytes.recv == 10000);
+  // The message is read from the send buffer; it lands in a peer slot, not in the recv buffer.
+  CHECK(plan.buffers[static_cast<std::size_t>(be::Role::kCommSend)] == 10000);
+  CHECK(plan.buffers[static_cast<std::size_t>(be::Role::kCommRecv)] == 0);
+  // One link per direction, one message each: one 12 KiB slot and one page of flags per rank.
+  const std::uint64_t workspaces = 3 * be::kCublasWorkspaceBytes;
+  CHECK(be::required_device_bytes(s, 0) == 10000 + 4096 + 12288 + workspaces);
+
+  // Two ranks on one GPU: fine without NCCL, refused (saying why) with a collective.
+  be::DeviceInfo shared = two_gpus();
+  shared.device_count = 1;
+  CHECK(be::can_execute(s, shared).empty());
+  auto with_nccl = s;
+  add(with_nccl, 0, 0, "ar", collective(sch::CollectiveKind::kAllReduce, 0, 4096));
+  add(with_nccl, 1, 0, "ar", collective(sch::CollectiveKind::kAllReduce, 0, 4096));
+  const auto d = be::can_execute(with_nccl, shared);
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].message.find("share 1 GPUs") != std::string::npos);
+  CHECK(d[0].message.find("no NCCL op") != std::string::npos);
+  CHECK(be::can_execute(with_nccl, two_gpus()).empty());
+  // Sharing ranks share the GPU's free memory: twice one rank's need must fit.
+  shared.free_bytes = be::required_device_bytes(s, 0) + be::kNcclReserveBytes + 1;
+  CHECK(be::can_execute(s, two_gpus()).empty());
+  const auto mem = be::can_execute(s, shared);
+  REQUIRE(mem.size() == 2);  // each rank
+  CHECK(mem[0].message.find("times the 2 ranks sharing its GPU") != std::string::npos);
+}
+
 TEST_CASE("backend::quote_op and kind_word: how errors name an op", "[backend]") {
   auto s = base(2);
   add(s, 0, 1, "L0.ar", sch::Collective{sch::CollectiveKind::kReduceScatter, 0, 64, sch::DType::kBF16, {}, 0, 0});

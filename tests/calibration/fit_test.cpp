@@ -7,7 +7,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <variant>
+#include <vector>
 
+#include "calibration/fit_framework.hpp"
 #include "calibration/suite.hpp"
 #include "common/error.hpp"
 #include "common/io.hpp"
@@ -95,6 +98,67 @@ TEST_CASE("calibration::fit: a suite measured under a known profile fits back to
     return l.find("waiting_sms_per_channel = ") != std::string::npos &&
            l.find("equally good 0.00..") != std::string::npos;
   }));
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("calibration::suite: the copy-engine group times the TP ring chunks from rank 0 to 1, on 2 GPUs only",
+          "[calibration]") {
+  const auto has_group = [](const std::vector<BenchGroup>& suite) {
+    return std::any_of(suite.begin(), suite.end(), [](const BenchGroup& g) { return g.name == kCopyEngineGroup; });
+  };
+  // One GPU: left out, and calibrate says why.
+  CHECK_FALSE(has_group(make_suite("quick", 1)));
+  REQUIRE(skipped_groups(1).size() == 1);
+  CHECK(skipped_groups(1)[0].rfind(std::string(kCopyEngineGroup) + ": skipped on 1 GPU", 0) == 0);
+  CHECK(skipped_groups(2).empty());
+  const auto suite = make_suite("quick", 2);
+  REQUIRE(has_group(suite));
+  const BenchGroup& g =
+      *std::find_if(suite.begin(), suite.end(), [](const BenchGroup& x) { return x.name == kCopyEngineGroup; });
+  CHECK(g.schedule.meta.at("measure") == kPeerCopyMeasure);
+  // Quick: 1 MiB and the chunks T_sp x h x 2 B of seq 4096, h 4096 / 8192, TP 2 / 4 / 8: 4, 8, 16, 32 MiB.
+  std::vector<double> sizes;
+  for (const auto& p : g.probes) {
+    CHECK(p.family == "copy_engine");
+    REQUIRE(p.ops.size() == 2);
+    const auto& send = std::get<schedule::Send>(g.schedule.ops[p.ops[0]].body);
+    const auto& recv = std::get<schedule::Recv>(g.schedule.ops[p.ops[1]].body);
+    CHECK(g.schedule.ops[p.ops[0]].rank == 0);
+    CHECK(send.peer == 1);
+    CHECK(recv.peer == 0);
+    CHECK(send.transport == schedule::Transport::kCopyEngine);
+    CHECK(recv.transport == schedule::Transport::kCopyEngine);
+    CHECK(static_cast<double>(send.bytes) == p.size);
+    sizes.push_back(p.size);
+  }
+  const double mib = 1024.0 * 1024.0;
+  CHECK(sizes == std::vector<double>{1 * mib, 4 * mib, 8 * mib, 16 * mib, 32 * mib});
+}
+
+TEST_CASE("calibration::fit: the copy engine's fraction of the NVLink line rate is recovered, else left at 376/450",
+          "[calibration]") {
+  const std::string path = temp_path("copy_engine.jsonl");
+  sim::Profile truth = truth_profile();
+  truth.copy_engine.nvlink_efficiency = 0.78;
+  const RawResults raw = measure_quick(path, truth);
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  const FitResult r = fit_profile(raw, cluster, "test", "abc", FrameworkInput{});
+  // The simulated copies are bandwidth only: the median over the transfers >= 16 MiB is the truth.
+  CHECK(r.profile.copy_engine.nvlink_efficiency == Approx(0.78).epsilon(1e-3));
+  CHECK(r.profile.copy_engine.source.rfind("measured: cudaMemcpyPeerAsync", 0) == 0);
+  CHECK(r.json.find("\"copy_engine\"") != std::string::npos);
+  const auto fit = std::find_if(r.profile.fits.begin(), r.profile.fits.end(),
+                                [](const sim::FitSummary& f) { return f.name == "copy_engine"; });
+  REQUIRE(fit != r.profile.fits.end());
+  CHECK(fit->points == 5);
+  CHECK(fit->max_abs_rel_error < 0.01);
+  CHECK(sim::profile_from_json(r.json, "fitted.json").copy_engine.nvlink_efficiency == Approx(0.78).epsilon(1e-3));
+  // A raw file without the group (one GPU, or measured before it existed): the default, and nothing written.
+  RawResults without = raw;
+  std::erase_if(without.measurements, [](const Measurement& m) { return m.group == kCopyEngineGroup; });
+  const FitResult d = fit_profile(without, cluster, "test", "abc", FrameworkInput{});
+  CHECK(d.profile.copy_engine.nvlink_efficiency == sim::CopyEngine::kDefaultNvlinkEfficiency);
+  CHECK(d.json.find("\"copy_engine\"") == std::string::npos);
   std::filesystem::remove(path);
 }
 
@@ -329,7 +393,7 @@ TEST_CASE(
   sim::Profile truth = truth_profile();
   truth.nccl.algorithms = {sim::NcclAlgo::kRing};
   sim::CollectiveParams ll;
-  ll.kind = "all_reduce";
+  ll.kind = sim::CollectiveParamsKind::kAllReduce;
   ll.proto = sim::NcclProto::kLL;
   ll.base_latency_s = 9e-6;
   ll.step_latency_s = 0;
@@ -366,7 +430,7 @@ TEST_CASE(
   // table holds a slightly different efficiency curve through the same measured points.
   const sim::Profile back = sim::profile_from_json(r.json, "fitted.json");
   const auto it = std::find_if(back.collectives.begin(), back.collectives.end(), [](const sim::CollectiveParams& c) {
-    return c.kind == "all_reduce" && c.proto == sim::NcclProto::kSimple && c.ranks == 0;
+    return c.kind == sim::CollectiveParamsKind::kAllReduce && c.proto == sim::NcclProto::kSimple && c.ranks == 0;
   });
   REQUIRE(it != back.collectives.end());
   CHECK(it->bus_efficiency.points.size() == 4);
@@ -573,7 +637,7 @@ TEST_CASE("borrow_comm_fields takes collectives, comm launches and co-run figure
   donor.declared_name = "two H200";
   donor.context["gpu"] = "NVIDIA H200";
   twinstep::sim::CollectiveParams ar;
-  ar.kind = "all_reduce";
+  ar.kind = twinstep::sim::CollectiveParamsKind::kAllReduce;
   ar.base_latency_s = 8.5e-6;
   ar.bus_bytes_per_s = 3.5e11;
   donor.collectives = {ar};

@@ -1,13 +1,17 @@
 # Runs `twinstep compare` for a CTest test and checks its exit code, its output and optionally a written file.
 # Lists (ARGS, EXPECT_JSON_KEY) are separated by '|'.
 # cmake -DTWINSTEP=... -DARGS="a|b|c" -DEXPECT_RC=0 [-DEXPECT_OUT=regex] [-DEXPECT_JSON_KEY=key] [-DFILE=path
-#       -DFILE_REGEX=regex] -P run_cli.cmake
+#       -DFILE_REGEX=regex] [-DNO_FILE=path] -P run_cli.cmake
+# NO_FILE: a path the command must not leave behind (bad input: nothing half-written).
 string(REPLACE "|" ";" ARGS "${ARGS}")
 if(DEFINED EXPECT_JSON_KEY)
   string(REPLACE "|" ";" EXPECT_JSON_KEY "${EXPECT_JSON_KEY}")
 endif()
 if(DEFINED FILE)
   file(REMOVE ${FILE})
+endif()
+if(DEFINED NO_FILE)
+  file(REMOVE ${NO_FILE})
 endif()
 execute_process(COMMAND ${TWINSTEP} ${ARGS} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL EXPECT_RC)
@@ -31,4 +35,7 @@ if(DEFINED FILE)
     message(FATAL_ERROR "${FILE} does not match '${FILE_REGEX}'")
   endif()
   file(REMOVE ${FILE})
+endif()
+if(DEFINED NO_FILE AND EXISTS ${NO_FILE})
+  message(FATAL_ERROR "${NO_FILE} was written (or left behind) on bad input")
 endif()

@@ -8,6 +8,7 @@
 
 #include "schedule/schedule.hpp"
 #include "schedule/trace.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace twinstep::calibration::testing {
 
@@ -23,32 +24,24 @@ inline ts::Schedule small_schedule() {
   s.ranks = {0, 1};
   s.streams = {{"compute", 0}, {"comm", -1}};
   s.communicators = {{"dp.0", "dp", {0, 1}}, {"pp.0", "pp", {0, 1}}};
-  auto add = [&](ts::RankId rank, std::string name, ts::StreamId stream, ts::Body body) {
-    ts::Op op;
-    op.id = static_cast<ts::OpId>(s.ops.size());
-    op.rank = rank;
-    op.name = std::move(name);
-    op.stream = stream;
-    op.body = std::move(body);
-    s.ops.push_back(std::move(op));
-  };
+  twinstep::testing::ScheduleBuilder b(std::move(s));
   for (ts::RankId r = 0; r < 2; ++r) {
     const std::string p = "r" + std::to_string(r) + ".";
-    add(r, p + "fwd.gemm", 0, ts::Compute{ts::Gemm{1024, 1024, 1024, 1, ts::DType::kBF16}, 0});
-    add(r, p + "fwd.act", 0, ts::Compute{ts::Elementwise{1 << 20, 0}, 0});
+    b.add(r, p + "fwd.gemm", 0, ts::Compute{ts::Gemm{1024, 1024, 1024, 1, ts::DType::kBF16}, 0});
+    b.add(r, p + "fwd.act", 0, ts::Compute{ts::Elementwise{1 << 20, 0}, 0});
     ts::Collective ar;
     ar.kind = ts::CollectiveKind::kAllReduce;
     ar.comm = 0;
     ar.bytes = 1 << 20;
-    add(r, p + "grad.ar", 1, ar);
+    b.add(r, p + "grad.ar", 1, ar);
     if (r == 0) {
-      add(r, p + "pp.send", 1, ts::Send{1, 1, 4096, 0});
+      b.add(r, p + "pp.send", 1, ts::Send{1, 1, 4096, 0});
     } else {
-      add(r, p + "pp.recv", 1, ts::Recv{1, 0, 4096, 0});
+      b.add(r, p + "pp.recv", 1, ts::Recv{1, 0, 4096, 0});
     }
-    add(r, p + "host", 0, ts::Host{5});
+    b.add(r, p + "host", 0, ts::Host{5});
   }
-  return s;
+  return b.take();
 }
 
 /// A trace of `s` with the records given as (start, end) per op id; issue = start.

@@ -11,6 +11,7 @@
 #include "models/recipe.hpp"
 #include "models/run_config.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/run_configs.hpp"
 #include "topologies/cluster.hpp"
 
 using namespace twinstep;
@@ -106,20 +107,11 @@ struct Layout {
 };
 
 models::RunConfig config_of(const Layout& l) {
-  models::RunConfig c;
-  c.world_size = l.gpus;
-  c.tensor_model_parallel_size = l.tp;
-  c.pipeline_model_parallel_size = l.pp;
-  c.virtual_pipeline_model_parallel_size = l.vpp;
-  c.context_parallel_size = l.cp;
-  c.expert_model_parallel_size = l.ep;
-  c.micro_batch_size = 1;
-  c.global_batch_size = l.gbs;
-  c.seq_length = 1024;
+  models::RunConfig c = testing::run_config({l.gpus, l.tp, l.pp, l.vpp, l.cp, l.ep, 1, l.gbs, 1024});
   c.decoder_first_pipeline_num_layers = l.first_stage_layers;
   c.gpu_memory_bytes = 80.0 * (1ULL << 30);
   (void)models::apply_recipe_defaults(c, {"global_batch_size"});
-  return models::apply_overlap_variant(c, l.overlap);
+  return testing::with_overlap(c, l.overlap);
 }
 
 }  // namespace

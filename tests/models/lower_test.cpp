@@ -1,5 +1,6 @@
 // Lowering: every dense zoo model over >= 20 parallel layouts validates; the interleaved order matches Megatron's
 // (golden, from megatron-overlap.md section 4b by hand); FLOPs match 6*N*tokens + attention; DP buckets.
+#include <algorithm>
 #include <map>
 
 #include "tests/catch.hpp"
@@ -330,6 +331,42 @@ TEST_CASE("models::lower: DP buckets follow Megatron's rule on parameter count",
       CHECK(op.tags.overlap == "dp");
     }
   }
+}
+
+TEST_CASE("models::lower: each rank's step starts by zeroing its chunks' whole grad buffers", "[lower][buckets]") {
+  // Megatron's train_step: model_chunk.zero_grad_buffer() per chunk, a fill of the chunk's (padded, unsharded)
+  // grad buffer in the main-grad dtype, before the first forward.
+  ModelSpec m = tiny();
+  RunConfig c = config(2, 1, 1);
+  c.global_batch_size = 2;
+  c.overlap_grad_reduce = true;
+  c.bucket_size = 70000;
+  c.use_distributed_optimizer = true;
+  for (const bool fp32 : {true, false}) {
+    c.grad_reduce_in_fp32 = fp32;
+    Lowered low = lower(m, c);
+    REQUIRE(problems(low.schedule).empty());
+    CHECK(twinstep::models::test::count_ops(low.schedule, "zero_grad_buffer") == 2);
+    for (const schedule::RankId r : {0u, 1u}) {
+      const auto first = std::find_if(low.schedule.ops.begin(), low.schedule.ops.end(),
+                                      [&](const schedule::Op& op) { return op.rank == r; });
+      REQUIRE(first != low.schedule.ops.end());
+      CHECK(first->name == "dp.chunk0.zero_grad_buffer");
+      CHECK(first->tags.chunk == 0);
+      const auto& e = std::get<schedule::Elementwise>(std::get<schedule::Compute>(first->body).kernel);
+      CHECK(e.bytes == (73856 + 73984 + 65664) * (fp32 ? 4u : 2u));  // the buckets above, whole on every rank
+    }
+  }
+  // Interleaved: one per model chunk.
+  RunConfig v = config(2, 1, 2, 1, 2);
+  v.global_batch_size = 4;
+  v.overlap_p2p_comm = true;
+  v.batch_p2p_comm = false;
+  m.num_layers = 4;
+  Lowered low = lower(m, v);
+  REQUIRE(problems(low.schedule).empty());
+  CHECK(twinstep::models::test::count_ops(low.schedule, "chunk0.zero_grad_buffer") == 2);
+  CHECK(twinstep::models::test::count_ops(low.schedule, "chunk1.zero_grad_buffer") == 2);
 }
 
 TEST_CASE("models::lower: default bucket size is max(40M, 1M x dp), PP rank > 0 and chunk > 0 get one bucket",

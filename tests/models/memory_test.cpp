@@ -79,9 +79,7 @@ TEST_CASE("memory: static terms (weights, fp32 main weights, main grads, Adam) a
   CHECK(e.fp8_weights_bytes == 0);
   c.grad_reduce_in_fp32 = false;
   CHECK(lower(m, c).peak_memory.grads_bytes == Approx(2 * n));
-  // The fp8 hook: TE's weight copies, 2 B/param (cast + transpose) when set.
-  c.memory.fp8_weight_copy_bytes_per_param = 2;
-  CHECK(lower(m, c).peak_memory.fp8_weights_bytes == Approx(2 * n));
+  // fp8 runs' weight copies and scaling state: tests/models/fp8_memory_test.cpp.
   // Distributed optimizer over DP 4: main weights and moments 12/d, weights and grads whole (6 + 12/d with fp32 grads).
   RunConfig d = config(4, 1, 1);
   d.seq_length = 1024;

@@ -563,10 +563,10 @@ TEST_CASE("models::moe: gating rules for EP overlap, delay_wgrad, shared-expert 
   mtp.mtp_num_layers = 1;
   CHECK(has_warning(lower(mtp, ep_on(moe_config(2, 2))), "multi-token prediction"));
   // Variants map onto the knobs.
-  const RunConfig v = apply_overlap_variant(moe_config(2, 2), "ep+delay_wgrad");
+  const RunConfig v = testing::with_overlap(moe_config(2, 2), "ep+delay_wgrad");
   CHECK(v.overlap_moe_expert_parallel_comm);
   CHECK(v.delay_wgrad_compute);
-  CHECK(apply_overlap_variant(moe_config(2, 2), "shared_expert").moe_shared_expert_overlap);
+  CHECK(testing::with_overlap(moe_config(2, 2), "shared_expert").moe_shared_expert_overlap);
 }
 
 TEST_CASE("models::lower: representative ranks equal the full schedule's ranks with dp = 0", "[lower][reduce]") {

@@ -5,8 +5,10 @@
 #include <utility>
 #include <vector>
 
+#include "common/enum_names.hpp"
 #include "common/error.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/run_configs.hpp"
 
 using namespace twinstep;
 using namespace twinstep::models;
@@ -128,34 +130,57 @@ TEST_CASE("models::run_config: derived dp", "[run_config]") {
 TEST_CASE("models::run_config: overlap variants map to Megatron knobs", "[run_config]") {
   RunConfig base;
   base.use_distributed_optimizer = true;
-  RunConfig none = apply_overlap_variant(base, "none");
+  RunConfig none = testing::with_overlap(base, "none");
   CHECK_FALSE(none.overlap_grad_reduce);
   CHECK_FALSE(none.tp_comm_overlap);
   CHECK(none.cp_comm_type == models::CpCommType::kAllGather);
-  RunConfig dp_tp = apply_overlap_variant(base, "dp+tp");
+  RunConfig dp_tp = testing::with_overlap(base, "dp+tp");
   CHECK(dp_tp.overlap_grad_reduce);
   CHECK(dp_tp.overlap_param_gather);
   CHECK(dp_tp.tp_comm_overlap);
   CHECK_FALSE(dp_tp.overlap_p2p_comm);
   RunConfig interleaved = base;  // P2P overlap takes effect only with VPP (the next test case)
   interleaved.virtual_pipeline_model_parallel_size = 2;
-  RunConfig pp = apply_overlap_variant(interleaved, "pp+cp");
+  RunConfig pp = testing::with_overlap(interleaved, "pp+cp");
   CHECK(pp.overlap_p2p_comm);
   CHECK_FALSE(pp.batch_p2p_comm);
   CHECK(pp.cp_comm_type == models::CpCommType::kP2p);
   RunConfig hier = base;
   hier.cp_comm_type = models::CpCommType::kA2aP2p;  // the a2a types have no overlap toggle: kept by every variant
-  CHECK(apply_overlap_variant(hier, "cp").cp_comm_type == models::CpCommType::kA2aP2p);
-  CHECK(apply_overlap_variant(hier, "none").cp_comm_type == models::CpCommType::kA2aP2p);
+  CHECK(testing::with_overlap(hier, "cp").cp_comm_type == models::CpCommType::kA2aP2p);
+  CHECK(testing::with_overlap(hier, "none").cp_comm_type == models::CpCommType::kA2aP2p);
   hier.cp_comm_type = models::CpCommType::kA2a;
-  CHECK(apply_overlap_variant(hier, "all").cp_comm_type == models::CpCommType::kA2a);
-  RunConfig all = apply_overlap_variant(base, "all");
+  CHECK(testing::with_overlap(hier, "all").cp_comm_type == models::CpCommType::kA2a);
+  RunConfig all = testing::with_overlap(base, "all");
   CHECK(all.overlap_moe_expert_parallel_comm);
   CHECK(all.delay_wgrad_compute);
   CHECK_FALSE(all.moe_shared_expert_overlap);
   base.use_distributed_optimizer = false;
-  CHECK_FALSE(apply_overlap_variant(base, "dp").overlap_param_gather);
-  CHECK_THROWS_WITH(apply_overlap_variant(base, "dp+fsdp"), twinstep_contains("unknown overlap mode \"fsdp\""));
+  CHECK_FALSE(testing::with_overlap(base, "dp").overlap_param_gather);
+  CHECK_THROWS_WITH(testing::with_overlap(base, "dp+fsdp"), twinstep_contains("unknown overlap mode \"fsdp\""));
+}
+
+TEST_CASE("models::parse_overlap_variant: a variant prints as it was spelled and an unknown mode names the field",
+          "[run_config]") {
+  for (const char* text : {"none", "all", "dp", "tp+dp", "dp+tp+pp+cp+ep+delay_wgrad+shared_expert"}) {
+    CHECK(to_string(parse_overlap_variant(text, "--overlap")) == text);
+  }
+  CHECK(parse_overlap_variant("none", "--overlap").none());
+  CHECK_FALSE(parse_overlap_variant("all", "--overlap").none());
+  CHECK(parse_overlap_variant("tp+dp", "--overlap").modes ==
+        std::vector<OverlapMode>{OverlapMode::kTp, OverlapMode::kDp});
+  CHECK(parse_overlap_variant("dp", "x") != parse_overlap_variant("tp", "x"));
+  for (const char* bad : {"", "dp+", "+dp", "none+dp", "all+dp", "DP", "dp,tp"}) {
+    INFO(bad);
+    try {
+      (void)parse_overlap_variant(bad, "--overlap");
+      FAIL("expected an UnknownNameError");
+    } catch (const UnknownNameError& e) {
+      CHECK(e.file() == "--overlap");
+      CHECK(e.message().find("in variant \"" + std::string(bad) + "\"") != std::string::npos);
+      CHECK(e.message().find("\"delay_wgrad\"") != std::string::npos);
+    }
+  }
 }
 
 TEST_CASE("models::apply_overlap_variant: pp un-batches P2P only where the overlap takes effect (VPP)",
@@ -163,10 +188,10 @@ TEST_CASE("models::apply_overlap_variant: pp un-batches P2P only where the overl
   RunConfig c;
   c.pipeline_model_parallel_size = 4;
   // No VPP: MLM forces overlap_p2p_comm off and keeps batch_p2p_comm = not overlap_p2p_comm; Bridge sets it True.
-  CHECK(apply_overlap_variant(c, "pp").batch_p2p_comm);
-  CHECK(apply_overlap_variant(c, "all").batch_p2p_comm);
+  CHECK(testing::with_overlap(c, "pp").batch_p2p_comm);
+  CHECK(testing::with_overlap(c, "all").batch_p2p_comm);
   c.virtual_pipeline_model_parallel_size = 2;
-  CHECK_FALSE(apply_overlap_variant(c, "pp").batch_p2p_comm);
-  CHECK(apply_overlap_variant(c, "pp").overlap_p2p_comm);
-  CHECK(apply_overlap_variant(c, "dp").batch_p2p_comm);
+  CHECK_FALSE(testing::with_overlap(c, "pp").batch_p2p_comm);
+  CHECK(testing::with_overlap(c, "pp").overlap_p2p_comm);
+  CHECK(testing::with_overlap(c, "dp").batch_p2p_comm);
 }

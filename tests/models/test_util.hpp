@@ -8,21 +8,15 @@
 #include "models/model_spec.hpp"
 #include "schedule/kernel_math.hpp"
 #include "schedule/validate.hpp"
+#include "tests/support/run_configs.hpp"
 
 namespace twinstep::models::test {
 
 /// A run config for `world` GPUs with CDMC = 1 (required for TP/CP > 1 on Hopper).
 inline RunConfig config(std::uint32_t world, std::uint32_t tp, std::uint32_t pp, std::uint32_t cp = 1,
                         std::uint32_t vpp = 1) {
-  RunConfig c;
-  c.world_size = world;
-  c.tensor_model_parallel_size = tp;
-  c.pipeline_model_parallel_size = pp;
-  c.context_parallel_size = cp;
-  c.virtual_pipeline_model_parallel_size = vpp;
+  RunConfig c = twinstep::testing::run_config({world, tp, pp, vpp, cp, 1, 1, 1, 1024});
   c.cuda_device_max_connections = 1;
-  c.seq_length = 1024;
-  c.micro_batch_size = 1;
   return c;
 }
 

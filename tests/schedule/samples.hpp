@@ -7,46 +7,11 @@
 #include <vector>
 
 #include "schedule/schedule.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace twinstep::schedule::testing {
 
-/// Appends ops to a schedule with dense ids.
-class Builder {
- public:
-  explicit Builder(Schedule s) : s_(std::move(s)) {}
-
-  OpId add(RankId rank, std::string name, StreamId stream, Body body, std::vector<OpId> deps = {}, Tags tags = {}) {
-    Op op;
-    op.id = static_cast<OpId>(s_.ops.size());
-    op.rank = rank;
-    op.name = std::move(name);
-    op.stream = stream;
-    op.body = std::move(body);
-    op.deps = std::move(deps);
-    op.tags = std::move(tags);
-    s_.ops.push_back(std::move(op));
-    return s_.ops.back().id;
-  }
-  OpId gemm(RankId r, std::string name, StreamId st, std::uint64_t m, std::uint64_t n, std::uint64_t k,
-            std::vector<OpId> deps = {}) {
-    return add(r, std::move(name), st, Compute{Gemm{m, n, k, 1, DType::kBF16}, 0}, std::move(deps));
-  }
-  OpId all_reduce(RankId r, std::string name, StreamId st, CommId comm, std::uint64_t bytes,
-                  std::vector<OpId> deps = {}) {
-    Collective c;
-    c.kind = CollectiveKind::kAllReduce;
-    c.comm = comm;
-    c.bytes = bytes;
-    return add(r, std::move(name), st, c, std::move(deps));
-  }
-  OpId host(RankId r, std::string name, Nanos ns) { return add(r, std::move(name), 0, Host{ns}); }
-
-  Schedule& schedule() { return s_; }
-  Schedule take() { return std::move(s_); }
-
- private:
-  Schedule s_;
-};
+using Builder = twinstep::testing::ScheduleBuilder;
 
 /// A `world`-rank skeleton: streams compute (0) and comm (1, priority -1), communicator "world" (kind dp).
 inline Schedule skeleton(std::uint32_t world, const std::string& name = "test") {

@@ -126,7 +126,7 @@ TEST_CASE("sim::CostModel: measured overrides set the time of NCCL's choice, nev
   Profile p = ring_ll_simple();
   // A Simple line far cheaper than LL at 64 KiB: NCCL still runs LL there (its own estimate), at the LL line's time.
   CollectiveParams simple;
-  simple.kind = "all_reduce";
+  simple.kind = CollectiveParamsKind::kAllReduce;
   simple.proto = NcclProto::kSimple;
   simple.base_latency_s = 1e-6;
   simple.step_latency_s = 0;

@@ -235,6 +235,35 @@ TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[si
             .find("/interference/waiting_sms_per_channel_more: must be in [0, 1]") != std::string::npos);
   CHECK(err(R"({"schema_version": 1, "grouped_gemm_table": "per_expert"})")
             .find("p.json: /grouped_gemm_table: use \"per_group\"") == 0);
+  CHECK(err(R"({"schema_version": 1, "op_compute": {"L0.mb0.fwd.rope": [[1e6, 0.1]]}})")
+            .find("p.json: /op_compute/L0.mb0.fwd.rope: expected an op stem") == 0);
+  CHECK(err(R"({"schema_version": 1, "op_compute": {"fwd.rope": [[1e6, 2]]}})").find("/op_compute/fwd.rope/0") !=
+        std::string::npos);
+}
+
+TEST_CASE("sim::CostModel: an op stem's own table wins over its class table", "[sim]") {
+  CHECK(op_stem("L3.mb2.bwd.fc1_wgrad") == "bwd.fc1_wgrad");
+  CHECK(op_stem("mb0.fwd.output") == "fwd.output");
+  CHECK(op_stem("optim.adam") == "optim.adam");
+  CHECK(op_stem("dp.chunk0.zero_grad_buffer") == "dp.chunk0.zero_grad_buffer");
+  CHECK(op_stem("Lx.mb0.fwd.a") == "Lx.mb0.fwd.a");  // not a layer number: kept
+  CHECK(op_stem("L12.fwd.qkv") == "fwd.qkv");
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const Profile p = profile_from_json(R"({"schema_version": 1, "memory_tables": "bytes",
+      "compute": {"elementwise": [[1e6, 0.9]]}, "op_compute": {"fwd.rope": [[1e6, 0.1]]}})",
+                                      "ops.json");
+  const Profile again = profile_from_json(profile_to_json(p), "again.json");
+  REQUIRE(again.op_compute.size() == 1);
+  CHECK(again.op_compute.at("fwd.rope").points == p.op_compute.at("fwd.rope").points);
+  const CostModel costs(cluster, p);
+  const Compute rope{Elementwise{1ull << 30, 0}, 0};
+  const double hbm = cluster.node.gpu.hbm_bytes_per_s;
+  // 1 GiB at 10 % of HBM for the rope op of any layer and micro-batch; every other op (or no name) at 90 %.
+  CHECK(costs.kernel_cost(rope, "L7.mb1.fwd.rope").solo_time_s() == Approx(1073741824.0 / (hbm * 0.1)));
+  CHECK(costs.kernel_cost(rope, "L7.mb1.fwd.swiglu").solo_time_s() == Approx(1073741824.0 / (hbm * 0.9)));
+  CHECK(costs.kernel_cost(rope).solo_time_s() == Approx(1073741824.0 / (hbm * 0.9)));
+  CHECK(costs.op_table("L0.mb0.fwd.rope") == &costs.profile().op_compute.at("fwd.rope"));
+  CHECK(costs.op_table("fwd.swiglu") == nullptr);
 }
 
 TEST_CASE("sim::CostModel: inter-node all-to-all against published nccl-tests figures for DGX H100 (CX-7 NDR)",

@@ -12,6 +12,7 @@
 #include "schedule/matching.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/run_configs.hpp"
 
 using namespace twinstep;
 using namespace twinstep::sim;
@@ -60,7 +61,7 @@ std::vector<LoweredCase> lowered_cases() {
     c.sequence_parallel = true;
     c.global_batch_size = 8;
     cases.push_back({"tp2 dp4 no overlap", "llama3-8b", 2, c});  // the control for the next case
-    c = models::apply_overlap_variant(c, "dp");
+    c = twinstep::testing::with_overlap(c, "dp");
     cases.push_back({"tp2 dp4 dp-overlap", "llama3-8b", 2, c});
   }
   {

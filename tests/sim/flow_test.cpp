@@ -30,13 +30,13 @@ Trace run(const Schedule& s, const topologies::Cluster& c, const Profile& p, con
 }
 
 /// Zero latency for `kind` (both protocols) so that max-min phases start together.
-void zero_latency(Profile& p, const std::string& kind, bool inter) {
+void zero_latency(Profile& p, CollectiveParamsKind kind, Span span) {
   for (auto proto : {NcclProto::kLL, NcclProto::kSimple, NcclProto::kLL128}) {
     CollectiveParams c;
     c.kind = kind;
     c.algo = NcclAlgo::kRing;
     c.proto = proto;
-    c.inter_node = inter;
+    c.span = span;
     c.base_latency_s = 0;
     c.step_latency_s = 0;
     p.collectives.push_back(c);
@@ -171,7 +171,7 @@ TEST_CASE("sim::flow: two collectives crossing one GPU's NVLink port share it ma
   const double bw = 300e9;
   const auto cluster = uniform_node(4, bw);
   Profile prof = closed_form_profile();
-  zero_latency(prof, "all_reduce", false);
+  zero_latency(prof, CollectiveParamsKind::kAllReduce, Span::kIntra);
   const CostModel costs(cluster, prof);
   Builder b(4, {{"a", -1}, {"b", -1}});
   const CommId ca = b.comm("a", "tp", {0, 1});
@@ -204,8 +204,8 @@ TEST_CASE(
   if (!flow_model_available()) return;
   const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
   Profile prof = closed_form_profile();
-  zero_latency(prof, "all_reduce", true);
-  zero_latency(prof, "all_to_all", true);
+  zero_latency(prof, CollectiveParamsKind::kAllReduce, Span::kInter);
+  zero_latency(prof, CollectiveParamsKind::kAllToAll, Span::kInter);
   const CostModel costs(cluster, prof);
   Builder b(16, {{"ep", -1}, {"dp", -1}});
   std::vector<RankId> all;
@@ -331,8 +331,8 @@ TEST_CASE("sim::flow: two flows crossing one oversubscribed leaf uplink share it
   cluster.fabric.nodes_per_group = 2;
   cluster.fabric.oversubscription = 4;
   Profile prof = closed_form_profile();
-  zero_latency(prof, "send_recv", true);
-  zero_latency(prof, "send_recv", false);
+  zero_latency(prof, CollectiveParamsKind::kSendRecv, Span::kInter);
+  zero_latency(prof, CollectiveParamsKind::kSendRecv, Span::kIntra);
   const CostModel costs(cluster, prof);
   const double nic = cluster.node.nic_achievable_bytes_per_s;
   const std::uint64_t s = 64ull << 20;

@@ -104,6 +104,28 @@ TEST_CASE("sim::profile: the memory_overhead section reads, writes back, and nam
                     Catch::Contains("/memory_overhead"));
 }
 
+TEST_CASE("sim::profile: the copy_engine section reads, writes back, defaults to 376/450, names a bad field",
+          "[sim][profile]") {
+  // Absent: the published HGX H100 figure with its source, and nothing written (committed profiles stay as they are).
+  const Profile d = Profile::datasheet_defaults();
+  CHECK(d.copy_engine.nvlink_efficiency == 376.0 / 450.0);
+  CHECK(d.copy_engine.source.find("NVIDIA/nccl#1264") != std::string::npos);
+  CHECK(profile_to_json(d).find("copy_engine") == std::string::npos);
+  const std::string text =
+      R"({"schema_version": 1, "name": "m", "copy_engine": {"nvlink_efficiency": 0.81, "source": "measured"}})";
+  const Profile p = profile_from_json(text, "m.json");
+  CHECK(p.copy_engine.nvlink_efficiency == 0.81);
+  CHECK(p.copy_engine.source == "measured");
+  const Profile back = profile_from_json(profile_to_json(p), "back.json");
+  CHECK(back.copy_engine.nvlink_efficiency == 0.81);
+  CHECK(back.copy_engine.source == "measured");
+  CHECK_THROWS_WITH(
+      profile_from_json(R"({"schema_version": 1, "copy_engine": {"nvlink_efficiency": 1.2}})", "b.json"),
+      Catch::Contains("b.json") && Catch::Contains("/copy_engine/nvlink_efficiency") && Catch::Contains("(0, 1]"));
+  CHECK_THROWS_WITH(profile_from_json(R"({"schema_version": 1, "copy_engine": {"bandwidth": 1}})", "b.json"),
+                    Catch::Contains("/copy_engine"));
+}
+
 TEST_CASE("sim::NcclAlgo and NcclProto: spellings read back as written and an unknown one names the field",
           "[sim][profile]") {
   for (const auto a : {NcclAlgo::kRing, NcclAlgo::kTree}) CHECK(parse_nccl_algo(to_string(a), "algorithm") == a);
@@ -125,4 +147,51 @@ TEST_CASE("sim::NcclAlgo and NcclProto: spellings read back as written and an un
           "p.json"),
       twinstep_contains("/collectives/0/protocol") &&
           twinstep_contains(R"(unknown value "LL" (use one of: "ll", "ll128", "simple"))"));
+}
+
+TEST_CASE("sim::profile: a collective line's kind and span are enums, read and written by one name table each",
+          "[sim][profile]") {
+  for (const auto k : {CollectiveParamsKind::kAny, CollectiveParamsKind::kAllReduce, CollectiveParamsKind::kAllGather,
+                       CollectiveParamsKind::kReduceScatter, CollectiveParamsKind::kBroadcast,
+                       CollectiveParamsKind::kAllToAll, CollectiveParamsKind::kSendRecv}) {
+    CHECK(parse_collective_params_kind(to_string(k), "kind") == k);
+  }
+  CHECK(to_string(CollectiveParamsKind::kSendRecv) == "send_recv");
+  CHECK(parse_span(to_string(Span::kInter), "span") == Span::kInter);
+  CHECK(to_string(Span::kIntra) == "intra");
+  CHECK(params_kind_of(schedule::CollectiveKind::kAllToAll) == CollectiveParamsKind::kAllToAll);
+  CHECK(params_kind_of(schedule::CollectiveKind::kReduceScatter) == CollectiveParamsKind::kReduceScatter);
+
+  // Read (the kind absent: "any"), written back with the same spellings.
+  const Profile p = profile_from_json(
+      R"({"schema_version": 1, "collectives": [
+            {"kind": "all_to_all", "algorithm": "ring", "protocol": "simple", "span": "inter", "bus_bandwidth": "40 GB/s"},
+            {"algorithm": "ring", "protocol": "ll", "span": "intra", "bus_bandwidth": "300 GB/s", "base_latency": "5 us"}]})",
+      "p.json");
+  REQUIRE(p.collectives.size() == 2);
+  CHECK(p.collectives[0].kind == CollectiveParamsKind::kAllToAll);
+  CHECK(p.collectives[0].span == Span::kInter);
+  CHECK(p.collectives[1].kind == CollectiveParamsKind::kAny);
+  CHECK(p.collectives[1].span == Span::kIntra);
+  const Profile back = profile_from_json(profile_to_json(p), "back.json");
+  REQUIRE(back.collectives.size() == 2);
+  CHECK(back.collectives[0].kind == CollectiveParamsKind::kAllToAll);
+  CHECK(back.collectives[0].span == Span::kInter);
+  CHECK(back.collectives[1].kind == CollectiveParamsKind::kAny);
+
+  // An unknown spelling names the file, the field's pointer and every accepted name.
+  CHECK_THROWS_WITH(
+      profile_from_json(
+          R"({"schema_version": 1, "collectives": [{"kind": "alltoall", "algorithm": "ring", "protocol": "ll", "span": "intra"}]})",
+          "p.json"),
+      twinstep_contains("p.json: /collectives/0/kind: unknown value \"alltoall\"") &&
+          twinstep_contains("\"send_recv\", \"any\""));
+  CHECK_THROWS_WITH(
+      profile_from_json(
+          R"({"schema_version": 1, "collectives": [{"algorithm": "ring", "protocol": "ll", "span": "cross"}]})",
+          "p.json"),
+      twinstep_contains("p.json: /collectives/0/span: unknown value \"cross\" (use one of: \"intra\", \"inter\")"));
+  CHECK_THROWS_WITH(
+      profile_from_json(R"({"schema_version": 1, "collectives": [{"algorithm": "ring", "protocol": "ll"}]})", "p.json"),
+      twinstep_contains("p.json: /collectives/0/span: missing required field \"span\""));
 }

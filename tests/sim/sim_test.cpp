@@ -11,6 +11,7 @@
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
 #include "tests/sim/builder.hpp"
+#include "tests/support/run_configs.hpp"
 
 using namespace twinstep;
 using namespace twinstep::sim;
@@ -30,10 +31,10 @@ Profile flat_profile() {
 
 CollectiveParams zero_cost_p2p(NcclProto proto) {
   CollectiveParams c;
-  c.kind = "send_recv";
+  c.kind = CollectiveParamsKind::kSendRecv;
   c.algo = NcclAlgo::kRing;
   c.proto = proto;
-  c.inter_node = false;
+  c.span = Span::kIntra;
   c.base_latency_s = 0;
   c.step_latency_s = 0;
   c.bus_bytes_per_s = 1e30;
@@ -90,7 +91,7 @@ TEST_CASE("sim: ring all-reduce on a uniform ring matches 2(n-1)(a + S/(nB))", "
     for (RankId r = 0; r < n; ++r) b.collective(r, "ar", 0, CollectiveKind::kAllReduce, c, bytes);
     Profile prof = closed_form_profile();
     CollectiveParams o;
-    o.kind = "all_reduce";
+    o.kind = CollectiveParamsKind::kAllReduce;
     o.base_latency_s = 0;
     o.step_latency_s = alpha;
     prof.collectives.push_back(o);
@@ -136,7 +137,7 @@ TEST_CASE("sim: an exposed collective adds its time, a hidden one adds nothing",
   const double bw = 370e9, alpha = 2e-6;
   Profile prof = flat_profile();
   CollectiveParams o;
-  o.kind = "all_reduce";
+  o.kind = CollectiveParamsKind::kAllReduce;
   o.base_latency_s = 0;
   o.step_latency_s = alpha;
   prof.collectives.push_back(o);
@@ -491,18 +492,10 @@ TEST_CASE("sim: more ranks than GPUs is not feasible, an unknown fidelity is an 
 TEST_CASE("sim: breakdown of a lowered Llama step sums to the step time, traces are deterministic", "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");
   const CostModel costs(cluster, Profile::datasheet_defaults());
-  models::RunConfig cfg;
-  cfg.world_size = 8;
-  cfg.tensor_model_parallel_size = 2;
-  cfg.pipeline_model_parallel_size = 2;
-  cfg.sequence_parallel = true;
-  cfg.cuda_device_max_connections = 1;
-  cfg.micro_batch_size = 1;
-  cfg.global_batch_size = 8;
-  cfg.seq_length = 1024;
-  cfg.use_distributed_optimizer = true;
+  const models::RunConfig cfg =
+      twinstep::testing::production(twinstep::testing::run_config({8, 2, 2, 1, 1, 1, 1, 8, 1024}));
   for (const char* variant : {"none", "all"}) {
-    const auto lowered = models::lower(models::load_model("llama3-8b"), models::apply_overlap_variant(cfg, variant));
+    const auto lowered = models::lower(models::load_model("llama3-8b"), twinstep::testing::with_overlap(cfg, variant));
     const Trace t = simulate(lowered.schedule, cluster, costs);
     const auto b = schedule::analyze(t);
     REQUIRE(b.step_time_s > 0);

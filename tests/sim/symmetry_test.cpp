@@ -12,6 +12,7 @@
 #include "schedule/validate.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/run_configs.hpp"
 #include "topologies/cluster.hpp"
 
 using namespace twinstep;
@@ -78,26 +79,11 @@ TEST_CASE("sim::symmetry: per-DP and per-TP-group representatives equal the full
   for (const auto& cs : cases) {
     models::ModelSpec m = models::load_model(cs.model);
     m.num_layers = cs.layers;
-    models::RunConfig c;
-    c.world_size = 64;
-    c.tensor_model_parallel_size = cs.tp;
-    c.pipeline_model_parallel_size = cs.pp;
-    c.virtual_pipeline_model_parallel_size = cs.vpp;
-    c.context_parallel_size = cs.cp;
+    models::RunConfig c = testing::production(
+        testing::run_config({64, cs.tp, cs.pp, cs.vpp, cs.cp, cs.ep, 1, 64 / (cs.tp * cs.pp * cs.cp) * 4, 4096}));
     c.cp_comm_type = models::parse_cp_comm_type(cs.cp_type, "cp_type");
-    c.expert_model_parallel_size = cs.ep;
-    c.sequence_parallel = cs.tp > 1;
-    c.use_distributed_optimizer = true;
-    c.micro_batch_size = 1;
-    c.cuda_device_max_connections = 1;
-    c.seq_length = 4096;
-    c.global_batch_size = 64 / (cs.tp * cs.pp * cs.cp) * 4;
-    if (cs.vpp > 1) {
-      c.batch_p2p_comm = false;
-      c.overlap_p2p_comm = true;
-    }
     c.decoder_first_pipeline_num_layers = cs.first_stage_layers;
-    c = models::apply_overlap_variant(c, cs.overlap);
+    c = testing::with_overlap(c, cs.overlap);
     INFO(cs.model << " tp" << cs.tp << " pp" << cs.pp << " vpp" << cs.vpp << " cp" << cs.cp << " (" << cs.cp_type
                   << ") ep" << cs.ep << " overlap " << cs.overlap);
     const auto full = predict(m, c, cl, 0);
@@ -176,24 +162,10 @@ TEST_CASE("sim::symmetry: flow, one representative per DP replica equals the ful
     REQUIRE(sim::reduction_policy(cl, sim::Fidelity::kFlow).representatives_only);
     models::ModelSpec m = models::load_model(cs.model);
     m.num_layers = cs.layers;
-    models::RunConfig c;
-    c.world_size = cs.gpus;
-    c.tensor_model_parallel_size = cs.tp;
-    c.pipeline_model_parallel_size = cs.pp;
-    c.virtual_pipeline_model_parallel_size = cs.vpp;
-    c.context_parallel_size = cs.cp;
-    c.expert_model_parallel_size = cs.ep;
-    c.sequence_parallel = cs.tp > 1;
-    c.use_distributed_optimizer = true;
-    c.micro_batch_size = 1;
-    c.cuda_device_max_connections = 1;
-    c.seq_length = 2048;
-    c.global_batch_size = cs.gpus / (cs.tp * cs.pp * cs.cp) * 4;
-    if (cs.vpp > 1) {
-      c.batch_p2p_comm = false;
-      c.overlap_p2p_comm = true;
-    }
-    c = models::apply_overlap_variant(c, cs.overlap);
+    const models::RunConfig c =
+        testing::with_overlap(testing::production(testing::run_config({cs.gpus, cs.tp, cs.pp, cs.vpp, cs.cp, cs.ep, 1,
+                                                                       cs.gpus / (cs.tp * cs.pp * cs.cp) * 4, 2048})),
+                              cs.overlap);
     std::size_t ranks = 0;
     const auto reduced = predict(m, c, cl, 1, &ranks, sim::Fidelity::kFlow);
     CHECK(ranks == cs.ranks);

@@ -20,7 +20,8 @@ struct Ends {
 
 /// Each of two GPUs sends kBytes to the other (tp_send / tp_recv streams) while an 8192^3 GEMM runs; with
 /// `exchange` false, the GEMM alone.
-Ends ring_beside_gemm(Transport transport, std::uint32_t sms, bool exchange, Fidelity fidelity) {
+Ends ring_beside_gemm(Transport transport, std::uint32_t sms, bool exchange, Fidelity fidelity,
+                      double copy_engine_efficiency = CopyEngine::kDefaultNvlinkEfficiency) {
   Builder b(2, {{"compute", 0}, {"tp_send", -1}, {"tp_recv", -1}});
   const CommId tp = b.comm("tp", "tp", {0, 1});
   OpId recv0 = kNoOp, gemm0 = kNoOp;
@@ -36,7 +37,9 @@ Ends ring_beside_gemm(Transport transport, std::uint32_t sms, bool exchange, Fid
   const auto cluster = uniform_node(2, 370.8e9);
   Options opt;
   opt.fidelity = fidelity;
-  const auto trace = simulate(b.schedule(), cluster, CostModel(cluster, closed_form_profile()), opt);
+  Profile profile = closed_form_profile();
+  profile.copy_engine.nvlink_efficiency = copy_engine_efficiency;
+  const auto trace = simulate(b.schedule(), cluster, CostModel(cluster, profile), opt);
   Ends e;
   for (const auto& rec : trace.records) {
     if (rec.op == gemm0) e.gemm = rec.end_ns;
@@ -54,6 +57,10 @@ void check_fidelity(Fidelity fidelity) {
   const double line = topologies::load_cluster("dgx-h100").node.nvlink_bytes_per_s;
   const double want_ns = static_cast<double>(kBytes) / (line * 376.0 / 450.0) * 1e9;
   CHECK(static_cast<double>(ce.transfer) == Approx(want_ns).epsilon(1e-3));
+  // The rate is the profile's copy_engine.nvlink_efficiency (a measured profile's figure): 0.5 of the line rate.
+  const Ends half = ring_beside_gemm(Transport::kCopyEngine, 0, true, fidelity, 0.5);
+  CHECK(static_cast<double>(half.transfer) == Approx(static_cast<double>(kBytes) / (line * 0.5) * 1e9).epsilon(1e-3));
+  CHECK(half.gemm == solo);
   // NCCL: each direction's kernel holds p2p_channels_nvlink (32) SMs on both GPUs, 64 of 132 while both run: the
   // GEMM's 2048 tiles need 31 waves instead of 16 meanwhile, so it ends later.
   const Ends nccl = ring_beside_gemm(Transport::kNccl, 0, true, fidelity);

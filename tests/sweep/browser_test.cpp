@@ -45,7 +45,7 @@ std::string tiny_report(const std::string& dir) {
   spec.gbs = {8, 16};
   spec.seq = {256};
   spec.tp = {1, 2, 3};  // tp 3 divides no GPU count: points not run, listed collapsed
-  spec.overlaps = {"none", "dp"};
+  spec.overlaps = {models::parse_overlap_variant("none", "overlap"), models::parse_overlap_variant("dp", "overlap")};
   sweep::RunOptions opts;
   opts.output = dir + "/sweep.jsonl";
   opts.jobs = 2;

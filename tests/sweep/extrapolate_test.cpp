@@ -21,14 +21,14 @@ TEST_CASE("sweep::evaluate_point: extrapolated points equal the full simulation"
   s.pp = {1, 2};
   s.vpp = {1, 2};
   s.ep = {1, 2, 4};  // Qwen3-30B at EP 1 and TP2 PP2 holds 89 GiB (fp32 main grads of unsharded experts): no fit
-  s.overlaps = {"none", "all"};
+  s.overlaps = {models::parse_overlap_variant("none", "overlap"), models::parse_overlap_variant("all", "overlap")};
   std::size_t extrapolated = 0, compared = 0;
   for (const auto& p : sweep::expand(s)) {
     if (!p.invalid_reason.empty()) continue;
     const auto a = nlohmann::json::parse(sweep::evaluate_point(p, true));
     if (a["status"] != "ok") continue;
     const auto b = nlohmann::json::parse(sweep::evaluate_point(p, false));
-    INFO(p.model << " " << p.layout.describe() << " " << p.overlap << ": " << a.dump());
+    INFO(p.model << " " << p.layout.describe() << " " << models::to_string(p.overlap) << ": " << a.dump());
     REQUIRE(b["status"] == "ok");
     CHECK_FALSE(b.contains("extrapolated_from_micro_batches"));
     ++compared;

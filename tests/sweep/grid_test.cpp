@@ -12,10 +12,13 @@
 #include "schedule/validate.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/run_configs.hpp"
 
 using namespace twinstep;
 
 namespace {
+
+models::OverlapVariant overlap(const char* text) { return models::parse_overlap_variant(text, "overlap"); }
 
 const std::string kTiny = std::string(TWINSTEP_SOURCE_DIR) + "/tests/sweep/data/tiny.json";
 
@@ -68,20 +71,9 @@ TEST_CASE("sweep::auto_layouts: every auto layout lowers to a valid schedule", "
   const auto layouts = sweep::auto_layouts(tiny_shape(), 4, 8, 8, 256, {1, 2});
   REQUIRE(layouts.size() > 13);
   for (const auto& l : layouts) {
-    models::RunConfig c;
-    c.world_size = 4;
-    c.tensor_model_parallel_size = l.tp;
-    c.pipeline_model_parallel_size = l.pp;
-    c.virtual_pipeline_model_parallel_size = l.vpp;
-    c.context_parallel_size = l.cp;
-    c.micro_batch_size = l.mbs;
-    c.global_batch_size = 8;
-    c.seq_length = 256;
-    c.sequence_parallel = l.tp > 1;
-    c.cuda_device_max_connections = 1;
-    c.use_distributed_optimizer = true;
     // "all" turns on overlap_p2p_comm, which interleaving on pp <= 2 needs.
-    c = models::apply_overlap_variant(c, "all");
+    const models::RunConfig c = testing::with_overlap(
+        testing::production(testing::run_config({4, l.tp, l.pp, l.vpp, l.cp, 1, l.mbs, 8, 256})), "all");
     INFO(l.describe());
     const models::Lowered lowered = models::lower(model, c);
     CHECK(schedule::validate(lowered.schedule).empty());
@@ -116,7 +108,7 @@ TEST_CASE("sweep::expand: order, keys and invalid points", "[sweep]") {
   s.auto_layout = false;
   s.tp = {1, 3};
   s.gpus = {4, 8};
-  s.overlaps = {"none", "dp"};
+  s.overlaps = {overlap("none"), overlap("dp")};
   s.dispatchers = {models::TokenDispatcher::kAllToAll,
                    models::TokenDispatcher::kFlex};  // a dense model is swept with the first dispatcher only
   const auto points = sweep::expand(s);
@@ -128,8 +120,8 @@ TEST_CASE("sweep::expand: order, keys and invalid points", "[sweep]") {
     keys.insert(sweep::point_key(points[i]));
   }
   CHECK(keys.size() == points.size());
-  CHECK(points[0].overlap == "none");
-  CHECK(points[1].overlap == "dp");
+  CHECK(points[0].overlap.none());
+  CHECK(points[1].overlap == overlap("dp"));
   CHECK(points[0].layout.tp == 1);
   CHECK(points[2].layout.tp == 3);
   CHECK(points[2].invalid_reason == "tp x pp x cp = 3 does not divide 4 GPUs");
@@ -138,6 +130,11 @@ TEST_CASE("sweep::expand: order, keys and invalid points", "[sweep]") {
   const sweep::Point back = sweep::point_from_inputs(nlohmann::json::parse(sweep::point_key(points[1])), "test");
   CHECK(sweep::point_key(back) == sweep::point_key(points[1]));
   CHECK(sweep::point_key(points[1]).find("\"cluster\":\"dgx-h100\",\"config\":\"\",\"cp\":1") != std::string::npos);
+  CHECK(back.overlap == overlap("dp"));
+  nlohmann::json bad_key = sweep::point_inputs(points[1]);
+  bad_key["overlap"] = "dp+fsdp";
+  CHECK_THROWS_WITH(sweep::point_from_inputs(bad_key, "results.jsonl: line 3"),
+                    twinstep_contains("results.jsonl: line 3: /key/overlap: unknown overlap mode \"fsdp\""));
 
   // A GPU count the cluster cannot have is one invalid point with the loader's reason.
   s.gpus = {12};
@@ -147,9 +144,11 @@ TEST_CASE("sweep::expand: order, keys and invalid points", "[sweep]") {
 
   s.models = {"no-such-model"};
   CHECK_THROWS_AS(sweep::expand(s), Error);
-  s = tiny_spec();
-  s.overlaps = {"warp"};
-  CHECK_THROWS_WITH(sweep::expand(s), twinstep_contains("unknown overlap mode \"warp\""));
+  // An overlap variant is parsed where it is read: the sweep file names its pointer, the flag itself.
+  CHECK_THROWS_WITH(sweep::spec_from_json(R"({"overlap": ["none", "dp+warp"]})", "s.json"),
+                    twinstep_contains("s.json: /overlap: unknown overlap mode \"warp\" in variant \"dp+warp\""));
+  CHECK_THROWS_WITH(sweep::split_modes("none,warp", "--overlap", models::parse_overlap_variant),
+                    twinstep_contains("--overlap: unknown overlap mode \"warp\""));
 }
 
 TEST_CASE("sweep::spec_from_json: fields, scalars for lists, errors", "[sweep]") {
@@ -162,6 +161,7 @@ TEST_CASE("sweep::spec_from_json: fields, scalars for lists, errors", "[sweep]")
   CHECK(s.gbs == std::vector<std::uint32_t>{64});
   CHECK(s.tp == std::vector<std::uint32_t>{1, 2});
   CHECK(s.pp == std::vector<std::uint32_t>{2});
+  CHECK(s.overlaps == std::vector<models::OverlapVariant>{overlap("none"), overlap("all")});
   CHECK_FALSE(s.auto_layout);
   CHECK(sweep::spec_from_json(R"({"parallel": "auto"})", "s.json").auto_layout);
   CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpu": [8]})", "s.json"),
@@ -222,7 +222,7 @@ TEST_CASE("sweep: the default fidelity is predict's, and each point names its pr
   p.layout.pp = 4;
   p.layout.vpp = 2;
   p.layout.cp = 4;
-  p.overlap = "all";
+  p.overlap = overlap("all");
   CHECK(sweep::predict_command(p) ==
         "twinstep predict --model llama3-70b --cluster dgx-h100 --gpus 64 --tp 2 --pp 4 --vpp 2 --cp 4 --mbs 1 "
         "--gbs 512 --seq 8192 --fidelity analytic --overlap all");

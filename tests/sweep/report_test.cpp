@@ -23,7 +23,7 @@ sweep::Result make(std::size_t index, std::uint32_t gpus, std::uint32_t tp, std:
   p.gbs = gbs;
   p.seq = 4096;
   p.layout = sweep::Layout{tp, pp, 1, 1, ep, gpus / (tp * pp), 1};
-  p.overlap = overlap;
+  p.overlap = models::parse_overlap_variant(overlap, "overlap");
   nlohmann::ordered_json j;
   j["point"] = index;
   j["key"] = sweep::point_inputs(p);

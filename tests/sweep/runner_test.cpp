@@ -39,7 +39,7 @@ std::vector<sweep::Point> tiny_points() {
   s.auto_layout = false;
   s.tp = {1, 2, 3};
   s.pp = {1, 2};
-  s.overlaps = {"none", "dp"};
+  s.overlaps = {models::parse_overlap_variant("none", "overlap"), models::parse_overlap_variant("dp", "overlap")};
   return sweep::expand(s);
 }
 
@@ -307,7 +307,9 @@ TEST_CASE("sweep::read_measured: a measured trace matches the point whose full s
   std::size_t want = points.size();
   for (std::size_t i = 0; i < points.size(); ++i) {
     const auto& p = points[i];
-    if (p.gpus == 4 && p.layout.tp == 2 && p.layout.pp == 1 && p.overlap == "dp") want = i;
+    if (p.gpus == 4 && p.layout.tp == 2 && p.layout.pp == 1 &&
+        p.overlap == models::parse_overlap_variant("dp", "overlap"))
+      want = i;
   }
   REQUIRE(want < points.size());
   REQUIRE(results[want].status == sweep::PointStatus::kOk);

@@ -1,0 +1,244 @@
+// A profile fitted from a real step's measured trace (fit_trace.hpp): compute tables from the timed ops through the
+// microbenchmark fit's efficiency definitions, the host's issue cost from the gaps between issues, the host_sync
+// wake-up, and the residuals of the trace's own schedule simulated with the result.
+#include "calibration/fit_trace.hpp"
+
+#include <algorithm>
+#include <map>
+#include <type_traits>
+#include <variant>
+
+#include "calibration/fit_internal.hpp"
+#include "common/error.hpp"
+#include "common/stats.hpp"
+#include "schedule/kernel_math.hpp"
+#include "sim/simulate.hpp"
+
+namespace twinstep::calibration {
+
+namespace {
+
+using fit_internal::compute_efficiency;
+using fit_internal::memory_efficiency;
+
+/// Seconds of op `id`'s record in `measured`.
+double duration_s(const schedule::Trace& measured, schedule::OpId id) {
+  const auto& r = measured.records[id];
+  return static_cast<double>(r.end_ns - r.start_ns) * 1e-9;
+}
+
+using Points = std::vector<std::pair<double, double>>;
+
+/// (size, efficiency) points per kernel class, one per timed op, through the same efficiency definitions as
+/// fit_profile: memory-bound classes over bytes, tensor-core classes over FLOPs (grouped GEMMs over FLOPs per group);
+/// the same points per op stem (sim::op_stem: every layer and micro-batch's instance of one op) with its class.
+std::map<std::string, Points> efficiency_points(const schedule::Trace& measured, const topologies::GpuSpec& gpu,
+                                                std::map<std::string, std::pair<std::string, Points>>& stem_pts) {
+  std::map<std::string, Points> pts;
+  auto add_point = [&](const schedule::Op& op, const std::string& fam, double size, double eff) {
+    pts[fam].emplace_back(size, eff);
+    if (op.name.empty()) return;
+    auto& sp = stem_pts[std::string(sim::op_stem(op.name))];
+    sp.first = fam;
+    sp.second.emplace_back(size, eff);
+  };
+  for (const auto& op : measured.schedule.ops) {
+    const auto* comp = std::get_if<schedule::Compute>(&op.body);
+    const double t = duration_s(measured, op.id);
+    if (comp == nullptr || t <= 0) continue;
+    const std::string fam = schedule::kernel_class(comp->kernel);
+    if (fam == "memcpy") continue;  // PCIe copies: the profile has no table for them
+    if (fam == "elementwise" || fam == "optimizer") {
+      const double bytes = schedule::kernel_bytes(comp->kernel);
+      add_point(op, fam, bytes, memory_efficiency(bytes, t, gpu.hbm_bytes_per_s));
+      continue;
+    }
+    const double flops = schedule::kernel_flops(comp->kernel);
+    double peak = gpu.peak_flop_per_s(schedule::DType::kBF16);
+    double size = flops;
+    std::visit(
+        [&](const auto& k) {
+          using K = std::decay_t<decltype(k)>;
+          if constexpr (std::is_same_v<K, schedule::Gemm> || std::is_same_v<K, schedule::Attention>) {
+            peak = gpu.peak_flop_per_s(k.dtype);
+          } else if constexpr (std::is_same_v<K, schedule::GroupedGemm>) {
+            peak = gpu.peak_flop_per_s(k.dtype);
+            const auto groups = std::count_if(k.m.begin(), k.m.end(), [](std::uint64_t m) { return m > 0; });
+            if (groups > 0) size = flops / static_cast<double>(groups);
+          }
+        },
+        comp->kernel);
+    add_point(op, fam, size, compute_efficiency(flops, t, peak));
+  }
+  return pts;
+}
+
+/// `t`, fitted over the sizes a trace has, continued outside that range by `base` (a table over the same size
+/// measured elsewhere: the microbenchmarks' curve) scaled to meet `t` at each end: the trace gives the level of the
+/// framework's implementation at its shapes, the base how the efficiency changes with size beyond them (a trace of
+/// one sequence length has one attention shape; attention at a quarter of its FLOPs runs at a lower efficiency).
+/// Without a base table the ends stay flat (EfficiencyTable::at).
+sim::EfficiencyTable continue_with(sim::EfficiencyTable t, const sim::EfficiencyTable* base) {
+  if (base == nullptr || base->points.empty() || t.points.empty()) return t;
+  const auto [x_lo, e_lo] = t.points.front();
+  const auto [x_hi, e_hi] = t.points.back();
+  const double r_lo = e_lo / base->at(x_lo), r_hi = e_hi / base->at(x_hi);
+  Points out;
+  for (const auto& [x, e] : base->points) {
+    if (x < x_lo / 1.02) out.emplace_back(x, std::clamp(e * r_lo, 1e-4, 1.0));
+  }
+  out.insert(out.end(), t.points.begin(), t.points.end());
+  for (const auto& [x, e] : base->points) {
+    if (x > x_hi * 1.02) out.emplace_back(x, std::clamp(e * r_hi, 1e-4, 1.0));
+  }
+  t.points = std::move(out);
+  return t;
+}
+
+/// Host costs: per rank, the gaps between consecutive compute-op issues where no host wait lies between, and the
+/// host_sync wake-ups (the sync's end after its target's end).
+void host_samples(const schedule::Trace& measured, std::vector<double>& gaps, std::vector<double>& wakes) {
+  std::map<schedule::RankId, const schedule::Op*> prev;
+  for (const auto& op : measured.schedule.ops) {
+    if (std::holds_alternative<schedule::HostSync>(op.body)) {
+      prev.erase(op.rank);
+      const auto& hs = std::get<schedule::HostSync>(op.body);
+      const auto& r = measured.records[op.id];
+      if (r.end_ns > r.start_ns)
+        wakes.push_back(static_cast<double>(r.end_ns - measured.records[hs.target].end_ns) * 1e-9);
+      continue;
+    }
+    if (!std::holds_alternative<schedule::Compute>(op.body) || duration_s(measured, op.id) <= 0) continue;
+    if (const auto it = prev.find(op.rank); it != prev.end()) {
+      const Nanos gap = measured.records[op.id].issue_ns - measured.records[it->second->id].issue_ns;
+      if (gap > 0) gaps.push_back(static_cast<double>(gap) * 1e-9);
+    }
+    prev[op.rank] = &op;
+  }
+}
+
+/// Residuals: the trace's own schedule simulated with the fitted profile, per op class and for the whole step.
+void trace_residuals(const schedule::Trace& measured, const topologies::Cluster& cluster, const sim::Profile& p,
+                     std::vector<sim::FitSummary>& fits, std::vector<std::string>& log) {
+  const schedule::Schedule& s = measured.schedule;
+  const sim::CostModel costs(cluster, p);
+  const schedule::Trace predicted = sim::simulate(s, cluster, costs);
+  std::map<std::string, std::vector<std::pair<double, double>>> by_class;
+  for (const auto& op : s.ops) {
+    const auto* comp = std::get_if<schedule::Compute>(&op.body);
+    if (comp == nullptr || duration_s(measured, op.id) <= 0) continue;
+    const auto& pr = predicted.records[op.id];
+    by_class[std::string("trace.") + schedule::kernel_class(comp->kernel)].emplace_back(
+        static_cast<double>(pr.end_ns - pr.start_ns) * 1e-9, duration_s(measured, op.id));
+  }
+  for (const auto& [cls, pm] : by_class) {
+    fit_internal::summarize(fits, log, cls, pm, "per op, simulated vs the trace");
+  }
+  if (!measured.step_times_ns.empty() && !predicted.step_times_ns.empty()) {
+    std::vector<double> steps;
+    for (const Nanos t : measured.step_times_ns) steps.push_back(static_cast<double>(t) * 1e-9);
+    fit_internal::summarize(fits, log, "trace.step",
+                            {{static_cast<double>(predicted.step_times_ns.front()) * 1e-9, median(steps)}},
+                            "the whole step, simulated vs the trace's median");
+  }
+}
+
+}  // namespace
+
+FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::string& label,
+                                 const topologies::Cluster& cluster, const sim::Profile& base,
+                                 const std::string& name) {
+  const schedule::Schedule& s = measured.schedule;
+  if (measured.records.size() != s.ops.size()) {
+    throw Error(label + ": the trace has " + std::to_string(measured.records.size()) + " records for " +
+                std::to_string(s.ops.size()) + " ops; write it with `twinstep import-trace` or `twinstep run`");
+  }
+  std::vector<sim::FitSummary> fits;
+  std::vector<std::string> log;
+  std::map<std::string, std::pair<std::string, Points>> stem_pts;  // stem -> (class, points)
+  const auto pts = efficiency_points(measured, cluster.node.gpu, stem_pts);
+  sim::Profile p = base;
+  // The base's table of a class, where it is over the same size as the trace's (memory-bound classes over bytes,
+  // attention with causal work halved, grouped GEMMs per group): the shape dependence outside the trace's sizes.
+  auto base_table = [&](const std::string& fam) -> const sim::EfficiencyTable* {
+    const auto it = base.compute.find(fam);
+    if (it == base.compute.end()) return nullptr;
+    const bool same_size = (fam == "elementwise" || fam == "optimizer")         ? base.memory_tables_by_bytes
+                           : (fam == "attention_fwd" || fam == "attention_bwd") ? !base.attention_full_scores
+                           : fam == "grouped_gemm"                              ? base.grouped_gemm_per_group
+                                                                                : true;
+    return same_size ? &it->second : nullptr;
+  };
+  auto source = [&](const std::string& field, std::size_t n, const std::string& what) {
+    p.context["source." + field] = label + " (" + std::to_string(n) + " " + what + ")";
+    std::erase(p.missing_fields, field);
+  };
+  for (const auto& [fam, v] : pts) {
+    const sim::EfficiencyTable own = fit_internal::merged_table(v);
+    p.compute[fam] = continue_with(own, base_table(fam));
+    source("compute." + fam, v.size(), "ops");
+    log.push_back("compute." + fam + ": " + std::to_string(v.size()) + " timed ops -> " +
+                  std::to_string(own.points.size()) + " table points" +
+                  (base_table(fam) != nullptr ? ", continued outside them by the base's table" : ""));
+  }
+  // Per op stem: an op's efficiency as the framework implements it (eager RoPE at 8 % of HBM, a residual add at
+  // 100 %, at about the same bytes), which a class table over size alone mixes up across shapes.
+  std::size_t stem_ops = 0;
+  for (const auto& [stem, fv] : stem_pts) {
+    p.op_compute[stem] = continue_with(fit_internal::merged_table(fv.second), base_table(fv.first));
+    stem_ops += fv.second.size();
+  }
+  if (!stem_pts.empty()) {
+    p.context["source.op_compute"] =
+        label + " (" + std::to_string(stem_ops) + " ops, " + std::to_string(stem_pts.size()) + " op stems)";
+    log.push_back("op_compute: " + std::to_string(stem_pts.size()) + " op stems from " + std::to_string(stem_ops) +
+                  " timed ops (each continued outside its sizes by its class's base table)");
+  }
+  if (pts.count("grouped_gemm")) p.grouped_gemm_per_group = true;
+  const bool memory_fitted = pts.count("elementwise") || pts.count("optimizer");
+  if (memory_fitted && !base.memory_tables_by_bytes) {
+    // The fitted memory-bound tables are over bytes; a base table of the other class over FLOPs cannot stay.
+    for (const char* fam : {"elementwise", "optimizer"}) {
+      if (!pts.count(fam) && p.compute.erase(fam))
+        log.push_back(std::string("compute.") + fam + ": base table over FLOPs dropped");
+    }
+  }
+  if (memory_fitted) p.memory_tables_by_bytes = true;
+  if (pts.count("attention_fwd") || pts.count("attention_bwd")) {
+    // A real framework's fused attention skips the masked half of causal scores (FlashAttention semantics).
+    for (const char* fam : {"attention_fwd", "attention_bwd"}) {
+      if (!pts.count(fam) && base.attention_full_scores && p.compute.erase(fam)) {
+        log.push_back(std::string("compute.") + fam + ": base table (full-score semantics) dropped");
+      }
+    }
+    p.attention_full_scores = false;
+  }
+
+  std::vector<double> gaps, wakes;
+  host_samples(measured, gaps, wakes);
+  if (!gaps.empty()) {
+    p.launch_s["compute"] = median(gaps);
+    source("launch.compute", gaps.size(), "issue gaps");
+  }
+  if (!wakes.empty()) {
+    p.launch_s["host_sync"] = std::max(0.0, median(wakes));
+    source("launch.host_sync", wakes.size(), "host waits");
+  }
+
+  trace_residuals(measured, cluster, p, fits, log);
+  p.fits.insert(p.fits.end(), fits.begin(), fits.end());
+  p.context["source.base"] = base.name;
+  p.context["from_trace"] = label;
+  for (const char* k : {"gpu", "format", "source"}) {
+    if (measured.context.count(k)) p.context[std::string("trace.") + k] = measured.context.at(k);
+  }
+  if (measured.context.count("gpu")) p.context["gpu"] = measured.context.at("gpu");
+  p.name = p.declared_name = name;
+  FitResult r;
+  r.json = sim::profile_to_json(p);
+  r.profile = std::move(p);
+  r.log = std::move(log);
+  return r;
+}
+
+}  // namespace twinstep::calibration
