@@ -129,6 +129,8 @@ std::vector<NotRunReason> reasons_not_run(const std::vector<Result>& results) {
       e.status = r.status;
       e.reason = pattern(r.reason);
       e.example = i;
+    } else if (r.reason != results[e.example].reason) {
+      e.numbers_differ = true;
     }
   }
   std::vector<NotRunReason> out;
@@ -274,7 +276,11 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
         o << "  ... " << reasons.size() - 25 << " more reasons\n";
         break;
       }
-      o << "  " << e.count << " x " << to_string(e.status) << ": " << e.reason.substr(0, 160) << "\n";
+      // The example's own words (numbers, not "#"), and whether the others' numbers differ.
+      o << "  " << e.count << " x " << to_string(e.status) << ": " << results[e.example].reason.substr(0, 160)
+        << (e.numbers_differ ? "  (point " + std::to_string(results[e.example].index) + "; the others' numbers differ)"
+                             : "")
+        << "\n";
     }
   }
   return o.str();

@@ -44,9 +44,10 @@ struct Ranking {
 /// Points not run that share a status and a reason (numbers in the reason blanked to "#"), most frequent first.
 struct NotRunReason {
   PointStatus status = PointStatus::kError;
-  std::string reason;
+  std::string reason;  ///< The shared pattern, numbers blanked to "#".
   std::size_t count = 0;
-  std::size_t example = 0;  ///< Index into the results of the first such point.
+  std::size_t example = 0;      ///< Index into the results of the first such point.
+  bool numbers_differ = false;  ///< The points' reasons differ in their numbers (else all read as the example's).
 };
 [[nodiscard]] std::vector<NotRunReason> reasons_not_run(const std::vector<Result>& results);
 
