@@ -14,23 +14,23 @@ mkdir -p "$OUT"
 case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
   *H100*) G=h100x1 ;; *H200*) G=h200x1 ;; *) G=gpu1 ;;
 esac
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS
-REV=$(git rev-parse --short=12 HEAD 2>/dev/null || cat REVISION 2>/dev/null || echo unknown)
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, build_gpu, $B, $T, revision
+REV=$(revision)
 echo "== build $(date +%T) revision $REV"
 REV=$REV build_gpu "$OUT/build.log" twinstep backend_tests || exit 1
 echo "== GPU tests $(date +%T)"
-timeout 120 build-gpu/tests/backend/backend_tests "*accumulat*" > "$OUT/backend_tests.log" 2>&1
+timeout 120 "$B"/tests/backend/backend_tests "*accumulat*" > "$OUT/backend_tests.log" 2>&1
 echo "backend_tests exit $?"; tail -3 "$OUT/backend_tests.log"
 echo "== calibrate compute.gemm + compute.gemm_accumulate $(date +%T)"
 RAW=calibration/profiles/$G.raw.jsonl
 [ -f "$RAW" ] || RAW=calibration/profiles/h200x1.raw.jsonl
 grep -v '"group":"compute.gemm",' "$RAW" > "$OUT/$G.raw.jsonl"
-timeout 300 build-gpu/cli/twinstep calibrate --suite default --resume -o "$OUT/$G.accumulate.json" \
+timeout 300 "$T" calibrate --suite default --resume -o "$OUT/$G.accumulate.json" \
   --raw "$OUT/$G.raw.jsonl" --steps 5 --warmup 2 > "$OUT/calibrate.log" 2>&1 < /dev/null
 echo "calibrate exit $?"; grep -i "gemm" "$OUT/calibrate.log" | tail -8
 if [ "$G" = h100x1 ]; then
   S6=calibration/measured/h100x1/session6
-  build-gpu/cli/twinstep calibrate --fit "$OUT/h100x1.raw.jsonl" --cluster dgx-h100 \
+  "$T" calibrate --fit "$OUT/h100x1.raw.jsonl" --cluster dgx-h100 \
     --framework "$S6/h100x1.torch_framework.json" --memory "$S6/h100x1.memory.json" \
     --borrow calibration/profiles/h200x2.json \
     --name "one H100 SXM5 80GB, suite default; collectives and co-runs from two H200 (NV18)" \
