@@ -259,7 +259,7 @@ TEST_CASE("calibrate --from-trace: accumulating bf16 GEMMs fit the gemm_accumula
     const auto& rec = r.trace.records[op.id];
     if (g == nullptr || rec.end_ns <= rec.start_ns) continue;
     ++timed_gemms;
-    if (op.name.size() > 6 && op.name.compare(op.name.size() - 6, 6, "_wgrad") == 0) {
+    if (op.name.ends_with("_wgrad")) {
       g->accumulate_fp32 = true;
       ++accumulating;
     }

@@ -16,10 +16,6 @@ namespace sch = twinstep::schedule;
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 /// Per GEMM role (by op name): how many GEMMs and how many of them accumulate.
 struct Counts {
   int wgrad = 0, wgrad_acc = 0, other = 0, other_acc = 0;
@@ -38,7 +34,7 @@ Counts count(const sch::Schedule& s) {
     } else {
       continue;
     }
-    const bool wgrad = ends_with(op.name, "_wgrad");
+    const bool wgrad = op.name.ends_with("_wgrad");
     (wgrad ? c.wgrad : c.other) += 1;
     (wgrad ? c.wgrad_acc : c.other_acc) += acc ? 1 : 0;
   }
@@ -48,7 +44,7 @@ Counts count(const sch::Schedule& s) {
 /// Whether the first GEMM named `tail` accumulates.
 bool accumulates(const sch::Schedule& s, const std::string& tail) {
   for (const auto& op : s.ops) {
-    if (!ends_with(op.name, tail)) continue;
+    if (!op.name.ends_with(tail)) continue;
     const auto& k = std::get<sch::Compute>(op.body).kernel;
     if (const auto* g = std::get_if<sch::Gemm>(&k)) return g->accumulate_fp32;
     return std::get<sch::GroupedGemm>(k).accumulate_fp32;
