@@ -7,6 +7,7 @@
 #include <limits>
 #include <map>
 #include <tuple>
+#include <unordered_map>
 #include <variant>
 
 #include "common/assert.hpp"
@@ -32,11 +33,18 @@ Nanos floor_ns(double seconds) {
 /// What both passes read of one op.
 struct OpFacts {
   OpKind kind = OpKind::kCompute;
-  Nanos launch_ns = 0;               ///< GPU op and host_sync: CostModel::launch_ns; host op: its duration.
-  Nanos own_ns = 0;                  ///< GPU op: its duration (a coupled transfer's or instance's too).
-  OpId stream_prev = kNoOp;          ///< The op before it on its (rank, stream).
-  OpId sync_target = kNoOp;          ///< host_sync: its target.
-  std::uint32_t group = UINT32_MAX;  ///< Coupled collective instance or send/recv pair: its extra graph node.
+  Nanos launch_ns = 0;                       ///< GPU op and host_sync: CostModel::launch_ns; host op: its duration.
+  Nanos own_ns = 0;                          ///< GPU op: its duration (a coupled transfer's or instance's too).
+  OpId stream_prev = kNoOp;                  ///< The op before it on its (rank, stream).
+  OpId sync_target = kNoOp;                  ///< host_sync: its target.
+  std::uint32_t group = UINT32_MAX;          ///< Coupled collective instance or send/recv pair: its extra graph node.
+  std::uint32_t dep_begin = 0, dep_end = 0;  ///< Its deps: Facts::deps[dep_begin, dep_end) (GPU ops only).
+};
+
+/// What both passes read of the schedule, compact (an Op is 200 bytes; the passes visit each op several times).
+struct Facts {
+  std::vector<OpFacts> ops;
+  std::vector<OpId> deps;
 };
 
 /// Event nodes: per op its issue (3 op), start (3 op + 1) and end (3 op + 2); then one node per coupled group.
@@ -46,7 +54,7 @@ std::uint32_t end_node(OpId op) { return 3 * op + 2; }
 
 class Graph {
  public:
-  explicit Graph(std::uint32_t nodes) : first_(nodes + 1, 0) {}
+  Graph(std::uint32_t nodes, std::size_t edges) : first_(nodes + 1, 0) { edges_.reserve(edges); }
   void add(std::uint32_t from, std::uint32_t to, Nanos w) { edges_.push_back({from, to, w}); }
 
   /// Builds the out-adjacency and a topological order (Kahn); asserts there is no cycle (a valid schedule has none).
@@ -156,34 +164,41 @@ class CommDurations {
   std::map<std::tuple<std::uint64_t, schedule::RankId, schedule::RankId, schedule::Transport>, Nanos> p2p_;
 };
 
-/// Solo time of compute op `op`: the smaller of its class table's and, where the profile has one, its stem's (the
-/// simulation may run without op names and read the class table).
-Nanos compute_ns(const schedule::Op& op, const schedule::Compute& c, const sim::CostModel& costs) {
-  double s = costs.kernel_cost(c).solo_time_s();
-  if (!op.name.empty() && costs.op_table(op.name) != nullptr)
-    s = std::min(s, costs.kernel_cost(c, op.name).solo_time_s());
-  return floor_ns(s);
-}
+/// Solo times of compute ops: the smaller of its class table's and, where the profile has one, its stem's (the
+/// simulation may run without op names and read the class table). A shape's class cost is looked up once.
+class ComputeDurations {
+ public:
+  explicit ComputeDurations(const sim::CostModel& costs) : costs_(costs) {}
+  Nanos operator()(const schedule::Op& op, const schedule::Compute& c) {
+    auto it = by_shape_.find(c);
+    if (it == by_shape_.end()) it = by_shape_.emplace(c, floor_ns(costs_.kernel_cost(c).solo_time_s())).first;
+    if (op.name.empty() || costs_.op_table(op.name) == nullptr) return it->second;
+    return std::min(it->second, floor_ns(costs_.kernel_cost(c, op.name).solo_time_s()));
+  }
 
-/// Longest paths from the start of `from` (or its issue, `from_issue`) over rank-local edges, for the ops
-/// `ops[begin..]` of one rank in program order; returns the end time of every op (kUnreached where unreachable).
-void local_pass(const std::vector<OpId>& ops, std::size_t begin, bool from_issue, const std::vector<OpFacts>& f,
-                const schedule::Schedule& s, std::vector<Nanos>& start, std::vector<Nanos>& end) {
-  Nanos thread = kUnreached;  // where the host thread is (issue of the next op), if reachable
-  for (std::size_t i = begin; i < ops.size(); ++i) {
+ private:
+  const sim::CostModel& costs_;
+  std::unordered_map<schedule::Compute, Nanos, sim::ComputeHash> by_shape_;
+};
+
+/// The rank's own longest path from the start of `ops[first]` (its issue, with `from_issue`) to the end of
+/// `ops[last]`, over the rank's edges alone, in program order (every such edge points forward in it). `end`: scratch
+/// indexed by op id, kUnreached for the ops in [first, last] on entry and on return.
+Nanos local_path(const std::vector<OpId>& ops, std::size_t first, std::size_t last, bool from_issue, const Facts& f,
+                 std::vector<Nanos>& end) {
+  auto reached = [&](OpId o) { return o == kNoOp ? kUnreached : end[o]; };
+  Nanos thread = from_issue ? 0 : kUnreached;  // where the host thread is (the next op's issue), if reachable
+  for (std::size_t i = first; i <= last; ++i) {
     const OpId o = ops[i];
-    const OpFacts& x = f[o];
-    const Nanos issue = i == begin && from_issue ? 0 : thread;
+    const OpFacts& x = f.ops[o];
+    const Nanos issue = thread;
     switch (x.kind) {
       case OpKind::kHost:
-        start[o] = issue;
         end[o] = issue == kUnreached ? kUnreached : issue + x.launch_ns;
         thread = end[o];
         continue;
       case OpKind::kHostSync: {
-        start[o] = issue;
-        const Nanos target = x.sync_target != kNoOp ? end[x.sync_target] : kUnreached;
-        const Nanos ready = std::max(issue, target);
+        const Nanos ready = std::max(issue, reached(x.sync_target));
         end[o] = ready == kUnreached ? kUnreached : ready + x.launch_ns;
         thread = end[o];
         continue;
@@ -195,13 +210,15 @@ void local_pass(const std::vector<OpId>& ops, std::size_t begin, bool from_issue
         break;
     }
     Nanos b = issue == kUnreached ? kUnreached : issue + x.launch_ns;
-    if (i == begin && !from_issue) b = 0;
-    if (x.stream_prev != kNoOp) b = std::max(b, end[x.stream_prev]);
-    for (const OpId d : s.ops[o].deps) b = std::max(b, end[d]);
-    start[o] = b;
+    if (i == first && !from_issue) b = 0;
+    b = std::max(b, reached(x.stream_prev));
+    for (std::uint32_t k = x.dep_begin; k < x.dep_end; ++k) b = std::max(b, end[f.deps[k]]);
     end[o] = b == kUnreached ? kUnreached : b + x.own_ns;
     thread = issue == kUnreached ? kUnreached : issue + x.launch_ns;
   }
+  const Nanos out = std::max<Nanos>(0, end[ops[last]]);
+  for (std::size_t i = first; i <= last; ++i) end[ops[i]] = kUnreached;
+  return out;
 }
 
 }  // namespace
@@ -210,16 +227,30 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
   const auto n = static_cast<OpId>(s.ops.size());
   const schedule::Matching m = schedule::match(s);
   CommDurations comm(s, costs);
-  std::vector<OpFacts> f(n);
-  std::map<std::pair<schedule::RankId, schedule::StreamId>, OpId> last_on_stream;
-  std::map<schedule::RankId, std::vector<OpId>> program;  // each rank's ops in program order
+  ComputeDurations compute(costs);
+  Facts f;
+  f.ops.resize(n);
+  // Each present rank's ops in program order, by dense rank index.
+  std::vector<std::uint32_t> rank_index;
+  std::vector<schedule::RankId> ranks;
+  std::vector<std::vector<OpId>> program;
+  const std::size_t n_streams = std::max<std::size_t>(1, s.streams.size());
+  std::vector<OpId> last_on_stream;  // by (dense rank, stream)
   std::uint32_t groups = 0;
   std::vector<std::uint32_t> instance_group(m.collectives.size(), UINT32_MAX);
   for (OpId o = 0; o < n; ++o) {
     const schedule::Op& op = s.ops[o];
-    OpFacts& x = f[o];
+    OpFacts& x = f.ops[o];
     x.kind = schedule::kind_of(op.body);
-    program[op.rank].push_back(o);
+    if (op.rank >= rank_index.size()) rank_index.resize(static_cast<std::size_t>(op.rank) + 1, UINT32_MAX);
+    if (rank_index[op.rank] == UINT32_MAX) {
+      rank_index[op.rank] = static_cast<std::uint32_t>(ranks.size());
+      ranks.push_back(op.rank);
+      program.emplace_back();
+      last_on_stream.resize(ranks.size() * n_streams, kNoOp);
+    }
+    const std::uint32_t r = rank_index[op.rank];
+    program[r].push_back(o);
     if (x.kind == OpKind::kHost) {
       x.launch_ns = std::get<schedule::Host>(op.body).duration_ns;
       continue;
@@ -229,19 +260,20 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       x.sync_target = std::get<schedule::HostSync>(op.body).target;
       continue;
     }
-    auto [it, fresh] = last_on_stream.try_emplace({op.rank, op.stream}, o);
-    if (!fresh) {
-      x.stream_prev = it->second;
-      it->second = o;
-    }
+    OpId& last = last_on_stream[r * n_streams + op.stream % n_streams];
+    x.stream_prev = last;
+    last = o;
+    x.dep_begin = static_cast<std::uint32_t>(f.deps.size());
+    f.deps.insert(f.deps.end(), op.deps.begin(), op.deps.end());
+    x.dep_end = static_cast<std::uint32_t>(f.deps.size());
     if (const auto* c = std::get_if<schedule::Compute>(&op.body)) {
-      x.own_ns = compute_ns(op, *c, costs);
+      x.own_ns = compute(op, *c);
     } else if (const auto* coll = std::get_if<schedule::Collective>(&op.body)) {
       x.own_ns = count_comm ? comm.collective(*coll) : 0;
       const std::uint32_t inst = m.instance_of.empty() ? UINT32_MAX : m.instance_of[o];
       if (inst != UINT32_MAX) {
-        const auto& ops = m.collectives[inst].ops;
-        if (std::count_if(ops.begin(), ops.end(), [](OpId p) { return p != kNoOp; }) > 1) {
+        const auto& members = m.collectives[inst].ops;
+        if (std::count_if(members.begin(), members.end(), [](OpId p) { return p != kNoOp; }) > 1) {
           if (instance_group[inst] == UINT32_MAX) instance_group[inst] = groups++;
           x.group = instance_group[inst];
         }
@@ -252,20 +284,20 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
   }
   // Send/recv pairs across two present ranks: coupled, the recv at its send's duration.
   for (OpId o = 0; o < n; ++o) {
-    if (f[o].kind != OpKind::kSend || m.partner.empty()) continue;
+    if (f.ops[o].kind != OpKind::kSend || m.partner.empty()) continue;
     const OpId r = m.partner[o];
     if (r == kNoOp || s.ops[r].rank == s.ops[o].rank) continue;
-    f[o].group = f[r].group = groups++;
-    f[r].own_ns = f[o].own_ns;
+    f.ops[o].group = f.ops[r].group = groups++;
+    f.ops[r].own_ns = f.ops[o].own_ns;
   }
 
   // The global graph.
-  Graph g(3 * n + groups);
+  Graph g(3 * n + groups, 6 * static_cast<std::size_t>(n) + f.deps.size());
   auto group_node = [&](std::uint32_t group) { return 3 * n + group; };
-  for (const auto& [rank, ops] : program) {
+  for (const auto& ops : program) {
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const OpId o = ops[i];
-      const OpFacts& x = f[o];
+      const OpFacts& x = f.ops[o];
       if (i + 1 < ops.size()) {  // the host thread goes on
         const bool gpu = x.kind != OpKind::kHost && x.kind != OpKind::kHostSync;
         g.add(gpu ? issue_node(o) : end_node(o), issue_node(ops[i + 1]), gpu ? x.launch_ns : 0);
@@ -288,7 +320,7 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       }
       g.add(issue_node(o), start_node(o), x.launch_ns);
       if (x.stream_prev != kNoOp) g.add(end_node(x.stream_prev), start_node(o), 0);
-      for (const OpId d : s.ops[o].deps) g.add(end_node(d), start_node(o), 0);
+      for (std::uint32_t k = x.dep_begin; k < x.dep_end; ++k) g.add(end_node(f.deps[k]), start_node(o), 0);
       if (x.group == UINT32_MAX) {
         g.add(start_node(o), end_node(o), x.own_ns);
       } else {
@@ -303,37 +335,44 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
 
   CriticalPath out;
   for (const Nanos v : t) out.step_ns = std::max(out.step_ns, v);
-  std::vector<Nanos> start(n, kUnreached), end(n, kUnreached);
-  for (const auto& rank_ops : program) {
-    const schedule::RankId rank = rank_ops.first;
-    const std::vector<OpId>& ops = rank_ops.second;
-    if (ops.empty()) continue;
-    // Per stream: its first and last op, and its first op's place in program order.
-    std::map<schedule::StreamId, std::pair<std::size_t, OpId>> streams;  // stream -> (index of first, last op)
-    std::map<schedule::StreamId, Nanos> sums;
+  std::vector<Nanos> end(n, kUnreached);
+  // Per rank, ascending: per stream with ops its first and last op's places in program order and its sum.
+  std::vector<std::uint32_t> by_rank(ranks.size());
+  for (std::uint32_t r = 0; r < ranks.size(); ++r) by_rank[r] = r;
+  std::sort(by_rank.begin(), by_rank.end(), [&](std::uint32_t a, std::uint32_t b) { return ranks[a] < ranks[b]; });
+  struct Span {
+    std::size_t first = SIZE_MAX, last = 0;
+    Nanos sum_ns = 0;
+  };
+  std::vector<Span> spans(n_streams);
+  for (const std::uint32_t r : by_rank) {
+    const std::vector<OpId>& ops = program[r];
+    std::fill(spans.begin(), spans.end(), Span{});
+    Nanos host_sum = 0;
     for (std::size_t i = 0; i < ops.size(); ++i) {
-      const OpKind k = f[ops[i]].kind;
-      sums[kHostThreadStream] += f[ops[i]].launch_ns;
-      if (k == OpKind::kHost || k == OpKind::kHostSync) continue;
-      auto [it, fresh] = streams.try_emplace(s.ops[ops[i]].stream, i, ops[i]);
-      if (!fresh) it->second.second = ops[i];
-      sums[s.ops[ops[i]].stream] += f[ops[i]].own_ns;
+      const OpFacts& x = f.ops[ops[i]];
+      host_sum += x.launch_ns;
+      if (x.kind == OpKind::kHost || x.kind == OpKind::kHostSync) continue;
+      Span& sp = spans[s.ops[ops[i]].stream % n_streams];
+      sp.first = std::min(sp.first, i);
+      sp.last = i;
+      sp.sum_ns += x.own_ns;
     }
-    auto add_path = [&](schedule::StreamId stream, std::size_t first, OpId last, bool from_issue) {
-      local_pass(ops, first, from_issue, f, s, start, end);
-      const OpId x = ops[first];
+    auto add_path = [&](schedule::StreamId stream, std::size_t first, std::size_t last, bool from_issue, Nanos sum) {
       StreamPath p;
-      p.rank = rank;
+      p.rank = ranks[r];
       p.stream = stream;
-      p.head_ns = from_issue ? t[issue_node(x)] : t[start_node(x)];
-      p.local_ns = std::max<Nanos>(0, end[last]);
-      p.tail_ns = q[end_node(last)];
-      p.sum_ns = sums[stream];
+      p.head_ns = from_issue ? t[issue_node(ops[first])] : t[start_node(ops[first])];
+      p.local_ns = local_path(ops, first, last, from_issue, f, end);
+      p.tail_ns = q[end_node(ops[last])];
+      p.sum_ns = sum;
       out.streams.push_back(p);
-      for (const OpId o : ops) start[o] = end[o] = kUnreached;
     };
-    for (const auto& [stream, first_last] : streams) add_path(stream, first_last.first, first_last.second, false);
-    add_path(kHostThreadStream, 0, ops.back(), true);
+    for (std::size_t st = 0; st < n_streams; ++st) {
+      if (spans[st].first != SIZE_MAX)
+        add_path(static_cast<schedule::StreamId>(st), spans[st].first, spans[st].last, false, spans[st].sum_ns);
+    }
+    add_path(kHostThreadStream, 0, ops.size() - 1, true, host_sum);
   }
   return out;
 }
