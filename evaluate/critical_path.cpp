@@ -33,6 +33,7 @@ Nanos floor_ns(double seconds) {
 /// What both passes read of one op.
 struct OpFacts {
   OpKind kind = OpKind::kCompute;
+  schedule::StreamId stream = 0;             ///< GPU ops.
   Nanos launch_ns = 0;                       ///< GPU op and host_sync: CostModel::launch_ns; host op: its duration.
   Nanos own_ns = 0;                          ///< GPU op: its duration (a coupled transfer's or instance's too).
   OpId stream_prev = kNoOp;                  ///< The op before it on its (rank, stream).
@@ -72,14 +73,19 @@ class Graph {
     }
     edges_.clear();
     edges_.shrink_to_fit();
+    // Kahn's algorithm with a stack: it follows a rank's chain of events as far as it can before turning to another
+    // rank, so both passes below walk memory mostly in program order.
     order_.reserve(n);
-    for (std::uint32_t v = 0; v < n; ++v) {
-      if (indegree[v] == 0) order_.push_back(v);
+    std::vector<std::uint32_t> ready;
+    for (std::uint32_t v = n; v-- > 0;) {
+      if (indegree[v] == 0) ready.push_back(v);
     }
-    for (std::size_t i = 0; i < order_.size(); ++i) {
-      const std::uint32_t v = order_[i];
-      for (std::uint32_t k = first_[v]; k < first_[v + 1]; ++k) {
-        if (--indegree[to_[k]] == 0) order_.push_back(to_[k]);
+    while (!ready.empty()) {
+      const std::uint32_t v = ready.back();
+      ready.pop_back();
+      order_.push_back(v);
+      for (std::uint32_t k = first_[v + 1]; k-- > first_[v];) {
+        if (--indegree[to_[k]] == 0) ready.push_back(to_[k]);
       }
     }
     TWINSTEP_ASSERT(order_.size() == n, "critical_path: the happens-before graph has a cycle (%zu of %u nodes ordered)",
@@ -260,7 +266,9 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       x.sync_target = std::get<schedule::HostSync>(op.body).target;
       continue;
     }
-    OpId& last = last_on_stream[r * n_streams + op.stream % n_streams];
+    TWINSTEP_ASSERT(op.stream < n_streams, "critical_path: op %u on undeclared stream %u", o, op.stream);
+    x.stream = op.stream;
+    OpId& last = last_on_stream[r * n_streams + op.stream];
     x.stream_prev = last;
     last = o;
     x.dep_begin = static_cast<std::uint32_t>(f.deps.size());
@@ -353,7 +361,7 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       const OpFacts& x = f.ops[ops[i]];
       host_sum += x.launch_ns;
       if (x.kind == OpKind::kHost || x.kind == OpKind::kHostSync) continue;
-      Span& sp = spans[s.ops[ops[i]].stream % n_streams];
+      Span& sp = spans[x.stream];
       sp.first = std::min(sp.first, i);
       sp.last = i;
       sp.sum_ns += x.own_ns;
