@@ -44,6 +44,12 @@ void read_torch_framework(const Json& j, FrameworkInput& f) {
   f.module_fwd = framework_samples(j, "module_fwd");
   f.function_fwd = framework_samples(j, "function_fwd");
   f.backward = framework_samples(j, "backward");
+  if (j.contains("backward_fn")) {
+    for (const Json& e : j.at("backward_fn")) {
+      f.backward_fn[e.at("kernels_per_node").get<double>()].push_back(
+          {e.at("nodes").get<double>(), e.at("host_s").get<double>(), e.value("wall_s", e.at("host_s").get<double>())});
+    }
+  }
   if (j.contains("ep_node")) {
     f.ep_node_fwd = framework_samples(j.at("ep_node"), "fwd");
     f.ep_node_bwd = framework_samples(j.at("ep_node"), "bwd");
@@ -85,6 +91,14 @@ FrameworkInput read_framework(const std::string& path) {
                                                                                    {"/backward", &f.backward},
                                                                                    {"/ep_node/fwd", &f.ep_node_fwd},
                                                                                    {"/ep_node/bwd", &f.ep_node_bwd}};
+      for (const auto& per_node : f.backward_fn) {
+        const std::vector<FrameworkSample>& v = per_node.second;
+        const double n0 = v.empty() ? 0.0 : v.front().x;
+        if (v.size() >= 2 && std::all_of(v.begin(), v.end(), [n0](const FrameworkSample& x) { return x.x == n0; })) {
+          throw ParseError(path, "/backward_fn",
+                           "needs samples at two different node counts per kernels_per_node; rerun the script");
+        }
+      }
       for (const auto& line : lines) {
         const std::vector<FrameworkSample>& v = *line.second;
         const double x0 = v.empty() ? 0.0 : v.front().x;
@@ -186,6 +200,47 @@ Line module_line(FrameworkFit& r, const FrameworkInput& in, Line& fn) {
   return l;
 }
 
+/// The autograd engine's per node and per kernel. The backward probe's nodes launch one kernel each, so its slope is
+/// one node plus one kernel: without backward_fn samples all of it beyond the raw launch goes to the node and
+/// per_kernel_backward is 0 (the two cannot be told apart). With backward_fn lines at two or more kernels per node
+/// j, each line's slope is node + j x kernel: the kernel's is the median pairwise slope of those slopes over j, the
+/// node's the median of slope - j x kernel.
+void backward_nodes(FrameworkFit& r, const FrameworkInput& in, const Line& bwd, double launch) {
+  sim::FrameworkCosts& c = r.costs;
+  char buf[320];
+  std::vector<FrameworkSample> slopes;  // x: kernels per node, host_s: the line's slope per node
+  for (const auto& [j, samples] : in.backward_fn) {
+    if (samples.size() < 2) continue;
+    char name[64];
+    std::snprintf(name, sizeof name, "framework.backward_fn.k%g", j);
+    const Line l = framework_line(r, name, samples, "nodes");
+    slopes.push_back({j, l.slope_s, l.slope_s});
+  }
+  const bool separable = slopes.size() >= 2 &&
+                         std::any_of(slopes.begin(), slopes.end(), [&](const auto& p) { return p.x != slopes[0].x; });
+  if (!separable) {
+    c.per_autograd_node_s = std::max(0.0, bwd.slope_s - launch);
+    c.per_kernel_backward_s = 0.0;
+    std::snprintf(buf, sizeof buf,
+                  "framework: per_autograd_node %.2f us (the backward slope %.3f us less the raw launch %.3f us: one "
+                  "kernel per node, node and kernel not separable), per_kernel_backward 0 (no backward_fn samples at "
+                  "two kernels per node; rerun torch_framework.py)",
+                  1e6 * c.per_autograd_node_s, 1e6 * bwd.slope_s, 1e6 * launch);
+    r.log.emplace_back(buf);
+    return;
+  }
+  const Line per = fit_framework_line(slopes);  // slope per node = node + j x kernel
+  c.per_autograd_node_s = std::max(0.0, per.fixed_s);
+  c.per_kernel_backward_s = std::max(0.0, per.slope_s - launch);
+  std::snprintf(buf, sizeof buf,
+                "framework: per_autograd_node %.2f us, per_kernel_backward %.3f us (%.3f us per kernel of a node less "
+                "the raw launch %.3f us), from %zu backward_fn lines; the one-kernel backward line's slope %.3f us "
+                "against node + kernel %.3f us",
+                1e6 * c.per_autograd_node_s, 1e6 * c.per_kernel_backward_s, 1e6 * per.slope_s, 1e6 * launch,
+                slopes.size(), 1e6 * bwd.slope_s, 1e6 * (per.fixed_s + per.slope_s));
+  r.log.emplace_back(buf);
+}
+
 }  // namespace
 
 FrameworkFit fit_framework(const FrameworkInput& in, const std::map<std::string, double>& launch_s) {
@@ -213,7 +268,7 @@ FrameworkFit fit_framework(const FrameworkInput& in, const std::map<std::string,
   if (in.backward.size() >= 2) {
     bwd = framework_line(r, "framework.backward", in.backward, "kernels");
     c.backward_call_s = std::max(0.0, bwd.fixed_s);
-    c.per_kernel_backward_s = std::max(0.0, bwd.slope_s - launch);
+    backward_nodes(r, in, bwd, launch);
   }
   if (!in.events.empty()) {
     const double rec = at_or(in.events, "event_record", -1), wait = at_or(in.events, "stream_wait_event", -1);

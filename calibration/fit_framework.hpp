@@ -42,6 +42,9 @@ struct FrameworkInput {
   double event_record_s = -1;  ///< Optional ("event_record_s"): one torch.cuda.Event record or stream wait_event.
   // torch_framework.py ("schema": "twinstep.torch_framework/1").
   std::vector<FrameworkSample> module_fwd, function_fwd, backward, ep_node_fwd, ep_node_bwd;
+  /// backward_fn: one autograd.backward call over x nodes of a Python autograd.Function (as Transformer Engine's
+  /// modules are) each launching `kernels_per_node` kernels in its backward; by kernels per node.
+  std::map<double, std::vector<FrameworkSample>> backward_fn;
   std::vector<OptimizerSample> optimizer;
   std::map<std::string, double> syncs;   ///< host_s by probe: item, cpu, dispatcher_d2h
   std::map<std::string, double> events;  ///< host_s by probe: event_record, stream_wait_event, ...
@@ -55,6 +58,8 @@ struct FrameworkInput {
 
 /// The framework group fitted from torch_framework.py's samples: lines fixed + per kernel through the medians
 /// (fit_framework_line) for the autograd backward, the EP-overlap node proxy and the plain function forward; the
+/// backward's per node and per kernel from backward_fn's lines at several kernels per node (without them, from the
+/// one-kernel-per-node backward line: all of its slope per node); the
 /// module forward is that function line plus the nn.Module wrapper's constant (the median of the paired
 /// differences); fixed + per parameter + per group for the
 /// optimizer, the syncs and events and the MoE dispatcher's pieces; each figure less the raw launch cost the

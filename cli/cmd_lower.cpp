@@ -91,8 +91,8 @@ void register_model_commands(CLI::App& app) {
     const models::ModelSpec model = models::load_model(args->run.model);
     const std::string profile_file = args->profile.empty() ? "" : sim::profile_path(args->profile);
     const sim::Profile profile = profile_file.empty() ? sim::Profile{} : sim::read_profile(profile_file);
-    const ResolvedRun resolved =
-        resolve_run(args->run, args->gpus, args->gpu_memory_gib * kGiB, profile_file.empty() ? nullptr : &profile);
+    const ResolvedRun resolved = resolve_run(args->run, args->gpus, args->gpu_memory_gib * kGiB,
+                                             profile_file.empty() ? nullptr : &profile, model);
     const models::RunConfig& cfg = resolved.config;
     models::LowerOptions options;
     options.representatives_only = args->representatives;

@@ -269,7 +269,7 @@ Prediction run_predict(const PredictArgs& args) {
   const models::ModelSpec model = models::load_model(flags.model);
   const std::uint32_t gpus = setup.cluster.num_gpus();
   const ResolvedRun resolved = resolve_run(flags, gpus, setup.cluster.node.gpu.hbm_capacity_bytes,
-                                           setup.choice.measured ? &setup.profile() : nullptr);
+                                           setup.choice.measured ? &setup.profile() : nullptr, model);
   const models::RunConfig& base = resolved.config;
   const double peak = setup.cluster.node.gpu.peak_flop_per_s(base.dtype);
   if (!trace_dir.empty()) {

@@ -2,6 +2,7 @@
 // mpirun/srun (or one process for a one-GPU schedule), and writes the measured trace (rank 0 writes it).
 // Without the backend in the binary, `run` still exists and says how to build it (exit 2).
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -28,6 +29,34 @@ struct RunArgs {
   double timeout_s = 120.0;
 };
 
+/// The hardware queues the schedule was lowered for (meta `cuda_device_max_connections`, models/lower.cpp; the
+/// simulator starts a rank's GPU ops in issue order with one) are the ones the run gets: CUDA reads
+/// CUDA_DEVICE_MAX_CONNECTIONS when it creates the context, so it is set here, before the backend touches CUDA. A
+/// different value already in the environment is refused: the run would not be the schedule's. Returns the value the
+/// run uses, for the trace.
+[[maybe_unused]] std::string apply_hardware_queues(const schedule::Schedule& s, const std::string& path) {
+  const char* env = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");  // NOLINT(concurrency-mt-unsafe): single-threaded
+  const auto it = s.meta.find("cuda_device_max_connections");
+  if (it == s.meta.end()) return env != nullptr ? std::string(env) : std::string("unset (CUDA's default, 8)");
+  const std::string& want = it->second;
+  char* end = nullptr;
+  const long n = std::strtol(want.c_str(), &end, 10);
+  if (want.empty() || *end != '\0' || n < 1 || n > 32) {
+    throw Error(path + ": meta.cuda_device_max_connections is '" + want +
+                "', not an integer in [1, 32] (CUDA_DEVICE_MAX_CONNECTIONS); lower the schedule again with --cdmc N");
+  }
+  if (env != nullptr && want != env) {
+    throw Error(path + ": the schedule was lowered for CUDA_DEVICE_MAX_CONNECTIONS=" + want +
+                " (meta.cuda_device_max_connections) but the environment sets it to " + env +
+                "; unset it (twinstep run sets it from the schedule) or lower with --cdmc " + env);
+  }
+  if (env == nullptr &&
+      ::setenv("CUDA_DEVICE_MAX_CONNECTIONS", want.c_str(), 1) != 0) {  // NOLINT(concurrency-mt-unsafe)
+    throw Error("cannot set CUDA_DEVICE_MAX_CONNECTIONS in the environment");
+  }
+  return want;
+}
+
 void run_command(const RunArgs& a) {
 #if defined(TWINSTEP_HAVE_BACKEND)
   if (a.steps < 1) throw Error("--steps must be at least 1 (measured steps)");
@@ -35,6 +64,7 @@ void run_command(const RunArgs& a) {
   if (a.timeout_s <= 0) throw Error("--timeout-s must be positive (seconds per step)");
   const schedule::Schedule s = schedule::read_schedule(a.schedule_path);
   schedule::check(s);
+  const std::string queues = apply_hardware_queues(s, a.schedule_path);
   backend::Runtime runtime;
   backend::Options options;
   options.warmup_steps = a.warmup;
@@ -42,6 +72,7 @@ void run_command(const RunArgs& a) {
   options.timeout_s = a.timeout_s;
   schedule::Trace trace = runtime.execute(s, options);
   trace.context["schedule_file"] = a.schedule_path;
+  trace.context["cuda_device_max_connections"] = queues;
   trace.context["command"] = "twinstep run --warmup " + std::to_string(a.warmup) + " --steps " +
                              std::to_string(a.steps) + " --timeout-s " + std::to_string(a.timeout_s);
   if (runtime.rank() == 0) {

@@ -109,7 +109,7 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
 }
 
 ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_memory_bytes,
-                        const sim::Profile* profile) {
+                        const sim::Profile* profile, const models::ModelSpec& model) {
   ResolvedRun r;
   models::RunConfig& c = r.config;
   models::SetFields set;  // fields the config file or a flag set: the recipe defaults leave them alone
@@ -219,7 +219,9 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   if (world_size > 0) c.world_size = world_size;
   if (gpu_memory_bytes > 0) c.gpu_memory_bytes = gpu_memory_bytes;
   (void)models::derived_dp(c);  // reports a world size that does not divide, or a --dp that disagrees
-  if (std::string note = models::apply_recipe_defaults(c, set); !note.empty()) r.notes.push_back(std::move(note));
+  if (std::string note = models::apply_recipe_defaults(c, set, model); !note.empty()) {
+    r.notes.push_back(std::move(note));
+  }
   models::check_limits(c);
   return r;
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "models/model_spec.hpp"
 #include "models/run_config.hpp"
 #include "sim/cost_model.hpp"
 
@@ -65,9 +66,9 @@ struct ResolvedRun {
 };
 
 /// The run config of the flags: --config (if given), then `profile`'s framework host costs, then every flag that was
-/// given, then world_size and gpu_memory_bytes (when > 0), then the recipe defaults (models/recipe.hpp) for every
-/// knob neither the file nor a flag set. Throws Error naming the flag.
+/// given, then world_size and gpu_memory_bytes (when > 0), then the recipe defaults (models/recipe.hpp, with
+/// `model`'s published ones) for every knob neither the file nor a flag set. Throws Error naming the flag.
 [[nodiscard]] ResolvedRun resolve_run(const RunFlags& flags, std::uint32_t world_size, double gpu_memory_bytes,
-                                      const sim::Profile* profile);
+                                      const sim::Profile* profile, const models::ModelSpec& model);
 
 }  // namespace twinstep::cli

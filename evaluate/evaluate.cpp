@@ -248,6 +248,7 @@ std::string host_costs_from_profile(const sim::Profile* profile, models::HostCos
       {&F::per_kernel_launch_s, {&H::per_kernel_launch_ns}},
       {&F::per_module_call_s, {&H::per_module_call_ns}},
       {&F::event_record_s, {&H::event_record_ns}},
+      {&F::per_autograd_node_s, {&H::per_autograd_node_ns}},
       {&F::per_kernel_backward_s, {&H::per_kernel_backward_ns}},
       {&F::backward_call_s, {&H::backward_call_ns, &H::ep_backward_call_ns}},
       {&F::host_sync_s, {&H::host_sync_ns}},

@@ -58,6 +58,12 @@ std::optional<std::map<std::string, double>> extrapolate(const std::array<MicroB
     for (const auto& [key, v] : s->values) out.emplace(key, 0.0);
   }
   for (auto& [key, v] : out) {
+    // Every term must be periodic too, not only the step: with one hardware queue (CUDA_DEVICE_MAX_CONNECTIONS=1)
+    // a step can be periodic while time moves between its terms from one period to the next.
+    const double ab = (value(b, key) - value(a, key)) / dab, bc = (value(c, key) - value(b, key)) / dbc;
+    if (std::abs(ab - bc) > rel_tol * std::max(std::abs(ab), std::abs(bc)) + 4e-9) {
+      return fail("\"" + key + "\" not periodic in micro-batches");
+    }
     v = value(c, key) + dm * (value(c, key) - value(b, key)) / dbc;
     if (v < -1e-9) return fail("\"" + key + "\" would be negative when extrapolated");
     v = std::max(v, 0.0);

@@ -85,6 +85,9 @@ ModelSpec model_from_json(const std::string& text, const std::string& source) {
   TWINSTEP_FIELD(linear_key_head_dim);
   TWINSTEP_FIELD(linear_value_head_dim);
   TWINSTEP_FIELD(linear_conv_kernel_dim);
+  TWINSTEP_FIELD(recipe_source);
+  TWINSTEP_FIELD(recipe_grad_reduce_in_fp32);
+  m.has_recipe_grad_reduce_in_fp32 = seen;
 #undef TWINSTEP_FIELD
   known.emplace_back("notes");  // free-text remarks (disagreements between sources)
   for (auto it = j.begin(); it != j.end(); ++it) {
@@ -95,6 +98,8 @@ ModelSpec model_from_json(const std::string& text, const std::string& source) {
   auto require = [&](bool ok, const char* field, const char* what) {
     if (!ok) throw ParseError(source, std::string("/") + field, what);
   };
+  require(!m.has_recipe_grad_reduce_in_fp32 || !m.recipe_source.empty(), "recipe_source",
+          "must name the published config recipe_grad_reduce_in_fp32 comes from");
   require(m.num_layers > 0, "num_layers", "must be > 0");
   require(m.hidden_size > 0, "hidden_size", "must be > 0");
   require(m.num_attention_heads > 0, "num_attention_heads", "must be > 0");

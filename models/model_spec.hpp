@@ -11,6 +11,12 @@ namespace twinstep::models {
 struct ModelSpec {
   std::string name;    ///< Zoo id, e.g. "llama3-70b".
   std::string source;  ///< Where the figures come from (HF config, paper, Megatron example script).
+  /// The published performance config's grad_reduce_in_fp32 for this model, the recipe default for it
+  /// (models/recipe.hpp) when a run does not set it; without one (has_recipe_grad_reduce_in_fp32 false) the generic
+  /// default. recipe_source names the config it comes from.
+  bool recipe_grad_reduce_in_fp32 = true;
+  bool has_recipe_grad_reduce_in_fp32 = false;
+  std::string recipe_source;
   std::uint32_t num_layers = 0;
   std::uint64_t hidden_size = 0;
   std::uint64_t ffn_hidden_size = 0;

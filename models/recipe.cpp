@@ -18,9 +18,19 @@ std::string apply_recipe_defaults(RunConfig& c, const SetFields& set) {
          std::to_string(per_step) + " (one micro-batch per DP rank; give --gbs for a real step)";
 }
 
+std::string apply_recipe_defaults(RunConfig& c, const SetFields& set, const ModelSpec& model) {
+  std::string note = apply_recipe_defaults(c, set);
+  if (model.has_recipe_grad_reduce_in_fp32 && set.count("grad_reduce_in_fp32") == 0) {
+    c.grad_reduce_in_fp32 = model.recipe_grad_reduce_in_fp32;
+  }
+  return note;
+}
+
 const char* recipe_defaults_text() {
   return "Recipe defaults (Megatron-Bridge performance recipes) for every knob not set by a flag or --config: "
-         "sequence_parallel on when TP > 1; use_distributed_optimizer on; grad_reduce_in_fp32 on (fp32 main grads: "
+         "sequence_parallel on when TP > 1; use_distributed_optimizer on; grad_reduce_in_fp32 as the model's published "
+         "performance config sets it (off for Llama 3/3.1, DeepSeek-V3, Qwen3, Nemotron-4: Megatron-Bridge "
+         "scripts/performance, NVIDIA dgxc-benchmarking; the model file's recipe_source), else on (fp32 main grads: "
          "Megatron-LM forces it for bf16, Bridge's bf16 mixed precision sets it); CUDA_DEVICE_MAX_CONNECTIONS=1 when "
          "TP or "
          "CP > 1; global_batch_size = micro_batch_size x DP (Megatron's default) when not given. Turn one off with "

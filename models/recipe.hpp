@@ -6,6 +6,7 @@
 #include <set>
 #include <string>
 
+#include "models/model_spec.hpp"
 #include "models/run_config.hpp"
 
 namespace twinstep::models {
@@ -17,13 +18,17 @@ using SetFields = std::set<std::string>;
 ///  - sequence_parallel = (tensor_model_parallel_size > 1): Bridge recipes turn SP on with TP;
 ///  - use_distributed_optimizer = true: every Bridge pretraining recipe uses it;
 ///  - grad_reduce_in_fp32 = true: fp32 main grads and their reduction (Megatron-LM's validate_args turns
-///    accumulate_allreduce_grads_in_fp32 on for bf16; Bridge's bf16 mixed-precision config sets it);
+///    accumulate_allreduce_grads_in_fp32 on for bf16; Bridge's bf16 mixed-precision config sets it); the overload
+///    with the model then takes the model's published performance config where the zoo names one;
 ///  - cuda_device_max_connections = 1 when TP or CP > 1: Bridge exports CUDA_DEVICE_MAX_CONNECTIONS=1 there (MLM
 ///    asserts it on Hopper for TP/CP communication overlap);
 ///  - global_batch_size = micro_batch_size x data-parallel size when unset: Megatron's own default (one micro-batch
 ///    per DP rank per step). Returns a note saying so then (empty otherwise), for the output's warnings.
 /// Layout, batch and overlap knobs stay as given. Throws like derived_dp() when the world does not divide.
 [[nodiscard]] std::string apply_recipe_defaults(RunConfig& config, const SetFields& set);
+/// The same, then the model's published defaults (ModelSpec::recipe_*: grad_reduce_in_fp32 as the model's
+/// Megatron-Bridge performance config sets it) for the fields not in `set`.
+[[nodiscard]] std::string apply_recipe_defaults(RunConfig& config, const SetFields& set, const ModelSpec& model);
 
 /// The recipe defaults as one paragraph, for --help and docs.
 [[nodiscard]] const char* recipe_defaults_text();

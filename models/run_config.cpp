@@ -142,6 +142,7 @@ const std::vector<Field>& host_fields() {
       host_field("per_kernel_launch_ns", &HostCosts::per_kernel_launch_ns),
       host_field("event_record_ns", &HostCosts::event_record_ns),
       host_field("optimizer_step_ns", &HostCosts::optimizer_step_ns),
+      host_field("per_autograd_node_ns", &HostCosts::per_autograd_node_ns),
       host_field("per_kernel_backward_ns", &HostCosts::per_kernel_backward_ns),
       host_field("backward_call_ns", &HostCosts::backward_call_ns),
       host_field("host_sync_ns", &HostCosts::host_sync_ns),

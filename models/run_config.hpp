@@ -17,11 +17,13 @@ namespace twinstep::models {
 /// Host-side costs the lowering emits as explicit `host` ops (framework overhead; per-piece costs of the
 /// EP-overlap path). 0 unless set: filled from a profile's framework section (sim::FrameworkCosts, measured by
 /// calibration/scripts/torch_framework.py) or from a config/flags. Module calls cost per_module_call_ns plus
-/// per_kernel_launch_ns per GPU op the lowering emits inside them; backward regions per_kernel_backward_ns per op.
+/// per_kernel_launch_ns per GPU op the lowering emits inside them; backward regions per_autograd_node_ns per
+/// autograd node their forward ops recorded plus per_kernel_backward_ns per op they launch.
 struct HostCosts {
   Nanos per_module_call_ns = 0;      ///< Python/PyTorch overhead per module forward call.
   Nanos per_kernel_launch_ns = 0;    ///< Framework overhead per op launched in a forward (beyond the raw launch).
-  Nanos per_kernel_backward_ns = 0;  ///< Autograd-engine overhead per op launched in a backward.
+  Nanos per_autograd_node_ns = 0;    ///< Autograd engine: per node it runs in a backward (beyond its launches).
+  Nanos per_kernel_backward_ns = 0;  ///< ... and per op a node launches, beyond the raw launch.
   Nanos backward_call_ns = 0;        ///< One torch.autograd.backward call (per micro-batch and model chunk).
   Nanos host_sync_ns = 0;            ///< Framework share of one host sync (.item(), .tolist()) beyond the wake-up.
   Nanos event_record_ns = 0;         ///< torch.cuda.Event record / stream wait_event, per call.

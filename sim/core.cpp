@@ -30,6 +30,7 @@ struct alignas(64) OpState {
   Nanos host_ns = 0;          ///< Launch cost (CostModel::launch_ns), or a host op's own duration.
   std::uint32_t pending = 0;  ///< Conditions left before it runs: its issue, the op before it on its stream, deps.
   OpId next_on_stream = kNoOp;
+  OpId next_in_queue = kNoOp;  ///< One hardware queue (CUDA_DEVICE_MAX_CONNECTIONS=1): the rank's next GPU op.
   std::uint32_t dep_begin = 0, dep_end = 0;  ///< Its dependents: dependents_[dep_begin, dep_end).
   OpId sync_waiter = kNoOp;                  ///< The host_sync waiting for it.
   std::uint32_t link = UINT32_MAX;           ///< Collective: its instance (Matching::instance_of); send/recv: partner.
@@ -100,6 +101,9 @@ class Core {
     for (auto r : s_.ranks) max_rank = std::max(max_rank, r);
     const std::size_t n_streams = std::max<std::size_t>(1, s_.streams.size());
     std::vector<OpId> last_on_stream;  // by (global rank, stream); grown on demand
+    std::vector<OpId> last_in_queue;   // by global rank, with one hardware queue; grown on demand
+    const auto cdmc = s_.meta.find("cuda_device_max_connections");
+    const bool one_queue = cdmc != s_.meta.end() && cdmc->second == "1";
     std::vector<std::uint32_t> dep_begin(n_ops_ + 1, 0);
     std::vector<std::pair<OpId, OpId>> dep_edges;  // (dep, dependent), dependents ascending, deps in order
     dep_edges.reserve(n_ops_);
@@ -127,6 +131,14 @@ class Core {
         ++pend;
       }
       last_on_stream[key] = i;
+      if (one_queue) {  // it starts after the GPU op issued before it on its rank, whatever the stream
+        if (op.rank >= last_in_queue.size()) last_in_queue.resize(static_cast<std::size_t>(op.rank) + 1, kNoOp);
+        if (last_in_queue[op.rank] != kNoOp) {
+          op_[last_in_queue[op.rank]].next_in_queue = i;
+          ++pend;
+        }
+        last_in_queue[op.rank] = i;
+      }
       for (OpId d : op.deps) {
         if (d >= n_ops_) {
           throw Error("op " + std::to_string(i) + " \"" + op.name + "\": dep " + std::to_string(d) +
@@ -280,8 +292,14 @@ class Core {
     }
   }
 
-  /// All conditions hold: the op reaches the head of its stream at `t`.
+  /// All conditions hold: the op reaches the head of its stream at `t`; with one hardware queue the rank's next GPU
+  /// op may then be dispatched too (CUDA_DEVICE_MAX_CONNECTIONS=1: kernels of all streams start in issue order).
   void ready(OpId op, Nanos t) {
+    reach(op, t);
+    if (op_[op].next_in_queue != kNoOp) release(op_[op].next_in_queue, t);
+  }
+
+  void reach(OpId op, Nanos t) {
     op_[op].start = t;
     op_[op].reached = 1;
     switch (op_[op].cls) {
@@ -369,7 +387,7 @@ class Core {
       for (OpId d : o.deps) {
         if (op_[d].completed == 0) return "waits for dep " + op_label(d);
       }
-      return "waits for the op before it on its stream";
+      return "waits for the op before it on its stream (or, with one hardware queue, the GPU op issued before it)";
     }
     if (op_[op].cls == OpKind::kCollective) {
       const std::uint32_t inst = m_.instance_of.empty() ? UINT32_MAX : m_.instance_of[op];

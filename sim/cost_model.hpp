@@ -130,7 +130,8 @@ struct FrameworkCosts {
   /// Host time of one torch.cuda.Event record or stream wait_event (the EP-overlap path's per-node events).
   /// Optional key "event_record"; without it the lowering keeps 0 ns (no datasheet figure exists for a host cost).
   double event_record_s = -1;
-  double per_kernel_backward_s = -1;  ///< Backward: host time per kernel the autograd engine launches, beyond raw.
+  double per_autograd_node_s = -1;    ///< Backward: host time per autograd node, beyond its kernels' launches.
+  double per_kernel_backward_s = -1;  ///< Backward: host time per kernel a node launches, beyond the raw launch.
   double backward_call_s = -1;        ///< Fixed host time of one torch.autograd.backward call.
   double host_sync_s = -1;            ///< One .item() / .tolist() sync with the GPU idle, beyond the raw wake-up.
   double optimizer_step_s = -1;       ///< Fused Adam step(): fixed part.
@@ -159,6 +160,7 @@ inline constexpr FrameworkField kFrameworkFields[] = {
     {"per_kernel_launch", &FrameworkCosts::per_kernel_launch_s, "per kernel launch"},
     {"per_module_call", &FrameworkCosts::per_module_call_s, "per module call"},
     {"event_record", &FrameworkCosts::event_record_s, "per event record/wait"},
+    {"per_autograd_node", &FrameworkCosts::per_autograd_node_s, "per autograd node"},
     {"per_kernel_backward", &FrameworkCosts::per_kernel_backward_s, "per backward kernel"},
     {"backward_call", &FrameworkCosts::backward_call_s, "per autograd backward call"},
     {"host_sync", &FrameworkCosts::host_sync_s, "per host sync"},

@@ -26,8 +26,9 @@
 //     "grouped_gemm_table": "per_group",     (optional: the grouped_gemm table is over FLOPs per non-empty group;
 //                                             "total", the default, over a grouped GEMM's total FLOPs)
 //     "framework": {"per_kernel_launch": "9 us", "per_module_call": "30 us", "event_record": "2 us",
-//                   "per_kernel_backward": ..., "backward_call": ..., "host_sync": ..., "optimizer_step": ...,
-//                   "optimizer_per_param": ..., "optimizer_per_group": ..., "moe_router": ..., "moe_preprocess": ...,
+//                   "per_autograd_node": ..., "per_kernel_backward": ..., "backward_call": ..., "host_sync": ...,
+//                   "optimizer_step": ..., "optimizer_per_param": ..., "optimizer_per_group": ..., "moe_router": ...,
+//                   "moe_preprocess": ...,
 //                   "moe_permute": ..., "moe_unpermute": ..., "ep_node": ..., "source": "..."},
 //                   (every figure optional: absent = not measured; sim::kFrameworkFields lists them)
 //     "memory_overhead": {"cuda_context_bytes": 5.2e8, "cublas_workspace_bytes": 3.4e7,

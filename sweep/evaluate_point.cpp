@@ -144,7 +144,7 @@ models::RunConfig point_config(const Point& p, const topologies::Cluster& cluste
   base.moe_token_dispatcher_type = p.dispatcher;
   set.insert({"global_batch_size", "moe_token_dispatcher_type"});
   base.gpu_memory_bytes = cluster.node.gpu.hbm_capacity_bytes;
-  (void)models::apply_recipe_defaults(base, set);
+  (void)models::apply_recipe_defaults(base, set, inputs().model(p.model));
   return models::apply_overlap_variant(base, p.overlap);
 }
 

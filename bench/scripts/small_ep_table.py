@@ -5,7 +5,10 @@
 # and its dominant mechanism come from `twinstep predict`'s attribution (the terms sum to the change): nothing here
 # decides a sign. Writes a markdown table to stdout.
 # Usage: python3 bench/scripts/small_ep_table.py [--twinstep build/cli/twinstep] [--profile calibration/profiles/h100x1.json]
-#        [--ep 2,4,8,16] [--gbs 8,64,1024] [--seq 4096] [--json-dir DIR]
+#        [--ep 2,4,8,16] [--gbs 8,64,1024] [--seq 4096] [--json-dir DIR] [--overlap-cdmc 32]
+# The recipe default is CUDA_DEVICE_MAX_CONNECTIONS=1 (TP2; MLM asserts it without EP overlap); --overlap-cdmc N adds
+# two columns: the EP-overlap variants run again with CDMC N (MLM only warns then; Bridge's Qwen3-30B-A3B recipe uses
+# 32), against the same CDMC=1 baseline.
 import argparse
 import json
 import os
@@ -15,10 +18,12 @@ import sys
 VARIANTS = "dp,dp+ep,dp+ep+delay_wgrad"
 
 
-def predict(a, ep, gbs, seq):
+def predict(a, ep, gbs, seq, variants=VARIANTS, cdmc=None):
     cmd = [a.twinstep, "predict", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100", "--nodes", "2",
            "--tp", "2", "--sp", "--ep", str(ep), "--etp", "1", "--mbs", "1", "--gbs", str(gbs), "--seq", str(seq),
-           "--dispatcher", "alltoall", "--overlap", VARIANTS, "--json"]
+           "--dispatcher", "alltoall", "--overlap", variants, "--json"]
+    if cdmc is not None:
+        cmd += ["--cdmc", str(cdmc)]
     if a.profile:
         cmd += ["--profile", a.profile]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -64,13 +69,18 @@ def main():
     ap.add_argument("--gbs", default="8,64,1024")
     ap.add_argument("--seq", default="4096", help="sequence lengths, comma-separated (a column when more than one)")
     ap.add_argument("--json-dir", default="", help="keep each cell's predict --json output here")
+    ap.add_argument("--overlap-cdmc", type=int, default=0,
+                    help="also run the EP-overlap variants with this CUDA_DEVICE_MAX_CONNECTIONS (two more columns)")
     a = ap.parse_args()
     seqs = [int(x) for x in a.seq.split(",")]
     seq_col = len(seqs) > 1
-    print("| %sEP | GBS | step, EP overlap off | EP overlap | EP overlap + delay_wgrad | host-bound (off / on) | "
+    extra = ("EP overlap, CDMC %d | EP overlap + delay_wgrad, CDMC %d | " % (a.overlap_cdmc, a.overlap_cdmc)
+             if a.overlap_cdmc else "")
+    print("| %sEP | GBS | step, EP overlap off | EP overlap | EP overlap + delay_wgrad | %shost-bound (off / on) | "
           "host busy / step (off / on) | dominant mechanism of EP overlap (predict's attribution) | "
-          "host time, largest changes |" % ("seq | " if seq_col else ""))
-    print("| %s--- | --- | --- | --- | --- | --- | --- | --- | --- |" % ("--- | " if seq_col else ""))
+          "host time, largest changes |" % ("seq | " if seq_col else "", extra))
+    print("| %s--- | --- | --- | --- | --- | %s--- | --- | --- | --- |" % ("--- | " if seq_col else "",
+                                                                       "--- | --- | " if a.overlap_cdmc else ""))
     host_costs = None
     for seq in seqs:
         for ep in [int(x) for x in a.ep.split(",")]:
@@ -90,8 +100,16 @@ def main():
                 hb = lambda v: v["breakdown"]["host_bound_s"]
                 busy = lambda v: "%.0f %%" % (100.0 * host_busy(v) / v["step_time_s"])
                 fits = "" if base["fits"] else " (memory estimate %.0f GiB > 80)" % base["memory_gib_per_gpu"]
-                print("%s %.1f ms%s | %s | %s | %.1f / %.1f ms | %s / %s | %s | %s |" % (
-                    lead, 1e3 * base["step_time_s"], fits, pct(ov), pct(dw), 1e3 * hb(base), 1e3 * hb(ov),
+                more = ""
+                if a.overlap_cdmc:
+                    jc, _, errc = predict(a, ep, gbs, seq, "dp+ep,dp+ep+delay_wgrad", a.overlap_cdmc)
+                    if jc is None:
+                        more = "not run: %s | | " % errc.replace("|", "/")
+                    else:
+                        rel = lambda v: "%+.1f %%" % (100.0 * (v["step_time_s"] / base["step_time_s"] - 1))
+                        more = "%s | %s | " % (rel(jc["variants"][0]), rel(jc["variants"][1]))
+                print("%s %.1f ms%s | %s | %s | %s%.1f / %.1f ms | %s / %s | %s | %s |" % (
+                    lead, 1e3 * base["step_time_s"], fits, pct(ov), pct(dw), more, 1e3 * hb(base), 1e3 * hb(ov),
                     busy(base), busy(ov), mechanism(ov), host_change(ov, base)))
                 sys.stdout.flush()
     print()

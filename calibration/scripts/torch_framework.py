@@ -3,6 +3,9 @@
 #   module_fwd     one nn.Module call under autograd against the number of kernels its forward launches
 #   function_fwd   the same ops without the module wrapper (the module call's own cost is the difference)
 #   backward       one torch.autograd.backward call over a graph of k kernels (engine call + per node)
+#   backward_fn    one torch.autograd.backward call over k nodes of a Python torch.autograd.Function (as Transformer
+#                  Engine's modules and Megatron's comm functions are), each launching j = 1, 2, 4 kernels in its
+#                  backward: the fit separates the engine's cost per node from the cost per kernel a node launches
 #   syncs          .item(), .cpu() of the expert counts, and the alltoall dispatcher's path (non_blocking D2H on a
 #                  side stream, event record, event.synchronize()), each with the GPU idle: the host cost of the
 #                  sync itself; the wait for the GPU is the simulator's host_sync
@@ -174,6 +177,54 @@ def probe_module_and_backward(env):
                 keep_best(best, "backward", k, h, w)
             x.grad = None
     return {key: [best[key][k] for k in KERNELS] for key in ("module_fwd", "function_fwd", "backward")}
+
+
+class NodeFn(torch.autograd.Function):
+    """One autograd node as Transformer Engine's modules are one: a Python Function, one kernel forward, j backward."""
+
+    @staticmethod
+    def forward(ctx, x, j):
+        ctx.j = j
+        return x * 1.0001
+
+    @staticmethod
+    def backward(ctx, g):
+        for _ in range(ctx.j):
+            g = g * 1.0001
+        return g, None
+
+
+KERNELS_PER_NODE = [1, 2, 4]
+
+
+def probe_backward_fn(env):
+    """Host time of one autograd.backward call over k NodeFn nodes of j kernels each (k in KERNELS, j in
+    KERNELS_PER_NODE); a tenth of -n calls per repetition (a call is up to ~3 ms of host time)."""
+    x = torch.randn(64, 64, device=env.device, requires_grad=True)
+    g = torch.ones(64, 64, device=env.device)
+    best = {}
+    for order in round_orders(env.rounds):
+        for k in order:
+            for j in KERNELS_PER_NODE:
+                def bwd():
+                    y = x
+                    for _ in range(k):
+                        y = NodeFn.apply(y, j)
+                    t0 = time.perf_counter()
+                    torch.autograd.backward(y, g)
+                    return time.perf_counter() - t0
+
+                with torch.enable_grad():
+                    h, w = env.time_part(bwd, n=max(1, env.n // 10))
+                keep_best(best, j, k, h, w, nodes=k, kernels_per_node=j)
+                x.grad = None
+    out = []
+    for j in KERNELS_PER_NODE:
+        for k in KERNELS:
+            s = dict(best[j][k])
+            s["kernels"] = k * j
+            out.append(s)
+    return out
 
 
 def probe_syncs(env):
@@ -352,6 +403,7 @@ def main():
     torch.manual_seed(0)
     res = {"schema": SCHEMA}
     res.update(probe_module_and_backward(env))
+    res["backward_fn"] = probe_backward_fn(env)
     res["syncs"] = probe_syncs(env)
     res["events"] = probe_events(env)
     res["optimizer"] = probe_optimizer(env)

@@ -197,29 +197,36 @@ void RankLowering::set_attention_dims(std::uint32_t layer) {
 
 // ---- attention blocks (standard / gated GQA, MLA, Gated DeltaNet) ----
 void RankLowering::attn_block_fwd(std::uint32_t layer, Phase ph) {
-  set_attention_dims(layer);
-  const ModelSpec& m = *x_.model;
-  fwd_module("host_attention", ph, [&] {  // SelfAttention (or the linear-attention / MLA module)
-    if (m.is_linear_attention_layer(layer)) {
-      elementwise("ln1", 2 * act(k_.tokens_sp, k_.hidden), ph);
-      gdn_fwd(ph);
-    } else if (m.uses_mla()) {
-      elementwise("ln1", 2 * act(k_.tokens_sp, k_.hidden), ph);
-      mla_fwd(ph);
-    } else {
-      const std::uint64_t qkv_out =
-          ((m.attention_output_gate ? 2 : 1) * k_.heads + 2 * k_.kv_groups) * k_.head_dim / k_.tp;
-      fwd_module("host_qkv", ph, [&] {  // TE LayerNormLinear: ln1 and the QKV projection
+  fwd_piece(Piece::kAttn, [&] {
+    set_attention_dims(layer);
+    const ModelSpec& m = *x_.model;
+    fwd_module("host_attention", ph, [&] {  // SelfAttention (or the linear-attention / MLA module)
+      if (m.is_linear_attention_layer(layer)) {
         elementwise("ln1", 2 * act(k_.tokens_sp, k_.hidden), ph);
-        ag_gemm("qkv", qkv_out, k_.hidden, ph);
-      });
-      elementwise("rope", 2 * act(k_.tokens, (k_.heads + k_.kv_groups) * k_.head_dim / k_.tp), ph);
-      fwd_module("host_core_attention", ph, [&] { attention_fwd(ph); });
-      if (m.attention_output_gate) elementwise("attn_gate", 3 * act(k_.tokens, k_.heads * k_.head_dim / k_.tp), ph);
-      fwd_module("host_proj", ph, [&] { gemm_rs("proj", k_.hidden, k_.heads * k_.head_dim / k_.tp, ph); });
-    }
+        gdn_fwd(ph);
+      } else if (m.uses_mla()) {
+        elementwise("ln1", 2 * act(k_.tokens_sp, k_.hidden), ph);
+        mla_fwd(ph);
+      } else {
+        const std::uint64_t qkv_out =
+            ((m.attention_output_gate ? 2 : 1) * k_.heads + 2 * k_.kv_groups) * k_.head_dim / k_.tp;
+        fwd_module(
+            "host_qkv", ph,
+            [&] {  // TE LayerNormLinear: ln1 and the QKV projection
+              elementwise("ln1", 2 * act(k_.tokens_sp, k_.hidden), ph);
+              ag_gemm("qkv", qkv_out, k_.hidden, ph);
+            },
+            Nodes::kOne);
+        elementwise("rope", 2 * act(k_.tokens, (k_.heads + k_.kv_groups) * k_.head_dim / k_.tp), ph);
+        fwd_module(
+            "host_core_attention", ph, [&] { attention_fwd(ph); }, Nodes::kOne);
+        if (m.attention_output_gate) elementwise("attn_gate", 3 * act(k_.tokens, k_.heads * k_.head_dim / k_.tp), ph);
+        fwd_module(
+            "host_proj", ph, [&] { gemm_rs("proj", k_.hidden, k_.heads * k_.head_dim / k_.tp, ph); }, Nodes::kOne);
+      }
+    });
+    elementwise("residual1", 3 * act(k_.tokens_sp, k_.hidden), ph);
   });
-  elementwise("residual1", 3 * act(k_.tokens_sp, k_.hidden), ph);
 }
 
 void RankLowering::attn_block_bwd(std::uint32_t layer) {
@@ -259,12 +266,12 @@ void RankLowering::mla_fwd(Phase ph) {
   if (ql > 0)
     gemm("q_up", k_.tokens, nqt * (qk + rope), ql, ph);
   else
-    ag_gemm("q_up", nqt * (qk + rope), k_.hidden, ph);
+    autograd_function([&] { ag_gemm("q_up", nqt * (qk + rope), k_.hidden, ph); });
   gemm("kv_up", k_.tokens, nqt * (qk + v), kvl, ph);
   elementwise("rope", 2 * act(k_.tokens, nqt * rope + rope), ph);
   no_ub_ = false;
-  attention_fwd(ph);
-  gemm_rs("proj", k_.hidden, nqt * v, ph);
+  autograd_function([&] { attention_fwd(ph); });
+  autograd_function([&] { gemm_rs("proj", k_.hidden, nqt * v, ph); });
 }
 
 void RankLowering::mla_bwd(std::string_view L) {
@@ -308,11 +315,11 @@ void RankLowering::gdn_fwd(Phase ph) {
   const std::uint64_t nk = m.linear_num_key_heads, nv = m.linear_num_value_heads;
   const std::uint64_t dk = m.linear_key_head_dim, dv = m.linear_value_head_dim;
   no_ub_ = true;
-  ag_gemm("in_proj", (2 * nk * dk + 2 * nv * dv + 2 * nv) / k_.tp, k_.hidden, ph);
+  autograd_function([&] { ag_gemm("in_proj", (2 * nk * dk + 2 * nv * dv + 2 * nv) / k_.tp, k_.hidden, ph); });
   elementwise("gdn_conv1d", 2 * act(k_.tokens, (2 * nk * dk + nv * dv) / k_.tp), ph);
-  gdn_scan("gdn_scan", ph, 1);
+  autograd_function([&] { gdn_scan("gdn_scan", ph, 1); });  // one chunked delta-rule Function
   elementwise("gdn_gated_norm", 3 * act(k_.tokens, nv * dv / k_.tp), ph);
-  gemm_rs("out_proj", k_.hidden, nv * dv / k_.tp, ph);
+  autograd_function([&] { gemm_rs("out_proj", k_.hidden, nv * dv / k_.tp, ph); });
   no_ub_ = false;
 }
 

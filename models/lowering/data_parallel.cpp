@@ -117,6 +117,7 @@ void RankLowering::dispatch_chunk(std::uint32_t chunk, bool blocking) {
 OpId RankLowering::issue_param_ag(std::uint32_t chunk, std::size_t b) {
   auto& st = bucket_state_[chunk][b];
   if (st.ag != schedule::kNoOp) return st.ag;
+  if (bucket_group(buckets(chunk)[b]) == 1) return schedule::kNoOp;  // nothing to gather (expert-DP of 1)
   const auto saved_mb = cur_mb_;
   const auto saved_layer = cur_layer_;
   const auto saved_prefix = prefix_;
@@ -125,7 +126,6 @@ OpId RankLowering::issue_param_ag(std::uint32_t chunk, std::size_t b) {
   prefix_ = "dp.";
   const auto saved_chunk = cur_chunk_;
   cur_chunk_ = static_cast<std::int32_t>(chunk);
-  if (bucket_group(buckets(chunk)[b]) == 1) return schedule::kNoOp;
   st.ag =
       collective(x_.st.dp, Name{bucket_name(chunk, b), ".param_ag"}, CollectiveKind::kAllGather,
                  bucket_comm(buckets(chunk)[b]), buckets(chunk)[b].numel * k_.act_bytes, Phase::kFwd, false, {}, "dp");

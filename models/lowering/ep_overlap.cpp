@@ -40,21 +40,23 @@ void RankLowering::node_host(std::string_view node, bool backward) {
 }
 
 template <typename Body>
-void RankLowering::node_body(const Side& sd, std::string_view node, Body&& body) {
-  // A forward node calls module pieces (their own module calls); a backward node runs the autograd engine.
+void RankLowering::node_body(const Side& sd, std::string_view node, std::initializer_list<Piece> pieces, Body&& body) {
+  // A forward node calls module pieces (their own module calls); a backward node runs the autograd engine over the
+  // nodes its forward pieces recorded.
   if (sd.fwd)
     body();
   else
-    bwd_ops(Name{"host_bwd_", node}, std::forward<Body>(body));
+    bwd_ops(Name{"host_bwd_", node}, nodes_of(pieces), std::forward<Body>(body));
 }
 
 template <typename Body>
-void RankLowering::comp_node(Side& sd, std::int32_t layer, std::string_view node, Body&& body) {
+void RankLowering::comp_node(Side& sd, std::int32_t layer, std::string_view node, std::initializer_list<Piece> pieces,
+                             Body&& body) {
   enter(sd, layer);
   node_host(node, !sd.fwd);
   const auto start = static_cast<OpId>(ops_.size());
   pending_.insert(pending_.end(), sd.ev.begin(), sd.ev.end());
-  node_body(sd, node, body);
+  node_body(sd, node, pieces, body);
   for (OpId i = static_cast<OpId>(ops_.size()); i-- > start;) {
     if (gpu_op_on(i, x_.st.compute)) {
       sd.ev = {i};
@@ -65,13 +67,14 @@ void RankLowering::comp_node(Side& sd, std::int32_t layer, std::string_view node
 }
 
 template <typename Body>
-void RankLowering::comm_node(Side& sd, std::int32_t layer, std::string_view node, Body&& body) {
+void RankLowering::comm_node(Side& sd, std::int32_t layer, std::string_view node, std::initializer_list<Piece> pieces,
+                             Body&& body) {
   enter(sd, layer);
   node_host(node, !sd.fwd);
   const auto start = static_cast<OpId>(ops_.size());
   comm_node_ = true;
   node_deps_ = sd.ev;
-  node_body(sd, node, body);
+  node_body(sd, node, pieces, body);
   comm_node_ = false;
   node_deps_.clear();
   for (OpId i = static_cast<OpId>(ops_.size()); i-- > start;) {
@@ -86,11 +89,11 @@ void RankLowering::wgrad_node(Side& sd, std::int32_t layer, std::string_view nod
   if (deferred_.empty()) return;
   enter(sd, layer);
   node_host(node, true);
-  bwd_ops(Name{"host_bwd_", node}, [&] { flush_wgrads(); });
+  bwd_ops(Name{"host_bwd_", node}, 0, [&] { flush_wgrads(); });  // backward_dw(): no autograd node
 }
 
 void RankLowering::f_attn(Side& f, std::uint32_t l) {
-  comp_node(f, static_cast<std::int32_t>(l), "A", [&] {
+  comp_node(f, static_cast<std::int32_t>(l), "A", {Piece::kAttn, Piece::kMoePre}, [&] {
     // The layer's forward pre-hooks wait for its param all-gather (overlap_param_gather) right before its first
     // forward use, not at the chunk's start: the other micro-batch's backward pieces issued before stay free.
     for (const auto& name : x_.layer_param_names[l]) param_gather_wait(f.chunk, name, f.mb);
@@ -101,11 +104,11 @@ void RankLowering::f_attn(Side& f, std::uint32_t l) {
 
 void RankLowering::f_dispatch(Side& f, std::uint32_t l) {
   if (x_.model->is_moe_layer(l))
-    comm_node(f, static_cast<std::int32_t>(l), "D", [&] { moe_dispatch_fwd(Phase::kFwd); });
+    comm_node(f, static_cast<std::int32_t>(l), "D", {Piece::kDispatch}, [&] { moe_dispatch_fwd(Phase::kFwd); });
 }
 
 void RankLowering::f_mlp(Side& f, std::uint32_t l) {
-  comp_node(f, static_cast<std::int32_t>(l), "M", [&] {
+  comp_node(f, static_cast<std::int32_t>(l), "M", {Piece::kExperts, Piece::kMlp}, [&] {
     if (x_.model->is_moe_layer(l))
       moe_experts_fwd(Phase::kFwd);
     else
@@ -114,12 +117,13 @@ void RankLowering::f_mlp(Side& f, std::uint32_t l) {
 }
 
 void RankLowering::f_combine(Side& f, std::uint32_t l) {
-  if (x_.model->is_moe_layer(l)) comm_node(f, static_cast<std::int32_t>(l), "C", [&] { moe_combine_fwd(Phase::kFwd); });
+  if (x_.model->is_moe_layer(l))
+    comm_node(f, static_cast<std::int32_t>(l), "C", {Piece::kCombine}, [&] { moe_combine_fwd(Phase::kFwd); });
 }
 
 void RankLowering::b_combine(Side& b, std::uint32_t l) {
   if (!x_.model->is_moe_layer(l)) return;
-  comm_node(b, static_cast<std::int32_t>(l), "C", [&] {
+  comm_node(b, static_cast<std::int32_t>(l), "C", {Piece::kCombine}, [&] {
     ep_elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
     moe_combine_bwd();
   });
@@ -127,7 +131,7 @@ void RankLowering::b_combine(Side& b, std::uint32_t l) {
 
 void RankLowering::b_mlp(Side& b, std::uint32_t l) {
   const std::string L = "L" + str(l) + ".";
-  comp_node(b, static_cast<std::int32_t>(l), "M", [&] {
+  comp_node(b, static_cast<std::int32_t>(l), "M", {Piece::kExperts, Piece::kMlp}, [&] {
     defer_wgrad_ = k_.delay_wgrad;
     if (x_.model->is_moe_layer(l))
       moe_experts_bwd(L);
@@ -138,12 +142,13 @@ void RankLowering::b_mlp(Side& b, std::uint32_t l) {
 }
 
 void RankLowering::b_dispatch(Side& b, std::uint32_t l) {
-  if (x_.model->is_moe_layer(l)) comm_node(b, static_cast<std::int32_t>(l), "D", [&] { moe_dispatch_bwd(); });
+  if (x_.model->is_moe_layer(l))
+    comm_node(b, static_cast<std::int32_t>(l), "D", {Piece::kDispatch}, [&] { moe_dispatch_bwd(); });
 }
 
 void RankLowering::b_attn(Side& b, std::uint32_t l) {
   const std::string L = "L" + str(l) + ".";
-  comp_node(b, static_cast<std::int32_t>(l), "A", [&] {
+  comp_node(b, static_cast<std::int32_t>(l), "A", {Piece::kAttn, Piece::kMoePre}, [&] {
     defer_wgrad_ = k_.delay_wgrad;
     if (x_.model->is_moe_layer(l)) moe_pre_bwd(L);
     attn_block_bwd(l);
@@ -166,7 +171,7 @@ void RankLowering::combined_step(const PipelineStep* F, const PipelineStep* B, c
     }
     if (first_vs(f.chunk)) {
       param_gather_wait(f.chunk, "embedding", f.mb);
-      comp_node(f, -1, "embedding", [&] { embedding_fwd(); });
+      comp_node(f, -1, "embedding", {Piece::kEmbedding}, [&] { embedding_fwd(); });
     }
   }
   if (B) {  // pre_backward: wait for the received gradient, then the loss/output-layer backward
@@ -178,7 +183,7 @@ void RankLowering::combined_step(const PipelineStep* F, const PipelineStep* B, c
       pending_.push_back(bwd_recv_[b.chunk].front());
       bwd_recv_[b.chunk].pop_front();
     }
-    if (last_vs(b.chunk)) comp_node(b, -1, "output", [&] { output_bwd(); });
+    if (last_vs(b.chunk)) comp_node(b, -1, "output", {Piece::kOutput}, [&] { output_bwd(); });
   }
   static const std::vector<std::uint32_t> kNoLayers;
   const auto& lf = F ? layers_of(f.chunk) : kNoLayers;
@@ -241,9 +246,9 @@ void RankLowering::combined_step(const PipelineStep* F, const PipelineStep* B, c
     enter(f, -1);
     param_gather_wait(f.chunk, "final_norm", f.mb);
     param_gather_wait(f.chunk, "output", f.mb);
-    comp_node(f, -1, "output", [&] { output_fwd(); });
+    comp_node(f, -1, "output", {Piece::kOutput}, [&] { output_fwd(); });
   }
-  if (B && first_vs(b.chunk)) comp_node(b, -1, "embedding", [&] { embedding_bwd(); });
+  if (B && first_vs(b.chunk)) comp_node(b, -1, "embedding", {Piece::kEmbedding}, [&] { embedding_bwd(); });
   if (F && !f.ev.empty()) last_fwd_output_ = f.ev.front();
   if (B && !b.ev.empty()) last_bwd_output_ = b.ev.front();
   hooks_on_ = false;

@@ -8,16 +8,22 @@ namespace twinstep::models::lowering {
 
 // ---- MLP blocks ----
 void RankLowering::dense_mlp_fwd(Phase ph) {
-  fwd_module("host_mlp", ph, [&] {
-    fwd_module("host_fc1", ph, [&] {  // TE LayerNormLinear: the norm and fc1 in one module
-      elementwise("ln2", 2 * act(k_.tokens_sp, k_.hidden), ph);
-      ag_gemm("fc1", k_.ffn1 / k_.tp, k_.hidden, ph);
+  fwd_piece(Piece::kMlp, [&] {
+    fwd_module("host_mlp", ph, [&] {
+      fwd_module(
+          "host_fc1", ph,
+          [&] {  // TE LayerNormLinear: the norm and fc1 in one module
+            elementwise("ln2", 2 * act(k_.tokens_sp, k_.hidden), ph);
+            ag_gemm("fc1", k_.ffn1 / k_.tp, k_.hidden, ph);
+          },
+          Nodes::kOne);
+      elementwise(x_.model->gated_linear_unit ? "swiglu" : "gelu",
+                  act(k_.tokens, k_.ffn1 / k_.tp) + act(k_.tokens, k_.ffn / k_.tp), ph);
+      fwd_module(
+          "host_fc2", ph, [&] { gemm_rs("fc2", k_.hidden, k_.ffn / k_.tp, ph); }, Nodes::kOne);
     });
-    elementwise(x_.model->gated_linear_unit ? "swiglu" : "gelu",
-                act(k_.tokens, k_.ffn1 / k_.tp) + act(k_.tokens, k_.ffn / k_.tp), ph);
-    fwd_module("host_fc2", ph, [&] { gemm_rs("fc2", k_.hidden, k_.ffn / k_.tp, ph); });
+    elementwise("residual2", 3 * act(k_.tokens_sp, k_.hidden), ph);
   });
-  elementwise("residual2", 3 * act(k_.tokens_sp, k_.hidden), ph);
 }
 
 void RankLowering::dense_mlp_bwd(std::string_view L) {
@@ -46,7 +52,9 @@ void RankLowering::layer_fwd(std::uint32_t layer, Phase ph) {
 void RankLowering::layer_bwd(std::uint32_t layer) {
   cur_layer_ = static_cast<std::int32_t>(layer);
   const std::string L = "L" + str(layer) + ".";
-  bwd_ops("host_bwd", [&] {
+  const std::uint64_t nodes =
+      nodes_of({Piece::kAttn, Piece::kMoePre, Piece::kDispatch, Piece::kExperts, Piece::kCombine, Piece::kMlp});
+  bwd_ops("host_bwd", nodes, [&] {
     if (x_.model->is_moe_layer(layer)) {
       elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
       moe_combine_bwd();
@@ -62,17 +70,19 @@ void RankLowering::layer_bwd(std::uint32_t layer) {
 }
 
 void RankLowering::embedding_fwd() {
-  fwd_module("host_embedding", Phase::kFwd, [&] {
-    const CommId tp = x_.tp_of[rank_];
-    elementwise("embedding", 2 * act(k_.tokens, k_.hidden), Phase::kFwd);
-    if (x_.model->position_embedding_type == "learned_absolute") {
-      elementwise("position_embedding", 3 * act(k_.tokens, k_.hidden), Phase::kFwd);
-    }
-    if (k_.tp > 1) {
-      collective(x_.st.tp, k_.sp ? "embedding_rs" : "embedding_ar",
-                 k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, k_.hidden),
-                 Phase::kFwd, true);
-    }
+  fwd_piece(Piece::kEmbedding, [&] {
+    fwd_module("host_embedding", Phase::kFwd, [&] {
+      const CommId tp = x_.tp_of[rank_];
+      elementwise("embedding", 2 * act(k_.tokens, k_.hidden), Phase::kFwd);
+      if (x_.model->position_embedding_type == "learned_absolute") {
+        elementwise("position_embedding", 3 * act(k_.tokens, k_.hidden), Phase::kFwd);
+      }
+      if (k_.tp > 1) {
+        collective(x_.st.tp, k_.sp ? "embedding_rs" : "embedding_ar",
+                   k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, k_.hidden),
+                   Phase::kFwd, true);
+      }
+    });
   });
 }
 
@@ -88,24 +98,33 @@ void RankLowering::embedding_bwd() {
 }
 
 void RankLowering::output_fwd() {
-  const CommId tp = x_.tp_of[rank_];
-  const std::uint64_t vt = k_.vocab_padded / k_.tp;
-  fwd_module("host_final_norm", Phase::kFwd,
-             [&] { elementwise("final_norm", 2 * act(k_.tokens_sp, k_.hidden), Phase::kFwd); });
-  fwd_module("host_output_layer", Phase::kFwd, [&] {
-    if (k_.tp > 1 && k_.sp) {
-      collective(x_.st.tp, "output_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), Phase::kFwd, true);
-    }
-    kernel("output", Gemm{k_.tokens, vt, k_.hidden, 1, k_.dtype}, Phase::kFwd);  // bf16 under fp8 too (TE recipe)
-  });
-  fwd_ops("host_loss", Phase::kFwd, [&] {  // vocab-parallel cross entropy: a function, no module
-    elementwise("cross_entropy", k_.tokens * vt * (k_.act_bytes + 4), Phase::kFwd);
-    if (k_.tp > 1) {
-      for (const char* what : {"ce_max_ar", "ce_sumexp_ar", "ce_target_ar"}) {
-        collective(x_.st.tp, what, CollectiveKind::kAllReduce, tp, k_.tokens * 4, Phase::kFwd, true, {}, "",
-                   schedule::DType::kFP32);
-      }
-    }
+  fwd_piece(Piece::kOutput, [&] {
+    const CommId tp = x_.tp_of[rank_];
+    const std::uint64_t vt = k_.vocab_padded / k_.tp;
+    fwd_module("host_final_norm", Phase::kFwd,
+               [&] { elementwise("final_norm", 2 * act(k_.tokens_sp, k_.hidden), Phase::kFwd); });
+    fwd_module(
+        "host_output_layer", Phase::kFwd,
+        [&] {
+          if (k_.tp > 1 && k_.sp) {
+            collective(x_.st.tp, "output_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), Phase::kFwd,
+                       true);
+          }
+          kernel("output", Gemm{k_.tokens, vt, k_.hidden, 1, k_.dtype}, Phase::kFwd);  // bf16 under fp8 too (TE recipe)
+        },
+        Nodes::kOne);  // ColumnParallelLinear: one LinearWithGradAccumulationAndAsyncCommunication
+    fwd_ops(
+        "host_loss", Phase::kFwd,
+        [&] {  // vocab-parallel cross entropy: a function, no module
+          elementwise("cross_entropy", k_.tokens * vt * (k_.act_bytes + 4), Phase::kFwd);
+          if (k_.tp > 1) {
+            for (const char* what : {"ce_max_ar", "ce_sumexp_ar", "ce_target_ar"}) {
+              collective(x_.st.tp, what, CollectiveKind::kAllReduce, tp, k_.tokens * 4, Phase::kFwd, true, {}, "",
+                         schedule::DType::kFP32);
+            }
+          }
+        },
+        Nodes::kOne);  // _VocabParallelCrossEntropy: one autograd.Function
   });
 }
 
@@ -179,7 +198,7 @@ void RankLowering::chunk_bwd(std::uint32_t mb, std::uint32_t chunk) {
   }
   // One torch.autograd.backward call per micro-batch and chunk (the schedule's backward_step).
   host("autograd_backward_call", x_.cfg->host.backward_call_ns, Phase::kBwd);
-  if (last_vs(chunk)) bwd_ops("host_bwd", [&] { output_bwd(); });
+  if (last_vs(chunk)) bwd_ops("host_bwd", nodes_of({Piece::kOutput}), [&] { output_bwd(); });
   const auto groups = recompute_groups(chunk);
   const auto& layers = layers_of(chunk);
   for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
@@ -192,7 +211,7 @@ void RankLowering::chunk_bwd(std::uint32_t mb, std::uint32_t chunk) {
     }
     layer_bwd(*it);
   }
-  if (first_vs(chunk)) bwd_ops("host_bwd", [&] { embedding_bwd(); });
+  if (first_vs(chunk)) bwd_ops("host_bwd", nodes_of({Piece::kEmbedding}), [&] { embedding_bwd(); });
   last_bwd_output_ = last_compute_;
   hooks_on_ = false;
   cur_mb_ = cur_chunk_ = -1;

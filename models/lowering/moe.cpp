@@ -26,7 +26,7 @@ OpId RankLowering::ep_a2a(const Name& what, const std::vector<std::uint64_t>& co
                           schedule::DType dtype, Phase ph, std::uint32_t sm_count) {
   std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
   if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
-  schedule::Op& op = open<schedule::Collective>(x_.st.ep, std::move(d));
+  schedule::Op& op = open<schedule::Collective>(x_.st.ep, std::move(d), records_node(dtype));
   label(op, what, ph, comm_node_ ? "ep" : "");
   auto& c = op.body.emplace<schedule::Collective>();
   c.kind = CollectiveKind::kAllToAll;
@@ -45,157 +45,186 @@ void RankLowering::flex_transfer(const Name& kernel_name, const Name& a2a_name,
                                  const std::vector<std::uint64_t>& copies, Phase ph) {
   std::uint64_t total = 0;
   for (auto c : copies) total += c;
-  const OpId k = flex_kernel(kernel_name, Elementwise{2 * act(total, k_.hidden), 0}, ph);
-  if (k_.ep > 1)
-    ep_a2a(a2a_name, copies, k_.hidden * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
-  else if (!comm_node_)
-    pending_.push_back(k);
+  autograd_function([&] {  // one fused dispatch/combine Function
+    const OpId k = flex_kernel(kernel_name, Elementwise{2 * act(total, k_.hidden), 0}, ph);
+    if (k_.ep > 1)
+      ep_a2a(a2a_name, copies, k_.hidden * k_.act_bytes, k_.dtype, ph, k_.flex_sms);
+    else if (!comm_node_)
+      pending_.push_back(k);
+  });
 }
 
 void RankLowering::shared_expert_fwd(Phase ph) {
   const CommId tp = x_.tp_of[rank_];
-  if (k_.tp > 1) collective(x_.st.tp, "shared_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), ph, true);
-  gemm("shared_fc1", k_.tokens, shared_fc1_width(), k_.hidden, ph);
+  autograd_function([&] {  // TE column-parallel linear: the SP all-gather inside
+    if (k_.tp > 1)
+      collective(x_.st.tp, "shared_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), ph, true);
+    gemm("shared_fc1", k_.tokens, shared_fc1_width(), k_.hidden, ph);
+  });
   elementwise("shared_act", act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_ffn / k_.tp), ph);
-  gemm("shared_fc2", k_.tokens, k_.hidden, k_.shared_ffn / k_.tp, ph);
-  if (k_.tp > 1) {
-    collective(x_.st.tp, "shared_rs", CollectiveKind::kReduceScatter, tp, act(k_.tokens, k_.hidden), ph, true);
-  }
+  autograd_function([&] {  // TE row-parallel linear: the SP reduce-scatter inside
+    gemm("shared_fc2", k_.tokens, k_.hidden, k_.shared_ffn / k_.tp, ph);
+    if (k_.tp > 1) {
+      collective(x_.st.tp, "shared_rs", CollectiveKind::kReduceScatter, tp, act(k_.tokens, k_.hidden), ph, true);
+    }
+  });
 }
 
 void RankLowering::moe_pre_fwd(Phase ph) {
-  fwd_module("host_pre_mlp_layernorm", ph, [&] { ln2_op_ = elementwise("ln2", 2 * act(k_.tokens_sp, k_.hidden), ph); });
-  if (k_.shared_ffn > 0 && !k_.shared_overlap) fwd_module("host_shared_expert", ph, [&] { shared_expert_fwd(ph); });
-  const std::uint64_t T = moe_tokens();
-  // The router's host work: measured as a whole with the alltoall dispatcher (HostCosts::moe_router_ns); the other
-  // dispatchers run the same router module, so the same figure.
-  host_piece("host_moe_router", ph, x_.cfg->host.moe_router_ns, [&] {
-    kernel("router", Gemm{T, k_.experts, k_.hidden, 1, k_.dtype}, ph);  // bf16 under fp8 too (TE keeps it)
-    // softmax, top-k, normalisation and the routing map over T x E fp32 scores (read, written, read again)
-    elementwise("router_topk", T * k_.experts * 4 * 3, ph);
-  });
-  const std::uint32_t span = k_.etp * k_.ep;
-  if (dispatch_a2a_) {
-    // preprocess: all-gather of per-expert counts over TP x EP, D2H copy of the splits (host syncs on it later).
-    host_piece("host_moe_preprocess", ph, x_.cfg->host.moe_preprocess_ns, [&] {
-      OpId counts = last_compute_;
-      if (span > 1) {
-        counts = collective(x_.st.tp_ep, "moe_count_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
-                            k_.experts * 8 * span, ph, false, {}, "", schedule::DType::kInt64);
-      }
-      d2h_ =
-          kernel_on(x_.st.dtoh, "moe_splits_d2h",
-                    schedule::Memcpy{2ull * k_.ep * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, ph, {counts});
+  fwd_piece(Piece::kMoePre, [&] {
+    fwd_module("host_pre_mlp_layernorm", ph,
+               [&] { ln2_op_ = elementwise("ln2", 2 * act(k_.tokens_sp, k_.hidden), ph); });
+    if (k_.shared_ffn > 0 && !k_.shared_overlap) fwd_module("host_shared_expert", ph, [&] { shared_expert_fwd(ph); });
+    const std::uint64_t T = moe_tokens();
+    // The router's host work: measured as a whole with the alltoall dispatcher (HostCosts::moe_router_ns); the other
+    // dispatchers run the same router module, so the same figure.
+    host_piece("host_moe_router", ph, x_.cfg->host.moe_router_ns, [&] {
+      kernel("router", Gemm{T, k_.experts, k_.hidden, 1, k_.dtype}, ph);  // bf16 under fp8 too (TE keeps it)
+      // softmax, top-k, normalisation and the routing map over T x E fp32 scores (read, written, read again)
+      elementwise("router_topk", T * k_.experts * 4 * 3, ph);
     });
-    host_piece("host_moe_permute", ph, x_.cfg->host.moe_permute_ns,
-               [&] { elementwise("moe_permute", 2 * act(T * k_.topk, k_.hidden), ph); });
-  } else if (dispatch_ag_) {
-    if (span > 1) {
-      collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_], act(T, k_.hidden) * span,
-                 ph, true);
-      collective(x_.st.tp_ep, "moe_probs_map_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
-                 T * k_.experts * 5 * span, ph, true, {}, "", schedule::DType::kFP32);
+    const std::uint32_t span = k_.etp * k_.ep;
+    if (dispatch_a2a_) {
+      // preprocess: all-gather of per-expert counts over TP x EP, D2H copy of the splits (host syncs on it later).
+      host_piece("host_moe_preprocess", ph, x_.cfg->host.moe_preprocess_ns, [&] {
+        OpId counts = last_compute_;
+        if (span > 1) {
+          counts = collective(x_.st.tp_ep, "moe_count_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                              k_.experts * 8 * span, ph, false, {}, "", schedule::DType::kInt64);
+        }
+        d2h_ = kernel_on(x_.st.dtoh, "moe_splits_d2h",
+                         schedule::Memcpy{2ull * k_.ep * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, ph,
+                         {counts});
+      });
+      host_piece("host_moe_permute", ph, x_.cfg->host.moe_permute_ns,
+                 [&] { elementwise("moe_permute", 2 * act(T * k_.topk, k_.hidden), ph); });
+    } else if (dispatch_ag_) {
+      if (span > 1) {
+        collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                   act(T, k_.hidden) * span, ph, true);
+        collective(x_.st.tp_ep, "moe_probs_map_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
+                   T * k_.experts * 5 * span, ph, true, {}, "", schedule::DType::kFP32);
+      }
+      elementwise("moe_permute", act(T * span, k_.hidden) + act(expert_rows(), k_.hidden), ph);
+      // TE's grouped GEMM takes m_splits on the host: tokens_per_expert.tolist() syncs [inf].
+      d2h_ = kernel("moe_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
+      host_sync("moe_counts_sync", d2h_, ph);
     }
-    elementwise("moe_permute", act(T * span, k_.hidden) + act(expert_rows(), k_.hidden), ph);
-    // TE's grouped GEMM takes m_splits on the host: tokens_per_expert.tolist() syncs [inf].
-    d2h_ = kernel("moe_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
-    host_sync("moe_counts_sync", d2h_, ph);
-  }
+  });
 }
 
 void RankLowering::moe_dispatch_fwd(Phase ph) {
-  // The dispatcher's methods are no module calls: their ops cost per kernel, issued after the host's sync.
-  if (dispatch_a2a_) {
-    host_sync("moe_splits_sync", d2h_, ph);  // cuda_sync_point before_ep_alltoall
-    fwd_ops("host_moe_dispatch", ph, [&] {
-      if (k_.ep > 1) ep_a2a("moe_dispatch_a2a", dispatch_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
-      if (k_.shared_overlap) fwd_module("host_shared_expert", ph, [&] { shared_overlap_fc1(ph); });
-      if (k_.ep > 1) ep_a2a("moe_probs_a2a", dispatch_copies(), 4, schedule::DType::kFP32, ph);
-    });
-  } else if (dispatch_flex_) {
-    OpId cp = schedule::kNoOp;
-    fwd_ops("host_flex_notify", ph, [&] {
-      flex_kernel("flex_notify", Elementwise{std::uint64_t{k_.ep} * k_.experts * 4 * 2, 0}, ph);
-      cp = flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
-    });
-    host_sync("flex_counts_sync", cp, ph);  // DeepEP: the CPU waits for the received-count signal
-    fwd_ops("host_moe_dispatch", ph, [&] { flex_transfer("flex_dispatch", "flex_dispatch_a2a", flex_copies(), ph); });
-  }
+  fwd_piece(Piece::kDispatch, [&] {
+    // The dispatcher's methods are no module calls: their ops cost per kernel, issued after the host's sync.
+    if (dispatch_a2a_) {
+      host_sync("moe_splits_sync", d2h_, ph);  // cuda_sync_point before_ep_alltoall
+      fwd_ops("host_moe_dispatch", ph, [&] {
+        if (k_.ep > 1) ep_a2a("moe_dispatch_a2a", dispatch_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
+        if (k_.shared_overlap) fwd_module("host_shared_expert", ph, [&] { shared_overlap_fc1(ph); });
+        if (k_.ep > 1) ep_a2a("moe_probs_a2a", dispatch_copies(), 4, schedule::DType::kFP32, ph);
+      });
+    } else if (dispatch_flex_) {
+      OpId cp = schedule::kNoOp;
+      fwd_ops("host_flex_notify", ph, [&] {
+        flex_kernel("flex_notify", Elementwise{std::uint64_t{k_.ep} * k_.experts * 4 * 2, 0}, ph);
+        cp = flex_kernel("flex_counts_d2h", schedule::Memcpy{k_.local_experts * 8, schedule::CopyKind::kD2H}, ph);
+      });
+      host_sync("flex_counts_sync", cp, ph);  // DeepEP: the CPU waits for the received-count signal
+      fwd_ops("host_moe_dispatch", ph, [&] { flex_transfer("flex_dispatch", "flex_dispatch_a2a", flex_copies(), ph); });
+    }
+  });
 }
 
 void RankLowering::shared_overlap_fc1(Phase ph) {
   std::vector<OpId> d{ln2_op_};
-  if (k_.tp > 1) {
-    schedule::Collective c{CollectiveKind::kAllGather, x_.tp_of[rank_], act(k_.tokens, k_.hidden), k_.dtype, {}, 0};
-    d = {emit(x_.st.tp, "shared_ag", std::move(c), {ln2_op_}, ph, "shared_expert")};
-  }
-  kernel_on(x_.st.shared, "shared_fc1", linear_gemm(k_.tokens, shared_fc1_width(), k_.hidden, GemmRole::kFprop), ph, d,
-            "shared_expert");
+  autograd_function([&] {  // TE column-parallel linear: the SP all-gather inside
+    if (k_.tp > 1) {
+      schedule::Collective c{CollectiveKind::kAllGather, x_.tp_of[rank_], act(k_.tokens, k_.hidden), k_.dtype, {}, 0};
+      d = {emit(x_.st.tp, "shared_ag", std::move(c), {ln2_op_}, ph, "shared_expert")};
+    }
+    kernel_on(x_.st.shared, "shared_fc1", linear_gemm(k_.tokens, shared_fc1_width(), k_.hidden, GemmRole::kFprop), ph,
+              d, "shared_expert");
+  });
   kernel_on(x_.st.shared, "shared_act",
             Elementwise{act(k_.tokens, shared_fc1_width()) + act(k_.tokens, k_.shared_ffn / k_.tp), 0}, ph, {},
             "shared_expert");
 }
 
 OpId RankLowering::shared_overlap_fc2(Phase ph) {
-  OpId last =
-      kernel_on(x_.st.shared, "shared_fc2", linear_gemm(k_.tokens, k_.hidden, k_.shared_ffn / k_.tp, GemmRole::kFprop),
-                ph, {}, "shared_expert");
-  if (k_.tp > 1) {
-    schedule::Collective c{CollectiveKind::kReduceScatter, x_.tp_of[rank_], act(k_.tokens, k_.hidden), k_.dtype, {}, 0};
-    last = emit(x_.st.tp, "shared_rs", std::move(c), {last}, ph, "shared_expert");
-  }
+  OpId last = schedule::kNoOp;
+  autograd_function([&] {  // TE row-parallel linear: the SP reduce-scatter inside
+    last =
+        kernel_on(x_.st.shared, "shared_fc2",
+                  linear_gemm(k_.tokens, k_.hidden, k_.shared_ffn / k_.tp, GemmRole::kFprop), ph, {}, "shared_expert");
+    if (k_.tp > 1) {
+      schedule::Collective c{
+          CollectiveKind::kReduceScatter, x_.tp_of[rank_], act(k_.tokens, k_.hidden), k_.dtype, {}, 0};
+      last = emit(x_.st.tp, "shared_rs", std::move(c), {last}, ph, "shared_expert");
+    }
+  });
   return last;
 }
 
 void RankLowering::moe_experts_fwd(Phase ph) {
-  const std::uint64_t n = expert_rows();
-  const CommId etp = k_.etp > 1 ? x_.etp_of[rank_] : kNone;
-  if (k_.etp > 1) {
-    collective(x_.st.etp, "moe_etp_ag", CollectiveKind::kAllGather, etp, act(n, k_.hidden), ph, true);
-    collective(x_.st.etp, "moe_etp_probs_ag", CollectiveKind::kAllGather, etp, n * 4, ph, true, {}, "",
-               schedule::DType::kFP32);
-  }
-  if (k_.local_experts > 1) elementwise("moe_sort", 2 * act(n, k_.hidden), ph);
-  const auto& groups = expert_groups();
-  fwd_module("host_experts", ph, [&] {  // TEGroupedMLP with its two TEGroupedLinear calls
-    fwd_module("host_experts_fc1", ph, [&] {
-      fp8_cast("experts_fc1", n * k_.hidden, ph);
-      kernel("experts_fc1", grouped_linear(groups, k_.expert_ffn1 / k_.etp, k_.hidden, GemmRole::kFprop), ph);
+  fwd_piece(Piece::kExperts, [&] {
+    const std::uint64_t n = expert_rows();
+    const CommId etp = k_.etp > 1 ? x_.etp_of[rank_] : kNone;
+    if (k_.etp > 1) {
+      collective(x_.st.etp, "moe_etp_ag", CollectiveKind::kAllGather, etp, act(n, k_.hidden), ph, true);
+      collective(x_.st.etp, "moe_etp_probs_ag", CollectiveKind::kAllGather, etp, n * 4, ph, true, {}, "",
+                 schedule::DType::kFP32);
+    }
+    if (k_.local_experts > 1) elementwise("moe_sort", 2 * act(n, k_.hidden), ph);
+    const auto& groups = expert_groups();
+    fwd_module("host_experts", ph, [&] {  // TEGroupedMLP with its two TEGroupedLinear calls
+      fwd_module(
+          "host_experts_fc1", ph,
+          [&] {
+            fp8_cast("experts_fc1", n * k_.hidden, ph);
+            kernel("experts_fc1", grouped_linear(groups, k_.expert_ffn1 / k_.etp, k_.hidden, GemmRole::kFprop), ph);
+          },
+          Nodes::kOne);
+      elementwise("experts_act", act(n, k_.expert_ffn1 / k_.etp) + act(n, k_.expert_ffn / k_.etp) + n * 4, ph);
+      fwd_module(
+          "host_experts_fc2", ph,
+          [&] {
+            fp8_cast("experts_fc2", n * (k_.expert_ffn / k_.etp), ph);
+            kernel("experts_fc2", grouped_linear(groups, k_.hidden, k_.expert_ffn / k_.etp, GemmRole::kFprop), ph);
+          },
+          Nodes::kOne);
     });
-    elementwise("experts_act", act(n, k_.expert_ffn1 / k_.etp) + act(n, k_.expert_ffn / k_.etp) + n * 4, ph);
-    fwd_module("host_experts_fc2", ph, [&] {
-      fp8_cast("experts_fc2", n * (k_.expert_ffn / k_.etp), ph);
-      kernel("experts_fc2", grouped_linear(groups, k_.hidden, k_.expert_ffn / k_.etp, GemmRole::kFprop), ph);
-    });
+    if (k_.local_experts > 1) elementwise("moe_unsort", 2 * act(n, k_.hidden), ph);
+    if (k_.etp > 1)
+      collective(x_.st.etp, "moe_etp_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.hidden), ph, true);
   });
-  if (k_.local_experts > 1) elementwise("moe_unsort", 2 * act(n, k_.hidden), ph);
-  if (k_.etp > 1) collective(x_.st.etp, "moe_etp_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.hidden), ph, true);
 }
 
 void RankLowering::moe_combine_fwd(Phase ph) {
-  const std::uint64_t T = moe_tokens();
-  std::vector<OpId> add_deps;
-  fwd_ops("host_moe_combine", ph, [&] {
-    if (dispatch_a2a_) {
-      if (k_.ep > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
-      if (k_.shared_overlap) add_deps.push_back(shared_overlap_fc2(ph));
-    } else if (dispatch_flex_) {
-      flex_transfer("flex_combine", "flex_combine_a2a", flex_combine_copies(), ph);
-    } else {
-      elementwise("moe_unpermute_local", act(expert_rows(), k_.hidden) + act(T * k_.etp * k_.ep, k_.hidden), ph);
-      if (k_.etp * k_.ep > 1) {
-        collective(x_.st.tp_ep, "moe_output_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
-                   act(T, k_.hidden) * k_.etp * k_.ep, ph, true);
+  fwd_piece(Piece::kCombine, [&] {
+    const std::uint64_t T = moe_tokens();
+    std::vector<OpId> add_deps;
+    fwd_ops("host_moe_combine", ph, [&] {
+      if (dispatch_a2a_) {
+        if (k_.ep > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
+        if (k_.shared_overlap) add_deps.push_back(shared_overlap_fc2(ph));
+      } else if (dispatch_flex_) {
+        flex_transfer("flex_combine", "flex_combine_a2a", flex_combine_copies(), ph);
+      } else {
+        elementwise("moe_unpermute_local", act(expert_rows(), k_.hidden) + act(T * k_.etp * k_.ep, k_.hidden), ph);
+        if (k_.etp * k_.ep > 1) {
+          collective(x_.st.tp_ep, "moe_output_rs", CollectiveKind::kReduceScatter, x_.tpep_of[rank_],
+                     act(T, k_.hidden) * k_.etp * k_.ep, ph, true);
+        }
       }
+    });
+    if (!dispatch_ag_) {
+      host_piece("host_moe_unpermute", ph, x_.cfg->host.moe_unpermute_ns,
+                 [&] { ep_elementwise("moe_unpermute", act(T * k_.topk, k_.hidden) + act(T, k_.hidden), ph); });
     }
-  });
-  if (!dispatch_ag_) {
-    host_piece("host_moe_unpermute", ph, x_.cfg->host.moe_unpermute_ns,
-               [&] { ep_elementwise("moe_unpermute", act(T * k_.topk, k_.hidden) + act(T, k_.hidden), ph); });
-  }
-  fwd_ops("host_moe_output", ph, [&] {
-    if (k_.shared_ffn > 0) ep_elementwise("shared_add", 3 * act(T, k_.hidden), ph, add_deps);
-    ep_elementwise("residual2", 3 * act(k_.tokens_sp, k_.hidden), ph);
+    fwd_ops("host_moe_output", ph, [&] {
+      if (k_.shared_ffn > 0) ep_elementwise("shared_add", 3 * act(T, k_.hidden), ph, add_deps);
+      ep_elementwise("residual2", 3 * act(k_.tokens_sp, k_.hidden), ph);
+    });
   });
 }
 

@@ -68,8 +68,10 @@ class OpEmitter {
   /// Appends an op with body type B on `stream`: id, rank, stream and `deps` (plus the pending waits when it is GPU
   /// work on the compute stream), sorted and deduplicated. The caller sets the body (the op holds a default
   /// Compute{Gemm{}} until then), and name and tags with label().
+  /// `node`: in a forward, the op records an autograd node (counted in nodes_ unless an autograd_function() is
+  /// open); false for a D2H copy of counts or a collective of integers.
   template <typename B>
-  schedule::Op& open(StreamId stream, std::vector<OpId> deps) {
+  schedule::Op& open(StreamId stream, std::vector<OpId> deps, bool node = true) {
     constexpr bool on_gpu = !std::is_same_v<B, schedule::Host> && !std::is_same_v<B, schedule::HostSync>;
     const auto id = static_cast<OpId>(ops_.size());
     if (on_gpu && stream == x_.st.compute && !pending_.empty()) {
@@ -79,6 +81,7 @@ class OpEmitter {
     sort_unique(deps);
     if (std::is_same_v<B, Compute> && stream == x_.st.compute) last_compute_ = id;
     if (on_gpu && !modules_.empty()) ++modules_.back().kernels;
+    if (on_gpu && node && fused_ == 0) ++nodes_;
     schedule::Op& op = ops_.emplace_back();
     op.id = id;
     op.rank = rank_;
@@ -143,7 +146,8 @@ class OpEmitter {
   template <typename K>
   OpId kernel_on(StreamId stream, const Name& what, K&& kern, Phase ph, std::vector<OpId> deps = {},
                  std::string_view overlap = {}, std::uint32_t sm_count = 0) {
-    schedule::Op& op = open<Compute>(stream, std::move(deps));
+    constexpr bool copy = std::is_same_v<std::decay_t<K>, schedule::Memcpy>;  // token counts: no gradient
+    schedule::Op& op = open<Compute>(stream, std::move(deps), !copy);
     label(op, what, ph, overlap);
     auto& c = std::get<Compute>(op.body);
     c.kernel.template emplace<std::decay_t<K>>(std::forward<K>(kern));
@@ -188,11 +192,15 @@ class OpEmitter {
     const GemmRole role = ph == Phase::kWgrad ? GemmRole::kWgrad
                           : ph == Phase::kBwd ? GemmRole::kDgrad
                                               : GemmRole::kFprop;
-    if (k_.fp8 && role != GemmRole::kWgrad) {
-      fp8_cast(what, m * kk, ph, std::move(deps));  // the GEMM follows it in stream order
-      deps.clear();
-    }
-    return kernel(what, linear_gemm(m, n, kk, role), ph, std::move(deps), overlap);
+    OpId id = schedule::kNoOp;
+    autograd_function([&] {  // a linear layer: one autograd node with its cast
+      if (k_.fp8 && role != GemmRole::kWgrad) {
+        fp8_cast(what, m * kk, ph, std::move(deps));  // the GEMM follows it in stream order
+        deps.clear();
+      }
+      id = kernel(what, linear_gemm(m, n, kk, role), ph, std::move(deps), overlap);
+    });
+    return id;
   }
   OpId elementwise(const Name& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
     return kernel(what, Elementwise{bytes, 0}, ph, std::move(deps));
@@ -204,7 +212,7 @@ class OpEmitter {
                   schedule::DType dtype = schedule::DType::kBF16) {
     TWINSTEP_ASSERT(comm != kNone, "collective %s on an unused communicator", what.str().c_str());
     if (last_compute_ != schedule::kNoOp) deps.push_back(last_compute_);
-    schedule::Op& op = open<schedule::Collective>(stream, std::move(deps));
+    schedule::Op& op = open<schedule::Collective>(stream, std::move(deps), records_node(dtype));
     label(op, what, ph, overlap);
     auto& c = op.body.emplace<schedule::Collective>();
     c.kind = kind;
@@ -237,6 +245,20 @@ class OpEmitter {
   void host_sync(const Name& what, OpId target, Phase ph) {
     emit(x_.st.compute, what, schedule::HostSync{target}, {}, ph);
     host(Name{what.head, what.tail, what.num, "_host"}, x_.cfg->host.host_sync_ns, ph);
+  }
+  /// A collective of `dtype` records an autograd node in a forward (Megatron's comm functions are
+  /// autograd.Functions) unless it moves integers (token counts).
+  static bool records_node(schedule::DType dtype) {
+    return dtype != schedule::DType::kInt64 && dtype != schedule::DType::kInt32;
+  }
+  /// The ops `body` emits form one autograd node (a torch.autograd.Function: a Transformer Engine module, fused
+  /// attention, a fused kernel with its own backward): nodes_ grows by one for all of them. Nests.
+  template <typename Body>
+  void autograd_function(Body&& body) {
+    if (fused_ == 0) ++nodes_;
+    ++fused_;
+    body();
+    --fused_;
   }
   /// A module call's framework host time (or the autograd engine's for a backward region): a host op before the
   /// call's ops whose duration, set by module_end(), is fixed + per_kernel x the GPU ops emitted until then (nested
@@ -294,6 +316,10 @@ class OpEmitter {
     std::uint32_t kernels;  // GPU ops emitted inside it (not inside a nested call)
   };
   std::vector<ModuleCall> modules_;  // the module calls open now, innermost last
+  // Autograd nodes the ops emitted so far record (a forward op outside an autograd_function() is a node of its own;
+  // read as a difference around a forward piece, rank_lowering.hpp's fwd_piece) and the autograd_function() depth.
+  std::uint64_t nodes_ = 0;
+  std::uint32_t fused_ = 0;
   OpId last_compute_ = schedule::kNoOp;
   std::int32_t cur_layer_ = -1, cur_mb_ = -1, cur_chunk_ = -1;
   std::string prefix_;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -211,25 +212,70 @@ class RankLowering : private OpEmitter {
   // ---- framework host time (HostCosts), counted from the ops emitted (op_emitter.hpp's module calls) ----
   /// The optimizer step's host time: fixed + per parameter tensor + per parameter group of this rank.
   Nanos optimizer_host_ns() const;
+  /// How a forward call's ops record autograd nodes: each its own (torch ops, module containers) or all one
+  /// (a torch.autograd.Function: Transformer Engine's linear modules, the vocab-parallel cross entropy).
+  enum class Nodes : std::uint8_t { kPerOp, kOne };
   /// A forward nn.Module call: per module call + per kernel launched inside it (not inside a nested call).
   template <typename Body>
-  void fwd_module(const Name& what, Phase ph, Body&& body) {
-    module_call(what, ph, x_.cfg->host.per_module_call_ns, x_.cfg->host.per_kernel_launch_ns, std::forward<Body>(body));
+  void fwd_module(const Name& what, Phase ph, Body&& body, Nodes nodes = Nodes::kPerOp) {
+    module_call(what, ph, x_.cfg->host.per_module_call_ns, x_.cfg->host.per_kernel_launch_ns, [&] {
+      if (nodes == Nodes::kOne)
+        autograd_function(body);
+      else
+        body();
+    });
   }
   /// Ops launched by Python code outside a module call (the token dispatcher's methods): per kernel only.
   template <typename Body>
-  void fwd_ops(const Name& what, Phase ph, Body&& body) {
-    module_call(what, ph, 0, x_.cfg->host.per_kernel_launch_ns, std::forward<Body>(body));
+  void fwd_ops(const Name& what, Phase ph, Body&& body, Nodes nodes = Nodes::kPerOp) {
+    module_call(what, ph, 0, x_.cfg->host.per_kernel_launch_ns, [&] {
+      if (nodes == Nodes::kOne)
+        autograd_function(body);
+      else
+        body();
+    });
   }
   /// A measured host piece (HostCosts::moe_*): its whole framework host time, whatever the lowering emits in it.
   template <typename Body>
   void host_piece(const Name& what, Phase ph, Nanos ns, Body&& body) {
     module_call(what, ph, ns, 0, std::forward<Body>(body));
   }
-  /// A backward region the autograd engine runs: per kernel launched.
+  /// The forward pieces whose autograd nodes a backward region runs (the granularity of the combined 1F1B
+  /// schedule's nodes; a plain layer backward runs all of its layer's).
+  enum class Piece : std::uint8_t { kAttn, kMoePre, kDispatch, kExperts, kCombine, kMlp, kEmbedding, kOutput };
+  static constexpr std::size_t kPieces = 8;
+  /// Runs a forward piece of the current layer (-1: embedding, output) and keeps the autograd nodes its ops
+  /// recorded (every micro-batch's forward of a layer records the same ones).
   template <typename Body>
-  void bwd_ops(const Name& what, Body&& body) {
-    module_call(what, Phase::kBwd, 0, x_.cfg->host.per_kernel_backward_ns, std::forward<Body>(body));
+  void fwd_piece(Piece piece, Body&& body) {
+    const std::uint64_t before = nodes_;
+    body();
+    const auto slot = static_cast<std::size_t>(cur_layer_ + 1) * kPieces + static_cast<std::size_t>(piece);
+    if (piece_nodes_.size() <= slot) piece_nodes_.resize(slot + 1, -1);
+    piece_nodes_[slot] = static_cast<std::int64_t>(nodes_ - before);
+  }
+  /// The autograd nodes the current layer's forward `pieces` recorded (pieces the layer lacks count 0; the
+  /// forward of the layer has run before any backward of it).
+  std::uint64_t nodes_of(std::initializer_list<Piece> pieces) const {
+    std::uint64_t n = 0;
+    bool seen = false;
+    for (const Piece p : pieces) {
+      const auto slot = static_cast<std::size_t>(cur_layer_ + 1) * kPieces + static_cast<std::size_t>(p);
+      if (slot < piece_nodes_.size() && piece_nodes_[slot] >= 0) {
+        n += static_cast<std::uint64_t>(piece_nodes_[slot]);
+        seen = true;
+      }
+    }
+    TWINSTEP_ASSERT(seen || pieces.size() == 0, "rank %u: backward of layer %d before its forward", rank_, cur_layer_);
+    return n;
+  }
+  /// A backward region the autograd engine runs: per autograd node of the forward pieces it differentiates
+  /// (`nodes`, from nodes_of) + per kernel launched (beyond the raw launch; HostCosts).
+  template <typename Body>
+  void bwd_ops(const Name& what, std::uint64_t nodes, Body&& body) {
+    const HostCosts& h = x_.cfg->host;
+    module_call(what, Phase::kBwd, h.per_autograd_node_ns * static_cast<Nanos>(nodes), h.per_kernel_backward_ns,
+                std::forward<Body>(body));
   }
   const std::vector<std::uint32_t>& layers_of(std::uint32_t chunk) const {
     return x_.vs_layers[chunk * k_.pp + co_.pp];
@@ -245,15 +291,16 @@ class RankLowering : private OpEmitter {
   /// The host cost of one schedule node: event wait + record, the node's own overhead, and for backward nodes a
   /// separate autograd-engine call (section 6c item 2). Emitted as an explicit host op when the costs are set.
   void node_host(std::string_view node, bool backward);
-  /// A node's body: as it is in a forward node, in an autograd-engine region (bwd_ops) in a backward node.
+  /// A node's body: as it is in a forward node, in an autograd-engine region (bwd_ops) in a backward node, which
+  /// runs the autograd nodes of the forward `pieces` of its layer.
   template <typename Body>
-  void node_body(const Side& sd, std::string_view node, Body&& body);
+  void node_body(const Side& sd, std::string_view node, std::initializer_list<Piece> pieces, Body&& body);
   /// A node on the compute stream (A, M, and the embedding/output pieces).
   template <typename Body>
-  void comp_node(Side& sd, std::int32_t layer, std::string_view node, Body&& body);
+  void comp_node(Side& sd, std::int32_t layer, std::string_view node, std::initializer_list<Piece> pieces, Body&& body);
   /// A node on the EP comm stream (D, C).
   template <typename Body>
-  void comm_node(Side& sd, std::int32_t layer, std::string_view node, Body&& body);
+  void comm_node(Side& sd, std::int32_t layer, std::string_view node, std::initializer_list<Piece> pieces, Body&& body);
   /// W node (delay_wgrad_compute): the held weight-gradient GEMMs, on the compute stream after the dgrad node.
   void wgrad_node(Side& sd, std::int32_t layer, std::string_view node);
   void f_attn(Side& f, std::uint32_t l);
@@ -381,6 +428,8 @@ class RankLowering : private OpEmitter {
   std::vector<Deferred> deferred_;
   OpId d2h_ = schedule::kNoOp;     // D2H copy of the split sizes the dispatch host-syncs on
   OpId ln2_op_ = schedule::kNoOp;  // pre-MLP norm output (the shared expert's input)
+  // Autograd nodes per (layer + 1, Piece) of the forward (fwd_piece); -1 until that piece ran.
+  std::vector<std::int64_t> piece_nodes_;
 };
 
 }  // namespace twinstep::models::lowering

@@ -445,6 +445,37 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("calibration::fit_framework: the autograd engine's per node and per kernel from backward_fn",
+          "[calibration][framework]") {
+  // backward over k nodes of j kernels: 70 us + k (15 us + j x 8 us); the raw launch 5 us.
+  auto nodes_line = [](double j) {
+    std::vector<FrameworkSample> v;
+    for (double k : {1.0, 2.0, 4.0, 8.0, 16.0, 32.0}) v.push_back({k, 1e-6 * (70 + k * (15 + j * 8)), 0});
+    return v;
+  };
+  FrameworkInput in;
+  for (double k : {1.0, 2.0, 4.0}) in.module_fwd.push_back({k, 1e-6 * (10 + 7 * k), 0});
+  for (double k : {1.0, 2.0, 4.0, 8.0}) in.backward.push_back({k, 1e-6 * (70 + 30 * k), 0});  // one kernel a node
+  const std::map<std::string, double> launch = {{"compute", 5e-6}};
+  // Without backward_fn: the one-kernel line's 30 us less the launch, all per node.
+  FrameworkFit f = fit_framework(in, launch);
+  CHECK(f.costs.backward_call_s == Approx(70e-6));
+  CHECK(f.costs.per_autograd_node_s == Approx(25e-6));
+  CHECK(f.costs.per_kernel_backward_s == Approx(0.0).margin(1e-12));
+  // With lines at 1, 2 and 4 kernels per node: 15 us per node, 8 - 5 = 3 us per kernel beyond the raw launch.
+  for (double j : {1.0, 2.0, 4.0}) in.backward_fn[j] = nodes_line(j);
+  f = fit_framework(in, launch);
+  CHECK(f.costs.backward_call_s == Approx(70e-6));
+  CHECK(f.costs.per_autograd_node_s == Approx(15e-6));
+  CHECK(f.costs.per_kernel_backward_s == Approx(3e-6));
+  // One kernels-per-node value only: not separable, as without backward_fn.
+  in.backward_fn.erase(2.0);
+  in.backward_fn.erase(4.0);
+  f = fit_framework(in, launch);
+  CHECK(f.costs.per_autograd_node_s == Approx(25e-6));
+  CHECK(f.costs.per_kernel_backward_s == Approx(0.0).margin(1e-12));
+}
+
 TEST_CASE("calibration::fit_framework: torch_framework.py's samples give back the lines they were made from",
           "[calibration][framework]") {
   // Synthetic samples on exact lines: module forward 12 us + 7 us x kernels, backward 20 us + 4 us x kernels,
@@ -473,7 +504,9 @@ TEST_CASE("calibration::fit_framework: torch_framework.py's samples give back th
   CHECK(c.per_module_call_s == Approx(12e-6));
   CHECK(c.per_kernel_launch_s == Approx(2e-6));  // 7 us slope less the raw 5 us launch
   CHECK(c.backward_call_s == Approx(20e-6));
-  CHECK(c.per_kernel_backward_s == Approx(0.0).margin(1e-12));  // 4 us < the raw launch: nothing left
+  // One kernel per node (no backward_fn samples): the slope is all per node; 4 us < the raw launch: nothing left.
+  CHECK(c.per_autograd_node_s == Approx(0.0).margin(1e-12));
+  CHECK(c.per_kernel_backward_s == Approx(0.0).margin(1e-12));
   CHECK(c.event_record_s == Approx(3e-6));
   CHECK(c.host_sync_s == Approx(8e-6));  // 15 us less the memcpy launch and the wake-up
   CHECK(c.ep_node_s == Approx(5e-6));    // 20 us - 9 us body call - 2 x 3 us events
@@ -558,8 +591,14 @@ TEST_CASE("calibration::read_framework: torch_framework.py's JSON, and errors na
     "optimizer": [{"params": 1, "groups": 1, "host_s": 3e-5, "wall_s": 3e-5}],
     "moe": [{"tokens": 4096, "pieces": {"router": {"host_s": 9e-4, "profiled_kernels": 12}}},
             {"tokens": 512, "pieces": {"router": {"host_s": 1e-4, "profiled_kernels": null}}}],
-    "ep_node": {"fwd": [], "bwd": []}})");
+    "ep_node": {"fwd": [], "bwd": []},
+    "backward_fn": [{"nodes": 1, "kernels_per_node": 2, "kernels": 2, "host_s": 9e-5},
+                    {"nodes": 4, "kernels_per_node": 2, "kernels": 8, "host_s": 2e-4, "wall_s": 3e-4}]})");
   const FrameworkInput f = read_framework(path);
+  REQUIRE(f.backward_fn.count(2.0) == 1);
+  CHECK(f.backward_fn.at(2.0).size() == 2);
+  CHECK(f.backward_fn.at(2.0)[1].x == 4);  // x: nodes
+  CHECK(f.backward_fn.at(2.0)[1].wall_s == Approx(3e-4));
   CHECK(f.module_fwd.size() == 2);
   CHECK(f.module_fwd[0].wall_s == Approx(2e-5));
   CHECK(f.backward[1].wall_s == Approx(3e-5));  // wall_s absent: the host time
@@ -577,6 +616,11 @@ TEST_CASE("calibration::read_framework: torch_framework.py's JSON, and errors na
     "module_fwd": [{"kernels": 2, "host_s": 1e-5}, {"kernels": 4, "host_s": 2e-5}],
     "backward": [{"kernels": 4, "host_s": 1e-5}, {"kernels": 4, "host_s": 2e-5}]})");
   CHECK_THROWS_WITH(read_framework(path), twinstep_contains("/backward") && twinstep_contains("two different"));
+  write_file_atomic(path, R"({"schema": "twinstep.torch_framework/1",
+    "module_fwd": [{"kernels": 2, "host_s": 1e-5}, {"kernels": 4, "host_s": 2e-5}],
+    "backward_fn": [{"nodes": 4, "kernels_per_node": 1, "host_s": 1e-5},
+                    {"nodes": 4, "kernels_per_node": 1, "host_s": 2e-5}]})");
+  CHECK_THROWS_WITH(read_framework(path), twinstep_contains("/backward_fn") && twinstep_contains("two different"));
   std::filesystem::remove(path);
 }
 

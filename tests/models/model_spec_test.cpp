@@ -50,6 +50,11 @@ TEST_CASE("models::zoo: unknown ids list the zoo, bad files name the field", "[z
                                     "m.json"),
                     twinstep_contains("/num_query_groups"));
   CHECK_THROWS_AS(model_from_json("{", "m.json"), ParseError);
+  // A published recipe default must name its source.
+  CHECK_THROWS_WITH(model_from_json(R"({"num_layers": 2, "hidden_size": 8, "num_attention_heads": 2,
+      "ffn_hidden_size": 16, "vocab_size": 10, "recipe_grad_reduce_in_fp32": false})",
+                                    "m.json"),
+                    twinstep_contains("m.json: /recipe_source"));
   // A path loads the same file as the id.
   ModelSpec by_path = load_model(std::string(TWINSTEP_SOURCE_DIR) + "/models/zoo/llama3-8b.json");
   CHECK(by_path.hidden_size == 4096);

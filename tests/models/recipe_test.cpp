@@ -53,6 +53,33 @@ TEST_CASE("models::recipe: what the user set is kept", "[recipe]") {
   CHECK(c.cuda_device_max_connections == 4);
 }
 
+TEST_CASE("models::recipe: grad_reduce_in_fp32 follows the model's published performance config", "[recipe]") {
+  // Off where Bridge's performance scripts (or NVIDIA's published Nemotron run) turn it off, on for a model without
+  // a published config; what the user set wins either way.
+  for (const char* id : {"llama3-8b", "llama3-70b", "llama3.1-405b", "deepseek-v3", "qwen3-30b-a3b", "qwen3-235b-a22b",
+                         "qwen3-next-80b-a3b", "nemotron4-340b"}) {
+    INFO(id);
+    const ModelSpec m = load_model(id);
+    CHECK(m.has_recipe_grad_reduce_in_fp32);
+    CHECK(m.recipe_source.find("grad") != std::string::npos);
+    RunConfig c = layout(8, 2, 1);
+    (void)apply_recipe_defaults(c, {"global_batch_size"}, m);
+    CHECK_FALSE(c.grad_reduce_in_fp32);
+    RunConfig set = layout(8, 2, 1);
+    set.grad_reduce_in_fp32 = true;
+    (void)apply_recipe_defaults(set, {"global_batch_size", "grad_reduce_in_fp32"}, m);
+    CHECK(set.grad_reduce_in_fp32);
+  }
+  for (const char* id : {"gpt3-175b", "mixtral-8x7b"}) {
+    INFO(id);
+    const ModelSpec m = load_model(id);
+    CHECK_FALSE(m.has_recipe_grad_reduce_in_fp32);
+    RunConfig c = layout(8, 2, 1);
+    (void)apply_recipe_defaults(c, {"global_batch_size"}, m);
+    CHECK(c.grad_reduce_in_fp32);
+  }
+}
+
 TEST_CASE("models::recipe: global_batch_size defaults to Megatron's micro_batch_size x DP, with a note", "[recipe]") {
   RunConfig c = layout(16, 2, 1);  // dp 8
   c.micro_batch_size = 2;

@@ -160,6 +160,35 @@ TEST_CASE("sim: an exposed collective adds its time, a hidden one adds nothing",
   CHECK(step_of(hidden) == step_of(base));
 }
 
+TEST_CASE("sim: with CUDA_DEVICE_MAX_CONNECTIONS=1 GPU ops start in issue order across streams", "[sim]") {
+  // Issue order: g1 on the compute stream; w on stream a, waiting for g1; g2 on stream b, free. With several
+  // hardware queues g2 starts at once (beside g1); with one, it cannot be dispatched before w, which waits for g1.
+  const auto cluster = uniform_node(1, 370e9);
+  const CostModel costs(cluster, flat_profile());
+  auto run = [&](const char* cdmc) {
+    Builder b(1, {{"compute", 0}, {"a", 0}, {"b", 0}});
+    const OpId g1 = b.gemm(0, "g1", 0, 4096, 4096, 4096);
+    b.gemm(0, "w", 1, 256, 256, 256, {g1});
+    b.gemm(0, "g2", 2, 256, 256, 256);
+    if (cdmc != nullptr) b.schedule().meta["cuda_device_max_connections"] = cdmc;
+    return simulate(b.schedule(), cluster, costs);
+  };
+  for (const char* cdmc : {static_cast<const char*>(nullptr), "8", "1"}) {
+    INFO("cuda_device_max_connections " << (cdmc != nullptr ? cdmc : "unset"));
+    const Trace t = run(cdmc);
+    const auto& g1 = t.records[0];
+    const auto& w = t.records[1];
+    const auto& g2 = t.records[2];
+    CHECK(w.start_ns == g1.end_ns);
+    if (cdmc != nullptr && std::string(cdmc) == "1") {
+      CHECK(g2.start_ns == w.start_ns);  // behind w in the one queue
+    } else {
+      CHECK(g2.start_ns < g1.end_ns);  // beside g1
+      CHECK(g2.start_ns == g1.start_ns);
+    }
+  }
+}
+
 TEST_CASE("sim: SM sharing slows a concurrent GEMM by its wave count", "[sim]") {
   Profile prof = Profile::datasheet_defaults();
   for (auto& [cls, s] : prof.launch_s) s = 0;
