@@ -38,6 +38,7 @@ struct OpFacts {
   Nanos own_ns = 0;                          ///< GPU op: its duration (a coupled transfer's or instance's too).
   OpId stream_prev = kNoOp;                  ///< The op before it on its (rank, stream).
   OpId sync_target = kNoOp;                  ///< host_sync: its target.
+  OpId queue_prev = kNoOp;                   ///< One hardware queue: the rank's GPU op issued before it.
   std::uint32_t group = UINT32_MAX;          ///< Coupled collective instance or send/recv pair: its extra graph node.
   std::uint32_t dep_begin = 0, dep_end = 0;  ///< Its deps: Facts::deps[dep_begin, dep_end) (GPU ops only).
 };
@@ -46,6 +47,9 @@ struct OpFacts {
 struct Facts {
   std::vector<OpFacts> ops;
   std::vector<OpId> deps;
+  /// One hardware queue (meta cuda_device_max_connections 1): a GPU op starts no earlier than the rank's GPU op
+  /// issued before it, whatever the stream (sim/core.cpp).
+  bool one_queue = false;
 };
 
 /// Event nodes: per op its issue (3 op), start (3 op + 1) and end (3 op + 2); then one node per coupled group.
@@ -194,6 +198,7 @@ Nanos local_path(const std::vector<OpId>& ops, std::size_t first, std::size_t la
                  std::vector<Nanos>& end) {
   auto reached = [&](OpId o) { return o == kNoOp ? kUnreached : end[o]; };
   Nanos thread = from_issue ? 0 : kUnreached;  // where the host thread is (the next op's issue), if reachable
+  Nanos queue = kUnreached;                    // start of the GPU op issued last (one hardware queue)
   for (std::size_t i = first; i <= last; ++i) {
     const OpId o = ops[i];
     const OpFacts& x = f.ops[o];
@@ -219,6 +224,10 @@ Nanos local_path(const std::vector<OpId>& ops, std::size_t first, std::size_t la
     if (i == first && !from_issue) b = 0;
     b = std::max(b, reached(x.stream_prev));
     for (std::uint32_t k = x.dep_begin; k < x.dep_end; ++k) b = std::max(b, end[f.deps[k]]);
+    if (f.one_queue) {
+      b = std::max(b, queue);
+      queue = b;
+    }
     end[o] = b == kUnreached ? kUnreached : b + x.own_ns;
     thread = issue == kUnreached ? kUnreached : issue + x.launch_ns;
   }
@@ -236,12 +245,15 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
   ComputeDurations compute(costs);
   Facts f;
   f.ops.resize(n);
+  const auto cdmc = s.meta.find("cuda_device_max_connections");
+  f.one_queue = cdmc != s.meta.end() && cdmc->second == "1";
   // Each present rank's ops in program order, by dense rank index.
   std::vector<std::uint32_t> rank_index;
   std::vector<schedule::RankId> ranks;
   std::vector<std::vector<OpId>> program;
   const std::size_t n_streams = std::max<std::size_t>(1, s.streams.size());
   std::vector<OpId> last_on_stream;  // by (dense rank, stream)
+  std::vector<OpId> last_in_queue;   // by dense rank: its last GPU op
   std::uint32_t groups = 0;
   std::vector<std::uint32_t> instance_group(m.collectives.size(), UINT32_MAX);
   for (OpId o = 0; o < n; ++o) {
@@ -254,6 +266,7 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       ranks.push_back(op.rank);
       program.emplace_back();
       last_on_stream.resize(ranks.size() * n_streams, kNoOp);
+      last_in_queue.push_back(kNoOp);
     }
     const std::uint32_t r = rank_index[op.rank];
     program[r].push_back(o);
@@ -271,6 +284,10 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
     OpId& last = last_on_stream[r * n_streams + op.stream];
     x.stream_prev = last;
     last = o;
+    if (f.one_queue) {
+      x.queue_prev = last_in_queue[r];
+      last_in_queue[r] = o;
+    }
     x.dep_begin = static_cast<std::uint32_t>(f.deps.size());
     f.deps.insert(f.deps.end(), op.deps.begin(), op.deps.end());
     x.dep_end = static_cast<std::uint32_t>(f.deps.size());
@@ -328,6 +345,7 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       }
       g.add(issue_node(o), start_node(o), x.launch_ns);
       if (x.stream_prev != kNoOp) g.add(end_node(x.stream_prev), start_node(o), 0);
+      if (x.queue_prev != kNoOp) g.add(start_node(x.queue_prev), start_node(o), 0);
       for (std::uint32_t k = x.dep_begin; k < x.dep_end; ++k) g.add(end_node(f.deps[k]), start_node(o), 0);
       if (x.group == UINT32_MAX) {
         g.add(start_node(o), end_node(o), x.own_ns);

@@ -9,6 +9,7 @@
 //   on at its end; a host_sync ends a wake-up (launch_ns) after both where the thread reached it and its target's
 //   end, and the thread goes on at its end (deps of host ops are not enforced by the core, and not used here);
 // - a GPU op starts after its launch, after the op before it on its stream ended, and after each of its deps ended;
+//   with one hardware queue (meta cuda_device_max_connections 1), after the rank's GPU op issued before it started;
 // - a collective instance begins once every member present here started; each member ends its duration after that;
 //   a send and its recv on another present rank begin once both started and end together, their duration after.
 //   A send or recv whose partner is absent (or mirrored on its own rank) ends no earlier than its own start plus,
