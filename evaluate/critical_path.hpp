@@ -17,9 +17,9 @@
 //   sender, and so its cost, may be another rank's in the simulation);
 // - durations: a compute kernel its solo time (KernelCost::solo_time_s: sharing SMs, HBM or waves only stretches it),
 //   a collective or transfer its uncontended cost (CostModel::collective_cost, p2p_cost, copy_engine_cost per
-//   transport; sharing a NIC only stretches it; all-to-all 0), rounded down to whole ns, and a ns below the
-//   analytic model's own rounding; with `count_comm` off (the flow model, whose flows are not bounded by those
-//   costs) every communication op takes 0.
+//   transport; sharing a NIC only stretches it; all-to-all 0), in whole ns rounded down from 1e-3 ns below the
+//   exact figure (the analytic model ends an activity ceil(ns - 1e-6) after its start, re-timed in doubles); with
+//   `count_comm` off (the flow model, whose flows are not bounded by those costs) every communication op takes 0.
 // Every edge holds in a simulation of any schedule that contains this one's ranks with the same ops (more ranks only
 // add members to wait for), and every time is at most what either resource model charges; the core is a max-plus
 // system (every time a max of sums), so each event's earliest time here is at most its simulated time.
