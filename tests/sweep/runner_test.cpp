@@ -328,6 +328,18 @@ TEST_CASE("sweep::read_measured: a measured trace matches the point whose full s
   CHECK(*m[0].match == want);
 }
 
+/// Every layout of the tiny model on 8 GPUs (--parallel auto), GBS 32, sequence 1024.
+sweep::Spec tiny_auto_layouts() {
+  sweep::Spec s;
+  s.models = {kTiny};
+  s.clusters = {"dgx-h100"};
+  s.gpus = {8};
+  s.gbs = {32};
+  s.seq = {1024};
+  s.auto_layout = true;
+  return s;
+}
+
 /// Runs `points` with pruning (one worker: cheapest first, in order) and without, and checks that pruning changed
 /// nothing but the pruned points' lines: the same best point, the same line for every point not pruned, each pruned
 /// point's bound above the best so far and below its own simulated step. At least `min_pruned` are pruned.
@@ -376,27 +388,14 @@ void check_pruning(const std::vector<sweep::Point>& points, const std::string& n
 TEST_CASE("sweep::run_sweep: pruning skips points that cannot win, each with a bound above the best", "[sweep]") {
   // Every layout of the tiny model on 8 GPUs: the CP rings over 64- and 128-token chunks launch many tiny kernels
   // and cannot beat the layouts without CP.
-  sweep::Spec s;
-  s.models = {kTiny};
-  s.clusters = {"dgx-h100"};
-  s.gpus = {8};
-  s.gbs = {32};
-  s.seq = {1024};
-  s.auto_layout = true;
-  check_pruning(sweep::expand(s), "prune", 1);
+  check_pruning(sweep::expand(tiny_auto_layouts()), "prune", 1);
 }
 
 TEST_CASE("sweep::run_sweep: pruning pipelines by their fill, drain and exposed communication keeps the best point",
           "[sweep]") {
   // Every layout of the tiny model on 8 GPUs with each dense overlap variant: 1F1B and interleaved pipelines, TP with
   // and without its userbuffer ring, CP rings, DP; most of them cannot beat the best.
-  sweep::Spec s;
-  s.models = {kTiny};
-  s.clusters = {"dgx-h100"};
-  s.gpus = {8};
-  s.gbs = {32};
-  s.seq = {1024};
+  sweep::Spec s = tiny_auto_layouts();
   s.overlaps = sweep::split_modes("none,dp,tp,all", "overlaps", models::parse_overlap_variant);
-  s.auto_layout = true;
   check_pruning(sweep::expand(s), "prune-pipelines", 10);
 }
