@@ -1,7 +1,11 @@
 // Simulator speed: evaluates two fixed layouts through evaluate::evaluate (the path of predict and sweep), every
 // rank explicit, and prints the wall time of its phases (evaluate::Phases: lowering, matching, the semantics core
 // with the analytic model, the whole simulate() with trace assembly and input hashing, schedule::analyze) and
-// simulated ops per second. Plain main(); prints figures, asserts nothing; takes no arguments.
+// simulated ops per second, and the minor page faults of the whole evaluation (first touches of fresh memory: on a
+// virtual machine each costs microseconds of kernel time, counted in the phases' wall times;
+// bench/results/sim_bench.md). Plain main(); prints figures, asserts nothing; takes no arguments.
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <string>
 
@@ -35,7 +39,14 @@ void bench(const std::string& label, const std::string& model_id, std::uint32_t 
   evaluate::Options opts;
   opts.reduce = false;  // every rank explicit: the core's speed on the full schedule, as this bench has always timed
   opts.phases = &ph;
+  const auto minor_faults = [] {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_minflt;
+  };
+  const long faults_before = minor_faults();
   const evaluate::Result r = evaluate::evaluate(models::load_model(model_id), cluster, costs, cfg, opts);
+  const long faults = minor_faults() - faults_before;
   const double ops = static_cast<double>(ph.ops);
   std::printf("%s: %s, %u GPUs (tp %u pp %u dp %u, gbs %u), %zu ops, %zu ranks explicit%s\n", label.c_str(),
               model_id.c_str(), cluster.num_gpus(), tp, pp, cluster.num_gpus() / (tp * pp), gbs, ph.ops, ph.ranks,
@@ -43,7 +54,8 @@ void bench(const std::string& label, const std::string& model_id, std::uint32_t 
   std::printf(
       "  lower %.3f s | match %.3f s | core+analytic %.3f s (%.2f M ops/s) | simulate() %.3f s | analyze %.3f s\n",
       ph.lower_s, ph.sim.match_s, ph.sim.run_s, ops / ph.sim.run_s / 1e6, ph.simulate_s, ph.analyze_s);
-  std::printf("  predicted step %.3f s; simulated-s per wall-s %.2f\n", r.step_s, r.step_s / ph.simulate_s);
+  std::printf("  predicted step %.3f s; simulated-s per wall-s %.2f; %ld minor page faults (%.0f per 1000 ops)\n",
+              r.step_s, r.step_s / ph.simulate_s, faults, 1000.0 * static_cast<double>(faults) / ops);
 }
 
 }  // namespace

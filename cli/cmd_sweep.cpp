@@ -3,6 +3,7 @@
 // printing only: the work is in sweep/.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "cli/commands.hpp"
@@ -152,6 +154,45 @@ std::string with_rank_suffix(const std::string& path, const sweep::Shard& s) {
   return path.substr(0, dot) + tag + path.substr(dot);
 }
 
+/// Exit 2 when no point of the whole sweep can run (every one breaks a layout rule or the lowering's checks): the
+/// reasons, the layout flags to change and their usable values (sweep::invalid_layout_fixes). A shard whose own points
+/// are all invalid fails only when the other shards' points are too. Nothing is written.
+void fail_if_all_invalid(const sweep::Spec& spec, const std::vector<sweep::Point>& all,
+                         const std::vector<sweep::Point>& points, const std::vector<std::string>& reasons) {
+  if (points.empty()) return;
+  for (const auto& r : reasons) {
+    if (r.empty()) return;
+  }
+  if (points.size() < all.size()) {
+    for (const auto& p : all) {
+      if (sweep::rejection_reason(p).empty()) return;
+    }
+  }
+  std::vector<std::pair<std::string, std::size_t>> counts;  // distinct reasons in order of first appearance
+  for (const auto& p : all) {
+    const std::string r = sweep::rejection_reason(p);
+    auto it = std::find_if(counts.begin(), counts.end(), [&](const auto& c) { return c.first == r; });
+    if (it == counts.end()) {
+      counts.emplace_back(r, 1);
+    } else {
+      ++it->second;
+    }
+  }
+  std::string msg = "sweep: every one of the " + std::to_string(all.size()) +
+                    " points is invalid, nothing to simulate (nothing written):\n";
+  std::size_t shown = 0;
+  for (const auto& [r, n] : counts) {
+    if (++shown > 5) {
+      msg += "  ... " + std::to_string(counts.size() - 5) + " more reasons (--dry-run lists every point's)\n";
+      break;
+    }
+    msg += "  " + std::to_string(n) + " x " + r + "\n";
+  }
+  for (const auto& fix : sweep::invalid_layout_fixes(spec)) msg += "fix: " + fix + "\n";
+  msg += "or --parallel auto to sweep every valid layout; --dry-run lists each point with its reason";
+  throw Error(msg);
+}
+
 void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
   const sweep::Spec spec = build_spec(f);
   const std::vector<sweep::Point> all = sweep::expand(spec);
@@ -190,8 +231,11 @@ void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
             " points to simulate; whether each fits in GPU memory is known only once it is lowered (the memory "
             "estimate), so some may still be reported as not fitting\n";
     std::fputs(head.c_str(), stdout);
+    std::fflush(stdout);
+    fail_if_all_invalid(spec, all, points, reasons);
     return;
   }
+  fail_if_all_invalid(spec, all, points, reasons);
   if (!f.quiet) {
     std::fputs(head.c_str(), stdout);
     std::fflush(stdout);

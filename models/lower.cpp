@@ -172,9 +172,9 @@ MemoryEstimate estimate_peak_memory(const ModelSpec& model, const RunConfig& cfg
   lowering::add_streams(x, s);
   lowering::add_communicators(x, s);
   MemoryEstimate peak;
-  for (const RankId r : s.ranks) {
-    const MemoryEstimate m = lowering::estimate_memory(x, r);
-    if (m.total_bytes() > peak.total_bytes()) peak = m;
+  for (std::size_t i = 0; i < s.ranks.size(); ++i) {
+    const MemoryEstimate m = lowering::estimate_memory(x, s.ranks[i]);
+    if (i == 0 || m.margin_bytes() < peak.margin_bytes()) peak = m;  // as lower() picks Lowered::peak_memory
   }
   return peak;
 }

@@ -156,9 +156,10 @@ struct LowerOptions {
 /// lower() with options (representative ranks only).
 [[nodiscard]] Lowered lower(const ModelSpec& model, const RunConfig& config, const LowerOptions& options);
 
-/// The memory estimate of the rank with the largest total (Lowered::peak_memory) without building the schedule: the
-/// run context and each distinct rank's estimate (one per pipeline stage and CP rank; DP and TP ranks hold the same).
-/// Throws like lower() for an invalid config. For pruning layouts that cannot fit before anything is lowered.
+/// The memory estimate of the rank with the smallest margin against its usable capacity, as Lowered::peak_memory,
+/// without building the schedule: the run context and each distinct rank's estimate (one per pipeline stage and CP
+/// rank; DP and TP ranks hold the same). Throws like lower() for an invalid config. For pruning layouts that cannot
+/// fit (margin_bytes() < 0) before anything is lowered.
 [[nodiscard]] MemoryEstimate estimate_peak_memory(const ModelSpec& model, const RunConfig& config);
 
 /// lower()'s checks without building the schedule: throws exactly what lower() throws for an invalid config

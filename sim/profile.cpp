@@ -127,9 +127,14 @@ void read_collectives(const Reader& r, const Json& arr, Profile& p) {
       c.base_latency_s = r.quantity(e["base_latency"], ptr + "/base_latency", Dimension::kTime);
     if (e.contains("step_latency"))
       c.step_latency_s = r.quantity(e["step_latency"], ptr + "/step_latency", Dimension::kTime);
+    // Each of the three is optional: absent, the cost model keeps its own figure (profile_to_json writes it only
+    // where it is known).
     if (e.contains("bus_bandwidth")) {
       c.bus_bytes_per_s = r.quantity(e["bus_bandwidth"], ptr + "/bus_bandwidth", Dimension::kBandwidth);
-      if (c.bus_bytes_per_s <= 0) r.fail(ptr + "/bus_bandwidth", "must be positive");
+      if (c.bus_bytes_per_s <= 0) {
+        r.fail(ptr + "/bus_bandwidth",
+               "must be positive (e.g. \"370 GB/s\"); leave the field out to keep the topology's link bandwidth");
+      }
     }
     if (e.contains("bus_efficiency")) c.bus_efficiency = r.table(e["bus_efficiency"], ptr + "/bus_efficiency");
     p.collectives.push_back(c);
@@ -451,10 +456,11 @@ std::string profile_to_json(const Profile& p) {
     colls.push_back({{"kind", to_string(o.kind)},
                      {"algorithm", to_string(o.algo)},
                      {"protocol", to_string(o.proto)},
-                     {"span", to_string(o.span)},
-                     {"base_latency", o.base_latency_s},
-                     {"step_latency", o.step_latency_s},
-                     {"bus_bandwidth", o.bus_bytes_per_s}});
+                     {"span", to_string(o.span)}});
+    // Unknown figures (negative: the cost model keeps its own) are left out, as the reader expects them.
+    if (o.base_latency_s >= 0) colls.back()["base_latency"] = o.base_latency_s;
+    if (o.step_latency_s >= 0) colls.back()["step_latency"] = o.step_latency_s;
+    if (o.bus_bytes_per_s > 0) colls.back()["bus_bandwidth"] = o.bus_bytes_per_s;
     if (o.ranks != 0) colls.back()["ranks"] = o.ranks;
     if (!o.bus_efficiency.points.empty()) colls.back()["bus_efficiency"] = table_json(o.bus_efficiency);
   }

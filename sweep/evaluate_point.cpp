@@ -174,25 +174,28 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
   // cannot win is pruned before it is lowered in full (below).
   eval_opts.check_size = false;
   eval_opts.phases = timings != nullptr ? &timings->phases : nullptr;
-  const double cap_gib = cfg.gpu_memory_bytes / kGiB;
-  auto with_memory = [&](nlohmann::ordered_json j, double mem_gib) {
-    j["memory_gib_per_gpu"] = mem_gib;
-    j["memory_capacity_gib"] = cap_gib;
+  // The figures predict shows: the allocator's reserve at the peak against the usable capacity (the GPU's memory
+  // less the CUDA context, NCCL and userbuffers), both of the tightest rank (models::MemoryEstimate).
+  auto with_memory = [&](nlohmann::ordered_json j, const models::MemoryEstimate& m) {
+    j["memory_gib_per_gpu"] = m.total_bytes() / kGiB;
+    j["memory_capacity_gib"] = m.gpu_memory_bytes / kGiB;
+    j["memory_usable_gib"] = m.usable_bytes() / kGiB;
     return j;
   };
-  auto does_not_fit = [&](double mem_gib, const std::vector<std::string>& warnings, const char* when) {
-    char buf[200];
-    std::snprintf(buf, sizeof buf, "%sneeds %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB", when, mem_gib,
-                  cap_gib);
-    auto j = with_memory(head(p, PointStatus::kDoesNotFit, buf), mem_gib);
+  auto does_not_fit = [&](const models::MemoryEstimate& m, const std::vector<std::string>& warnings, const char* when) {
+    char buf[240];
+    std::snprintf(buf, sizeof buf,
+                  "%sneeds %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB usable (of %.1f GiB)", when,
+                  m.total_bytes() / kGiB, m.usable_bytes() / kGiB, m.gpu_memory_bytes / kGiB);
+    auto j = with_memory(head(p, PointStatus::kDoesNotFit, buf), m);
     j["warnings"] = warnings;
     return j.dump();
   };
   evaluate::Result full;
   try {
     // Pruned first: a layout that cannot fit is not lowered (the memory estimate needs only the run context).
-    if (const double mem = models::estimate_peak_memory(model, cfg).total_bytes(); mem > cfg.gpu_memory_bytes) {
-      std::string line = does_not_fit(mem / kGiB, models::check_config(model, cfg), "pruned before lowering: ");
+    if (const models::MemoryEstimate m = models::estimate_peak_memory(model, cfg); m.margin_bytes() < 0) {
+      std::string line = does_not_fit(m, models::check_config(model, cfg), "pruned before lowering: ");
       lap(t.check_s);
       return line;
     }
@@ -219,7 +222,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
     return head(p, PointStatus::kInvalid, e.what()).dump();
   }
   const std::vector<std::string>& warnings = full.warnings;
-  if (!full.fits) return does_not_fit(full.peak_memory.total_bytes() / kGiB, warnings, "");
+  if (!full.fits) return does_not_fit(full.peak_memory, warnings, "");
   const schedule::RankBreakdown& mean = full.sim.breakdown.mean;
   std::map<std::string, double> v;
   v["step"] = full.sim.breakdown.step_time_s;
@@ -228,7 +231,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
   v["bubble"] = mean.bubble_s;
   v["host-bound"] = mean.host_bound_s;
   v["busy comm"] = mean.busy_comm_s;
-  auto j = with_memory(head(p, PointStatus::kOk, ""), full.peak_memory.total_bytes() / kGiB);
+  auto j = with_memory(head(p, PointStatus::kOk, ""), full.peak_memory);
   j["step_time_s"] = full.step_s;
   j["profile_used"] = in.profile(p.profile, cluster).profile.name;
   j["mfu"] = full.mfu;

@@ -373,6 +373,63 @@ std::vector<Point> expand(const Spec& spec) {
   return out;
 }
 
+std::vector<std::string> invalid_layout_fixes(const Spec& spec) {
+  std::vector<std::string> out;
+  if (spec.auto_layout) return out;
+  auto join = [](const std::set<std::uint32_t>& v) {
+    std::string s;
+    for (const std::uint32_t x : v) s += (s.empty() ? "" : ", ") + str(x);
+    return s;
+  };
+  auto add = [&](std::string line) {
+    if (std::find(out.begin(), out.end(), line) == out.end()) out.push_back(std::move(line));
+  };
+  for (const auto& model_id : spec.models) {
+    const ModelShape shape = shape_of(models::load_model(model_id));
+    for (const auto& cluster_id : spec.clusters) {
+      for (std::uint32_t gpus : spec.gpus) {
+        std::uint32_t gpn = 0;
+        try {
+          gpn = topologies::load_cluster(cluster_id, {0, gpus}).node.gpus_per_node;
+        } catch (const Error&) {
+          continue;  // too many GPUs for the cluster: its reason says so, no layout fixes it
+        }
+        for (std::uint32_t gbs : spec.gbs) {
+          for (std::uint32_t seq : spec.seq) {
+            const std::vector<Layout> valid = auto_layouts(shape, gpus, gpn, gbs, seq, spec.mbs);
+            if (valid.empty()) continue;
+            const std::string where =
+                model_id + " on " + str(gpus) + " GPUs (gbs " + str(gbs) + ", seq " + str(seq) + ")";
+            bool named = false;
+            const std::tuple<const char*, const std::vector<std::uint32_t>*, std::uint32_t Layout::*> sizes[] = {
+                {"tp", &spec.tp, &Layout::tp},
+                {"pp", &spec.pp, &Layout::pp},
+                {"vpp", &spec.vpp, &Layout::vpp},
+                {"cp", &spec.cp, &Layout::cp},
+                {"ep", &spec.ep, &Layout::ep}};
+            for (const auto& [name, given, member] : sizes) {
+              std::set<std::uint32_t> usable;
+              for (const Layout& l : valid) usable.insert(l.*member);
+              const bool any =
+                  std::any_of(given->begin(), given->end(), [&](std::uint32_t v) { return usable.count(v) > 0; });
+              if (any) continue;
+              named = true;
+              add("--" + std::string(name) + " " + join({given->begin(), given->end()}) + " (sweep file: parallel/" +
+                  name + "): no valid layout of " + where + " has " + name + " " +
+                  join({given->begin(), given->end()}) + "; the valid layouts use " + name + " " + join(usable));
+            }
+            if (!named) {
+              add("no combination of the --tp/--pp/--vpp/--cp/--ep lists is valid for " + where +
+                  "; a valid one: " + valid.front().describe());
+            }
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
 nlohmann::json point_inputs(const Point& p) {
   nlohmann::json j;
   j["model"] = p.model;

@@ -79,6 +79,13 @@ struct ModelShape {
                                                const std::vector<std::uint32_t>& mbs_list,
                                                std::vector<std::pair<Layout, std::string>>* rejected = nullptr);
 
+/// How to fix a sweep whose every point is invalid, as lines: for each layout list (--tp, --pp, --vpp, --cp, --ep,
+/// or the sweep file's parallel/<size>) none of whose values is in a valid layout of some (model, cluster, GPU count,
+/// gbs, seq) group, the flag, its values and the sizes the valid layouts of that group use (auto_layouts: TP inside a
+/// node); when each list has a usable value but no combination is valid, one valid layout per group. Empty for an
+/// auto-layout spec, or when no group has a valid layout (the reasons say why: cluster size, batch, sequence).
+[[nodiscard]] std::vector<std::string> invalid_layout_fixes(const Spec& spec);
+
 /// The inputs of a point as a JSON object (no index, no reason).
 [[nodiscard]] nlohmann::json point_inputs(const Point& p);
 /// Inverse of point_inputs (index 0, no reason). Throws ParseError naming `source` for a malformed object.

@@ -129,6 +129,8 @@ std::vector<NotRunReason> reasons_not_run(const std::vector<Result>& results) {
       e.status = r.status;
       e.reason = pattern(r.reason);
       e.example = i;
+    } else if (r.reason != results[e.example].reason) {
+      e.numbers_differ = true;
     }
   }
   std::vector<NotRunReason> out;
@@ -225,7 +227,7 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
     o << buf;
     if (!g.best) continue;
     std::snprintf(buf, sizeof buf, "  %4s  %-38s %-16s %11s %8s %6s %8s %19s %8s\n", "#", "layout", "overlap",
-                  "step time", "vs best", "MFU", "TFLOP/s", "memory (capacity)", "vs none");
+                  "step time", "vs best", "MFU", "TFLOP/s", "memory (usable)", "vs none");
     o << buf;
     const Result& b = results[*g.best];
     const std::size_t shown = top == 0 ? g.ranked.size() : std::min(top, g.ranked.size());
@@ -236,8 +238,9 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
           r.point.layout.describe() + (r.point.dispatcher != models::TokenDispatcher::kAllToAll || r.point.layout.ep > 1
                                            ? " " + to_string(r.point.dispatcher)
                                            : "");
-      const std::string memory = r.capacity_gib > 0 ? fmt("%.1f", r.memory_gib) + fmt(" (%.1f) GiB", r.capacity_gib)
-                                                    : fmt("%.1f GiB", r.memory_gib);
+      // Against the usable capacity the fit is decided on (lines from before it was recorded: none shown).
+      const std::string memory = r.usable_gib > 0 ? fmt("%.1f", r.memory_gib) + fmt(" (%.1f) GiB", r.usable_gib)
+                                                  : fmt("%.1f GiB", r.memory_gib);
       const std::string gain = speedups[i] ? fmt("%+.1f%%", 100.0 * (*speedups[i] - 1)) : "";
       std::snprintf(buf, sizeof buf, "  %4zu  %-38s %-16s %11s %+7.1f%% %5.1f%% %8.1f %19s %8s\n", k + 1,
                     layout.c_str(), models::to_string(r.point.overlap).c_str(), format_seconds(r.step_time_s).c_str(),
@@ -274,7 +277,11 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
         o << "  ... " << reasons.size() - 25 << " more reasons\n";
         break;
       }
-      o << "  " << e.count << " x " << to_string(e.status) << ": " << e.reason.substr(0, 160) << "\n";
+      // The example's own words (numbers, not "#"), and whether the others' numbers differ.
+      o << "  " << e.count << " x " << to_string(e.status) << ": " << results[e.example].reason.substr(0, 160)
+        << (e.numbers_differ ? "  (point " + std::to_string(results[e.example].index) + "; the others' numbers differ)"
+                             : "")
+        << "\n";
     }
   }
   return o.str();
@@ -287,7 +294,7 @@ std::string to_csv(const std::vector<Result>& results) {
   }
   std::ostringstream o;
   o << "point,model,cluster,fidelity,gpus,gbs,seq,tp,pp,vpp,cp,ep,dp,mbs,dispatcher,overlap,status,step_time_s,mfu,"
-       "tflops_per_gpu,memory_gib_per_gpu,memory_capacity_gib";
+       "tflops_per_gpu,memory_gib_per_gpu,memory_capacity_gib,memory_usable_gib";
   for (const auto& c : cats) o << "," << csv_field(c + "_s");
   o << ",reason\n";
   for (const auto& r : results) {
@@ -302,7 +309,8 @@ std::string to_csv(const std::vector<Result>& results) {
     const bool has_memory = ran || r.status == PointStatus::kDoesNotFit;
     o << (ran ? fmt("%.9g", r.step_time_s) : "") << "," << (ran ? fmt("%.6g", r.mfu) : "") << ","
       << (ran ? fmt("%.6g", r.tflops_per_gpu) : "") << "," << (has_memory ? fmt("%.6g", r.memory_gib) : "") << ","
-      << (has_memory && r.capacity_gib > 0 ? fmt("%.6g", r.capacity_gib) : "");
+      << (has_memory && r.capacity_gib > 0 ? fmt("%.6g", r.capacity_gib) : "") << ","
+      << (has_memory && r.usable_gib > 0 ? fmt("%.6g", r.usable_gib) : "");
     for (const auto& c : cats) {
       const auto it = r.breakdown_s.find(c);
       o << "," << (it == r.breakdown_s.end() ? std::string() : fmt("%.9g", it->second));

@@ -44,9 +44,10 @@ struct Ranking {
 /// Points not run that share a status and a reason (numbers in the reason blanked to "#"), most frequent first.
 struct NotRunReason {
   PointStatus status = PointStatus::kError;
-  std::string reason;
+  std::string reason;  ///< The shared pattern, numbers blanked to "#".
   std::size_t count = 0;
-  std::size_t example = 0;  ///< Index into the results of the first such point.
+  std::size_t example = 0;      ///< Index into the results of the first such point.
+  bool numbers_differ = false;  ///< The points' reasons differ in their numbers (else all read as the example's).
 };
 [[nodiscard]] std::vector<NotRunReason> reasons_not_run(const std::vector<Result>& results);
 
@@ -77,8 +78,8 @@ using GroupKey = std::tuple<std::string, std::string, sim::Fidelity, std::uint32
 [[nodiscard]] std::string largest_difference(const Result& winner, const Result& loser);
 
 /// The human table printed by `twinstep sweep`: per GPU count, the `top` best simulated layouts (0: all) with step
-/// time, gap to the best, MFU, TFLOP/s, memory against capacity and the gain vs none, then the speedups on the best
-/// layout and the runner-up; followed by counts of points not run, by reason.
+/// time, gap to the best, MFU, TFLOP/s, memory against the usable capacity and the gain vs none, then the speedups on
+/// the best layout and the runner-up; followed by counts of points not run, by reason.
 [[nodiscard]] std::string format_table(const std::vector<Ranking>& rankings, const std::vector<Result>& results,
                                        std::size_t top = 10);
 

@@ -214,7 +214,7 @@ std::string ranked_table(const std::vector<Result>& results, const std::vector<R
     << html::table_begin(
            "all-points",
            {"rank", "model / cluster", "seq", "batch", "GPUs", "layout", "dispatcher", "overlap", "step time",
-            "vs best", "MFU", "TFLOP/s / GPU", "memory / GPU", "capacity", "gain vs none", "point"},
+            "vs best", "MFU", "TFLOP/s / GPU", "memory / GPU", "usable", "gain vs none", "point"},
            "sortable");
   for (const auto& g : rankings) {
     for (std::size_t k = 0; k < g.ranked.size(); ++k) {
@@ -222,7 +222,7 @@ std::string ranked_table(const std::vector<Result>& results, const std::vector<R
       const Result& best = results[g.ranked[0]];
       const std::optional<double> gain =
           speedups[g.ranked[k]] ? std::optional<double>(*speedups[g.ranked[k]] - 1) : std::nullopt;
-      const std::optional<double> capacity = r.capacity_gib > 0 ? std::optional<double>(r.capacity_gib) : std::nullopt;
+      const std::optional<double> capacity = r.usable_gib > 0 ? std::optional<double>(r.usable_gib) : std::nullopt;
       const double vs_best = best.step_time_s > 0 ? r.step_time_s / best.step_time_s - 1 : 0.0;
       o << "<tr><td>" << k + 1 << "</td><td class=\"name wrap\">"
         << escape(g.model + " / " + g.cluster + " (" + to_string(g.fidelity) + ")") << "</td><td>" << g.seq

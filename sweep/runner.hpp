@@ -40,6 +40,9 @@ struct Result {
   PointStatus status = PointStatus::kOk;
   std::string reason;  ///< Why a point is not kOk.
   double step_time_s = 0, mfu = 0, tflops_per_gpu = 0, memory_gib = 0, capacity_gib = 0;
+  /// The usable capacity memory_gib is compared with (models::MemoryEstimate::usable_bytes, as predict shows it);
+  /// 0 in lines written before it was recorded.
+  double usable_gib = 0;
   /// Mean breakdown over ranks: "compute", "exposed <kind>", "bubble", "host-bound" (seconds; sum = step).
   std::map<std::string, double> breakdown_s;
   std::vector<std::string> warnings;

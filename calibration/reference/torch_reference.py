@@ -208,20 +208,27 @@ def quantize_t(x, fmt):
 FP8_CAST = {"quantize": quantize, "quantize_t": quantize_t}
 
 
-def scaled_mm(qa, sa, qb_col, sb):
-    """fp8 GEMM: qa [M,K] row-major times qb_col [K,N] column-major, bf16 output."""
-    return torch._scaled_mm(qa, qb_col, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+FP8_DTYPES = tuple(t for t in (E4M3, E5M2) if t is not None)
+
+
+def gemm(a, b, scales=None, fast_accum=False):
+    """The one GEMM of the linear layers, its kernel chosen by the operands' dtype: a [M,K] @ b [K,N]. fp8 operands
+    (already cast; scales: their dequantisation scales (scale_a, scale_b)) run torch._scaled_mm, which wants a
+    row-major and b column-major (a row-major [N,K] tensor transposed), bf16 output, fast accumulation where asked;
+    other dtypes a plain matmul."""
+    if a.dtype in FP8_DTYPES:
+        sa, sb = scales
+        return torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+    return a @ b
 
 
 def mm(a, b_t, fp8, fmt_a=None, fmt_b=None, fast_accum=False):
-    """a [M,K] @ b_t.T where b_t is [N,K] (a weight as stored): bf16, or fp8 with the given formats."""
+    """a [M,K] @ b_t.T where b_t is [N,K] (a weight as stored): bf16, or cast to fp8 here with the given formats."""
     if not fp8:
-        return a @ b_t.t()
+        return gemm(a, b_t.t())
     qa, sa = FP8_CAST["quantize"](a.contiguous(), fmt_a)
     qb, sb = FP8_CAST["quantize"](b_t, fmt_b)
-    # _scaled_mm wants the first operand row-major and the second column-major: qb is [N,K] row-major, so qb.t()
-    # is the [K,N] column-major operand.
-    return torch._scaled_mm(qa, qb.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+    return gemm(qa, qb.t(), (sa, sb), fast_accum)
 
 
 # How the bf16 weight-gradient GEMM accumulates into fp32 main grads: inside the GEMM (addmm with an fp32 output,
@@ -255,7 +262,7 @@ def accumulate_wgrad(main_grad, g2, x2, fp8):
     elif FP32_ACCUMULATE_IN_GEMM:
         torch.addmm(main_grad, g2.t(), x2, out_dtype=torch.float32, out=main_grad)
     else:
-        main_grad.add_(g2.t() @ x2)
+        main_grad.add_(gemm(g2.t(), x2))
 
 
 class Linear(torch.autograd.Function):
@@ -270,12 +277,12 @@ class Linear(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         if not fp8:
             ctx.save_for_backward(x, w)
-            return (x2 @ w.t()).view(*x.shape[:-1], w.shape[0])
+            return gemm(x2, w.t()).view(*x.shape[:-1], w.shape[0])
         qw, qw_t, sw = FP8_CAST["quantize_t"](w, E4M3)
         qx, qx_t, sx = FP8_CAST["quantize_t"](x2.contiguous(), E4M3)
         ctx.save_for_backward(qx_t, sx, qw_t, sw, w)
         ctx.x_shape = x.shape
-        y = torch._scaled_mm(qx, qw.t(), scale_a=sx, scale_b=sw, out_dtype=torch.bfloat16, use_fast_accum=True)
+        y = gemm(qx, qw.t(), (sx, sw), fast_accum=True)
         return y.view(*x.shape[:-1], w.shape[0])
 
     @staticmethod
@@ -286,7 +293,7 @@ class Linear(torch.autograd.Function):
             x, w = ctx.saved_tensors
             x2 = x.reshape(-1, x.shape[-1])
             with record_function(ctx.prefix + "_dgrad"):
-                dx = (g2 @ w).view(x.shape)
+                dx = gemm(g2, w).view(x.shape)
             with record_function(ctx.prefix + "_wgrad"):
                 accumulate_wgrad(w.main_grad, g2, x2, False)
             return dx, None, None, None
@@ -294,10 +301,10 @@ class Linear(torch.autograd.Function):
         with record_function(ctx.prefix + "_dgrad"):
             qg, qg_t, sg = FP8_CAST["quantize_t"](g2.contiguous(), E5M2)
             # dx [M,K] = g [M,N] @ W [N,K]: W as the column-major operand is qw_t [K,N] row-major, transposed.
-            dx = scaled_mm(qg, sg, qw_t.t(), sw).view(ctx.x_shape)
+            dx = gemm(qg, qw_t.t(), (sg, sw)).view(ctx.x_shape)
         with record_function(ctx.prefix + "_wgrad"):
             # dW [N,K] = g^T [N,M] @ x [M,K]: g^T row-major is qg_t; x column-major is qx_t [K,M] transposed.
-            w.main_grad.add_(scaled_mm(qg_t, sg, qx_t.t(), sx))
+            w.main_grad.add_(gemm(qg_t, qx_t.t(), (sg, sx)))
         return dx, None, None, None
 
 

@@ -8,18 +8,14 @@
 set -u
 OUT=$1
 RAW=$2
-R=$OUT/r
-mkdir -p "$R"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-B=build-gpu
-pack() { tar czf "$OUT/results.tgz" -C "$OUT" r && rm -rf "$R"; }  # one file back: the device tool caps the count
-trap pack EXIT
-REV=$(cat REVISION 2>/dev/null || echo unknown)
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, $B, $T, results_in
+results_in "$OUT"
+trap 'pack_results && rm -rf "$R"' EXIT
+REV=$(revision)
 mark() { echo "$(date +'%Y/%m/%d %H:%M:%S.%3N') $1" >> "$R/marks.txt"; }
 echo "== build $(date +%T)"
 nvidia-smi -q -d CLOCK,POWER,PERFORMANCE > "$R/nvidia-smi-q.txt" 2>&1
 REV=$REV build_gpu "$R/build.log" twinstep backend_tests backend_plan_tests || exit 1
-T=$B/cli/twinstep
 echo "== tests $(date +%T)"
 timeout 60 $B/tests/backend/backend_plan_tests > "$R/backend_plan_tests.log" 2>&1; echo "backend_plan_tests exit $?"
 timeout 60 $B/tests/backend/backend_tests "backend::execute: the GPU monitor*" -s > "$R/backend_tests_monitor.log" 2>&1

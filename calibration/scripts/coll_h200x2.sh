@@ -13,11 +13,10 @@ set -u
 OUT=$1
 PRIOR=${2:-calibration/profiles/h200x2.raw.jsonl}
 mkdir -p "$OUT/r"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-T=build-gpu/cli/twinstep
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, $T, gpu_info
 echo "== build $(date +%T)"
 build_gpu "$OUT/r/build.log" twinstep || exit 1
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/r/nvidia-smi.csv" 2>&1
+gpu_info "$OUT/r"
 grep -v -E '"group":"(coll|p2p)\.' "$PRIOR" > "$OUT/r/prior.raw.jsonl"
 RUNS=${RUNS:-a b debug ll ll128 simple}
 trap 'tar czf "$OUT/coll.tgz" -C "$OUT" r' EXIT

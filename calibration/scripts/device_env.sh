@@ -19,3 +19,25 @@ build_gpu() {
 }
 MPI="mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST
      -x NVSHMEM_DISABLE_NVLS -x LD_LIBRARY_PATH -x PYTHONUNBUFFERED"
+# The device build (build_gpu's folder) and its CLI.
+B=build-gpu
+T=$B/cli/twinstep
+# results_in DIR [SUB...]: R=DIR/r, created with its SUB folders; at exit R is packed into DIR/results.tgz
+# (pack_results: one file back, the device tool returns a limited number of files).
+results_in() {
+  RESULTS_DIR=$1
+  R=$RESULTS_DIR/r
+  mkdir -p "$R"
+  local sub
+  for sub in "${@:2}"; do mkdir -p "$R/$sub"; done
+  trap pack_results EXIT
+}
+pack_results() { tar czf "$RESULTS_DIR/results.tgz" -C "$RESULTS_DIR" r; }
+# gpu_info DIR [topo]: the GPUs' names, driver and SM clocks in DIR/nvidia-smi.csv; with topo also the interconnect
+# matrix in DIR/nvidia-smi-topo.txt.
+gpu_info() {
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$1/nvidia-smi.csv" 2>&1
+  [ "${2:-}" != topo ] || nvidia-smi topo -m > "$1/nvidia-smi-topo.txt" 2>&1
+}
+# revision: the revision of this tree: the REVISION file it was copied with, else git's, else "unknown".
+revision() { cat REVISION 2>/dev/null || git rev-parse --short=12 HEAD 2>/dev/null || echo unknown; }

@@ -6,11 +6,10 @@
 set -u
 OUT=$1
 REPS=${2:-3}
+. "$(dirname "$0")/device_env.sh"  # NVLS off, torch's NCCL/cuBLAS first on the library path, build_gpu, $B
 R=$OUT/r
 mkdir -p "$R"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, torch's NCCL/cuBLAS first on the library path, build_gpu
-REV=$(cat REVISION 2>/dev/null || echo unknown)
-B=build-gpu
+REV=$(revision)
 REV=$REV BENCH=ON build_gpu "$R/build.log" gemm_sweep_bench || exit 1
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active \
   --format=csv -lms 100 > "$R/clocks.csv" 2>&1 &

@@ -12,9 +12,8 @@ OUT=$1
 shift
 CASES=${*:-dense_s2048 dense_s4096 dense_s8192 dense_s16384}
 mkdir -p "$OUT"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, build_gpu
-REV=$(git rev-parse --short=12 HEAD 2>/dev/null || cat REVISION 2>/dev/null || echo unknown)
-T=build-gpu/cli/twinstep
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, build_gpu, $T
+REV=$(revision)
 S6=calibration/measured/h100x1/session6
 echo "== build $(date +%T) revision $REV"
 REV=$REV build_gpu "$OUT/build.log" twinstep || exit 1

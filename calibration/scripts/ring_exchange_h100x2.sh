@@ -8,16 +8,10 @@
 # Usage: REV=<git revision> calibration/scripts/ring_exchange_h100x2.sh OUT. Every mpirun reads /dev/null.
 set -u
 OUT=$1
-R=$OUT/r
-mkdir -p "$R/traces"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-B=build-gpu
-T=$B/cli/twinstep
-pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
-trap pack EXIT
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, $B, $T, results_in
+results_in "$OUT" traces
 GPUS=$(nvidia-smi -L | wc -l)
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$R/nvidia-smi.csv" 2>&1
-nvidia-smi topo -m > "$R/nvidia-smi-topo.txt" 2>&1
+gpu_info "$R" topo
 echo "== build $(date +%T) rev ${REV:-unknown}, $GPUS GPU(s)"
 BENCH=ON build_gpu "$R/build.log" twinstep backend_tests ring_exchange_bench || exit 1
 echo "== peer GPU tests: two ranks on $GPUS GPU(s) $(date +%T)"

@@ -10,8 +10,8 @@ mkdir -p "$OUT"
 case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
   *H100*) G=h100x1 ;; *H200*) G=h200x1 ;; *) G=gpu1 ;;
 esac
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS
-REV=$(git rev-parse --short=12 HEAD 2>/dev/null || cat REVISION 2>/dev/null || echo unknown)
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, revision
+REV=$(revision)
 echo "== build $(date +%T) revision $REV"
 nvidia-smi -q -d CLOCK,POWER,PERFORMANCE,TEMPERATURE,MEMORY > "$OUT/nvidia-smi-q.txt" 2>&1
 REV=$REV build_gpu "$OUT/build.log" twinstep || exit 1

@@ -6,14 +6,11 @@
 set -u
 OUT=$1
 SUITE=${2:-default}
-mkdir -p "$OUT/r/traces"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-T=build-gpu/cli/twinstep
-pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
-trap pack EXIT
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, $T, results_in
+results_in "$OUT" traces
 echo "== build $(date +%T)"
 build_gpu "$OUT/r/build.log" twinstep || exit 1
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/r/nvidia-smi.csv" 2>&1
+gpu_info "$OUT/r"
 if [ "$SUITE" != none ]; then
 echo "== calibrate $(date +%T)"
 timeout 280 $MPI -np 2 $T calibrate --suite "$SUITE" -o "$OUT/r/profile.json" --raw "$OUT/r/raw.jsonl" \

@@ -18,15 +18,11 @@ N=$2
 SUITE=${3:-default}
 PRIOR=${4:-}
 CUT_S=${CALIBRATE_TIMEOUT_S:-400}
-mkdir -p "$OUT/r"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-T=build-gpu/cli/twinstep
-pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
-trap pack EXIT
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, $T, results_in
+results_in "$OUT"
 echo "== build $(date +%T)"
 build_gpu "$OUT/r/build.log" twinstep || exit 1
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/r/nvidia-smi.csv" 2>&1
-nvidia-smi topo -m > "$OUT/r/nvidia-smi-topo.txt" 2>&1
+gpu_info "$OUT/r" topo
 RESUME=""
 if [ -n "$PRIOR" ]; then cp "$PRIOR" "$OUT/r/raw.jsonl"; RESUME=--resume; fi
 echo "== calibrate -np $N, cut at $CUT_S s $(date +%T)"

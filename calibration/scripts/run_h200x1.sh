@@ -13,13 +13,9 @@ set -u
 OUT=$1
 REPS=${2:-3}
 MODE=${3:-all}
-R=$OUT/r
-mkdir -p "$R"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
-trap pack EXIT
-REV=$(cat REVISION 2>/dev/null || echo unknown)
-B=build-gpu
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, $B, results_in
+results_in "$OUT"
+REV=$(revision)
 echo "== build $(date +%T) revision $REV"
 nvidia-smi -q -d CLOCK,POWER,PERFORMANCE,TEMPERATURE > "$R/nvidia-smi-q.txt" 2>&1
 TARGETS="gemm_sweep_bench issue_overhead_bench"

@@ -27,11 +27,10 @@ shift
 WHAT=" ${*:-all} "
 R=$OUT/r
 mkdir -p "$R"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, build_gpu
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, build_gpu, $T, revision
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-T=build-gpu/cli/twinstep
 KEEP=build-gpu/reference_profile.json
-REV=$(cat REVISION 2>/dev/null || git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+REV=$(revision)
 want() { [[ "$WHAT" == *" all "* || "$WHAT" == *" $1 "* ]]; }
 
 echo "== build $(date +%T) revision $REV"

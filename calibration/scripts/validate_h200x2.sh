@@ -6,16 +6,11 @@
 # Usage: REV=<git revision> calibration/scripts/validate_h200x2.sh OUT. Every mpirun reads /dev/null.
 set -u
 OUT=$1
-R=$OUT/r
-mkdir -p "$R/traces"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-B=build-gpu
-T=$B/cli/twinstep
-pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
-trap pack EXIT
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, $B, $T, results_in
+results_in "$OUT" traces
 echo "== build $(date +%T) rev ${REV:-unknown}"
 build_gpu "$R/build.log" twinstep backend_tests || exit 1
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$R/nvidia-smi.csv" 2>&1
+gpu_info "$R"
 echo "== GPU tests $(date +%T)"
 timeout 150 $MPI -np 2 $B/tests/backend/backend_tests --order decl -d yes > "$R/gpu_tests.log" 2>&1 < /dev/null
 echo "backend_tests under mpirun -np 2: exit $?"; grep -E "passed|failed|FAILED|test cases" "$R/gpu_tests.log" | tail -8

@@ -16,18 +16,12 @@ OUT=$1
 N=$2
 CASES=$3
 PROFILEN=${4:-}
-R=$OUT/r
-mkdir -p "$R/traces" "$R/pred_h200x2" "$R/pred_h200x$N"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI
-B=build-gpu
-T=$B/cli/twinstep
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, $MPI, $B, $T, results_in
+results_in "$OUT" traces pred_h200x2 "pred_h200x$N"
 CLUSTER=hgx-h200
-pack() { tar czf "$OUT/results.tgz" -C "$OUT" r; }
-trap pack EXIT
 echo "== build $(date +%T) rev ${REV:-unknown}"
 build_gpu "$R/build.log" twinstep backend_tests || exit 1
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$R/nvidia-smi.csv" 2>&1
-nvidia-smi topo -m > "$R/nvidia-smi-topo.txt" 2>&1
+gpu_info "$R" topo
 echo "== GPU tests $(date +%T)"
 # The multi-rank backend tests need exactly two ranks (tests/backend/backend_test.cpp skips them otherwise): -np 2
 # (GPUs 0 and 1 of the node).

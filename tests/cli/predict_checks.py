@@ -5,7 +5,8 @@
 #   ep_host_cost TWINSTEP MODEL    large per-node host costs make EP overlap slower than none (host-bound time grows)
 #   attribution TWINSTEP           every variant's causes sum to its change against the baseline
 #   sweep_row_equals_predict TWINSTEP OUTDIR
-#                                  a sweep row's predict_command gives the row's step time and memory
+#                                  a sweep row's predict_command gives the row's step time, memory and usable
+#                                  capacity (the sweep's table shows that usable capacity)
 import json
 import subprocess
 import sys
@@ -91,6 +92,13 @@ def sweep_row_equals_predict(twinstep, outdir):
     v = d["variants"][0]
     check(abs(v["step_time_s"] - row["step_time_s"]) <= 1e-6 * row["step_time_s"], "same step time", [row, v])
     check(v["memory_gib_per_gpu"] == row["memory_gib_per_gpu"], "same memory (same recipe defaults)", [row, v])
+    # One usable capacity: the figure predict compares with is the one the sweep shows and compares with.
+    usable = v["memory"]["usable_capacity_gib"]
+    check(row.get("memory_usable_gib") == usable, "same usable capacity as predict", [row, v["memory"]])
+    check(usable < row["memory_capacity_gib"], "usable is the GPU's memory less the reserve", row)
+    # The same sweep again without -q: resumed from the file, its table printed.
+    run = subprocess.run(cmd[:-3] + ["-o", out], capture_output=True, text=True, check=False)
+    check(f"({usable:.1f}) GiB" in run.stdout, f"the table shows the usable {usable:.1f} GiB", run.stdout)
 
 
 if __name__ == "__main__":

@@ -195,3 +195,42 @@ TEST_CASE("sim::profile: a collective line's kind and span are enums, read and w
       profile_from_json(R"({"schema_version": 1, "collectives": [{"algorithm": "ring", "protocol": "ll"}]})", "p.json"),
       twinstep_contains("p.json: /collectives/0/span: missing required field \"span\""));
 }
+
+TEST_CASE("sim::profile: a collective line's latencies and bus bandwidth are optional both ways", "[sim][profile]") {
+  // Read without them: unknown (negative), the cost model keeps its own figures.
+  const Profile p = profile_from_json(
+      R"({"schema_version": 1, "collectives": [{"algorithm": "ring", "protocol": "ll", "span": "intra"},
+            {"algorithm": "tree", "protocol": "simple", "span": "inter", "bus_bandwidth": "40 GB/s"}]})",
+      "p.json");
+  REQUIRE(p.collectives.size() == 2);
+  CHECK(p.collectives[0].bus_bytes_per_s < 0);
+  CHECK(p.collectives[0].base_latency_s < 0);
+  CHECK(p.collectives[0].step_latency_s < 0);
+  // Written without them, and read back to the same line.
+  const std::string written = profile_to_json(p);
+  const auto count = [&](const std::string& key) {
+    std::size_t n = 0;
+    for (auto at = written.find(key); at != std::string::npos; at = written.find(key, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count("\"bus_bandwidth\"") == 1);  // the second line's only
+  CHECK(count("\"base_latency\"") == 0);
+  CHECK(count("\"step_latency\"") == 0);
+  const Profile back = profile_from_json(profile_to_json(p), "back.json");
+  REQUIRE(back.collectives.size() == 2);
+  CHECK(back.collectives[0].bus_bytes_per_s == p.collectives[0].bus_bytes_per_s);
+  CHECK(back.collectives[0].base_latency_s == p.collectives[0].base_latency_s);
+  CHECK(back.collectives[1].bus_bytes_per_s == 40e9);
+  CHECK(profile_to_json(back) == profile_to_json(p));
+  // Present, it must be a positive bandwidth: the message names the file, the field and the fix.
+  for (const char* bad : {"0", "\"0 GB/s\"", "-5"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_WITH(
+        profile_from_json(std::string(R"({"schema_version": 1, "collectives": [{"algorithm": "ring", "protocol": "ll",
+            "span": "intra", "bus_bandwidth": )") +
+                              bad + "}]}",
+                          "p.json"),
+        twinstep_contains("p.json: /collectives/0/bus_bandwidth: must be positive") &&
+            twinstep_contains("leave the field out to keep the topology's link bandwidth"));
+  }
+}

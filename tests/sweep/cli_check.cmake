@@ -4,6 +4,9 @@
 #   outputs    issue 20 item 11: an output in a missing folder, or a folder as output, fails (exit 2) before any
 #              point is evaluated, naming the flag and the path
 #   dry_run    issue 20 item 7: --dry-run counts the points the lowering's checks reject, not only the layout rules'
+#   all_invalid issue 16 (new users): a sweep whose every point is invalid fails (exit 2) naming the flag and its
+#              usable values, writing nothing; one with a valid point runs (exit 0) and its table shows the reason's
+#              numbers, not "#"
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 set(base sweep --model ${TINY} --cluster dgx-h100 --seq 256 -j 1)
@@ -77,6 +80,29 @@ elseif(CASE STREQUAL "dry_run")
   if(EXISTS ${WORK}/d.jsonl)
     message(FATAL_ERROR "--dry-run wrote the output")
   endif()
+elseif(CASE STREQUAL "all_invalid")
+  run(2 ${base} --gpus 4 --tp 3 --gbs 8 -o ${WORK}/a.jsonl)
+  expect("every one of the 1 points is invalid, nothing to simulate")
+  expect("1 x tp x pp x cp = 3 does not divide 4 GPUs")
+  expect("fix: --tp 3 \\(sweep file: parallel/tp\\): no valid layout of [^ ]*tiny.json on 4 GPUs \\(gbs 8, seq 256\\) has tp 3; the valid layouts use tp 1, 2, 4")
+  if(EXISTS ${WORK}/a.jsonl)
+    message(FATAL_ERROR "an all-invalid sweep wrote its output")
+  endif()
+  run(2 ${base} --gpus 4 --tp 3 --gbs 8 --dry-run)
+  expect("INVALID: tp x pp x cp = 3 does not divide 4 GPUs")
+  expect("every one of the 1 points is invalid")
+  # Each list has a usable size, no combination is valid: one valid layout named.
+  run(2 ${base} --gpus 4 --tp 4 --pp 2 --gbs 8 -o ${WORK}/a.jsonl)
+  expect("fix: no combination of the --tp/--pp/--vpp/--cp/--ep lists is valid for [^ ]*tiny.json on 4 GPUs")
+  # One valid point of two: the sweep runs; the table prints the invalid point's reason with its numbers.
+  run(0 ${base} --gpus 4 --tp 2,3,6 --gbs 8 -o ${WORK}/b.jsonl)
+  expect("2 x invalid: tp x pp x cp = 3 does not divide 4 GPUs  \\(point 1; the others' numbers differ\\)")
+  if(all MATCHES "= # does not divide")
+    message(FATAL_ERROR "the table prints # for the reason's numbers:\n${all}")
+  endif()
+  # A shard whose own points are all invalid runs when another shard has a valid one (point 0 here).
+  run(0 ${base} --gpus 4 --tp 2,3 --gbs 8 --shard 1/2 -o ${WORK}/c.jsonl)
+  expect("1 x invalid: tp x pp x cp = 3 does not divide 4 GPUs\n")
 else()
   message(FATAL_ERROR "unknown CASE ${CASE}")
 endif()

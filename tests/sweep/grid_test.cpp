@@ -151,6 +151,32 @@ TEST_CASE("sweep::expand: order, keys and invalid points", "[sweep]") {
                     twinstep_contains("--overlap: unknown overlap mode \"warp\""));
 }
 
+TEST_CASE("sweep::invalid_layout_fixes: the flag at fault and the sizes the valid layouts use", "[sweep]") {
+  // tiny: 8 heads, 4 query groups, ffn 512, 4 layers; 4 GPUs of one 8-GPU node, gbs 8, seq 256.
+  sweep::Spec s = tiny_spec();
+  s.auto_layout = false;
+  s.tp = {3};
+  const auto tp3 = sweep::invalid_layout_fixes(s);
+  REQUIRE(tp3.size() == 1);
+  CHECK(tp3[0] == "--tp 3 (sweep file: parallel/tp): no valid layout of " + kTiny +
+                      " on 4 GPUs (gbs 8, seq 256) has tp 3; the valid layouts use tp 1, 2, 4");
+  // Two lists at fault at once: each named.
+  s.pp = {3, 5};
+  const auto both = sweep::invalid_layout_fixes(s);
+  REQUIRE(both.size() == 2);
+  CHECK(both[1].rfind("--pp 3, 5 (sweep file: parallel/pp): ", 0) == 0);
+  CHECK(both[1].find("the valid layouts use pp 1, 2, 4") != std::string::npos);
+  // Each list has a usable size, their product does not divide the GPUs: one valid layout instead.
+  s.tp = {4};
+  s.pp = {2};
+  const auto combo = sweep::invalid_layout_fixes(s);
+  REQUIRE(combo.size() == 1);
+  CHECK(combo[0] == "no combination of the --tp/--pp/--vpp/--cp/--ep lists is valid for " + kTiny +
+                        " on 4 GPUs (gbs 8, seq 256); a valid one: tp1 pp1 vpp1 cp1 ep1 dp4 mbs1");
+  // Auto layouts have nothing to fix.
+  CHECK(sweep::invalid_layout_fixes(tiny_spec()).empty());
+}
+
 TEST_CASE("sweep::spec_from_json: fields, scalars for lists, errors", "[sweep]") {
   const auto s = sweep::spec_from_json(
       R"({"models": "llama3-8b", "clusters": ["dgx-h100"], "gpus": [8, 16], "gbs": 64,

@@ -219,9 +219,20 @@ TEST_CASE("sweep::reasons_not_run: one line per reason, numbers blanked, most fr
   CHECK(reasons[0].status == sweep::PointStatus::kDoesNotFit);
   CHECK(reasons[0].reason == "needs # GiB per GPU (memory estimate), the GPU has # GiB");
   CHECK(results[reasons[0].example].index == 20);
+  CHECK(reasons[0].numbers_differ);
   bool named = false;
-  for (const auto& r : reasons) named |= r.reason == "llama3-8b: tp2 needs # heads";
+  for (const auto& r : reasons) {
+    if (r.reason != "llama3-8b: tp2 needs # heads") continue;
+    named = true;
+    CHECK_FALSE(r.numbers_differ);  // one point: its reason is the example's
+  }
   CHECK(named);
+  // The table prints the example's numbers, never the "#" pattern.
+  const std::string table = sweep::format_table(sweep::rank_results(results), results, 10);
+  CHECK(table.find("2 x does_not_fit: needs 93.2 GiB per GPU (memory estimate), the GPU has 79.6 GiB  (point 20; the "
+                   "others' numbers differ)") != std::string::npos);
+  CHECK(table.find("1 x does_not_fit: llama3-8b: tp2 needs 8 heads\n") != std::string::npos);
+  CHECK(table.find("needs # ") == std::string::npos);
 }
 
 TEST_CASE("sweep::render_html: a sortable ranked table of every simulated point, not-run points by reason", "[sweep]") {
