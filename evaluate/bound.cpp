@@ -1,68 +1,49 @@
-// A lower bound on the simulated step time from each stage's kernels (evaluate/bound.hpp).
+// A lower bound on the simulated step time from the longest paths of one rank per stage (evaluate/bound.hpp).
 #include "evaluate/bound.hpp"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <map>
-#include <tuple>
 #include <utility>
-#include <variant>
 
 #include "common/error.hpp"
 #include "common/units.hpp"
+#include "evaluate/critical_path.hpp"
+#include "evaluate/periodic.hpp"
 
 namespace twinstep::evaluate {
 namespace {
 
-/// The two sums of one lowering: per (rank, stream) the solo times of its ops, per rank its host thread's launches
-/// and host ops (seconds). Keys: {rank, stream}; stream kHostThread for the host thread.
-constexpr std::uint32_t kHostThread = UINT32_MAX;
-using Sums = std::map<std::pair<schedule::RankId, std::uint32_t>, double>;
-
-Sums sums_of(const schedule::Schedule& s, const sim::CostModel& costs, bool count_comm) {
-  Sums out;
-  std::map<std::tuple<schedule::CommId, schedule::CollectiveKind, std::uint64_t>, double> collective_s;
-  for (const auto& op : s.ops) {
-    if (const auto* h = std::get_if<schedule::Host>(&op.body)) {
-      out[{op.rank, kHostThread}] += to_seconds(h->duration_ns);
-      continue;
-    }
-    out[{op.rank, kHostThread}] += to_seconds(costs.launch_ns(op));
-    double& stream = out[{op.rank, op.stream}];
-    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) {
-      stream += costs.kernel_cost(*c, op.name).solo_time_s();
-    } else if (!count_comm) {
-      continue;
-    } else if (const auto* snd = std::get_if<schedule::Send>(&op.body)) {
-      stream += costs.p2p_cost(static_cast<double>(snd->bytes), op.rank, snd->peer).time_s();
-    } else if (const auto* rcv = std::get_if<schedule::Recv>(&op.body)) {
-      stream += costs.p2p_cost(static_cast<double>(rcv->bytes), rcv->peer, op.rank).time_s();
-    } else if (const auto* coll = std::get_if<schedule::Collective>(&op.body);
-               coll != nullptr && coll->kind != schedule::CollectiveKind::kAllToAll) {
-      const auto key = std::make_tuple(coll->comm, coll->kind, coll->bytes);
-      auto it = collective_s.find(key);
-      if (it == collective_s.end()) {
-        const sim::CommSpan span = costs.span(s.communicators[coll->comm]);
-        it = collective_s
-                 .emplace(key, costs.collective_cost(coll->kind, static_cast<double>(coll->bytes), span).time_s())
-                 .first;
-      }
-      stream += it->second;
-    }
-  }
-  return out;
-}
-
-Sums sums_at(const models::ModelSpec& model, const sim::CostModel& costs, const models::RunConfig& config,
-             bool count_comm, std::uint64_t micro_batches) {
+CriticalPath path_at(const models::ModelSpec& model, const sim::CostModel& costs, const models::RunConfig& config,
+                     bool count_comm, std::uint64_t micro_batches) {
   models::RunConfig c = config;
   c.global_batch_size =
       static_cast<std::uint32_t>(micro_batches * config.micro_batch_size * models::derived_dp(config));
   models::LowerOptions o;
   o.one_rank_per_stage = true;
-  o.op_names = false;
-  return sums_of(models::lower(model, c, o).schedule, costs, count_comm);
+  // Names only where the profile has per-op tables (critical_path then takes the cheaper of the op's and its
+  // class's): costs never depend on them otherwise.
+  o.op_names = !costs.profile().op_compute.empty();
+  return critical_path(models::lower(model, c, o).schedule, costs, count_comm);
+}
+
+std::string describe(const StreamPath& p) {
+  char buf[240];
+  const std::string through = p.stream == kHostThreadStream ? "the host thread" : "stream " + std::to_string(p.stream);
+  std::snprintf(buf, sizeof buf,
+                "the path through %s of rank %u at solo times: %.3f ms before its first op, %.3f ms from its first "
+                "op's start to its last op's end, %.3f ms after",
+                through.c_str(), p.rank, static_cast<double>(p.head_ns) * 1e-6, static_cast<double>(p.local_ns) * 1e-6,
+                static_cast<double>(p.tail_ns) * 1e-6);
+  return buf;
+}
+
+std::string describe_sum(const StreamPath& p) {
+  return p.stream == kHostThreadStream
+             ? "the kernel launches and host ops of rank " + std::to_string(p.rank) + "'s host thread"
+             : "the ops of stream " + std::to_string(p.stream) + " of rank " + std::to_string(p.rank) +
+                   " at their solo times";
 }
 
 }  // namespace
@@ -74,35 +55,46 @@ StepBound step_lower_bound(const models::ModelSpec& model, const sim::CostModel&
     const std::uint64_t per_step = std::uint64_t{config.micro_batch_size} * models::derived_dp(config);
     if (per_step == 0 || config.global_batch_size % per_step != 0) return {};
     const std::uint64_t m = config.global_batch_size / per_step;
-    const std::uint32_t pp = config.pipeline_model_parallel_size;
-    const std::uint64_t g =
-        config.virtual_pipeline_model_parallel_size > 1
-            ? std::max<std::uint32_t>(
-                  pp, config.microbatch_group_size_per_vp_stage == 0 ? pp : config.microbatch_group_size_per_vp_stage)
-            : 1;
-    Sums at_m;
-    if (m <= 2 * g) {
-      at_m = sums_at(model, costs, config, count_comm, m);
-    } else {
-      const Sums a = sums_at(model, costs, config, count_comm, g), b = sums_at(model, costs, config, count_comm, 2 * g);
-      // Affine in the micro-batch count: the value at g plus (m - g) times the increment per micro-batch.
-      for (const auto& [key, vb] : b) {
-        const auto it = a.find(key);
-        const double va = it == a.end() ? 0.0 : it->second;
-        at_m[key] = va + (vb - va) * static_cast<double>(m - g) / static_cast<double>(g);
-      }
-    }
+    // The first two short runs of steady-state periodicity: the pipeline full, warm-up and cool-down complete.
+    const std::uint32_t group = config.microbatch_group_size_per_vp_stage == 0
+                                    ? config.pipeline_model_parallel_size
+                                    : config.microbatch_group_size_per_vp_stage;
+    const auto counts = periodic_counts(UINT32_MAX, config.pipeline_model_parallel_size,
+                                        config.virtual_pipeline_model_parallel_size, group);
     StepBound out;
-    for (const auto& [key, v] : at_m) {
-      if (v <= out.seconds) continue;
-      out.seconds = v;
-      char buf[160];
-      if (key.second == kHostThread) {
-        std::snprintf(buf, sizeof buf, "the kernel launches and host ops of rank %u's host thread", key.first);
+    if (!counts || m <= (*counts)[1]) {
+      const CriticalPath at_m = path_at(model, costs, config, count_comm, m);
+      out.seconds = to_seconds(at_m.step_ns);
+      out.what = "the longest path through one rank per stage at solo times";
+      return out;
+    }
+    const std::uint64_t g = (*counts)[0], dg = (*counts)[1] - (*counts)[0];
+    const CriticalPath a = path_at(model, costs, config, count_comm, g);
+    const CriticalPath b = path_at(model, costs, config, count_comm, g + dg);
+    std::map<std::pair<schedule::RankId, schedule::StreamId>, const StreamPath*> at_g;
+    for (const StreamPath& p : a.streams) at_g[{p.rank, p.stream}] = &p;
+    for (const StreamPath& pb : b.streams) {
+      const auto it = at_g.find({pb.rank, pb.stream});
+      if (it == at_g.end()) continue;  // a stream without ops at g: no line through two lowerings
+      const StreamPath& pa = *it->second;
+      StreamPath p = pb;
+      p.head_ns = std::min(pa.head_ns, pb.head_ns);
+      p.tail_ns = std::min(pa.tail_ns, pb.tail_ns);
+      // Affine in the micro-batch count: the value at g plus (m - g) times the increment per micro-batch.
+      const double local = static_cast<double>(pa.local_ns) + static_cast<double>(pb.local_ns - pa.local_ns) *
+                                                                  static_cast<double>(m - g) / static_cast<double>(dg);
+      const double path = (static_cast<double>(p.head_ns) + local + static_cast<double>(p.tail_ns)) * 1e-9;
+      const double sum = (static_cast<double>(pa.sum_ns) + static_cast<double>(pb.sum_ns - pa.sum_ns) *
+                                                               static_cast<double>(m - g) / static_cast<double>(dg)) *
+                         1e-9;
+      if (std::max(path, sum) <= out.seconds) continue;
+      out.seconds = std::max(path, sum);
+      if (path >= sum) {
+        p.local_ns = static_cast<Nanos>(local);
+        out.what = describe(p);
       } else {
-        std::snprintf(buf, sizeof buf, "the ops of stream %u of rank %u at their solo times", key.second, key.first);
+        out.what = describe_sum(p);
       }
-      out.what = buf;
     }
     return out;
   } catch (const Error&) {

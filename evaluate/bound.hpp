@@ -1,17 +1,16 @@
-// A lower bound on a point's simulated step time, from its kernels, without simulating it: what lets a sweep prune a
-// layout that cannot win (sweep/evaluate_point.cpp). It holds for the simulator's semantics (sim/core.cpp) under
-// either resource model:
-// - a rank's host thread issues its GPU ops one after another, each launch taking CostModel::launch_ns (a host op
-//   its own duration), so the step lasts at least the sum over the ops of any one rank;
-// - a stream runs its ops in order, and no compute kernel runs faster than alone (KernelCost::solo_time_s: sharing
-//   SMs, HBM or waves only stretches it, sim/analytic_model.cpp), so the step lasts at least the sum of the solo
-//   times of the kernels of any one stream of any rank; under the analytic model no send, recv or collective (but
-//   all-to-all, whose cost the model takes over the members' traffic) runs faster than its cost either
-//   (CostModel::p2p_cost, collective_cost; sharing a NIC only stretches it), so their solo times join the sum. Not
-//   under flow, whose flows are sized on a fabric without oversubscription.
-// Any subset of ranks gives a bound, so one rank per pipeline stage is lowered (models::LowerOptions::
-// one_rank_per_stage); both sums are affine in the micro-batch count (every micro-batch adds the same ops to every
-// rank), so two lowerings at g and 2 g micro-batches (g: the interleaving group, 1 without) give them at any count.
+// A lower bound on a point's simulated step time, without simulating it: what lets a sweep prune a layout that
+// cannot win (sweep/evaluate_point.cpp). One rank per pipeline stage is lowered (models::LowerOptions::
+// one_rank_per_stage: every simulated schedule holds these ranks with these ops) and its happens-before graph is
+// walked with every op at its solo time (evaluate/critical_path.hpp: a lower bound on every simulated time under
+// either resource model; communication counted under analytic only). That sees the pipeline's fill and drain, the
+// communication a stage's kernels wait for and its host thread, which a sum per stream does not.
+// A step of m micro-batches is bounded from two lowerings at g and 2 g micro-batches (g: the interleaving group, 1
+// without), through each (rank, stream) X..Y: the path to X's start (the fill before the stream's first op), the
+// rank's own longest path from X's start to Y's end (its stream's ops and what they wait for on the rank), and the
+// path from Y's end to the step's end (the drain). The first and last ops and their ancestors and descendants are the
+// warm-up and cool-down, the same at any count from g on (the smaller of the two lowerings' figures is taken); every
+// micro-batch adds the same ops to every rank, so the rank's own path is affine in the count (taken through the two
+// lowerings). A step of at most 2 g micro-batches is lowered as is and its longest path is the bound.
 #pragma once
 
 #include <string>
@@ -26,11 +25,11 @@ namespace twinstep::evaluate {
 
 struct StepBound {
   double seconds = 0;  ///< 0: no bound (a probe is not a valid layout).
-  std::string what;    ///< Which sum gives it: "the ops of stream 0 of rank 8 at their solo times".
+  std::string what;    ///< Which path gives it: "the path through stream 0 of rank 8: ...".
 };
 
-/// The larger of the two sums above for `config` simulated at `fidelity` (its micro-batch count extrapolated from the
-/// two probes). Cheap next to a simulation: one rank per stage, 3 g micro-batches lowered in all, nothing simulated.
+/// The longest of the paths above for `config` simulated at `fidelity`. Cheap next to a simulation: one rank per
+/// stage, 3 g micro-batches lowered in all, nothing simulated.
 [[nodiscard]] StepBound step_lower_bound(const models::ModelSpec& model, const sim::CostModel& costs,
                                          const models::RunConfig& config, sim::Fidelity fidelity);
 

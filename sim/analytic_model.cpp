@@ -79,40 +79,6 @@ struct HeapEntry {
   bool operator>(const HeapEntry& o) const { return time != o.time ? time > o.time : id > o.id; }
 };
 
-/// Hash of a compute op's kernel and SM reservation, for the per-simulation kernel cost cache.
-struct ComputeHash {
-  std::size_t operator()(const schedule::Compute& c) const {
-    std::uint64_t h = kFnvOffsetBasis;
-    fnv_mix(h, c.kernel.index());
-    fnv_mix(h, c.sm_count);
-    std::visit(
-        [&](const auto& k) {
-          using T = std::decay_t<decltype(k)>;
-          if constexpr (std::is_same_v<T, schedule::Gemm>) {
-            fnv_mix(h, k.m), fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, k.batch),
-                fnv_mix(h, static_cast<std::uint64_t>(k.dtype)), fnv_mix(h, k.accumulate_fp32 ? 1u : 0u);
-          } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
-            for (auto m : k.m) fnv_mix(h, m);
-            fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
-            fnv_mix(h, k.accumulate_fp32 ? 1u : 0u);
-          } else if constexpr (std::is_same_v<T, schedule::Attention>) {
-            fnv_mix(h, k.batch), fnv_mix(h, k.heads_q), fnv_mix(h, k.heads_kv), fnv_mix(h, k.seq_q),
-                fnv_mix(h, k.seq_kv);
-            fnv_mix(h, k.head_dim), fnv_mix(h, (k.causal ? 1u : 0u) | (k.backward ? 2u : 0u));
-            fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
-          } else if constexpr (std::is_same_v<T, schedule::Elementwise>) {
-            fnv_mix(h, k.bytes), fnv_mix(h, k.flops);
-          } else if constexpr (std::is_same_v<T, schedule::Optimizer>) {
-            fnv_mix(h, k.params), fnv_mix(h, static_cast<std::uint64_t>(k.param_dtype));
-          } else {
-            fnv_mix(h, k.bytes), fnv_mix(h, static_cast<std::uint64_t>(k.kind));
-          }
-        },
-        c.kernel);
-    return h;
-  }
-};
-
 /// A collective's cost inputs besides its communicator's span (which is fixed per communicator).
 struct CollectiveKey {
   schedule::CommId comm = 0;

@@ -8,9 +8,11 @@
 #include <limits>
 #include <set>
 #include <type_traits>
+#include <variant>
 
 #include "common/assert.hpp"
 #include "common/enum_names.hpp"
+#include "common/hash.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
 #include "schedule/op_kind.hpp"
@@ -156,6 +158,36 @@ Profile Profile::datasheet_defaults() {
   p.launch_s = {{"compute", 4.24 * kUs}, {"memcpy", 4.24 * kUs}, {"collective", 4.24 * kUs},
                 {"send", 4.24 * kUs},    {"recv", 4.24 * kUs},   {"host_sync", 0.0}};
   return p;
+}
+
+std::size_t ComputeHash::operator()(const schedule::Compute& c) const {
+  std::uint64_t h = kFnvOffsetBasis;
+  fnv_mix(h, c.kernel.index());
+  fnv_mix(h, c.sm_count);
+  std::visit(
+      [&](const auto& k) {
+        using T = std::decay_t<decltype(k)>;
+        if constexpr (std::is_same_v<T, schedule::Gemm>) {
+          fnv_mix(h, k.m), fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, k.batch),
+              fnv_mix(h, static_cast<std::uint64_t>(k.dtype)), fnv_mix(h, k.accumulate_fp32 ? 1u : 0u);
+        } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
+          for (auto m : k.m) fnv_mix(h, m);
+          fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
+          fnv_mix(h, k.accumulate_fp32 ? 1u : 0u);
+        } else if constexpr (std::is_same_v<T, schedule::Attention>) {
+          fnv_mix(h, k.batch), fnv_mix(h, k.heads_q), fnv_mix(h, k.heads_kv), fnv_mix(h, k.seq_q), fnv_mix(h, k.seq_kv);
+          fnv_mix(h, k.head_dim), fnv_mix(h, (k.causal ? 1u : 0u) | (k.backward ? 2u : 0u));
+          fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
+        } else if constexpr (std::is_same_v<T, schedule::Elementwise>) {
+          fnv_mix(h, k.bytes), fnv_mix(h, k.flops);
+        } else if constexpr (std::is_same_v<T, schedule::Optimizer>) {
+          fnv_mix(h, k.params), fnv_mix(h, static_cast<std::uint64_t>(k.param_dtype));
+        } else {
+          fnv_mix(h, k.bytes), fnv_mix(h, static_cast<std::uint64_t>(k.kind));
+        }
+      },
+      c.kernel);
+  return h;
 }
 
 double KernelCost::solo_time_s() const {

@@ -4,6 +4,7 @@
 // and send/recv per peer, and launch costs. Sharing between concurrent activities is the resource model's job.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -289,6 +290,12 @@ struct KernelCost {
   std::uint64_t tiles = 0;         ///< CTAs of a tiled kernel (wave quantization); 0 = not tiled.
   std::uint32_t reserved_sms = 0;  ///< > 0: the kernel holds these SMs (fused comm kernels).
   [[nodiscard]] double solo_time_s() const;
+};
+
+/// Hash of a compute op's kernel and SM reservation: the key of kernel cost caches (the analytic model's per
+/// simulation, evaluate/critical_path's), which look a shape's cost up once however often the step repeats it.
+struct ComputeHash {
+  [[nodiscard]] std::size_t operator()(const schedule::Compute& c) const;
 };
 
 /// How a collective (or p2p transfer) runs when nothing else shares its resources.

@@ -328,9 +328,8 @@ TEST_CASE("sweep::read_measured: a measured trace matches the point whose full s
   CHECK(*m[0].match == want);
 }
 
-TEST_CASE("sweep::run_sweep: pruning skips points that cannot win, each with a bound above the best", "[sweep]") {
-  // Every layout of the tiny model on 8 GPUs: the CP rings over 64- and 128-token chunks launch many tiny kernels
-  // and cannot beat the layouts without CP.
+/// Every layout of the tiny model on 8 GPUs (--parallel auto), GBS 32, sequence 1024.
+sweep::Spec tiny_auto_layouts() {
   sweep::Spec s;
   s.models = {kTiny};
   s.clusters = {"dgx-h100"};
@@ -338,8 +337,14 @@ TEST_CASE("sweep::run_sweep: pruning skips points that cannot win, each with a b
   s.gbs = {32};
   s.seq = {1024};
   s.auto_layout = true;
-  const auto points = sweep::expand(s);
-  const std::string dir = temp_dir("prune");
+  return s;
+}
+
+/// Runs `points` with pruning (one worker: cheapest first, in order) and without, and checks that pruning changed
+/// nothing but the pruned points' lines: the same best point, the same line for every point not pruned, each pruned
+/// point's bound above the best so far and below its own simulated step. At least `min_pruned` are pruned.
+void check_pruning(const std::vector<sweep::Point>& points, const std::string& name, std::size_t min_pruned) {
+  const std::string dir = temp_dir(name);
   sweep::RunOptions o = opts(dir + "/pruned.jsonl", 1);  // one worker: the cheapest points first, in order
   o.prune = true;
   const auto pruned = sweep::run_sweep(points, o);
@@ -374,8 +379,23 @@ TEST_CASE("sweep::run_sweep: pruning skips points that cannot win, each with a b
     CHECK(all[i].step_time_s >= bound);
     CHECK(all[i].step_time_s > best.step_time_s);
   }
-  CHECK(cannot_win > 0);
+  CHECK(cannot_win >= min_pruned);
   // The report counts them.
   const auto rankings = sweep::rank_results(pruned);
   CHECK(rankings[0].cannot_win == cannot_win);
+}
+
+TEST_CASE("sweep::run_sweep: pruning skips points that cannot win, each with a bound above the best", "[sweep]") {
+  // Every layout of the tiny model on 8 GPUs: the CP rings over 64- and 128-token chunks launch many tiny kernels
+  // and cannot beat the layouts without CP.
+  check_pruning(sweep::expand(tiny_auto_layouts()), "prune", 1);
+}
+
+TEST_CASE("sweep::run_sweep: pruning pipelines by their fill, drain and exposed communication keeps the best point",
+          "[sweep]") {
+  // Every layout of the tiny model on 8 GPUs with each dense overlap variant: 1F1B and interleaved pipelines, TP with
+  // and without its userbuffer ring, CP rings, DP; most of them cannot beat the best.
+  sweep::Spec s = tiny_auto_layouts();
+  s.overlaps = sweep::split_modes("none,dp,tp,all", "overlaps", models::parse_overlap_variant);
+  check_pruning(sweep::expand(s), "prune-pipelines", 10);
 }
