@@ -216,19 +216,21 @@ struct KernelClassIndex {
 
 int kernel_class_index(const schedule::Kernel& k) { return std::visit(KernelClassIndex{}, k); }
 
-/// HBM bytes an accumulating GEMM's epilogue moves beyond a plain one's: per output element an fp32 read and write
-/// instead of one write of the output dtype.
-double gemm_accumulate_extra_bytes(const schedule::Gemm& g) {
-  const double per = schedule::gemm_epilogue_bytes(g.dtype, true) - schedule::gemm_output_bytes(g.dtype);
-  return per * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.batch);
-}
-double gemm_accumulate_extra_bytes(const schedule::GroupedGemm& g) {
-  const double per = schedule::gemm_epilogue_bytes(g.dtype, true) - schedule::gemm_output_bytes(g.dtype);
-  double rows = 0;
-  for (auto m : g.m) rows += static_cast<double>(m);
-  return per * rows * static_cast<double>(g.n);
-}
 }  // namespace
+
+double accumulate_epilogue_extra_bytes(const schedule::Kernel& kernel) {
+  if (const auto* g = std::get_if<schedule::Gemm>(&kernel); g != nullptr && g->accumulate_fp32) {
+    const double per = schedule::gemm_epilogue_bytes(g->dtype, true) - schedule::gemm_output_bytes(g->dtype);
+    return per * static_cast<double>(g->m) * static_cast<double>(g->n) * static_cast<double>(g->batch);
+  }
+  if (const auto* g = std::get_if<schedule::GroupedGemm>(&kernel); g != nullptr && g->accumulate_fp32) {
+    const double per = schedule::gemm_epilogue_bytes(g->dtype, true) - schedule::gemm_output_bytes(g->dtype);
+    double rows = 0;
+    for (auto m : g->m) rows += static_cast<double>(m);
+    return per * rows * static_cast<double>(g->n);
+  }
+  return 0.0;
+}
 
 CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
     : cluster_(cluster), profile_(std::move(profile)) {
@@ -360,10 +362,8 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c, std::string_view o
           // An accumulating GEMM (gradient_accumulation_fusion) read from a table measured without the epilogue:
           // the GEMM time plus its epilogue's extra HBM traffic, an fp32 read and write of C instead of the output
           // dtype's write (docs/calibration.md, "Accumulating GEMMs").
-          if constexpr (requires { kern.accumulate_fp32; }) {
-            if (kern.accumulate_fp32 && !epilogue_measured && k.mem_bytes_per_s > 0) {
-              k.flop_time_s += gemm_accumulate_extra_bytes(kern) / k.mem_bytes_per_s;
-            }
+          if (!epilogue_measured && k.mem_bytes_per_s > 0) {
+            k.flop_time_s += accumulate_epilogue_extra_bytes(c.kernel) / k.mem_bytes_per_s;
           }
         }
       },

@@ -197,6 +197,18 @@ Fp8Static fp8_static(const Ctx& x, const Coords& co, const TensorBytes& b) {
   return f;
 }
 
+/// gradient_accumulation_fusion off: the largest wgrad temporary of the rank's layers, the parameters' dtype x the
+/// largest linear weight (Param::fp8_numel: the weight-matrix elements of a TE/Megatron linear module); 0 with the
+/// fusion on (the GEMM writes into the main grad).
+double wgrad_temporary_bytes(const Ctx& x, const Coords& co, const TensorBytes& b) {
+  if (x.k.wgrad_add_bytes_per_element == 0) return 0.0;
+  std::uint64_t largest = 0;
+  for (std::uint32_t c = 0; c < x.k.vpp; ++c) {
+    for (const auto& p : x.params[co.pp][c]) largest = std::max(largest, p.fp8_numel);
+  }
+  return static_cast<double>(largest) * b.weight;
+}
+
 }  // namespace
 
 MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
@@ -247,7 +259,14 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   const double recompute =
       x.recompute_full ? std::max(la.dense, la.moe) * (cfg.recompute_method == RecomputeMethod::kBlock ? 1.0 : group)
                        : 0.0;
-  const double fb_transient = std::max(loss_working, recompute);
+  // Without gradient_accumulation_fusion a linear wgrad GEMM writes its gradient as a temporary in the parameters'
+  // dtype until DDP's hook has added it into the main grad: during a layer's backward the largest linear weight of the
+  // rank (a grouped expert linear's local experts together: TE's GroupedLinear allocates their wgrads at once), and
+  // at the last stage the output layer's [V_t, h] beside the loss's working memory (the logits' gradient it reads).
+  const double wgrad_temporaries = wgrad_temporary_bytes(x, co, b);
+  const double output_wgrad_temporary =
+      k.wgrad_add_bytes_per_element > 0 && last_stage ? V * static_cast<double>(k.hidden) * b.weight : 0.0;
+  const double fb_transient = std::max(loss_working + output_wgrad_temporary, recompute + wgrad_temporaries);
   // Optimizer step: main grads in a narrower dtype than the main weights are copied to the main weights' dtype for
   // their shard (Megatron's _copy_model_grads_to_main_grads: bf16 grads to fp32); Adam's temporaries per parameter
   // of the shard (0 for fused Adam).
