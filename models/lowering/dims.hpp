@@ -29,6 +29,9 @@ struct Dims {
   /// (fp8_recipe tensorwise), an amax pass before each cast. The memory estimate (memory.cpp) counts TE's fp8 weight
   /// copies, scaling state and fp8-saved linear inputs from these flags.
   bool fp8 = false, fp8_current = false;
+  /// fp8_param_gather (dtype fp8 only): TE's linear weights are fp8 parameters, gathered in fp8 by the distributed
+  /// optimizer (data_parallel.cpp param_ag_bytes(); memory.cpp counts 1 B per element plus the Hopper transpose).
+  bool fp8_param_gather = false;
   /// gradient_accumulation_fusion with fp32 main grads: linear layers' wgrad GEMMs (fp8 ones too: Transformer
   /// Engine's _Linear backward passes main_grad as the wgrad GEMM's fp32 output with accumulate) add into the main
   /// grad (Gemm::accumulate_fp32).

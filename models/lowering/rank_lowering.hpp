@@ -361,6 +361,9 @@ class RankLowering : private OpEmitter {
   // updated by the previous step's optimizer) and waited by the forward pre-hooks of the first micro-batch.
   OpId issue_param_ag(std::uint32_t chunk, std::size_t b);
   void param_gather_wait(std::uint32_t chunk, std::string_view param, std::uint32_t mb);
+  /// Bytes one rank's distributed-optimizer param all-gather of `bucket` moves: its padded elements in the parameters'
+  /// dtype, its fp8 parameters (fp8_param_gather) at 1 B.
+  std::uint64_t param_ag_bytes(const DpBucket& bucket) const;
   bool grad_hooks_enabled(std::uint32_t mb) const {
     if (!k_.grad_overlap) return false;
     if (k_.vpp > 1 && x_.cfg->align_grad_reduce) return false;  // dispatched whole-chunk by grad_sync_func
