@@ -8,6 +8,7 @@
 #include "sim/cost_model.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/run_configs.hpp"
 #include "topologies/cluster.hpp"
 
 using namespace twinstep;
@@ -55,24 +56,14 @@ void check_unfused_slower(const models::ModelSpec& m, models::RunConfig c) {
 TEST_CASE("sim: a dense step without gradient_accumulation_fusion is slower than with it", "[sim]") {
   models::ModelSpec m = models::load_model("llama3-8b");
   m.num_layers = 2;
-  models::RunConfig c;
-  c.world_size = 2;
-  c.tensor_model_parallel_size = 2;
-  c.sequence_parallel = true;
-  c.cuda_device_max_connections = 1;
-  c.seq_length = 4096;
-  c.global_batch_size = 2;
-  check_unfused_slower(m, c);
+  // TP 2 with SP, two micro-batches.
+  check_unfused_slower(m, testing::production(testing::run_config({2, 2, 1, 1, 1, 1, 1, 2, 4096})));
 }
 
 TEST_CASE("sim: an MoE step without gradient_accumulation_fusion is slower than with it", "[sim][moe]") {
   models::ModelSpec m = models::load_model("qwen3-30b-a3b");
   m.num_layers = 2;
-  models::RunConfig c;
-  c.world_size = 2;
-  c.expert_model_parallel_size = 2;
+  models::RunConfig c = testing::run_config({2, 1, 1, 1, 1, 2, 1, 4, 4096});  // EP 2, two micro-batches per rank
   c.cuda_device_max_connections = 32;
-  c.seq_length = 4096;
-  c.global_batch_size = 4;
   check_unfused_slower(m, c);
 }
