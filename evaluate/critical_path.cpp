@@ -245,8 +245,7 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
   ComputeDurations compute(costs);
   Facts f;
   f.ops.resize(n);
-  const auto cdmc = s.meta.find("cuda_device_max_connections");
-  f.one_queue = cdmc != s.meta.end() && cdmc->second == "1";
+  f.one_queue = schedule::hardware_queues(s) == 1u;
   // Each present rank's ops in program order, by dense rank index.
   std::vector<std::uint32_t> rank_index;
   std::vector<schedule::RankId> ranks;
