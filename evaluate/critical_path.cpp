@@ -36,6 +36,7 @@ struct OpFacts {
   OpKind kind = OpKind::kCompute;
   schedule::StreamId stream = 0;             ///< GPU ops.
   std::uint32_t rank = 0;                    ///< Dense index of its rank (Facts::program).
+  std::uint32_t pos = 0;                     ///< Its place in its rank's program.
   Nanos launch_ns = 0;                       ///< GPU op and host_sync: CostModel::launch_ns; host op: its duration.
   Nanos own_ns = 0;                          ///< GPU op: its duration (a coupled transfer's or instance's too).
   OpId program_prev = kNoOp;                 ///< The rank's op before it (program order).
@@ -184,26 +185,40 @@ class ComputeDurations {
   std::unordered_map<schedule::Compute, Nanos, sim::ComputeHash> by_shape_;
 };
 
-/// The rank's own longest path from the start of `ops[first]` (its issue, with `from_issue`) to the end of
-/// `ops[last]`: in_edges within the rank (a coupled op at its own duration after its own start), in program order
-/// (every such edge points forward in it). `at`: scratch by event, kUnreached on entry and on return.
-Nanos local_path(const Facts& f, const std::vector<OpId>& ops, std::size_t first, std::size_t last, bool from_issue,
-                 std::vector<Nanos>& at) {
-  const std::uint32_t source = from_issue ? issue_node(ops[first]) : start_node(ops[first]);
-  for (std::size_t i = first; i <= last; ++i) {
-    for (std::uint32_t v = issue_node(ops[i]); v <= end_node(ops[i]); ++v) {
-      Nanos best = v == source ? 0 : kUnreached;
+/// Where a (rank, stream)'s path runs in the rank's program: its first and last op's places, the sum of its ops'
+/// durations, the rank's own longest path between them. The host thread's runs through the whole program.
+struct Span {
+  std::size_t first = SIZE_MAX, last = 0;
+  Nanos sum_ns = 0;
+  Nanos local_ns = 0;
+};
+
+/// Every span's own longest path at once (StreamPath::local_ns; the last span is the host thread's): from the start
+/// of its first op (the issue, for the host thread) to the end of its last, along in_edges within the rank (a
+/// coupled op at its own duration after its own start), in program order (every such edge points forward in it).
+/// Per event one value per span, kUnreached until the span's source (kUnreached plus any path stays far below 0).
+/// `at`: scratch.
+void local_paths(const Facts& f, const std::vector<OpId>& ops, std::vector<Span>& spans, std::vector<Nanos>& at) {
+  const std::size_t k = spans.size();
+  at.resize(3 * ops.size() * k);
+  auto row = [&](std::uint32_t event) { return at.data() + (3 * std::size_t{f.ops[event / 3].pos} + event % 3) * k; };
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    const OpId o = ops[i];
+    const OpFacts& x = f.ops[o];
+    for (std::uint32_t v = issue_node(o); v <= end_node(o); ++v) {
+      Nanos* best = row(v);
+      std::fill_n(best, k, kUnreached);
       in_edges(f, v, false, [&](std::uint32_t u, Nanos w) {
-        if (at[u] != kUnreached) best = std::max(best, at[u] + w);
+        const Nanos* from = row(u);
+        for (std::size_t c = 0; c < k; ++c) best[c] = std::max(best[c], from[c] + w);
       });
-      at[v] = best;
+      if (v == issue_node(o) && i == 0) best[k - 1] = 0;  // the host thread's source
+      if (v == start_node(o) && !on_host(x.kind) && spans[x.stream].first == i) best[x.stream] = 0;
     }
   }
-  const Nanos out = std::max<Nanos>(0, at[end_node(ops[last])]);
-  for (std::size_t i = first; i <= last; ++i) {
-    std::fill_n(at.begin() + issue_node(ops[i]), 3, kUnreached);
+  for (std::size_t c = 0; c < k; ++c) {
+    if (spans[c].first != SIZE_MAX) spans[c].local_ns = std::max<Nanos>(0, row(end_node(ops[spans[c].last]))[c]);
   }
-  return out;
 }
 
 /// The earliest time of every event (every event at or after 0), settled rank by rank as far as each can go: its
@@ -331,6 +346,7 @@ Facts facts_of(const schedule::Schedule& s, const sim::CostModel& costs, bool co
     x.rank = rank_index[op.rank];
     std::vector<OpId>& program = f.program[x.rank];
     x.program_prev = program.empty() ? kNoOp : program.back();
+    x.pos = static_cast<std::uint32_t>(program.size());
     program.push_back(o);
     if (x.kind == OpKind::kHost) {
       x.launch_ns = std::get<schedule::Host>(op.body).duration_ns;
@@ -395,44 +411,41 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
 
   CriticalPath out;
   for (const Nanos v : t) out.step_ns = std::max(out.step_ns, v);
-  std::vector<Nanos> scratch(3 * f.ops.size(), kUnreached);
-  // Per rank, ascending: per stream with ops its first and last op's places in program order and its sum.
+  std::vector<Nanos> scratch;
+  // Per rank, ascending: per stream with ops (and the host thread, the last span) its path's pieces.
   std::vector<std::uint32_t> by_rank(f.ranks.size());
   for (std::uint32_t r = 0; r < f.ranks.size(); ++r) by_rank[r] = r;
   std::sort(by_rank.begin(), by_rank.end(), [&](std::uint32_t a, std::uint32_t b) { return f.ranks[a] < f.ranks[b]; });
-  struct Span {
-    std::size_t first = SIZE_MAX, last = 0;
-    Nanos sum_ns = 0;
-  };
-  std::vector<Span> spans(f.n_streams);
+  std::vector<Span> spans(f.n_streams + 1);
   for (const std::uint32_t r : by_rank) {
     const std::vector<OpId>& ops = f.program[r];
     std::fill(spans.begin(), spans.end(), Span{});
-    Nanos host_sum = 0;
+    Span& host = spans.back();
+    host.first = 0;
+    host.last = ops.size() - 1;
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const OpFacts& x = f.ops[ops[i]];
-      host_sum += x.launch_ns;
+      host.sum_ns += x.launch_ns;
       if (on_host(x.kind)) continue;
       Span& sp = spans[x.stream];
       sp.first = std::min(sp.first, i);
       sp.last = i;
       sp.sum_ns += x.own_ns;
     }
-    auto add_path = [&](schedule::StreamId stream, std::size_t first, std::size_t last, bool from_issue, Nanos sum) {
+    local_paths(f, ops, spans, scratch);
+    for (std::size_t st = 0; st < spans.size(); ++st) {
+      const Span& sp = spans[st];
+      if (sp.first == SIZE_MAX) continue;
+      const bool thread = &sp == &host;
       StreamPath p;
       p.rank = f.ranks[r];
-      p.stream = stream;
-      p.head_ns = from_issue ? t[issue_node(ops[first])] : t[start_node(ops[first])];
-      p.local_ns = local_path(f, ops, first, last, from_issue, scratch);
-      p.tail_ns = q[end_node(ops[last])];
-      p.sum_ns = sum;
+      p.stream = thread ? kHostThreadStream : static_cast<schedule::StreamId>(st);
+      p.head_ns = thread ? t[issue_node(ops[sp.first])] : t[start_node(ops[sp.first])];
+      p.local_ns = sp.local_ns;
+      p.tail_ns = q[end_node(ops[sp.last])];
+      p.sum_ns = sp.sum_ns;
       out.streams.push_back(p);
-    };
-    for (std::size_t st = 0; st < f.n_streams; ++st) {
-      if (spans[st].first != SIZE_MAX)
-        add_path(static_cast<schedule::StreamId>(st), spans[st].first, spans[st].last, false, spans[st].sum_ns);
     }
-    add_path(kHostThreadStream, 0, ops.size() - 1, true, host_sum);
   }
   return out;
 }
