@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <map>
 #include <tuple>
@@ -239,8 +240,7 @@ class Forward {
       const std::uint32_t r = work_.back();
       work_.pop_back();
       queued_[r] = false;
-      while (advance(r)) {
-      }
+      advance(r);
     }
     TWINSTEP_ASSERT(order.size() == time.size(),
                     "critical_path: the happens-before graph has a cycle (%zu of %zu events settled)", order.size(),
@@ -256,6 +256,7 @@ class Forward {
   std::vector<OpId> head_;           ///< By (dense rank, stream): the first op not yet ended.
   std::vector<bool> queued_;         ///< By dense rank: in work_.
   std::vector<std::uint32_t> work_;  ///< Ranks to visit.
+  std::vector<std::uint64_t> heap_;  ///< advance's heads, a min-heap.
 
   /// Settles `v` if every edge into it comes from a settled event; whether it is settled.
   bool settle(std::uint32_t v) {
@@ -275,35 +276,52 @@ class Forward {
     return true;
   }
 
-  /// One round over rank `r`'s host thread and streams; whether it settled anything.
-  bool advance(std::uint32_t r) {
-    const std::size_t before = order.size();
+  /// One pass over rank `r` in program order: its host thread and each stream from where it stopped, the op with the
+  /// earliest place first (the thread before a GPU op at the same place). Every edge within a rank points forward in
+  /// program order, so what the pass leaves unsettled waits for another rank (a coupled group not complete), and
+  /// the rank is visited again when such a group completes.
+  void advance(std::uint32_t r) {
     const std::vector<OpId>& ops = f_.program[r];
-    for (std::size_t& i = cursor_[r]; i < ops.size(); ++i) {  // a host op or host_sync ends on the thread
-      const OpId o = ops[i];
-      if (!settle(issue_node(o))) break;
-      if (on_host(f_.ops[o].kind) && !(settle(start_node(o)) && settle(end_node(o)))) break;
-    }
+    // Keys place << 16 | slot: slot 0 the host thread at cursor_[r], slot s + 1 the head of stream s.
+    auto push = [&](OpId o, std::size_t slot) {
+      heap_.push_back(std::uint64_t{f_.ops[o].pos} << 16 | slot);
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<>{});
+    };
+    heap_.clear();
+    if (cursor_[r] < ops.size()) push(ops[cursor_[r]], 0);
     for (std::size_t st = 0; st < f_.n_streams; ++st) {
-      for (OpId& o = head_[r * f_.n_streams + st]; o != kNoOp; o = f_.ops[o].stream_next) {
-        if (!settle(start_node(o))) break;
-        const std::uint32_t g = f_.ops[o].group;
-        if (g != UINT32_MAX && time[group_node(f_, g)] == kUnreached) {
-          if (!settle(group_node(f_, g))) break;
-          for (std::uint32_t k = f_.group_first[g]; k < f_.group_first[g + 1]; ++k) {
-            const OpId member = f_.group_ops[k];
-            settle(end_node(member));
-            const std::uint32_t mr = f_.ops[member].rank;
-            if (mr != r && !queued_[mr]) {
-              queued_[mr] = true;
-              work_.push_back(mr);
-            }
+      if (head_[r * f_.n_streams + st] != kNoOp) push(head_[r * f_.n_streams + st], st + 1);
+    }
+    while (!heap_.empty()) {
+      std::pop_heap(heap_.begin(), heap_.end(), std::greater<>{});
+      const auto slot = static_cast<std::size_t>(heap_.back() & 0xFFFF);
+      heap_.pop_back();
+      if (slot == 0) {  // the host thread: a host op or host_sync ends on it
+        const OpId o = ops[cursor_[r]];
+        if (!settle(issue_node(o))) continue;
+        if (on_host(f_.ops[o].kind) && !(settle(start_node(o)) && settle(end_node(o)))) continue;
+        if (++cursor_[r] < ops.size()) push(ops[cursor_[r]], 0);
+        continue;
+      }
+      OpId& o = head_[r * f_.n_streams + slot - 1];
+      if (!settle(start_node(o))) continue;
+      const std::uint32_t g = f_.ops[o].group;
+      if (g != UINT32_MAX && time[group_node(f_, g)] == kUnreached) {
+        if (!settle(group_node(f_, g))) continue;
+        for (std::uint32_t k = f_.group_first[g]; k < f_.group_first[g + 1]; ++k) {
+          const OpId member = f_.group_ops[k];
+          settle(end_node(member));
+          const std::uint32_t mr = f_.ops[member].rank;
+          if (mr != r && !queued_[mr]) {
+            queued_[mr] = true;
+            work_.push_back(mr);
           }
         }
-        if (!settle(end_node(o))) break;
       }
+      if (!settle(end_node(o))) continue;
+      o = f_.ops[o].stream_next;
+      if (o != kNoOp) push(o, slot);
     }
-    return order.size() > before;
   }
 };
 
