@@ -1,14 +1,17 @@
 // `twinstep run`: executes a schedule on real GPUs through the CUDA/NCCL backend, one process per GPU under
 // mpirun/srun (or one process for a one-GPU schedule), and writes the measured trace (rank 0 writes it).
 // Without the backend in the binary, `run` still exists and says how to build it (exit 2).
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "cli/commands.hpp"
 #include "common/error.hpp"
 #include "schedule/json.hpp"
+#include "schedule/schedule.hpp"
 #include "schedule/validate.hpp"
 #include "sim/simulate.hpp"
 
@@ -36,15 +39,9 @@ struct RunArgs {
 /// run uses, for the trace.
 [[maybe_unused]] std::string apply_hardware_queues(const schedule::Schedule& s, const std::string& path) {
   const char* env = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");  // NOLINT(concurrency-mt-unsafe): single-threaded
-  const auto it = s.meta.find("cuda_device_max_connections");
-  if (it == s.meta.end()) return env != nullptr ? std::string(env) : std::string("unset (CUDA's default, 8)");
-  const std::string& want = it->second;
-  char* end = nullptr;
-  const long n = std::strtol(want.c_str(), &end, 10);
-  if (want.empty() || *end != '\0' || n < 1 || n > 32) {
-    throw Error(path + ": meta.cuda_device_max_connections is '" + want +
-                "', not an integer in [1, 32] (CUDA_DEVICE_MAX_CONNECTIONS); lower the schedule again with --cdmc N");
-  }
+  const std::optional<std::uint32_t> queues = schedule::hardware_queues(s, path);
+  if (!queues) return env != nullptr ? std::string(env) : std::string("unset (CUDA's default, 8)");
+  const std::string want = std::to_string(*queues);
   if (env != nullptr && want != env) {
     throw Error(path + ": the schedule was lowered for CUDA_DEVICE_MAX_CONNECTIONS=" + want +
                 " (meta.cuda_device_max_connections) but the environment sets it to " + env +
@@ -72,7 +69,7 @@ void run_command(const RunArgs& a) {
   options.timeout_s = a.timeout_s;
   schedule::Trace trace = runtime.execute(s, options);
   trace.context["schedule_file"] = a.schedule_path;
-  trace.context["cuda_device_max_connections"] = queues;
+  trace.context[schedule::kHardwareQueuesKey] = queues;
   trace.context["command"] = "twinstep run --warmup " + std::to_string(a.warmup) + " --steps " +
                              std::to_string(a.steps) + " --timeout-s " + std::to_string(a.timeout_s);
   if (runtime.rank() == 0) {

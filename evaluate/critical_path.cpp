@@ -334,8 +334,7 @@ Facts facts_of(const schedule::Schedule& s, const sim::CostModel& costs, bool co
   ComputeDurations compute(costs);
   Facts f;
   f.ops.resize(n);
-  const auto cdmc = s.meta.find("cuda_device_max_connections");
-  f.one_queue = cdmc != s.meta.end() && cdmc->second == "1";
+  f.one_queue = schedule::hardware_queues(s) == 1u;
   f.n_streams = std::max<std::size_t>(1, s.streams.size());
   std::vector<std::uint32_t> rank_index;  // by rank id: its dense index
   std::vector<OpId> last_on_stream;       // by (dense rank, stream)

@@ -200,7 +200,7 @@ Lowered lower(const ModelSpec& model, const RunConfig& cfg, const LowerOptions& 
   describe(s, model, x.k, options);
   // The hardware queues the GPU ops of a rank go through (CUDA_DEVICE_MAX_CONNECTIONS): with one, kernels of all
   // streams start in issue order; the simulator honours it (sim/core.cpp).
-  s.meta["cuda_device_max_connections"] = str(cfg.cuda_device_max_connections);
+  s.meta[schedule::kHardwareQueuesKey] = str(cfg.cuda_device_max_connections);
   s.warnings = out.warnings;
   return out;
 }

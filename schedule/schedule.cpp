@@ -1,7 +1,10 @@
 // Small lookups on the IR types.
 #include "schedule/schedule.hpp"
 
+#include <charconv>
+
 #include "common/enum_names.hpp"
+#include "common/error.hpp"
 #include "schedule/op_kind.hpp"
 
 namespace twinstep::schedule {
@@ -29,6 +32,20 @@ int rank_in(const Communicator& comm, RankId rank) {
     if (comm.members[i] == rank) return static_cast<int>(i);
   }
   return -1;
+}
+
+std::optional<std::uint32_t> hardware_queues(const Schedule& s, const std::string& file) {
+  const auto it = s.meta.find(kHardwareQueuesKey);
+  if (it == s.meta.end()) return std::nullopt;
+  const std::string& text = it->second;
+  std::uint32_t n = 0;
+  const char* end = text.data() + text.size();
+  const auto [stop, ec] = std::from_chars(text.data(), end, n);
+  if (text.empty() || ec != std::errc{} || stop != end || n < 1 || n > 32) {
+    throw Error((file.empty() ? std::string() : file + ": ") + "meta." + kHardwareQueuesKey + " is '" + text +
+                "', not an integer in [1, 32] (CUDA_DEVICE_MAX_CONNECTIONS); lower the schedule again with --cdmc N");
+  }
+  return n;
 }
 
 }  // namespace twinstep::schedule

@@ -279,4 +279,13 @@ struct Schedule {
 /// Position of `rank` in `comm.members`, or -1.
 [[nodiscard]] int rank_in(const Communicator& comm, RankId rank);
 
+/// The meta key of the hardware queues a schedule was lowered for (CUDA_DEVICE_MAX_CONNECTIONS; models/lower.cpp
+/// writes it). With one queue, a rank's GPU ops start in issue order across its streams (docs/ir.md).
+inline constexpr const char* kHardwareQueuesKey = "cuda_device_max_connections";
+
+/// The hardware queues the schedule was lowered for (meta `cuda_device_max_connections`), or std::nullopt when it
+/// does not say (CUDA's default applies). A value that is not an integer in [1, 32] throws twinstep::Error naming the
+/// field and the fix, prefixed with "`file`: " when `file` is given. The one reader of that meta key.
+[[nodiscard]] std::optional<std::uint32_t> hardware_queues(const Schedule& s, const std::string& file = {});
+
 }  // namespace twinstep::schedule

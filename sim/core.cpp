@@ -102,8 +102,7 @@ class Core {
     const std::size_t n_streams = std::max<std::size_t>(1, s_.streams.size());
     std::vector<OpId> last_on_stream;  // by (global rank, stream); grown on demand
     std::vector<OpId> last_in_queue;   // by global rank, with one hardware queue; grown on demand
-    const auto cdmc = s_.meta.find("cuda_device_max_connections");
-    const bool one_queue = cdmc != s_.meta.end() && cdmc->second == "1";
+    const bool one_queue = schedule::hardware_queues(s_) == 1u;
     std::vector<std::uint32_t> dep_begin(n_ops_ + 1, 0);
     std::vector<std::pair<OpId, OpId>> dep_edges;  // (dep, dependent), dependents ascending, deps in order
     dep_edges.reserve(n_ops_);

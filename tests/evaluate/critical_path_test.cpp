@@ -118,8 +118,7 @@ Graph graph_of(const schedule::Schedule& s, const sim::CostModel& costs, bool co
   }
   std::vector<OpId> prev(s.world_size, kNoOp), queue(s.world_size, kNoOp);
   std::vector<std::vector<OpId>> on_stream(s.world_size, std::vector<OpId>(s.streams.size(), kNoOp));
-  const auto cdmc = s.meta.find("cuda_device_max_connections");
-  const bool one_queue = cdmc != s.meta.end() && cdmc->second == "1";
+  const bool one_queue = schedule::hardware_queues(s) == 1u;
   for (OpId o = 0; o < n; ++o) {
     const schedule::Op& op = s.ops[o];
     auto add = [&](std::uint32_t from, std::uint32_t to, Nanos w) { g.edges.push_back({from, to, w, Scope::kBoth}); };
@@ -255,7 +254,7 @@ TEST_CASE("evaluate::critical_path: equals the brute-force longest path on hand-
     for (const char* queues : {"8", "1"}) {
       if (crossing && std::string(queues) == "1") continue;
       schedule::Schedule s = build(crossing);
-      s.meta["cuda_device_max_connections"] = queues;
+      s.meta[schedule::kHardwareQueuesKey] = queues;
       REQUIRE(schedule::validate(s).empty());
       for (const bool comm : {true, false}) {
         INFO((crossing ? "crossing" : "in order")
@@ -287,7 +286,7 @@ TEST_CASE("evaluate::critical_path: equals the brute-force longest path on lower
     const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
     CHECK(std::any_of(s.ops.begin(), s.ops.end(),
                       [&](const schedule::Op& op) { return schedule::kind_of(op.body) == c.has; }));
-    if (c.layout.tp > 1) CHECK(s.meta.at("cuda_device_max_connections") == "1");  // one hardware queue
+    if (c.layout.tp > 1) CHECK(schedule::hardware_queues(s) == 1u);  // one hardware queue
     for (const bool comm : {true, false}) {
       INFO(c.model << " tp" << c.layout.tp << " pp" << c.layout.pp << " overlap " << c.overlap << " (" << s.ops.size()
                    << " ops), communication " << (comm ? "counted" : "at 0"));
