@@ -2,8 +2,10 @@
 #include "evaluate/critical_path.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <map>
 #include <tuple>
@@ -30,100 +32,93 @@ Nanos floor_ns(double seconds) {
   return ns > 0 ? static_cast<Nanos>(ns) : 0;
 }
 
-/// What both passes read of one op.
+/// What the walks read of one op.
 struct OpFacts {
   OpKind kind = OpKind::kCompute;
   schedule::StreamId stream = 0;             ///< GPU ops.
+  std::uint32_t rank = 0;                    ///< Dense index of its rank (Facts::program).
+  std::uint32_t pos = 0;                     ///< Its place in its rank's program.
   Nanos launch_ns = 0;                       ///< GPU op and host_sync: CostModel::launch_ns; host op: its duration.
   Nanos own_ns = 0;                          ///< GPU op: its duration (a coupled transfer's or instance's too).
+  OpId program_prev = kNoOp;                 ///< The rank's op before it (program order).
   OpId stream_prev = kNoOp;                  ///< The op before it on its (rank, stream).
+  OpId stream_next = kNoOp;                  ///< The op after it there.
   OpId sync_target = kNoOp;                  ///< host_sync: its target.
   OpId queue_prev = kNoOp;                   ///< One hardware queue: the rank's GPU op issued before it.
-  std::uint32_t group = UINT32_MAX;          ///< Coupled collective instance or send/recv pair: its extra graph node.
+  std::uint32_t group = UINT32_MAX;          ///< Coupled collective instance or send/recv pair (Facts::group_first).
   std::uint32_t dep_begin = 0, dep_end = 0;  ///< Its deps: Facts::deps[dep_begin, dep_end) (GPU ops only).
 };
 
-/// What both passes read of the schedule, compact (an Op is 200 bytes; the passes visit each op several times).
+bool on_host(OpKind k) { return k == OpKind::kHost || k == OpKind::kHostSync; }
+
+/// What the walks read of the schedule, compact (an Op is 200 bytes; the walks visit each op several times).
 struct Facts {
   std::vector<OpFacts> ops;
   std::vector<OpId> deps;
+  /// Coupled groups (a collective instance with more than one present member, a send/recv pair across two present
+  /// ranks): group g's members are group_ops[group_first[g], group_first[g + 1]).
+  std::vector<std::uint32_t> group_first{0};
+  std::vector<OpId> group_ops;
+  std::vector<schedule::RankId> ranks;     ///< The present ranks, by dense index (in order of their first op).
+  std::vector<std::vector<OpId>> program;  ///< By dense rank: its ops in program order.
+  std::vector<OpId> stream_first;          ///< By (dense rank, stream): the first op on the stream, or kNoOp.
+  std::size_t n_streams = 1;
   /// One hardware queue (meta cuda_device_max_connections 1): a GPU op starts no earlier than the rank's GPU op
   /// issued before it, whatever the stream (sim/core.cpp).
   bool one_queue = false;
+
+  [[nodiscard]] std::uint32_t groups() const { return static_cast<std::uint32_t>(group_first.size() - 1); }
 };
 
-/// Event nodes: per op its issue (3 op), start (3 op + 1) and end (3 op + 2); then one node per coupled group.
+/// Events: per op its issue (3 op), start (3 op + 1) and end (3 op + 2); then per coupled group the moment its last
+/// member starts (3 n + group).
 std::uint32_t issue_node(OpId op) { return 3 * op; }
 std::uint32_t start_node(OpId op) { return 3 * op + 1; }
 std::uint32_t end_node(OpId op) { return 3 * op + 2; }
+std::uint32_t group_node(const Facts& f, std::uint32_t group) {
+  return 3 * static_cast<std::uint32_t>(f.ops.size()) + group;
+}
 
-class Graph {
- public:
-  Graph(std::uint32_t nodes, std::size_t edges) : first_(nodes + 1, 0) { edges_.reserve(edges); }
-  void add(std::uint32_t from, std::uint32_t to, Nanos w) { edges_.push_back({from, to, w}); }
-
-  /// Builds the out-adjacency and a topological order (Kahn); asserts there is no cycle (a valid schedule has none).
-  void finish() {
-    const std::uint32_t n = static_cast<std::uint32_t>(first_.size() - 1);
-    for (const auto& e : edges_) ++first_[e.from + 1];
-    for (std::uint32_t v = 0; v < n; ++v) first_[v + 1] += first_[v];
-    to_.resize(edges_.size());
-    w_.resize(edges_.size());
-    std::vector<std::uint32_t> fill(first_.begin(), first_.end() - 1), indegree(n, 0);
-    for (const auto& e : edges_) {
-      to_[fill[e.from]] = e.to;
-      w_[fill[e.from]++] = e.w;
-      ++indegree[e.to];
-    }
-    edges_.clear();
-    edges_.shrink_to_fit();
-    // Kahn's algorithm with a stack: it follows a rank's chain of events as far as it can before turning to another
-    // rank, so both passes below walk memory mostly in program order.
-    order_.reserve(n);
-    std::vector<std::uint32_t> ready;
-    for (std::uint32_t v = n; v-- > 0;) {
-      if (indegree[v] == 0) ready.push_back(v);
-    }
-    while (!ready.empty()) {
-      const std::uint32_t v = ready.back();
-      ready.pop_back();
-      order_.push_back(v);
-      for (std::uint32_t k = first_[v + 1]; k-- > first_[v];) {
-        if (--indegree[to_[k]] == 0) ready.push_back(to_[k]);
-      }
-    }
-    TWINSTEP_ASSERT(order_.size() == n, "critical_path: the happens-before graph has a cycle (%zu of %u nodes ordered)",
-                    order_.size(), n);
+/// Calls `visit(from, weight)` for every happens-before edge into event `v` (the earliest time of `v` is the largest
+/// time(from) + weight): the one place the edges are written; the forward walks pull along them, the backward pass
+/// pushes along them. With `coupled` off, a coupled op ends its own duration after its own start, not waiting for
+/// the other members (the rank's own edges).
+template <class Visit>
+void in_edges(const Facts& f, std::uint32_t v, bool coupled, Visit&& visit) {
+  const auto n = static_cast<std::uint32_t>(f.ops.size());
+  if (v >= 3 * n) {  // a coupled group: once every member started
+    const std::uint32_t g = v - 3 * n;
+    for (std::uint32_t k = f.group_first[g]; k < f.group_first[g + 1]; ++k) visit(start_node(f.group_ops[k]), 0);
+    return;
   }
-
-  /// Earliest time of every node (every event at or after 0).
-  [[nodiscard]] std::vector<Nanos> earliest() const {
-    std::vector<Nanos> t(first_.size() - 1, 0);
-    for (const std::uint32_t v : order_) {
-      for (std::uint32_t k = first_[v]; k < first_[v + 1]; ++k) t[to_[k]] = std::max(t[to_[k]], t[v] + w_[k]);
+  const OpId o = v / 3;
+  const OpFacts& x = f.ops[o];
+  if (v == issue_node(o)) {  // the host thread goes on: a launch after a GPU op's issue, at a host op's end
+    if (x.program_prev == kNoOp) return;
+    const OpFacts& p = f.ops[x.program_prev];
+    if (on_host(p.kind)) {
+      visit(end_node(x.program_prev), 0);
+    } else {
+      visit(issue_node(x.program_prev), p.launch_ns);
     }
-    return t;
-  }
-
-  /// Longest path from every node to any node (the step ends no earlier than any event).
-  [[nodiscard]] std::vector<Nanos> to_end() const {
-    std::vector<Nanos> q(first_.size() - 1, 0);
-    for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
-      const std::uint32_t v = *it;
-      for (std::uint32_t k = first_[v]; k < first_[v + 1]; ++k) q[v] = std::max(q[v], w_[k] + q[to_[k]]);
+  } else if (v == start_node(o)) {
+    if (on_host(x.kind)) {  // where the host thread reached it
+      visit(issue_node(o), 0);
+      return;
     }
-    return q;
+    visit(issue_node(o), x.launch_ns);
+    if (x.stream_prev != kNoOp) visit(end_node(x.stream_prev), 0);
+    if (x.queue_prev != kNoOp) visit(start_node(x.queue_prev), 0);
+    for (std::uint32_t k = x.dep_begin; k < x.dep_end; ++k) visit(end_node(f.deps[k]), 0);
+  } else if (on_host(x.kind)) {  // a host op's duration; a host_sync's wake-up after both its start and its target
+    visit(start_node(o), x.launch_ns);
+    if (x.sync_target != kNoOp) visit(end_node(x.sync_target), x.launch_ns);
+  } else if (coupled && x.group != UINT32_MAX) {
+    visit(group_node(f, x.group), x.own_ns);
+  } else {
+    visit(start_node(o), x.own_ns);
   }
-
- private:
-  struct Edge {
-    std::uint32_t from, to;
-    Nanos w;
-  };
-  std::vector<Edge> edges_;
-  std::vector<std::uint32_t> first_, to_, order_;
-  std::vector<Nanos> w_;
-};
+}
 
 /// The duration of communication op `op` (its pair's or instance's when coupled).
 class CommDurations {
@@ -191,54 +186,148 @@ class ComputeDurations {
   std::unordered_map<schedule::Compute, Nanos, sim::ComputeHash> by_shape_;
 };
 
-/// The rank's own longest path from the start of `ops[first]` (its issue, with `from_issue`) to the end of
-/// `ops[last]`, over the rank's edges alone, in program order (every such edge points forward in it). `end`: scratch
-/// indexed by op id, kUnreached for the ops in [first, last] on entry and on return.
-Nanos local_path(const std::vector<OpId>& ops, std::size_t first, std::size_t last, bool from_issue, const Facts& f,
-                 std::vector<Nanos>& end) {
-  auto reached = [&](OpId o) { return o == kNoOp ? kUnreached : end[o]; };
-  Nanos thread = from_issue ? 0 : kUnreached;  // where the host thread is (the next op's issue), if reachable
-  Nanos queue = kUnreached;                    // start of the GPU op issued last (one hardware queue)
-  for (std::size_t i = first; i <= last; ++i) {
+/// Where a (rank, stream)'s path runs in the rank's program: its first and last op's places, the sum of its ops'
+/// durations, the rank's own longest path between them. The host thread's runs through the whole program.
+struct Span {
+  std::size_t first = SIZE_MAX, last = 0;
+  Nanos sum_ns = 0;
+  Nanos local_ns = 0;
+};
+
+/// Every span's own longest path at once (StreamPath::local_ns; the last span is the host thread's): from the start
+/// of its first op (the issue, for the host thread) to the end of its last, along in_edges within the rank (a
+/// coupled op at its own duration after its own start), in program order (every such edge points forward in it).
+/// Per event one value per span, kUnreached until the span's source (kUnreached plus any path stays far below 0).
+/// `at`: scratch.
+void local_paths(const Facts& f, const std::vector<OpId>& ops, std::vector<Span>& spans, std::vector<Nanos>& at) {
+  const std::size_t k = spans.size();
+  at.resize(3 * ops.size() * k);
+  auto row = [&](std::uint32_t event) { return at.data() + (3 * std::size_t{f.ops[event / 3].pos} + event % 3) * k; };
+  for (std::size_t i = 0; i < ops.size(); ++i) {
     const OpId o = ops[i];
     const OpFacts& x = f.ops[o];
-    const Nanos issue = thread;
-    switch (x.kind) {
-      case OpKind::kHost:
-        end[o] = issue == kUnreached ? kUnreached : issue + x.launch_ns;
-        thread = end[o];
-        continue;
-      case OpKind::kHostSync: {
-        const Nanos ready = std::max(issue, reached(x.sync_target));
-        end[o] = ready == kUnreached ? kUnreached : ready + x.launch_ns;
-        thread = end[o];
-        continue;
-      }
-      case OpKind::kCompute:
-      case OpKind::kCollective:
-      case OpKind::kSend:
-      case OpKind::kRecv:
-        break;
+    for (std::uint32_t v = issue_node(o); v <= end_node(o); ++v) {
+      Nanos* best = row(v);
+      std::fill_n(best, k, kUnreached);
+      in_edges(f, v, false, [&](std::uint32_t u, Nanos w) {
+        const Nanos* from = row(u);
+        for (std::size_t c = 0; c < k; ++c) best[c] = std::max(best[c], from[c] + w);
+      });
+      if (v == issue_node(o) && i == 0) best[k - 1] = 0;  // the host thread's source
+      if (v == start_node(o) && !on_host(x.kind) && spans[x.stream].first == i) best[x.stream] = 0;
     }
-    Nanos b = issue == kUnreached ? kUnreached : issue + x.launch_ns;
-    if (i == first && !from_issue) b = 0;
-    b = std::max(b, reached(x.stream_prev));
-    for (std::uint32_t k = x.dep_begin; k < x.dep_end; ++k) b = std::max(b, end[f.deps[k]]);
-    if (f.one_queue) {
-      b = std::max(b, queue);
-      queue = b;
-    }
-    end[o] = b == kUnreached ? kUnreached : b + x.own_ns;
-    thread = issue == kUnreached ? kUnreached : issue + x.launch_ns;
   }
-  const Nanos out = std::max<Nanos>(0, end[ops[last]]);
-  for (std::size_t i = first; i <= last; ++i) end[ops[i]] = kUnreached;
-  return out;
+  for (std::size_t c = 0; c < k; ++c) {
+    if (spans[c].first != SIZE_MAX) spans[c].local_ns = std::max<Nanos>(0, row(end_node(ops[spans[c].last]))[c]);
+  }
 }
 
-}  // namespace
+/// The earliest time of every event (every event at or after 0), settled rank by rank as far as each can go: its
+/// host thread up to a host_sync whose target has not ended, each stream up to an op that waits for another rank
+/// (a coupled group not complete). A rank is visited again when a group it waits in completes. `order` lists the
+/// events as they were settled: a topological order, which the backward pass walks in reverse.
+class Forward {
+ public:
+  explicit Forward(const Facts& f)
+      : time(3 * f.ops.size() + f.groups(), kUnreached),
+        f_(f),
+        cursor_(f.program.size(), 0),
+        head_(f.stream_first),
+        queued_(f.program.size(), true) {
+    order.reserve(time.size());
+    for (std::uint32_t r = static_cast<std::uint32_t>(f.program.size()); r-- > 0;) work_.push_back(r);
+    while (!work_.empty()) {
+      const std::uint32_t r = work_.back();
+      work_.pop_back();
+      queued_[r] = false;
+      advance(r);
+    }
+    TWINSTEP_ASSERT(order.size() == time.size(),
+                    "critical_path: the happens-before graph has a cycle (%zu of %zu events settled)", order.size(),
+                    time.size());
+  }
 
-CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& costs, bool count_comm) {
+  std::vector<Nanos> time;           ///< By event.
+  std::vector<std::uint32_t> order;  ///< The events in the order they were settled.
+
+ private:
+  const Facts& f_;
+  std::vector<std::size_t> cursor_;  ///< By dense rank: the op its host thread is at.
+  std::vector<OpId> head_;           ///< By (dense rank, stream): the first op not yet ended.
+  std::vector<bool> queued_;         ///< By dense rank: in work_.
+  std::vector<std::uint32_t> work_;  ///< Ranks to visit.
+  std::vector<std::uint64_t> heap_;  ///< advance's heads, a min-heap.
+
+  /// Settles `v` if every edge into it comes from a settled event; whether it is settled.
+  bool settle(std::uint32_t v) {
+    if (time[v] != kUnreached) return true;
+    Nanos at = 0;
+    bool ready = true;
+    in_edges(f_, v, true, [&](std::uint32_t u, Nanos w) {
+      if (time[u] == kUnreached) {
+        ready = false;
+      } else {
+        at = std::max(at, time[u] + w);
+      }
+    });
+    if (!ready) return false;
+    time[v] = at;
+    order.push_back(v);
+    return true;
+  }
+
+  /// One pass over rank `r` in program order: its host thread and each stream from where it stopped, the op with the
+  /// earliest place first (the thread before a GPU op at the same place). Every edge within a rank points forward in
+  /// program order, so what the pass leaves unsettled waits for another rank (a coupled group not complete), and
+  /// the rank is visited again when such a group completes.
+  void advance(std::uint32_t r) {
+    const std::vector<OpId>& ops = f_.program[r];
+    // Keys place << 16 | slot: slot 0 the host thread at cursor_[r], slot s + 1 the head of stream s.
+    auto push = [&](OpId o, std::size_t slot) {
+      heap_.push_back(std::uint64_t{f_.ops[o].pos} << 16 | slot);
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<>{});
+    };
+    heap_.clear();
+    if (cursor_[r] < ops.size()) push(ops[cursor_[r]], 0);
+    for (std::size_t st = 0; st < f_.n_streams; ++st) {
+      if (head_[r * f_.n_streams + st] != kNoOp) push(head_[r * f_.n_streams + st], st + 1);
+    }
+    while (!heap_.empty()) {
+      std::pop_heap(heap_.begin(), heap_.end(), std::greater<>{});
+      const auto slot = static_cast<std::size_t>(heap_.back() & 0xFFFF);
+      heap_.pop_back();
+      if (slot == 0) {  // the host thread: a host op or host_sync ends on it
+        const OpId o = ops[cursor_[r]];
+        if (!settle(issue_node(o))) continue;
+        if (on_host(f_.ops[o].kind) && !(settle(start_node(o)) && settle(end_node(o)))) continue;
+        if (++cursor_[r] < ops.size()) push(ops[cursor_[r]], 0);
+        continue;
+      }
+      OpId& o = head_[r * f_.n_streams + slot - 1];
+      if (!settle(start_node(o))) continue;
+      const std::uint32_t g = f_.ops[o].group;
+      if (g != UINT32_MAX && time[group_node(f_, g)] == kUnreached) {
+        if (!settle(group_node(f_, g))) continue;
+        for (std::uint32_t k = f_.group_first[g]; k < f_.group_first[g + 1]; ++k) {
+          const OpId member = f_.group_ops[k];
+          settle(end_node(member));
+          const std::uint32_t mr = f_.ops[member].rank;
+          if (mr != r && !queued_[mr]) {
+            queued_[mr] = true;
+            work_.push_back(mr);
+          }
+        }
+      }
+      if (!settle(end_node(o))) continue;
+      o = f_.ops[o].stream_next;
+      if (o != kNoOp) push(o, slot);
+    }
+  }
+};
+
+/// The facts of `s`: durations at solo times (communication only with `count_comm`), program and stream order,
+/// coupled groups.
+Facts facts_of(const schedule::Schedule& s, const sim::CostModel& costs, bool count_comm) {
   const auto n = static_cast<OpId>(s.ops.size());
   const schedule::Matching m = schedule::match(s);
   CommDurations comm(s, costs);
@@ -246,29 +335,36 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
   Facts f;
   f.ops.resize(n);
   f.one_queue = schedule::hardware_queues(s) == 1u;
-  // Each present rank's ops in program order, by dense rank index.
-  std::vector<std::uint32_t> rank_index;
-  std::vector<schedule::RankId> ranks;
-  std::vector<std::vector<OpId>> program;
-  const std::size_t n_streams = std::max<std::size_t>(1, s.streams.size());
-  std::vector<OpId> last_on_stream;  // by (dense rank, stream)
-  std::vector<OpId> last_in_queue;   // by dense rank: its last GPU op
-  std::uint32_t groups = 0;
+  f.n_streams = std::max<std::size_t>(1, s.streams.size());
+  std::vector<std::uint32_t> rank_index;  // by rank id: its dense index
+  std::vector<OpId> last_on_stream;       // by (dense rank, stream)
+  std::vector<OpId> last_in_queue;        // by dense rank: its last GPU op
   std::vector<std::uint32_t> instance_group(m.collectives.size(), UINT32_MAX);
+  auto add_group = [&](auto members) {
+    for (const OpId p : members) {
+      if (p != kNoOp) f.group_ops.push_back(p);
+    }
+    f.group_first.push_back(static_cast<std::uint32_t>(f.group_ops.size()));
+    return f.groups() - 1;
+  };
   for (OpId o = 0; o < n; ++o) {
     const schedule::Op& op = s.ops[o];
     OpFacts& x = f.ops[o];
     x.kind = schedule::kind_of(op.body);
     if (op.rank >= rank_index.size()) rank_index.resize(static_cast<std::size_t>(op.rank) + 1, UINT32_MAX);
     if (rank_index[op.rank] == UINT32_MAX) {
-      rank_index[op.rank] = static_cast<std::uint32_t>(ranks.size());
-      ranks.push_back(op.rank);
-      program.emplace_back();
-      last_on_stream.resize(ranks.size() * n_streams, kNoOp);
+      rank_index[op.rank] = static_cast<std::uint32_t>(f.ranks.size());
+      f.ranks.push_back(op.rank);
+      f.program.emplace_back();
+      last_on_stream.resize(f.ranks.size() * f.n_streams, kNoOp);
+      f.stream_first.resize(f.ranks.size() * f.n_streams, kNoOp);
       last_in_queue.push_back(kNoOp);
     }
-    const std::uint32_t r = rank_index[op.rank];
-    program[r].push_back(o);
+    x.rank = rank_index[op.rank];
+    std::vector<OpId>& program = f.program[x.rank];
+    x.program_prev = program.empty() ? kNoOp : program.back();
+    x.pos = static_cast<std::uint32_t>(program.size());
+    program.push_back(o);
     if (x.kind == OpKind::kHost) {
       x.launch_ns = std::get<schedule::Host>(op.body).duration_ns;
       continue;
@@ -278,14 +374,15 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       x.sync_target = std::get<schedule::HostSync>(op.body).target;
       continue;
     }
-    TWINSTEP_ASSERT(op.stream < n_streams, "critical_path: op %u on undeclared stream %u", o, op.stream);
+    TWINSTEP_ASSERT(op.stream < f.n_streams, "critical_path: op %u on undeclared stream %u", o, op.stream);
     x.stream = op.stream;
-    OpId& last = last_on_stream[r * n_streams + op.stream];
-    x.stream_prev = last;
-    last = o;
+    const std::size_t slot = x.rank * f.n_streams + op.stream;
+    x.stream_prev = last_on_stream[slot];
+    (x.stream_prev == kNoOp ? f.stream_first[slot] : f.ops[x.stream_prev].stream_next) = o;
+    last_on_stream[slot] = o;
     if (f.one_queue) {
-      x.queue_prev = last_in_queue[r];
-      last_in_queue[r] = o;
+      x.queue_prev = last_in_queue[x.rank];
+      last_in_queue[x.rank] = o;
     }
     x.dep_begin = static_cast<std::uint32_t>(f.deps.size());
     f.deps.insert(f.deps.end(), op.deps.begin(), op.deps.end());
@@ -295,13 +392,11 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
     } else if (const auto* coll = std::get_if<schedule::Collective>(&op.body)) {
       x.own_ns = count_comm ? comm.collective(*coll) : 0;
       const std::uint32_t inst = m.instance_of.empty() ? UINT32_MAX : m.instance_of[o];
-      if (inst != UINT32_MAX) {
-        const auto& members = m.collectives[inst].ops;
-        if (std::count_if(members.begin(), members.end(), [](OpId p) { return p != kNoOp; }) > 1) {
-          if (instance_group[inst] == UINT32_MAX) instance_group[inst] = groups++;
-          x.group = instance_group[inst];
-        }
-      }
+      if (inst == UINT32_MAX) continue;
+      const auto& members = m.collectives[inst].ops;
+      if (std::count_if(members.begin(), members.end(), [](OpId p) { return p != kNoOp; }) < 2) continue;
+      if (instance_group[inst] == UINT32_MAX) instance_group[inst] = add_group(members);
+      x.group = instance_group[inst];
     } else if (const auto* snd = std::get_if<schedule::Send>(&op.body)) {
       x.own_ns = count_comm ? comm.transfer(*snd, op.rank) : 0;
     }
@@ -311,93 +406,63 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
     if (f.ops[o].kind != OpKind::kSend || m.partner.empty()) continue;
     const OpId r = m.partner[o];
     if (r == kNoOp || s.ops[r].rank == s.ops[o].rank) continue;
-    f.ops[o].group = f.ops[r].group = groups++;
+    f.ops[o].group = f.ops[r].group = add_group(std::array<OpId, 2>{o, r});
     f.ops[r].own_ns = f.ops[o].own_ns;
   }
+  return f;
+}
 
-  // The global graph.
-  Graph g(3 * n + groups, 6 * static_cast<std::size_t>(n) + f.deps.size());
-  auto group_node = [&](std::uint32_t group) { return 3 * n + group; };
-  for (const auto& ops : program) {
-    for (std::size_t i = 0; i < ops.size(); ++i) {
-      const OpId o = ops[i];
-      const OpFacts& x = f.ops[o];
-      if (i + 1 < ops.size()) {  // the host thread goes on
-        const bool gpu = x.kind != OpKind::kHost && x.kind != OpKind::kHostSync;
-        g.add(gpu ? issue_node(o) : end_node(o), issue_node(ops[i + 1]), gpu ? x.launch_ns : 0);
-      }
-      switch (x.kind) {
-        case OpKind::kHost:
-          g.add(issue_node(o), start_node(o), 0);
-          g.add(start_node(o), end_node(o), x.launch_ns);
-          continue;
-        case OpKind::kHostSync:
-          g.add(issue_node(o), start_node(o), 0);
-          g.add(start_node(o), end_node(o), x.launch_ns);
-          if (x.sync_target != kNoOp) g.add(end_node(x.sync_target), end_node(o), x.launch_ns);
-          continue;
-        case OpKind::kCompute:
-        case OpKind::kCollective:
-        case OpKind::kSend:
-        case OpKind::kRecv:
-          break;
-      }
-      g.add(issue_node(o), start_node(o), x.launch_ns);
-      if (x.stream_prev != kNoOp) g.add(end_node(x.stream_prev), start_node(o), 0);
-      if (x.queue_prev != kNoOp) g.add(start_node(x.queue_prev), start_node(o), 0);
-      for (std::uint32_t k = x.dep_begin; k < x.dep_end; ++k) g.add(end_node(f.deps[k]), start_node(o), 0);
-      if (x.group == UINT32_MAX) {
-        g.add(start_node(o), end_node(o), x.own_ns);
-      } else {
-        g.add(start_node(o), group_node(x.group), 0);
-        g.add(group_node(x.group), end_node(o), x.own_ns);
-      }
-    }
+}  // namespace
+
+CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& costs, bool count_comm) {
+  const Facts f = facts_of(s, costs, count_comm);
+  const Forward forward(f);
+  const std::vector<Nanos>& t = forward.time;
+  // Longest path from every event to any event (the step ends no earlier than any event): pushed back along the edges
+  // into each event, in the reverse of an order in which every edge points forward.
+  std::vector<Nanos> q(t.size(), 0);
+  for (auto it = forward.order.rbegin(); it != forward.order.rend(); ++it) {
+    const Nanos from_here = q[*it];
+    in_edges(f, *it, true, [&](std::uint32_t u, Nanos w) { q[u] = std::max(q[u], w + from_here); });
   }
-  g.finish();
-  const std::vector<Nanos> t = g.earliest();
-  const std::vector<Nanos> q = g.to_end();
 
   CriticalPath out;
   for (const Nanos v : t) out.step_ns = std::max(out.step_ns, v);
-  std::vector<Nanos> end(n, kUnreached);
-  // Per rank, ascending: per stream with ops its first and last op's places in program order and its sum.
-  std::vector<std::uint32_t> by_rank(ranks.size());
-  for (std::uint32_t r = 0; r < ranks.size(); ++r) by_rank[r] = r;
-  std::sort(by_rank.begin(), by_rank.end(), [&](std::uint32_t a, std::uint32_t b) { return ranks[a] < ranks[b]; });
-  struct Span {
-    std::size_t first = SIZE_MAX, last = 0;
-    Nanos sum_ns = 0;
-  };
-  std::vector<Span> spans(n_streams);
+  std::vector<Nanos> scratch;
+  // Per rank, ascending: per stream with ops (and the host thread, the last span) its path's pieces.
+  std::vector<std::uint32_t> by_rank(f.ranks.size());
+  for (std::uint32_t r = 0; r < f.ranks.size(); ++r) by_rank[r] = r;
+  std::sort(by_rank.begin(), by_rank.end(), [&](std::uint32_t a, std::uint32_t b) { return f.ranks[a] < f.ranks[b]; });
+  std::vector<Span> spans(f.n_streams + 1);
   for (const std::uint32_t r : by_rank) {
-    const std::vector<OpId>& ops = program[r];
+    const std::vector<OpId>& ops = f.program[r];
     std::fill(spans.begin(), spans.end(), Span{});
-    Nanos host_sum = 0;
+    Span& host = spans.back();
+    host.first = 0;
+    host.last = ops.size() - 1;
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const OpFacts& x = f.ops[ops[i]];
-      host_sum += x.launch_ns;
-      if (x.kind == OpKind::kHost || x.kind == OpKind::kHostSync) continue;
+      host.sum_ns += x.launch_ns;
+      if (on_host(x.kind)) continue;
       Span& sp = spans[x.stream];
       sp.first = std::min(sp.first, i);
       sp.last = i;
       sp.sum_ns += x.own_ns;
     }
-    auto add_path = [&](schedule::StreamId stream, std::size_t first, std::size_t last, bool from_issue, Nanos sum) {
+    local_paths(f, ops, spans, scratch);
+    for (std::size_t st = 0; st < spans.size(); ++st) {
+      const Span& sp = spans[st];
+      if (sp.first == SIZE_MAX) continue;
+      const bool thread = &sp == &host;
       StreamPath p;
-      p.rank = ranks[r];
-      p.stream = stream;
-      p.head_ns = from_issue ? t[issue_node(ops[first])] : t[start_node(ops[first])];
-      p.local_ns = local_path(ops, first, last, from_issue, f, end);
-      p.tail_ns = q[end_node(ops[last])];
-      p.sum_ns = sum;
+      p.rank = f.ranks[r];
+      p.stream = thread ? kHostThreadStream : static_cast<schedule::StreamId>(st);
+      p.head_ns = thread ? t[issue_node(ops[sp.first])] : t[start_node(ops[sp.first])];
+      p.local_ns = sp.local_ns;
+      p.tail_ns = q[end_node(ops[sp.last])];
+      p.sum_ns = sp.sum_ns;
       out.streams.push_back(p);
-    };
-    for (std::size_t st = 0; st < n_streams; ++st) {
-      if (spans[st].first != SIZE_MAX)
-        add_path(static_cast<schedule::StreamId>(st), spans[st].first, spans[st].last, false, spans[st].sum_ns);
     }
-    add_path(kHostThreadStream, 0, ops.size() - 1, true, host_sum);
   }
   return out;
 }

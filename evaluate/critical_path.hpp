@@ -1,6 +1,8 @@
 // The longest path through a schedule's happens-before graph with every op at its solo (uncontended) time: a lower
 // bound on every time the simulator gives it, and the pieces of evaluate/bound.hpp's "cannot win" bound. Not a
-// simulation: nothing is shared, nothing is re-timed; one pass forward and one backward over the graph.
+// simulation: nothing is shared, nothing is re-timed; the graph is never built: its edges are written once (per
+// event, the edges into it), a forward walk settles the ranks' events as far as each can go (a rank waits only in a
+// coupled collective or send/recv), and a backward pass pushes along the same edges in the reverse order.
 //
 // The graph is the IR semantics as sim/core.cpp implements them (docs/ir.md, "Execution semantics"), per op an issue,
 // a start and an end event, with only edges the core enforces:
