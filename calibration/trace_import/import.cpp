@@ -13,6 +13,7 @@
 #include <set>
 
 #include "common/error.hpp"
+#include "common/stats.hpp"
 #include "schedule/matching.hpp"
 
 namespace twinstep::calibration::trace_import {
@@ -148,13 +149,6 @@ struct OpHits {
     return out;
   }
 };
-
-Nanos nmedian(std::vector<Nanos> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 Nanos issue_of(const GpuActivity& a) { return a.launch_ns >= 0 ? a.launch_ns : a.start_ns; }
 
@@ -521,9 +515,9 @@ void Matcher::write_records(const StepWindows& w, schedule::Trace& t, ImportRepo
         std::holds_alternative<schedule::Host>(op.body) || std::holds_alternative<schedule::HostSync>(op.body);
     const auto key = std::make_pair(op.rank, op.stream);
     if (!es.empty()) {
-      rec.issue_ns = nmedian(is);
-      rec.start_ns = nmedian(ss);
-      rec.end_ns = std::max(nmedian(es), rec.start_ns);
+      rec.issue_ns = median(is);
+      rec.start_ns = median(ss);
+      rec.end_ns = std::max(median(es), rec.start_ns);
       if (es.size() == steps) {
         ++rep.matched_ops;
         (h.named.empty() && h.waits.empty() ? rep.by_order_ops : rep.by_name_ops) += 1;
