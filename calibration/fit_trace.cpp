@@ -32,11 +32,17 @@ using Points = std::vector<std::pair<double, double>>;
 /// (size, efficiency) points per kernel class, one per timed op, through the same efficiency definitions as
 /// fit_profile: memory-bound classes over bytes, tensor-core classes over FLOPs (grouped GEMMs over FLOPs per group);
 /// the same points per op stem (sim::op_stem: every layer and micro-batch's instance of one op) with its class.
+/// An accumulating GEMM priced from its class's table (fp8 and grouped ones: sim::reads_accumulate_table false) gets
+/// its fp32 epilogue added by the cost model, at HBM bandwidth x `hbm_efficiency` (the profile's
+/// memory_efficiency); its class point is the measured
+/// time less those seconds (none when nothing is left), while its stem point keeps the whole time (the cost model
+/// adds nothing to an op's own table).
 std::map<std::string, Points> efficiency_points(const schedule::Trace& measured, const topologies::GpuSpec& gpu,
+                                                double hbm_efficiency,
                                                 std::map<std::string, std::pair<std::string, Points>>& stem_pts) {
   std::map<std::string, Points> pts;
-  auto add_point = [&](const schedule::Op& op, const std::string& fam, double size, double eff) {
-    pts[fam].emplace_back(size, eff);
+  auto add_point = [&](const schedule::Op& op, const std::string& fam, double size, double eff, double class_eff) {
+    if (class_eff > 0) pts[fam].emplace_back(size, class_eff);
     if (op.name.empty()) return;
     auto& sp = stem_pts[std::string(sim::op_stem(op.name))];
     sp.first = fam;
@@ -52,7 +58,8 @@ std::map<std::string, Points> efficiency_points(const schedule::Trace& measured,
     if (fam == "memcpy") continue;  // PCIe copies: the profile has no table for them
     if (fam == "elementwise" || fam == "optimizer") {
       const double bytes = schedule::kernel_bytes(comp->kernel);
-      add_point(op, fam, bytes, memory_efficiency(bytes, t, gpu.hbm_bytes_per_s));
+      const double eff = memory_efficiency(bytes, t, gpu.hbm_bytes_per_s);
+      add_point(op, fam, bytes, eff, eff);
       continue;
     }
     const double flops = schedule::kernel_flops(comp->kernel);
@@ -70,7 +77,12 @@ std::map<std::string, Points> efficiency_points(const schedule::Trace& measured,
           }
         },
         comp->kernel);
-    add_point(op, fam, size, compute_efficiency(flops, t, peak));
+    const double epilogue_s =
+        sim::reads_accumulate_table(comp->kernel)
+            ? 0.0
+            : sim::accumulate_epilogue_extra_bytes(comp->kernel) / (gpu.hbm_bytes_per_s * hbm_efficiency);
+    add_point(op, fam, size, compute_efficiency(flops, t, peak),
+              t > epilogue_s ? compute_efficiency(flops, t - epilogue_s, peak) : 0.0);
   }
   return pts;
 }
@@ -158,7 +170,7 @@ FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::str
   std::vector<sim::FitSummary> fits;
   std::vector<std::string> log;
   std::map<std::string, std::pair<std::string, Points>> stem_pts;  // stem -> (class, points)
-  const auto pts = efficiency_points(measured, cluster.node.gpu, stem_pts);
+  const auto pts = efficiency_points(measured, cluster.node.gpu, base.memory_efficiency, stem_pts);
   sim::Profile p = base;
   // The base's table of a class, where it is over the same size as the trace's (memory-bound classes over bytes,
   // attention with causal work halved, grouped GEMMs per group): the shape dependence outside the trace's sizes.

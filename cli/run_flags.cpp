@@ -73,6 +73,7 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   opt(sub, "--cdmc", "cuda_device_max_connections", f.cdmc, "CUDA_DEVICE_MAX_CONNECTIONS");
   flag(sub, "--distributed-optimizer", "use_distributed_optimizer", f.distributed_optimizer);
   flag(sub, "--grad-reduce-in-fp32", "grad_reduce_in_fp32", f.grad_reduce_in_fp32);
+  flag(sub, "--fp8-param-gather", "fp8_param_gather", f.fp8_param_gather);
   flag(sub, "--gradient-accumulation-fusion", "gradient_accumulation_fusion", f.gradient_accumulation_fusion);
   opt(sub, "--main-params-dtype", "main_params_dtype", f.main_params_dtype,
       "fp32 | fp16 | bf16 | fp8 (master weights)");
@@ -170,6 +171,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   take("bucket_size", f.bucket_size, c.bucket_size, same);
   take("use_distributed_optimizer", f.distributed_optimizer, c.use_distributed_optimizer, same);
   take("grad_reduce_in_fp32", f.grad_reduce_in_fp32, c.grad_reduce_in_fp32, same);
+  take("fp8_param_gather", f.fp8_param_gather, c.fp8_param_gather, same);
   take("gradient_accumulation_fusion", f.gradient_accumulation_fusion, c.gradient_accumulation_fusion, same);
   take("main_params_dtype", f.main_params_dtype, c.main_params_dtype,
        mode(models::parse_optimizer_state_dtype, "--main-params-dtype"));

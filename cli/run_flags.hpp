@@ -24,6 +24,7 @@ struct RunFlags {
   std::optional<std::string> dtype;
   std::optional<std::string> fp8_recipe;  ///< delayed | tensorwise
   std::optional<std::uint32_t> fp8_amax_history_len;
+  std::optional<bool> fp8_param_gather;
   std::optional<std::string> recompute;         ///< none | selective | full
   std::optional<std::string> recompute_method;  ///< uniform | block
   std::optional<std::uint32_t> recompute_num_layers;

@@ -79,6 +79,9 @@ struct DpBucket {
   std::uint64_t param_numel = 0;    ///< Elements of the parameters themselves (no padding).
   std::vector<std::string> params;  ///< Parameter names, e.g. "L3.fc2", "output", "embedding".
   bool expert = false;              ///< Expert buffer (MoE experts): reduced over expert-DP, not DP x CP.
+  /// Linear-weight elements of its parameters (Param::fp8_numel): fp8 parameters with fp8_param_gather, whose
+  /// all-gather moves 1 B each.
+  std::uint64_t fp8_numel = 0;
 };
 
 /// The DP buckets of model chunk `chunk` on pipeline rank `pp_rank` under `config` (bucket_size, overlap,

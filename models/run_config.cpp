@@ -101,6 +101,7 @@ const std::vector<Field>& fields() {
             [](const RunConfig& c) { return Json(schedule::dtype_name(c.dtype)); }},
       mode("fp8_recipe", &RunConfig::fp8_recipe, parse_fp8_recipe),
       plain("fp8_amax_history_len", &RunConfig::fp8_amax_history_len),
+      plain("fp8_param_gather", &RunConfig::fp8_param_gather),
       plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
       plain("gradient_accumulation_fusion", &RunConfig::gradient_accumulation_fusion),
       optimizer_dtype("main_params_dtype", &RunConfig::main_params_dtype),

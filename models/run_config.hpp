@@ -153,6 +153,11 @@ struct RunConfig {
   /// 1024 as Megatron-Bridge's bf16_with_fp8_delayed_scaling_mixed() sets it (MCore's own default is 1). Only the
   /// memory estimate reads it (the history's fp32 tensors, docs/memory.md "fp8").
   std::uint32_t fp8_amax_history_len = 1024;
+  /// Megatron's fp8_param_gather (off by default, as in Megatron): with dtype fp8, TE's linear weights are fp8
+  /// parameters (`fp8_model_init`: 1 B per element and, on Hopper, the transpose TE's post_all_gather_processing
+  /// keeps, instead of bf16 weights plus TE's cached fp8 copies) and the distributed optimizer's param all-gather moves
+  /// them in fp8. Needs dtype fp8 and use_distributed_optimizer (Megatron's assert); docs/memory.md "fp8".
+  bool fp8_param_gather = false;
   bool grad_reduce_in_fp32 = false;
   /// Megatron's gradient_accumulation_fusion (on by default; --no-gradient-accumulation-fusion): linear layers' wgrad
   /// GEMMs accumulate straight into the main grad. With fp32 main grads (grad_reduce_in_fp32) they are lowered with

@@ -216,19 +216,21 @@ struct KernelClassIndex {
 
 int kernel_class_index(const schedule::Kernel& k) { return std::visit(KernelClassIndex{}, k); }
 
-/// HBM bytes an accumulating GEMM's epilogue moves beyond a plain one's: per output element an fp32 read and write
-/// instead of one write of the output dtype.
-double gemm_accumulate_extra_bytes(const schedule::Gemm& g) {
-  const double per = schedule::gemm_epilogue_bytes(g.dtype, true) - schedule::gemm_output_bytes(g.dtype);
-  return per * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.batch);
-}
-double gemm_accumulate_extra_bytes(const schedule::GroupedGemm& g) {
-  const double per = schedule::gemm_epilogue_bytes(g.dtype, true) - schedule::gemm_output_bytes(g.dtype);
-  double rows = 0;
-  for (auto m : g.m) rows += static_cast<double>(m);
-  return per * rows * static_cast<double>(g.n);
-}
 }  // namespace
+
+double accumulate_epilogue_extra_bytes(const schedule::Kernel& kernel) {
+  if (const auto* g = std::get_if<schedule::Gemm>(&kernel); g != nullptr && g->accumulate_fp32) {
+    const double per = schedule::gemm_epilogue_bytes(g->dtype, true) - schedule::gemm_output_bytes(g->dtype);
+    return per * static_cast<double>(g->m) * static_cast<double>(g->n) * static_cast<double>(g->batch);
+  }
+  if (const auto* g = std::get_if<schedule::GroupedGemm>(&kernel); g != nullptr && g->accumulate_fp32) {
+    const double per = schedule::gemm_epilogue_bytes(g->dtype, true) - schedule::gemm_output_bytes(g->dtype);
+    double rows = 0;
+    for (auto m : g->m) rows += static_cast<double>(m);
+    return per * rows * static_cast<double>(g->n);
+  }
+  return 0.0;
+}
 
 CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
     : cluster_(cluster), profile_(std::move(profile)) {
@@ -360,10 +362,8 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c, std::string_view o
           // An accumulating GEMM (gradient_accumulation_fusion) read from a table measured without the epilogue:
           // the GEMM time plus its epilogue's extra HBM traffic, an fp32 read and write of C instead of the output
           // dtype's write (docs/calibration.md, "Accumulating GEMMs").
-          if constexpr (requires { kern.accumulate_fp32; }) {
-            if (kern.accumulate_fp32 && !epilogue_measured && k.mem_bytes_per_s > 0) {
-              k.flop_time_s += gemm_accumulate_extra_bytes(kern) / k.mem_bytes_per_s;
-            }
+          if (!epilogue_measured && k.mem_bytes_per_s > 0) {
+            k.flop_time_s += accumulate_epilogue_extra_bytes(c.kernel) / k.mem_bytes_per_s;
           }
         }
       },
@@ -561,7 +561,12 @@ CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_byt
   const auto& nc = profile_.nccl;
   const bool inter = max_inter_bytes > 0 || span.nodes > 1;
   const std::uint32_t channels = nc.p2p_channels_nvlink;
-  const bool ll = max_peer_bytes <= channels * kP2pLLThresholdBytes;
+  // NCCL picks LL for a peer's transfer when its bytes <= p2pnChannelsPerPeer x NCCL_P2P_LL_THRESHOLD (enqueue.cc),
+  // and p2pnChannelsPerPeer is the fewest channels any peer of the communicator gets (init.cc: the minimum of
+  // ncclTopoGetNchannels over the peers, NCCL_NCHANNELS_PER_NET_PEER for a peer on another node). One network peer
+  // therefore lowers the threshold for every peer of a multi-node all-to-all, as in p2p_cost across nodes.
+  const std::uint32_t ll_channels = inter ? std::min(nc.p2p_channels_net, channels) : channels;
+  const bool ll = max_peer_bytes <= ll_channels * kP2pLLThresholdBytes;
   const int p = ll ? 0 : 2;
   const double eff = ll ? 0.5 : 1.0;  // LL: half the wire carries flags
   const double rounds = std::ceil(static_cast<double>(peers) / std::max<std::uint32_t>(1, nc.p2p_peers_per_round));

@@ -70,6 +70,12 @@ enum class Span : std::uint8_t { kIntra, kInter };
 /// accumulating GEMMs add the epilogue's bytes to their class's time). A trace fit puts such ops' points there.
 [[nodiscard]] bool reads_accumulate_table(const schedule::Kernel& kernel);
 
+/// HBM bytes an accumulating GEMM's (accumulate_fp32) epilogue moves beyond a plain GEMM's: per C element an fp32 read
+/// and write instead of one write of the output dtype; 0 for any other kernel. The cost model adds them, at HBM
+/// bandwidth x the profile's memory_efficiency, to a time read from a table measured without the epilogue; a trace
+/// fit takes the same seconds off such an op's measured time before its point joins that table (fit_trace.cpp).
+[[nodiscard]] double accumulate_epilogue_extra_bytes(const schedule::Kernel& kernel);
+
 /// A measured override of NCCL's latency/bandwidth model for one (collective, algorithm, protocol, span).
 /// Negative fields keep the model's value. `kind` kAny matches every ring collective.
 struct CollectiveParams {

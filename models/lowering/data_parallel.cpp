@@ -55,6 +55,7 @@ std::vector<DpBucket> make_buckets(const std::vector<Param>& all, const RunConfi
     const std::uint64_t end = pos + it->numel;
     cur.params.push_back(it->name);
     cur.param_numel += it->numel;
+    cur.fp8_numel += it->fp8_numel;
     if ((bucket_size != 0 && end - bucket_start >= bucket_size) || it->shared_embedding) {
       close(end);
     } else {
@@ -126,9 +127,8 @@ OpId RankLowering::issue_param_ag(std::uint32_t chunk, std::size_t b) {
   prefix_ = "dp.";
   const auto saved_chunk = cur_chunk_;
   cur_chunk_ = static_cast<std::int32_t>(chunk);
-  st.ag =
-      collective(x_.st.dp, Name{bucket_name(chunk, b), ".param_ag"}, CollectiveKind::kAllGather,
-                 bucket_comm(buckets(chunk)[b]), buckets(chunk)[b].numel * k_.act_bytes, Phase::kFwd, false, {}, "dp");
+  st.ag = collective(x_.st.dp, Name{bucket_name(chunk, b), ".param_ag"}, CollectiveKind::kAllGather,
+                     bucket_comm(buckets(chunk)[b]), param_ag_bytes(buckets(chunk)[b]), Phase::kFwd, false, {}, "dp");
   cur_chunk_ = saved_chunk;
   cur_mb_ = saved_mb;
   cur_layer_ = saved_layer;
@@ -231,12 +231,21 @@ void RankLowering::finalize_and_optimize() {
       for (std::size_t b = 0; b < buckets(c).size(); ++b) {
         if (bucket_group(buckets(c)[b]) == 1) continue;
         collective(x_.st.dp, Name{bucket_name(c, b), ".param_ag"}, CollectiveKind::kAllGather,
-                   bucket_comm(buckets(c)[b]), buckets(c)[b].numel * k_.act_bytes, Phase::kOptim, true);
+                   bucket_comm(buckets(c)[b]), param_ag_bytes(buckets(c)[b]), Phase::kOptim, true);
       }
     }
   }
   // The step ends when every stream has drained (the next step's forward waits for the param all-gathers).
   if (!pending_.empty()) elementwise("step_end", 0, Phase::kOptim);
+}
+
+std::uint64_t RankLowering::param_ag_bytes(const DpBucket& bucket) const {
+  if (!k_.fp8_param_gather) return bucket.numel * k_.act_bytes;
+  // Megatron keeps fp8 parameters in their own uint8 buffer (DistributedDataParallel groups the buffers by
+  // (param dtype, grad dtype)); this bucket gathers its linear weights at 1 B and the rest (norms, embedding, router,
+  // output layer, padding) in the parameters' dtype.
+  return bucket.fp8_numel * schedule::dtype_bytes(schedule::DType::kFP8) +
+         (bucket.numel - bucket.fp8_numel) * k_.act_bytes;
 }
 
 Nanos RankLowering::optimizer_host_ns() const {

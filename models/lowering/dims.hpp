@@ -29,10 +29,18 @@ struct Dims {
   /// (fp8_recipe tensorwise), an amax pass before each cast. The memory estimate (memory.cpp) counts TE's fp8 weight
   /// copies, scaling state and fp8-saved linear inputs from these flags.
   bool fp8 = false, fp8_current = false;
+  /// fp8_param_gather (dtype fp8 only): TE's linear weights are fp8 parameters, gathered in fp8 by the distributed
+  /// optimizer (data_parallel.cpp param_ag_bytes(); memory.cpp counts 1 B per element plus the Hopper transpose).
+  bool fp8_param_gather = false;
   /// gradient_accumulation_fusion with fp32 main grads: linear layers' wgrad GEMMs (fp8 ones too: Transformer
   /// Engine's _Linear backward passes main_grad as the wgrad GEMM's fp32 output with accumulate) add into the main
   /// grad (Gemm::accumulate_fp32).
   bool wgrad_accumulate_fp32 = false;
+  /// gradient_accumulation_fusion off: a linear layer's wgrad GEMM writes a fresh gradient in the parameters' dtype
+  /// and DDP's backward post-hook adds it into the main grad (`main_grad.add_(grad)`, a separate elementwise kernel;
+  /// op_emitter.hpp main_grad_add()). HBM bytes per weight element of that add: the main grad read and written and
+  /// the gradient read, 2 grad_bytes + act_bytes. 0 with the fusion on (the GEMM itself updates the main grad).
+  std::uint64_t wgrad_add_bytes_per_element = 0;
   // Effective overlap switches after gating.
   bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
   bool aligned_param_gather = false;

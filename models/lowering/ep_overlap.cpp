@@ -15,10 +15,19 @@ void RankLowering::flush_wgrads() {
   deferred_.clear();
   for (auto& it : items) {
     schedule::Op& op = open<Compute>(x_.st.compute, std::move(it.deps));
-    op.name = std::move(it.name);
-    op.tags = std::move(it.tags);
-    std::get<Compute>(op.body).kernel = std::move(it.kernel);
-    grad_ready(it.param, op.id);
+    op.name = it.name;
+    op.tags = it.tags;
+    std::get<Compute>(op.body).kernel = it.kernel;
+    OpId ready = op.id;      // `op` dangles once the add is opened
+    if (it.main_grad_add) {  // the held GEMM's main_grad.add_, named after it
+      const std::uint64_t bytes = wgrad_weight_elements(it.kernel) * k_.wgrad_add_bytes_per_element;
+      schedule::Op& add = open<Compute>(x_.st.compute, {});
+      if (x_.op_names) add.name = it.name + "_main_grad_add";
+      add.tags = it.tags;
+      std::get<Compute>(add.body).kernel = Elementwise{bytes, 0};
+      ready = add.id;
+    }
+    grad_ready(it.param, ready);
   }
 }
 

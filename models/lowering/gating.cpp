@@ -239,9 +239,21 @@ void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k) {
     fail("fp8_amax_history_len must be >= 1 with the delayed fp8 recipe (TE keeps that many amax rows)",
          "set --fp8-amax-history-len (Megatron-Bridge's fp8 recipe: 1024)");
   }
+  if (cfg.fp8_param_gather && !k.fp8) {
+    fail("fp8_param_gather keeps fp8 parameters, which only dtype fp8 has",
+         "use --dtype fp8 or drop --fp8-param-gather (run config field fp8_param_gather)");
+  }
+  if (cfg.fp8_param_gather && !cfg.use_distributed_optimizer) {
+    fail(
+        "fp8_param_gather needs the distributed optimizer (Megatron: '--fp8-param-gather only supported with "
+        "distributed optimizer'; it re-quantizes the fp32 main-parameter shards into the fp8 parameters)",
+        "add --distributed-optimizer (use_distributed_optimizer) or drop --fp8-param-gather");
+  }
+  k.fp8_param_gather = cfg.fp8_param_gather;
   k.act_bytes = schedule::dtype_bytes(k.dtype);
   k.grad_bytes = cfg.grad_reduce_in_fp32 ? 4 : k.act_bytes;
   k.wgrad_accumulate_fp32 = cfg.gradient_accumulation_fusion && k.grad_bytes == 4;
+  k.wgrad_add_bytes_per_element = cfg.gradient_accumulation_fusion ? 0 : 2 * k.grad_bytes + k.act_bytes;
 }
 
 /// The interleaved schedule's micro-batch grouping and the P2P flags (section 7).

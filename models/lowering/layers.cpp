@@ -137,7 +137,9 @@ void RankLowering::output_bwd() {
   Gemm wg{vt, k_.hidden, k_.tokens, 1, k_.dtype};
   wg.accumulate_fp32 = k_.wgrad_accumulate_fp32;
   const OpId w = kernel("output_wgrad", wg, Phase::kWgrad);
-  grad_ready(x_.model->share_embeddings_and_output_weights && k_.pp == 1 ? "embedding" : "output", w);
+  const OpId add = main_grad_add("output_wgrad", wg, Phase::kWgrad);
+  grad_ready(x_.model->share_embeddings_and_output_weights && k_.pp == 1 ? "embedding" : "output",
+             add != schedule::kNoOp ? add : w);
   if (k_.tp > 1) {
     collective(x_.st.tp, k_.sp ? "output_dgrad_rs" : "output_dgrad_ar",
                k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, k_.hidden),

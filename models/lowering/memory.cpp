@@ -44,7 +44,10 @@ struct TensorBytes {
 TensorBytes tensor_bytes(const Dims& k, const RunConfig& cfg, const MemoryCosts& m) {
   TensorBytes b;
   b.weight = static_cast<double>(k.act_bytes);
-  b.fp8_weight_copy = m.fp8_weight_copy_bytes_per_param >= 0 ? m.fp8_weight_copy_bytes_per_param : (k.fp8 ? 2.0 : 0.0);
+  // fp8 copies per linear weight element: TE's cached fp8 weight and its transpose (2 B); with fp8_param_gather the
+  // weight itself is the fp8 parameter (counted in `params` at 1 B) and only the Hopper transpose is added (1 B).
+  const double fp8_copies = k.fp8 ? (k.fp8_param_gather ? 1.0 : 2.0) : 0.0;
+  b.fp8_weight_copy = m.fp8_weight_copy_bytes_per_param >= 0 ? m.fp8_weight_copy_bytes_per_param : fp8_copies;
   // fp32 weights are their own main weights; otherwise the main weights and Adam's moments take the optimizer's state
   // dtypes (fp32 unless the precision-aware optimizer or Apex's DistributedFusedAdam keeps lower ones).
   b.main_param = k.act_bytes < 4 ? schedule::dtype_bytes(cfg.main_params_dtype) : 0.0;
@@ -162,16 +165,19 @@ double peak_activations(const Ctx& x, const Coords& co, const LayerActivations& 
 struct Fp8Static {
   double weight_copies = 0;  ///< Cached fp8 weights: row-wise data + transpose + scale_inv per GEMM.
   double scaling = 0;        ///< The recipe's scale / amax tensors of every TE module.
+  double linear_numel = 0;   ///< The rank's linear-weight elements (fp8 parameters with fp8_param_gather).
 };
 
 /// The fp8 weight copies: each fp8 linear module's weight workspace per GEMM, cached across micro-batches because
 /// Megatron passes `is_first_microbatch` (TE's `get_weight_workspace`, module/base.py): row-wise data and, for the
 /// dgrad GEMM, its transpose (Hopper: no column-wise fp8 layout), 1 B per element each, and a one-element fp32
-/// scale_inv. The scaling state of a TE module with G GEMMs (its `set_meta_tensor`, module/base.py): delayed
-/// scaling (`DelayedScalingRecipeState`, quantization.py) keeps fp32 scale [3G] and amax history [H x 3G] for the
-/// forward's input/weight/output and scale [2G] and history [H x 2G] for the backward's two gradients; current
-/// scaling keeps a one-element fp32 scale and amax per quantizer (`Float8CurrentScalingQuantizer`), 5G of them. TE's
-/// DotProductAttention enters the same setup with 3 GEMMs under fp8 autocast, fp8 attention or not.
+/// scale_inv. With fp8_param_gather the weight is an fp8 parameter (TE's `fp8_model_init`) and the copy is the
+/// transpose alone, which TE's `post_all_gather_processing` builds after each param all-gather on Hopper (no non-TN
+/// fp8 GEMM), with the parameter's scale_inv. The scaling state of a TE module with G GEMMs (its `set_meta_tensor`,
+/// module/base.py): delayed scaling (`DelayedScalingRecipeState`, quantization.py) keeps fp32 scale [3G] and amax
+/// history [H x 3G] for the forward's input/weight/output and scale [2G] and history [H x 2G] for the backward's two
+/// gradients; current scaling keeps a one-element fp32 scale and amax per quantizer (`Float8CurrentScalingQuantizer`),
+/// 5G of them. TE's DotProductAttention enters the same setup with 3 GEMMs under fp8 autocast, fp8 attention or not.
 Fp8Static fp8_static(const Ctx& x, const Coords& co, const TensorBytes& b) {
   const Dims& k = x.k;
   const double block = allocation_bytes(4);  // a one-element fp32 tensor
@@ -188,6 +194,7 @@ Fp8Static fp8_static(const Ctx& x, const Coords& co, const TensorBytes& b) {
       if (p.fp8_gemms == 0) continue;
       const double G = p.fp8_gemms;
       f.weight_copies += static_cast<double>(p.fp8_numel) * b.fp8_weight_copy + (k.fp8 ? G * block : 0.0);
+      f.linear_numel += static_cast<double>(p.fp8_numel);
       f.scaling += module_scaling(G);
     }
     for (auto layer : x.vs_layers[c * k.pp + co.pp]) {
@@ -195,6 +202,18 @@ Fp8Static fp8_static(const Ctx& x, const Coords& co, const TensorBytes& b) {
     }
   }
   return f;
+}
+
+/// gradient_accumulation_fusion off: the largest wgrad temporary of the rank's layers, the parameters' dtype x the
+/// largest linear weight (Param::fp8_numel: the weight-matrix elements of a TE/Megatron linear module); 0 with the
+/// fusion on (the GEMM writes into the main grad).
+double wgrad_temporary_bytes(const Ctx& x, const Coords& co, const TensorBytes& b) {
+  if (x.k.wgrad_add_bytes_per_element == 0) return 0.0;
+  std::uint64_t largest = 0;
+  for (std::uint32_t c = 0; c < x.k.vpp; ++c) {
+    for (const auto& p : x.params[co.pp][c]) largest = std::max(largest, p.fp8_numel);
+  }
+  return static_cast<double>(largest) * b.weight;
 }
 
 }  // namespace
@@ -219,8 +238,11 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   const double sharded = numel / (distopt ? static_cast<double>(k.dp) * k.cp : 1.0) +
                          expert_numel / (distopt ? static_cast<double>(k.expert_dp) : 1.0);
   const double all = numel + expert_numel;
-  e.params_bytes = all * b.weight;
   const Fp8Static fp8 = fp8_static(x, co, b);
+  // fp8_param_gather: the linear weights are fp8 parameters (1 B), the rest stays in the parameters' dtype.
+  e.params_bytes =
+      all * b.weight -
+      (k.fp8_param_gather ? fp8.linear_numel * (b.weight - schedule::dtype_bytes(schedule::DType::kFP8)) : 0.0);
   e.fp8 = k.fp8;
   e.fp8_weights_bytes = fp8.weight_copies;
   e.fp8_scaling_bytes = fp8.scaling;
@@ -247,7 +269,14 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   const double recompute =
       x.recompute_full ? std::max(la.dense, la.moe) * (cfg.recompute_method == RecomputeMethod::kBlock ? 1.0 : group)
                        : 0.0;
-  const double fb_transient = std::max(loss_working, recompute);
+  // Without gradient_accumulation_fusion a linear wgrad GEMM writes its gradient as a temporary in the parameters'
+  // dtype until DDP's hook has added it into the main grad: during a layer's backward the largest linear weight of the
+  // rank (a grouped expert linear's local experts together: TE's GroupedLinear allocates their wgrads at once), and
+  // at the last stage the output layer's [V_t, h] beside the loss's working memory (the logits' gradient it reads).
+  const double wgrad_temporaries = wgrad_temporary_bytes(x, co, b);
+  const double output_wgrad_temporary =
+      k.wgrad_add_bytes_per_element > 0 && last_stage ? V * static_cast<double>(k.hidden) * b.weight : 0.0;
+  const double fb_transient = std::max(loss_working + output_wgrad_temporary, recompute + wgrad_temporaries);
   // Optimizer step: main grads in a narrower dtype than the main weights are copied to the main weights' dtype for
   // their shard (Megatron's _copy_model_grads_to_main_grads: bf16 grads to fp32); Adam's temporaries per parameter
   // of the shard (0 for fused Adam).

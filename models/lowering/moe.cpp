@@ -293,7 +293,7 @@ void RankLowering::moe_pre_bwd(std::string_view L) {
   if (!dispatch_flex_) elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.hidden), ph);
   elementwise("router_topk_bwd", T * k_.experts * 4 * 3, ph);
   kernel("router_dgrad", Gemm{T, k_.hidden, k_.experts, 1, k_.dtype}, ph);
-  wgrad_op("router_wgrad", Gemm{k_.experts, k_.hidden, T, 1, k_.dtype}, {}, Name{L, "router"});
+  wgrad_op("router_wgrad", Gemm{k_.experts, k_.hidden, T, 1, k_.dtype}, {}, Name{L, "router"}, {}, WgradOf::kTorchOp);
   if (k_.shared_ffn > 0) {
     const CommId tp = x_.tp_of[rank_];
     if (k_.tp > 1) {

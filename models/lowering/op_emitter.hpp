@@ -177,6 +177,26 @@ class OpEmitter {
     const Gemm g = linear_gemm(0, n, kk, role);
     return schedule::GroupedGemm{std::move(groups), n, kk, g.dtype, g.a_format, g.b_format, g.accumulate_fp32};
   }
+  /// Weight elements a linear layer's wgrad GEMM produces: C[out, in] of a Gemm (m x n x batch), one [n, k] weight per
+  /// group of a GroupedGemm (the local experts).
+  static std::uint64_t wgrad_weight_elements(const schedule::Kernel& wgrad) {
+    if (const auto* g = std::get_if<Gemm>(&wgrad)) return g->m * g->n * g->batch;
+    const auto& gg = std::get<schedule::GroupedGemm>(wgrad);
+    return gg.m.size() * gg.n * gg.k;
+  }
+  /// gradient_accumulation_fusion off: the `main_grad.add_(grad)` that DDP's backward post-hook runs once the linear
+  /// layer's wgrad GEMM (named `wgrad_name`, kernel `wgrad`) has written its gradient in the parameters' dtype
+  /// (Megatron's LinearWithGradAccumulationAndAsyncCommunication.backward returns `grad_output.t().matmul(
+  /// total_input)` without the fusion; DistributedDataParallel._make_backward_post_hook adds it): an elementwise
+  /// kernel of Dims::wgrad_add_bytes_per_element per weight element, on the compute stream right after the GEMM.
+  /// Returns the add, or kNoOp with the fusion on.
+  OpId main_grad_add(const Name& wgrad_name, const schedule::Kernel& wgrad, Phase ph) {
+    if (k_.wgrad_add_bytes_per_element == 0) return schedule::kNoOp;
+    TWINSTEP_ASSERT(wgrad_name.after.empty(), "wgrad op %s: a name with a suffix", wgrad_name.str().c_str());
+    Name add = wgrad_name;  // "<wgrad>_main_grad_add"
+    add.after = "_main_grad_add";
+    return elementwise(add, wgrad_weight_elements(wgrad) * k_.wgrad_add_bytes_per_element, ph);
+  }
   /// --dtype fp8: the cast kernel before a linear GEMM of `elements` input elements (bf16 -> fp8 and the transposed
   /// copy the wgrad GEMM reads, with the amax; tensorwise scaling reads the input once more for the amax first).
   /// Nothing otherwise.

@@ -76,16 +76,24 @@ class RankLowering : private OpEmitter {
   void colparallel_bwd(std::string_view site, std::uint64_t out, std::uint64_t in, std::string_view L,
                        std::string_view ln);
   bool ub() const { return k_.tp_overlap && !no_ub_; }
-  /// A weight-gradient kernel: emitted now, or held for the W node of the combined schedule (delay_wgrad_compute).
+  /// What computes a weight gradient: a linear layer's wgrad GEMM (gradient_accumulation_fusion decides whether it
+  /// updates the main grad itself or a main_grad_add() follows it), or a plain torch op (the router's linear), whose
+  /// gradient reaches the main grad through DDP's hook in both modes (that add is not lowered).
+  enum class WgradOf : std::uint8_t { kLinear, kTorchOp };
+  /// A weight-gradient kernel (and, for a linear layer without the fusion, its main_grad_add()): emitted now, or held
+  /// for the W node of the combined schedule (delay_wgrad_compute).
   template <typename K>
-  void wgrad_op(const Name& what, K&& kern, std::vector<OpId> deps, const Name& param, std::string_view overlap = {}) {
+  void wgrad_op(const Name& what, K&& kern, std::vector<OpId> deps, const Name& param, std::string_view overlap = {},
+                WgradOf of = WgradOf::kLinear) {
+    const bool add = of == WgradOf::kLinear && k_.wgrad_add_bytes_per_element > 0;
     if (defer_wgrad_) {
       deferred_.push_back(Deferred{nm(what), schedule::Kernel(std::forward<K>(kern)), std::move(deps), param.str(),
-                                   tags(Phase::kWgrad, "ep")});
+                                   tags(Phase::kWgrad, "ep"), add});
       return;
     }
-    const OpId w = kernel(what, std::forward<K>(kern), Phase::kWgrad, std::move(deps), overlap);
-    grad_ready(param, w);
+    const OpId w = kernel(what, kern, Phase::kWgrad, std::move(deps), overlap);
+    const OpId a = add ? main_grad_add(what, schedule::Kernel(std::forward<K>(kern)), Phase::kWgrad) : schedule::kNoOp;
+    grad_ready(param, a != schedule::kNoOp ? a : w);
   }
 
   // ---- attention and CP (attention.cpp) ----
@@ -353,6 +361,9 @@ class RankLowering : private OpEmitter {
   // updated by the previous step's optimizer) and waited by the forward pre-hooks of the first micro-batch.
   OpId issue_param_ag(std::uint32_t chunk, std::size_t b);
   void param_gather_wait(std::uint32_t chunk, std::string_view param, std::uint32_t mb);
+  /// Bytes one rank's distributed-optimizer param all-gather of `bucket` moves: its padded elements in the parameters'
+  /// dtype, its fp8 parameters (fp8_param_gather) at 1 B.
+  std::uint64_t param_ag_bytes(const DpBucket& bucket) const;
   bool grad_hooks_enabled(std::uint32_t mb) const {
     if (!k_.grad_overlap) return false;
     if (k_.vpp > 1 && x_.cfg->align_grad_reduce) return false;  // dispatched whole-chunk by grad_sync_func
@@ -424,6 +435,7 @@ class RankLowering : private OpEmitter {
     std::vector<OpId> deps;
     std::string param;
     schedule::Tags tags;
+    bool main_grad_add = false;  ///< WgradOf::kLinear without gradient_accumulation_fusion: the add follows.
   };
   std::vector<Deferred> deferred_;
   OpId d2h_ = schedule::kNoOp;     // D2H copy of the split sizes the dispatch host-syncs on

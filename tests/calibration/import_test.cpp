@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <variant>
 
 #include "calibration/compare.hpp"
 #include "calibration/fit_trace.hpp"
@@ -17,6 +18,7 @@
 #include "sim/cost_model.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/schedule_builder.hpp"
 #include "topologies/cluster.hpp"
 
 namespace ti = twinstep::calibration::trace_import;
@@ -275,6 +277,45 @@ TEST_CASE("calibrate --from-trace: accumulating bf16 GEMMs fit the gemm_accumula
   // Read back from the profile's JSON: the table's name is one the reader accepts.
   CHECK(twinstep::sim::profile_from_json(twinstep::sim::profile_to_json(p), "fit.json")
             .compute.count("gemm_accumulate") == 1);
+}
+
+TEST_CASE("calibrate --from-trace: fp8 and grouped accumulating GEMMs' fp32 epilogue is not counted twice") {
+  // A step whose GEMMs all accumulate into fp32 main grads and are priced from their class table plus the epilogue's
+  // bytes (fp8; grouped): timed by the datasheet profile, fitted back, and costed under other names (no op table).
+  // The fitted class tables are the GEMMs without the epilogue, so the cost model's epilogue is added once: the
+  // truth's time comes back, and the plain GEMM of the same shape is cheaper by the epilogue's seconds.
+  twinstep::testing::ScheduleBuilder b(1, {ts::StreamDecl{"compute", 0}});
+  ts::Gemm fp8{8192, 4096, 16384, 1, ts::DType::kFP8};
+  fp8.accumulate_fp32 = true;
+  b.add(0, "L0.mb0.bwd.fc1_wgrad", 0, ts::Compute{fp8, 0});
+  ts::GroupedGemm grouped{{8192, 8192, 8192, 8192}, 2048, 4096, ts::DType::kBF16};
+  grouped.accumulate_fp32 = true;
+  b.add(0, "L0.mb0.bwd.experts_fc1_wgrad", 0, ts::Compute{grouped, 0});
+  const auto cluster = twinstep::topologies::load_cluster("dgx-h100", twinstep::topologies::ClusterSize{0, 1});
+  const auto truth = twinstep::sim::Profile::datasheet_defaults();
+  const twinstep::sim::CostModel truth_costs(cluster, truth);
+  const ts::Trace measured = twinstep::sim::simulate(b.schedule(), cluster, truth_costs);
+  const auto fitted = twinstep::calibration::fit_profile_from_trace(measured, "t.json", cluster, truth, "t").profile;
+  REQUIRE(fitted.compute.count("gemm") == 1);
+  REQUIRE(fitted.compute.count("grouped_gemm") == 1);
+  const twinstep::sim::CostModel costs(cluster, fitted);
+  for (const auto& op : measured.schedule.ops) {
+    INFO(op.name);
+    const auto& c = std::get<ts::Compute>(op.body);
+    const double t = (measured.records[op.id].end_ns - measured.records[op.id].start_ns) * 1e-9;
+    REQUIRE(twinstep::sim::accumulate_epilogue_extra_bytes(c.kernel) > 0);
+    CHECK(costs.kernel_cost(c, op.name).solo_time_s() == Approx(t).epsilon(1e-3));  // its own stem table
+    CHECK(costs.kernel_cost(c, "other").solo_time_s() == Approx(t).epsilon(1e-3));  // the class table + epilogue
+    ts::Compute plain = c;
+    std::visit(
+        [](auto& k) {
+          if constexpr (requires { k.accumulate_fp32; }) k.accumulate_fp32 = false;
+        },
+        plain.kernel);
+    const double epilogue_s = twinstep::sim::accumulate_epilogue_extra_bytes(c.kernel) /
+                              (cluster.node.gpu.hbm_bytes_per_s * fitted.memory_efficiency);
+    CHECK(costs.kernel_cost(plain, "other").solo_time_s() == Approx(t - epilogue_s).epsilon(1e-3));
+  }
 }
 
 TEST_CASE(

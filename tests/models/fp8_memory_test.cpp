@@ -1,9 +1,11 @@
 // The memory estimate of --dtype fp8 runs as Transformer Engine keeps them (models/lowering/memory.cpp, docs/memory.md
 // "fp8"): the cached fp8 weight copies, the recipe's scaling state, the linear layers' inputs saved in fp8, each
-// against its closed form; what stays bf16; the text breakdown; a bf16 run unchanged.
+// against its closed form; what stays bf16; the text breakdown; a bf16 run unchanged; fp8_param_gather's fp8
+// parameters and their all-gather.
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <variant>
 
 #include "common/error.hpp"
 #include "models/lower.hpp"
@@ -168,4 +170,69 @@ TEST_CASE("memory: the text breakdown names the fp8 terms for fp8 runs only", "[
   CHECK(memory_breakdown_text(bf16).find("fp8_scaling") == std::string::npos);
   CHECK(memory_breakdown_text(bf16).find("(inputs in bf16)") == std::string::npos);
   CHECK(memory_terms(bf16).size() == memory_terms(fp8).size() - 1);
+}
+
+TEST_CASE("memory: fp8_param_gather keeps the linear weights as fp8 parameters (1 B) and TE's Hopper transpose",
+          "[memory][fp8]") {
+  const ModelSpec m = test::shrink(load_model("llama3-8b"), 2);
+  const double h = m.hidden_size, nq = m.num_attention_heads, nkv = m.num_query_groups, dh = m.kv_channels;
+  const double f = m.ffn_hidden_size, f1 = 2 * f;  // SwiGLU
+  const double linear = m.num_layers * (h * (nq + 2 * nkv) * dh + nq * dh * h + h * f1 + f * h);
+  RunConfig c = one_gpu(1024, schedule::DType::kFP8);
+  c.use_distributed_optimizer = true;
+  CHECK_FALSE(c.fp8_param_gather);  // Megatron's default
+  const MemoryEstimate cached = lower(m, c).peak_memory;
+  c.fp8_param_gather = true;
+  const MemoryEstimate gathered = lower(m, c).peak_memory;
+  // The parameters: the linear weights at 1 B instead of 2 (fp8_model_init), the rest (embedding, norms, output
+  // layer) unchanged; the fp8 copies: the transpose alone (1 B) and one scale_inv per weight, instead of TE's cached
+  // weight workspace with its transpose (2 B).
+  CHECK(cached.params_bytes - gathered.params_bytes == Approx(linear).epsilon(1e-12));
+  CHECK(gathered.fp8_weights_bytes == Approx(linear + m.num_layers * 4 * kBlock).epsilon(1e-12));
+  CHECK(cached.fp8_weights_bytes == Approx(2 * linear + m.num_layers * 4 * kBlock).epsilon(1e-12));
+  // The fp32 main weights, the grads, the moments, the scaling state and the activations are those of fp8 without it.
+  CHECK(gathered.main_params_bytes == cached.main_params_bytes);
+  CHECK(gathered.grads_bytes == cached.grads_bytes);
+  CHECK(gathered.optimizer_bytes == cached.optimizer_bytes);
+  CHECK(gathered.fp8_scaling_bytes == cached.fp8_scaling_bytes);
+  CHECK(gathered.activations_bytes == cached.activations_bytes);
+  CHECK(cached.allocated_bytes() - gathered.allocated_bytes() == Approx(2 * linear).epsilon(1e-12));
+  // Only with dtype fp8, and only with the distributed optimizer (Megatron's assert): errors naming the field and fix.
+  c.dtype = schedule::DType::kBF16;
+  CHECK_THROWS_AS(lower(m, c), Error);
+  CHECK_THROWS_WITH(lower(m, c), twinstep_contains("fp8_param_gather") && twinstep_contains("--dtype fp8"));
+  c.dtype = schedule::DType::kFP8;
+  c.use_distributed_optimizer = false;
+  CHECK_THROWS_WITH(lower(m, c),
+                    twinstep_contains("distributed optimizer") && twinstep_contains("--distributed-optimizer"));
+}
+
+TEST_CASE("lower: fp8_param_gather all-gathers the fp8 linear weights in half the bytes of bf16", "[lower][fp8]") {
+  const ModelSpec m = test::shrink(load_model("llama3-8b"), 2);
+  const double h = m.hidden_size, nq = m.num_attention_heads, nkv = m.num_query_groups, dh = m.kv_channels;
+  const double f = m.ffn_hidden_size;
+  const double linear = m.num_layers * (h * (nq + 2 * nkv) * dh + nq * dh * h + h * 2 * f + f * h);
+  RunConfig c = config(2, 1, 1);  // DP 2
+  c.global_batch_size = 2;
+  c.dtype = schedule::DType::kFP8;
+  c.use_distributed_optimizer = true;
+  // The buckets' linear-weight elements are the model's, and the rest stays in bf16.
+  std::uint64_t numel = 0, fp8_numel = 0;
+  for (const auto& b : dp_buckets(m, c, 0, 0)) {
+    numel += b.numel;
+    fp8_numel += b.fp8_numel;
+  }
+  CHECK(static_cast<double>(fp8_numel) == linear);
+  auto ag_bytes = [&](bool on) {
+    c.fp8_param_gather = on;
+    const Lowered low = lower(m, c);
+    REQUIRE(test::problems(low.schedule).empty());
+    std::uint64_t bytes = 0;
+    for (const auto& op : low.schedule.ops) {
+      if (op.rank == 0 && op.name.ends_with(".param_ag")) bytes += std::get<schedule::Collective>(op.body).bytes;
+    }
+    return bytes;
+  };
+  CHECK(ag_bytes(false) == 2 * numel);
+  CHECK(ag_bytes(true) == 2 * (numel - fp8_numel) + fp8_numel);  // the fp8 parameters at 1 B: half of bf16
 }

@@ -1,7 +1,11 @@
 // gradient_accumulation_fusion: with fp32 main grads every linear layer's wgrad GEMM (TP linears, the output layer,
 // MoE expert grouped GEMMs; fp8 ones too) accumulates into the fp32 main grad (Gemm::accumulate_fp32), no forward or
-// dgrad GEMM does, and nothing does with bf16 main grads or with the knob off.
+// dgrad GEMM does, and nothing does with bf16 main grads or with the knob off. With the knob off every linear wgrad
+// GEMM is followed by DDP's main_grad.add_ (an elementwise op of closed-form bytes), and its temporary is counted.
+#include <algorithm>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <variant>
 
 #include "tests/catch.hpp"
@@ -9,6 +13,7 @@
 
 using namespace twinstep::models;
 using twinstep::models::test::config;
+using twinstep::models::test::count_ops;
 using twinstep::models::test::moe_model;
 using twinstep::models::test::problems;
 using twinstep::models::test::shrink;
@@ -78,14 +83,14 @@ TEST_CASE("models::lower: gradient_accumulation_fusion with fp32 main grads accu
   CHECK(n8.wgrad_acc == n8.wgrad);
   CHECK(n8.other_acc == 0);
   c.dtype = sch::DType::kBF16;
-  // bf16 main grads or the knob off: plain GEMMs, and otherwise the same schedule.
+  // bf16 main grads or the knob off: plain GEMMs; the knob off adds the main_grad.add_ ops (the next test case).
   c.grad_reduce_in_fp32 = false;
   CHECK(count(lower(m, c).schedule).wgrad_acc == 0);
   c.grad_reduce_in_fp32 = true;
   c.gradient_accumulation_fusion = false;
   const Lowered off = lower(m, c);
   CHECK(count(off.schedule).wgrad_acc == 0);
-  CHECK(off.schedule.ops.size() == on.schedule.ops.size());
+  CHECK(off.schedule.ops.size() == on.schedule.ops.size() + count_ops(off.schedule, "_main_grad_add"));
 }
 
 TEST_CASE("models::lower: MoE expert wgrad grouped GEMMs accumulate into fp32 main grads", "[lower][moe]") {
@@ -101,4 +106,117 @@ TEST_CASE("models::lower: MoE expert wgrad grouped GEMMs accumulate into fp32 ma
   CHECK(accumulates(low.schedule, "experts_fc1_wgrad"));
   CHECK(accumulates(low.schedule, "experts_fc2_wgrad"));
   CHECK_FALSE(accumulates(low.schedule, "router_wgrad"));  // a plain torch linear: autograd grad, then main_grad
+}
+
+namespace {
+
+/// Weight elements of a wgrad GEMM: C[m, n] of a Gemm, one [n, k] weight per group of a GroupedGemm.
+std::uint64_t weight_elements(const sch::Kernel& k) {
+  if (const auto* g = std::get_if<sch::Gemm>(&k)) return g->m * g->n * g->batch;
+  const auto& gg = std::get<sch::GroupedGemm>(k);
+  return gg.m.size() * gg.n * gg.k;
+}
+
+/// Checks every "<wgrad>_main_grad_add" op: it directly follows its wgrad GEMM on the same rank and stream and moves
+/// `per_element` bytes per weight element. Returns (linear wgrad GEMMs, adds); router wgrads are not linear layers.
+std::pair<int, int> check_adds(const sch::Schedule& s, std::uint64_t per_element) {
+  int gemms = 0, adds = 0;
+  for (std::size_t i = 0; i < s.ops.size(); ++i) {
+    const auto& op = s.ops[i];
+    if (op.name.ends_with("_wgrad") && !op.name.ends_with("router_wgrad")) {
+      const auto& k = std::get<sch::Compute>(op.body).kernel;
+      if (std::holds_alternative<sch::Gemm>(k) || std::holds_alternative<sch::GroupedGemm>(k)) ++gemms;
+    }
+    if (!op.name.ends_with("_main_grad_add")) continue;
+    ++adds;
+    const auto* ew = std::get_if<sch::Elementwise>(&std::get<sch::Compute>(op.body).kernel);
+    REQUIRE(ew != nullptr);
+    const sch::Op* gemm = nullptr;  // the previous op of the same rank and stream
+    for (std::size_t j = i; j-- > 0;) {
+      if (s.ops[j].rank == op.rank && s.ops[j].stream == op.stream) {
+        gemm = &s.ops[j];
+        break;
+      }
+    }
+    REQUIRE(gemm != nullptr);
+    CHECK(gemm->name + "_main_grad_add" == op.name);
+    CHECK(ew->bytes == weight_elements(std::get<sch::Compute>(gemm->body).kernel) * per_element);
+  }
+  return {gemms, adds};
+}
+
+}  // namespace
+
+TEST_CASE("models::lower: without gradient_accumulation_fusion each linear wgrad GEMM is followed by main_grad.add_",
+          "[lower]") {
+  const ModelSpec m = shrink(load_model("llama3-8b"), 2);
+  RunConfig c = config(2, 2, 1);
+  c.sequence_parallel = true;
+  for (const bool fp32 : {true, false}) {
+    CAPTURE(fp32);
+    c.grad_reduce_in_fp32 = fp32;
+    c.gradient_accumulation_fusion = true;
+    const Lowered on = lower(m, c);
+    c.gradient_accumulation_fusion = false;
+    const Lowered off = lower(m, c);
+    REQUIRE(problems(off.schedule).empty());
+    CHECK(count_ops(on.schedule, "_main_grad_add") == 0);
+    // Read main grad + read the bf16 gradient + write main grad: 4 + 2 + 4 (fp32 main grads) or 2 + 2 + 2 bytes.
+    const std::uint64_t per = fp32 ? 10 : 6;
+    const auto [gemms, adds] = check_adds(off.schedule, per);
+    // 2 ranks x 1 micro-batch x (2 layers x qkv, proj, fc1, fc2 + the output layer).
+    CHECK(gemms == 2 * (2 * 4 + 1));
+    CHECK(adds == gemms);
+    CHECK(off.schedule.ops.size() == on.schedule.ops.size() + static_cast<std::size_t>(adds));
+    // Closed form for fc2 (TP 2: [h, f / 2]) and the output layer ([V / 2, h], V padded to 128256).
+    auto bytes_of = [&](const std::string& name) {
+      for (const auto& op : off.schedule.ops) {
+        if (op.name == name) return std::get<sch::Elementwise>(std::get<sch::Compute>(op.body).kernel).bytes;
+      }
+      FAIL("no op " << name);
+      return std::uint64_t{0};
+    };
+    CHECK(bytes_of("L1.mb0.bwd.fc2_wgrad_main_grad_add") == 4096ull * 14336 / 2 * per);
+    CHECK(bytes_of("mb0.bwd.output_wgrad_main_grad_add") == 128256ull / 2 * 4096 * per);
+    if (!fp32) continue;  // bf16 main grads: the optimizer step's fp32 copy of the grads is the peak here
+    // The temporary: during the layers' backward the largest linear weight (fc1: [2 f / 2, h]) in bf16, at the last
+    // stage the output layer's beside the loss's working memory (T = 1024 tokens x V / 2 logits).
+    REQUIRE(on.peak_memory.peak_phase == "forward/backward");
+    const double fc1 = 2.0 * 14336 / 2 * 4096 * 2, output = 128256.0 / 2 * 4096 * 2;
+    const double loss = c.memory.loss_working_bytes_per_logit * 1024.0 * 128256 / 2;
+    CHECK(on.peak_memory.transient_bytes == Approx(loss));
+    CHECK(off.peak_memory.transient_bytes == Approx(std::max(loss + output, fc1)));
+  }
+}
+
+TEST_CASE("models::lower: without gradient_accumulation_fusion MoE expert wgrads get their main_grad.add_",
+          "[lower][moe]") {
+  const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
+  RunConfig c = config(2, 1, 1);
+  c.global_batch_size = 2;
+  c.seq_length = 256;
+  c.expert_model_parallel_size = 2;
+  c.cuda_device_max_connections = 32;
+  c.gradient_accumulation_fusion = false;
+  const Lowered low = lower(m, c);
+  REQUIRE(problems(low.schedule).empty());
+  const auto [gemms, adds] = check_adds(low.schedule, 6);  // bf16 main grads (the recipe default)
+  CHECK(adds == gemms);
+  CHECK(count_ops(low.schedule, "experts_fc1_wgrad_main_grad_add") == 2 * 2);  // 2 ranks x 2 layers
+  CHECK(count_ops(low.schedule, "router_wgrad_main_grad_add") == 0);           // a torch op: not a fused linear
+  // One grouped add over the rank's local experts: 128 / 2 experts x [h, f_e] (fc2) = 64 x 2048 x 768.
+  for (const auto& op : low.schedule.ops) {
+    if (op.name == "L0.mb0.bwd.experts_fc2_wgrad_main_grad_add") {
+      CHECK(std::get<sch::Elementwise>(std::get<sch::Compute>(op.body).kernel).bytes == 64ull * 2048 * 768 * 6);
+    }
+  }
+  // delay_wgrad_compute holds the wgrads for the W node: each held GEMM keeps its add.
+  c.overlap_moe_expert_parallel_comm = true;
+  c.delay_wgrad_compute = true;
+  c.global_batch_size = 4;
+  const Lowered held = lower(m, c);
+  REQUIRE(problems(held.schedule).empty());
+  const auto [held_gemms, held_adds] = check_adds(held.schedule, 6);
+  CHECK(held_adds == held_gemms);
+  CHECK(held_adds > 0);
 }
