@@ -113,7 +113,7 @@ const std::string kKernelTable = "CUPTI_ACTIVITY_KIND_KERNEL";
 
 /// The kernel table's columns, checked: without it (or a column this reader needs) the file is no CUDA trace.
 std::set<std::string> kernel_columns(Db& db, const std::string& path) {
-  const auto kcols = db.columns(kKernelTable);
+  auto kcols = db.columns(kKernelTable);
   if (kcols.empty()) {
     throw ParseError(path, kKernelTable,
                      "no such table: not an Nsight Systems export of a CUDA trace (profile with `nsys profile -t "
