@@ -26,6 +26,7 @@
 #include "backend/sdpa.hpp"
 #include "common/assert.hpp"
 #include "common/error.hpp"
+#include "common/stats.hpp"
 #include "schedule/json.hpp"
 
 #ifndef TWINSTEP_GIT_REVISION
@@ -65,13 +66,6 @@ std::string iso_date_utc() {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
-}
-
-Nanos median(std::vector<Nanos> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /// A planned op bound to this run's handles.

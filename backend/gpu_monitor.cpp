@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "common/error.hpp"
+#include "common/stats.hpp"
 
 namespace twinstep::backend {
 
@@ -92,11 +93,10 @@ GpuSampleStats summarize_samples(const std::vector<GpuSample>& samples) {
     if ((x.event_reasons & kClockEventSwPowerCap) != 0) ++capped;
     s.reasons_seen |= x.event_reasons;
   }
-  std::sort(clocks.begin(), clocks.end());
   const std::size_t n = clocks.size();
-  s.sm_clock_median_mhz = n % 2 == 1 ? clocks[n / 2] : 0.5 * (clocks[n / 2 - 1] + clocks[n / 2]);
-  s.sm_clock_min_mhz = clocks.front();
-  s.sm_clock_max_mhz = clocks.back();
+  s.sm_clock_median_mhz = median(clocks);
+  s.sm_clock_min_mhz = *std::min_element(clocks.begin(), clocks.end());
+  s.sm_clock_max_mhz = *std::max_element(clocks.begin(), clocks.end());
   s.power_mean_w = power / static_cast<double>(n);
   s.power_cap_fraction = static_cast<double>(capped) / static_cast<double>(n);
   return s;

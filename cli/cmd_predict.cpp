@@ -258,116 +258,113 @@ void fail_if_none_fits(const Prediction& p) {
   }
 }
 
-Prediction run_predict(const PredictArgs& args) {
-  const RunFlags& flags = args.flags;
-  const ClusterFlags& cf = args.cf;
-  const std::string& trace_dir = args.trace_dir;
-  if (cf.cluster.empty()) throw Error("--cluster is required (a cluster id such as dgx-h100, or a cluster JSON path)");
-  if (flags.model.empty()) throw Error("--model is required (a zoo id such as llama3-70b, or a model JSON path)");
-  const Setup setup = load_setup(cf);
-  const sim::CostModel costs(setup.cluster, setup.profile());
-  const models::ModelSpec model = models::load_model(flags.model);
-  const std::uint32_t gpus = setup.cluster.num_gpus();
-  const ResolvedRun resolved = resolve_run(flags, gpus, setup.cluster.node.gpu.hbm_capacity_bytes,
-                                           setup.choice.measured ? &setup.profile() : nullptr, model);
+/// One overlap variant of `base` evaluated (evaluate::evaluate), its trace and Perfetto files written under
+/// `trace_dir` when one is given. An error names the variant.
+VariantResult evaluate_variant(const PredictArgs& args, const Setup& setup, const sim::CostModel& costs,
+                               const models::ModelSpec& model, const models::RunConfig& base,
+                               const models::OverlapVariant& variant) {
+  const std::string v = models::to_string(variant);
+  evaluate::Options opts;
+  opts.fidelity = args.cf.fidelity;
+  opts.reduce = !args.no_reduce;
+  opts.keep_trace = !args.trace_dir.empty();
+  opts.context["variant"] = v;
+  opts.context["model"] = model.name;
+  evaluate::Result e;
+  try {
+    e = evaluate::evaluate(model, setup.cluster, costs, models::apply_overlap_variant(base, variant), opts);
+  } catch (const Error& err) {
+    throw Error("variant " + v + ": " + err.what(), err.code());
+  }
+  VariantResult r;
+  r.name = v;
+  r.breakdown = std::move(e.sim.breakdown);
+  r.solo_compute_s = e.sim.solo_compute_s;
+  r.host_work_s = std::move(e.sim.host_work_s);
+  r.step_s = e.step_s;
+  r.tflops_per_gpu = e.tflops_per_gpu;
+  r.mfu = e.mfu;
+  r.memory_gib = e.peak_memory.total_bytes() / kGiB;
+  r.fits = e.fits;
+  r.memory = e.peak_memory;
+  r.warnings = std::move(e.warnings);
+  r.notes = std::move(e.sim.notes);
+  if (e.sim.trace) {
+    const std::string stem = (std::filesystem::path(args.trace_dir) / v).string();
+    schedule::write_trace(*e.sim.trace, stem + ".trace.json");
+    write_file_atomic(stem + ".perfetto.json", schedule::to_perfetto_json(*e.sim.trace));
+  }
+  return r;
+}
+
+/// One variant's entry of `predict --json`; `first` is the baseline its delta and attribution are against.
+nlohmann::ordered_json variant_json(const VariantResult& r, const VariantResult& first) {
+  nlohmann::ordered_json e;
+  e["name"] = r.name;
+  e["step_time_s"] = r.step_s;
+  e["delta_s"] = r.step_s - first.step_s;
+  e["tflops_per_gpu"] = r.tflops_per_gpu;
+  e["mfu"] = r.mfu;
+  e["memory_gib_per_gpu"] = r.memory_gib;
+  e["fits"] = r.fits;
+  nlohmann::ordered_json mem = nlohmann::ordered_json::object();
+  for (const auto& [key, bytes] : models::memory_terms(r.memory)) mem[key + "_gib"] = bytes / kGiB;
+  mem["allocator_reserved_gib"] = r.memory.total_bytes() / kGiB;
+  mem["usable_capacity_gib"] = r.memory.usable_bytes() / kGiB;
+  mem["margin_gib"] = r.memory.margin_bytes() / kGiB;
+  mem["peak_phase"] = r.memory.peak_phase;
+  e["memory"] = mem;
+  e["breakdown"] = breakdown_json(r.breakdown.mean);
+  nlohmann::ordered_json hw = nlohmann::ordered_json::object();
+  for (const auto& [cause, sec] : r.host_work_s) hw[cause] = sec;
+  e["host_work_s"] = hw;
+  if (&r != &first) {
+    nlohmann::ordered_json terms = nlohmann::ordered_json::array();
+    for (const auto& [cause, sec] : attribute(r, first).terms) {
+      terms.push_back(nlohmann::ordered_json{{"cause", cause}, {"delta_s", sec}});
+    }
+    e["attribution"] = terms;
+  }
+  e["warnings"] = r.warnings;
+  e["notes"] = r.notes;
+  return e;
+}
+
+/// The whole of `predict --json`: the setup, then each variant (variant_json).
+nlohmann::ordered_json prediction_json(const PredictArgs& args, const Setup& setup, const models::ModelSpec& model,
+                                       const ResolvedRun& resolved, const std::vector<VariantResult>& results) {
+  const models::RunConfig& base = resolved.config;
+  nlohmann::ordered_json j;
+  j["model"] = model.name;
+  j["cluster"] = setup.cluster.describe();
+  j["gpus"] = setup.cluster.num_gpus();
+  j["profile"] = setup.profile().name;
+  j["profile_reason"] = setup.choice.reason;
+  j["fidelity"] = to_string(args.cf.fidelity);
+  j["host_costs"] = resolved.host_costs;
+  j["notes"] = resolved.notes;
+  j["warnings"] = setup.choice.warnings;
+  j["peak_flop_per_s"] = setup.cluster.node.gpu.peak_flop_per_s(base.dtype);
+  j["memory_capacity_gib"] = base.gpu_memory_bytes / kGiB;
+  nlohmann::ordered_json arr = nlohmann::ordered_json::array();
+  for (const auto& r : results) arr.push_back(variant_json(r, results.front()));
+  j["variants"] = arr;
+  return j;
+}
+
+/// The printed prediction: the setup's lines, the variants' table (format_table) and the legend of its columns.
+std::string prediction_text(const PredictArgs& args, const Setup& setup, const models::ModelSpec& model,
+                            const ResolvedRun& resolved, const std::vector<VariantResult>& results) {
   const models::RunConfig& base = resolved.config;
   const double peak = setup.cluster.node.gpu.peak_flop_per_s(base.dtype);
-  if (!trace_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(trace_dir, ec);
-    if (ec) throw Error("--trace " + trace_dir + ": cannot create the folder: " + ec.message());
-  }
-  std::vector<VariantResult> results;
-  for (const auto& variant : sweep::split_modes(args.overlap, "--overlap", models::parse_overlap_variant)) {
-    const std::string v = models::to_string(variant);
-    evaluate::Options opts;
-    opts.fidelity = cf.fidelity;
-    opts.reduce = !args.no_reduce;
-    opts.keep_trace = !trace_dir.empty();
-    opts.context["variant"] = v;
-    opts.context["model"] = model.name;
-    evaluate::Result e;
-    try {
-      e = evaluate::evaluate(model, setup.cluster, costs, models::apply_overlap_variant(base, variant), opts);
-    } catch (const Error& err) {
-      throw Error("variant " + v + ": " + err.what(), err.code());
-    }
-    VariantResult r;
-    r.name = v;
-    r.breakdown = std::move(e.sim.breakdown);
-    r.solo_compute_s = e.sim.solo_compute_s;
-    r.host_work_s = std::move(e.sim.host_work_s);
-    r.step_s = e.step_s;
-    r.tflops_per_gpu = e.tflops_per_gpu;
-    r.mfu = e.mfu;
-    r.memory_gib = e.peak_memory.total_bytes() / kGiB;
-    r.fits = e.fits;
-    r.memory = e.peak_memory;
-    r.warnings = std::move(e.warnings);
-    r.notes = std::move(e.sim.notes);
-    if (e.sim.trace) {
-      const std::string stem = (std::filesystem::path(trace_dir) / v).string();
-      schedule::write_trace(*e.sim.trace, stem + ".trace.json");
-      write_file_atomic(stem + ".perfetto.json", schedule::to_perfetto_json(*e.sim.trace));
-    }
-    results.push_back(std::move(r));
-  }
-  Prediction out;
-  {
-    nlohmann::ordered_json& j = out.json;
-    j["model"] = model.name;
-    j["cluster"] = setup.cluster.describe();
-    j["gpus"] = gpus;
-    j["profile"] = setup.profile().name;
-    j["profile_reason"] = setup.choice.reason;
-    j["fidelity"] = to_string(cf.fidelity);
-    j["host_costs"] = resolved.host_costs;
-    j["notes"] = resolved.notes;
-    j["warnings"] = setup.choice.warnings;
-    j["peak_flop_per_s"] = peak;
-    j["memory_capacity_gib"] = base.gpu_memory_bytes / kGiB;
-    nlohmann::ordered_json arr = nlohmann::ordered_json::array();
-    for (const auto& r : results) {
-      nlohmann::ordered_json e;
-      e["name"] = r.name;
-      e["step_time_s"] = r.step_s;
-      e["delta_s"] = r.step_s - results.front().step_s;
-      e["tflops_per_gpu"] = r.tflops_per_gpu;
-      e["mfu"] = r.mfu;
-      e["memory_gib_per_gpu"] = r.memory_gib;
-      e["fits"] = r.fits;
-      nlohmann::ordered_json mem = nlohmann::ordered_json::object();
-      for (const auto& [key, bytes] : models::memory_terms(r.memory)) mem[key + "_gib"] = bytes / kGiB;
-      mem["allocator_reserved_gib"] = r.memory.total_bytes() / kGiB;
-      mem["usable_capacity_gib"] = r.memory.usable_bytes() / kGiB;
-      mem["margin_gib"] = r.memory.margin_bytes() / kGiB;
-      mem["peak_phase"] = r.memory.peak_phase;
-      e["memory"] = mem;
-      e["breakdown"] = breakdown_json(r.breakdown.mean);
-      nlohmann::ordered_json hw = nlohmann::ordered_json::object();
-      for (const auto& [cause, sec] : r.host_work_s) hw[cause] = sec;
-      e["host_work_s"] = hw;
-      if (&r != &results.front()) {
-        nlohmann::ordered_json terms = nlohmann::ordered_json::array();
-        for (const auto& [cause, sec] : attribute(r, results.front()).terms) {
-          terms.push_back(nlohmann::ordered_json{{"cause", cause}, {"delta_s", sec}});
-        }
-        e["attribution"] = terms;
-      }
-      e["warnings"] = r.warnings;
-      e["notes"] = r.notes;
-      arr.push_back(e);
-    }
-    j["variants"] = arr;
-  }
   std::string header = "twinstep predict: " + model.name + " on " + setup.cluster.describe() + "\n";
   header += "layout: tp " + std::to_string(base.tensor_model_parallel_size) + ", pp " +
             std::to_string(base.pipeline_model_parallel_size) + ", cp " + std::to_string(base.context_parallel_size) +
             ", ep " + std::to_string(base.expert_model_parallel_size) + ", mbs " +
             std::to_string(base.micro_batch_size) + ", gbs " + std::to_string(base.global_batch_size) + ", seq " +
             std::to_string(base.seq_length) + "\n";
-  header +=
-      "costs: " + setup.profile().name + " [" + setup.choice.reason + "], fidelity " + to_string(cf.fidelity) + "\n";
+  header += "costs: " + setup.profile().name + " [" + setup.choice.reason + "], fidelity " +
+            to_string(args.cf.fidelity) + "\n";
   header += "host costs: " + resolved.host_costs + "\n";
   for (const auto& n : resolved.notes) header += "note: " + n + "\n";
   for (const auto& w : setup.choice.warnings) header += "warning: " + w + "\n";
@@ -382,10 +379,32 @@ Prediction run_predict(const PredictArgs& args) {
       " per GPU (the GPU's HBM) less the CUDA context, NCCL's and "
       "TE's userbuffers (memory costs: " +
       base.memory.source + ").\n";
-  out.text = format_table(results, header, legend);
-  bool any_fits = false;
-  for (const auto& r : results) any_fits = any_fits || r.fits;
-  out.none_fits = !any_fits;
+  return format_table(results, header, legend);
+}
+
+Prediction run_predict(const PredictArgs& args) {
+  const RunFlags& flags = args.flags;
+  const ClusterFlags& cf = args.cf;
+  if (cf.cluster.empty()) throw Error("--cluster is required (a cluster id such as dgx-h100, or a cluster JSON path)");
+  if (flags.model.empty()) throw Error("--model is required (a zoo id such as llama3-70b, or a model JSON path)");
+  const Setup setup = load_setup(cf);
+  const sim::CostModel costs(setup.cluster, setup.profile());
+  const models::ModelSpec model = models::load_model(flags.model);
+  const ResolvedRun resolved = resolve_run(flags, setup.cluster.num_gpus(), setup.cluster.node.gpu.hbm_capacity_bytes,
+                                           setup.choice.measured ? &setup.profile() : nullptr, model);
+  if (!args.trace_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(args.trace_dir, ec);
+    if (ec) throw Error("--trace " + args.trace_dir + ": cannot create the folder: " + ec.message());
+  }
+  std::vector<VariantResult> results;
+  for (const auto& variant : sweep::split_modes(args.overlap, "--overlap", models::parse_overlap_variant)) {
+    results.push_back(evaluate_variant(args, setup, costs, model, resolved.config, variant));
+  }
+  Prediction out;
+  out.json = prediction_json(args, setup, model, resolved, results);
+  out.text = prediction_text(args, setup, model, resolved, results);
+  out.none_fits = std::none_of(results.begin(), results.end(), [](const VariantResult& r) { return r.fits; });
   return out;
 }
 

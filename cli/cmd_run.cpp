@@ -41,7 +41,7 @@ struct RunArgs {
   const char* env = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");  // NOLINT(concurrency-mt-unsafe): single-threaded
   const std::optional<std::uint32_t> queues = schedule::hardware_queues(s, path);
   if (!queues) return env != nullptr ? std::string(env) : std::string("unset (CUDA's default, 8)");
-  const std::string want = std::to_string(*queues);
+  std::string want = std::to_string(*queues);
   if (env != nullptr && want != env) {
     throw Error(path + ": the schedule was lowered for CUDA_DEVICE_MAX_CONNECTIONS=" + want +
                 " (meta.cuda_device_max_connections) but the environment sets it to " + env +

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -164,60 +165,112 @@ void add_rank_breakdowns(Breakdown& b, std::vector<std::vector<Event>>& events, 
   }
 }
 
-}  // namespace
-
-Breakdown analyze(const Trace& trace) {
-  if (trace.records.empty()) return Breakdown{};
-  return analyze(trace, match(trace.schedule));
-}
-
-// About 125 lines on purpose: one pass over the ops builds every rank's events, and its helpers (add_busy,
-// host_interval) share that pass's state (the event lists, each rank's last busy end and last op).
-Breakdown analyze(const Trace& trace, const Matching& m) {
-  const Schedule& s = trace.schedule;
-  Breakdown b;
-  if (trace.records.empty()) return b;
-  Nanos t0 = std::numeric_limits<Nanos>::max(), t1 = std::numeric_limits<Nanos>::min();
-  std::vector<std::size_t> rec_of(s.ops.size(), SIZE_MAX);
-  for (std::size_t i = 0; i < trace.records.size(); ++i) {
-    const OpRecord& r = trace.records[i];
-    t0 = std::min(t0, r.issue_ns);
-    t1 = std::max(t1, r.end_ns);
-    if (r.op < s.ops.size()) rec_of[r.op] = i;
+/// Communicator kinds by index, in order of first use ("?" for an op on a communicator that does not exist).
+class CommKinds {
+ public:
+  explicit CommKinds(const Schedule& s) : of_comm_(s.communicators.size()) {
+    for (std::size_t c = 0; c < s.communicators.size(); ++c) of_comm_[c] = index(s.communicators[c].kind);
   }
-  Nanos span = 0;
-  if (__builtin_sub_overflow(t1, t0, &span)) {
-    throw Error("trace times span more than 2^63 ns (first issue " + std::to_string(t0) + " ns, last end " +
-                std::to_string(t1) + " ns): the trace's times are corrupt");
+  [[nodiscard]] std::uint32_t of(CommId comm) { return comm < of_comm_.size() ? of_comm_[comm] : index("?"); }
+  [[nodiscard]] const std::vector<std::string>& names() const { return names_; }
+
+ private:
+  std::uint32_t index(const std::string& kind) {
+    const auto it = std::find(names_.begin(), names_.end(), kind);
+    if (it != names_.end()) return static_cast<std::uint32_t>(it - names_.begin());
+    names_.push_back(kind);
+    return static_cast<std::uint32_t>(names_.size() - 1);
   }
-  b.step_time_s = to_seconds(span);
-  TWINSTEP_ASSERT(m.instance_of.size() == s.ops.size() && m.partner.size() == s.ops.size(),
-                  "analyze: the matching is not the schedule's");
+  std::vector<std::string> names_;
+  std::vector<std::uint32_t> of_comm_;
+};
 
-  // Communicator kinds by index ("?" for an op on a communicator that does not exist); per op, its kind's index.
-  std::vector<std::string> kinds;
-  std::vector<std::uint32_t> kind_of_comm(s.communicators.size());
-  auto kind_index = [&](const std::string& kind) {
-    const auto it = std::find(kinds.begin(), kinds.end(), kind);
-    if (it != kinds.end()) return static_cast<std::uint32_t>(it - kinds.begin());
-    kinds.push_back(kind);
-    return static_cast<std::uint32_t>(kinds.size() - 1);
-  };
-  for (std::size_t c = 0; c < s.communicators.size(); ++c) kind_of_comm[c] = kind_index(s.communicators[c].kind);
-  std::uint32_t unknown_kind = UINT32_MAX;
-  std::vector<std::uint32_t> kind_of_op(s.ops.size(), UINT32_MAX);
+/// A trace's records by op (SIZE_MAX: none) and its span [first issue, last end].
+struct RecordIndex {
+  std::vector<std::size_t> of_op;
+  Nanos t0 = std::numeric_limits<Nanos>::max();
+  Nanos t1 = std::numeric_limits<Nanos>::min();
 
-  std::vector<std::uint32_t> rank_index;
-  const std::vector<RankId> ranks = present_ranks(s, rank_index);
-  auto index_of = [&](RankId r) { return r < rank_index.size() ? rank_index[r] : UINT32_MAX; };
-  std::vector<std::vector<Event>> events(ranks.size());
+  explicit RecordIndex(const Trace& trace) : of_op(trace.schedule.ops.size(), SIZE_MAX) {
+    for (std::size_t i = 0; i < trace.records.size(); ++i) {
+      const OpRecord& r = trace.records[i];
+      t0 = std::min(t0, r.issue_ns);
+      t1 = std::max(t1, r.end_ns);
+      if (r.op < of_op.size()) of_op[r.op] = i;
+    }
+  }
+  /// t1 - t0; throws Error when it overflows (corrupt times).
+  [[nodiscard]] Nanos span() const {
+    Nanos out = 0;
+    if (__builtin_sub_overflow(t1, t0, &out)) {
+      throw Error("trace times span more than 2^63 ns (first issue " + std::to_string(t0) + " ns, last end " +
+                  std::to_string(t1) + " ns): the trace's times are corrupt");
+    }
+    return out;
+  }
+};
+
+/// Each present rank's events (busy compute, busy host thread, waits for peers, transfers), built in one pass over
+/// the ops in program order.
+class EventBuilder {
+ public:
+  EventBuilder(const Trace& trace, const Matching& m, const RecordIndex& rec, const std::vector<RankId>& ranks)
+      : trace_(trace),
+        s_(trace.schedule),
+        m_(m),
+        rec_(rec),
+        kinds_(trace.schedule),
+        kind_of_op_(trace.schedule.ops.size(), UINT32_MAX),
+        events_(ranks.size()),
+        last_compute_end_(ranks.size(), kNoEvent),
+        previous_(ranks.size(), kNoOp),
+        last_host_end_(ranks.size(), kNoEvent) {}
+
+  /// Op `o` of dense rank `ri`, which has a record: the host interval of the rank's previous op, then its own busy
+  /// compute or its wait and transfer.
+  void add(std::uint32_t ri, OpId o) {
+    const OpRecord& r = record(o);
+    if (previous_[ri] != kNoOp) host_interval(ri, previous_[ri], r.issue_ns);
+    previous_[ri] = o;
+    const Op& op = s_.ops[o];
+    if (std::holds_alternative<Compute>(op.body)) {
+      if (r.end_ns > r.start_ns) add_busy(events_[ri], last_compute_end_[ri], Ev::kCompute, r.start_ns, r.end_ns, o);
+    } else if (const std::optional<CommId> comm = comm_of(op.body)) {
+      add_communication(events_[ri], o, *comm, r);
+    }
+  }
+
+  /// After the last op: each rank's last op keeps the host busy until its issue (a host op: until its end).
+  void finish() {
+    for (std::uint32_t ri = 0; ri < previous_.size(); ++ri) {
+      const OpId last = previous_[ri];
+      if (last == kNoOp) continue;
+      const OpRecord& r = record(last);
+      host_interval(ri, last, std::holds_alternative<Host>(s_.ops[last].body) ? r.end_ns : r.issue_ns);
+    }
+  }
+
+  [[nodiscard]] std::vector<std::vector<Event>>& events() { return events_; }
+  [[nodiscard]] const std::vector<std::uint32_t>& kind_of_op() const { return kind_of_op_; }
+  [[nodiscard]] const std::vector<std::string>& kinds() const { return kinds_.names(); }
+
+ private:
+  static constexpr std::size_t kNoEvent = SIZE_MAX;
+
+  [[nodiscard]] const OpRecord& record(OpId o) const { return trace_.records[rec_.of_op[o]]; }
+
+  static std::optional<CommId> comm_of(const Body& body) {
+    if (const auto* c = std::get_if<Collective>(&body)) return c->comm;
+    if (const auto* x = std::get_if<Send>(&body)) return x->comm;
+    if (const auto* x = std::get_if<Recv>(&body)) return x->comm;
+    return std::nullopt;
+  }
+
   // Busy intervals of one kind (compute, host) are only counted, so two that abut ([a, b) and [b, c)) count exactly
   // as one [a, c): at b the end and the begin would cancel within one time step. Each rank's last end event of the
   // kind is extended instead of adding an abutting pair, which removes most events (kernels back to back on a stream,
   // the host thread busy from one issue to the next).
-  constexpr std::size_t kNoEvent = SIZE_MAX;
-  std::vector<std::size_t> last_compute_end(ranks.size(), kNoEvent);
-  auto add_busy = [](std::vector<Event>& ev, std::size_t& last_end, Ev type, Nanos begin, Nanos end, OpId id) {
+  static void add_busy(std::vector<Event>& ev, std::size_t& last_end, Ev type, Nanos begin, Nanos end, OpId id) {
     if (last_end != kNoEvent && ev[last_end].t == begin) {
       ev[last_end].t = end;
       return;
@@ -225,80 +278,90 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
     ev.push_back({begin, +1, type, 0, id});
     ev.push_back({end, -1, type, 0, id});
     last_end = ev.size() - 1;
-  };
+  }
+
   // Host thread: busy from each op's issue to the next op's issue, except while a host_sync waits. The ops of a rank
   // come in its program order, so an op's interval is known when the rank's next op with a record is reached.
-  std::vector<OpId> previous(ranks.size(), kNoOp);  // per rank: the last op with a record so far
-  std::vector<std::size_t> last_host_end(ranks.size(), kNoEvent);
-  auto host_interval = [&](std::uint32_t ri, OpId id, Nanos busy_end) {
-    const OpRecord& r = trace.records[rec_of[id]];
-    auto& ev = events[ri];
-    if (std::holds_alternative<HostSync>(s.ops[id].body)) {
+  void host_interval(std::uint32_t ri, OpId id, Nanos busy_end) {
+    const OpRecord& r = record(id);
+    auto& ev = events_[ri];
+    if (std::holds_alternative<HostSync>(s_.ops[id].body)) {
       // issue .. wait start is busy; the wait itself is not; wait end .. next issue is busy again.
       const Nanos ws = std::clamp(r.start_ns, r.issue_ns, std::max(r.issue_ns, busy_end));
       const Nanos we = std::clamp(r.end_ns, ws, std::max(ws, busy_end));
-      if (ws > r.issue_ns) add_busy(ev, last_host_end[ri], Ev::kHost, r.issue_ns, ws, id);
-      if (busy_end > we) add_busy(ev, last_host_end[ri], Ev::kHost, we, busy_end, id);
+      if (ws > r.issue_ns) add_busy(ev, last_host_end_[ri], Ev::kHost, r.issue_ns, ws, id);
+      if (busy_end > we) add_busy(ev, last_host_end_[ri], Ev::kHost, we, busy_end, id);
     } else if (busy_end > r.issue_ns) {
-      add_busy(ev, last_host_end[ri], Ev::kHost, r.issue_ns, busy_end, id);
+      add_busy(ev, last_host_end_[ri], Ev::kHost, r.issue_ns, busy_end, id);
     }
-  };
-  for (std::size_t o = 0; o < s.ops.size(); ++o) {
-    const Op& op = s.ops[o];
-    const std::uint32_t ri = index_of(op.rank);
-    if (ri == UINT32_MAX) continue;
-    b.flops += op_flops(op);
-    if (rec_of[o] == SIZE_MAX) continue;
-    const OpRecord& r = trace.records[rec_of[o]];
-    const auto id = static_cast<OpId>(o);
-    auto& ev = events[ri];
-    if (previous[ri] != kNoOp) host_interval(ri, previous[ri], r.issue_ns);
-    previous[ri] = id;
-    if (std::holds_alternative<Compute>(op.body)) {
-      if (r.end_ns > r.start_ns) add_busy(ev, last_compute_end[ri], Ev::kCompute, r.start_ns, r.end_ns, id);
-    } else if (std::holds_alternative<Collective>(op.body) || std::holds_alternative<Send>(op.body) ||
-               std::holds_alternative<Recv>(op.body)) {
-      CommId comm = 0;
-      Nanos arrived = r.start_ns;
-      if (const auto* c = std::get_if<Collective>(&op.body)) {
-        comm = c->comm;
-        if (m.instance_of[o] != UINT32_MAX) {
-          for (OpId peer : m.collectives[m.instance_of[o]].ops) {
-            if (peer != kNoOp && rec_of[peer] != SIZE_MAX)
-              arrived = std::max(arrived, trace.records[rec_of[peer]].start_ns);
-          }
-        }
-      } else {
-        comm = std::holds_alternative<Send>(op.body) ? std::get<Send>(op.body).comm : std::get<Recv>(op.body).comm;
-        const OpId p = m.partner[o];
-        if (p != kNoOp && rec_of[p] != SIZE_MAX) arrived = std::max(arrived, trace.records[rec_of[p]].start_ns);
-      }
-      if (comm < s.communicators.size()) {
-        kind_of_op[o] = kind_of_comm[comm];
-      } else {
-        if (unknown_kind == UINT32_MAX) unknown_kind = kind_index("?");
-        kind_of_op[o] = unknown_kind;
-      }
-      arrived = std::min(arrived, r.end_ns);
-      if (arrived > r.start_ns) {
-        ev.push_back({r.start_ns, +1, Ev::kWait, 0, id});
-        ev.push_back({arrived, -1, Ev::kWait, 0, id});
-      }
-      // A zero-length transfer occupies no time; adding it could leave its begin after its end at equal t.
-      if (r.end_ns > arrived) {
-        ev.push_back({arrived, +1, Ev::kTransfer, arrived, id});
-        ev.push_back({r.end_ns, -1, Ev::kTransfer, arrived, id});
-      }
-    }
-  }
-  for (std::uint32_t ri = 0; ri < ranks.size(); ++ri) {  // each rank's last op: busy until its issue (host: end)
-    const OpId last = previous[ri];
-    if (last == kNoOp) continue;
-    const OpRecord& r = trace.records[rec_of[last]];
-    host_interval(ri, last, std::holds_alternative<Host>(s.ops[last].body) ? r.end_ns : r.issue_ns);
   }
 
-  add_rank_breakdowns(b, events, ranks, t0, t1, kind_of_op, kinds);
+  /// A collective or send/recv: waiting for its peers from its start until the last of them started (a collective's
+  /// present members, a send/recv's partner), then transferring until its end.
+  void add_communication(std::vector<Event>& ev, OpId o, CommId comm, const OpRecord& r) {
+    Nanos arrived = r.start_ns;
+    auto arrive = [&](OpId peer) {
+      if (peer != kNoOp && rec_.of_op[peer] != SIZE_MAX) arrived = std::max(arrived, record(peer).start_ns);
+    };
+    if (std::holds_alternative<Collective>(s_.ops[o].body)) {
+      if (m_.instance_of[o] != UINT32_MAX) {
+        for (OpId peer : m_.collectives[m_.instance_of[o]].ops) arrive(peer);
+      }
+    } else {
+      arrive(m_.partner[o]);
+    }
+    kind_of_op_[o] = kinds_.of(comm);
+    arrived = std::min(arrived, r.end_ns);
+    if (arrived > r.start_ns) {
+      ev.push_back({r.start_ns, +1, Ev::kWait, 0, o});
+      ev.push_back({arrived, -1, Ev::kWait, 0, o});
+    }
+    // A zero-length transfer occupies no time; adding it could leave its begin after its end at equal t.
+    if (r.end_ns > arrived) {
+      ev.push_back({arrived, +1, Ev::kTransfer, arrived, o});
+      ev.push_back({r.end_ns, -1, Ev::kTransfer, arrived, o});
+    }
+  }
+
+  const Trace& trace_;
+  const Schedule& s_;
+  const Matching& m_;
+  const RecordIndex& rec_;
+  CommKinds kinds_;
+  std::vector<std::uint32_t> kind_of_op_;  ///< Per op, its communicator kind's index (UINT32_MAX: not communication).
+  std::vector<std::vector<Event>> events_;
+  std::vector<std::size_t> last_compute_end_;
+  std::vector<OpId> previous_;  ///< Per rank: the last op with a record so far.
+  std::vector<std::size_t> last_host_end_;
+};
+
+}  // namespace
+
+Breakdown analyze(const Trace& trace) {
+  if (trace.records.empty()) return Breakdown{};
+  return analyze(trace, match(trace.schedule));
+}
+
+Breakdown analyze(const Trace& trace, const Matching& m) {
+  const Schedule& s = trace.schedule;
+  Breakdown b;
+  if (trace.records.empty()) return b;
+  const RecordIndex rec(trace);
+  b.step_time_s = to_seconds(rec.span());
+  TWINSTEP_ASSERT(m.instance_of.size() == s.ops.size() && m.partner.size() == s.ops.size(),
+                  "analyze: the matching is not the schedule's");
+  std::vector<std::uint32_t> rank_index;
+  const std::vector<RankId> ranks = present_ranks(s, rank_index);
+  EventBuilder events(trace, m, rec, ranks);
+  for (std::size_t o = 0; o < s.ops.size(); ++o) {
+    const Op& op = s.ops[o];
+    const std::uint32_t ri = op.rank < rank_index.size() ? rank_index[op.rank] : UINT32_MAX;
+    if (ri == UINT32_MAX) continue;
+    b.flops += op_flops(op);
+    if (rec.of_op[o] != SIZE_MAX) events.add(ri, static_cast<OpId>(o));
+  }
+  events.finish();
+  add_rank_breakdowns(b, events.events(), ranks, rec.t0, rec.t1, events.kind_of_op(), events.kinds());
   return b;
 }
 

@@ -250,21 +250,8 @@ void read_fits(const Reader& r, const Json& arr, Profile& p) {
   }
 }
 
-}  // namespace
-
-Profile profile_from_json(const std::string& text, const std::string& source) {
-  const Json j = parse_json(text, source);
-  const Reader r(source);
-  r.keys(j, "",
-         {"schema_version", "name", "context", "compute", "op_compute", "memory_efficiency", "launch", "collectives",
-          "nccl", "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table",
-          "framework", "memory_overhead", "copy_engine", "fits"});
-  if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
-      j["schema_version"].get<int>() != Profile::kSchemaVersion) {
-    r.fail("/schema_version", "expected \"schema_version\": 1");
-  }
-  Profile p = Profile::datasheet_defaults();
-  p.name = source;
+/// "name" and "context": what the profile calls itself and where its figures came from.
+void read_identity(const Reader& r, const Json& j, const std::string& source, Profile& p) {
   if (j.contains("name")) {
     if (!j["name"].is_string()) r.fail("/name", "expected a string");
     p.declared_name = j["name"].get<std::string>();
@@ -277,6 +264,10 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       p.context[item.key()] = item.value().get<std::string>();
     }
   }
+}
+
+/// "compute", "op_compute" and "memory_efficiency": the efficiency tables by kernel class and by op stem.
+void read_compute_tables(const Reader& r, const Json& j, Profile& p) {
   if (j.contains("compute")) {
     static constexpr std::initializer_list<const char*> kClasses = {"gemm",          "grouped_gemm",   "attention_fwd",
                                                                     "attention_bwd", "elementwise",    "optimizer",
@@ -303,17 +294,20 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
       r.fail("/memory_efficiency", "must be in (0, 1] (fraction of HBM bandwidth)");
     }
   }
-  if (j.contains("launch")) {
-    r.keys(j["launch"], "/launch", {"compute", "memcpy", "collective", "send", "recv", "host_sync"});
-    for (const auto& item : j["launch"].items()) {
-      const double s = r.quantity(item.value(), "/launch/" + item.key(), Dimension::kTime);
-      if (s < 0) r.fail("/launch/" + item.key(), "must not be negative");
-      p.launch_s[item.key()] = s;
-    }
+}
+
+/// "launch": the launch cost per op kind.
+void read_launch(const Reader& r, const Json& launch, Profile& p) {
+  r.keys(launch, "/launch", {"compute", "memcpy", "collective", "send", "recv", "host_sync"});
+  for (const auto& item : launch.items()) {
+    const double s = r.quantity(item.value(), "/launch/" + item.key(), Dimension::kTime);
+    if (s < 0) r.fail("/launch/" + item.key(), "must not be negative");
+    p.launch_s[item.key()] = s;
   }
-  if (j.contains("collectives")) read_collectives(r, j["collectives"], p);
-  if (j.contains("nccl")) read_nccl(r, j["nccl"], p);
-  if (j.contains("interference")) read_interference(r, j["interference"], p);
+}
+
+/// "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table": how the compute tables are read.
+void read_table_conventions(const Reader& r, const Json& j, Profile& p) {
   if (j.contains("kernel_floor")) {
     p.kernel_floor_s = r.quantity(j["kernel_floor"], "/kernel_floor", Dimension::kTime);
     if (p.kernel_floor_s < 0 || p.kernel_floor_s > 1e-3) r.fail("/kernel_floor", "must be in [0, 1 ms]");
@@ -339,61 +333,94 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
     }
     p.grouped_gemm_per_group = m == "per_group";
   }
-  if (j.contains("framework")) read_framework(r, j["framework"], p);
-  if (j.contains("memory_overhead")) {
-    const Json& m = j["memory_overhead"];
-    r.keys(m, "/memory_overhead",
-           {"cuda_context_bytes", "cublas_workspace_bytes", "nccl_buffer_bytes_per_channel",
-            "allocator_reserved_over_allocated", "source"});
-    auto bytes = [&](const char* key, double& target) {
-      if (!m.contains(key)) return;
-      const std::string ptr = std::string("/memory_overhead/") + key;
-      target = r.quantity(m[key], ptr, Dimension::kBytes);
-      if (target < 0 || target > 64.0 * 1024 * 1024 * 1024) r.fail(ptr, "must be in [0, 64 GiB] (bytes per GPU)");
-    };
-    bytes("cuda_context_bytes", p.memory_overhead.cuda_context_bytes);
-    bytes("cublas_workspace_bytes", p.memory_overhead.cublas_workspace_bytes);
-    bytes("nccl_buffer_bytes_per_channel", p.memory_overhead.nccl_buffer_bytes_per_channel);
-    if (m.contains("allocator_reserved_over_allocated")) {
-      const char* ptr = "/memory_overhead/allocator_reserved_over_allocated";
-      p.memory_overhead.allocator_reserved_over_allocated =
-          r.quantity(m["allocator_reserved_over_allocated"], ptr, Dimension::kDimensionless);
-      const double v = p.memory_overhead.allocator_reserved_over_allocated;
-      if (v < 1 || v > 4) r.fail(ptr, "must be in [1, 4] (reserved over allocated bytes at the peak)");
-    }
-    if (m.contains("source")) {
-      if (!m["source"].is_string()) r.fail("/memory_overhead/source", "expected a string");
-      p.memory_overhead.source = m["source"].get<std::string>();
-    }
+}
+
+/// "memory_overhead": the bytes per GPU beside the model's (CUDA context, cuBLAS, NCCL, the allocator's reserve).
+void read_memory_overhead(const Reader& r, const Json& m, Profile& p) {
+  r.keys(m, "/memory_overhead",
+         {"cuda_context_bytes", "cublas_workspace_bytes", "nccl_buffer_bytes_per_channel",
+          "allocator_reserved_over_allocated", "source"});
+  auto bytes = [&](const char* key, double& target) {
+    if (!m.contains(key)) return;
+    const std::string ptr = std::string("/memory_overhead/") + key;
+    target = r.quantity(m[key], ptr, Dimension::kBytes);
+    if (target < 0 || target > 64.0 * 1024 * 1024 * 1024) r.fail(ptr, "must be in [0, 64 GiB] (bytes per GPU)");
+  };
+  bytes("cuda_context_bytes", p.memory_overhead.cuda_context_bytes);
+  bytes("cublas_workspace_bytes", p.memory_overhead.cublas_workspace_bytes);
+  bytes("nccl_buffer_bytes_per_channel", p.memory_overhead.nccl_buffer_bytes_per_channel);
+  if (m.contains("allocator_reserved_over_allocated")) {
+    const char* ptr = "/memory_overhead/allocator_reserved_over_allocated";
+    p.memory_overhead.allocator_reserved_over_allocated =
+        r.quantity(m["allocator_reserved_over_allocated"], ptr, Dimension::kDimensionless);
+    const double v = p.memory_overhead.allocator_reserved_over_allocated;
+    if (v < 1 || v > 4) r.fail(ptr, "must be in [1, 4] (reserved over allocated bytes at the peak)");
   }
-  if (j.contains("copy_engine")) {
-    const Json& ce = j["copy_engine"];
-    r.keys(ce, "/copy_engine", {"nvlink_efficiency", "source"});
-    if (ce.contains("nvlink_efficiency")) {
-      const double v = r.quantity(ce["nvlink_efficiency"], "/copy_engine/nvlink_efficiency", Dimension::kDimensionless);
-      if (v <= 0 || v > 1) {
-        r.fail("/copy_engine/nvlink_efficiency",
-               "must be in (0, 1] (a copy-engine peer copy's fraction of the NVLink line rate)");
-      }
-      p.copy_engine.nvlink_efficiency = v;
-    }
-    if (ce.contains("source")) {
-      if (!ce["source"].is_string()) r.fail("/copy_engine/source", "expected a string");
-      p.copy_engine.source = ce["source"].get<std::string>();
-    }
+  if (m.contains("source")) {
+    if (!m["source"].is_string()) r.fail("/memory_overhead/source", "expected a string");
+    p.memory_overhead.source = m["source"].get<std::string>();
   }
-  if (j.contains("fits")) read_fits(r, j["fits"], p);
-  // What the file leaves to the datasheet: every field datasheet_defaults() sets that the file does not.
+}
+
+/// "copy_engine": a copy-engine peer copy's efficiency on NVLink.
+void read_copy_engine(const Reader& r, const Json& ce, Profile& p) {
+  r.keys(ce, "/copy_engine", {"nvlink_efficiency", "source"});
+  if (ce.contains("nvlink_efficiency")) {
+    const double v = r.quantity(ce["nvlink_efficiency"], "/copy_engine/nvlink_efficiency", Dimension::kDimensionless);
+    if (v <= 0 || v > 1) {
+      r.fail("/copy_engine/nvlink_efficiency",
+             "must be in (0, 1] (a copy-engine peer copy's fraction of the NVLink line rate)");
+    }
+    p.copy_engine.nvlink_efficiency = v;
+  }
+  if (ce.contains("source")) {
+    if (!ce["source"].is_string()) r.fail("/copy_engine/source", "expected a string");
+    p.copy_engine.source = ce["source"].get<std::string>();
+  }
+}
+
+/// What the file leaves to the datasheet: every field datasheet_defaults() sets that the file does not.
+std::vector<std::string> datasheet_fields(const Json& j) {
+  std::vector<std::string> missing;
   const Profile datasheet = Profile::datasheet_defaults();
   for (const auto& entry : datasheet.compute) {
-    if (!j.contains("compute") || !j["compute"].contains(entry.first))
-      p.missing_fields.push_back("compute." + entry.first);
+    if (!j.contains("compute") || !j["compute"].contains(entry.first)) missing.push_back("compute." + entry.first);
   }
-  if (!j.contains("memory_efficiency")) p.missing_fields.push_back("memory_efficiency");
+  if (!j.contains("memory_efficiency")) missing.push_back("memory_efficiency");
   for (const auto& entry : datasheet.launch_s) {
-    if (!j.contains("launch") || !j["launch"].contains(entry.first))
-      p.missing_fields.push_back("launch." + entry.first);
+    if (!j.contains("launch") || !j["launch"].contains(entry.first)) missing.push_back("launch." + entry.first);
   }
+  return missing;
+}
+
+}  // namespace
+
+Profile profile_from_json(const std::string& text, const std::string& source) {
+  const Json j = parse_json(text, source);
+  const Reader r(source);
+  r.keys(j, "",
+         {"schema_version", "name", "context", "compute", "op_compute", "memory_efficiency", "launch", "collectives",
+          "nccl", "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table",
+          "framework", "memory_overhead", "copy_engine", "fits"});
+  if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
+      j["schema_version"].get<int>() != Profile::kSchemaVersion) {
+    r.fail("/schema_version", "expected \"schema_version\": 1");
+  }
+  Profile p = Profile::datasheet_defaults();
+  p.name = source;
+  // In the order of the file's sections, so that the first wrong field is the one reported.
+  read_identity(r, j, source, p);
+  read_compute_tables(r, j, p);
+  if (j.contains("launch")) read_launch(r, j["launch"], p);
+  if (j.contains("collectives")) read_collectives(r, j["collectives"], p);
+  if (j.contains("nccl")) read_nccl(r, j["nccl"], p);
+  if (j.contains("interference")) read_interference(r, j["interference"], p);
+  read_table_conventions(r, j, p);
+  if (j.contains("framework")) read_framework(r, j["framework"], p);
+  if (j.contains("memory_overhead")) read_memory_overhead(r, j["memory_overhead"], p);
+  if (j.contains("copy_engine")) read_copy_engine(r, j["copy_engine"], p);
+  if (j.contains("fits")) read_fits(r, j["fits"], p);
+  p.missing_fields = datasheet_fields(j);
   return p;
 }
 

@@ -345,116 +345,196 @@ struct Task {
   ::_exit(0);
 }
 
-}  // namespace
-
-// One function of ~200 lines, on purpose: the pool's loop and the lambdas that spawn workers, hand them points, retry
-// a dead worker's point and record lines share one state (the queue, the workers, retries, ETA, the output file),
-// and read as one protocol here; a class holding that state would spread the protocol over as many methods.
-std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions& options, RunStats* stats) {
-  TWINSTEP_ASSERT(!options.output.empty(), "run_sweep needs an output path");
-  const auto t0 = std::chrono::steady_clock::now();
-  RunStats st;
-  st.total = points.size();
-  std::map<std::string, std::size_t> wanted;  // key -> position in points
-  for (std::size_t i = 0; i < points.size(); ++i) wanted.emplace(point_key(points[i]), i);
-
-  Resumed resumed = resume(options.output, wanted, st);
-  std::vector<std::string>& lines = resumed.lines;
-  std::vector<bool>& done = resumed.done;
-  std::vector<Result>& file_lines = resumed.file_lines;
-  const std::size_t others = resumed.others;
-  write_file_atomic(options.output, sorted_lines(file_lines));
-  std::FILE* out = std::fopen(options.output.c_str(), "a");
-  if (out == nullptr) {
-    throw Error(options.output + ": cannot open for appending: " + std::strerror(errno));
-  }
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> out_guard(out, &std::fclose);
-  Progress progress(options, points.size());
-  std::size_t finished = st.resumed;
-  std::vector<double> cost(points.size(), 0.0);  // estimated, for the order of the workers' points and the ETA
-  std::map<GroupKey, double> best_s;             // options.prune: the best step time so far per ranking group
-  auto note_best = [&](std::size_t pos, const std::string& line) {
-    if (!options.prune) return;
-    const Result r = result_from_line(line, options.output);
-    if (r.status != PointStatus::kOk) return;
-    const auto [it, fresh] = best_s.emplace(group_of(points[pos]), r.step_time_s);
-    if (!fresh) it->second = std::min(it->second, r.step_time_s);
-  };
-  for (std::size_t i = 0; i < points.size(); ++i) {
-    if (done[i]) note_best(i, lines[i]);  // resumed
-  }
-  auto record = [&](std::size_t pos, const std::string& line) {
-    if (done[pos]) return;
-    done[pos] = true;
-    lines[pos] = line;
-    note_best(pos, line);
-    if (std::fputs((line + "\n").c_str(), out) < 0 || std::fflush(out) != 0) {
-      throw Error(options.output + ": write failed: " + std::strerror(errno));
+/// The sweep's results as they come back: each point's line appended to the output and flushed at once (a killed
+/// sweep loses only the points in flight), the progress display, and per ranking group the best step time so far,
+/// which goes with each point to its worker when pruning (options.prune).
+class Recorder {
+ public:
+  Recorder(const std::vector<Point>& points, const RunOptions& options, Resumed& resumed, RunStats& st)
+      : points_(points),
+        options_(options),
+        lines_(resumed.lines),
+        done_(resumed.done),
+        st_(st),
+        out_(open_for_append(options.output)),
+        progress_(options, points.size()),
+        finished_(st.resumed) {
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      if (done_[i]) note_best(i, lines_[i]);  // resumed
     }
-    ++finished;
-    ++st.evaluated;
-    progress.update(finished);
-  };
+  }
 
-  // Invalid points need no worker: the layout rules' and the lowering's checks (rejection_reason, which loads the
-  // models, clusters, profiles and configs once here: forked workers inherit them) give the line evaluate_point
-  // gives, at once.
-  std::deque<std::size_t> todo;
+  [[nodiscard]] bool done(std::size_t pos) const { return done_[pos]; }
+
+  /// Point `pos`'s line, unless it has one: kept, appended to the output and flushed.
+  void record(std::size_t pos, const std::string& line) {
+    if (done_[pos]) return;
+    done_[pos] = true;
+    lines_[pos] = line;
+    note_best(pos, line);
+    if (std::fputs((line + "\n").c_str(), out_.get()) < 0 || std::fflush(out_.get()) != 0) {
+      throw Error(options_.output + ": write failed: " + std::strerror(errno));
+    }
+    ++finished_;
+    ++st_.evaluated;
+    progress_.update(finished_);
+  }
+
+  /// The step time above which point `pos` cannot win: its group's best so far (infinity: none, or no pruning).
+  [[nodiscard]] double prune_above(std::size_t pos) const {
+    const auto it = best_s_.find(group_of(points_[pos]));
+    return it != best_s_.end() ? it->second : std::numeric_limits<double>::infinity();
+  }
+
+  [[nodiscard]] Progress& progress() { return progress_; }
+  void show_progress() { progress_.update(finished_); }
+  /// The last progress line; the output file closed.
+  void close() {
+    progress_.update(finished_, true);
+    out_.reset();
+  }
+
+ private:
+  using File = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
+  static File open_for_append(const std::string& path) {
+    std::FILE* f = std::fopen(path.c_str(), "a");
+    if (f == nullptr) throw Error(path + ": cannot open for appending: " + std::strerror(errno));
+    return {f, &std::fclose};
+  }
+  void note_best(std::size_t pos, const std::string& line) {
+    if (!options_.prune) return;
+    const Result r = result_from_line(line, options_.output);
+    if (r.status != PointStatus::kOk) return;
+    const auto [it, fresh] = best_s_.emplace(group_of(points_[pos]), r.step_time_s);
+    if (!fresh) it->second = std::min(it->second, r.step_time_s);
+  }
+
+  const std::vector<Point>& points_;
+  const RunOptions& options_;
+  std::vector<std::string>& lines_;
+  std::vector<bool>& done_;
+  RunStats& st_;
+  File out_;
+  Progress progress_;
+  std::size_t finished_;
+  std::map<GroupKey, double> best_s_;
+};
+
+/// The points that need a worker, in the order they are handed out, with each one's estimated cost in `cost`.
+/// Invalid points need no worker: the layout rules' and the lowering's checks (rejection_reason, which loads the
+/// models, clusters, profiles and configs once here: forked workers inherit them) give the line evaluate_point
+/// gives, recorded at once. The costliest points first (ties in point order): a large point started last would run
+/// alone at the end. When pruning, the cheapest first instead: they set a best step time early, and the costly ones
+/// that cannot beat it are pruned rather than simulated.
+std::vector<std::size_t> runnable_in_order(const std::vector<Point>& points, bool prune, Recorder& rec,
+                                           std::vector<double>& cost) {
   std::vector<std::size_t> runnable;
   for (std::size_t i = 0; i < points.size(); ++i) {
-    if (done[i]) continue;
+    if (rec.done(i)) continue;
     const std::string reason = rejection_reason(points[i]);
     if (!reason.empty()) {
-      record(i, status_line(points[i], PointStatus::kInvalid, reason));
+      rec.record(i, status_line(points[i], PointStatus::kInvalid, reason));
     } else {
       runnable.push_back(i);
     }
   }
-  // The costliest points first (ties in point order): a large point started last would run alone at the end. When
-  // pruning, the cheapest first instead: they set a best step time early, and the costly ones that cannot beat it
-  // are pruned rather than simulated.
-  double work = 0;
-  std::size_t known = 0;
-  for (std::size_t pos : runnable) {
-    work += cost[pos] = estimated_cost(points[pos]);
-    known += cost[pos] > 0;
-  }
+  for (std::size_t pos : runnable) cost[pos] = estimated_cost(points[pos]);
   std::stable_sort(runnable.begin(), runnable.end(),
-                   [&](std::size_t a, std::size_t b) { return options.prune ? cost[a] < cost[b] : cost[a] > cost[b]; });
-  // For the ETA, a point of unknown cost counts as the mean known one.
-  const double mean_cost = known > 0 ? work / static_cast<double>(known) : 1.0;
-  auto eta_cost = [&](std::size_t pos) { return cost[pos] > 0 ? cost[pos] : mean_cost; };
-  const unsigned jobs = std::max(1u, options.jobs);
-  EtaEstimator eta(jobs);
-  for (std::size_t pos : runnable) eta.queued(pos, eta_cost(pos));
-  progress.set_estimator(&eta);
-  todo.assign(runnable.begin(), runnable.end());
-  // Workers take one point at a time, the next as soon as they answer, so every job stays busy until the end
-  // however uneven the points; a worker evaluates up to max_points_per_worker analytic points (its heap warm for
-  // the next), and a flow point gets a fresh process of its own (SimGrid: one engine per process).
-  auto is_flow = [&](std::size_t pos) { return points[pos].fidelity == sim::Fidelity::kFlow; };
+                   [&](std::size_t a, std::size_t b) { return prune ? cost[a] < cost[b] : cost[a] > cost[b]; });
+  return runnable;
+}
 
-  std::vector<Worker> workers;
-  std::set<std::size_t> retried;
-  auto send_next = [&](Worker& w) {
+/// The forked workers. They take one point at a time, the next as soon as they answer, so every job stays busy
+/// until the end however uneven the points; a worker evaluates up to max_points_per_worker analytic points (its heap
+/// warm for the next), and a flow point gets a fresh process of its own (SimGrid: one engine per process). The point
+/// of a worker that died is retried once, in a fresh worker's turn; a second death is recorded as the point's error.
+class WorkerPool {
+ public:
+  WorkerPool(const std::vector<Point>& points, const RunOptions& options,
+             const std::map<std::string, std::size_t>& wanted, Recorder& rec, const std::vector<double>& cost,
+             const std::vector<std::size_t>& order)
+      : points_(points),
+        options_(options),
+        wanted_(wanted),
+        rec_(rec),
+        cost_(cost),
+        jobs_(std::max(1u, options.jobs)),
+        eta_(jobs_),
+        todo_(order.begin(), order.end()) {
+    // For the ETA, a point of unknown cost counts as the mean known one.
+    double work = 0;
+    std::size_t known = 0;
+    for (std::size_t pos : order) {
+      work += cost[pos];
+      known += cost[pos] > 0;
+    }
+    mean_cost_ = known > 0 ? work / static_cast<double>(known) : 1.0;
+    for (std::size_t pos : order) eta_.queued(pos, eta_cost(pos));
+    rec_.progress().set_estimator(&eta_);
+  }
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+  ~WorkerPool() { rec_.progress().set_estimator(nullptr); }
+
+  /// Until every point has its line. On an error, the workers are killed and the error goes on.
+  void run() {
+    try {
+      while (!todo_.empty() || !workers_.empty()) {
+        while (!todo_.empty() && workers_.size() < jobs_) spawn();
+        std::vector<pollfd> pfds;
+        for (const auto& w : workers_) pfds.push_back(pollfd{w.fd, POLLIN, 0});
+        if (::poll(pfds.data(), pfds.size(), 1000) < 0) {
+          if (errno == EINTR) continue;
+          throw Error(std::string("sweep: poll failed: ") + std::strerror(errno));
+        }
+        rec_.show_progress();
+        for (std::size_t k = 0; k < workers_.size();) {
+          const bool closed = (pfds[k].revents & (POLLIN | POLLHUP | POLLERR)) != 0 && !read_lines(workers_[k]);
+          if (closed) {
+            finish(workers_[k]);
+            // pfds is indexed like workers: swap-remove both.
+            std::swap(workers_[k], workers_.back());
+            std::swap(pfds[k], pfds.back());
+            workers_.pop_back();
+            pfds.pop_back();
+          } else {
+            ++k;
+          }
+        }
+      }
+    } catch (...) {
+      for (auto& w : workers_) {
+        ::kill(w.pid, SIGKILL);
+        ::waitpid(w.pid, nullptr, 0);
+        ::close(w.fd);
+      }
+      throw;
+    }
+  }
+
+ private:
+  [[nodiscard]] double eta_cost(std::size_t pos) const { return cost_[pos] > 0 ? cost_[pos] : mean_cost_; }
+  [[nodiscard]] bool is_flow(std::size_t pos) const { return points_[pos].fidelity == sim::Fidelity::kFlow; }
+
+  /// Hands `w` the next point, or tells it to exit (no points left, its limit reached, or a flow point next).
+  void send_next(Worker& w) {
     if (w.closing) return;
-    if (todo.empty() || w.points.size() >= w.limit || (!w.points.empty() && is_flow(todo.front()))) {
+    if (todo_.empty() || w.points.size() >= w.limit || (!w.points.empty() && is_flow(todo_.front()))) {
       ::shutdown(w.fd, SHUT_WR);  // the worker exits once it reads the end
       w.closing = true;
       return;
     }
     Task task;
-    task.pos = todo.front();
-    todo.pop_front();
+    task.pos = todo_.front();
+    todo_.pop_front();
     w.points.push_back(task.pos);
-    eta.started(task.pos, progress.now_s());
-    if (options.prune) {
-      if (const auto it = best_s.find(group_of(points[task.pos])); it != best_s.end()) task.prune_above_s = it->second;
-    }
+    eta_.started(task.pos, rec_.progress().now_s());
+    if (options_.prune) task.prune_above_s = rec_.prune_above(task.pos);
     // A worker that died meanwhile is found by its end of file; its point is retried then (finish).
     (void)::send(w.fd, &task, sizeof task, MSG_NOSIGNAL);
-  };
-  auto spawn = [&]() {
+  }
+
+  void spawn() {
     int fds[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) {
       throw Error(std::string("sweep: socketpair failed: ") + std::strerror(errno));
@@ -466,104 +546,105 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
     if (pid == 0) {
       die_with_parent(parent);
       ::close(fds[0]);
-      worker_main(fds[1], points, options.extrapolate);
+      worker_main(fds[1], points_, options_.extrapolate);
     }
     ::close(fds[1]);
     Worker w;
     w.pid = pid;
     w.fd = fds[0];
-    w.limit = is_flow(todo.front()) ? 1 : std::max<std::size_t>(1, options.max_points_per_worker);
-    workers.push_back(std::move(w));
-    send_next(workers.back());
-  };
+    w.limit = is_flow(todo_.front()) ? 1 : std::max<std::size_t>(1, options_.max_points_per_worker);
+    workers_.push_back(std::move(w));
+    send_next(workers_.back());
+  }
 
-  auto finish = [&](Worker& w) {
+  /// Reads what `w` sent and records each complete line, handing it its next point. False: `w` closed.
+  bool read_lines(Worker& w) {
+    char buf[65536];
+    const ssize_t n = ::read(w.fd, buf, sizeof buf);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) return false;
+    if (n < 0) return true;
+    w.buffer.append(buf, static_cast<std::size_t>(n));
+    std::size_t nl;
+    while ((nl = w.buffer.find('\n')) != std::string::npos) {
+      const std::string line = w.buffer.substr(0, nl);
+      w.buffer.erase(0, nl + 1);
+      const Result r = result_from_line(line, "worker");
+      const auto it = wanted_.find(r.key);
+      TWINSTEP_ASSERT(it != wanted_.end(), "worker reported an unknown point %zu", r.index);
+      eta_.finished(it->second, rec_.progress().now_s(), r.status == PointStatus::kOk);
+      rec_.record(it->second, line);
+      send_next(w);
+    }
+    return true;
+  }
+
+  /// Reaps `w`; the points it took without answering are retried once, then recorded as errors.
+  void finish(Worker& w) {
     int status = 0;
     while (::waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
     }
     ::close(w.fd);
     std::vector<std::size_t> missing;
     for (std::size_t pos : w.points) {
-      if (!done[pos]) missing.push_back(pos);
+      if (!rec_.done(pos)) missing.push_back(pos);
     }
     if (missing.empty()) return;
     std::string why = WIFSIGNALED(status) ? "worker process killed by signal " + std::to_string(WTERMSIG(status))
                                           : "worker process exited with status " + std::to_string(WEXITSTATUS(status));
     for (std::size_t pos : missing) {
-      eta.finished(pos, progress.now_s(), false);
-      if (retried.insert(pos).second) {
-        todo.push_front(pos);  // once more, in a fresh worker's turn: a second death names the point
-        eta.queued(pos, eta_cost(pos));
+      eta_.finished(pos, rec_.progress().now_s(), false);
+      if (retried_.insert(pos).second) {
+        todo_.push_front(pos);  // once more, in a fresh worker's turn: a second death names the point
+        eta_.queued(pos, eta_cost(pos));
       } else {
-        record(pos, status_line(points[pos], PointStatus::kError, why + " while evaluating this point"));
+        rec_.record(pos, status_line(points_[pos], PointStatus::kError, why + " while evaluating this point"));
       }
     }
-  };
-
-  try {
-    while (!todo.empty() || !workers.empty()) {
-      while (!todo.empty() && workers.size() < jobs) spawn();
-      std::vector<pollfd> pfds;
-      for (const auto& w : workers) pfds.push_back(pollfd{w.fd, POLLIN, 0});
-      if (::poll(pfds.data(), pfds.size(), 1000) < 0) {
-        if (errno == EINTR) continue;
-        throw Error(std::string("sweep: poll failed: ") + std::strerror(errno));
-      }
-      progress.update(finished);
-      for (std::size_t k = 0; k < workers.size();) {
-        Worker& w = workers[k];
-        bool closed = false;
-        if (pfds[k].revents & (POLLIN | POLLHUP | POLLERR)) {
-          char buf[65536];
-          const ssize_t n = ::read(w.fd, buf, sizeof buf);
-          if (n > 0) {
-            w.buffer.append(buf, static_cast<std::size_t>(n));
-            std::size_t nl;
-            while ((nl = w.buffer.find('\n')) != std::string::npos) {
-              const std::string line = w.buffer.substr(0, nl);
-              w.buffer.erase(0, nl + 1);
-              const Result r = result_from_line(line, "worker");
-              const auto it = wanted.find(r.key);
-              TWINSTEP_ASSERT(it != wanted.end(), "worker reported an unknown point %zu", r.index);
-              eta.finished(it->second, progress.now_s(), r.status == PointStatus::kOk);
-              record(it->second, line);
-              send_next(w);
-            }
-          } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
-            closed = true;
-          }
-        }
-        if (closed) {
-          finish(w);
-          // pfds is indexed like workers: swap-remove both.
-          std::swap(workers[k], workers.back());
-          std::swap(pfds[k], pfds.back());
-          workers.pop_back();
-          pfds.pop_back();
-        } else {
-          ++k;
-        }
-      }
-    }
-  } catch (...) {
-    for (auto& w : workers) {
-      ::kill(w.pid, SIGKILL);
-      ::waitpid(w.pid, nullptr, 0);
-      ::close(w.fd);
-    }
-    throw;
   }
-  progress.update(finished, true);
-  out_guard.reset();
+
+  const std::vector<Point>& points_;
+  const RunOptions& options_;
+  const std::map<std::string, std::size_t>& wanted_;
+  Recorder& rec_;
+  const std::vector<double>& cost_;
+  double mean_cost_ = 1.0;
+  unsigned jobs_;
+  EtaEstimator eta_;
+  std::deque<std::size_t> todo_;
+  std::vector<Worker> workers_;
+  std::set<std::size_t> retried_;
+};
+
+}  // namespace
+
+std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions& options, RunStats* stats) {
+  TWINSTEP_ASSERT(!options.output.empty(), "run_sweep needs an output path");
+  const auto t0 = std::chrono::steady_clock::now();
+  RunStats st;
+  st.total = points.size();
+  std::map<std::string, std::size_t> wanted;  // key -> position in points
+  for (std::size_t i = 0; i < points.size(); ++i) wanted.emplace(point_key(points[i]), i);
+
+  Resumed resumed = resume(options.output, wanted, st);
+  write_file_atomic(options.output, sorted_lines(resumed.file_lines));
+  Recorder rec(points, options, resumed, st);
+  std::vector<double> cost(points.size(), 0.0);  // estimated, for the order of the workers' points and the ETA
+  const std::vector<std::size_t> order = runnable_in_order(points, options.prune, rec, cost);
+  {
+    WorkerPool pool(points, options, wanted, rec, cost, order);
+    pool.run();
+    rec.close();
+  }
 
   // The union sorted by (index, key): a resumed run ends with the same bytes as an uninterrupted one.
   std::vector<Result> results;
   results.reserve(points.size());
   for (std::size_t i = 0; i < points.size(); ++i) {
-    TWINSTEP_ASSERT(done[i], "point %zu was never evaluated", points[i].index);
-    results.push_back(result_from_line(lines[i], options.output));
+    TWINSTEP_ASSERT(resumed.done[i], "point %zu was never evaluated", points[i].index);
+    results.push_back(result_from_line(resumed.lines[i], options.output));
   }
-  file_lines.resize(others);
+  std::vector<Result>& file_lines = resumed.file_lines;
+  file_lines.resize(resumed.others);
   file_lines.insert(file_lines.end(), results.begin(), results.end());
   write_file_atomic(options.output, sorted_lines(file_lines));
   st.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -120,7 +120,7 @@ struct RunStats {
   std::size_t kept = 0;        ///< Lines of the old file for points not in this sweep: kept in the file as they are.
   std::size_t duplicates = 0;  ///< Later lines of the old file for a key seen before (the first one is kept).
   std::size_t torn = 0;        ///< A torn last line found in the old file (removed; its point is re-run).
-  double wall_s = 0;
+  double wall_s = 0;           ///< Seconds in run_sweep: reading the old file, evaluating, writing the output.
 };
 
 /// Evaluates `points` (skipping those whose key is already in `options.output`), `options.jobs` processes at a

@@ -5,6 +5,10 @@
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <set>
+#include <utility>
+
+#include "common/assert.hpp"
 
 namespace twinstep::calibration::trace_import {
 
@@ -32,6 +36,44 @@ std::vector<std::vector<std::size_t>> enclosing(const std::vector<HostInterval>&
     }
   }
   return out;
+}
+
+void attach_host_side(RankEvents& ev, HostSide host) {
+  TWINSTEP_ASSERT(host.launch.size() == ev.activities.size() && host.ranges.size() == host.range_names.size() &&
+                      host.op_intervals.size() == host.ops.size() && host.waits.size() == host.wait_at.size(),
+                  "attach_host_side: the host side does not describe these events");
+  std::vector<HostInstant> launched;
+  std::vector<std::size_t> launched_index;
+  for (std::size_t k = 0; k < ev.activities.size(); ++k) {
+    if (!host.launch[k]) continue;
+    ev.activities[k].launch_ns = host.launch[k]->at_ns;
+    launched.push_back(*host.launch[k]);
+    launched_index.push_back(k);
+  }
+  const auto in_ranges = enclosing(host.ranges, launched);
+  const auto in_ops = enclosing(host.op_intervals, launched);
+  for (std::size_t q = 0; q < launched.size(); ++q) {
+    auto& a = ev.activities[launched_index[q]];
+    for (const std::size_t ri : in_ranges[q]) {
+      a.ranges.push_back(host.range_names[ri]);
+      a.range_starts.push_back(host.ranges[ri].start_ns);
+    }
+    if (!in_ops[q].empty()) a.op = host.ops[in_ops[q].back()];  // the innermost op: the one that launched it
+  }
+  const auto wait_ranges = enclosing(host.ranges, host.wait_at);
+  for (std::size_t w = 0; w < host.waits.size(); ++w) {
+    for (const std::size_t ri : wait_ranges[w]) {
+      host.waits[w].ranges.push_back(host.range_names[ri]);
+      host.waits[w].range_starts.push_back(host.ranges[ri].start_ns);
+    }
+  }
+  std::stable_sort(ev.activities.begin(), ev.activities.end(),
+                   [](const GpuActivity& a, const GpuActivity& b) { return a.start_ns < b.start_ns; });
+  std::stable_sort(host.waits.begin(), host.waits.end(),
+                   [](const HostWait& a, const HostWait& b) { return a.start_ns < b.start_ns; });
+  ev.waits = std::move(host.waits);
+  const std::set<std::string> names(host.range_names.begin(), host.range_names.end());
+  ev.range_names.assign(names.begin(), names.end());
 }
 
 }  // namespace twinstep::calibration::trace_import

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -74,6 +75,22 @@ struct HostInstant {
 /// node and close in a later one). O((intervals + instants) x depth).
 [[nodiscard]] std::vector<std::vector<std::size_t>> enclosing(const std::vector<HostInterval>& intervals,
                                                               const std::vector<HostInstant>& instants);
+
+/// One rank's host side as a reader collects it, beside the GPU activities it put in RankEvents::activities.
+struct HostSide {
+  std::vector<std::optional<HostInstant>> launch;  ///< Per activity, in its order: the API call that launched it.
+  std::vector<HostInterval> ranges;                ///< Named host ranges (record_function, NVTX).
+  std::vector<std::string> range_names;            ///< Per range.
+  std::vector<HostInterval> op_intervals;          ///< Framework ops with recorded shapes (Kineto's cpu_op); or none.
+  std::vector<LaunchOp> ops;                       ///< Per op interval.
+  std::vector<HostWait> waits;                     ///< Synchronising calls, ranges not yet attached.
+  std::vector<HostInstant> wait_at;                ///< Per wait: its thread and start.
+};
+
+/// Completes `ev` from `host`, the same for every reader: each activity's launch_ns, the ranges open at its launch
+/// (outermost first) and the innermost framework op around it; each wait with the ranges open at its start;
+/// activities and waits sorted by start; the distinct range names, sorted.
+void attach_host_side(RankEvents& ev, HostSide host);
 
 /// Reads a PyTorch profiler (Kineto) Chrome-trace JSON, as torch 2.x's export_chrome_trace writes it. Throws
 /// ParseError naming the file and the event (JSON pointer) on malformed input.

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "common/error.hpp"
+#include "common/stats.hpp"
 #include "schedule/matching.hpp"
 
 namespace twinstep::calibration::trace_import {
@@ -149,13 +150,6 @@ struct OpHits {
   }
 };
 
-Nanos nmedian(std::vector<Nanos> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 Nanos issue_of(const GpuActivity& a) { return a.launch_ns >= 0 ? a.launch_ns : a.start_ns; }
 
 /// "L12.mb3.fwd.qkv" -> (12, 3); "mb1.bwd.output_dgrad" -> (-1, 1); other names -> (-1, -1).
@@ -175,10 +169,28 @@ class Matcher {
   ImportResult run();
 
  private:
+  /// Per step: the first launch and the last end of what was matched, all ranks on one clock.
+  struct StepWindows {
+    std::vector<Nanos> origin;
+    std::vector<Nanos> finish;
+  };
+
   void check_ranks();
   void match_rank(const RankEvents& r);
   void check_shapes(const RankEvents& r, const std::map<std::string, OpId>& by_name);
+  /// How many steps the trace holds: the most any op was matched in.
+  [[nodiscard]] std::size_t count_steps() const;
+  /// Throws Error when nothing matched, or no GEMM matched by shape and no range named an op (another model).
+  void check_matched(std::size_t steps) const;
   void check_skew(std::size_t steps);
+  [[nodiscard]] StepWindows step_windows(std::size_t steps) const;
+  /// Each op's record: medians over the steps of its matched activities (or waits), relative to the step's window;
+  /// an op matched in no step gets a zero-length record after its predecessor. The trace's step times.
+  void write_records(const StepWindows& w, schedule::Trace& t, ImportReport& rep) const;
+  /// The GPU time inside the step windows, and the activities in them no op claimed, costliest first.
+  void count_gpu_time(const StepWindows& w, ImportReport& rep) const;
+  /// The measured trace's context: sources, format, GPU, steps, how ops were timed, the match figures.
+  void describe(std::size_t steps, const ImportReport& rep, schedule::Trace& t) const;
 
   const schedule::Schedule& s_;
   const std::vector<RankEvents>& ranks_;
@@ -415,15 +427,13 @@ void Matcher::check_skew(std::size_t steps) {
   }
 }
 
-ImportResult Matcher::run() {
-  check_ranks();
-  for (const auto& r : ranks_) match_rank(r);
-  ImportResult out;
-  auto& rep = out.report;
-  rep.ops = s_.ops.size();
-
+std::size_t Matcher::count_steps() const {
   std::size_t steps = 0;
   for (const auto& h : hits_) steps = std::max({steps, h.steps().size(), h.waits.size()});
+  return steps;
+}
+
+void Matcher::check_matched(std::size_t steps) const {
   if (steps == 0) {
     std::string first_range = "none";
     for (const auto& r : ranks_) {
@@ -448,15 +458,15 @@ ImportResult Matcher::run() {
                   "\": a trace of another model or layout; lower the schedule of the traced run");
     }
   }
-  check_skew(steps);
+}
 
-  // Step windows: from the first launch to the last end of what was matched, per step, all ranks on one clock.
-  std::vector<Nanos> origin(steps, 0), finish(steps, 0);
+Matcher::StepWindows Matcher::step_windows(std::size_t steps) const {
+  StepWindows w{std::vector<Nanos>(steps, 0), std::vector<Nanos>(steps, 0)};
   std::vector<bool> seen(steps, false);
   auto widen = [&](std::size_t st, Nanos issue, Nanos end) {
-    if (!seen[st]) origin[st] = issue, finish[st] = end, seen[st] = true;
-    origin[st] = std::min(origin[st], issue);
-    finish[st] = std::max(finish[st], end);
+    if (!seen[st]) w.origin[st] = issue, w.finish[st] = end, seen[st] = true;
+    w.origin[st] = std::min(w.origin[st], issue);
+    w.finish[st] = std::max(w.finish[st], end);
   };
   for (const auto& h : hits_) {
     const auto st = h.steps();
@@ -464,12 +474,13 @@ ImportResult Matcher::run() {
       for (const auto* a : st[i]) widen(i, issue_of(*a), a->end_ns);
     }
     std::size_t i = 0;
-    for (const auto& [start, w] : h.waits) widen(i++, w->start_ns, w->end_ns);
+    for (const auto& [start, wait] : h.waits) widen(i++, wait->start_ns, wait->end_ns);
   }
+  return w;
+}
 
-  auto& t = out.trace;
-  t.producer = "import";
-  t.schedule = s_;
+void Matcher::write_records(const StepWindows& w, schedule::Trace& t, ImportReport& rep) const {
+  const std::size_t steps = w.origin.size();
   t.records.resize(s_.ops.size());
   std::map<std::pair<RankId, schedule::StreamId>, Nanos> stream_end;
   std::map<RankId, Nanos> last_issue;
@@ -488,25 +499,25 @@ ImportResult Matcher::run() {
         e0 = std::max(e0, a->end_ns);
         rep.matched_gpu_time_s += static_cast<double>(a->end_ns - a->start_ns) * 1e-9;
       }
-      is.push_back(iss - origin[i]);
-      ss.push_back(s0 - origin[i]);
-      es.push_back(e0 - origin[i]);
+      is.push_back(iss - w.origin[i]);
+      ss.push_back(s0 - w.origin[i]);
+      es.push_back(e0 - w.origin[i]);
     }
     std::size_t i = 0;
-    for (const auto& [start, w] : h.waits) {
+    for (const auto& [start, wait] : h.waits) {
       if (i >= steps) break;
-      is.push_back(w->start_ns - origin[i]);
-      ss.push_back(w->start_ns - origin[i]);
-      es.push_back(w->end_ns - origin[i]);
+      is.push_back(wait->start_ns - w.origin[i]);
+      ss.push_back(wait->start_ns - w.origin[i]);
+      es.push_back(wait->end_ns - w.origin[i]);
       ++i;
     }
     const bool host =
         std::holds_alternative<schedule::Host>(op.body) || std::holds_alternative<schedule::HostSync>(op.body);
     const auto key = std::make_pair(op.rank, op.stream);
     if (!es.empty()) {
-      rec.issue_ns = nmedian(is);
-      rec.start_ns = nmedian(ss);
-      rec.end_ns = std::max(nmedian(es), rec.start_ns);
+      rec.issue_ns = median(is);
+      rec.start_ns = median(ss);
+      rec.end_ns = std::max(median(es), rec.start_ns);
       if (es.size() == steps) {
         ++rep.matched_ops;
         (h.named.empty() && h.waits.empty() ? rep.by_order_ops : rep.by_name_ops) += 1;
@@ -531,15 +542,18 @@ ImportResult Matcher::run() {
     last_issue[op.rank] = std::max(last_issue[op.rank], rec.issue_ns);
     if (!host) stream_end[key] = std::max(stream_end[key], rec.end_ns);
   }
-  for (std::size_t i = 0; i < steps; ++i) t.step_times_ns.push_back(finish[i] - origin[i]);
-  rep.steps = steps;
+  for (std::size_t i = 0; i < steps; ++i) t.step_times_ns.push_back(w.finish[i] - w.origin[i]);
+}
 
-  // GPU time inside the step windows, and what of it no op claimed.
+void Matcher::count_gpu_time(const StepWindows& w, ImportReport& rep) const {
+  const std::size_t steps = w.origin.size();
   std::map<std::string, std::pair<std::size_t, Nanos>> unmatched;
   for (const auto& r : ranks_) {
     for (const auto& a : r.activities) {
       bool inside = false;
-      for (std::size_t i = 0; i < steps && !inside; ++i) inside = a.start_ns >= origin[i] && a.start_ns <= finish[i];
+      for (std::size_t i = 0; i < steps && !inside; ++i) {
+        inside = a.start_ns >= w.origin[i] && a.start_ns <= w.finish[i];
+      }
       if (!inside) continue;
       rep.gpu_time_s += static_cast<double>(a.end_ns - a.start_ns) * 1e-9;
       if (used_.count(&a)) continue;
@@ -563,9 +577,9 @@ ImportResult Matcher::run() {
   }
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   for (auto& [ns, text] : rows) rep.unmatched_activities.push_back(std::move(text));
-  rep.unknown_ranges.assign(unknown_ranges_.begin(), unknown_ranges_.end());
+}
 
-  // Context: where the figures came from.
+void Matcher::describe(std::size_t steps, const ImportReport& rep, schedule::Trace& t) const {
   std::string sources, gpu;
   for (const auto& r : ranks_) {
     sources += (sources.empty() ? "" : ", ") + r.source;
@@ -584,6 +598,26 @@ ImportResult Matcher::run() {
   std::snprintf(rate, sizeof rate, "%.4f", rep.match_rate());
   t.context["import.gpu_time_matched"] = rate;
   t.context["import.unmatched_ops"] = std::to_string(rep.unmatched_ops.size()) + " (zero-length records)";
+}
+
+ImportResult Matcher::run() {
+  check_ranks();
+  for (const auto& r : ranks_) match_rank(r);
+  const std::size_t steps = count_steps();
+  check_matched(steps);
+  check_skew(steps);
+  // Step windows: from the first launch to the last end of what was matched, per step, all ranks on one clock.
+  const StepWindows windows = step_windows(steps);
+  ImportResult out;
+  out.report.ops = s_.ops.size();
+  out.trace.producer = "import";
+  out.trace.schedule = s_;
+  write_records(windows, out.trace, out.report);
+  out.report.steps = steps;
+  // GPU time inside the step windows, and what of it no op claimed.
+  count_gpu_time(windows, out.report);
+  out.report.unknown_ranges.assign(unknown_ranges_.begin(), unknown_ranges_.end());
+  describe(steps, out.report, out.trace);
   return out;
 }
 

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <set>
+#include <utility>
 
 #include "calibration/trace_import/events.hpp"
 #include "common/error.hpp"
@@ -64,30 +64,28 @@ bool is_wait_call(const std::string& name) {
   return name.find("Synchronize") != std::string::npos || name == "cudaMemcpy" || name == "cuMemcpyDtoH_v2";
 }
 
-}  // namespace
-
-RankEvents read_kineto(const std::string& path) {
-  const std::string text = read_file(path);
+/// The document, with its "traceEvents" array checked.
+Json read_document(const std::string& path) {
   Json doc;
   try {
-    doc = parse_json(text, path);
+    doc = parse_json(read_file(path), path);
   } catch (const ParseError& e) {
     throw Error(std::string(e.what()) +
                 " (a truncated file? the profiler writes the whole trace when export_chrome_trace returns; export it "
                 "again)");
   }
-  const Json* events = nullptr;
-  if (doc.is_object() && doc.contains("traceEvents") && doc["traceEvents"].is_array()) {
-    events = &doc["traceEvents"];
-  } else {
+  if (!doc.is_object() || !doc.contains("traceEvents") || !doc["traceEvents"].is_array()) {
     throw ParseError(
         path, "/traceEvents",
         "no \"traceEvents\" array: not a PyTorch profiler Chrome trace (write one with "
         "torch.profiler.profile(...).export_chrome_trace(PATH), or give an Nsight Systems .sqlite export)");
   }
-  Reader r{path, {}};
-  RankEvents out;
-  out.source = path;
+  return doc;
+}
+
+/// What the trace says of itself: its rank (distributedInfo), its GPU (deviceProperties), the schedule it ran
+/// (twinstep_schedule, added with add_metadata_json: an object or a JSON string).
+void read_header(const Json& doc, const std::string& path, RankEvents& out) {
   if (const auto it = doc.find("distributedInfo"); it != doc.end() && it->is_object() && it->contains("rank")) {
     if (!(*it)["rank"].is_number_integer() || (*it)["rank"].get<std::int64_t>() < 0) {
       throw ParseError(path, "/distributedInfo/rank", "must be a rank number >= 0");
@@ -114,23 +112,15 @@ RankEvents read_kineto(const std::string& path) {
       if (meta.contains("name") && meta["name"].is_string()) out.context["schedule_name"] = meta["name"];
     }
   }
+}
 
-  struct Launch {
-    std::uint64_t thread;
-    Nanos at_ns;
-  };
-  std::map<std::int64_t, Launch> launch_by_corr;
-  std::vector<HostInterval> range_iv, op_iv;
-  std::vector<std::string> range_name;
-  std::vector<LaunchOp> op_of;
-  std::vector<std::size_t> activity_event;  // index into events, per activity (for corr lookup)
+/// The complete ("ph": "X") events: GPU activities into `out`; launch calls (matched to their activities by
+/// correlation id), synchronising calls, record_function ranges and framework ops with shapes into `host`.
+void read_events(const Json& events, Reader& r, RankEvents& out, HostSide& host) {
+  std::map<std::int64_t, HostInstant> launch_by_corr;
   std::vector<std::int64_t> activity_corr;
-  std::vector<HostWait> waits;
-  std::vector<HostInstant> wait_at;
-  std::set<std::string> names;
-
-  for (std::size_t i = 0; i < events->size(); ++i) {
-    const Json& e = (*events)[i];
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    const Json& e = events[i];
     if (!e.is_object()) r.fail(i, "an event is not a JSON object");
     const auto ph = e.find("ph");
     if (ph == e.end() || !ph->is_string()) r.fail(i, "field \"ph\" (the event phase) is missing or not a string");
@@ -158,71 +148,44 @@ RankEvents read_kineto(const std::string& path) {
       a.stream = s != args.end() && s->is_number_integer() ? s->get<std::int64_t>() : 0;
       a.start_ns = ts;
       a.end_ns = ts + dur;
-      a.where = path + ": traceEvents[" + std::to_string(i) + "]";
+      a.where = r.path + ": traceEvents[" + std::to_string(i) + "]";
       out.activities.push_back(std::move(a));
-      activity_event.push_back(i);
       activity_corr.push_back(corr());
     } else if (cat == "cuda_runtime" || cat == "cuda_driver") {
       const std::uint64_t th = r.thread(e);
-      if (const std::int64_t c = corr(); c >= 0) launch_by_corr[c] = Launch{th, ts};
+      if (const std::int64_t c = corr(); c >= 0) launch_by_corr[c] = HostInstant{th, ts};
       if (is_wait_call(name)) {
-        waits.push_back(HostWait{ts, ts + dur, {}, {}});
-        wait_at.push_back(HostInstant{th, ts});
+        host.waits.push_back(HostWait{ts, ts + dur, {}, {}});
+        host.wait_at.push_back(HostInstant{th, ts});
       }
     } else if (cat == "user_annotation") {
-      range_iv.push_back(HostInterval{r.thread(e), ts, ts + dur});
-      range_name.push_back(name);
-      names.insert(name);
+      host.ranges.push_back(HostInterval{r.thread(e), ts, ts + dur});
+      host.range_names.push_back(name);
     } else if (cat == "cpu_op") {
       auto dims = input_dims(args);
       if (!dims.empty()) {
-        op_iv.push_back(HostInterval{r.thread(e), ts, ts + dur});
-        op_of.push_back(LaunchOp{name, std::move(dims), ts});
+        host.op_intervals.push_back(HostInterval{r.thread(e), ts, ts + dur});
+        host.ops.push_back(LaunchOp{name, std::move(dims), ts});
       }
     }
   }
+  host.launch.resize(activity_corr.size());
+  for (std::size_t k = 0; k < activity_corr.size(); ++k) {
+    if (const auto it = launch_by_corr.find(activity_corr[k]); it != launch_by_corr.end()) host.launch[k] = it->second;
+  }
+}
 
-  // Launch instants of the activities (through the correlation id), then the ranges and ops around them.
-  std::vector<HostInstant> at(out.activities.size());
-  std::vector<bool> has_launch(out.activities.size(), false);
-  for (std::size_t k = 0; k < out.activities.size(); ++k) {
-    const auto it = launch_by_corr.find(activity_corr[k]);
-    if (it == launch_by_corr.end()) continue;
-    at[k] = HostInstant{it->second.thread, it->second.at_ns};
-    has_launch[k] = true;
-    out.activities[k].launch_ns = it->second.at_ns;
-  }
-  std::vector<HostInstant> launched;
-  std::vector<std::size_t> launched_index;
-  for (std::size_t k = 0; k < at.size(); ++k) {
-    if (has_launch[k]) {
-      launched.push_back(at[k]);
-      launched_index.push_back(k);
-    }
-  }
-  const auto in_ranges = enclosing(range_iv, launched);
-  const auto in_ops = enclosing(op_iv, launched);
-  for (std::size_t q = 0; q < launched.size(); ++q) {
-    auto& a = out.activities[launched_index[q]];
-    for (const std::size_t ri : in_ranges[q]) {
-      a.ranges.push_back(range_name[ri]);
-      a.range_starts.push_back(range_iv[ri].start_ns);
-    }
-    if (!in_ops[q].empty()) a.op = op_of[in_ops[q].back()];  // the innermost op: the one that launched it
-  }
-  const auto wait_ranges = enclosing(range_iv, wait_at);
-  for (std::size_t w = 0; w < waits.size(); ++w) {
-    for (const std::size_t ri : wait_ranges[w]) {
-      waits[w].ranges.push_back(range_name[ri]);
-      waits[w].range_starts.push_back(range_iv[ri].start_ns);
-    }
-  }
-  std::stable_sort(out.activities.begin(), out.activities.end(),
-                   [](const GpuActivity& a, const GpuActivity& b) { return a.start_ns < b.start_ns; });
-  std::stable_sort(waits.begin(), waits.end(),
-                   [](const HostWait& a, const HostWait& b) { return a.start_ns < b.start_ns; });
-  out.waits = std::move(waits);
-  out.range_names.assign(names.begin(), names.end());
+}  // namespace
+
+RankEvents read_kineto(const std::string& path) {
+  const Json doc = read_document(path);
+  RankEvents out;
+  out.source = path;
+  read_header(doc, path, out);
+  Reader r{path, {}};
+  HostSide host;
+  read_events(doc["traceEvents"], r, out, host);
+  attach_host_side(out, std::move(host));
   out.context["format"] = "pytorch-profiler-chrome-trace";
   return out;
 }

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <utility>
 
 #include "calibration/trace_import/events.hpp"
 #include "common/error.hpp"
@@ -90,101 +91,105 @@ bool col_null(sqlite3_stmt* s, int i) { return sqlite3_column_type(s, i) == SQLI
 /// The process part of a serialised globalTid / globalPid: everything above the 24 thread-id bits.
 std::int64_t process_of(std::int64_t global) { return global >> 24; }
 
+/// The StringIds table: names by id ("string N" for an id it lacks).
+class Strings {
+ public:
+  explicit Strings(Db& db) {
+    if (!db.columns("StringIds").empty()) {
+      db.each("SELECT id, value FROM StringIds", "StringIds",
+              [&](sqlite3_stmt* s) { by_id_[col_int(s, 0)] = col_text(s, 1); });
+    }
+  }
+  std::string operator()(std::int64_t id) const {
+    const auto it = by_id_.find(id);
+    return it == by_id_.end() ? "string " + std::to_string(id) : it->second;
+  }
+
+ private:
+  std::map<std::int64_t, std::string> by_id_;
+};
+
+const std::string kKernelTable = "CUPTI_ACTIVITY_KIND_KERNEL";
+
+/// The kernel table's columns, checked: without it (or a column this reader needs) the file is no CUDA trace.
+std::set<std::string> kernel_columns(Db& db, const std::string& path) {
+  auto kcols = db.columns(kKernelTable);
+  if (kcols.empty()) {
+    throw ParseError(path, kKernelTable,
+                     "no such table: not an Nsight Systems export of a CUDA trace (profile with `nsys profile -t "
+                     "cuda,nvtx`, then `nsys export --type sqlite`)");
+  }
+  for (const char* c : {"start", "end", "deviceId", "streamId", "correlationId"}) {
+    if (!kcols.count(c)) throw ParseError(path, kKernelTable, std::string("column ") + c + " is missing");
+  }
+  return kcols;
+}
+
+/// One profiled process: its GPU activities, their correlation ids, the lowest device it used (its rank's order).
 struct Proc {
   std::int64_t min_device = -1;
   RankEvents events;
   std::vector<std::int64_t> corr;  // per activity
 };
 
-}  // namespace
-
-std::vector<RankEvents> read_nsys_sqlite(const std::string& path) {
-  Db db(path);
-  const std::string kKernel = "CUPTI_ACTIVITY_KIND_KERNEL";
-  const auto kcols = db.columns(kKernel);
-  for (const char* c : {"start", "end", "deviceId", "streamId", "correlationId"}) {
-    if (kcols.empty()) {
-      throw ParseError(path, kKernel,
-                       "no such table: not an Nsight Systems export of a CUDA trace (profile with `nsys profile -t "
-                       "cuda,nvtx`, then `nsys export --type sqlite`)");
+/// The rows of one CUPTI activity table (`cols`: its columns; none: no such table), into their processes.
+void read_activities(Db& db, const std::string& path, const std::string& table, const std::set<std::string>& cols,
+                     ActivityKind kind, const Strings& str, std::map<std::int64_t, Proc>& procs) {
+  if (cols.empty()) return;
+  const bool pid = cols.count("globalPid") > 0;
+  std::string name_col = "0";
+  if (kind == ActivityKind::kKernel) {
+    name_col = cols.count("shortName") ? "shortName" : cols.count("demangledName") ? "demangledName" : "0";
+  } else if (cols.count("bytes")) {
+    name_col = "bytes";
+  }
+  const std::string sql = "SELECT rowid, start, end, deviceId, streamId, correlationId, " +
+                          std::string(pid ? "globalPid" : "0") + ", " + name_col + " FROM " + table;
+  db.each(sql, table, [&](sqlite3_stmt* s) {
+    auto& p = procs[process_of(col_int(s, 6))];
+    const std::int64_t dev = col_int(s, 3);
+    p.min_device = p.min_device < 0 ? dev : std::min(p.min_device, dev);
+    GpuActivity a;
+    a.kind = kind;
+    a.start_ns = col_int(s, 1);
+    a.end_ns = col_int(s, 2);
+    if (a.end_ns < a.start_ns) {
+      throw ParseError(path, table, "rowid " + std::to_string(col_int(s, 0)) + ": end is before start");
     }
-    if (!kcols.count(c)) throw ParseError(path, kKernel, std::string("column ") + c + " is missing");
-  }
-  std::map<std::int64_t, std::string> strings;
-  if (!db.columns("StringIds").empty()) {
-    db.each("SELECT id, value FROM StringIds", "StringIds",
-            [&](sqlite3_stmt* s) { strings[col_int(s, 0)] = col_text(s, 1); });
-  }
-  auto str = [&](std::int64_t id) {
-    const auto it = strings.find(id);
-    return it == strings.end() ? "string " + std::to_string(id) : it->second;
-  };
-  std::string gpu;
-  if (const auto g = db.columns("TARGET_INFO_GPU"); g.count("name")) {
-    db.each("SELECT name FROM TARGET_INFO_GPU LIMIT 1", "TARGET_INFO_GPU",
-            [&](sqlite3_stmt* s) { gpu = col_text(s, 0); });
-  }
+    a.stream = col_int(s, 4);
+    a.name = kind == ActivityKind::kKernel   ? str(col_int(s, 7))
+             : kind == ActivityKind::kMemcpy ? "Memcpy " + std::to_string(col_int(s, 7)) + " B"
+                                             : "Memset " + std::to_string(col_int(s, 7)) + " B";
+    a.where = path + ": " + table + " rowid " + std::to_string(col_int(s, 0));
+    p.events.activities.push_back(std::move(a));
+    p.corr.push_back(col_int(s, 5));
+  });
+}
 
-  std::map<std::int64_t, Proc> procs;
-  auto read_activities = [&](const std::string& table, ActivityKind kind) {
-    const auto cols = table == kKernel ? kcols : db.columns(table);
-    if (cols.empty()) return;
-    const bool pid = cols.count("globalPid") > 0;
-    std::string name_col = "0";
-    if (kind == ActivityKind::kKernel) {
-      name_col = cols.count("shortName") ? "shortName" : cols.count("demangledName") ? "demangledName" : "0";
-    } else if (cols.count("bytes")) {
-      name_col = "bytes";
-    }
-    const std::string sql = "SELECT rowid, start, end, deviceId, streamId, correlationId, " +
-                            std::string(pid ? "globalPid" : "0") + ", " + name_col + " FROM " + table;
-    db.each(sql, table, [&](sqlite3_stmt* s) {
-      auto& p = procs[process_of(col_int(s, 6))];
-      const std::int64_t dev = col_int(s, 3);
-      p.min_device = p.min_device < 0 ? dev : std::min(p.min_device, dev);
-      GpuActivity a;
-      a.kind = kind;
-      a.start_ns = col_int(s, 1);
-      a.end_ns = col_int(s, 2);
-      if (a.end_ns < a.start_ns) {
-        throw ParseError(path, table, "rowid " + std::to_string(col_int(s, 0)) + ": end is before start");
-      }
-      a.stream = col_int(s, 4);
-      a.name = kind == ActivityKind::kKernel   ? str(col_int(s, 7))
-               : kind == ActivityKind::kMemcpy ? "Memcpy " + std::to_string(col_int(s, 7)) + " B"
-                                               : "Memset " + std::to_string(col_int(s, 7)) + " B";
-      a.where = path + ": " + table + " rowid " + std::to_string(col_int(s, 0));
-      p.events.activities.push_back(std::move(a));
-      p.corr.push_back(col_int(s, 5));
-    });
-  };
-  read_activities(kKernel, ActivityKind::kKernel);
-  read_activities("CUPTI_ACTIVITY_KIND_MEMCPY", ActivityKind::kMemcpy);
-  read_activities("CUPTI_ACTIVITY_KIND_MEMSET", ActivityKind::kMemset);
-  if (procs.empty()) throw ParseError(path, kKernel, "no kernels: the export holds no GPU work");
+/// One process's host side: its launch calls by correlation id, and what attach_host_side takes (ranges, waits).
+struct ProcHost {
+  std::map<std::int64_t, HostInstant> launch_by_corr;
+  HostSide side;
+};
 
-  // Launches (correlation -> thread, time) and synchronising calls, per process.
-  struct Launch {
-    std::uint64_t thread;
-    Nanos at;
-  };
-  std::map<std::pair<std::int64_t, std::int64_t>, Launch> launches;
-  std::map<std::int64_t, std::vector<std::pair<HostWait, HostInstant> > > waits;
+/// The runtime API calls (launches and synchronising calls) and the NVTX ranges (push/pop 59, start/end 60), by
+/// process.
+std::map<std::int64_t, ProcHost> read_host_side(Db& db, const Strings& str) {
+  std::map<std::int64_t, ProcHost> hosts;
   if (const auto rc = db.columns("CUPTI_ACTIVITY_KIND_RUNTIME"); !rc.empty()) {
     const std::string name = rc.count("nameId") ? "nameId" : "0";
     db.each("SELECT start, end, globalTid, correlationId, " + name + " FROM CUPTI_ACTIVITY_KIND_RUNTIME",
             "CUPTI_ACTIVITY_KIND_RUNTIME", [&](sqlite3_stmt* s) {
               const std::int64_t tid = col_int(s, 2);
-              launches[{process_of(tid), col_int(s, 3)}] = Launch{static_cast<std::uint64_t>(tid), col_int(s, 0)};
+              auto& h = hosts[process_of(tid)];
+              h.launch_by_corr[col_int(s, 3)] = HostInstant{static_cast<std::uint64_t>(tid), col_int(s, 0)};
               const std::string call = str(col_int(s, 4));
               if (call.find("Synchronize") != std::string::npos || call.rfind("cudaMemcpy_", 0) == 0) {
-                waits[process_of(tid)].push_back({HostWait{col_int(s, 0), col_int(s, 1), {}, {}},
-                                                  HostInstant{static_cast<std::uint64_t>(tid), col_int(s, 0)}});
+                h.side.waits.push_back(HostWait{col_int(s, 0), col_int(s, 1), {}, {}});
+                h.side.wait_at.push_back(HostInstant{static_cast<std::uint64_t>(tid), col_int(s, 0)});
               }
             });
   }
-  // NVTX ranges (push/pop 59, start/end 60) by thread.
-  std::map<std::int64_t, std::pair<std::vector<HostInterval>, std::vector<std::string> > > ranges;
   if (const auto nc = db.columns("NVTX_EVENTS"); !nc.empty()) {
     const std::string text_id = nc.count("textId") ? "textId" : "NULL";
     db.each("SELECT start, end, globalTid, text, " + text_id +
@@ -193,52 +198,47 @@ std::vector<RankEvents> read_nsys_sqlite(const std::string& path) {
               const std::int64_t tid = col_int(s, 2);
               const std::string text = !col_null(s, 3) ? col_text(s, 3) : !col_null(s, 4) ? str(col_int(s, 4)) : "";
               if (text.empty()) return;
-              auto& r = ranges[process_of(tid)];
-              r.first.push_back(HostInterval{static_cast<std::uint64_t>(tid), col_int(s, 0), col_int(s, 1)});
-              r.second.push_back(text);
+              auto& h = hosts[process_of(tid)].side;
+              h.ranges.push_back(HostInterval{static_cast<std::uint64_t>(tid), col_int(s, 0), col_int(s, 1)});
+              h.range_names.push_back(text);
             });
   }
+  return hosts;
+}
 
+}  // namespace
+
+std::vector<RankEvents> read_nsys_sqlite(const std::string& path) {
+  Db db(path);
+  const auto kcols = kernel_columns(db, path);
+  const Strings str(db);
+  std::string gpu;
+  if (const auto g = db.columns("TARGET_INFO_GPU"); g.count("name")) {
+    db.each("SELECT name FROM TARGET_INFO_GPU LIMIT 1", "TARGET_INFO_GPU",
+            [&](sqlite3_stmt* s) { gpu = col_text(s, 0); });
+  }
+  std::map<std::int64_t, Proc> procs;
+  read_activities(db, path, kKernelTable, kcols, ActivityKind::kKernel, str, procs);
+  for (const auto& [table, kind] : {std::pair{"CUPTI_ACTIVITY_KIND_MEMCPY", ActivityKind::kMemcpy},
+                                    std::pair{"CUPTI_ACTIVITY_KIND_MEMSET", ActivityKind::kMemset}}) {
+    read_activities(db, path, table, db.columns(table), kind, str, procs);
+  }
+  if (procs.empty()) throw ParseError(path, kKernelTable, "no kernels: the export holds no GPU work");
+  std::map<std::int64_t, ProcHost> hosts = read_host_side(db, str);
+
+  // One RankEvents per process, ranked by the lowest device it used.
   std::vector<std::pair<std::pair<std::int64_t, std::int64_t>, RankEvents> > ordered;
   for (auto& [pk, p] : procs) {
     auto& ev = p.events;
     ev.source = path;
     ev.context["format"] = "nsys-sqlite";
     if (!gpu.empty()) ev.context["gpu"] = gpu;
-    std::vector<HostInstant> at;
-    std::vector<std::size_t> idx;
+    ProcHost& h = hosts[pk];
+    h.side.launch.resize(ev.activities.size());
     for (std::size_t k = 0; k < ev.activities.size(); ++k) {
-      const auto it = launches.find({pk, p.corr[k]});
-      if (it == launches.end()) continue;
-      ev.activities[k].launch_ns = it->second.at;
-      at.push_back(HostInstant{it->second.thread, it->second.at});
-      idx.push_back(k);
+      if (const auto it = h.launch_by_corr.find(p.corr[k]); it != h.launch_by_corr.end()) h.side.launch[k] = it->second;
     }
-    const auto& rg = ranges[pk];
-    const auto in = enclosing(rg.first, at);
-    for (std::size_t q = 0; q < at.size(); ++q) {
-      for (const std::size_t ri : in[q]) {
-        ev.activities[idx[q]].ranges.push_back(rg.second[ri]);
-        ev.activities[idx[q]].range_starts.push_back(rg.first[ri].start_ns);
-      }
-    }
-    std::vector<HostInstant> wat;
-    for (const auto& w : waits[pk]) wat.push_back(w.second);
-    const auto win = enclosing(rg.first, wat);
-    for (std::size_t w = 0; w < wat.size(); ++w) {
-      HostWait hw = waits[pk][w].first;
-      for (const std::size_t ri : win[w]) {
-        hw.ranges.push_back(rg.second[ri]);
-        hw.range_starts.push_back(rg.first[ri].start_ns);
-      }
-      ev.waits.push_back(std::move(hw));
-    }
-    std::set<std::string> names(rg.second.begin(), rg.second.end());
-    ev.range_names.assign(names.begin(), names.end());
-    std::stable_sort(ev.activities.begin(), ev.activities.end(),
-                     [](const GpuActivity& a, const GpuActivity& b) { return a.start_ns < b.start_ns; });
-    std::stable_sort(ev.waits.begin(), ev.waits.end(),
-                     [](const HostWait& a, const HostWait& b) { return a.start_ns < b.start_ns; });
+    attach_host_side(ev, std::move(h.side));
     ordered.emplace_back(std::make_pair(p.min_device, pk), std::move(ev));
   }
   std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) { return a.first < b.first; });

@@ -17,14 +17,10 @@ namespace sch = twinstep::schedule;
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 /// The kernel of the first compute op whose name ends with `name` (rank 0's: ranks come in order).
 const sch::Kernel* kernel_of(const sch::Schedule& s, const std::string& name) {
   for (const auto& op : s.ops) {
-    if (!ends_with(op.name, name)) continue;
+    if (!op.name.ends_with(name)) continue;
     if (const auto* c = std::get_if<sch::Compute>(&op.body)) return &c->kernel;
   }
   return nullptr;

@@ -1,6 +1,7 @@
 # End-to-end checks of `twinstep sweep` on the tiny test model (CTest via cmake -P; no shell needed).
 # -DTWINSTEP=<binary> -DTINY=<tiny.json> -DWORK=<empty folder> -DCASE=<name>:
-#   union      issue 20 item 2: two different sweeps into one -o keep every point of both
+#   union      issue 20 item 2: two different sweeps into one -o keep every point of both; issue 16: the summary's
+#              times keep three digits (milliseconds are not "0.0 s")
 #   outputs    issue 20 item 11: an output in a missing folder, or a folder as output, fails (exit 2) before any
 #              point is evaluated, naming the flag and the path
 #   dry_run    issue 20 item 7: --dry-run counts the points the lowering's checks reject, not only the layout rules'
@@ -36,6 +37,8 @@ endfunction()
 
 if(CASE STREQUAL "union")
   run(0 ${base} --gpus 4 --tp 1,2,4 --gbs 8 -o ${WORK}/s.jsonl)
+  # The summary's times: format_seconds' three decimals (these points take milliseconds; "%.1f s" printed 0.0 s).
+  expect("3 points: 0 resumed from the file, 3 evaluated with 1 jobs in [0-9]+[.][0-9][0-9][0-9] (s|ms|us) [(][0-9]+[.][0-9][0-9][0-9] (s|ms) since the sweep started")
   count_lines(${WORK}/s.jsonl first)
   if(NOT first EQUAL 3)
     message(FATAL_ERROR "the first sweep wrote ${first} lines, expected 3:\n${all}")

@@ -66,6 +66,7 @@ TEST_CASE("sweep::run_sweep: one line per point, in point order, with reasons", 
   REQUIRE(results.size() == points.size());
   CHECK(st.evaluated == points.size());
   CHECK(st.resumed == 0);
+  CHECK(st.wall_s > 0);  // the summary's "evaluated in"
   CHECK(count_lines(read_file(dir + "/out.jsonl")) == points.size());
   std::size_t ok = 0;
   for (std::size_t i = 0; i < results.size(); ++i) {
