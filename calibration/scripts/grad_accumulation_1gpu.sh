@@ -16,15 +16,7 @@ REV=$(revision)
 echo "== build $(date +%T) revision $REV"
 REV=$REV build_gpu "$R/build.log" twinstep || exit 1
 gpu_info "$R"
-mkdir -p "$R/models"
-python3 - "$R/models" <<'PY'
-import json, sys
-for zoo, layers in (("llama3-8b", 4), ("qwen3-30b-a3b", 2)):
-    m = json.load(open(f"models/zoo/{zoo}.json"))
-    m["name"], m["num_layers"] = f"{zoo}-{layers}l", layers
-    m["source"] = f"models/zoo/{zoo}.json with num_layers {layers} (calibration/scripts/grad_accumulation_1gpu.sh)"
-    json.dump(m, open(f"{sys.argv[1]}/{zoo}-{layers}l.json", "w"), indent=1)
-PY
+fewer_layer_models "$R/models" calibration/scripts/grad_accumulation_1gpu.sh
 PROF=calibration/profiles/h100x1.json
 # run_case NAME MODEL GRADS(fp32|bf16) FUSION(on|off)
 run_case() {

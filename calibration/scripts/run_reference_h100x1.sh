@@ -41,15 +41,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 cat "$R/gpu.txt" "$R/torch_versions.txt"
 
 # The zoo models with fewer layers (the shapes of every layer stay the zoo's).
-mkdir -p "$R/models"
-python3 - "$R/models" <<'EOF'
-import json, sys
-for zoo, layers in (("llama3-8b", 4), ("qwen3-30b-a3b", 2)):
-    m = json.load(open(f"models/zoo/{zoo}.json"))
-    m["name"], m["num_layers"] = f"{zoo}-{layers}l", layers
-    m["source"] = f"models/zoo/{zoo}.json with num_layers {layers} (calibration/scripts/run_reference_h100x1.sh)"
-    json.dump(m, open(f"{sys.argv[1]}/{zoo}-{layers}l.json", "w"), indent=1)
-EOF
+fewer_layer_models "$R/models" calibration/scripts/run_reference_h100x1.sh
 
 if want calibrate && [ -z "${PROFILE:-}" ]; then
   echo "== calibrate (one GPU, suite ${SUITE:-quick}) $(date +%T)"
