@@ -377,7 +377,7 @@ class PeerHook : public be::DataHook {
     std::vector<std::uint8_t> out(b.recv_bytes);
     REQUIRE(cudaMemcpy(out.data(), b.recv, out.size(), cudaMemcpyDeviceToHost) == cudaSuccess);
     std::size_t wrong = 0;
-    for (std::size_t i = 0; i < out.size(); ++i) wrong += out[i] == peer_byte(static_cast<int>(r->peer), received_, i);
+    for (std::size_t i = 0; i < out.size(); ++i) wrong += out[i] != peer_byte(static_cast<int>(r->peer), received_, i);
     INFO(op.name << ", message " << received_ << " on rank " << rank_ << ": " << wrong << " of " << out.size()
                  << " bytes wrong");
     CHECK(wrong == 0);
