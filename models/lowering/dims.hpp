@@ -38,9 +38,12 @@ struct Dims {
   bool wgrad_accumulate_fp32 = false;
   /// gradient_accumulation_fusion off: a linear layer's wgrad GEMM writes a fresh gradient in the parameters' dtype
   /// and DDP's backward post-hook adds it into the main grad (`main_grad.add_(grad)`, a separate elementwise kernel;
-  /// op_emitter.hpp main_grad_add()). HBM bytes per weight element of that add: the main grad read and written and
-  /// the gradient read, 2 grad_bytes + act_bytes. 0 with the fusion on (the GEMM itself updates the main grad).
-  std::uint64_t wgrad_add_bytes_per_element = 0;
+  /// op_emitter.hpp linear_main_grad_add()). False with the fusion on (the GEMM itself updates the main grad).
+  bool linear_main_grad_add = false;
+  /// HBM bytes per weight element of DDP's `main_grad.add_(grad)`: the main grad read and written and the gradient
+  /// read, 2 grad_bytes + act_bytes. Paid by the linear layers without the fusion and, in both modes, by the
+  /// parameters whose gradient a plain torch op computes (the router's linear, the embeddings: main_grad_add()).
+  std::uint64_t main_grad_add_bytes_per_element = 0;
   // Effective overlap switches after gating.
   bool tp_overlap = false, p2p_overlap = false, batch_p2p = true, grad_overlap = false, param_overlap = false;
   bool aligned_param_gather = false;

@@ -20,7 +20,7 @@ void RankLowering::flush_wgrads() {
     std::get<Compute>(op.body).kernel = it.kernel;
     OpId ready = op.id;      // `op` dangles once the add is opened
     if (it.main_grad_add) {  // the held GEMM's main_grad.add_, named after it
-      const std::uint64_t bytes = wgrad_weight_elements(it.kernel) * k_.wgrad_add_bytes_per_element;
+      const std::uint64_t bytes = wgrad_weight_elements(it.kernel) * k_.main_grad_add_bytes_per_element;
       schedule::Op& add = open<Compute>(x_.st.compute, {});
       if (x_.op_names) add.name = it.name + "_main_grad_add";
       add.tags = it.tags;

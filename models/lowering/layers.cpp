@@ -92,9 +92,20 @@ void RankLowering::embedding_bwd() {
     collective(x_.st.tp, "embedding_grad_ag", CollectiveKind::kAllGather, tp, act(k_.tokens, k_.hidden), Phase::kBwd,
                true);
   }
-  const OpId w = elementwise("embedding_wgrad", 3 * act(k_.tokens, k_.hidden), Phase::kWgrad);
-  grad_ready("embedding", w);
-  if (x_.model->position_embedding_type == "learned_absolute") grad_ready("position_embedding", w);
+  // VocabParallelEmbedding's F.embedding, and LanguageModelEmbedding's position nn.Embedding, differentiate
+  // through torch's dense embedding backward (embedding_dense_backward): a zero-filled gradient of the whole table in
+  // the parameters' dtype, then the token rows' gradients summed into it; DDP's hook then adds that table into the
+  // main grad in both modes (the embedding is no fused-accumulate linear).
+  const auto table_grad = [&](std::string_view name, std::uint64_t rows) {
+    const Name wgrad{name, "_wgrad"};
+    elementwise(Name{name, "_wgrad_zero"}, act(rows, k_.hidden), Phase::kWgrad);
+    elementwise(wgrad, 3 * act(k_.tokens, k_.hidden), Phase::kWgrad);
+    grad_ready(name, main_grad_add(wgrad, rows * k_.hidden, Phase::kWgrad));
+  };
+  table_grad("embedding", k_.vocab_padded / k_.tp);
+  if (x_.model->position_embedding_type == "learned_absolute") {
+    table_grad("position_embedding", x_.model->max_position_embeddings);
+  }
 }
 
 void RankLowering::output_fwd() {
@@ -137,7 +148,7 @@ void RankLowering::output_bwd() {
   Gemm wg{vt, k_.hidden, k_.tokens, 1, k_.dtype};
   wg.accumulate_fp32 = k_.wgrad_accumulate_fp32;
   const OpId w = kernel("output_wgrad", wg, Phase::kWgrad);
-  const OpId add = main_grad_add("output_wgrad", wg, Phase::kWgrad);
+  const OpId add = linear_main_grad_add("output_wgrad", wg, Phase::kWgrad);
   grad_ready(x_.model->share_embeddings_and_output_weights && k_.pp == 1 ? "embedding" : "output",
              add != schedule::kNoOp ? add : w);
   if (k_.tp > 1) {

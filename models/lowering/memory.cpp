@@ -208,12 +208,22 @@ Fp8Static fp8_static(const Ctx& x, const Coords& co, const TensorBytes& b) {
 /// largest linear weight (Param::fp8_numel: the weight-matrix elements of a TE/Megatron linear module); 0 with the
 /// fusion on (the GEMM writes into the main grad).
 double wgrad_temporary_bytes(const Ctx& x, const Coords& co, const TensorBytes& b) {
-  if (x.k.wgrad_add_bytes_per_element == 0) return 0.0;
+  if (!x.k.linear_main_grad_add) return 0.0;
   std::uint64_t largest = 0;
   for (std::uint32_t c = 0; c < x.k.vpp; ++c) {
     for (const auto& p : x.params[co.pp][c]) largest = std::max(largest, p.fp8_numel);
   }
   return static_cast<double>(largest) * b.weight;
+}
+
+/// The embedding backward's dense gradient: [V/TP, h] of the word embedding plus [max_pos, h] of a learned
+/// position embedding, in the parameters' dtype (layers.cpp embedding_bwd()).
+double embedding_grad_temporary_bytes(const Ctx& x, const TensorBytes& b) {
+  double rows = static_cast<double>(x.k.vocab_padded) / x.k.tp;
+  if (x.model->position_embedding_type == "learned_absolute") {
+    rows += static_cast<double>(x.model->max_position_embeddings);
+  }
+  return rows * static_cast<double>(x.k.hidden) * b.weight;
 }
 
 }  // namespace
@@ -275,8 +285,12 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   // at the last stage the output layer's [V_t, h] beside the loss's working memory (the logits' gradient it reads).
   const double wgrad_temporaries = wgrad_temporary_bytes(x, co, b);
   const double output_wgrad_temporary =
-      k.wgrad_add_bytes_per_element > 0 && last_stage ? V * static_cast<double>(k.hidden) * b.weight : 0.0;
-  const double fb_transient = std::max(loss_working + output_wgrad_temporary, recompute + wgrad_temporaries);
+      k.linear_main_grad_add && last_stage ? V * static_cast<double>(k.hidden) * b.weight : 0.0;
+  // In both modes the first stage's embedding backward writes the dense gradient of the whole table(s) in the
+  // parameters' dtype (torch's embedding_dense_backward) until DDP's hook has added it into the main grad.
+  const double embedding_grad_temporary = co.pp == 0 ? embedding_grad_temporary_bytes(x, b) : 0.0;
+  const double fb_transient =
+      std::max({loss_working + output_wgrad_temporary, recompute + wgrad_temporaries, embedding_grad_temporary});
   // Optimizer step: main grads in a narrower dtype than the main weights are copied to the main weights' dtype for
   // their shard (Megatron's _copy_model_grads_to_main_grads: bf16 grads to fp32); Adam's temporaries per parameter
   // of the shard (0 for fused Adam).

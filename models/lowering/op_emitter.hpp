@@ -184,18 +184,23 @@ class OpEmitter {
     const auto& gg = std::get<schedule::GroupedGemm>(wgrad);
     return gg.m.size() * gg.n * gg.k;
   }
-  /// gradient_accumulation_fusion off: the `main_grad.add_(grad)` that DDP's backward post-hook runs once the linear
-  /// layer's wgrad GEMM (named `wgrad_name`, kernel `wgrad`) has written its gradient in the parameters' dtype
-  /// (Megatron's LinearWithGradAccumulationAndAsyncCommunication.backward returns `grad_output.t().matmul(
-  /// total_input)` without the fusion; DistributedDataParallel._make_backward_post_hook adds it): an elementwise
-  /// kernel of Dims::wgrad_add_bytes_per_element per weight element, on the compute stream right after the GEMM.
-  /// Returns the add, or kNoOp with the fusion on.
-  OpId main_grad_add(const Name& wgrad_name, const schedule::Kernel& wgrad, Phase ph) {
-    if (k_.wgrad_add_bytes_per_element == 0) return schedule::kNoOp;
-    TWINSTEP_ASSERT(wgrad_name.after.empty(), "wgrad op %s: a name with a suffix", wgrad_name.str().c_str());
-    Name add = wgrad_name;  // "<wgrad>_main_grad_add"
+  /// DDP's backward post-hook `main_grad.add_(grad)` (DistributedDataParallel._make_backward_post_hook) for a
+  /// parameter of `weight_elements` whose gradient autograd handed over in the parameters' dtype (named after the op
+  /// that produced it, `grad_name`): an elementwise kernel of Dims::main_grad_add_bytes_per_element per element, on
+  /// the compute stream right after that op. Named "<grad_name>_main_grad_add".
+  OpId main_grad_add(const Name& grad_name, std::uint64_t weight_elements, Phase ph) {
+    TWINSTEP_ASSERT(grad_name.after.empty(), "gradient op %s: a name with a suffix", grad_name.str().c_str());
+    Name add = grad_name;
     add.after = "_main_grad_add";
-    return elementwise(add, wgrad_weight_elements(wgrad) * k_.wgrad_add_bytes_per_element, ph);
+    return elementwise(add, weight_elements * k_.main_grad_add_bytes_per_element, ph);
+  }
+  /// gradient_accumulation_fusion off: main_grad_add() after a linear layer's wgrad GEMM (named `wgrad_name`, kernel
+  /// `wgrad`), which then writes its gradient in the parameters' dtype (Megatron's
+  /// LinearWithGradAccumulationAndAsyncCommunication.backward returns `grad_output.t().matmul(total_input)` without
+  /// the fusion). Returns the add, or kNoOp with the fusion on (the GEMM updated the main grad).
+  OpId linear_main_grad_add(const Name& wgrad_name, const schedule::Kernel& wgrad, Phase ph) {
+    if (!k_.linear_main_grad_add) return schedule::kNoOp;
+    return main_grad_add(wgrad_name, wgrad_weight_elements(wgrad), ph);
   }
   /// --dtype fp8: the cast kernel before a linear GEMM of `elements` input elements (bf16 -> fp8 and the transposed
   /// copy the wgrad GEMM reads, with the amax; tensorwise scaling reads the input once more for the amax first).

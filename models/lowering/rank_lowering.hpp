@@ -77,22 +77,25 @@ class RankLowering : private OpEmitter {
                        std::string_view ln);
   bool ub() const { return k_.tp_overlap && !no_ub_; }
   /// What computes a weight gradient: a linear layer's wgrad GEMM (gradient_accumulation_fusion decides whether it
-  /// updates the main grad itself or a main_grad_add() follows it), or a plain torch op (the router's linear), whose
-  /// gradient reaches the main grad through DDP's hook in both modes (that add is not lowered).
+  /// updates the main grad itself or a main_grad_add() follows it), or a plain torch op (the router's linear:
+  /// Megatron's TopKRouter.gating, a torch linear or RouterGatingLinearFunction, returns the weight gradient), whose
+  /// gradient reaches the main grad through DDP's hook's main_grad_add() in both modes.
   enum class WgradOf : std::uint8_t { kLinear, kTorchOp };
   /// A weight-gradient kernel (and, for a linear layer without the fusion, its main_grad_add()): emitted now, or held
   /// for the W node of the combined schedule (delay_wgrad_compute).
   template <typename K>
   void wgrad_op(const Name& what, K&& kern, std::vector<OpId> deps, const Name& param, std::string_view overlap = {},
                 WgradOf of = WgradOf::kLinear) {
-    const bool add = of == WgradOf::kLinear && k_.wgrad_add_bytes_per_element > 0;
+    const bool add = of == WgradOf::kTorchOp || k_.linear_main_grad_add;
     if (defer_wgrad_) {
       deferred_.push_back(Deferred{nm(what), schedule::Kernel(std::forward<K>(kern)), std::move(deps), param.str(),
                                    tags(Phase::kWgrad, "ep"), add});
       return;
     }
     const OpId w = kernel(what, kern, Phase::kWgrad, std::move(deps), overlap);
-    const OpId a = add ? main_grad_add(what, schedule::Kernel(std::forward<K>(kern)), Phase::kWgrad) : schedule::kNoOp;
+    const OpId a =
+        add ? main_grad_add(what, wgrad_weight_elements(schedule::Kernel(std::forward<K>(kern))), Phase::kWgrad)
+            : schedule::kNoOp;
     grad_ready(param, a != schedule::kNoOp ? a : w);
   }
 
@@ -435,7 +438,7 @@ class RankLowering : private OpEmitter {
     std::vector<OpId> deps;
     std::string param;
     schedule::Tags tags;
-    bool main_grad_add = false;  ///< WgradOf::kLinear without gradient_accumulation_fusion: the add follows.
+    bool main_grad_add = false;  ///< The add follows (WgradOf::kTorchOp, or kLinear without the fusion).
   };
   std::vector<Deferred> deferred_;
   OpId d2h_ = schedule::kNoOp;     // D2H copy of the split sizes the dispatch host-syncs on

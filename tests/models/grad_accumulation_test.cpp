@@ -2,11 +2,14 @@
 // MoE expert grouped GEMMs; fp8 ones too) accumulates into the fp32 main grad (Gemm::accumulate_fp32), no forward or
 // dgrad GEMM does, and nothing does with bf16 main grads or with the knob off. With the knob off every linear wgrad
 // GEMM is followed by DDP's main_grad.add_ (an elementwise op of closed-form bytes), and its temporary is counted.
+// In both modes the gradients that plain torch ops compute (the router's linear, the embeddings' dense gradient)
+// reach the main grad through that add.
 #include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <variant>
+#include <vector>
 
 #include "tests/catch.hpp"
 #include "tests/models/test_util.hpp"
@@ -90,7 +93,8 @@ TEST_CASE("models::lower: gradient_accumulation_fusion with fp32 main grads accu
   c.gradient_accumulation_fusion = false;
   const Lowered off = lower(m, c);
   CHECK(count(off.schedule).wgrad_acc == 0);
-  CHECK(off.schedule.ops.size() == on.schedule.ops.size() + count_ops(off.schedule, "_main_grad_add"));
+  CHECK(off.schedule.ops.size() ==
+        on.schedule.ops.size() + count_ops(off.schedule, "_main_grad_add") - count_ops(on.schedule, "_main_grad_add"));
 }
 
 TEST_CASE("models::lower: MoE expert wgrad grouped GEMMs accumulate into fp32 main grads", "[lower][moe]") {
@@ -117,18 +121,21 @@ std::uint64_t weight_elements(const sch::Kernel& k) {
   return gg.m.size() * gg.n * gg.k;
 }
 
-/// Checks every "<wgrad>_main_grad_add" op: it directly follows its wgrad GEMM on the same rank and stream and moves
-/// `per_element` bytes per weight element. Returns (linear wgrad GEMMs, adds); router wgrads are not linear layers.
+/// Whether an op is a linear layer's wgrad GEMM (the router's is a torch op, the embeddings' elementwise).
+bool linear_wgrad(const sch::Op& op) {
+  if (!op.name.ends_with("_wgrad") || op.name.ends_with("router_wgrad")) return false;
+  const auto& k = std::get<sch::Compute>(op.body).kernel;
+  return std::holds_alternative<sch::Gemm>(k) || std::holds_alternative<sch::GroupedGemm>(k);
+}
+
+/// Checks every "<wgrad>_main_grad_add" op after a GEMM: it directly follows its wgrad GEMM on the same rank and
+/// stream and moves `per_element` bytes per weight element. Returns (linear wgrad GEMMs, adds after linear wgrads).
 std::pair<int, int> check_adds(const sch::Schedule& s, std::uint64_t per_element) {
   int gemms = 0, adds = 0;
   for (std::size_t i = 0; i < s.ops.size(); ++i) {
     const auto& op = s.ops[i];
-    if (op.name.ends_with("_wgrad") && !op.name.ends_with("router_wgrad")) {
-      const auto& k = std::get<sch::Compute>(op.body).kernel;
-      if (std::holds_alternative<sch::Gemm>(k) || std::holds_alternative<sch::GroupedGemm>(k)) ++gemms;
-    }
+    gemms += linear_wgrad(op) ? 1 : 0;
     if (!op.name.ends_with("_main_grad_add")) continue;
-    ++adds;
     const auto* ew = std::get_if<sch::Elementwise>(&std::get<sch::Compute>(op.body).kernel);
     REQUIRE(ew != nullptr);
     const sch::Op* gemm = nullptr;  // the previous op of the same rank and stream
@@ -140,7 +147,10 @@ std::pair<int, int> check_adds(const sch::Schedule& s, std::uint64_t per_element
     }
     REQUIRE(gemm != nullptr);
     CHECK(gemm->name + "_main_grad_add" == op.name);
-    CHECK(ew->bytes == weight_elements(std::get<sch::Compute>(gemm->body).kernel) * per_element);
+    const auto& k = std::get<sch::Compute>(gemm->body).kernel;
+    if (std::holds_alternative<sch::Elementwise>(k)) continue;  // an embedding's dense gradient: its own test
+    CHECK(ew->bytes == weight_elements(k) * per_element);
+    adds += linear_wgrad(*gemm) ? 1 : 0;
   }
   return {gemms, adds};
 }
@@ -160,7 +170,7 @@ TEST_CASE("models::lower: without gradient_accumulation_fusion each linear wgrad
     c.gradient_accumulation_fusion = false;
     const Lowered off = lower(m, c);
     REQUIRE(problems(off.schedule).empty());
-    CHECK(count_ops(on.schedule, "_main_grad_add") == 0);
+    CHECK(count_ops(on.schedule, "_main_grad_add") == count_ops(on.schedule, "embedding_wgrad_main_grad_add"));
     // Read main grad + read the bf16 gradient + write main grad: 4 + 2 + 4 (fp32 main grads) or 2 + 2 + 2 bytes.
     const std::uint64_t per = fp32 ? 10 : 6;
     const auto [gemms, adds] = check_adds(off.schedule, per);
@@ -168,6 +178,8 @@ TEST_CASE("models::lower: without gradient_accumulation_fusion each linear wgrad
     CHECK(gemms == 2 * (2 * 4 + 1));
     CHECK(adds == gemms);
     CHECK(off.schedule.ops.size() == on.schedule.ops.size() + static_cast<std::size_t>(adds));
+    CHECK(count_ops(off.schedule, "_main_grad_add") ==
+          static_cast<std::size_t>(adds) + count_ops(off.schedule, "embedding_wgrad_main_grad_add"));
     // Closed form for fc2 (TP 2: [h, f / 2]) and the output layer ([V / 2, h], V padded to 128256).
     auto bytes_of = [&](const std::string& name) {
       for (const auto& op : off.schedule.ops) {
@@ -180,12 +192,13 @@ TEST_CASE("models::lower: without gradient_accumulation_fusion each linear wgrad
     CHECK(bytes_of("mb0.bwd.output_wgrad_main_grad_add") == 128256ull / 2 * 4096 * per);
     if (!fp32) continue;  // bf16 main grads: the optimizer step's fp32 copy of the grads is the peak here
     // The temporary: during the layers' backward the largest linear weight (fc1: [2 f / 2, h]) in bf16, at the last
-    // stage the output layer's beside the loss's working memory (T = 1024 tokens x V / 2 logits).
+    // stage the output layer's beside the loss's working memory (T = 1024 tokens x V / 2 logits); in both modes the
+    // embedding's dense [V / 2, h] gradient at the first stage (the same rank here).
     REQUIRE(on.peak_memory.peak_phase == "forward/backward");
-    const double fc1 = 2.0 * 14336 / 2 * 4096 * 2, output = 128256.0 / 2 * 4096 * 2;
+    const double fc1 = 2.0 * 14336 / 2 * 4096 * 2, output = 128256.0 / 2 * 4096 * 2, embedding = output;
     const double loss = c.memory.loss_working_bytes_per_logit * 1024.0 * 128256 / 2;
-    CHECK(on.peak_memory.transient_bytes == Approx(loss));
-    CHECK(off.peak_memory.transient_bytes == Approx(std::max(loss + output, fc1)));
+    CHECK(on.peak_memory.transient_bytes == Approx(std::max(loss, embedding)));
+    CHECK(off.peak_memory.transient_bytes == Approx(std::max({loss + output, fc1, embedding})));
   }
 }
 
@@ -203,7 +216,7 @@ TEST_CASE("models::lower: without gradient_accumulation_fusion MoE expert wgrads
   const auto [gemms, adds] = check_adds(low.schedule, 6);  // bf16 main grads (the recipe default)
   CHECK(adds == gemms);
   CHECK(count_ops(low.schedule, "experts_fc1_wgrad_main_grad_add") == 2 * 2);  // 2 ranks x 2 layers
-  CHECK(count_ops(low.schedule, "router_wgrad_main_grad_add") == 0);           // a torch op: not a fused linear
+  CHECK(count_ops(low.schedule, "router_wgrad_main_grad_add") == 2 * 2);       // a torch op: the hook's add
   // One grouped add over the rank's local experts: 128 / 2 experts x [h, f_e] (fc2) = 64 x 2048 x 768.
   for (const auto& op : low.schedule.ops) {
     if (op.name == "L0.mb0.bwd.experts_fc2_wgrad_main_grad_add") {
@@ -219,4 +232,88 @@ TEST_CASE("models::lower: without gradient_accumulation_fusion MoE expert wgrads
   const auto [held_gemms, held_adds] = check_adds(held.schedule, 6);
   CHECK(held_adds == held_gemms);
   CHECK(held_adds > 0);
+}
+
+namespace {
+
+/// The bytes of the elementwise op named `name` (fails when there is none).
+std::uint64_t elementwise_bytes(const sch::Schedule& s, const std::string& name) {
+  for (const auto& op : s.ops) {
+    if (op.name == name) return std::get<sch::Elementwise>(std::get<sch::Compute>(op.body).kernel).bytes;
+  }
+  FAIL("no op " << name);
+  return 0;
+}
+
+/// The names of rank `rank`'s ops on the stream of the op named `first`, from it on, `n` of them.
+std::vector<std::string> stream_run(const sch::Schedule& s, const std::string& first, std::size_t n) {
+  std::vector<std::string> out;
+  const sch::Op* head = nullptr;
+  for (const auto& op : s.ops) {
+    if (head == nullptr && op.name == first) head = &op;
+    if (head != nullptr && op.rank == head->rank && op.stream == head->stream && out.size() < n) {
+      out.push_back(op.name);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("models::lower: the embedding's dense gradient is zero-filled, scattered into and added, in both modes",
+          "[lower]") {
+  const ModelSpec m = shrink(load_model("llama3-8b"), 4);
+  RunConfig c = config(4, 2, 2);  // TP 2, PP 2: the embedding on the first stage only
+  c.sequence_parallel = true;
+  c.global_batch_size = 4;  // 4 micro-batches (DP 1)
+  c.grad_reduce_in_fp32 = true;
+  const std::uint64_t V_t = 128256 / 2, h = 4096;  // vocab rows per TP rank (padded vocab 128256)
+  for (const bool fusion : {true, false}) {
+    CAPTURE(fusion);
+    c.gradient_accumulation_fusion = fusion;
+    const Lowered low = lower(m, c);
+    REQUIRE(problems(low.schedule).empty());
+    // The zero-fill of the bf16 [V / TP, h] table, the token rows' scatter (T = 1024 tokens: read the gradient, read
+    // and write the rows), DDP's add into the fp32 main grad (4 + 2 + 4 bytes per element), in stream order.
+    CHECK(elementwise_bytes(low.schedule, "mb0.bwd.embedding_wgrad_zero") == V_t * h * 2);
+    CHECK(elementwise_bytes(low.schedule, "mb0.bwd.embedding_wgrad") == 3ull * 1024 * 4096 * 2);
+    CHECK(elementwise_bytes(low.schedule, "mb0.bwd.embedding_wgrad_main_grad_add") == V_t * h * 10);
+    const std::vector<std::string> run = stream_run(low.schedule, "mb0.bwd.embedding_wgrad_zero", 3);
+    CHECK(run == std::vector<std::string>{"mb0.bwd.embedding_wgrad_zero", "mb0.bwd.embedding_wgrad",
+                                          "mb0.bwd.embedding_wgrad_main_grad_add"});
+    // Two first-stage ranks (TP 2) x 4 micro-batches (GBS 4 over DP 1); none on the last stage.
+    CHECK(count_ops(low.schedule, "embedding_wgrad_main_grad_add") == 2 * 4);
+    // Memory: the first stage (rank 0) holds the bf16 table gradient until the add; nothing else transient there
+    // with the fusion on, beside the largest linear wgrad (fc1, [2 f / 2, h] in bf16) without it.
+    const double table = static_cast<double>(V_t * h * 2), fc1 = 2.0 * 14336 / 2 * 4096 * 2;
+    CHECK(low.memory_per_rank[0].transient_bytes == Approx(fusion ? table : std::max(table, fc1)));
+  }
+  // A learned position embedding (GPT-3: [2048, h] positions) has its own dense gradient and add.
+  const ModelSpec gpt = shrink(load_model("gpt3-175b"), 2);
+  c = config(1, 1, 1);
+  c.grad_reduce_in_fp32 = false;  // bf16 main grads: 2 + 2 + 2 bytes per element
+  const Lowered low = lower(gpt, c);
+  REQUIRE(problems(low.schedule).empty());
+  CHECK(elementwise_bytes(low.schedule, "mb0.bwd.position_embedding_wgrad_zero") == 2048ull * 12288 * 2);
+  CHECK(elementwise_bytes(low.schedule, "mb0.bwd.position_embedding_wgrad_main_grad_add") == 2048ull * 12288 * 6);
+}
+
+TEST_CASE("models::lower: the router's weight gradient is added into the main grad in both modes", "[lower][moe]") {
+  const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
+  RunConfig c = config(2, 1, 1);
+  c.global_batch_size = 2;
+  c.seq_length = 256;
+  c.expert_model_parallel_size = 2;
+  c.cuda_device_max_connections = 32;
+  for (const bool fusion : {true, false}) {
+    CAPTURE(fusion);
+    c.gradient_accumulation_fusion = fusion;
+    const Lowered low = lower(m, c);
+    REQUIRE(problems(low.schedule).empty());
+    CHECK(count_ops(low.schedule, "router_wgrad_main_grad_add") == 2 * 2);  // 2 ranks x 2 layers
+    // [E, h] = 128 x 2048, bf16 main grads (the recipe's): 6 bytes per element; right after the router's wgrad.
+    CHECK(elementwise_bytes(low.schedule, "L1.mb0.bwd.router_wgrad_main_grad_add") == 128ull * 2048 * 6);
+    CHECK(stream_run(low.schedule, "L1.mb0.bwd.router_wgrad", 2) ==
+          std::vector<std::string>{"L1.mb0.bwd.router_wgrad", "L1.mb0.bwd.router_wgrad_main_grad_add"});
+  }
 }
