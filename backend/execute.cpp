@@ -200,8 +200,8 @@ void Execution::bind_compute(const sch::Compute& c, BoundOp& b) {
   // FP8 GEMMs (gemm_fp8.hpp): A [rows,k] and B [n,k] of one byte per element, C bf16 (fp32 when accumulating);
   // fast accumulation for the forward ones (both operands e4m3), as Transformer Engine.
   auto fp8 = [&](std::uint64_t m, std::uint64_t n, std::uint64_t k, sch::Fp8Format fa, sch::Fp8Format fb, bool acc,
-                 std::uint64_t a_off, std::uint64_t b_off, std::uint64_t c_off) {
-    const Fp8GemmShape shape{m, n, k, fa, fb, fa == sch::Fp8Format::kE4M3 && fb == sch::Fp8Format::kE4M3, acc};
+                 bool acc_c, std::uint64_t a_off, std::uint64_t b_off, std::uint64_t c_off) {
+    const Fp8GemmShape shape{m, n, k, fa, fb, fa == sch::Fp8Format::kE4M3 && fb == sch::Fp8Format::kE4M3, acc, acc_c};
     b.fp8.push_back({Fp8Gemm(im_.lt(), shape, kCublasWorkspaceBytes),
                      static_cast<const char*>(im_.buffer(Role::kGemmA)) + a_off,
                      static_cast<const char*>(im_.buffer(Role::kGemmB)) + b_off,
@@ -210,14 +210,15 @@ void Execution::bind_compute(const sch::Compute& c, BoundOp& b) {
   if (const auto* g = std::get_if<sch::Gemm>(&c.kernel)) {
     if (g->dtype == sch::DType::kFP8) {
       for (std::uint64_t i = 0; i < g->batch; ++i) {
-        fp8(g->m, g->n, g->k, g->a_format, g->b_format, g->accumulate_fp32, i * g->m * g->k, i * g->n * g->k,
-            i * g->m * g->n * sch::gemm_c_bytes(g->dtype, g->accumulate_fp32));
+        fp8(g->m, g->n, g->k, g->a_format, g->b_format, g->accumulate_fp32, g->accumulate, i * g->m * g->k,
+            i * g->n * g->k, i * g->m * g->n * sch::gemm_c_bytes(g->dtype, g->accumulate_fp32));
       }
       return;
     }
     GemmCall call = plain_gemm(g->m, g->n, g->k, false, false, im_.buffer(Role::kGemmA), im_.buffer(Role::kGemmB),
                                im_.buffer(Role::kGemmC), g->batch, cuda_dtype(g->dtype));
     if (g->accumulate_fp32) accumulate_into_fp32(call);
+    if (g->accumulate) accumulate_into_c(call);
     b.gemms.push_back(call);
   } else if (const auto* gg = std::get_if<sch::GroupedGemm>(&c.kernel)) {
     // A loop of GEMMs over the groups, each on its own slice of A, B and C.
@@ -226,14 +227,15 @@ void Execution::bind_compute(const sch::Compute& c, BoundOp& b) {
     std::uint64_t row = 0;
     for (std::size_t i = 0; i < gg->m.size(); ++i) {
       if (gg->m[i] > 0 && gg->dtype == sch::DType::kFP8) {
-        fp8(gg->m[i], gg->n, gg->k, gg->a_format, gg->b_format, gg->accumulate_fp32, row * gg->k, i * gg->k * gg->n,
-            row * gg->n * ce);
+        fp8(gg->m[i], gg->n, gg->k, gg->a_format, gg->b_format, gg->accumulate_fp32, gg->accumulate, row * gg->k,
+            i * gg->k * gg->n, row * gg->n * ce);
       } else if (gg->m[i] > 0) {
         const auto* a = static_cast<const char*>(im_.buffer(Role::kGemmA)) + row * gg->k * e;
         const auto* bb = static_cast<const char*>(im_.buffer(Role::kGemmB)) + i * gg->k * gg->n * e;
         auto* cc = static_cast<char*>(im_.buffer(Role::kGemmC)) + row * gg->n * ce;
         GemmCall call = plain_gemm(gg->m[i], gg->n, gg->k, false, false, a, bb, cc, 1, cuda_dtype(gg->dtype));
         if (gg->accumulate_fp32) accumulate_into_fp32(call);
+        if (gg->accumulate) accumulate_into_c(call);
         b.gemms.push_back(call);
       }
       row += gg->m[i];

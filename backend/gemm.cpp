@@ -53,6 +53,8 @@ void accumulate_into_fp32(GemmCall& g) {
   g.beta = 1.0f;
 }
 
+void accumulate_into_c(GemmCall& g) { g.beta = 1.0f; }
+
 cudaDataType_t cuda_dtype(schedule::DType t) {
   switch (t) {
     case schedule::DType::kBF16:

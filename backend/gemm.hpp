@@ -38,6 +38,9 @@ void run_gemm(cublasHandle_t h, const GemmCall& g);
 /// Makes `g` add its product into an fp32 C (IR accumulate_fp32: C fp32, beta 1), as Megatron's fused wgrad
 /// accumulation does (cublasGemmEx with an fp32 C).
 void accumulate_into_fp32(GemmCall& g);
+/// Makes `g` add its product into its C of the output dtype (IR accumulate: beta 1), as the fused wgrad
+/// accumulation into bf16 main grads does (Apex wgrad_gemm_accum_fp16).
+void accumulate_into_c(GemmCall& g);
 
 /// cuBLAS element type of an IR dtype (bf16, fp16; fp32 otherwise).
 [[nodiscard]] cudaDataType_t cuda_dtype(schedule::DType t);

@@ -80,7 +80,7 @@ void Fp8Gemm::run(const void* a, const void* b, void* c, const float* a_scale, c
       cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &b_scale, sizeof b_scale));
   TWINSTEP_CUBLAS_CHECK(
       cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
-  const float alpha = 1.0f, beta = shape_.accumulate_fp32 ? 1.0f : 0.0f;
+  const float alpha = 1.0f, beta = shape_.accumulate_fp32 || shape_.accumulate ? 1.0f : 0.0f;
   TWINSTEP_CUBLAS_CHECK(cublasLtMatmul(lt_, op_, &alpha, b, la_, a, lb_, &beta, c, lc_, c, lc_, &algo_, workspace,
                                        workspace_bytes_, stream));
 }

@@ -17,12 +17,14 @@
 namespace twinstep::backend {
 
 /// Row-major C[m,n] (bf16) = A[m,k] B[n,k]^T, A and B fp8 of the given formats; with `accumulate_fp32`,
-/// C[m,n] (fp32) += A B^T (beta 1: Transformer Engine's wgrad GEMM into the fp32 main grad).
+/// C[m,n] (fp32) += A B^T (beta 1: Transformer Engine's wgrad GEMM into the fp32 main grad); with `accumulate`,
+/// C[m,n] (bf16) += A B^T (into a bf16 main grad).
 struct Fp8GemmShape {
   std::uint64_t m = 0, n = 0, k = 0;
   schedule::Fp8Format a = schedule::Fp8Format::kE4M3, b = schedule::Fp8Format::kE4M3;
   bool fast_accum = false;
   bool accumulate_fp32 = false;
+  bool accumulate = false;
 };
 
 /// A cuBLASLt FP8 matmul of one shape: descriptors and the heuristic's algorithm, made once (at bind time), run many
@@ -37,7 +39,8 @@ class Fp8Gemm {
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
 
-  /// Issues C = (a_scale A)(b_scale B)^T (C += with accumulate_fp32) on `stream`; scales are device floats.
+  /// Issues C = (a_scale A)(b_scale B)^T (C += with accumulate_fp32 or accumulate) on `stream`; scales are device
+  /// floats.
   void run(const void* a, const void* b, void* c, const float* a_scale, const float* b_scale, void* workspace,
            cudaStream_t stream) const;
   [[nodiscard]] const Fp8GemmShape& shape() const { return shape_; }

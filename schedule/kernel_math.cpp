@@ -39,11 +39,11 @@ double kernel_bytes(const Kernel& kernel) {
       [](const auto& k) -> double {
         using T = std::decay_t<decltype(k)>;
         if constexpr (std::is_same_v<T, Gemm>) {
-          const double e = dtype_bytes(k.dtype), ec = gemm_epilogue_bytes(k.dtype, k.accumulate_fp32);
+          const double e = dtype_bytes(k.dtype), ec = gemm_epilogue_bytes(k.dtype, k.accumulate_fp32, k.accumulate);
           const double m = static_cast<double>(k.m), n = static_cast<double>(k.n), kk = static_cast<double>(k.k);
           return (e * (m * kk + kk * n) + ec * m * n) * static_cast<double>(k.batch);
         } else if constexpr (std::is_same_v<T, GroupedGemm>) {
-          const double e = dtype_bytes(k.dtype), ec = gemm_epilogue_bytes(k.dtype, k.accumulate_fp32);
+          const double e = dtype_bytes(k.dtype), ec = gemm_epilogue_bytes(k.dtype, k.accumulate_fp32, k.accumulate);
           const double n = static_cast<double>(k.n), kk = static_cast<double>(k.k);
           double total = 0;
           for (auto m : k.m) total += e * (static_cast<double>(m) * kk + kk * n) + ec * static_cast<double>(m) * n;

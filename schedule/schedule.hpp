@@ -61,6 +61,10 @@ struct Gemm {
   /// wgrad GEMM accumulating into the fp32 main grad; the epilogue reads and writes C in fp32 instead of writing
   /// the output dtype.
   bool accumulate_fp32 = false;
+  /// The product is added into C in the output dtype (C += A x B, beta 1, bf16 C): gradient_accumulation_fusion with
+  /// bf16 main grads (Apex `wgrad_gemm_accum_fp16`, TE's wgrad GEMM with `accumulate=True` into a bf16 main_grad);
+  /// the epilogue reads C beside writing it. At most one of accumulate and accumulate_fp32 (validation).
+  bool accumulate = false;
 
   bool operator==(const Gemm&) const = default;  ///< Field-wise (round-trip tests, caches).
 };
@@ -71,9 +75,10 @@ struct Gemm {
 [[nodiscard]] constexpr std::uint32_t gemm_c_bytes(DType t, bool accumulate_fp32) {
   return accumulate_fp32 ? 4 : gemm_output_bytes(t);
 }
-/// HBM bytes per C element of a GEMM's epilogue: a read and a write when it accumulates, else one write.
-[[nodiscard]] constexpr std::uint32_t gemm_epilogue_bytes(DType t, bool accumulate_fp32) {
-  return (accumulate_fp32 ? 2 : 1) * gemm_c_bytes(t, accumulate_fp32);
+/// HBM bytes per C element of a GEMM's epilogue: a read and a write when it accumulates (into fp32, accumulate_fp32,
+/// or into its output dtype, accumulate), else one write.
+[[nodiscard]] constexpr std::uint32_t gemm_epilogue_bytes(DType t, bool accumulate_fp32, bool accumulate) {
+  return (accumulate_fp32 || accumulate ? 2 : 1) * gemm_c_bytes(t, accumulate_fp32);
 }
 
 /// Grouped GEMM (MoE experts): one [m_i, k] x [k, n] product per local expert, m_i tokens routed to it.
@@ -84,6 +89,7 @@ struct GroupedGemm {
   Fp8Format a_format = Fp8Format::kE4M3;  ///< dtype fp8 only, as Gemm's.
   Fp8Format b_format = Fp8Format::kE4M3;
   bool accumulate_fp32 = false;  ///< As Gemm's: every group's C += A x B into fp32.
+  bool accumulate = false;       ///< As Gemm's: every group's C += A x B in the output dtype.
 
   bool operator==(const GroupedGemm&) const = default;  ///< Field-wise (round-trip tests, caches).
 };

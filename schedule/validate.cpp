@@ -124,7 +124,8 @@ class Checker {
   // ---- per-op checks ----
   /// A kernel's FLOPs and bytes must stay where its time fits the simulator's int64-nanosecond clock on any GPU:
   /// 1e21 FLOPs is ~17 minutes at 1 EFLOP/s and ~12 days at 1 PFLOP/s; 1e18 bytes is 1 EB.
-  /// accumulate_fp32 adds a floating-point product into an fp32 buffer: not for integer GEMMs.
+  /// accumulate_fp32 adds a floating-point product into an fp32 buffer, accumulate into a C of the output dtype:
+  /// not for integer GEMMs, and one C dtype at a time.
   void check_accumulate(OpId id, const Kernel& kernel) {
     std::visit(
         [&](const auto& k) {
@@ -133,6 +134,14 @@ class Checker {
               add(id, "accumulate_fp32",
                   "an integer GEMM cannot accumulate into fp32: drop accumulate_fp32 or use a "
                   "floating-point dtype");
+            }
+            if (k.accumulate && (k.dtype == DType::kInt64 || k.dtype == DType::kInt32)) {
+              add(id, "accumulate",
+                  "an integer GEMM cannot accumulate into its output: drop accumulate or use a floating-point dtype");
+            }
+            if (k.accumulate && k.accumulate_fp32) {
+              add(id, "accumulate",
+                  "accumulate (C in the output dtype) and accumulate_fp32 (C in fp32) name two C dtypes: keep one");
             }
           }
         },

@@ -169,11 +169,12 @@ std::size_t ComputeHash::operator()(const schedule::Compute& c) const {
         using T = std::decay_t<decltype(k)>;
         if constexpr (std::is_same_v<T, schedule::Gemm>) {
           fnv_mix(h, k.m), fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, k.batch),
-              fnv_mix(h, static_cast<std::uint64_t>(k.dtype)), fnv_mix(h, k.accumulate_fp32 ? 1u : 0u);
+              fnv_mix(h, static_cast<std::uint64_t>(k.dtype)), fnv_mix(h, k.accumulate_fp32 ? 1u : 0u),
+              fnv_mix(h, k.accumulate ? 1u : 0u);
         } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
           for (auto m : k.m) fnv_mix(h, m);
           fnv_mix(h, k.n), fnv_mix(h, k.k), fnv_mix(h, static_cast<std::uint64_t>(k.dtype));
-          fnv_mix(h, k.accumulate_fp32 ? 1u : 0u);
+          fnv_mix(h, k.accumulate_fp32 ? 1u : 0u), fnv_mix(h, k.accumulate ? 1u : 0u);
         } else if constexpr (std::is_same_v<T, schedule::Attention>) {
           fnv_mix(h, k.batch), fnv_mix(h, k.heads_q), fnv_mix(h, k.heads_kv), fnv_mix(h, k.seq_q), fnv_mix(h, k.seq_kv);
           fnv_mix(h, k.head_dim), fnv_mix(h, (k.causal ? 1u : 0u) | (k.backward ? 2u : 0u));
@@ -219,15 +220,20 @@ int kernel_class_index(const schedule::Kernel& k) { return std::visit(KernelClas
 }  // namespace
 
 double accumulate_epilogue_extra_bytes(const schedule::Kernel& kernel) {
-  if (const auto* g = std::get_if<schedule::Gemm>(&kernel); g != nullptr && g->accumulate_fp32) {
-    const double per = schedule::gemm_epilogue_bytes(g->dtype, true) - schedule::gemm_output_bytes(g->dtype);
-    return per * static_cast<double>(g->m) * static_cast<double>(g->n) * static_cast<double>(g->batch);
+  // Per C element: the accumulating epilogue's bytes (C read and written, fp32 or the output dtype) less one write.
+  const auto extra = [](const auto& g, double c_elements) {
+    if (!g.accumulate_fp32 && !g.accumulate) return 0.0;
+    const double per =
+        schedule::gemm_epilogue_bytes(g.dtype, g.accumulate_fp32, g.accumulate) - schedule::gemm_output_bytes(g.dtype);
+    return per * c_elements;
+  };
+  if (const auto* g = std::get_if<schedule::Gemm>(&kernel)) {
+    return extra(*g, static_cast<double>(g->m) * static_cast<double>(g->n) * static_cast<double>(g->batch));
   }
-  if (const auto* g = std::get_if<schedule::GroupedGemm>(&kernel); g != nullptr && g->accumulate_fp32) {
-    const double per = schedule::gemm_epilogue_bytes(g->dtype, true) - schedule::gemm_output_bytes(g->dtype);
+  if (const auto* g = std::get_if<schedule::GroupedGemm>(&kernel)) {
     double rows = 0;
     for (auto m : g->m) rows += static_cast<double>(m);
-    return per * rows * static_cast<double>(g->n);
+    return extra(*g, rows * static_cast<double>(g->n));
   }
   return 0.0;
 }

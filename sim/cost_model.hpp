@@ -67,11 +67,13 @@ enum class Span : std::uint8_t { kIntra, kInter };
 
 /// Whether a profile's measured `gemm_accumulate` table (fp32 epilogue included) prices this kernel where the
 /// profile has one: a bf16/fp16 Gemm with accumulate_fp32 (the table is over FLOPs at the bf16 peak; fp8 and grouped
-/// accumulating GEMMs add the epilogue's bytes to their class's time). A trace fit puts such ops' points there.
+/// accumulating GEMMs, and those accumulating into a C of their output dtype (`accumulate`, which the table did not
+/// measure), add the epilogue's bytes to their class's time). A trace fit puts such ops' points there.
 [[nodiscard]] bool reads_accumulate_table(const schedule::Kernel& kernel);
 
-/// HBM bytes an accumulating GEMM's (accumulate_fp32) epilogue moves beyond a plain GEMM's: per C element an fp32 read
-/// and write instead of one write of the output dtype; 0 for any other kernel. The cost model adds them, at HBM
+/// HBM bytes an accumulating GEMM's epilogue moves beyond a plain GEMM's: per C element a read and a write of C
+/// (fp32 with accumulate_fp32, the output dtype with accumulate) instead of one write of the output dtype: 6 bytes
+/// for a bf16 output into fp32, 2 into bf16; 0 for any other kernel. The cost model adds them, at HBM
 /// bandwidth x the profile's memory_efficiency, to a time read from a table measured without the epilogue; a trace
 /// fit takes the same seconds off such an op's measured time before its point joins that table (fit_trace.cpp).
 [[nodiscard]] double accumulate_epilogue_extra_bytes(const schedule::Kernel& kernel);

@@ -31,9 +31,10 @@ void hash_kernel(Fnv1a& f, const schedule::Kernel& k) {
       [&](const auto& x) {
         using T = std::decay_t<decltype(x)>;
         if constexpr (std::is_same_v<T, schedule::Gemm>) {
-          f.value(x.m), f.value(x.n), f.value(x.k), f.value(x.batch), f.value(x.dtype), f.value(x.accumulate_fp32);
+          f.value(x.m), f.value(x.n), f.value(x.k), f.value(x.batch), f.value(x.dtype), f.value(x.accumulate_fp32),
+              f.value(x.accumulate);
         } else if constexpr (std::is_same_v<T, schedule::GroupedGemm>) {
-          f.list(x.m), f.value(x.n), f.value(x.k), f.value(x.dtype), f.value(x.accumulate_fp32);
+          f.list(x.m), f.value(x.n), f.value(x.k), f.value(x.dtype), f.value(x.accumulate_fp32), f.value(x.accumulate);
         } else if constexpr (std::is_same_v<T, schedule::Attention>) {
           f.value(x.batch), f.value(x.heads_q), f.value(x.heads_kv), f.value(x.seq_q), f.value(x.seq_kv);
           f.value(x.head_dim), f.value(x.causal), f.value(x.backward), f.value(x.dtype);

@@ -36,6 +36,10 @@ struct Dims {
   /// Engine's _Linear backward passes main_grad as the wgrad GEMM's fp32 output with accumulate) add into the main
   /// grad (Gemm::accumulate_fp32).
   bool wgrad_accumulate_fp32 = false;
+  /// gradient_accumulation_fusion with main grads in the parameters' dtype (bf16): the wgrad GEMMs add into that
+  /// main grad (Gemm::accumulate: Apex wgrad_gemm_accum_fp16, TE's wgrad GEMM with accumulate=True), a C read
+  /// beside the write.
+  bool wgrad_accumulate_output = false;
   /// gradient_accumulation_fusion off: a linear layer's wgrad GEMM writes a fresh gradient in the parameters' dtype
   /// and DDP's backward post-hook adds it into the main grad (`main_grad.add_(grad)`, a separate elementwise kernel;
   /// op_emitter.hpp linear_main_grad_add()). False with the fusion on (the GEMM itself updates the main grad).

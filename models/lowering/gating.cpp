@@ -253,6 +253,7 @@ void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k) {
   k.act_bytes = schedule::dtype_bytes(k.dtype);
   k.grad_bytes = cfg.grad_reduce_in_fp32 ? 4 : k.act_bytes;
   k.wgrad_accumulate_fp32 = cfg.gradient_accumulation_fusion && k.grad_bytes == 4;
+  k.wgrad_accumulate_output = cfg.gradient_accumulation_fusion && k.grad_bytes != 4;
   k.linear_main_grad_add = !cfg.gradient_accumulation_fusion;
   k.main_grad_add_bytes_per_element = 2 * k.grad_bytes + k.act_bytes;
 }

@@ -147,6 +147,7 @@ void RankLowering::output_bwd() {
   // A ColumnParallelLinear: its wgrad accumulates into the main grad as the TP linears' do (bf16 under fp8 too).
   Gemm wg{vt, k_.hidden, k_.tokens, 1, k_.dtype};
   wg.accumulate_fp32 = k_.wgrad_accumulate_fp32;
+  wg.accumulate = k_.wgrad_accumulate_output;
   const OpId w = kernel("output_wgrad", wg, Phase::kWgrad);
   const OpId add = linear_main_grad_add("output_wgrad", wg, Phase::kWgrad);
   grad_ready(x_.model->share_embeddings_and_output_weights && k_.pp == 1 ? "embedding" : "output",

@@ -161,7 +161,8 @@ class OpEmitter {
   /// The GEMM of a linear layer in role `role` (forward; dgrad: A is the output gradient; wgrad: A the transposed
   /// output gradient): in the run's dtype, or with --dtype fp8 as Transformer Engine's HYBRID recipe runs it: fp8
   /// operands, e4m3 forward, an e5m2 gradient against e4m3 in both backward GEMMs, bf16 output. A wgrad GEMM
-  /// accumulates into the fp32 main grad under gradient_accumulation_fusion (Dims::wgrad_accumulate_fp32).
+  /// accumulates into the main grad under gradient_accumulation_fusion: an fp32 one (Dims::wgrad_accumulate_fp32) or
+  /// one in the output dtype, bf16 (Dims::wgrad_accumulate_output).
   enum class GemmRole : std::uint8_t { kFprop, kDgrad, kWgrad };
   [[nodiscard]] Gemm linear_gemm(std::uint64_t m, std::uint64_t n, std::uint64_t kk, GemmRole role) const {
     Gemm g{m, n, kk, 1, k_.dtype};
@@ -170,12 +171,15 @@ class OpEmitter {
       if (role != GemmRole::kFprop) g.a_format = schedule::Fp8Format::kE5M2;
     }
     g.accumulate_fp32 = role == GemmRole::kWgrad && k_.wgrad_accumulate_fp32;
+    g.accumulate = role == GemmRole::kWgrad && k_.wgrad_accumulate_output;
     return g;
   }
   [[nodiscard]] schedule::GroupedGemm grouped_linear(std::vector<std::uint64_t> groups, std::uint64_t n,
                                                      std::uint64_t kk, GemmRole role) const {
     const Gemm g = linear_gemm(0, n, kk, role);
-    return schedule::GroupedGemm{std::move(groups), n, kk, g.dtype, g.a_format, g.b_format, g.accumulate_fp32};
+    schedule::GroupedGemm gg{std::move(groups), n, kk, g.dtype, g.a_format, g.b_format, g.accumulate_fp32};
+    gg.accumulate = g.accumulate;
+    return gg;
   }
   /// Weight elements a linear layer's wgrad GEMM produces: C[out, in] of a Gemm (m x n x batch), one [n, k] weight per
   /// group of a GroupedGemm (the local experts).

@@ -1,6 +1,6 @@
 // GPU tests of accumulating GEMMs (IR accumulate_fp32: Megatron's gradient_accumulation_fusion): a bf16 GEMM and an
 // fp8 one add their product into an fp32 C that already holds values, checked against C0 + A B computed on the host
-// from values exact in their formats.
+// from values exact in their formats; and (IR accumulate: the fusion with bf16 main grads) into a bf16 C.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -17,6 +17,7 @@
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
+using twinstep::backend::test::from_bf16;
 using twinstep::backend::test::to_bf16;
 
 namespace {
@@ -126,4 +127,37 @@ TEST_CASE("backend::Fp8Gemm: accumulate_fp32 adds the scaled fp8 product into an
   REQUIRE(cudaMemcpy(got.data(), dc.get(), got.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
   INFO("relative error " << rel_error(got, ref));
   CHECK(rel_error(got, ref) < 1e-6);  // integer products and sums: exact in fp32
+}
+
+TEST_CASE("backend::run_gemm: accumulate adds A B into a bf16 C (beta 1), as into a bf16 main grad", "[backend][gpu]") {
+  const std::uint64_t m = 32, n = 48, k = 16;  // row-major C[m,n] += A[m,k] B[k,n]
+  std::mt19937 rng(5);
+  // A, B in {-1, 0, 1}, C0 in 8..15: every partial sum and the result are integers in [-8, 31], exact in bf16.
+  auto unit = [&rng] { return static_cast<float>(static_cast<int>(rng() % 3) - 1); };
+  std::vector<std::uint16_t> ha(m * k), hb(k * n), hc(m * n);
+  std::vector<float> fa(m * k), fb(k * n), c0(m * n);
+  for (std::size_t i = 0; i < ha.size(); ++i) ha[i] = to_bf16(fa[i] = unit());
+  for (std::size_t i = 0; i < hb.size(); ++i) hb[i] = to_bf16(fb[i] = unit());
+  for (std::size_t i = 0; i < hc.size(); ++i) hc[i] = to_bf16(c0[i] = static_cast<float>(8 + rng() % 8));
+  const be::CublasHandle h = be::make_cublas();
+  const be::DeviceMemory da = be::device_alloc(ha.size() * 2), db = be::device_alloc(hb.size() * 2),
+                         dc = be::device_alloc(hc.size() * 2);
+  REQUIRE(cudaMemcpy(da.get(), ha.data(), ha.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+  REQUIRE(cudaMemcpy(db.get(), hb.data(), hb.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+  REQUIRE(cudaMemcpy(dc.get(), hc.data(), hc.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+  be::GemmCall g = be::plain_gemm(m, n, k, false, false, da.get(), db.get(), dc.get(), 1, CUDA_R_16BF);
+  be::accumulate_into_c(g);
+  CHECK(g.c_type == CUDA_R_16BF);  // C stays in the output dtype
+  CHECK(g.beta == 1.0f);
+  be::run_gemm(h.get(), g);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  REQUIRE(cudaMemcpy(hc.data(), dc.get(), hc.size() * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
+  for (std::uint64_t i = 0; i < m; ++i) {
+    for (std::uint64_t j = 0; j < n; ++j) {
+      float s = c0[i * n + j];
+      for (std::uint64_t x = 0; x < k; ++x) s += fa[i * k + x] * fb[x * n + j];
+      INFO("element " << i << "," << j);
+      REQUIRE(from_bf16(hc[i * n + j]) == s);
+    }
+  }
 }

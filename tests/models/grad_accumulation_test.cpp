@@ -1,6 +1,7 @@
 // gradient_accumulation_fusion: with fp32 main grads every linear layer's wgrad GEMM (TP linears, the output layer,
 // MoE expert grouped GEMMs; fp8 ones too) accumulates into the fp32 main grad (Gemm::accumulate_fp32), no forward or
-// dgrad GEMM does, and nothing does with bf16 main grads or with the knob off. With the knob off every linear wgrad
+// dgrad GEMM does; with bf16 main grads they accumulate into the bf16 main grad (Gemm::accumulate), and with the knob
+// off nothing accumulates. With the knob off every linear wgrad
 // GEMM is followed by DDP's main_grad.add_ (an elementwise op of closed-form bytes), and its temporary is counted.
 // In both modes the gradients that plain torch ops compute (the router's linear, the embeddings' dense gradient)
 // reach the main grad through that add.
@@ -27,6 +28,7 @@ namespace {
 /// Per GEMM role (by op name): how many GEMMs and how many of them accumulate.
 struct Counts {
   int wgrad = 0, wgrad_acc = 0, other = 0, other_acc = 0;
+  int wgrad_acc_out = 0, other_acc_out = 0;  ///< Accumulating into the output dtype (Gemm::accumulate).
 };
 
 Counts count(const sch::Schedule& s) {
@@ -34,17 +36,20 @@ Counts count(const sch::Schedule& s) {
   for (const auto& op : s.ops) {
     const auto* comp = std::get_if<sch::Compute>(&op.body);
     if (comp == nullptr) continue;
-    bool acc = false;
+    bool acc = false, acc_out = false;
     if (const auto* g = std::get_if<sch::Gemm>(&comp->kernel)) {
       acc = g->accumulate_fp32;
+      acc_out = g->accumulate;
     } else if (const auto* gg = std::get_if<sch::GroupedGemm>(&comp->kernel)) {
       acc = gg->accumulate_fp32;
+      acc_out = gg->accumulate;
     } else {
       continue;
     }
     const bool wgrad = op.name.ends_with("_wgrad");
     (wgrad ? c.wgrad : c.other) += 1;
     (wgrad ? c.wgrad_acc : c.other_acc) += acc ? 1 : 0;
+    (wgrad ? c.wgrad_acc_out : c.other_acc_out) += acc_out ? 1 : 0;
   }
   return c;
 }
@@ -77,6 +82,7 @@ TEST_CASE("models::lower: gradient_accumulation_fusion with fp32 main grads accu
   CHECK(n.wgrad_acc == n.wgrad);  // qkv, proj, fc1, fc2 of each layer and the output layer
   CHECK(n.other > 0);
   CHECK(n.other_acc == 0);  // forward and dgrad GEMMs write their output
+  CHECK(n.wgrad_acc_out + n.other_acc_out == 0);
   CHECK(accumulates(on.schedule, "output_wgrad"));
   // fp8: Transformer Engine hands the fp32 main grad to the fp8 wgrad GEMM as its accumulated output.
   c.dtype = sch::DType::kFP8;
@@ -86,11 +92,25 @@ TEST_CASE("models::lower: gradient_accumulation_fusion with fp32 main grads accu
   CHECK(n8.wgrad_acc == n8.wgrad);
   CHECK(n8.other_acc == 0);
   c.dtype = sch::DType::kBF16;
-  // bf16 main grads or the knob off: plain GEMMs; the knob off adds the main_grad.add_ ops (the next test case).
+  // bf16 main grads: the same wgrad GEMMs accumulate into the bf16 main grad (Apex wgrad_gemm_accum_fp16; TE's
+  // accumulate=True), fp8 ones too, still no forward or dgrad GEMM.
   c.grad_reduce_in_fp32 = false;
-  CHECK(count(lower(m, c).schedule).wgrad_acc == 0);
+  for (const auto dtype : {sch::DType::kBF16, sch::DType::kFP8}) {
+    c.dtype = dtype;
+    const Counts b = count(lower(m, c).schedule);
+    CHECK(b.wgrad_acc == 0);
+    CHECK(b.wgrad_acc_out == b.wgrad);
+    CHECK(b.other_acc_out == 0);
+  }
+  c.dtype = sch::DType::kBF16;
+  // The knob off: plain GEMMs, then the main_grad.add_ ops (the next test case).
+  for (const bool fp32 : {true, false}) {
+    c.grad_reduce_in_fp32 = fp32;
+    c.gradient_accumulation_fusion = false;
+    const Counts n_off = count(lower(m, c).schedule);
+    CHECK(n_off.wgrad_acc + n_off.wgrad_acc_out == 0);
+  }
   c.grad_reduce_in_fp32 = true;
-  c.gradient_accumulation_fusion = false;
   const Lowered off = lower(m, c);
   CHECK(count(off.schedule).wgrad_acc == 0);
   CHECK(off.schedule.ops.size() ==

@@ -225,6 +225,34 @@ TEST_CASE("schedule::json: accumulate_fp32 round-trips on gemm and grouped_gemm,
   CHECK(ptr == "/ops/0/kernel/accumulate_fp32");
 }
 
+TEST_CASE(
+    "schedule::json: accumulate (into the output dtype) round-trips on gemm and grouped_gemm, written only "
+    "when true",
+    "[schedule]") {
+  const std::string acc =
+      R"({"id":0,"rank":0,"name":"g","kind":"compute","stream":"compute","deps":[],"kernel":{"class":"gemm",)"
+      R"("m":64,"n":32,"k":16,"batch":1,"dtype":"bf16","accumulate":true}})";
+  const ts::Schedule s = ts::schedule_from_json(minimal_with_op(acc), "mem");
+  const auto& g = std::get<ts::Gemm>(std::get<ts::Compute>(s.ops[0].body).kernel);
+  CHECK(g.accumulate);
+  CHECK_FALSE(g.accumulate_fp32);
+  const std::string text = ts::schedule_to_json(s);
+  CHECK(text.find(R"("accumulate":true)") != std::string::npos);
+  CHECK(text.find("accumulate_fp32") == std::string::npos);
+  CHECK(ts::schedule_from_json(text, "mem") == s);
+  const std::string grouped =
+      R"({"id":0,"rank":0,"name":"g","kind":"compute","stream":"compute","kernel":{"class":"grouped_gemm",)"
+      R"("m":[4,0,2],"n":32,"k":16,"dtype":"fp8","accumulate":true}})";
+  const ts::Schedule gs = ts::schedule_from_json(minimal_with_op(grouped), "mem");
+  CHECK(std::get<ts::GroupedGemm>(std::get<ts::Compute>(gs.ops[0].body).kernel).accumulate);
+  CHECK(ts::schedule_from_json(ts::schedule_to_json(gs), "mem") == gs);
+  CHECK(ts::schedule_to_json(every_kind()).find(R"("accumulate")") == std::string::npos);
+  std::string bad = acc;
+  bad.replace(bad.find("true"), 4, "\"yes\"");
+  const auto [ptr, msg] = parse_error_of(minimal_with_op(bad));
+  CHECK(ptr == "/ops/0/kernel/accumulate");
+}
+
 TEST_CASE("schedule::json: a send/recv's transport round-trips, is written only when not nccl, and is checked",
           "[schedule]") {
   const std::string head = R"({"id":0,"rank":0,"name":"s","kind":"send","stream":"compute","comm":"world","peer":0,)"

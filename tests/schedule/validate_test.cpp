@@ -71,6 +71,17 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
     g.dtype = ts::DType::kInt32;
     expect_one(s, "accumulate_fp32", "integer GEMM");
   }
+  SECTION("a GEMM accumulating into its output: not integer, not beside accumulate_fp32") {
+    auto s = two_rank_ar();
+    auto& g = std::get<ts::Gemm>(std::get<ts::Compute>(s.ops[0].body).kernel);
+    g.accumulate = true;
+    CHECK(ts::validate(s).empty());  // bf16: fine
+    g.accumulate_fp32 = true;
+    expect_one(s, "accumulate", "two C dtypes");
+    g.accumulate_fp32 = false;
+    g.dtype = ts::DType::kInt64;
+    expect_one(s, "accumulate", "integer GEMM");
+  }
   SECTION("undeclared stream") {
     auto s = two_rank_ar();
     s.ops[0].stream = 5;

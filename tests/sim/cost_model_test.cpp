@@ -67,6 +67,37 @@ TEST_CASE("sim::CostModel: an accumulating GEMM costs its GEMM time plus the fp3
   CHECK(costs.kernel_cost(Compute{gg, 0}).flop_time_s == Approx(plain_g + 6.0 * 192 * 2048 / bw).epsilon(1e-9));
 }
 
+TEST_CASE("sim::CostModel: a GEMM accumulating into its bf16 output pays one bf16 read of C more, not the fp32 table",
+          "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  // A measured gemm_accumulate table (fp32 C) must not price a bf16-C accumulation: the class table plus the C read.
+  const Profile p = profile_from_json(
+      R"({"schema_version":1,"compute":{"gemm":[[1e6,0.5],[1e15,0.5]],"gemm_accumulate":[[1e6,0.25],[1e15,0.25]]}})",
+      "p.json");
+  const CostModel costs(cluster, p);
+  const double bw = 3.35e12 * p.memory_efficiency;
+  Gemm g{4096, 1024, 8192, 1, DType::kBF16};
+  const double plain = costs.kernel_cost(Compute{g, 0}).flop_time_s;
+  g.accumulate = true;
+  // Per output element: a bf16 read + write (4 B) instead of a bf16 write (2 B).
+  CHECK(sim::accumulate_epilogue_extra_bytes(g) == 2.0 * 4096 * 1024);
+  CHECK(costs.kernel_cost(Compute{g, 0}).flop_time_s == Approx(plain + 2.0 * 4096 * 1024 / bw).epsilon(1e-9));
+  CHECK_FALSE(sim::reads_accumulate_table(g));
+  // The fp32 accumulation of the same GEMM costs more: the measured table's time (twice the plain one here).
+  g.accumulate = false;
+  g.accumulate_fp32 = true;
+  CHECK(costs.kernel_cost(Compute{g, 0}).flop_time_s == Approx(2 * plain).epsilon(1e-12));
+  // fp8 GEMMs write bf16: the same 2 B; a grouped GEMM per routed row.
+  Gemm g8{4096, 1024, 8192, 1, DType::kFP8};
+  const double plain8 = costs.kernel_cost(Compute{g8, 0}).flop_time_s;
+  g8.accumulate = true;
+  CHECK(costs.kernel_cost(Compute{g8, 0}).flop_time_s == Approx(plain8 + 2.0 * 4096 * 1024 / bw).epsilon(1e-9));
+  GroupedGemm gg{{128, 0, 64}, 2048, 1024, DType::kBF16};
+  const double plain_g = costs.kernel_cost(Compute{gg, 0}).flop_time_s;
+  gg.accumulate = true;
+  CHECK(costs.kernel_cost(Compute{gg, 0}).flop_time_s == Approx(plain_g + 2.0 * 192 * 2048 / bw).epsilon(1e-9));
+}
+
 TEST_CASE("sim::CostModel: a measured gemm_accumulate table prices bf16 accumulating GEMMs, read from the profile",
           "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");

@@ -80,3 +80,38 @@ TEST_CASE("sim: an MoE step without gradient_accumulation_fusion is slower than 
   c.cuda_device_max_connections = 32;
   check_unfused_slower(m, c);
 }
+
+TEST_CASE(
+    "sim: with bf16 main grads the fused wgrad GEMMs' accumulation into C makes the step slower than plain "
+    "GEMMs",
+    "[sim]") {
+  models::ModelSpec m = models::load_model("llama3-8b");
+  m.num_layers = 2;
+  models::RunConfig c = testing::production(testing::run_config({2, 2, 1, 1, 1, 1, 1, 2, 4096}));
+  c.grad_reduce_in_fp32 = false;
+  c.gradient_accumulation_fusion = true;
+  const auto cluster = topologies::load_cluster("h200x2-nvlink");
+  const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
+  sim::Options opt;
+  opt.fidelity = sim::Fidelity::kAnalytic;
+  auto low = models::lower(m, c);
+  const double accumulating = to_seconds(sim::simulate(low.schedule, cluster, costs, opt).step_times_ns.front());
+  // The same schedule with every wgrad GEMM writing its C instead (the lowering before the bf16 accumulate).
+  int stripped = 0;
+  double rank0_read_s = 0;  // rank 0's C reads: 2 B per wgrad C element at HBM bandwidth x memory efficiency
+  const double bw = cluster.node.gpu.hbm_bytes_per_s * sim::Profile::datasheet_defaults().memory_efficiency;
+  for (auto& op : low.schedule.ops) {
+    auto* comp = std::get_if<schedule::Compute>(&op.body);
+    if (comp == nullptr) continue;
+    if (auto* g = std::get_if<schedule::Gemm>(&comp->kernel); g != nullptr && g->accumulate) {
+      if (op.rank == 0) rank0_read_s += 2.0 * static_cast<double>(g->m * g->n * g->batch) / bw;
+      g->accumulate = false;
+      ++stripped;
+    }
+  }
+  CHECK(stripped > 0);
+  const double plain = to_seconds(sim::simulate(low.schedule, cluster, costs, opt).step_times_ns.front());
+  CHECK(accumulating > plain);
+  // Not more than the C reads explain (TP ranks are symmetric: rank 0's reads bound the step's growth).
+  CHECK(accumulating - plain <= rank0_read_s * (1 + 1e-6) + 1e-9);
+}
