@@ -151,12 +151,14 @@ void RankLowering::param_gather_wait(std::uint32_t chunk, std::string_view param
         if (ag != schedule::kNoOp) pending_.push_back(ag);
         bucket_state_[chunk][i].ag_waited = true;
       }
+      for (std::size_t i = 0; i < bs.size(); ++i) fp8_param_transpose(chunk, i, Phase::kFwd);
       return;
     }
     // Prefetch depth 1 (reverse bucket order): wait this one (issuing it if nobody did), then issue the next.
     const OpId ag = issue_param_ag(chunk, b);
     if (ag != schedule::kNoOp) pending_.push_back(ag);
     st.ag_waited = true;
+    fp8_param_transpose(chunk, b, Phase::kFwd);
     if (b > 0) issue_param_ag(chunk, b - 1);
     return;
   }
@@ -226,12 +228,15 @@ void RankLowering::finalize_and_optimize() {
   }
   elementwise("clip_grads", 2 * shard * k_.grad_bytes, Phase::kOptim);
   kernel("adam", schedule::Optimizer{shard, k_.dtype}, Phase::kOptim);
+  quantize_fp8_param_shards();
   if (distopt && !k_.param_overlap) {
     for (std::uint32_t c = 0; c < k_.vpp; ++c) {
       for (std::size_t b = 0; b < buckets(c).size(); ++b) {
-        if (bucket_group(buckets(c)[b]) == 1) continue;
-        collective(x_.st.dp, Name{bucket_name(c, b), ".param_ag"}, CollectiveKind::kAllGather,
-                   bucket_comm(buckets(c)[b]), param_ag_bytes(buckets(c)[b]), Phase::kOptim, true);
+        if (bucket_group(buckets(c)[b]) > 1) {
+          collective(x_.st.dp, Name{bucket_name(c, b), ".param_ag"}, CollectiveKind::kAllGather,
+                     bucket_comm(buckets(c)[b]), param_ag_bytes(buckets(c)[b]), Phase::kOptim, true);
+        }
+        fp8_param_transpose(c, b, Phase::kOptim);
       }
     }
   }
@@ -246,6 +251,55 @@ std::uint64_t RankLowering::param_ag_bytes(const DpBucket& bucket) const {
   // output layer, padding) in the parameters' dtype.
   return bucket.fp8_numel * schedule::dtype_bytes(schedule::DType::kFP8) +
          (bucket.numel - bucket.fp8_numel) * k_.act_bytes;
+}
+
+void RankLowering::quantize_fp8_param_shards() {
+  if (!k_.fp8_param_gather) return;
+  // The fp8 weight elements of this rank's shards (the distributed optimizer's: a bucket's 1/group), and the fp8
+  // weights per optimizer (dense and expert: Megatron's ChainedOptimizer steps one per DP group), whose amaxes are
+  // packed into one fp32 tensor each (a grouped expert linear holds one weight per local expert: TE's num_gemms).
+  std::uint64_t shard = 0;
+  std::uint64_t weights[2] = {0, 0};  // dense, expert
+  for (std::uint32_t c = 0; c < k_.vpp; ++c) {
+    for (const auto& b : buckets(c)) {
+      shard += b.fp8_numel / bucket_group(b);
+      for (const auto& p : x_.params[co_.pp][c]) {
+        if (p.fp8_numel > 0 && std::find(b.params.begin(), b.params.end(), p.name) != b.params.end()) {
+          weights[b.expert ? 1 : 0] += p.fp8_gemms;
+        }
+      }
+    }
+  }
+  // master_weight.to(bf16) is the Adam op's working-parameter write, as for the bf16 parameters; current scaling
+  // reads that copy once for the amax (tex.compute_amax), delayed scaling takes the amax in the cast.
+  if (k_.fp8_current) elementwise("fp8_param_amax", shard * k_.act_bytes, Phase::kOptim);
+  const std::uint64_t groups[2] = {static_cast<std::uint64_t>(k_.dp) * k_.cp, k_.expert_dp};
+  const char* names[2] = {"fp8_param_amax_ar", "expert_fp8_param_amax_ar"};
+  for (int i = 0; i < 2; ++i) {
+    if (weights[i] == 0 || groups[i] == 1) continue;
+    collective(x_.st.dp, names[i], CollectiveKind::kAllReduce, i == 0 ? x_.dp_of[rank_] : x_.edp_of[rank_],
+               4 * weights[i], Phase::kOptim, true, {}, "", schedule::DType::kFP32);
+  }
+  // The cast of the bf16 copy into the fp8 parameter's shard: 2 B read, 1 B written per element.
+  elementwise("fp8_param_cast", shard * (k_.act_bytes + schedule::dtype_bytes(schedule::DType::kFP8)), Phase::kOptim);
+}
+
+void RankLowering::fp8_param_transpose(std::uint32_t chunk, std::size_t b, Phase ph) {
+  const DpBucket& bucket = buckets(chunk)[b];
+  if (!k_.fp8_param_gather || bucket.fp8_numel == 0) return;
+  const auto saved_mb = cur_mb_;
+  const auto saved_layer = cur_layer_;
+  const auto saved_chunk = cur_chunk_;
+  const auto saved_prefix = prefix_;
+  cur_mb_ = cur_layer_ = -1;
+  cur_chunk_ = static_cast<std::int32_t>(chunk);
+  prefix_ = "dp.";
+  elementwise(Name{bucket_name(chunk, b), ".fp8_transpose"},
+              2 * bucket.fp8_numel * schedule::dtype_bytes(schedule::DType::kFP8), ph);
+  cur_mb_ = saved_mb;
+  cur_layer_ = saved_layer;
+  cur_chunk_ = saved_chunk;
+  prefix_ = saved_prefix;
 }
 
 Nanos RankLowering::optimizer_host_ns() const {

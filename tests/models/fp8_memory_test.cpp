@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "common/error.hpp"
 #include "models/lower.hpp"
@@ -235,4 +236,81 @@ TEST_CASE("lower: fp8_param_gather all-gathers the fp8 linear weights in half th
   };
   CHECK(ag_bytes(false) == 2 * numel);
   CHECK(ag_bytes(true) == 2 * (numel - fp8_numel) + fp8_numel);  // the fp8 parameters at 1 B: half of bf16
+}
+
+namespace {
+
+/// Rank 0's ops whose names end with `tail`, in issue order.
+std::vector<const schedule::Op*> rank0_ops(const schedule::Schedule& s, const std::string& tail) {
+  std::vector<const schedule::Op*> out;
+  for (const auto& op : s.ops) {
+    if (op.rank == 0 && op.name.ends_with(tail)) out.push_back(&op);
+  }
+  return out;
+}
+
+std::uint64_t elementwise_bytes(const schedule::Op& op) {
+  return std::get<schedule::Elementwise>(std::get<schedule::Compute>(op.body).kernel).bytes;
+}
+
+}  // namespace
+
+TEST_CASE("lower: fp8_param_gather quantizes the optimizer's shard into fp8 and transposes the gathered weights",
+          "[lower][fp8]") {
+  const ModelSpec m = test::shrink(load_model("llama3-8b"), 2);
+  RunConfig c = config(2, 1, 1);  // DP 2: each rank's shard is half of every bucket
+  c.global_batch_size = 2;
+  c.dtype = schedule::DType::kFP8;
+  c.use_distributed_optimizer = true;
+  std::uint64_t fp8_numel = 0;
+  for (const auto& b : dp_buckets(m, c, 0, 0)) fp8_numel += b.fp8_numel;
+  REQUIRE(fp8_numel > 0);
+  // Off: none of these ops; instead TE casts the bf16 weights into its cached fp8 weight and transpose on the first
+  // micro-batch: 2 B read, 2 x 1 B written per linear weight element (delayed scaling), once per step.
+  c.global_batch_size = 4;  // two micro-batches per rank: the cast on the first only
+  const Lowered off = lower(m, c);
+  CHECK(rank0_ops(off.schedule, "fp8_param_cast").empty());
+  CHECK(rank0_ops(off.schedule, ".fp8_transpose").empty());
+  const auto weight_cast = rank0_ops(off.schedule, "fp8_weight_cast");
+  REQUIRE(weight_cast.size() == 1);
+  CHECK(weight_cast[0]->name == "mb0.fwd.fp8_weight_cast");
+  CHECK(elementwise_bytes(*weight_cast[0]) == fp8_numel * 4);
+  c.fp8_recipe = Fp8Recipe::kTensorwise;  // current scaling: an amax pass over the bf16 weight first (+2 B)
+  CHECK(elementwise_bytes(*rank0_ops(lower(m, c).schedule, "fp8_weight_cast").at(0)) == fp8_numel * 6);
+  c.dtype = schedule::DType::kBF16;  // bf16: no fp8 weights to cast
+  CHECK(rank0_ops(lower(m, c).schedule, "fp8_weight_cast").empty());
+  c.dtype = schedule::DType::kFP8;
+  c.fp8_param_gather = true;
+  for (const auto recipe : {Fp8Recipe::kDelayed, Fp8Recipe::kTensorwise}) {
+    CAPTURE(static_cast<int>(recipe));
+    c.fp8_recipe = recipe;
+    for (const bool overlap : {false, true}) {
+      CAPTURE(overlap);
+      c.overlap_param_gather = overlap;
+      c.overlap_grad_reduce = overlap;  // Megatron: overlap_param_gather needs overlap_grad_reduce
+      const Lowered low = lower(m, c);
+      REQUIRE(test::problems(low.schedule).empty());
+      const schedule::Schedule& s = low.schedule;
+      CHECK(rank0_ops(s, "fp8_weight_cast").empty());  // the weights are fp8 parameters already
+      // The cast of the rank's shard (fp8_numel / 2 elements): the bf16 copy read (2 B), the fp8 shard written (1 B).
+      const auto cast = rank0_ops(s, "optim.fp8_param_cast");
+      REQUIRE(cast.size() == 1);
+      CHECK(elementwise_bytes(*cast[0]) == fp8_numel / 2 * 3);
+      // Current scaling reads the shard's bf16 copy once more for the amax; delayed scaling takes it in the cast.
+      const auto amax = rank0_ops(s, "optim.fp8_param_amax");
+      CHECK(amax.size() == (recipe == Fp8Recipe::kTensorwise ? 1u : 0u));
+      if (!amax.empty()) CHECK(elementwise_bytes(*amax[0]) == fp8_numel / 2 * 2);
+      // One all-reduce of the packed fp32 amaxes over DP: 4 linear weights per layer (qkv, proj, fc1, fc2).
+      const auto ar = rank0_ops(s, "optim.fp8_param_amax_ar");
+      REQUIRE(ar.size() == 1);
+      CHECK(std::get<schedule::Collective>(ar[0]->body).bytes == 4u * 4 * m.num_layers);
+      // The transposes after the gather: every fp8 weight element read and written once (2 B), in every bucket.
+      std::uint64_t transposed = 0;
+      for (const auto* op : rank0_ops(s, ".fp8_transpose")) transposed += elementwise_bytes(*op);
+      CHECK(transposed == 2 * fp8_numel);
+      // The cast follows Adam and precedes the param all-gathers (the step's, or the next step's with overlap).
+      CHECK(cast[0]->id > rank0_ops(s, "optim.adam").front()->id);
+      if (!overlap) CHECK(cast[0]->id < rank0_ops(s, ".param_ag").front()->id);
+    }
+  }
 }
