@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # gradient_accumulation_fusion on and off on one GPU (issue 17): the backend runs each lowered step (Llama-3-8B with 4
-# layers, Qwen3-30B-A3B with 2; seq 4096, MBS 1, 4 micro-batches so the main grads accumulate), fused (accumulating
-# wgrad GEMMs with fp32 main grads, plain ones with bf16) and unfused (a plain wgrad GEMM and its main_grad.add_), and
-# the simulator predicts the same schedules with the H100 profile; the check is the sign and size of the unfused cost
-# (docs/calibration.md, "Without the fusion").
+# layers, Qwen3-30B-A3B with 2; seq 4096, MBS 1, 4 micro-batches so the main grads accumulate), fused (wgrad GEMMs
+# accumulating into the fp32 main grad, or into the bf16 one: IR accumulate) and unfused (a plain wgrad GEMM and its
+# main_grad.add_), and the simulator predicts the same schedules with the H100 profile; the check is the sign and size
+# of the unfused cost (docs/calibration.md, "Without the fusion"). First the backend's GPU tests of accumulating
+# GEMMs (fp32 C, and bf16 C for IR accumulate).
 # Usage, from the repository root: calibration/scripts/grad_accumulation_1gpu.sh OUT
-#   Results: OUT/results.tgz (r/<case>/{step.json,pred.txt,pred.json,backend.json,backend.log,compare.txt}) and
-#   OUT/summary.txt (one line per case: predicted and measured step).
+#   Results: OUT/results.tgz (r/<case>/{step.json,pred.txt,pred.json,backend.json,backend.log,compare.txt},
+#   r/backend_tests.log) and OUT/summary.txt (one line per case: predicted and measured step).
 set -u
 OUT=$1
 mkdir -p "$OUT"
@@ -14,8 +15,10 @@ mkdir -p "$OUT"
 results_in "$OUT"
 REV=$(revision)
 echo "== build $(date +%T) revision $REV"
-REV=$REV build_gpu "$R/build.log" twinstep || exit 1
+REV=$REV build_gpu "$R/build.log" twinstep backend_tests || exit 1
 gpu_info "$R"
+timeout 120 "$B"/tests/backend/backend_tests "*accumulat*" > "$R/backend_tests.log" 2>&1
+echo "backend_tests (accumulating GEMMs) exit $?" | tee -a "$OUT/summary.txt"; tail -3 "$R/backend_tests.log"
 fewer_layer_models "$R/models" calibration/scripts/grad_accumulation_1gpu.sh
 PROF=calibration/profiles/h100x1.json
 # run_case NAME MODEL GRADS(fp32|bf16) FUSION(on|off)

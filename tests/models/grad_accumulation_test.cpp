@@ -25,6 +25,16 @@ namespace sch = twinstep::schedule;
 
 namespace {
 
+/// The MoE cases' layout: 2 GPUs, EP 2, one micro-batch of 256 tokens per data-parallel rank.
+RunConfig moe_config() {
+  RunConfig c = config(2, 1, 1);
+  c.global_batch_size = 2;
+  c.seq_length = 256;
+  c.expert_model_parallel_size = 2;
+  c.cuda_device_max_connections = 32;
+  return c;
+}
+
 /// Per GEMM role (by op name): how many GEMMs and how many of them accumulate.
 struct Counts {
   int wgrad = 0, wgrad_acc = 0, other = 0, other_acc = 0;
@@ -119,11 +129,7 @@ TEST_CASE("models::lower: gradient_accumulation_fusion with fp32 main grads accu
 
 TEST_CASE("models::lower: MoE expert wgrad grouped GEMMs accumulate into fp32 main grads", "[lower][moe]") {
   const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
-  RunConfig c = config(2, 1, 1);
-  c.global_batch_size = 2;  // one micro-batch per data-parallel rank
-  c.seq_length = 256;
-  c.expert_model_parallel_size = 2;
-  c.cuda_device_max_connections = 32;
+  RunConfig c = moe_config();
   c.grad_reduce_in_fp32 = true;
   const Lowered low = lower(m, c);
   REQUIRE(problems(low.schedule).empty());
@@ -225,11 +231,7 @@ TEST_CASE("models::lower: without gradient_accumulation_fusion each linear wgrad
 TEST_CASE("models::lower: without gradient_accumulation_fusion MoE expert wgrads get their main_grad.add_",
           "[lower][moe]") {
   const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
-  RunConfig c = config(2, 1, 1);
-  c.global_batch_size = 2;
-  c.seq_length = 256;
-  c.expert_model_parallel_size = 2;
-  c.cuda_device_max_connections = 32;
+  RunConfig c = moe_config();
   c.gradient_accumulation_fusion = false;
   const Lowered low = lower(m, c);
   REQUIRE(problems(low.schedule).empty());
@@ -320,11 +322,7 @@ TEST_CASE("models::lower: the embedding's dense gradient is zero-filled, scatter
 
 TEST_CASE("models::lower: the router's weight gradient is added into the main grad in both modes", "[lower][moe]") {
   const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
-  RunConfig c = config(2, 1, 1);
-  c.global_batch_size = 2;
-  c.seq_length = 256;
-  c.expert_model_parallel_size = 2;
-  c.cuda_device_max_connections = 32;
+  RunConfig c = moe_config();
   for (const bool fusion : {true, false}) {
     CAPTURE(fusion);
     c.gradient_accumulation_fusion = fusion;
