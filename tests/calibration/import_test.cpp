@@ -279,9 +279,10 @@ TEST_CASE("calibrate --from-trace: accumulating bf16 GEMMs fit the gemm_accumula
             .compute.count("gemm_accumulate") == 1);
 }
 
-TEST_CASE("calibrate --from-trace: fp8 and grouped accumulating GEMMs' fp32 epilogue is not counted twice") {
-  // A step whose GEMMs all accumulate into fp32 main grads and are priced from their class table plus the epilogue's
-  // bytes (fp8; grouped): timed by the datasheet profile, fitted back, and costed under other names (no op table).
+TEST_CASE("calibrate --from-trace: fp8, grouped and bf16-C accumulating GEMMs' epilogue is not counted twice") {
+  // A step whose GEMMs all accumulate into the main grads and are priced from their class table plus the epilogue's
+  // bytes (fp8 and grouped into fp32; a bf16 one into its bf16 C, IR accumulate): timed by the datasheet profile,
+  // fitted back, and costed under other names (no op table).
   // The fitted class tables are the GEMMs without the epilogue, so the cost model's epilogue is added once: the
   // truth's time comes back, and the plain GEMM of the same shape is cheaper by the epilogue's seconds.
   twinstep::testing::ScheduleBuilder b(1, {ts::StreamDecl{"compute", 0}});
@@ -291,6 +292,9 @@ TEST_CASE("calibrate --from-trace: fp8 and grouped accumulating GEMMs' fp32 epil
   ts::GroupedGemm grouped{{8192, 8192, 8192, 8192}, 2048, 4096, ts::DType::kBF16};
   grouped.accumulate_fp32 = true;
   b.add(0, "L0.mb0.bwd.experts_fc1_wgrad", 0, ts::Compute{grouped, 0});
+  ts::Gemm bf16_c{4096, 4096, 8192, 1, ts::DType::kBF16};
+  bf16_c.accumulate = true;
+  b.add(0, "L0.mb0.bwd.fc2_wgrad", 0, ts::Compute{bf16_c, 0});
   const auto cluster = twinstep::topologies::load_cluster("dgx-h100", twinstep::topologies::ClusterSize{0, 1});
   const auto truth = twinstep::sim::Profile::datasheet_defaults();
   const twinstep::sim::CostModel truth_costs(cluster, truth);
@@ -309,7 +313,7 @@ TEST_CASE("calibrate --from-trace: fp8 and grouped accumulating GEMMs' fp32 epil
     ts::Compute plain = c;
     std::visit(
         [](auto& k) {
-          if constexpr (requires { k.accumulate_fp32; }) k.accumulate_fp32 = false;
+          if constexpr (requires { k.accumulate_fp32; }) k.accumulate_fp32 = k.accumulate = false;
         },
         plain.kernel);
     const double epilogue_s = twinstep::sim::accumulate_epilogue_extra_bytes(c.kernel) /
