@@ -13,6 +13,7 @@ import sys
 # Gap classes, first match wins: (class, test on the op's name and kernel class).
 CLASSES = [
     ("adam", lambda n, c: n == "optim.adam"),
+    ("optimizer cast + copy", lambda n, c: n in ("optim.main_grad_cast", "optim.main_param_copy")),
     ("optimizer passes", lambda n, c: n.startswith("optim.")),
     ("fp8 casts", lambda n, c: "fp8_cast" in n),
     ("attention", lambda n, c: c.startswith("attention")),
@@ -56,7 +57,10 @@ def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
     root = argv[1]
-    cases = argv[2:] or sorted(c for c in os.listdir(root) if os.path.exists(os.path.join(root, c, "backend.json")))
+    have = lambda c: all(os.path.exists(os.path.join(root, c, f)) for f in ("backend.json", "torch_measured.json"))  # noqa: E731
+    cases = [c for c in (argv[2:] or sorted(os.listdir(root))) if have(c)]
+    if not cases:
+        sys.exit(root + ": no case folder with backend.json and torch_measured.json")
     names = [c for c, _ in CLASSES] + ["other", "GPU idle (host gaps)"]
     rows = {}
     steps = {}
