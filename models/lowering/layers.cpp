@@ -177,15 +177,6 @@ std::vector<std::vector<std::uint32_t>> RankLowering::recompute_groups(std::uint
   return groups;
 }
 
-void RankLowering::fp8_weight_casts(std::uint32_t chunk) {
-  if (!k_.fp8 || k_.fp8_param_gather) return;
-  std::uint64_t weights = 0;
-  for (const auto& p : x_.params[co_.pp][chunk]) weights += p.fp8_numel;
-  if (weights == 0) return;
-  const std::uint64_t fp8 = schedule::dtype_bytes(schedule::DType::kFP8);
-  elementwise("fp8_weight_cast", weights * (k_.act_bytes + 2 * fp8 + (k_.fp8_current ? k_.act_bytes : 0)), Phase::kFwd);
-}
-
 void RankLowering::chunk_fwd(std::uint32_t mb, std::uint32_t chunk) {
   cur_mb_ = static_cast<std::int32_t>(mb);
   cur_chunk_ = static_cast<std::int32_t>(chunk);
@@ -195,7 +186,6 @@ void RankLowering::chunk_fwd(std::uint32_t mb, std::uint32_t chunk) {
     pending_.push_back(fwd_recv_[chunk].front());
     fwd_recv_[chunk].pop_front();
   }
-  if (mb == first_fwd_mb_[chunk]) fp8_weight_casts(chunk);
   param_gather_wait(chunk, "embedding", mb);
   if (first_vs(chunk)) embedding_fwd();
   for (auto l : layers_of(chunk)) {

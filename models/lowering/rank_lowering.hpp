@@ -367,19 +367,15 @@ class RankLowering : private OpEmitter {
   /// Bytes one rank's distributed-optimizer param all-gather of `bucket` moves: its padded elements in the parameters'
   /// dtype, its fp8 parameters (fp8_param_gather) at 1 B.
   std::uint64_t param_ag_bytes(const DpBucket& bucket) const;
-  /// fp8_param_gather: the distributed optimizer's quantization of its updated shard into the fp8 parameters after
-  /// Adam (Megatron's quantize_param_shard -> TE's cast_master_weights_to_fp8): with current scaling an amax pass
-  /// over the shard, the all-reduce (MAX) of the packed per-weight amaxes over each optimizer's DP group, the cast.
+  /// fp8_param_gather: the distributed optimizer's quantization of its updated shard into the fp8 parameters
+  /// (Megatron's quantize_param_shard -> TE's cast_master_weights_to_fp8) beyond the main-param copy's fp32 read and
+  /// fp8 write: the shard's bf16 copy written and read back, with current scaling an amax pass over it, the
+  /// all-reduce (MAX) of the packed per-weight amaxes over each optimizer's DP group.
   void quantize_fp8_param_shards();
   /// fp8_param_gather on Hopper: the transpose TE's post_all_gather_processing builds for the fp8 weights of bucket
   /// `b` of `chunk` once their all-gather is done (no non-TN fp8 GEMM: Float8Tensor._create_transpose), 2 B per
   /// weight element; nothing otherwise. Named "dp.<bucket>.fp8_transpose".
   void fp8_param_transpose(std::uint32_t chunk, std::size_t b, Phase ph);
-  /// --dtype fp8 without fp8_param_gather: on the step's first forward of `chunk` (Megatron passes
-  /// is_first_microbatch) TE's linear modules cast their bf16 weights into the cached fp8 weight and its transpose
-  /// (get_weight_workspace; a fused cast-transpose: 2 B read, 1 + 1 B written per element, with current scaling an
-  /// amax pass reading them once more): one op over the chunk's linear weights, "mb<first>.fwd.fp8_weight_cast".
-  void fp8_weight_casts(std::uint32_t chunk);
   bool grad_hooks_enabled(std::uint32_t mb) const {
     if (!k_.grad_overlap) return false;
     if (k_.vpp > 1 && x_.cfg->align_grad_reduce) return false;  // dispatched whole-chunk by grad_sync_func
