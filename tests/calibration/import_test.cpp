@@ -376,14 +376,6 @@ TEST_CASE(
 
 namespace {
 
-ts::Op elementwise_op(ts::OpId id, const std::string& name) {
-  ts::Op op;
-  op.id = id;
-  op.name = name;
-  op.body = ts::Compute{ts::Elementwise{1 << 20, 0}, 0};
-  return op;
-}
-
 ti::GpuActivity kernel(const std::string& name, twinstep::Nanos launch, twinstep::Nanos start, twinstep::Nanos end,
                        const std::string& range, twinstep::Nanos range_start, const std::string& op) {
   ti::GpuActivity a;
@@ -407,13 +399,11 @@ TEST_CASE("import-trace: the grad zeroing's fills are one op, matched by kind wh
   // A trace recorded before the schedule had Megatron's zero_grad_buffer op: eager PyTorch zeroes each main grad
   // with its own fill kernel inside a range that names no op ("zero_grad"); a later fill of the loss backward
   // lies outside any range. The fills of the one zeroing are one op's record; the later fill is not a second step.
-  ts::Schedule s;
-  s.name = "zeroing";
-  s.world_size = 1;
-  s.ranks = {0};
-  s.streams = {{"compute", 0}};
-  s.ops = {elementwise_op(0, "dp.chunk0.zero_grad_buffer"), elementwise_op(1, "mb0.fwd.norm"),
-           elementwise_op(2, "mb0.bwd.loss_bwd")};
+  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "zeroing");
+  for (const char* name : {"dp.chunk0.zero_grad_buffer", "mb0.fwd.norm", "mb0.bwd.loss_bwd"}) {
+    b.add(0, name, 0, twinstep::testing::elementwise_kernel(1 << 20));
+  }
+  const ts::Schedule& s = b.schedule();
   const std::string fill = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>";
   ti::RankEvents r;
   r.source = "zeroing.json";
