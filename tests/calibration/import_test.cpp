@@ -436,22 +436,13 @@ TEST_CASE("import-trace: a GEMM's fp8 cast op is timed from the non-GEMM kernels
   // `<gemm>_fp8_cast` op has no range of its own. Its kernels (amax, cast) launched before the GEMM's kernel are its;
   // the GEMM keeps its own launch (cuBLAS's memset, the GEMM) and what follows it (a main-grad add). An elementwise
   // op not named after the GEMM that follows it gets nothing from that GEMM's range.
-  ts::Schedule s;
-  s.name = "fp8 casts";
-  s.world_size = 1;
-  s.ranks = {0};
-  s.streams = {{"compute", 0}};
-  auto gemm_op = [](ts::OpId id, const std::string& name) {
-    ts::Op op;
-    op.id = id;
-    op.name = name;
-    ts::Gemm g{64, 128, 32};
-    g.dtype = ts::DType::kFP8;
-    op.body = ts::Compute{g, 0};
-    return op;
-  };
-  s.ops = {elementwise_op(0, "L0.mb0.fwd.fc1_fp8_cast"), gemm_op(1, "L0.mb0.fwd.fc1"),
-           elementwise_op(2, "L0.mb0.fwd.swiglu"), gemm_op(3, "L0.mb0.fwd.fc2")};
+  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "fp8 casts");
+  const ts::Compute fp8_gemm = twinstep::testing::gemm_kernel(64, 128, 32, ts::DType::kFP8);
+  b.add(0, "L0.mb0.fwd.fc1_fp8_cast", 0, twinstep::testing::elementwise_kernel(1 << 20));
+  b.add(0, "L0.mb0.fwd.fc1", 0, fp8_gemm);
+  b.add(0, "L0.mb0.fwd.swiglu", 0, twinstep::testing::elementwise_kernel(1 << 20));
+  b.add(0, "L0.mb0.fwd.fc2", 0, fp8_gemm);
+  const ts::Schedule& s = b.schedule();
   auto scaled_mm = [](const std::string& name, twinstep::Nanos launch, twinstep::Nanos start, twinstep::Nanos end,
                       const std::string& range, twinstep::Nanos range_start) {
     ti::GpuActivity a = kernel(name, launch, start, end, range, range_start, "aten::_scaled_mm");
