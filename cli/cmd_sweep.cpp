@@ -249,6 +249,7 @@ void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
   opts.progress = !f.quiet;
   opts.extrapolate = !f.no_extrapolate;
   opts.prune = spec.auto_layout;
+  opts.rejections = &reasons;
   sweep::RunStats stats;
   const auto results = sweep::run_sweep(points, opts, &stats);
   if (!f.quiet) {
