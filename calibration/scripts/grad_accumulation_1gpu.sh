@@ -33,9 +33,10 @@ run_case() {
   timeout 240 $MPI -np 1 $T run "$D/step.json" -o "$D/backend.json" --warmup 2 --steps 5 \
     > "$D/backend.log" 2>&1 < /dev/null
   echo "backend exit $?" >> "$D/backend.log"
-  [ -s "$D/backend.json" ] && $T compare "$D/backend.json" "$D/pred.json" > "$D/compare.txt" 2>&1
-  echo "$name: predicted $(grep -m1 '^step time' "$D/pred.txt") | measured vs predicted: $(grep -m1 -i 'step' \
-    "$D/compare.txt" 2>/dev/null)" | tee -a "$OUT/summary.txt"
+  [ -s "$D/backend.json" ] && $T compare "$D/pred.json" "$D/backend.json" > "$D/compare.txt" 2>&1
+  # compare's "  step  PREDICTED  MEASURED  ERROR  REL" row
+  echo "$name: predicted $(grep -m1 '^step time' "$D/pred.txt") | $(grep -m1 -E '^ +step +[0-9]' "$D/compare.txt" \
+    2>/dev/null | tr -s ' ')" | tee -a "$OUT/summary.txt"
 }
 for grads in fp32 bf16; do
   for fusion in on off; do run_case "dense_${grads}_${fusion}" llama3-8b-4l "$grads" "$fusion"; done

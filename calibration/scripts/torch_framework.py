@@ -28,6 +28,7 @@
 #   --device cpu is a smoke test of the script (no CUDA-only probes); its figures mean nothing for a profile.
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -127,6 +128,19 @@ def chain(x, k):
     for _ in range(k):
         x = x * 1.0001
     return x
+
+
+def cpu_model():
+    """The host CPU's model name (/proc/cpuinfo), so samples taken on different hosts can be told apart: the host cost
+    of a module call or a backward node depends on the CPU, not the GPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def round_orders(rounds):
@@ -412,7 +426,8 @@ def main():
     res["ep_node"] = probe_ep_node(env)
     gpu = torch.cuda.get_device_name(0) if env.cuda else "cpu (smoke test)"
     res["context"] = {"torch": torch.__version__, "cuda": str(torch.version.cuda), "gpu": gpu,
-                      "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                      "python": platform.python_version(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+                      "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                       "n": a.n, "reps": a.reps, "rounds": a.rounds, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     res["source"] = "calibration/scripts/torch_framework.py, torch %s, CUDA %s, %s, n=%d, best of %d x %d rounds" % (
         torch.__version__, torch.version.cuda, gpu, a.n, a.reps, a.rounds)
