@@ -109,7 +109,13 @@ def shapes_from_schedule(path):
             fail(f"{path}: layer {layer} recomputes part of the layer (selective recompute); only full-layer "
                  "recompute is built")
     optim_params = op("optim.adam")["params"]
-    d["grad_bytes"] = op("optim.grad_norm")["bytes"] // optim_params
+    # The main-grad dtype: MCore's optimizer casts bf16 main grads to fp32 first (optim.main_grad_cast, 2 + 4 B a
+    # param), then norms and clips the fp32 grads; a schedule without the cast norms the main grads themselves.
+    if "optim.main_grad_cast" in ops:
+        d["grad_bytes"] = op("optim.main_grad_cast")["bytes"] // optim_params - 4
+    else:
+        d["grad_bytes"] = op("optim.grad_norm")["bytes"] // optim_params
+    d["megatron_optimizer_passes"] = "optim.main_param_copy" in ops
     d["schedule_params"] = optim_params
     d["schedule"] = {"path": path, "sha256": hashlib.sha256(raw).hexdigest(), "name": s.get("name"),
                      "meta": s.get("meta", {})}
@@ -137,6 +143,7 @@ def shapes_from_flags(a):
         "expert_splits": [tokens * (a.topk or 0) // experts] * experts if experts else [],
         "moe_layers": layers if experts else [], "recompute_layers": layers if a.recompute == "full" else [],
         "grad_bytes": 4 if a.main_grad_dtype == "fp32" else 2, "schedule_params": None, "schedule": None,
+        "megatron_optimizer_passes": True,
     }
 
 
@@ -722,21 +729,33 @@ class Optimizer:
                 p.main_grad.add_(p.grad)
                 p.grad = None
 
-    def step(self):
+    def step(self, megatron_passes=True):
+        """megatron_passes: MCore's MixedPrecisionOptimizer.step() order and ranges (the schedule's
+        optim.main_grad_cast, grad_norm and clip_grads on the fp32 main grads, adam, main_param_copy); else the older
+        schedules' (norm and clip on the main grads, the cast and the copy back inside optim.adam)."""
+        grads = self.grads
+        if megatron_passes:
+            if self.cast:
+                with record_function("optim.main_grad_cast"):
+                    copy(self.masters_grads, self.grads)
+            grads = self.masters_grads
         with record_function("optim.grad_norm"):
-            norm = torch.stack([n.float() for n in torch._foreach_norm(self.grads)]).norm()
+            norm = torch.stack([n.float() for n in torch._foreach_norm(grads)]).norm()
         with record_function("optim.clip_grads"):
-            coef = (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0).to(self.grads[0].dtype)
+            coef = (MAX_GRAD_NORM / (norm + 1e-6)).clamp(max=1.0).to(grads[0].dtype)
             try:
-                torch._foreach_mul_(self.grads, coef)
+                torch._foreach_mul_(grads, coef)
             except (TypeError, RuntimeError):  # torch < 2.1: no tensor-scalar foreach overload
-                for g in self.grads:
+                for g in grads:
                     g.mul_(coef)
         with record_function("optim.adam"):
-            if self.cast:
+            if self.cast and not megatron_passes:
                 copy(self.masters_grads, self.grads)
             self.adam.step()
-            with torch.no_grad():
+            if not megatron_passes:
+                copy(self.params, self.masters)
+        if megatron_passes:
+            with record_function("optim.main_param_copy"):
                 copy(self.params, self.masters)
 
 
@@ -842,7 +861,7 @@ def main():
             loss = model.forward_backward(ids, labels, mb)
         with record_function("fold_norm_grads"):
             opt.fold_autograd_grads()
-        opt.step()
+        opt.step(d["megatron_optimizer_passes"])
         return loss
 
     attention_ctx = sdpa_ctx()

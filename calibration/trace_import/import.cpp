@@ -57,6 +57,15 @@ std::optional<std::array<std::uint64_t, 4>> gemm_shape(const LaunchOp& op) {
   return std::nullopt;
 }
 
+/// A GEMM's activity: launched by a GEMM op (its Input Dims read as one), or a kernel named as cuBLAS / CUTLASS GEMMs
+/// are (a trace without shapes). cuBLAS's workspace memsets come from the GEMM op and count as its.
+bool gemm_activity(const GpuActivity& a) {
+  if (gemm_shape(a.op)) return true;
+  if (a.kind != ActivityKind::kKernel) return false;
+  const std::string l = lower(a.name);
+  return contains(l, "gemm") || l.rfind("nvjet", 0) == 0 || contains(l, "xmma") || contains(l, "grouped_mm");
+}
+
 bool attention_op(const std::string& name) {
   return contains(name, "scaled_dot_product") || contains(name, "flash_attention") ||
          contains(name, "efficient_attention") || contains(name, "cudnn_attention");
@@ -177,6 +186,11 @@ class Matcher {
 
   void check_ranks();
   void match_rank(const RankEvents& r);
+  /// The ops the lowering emits for a GEMM's inputs (`<gemm>_fp8_cast`: Transformer Engine's amax / cast kernels)
+  /// have no range of their own in a framework's trace: their kernels run inside the GEMM's range. Per step, the
+  /// non-GEMM activities of that range launched before its last GEMM kernel become the input op's (the activities
+  /// after it, such as a main-grad accumulation, stay the GEMM's). `order`: the rank's ops in schedule order.
+  void split_gemm_inputs(const std::vector<OpId>& order);
   void check_shapes(const RankEvents& r, const std::map<std::string, OpId>& by_name);
   /// How many steps the trace holds: the most any op was matched in.
   [[nodiscard]] std::size_t count_steps() const;
@@ -197,6 +211,7 @@ class Matcher {
   std::vector<OpHits> hits_;
   std::set<const GpuActivity*> used_;
   std::set<std::string> unknown_ranges_;
+  std::set<OpId> split_ops_;  ///< Input ops timed from their GEMM's range (split_gemm_inputs).
   std::size_t order_gemm_tried_ = 0;
   std::size_t order_gemm_matched_ = 0;
   std::string first_unmatched_gemm_;
@@ -319,6 +334,8 @@ void Matcher::match_rank(const RankEvents& r) {
     }
   }
 
+  split_gemm_inputs(order);
+
   // 2. By kind, shape and order, for activities no range named, against ops no range named. Where ranges named
   // ops, they tell how many steps the trace holds: no op takes more claims than that (a fill elsewhere in the step
   // is not a second step of the grad zeroing).
@@ -387,6 +404,41 @@ void Matcher::match_rank(const RankEvents& r) {
     used_.insert(&a);
     last_claim = pick;
     last_act = &a;
+  }
+}
+
+void Matcher::split_gemm_inputs(const std::vector<OpId>& order) {
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const schedule::Op& in = s_.ops[order[i]];
+    const auto* ik = kernel_of(in);
+    if (ik == nullptr || !std::holds_alternative<schedule::Elementwise>(*ik) || !hits_[in.id].named.empty()) continue;
+    // Its GEMM: the next op of its stream, named as its prefix.
+    const schedule::Op* gemm = nullptr;
+    for (std::size_t j = i + 1; j < order.size() && gemm == nullptr; ++j) {
+      if (s_.ops[order[j]].stream == in.stream) gemm = &s_.ops[order[j]];
+    }
+    if (gemm == nullptr || !in.name.starts_with(gemm->name + "_")) continue;
+    const auto* gk = kernel_of(*gemm);
+    if (gk == nullptr ||
+        !(std::holds_alternative<schedule::Gemm>(*gk) || std::holds_alternative<schedule::GroupedGemm>(*gk)))
+      continue;
+    for (auto& [start, acts] : hits_[gemm->id].named) {
+      std::sort(acts.begin(), acts.end(),
+                [](const GpuActivity* a, const GpuActivity* b) { return a->start_ns < b->start_ns; });
+      std::size_t last_gemm = acts.size();
+      for (std::size_t k = acts.size(); k-- > 0 && last_gemm == acts.size();) {
+        if (gemm_activity(*acts[k])) last_gemm = k;
+      }
+      if (last_gemm == acts.size()) continue;  // no GEMM kernel in this step's range: nothing to tell apart
+      std::vector<const GpuActivity*> keep, moved;
+      for (std::size_t k = 0; k < acts.size(); ++k) {
+        (k < last_gemm && !gemm_activity(*acts[k]) ? moved : keep).push_back(acts[k]);
+      }
+      if (moved.empty()) continue;
+      acts = std::move(keep);
+      hits_[in.id].named[start] = std::move(moved);
+      split_ops_.insert(in.id);
+    }
   }
 }
 
@@ -521,6 +573,7 @@ void Matcher::write_records(const StepWindows& w, schedule::Trace& t, ImportRepo
       if (es.size() == steps) {
         ++rep.matched_ops;
         (h.named.empty() && h.waits.empty() ? rep.by_order_ops : rep.by_name_ops) += 1;
+        if (split_ops_.count(op.id)) ++rep.split_ops;
       } else {
         rep.unmatched_ops.push_back("rank " + std::to_string(op.rank) + " op " + std::to_string(op.id) + " " + op.name +
                                     ": matched in " + std::to_string(es.size()) + " of " + std::to_string(steps) +
@@ -594,6 +647,11 @@ void Matcher::describe(std::size_t steps, const ImportReport& rep, schedule::Tra
       "per op: first launch, first start and last end of the GPU activities matched to it in a step, relative to the "
       "step's first launch; medians over the steps in the trace";
   t.context["import.matched_ops"] = std::to_string(rep.matched_ops) + " of " + std::to_string(rep.ops);
+  if (rep.split_ops > 0) {
+    t.context["import.split_ops"] = std::to_string(rep.split_ops) +
+                                    " GEMM input ops (<gemm>_fp8_cast) timed from the non-GEMM kernels of their GEMM's "
+                                    "range before its last GEMM kernel";
+  }
   char rate[32];
   std::snprintf(rate, sizeof rate, "%.4f", rep.match_rate());
   t.context["import.gpu_time_matched"] = rate;
@@ -678,9 +736,10 @@ std::string format_report(const ImportReport& r, std::size_t max_rows) {
   char buf[512];
   std::string out;
   std::snprintf(buf, sizeof buf,
-                "matched %zu of %zu ops (%zu by range name, %zu by kind/shape/order) over %zu step(s)\n"
+                "matched %zu of %zu ops (%zu by range name, of them %zu from their GEMM's range; %zu by "
+                "kind/shape/order) over %zu step(s)\n"
                 "GPU time matched: %.3f of %.3f ms (%.1f %%)\n",
-                r.matched_ops, r.ops, r.by_name_ops, r.by_order_ops, r.steps, r.matched_gpu_time_s * 1e3,
+                r.matched_ops, r.ops, r.by_name_ops, r.split_ops, r.by_order_ops, r.steps, r.matched_gpu_time_s * 1e3,
                 r.gpu_time_s * 1e3, 100 * r.match_rate());
   out += buf;
   auto list = [&](const char* title, const std::vector<std::string>& rows) {

@@ -3,6 +3,8 @@
 // the IR's measured trace, so `compare` and `analyze` read it as they read the backend's. Matching, per rank:
 //   1. by name: an activity belongs to the op named like the innermost host range (record_function, NVTX) that was
 //      open when the host launched it (Megatron-style NVTX names or calibration/reference/torch_reference.py's);
+//   1b. a GEMM's input op (`<gemm>_fp8_cast`) with no range of its own: the non-GEMM kernels of its GEMM's range
+//      launched before the GEMM's last kernel (Transformer Engine casts inside the linear layer's range);
 //   2. by kind, shape and order, for activities outside any named range: GEMM kernels to GEMM ops of the shape
 //      their launching op's Input Dims give, attention kernels to attention ops, NCCL kernels to collectives of
 //      their kind, each to the earliest such op of the rank not yet matched.
@@ -26,6 +28,7 @@ struct ImportReport {
   std::size_t matched_ops = 0;   ///< Ops with at least one activity (or host wait) in every imported step.
   std::size_t by_name_ops = 0;   ///< Of those, matched through a named range.
   std::size_t by_order_ops = 0;  ///< Of those, matched by kind, shape and order.
+  std::size_t split_ops = 0;     ///< Of the by-name ones, GEMM input ops timed from their GEMM's range.
   std::size_t steps = 0;
   double gpu_time_s = 0;                          ///< GPU activity time inside the imported steps, all ranks.
   double matched_gpu_time_s = 0;                  ///< The part of it attributed to ops.

@@ -218,14 +218,35 @@ void RankLowering::finalize_and_optimize() {
     for (const auto& b : buckets(c)) shard += distopt ? b.numel / bucket_group(b) : b.numel;
   }
   host("host_optimizer", optimizer_host_ns(), Phase::kOptim);
-  elementwise("grad_norm", shard * k_.grad_bytes, Phase::kOptim);
+  // MCore's MixedPrecisionOptimizer.step(): prepare_grads() casts the main grads into the fp32 main params' grads
+  // (`main_grad.float()`: a kernel per tensor unless the main grads are fp32 already), the grad norm and the
+  // clipping then run on those fp32 grads, Adam steps the fp32 main params, and step_with_ready_grads() copies the
+  // main params into the model's working params (`_copy_main_params_to_model_params`). The `adam` op is the fused
+  // Adam pass alone. With lower-precision optimizer states (MCore's use_precision_aware_optimizer: Transformer
+  // Engine's FusedAdam keeps the master weights and writes the working params itself) the cast and the copy are
+  // not separate passes.
+  const bool default_path = x_.cfg->main_params_dtype == schedule::DType::kFP32 &&
+                            x_.cfg->exp_avg_dtype == schedule::DType::kFP32 &&
+                            x_.cfg->exp_avg_sq_dtype == schedule::DType::kFP32 && k_.act_bytes < 4;
+  const std::uint64_t main_grad_bytes = default_path ? 4 : k_.grad_bytes;
+  if (default_path && k_.grad_bytes < 4) {
+    elementwise("main_grad_cast", shard * (k_.grad_bytes + 4), Phase::kOptim);
+  }
+  elementwise("grad_norm", shard * main_grad_bytes, Phase::kOptim);
   if (x_.norm_of[rank_] != kNone) {
     const OpId ar = collective(x_.st.dp, "grad_norm_ar", CollectiveKind::kAllReduce, x_.norm_of[rank_], 4,
                                Phase::kOptim, true, {}, "", schedule::DType::kFP32);
     host_sync("grad_norm_item", ar, Phase::kOptim);  // clip_grad_norm: total_norm.item()
   }
-  elementwise("clip_grads", 2 * shard * k_.grad_bytes, Phase::kOptim);
+  elementwise("clip_grads", 2 * shard * main_grad_bytes, Phase::kOptim);
   kernel("adam", schedule::Optimizer{shard, k_.dtype}, Phase::kOptim);
+  if (default_path) {
+    std::uint64_t working = 0;  // the working params this rank's main params are copied into, in their dtypes
+    for (std::uint32_t c = 0; c < k_.vpp; ++c) {
+      for (const auto& b : buckets(c)) working += param_ag_bytes(b) / (distopt ? bucket_group(b) : 1);
+    }
+    elementwise("main_param_copy", shard * 4 + working, Phase::kOptim);
+  }
   if (distopt && !k_.param_overlap) {
     for (std::uint32_t c = 0; c < k_.vpp; ++c) {
       for (std::size_t b = 0; b < buckets(c).size(); ++b) {

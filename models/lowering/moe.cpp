@@ -180,7 +180,10 @@ void RankLowering::moe_experts_fwd(Phase ph) {
       fwd_module(
           "host_experts_fc1", ph,
           [&] {
-            fp8_cast("experts_fc1", n * k_.hidden, ph);
+            fp8_cast(
+                "experts_fc1",
+                n * k_.hidden + fp8_weight_cast_elements(k_.local_experts * k_.hidden * (k_.expert_ffn1 / k_.etp), ph),
+                ph);
             kernel("experts_fc1", grouped_linear(groups, k_.expert_ffn1 / k_.etp, k_.hidden, GemmRole::kFprop), ph);
           },
           Nodes::kOne);
@@ -188,7 +191,10 @@ void RankLowering::moe_experts_fwd(Phase ph) {
       fwd_module(
           "host_experts_fc2", ph,
           [&] {
-            fp8_cast("experts_fc2", n * (k_.expert_ffn / k_.etp), ph);
+            fp8_cast("experts_fc2",
+                     n * (k_.expert_ffn / k_.etp) +
+                         fp8_weight_cast_elements(k_.local_experts * (k_.expert_ffn / k_.etp) * k_.hidden, ph),
+                     ph);
             kernel("experts_fc2", grouped_linear(groups, k_.hidden, k_.expert_ffn / k_.etp, GemmRole::kFprop), ph);
           },
           Nodes::kOne);

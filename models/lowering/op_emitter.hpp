@@ -207,6 +207,14 @@ class OpEmitter {
     cast.after = what.after.empty() ? std::string_view("_fp8_cast") : std::string_view("_fp8_cast_");
     elementwise(cast, elements * per, ph, std::move(deps));
   }
+  /// The weight elements a forward fp8 cast also quantizes: Transformer Engine casts a linear layer's bf16 weight
+  /// (with its transposed copy and, with current scaling, its amax) on the first micro-batch of each step
+  /// (Megatron's is_first_microbatch) and reuses the fp8 copy for the step's later micro-batches and for
+  /// recomputation; none with fp8_param_gather (fp8 primary weights, cast by the optimizer's main-param copy).
+  [[nodiscard]] std::uint64_t fp8_weight_cast_elements(std::uint64_t weight_elements, Phase ph) const {
+    const bool first_forward = ph == Phase::kFwd && cur_mb_ == 0 && prefix_ != "recompute.";
+    return k_.fp8 && first_forward && !k_.fp8_param_gather ? weight_elements : 0;
+  }
   /// A linear layer's GEMM on the compute stream (role from the phase: forward, dgrad, wgrad), preceded by its
   /// fp8 cast where the run is fp8 (the wgrad GEMM reads the transposed copies the other casts made).
   OpId gemm(const Name& what, std::uint64_t m, std::uint64_t n, std::uint64_t kk, Phase ph, std::vector<OpId> deps = {},
@@ -217,7 +225,8 @@ class OpEmitter {
     OpId id = schedule::kNoOp;
     autograd_function([&] {  // a linear layer: one autograd node with its cast
       if (k_.fp8 && role != GemmRole::kWgrad) {
-        fp8_cast(what, m * kk, ph, std::move(deps));  // the GEMM follows it in stream order
+        const std::uint64_t weights = role == GemmRole::kFprop ? fp8_weight_cast_elements(n * kk, ph) : 0;
+        fp8_cast(what, m * kk + weights, ph, std::move(deps));  // the GEMM follows it in stream order
         deps.clear();
       }
       id = kernel(what, linear_gemm(m, n, kk, role), ph, std::move(deps), overlap);

@@ -441,6 +441,70 @@ TEST_CASE("import-trace: the grad zeroing's fills are one op, matched by kind wh
   CHECK(res.report.unmatched_activities[0].find("in range (none)") != std::string::npos);
 }
 
+TEST_CASE("import-trace: a GEMM's fp8 cast op is timed from the non-GEMM kernels of its GEMM's range") {
+  // Transformer Engine (and torch_reference.py) casts a linear layer's inputs inside the layer's range: the schedule's
+  // `<gemm>_fp8_cast` op has no range of its own. Its kernels (amax, cast) launched before the GEMM's kernel are its;
+  // the GEMM keeps its own launch (cuBLAS's memset, the GEMM) and what follows it (a main-grad add). An elementwise
+  // op not named after the GEMM that follows it gets nothing from that GEMM's range.
+  ts::Schedule s;
+  s.name = "fp8 casts";
+  s.world_size = 1;
+  s.ranks = {0};
+  s.streams = {{"compute", 0}};
+  auto gemm_op = [](ts::OpId id, const std::string& name) {
+    ts::Op op;
+    op.id = id;
+    op.name = name;
+    ts::Gemm g{64, 128, 32};
+    g.dtype = ts::DType::kFP8;
+    op.body = ts::Compute{g, 0};
+    return op;
+  };
+  s.ops = {elementwise_op(0, "L0.mb0.fwd.fc1_fp8_cast"), gemm_op(1, "L0.mb0.fwd.fc1"),
+           elementwise_op(2, "L0.mb0.fwd.swiglu"), gemm_op(3, "L0.mb0.fwd.fc2")};
+  auto scaled_mm = [](const std::string& name, twinstep::Nanos launch, twinstep::Nanos start, twinstep::Nanos end,
+                      const std::string& range, twinstep::Nanos range_start) {
+    ti::GpuActivity a = kernel(name, launch, start, end, range, range_start, "aten::_scaled_mm");
+    a.op.dims = {{64, 32}, {32, 128}};
+    return a;
+  };
+  ti::RankEvents r;
+  r.source = "fp8.json";
+  r.rank_known = true;
+  r.activities = {
+      kernel("triton_red_fused_abs_amax_0", 10, 100, 150, "L0.mb0.fwd.fc1", 5, "CompiledFxGraph"),
+      kernel("triton_poi_fused__to_copy_clamp_mul_1", 20, 170, 260, "L0.mb0.fwd.fc1", 5, "CompiledFxGraph"),
+      scaled_mm("Memset", 30, 270, 272, "L0.mb0.fwd.fc1", 5),
+      scaled_mm("nvjet_sm90_qqtst_128x256_128x4_2x1_v_bz_coopA_TNN", 31, 275, 700, "L0.mb0.fwd.fc1", 5),
+      kernel("vectorized_elementwise_kernel<CUDAFunctor_add>", 40, 700, 800, "L0.mb0.fwd.fc1", 5, "aten::add_"),
+      kernel("silu_mul_kernel", 50, 800, 850, "L0.mb0.fwd.fc2", 45, "aten::mul"),
+      scaled_mm("nvjet_sm90_qqtst_128x256_128x4_2x1_v_bz_coopA_TNN", 60, 860, 1000, "L0.mb0.fwd.fc2", 45)};
+  r.activities[4].op.start_ns = 39;
+  r.range_names = {"L0.mb0.fwd.fc1", "L0.mb0.fwd.fc2"};
+  const auto res = ti::import_trace(s, {r});
+  CHECK(res.report.matched_ops == 3);
+  CHECK(res.report.by_name_ops == 3);
+  CHECK(res.report.split_ops == 1);
+  CHECK(res.trace.context.count("import.split_ops") == 1);
+  // The step starts at the first launch (10).
+  const auto& cast = res.trace.records[0];
+  CHECK(cast.issue_ns == 0);
+  CHECK(cast.start_ns == 90);
+  CHECK(cast.end_ns == 250);
+  const auto& fc1 = res.trace.records[1];
+  CHECK(fc1.issue_ns == 20);
+  CHECK(fc1.start_ns == 260);
+  CHECK(fc1.end_ns == 790);
+  // swiglu is not fc2's input op: no record taken from fc2's range, which keeps all its kernels.
+  CHECK(res.trace.records[2].end_ns == res.trace.records[2].start_ns);
+  REQUIRE(res.report.unmatched_ops.size() == 1);
+  CHECK(res.report.unmatched_ops[0].find("L0.mb0.fwd.swiglu") != std::string::npos);
+  CHECK(res.trace.records[3].start_ns == 790);
+  CHECK(res.trace.records[3].end_ns == 990);
+  CHECK(res.report.match_rate() == Approx(1.0));
+  CHECK(ti::format_report(res.report).find("of them 1 from their GEMM's range") != std::string::npos);
+}
+
 TEST_CASE("import-trace: a trace of another layout is refused at its first range, shape or rank that differs") {
   // Issue 19 item 4, the refusals of a trace recorded for another model or layout that the fixtures above do not
   // hold: each names the source, the record and the mismatch.

@@ -72,13 +72,36 @@ TEST_CASE("models::lower: --dtype fp8 runs linear layers as fp8 GEMMs (e4m3 forw
   CHECK(twinstep::models::test::total_flops(fp8.schedule) ==
         Approx(twinstep::models::test::total_flops(bf16.schedule)).epsilon(1e-9));
   CHECK(count_ops(bf16.schedule, "_fp8_cast") == 0);
-  // fc1's forward cast: tokens x hidden elements, bf16 read + e4m3 row-wise and column-wise written (2 + 1 + 1 B).
+  // fc1's forward cast: tokens x hidden input elements and, on the step's first micro-batch, the rank's fc1 weight
+  // (hidden x 2 ffn / tp), bf16 read + e4m3 row-wise and column-wise written (2 + 1 + 1 B).
   const std::uint64_t fc1_in = c.seq_length * m.hidden_size;
-  CHECK(elementwise_bytes(fp8.schedule, "L0.mb0.fwd.fc1_fp8_cast") == fc1_in * 4);
+  const std::uint64_t fc1_w = m.hidden_size * 2 * m.ffn_hidden_size / 2;
+  CHECK(elementwise_bytes(fp8.schedule, "L0.mb0.fwd.fc1_fp8_cast") == (fc1_in + fc1_w) * 4);
   // Tensorwise (current) scaling reads the input once more for its amax.
   c.fp8_recipe = twinstep::models::Fp8Recipe::kTensorwise;
   const Lowered cur = lower(m, c);
-  CHECK(elementwise_bytes(cur.schedule, "L0.mb0.fwd.fc1_fp8_cast") == fc1_in * 6);
+  CHECK(elementwise_bytes(cur.schedule, "L0.mb0.fwd.fc1_fp8_cast") == (fc1_in + fc1_w) * 6);
   // A recipe Megatron has but the lowering does not model is refused where it is read.
   CHECK_THROWS_WITH(twinstep::models::parse_fp8_recipe("mxfp8", "fp8_recipe"), twinstep_contains("mxfp8"));
+}
+
+TEST_CASE("models::lower: --dtype fp8 casts each linear weight once a step, on the first micro-batch's forward",
+          "[lower][fp8]") {
+  // Transformer Engine quantizes a bf16 weight when is_first_microbatch (Megatron sets it per step) and reuses the
+  // fp8 copy for later micro-batches, recomputation and backward; fp8 primary weights (fp8_param_gather) need none.
+  const ModelSpec m = shrink(load_model("llama3-8b"), 2);
+  RunConfig c = config(1, 1, 1);
+  c.global_batch_size = 2;  // two micro-batches
+  c.dtype = sch::DType::kFP8;
+  c.recompute_granularity = RecomputeGranularity::kFull;
+  c.recompute_num_layers = 1;
+  const Lowered l = lower(m, c);
+  REQUIRE(problems(l.schedule).empty());
+  const std::uint64_t in = c.seq_length * m.hidden_size;  // qkv's input
+  const std::uint64_t w = m.hidden_size * (m.hidden_size + 2 * std::uint64_t{m.kv_channels} * m.num_query_groups);
+  CHECK(elementwise_bytes(l.schedule, "L0.mb0.fwd.qkv_fp8_cast") == (in + w) * 4);
+  CHECK(elementwise_bytes(l.schedule, "L0.mb1.fwd.qkv_fp8_cast") == in * 4);
+  CHECK(elementwise_bytes(l.schedule, "L0.mb0.recompute.qkv_fp8_cast") == in * 4);
+  CHECK(elementwise_bytes(l.schedule, "L0.mb0.bwd.qkv_dgrad_fp8_cast") ==
+        elementwise_bytes(l.schedule, "L0.mb1.bwd.qkv_dgrad_fp8_cast"));
 }
