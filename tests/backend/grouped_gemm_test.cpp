@@ -17,8 +17,8 @@
 #include "backend/handles.hpp"
 #include "backend/plan.hpp"
 #include "tests/backend/bf16.hpp"
-#include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
@@ -107,12 +107,13 @@ TEST_CASE("backend::grouped_gemm: unequal groups over the side streams match a h
 TEST_CASE("backend::execute: a grouped-GEMM op's record spans all its groups, over Transformer Engine's streams",
           "[backend][gpu]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  auto s = base(1, {{"compute", 0}});
+  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}});
   // Five full 4096^3 GEMMs (0.14 TFLOP each, each alone fills an H100) and an empty group, then one alone.
   const auto gg =
-      add(s, 0, 0, "grouped",
-          sch::Compute{sch::GroupedGemm{{4096, 4096, 0, 4096, 4096, 4096}, 4096, 4096, sch::DType::kBF16}, 0});
-  const auto after = add(s, 0, 0, "gemm.after", gemm(4096, 4096, 4096));
+      b.add(0, "grouped", 0,
+            sch::Compute{sch::GroupedGemm{{4096, 4096, 0, 4096, 4096, 4096}, 4096, 4096, sch::DType::kBF16}, 0});
+  const auto after = b.gemm(0, "gemm.after", 0, 4096, 4096, 4096);
+  const auto s = b.take();
   be::Options o;
   o.warmup_steps = 1;
   o.steps = 3;
