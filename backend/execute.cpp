@@ -19,6 +19,7 @@
 #include "backend/error.hpp"
 #include "backend/gemm.hpp"
 #include "backend/gemm_fp8.hpp"
+#include "backend/grouped_gemm.hpp"
 #include "backend/kernels.hpp"
 #include "backend/peer_link.hpp"
 #include "backend/peer_memory.hpp"
@@ -74,8 +75,9 @@ struct BoundOp {
   cublasHandle_t blas = nullptr;
   CudaEvent start, end;  // GPU ops only
   ncclComm_t comm = nullptr;
-  std::vector<GemmCall> gemms;  // GEMM and grouped-GEMM ops
-  struct Fp8Call {              // fp8 ones: the matmul and its operands
+  std::vector<GemmCall> gemms;     // GEMM and grouped-GEMM ops
+  std::vector<int> call_of_group;  // grouped-GEMM ops: per group, its call in `gemms` or `fp8` (-1: an empty group)
+  struct Fp8Call {                 // fp8 ones: the matmul and its operands
     Fp8Gemm gemm;
     const void* a;
     const void* b;
@@ -221,12 +223,15 @@ void Execution::bind_compute(const sch::Compute& c, BoundOp& b) {
     if (g->accumulate) accumulate_into_c(call);
     b.gemms.push_back(call);
   } else if (const auto* gg = std::get_if<sch::GroupedGemm>(&c.kernel)) {
-    // A loop of GEMMs over the groups, each on its own slice of A, B and C.
+    // One GEMM per group, each on its own slice of A, B and C, run over the side streams (grouped_gemm.hpp).
+    (void)im_.grouped();  // the side streams are made here, before any step
     const std::uint64_t e = sch::dtype_bytes(gg->dtype);
     const std::uint64_t ce = sch::gemm_c_bytes(gg->dtype, gg->accumulate_fp32);
     std::uint64_t row = 0;
     for (std::size_t i = 0; i < gg->m.size(); ++i) {
-      if (gg->m[i] > 0 && gg->dtype == sch::DType::kFP8) {
+      const bool fp8_group = gg->dtype == sch::DType::kFP8;
+      b.call_of_group.push_back(gg->m[i] == 0 ? -1 : static_cast<int>(fp8_group ? b.fp8.size() : b.gemms.size()));
+      if (gg->m[i] > 0 && fp8_group) {
         fp8(gg->m[i], gg->n, gg->k, gg->a_format, gg->b_format, gg->accumulate_fp32, gg->accumulate, row * gg->k,
             i * gg->k * gg->n, row * gg->n * ce);
       } else if (gg->m[i] > 0) {
@@ -418,11 +423,23 @@ void Execution::issue_compute(const sch::Compute& c, const BoundOp& b) {
   std::visit(
       [&](const auto& k) {
         using K = std::decay_t<decltype(k)>;
-        if constexpr (std::is_same_v<K, sch::Gemm> || std::is_same_v<K, sch::GroupedGemm>) {
+        if constexpr (std::is_same_v<K, sch::Gemm>) {
           for (const auto& g : b.gemms) run_gemm(b.blas, g);
           const float* scales = im_.fp8_scales();
           for (const auto& f : b.fp8)
             f.gemm.run(f.a, f.b, f.c, scales, scales + kFp8ScaleStride, b.workspace, b.stream);
+        } else if constexpr (std::is_same_v<K, sch::GroupedGemm>) {
+          const float* scales = im_.fp8_scales();
+          im_.grouped().run(b.stream, b.call_of_group.size(), [&](std::size_t g, const GroupedSideStream& side) {
+            const int call = b.call_of_group[g];
+            if (call < 0) return;
+            if (k.dtype == sch::DType::kFP8) {
+              const auto& f = b.fp8[static_cast<std::size_t>(call)];
+              f.gemm.run(f.a, f.b, f.c, scales, scales + kFp8ScaleStride, side.blas.workspace.get(), side.stream.get());
+            } else {
+              run_gemm(side.blas.handle.get(), b.gemms[static_cast<std::size_t>(call)]);
+            }
+          });
         } else if constexpr (std::is_same_v<K, sch::Attention>) {
           if (b.fused != nullptr) {
             im_.sdpa().run(*b.fused, b.sdpa, b.stream);
@@ -619,6 +636,17 @@ void Execution::write_context(sch::Trace& trace, const std::vector<std::string>&
                             : fallback        ? fallback_name
                                               : "none";
   if (im_.dev->sdpa) ctx["cudnn"] = im_.dev->sdpa->version();
+  // How the grouped-GEMM ops ran (grouped_gemm.hpp: Transformer Engine's multi-stream cuBLAS grouped GEMM).
+  std::size_t grouped_ops = 0, max_groups = 0;
+  for (const auto& op : s_.ops) {
+    if (const auto* c = std::get_if<sch::Compute>(&op.body)) {
+      if (const auto* gg = std::get_if<sch::GroupedGemm>(&c->kernel)) {
+        ++grouped_ops;
+        max_groups = std::max(max_groups, gg->m.size());
+      }
+    }
+  }
+  if (grouped_ops > 0) ctx["grouped_gemm"] = grouped_gemm_note(grouped_ops, max_groups);
   // What ran the send/recv transports other than nccl (peer_memory.hpp): as asked over peer-mapped memory, or
   // NCCL send/recv where two ranks cannot map each other; never hidden.
   const std::string ran = transport_ran_text(transports_ran(transports_.asked, s_));

@@ -29,6 +29,14 @@ CublasHandle make_cublas() {
   return CublasHandle(h);
 }
 
+BlasSlot make_blas_slot(std::uint64_t workspace_bytes) {
+  BlasSlot slot;
+  slot.handle = make_cublas();
+  slot.workspace = device_alloc(workspace_bytes);
+  TWINSTEP_CUBLAS_CHECK(cublasSetWorkspace(slot.handle.get(), slot.workspace.get(), workspace_bytes));
+  return slot;
+}
+
 DeviceMemory device_alloc(std::uint64_t bytes) {
   void* p = nullptr;
   TWINSTEP_CUDA_CHECK(cudaMalloc(&p, bytes));

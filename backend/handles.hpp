@@ -55,6 +55,14 @@ using IpcMapping = Handle<void*, &cudaIpcCloseMemHandle>;
 /// Destroyed with ncclCommDestroy; a communicator to abort is released first (abort_concurrently, watchdog.hpp).
 using NcclComm = Handle<ncclComm_t, &ncclCommDestroy>;
 
+/// A cuBLAS handle with its own workspace (one per stream); the handle goes before its workspace.
+struct BlasSlot {
+  DeviceMemory workspace;
+  CublasHandle handle;
+};
+
+/// A cuBLAS handle using a workspace of `workspace_bytes` of its own (its stream left to the caller).
+[[nodiscard]] BlasSlot make_blas_slot(std::uint64_t workspace_bytes);
 /// A non-blocking stream of the given priority (already clamped to the device's range).
 [[nodiscard]] CudaStream make_stream(int priority);
 [[nodiscard]] CudaEvent make_event();

@@ -100,13 +100,12 @@ CudnnSdpa& Runtime::Impl::sdpa() {
 }
 
 void Runtime::Impl::ensure_blas(std::size_t n) {
-  while (dev->blas.size() < n) {
-    BlasSlot slot;
-    slot.handle = make_cublas();
-    slot.workspace = device_alloc(kCublasWorkspaceBytes);
-    TWINSTEP_CUBLAS_CHECK(cublasSetWorkspace(slot.handle.get(), slot.workspace.get(), kCublasWorkspaceBytes));
-    dev->blas.push_back(std::move(slot));
-  }
+  while (dev->blas.size() < n) dev->blas.push_back(make_blas_slot(kCublasWorkspaceBytes));
+}
+
+const GroupedGemmStreams& Runtime::Impl::grouped() {
+  if (!dev->grouped) dev->grouped = std::make_unique<GroupedGemmStreams>();
+  return *dev->grouped;
 }
 
 void Runtime::Impl::ensure_world() {

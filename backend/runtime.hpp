@@ -13,6 +13,7 @@
 #include "backend/channels.hpp"
 #include "backend/executor.hpp"
 #include "backend/gpu_monitor.hpp"
+#include "backend/grouped_gemm.hpp"
 #include "backend/handles.hpp"
 #include "backend/mpi_group.hpp"
 #include "backend/plan.hpp"
@@ -29,22 +30,17 @@ struct PoolBuffer {
   [[nodiscard]] void* ptr() const { return device ? device.get() : pinned.get(); }
 };
 
-/// A cuBLAS handle with its own workspace (one per stream); the handle goes before its workspace.
-struct BlasSlot {
-  DeviceMemory workspace;
-  CublasHandle handle;
-};
-
 /// Every device resource a Runtime keeps across runs. The destructor first waits for the device, then the members
-/// go in reverse order: channel communicators, the world communicator, cuBLAS, buffers, the warm-up buffer, the
-/// internal stream.
+/// go in reverse order: channel communicators, the world communicator, fused attention, cuBLASLt, the grouped GEMMs'
+/// side streams, cuBLAS, buffers, the warm-up buffer, the internal stream.
 struct DeviceResources {
   CudaStream aux;     ///< Internal stream: buffer fills, connection warm-ups, the step origin event.
   DeviceMemory warm;  ///< kWarmBytes for connection warm-up exchanges.
   std::array<PoolBuffer, kRoles> pool{};
   std::vector<BlasSlot> blas;
-  CublasLtHandle lt;                ///< FP8 GEMMs (gemm_fp8.hpp); made by the first that runs.
-  DeviceMemory fp8_scales;          ///< Their per-tensor scales, 1: A's at 0, B's at kFp8ScaleStride.
+  std::unique_ptr<GroupedGemmStreams> grouped;  ///< Side streams of the grouped GEMMs; made by the first that runs.
+  CublasLtHandle lt;                            ///< FP8 GEMMs (gemm_fp8.hpp); made by the first that runs.
+  DeviceMemory fp8_scales;                      ///< Their per-tensor scales, 1: A's at 0, B's at kFp8ScaleStride.
   std::unique_ptr<CudnnSdpa> sdpa;  ///< Fused attention's handle, plans and workspace; made by the first that runs.
   NcclComm world;                   ///< Created by the first schedule with an NCCL op (Impl::ensure_world).
   std::map<std::string, NcclComm> channels;  ///< By CommChannel::key; empty where this rank is not a member.
@@ -80,6 +76,8 @@ struct Runtime::Impl {
   [[nodiscard]] const float* fp8_scales();
   /// The fused attention state (made on first use; a build without cuDNN never asks).
   [[nodiscard]] CudnnSdpa& sdpa();
+  /// The grouped GEMMs' side streams (made on first use).
+  [[nodiscard]] const GroupedGemmStreams& grouped();
   /// At least `n` cuBLAS handles, each with a kCublasWorkspaceBytes workspace.
   void ensure_blas(std::size_t n);
   /// The world communicator, created on first use. Collective over the group.

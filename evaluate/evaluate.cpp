@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -83,9 +84,20 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   t0 = Clock::now();
   out.breakdown = schedule::analyze(trace, matching);
   if (phases != nullptr) phases->analyze_s += seconds_since(t0);
+  // Every micro-batch and layer repeats a few shapes: a shape's solo time is looked up once (kernel_cost is pure),
+  // except for ops whose stem has its own efficiency table (their cost depends on the name too).
   double solo = 0;
+  std::unordered_map<schedule::Compute, double, sim::ComputeHash> solo_by_shape;
   for (const auto& op : trace.schedule.ops) {
-    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) solo += costs.kernel_cost(*c, op.name).solo_time_s();
+    const auto* c = std::get_if<schedule::Compute>(&op.body);
+    if (c == nullptr) continue;
+    if (costs.op_table(op.name) != nullptr) {
+      solo += costs.kernel_cost(*c, op.name).solo_time_s();
+      continue;
+    }
+    auto it = solo_by_shape.find(*c);
+    if (it == solo_by_shape.end()) it = solo_by_shape.emplace(*c, costs.kernel_cost(*c).solo_time_s()).first;
+    solo += it->second;
   }
   const auto ranks = trace.schedule.ranks.size();
   out.solo_compute_s = ranks == 0 ? 0.0 : solo / static_cast<double>(ranks);

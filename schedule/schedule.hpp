@@ -43,7 +43,7 @@ enum class DType : std::uint8_t { kBF16, kFP16, kFP32, kFP8, kInt64, kInt32 };
   return 0;
 }
 
-// ---- compute kernels: class and shape; FLOPs and bytes follow (schedule/costs.hpp) ----
+// ---- compute kernels: class and shape; FLOPs and bytes follow (schedule/kernel_math.hpp) ----
 
 /// Element format of an fp8 GEMM operand: e4m3 (weights and activations) or e5m2 (gradients, whose range needs
 /// the wider exponent), as Transformer Engine's HYBRID recipe assigns them.

@@ -26,6 +26,7 @@
 #include "common/hash.hpp"
 #include "schedule/json.hpp"
 #include "sim/connections.hpp"
+#include "sim/resource_model.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::sim {

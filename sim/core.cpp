@@ -11,6 +11,7 @@
 #include "common/error.hpp"
 #include "schedule/matching.hpp"
 #include "schedule/op_kind.hpp"
+#include "sim/resource_model.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::sim {

@@ -42,6 +42,7 @@
 // The later additions are optional, so every schema-1 file reads as before. profile_to_json() writes the same
 // format (calibration/fit.cpp's output), and profile_warnings() says what a profile leaves to the datasheet.
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
@@ -306,32 +307,38 @@ void read_launch(const Reader& r, const Json& launch, Profile& p) {
   }
 }
 
-/// "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table": how the compute tables are read.
+/// The profile's two-way switches of how compute tables are read: each JSON key, the spelling that sets its field
+/// and the one that clears it, and the fix an error names. read_table_conventions reads them, profile_to_json writes
+/// them, both from this table.
+struct TableSwitch {
+  const char* key;
+  const char* on;
+  const char* off;
+  const char* choices;
+  bool Profile::*field;
+};
+const std::array<TableSwitch, 3> kTableSwitches{{
+    {"memory_tables", "bytes", "flops", "use \"bytes\" or \"flops\"", &Profile::memory_tables_by_bytes},
+    {"attention_causal_work", "full", "half",
+     "use \"half\" (causal kernels skip masked blocks) or \"full\" (the whole score matrix is computed)",
+     &Profile::attention_full_scores},
+    {"grouped_gemm_table", "per_group", "total",
+     "use \"per_group\" (the table is over FLOPs per non-empty group) or \"total\" (over total FLOPs)",
+     &Profile::grouped_gemm_per_group},
+}};
+
+/// "kernel_floor" and the switches of kTableSwitches: how the compute tables are read.
 void read_table_conventions(const Reader& r, const Json& j, Profile& p) {
   if (j.contains("kernel_floor")) {
     p.kernel_floor_s = r.quantity(j["kernel_floor"], "/kernel_floor", Dimension::kTime);
     if (p.kernel_floor_s < 0 || p.kernel_floor_s > 1e-3) r.fail("/kernel_floor", "must be in [0, 1 ms]");
   }
-  if (j.contains("memory_tables")) {
-    const std::string m = j["memory_tables"].is_string() ? j["memory_tables"].get<std::string>() : "";
-    if (m != "bytes" && m != "flops") r.fail("/memory_tables", "use \"bytes\" or \"flops\"");
-    p.memory_tables_by_bytes = m == "bytes";
-  }
-  if (j.contains("attention_causal_work")) {
-    const std::string m = j["attention_causal_work"].is_string() ? j["attention_causal_work"].get<std::string>() : "";
-    if (m != "full" && m != "half") {
-      r.fail("/attention_causal_work",
-             "use \"half\" (causal kernels skip masked blocks) or \"full\" (the whole score matrix is computed)");
-    }
-    p.attention_full_scores = m == "full";
-  }
-  if (j.contains("grouped_gemm_table")) {
-    const std::string m = j["grouped_gemm_table"].is_string() ? j["grouped_gemm_table"].get<std::string>() : "";
-    if (m != "per_group" && m != "total") {
-      r.fail("/grouped_gemm_table",
-             "use \"per_group\" (the table is over FLOPs per non-empty group) or \"total\" (over total FLOPs)");
-    }
-    p.grouped_gemm_per_group = m == "per_group";
+  for (const TableSwitch& sw : kTableSwitches) {
+    if (!j.contains(sw.key)) continue;
+    const Json& v = j[sw.key];
+    const std::string m = v.is_string() ? v.get<std::string>() : "";
+    if (m != sw.on && m != sw.off) r.fail(std::string("/") + sw.key, sw.choices);
+    p.*sw.field = m == sw.on;
   }
 }
 
@@ -470,9 +477,7 @@ std::string profile_to_json(const Profile& p) {
     for (const auto& [stem, table] : p.op_compute) ops[stem] = table_json(table);
     j["op_compute"] = ops;
   }
-  j["memory_tables"] = p.memory_tables_by_bytes ? "bytes" : "flops";
-  j["attention_causal_work"] = p.attention_full_scores ? "full" : "half";
-  j["grouped_gemm_table"] = p.grouped_gemm_per_group ? "per_group" : "total";
+  for (const TableSwitch& sw : kTableSwitches) j[sw.key] = p.*sw.field ? sw.on : sw.off;
   if (!is_missing(p, "memory_efficiency")) j["memory_efficiency"] = p.memory_efficiency;
   j["kernel_floor"] = p.kernel_floor_s;
   Json launch = Json::object();

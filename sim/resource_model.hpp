@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "common/units.hpp"
 #include "schedule/matching.hpp"
 #include "schedule/schedule.hpp"
+#include "schedule/trace.hpp"
 #include "sim/cost_model.hpp"
 #include "topologies/cluster.hpp"
 
@@ -77,5 +79,28 @@ class GpuSharingModel : public ResourceModel {
 
 /// The analytic model (sim/analytic_model.cpp) with communication timed by the caller.
 [[nodiscard]] std::unique_ptr<GpuSharingModel> make_gpu_sharing_model(const SimContext& ctx);
+
+// ---- the simulator's internals behind sim/simulate.hpp (simulate.cpp, core.cpp, the resource models) ----
+
+/// Runs the IR semantics (DESIGN.md rules 1-4) against `model` and fills the records (one per op, by op id).
+/// Throws twinstep::Error naming the blocked op of every rank if the run deadlocks.
+[[nodiscard]] std::vector<schedule::OpRecord> run_semantics(const SimContext& ctx, ResourceModel& model);
+
+/// The analytic resource model: solo costs from `ctx.costs`, SM/HBM sharing on each GPU, fair NIC sharing.
+[[nodiscard]] std::unique_ptr<ResourceModel> make_analytic_model(const SimContext& ctx);
+
+/// The SimGrid flow model: comms as max-min shared flows on the cluster's links, compute as in the analytic model.
+/// SimGrid allows one engine per process: a second call in one process throws. simulate() runs it in a forked
+/// child; call this directly only in a process of its own. Throws Error when the build has no SimGrid.
+[[nodiscard]] std::unique_ptr<ResourceModel> make_flow_model(const SimContext& ctx);
+
+/// Runs `work` (the flow simulation) in a forked child process and returns its records, piped back. The child dies
+/// with this process (die_with_parent: no orphan keeps its memory after a timeout or Ctrl-C). Its errors come back as
+/// the same Error / NotFeasibleError. A child killed by a signal throws an error naming the signal, the child's peak
+/// memory (wait4's ru_maxrss) and the size of `schedule` (ops, ranks): NotFeasibleError (exit 3) for SIGKILL, what
+/// the out-of-memory killer sends, with the fix (--fidelity analytic, fewer ranks, symmetry reduction); Error with
+/// ExitCode::kInternal (exit 1) for any other signal (a crash).
+[[nodiscard]] std::vector<schedule::OpRecord> run_in_child(const std::function<std::vector<schedule::OpRecord>()>& work,
+                                                           const schedule::Schedule& schedule);
 
 }  // namespace twinstep::sim

@@ -20,6 +20,7 @@
 #include "common/process.hpp"
 #include "common/units.hpp"
 #include "schedule/matching.hpp"
+#include "sim/resource_model.hpp"
 
 namespace twinstep::sim {
 

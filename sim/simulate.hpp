@@ -2,20 +2,19 @@
 // (producer "sim"), which schedule::analyze turns into step time and breakdown. The IR semantics live once in
 // sim/core.cpp; a resource model times the activities: analytic (sim/analytic_model.cpp) or flow (SimGrid,
 // sim/engine/, built when SimGrid is found). Reduced schedules (a subset of world's ranks) are simulated as is:
-// absent members of a communicator mirror the present ones.
+// absent members of a communicator mirror the present ones. The public header of sim/ (with sim/cost_model.hpp); the
+// internals (the core's interface to the resource models, the models' factories, the child process) are in
+// sim/resource_model.hpp, included only inside sim/ and by its tests.
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <map>
-#include <memory>
 #include <string>
 #include <string_view>
 
 #include "schedule/matching.hpp"
 #include "schedule/trace.hpp"
 #include "sim/cost_model.hpp"
-#include "sim/resource_model.hpp"
 #include "topologies/cluster.hpp"
 
 namespace twinstep::sim {
@@ -93,32 +92,11 @@ struct Options {
   Timings* timings = nullptr;
 };
 
-/// Runs the IR semantics (DESIGN.md rules 1-4) against `model` and fills the records (one per op, by op id).
-/// Throws twinstep::Error naming the blocked op of every rank if the run deadlocks.
-[[nodiscard]] std::vector<schedule::OpRecord> run_semantics(const SimContext& ctx, ResourceModel& model);
-
-/// The analytic resource model: solo costs from `ctx.costs`, SM/HBM sharing on each GPU, fair NIC sharing.
-[[nodiscard]] std::unique_ptr<ResourceModel> make_analytic_model(const SimContext& ctx);
-
 /// Whether this build has the SimGrid flow model (TWINSTEP_SIMGRID found simgrid >= 3.32 at configure time).
 [[nodiscard]] bool flow_model_available();
 
 /// "SimGrid 3.32" (the engine the flow model was built against), or "" without it.
 [[nodiscard]] std::string flow_engine_version();
-
-/// The SimGrid flow model: comms as max-min shared flows on the cluster's links, compute as in the analytic model.
-/// SimGrid allows one engine per process: a second call in one process throws. simulate() runs it in a forked
-/// child; call this directly only in a process of its own. Throws Error when the build has no SimGrid.
-[[nodiscard]] std::unique_ptr<ResourceModel> make_flow_model(const SimContext& ctx);
-
-/// Runs `work` (the flow simulation) in a forked child process and returns its records, piped back. The child dies
-/// with this process (die_with_parent: no orphan keeps its memory after a timeout or Ctrl-C). Its errors come back as
-/// the same Error / NotFeasibleError. A child killed by a signal throws an error naming the signal, the child's peak
-/// memory (wait4's ru_maxrss) and the size of `schedule` (ops, ranks): NotFeasibleError (exit 3) for SIGKILL, what
-/// the out-of-memory killer sends, with the fix (--fidelity analytic, fewer ranks, symmetry reduction); Error with
-/// ExitCode::kInternal (exit 1) for any other signal (a crash).
-[[nodiscard]] std::vector<schedule::OpRecord> run_in_child(const std::function<std::vector<schedule::OpRecord>()>& work,
-                                                           const schedule::Schedule& schedule);
 
 /// The default fidelity of predict, simulate and sweep alike: analytic (flow is asked for by name).
 [[nodiscard]] Fidelity default_fidelity();

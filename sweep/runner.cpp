@@ -426,12 +426,15 @@ class Recorder {
 /// gives, recorded at once. The costliest points first (ties in point order): a large point started last would run
 /// alone at the end. When pruning, the cheapest first instead: they set a best step time early, and the costly ones
 /// that cannot beat it are pruned rather than simulated.
-std::vector<std::size_t> runnable_in_order(const std::vector<Point>& points, bool prune, Recorder& rec,
+std::vector<std::size_t> runnable_in_order(const std::vector<Point>& points, const RunOptions& options, Recorder& rec,
                                            std::vector<double>& cost) {
+  const bool prune = options.prune;
+  TWINSTEP_ASSERT(options.rejections == nullptr || options.rejections->size() == points.size(),
+                  "run_sweep: %zu rejection reasons for %zu points", options.rejections->size(), points.size());
   std::vector<std::size_t> runnable;
   for (std::size_t i = 0; i < points.size(); ++i) {
     if (rec.done(i)) continue;
-    const std::string reason = rejection_reason(points[i]);
+    const std::string reason = options.rejections != nullptr ? (*options.rejections)[i] : rejection_reason(points[i]);
     if (!reason.empty()) {
       rec.record(i, status_line(points[i], PointStatus::kInvalid, reason));
     } else {
@@ -629,7 +632,7 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   write_file_atomic(options.output, sorted_lines(resumed.file_lines));
   Recorder rec(points, options, resumed, st);
   std::vector<double> cost(points.size(), 0.0);  // estimated, for the order of the workers' points and the ETA
-  const std::vector<std::size_t> order = runnable_in_order(points, options.prune, rec, cost);
+  const std::vector<std::size_t> order = runnable_in_order(points, options, rec, cost);
   {
     WorkerPool pool(points, options, wanted, rec, cost, order);
     pool.run();

@@ -111,6 +111,9 @@ struct RunOptions {
   /// which evaluate_point prunes it. Which points are pruned depends on the order in which workers finish; a pruned
   /// point is never one that would have ranked first.
   bool prune = false;
+  /// When set, one entry per point: what rejection_reason gave it, computed by the caller already (`twinstep sweep`
+  /// counts them before running); run_sweep then does not compute them again (they are most of its start-up).
+  const std::vector<std::string>* rejections = nullptr;
 };
 
 struct RunStats {

@@ -12,6 +12,7 @@
 
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace sch = twinstep::schedule;
 namespace be = twinstep::backend;
@@ -43,20 +44,14 @@ int main(int argc, char** argv) {
   std::printf("%8s %10s %10s %12s %10s %10s %16s\n", "seq", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_TF/s", "bwd_TF/s",
               "kernel");
   for (const std::uint64_t seq : seqs) {
-    sch::Schedule s;
-    s.name = "attention_bench";
-    s.world_size = 1;
-    s.ranks = {0};
-    s.streams = {{"compute", 0}};
+    twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "attention_bench");
     for (int i = 0; i < 2 * pairs; ++i) {
-      sch::Op op;
-      op.id = static_cast<sch::OpId>(i);
       const bool bwd = i % 2 == 1;
-      op.name = std::string(bwd ? "bwd." : "fwd.") + std::to_string(seq) + "." + std::to_string(i / 2);
-      op.body =
-          sch::Compute{sch::Attention{batch, heads_q, heads_kv, seq, seq, head_dim, !full, bwd, sch::DType::kBF16}, 0};
-      s.ops.push_back(op);
+      b.add(
+          0, std::string(bwd ? "bwd." : "fwd.") + std::to_string(seq) + "." + std::to_string(i / 2), 0,
+          sch::Compute{sch::Attention{batch, heads_q, heads_kv, seq, seq, head_dim, !full, bwd, sch::DType::kBF16}, 0});
     }
+    const sch::Schedule& s = b.schedule();
     be::Options probe;
     probe.warmup_steps = 1;
     probe.steps = 1;

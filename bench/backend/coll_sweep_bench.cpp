@@ -10,6 +10,7 @@
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
 #include "common/units.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace sch = twinstep::schedule;
 namespace be = twinstep::backend;
@@ -17,21 +18,10 @@ namespace be = twinstep::backend;
 namespace {
 
 sch::Schedule sweep_schedule(const std::string& kind, std::uint32_t world, std::uint64_t bytes, int iters) {
-  sch::Schedule s;
-  s.name = "coll_sweep." + kind;
-  s.world_size = world;
-  for (std::uint32_t r = 0; r < world; ++r) s.ranks.push_back(r);
-  s.streams = {{"comm", 0}};
-  sch::Communicator c{"world", "world", {}};
-  for (std::uint32_t r = 0; r < world; ++r) c.members.push_back(r);
-  s.communicators.push_back(c);
-  auto push = [&](sch::RankId r, sch::Body b) {
-    sch::Op op;
-    op.id = static_cast<sch::OpId>(s.ops.size());
-    op.rank = r;
-    op.name = kind + "." + std::to_string(op.id);
-    op.body = std::move(b);
-    s.ops.push_back(std::move(op));
+  twinstep::testing::ScheduleBuilder b(world, {{"comm", 0}}, "coll_sweep." + kind);
+  b.world();
+  auto push = [&](sch::RankId r, sch::Body body) {
+    b.add(r, kind + "." + std::to_string(b.next_id()), 0, std::move(body));
   };
   for (int i = 0; i < iters; ++i) {
     for (std::uint32_t r = 0; r < world; ++r) {
@@ -54,7 +44,7 @@ sch::Schedule sweep_schedule(const std::string& kind, std::uint32_t world, std::
       push(r, col);
     }
   }
-  return s;
+  return b.take();
 }
 
 double bus_factor(const std::string& kind, double n) {

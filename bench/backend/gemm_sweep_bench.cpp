@@ -12,6 +12,7 @@
 
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace sch = twinstep::schedule;
 namespace be = twinstep::backend;
@@ -47,20 +48,13 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "bad shape %s (want MxNxK)\n", shape.c_str());
       return 2;
     }
-    sch::Schedule s;
-    s.name = "gemm_sweep";
-    s.world_size = 1;
-    s.ranks = {0};
-    s.streams = {{"compute", 0}};
+    twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "gemm_sweep");
     for (int i = 0; i < iters; ++i) {
-      sch::Op op;
-      op.id = static_cast<sch::OpId>(i);
-      op.name = "gemm." + shape + "." + std::to_string(i);
       sch::Gemm g{m, n, k, 1, dtype == "fp8" ? sch::DType::kFP8 : sch::DType::kBF16};
       if (a_format == "e5m2") g.a_format = sch::Fp8Format::kE5M2;
-      op.body = sch::Compute{g, 0};
-      s.ops.push_back(op);
+      b.add(0, "gemm." + shape + "." + std::to_string(i), 0, sch::Compute{g, 0});
     }
+    const sch::Schedule& s = b.schedule();
     be::Options probe;
     probe.warmup_steps = 1;
     probe.steps = 1;

@@ -12,6 +12,7 @@
 
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 cudaError_t twinstep_bench_launch_empty(cudaStream_t stream);
 
@@ -54,18 +55,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   be::Runtime rt(be::ProcessGroup::kSelf);
-  sch::Schedule s;
-  s.name = "issue_overhead";
-  s.world_size = 1;
-  s.ranks = {0};
-  s.streams = {{"compute", 0}};
-  for (int i = 0; i < n; ++i) {
-    sch::Op op;
-    op.id = static_cast<sch::OpId>(i);
-    op.name = "empty." + std::to_string(i);
-    op.body = sch::Compute{sch::Elementwise{0, 0}, 0};
-    s.ops.push_back(op);
-  }
+  twinstep::testing::ScheduleBuilder builder(1, {{"compute", 0}}, "issue_overhead");
+  for (int i = 0; i < n; ++i) builder.add(0, "empty." + std::to_string(i), 0, twinstep::testing::elementwise_kernel(0));
+  const sch::Schedule& s = builder.schedule();
 
   cudaStream_t stream = nullptr;
   check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");

@@ -19,6 +19,7 @@
 #include "bench/backend/bench_util.hpp"
 #include "common/error.hpp"
 #include "schedule/json.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace sch = twinstep::schedule;
 namespace be = twinstep::backend;
@@ -32,29 +33,17 @@ void check(cudaError_t st, const char* what) {
 }
 
 sch::Schedule ring_schedule(sch::Transport transport, std::uint32_t sms, std::uint64_t bytes, int rounds) {
-  sch::Schedule s;
-  s.name = std::string("ring_exchange.") + sch::transport_name(transport);
-  s.world_size = 2;
-  s.ranks = {0, 1};
-  s.streams = {{"compute", 0}, {"tx", -1}, {"rx", -1}};
-  s.communicators.push_back(sch::Communicator{"tp", "tp", {0, 1}});
+  twinstep::testing::ScheduleBuilder b(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}},
+                                       std::string("ring_exchange.") + sch::transport_name(transport));
+  const sch::CommId tp = b.comm("tp", "tp", {0, 1});
   const std::uint32_t sm_count = transport == sch::Transport::kSmKernel ? sms : 0;
-  auto push = [&](sch::RankId r, sch::StreamId stream, std::string name, sch::Body b) {
-    sch::Op op;
-    op.id = static_cast<sch::OpId>(s.ops.size());
-    op.rank = r;
-    op.stream = stream;
-    op.name = std::move(name);
-    op.body = std::move(b);
-    s.ops.push_back(std::move(op));
-  };
   for (int k = 0; k < rounds; ++k) {
     for (sch::RankId r = 0; r < 2; ++r) {
-      push(r, 1, "send." + std::to_string(k), sch::Send{0, 1 - r, bytes, 0, transport, sm_count});
-      push(r, 2, "recv." + std::to_string(k), sch::Recv{0, 1 - r, bytes, 0, transport, sm_count});
+      b.add(r, "send." + std::to_string(k), 1, sch::Send{tp, 1 - r, bytes, 0, transport, sm_count});
+      b.add(r, "recv." + std::to_string(k), 2, sch::Recv{tp, 1 - r, bytes, 0, transport, sm_count});
     }
   }
-  return s;
+  return b.take();
 }
 
 std::vector<std::uint64_t> sizes(std::uint64_t lo, std::uint64_t hi, std::uint64_t factor) {

@@ -50,6 +50,7 @@
 #include "common/error.hpp"
 #include "schedule/matching.hpp"
 #include "sim/connections.hpp"
+#include "sim/resource_model.hpp"
 #include "sim/simulate.hpp"
 
 namespace twinstep::sim {

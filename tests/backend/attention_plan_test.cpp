@@ -8,11 +8,12 @@
 #include "backend/plan.hpp"
 #include "backend/sdpa.hpp"
 #include "schedule/kernel_math.hpp"
-#include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
+using twinstep::testing::ScheduleBuilder;
 
 namespace {
 
@@ -129,9 +130,11 @@ TEST_CASE("backend::attention_kernel: cuDNN's fused attention takes the shapes i
 }
 
 TEST_CASE("backend::required_device_bytes: the fused attention's buffers replace the score matrix", "[backend]") {
-  auto s = twinstep::backend::test::base(1, {{"compute", 0}});
+  ScheduleBuilder sb(1, {{"compute", 0}});
+  sb.world();
+  auto& s = sb.schedule();
   const sch::Attention a{1, 32, 8, 8192, 8192, 128, true, true, sch::DType::kBF16};
-  twinstep::backend::test::add(s, 0, 0, "attn", sch::Compute{a, 0});
+  sb.add(0, "attn", 0, sch::Compute{a, 0});
   const std::uint64_t q = 32ull * 8192 * 128 * 2, kv = 8ull * 8192 * 128 * 2, stats = 32ull * 8192 * 4;
   const std::uint64_t fused = 4 * q + 4 * kv + stats + be::kCublasWorkspaceBytes;  // Q O dO dQ, K V dK dV
   const be::AttentionBufferBytes fb = be::attention_buffer_bytes(a);

@@ -25,18 +25,19 @@
 #include "common/error.hpp"
 #include "schedule/json.hpp"
 #include "tests/backend/bf16.hpp"
-#include "tests/backend/schedule_builder.hpp"
+#include "tests/backend/ring_exchange.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
-using twinstep::backend::test::add;
-using twinstep::backend::test::base;
-using twinstep::backend::test::elementwise;
 using twinstep::backend::test::from_bf16;
-using twinstep::backend::test::gemm;
 using twinstep::backend::test::ring_exchange;
 using twinstep::backend::test::to_bf16;
+using twinstep::testing::elementwise_kernel;
+using twinstep::testing::gemm_kernel;
+using twinstep::testing::layer_tag;
+using twinstep::testing::ScheduleBuilder;
 
 namespace {
 
@@ -134,11 +135,13 @@ TEST_CASE("backend::execute: every collective kind and send/recv match a host re
     WARN("needs two ranks: run under mpirun -np 2");
     return;
   }
-  auto s = base(2);
+  ScheduleBuilder sb(2);
+  sb.world();
+  auto& s = sb.schedule();
   int key = 0;
   auto both = [&](const std::string& name, auto make) {
     ++key;
-    for (sch::RankId r = 0; r < 2; ++r) add(s, r, 1, name, make(r), {}, key);
+    for (sch::RankId r = 0; r < 2; ++r) sb.add(r, name, 1, make(r), {}, layer_tag(key));
   };
   const std::uint64_t kBytes = 3u << 20;  // 3 MiB: several NCCL chunks, not a power of two
   using CK = sch::CollectiveKind;
@@ -152,11 +155,11 @@ TEST_CASE("backend::execute: every collective kind and send/recv match a host re
   });
   both("bc", [&](sch::RankId) { return sch::Collective{CK::kBroadcast, 0, kBytes, sch::DType::kFP32, {}, 1}; });
   ++key;
-  add(s, 0, 1, "p2p.a", sch::Send{0, 1, 1u << 20, 0}, {}, key);
-  add(s, 1, 1, "p2p.a", sch::Recv{0, 0, 1u << 20, 0}, {}, key);
+  sb.add(0, "p2p.a", 1, sch::Send{0, 1, 1u << 20, 0}, {}, layer_tag(key));
+  sb.add(1, "p2p.a", 1, sch::Recv{0, 0, 1u << 20, 0}, {}, layer_tag(key));
   ++key;
-  add(s, 1, 1, "p2p.b", sch::Send{0, 0, 12345 * 4, 1}, {}, key);
-  add(s, 0, 1, "p2p.b", sch::Recv{0, 1, 12345 * 4, 1}, {}, key);
+  sb.add(1, "p2p.b", 1, sch::Send{0, 0, 12345 * 4, 1}, {}, layer_tag(key));
+  sb.add(0, "p2p.b", 1, sch::Recv{0, 1, 12345 * 4, 1}, {}, layer_tag(key));
 
   ReferenceHook hook(s, rt.rank());
   be::Options o;
@@ -171,14 +174,16 @@ TEST_CASE("backend::execute: every collective kind and send/recv match a host re
 
 TEST_CASE("backend::execute: deps, stream FIFO order and host_sync hold in the measured trace", "[backend][gpu]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  auto s = base(1, {{"compute", 0}, {"side", -1}});
-  const auto a = add(s, 0, 0, "a.gemm", gemm(8192, 8192, 8192));
-  const auto b = add(s, 0, 1, "b.elem.after_a", elementwise(1ull << 28), {a});
-  const auto c = add(s, 0, 0, "c.gemm", gemm(4096, 4096, 4096));
-  const auto d = add(s, 0, 1, "d.elem.fifo_after_b", elementwise(1ull << 28));
-  const auto h = add(s, 0, 0, "h.sync_on_d", sch::HostSync{d});
-  const auto w = add(s, 0, 0, "w.host", sch::Host{200'000});
-  const auto e = add(s, 0, 0, "e.gemm.after_sync", gemm(2048, 2048, 2048));
+  ScheduleBuilder sb(1, {{"compute", 0}, {"side", -1}});
+  sb.world();
+  auto& s = sb.schedule();
+  const auto a = sb.add(0, "a.gemm", 0, gemm_kernel(8192, 8192, 8192));
+  const auto b = sb.add(0, "b.elem.after_a", 1, elementwise_kernel(1ull << 28), {a});
+  const auto c = sb.add(0, "c.gemm", 0, gemm_kernel(4096, 4096, 4096));
+  const auto d = sb.add(0, "d.elem.fifo_after_b", 1, elementwise_kernel(1ull << 28));
+  const auto h = sb.add(0, "h.sync_on_d", 0, sch::HostSync{d});
+  const auto w = sb.add(0, "w.host", 0, sch::Host{200'000});
+  const auto e = sb.add(0, "e.gemm.after_sync", 0, gemm_kernel(2048, 2048, 2048));
   const auto trace = rt.execute(s, quick(3));
   REQUIRE(trace.records.size() == s.ops.size());
   const auto& r = trace.records;
@@ -204,19 +209,21 @@ TEST_CASE("backend::execute: deps, stream FIFO order and host_sync hold in the m
 
 TEST_CASE("backend::execute: every compute kernel class runs with time consistent with its work", "[backend][gpu]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  auto s = base(1, {{"compute", 0}});
-  const auto el = add(s, 0, 0, "elem.2GiB", elementwise(2ull << 30));
-  const auto empty = add(s, 0, 0, "elem.empty", elementwise(0));
+  ScheduleBuilder sb(1, {{"compute", 0}});
+  sb.world();
+  auto& s = sb.schedule();
+  const auto el = sb.add(0, "elem.2GiB", 0, elementwise_kernel(2ull << 30));
+  const auto empty = sb.add(0, "elem.empty", 0, elementwise_kernel(0));
   const auto gg =
-      add(s, 0, 0, "grouped", sch::Compute{sch::GroupedGemm{{1024, 0, 3000, 512}, 2048, 4096, sch::DType::kBF16}, 0});
-  const auto af = add(s, 0, 0, "attn.fwd",
-                      sch::Compute{sch::Attention{2, 32, 8, 2048, 2048, 128, true, false, sch::DType::kBF16}, 0});
-  const auto ab = add(s, 0, 0, "attn.bwd",
-                      sch::Compute{sch::Attention{2, 32, 8, 2048, 2048, 128, true, true, sch::DType::kBF16}, 0});
-  const auto opt = add(s, 0, 0, "adam", sch::Compute{sch::Optimizer{1ull << 28, sch::DType::kBF16}, 0});
-  const auto d2h = add(s, 0, 0, "d2h", sch::Compute{sch::Memcpy{256ull << 20, sch::CopyKind::kD2H}, 0});
-  const auto f32 = add(s, 0, 0, "gemm.fp32", gemm(2048, 2048, 2048, sch::DType::kFP32));
-  const auto f16 = add(s, 0, 0, "gemm.fp16", gemm(2048, 2048, 2048, sch::DType::kFP16));
+      sb.add(0, "grouped", 0, sch::Compute{sch::GroupedGemm{{1024, 0, 3000, 512}, 2048, 4096, sch::DType::kBF16}, 0});
+  const auto af = sb.add(0, "attn.fwd", 0,
+                         sch::Compute{sch::Attention{2, 32, 8, 2048, 2048, 128, true, false, sch::DType::kBF16}, 0});
+  const auto ab = sb.add(0, "attn.bwd", 0,
+                         sch::Compute{sch::Attention{2, 32, 8, 2048, 2048, 128, true, true, sch::DType::kBF16}, 0});
+  const auto opt = sb.add(0, "adam", 0, sch::Compute{sch::Optimizer{1ull << 28, sch::DType::kBF16}, 0});
+  const auto d2h = sb.add(0, "d2h", 0, sch::Compute{sch::Memcpy{256ull << 20, sch::CopyKind::kD2H}, 0});
+  const auto f32 = sb.add(0, "gemm.fp32", 0, gemm_kernel(2048, 2048, 2048, sch::DType::kFP32));
+  const auto f16 = sb.add(0, "gemm.fp16", 0, gemm_kernel(2048, 2048, 2048, sch::DType::kFP16));
   const auto trace = rt.execute(s, quick(3));
   auto dur = [&](sch::OpId id) {
     return static_cast<double>(trace.records[id].end_ns - trace.records[id].start_ns) * 1e-9;
@@ -310,12 +317,14 @@ TEST_CASE("backend::attention: causal and full outputs match a host reference (G
 TEST_CASE("backend::execute: causal attention takes well under the full square's time (it runs the IR's FLOPs)",
           "[backend][gpu]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  auto s = base(1, {{"compute", 0}});
+  ScheduleBuilder sb(1, {{"compute", 0}});
+  sb.world();
+  auto& s = sb.schedule();
   std::vector<sch::OpId> ids;
   for (bool bwd : {false, true}) {
     for (bool causal : {true, false}) {
-      ids.push_back(add(s, 0, 0, std::string(bwd ? "bwd" : "fwd") + (causal ? ".causal" : ".full"),
-                        sch::Compute{sch::Attention{1, 32, 8, 4096, 4096, 128, causal, bwd, sch::DType::kBF16}, 0}));
+      ids.push_back(sb.add(0, std::string(bwd ? "bwd" : "fwd") + (causal ? ".causal" : ".full"), 0,
+                           sch::Compute{sch::Attention{1, 32, 8, 4096, 4096, 128, causal, bwd, sch::DType::kBF16}, 0}));
     }
   }
   const auto trace = rt.execute(s, quick(3));
@@ -336,9 +345,11 @@ TEST_CASE("backend::execute: causal attention takes well under the full square's
 
 TEST_CASE("backend::execute: refuses before starting with NotFeasibleError", "[backend][gpu]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  auto s = base(2);
-  add(s, 0, 0, "g", gemm(64, 64, 64));
-  add(s, 1, 0, "g", gemm(64, 64, 64));
+  ScheduleBuilder sb(2);
+  sb.world();
+  auto& s = sb.schedule();
+  sb.add(0, "g", 0, gemm_kernel(64, 64, 64));
+  sb.add(1, "g", 0, gemm_kernel(64, 64, 64));
   try {
     (void)rt.execute(s, quick());
     FAIL("expected NotFeasibleError");
@@ -393,18 +404,19 @@ class PeerHook : public be::DataHook {
 /// TE's ring exchange on two ranks over `transport`: per round each rank sends to the other on "tx" (after its
 /// previous recv, as the lowering orders them) and receives on "rx"; the messages of `sizes`, one per round.
 sch::Schedule peer_ring(sch::Transport transport, const std::vector<std::uint64_t>& sizes) {
-  auto s = base(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}});
+  ScheduleBuilder sb(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}});
+  sb.world();
   const std::uint32_t sms = transport == sch::Transport::kSmKernel ? 4 : 0;
   std::vector<sch::OpId> prev_recv(2, sch::kNoOp);
   for (std::size_t k = 0; k < sizes.size(); ++k) {
     for (sch::RankId r = 0; r < 2; ++r) {
       std::vector<sch::OpId> deps;
       if (prev_recv[r] != sch::kNoOp) deps.push_back(prev_recv[r]);
-      add(s, r, 1, "send" + std::to_string(k), sch::Send{0, 1 - r, sizes[k], 0, transport, sms}, deps);
-      prev_recv[r] = add(s, r, 2, "recv" + std::to_string(k), sch::Recv{0, 1 - r, sizes[k], 0, transport, sms});
+      sb.add(r, "send" + std::to_string(k), 1, sch::Send{0, 1 - r, sizes[k], 0, transport, sms}, deps);
+      prev_recv[r] = sb.add(r, "recv" + std::to_string(k), 2, sch::Recv{0, 1 - r, sizes[k], 0, transport, sms});
     }
   }
-  return s;
+  return sb.take();
 }
 
 }  // namespace
@@ -453,8 +465,10 @@ TEST_CASE("backend::execute: copy_engine and sm_kernel ring exchanges deliver ev
 // (session 3, two H200); a watchdog abort ends the process in real runs, so only this test binary meets it.
 TEST_CASE("backend::execute: the GPU monitor records the SM clock and power of the measured steps", "[backend][gpu]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  auto s = base(1, {{"compute", 0}});
-  for (int i = 0; i < 40; ++i) add(s, 0, 0, "gemm." + std::to_string(i), gemm(8192, 8192, 8192));  // ~1 ms each
+  ScheduleBuilder sb(1, {{"compute", 0}});
+  sb.world();
+  auto& s = sb.schedule();
+  for (int i = 0; i < 40; ++i) sb.add(0, "gemm." + std::to_string(i), 0, gemm_kernel(8192, 8192, 8192));  // ~1 ms each
   const auto trace = rt.execute(s, quick(3));
   const auto& ctx = trace.context;
   REQUIRE(ctx.count("gpu_monitor") == 1);
@@ -509,10 +523,12 @@ TEST_CASE("backend::watchdog: a mismatched schedule times out, names the unfinis
     WARN("needs two ranks: run under mpirun -np 2");
     return;
   }
-  auto s = base(2);
-  add(s, 0, 1, "ar.ok", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
-  add(s, 1, 1, "ar.ok", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
-  add(s, 0, 1, "ar.extra", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
+  ScheduleBuilder sb(2);
+  sb.world();
+  auto& s = sb.schedule();
+  sb.add(0, "ar.ok", 1, sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
+  sb.add(1, "ar.ok", 1, sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
+  sb.add(0, "ar.extra", 1, sch::Collective{sch::CollectiveKind::kAllReduce, 0, 1u << 20, sch::DType::kBF16, {}, 0});
   const std::string message = expect_watchdog(rt, s);
   CHECK(message.find("aborted") != std::string::npos);
   if (rt.rank() == 0) {
@@ -614,8 +630,10 @@ class BlockingHook : public be::DataHook {
 // Run only by the next test, in a child process (it ends the process).
 TEST_CASE("backend::watchdog child: issuing thread blocked in a call", "[.][watchdog_child]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  auto s = base(1);
-  add(s, 0, 1, "ar.blocked", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
+  ScheduleBuilder sb(1);
+  sb.world();
+  auto& s = sb.schedule();
+  sb.add(0, "ar.blocked", 1, sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
   BlockingHook hook;
   be::Options o;
   o.warmup_steps = 0;
@@ -667,8 +685,10 @@ TEST_CASE("backend::watchdog: a peer-mapped recv whose send never comes times ou
     WARN("needs two ranks: run under mpirun -np 2 (one GPU or two)");
     return;
   }
-  auto s = base(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}});
-  add(s, 0, 2, "recv.orphan", sch::Recv{0, 1, 4096, 0, sch::Transport::kCopyEngine});
+  ScheduleBuilder sb(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}});
+  sb.world();
+  auto& s = sb.schedule();
+  sb.add(0, "recv.orphan", 2, sch::Recv{0, 1, 4096, 0, sch::Transport::kCopyEngine});
   const std::string message = expect_watchdog(rt, s);
   if (rt.rank() == 0) {
     CHECK(message.find("op 0 \"recv.orphan\"") != std::string::npos);

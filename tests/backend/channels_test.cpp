@@ -11,14 +11,15 @@
 #include <vector>
 
 #include "schedule/matching.hpp"
-#include "tests/backend/schedule_builder.hpp"
+#include "tests/backend/ring_exchange.hpp"
 #include "tests/catch.hpp"
 #include "tests/models/test_util.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
-using twinstep::backend::test::add;
 using twinstep::backend::test::ring_exchange;
+using twinstep::testing::ScheduleBuilder;
 
 namespace {
 
@@ -39,11 +40,12 @@ std::string stream_name(const sch::Schedule& s, sch::OpId op) { return s.streams
 
 TEST_CASE("backend::plan_channels: a communicator per stream for collectives, per direction for send/recv",
           "[backend]") {
-  auto s = ring_exchange(1u << 20, 2);
+  ScheduleBuilder sb(ring_exchange(1u << 20, 2));
+  auto& s = sb.schedule();
   for (sch::RankId r = 0; r < 2; ++r) {
-    add(s, r, 1, "ar.tp", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
-    add(s, r, 0, "ar.compute", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
-    add(s, r, 1, "ar.tp2", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
+    sb.add(r, "ar.tp", 1, sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
+    sb.add(r, "ar.compute", 0, sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
+    sb.add(r, "ar.tp2", 1, sch::Collective{sch::CollectiveKind::kAllReduce, 0, 4096, sch::DType::kBF16, {}, 0});
   }
   const auto plan = be::plan_channels(s);
   REQUIRE(plan.channel_of_op.size() == s.ops.size());

@@ -15,12 +15,14 @@
 #include "backend/handles.hpp"
 #include "backend/plan.hpp"
 #include "tests/backend/bf16.hpp"
-#include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
 using twinstep::backend::test::from_bf16;
+using twinstep::testing::gemm_kernel;
+using twinstep::testing::ScheduleBuilder;
 
 namespace {
 
@@ -86,13 +88,13 @@ TEST_CASE("backend::Fp8Gemm: e4m3 and e5m2 x e4m3 products match a host referenc
 
 TEST_CASE("backend::execute: an fp8 GEMM runs faster than the same bf16 GEMM", "[backend][gpu]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  auto s = twinstep::backend::test::base(1, {{"compute", 0}});
+  ScheduleBuilder sb(1, {{"compute", 0}});
+  sb.world();
+  auto& s = sb.schedule();
   std::vector<sch::OpId> bf16, fp8;
   for (int i = 0; i < 5; ++i) {
-    bf16.push_back(twinstep::backend::test::add(s, 0, 0, "bf16." + std::to_string(i),
-                                                twinstep::backend::test::gemm(8192, 8192, 8192)));
-    fp8.push_back(twinstep::backend::test::add(s, 0, 0, "fp8." + std::to_string(i),
-                                               twinstep::backend::test::gemm(8192, 8192, 8192, sch::DType::kFP8)));
+    bf16.push_back(sb.add(0, "bf16." + std::to_string(i), 0, gemm_kernel(8192, 8192, 8192)));
+    fp8.push_back(sb.add(0, "fp8." + std::to_string(i), 0, gemm_kernel(8192, 8192, 8192, sch::DType::kFP8)));
   }
   be::Options o;
   o.warmup_steps = 2;

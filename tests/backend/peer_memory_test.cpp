@@ -14,19 +14,17 @@
 #include "schedule/matching.hpp"
 #include "tests/catch.hpp"
 #include "tests/models/test_util.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace sch = twinstep::schedule;
 using namespace twinstep::backend;
+using twinstep::testing::ScheduleBuilder;
 
 namespace {
 
-void add(sch::Schedule& s, sch::RankId rank, sch::Body body) {
-  sch::Op op;
-  op.id = static_cast<sch::OpId>(s.ops.size());
-  op.rank = rank;
-  op.name = "op" + std::to_string(op.id);
-  op.body = std::move(body);
-  s.ops.push_back(std::move(op));
+/// Appends an op named op<id> on stream `stream`.
+void add(ScheduleBuilder& b, sch::RankId rank, sch::Body body, sch::StreamId stream = 0) {
+  b.add(rank, "op" + std::to_string(b.next_id()), stream, std::move(body));
 }
 
 constexpr auto kCe = sch::Transport::kCopyEngine;
@@ -196,19 +194,18 @@ void check_protocol(const sch::Schedule& s, int steps) {
 
 TEST_CASE("backend::peer_memory: a link per (comm, sender, receiver, tag, transport), flags first, then slots",
           "[backend]") {
-  sch::Schedule s;
-  s.world_size = 3;
-  s.ranks = {0, 1, 2};
-  add(s, 0, sch::Send{0, 1, 100, 0, kCe});  // link 0: 0 -> 1 tag 0, two messages: two slots of the larger
-  add(s, 1, sch::Recv{0, 0, 100, 0, kCe});
-  add(s, 0, sch::Send{0, 1, 5000, 0, kCe});
-  add(s, 1, sch::Recv{0, 0, 5000, 0, kCe});
-  add(s, 0, sch::Send{0, 1, 64, 1, kCe});  // link 1: tag 1, one message: one slot
-  add(s, 1, sch::Recv{0, 0, 64, 1, kCe});
-  add(s, 2, sch::Send{0, 0, 50, 0, kSm, 2});  // link 2: 2 -> 0 sm_kernel
-  add(s, 0, sch::Recv{0, 2, 50, 0, kSm, 2});
-  add(s, 0, sch::Recv{1, 1, 1000, 0});  // NCCL (PP): no link
-  add(s, 1, sch::Send{1, 0, 1000, 0});
+  ScheduleBuilder sb(3, {});
+  auto& s = sb.schedule();
+  add(sb, 0, sch::Send{0, 1, 100, 0, kCe});  // link 0: 0 -> 1 tag 0, two messages: two slots of the larger
+  add(sb, 1, sch::Recv{0, 0, 100, 0, kCe});
+  add(sb, 0, sch::Send{0, 1, 5000, 0, kCe});
+  add(sb, 1, sch::Recv{0, 0, 5000, 0, kCe});
+  add(sb, 0, sch::Send{0, 1, 64, 1, kCe});  // link 1: tag 1, one message: one slot
+  add(sb, 1, sch::Recv{0, 0, 64, 1, kCe});
+  add(sb, 2, sch::Send{0, 0, 50, 0, kSm, 2});  // link 2: 2 -> 0 sm_kernel
+  add(sb, 0, sch::Recv{0, 2, 50, 0, kSm, 2});
+  add(sb, 0, sch::Recv{1, 1, 1000, 0});  // NCCL (PP): no link
+  add(sb, 1, sch::Send{1, 0, 1000, 0});
   const PeerLayout layout = plan_peer_layout(s);
   REQUIRE(layout.links.size() == 3);
   const auto& l0 = layout.links[0];
@@ -226,9 +223,9 @@ TEST_CASE("backend::peer_memory: a link per (comm, sender, receiver, tag, transp
   }()));
   CHECK(uses_nccl(s));  // the PP pair
 
-  sch::Schedule none;
+  ScheduleBuilder none(0, {});
   add(none, 0, sch::Send{0, 1, 8, 0});
-  CHECK(plan_peer_layout(none).empty());
+  CHECK(plan_peer_layout(none.schedule()).empty());
 }
 
 TEST_CASE("backend::peer_memory: a lowered TP4 ring exchange: one link per ring direction, double-buffered",
@@ -258,18 +255,14 @@ TEST_CASE("backend::peer_memory: a lowered TP4 ring exchange: one link per ring 
 TEST_CASE("backend::peer_memory: the slot protocol delivers every message and never overwrites an unread one",
           "[backend]") {
   // Two ranks, 12 rounds each way with no deps: the senders run ahead until the credits stop them (two slots).
-  sch::Schedule eager;
-  eager.world_size = 2;
-  eager.ranks = {0, 1};
-  eager.streams = {{"tx", 0}, {"rx", 0}};
+  ScheduleBuilder eager_b(2, {{"tx", 0}, {"rx", 0}});
   for (int k = 0; k < 12; ++k) {
     for (sch::RankId r = 0; r < 2; ++r) {
-      add(eager, r, sch::Send{0, 1 - r, 1000, 0, kCe});
-      eager.ops.back().stream = 0;
-      add(eager, r, sch::Recv{0, 1 - r, 1000, 0, kCe});
-      eager.ops.back().stream = 1;
+      add(eager_b, r, sch::Send{0, 1 - r, 1000, 0, kCe}, 0);
+      add(eager_b, r, sch::Recv{0, 1 - r, 1000, 0, kCe}, 1);
     }
   }
+  const sch::Schedule& eager = eager_b.schedule();
   check_protocol(eager, 3);
   // Without the credit wait a slot would be overwritten before its recv read it (check_protocol then fails).
   const PeerLink link = plan_peer_layout(eager).links[0];
@@ -306,15 +299,14 @@ TEST_CASE("backend::peer_memory: ranks map each other only on one host with peer
 }
 
 TEST_CASE("backend::peer_memory: pairs that cannot map fall back to NCCL, and the trace context says so", "[backend]") {
-  sch::Schedule s;
-  s.world_size = 3;
-  s.ranks = {0, 1, 2};
-  add(s, 0, sch::Send{0, 1, 64, 0, kCe});
-  add(s, 1, sch::Recv{0, 0, 64, 0, kCe});
-  add(s, 0, sch::Send{0, 2, 64, 0, kSm, 4});
-  add(s, 2, sch::Recv{0, 0, 64, 0, kSm, 4});
-  add(s, 1, sch::Send{0, 2, 64, 0, kCe});
-  add(s, 2, sch::Recv{0, 1, 64, 0, kCe});
+  ScheduleBuilder sb(3, {});
+  auto& s = sb.schedule();
+  add(sb, 0, sch::Send{0, 1, 64, 0, kCe});
+  add(sb, 1, sch::Recv{0, 0, 64, 0, kCe});
+  add(sb, 0, sch::Send{0, 2, 64, 0, kSm, 4});
+  add(sb, 2, sch::Recv{0, 0, 64, 0, kSm, 4});
+  add(sb, 1, sch::Send{0, 2, 64, 0, kCe});
+  add(sb, 2, sch::Recv{0, 1, 64, 0, kCe});
   std::vector<RankView> views{{"a", {true, true, true}}, {"a", {true, true, true}}, {"b", {true, true, true}}};
   std::vector<Fallback> fell;
   const sch::Schedule ran = with_fallbacks(s, reach_matrix(views), &fell);

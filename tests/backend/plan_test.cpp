@@ -7,15 +7,14 @@
 #include <utility>
 #include <vector>
 
-#include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
-using twinstep::backend::test::add;
-using twinstep::backend::test::base;
-using twinstep::backend::test::elementwise;
-using twinstep::backend::test::gemm;
+using twinstep::testing::elementwise_kernel;
+using twinstep::testing::gemm_kernel;
+using twinstep::testing::ScheduleBuilder;
 
 namespace {
 
@@ -37,9 +36,11 @@ sch::Collective collective(sch::CollectiveKind kind, sch::CommId comm, std::uint
 
 TEST_CASE("backend::can_execute: refuses what it cannot run, each reason named", "[backend]") {
   const be::DeviceInfo info = two_gpus();
-  auto s = base(2);
-  add(s, 0, 0, "g", gemm(1024, 1024, 1024));
-  add(s, 1, 0, "g", gemm(1024, 1024, 1024));
+  ScheduleBuilder sb(2);
+  sb.world();
+  auto& s = sb.schedule();
+  sb.add(0, "g", 0, gemm_kernel(1024, 1024, 1024));
+  sb.add(1, "g", 0, gemm_kernel(1024, 1024, 1024));
   CHECK(be::can_execute(s, info).empty());
 
   auto join = [](const std::vector<sch::Diagnostic>& d) {
@@ -56,7 +57,7 @@ TEST_CASE("backend::can_execute: refuses what it cannot run, each reason named",
   CHECK(join(be::can_execute(reduced, info)).find("reduced") != std::string::npos);
 
   auto fp8 = s;
-  fp8.ops[0].body = gemm(64, 64, 64, sch::DType::kFP8);  // cuBLASLt runs fp8 GEMMs
+  fp8.ops[0].body = gemm_kernel(64, 64, 64, sch::DType::kFP8);  // cuBLASLt runs fp8 GEMMs
   CHECK(be::can_execute(fp8, info).empty());
   auto e5m2 = fp8;
   std::get<sch::Gemm>(std::get<sch::Compute>(e5m2.ops[0].body).kernel).a_format = sch::Fp8Format::kE5M2;
@@ -72,7 +73,7 @@ TEST_CASE("backend::can_execute: refuses what it cannot run, each reason named",
   CHECK(d[0].message.find("fp8") != std::string::npos);
 
   auto big = s;
-  big.ops[0].body = gemm(1ull << 18, 1ull << 18, 1024);  // C alone is 128 GiB
+  big.ops[0].body = gemm_kernel(1ull << 18, 1ull << 18, 1024);  // C alone is 128 GiB
   CHECK(join(be::can_execute(big, info)).find("GPU memory") != std::string::npos);
   CHECK(be::required_device_bytes(big, 0) > (128ull << 30));
   CHECK(be::required_device_bytes(big, 1) < (1ull << 30));
@@ -84,17 +85,19 @@ TEST_CASE("backend::can_execute: refuses what it cannot run, each reason named",
 
 TEST_CASE("backend::can_execute: an op outside its communicator or stream is named with the field to fix",
           "[backend]") {
-  auto s = base(3);
-  s.communicators.push_back(sch::Communicator{"pair", "tp", {0, 1}});
+  ScheduleBuilder sb(3);
+  sb.world();
+  auto& s = sb.schedule();
+  sb.comm("pair", "tp", {0, 1});
   using CK = sch::CollectiveKind;
-  const auto absent = add(s, 2, 1, "ar.rank2", collective(CK::kAllReduce, 1, 4096));  // rank 2 is not in "pair"
-  const auto root = add(s, 0, 1, "bc.root3", collective(CK::kBroadcast, 1, 4096, {}, 2));
-  const auto a2a = add(s, 1, 1, "a2a.short", collective(CK::kAllToAll, 1, 4096, {4096}));
-  const auto send = add(s, 0, 1, "send.to2", sch::Send{1, 2, 64, 0});
-  const auto recv = add(s, 0, 1, "recv.from2", sch::Recv{1, 2, 64, 0});
-  const auto nocomm = add(s, 0, 1, "ar.nocomm", collective(CK::kAllReduce, 9, 4096));
-  const auto nostream = add(s, 1, 7, "g.nostream", gemm(64, 64, 64));
-  s.communicators.push_back(sch::Communicator{"too_big", "dp", {0, 5}});
+  const auto absent = sb.add(2, "ar.rank2", 1, collective(CK::kAllReduce, 1, 4096));  // rank 2 is not in "pair"
+  const auto root = sb.add(0, "bc.root3", 1, collective(CK::kBroadcast, 1, 4096, {}, 2));
+  const auto a2a = sb.add(1, "a2a.short", 1, collective(CK::kAllToAll, 1, 4096, {4096}));
+  const auto send = sb.add(0, "send.to2", 1, sch::Send{1, 2, 64, 0});
+  const auto recv = sb.add(0, "recv.from2", 1, sch::Recv{1, 2, 64, 0});
+  const auto nocomm = sb.add(0, "ar.nocomm", 1, collective(CK::kAllReduce, 9, 4096));
+  const auto nostream = sb.add(1, "g.nostream", 7, gemm_kernel(64, 64, 64));
+  sb.comm("too_big", "dp", {0, 5});
   be::DeviceInfo info = two_gpus();
   info.processes = 3;
   info.device_count = 3;
@@ -120,13 +123,15 @@ TEST_CASE("backend::can_execute: an op outside its communicator or stream is nam
 
 TEST_CASE("backend::required_device_bytes: every role's largest op on the rank, pinned host memory excluded",
           "[backend]") {
-  auto s = base(2);
-  add(s, 0, 0, "g.small", gemm(64, 64, 64));
-  add(s, 0, 0, "g.big", gemm(1024, 512, 256));  // A 1024x256, B 256x512, C 1024x512 in bf16
-  add(s, 0, 0, "elem", elementwise(1000));      // 500 bytes in, 500 out
-  add(s, 0, 0, "d2h", sch::Compute{sch::Memcpy{300, sch::CopyKind::kD2H}, 0});  // device side only counted
-  add(s, 0, 1, "ar", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 2000, sch::DType::kBF16, {}, 0, 0});
-  add(s, 1, 1, "ar", sch::Collective{sch::CollectiveKind::kAllReduce, 0, 2000, sch::DType::kBF16, {}, 0, 0});
+  ScheduleBuilder sb(2);
+  sb.world();
+  auto& s = sb.schedule();
+  sb.add(0, "g.small", 0, gemm_kernel(64, 64, 64));
+  sb.add(0, "g.big", 0, gemm_kernel(1024, 512, 256));  // A 1024x256, B 256x512, C 1024x512 in bf16
+  sb.add(0, "elem", 0, elementwise_kernel(1000));      // 500 bytes in, 500 out
+  sb.add(0, "d2h", 0, sch::Compute{sch::Memcpy{300, sch::CopyKind::kD2H}, 0});  // device side only counted
+  sb.add(0, "ar", 1, sch::Collective{sch::CollectiveKind::kAllReduce, 0, 2000, sch::DType::kBF16, {}, 0, 0});
+  sb.add(1, "ar", 1, sch::Collective{sch::CollectiveKind::kAllReduce, 0, 2000, sch::DType::kBF16, {}, 0, 0});
   const std::uint64_t gemms = (1024 * 256 + 256 * 512 + 1024 * 512) * 2;
   const std::uint64_t workspaces = 2 * be::kCublasWorkspaceBytes;  // one per declared stream
   CHECK(be::required_device_bytes(s, 0) == gemms + 500 + 500 + 300 + 2000 + 2000 + workspaces);
@@ -135,23 +140,25 @@ TEST_CASE("backend::required_device_bytes: every role's largest op on the rank, 
 
 TEST_CASE("backend::plan_rank: program order, GPU deps, host_sync targets, NCCL peers and sizes from the matching",
           "[backend]") {
-  auto s = base(2);
+  ScheduleBuilder sb(2);
+  sb.world();
+  auto& s = sb.schedule();
   // "rev" lists rank 1 first: NCCL ranks are positions in the member list, not global ranks.
-  s.communicators.push_back(sch::Communicator{"rev", "tp", {1, 0}});
+  sb.comm("rev", "tp", {1, 0});
   using CK = sch::CollectiveKind;
-  const auto g0 = add(s, 0, 0, "g", gemm(64, 64, 64));
-  const auto g1 = add(s, 1, 0, "g", gemm(64, 64, 64));
-  const auto h0 = add(s, 0, 0, "host", sch::Host{1000});
+  const auto g0 = sb.add(0, "g", 0, gemm_kernel(64, 64, 64));
+  const auto g1 = sb.add(1, "g", 0, gemm_kernel(64, 64, 64));
+  const auto h0 = sb.add(0, "host", 0, sch::Host{1000});
   // rank 0 sends 100 bytes to position 0 (rank 1) and 300 to itself; rank 1 sends 7 to rank 1 and 11 to rank 0.
-  const auto a0 = add(s, 0, 1, "a2a", collective(CK::kAllToAll, 1, 400, {100, 300}), {g0, h0});
-  const auto a1 = add(s, 1, 1, "a2a", collective(CK::kAllToAll, 1, 18, {7, 11}), {g1});
-  const auto sync0 = add(s, 0, 0, "sync", sch::HostSync{a0});
-  const auto bc0 = add(s, 0, 1, "bc", collective(CK::kBroadcast, 1, 512, {}, 1));
-  add(s, 1, 1, "bc", collective(CK::kBroadcast, 1, 512, {}, 1));
-  const auto ag0 = add(s, 0, 1, "ag", collective(CK::kAllGather, 0, 1000));
-  add(s, 1, 1, "ag", collective(CK::kAllGather, 0, 1000));
-  const auto snd0 = add(s, 0, 1, "send", sch::Send{0, 1, 64, 0});
-  add(s, 1, 1, "recv", sch::Recv{0, 0, 64, 0});
+  const auto a0 = sb.add(0, "a2a", 1, collective(CK::kAllToAll, 1, 400, {100, 300}), {g0, h0});
+  const auto a1 = sb.add(1, "a2a", 1, collective(CK::kAllToAll, 1, 18, {7, 11}), {g1});
+  const auto sync0 = sb.add(0, "sync", 0, sch::HostSync{a0});
+  const auto bc0 = sb.add(0, "bc", 1, collective(CK::kBroadcast, 1, 512, {}, 1));
+  sb.add(1, "bc", 1, collective(CK::kBroadcast, 1, 512, {}, 1));
+  const auto ag0 = sb.add(0, "ag", 1, collective(CK::kAllGather, 0, 1000));
+  sb.add(1, "ag", 1, collective(CK::kAllGather, 0, 1000));
+  const auto snd0 = sb.add(0, "send", 1, sch::Send{0, 1, 64, 0});
+  sb.add(1, "recv", 1, sch::Recv{0, 0, 64, 0});
   REQUIRE(be::can_execute(s, two_gpus()).empty());
 
   const sch::Matching m = sch::match(s);
@@ -189,11 +196,13 @@ TEST_CASE("backend::plan_rank: program order, GPU deps, host_sync targets, NCCL 
 TEST_CASE("backend::plan: peer-mapped send/recv need no channel, may share a GPU, count their receive slots",
           "[backend]") {
   constexpr auto kCe = sch::Transport::kCopyEngine;
-  auto s = base(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}});
-  const auto snd0 = add(s, 0, 1, "send", sch::Send{0, 1, 10000, 0, kCe});
-  const auto rcv0 = add(s, 0, 2, "recv", sch::Recv{0, 1, 10000, 0, kCe});
-  const auto snd1 = add(s, 1, 1, "send", sch::Send{0, 0, 10000, 0, kCe});
-  const auto rcv1 = add(s, 1, 2, "recv", sch::Recv{0, 0, 10000, 0, kCe});
+  ScheduleBuilder sb(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}});
+  sb.world();
+  auto& s = sb.schedule();
+  const auto snd0 = sb.add(0, "send", 1, sch::Send{0, 1, 10000, 0, kCe});
+  const auto rcv0 = sb.add(0, "recv", 2, sch::Recv{0, 1, 10000, 0, kCe});
+  const auto snd1 = sb.add(1, "send", 1, sch::Send{0, 0, 10000, 0, kCe});
+  const auto rcv1 = sb.add(1, "recv", 2, sch::Recv{0, 0, 10000, 0, kCe});
   const sch::Matching m = sch::match(s);
   const be::ChannelPlan channels = be::plan_channels(s, m);
   CHECK(channels.channels.empty());
@@ -215,9 +224,10 @@ TEST_CASE("backend::plan: peer-mapped send/recv need no channel, may share a GPU
   be::DeviceInfo shared = two_gpus();
   shared.device_count = 1;
   CHECK(be::can_execute(s, shared).empty());
-  auto with_nccl = s;
-  add(with_nccl, 0, 0, "ar", collective(sch::CollectiveKind::kAllReduce, 0, 4096));
-  add(with_nccl, 1, 0, "ar", collective(sch::CollectiveKind::kAllReduce, 0, 4096));
+  ScheduleBuilder with_nccl_b(s);
+  auto& with_nccl = with_nccl_b.schedule();
+  with_nccl_b.add(0, "ar", 0, collective(sch::CollectiveKind::kAllReduce, 0, 4096));
+  with_nccl_b.add(1, "ar", 0, collective(sch::CollectiveKind::kAllReduce, 0, 4096));
   const auto d = be::can_execute(with_nccl, shared);
   REQUIRE(d.size() == 1);
   CHECK(d[0].message.find("share 1 GPUs") != std::string::npos);
@@ -232,9 +242,11 @@ TEST_CASE("backend::plan: peer-mapped send/recv need no channel, may share a GPU
 }
 
 TEST_CASE("backend::quote_op and kind_word: how errors name an op", "[backend]") {
-  auto s = base(2);
-  add(s, 0, 1, "L0.ar", sch::Collective{sch::CollectiveKind::kReduceScatter, 0, 64, sch::DType::kBF16, {}, 0, 0});
-  add(s, 0, 0, "L0.sync", sch::HostSync{0});
+  ScheduleBuilder sb(2);
+  sb.world();
+  auto& s = sb.schedule();
+  sb.add(0, "L0.ar", 1, sch::Collective{sch::CollectiveKind::kReduceScatter, 0, 64, sch::DType::kBF16, {}, 0, 0});
+  sb.add(0, "L0.sync", 0, sch::HostSync{0});
   CHECK(be::quote_op(s.ops[1]) == "op 1 \"L0.sync\"");
   CHECK(be::kind_word(s.ops[0]) == "collective reduce_scatter");
   CHECK(be::kind_word(s.ops[1]) == "host_sync");

@@ -16,13 +16,14 @@
 #include "backend/executor.hpp"
 #include "backend/handles.hpp"
 #include "tests/backend/bf16.hpp"
-#include "tests/backend/schedule_builder.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
 using twinstep::backend::test::from_bf16;
 using twinstep::backend::test::to_bf16;
+using twinstep::testing::ScheduleBuilder;
 
 namespace {
 
@@ -181,12 +182,14 @@ TEST_CASE("backend::sdpa: cuDNN fused attention forward and backward match a hos
 TEST_CASE("backend::execute: attention runs cuDNN's fused kernel where built and the trace names it",
           "[backend][gpu]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  auto s = twinstep::backend::test::base(1, {{"compute", 0}});
+  ScheduleBuilder sb(1, {{"compute", 0}});
+  sb.world();
+  auto& s = sb.schedule();
   const sch::Attention a{1, 32, 8, 4096, 4096, 128, true, false, sch::DType::kBF16};
   sch::Attention b = a;
   b.backward = true;
-  const auto f = twinstep::backend::test::add(s, 0, 0, "fwd", sch::Compute{a, 0});
-  const auto g = twinstep::backend::test::add(s, 0, 0, "bwd", sch::Compute{b, 0});
+  const auto f = sb.add(0, "fwd", 0, sch::Compute{a, 0});
+  const auto g = sb.add(0, "bwd", 0, sch::Compute{b, 0});
   be::Options o;
   o.warmup_steps = 1;
   o.steps = 3;

@@ -11,6 +11,7 @@
 #include "schedule/analysis.hpp"
 #include "tests/calibration/traces.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace cal = twinstep::calibration;
 namespace ts = twinstep::schedule;
@@ -144,24 +145,16 @@ TEST_CASE("calibration::compare: worst ops by |error|, ties broken by op id", "[
 
 TEST_CASE("calibration::compare: at most kWorstOpCount worst ops", "[calib]") {
   // 30 compute ops with errors 0..29 ns: the 20 worst are ids 29 down to 10.
-  ts::Schedule s;
-  s.name = "many";
-  s.world_size = 1;
-  s.ranks = {0};
-  s.streams = {{"compute", 0}};
+  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "many");
   std::vector<std::pair<twinstep::Nanos, twinstep::Nanos>> pred, meas;
   for (ts::OpId i = 0; i < 30; ++i) {
-    ts::Op op;
-    op.id = i;
-    op.name = "op" + std::to_string(i);
-    op.body = ts::Compute{ts::Elementwise{1024, 0}, 0};
-    s.ops.push_back(op);
+    b.add(0, "op" + std::to_string(i), 0, twinstep::testing::elementwise_kernel(1024));
     const twinstep::Nanos t0 = 1000 * i;
     pred.emplace_back(t0, t0 + 100);
     meas.emplace_back(t0, t0 + 100 + i);
   }
-  const cal::Comparison c =
-      cal::compare(cal::testing::make_trace(s, "sim", pred), cal::testing::make_trace(s, "b", meas));
+  const cal::Comparison c = cal::compare(cal::testing::make_trace(b.schedule(), "sim", pred),
+                                         cal::testing::make_trace(b.schedule(), "b", meas));
   REQUIRE(c.worst_ops.size() == cal::kWorstOpCount);
   for (std::size_t k = 0; k < c.worst_ops.size(); ++k) CHECK(c.worst_ops[k].op == 29 - k);
 }

@@ -380,14 +380,6 @@ TEST_CASE(
 
 namespace {
 
-ts::Op elementwise_op(ts::OpId id, const std::string& name) {
-  ts::Op op;
-  op.id = id;
-  op.name = name;
-  op.body = ts::Compute{ts::Elementwise{1 << 20, 0}, 0};
-  return op;
-}
-
 ti::GpuActivity kernel(const std::string& name, twinstep::Nanos launch, twinstep::Nanos start, twinstep::Nanos end,
                        const std::string& range, twinstep::Nanos range_start, const std::string& op) {
   ti::GpuActivity a;
@@ -411,13 +403,11 @@ TEST_CASE("import-trace: the grad zeroing's fills are one op, matched by kind wh
   // A trace recorded before the schedule had Megatron's zero_grad_buffer op: eager PyTorch zeroes each main grad
   // with its own fill kernel inside a range that names no op ("zero_grad"); a later fill of the loss backward
   // lies outside any range. The fills of the one zeroing are one op's record; the later fill is not a second step.
-  ts::Schedule s;
-  s.name = "zeroing";
-  s.world_size = 1;
-  s.ranks = {0};
-  s.streams = {{"compute", 0}};
-  s.ops = {elementwise_op(0, "dp.chunk0.zero_grad_buffer"), elementwise_op(1, "mb0.fwd.norm"),
-           elementwise_op(2, "mb0.bwd.loss_bwd")};
+  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "zeroing");
+  for (const char* name : {"dp.chunk0.zero_grad_buffer", "mb0.fwd.norm", "mb0.bwd.loss_bwd"}) {
+    b.add(0, name, 0, twinstep::testing::elementwise_kernel(1 << 20));
+  }
+  const ts::Schedule& s = b.schedule();
   const std::string fill = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>";
   ti::RankEvents r;
   r.source = "zeroing.json";
@@ -450,22 +440,13 @@ TEST_CASE("import-trace: a GEMM's fp8 cast op is timed from the non-GEMM kernels
   // `<gemm>_fp8_cast` op has no range of its own. Its kernels (amax, cast) launched before the GEMM's kernel are its;
   // the GEMM keeps its own launch (cuBLAS's memset, the GEMM) and what follows it (a main-grad add). An elementwise
   // op not named after the GEMM that follows it gets nothing from that GEMM's range.
-  ts::Schedule s;
-  s.name = "fp8 casts";
-  s.world_size = 1;
-  s.ranks = {0};
-  s.streams = {{"compute", 0}};
-  auto gemm_op = [](ts::OpId id, const std::string& name) {
-    ts::Op op;
-    op.id = id;
-    op.name = name;
-    ts::Gemm g{64, 128, 32};
-    g.dtype = ts::DType::kFP8;
-    op.body = ts::Compute{g, 0};
-    return op;
-  };
-  s.ops = {elementwise_op(0, "L0.mb0.fwd.fc1_fp8_cast"), gemm_op(1, "L0.mb0.fwd.fc1"),
-           elementwise_op(2, "L0.mb0.fwd.swiglu"), gemm_op(3, "L0.mb0.fwd.fc2")};
+  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "fp8 casts");
+  const ts::Compute fp8_gemm = twinstep::testing::gemm_kernel(64, 128, 32, ts::DType::kFP8);
+  b.add(0, "L0.mb0.fwd.fc1_fp8_cast", 0, twinstep::testing::elementwise_kernel(1 << 20));
+  b.add(0, "L0.mb0.fwd.fc1", 0, fp8_gemm);
+  b.add(0, "L0.mb0.fwd.swiglu", 0, twinstep::testing::elementwise_kernel(1 << 20));
+  b.add(0, "L0.mb0.fwd.fc2", 0, fp8_gemm);
+  const ts::Schedule& s = b.schedule();
   auto scaled_mm = [](const std::string& name, twinstep::Nanos launch, twinstep::Nanos start, twinstep::Nanos end,
                       const std::string& range, twinstep::Nanos range_start) {
     ti::GpuActivity a = kernel(name, launch, start, end, range, range_start, "aten::_scaled_mm");

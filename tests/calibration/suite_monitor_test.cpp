@@ -4,22 +4,22 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 
 #include "calibration/suite.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/schedule_builder.hpp"
 
 namespace cal = twinstep::calibration;
 namespace sch = twinstep::schedule;
 
 namespace {
 
-/// A benchmark group of one rank, no ops yet.
-cal::BenchGroup one_rank_group(const std::string& group, const std::string& schedule_name) {
+/// A benchmark group `group` running `s`.
+cal::BenchGroup group_of(const std::string& group, sch::Schedule s) {
   cal::BenchGroup g;
   g.name = group;
-  g.schedule.name = schedule_name;
-  g.schedule.world_size = 1;
-  g.schedule.ranks = {0};
+  g.schedule = std::move(s);
   return g;
 }
 
@@ -50,15 +50,9 @@ Written run_one(const cal::BenchGroup& g, const std::string& file, Execute execu
 }  // namespace
 
 TEST_CASE("calibration::run_suite: each raw group line carries the trace's gpu_monitor figures", "[calibration]") {
-  cal::BenchGroup g = one_rank_group("compute.gemm", "one gemm");
-  g.schedule.streams = {{"compute", 0}};
-  sch::Op op;
-  op.id = 0;
-  op.rank = 0;
-  op.stream = 0;
-  op.name = "gemm";
-  op.body = sch::Compute{sch::Gemm{1024, 1024, 1024, 1, sch::DType::kBF16}, 0};
-  g.schedule.ops.push_back(op);
+  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "one gemm");
+  b.gemm(0, "gemm", 0, 1024, 1024, 1024);
+  cal::BenchGroup g = group_of("compute.gemm", b.take());
   g.probes.push_back({"gemm.m1024", "gemm", cal::Metric::kDuration, {0}, sch::kNoOp, 2.0 * 1024 * 1024 * 1024, {}});
 
   auto execute = [](const sch::Schedule& s) {
@@ -89,9 +83,9 @@ TEST_CASE("calibration::run_suite: each raw group line carries the trace's gpu_m
 }
 
 TEST_CASE("calibration::run_suite: a trace without monitor keys writes no gpu_monitor field", "[calibration]") {
-  const Written w =
-      run_one(one_rank_group("host.issue", "empty"), "twinstep_suite_monitor_test2.jsonl", [](const sch::Schedule& s) {
-        return sch::Trace{"sim", {{"gpu", "x"}}, {}, {0}, s};
-      });
+  const Written w = run_one(group_of("host.issue", twinstep::testing::ScheduleBuilder(1, {}, "empty").take()),
+                            "twinstep_suite_monitor_test2.jsonl", [](const sch::Schedule& s) {
+                              return sch::Trace{"sim", {{"gpu", "x"}}, {}, {0}, s};
+                            });
   CHECK_FALSE(nlohmann::json::parse(w.line).contains("gpu_monitor"));
 }

@@ -18,22 +18,14 @@ namespace ts = twinstep::schedule;
 ///   rank 0: gemm, elementwise, all_reduce (dp), send (pp) to rank 1, host
 ///   rank 1: gemm, elementwise, all_reduce (dp), recv (pp) from rank 0, host
 inline ts::Schedule small_schedule() {
-  ts::Schedule s;
-  s.name = "calib_small";
-  s.world_size = 2;
-  s.ranks = {0, 1};
-  s.streams = {{"compute", 0}, {"comm", -1}};
-  s.communicators = {{"dp.0", "dp", {0, 1}}, {"pp.0", "pp", {0, 1}}};
-  twinstep::testing::ScheduleBuilder b(std::move(s));
+  twinstep::testing::ScheduleBuilder b(2, twinstep::testing::default_streams(), "calib_small");
+  const ts::CommId dp = b.comm("dp.0", "dp", {0, 1});
+  b.comm("pp.0", "pp", {0, 1});
   for (ts::RankId r = 0; r < 2; ++r) {
     const std::string p = "r" + std::to_string(r) + ".";
-    b.add(r, p + "fwd.gemm", 0, ts::Compute{ts::Gemm{1024, 1024, 1024, 1, ts::DType::kBF16}, 0});
-    b.add(r, p + "fwd.act", 0, ts::Compute{ts::Elementwise{1 << 20, 0}, 0});
-    ts::Collective ar;
-    ar.kind = ts::CollectiveKind::kAllReduce;
-    ar.comm = 0;
-    ar.bytes = 1 << 20;
-    b.add(r, p + "grad.ar", 1, ar);
+    b.gemm(r, p + "fwd.gemm", 0, 1024, 1024, 1024);
+    b.add(r, p + "fwd.act", 0, twinstep::testing::elementwise_kernel(1 << 20));
+    b.all_reduce(r, p + "grad.ar", 1, dp, 1 << 20);
     if (r == 0) {
       b.add(r, p + "pp.send", 1, ts::Send{1, 1, 4096, 0});
     } else {

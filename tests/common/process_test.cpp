@@ -1,8 +1,12 @@
 // die_with_parent(): a forked child whose parent is already gone exits at once; one whose parent lives carries on.
+// process_age_s(): the time since the process was created, moving with the clock.
 #include "common/process.hpp"
 
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include "tests/catch.hpp"
 
@@ -32,4 +36,14 @@ TEST_CASE("common::die_with_parent: a child whose parent lives carries on", "[co
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("common::process_age_s: grows with the clock from the process's creation", "[common]") {
+  const double before = twinstep::process_age_s();
+  REQUIRE(before >= 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const double after = twinstep::process_age_s();
+  // The start time is fixed (to the tick); only the clock moves between the two reads.
+  CHECK(after - before >= 0.05);
+  CHECK(after - before < 5.0);
 }

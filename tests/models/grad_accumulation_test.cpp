@@ -5,6 +5,8 @@
 // GEMM is followed by DDP's main_grad.add_ (an elementwise op of closed-form bytes), and its temporary is counted.
 // In both modes the gradients that plain torch ops compute (the router's linear, the embeddings' dense gradient)
 // reach the main grad through that add.
+#include "tests/support/grad_accumulation.hpp"
+
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -16,24 +18,14 @@
 #include "tests/models/test_util.hpp"
 
 using namespace twinstep::models;
-using twinstep::models::test::config;
 using twinstep::models::test::count_ops;
-using twinstep::models::test::moe_model;
 using twinstep::models::test::problems;
-using twinstep::models::test::shrink;
+using twinstep::testing::dense_tp2_case;
+using twinstep::testing::for_fused_and_unfused;
+using twinstep::testing::moe_ep2_case;
 namespace sch = twinstep::schedule;
 
 namespace {
-
-/// The MoE cases' layout: 2 GPUs, EP 2, one micro-batch of 256 tokens per data-parallel rank.
-RunConfig moe_config() {
-  RunConfig c = config(2, 1, 1);
-  c.global_batch_size = 2;
-  c.seq_length = 256;
-  c.expert_model_parallel_size = 2;
-  c.cuda_device_max_connections = 32;
-  return c;
-}
 
 /// Per GEMM role (by op name): how many GEMMs and how many of them accumulate.
 struct Counts {
@@ -80,9 +72,7 @@ bool accumulates(const sch::Schedule& s, const std::string& tail) {
 
 TEST_CASE("models::lower: gradient_accumulation_fusion with fp32 main grads accumulates every linear wgrad GEMM",
           "[lower]") {
-  const ModelSpec m = shrink(load_model("llama3-8b"), 2);
-  RunConfig c = config(2, 2, 1);
-  c.sequence_parallel = true;
+  auto [m, c] = dense_tp2_case(1024, 1);
   c.grad_reduce_in_fp32 = true;
   CHECK(c.gradient_accumulation_fusion);  // Megatron's default
   const Lowered on = lower(m, c);
@@ -128,8 +118,7 @@ TEST_CASE("models::lower: gradient_accumulation_fusion with fp32 main grads accu
 }
 
 TEST_CASE("models::lower: MoE expert wgrad grouped GEMMs accumulate into fp32 main grads", "[lower][moe]") {
-  const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
-  RunConfig c = moe_config();
+  auto [m, c] = moe_ep2_case(256, 2);  // one micro-batch per data-parallel rank
   c.grad_reduce_in_fp32 = true;
   const Lowered low = lower(m, c);
   REQUIRE(problems(low.schedule).empty());
@@ -185,16 +174,11 @@ std::pair<int, int> check_adds(const sch::Schedule& s, std::uint64_t per_element
 
 TEST_CASE("models::lower: without gradient_accumulation_fusion each linear wgrad GEMM is followed by main_grad.add_",
           "[lower]") {
-  const ModelSpec m = shrink(load_model("llama3-8b"), 2);
-  RunConfig c = config(2, 2, 1);
-  c.sequence_parallel = true;
-  for (const bool fp32 : {true, false}) {
+  const auto [m, c] = dense_tp2_case(1024, 1);
+  for_fused_and_unfused(c, [&m = m](bool fp32, const RunConfig& fused, const RunConfig& unfused) {
     CAPTURE(fp32);
-    c.grad_reduce_in_fp32 = fp32;
-    c.gradient_accumulation_fusion = true;
-    const Lowered on = lower(m, c);
-    c.gradient_accumulation_fusion = false;
-    const Lowered off = lower(m, c);
+    const Lowered on = lower(m, fused);
+    const Lowered off = lower(m, unfused);
     REQUIRE(problems(off.schedule).empty());
     CHECK(count_ops(on.schedule, "_main_grad_add") == count_ops(on.schedule, "embedding_wgrad_main_grad_add"));
     // Read main grad + read the bf16 gradient + write main grad: 4 + 2 + 4 (fp32 main grads) or 2 + 2 + 2 bytes.
@@ -216,22 +200,21 @@ TEST_CASE("models::lower: without gradient_accumulation_fusion each linear wgrad
     };
     CHECK(bytes_of("L1.mb0.bwd.fc2_wgrad_main_grad_add") == 4096ull * 14336 / 2 * per);
     CHECK(bytes_of("mb0.bwd.output_wgrad_main_grad_add") == 128256ull / 2 * 4096 * per);
-    if (!fp32) continue;  // bf16 main grads: the optimizer step's fp32 copy of the grads is the peak here
+    if (!fp32) return;  // bf16 main grads: the optimizer step's fp32 copy of the grads is the peak here
     // The temporary: during the layers' backward the largest linear weight (fc1: [2 f / 2, h]) in bf16, at the last
     // stage the output layer's beside the loss's working memory (T = 1024 tokens x V / 2 logits); in both modes the
     // embedding's dense [V / 2, h] gradient at the first stage (the same rank here).
     REQUIRE(on.peak_memory.peak_phase == "forward/backward");
     const double fc1 = 2.0 * 14336 / 2 * 4096 * 2, output = 128256.0 / 2 * 4096 * 2, embedding = output;
-    const double loss = c.memory.loss_working_bytes_per_logit * 1024.0 * 128256 / 2;
+    const double loss = unfused.memory.loss_working_bytes_per_logit * 1024.0 * 128256 / 2;
     CHECK(on.peak_memory.transient_bytes == Approx(std::max(loss, embedding)));
     CHECK(off.peak_memory.transient_bytes == Approx(std::max({loss + output, fc1, embedding})));
-  }
+  });
 }
 
 TEST_CASE("models::lower: without gradient_accumulation_fusion MoE expert wgrads get their main_grad.add_",
           "[lower][moe]") {
-  const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
-  RunConfig c = moe_config();
+  auto [m, c] = moe_ep2_case(256, 2);
   c.gradient_accumulation_fusion = false;
   const Lowered low = lower(m, c);
   REQUIRE(problems(low.schedule).empty());
@@ -321,8 +304,7 @@ TEST_CASE("models::lower: the embedding's dense gradient is zero-filled, scatter
 }
 
 TEST_CASE("models::lower: the router's weight gradient is added into the main grad in both modes", "[lower][moe]") {
-  const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
-  RunConfig c = moe_config();
+  auto [m, c] = moe_ep2_case(256, 2);
   for (const bool fusion : {true, false}) {
     CAPTURE(fusion);
     c.gradient_accumulation_fusion = fusion;

@@ -15,15 +15,9 @@ using Builder = twinstep::testing::ScheduleBuilder;
 
 /// A `world`-rank skeleton: streams compute (0) and comm (1, priority -1), communicator "world" (kind dp).
 inline Schedule skeleton(std::uint32_t world, const std::string& name = "test") {
-  Schedule s;
-  s.name = name;
-  s.world_size = world;
-  for (RankId r = 0; r < world; ++r) s.ranks.push_back(r);
-  s.streams = {{"compute", 0}, {"comm", -1}};
-  Communicator c{"world", "dp", {}};
-  c.members = s.ranks;
-  s.communicators.push_back(c);
-  return s;
+  Builder b(world, twinstep::testing::default_streams(), name);
+  b.world("dp");
+  return b.take();
 }
 
 /// Two ranks, every op kind and every kernel class, tags, meta and warnings: valid.

@@ -49,6 +49,7 @@ TEST_CASE("schedule::validate: hand-written valid schedules pass", "[schedule]")
   CHECK_NOTHROW(ts::check(two_rank_ar()));
 }
 
+// Over 120 lines and kept whole on purpose: one section per error class, read as the list of what validate() rejects.
 TEST_CASE("schedule::validate: one failing example per error class", "[schedule]") {
   SECTION("ids not dense") {
     auto s = two_rank_ar();

@@ -13,6 +13,7 @@
 
 #include "common/error.hpp"
 #include "common/units.hpp"
+#include "sim/resource_model.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
 #include "tests/sim/builder.hpp"

@@ -116,9 +116,7 @@ TEST_CASE("sim::flow: where no link is shared, flow and analytic give the same s
   SECTION("two nodes: one ring per rail across the NICs, then DP pairs on separate rails") {
     const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
     Builder b(16, {{"compute", 0}, {"comm", -1}});
-    std::vector<RankId> all;
-    for (RankId r = 0; r < 16; ++r) all.push_back(r);
-    const CommId world = b.comm("world", "dp", all);
+    const CommId world = b.world("dp");
     std::vector<CommId> dp;
     for (RankId l = 0; l < 8; ++l) dp.push_back(b.comm("dp." + std::to_string(l), "dp", {l, l + 8}));
     for (RankId r = 0; r < 16; ++r) {
@@ -208,9 +206,7 @@ TEST_CASE(
   zero_latency(prof, CollectiveParamsKind::kAllToAll, Span::kInter);
   const CostModel costs(cluster, prof);
   Builder b(16, {{"ep", -1}, {"dp", -1}});
-  std::vector<RankId> all;
-  for (RankId r = 0; r < 16; ++r) all.push_back(r);
-  const CommId ep = b.comm("ep", "ep", all);
+  const CommId ep = b.comm("ep", "ep", b.every_rank());
   const CommId dp = b.comm("dp.0", "dp", {0, 8});
   const std::uint64_t peer = 64ull << 20, dp_bytes = 8ull << 20;
   OpId a2a0 = kNoOp, dp0 = kNoOp;
@@ -338,9 +334,7 @@ TEST_CASE("sim::flow: two flows crossing one oversubscribed leaf uplink share it
   const std::uint64_t s = 64ull << 20;
   const double t0 = static_cast<double>(s) / nic;  // S alone through one NIC
   Builder b(32, {{"comm", -1}});
-  std::vector<RankId> all;
-  for (RankId r = 0; r < 32; ++r) all.push_back(r);
-  const CommId c = b.comm("pp", "pp", all);
+  const CommId c = b.comm("pp", "pp", b.every_rank());
   SECTION("both flows: nic/4 each until A ends, then B alone at the uplink's nic/2") {
     const OpId a = b.send(0, "send_a", 0, c, 16, s, 0);
     b.recv(16, "recv_a", 0, c, 0, s, 0);
@@ -385,9 +379,7 @@ TEST_CASE("sim: a NIC is full duplex: opposite transfers do not share it, same-d
   // transfer. Then GPU 0 sends to GPUs 8 and 9 at once: its transmit side carries both (equal connections).
   auto build = [&](bool opposite) {
     Builder b(16, {{"a", 0}, {"b", 0}});
-    std::vector<RankId> all;
-    for (RankId r = 0; r < 16; ++r) all.push_back(r);
-    const CommId w = b.comm("world", "pp", all);
+    const CommId w = b.world("pp");
     const RankId peer = opposite ? 8 : 9;
     b.send(0, "s_a", 0, w, 8, bytes, 0);
     b.recv(8, "r_a", 0, w, 0, bytes, 0);
@@ -423,9 +415,7 @@ TEST_CASE("sim::flow: a send issued with a large collective shares the NIC with 
   const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
   const CostModel costs(cluster, prof);
   Builder b(16, {{"dp", 0}, {"pp", 0}});
-  std::vector<RankId> all;
-  for (RankId r = 0; r < 16; ++r) all.push_back(r);
-  const CommId w = b.comm("world", "pp", all);
+  const CommId w = b.world("pp");
   const CommId dp = b.comm("dp.0", "dp", {0, 8});
   const std::uint64_t small = 256ull << 10, big = 8ull << 30;
   b.collective(0, "dp_ar", 0, CollectiveKind::kAllReduce, dp, big);

@@ -10,6 +10,7 @@
 #include "sim/cost_model.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/grad_accumulation.hpp"
 #include "tests/support/run_configs.hpp"
 #include "topologies/cluster.hpp"
 
@@ -42,15 +43,12 @@ Step step(const models::ModelSpec& m, const models::RunConfig& c) {
   return s;
 }
 
-void check_unfused_slower(const models::ModelSpec& m, models::RunConfig c) {
-  double hook_adds_fp32 = 0;
-  for (const bool fp32 : {true, false}) {
+void check_unfused_slower(const models::ModelSpec& m, const models::RunConfig& c) {
+  double hook_adds_fp32 = 0;  // for_fused_and_unfused runs fp32 main grads first
+  testing::for_fused_and_unfused(c, [&](bool fp32, const models::RunConfig& on, const models::RunConfig& off) {
     CAPTURE(fp32);
-    c.grad_reduce_in_fp32 = fp32;
-    c.gradient_accumulation_fusion = true;
-    const Step fused = step(m, c);
-    c.gradient_accumulation_fusion = false;
-    const Step unfused = step(m, c);
+    const Step fused = step(m, on);
+    const Step unfused = step(m, off);
     CHECK(fused.adds_s == 0);
     CHECK(unfused.adds_s > 0);
     CHECK(unfused.step_s > fused.step_s);
@@ -61,24 +59,19 @@ void check_unfused_slower(const models::ModelSpec& m, models::RunConfig c) {
     } else {
       CHECK(fused.hook_adds_s < hook_adds_fp32);
     }
-  }
+  });
 }
 
 }  // namespace
 
 TEST_CASE("sim: a dense step without gradient_accumulation_fusion is slower than with it", "[sim]") {
-  models::ModelSpec m = models::load_model("llama3-8b");
-  m.num_layers = 2;
-  // TP 2 with SP, two micro-batches.
-  check_unfused_slower(m, testing::production(testing::run_config({2, 2, 1, 1, 1, 1, 1, 2, 4096})));
+  const auto dense = testing::dense_tp2_case(4096, 2);  // TP 2 with SP, two micro-batches
+  check_unfused_slower(dense.model, testing::production(dense.config));
 }
 
 TEST_CASE("sim: an MoE step without gradient_accumulation_fusion is slower than with it", "[sim][moe]") {
-  models::ModelSpec m = models::load_model("qwen3-30b-a3b");
-  m.num_layers = 2;
-  models::RunConfig c = testing::run_config({2, 1, 1, 1, 1, 2, 1, 4, 4096});  // EP 2, two micro-batches per rank
-  c.cuda_device_max_connections = 32;
-  check_unfused_slower(m, c);
+  const auto moe = testing::moe_ep2_case(4096, 4);  // EP 2, two micro-batches per rank
+  check_unfused_slower(moe.model, moe.config);
 }
 
 TEST_CASE(

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/error.hpp"
 #include "common/io.hpp"
 #include "sim/cost_model.hpp"
 #include "tests/catch.hpp"
@@ -232,5 +233,41 @@ TEST_CASE("sim::profile: a collective line's latencies and bus bandwidth are opt
                           "p.json"),
         twinstep_contains("p.json: /collectives/0/bus_bandwidth: must be positive") &&
             twinstep_contains("leave the field out to keep the topology's link bandwidth"));
+  }
+}
+
+TEST_CASE("sim::profile: the table-convention switches write each spelling they read and refuse others", "[sim]") {
+  // Each switch of kTableSwitches: the default profile writes the spelling that clears it, a file with the other
+  // spelling reads as set and writes it back; any third spelling names the field and both accepted ones.
+  struct Case {
+    const char* key;
+    const char* on;
+    const char* off;
+    bool Profile::*field;
+  };
+  const std::vector<Case> cases = {{"memory_tables", "bytes", "flops", &Profile::memory_tables_by_bytes},
+                                   {"attention_causal_work", "full", "half", &Profile::attention_full_scores},
+                                   {"grouped_gemm_table", "per_group", "total", &Profile::grouped_gemm_per_group}};
+  const std::string defaults = profile_to_json(Profile::datasheet_defaults());
+  for (const Case& c : cases) {
+    INFO(c.key);
+    const std::string quoted_key = std::string("\"") + c.key + "\": ";
+    CHECK(defaults.find(quoted_key + "\"" + c.off + "\"") != std::string::npos);
+    CHECK_FALSE(Profile::datasheet_defaults().*c.field);
+    const Profile set =
+        profile_from_json(std::string(R"({"schema_version": 1, )") + quoted_key + "\"" + c.on + "\"}", "on.json");
+    CHECK(set.*c.field);
+    const std::string written = profile_to_json(set);
+    CHECK(written.find(quoted_key + "\"" + c.on + "\"") != std::string::npos);
+    CHECK(profile_from_json(written, "again.json").*c.field);
+    try {
+      (void)profile_from_json(std::string(R"({"schema_version": 1, )") + quoted_key + "\"neither\"}", "bad.json");
+      FAIL("expected a ParseError");
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      CHECK(msg.find(std::string("bad.json: /") + c.key + ": use") == 0);
+      CHECK(msg.find(std::string("\"") + c.on + "\"") != std::string::npos);
+      CHECK(msg.find(std::string("\"") + c.off + "\"") != std::string::npos);
+    }
   }
 }

@@ -44,9 +44,7 @@ CollectiveParams zero_cost_p2p(NcclProto proto) {
 /// 1F1B (PipeDream-flush) on `p` stages with `m` micro-batches: warm-up p-s-1 forwards, steady 1F1B, cool-down.
 Schedule one_f_one_b(std::uint32_t p, std::uint32_t m, std::uint64_t fwd_k) {
   Builder b(p, {{"compute", 0}, {"send", -1}, {"recv", -1}});
-  std::vector<RankId> members;
-  for (RankId r = 0; r < p; ++r) members.push_back(r);
-  const CommId pp = b.comm("pp", "pp", members);
+  const CommId pp = b.comm("pp", "pp", b.every_rank());
   for (RankId s = 0; s < p; ++s) {
     auto fwd = [&](std::uint32_t k) {
       std::vector<OpId> deps;
@@ -85,9 +83,7 @@ TEST_CASE("sim: ring all-reduce on a uniform ring matches 2(n-1)(a + S/(nB))", "
     const double bw = 100e9, alpha = 1e-6;
     const std::uint64_t bytes = 1ull << 30;
     Builder b(n, {{"comm", 0}});
-    std::vector<RankId> members;
-    for (RankId r = 0; r < n; ++r) members.push_back(r);
-    const CommId c = b.comm("dp", "dp", members);
+    const CommId c = b.comm("dp", "dp", b.every_rank());
     for (RankId r = 0; r < n; ++r) b.collective(r, "ar", 0, CollectiveKind::kAllReduce, c, bytes);
     Profile prof = closed_form_profile();
     CollectiveParams o;
@@ -357,9 +353,7 @@ TEST_CASE("sim: concurrent inter-node transfers of one GPU share its NIC fairly"
   const std::uint64_t bytes = 1ull << 30;
   auto run = [&](bool two) {
     Builder b(16, {{"a", 0}, {"b", 0}});
-    std::vector<RankId> all;
-    for (RankId r = 0; r < 16; ++r) all.push_back(r);
-    const CommId w = b.comm("world", "pp", all);
+    const CommId w = b.world("pp");
     b.send(0, "s8", 0, w, 8, bytes, 0);
     if (two) b.send(0, "s9", 1, w, 9, bytes, 0);
     b.recv(8, "r8", 0, w, 0, bytes, 0);
@@ -399,24 +393,18 @@ TEST_CASE("sim: host_sync blocks issue until its target completes, launch costs 
 TEST_CASE("sim: same input gives a byte-identical trace", "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");
   const CostModel costs(cluster, Profile::datasheet_defaults());
-  Schedule s = one_f_one_b(4, 6, 4096);
+  Builder sb(one_f_one_b(4, 6, 4096));
   // Add a DP-style all-reduce on a side stream overlapping the cool-down, and an all-to-all.
-  s.communicators.push_back(Communicator{"world", "ep", {0, 1, 2, 3}});
-  const CommId w = static_cast<CommId>(s.communicators.size() - 1);
+  const CommId w = sb.world("ep");
   for (RankId r = 0; r < 4; ++r) {
-    Op op;
-    op.id = static_cast<OpId>(s.ops.size());
-    op.rank = r;
-    op.name = "a2a";
-    op.stream = 1;
     Collective c;
     c.kind = CollectiveKind::kAllToAll;
     c.comm = w;
     c.send_bytes = {1u << 20, 2u << 20, 3u << 20, 4u << 20};
     c.bytes = 10u << 20;
-    op.body = c;
-    s.ops.push_back(op);
+    sb.add(r, "a2a", 1, c);
   }
+  const Schedule& s = sb.schedule();
   const std::string a = schedule::trace_to_json(simulate(s, cluster, costs));
   const std::string b = schedule::trace_to_json(simulate(s, cluster, costs));
   CHECK(a == b);

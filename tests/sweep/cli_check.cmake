@@ -38,7 +38,7 @@ endfunction()
 if(CASE STREQUAL "union")
   run(0 ${base} --gpus 4 --tp 1,2,4 --gbs 8 -o ${WORK}/s.jsonl)
   # The summary's times: format_seconds' three decimals (these points take milliseconds; "%.1f s" printed 0.0 s).
-  expect("3 points: 0 resumed from the file, 3 evaluated with 1 jobs in [0-9]+[.][0-9][0-9][0-9] (s|ms|us) [(][0-9]+[.][0-9][0-9][0-9] (s|ms) since the sweep started")
+  expect("3 points: 0 resumed from the file, 3 evaluated with 1 jobs in [0-9]+[.][0-9][0-9][0-9] (s|ms|us) [(][0-9]+[.][0-9][0-9][0-9] (s|ms) since the process started")
   count_lines(${WORK}/s.jsonl first)
   if(NOT first EQUAL 3)
     message(FATAL_ERROR "the first sweep wrote ${first} lines, expected 3:\n${all}")

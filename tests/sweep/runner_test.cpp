@@ -2,6 +2,7 @@
 // resume after a kill (a truncated output file), shards merged equal the single run, merge dedupe.
 #include "sweep/runner.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -89,6 +90,29 @@ TEST_CASE("sweep::run_sweep: one line per point, in point order, with reasons", 
     }
   }
   CHECK(ok == 14);  // (3 layouts on 2 GPUs + 4 on 4 GPUs) x 2 overlaps; tp3 never divides
+}
+
+TEST_CASE("sweep::run_sweep: rejection reasons the caller computed are taken as they are, not computed again",
+          "[sweep]") {
+  const std::string dir = temp_dir("rejections");
+  const auto points = tiny_points();
+  std::vector<std::string> reasons;
+  for (const auto& p : points) reasons.push_back(sweep::rejection_reason(p));
+  (void)sweep::run_sweep(points, opts(dir + "/own.jsonl"));
+  auto given = opts(dir + "/given.jsonl");
+  given.rejections = &reasons;
+  (void)sweep::run_sweep(points, given);
+  CHECK(read_file(dir + "/given.jsonl") == read_file(dir + "/own.jsonl"));
+  // The reasons given are the ones used: a valid point marked invalid by the caller is recorded with its reason.
+  const auto valid = std::find(reasons.begin(), reasons.end(), std::string());
+  REQUIRE(valid != reasons.end());
+  const auto k = static_cast<std::size_t>(valid - reasons.begin());
+  reasons[k] = "marked invalid by the caller";
+  auto marked = opts(dir + "/marked.jsonl");
+  marked.rejections = &reasons;
+  const auto results = sweep::run_sweep(points, marked);
+  CHECK(results[k].status == sweep::PointStatus::kInvalid);
+  CHECK(results[k].reason == "marked invalid by the caller");
 }
 
 TEST_CASE("sweep::run_sweep: mixed analytic and flow points give the lines evaluate_point gives", "[sweep]") {
