@@ -22,9 +22,6 @@
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
-using twinstep::backend::test::add;
-using twinstep::backend::test::base;
-using twinstep::backend::test::gemm;
 using twinstep::backend::test::to_bf16;
 
 TEST_CASE("backend::grouped_gemm: unequal groups over the side streams match a host reference and one stream",
