@@ -18,8 +18,10 @@
 #include "tests/models/test_util.hpp"
 
 using namespace twinstep::models;
+using twinstep::models::test::config;
 using twinstep::models::test::count_ops;
 using twinstep::models::test::problems;
+using twinstep::models::test::shrink;
 using twinstep::testing::dense_tp2_case;
 using twinstep::testing::for_fused_and_unfused;
 using twinstep::testing::moe_ep2_case;
