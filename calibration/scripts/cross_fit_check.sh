@@ -6,14 +6,14 @@
 #
 # Usage, from the repository root:
 #   calibration/scripts/cross_fit_check.sh TWINSTEP OUT [RUNS] [FIT_CASE] [-- calibrate flags...]
-#   TWINSTEP: the twinstep binary; OUT: a new folder; RUNS: the reference run's r/ folder (default: the session-7
-#   H100 run); FIT_CASE: the case fitted from (default dense_s4096); calibrate flags, e.g. --profile BASE.json (the
+#   TWINSTEP: the twinstep binary; OUT: a new folder; RUNS: the reference run's r/ folder (default: the
+#   session-11 H100 run after the optimizer-order fix, torchgap_check/torchgap.tgz unpacked beside it is the newer); FIT_CASE: the case fitted from (default dense_s4096); calibrate flags, e.g. --profile BASE.json (the
 #   run's own measured profile: RUNS/profile_used.json).
 # Writes OUT/fit.json, OUT/fit.log, OUT/<case>.{sim.json,compare.txt} and prints a table (also OUT/table.txt).
 set -eu
 T=$1
 OUT=$2
-RUNS=${3:-calibration/measured/h100x1/session7/reference/r}
+RUNS=${3:-calibration/measured/h100x1/session11/reference/r}
 FIT_CASE=${4:-dense_s4096}
 shift $(($# < 4 ? $# : 4))
 [ "${1:-}" = "--" ] && shift
