@@ -26,7 +26,7 @@ done
   for f in "$OUT"/logs/*.log; do
     [ "$(basename "$f")" = build.log ] && continue
     echo "== $(basename "$f"): distinct cublasLtMatmul / heuristic lines (pointers removed), with counts"
-    grep -E "cublasLtMatmul|Algo|algo|heuristic" "$f" | sed -E 's/0x[0-9a-f]+/PTR/g; s/^\[[^]]*\]//' | sort | uniq -c \
+    grep -E "cublasLtMatmul|Algo|algo|heuristic" "$f" | sed -E 's/0[xX][0-9a-fA-F]{6,}/PTR/g; s/^\[[^]]*\]//' | sort | uniq -c \
       | sort -rn | head -25
   done
 } > "$OUT/fp8_algo.txt" 2>&1
