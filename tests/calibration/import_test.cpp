@@ -599,7 +599,8 @@ TEST_CASE("calibrate --from-trace: the fitted tables anchor the base's and the c
   }
   REQUIRE(ratio.points.size() > 1);
   std::size_t checked = 0;
-  for (const auto& [x, e] : b.points) {
+  for (const auto& point : b.points) {
+    const double x = point.first, e = point.second;  // named: a lambda cannot capture a structured binding (clang 14)
     if (std::any_of(sizes.begin(), sizes.end(), [&](double f) { return x >= f / 1.03 && x <= f * 1.03; })) continue;
     INFO("base point " << x);
     CHECK(g.at(x) == Approx(std::clamp(e * ratio.at(x), 1e-4, 1.0)).epsilon(1e-9));
