@@ -268,6 +268,44 @@ TEST_CASE("calibration::fit: attention's SM scaling beside a waiting recv (waves
   }
 }
 
+TEST_CASE("calibration::fit: the GEMM output tile of the wave model is recovered from corun.recv_wait",
+          "[calibration]") {
+  // The synthetic hardware times GEMMs beside the waiting recv in waves of 128x256 (the default) or 128x128 output
+  // tiles; the fit tries 128x256, 128x128 and 64x128 with the waiting coefficient fitted under each, keeps the one that
+  // reproduces the group, logs every candidate's error, and writes the tile only when it is not the default.
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  for (const std::uint32_t tile_n : {256u, 128u}) {
+    INFO("truth tile 128x" << tile_n);
+    const std::string path = temp_path("recv_wait_tile.jsonl");
+    sim::Profile truth = truth_profile();
+    truth.interference.waiting_sms_per_channel = 0.5;
+    truth.interference.gemm_tile_n = tile_n;
+    const RawResults raw = measure_quick(path, truth);
+    std::filesystem::remove(path);
+    const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+    CHECK(r.profile.interference.gemm_tile_m == 128);
+    CHECK(r.profile.interference.gemm_tile_n == tile_n);
+    CHECK(sim::profile_from_json(r.json, "fitted.json").interference.gemm_tile_n == tile_n);
+    CHECK((r.json.find("\"gemm_tile_n\"") != std::string::npos) == (tile_n != 256));
+    const auto line = std::find_if(r.log.begin(), r.log.end(), [](const std::string& l) {
+      return l.find("GEMM waves in output tiles of") != std::string::npos;
+    });
+    REQUIRE(line != r.log.end());
+    CHECK(line->find("128x256 ") != std::string::npos);
+    CHECK(line->find("64x128 ") != std::string::npos);
+    CHECK(line->find("chosen 128x" + std::to_string(tile_n)) != std::string::npos);
+    // Under the chosen tile every shape is reproduced (the truth's own model).
+    for (const auto& l : r.log) {
+      if (l.rfind(std::string(kRecvWaitGroup) + ".gemm", 0) == 0) {
+        INFO(l);
+        const auto pct = l.rfind('(');
+        REQUIRE(pct != std::string::npos);
+        CHECK(std::abs(std::stod(l.substr(pct + 1))) < 1.0);
+      }
+    }
+  }
+}
+
 TEST_CASE("calibration::fit: waiting_sms_per_channel_more is recovered from corun.recv_wait4", "[calibration]") {
   // The synthetic hardware: the first waiting kernel holds 0.5 SMs per channel, each further one 0.25.
   const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
