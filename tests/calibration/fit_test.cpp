@@ -350,6 +350,50 @@ TEST_CASE("calibration::fit: waiting_sms_per_channel_more is recovered from coru
         r.profile.interference.waiting_sms_per_channel_more);
 }
 
+TEST_CASE("calibration::fit: the non-causal attention tables come from compute.attention_noncausal", "[calibration]") {
+  // The synthetic hardware runs non-causal attention at efficiency 0.30 (fwd) / 0.25 (bwd), causal at the datasheet
+  // table: the fit writes attention_noncausal_* tables that reproduce the truth, and none from a raw file without the
+  // group.
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  sim::Profile truth = truth_profile();
+  truth.compute["attention_noncausal_fwd"] = sim::EfficiencyTable{{{1e9, 0.30}, {1e14, 0.30}}};
+  truth.compute["attention_noncausal_bwd"] = sim::EfficiencyTable{{{1e9, 0.25}, {1e14, 0.25}}};
+  const sim::CostModel costs(cluster, truth);
+  std::vector<BenchGroup> groups;
+  for (auto& g : make_suite("default", 2)) {
+    if (g.name == kAttentionNoncausalGroup) groups.push_back(std::move(g));
+  }
+  REQUIRE(groups.size() == 1);
+  // Only non-causal kernels, the CP2 validation shapes among them, both directions.
+  int fwd = 0, bwd = 0;
+  for (const auto& p : groups[0].probes) {
+    const auto& a =
+        std::get<schedule::Attention>(std::get<schedule::Compute>(groups[0].schedule.ops[p.ops[0]].body).kernel);
+    CHECK_FALSE(a.causal);
+    CHECK(p.family == (a.backward ? "attention_noncausal_bwd" : "attention_noncausal_fwd"));
+    (a.backward ? bwd : fwd) += 1;
+  }
+  CHECK(fwd >= 7);
+  CHECK(bwd == fwd);
+  const std::string path = temp_path("attention_noncausal.jsonl");
+  RunOptions o;
+  o.raw_path = path;
+  run_suite(
+      "default", groups, [&](const schedule::Schedule& s) { return sim::simulate(s, cluster, costs); }, o);
+  const RawResults raw = read_raw(path);
+  std::filesystem::remove(path);
+  const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+  const auto back = sim::profile_from_json(r.json, "fitted.json");
+  for (const double flops : {1e10, 1e11, 1e12}) {
+    CHECK(back.compute.at("attention_noncausal_fwd").at(flops) == Approx(0.30).epsilon(0.01));
+    CHECK(back.compute.at("attention_noncausal_bwd").at(flops) == Approx(0.25).epsilon(0.01));
+  }
+  const FitResult none = fit_profile(measure_quick(path), cluster, "test", "", FrameworkInput{});
+  std::filesystem::remove(path);
+  CHECK(none.json.find("attention_noncausal") == std::string::npos);
+  CHECK(none.profile.compute.count("attention_noncausal_fwd") == 0);
+}
+
 TEST_CASE("calibration::suite: resume keeps measured groups and drops a torn line", "[calibration]") {
   const std::string path = temp_path("resume.jsonl");
   const RawResults full = measure_quick(path);
