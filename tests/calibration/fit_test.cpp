@@ -48,6 +48,18 @@ RawResults measure_quick(const std::string& path, const sim::Profile& truth = tr
   return read_raw(path);
 }
 
+/// Checks every fit log line that starts with `prefix` (one shape's measured and simulated slowdown, the relative
+/// error in parentheses last): the simulated slowdown within 1 % of the measured one.
+void check_logged_slowdowns(const std::vector<std::string>& log, const std::string& prefix) {
+  for (const auto& line : log) {
+    if (line.rfind(prefix, 0) != 0) continue;
+    INFO(line);
+    const auto pct = line.rfind('(');
+    REQUIRE(pct != std::string::npos);
+    CHECK(std::abs(std::stod(line.substr(pct + 1))) < 1.0);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("calibration::suite: every group is a valid schedule with probes on its ops", "[calibration]") {
@@ -256,14 +268,7 @@ TEST_CASE("calibration::fit: attention's SM scaling beside a waiting recv (waves
     CHECK(std::any_of(r.log.begin(), r.log.end(), [](const std::string& l) {
       return l.find("attention beside the waiting recv: in waves of 128 query rows") != std::string::npos;
     }));
-    for (const auto& line : r.log) {
-      if (line.rfind(std::string(kRecvWaitGroup) + ".attention", 0) == 0) {
-        INFO(line);
-        const auto pct = line.rfind('(');
-        REQUIRE(pct != std::string::npos);
-        CHECK(std::abs(std::stod(line.substr(pct + 1))) < 1.0);
-      }
-    }
+    check_logged_slowdowns(r.log, std::string(kRecvWaitGroup) + ".attention");
     std::filesystem::remove(path);
   }
 }
@@ -295,14 +300,7 @@ TEST_CASE("calibration::fit: the GEMM output tile of the wave model is recovered
     CHECK(line->find("64x128 ") != std::string::npos);
     CHECK(line->find("chosen 128x" + std::to_string(tile_n)) != std::string::npos);
     // Under the chosen tile every shape is reproduced (the truth's own model).
-    for (const auto& l : r.log) {
-      if (l.rfind(std::string(kRecvWaitGroup) + ".gemm", 0) == 0) {
-        INFO(l);
-        const auto pct = l.rfind('(');
-        REQUIRE(pct != std::string::npos);
-        CHECK(std::abs(std::stod(l.substr(pct + 1))) < 1.0);
-      }
-    }
+    check_logged_slowdowns(r.log, std::string(kRecvWaitGroup) + ".gemm");
   }
 }
 
