@@ -48,6 +48,17 @@ RawResults measure_quick(const std::string& path, const sim::Profile& truth = tr
   return read_raw(path);
 }
 
+/// The profile fitted from the quick suite run on synthetic hardware `truth` whose waiting recv holds 0.5 SMs per
+/// channel (the raw file, `file` under the temp folder, is removed again).
+FitResult fit_recv_wait_truth(sim::Profile truth, const std::string& file) {
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  truth.interference.waiting_sms_per_channel = 0.5;
+  const std::string path = temp_path(file);
+  const RawResults raw = measure_quick(path, truth);
+  std::filesystem::remove(path);
+  return fit_profile(raw, cluster, "test", "", FrameworkInput{});
+}
+
 /// Checks every fit log line that starts with `prefix` (one shape's measured and simulated slowdown, the relative
 /// error in parentheses last): the simulated slowdown within 1 % of the measured one.
 void check_logged_slowdowns(const std::vector<std::string>& log, const std::string& prefix) {
@@ -253,15 +264,11 @@ TEST_CASE("calibration::fit: attention's SM scaling beside a waiting recv (waves
   // The synthetic hardware times attention in waves of 128 query rows or in proportion to its SMs
   // (attention_tile_q 0); the fit keeps the one that reproduces corun.recv_wait's attention shapes, logs both errors,
   // and writes attention_tile_q only when it is not the default.
-  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
   for (const std::uint32_t tile_q : {128u, 0u}) {
     INFO("truth attention_tile_q " << tile_q);
-    const std::string path = temp_path("recv_wait_attention.jsonl");
     sim::Profile truth = truth_profile();
-    truth.interference.waiting_sms_per_channel = 0.5;
     truth.interference.attention_tile_q = tile_q;
-    const RawResults raw = measure_quick(path, truth);
-    const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+    const FitResult r = fit_recv_wait_truth(truth, "recv_wait_attention.jsonl");
     CHECK(r.profile.interference.attention_tile_q == tile_q);
     CHECK(sim::profile_from_json(r.json, "fitted.json").interference.attention_tile_q == tile_q);
     CHECK((r.json.find("\"attention_tile_q\"") != std::string::npos) == (tile_q != 128));
@@ -269,7 +276,6 @@ TEST_CASE("calibration::fit: attention's SM scaling beside a waiting recv (waves
       return l.find("attention beside the waiting recv: in waves of 128 query rows") != std::string::npos;
     }));
     check_logged_slowdowns(r.log, std::string(kRecvWaitGroup) + ".attention");
-    std::filesystem::remove(path);
   }
 }
 
@@ -278,16 +284,11 @@ TEST_CASE("calibration::fit: the GEMM output tile of the wave model is recovered
   // The synthetic hardware times GEMMs beside the waiting recv in waves of 128x256 (the default) or 128x128 output
   // tiles; the fit tries 128x256, 128x128 and 64x128 with the waiting coefficient fitted under each, keeps the one that
   // reproduces the group, logs every candidate's error, and writes the tile only when it is not the default.
-  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
   for (const std::uint32_t tile_n : {256u, 128u}) {
     INFO("truth tile 128x" << tile_n);
-    const std::string path = temp_path("recv_wait_tile.jsonl");
     sim::Profile truth = truth_profile();
-    truth.interference.waiting_sms_per_channel = 0.5;
     truth.interference.gemm_tile_n = tile_n;
-    const RawResults raw = measure_quick(path, truth);
-    std::filesystem::remove(path);
-    const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+    const FitResult r = fit_recv_wait_truth(truth, "recv_wait_tile.jsonl");
     CHECK(r.profile.interference.gemm_tile_m == 128);
     CHECK(r.profile.interference.gemm_tile_n == tile_n);
     CHECK(sim::profile_from_json(r.json, "fitted.json").interference.gemm_tile_n == tile_n);
