@@ -5,7 +5,9 @@
 #include <array>
 #include <cctype>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -65,6 +67,8 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   opts.schedule_hash = options.schedule_hash;
   schedule::Matching matching;
   opts.matching_out = &matching;
+  double solo_from_sim = std::numeric_limits<double>::quiet_NaN();  // sim::Options::solo_compute_out, when it sets it
+  opts.solo_compute_out = &solo_from_sim;
   Phases* phases = options.phases;
   sim::Timings timings;
   if (phases != nullptr) {
@@ -84,20 +88,24 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   t0 = Clock::now();
   out.breakdown = schedule::analyze(trace, matching);
   if (phases != nullptr) phases->analyze_s += seconds_since(t0);
-  // Every micro-batch and layer repeats a few shapes: a shape's solo time is looked up once (kernel_cost is pure),
-  // except for ops whose stem has its own efficiency table (their cost depends on the name too).
-  double solo = 0;
-  std::unordered_map<schedule::Compute, double, sim::ComputeHash> solo_by_shape;
-  for (const auto& op : trace.schedule.ops) {
-    const auto* c = std::get_if<schedule::Compute>(&op.body);
-    if (c == nullptr) continue;
-    if (costs.op_table(op.name) != nullptr) {
-      solo += costs.kernel_cost(*c, op.name).solo_time_s();
-      continue;
+  // The analytic model summed the solo times from the costs it looked up. Otherwise (flow): every micro-batch and
+  // layer repeats a few shapes, so a shape's solo time is looked up once (kernel_cost is pure), except for ops whose
+  // stem has its own efficiency table (their cost depends on the name too); the same sum in the same order.
+  double solo = solo_from_sim;
+  if (std::isnan(solo)) {
+    solo = 0;
+    std::unordered_map<schedule::Compute, double, sim::ComputeHash> solo_by_shape;
+    for (const auto& op : trace.schedule.ops) {
+      const auto* c = std::get_if<schedule::Compute>(&op.body);
+      if (c == nullptr) continue;
+      if (costs.op_table(op.name) != nullptr) {
+        solo += costs.kernel_cost(*c, op.name).solo_time_s();
+        continue;
+      }
+      auto it = solo_by_shape.find(*c);
+      if (it == solo_by_shape.end()) it = solo_by_shape.emplace(*c, costs.kernel_cost(*c).solo_time_s()).first;
+      solo += it->second;
     }
-    auto it = solo_by_shape.find(*c);
-    if (it == solo_by_shape.end()) it = solo_by_shape.emplace(*c, costs.kernel_cost(*c).solo_time_s()).first;
-    solo += it->second;
   }
   const auto ranks = trace.schedule.ranks.size();
   out.solo_compute_s = ranks == 0 ? 0.0 : solo / static_cast<double>(ranks);

@@ -31,12 +31,13 @@ namespace {
 
 enum class Ev : std::uint8_t { kCompute, kTransfer, kWait, kHost };
 
+/// 16 bytes, so that sorting a rank's events moves little; a transfer's start (its attribution order) is kept per op
+/// beside them (EventBuilder::transfer_start).
 struct Event {
   Nanos t;
-  int delta;  // +1 begin, -1 end
-  Ev type;
-  Nanos key_start;  // transfers: start, for attribution order
   OpId op;
+  std::int8_t delta;  // +1 begin, -1 end
+  Ev type;
 };
 
 struct RankAccum {
@@ -65,7 +66,7 @@ class ActiveTransfers {
 };
 
 RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<std::uint32_t>& kind_of_op,
-                std::size_t num_kinds) {
+                const std::vector<Nanos>& transfer_start, std::size_t num_kinds) {
   // Events at equal t are all applied before the next interval is accounted, so their order among themselves does
   // not matter: the counters only add up, and a transfer's begin and end never share a t (every transfer interval
   // has positive length). Sorting by time alone is therefore enough.
@@ -110,9 +111,9 @@ RankAccum sweep(std::vector<Event>& ev, Nanos t0, Nanos t1, const std::vector<st
           break;
         case Ev::kTransfer:
           if (e.delta > 0) {
-            transfers.insert(e.key_start, e.op);
+            transfers.insert(transfer_start[e.op], e.op);
           } else {
-            transfers.erase(e.key_start, e.op);
+            transfers.erase(transfer_start[e.op], e.op);
           }
           break;
       }
@@ -141,9 +142,9 @@ std::vector<RankId> present_ranks(const Schedule& s, std::vector<std::uint32_t>&
 /// Sweeps each rank's events over [t0, t1] into its breakdown, appended to `b.ranks`, and sets the mean over ranks.
 void add_rank_breakdowns(Breakdown& b, std::vector<std::vector<Event>>& events, const std::vector<RankId>& ranks,
                          Nanos t0, Nanos t1, const std::vector<std::uint32_t>& kind_of_op,
-                         const std::vector<std::string>& kinds) {
+                         const std::vector<Nanos>& transfer_start, const std::vector<std::string>& kinds) {
   for (std::size_t ri = 0; ri < ranks.size(); ++ri) {
-    const RankAccum a = sweep(events[ri], t0, t1, kind_of_op, kinds.size());
+    const RankAccum a = sweep(events[ri], t0, t1, kind_of_op, transfer_start, kinds.size());
     RankBreakdown rb;
     rb.rank = ranks[ri];
     rb.compute_s = to_seconds(a.compute);
@@ -221,6 +222,7 @@ class EventBuilder {
         rec_(rec),
         kinds_(trace.schedule),
         kind_of_op_(trace.schedule.ops.size(), UINT32_MAX),
+        transfer_start_(trace.schedule.ops.size(), 0),
         events_(ranks.size()),
         last_compute_end_(ranks.size(), kNoEvent),
         previous_(ranks.size(), kNoOp),
@@ -252,6 +254,7 @@ class EventBuilder {
 
   [[nodiscard]] std::vector<std::vector<Event>>& events() { return events_; }
   [[nodiscard]] const std::vector<std::uint32_t>& kind_of_op() const { return kind_of_op_; }
+  [[nodiscard]] const std::vector<Nanos>& transfer_start() const { return transfer_start_; }
   [[nodiscard]] const std::vector<std::string>& kinds() const { return kinds_.names(); }
 
  private:
@@ -275,8 +278,8 @@ class EventBuilder {
       ev[last_end].t = end;
       return;
     }
-    ev.push_back({begin, +1, type, 0, id});
-    ev.push_back({end, -1, type, 0, id});
+    ev.push_back({begin, id, +1, type});
+    ev.push_back({end, id, -1, type});
     last_end = ev.size() - 1;
   }
 
@@ -313,13 +316,14 @@ class EventBuilder {
     kind_of_op_[o] = kinds_.of(comm);
     arrived = std::min(arrived, r.end_ns);
     if (arrived > r.start_ns) {
-      ev.push_back({r.start_ns, +1, Ev::kWait, 0, o});
-      ev.push_back({arrived, -1, Ev::kWait, 0, o});
+      ev.push_back({r.start_ns, o, +1, Ev::kWait});
+      ev.push_back({arrived, o, -1, Ev::kWait});
     }
     // A zero-length transfer occupies no time; adding it could leave its begin after its end at equal t.
     if (r.end_ns > arrived) {
-      ev.push_back({arrived, +1, Ev::kTransfer, arrived, o});
-      ev.push_back({r.end_ns, -1, Ev::kTransfer, arrived, o});
+      transfer_start_[o] = arrived;
+      ev.push_back({arrived, o, +1, Ev::kTransfer});
+      ev.push_back({r.end_ns, o, -1, Ev::kTransfer});
     }
   }
 
@@ -329,6 +333,7 @@ class EventBuilder {
   const RecordIndex& rec_;
   CommKinds kinds_;
   std::vector<std::uint32_t> kind_of_op_;  ///< Per op, its communicator kind's index (UINT32_MAX: not communication).
+  std::vector<Nanos> transfer_start_;      ///< Per op with a transfer: when it started (its order among transfers).
   std::vector<std::vector<Event>> events_;
   std::vector<std::size_t> last_compute_end_;
   std::vector<OpId> previous_;  ///< Per rank: the last op with a record so far.
@@ -361,7 +366,8 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
     if (rec.of_op[o] != SIZE_MAX) events.add(ri, static_cast<OpId>(o));
   }
   events.finish();
-  add_rank_breakdowns(b, events.events(), ranks, rec.t0, rec.t1, events.kind_of_op(), events.kinds());
+  add_rank_breakdowns(b, events.events(), ranks, rec.t0, rec.t1, events.kind_of_op(), events.transfer_start(),
+                      events.kinds());
   return b;
 }
 

@@ -17,9 +17,11 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <queue>
 #include <type_traits>
 #include <unordered_map>
+#include <variant>
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
@@ -324,6 +326,15 @@ class AnalyticModel final : public GpuSharingModel {
   }
 
   [[nodiscard]] std::size_t running() const override { return running_; }
+
+  [[nodiscard]] std::optional<double> solo_compute_s() const override {
+    double solo = 0;
+    for (std::size_t i = 0; i < op_.size(); ++i) {
+      if (std::holds_alternative<schedule::Compute>(ctx_.schedule.ops[i].body))
+        solo += kernels_[op_[i].info].solo_time_s();
+    }
+    return solo;
+  }
 
   [[nodiscard]] Nanos next_completion() const override {
     drop_stale();

@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "common/units.hpp"
@@ -62,6 +63,9 @@ class ResourceModel {
     (void)op;
     (void)now;
   }
+  /// Options::solo_compute_out: the compute ops' solo times summed in op order, where the model prices every kernel
+  /// (the analytic model); std::nullopt otherwise.
+  [[nodiscard]] virtual std::optional<double> solo_compute_s() const { return std::nullopt; }
 };
 
 /// The analytic model's GPU side, for a model that times communication itself (the flow model): communication

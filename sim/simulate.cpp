@@ -317,6 +317,9 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
   } else {
     auto model = make_analytic_model(ctx);
     trace.records = run_semantics(ctx, *model);
+    if (options.solo_compute_out != nullptr) {
+      if (const auto solo = model->solo_compute_s()) *options.solo_compute_out = *solo;
+    }
   }
   if (options.timings != nullptr) options.timings->run_s = seconds_since(t0);
   if (options.matching_out != nullptr) *options.matching_out = std::move(matching);  // the run is over

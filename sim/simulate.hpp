@@ -88,6 +88,11 @@ struct Options {
   /// When set, receives the schedule's matching (schedule::match) that the simulation used, so that
   /// schedule::analyze(trace, matching) need not match the schedule again.
   schedule::Matching* matching_out = nullptr;
+  /// When set, with the analytic fidelity: receives the sum over the schedule's compute ops, in op order, of each
+  /// kernel's solo time (CostModel::kernel_cost(compute, op name).solo_time_s()), from the costs the model looked up
+  /// once per kernel, so that the caller need not look every op up again. Left unchanged with flow (its model runs in
+  /// a child process).
+  double* solo_compute_out = nullptr;
   /// When set, receives the wall seconds of the simulation's parts (bench/sim_bench prints them).
   Timings* timings = nullptr;
 };

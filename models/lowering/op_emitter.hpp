@@ -251,7 +251,10 @@ class OpEmitter {
                   bool blocking, std::vector<OpId> deps = {}, std::string_view overlap = {},
                   schedule::DType dtype = schedule::DType::kBF16) {
     TWINSTEP_ASSERT(comm != kNone, "collective %s on an unused communicator", what.str().c_str());
-    if (last_compute_ != schedule::kNoOp) deps.push_back(last_compute_);
+    // Often deps is {the last compute op} already (sort_unique would drop the copy): no reallocation for it then.
+    if (last_compute_ != schedule::kNoOp && std::find(deps.begin(), deps.end(), last_compute_) == deps.end()) {
+      deps.push_back(last_compute_);
+    }
     schedule::Op& op = open<schedule::Collective>(stream, std::move(deps), records_node(dtype));
     label(op, what, ph, overlap);
     auto& c = op.body.emplace<schedule::Collective>();

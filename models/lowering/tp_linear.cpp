@@ -27,14 +27,14 @@ RankLowering::Ring RankLowering::ub_ring_gemm(std::string_view site, const RingN
       std::vector<OpId> d;
       if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
       if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-      send(x_.st.tp_send, Name{site, names.send, i}, tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, d, "tp",
+      send(x_.st.tp_send, Name{site, names.send, i}, tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, std::move(d), "tp",
            k_.ring_transport, k_.ring_sms);
       rv = recv(x_.st.tp_recv, Name{site, names.recv, i}, tp, tp_peer(-1), act(k_.tokens_sp, kk), 0, ph, "tp",
                 k_.ring_transport, k_.ring_sms);
     }
     std::vector<OpId> d;
     if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
-    ring.last_gemm = gemm(Name{site, names.chunk, i}, k_.tokens_sp, n, kk, ph, d, "tp");
+    ring.last_gemm = gemm(Name{site, names.chunk, i}, k_.tokens_sp, n, kk, ph, std::move(d), "tp");
     prev_recv = rv;
     if (rv != schedule::kNoOp) ring.last_recv = rv;
   }
@@ -75,7 +75,8 @@ void RankLowering::rowparallel_bwd(std::string_view site, std::uint64_t out, std
   }
   std::vector<OpId> d;
   if (last_recv != schedule::kNoOp) d.push_back(last_recv);
-  wgrad_op(Name{site, "_wgrad"}, linear_gemm(out, in, k_.tokens, GemmRole::kWgrad), d, Name{L, site}, ub() ? "tp" : "");
+  wgrad_op(Name{site, "_wgrad"}, linear_gemm(out, in, k_.tokens, GemmRole::kWgrad), std::move(d), Name{L, site},
+           ub() ? "tp" : "");
 }
 
 void RankLowering::colparallel_bwd(std::string_view site, std::uint64_t out, std::uint64_t in, std::string_view L,
@@ -95,10 +96,10 @@ void RankLowering::colparallel_bwd(std::string_view site, std::uint64_t out, std
   }
   std::vector<OpId> wd;
   if (ag != schedule::kNoOp) wd.push_back(ag);
-  wgrad_op(Name{site, "_wgrad"}, linear_gemm(out, in, k_.tokens, GemmRole::kWgrad), wd, Name{L, site}, ov);
+  wgrad_op(Name{site, "_wgrad"}, linear_gemm(out, in, k_.tokens, GemmRole::kWgrad), std::move(wd), Name{L, site}, ov);
   std::vector<OpId> ld;
   if (red != schedule::kNoOp) ld.push_back(red);
-  const OpId ln_op = elementwise(Name{ln, "_bwd"}, 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd, ld);
+  const OpId ln_op = elementwise(Name{ln, "_bwd"}, 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd, std::move(ld));
   grad_ready(Name{L, ln}, ln_op);
 }
 

@@ -2,6 +2,7 @@
 // interference (SM waves, HBM, NIC sharing), host syncs, determinism, run-time deadlocks and error cases.
 #include <cmath>
 #include <string>
+#include <variant>
 
 #include "common/error.hpp"
 #include "models/lower.hpp"
@@ -521,6 +522,41 @@ TEST_CASE("sim: breakdown of a lowered Llama step sums to the step time, traces 
     for (const auto& r : b.ranks) CHECK(r.total_s() == Approx(b.step_time_s).epsilon(1e-3));
     CHECK(b.mean.compute_s > 0.3 * b.step_time_s);
     CHECK(schedule::trace_to_json(t) == schedule::trace_to_json(simulate(lowered.schedule, cluster, costs)));
+  }
+}
+
+TEST_CASE("sim: Options::solo_compute_out is the compute ops' solo times summed in op order (analytic)", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  // One op stem with its own table, so that some ops are priced by name and the rest by shape.
+  Profile prof = Profile::datasheet_defaults();
+  prof.op_compute["fwd.qkv"] = EfficiencyTable{{{1e6, 0.2}, {1e15, 0.2}}};
+  const CostModel costs(cluster, prof);
+  const models::RunConfig cfg =
+      twinstep::testing::production(twinstep::testing::run_config({8, 2, 2, 1, 1, 1, 1, 8, 1024}));
+  const auto lowered = models::lower(models::load_model("llama3-8b"), cfg);
+  // The oracle: every compute op looked up on its own, summed in op order (what evaluate summed before).
+  double expected = 0, by_shape = 0;
+  std::size_t by_name = 0;
+  for (const auto& op : lowered.schedule.ops) {
+    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) {
+      expected += costs.kernel_cost(*c, op.name).solo_time_s();
+      by_shape += costs.kernel_cost(*c).solo_time_s();
+      by_name += costs.op_table(op.name) != nullptr ? 1 : 0;
+    }
+  }
+  REQUIRE(by_name > 0);
+  REQUIRE(by_shape != expected);  // the table matters, so a sum by shape alone would be caught
+  double solo = -1;
+  Options o;
+  o.solo_compute_out = &solo;
+  (void)simulate(lowered.schedule, cluster, costs, o);
+  CHECK(solo == expected);  // the same additions in the same order: bit for bit
+  if (flow_model_available()) {
+    double untouched = -1;
+    o.fidelity = Fidelity::kFlow;
+    o.solo_compute_out = &untouched;
+    (void)simulate(lowered.schedule, cluster, costs, o);
+    CHECK(untouched == -1);  // the flow model runs in a child: the caller sums
   }
 }
 
