@@ -67,7 +67,10 @@ void fit_compute_tables(Ctx& c, sim::Profile& p) {
   const double peak_bf16 = gpu.peak_flop_per_s(schedule::DType::kBF16);
   // gemm_accumulate: GEMMs adding into an fp32 C (accumulate_fp32), the fp32 epilogue in their time; absent from
   // raw files measured before the group existed (the simulator then adds the epilogue's bytes to the gemm table).
-  for (const char* fam : {"gemm", "gemm_accumulate", "attention_fwd", "attention_bwd"}) {
+  // attention_noncausal_*: non-causal attention (the CP chunks), absent from raw files measured before the suite's
+  // compute.attention_noncausal group (the simulator then reads the causal tables for them).
+  for (const char* fam : {"gemm", "gemm_accumulate", "attention_fwd", "attention_bwd", "attention_noncausal_fwd",
+                          "attention_noncausal_bwd"}) {
     std::vector<std::pair<double, double>> pts;
     for (const auto& [flops, t] : measured_family(c.raw, fam))
       pts.emplace_back(flops, compute_efficiency(flops, t, peak_bf16));

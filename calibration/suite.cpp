@@ -185,6 +185,8 @@ void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, 
     p.family = schedule::kernel_class(k);
     if (const auto* g = std::get_if<schedule::Gemm>(&k); g != nullptr && g->accumulate_fp32)
       p.family = "gemm_accumulate";
+    if (const auto* a = std::get_if<schedule::Attention>(&k); a != nullptr && !a->causal)
+      p.family = a->backward ? "attention_noncausal_bwd" : "attention_noncausal_fwd";
     p.ops = {rank0[i]};
     const bool memory_bound = std::holds_alternative<schedule::Elementwise>(k) ||
                               std::holds_alternative<schedule::Optimizer>(k) ||
@@ -593,8 +595,31 @@ std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t 
       if (!quick) add_attn({1, 16, 4, seq, seq, 128, true, bwd, schedule::DType::kBF16});
     }
   }
-  for (const auto& a : zoo.attention) add_attn(a);
+  // Non-causal attention (CP chunks: the ring's off-diagonal blocks, the all-gather path's prefix blocks) in a group
+  // of its own (families attention_noncausal_*, their own tables): on the backend a causal kernel is many smaller
+  // blocks of the triangle and a non-causal one a single block, so at equal FLOPs they run at different
+  // efficiencies. Llama-3-8B heads (32 query, 8 KV groups, d 128) at the CP2 validation shapes, both directions.
+  std::vector<std::pair<std::string, schedule::Kernel>> attn_noncausal;
+  auto add_noncausal = [&](const schedule::Attention& a) {
+    const std::string name = std::string(a.backward ? "attention_bwd." : "attention_fwd.") + shape_name(a);
+    if (seen_a.insert(name).second) attn_noncausal.emplace_back(name, a);
+  };
+  for (const auto& a : zoo.attention) {
+    if (a.causal) {
+      add_attn(a);
+    } else {
+      add_noncausal(a);
+    }
+  }
   add_compute_group(suite, "compute.attention", world, attn);
+  if (!quick) {
+    const std::pair<std::uint64_t, std::uint64_t> noncausal_shapes[] = {
+        {1024, 1024}, {2048, 2048}, {2048, 4096}, {2048, 6144}, {4096, 2048}, {4096, 4096}, {8192, 8192}};
+    for (const auto& [sq, skv] : noncausal_shapes) {
+      for (bool bwd : {false, true}) add_noncausal({1, 32, 8, sq, skv, 128, false, bwd, schedule::DType::kBF16});
+    }
+  }
+  if (!attn_noncausal.empty()) add_compute_group(suite, kAttentionNoncausalGroup, world, attn_noncausal);
 
   std::vector<std::pair<std::string, schedule::Kernel>> mem;
   for (auto bytes : geometric(kKiB, kGiB, quick ? 16 : 4)) {

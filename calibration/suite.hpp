@@ -48,6 +48,8 @@ struct Measurement {
   double value_s = 0;
 };
 
+/// Non-causal attention kernels (families attention_noncausal_fwd / _bwd), measured apart from the causal ones.
+inline constexpr const char* kAttentionNoncausalGroup = "compute.attention_noncausal";
 /// The co-run group of a compute list beside a recv that waits for its peer (probes "<group>.<kernel>.solo" and
 /// "<group>.<kernel>.waiting", families "recv_wait.solo" / "recv_wait.waiting", and "<group>.recv").
 inline constexpr const char* kRecvWaitGroup = "corun.recv_wait";

@@ -199,10 +199,13 @@ double KernelCost::solo_time_s() const {
 namespace {
 constexpr const char* kLaunchClasses[6] = {"compute", "memcpy", "collective", "send", "recv", "host_sync"};
 /// Profile tables by slot: one per kernel class, then the measured accumulating-GEMM table (slot 7, read for Gemms
-/// with accumulate_fp32 when the profile has it).
-constexpr const char* kKernelClasses[8] = {"gemm",        "grouped_gemm", "attention_fwd", "attention_bwd",
-                                           "elementwise", "optimizer",    "memcpy",        "gemm_accumulate"};
+/// with accumulate_fp32 when the profile has it), the measured non-causal attention tables (slots 8 and 9, read for
+/// non-causal attention kernels when the profile has them).
+constexpr const char* kKernelClasses[kKernelTableSlots] = {
+    "gemm",      "grouped_gemm", "attention_fwd",   "attention_bwd",           "elementwise",
+    "optimizer", "memcpy",       "gemm_accumulate", "attention_noncausal_fwd", "attention_noncausal_bwd"};
 constexpr int kGemmAccumulateSlot = 7;
+constexpr int kAttentionNoncausalSlot = 8;  // + 1 for the backward
 
 /// A kernel's slot in kKernelClasses: one overload per Kernel alternative and no catch-all, so a new kernel class
 /// does not compile until it has a slot.
@@ -244,7 +247,7 @@ CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
     const auto it = profile_.launch_s.find(kLaunchClasses[i]);
     launch_by_class_[i] = it == profile_.launch_s.end() ? 0 : to_nanos(it->second);
   }
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < kKernelTableSlots; ++i) {
     const auto it = profile_.compute.find(kKernelClasses[i]);
     eff_by_class_[i] = it == profile_.compute.end() ? nullptr : &it->second;
   }
@@ -307,9 +310,17 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c, std::string_view o
   const EfficiencyTable* own = op_table(op_name);
   const bool accumulate_table =
       own == nullptr && eff_by_class_[kGemmAccumulateSlot] != nullptr && reads_accumulate_table(c.kernel);
-  const EfficiencyTable* eff_table = own != nullptr     ? own
-                                     : accumulate_table ? eff_by_class_[kGemmAccumulateSlot]
-                                                        : eff_by_class_[kernel_class_index(c.kernel)];
+  // A non-causal attention kernel reads the measured non-causal table where the profile has one: on the backend a
+  // causal kernel is many smaller blocks of the triangle (backend/attention.cpp), a non-causal one a single block, so
+  // at equal FLOPs they run at different efficiencies (calibration/validation/h200x2/REPORT.md, 2026-12-07).
+  const EfficiencyTable* noncausal_table = nullptr;
+  if (const auto* a = std::get_if<schedule::Attention>(&c.kernel); a != nullptr && !a->causal && own == nullptr) {
+    noncausal_table = eff_by_class_[kAttentionNoncausalSlot + (a->backward ? 1 : 0)];
+  }
+  const EfficiencyTable* eff_table = own != nullptr               ? own
+                                     : accumulate_table           ? eff_by_class_[kGemmAccumulateSlot]
+                                     : noncausal_table != nullptr ? noncausal_table
+                                                                  : eff_by_class_[kernel_class_index(c.kernel)];
   const bool epilogue_measured = own != nullptr || accumulate_table;
   const Interference& itf = profile_.interference;
   const bool memory_bound =
@@ -334,7 +345,7 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c, std::string_view o
           peak = gpu.peak_flop_per_s(kern.dtype);
           k.tiles =
               itf.attention_tile_q == 0 ? 0 : kern.batch * kern.heads_q * ceil_div(kern.seq_q, itf.attention_tile_q);
-          if (profile_.attention_full_scores && !kern.causal) {
+          if (profile_.attention_full_scores && !kern.causal && noncausal_table == nullptr) {
             // The implementation does the same work for a causal and a non-causal kernel of this shape; the tables
             // are over the causal FLOPs of their (causal) probes.
             schedule::Attention as_causal = kern;

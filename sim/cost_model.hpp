@@ -332,6 +332,10 @@ struct CommSpan {
   double fabric_factor = 1.0;  ///< Bandwidth factor of the worst fabric path (oversubscription).
 };
 
+/// Efficiency tables the cost model reads by slot: one per kernel class, the accumulating GEMM's, and the two
+/// non-causal attention tables (cost_model.cpp, kKernelClasses).
+inline constexpr int kKernelTableSlots = 10;
+
 class CostModel {
  public:
   CostModel(const topologies::Cluster& cluster, Profile profile);
@@ -373,8 +377,9 @@ class CostModel {
                                        std::uint32_t ranks) const;
   topologies::Cluster cluster_;
   Profile profile_;
-  Nanos launch_by_class_[6] = {};                ///< compute, memcpy, collective, send, recv, host_sync.
-  const EfficiencyTable* eff_by_class_[8] = {};  ///< By kernel_class order; nullptr = no table (roofline 1.0).
+  Nanos launch_by_class_[6] = {};  ///< compute, memcpy, collective, send, recv, host_sync.
+  const EfficiencyTable* eff_by_class_[kKernelTableSlots] =
+      {};  ///< By kernel_class order; nullptr = no table (roofline 1.0).
 };
 
 }  // namespace twinstep::sim

@@ -2,7 +2,9 @@
 // default. The calibration issue writes these files from measurements. Format:
 //   { "schema_version": 1, "name": "...", "context": {"gpu": "...", "nccl": "..."},
 //     "compute": {"gemm": [[flops, efficiency], ...], "elementwise": [[bytes, efficiency], ...], ...},
-//                 (optional, later: "gemm_accumulate", GEMMs with accumulate_fp32 measured, over FLOPs)
+//                 (optional, later: "gemm_accumulate", GEMMs with accumulate_fp32 measured, over FLOPs;
+//                  "attention_noncausal_fwd" / "_bwd", non-causal attention measured, over its FLOPs, read for
+//                  non-causal kernels instead of the causal class table)
 //     "op_compute": {"fwd.rope": [[bytes, efficiency], ...], "bwd.fc1_wgrad": [[flops, efficiency], ...]},
 //                    (optional, later addition: by op stem, sim::op_stem; over the size of the op's class table)
 //     "memory_efficiency": 0.9,
@@ -270,9 +272,9 @@ void read_identity(const Reader& r, const Json& j, const std::string& source, Pr
 /// "compute", "op_compute" and "memory_efficiency": the efficiency tables by kernel class and by op stem.
 void read_compute_tables(const Reader& r, const Json& j, Profile& p) {
   if (j.contains("compute")) {
-    static constexpr std::initializer_list<const char*> kClasses = {"gemm",          "grouped_gemm",   "attention_fwd",
-                                                                    "attention_bwd", "elementwise",    "optimizer",
-                                                                    "memcpy",        "gemm_accumulate"};
+    static constexpr std::initializer_list<const char*> kClasses = {
+        "gemm",      "grouped_gemm", "attention_fwd",   "attention_bwd",           "elementwise",
+        "optimizer", "memcpy",       "gemm_accumulate", "attention_noncausal_fwd", "attention_noncausal_bwd"};
     r.keys(j["compute"], "/compute", kClasses);
     for (const auto& item : j["compute"].items()) {
       p.compute[item.key()] = r.table(item.value(), "/compute/" + item.key());

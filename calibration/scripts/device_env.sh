@@ -7,13 +7,14 @@ TORCH_NCCL=$(dirname "$(find /opt /usr/local/lib /usr/lib/python3* -name 'libncc
 TORCH_CUBLAS=$(dirname "$TORCH_NCCL")/../cublas/lib
 export LD_LIBRARY_PATH=$TORCH_NCCL:$TORCH_CUBLAS:${LD_LIBRARY_PATH:-}
 # build_gpu LOG TARGET...: configures build-gpu (backend on, SimGrid off, Release, sm_90; the revision REV if set;
-# the benchmarks, bench/ and bench/backend/, with BENCH=ON) and builds the targets, logging to LOG; on failure prints
-# the errors and returns 1.
+# the benchmarks, bench/ and bench/backend/, with BENCH=ON; cuDNN's fused attention as CUDNN says, AUTO unless set:
+# CUDNN=OFF runs the GEMM+softmax attention, as every trace and profile measured before 8bf1414 did) and builds the
+# targets, logging to LOG; on failure prints the errors and returns 1.
 build_gpu() {
   local log=$1
   shift
   cmake -S . -B build-gpu -G Ninja -DTWINSTEP_SIMGRID=OFF -DTWINSTEP_BACKEND=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-        -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_ENABLE_BENCH=${BENCH:-OFF} ${REV:+-DTWINSTEP_GIT_REVISION="$REV"} > "$log" 2>&1 \
+        -DCMAKE_BUILD_TYPE=Release -DTWINSTEP_ENABLE_BENCH=${BENCH:-OFF} -DTWINSTEP_CUDNN=${CUDNN:-AUTO} ${REV:+-DTWINSTEP_GIT_REVISION="$REV"} > "$log" 2>&1 \
     || { tail -30 "$log"; return 1; }
   ninja -C build-gpu "$@" >> "$log" 2>&1 || { grep -E "error|FAILED" "$log" | head -30; return 1; }
 }

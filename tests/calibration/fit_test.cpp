@@ -48,6 +48,29 @@ RawResults measure_quick(const std::string& path, const sim::Profile& truth = tr
   return read_raw(path);
 }
 
+/// The profile fitted from the quick suite run on synthetic hardware `truth` whose waiting recv holds 0.5 SMs per
+/// channel (the raw file, `file` under the temp folder, is removed again).
+FitResult fit_recv_wait_truth(sim::Profile truth, const std::string& file) {
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  truth.interference.waiting_sms_per_channel = 0.5;
+  const std::string path = temp_path(file);
+  const RawResults raw = measure_quick(path, truth);
+  std::filesystem::remove(path);
+  return fit_profile(raw, cluster, "test", "", FrameworkInput{});
+}
+
+/// Checks every fit log line that starts with `prefix` (one shape's measured and simulated slowdown, the relative
+/// error in parentheses last): the simulated slowdown within 1 % of the measured one.
+void check_logged_slowdowns(const std::vector<std::string>& log, const std::string& prefix) {
+  for (const auto& line : log) {
+    if (line.rfind(prefix, 0) != 0) continue;
+    INFO(line);
+    const auto pct = line.rfind('(');
+    REQUIRE(pct != std::string::npos);
+    CHECK(std::abs(std::stod(line.substr(pct + 1))) < 1.0);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("calibration::suite: every group is a valid schedule with probes on its ops", "[calibration]") {
@@ -241,30 +264,44 @@ TEST_CASE("calibration::fit: attention's SM scaling beside a waiting recv (waves
   // The synthetic hardware times attention in waves of 128 query rows or in proportion to its SMs
   // (attention_tile_q 0); the fit keeps the one that reproduces corun.recv_wait's attention shapes, logs both errors,
   // and writes attention_tile_q only when it is not the default.
-  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
   for (const std::uint32_t tile_q : {128u, 0u}) {
     INFO("truth attention_tile_q " << tile_q);
-    const std::string path = temp_path("recv_wait_attention.jsonl");
     sim::Profile truth = truth_profile();
-    truth.interference.waiting_sms_per_channel = 0.5;
     truth.interference.attention_tile_q = tile_q;
-    const RawResults raw = measure_quick(path, truth);
-    const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+    const FitResult r = fit_recv_wait_truth(truth, "recv_wait_attention.jsonl");
     CHECK(r.profile.interference.attention_tile_q == tile_q);
     CHECK(sim::profile_from_json(r.json, "fitted.json").interference.attention_tile_q == tile_q);
     CHECK((r.json.find("\"attention_tile_q\"") != std::string::npos) == (tile_q != 128));
     CHECK(std::any_of(r.log.begin(), r.log.end(), [](const std::string& l) {
       return l.find("attention beside the waiting recv: in waves of 128 query rows") != std::string::npos;
     }));
-    for (const auto& line : r.log) {
-      if (line.rfind(std::string(kRecvWaitGroup) + ".attention", 0) == 0) {
-        INFO(line);
-        const auto pct = line.rfind('(');
-        REQUIRE(pct != std::string::npos);
-        CHECK(std::abs(std::stod(line.substr(pct + 1))) < 1.0);
-      }
-    }
-    std::filesystem::remove(path);
+    check_logged_slowdowns(r.log, std::string(kRecvWaitGroup) + ".attention");
+  }
+}
+
+TEST_CASE("calibration::fit: the GEMM output tile of the wave model is recovered from corun.recv_wait",
+          "[calibration]") {
+  // The synthetic hardware times GEMMs beside the waiting recv in waves of 128x256 (the default) or 128x128 output
+  // tiles; the fit tries 128x256, 128x128 and 64x128 with the waiting coefficient fitted under each, keeps the one that
+  // reproduces the group, logs every candidate's error, and writes the tile only when it is not the default.
+  for (const std::uint32_t tile_n : {256u, 128u}) {
+    INFO("truth tile 128x" << tile_n);
+    sim::Profile truth = truth_profile();
+    truth.interference.gemm_tile_n = tile_n;
+    const FitResult r = fit_recv_wait_truth(truth, "recv_wait_tile.jsonl");
+    CHECK(r.profile.interference.gemm_tile_m == 128);
+    CHECK(r.profile.interference.gemm_tile_n == tile_n);
+    CHECK(sim::profile_from_json(r.json, "fitted.json").interference.gemm_tile_n == tile_n);
+    CHECK((r.json.find("\"gemm_tile_n\"") != std::string::npos) == (tile_n != 256));
+    const auto line = std::find_if(r.log.begin(), r.log.end(), [](const std::string& l) {
+      return l.find("GEMM waves in output tiles of") != std::string::npos;
+    });
+    REQUIRE(line != r.log.end());
+    CHECK(line->find("128x256 ") != std::string::npos);
+    CHECK(line->find("64x128 ") != std::string::npos);
+    CHECK(line->find("chosen 128x" + std::to_string(tile_n)) != std::string::npos);
+    // Under the chosen tile every shape is reproduced (the truth's own model).
+    check_logged_slowdowns(r.log, std::string(kRecvWaitGroup) + ".gemm");
   }
 }
 
@@ -310,6 +347,50 @@ TEST_CASE("calibration::fit: waiting_sms_per_channel_more is recovered from coru
   CHECK(hi2 < 0.5);  // distinguishable from "every waiting kernel holds the first one's share"
   CHECK(sim::profile_from_json(r.json, "fitted.json").interference.waiting_sms_per_channel_more ==
         r.profile.interference.waiting_sms_per_channel_more);
+}
+
+TEST_CASE("calibration::fit: the non-causal attention tables come from compute.attention_noncausal", "[calibration]") {
+  // The synthetic hardware runs non-causal attention at efficiency 0.30 (fwd) / 0.25 (bwd), causal at the datasheet
+  // table: the fit writes attention_noncausal_* tables that reproduce the truth, and none from a raw file without the
+  // group.
+  const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
+  sim::Profile truth = truth_profile();
+  truth.compute["attention_noncausal_fwd"] = sim::EfficiencyTable{{{1e9, 0.30}, {1e14, 0.30}}};
+  truth.compute["attention_noncausal_bwd"] = sim::EfficiencyTable{{{1e9, 0.25}, {1e14, 0.25}}};
+  const sim::CostModel costs(cluster, truth);
+  std::vector<BenchGroup> groups;
+  for (auto& g : make_suite("default", 2)) {
+    if (g.name == kAttentionNoncausalGroup) groups.push_back(std::move(g));
+  }
+  REQUIRE(groups.size() == 1);
+  // Only non-causal kernels, the CP2 validation shapes among them, both directions.
+  int fwd = 0, bwd = 0;
+  for (const auto& p : groups[0].probes) {
+    const auto& a =
+        std::get<schedule::Attention>(std::get<schedule::Compute>(groups[0].schedule.ops[p.ops[0]].body).kernel);
+    CHECK_FALSE(a.causal);
+    CHECK(p.family == (a.backward ? "attention_noncausal_bwd" : "attention_noncausal_fwd"));
+    (a.backward ? bwd : fwd) += 1;
+  }
+  CHECK(fwd >= 7);
+  CHECK(bwd == fwd);
+  const std::string path = temp_path("attention_noncausal.jsonl");
+  RunOptions o;
+  o.raw_path = path;
+  run_suite(
+      "default", groups, [&](const schedule::Schedule& s) { return sim::simulate(s, cluster, costs); }, o);
+  const RawResults raw = read_raw(path);
+  std::filesystem::remove(path);
+  const FitResult r = fit_profile(raw, cluster, "test", "", FrameworkInput{});
+  const auto back = sim::profile_from_json(r.json, "fitted.json");
+  for (const double flops : {1e10, 1e11, 1e12}) {
+    CHECK(back.compute.at("attention_noncausal_fwd").at(flops) == Approx(0.30).epsilon(0.01));
+    CHECK(back.compute.at("attention_noncausal_bwd").at(flops) == Approx(0.25).epsilon(0.01));
+  }
+  const FitResult none = fit_profile(measure_quick(path), cluster, "test", "", FrameworkInput{});
+  std::filesystem::remove(path);
+  CHECK(none.json.find("attention_noncausal") == std::string::npos);
+  CHECK(none.profile.compute.count("attention_noncausal_fwd") == 0);
 }
 
 TEST_CASE("calibration::suite: resume keeps measured groups and drops a torn line", "[calibration]") {

@@ -250,6 +250,39 @@ TEST_CASE("sim::CostModel: attention_causal_work full costs a non-causal kernel 
   CHECK(cf.kernel_cost(Compute{full, 0}).flop_time_s == Approx(t_causal).epsilon(1e-9));
 }
 
+TEST_CASE("sim::CostModel: a non-causal attention kernel reads the attention_noncausal table where there is one",
+          "[sim]") {
+  const auto cluster = topologies::load_cluster("h200x2-nvlink");
+  const double peak = 989.4e12;
+  const Attention causal{1, 32, 8, 2048, 4096, 128, true, false, DType::kBF16};
+  Attention full = causal;
+  full.causal = false;
+  Attention full_bwd = full;
+  full_bwd.backward = true;
+  const double f_full = 4.0 * 32 * 2048 * 4096 * 128;  // fwd: two GEMMs of 2 x s_q x s_kv x d per head
+  // Constant tables: causal 0.05 (fwd) / 0.04 (bwd), non-causal 0.08 / 0.06.
+  const std::string causal_tables =
+      R"("attention_fwd": [[1e9, 0.05], [1e13, 0.05]], "attention_bwd": [[1e9, 0.04], [1e13, 0.04]])";
+  const std::string noncausal_tables =
+      R"(, "attention_noncausal_fwd": [[1e9, 0.08], [1e13, 0.08]], "attention_noncausal_bwd": [[1e9, 0.06], [1e13, 0.06]])";
+  for (const char* work : {"half", "full"}) {
+    INFO("attention_causal_work " << work);
+    const std::string head = std::string(R"({"schema_version": 1, "attention_causal_work": ")") + work + R"(", )";
+    const CostModel with(
+        cluster, profile_from_json(head + R"("compute": {)" + causal_tables + noncausal_tables + "}}", "with.json"));
+    // The non-causal kernels: their own FLOPs at the non-causal tables, whatever attention_causal_work says.
+    CHECK(with.kernel_cost(Compute{full, 0}).flop_time_s == Approx(f_full / (peak * 0.08)).epsilon(1e-9));
+    CHECK(with.kernel_cost(Compute{full_bwd, 0}).flop_time_s == Approx(2.5 * f_full / (peak * 0.06)).epsilon(1e-9));
+    // The causal kernel keeps the causal table (half the FLOPs).
+    CHECK(with.kernel_cost(Compute{causal, 0}).flop_time_s == Approx(0.5 * f_full / (peak * 0.05)).epsilon(1e-9));
+    // Without the non-causal tables: the causal table, at the FLOPs attention_causal_work gives.
+    const CostModel without(cluster,
+                            profile_from_json(head + R"("compute": {)" + causal_tables + "}}", "without.json"));
+    const double f = std::string(work) == "full" ? 0.5 * f_full : f_full;
+    CHECK(without.kernel_cost(Compute{full, 0}).flop_time_s == Approx(f / (peak * 0.05)).epsilon(1e-9));
+  }
+}
+
 TEST_CASE("sim::CostModel: grouped_gemm_table per_group reads the table at FLOPs per non-empty group", "[sim]") {
   const auto cluster = topologies::load_cluster("h200x2-nvlink");
   const double peak = 989.4e12;

@@ -273,6 +273,35 @@ TEST_CASE("sim: attention beside a waiting recv slows in waves, or in proportion
   CHECK(run(0.0, 0) == Approx(run(0.0, 128)).epsilon(1e-9));  // alone, the same time either way
 }
 
+TEST_CASE("sim: a GEMM beside waiting recvs slows in waves of the profile's GEMM output tile", "[sim]") {
+  // A 4096^3 GEMM: 32 x 16 = 512 tiles of 128x256 (3.88 waves on 132 SMs) or 32 x 32 = 1024 of 128x128 (7.76).
+  // Two recvs wait at once: 0.625 x 32 + 0.375 x 32 = 32 SMs held, 100 left: ceil(512 / 100) = 6 waves instead of 4
+  // (x1.5) with 128x256 tiles, ceil(1024 / 100) = 11 instead of 8 (x1.375) with 128x128.
+  auto run = [](double per_channel, std::uint32_t tile_n) {
+    const auto cluster = topologies::load_cluster("h200x2-nvlink");
+    Profile prof = waiting_only_profile(per_channel);
+    prof.interference.waiting_sms_per_channel_more = 0.375;
+    prof.interference.gemm_tile_m = 128;
+    prof.interference.gemm_tile_n = tile_n;
+    const CostModel costs(cluster, prof);
+    Builder b(2, {{"compute", 0}, {"recv_a", -1}, {"recv_b", -1}});
+    const CommId c = b.comm("pp", "pp", {0, 1});
+    b.recv(0, "recv_a", 1, c, 1, 64ull << 20, 0);
+    b.recv(0, "recv_b", 2, c, 1, 64ull << 20, 1);
+    b.gemm(0, "gemm", 0, 4096, 4096, 4096);
+    b.add(1, "delay", 0, Host{50'000'000});
+    b.send(1, "send_a", 0, c, 0, 64ull << 20, 0);
+    b.send(1, "send_b", 0, c, 0, 64ull << 20, 1);
+    const Trace t = simulate(b.schedule(), cluster, costs);
+    REQUIRE(t.records.at(0).end_ns > t.records.at(2).end_ns);  // both recvs still wait when the GEMM ends
+    REQUIRE(t.records.at(1).end_ns > t.records.at(2).end_ns);
+    return static_cast<double>(duration(t, 2));
+  };
+  CHECK(run(0.625, 256) / run(0.0, 256) == Approx(6.0 / 4.0).epsilon(1e-4));
+  CHECK(run(0.625, 128) / run(0.0, 128) == Approx(11.0 / 8.0).epsilon(1e-4));
+  CHECK(run(0.0, 128) == Approx(run(0.0, 256)).epsilon(1e-9));  // alone, the tile does not change its time
+}
+
 TEST_CASE("sim: the SMs of a waiting recv are released when its transfer starts", "[sim]") {
   // Rank 0: a recv posted at t = 0, a GEMM beside it (runs while the recv waits) and a GEMM after it (dep on the
   // recv). Rank 1 sends after its own GEMM. The first GEMM is slowed by the waiting recv; the second runs after the
