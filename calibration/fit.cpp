@@ -77,9 +77,11 @@ void fit_compute_tables(Ctx& c, sim::Profile& p) {
     if (!pts.empty()) tables[fam] = merged_table(pts);
   }
   // Grouped GEMMs (MoE experts) have their own table when the raw file measured them (the default suite's expert
-  // sweep), over FLOPs per group (sim::Profile::grouped_gemm_per_group: the backend issues one GEMM per group, so a
-  // grouped GEMM's time follows its group's shape and its group count); otherwise the dense GEMM table stands in
-  // (over total FLOPs, as before), which overstates the efficiency of many small expert GEMMs.
+  // sweep), over FLOPs per group (sim::Profile::grouped_gemm_per_group: the backend issues one GEMM per group, as
+  // Transformer Engine does, the groups' GEMMs running over TE's 4 side streams forked from and joined to the op's
+  // stream (backend/grouped_gemm.hpp), so a grouped GEMM's time follows its group's shape and its group count);
+  // otherwise the dense GEMM table stands in (over total FLOPs, as before), which overstates the efficiency of many
+  // small expert GEMMs.
   {
     std::map<std::string, double> groups_of;  // probe -> non-empty groups (the suite's balanced expert rows)
     for (const auto& g : c.suite) {

@@ -20,6 +20,7 @@
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
+#include "schedule/builder.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
 
@@ -30,55 +31,33 @@ using schedule::OpId;
 using schedule::RankId;
 using Json = nlohmann::json;
 
-/// Builds one group's schedule: streams "compute" and "comm", a "world" communicator and span communicators.
-class Builder {
+/// Builds one group: its schedule on the shared builder (streams "compute" and "comm", both priority 0, a "world"
+/// communicator, span communicators) and its probes.
+class GroupBuilder : public schedule::ScheduleBuilder {
  public:
-  Builder(std::string name, std::uint32_t world) : world_(world) {
-    group_.name = std::move(name);
-    auto& s = group_.schedule;
-    s.name = "calibration." + group_.name;
-    s.world_size = world;
-    for (RankId r = 0; r < world; ++r) s.ranks.push_back(r);
-    s.streams = {{"compute", 0}, {"comm", 0}};
-    s.communicators.push_back({"world", "world", s.ranks});
-    s.meta["generator"] = "twinstep calibrate (calibration/suite.cpp)";
+  GroupBuilder(std::string name, std::uint32_t world)
+      : ScheduleBuilder(world, {{"compute", 0}, {"comm", 0}}, "calibration." + name), name_(std::move(name)) {
+    ScheduleBuilder::world();
+    schedule().meta["generator"] = "twinstep calibrate (calibration/suite.cpp)";
   }
 
   /// Communicators of `span` consecutive ranks covering the world ("span<N>.<i>"); returns their ids.
   std::vector<schedule::CommId> span_comms(std::uint32_t span) {
-    auto& s = group_.schedule;
     std::vector<schedule::CommId> ids;
-    for (std::uint32_t g = 0; g < world_ / span; ++g) {
-      schedule::Communicator c{"span" + std::to_string(span) + "." + std::to_string(g), "span", {}};
-      for (std::uint32_t i = 0; i < span; ++i) c.members.push_back(g * span + i);
-      ids.push_back(static_cast<schedule::CommId>(s.communicators.size()));
-      s.communicators.push_back(std::move(c));
+    for (std::uint32_t g = 0; g < schedule().world_size / span; ++g) {
+      std::vector<RankId> members;
+      for (std::uint32_t i = 0; i < span; ++i) members.push_back(g * span + i);
+      ids.push_back(comm("span" + std::to_string(span) + "." + std::to_string(g), "span", std::move(members)));
     }
     return ids;
   }
 
-  OpId add(RankId rank, schedule::StreamId stream, const std::string& name, schedule::Body body,
-           std::vector<OpId> deps = {}) {
-    auto& ops = group_.schedule.ops;
-    schedule::Op op;
-    op.id = static_cast<OpId>(ops.size());
-    op.rank = rank;
-    op.stream = stream;
-    op.name = name;
-    op.body = std::move(body);
-    op.deps = std::move(deps);
-    ops.push_back(std::move(op));
-    return ops.back().id;
-  }
-
-  void probe(Probe p) { group_.probes.push_back(std::move(p)); }
-  schedule::Schedule& schedule() { return group_.schedule; }
-  BenchGroup take() { return std::move(group_); }
-  [[nodiscard]] std::uint32_t world() const { return world_; }
+  void probe(Probe p) { probes_.push_back(std::move(p)); }
+  BenchGroup take_group() { return BenchGroup{std::move(name_), take(), std::move(probes_)}; }
 
  private:
-  BenchGroup group_;
-  std::uint32_t world_;
+  std::string name_;
+  std::vector<Probe> probes_;
 };
 
 schedule::Body compute(schedule::Kernel k) { return schedule::Compute{std::move(k), 0}; }
@@ -191,11 +170,11 @@ std::vector<schedule::GroupedGemm> expert_sweep() {
 
 void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, std::uint32_t world,
                        const std::vector<std::pair<std::string, schedule::Kernel>>& kernels) {
-  Builder b(name, world);
+  GroupBuilder b(name, world);
   std::vector<OpId> rank0;
   for (RankId r = 0; r < world; ++r) {
     for (const auto& [label, k] : kernels) {
-      const OpId id = b.add(r, 0, label, compute(k));
+      const OpId id = b.add(r, label, 0, compute(k));
       if (r == 0) rank0.push_back(id);
     }
   }
@@ -222,7 +201,7 @@ void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, 
     }
     b.probe(std::move(p));
   }
-  suite.push_back(b.take());
+  suite.push_back(b.take_group());
 }
 
 /// all_to_all send sizes for member `pos` of `n`: even, or uneven (member pos sends (1 + (pos+j) mod n) units
@@ -269,7 +248,7 @@ void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, 
   for (auto span : spans) {
     for (const auto& [kind, uneven] : kinds) {
       const std::string word = std::string(schedule::collective_name(kind)) + (uneven ? "_uneven" : "");
-      Builder b("coll." + word + ".span" + std::to_string(span), world);
+      GroupBuilder b("coll." + word + ".span" + std::to_string(span), world);
       const auto comms = b.span_comms(span);
       std::vector<std::vector<OpId>> ids(sizes.size());
       for (RankId r = 0; r < world; ++r) {
@@ -279,11 +258,11 @@ void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, 
         // the step barrier and the host's first NCCL enqueue on an idle stream (measured 22.2 us for a 1 KiB
         // all_reduce whose 2 KiB successor took 8.9 us, h200x2.raw.jsonl of ef0c3f2); the probed ops start behind it.
         // The gate before it lets the host issue the sweep ahead of the GPU.
-        b.add(r, 1, word + ".gate", sweep_gate());
-        b.add(r, 1, word + ".warmup", make_collective(kind, comm, sizes.front(), span, r % span, uneven, root));
+        b.add(r, word + ".gate", 1, sweep_gate());
+        b.add(r, word + ".warmup", 1, make_collective(kind, comm, sizes.front(), span, r % span, uneven, root));
         for (std::size_t i = 0; i < sizes.size(); ++i) {
           const auto c = make_collective(kind, comm, sizes[i], span, r % span, uneven, root);
-          ids[i].push_back(b.add(r, 1, word + "." + std::to_string(sizes[i]), c));
+          ids[i].push_back(b.add(r, word + "." + std::to_string(sizes[i]), 1, c));
         }
       }
       for (std::size_t i = 0; i < sizes.size(); ++i) {
@@ -295,27 +274,27 @@ void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, 
         p.params = {{"span", double(span)}, {"uneven", uneven ? 1.0 : 0.0}};
         b.probe(std::move(p));
       }
-      suite.push_back(b.take());
+      suite.push_back(b.take_group());
     }
   }
   // send/recv between rank pairs (0->1, 2->3, ...) over the world communicator.
-  Builder b("p2p.send_recv", world);
+  GroupBuilder b("p2p.send_recv", world);
   std::vector<std::vector<OpId>> ids(sizes.size());
   for (RankId r = 0; r < world / 2 * 2; ++r) {
     // Unprobed warm-up pair of the first size (as for the collectives above), with a tag no probed pair uses.
     const auto warm_tag = static_cast<std::uint32_t>(sizes.size());
-    b.add(r, 1, "p2p.gate", sweep_gate());
+    b.add(r, "p2p.gate", 1, sweep_gate());
     if (r % 2 == 0) {
-      b.add(r, 1, "send.warmup", schedule::Send{0, r + 1, sizes.front(), warm_tag});
+      b.add(r, "send.warmup", 1, schedule::Send{0, r + 1, sizes.front(), warm_tag});
     } else {
-      b.add(r, 1, "recv.warmup", schedule::Recv{0, r - 1, sizes.front(), warm_tag});
+      b.add(r, "recv.warmup", 1, schedule::Recv{0, r - 1, sizes.front(), warm_tag});
     }
     for (std::size_t i = 0; i < sizes.size(); ++i) {
       const auto tag = static_cast<std::uint32_t>(i);
       if (r % 2 == 0) {
-        ids[i].push_back(b.add(r, 1, "send." + std::to_string(sizes[i]), schedule::Send{0, r + 1, sizes[i], tag}));
+        ids[i].push_back(b.add(r, "send." + std::to_string(sizes[i]), 1, schedule::Send{0, r + 1, sizes[i], tag}));
       } else {
-        ids[i].push_back(b.add(r, 1, "recv." + std::to_string(sizes[i]), schedule::Recv{0, r - 1, sizes[i], tag}));
+        ids[i].push_back(b.add(r, "recv." + std::to_string(sizes[i]), 1, schedule::Recv{0, r - 1, sizes[i], tag}));
       }
     }
   }
@@ -327,7 +306,7 @@ void add_collective_groups(std::vector<BenchGroup>& suite, std::uint32_t world, 
     p.size = static_cast<double>(sizes[i]);
     b.probe(std::move(p));
   }
-  suite.push_back(b.take());
+  suite.push_back(b.take_group());
 }
 
 /// The TP ring exchange's chunk sizes (TE userbuffers: one T_sp x h bf16 shard per ring step, T_sp = seq / TP with
@@ -352,14 +331,14 @@ std::vector<std::uint64_t> ring_chunk_sizes(bool quick) {
 /// copy_engine pairs as NCCL until its peer-mapped path exists (backend/peer_memory.hpp). Two GPUs or more.
 void add_copy_engine_group(std::vector<BenchGroup>& suite, std::uint32_t world, bool quick) {
   if (world < 2) return;  // skipped_groups() says so
-  Builder b(kCopyEngineGroup, world);
+  GroupBuilder b(kCopyEngineGroup, world);
   b.schedule().meta["measure"] = kPeerCopyMeasure;
   const auto sizes = ring_chunk_sizes(quick);
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     const auto tag = static_cast<std::uint32_t>(i);
     const auto ce = schedule::Transport::kCopyEngine;
-    const OpId send = b.add(0, 1, "ce_send." + std::to_string(sizes[i]), schedule::Send{0, 1, sizes[i], tag, ce, 0});
-    const OpId recv = b.add(1, 1, "ce_recv." + std::to_string(sizes[i]), schedule::Recv{0, 0, sizes[i], tag, ce, 0});
+    const OpId send = b.add(0, "ce_send." + std::to_string(sizes[i]), 1, schedule::Send{0, 1, sizes[i], tag, ce, 0});
+    const OpId recv = b.add(1, "ce_recv." + std::to_string(sizes[i]), 1, schedule::Recv{0, 0, sizes[i], tag, ce, 0});
     Probe p;
     p.name = std::string(kCopyEngineGroup) + "." + std::to_string(sizes[i]);
     p.family = "copy_engine";
@@ -367,29 +346,29 @@ void add_copy_engine_group(std::vector<BenchGroup>& suite, std::uint32_t world, 
     p.size = static_cast<double>(sizes[i]);
     b.probe(std::move(p));
   }
-  suite.push_back(b.take());
+  suite.push_back(b.take_group());
 }
 
 /// Host issue cost per op class and host_sync wake-up, on every rank.
 void add_host_groups(std::vector<BenchGroup>& suite, std::uint32_t world, bool quick) {
   const int n = quick ? 100 : 400;
   {
-    Builder b("host.issue", world);
+    GroupBuilder b("host.issue", world);
     std::vector<OpId> compute_ids, memcpy_ids, coll_ids;
     for (RankId r = 0; r < world; ++r) {
       for (int i = 0; i < n; ++i) {
-        const OpId id = b.add(r, 0, "issue.compute." + std::to_string(i), compute(schedule::Elementwise{4096, 0}));
+        const OpId id = b.add(r, "issue.compute." + std::to_string(i), 0, compute(schedule::Elementwise{4096, 0}));
         if (r == 0) compute_ids.push_back(id);
       }
       for (int i = 0; i < n; ++i) {
         const OpId id =
-            b.add(r, 0, "issue.memcpy." + std::to_string(i), compute(schedule::Memcpy{4096, schedule::CopyKind::kD2D}));
+            b.add(r, "issue.memcpy." + std::to_string(i), 0, compute(schedule::Memcpy{4096, schedule::CopyKind::kD2D}));
         if (r == 0) memcpy_ids.push_back(id);
       }
       if (world > 1) {
         for (int i = 0; i < n; ++i) {
           const OpId id =
-              b.add(r, 1, "issue.collective." + std::to_string(i),
+              b.add(r, "issue.collective." + std::to_string(i), 1,
                     schedule::Collective{schedule::CollectiveKind::kAllReduce, 0, 4096, schedule::DType::kBF16, {}, 0});
           if (r == 0) coll_ids.push_back(id);
         }
@@ -400,20 +379,20 @@ void add_host_groups(std::vector<BenchGroup>& suite, std::uint32_t world, bool q
     if (world > 1) {
       b.probe({"host.issue.collective", "launch.collective", Metric::kIssue, coll_ids, schedule::kNoOp, 0, {}});
     }
-    suite.push_back(b.take());
+    suite.push_back(b.take_group());
   }
   {
-    Builder b("host.sync", world);
+    GroupBuilder b("host.sync", world);
     const int m = quick ? 10 : 40;
     for (RankId r = 0; r < world; ++r) {
       for (int i = 0; i < m; ++i) {
         // A kernel long enough (64 MiB streamed) that the host is already waiting when it ends.
-        const OpId k = b.add(r, 0, "sync.kernel." + std::to_string(i), compute(schedule::Elementwise{64 * kMiB, 0}));
-        const OpId s = b.add(r, 0, "sync.wait." + std::to_string(i), schedule::HostSync{k});
+        const OpId k = b.add(r, "sync.kernel." + std::to_string(i), 0, compute(schedule::Elementwise{64 * kMiB, 0}));
+        const OpId s = b.add(r, "sync.wait." + std::to_string(i), 0, schedule::HostSync{k});
         if (r == 0) b.probe({"host.sync." + std::to_string(i), "host_sync", Metric::kWake, {s}, k, 0, {}});
       }
     }
-    suite.push_back(b.take());
+    suite.push_back(b.take_group());
   }
 }
 
@@ -428,14 +407,14 @@ void add_corun_groups(std::vector<BenchGroup>& suite, std::uint32_t world) {
       {schedule::CollectiveKind::kAllToAll, 1 * kGiB}};
   for (const auto& [kind, bytes] : colls) {
     const std::string word = schedule::collective_name(kind);
-    Builder b("corun." + word, world);
+    GroupBuilder b("corun." + word, world);
     std::vector<OpId> g_solo, c_solo, g_co, c_co;
     for (RankId r = 0; r < world; ++r) {
       const auto c = make_collective(kind, 0, bytes, world, r, false, 0);
-      const OpId g1 = b.add(r, 0, "gemm.solo", compute(gemm));
-      const OpId c1 = b.add(r, 1, word + ".solo", c, {g1});
-      const OpId g2 = b.add(r, 0, "gemm.corun", compute(gemm), {c1});
-      const OpId c2 = b.add(r, 1, word + ".corun", c);
+      const OpId g1 = b.add(r, "gemm.solo", 0, compute(gemm));
+      const OpId c1 = b.add(r, word + ".solo", 1, c, {g1});
+      const OpId g2 = b.add(r, "gemm.corun", 0, compute(gemm), {c1});
+      const OpId c2 = b.add(r, word + ".corun", 1, c);
       g_solo.push_back(g1);
       c_solo.push_back(c1);
       g_co.push_back(g2);
@@ -459,7 +438,7 @@ void add_corun_groups(std::vector<BenchGroup>& suite, std::uint32_t world) {
              {}});
     b.probe(
         {"corun." + word + ".comm_corun", "corun.comm", Metric::kDuration, c_co, schedule::kNoOp, double(bytes), {}});
-    suite.push_back(b.take());
+    suite.push_back(b.take_group());
   }
 }
 
@@ -474,7 +453,7 @@ void add_corun_groups(std::vector<BenchGroup>& suite, std::uint32_t world) {
 void add_recv_wait_group(std::vector<BenchGroup>& suite, std::uint32_t world, const char* group,
                          std::uint32_t waiting_recvs) {
   if (world < 2) return;
-  Builder b(group, world);
+  GroupBuilder b(group, world);
   auto& s = b.schedule();
   const auto tp_send = static_cast<schedule::StreamId>(s.streams.size());
   s.streams.push_back({"tp_send", 0});
@@ -505,25 +484,25 @@ void add_recv_wait_group(std::vector<BenchGroup>& suite, std::uint32_t world, co
   // measured about x2 slower on the two-H200 machine), the solo list, the handshake, then the recv and the same list
   // beside it.
   std::vector<OpId> solo, waiting;
-  b.add(0, 0, "warmup", compute(schedule::Gemm{8192, 8192, 8192, 1, schedule::DType::kBF16}));
-  for (const auto& [label, k] : kernels) solo.push_back(b.add(0, 0, label + ".solo", compute(k)));
-  const OpId handshake = b.add(0, tp_send, "handshake.send", schedule::Send{0, 1, kHandshakeBytes, 1}, {solo.back()});
-  const OpId recv = b.add(0, tp_recv, "recv", schedule::Recv{0, 1, kRecvBytes, 0}, {handshake});
+  b.add(0, "warmup", 0, compute(schedule::Gemm{8192, 8192, 8192, 1, schedule::DType::kBF16}));
+  for (const auto& [label, k] : kernels) solo.push_back(b.add(0, label + ".solo", 0, compute(k)));
+  const OpId handshake = b.add(0, "handshake.send", tp_send, schedule::Send{0, 1, kHandshakeBytes, 1}, {solo.back()});
+  const OpId recv = b.add(0, "recv", tp_recv, schedule::Recv{0, 1, kRecvBytes, 0}, {handshake});
   // Further recvs: tags 10, 11, ... (the handshake has tag 1).
   for (std::uint32_t i = 0; i < more_recv.size(); ++i) {
-    b.add(0, more_recv[i], "recv" + std::to_string(i + 1), schedule::Recv{0, 1, kRecvBytes, 10 + i}, {handshake});
+    b.add(0, "recv" + std::to_string(i + 1), more_recv[i], schedule::Recv{0, 1, kRecvBytes, 10 + i}, {handshake});
   }
   for (const auto& [label, k] : kernels) {
-    waiting.push_back(b.add(0, 0, label + ".waiting", compute(k),
+    waiting.push_back(b.add(0, label + ".waiting", 0, compute(k),
                             waiting.empty() ? std::vector<OpId>{handshake} : std::vector<OpId>{}));
   }
   // Rank 1: wait for the handshake, 20 ms of host work, then the matching send. Other ranks stay idle.
-  const OpId hs_recv = b.add(1, tp_recv, "handshake.recv", schedule::Recv{0, 0, kHandshakeBytes, 1});
-  b.add(1, 0, "handshake.wait", schedule::HostSync{hs_recv});
-  b.add(1, 0, "peer_delay", schedule::Host{kPeerDelayNs});
-  b.add(1, tp_send, "send", schedule::Send{0, 0, kRecvBytes, 0});
+  const OpId hs_recv = b.add(1, "handshake.recv", tp_recv, schedule::Recv{0, 0, kHandshakeBytes, 1});
+  b.add(1, "handshake.wait", 0, schedule::HostSync{hs_recv});
+  b.add(1, "peer_delay", 0, schedule::Host{kPeerDelayNs});
+  b.add(1, "send", tp_send, schedule::Send{0, 0, kRecvBytes, 0});
   for (std::uint32_t i = 0; i < more_recv.size(); ++i) {
-    b.add(1, tp_send, "send" + std::to_string(i + 1), schedule::Send{0, 0, kRecvBytes, 10 + i});
+    b.add(1, "send" + std::to_string(i + 1), tp_send, schedule::Send{0, 0, kRecvBytes, 10 + i});
   }
   // Families: "recv_wait.solo" / ".waiting" for the one-recv group, "recv_wait4.solo" / ... for four.
   const std::string family = waiting_recvs == 1 ? "recv_wait" : "recv_wait" + std::to_string(waiting_recvs);
@@ -541,7 +520,7 @@ void add_recv_wait_group(std::vector<BenchGroup>& suite, std::uint32_t world, co
            schedule::kNoOp,
            double(kRecvBytes),
            {}});
-  suite.push_back(b.take());
+  suite.push_back(b.take_group());
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
 // parse_json(): nlohmann's parser with its exceptions turned into ParseErrors that name file, line and column;
-// JsonReader: the field checks shared by the cluster and profile readers.
+// refuse_unknown_keys(): the one unknown-key check of the input files; JsonReader: the field checks shared by the
+// cluster and profile readers.
 #include "common/json.hpp"
 
 #include <algorithm>
+#include <cctype>
 
 #include "common/error.hpp"
 
@@ -44,6 +46,54 @@ nlohmann::json parse_json(std::string_view text, const std::string& source,
   }
 }
 
+namespace {
+
+/// Levenshtein distance of a and b, ignoring ASCII case.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  const auto lower = [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); };
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (lower(a[i - 1]) == lower(b[j - 1]) ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+std::string unknown_field_message(std::string_view key, const std::vector<std::string>& accepted,
+                                  std::string_view where) {
+  std::string msg = "unknown field \"" + std::string(key) + "\"";
+  if (!where.empty()) msg += " in " + std::string(where);
+  msg += " (accepted here: ";
+  const std::string* nearest = nullptr;
+  std::size_t best = std::max<std::size_t>(2, key.size() / 3) + 1;
+  for (const auto& a : accepted) {
+    msg += (&a == accepted.data() ? "" : ", ") + a;
+    const std::size_t d = edit_distance(key, a);
+    if (d < best) {
+      best = d;
+      nearest = &a;
+    }
+  }
+  return msg + "); " + (nearest != nullptr ? "did you mean \"" + *nearest + "\"?" : "remove it or fix its spelling");
+}
+
+void refuse_unknown_keys(const nlohmann::json& j, const std::string& source, const std::string& pointer,
+                         const std::vector<std::string>& accepted) {
+  for (const auto& item : j.items()) {
+    if (std::find(accepted.begin(), accepted.end(), item.key()) == accepted.end()) {
+      throw ParseError(source, pointer + "/" + item.key(), unknown_field_message(item.key(), accepted));
+    }
+  }
+}
+
 void JsonReader::fail(const std::string& pointer, const std::string& message) const {
   throw ParseError(source_, pointer, message);
 }
@@ -56,15 +106,7 @@ void JsonReader::keys(const nlohmann::json& j, const std::string& pointer,
 void JsonReader::keys(const nlohmann::json& j, const std::string& pointer,
                       const std::vector<std::string>& allowed) const {
   if (!j.is_object()) fail(pointer, "expected an object");
-  for (const auto& item : j.items()) {
-    bool ok = false;
-    for (const auto& a : allowed) ok = ok || item.key() == a;
-    if (!ok) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      fail(pointer + "/" + item.key(), "unknown field \"" + item.key() + "\"; allowed here: " + list);
-    }
-  }
+  refuse_unknown_keys(j, source_, pointer, allowed);
 }
 
 double JsonReader::quantity(const nlohmann::json& v, const std::string& pointer, Dimension dim) const {

@@ -34,6 +34,19 @@ namespace twinstep {
 /// character).
 [[nodiscard]] std::pair<std::size_t, std::size_t> line_and_column(std::string_view text, std::size_t offset);
 
+/// The message for a key of an object that accepts only `accepted`: 'unknown field "model" (accepted here: models,
+/// clusters, ...); did you mean "models"?', naming as the fix the accepted key nearest to `key` (edit distance,
+/// ignoring case, at most a third of the key's length and at least 2), else 'remove it or fix its spelling'. `where`,
+/// when given, follows the key ('unknown field "flops" in a memcpy kernel (accepted here: ...').
+[[nodiscard]] std::string unknown_field_message(std::string_view key, const std::vector<std::string>& accepted,
+                                                std::string_view where = {});
+
+/// Refuses the first key of the object `j` (at `pointer` of `source`) that is not in `accepted`: ParseError(source,
+/// pointer + "/" + key, unknown_field_message(key, accepted)). The one check of every hand-written input file's keys
+/// (run configs, models, clusters, profiles, sweep files; schedules use the message).
+void refuse_unknown_keys(const nlohmann::json& j, const std::string& source, const std::string& pointer,
+                         const std::vector<std::string>& accepted);
+
 /// Reads the fields of a parsed document: each check fails with ParseError(source, pointer, what is wrong), the
 /// pointer being the field's JSON pointer ("/node/gpu/sm_count"). Module readers add their own fields on top.
 class JsonReader {
@@ -41,7 +54,7 @@ class JsonReader {
   explicit JsonReader(std::string source) : source_(std::move(source)) {}
 
   [[noreturn]] void fail(const std::string& pointer, const std::string& message) const;
-  /// `j` must be an object whose keys are all in `allowed` ("unknown field \"x\"; allowed here: a, b").
+  /// `j` must be an object whose keys are all in `allowed` (refuse_unknown_keys).
   void keys(const nlohmann::json& j, const std::string& pointer, std::initializer_list<const char*> allowed) const;
   /// As above, with the allowed keys built at run time (a table of fields).
   void keys(const nlohmann::json& j, const std::string& pointer, const std::vector<std::string>& allowed) const;

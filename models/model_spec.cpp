@@ -90,11 +90,7 @@ ModelSpec model_from_json(const std::string& text, const std::string& source) {
   m.has_recipe_grad_reduce_in_fp32 = seen;
 #undef TWINSTEP_FIELD
   known.emplace_back("notes");  // free-text remarks (disagreements between sources)
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (std::find(known.begin(), known.end(), it.key()) == known.end()) {
-      throw ParseError(source, "/" + it.key(), "unknown field \"" + it.key() + "\"; remove it or fix its spelling");
-    }
-  }
+  refuse_unknown_keys(j, source, "", known);
   auto require = [&](bool ok, const char* field, const char* what) {
     if (!ok) throw ParseError(source, std::string("/") + field, what);
   };

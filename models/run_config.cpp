@@ -174,10 +174,10 @@ void read_fields(const std::vector<Field>& table, const Json& obj, RunConfig& c,
       if (it.key() == f.name) found = &f;
     }
     if (found == nullptr) {
-      throw ParseError(source, pointer,
-                       "unknown field \"" + it.key() +
-                           "\"; run config fields use Megatron names "
-                           "(e.g. tensor_model_parallel_size, overlap_grad_reduce); fix the spelling or remove it");
+      std::vector<std::string> accepted;  // Megatron's names
+      for (const auto& f : table) accepted.emplace_back(f.name);
+      if (prefix.empty()) accepted.emplace_back("host");
+      throw ParseError(source, pointer, unknown_field_message(it.key(), accepted));
     }
     try {
       reading_names(source, pointer, [&] { found->read(c, *it); });

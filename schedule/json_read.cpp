@@ -119,15 +119,7 @@ void check_keys(const Ctx& c, const json& obj, const Path& p, const std::array<c
         break;
       }
     }
-    if (!ok) {
-      std::string known;
-      for (const char* a : allowed) {
-        if (!known.empty()) known += ", ";
-        known += a;
-      }
-      fail(c, p / it.key(),
-           "unknown field \"" + it.key() + "\" in " + what + " (remove it, or use one of: " + known + ")");
-    }
+    if (!ok) fail(c, p / it.key(), unknown_field_message(it.key(), {allowed.begin(), allowed.end()}, what));
   }
 }
 

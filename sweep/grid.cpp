@@ -122,63 +122,91 @@ std::vector<std::uint32_t> split_uints(const std::string& text, const std::strin
   return out;
 }
 
+namespace {
+
+/// One key of a sweep file (or of its "parallel" object) and how its value sets the spec; `field` is the key's path
+/// without the leading '/' ("gpus", "parallel/tp"), for messages.
+struct SpecField {
+  const char* key;
+  void (*read)(Spec& s, const nlohmann::json& v, const std::string& source, const std::string& field);
+};
+
+/// Reads the keys of `j` (at `prefix`: "" or "parallel") through `table`; a key outside it is refused by name.
+template <std::size_t N>
+void read_spec_fields(const SpecField (&table)[N], const nlohmann::json& j, Spec& s, const std::string& source,
+                      const std::string& prefix) {
+  for (const auto& item : j.items()) {
+    const std::string& k = item.key();
+    const std::string field = prefix.empty() ? k : prefix + "/" + k;
+    const auto* f = std::find_if(std::begin(table), std::end(table), [&](const SpecField& t) { return k == t.key; });
+    if (f == std::end(table)) {
+      std::vector<std::string> accepted;
+      for (const auto& t : table) accepted.emplace_back(t.key);
+      throw ParseError(source, "/" + field, unknown_field_message(k, accepted));
+    }
+    f->read(s, item.value(), source, field);
+  }
+}
+
+// The readers of the tables' values, one per kind of field (member: the Spec member it sets).
+template <auto member>
+void read_uints(Spec& s, const nlohmann::json& v, const std::string& source, const std::string& field) {
+  s.*member = uints_field(v, source, field);
+}
+template <auto member>
+void read_strings(Spec& s, const nlohmann::json& v, const std::string& source, const std::string& field) {
+  s.*member = strings_field(v, source, field);
+}
+template <auto member, auto parse>
+void read_modes(Spec& s, const nlohmann::json& v, const std::string& source, const std::string& field) {
+  s.*member = modes_field(v, source, field, parse);
+}
+template <auto member>
+void read_path(Spec& s, const nlohmann::json& v, const std::string& source, const std::string& field) {
+  if (!v.is_string()) throw ParseError(source, "/" + field, "expected a path string");
+  s.*member = v.get<std::string>();
+}
+
+/// The layout lists of an explicit "parallel" object.
+constexpr SpecField kParallelFields[] = {{"tp", read_uints<&Spec::tp>},
+                                         {"pp", read_uints<&Spec::pp>},
+                                         {"vpp", read_uints<&Spec::vpp>},
+                                         {"cp", read_uints<&Spec::cp>},
+                                         {"ep", read_uints<&Spec::ep>}};
+
+void read_parallel(Spec& s, const nlohmann::json& v, const std::string& source, const std::string& field) {
+  if (v.is_string() && v.get<std::string>() == "auto") {
+    s.auto_layout = true;
+  } else if (v.is_object()) {
+    read_spec_fields(kParallelFields, v, s, source, field);
+  } else {
+    throw ParseError(source, "/" + field, "expected \"auto\" or an object of lists {\"tp\": [...], ...}");
+  }
+}
+
+/// The keys of a sweep file.
+constexpr SpecField kSpecFields[] = {
+    {"models", read_strings<&Spec::models>},
+    {"clusters", read_strings<&Spec::clusters>},
+    {"gpus", read_uints<&Spec::gpus>},
+    {"gbs", read_uints<&Spec::gbs>},
+    {"seq", read_uints<&Spec::seq>},
+    {"mbs", read_uints<&Spec::mbs>},
+    {"parallel", read_parallel},
+    {"overlap", read_modes<&Spec::overlaps, models::parse_overlap_variant>},
+    {"dispatcher", read_modes<&Spec::dispatchers, models::parse_token_dispatcher>},
+    {"fidelity", read_modes<&Spec::fidelities, sim::parse_fidelity>},
+    {"profile", read_path<&Spec::profile>},
+    {"config", read_path<&Spec::base_config>},
+};
+
+}  // namespace
+
 Spec spec_from_json(const std::string& text, const std::string& source) {
   const nlohmann::json j = parse_json(text, source);
   if (!j.is_object()) throw ParseError(source, "", "a sweep file is a JSON object");
   Spec s;
-  for (const auto& [k, v] : j.items()) {
-    if (k == "models")
-      s.models = strings_field(v, source, k);
-    else if (k == "clusters")
-      s.clusters = strings_field(v, source, k);
-    else if (k == "gpus")
-      s.gpus = uints_field(v, source, k);
-    else if (k == "gbs")
-      s.gbs = uints_field(v, source, k);
-    else if (k == "seq")
-      s.seq = uints_field(v, source, k);
-    else if (k == "mbs")
-      s.mbs = uints_field(v, source, k);
-    else if (k == "overlap")
-      s.overlaps = modes_field(v, source, k, models::parse_overlap_variant);
-    else if (k == "dispatcher")
-      s.dispatchers = modes_field(v, source, k, models::parse_token_dispatcher);
-    else if (k == "fidelity")
-      s.fidelities = modes_field(v, source, k, sim::parse_fidelity);
-    else if (k == "profile" || k == "config") {
-      if (!v.is_string()) throw ParseError(source, "/" + k, "expected a path string");
-      (k == "profile" ? s.profile : s.base_config) = v.get<std::string>();
-    } else if (k == "parallel") {
-      if (v.is_string()) {
-        if (v.get<std::string>() != "auto") {
-          throw ParseError(source, "/parallel", "expected \"auto\" or an object of lists {\"tp\": [...], ...}");
-        }
-        s.auto_layout = true;
-      } else if (v.is_object()) {
-        for (const auto& [pk, pv] : v.items()) {
-          const std::string field = "parallel/" + pk;
-          if (pk == "tp")
-            s.tp = uints_field(pv, source, field);
-          else if (pk == "pp")
-            s.pp = uints_field(pv, source, field);
-          else if (pk == "vpp")
-            s.vpp = uints_field(pv, source, field);
-          else if (pk == "cp")
-            s.cp = uints_field(pv, source, field);
-          else if (pk == "ep")
-            s.ep = uints_field(pv, source, field);
-          else
-            throw ParseError(source, "/" + field, "unknown field; use tp, pp, vpp, cp, ep");
-        }
-      } else {
-        throw ParseError(source, "/parallel", "expected \"auto\" or an object of lists {\"tp\": [...], ...}");
-      }
-    } else {
-      throw ParseError(source, "/" + k,
-                       "unknown field; use models, clusters, gpus, gbs, seq, mbs, parallel, overlap, dispatcher, "
-                       "fidelity, profile, config");
-    }
-  }
+  read_spec_fields(kSpecFields, j, s, source, "");
   return s;
 }
 

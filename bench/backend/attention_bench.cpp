@@ -12,7 +12,7 @@
 
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
-#include "tests/support/schedule_builder.hpp"
+#include "schedule/builder.hpp"
 
 namespace sch = twinstep::schedule;
 namespace be = twinstep::backend;
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   std::printf("%8s %10s %10s %12s %10s %10s %16s\n", "seq", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "fwd_TF/s", "bwd_TF/s",
               "kernel");
   for (const std::uint64_t seq : seqs) {
-    twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "attention_bench");
+    twinstep::schedule::ScheduleBuilder b(1, {{"compute", 0}}, "attention_bench");
     for (int i = 0; i < 2 * pairs; ++i) {
       const bool bwd = i % 2 == 1;
       b.add(

@@ -10,7 +10,7 @@
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
 #include "common/units.hpp"
-#include "tests/support/schedule_builder.hpp"
+#include "schedule/builder.hpp"
 
 namespace sch = twinstep::schedule;
 namespace be = twinstep::backend;
@@ -18,7 +18,7 @@ namespace be = twinstep::backend;
 namespace {
 
 sch::Schedule sweep_schedule(const std::string& kind, std::uint32_t world, std::uint64_t bytes, int iters) {
-  twinstep::testing::ScheduleBuilder b(world, {{"comm", 0}}, "coll_sweep." + kind);
+  twinstep::schedule::ScheduleBuilder b(world, {{"comm", 0}}, "coll_sweep." + kind);
   b.world();
   auto push = [&](sch::RankId r, sch::Body body) {
     b.add(r, kind + "." + std::to_string(b.next_id()), 0, std::move(body));

@@ -12,7 +12,7 @@
 
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
-#include "tests/support/schedule_builder.hpp"
+#include "schedule/builder.hpp"
 
 namespace sch = twinstep::schedule;
 namespace be = twinstep::backend;
@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "bad shape %s (want MxNxK)\n", shape.c_str());
       return 2;
     }
-    twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "gemm_sweep");
+    twinstep::schedule::ScheduleBuilder b(1, {{"compute", 0}}, "gemm_sweep");
     for (int i = 0; i < iters; ++i) {
       sch::Gemm g{m, n, k, 1, dtype == "fp8" ? sch::DType::kFP8 : sch::DType::kBF16};
       if (a_format == "e5m2") g.a_format = sch::Fp8Format::kE5M2;

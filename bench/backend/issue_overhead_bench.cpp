@@ -12,7 +12,7 @@
 
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
-#include "tests/support/schedule_builder.hpp"
+#include "schedule/builder.hpp"
 
 cudaError_t twinstep_bench_launch_empty(cudaStream_t stream);
 
@@ -55,8 +55,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   be::Runtime rt(be::ProcessGroup::kSelf);
-  twinstep::testing::ScheduleBuilder builder(1, {{"compute", 0}}, "issue_overhead");
-  for (int i = 0; i < n; ++i) builder.add(0, "empty." + std::to_string(i), 0, twinstep::testing::elementwise_kernel(0));
+  twinstep::schedule::ScheduleBuilder builder(1, {{"compute", 0}}, "issue_overhead");
+  for (int i = 0; i < n; ++i)
+    builder.add(0, "empty." + std::to_string(i), 0, twinstep::schedule::elementwise_kernel(0));
   const sch::Schedule& s = builder.schedule();
 
   cudaStream_t stream = nullptr;

@@ -18,8 +18,8 @@
 #include "backend/executor.hpp"
 #include "bench/backend/bench_util.hpp"
 #include "common/error.hpp"
+#include "schedule/builder.hpp"
 #include "schedule/json.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace sch = twinstep::schedule;
 namespace be = twinstep::backend;
@@ -33,8 +33,8 @@ void check(cudaError_t st, const char* what) {
 }
 
 sch::Schedule ring_schedule(sch::Transport transport, std::uint32_t sms, std::uint64_t bytes, int rounds) {
-  twinstep::testing::ScheduleBuilder b(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}},
-                                       std::string("ring_exchange.") + sch::transport_name(transport));
+  twinstep::schedule::ScheduleBuilder b(2, {{"compute", 0}, {"tx", -1}, {"rx", -1}},
+                                        std::string("ring_exchange.") + sch::transport_name(transport));
   const sch::CommId tp = b.comm("tp", "tp", {0, 1});
   const std::uint32_t sm_count = transport == sch::Transport::kSmKernel ? sms : 0;
   for (int k = 0; k < rounds; ++k) {

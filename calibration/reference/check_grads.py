@@ -5,28 +5,24 @@ recompute) against plain autograd on the same model: the main grads of one step 
 computes with F.linear / F.embedding, to bf16 rounding. Runs on CPU (Debian's python3-torch is enough).
 Usage: check_grads.py SCHEDULE... (small one-GPU schedules; see README.md). Exit 1 if any relative error > 1 %."""
 import contextlib
-import importlib.util
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-
-def load_reference():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
-    spec = importlib.util.spec_from_file_location("torch_reference", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from ref_layers import Embedding, sdpa_probe
+from ref_linear import Linear
+from ref_model import Model
+from ref_moe import ExpertLinear
+from ref_optimizer import Optimizer
+from ref_shapes import shapes_from_schedule
 
 
 def check(schedule, grad_dtype):
-    tr = load_reference()
-    d = tr.shapes_from_schedule(schedule)
+    d = shapes_from_schedule(schedule)
     dev = torch.device("cpu")
-    model = tr.Model(d, dev, False, tr.sdpa_probe(dev, d, contextlib.nullcontext))
-    opt = tr.Optimizer(model, grad_dtype)
+    model = Model(d, dev, False, sdpa_probe(dev, d, contextlib.nullcontext))
+    opt = Optimizer(model, grad_dtype)
     ids = torch.randint(0, d["vocab"], (d["mbs"], d["seq"]))
     labels = torch.randint(0, d["vocab"], (d["mbs"], d["seq"]))
     opt.zero()
@@ -34,13 +30,21 @@ def check(schedule, grad_dtype):
     opt.fold_autograd_grads()
     custom = [p.main_grad.clone() for p in model.params]
 
-    tr.Linear.apply = staticmethod(lambda x, w, prefix, fp8: F.linear(x, w))
-    tr.ExpertLinear.apply = staticmethod(
-        lambda x, w, splits, prefix, fp8: torch.cat([F.linear(c, w[e]) for e, c in enumerate(x.split(splits))]))
-    tr.Embedding.apply = staticmethod(lambda i, w, name: F.embedding(i, w))
-    for p in model.params:
-        p.grad = None
-    model.forward_backward(ids, labels, 0)
+    # Plain autograd in place of the hand-written backward (the classes' own apply is inherited: deleting the
+    # override restores it for the next check).
+    plain = {Linear: lambda x, w, prefix, fp8: F.linear(x, w),
+             ExpertLinear: lambda x, w, splits, prefix, fp8: torch.cat(
+                 [F.linear(c, w[e]) for e, c in enumerate(x.split(splits))]),
+             Embedding: lambda i, w, name: F.embedding(i, w)}
+    for cls, fn in plain.items():
+        cls.apply = staticmethod(fn)
+    try:
+        for p in model.params:
+            p.grad = None
+        model.forward_backward(ids, labels, 0)
+    finally:
+        for cls in plain:
+            del cls.apply
     worst = 0.0
     for p, c in zip(model.params, custom):
         ref = p.grad.float()

@@ -11,6 +11,7 @@
 # schedule, backend trace, torch trace, imports, compares).
 set -u
 OUT=$1
+mkdir -p "$OUT"
 W=$(mktemp -d)
 . "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, build_gpu, revision
 START=$SECONDS

@@ -7,6 +7,7 @@
 # copy_engine.txt (each chunk size: time, GB/s, fraction of the NVLink line rate; the fitted figure and its source).
 set -uo pipefail
 OUT=${1:-$OUT}
+mkdir -p "$OUT"
 source calibration/scripts/device_env.sh
 nvidia-smi -L | tee "$OUT/gpu.txt"
 [ "$(nvidia-smi -L | wc -l)" -ge 2 ] || { echo "needs two GPUs"; exit 1; }

@@ -12,6 +12,7 @@
 # (the run's r/ folder: traces, imports, compares, fits), four files (the device tool returns at most eight).
 set -u
 OUT=$1
+mkdir -p "$OUT"
 W=$(mktemp -d)
 export PROFILE=calibration/profiles/h100x1.json STEPS=5 BSTEPS=3 TORCH_FLAGS=--fuse-elementwise
 START=$SECONDS

@@ -137,10 +137,8 @@ void RankLowering::attention_fwd(Phase ph) {
 
 void RankLowering::selective_recompute() {
   if (!x_.recompute_selective) return;
-  const std::string saved = prefix_;
-  prefix_ = "recompute.";
+  const ContextScope recompute(*this, "recompute.");
   attention_fwd(Phase::kBwd);
-  prefix_ = saved;
 }
 
 void RankLowering::attention_bwd() {

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <numeric>
 #include <set>
+#include <string_view>
+#include <unordered_set>
 #include <utility>
 
 #include "models/lowering/context.hpp"
@@ -85,14 +87,7 @@ void RankLowering::dispatch_grad_bucket(std::uint32_t chunk, std::size_t b, bool
   if (st.dispatched) return;
   st.dispatched = true;
   if (bucket_group(buckets(chunk)[b]) == 1) return;  // nothing to reduce (expert-DP of 1)
-  const auto saved_layer = cur_layer_;
-  const auto saved_mb = cur_mb_;
-  const auto saved_chunk = cur_chunk_;
-  const auto saved_prefix = prefix_;
-  cur_layer_ = -1;
-  cur_mb_ = -1;
-  cur_chunk_ = static_cast<std::int32_t>(chunk);
-  prefix_ = "dp.";
+  const ContextScope dp(*this, -1, -1, static_cast<std::int32_t>(chunk), "dp.");
   const auto& bucket = buckets(chunk)[b];
   const std::string what = bucket_name(chunk, b);
   const std::string_view ov = blocking ? "" : "dp";
@@ -103,10 +98,6 @@ void RankLowering::dispatch_grad_bucket(std::uint32_t chunk, std::size_t b, bool
                      distopt ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, bucket_comm(bucket),
                      bucket.numel * k_.grad_bytes, ph, blocking, {}, ov,
                      k_.grad_bytes == 4 ? schedule::DType::kFP32 : k_.dtype);
-  cur_layer_ = saved_layer;
-  cur_mb_ = saved_mb;
-  cur_chunk_ = saved_chunk;
-  prefix_ = saved_prefix;
 }
 
 void RankLowering::dispatch_chunk(std::uint32_t chunk, bool blocking) {
@@ -119,20 +110,9 @@ OpId RankLowering::issue_param_ag(std::uint32_t chunk, std::size_t b) {
   auto& st = bucket_state_[chunk][b];
   if (st.ag != schedule::kNoOp) return st.ag;
   if (bucket_group(buckets(chunk)[b]) == 1) return schedule::kNoOp;  // nothing to gather (expert-DP of 1)
-  const auto saved_mb = cur_mb_;
-  const auto saved_layer = cur_layer_;
-  const auto saved_prefix = prefix_;
-  cur_mb_ = -1;
-  cur_layer_ = -1;
-  prefix_ = "dp.";
-  const auto saved_chunk = cur_chunk_;
-  cur_chunk_ = static_cast<std::int32_t>(chunk);
+  const ContextScope dp(*this, -1, -1, static_cast<std::int32_t>(chunk), "dp.");
   st.ag = collective(x_.st.dp, Name{bucket_name(chunk, b), ".param_ag"}, CollectiveKind::kAllGather,
                      bucket_comm(buckets(chunk)[b]), param_ag_bytes(buckets(chunk)[b]), Phase::kFwd, false, {}, "dp");
-  cur_chunk_ = saved_chunk;
-  cur_mb_ = saved_mb;
-  cur_layer_ = saved_layer;
-  prefix_ = saved_prefix;
   return st.ag;
 }
 
@@ -168,18 +148,13 @@ void RankLowering::param_gather_wait(std::uint32_t chunk, std::string_view param
 // grad_data.zero_(), one fill kernel per buffer over its padded numel), before the step's first forward. The fill
 // writes the whole (unsharded) buffer in the grad dtype, also with the distributed optimizer.
 void RankLowering::zero_grad_buffers() {
-  const auto saved_prefix = prefix_;
-  prefix_ = "dp.";
   for (std::uint32_t c = 0; c < k_.vpp; ++c) {
     std::uint64_t numel = 0;
     for (const auto& b : buckets(c)) numel += b.numel;
     if (numel == 0) continue;
-    cur_layer_ = cur_mb_ = -1;
-    cur_chunk_ = static_cast<std::int32_t>(c);
+    const ContextScope dp(*this, -1, -1, static_cast<std::int32_t>(c), "dp.");
     elementwise(Name{"chunk", "", c, ".zero_grad_buffer"}, numel * k_.grad_bytes, Phase::kNone);
   }
-  cur_chunk_ = -1;
-  prefix_ = saved_prefix;
 }
 
 void RankLowering::finalize_and_optimize() {
@@ -284,10 +259,9 @@ void RankLowering::quantize_fp8_param_shards() {
   for (std::uint32_t c = 0; c < k_.vpp; ++c) {
     for (const auto& b : buckets(c)) {
       shard += b.fp8_numel / bucket_group(b);
+      const std::unordered_set<std::string_view> in_bucket(b.params.begin(), b.params.end());
       for (const auto& p : x_.params[co_.pp][c]) {
-        if (p.fp8_numel > 0 && std::find(b.params.begin(), b.params.end(), p.name) != b.params.end()) {
-          weights[b.expert ? 1 : 0] += p.fp8_gemms;
-        }
+        if (p.fp8_numel > 0 && in_bucket.count(p.name) != 0) weights[b.expert ? 1 : 0] += p.fp8_gemms;
       }
     }
   }
@@ -308,19 +282,9 @@ void RankLowering::quantize_fp8_param_shards() {
 void RankLowering::fp8_param_transpose(std::uint32_t chunk, std::size_t b, Phase ph) {
   const DpBucket& bucket = buckets(chunk)[b];
   if (!k_.fp8_param_gather || bucket.fp8_numel == 0) return;
-  const auto saved_mb = cur_mb_;
-  const auto saved_layer = cur_layer_;
-  const auto saved_chunk = cur_chunk_;
-  const auto saved_prefix = prefix_;
-  cur_mb_ = cur_layer_ = -1;
-  cur_chunk_ = static_cast<std::int32_t>(chunk);
-  prefix_ = "dp.";
+  const ContextScope dp(*this, -1, -1, static_cast<std::int32_t>(chunk), "dp.");
   elementwise(Name{bucket_name(chunk, b), ".fp8_transpose"},
               2 * bucket.fp8_numel * schedule::dtype_bytes(schedule::DType::kFP8), ph);
-  cur_mb_ = saved_mb;
-  cur_layer_ = saved_layer;
-  cur_chunk_ = saved_chunk;
-  prefix_ = saved_prefix;
 }
 
 Nanos RankLowering::optimizer_host_ns() const {

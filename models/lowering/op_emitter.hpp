@@ -65,6 +65,37 @@ class OpEmitter {
         ops_(out),
         first_op_(static_cast<OpId>(out.size())) {}
 
+  /// The op context (layer, micro-batch, chunk and name prefix of the ops emitted, the tags and names label() gives
+  /// them) set for a scope; the one in place before comes back at the scope's end, also when the scope throws.
+  class ContextScope {
+   public:
+    ContextScope(OpEmitter& e, std::int32_t layer, std::int32_t mb, std::int32_t chunk, std::string prefix)
+        : e_(e), layer_(e.cur_layer_), mb_(e.cur_mb_), chunk_(e.cur_chunk_), prefix_(std::move(e.prefix_)) {
+      e.cur_layer_ = layer;
+      e.cur_mb_ = mb;
+      e.cur_chunk_ = chunk;
+      e.prefix_ = std::move(prefix);
+    }
+    /// Only the name prefix; layer, micro-batch and chunk stay as they are.
+    ContextScope(OpEmitter& e, std::string prefix)
+        : ContextScope(e, e.cur_layer_, e.cur_mb_, e.cur_chunk_, std::move(prefix)) {}
+    ~ContextScope() {
+      e_.cur_layer_ = layer_;
+      e_.cur_mb_ = mb_;
+      e_.cur_chunk_ = chunk_;
+      e_.prefix_ = std::move(prefix_);
+    }
+    ContextScope(const ContextScope&) = delete;
+    ContextScope& operator=(const ContextScope&) = delete;
+    ContextScope(ContextScope&&) = delete;
+    ContextScope& operator=(ContextScope&&) = delete;
+
+   private:
+    OpEmitter& e_;
+    std::int32_t layer_, mb_, chunk_;
+    std::string prefix_;
+  };
+
   /// Appends an op with body type B on `stream`: id, rank, stream and `deps` (plus the pending waits when it is GPU
   /// work on the compute stream), sorted and deduplicated. The caller sets the body (the op holds a default
   /// Compute{Gemm{}} until then), and name and tags with label().

@@ -4,6 +4,7 @@
 #include "models/lowering/pipeline_schedule.hpp"
 
 #include <algorithm>
+#include <optional>
 
 #include "models/lower.hpp"
 #include "models/lowering/rank_lowering.hpp"
@@ -217,11 +218,8 @@ void RankLowering::exchange(const Exchange& ex, bool blocking, std::vector<OpId>
   std::vector<OpId> fwd_producer = std::move(fwd_after), bwd_producer = std::move(bwd_after);
   if (fwd_producer.empty() && last_fwd_output_ != schedule::kNoOp) fwd_producer.push_back(last_fwd_output_);
   if (bwd_producer.empty() && last_bwd_output_ != schedule::kNoOp) bwd_producer.push_back(last_bwd_output_);
-  std::string saved_prefix;
-  if (x_.op_names) {
-    saved_prefix = prefix_;
-    prefix_ = "pp.x" + str(exchanges_) + ".";
-  }
+  std::optional<ContextScope> exchange_names;  // named ops only: no string built for a sweep's lowering
+  if (x_.op_names) exchange_names.emplace(static_cast<OpEmitter&>(*this), "pp.x" + str(exchanges_) + ".");
   ++exchanges_;
   if (ex.send_next) {
     posted[n_posted++] =
@@ -247,7 +245,6 @@ void RankLowering::exchange(const Exchange& ex, bool blocking, std::vector<OpId>
       for (std::size_t i = 0; i < n_posted; ++i) host_sync("batch_p2p_sync", posted[i], Phase::kNone);
     }
   }
-  if (x_.op_names) prefix_ = std::move(saved_prefix);
 }
 
 void RankLowering::run() {

@@ -7,13 +7,13 @@
 #include "backend/attention.hpp"
 #include "backend/plan.hpp"
 #include "backend/sdpa.hpp"
+#include "schedule/builder.hpp"
 #include "schedule/kernel_math.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
-using twinstep::testing::ScheduleBuilder;
+using twinstep::schedule::ScheduleBuilder;
 
 namespace {
 

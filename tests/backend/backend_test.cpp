@@ -23,21 +23,21 @@
 #include "backend/executor.hpp"
 #include "backend/handles.hpp"
 #include "common/error.hpp"
+#include "schedule/builder.hpp"
 #include "schedule/json.hpp"
 #include "tests/backend/bf16.hpp"
 #include "tests/backend/ring_exchange.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
 using twinstep::backend::test::from_bf16;
+using twinstep::backend::test::layer_tag;
 using twinstep::backend::test::ring_exchange;
 using twinstep::backend::test::to_bf16;
-using twinstep::testing::elementwise_kernel;
-using twinstep::testing::gemm_kernel;
-using twinstep::testing::layer_tag;
-using twinstep::testing::ScheduleBuilder;
+using twinstep::schedule::elementwise_kernel;
+using twinstep::schedule::gemm_kernel;
+using twinstep::schedule::ScheduleBuilder;
 
 namespace {
 

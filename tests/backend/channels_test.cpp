@@ -10,16 +10,16 @@
 #include <utility>
 #include <vector>
 
+#include "schedule/builder.hpp"
 #include "schedule/matching.hpp"
 #include "tests/backend/ring_exchange.hpp"
 #include "tests/catch.hpp"
 #include "tests/models/test_util.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
 using twinstep::backend::test::ring_exchange;
-using twinstep::testing::ScheduleBuilder;
+using twinstep::schedule::ScheduleBuilder;
 
 namespace {
 

@@ -14,15 +14,15 @@
 #include "backend/executor.hpp"
 #include "backend/handles.hpp"
 #include "backend/plan.hpp"
+#include "schedule/builder.hpp"
 #include "tests/backend/bf16.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
 using twinstep::backend::test::from_bf16;
-using twinstep::testing::gemm_kernel;
-using twinstep::testing::ScheduleBuilder;
+using twinstep::schedule::gemm_kernel;
+using twinstep::schedule::ScheduleBuilder;
 
 namespace {
 

@@ -16,9 +16,9 @@
 #include "backend/gemm.hpp"
 #include "backend/handles.hpp"
 #include "backend/plan.hpp"
+#include "schedule/builder.hpp"
 #include "tests/backend/bf16.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
@@ -104,7 +104,7 @@ TEST_CASE("backend::grouped_gemm: unequal groups over the side streams match a h
 TEST_CASE("backend::execute: a grouped-GEMM op's record spans all its groups, over Transformer Engine's streams",
           "[backend][gpu]") {
   be::Runtime rt(be::ProcessGroup::kSelf);
-  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}});
+  twinstep::schedule::ScheduleBuilder b(1, {{"compute", 0}});
   // Five full 4096^3 GEMMs (0.14 TFLOP each, each alone fills an H100) and an empty group, then one alone.
   const auto gg =
       b.add(0, "grouped", 0,

@@ -11,14 +11,14 @@
 
 #include "common/error.hpp"
 #include "models/lower.hpp"
+#include "schedule/builder.hpp"
 #include "schedule/matching.hpp"
 #include "tests/catch.hpp"
 #include "tests/models/test_util.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace sch = twinstep::schedule;
 using namespace twinstep::backend;
-using twinstep::testing::ScheduleBuilder;
+using twinstep::schedule::ScheduleBuilder;
 
 namespace {
 

@@ -7,14 +7,14 @@
 #include <utility>
 #include <vector>
 
+#include "schedule/builder.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
-using twinstep::testing::elementwise_kernel;
-using twinstep::testing::gemm_kernel;
-using twinstep::testing::ScheduleBuilder;
+using twinstep::schedule::elementwise_kernel;
+using twinstep::schedule::gemm_kernel;
+using twinstep::schedule::ScheduleBuilder;
 
 namespace {
 

@@ -15,15 +15,15 @@
 
 #include "backend/executor.hpp"
 #include "backend/handles.hpp"
+#include "schedule/builder.hpp"
 #include "tests/backend/bf16.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace be = twinstep::backend;
 namespace sch = twinstep::schedule;
 using twinstep::backend::test::from_bf16;
 using twinstep::backend::test::to_bf16;
-using twinstep::testing::ScheduleBuilder;
+using twinstep::schedule::ScheduleBuilder;
 
 namespace {
 

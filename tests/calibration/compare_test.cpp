@@ -9,9 +9,9 @@
 
 #include "common/error.hpp"
 #include "schedule/analysis.hpp"
+#include "schedule/builder.hpp"
 #include "tests/calibration/traces.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace cal = twinstep::calibration;
 namespace ts = twinstep::schedule;
@@ -145,10 +145,10 @@ TEST_CASE("calibration::compare: worst ops by |error|, ties broken by op id", "[
 
 TEST_CASE("calibration::compare: at most kWorstOpCount worst ops", "[calib]") {
   // 30 compute ops with errors 0..29 ns: the 20 worst are ids 29 down to 10.
-  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "many");
+  twinstep::schedule::ScheduleBuilder b(1, {{"compute", 0}}, "many");
   std::vector<std::pair<twinstep::Nanos, twinstep::Nanos>> pred, meas;
   for (ts::OpId i = 0; i < 30; ++i) {
-    b.add(0, "op" + std::to_string(i), 0, twinstep::testing::elementwise_kernel(1024));
+    b.add(0, "op" + std::to_string(i), 0, twinstep::schedule::elementwise_kernel(1024));
     const twinstep::Nanos t0 = 1000 * i;
     pred.emplace_back(t0, t0 + 100);
     meas.emplace_back(t0, t0 + 100 + i);

@@ -14,12 +14,12 @@
 #include "calibration/compare.hpp"
 #include "calibration/fit_trace.hpp"
 #include "common/error.hpp"
+#include "schedule/builder.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/simulate.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/schedule_builder.hpp"
 #include "topologies/cluster.hpp"
 
 namespace ti = twinstep::calibration::trace_import;
@@ -286,7 +286,7 @@ TEST_CASE("calibrate --from-trace: fp8, grouped and bf16-C accumulating GEMMs' e
   // fitted back, and costed under other names (no op table).
   // The fitted class tables are the GEMMs without the epilogue, so the cost model's epilogue is added once: the
   // truth's time comes back, and the plain GEMM of the same shape is cheaper by the epilogue's seconds.
-  twinstep::testing::ScheduleBuilder b(1, {ts::StreamDecl{"compute", 0}});
+  twinstep::schedule::ScheduleBuilder b(1, {ts::StreamDecl{"compute", 0}});
   ts::Gemm fp8{8192, 4096, 16384, 1, ts::DType::kFP8};
   fp8.accumulate_fp32 = true;
   b.add(0, "L0.mb0.bwd.fc1_wgrad", 0, ts::Compute{fp8, 0});
@@ -404,9 +404,9 @@ TEST_CASE("import-trace: the grad zeroing's fills are one op, matched by kind wh
   // A trace recorded before the schedule had Megatron's zero_grad_buffer op: eager PyTorch zeroes each main grad
   // with its own fill kernel inside a range that names no op ("zero_grad"); a later fill of the loss backward
   // lies outside any range. The fills of the one zeroing are one op's record; the later fill is not a second step.
-  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "zeroing");
+  twinstep::schedule::ScheduleBuilder b(1, {{"compute", 0}}, "zeroing");
   for (const char* name : {"dp.chunk0.zero_grad_buffer", "mb0.fwd.norm", "mb0.bwd.loss_bwd"}) {
-    b.add(0, name, 0, twinstep::testing::elementwise_kernel(1 << 20));
+    b.add(0, name, 0, twinstep::schedule::elementwise_kernel(1 << 20));
   }
   const ts::Schedule& s = b.schedule();
   const std::string fill = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>";
@@ -441,11 +441,11 @@ TEST_CASE("import-trace: a GEMM's fp8 cast op is timed from the non-GEMM kernels
   // `<gemm>_fp8_cast` op has no range of its own. Its kernels (amax, cast) launched before the GEMM's kernel are its;
   // the GEMM keeps its own launch (cuBLAS's memset, the GEMM) and what follows it (a main-grad add). An elementwise
   // op not named after the GEMM that follows it gets nothing from that GEMM's range.
-  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "fp8 casts");
-  const ts::Compute fp8_gemm = twinstep::testing::gemm_kernel(64, 128, 32, ts::DType::kFP8);
-  b.add(0, "L0.mb0.fwd.fc1_fp8_cast", 0, twinstep::testing::elementwise_kernel(1 << 20));
+  twinstep::schedule::ScheduleBuilder b(1, {{"compute", 0}}, "fp8 casts");
+  const ts::Compute fp8_gemm = twinstep::schedule::gemm_kernel(64, 128, 32, ts::DType::kFP8);
+  b.add(0, "L0.mb0.fwd.fc1_fp8_cast", 0, twinstep::schedule::elementwise_kernel(1 << 20));
   b.add(0, "L0.mb0.fwd.fc1", 0, fp8_gemm);
-  b.add(0, "L0.mb0.fwd.swiglu", 0, twinstep::testing::elementwise_kernel(1 << 20));
+  b.add(0, "L0.mb0.fwd.swiglu", 0, twinstep::schedule::elementwise_kernel(1 << 20));
   b.add(0, "L0.mb0.fwd.fc2", 0, fp8_gemm);
   const ts::Schedule& s = b.schedule();
   auto scaled_mm = [](const std::string& name, twinstep::Nanos launch, twinstep::Nanos start, twinstep::Nanos end,

@@ -7,8 +7,8 @@
 #include <utility>
 
 #include "calibration/suite.hpp"
+#include "schedule/builder.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace cal = twinstep::calibration;
 namespace sch = twinstep::schedule;
@@ -50,7 +50,7 @@ Written run_one(const cal::BenchGroup& g, const std::string& file, Execute execu
 }  // namespace
 
 TEST_CASE("calibration::run_suite: each raw group line carries the trace's gpu_monitor figures", "[calibration]") {
-  twinstep::testing::ScheduleBuilder b(1, {{"compute", 0}}, "one gemm");
+  twinstep::schedule::ScheduleBuilder b(1, {{"compute", 0}}, "one gemm");
   b.gemm(0, "gemm", 0, 1024, 1024, 1024);
   cal::BenchGroup g = group_of("compute.gemm", b.take());
   g.probes.push_back({"gemm.m1024", "gemm", cal::Metric::kDuration, {0}, sch::kNoOp, 2.0 * 1024 * 1024 * 1024, {}});
@@ -83,7 +83,7 @@ TEST_CASE("calibration::run_suite: each raw group line carries the trace's gpu_m
 }
 
 TEST_CASE("calibration::run_suite: a trace without monitor keys writes no gpu_monitor field", "[calibration]") {
-  const Written w = run_one(group_of("host.issue", twinstep::testing::ScheduleBuilder(1, {}, "empty").take()),
+  const Written w = run_one(group_of("host.issue", twinstep::schedule::ScheduleBuilder(1, {}, "empty").take()),
                             "twinstep_suite_monitor_test2.jsonl", [](const sch::Schedule& s) {
                               return sch::Trace{"sim", {{"gpu", "x"}}, {}, {0}, s};
                             });

@@ -13,6 +13,8 @@
 
 #include "calibration/fit.hpp"
 #include "common/error.hpp"
+#include "common/hash.hpp"
+#include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
 #include "schedule/validate.hpp"
 #include "sim/simulate.hpp"
@@ -339,4 +341,42 @@ TEST_CASE(
     for (std::size_t i = 0; i < clean.size(); ++i) CHECK(skewed[i].value_s == clean[i].value_s);
   }
   CHECK(groups == 7);
+}
+
+namespace {
+
+/// A digest of every group of `suite` on `world` GPUs: group name, the schedule's JSON (every rank, stream,
+/// communicator, op, dep and tag) and each probe's fields, in suite order.
+std::uint64_t suite_digest(const std::string& suite, std::uint32_t world) {
+  twinstep::Fnv1a h;
+  for (const auto& g : make_suite(suite, world)) {
+    h.text(g.name);
+    h.text(sch::schedule_to_json(g.schedule));
+    for (const auto& p : g.probes) {
+      const nlohmann::json j = {{"name", p.name},    {"family", p.family}, {"metric", static_cast<int>(p.metric)},
+                                {"ops", p.ops},      {"ref", p.ref},       {"size", p.size},
+                                {"params", p.params}};
+      h.text(j.dump());
+    }
+  }
+  return h.digest();
+}
+
+}  // namespace
+
+TEST_CASE("calibration::make_suite: the groups' schedules and probes are the committed ones", "[calibration]") {
+  // The suite is what calibrate measures and what the committed raw files were measured with: a change to a group's
+  // schedule (op order, names, streams, communicators, shapes) or probes must be on purpose. If it is, put the new
+  // digests here and say in the commit why the suite changed. The GEMM, grouped-GEMM and attention groups take shapes
+  // from lowering zoo models (zoo_shapes, expert_sweep): a lowering or zoo change that moves those shapes moves these
+  // digests too (and the golden lowerings with them).
+  const std::pair<std::pair<const char*, std::uint32_t>, std::uint64_t> expected[] = {
+      {{"quick", 1}, 0xa63eba508f1ea57aull},   {{"quick", 2}, 0xf93c738ba044b561ull},
+      {{"quick", 8}, 0xcb806e7711537be6ull},   {{"default", 1}, 0xf0a25af882e40a30ull},
+      {{"default", 2}, 0x00f36bd0fd11c856ull}, {{"default", 8}, 0x83e892cde0d26588ull},
+  };
+  for (const auto& [what, digest] : expected) {
+    INFO(what.first << " suite on " << what.second << " GPUs");
+    CHECK(suite_digest(what.first, what.second) == digest);
+  }
 }

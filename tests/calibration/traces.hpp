@@ -6,9 +6,9 @@
 #include <utility>
 #include <vector>
 
+#include "schedule/builder.hpp"
 #include "schedule/schedule.hpp"
 #include "schedule/trace.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace twinstep::calibration::testing {
 
@@ -18,13 +18,13 @@ namespace ts = twinstep::schedule;
 ///   rank 0: gemm, elementwise, all_reduce (dp), send (pp) to rank 1, host
 ///   rank 1: gemm, elementwise, all_reduce (dp), recv (pp) from rank 0, host
 inline ts::Schedule small_schedule() {
-  twinstep::testing::ScheduleBuilder b(2, twinstep::testing::default_streams(), "calib_small");
+  twinstep::schedule::ScheduleBuilder b(2, twinstep::schedule::default_streams(), "calib_small");
   const ts::CommId dp = b.comm("dp.0", "dp", {0, 1});
   b.comm("pp.0", "pp", {0, 1});
   for (ts::RankId r = 0; r < 2; ++r) {
     const std::string p = "r" + std::to_string(r) + ".";
     b.gemm(r, p + "fwd.gemm", 0, 1024, 1024, 1024);
-    b.add(r, p + "fwd.act", 0, twinstep::testing::elementwise_kernel(1 << 20));
+    b.add(r, p + "fwd.act", 0, twinstep::schedule::elementwise_kernel(1 << 20));
     b.all_reduce(r, p + "grad.ar", 1, dp, 1 << 20);
     if (r == 0) {
       b.add(r, p + "pp.send", 1, ts::Send{1, 1, 4096, 0});

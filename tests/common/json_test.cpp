@@ -1,13 +1,17 @@
 // parse_json(): the one JSON parse entry. Syntax errors name file, line and column and carry no nlohmann prefix.
+// refuse_unknown_keys(): unknown keys name file, key, the accepted keys and the nearest one as the fix.
 #include "common/json.hpp"
 
 #include <string>
+#include <vector>
 
 #include "common/error.hpp"
 #include "tests/catch.hpp"
 
 using twinstep::parse_json;
 using twinstep::ParseError;
+using twinstep::refuse_unknown_keys;
+using twinstep::unknown_field_message;
 
 namespace {
 
@@ -73,4 +77,35 @@ TEST_CASE("common::line_and_column: 1-based, newlines end lines, past the end cl
   CHECK(twinstep::line_and_column("ab\ncd", 2) == std::pair<std::size_t, std::size_t>{1, 3});
   CHECK(twinstep::line_and_column("ab\ncd", 3) == std::pair<std::size_t, std::size_t>{2, 1});
   CHECK(twinstep::line_and_column("ab\ncd", 99) == std::pair<std::size_t, std::size_t>{2, 3});
+}
+
+TEST_CASE("common::unknown_field_message: the accepted keys, and the nearest one as the fix", "[common]") {
+  const std::vector<std::string> sweep = {"models", "clusters", "gpus", "gbs"};
+  CHECK(unknown_field_message("model", sweep) ==
+        "unknown field \"model\" (accepted here: models, clusters, gpus, gbs); did you mean \"models\"?");
+  // Case is ignored; the nearest of two close keys wins (gpu: gpus 1 edit, gbs 2).
+  CHECK(unknown_field_message("GPU", sweep).find("did you mean \"gpus\"?") != std::string::npos);
+  // Nothing near: at most max(2, a third of the key's length) edits.
+  CHECK(unknown_field_message("colour", sweep) ==
+        "unknown field \"colour\" (accepted here: models, clusters, gpus, gbs); remove it or fix its spelling");
+  CHECK(unknown_field_message("tensor_parallel_size", {"tensor_model_parallel_size", "pipeline_model_parallel_size"})
+            .find("did you mean \"tensor_model_parallel_size\"?") != std::string::npos);  // 6 edits of 20 characters
+  CHECK(
+      unknown_field_message("flops", {"class", "bytes", "copy"}, "a memcpy kernel") ==
+      "unknown field \"flops\" in a memcpy kernel (accepted here: class, bytes, copy); remove it or fix its spelling");
+}
+
+TEST_CASE("common::refuse_unknown_keys: the first unknown key is a ParseError at its pointer", "[common]") {
+  const auto j = parse_json(R"({"models": ["a"], "model": 3})", "s.json");
+  CHECK_NOTHROW(refuse_unknown_keys(j, "s.json", "", {"models", "model"}));
+  try {
+    refuse_unknown_keys(j, "s.json", "/sweep", {"models", "gpus"});
+    FAIL("expected a ParseError");
+  } catch (const ParseError& e) {
+    CHECK(e.file() == "s.json");
+    CHECK(e.pointer() == "/sweep/model");
+    CHECK(std::string(e.what()) ==
+          "s.json: /sweep/model: unknown field \"model\" (accepted here: models, gpus); "
+          "did you mean \"models\"?");
+  }
 }

@@ -15,12 +15,12 @@
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/recipe.hpp"
+#include "schedule/builder.hpp"
 #include "schedule/matching.hpp"
 #include "schedule/op_kind.hpp"
 #include "schedule/validate.hpp"
 #include "tests/catch.hpp"
 #include "tests/support/run_configs.hpp"
-#include "tests/support/schedule_builder.hpp"
 #include "topologies/cluster.hpp"
 
 using namespace twinstep;
@@ -231,7 +231,7 @@ TEST_CASE("evaluate::critical_path: equals the brute-force longest path on hand-
   // for rank 0's receive: in program order neither send comes before its rank's receive ends, and the walk must go
   // on along the other stream (a deadlock with one hardware queue, so not tried there).
   auto build = [](bool crossing) {
-    testing::ScheduleBuilder b(2, {{"compute", 0}, {"a", 0}, {"b", 0}});
+    schedule::ScheduleBuilder b(2, {{"compute", 0}, {"a", 0}, {"b", 0}});
     const auto pp = b.comm("pp", "pp", {0, 1});
     const auto world = b.comm("world", "world", {0, 1});
     b.host(0, "r0.host", 3000);

@@ -44,7 +44,13 @@ TEST_CASE("models::zoo: unknown ids list the zoo, bad files name the field", "[z
   CHECK_THROWS_WITH(model_from_json(R"({"num_layers": 2, "hidden_size": 8, "num_attention_heads": 2,
       "ffn_hidden_size": 16, "vocab_size": 10, "hiden": 3})",
                                     "m.json"),
-                    twinstep_contains("m.json: /hiden: unknown field"));
+                    twinstep_contains("m.json: /hiden: unknown field \"hiden\" (accepted here: ") &&
+                        twinstep_contains("hidden_size"));
+  CHECK_THROWS_WITH(
+      model_from_json(R"({"num_layer": 2, "hidden_size": 8, "num_attention_heads": 2,
+      "ffn_hidden_size": 16, "vocab_size": 10})",
+                      "m.json"),
+      twinstep_contains("m.json: /num_layer: unknown field") && twinstep_contains("did you mean \"num_layers\"?"));
   CHECK_THROWS_WITH(model_from_json(R"({"num_layers": 2, "hidden_size": 8, "num_attention_heads": 3,
       "num_query_groups": 2, "ffn_hidden_size": 16, "vocab_size": 10})",
                                     "m.json"),

@@ -6,16 +6,16 @@
 #include <utility>
 #include <vector>
 
+#include "schedule/builder.hpp"
 #include "schedule/schedule.hpp"
-#include "tests/support/schedule_builder.hpp"
 
 namespace twinstep::schedule::testing {
 
-using Builder = twinstep::testing::ScheduleBuilder;
+using Builder = twinstep::schedule::ScheduleBuilder;
 
 /// A `world`-rank skeleton: streams compute (0) and comm (1, priority -1), communicator "world" (kind dp).
 inline Schedule skeleton(std::uint32_t world, const std::string& name = "test") {
-  Builder b(world, twinstep::testing::default_streams(), name);
+  Builder b(world, twinstep::schedule::default_streams(), name);
   b.world("dp");
   return b.take();
 }

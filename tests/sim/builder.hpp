@@ -6,16 +6,16 @@
 #include <utility>
 #include <vector>
 
+#include "schedule/builder.hpp"
 #include "schedule/schedule.hpp"
 #include "sim/cost_model.hpp"
-#include "tests/support/schedule_builder.hpp"
 #include "topologies/cluster.hpp"
 
 namespace twinstep::sim::testing {
 
 using namespace twinstep::schedule;
 
-using Builder = twinstep::testing::ScheduleBuilder;
+using Builder = twinstep::schedule::ScheduleBuilder;
 
 /// One node of `gpus` H100-like GPUs whose NCCL NVLink bandwidth is `bus_bytes_per_s` (a uniform ring).
 inline topologies::Cluster uniform_node(std::uint32_t gpus, double bus_bytes_per_s) {

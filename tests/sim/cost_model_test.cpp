@@ -346,6 +346,9 @@ TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[si
   CHECK(err(R"({"schema_version": 2})").find("p.json: /schema_version") == 0);
   CHECK(err(R"({"schema_version": 1, "launch": {"kernel": "1 us"}})").find("p.json: /launch/kernel: unknown field") ==
         0);
+  CHECK(err(R"({"schema_version": 1, "launch": {"computes": "1 us"}})") ==
+        "p.json: /launch/computes: unknown field \"computes\" (accepted here: compute, memcpy, collective, send, recv, "
+        "host_sync); did you mean \"compute\"?");
   CHECK(
       err(R"({"schema_version": 1, "compute": {"gemm": [[1e9, 1.5]]}})").find("/compute/gemm/0: efficiency must be") !=
       std::string::npos);

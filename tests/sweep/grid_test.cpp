@@ -190,12 +190,19 @@ TEST_CASE("sweep::spec_from_json: fields, scalars for lists, errors", "[sweep]")
   CHECK(s.overlaps == std::vector<models::OverlapVariant>{overlap("none"), overlap("all")});
   CHECK_FALSE(s.auto_layout);
   CHECK(sweep::spec_from_json(R"({"parallel": "auto"})", "s.json").auto_layout);
-  CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpu": [8]})", "s.json"),
-                    twinstep_contains("s.json: /gpu: unknown field"));
+  CHECK_THROWS_WITH(
+      sweep::spec_from_json(R"({"gpu": [8]})", "s.json"),
+      twinstep_contains("s.json: /gpu: unknown field \"gpu\"") && twinstep_contains("did you mean \"gpus\"?"));
+  // A new user's "model" (the field is "models"): the key, every accepted key and the fix.
+  CHECK_THROWS_WITH(
+      sweep::spec_from_json(R"({"model": 3})", "s.json"),
+      twinstep_contains("s.json: /model: unknown field \"model\" (accepted here: models, clusters, gpus, "
+                        "gbs, seq, mbs, parallel, overlap, dispatcher, fidelity, profile, config); did you "
+                        "mean \"models\"?"));
   CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpus": [0]})", "s.json"),
                     twinstep_contains("/gpus: expected a positive integer"));
   CHECK_THROWS_WITH(sweep::spec_from_json(R"({"parallel": {"xp": [1]}})", "s.json"),
-                    twinstep_contains("/parallel/xp: unknown field"));
+                    twinstep_contains("/parallel/xp: unknown field \"xp\" (accepted here: tp, pp, vpp, cp, ep)"));
   CHECK_THROWS_AS(sweep::spec_from_json("{", "s.json"), ParseError);
 }
 

@@ -106,7 +106,12 @@ TEST_CASE("topologies::cluster_from_json: shipped files load and match the built
 TEST_CASE("topologies::cluster_from_json: errors name the file, the field and the fix", "[topo]") {
   CHECK(json_error(R"({"schema_version": 1, "name": "x"})").find("c.json: /node: missing required field") == 0);
   CHECK(json_error(R"({"schema_version": 1, "name": "x", "node": "dgx-h100", "color": 1})")
-            .find("c.json: /color: unknown field \"color\"") == 0);
+            .find("c.json: /color: unknown field \"color\" (accepted here: schema_version, name, node, fabric, "
+                  "nodes, source, profile); remove it or fix its spelling") == 0);
+  CHECK(json_error(R"({"schema_version": 1, "name": "x", "node": "dgx-h100", "fabrik": {}})")
+            .find("c.json: /fabrik: unknown field \"fabrik\"") == 0);
+  CHECK(json_error(R"({"schema_version": 1, "name": "x", "node": "dgx-h100", "fabrik": {}})")
+            .find("did you mean \"fabric\"?") != std::string::npos);
   CHECK(json_error(R"({"schema_version": 1, "name": "x", "node": "dgx-h999"})").find("unknown node type") !=
         std::string::npos);
   const std::string bad_bw = R"({"schema_version": 1, "name": "x", "node": {"name": "n", "gpu": "h100-sxm",
