@@ -2,6 +2,7 @@
 // model chunk's forward and backward on one rank: P2P receive waits, param-gather waits, full recompute groups.
 #include <algorithm>
 
+#include "models/lowering/cross_entropy.hpp"
 #include "models/lowering/rank_lowering.hpp"
 
 namespace twinstep::models::lowering {
@@ -126,23 +127,25 @@ void RankLowering::output_fwd() {
         Nodes::kOne);  // ColumnParallelLinear: one LinearWithGradAccumulationAndAsyncCommunication
     fwd_ops(
         "host_loss", Phase::kFwd,
-        [&] {  // vocab-parallel cross entropy: a function, no module
-          elementwise("cross_entropy", k_.tokens * vt * (k_.act_bytes + 4), Phase::kFwd);
+        [&] {  // the loss: a function, no module (cross_entropy.hpp: the bytes of each implementation)
+          const CrossEntropyTraffic ce = cross_entropy_traffic(cross_entropy_path(*x_.cfg), k_.act_bytes, k_.tp);
+          elementwise("cross_entropy", k_.tokens * vt * ce.fwd_bytes_per_logit, Phase::kFwd);
           if (k_.tp > 1) {
-            for (const char* what : {"ce_max_ar", "ce_sumexp_ar", "ce_target_ar"}) {
-              collective(x_.st.tp, what, CollectiveKind::kAllReduce, tp, k_.tokens * 4, Phase::kFwd, true, {}, "",
+            for (const auto& c : ce.tp_collectives) {
+              collective(x_.st.tp, c.name, c.kind, tp, k_.tokens * c.bytes_per_token, Phase::kFwd, true, {}, "",
                          schedule::DType::kFP32);
             }
           }
         },
-        Nodes::kOne);  // _VocabParallelCrossEntropy: one autograd.Function
+        Nodes::kOne);  // _VocabParallelCrossEntropy / TE's CrossEntropyFunction: one autograd.Function
   });
 }
 
 void RankLowering::output_bwd() {
   const CommId tp = x_.tp_of[rank_];
   const std::uint64_t vt = k_.vocab_padded / k_.tp;
-  elementwise("cross_entropy_bwd", k_.tokens * vt * (k_.act_bytes + 4), Phase::kBwd);
+  const CrossEntropyTraffic ce = cross_entropy_traffic(cross_entropy_path(*x_.cfg), k_.act_bytes, k_.tp);
+  elementwise("cross_entropy_bwd", k_.tokens * vt * ce.bwd_bytes_per_logit, Phase::kBwd);
   kernel("output_dgrad", Gemm{k_.tokens, k_.hidden, vt, 1, k_.dtype}, Phase::kBwd);
   // A ColumnParallelLinear: its wgrad accumulates into the main grad as the TP linears' do (bf16 under fp8 too).
   Gemm wg{vt, k_.hidden, k_.tokens, 1, k_.dtype};
