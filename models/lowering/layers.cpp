@@ -56,8 +56,7 @@ void RankLowering::layer_bwd(std::uint32_t layer) {
   const std::uint64_t nodes =
       nodes_of({Piece::kAttn, Piece::kMoePre, Piece::kDispatch, Piece::kExperts, Piece::kCombine, Piece::kMlp});
   bwd_ops("host_bwd", nodes, [&] {
-    if (x_.model->is_moe_layer(layer)) {
-      elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
+    if (x_.model->is_moe_layer(layer)) {  // the residual add's backward passes the gradient on: no kernel
       moe_combine_bwd();
       moe_experts_bwd(L);
       moe_dispatch_bwd();
@@ -160,8 +159,25 @@ void RankLowering::output_bwd() {
                k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, k_.hidden),
                Phase::kBwd, true);
   }
-  const OpId ln = elementwise("final_norm_bwd", 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
+  // The last layer's output feeds the final norm only: no skip gradient to add.
+  const OpId ln = elementwise("final_norm_bwd", norm_bwd_bytes(k_.tokens_sp, k_.hidden), Phase::kBwd);
   grad_ready("final_norm", ln);
+}
+
+// ---- norm backward ----
+std::uint64_t RankLowering::norm_bwd_bytes(std::uint64_t rows, std::uint64_t width) const {
+  const bool layernorm = x_.model->normalization == "LayerNorm";
+  const std::uint64_t per_row = layernorm ? 2 * 4 : 4;  // rstd (and the mean), fp32
+  const std::uint64_t weights = layernorm ? 2 : 1;      // gamma (and beta): read gamma, write each gradient
+  return 3 * act(rows, width) + per_row * rows + (1 + weights) * act(1, width);
+}
+
+void RankLowering::input_norm_bwd(std::string_view ln, std::string_view L, std::vector<OpId> deps) {
+  const OpId norm =
+      elementwise(Name{ln, "_bwd"}, norm_bwd_bytes(k_.tokens_sp, k_.hidden), Phase::kBwd, std::move(deps));
+  grad_ready(Name{L, ln}, norm);
+  // The norm's input is also the skip connection's: autograd sums the two gradients (read both, write one).
+  elementwise(Name{ln, "_residual_grad_add"}, 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
 }
 
 std::vector<std::vector<std::uint32_t>> RankLowering::recompute_groups(std::uint32_t chunk) const {
