@@ -70,6 +70,11 @@ enum class Span : std::uint8_t { kIntra, kInter };
 /// accumulating GEMMs, and those accumulating into a C of their output dtype (`accumulate`, which the table did not
 /// measure), add the epilogue's bytes to their class's time). A trace fit puts such ops' points there.
 [[nodiscard]] bool reads_accumulate_table(const schedule::Kernel& kernel);
+/// The same for a profile's measured `gemm_accumulate_bf16` table (calibration's bf16-C probes, the C read and
+/// written in bf16 included): a bf16/fp16 Gemm with `accumulate` (gradient_accumulation_fusion with bf16 main grads).
+/// Without that table (profiles measured before the probes existed) such a GEMM keeps its class's time plus the
+/// epilogue's bytes. Trace fits leave it alone (their points of these ops go to the gemm table, epilogue taken off).
+[[nodiscard]] bool reads_accumulate_bf16_table(const schedule::Kernel& kernel);
 
 /// HBM bytes an accumulating GEMM's epilogue moves beyond a plain GEMM's: per C element a read and a write of C
 /// (fp32 with accumulate_fp32, the output dtype with accumulate) instead of one write of the output dtype: 6 bytes
@@ -374,7 +379,7 @@ class CostModel {
   topologies::Cluster cluster_;
   Profile profile_;
   Nanos launch_by_class_[6] = {};                ///< compute, memcpy, collective, send, recv, host_sync.
-  const EfficiencyTable* eff_by_class_[8] = {};  ///< By kernel_class order; nullptr = no table (roofline 1.0).
+  const EfficiencyTable* eff_by_class_[9] = {};  ///< By kernel_class order; nullptr = no table (roofline 1.0).
 };
 
 }  // namespace twinstep::sim
