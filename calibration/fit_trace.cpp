@@ -4,6 +4,7 @@
 #include "calibration/fit_trace.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <type_traits>
 #include <variant>
@@ -87,28 +88,6 @@ std::map<std::string, Points> efficiency_points(const schedule::Trace& measured,
   return pts;
 }
 
-/// `t`, fitted over the sizes a trace has, continued outside that range by `base` (a table over the same size
-/// measured elsewhere: the microbenchmarks' curve) scaled to meet `t` at each end: the trace gives the level of the
-/// framework's implementation at its shapes, the base how the efficiency changes with size beyond them (a trace of
-/// one sequence length has one attention shape; attention at a quarter of its FLOPs runs at a lower efficiency).
-/// Without a base table the ends stay flat (EfficiencyTable::at).
-sim::EfficiencyTable continue_with(sim::EfficiencyTable t, const sim::EfficiencyTable* base) {
-  if (base == nullptr || base->points.empty() || t.points.empty()) return t;
-  const auto [x_lo, e_lo] = t.points.front();
-  const auto [x_hi, e_hi] = t.points.back();
-  const double r_lo = e_lo / base->at(x_lo), r_hi = e_hi / base->at(x_hi);
-  Points out;
-  for (const auto& [x, e] : base->points) {
-    if (x < x_lo / 1.02) out.emplace_back(x, std::clamp(e * r_lo, 1e-4, 1.0));
-  }
-  out.insert(out.end(), t.points.begin(), t.points.end());
-  for (const auto& [x, e] : base->points) {
-    if (x > x_hi * 1.02) out.emplace_back(x, std::clamp(e * r_hi, 1e-4, 1.0));
-  }
-  t.points = std::move(out);
-  return t;
-}
-
 /// Host costs: per rank, the gaps between consecutive compute-op issues where no host wait lies between, and the
 /// host_sync wake-ups (the sync's end after its target's end).
 void host_samples(const schedule::Trace& measured, std::vector<double>& gaps, std::vector<double>& wakes) {
@@ -159,9 +138,23 @@ void trace_residuals(const schedule::Trace& measured, const topologies::Cluster&
 
 }  // namespace
 
+sim::EfficiencyTable anchored_table(const sim::EfficiencyTable& trace, const sim::EfficiencyTable* base) {
+  if (base == nullptr || base->points.empty() || trace.points.empty()) return trace;
+  sim::EfficiencyTable ratio;  // measured / base at the trace's sizes; at() interpolates over log size, flat ends
+  for (const auto& [x, e] : trace.points) ratio.points.emplace_back(x, e / base->at(x));
+  std::map<double, double> out;
+  for (const auto& [x, e] : base->points) out[x] = std::clamp(e * ratio.at(x), 1e-4, 1.0);
+  // The trace's own points stand as measured; a base point within 2 % of one would only duplicate it.
+  for (const auto& [x, e] : trace.points) {
+    for (auto it = out.lower_bound(x / 1.02); it != out.end() && it->first <= x * 1.02;) it = out.erase(it);
+    out[x] = e;
+  }
+  return sim::EfficiencyTable{{out.begin(), out.end()}};
+}
+
 FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::string& label,
-                                 const topologies::Cluster& cluster, const sim::Profile& base,
-                                 const std::string& name) {
+                                 const topologies::Cluster& cluster, const sim::Profile& base, const std::string& name,
+                                 const std::string& base_reason) {
   const schedule::Schedule& s = measured.schedule;
   if (measured.records.size() != s.ops.size()) {
     throw Error(label + ": the trace has " + std::to_string(measured.records.size()) + " records for " +
@@ -187,26 +180,51 @@ FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::str
     p.context["source." + field] = label + " (" + std::to_string(n) + " " + what + ")";
     std::erase(p.missing_fields, field);
   };
+  // The trace's measured / base ratio at its sizes, as "r_min-r_max" (what anchoring scaled the base's table by).
+  auto ratio_range = [&](const sim::EfficiencyTable& own, const sim::EfficiencyTable& b) {
+    double lo = 0, hi = 0;
+    for (const auto& [x, e] : own.points) {
+      const double r = e / b.at(x);
+      lo = lo == 0 ? r : std::min(lo, r);
+      hi = std::max(hi, r);
+    }
+    char text[48];
+    std::snprintf(text, sizeof text, "%.3f-%.3f", lo, hi);
+    return std::string(text);
+  };
   for (const auto& [fam, v] : pts) {
     const sim::EfficiencyTable own = fit_internal::merged_table(v);
-    p.compute[fam] = continue_with(own, base_table(fam));
+    const sim::EfficiencyTable* b = base_table(fam);
+    p.compute[fam] = anchored_table(own, b);
     source("compute." + fam, v.size(), "ops");
-    log.push_back("compute." + fam + ": " + std::to_string(v.size()) + " timed ops -> " +
-                  std::to_string(own.points.size()) + " table points" +
-                  (base_table(fam) != nullptr ? ", continued outside them by the base's table" : ""));
+    const std::string how = b != nullptr ? "the base's table x the trace's measured/base ratio " +
+                                               ratio_range(own, *b) + " at " + std::to_string(own.points.size()) +
+                                               " sizes (interpolated between them, held beyond)"
+                                         : "the trace's " + std::to_string(own.points.size()) +
+                                               " points (no base table over the same size; flat beyond)";
+    p.context["anchor.compute." + fam] = how;
+    log.push_back("compute." + fam + ": " + std::to_string(v.size()) + " timed ops -> " + how);
   }
   // Per op stem: an op's efficiency as the framework implements it (eager RoPE at 8 % of HBM, a residual add at
-  // 100 %, at about the same bytes), which a class table over size alone mixes up across shapes.
-  std::size_t stem_ops = 0;
+  // 100 %, at about the same bytes), which a class table over size alone mixes up across shapes; each anchors its
+  // class's base table.
+  std::size_t stem_ops = 0, anchored = 0;
   for (const auto& [stem, fv] : stem_pts) {
-    p.op_compute[stem] = continue_with(fit_internal::merged_table(fv.second), base_table(fv.first));
+    const sim::EfficiencyTable own = fit_internal::merged_table(fv.second);
+    const sim::EfficiencyTable* b = base_table(fv.first);
+    p.op_compute[stem] = anchored_table(own, b);
     stem_ops += fv.second.size();
+    if (b != nullptr) {
+      ++anchored;
+      p.context["anchor.op_compute." + stem] = fv.first + " base x " + ratio_range(own, *b);
+    }
   }
   if (!stem_pts.empty()) {
     p.context["source.op_compute"] =
         label + " (" + std::to_string(stem_ops) + " ops, " + std::to_string(stem_pts.size()) + " op stems)";
     log.push_back("op_compute: " + std::to_string(stem_pts.size()) + " op stems from " + std::to_string(stem_ops) +
-                  " timed ops (each continued outside its sizes by its class's base table)");
+                  " timed ops, " + std::to_string(anchored) +
+                  " of them anchoring their class's base table (anchor.op_compute.* in the context)");
   }
   if (pts.count("grouped_gemm")) p.grouped_gemm_per_group = true;
   const bool memory_fitted = pts.count("elementwise") || pts.count("optimizer");
@@ -241,7 +259,7 @@ FitResult fit_profile_from_trace(const schedule::Trace& measured, const std::str
 
   trace_residuals(measured, cluster, p, fits, log);
   p.fits.insert(p.fits.end(), fits.begin(), fits.end());
-  p.context["source.base"] = base.name;
+  p.context["source.base"] = base_reason.empty() ? base.name : base.name + " [" + base_reason + "]";
   p.context["from_trace"] = label;
   for (const char* k : {"gpu", "format", "source"}) {
     if (measured.context.count(k)) p.context[std::string("trace.") + k] = measured.context.at(k);

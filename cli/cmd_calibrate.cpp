@@ -15,6 +15,7 @@
 #include "common/io.hpp"
 #include "schedule/json.hpp"
 #include "sim/cost_model.hpp"
+#include "sim/profile_choice.hpp"
 #include "topologies/cluster.hpp"
 
 #if defined(TWINSTEP_HAVE_BACKEND)
@@ -71,14 +72,16 @@ void fit_from_trace(const CalibrateArgs& a) {
   const schedule::Trace measured = schedule::read_trace(a.from_trace);
   const auto cluster =
       topologies::load_cluster(a.cluster, topologies::ClusterSize{0, std::max(1u, measured.schedule.world_size)});
-  const sim::Profile base =
-      a.base_profile.empty() ? sim::Profile::datasheet_defaults() : sim::read_profile(a.base_profile);
-  const auto r =
-      calibration::fit_profile_from_trace(measured, a.from_trace, cluster, base,
-                                          a.name.empty() ? "twinstep calibrate --from-trace " + a.from_trace : a.name);
+  // The base as predict chooses its profile: --profile, else the cluster's, else the GPU's measured default.
+  const sim::ProfileChoice base = sim::choose_profile(a.base_profile, cluster);
+  for (const auto& w : base.warnings) std::fprintf(stderr, "warning: base profile: %s\n", w.c_str());
+  const auto r = calibration::fit_profile_from_trace(
+      measured, a.from_trace, cluster, base.profile,
+      a.name.empty() ? "twinstep calibrate --from-trace " + a.from_trace : a.name, base.reason);
   write_file_atomic(a.output, r.json);
-  std::fprintf(stderr, "twinstep calibrate: fitted from the trace %s (%zu ops, base: %s) -> %s\n", a.from_trace.c_str(),
-               measured.schedule.ops.size(), base.name.c_str(), a.output.c_str());
+  std::fprintf(stderr, "twinstep calibrate: fitted from the trace %s (%zu ops, base: %s [%s]) -> %s\n",
+               a.from_trace.c_str(), measured.schedule.ops.size(), base.profile.name.c_str(), base.reason.c_str(),
+               a.output.c_str());
   for (const auto& line : r.log) std::fprintf(stderr, "  %s\n", line.c_str());
   for (const auto& w : sim::profile_warnings(r.profile, cluster)) std::fprintf(stderr, "warning: %s\n", w.c_str());
 }
@@ -159,8 +162,10 @@ void register_calibrate_command(CLI::App& app) {
   add_input_file(sub, "--from-trace", a->from_trace,
                  "Fit what a real step's measured trace covers (from `twinstep import-trace`; no GPUs needed): "
                  "compute tables per class, host issue cost per op, host_sync wake-up");
-  add_input_file(sub, "--profile", a->base_profile,
-                 "With --from-trace: the profile whose other figures the result keeps (default: datasheet defaults)");
+  sub->add_option("--profile", a->base_profile,
+                  "With --from-trace: the base profile, whose tables the trace's figures anchor and whose other "
+                  "figures the result keeps: a JSON path, a shipped id (h100x1, h200x2) or \"datasheet\" (default: "
+                  "the measured profile of the cluster's GPU, calibration/profiles/defaults.json, as predict)");
   sub->add_option("--cluster", a->cluster, "Cluster whose GPU peaks the efficiencies refer to")->capture_default_str();
   sub->add_option("--framework", a->framework,
                   "JSON from calibration/scripts/torch_host_overhead.py: the profile's framework section");

@@ -77,6 +77,7 @@ std::string profile_path(const std::string& flag) {
 
 ProfileChoice choose_profile(const std::string& flag, const topologies::Cluster& cluster) {
   ProfileChoice c;
+  c.profile = Profile::datasheet_defaults();  // what the datasheet branches keep (a default Profile has no tables)
   if (flag == kDatasheetProfileFlag) {
     c.reason = "--profile datasheet";
   } else if (!flag.empty()) {

@@ -18,7 +18,7 @@
 #   OUT folders of several calls afterwards).
 # Environment: PROFILE=path uses that profile instead of the one `calibrate` fits here (build-gpu/reference_profile.json);
 #   SUITE=quick|default for calibrate (default: quick); STEPS (torch, default 10), BSTEPS (backend, default 5);
-#   FIT_BASE=path: the base profile of `calibrate --from-trace` (default datasheet defaults; a profile measured on
+#   FIT_BASE=path: the base profile of `calibrate --from-trace` (default: the GPU's measured profile, as predict; "datasheet"; a profile measured on
 #   the same GPU); TORCH_FLAGS: more torch_reference.py flags, e.g. --fuse-elementwise (RMSNorm, RoPE, SwiGLU, cross entropy fused
 #   by torch.compile, as production stacks run them).
 set -u
@@ -111,9 +111,10 @@ run_case() {
         $T import-trace "$D/torch_trace.json" --schedule "$run_step" -o "$cmp" > "$D/import_profile.txt" 2>&1
       fi
       [ -s "$D/backend.json" ] && $T compare "$D/backend.json" "$cmp" > "$D/compare_backend_vs_torch.txt" 2>&1
-      # FIT_BASE: the fit's base profile (default: datasheet defaults); outside the shapes the trace has, its
-      # tables give the shape dependence (calibration/fit_trace.cpp). Only a profile measured on this GPU: an H100
-      # profile's attention curve made an H200 trace's fit worse at 16k (docs/import-trace.md).
+      # FIT_BASE: the fit's base profile (default: the measured profile of the cluster's GPU, as predict chooses;
+      # FIT_BASE=datasheet for the datasheet defaults); the trace's figures anchor its tables, which give the shape
+      # dependence (calibration/fit_trace.cpp). Only a profile measured on this GPU: an H100 profile's attention
+      # curve made an H200 trace's fit worse at 16k (docs/import-trace.md).
       local base=()
       [ -n "${FIT_BASE:-}" ] && base=(--profile "$FIT_BASE")
       $T calibrate --from-trace "$D/torch_measured.json" --cluster dgx-h100 "${base[@]}" \

@@ -4,6 +4,7 @@
 // the refusals (truncated file, another model, clock skew, wrong rank, not a trace).
 #include "calibration/trace_import/import.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -537,4 +538,75 @@ TEST_CASE("import-trace: a trace of another layout is refused at its first range
     again.source = "again.json";
     CHECK_THAT(refusal({r, again}), twinstep_contains("again.json: a second trace of rank 0"));
   }
+}
+
+TEST_CASE("calibrate --from-trace: a trace's points anchor the base's table instead of replacing it") {
+  using twinstep::calibration::anchored_table;
+  using Table = twinstep::sim::EfficiencyTable;
+  const Table base{{{1, 0.2}, {10, 0.4}, {100, 0.6}, {1000, 0.7}, {10000, 0.72}}};
+  // Measured 1.25x the base at size 10 and 1.0x at 1000.
+  const Table trace{{{10, 0.5}, {1000, 0.7}}};
+  const Table t = anchored_table(trace, &base);
+  // The trace's points as measured.
+  CHECK(t.at(10) == Approx(0.5));
+  CHECK(t.at(1000) == Approx(0.7));
+  // Between them the base's shape times the ratio interpolated over log size (1.125 halfway): 0.6 x 1.125, where the
+  // trace's own table would have interpolated its two points (0.6).
+  CHECK(t.at(100) == Approx(0.675));
+  CHECK(trace.at(100) == Approx(0.6));
+  // Beyond them the ratio is held: 1.25 below, 1.0 above.
+  CHECK(t.at(1) == Approx(0.25));
+  CHECK(t.at(3.1622776601683795) == Approx(base.at(3.1622776601683795) * 1.25));
+  CHECK(t.at(10000) == Approx(0.72));
+  // One point (a trace of one shape) scales the whole base table by its ratio; efficiencies stay within (0, 1].
+  const Table one = anchored_table(Table{{{100, 0.9}}}, &base);
+  CHECK(one.at(1) == Approx(0.3));
+  CHECK(one.at(1000) == Approx(1.0));  // 0.7 x 1.5 clamped
+  CHECK(one.points.size() == base.points.size());
+  // A base point within 2 % of a trace point leaves the trace's point alone, and the table stays ascending.
+  const Table near = anchored_table(Table{{{101, 0.66}}}, &base);
+  CHECK(near.at(101) == Approx(0.66));
+  for (std::size_t i = 1; i < near.points.size(); ++i) CHECK(near.points[i].first > near.points[i - 1].first);
+  // Without a base table the trace's table is what it is.
+  CHECK(anchored_table(trace, nullptr).points == trace.points);
+  const Table empty;
+  CHECK(anchored_table(trace, &empty).points == trace.points);
+}
+
+TEST_CASE("calibrate --from-trace: the fitted tables anchor the base's and the context says by what ratio") {
+  const auto r = import_file("kineto_moe.json", "moe.schedule.json");
+  const auto cluster = twinstep::topologies::load_cluster("dgx-h100", twinstep::topologies::ClusterSize{0, 1});
+  const auto base = twinstep::sim::read_profile(std::string(TWINSTEP_SOURCE_DIR) + "/calibration/profiles/h100x1.json");
+  const auto fit = twinstep::calibration::fit_profile_from_trace(r.trace, "moe.json", cluster, base, "t", "why");
+  const auto& p = fit.profile;
+  CHECK(p.context.at("source.base") == base.name + " [why]");
+  CHECK_THAT(p.context.at("anchor.compute.gemm"), twinstep_contains("the base's table x the trace's measured/base"));
+  // Every base point of the gemm table comes back scaled by the ratio the trace has at its GEMM sizes, interpolated
+  // between them and held beyond.
+  const auto& g = p.compute.at("gemm");
+  const auto& b = base.compute.at("gemm");
+  std::vector<double> sizes;
+  for (const auto& op : r.trace.schedule.ops) {
+    const auto* c = std::get_if<ts::Compute>(&op.body);
+    const auto& rec = r.trace.records[op.id];
+    if (c != nullptr && std::holds_alternative<ts::Gemm>(c->kernel) && rec.end_ns > rec.start_ns)
+      sizes.push_back(ts::kernel_flops(c->kernel));
+  }
+  std::sort(sizes.begin(), sizes.end());
+  twinstep::sim::EfficiencyTable ratio;
+  for (const double x : sizes) {
+    if (ratio.points.empty() || x > ratio.points.back().first * 1.02) ratio.points.emplace_back(x, g.at(x) / b.at(x));
+  }
+  REQUIRE(ratio.points.size() > 1);
+  std::size_t checked = 0;
+  for (const auto& point : b.points) {
+    const double x = point.first, e = point.second;  // named: a lambda cannot capture a structured binding (clang 14)
+    if (std::any_of(sizes.begin(), sizes.end(), [&](double f) { return x >= f / 1.03 && x <= f * 1.03; })) continue;
+    INFO("base point " << x);
+    CHECK(g.at(x) == Approx(std::clamp(e * ratio.at(x), 1e-4, 1.0)).epsilon(1e-9));
+    ++checked;
+  }
+  CHECK(checked > 10);
+  // Each op stem anchors its class's base table: the context names the class and the ratio.
+  CHECK_THAT(p.context.at("anchor.op_compute.fwd.qkv"), twinstep_contains("gemm base x "));
 }

@@ -422,6 +422,16 @@ TEST_CASE("memory: the Llama 3 paper's PP16 layout holds 77 chunk forwards under
   const Dense d = dense_dims(m, 8192);
   const double layer = dense_layer(d, 8, 8192.0 / 8);
   CHECK(e.activations_bytes == Approx(77 * 2 * layer));
+  // The static terms on PP rank 1 against Megatron's closed forms (issue 21 asks which term is over-counted: none).
+  // 8 layers (2 per chunk x VPP 4), TP 8: QKV, proj, fc1 (gated) and fc2 weights sharded by TP, two norms whole.
+  const double n = 8 * (d.h * (d.nq + 2 * d.nkv) * d.dh / 8 + d.nq * d.dh * d.h / 8 + 3 * d.h * d.f / 8 + 2 * d.h);
+  CHECK(e.params_bytes == Approx(2 * n));  // bf16 weights, whole (MCore DDP's param buffer)
+  CHECK(e.grads_bytes == Approx(2 * n));   // grad_reduce_in_fp32 off: MCore's grad buffer in bf16, whole on each rank
+  CHECK(e.main_params_bytes == Approx(4 * n / 64));  // distributed optimizer: fp32 main weights sharded over DP 64
+  CHECK(e.optimizer_bytes == Approx(8 * n / 64));    // Adam's fp32 moments, sharded the same
+  CHECK(e.transient_bytes == 0);                     // not the last or first stage; gradient_accumulation_fusion
+  // cuBLAS workspace (32 MiB) + the posted PP receives, forward and backward, x2 with VPP: 2 x 2 x T/8 h bf16.
+  CHECK(e.comm_buffers_bytes == Approx(32.0 * kMiB + 2 * 2 * (8192.0 / 8) * d.h * 2));
   CHECK_FALSE(low.fits);
   CHECK(e.activations_bytes > e.usable_bytes() - e.params_bytes - e.grads_bytes);
   // One layer slot per chunk (VPP 8): 2 (16 - 2) + 7 x 16 + 1 = 141 one-layer chunk forwards; still short.

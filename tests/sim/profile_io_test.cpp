@@ -8,6 +8,7 @@
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "sim/cost_model.hpp"
+#include "sim/profile_choice.hpp"
 #include "tests/catch.hpp"
 #include "topologies/cluster.hpp"
 
@@ -270,4 +271,27 @@ TEST_CASE("sim::profile: the table-convention switches write each spelling they 
       CHECK(msg.find(std::string("\"") + c.off + "\"") != std::string::npos);
     }
   }
+}
+
+TEST_CASE("choose_profile: the datasheet choices carry the datasheet's tables, the default is the GPU's measured one") {
+  const auto h100 = twinstep::topologies::load_cluster("dgx-h100", twinstep::topologies::ClusterSize{0, 8});
+  const auto datasheet = twinstep::sim::Profile::datasheet_defaults();
+  // --profile datasheet: the documented defaults (a default-constructed Profile has no tables: GEMMs at peak).
+  const auto ds = twinstep::sim::choose_profile("datasheet", h100);
+  CHECK_FALSE(ds.measured);
+  CHECK(ds.reason == "--profile datasheet");
+  REQUIRE(ds.profile.compute.size() == datasheet.compute.size());
+  for (const auto& [cls, t] : datasheet.compute) CHECK(ds.profile.compute.at(cls).points == t.points);
+  CHECK(ds.profile.launch_s == datasheet.launch_s);
+  // No flag: the measured profile defaults.json lists for the cluster's GPU.
+  const auto measured = twinstep::sim::choose_profile("", h100);
+  CHECK(measured.measured);
+  CHECK(measured.profile.name.find("calibration/profiles/h100x1.json") != std::string::npos);
+  CHECK(measured.reason.find("measured default for H100") != std::string::npos);
+  // A GPU without a measured profile: the datasheet's tables, with a warning.
+  const auto a100 = twinstep::topologies::load_cluster("dgx-a100", twinstep::topologies::ClusterSize{0, 8});
+  const auto fallback = twinstep::sim::choose_profile("", a100);
+  CHECK_FALSE(fallback.measured);
+  CHECK(fallback.profile.compute.at("gemm").points == datasheet.compute.at("gemm").points);
+  CHECK_FALSE(fallback.warnings.empty());
 }
