@@ -65,12 +65,13 @@ void fit_compute_tables(Ctx& c, sim::Profile& p) {
 
   // Tensor-core classes: efficiency = FLOPs / (peak x time), over FLOPs.
   const double peak_bf16 = gpu.peak_flop_per_s(schedule::DType::kBF16);
-  // gemm_accumulate: GEMMs adding into an fp32 C (accumulate_fp32), the fp32 epilogue in their time; absent from
-  // raw files measured before the group existed (the simulator then adds the epilogue's bytes to the gemm table).
-  // attention_noncausal_*: non-causal attention (the CP chunks), absent from raw files measured before the suite's
-  // compute.attention_noncausal group (the simulator then reads the causal tables for them).
-  for (const char* fam : {"gemm", "gemm_accumulate", "attention_fwd", "attention_bwd", "attention_noncausal_fwd",
-                          "attention_noncausal_bwd"}) {
+  // gemm_accumulate: GEMMs adding into an fp32 C (accumulate_fp32), the fp32 epilogue in their time;
+  // gemm_accumulate_bf16: the same shapes adding into a bf16 C (accumulate). Each is absent from raw files measured
+  // before its probes existed (the simulator then adds the epilogue's bytes to the gemm table; the profile's context
+  // says so: fit_profile). attention_noncausal_*: non-causal attention (the CP chunks), absent from raw files measured
+  // before the suite's compute.attention_noncausal group (the simulator then reads the causal tables for them).
+  for (const char* fam : {"gemm", "gemm_accumulate", "gemm_accumulate_bf16", "attention_fwd", "attention_bwd",
+                          "attention_noncausal_fwd", "attention_noncausal_bwd"}) {
     std::vector<std::pair<double, double>> pts;
     for (const auto& [flops, t] : measured_family(c.raw, fam))
       pts.emplace_back(flops, compute_efficiency(flops, t, peak_bf16));
@@ -237,6 +238,13 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
   context["world_size"] = std::to_string(raw.world_size);
   context["cluster"] = cluster.describe();
   if (!git_revision.empty()) context["fit_git_revision"] = git_revision;
+  for (const char* fam : {"gemm_accumulate", "gemm_accumulate_bf16"}) {
+    if (p.compute.count(fam) == 0) {
+      context[std::string("compute.") + fam] =
+          "not measured (the raw file has no such probes): accumulating GEMMs of this C dtype are priced from the "
+          "gemm table plus the epilogue's C read and write";
+    }
+  }
   p.name = p.declared_name = name;
   p.context = std::move(context);
   FitResult r;

@@ -183,8 +183,8 @@ void add_compute_group(std::vector<BenchGroup>& suite, const std::string& name, 
     Probe p;
     p.name = kernels[i].first;
     p.family = schedule::kernel_class(k);
-    if (const auto* g = std::get_if<schedule::Gemm>(&k); g != nullptr && g->accumulate_fp32)
-      p.family = "gemm_accumulate";
+    if (const auto* g = std::get_if<schedule::Gemm>(&k); g != nullptr && (g->accumulate_fp32 || g->accumulate))
+      p.family = g->accumulate_fp32 ? "gemm_accumulate" : "gemm_accumulate_bf16";
     if (const auto* a = std::get_if<schedule::Attention>(&k); a != nullptr && !a->causal)
       p.family = a->backward ? "attention_noncausal_bwd" : "attention_noncausal_fwd";
     p.ops = {rank0[i]};
@@ -552,9 +552,12 @@ std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t 
   for (const auto& g : zoo.gemms) add_gemm(g);
   add_compute_group(suite, "compute.gemm", world, gemms);
 
-  // Weight-gradient GEMMs accumulating into an fp32 main grad (Megatron's gradient_accumulation_fusion): C[out, in]
+  // Weight-gradient GEMMs accumulating into the main grad (Megatron's gradient_accumulation_fusion): C[out, in]
   // += dY^T[out, tokens] X[tokens, in], the reduction over the tokens; the zoo's dense layer shapes at TP 1 and 8.
+  // Each shape twice: into an fp32 C (fp32 main grads, TE's wgrad_gemm_accum_fp32; family gemm_accumulate) and into
+  // a bf16 C (bf16 main grads: the GEMM's beta 1 on its own output dtype; family gemm_accumulate_bf16).
   std::vector<std::pair<std::string, schedule::Kernel>> accumulating;
+  std::size_t shapes = 0;
   for (const auto& [out, in] : std::vector<std::pair<std::uint64_t, std::uint64_t>>{
            {6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {3584, 4096}, {4096, 1792}}) {
     for (std::uint64_t tokens : {4096, 16384}) {
@@ -562,9 +565,12 @@ std::vector<BenchGroup> make_suite(const std::string& suite_name, std::uint32_t 
       schedule::Gemm g{out, in, tokens, 1, schedule::DType::kBF16};
       g.accumulate_fp32 = true;
       accumulating.emplace_back("gemm_accumulate." + shape_name(g), g);
-      if (quick && accumulating.size() == 2) break;
+      g.accumulate_fp32 = false;
+      g.accumulate = true;
+      accumulating.emplace_back("gemm_accumulate_bf16." + shape_name(g), g);
+      ++shapes;
     }
-    if (quick && accumulating.size() == 2) break;
+    if (quick && shapes == 2) break;
   }
   add_compute_group(suite, "compute.gemm_accumulate", world, accumulating);
 

@@ -75,6 +75,9 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   flag(sub, "--grad-reduce-in-fp32", "grad_reduce_in_fp32", f.grad_reduce_in_fp32);
   flag(sub, "--fp8-param-gather", "fp8_param_gather", f.fp8_param_gather);
   flag(sub, "--gradient-accumulation-fusion", "gradient_accumulation_fusion", f.gradient_accumulation_fusion);
+  flag(sub, "--cross-entropy-loss-fusion", "cross_entropy_loss_fusion", f.cross_entropy_loss_fusion);
+  opt(sub, "--cross-entropy-fusion-impl", "cross_entropy_fusion_impl", f.cross_entropy_fusion_impl,
+      "native (MCore's fused_vocab_parallel_cross_entropy) | te (Transformer Engine's parallel_cross_entropy)");
   opt(sub, "--main-params-dtype", "main_params_dtype", f.main_params_dtype,
       "fp32 | fp16 | bf16 | fp8 (master weights)");
   opt(sub, "--exp-avg-dtype", "exp_avg_dtype", f.exp_avg_dtype, "fp32 | fp16 | bf16 | fp8 (Adam's first moment)");
@@ -173,6 +176,9 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   take("grad_reduce_in_fp32", f.grad_reduce_in_fp32, c.grad_reduce_in_fp32, same);
   take("fp8_param_gather", f.fp8_param_gather, c.fp8_param_gather, same);
   take("gradient_accumulation_fusion", f.gradient_accumulation_fusion, c.gradient_accumulation_fusion, same);
+  take("cross_entropy_loss_fusion", f.cross_entropy_loss_fusion, c.cross_entropy_loss_fusion, same);
+  take("cross_entropy_fusion_impl", f.cross_entropy_fusion_impl, c.cross_entropy_fusion_impl,
+       mode(models::parse_cross_entropy_fusion_impl, "--cross-entropy-fusion-impl"));
   take("main_params_dtype", f.main_params_dtype, c.main_params_dtype,
        mode(models::parse_optimizer_state_dtype, "--main-params-dtype"));
   take("exp_avg_dtype", f.exp_avg_dtype, c.exp_avg_dtype, mode(models::parse_optimizer_state_dtype, "--exp-avg-dtype"));

@@ -38,6 +38,8 @@ struct RunFlags {
   std::optional<bool> distributed_optimizer;
   std::optional<bool> grad_reduce_in_fp32;
   std::optional<bool> gradient_accumulation_fusion;
+  std::optional<bool> cross_entropy_loss_fusion;
+  std::optional<std::string> cross_entropy_fusion_impl;                           ///< native | te
   std::optional<std::string> main_params_dtype, exp_avg_dtype, exp_avg_sq_dtype;  ///< fp32 | fp16 | bf16 | fp8
   std::optional<bool> overlap_grad_reduce, overlap_param_gather, tp_comm_overlap, overlap_p2p_comm, batch_p2p_comm;
   std::optional<std::int32_t> first_pipeline_layers, last_pipeline_layers;

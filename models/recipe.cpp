@@ -8,6 +8,8 @@ std::string apply_recipe_defaults(RunConfig& c, const SetFields& set) {
   if (unset("sequence_parallel")) c.sequence_parallel = c.tensor_model_parallel_size > 1;
   if (unset("use_distributed_optimizer")) c.use_distributed_optimizer = true;
   if (unset("grad_reduce_in_fp32")) c.grad_reduce_in_fp32 = true;
+  if (unset("cross_entropy_loss_fusion")) c.cross_entropy_loss_fusion = true;
+  if (unset("cross_entropy_fusion_impl")) c.cross_entropy_fusion_impl = CrossEntropyFusionImpl::kTe;
   if (unset("cuda_device_max_connections") && (c.tensor_model_parallel_size > 1 || c.context_parallel_size > 1)) {
     c.cuda_device_max_connections = 1;
   }
@@ -31,7 +33,9 @@ const char* recipe_defaults_text() {
          "sequence_parallel on when TP > 1; use_distributed_optimizer on; grad_reduce_in_fp32 as the model's published "
          "performance config sets it (off for Llama 3/3.1, DeepSeek-V3, Qwen3, Nemotron-4: Megatron-Bridge "
          "scripts/performance, NVIDIA dgxc-benchmarking; the model file's recipe_source), else on (fp32 main grads: "
-         "Megatron-LM forces it for bf16, Bridge's bf16 mixed precision sets it); CUDA_DEVICE_MAX_CONNECTIONS=1 when "
+         "Megatron-LM forces it for bf16, Bridge's bf16 mixed precision sets it); cross_entropy_loss_fusion on with "
+         "cross_entropy_fusion_impl te (Bridge's Llama 3 and Qwen3 recipes: Transformer Engine's parallel cross "
+         "entropy); CUDA_DEVICE_MAX_CONNECTIONS=1 when "
          "TP or "
          "CP > 1; global_batch_size = micro_batch_size x DP (Megatron's default) when not given. Turn one off with "
          "its --no-... flag (e.g. --no-sp, --no-distributed-optimizer) or --cdmc N.";

@@ -20,6 +20,8 @@ using SetFields = std::set<std::string>;
 ///  - grad_reduce_in_fp32 = true: fp32 main grads and their reduction (Megatron-LM's validate_args turns
 ///    accumulate_allreduce_grads_in_fp32 on for bf16; Bridge's bf16 mixed-precision config sets it); the overload
 ///    with the model then takes the model's published performance config where the zoo names one;
+///  - cross_entropy_loss_fusion = true with cross_entropy_fusion_impl = "te": Bridge's Llama 3 and Qwen3 recipes
+///    (`cfg.model.cross_entropy_loss_fusion = True`, `cfg.model.cross_entropy_fusion_impl = "te"`);
 ///  - cuda_device_max_connections = 1 when TP or CP > 1: Bridge exports CUDA_DEVICE_MAX_CONNECTIONS=1 there (MLM
 ///    asserts it on Hopper for TP/CP communication overlap);
 ///  - global_batch_size = micro_batch_size x data-parallel size when unset: Megatron's own default (one micro-batch

@@ -42,6 +42,8 @@ constexpr NameTable<OverlapMode, 7> kOverlapModes{{{"dp", OverlapMode::kDp},
 constexpr std::string_view kOverlapNone = "none", kOverlapAll = "all";
 constexpr NameTable<Fp8Recipe, 2> kFp8Recipes{
     {{"delayed", Fp8Recipe::kDelayed}, {"tensorwise", Fp8Recipe::kTensorwise}}};
+constexpr NameTable<CrossEntropyFusionImpl, 2> kCrossEntropyFusionImpls{
+    {{"native", CrossEntropyFusionImpl::kNative}, {"te", CrossEntropyFusionImpl::kTe}}};
 
 /// One JSON field bound to a RunConfig member: how to read it and how to write it.
 struct Field {
@@ -104,6 +106,8 @@ const std::vector<Field>& fields() {
       plain("fp8_param_gather", &RunConfig::fp8_param_gather),
       plain("grad_reduce_in_fp32", &RunConfig::grad_reduce_in_fp32),
       plain("gradient_accumulation_fusion", &RunConfig::gradient_accumulation_fusion),
+      plain("cross_entropy_loss_fusion", &RunConfig::cross_entropy_loss_fusion),
+      mode("cross_entropy_fusion_impl", &RunConfig::cross_entropy_fusion_impl, parse_cross_entropy_fusion_impl),
       optimizer_dtype("main_params_dtype", &RunConfig::main_params_dtype),
       optimizer_dtype("exp_avg_dtype", &RunConfig::exp_avg_dtype),
       optimizer_dtype("exp_avg_sq_dtype", &RunConfig::exp_avg_sq_dtype),
@@ -214,6 +218,10 @@ Fp8Recipe parse_fp8_recipe(std::string_view text, std::string_view field) {
   return parse_name(kFp8Recipes, text, field);
 }
 std::string to_string(Fp8Recipe recipe) { return name_of(kFp8Recipes, recipe); }
+CrossEntropyFusionImpl parse_cross_entropy_fusion_impl(std::string_view text, std::string_view field) {
+  return parse_name(kCrossEntropyFusionImpls, text, field);
+}
+std::string to_string(CrossEntropyFusionImpl impl) { return name_of(kCrossEntropyFusionImpls, impl); }
 schedule::DType parse_optimizer_state_dtype(std::string_view text, std::string_view field) {
   return parse_name(kOptimizerStateDtypes, text, field);
 }

@@ -55,12 +55,17 @@ enum class TokenDispatcher : std::uint8_t { kAllToAll, kAllGather, kFlex };
 /// fp8_recipe with the HYBRID format (e4m3 forward, e5m2 gradients): "delayed" (scales from the amax history) |
 /// "tensorwise" (per-tensor current scaling: an amax pass before each cast).
 enum class Fp8Recipe : std::uint8_t { kDelayed, kTensorwise };
+/// cross_entropy_fusion_impl, read with cross_entropy_loss_fusion on: "native" (MCore's
+/// fused_vocab_parallel_cross_entropy: jit-fused passes over an fp32 copy of the logits) | "te" (Transformer Engine's
+/// parallel_cross_entropy: Triton kernels on the logits in their own dtype, the gradient written in place).
+enum class CrossEntropyFusionImpl : std::uint8_t { kNative, kTe };
 
 [[nodiscard]] RecomputeGranularity parse_recompute_granularity(std::string_view text, std::string_view field);
 [[nodiscard]] RecomputeMethod parse_recompute_method(std::string_view text, std::string_view field);
 [[nodiscard]] CpCommType parse_cp_comm_type(std::string_view text, std::string_view field);
 [[nodiscard]] TokenDispatcher parse_token_dispatcher(std::string_view text, std::string_view field);
 [[nodiscard]] Fp8Recipe parse_fp8_recipe(std::string_view text, std::string_view field);
+[[nodiscard]] CrossEntropyFusionImpl parse_cross_entropy_fusion_impl(std::string_view text, std::string_view field);
 /// main_params_dtype / exp_avg_dtype / exp_avg_sq_dtype (MCore OptimizerConfig, honoured with its precision-aware
 /// optimizer): "fp32" | "fp16" | "bf16" | "fp8"; ParseError naming `field` otherwise.
 [[nodiscard]] schedule::DType parse_optimizer_state_dtype(std::string_view text, std::string_view field);
@@ -69,6 +74,7 @@ enum class Fp8Recipe : std::uint8_t { kDelayed, kTensorwise };
 [[nodiscard]] std::string to_string(CpCommType type);
 [[nodiscard]] std::string to_string(TokenDispatcher dispatcher);
 [[nodiscard]] std::string to_string(Fp8Recipe recipe);
+[[nodiscard]] std::string to_string(CrossEntropyFusionImpl impl);
 
 /// One overlap mode of an overlap variant: "dp" (grad reduce, param gather), "tp" (TE userbuffers), "pp" (P2P),
 /// "cp" (the p2p ring), "ep" (EP-overlap schedule), "delay_wgrad", "shared_expert".
@@ -163,6 +169,12 @@ struct RunConfig {
   /// GEMMs accumulate straight into the main grad. With fp32 main grads (grad_reduce_in_fp32) they are lowered with
   /// accumulate_fp32 (TE/Apex wgrad_gemm_accum_fp32: an fp32 C, beta 1); with bf16 main grads, plain GEMMs.
   bool gradient_accumulation_fusion = true;
+  /// Megatron's cross_entropy_loss_fusion (TransformerConfig default off; Megatron-Bridge's recipes turn it on,
+  /// models/recipe.hpp) and cross_entropy_fusion_impl (default "native"; Bridge's Llama 3 / Qwen3 recipes set "te").
+  /// Off: MCore's unfused vocab_parallel_cross_entropy. The loss's bytes and memory per implementation:
+  /// models/lowering/cross_entropy.hpp.
+  bool cross_entropy_loss_fusion = false;
+  CrossEntropyFusionImpl cross_entropy_fusion_impl = CrossEntropyFusionImpl::kNative;
   /// Optimizer state dtypes (MCore OptimizerConfig names; fp32 is Megatron's default, lower ones are what MCore's
   /// use_precision_aware_optimizer or Apex DistributedFusedAdam's `dtype` keep): the main (master) weights and Adam's
   /// two moments. Used by the memory model (docs/memory.md).

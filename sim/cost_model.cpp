@@ -198,14 +198,23 @@ double KernelCost::solo_time_s() const {
 
 namespace {
 constexpr const char* kLaunchClasses[6] = {"compute", "memcpy", "collective", "send", "recv", "host_sync"};
-/// Profile tables by slot: one per kernel class, then the measured accumulating-GEMM table (slot 7, read for Gemms
-/// with accumulate_fp32 when the profile has it), the measured non-causal attention tables (slots 8 and 9, read for
-/// non-causal attention kernels when the profile has them).
-constexpr const char* kKernelClasses[kKernelTableSlots] = {
-    "gemm",      "grouped_gemm", "attention_fwd",   "attention_bwd",           "elementwise",
-    "optimizer", "memcpy",       "gemm_accumulate", "attention_noncausal_fwd", "attention_noncausal_bwd"};
+/// Profile tables by slot: one per kernel class, then the measured accumulating-GEMM tables (slot 7, read for Gemms
+/// with accumulate_fp32, slot 8 for those with accumulate into a bf16 C, when the profile has them), the measured
+/// non-causal attention tables (slots 9 and 10, read for non-causal attention kernels when the profile has them).
+constexpr const char* kKernelClasses[kKernelTableSlots] = {"gemm",
+                                                           "grouped_gemm",
+                                                           "attention_fwd",
+                                                           "attention_bwd",
+                                                           "elementwise",
+                                                           "optimizer",
+                                                           "memcpy",
+                                                           "gemm_accumulate",
+                                                           "gemm_accumulate_bf16",
+                                                           "attention_noncausal_fwd",
+                                                           "attention_noncausal_bwd"};
 constexpr int kGemmAccumulateSlot = 7;
-constexpr int kAttentionNoncausalSlot = 8;  // + 1 for the backward
+constexpr int kGemmAccumulateBf16Slot = 8;
+constexpr int kAttentionNoncausalSlot = 9;  // + 1 for the backward
 
 /// A kernel's slot in kKernelClasses: one overload per Kernel alternative and no catch-all, so a new kernel class
 /// does not compile until it has a slot.
@@ -292,6 +301,11 @@ bool reads_accumulate_table(const schedule::Kernel& kernel) {
   return gemm != nullptr && gemm->accumulate_fp32 && gemm->dtype != schedule::DType::kFP8;
 }
 
+bool reads_accumulate_bf16_table(const schedule::Kernel& kernel) {
+  const auto* gemm = std::get_if<schedule::Gemm>(&kernel);
+  return gemm != nullptr && gemm->accumulate && !gemm->accumulate_fp32 && gemm->dtype != schedule::DType::kFP8;
+}
+
 const EfficiencyTable* CostModel::op_table(std::string_view op_name) const {
   if (profile_.op_compute.empty() || op_name.empty()) return nullptr;
   const auto it = profile_.op_compute.find(std::string(op_stem(op_name)));
@@ -306,10 +320,14 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c, std::string_view o
   double table_size = -1;  // where the efficiency table is read, when not at `flops` (grouped GEMMs per group)
   const double bytes = schedule::kernel_bytes(c.kernel);
   // The table: the op stem's where the profile has one (the op as a real step ran it, an accumulating GEMM's fp32
-  // epilogue included), else the measured gemm_accumulate table where it prices this kernel, else its class's.
+  // epilogue included), else the measured gemm_accumulate (fp32 C) or gemm_accumulate_bf16 (bf16 C) table where it
+  // prices this kernel, else its class's.
   const EfficiencyTable* own = op_table(op_name);
-  const bool accumulate_table =
-      own == nullptr && eff_by_class_[kGemmAccumulateSlot] != nullptr && reads_accumulate_table(c.kernel);
+  const EfficiencyTable* accumulate_table = own != nullptr                     ? nullptr
+                                            : reads_accumulate_table(c.kernel) ? eff_by_class_[kGemmAccumulateSlot]
+                                            : reads_accumulate_bf16_table(c.kernel)
+                                                ? eff_by_class_[kGemmAccumulateBf16Slot]
+                                                : nullptr;
   // A non-causal attention kernel reads the measured non-causal table where the profile has one: on the backend a
   // causal kernel is many smaller blocks of the triangle (backend/attention.cpp), a non-causal one a single block, so
   // at equal FLOPs they run at different efficiencies (calibration/validation/h200x2/REPORT.md, 2026-12-07).
@@ -317,11 +335,11 @@ KernelCost CostModel::kernel_cost(const schedule::Compute& c, std::string_view o
   if (const auto* a = std::get_if<schedule::Attention>(&c.kernel); a != nullptr && !a->causal && own == nullptr) {
     noncausal_table = eff_by_class_[kAttentionNoncausalSlot + (a->backward ? 1 : 0)];
   }
-  const EfficiencyTable* eff_table = own != nullptr               ? own
-                                     : accumulate_table           ? eff_by_class_[kGemmAccumulateSlot]
-                                     : noncausal_table != nullptr ? noncausal_table
-                                                                  : eff_by_class_[kernel_class_index(c.kernel)];
-  const bool epilogue_measured = own != nullptr || accumulate_table;
+  const EfficiencyTable* eff_table = own != nullptr                ? own
+                                     : accumulate_table != nullptr ? accumulate_table
+                                     : noncausal_table != nullptr  ? noncausal_table
+                                                                   : eff_by_class_[kernel_class_index(c.kernel)];
+  const bool epilogue_measured = own != nullptr || accumulate_table != nullptr;
   const Interference& itf = profile_.interference;
   const bool memory_bound =
       std::holds_alternative<schedule::Elementwise>(c.kernel) || std::holds_alternative<schedule::Optimizer>(c.kernel);

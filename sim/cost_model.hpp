@@ -70,6 +70,11 @@ enum class Span : std::uint8_t { kIntra, kInter };
 /// accumulating GEMMs, and those accumulating into a C of their output dtype (`accumulate`, which the table did not
 /// measure), add the epilogue's bytes to their class's time). A trace fit puts such ops' points there.
 [[nodiscard]] bool reads_accumulate_table(const schedule::Kernel& kernel);
+/// The same for a profile's measured `gemm_accumulate_bf16` table (calibration's bf16-C probes, the C read and
+/// written in bf16 included): a bf16/fp16 Gemm with `accumulate` (gradient_accumulation_fusion with bf16 main grads).
+/// Without that table (profiles measured before the probes existed) such a GEMM keeps its class's time plus the
+/// epilogue's bytes. Trace fits leave it alone (their points of these ops go to the gemm table, epilogue taken off).
+[[nodiscard]] bool reads_accumulate_bf16_table(const schedule::Kernel& kernel);
 
 /// HBM bytes an accumulating GEMM's epilogue moves beyond a plain GEMM's: per C element a read and a write of C
 /// (fp32 with accumulate_fp32, the output dtype with accumulate) instead of one write of the output dtype: 6 bytes
@@ -332,9 +337,9 @@ struct CommSpan {
   double fabric_factor = 1.0;  ///< Bandwidth factor of the worst fabric path (oversubscription).
 };
 
-/// Efficiency tables the cost model reads by slot: one per kernel class, the accumulating GEMM's, and the two
+/// Efficiency tables the cost model reads by slot: one per kernel class, the two accumulating GEMM tables, and the two
 /// non-causal attention tables (cost_model.cpp, kKernelClasses).
-inline constexpr int kKernelTableSlots = 10;
+inline constexpr int kKernelTableSlots = 11;
 
 class CostModel {
  public:

@@ -302,10 +302,7 @@ void RankLowering::mla_bwd(std::string_view L) {
     wgrad_op("q_down_wgrad", linear_gemm(ql, k_.hidden, k_.tokens_sp, GemmRole::kWgrad), {}, Name{L, "q_down"});
   }
   no_ub_ = false;
-  if (ql > 0) {
-    const OpId ln = elementwise("ln1_bwd", 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
-    grad_ready(Name{L, "ln1"}, ln);
-  }
+  if (ql > 0) input_norm_bwd("ln1", L);
 }
 
 void RankLowering::gdn_fwd(Phase ph) {

@@ -132,10 +132,7 @@ void RankLowering::f_combine(Side& f, std::uint32_t l) {
 
 void RankLowering::b_combine(Side& b, std::uint32_t l) {
   if (!x_.model->is_moe_layer(l)) return;
-  comm_node(b, static_cast<std::int32_t>(l), "C", {Piece::kCombine}, [&] {
-    ep_elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
-    moe_combine_bwd();
-  });
+  comm_node(b, static_cast<std::int32_t>(l), "C", {Piece::kCombine}, [&] { moe_combine_bwd(); });
 }
 
 void RankLowering::b_mlp(Side& b, std::uint32_t l) {

@@ -2,6 +2,7 @@
 // model chunk's forward and backward on one rank: P2P receive waits, param-gather waits, full recompute groups.
 #include <algorithm>
 
+#include "models/lowering/cross_entropy.hpp"
 #include "models/lowering/rank_lowering.hpp"
 
 namespace twinstep::models::lowering {
@@ -55,8 +56,7 @@ void RankLowering::layer_bwd(std::uint32_t layer) {
   const std::uint64_t nodes =
       nodes_of({Piece::kAttn, Piece::kMoePre, Piece::kDispatch, Piece::kExperts, Piece::kCombine, Piece::kMlp});
   bwd_ops("host_bwd", nodes, [&] {
-    if (x_.model->is_moe_layer(layer)) {
-      elementwise("residual2_bwd", 2 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
+    if (x_.model->is_moe_layer(layer)) {  // the residual add's backward passes the gradient on: no kernel
       moe_combine_bwd();
       moe_experts_bwd(L);
       moe_dispatch_bwd();
@@ -126,23 +126,25 @@ void RankLowering::output_fwd() {
         Nodes::kOne);  // ColumnParallelLinear: one LinearWithGradAccumulationAndAsyncCommunication
     fwd_ops(
         "host_loss", Phase::kFwd,
-        [&] {  // vocab-parallel cross entropy: a function, no module
-          elementwise("cross_entropy", k_.tokens * vt * (k_.act_bytes + 4), Phase::kFwd);
+        [&] {  // the loss: a function, no module (cross_entropy.hpp: the bytes of each implementation)
+          const CrossEntropyTraffic ce = cross_entropy_traffic(cross_entropy_path(*x_.cfg), k_.act_bytes, k_.tp);
+          elementwise("cross_entropy", k_.tokens * vt * ce.fwd_bytes_per_logit, Phase::kFwd);
           if (k_.tp > 1) {
-            for (const char* what : {"ce_max_ar", "ce_sumexp_ar", "ce_target_ar"}) {
-              collective(x_.st.tp, what, CollectiveKind::kAllReduce, tp, k_.tokens * 4, Phase::kFwd, true, {}, "",
+            for (const auto& c : ce.tp_collectives) {
+              collective(x_.st.tp, c.name, c.kind, tp, k_.tokens * c.bytes_per_token, Phase::kFwd, true, {}, "",
                          schedule::DType::kFP32);
             }
           }
         },
-        Nodes::kOne);  // _VocabParallelCrossEntropy: one autograd.Function
+        Nodes::kOne);  // _VocabParallelCrossEntropy / TE's CrossEntropyFunction: one autograd.Function
   });
 }
 
 void RankLowering::output_bwd() {
   const CommId tp = x_.tp_of[rank_];
   const std::uint64_t vt = k_.vocab_padded / k_.tp;
-  elementwise("cross_entropy_bwd", k_.tokens * vt * (k_.act_bytes + 4), Phase::kBwd);
+  const CrossEntropyTraffic ce = cross_entropy_traffic(cross_entropy_path(*x_.cfg), k_.act_bytes, k_.tp);
+  elementwise("cross_entropy_bwd", k_.tokens * vt * ce.bwd_bytes_per_logit, Phase::kBwd);
   kernel("output_dgrad", Gemm{k_.tokens, k_.hidden, vt, 1, k_.dtype}, Phase::kBwd);
   // A ColumnParallelLinear: its wgrad accumulates into the main grad as the TP linears' do (bf16 under fp8 too).
   Gemm wg{vt, k_.hidden, k_.tokens, 1, k_.dtype};
@@ -157,8 +159,25 @@ void RankLowering::output_bwd() {
                k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, k_.hidden),
                Phase::kBwd, true);
   }
-  const OpId ln = elementwise("final_norm_bwd", 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
+  // The last layer's output feeds the final norm only: no skip gradient to add.
+  const OpId ln = elementwise("final_norm_bwd", norm_bwd_bytes(k_.tokens_sp, k_.hidden), Phase::kBwd);
   grad_ready("final_norm", ln);
+}
+
+// ---- norm backward ----
+std::uint64_t RankLowering::norm_bwd_bytes(std::uint64_t rows, std::uint64_t width) const {
+  const bool layernorm = x_.model->normalization == "LayerNorm";
+  const std::uint64_t per_row = layernorm ? 2 * 4 : 4;  // rstd (and the mean), fp32
+  const std::uint64_t weights = layernorm ? 2 : 1;      // gamma (and beta): read gamma, write each gradient
+  return 3 * act(rows, width) + per_row * rows + (1 + weights) * act(1, width);
+}
+
+void RankLowering::input_norm_bwd(std::string_view ln, std::string_view L, std::vector<OpId> deps) {
+  const OpId norm =
+      elementwise(Name{ln, "_bwd"}, norm_bwd_bytes(k_.tokens_sp, k_.hidden), Phase::kBwd, std::move(deps));
+  grad_ready(Name{L, ln}, norm);
+  // The norm's input is also the skip connection's: autograd sums the two gradients (read both, write one).
+  elementwise(Name{ln, "_residual_grad_add"}, 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd);
 }
 
 std::vector<std::vector<std::uint32_t>> RankLowering::recompute_groups(std::uint32_t chunk) const {

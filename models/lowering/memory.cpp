@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/units.hpp"
+#include "models/lowering/cross_entropy.hpp"
 #include "schedule/schedule.hpp"
 
 namespace twinstep::models::lowering {
@@ -127,8 +128,10 @@ double peak_activations(const Ctx& x, const Coords& co, const LayerActivations& 
         bytes.push_back(i % group == 0 ? la.input : 0.0);
       }
     }
-    // The loss's saved fp32 softmax (per logit) stays until the micro-batch's backward reaches it.
-    if (last_stage && chunk == k.vpp - 1) bytes.push_back(cfg.memory.loss_saved_bytes_per_logit * T * V);
+    // What the loss keeps per logit (the fp32 softmax, or TE's logits) stays until the micro-batch's backward.
+    if (last_stage && chunk == k.vpp - 1) {
+      bytes.push_back(cross_entropy_memory(cfg, k.act_bytes).saved_bytes_per_logit * T * V);
+    }
     return bytes;
   };
   std::vector<std::vector<double>> per_chunk(k.vpp);
@@ -275,7 +278,7 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
 
   // Working memory per phase. Forward/backward: the loss's working memory at the last stage, or the recomputed
   // group's activations during its backward (uniform: a group of recompute_num_layers layers; block: one layer).
-  const double loss_working = last_stage ? mc.loss_working_bytes_per_logit * T * V : 0.0;
+  const double loss_working = last_stage ? cross_entropy_memory(cfg, k.act_bytes).working_bytes_per_logit * T * V : 0.0;
   const double recompute =
       x.recompute_full ? std::max(la.dense, la.moe) * (cfg.recompute_method == RecomputeMethod::kBlock ? 1.0 : group)
                        : 0.0;

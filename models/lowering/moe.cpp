@@ -316,8 +316,7 @@ void RankLowering::moe_pre_bwd(std::string_view L) {
       collective(x_.st.tp, "shared_grad_rs", CollectiveKind::kReduceScatter, tp, act(k_.tokens, k_.hidden), ph, true);
     }
   }
-  const OpId ln = elementwise("ln2_bwd", 3 * act(k_.tokens_sp, k_.hidden), ph);
-  grad_ready(Name{L, "ln2"}, ln);
+  input_norm_bwd("ln2", L);  // MoE layers' pre_mlp_layernorm: a TE norm module of its own
 }
 
 }  // namespace twinstep::models::lowering

@@ -75,6 +75,14 @@ class RankLowering : private OpEmitter {
   /// `L` is the layer's parameter prefix ("L3."): the weight is L + site, the layernorm L + ln ("ln1").
   void colparallel_bwd(std::string_view site, std::uint64_t out, std::uint64_t in, std::string_view L,
                        std::string_view ln);
+  /// Bytes of TE's fused norm backward over `rows` x `width` (docs/megatron-kernels.md, section 3): x and dy read,
+  /// dx written (activation dtype), rstd read (and the mean, LayerNorm: fp32 per row), gamma read and dgamma written
+  /// (LayerNorm: dbeta too) in the weights' dtype.
+  [[nodiscard]] std::uint64_t norm_bwd_bytes(std::uint64_t rows, std::uint64_t width) const;
+  /// The backward of a layer's input norm `ln` ("ln1" / "ln2") after `deps`: TE's fused norm backward (its gradient
+  /// ready for DDP as L + ln), then autograd's add of the skip connection's gradient into the norm input's gradient
+  /// (`<ln>_residual_grad_add`, docs/megatron-kernels.md section 2).
+  void input_norm_bwd(std::string_view ln, std::string_view L, std::vector<OpId> deps = {});
   bool ub() const { return k_.tp_overlap && !no_ub_; }
   /// What computes a weight gradient: a linear layer's wgrad GEMM (gradient_accumulation_fusion decides whether it
   /// updates the main grad itself or a main_grad_add() follows it), or a plain torch op (the router's linear:

@@ -99,8 +99,7 @@ void RankLowering::colparallel_bwd(std::string_view site, std::uint64_t out, std
   wgrad_op(Name{site, "_wgrad"}, linear_gemm(out, in, k_.tokens, GemmRole::kWgrad), std::move(wd), Name{L, site}, ov);
   std::vector<OpId> ld;
   if (red != schedule::kNoOp) ld.push_back(red);
-  const OpId ln_op = elementwise(Name{ln, "_bwd"}, 3 * act(k_.tokens_sp, k_.hidden), Phase::kBwd, std::move(ld));
-  grad_ready(Name{L, ln}, ln_op);
+  input_norm_bwd(ln, L, std::move(ld));
 }
 
 }  // namespace twinstep::models::lowering

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <variant>
 #include <vector>
@@ -124,31 +125,56 @@ TEST_CASE("calibration::fit: a suite measured under a known profile fits back to
   std::filesystem::remove(path);
 }
 
-TEST_CASE("calibration::fit: the compute.gemm_accumulate group fits a gemm_accumulate table that reproduces it",
-          "[calibration]") {
+TEST_CASE(
+    "calibration::fit: the compute.gemm_accumulate group fits a table per C dtype (fp32, bf16) that reproduces it",
+    "[calibration]") {
   const std::string path = temp_path("accumulate.jsonl");
   const RawResults raw = measure_quick(path);
   const auto cluster = topologies::load_cluster("h200x2-nvlink", topologies::ClusterSize{0, 2});
   const FitResult r = fit_profile(raw, cluster, "test", "abc", FrameworkInput{});
   REQUIRE(r.profile.compute.count("gemm_accumulate") == 1);
-  // The truth has no such table (the gemm table plus the fp32 epilogue's bytes); the fitted table reproduces the
-  // suite's accumulating GEMMs, and costs more than the plain GEMM of the same shape.
+  REQUIRE(r.profile.compute.count("gemm_accumulate_bf16") == 1);
+  CHECK(r.profile.context.count("compute.gemm_accumulate_bf16") == 0);  // measured: no fallback note
+  // The truth has no such tables (the gemm table plus the epilogue's bytes: 6 B per C element into fp32, 2 B into
+  // bf16); the fitted tables reproduce the suite's accumulating GEMMs, each dearer than the plain GEMM of its shape,
+  // the fp32 accumulation dearer than the bf16 one.
   const sim::CostModel truth(cluster, truth_profile()), fitted(cluster, r.profile);
-  std::size_t probes = 0;
+  std::map<std::string, std::size_t> probes;
+  std::map<std::string, double> fitted_s;  // by shape
   for (const auto& g : make_suite("quick", 2)) {
     if (g.name != "compute.gemm_accumulate") continue;
     for (const auto& pr : g.probes) {
       const auto& c = std::get<schedule::Compute>(g.schedule.ops[pr.ops[0]].body);
+      const auto& gemm = std::get<schedule::Gemm>(c.kernel);
       INFO(pr.name);
-      CHECK(pr.family == "gemm_accumulate");
+      CHECK(pr.family == (gemm.accumulate_fp32 ? "gemm_accumulate" : "gemm_accumulate_bf16"));
+      CHECK(gemm.accumulate_fp32 != gemm.accumulate);
       CHECK(fitted.kernel_cost(c).solo_time_s() == Approx(truth.kernel_cost(c).solo_time_s()).epsilon(0.05));
       schedule::Compute plain = c;
       std::get<schedule::Gemm>(plain.kernel).accumulate_fp32 = false;
+      std::get<schedule::Gemm>(plain.kernel).accumulate = false;
       CHECK(fitted.kernel_cost(c).solo_time_s() > fitted.kernel_cost(plain).solo_time_s());
-      ++probes;
+      const std::string shape = pr.name.substr(pr.name.find('.'));
+      if (gemm.accumulate) {
+        CHECK(fitted.kernel_cost(c).solo_time_s() < fitted_s.at(shape));  // the fp32 twin comes first
+      } else {
+        fitted_s[shape] = fitted.kernel_cost(c).solo_time_s();
+      }
+      ++probes[pr.family];
     }
   }
-  CHECK(probes == 2);
+  CHECK(probes == std::map<std::string, std::size_t>{{"gemm_accumulate", 2}, {"gemm_accumulate_bf16", 2}});
+
+  // A raw file measured before the bf16-C probes existed: no table, today's pricing, and the context says so.
+  RawResults old = raw;
+  old.measurements.erase(std::remove_if(old.measurements.begin(), old.measurements.end(),
+                                        [](const auto& m) { return m.family == "gemm_accumulate_bf16"; }),
+                         old.measurements.end());
+  const FitResult o = fit_profile(old, cluster, "test", "abc", FrameworkInput{});
+  CHECK(o.profile.compute.count("gemm_accumulate_bf16") == 0);
+  CHECK(o.profile.compute.count("gemm_accumulate") == 1);
+  REQUIRE(o.profile.context.count("compute.gemm_accumulate_bf16") == 1);
+  CHECK_THAT(o.profile.context.at("compute.gemm_accumulate_bf16"), twinstep_contains("not measured"));
   std::filesystem::remove(path);
 }
 

@@ -431,12 +431,13 @@ TEST_CASE("models::moe: combined 1F1B with PP=4/VPP=2 posts the P2P in the post_
       "pp.x21.send_bwd",   "L6.mb3.bwd.node_WA", "mb4.fwd.node_output", "mb4.bwd.node_output"};
   CHECK(node_and_p2p_order(low.schedule, 6, rank6.front(), rank6.size()) == rank6);
   // Data edges: the forward send waits for the F chain's last combine (post_forward runs on the comm stream);
-  // the backward send waits for the last backward attention piece; the held W_A GEMMs are issued after the sends.
+  // the backward send waits for the last backward attention piece (the skip gradient added into ln1's input
+  // gradient); the held W_A GEMMs are issued after the sends.
   const auto& send_f = op_named(low.schedule, 0, "pp.x11.send_fwd");
   CHECK(depends_on(send_f, op_named(low.schedule, 0, "L1.mb7.fwd.residual2").id));
   CHECK(send_f.tags.overlap == "pp");
   const auto& send_b = op_named(low.schedule, 0, "pp.x12.send_bwd");
-  CHECK(depends_on(send_b, op_named(low.schedule, 0, "L8.mb0.bwd.ln1_bwd").id));
+  CHECK(depends_on(send_b, op_named(low.schedule, 0, "L8.mb0.bwd.ln1_residual_grad_add").id));
   CHECK(op_named(low.schedule, 0, "L8.mb0.bwd.qkv_wgrad").id > send_b.id);
   // pre_forward of the next step (F4.1 + B1.1) waits for the activation received in this step's post_forward.
   CHECK(depends_on(op_named(low.schedule, 0, "L8.mb4.fwd.ln1"), op_named(low.schedule, 0, "pp.x11.recv_fwd").id));

@@ -122,6 +122,36 @@ TEST_CASE("sim::CostModel: a measured gemm_accumulate table prices bf16 accumula
         Approx(plain8 + 6.0 * 4096 * 1024 / (3.35e12 * p.memory_efficiency)).epsilon(1e-9));
 }
 
+TEST_CASE("sim::CostModel: a measured gemm_accumulate_bf16 table prices GEMMs accumulating into a bf16 C", "[sim]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  // Flat tables: gemm 0.5, gemm_accumulate (fp32 C) 0.25, gemm_accumulate_bf16 0.4: a bf16-C accumulation takes
+  // 0.5 / 0.4 of the plain GEMM (the table holds the C read: no bytes added), read back from the profile's JSON.
+  const sim::Profile p = sim::profile_from_json(
+      R"({"schema_version":1,"compute":{"gemm":[[1e6,0.5],[1e15,0.5]],"gemm_accumulate":[[1e6,0.25],[1e15,0.25]],
+          "gemm_accumulate_bf16":[[1e6,0.4],[1e15,0.4]]}})",
+      "p.json");
+  REQUIRE(p.compute.count("gemm_accumulate_bf16") == 1);
+  CHECK(sim::profile_to_json(p).find("\"gemm_accumulate_bf16\"") != std::string::npos);
+  const CostModel costs(cluster, p);
+  Gemm g{4096, 1024, 8192, 1, DType::kBF16};
+  const double plain = costs.kernel_cost(Compute{g, 0}).flop_time_s;
+  g.accumulate = true;
+  CHECK(sim::reads_accumulate_bf16_table(g));
+  CHECK_FALSE(sim::reads_accumulate_table(g));
+  CHECK(costs.kernel_cost(Compute{g, 0}).flop_time_s == Approx(plain * 0.5 / 0.4).epsilon(1e-12));
+  g.accumulate = false;
+  g.accumulate_fp32 = true;
+  CHECK_FALSE(sim::reads_accumulate_bf16_table(g));
+  CHECK(costs.kernel_cost(Compute{g, 0}).flop_time_s == Approx(2 * plain).epsilon(1e-12));
+  // fp8 GEMMs accumulating into bf16 keep the fp8 GEMM time plus the C read (the table is at the bf16 peak).
+  Gemm g8{4096, 1024, 8192, 1, DType::kFP8};
+  const double plain8 = costs.kernel_cost(Compute{g8, 0}).flop_time_s;
+  g8.accumulate = true;
+  CHECK_FALSE(sim::reads_accumulate_bf16_table(g8));
+  CHECK(costs.kernel_cost(Compute{g8, 0}).flop_time_s ==
+        Approx(plain8 + 2.0 * 4096 * 1024 / (3.35e12 * p.memory_efficiency)).epsilon(1e-9));
+}
+
 TEST_CASE("sim::CostModel: an accumulating GEMM with its op stem's table takes that table's time, no bytes added",
           "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");
