@@ -56,7 +56,10 @@ class Model:
         pre, bwd = f"L{li}.mb{mb}.{phase}", f"L{li}.mb{mb}.bwd"
         b, s, hq, hkv, hd = d["mbs"], d["seq"], d["heads"], d["kv_heads"], d["head_dim"]
         with record_function(pre + ".ln1"):
-            h = bwd_range(bwd + ".ln1_bwd", ELEMENTWISE["rms_norm"](x, p["ln1"]))
+            # The norm's input also feeds the residual: autograd adds the two gradients of x after the norm's
+            # backward, inside this marker's range (the lowering's ln1_residual_grad_add).
+            xn = bwd_range(bwd + ".ln1_residual_grad_add", x)
+            h = bwd_range(bwd + ".ln1_bwd", ELEMENTWISE["rms_norm"](xn, p["ln1"]))
         with record_function(pre + ".qkv"):
             qkv = Linear.apply(h, p["qkv"], bwd + ".qkv", self.fp8).view(b, s, hq + 2 * hkv, hd)
         q, k, v = qkv.split([hq, hkv, hkv], dim=2)
@@ -73,7 +76,8 @@ class Model:
         with record_function(pre + ".residual1"):
             x = bwd_range(bwd + ".residual1_bwd", x + o)
         with record_function(pre + ".ln2"):
-            h = bwd_range(bwd + ".ln2_bwd", ELEMENTWISE["rms_norm"](x, p["ln2"]))
+            xn = bwd_range(bwd + ".ln2_residual_grad_add", x)
+            h = bwd_range(bwd + ".ln2_bwd", ELEMENTWISE["rms_norm"](xn, p["ln2"]))
         y = moe_block(h, p, d, self.routing, pre, bwd, self.fp8) if li in d["moe_layers"] else \
             self.mlp(h, p, pre, bwd)
         with record_function(pre + ".residual2"):
