@@ -281,9 +281,14 @@ std::vector<std::string> borrow_comm_fields(FitResult& r, const sim::Profile& do
     p.interference.comm_hbm_bytes_per_bus_byte = donor.interference.comm_hbm_bytes_per_bus_byte;
     p.interference.waiting_sms_per_channel = donor.interference.waiting_sms_per_channel;
     p.interference.waiting_sms_per_channel_more = donor.interference.waiting_sms_per_channel_more;
+    // The waiting coefficients were fitted under the donor's GEMM output tile (fit_interference.cpp,
+    // choose_gemm_tile): they only mean the same with that tile.
+    p.interference.gemm_tile_m = donor.interference.gemm_tile_m;
+    p.interference.gemm_tile_n = donor.interference.gemm_tile_n;
     taken.emplace_back("interference.comm_hbm_bytes_per_bus_byte");
     taken.emplace_back("interference.waiting_sms_per_channel");
     taken.emplace_back("interference.waiting_sms_per_channel_more");
+    taken.emplace_back("interference.gemm_tile");
   }
   if (taken.empty()) return taken;
   for (const auto& f : donor.fits) {

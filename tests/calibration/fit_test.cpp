@@ -784,6 +784,7 @@ TEST_CASE("borrow_comm_fields takes collectives, comm launches and co-run figure
   donor.interference.waiting_sms_per_channel = 0.625;
   donor.interference.waiting_sms_per_channel_more = 0.34;
   donor.interference.comm_hbm_bytes_per_bus_byte = 0.0;
+  donor.interference.gemm_tile_n = 128;  // the coefficients were fitted under this tile: it travels with them
   donor.fits.push_back({"coll.all_reduce.span2", 21, 0, 0, "in-sample"});
   donor.fits.push_back({"compute.gemm", 62, 0.05, 0.6, "solo"});
 
@@ -791,7 +792,7 @@ TEST_CASE("borrow_comm_fields takes collectives, comm launches and co-run figure
   CHECK(taken == std::vector<std::string>{"collectives", "nccl", "launch.collective", "launch.send",
                                           "interference.comm_hbm_bytes_per_bus_byte",
                                           "interference.waiting_sms_per_channel",
-                                          "interference.waiting_sms_per_channel_more"});
+                                          "interference.waiting_sms_per_channel_more", "interference.gemm_tile"});
   CHECK(r.profile.missing_fields == std::vector<std::string>{"launch.recv"});  // the donor lacks it too
   CHECK(r.profile.context.at("borrowed_from") == "two H200 (measured on NVIDIA H200)");
   CHECK(r.profile.context.count("datasheet_fields") == 1);
@@ -805,6 +806,8 @@ TEST_CASE("borrow_comm_fields takes collectives, comm launches and co-run figure
   CHECK(back.launch_s.at("collective") == 7e-6);
   CHECK(back.interference.waiting_sms_per_channel == 0.625);
   CHECK(back.interference.comm_hbm_bytes_per_bus_byte == 0.0);
+  CHECK(back.interference.gemm_tile_m == 128);
+  CHECK(back.interference.gemm_tile_n == 128);
 
   SECTION("a raw file with its own collectives keeps them") {
     FitResult own;
