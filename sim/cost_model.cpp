@@ -198,25 +198,11 @@ double KernelCost::solo_time_s() const {
 
 namespace {
 constexpr const char* kLaunchClasses[6] = {"compute", "memcpy", "collective", "send", "recv", "host_sync"};
-/// Profile tables by slot: one per kernel class, then the measured accumulating-GEMM tables (slot 7, read for Gemms
-/// with accumulate_fp32, slot 8 for those with accumulate into a bf16 C, when the profile has them), the measured
-/// non-causal attention tables (slots 9 and 10, read for non-causal attention kernels when the profile has them).
-constexpr const char* kKernelClasses[kKernelTableSlots] = {"gemm",
-                                                           "grouped_gemm",
-                                                           "attention_fwd",
-                                                           "attention_bwd",
-                                                           "elementwise",
-                                                           "optimizer",
-                                                           "memcpy",
-                                                           "gemm_accumulate",
-                                                           "gemm_accumulate_bf16",
-                                                           "attention_noncausal_fwd",
-                                                           "attention_noncausal_bwd"};
 constexpr int kGemmAccumulateSlot = 7;
 constexpr int kGemmAccumulateBf16Slot = 8;
 constexpr int kAttentionNoncausalSlot = 9;  // + 1 for the backward
 
-/// A kernel's slot in kKernelClasses: one overload per Kernel alternative and no catch-all, so a new kernel class
+/// A kernel's slot in kComputeTableNames: one overload per Kernel alternative and no catch-all, so a new kernel class
 /// does not compile until it has a slot.
 struct KernelClassIndex {
   int operator()(const schedule::Gemm& /*unused*/) const { return 0; }
@@ -257,7 +243,7 @@ CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
     launch_by_class_[i] = it == profile_.launch_s.end() ? 0 : to_nanos(it->second);
   }
   for (int i = 0; i < kKernelTableSlots; ++i) {
-    const auto it = profile_.compute.find(kKernelClasses[i]);
+    const auto it = profile_.compute.find(kComputeTableNames[static_cast<std::size_t>(i)]);
     eff_by_class_[i] = it == profile_.compute.end() ? nullptr : &it->second;
   }
 }

@@ -4,6 +4,7 @@
 // and send/recv per peer, and launch costs. Sharing between concurrent activities is the resource model's job.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -337,9 +338,22 @@ struct CommSpan {
   double fabric_factor = 1.0;  ///< Bandwidth factor of the worst fabric path (oversubscription).
 };
 
-/// Efficiency tables the cost model reads by slot: one per kernel class, the two accumulating GEMM tables, and the two
-/// non-causal attention tables (cost_model.cpp, kKernelClasses).
+/// Efficiency tables the cost model reads by slot, by their names in a profile's "compute" section: one per kernel
+/// class, then the measured accumulating-GEMM tables (slot 7, read for Gemms with accumulate_fp32, slot 8 for those
+/// with accumulate into a bf16 C, when the profile has them), the measured non-causal attention tables (slots 9 and
+/// 10, read for non-causal attention kernels when the profile has them). The profile reader accepts these names only.
 inline constexpr int kKernelTableSlots = 11;
+inline constexpr std::array<const char*, kKernelTableSlots> kComputeTableNames = {"gemm",
+                                                                                  "grouped_gemm",
+                                                                                  "attention_fwd",
+                                                                                  "attention_bwd",
+                                                                                  "elementwise",
+                                                                                  "optimizer",
+                                                                                  "memcpy",
+                                                                                  "gemm_accumulate",
+                                                                                  "gemm_accumulate_bf16",
+                                                                                  "attention_noncausal_fwd",
+                                                                                  "attention_noncausal_bwd"};
 
 class CostModel {
  public:

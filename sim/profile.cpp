@@ -272,18 +272,8 @@ void read_identity(const Reader& r, const Json& j, const std::string& source, Pr
 /// "compute", "op_compute" and "memory_efficiency": the efficiency tables by kernel class and by op stem.
 void read_compute_tables(const Reader& r, const Json& j, Profile& p) {
   if (j.contains("compute")) {
-    static constexpr std::initializer_list<const char*> kClasses = {"gemm",
-                                                                    "grouped_gemm",
-                                                                    "attention_fwd",
-                                                                    "attention_bwd",
-                                                                    "elementwise",
-                                                                    "optimizer",
-                                                                    "memcpy",
-                                                                    "gemm_accumulate",
-                                                                    "gemm_accumulate_bf16",
-                                                                    "attention_noncausal_fwd",
-                                                                    "attention_noncausal_bwd"};
-    r.keys(j["compute"], "/compute", kClasses);
+    r.keys(j["compute"], "/compute",
+           std::vector<std::string>(sim::kComputeTableNames.begin(), sim::kComputeTableNames.end()));
     for (const auto& item : j["compute"].items()) {
       p.compute[item.key()] = r.table(item.value(), "/compute/" + item.key());
     }
