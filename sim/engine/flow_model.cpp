@@ -3,8 +3,9 @@
 // and on a multi-group fat-tree one split-duplex uplink per rail leaf, shared by every flow leaving or entering its
 // group on that rail); collectives become coarse steady-state flows on the links they use (one flow per ring edge,
 // all-to-all per peer, send/recv one flow), weighted by their NCCL connections and followed by an analytic latency
-// term; GPU kernels keep the analytic model's SM/HBM sharing. The only file that includes SimGrid (reference/simgrid.md
-// has the traps avoided here).
+// term; GPU kernels keep the analytic model's SM/HBM sharing. In a reduced schedule the all-to-all flows between a
+// present member and absent ones merge per port of the present member (merge_flows). The only file that includes
+// SimGrid (reference/simgrid.md has the traps avoided here).
 //
 // Routing: one flat zone (FabricZone below) whose routes are computed on demand by route(), the same function that
 // sizes the flows. SimGrid's hierarchical zones cannot express a rail-optimized fabric: a node zone has one parent
@@ -29,6 +30,7 @@
 #include <queue>
 #include <set>
 #include <string>
+#include <unordered_set>
 
 // SimGrid: the s4u headers first, they define the macros version.h and xbt/log.h use. Only the headers this file
 // needs (not simgrid/s4u.hpp): fewer headers whose API moves between releases (tools/check-simgrid-build.sh).
@@ -45,6 +47,8 @@
 // (the kernel routing API, for FabricZone)
 #include <simgrid/kernel/routing/NetPoint.hpp>
 #include <simgrid/kernel/routing/NetZoneImpl.hpp>
+// (the latency factor callback, for merged flows)
+#include <simgrid/kernel/resource/NetworkModelIntf.hpp>
 
 #include "common/assert.hpp"
 #include "common/error.hpp"
@@ -160,19 +164,28 @@ class FabricZone final : public routing::NetZoneImpl {
     links_[id] = link;
   }
 
-  /// The weight of the flow whose route SimGrid asks for next (Comm::start() computes the route at once).
-  void set_flow_weight(double weight) { weight_ = weight; }
+  /// The route latency (CM02's sharing penalty, see flow_latency_s) of the flow whose route SimGrid asks for next
+  /// (Comm::start() computes the route at once), and the links of its route when they are not route()'s (a merged
+  /// flow, see Flow::link); nullptr: route().
+  void set_next_flow(double penalty_s, const std::vector<std::uint32_t>* links) {
+    penalty_s_ = penalty_s;
+    links_override_ = links;
+  }
 
   void get_local_route(const routing::NetPoint* src, const routing::NetPoint* dst, routing::Route* into,
                        double* latency) override {
     TWINSTEP_ASSERT(src->id() < gpu_of_vertex_.size() && dst->id() < gpu_of_vertex_.size(),
                     "route between netpoints that are not GPU hosts");
-    route_links_(gpu_of_vertex_[src->id()], gpu_of_vertex_[dst->id()], scratch_);
+    if (links_override_ != nullptr) {
+      scratch_ = *links_override_;
+    } else {
+      route_links_(gpu_of_vertex_[src->id()], gpu_of_vertex_[dst->id()], scratch_);
+    }
     for (std::uint32_t l : scratch_) {
       TWINSTEP_ASSERT(l < links_.size() && links_[l] != nullptr, "route uses link %u, which was not built", l);
       into->link_list_.push_back(links_[l]->get_impl());
     }
-    if (latency != nullptr && !scratch_.empty()) *latency += flow_latency_s(weight_);
+    if (latency != nullptr && !scratch_.empty()) *latency += penalty_s_;
   }
 
  private:
@@ -180,8 +193,12 @@ class FabricZone final : public routing::NetZoneImpl {
   std::vector<RankId> gpu_of_vertex_;
   std::vector<sg4::Link*> links_;
   std::vector<std::uint32_t> scratch_;
-  double weight_ = 1.0;
+  double penalty_s_ = flow_latency_s(1.0);
+  const std::vector<std::uint32_t>* links_override_ = nullptr;
 };
+
+/// Flow::link of a flow on route()'s links.
+constexpr std::uint32_t kRouted = UINT32_MAX;
 
 struct Flow {
   RankId src = 0;
@@ -189,6 +206,11 @@ struct Flow {
   double raw = 0;  ///< Relative volume; scaled to bytes so that the flows alone take the cost model's time.
   /// NCCL connections the flow stands for (sim/connections.hpp): concurrent flows share a link in proportion.
   double weight = 1.0;
+  /// kRouted, or an all-to-all flow between a present and an absent member whose route is the two members' ports:
+  /// `link` is the present member's. With `count` > 1, a merged flow: `count` such flows of equal payload and weight,
+  /// on `link` alone (merge_flows).
+  std::uint32_t link = kRouted;
+  std::uint32_t count = 1;
 };
 
 struct FlowActivity {
@@ -254,6 +276,10 @@ class FlowModel final : public ResourceModel {
     on_any_comm_completion([](const sg4::Activity& a) {
       if (g_model != nullptr) g_model->on_complete(a);
     });
+    // A flow's latency apart from its sharing penalty (CM02 takes both from the route latency): merged flows.
+    engine_->get_netzone_root()->get_network_model()->set_lat_factor_cb(
+        [](double, const sg4::Host*, const sg4::Host*, const std::vector<sg4::Link*>&,
+           const std::unordered_set<sg4::NetZone*>&) { return g_model != nullptr ? g_model->latency_factor_ : 1.0; });
   }
 
   ~FlowModel() override { g_model = nullptr; }
@@ -269,6 +295,7 @@ class FlowModel final : public ResourceModel {
     FlowActivity& fa = acts_[slot];
     build_flows(a, cost, fa.flows);
     size_flows(fa, cost.bandwidth_time_s);
+    merge_flows(fa);
     if (fa.flows.empty() && cost.latency_s <= 0) {
       instant_.push_back(slot);
       return;
@@ -558,8 +585,16 @@ class FlowModel final : public ResourceModel {
           if (j == i || c.send_bytes[j] == 0 || members[i] == members[j]) continue;
           const double b = static_cast<double>(c.send_bytes[j]);
           const double w = weight(members[i], members[j]);
-          flows.push_back(Flow{members[i], members[j], b, w});
-          if (inst.ops[j] == kNoOp) flows.push_back(Flow{members[j], members[i], b, w});
+          if (inst.ops[j] != kNoOp) {
+            flows.push_back(Flow{members[i], members[j], b, w});
+            continue;
+          }
+          // To and from an absent member: mergeable onto the present member's port where that and the absent
+          // member's port are the whole route (merge_flows).
+          route(members[i], members[j], scratch_links_);
+          const bool two_ports = scratch_links_.size() == 2;
+          flows.push_back(Flow{members[i], members[j], b, w, two_ports ? scratch_links_.front() : kRouted});
+          flows.push_back(Flow{members[j], members[i], b, w, two_ports ? scratch_links_.back() : kRouted});
         }
       }
       return;
@@ -601,6 +636,41 @@ class FlowModel final : public ResourceModel {
     TWINSTEP_ASSERT(t_iso > 0, "flows on links of zero capacity");
     const double scale = bandwidth_time_s / t_iso;
     for (std::size_t i = 0; i < fa.flows.size(); ++i) fa.bytes[i] = fa.flows[i].raw * scale;
+  }
+
+  /// Merges the all-to-all flows between a present member and absent ones that load the same port of the present
+  /// member with the same payload and weight (balanced routing: all of them, per port) into one flow of their summed
+  /// payload on that port alone, weighted as all of them (its CM02 penalty divided by their count; its latency kept
+  /// by the latency factor). Exact where the absent members' ports bind none of them: each such port carries only the
+  /// flows with a present end (the reduced schedule's), a subset of what its present mirror's port carries, and
+  /// max-min gives equal flows on one bottleneck equal rates, so they end together, as the merged flow does. Fewer
+  /// flows in SimGrid: its per-flow work (3.32 scans every flow in flight at each completion) was most of a reduced
+  /// MoE simulation's time.
+  void merge_flows(FlowActivity& fa) {
+    std::size_t out = 0;
+    merged_.clear();
+    for (std::size_t i = 0; i < fa.flows.size(); ++i) {
+      Flow fl = fa.flows[i];
+      const double payload = std::max(1.0, std::round(fa.bytes[i]));
+      if (fl.link != kRouted) {
+        const auto same = [&](std::size_t k) {
+          const Flow& g = fa.flows[k];
+          return g.link == fl.link && g.weight == fl.weight && fa.bytes[k] == payload * g.count;
+        };
+        const auto it = std::find_if(merged_.begin(), merged_.end(), same);
+        if (it != merged_.end()) {
+          ++fa.flows[*it].count;
+          fa.bytes[*it] += payload;
+          continue;
+        }
+        merged_.push_back(out);
+      }
+      fa.flows[out] = fl;
+      fa.bytes[out] = payload;
+      ++out;
+    }
+    fa.flows.resize(out);
+    fa.bytes.resize(out);
   }
 
   std::uint32_t alloc(ActivityId id) {
@@ -651,9 +721,14 @@ class FlowModel final : public ResourceModel {
       sg4::CommPtr c = sg4::Comm::sendto_init(hosts_[fl.src], hosts_[fl.dst]);
       c->set_payload_size(static_cast<std::uint64_t>(std::max(1.0, std::round(fa.bytes[i]))));
       c->set_data(reinterpret_cast<void*>(static_cast<std::uintptr_t>(slot) + 1));
-      zone_->set_flow_weight(fl.weight);
+      // A merged flow: the penalty of `count` flows sharing as one, the latency of one of them.
+      const auto count = static_cast<double>(fl.count);
+      one_link_.assign(1, fl.link);
+      zone_->set_next_flow(flow_latency_s(fl.weight) / count, fl.count > 1 ? &one_link_ : nullptr);
+      latency_factor_ = count;
       c->start();
-      zone_->set_flow_weight(1.0);
+      latency_factor_ = 1.0;
+      zone_->set_next_flow(flow_latency_s(1.0), nullptr);
       fa.comms.push_back(std::move(c));
     }
   }
@@ -695,6 +770,9 @@ class FlowModel final : public ResourceModel {
   sg4::ExecPtr stopper_;
   std::map<std::uint32_t, double> load_;
   std::vector<std::uint32_t> scratch_links_;
+  std::vector<std::uint32_t> one_link_;
+  std::vector<std::size_t> merged_;
+  double latency_factor_ = 1.0;  ///< Multiplies the route latency of the flow started next (launch).
   std::priority_queue<LatencyEnd, std::vector<LatencyEnd>, std::greater<LatencyEnd>> latency_;
   std::uint32_t in_flight_ = 0;  ///< Activities with flows in SimGrid.
   Nanos last_ = 0;

@@ -154,6 +154,11 @@ TEST_CASE("sim::symmetry: flow, one representative per DP replica equals the ful
       {"llama3-8b", 16, 4, 1, 2, 2, 2, 1, "all", 4},       // interleaved, CP 2 ring
       {"qwen3-30b-a3b", 16, 2, 1, 2, 1, 1, 8, "dp", 2},    // MoE: EP 8 spans the DP replicas
       {"qwen3-30b-a3b", 16, 2, 2, 1, 1, 1, 8, "none", 2},  // EP 8 over TP 2 x DP 8, expert-DP 2
+      // EP 8 x expert-TP 2 over the 16 GPUs of a stage, two nodes: the all-to-all flows to and from the 7 absent
+      // members (3 by NVLink, 4 by NIC) merge per port of the present one (flow_model.cpp merge_flows); with DP and
+      // PP traffic on the same ports.
+      {"qwen3-30b-a3b", 32, 2, 2, 2, 1, 1, 8, "dp", 4},
+      {"qwen3-30b-a3b", 32, 4, 2, 2, 2, 1, 8, "all", 4},  // interleaved, every overlap mode (EP overlap included)
   };
   for (const auto& cs : cases) {
     INFO(cs.model << " on " << cs.gpus << " GPUs: tp" << cs.tp << " pp" << cs.pp << " vpp" << cs.vpp << " cp" << cs.cp
