@@ -30,7 +30,6 @@
 #include <queue>
 #include <set>
 #include <string>
-#include <unordered_set>
 
 // SimGrid: the s4u headers first, they define the macros version.h and xbt/log.h use. Only the headers this file
 // needs (not simgrid/s4u.hpp): fewer headers whose API moves between releases (tools/check-simgrid-build.sh).
@@ -276,10 +275,10 @@ class FlowModel final : public ResourceModel {
     on_any_comm_completion([](const sg4::Activity& a) {
       if (g_model != nullptr) g_model->on_complete(a);
     });
-    // A flow's latency apart from its sharing penalty (CM02 takes both from the route latency): merged flows.
+    // A flow's latency apart from its sharing penalty (CM02 takes both from the route latency): merged flows. The
+    // callback's arguments after the size differ between releases (3.32: src, dst, links, zones): none is read.
     engine_->get_netzone_root()->get_network_model()->set_lat_factor_cb(
-        [](double, const sg4::Host*, const sg4::Host*, const std::vector<sg4::Link*>&,
-           const std::unordered_set<sg4::NetZone*>&) { return g_model != nullptr ? g_model->latency_factor_ : 1.0; });
+        [](double, const auto&...) { return g_model != nullptr ? g_model->latency_factor_ : 1.0; });
   }
 
   ~FlowModel() override { g_model = nullptr; }
