@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "calibration/suite.hpp"
+#include "calibration/raw_file.hpp"
 #include "sim/cost_model.hpp"
 #include "topologies/cluster.hpp"
 

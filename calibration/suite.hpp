@@ -1,10 +1,10 @@
 // Microbenchmark suites as schedules: GEMM/attention/elementwise sweeps (with the shapes the zoo's lowering
 // produces), every collective over sizes and spans, send/recv, uneven all-to-all, issue and host-sync costs and
-// GEMM+collective co-runs. Running a suite appends raw measurements to a JSON-lines file group by group.
+// GEMM+collective co-runs, and the probes that read their figures from a trace. Running a suite into its raw
+// JSON-lines file, and reading it back: raw_file.hpp.
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -72,32 +72,5 @@ inline constexpr const char* kPeerCopyMeasure = "cudaMemcpyPeerAsync";
 
 /// The probe figures of `group` read from `trace` (a trace of `group.schedule`). Throws Error if records miss.
 [[nodiscard]] std::vector<Measurement> extract(const BenchGroup& group, const schedule::Trace& trace);
-
-struct RunOptions {
-  std::string raw_path;  ///< JSON-lines file the measurements are appended to.
-  bool resume = false;   ///< Skip groups already complete in raw_path (else raw_path is started afresh).
-  bool writer = true;    ///< This process writes the file (rank 0).
-  std::map<std::string, std::string> context;        ///< Written in the header line (GPU, driver, NCCL, date...).
-  std::function<void(const std::string&)> progress;  ///< One line per group; may be empty.
-};
-
-/// Runs every group of `suite` through `execute` (the backend, or a simulator in tests) and appends one JSON line
-/// per group as it finishes, so an interrupted run keeps what it measured. Returns the groups run now.
-std::size_t run_suite(const std::string& suite_name, const std::vector<BenchGroup>& suite,
-                      const std::function<schedule::Trace(const schedule::Schedule&)>& execute,
-                      const RunOptions& options);
-
-/// A raw file read back: the header's suite, world size and context, and every measurement.
-struct RawResults {
-  std::string suite;
-  std::uint32_t world_size = 0;
-  std::map<std::string, std::string> context;
-  std::vector<Measurement> measurements;
-  std::vector<std::string> groups;  ///< Complete groups, in file order.
-};
-
-/// Reads a raw JSON-lines file. A torn last line (interrupted write) is ignored; anything else malformed throws
-/// ParseError naming the file and line.
-[[nodiscard]] RawResults read_raw(const std::string& path);
 
 }  // namespace twinstep::calibration

@@ -9,6 +9,7 @@
 #include "calibration/fit.hpp"
 #include "calibration/fit_framework.hpp"
 #include "calibration/fit_trace.hpp"
+#include "calibration/raw_file.hpp"
 #include "calibration/suite.hpp"
 #include "cli/commands.hpp"
 #include "common/error.hpp"

@@ -39,6 +39,37 @@ void flag(CLI::App& sub, const std::string& name, const std::string& field, std:
       names(name, field) + ",!--no-" + name.substr(2), [&target](std::int64_t count) { target = count > 0; }, field);
 }
 
+/// Applies a given flag's value to its run config field and records the field as set.
+template <typename Given, typename Member, typename Convert>
+void take_flag(models::SetFields& set, const char* field, const std::optional<Given>& given, Member& member,
+               Convert&& convert) {
+  if (!given) return;
+  member = convert(*given);
+  set.insert(field);
+}
+
+/// The host-cost flags (--ep-node-ns, --ep-backward-call-ns, --event-record-ns) over `host`, each recorded as set;
+/// `source` (where the host costs came from) gains the flags given.
+void take_host_cost_flags(const RunFlags& f, models::HostCosts& host, models::SetFields& set, std::string& source) {
+  auto nanos = [](const char* flag_name) {
+    return [flag_name](std::int64_t v) {
+      if (v < 0) throw Error(std::string(flag_name) + " must be >= 0 ns");
+      return static_cast<Nanos>(v);
+    };
+  };
+  take_flag(set, "host/ep_node_ns", f.ep_node_ns, host.ep_node_ns, nanos("--ep-node-ns"));
+  take_flag(set, "host/ep_backward_call_ns", f.ep_backward_call_ns, host.ep_backward_call_ns,
+            nanos("--ep-backward-call-ns"));
+  take_flag(set, "host/event_record_ns", f.event_record_ns, host.event_record_ns, nanos("--event-record-ns"));
+  std::string over;
+  for (const auto& [given, name] : {std::pair{f.ep_node_ns.has_value(), "--ep-node-ns"},
+                                    std::pair{f.ep_backward_call_ns.has_value(), "--ep-backward-call-ns"},
+                                    std::pair{f.event_record_ns.has_value(), "--event-record-ns"}}) {
+    if (given) over += std::string(over.empty() ? "" : ", ") + name;
+  }
+  if (!over.empty()) source += "; " + over + " from the command line";
+}
+
 }  // namespace
 
 void add_run_flags(CLI::App& sub, RunFlags& f) {
@@ -121,11 +152,8 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   if (!f.config.empty()) c = models::read_run_config(f.config, &set);
   r.host_costs = evaluate::host_costs_from_profile(profile, c.host);
   (void)evaluate::memory_costs_from_profile(profile, c.memory);
-  // Applies a given flag's value to its run config field and records the field as set.
   auto take = [&set](const char* field, const auto& given, auto& member, auto&& convert) {
-    if (!given) return;
-    member = convert(*given);
-    set.insert(field);
+    take_flag(set, field, given, member, convert);
   };
   auto same = [](const auto& v) { return v; };
   auto positive = [](const char* flag_name) {
@@ -210,22 +238,7 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
     if (v < 1 || v > 32) throw Error("--cdmc must be in [1, 32] (CUDA_DEVICE_MAX_CONNECTIONS)");
     return v;
   });
-  auto nanos = [](const char* flag_name) {
-    return [flag_name](std::int64_t v) {
-      if (v < 0) throw Error(std::string(flag_name) + " must be >= 0 ns");
-      return static_cast<Nanos>(v);
-    };
-  };
-  take("host/ep_node_ns", f.ep_node_ns, c.host.ep_node_ns, nanos("--ep-node-ns"));
-  take("host/ep_backward_call_ns", f.ep_backward_call_ns, c.host.ep_backward_call_ns, nanos("--ep-backward-call-ns"));
-  take("host/event_record_ns", f.event_record_ns, c.host.event_record_ns, nanos("--event-record-ns"));
-  std::string over;
-  for (const auto& [given, name] : {std::pair{f.ep_node_ns.has_value(), "--ep-node-ns"},
-                                    std::pair{f.ep_backward_call_ns.has_value(), "--ep-backward-call-ns"},
-                                    std::pair{f.event_record_ns.has_value(), "--event-record-ns"}}) {
-    if (given) over += std::string(over.empty() ? "" : ", ") + name;
-  }
-  if (!over.empty()) r.host_costs += "; " + over + " from the command line";
+  take_host_cost_flags(f, c.host, set, r.host_costs);
   if (world_size > 0) c.world_size = world_size;
   if (gpu_memory_bytes > 0) c.gpu_memory_bytes = gpu_memory_bytes;
   (void)models::derived_dp(c);  // reports a world size that does not divide, or a --dp that disagrees

@@ -584,9 +584,10 @@ CommCost CostModel::all_to_all_cost(double max_intra_bytes, double max_inter_byt
   const std::uint32_t channels = nc.p2p_channels_nvlink;
   // NCCL picks LL for a peer's transfer when its bytes <= p2pnChannelsPerPeer x NCCL_P2P_LL_THRESHOLD (enqueue.cc),
   // and p2pnChannelsPerPeer is the fewest channels any peer of the communicator gets (init.cc: the minimum of
-  // ncclTopoGetNchannels over the peers, NCCL_NCHANNELS_PER_NET_PEER for a peer on another node). One network peer
-  // therefore lowers the threshold for every peer of a multi-node all-to-all, as in p2p_cost across nodes.
-  const std::uint32_t ll_channels = inter ? std::min(nc.p2p_channels_net, channels) : channels;
+  // ncclTopoGetNchannels over the peers, NCCL_NCHANNELS_PER_NET_PEER for a peer on another node), halved on large
+  // communicators (NcclConfig::net_channels_per_peer). One network peer therefore lowers the threshold for every
+  // peer of a multi-node all-to-all, as in p2p_cost across nodes.
+  const std::uint32_t ll_channels = inter ? nc.net_channels_per_peer(span.ranks) : channels;
   const bool ll = max_peer_bytes <= ll_channels * kP2pLLThresholdBytes;
   const int p = ll ? 0 : 2;
   const double eff = ll ? 0.5 : 1.0;  // LL: half the wire carries flags

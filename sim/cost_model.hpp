@@ -112,6 +112,19 @@ struct NcclConfig {
   std::uint32_t p2p_channels_net = 4;      ///< CTAs per network peer (NCCL_NCHANNELS_PER_NET_PEER).
   std::uint32_t p2p_peers_per_round = 8;   ///< NCCL_MAX_DEV_WORK_P2P_PER_BATCH.
   double net_overhead_s = 1e-6;            ///< Per network post (Intel host), x3 for Simple.
+
+  /// Channels per peer (p2pnChannelsPerPeer) of the p2p operations of a communicator of `ranks` ranks across nodes:
+  /// the fewest of any peer, a network peer's p2p_channels_net, then halved while channels x ceil(ranks /
+  /// p2p_peers_per_round) exceeds the p2p channels (p2p_channels_nvlink), down to 1, so that every peer fits in one
+  /// round of the channels (NCCL src/graph/paths.cc, ncclTopoComputeP2pChannels, when NCCL_NCHANNELS_PER_NET_PEER is
+  /// not set). Defaults: 4 up to 64 ranks, 2 up to 128, 1 beyond.
+  [[nodiscard]] std::uint32_t net_channels_per_peer(std::uint32_t ranks) const {
+    std::uint32_t c = p2p_channels_net < p2p_channels_nvlink ? p2p_channels_net : p2p_channels_nvlink;
+    const std::uint32_t per_round = p2p_peers_per_round > 0 ? p2p_peers_per_round : 1;
+    const std::uint32_t rounds = (ranks + per_round - 1) / per_round;
+    while (c > 1 && c * rounds > p2p_channels_nvlink) c /= 2;
+    return c > 0 ? c : 1;
+  }
 };
 
 /// Interference coefficients (sharing of one GPU between concurrent kernels).

@@ -55,3 +55,15 @@ for zoo, layers in (("llama3-8b", 4), ("qwen3-30b-a3b", 2)):
     json.dump(m, open(f"{sys.argv[1]}/{zoo}-{layers}l.json", "w"), indent=1)
 PY
 }
+# accumulate_gpu_tests DIR: builds the CLI and backend_tests at this tree's revision (log DIR/build.log), then runs the
+# backend's accumulating-GEMM GPU tests ("*accumulat*": C += A B into an fp32 and into a bf16 C) into
+# DIR/backend_tests.log and prints their exit status and summary; returns 1 when the build fails.
+accumulate_gpu_tests() {
+  local rev
+  rev=$(revision)
+  echo "== build $(date +%T) revision $rev"
+  REV=$rev build_gpu "$1/build.log" twinstep backend_tests || return 1
+  echo "== GPU tests $(date +%T)"
+  timeout 120 "$B"/tests/backend/backend_tests "*accumulat*" > "$1/backend_tests.log" 2>&1
+  echo "backend_tests exit $?"; tail -3 "$1/backend_tests.log"
+}

@@ -11,12 +11,7 @@
 set -u
 OUT=$1
 mkdir -p "$OUT"
-. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, build_gpu, $B, $T, revision
-REV=$(revision)
-echo "== build $(date +%T) revision $REV"
-REV=$REV build_gpu "$OUT/build.log" twinstep backend_tests || exit 1
-echo "== GPU tests $(date +%T)"
-timeout 120 "$B"/tests/backend/backend_tests "*accumulat*" > "$OUT/backend_tests.log" 2>&1
-echo "backend_tests exit $?"; tail -3 "$OUT/backend_tests.log"
+. "$(dirname "$0")/device_env.sh"  # NVLS off, MPI as root, torch's NCCL/cuBLAS, accumulate_gpu_tests, $T
+accumulate_gpu_tests "$OUT" || exit 1  # build, then the backend's accumulating-GEMM GPU tests
 bash "$(dirname "$0")/remeasure_groups_1gpu.sh" "$OUT" compute.gemm compute.gemm_accumulate
 echo "== done $(date +%T)"

@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "calibration/raw_file.hpp"
 #include "calibration/suite.hpp"
 #include "schedule/builder.hpp"
 #include "tests/catch.hpp"

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "calibration/fit.hpp"
+#include "calibration/raw_file.hpp"
 #include "common/error.hpp"
 #include "common/hash.hpp"
 #include "schedule/json.hpp"

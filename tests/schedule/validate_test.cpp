@@ -49,8 +49,9 @@ TEST_CASE("schedule::validate: hand-written valid schedules pass", "[schedule]")
   CHECK_NOTHROW(ts::check(two_rank_ar()));
 }
 
-// Over 120 lines and kept whole on purpose: one section per error class, read as the list of what validate() rejects.
-TEST_CASE("schedule::validate: one failing example per error class", "[schedule]") {
+// One failing example per error class, by the part of the schedule it concerns: together, the list of what
+// validate() rejects.
+TEST_CASE("schedule::validate: one failing example per error class: ids and ranks", "[schedule]") {
   SECTION("ids not dense") {
     auto s = two_rank_ar();
     s.ops[2].id = 7;
@@ -64,6 +65,9 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
     REQUIRE(!d.empty());
     CHECK(d[0].field == "rank");
   }
+}
+
+TEST_CASE("schedule::validate: one failing example per error class: GEMM fields", "[schedule]") {
   SECTION("an integer GEMM accumulating into fp32") {
     auto s = two_rank_ar();
     auto& g = std::get<ts::Gemm>(std::get<ts::Compute>(s.ops[0].body).kernel);
@@ -83,6 +87,9 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
     g.dtype = ts::DType::kInt64;
     expect_one(s, "accumulate", "integer GEMM");
   }
+}
+
+TEST_CASE("schedule::validate: one failing example per error class: streams and communicators", "[schedule]") {
   SECTION("undeclared stream") {
     auto s = two_rank_ar();
     s.ops[0].stream = 5;
@@ -103,6 +110,9 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
     std::get<ts::Collective>(s.ops[3].body).comm = 1;
     expect_one(s, "comm", "not a member");
   }
+}
+
+TEST_CASE("schedule::validate: one failing example per error class: collectives", "[schedule]") {
   SECTION("collective size mismatch") {
     auto s = two_rank_ar();
     std::get<ts::Collective>(s.ops[3].body).bytes = 2048;
@@ -127,6 +137,18 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
     REQUIRE(d.size() == 2);
     CHECK(d[0].field == "send_bytes");
   }
+  SECTION("broadcast root outside the communicator") {
+    Builder b(skeleton(2));
+    for (ts::RankId r = 0; r < 2; ++r) {
+      b.add(r, "bc", 1, ts::Collective{ts::CollectiveKind::kBroadcast, 0, 8, ts::DType::kBF16, {}, 5});
+    }
+    const auto d = ts::validate(b.schedule());
+    REQUIRE(d.size() == 2);
+    CHECK(d[0].field == "root");
+  }
+}
+
+TEST_CASE("schedule::validate: one failing example per error class: send and recv", "[schedule]") {
   SECTION("unmatched send") {
     Builder b(skeleton(2));
     b.add(0, "send", 1, ts::Send{0, 1, 64, 3});
@@ -159,6 +181,9 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
     ok.add(1, "recv", 1, ts::Recv{0, 0, 64, 0, ts::Transport::kSmKernel, 2});
     CHECK(ts::validate(ok.schedule()).empty());
   }
+}
+
+TEST_CASE("schedule::validate: one failing example per error class: deps and host_sync targets", "[schedule]") {
   SECTION("dep on a later op (a dep cycle)") {
     auto s = two_rank_ar();
     s.ops[0].deps = {1};
@@ -174,15 +199,6 @@ TEST_CASE("schedule::validate: one failing example per error class", "[schedule]
     b.add(0, "sync", 0, ts::HostSync{1});
     b.gemm(0, "g", 0, 1, 1, 1);
     expect_one(b.schedule(), "target", "not an earlier op");
-  }
-  SECTION("broadcast root outside the communicator") {
-    Builder b(skeleton(2));
-    for (ts::RankId r = 0; r < 2; ++r) {
-      b.add(r, "bc", 1, ts::Collective{ts::CollectiveKind::kBroadcast, 0, 8, ts::DType::kBF16, {}, 5});
-    }
-    const auto d = ts::validate(b.schedule());
-    REQUIRE(d.size() == 2);
-    CHECK(d[0].field == "root");
   }
 }
 

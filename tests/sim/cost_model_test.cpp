@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/error.hpp"
+#include "sim/connections.hpp"
 #include "tests/catch.hpp"
 #include "tests/sim/builder.hpp"
 
@@ -476,18 +477,68 @@ TEST_CASE("sim::CostModel: a multi-node all-to-all picks LL by the network peers
   CHECK(intra.bandwidth_time_s == Approx(7 * 131072.0 / (370.8e9 * 0.5)));
 }
 
+namespace {
+/// An even all-to-all of `n` ranks (8 per node) on the SuperPOD fat tree against the closed form of NCCL's channels
+/// per network peer: `channels` (worked out by hand from NCCL's rule, NcclConfig::net_channels_per_peer) sets the LL
+/// threshold at channels x 16 KiB per peer, LL running the NIC at half its 48 GB/s (flags), and the connections a
+/// network peer holds on the NIC (channels x 8 / (n - 1), a round's share). With `wider` (the channels before the
+/// halving), a per-peer message between the two thresholds runs in Simple, where it ran in LL before.
+void check_net_channels(std::uint32_t n, std::uint32_t channels, std::uint32_t wider) {
+  const auto pod = topologies::load_cluster("h100-superpod", {32, 0});
+  const CostModel costs(pod, Profile::datasheet_defaults());
+  const auto& nc = costs.profile().nccl;
+  const auto span = costs.span(group(iota(0, n)));
+  const auto at = [&](double per_peer) {
+    return costs.all_to_all_cost(7 * per_peer, (n - 8) * per_peer, n - 1, per_peer, span);
+  };
+  CAPTURE(n);
+  CHECK(nc.net_channels_per_peer(n) == channels);
+  const double threshold = channels * 16384.0;
+  const auto ll = at(threshold);
+  CHECK(ll.proto == NcclProto::kLL);
+  CHECK(ll.bandwidth_time_s == Approx((n - 8) * threshold / (48e9 * 0.5)));
+  const auto simple = at(threshold + 16);
+  CHECK(simple.proto == NcclProto::kSimple);
+  CHECK(simple.bandwidth_time_s == Approx((n - 8) * (threshold + 16) / 48e9));
+  if (wider > channels) CHECK(at(wider * 16384.0).proto == NcclProto::kSimple);
+  CHECK(all_to_all_peer_connections(nc, n - 1, true) == Approx(channels * 8.0 / (n - 1)));
+}
+}  // namespace
+
+// NCCL halves the channels per network peer (4 for one 400G NIC) while channels x ceil(ranks / 8) exceeds the 32 p2p
+// channels (src/graph/paths.cc, ncclTopoComputeP2pChannels), so every peer fits in one round: 4 x ceil(n / 8) <= 32
+// up to 64 ranks, 2 x ceil(n / 8) <= 32 up to 128, 1 beyond. The three regimes at their edges:
+TEST_CASE("sim::CostModel: a multi-node all-to-all of up to 64 ranks keeps 4 channels per network peer", "[sim][a2a]") {
+  check_net_channels(16, 4, 4);
+  check_net_channels(64, 4, 4);
+}
+
+TEST_CASE("sim::CostModel: a multi-node all-to-all of 65-128 ranks halves to 2 channels per network peer",
+          "[sim][a2a]") {
+  check_net_channels(72, 2, 4);
+  check_net_channels(128, 2, 4);
+}
+
+TEST_CASE("sim::CostModel: a multi-node all-to-all of more than 128 ranks keeps 1 channel per network peer",
+          "[sim][a2a]") {
+  check_net_channels(136, 1, 2);
+  check_net_channels(256, 1, 2);
+  // The halving stops at 1 however many rounds there are.
+  CHECK(Profile::datasheet_defaults().nccl.net_channels_per_peer(4096) == 1);
+}
+
 TEST_CASE("sim::CostModel: inter-node all-to-all beside published alltoall_perf figures (table printed)",
           "[sim][a2a]") {
   // docs/alltoall.md: nccl-tests' alltoall_perf with S bytes per rank on n ranks of
-  // 8-GPU nodes (each peer S / n), busbw = S / t x (n - 1) / n, on the SuperPOD fat tree (h100-superpod, 16 nodes).
-  const auto pod = topologies::load_cluster("h100-superpod", {16, 0});
+  // 8-GPU nodes (each peer S / n), busbw = S / t x (n - 1) / n, on the SuperPOD fat tree (h100-superpod, 32 nodes).
+  const auto pod = topologies::load_cluster("h100-superpod", {32, 0});
   const CostModel costs(pod, Profile::datasheet_defaults());
   const auto a2a = [&](std::uint32_t n, double s) {
     const double per_peer = s / n;
     return costs.all_to_all_cost(7 * per_peer, (n - 8) * per_peer, n - 1, per_peer, costs.span(group(iota(0, n))));
   };
   std::printf("a2a: ranks, bytes per rank, model time (us), busbw (GB/s), protocol\n");
-  for (std::uint32_t n : {16u, 32u, 64u, 128u}) {
+  for (std::uint32_t n : {16u, 32u, 64u, 128u, 256u}) {
     for (double s : {1048576.0, 8388608.0, 67108864.0, 1073741824.0}) {
       const auto c = a2a(n, s);
       std::printf("a2a: %u, %.0f, %.1f, %.1f, %s\n", n, s, c.time_s() * 1e6, s / c.time_s() * (n - 1) / n / 1e9,

@@ -8,11 +8,9 @@
 
 #include "models/lower.hpp"
 #include "sim/cost_model.hpp"
-#include "sim/simulate.hpp"
 #include "tests/catch.hpp"
+#include "tests/support/analytic_step.hpp"
 #include "tests/support/grad_accumulation.hpp"
-#include "tests/support/run_configs.hpp"
-#include "topologies/cluster.hpp"
 
 using namespace twinstep;
 
@@ -25,21 +23,18 @@ struct Step {
 };
 
 Step step(const models::ModelSpec& m, const models::RunConfig& c) {
-  const auto cluster = topologies::load_cluster("h200x2-nvlink");
-  const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
+  const testing::AnalyticH200x2 h200x2;
   const auto low = models::lower(m, c);
-  sim::Options opt;
-  opt.fidelity = sim::Fidelity::kAnalytic;
-  const schedule::Trace t = sim::simulate(low.schedule, cluster, costs, opt);
+  const schedule::Trace t = h200x2.simulate(low.schedule);
+  auto hook = [](const std::string& name) {
+    return name.ends_with("embedding_wgrad_main_grad_add") || name.ends_with("router_wgrad_main_grad_add");
+  };
   Step s;
-  s.step_s = to_seconds(t.step_times_ns.front());
-  for (const auto& rec : t.records) {
-    const auto& op = low.schedule.ops[rec.op];
-    if (op.rank != 0 || !op.name.ends_with("_main_grad_add")) continue;
-    const bool hook =
-        op.name.ends_with("embedding_wgrad_main_grad_add") || op.name.ends_with("router_wgrad_main_grad_add");
-    (hook ? s.hook_adds_s : s.adds_s) += to_seconds(rec.end_ns - rec.start_ns);
-  }
+  s.step_s = testing::step_s(t);
+  s.adds_s = testing::rank0_time(t, low.schedule, [&](const std::string& name) {
+               return name.ends_with("_main_grad_add") && !hook(name);
+             }).seconds;
+  s.hook_adds_s = testing::rank0_time(t, low.schedule, hook).seconds;
   return s;
 }
 
@@ -65,8 +60,8 @@ void check_unfused_slower(const models::ModelSpec& m, const models::RunConfig& c
 }  // namespace
 
 TEST_CASE("sim: a dense step without gradient_accumulation_fusion is slower than with it", "[sim]") {
-  const auto dense = testing::dense_tp2_case(4096, 2);  // TP 2 with SP, two micro-batches
-  check_unfused_slower(dense.model, testing::production(dense.config));
+  const auto dense = testing::dense_tp2_production();  // TP 2 with SP, two micro-batches
+  check_unfused_slower(dense.model, dense.config);
 }
 
 TEST_CASE("sim: an MoE step without gradient_accumulation_fusion is slower than with it", "[sim][moe]") {
@@ -78,21 +73,16 @@ TEST_CASE(
     "sim: with bf16 main grads the fused wgrad GEMMs' accumulation into C makes the step slower than plain "
     "GEMMs",
     "[sim]") {
-  models::ModelSpec m = models::load_model("llama3-8b");
-  m.num_layers = 2;
-  models::RunConfig c = testing::production(testing::run_config({2, 2, 1, 1, 1, 1, 1, 2, 4096}));
-  c.grad_reduce_in_fp32 = false;
-  c.gradient_accumulation_fusion = true;
-  const auto cluster = topologies::load_cluster("h200x2-nvlink");
-  const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
-  sim::Options opt;
-  opt.fidelity = sim::Fidelity::kAnalytic;
-  auto low = models::lower(m, c);
-  const double accumulating = to_seconds(sim::simulate(low.schedule, cluster, costs, opt).step_times_ns.front());
+  auto k = testing::dense_tp2_production();
+  k.config.grad_reduce_in_fp32 = false;
+  k.config.gradient_accumulation_fusion = true;
+  const testing::AnalyticH200x2 h200x2;
+  auto low = models::lower(k.model, k.config);
+  const double accumulating = testing::step_s(h200x2.simulate(low.schedule));
   // The same schedule with every wgrad GEMM writing its C instead (the lowering before the bf16 accumulate).
   int stripped = 0;
   double rank0_read_s = 0;  // rank 0's C reads: 2 B per wgrad C element at HBM bandwidth x memory efficiency
-  const double bw = cluster.node.gpu.hbm_bytes_per_s * sim::Profile::datasheet_defaults().memory_efficiency;
+  const double bw = h200x2.cluster.node.gpu.hbm_bytes_per_s * sim::Profile::datasheet_defaults().memory_efficiency;
   for (auto& op : low.schedule.ops) {
     auto* comp = std::get_if<schedule::Compute>(&op.body);
     if (comp == nullptr) continue;
@@ -103,7 +93,7 @@ TEST_CASE(
     }
   }
   CHECK(stripped > 0);
-  const double plain = to_seconds(sim::simulate(low.schedule, cluster, costs, opt).step_times_ns.front());
+  const double plain = testing::step_s(h200x2.simulate(low.schedule));
   CHECK(accumulating > plain);
   // Not more than the C reads explain (TP ranks are symmetric: rank 0's reads bound the step's growth).
   CHECK(accumulating - plain <= rank0_read_s * (1 + 1e-6) + 1e-9);

@@ -5,11 +5,8 @@
 #include <string>
 
 #include "models/lower.hpp"
-#include "sim/cost_model.hpp"
-#include "sim/simulate.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/run_configs.hpp"
-#include "topologies/cluster.hpp"
+#include "tests/support/analytic_step.hpp"
 
 using namespace twinstep;
 
@@ -20,25 +17,17 @@ struct Step {
 };
 
 Step step(bool fusion, models::CrossEntropyFusionImpl impl) {
-  models::ModelSpec m = models::load_model("llama3-8b");
-  m.num_layers = 2;
-  models::RunConfig c = testing::production(testing::run_config({2, 2, 1, 1, 1, 1, 1, 2, 4096}));
-  c.cross_entropy_loss_fusion = fusion;
-  c.cross_entropy_fusion_impl = impl;
-  const auto cluster = topologies::load_cluster("h200x2-nvlink");
-  const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
-  sim::Options opt;
-  opt.fidelity = sim::Fidelity::kAnalytic;
-  const auto low = models::lower(m, c);
-  const schedule::Trace t = sim::simulate(low.schedule, cluster, costs, opt);
+  auto k = testing::dense_tp2_production();
+  k.config.cross_entropy_loss_fusion = fusion;
+  k.config.cross_entropy_fusion_impl = impl;
+  const testing::AnalyticH200x2 h200x2;
+  const auto low = models::lower(k.model, k.config);
+  const schedule::Trace t = h200x2.simulate(low.schedule);
   Step s;
-  s.step_s = to_seconds(t.step_times_ns.front());
-  for (const auto& rec : t.records) {
-    const auto& op = low.schedule.ops[rec.op];
-    if (op.rank == 0 && (op.name.ends_with(".cross_entropy") || op.name.ends_with(".cross_entropy_bwd"))) {
-      s.loss_s += to_seconds(rec.end_ns - rec.start_ns);
-    }
-  }
+  s.step_s = testing::step_s(t);
+  s.loss_s = testing::rank0_time(t, low.schedule, [](const std::string& name) {
+               return name.ends_with(".cross_entropy") || name.ends_with(".cross_entropy_bwd");
+             }).seconds;
   return s;
 }
 

@@ -5,41 +5,26 @@
 #include <variant>
 
 #include "models/lower.hpp"
-#include "sim/cost_model.hpp"
-#include "sim/simulate.hpp"
 #include "tests/catch.hpp"
-#include "tests/support/run_configs.hpp"
-#include "topologies/cluster.hpp"
+#include "tests/support/analytic_step.hpp"
 
 using namespace twinstep;
 
 TEST_CASE("sim: the skip gradient's adds after the norms' backward lengthen the step by their time", "[sim][norm]") {
-  models::ModelSpec m = models::load_model("llama3-8b");
-  m.num_layers = 2;
-  const models::RunConfig c = testing::production(testing::run_config({2, 2, 1, 1, 1, 1, 1, 2, 4096}));
-  const auto cluster = topologies::load_cluster("h200x2-nvlink");
-  const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
-  sim::Options opt;
-  opt.fidelity = sim::Fidelity::kAnalytic;
-  auto low = models::lower(m, c);
-  const schedule::Trace with = sim::simulate(low.schedule, cluster, costs, opt);
-  double adds_s = 0;  // rank 0's adds
-  int adds = 0;
-  for (const auto& rec : with.records) {
-    const auto& op = low.schedule.ops[rec.op];
-    if (op.rank == 0 && op.name.ends_with("_residual_grad_add")) {
-      adds_s += to_seconds(rec.end_ns - rec.start_ns);
-      ++adds;
-    }
-  }
-  CHECK(adds == 2 * 2 * 2);  // ln1 and ln2, two layers, two micro-batches
+  const auto k = testing::dense_tp2_production();
+  const testing::AnalyticH200x2 h200x2;
+  auto low = models::lower(k.model, k.config);
+  const schedule::Trace with = h200x2.simulate(low.schedule);
+  auto is_add = [](const std::string& name) { return name.ends_with("_residual_grad_add"); };
+  const testing::OpTime adds = testing::rank0_time(with, low.schedule, is_add);  // rank 0's adds
+  CHECK(adds.ops == 2 * 2 * 2);  // ln1 and ln2, two layers, two micro-batches
   // The same schedule with the adds moving no bytes (their launches stay).
   for (auto& op : low.schedule.ops) {
-    if (!op.name.ends_with("_residual_grad_add")) continue;
+    if (!is_add(op.name)) continue;
     std::get<schedule::Elementwise>(std::get<schedule::Compute>(op.body).kernel).bytes = 0;
   }
-  const schedule::Trace without = sim::simulate(low.schedule, cluster, costs, opt);
-  const double grown = to_seconds(with.step_times_ns.front()) - to_seconds(without.step_times_ns.front());
-  CHECK(grown > 0.5 * adds_s);
-  CHECK(grown <= adds_s * (1 + 1e-6));
+  const schedule::Trace without = h200x2.simulate(low.schedule);
+  const double grown = testing::step_s(with) - testing::step_s(without);
+  CHECK(grown > 0.5 * adds.seconds);
+  CHECK(grown <= adds.seconds * (1 + 1e-6));
 }
