@@ -551,12 +551,13 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   opts.fidelity = cf.fidelity;
   opts.context["schedule_file"] = path;
   opts.keep_trace = true;
-  evaluate::Simulated simulated = evaluate::simulate_schedule(s, setup.cluster, costs, opts);
-  // The power-cap clock: solved from this step, the step again with the tables at that clock.
+  evaluate::Simulated simulated = evaluate::simulate_schedule(std::move(s), setup.cluster, costs, opts);
+  // The power-cap clock: solved from this step, the step again (its schedule, kept in the trace) at that clock.
   const Clocked clocked = clocked_costs(setup, *simulated.trace);
   if (clocked.costs) {
     for (const auto& [k, v] : clocked.context) opts.context[k] = v;
-    simulated = evaluate::simulate_schedule(std::move(s), setup.cluster, *clocked.costs, opts);
+    schedule::Schedule again = std::move(simulated.trace->schedule);
+    simulated = evaluate::simulate_schedule(std::move(again), setup.cluster, *clocked.costs, opts);
   }
   const schedule::Trace& trace = *simulated.trace;
   if (out == "-") {
