@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,7 @@
 #include "schedule/json.hpp"
 #include "schedule/perfetto.hpp"
 #include "schedule/validate.hpp"
+#include "sim/clock_model.hpp"
 #include "sim/profile_choice.hpp"
 #include "sim/simulate.hpp"
 #include "sweep/grid.hpp"
@@ -36,6 +38,7 @@ struct ClusterFlags {
   std::uint32_t gpus = 0;
   std::string profile;
   sim::Fidelity fidelity = sim::default_fidelity();
+  std::string clock_model;  ///< --clock-model; empty: the profile's clock_model.mode.
 };
 
 void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = true) {
@@ -60,11 +63,18 @@ void add_cluster_flags(CLI::App* sub, ClusterFlags& f, bool cluster_required = t
           to_string(sim::default_fidelity()) + ", as in sweep" +
           (sim::flow_model_available() ? " (flow: " + sim::flow_engine_version() + " built in)"
                                        : " (this build has no SimGrid, so no flow)"));
+  sub->add_option("--clock-model", f.clock_model,
+                  "SM clock under the power cap: none (the profile's tables as measured) or power-cap (solve the "
+                  "clock each rank settles at from the simulated step, rescale the compute tables to the lowest, "
+                  "simulate again; needs the profile's clock_model, docs/calibration.md section 8). Default: the "
+                  "profile's clock_model.mode, else none")
+      ->check(CLI::IsMember({"none", "power-cap"}));
 }
 
 struct Setup {
   topologies::Cluster cluster;
   sim::ProfileChoice choice;  ///< The profile, why it was chosen, its warnings (another GPU, datasheet fields).
+  sim::ClockMode clock = sim::ClockMode::kNone;  ///< --clock-model, else the profile's.
   [[nodiscard]] const sim::Profile& profile() const { return choice.profile; }
 };
 
@@ -72,7 +82,36 @@ Setup load_setup(const ClusterFlags& f) {
   Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}), {}};
   s.choice = sim::choose_profile(f.profile, s.cluster);
   sim::check_available(f.fidelity);
+  const sim::ClockModel& cm = s.profile().clock_model;
+  s.clock = f.clock_model.empty() ? cm.mode : sim::parse_clock_mode(f.clock_model, "--clock-model");
+  if (s.clock == sim::ClockMode::kPowerCap && !cm.present()) {
+    throw Error("--clock-model power-cap: the profile " + s.profile().name +
+                " has no \"clock_model\" section (power and clock microbenchmark figures, docs/calibration.md "
+                "section 8); use a profile with one (--profile h200x2) or --clock-model none");
+  }
   return s;
+}
+
+/// With the power-cap clock model: the clock `trace` settles at, `costs` rescaled to it, and the context entries
+/// that record it. Returns nothing (costs unchanged) without it.
+struct Clocked {
+  std::optional<sim::CostModel> costs;
+  std::map<std::string, std::string> context;
+};
+
+Clocked clocked_costs(const Setup& setup, const schedule::Trace& trace) {
+  Clocked c;
+  if (setup.clock != sim::ClockMode::kPowerCap) return c;
+  const sim::ClockSolution s = sim::power_cap_clock(trace, setup.profile().clock_model);
+  c.costs.emplace(setup.cluster, sim::at_clock(setup.profile(), s.mhz));
+  std::string per_rank;
+  for (const auto& [rank, mhz] : s.per_rank_mhz) {
+    per_rank += (per_rank.empty() ? "" : ",") + std::to_string(std::lround(mhz));
+  }
+  c.context["clock_model"] = "power-cap";
+  c.context["clock_model.sm_clock_mhz"] = std::to_string(std::lround(s.mhz));
+  c.context["clock_model.sm_clock_mhz.per_rank"] = per_rank;
+  return c;
 }
 
 struct VariantResult {
@@ -267,12 +306,24 @@ VariantResult evaluate_variant(const PredictArgs& args, const Setup& setup, cons
   evaluate::Options opts;
   opts.fidelity = args.cf.fidelity;
   opts.reduce = !args.no_reduce;
-  opts.keep_trace = !args.trace_dir.empty();
+  opts.keep_trace = !args.trace_dir.empty() || setup.clock == sim::ClockMode::kPowerCap;
   opts.context["variant"] = v;
   opts.context["model"] = model.name;
+  const models::RunConfig config = models::apply_overlap_variant(base, variant);
   evaluate::Result e;
+  std::string clock_note;
   try {
-    e = evaluate::evaluate(model, setup.cluster, costs, models::apply_overlap_variant(base, variant), opts);
+    e = evaluate::evaluate(model, setup.cluster, costs, config, opts);
+    // The power-cap clock: solved from this step, the step again with the tables at that clock.
+    const Clocked clocked = e.sim.trace ? clocked_costs(setup, *e.sim.trace) : Clocked{};
+    if (clocked.costs) {
+      for (const auto& [k, val] : clocked.context) opts.context[k] = val;
+      opts.keep_trace = !args.trace_dir.empty();
+      e = evaluate::evaluate(model, setup.cluster, *clocked.costs, config, opts);
+      clock_note = "SM clock under the power cap: " + clocked.context.at("clock_model.sm_clock_mhz") +
+                   " MHz (per rank " + clocked.context.at("clock_model.sm_clock_mhz.per_rank") +
+                   "; compute tables rescaled from their measured clocks)";
+    }
   } catch (const Error& err) {
     throw Error("variant " + v + ": " + err.what(), err.code());
   }
@@ -289,6 +340,7 @@ VariantResult evaluate_variant(const PredictArgs& args, const Setup& setup, cons
   r.memory = e.peak_memory;
   r.warnings = std::move(e.warnings);
   r.notes = std::move(e.sim.notes);
+  if (!clock_note.empty()) r.notes.push_back(clock_note);
   if (e.sim.trace) {
     const std::string stem = (std::filesystem::path(args.trace_dir) / v).string();
     schedule::write_trace(*e.sim.trace, stem + ".trace.json");
@@ -500,6 +552,13 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   opts.context["schedule_file"] = path;
   opts.keep_trace = true;
   evaluate::Simulated simulated = evaluate::simulate_schedule(std::move(s), setup.cluster, costs, opts);
+  // The power-cap clock: solved from this step, the step again (its schedule, kept in the trace) at that clock.
+  const Clocked clocked = clocked_costs(setup, *simulated.trace);
+  if (clocked.costs) {
+    for (const auto& [k, v] : clocked.context) opts.context[k] = v;
+    schedule::Schedule again = std::move(simulated.trace->schedule);
+    simulated = evaluate::simulate_schedule(std::move(again), setup.cluster, *clocked.costs, opts);
+  }
   const schedule::Trace& trace = *simulated.trace;
   if (out == "-") {
     schedule::write_trace(trace, out);
@@ -509,7 +568,9 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   const schedule::Breakdown& b = simulated.breakdown;
   std::fputs(
       ("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile().name + ", fidelity " +
-       to_string(cf.fidelity) + ")\n" + schedule::format_breakdown(b) +
+       to_string(cf.fidelity) +
+       (clocked.costs ? ", SM clock " + clocked.context.at("clock_model.sm_clock_mhz") + " MHz (power-cap)" : "") +
+       ")\n" + schedule::format_breakdown(b) +
        (out.empty() ? "no trace written (-o FILE writes it, -o - to stdout)\n" : "trace written to " + out + "\n"))
           .c_str(),
       stdout);

@@ -238,6 +238,31 @@ struct FitSummary {
   std::string note;
 };
 
+/// Whether predict and simulate solve the SM clock under the power cap (sim/clock_model.hpp).
+enum class ClockMode : std::uint8_t { kNone, kPowerCap };
+
+/// Optional ("clock_model"): the SM clock under the board's power cap, from the power and clock microbenchmarks
+/// (docs/calibration.md section 8; never from step times). Power figures are above idle at max_mhz.
+struct ClockModel {
+  ClockMode mode = ClockMode::kNone;  ///< The profile's default; `--clock-model` overrides it.
+  double power_limit_w = 0;           ///< 0: no clock model in the profile.
+  double idle_w = 0;
+  double max_mhz = 0;
+  double min_mhz = 300;          ///< Lower end of the clock search.
+  double power_exponent = 0;     ///< Power of a compute-bound class ~ f^power_exponent.
+  double time_exponent = 0;      ///< Duration of a compute-bound class ~ f^-time_exponent.
+  EfficiencyTable gemm_power_w;  ///< (FLOPs of one GEMM, W above idle at max_mhz), interpolated as the tables are.
+  double attention_w = 0;
+  double memory_w = 0;  ///< elementwise, optimizer, memcpy (their time does not depend on the clock).
+  double comm_w = 0;    ///< Collectives, sends and receives, over their whole span (waiting included).
+  /// The clock each compute table was measured at (the suite groups' GPU monitor), by table name; a table not named
+  /// here is not rescaled and its class draws memory_w.
+  std::map<std::string, double> measured_mhz;
+  std::string source;
+
+  [[nodiscard]] bool present() const { return power_limit_w > 0; }
+};
+
 /// A calibration profile: everything the cost model takes from measurements. `datasheet_defaults()` holds the
 /// documented defaults; a profile file overrides any part of it.
 struct Profile {
@@ -279,6 +304,7 @@ struct Profile {
   MemoryOverhead memory_overhead;
   CopyEngine copy_engine;
   std::vector<FitSummary> fits;
+  ClockModel clock_model;  ///< Optional ("clock_model"); absent: present() is false.
   /// The file's "name" field, which profile_to_json() writes (`name` adds the file path for display); empty: none.
   std::string declared_name;
   /// Fields that datasheet_defaults() sets and the profile file lacks ("compute.attention_bwd", "memory_efficiency",

@@ -39,6 +39,11 @@
 //                         "source": "..."},  (optional, later addition; each key optional: what the GPU measured)
 //     "copy_engine": {"nvlink_efficiency": 0.8356, "source": "..."},  (optional, later addition: a copy-engine
 //                         peer copy's fraction of the NVLink line rate; absent: sim::CopyEngine's default)
+//     "clock_model": {"mode": "none", "power_limit_w": 700, "idle_w": 116, "max_mhz": 1980, "power_exponent": 1.9,
+//                     "time_exponent": 0.74, "gemm_power_w": [[flops, W], ...], "attention_w": 429, "memory_w": 384,
+//                     "comm_w": 0, "measured_mhz": {"gemm": 1500, ...}, "min_mhz": 300, "source": "..."},
+//                    (optional, later addition: the SM clock under the power cap, sim/clock_model.hpp; W above idle at
+//                     max_mhz; "mode" "power-cap" turns it on by default; min_mhz optional)
 //     "fits": [{"name": "compute.gemm", "points": 40, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.09,
 //               "note": "..."}] }
 // The later additions are optional, so every schema-1 file reads as before. profile_to_json() writes the same
@@ -53,6 +58,7 @@
 #include "common/error.hpp"
 #include "common/io.hpp"
 #include "common/json.hpp"
+#include "sim/clock_model.hpp"
 #include "sim/cost_model.hpp"
 
 namespace twinstep::sim {
@@ -211,6 +217,59 @@ void read_interference(const Reader& r, const Json& f, Profile& p) {
   if (f.contains("attention_tile_q")) {
     p.interference.attention_tile_q = r.count(f["attention_tile_q"], "/interference/attention_tile_q", 0);
   }
+}
+
+/// "clock_model": the SM clock under the power cap (sim/clock_model.hpp); every figure but mode, min_mhz and source
+/// required.
+void read_clock_model(const Reader& r, const Json& c, Profile& p) {
+  const std::string at = "/clock_model";
+  r.keys(c, at,
+         {"mode", "power_limit_w", "idle_w", "max_mhz", "min_mhz", "power_exponent", "time_exponent", "gemm_power_w",
+          "attention_w", "memory_w", "comm_w", "measured_mhz", "source"});
+  ClockModel& m = p.clock_model;
+  const auto number = [&](const char* key, double min) {
+    if (!c.contains(key)) r.fail(at, std::string("missing \"") + key + "\" (docs/calibration.md section 8)");
+    const double v = r.quantity(c[key], at + "/" + key, Dimension::kDimensionless);
+    if (!(v >= min)) r.fail(at + "/" + key, "must be at least " + std::to_string(min));
+    return v;
+  };
+  if (c.contains("mode")) m.mode = r.name(c["mode"], at + "/mode", parse_clock_mode);
+  m.power_limit_w = number("power_limit_w", 1);
+  m.idle_w = number("idle_w", 0);
+  m.max_mhz = number("max_mhz", 1);
+  if (c.contains("min_mhz")) m.min_mhz = number("min_mhz", 1);
+  if (m.min_mhz >= m.max_mhz) r.fail(at + "/min_mhz", "must be below max_mhz");
+  if (m.idle_w >= m.power_limit_w) r.fail(at + "/idle_w", "must be below power_limit_w");
+  m.power_exponent = number("power_exponent", 0);
+  m.time_exponent = number("time_exponent", 0);
+  m.attention_w = number("attention_w", 0);
+  m.memory_w = number("memory_w", 0);
+  m.comm_w = number("comm_w", 0);
+  const Json& g = c.contains("gemm_power_w") ? c["gemm_power_w"] : Json();
+  if (!g.is_array() || g.empty()) r.fail(at + "/gemm_power_w", "expected a non-empty array of [flops, W] pairs");
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const std::string pi = at + "/gemm_power_w/" + std::to_string(i);
+    if (!g[i].is_array() || g[i].size() != 2 || !g[i][0].is_number() || !g[i][1].is_number()) {
+      r.fail(pi, "expected [flops, W], two numbers");
+    }
+    const double flops = g[i][0].get<double>(), w = g[i][1].get<double>();
+    if (flops <= (m.gemm_power_w.points.empty() ? 0 : m.gemm_power_w.points.back().first) || w < 0) {
+      r.fail(pi, "FLOPs must be positive and strictly ascending, W not negative");
+    }
+    m.gemm_power_w.points.emplace_back(flops, w);
+  }
+  if (!c.contains("measured_mhz") || !c["measured_mhz"].is_object()) {
+    r.fail(at + "/measured_mhz", "expected an object: compute table name -> MHz its suite group ran at");
+  }
+  for (const auto& [table, v] : c["measured_mhz"].items()) {
+    const std::string pt = at + "/measured_mhz/" + table;
+    if (std::find(kComputeTableNames.begin(), kComputeTableNames.end(), table) == kComputeTableNames.end()) {
+      r.fail(pt, "not a compute table name (gemm, grouped_gemm, attention_fwd, ...)");
+    }
+    m.measured_mhz[table] = r.quantity(v, pt, Dimension::kDimensionless);
+    if (m.measured_mhz[table] <= 0) r.fail(pt, "must be positive (MHz)");
+  }
+  if (c.contains("source")) m.source = r.text(c["source"], at + "/source");
 }
 
 /// "framework": host costs of the training framework (sim::kFrameworkFields lists the figures).
@@ -408,7 +467,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   r.keys(j, "",
          {"schema_version", "name", "context", "compute", "op_compute", "memory_efficiency", "launch", "collectives",
           "nccl", "interference", "kernel_floor", "memory_tables", "attention_causal_work", "grouped_gemm_table",
-          "framework", "memory_overhead", "copy_engine", "fits"});
+          "framework", "memory_overhead", "copy_engine", "clock_model", "fits"});
   if (!j.contains("schema_version") || !j["schema_version"].is_number_integer() ||
       j["schema_version"].get<int>() != Profile::kSchemaVersion) {
     r.fail("/schema_version", "expected \"schema_version\": 1");
@@ -426,6 +485,7 @@ Profile profile_from_json(const std::string& text, const std::string& source) {
   if (j.contains("framework")) read_framework(r, j["framework"], p);
   if (j.contains("memory_overhead")) read_memory_overhead(r, j["memory_overhead"], p);
   if (j.contains("copy_engine")) read_copy_engine(r, j["copy_engine"], p);
+  if (j.contains("clock_model")) read_clock_model(r, j["clock_model"], p);
   if (j.contains("fits")) read_fits(r, j["fits"], p);
   p.missing_fields = datasheet_fields(j);
   return p;
@@ -549,6 +609,23 @@ std::string profile_to_json(const Profile& p) {
   const CopyEngine ce;
   if (p.copy_engine.nvlink_efficiency != ce.nvlink_efficiency || p.copy_engine.source != ce.source) {
     j["copy_engine"] = {{"nvlink_efficiency", p.copy_engine.nvlink_efficiency}, {"source", p.copy_engine.source}};
+  }
+  if (p.clock_model.present()) {
+    const ClockModel& m = p.clock_model;
+    Json c = {{"mode", to_string(m.mode)},
+              {"power_limit_w", m.power_limit_w},
+              {"idle_w", m.idle_w},
+              {"max_mhz", m.max_mhz},
+              {"min_mhz", m.min_mhz},
+              {"power_exponent", m.power_exponent},
+              {"time_exponent", m.time_exponent},
+              {"gemm_power_w", table_json(m.gemm_power_w)},
+              {"attention_w", m.attention_w},
+              {"memory_w", m.memory_w},
+              {"comm_w", m.comm_w},
+              {"measured_mhz", m.measured_mhz},
+              {"source", m.source}};
+    j["clock_model"] = c;
   }
   Json fits = Json::array();
   for (const auto& f : p.fits) {

@@ -10,6 +10,12 @@ import statistics
 import sys
 
 
+def name_kind(path):
+    """The heavy kernel's class of a run named <kind>_<share>_<filler>[_b<ms>ms] or shape_MxNxK."""
+    kind = os.path.basename(path).split("_")[0]
+    return {"shape": "gemm", "attnnc": "attention"}.get(kind, kind)
+
+
 def load(path):
     t = json.load(open(path))
     ops = {o["id"]: o for o in t["schedule"]["ops"]}
@@ -22,7 +28,7 @@ def load(path):
         cls = o["kernel"]["class"]
         d = r["end"] - r["start"]
         busy[cls] = busy.get(cls, 0) + d
-        if cls in ("gemm", "attention"):
+        if cls == name_kind(path):
             heavy.append(d)
     step = statistics.median(t["step_times_ns"])
     return {
@@ -45,7 +51,7 @@ def main():
         rows.append((n, runs))
     fastest = {}
     for n, runs in rows:
-        kind = n.split("_")[0]
+        kind = n.split("_")[0] if not n.startswith("shape_") else n
         for r in runs:
             if kind not in fastest or r["heavy_us"] < fastest[kind][0]:
                 fastest[kind] = (r["heavy_us"], r["clock"])
@@ -53,9 +59,9 @@ def main():
           " 1/clock from fastest us |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, runs in rows:
-        kind, _, filler = n.split("_")
+        kind = n.split("_")[0] if not n.startswith("shape_") else n
         for p, r in zip("ab", runs):
-            hs = r["share"].get(kind, 0)
+            hs = r["share"].get(name_kind(n), 0)
             fs = r["share"].get("elementwise", 0)
             f_us, f_clk = fastest[kind]
             print(f"| {n} | {p} | {r['step_ms']:.1f} | {hs:.3f} | {fs:.3f} | {r['clock']:.0f} | {r['power']:.0f} | "

@@ -5,6 +5,7 @@
 # and the sign of every overlap effect.
 # Usage: calibration/scripts/repredict.sh TRACES PROFILE OUT [TWINSTEP] [CLUSTER]
 #   TWINSTEP defaults to build/cli/twinstep, CLUSTER to h200x2-nvlink (the 4- and 8-GPU traces: hgx-h200).
+#   SIMULATE_FLAGS (environment): more simulate flags, e.g. "--clock-model power-cap".
 set -eu
 TRACES=$1
 PROFILE=$2
@@ -19,6 +20,7 @@ for f in "$TRACES"/*.trace.json; do
   gpus=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['world_size'])" "$OUT/$name.schedule.json")
   ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$OUT/$name.trace.json"
   "$T" simulate "$OUT/$name.schedule.json" --cluster "$CLUSTER" --gpus "$gpus" --fidelity analytic \
-    --profile "$PROFILE" -o "$OUT/$name.pred.json" > "$OUT/$name.pred.log" 2>&1 || echo "$name: simulate failed"
+    --profile "$PROFILE" ${SIMULATE_FLAGS:-} -o "$OUT/$name.pred.json" > "$OUT/$name.pred.log" 2>&1 \
+    || echo "$name: simulate failed"
 done
 python3 "$(dirname "$0")/validation_table.py" "$OUT"

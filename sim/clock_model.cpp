@@ -1,0 +1,128 @@
+#include "sim/clock_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <variant>
+
+#include "common/enum_names.hpp"
+#include "schedule/kernel_math.hpp"
+
+namespace twinstep::sim {
+namespace {
+
+constexpr NameTable<ClockMode, 2> kClockModes = {{{"none", ClockMode::kNone}, {"power-cap", ClockMode::kPowerCap}}};
+
+/// The profile table whose measured clock a kernel's time follows: the class table, or the accumulating-GEMM and
+/// non-causal attention tables where the model names their clocks.
+std::string table_of(const schedule::Kernel& kernel, const ClockModel& model) {
+  std::string name = schedule::kernel_class(kernel);
+  const auto named = [&](const std::string& t) { return model.measured_mhz.count(t) > 0; };
+  if (const auto* g = std::get_if<schedule::Gemm>(&kernel)) {
+    if (g->accumulate_fp32 && named("gemm_accumulate")) return "gemm_accumulate";
+    if (g->accumulate && named("gemm_accumulate_bf16")) return "gemm_accumulate_bf16";
+  }
+  if (const auto* a = std::get_if<schedule::Attention>(&kernel); a != nullptr && !a->causal) {
+    std::string t = a->backward ? "attention_noncausal_bwd" : "attention_noncausal_fwd";
+    if (named(t)) return t;
+  }
+  return name;
+}
+
+/// Power above idle at max_mhz of one kernel, and whether it scales with the clock.
+ClassLoad kernel_load(const schedule::Kernel& kernel, const ClockModel& model) {
+  const std::string table = table_of(kernel, model);
+  const auto it = model.measured_mhz.find(table);
+  if (it == model.measured_mhz.end()) return {0, model.memory_w, 0, 0};
+  if (std::holds_alternative<schedule::Attention>(kernel)) {
+    return {0, model.attention_w, model.power_exponent, it->second};
+  }
+  return {0, model.gemm_power_w.at(schedule::kernel_flops(kernel)), model.power_exponent, it->second};
+}
+
+/// Adds `busy_s` at `load`'s power to the entry of `loads` with the same exponent and clock (time-weighted power).
+void accumulate(std::vector<ClassLoad>& loads, ClassLoad load, double busy_s) {
+  for (auto& l : loads) {
+    if (l.power_exponent == load.power_exponent && l.reference_mhz == load.reference_mhz) {
+      l.power_w = (l.power_w * l.busy_s + load.power_w * busy_s) / (l.busy_s + busy_s);
+      l.busy_s += busy_s;
+      return;
+    }
+  }
+  load.busy_s = busy_s;
+  loads.push_back(load);
+}
+
+}  // namespace
+
+ClockMode parse_clock_mode(std::string_view text, std::string_view field) {
+  return parse_name(kClockModes, text, field);
+}
+
+std::string to_string(ClockMode mode) { return name_of(kClockModes, mode); }
+
+double solve_clock_mhz(const ClockModel& model, const std::vector<ClassLoad>& loads, double step_s) {
+  const auto power = [&](double f) {
+    double step = step_s;
+    std::vector<double> busy;
+    for (const auto& l : loads) {
+      const double t = l.reference_mhz > 0 ? l.busy_s * std::pow(l.reference_mhz / f, model.time_exponent) : l.busy_s;
+      busy.push_back(t);
+      step += t - l.busy_s;
+    }
+    double p = model.idle_w;
+    for (std::size_t i = 0; i < loads.size(); ++i) {
+      p += busy[i] / step * loads[i].power_w * std::pow(f / model.max_mhz, loads[i].power_exponent);
+    }
+    return p;
+  };
+  if (step_s <= 0 || power(model.max_mhz) <= model.power_limit_w) return model.max_mhz;
+  double lo = model.min_mhz, hi = model.max_mhz;
+  if (power(lo) > model.power_limit_w) return lo;
+  while (hi - lo > 0.01) {
+    const double mid = 0.5 * (lo + hi);
+    (power(mid) > model.power_limit_w ? hi : lo) = mid;
+  }
+  return lo;
+}
+
+std::map<schedule::RankId, std::vector<ClassLoad>> rank_loads(const schedule::Trace& trace, const ClockModel& model) {
+  std::map<schedule::RankId, std::vector<ClassLoad>> out;
+  for (const auto& r : trace.records) {
+    const schedule::Op& op = trace.schedule.ops.at(r.op);
+    const double busy_s = static_cast<double>(r.end_ns - r.start_ns) * 1e-9;
+    auto& loads = out[r.rank];
+    if (const auto* c = std::get_if<schedule::Compute>(&op.body)) {
+      accumulate(loads, kernel_load(c->kernel, model), busy_s);
+    } else if (std::holds_alternative<schedule::Collective>(op.body) ||
+               std::holds_alternative<schedule::Send>(op.body) || std::holds_alternative<schedule::Recv>(op.body)) {
+      accumulate(loads, {0, model.comm_w, 0, 0}, busy_s);
+    }
+  }
+  return out;
+}
+
+ClockSolution power_cap_clock(const schedule::Trace& trace, const ClockModel& model) {
+  ClockSolution s;
+  s.mhz = model.max_mhz;
+  const double step_s = trace.step_times_ns.empty() ? 0 : static_cast<double>(trace.step_times_ns.front()) * 1e-9;
+  for (const auto& [rank, loads] : rank_loads(trace, model)) {
+    const double f = solve_clock_mhz(model, loads, step_s);
+    s.per_rank_mhz[rank] = f;
+    s.mhz = std::min(s.mhz, f);
+  }
+  return s;
+}
+
+Profile at_clock(Profile profile, double mhz) {
+  const ClockModel& m = profile.clock_model;
+  for (const auto& [table, measured] : m.measured_mhz) {
+    auto it = profile.compute.find(table);
+    if (it == profile.compute.end()) continue;
+    const double scale = std::pow(mhz / measured, m.time_exponent);
+    for (auto& [size, eff] : it->second.points) eff = std::min(1.0, eff * scale);
+  }
+  return profile;
+}
+
+}  // namespace twinstep::sim

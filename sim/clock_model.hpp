@@ -1,0 +1,56 @@
+// The SM clock under the board's power cap (docs/calibration.md section 8): every compute table of a profile holds the
+// clock its suite group ran at, and a GPU at its power limit settles at the clock where the time-weighted power of the
+// kernels it runs meets the limit. power_cap_clock() solves that clock from a simulated step, at_clock() rescales the
+// profile's compute tables to it; predict and simulate run the step again with the rescaled profile
+// (`--clock-model power-cap`, or the profile's "clock_model": {"mode": "power-cap"}). Off by default.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "schedule/trace.hpp"
+#include "sim/cost_model.hpp"
+
+namespace twinstep::sim {
+
+/// "none" (tables used as measured) or "power-cap"; the spellings are read only by parse_clock_mode and written only
+/// by to_string.
+[[nodiscard]] ClockMode parse_clock_mode(std::string_view text, std::string_view field);
+[[nodiscard]] std::string to_string(ClockMode mode);
+
+/// One class of work on one GPU over a step: its busy time at the clocks the profile's tables were measured at, the
+/// power it draws above idle at the maximum clock, how that power scales with the clock (W (f / f_max)^power_exponent)
+/// and the clock its time was measured at (reference_mhz; 0: its time does not depend on the SM clock).
+struct ClassLoad {
+  double busy_s = 0;
+  double power_w = 0;
+  double power_exponent = 0;
+  double reference_mhz = 0;
+};
+
+/// The clock (MHz) at which idle + sum_c t_c(f) / T(f) * W_c (f / f_max)^g_c meets the power limit, where a class
+/// with a reference clock f_c takes t_c (f_c / f)^time_exponent and the step T(f) = step_s + the change of those
+/// times; max_mhz when the step stays under the limit at max_mhz. Bisection to 0.01 MHz between min_mhz and max_mhz.
+[[nodiscard]] double solve_clock_mhz(const ClockModel& model, const std::vector<ClassLoad>& loads, double step_s);
+
+/// Per rank of a simulated trace, its loads: compute kernels by table (gemm and grouped_gemm drawing the model's
+/// gemm_power_w at their FLOPs, attention by attention_w, memory-bound classes by memory_w), communication ops by
+/// comm_w. Busy time is each record's end - start, in the trace's first step.
+[[nodiscard]] std::map<schedule::RankId, std::vector<ClassLoad>> rank_loads(const schedule::Trace& trace,
+                                                                            const ClockModel& model);
+
+/// The clock each rank of `trace` settles at, and the lowest of them (the one profile a simulation takes).
+struct ClockSolution {
+  double mhz = 0;
+  std::map<schedule::RankId, double> per_rank_mhz;
+};
+[[nodiscard]] ClockSolution power_cap_clock(const schedule::Trace& trace, const ClockModel& model);
+
+/// `profile` with every compute table named in model.measured_mhz rescaled from that clock to `mhz`: efficiency x
+/// (mhz / measured)^time_exponent, at most 1. Other tables (memory-bound) unchanged.
+[[nodiscard]] Profile at_clock(Profile profile, double mhz);
+
+}  // namespace twinstep::sim
