@@ -38,9 +38,9 @@ class Fnv1a {
     value(s.size());
     bytes(s.data(), s.size());
   }
-  /// The length, then each element's value().
-  template <typename T>
-  void list(const std::vector<T>& v) {
+  /// The length, then each element's value(); `v` a std::vector or a schedule::DepList.
+  template <typename List>
+  void list(const List& v) {
     value(v.size());
     for (const auto& x : v) value(x);
   }

@@ -48,8 +48,8 @@ class Writer {
     out.push_back(':');
   }
 
-  template <typename T>
-  void num_list(const std::vector<T>& v) {
+  template <typename List>  // std::vector or DepList
+  void num_list(const List& v) {
     out.push_back('[');
     for (std::size_t i = 0; i < v.size(); ++i) {
       if (i != 0) out.push_back(',');

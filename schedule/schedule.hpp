@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/units.hpp"
+#include "schedule/dep_list.hpp"
 
 namespace twinstep::schedule {
 
@@ -236,9 +237,9 @@ struct Tags {
 struct Op {
   OpId id = 0;
   RankId rank = 0;
-  StreamId stream = 0;     ///< GPU stream; ignored for Host and HostSync, which run on the host thread.
-  std::string name;        ///< Stable and human-readable ("L3.mb2.fwd.qkv"); appears in traces and diagnostics.
-  std::vector<OpId> deps;  ///< Cross-stream dependencies (event record/wait): same rank, earlier ops.
+  StreamId stream = 0;  ///< GPU stream; ignored for Host and HostSync, which run on the host thread.
+  std::string name;     ///< Stable and human-readable ("L3.mb2.fwd.qkv"); appears in traces and diagnostics.
+  DepList deps;         ///< Cross-stream dependencies (event record/wait): same rank, earlier ops.
   Body body;
   Tags tags;
 

@@ -173,6 +173,7 @@ class AnalyticModel final : public GpuSharingModel {
       const auto& body = ops[i].body;
       if (const auto* c = std::get_if<schedule::Compute>(&body)) {
         op_[i].info = kernel_index(*c, ops[i].name);
+        compute_kernels_.push_back(op_[i].info);
       } else if (const auto* coll = std::get_if<schedule::Collective>(&body)) {
         op_[i].info =
             add_comm_info({CommInfo::Op::kCollective, coll->kind, coll->comm, coll->bytes, coll->sm_count, 0});
@@ -328,11 +329,8 @@ class AnalyticModel final : public GpuSharingModel {
   [[nodiscard]] std::size_t running() const override { return running_; }
 
   [[nodiscard]] std::optional<double> solo_compute_s() const override {
-    double solo = 0;
-    for (std::size_t i = 0; i < op_.size(); ++i) {
-      if (std::holds_alternative<schedule::Compute>(ctx_.schedule.ops[i].body))
-        solo += kernels_[op_[i].info].solo_time_s();
-    }
+    double solo = 0;  // in op order, as the caller's own sum over the ops would add them
+    for (const std::uint32_t k : compute_kernels_) solo += kernels_[k].solo_time_s();
     return solo;
   }
 
@@ -657,10 +655,11 @@ class AnalyticModel final : public GpuSharingModel {
   std::vector<CommSpan> span_cache_;
   std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;  // lookups only
   std::map<std::string, std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash>> op_kernel_index_;
-  std::vector<KernelCost> kernels_;                                                  ///< Distinct kernels' costs.
-  std::vector<CommInfo> comms_;                                                      ///< Communication ops' sizes.
-  std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;                       // lookups only
-  std::vector<OpInfo> op_;                                                           ///< By op id.
+  std::vector<KernelCost> kernels_;                             ///< Distinct kernels' costs.
+  std::vector<std::uint32_t> compute_kernels_;                  ///< Each compute op's index in kernels_, in op order.
+  std::vector<CommInfo> comms_;                                 ///< Communication ops' sizes.
+  std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;  // lookups only
+  std::vector<OpInfo> op_;                                      ///< By op id.
   std::unordered_map<CollectiveKey, CommCost, CollectiveKeyHash> collective_costs_;  // lookups only
   std::vector<std::uint8_t> span_known_;
   std::vector<std::uint32_t> affected_, finished_;

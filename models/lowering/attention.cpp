@@ -6,26 +6,24 @@
 namespace twinstep::models::lowering {
 
 OpId RankLowering::attn_kernel(const Name& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq,
-                               std::uint64_t skv, bool causal, bool bwd, Phase ph, std::vector<OpId> deps,
-                               std::string_view ov) {
+                               std::uint64_t skv, bool causal, bool bwd, Phase ph, DepList deps, std::string_view ov) {
   return kernel(what, Attention{k_.micro_batch, heads_q, heads_kv, sq, skv, adh_, causal, bwd, k_.dtype}, ph,
                 std::move(deps), ov);
 }
 
 void RankLowering::cp_ring_fwd(Phase ph, CommId comm, std::uint32_t n, std::uint32_t pos, RankId next, RankId prev,
-                               std::uint64_t hq, std::uint64_t hkv, std::uint64_t s_loc,
-                               const std::vector<OpId>& first) {
+                               std::uint64_t hq, std::uint64_t hkv, std::uint64_t s_loc, const DepList& first) {
   const std::uint64_t kv_bytes = 2 * s_loc * k_.micro_batch * hkv * adh_ * k_.act_bytes;
   OpId prev_recv = schedule::kNoOp;
   for (std::uint32_t i = 0; i < n; ++i) {
     OpId rv = schedule::kNoOp;
     if (i + 1 < n) {
-      std::vector<OpId> d = first;
+      DepList d = first;
       if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
       send(x_.st.cp, Name{"attn_kv_send", {}, i}, comm, next, kv_bytes, 0, ph, d, "cp");
       rv = recv(x_.st.cp_recv, Name{"attn_kv_recv", {}, i}, comm, prev, kv_bytes, 0, ph, "cp");
     }
-    std::vector<OpId> d;
+    DepList d;
     if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
     if (i == 0) {
       attn_kernel("attn_step0", hq, hkv, s_loc, s_loc, true, false, ph, d, "cp");
@@ -47,13 +45,13 @@ OpId RankLowering::cp_ring_bwd(CommId comm, std::uint32_t n, std::uint32_t pos, 
     OpId rv = schedule::kNoOp;
     if (n > 1) {
       const std::uint64_t bytes = (i == 0 || i + 1 == n) ? kv_bytes : 2 * kv_bytes;
-      std::vector<OpId> sd;
+      DepList sd;
       if (prev_attn != schedule::kNoOp) sd.push_back(prev_attn);
       if (prev_recv != schedule::kNoOp) sd.push_back(prev_recv);
       send(x_.st.cp, Name{"attn_bwd_send", {}, i}, comm, next, bytes, 1, Phase::kBwd, sd, "cp");
       rv = recv(x_.st.cp_recv, Name{"attn_bwd_recv", {}, i}, comm, prev, bytes, 1, Phase::kBwd, "cp");
     }
-    std::vector<OpId> d;
+    DepList d;
     if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
     if (i == 0) {
       prev_attn = attn_kernel("attn_bwd_step0", hq, hkv, s_loc, s_loc, true, true, Phase::kBwd, d, "cp");
@@ -101,7 +99,7 @@ void RankLowering::attention_fwd(Phase ph) {
     return;
   }
   if (cp_p2p_) {
-    std::vector<OpId> first;
+    DepList first;
     if (last_compute_ != schedule::kNoOp) first.push_back(last_compute_);
     cp_ring_fwd(ph, x_.cp_of[rank_], k_.cp, co_.cp, cp_peer(1), cp_peer(-1), hq, hkv, s_loc, first);
     return;
@@ -117,7 +115,7 @@ void RankLowering::attention_fwd(Phase ph) {
   const auto [na, a2a, st] = cp_a2a_group();
   const std::uint64_t q_bytes = s_loc * b * hq * adh_ * k_.act_bytes;
   const std::uint64_t k_bytes = s_loc * b * hkv * adh_ * k_.act_bytes;
-  std::vector<OpId> kv_ready;
+  DepList kv_ready;
   if (na > 1) {
     pending_.push_back(collective(st, "attn_q_a2a", CollectiveKind::kAllToAll, a2a, q_bytes, ph, false));
     kv_ready.push_back(collective(st, "attn_k_a2a", CollectiveKind::kAllToAll, a2a, k_bytes, ph, false));
@@ -165,7 +163,7 @@ void RankLowering::attention_bwd() {
   const std::uint64_t q_bytes = s_loc * b * hq * adh_ * k_.act_bytes;
   const std::uint64_t k_bytes = s_loc * b * hkv * adh_ * k_.act_bytes;
   if (na > 1) collective(st, "attn_bwd_do_a2a", CollectiveKind::kAllToAll, a2a, q_bytes, Phase::kBwd, true);
-  std::vector<OpId> dkv;
+  DepList dkv;
   if (!hier) {
     attn_kernel("attn_bwd", hq / k_.cp, hkv / k_.cp, k_.seq, k_.seq, true, true, Phase::kBwd, {}, "");
   } else {

@@ -233,7 +233,7 @@ void RankLowering::combined_step(const PipelineStep* F, const PipelineStep* B, c
   cur_mb_ = cur_chunk_ = cur_layer_ = -1;  // the P2P ops carry no micro-batch (as in the other schedules)
   prefix_.clear();
   if (F && post_f != nullptr) {  // post_forward on the comm stream: after the F chain and the comm stream's work
-    std::vector<OpId> after = f.ev;
+    DepList after = f.ev;
     for (OpId i = static_cast<OpId>(ops_.size()); i-- > first_op_;) {
       if (gpu_op_on(i, x_.st.ep)) {
         after.push_back(i);
@@ -243,7 +243,7 @@ void RankLowering::combined_step(const PipelineStep* F, const PipelineStep* B, c
     exchange(*post_f, false, after, {});
   }
   if (B && post_b != nullptr) {  // post_backward on the compute stream: after everything issued there
-    std::vector<OpId> after = b.ev;
+    DepList after = b.ev;
     if (last_compute_ != schedule::kNoOp) after.push_back(last_compute_);
     exchange(*post_b, false, {}, after);
   }

@@ -172,7 +172,7 @@ std::uint64_t RankLowering::norm_bwd_bytes(std::uint64_t rows, std::uint64_t wid
   return 3 * act(rows, width) + per_row * rows + (1 + weights) * act(1, width);
 }
 
-void RankLowering::input_norm_bwd(std::string_view ln, std::string_view L, std::vector<OpId> deps) {
+void RankLowering::input_norm_bwd(std::string_view ln, std::string_view L, DepList deps) {
   const OpId norm =
       elementwise(Name{ln, "_bwd"}, norm_bwd_bytes(k_.tokens_sp, k_.hidden), Phase::kBwd, std::move(deps));
   grad_ready(Name{L, ln}, norm);

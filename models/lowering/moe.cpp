@@ -7,7 +7,7 @@
 
 namespace twinstep::models::lowering {
 
-OpId RankLowering::ep_elementwise(const Name& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps) {
+OpId RankLowering::ep_elementwise(const Name& what, std::uint64_t bytes, Phase ph, DepList deps) {
   if (!comm_node_) return elementwise(what, bytes, ph, std::move(deps));
   auto d = take_node_deps();
   d.insert(d.end(), deps.begin(), deps.end());
@@ -16,7 +16,7 @@ OpId RankLowering::ep_elementwise(const Name& what, std::uint64_t bytes, Phase p
 
 template <typename K>
 OpId RankLowering::flex_kernel(const Name& what, K&& kern, Phase ph) {
-  std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
+  DepList d = comm_node_ ? take_node_deps() : DepList{};
   if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
   const std::uint32_t sms = std::is_same_v<std::decay_t<K>, schedule::Memcpy> ? 0 : k_.flex_sms;
   return kernel_on(x_.st.ep, what, std::forward<K>(kern), ph, std::move(d), comm_node_ ? "ep" : "", sms);
@@ -24,7 +24,7 @@ OpId RankLowering::flex_kernel(const Name& what, K&& kern, Phase ph) {
 
 OpId RankLowering::ep_a2a(const Name& what, const std::vector<std::uint64_t>& copies, std::uint64_t bytes_per_copy,
                           schedule::DType dtype, Phase ph, std::uint32_t sm_count) {
-  std::vector<OpId> d = comm_node_ ? take_node_deps() : std::vector<OpId>{};
+  DepList d = comm_node_ ? take_node_deps() : DepList{};
   if (!comm_node_ && last_compute_ != schedule::kNoOp) d.push_back(last_compute_);
   schedule::Op& op = open<schedule::Collective>(x_.st.ep, std::move(d), records_node(dtype));
   label(op, what, ph, comm_node_ ? "ep" : "");
@@ -136,7 +136,7 @@ void RankLowering::moe_dispatch_fwd(Phase ph) {
 }
 
 void RankLowering::shared_overlap_fc1(Phase ph) {
-  std::vector<OpId> d{ln2_op_};
+  DepList d{ln2_op_};
   autograd_function([&] {  // TE column-parallel linear: the SP all-gather inside
     if (k_.tp > 1) {
       schedule::Collective c{CollectiveKind::kAllGather, x_.tp_of[rank_], act(k_.tokens, k_.hidden), k_.dtype, {}, 0};
@@ -208,7 +208,7 @@ void RankLowering::moe_experts_fwd(Phase ph) {
 void RankLowering::moe_combine_fwd(Phase ph) {
   fwd_piece(Piece::kCombine, [&] {
     const std::uint64_t T = moe_tokens();
-    std::vector<OpId> add_deps;
+    DepList add_deps;
     fwd_ops("host_moe_combine", ph, [&] {
       if (dispatch_a2a_) {
         if (k_.ep > 1) ep_a2a("moe_combine_a2a", combine_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);

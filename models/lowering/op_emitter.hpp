@@ -21,6 +21,7 @@ namespace twinstep::models::lowering {
 using schedule::Attention;
 using schedule::CollectiveKind;
 using schedule::Compute;
+using schedule::DepList;
 using schedule::Elementwise;
 using schedule::Gemm;
 using schedule::OpId;
@@ -102,7 +103,7 @@ class OpEmitter {
   /// `node`: in a forward, the op records an autograd node (counted in nodes_ unless an autograd_function() is
   /// open); false for a D2H copy of counts or a collective of integers.
   template <typename B>
-  schedule::Op& open(StreamId stream, std::vector<OpId> deps, bool node = true) {
+  schedule::Op& open(StreamId stream, DepList deps, bool node = true) {
     constexpr bool on_gpu = !std::is_same_v<B, schedule::Host> && !std::is_same_v<B, schedule::HostSync>;
     const auto id = static_cast<OpId>(ops_.size());
     if (on_gpu && stream == x_.st.compute && !pending_.empty()) {
@@ -120,7 +121,7 @@ class OpEmitter {
     op.deps = std::move(deps);
     return op;
   }
-  static void sort_unique(std::vector<OpId>& deps) {
+  static void sort_unique(DepList& deps) {
     if (deps.size() == 2) {  // the common case: no call into sort and unique
       if (deps[0] > deps[1]) std::swap(deps[0], deps[1]);
       if (deps[0] == deps[1]) deps.pop_back();
@@ -139,8 +140,7 @@ class OpEmitter {
     if (!overlap.empty()) op.tags.overlap = overlap;
   }
   template <typename B>
-  OpId emit(StreamId stream, const Name& what, B&& body, std::vector<OpId> deps, Phase ph,
-            std::string_view overlap = {}) {
+  OpId emit(StreamId stream, const Name& what, B&& body, DepList deps, Phase ph, std::string_view overlap = {}) {
     using T = std::decay_t<B>;
     schedule::Op& op = open<T>(stream, std::move(deps));
     label(op, what, ph, overlap);
@@ -175,7 +175,7 @@ class OpEmitter {
   }
   /// A compute kernel on `stream` holding `sm_count` SMs (0: what the GPU gives it), built in place in the op.
   template <typename K>
-  OpId kernel_on(StreamId stream, const Name& what, K&& kern, Phase ph, std::vector<OpId> deps = {},
+  OpId kernel_on(StreamId stream, const Name& what, K&& kern, Phase ph, DepList deps = {},
                  std::string_view overlap = {}, std::uint32_t sm_count = 0) {
     constexpr bool copy = std::is_same_v<std::decay_t<K>, schedule::Memcpy>;  // token counts: no gradient
     schedule::Op& op = open<Compute>(stream, std::move(deps), !copy);
@@ -186,7 +186,7 @@ class OpEmitter {
     return op.id;
   }
   template <typename K>
-  OpId kernel(const Name& what, K&& kern, Phase ph, std::vector<OpId> deps = {}, std::string_view overlap = {}) {
+  OpId kernel(const Name& what, K&& kern, Phase ph, DepList deps = {}, std::string_view overlap = {}) {
     return kernel_on(x_.st.compute, what, std::forward<K>(kern), ph, std::move(deps), overlap);
   }
   /// The GEMM of a linear layer in role `role` (forward; dgrad: A is the output gradient; wgrad: A the transposed
@@ -240,7 +240,7 @@ class OpEmitter {
   /// --dtype fp8: the cast kernel before a linear GEMM of `elements` input elements (bf16 -> fp8 and the transposed
   /// copy the wgrad GEMM reads, with the amax; tensorwise scaling reads the input once more for the amax first).
   /// Nothing otherwise.
-  void fp8_cast(const Name& what, std::uint64_t elements, Phase ph, std::vector<OpId> deps = {}) {
+  void fp8_cast(const Name& what, std::uint64_t elements, Phase ph, DepList deps = {}) {
     if (!k_.fp8) return;
     const std::uint64_t per = k_.act_bytes + 2 + (k_.fp8_current ? k_.act_bytes : 0);
     Name cast = what;  // "<gemm>_fp8_cast"
@@ -257,7 +257,7 @@ class OpEmitter {
   }
   /// A linear layer's GEMM on the compute stream (role from the phase: forward, dgrad, wgrad), preceded by its
   /// fp8 cast where the run is fp8 (the wgrad GEMM reads the transposed copies the other casts made).
-  OpId gemm(const Name& what, std::uint64_t m, std::uint64_t n, std::uint64_t kk, Phase ph, std::vector<OpId> deps = {},
+  OpId gemm(const Name& what, std::uint64_t m, std::uint64_t n, std::uint64_t kk, Phase ph, DepList deps = {},
             std::string_view overlap = {}) {
     const GemmRole role = ph == Phase::kWgrad ? GemmRole::kWgrad
                           : ph == Phase::kBwd ? GemmRole::kDgrad
@@ -266,20 +266,19 @@ class OpEmitter {
     autograd_function([&] {  // a linear layer: one autograd node with its cast
       if (k_.fp8 && role != GemmRole::kWgrad) {
         const std::uint64_t weights = role == GemmRole::kFprop ? fp8_weight_cast_elements(n * kk, ph) : 0;
-        fp8_cast(what, m * kk + weights, ph, std::move(deps));  // the GEMM follows it in stream order
-        deps.clear();
+        fp8_cast(what, m * kk + weights, ph, std::exchange(deps, {}));  // the GEMM follows it in stream order
       }
       id = kernel(what, linear_gemm(m, n, kk, role), ph, std::move(deps), overlap);
     });
     return id;
   }
-  OpId elementwise(const Name& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {}) {
+  OpId elementwise(const Name& what, std::uint64_t bytes, Phase ph, DepList deps = {}) {
     return kernel(what, Elementwise{bytes, 0}, ph, std::move(deps));
   }
   /// A collective on `stream`: waits for the compute stream at launch (PyTorch syncs the NCCL stream with the
   /// current stream), plus `deps`. Blocking ones make the next compute op wait for it.
   OpId collective(StreamId stream, const Name& what, CollectiveKind kind, CommId comm, std::uint64_t bytes, Phase ph,
-                  bool blocking, std::vector<OpId> deps = {}, std::string_view overlap = {},
+                  bool blocking, DepList deps = {}, std::string_view overlap = {},
                   schedule::DType dtype = schedule::DType::kBF16) {
     TWINSTEP_ASSERT(comm != kNone, "collective %s on an unused communicator", what.str().c_str());
     // Often deps is {the last compute op} already (sort_unique would drop the copy): no reallocation for it then.
@@ -302,7 +301,7 @@ class OpEmitter {
   }
   /// A send/recv; `transport` other than NCCL only for the TP-overlap ring exchange (`sms`: a sm_kernel's SMs).
   OpId send(StreamId stream, const Name& what, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
-            Phase ph, std::vector<OpId> deps, std::string_view overlap = {},
+            Phase ph, DepList deps, std::string_view overlap = {},
             schedule::Transport transport = schedule::Transport::kNccl, std::uint32_t sms = 0) {
     return emit(stream, what, schedule::Send{comm, peer, bytes, tag, transport, sms}, std::move(deps), ph, overlap);
   }
@@ -383,7 +382,7 @@ class OpEmitter {
   Coords co_;
   std::vector<schedule::Op>& ops_;  // the schedule's ops, this rank's from first_op_ on
   OpId first_op_;
-  std::vector<OpId> pending_;  // deps the next compute-stream op takes (stream wait_event)
+  DepList pending_;  // deps the next compute-stream op takes (stream wait_event)
   struct ModuleCall {
     OpId host;  // its host op (kNoOp: none emitted)
     Nanos fixed, per_kernel;

@@ -208,14 +208,13 @@ void RankLowering::run_1f1b() {
   if (k_.grad_overlap) dispatch_chunk(0, false);  // grad_sync_func for stages whose hooks did not fire
 }
 
-void RankLowering::exchange(const Exchange& ex, bool blocking, std::vector<OpId> fwd_after,
-                            std::vector<OpId> bwd_after) {
+void RankLowering::exchange(const Exchange& ex, bool blocking, DepList fwd_after, DepList bwd_after) {
   const std::uint64_t bytes = act(k_.tokens_sp, k_.hidden);  // [s/(c t_sp), b, h]
   const CommId pp = x_.pp_of[rank_];
   const std::string_view ov = blocking ? "" : "pp";
   OpId posted[4];  // at most one op per direction
   std::size_t n_posted = 0;
-  std::vector<OpId> fwd_producer = std::move(fwd_after), bwd_producer = std::move(bwd_after);
+  DepList fwd_producer = std::move(fwd_after), bwd_producer = std::move(bwd_after);
   if (fwd_producer.empty() && last_fwd_output_ != schedule::kNoOp) fwd_producer.push_back(last_fwd_output_);
   if (bwd_producer.empty() && last_bwd_output_ != schedule::kNoOp) bwd_producer.push_back(last_bwd_output_);
   std::optional<ContextScope> exchange_names;  // named ops only: no string built for a sweep's lowering

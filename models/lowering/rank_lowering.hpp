@@ -44,7 +44,7 @@ class RankLowering : private OpEmitter {
   struct Side {
     bool fwd = true;
     std::uint32_t mb = 0, chunk = 0;
-    std::vector<OpId> ev;
+    DepList ev;
   };
 
   // ---- TP linear layers (tp_linear.cpp) ----
@@ -82,7 +82,7 @@ class RankLowering : private OpEmitter {
   /// The backward of a layer's input norm `ln` ("ln1" / "ln2") after `deps`: TE's fused norm backward (its gradient
   /// ready for DDP as L + ln), then autograd's add of the skip connection's gradient into the norm input's gradient
   /// (`<ln>_residual_grad_add`, docs/megatron-kernels.md section 2).
-  void input_norm_bwd(std::string_view ln, std::string_view L, std::vector<OpId> deps = {});
+  void input_norm_bwd(std::string_view ln, std::string_view L, DepList deps = {});
   bool ub() const { return k_.tp_overlap && !no_ub_; }
   /// What computes a weight gradient: a linear layer's wgrad GEMM (gradient_accumulation_fusion decides whether it
   /// updates the main grad itself or a main_grad_add() follows it), or a plain torch op (the router's linear:
@@ -92,7 +92,7 @@ class RankLowering : private OpEmitter {
   /// A weight-gradient kernel (and, for a linear layer without the fusion, its main_grad_add()): emitted now, or held
   /// for the W node of the combined schedule (delay_wgrad_compute).
   template <typename K>
-  void wgrad_op(const Name& what, K&& kern, std::vector<OpId> deps, const Name& param, std::string_view overlap = {},
+  void wgrad_op(const Name& what, K&& kern, DepList deps, const Name& param, std::string_view overlap = {},
                 WgradOf of = WgradOf::kLinear) {
     const bool add = of == WgradOf::kTorchOp || k_.linear_main_grad_add;
     if (defer_wgrad_) {
@@ -110,14 +110,14 @@ class RankLowering : private OpEmitter {
   // ---- attention and CP (attention.cpp) ----
   /// One attention kernel on the compute stream.
   OpId attn_kernel(const Name& what, std::uint64_t heads_q, std::uint64_t heads_kv, std::uint64_t sq, std::uint64_t skv,
-                   bool causal, bool bwd, Phase ph, std::vector<OpId> deps, std::string_view ov);
+                   bool causal, bool bwd, Phase ph, DepList deps, std::string_view ov);
   /// The KV ring of TE's P2P context parallelism (megatron-overlap.md section 5) over a ring of `n` ranks at
   /// position `pos`: `hq`/`hkv` heads and `s_loc` tokens per rank (two load-balanced chunks). Forward: step i
   /// computes local Q against the KV block of position pos - i while the next block travels (n - 1 transfers);
   /// step 0 "diagonal", i <= pos "lower-triangle", i > pos "upper-triangle"; per-step correction kernels.
   /// `first` are the ops that produce the local KV block (the first send waits for them).
   void cp_ring_fwd(Phase ph, CommId comm, std::uint32_t n, std::uint32_t pos, RankId next, RankId prev,
-                   std::uint64_t hq, std::uint64_t hkv, std::uint64_t s_loc, const std::vector<OpId>& first);
+                   std::uint64_t hq, std::uint64_t hkv, std::uint64_t s_loc, const DepList& first);
   /// Backward of the KV ring: n steps; sends KV at step 0, KV + dKV at steps 1..n-2, dKV at step n-1, i.e.
   /// 2(n-1) KV-sized transfers. Returns the recv of the final dKV (kNoOp when n == 1).
   OpId cp_ring_bwd(CommId comm, std::uint32_t n, std::uint32_t pos, RankId next, RankId prev, std::uint64_t hq,
@@ -158,7 +158,7 @@ class RankLowering : private OpEmitter {
 
   // ---- MoE and dispatchers (moe.cpp) ----
   /// A kernel on the EP comm stream inside a comm node (combined schedule), else on the compute stream.
-  OpId ep_elementwise(const Name& what, std::uint64_t bytes, Phase ph, std::vector<OpId> deps = {});
+  OpId ep_elementwise(const Name& what, std::uint64_t bytes, Phase ph, DepList deps = {});
   /// A fused flex (DeepEP/HybridEP) kernel holding moe_flex_num_sms SMs, on the EP stream (its internal comm
   /// stream); outside a comm node it waits for the compute stream at launch.
   /// Representation of the fused dispatch/combine: this kernel (its local pack/unpack work, holding the dedicated
@@ -340,8 +340,8 @@ class RankLowering : private OpEmitter {
   /// schedule with overlap_p2p_comm: MCore's pp_post_forward / pp_post_backward); null: none inside the step.
   void combined_step(const PipelineStep* F, const PipelineStep* B, const Exchange* post_f = nullptr,
                      const Exchange* post_b = nullptr);
-  std::vector<OpId> take_node_deps() {
-    std::vector<OpId> d = std::move(node_deps_);
+  DepList take_node_deps() {
+    DepList d = std::move(node_deps_);
     node_deps_.clear();
     return d;
   }
@@ -408,7 +408,7 @@ class RankLowering : private OpEmitter {
   /// Posts the P2P ops of one exchange; blocking: the compute stream waits for all of them (and with
   /// batch_p2p_comm + batch_p2p_sync the host synchronizes the device). The sends wait for the last forward /
   /// backward output, or for `fwd_after` / `bwd_after` when given (the combined schedule's P2P hooks).
-  void exchange(const Exchange& ex, bool blocking, std::vector<OpId> fwd_after = {}, std::vector<OpId> bwd_after = {});
+  void exchange(const Exchange& ex, bool blocking, DepList fwd_after = {}, DepList bwd_after = {});
   void run_no_pipelining();
   void run_1f1b();
   void run_interleaved();
@@ -445,14 +445,14 @@ class RankLowering : private OpEmitter {
   const bool dispatch_ag_ = k_.dispatcher == TokenDispatcher::kAllGather;
   const bool cp_p2p_ = k_.cp_type == CpCommType::kP2p, cp_ag_ = k_.cp_type == CpCommType::kAllGather;
   const bool cp_hier_ = k_.cp_type == CpCommType::kA2aP2p;
-  bool no_ub_ = false;           // the current linears are not TE userbuffer sites
-  bool comm_node_ = false;       // emitting a D or C node of the combined schedule (EP comm stream)
-  std::vector<OpId> node_deps_;  // the node's event: deps of its first op
-  bool defer_wgrad_ = false;     // delay_wgrad_compute: hold weight-gradient GEMMs for the W node
+  bool no_ub_ = false;        // the current linears are not TE userbuffer sites
+  bool comm_node_ = false;    // emitting a D or C node of the combined schedule (EP comm stream)
+  DepList node_deps_;         // the node's event: deps of its first op
+  bool defer_wgrad_ = false;  // delay_wgrad_compute: hold weight-gradient GEMMs for the W node
   struct Deferred {
     std::string name;
     schedule::Kernel kernel;
-    std::vector<OpId> deps;
+    DepList deps;
     std::string param;
     schedule::Tags tags;
     bool main_grad_add = false;  ///< The add follows (WgradOf::kTorchOp, or kLinear without the fusion).

@@ -24,7 +24,7 @@ RankLowering::Ring RankLowering::ub_ring_gemm(std::string_view site, const RingN
   for (std::uint32_t i = 0; i < k_.tp; ++i) {
     OpId rv = schedule::kNoOp;
     if (i + 1 < k_.tp) {
-      std::vector<OpId> d;
+      DepList d;
       if (i == 0 && producer != schedule::kNoOp) d.push_back(producer);
       if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
       send(x_.st.tp_send, Name{site, names.send, i}, tp, tp_peer(1), act(k_.tokens_sp, kk), 0, ph, std::move(d), "tp",
@@ -32,7 +32,7 @@ RankLowering::Ring RankLowering::ub_ring_gemm(std::string_view site, const RingN
       rv = recv(x_.st.tp_recv, Name{site, names.recv, i}, tp, tp_peer(-1), act(k_.tokens_sp, kk), 0, ph, "tp",
                 k_.ring_transport, k_.ring_sms);
     }
-    std::vector<OpId> d;
+    DepList d;
     if (prev_recv != schedule::kNoOp) d.push_back(prev_recv);
     ring.last_gemm = gemm(Name{site, names.chunk, i}, k_.tokens_sp, n, kk, ph, std::move(d), "tp");
     prev_recv = rv;
@@ -73,7 +73,7 @@ void RankLowering::rowparallel_bwd(std::string_view site, std::uint64_t out, std
     }
     gemm(Name{site, "_dgrad"}, k_.tokens, in, out, Phase::kBwd);
   }
-  std::vector<OpId> d;
+  DepList d;
   if (last_recv != schedule::kNoOp) d.push_back(last_recv);
   wgrad_op(Name{site, "_wgrad"}, linear_gemm(out, in, k_.tokens, GemmRole::kWgrad), std::move(d), Name{L, site},
            ub() ? "tp" : "");
@@ -94,10 +94,10 @@ void RankLowering::colparallel_bwd(std::string_view site, std::uint64_t out, std
                      k_.sp ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce, tp, act(k_.tokens, in),
                      Phase::kBwd, false, {dg}, ov);
   }
-  std::vector<OpId> wd;
+  DepList wd;
   if (ag != schedule::kNoOp) wd.push_back(ag);
   wgrad_op(Name{site, "_wgrad"}, linear_gemm(out, in, k_.tokens, GemmRole::kWgrad), std::move(wd), Name{L, site}, ov);
-  std::vector<OpId> ld;
+  DepList ld;
   if (red != schedule::kNoOp) ld.push_back(red);
   input_norm_bwd(ln, L, std::move(ld));
 }
