@@ -434,20 +434,29 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
   for (std::uint32_t r = 0; r < f.ranks.size(); ++r) by_rank[r] = r;
   std::sort(by_rank.begin(), by_rank.end(), [&](std::uint32_t a, std::uint32_t b) { return f.ranks[a] < f.ranks[b]; });
   std::vector<Span> spans(f.n_streams + 1);
+  // Per (span, micro-batch): the durations of the span's ops tagged with it.
+  std::size_t n_mb = 0;
+  for (const schedule::Op& op : s.ops)
+    n_mb = std::max<std::size_t>(n_mb, static_cast<std::size_t>(op.tags.microbatch + 1));
+  std::vector<Nanos> per_mb(spans.size() * n_mb);
   for (const std::uint32_t r : by_rank) {
     const std::vector<OpId>& ops = f.program[r];
     std::fill(spans.begin(), spans.end(), Span{});
+    std::fill(per_mb.begin(), per_mb.end(), 0);
     Span& host = spans.back();
     host.first = 0;
     host.last = ops.size() - 1;
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const OpFacts& x = f.ops[ops[i]];
+      const std::int32_t mb = s.ops[ops[i]].tags.microbatch;
       host.sum_ns += x.launch_ns;
+      if (mb >= 0) per_mb[f.n_streams * n_mb + static_cast<std::size_t>(mb)] += x.launch_ns;
       if (on_host(x.kind)) continue;
       Span& sp = spans[x.stream];
       sp.first = std::min(sp.first, i);
       sp.last = i;
       sp.sum_ns += x.own_ns;
+      if (mb >= 0) per_mb[x.stream * n_mb + static_cast<std::size_t>(mb)] += x.own_ns;
     }
     local_paths(f, ops, spans, scratch);
     for (std::size_t st = 0; st < spans.size(); ++st) {
@@ -461,6 +470,8 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       p.local_ns = sp.local_ns;
       p.tail_ns = q[end_node(ops[sp.last])];
       p.sum_ns = sp.sum_ns;
+      const auto row = per_mb.begin() + static_cast<std::ptrdiff_t>(st * n_mb);
+      p.microbatch_min_ns = n_mb == 0 ? 0 : *std::min_element(row, row + static_cast<std::ptrdiff_t>(n_mb));
       out.streams.push_back(p);
     }
   }
