@@ -93,14 +93,14 @@ StepBound step_lower_bound(const models::ModelSpec& model, const sim::CostModel&
       return out;
     }
     const std::uint64_t g = (*counts)[0], dg = (*counts)[1] - (*counts)[0];
-    // The larger count first: alone it leaves fewer micro-batches to take at the least one adds (at least 3: pp + 2
-    // or 3 g); when that already exceeds the threshold, the other lowering is not needed.
-    const CriticalPath b = path_at(model, costs, config, count_comm, g + dg);
-    if (std::isfinite(stop_above_s)) {
-      StepBound one = one_lowering_bound(b, g + dg, m - g - dg);
+    const CriticalPath a = path_at(model, costs, config, count_comm, g);
+    // When the first lowering alone already exceeds the threshold (it needs at least 3 micro-batches: pp + 1 or 2 g),
+    // the second is not needed.
+    if (g >= 3 && std::isfinite(stop_above_s)) {
+      StepBound one = one_lowering_bound(a, g, m - g);
       if (one.seconds > stop_above_s) return one;
     }
-    const CriticalPath a = path_at(model, costs, config, count_comm, g);
+    const CriticalPath b = path_at(model, costs, config, count_comm, g + dg);
     std::map<std::pair<schedule::RankId, schedule::StreamId>, const StreamPath*> at_g;
     for (const StreamPath& p : a.streams) at_g[{p.rank, p.stream}] = &p;
     for (const StreamPath& pb : b.streams) {
