@@ -2,6 +2,7 @@
 #include "evaluate/bound.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -46,10 +47,33 @@ std::string describe_sum(const StreamPath& p) {
                    " at their solo times";
 }
 
+/// The bound from one lowering alone (at `at` micro-batches; `more` = m - at further ones): each (rank, stream)'s
+/// path and sum there, plus `more` times the least any one micro-batch adds to the stream (StreamPath::
+/// microbatch_min_ns). At most the two-lowering bound where it rests on the same assumptions: the rank's own path
+/// grows per micro-batch by at least its stream's sum does (it runs through every op of the stream), and that sum by
+/// one micro-batch's ops, no fewer than those of the least of the `at` (of which those between the first and the last
+/// are alike: `at` >= 3).
+StepBound one_lowering_bound(const CriticalPath& a, std::uint64_t at, std::uint64_t more) {
+  StepBound out;
+  for (const StreamPath& p : a.streams) {
+    const double extra = static_cast<double>(more) * static_cast<double>(p.microbatch_min_ns);
+    const double path = (static_cast<double>(p.head_ns + p.local_ns + p.tail_ns) + extra) * 1e-9;
+    const double sum = (static_cast<double>(p.sum_ns) + extra) * 1e-9;
+    if (std::max(path, sum) <= out.seconds) continue;
+    out.seconds = std::max(path, sum);
+    StreamPath shown = p;
+    shown.local_ns += static_cast<Nanos>(extra);
+    out.what = (path >= sum ? describe(shown) : describe_sum(p)) + "; the " + std::to_string(more) +
+               " micro-batches past the lowering's " + std::to_string(at) +
+               " each at the least one of those adds there";
+  }
+  return out;
+}
+
 }  // namespace
 
 StepBound step_lower_bound(const models::ModelSpec& model, const sim::CostModel& costs, const models::RunConfig& config,
-                           sim::Fidelity fidelity) {
+                           sim::Fidelity fidelity, double stop_above_s) {
   const bool count_comm = fidelity == sim::Fidelity::kAnalytic;
   try {
     const std::uint64_t per_step = std::uint64_t{config.micro_batch_size} * models::derived_dp(config);
@@ -70,6 +94,12 @@ StepBound step_lower_bound(const models::ModelSpec& model, const sim::CostModel&
     }
     const std::uint64_t g = (*counts)[0], dg = (*counts)[1] - (*counts)[0];
     const CriticalPath a = path_at(model, costs, config, count_comm, g);
+    // When the first lowering alone already exceeds the threshold (it needs at least 3 micro-batches: pp + 1 or 2 g),
+    // the second is not needed.
+    if (g >= 3 && std::isfinite(stop_above_s)) {
+      StepBound one = one_lowering_bound(a, g, m - g);
+      if (one.seconds > stop_above_s) return one;
+    }
     const CriticalPath b = path_at(model, costs, config, count_comm, g + dg);
     std::map<std::pair<schedule::RankId, schedule::StreamId>, const StreamPath*> at_g;
     for (const StreamPath& p : a.streams) at_g[{p.rank, p.stream}] = &p;

@@ -13,6 +13,7 @@
 // lowerings). A step of at most 2 g micro-batches is lowered as is and its longest path is the bound.
 #pragma once
 
+#include <limits>
 #include <string>
 
 #include "models/lower.hpp"
@@ -29,8 +30,13 @@ struct StepBound {
 };
 
 /// The longest of the paths above for `config` simulated at `fidelity`. Cheap next to a simulation: one rank per
-/// stage, 3 g micro-batches lowered in all, nothing simulated.
+/// stage, 3 g micro-batches lowered in all, nothing simulated. With `stop_above_s` finite (the caller's "cannot win"
+/// threshold), a bound from the first lowering alone (at g micro-batches, when g >= 3) is returned when it already
+/// exceeds `stop_above_s`: each (rank, stream)'s path and sum there plus, per further micro-batch, the least any one of
+/// its micro-batches adds to the stream (no more than the two lowerings' line gives, the path running through every op
+/// of the stream), so a point that cannot win by a margin costs one lowering.
 [[nodiscard]] StepBound step_lower_bound(const models::ModelSpec& model, const sim::CostModel& costs,
-                                         const models::RunConfig& config, sim::Fidelity fidelity);
+                                         const models::RunConfig& config, sim::Fidelity fidelity,
+                                         double stop_above_s = std::numeric_limits<double>::infinity());
 
 }  // namespace twinstep::evaluate

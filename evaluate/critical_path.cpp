@@ -47,6 +47,7 @@ struct OpFacts {
   OpId queue_prev = kNoOp;                   ///< One hardware queue: the rank's GPU op issued before it.
   std::uint32_t group = UINT32_MAX;          ///< Coupled collective instance or send/recv pair (Facts::group_first).
   std::uint32_t dep_begin = 0, dep_end = 0;  ///< Its deps: Facts::deps[dep_begin, dep_end) (GPU ops only).
+  std::int32_t microbatch = -1;              ///< Its micro-batch tag (-1: none).
 };
 
 bool on_host(OpKind k) { return k == OpKind::kHost || k == OpKind::kHostSync; }
@@ -63,6 +64,7 @@ struct Facts {
   std::vector<std::vector<OpId>> program;  ///< By dense rank: its ops in program order.
   std::vector<OpId> stream_first;          ///< By (dense rank, stream): the first op on the stream, or kNoOp.
   std::size_t n_streams = 1;
+  std::size_t n_microbatches = 0;  ///< The largest micro-batch tag plus 1.
   /// One hardware queue (meta cuda_device_max_connections 1): a GPU op starts no earlier than the rank's GPU op
   /// issued before it, whatever the stream (sim/core.cpp).
   bool one_queue = false;
@@ -351,6 +353,8 @@ Facts facts_of(const schedule::Schedule& s, const sim::CostModel& costs, bool co
     const schedule::Op& op = s.ops[o];
     OpFacts& x = f.ops[o];
     x.kind = schedule::kind_of(op.body);
+    x.microbatch = op.tags.microbatch;
+    f.n_microbatches = std::max<std::size_t>(f.n_microbatches, static_cast<std::size_t>(op.tags.microbatch + 1));
     if (op.rank >= rank_index.size()) rank_index.resize(static_cast<std::size_t>(op.rank) + 1, UINT32_MAX);
     if (rank_index[op.rank] == UINT32_MAX) {
       rank_index[op.rank] = static_cast<std::uint32_t>(f.ranks.size());
@@ -434,20 +438,27 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
   for (std::uint32_t r = 0; r < f.ranks.size(); ++r) by_rank[r] = r;
   std::sort(by_rank.begin(), by_rank.end(), [&](std::uint32_t a, std::uint32_t b) { return f.ranks[a] < f.ranks[b]; });
   std::vector<Span> spans(f.n_streams + 1);
+  // Per (span, micro-batch): the durations of the span's ops tagged with it.
+  const std::size_t n_mb = f.n_microbatches;
+  std::vector<Nanos> per_mb(spans.size() * n_mb);
   for (const std::uint32_t r : by_rank) {
     const std::vector<OpId>& ops = f.program[r];
     std::fill(spans.begin(), spans.end(), Span{});
+    std::fill(per_mb.begin(), per_mb.end(), 0);
     Span& host = spans.back();
     host.first = 0;
     host.last = ops.size() - 1;
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const OpFacts& x = f.ops[ops[i]];
+      const std::int32_t mb = x.microbatch;
       host.sum_ns += x.launch_ns;
+      if (mb >= 0) per_mb[f.n_streams * n_mb + static_cast<std::size_t>(mb)] += x.launch_ns;
       if (on_host(x.kind)) continue;
       Span& sp = spans[x.stream];
       sp.first = std::min(sp.first, i);
       sp.last = i;
       sp.sum_ns += x.own_ns;
+      if (mb >= 0) per_mb[x.stream * n_mb + static_cast<std::size_t>(mb)] += x.own_ns;
     }
     local_paths(f, ops, spans, scratch);
     for (std::size_t st = 0; st < spans.size(); ++st) {
@@ -461,6 +472,8 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       p.local_ns = sp.local_ns;
       p.tail_ns = q[end_node(ops[sp.last])];
       p.sum_ns = sp.sum_ns;
+      const auto row = per_mb.begin() + static_cast<std::ptrdiff_t>(st * n_mb);
+      p.microbatch_min_ns = n_mb == 0 ? 0 : *std::min_element(row, row + static_cast<std::ptrdiff_t>(n_mb));
       out.streams.push_back(p);
     }
   }

@@ -53,6 +53,10 @@ struct StreamPath {
   /// The sum of the durations of the stream's ops (for the host thread: its launches, wake-ups and host ops): exactly
   /// affine in the micro-batch count, where local_ns is only so once the pipeline is full.
   Nanos sum_ns = 0;
+  /// The least, over the schedule's micro-batches (0 to its largest micro-batch tag), of the durations of the
+  /// stream's ops tagged with that micro-batch (0 for one with no op there): at most what any one micro-batch adds to
+  /// sum_ns where micro-batches between the first and the last are alike (evaluate/bound.hpp's one-lowering bound).
+  Nanos microbatch_min_ns = 0;
 };
 
 struct CriticalPath {

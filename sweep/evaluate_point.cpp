@@ -202,7 +202,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
     lap(t.check_s);
     // Pruned next: a layout whose step lasts at least longer than the best found so far in its group cannot win.
     if (std::isfinite(prune_above_s)) {
-      const evaluate::StepBound bound = evaluate::step_lower_bound(model, costs, cfg, p.fidelity);
+      const evaluate::StepBound bound = evaluate::step_lower_bound(model, costs, cfg, p.fidelity, prune_above_s);
       lap(t.bound_s);
       if (bound.seconds > prune_above_s) {
         char buf[400];

@@ -55,6 +55,15 @@ std::pair<evaluate::StepBound, double> bound_and_step(const Layout& l,
   return {evaluate::step_lower_bound(m, costs, c, fidelity), evaluate::evaluate(m, cluster, costs, c, o).step_s};
 }
 
+/// The bound with every stop threshold passed: from one lowering alone where that applies.
+evaluate::StepBound one_lowering_bound(const Layout& l, sim::Fidelity fidelity) {
+  models::ModelSpec m = models::load_model(l.model);
+  m.num_layers = l.layers;
+  const auto cluster = topologies::load_cluster("dgx-h100", {0, l.gpus});
+  const sim::CostModel costs(cluster, sim::Profile::datasheet_defaults());
+  return evaluate::step_lower_bound(m, costs, config_of(l), fidelity, 0.0);
+}
+
 /// The bound this one replaced, as an oracle: per (rank, stream) of one rank per stage the solo times of its ops
 /// (communication under analytic only, all-to-all left out), per rank its host thread's launches and host ops; the
 /// largest, at the step's micro-batch count along the line through two lowerings (the sums are affine in it).
@@ -145,6 +154,7 @@ TEST_CASE("evaluate::step_lower_bound: never above the simulated step", "[evalua
       {"qwen3-30b-a3b", 4, 8, 1, 1, 1, 1, 8, 24, 1024, "ep+dp", -1},               // MoE, EP-overlap combined schedule
       {"qwen3-30b-a3b", 4, 8, 2, 2, 1, 1, 2, 32, 1024, "dp+tp", -1},               // MoE with TP, EP, PP, overlaps
   };
+  std::size_t from_one = 0;  // bounds from one lowering alone
   for (const auto& l : layouts) {
     INFO(l.model << " tp" << l.tp << " pp" << l.pp << " vpp" << l.vpp << " cp" << l.cp << " ep" << l.ep << " gbs "
                  << l.gbs << " seq " << l.seq << " overlap " << l.overlap);
@@ -160,8 +170,17 @@ TEST_CASE("evaluate::step_lower_bound: never above the simulated step", "[evalua
       CHECK(bound.seconds <= reduced);
       CHECK(sums <= bound.seconds * (1 + 1e-9));  // never weaker than the sums it replaced
       CHECK_FALSE(bound.what.empty());
+      // The one-lowering bound (taken when it is above the threshold: 0 here): no higher than the two lowerings'.
+      const evaluate::StepBound first = one_lowering_bound(l, fidelity);
+      INFO("one lowering's bound " << first.seconds << " s (" << first.what << ")");
+      CHECK(first.seconds > 0);
+      CHECK(first.seconds <= bound.seconds * (1 + 1e-12));
+      CHECK(first.seconds <= step);
+      CHECK(first.seconds <= reduced);
+      if (first.what.find("micro-batches past the lowering") != std::string::npos) ++from_one;
     }
   }
+  CHECK(from_one >= 10);
 }
 
 TEST_CASE("evaluate::step_lower_bound: most of a compute-bound step, the launches where kernels are tiny",

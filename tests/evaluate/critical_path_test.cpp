@@ -166,7 +166,7 @@ std::vector<Nanos> relax(const Graph& g, std::uint32_t source, bool forward, boo
 }
 
 /// Checks critical_path(s) against the brute force: the step, and per (rank, stream) and host thread its head, own
-/// path, tail and sum.
+/// path, tail, sum and least micro-batch's sum.
 void check_against_brute_force(const schedule::Schedule& s, const sim::CostModel& costs, bool comm) {
   const evaluate::CriticalPath cp = evaluate::critical_path(s, costs, comm);
   const Graph g = graph_of(s, costs, comm);
@@ -202,6 +202,18 @@ void check_against_brute_force(const schedule::Schedule& s, const sim::CostModel
       Nanos sum = 0;
       for (const OpId o : on) sum += host ? g.launch[o] : g.duration[o];
       CHECK(it->sum_ns == sum);
+      // The least over the micro-batches 0 .. the schedule's largest tag of the stream's ops tagged with it.
+      std::int32_t n_mb = 0;
+      for (const auto& op : s.ops) n_mb = std::max(n_mb, op.tags.microbatch + 1);
+      Nanos least = n_mb == 0 ? 0 : std::numeric_limits<Nanos>::max();
+      for (std::int32_t mb = 0; mb < n_mb; ++mb) {
+        Nanos of_mb = 0;
+        for (const OpId o : on) {
+          if (s.ops[o].tags.microbatch == mb) of_mb += host ? g.launch[o] : g.duration[o];
+        }
+        least = std::min(least, of_mb);
+      }
+      CHECK(it->microbatch_min_ns == least);
     }
   }
   CHECK(paths == cp.streams.size());
@@ -255,6 +267,8 @@ TEST_CASE("evaluate::critical_path: equals the brute-force longest path on hand-
       if (crossing && std::string(queues) == "1") continue;
       schedule::Schedule s = build(crossing);
       s.meta[schedule::kHardwareQueuesKey] = queues;
+      // Micro-batch tags -1, 0, 1 in turn: unequal micro-batches on every stream (StreamPath::microbatch_min_ns).
+      for (auto& op : s.ops) op.tags.microbatch = static_cast<std::int32_t>(op.id % 3) - 1;
       REQUIRE(schedule::validate(s).empty());
       for (const bool comm : {true, false}) {
         INFO((crossing ? "crossing" : "in order")
