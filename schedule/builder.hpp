@@ -52,7 +52,7 @@ class ScheduleBuilder {
     return all;
   }
 
-  OpId add(RankId rank, std::string name, StreamId stream, Body body, std::vector<OpId> deps = {}, Tags tags = {}) {
+  OpId add(RankId rank, std::string name, StreamId stream, Body body, DepList deps = {}, Tags tags = {}) {
     Op op;
     op.id = next_id();
     op.rank = rank;
@@ -66,27 +66,26 @@ class ScheduleBuilder {
   }
   /// A bf16 GEMM m x n x k.
   OpId gemm(RankId r, std::string name, StreamId st, std::uint64_t m, std::uint64_t n, std::uint64_t k,
-            std::vector<OpId> deps = {}, Tags tags = {}) {
+            DepList deps = {}, Tags tags = {}) {
     return add(r, std::move(name), st, gemm_kernel(m, n, k), std::move(deps), std::move(tags));
   }
   OpId collective(RankId r, std::string name, StreamId st, CollectiveKind kind, CommId comm, std::uint64_t bytes,
-                  std::vector<OpId> deps = {}) {
+                  DepList deps = {}) {
     Collective c;
     c.kind = kind;
     c.comm = comm;
     c.bytes = bytes;
     return add(r, std::move(name), st, c, std::move(deps));
   }
-  OpId all_reduce(RankId r, std::string name, StreamId st, CommId comm, std::uint64_t bytes,
-                  std::vector<OpId> deps = {}) {
+  OpId all_reduce(RankId r, std::string name, StreamId st, CommId comm, std::uint64_t bytes, DepList deps = {}) {
     return collective(r, std::move(name), st, CollectiveKind::kAllReduce, comm, bytes, std::move(deps));
   }
   OpId send(RankId r, std::string name, StreamId st, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
-            std::vector<OpId> deps = {}) {
+            DepList deps = {}) {
     return add(r, std::move(name), st, Send{comm, peer, bytes, tag}, std::move(deps));
   }
   OpId recv(RankId r, std::string name, StreamId st, CommId comm, RankId peer, std::uint64_t bytes, std::uint32_t tag,
-            std::vector<OpId> deps = {}) {
+            DepList deps = {}) {
     return add(r, std::move(name), st, Recv{comm, peer, bytes, tag}, std::move(deps));
   }
   /// A host op of `ns` on stream 0.
