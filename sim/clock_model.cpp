@@ -14,14 +14,13 @@ namespace {
 constexpr NameTable<ClockMode, 2> kClockModes = {{{"none", ClockMode::kNone}, {"power-cap", ClockMode::kPowerCap}}};
 
 /// The profile table whose measured clock a kernel's time follows: the class table, or the accumulating-GEMM and
-/// non-causal attention tables where the model names their clocks.
+/// non-causal attention tables where the model names their clocks (the cost model's own predicates choose which
+/// accumulating-GEMM table a kernel reads).
 std::string table_of(const schedule::Kernel& kernel, const ClockModel& model) {
   std::string name = schedule::kernel_class(kernel);
   const auto named = [&](const std::string& t) { return model.measured_mhz.count(t) > 0; };
-  if (const auto* g = std::get_if<schedule::Gemm>(&kernel)) {
-    if (g->accumulate_fp32 && named("gemm_accumulate")) return "gemm_accumulate";
-    if (g->accumulate && named("gemm_accumulate_bf16")) return "gemm_accumulate_bf16";
-  }
+  if (reads_accumulate_table(kernel) && named("gemm_accumulate")) return "gemm_accumulate";
+  if (reads_accumulate_bf16_table(kernel) && named("gemm_accumulate_bf16")) return "gemm_accumulate_bf16";
   if (const auto* a = std::get_if<schedule::Attention>(&kernel); a != nullptr && !a->causal) {
     std::string t = a->backward ? "attention_noncausal_bwd" : "attention_noncausal_fwd";
     if (named(t)) return t;
