@@ -204,6 +204,24 @@ void gate_sizes(const RunConfig& cfg, Dims& k, std::vector<std::string>& warning
   k.microbatches = static_cast<std::uint32_t>(cfg.global_batch_size / per_step);
 }
 
+/// A sequence longer than the model's context (max_position_embeddings, when the model file gives one): Megatron
+/// asserts max_position_embeddings >= seq_length, so such a run needs a model configured for the longer context.
+/// Lowered as asked, with the model's position table unchanged, and said in a warning rather than refused: planners
+/// ask what a longer-context training of the same shapes would cost (RoPE layers hold no per-position weights).
+void gate_context_length(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>& warnings) {
+  const std::uint64_t context = model.max_position_embeddings;
+  if (context == 0 || cfg.seq_length <= context) return;
+  std::string w = "seq_length " + str(cfg.seq_length) + " exceeds " + (model.name.empty() ? "the model" : model.name) +
+                  "'s max_position_embeddings " + str(context) +
+                  " (Megatron asserts max_position_embeddings >= seq_length): lowered as asked, for a model configured "
+                  "with the longer context; set max_position_embeddings in the model file, or --seq " +
+                  str(context) + " or less";
+  if (model.position_embedding_type == "learned_absolute") {
+    w += "; the learned position table keeps its " + str(context) + " rows here";
+  }
+  warnings.push_back(std::move(w));
+}
+
 /// Head and width divisibility by TP, tokens per CP rank (and per TP rank with SP), padded vocabulary, dtypes.
 void gate_widths(const ModelSpec& model, const RunConfig& cfg, Dims& k) {
   if (model.num_attention_heads % k.tp != 0 || model.num_query_groups % k.tp != 0) {
@@ -419,6 +437,7 @@ Dims gate(const ModelSpec& model, const RunConfig& cfg, std::vector<std::string>
   Dims k;
   gate_sizes(cfg, k, warnings);
   gate_widths(model, cfg, k);
+  gate_context_length(model, cfg, warnings);
   gate_pipeline(cfg, k, warnings);
   gate_tp_overlap(cfg, k, warnings);
   gate_context_parallel(cfg, k);

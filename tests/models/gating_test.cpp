@@ -261,3 +261,24 @@ TEST_CASE("models::lowering: the TP-overlap ring exchange carries the configured
   c.tp_comm_overlap_ring_exchange_num_sm = 0;
   CHECK_THROWS_WITH(lower(small(), c), twinstep_contains("tp_comm_overlap_ring_exchange_num_sm"));
 }
+
+TEST_CASE("models::gating: a sequence past the model's max_position_embeddings is lowered with a warning", "[gating]") {
+  RunConfig c = config(1, 1, 1);
+  c.global_batch_size = 1;
+  ModelSpec m = small();  // llama3-8b: RoPE, max_position_embeddings 8192
+  REQUIRE(m.max_position_embeddings == 8192);
+  c.seq_length = 8192;
+  CHECK_FALSE(has_warning(lower(m, c), "max_position_embeddings"));
+  c.seq_length = 16384;
+  const Lowered longer = lower(m, c);
+  CHECK(has_warning(longer, "seq_length 16384 exceeds llama3-8b's max_position_embeddings 8192"));
+  CHECK(has_warning(longer, "--seq 8192 or less"));
+  CHECK_FALSE(has_warning(longer, "learned position table"));
+  // A learned position table (GPT-3, 2048 rows) keeps its size, and the warning says so.
+  c.seq_length = 4096;
+  const Lowered gpt = lower(shrink(load_model("gpt3-175b"), 2), c);
+  CHECK(has_warning(gpt, "the learned position table keeps its 2048 rows here"));
+  // A model file without the field (0) has no context to check against.
+  m.max_position_embeddings = 0;
+  CHECK_FALSE(has_warning(lower(m, c), "max_position_embeddings"));
+}
