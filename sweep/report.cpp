@@ -40,6 +40,12 @@ std::string csv_field(const std::string& s) {
 
 std::string layout_id(const Result& r) { return r.point.layout.describe() + " " + to_string(r.point.dispatcher); }
 
+/// A layout as the table shows it: the dispatcher only where it matters (EP > 1) or is not the default.
+std::string layout_label(const Point& p) {
+  return p.layout.describe() +
+         (p.dispatcher != models::TokenDispatcher::kAllToAll || p.layout.ep > 1 ? " " + to_string(p.dispatcher) : "");
+}
+
 GroupKey group_of(const Point& p) { return {p.model, p.cluster, p.fidelity, p.seq, p.gbs, p.gpus}; }
 
 GroupKey group_of(const Result& r) { return group_of(r.point); }
@@ -226,24 +232,29 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
                   g.invalid, g.does_not_fit, g.cannot_win, g.errors);
     o << buf;
     if (!g.best) continue;
-    std::snprintf(buf, sizeof buf, "  %4s  %-38s %-16s %11s %8s %6s %8s %19s %8s\n", "#", "layout", "overlap",
-                  "step time", "vs best", "MFU", "TFLOP/s", "memory (usable)", "vs none");
-    o << buf;
     const Result& b = results[*g.best];
     const std::size_t shown = top == 0 ? g.ranked.size() : std::min(top, g.ranked.size());
+    // Columns as wide as the longest label shown (two-digit VPP, EP with ETP and a dispatcher), so rows stay aligned.
+    int layout_w = 38, overlap_w = 16;
+    for (std::size_t k = 0; k < shown; ++k) {
+      const Result& r = results[g.ranked[k]];
+      layout_w = std::max(layout_w, static_cast<int>(layout_label(r.point).size()));
+      overlap_w = std::max(overlap_w, static_cast<int>(models::to_string(r.point.overlap).size()));
+    }
+    std::snprintf(buf, sizeof buf, "  %4s  %-*s %-*s %11s %8s %6s %8s %19s %8s\n", "#", layout_w, "layout", overlap_w,
+                  "overlap", "step time", "vs best", "MFU", "TFLOP/s", "memory (usable)", "vs none");
+    o << buf;
     for (std::size_t k = 0; k < shown; ++k) {
       const std::size_t i = g.ranked[k];
       const Result& r = results[i];
-      const std::string layout =
-          r.point.layout.describe() + (r.point.dispatcher != models::TokenDispatcher::kAllToAll || r.point.layout.ep > 1
-                                           ? " " + to_string(r.point.dispatcher)
-                                           : "");
+      const std::string layout = layout_label(r.point);
       // Against the usable capacity the fit is decided on (lines from before it was recorded: none shown).
       const std::string memory = r.usable_gib > 0 ? fmt("%.1f", r.memory_gib) + fmt(" (%.1f) GiB", r.usable_gib)
                                                   : fmt("%.1f GiB", r.memory_gib);
       const std::string gain = speedups[i] ? fmt("%+.1f%%", 100.0 * (*speedups[i] - 1)) : "";
-      std::snprintf(buf, sizeof buf, "  %4zu  %-38s %-16s %11s %+7.1f%% %5.1f%% %8.1f %19s %8s\n", k + 1,
-                    layout.c_str(), models::to_string(r.point.overlap).c_str(), format_seconds(r.step_time_s).c_str(),
+      std::snprintf(buf, sizeof buf, "  %4zu  %-*s %-*s %11s %+7.1f%% %5.1f%% %8.1f %19s %8s\n", k + 1, layout_w,
+                    layout.c_str(), overlap_w, models::to_string(r.point.overlap).c_str(),
+                    format_seconds(r.step_time_s).c_str(),
                     b.step_time_s > 0 ? 100.0 * (r.step_time_s / b.step_time_s - 1) : 0.0, 100.0 * r.mfu,
                     r.tflops_per_gpu, memory.c_str(), gain.c_str());
       o << buf;

@@ -167,6 +167,43 @@ TEST_CASE("sweep::format_table: the top-N simulated layouts of each GPU count, r
   CHECK(top2.find("... 2 more simulated (--top 0 lists all") != std::string::npos);
 }
 
+TEST_CASE("sweep::format_table: columns stay aligned for long layouts (two-digit VPP, EP) and overlap names",
+          "[sweep]") {
+  std::vector<sweep::Result> results = {
+      make(0, 1024, 8, 16, "none", 1.0, 0.1, 0.1, "ok", 1, 1024),
+      make(1, 1024, 8, 16, "dp+tp+pp+cp", 1.0, 0.05, 0.1, "ok", 1, 1024),
+      make(2, 1024, 2, 16, "dp", 1.0, 0.2, 0.1, "ok", 32, 1024),
+  };
+  // Layouts of 39 and more characters: "tp8 pp16 vpp12 cp16 ep1 dp1 mbs1", and EP with its dispatcher.
+  results[0].point.layout.vpp = 12;
+  results[0].point.layout.cp = 16;
+  results[1].point.layout.vpp = 12;
+  results[1].point.layout.cp = 16;
+  results[2].point.layout.vpp = 12;
+  results[2].point.layout.cp = 128;
+  const std::string table = sweep::format_table(sweep::rank_results(results), results, 0);
+  std::istringstream in(table);
+  std::string line;
+  std::size_t header_overlap = std::string::npos, header_step = std::string::npos, rows = 0;
+  while (std::getline(in, line)) {
+    if (line.find("  #  layout") != std::string::npos) {
+      header_overlap = line.find("overlap");
+      header_step = line.find("step time") + std::string("step time").size();
+      continue;
+    }
+    const auto first = line.find_first_not_of(' ');
+    if (first != 5 || line.compare(6, 4, "  tp") != 0) continue;  // rows 1-9: "     1  tp..."
+    REQUIRE(header_overlap != std::string::npos);
+    INFO(table);
+    // The overlap starts under its header, and the step time ends where its header does (right-aligned, " s").
+    const std::string overlap = line.substr(header_overlap, line.find(' ', header_overlap) - header_overlap);
+    CHECK((overlap == "none" || overlap == "dp+tp+pp+cp" || overlap == "dp"));
+    CHECK(line.compare(header_step - 2, 2, " s") == 0);
+    ++rows;
+  }
+  CHECK(rows == 3);
+}
+
 TEST_CASE("sweep::speedups_vs_none: each variant against the none variant of the same point", "[sweep]") {
   const auto results = sample();
   const auto s = sweep::speedups_vs_none(results);
