@@ -11,7 +11,7 @@
 # the fit from dense_s4096 predicts every case.
 #
 # Usage, from the repository root: calibration/scripts/run_reference_h100x1.sh OUT [WHAT...]
-#   WHAT: all (default) | build | calibrate | dense | dense_rc | dense_fp8 | moe | a case name (dense_s2048,
+#   WHAT: all (default) | build | calibrate | dense | dense_rc | dense_fp8 | dense_mb | moe | a case name (dense_s2048,
 #   dense_s4096_rc, dense_s4096_fp8 (fp8 linear layers, per-tensor current scaling on both sides), moe_s4096, ...). One device call has 10 minutes: the first call of a fresh machine builds (a few minutes), so
 #   split, e.g. `OUT build calibrate dense` then `OUT dense_rc moe` (build-gpu and the fitted profile stay on the
 #   warm machine between calls; the table of each call covers the cases of that call, reference_table.py joins the
@@ -57,13 +57,13 @@ PROF=${PROFILE:-}
 [ -z "$PROF" ] && [ -s "$KEEP" ] && PROF=$KEEP
 [ -n "$PROF" ] && cp "$PROF" "$R/profile_used.json"
 
-# run_case NAME MODEL SEQ RECOMPUTE(0|1) [DTYPE]
+# run_case NAME MODEL SEQ RECOMPUTE(0|1) [DTYPE [GBS]]  (GBS: micro-batches of one sequence per step, default 1)
 run_case() {
-  local name=$1 model=$2 seq=$3 rc=$4 dtype=${5:-bf16}
+  local name=$1 model=$2 seq=$3 rc=$4 dtype=${5:-bf16} gbs=${6:-1}
   local D=$R/$name
   mkdir -p "$D"
   echo "== $name $(date +%T)"
-  local flags=(--model "$R/models/$model.json" --gpus 1 --mbs 1 --seq "$seq")
+  local flags=(--model "$R/models/$model.json" --gpus 1 --mbs 1 --gbs "$gbs" --seq "$seq")
   [ "$rc" = 1 ] && flags+=(--recompute full --recompute-method uniform --recompute-num-layers 1)
   [ "$dtype" = fp8 ] && flags+=(--dtype fp8 --fp8-recipe tensorwise)
   $T lower "${flags[@]}" -o "$D/step.json" --summary > "$D/lower.txt" 2>&1 || { tail -3 "$D/lower.txt"; return; }
@@ -136,6 +136,8 @@ for seq in 2048 4096 8192 16384; do
   { want dense_rc || want "dense_s${seq}_rc"; } && CASES+=("dense_s${seq}_rc llama3-8b-4l $seq 1")
 done
 { want dense_fp8 || want dense_s4096_fp8; } && CASES+=("dense_s4096_fp8 llama3-8b-4l 4096 0 fp8")
+# Another micro-batch count (issue 19's cross-fit check: the fit from dense_s4096 predicting 4 micro-batches).
+{ want dense_mb || want dense_s4096_mb4; } && CASES+=("dense_s4096_mb4 llama3-8b-4l 4096 0 bf16 4")
 { want moe || want moe_s4096; } && CASES+=("moe_s4096 qwen3-30b-a3b-2l 4096 0")
 { want moe || want moe_s4096_rc; } && CASES+=("moe_s4096_rc qwen3-30b-a3b-2l 4096 1")
 for c in "${CASES[@]}"; do
