@@ -82,36 +82,10 @@ Setup load_setup(const ClusterFlags& f) {
   Setup s{topologies::load_cluster(f.cluster, {f.nodes, f.gpus}), {}};
   s.choice = sim::choose_profile(f.profile, s.cluster);
   sim::check_available(f.fidelity);
-  const sim::ClockModel& cm = s.profile().clock_model;
-  s.clock = f.clock_model.empty() ? cm.mode : sim::parse_clock_mode(f.clock_model, "--clock-model");
-  if (s.clock == sim::ClockMode::kPowerCap && !cm.present()) {
-    throw Error("--clock-model power-cap: the profile " + s.profile().name +
-                " has no \"clock_model\" section (power and clock microbenchmark figures, docs/calibration.md "
-                "section 8); use a profile with one (--profile h200x2) or --clock-model none");
-  }
+  s.clock =
+      f.clock_model.empty() ? s.profile().clock_model.mode : sim::parse_clock_mode(f.clock_model, "--clock-model");
+  sim::check_clock_mode(s.clock, s.profile(), "--clock-model");
   return s;
-}
-
-/// With the power-cap clock model: the clock `trace` settles at, `costs` rescaled to it, and the context entries
-/// that record it. Returns nothing (costs unchanged) without it.
-struct Clocked {
-  std::optional<sim::CostModel> costs;
-  std::map<std::string, std::string> context;
-};
-
-Clocked clocked_costs(const Setup& setup, const schedule::Trace& trace) {
-  Clocked c;
-  if (setup.clock != sim::ClockMode::kPowerCap) return c;
-  const sim::ClockSolution s = sim::power_cap_clock(trace, setup.profile().clock_model);
-  c.costs.emplace(setup.cluster, sim::at_clock(setup.profile(), s.mhz));
-  std::string per_rank;
-  for (const auto& [rank, mhz] : s.per_rank_mhz) {
-    per_rank += (per_rank.empty() ? "" : ",") + std::to_string(std::lround(mhz));
-  }
-  c.context["clock_model"] = "power-cap";
-  c.context["clock_model.sm_clock_mhz"] = std::to_string(std::lround(s.mhz));
-  c.context["clock_model.sm_clock_mhz.per_rank"] = per_rank;
-  return c;
 }
 
 struct VariantResult {
@@ -126,7 +100,8 @@ struct VariantResult {
   double solo_compute_s = 0;  ///< Mean over ranks of the compute kernels' solo times (cost model, nothing beside).
   std::map<std::string, double> host_work_s;  ///< Host thread time by cause (evaluate::Simulated::host_work_s).
   std::vector<std::string> warnings;
-  std::vector<std::string> notes;  ///< What the resource model leaves out, symmetry reduction.
+  std::vector<std::string> notes;           ///< What the resource model leaves out, symmetry reduction.
+  std::optional<sim::ClockSolution> clock;  ///< The power-cap clock it was simulated at (--clock-model power-cap).
 };
 
 nlohmann::ordered_json breakdown_json(const schedule::RankBreakdown& b) {
@@ -306,24 +281,14 @@ VariantResult evaluate_variant(const PredictArgs& args, const Setup& setup, cons
   evaluate::Options opts;
   opts.fidelity = args.cf.fidelity;
   opts.reduce = !args.no_reduce;
-  opts.keep_trace = !args.trace_dir.empty() || setup.clock == sim::ClockMode::kPowerCap;
+  opts.keep_trace = !args.trace_dir.empty();
+  opts.clock = setup.clock;
   opts.context["variant"] = v;
   opts.context["model"] = model.name;
   const models::RunConfig config = models::apply_overlap_variant(base, variant);
   evaluate::Result e;
-  std::string clock_note;
   try {
     e = evaluate::evaluate(model, setup.cluster, costs, config, opts);
-    // The power-cap clock: solved from this step, the step again with the tables at that clock.
-    const Clocked clocked = e.sim.trace ? clocked_costs(setup, *e.sim.trace) : Clocked{};
-    if (clocked.costs) {
-      for (const auto& [k, val] : clocked.context) opts.context[k] = val;
-      opts.keep_trace = !args.trace_dir.empty();
-      e = evaluate::evaluate(model, setup.cluster, *clocked.costs, config, opts);
-      clock_note = "SM clock under the power cap: " + clocked.context.at("clock_model.sm_clock_mhz") +
-                   " MHz (per rank " + clocked.context.at("clock_model.sm_clock_mhz.per_rank") +
-                   "; compute tables rescaled from their measured clocks)";
-    }
   } catch (const Error& err) {
     throw Error("variant " + v + ": " + err.what(), err.code());
   }
@@ -340,7 +305,7 @@ VariantResult evaluate_variant(const PredictArgs& args, const Setup& setup, cons
   r.memory = e.peak_memory;
   r.warnings = std::move(e.warnings);
   r.notes = std::move(e.sim.notes);
-  if (!clock_note.empty()) r.notes.push_back(clock_note);
+  r.clock = e.sim.clock;
   if (e.sim.trace) {
     const std::string stem = (std::filesystem::path(args.trace_dir) / v).string();
     schedule::write_trace(*e.sim.trace, stem + ".trace.json");
@@ -376,6 +341,12 @@ nlohmann::ordered_json variant_json(const VariantResult& r, const VariantResult&
       terms.push_back(nlohmann::ordered_json{{"cause", cause}, {"delta_s", sec}});
     }
     e["attribution"] = terms;
+  }
+  if (r.clock) {
+    e["sm_clock_mhz"] = r.clock->mhz;
+    nlohmann::ordered_json per_rank = nlohmann::ordered_json::object();
+    for (const auto& [rank, mhz] : r.clock->per_rank_mhz) per_rank[std::to_string(rank)] = mhz;
+    e["sm_clock_mhz_per_rank"] = per_rank;
   }
   e["warnings"] = r.warnings;
   e["notes"] = r.notes;
@@ -551,14 +522,8 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   opts.fidelity = cf.fidelity;
   opts.context["schedule_file"] = path;
   opts.keep_trace = true;
-  evaluate::Simulated simulated = evaluate::simulate_schedule(std::move(s), setup.cluster, costs, opts);
-  // The power-cap clock: solved from this step, the step again (its schedule, kept in the trace) at that clock.
-  const Clocked clocked = clocked_costs(setup, *simulated.trace);
-  if (clocked.costs) {
-    for (const auto& [k, v] : clocked.context) opts.context[k] = v;
-    schedule::Schedule again = std::move(simulated.trace->schedule);
-    simulated = evaluate::simulate_schedule(std::move(again), setup.cluster, *clocked.costs, opts);
-  }
+  opts.clock = setup.clock;
+  const evaluate::Simulated simulated = evaluate::simulate_schedule(std::move(s), setup.cluster, costs, opts);
   const schedule::Trace& trace = *simulated.trace;
   if (out == "-") {
     schedule::write_trace(trace, out);
@@ -569,7 +534,7 @@ void run_simulate(const std::string& path, const ClusterFlags& cf, const std::st
   std::fputs(
       ("simulated " + path + " on " + setup.cluster.describe() + " (" + setup.profile().name + ", fidelity " +
        to_string(cf.fidelity) +
-       (clocked.costs ? ", SM clock " + clocked.context.at("clock_model.sm_clock_mhz") + " MHz (power-cap)" : "") +
+       (simulated.clock ? ", SM clock " + std::to_string(std::lround(simulated.clock->mhz)) + " MHz (power-cap)" : "") +
        ")\n" + schedule::format_breakdown(b) +
        (out.empty() ? "no trace written (-o FILE writes it, -o - to stdout)\n" : "trace written to " + out + "\n"))
           .c_str(),

@@ -21,9 +21,12 @@
 #include "common/process.hpp"
 #include "common/units.hpp"
 #include "models/recipe.hpp"
+#include "sim/clock_model.hpp"
+#include "sim/profile_choice.hpp"
 #include "sweep/grid.hpp"
 #include "sweep/report.hpp"
 #include "sweep/runner.hpp"
+#include "topologies/cluster.hpp"
 
 namespace twinstep::cli {
 namespace {
@@ -31,7 +34,7 @@ namespace {
 struct SweepFlags {
   std::string sweep_file;
   std::string models, clusters, gpus, gbs, seq, mbs, tp, pp, vpp, cp, ep, parallel, overlap, dispatcher, fidelity;
-  std::string profile, config;
+  std::string profile, config, clock_model;
   std::string output = "sweep.jsonl";
   unsigned jobs = 0;
   std::string shard;
@@ -127,6 +130,14 @@ sweep::Spec build_spec(const SweepFlags& f) {
   if (!f.fidelity.empty()) s.fidelities = sweep::split_modes(f.fidelity, "--fidelity", sim::parse_fidelity);
   if (!f.profile.empty()) s.profile = f.profile;
   if (!f.config.empty()) s.base_config = f.config;
+  if (!f.clock_model.empty()) s.clock_model = sim::parse_clock_mode(f.clock_model, "--clock-model");
+  // power-cap needs each cluster's profile to have a clock_model section: refused before anything runs.
+  if (s.clock_model) {
+    for (const auto& cluster : s.clusters) {
+      sim::check_clock_mode(*s.clock_model, sim::choose_profile(s.profile, topologies::load_cluster(cluster)).profile,
+                            "--clock-model");
+    }
+  }
   if (!f.parallel.empty()) {
     if (f.parallel == "auto") {
       s.auto_layout = true;
@@ -348,6 +359,11 @@ void register_sweep_commands(CLI::App& app) {
         "Calibration profile: a JSON path, a shipped id (h100x1, h200x2) or \"datasheet\" (default: the measured "
         "profile of each cluster's GPU, calibration/profiles/defaults.json)");
     sub->add_option("--config", f->config, "Base run config JSON every point starts from");
+    sub->add_option("--clock-model", f->clock_model,
+                    "SM clock under the power cap, as in predict: none or power-cap (each point's step simulated, "
+                    "the clock solved from it, the step simulated again with the compute tables at that clock; "
+                    "its line gives sm_clock_mhz). Default: the profile's clock_model.mode, else none")
+        ->check(CLI::IsMember({"none", "power-cap"}));
     sub->add_option("-o,--output", f->output,
                     "JSON-lines results (default sweep.jsonl); resumed if it exists, other sweeps' lines in it kept");
     sub->add_option("--top", f->top,

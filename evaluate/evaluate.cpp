@@ -57,10 +57,10 @@ std::map<std::string, double> host_work(const schedule::Trace& trace) {
   return out;
 }
 
-}  // namespace
-
-Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& cluster, const sim::CostModel& costs,
-                            const Options& options) {
+/// One simulation and analysis of `s` (simulate_schedule without the clock model); with options.clock, the loads the
+/// clock is solved from, taken from the records before the trace is dropped.
+Simulated simulate_at(schedule::Schedule s, const topologies::Cluster& cluster, const sim::CostModel& costs,
+                      const Options& options) {
   sim::Options opts;
   opts.fidelity = options.fidelity;
   opts.context = options.context;
@@ -110,6 +110,7 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
   const auto ranks = trace.schedule.ranks.size();
   out.solo_compute_s = ranks == 0 ? 0.0 : solo / static_cast<double>(ranks);
   out.host_work_s = host_work(trace);
+  if (options.clock != sim::ClockMode::kNone) out.loads = sim::rank_loads(trace, costs.profile().clock_model);
   if (const auto it = trace.context.find("model_limits"); it != trace.context.end()) out.notes.push_back(it->second);
   if (const auto it = trace.schedule.meta.find("representatives");
       it != trace.schedule.meta.end() && it->second.rfind("all ", 0) == 0) {
@@ -119,6 +120,47 @@ Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& clu
     out.notes.push_back("symmetry reduction: " + it->second + " (--no-reduce simulates every rank)");
   }
   if (options.keep_trace) out.trace = std::move(trace);
+  return out;
+}
+
+/// The clock solved from a step simulated at the tables as measured, the costs at that clock, and the options of the
+/// step again at them (no clock model; the solution in the trace's context).
+struct Clocked {
+  sim::ClockSolution clock;
+  sim::CostModel costs;
+  Options options;
+  std::string note;  ///< For Simulated::notes.
+};
+
+Clocked solve_and_rescale(const topologies::Cluster& cluster, const sim::CostModel& costs, const Options& options,
+                          const Simulated& measured) {
+  const sim::Profile& profile = costs.profile();
+  const sim::ClockSolution clock =
+      sim::solve_clock(measured.loads, measured.breakdown.step_time_s, profile.clock_model);
+  Options again = options;
+  again.clock = sim::ClockMode::kNone;
+  const auto context = sim::clock_context(clock);
+  for (const auto& [k, v] : context) again.context[k] = v;
+  return {clock, sim::CostModel(cluster, sim::at_clock(profile, clock.mhz)), std::move(again),
+          "SM clock under the power cap: " + context.at("clock_model.sm_clock_mhz") + " MHz (per rank " +
+              context.at("clock_model.sm_clock_mhz.per_rank") +
+              "; compute tables rescaled from their measured clocks)"};
+}
+
+}  // namespace
+
+Simulated simulate_schedule(schedule::Schedule s, const topologies::Cluster& cluster, const sim::CostModel& costs,
+                            const Options& options) {
+  if (options.clock == sim::ClockMode::kNone) return simulate_at(std::move(s), cluster, costs, options);
+  sim::check_clock_mode(options.clock, costs.profile(), "--clock-model");
+  Options first = options;
+  first.keep_trace = true;  // its schedule is simulated again
+  Simulated measured = simulate_at(std::move(s), cluster, costs, first);
+  const Clocked c = solve_and_rescale(cluster, costs, options, measured);
+  Simulated out = simulate_at(std::move(measured.trace->schedule), cluster, c.costs, c.options);
+  out.clock = c.clock;
+  out.loads = std::move(measured.loads);
+  out.notes.push_back(c.note);
   return out;
 }
 
@@ -159,7 +201,7 @@ Result evaluate_once(const models::ModelSpec& model, const topologies::Cluster& 
   r.warnings = std::move(lowered.warnings);
   r.model_flops_per_step = lowered.model_flops_per_step;
   if (!r.fits && !options.simulate_when_not_fitting) return r;
-  r.sim = simulate_schedule(std::move(lowered.schedule), cluster, costs, options);
+  r.sim = simulate_at(std::move(lowered.schedule), cluster, costs, options);
   r.simulated = true;
   return r;
 }
@@ -172,11 +214,39 @@ void set_rates(Result& r, const topologies::Cluster& cluster, const models::RunC
   r.mfu = r.step_s > 0 ? r.model_flops_per_step / (r.step_s * gpus * peak) : 0.0;
 }
 
-}  // namespace
+/// The prefix of the clock model's busy times among the values periodicity extrapolates.
+constexpr const char* kLoadKey = "clock_busy.";
 
-Result evaluate(const models::ModelSpec& model, const topologies::Cluster& cluster, const sim::CostModel& costs,
-                const models::RunConfig& config, const Options& options) {
-  models::check_limits(config);
+/// Adds `loads`' busy times to `values` under keys naming the rank and the class (its power, exponent and clock,
+/// exactly), and the classes to `shape`.
+void add_loads(const sim::RankLoads& loads, std::map<std::string, double>& values,
+               std::map<std::string, std::pair<schedule::RankId, sim::ClassLoad>>& shape) {
+  for (const auto& [rank, classes] : loads) {
+    for (const auto& l : classes) {
+      char buf[200];
+      std::snprintf(buf, sizeof buf, "%sr%u %.17g W ^%.17g at %.17g MHz", kLoadKey, rank, l.power_w, l.power_exponent,
+                    l.reference_mhz);
+      values[buf] = l.busy_s;
+      shape.emplace(buf, std::pair{rank, l});
+    }
+  }
+}
+
+/// The inverse of add_loads, from extrapolated values.
+sim::RankLoads loads_from_values(const std::map<std::string, double>& values,
+                                 const std::map<std::string, std::pair<schedule::RankId, sim::ClassLoad>>& shape) {
+  sim::RankLoads out;
+  for (const auto& [key, rank_load] : shape) {
+    sim::ClassLoad l = rank_load.second;
+    l.busy_s = values.at(key);
+    out[rank_load.first].push_back(l);
+  }
+  return out;
+}
+
+/// evaluate without the clock model.
+Result evaluate_step(const models::ModelSpec& model, const topologies::Cluster& cluster, const sim::CostModel& costs,
+                     const models::RunConfig& config, const Options& options) {
   const std::uint64_t per_step = std::uint64_t{config.micro_batch_size} * models::derived_dp(config);
   const auto micro_batches = static_cast<std::uint32_t>(
       per_step > 0 && config.global_batch_size % per_step == 0 ? config.global_batch_size / per_step : 0);
@@ -205,6 +275,7 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
   sample_opts.check_size = false;
   std::array<Result, 3> runs;
   std::array<MicroBatchSample, 3> samples;
+  std::map<std::string, std::pair<schedule::RankId, sim::ClassLoad>> load_shape;
   std::string fallback;
   for (std::size_t i = 0; i < 3 && fallback.empty(); ++i) {
     try {
@@ -226,6 +297,8 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
     samples[i] = {counts[i], breakdown_values(runs[i].sim.breakdown, runs[i].sim.solo_compute_s)};
     // The host thread's work by cause is affine in the micro-batch count like the breakdown: extrapolated with it.
     for (const auto& [cause, s] : runs[i].sim.host_work_s) samples[i].values[kHostWorkKey + cause] = s;
+    // So is the busy time of each class of work the clock model solves the clock from.
+    add_loads(runs[i].sim.loads, samples[i].values, load_shape);
   }
   if (fallback.empty() && runs[2].peak_memory.total_bytes() != runs[1].peak_memory.total_bytes()) {
     fallback = "the memory estimate (activations in flight) still grows between the short runs";
@@ -244,6 +317,7 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
       (samples[2].values.at("step") - samples[1].values.at("step")) / static_cast<double>(counts[2] - counts[1]);
   r.sim.breakdown = breakdown_from_values(*values, r.sim.breakdown, &r.sim.solo_compute_s);
   for (auto& [cause, s] : r.sim.host_work_s) s = values->at(kHostWorkKey + cause);
+  r.sim.loads = loads_from_values(*values, load_shape);
   r.model_flops_per_step *= static_cast<double>(micro_batches) / counts[2];  // 6 N tokens + attention: linear
   r.warnings = std::move(warnings);
   r.periodic_from.assign(counts.begin(), counts.end());
@@ -255,6 +329,25 @@ Result evaluate(const models::ModelSpec& model, const topologies::Cluster& clust
                 counts[0], counts[1], counts[2], micro_batches, period_s * 1e3, micro_batches - counts[2]);
   r.sim.notes.emplace_back(buf);
   set_rates(r, cluster, config);
+  return r;
+}
+
+}  // namespace
+
+Result evaluate(const models::ModelSpec& model, const topologies::Cluster& cluster, const sim::CostModel& costs,
+                const models::RunConfig& config, const Options& options) {
+  models::check_limits(config);
+  if (options.clock == sim::ClockMode::kNone) return evaluate_step(model, cluster, costs, config, options);
+  sim::check_clock_mode(options.clock, costs.profile(), "--clock-model");
+  Options first = options;
+  first.keep_trace = false;  // only its loads are needed (so periodicity applies to it too)
+  Result measured = evaluate_step(model, cluster, costs, config, first);
+  if (!measured.simulated) return measured;
+  const Clocked c = solve_and_rescale(cluster, costs, options, measured.sim);
+  Result r = evaluate_step(model, cluster, c.costs, config, c.options);
+  r.sim.clock = c.clock;
+  r.sim.loads = std::move(measured.sim.loads);
+  r.sim.notes.push_back(c.note);
   return r;
 }
 

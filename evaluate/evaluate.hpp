@@ -1,7 +1,8 @@
 // Evaluating one point: a model, a cluster, a run config -> lowered (with the symmetry-reduction policy), checked
 // against the size limits, simulated and analysed, with step time, MFU, memory and the figures attribution needs.
 // The one path of `twinstep predict` (per overlap variant) and `twinstep sweep` (per point and per extrapolation
-// sample); `twinstep simulate` uses its second half (simulate_schedule) on a schedule file.
+// sample); `twinstep simulate` uses its second half (simulate_schedule) on a schedule file. Both solve the SM clock
+// under the power cap when asked (Options::clock, sim/clock_model.hpp).
 #pragma once
 
 #include <cstddef>
@@ -13,6 +14,7 @@
 #include "models/lower.hpp"
 #include "schedule/analysis.hpp"
 #include "schedule/trace.hpp"
+#include "sim/clock_model.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/simulate.hpp"
 #include "topologies/cluster.hpp"
@@ -49,6 +51,12 @@ struct Options {
   /// run with periodicity) before lowering; a sweep, which never refuses a point for size, turns it off.
   /// models::check_limits (figures that would overflow the clock) is checked either way.
   bool check_size = true;
+  /// kPowerCap: the step is simulated with the costs' tables as measured; each simulated rank's busy time per class
+  /// of work in it (sim::rank_loads, taken from the records before the trace is dropped; with periodicity,
+  /// extrapolated with the breakdown) gives the clock it settles at (sim::solve_clock); the step is simulated again
+  /// with the compute tables rescaled to the lowest (sim::at_clock), and Simulated::clock says which. Needs the costs'
+  /// profile's clock_model section (Error, exit 2, otherwise).
+  sim::ClockMode clock = sim::ClockMode::kNone;
   std::map<std::string, std::string> context;  ///< Copied into the trace's context.
   Phases* phases = nullptr;                    ///< When set, receives the phases' wall seconds.
 };
@@ -63,6 +71,11 @@ struct Simulated {
   /// time blocked in each host sync as "wait <sync name>". Empty without op names.
   std::map<std::string, double> host_work_s;
   std::optional<schedule::Trace> trace;
+  /// The power-cap clock the step was simulated at (Options::clock; also in the trace's context and the notes).
+  std::optional<sim::ClockSolution> clock;
+  /// With Options::clock: per simulated rank, its busy time per class of work in the step simulated at the tables as
+  /// measured, what `clock` was solved from (sim::rank_loads; with periodicity, extrapolated). Empty otherwise.
+  sim::RankLoads loads;
 };
 
 /// One evaluated point.
@@ -91,14 +104,16 @@ struct Result {
 /// returns MemoryCosts::source. predict, lower and sweep take the memory model's figures this way.
 std::string memory_costs_from_profile(const sim::Profile* profile, models::MemoryCosts& memory);
 
-/// Simulates `schedule` on `cluster` and analyses the trace (the trace kept with `options.keep_trace`).
+/// Simulates `schedule` on `cluster` and analyses the trace (the trace kept with `options.keep_trace`); with
+/// options.clock, twice (the second at the solved clock).
 [[nodiscard]] Simulated simulate_schedule(schedule::Schedule schedule, const topologies::Cluster& cluster,
                                           const sim::CostModel& costs, const Options& options);
 
 /// Lowers `config` (after models::check_limits and a refusal above models::kMaxSimulatedOps estimated ops of what is
 /// simulated, exit 2, unless options.check_size is off), simulates and analyses it. A step of many micro-batches is
 /// simulated at three short micro-batch counts and extrapolated by its period (evaluate/periodic.hpp), checked, with
-/// a note saying so; when the check fails, the full step is simulated and a note says why. Throws Error for an
+/// a note saying so; when the check fails, the full step is simulated and a note says why. With options.clock, all
+/// of that twice: first at the tables as measured, then at the clock solved from that step. Throws Error for an
 /// invalid config.
 [[nodiscard]] Result evaluate(const models::ModelSpec& model, const topologies::Cluster& cluster,
                               const sim::CostModel& costs, const models::RunConfig& config, const Options& options);

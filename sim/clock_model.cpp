@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <unordered_map>
+#include <utility>
 #include <variant>
 
 #include "common/enum_names.hpp"
+#include "common/error.hpp"
+#include "common/units.hpp"
 #include "schedule/kernel_math.hpp"
 
 namespace twinstep::sim {
@@ -39,17 +43,15 @@ ClassLoad kernel_load(const schedule::Kernel& kernel, const ClockModel& model) {
   return {0, model.gemm_power_w.at(schedule::kernel_flops(kernel)), model.power_exponent, it->second};
 }
 
-/// Adds `busy_s` at `load`'s power to the entry of `loads` with the same exponent and clock (time-weighted power).
-void accumulate(std::vector<ClassLoad>& loads, ClassLoad load, double busy_s) {
-  for (auto& l : loads) {
-    if (l.power_exponent == load.power_exponent && l.reference_mhz == load.reference_mhz) {
-      l.power_w = (l.power_w * l.busy_s + load.power_w * busy_s) / (l.busy_s + busy_s);
-      l.busy_s += busy_s;
+/// Adds `busy_ns` to the entry of `loads` with `load`'s power, exponent and clock (new entries at the back).
+void accumulate(std::vector<std::pair<ClassLoad, Nanos>>& loads, const ClassLoad& load, Nanos busy_ns) {
+  for (auto& [l, ns] : loads) {
+    if (l.power_w == load.power_w && l.power_exponent == load.power_exponent && l.reference_mhz == load.reference_mhz) {
+      ns += busy_ns;
       return;
     }
   }
-  load.busy_s = busy_s;
-  loads.push_back(load);
+  loads.emplace_back(load, busy_ns);
 }
 
 }  // namespace
@@ -59,6 +61,14 @@ ClockMode parse_clock_mode(std::string_view text, std::string_view field) {
 }
 
 std::string to_string(ClockMode mode) { return name_of(kClockModes, mode); }
+
+void check_clock_mode(ClockMode mode, const Profile& profile, const std::string& flag) {
+  if (mode != ClockMode::kPowerCap || profile.clock_model.present()) return;
+  throw Error(flag + " power-cap: the profile " + profile.name +
+              " has no \"clock_model\" section (power and clock microbenchmark figures, docs/calibration.md "
+              "section 8); use a profile with one (--profile h200x2) or " +
+              flag + " none");
+}
 
 double solve_clock_mhz(const ClockModel& model, const std::vector<ClassLoad>& loads, double step_s) {
   const auto power = [&](double f) {
@@ -85,32 +95,57 @@ double solve_clock_mhz(const ClockModel& model, const std::vector<ClassLoad>& lo
   return lo;
 }
 
-std::map<schedule::RankId, std::vector<ClassLoad>> rank_loads(const schedule::Trace& trace, const ClockModel& model) {
-  std::map<schedule::RankId, std::vector<ClassLoad>> out;
+RankLoads rank_loads(const schedule::Trace& trace, const ClockModel& model) {
+  std::map<schedule::RankId, std::vector<std::pair<ClassLoad, Nanos>>> busy;
+  // A step repeats a few kernel shapes: each shape's load is looked up once.
+  std::unordered_map<schedule::Compute, ClassLoad, ComputeHash> by_shape;
+  const ClassLoad comm{0, model.comm_w, 0, 0};
   for (const auto& r : trace.records) {
     const schedule::Op& op = trace.schedule.ops.at(r.op);
-    const double busy_s = static_cast<double>(r.end_ns - r.start_ns) * 1e-9;
-    auto& loads = out[r.rank];
     if (const auto* c = std::get_if<schedule::Compute>(&op.body)) {
-      accumulate(loads, kernel_load(c->kernel, model), busy_s);
+      auto it = by_shape.find(*c);
+      if (it == by_shape.end()) it = by_shape.emplace(*c, kernel_load(c->kernel, model)).first;
+      accumulate(busy[r.rank], it->second, r.end_ns - r.start_ns);
     } else if (std::holds_alternative<schedule::Collective>(op.body) ||
                std::holds_alternative<schedule::Send>(op.body) || std::holds_alternative<schedule::Recv>(op.body)) {
-      accumulate(loads, {0, model.comm_w, 0, 0}, busy_s);
+      accumulate(busy[r.rank], comm, r.end_ns - r.start_ns);
+    }
+  }
+  RankLoads out;
+  for (const auto& [rank, loads] : busy) {
+    auto& to = out[rank];
+    for (const auto& [load, ns] : loads) {
+      to.push_back(load);
+      to.back().busy_s = to_seconds(ns);
     }
   }
   return out;
 }
 
-ClockSolution power_cap_clock(const schedule::Trace& trace, const ClockModel& model) {
+ClockSolution solve_clock(const RankLoads& loads, double step_s, const ClockModel& model) {
   ClockSolution s;
   s.mhz = model.max_mhz;
-  const double step_s = trace.step_times_ns.empty() ? 0 : static_cast<double>(trace.step_times_ns.front()) * 1e-9;
-  for (const auto& [rank, loads] : rank_loads(trace, model)) {
-    const double f = solve_clock_mhz(model, loads, step_s);
+  for (const auto& [rank, l] : loads) {
+    const double f = solve_clock_mhz(model, l, step_s);
     s.per_rank_mhz[rank] = f;
     s.mhz = std::min(s.mhz, f);
   }
   return s;
+}
+
+ClockSolution power_cap_clock(const schedule::Trace& trace, const ClockModel& model) {
+  const double step_s = trace.step_times_ns.empty() ? 0 : to_seconds(trace.step_times_ns.front());
+  return solve_clock(rank_loads(trace, model), step_s, model);
+}
+
+std::map<std::string, std::string> clock_context(const ClockSolution& solution) {
+  std::string per_rank;
+  for (const auto& [rank, mhz] : solution.per_rank_mhz) {
+    per_rank += (per_rank.empty() ? "" : ",") + std::to_string(std::lround(mhz));
+  }
+  return {{"clock_model", to_string(ClockMode::kPowerCap)},
+          {"clock_model.sm_clock_mhz", std::to_string(std::lround(solution.mhz))},
+          {"clock_model.sm_clock_mhz.per_rank", per_rank}};
 }
 
 Profile at_clock(Profile profile, double mhz) {

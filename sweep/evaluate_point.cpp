@@ -26,6 +26,7 @@
 #include "models/recipe.hpp"
 #include "models/run_config.hpp"
 #include "schedule/analysis.hpp"
+#include "sim/clock_model.hpp"
 #include "sim/profile_choice.hpp"
 #include "sim/simulate.hpp"
 #include "sweep/runner.hpp"
@@ -162,7 +163,8 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
   const models::ModelSpec& model = in.model(p.model);
   const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
   const models::RunConfig cfg = point_config(p, cluster);
-  const sim::CostModel costs(cluster, in.profile(p.profile, cluster).profile);
+  const sim::Profile& profile = in.profile(p.profile, cluster).profile;
+  const sim::CostModel costs(cluster, profile);
   // The one evaluation path of predict: reduction policy, steady-state periodicity, size limits.
   evaluate::Options eval_opts;
   eval_opts.fidelity = p.fidelity;
@@ -174,6 +176,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
   // cannot win is pruned before it is lowered in full (below).
   eval_opts.check_size = false;
   eval_opts.phases = timings != nullptr ? &timings->phases : nullptr;
+  eval_opts.clock = p.clock_model.value_or(profile.clock_model.mode);
   // The figures predict shows: the allocator's reserve at the peak against the usable capacity (the GPU's memory
   // less the CUDA context, NCCL and userbuffers), both of the tightest rank (models::MemoryEstimate).
   auto with_memory = [&](nlohmann::ordered_json j, const models::MemoryEstimate& m) {
@@ -202,7 +205,14 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
     lap(t.check_s);
     // Pruned next: a layout whose step lasts at least longer than the best found so far in its group cannot win.
     if (std::isfinite(prune_above_s)) {
-      const evaluate::StepBound bound = evaluate::step_lower_bound(model, costs, cfg, p.fidelity, prune_above_s);
+      // With the clock model, the tables at the highest clock: the solved clock may be above a table's measured one.
+      const std::optional<sim::CostModel> at_max =
+          eval_opts.clock == sim::ClockMode::kNone
+              ? std::nullopt
+              : std::optional<sim::CostModel>(std::in_place, cluster,
+                                              sim::at_clock(profile, profile.clock_model.max_mhz));
+      const evaluate::StepBound bound =
+          evaluate::step_lower_bound(model, at_max ? *at_max : costs, cfg, p.fidelity, prune_above_s);
       lap(t.bound_s);
       if (bound.seconds > prune_above_s) {
         char buf[400];
@@ -243,6 +253,12 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
   j["breakdown_s"] = bd;
   j["busy_comm_s"] = v.at("busy comm");
   j["warnings"] = warnings;
+  if (full.sim.clock) {
+    j["sm_clock_mhz"] = full.sim.clock->mhz;
+    nlohmann::ordered_json per_rank = nlohmann::ordered_json::object();
+    for (const auto& [rank, mhz] : full.sim.clock->per_rank_mhz) per_rank[std::to_string(rank)] = mhz;
+    j["sm_clock_mhz_per_rank"] = per_rank;
+  }
   if (full.periodic_from.empty()) {
     if (!full.periodic_fallback.empty()) j["extrapolation_fallback"] = full.periodic_fallback;
   } else {

@@ -16,6 +16,7 @@
 #include "models/lower.hpp"
 #include "models/model_spec.hpp"
 #include "models/run_config.hpp"
+#include "sim/clock_model.hpp"
 #include "sim/cost_model.hpp"
 #include "sim/profile_choice.hpp"
 #include "topologies/cluster.hpp"
@@ -167,6 +168,12 @@ void read_path(Spec& s, const nlohmann::json& v, const std::string& source, cons
   s.*member = v.get<std::string>();
 }
 
+void read_clock_model(Spec& s, const nlohmann::json& v, const std::string& source, const std::string& field) {
+  if (!v.is_string()) throw ParseError(source, "/" + field, "expected \"none\" or \"power-cap\"");
+  const std::string text = v.get<std::string>();
+  s.clock_model = reading_names(source, "/" + field, [&] { return sim::parse_clock_mode(text, field); });
+}
+
 /// The layout lists of an explicit "parallel" object.
 constexpr SpecField kParallelFields[] = {{"tp", read_uints<&Spec::tp>},
                                          {"pp", read_uints<&Spec::pp>},
@@ -198,6 +205,7 @@ constexpr SpecField kSpecFields[] = {
     {"fidelity", read_modes<&Spec::fidelities, sim::parse_fidelity>},
     {"profile", read_path<&Spec::profile>},
     {"config", read_path<&Spec::base_config>},
+    {"clock_model", read_clock_model},
 };
 
 }  // namespace
@@ -333,6 +341,7 @@ std::vector<Point> expand(const Spec& spec) {
           base.profile = spec.profile;
           base.base_config = spec.base_config;
           base.fidelity = fidelity;
+          base.clock_model = spec.clock_model;
           base.gpus = gpus;
           std::uint32_t gpn = 0;
           std::string cluster_problem;
@@ -477,6 +486,7 @@ nlohmann::json point_inputs(const Point& p) {
   j["fidelity"] = to_string(p.fidelity);
   j["profile"] = p.profile;
   j["config"] = p.base_config;
+  if (p.clock_model) j["clock_model"] = sim::to_string(*p.clock_model);
   return j;
 }
 
@@ -505,6 +515,7 @@ Point point_from_inputs(const nlohmann::json& j, const std::string& source) {
   p.fidelity = mode("fidelity", sim::parse_fidelity);
   p.profile = s("profile");
   p.base_config = s("config");
+  if (j.contains("clock_model")) p.clock_model = mode("clock_model", sim::parse_clock_mode);
   p.gpus = u("gpus");
   p.gbs = u("gbs");
   p.seq = u("seq");
@@ -563,6 +574,7 @@ std::string predict_command(const Point& p) {
   c += " --mbs " + std::to_string(l.mbs) + " --gbs " + std::to_string(p.gbs) + " --seq " + std::to_string(p.seq);
   if (!p.base_config.empty()) c += " --config " + p.base_config;
   if (!p.profile.empty()) c += " --profile " + p.profile;
+  if (p.clock_model) c += " --clock-model " + sim::to_string(*p.clock_model);
   return c + " --fidelity " + to_string(p.fidelity) + " --overlap " + models::to_string(p.overlap);
 }
 

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,6 +32,9 @@ struct Point {
   models::OverlapVariant overlap;
   sim::Fidelity fidelity = sim::Fidelity::kAnalytic;
   models::TokenDispatcher dispatcher = models::TokenDispatcher::kAllToAll;
+  /// The SM clock model (evaluate::Options::clock); nullopt: the profile's clock_model.mode, as in predict. In the
+  /// point's key only when set.
+  std::optional<sim::ClockMode> clock_model;
   std::uint32_t gpus = 0, gbs = 0, seq = 0;
   Layout layout;
   std::string invalid_reason;
@@ -47,13 +51,15 @@ struct Spec {
   std::vector<models::OverlapVariant> overlaps{models::OverlapVariant{}};
   std::vector<models::TokenDispatcher> dispatchers{models::TokenDispatcher::kAllToAll};
   std::vector<sim::Fidelity> fidelities{sim::default_fidelity()};
-  std::string profile;      ///< Calibration profile JSON; empty = datasheet defaults.
-  std::string base_config;  ///< Run config JSON every point starts from; empty = built-in defaults.
+  std::string profile;                        ///< Calibration profile JSON; empty = datasheet defaults.
+  std::string base_config;                    ///< Run config JSON every point starts from; empty = built-in defaults.
+  std::optional<sim::ClockMode> clock_model;  ///< Point::clock_model of every point.
 };
 
 /// Parses a sweep file: {"models": [...], "clusters": [...], "gpus": [...], "gbs": [...], "seq": [...],
 /// "mbs": [...], "parallel": "auto" | {"tp": [...], "pp": [...], "vpp": [...], "cp": [...], "ep": [...]},
-/// "overlap": [...], "dispatcher": [...], "fidelity": [...], "profile": "...", "config": "..."}. Scalars are
+/// "overlap": [...], "dispatcher": [...], "fidelity": [...], "profile": "...", "config": "...", "clock_model":
+/// "none" | "power-cap"}. Scalars are
 /// accepted where lists are. Unknown fields and wrong types throw ParseError naming `source` and the field.
 [[nodiscard]] Spec spec_from_json(const std::string& text, const std::string& source);
 

@@ -10,9 +10,9 @@
 #include <map>
 #include <string>
 
+#include "evaluate/evaluate.hpp"
 #include "schedule/json.hpp"
 #include "sim/clock_model.hpp"
-#include "sim/simulate.hpp"
 #include "tests/catch.hpp"
 #include "topologies/cluster.hpp"
 
@@ -21,8 +21,8 @@ using namespace twinstep;
 namespace {
 
 /// name -> (predicted, measured) step seconds for every <name>.trace.json in `dir`: the measured median step, and
-/// the step predicted for the trace's embedded schedule on `cluster` (sized to the trace's world) with `profile`;
-/// `clock`: then again with the profile's tables at the clock the power-cap model solves from that prediction.
+/// the step predicted for the trace's embedded schedule on `cluster` (sized to the trace's world) with `profile`
+/// (evaluate::simulate_schedule); `clock`: with the power-cap clock model (evaluate::Options::clock).
 std::map<std::string, std::pair<double, double>> repredict(const std::filesystem::path& dir,
                                                            const std::filesystem::path& profile_path,
                                                            const std::string& cluster_id, bool clock = false) {
@@ -39,15 +39,15 @@ std::map<std::string, std::pair<double, double>> repredict(const std::filesystem
     const double meas = static_cast<double>(steps[steps.size() / 2]) * 1e-9;
     const auto cluster = topologies::load_cluster(cluster_id, topologies::ClusterSize{0, measured.schedule.world_size});
     const sim::CostModel costs(cluster, profile);
-    schedule::Trace predicted = sim::simulate(measured.schedule, cluster, costs);
+    // evaluate's path, as `twinstep simulate` takes it (the clock model: evaluate::Options::clock).
+    evaluate::Options options;
+    options.clock = clock ? sim::ClockMode::kPowerCap : sim::ClockMode::kNone;
+    const evaluate::Simulated predicted = evaluate::simulate_schedule(measured.schedule, cluster, costs, options);
     if (clock) {
-      const sim::ClockSolution solved = sim::power_cap_clock(predicted, profile.clock_model);
-      REQUIRE(solved.mhz <= profile.clock_model.max_mhz);
-      const sim::CostModel clocked(cluster, sim::at_clock(profile, solved.mhz));
-      predicted = sim::simulate(measured.schedule, cluster, clocked);
+      REQUIRE(predicted.clock);
+      REQUIRE(predicted.clock->mhz <= profile.clock_model.max_mhz);
     }
-    cases[file.substr(0, file.size() - suffix.size())] = {static_cast<double>(predicted.step_times_ns.at(0)) * 1e-9,
-                                                          meas};
+    cases[file.substr(0, file.size() - suffix.size())] = {predicted.breakdown.step_time_s, meas};
   }
   return cases;
 }

@@ -75,10 +75,12 @@ def attribution(twinstep):
     check(len(hidden) == 1 and hidden[0]["delta_s"] < 0, "tp overlap hides tp communication", tp)
 
 
-def sweep_row_equals_predict(twinstep, outdir):
-    out = f"{outdir}/row_vs_predict.jsonl"
+def sweep_row_equals_predict(twinstep, outdir, *extra):
+    """extra: more sweep flags (--clock-model power-cap: the solved clock must be predict's too)."""
+    out = f"{outdir}/row_vs_predict{'_'.join([''] + [e.strip('-') for e in extra])}.jsonl"
     cmd = [twinstep, "sweep", "--model", "llama3-8b", "--cluster", "dgx-h100", "--gpus", "16", "--tp", "2",
-           "--pp", "2", "--vpp", "2", "--gbs", "64", "--seq", "2048", "--overlap", "all", "-j", "1", "-q", "-o", out]
+           "--pp", "2", "--vpp", "2", "--gbs", "64", "--seq", "2048", "--overlap", "all", *extra, "-j", "1", "-q",
+           "-o", out]
     subprocess.run(["rm", "-f", out], check=True)
     run = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if run.returncode != 0:
@@ -92,6 +94,9 @@ def sweep_row_equals_predict(twinstep, outdir):
     v = d["variants"][0]
     check(abs(v["step_time_s"] - row["step_time_s"]) <= 1e-6 * row["step_time_s"], "same step time", [row, v])
     check(v["memory_gib_per_gpu"] == row["memory_gib_per_gpu"], "same memory (same recipe defaults)", [row, v])
+    if "--clock-model" in extra:
+        check("sm_clock_mhz" in row and abs(v["sm_clock_mhz"] - row["sm_clock_mhz"]) <= 0.01, "same solved clock",
+              [row, v])
     # One usable capacity: the figure predict compares with is the one the sweep shows and compares with.
     usable = v["memory"]["usable_capacity_gib"]
     check(row.get("memory_usable_gib") == usable, "same usable capacity as predict", [row, v["memory"]])

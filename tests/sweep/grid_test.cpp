@@ -197,8 +197,8 @@ TEST_CASE("sweep::spec_from_json: fields, scalars for lists, errors", "[sweep]")
   CHECK_THROWS_WITH(
       sweep::spec_from_json(R"({"model": 3})", "s.json"),
       twinstep_contains("s.json: /model: unknown field \"model\" (accepted here: models, clusters, gpus, "
-                        "gbs, seq, mbs, parallel, overlap, dispatcher, fidelity, profile, config); did you "
-                        "mean \"models\"?"));
+                        "gbs, seq, mbs, parallel, overlap, dispatcher, fidelity, profile, config, clock_model); "
+                        "did you mean \"models\"?"));
   CHECK_THROWS_WITH(sweep::spec_from_json(R"({"gpus": [0]})", "s.json"),
                     twinstep_contains("/gpus: expected a positive integer"));
   CHECK_THROWS_WITH(sweep::spec_from_json(R"({"parallel": {"xp": [1]}})", "s.json"),
