@@ -32,6 +32,7 @@ BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> be
     return std::tie(candidates_[a].bound_s, candidates_[a].pos) < std::tie(candidates_[b].bound_s, candidates_[b].pos);
   });
   for (const std::size_t i : global_) groups_[candidates_[i].group].order.push_back(i);
+  for (Group& g : groups_) g.hopeless_from = g.order.size();
 }
 
 std::optional<std::size_t> BoundOrder::next() {
@@ -90,6 +91,19 @@ void BoundOrder::resolve(Group& g) {
     if (step_[i]) g.best_decided = std::min(g.best_decided, *step_[i]);
     ++g.resolved;
   }
+}
+
+std::vector<std::size_t> BoundOrder::take_hopeless() {
+  std::vector<std::size_t> out;
+  for (Group& g : groups_) {
+    while (g.hopeless_from > 0) {
+      const std::size_t i = g.order[g.hopeless_from - 1];
+      if (state_[i] != State::kWaiting || candidates_[i].bound_s <= g.best_back) break;
+      out.push_back(candidates_[i].pos);
+      --g.hopeless_from;
+    }
+  }
+  return out;
 }
 
 std::vector<BoundOrder::Decision> BoundOrder::take_decided() { return std::exchange(decided_out_, {}); }

@@ -43,6 +43,9 @@ class BoundOrder {
   void finished(std::size_t pos, std::optional<double> step_s);
   /// The decisions made since the last call, each group's in its order.
   [[nodiscard]] std::vector<Decision> take_decided();
+  /// Points not handed out yet that the order will prune whatever comes back (their bound exceeds a step back in
+  /// their group), each given once: a sweep's ETA drops them.
+  [[nodiscard]] std::vector<std::size_t> take_hopeless();
   /// Every point decided.
   [[nodiscard]] bool done() const { return decided_ == candidates_.size(); }
   /// Points simulated ahead of the order whose results were discarded (they cannot win).
@@ -55,8 +58,9 @@ class BoundOrder {
     std::size_t resolved = 0;                                       ///< order[0..resolved) decided.
     double best_decided = std::numeric_limits<double>::infinity();  ///< Best step among decided simulated points.
     double best_back = std::numeric_limits<double>::infinity();     ///< Best step among all points back.
-    bool closed = false;  ///< Its next point cannot win: nothing more is handed out.
-    bool cut = false;     ///< The rest of its order was decided "cannot win".
+    std::size_t hopeless_from = 0;  ///< order[hopeless_from..) was given out by take_hopeless (0: none yet).
+    bool closed = false;            ///< Its next point cannot win: nothing more is handed out.
+    bool cut = false;               ///< The rest of its order was decided "cannot win".
   };
   void resolve(Group& g);
 

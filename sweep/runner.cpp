@@ -423,6 +423,7 @@ class BoundSource final : public Source {
     const Result r = result_from_line(reply, "worker");
     held_[pos] = reply;
     order_.finished(pos, r.status == PointStatus::kOk ? std::optional<double>(r.step_time_s) : std::nullopt);
+    for (const std::size_t hopeless : order_.take_hopeless()) eta_.finished(hopeless, rec_.progress().now_s(), false);
     record_decided();
   }
 

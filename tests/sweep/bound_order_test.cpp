@@ -1,6 +1,7 @@
 // sweep::BoundOrder against the sequential rule it implements: every group's points in rising bound order, each
 // simulated while its bound is no more than the best step simulated before it, the rest pruned against that best;
-// the same decisions whatever the number of workers, the order in which they finish, and a resumed best.
+// the same decisions whatever the number of workers, the order in which they finish, and a resumed best; points
+// called hopeless (dropped from the ETA) are never handed out and are pruned.
 #include "sweep/bound_order.hpp"
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "tests/catch.hpp"
@@ -54,6 +56,7 @@ std::size_t run(const std::vector<Point>& points, unsigned workers, std::mt19937
   const auto want = sequential(points, best_known);
   std::map<std::size_t, sweep::BoundOrder::Decision> got;
   std::vector<std::size_t> running;
+  std::set<std::size_t> hopeless, handed_out;
   auto take = [&] {
     for (const auto& d : order.take_decided()) {
       INFO("point " << d.pos);
@@ -70,6 +73,7 @@ std::size_t run(const std::vector<Point>& points, unsigned workers, std::mt19937
       take();
       if (!pos) break;
       running.push_back(*pos);
+      handed_out.insert(*pos);
     }
     if (running.empty()) break;
     // Any one of the running points comes back first.
@@ -77,10 +81,16 @@ std::size_t run(const std::vector<Point>& points, unsigned workers, std::mt19937
     const std::size_t pos = running[k];
     running.erase(running.begin() + static_cast<std::ptrdiff_t>(k));
     order.finished(pos, points[pos].step_s);
+    for (const std::size_t h : order.take_hopeless()) CHECK(hopeless.insert(h).second);
     take();
   }
   CHECK(order.done());
   CHECK(got.size() == points.size());
+  // A point called hopeless is never handed out and is pruned.
+  for (const std::size_t h : hopeless) {
+    CHECK(handed_out.count(h) == 0);
+    CHECK_FALSE(want.at(h).simulated);
+  }
   return order.discarded();
 }
 
@@ -97,10 +107,15 @@ TEST_CASE("sweep::BoundOrder: one worker simulates exactly the points the sequen
   for (std::size_t i = 0; i < points.size(); ++i) candidates.push_back({i, points[i].group, points[i].bound_s});
   sweep::BoundOrder order(candidates);
   std::vector<std::size_t> simulated;
+  std::set<std::size_t> hopeless;
   while (const auto pos = order.next()) {
     simulated.push_back(*pos);
     order.finished(*pos, points[*pos].step_s);
+    for (const std::size_t h : order.take_hopeless()) hopeless.insert(h);
   }
+  // 8 is known to be pruned once 5 is back (step 4 < 4.5) while 7 (bound 3) is still to run; 2, 0 and 4 are decided
+  // as soon as 3 is back (2.5 < 3), never merely hopeless.
+  CHECK(hopeless == std::set<std::size_t>{8});
   // Rising bound over both groups: 5 (0), 1 and 6 (1), 3 (2), 7 (3); 2 is pruned (3 > 2.5), 8 too (4.5 > 3.9).
   CHECK(simulated == std::vector<std::size_t>{5, 1, 6, 3, 7});
   std::map<std::size_t, sweep::BoundOrder::Decision> got;
