@@ -1,8 +1,13 @@
 // The worker pool end to end on a tiny model: results per point, invalid and non-fitting points with reasons,
-// resume after a kill (a truncated output file), shards merged equal the single run, merge dedupe.
+// resume after a kill (a truncated output file), shards merged equal the single run, merge dedupe; pruning in
+// rising bound order against the sequential rule, with any number of workers, after kills and in shards.
 #include "sweep/runner.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -470,6 +475,34 @@ void check_pruning(const std::vector<sweep::Point>& points, const std::string& n
     (void)sweep::run_sweep(points, o, &st);
     INFO("resumed from " << k << " lines");
     CHECK(st.resumed == k);
+    CHECK(read_file(o.output) == one_worker);
+  }
+  // Killed for real: a run in a child process killed once its file has some lines (appended as points are decided),
+  // then resumed here.
+  for (const std::size_t k : {std::size_t{1}, ends.size() / 2}) {
+    o.output = dir + "/killed" + std::to_string(k) + ".jsonl";
+    std::filesystem::remove(o.output);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      try {
+        (void)sweep::run_sweep(points, o);
+      } catch (...) {
+        ::_exit(1);
+      }
+      ::_exit(0);
+    }
+    int status = 0;
+    while (::waitpid(child, &status, WNOHANG) == 0) {
+      if (std::filesystem::exists(o.output) && count_lines(read_file(o.output)) >= k) {
+        ::kill(child, SIGKILL);
+        ::waitpid(child, &status, 0);
+        break;
+      }
+      ::usleep(200);
+    }
+    (void)sweep::run_sweep(points, o);
+    INFO("killed after " << k << " lines");
     CHECK(read_file(o.output) == one_worker);
   }
   // Two shards, each pruning within its own points, merged: the same best line; each simulated line the full run's.
