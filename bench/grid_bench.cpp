@@ -1,7 +1,8 @@
 // Where a `--parallel auto` sweep spends its time: every point of one grid evaluated in this process, one after
-// another in the order and with the "cannot win" pruning of `twinstep sweep --parallel auto` (cheapest first, each
-// point with the best step time found so far in its group; one worker, so the order is fixed), its CPU time split by
-// status and by stage (sweep::PointTimings). Plain main(); prints figures, asserts nothing.
+// another, in the two passes of `twinstep sweep --parallel auto` (every point screened: memory estimate, then the
+// bound on its step; then simulated in rising bound order, those whose bound exceeds the best so far pruned:
+// sweep/bound_order.hpp), its CPU time split by status and by stage (sweep::PointTimings). Plain main(); prints
+// figures, asserts nothing.
 // Usage: grid_bench [model cluster gpus gbs overlaps [max_points]]
 //   default: gpt3-175b h100-superpod 128 256 none,dp,tp,all (issue 18's grid, bench/results/scale.md)
 #include <algorithm>
@@ -10,10 +11,13 @@
 #include <ctime>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/error.hpp"
+#include "sweep/bound_order.hpp"
 #include "sweep/grid.hpp"
 #include "sweep/report.hpp"
 #include "sweep/runner.hpp"
@@ -83,26 +87,52 @@ int main(int argc, char** argv) {
     invalid.cpu_s = cpu_s() - t;
     std::vector<double> cost(points.size());
     for (const std::size_t i : runnable) cost[i] = sweep::estimated_cost(points[i]);
-    std::stable_sort(runnable.begin(), runnable.end(), [&](std::size_t a, std::size_t b) { return cost[a] < cost[b]; });
+    std::stable_sort(runnable.begin(), runnable.end(), [&](std::size_t a, std::size_t b) { return cost[a] > cost[b]; });
     if (runnable.size() > max_points) runnable.resize(max_points);
-    std::map<sweep::GroupKey, double> best;
-    for (const std::size_t i : runnable) {
-      const auto g = best.find(sweep::group_of(points[i]));
-      sweep::PointTimings timings;
-      t = cpu_s();
-      const std::string line = sweep::evaluate_point(
-          points[i], true, g == best.end() ? std::numeric_limits<double>::infinity() : g->second, &timings);
-      const double used = cpu_s() - t;
+    // Each point's CPU seconds and stages until its status is known, by position.
+    std::map<std::size_t, std::pair<double, sweep::PointTimings>> spent;
+    auto tally = [&](std::size_t i, const std::string& line) {
       const sweep::Result r = sweep::result_from_line(line, "grid_bench");
       const bool pruned = r.status == sweep::PointStatus::kDoesNotFit && r.reason.rfind("pruned", 0) == 0;
-      Tally& tally = by_status[to_string(r.status) + (pruned ? " (pruned before lowering)" : "")];
-      ++tally.points;
-      tally.cpu_s += used;
-      add(tally.stages, timings);
-      if (r.status == sweep::PointStatus::kOk) {
-        const auto [it, fresh] = best.emplace(sweep::group_of(points[i]), r.step_time_s);
-        if (!fresh) it->second = std::min(it->second, r.step_time_s);
+      Tally& x = by_status[to_string(r.status) + (pruned ? " (pruned before lowering)" : "")];
+      ++x.points;
+      x.cpu_s += spent[i].first;
+      add(x.stages, spent[i].second);
+    };
+    // Pass 1: the memory estimate and the bound of every point.
+    std::map<sweep::GroupKey, std::size_t> group_ids;
+    std::vector<sweep::BoundOrder::Candidate> candidates;
+    std::map<std::size_t, sweep::Screened> screened;
+    for (const std::size_t i : runnable) {
+      t = cpu_s();
+      sweep::Screened s = sweep::screen_point(points[i], &spent[i].second);
+      spent[i].first += cpu_s() - t;
+      if (!s.line.empty()) {
+        tally(i, s.line);
+        continue;
       }
+      const auto g = group_ids.emplace(sweep::group_of(points[i]), group_ids.size()).first->second;
+      candidates.push_back({i, g, s.bound_s});
+      screened[i] = std::move(s);
+    }
+    // Pass 2: simulated in rising bound order, one at a time (no speculation).
+    sweep::BoundOrder order(std::move(candidates));
+    std::map<std::size_t, std::string> lines;
+    while (const auto i = order.next()) {
+      t = cpu_s();
+      lines[*i] = sweep::evaluate_point(points[*i], true, &spent[*i].second);
+      spent[*i].first += cpu_s() - t;
+      const sweep::Result r = sweep::result_from_line(lines[*i], "grid_bench");
+      order.finished(*i, r.status == sweep::PointStatus::kOk ? std::optional<double>(r.step_time_s) : std::nullopt);
+      for (const auto& d : order.take_decided()) {
+        const sweep::Screened& s = screened[d.pos];
+        tally(d.pos,
+              d.simulated ? lines[d.pos] : sweep::cannot_win_line(points[d.pos], s.bound_s, s.bound_what, d.best_s));
+      }
+    }
+    for (const auto& d : order.take_decided()) {
+      const sweep::Screened& s = screened[d.pos];
+      tally(d.pos, sweep::cannot_win_line(points[d.pos], s.bound_s, s.bound_what, d.best_s));
     }
     const double total = cpu_s() - start;
     std::printf("grid_bench: %s, %s, %u GPUs, gbs %u: %zu points, %.2f CPU s in all (%.1f points per CPU s)\n",

@@ -285,8 +285,15 @@ void run_sweep_command(const SweepFlags& f, const OutputFlags& of) {
     if (cannot_fit + cannot_win > 0) {
       std::snprintf(buf, sizeof buf,
                     "pruned: %zu that cannot fit (memory estimate above the GPU's, before lowering), %zu that cannot "
-                    "win (step lower bound above the best step so far, before simulating)\n",
+                    "win (step lower bound above the best step simulated before it in rising bound order)\n",
                     cannot_fit, cannot_win);
+      note += buf;
+    }
+    if (stats.discarded > 0) {
+      std::snprintf(buf, sizeof buf,
+                    "%zu simulations ran ahead of the bound order (parallel workers) and were discarded: those points "
+                    "cannot win\n",
+                    stats.discarded);
       note += buf;
     }
     if (stats.torn > 0) note += "a torn last line (interrupted write) was removed and its point re-run\n";

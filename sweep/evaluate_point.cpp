@@ -149,22 +149,101 @@ models::RunConfig point_config(const Point& p, const topologies::Cluster& cluste
   return models::apply_overlap_variant(base, p.overlap);
 }
 
-std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_above_s, PointTimings* timings) {
-  PointTimings ignored;
-  PointTimings& t = timings != nullptr ? *timings : ignored;
-  double t0 = thread_cpu_s();
-  // Adds the CPU seconds since the last call to `to`.
-  auto lap = [&](double& to) {
+/// The figures predict shows: the allocator's reserve at the peak against the usable capacity (the GPU's memory less
+/// the CUDA context, NCCL and userbuffers), both of the tightest rank (models::MemoryEstimate).
+nlohmann::ordered_json with_memory(nlohmann::ordered_json j, const models::MemoryEstimate& m) {
+  j["memory_gib_per_gpu"] = m.total_bytes() / kGiB;
+  j["memory_capacity_gib"] = m.gpu_memory_bytes / kGiB;
+  j["memory_usable_gib"] = m.usable_bytes() / kGiB;
+  return j;
+}
+
+std::string does_not_fit(const Point& p, const models::MemoryEstimate& m, const std::vector<std::string>& warnings,
+                         const char* when) {
+  char buf[240];
+  std::snprintf(buf, sizeof buf,
+                "%sneeds %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB usable (of %.1f GiB)", when,
+                m.total_bytes() / kGiB, m.usable_bytes() / kGiB, m.gpu_memory_bytes / kGiB);
+  auto j = with_memory(head(p, PointStatus::kDoesNotFit, buf), m);
+  j["warnings"] = warnings;
+  return j.dump();
+}
+
+/// Adds the CPU seconds since the last lap to a stage of PointTimings.
+class Laps {
+ public:
+  void lap(double& to) {
     const double now = thread_cpu_s();
-    to += now - t0;
-    t0 = now;
-  };
+    to += now - t0_;
+    t0_ = now;
+  }
+
+ private:
+  double t0_ = thread_cpu_s();
+};
+
+/// A point's inputs, its run config as predict builds it and its cost model. Throws Error for an input that does not
+/// load (the point's "error" line).
+struct Prepared {
+  const models::ModelSpec& model;
+  const topologies::Cluster& cluster;
+  const sim::Profile& profile;
+  models::RunConfig cfg;
+  sim::CostModel costs;
+  sim::ClockMode clock;  ///< The point's --clock-model, else the profile's clock_model.mode.
+};
+
+Prepared prepare(const Point& p) {
   Inputs& in = inputs();
   const models::ModelSpec& model = in.model(p.model);
   const topologies::Cluster& cluster = in.cluster(p.cluster, p.gpus);
-  const models::RunConfig cfg = point_config(p, cluster);
   const sim::Profile& profile = in.profile(p.profile, cluster).profile;
-  const sim::CostModel costs(cluster, profile);
+  return Prepared{model,
+                  cluster,
+                  profile,
+                  point_config(p, cluster),
+                  sim::CostModel(cluster, profile),
+                  p.clock_model.value_or(profile.clock_model.mode)};
+}
+
+/// The line of a point whose memory estimate exceeds the usable capacity, pruned before lowering (the estimate needs
+/// the run context only); "" when it fits. Throws Error for a layout the lowering's checks reject.
+std::string not_fitting_line(const Point& p, const Prepared& prep) {
+  const models::MemoryEstimate m = models::estimate_peak_memory(prep.model, prep.cfg);
+  if (m.margin_bytes() >= 0) return "";
+  return does_not_fit(p, m, models::check_config(prep.model, prep.cfg), "pruned before lowering: ");
+}
+
+Screened screen_or_throw(const Point& p, PointTimings& t) {
+  Laps laps;
+  Screened out;
+  const Prepared prep = prepare(p);
+  try {
+    out.line = not_fitting_line(p, prep);
+    laps.lap(t.check_s);
+    if (!out.line.empty()) return out;
+    // With the clock model, the tables at the highest clock: the solved clock may be above a table's measured one.
+    const std::optional<sim::CostModel> at_max =
+        prep.clock == sim::ClockMode::kNone
+            ? std::nullopt
+            : std::optional<sim::CostModel>(std::in_place, prep.cluster,
+                                            sim::at_clock(prep.profile, prep.profile.clock_model.max_mhz));
+    const evaluate::StepBound bound =
+        evaluate::step_lower_bound(prep.model, at_max ? *at_max : prep.costs, prep.cfg, p.fidelity);
+    laps.lap(t.bound_s);
+    out.bound_s = bound.seconds;
+    out.bound_what = bound.what;
+  } catch (const Error& e) {
+    out.line = head(p, PointStatus::kInvalid, e.what()).dump();
+  }
+  return out;
+}
+
+std::string evaluate_or_throw(const Point& p, bool extrapolate, PointTimings* timings) {
+  PointTimings ignored;
+  PointTimings& t = timings != nullptr ? *timings : ignored;
+  Laps laps;
+  const Prepared prep = prepare(p);
   // The one evaluation path of predict: reduction policy, steady-state periodicity, size limits.
   evaluate::Options eval_opts;
   eval_opts.fidelity = p.fidelity;
@@ -173,66 +252,24 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
   eval_opts.simulate_when_not_fitting = false;
   eval_opts.periodic = extrapolate;
   // Never refused for size (issue 18): the reductions and periodicity bound what is simulated, and a point that
-  // cannot win is pruned before it is lowered in full (below).
+  // cannot win is pruned before it is lowered in full (run_sweep's bound order).
   eval_opts.check_size = false;
   eval_opts.phases = timings != nullptr ? &timings->phases : nullptr;
-  eval_opts.clock = p.clock_model.value_or(profile.clock_model.mode);
-  // The figures predict shows: the allocator's reserve at the peak against the usable capacity (the GPU's memory
-  // less the CUDA context, NCCL and userbuffers), both of the tightest rank (models::MemoryEstimate).
-  auto with_memory = [&](nlohmann::ordered_json j, const models::MemoryEstimate& m) {
-    j["memory_gib_per_gpu"] = m.total_bytes() / kGiB;
-    j["memory_capacity_gib"] = m.gpu_memory_bytes / kGiB;
-    j["memory_usable_gib"] = m.usable_bytes() / kGiB;
-    return j;
-  };
-  auto does_not_fit = [&](const models::MemoryEstimate& m, const std::vector<std::string>& warnings, const char* when) {
-    char buf[240];
-    std::snprintf(buf, sizeof buf,
-                  "%sneeds %.1f GiB per GPU (memory estimate), the GPU has %.1f GiB usable (of %.1f GiB)", when,
-                  m.total_bytes() / kGiB, m.usable_bytes() / kGiB, m.gpu_memory_bytes / kGiB);
-    auto j = with_memory(head(p, PointStatus::kDoesNotFit, buf), m);
-    j["warnings"] = warnings;
-    return j.dump();
-  };
+  eval_opts.clock = prep.clock;
   evaluate::Result full;
   try {
-    // Pruned first: a layout that cannot fit is not lowered (the memory estimate needs only the run context).
-    if (const models::MemoryEstimate m = models::estimate_peak_memory(model, cfg); m.margin_bytes() < 0) {
-      std::string line = does_not_fit(m, models::check_config(model, cfg), "pruned before lowering: ");
-      lap(t.check_s);
+    if (std::string line = not_fitting_line(p, prep); !line.empty()) {
+      laps.lap(t.check_s);
       return line;
     }
-    lap(t.check_s);
-    // Pruned next: a layout whose step lasts at least longer than the best found so far in its group cannot win.
-    if (std::isfinite(prune_above_s)) {
-      // With the clock model, the tables at the highest clock: the solved clock may be above a table's measured one.
-      const std::optional<sim::CostModel> at_max =
-          eval_opts.clock == sim::ClockMode::kNone
-              ? std::nullopt
-              : std::optional<sim::CostModel>(std::in_place, cluster,
-                                              sim::at_clock(profile, profile.clock_model.max_mhz));
-      const evaluate::StepBound bound =
-          evaluate::step_lower_bound(model, at_max ? *at_max : costs, cfg, p.fidelity, prune_above_s);
-      lap(t.bound_s);
-      if (bound.seconds > prune_above_s) {
-        char buf[400];
-        std::snprintf(buf, sizeof buf,
-                      "pruned before simulating: the step lasts at least %.6f s (%s), longer than %.6f s, the best "
-                      "step found so far at this model, cluster, GPU count, batch and sequence length",
-                      bound.seconds, bound.what.c_str(), prune_above_s);
-        auto j = head(p, PointStatus::kCannotWin, buf);
-        j["lower_bound_s"] = bound.seconds;
-        j["best_so_far_s"] = prune_above_s;
-        return j.dump();
-      }
-    }
-    full = evaluate::evaluate(model, cluster, costs, cfg, eval_opts);
-    lap(t.evaluate_s);
+    laps.lap(t.check_s);
+    full = evaluate::evaluate(prep.model, prep.cluster, prep.costs, prep.cfg, eval_opts);
+    laps.lap(t.evaluate_s);
   } catch (const Error& e) {
     return head(p, PointStatus::kInvalid, e.what()).dump();
   }
   const std::vector<std::string>& warnings = full.warnings;
-  if (!full.fits) return does_not_fit(full.peak_memory, warnings, "");
+  if (!full.fits) return does_not_fit(p, full.peak_memory, warnings, "");
   const schedule::RankBreakdown& mean = full.sim.breakdown.mean;
   std::map<std::string, double> v;
   v["step"] = full.sim.breakdown.step_time_s;
@@ -243,7 +280,7 @@ std::string evaluate_or_throw(const Point& p, bool extrapolate, double prune_abo
   v["busy comm"] = mean.busy_comm_s;
   auto j = with_memory(head(p, PointStatus::kOk, ""), full.peak_memory);
   j["step_time_s"] = full.step_s;
-  j["profile_used"] = in.profile(p.profile, cluster).profile.name;
+  j["profile_used"] = inputs().profile(p.profile, prep.cluster).profile.name;
   j["mfu"] = full.mfu;
   j["tflops_per_gpu"] = full.tflops_per_gpu;
   nlohmann::ordered_json bd;
@@ -300,18 +337,53 @@ std::string rejection_reason(const Point& point) {
   return "";
 }
 
-std::string evaluate_point(const Point& point, bool extrapolate, double prune_above_s, PointTimings* timings) {
-  if (!point.invalid_reason.empty()) return head(point, PointStatus::kInvalid, point.invalid_reason).dump();
+namespace {
+
+/// `line()` (the point's line), or the point's "error" line for what it throws; its CPU seconds added to
+/// `timings->total_s`.
+template <typename F>
+std::string guarded(const Point& point, PointTimings* timings, F line) {
   try {
     const double t0 = thread_cpu_s();
-    std::string line = evaluate_or_throw(point, extrapolate, prune_above_s, timings);
+    std::string out = line();
     if (timings != nullptr) timings->total_s += thread_cpu_s() - t0;
-    return line;
+    return out;
   } catch (const Error& e) {
     return head(point, PointStatus::kError, e.what()).dump();
   } catch (const std::exception& e) {
     return head(point, PointStatus::kError, std::string("internal error: ") + e.what()).dump();
   }
+}
+
+}  // namespace
+
+std::string evaluate_point(const Point& point, bool extrapolate, PointTimings* timings) {
+  if (!point.invalid_reason.empty()) return head(point, PointStatus::kInvalid, point.invalid_reason).dump();
+  return guarded(point, timings, [&] { return evaluate_or_throw(point, extrapolate, timings); });
+}
+
+Screened screen_point(const Point& point, PointTimings* timings) {
+  if (!point.invalid_reason.empty()) return {head(point, PointStatus::kInvalid, point.invalid_reason).dump(), 0, ""};
+  PointTimings ignored;
+  Screened out;
+  out.line = guarded(point, timings, [&] {
+    out = screen_or_throw(point, timings != nullptr ? *timings : ignored);
+    return out.line;
+  });
+  return out;
+}
+
+std::string cannot_win_line(const Point& point, double bound_s, const std::string& what, double best_s) {
+  char buf[400];
+  std::snprintf(
+      buf, sizeof buf,
+      "pruned before simulating: the step lasts at least %.6f s (%s), longer than %.6f s, the best step "
+      "simulated at this model, cluster, GPU count, batch and sequence length (in rising order of this bound)",
+      bound_s, what.c_str(), best_s);
+  auto j = head(point, PointStatus::kCannotWin, buf);
+  j["lower_bound_s"] = bound_s;
+  j["best_so_far_s"] = best_s;
+  return j.dump();
 }
 
 }  // namespace twinstep::sweep

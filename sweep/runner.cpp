@@ -47,6 +47,7 @@
 #include "models/run_config.hpp"
 #include "schedule/analysis.hpp"
 #include "sim/simulate.hpp"
+#include "sweep/bound_order.hpp"
 #include "sweep/eta.hpp"
 #include "sweep/report.hpp"
 #include "topologies/cluster.hpp"
@@ -109,6 +110,7 @@ struct Worker {
   pid_t pid = -1;
   int fd = -1;
   std::vector<std::size_t> points;  ///< Positions sent to it, in order; all but the last have their line back.
+  std::size_t answered = 0;         ///< Of `points`, those whose line came back.
   std::size_t limit = 1;            ///< Points it may evaluate before it is told to exit.
   bool closing = false;             ///< Told to exit.
   std::string buffer;
@@ -195,97 +197,6 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_;
 };
 
-/// The lines of `results` (one key each), sorted by (point index, key): the order of every results file written.
-std::string sorted_lines(const std::vector<Result>& results) {
-  std::vector<const Result*> sorted;
-  sorted.reserve(results.size());
-  for (const auto& r : results) sorted.push_back(&r);
-  std::sort(sorted.begin(), sorted.end(), [](const Result* a, const Result* b) {
-    return a->index != b->index ? a->index < b->index : a->key < b->key;
-  });
-  std::string out;
-  for (const Result* r : sorted) out += r->line + "\n";
-  return out;
-}
-
-constexpr NameTable<PointStatus, 5> kPointStatuses{{{"ok", PointStatus::kOk},
-                                                    {"invalid", PointStatus::kInvalid},
-                                                    {"does_not_fit", PointStatus::kDoesNotFit},
-                                                    {"cannot_win", PointStatus::kCannotWin},
-                                                    {"error", PointStatus::kError}}};
-}  // namespace
-
-PointStatus parse_point_status(std::string_view text, std::string_view field) {
-  return parse_name(kPointStatuses, text, field);
-}
-
-std::string to_string(PointStatus status) { return name_of(kPointStatuses, status); }
-
-Result result_from_line(const std::string& line, const std::string& source) {
-  const nlohmann::json j = parse_json(line, source);
-  if (!j.is_object() || !j.contains("key") || !j.contains("status") || !j.contains("point") ||
-      !j["point"].is_number_unsigned() || !j["status"].is_string()) {
-    throw ParseError(source, "", "not a sweep result line (needs point, key, status)");
-  }
-  Result r;
-  r.index = j["point"].get<std::size_t>();
-  r.point = point_from_inputs(j["key"], source);
-  r.point.index = r.index;
-  r.key = point_key(r.point);
-  r.status =
-      reading_names(source, "/status", [&] { return parse_point_status(j["status"].get<std::string>(), "status"); });
-  r.reason = j.value("reason", "");
-  if (r.status == PointStatus::kInvalid) r.point.invalid_reason = r.reason;
-  r.step_time_s = j.value("step_time_s", 0.0);
-  r.profile = j.value("profile_used", "");
-  r.mfu = j.value("mfu", 0.0);
-  r.tflops_per_gpu = j.value("tflops_per_gpu", 0.0);
-  r.memory_gib = j.value("memory_gib_per_gpu", 0.0);
-  r.capacity_gib = j.value("memory_capacity_gib", 0.0);
-  r.usable_gib = j.value("memory_usable_gib", 0.0);
-  if (j.contains("breakdown_s") && j["breakdown_s"].is_object()) {
-    for (const auto& [k, v] : j["breakdown_s"].items()) {
-      if (v.is_number()) r.breakdown_s[k] = v.get<double>();
-    }
-  }
-  if (j.contains("warnings") && j["warnings"].is_array()) {
-    for (const auto& w : j["warnings"]) {
-      if (w.is_string()) r.warnings.push_back(w.get<std::string>());
-    }
-  }
-  r.line = line;
-  return r;
-}
-
-std::vector<Result> read_results(const std::string& path, std::size_t* torn) {
-  const std::string text = read_file(path);
-  std::vector<Result> out;
-  std::size_t start = 0, line_no = 0;
-  if (torn != nullptr) *torn = 0;
-  while (start < text.size()) {
-    std::size_t end = text.find('\n', start);
-    const bool last = end == std::string::npos;
-    if (last) end = text.size();
-    ++line_no;
-    const std::string line = text.substr(start, end - start);
-    start = end + 1;
-    if (line.empty()) continue;
-    try {
-      out.push_back(result_from_line(line, path + ":" + std::to_string(line_no)));
-    } catch (const Error& e) {
-      // A writer killed mid-line leaves an unterminated last line: drop it (resume re-runs that point).
-      if (last || start >= text.size()) {
-        if (torn != nullptr) ++*torn;
-        continue;
-      }
-      throw;
-    }
-  }
-  return out;
-}
-
-namespace {
-
 /// What an output file already holds (resume): the old lines of this sweep's points are its results; the lines of
 /// other points (earlier sweeps into the same file) stay in the file as they are.
 struct Resumed {
@@ -323,67 +234,75 @@ Resumed resume(const std::string& output, const std::map<std::string, std::size_
   return out;
 }
 
-/// What the parent sends a worker per point: its position and the step time above which it cannot win (infinity:
-/// no pruning).
+/// What a worker does with a point: evaluate it (its line), or screen it (pass 1 of pruning: its line when it will not
+/// be simulated, else its bound).
+enum class Job : std::uint64_t { kEvaluate, kScreen };
+
+/// What the parent sends a worker per point.
 struct Task {
   std::uint64_t pos = 0;
-  double prune_above_s = std::numeric_limits<double>::infinity();
+  Job job = Job::kEvaluate;
 };
 
-/// A worker process's loop: reads tasks from `fd`, answers each with its point's JSON line, exits at the end of its
-/// input (or with 4 when the parent is gone).
+/// A worker's answer to a screening: the point's line, or {"lower_bound_s", "bound_what"} (no "status") when it is to
+/// be simulated. JSON numbers read back to the same double.
+std::string screened_reply(const Screened& s) {
+  if (!s.line.empty()) return s.line;
+  nlohmann::ordered_json j;
+  j["lower_bound_s"] = s.bound_s;
+  j["bound_what"] = s.bound_what;
+  return j.dump();
+}
+
+Screened parse_screened(const std::string& reply) {
+  const nlohmann::json j = parse_json(reply, "worker");
+  if (j.contains("status")) return {reply, 0, ""};
+  return {"", j.at("lower_bound_s").get<double>(), j.at("bound_what").get<std::string>()};
+}
+
+/// A worker process's loop: reads tasks from `fd`, answers each with one line, exits at the end of its input (or
+/// with 4 when the parent is gone).
 [[noreturn]] void worker_main(int fd, const std::vector<Point>& points, bool extrapolate) {
   std::uintptr_t advised = keep_freed_memory();
   Task task;
   while (read_all(fd, &task, sizeof task)) {
     advise_huge_pages(&advised);  // what the last point grew
-    if (task.pos >= points.size() ||
-        !write_all(fd, evaluate_point(points[task.pos], extrapolate, task.prune_above_s) + "\n")) {
-      ::_exit(4);
-    }
+    if (task.pos >= points.size()) ::_exit(4);
+    const Point& p = points[task.pos];
+    const std::string reply =
+        task.job == Job::kScreen ? screened_reply(screen_point(p)) : evaluate_point(p, extrapolate);
+    if (!write_all(fd, reply + "\n")) ::_exit(4);
   }
   ::_exit(0);
 }
 
 /// The sweep's results as they come back: each point's line appended to the output and flushed at once (a killed
-/// sweep loses only the points in flight), the progress display, and per ranking group the best step time so far,
-/// which goes with each point to its worker when pruning (options.prune).
+/// sweep loses only the points in flight), and the progress display.
 class Recorder {
  public:
   Recorder(const std::vector<Point>& points, const RunOptions& options, Resumed& resumed, RunStats& st)
-      : points_(points),
-        options_(options),
+      : options_(options),
         lines_(resumed.lines),
         done_(resumed.done),
         st_(st),
         out_(open_for_append(options.output)),
         progress_(options, points.size()),
-        finished_(st.resumed) {
-    for (std::size_t i = 0; i < points.size(); ++i) {
-      if (done_[i]) note_best(i, lines_[i]);  // resumed
-    }
-  }
+        finished_(st.resumed) {}
 
   [[nodiscard]] bool done(std::size_t pos) const { return done_[pos]; }
+  [[nodiscard]] const std::string& line(std::size_t pos) const { return lines_[pos]; }
 
   /// Point `pos`'s line, unless it has one: kept, appended to the output and flushed.
   void record(std::size_t pos, const std::string& line) {
     if (done_[pos]) return;
     done_[pos] = true;
     lines_[pos] = line;
-    note_best(pos, line);
     if (std::fputs((line + "\n").c_str(), out_.get()) < 0 || std::fflush(out_.get()) != 0) {
       throw Error(options_.output + ": write failed: " + std::strerror(errno));
     }
     ++finished_;
     ++st_.evaluated;
     progress_.update(finished_);
-  }
-
-  /// The step time above which point `pos` cannot win: its group's best so far (infinity: none, or no pruning).
-  [[nodiscard]] double prune_above(std::size_t pos) const {
-    const auto it = best_s_.find(group_of(points_[pos]));
-    return it != best_s_.end() ? it->second : std::numeric_limits<double>::infinity();
   }
 
   [[nodiscard]] Progress& progress() { return progress_; }
@@ -401,15 +320,7 @@ class Recorder {
     if (f == nullptr) throw Error(path + ": cannot open for appending: " + std::strerror(errno));
     return {f, &std::fclose};
   }
-  void note_best(std::size_t pos, const std::string& line) {
-    if (!options_.prune) return;
-    const Result r = result_from_line(line, options_.output);
-    if (r.status != PointStatus::kOk) return;
-    const auto [it, fresh] = best_s_.emplace(group_of(points_[pos]), r.step_time_s);
-    if (!fresh) it->second = std::min(it->second, r.step_time_s);
-  }
 
-  const std::vector<Point>& points_;
   const RunOptions& options_;
   std::vector<std::string>& lines_;
   std::vector<bool>& done_;
@@ -417,18 +328,14 @@ class Recorder {
   File out_;
   Progress progress_;
   std::size_t finished_;
-  std::map<GroupKey, double> best_s_;
 };
 
-/// The points that need a worker, in the order they are handed out, with each one's estimated cost in `cost`.
-/// Invalid points need no worker: the layout rules' and the lowering's checks (rejection_reason, which loads the
-/// models, clusters, profiles and configs once here: forked workers inherit them) give the line evaluate_point
-/// gives, recorded at once. The costliest points first (ties in point order): a large point started last would run
-/// alone at the end. When pruning, the cheapest first instead: they set a best step time early, and the costly ones
-/// that cannot beat it are pruned rather than simulated.
+/// The points that need a worker, costliest first (ties in point order: a large point started last would run alone
+/// at the end), with each one's estimated cost in `cost`. Invalid points need no worker: the layout rules' and the
+/// lowering's checks (rejection_reason, which loads the models, clusters, profiles and configs once here: forked
+/// workers inherit them) give the line evaluate_point gives, recorded at once.
 std::vector<std::size_t> runnable_in_order(const std::vector<Point>& points, const RunOptions& options, Recorder& rec,
                                            std::vector<double>& cost) {
-  const bool prune = options.prune;
   TWINSTEP_ASSERT(options.rejections == nullptr || options.rejections->size() == points.size(),
                   "run_sweep: %zu rejection reasons for %zu points", options.rejections->size(), points.size());
   std::vector<std::size_t> runnable;
@@ -442,48 +349,132 @@ std::vector<std::size_t> runnable_in_order(const std::vector<Point>& points, con
     }
   }
   for (std::size_t pos : runnable) cost[pos] = estimated_cost(points[pos]);
-  std::stable_sort(runnable.begin(), runnable.end(),
-                   [&](std::size_t a, std::size_t b) { return prune ? cost[a] < cost[b] : cost[a] > cost[b]; });
+  std::stable_sort(runnable.begin(), runnable.end(), [&](std::size_t a, std::size_t b) { return cost[a] > cost[b]; });
   return runnable;
 }
 
+/// The points a WorkerPool hands out, and what becomes of the answers.
+class Source {
+ public:
+  Source() = default;
+  Source(const Source&) = delete;
+  Source& operator=(const Source&) = delete;
+  virtual ~Source() = default;
+  /// The next point to hand out; none when no more will come.
+  [[nodiscard]] virtual std::optional<std::size_t> next() = 0;
+  /// A worker's answer for point `pos` (or the point's error line when its worker died twice).
+  virtual void answered(std::size_t pos, const std::string& reply) = 0;
+};
+
+/// Points in a fixed order, each answer recorded as the point's line.
+class ListSource final : public Source {
+ public:
+  ListSource(const std::vector<std::size_t>& order, Recorder& rec) : todo_(order.begin(), order.end()), rec_(rec) {}
+  std::optional<std::size_t> next() override {
+    if (todo_.empty()) return std::nullopt;
+    const std::size_t pos = todo_.front();
+    todo_.pop_front();
+    return pos;
+  }
+  void answered(std::size_t pos, const std::string& reply) override { rec_.record(pos, reply); }
+
+ private:
+  std::deque<std::size_t> todo_;
+  Recorder& rec_;
+};
+
+/// Pass 1 of pruning: every point screened in a fixed order; a point not to be simulated gets its line, the others
+/// their bound.
+class ScreenSource final : public Source {
+ public:
+  ScreenSource(const std::vector<std::size_t>& order, Recorder& rec, std::map<std::size_t, Screened>& bounds)
+      : list_(order, rec), rec_(rec), bounds_(bounds) {}
+  std::optional<std::size_t> next() override { return list_.next(); }
+  void answered(std::size_t pos, const std::string& reply) override {
+    Screened s = parse_screened(reply);
+    if (!s.line.empty()) {
+      rec_.record(pos, s.line);
+    } else {
+      bounds_[pos] = std::move(s);
+    }
+  }
+
+ private:
+  ListSource list_;
+  Recorder& rec_;
+  std::map<std::size_t, Screened>& bounds_;
+};
+
+/// Pass 2 of pruning: the points with a bound simulated in BoundOrder's order; each line recorded once the order
+/// decides its point (a simulated line held until then), a pruned point's line written here.
+class BoundSource final : public Source {
+ public:
+  BoundSource(const std::vector<Point>& points, const std::map<std::size_t, Screened>& bounds, BoundOrder& order,
+              Recorder& rec, EtaEstimator& eta)
+      : points_(points), bounds_(bounds), order_(order), rec_(rec), eta_(eta) {
+    record_decided();  // groups already won by resumed points
+  }
+  std::optional<std::size_t> next() override {
+    auto pos = order_.next();
+    record_decided();  // a group closed on the way
+    return pos;
+  }
+  void answered(std::size_t pos, const std::string& reply) override {
+    const Result r = result_from_line(reply, "worker");
+    held_[pos] = reply;
+    order_.finished(pos, r.status == PointStatus::kOk ? std::optional<double>(r.step_time_s) : std::nullopt);
+    for (const std::size_t hopeless : order_.take_hopeless()) eta_.finished(hopeless, rec_.progress().now_s(), false);
+    record_decided();
+  }
+
+ private:
+  void record_decided() {
+    for (const BoundOrder::Decision& d : order_.take_decided()) {
+      const auto held = held_.find(d.pos);
+      if (d.simulated) {
+        TWINSTEP_ASSERT(held != held_.end(), "bound order: point %zu decided before it came back", d.pos);
+        rec_.record(d.pos, held->second);
+      } else {
+        const Screened& s = bounds_.at(d.pos);
+        rec_.record(d.pos, cannot_win_line(points_[d.pos], s.bound_s, s.bound_what, d.best_s));
+        eta_.finished(d.pos, rec_.progress().now_s(), false);
+      }
+      if (held != held_.end()) held_.erase(held);
+    }
+  }
+
+  const std::vector<Point>& points_;
+  const std::map<std::size_t, Screened>& bounds_;
+  BoundOrder& order_;
+  Recorder& rec_;
+  EtaEstimator& eta_;
+  std::map<std::size_t, std::string> held_;  ///< Lines back but not decided yet.
+};
+
 /// The forked workers. They take one point at a time, the next as soon as they answer, so every job stays busy
 /// until the end however uneven the points; a worker evaluates up to max_points_per_worker analytic points (its heap
-/// warm for the next), and a flow point gets a fresh process of its own (SimGrid: one engine per process). The point
-/// of a worker that died is retried once, in a fresh worker's turn; a second death is recorded as the point's error.
+/// warm for the next), and a flow point to evaluate gets a fresh process of its own (SimGrid: one engine per
+/// process). The point of a worker that died is retried once, in a fresh worker's turn; a second death gives the
+/// point its error line.
 class WorkerPool {
  public:
-  WorkerPool(const std::vector<Point>& points, const RunOptions& options,
-             const std::map<std::string, std::size_t>& wanted, Recorder& rec, const std::vector<double>& cost,
-             const std::vector<std::size_t>& order)
+  /// `eta` (may be null) is told when each point starts and comes back; `cost` is each point's estimated cost.
+  WorkerPool(const std::vector<Point>& points, const RunOptions& options, Job job, Source& source, Recorder& rec,
+             const std::vector<double>& cost, EtaEstimator* eta)
       : points_(points),
         options_(options),
-        wanted_(wanted),
+        job_(job),
+        source_(source),
         rec_(rec),
         cost_(cost),
-        jobs_(std::max(1u, options.jobs)),
-        eta_(jobs_),
-        todo_(order.begin(), order.end()) {
-    // For the ETA, a point of unknown cost counts as the mean known one.
-    double work = 0;
-    std::size_t known = 0;
-    for (std::size_t pos : order) {
-      work += cost[pos];
-      known += cost[pos] > 0;
-    }
-    mean_cost_ = known > 0 ? work / static_cast<double>(known) : 1.0;
-    for (std::size_t pos : order) eta_.queued(pos, eta_cost(pos));
-    rec_.progress().set_estimator(&eta_);
-  }
-  WorkerPool(const WorkerPool&) = delete;
-  WorkerPool& operator=(const WorkerPool&) = delete;
-  ~WorkerPool() { rec_.progress().set_estimator(nullptr); }
+        eta_(eta),
+        jobs_(std::max(1u, options.jobs)) {}
 
-  /// Until every point has its line. On an error, the workers are killed and the error goes on.
+  /// Until every point handed out is answered. On an error, the workers are killed and the error goes on.
   void run() {
     try {
-      while (!todo_.empty() || !workers_.empty()) {
-        while (!todo_.empty() && workers_.size() < jobs_) spawn();
+      while (peek() || !workers_.empty()) {
+        while (peek() && workers_.size() < jobs_) spawn();
         std::vector<pollfd> pfds;
         for (const auto& w : workers_) pfds.push_back(pollfd{w.fd, POLLIN, 0});
         if (::poll(pfds.data(), pfds.size(), 1000) < 0) {
@@ -516,23 +507,33 @@ class WorkerPool {
   }
 
  private:
-  [[nodiscard]] double eta_cost(std::size_t pos) const { return cost_[pos] > 0 ? cost_[pos] : mean_cost_; }
-  [[nodiscard]] bool is_flow(std::size_t pos) const { return points_[pos].fidelity == sim::Fidelity::kFlow; }
+  [[nodiscard]] bool is_flow(std::size_t pos) const {
+    return job_ == Job::kEvaluate && points_[pos].fidelity == sim::Fidelity::kFlow;
+  }
+
+  /// The next point to hand out (a retry first), left in ahead_; none when no more will come.
+  std::optional<std::size_t> peek() {
+    if (ahead_.empty()) {
+      if (const auto pos = source_.next()) ahead_.push_back(*pos);
+    }
+    return ahead_.empty() ? std::nullopt : std::optional<std::size_t>(ahead_.front());
+  }
 
   /// Hands `w` the next point, or tells it to exit (no points left, its limit reached, or a flow point next).
   void send_next(Worker& w) {
     if (w.closing) return;
-    if (todo_.empty() || w.points.size() >= w.limit || (!w.points.empty() && is_flow(todo_.front()))) {
+    const auto next = peek();
+    if (!next || w.points.size() >= w.limit || (!w.points.empty() && is_flow(*next))) {
       ::shutdown(w.fd, SHUT_WR);  // the worker exits once it reads the end
       w.closing = true;
       return;
     }
     Task task;
-    task.pos = todo_.front();
-    todo_.pop_front();
-    w.points.push_back(task.pos);
-    eta_.started(task.pos, rec_.progress().now_s());
-    if (options_.prune) task.prune_above_s = rec_.prune_above(task.pos);
+    task.pos = *next;
+    task.job = job_;
+    ahead_.pop_front();
+    w.points.push_back(*next);
+    if (eta_ != nullptr) eta_->started(*next, rec_.progress().now_s());
     // A worker that died meanwhile is found by its end of file; its point is retried then (finish).
     (void)::send(w.fd, &task, sizeof task, MSG_NOSIGNAL);
   }
@@ -555,12 +556,12 @@ class WorkerPool {
     Worker w;
     w.pid = pid;
     w.fd = fds[0];
-    w.limit = is_flow(todo_.front()) ? 1 : std::max<std::size_t>(1, options_.max_points_per_worker);
+    w.limit = is_flow(*peek()) ? 1 : std::max<std::size_t>(1, options_.max_points_per_worker);
     workers_.push_back(std::move(w));
     send_next(workers_.back());
   }
 
-  /// Reads what `w` sent and records each complete line, handing it its next point. False: `w` closed.
+  /// Reads what `w` sent and hands each complete line to the source, handing `w` its next point. False: `w` closed.
   bool read_lines(Worker& w) {
     char buf[65536];
     const ssize_t n = ::read(w.fd, buf, sizeof buf);
@@ -571,52 +572,110 @@ class WorkerPool {
     while ((nl = w.buffer.find('\n')) != std::string::npos) {
       const std::string line = w.buffer.substr(0, nl);
       w.buffer.erase(0, nl + 1);
-      const Result r = result_from_line(line, "worker");
-      const auto it = wanted_.find(r.key);
-      TWINSTEP_ASSERT(it != wanted_.end(), "worker reported an unknown point %zu", r.index);
-      eta_.finished(it->second, rec_.progress().now_s(), r.status == PointStatus::kOk);
-      rec_.record(it->second, line);
+      // One point at a time: the answer is the last point sent.
+      TWINSTEP_ASSERT(w.answered < w.points.size(), "worker %d answered a point it was not sent", int(w.pid));
+      const std::size_t pos = w.points[w.answered++];
+      if (eta_ != nullptr) {
+        eta_->finished(pos, rec_.progress().now_s(),
+                       job_ == Job::kEvaluate && result_from_line(line, "worker").status == PointStatus::kOk);
+      }
+      source_.answered(pos, line);
       send_next(w);
     }
     return true;
   }
 
-  /// Reaps `w`; the points it took without answering are retried once, then recorded as errors.
+  /// Reaps `w`; the point it took without answering is retried once, then answered with its error line.
   void finish(Worker& w) {
     int status = 0;
     while (::waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
     }
     ::close(w.fd);
-    std::vector<std::size_t> missing;
-    for (std::size_t pos : w.points) {
-      if (!rec_.done(pos)) missing.push_back(pos);
-    }
-    if (missing.empty()) return;
-    std::string why = WIFSIGNALED(status) ? "worker process killed by signal " + std::to_string(WTERMSIG(status))
-                                          : "worker process exited with status " + std::to_string(WEXITSTATUS(status));
-    for (std::size_t pos : missing) {
-      eta_.finished(pos, rec_.progress().now_s(), false);
+    if (w.answered == w.points.size()) return;
+    const std::string why = WIFSIGNALED(status)
+                                ? "worker process killed by signal " + std::to_string(WTERMSIG(status))
+                                : "worker process exited with status " + std::to_string(WEXITSTATUS(status));
+    for (std::size_t k = w.answered; k < w.points.size(); ++k) {
+      const std::size_t pos = w.points[k];
+      if (eta_ != nullptr) eta_->finished(pos, rec_.progress().now_s(), false);
       if (retried_.insert(pos).second) {
-        todo_.push_front(pos);  // once more, in a fresh worker's turn: a second death names the point
-        eta_.queued(pos, eta_cost(pos));
+        ahead_.push_front(pos);  // once more, in a fresh worker's turn: a second death names the point
+        if (eta_ != nullptr) eta_->queued(pos, cost_[pos]);
       } else {
-        rec_.record(pos, status_line(points_[pos], PointStatus::kError, why + " while evaluating this point"));
+        source_.answered(pos, status_line(points_[pos], PointStatus::kError, why + " while evaluating this point"));
       }
     }
   }
 
   const std::vector<Point>& points_;
   const RunOptions& options_;
-  const std::map<std::string, std::size_t>& wanted_;
+  Job job_;
+  Source& source_;
   Recorder& rec_;
   const std::vector<double>& cost_;
-  double mean_cost_ = 1.0;
+  EtaEstimator* eta_;
   unsigned jobs_;
-  EtaEstimator eta_;
-  std::deque<std::size_t> todo_;
+  std::deque<std::size_t> ahead_;
   std::vector<Worker> workers_;
   std::set<std::size_t> retried_;
 };
+
+/// The ETA's cost of each point of `order`: its estimated cost, or the mean known one where unknown (0).
+void fill_unknown_costs(const std::vector<std::size_t>& order, std::vector<double>& cost) {
+  double work = 0;
+  std::size_t known = 0;
+  for (std::size_t pos : order) {
+    work += cost[pos];
+    known += cost[pos] > 0;
+  }
+  const double mean = known > 0 ? work / static_cast<double>(known) : 1.0;
+  for (std::size_t pos : order) {
+    if (cost[pos] <= 0) cost[pos] = mean;
+  }
+}
+
+/// Pruning's two passes over the runnable points `order` (RunOptions::prune).
+void run_pruned(const std::vector<Point>& points, const RunOptions& options, Recorder& rec,
+                const std::vector<std::size_t>& order, std::vector<double>& cost, RunStats& st) {
+  std::map<std::size_t, Screened> bounds;
+  {
+    ScreenSource screen(order, rec, bounds);
+    WorkerPool(points, options, Job::kScreen, screen, rec, cost, nullptr).run();
+  }
+  // Ranking groups numbered; the best step of each among the points already in the file (a resumed sweep).
+  std::map<GroupKey, std::size_t> group_ids;
+  std::vector<double> best_known;
+  auto group_id = [&](const Point& p) {
+    const auto [it, fresh] = group_ids.emplace(group_of(p), group_ids.size());
+    if (fresh) best_known.push_back(std::numeric_limits<double>::infinity());
+    return it->second;
+  };
+  std::vector<BoundOrder::Candidate> candidates;
+  std::vector<std::size_t> simulated;
+  for (const auto& [pos, s] : bounds) {
+    candidates.push_back({pos, group_id(points[pos]), s.bound_s});
+    simulated.push_back(pos);
+  }
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    if (!rec.done(i) || bounds.count(i) != 0) continue;
+    const std::size_t g = group_id(points[i]);
+    const Result r = result_from_line(rec.line(i), options.output);
+    if (r.status == PointStatus::kOk) best_known[g] = std::min(best_known[g], r.step_time_s);
+  }
+  st.bounded = candidates.size();
+  BoundOrder bound_order(std::move(candidates), best_known);
+  EtaEstimator eta(std::max(1u, options.jobs));
+  fill_unknown_costs(simulated, cost);
+  for (std::size_t pos : simulated) eta.queued(pos, cost[pos]);
+  rec.progress().set_estimator(&eta);
+  {
+    BoundSource source(points, bounds, bound_order, rec, eta);
+    WorkerPool(points, options, Job::kEvaluate, source, rec, cost, &eta).run();
+  }
+  rec.progress().set_estimator(nullptr);
+  TWINSTEP_ASSERT(bound_order.done(), "run_sweep: the bound order left points undecided");
+  st.discarded = bound_order.discarded();
+}
 
 }  // namespace
 
@@ -633,11 +692,18 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   Recorder rec(points, options, resumed, st);
   std::vector<double> cost(points.size(), 0.0);  // estimated, for the order of the workers' points and the ETA
   const std::vector<std::size_t> order = runnable_in_order(points, options, rec, cost);
-  {
-    WorkerPool pool(points, options, wanted, rec, cost, order);
-    pool.run();
-    rec.close();
+  if (options.prune) {
+    run_pruned(points, options, rec, order, cost, st);
+  } else {
+    fill_unknown_costs(order, cost);
+    EtaEstimator eta(std::max(1u, options.jobs));
+    for (std::size_t pos : order) eta.queued(pos, cost[pos]);
+    rec.progress().set_estimator(&eta);
+    ListSource source(order, rec);
+    WorkerPool(points, options, Job::kEvaluate, source, rec, cost, &eta).run();
+    rec.progress().set_estimator(nullptr);
   }
+  rec.close();
 
   // The union sorted by (index, key): a resumed run ends with the same bytes as an uninterrupted one.
   std::vector<Result> results;
@@ -653,31 +719,6 @@ std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions
   st.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (stats != nullptr) *stats = st;
   return results;
-}
-
-std::string merge_results(const std::vector<std::string>& inputs, std::size_t* lines_in,
-                          std::vector<std::string>* conflicts) {
-  if (inputs.empty()) throw Error("merge: give at least one JSON-lines file");
-  std::map<std::string, Result> by_key;
-  std::size_t n = 0;
-  for (const auto& path : inputs) {
-    for (auto& r : read_results(path)) {
-      ++n;
-      const auto it = by_key.find(r.key);
-      if (it == by_key.end()) {
-        by_key.emplace(r.key, std::move(r));
-      } else if (it->second.line != r.line && conflicts != nullptr) {
-        conflicts->push_back(path + ": point " + std::to_string(r.index) +
-                             " differs from an earlier file's line; "
-                             "kept the first");
-      }
-    }
-  }
-  std::vector<Result> all;
-  all.reserve(by_key.size());
-  for (auto& [k, r] : by_key) all.push_back(std::move(r));
-  if (lines_in != nullptr) *lines_in = n;
-  return sorted_lines(all);
 }
 
 }  // namespace twinstep::sweep

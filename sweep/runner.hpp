@@ -72,13 +72,26 @@ struct PointTimings {
 /// Never throws for bad points: they come back with status kInvalid / kDoesNotFit and the reason. With
 /// `extrapolate`, a point with many micro-batches is simulated at three small counts and extrapolated along the
 /// line through them (evaluate/periodic.hpp, through evaluate::evaluate; the line says
-/// "extrapolated_from_micro_batches"), else in full. With a finite `prune_above_s` (the best step time found so far
-/// among the points it is ranked with), a point whose step lasts longer than that for sure (evaluate::
-/// step_lower_bound) is not simulated: status "cannot_win", with "lower_bound_s" and "best_so_far_s".
-/// `timings`, when set, receives where the point's time went (the benchmarks' profile of a grid).
-[[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true,
-                                         double prune_above_s = std::numeric_limits<double>::infinity(),
-                                         PointTimings* timings = nullptr);
+/// "extrapolated_from_micro_batches"), else in full. `timings`, when set, receives where the point's time went (the
+/// benchmarks' profile of a grid).
+[[nodiscard]] std::string evaluate_point(const Point& point, bool extrapolate = true, PointTimings* timings = nullptr);
+
+/// What pass 1 of a pruned sweep knows of a point before simulating it.
+struct Screened {
+  /// Its line when it is not to be simulated: invalid, not fitting (its memory estimate, "pruned before lowering",
+  /// the line evaluate_point gives), error; "" when it is.
+  std::string line;
+  double bound_s = 0;      ///< When `line` is "": the lower bound on its step (evaluate::step_lower_bound; 0: none).
+  std::string bound_what;  ///< Which path gives the bound.
+};
+/// Pass 1 of a pruned sweep for one point: its memory estimate and, when it fits, the lower bound on its step. Never
+/// throws for bad points.
+[[nodiscard]] Screened screen_point(const Point& point, PointTimings* timings = nullptr);
+
+/// The line of a point that cannot win (status kCannotWin): its step lasts at least `bound_s` (`what`: the path that
+/// says so), longer than `best_s`, the best step simulated in its ranking group; with "lower_bound_s" and
+/// "best_so_far_s".
+[[nodiscard]] std::string cannot_win_line(const Point& point, double bound_s, const std::string& what, double best_s);
 
 /// Why `point` cannot run, known before anything is lowered: its layout rule (Point::invalid_reason) or the
 /// lowering's checks (models::check_config: divisibility, gating assertions, uneven layouts), word for word the
@@ -106,10 +119,13 @@ struct RunOptions {
   /// largest points' hundreds of MB), so it stays up long.
   std::size_t max_points_per_worker = 512;
   bool extrapolate = true;  ///< Micro-batch extrapolation (evaluate_point).
-  /// Prune points that cannot win (`twinstep sweep --parallel auto`): the cheapest points (estimated_cost) go first,
-  /// and each point goes to its worker with the best step time found so far in its ranking group (group_of), above
-  /// which evaluate_point prunes it. Which points are pruned depends on the order in which workers finish; a pruned
-  /// point is never one that would have ranked first.
+  /// Prune points that cannot win (`twinstep sweep --parallel auto`), in two passes. Pass 1 screens every point
+  /// (screen_point: memory estimate, then the lower bound on its step). Pass 2 simulates, per ranking group
+  /// (group_of), in rising bound order, and a point whose bound exceeds the best step simulated before it is not
+  /// simulated: it and every later point of its group "cannot win" against the group's best (sweep/bound_order.hpp).
+  /// The points simulated and every line are the same for any `jobs` and after any resume (a worker may simulate a
+  /// point ahead of that order; its result is discarded when the order prunes it), and the best point is the one
+  /// simulating every point would rank first.
   bool prune = false;
   /// When set, one entry per point: what rejection_reason gave it, computed by the caller already (`twinstep sweep`
   /// counts them before running); run_sweep then does not compute them again (they are most of its start-up).
@@ -123,6 +139,8 @@ struct RunStats {
   std::size_t kept = 0;        ///< Lines of the old file for points not in this sweep: kept in the file as they are.
   std::size_t duplicates = 0;  ///< Later lines of the old file for a key seen before (the first one is kept).
   std::size_t torn = 0;        ///< A torn last line found in the old file (removed; its point is re-run).
+  std::size_t bounded = 0;     ///< Pruning: points whose step was bounded (pass 1).
+  std::size_t discarded = 0;   ///< Pruning: simulations run ahead of the bound order and discarded (cannot win).
   double wall_s = 0;           ///< Seconds in run_sweep: reading the old file, evaluating, writing the output.
 };
 
@@ -133,6 +151,9 @@ struct RunStats {
 /// in order. Throws Error if the output cannot be written.
 [[nodiscard]] std::vector<Result> run_sweep(const std::vector<Point>& points, const RunOptions& options,
                                             RunStats* stats = nullptr);
+
+/// The lines of `results` (one key each), sorted by (point index, key): the order of every results file written.
+[[nodiscard]] std::string sorted_lines(const std::vector<Result>& results);
 
 /// Joins JSON-lines files: one line per key (the first seen wins; a later different line for the same key is
 /// reported in `conflicts`), sorted by (index, key). Returns the merged text.

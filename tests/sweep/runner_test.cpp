@@ -1,10 +1,18 @@
 // The worker pool end to end on a tiny model: results per point, invalid and non-fitting points with reasons,
-// resume after a kill (a truncated output file), shards merged equal the single run, merge dedupe.
+// resume after a kill (a truncated output file), shards merged equal the single run, merge dedupe; pruning in
+// rising bound order against the sequential rule, with any number of workers, after kills and in shards.
 #include "sweep/runner.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
+#include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "common/error.hpp"
@@ -365,12 +373,45 @@ sweep::Spec tiny_auto_layouts() {
   return s;
 }
 
-/// Runs `points` with pruning (one worker: cheapest first, in order) and without, and checks that pruning changed
-/// nothing but the pruned points' lines: the same best point, the same line for every point not pruned, each pruned
-/// point's bound above the best so far and below its own simulated step. At least `min_pruned` are pruned.
+/// The statuses the sequential rule of pruning gives (sweep/bound_order.hpp), from each point's bound (screen_point,
+/// in this process) and its step simulated in full (`all`): per ranking group, in rising bound order (ties in point
+/// order), simulated while the bound is no more than the best step before it; pruned against that best after.
+/// Returns per point the best it is pruned against, or none when simulated (or not screened to a bound).
+std::vector<std::optional<double>> sequential_rule(const std::vector<sweep::Point>& points,
+                                                   const std::vector<sweep::Result>& all,
+                                                   std::vector<sweep::Screened>& screened) {
+  std::map<sweep::GroupKey, std::vector<std::size_t>> groups;
+  screened.clear();
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    screened.push_back(sweep::screen_point(points[i]));
+    if (screened[i].line.empty()) groups[sweep::group_of(points[i])].push_back(i);
+  }
+  std::vector<std::optional<double>> pruned_against(points.size());
+  for (auto& [g, members] : groups) {
+    std::stable_sort(members.begin(), members.end(),
+                     [&](std::size_t a, std::size_t b) { return screened[a].bound_s < screened[b].bound_s; });
+    double best = std::numeric_limits<double>::infinity();
+    bool cut = false;
+    for (const std::size_t i : members) {
+      cut = cut || screened[i].bound_s > best;
+      if (cut) {
+        pruned_against[i] = best;
+      } else if (all[i].status == sweep::PointStatus::kOk) {
+        best = std::min(best, all[i].step_time_s);
+      }
+    }
+  }
+  return pruned_against;
+}
+
+/// Runs `points` with pruning (one worker and three) and without, and checks that pruning changed nothing but the
+/// pruned points' lines: the same best point, the same line for every point not pruned, and exactly the points the
+/// sequential rule prunes pruned, each with its bound, above the best of its group, and below its own simulated step.
+/// The output is the same bytes with any number of workers and after a resume from any prefix of it. At least
+/// `min_pruned` are pruned.
 void check_pruning(const std::vector<sweep::Point>& points, const std::string& name, std::size_t min_pruned) {
   const std::string dir = temp_dir(name);
-  sweep::RunOptions o = opts(dir + "/pruned.jsonl", 1);  // one worker: the cheapest points first, in order
+  sweep::RunOptions o = opts(dir + "/pruned.jsonl", 1);
   o.prune = true;
   const auto pruned = sweep::run_sweep(points, o);
   const auto all = sweep::run_sweep(points, opts(dir + "/all.jsonl"));
@@ -385,19 +426,23 @@ void check_pruning(const std::vector<sweep::Point>& points, const std::string& n
   const sweep::Result best = best_of(all);
   CHECK(best_of(pruned).key == best.key);
   CHECK(best_of(pruned).step_time_s == best.step_time_s);
+  std::vector<sweep::Screened> screened;
+  const auto rule = sequential_rule(points, all, screened);
   std::size_t cannot_win = 0;
   for (std::size_t i = 0; i < pruned.size(); ++i) {
     const auto& r = pruned[i];
+    INFO(r.key << ": " << r.reason);
+    CHECK((r.status == sweep::PointStatus::kCannotWin) == rule[i].has_value());
     if (r.status != sweep::PointStatus::kCannotWin) {
       CHECK(r.line == all[i].line);  // a point not pruned gives the same line
       continue;
     }
     ++cannot_win;
-    INFO(r.key << ": " << r.reason);
     const nlohmann::json j = nlohmann::json::parse(r.line);
     const double bound = j.at("lower_bound_s").get<double>(), best_so_far = j.at("best_so_far_s").get<double>();
+    CHECK(bound == screened[i].bound_s);
     CHECK(bound > best_so_far);
-    CHECK(best_so_far >= best.step_time_s);
+    CHECK(best_so_far == best.step_time_s);  // one ranking group: pruned against its best
     CHECK(r.reason.find("pruned before simulating") != std::string::npos);
     // The bound holds: simulated after all, the point takes at least that long, so it could not have won.
     REQUIRE(all[i].status == sweep::PointStatus::kOk);
@@ -408,6 +453,72 @@ void check_pruning(const std::vector<sweep::Point>& points, const std::string& n
   // The report counts them.
   const auto rankings = sweep::rank_results(pruned);
   CHECK(rankings[0].cannot_win == cannot_win);
+
+  // Three workers: points simulated ahead of the bound order are discarded; the same bytes.
+  const std::string one_worker = read_file(dir + "/pruned.jsonl");
+  o.output = dir + "/three.jsonl";
+  o.jobs = 3;
+  (void)sweep::run_sweep(points, o);
+  CHECK(read_file(o.output) == one_worker);
+  // Killed at any moment: the file holds some of the lines (here the first k of the final file, whose order is the
+  // points', and half of the next one); the resumed run ends with the same bytes.
+  std::vector<std::size_t> ends;  // end of each line
+  for (std::size_t at = one_worker.find('\n'); at != std::string::npos; at = one_worker.find('\n', at + 1)) {
+    ends.push_back(at + 1);
+  }
+  for (const std::size_t k : {std::size_t{0}, ends.size() / 3, ends.size() / 2, ends.size() - 1}) {
+    const std::size_t from = k == 0 ? 0 : ends[k - 1];
+    o.output = dir + "/resumed" + std::to_string(k) + ".jsonl";
+    o.jobs = 2;
+    write_file_atomic(o.output, one_worker.substr(0, from) + one_worker.substr(from, (ends[k] - from) / 2));
+    sweep::RunStats st;
+    (void)sweep::run_sweep(points, o, &st);
+    INFO("resumed from " << k << " lines");
+    CHECK(st.resumed == k);
+    CHECK(read_file(o.output) == one_worker);
+  }
+  // Killed for real: a run in a child process killed once its file has some lines (appended as points are decided),
+  // then resumed here.
+  for (const std::size_t k : {std::size_t{1}, ends.size() / 2}) {
+    o.output = dir + "/killed" + std::to_string(k) + ".jsonl";
+    std::filesystem::remove(o.output);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      try {
+        (void)sweep::run_sweep(points, o);
+      } catch (...) {
+        ::_exit(1);
+      }
+      ::_exit(0);
+    }
+    int status = 0;
+    while (::waitpid(child, &status, WNOHANG) == 0) {
+      if (std::filesystem::exists(o.output) && count_lines(read_file(o.output)) >= k) {
+        ::kill(child, SIGKILL);
+        ::waitpid(child, &status, 0);
+        break;
+      }
+      ::usleep(200);
+    }
+    (void)sweep::run_sweep(points, o);
+    INFO("killed after " << k << " lines");
+    CHECK(read_file(o.output) == one_worker);
+  }
+  // Two shards, each pruning within its own points, merged: the same best line; each simulated line the full run's.
+  std::vector<std::string> shards;
+  for (std::uint32_t i = 0; i < 2; ++i) {
+    o.output = dir + "/shard" + std::to_string(i) + ".jsonl";
+    (void)sweep::run_sweep(sweep::select_shard(points, {i, 2}), o);
+    shards.push_back(o.output);
+  }
+  write_file_atomic(dir + "/merged.jsonl", sweep::merge_results(shards));
+  const auto merged = sweep::read_results(dir + "/merged.jsonl");
+  REQUIRE(merged.size() == all.size());
+  CHECK(best_of(merged).line == best.line);
+  for (std::size_t i = 0; i < merged.size(); ++i) {
+    if (merged[i].status != sweep::PointStatus::kCannotWin) CHECK(merged[i].line == all[i].line);
+  }
 }
 
 TEST_CASE("sweep::run_sweep: pruning skips points that cannot win, each with a bound above the best", "[sweep]") {
