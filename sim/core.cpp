@@ -150,6 +150,8 @@ class Core {
       }
       st.pending = pend;
     }
+    // An op on a rank past the cluster's GPUs (simulate() checked the listed ranks): refused before the model runs.
+    check_ranks_fit(s_, ctx_.cluster, std::max(s_.world_size, max_rank + 1));
     // Dependents in CSR.
     for (OpId i = 0; i < n_ops_; ++i) {
       dep_begin[i + 1] += dep_begin[i];

@@ -487,6 +487,27 @@ TEST_CASE("sim: more ranks than GPUs is not feasible, an unknown fidelity is an 
   b.gemm(15, "g", 0, 128, 128, 128);
   Schedule s = b.schedule();
   REQUIRE_THROWS_AS(simulate(s, cluster, costs), NotFeasibleError);
+  // An op on a rank past the GPUs that neither the world size nor the listed ranks announce (the core checks the ops'
+  // ranks as it builds, for each fidelity).
+  Builder eight(8, {{"compute", 0}});
+  eight.gemm(0, "g", 0, 128, 128, 128);
+  Schedule past = eight.schedule();
+  past.ops.push_back(past.ops.front());
+  past.ops.back().id = 1;
+  past.ops.back().rank = 8;
+  REQUIRE(past.world_size == 8);
+  for (const Fidelity f : {Fidelity::kAnalytic, Fidelity::kFlow}) {
+    if (f == Fidelity::kFlow && !flow_model_available()) continue;
+    Options opts;
+    opts.fidelity = f;
+    try {
+      (void)simulate(past, cluster, costs, opts);
+      FAIL("expected NotFeasibleError");
+    } catch (const NotFeasibleError& e) {
+      CHECK(std::string(e.what()).find("needs 9 ranks but") != std::string::npos);
+      CHECK(std::string(e.what()).find("pass --gpus 9 (or --nodes 2 of 8 GPUs)") != std::string::npos);
+    }
+  }
   Builder small(1, {{"compute", 0}});
   small.gemm(0, "g", 0, 128, 128, 128);
   Options o;
