@@ -129,6 +129,46 @@ TEST_CASE("sim: 1F1B pipeline of equal stages has bubble (p-1)/(m+p-1)", "[sim]"
   }
 }
 
+TEST_CASE("sim: ops of the ranks interleaved in the schedule run as ops listed rank by rank", "[sim]") {
+  // The core walks each rank's ops in program order; listed rank by rank (as the lowering writes them) op k is the
+  // k-th of that walk, otherwise it builds the order. Both must give every op the same times.
+  const Schedule grouped = one_f_one_b(4, 6, 8192);
+  // Round robin over the ranks, each rank's program order kept; ids, deps and host_sync targets renumbered.
+  std::vector<std::vector<OpId>> of_rank(grouped.world_size);
+  for (const auto& op : grouped.ops) of_rank[op.rank].push_back(op.id);
+  std::vector<OpId> order, new_id(grouped.ops.size());
+  for (std::size_t k = 0; order.size() < grouped.ops.size(); ++k) {
+    for (const auto& ops : of_rank) {
+      if (k < ops.size()) {
+        new_id[ops[k]] = static_cast<OpId>(order.size());
+        order.push_back(ops[k]);
+      }
+    }
+  }
+  Schedule mixed = grouped;
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    Op op = grouped.ops[order[i]];
+    op.id = static_cast<OpId>(i);
+    for (auto& d : op.deps) d = new_id[d];
+    if (auto* h = std::get_if<HostSync>(&op.body)) h->target = new_id[h->target];
+    mixed.ops[i] = std::move(op);
+  }
+  REQUIRE(mixed.ops[1].rank == 1);
+  schedule::check(mixed);
+  const auto cluster = uniform_node(4, 370e9);
+  const CostModel costs(cluster, flat_profile());
+  const Trace a = simulate(grouped, cluster, costs), b = simulate(mixed, cluster, costs);
+  REQUIRE(a.records.size() == b.records.size());
+  for (const auto& r : a.records) {
+    const auto& q = b.records[new_id[r.op]];
+    CHECK(q.rank == r.rank);
+    CHECK(q.issue_ns == r.issue_ns);
+    CHECK(q.start_ns == r.start_ns);
+    CHECK(q.end_ns == r.end_ns);
+  }
+  CHECK(step_of(a) > 0);
+}
+
 TEST_CASE("sim: an exposed collective adds its time, a hidden one adds nothing", "[sim]") {
   const std::uint64_t bytes = 64ull << 20;
   const double bw = 370e9, alpha = 2e-6;
