@@ -621,6 +621,32 @@ TEST_CASE("sim: Options::solo_compute_out is the compute ops' solo times summed 
   }
 }
 
+TEST_CASE("sim: the analytic model prices hundreds of distinct kernel shapes, each repeated, by their own costs",
+          "[sim]") {
+  // The model looks each distinct shape's cost up once (a table that grows as shapes come); every op must still get
+  // its own shape's cost: the solo sum equals the per-op oracle bit for bit, and each kernel runs for its own time.
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  Builder b(1, {{"compute", 0}});
+  double expected = 0;
+  for (int rep = 0; rep < 2; ++rep) {
+    for (std::uint64_t i = 1; i <= 300; ++i) {
+      b.gemm(0, "g", 0, 64 * i, 128, 256);
+      expected += costs.kernel_cost(Compute{Gemm{64 * i, 128, 256}}).solo_time_s();
+    }
+  }
+  double solo = -1;
+  Options o;
+  o.solo_compute_out = &solo;
+  const Trace t = simulate(b.schedule(), cluster, costs, o);
+  CHECK(solo == expected);
+  for (const auto& r : t.records) {
+    const auto& g = std::get<Gemm>(std::get<Compute>(t.schedule.ops[r.op].body).kernel);
+    const double solo_ns = costs.kernel_cost(Compute{g}).solo_time_s() * 1e9;
+    CHECK(static_cast<double>(r.end_ns - r.start_ns) == Approx(solo_ns).margin(1.0));
+  }
+}
+
 TEST_CASE("sim: analyze sees the 1F1B bubble of a simulated pipeline", "[sim]") {
   const std::uint32_t p = 4, m = 8;
   Profile prof = flat_profile();
