@@ -109,7 +109,9 @@ Simulated simulate_at(schedule::Schedule s, const topologies::Cluster& cluster, 
   }
   const auto ranks = trace.schedule.ranks.size();
   out.solo_compute_s = ranks == 0 ? 0.0 : solo / static_cast<double>(ranks);
-  out.host_work_s = host_work(trace);
+  // Host work is keyed by op names: without them (a sweep) there is none, and reading every op's name to find that
+  // out is a cache miss per op.
+  if (options.op_names) out.host_work_s = host_work(trace);
   if (options.clock != sim::ClockMode::kNone) out.loads = sim::rank_loads(trace, costs.profile().clock_model);
   if (const auto it = trace.context.find("model_limits"); it != trace.context.end()) out.notes.push_back(it->second);
   if (const auto it = trace.schedule.meta.find("representatives");

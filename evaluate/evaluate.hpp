@@ -43,7 +43,9 @@ struct Options {
   /// Steady-state periodicity (evaluate/periodic.hpp) when `reduce` is on and no trace is kept (a sweep's
   /// --no-extrapolate clears it).
   bool periodic = true;
-  bool op_names = true;                   ///< Human-readable op names (a sweep, which keeps no trace, turns them off).
+  /// Human-readable op names (a sweep, which keeps no trace, turns them off); without them simulate_schedule
+  /// collects no Simulated::host_work_s (keyed by op names).
+  bool op_names = true;
   bool keep_trace = false;                ///< Return the trace (predict --trace).
   bool schedule_hash = true;              ///< sim::Options::schedule_hash.
   bool simulate_when_not_fitting = true;  ///< false: a point that does not fit in memory is not simulated.

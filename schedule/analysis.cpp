@@ -186,20 +186,33 @@ class CommKinds {
   std::vector<std::uint32_t> of_comm_;
 };
 
-/// A trace's records by op (SIZE_MAX: none) and its span [first issue, last end].
+/// A trace's records by op and its span [first issue, last end]. A simulator's trace has one record per op in op
+/// order (record i is op i): then no index is built.
 struct RecordIndex {
-  std::vector<std::size_t> of_op;
+  bool identity = true;            ///< Record i is op i, for every op.
+  std::vector<std::size_t> of_op;  ///< When not `identity`: by op, its record (SIZE_MAX: none).
   Nanos t0 = std::numeric_limits<Nanos>::max();
   Nanos t1 = std::numeric_limits<Nanos>::min();
 
-  explicit RecordIndex(const Trace& trace) : of_op(trace.schedule.ops.size(), SIZE_MAX) {
+  explicit RecordIndex(const Trace& trace) {
+    const std::size_t n = trace.schedule.ops.size();
+    identity = trace.records.size() == n;
     for (std::size_t i = 0; i < trace.records.size(); ++i) {
       const OpRecord& r = trace.records[i];
       t0 = std::min(t0, r.issue_ns);
       t1 = std::max(t1, r.end_ns);
-      if (r.op < of_op.size()) of_op[r.op] = i;
+      identity = identity && r.op == i;
+    }
+    if (identity) return;
+    of_op.assign(n, SIZE_MAX);
+    for (std::size_t i = 0; i < trace.records.size(); ++i) {
+      if (trace.records[i].op < n) of_op[trace.records[i].op] = i;
     }
   }
+  /// Whether op `o` (< the number of ops) has a record.
+  [[nodiscard]] bool has(OpId o) const { return identity || of_op[o] != SIZE_MAX; }
+  /// The index of op `o`'s record (has(o)).
+  [[nodiscard]] std::size_t of(OpId o) const { return identity ? o : of_op[o]; }
   /// t1 - t0; throws Error when it overflows (corrupt times).
   [[nodiscard]] Nanos span() const {
     Nanos out = 0;
@@ -260,7 +273,7 @@ class EventBuilder {
  private:
   static constexpr std::size_t kNoEvent = SIZE_MAX;
 
-  [[nodiscard]] const OpRecord& record(OpId o) const { return trace_.records[rec_.of_op[o]]; }
+  [[nodiscard]] const OpRecord& record(OpId o) const { return trace_.records[rec_.of(o)]; }
 
   static std::optional<CommId> comm_of(const Body& body) {
     if (const auto* c = std::get_if<Collective>(&body)) return c->comm;
@@ -304,7 +317,7 @@ class EventBuilder {
   void add_communication(std::vector<Event>& ev, OpId o, CommId comm, const OpRecord& r) {
     Nanos arrived = r.start_ns;
     auto arrive = [&](OpId peer) {
-      if (peer != kNoOp && rec_.of_op[peer] != SIZE_MAX) arrived = std::max(arrived, record(peer).start_ns);
+      if (peer != kNoOp && rec_.has(peer)) arrived = std::max(arrived, record(peer).start_ns);
     };
     if (std::holds_alternative<Collective>(s_.ops[o].body)) {
       if (m_.instance_of[o] != UINT32_MAX) {
@@ -363,7 +376,7 @@ Breakdown analyze(const Trace& trace, const Matching& m) {
     const std::uint32_t ri = op.rank < rank_index.size() ? rank_index[op.rank] : UINT32_MAX;
     if (ri == UINT32_MAX) continue;
     b.flops += op_flops(op);
-    if (rec.of_op[o] != SIZE_MAX) events.add(ri, static_cast<OpId>(o));
+    if (rec.has(static_cast<OpId>(o))) events.add(ri, static_cast<OpId>(o));
   }
   events.finish();
   add_rank_breakdowns(b, events.events(), ranks, rec.t0, rec.t1, events.kind_of_op(), events.transfer_start(),

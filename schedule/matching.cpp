@@ -69,6 +69,13 @@ Matching match(const Schedule& schedule) {
   std::vector<std::unordered_map<RankId, std::uint32_t>> position(ncomm);  // lookups only
   std::vector<std::vector<std::uint32_t>> seen(ncomm);
   std::vector<std::uint32_t> instances(ncomm, 0);  // per communicator: the most collectives of one member
+  // Per communicator, the last rank looked up and its position (UINT32_MAX: not a member): the ops come rank by rank,
+  // so a rank's collectives on a communicator look its position up once instead of once per op.
+  struct LastLookup {
+    RankId rank = UINT32_MAX;
+    std::uint32_t pos = UINT32_MAX;
+  };
+  std::vector<LastLookup> last(ncomm);
   struct Member {
     OpId op;
     CommId comm;
@@ -96,11 +103,15 @@ Matching match(const Schedule& schedule) {
           position[col->comm].emplace(members[k], static_cast<std::uint32_t>(k));
         }
       }
-      auto it = position[col->comm].find(op.rank);
-      if (it == position[col->comm].end()) continue;
-      const std::uint32_t seq = seen[col->comm][it->second]++;
+      LastLookup& cached = last[col->comm];
+      if (cached.rank != op.rank) {
+        const auto it = position[col->comm].find(op.rank);
+        cached = {op.rank, it == position[col->comm].end() ? UINT32_MAX : it->second};
+      }
+      if (cached.pos == UINT32_MAX) continue;
+      const std::uint32_t seq = seen[col->comm][cached.pos]++;
       instances[col->comm] = std::max(instances[col->comm], seq + 1);
-      members_seen.push_back({id, col->comm, it->second, seq});
+      members_seen.push_back({id, col->comm, cached.pos, seq});
     } else if (const auto* s = std::get_if<Send>(&op.body)) {
       // Mirrored pairs use the key (comm, rank, rank, tag), which no ordinary pair has (no self sends).
       const RankId to = absent(s->peer) ? op.rank : s->peer;

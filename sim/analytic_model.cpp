@@ -340,8 +340,8 @@ class AnalyticModel final : public GpuSharingModel {
   }
 
  private:
+  /// Completes the activities that end at `now`, the heap's top (advance: next_completion dropped the stale entries).
   void complete(Nanos now, std::vector<ActivityId>& done) {
-    drop_stale();
     ++epoch_;
     affected_.clear();
     finished_.clear();

@@ -84,7 +84,7 @@ class Core {
     std::vector<schedule::OpRecord> records(n_ops_);
     for (std::uint32_t r = 0; r < num_ranks_; ++r) {
       for (std::uint32_t k = rank_begin_[r]; k < rank_begin_[r + 1]; ++k) {
-        const OpId i = rank_ops_[k];
+        const OpId i = op_at(k);
         records[i] = schedule::OpRecord{i, rank_ids_[r], op_[i].issue, op_[i].start, op_[i].end};
       }
     }
@@ -100,6 +100,7 @@ class Core {
     std::vector<schedule::RankId> rank_of(n_ops_);
     schedule::RankId max_rank = 0;
     for (auto r : s_.ranks) max_rank = std::max(max_rank, r);
+    schedule::RankId previous_rank = 0;  // of the op before: by_rank_ while the ranks do not decrease
     const std::size_t n_streams = std::max<std::size_t>(1, s_.streams.size());
     std::vector<OpId> last_on_stream;  // by (global rank, stream); grown on demand
     std::vector<OpId> last_in_queue;   // by global rank, with one hardware queue; grown on demand
@@ -110,6 +111,8 @@ class Core {
     for (OpId i = 0; i < n_ops_; ++i) {
       const auto& op = s_.ops[i];
       rank_of[i] = op.rank;
+      by_rank_ = by_rank_ && op.rank >= previous_rank;
+      previous_rank = op.rank;
       max_rank = std::max(max_rank, op.rank);
       OpState& st = op_[i];
       st.cls = schedule::kind_of(op.body);
@@ -150,6 +153,8 @@ class Core {
       }
       st.pending = pend;
     }
+    // An op on a rank past the cluster's GPUs (simulate() checked the listed ranks): refused before the model runs.
+    check_ranks_fit(s_, ctx_.cluster, std::max(s_.world_size, max_rank + 1));
     // Dependents in CSR.
     for (OpId i = 0; i < n_ops_; ++i) {
       dep_begin[i + 1] += dep_begin[i];
@@ -173,9 +178,11 @@ class Core {
     rank_begin_.assign(num_ranks_ + 1, 0);
     for (auto r : rank_of) ++rank_begin_[rank_index_[r] + 1];
     for (std::uint32_t r = 0; r < num_ranks_; ++r) rank_begin_[r + 1] += rank_begin_[r];
-    rank_ops_.resize(n_ops_);
-    std::vector<std::uint32_t> fill(rank_begin_.begin(), rank_begin_.end() - 1);
-    for (OpId i = 0; i < n_ops_; ++i) rank_ops_[fill[rank_index_[rank_of[i]]]++] = i;
+    if (!by_rank_) {
+      rank_ops_.resize(n_ops_);
+      std::vector<std::uint32_t> fill(rank_begin_.begin(), rank_begin_.end() - 1);
+      for (OpId i = 0; i < n_ops_; ++i) rank_ops_[fill[rank_index_[rank_of[i]]]++] = i;
+    }
 
     arrived_.assign(m_.collectives.size(), 0);
     present_.assign(m_.collectives.size(), 0);
@@ -214,7 +221,7 @@ class Core {
     Nanos at = t;
     while (pos_[r] < end) {
       if (blocked_on_[r] != kNoOp) return;
-      const OpId op = rank_ops_[pos_[r]];
+      const OpId op = op_at(pos_[r]);
       const OpKind cls = op_[op].cls;
       if (at > t && (cls == OpKind::kHost || cls == OpKind::kHostSync)) {
         push_wake(r, at);
@@ -262,6 +269,9 @@ class Core {
       }
     }
   }
+
+  /// The op at position `k` of the ranks' program orders (rank_begin_).
+  OpId op_at(std::uint32_t k) const { return by_rank_ ? k : rank_ops_[k]; }
 
   /// When `op` is issued: its launch started at `issue` and takes host_ns (a GPU op).
   Nanos issued_at(OpId op) const { return op_[op].issue + op_[op].host_ns; }
@@ -424,7 +434,7 @@ class Core {
     int lines = 0;
     for (std::uint32_t r = 0; r < num_ranks_; ++r) {
       for (std::uint32_t k = rank_begin_[r]; k < rank_begin_[r + 1]; ++k) {
-        const OpId op = rank_ops_[k];
+        const OpId op = op_at(k);
         if (op_[op].completed != 0) continue;
         if (lines++ < 32) {
           out += "\n  rank " + std::to_string(rank_ids_[r]) + ": " + op_label(op) + ": " + why(op);
@@ -448,7 +458,11 @@ class Core {
   std::vector<std::uint32_t> rank_index_;
   std::vector<schedule::RankId> rank_ids_;
   std::vector<std::uint32_t> rank_begin_;
+  /// The ops in program order per rank (CSR by rank_begin_); empty when `by_rank_`.
   std::vector<OpId> rank_ops_;
+  /// The ops come rank by rank in ascending rank order (as the lowering writes them): then the k-th op of that order is
+  /// op k, and rank_ops_ is not built.
+  bool by_rank_ = true;
   std::vector<OpState> op_;
   std::vector<std::pair<OpId, OpId>> sync_target_;  ///< (host_sync op, its target), ascending op.
   std::vector<OpId> dependents_;

@@ -86,8 +86,13 @@ class GpuSharingModel : public ResourceModel {
 
 // ---- the simulator's internals behind sim/simulate.hpp (simulate.cpp, core.cpp, the resource models) ----
 
+/// Throws NotFeasibleError when the schedule needs `needed` ranks (its world size, its listed ranks', its ops' ranks)
+/// and the cluster has fewer GPUs, naming the --gpus or --nodes that fit.
+void check_ranks_fit(const schedule::Schedule& schedule, const topologies::Cluster& cluster, std::uint32_t needed);
+
 /// Runs the IR semantics (DESIGN.md rules 1-4) against `model` and fills the records (one per op, by op id).
-/// Throws twinstep::Error naming the blocked op of every rank if the run deadlocks.
+/// Throws twinstep::Error naming the blocked op of every rank if the run deadlocks, and check_ranks_fit's error for an
+/// op on a rank past the cluster's GPUs (before `model` runs anything).
 [[nodiscard]] std::vector<schedule::OpRecord> run_semantics(const SimContext& ctx, ResourceModel& model);
 
 /// The analytic resource model: solo costs from `ctx.costs`, SM/HBM sharing on each GPU, fair NIC sharing.

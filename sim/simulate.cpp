@@ -267,6 +267,15 @@ std::vector<schedule::OpRecord> run_in_child(const std::function<std::vector<sch
   }
 }
 
+void check_ranks_fit(const schedule::Schedule& schedule, const topologies::Cluster& cluster, std::uint32_t needed) {
+  if (needed <= cluster.num_gpus()) return;
+  const std::uint32_t gpn = cluster.node.gpus_per_node;
+  throw NotFeasibleError("schedule \"" + schedule.name + "\" needs " + std::to_string(needed) + " ranks but " +
+                         cluster.describe() + " has " + std::to_string(cluster.num_gpus()) + " GPUs; pass --gpus " +
+                         std::to_string(needed) + " (or --nodes " + std::to_string((needed + gpn - 1) / gpn) + " of " +
+                         std::to_string(gpn) + " GPUs)");
+}
+
 namespace {
 
 schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluster& cluster, const CostModel& costs,
@@ -274,14 +283,12 @@ schedule::Trace run(const schedule::Schedule& schedule, const topologies::Cluste
   check_available(options.fidelity);
   std::uint32_t needed = schedule.world_size;
   for (auto r : schedule.ranks) needed = std::max(needed, r + 1);
-  for (const auto& op : schedule.ops) needed = std::max(needed, op.rank + 1);
-  if (needed > cluster.num_gpus()) {
-    const std::uint32_t gpn = cluster.node.gpus_per_node;
-    throw NotFeasibleError("schedule \"" + schedule.name + "\" needs " + std::to_string(needed) + " ranks but " +
-                           cluster.describe() + " has " + std::to_string(cluster.num_gpus()) + " GPUs; pass --gpus " +
-                           std::to_string(needed) + " (or --nodes " + std::to_string((needed + gpn - 1) / gpn) +
-                           " of " + std::to_string(gpn) + " GPUs)");
+  // The ops' ranks: the core checks them in its own pass over the ops (run_semantics), before the analytic model runs
+  // anything; the flow model is built (in its child) before the core, so for it they are checked here.
+  if (options.fidelity == Fidelity::kFlow) {
+    for (const auto& op : schedule.ops) needed = std::max(needed, op.rank + 1);
   }
+  check_ranks_fit(schedule, cluster, needed);
   using Clock = std::chrono::steady_clock;
   const auto seconds_since = [](Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();

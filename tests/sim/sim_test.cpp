@@ -129,6 +129,46 @@ TEST_CASE("sim: 1F1B pipeline of equal stages has bubble (p-1)/(m+p-1)", "[sim]"
   }
 }
 
+TEST_CASE("sim: ops of the ranks interleaved in the schedule run as ops listed rank by rank", "[sim]") {
+  // The core walks each rank's ops in program order; listed rank by rank (as the lowering writes them) op k is the
+  // k-th of that walk, otherwise it builds the order. Both must give every op the same times.
+  const Schedule grouped = one_f_one_b(4, 6, 8192);
+  // Round robin over the ranks, each rank's program order kept; ids, deps and host_sync targets renumbered.
+  std::vector<std::vector<OpId>> of_rank(grouped.world_size);
+  for (const auto& op : grouped.ops) of_rank[op.rank].push_back(op.id);
+  std::vector<OpId> order, new_id(grouped.ops.size());
+  for (std::size_t k = 0; order.size() < grouped.ops.size(); ++k) {
+    for (const auto& ops : of_rank) {
+      if (k < ops.size()) {
+        new_id[ops[k]] = static_cast<OpId>(order.size());
+        order.push_back(ops[k]);
+      }
+    }
+  }
+  Schedule mixed = grouped;
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    Op op = grouped.ops[order[i]];
+    op.id = static_cast<OpId>(i);
+    for (auto& d : op.deps) d = new_id[d];
+    if (auto* h = std::get_if<HostSync>(&op.body)) h->target = new_id[h->target];
+    mixed.ops[i] = std::move(op);
+  }
+  REQUIRE(mixed.ops[1].rank == 1);
+  schedule::check(mixed);
+  const auto cluster = uniform_node(4, 370e9);
+  const CostModel costs(cluster, flat_profile());
+  const Trace a = simulate(grouped, cluster, costs), b = simulate(mixed, cluster, costs);
+  REQUIRE(a.records.size() == b.records.size());
+  for (const auto& r : a.records) {
+    const auto& q = b.records[new_id[r.op]];
+    CHECK(q.rank == r.rank);
+    CHECK(q.issue_ns == r.issue_ns);
+    CHECK(q.start_ns == r.start_ns);
+    CHECK(q.end_ns == r.end_ns);
+  }
+  CHECK(step_of(a) > 0);
+}
+
 TEST_CASE("sim: an exposed collective adds its time, a hidden one adds nothing", "[sim]") {
   const std::uint64_t bytes = 64ull << 20;
   const double bw = 370e9, alpha = 2e-6;
@@ -487,6 +527,27 @@ TEST_CASE("sim: more ranks than GPUs is not feasible, an unknown fidelity is an 
   b.gemm(15, "g", 0, 128, 128, 128);
   Schedule s = b.schedule();
   REQUIRE_THROWS_AS(simulate(s, cluster, costs), NotFeasibleError);
+  // An op on a rank past the GPUs that neither the world size nor the listed ranks announce (the core checks the ops'
+  // ranks as it builds, for each fidelity).
+  Builder eight(8, {{"compute", 0}});
+  eight.gemm(0, "g", 0, 128, 128, 128);
+  Schedule past = eight.schedule();
+  past.ops.push_back(past.ops.front());
+  past.ops.back().id = 1;
+  past.ops.back().rank = 8;
+  REQUIRE(past.world_size == 8);
+  for (const Fidelity f : {Fidelity::kAnalytic, Fidelity::kFlow}) {
+    if (f == Fidelity::kFlow && !flow_model_available()) continue;
+    Options opts;
+    opts.fidelity = f;
+    try {
+      (void)simulate(past, cluster, costs, opts);
+      FAIL("expected NotFeasibleError");
+    } catch (const NotFeasibleError& e) {
+      CHECK(std::string(e.what()).find("needs 9 ranks but") != std::string::npos);
+      CHECK(std::string(e.what()).find("pass --gpus 9 (or --nodes 2 of 8 GPUs)") != std::string::npos);
+    }
+  }
   Builder small(1, {{"compute", 0}});
   small.gemm(0, "g", 0, 128, 128, 128);
   Options o;
@@ -557,6 +618,32 @@ TEST_CASE("sim: Options::solo_compute_out is the compute ops' solo times summed 
     o.solo_compute_out = &untouched;
     (void)simulate(lowered.schedule, cluster, costs, o);
     CHECK(untouched == -1);  // the flow model runs in a child: the caller sums
+  }
+}
+
+TEST_CASE("sim: the analytic model prices hundreds of distinct kernel shapes, each repeated, by their own costs",
+          "[sim]") {
+  // The model looks each distinct shape's cost up once (a table that grows as shapes come); every op must still get
+  // its own shape's cost: the solo sum equals the per-op oracle bit for bit, and each kernel runs for its own time.
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  Builder b(1, {{"compute", 0}});
+  double expected = 0;
+  for (int rep = 0; rep < 2; ++rep) {
+    for (std::uint64_t i = 1; i <= 300; ++i) {
+      b.gemm(0, "g", 0, 64 * i, 128, 256);
+      expected += costs.kernel_cost(Compute{Gemm{64 * i, 128, 256}}).solo_time_s();
+    }
+  }
+  double solo = -1;
+  Options o;
+  o.solo_compute_out = &solo;
+  const Trace t = simulate(b.schedule(), cluster, costs, o);
+  CHECK(solo == expected);
+  for (const auto& r : t.records) {
+    const auto& g = std::get<Gemm>(std::get<Compute>(t.schedule.ops[r.op].body).kernel);
+    const double solo_ns = costs.kernel_cost(Compute{g}).solo_time_s() * 1e9;
+    CHECK(static_cast<double>(r.end_ns - r.start_ns) == Approx(solo_ns).margin(1.0));
   }
 }
 
