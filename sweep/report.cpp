@@ -236,13 +236,16 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
     const std::size_t shown = top == 0 ? g.ranked.size() : std::min(top, g.ranked.size());
     // Columns as wide as the longest label shown (two-digit VPP, EP with ETP and a dispatcher), so rows stay aligned.
     int layout_w = 38, overlap_w = 16;
+    bool clocked = false;  // an "SM MHz" column only where the power-cap clock model solved a clock
     for (std::size_t k = 0; k < shown; ++k) {
       const Result& r = results[g.ranked[k]];
       layout_w = std::max(layout_w, static_cast<int>(layout_label(r.point).size()));
       overlap_w = std::max(overlap_w, static_cast<int>(models::to_string(r.point.overlap).size()));
+      clocked = clocked || r.sm_clock_mhz > 0;
     }
-    std::snprintf(buf, sizeof buf, "  %4s  %-*s %-*s %11s %8s %6s %8s %19s %8s\n", "#", layout_w, "layout", overlap_w,
-                  "overlap", "step time", "vs best", "MFU", "TFLOP/s", "memory (usable)", "vs none");
+    std::snprintf(buf, sizeof buf, "  %4s  %-*s %-*s %11s %8s %6s %8s %19s %8s%s\n", "#", layout_w, "layout", overlap_w,
+                  "overlap", "step time", "vs best", "MFU", "TFLOP/s", "memory (usable)", "vs none",
+                  clocked ? "   SM MHz" : "");
     o << buf;
     for (std::size_t k = 0; k < shown; ++k) {
       const std::size_t i = g.ranked[k];
@@ -252,11 +255,14 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
       const std::string memory = r.usable_gib > 0 ? fmt("%.1f", r.memory_gib) + fmt(" (%.1f) GiB", r.usable_gib)
                                                   : fmt("%.1f GiB", r.memory_gib);
       const std::string gain = speedups[i] ? fmt("%+.1f%%", 100.0 * (*speedups[i] - 1)) : "";
-      std::snprintf(buf, sizeof buf, "  %4zu  %-*s %-*s %11s %+7.1f%% %5.1f%% %8.1f %19s %8s\n", k + 1, layout_w,
+      const std::string clock = !clocked             ? ""
+                                : r.sm_clock_mhz > 0 ? fmt(" %8.0f", r.sm_clock_mhz)
+                                                     : std::string(9, ' ');
+      std::snprintf(buf, sizeof buf, "  %4zu  %-*s %-*s %11s %+7.1f%% %5.1f%% %8.1f %19s %8s%s\n", k + 1, layout_w,
                     layout.c_str(), overlap_w, models::to_string(r.point.overlap).c_str(),
                     format_seconds(r.step_time_s).c_str(),
                     b.step_time_s > 0 ? 100.0 * (r.step_time_s / b.step_time_s - 1) : 0.0, 100.0 * r.mfu,
-                    r.tflops_per_gpu, memory.c_str(), gain.c_str());
+                    r.tflops_per_gpu, memory.c_str(), gain.c_str(), clock.c_str());
       o << buf;
     }
     if (shown < g.ranked.size()) {
@@ -300,12 +306,15 @@ std::string format_table(const std::vector<Ranking>& rankings, const std::vector
 
 std::string to_csv(const std::vector<Result>& results) {
   std::set<std::string> cats;
+  bool clocked = false;  // a sm_clock_mhz column only where the power-cap clock model solved a clock
   for (const auto& r : results) {
     for (const auto& [c, s] : r.breakdown_s) cats.insert(c);
+    clocked = clocked || r.sm_clock_mhz > 0;
   }
   std::ostringstream o;
   o << "point,model,cluster,fidelity,gpus,gbs,seq,tp,pp,vpp,cp,ep,dp,mbs,dispatcher,overlap,status,step_time_s,mfu,"
        "tflops_per_gpu,memory_gib_per_gpu,memory_capacity_gib,memory_usable_gib";
+  if (clocked) o << ",sm_clock_mhz";
   for (const auto& c : cats) o << "," << csv_field(c + "_s");
   o << ",reason\n";
   for (const auto& r : results) {
@@ -322,6 +331,7 @@ std::string to_csv(const std::vector<Result>& results) {
       << (ran ? fmt("%.6g", r.tflops_per_gpu) : "") << "," << (has_memory ? fmt("%.6g", r.memory_gib) : "") << ","
       << (has_memory && r.capacity_gib > 0 ? fmt("%.6g", r.capacity_gib) : "") << ","
       << (has_memory && r.usable_gib > 0 ? fmt("%.6g", r.usable_gib) : "");
+    if (clocked) o << "," << (ran && r.sm_clock_mhz > 0 ? fmt("%.0f", r.sm_clock_mhz) : "");
     for (const auto& c : cats) {
       const auto it = r.breakdown_s.find(c);
       o << "," << (it == r.breakdown_s.end() ? std::string() : fmt("%.9g", it->second));
@@ -362,6 +372,7 @@ std::string to_json(const std::vector<Ranking>& rankings, const std::vector<Resu
                    {"step_time_s", b.step_time_s},
                    {"mfu", b.mfu},
                    {"memory_gib_per_gpu", b.memory_gib}};
+      if (b.sm_clock_mhz > 0) e["best"]["sm_clock_mhz"] = b.sm_clock_mhz;
     }
     nlohmann::ordered_json sp = nlohmann::ordered_json::object();
     for (const auto& [v, s] : g.speedup_vs_none) sp[v] = s;

@@ -43,6 +43,9 @@ struct Result {
   /// The usable capacity memory_gib is compared with (models::MemoryEstimate::usable_bytes, as predict shows it);
   /// 0 in lines written before it was recorded.
   double usable_gib = 0;
+  /// The SM clock the power-cap clock model solved for the point (--clock-model power-cap; the lowest rank's); 0
+  /// when the clock model is off.
+  double sm_clock_mhz = 0;
   /// Mean breakdown over ranks: "compute", "exposed <kind>", "bubble", "host-bound" (seconds; sum = step).
   std::map<std::string, double> breakdown_s;
   std::vector<std::string> warnings;

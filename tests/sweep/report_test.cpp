@@ -204,6 +204,42 @@ TEST_CASE("sweep::format_table: columns stay aligned for long layouts (two-digit
   CHECK(rows == 3);
 }
 
+TEST_CASE("sweep::to_csv and format_table: the solved SM clock only where the power-cap clock model ran", "[sweep]") {
+  std::vector<sweep::Result> results = sample();
+  const std::string plain_csv = sweep::to_csv(results);
+  CHECK(plain_csv.find("sm_clock_mhz") == std::string::npos);
+  CHECK(sweep::format_table(sweep::rank_results(results), results, 0).find("SM MHz") == std::string::npos);
+  // The line's own field is what result_from_line reads.
+  auto j = nlohmann::json::parse(results[1].line);
+  j["sm_clock_mhz"] = 1612.4;
+  results[1] = sweep::result_from_line(j.dump(), "test");
+  REQUIRE(results[1].sm_clock_mhz == Approx(1612.4));
+  const std::string csv = sweep::to_csv(results);
+  std::istringstream in(csv);
+  std::string header, row0, row1;
+  std::getline(in, header);
+  std::getline(in, row0);
+  std::getline(in, row1);
+  const auto column = [](const std::string& line, const std::string& name_or_index, const std::string& head) {
+    std::vector<std::string> names, cells;
+    std::string cell;
+    for (std::istringstream h(head); std::getline(h, cell, ',');) names.push_back(cell);
+    for (std::istringstream l(line); std::getline(l, cell, ',');) cells.push_back(cell);
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      if (names[i] == name_or_index) return i < cells.size() ? cells[i] : std::string();
+    }
+    return std::string("(no column)");
+  };
+  CHECK(column(row1, "sm_clock_mhz", header) == "1612");
+  CHECK(column(row0, "sm_clock_mhz", header).empty());  // no clock solved for that point
+  CHECK(column(row1, "compute_s", header) == "1");      // the columns after it did not shift
+  const std::string table = sweep::format_table(sweep::rank_results(results), results, 0);
+  CHECK(table.find("SM MHz") != std::string::npos);
+  CHECK(table.find("     1  tp1 pp1") != std::string::npos);
+  const auto at = table.find("     1  tp1 pp1");
+  CHECK(table.substr(at, table.find('\n', at) - at).find(" 1612") != std::string::npos);
+}
+
 TEST_CASE("sweep::speedups_vs_none: each variant against the none variant of the same point", "[sweep]") {
   const auto results = sample();
   const auto s = sweep::speedups_vs_none(results);
