@@ -361,6 +361,7 @@ void Execution::run_step(int step, bool measured) {
   for (const auto& st : streams_) TWINSTEP_CUDA_CHECK(cudaStreamWaitEvent(st.get(), origin_.get(), 0));
   wait_event(origin_.get());
   const HostClock host{Clock::now()};
+  if (measured) im_.monitor->begin_step(host.origin);
   im_.monitor->record(measured);
   const std::size_t n = plan_.ops.size();
   StepTimes times{std::vector<Nanos>(n, 0), std::vector<Nanos>(n, 0), std::vector<Nanos>(n, 0)};
@@ -569,6 +570,7 @@ sch::Trace Execution::gather() {
   const auto bounds = im_.mpi.all_gather(step_bounds_);
   const auto hosts = im_.mpi.all_gather(im_.host);
   const auto monitor_reports = im_.mpi.all_gather(encode_report(im_.monitor->stop()));
+  if (options_.monitor_series != nullptr) *options_.monitor_series = im_.gather_monitor_series();
 
   sch::Trace trace;
   trace.producer = "backend";

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/channels.hpp"
+#include "backend/monitor_series.hpp"
 #include "backend/plan.hpp"
 #include "schedule/schedule.hpp"
 #include "schedule/trace.hpp"
@@ -46,6 +47,9 @@ struct Options {
   int steps = 5;             ///< Measured steps; the trace holds the per-op median over them.
   double timeout_s = 120.0;  ///< Watchdog limit for one step, from the step barrier to its last op's end.
   DataHook* hook = nullptr;  ///< Tests only.
+  /// When set: filled, on every rank, with every rank's GPU monitor series of the measured steps (rank order).
+  /// Collective: set it on every rank or on none.
+  std::vector<GpuSeries>* monitor_series = nullptr;
 };
 
 /// Which processes form the runtime: all of MPI_COMM_WORLD, or this process alone (tests of one-GPU schedules).

@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <sstream>
 
 #include "common/error.hpp"
 #include "common/stats.hpp"
@@ -108,21 +107,17 @@ std::string encode_report(const GpuMonitorReport& r) {
   return "ok|" + r.power_source + "|" + exact(r.power_limit_w) + "|" + exact(r.sample_interval_ms) + "|" +
          std::to_string(s.samples) + "|" + exact(s.sm_clock_median_mhz) + "|" + exact(s.sm_clock_min_mhz) + "|" +
          exact(s.sm_clock_max_mhz) + "|" + exact(s.power_mean_w) + "|" + exact(s.power_cap_fraction) + "|" +
-         std::to_string(s.reasons_seen);
+         std::to_string(s.reasons_seen) + "|" + std::to_string(r.samples_dropped);
 }
 
 GpuMonitorReport decode_report(const std::string& text) {
   GpuMonitorReport r;
-  const std::string unavailable = "unavailable|";
-  if (text.rfind(unavailable, 0) == 0) {
-    r.unavailable = text.substr(unavailable.size());
-    if (r.unavailable.empty()) r.unavailable = "no reason given";
+  if (auto why = unavailable_after(text, "unavailable|")) {
+    r.unavailable = *why;
     return r;
   }
-  std::vector<std::string> f;
-  std::istringstream in(text);
-  for (std::string part; std::getline(in, part, '|');) f.push_back(part);
-  if (f.size() != 11 || f[0] != "ok") {
+  const std::vector<std::string> f = split_fields(text, '|');
+  if (f.size() != 12 || f[0] != "ok") {
     throw Error("gpu monitor: malformed report \"" + text + "\" (a backend of another revision on some rank?)");
   }
   auto num = [&](std::size_t i) {
@@ -142,6 +137,7 @@ GpuMonitorReport decode_report(const std::string& text) {
   r.stats.power_mean_w = num(8);
   r.stats.power_cap_fraction = num(9);
   r.stats.reasons_seen = std::strtoull(f[10].c_str(), nullptr, 10);
+  r.samples_dropped = std::strtoull(f[11].c_str(), nullptr, 10);
   return r;
 }
 
@@ -178,6 +174,12 @@ void write_monitor_context(const std::vector<GpuMonitorReport>& per_rank, std::m
   char hex[24];
   std::snprintf(hex, sizeof hex, "0x%llx", static_cast<unsigned long long>(reasons));
   ctx[key + ".clock_event_reasons"] = hex;
+  bool dropped = false;
+  for (const auto& r : per_rank) dropped = dropped || r.samples_dropped > 0;
+  if (dropped) {
+    ctx[key + ".samples_dropped"] =
+        join([](const GpuMonitorReport& r) { return static_cast<double>(r.samples_dropped); });
+  }
 }
 
 struct GpuMonitor::Nvml {
@@ -223,7 +225,7 @@ struct GpuMonitor::Nvml {
 };
 
 GpuMonitor::GpuMonitor(int cuda_device, const char* library, double sample_interval_ms)
-    : interval_ms_(sample_interval_ms) {
+    : interval_ms_(sample_interval_ms > 0 ? sample_interval_ms : monitor_interval_ms_from_env()) {
   if (const char* env = std::getenv("TWINSTEP_GPU_MONITOR"); env != nullptr && std::string(env) == "0") {
     unavailable_ = "disabled by TWINSTEP_GPU_MONITOR=0";
     return;
@@ -280,7 +282,10 @@ void GpuMonitor::start() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     samples_.clear();
+    dropped_ = 0;
+    step_origins_.clear();
   }
+  step_.store(0);
   recording_.store(false);
   running_.store(true);
   thread_ = std::thread([this]() { loop(); });
@@ -294,6 +299,8 @@ void GpuMonitor::loop() {
   while (running_.load(std::memory_order_relaxed)) {
     if (recording_.load(std::memory_order_relaxed)) {
       GpuSample s;
+      const auto t0 = std::chrono::steady_clock::now();
+      s.step = step_.load(std::memory_order_relaxed);
       unsigned int mhz = 0, mw = 0;
       unsigned long long reasons = 0;
       bool ok = nv.clock_info(nv.device, kNvmlClockSm, &mhz) == kNvmlSuccess;
@@ -304,9 +311,15 @@ void GpuMonitor::loop() {
         s.power_w = mw * 1e-3;
       }
       if (nv.event_reasons(nv.device, &reasons) == kNvmlSuccess) s.event_reasons = reasons;
+      const auto t1 = std::chrono::steady_clock::now();
+      s.t_ns = std::chrono::duration_cast<std::chrono::nanoseconds>((t0 + (t1 - t0) / 2).time_since_epoch()).count();
       if (ok) {
         std::lock_guard<std::mutex> lock(mutex_);
-        samples_.push_back(s);
+        if (samples_.size() < kMonitorMaxSamples) {
+          samples_.push_back(s);
+        } else {
+          ++dropped_;
+        }
       }
     }
     next += period;
@@ -332,7 +345,34 @@ GpuMonitorReport GpuMonitor::stop() {
   }
   std::lock_guard<std::mutex> lock(mutex_);
   r.stats = summarize_samples(samples_);
+  r.samples_dropped = dropped_;
   return r;
+}
+
+void GpuMonitor::begin_step(std::chrono::steady_clock::time_point origin) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  step_origins_.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(origin.time_since_epoch()).count());
+  step_.store(static_cast<std::int32_t>(step_origins_.size() - 1), std::memory_order_relaxed);
+}
+
+GpuSeries GpuMonitor::series() {
+  GpuSeries out;
+  if (!available()) {
+    out.unavailable = unavailable_;
+    return out;
+  }
+  out.power_source = nvml_->instant_power ? "instant" : "average";
+  out.interval_ms = interval_ms_;
+  std::lock_guard<std::mutex> lock(mutex_);
+  out.dropped = dropped_;
+  out.samples.reserve(samples_.size());
+  for (const auto& x : samples_) {
+    const auto k = static_cast<std::size_t>(x.step);
+    if (k >= step_origins_.size()) continue;  // recorded without begin_step: no origin to align it with
+    out.samples.push_back({x.t_ns - step_origins_.front(), x.step, x.t_ns - step_origins_[k], x.sm_clock_mhz, x.power_w,
+                           x.event_reasons});
+  }
+  return out;
 }
 
 }  // namespace twinstep::backend

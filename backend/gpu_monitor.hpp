@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -15,6 +16,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "backend/monitor_series.hpp"
 
 namespace twinstep::backend {
 
@@ -31,6 +34,8 @@ struct GpuSample {
   double sm_clock_mhz = 0;
   double power_w = 0;
   std::uint64_t event_reasons = 0;  ///< NVML clock event (throttle) reason bits at the sample.
+  std::int64_t t_ns = 0;            ///< steady_clock at the sample (ns since its epoch): the midpoint of the reads.
+  std::int32_t step = 0;            ///< The measured step (0-based) the sample fell in.
 };
 
 /// Statistics of the samples of one run on one GPU.
@@ -55,6 +60,7 @@ struct GpuMonitorReport {
   std::string power_source;  ///< "instant" (NVML_FI_DEV_POWER_INSTANT) or "average" (nvmlDeviceGetPowerUsage).
   double power_limit_w = 0;  ///< The enforced board power limit (0 when NVML does not say).
   double sample_interval_ms = 0;
+  std::uint64_t samples_dropped = 0;  ///< Samples past kMonitorMaxSamples (counted, not kept nor summarized).
   GpuSampleStats stats;
 
   bool operator==(const GpuMonitorReport&) const = default;
@@ -69,16 +75,19 @@ struct GpuMonitorReport {
 /// "gpu_monitor" = "nvml: ..." or "unavailable: <why> (rank r)"; when every rank sampled, per-rank values joined by
 /// "," (one number for one GPU) in "gpu_monitor.sm_clock_mhz.median|min|max", "gpu_monitor.power_w_mean",
 /// "gpu_monitor.power_cap_fraction", "gpu_monitor.power_limit_w", "gpu_monitor.samples", and the OR of every rank's
-/// event reasons in "gpu_monitor.clock_event_reasons" (hex).
+/// event reasons in "gpu_monitor.clock_event_reasons" (hex); "gpu_monitor.samples_dropped" only where a rank kept
+/// kMonitorMaxSamples and dropped later ones (the statistics are then of the kept samples, the run's start).
 void write_monitor_context(const std::vector<GpuMonitorReport>& per_rank, std::map<std::string, std::string>& context);
 
 /// Samples one CUDA device through NVML. Constructing it loads NVML and finds the device by its PCI bus id (so the
 /// right GPU is read under CUDA_VISIBLE_DEVICES); it never throws for NVML's absence or failures. The environment
-/// variable TWINSTEP_GPU_MONITOR=0 turns it off (no thread, no NVML call during the run).
+/// variable TWINSTEP_GPU_MONITOR=0 turns it off (no thread, no NVML call during the run). It keeps at most
+/// kMonitorMaxSamples samples per run, each with its time, for the series (monitor_series.hpp).
 class GpuMonitor {
  public:
-  /// `library`: the NVML shared library to load (tests pass a missing name).
-  explicit GpuMonitor(int cuda_device, const char* library = "libnvidia-ml.so.1", double sample_interval_ms = 5.0);
+  /// `library`: the NVML shared library to load (tests pass a missing name). `sample_interval_ms` 0: the interval
+  /// TWINSTEP_GPU_MONITOR_INTERVAL_MS asks for (monitor_interval_ms_from_env(), which throws Error on a bad value).
+  explicit GpuMonitor(int cuda_device, const char* library = "libnvidia-ml.so.1", double sample_interval_ms = 0);
   ~GpuMonitor();
   GpuMonitor(const GpuMonitor&) = delete;
   GpuMonitor& operator=(const GpuMonitor&) = delete;
@@ -89,8 +98,12 @@ class GpuMonitor {
   void start();
   /// Keep (true) or drop (false) the samples taken from now on: on during the measured steps' GPU work.
   void record(bool on) { recording_.store(on, std::memory_order_relaxed); }
+  /// A measured step begins at `origin` (the step's host origin): the samples from now on belong to it.
+  void begin_step(std::chrono::steady_clock::time_point origin);
   /// Stops the thread and summarizes the kept samples.
   [[nodiscard]] GpuMonitorReport stop();
+  /// The samples kept by the last run, relative to its step origins (begin_step); call after stop().
+  [[nodiscard]] GpuSeries series();
 
   struct Nvml;
 
@@ -103,8 +116,11 @@ class GpuMonitor {
   std::thread thread_;
   std::atomic<bool> running_{false};
   std::atomic<bool> recording_{false};
-  std::mutex mutex_;  // guards samples_
+  std::atomic<std::int32_t> step_{0};
+  std::mutex mutex_;  // guards samples_, dropped_ and step_origins_
   std::vector<GpuSample> samples_;
+  std::uint64_t dropped_ = 0;
+  std::vector<std::int64_t> step_origins_;  // steady_clock ns per measured step
 };
 
 }  // namespace twinstep::backend

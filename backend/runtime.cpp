@@ -54,6 +54,12 @@ Runtime::Impl::Impl(bool self) : mpi(self) {
   monitor = std::make_unique<GpuMonitor>(device);
 }
 
+std::vector<GpuSeries> Runtime::Impl::gather_monitor_series() {
+  std::vector<GpuSeries> out;
+  for (const auto& text : mpi.all_gather(encode_series(monitor->series()))) out.push_back(decode_series(text));
+  return out;
+}
+
 Runtime::Impl::~Impl() {
   watchdog.reset();
   // Kernels of aborted communicators may never finish: leak rather than hang.

@@ -87,6 +87,8 @@ struct Runtime::Impl {
   void ensure_channels(const ChannelPlan& plan);
   /// The world communicator (once created) and every channel's of this rank.
   [[nodiscard]] std::vector<ncclComm_t> all_comms() const;
+  /// Every rank's GPU monitor series of the last run (rank order), on every rank. Collective; after monitor->stop().
+  [[nodiscard]] std::vector<GpuSeries> gather_monitor_series();
   /// Aborts every communicator (once) and marks the runtime broken.
   void abort_all();
 

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cli/commands.hpp"
 #include "common/error.hpp"
@@ -27,6 +28,7 @@ namespace {
 struct RunArgs {
   std::string schedule_path;
   std::string trace_path;
+  std::string series_path;  // --monitor-series: empty for none
   int warmup = 2;
   int steps = 5;
   double timeout_s = 120.0;
@@ -59,21 +61,27 @@ void run_command(const RunArgs& a) {
   if (a.steps < 1) throw Error("--steps must be at least 1 (measured steps)");
   if (a.warmup < 0) throw Error("--warmup must be 0 or more");
   if (a.timeout_s <= 0) throw Error("--timeout-s must be positive (seconds per step)");
+  (void)backend::monitor_interval_ms_from_env();  // a bad TWINSTEP_GPU_MONITOR_INTERVAL_MS: exit 2 before MPI, CUDA
   const schedule::Schedule s = schedule::read_schedule(a.schedule_path);
   schedule::check(s);
   const std::string queues = apply_hardware_queues(s, a.schedule_path);
   backend::Runtime runtime;
+  if (!a.series_path.empty() && runtime.rank() == 0) backend::check_series_path(a.series_path, "--monitor-series");
   backend::Options options;
   options.warmup_steps = a.warmup;
   options.steps = a.steps;
   options.timeout_s = a.timeout_s;
+  std::vector<backend::GpuSeries> series;
+  if (!a.series_path.empty()) options.monitor_series = &series;
   schedule::Trace trace = runtime.execute(s, options);
   trace.context["schedule_file"] = a.schedule_path;
   trace.context[schedule::kHardwareQueuesKey] = queues;
   trace.context["command"] = "twinstep run --warmup " + std::to_string(a.warmup) + " --steps " +
-                             std::to_string(a.steps) + " --timeout-s " + std::to_string(a.timeout_s);
+                             std::to_string(a.steps) + " --timeout-s " + std::to_string(a.timeout_s) +
+                             (a.series_path.empty() ? "" : " --monitor-series " + a.series_path);
   if (runtime.rank() == 0) {
     schedule::write_trace(trace, a.trace_path);
+    if (!a.series_path.empty()) backend::write_series_csv(series, a.series_path, "--monitor-series");
     double best = 0;
     for (auto t : trace.step_times_ns) best = (best == 0 || t < best) ? static_cast<double>(t) : best;
     std::fprintf(stderr, "twinstep run: %zu ops on %d GPU(s), %zu measured steps, fastest step %.3f ms -> %s\n",
@@ -117,6 +125,10 @@ void register_backend_commands(CLI::App& app) {
   run->add_option("--warmup", args->warmup, "Warm-up steps, run and discarded")->capture_default_str();
   run->add_option("--steps", args->steps, "Measured steps; the trace holds per-op medians")->capture_default_str();
   run->add_option("--timeout-s", args->timeout_s, "Watchdog limit per step in seconds")->capture_default_str();
+  run->add_option("--monitor-series", args->series_path,
+                  "CSV of every rank's GPU monitor samples against time (SM clock, power, clock event reasons; "
+                  "interval TWINSTEP_GPU_MONITOR_INTERVAL_MS, default 5, range 0.1-1000), written by rank 0 "
+                  "(docs/calibration.md 8.1)");
   run->callback([args] { run_command(*args); });
 }
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """The power-cap clock model's figures from one GPU's power-mix table (docs/calibration.md section 8.1).
 
-Usage: clock_model_derive.py TABLE [--limit W] [--max-mhz F]
+Usage: clock_model_derive.py TABLE [--limit W] [--max-mhz F] [--series DIR]
   TABLE: power_mix_table.py's table.md (e.g. calibration/measured/h100x1/session13/power_mix/table.md).
+  DIR: the unpacked results.tgz's r/ of power_mix_1gpu.sh, holding PASS/NAME.series.csv (`twinstep run
+  --monitor-series`, 1 ms samples) beside PASS/NAME.trace.json; then the clock and power within a step are printed
+  too, per quarter of a block (the heavy share comes first in each block, power_mix_schedules.py).
 
 Derived as section 8.1 derives them, from the table only (no step time):
 - idle: intercept of mean power against the 4096^3 GEMM's share beside idle (gemm_{25,40,55}_idle, uncapped);
@@ -13,7 +16,12 @@ Derived as section 8.1 derives them, from the table only (no step time):
 Then the check: the model's steady time-weighted power per mix (its measured shares, time ~ f^-b from its clock) and
 the clock it solves, against the measured clock and power."""
 import argparse
+import csv
+import glob
+import json
 import math
+import os
+import re
 import statistics
 
 GEMM_IDLE_MIXES = ("gemm_25_idle", "gemm_40_idle", "gemm_55_idle")
@@ -97,17 +105,55 @@ def check(rows, fig, limit, f_max):
         print(f"| {n} | {sh:.3f} | {fill:.3f} | {clocks} | {lo:.0f} | {power(fm):.0f} | {mean(rows, n, 'w'):.0f} |")
 
 
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def series(folder, cap_bit=0x4):
+    """Per schedule and pass: the 1 ms samples' clock p10/p50/p90, power p50 and SW-power-cap share per quarter of a
+    block. The block period is the measured median step over the schedule's blocks (STEP_S / block, as planned)."""
+    print("\nwithin a step (series; q1..q4: quarters of a block, heavy kernels first; MHz p10/p50/p90, W p50, cap share)")
+    for path in sorted(glob.glob(os.path.join(folder, "*", "*.series.csv"))):
+        name = os.path.basename(path)[:-len(".series.csv")]
+        with open(path) as f:
+            rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+        if not rows:
+            continue
+        m = re.search(r"_b(\d+)ms$", name)
+        blocks = 1 if name.startswith("shape_") else max(1, int(0.25 / (int(m.group(1)) * 1e-3 if m else 10e-3)))
+        trace = path[:-len(".series.csv")] + ".trace.json"
+        step_ns = statistics.median(json.load(open(trace))["step_times_ns"]) if os.path.exists(trace) else 0.25e9
+        period = step_ns / blocks
+        quarters = [[] for _ in range(4)]
+        for r in rows:
+            quarters[min(3, int((int(r["t_step_ns"]) % period) / period * 4))].append(r)
+        cells = []
+        for q in quarters:
+            if not q:
+                cells.append("-")
+                continue
+            mhz, w = [float(r["sm_clock_mhz"]) for r in q], [float(r["power_w"]) for r in q]
+            cap = sum(1 for r in q if int(r["event_reasons"]) & cap_bit) / len(q)
+            cells.append(f"{pct(mhz, .1):.0f}/{pct(mhz, .5):.0f}/{pct(mhz, .9):.0f} {pct(w, .5):.0f}W {cap:.2f}")
+        pass_name = os.path.basename(os.path.dirname(path))
+        print(f"{name} {pass_name}: {len(rows)} samples, block {period * 1e-6:.1f} ms | " + " | ".join(cells))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("table")
     ap.add_argument("--limit", type=float, default=700.0)
     ap.add_argument("--max-mhz", type=float, default=1980.0)
+    ap.add_argument("--series", help="power_mix_1gpu.sh's unpacked r/ folder with PASS/NAME.series.csv")
     args = ap.parse_args()
     rows = read_table(args.table)
     idle, g, b = derive(rows, args.max_mhz)
     idle = round(idle)
     w_gemm, w_att, w_mem = class_powers(rows, idle, g, args.max_mhz)
     check(rows, (idle, g, b, w_gemm, round(w_att), round(w_mem)), args.limit, args.max_mhz)
+    if args.series:
+        series(args.series)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 # (docs/calibration.md section 8, calibration/scripts/clock_model_check.py) on the GPU it runs on. Every schedule of
 # power_mix_schedules.py (the GEMM shapes of the validation model alone; GEMM, causal and non-causal attention and
 # HBM-bound work at set shares beside idle time or each other; GEMM at 85 % in blocks of 2, 10 and 50 ms) under
-# `twinstep run --warmup 4 --steps 4` with the GPU monitor, two passes (b in reverse order); then the suite's compute
+# `twinstep run --warmup 4 --steps 4` with the GPU monitor, two passes (b in reverse order), each run also writing the
+# monitor's 1 ms sample series (--monitor-series, r/PASS/NAME.series.csv in results.tgz; clock_model_derive.py
+# --series prints the clock and power within a step from them); then the suite's compute
 # groups once more with the monitor (the clock each table is measured at: `calibrate --resume` on the committed raw file
 # without its compute.* lines). No GPU setting is changed.
 # Usage, from the repository root: calibration/scripts/power_mix_1gpu.sh OUT
-#   Results: OUT/table.md (power_mix_table.py), OUT/compute_groups.raw.jsonl, OUT/results.tgz (traces, logs),
+#   Results: OUT/table.md (power_mix_table.py), OUT/compute_groups.raw.jsonl, OUT/results.tgz (traces, series, logs),
 #   OUT/nvidia-smi.csv, OUT/build.log.
 set -u
 OUT=$1
@@ -28,8 +30,9 @@ mapfile -t NAMES < "$R/schedules/list.txt"
 for pass in a b; do
   [ "$pass" = b ] && mapfile -t NAMES < <(tac "$R/schedules/list.txt")
   for n in "${NAMES[@]}"; do
-    timeout 60 "$T" run "$R/schedules/$n.json" -o "$R/$pass/$n.trace.json" --warmup 4 --steps 4 \
-      > "$R/$pass/$n.log" 2>&1 < /dev/null || echo "$pass/$n: exit $?"
+    TWINSTEP_GPU_MONITOR_INTERVAL_MS=1 timeout 60 "$T" run "$R/schedules/$n.json" -o "$R/$pass/$n.trace.json" \
+      --warmup 4 --steps 4 --monitor-series "$R/$pass/$n.series.csv" > "$R/$pass/$n.log" 2>&1 < /dev/null ||
+      echo "$pass/$n: exit $?"
   done
 done
 python3 calibration/scripts/power_mix_table.py "$R" > "$OUT/table.md" 2>&1

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -487,6 +488,70 @@ TEST_CASE("backend::execute: the GPU monitor records the SM clock and power of t
   const double cap = std::stod(ctx.at("gpu_monitor.power_cap_fraction"));
   CHECK(cap >= 0);
   CHECK(cap <= 1);
+}
+
+TEST_CASE("backend::execute: the GPU monitor's series has increasing times within the measured steps",
+          "[backend][gpu]") {
+  setenv("TWINSTEP_GPU_MONITOR_INTERVAL_MS", "1", 1);
+  be::Runtime rt(be::ProcessGroup::kSelf);
+  unsetenv("TWINSTEP_GPU_MONITOR_INTERVAL_MS");
+  ScheduleBuilder sb(1, {{"compute", 0}});
+  sb.world();
+  for (int i = 0; i < 20; ++i) sb.add(0, "gemm." + std::to_string(i), 0, gemm_kernel(8192, 8192, 8192));  // ~1 ms each
+  std::vector<be::GpuSeries> series;
+  be::Options o = quick(3);
+  o.monitor_series = &series;
+  const auto trace = rt.execute(sb.schedule(), o);
+  REQUIRE(series.size() == 1);
+  const be::GpuSeries& s = series[0];
+  INFO(s.unavailable);
+  REQUIRE(s.unavailable.empty());
+  CHECK(s.interval_ms == 1.0);
+  CHECK(s.dropped == 0);
+  REQUIRE(s.samples.size() >= 15);  // 3 steps of ~20 ms at 1 ms
+  CHECK(static_cast<double>(s.samples.size()) == std::stod(trace.context.at("gpu_monitor.samples")));
+  REQUIRE(trace.step_times_ns.size() == 3);
+  std::vector<int> per_step(3, 0);
+  for (std::size_t i = 0; i < s.samples.size(); ++i) {
+    const auto& x = s.samples[i];
+    INFO("sample " << i << " step " << x.step << " t_ns " << x.t_ns << " t_step_ns " << x.t_step_ns);
+    REQUIRE(x.step >= 0);
+    REQUIRE(x.step < 3);
+    ++per_step[static_cast<std::size_t>(x.step)];
+    if (i > 0) {
+      CHECK(x.t_ns > s.samples[i - 1].t_ns);
+      CHECK(x.step >= s.samples[i - 1].step);
+    }
+    CHECK(x.t_step_ns >= 0);  // sampled only after its step's host origin
+    // ... and before the step's streams drained (its span plus the drain's polling and one NVML read, under 2 ms).
+    CHECK(x.t_step_ns <= trace.step_times_ns[static_cast<std::size_t>(x.step)] + 2'000'000);
+    CHECK(x.t_ns - x.t_step_ns >= (x.step == 0 ? 0 : s.samples[0].t_ns));  // later steps start later
+    if (x.step == 0) CHECK(x.t_ns == x.t_step_ns);
+    CHECK(x.sm_clock_mhz > 300);
+    CHECK(x.power_w > 50);
+  }
+  for (int n : per_step) CHECK(n >= 5);
+
+  // The file `twinstep run --monitor-series` writes: the header and one line per sample.
+  const std::string path = "/tmp/twinstep_series_test_" + std::to_string(getpid()) + ".csv";
+  be::write_series_csv(series, path, "--monitor-series");
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  REQUIRE(f != nullptr);
+  std::size_t data_lines = 0;
+  char line[512];
+  bool header = false;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (line[0] == '#') continue;
+    if (!header) {
+      CHECK(std::string(line) == "rank,step,t_ns,t_step_ns,sm_clock_mhz,power_w,event_reasons\n");
+      header = true;
+      continue;
+    }
+    ++data_lines;
+  }
+  std::fclose(f);
+  std::remove(path.c_str());
+  CHECK(data_lines == s.samples.size());
 }
 
 namespace {

@@ -43,6 +43,8 @@ TEST_CASE("backend::encode_report: a report survives the text round trip exactly
   r.sample_interval_ms = 5;
   r.stats = be::summarize_samples({{1732.5, 612.345678901, 0x4}, {1515, 1.0 / 3.0, 0x24}});
   CHECK(be::decode_report(be::encode_report(r)) == r);
+  r.samples_dropped = 12345;
+  CHECK(be::decode_report(be::encode_report(r)) == r);
 
   be::GpuMonitorReport u;
   u.unavailable = "dlopen(\"libnvidia-ml.so.1\") failed: a|b";  // a '|' inside the reason survives too
@@ -75,6 +77,10 @@ TEST_CASE("backend::write_monitor_context: per-rank values in rank order, or why
   CHECK(ctx.at("gpu_monitor.power_limit_w") == "700,700");
   CHECK(ctx.at("gpu_monitor.samples") == "3,2");
   CHECK(ctx.at("gpu_monitor.clock_event_reasons") == "0x24");
+  CHECK(ctx.count("gpu_monitor.samples_dropped") == 0);  // only where a rank hit the cap
+  b.samples_dropped = 7;
+  be::write_monitor_context({a, b}, ctx);
+  CHECK(ctx.at("gpu_monitor.samples_dropped") == "0,7");
 
   // One rank without NVML: the status names it and no figures are written.
   be::GpuMonitorReport none;
@@ -104,4 +110,15 @@ TEST_CASE("backend::GpuMonitor: TWINSTEP_GPU_MONITOR=0 turns it off before NVML 
   unsetenv("TWINSTEP_GPU_MONITOR");
   CHECK_FALSE(m.available());
   CHECK(m.stop().unavailable == "disabled by TWINSTEP_GPU_MONITOR=0");
+}
+
+TEST_CASE("backend::GpuMonitor: TWINSTEP_GPU_MONITOR_INTERVAL_MS out of range is refused, a valid one accepted",
+          "[backend]") {
+  setenv("TWINSTEP_GPU_MONITOR_INTERVAL_MS", "0", 1);
+  CHECK_THROWS_WITH(be::GpuMonitor(0, "libtwinstep-no-such-nvml.so.1"),
+                    twinstep_contains("TWINSTEP_GPU_MONITOR_INTERVAL_MS=\"0\"") && twinstep_contains("[0.1, 1000]"));
+  setenv("TWINSTEP_GPU_MONITOR_INTERVAL_MS", "2", 1);
+  const be::GpuMonitor m(0, "libtwinstep-no-such-nvml.so.1");
+  unsetenv("TWINSTEP_GPU_MONITOR_INTERVAL_MS");
+  CHECK_FALSE(m.available());
 }
