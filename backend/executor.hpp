@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -67,6 +68,9 @@ class Runtime {
 
   [[nodiscard]] int rank() const;
   [[nodiscard]] int size() const;
+  /// Collective: runs `check` on rank 0 only (e.g. that an output path rank 0 writes is writable) and throws its
+  /// Error on every rank, so no rank goes on into a collective that rank 0 has left.
+  void check_on_rank0(const std::function<void()>& check);
   /// Collective: free memory is the least over the group.
   [[nodiscard]] DeviceInfo device_info();
   /// Collective: runs warm-up and measured steps and returns the whole trace on every process. Throws

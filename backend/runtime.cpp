@@ -213,6 +213,20 @@ Runtime::~Runtime() = default;
 int Runtime::rank() const { return impl_->mpi.rank(); }
 int Runtime::size() const { return impl_->mpi.size(); }
 
+void Runtime::check_on_rank0(const std::function<void()>& check) {
+  std::string error;
+  if (rank() == 0) {
+    try {
+      check();
+    } catch (const Error& e) {
+      error = e.what();
+      if (error.empty()) error = "rank 0's check failed";
+    }
+  }
+  const std::vector<std::string> all = impl_->mpi.all_gather(error);
+  if (!all.front().empty()) throw Error(all.front());
+}
+
 DeviceInfo Runtime::device_info() {
   DeviceInfo info;
   info.processes = impl_->mpi.size();

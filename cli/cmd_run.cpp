@@ -66,7 +66,9 @@ void run_command(const RunArgs& a) {
   schedule::check(s);
   const std::string queues = apply_hardware_queues(s, a.schedule_path);
   backend::Runtime runtime;
-  if (!a.series_path.empty() && runtime.rank() == 0) backend::check_series_path(a.series_path, "--monitor-series");
+  if (!a.series_path.empty()) {
+    runtime.check_on_rank0([&] { backend::check_series_path(a.series_path, "--monitor-series"); });
+  }
   backend::Options options;
   options.warmup_steps = a.warmup;
   options.steps = a.steps;
