@@ -58,7 +58,7 @@ class BoundOrder {
     std::size_t resolved = 0;                                       ///< order[0..resolved) decided.
     double best_decided = std::numeric_limits<double>::infinity();  ///< Best step among decided simulated points.
     double best_back = std::numeric_limits<double>::infinity();     ///< Best step among all points back.
-    std::size_t hopeless_from = 0;  ///< order[hopeless_from..) was given out by take_hopeless (0: none yet).
+    std::size_t hopeless_from = 0;  ///< order[hopeless_from..) was given out by take_hopeless (order.size(): none).
     bool closed = false;            ///< Its next point cannot win: nothing more is handed out.
     bool cut = false;               ///< The rest of its order was decided "cannot win".
   };
