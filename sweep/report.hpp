@@ -30,6 +30,9 @@ struct Ranking {
   std::string runner_up_loses;           ///< The breakdown category that differs most, e.g. "bubble +120 ms".
   /// Speedup of each overlap variant against "none" on the best layout and dispatcher: step(none) / step(v).
   std::vector<std::pair<std::string, double>> speedup_vs_none;
+  /// When that none variant was pruned as "cannot win" (rising bound order), its lower bound: speedup_vs_none is
+  /// then bound(none) / step(v), a lower bound on each speedup ("at least"); 0 when none was simulated.
+  double none_bound_s = 0;
   /// Every simulated point of the group, best first (indices into the results).
   std::vector<std::size_t> ranked;
 };

@@ -294,7 +294,7 @@ std::string best_table(const std::vector<Result>& results, const std::vector<Ran
     }
     const Result& b = results[*g.best];
     std::string sp;
-    for (const auto& [v, s] : g.speedup_vs_none) sp += v + " " + fmt("%.3fx", s) + "; ";
+    for (const auto& [v, s] : g.speedup_vs_none) sp += v + (g.none_bound_s > 0 ? " >= " : " ") + fmt("%.3fx", s) + "; ";
     o << "<td class=\"name\">" << escape(b.point.layout.describe() + " " + to_string(b.point.dispatcher)) << "</td><td>"
       << escape(models::to_string(b.point.overlap)) << "</td><td>" << escape(format_seconds(b.step_time_s))
       << "</td><td>" << fmt("%.1f%%", 100 * b.mfu) << "</td><td>" << fmt("%.1f GiB", b.memory_gib) << "</td><td>"

@@ -64,6 +64,7 @@ Result result_from_line(const std::string& line, const std::string& source) {
   r.capacity_gib = j.value("memory_capacity_gib", 0.0);
   r.usable_gib = j.value("memory_usable_gib", 0.0);
   r.sm_clock_mhz = j.value("sm_clock_mhz", 0.0);
+  if (r.status == PointStatus::kCannotWin) r.lower_bound_s = j.value("lower_bound_s", 0.0);
   if (j.contains("breakdown_s") && j["breakdown_s"].is_object()) {
     for (const auto& [k, v] : j["breakdown_s"].items()) {
       if (v.is_number()) r.breakdown_s[k] = v.get<double>();

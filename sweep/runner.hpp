@@ -46,6 +46,8 @@ struct Result {
   /// The SM clock the power-cap clock model solved for the point (--clock-model power-cap; the lowest rank's); 0
   /// when the clock model is off.
   double sm_clock_mhz = 0;
+  /// A "cannot win" point's lower bound on its step (its line's lower_bound_s); 0 for the others.
+  double lower_bound_s = 0;
   /// Mean breakdown over ranks: "compute", "exposed <kind>", "bubble", "host-bound" (seconds; sum = step).
   std::map<std::string, double> breakdown_s;
   std::vector<std::string> warnings;

@@ -240,6 +240,32 @@ TEST_CASE("sweep::to_csv and format_table: the solved SM clock only where the po
   CHECK(table.substr(at, table.find('\n', at) - at).find(" 1612") != std::string::npos);
 }
 
+TEST_CASE("sweep::rank_results: a pruned none variant gives the best layout's speedups as lower bounds", "[sweep]") {
+  std::vector<sweep::Result> results = sample();
+  // Layout A's none variant (1.30 s) was pruned in rising bound order with a bound of 1.20 s.
+  auto j = nlohmann::json::parse(results[0].line);
+  j["status"] = "cannot_win";
+  j.erase("step_time_s");
+  j["lower_bound_s"] = 1.20;
+  results[0] = sweep::result_from_line(j.dump(), "test");
+  REQUIRE(results[0].lower_bound_s == Approx(1.20));
+  const auto rankings = sweep::rank_results(results);
+  const sweep::Ranking& g = rankings[0];
+  REQUIRE(g.best == std::optional<std::size_t>(1));
+  CHECK(g.none_bound_s == Approx(1.20));
+  REQUIRE(g.speedup_vs_none.size() == 1);  // dp only: none did not run
+  CHECK(g.speedup_vs_none[0].first == "dp");
+  CHECK(g.speedup_vs_none[0].second == Approx(1.20 / 1.05));
+  const std::string table = sweep::format_table(rankings, results, 0);
+  CHECK(table.find("speedup vs none on the best layout: dp >= 1.143x (none not simulated: it cannot win, its step is "
+                   "at least its bound 1.200 s)") != std::string::npos);
+  const auto out = nlohmann::json::parse(sweep::to_json(rankings, results, {}));
+  CHECK(out["rankings"][0]["speedup_vs_none_at_least_from_bound_s"].get<double>() == Approx(1.20));
+  // Where the none variant ran, no bound is used (group of 16 GPUs).
+  CHECK(rankings[1].none_bound_s == 0);
+  CHECK(out["rankings"][1].count("speedup_vs_none_at_least_from_bound_s") == 0);
+}
+
 TEST_CASE("sweep::speedups_vs_none: each variant against the none variant of the same point", "[sweep]") {
   const auto results = sample();
   const auto s = sweep::speedups_vs_none(results);
