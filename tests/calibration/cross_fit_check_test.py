@@ -31,7 +31,8 @@ rows = {}
 for line in r.stdout.splitlines()[1:]:
     f = line.split()
     if len(f) >= 10:
-        rows[f[0]] = dict(zip(["torch", "trace", "pred", "error", "own", "host", "own_host", "ratio", "scaled"], f[1:10]))
+        keys = ["torch", "trace", "pred", "error", "own", "host", "own_host", "ratio", "scaled"]
+        rows[f[0]] = dict(zip(keys, f[1:10]))
 check(set(rows) == {"dense_s2048", "dense_s4096", "dense_s8192", "dense_s16384", "dense_s4096_fp8", "moe_s4096"},
       f"one row per case ({sorted(rows)})")
 fit = rows.get("dense_s4096", {})

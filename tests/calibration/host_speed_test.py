@@ -66,8 +66,8 @@ with tempfile.TemporaryDirectory() as tmp:
     if r.returncode == 0:
         rows = json.loads(r.stdout)
         check(abs(rows[0]["host_time_ratio"] - 1.0) < 1e-12, "the reference trace's ratio is 1")
-        check(abs(rows[1]["host_time_ratio"] - 1.5) < 1e-12, f"all ops 1.5x: ratio 1.5 (got {rows[1]['host_time_ratio']})")
-        check(abs(rows[2]["host_time_ratio"] - 0.8) < 1e-12, f"mixed: the median ratio 0.8 (got {rows[2]['host_time_ratio']})")
+        check(abs(rows[1]["host_time_ratio"] - 1.5) < 1e-12, f"all ops 1.5x: 1.5 (got {rows[1]['host_time_ratio']})")
+        check(abs(rows[2]["host_time_ratio"] - 0.8) < 1e-12, f"mixed: median 0.8 (got {rows[2]['host_time_ratio']})")
         check(all(abs(rows[0]["median_us"][n] - (2.0 + i)) < 1e-12 for i, n in enumerate(META)),
               f"per-op medians in us, of cpu_op events only ({rows[0]['median_us']})")
 
