@@ -9,7 +9,9 @@ measures the host's speed in each trace from ATen's metadata-only ops (`aten::vi
 never touch the data or the GPU, so their host time is the same CPU work at every sequence length, micro-batch count
 and dtype. The result per trace is the median over those op names (each present at least MIN_CALLS times in every
 trace) of that op's median duration divided by the same op's median duration in the reference trace (the first one
-given): 1.5 means the same host work took 1.5 times as long as in the reference trace.
+given): 1.5 means the same host work took 1.5 times as long as in the reference trace. Compare only traces of the
+same framework code (another sequence length or micro-batch count): fp8 or another model calls these ops from
+other code paths (session 14's fp8 trace: 0.59 here, while its host cost per op was 0.87 of the bf16 one's).
 
 Usage: trace_host_speed.py [--json] TRACE [TRACE...]   (Kineto JSON, .json or .json.gz; the first is the reference)
 Prints one line per trace: the ratio, and the per-op medians in microseconds. Exit 2 on a file that is not a
