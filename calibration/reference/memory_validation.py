@@ -36,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 
+from reference_table import case_dirs
+
 GIB = 1024.0 ** 3
 MIB = 1024.0 ** 2
 MODELS = {"llama3-8b": 4, "qwen3-30b-a3b": 2}
@@ -57,16 +59,6 @@ def fewer_layer_models(out):
         with open(paths[zoo], "w") as f:
             json.dump(m, f, indent=1)
     return paths
-
-
-def case_dirs(args):
-    out = []
-    for a in args:
-        if os.path.exists(os.path.join(a, "torch.json")):
-            out.append(a)
-        elif os.path.isdir(a):
-            out += sorted(os.path.join(a, d) for d in os.listdir(a) if os.path.exists(os.path.join(a, d, "torch.json")))
-    return out
 
 
 UNITS = {"B": 1.0, "KiB": 1024.0, "MiB": MIB, "GiB": GIB}
@@ -162,7 +154,7 @@ def row(twinstep, models, d):
 def main():
     if len(sys.argv) < 3:
         fail("usage: memory_validation.py TWINSTEP CASE_DIR... (run from the repository root)")
-    twinstep, dirs = sys.argv[1], case_dirs(sys.argv[2:])
+    twinstep, dirs = sys.argv[1], case_dirs(sys.argv[2:], "torch.json")
     if not dirs:
         fail(f"no case folders (with torch.json) under {sys.argv[2:]}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -70,13 +70,14 @@ def pct(v, ref):
     return "-" if v is None or not ref else f"{(v / ref - 1) * 100:+.1f} %"
 
 
-def case_dirs(args):
+def case_dirs(args, marker="lower.txt"):
+    """The case folders among args and their subfolders: those holding `marker`."""
     out = []
     for a in args:
-        if os.path.exists(os.path.join(a, "lower.txt")):
+        if os.path.exists(os.path.join(a, marker)):
             out.append(a)
         elif os.path.isdir(a):
-            out += sorted(os.path.join(a, d) for d in os.listdir(a) if os.path.exists(os.path.join(a, d, "lower.txt")))
+            out += sorted(os.path.join(a, d) for d in os.listdir(a) if os.path.exists(os.path.join(a, d, marker)))
     return out
 
 

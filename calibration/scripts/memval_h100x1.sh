@@ -12,18 +12,18 @@
 # OUT/memval.tgz (the run's r/ folder without the profiler traces).
 set -u
 OUT=$1
-mkdir -p "$OUT"
 W=$(mktemp -d)
+mkdir -p "$OUT"
 export PROFILE=calibration/profiles/h100x1.json STEPS=3 BSTEPS=2 TORCH_FLAGS=--fuse-elementwise
 START=$SECONDS
-timeout 420 bash calibration/scripts/run_reference_h100x1.sh "$W" dense_s4096 dense_s4096_rc moe_s4096 \
-  moe_s4096_rc > "$OUT/run.log" 2>&1
-echo "run_reference (first) exit $? after $((SECONDS - START)) s" >> "$OUT/run.log"
-LEFT=$((480 - (SECONDS - START)))
-if [ "$LEFT" -gt 60 ]; then
-  timeout "$LEFT" bash calibration/scripts/run_reference_h100x1.sh "$W" dense_s8192 dense_s8192_rc >> "$OUT/run.log" 2>&1
-  echo "run_reference (second) exit $? after $((SECONDS - START)) s" >> "$OUT/run.log"
-fi
+: > "$OUT/run.log"
+for cases in "dense_s4096 dense_s4096_rc moe_s4096 moe_s4096_rc" "dense_s8192 dense_s8192_rc"; do
+  left=$((480 - (SECONDS - START)))
+  [ "$left" -gt 60 ] || { echo "skipped $cases: ${left} s left" >> "$OUT/run.log"; continue; }
+  # shellcheck disable=SC2086
+  timeout "$left" bash calibration/scripts/run_reference_h100x1.sh "$W" $cases >> "$OUT/run.log" 2>&1
+  echo "run_reference ($cases) exit $? after $((SECONDS - START)) s" >> "$OUT/run.log"
+done
 . "$(dirname "$0")/device_env.sh"  # $T
 python3 calibration/reference/memory_validation.py "$T" "$W"/r > "$OUT/memory_table.md" 2>&1
 python3 calibration/reference/reference_table.py "$W"/r/*/ > "$OUT/table.md" 2>&1
