@@ -22,7 +22,9 @@ the reference's code (docs/memory.md "Validation" derives them; none is fitted t
     indices, 24 T k; autograd's own cuBLAS workspace (the backward runs on autograd's thread, whose handle gets its
     own 32 MiB workspace): small;
   - MoE (eager in the reference): the SiLU output beside fc1's output and the product (2 T k f_e per layer), the
-    fp32 normalised top-k probabilities and their sum (4 T k + 4 T) and the bf16 probabilities (2 T k) per layer;
+    weighted rows y p that the unpermute's out-of-place index_add saves as its source (torch's generated
+    IndexAddBackward0 keeps `source_`; the combine's rows y are saved by the multiply as in Megatron), 2 T k h per
+    layer, the fp32 normalised top-k probabilities and their sum (4 T k + 4 T) and the bf16 probabilities (2 T k);
   - fp8 (dense layers): the reference casts each weight in every forward and keeps only its transposed fp8 copy for
     dgrad (ref_linear.py: `quantize_t(w)`, `qw_t` saved), 1 B per linear weight element, where Transformer Engine
     caches the fp8 weight and its transpose (the model's `fp8_weights`, 2 B): - N_l.
@@ -102,7 +104,7 @@ def reference_only_bytes(s, n_params, megatron_master_grads):
     loss = 2.0 * T * V + 2.0 * T * h
     kept = [i for i in range(L) if i not in rc]  # recomputed layers keep their input only
     qkv_view = sum(2.0 * T * (nq + nkv) * dh for _ in kept)
-    moe_extra = sum(2.0 * T * k * fe + 4.0 * T * k + 4.0 * T + 2.0 * T * k for i in kept if i in moe)
+    moe_extra = sum(2.0 * T * k * fe + 2.0 * T * k * h + 4.0 * T * k + 4.0 * T + 2.0 * T * k for i in kept if i in moe)
     small = 4.0 * T * (2 * len(kept) + 1) + 4.0 * T * dh + 16.0 * T + (24.0 * T * k if moe else 0.0) + 32 * MIB
     if s["fp8"] and moe:
         fail("an fp8 MoE case: the reference's per-expert fp8 casts have no closed form here yet")
