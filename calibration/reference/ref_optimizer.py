@@ -22,7 +22,10 @@ ZERO_GRAD_RANGE = "dp.chunk0.zero_grad_buffer"
 
 class Optimizer:
     """Megatron's mixed-precision optimizer on one GPU: main grads (bf16 or fp32), fp32 master weights, global grad
-    norm, clipping, Adam (torch's fused kernel on CUDA), and the copy back into the bf16 weights."""
+    norm, clipping, Adam (torch's fused kernel on CUDA), and the copy back into the bf16 weights. With bf16 main grads
+    the masters' fp32 grads live as Megatron's do: allocated by the optimizer step's cast
+    (`_copy_model_grads_to_main_grads`: `main_param.grad = main_grad.float()`) and freed by the next step's
+    zero_grad (set_to_none), so they are not held through the forward and backward (docs/memory.md "Validation")."""
 
     def __init__(self, model, grad_dtype):
         self.params = model.params
@@ -30,7 +33,7 @@ class Optimizer:
             p.main_grad = torch.zeros_like(p, dtype=grad_dtype)
         self.masters = [p.detach().float() for p in self.params]
         for m, p in zip(self.masters, self.params):
-            m.grad = p.main_grad if grad_dtype == torch.float32 else torch.zeros_like(m)
+            m.grad = p.main_grad if grad_dtype == torch.float32 else None
         fused = {"fused": True} if model.device.type == "cuda" else {}
         self.adam = torch.optim.Adam(self.masters, lr=1e-5, betas=(0.9, 0.95), eps=1e-8, **fused)
         self.grads = [p.main_grad for p in self.params]
@@ -40,6 +43,17 @@ class Optimizer:
     def zero(self):
         for g in self.grads:
             g.zero_()
+        if self.cast:  # Megatron's optimizer.zero_grad(set_to_none=True) on the fp32 masters
+            for m in self.masters:
+                m.grad = None
+            self.masters_grads = []
+
+    def _allocate_master_grads(self):
+        """The fp32 grads the cast writes (allocation only: the copy stays the one multi-tensor kernel it was)."""
+        if not self.masters_grads:
+            for m in self.masters:
+                m.grad = torch.empty_like(m)
+            self.masters_grads = [m.grad for m in self.masters]
 
     def fold_autograd_grads(self):
         """Norm weights get their gradients from autograd (.grad); add them to the main grads."""
@@ -53,6 +67,8 @@ class Optimizer:
         optim.main_grad_cast, grad_norm and clip_grads on the fp32 main grads, adam, main_param_copy); else the older
         schedules' (norm and clip on the main grads, the cast and the copy back inside optim.adam)."""
         grads = self.grads
+        if self.cast:
+            self._allocate_master_grads()
         if megatron_passes:
             if self.cast:
                 with record_function("optim.main_grad_cast"):

@@ -42,13 +42,23 @@ def smi_peak_gib(path):
 
 
 def estimate_gib(path):
+    """The memory estimate of `twinstep lower --summary` in lower.txt, GiB: the tightest rank's allocator reserve
+    ("memory, tightest rank (peak in PHASE):" ... "= allocator reserved  X GiB", session 6 on), or the one-line sum of
+    older summaries ("memory, largest rank: ... = X GiB"). None where lower.txt is missing; a lower.txt without either
+    form (a failed lower, a changed format) is an error naming the file: a table silently showing "-" hid a stale
+    parser for eight sessions."""
     try:
-        text = open(path).read()
+        with open(path) as f:
+            text = f.read()
     except OSError:
         return None
-    m = re.search(r"memory, largest rank:.*= ([0-9.]+) (GiB|MiB)", text)
+    m = re.search(r"memory, tightest rank \(peak in [^)]*\):\n(?:.*\n)*?\s*= allocator reserved\s+([0-9.]+) (GiB|MiB)",
+                  text) or re.search(r"memory, largest rank:.*= ([0-9.]+) (GiB|MiB)", text)
     if not m:
-        return None
+        print(f"reference_table.py: error: {path}: no memory estimate (neither \"memory, tightest rank (peak in "
+              f"...)\" with \"= allocator reserved\" nor \"memory, largest rank:\"); the lower command failed or "
+              f"`lower --summary` changed its format: fix estimate_gib()", file=sys.stderr)
+        sys.exit(2)
     return float(m.group(1)) / (1024.0 if m.group(2) == "MiB" else 1.0)
 
 
@@ -60,13 +70,14 @@ def pct(v, ref):
     return "-" if v is None or not ref else f"{(v / ref - 1) * 100:+.1f} %"
 
 
-def case_dirs(args):
+def case_dirs(args, marker="lower.txt"):
+    """The case folders among args and their subfolders: those holding `marker`."""
     out = []
     for a in args:
-        if os.path.exists(os.path.join(a, "lower.txt")):
+        if os.path.exists(os.path.join(a, marker)):
             out.append(a)
         elif os.path.isdir(a):
-            out += sorted(os.path.join(a, d) for d in os.listdir(a) if os.path.exists(os.path.join(a, d, "lower.txt")))
+            out += sorted(os.path.join(a, d) for d in os.listdir(a) if os.path.exists(os.path.join(a, d, marker)))
     return out
 
 
@@ -87,6 +98,7 @@ def row(d):
     mem = t.get("memory", {})
     alloc = mem.get("max_allocated_bytes")
     reserved = mem.get("max_reserved_bytes")
+    estimate = estimate_gib(os.path.join(d, "lower.txt"))
     note = t.get("error", "") if t else "no torch.json"
     if t.get("params_match_schedule") is False:
         note += " params differ from the schedule's"
@@ -96,7 +108,7 @@ def row(d):
         pct(cross, torch_ms),
         fmt(alloc / GIB if alloc else None), fmt(reserved / GIB if reserved else None),
         fmt(smi_peak_gib(os.path.join(d, "torch.smi.csv"))), fmt(smi_peak_gib(os.path.join(d, "backend.smi.csv"))),
-        fmt(estimate_gib(os.path.join(d, "lower.txt"))), note]) + " |", torch_ms, backend, prof, cross)
+        fmt(estimate), pct(estimate, alloc / GIB if alloc else None), note]) + " |", torch_ms, backend, prof, cross)
 
 
 def main():
@@ -104,15 +116,15 @@ def main():
     if not dirs:
         print(f"reference_table.py: error: no case folders (with lower.txt) under {sys.argv[1:]}", file=sys.stderr)
         sys.exit(2)
+    rows = [row(d) for d in dirs]  # every case parsed (and any error raised) before the table starts
     print("| case | PyTorch step ms | backend ms | backend vs PyTorch | predicted (datasheet) ms | vs PyTorch | "
           "predicted (profile) ms | vs PyTorch | vs backend | torch trace GPU time matched % | "
           "predicted (fit from own torch trace) vs PyTorch | predicted (fit from one case's torch trace) vs PyTorch | "
           "torch max allocated GiB | torch max reserved GiB | "
-          "torch peak used GiB (nvidia-smi) | backend peak used GiB (nvidia-smi) | lowering estimate GiB | note |")
-    print("|" + " --- |" * 18)
+          "torch peak used GiB (nvidia-smi) | backend peak used GiB (nvidia-smi) | lowering estimate GiB | estimate vs allocated | note |")
+    print("|" + " --- |" * 19)
     errs = {"backend": [], "profile": [], "cross-fit": []}
-    for d in dirs:
-        line, torch_ms, backend, prof, cross = row(d)
+    for line, torch_ms, backend, prof, cross in rows:
         print(line)
         if torch_ms and backend:
             errs["backend"].append(abs(backend / torch_ms - 1) * 100)

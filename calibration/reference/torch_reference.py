@@ -191,6 +191,8 @@ def result_json(a, d, run):
         "params": run["params"],
         "params_match_schedule": None if d["schedule_params"] is None else run["params"] == d["schedule_params"],
         "main_grad_dtype": str(run["grad_dtype"]).replace("torch.", ""),
+        "fp32_master_grads": "the fp32 main grads themselves" if run["grad_dtype"] == torch.float32 else
+                             "from the optimizer step's cast to the next zero_grad (Megatron's lifetime)",
         "wgrad_accumulation": run["wgrad_accumulation"],
         "experts_gemm": run["experts_gemm"],
         "elementwise": ("torch.compile (fused kernels) of " + ", ".join(ELEMENTWISE)) if a.fuse_elementwise

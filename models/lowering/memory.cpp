@@ -106,10 +106,17 @@ LayerActivations layer_activations(const Ctx& x, const TensorBytes& b) {
   return {attention + ln2_dense + mlp, attention + ln2_moe + moe, b.act * Tsp * h};
 }
 
-/// Activations the rank holds at its peak over its actual order, layer bytes `la` per layer of each model chunk on
-/// this rank, after recompute: full/uniform keeps each group of recompute_num_layers layers' input only, full/block
-/// keeps the input only of the chunk's first recompute_num_layers layers.
-double peak_activations(const Ctx& x, const Coords& co, const LayerActivations& la) {
+/// Activations over the rank's actual order: the peak, and the most still held right after a backward of model chunk
+/// 0 (when the first stage's embedding backward runs: that micro-batch's chunk-0 activations are freed by then).
+struct ActivationPeaks {
+  double peak = 0;
+  double after_chunk0_backward = 0;
+};
+
+/// Activations the rank holds over its actual order, layer bytes `la` per layer of each model chunk on this rank,
+/// after recompute: full/uniform keeps each group of recompute_num_layers layers' input only, full/block keeps the
+/// input only of the chunk's first recompute_num_layers layers.
+ActivationPeaks peak_activations(const Ctx& x, const Coords& co, const LayerActivations& la) {
   const Dims& k = x.k;
   const RunConfig& cfg = *x.cfg;
   const double T = static_cast<double>(k.tokens), V = static_cast<double>(k.vocab_padded) / k.tp;
@@ -128,9 +135,12 @@ double peak_activations(const Ctx& x, const Coords& co, const LayerActivations& 
         bytes.push_back(i % group == 0 ? la.input : 0.0);
       }
     }
-    // What the loss keeps per logit (the fp32 softmax, or TE's logits) stays until the micro-batch's backward.
+    // The last chunk of the last stage, one entry (the post-process node of the EP-overlap schedule): the final norm
+    // keeps its input (the last layer's output) and the output layer its input (the norm's output), the SP shard
+    // each (Megatron's ColumnParallelLinear re-gathers it in backward), and the loss what it keeps per logit (the
+    // fp32 softmax, or TE's logits). All until the micro-batch's backward.
     if (last_stage && chunk == k.vpp - 1) {
-      bytes.push_back(cross_entropy_memory(cfg, k.act_bytes).saved_bytes_per_logit * T * V);
+      bytes.push_back(2 * la.input + cross_entropy_memory(cfg, k.act_bytes).saved_bytes_per_logit * T * V);
     }
     return bytes;
   };
@@ -143,7 +153,8 @@ double peak_activations(const Ctx& x, const Coords& co, const LayerActivations& 
   // In flight, from the actual order: forwards whose backward has not run yet. The EP-overlap combined schedule
   // pairs the forward of one micro-batch with the backward of another layer by layer (forward layer i beside
   // backward layer n-1-i), so the forward's layers are added while the backward's are freed.
-  double live = 0, peak = 0;
+  double live = 0;
+  ActivationPeaks out;
   if (k.ep_overlap) {
     for (const auto& step : combined_order(cfg, co.pp, k.microbatches)) {
       const std::vector<double> none;
@@ -151,17 +162,21 @@ double peak_activations(const Ctx& x, const Coords& co, const LayerActivations& 
       const auto& bw = step.has_backward ? per_chunk[step.backward.chunk] : none;
       for (std::size_t i = 0; i < std::max(f.size(), bw.size()); ++i) {
         if (i < f.size()) live += f[i];
-        peak = std::max(peak, live);
+        out.peak = std::max(out.peak, live);
         if (i < bw.size()) live -= bw[bw.size() - 1 - i];
+      }
+      if (step.has_backward && step.backward.chunk == 0) {
+        out.after_chunk0_backward = std::max(out.after_chunk0_backward, live);
       }
     }
   } else {
     for (const auto& step : pipeline_order(cfg, co.pp, k.microbatches)) {
       live += step.forward ? chunk_total[step.chunk] : -chunk_total[step.chunk];
-      peak = std::max(peak, live);
+      out.peak = std::max(out.peak, live);
+      if (!step.forward && step.chunk == 0) out.after_chunk0_backward = std::max(out.after_chunk0_backward, live);
     }
   }
-  return peak;
+  return out;
 }
 
 /// --dtype fp8: what Transformer Engine keeps on the rank beside the bf16 weights (docs/memory.md "fp8").
@@ -264,13 +279,14 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   e.optimizer_bytes = sharded * b.moments;
 
   const LayerActivations la = layer_activations(x, b);
-  e.activations_bytes = peak_activations(x, co, la);
+  const ActivationPeaks acts = peak_activations(x, co, la);
+  e.activations_bytes = acts.peak;
   if (k.fp8) {
     // The same peak with the linear layers' inputs saved in bf16 (the output's comparison for fp8 runs).
     TensorBytes bf16 = b;
     bf16.linear_input = bf16.act;
     bf16.linear_input_copy = bf16.saved_scale_inv = 0;
-    e.fp8_bf16_inputs_activations_bytes = peak_activations(x, co, layer_activations(x, bf16));
+    e.fp8_bf16_inputs_activations_bytes = peak_activations(x, co, layer_activations(x, bf16)).peak;
   }
   const double T = static_cast<double>(k.tokens), V = static_cast<double>(k.vocab_padded) / k.tp;
   const bool last_stage = co.pp == k.pp - 1;
@@ -289,18 +305,22 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   const double wgrad_temporaries = wgrad_temporary_bytes(x, co, b);
   const double output_wgrad_temporary =
       k.linear_main_grad_add && last_stage ? V * static_cast<double>(k.hidden) * b.weight : 0.0;
+  const double fb_transient = std::max(loss_working + output_wgrad_temporary, recompute + wgrad_temporaries);
   // In both modes the first stage's embedding backward writes the dense gradient of the whole table(s) in the
-  // parameters' dtype (torch's embedding_dense_backward) until DDP's hook has added it into the main grad.
+  // parameters' dtype (torch's embedding_dense_backward) until DDP's hook has added it into the main grad. It runs
+  // last in a micro-batch's backward of chunk 0, beside what the other micro-batches in flight still hold.
   const double embedding_grad_temporary = co.pp == 0 ? embedding_grad_temporary_bytes(x, b) : 0.0;
-  const double fb_transient =
-      std::max({loss_working + output_wgrad_temporary, recompute + wgrad_temporaries, embedding_grad_temporary});
+  const bool embedding_peaks = acts.after_chunk0_backward + embedding_grad_temporary > acts.peak + fb_transient;
+  const double fb_live = embedding_peaks ? acts.after_chunk0_backward : acts.peak;
+  const double fb_working = embedding_peaks ? embedding_grad_temporary : fb_transient;
   // Optimizer step: main grads in a narrower dtype than the main weights are copied to the main weights' dtype for
   // their shard (Megatron's _copy_model_grads_to_main_grads: bf16 grads to fp32); Adam's temporaries per parameter
   // of the shard (0 for fused Adam).
   const double opt_transient =
       (b.main_param > b.main_grad ? b.main_param * sharded : 0.0) + mc.adam_temporary_bytes_per_param * sharded;
-  if (e.activations_bytes + fb_transient >= opt_transient) {
-    e.transient_bytes = fb_transient;
+  if (fb_live + fb_working >= opt_transient) {
+    e.activations_bytes = fb_live;
+    e.transient_bytes = fb_working;
     e.peak_phase = "forward/backward";
   } else {
     e.activations_bytes = 0;
