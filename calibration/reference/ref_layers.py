@@ -1,5 +1,6 @@
-"""The non-GEMM layers of torch_reference.py: embedding (backward into the main grad), the reentrant full-recompute
-checkpoint, the elementwise blocks (RMSNorm, RoPE, SwiGLU, cross entropy; eager or compiled) and attention (SDPA)."""
+"""The non-GEMM layers of torch_reference.py: embedding (Megatron's backward: a dense table gradient, then added into
+the main grad), the reentrant full-recompute checkpoint, the elementwise blocks (RMSNorm, RoPE, SwiGLU, cross
+entropy; eager or compiled) and attention (SDPA)."""
 import math
 
 import torch
@@ -13,7 +14,10 @@ NORM_EPS = 1e-5
 
 
 class Embedding(torch.autograd.Function):
-    """Token embedding; its backward scatters the gradient straight into the table's main grad (embedding_wgrad)."""
+    """Token embedding with the backward Megatron runs (VocabParallelEmbedding's F.embedding differentiates through
+    torch's embedding_dense_backward, then DDP's hook adds param.grad into the main grad): a zero-filled gradient of
+    the whole table in the parameters' dtype (`<name>_zero`), the token rows' gradients summed into it (`<name>`),
+    and that table added into the main grad (`<name>_main_grad_add`); the lowering's three ops of the same names."""
 
     @staticmethod
     def forward(ctx, ids, w, name):
@@ -26,8 +30,12 @@ class Embedding(torch.autograd.Function):
         Segment.close()
         (ids,) = ctx.saved_tensors
         w = ctx.w
+        with record_function(ctx.name + "_zero"):
+            table = torch.zeros_like(w)
         with record_function(ctx.name):
-            w.main_grad.index_add_(0, ids.reshape(-1), g.reshape(-1, g.shape[-1]).to(w.main_grad.dtype))
+            table.index_add_(0, ids.reshape(-1), g.reshape(-1, g.shape[-1]).to(table.dtype))
+        with record_function(ctx.name + "_main_grad_add"):
+            w.main_grad.add_(table)
         return None, None, None
 
 
