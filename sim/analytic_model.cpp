@@ -227,7 +227,7 @@ class AnalyticModel final : public GpuSharingModel {
       if (a.kind == ActivityKind::kPointToPoint) {
         stop_waiting(a.op);
         stop_waiting(a.partner);
-      } else {
+      } else if (a.members != 1) {  // a sole member started as it arrived: it never waited
         for (OpId o : ctx_.matching.collectives[a.instance].ops) {
           if (o != kNoOp) stop_waiting(o);
         }
@@ -461,9 +461,14 @@ class AnalyticModel final : public GpuSharingModel {
       nic_connections = p2p_connections(c);
       return c;
     }
-    const auto& inst = ctx_.matching.collectives[a.instance];
-    for (OpId o : inst.ops) {
-      if (o != kNoOp) gpus.push_back(op_[o].gpu);
+    // A sole member (a reduced schedule's TP, CP, DP and EP collectives, nearly all of a sweep's) is `a.op`: its GPU
+    // is its own, and the instance's member list is not read (a cache miss per collective).
+    if (a.members == 1) {
+      gpus.push_back(op_[a.op].gpu);
+    } else {
+      for (OpId o : ctx_.matching.collectives[a.instance].ops) {
+        if (o != kNoOp) gpus.push_back(op_[o].gpu);
+      }
     }
     const CommInfo& coll = comm_info(a.op);
     const CommSpan& span = span_of(coll.comm);
@@ -474,6 +479,7 @@ class AnalyticModel final : public GpuSharingModel {
     }
     // All-to-all: per member, bytes out and in within its node and across nodes; the slowest member decides.
     // Absent members (reduced schedules) mirror present ones: their traffic equals what they receive.
+    const auto& inst = ctx_.matching.collectives[a.instance];
     const auto& members = ctx_.schedule.communicators[coll.comm].members;
     const std::size_t n = members.size();
     std::vector<double>& in_intra = scratch_a_;

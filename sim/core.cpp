@@ -320,7 +320,8 @@ class Core {
         const std::uint32_t inst = op_[op].link;
         if (inst == UINT32_MAX) return;  // unmatched: reported as a deadlock
         if (++arrived_[inst] == present_[inst]) {
-          model_.start(first_present_[inst], Activity{ActivityKind::kCollective, first_present_[inst], inst, kNoOp}, t);
+          model_.start(first_present_[inst],
+                       Activity{ActivityKind::kCollective, first_present_[inst], inst, kNoOp, present_[inst]}, t);
         } else {
           model_.comm_waiting(op, t);
         }
