@@ -389,12 +389,32 @@ class AnalyticModel final : public GpuSharingModel {
   // The cost model's functions are pure: ops of one shape (every micro-batch and layer repeats them) look their
   // costs up once per simulation.
   // An op whose stem has its own efficiency table (Profile::op_compute) is looked up per stem and shape.
+  // The ops repeat their shapes in the same order (every layer and micro-batch): the shape that followed the previous
+  // op's shape last time is compared first, and the table is hashed only when it is not this op's.
   std::uint32_t kernel_index(const schedule::Compute& c, const std::string& name) {
-    auto& index = ctx_.costs.op_table(name) != nullptr ? op_kernel_index_[std::string(op_stem(name))] : kernel_index_;
+    std::uint32_t k = UINT32_MAX;
+    if (ctx_.costs.op_table(name) != nullptr) {
+      k = table_index(op_kernel_index_[std::string(op_stem(name))], c, name, nullptr);
+    } else {
+      const std::uint32_t guess = previous_kernel_ == UINT32_MAX ? UINT32_MAX : next_kernel_[previous_kernel_];
+      k = guess != UINT32_MAX && kernel_shapes_[guess] != nullptr && *kernel_shapes_[guess] == c
+              ? guess
+              : table_index(kernel_index_, c, name, &kernel_shapes_);
+    }
+    if (previous_kernel_ != UINT32_MAX) next_kernel_[previous_kernel_] = k;
+    previous_kernel_ = k;
+    return k;
+  }
+  /// `c`'s index in kernels_ by `index` (a new entry priced now); `shapes`: where the by-shape table's keys are kept.
+  std::uint32_t table_index(std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash>& index,
+                            const schedule::Compute& c, const std::string& name,
+                            std::vector<const schedule::Compute*>* shapes) {
     auto it = index.find(c);
     if (it == index.end()) {
       it = index.emplace(c, static_cast<std::uint32_t>(kernels_.size())).first;
       kernels_.push_back(ctx_.costs.kernel_cost(c, name));
+      kernel_shapes_.push_back(shapes != nullptr ? &it->first : nullptr);  // map keys stay put (node-based map)
+      next_kernel_.push_back(UINT32_MAX);
     }
     return it->second;
   }
@@ -661,7 +681,10 @@ class AnalyticModel final : public GpuSharingModel {
   std::vector<CommSpan> span_cache_;
   std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;  // lookups only
   std::map<std::string, std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash>> op_kernel_index_;
-  std::vector<KernelCost> kernels_;                             ///< Distinct kernels' costs.
+  std::vector<KernelCost> kernels_;                      ///< Distinct kernels' costs.
+  std::vector<const schedule::Compute*> kernel_shapes_;  ///< By kernels_ index: its key in kernel_index_ (or null).
+  std::vector<std::uint32_t> next_kernel_;  ///< By kernels_ index: the kernel of the compute op after it, last time.
+  std::uint32_t previous_kernel_ = UINT32_MAX;                  ///< The kernel of the last compute op looked up.
   std::vector<std::uint32_t> compute_kernels_;                  ///< Each compute op's index in kernels_, in op order.
   std::vector<CommInfo> comms_;                                 ///< Communication ops' sizes.
   std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;  // lookups only

@@ -1,6 +1,7 @@
-// The analytic model's shortcuts around its per-op records: a collective whose only present member is the op that
-// starts it (a reduced schedule's) takes that op's GPU without reading the instance's member list. Every op must
-// still get its own cost: each is checked against the full schedule or a simulation of it alone.
+// The analytic model's per-simulation tables and shortcuts: distinct kernel shapes, each looked up first as the one
+// that followed the previous op's last time (the ops repeat their shapes layer after layer), and a collective whose
+// only present member is the op that starts it (a reduced schedule's). Every op must still get its own cost, whatever
+// the order: each is checked against its own cost, the full schedule or a simulation of it alone.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -15,6 +16,15 @@ using namespace twinstep::sim::testing;
 
 namespace {
 
+/// A fixed pseudo-random sequence (64-bit LCG, Knuth's MMIX constants): the draws repeat runs and break them.
+struct Lcg {
+  std::uint64_t x = 12345;
+  std::uint32_t next(std::uint32_t n) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<std::uint32_t>((x >> 33) % n);
+  }
+};
+
 Nanos duration(const Trace& t, OpId op) { return t.records.at(op).end_ns - t.records.at(op).start_ns; }
 
 /// Datasheet defaults without launch costs: each op starts when its conditions hold.
@@ -25,6 +35,46 @@ Profile no_launch_costs() {
 }
 
 }  // namespace
+
+TEST_CASE("sim: kernels in any order, shapes a field apart, each take their own shape's cost", "[sim][tables]") {
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  Profile prof = Profile::datasheet_defaults();
+  prof.op_compute["named"] = EfficiencyTable{{{1e6, 0.3}, {1e15, 0.3}}};  // priced by name and shape
+  const CostModel costs(cluster, prof);
+  // Six shapes that differ in one field each; "named" ops share shapes with unnamed ones but not their table.
+  std::vector<Compute> shapes;
+  for (const Gemm& g :
+       {Gemm{1024, 1024, 1024}, Gemm{1024, 1024, 2048}, Gemm{2048, 1024, 1024}, Gemm{1024, 2048, 1024}}) {
+    shapes.push_back(Compute{g});
+  }
+  Gemm acc{1024, 1024, 1024};
+  acc.accumulate = true;
+  shapes.push_back(Compute{acc});
+  shapes.push_back(Compute{Gemm{1024, 1024, 1024}, 16});  // reserved SMs
+  Builder b(1, {{"compute", 0}});
+  Lcg rng;
+  double expected = 0;
+  std::vector<double> solo_ns;
+  for (int i = 0; i < 600; ++i) {
+    // Runs of the cycle 0..5 (predicted after the first pass), broken by random draws and named ops.
+    const std::uint32_t k = i % 7 == 6 ? rng.next(6) : static_cast<std::uint32_t>(i % 6);
+    const std::string name = rng.next(5) == 0 ? "named" : "";
+    b.add(0, name, 0, shapes[k]);
+    const double solo = costs.kernel_cost(shapes[k], name).solo_time_s();
+    expected += solo;
+    solo_ns.push_back(solo * 1e9);
+  }
+  REQUIRE(costs.kernel_cost(shapes[0], "named").solo_time_s() != costs.kernel_cost(shapes[0]).solo_time_s());
+  double solo = -1;
+  Options o;
+  o.solo_compute_out = &solo;
+  const Trace t = simulate(b.schedule(), cluster, costs, o);
+  CHECK(solo == expected);  // the same additions in the same order: bit for bit
+  for (std::size_t i = 0; i < solo_ns.size(); ++i) {
+    INFO("op " << i);
+    CHECK(static_cast<double>(duration(t, static_cast<OpId>(i))) == Approx(solo_ns[i]).margin(1.0));
+  }
+}
 
 TEST_CASE("sim: a collective whose only present member starts it shares that GPU's NIC as in the full schedule",
           "[sim][tables]") {
