@@ -1,7 +1,7 @@
-// The analytic model's per-simulation tables and shortcuts: distinct kernel shapes, each looked up first as the one
-// that followed the previous op's last time (the ops repeat their shapes layer after layer), and a collective whose
-// only present member is the op that starts it (a reduced schedule's). Every op must still get its own cost, whatever
-// the order: each is checked against its own cost, the full schedule or a simulation of it alone.
+// The analytic model's per-simulation tables: distinct kernel shapes and distinct communication ops, each looked up
+// first as the one that followed the previous op's last time (the ops repeat their shapes layer after layer), and a
+// collective whose only present member is the op that starts it (a reduced schedule's). Every op must still get its
+// own cost, whatever the order: each is checked against its own cost, the full schedule or a simulation of it alone.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -73,6 +73,67 @@ TEST_CASE("sim: kernels in any order, shapes a field apart, each take their own 
   for (std::size_t i = 0; i < solo_ns.size(); ++i) {
     INFO("op " << i);
     CHECK(static_cast<double>(duration(t, static_cast<OpId>(i))) == Approx(solo_ns[i]).margin(1.0));
+  }
+}
+
+TEST_CASE("sim: collectives and transfers in any order, sizes and kinds apart, each run as it runs alone",
+          "[sim][tables]") {
+  const auto cluster = topologies::load_cluster("dgx-h100", {2, 0});
+  const CostModel costs(cluster, no_launch_costs());
+  struct Comm {
+    CollectiveKind kind;
+    std::uint64_t bytes;
+    std::uint32_t sm_count;
+    bool p2p;  ///< A send from the first member to the second instead.
+  };
+  const Comm kinds[] = {
+      {CollectiveKind::kAllReduce, 64ull << 20, 0, false},  {CollectiveKind::kAllReduce, 32ull << 20, 0, false},
+      {CollectiveKind::kAllGather, 64ull << 20, 0, false},  {CollectiveKind::kReduceScatter, 64ull << 20, 0, false},
+      {CollectiveKind::kAllReduce, 64ull << 20, 16, false}, {CollectiveKind::kAllReduce, 64ull << 20, 0, true},
+      {CollectiveKind::kAllReduce, 16ull << 20, 0, true}};
+  const std::vector<std::vector<RankId>> groups = {{0, 1}, {0, 8}};  // in a node, across nodes
+  auto add = [&](Builder& b, const Comm& c, CommId comm, const std::vector<RankId>& members, std::uint32_t tag) {
+    if (c.p2p) {
+      b.send(members[0], "s", 0, comm, members[1], c.bytes, tag);
+      b.recv(members[1], "r", 0, comm, members[0], c.bytes, tag);
+      return;
+    }
+    for (RankId r : members) {
+      const OpId op = b.collective(r, "c", 0, c.kind, comm, c.bytes);
+      std::get<Collective>(b.schedule().ops[op].body).sm_count = c.sm_count;
+    }
+  };
+  // The sequence on one stream per rank, op after op: each runs alone, as it does in a schedule of its own.
+  Builder b(16);
+  const CommId comms[] = {b.comm("a", "dp", groups[0]), b.comm("b", "dp", groups[1])};
+  Lcg rng;
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> drawn;  // (kind, group)
+  for (std::uint32_t i = 0; i < 120; ++i) {
+    const std::uint32_t k = i % 5 == 4 ? rng.next(7) : i % 7, g = rng.next(4) == 0 ? 1 : 0;
+    drawn.emplace_back(k, g);
+    add(b, kinds[k], comms[g], groups[g], i);
+  }
+  Schedule s = b.schedule();
+  s.ranks = {0, 1, 8};
+  // Ops per rank in program order: the schedule lists them in draw order, so the i-th draw's first op on the first
+  // member is found by counting.
+  const Trace t = simulate(s, cluster, costs);
+  std::vector<std::uint32_t> seen(16, 0);
+  std::vector<std::vector<OpId>> by_rank(16);
+  for (const auto& op : t.schedule.ops) by_rank[op.rank].push_back(op.id);
+  for (std::size_t i = 0; i < drawn.size(); ++i) {
+    const auto [k, g] = drawn[i];
+    INFO("draw " << i << ": kind " << k << " on group " << g);
+    const RankId first = groups[g][0];
+    const OpId op = by_rank[first].at(seen[first]);
+    for (RankId r : groups[g]) ++seen[r];
+    Builder alone(16);
+    const CommId ca = alone.comm("a", "dp", groups[0]), cb = alone.comm("b", "dp", groups[1]);
+    add(alone, kinds[k], g == 0 ? ca : cb, groups[g], 0);
+    Schedule sa = alone.schedule();
+    sa.ranks = {0, 1, 8};
+    const Trace ta = simulate(sa, cluster, costs);
+    CHECK(duration(t, op) == duration(ta, 0));
   }
 }
 
