@@ -350,11 +350,17 @@ class Core {
       case OpKind::kCompute:
         complete(id, t);
         break;
-      case OpKind::kCollective:
-        for (OpId o : m_.collectives[op_[id].link].ops) {
+      case OpKind::kCollective: {
+        const std::uint32_t inst = op_[id].link;
+        if (present_[inst] == 1) {  // its only member is the activity's own op: the member list is not read
+          complete(id, t);
+          break;
+        }
+        for (OpId o : m_.collectives[inst].ops) {
           if (o != kNoOp) complete(o, t);
         }
         break;
+      }
       case OpKind::kSend: {
         const OpId recv = op_[id].link;
         complete(std::min(id, recv), t);
