@@ -129,6 +129,17 @@ struct CommInfo {
   std::uint32_t sm_count = 0;                                  ///< Collectives and sm_kernel sends/recvs.
   schedule::RankId peer = 0;                                   ///< Sends and recvs only.
   schedule::Transport transport = schedule::Transport::kNccl;  ///< Sends and recvs only.
+  bool operator==(const CommInfo&) const = default;
+};
+
+struct CommInfoHash {
+  std::size_t operator()(const CommInfo& c) const {
+    std::uint64_t h = kFnvOffsetBasis;
+    fnv_mix(h, static_cast<std::uint64_t>(c.op) | static_cast<std::uint64_t>(c.kind) << 8 |
+                   static_cast<std::uint64_t>(c.transport) << 16 | std::uint64_t{c.comm} << 32);
+    fnv_mix(h, c.bytes), fnv_mix(h, std::uint64_t{c.sm_count} | std::uint64_t{c.peer} << 32);
+    return h;
+  }
 };
 
 /// std::ceil(x) as Nanos for |x| < 2^63, without a libm call (hot: every re-timing).
@@ -227,7 +238,7 @@ class AnalyticModel final : public GpuSharingModel {
       if (a.kind == ActivityKind::kPointToPoint) {
         stop_waiting(a.op);
         stop_waiting(a.partner);
-      } else {
+      } else if (a.members != 1) {  // a sole member started as it arrived: it never waited
         for (OpId o : ctx_.matching.collectives[a.instance].ops) {
           if (o != kNoOp) stop_waiting(o);
         }
@@ -285,7 +296,7 @@ class AnalyticModel final : public GpuSharingModel {
       case CommInfo::Op::kCollective:
         channels = c.sm_count > 0                                  ? c.sm_count
                    : c.kind == schedule::CollectiveKind::kAllToAll ? ctx_.costs.profile().nccl.p2p_channels_nvlink
-                                                                   : collective_cost(c.kind, c.bytes, c.comm).channels;
+                                                                   : collective_cost_of(op_[op].info).channels;
         break;
       case CommInfo::Op::kSend:
       case CommInfo::Op::kRecv:
@@ -389,12 +400,32 @@ class AnalyticModel final : public GpuSharingModel {
   // The cost model's functions are pure: ops of one shape (every micro-batch and layer repeats them) look their
   // costs up once per simulation.
   // An op whose stem has its own efficiency table (Profile::op_compute) is looked up per stem and shape.
+  // The ops repeat their shapes in the same order (every layer and micro-batch): the shape that followed the previous
+  // op's shape last time is compared first, and the table is hashed only when it is not this op's.
   std::uint32_t kernel_index(const schedule::Compute& c, const std::string& name) {
-    auto& index = ctx_.costs.op_table(name) != nullptr ? op_kernel_index_[std::string(op_stem(name))] : kernel_index_;
+    std::uint32_t k = UINT32_MAX;
+    if (ctx_.costs.op_table(name) != nullptr) {
+      k = table_index(op_kernel_index_[std::string(op_stem(name))], c, name, nullptr);
+    } else {
+      const std::uint32_t guess = previous_kernel_ == UINT32_MAX ? UINT32_MAX : next_kernel_[previous_kernel_];
+      k = guess != UINT32_MAX && kernel_shapes_[guess] != nullptr && *kernel_shapes_[guess] == c
+              ? guess
+              : table_index(kernel_index_, c, name, &kernel_shapes_);
+    }
+    if (previous_kernel_ != UINT32_MAX) next_kernel_[previous_kernel_] = k;
+    previous_kernel_ = k;
+    return k;
+  }
+  /// `c`'s index in kernels_ by `index` (a new entry priced now); `shapes`: where the by-shape table's keys are kept.
+  std::uint32_t table_index(std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash>& index,
+                            const schedule::Compute& c, const std::string& name,
+                            std::vector<const schedule::Compute*>* shapes) {
     auto it = index.find(c);
     if (it == index.end()) {
       it = index.emplace(c, static_cast<std::uint32_t>(kernels_.size())).first;
       kernels_.push_back(ctx_.costs.kernel_cost(c, name));
+      kernel_shapes_.push_back(shapes != nullptr ? &it->first : nullptr);  // map keys stay put (node-based map)
+      next_kernel_.push_back(UINT32_MAX);
     }
     return it->second;
   }
@@ -408,9 +439,33 @@ class AnalyticModel final : public GpuSharingModel {
     return it->second;
   }
 
+  /// `c`'s index in comms_, its distinct communication ops (few: every layer and micro-batch repeats them, and the run
+  /// then reads a small table instead of a record per op). The one after the previous op's last time is compared
+  /// first, as for kernels.
   std::uint32_t add_comm_info(const CommInfo& c) {
-    comms_.push_back(c);
-    return static_cast<std::uint32_t>(comms_.size() - 1);
+    const std::uint32_t guess = previous_comm_ == UINT32_MAX ? UINT32_MAX : next_comm_[previous_comm_];
+    std::uint32_t k = guess;
+    if (guess == UINT32_MAX || !(comms_[guess] == c)) {
+      auto it = comm_index_.find(c);
+      if (it == comm_index_.end()) {
+        it = comm_index_.emplace(c, static_cast<std::uint32_t>(comms_.size())).first;
+        comms_.push_back(c);
+        next_comm_.push_back(UINT32_MAX);
+        comm_costs_.push_back(nullptr);
+      }
+      k = it->second;
+    }
+    if (previous_comm_ != UINT32_MAX) next_comm_[previous_comm_] = k;
+    previous_comm_ = k;
+    return k;
+  }
+  /// The cost of collective comms_[info] (cached per distinct collective).
+  const CommCost& collective_cost_of(std::uint32_t info) {
+    if (comm_costs_[info] == nullptr) {
+      const CommInfo& c = comms_[info];
+      comm_costs_[info] = &collective_cost(c.kind, c.bytes, c.comm);
+    }
+    return *comm_costs_[info];
   }
   const CommInfo& comm_info(OpId op) const { return comms_[op_[op].info]; }
   static std::uint32_t held_sms(const CommCost& c) { return c.holds_sms ? c.channels : 0; }
@@ -461,19 +516,25 @@ class AnalyticModel final : public GpuSharingModel {
       nic_connections = p2p_connections(c);
       return c;
     }
-    const auto& inst = ctx_.matching.collectives[a.instance];
-    for (OpId o : inst.ops) {
-      if (o != kNoOp) gpus.push_back(op_[o].gpu);
+    // A sole member (a reduced schedule's TP, CP, DP and EP collectives, nearly all of a sweep's) is `a.op`: its GPU
+    // is its own, and the instance's member list is not read (a cache miss per collective).
+    if (a.members == 1) {
+      gpus.push_back(op_[a.op].gpu);
+    } else {
+      for (OpId o : ctx_.matching.collectives[a.instance].ops) {
+        if (o != kNoOp) gpus.push_back(op_[o].gpu);
+      }
     }
     const CommInfo& coll = comm_info(a.op);
     const CommSpan& span = span_of(coll.comm);
     if (coll.kind != schedule::CollectiveKind::kAllToAll) {
-      const CommCost c = collective_cost(coll.kind, coll.bytes, coll.comm);
+      const CommCost c = collective_cost_of(op_[a.op].info);
       nic_connections = ring_edge_connections(c, span.per_node);  // one ring per NIC rail: one edge per NIC
       return c;
     }
     // All-to-all: per member, bytes out and in within its node and across nodes; the slowest member decides.
     // Absent members (reduced schedules) mirror present ones: their traffic equals what they receive.
+    const auto& inst = ctx_.matching.collectives[a.instance];
     const auto& members = ctx_.schedule.communicators[coll.comm].members;
     const std::size_t n = members.size();
     std::vector<double>& in_intra = scratch_a_;
@@ -655,11 +716,18 @@ class AnalyticModel final : public GpuSharingModel {
   std::vector<CommSpan> span_cache_;
   std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash> kernel_index_;  // lookups only
   std::map<std::string, std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash>> op_kernel_index_;
-  std::vector<KernelCost> kernels_;                             ///< Distinct kernels' costs.
-  std::vector<std::uint32_t> compute_kernels_;                  ///< Each compute op's index in kernels_, in op order.
-  std::vector<CommInfo> comms_;                                 ///< Communication ops' sizes.
-  std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;  // lookups only
-  std::vector<OpInfo> op_;                                      ///< By op id.
+  std::vector<KernelCost> kernels_;                      ///< Distinct kernels' costs.
+  std::vector<const schedule::Compute*> kernel_shapes_;  ///< By kernels_ index: its key in kernel_index_ (or null).
+  std::vector<std::uint32_t> next_kernel_;  ///< By kernels_ index: the kernel of the compute op after it, last time.
+  std::uint32_t previous_kernel_ = UINT32_MAX;  ///< The kernel of the last compute op looked up.
+  std::vector<std::uint32_t> compute_kernels_;  ///< Each compute op's index in kernels_, in op order.
+  std::vector<CommInfo> comms_;                 ///< Distinct communication ops' sizes.
+  std::unordered_map<CommInfo, std::uint32_t, CommInfoHash> comm_index_;  // lookups only
+  std::vector<std::uint32_t> next_comm_;      ///< By comms_ index: the comms_ index of the comm op after it, last time.
+  std::uint32_t previous_comm_ = UINT32_MAX;  ///< The comms_ index of the last comm op added.
+  std::vector<const CommCost*> comm_costs_;   ///< By comms_ index: a collective's cost once looked up.
+  std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;                       // lookups only
+  std::vector<OpInfo> op_;                                                           ///< By op id.
   std::unordered_map<CollectiveKey, CommCost, CollectiveKeyHash> collective_costs_;  // lookups only
   std::vector<std::uint8_t> span_known_;
   std::vector<std::uint32_t> affected_, finished_;

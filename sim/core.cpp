@@ -184,14 +184,12 @@ class Core {
       for (OpId i = 0; i < n_ops_; ++i) rank_ops_[fill[rank_index_[rank_of[i]]]++] = i;
     }
 
-    arrived_.assign(m_.collectives.size(), 0);
-    present_.assign(m_.collectives.size(), 0);
-    first_present_.assign(m_.collectives.size(), kNoOp);
+    inst_.assign(m_.collectives.size(), InstanceState{});
     for (std::size_t c = 0; c < m_.collectives.size(); ++c) {
       const auto& ops = m_.collectives[c].ops;
-      present_[c] =
+      inst_[c].present =
           static_cast<std::uint32_t>(std::count_if(ops.begin(), ops.end(), [](OpId o) { return o != kNoOp; }));
-      first_present_[c] = schedule::first_present_op(m_.collectives[c]);
+      inst_[c].first_present = schedule::first_present_op(m_.collectives[c]);
     }
     pos_.assign(rank_begin_.begin(), rank_begin_.end() - 1);
     finishing_.assign(num_ranks_, kNoOp);
@@ -319,8 +317,10 @@ class Core {
       case OpKind::kCollective: {
         const std::uint32_t inst = op_[op].link;
         if (inst == UINT32_MAX) return;  // unmatched: reported as a deadlock
-        if (++arrived_[inst] == present_[inst]) {
-          model_.start(first_present_[inst], Activity{ActivityKind::kCollective, first_present_[inst], inst, kNoOp}, t);
+        InstanceState& is = inst_[inst];
+        if (++is.arrived == is.present) {
+          model_.start(is.first_present, Activity{ActivityKind::kCollective, is.first_present, inst, kNoOp, is.present},
+                       t);
         } else {
           model_.comm_waiting(op, t);
         }
@@ -349,11 +349,17 @@ class Core {
       case OpKind::kCompute:
         complete(id, t);
         break;
-      case OpKind::kCollective:
-        for (OpId o : m_.collectives[op_[id].link].ops) {
+      case OpKind::kCollective: {
+        const std::uint32_t inst = op_[id].link;
+        if (inst_[inst].present == 1) {  // its only member is the activity's own op: the member list is not read
+          complete(id, t);
+          break;
+        }
+        for (OpId o : m_.collectives[inst].ops) {
           if (o != kNoOp) complete(o, t);
         }
         break;
+      }
       case OpKind::kSend: {
         const OpId recv = op_[id].link;
         complete(std::min(id, recv), t);
@@ -466,8 +472,13 @@ class Core {
   std::vector<OpState> op_;
   std::vector<std::pair<OpId, OpId>> sync_target_;  ///< (host_sync op, its target), ascending op.
   std::vector<OpId> dependents_;
-  std::vector<std::uint32_t> arrived_, present_;
-  std::vector<OpId> first_present_;
+  /// A collective instance's rendezvous, together (one cache line's read where it starts and completes).
+  struct InstanceState {
+    std::uint32_t arrived = 0;  ///< Members that reached it.
+    std::uint32_t present = 0;  ///< Members with an op in the schedule.
+    OpId first_present = kNoOp;
+  };
+  std::vector<InstanceState> inst_;  ///< By collective instance.
   std::vector<std::uint32_t> pos_;
   std::vector<OpId> finishing_, blocked_on_;
   std::priority_queue<Wake, std::vector<Wake>, std::greater<Wake>> queue_;

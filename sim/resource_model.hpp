@@ -34,6 +34,8 @@ struct Activity {
   schedule::OpId op = schedule::kNoOp;       ///< Compute op, send op, or first present collective member.
   std::uint32_t instance = UINT32_MAX;       ///< Collective: index into Matching::collectives.
   schedule::OpId partner = schedule::kNoOp;  ///< Point-to-point: the recv.
+  /// Collective: its members present in the schedule (1: `op` alone, which started as it arrived and never waited).
+  std::uint32_t members = 0;
 };
 
 /// Everything a model may read; outlives the model.
