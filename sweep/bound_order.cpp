@@ -2,6 +2,8 @@
 #include "sweep/bound_order.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <tuple>
 #include <utility>
 
@@ -9,7 +11,7 @@
 
 namespace twinstep::sweep {
 
-BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> best_known)
+BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> best_known, bool costliest_first)
     : candidates_(std::move(candidates)),
       state_(candidates_.size(), State::kWaiting),
       step_(candidates_.size()),
@@ -33,9 +35,34 @@ BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> be
   });
   for (const std::size_t i : global_) groups_[candidates_[i].group].order.push_back(i);
   for (Group& g : groups_) g.hopeless_from = g.order.size();
+  costliest_first_ = costliest_first;
+}
+
+std::optional<std::size_t> BoundOrder::costliest_likely() const {
+  // The points after cursor_ in rising bound order, up to the largest best step back of an open group.
+  double reach = -std::numeric_limits<double>::infinity();
+  for (const Group& g : groups_) {
+    if (!g.closed && std::isfinite(g.best_back)) reach = std::max(reach, g.best_back);
+  }
+  std::optional<std::size_t> pick;
+  for (std::size_t k = cursor_; k < global_.size(); ++k) {
+    const std::size_t i = global_[k];
+    const Candidate& c = candidates_[i];
+    if (c.bound_s > reach) break;
+    const Group& g = groups_[c.group];
+    if (g.closed || state_[i] != State::kWaiting || c.bound_s > g.best_back) continue;
+    if (!pick || c.cost > candidates_[*pick].cost) pick = i;  // ties: the lower bound first
+  }
+  return pick;
 }
 
 std::optional<std::size_t> BoundOrder::next() {
+  if (costliest_first_) {
+    if (const auto i = costliest_likely()) {
+      state_[*i] = State::kRunning;
+      return candidates_[*i].pos;
+    }
+  }
   while (cursor_ < global_.size()) {
     const std::size_t i = global_[cursor_++];
     Group& g = groups_[candidates_[i].group];
