@@ -199,10 +199,16 @@ struct Span {
 /// Every span's own longest path at once (StreamPath::local_ns; the last span is the host thread's): from the start
 /// of its first op (the issue, for the host thread) to the end of its last, along in_edges within the rank (a
 /// coupled op at its own duration after its own start), in program order (every such edge points forward in it).
-/// Per event one value per span, kUnreached until the span's source (kUnreached plus any path stays far below 0).
-/// `at`: scratch.
-void local_paths(const Facts& f, const std::vector<OpId>& ops, std::vector<Span>& spans, std::vector<Nanos>& at) {
-  const std::size_t k = spans.size();
+/// Per event one value per span with ops on the rank (a column each), kUnreached until the span's source (kUnreached
+/// plus any path stays far below 0). An event's values start from its first edge's, not from kUnreached: every value
+/// is at least kUnreached already (weights are not negative), so the maximum is the same. `at`, `column`: scratch.
+void local_paths(const Facts& f, const std::vector<OpId>& ops, std::vector<Span>& spans, std::vector<Nanos>& at,
+                 std::vector<std::size_t>& column) {
+  column.assign(spans.size(), SIZE_MAX);
+  std::size_t k = 0;
+  for (std::size_t c = 0; c < spans.size(); ++c) {
+    if (spans[c].first != SIZE_MAX) column[c] = k++;
+  }
   at.resize(3 * ops.size() * k);
   auto row = [&](std::uint32_t event) { return at.data() + (3 * std::size_t{f.ops[event / 3].pos} + event % 3) * k; };
   for (std::size_t i = 0; i < ops.size(); ++i) {
@@ -210,17 +216,25 @@ void local_paths(const Facts& f, const std::vector<OpId>& ops, std::vector<Span>
     const OpFacts& x = f.ops[o];
     for (std::uint32_t v = issue_node(o); v <= end_node(o); ++v) {
       Nanos* best = row(v);
-      std::fill_n(best, k, kUnreached);
+      bool first = true;
       in_edges(f, v, false, [&](std::uint32_t u, Nanos w) {
         const Nanos* from = row(u);
-        for (std::size_t c = 0; c < k; ++c) best[c] = std::max(best[c], from[c] + w);
+        if (first) {
+          for (std::size_t c = 0; c < k; ++c) best[c] = from[c] + w;
+          first = false;
+        } else {
+          for (std::size_t c = 0; c < k; ++c) best[c] = std::max(best[c], from[c] + w);
+        }
       });
-      if (v == issue_node(o) && i == 0) best[k - 1] = 0;  // the host thread's source
-      if (v == start_node(o) && !on_host(x.kind) && spans[x.stream].first == i) best[x.stream] = 0;
+      if (first) std::fill_n(best, k, kUnreached);                // no edge in: the rank's first issue
+      if (v == issue_node(o) && i == 0) best[column.back()] = 0;  // the host thread's source
+      if (v == start_node(o) && !on_host(x.kind) && spans[x.stream].first == i) best[column[x.stream]] = 0;
     }
   }
-  for (std::size_t c = 0; c < k; ++c) {
-    if (spans[c].first != SIZE_MAX) spans[c].local_ns = std::max<Nanos>(0, row(end_node(ops[spans[c].last]))[c]);
+  for (std::size_t c = 0; c < spans.size(); ++c) {
+    if (spans[c].first != SIZE_MAX) {
+      spans[c].local_ns = std::max<Nanos>(0, row(end_node(ops[spans[c].last]))[column[c]]);
+    }
   }
 }
 
@@ -433,6 +447,7 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
   CriticalPath out;
   for (const Nanos v : t) out.step_ns = std::max(out.step_ns, v);
   std::vector<Nanos> scratch;
+  std::vector<std::size_t> columns;
   // Per rank, ascending: per stream with ops (and the host thread, the last span) its path's pieces.
   std::vector<std::uint32_t> by_rank(f.ranks.size());
   for (std::uint32_t r = 0; r < f.ranks.size(); ++r) by_rank[r] = r;
@@ -460,7 +475,7 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       sp.sum_ns += x.own_ns;
       if (mb >= 0) per_mb[x.stream * n_mb + static_cast<std::size_t>(mb)] += x.own_ns;
     }
-    local_paths(f, ops, spans, scratch);
+    local_paths(f, ops, spans, scratch, columns);
     for (std::size_t st = 0; st < spans.size(); ++st) {
       const Span& sp = spans[st];
       if (sp.first == SIZE_MAX) continue;
