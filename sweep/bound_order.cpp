@@ -11,7 +11,7 @@
 
 namespace twinstep::sweep {
 
-BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> best_known, bool costliest_first)
+BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> best_known, std::size_t max_ahead)
     : candidates_(std::move(candidates)),
       state_(candidates_.size(), State::kWaiting),
       step_(candidates_.size()),
@@ -35,7 +35,8 @@ BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> be
   });
   for (const std::size_t i : global_) groups_[candidates_[i].group].order.push_back(i);
   for (Group& g : groups_) g.hopeless_from = g.order.size();
-  costliest_first_ = costliest_first;
+  max_ahead_ = max_ahead;
+  is_ahead_.assign(candidates_.size(), false);
 }
 
 std::optional<std::size_t> BoundOrder::costliest_likely() const {
@@ -56,9 +57,22 @@ std::optional<std::size_t> BoundOrder::costliest_likely() const {
   return pick;
 }
 
+std::optional<std::size_t> BoundOrder::frontier() const {
+  for (std::size_t k = cursor_; k < global_.size(); ++k) {
+    const std::size_t i = global_[k];
+    const Group& g = groups_[candidates_[i].group];
+    if (!g.closed && state_[i] == State::kWaiting && candidates_[i].bound_s <= g.best_back) return i;
+  }
+  return std::nullopt;
+}
+
 std::optional<std::size_t> BoundOrder::next() {
-  if (costliest_first_) {
+  if (ahead_ < max_ahead_) {
     if (const auto i = costliest_likely()) {
+      if (i != frontier()) {
+        is_ahead_[*i] = true;
+        ++ahead_;
+      }
       state_[*i] = State::kRunning;
       return candidates_[*i].pos;
     }
@@ -84,6 +98,10 @@ void BoundOrder::finished(std::size_t pos, std::optional<double> step_s) {
   TWINSTEP_ASSERT(pos < index_of_pos_.size() && index_of_pos_[pos] < candidates_.size(),
                   "BoundOrder: point %zu is not a candidate", pos);
   const std::size_t i = index_of_pos_[pos];
+  if (is_ahead_[i]) {
+    is_ahead_[i] = false;
+    --ahead_;
+  }
   if (state_[i] == State::kDecided) {  // pruned while it ran
     ++discarded_;
     return;

@@ -665,9 +665,10 @@ void run_pruned(const std::vector<Point>& points, const RunOptions& options, Rec
     if (r.status == PointStatus::kOk) best_known[g] = std::min(best_known[g], r.step_time_s);
   }
   st.bounded = candidates.size();
-  // With several workers, the costliest point the rule may still need first (sweep/bound_order.hpp): the longest
-  // simulation is not left to run alone at the end. One worker gains nothing from it and runs no point ahead.
-  BoundOrder bound_order(std::move(candidates), best_known, options.jobs > 1);
+  // With several workers, all but one may take the costliest point the rule may still need (sweep/bound_order.hpp):
+  // the longest simulation is not left to run alone at the end, and one worker always takes the next in order, whose
+  // steps prune. One worker gains nothing from it and runs no point ahead.
+  BoundOrder bound_order(std::move(candidates), best_known, options.jobs > 1 ? options.jobs - 1 : 0);
   EtaEstimator eta(std::max(1u, options.jobs));
   fill_unknown_costs(simulated, cost);
   for (std::size_t pos : simulated) eta.queued(pos, cost[pos]);
