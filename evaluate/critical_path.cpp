@@ -196,31 +196,86 @@ struct Span {
   Nanos local_ns = 0;
 };
 
+/// An event's values in local_paths: a stored row's plus an offset (an event with one edge into it and no source
+/// there shares the row of the event the edge comes from).
+struct RowRef {
+  std::uint32_t row = 0;
+  Nanos offset = 0;
+};
+
 /// Every span's own longest path at once (StreamPath::local_ns; the last span is the host thread's): from the start
 /// of its first op (the issue, for the host thread) to the end of its last, along in_edges within the rank (a
 /// coupled op at its own duration after its own start), in program order (every such edge points forward in it).
-/// Per event one value per span, kUnreached until the span's source (kUnreached plus any path stays far below 0).
-/// `at`: scratch.
-void local_paths(const Facts& f, const std::vector<OpId>& ops, std::vector<Span>& spans, std::vector<Nanos>& at) {
-  const std::size_t k = spans.size();
+/// Per event one value per span with ops on the rank (a column each), kUnreached until the span's source (kUnreached
+/// plus any path stays far below 0). A row is stored only for an event with several edges into it or a source: the
+/// others (an issue after a launch, a GPU op's end after its duration) are their edge's row plus its weight, the same
+/// sums (integer addition is associative). A stored row starts from its first edge's values, not from kUnreached:
+/// every value is at least kUnreached already (weights are not negative), so the maximum is the same. `at`, `column`,
+/// `refs`: scratch.
+void local_paths(const Facts& f, const std::vector<OpId>& ops, std::vector<Span>& spans, std::vector<Nanos>& at,
+                 std::vector<std::size_t>& column, std::vector<RowRef>& refs) {
+  column.assign(spans.size(), SIZE_MAX);
+  std::size_t k = 0;
+  for (std::size_t c = 0; c < spans.size(); ++c) {
+    if (spans[c].first != SIZE_MAX) column[c] = k++;
+  }
   at.resize(3 * ops.size() * k);
-  auto row = [&](std::uint32_t event) { return at.data() + (3 * std::size_t{f.ops[event / 3].pos} + event % 3) * k; };
+  refs.resize(3 * ops.size());
+  std::uint32_t rows = 0;
+  auto ref = [&](std::uint32_t event) -> RowRef& { return refs[3 * std::size_t{f.ops[event / 3].pos} + event % 3]; };
   for (std::size_t i = 0; i < ops.size(); ++i) {
     const OpId o = ops[i];
     const OpFacts& x = f.ops[o];
     for (std::uint32_t v = issue_node(o); v <= end_node(o); ++v) {
-      Nanos* best = row(v);
-      std::fill_n(best, k, kUnreached);
+      std::size_t source = SIZE_MAX;                             // the column whose source this event is
+      if (v == issue_node(o) && i == 0) source = column.back();  // the host thread's
+      if (v == start_node(o) && !on_host(x.kind) && spans[x.stream].first == i) source = column[x.stream];
+      Nanos* best = nullptr;
+      RowRef single;  // the first edge's values, until a second edge (or a source) stores a row
+      std::size_t edges = 0;
+      auto store = [&] {
+        best = at.data() + std::size_t{rows} * k;
+        ref(v) = {rows++, 0};
+      };
+      auto merge = [&](const RowRef& r) {
+        const Nanos* from = at.data() + std::size_t{r.row} * k;
+        for (std::size_t c = 0; c < k; ++c) best[c] = std::max(best[c], from[c] + r.offset);
+      };
+      auto copy = [&](const RowRef& r) {
+        const Nanos* from = at.data() + std::size_t{r.row} * k;
+        for (std::size_t c = 0; c < k; ++c) best[c] = from[c] + r.offset;
+      };
       in_edges(f, v, false, [&](std::uint32_t u, Nanos w) {
-        const Nanos* from = row(u);
-        for (std::size_t c = 0; c < k; ++c) best[c] = std::max(best[c], from[c] + w);
+        const RowRef& from = ref(u);
+        const RowRef r{from.row, from.offset + w};
+        if (edges++ == 0) {
+          single = r;
+          return;
+        }
+        if (edges == 2) {
+          store();
+          copy(single);
+        }
+        merge(r);
       });
-      if (v == issue_node(o) && i == 0) best[k - 1] = 0;  // the host thread's source
-      if (v == start_node(o) && !on_host(x.kind) && spans[x.stream].first == i) best[x.stream] = 0;
+      if (edges == 0) {  // no edge in: the rank's first issue
+        store();
+        std::fill_n(best, k, kUnreached);
+      } else if (edges == 1) {
+        if (source == SIZE_MAX) {
+          ref(v) = single;
+          continue;
+        }
+        store();
+        copy(single);
+      }
+      if (source != SIZE_MAX) best[source] = 0;
     }
   }
-  for (std::size_t c = 0; c < k; ++c) {
-    if (spans[c].first != SIZE_MAX) spans[c].local_ns = std::max<Nanos>(0, row(end_node(ops[spans[c].last]))[c]);
+  for (std::size_t c = 0; c < spans.size(); ++c) {
+    if (spans[c].first == SIZE_MAX) continue;
+    const RowRef& r = ref(end_node(ops[spans[c].last]));
+    spans[c].local_ns = std::max<Nanos>(0, at[std::size_t{r.row} * k + column[c]] + r.offset);
   }
 }
 
@@ -433,6 +488,8 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
   CriticalPath out;
   for (const Nanos v : t) out.step_ns = std::max(out.step_ns, v);
   std::vector<Nanos> scratch;
+  std::vector<std::size_t> columns;
+  std::vector<RowRef> refs;
   // Per rank, ascending: per stream with ops (and the host thread, the last span) its path's pieces.
   std::vector<std::uint32_t> by_rank(f.ranks.size());
   for (std::uint32_t r = 0; r < f.ranks.size(); ++r) by_rank[r] = r;
@@ -460,7 +517,7 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
       sp.sum_ns += x.own_ns;
       if (mb >= 0) per_mb[x.stream * n_mb + static_cast<std::size_t>(mb)] += x.own_ns;
     }
-    local_paths(f, ops, spans, scratch);
+    local_paths(f, ops, spans, scratch, columns, refs);
     for (std::size_t st = 0; st < spans.size(); ++st) {
       const Span& sp = spans[st];
       if (sp.first == SIZE_MAX) continue;

@@ -2,6 +2,8 @@
 #include "sweep/bound_order.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <tuple>
 #include <utility>
 
@@ -9,7 +11,7 @@
 
 namespace twinstep::sweep {
 
-BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> best_known)
+BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> best_known, std::size_t max_ahead)
     : candidates_(std::move(candidates)),
       state_(candidates_.size(), State::kWaiting),
       step_(candidates_.size()),
@@ -33,9 +35,48 @@ BoundOrder::BoundOrder(std::vector<Candidate> candidates, std::vector<double> be
   });
   for (const std::size_t i : global_) groups_[candidates_[i].group].order.push_back(i);
   for (Group& g : groups_) g.hopeless_from = g.order.size();
+  max_ahead_ = max_ahead;
+  is_ahead_.assign(candidates_.size(), false);
+}
+
+std::optional<std::size_t> BoundOrder::costliest_likely() const {
+  // The points after cursor_ in rising bound order, up to the largest best step back of an open group.
+  double reach = -std::numeric_limits<double>::infinity();
+  for (const Group& g : groups_) {
+    if (!g.closed && std::isfinite(g.best_back)) reach = std::max(reach, g.best_back);
+  }
+  std::optional<std::size_t> pick;
+  for (std::size_t k = cursor_; k < global_.size(); ++k) {
+    const std::size_t i = global_[k];
+    const Candidate& c = candidates_[i];
+    if (c.bound_s > reach) break;
+    const Group& g = groups_[c.group];
+    if (g.closed || state_[i] != State::kWaiting || c.bound_s > g.best_back) continue;
+    if (!pick || c.cost > candidates_[*pick].cost) pick = i;  // ties: the lower bound first
+  }
+  return pick;
+}
+
+std::optional<std::size_t> BoundOrder::frontier() const {
+  for (std::size_t k = cursor_; k < global_.size(); ++k) {
+    const std::size_t i = global_[k];
+    const Group& g = groups_[candidates_[i].group];
+    if (!g.closed && state_[i] == State::kWaiting && candidates_[i].bound_s <= g.best_back) return i;
+  }
+  return std::nullopt;
 }
 
 std::optional<std::size_t> BoundOrder::next() {
+  if (ahead_ < max_ahead_) {
+    if (const auto i = costliest_likely()) {
+      if (i != frontier()) {
+        is_ahead_[*i] = true;
+        ++ahead_;
+      }
+      state_[*i] = State::kRunning;
+      return candidates_[*i].pos;
+    }
+  }
   while (cursor_ < global_.size()) {
     const std::size_t i = global_[cursor_++];
     Group& g = groups_[candidates_[i].group];
@@ -57,6 +98,10 @@ void BoundOrder::finished(std::size_t pos, std::optional<double> step_s) {
   TWINSTEP_ASSERT(pos < index_of_pos_.size() && index_of_pos_[pos] < candidates_.size(),
                   "BoundOrder: point %zu is not a candidate", pos);
   const std::size_t i = index_of_pos_[pos];
+  if (is_ahead_[i]) {
+    is_ahead_[i] = false;
+    --ahead_;
+  }
   if (state_[i] == State::kDecided) {  // pruned while it ran
     ++discarded_;
     return;

@@ -8,6 +8,12 @@
 // speculative result whose point the rule prunes is discarded. A decision is given out only once every point
 // before it in its group is decided, so a results file holds a prefix of each group's order and a resumed sweep (its
 // simulated steps as `best_known`) decides the rest as an uninterrupted one would.
+// Which point is handed out next changes only the work, never a decision. Before a group has a step back, its points
+// go out in rising bound order. With `max_ahead` > 0 (several workers), once a step is back, up to `max_ahead` points
+// at a time may be the costliest of the points the rule may still need (not handed out, bound no more than the best
+// step back in their group: the rule needs each unless a point before it, still running, comes back below its bound)
+// rather than the next in order, so that the longest simulation does not start last and run alone while the other
+// workers have nothing left to do; the other workers keep taking the next in order, whose steps are what prunes.
 #pragma once
 
 #include <cstddef>
@@ -23,6 +29,7 @@ class BoundOrder {
     std::size_t pos = 0;    ///< The caller's id of the point (its position in the sweep); unique.
     std::size_t group = 0;  ///< Its ranking group (the caller's id).
     double bound_s = 0;     ///< Lower bound on its step (0: none known: simulated first).
+    double cost = 0;        ///< Its estimated cost (max_ahead; 0: unknown, the cheapest).
   };
   /// A point decided: simulated (its own result stands) or cannot win against `best_s`, its group's best step.
   struct Decision {
@@ -32,11 +39,14 @@ class BoundOrder {
   };
 
   /// `best_known[g]`: the best step already simulated in group g (a resumed sweep; infinity: none), for groups
-  /// 0..best_known.size()-1; other groups start with none.
-  explicit BoundOrder(std::vector<Candidate> candidates, std::vector<double> best_known = {});
+  /// 0..best_known.size()-1; other groups start with none. `max_ahead`: how many points handed out by Candidate::cost
+  /// ahead of the order may run at once (above; 0: rising bound order only).
+  explicit BoundOrder(std::vector<Candidate> candidates, std::vector<double> best_known = {},
+                      std::size_t max_ahead = 0);
 
-  /// The next point to simulate, in rising bound order over all groups; none once every point is handed out or
-  /// known to be unable to win.
+  /// The next point to simulate: while fewer than max_ahead points run ahead of the order, the costliest the rule may
+  /// still need in a group with a step back, else the next in rising bound order over all groups; none once every
+  /// point is handed out or known to be unable to win.
   [[nodiscard]] std::optional<std::size_t> next();
   /// Point `pos` (handed out by next) came back: with its step when it was simulated (status ok), else none (a
   /// point that turned out not to fit or failed: it sets no best).
@@ -63,6 +73,10 @@ class BoundOrder {
     bool cut = false;               ///< The rest of its order was decided "cannot win".
   };
   void resolve(Group& g);
+  /// The costliest point the rule may still need in a group with a step back (an index into candidates_), if any.
+  [[nodiscard]] std::optional<std::size_t> costliest_likely() const;
+  /// The point the order hands out next (an index into candidates_), if any.
+  [[nodiscard]] std::optional<std::size_t> frontier() const;
 
   std::vector<Candidate> candidates_;
   std::vector<State> state_;
@@ -73,6 +87,8 @@ class BoundOrder {
   std::vector<std::size_t> index_of_pos_;
   std::vector<Decision> decided_out_;
   std::size_t decided_ = 0, discarded_ = 0;
+  std::size_t max_ahead_ = 0, ahead_ = 0;  ///< Points handed out ahead of the order: at most, running now.
+  std::vector<bool> is_ahead_;             ///< By candidate: handed out ahead of the order and not back yet.
 };
 
 }  // namespace twinstep::sweep

@@ -473,8 +473,10 @@ class WorkerPool {
   /// Until every point handed out is answered. On an error, the workers are killed and the error goes on.
   void run() {
     try {
-      while (peek() || !workers_.empty()) {
-        while (peek() && workers_.size() < jobs_) spawn();
+      // A point is taken from the source only when a worker is free for it (peek's short-circuit): the bound order
+      // picks it with every result back by then.
+      while (!workers_.empty() || peek()) {
+        while (workers_.size() < jobs_ && peek()) spawn();
         std::vector<pollfd> pfds;
         for (const auto& w : workers_) pfds.push_back(pollfd{w.fd, POLLIN, 0});
         if (::poll(pfds.data(), pfds.size(), 1000) < 0) {
@@ -653,7 +655,7 @@ void run_pruned(const std::vector<Point>& points, const RunOptions& options, Rec
   std::vector<BoundOrder::Candidate> candidates;
   std::vector<std::size_t> simulated;
   for (const auto& [pos, s] : bounds) {
-    candidates.push_back({pos, group_id(points[pos]), s.bound_s});
+    candidates.push_back({pos, group_id(points[pos]), s.bound_s, cost[pos]});
     simulated.push_back(pos);
   }
   for (std::size_t i = 0; i < points.size(); ++i) {
@@ -663,7 +665,10 @@ void run_pruned(const std::vector<Point>& points, const RunOptions& options, Rec
     if (r.status == PointStatus::kOk) best_known[g] = std::min(best_known[g], r.step_time_s);
   }
   st.bounded = candidates.size();
-  BoundOrder bound_order(std::move(candidates), best_known);
+  // With several workers, all but one may take the costliest point the rule may still need (sweep/bound_order.hpp):
+  // the longest simulation is not left to run alone at the end, and one worker always takes the next in order, whose
+  // steps prune. One worker gains nothing from it and runs no point ahead.
+  BoundOrder bound_order(std::move(candidates), best_known, options.jobs > 1 ? options.jobs - 1 : 0);
   EtaEstimator eta(std::max(1u, options.jobs));
   fill_unknown_costs(simulated, cost);
   for (std::size_t pos : simulated) eta.queued(pos, cost[pos]);

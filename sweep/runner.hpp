@@ -130,7 +130,8 @@ struct RunOptions {
   /// simulated: it and every later point of its group "cannot win" against the group's best (sweep/bound_order.hpp).
   /// The points simulated and every line are the same for any `jobs` and after any resume (a worker may simulate a
   /// point ahead of that order; its result is discarded when the order prunes it), and the best point is the one
-  /// simulating every point would rank first.
+  /// simulating every point would rank first. With several jobs, all but one may take the costliest point
+  /// (estimated_cost) the rule may still need once its group has a step back (BoundOrder's max_ahead).
   bool prune = false;
   /// When set, one entry per point: what rejection_reason gave it, computed by the caller already (`twinstep sweep`
   /// counts them before running); run_sweep then does not compute them again (they are most of its start-up).

@@ -24,6 +24,7 @@ struct Point {
   std::size_t group = 0;
   double bound_s = 0;
   std::optional<double> step_s;  ///< none: the point turns out not to fit.
+  double cost = 0;               ///< Its estimated cost (max_ahead).
 };
 
 /// The sequential rule written out: {pos: simulated?} and each pruned point's best.
@@ -49,10 +50,12 @@ std::map<std::size_t, sweep::BoundOrder::Decision> sequential(const std::vector<
 /// Runs BoundOrder with `workers` at once, each point's result back after `delay(pos)` ticks; checks every decision
 /// against the sequential rule and that a decision never comes before the ones ahead of it in its group.
 std::size_t run(const std::vector<Point>& points, unsigned workers, std::mt19937& rng,
-                const std::vector<double>& best_known = {}) {
+                const std::vector<double>& best_known = {}, std::size_t max_ahead = 0) {
   std::vector<sweep::BoundOrder::Candidate> candidates;
-  for (std::size_t i = 0; i < points.size(); ++i) candidates.push_back({i, points[i].group, points[i].bound_s});
-  sweep::BoundOrder order(candidates, best_known);
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    candidates.push_back({i, points[i].group, points[i].bound_s, points[i].cost});
+  }
+  sweep::BoundOrder order(candidates, best_known, max_ahead);
   const auto want = sequential(points, best_known);
   std::map<std::size_t, sweep::BoundOrder::Decision> got;
   std::vector<std::size_t> running;
@@ -147,15 +150,55 @@ TEST_CASE("sweep::BoundOrder: any number of workers finishing in any order decid
       if (std::uniform_int_distribution<int>(0, 5)(rng) != 0) {
         p.step_s = p.bound_s + std::uniform_int_distribution<int>(0, 8)(rng);
       }
+      p.cost = std::uniform_int_distribution<int>(0, 4)(rng);
       points.push_back(p);
     }
     for (const unsigned workers : {1u, 2u, 4u}) {
       const std::size_t d = run(points, workers, rng);
       if (workers == 1) CHECK(d == 0);
       discarded += d;
+      // Costliest ahead of the order hands the points out in another order: the same decisions.
+      (void)run(points, workers, rng, {}, workers - 1);
+      (void)run(points, workers, rng, {}, workers);
     }
     // A resumed sweep: the best already simulated in group 1.
     (void)run(points, 2, rng, {std::numeric_limits<double>::infinity(), 6.0});
+    (void)run(points, 2, rng, {std::numeric_limits<double>::infinity(), 6.0}, 1);
   }
   CHECK(discarded > 0);  // the trials did run points ahead of the order that the order then pruned
+}
+
+TEST_CASE("sweep::BoundOrder: the costliest point the rule may still need ahead of the order, one at a time",
+          "[sweep]") {
+  // One group, bounds 1..6; costs 1, 1, 1, 9, 1, 20. The first two go out in bound order (no step back yet). Point
+  // 0's step 4.5 is back: of the points not handed out, 2, 3 and 4 (bounds 3, 4, 4.5) may still be needed, 5 (bound
+  // 6 > 4.5) cannot: the costliest of the three, 3, goes out ahead of the order; while it runs (max_ahead 1) the next
+  // in order, 2, goes out, not 4.
+  const std::vector<Point> points = {{0, 1, 4.5, 1}, {0, 2, 5, 1},   {0, 3, 3.5, 1},
+                                     {0, 4, 4.2, 9}, {0, 4.5, 5, 1}, {0, 6, 7, 20}};
+  std::vector<sweep::BoundOrder::Candidate> candidates;
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    candidates.push_back({i, points[i].group, points[i].bound_s, points[i].cost});
+  }
+  sweep::BoundOrder order(candidates, {}, 1);
+  CHECK(order.next() == std::optional<std::size_t>(0));
+  CHECK(order.next() == std::optional<std::size_t>(1));
+  order.finished(0, points[0].step_s);
+  CHECK(order.next() == std::optional<std::size_t>(3));
+  CHECK(order.next() == std::optional<std::size_t>(2));
+  order.finished(2, points[2].step_s);  // 3.5: 4 (bound 4.5) and 3 (bound 4, running) cannot win any more
+  CHECK(order.next() == std::nullopt);
+  order.finished(1, points[1].step_s);
+  order.finished(3, points[3].step_s);
+  CHECK(order.done());
+  std::map<std::size_t, bool> simulated;
+  for (const auto& d : order.take_decided()) simulated[d.pos] = d.simulated;
+  CHECK(simulated == std::map<std::size_t, bool>{{0, true}, {1, true}, {2, true}, {3, false}, {4, false}, {5, false}});
+  CHECK(order.discarded() == 1);  // 3 ran ahead of the order and was pruned
+  // Without max_ahead the same points in bound order: 2 after 1, never 3.
+  sweep::BoundOrder plain(candidates);
+  CHECK(plain.next() == std::optional<std::size_t>(0));
+  CHECK(plain.next() == std::optional<std::size_t>(1));
+  plain.finished(0, points[0].step_s);
+  CHECK(plain.next() == std::optional<std::size_t>(2));
 }
