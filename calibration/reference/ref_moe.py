@@ -10,9 +10,11 @@ from ref_ranges import Segment, bwd_range
 from ref_shapes import fail
 
 
-# How the bf16 expert GEMMs run: one grouped GEMM per direction (torch._grouped_mm, torch >= 2.8 on sm90: CUTLASS
-# grouped GEMM over the expert-sorted tokens, as Transformer Engine's GroupedLinear / Megatron's TEGroupedMLP run
-# them), else a loop of per-expert GEMMs (Megatron's SequentialMLP). Set by probe_grouped_mm().
+# How the bf16 expert GEMMs run: one grouped GEMM per direction (torch._grouped_mm, torch >= 2.8 on sm90: a CUTLASS
+# grouped GEMM over the expert-sorted tokens; Transformer Engine's GroupedLinear / Megatron's TEGroupedMLP run such a
+# kernel only with NVTE_USE_CUTLASS_GROUPED_GEMM=1 on Hopper: by default one cuBLAS GEMM per expert over TE's compute
+# streams, as the backend does, backend/grouped_gemm.hpp; TE's nvte_multi_tensor_gemm), else a loop of per-expert GEMMs
+# (Megatron's SequentialMLP). Set by probe_grouped_mm().
 GROUPED_MM = False
 
 
