@@ -142,6 +142,23 @@ struct CommInfoHash {
   }
 };
 
+/// The ops repeat their shapes in the same order (every layer and micro-batch): per table of distinct entries, the
+/// entry looked up after the previous op's entry last time, compared first so that the table is hashed only when it is
+/// not this op's.
+struct SuccessorGuess {
+  std::vector<std::uint32_t> next;      ///< By table index: the index looked up right after it, last time.
+  std::uint32_t previous = UINT32_MAX;  ///< The index of the last lookup.
+  /// The index to compare first (UINT32_MAX: none).
+  [[nodiscard]] std::uint32_t guess() const { return previous == UINT32_MAX ? UINT32_MAX : next[previous]; }
+  /// The table grew by one entry.
+  void added() { next.push_back(UINT32_MAX); }
+  /// This op's lookup gave `k`.
+  void found(std::uint32_t k) {
+    if (previous != UINT32_MAX) next[previous] = k;
+    previous = k;
+  }
+};
+
 /// std::ceil(x) as Nanos for |x| < 2^63, without a libm call (hot: every re-timing).
 Nanos ceil_ns(double x) {
   const auto t = static_cast<Nanos>(x);  // toward zero: the ceiling for x <= 0, the floor for x > 0
@@ -400,20 +417,18 @@ class AnalyticModel final : public GpuSharingModel {
   // The cost model's functions are pure: ops of one shape (every micro-batch and layer repeats them) look their
   // costs up once per simulation.
   // An op whose stem has its own efficiency table (Profile::op_compute) is looked up per stem and shape.
-  // The ops repeat their shapes in the same order (every layer and micro-batch): the shape that followed the previous
-  // op's shape last time is compared first, and the table is hashed only when it is not this op's.
+  // The shape that followed the previous op's last time is compared first (SuccessorGuess).
   std::uint32_t kernel_index(const schedule::Compute& c, const std::string& name) {
     std::uint32_t k = UINT32_MAX;
     if (ctx_.costs.op_table(name) != nullptr) {
       k = table_index(op_kernel_index_[std::string(op_stem(name))], c, name, nullptr);
     } else {
-      const std::uint32_t guess = previous_kernel_ == UINT32_MAX ? UINT32_MAX : next_kernel_[previous_kernel_];
+      const std::uint32_t guess = kernel_guess_.guess();
       k = guess != UINT32_MAX && kernel_shapes_[guess] != nullptr && *kernel_shapes_[guess] == c
               ? guess
               : table_index(kernel_index_, c, name, &kernel_shapes_);
     }
-    if (previous_kernel_ != UINT32_MAX) next_kernel_[previous_kernel_] = k;
-    previous_kernel_ = k;
+    kernel_guess_.found(k);
     return k;
   }
   /// `c`'s index in kernels_ by `index` (a new entry priced now); `shapes`: where the by-shape table's keys are kept.
@@ -425,7 +440,7 @@ class AnalyticModel final : public GpuSharingModel {
       it = index.emplace(c, static_cast<std::uint32_t>(kernels_.size())).first;
       kernels_.push_back(ctx_.costs.kernel_cost(c, name));
       kernel_shapes_.push_back(shapes != nullptr ? &it->first : nullptr);  // map keys stay put (node-based map)
-      next_kernel_.push_back(UINT32_MAX);
+      kernel_guess_.added();
     }
     return it->second;
   }
@@ -443,20 +458,19 @@ class AnalyticModel final : public GpuSharingModel {
   /// then reads a small table instead of a record per op). The one after the previous op's last time is compared
   /// first, as for kernels.
   std::uint32_t add_comm_info(const CommInfo& c) {
-    const std::uint32_t guess = previous_comm_ == UINT32_MAX ? UINT32_MAX : next_comm_[previous_comm_];
+    const std::uint32_t guess = comm_guess_.guess();
     std::uint32_t k = guess;
     if (guess == UINT32_MAX || !(comms_[guess] == c)) {
       auto it = comm_index_.find(c);
       if (it == comm_index_.end()) {
         it = comm_index_.emplace(c, static_cast<std::uint32_t>(comms_.size())).first;
         comms_.push_back(c);
-        next_comm_.push_back(UINT32_MAX);
+        comm_guess_.added();
         comm_costs_.push_back(nullptr);
       }
       k = it->second;
     }
-    if (previous_comm_ != UINT32_MAX) next_comm_[previous_comm_] = k;
-    previous_comm_ = k;
+    comm_guess_.found(k);
     return k;
   }
   /// The cost of collective comms_[info] (cached per distinct collective).
@@ -718,14 +732,12 @@ class AnalyticModel final : public GpuSharingModel {
   std::map<std::string, std::unordered_map<schedule::Compute, std::uint32_t, ComputeHash>> op_kernel_index_;
   std::vector<KernelCost> kernels_;                      ///< Distinct kernels' costs.
   std::vector<const schedule::Compute*> kernel_shapes_;  ///< By kernels_ index: its key in kernel_index_ (or null).
-  std::vector<std::uint32_t> next_kernel_;  ///< By kernels_ index: the kernel of the compute op after it, last time.
-  std::uint32_t previous_kernel_ = UINT32_MAX;  ///< The kernel of the last compute op looked up.
-  std::vector<std::uint32_t> compute_kernels_;  ///< Each compute op's index in kernels_, in op order.
-  std::vector<CommInfo> comms_;                 ///< Distinct communication ops' sizes.
+  SuccessorGuess kernel_guess_;                          ///< Over kernels_.
+  std::vector<std::uint32_t> compute_kernels_;           ///< Each compute op's index in kernels_, in op order.
+  std::vector<CommInfo> comms_;                          ///< Distinct communication ops' sizes.
   std::unordered_map<CommInfo, std::uint32_t, CommInfoHash> comm_index_;  // lookups only
-  std::vector<std::uint32_t> next_comm_;      ///< By comms_ index: the comms_ index of the comm op after it, last time.
-  std::uint32_t previous_comm_ = UINT32_MAX;  ///< The comms_ index of the last comm op added.
-  std::vector<const CommCost*> comm_costs_;   ///< By comms_ index: a collective's cost once looked up.
+  SuccessorGuess comm_guess_;                                             ///< Over comms_.
+  std::vector<const CommCost*> comm_costs_;  ///< By comms_ index: a collective's cost once looked up.
   std::unordered_map<P2PKey, CommCost, P2PKeyHash> p2p_costs_;                       // lookups only
   std::vector<OpInfo> op_;                                                           ///< By op id.
   std::unordered_map<CollectiveKey, CommCost, CollectiveKeyHash> collective_costs_;  // lookups only
