@@ -50,13 +50,16 @@ def fail(msg):
     sys.exit(2)
 
 
-def fewer_layer_models(out):
-    """The zoo models with the reference's layer counts (device_env.sh fewer_layer_models)."""
+def fewer_layer_models(out, script=None):
+    """The zoo models with the reference's layer counts (every layer's shapes the zoo's) as OUT/<zoo>-<layers>l.json,
+    their `source` naming `script` where given; the reference scripts' too (device_env.sh fewer_layer_models)."""
     paths = {}
     for zoo, layers in MODELS.items():
         with open(f"models/zoo/{zoo}.json") as f:
             m = json.load(f)
         m["name"], m["num_layers"] = f"{zoo}-{layers}l", layers
+        if script:
+            m["source"] = f"models/zoo/{zoo}.json with num_layers {layers} ({script})"
         paths[zoo] = os.path.join(out, f"{zoo}-{layers}l.json")
         with open(paths[zoo], "w") as f:
             json.dump(m, f, indent=1)

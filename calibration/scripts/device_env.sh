@@ -43,17 +43,12 @@ gpu_info() {
 # revision: the revision of this tree: the REVISION file it was copied with, else git's, else "unknown".
 revision() { cat REVISION 2>/dev/null || git rev-parse --short=12 HEAD 2>/dev/null || echo unknown; }
 # fewer_layer_models DIR SCRIPT: the zoo's llama3-8b with 4 layers and qwen3-30b-a3b with 2 (every layer's shapes the
-# zoo's) as DIR/<zoo>-<layers>l.json, their `source` naming SCRIPT.
+# zoo's) as DIR/<zoo>-<layers>l.json, their `source` naming SCRIPT (calibration/reference/memory_validation.py's).
 fewer_layer_models() {
   mkdir -p "$1"
-  python3 - "$1" "$2" <<'PY'
-import json, sys
-for zoo, layers in (("llama3-8b", 4), ("qwen3-30b-a3b", 2)):
-    m = json.load(open(f"models/zoo/{zoo}.json"))
-    m["name"], m["num_layers"] = f"{zoo}-{layers}l", layers
-    m["source"] = f"models/zoo/{zoo}.json with num_layers {layers} ({sys.argv[2]})"
-    json.dump(m, open(f"{sys.argv[1]}/{zoo}-{layers}l.json", "w"), indent=1)
-PY
+  python3 -c 'import sys; sys.path.insert(0, "calibration/reference")
+from memory_validation import fewer_layer_models
+fewer_layer_models(sys.argv[1], sys.argv[2])' "$1" "$2"
 }
 # accumulate_gpu_tests DIR: builds the CLI and backend_tests at this tree's revision (log DIR/build.log), then runs the
 # backend's accumulating-GEMM GPU tests ("*accumulat*": C += A B into an fp32 and into a bf16 C) into
