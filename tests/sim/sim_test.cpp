@@ -460,6 +460,41 @@ TEST_CASE("sim: host_sync blocks issue until its target completes, launch costs 
   CHECK(duration(t, g2) == duration(t, g1));
 }
 
+TEST_CASE("sim: host_syncs blocked on several ranks each resume their own rank's thread", "[sim]") {
+  // Ranks 1-3 block on GEMMs of different lengths (rank 0 has no sync), listed rank by rank and interleaved: the
+  // rank that resumes when a target completes is the sync's own, whatever its position in the rank order.
+  const auto cluster = topologies::load_cluster("dgx-h100");
+  const CostModel costs(cluster, Profile::datasheet_defaults());
+  for (const bool interleaved : {false, true}) {
+    Builder b(4, {{"compute", 0}});
+    std::vector<OpId> gemm(4), sync(4, kNoOp), host(4);
+    auto add_rank = [&](RankId r, int part) {
+      if (part == 0) gemm[r] = b.gemm(r, "g", 0, 1024, 1024, 8192u << (3 - r));  // rank 1 longest, 3 shortest
+      if (part == 1 && r > 0) sync[r] = b.add(r, "sync", 0, HostSync{gemm[r]});
+      if (part == 2) host[r] = b.add(r, "py", 0, Host{1000 * (r + 1)});
+    };
+    if (interleaved) {
+      for (int part = 0; part < 3; ++part) {
+        for (RankId r = 0; r < 4; ++r) add_rank(r, part);
+      }
+    } else {
+      for (RankId r = 0; r < 4; ++r) {
+        for (int part = 0; part < 3; ++part) add_rank(r, part);
+      }
+    }
+    const Trace t = simulate(b.schedule(), cluster, costs);
+    INFO((interleaved ? "interleaved" : "rank by rank"));
+    for (RankId r = 1; r < 4; ++r) {
+      CHECK(t.records[sync[r]].end_ns == t.records[gemm[r]].end_ns);
+      CHECK(t.records[host[r]].start_ns == t.records[gemm[r]].end_ns);
+      CHECK(t.records[host[r]].end_ns == t.records[host[r]].start_ns + 1000 * (r + 1));
+    }
+    CHECK(t.records[gemm[1]].end_ns > t.records[gemm[2]].end_ns);
+    CHECK(t.records[gemm[2]].end_ns > t.records[gemm[3]].end_ns);
+    CHECK(t.records[host[0]].start_ns < t.records[gemm[3]].end_ns);  // rank 0 never waits
+  }
+}
+
 TEST_CASE("sim: same input gives a byte-identical trace", "[sim]") {
   const auto cluster = topologies::load_cluster("dgx-h100");
   const CostModel costs(cluster, Profile::datasheet_defaults());
