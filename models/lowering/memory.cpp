@@ -382,9 +382,12 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   }
 
   // Allocator-held buffers: the GEMM workspaces; with PP, the receive tensors posted for the next forward and
-  // backward (two per model chunk direction with VPP).
+  // backward (two per model chunk direction with VPP); with SP, the [T, h] buffer the output layer all-gathers its
+  // input into (Megatron's non-TE ColumnParallelLinear: `get_global_memory_buffer().get_tensor(..., "mpu")`, which
+  // the global memory buffer keeps for the run and the backward's re-gather reuses).
   e.workspaces_bytes = workspace_bytes(x, co);
   if (k.pp > 1) e.comm_buffers_bytes = 2.0 * static_cast<double>(k.tokens_sp * k.hidden) * b.act * (k.vpp > 1 ? 2 : 1);
+  if (last_stage && k.sp) e.comm_buffers_bytes += T * static_cast<double>(k.hidden) * b.act;
   e.allocator_overhead_bytes = (mc.allocator_reserved_over_allocated - 1.0) * e.allocated_bytes();
 
   // Outside the allocator: the context, NCCL's buffers per communicator this rank is in, TE's userbuffers.

@@ -183,6 +183,10 @@ TEST_CASE("memory: TP with SP shards the LayerNorm terms by T/t and the rest by 
   // The output layer's backward: the bf16 logits' gradient, its dgrad output [T, h] (the whole sequence: its input
   // was gathered) and the reduce-scatter's [T/t, h] shard.
   CHECK(e.transient_bytes == Approx(2 * d.T * V + 2 * d.T * d.h + 2 * (d.T / 4) * d.h));
+  // The output layer's SP all-gather writes its input into Megatron's global memory buffer, [T, h] bf16, kept.
+  CHECK(e.comm_buffers_bytes == Approx(2 * d.T * d.h));
+  c.sequence_parallel = false;
+  CHECK(lower(m, c).peak_memory.comm_buffers_bytes == 0);
 }
 
 TEST_CASE("memory: full recompute keeps each group's input, block keeps the first layers' inputs", "[memory]") {
