@@ -3,8 +3,9 @@
 // optimizer state dtypes, main grads; main weights and moments sharded with the distributed optimizer), the
 // activations the in-flight micro-batches of the rank's actual pipeline order have saved (layer by layer for the
 // EP-overlap combined schedule; fp8 runs save the linear layers' inputs in fp8), the phase's working memory (loss,
-// recompute, optimizer temporaries), the allocator's reserve over what it hands out, and what lives outside the
-// allocator (CUDA context, NCCL, TE userbuffers).
+// the output layer's backward, recompute, optimizer temporaries), the GEMM workspaces and communication buffers the
+// libraries keep, the allocator's reserve over what it hands out, and what lives outside the allocator (CUDA
+// context, NCCL, TE userbuffers).
 #include "models/lowering/memory.hpp"
 
 #include <algorithm>
