@@ -158,8 +158,8 @@ def row(twinstep, models, d):
     with_ref = fb["total"] - transient + max(transient, ref["loss"]) + ref["masters"] + ref["qkv_view"] + ref["moe"] + \
         ref["fp8"] + ref["small"]
     # Where the model peaks in the optimizer step (bf16 grads' fp32 copy), the reference may too: its small terms
-    # (the second cuBLAS workspace, the RoPE tables, the batch) are there as well, its fp8 weight copies are not
-    # (autograd frees them with the backward; TE keeps its cache).
+    # (the RoPE tables, the batch, its two PyTorch GEMM workspaces for the model's) are there as well, its fp8 weight
+    # copies are not (autograd frees them with the backward; TE keeps its cache).
     with_ref = max(with_ref, est + ref["small"] - terms.get("fp8_weights", 0.0) - terms.get("fp8_scaling", 0.0))
     gpu = t.get("context", {}).get("gpu", "?").replace("NVIDIA ", "").replace(" 80GB HBM3", "")
     cells = [name, gpu, "fp32" if s["grad_bytes"] == 4 else "bf16", f"{alloc / GIB:.2f}", f"{reserved / GIB:.2f}",
