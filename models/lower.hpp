@@ -27,7 +27,8 @@ struct MemoryEstimate {
   double optimizer_bytes = 0;     ///< Adam's two fp32 moments, sharded with the distributed optimizer.
   double activations_bytes = 0;   ///< Saved for the backward by the micro-batches in flight at the peak.
   double transient_bytes = 0;     ///< The peak phase's working memory (loss, recompute, optimizer temporaries).
-  double comm_buffers_bytes = 0;  ///< Allocator-held buffers: PP receive tensors posted ahead, cuBLAS workspace.
+  double workspaces_bytes = 0;    ///< GEMM workspaces: PyTorch's cuBLAS per thread running torch GEMMs, TE's.
+  double comm_buffers_bytes = 0;  ///< Allocator-held buffers: PP receive tensors posted ahead.
   double allocator_overhead_bytes = 0;  ///< Reserved - allocated: (reserved/allocated - 1) x allocated.
   // Outside the allocator: the reserve taken off the GPU's memory (bytes).
   double cuda_context_bytes = 0;  ///< CUDA context and library modules.
@@ -42,7 +43,7 @@ struct MemoryEstimate {
 
   [[nodiscard]] double allocated_bytes() const {
     return params_bytes + fp8_weights_bytes + fp8_scaling_bytes + main_params_bytes + grads_bytes + optimizer_bytes +
-           activations_bytes + transient_bytes + comm_buffers_bytes;
+           activations_bytes + transient_bytes + workspaces_bytes + comm_buffers_bytes;
   }
   /// What the allocator reserves at the peak: the figure compared with the usable capacity.
   [[nodiscard]] double total_bytes() const { return allocated_bytes() + allocator_overhead_bytes; }

@@ -15,19 +15,25 @@ the reference's code (docs/memory.md "Validation" derives them; none is fitted t
     reference does the same (its JSON says so in `fp32_master_grads`): 0;
   - the loss: torch.compile'd F.cross_entropy(logits.float()) saves the bf16 logits (the model's TE figure, 2 B per
     logit) but writes a separate bf16 gradient (TE: in place), and the Python-held logits live through the output
-    layer's dgrad: + 2 T V + 2 T h at that dgrad;
+    layer's dgrad: 2 T V + the dgrad output 2 T h at that dgrad, where the model (since session 16) holds the dgrad
+    output alone; the column is the reference's working memory there, beside the model's at its own peak;
   - attention: v is a view of the QKV GEMM's output, so SDPA keeps that whole buffer beside RoPE's q and k copies:
     + 2 T (n_q + n_kv) d_h per layer;
-  - RMSNorm's fp32 rstd, 4 T per norm; the RoPE cos/sin tables, 2 x 2 T d_h; ids and labels, 16 T; the MoE routing
-    indices, 24 T k; autograd's own cuBLAS workspace (the backward runs on autograd's thread, whose handle gets its
-    own 32 MiB workspace): small;
+  - the RoPE cos/sin tables, 2 x 2 T d_h; ids and labels, 16 T; the MoE routing indices, 24 T k: small. (RMSNorm's
+    fp32 rstd and the second cuBLAS workspace of autograd's thread are the model's since session 16.) The GEMM
+    workspaces: every GEMM of the reference is a torch one, on the main thread (forward) and autograd's (backward),
+    two PyTorch cuBLAS workspaces; the model's `workspaces` counts those and Transformer Engine's (32 MiB; + 4 x 32
+    MiB for grouped expert GEMMs), which the reference does not run: 2 x 32 MiB - the model's `workspaces`;
   - MoE (eager in the reference): the SiLU output beside fc1's output and the product (2 T k f_e per layer), the
     weighted rows y p that the unpermute's out-of-place index_add saves as its source (torch's generated
     IndexAddBackward0 keeps `source_`; the combine's rows y are saved by the multiply as in Megatron), 2 T k h per
     layer, the fp32 normalised top-k probabilities and their sum (4 T k + 4 T) and the bf16 probabilities (2 T k);
   - fp8 (dense layers): the reference casts each weight in every forward and keeps only its transposed fp8 copy for
     dgrad (ref_linear.py: `quantize_t(w)`, `qw_t` saved), 1 B per linear weight element, where Transformer Engine
-    caches the fp8 weight and its transpose (the model's `fp8_weights`, 2 B): - N_l.
+    caches the fp8 weight and its transpose (the model's `fp8_weights`, 2 B): - N_l. The reference before commit
+    563e330 (session 8's H200 run; its torch.json has no `experts_gemm`) saved each linear layer's bf16 input and
+    weight and cast both again in the backward (`Linear.forward`: `ctx.save_for_backward(x, w)`): no fp8 weight
+    copy or scaling state, bf16 inputs: - `fp8_weights` - `fp8_scaling` + (`(inputs in bf16)` - `activations`).
 
 Usage: memory_validation.py TWINSTEP CASE_DIR... (or folders of case folders); prints markdown.
 """
@@ -77,8 +83,8 @@ def summary_terms(twinstep, flags):
     if r.returncode != 0 or not phase:
         fail(f"`twinstep lower {' '.join(flags)}` gave no estimate (exit {r.returncode}): {r.stderr.strip()[:300]}")
     terms = {"phase": phase.group(1)}
-    for m in re.finditer(r"^\s+(=? ?[a-z_0-9 ]+?)\s+([0-9.]+) (B|KiB|MiB|GiB)$", r.stdout, re.M):
-        key = "total" if m.group(1).startswith("=") else m.group(1)
+    for m in re.finditer(r"^\s+(=? ?\(?[a-z_0-9 ]+?\)?)\s+([0-9.]+) (B|KiB|MiB|GiB)$", r.stdout, re.M):
+        key = "total" if m.group(1).startswith("=") else m.group(1).strip("()")
         terms[key] = float(m.group(2)) * UNITS[m.group(3)]
     return terms
 
@@ -96,8 +102,11 @@ def forward_backward_terms(twinstep, flags, bf16_grads, n_params):
     return t
 
 
-def reference_only_bytes(s, n_params, megatron_master_grads):
-    """What the reference allocates beyond Megatron's terms at its peak (the closed forms of the docstring)."""
+def reference_only_bytes(s, n_params, megatron_master_grads, cast_per_forward, terms):
+    """What the reference allocates beyond Megatron's terms at its peak (the closed forms of the docstring); `terms`:
+    the model's forward/backward phase (its `workspaces`, fp8 terms and activations)."""
+    if "workspaces" not in terms:
+        fail("this twinstep's `lower --summary` has no `workspaces` line (a binary older than session 16): rebuild it")
     T, h, dh = s["seq"] * s["mbs"], s["hidden"], s["head_dim"]
     nq, nkv, V, L = s["heads"], s["kv_heads"], s["vocab"], s["layers"]
     moe = set(s.get("moe_layers", []))
@@ -108,11 +117,15 @@ def reference_only_bytes(s, n_params, megatron_master_grads):
     kept = [i for i in range(L) if i not in rc]  # recomputed layers keep their input only
     qkv_view = sum(2.0 * T * (nq + nkv) * dh for _ in kept)
     moe_extra = sum(2.0 * T * k * fe + 2.0 * T * k * h + 4.0 * T * k + 4.0 * T + 2.0 * T * k for i in kept if i in moe)
-    small = 4.0 * T * (2 * len(kept) + 1) + 4.0 * T * dh + 16.0 * T + (24.0 * T * k if moe else 0.0) + 32 * MIB
+    small = 4.0 * T * dh + 16.0 * T + (24.0 * T * k if moe else 0.0) + 2 * 32 * MIB - terms["workspaces"]
     if s["fp8"] and moe:
         fail("an fp8 MoE case: the reference's per-expert fp8 casts have no closed form here yet")
     linear = h * (nq + 2 * nkv) * dh + nq * dh * h + 3.0 * h * s["ffn"]  # qkv, proj, fc1 (2 f), fc2 per dense layer
-    fp8 = -linear * L if s["fp8"] else 0.0
+    fp8 = 0.0
+    if s["fp8"] and cast_per_forward:
+        fp8 = -linear * L
+    elif s["fp8"]:  # before 563e330: bf16 inputs saved, every cast redone in the backward
+        fp8 = -terms["fp8_weights"] - terms["fp8_scaling"] + terms["inputs in bf16"] - terms["activations"]
     return {"masters": masters, "loss": loss, "qkv_view": qkv_view, "moe": moe_extra, "fp8": fp8, "small": small}
 
 
@@ -138,15 +151,15 @@ def row(twinstep, models, d):
     est = terms["total"]
     fb = forward_backward_terms(twinstep, flags, bf16_grads, t["params"])
     alloc, reserved = mem["max_allocated_bytes"], mem["max_reserved_bytes"]
-    ref = reference_only_bytes(s, t["params"], "fp32_master_grads" in t)
+    ref = reference_only_bytes(s, t["params"], "fp32_master_grads" in t, "experts_gemm" in t, fb)
     # The reference's loss extra is working memory at the output layer's dgrad: beside the model's working memory
     # of that phase (its larger one counts, as the model takes the phase's largest), the rest adds to the phase.
     transient = fb.get("transient", 0.0)
     with_ref = fb["total"] - transient + max(transient, ref["loss"]) + ref["masters"] + ref["qkv_view"] + ref["moe"] + \
         ref["fp8"] + ref["small"]
     # Where the model peaks in the optimizer step (bf16 grads' fp32 copy), the reference may too: its small terms
-    # (the second cuBLAS workspace, the RoPE tables, the batch) are there as well, its fp8 weight copies are not
-    # (autograd frees them with the backward; TE keeps its cache).
+    # (the RoPE tables, the batch, its two PyTorch GEMM workspaces for the model's) are there as well, its fp8 weight
+    # copies are not (autograd frees them with the backward; TE keeps its cache).
     with_ref = max(with_ref, est + ref["small"] - terms.get("fp8_weights", 0.0) - terms.get("fp8_scaling", 0.0))
     gpu = t.get("context", {}).get("gpu", "?").replace("NVIDIA ", "").replace(" 80GB HBM3", "")
     cells = [name, gpu, "fp32" if s["grad_bytes"] == 4 else "bf16", f"{alloc / GIB:.2f}", f"{reserved / GIB:.2f}",

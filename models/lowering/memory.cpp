@@ -3,8 +3,9 @@
 // optimizer state dtypes, main grads; main weights and moments sharded with the distributed optimizer), the
 // activations the in-flight micro-batches of the rank's actual pipeline order have saved (layer by layer for the
 // EP-overlap combined schedule; fp8 runs save the linear layers' inputs in fp8), the phase's working memory (loss,
-// recompute, optimizer temporaries), the allocator's reserve over what it hands out, and what lives outside the
-// allocator (CUDA context, NCCL, TE userbuffers).
+// the output layer's backward, recompute, optimizer temporaries), the GEMM workspaces and communication buffers the
+// libraries keep, the allocator's reserve over what it hands out, and what lives outside the allocator (CUDA
+// context, NCCL, TE userbuffers).
 #include "models/lowering/memory.hpp"
 
 #include <algorithm>
@@ -23,6 +24,13 @@ namespace {
 /// TE's userbuffer sites with tp_comm_overlap: {qkv, proj, fc1, fc2} fprop, the 4 dgrads and 2 wgrads (one
 /// (s*b/cp) x h buffer each, megatron-overlap.md section 3).
 constexpr double kUbSites = 10;
+
+/// Transformer Engine's cuBLASLt workspace on Hopper (`get_cublas_workspace_size_bytes`, module/base.py: 32 MiB for
+/// compute capability >= 9), its userbuffer GEMM streams (`_NUM_MAX_UB_STREAMS`, 3) and its compute streams for
+/// grouped GEMMs (`num_compute_streams`, common/util/multi_stream.cpp: 4, one workspace each).
+constexpr double kTeWorkspaceBytes = 33554432;
+constexpr double kTeUbGemmStreams = 3;
+constexpr double kTeComputeStreams = 4;
 
 /// PyTorch's CUDA caching allocator rounds every allocation up to a multiple of 512 B (kMinBlockSize,
 /// c10/cuda/CUDACachingAllocator.cpp): what TE's one-element fp32 scale tensors really take.
@@ -64,13 +72,23 @@ TensorBytes tensor_bytes(const Dims& k, const RunConfig& cfg, const MemoryCosts&
 
 /// Bytes one layer saves for its backward per micro-batch (TE fused kernels, flash attention: no s^2 term).
 struct LayerActivations {
-  double dense = 0;  ///< Attention + dense MLP layer.
-  double moe = 0;    ///< Attention + MoE layer.
-  double input = 0;  ///< The layer's input alone: what a full-recompute group keeps.
+  double dense = 0;       ///< Attention + dense MLP layer.
+  double moe = 0;         ///< Attention + MoE layer.
+  double input = 0;       ///< The layer's input alone: what a full-recompute group keeps.
+  double norm_stats = 0;  ///< One norm's saved fp32 statistics (rsigma; LayerNorm: and mu), in `dense` and `moe` twice.
 };
+
+/// What one norm saves for its backward beside its input: TE's fused RMSNorm keeps the fp32 reciprocal standard
+/// deviation (rsigma, one per token of the SP shard), LayerNorm the fp32 mean too (`_LayerNorm` / `_LayerNormLinear`
+/// save `mu` and `rsigma`; RMSNorm's `mu` is empty). One allocation each, rounded to the allocator's block.
+double norm_statistics_bytes(const Ctx& x) {
+  const double per_stat = allocation_bytes(4.0 * static_cast<double>(x.k.tokens_sp));
+  return (x.model->normalization == "LayerNorm" ? 2.0 : 1.0) * per_stat;
+}
 
 LayerActivations layer_activations(const Ctx& x, const TensorBytes& b) {
   const Dims& k = x.k;
+  const double norm_stats = norm_statistics_bytes(x);
   const double T = static_cast<double>(k.tokens), Tsp = static_cast<double>(k.tokens_sp), t = k.tp;
   const double h = static_cast<double>(k.hidden), nq = static_cast<double>(k.heads);
   const double nkv = static_cast<double>(k.kv_groups), dh = static_cast<double>(k.head_dim);
@@ -81,11 +99,11 @@ LayerActivations layer_activations(const Ctx& x, const TensorBytes& b) {
   const double o = T * nq * dh / t;
   const double attention = b.act * Tsp * h + b.linear_input * Tsp * h + b.act * T * (nq + 2 * nkv) * dh / t +
                            (x.recompute_selective ? b.linear_input * o : b.act * o + b.linear_input_copy * o) +
-                           (x.recompute_selective ? 0.0 : 4.0 * T * nq / t) + 2 * b.saved_scale_inv;
+                           (x.recompute_selective ? 0.0 : 4.0 * T * nq / t) + 2 * b.saved_scale_inv + norm_stats;
   // Pre-MLP LN input and output. Dense: the output is fc1's input (TE's LayerNormLinear). MoE: the output is the
   // router's input (a bf16 GEMM that keeps it) and the shared expert fc1's (its fp8 copy in fp8).
-  const double ln2_dense = b.act * Tsp * h + b.linear_input * Tsp * h;
-  const double ln2_moe = 2 * b.act * Tsp * h + (k.shared_ffn == 0 ? 0.0 : b.linear_input_copy * Tsp * h);
+  const double ln2_dense = b.act * Tsp * h + b.linear_input * Tsp * h + norm_stats;
+  const double ln2_moe = 2 * b.act * Tsp * h + (k.shared_ffn == 0 ? 0.0 : b.linear_input_copy * Tsp * h) + norm_stats;
   // Dense MLP: fc1 output (the activation's input) and the activation output (fc2's input).
   const double mlp = b.act * T * static_cast<double>(k.ffn1) / t + b.linear_input * T * static_cast<double>(k.ffn) / t +
                      2 * b.saved_scale_inv;
@@ -103,7 +121,7 @@ LayerActivations layer_activations(const Ctx& x, const TensorBytes& b) {
       (k.shared_ffn == 0 ? 0.0
                          : b.act * T * shared_fc1 / t + b.linear_input * T * static_cast<double>(k.shared_ffn) / t +
                                2 * b.saved_scale_inv);
-  return {attention + ln2_dense + mlp, attention + ln2_moe + moe, b.act * Tsp * h};
+  return {attention + ln2_dense + mlp, attention + ln2_moe + moe, b.act * Tsp * h, norm_stats};
 }
 
 /// Activations over the rank's actual order: the peak, and the most still held right after a backward of model chunk
@@ -136,11 +154,12 @@ ActivationPeaks peak_activations(const Ctx& x, const Coords& co, const LayerActi
       }
     }
     // The last chunk of the last stage, one entry (the post-process node of the EP-overlap schedule): the final norm
-    // keeps its input (the last layer's output) and the output layer its input (the norm's output), the SP shard
-    // each (Megatron's ColumnParallelLinear re-gathers it in backward), and the loss what it keeps per logit (the
-    // fp32 softmax, or TE's logits). All until the micro-batch's backward.
+    // keeps its input (the last layer's output) and its fp32 statistics, the output layer its input (the norm's
+    // output), the SP shard each (Megatron's ColumnParallelLinear re-gathers it in backward), and the loss what it
+    // keeps per logit (the fp32 softmax, or TE's logits). All until the micro-batch's backward.
     if (last_stage && chunk == k.vpp - 1) {
-      bytes.push_back(2 * la.input + cross_entropy_memory(cfg, k.act_bytes).saved_bytes_per_logit * T * V);
+      bytes.push_back(2 * la.input + la.norm_stats +
+                      cross_entropy_memory(cfg, k.act_bytes).saved_bytes_per_logit * T * V);
     }
     return bytes;
   };
@@ -234,6 +253,36 @@ double wgrad_temporary_bytes(const Ctx& x, const Coords& co, const TensorBytes& 
   return static_cast<double>(largest) * b.weight;
 }
 
+/// What the output layer's backward holds beside the saved activations (its dgrad output, the SP shard the
+/// reduce-scatter writes, and a separate logits' gradient for the fp32 loss paths), without the wgrad temporary.
+double output_layer_backward_bytes(const Ctx& x, const TensorBytes& b) {
+  const Dims& k = x.k;
+  const double T = static_cast<double>(k.tokens), h = static_cast<double>(k.hidden);
+  const double logits = static_cast<double>(k.tokens) * static_cast<double>(k.vocab_padded) / k.tp;
+  const double grad_logits = cross_entropy_path(*x.cfg) == CrossEntropyPath::kTe ? 0.0 : b.act * logits;
+  return grad_logits + b.act * T * h + (k.sp ? b.act * static_cast<double>(k.tokens_sp) * h : 0.0);
+}
+
+/// The GEMM workspaces the rank's libraries allocate once and keep (docs/memory.md, "workspaces"): PyTorch's cuBLAS
+/// workspace per (handle, stream), one handle per thread that runs a torch GEMM (the main thread's forward and
+/// autograd's device thread's backward: the output layer and the MoE router are torch GEMMs; TE's GEMMs pass their
+/// own workspace); TE's GEMM workspace (x3 with userbuffers: `initialize_ub` repeats it for its GEMM streams); and
+/// TE's four multi-stream workspaces of the grouped expert GEMMs.
+double workspace_bytes(const Ctx& x, const Coords& co) {
+  const Dims& k = x.k;
+  bool torch_gemm = co.pp == k.pp - 1, te_gemm = false, grouped = false;
+  for (std::uint32_t c = 0; c < k.vpp; ++c) {
+    for (auto layer : x.vs_layers[c * k.pp + co.pp]) {
+      te_gemm = true;
+      if (x.model->is_moe_layer(layer)) torch_gemm = grouped = true;
+    }
+  }
+  const MemoryCosts& m = x.cfg->memory;
+  return (torch_gemm ? 2.0 * m.cublas_workspace_bytes : 0.0) +
+         (te_gemm ? (k.tp_overlap ? kTeUbGemmStreams : 1.0) * kTeWorkspaceBytes : 0.0) +
+         (grouped ? kTeComputeStreams * kTeWorkspaceBytes : 0.0);
+}
+
 /// The embedding backward's dense gradient: [V/TP, h] of the word embedding plus [max_pos, h] of a learned
 /// position embedding, in the parameters' dtype (layers.cpp embedding_bwd()).
 double embedding_grad_temporary_bytes(const Ctx& x, const TensorBytes& b) {
@@ -305,7 +354,12 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
   const double wgrad_temporaries = wgrad_temporary_bytes(x, co, b);
   const double output_wgrad_temporary =
       k.linear_main_grad_add && last_stage ? V * static_cast<double>(k.hidden) * b.weight : 0.0;
-  const double fb_transient = std::max(loss_working + output_wgrad_temporary, recompute + wgrad_temporaries);
+  // The output layer's backward (Megatron's LinearWithGradAccumulationAndAsyncCommunication.backward) writes its
+  // dgrad, grad_output x W = [T, h] in the activations' dtype, beside the logits' gradient (TE's loss: written into
+  // the saved logits, already in the activations; the fp32 paths: the bf16 gradient their cast's backward returns);
+  // with SP the reduce-scatter's [T/t, h] output is allocated while the dgrad lives; then the wgrad (its temporary).
+  const double output_backward = last_stage ? output_layer_backward_bytes(x, b) + output_wgrad_temporary : 0.0;
+  const double fb_transient = std::max({loss_working, output_backward, recompute + wgrad_temporaries});
   // In both modes the first stage's embedding backward writes the dense gradient of the whole table(s) in the
   // parameters' dtype (torch's embedding_dense_backward) until DDP's hook has added it into the main grad. It runs
   // last in a micro-batch's backward of chunk 0, beside what the other micro-batches in flight still hold.
@@ -328,10 +382,13 @@ MemoryEstimate estimate_memory(const Ctx& x, RankId rank) {
     e.peak_phase = "optimizer step";
   }
 
-  // Allocator-held buffers: the cuBLAS workspace; with PP, the receive tensors posted for the next forward and
-  // backward (two per model chunk direction with VPP).
-  e.comm_buffers_bytes = mc.cublas_workspace_bytes;
-  if (k.pp > 1) e.comm_buffers_bytes += 2.0 * static_cast<double>(k.tokens_sp * k.hidden) * b.act * (k.vpp > 1 ? 2 : 1);
+  // Allocator-held buffers: the GEMM workspaces; with PP, the receive tensors posted for the next forward and
+  // backward (two per model chunk direction with VPP); with SP, the [T, h] buffer the output layer all-gathers its
+  // input into (Megatron's non-TE ColumnParallelLinear: `get_global_memory_buffer().get_tensor(..., "mpu")`, which
+  // the global memory buffer keeps for the run and the backward's re-gather reuses).
+  e.workspaces_bytes = workspace_bytes(x, co);
+  if (k.pp > 1) e.comm_buffers_bytes = 2.0 * static_cast<double>(k.tokens_sp * k.hidden) * b.act * (k.vpp > 1 ? 2 : 1);
+  if (last_stage && k.sp) e.comm_buffers_bytes += T * static_cast<double>(k.hidden) * b.act;
   e.allocator_overhead_bytes = (mc.allocator_reserved_over_allocated - 1.0) * e.allocated_bytes();
 
   // Outside the allocator: the context, NCCL's buffers per communicator this rank is in, TE's userbuffers.
@@ -358,6 +415,7 @@ std::vector<std::pair<std::string, double>> memory_terms(const MemoryEstimate& m
                                                                 {"optimizer", m.optimizer_bytes},
                                                                 {"activations", m.activations_bytes},
                                                                 {"transient", m.transient_bytes},
+                                                                {"workspaces", m.workspaces_bytes},
                                                                 {"comm_buffers", m.comm_buffers_bytes},
                                                                 {"allocator_overhead", m.allocator_overhead_bytes},
                                                                 {"cuda_context", m.cuda_context_bytes},

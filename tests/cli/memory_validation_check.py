@@ -47,7 +47,8 @@ def parser_reads_current_summary(twinstep, tmp):
 
 def rebuilt_peaks(twinstep):
     """Per committed H200 case: the model's estimate within 10 % of torch's max allocated, and with the reference-only
-    terms within 0.1 % (dense bf16, recompute, MoE) or 1.5 % (fp8)."""
+    terms within 0.1 % (dense bf16, recompute, MoE) or 0.3 % (fp8: session 8's run peaks 88 MiB above its bf16 twin,
+    docs/memory.md "Validation")."""
     out = subprocess.run([PY, "calibration/reference/memory_validation.py", twinstep, f"{CASES}/reference_dense/r",
                           f"{CASES}/reference_fp8_moe_rc/r"], capture_output=True, text=True)
     check(out.returncode == 0, f"memory_validation.py exit {out.returncode}: {out.stderr.strip()}")
@@ -56,7 +57,7 @@ def rebuilt_peaks(twinstep):
     for r in rows:
         model, rebuilt = float(r[6].split()[0]), float(r[9].split()[0])
         check(abs(model) < 10, f"{r[0]}: model estimate {model:+.1f} % of the measured peak")
-        check(abs(rebuilt) <= (1.5 if "fp8" in r[0] else 0.1), f"{r[0]}: rebuilt peak {rebuilt:+.1f} %")
+        check(abs(rebuilt) <= (0.3 if "fp8" in r[0] else 0.1), f"{r[0]}: rebuilt peak {rebuilt:+.1f} %")
         print(f"{r[0]}: model {model:+.1f} %, with the reference-only terms {rebuilt:+.1f} %")
 
 

@@ -93,9 +93,9 @@ TEST_CASE("memory: fp8 scaling state per TE module: delayed scales + amax histor
   CHECK(current == Approx(layers * (4 * 5 * 2 * kBlock + 3 * 5 * 2 * kBlock)).epsilon(1e-12));
   // Counted in what the allocator holds.
   const MemoryEstimate e = lower(m, c).peak_memory;
-  CHECK(e.allocated_bytes() ==
-        Approx(e.params_bytes + e.fp8_weights_bytes + e.fp8_scaling_bytes + e.main_params_bytes + e.grads_bytes +
-               e.optimizer_bytes + e.activations_bytes + e.transient_bytes + e.comm_buffers_bytes));
+  CHECK(e.allocated_bytes() == Approx(e.params_bytes + e.fp8_weights_bytes + e.fp8_scaling_bytes + e.main_params_bytes +
+                                      e.grads_bytes + e.optimizer_bytes + e.activations_bytes + e.transient_bytes +
+                                      e.workspaces_bytes + e.comm_buffers_bytes));
   // A delayed run without history is refused, naming the field and the fix.
   c.fp8_amax_history_len = 0;
   try {

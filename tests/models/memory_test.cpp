@@ -35,12 +35,21 @@ Dense dense_dims(const ModelSpec& m, double tokens) {
           static_cast<double>(m.vocab_size)};
 }
 
-/// Saved bytes of one dense layer, bf16, TP 1 (docs/memory.md): LN1 in/out, QKV, attention output, fp32 softmax
-/// statistics, LN2 in/out, fc1 output, activation output.
+/// One RMSNorm's saved fp32 rsigma over `tokens` tokens, in whole 512 B allocator blocks.
+double norm_stats(double tokens) { return std::ceil(4 * tokens / 512) * 512; }
+
+/// Saved bytes of one dense layer, bf16, TP 1 (docs/memory.md): LN1 in/out and its rsigma, QKV, attention output,
+/// fp32 softmax statistics, LN2 in/out and its rsigma, fc1 output, activation output.
 double dense_layer(const Dense& d, double tp = 1, double tsp = 0) {
   const double Tsp = tsp > 0 ? tsp : d.T;
-  return 2 * (4 * Tsp * d.h) + 2 * d.T * (d.nq + 2 * d.nkv) * d.dh / tp + 2 * d.T * d.nq * d.dh / tp +
-         4 * d.T * d.nq / tp + 2 * d.T * d.f1 / tp + 2 * d.T * d.f / tp;
+  return 2 * (4 * Tsp * d.h) + 2 * norm_stats(Tsp) + 2 * d.T * (d.nq + 2 * d.nkv) * d.dh / tp +
+         2 * d.T * d.nq * d.dh / tp + 4 * d.T * d.nq / tp + 2 * d.T * d.f1 / tp + 2 * d.T * d.f / tp;
+}
+
+/// The last stage's post-process entry without the loss: the final norm's input, its rsigma and its output.
+double final_norm(const Dense& d, double tsp = 0) {
+  const double Tsp = tsp > 0 ? tsp : d.T;
+  return 2 * 2 * Tsp * d.h + norm_stats(Tsp);
 }
 
 /// `config()` with fp32 main grads (the recipe default): the optimizer step then needs no fp32 copy of the grads,
@@ -147,11 +156,12 @@ TEST_CASE("memory: activations of one micro-batch on one GPU against the per-lay
   const ModelSpec m = test::shrink(load_model("llama3-8b"), 4);
   const Dense d = dense_dims(m, 4096);
   const MemoryEstimate e = lower(m, one_gpu(4096)).peak_memory;
-  // 4 layers + the final norm's input and output (2 x 2 T h: the norm's and the output layer's saved inputs) + the
+  // 4 layers + the final norm's input, rsigma and output (the norm's and the output layer's saved inputs) + the
   // loss's fp32 softmax (4 B per logit) of the micro-batch.
-  CHECK(e.activations_bytes == Approx(4 * dense_layer(d) + 2 * 2 * d.T * d.h + 4 * d.T * d.V));
-  // Working memory at the loss: Megatron's vocab-parallel cross entropy, 2 B per logit (bf16 logits / their grad).
-  CHECK(e.transient_bytes == Approx(2 * d.T * d.V));
+  CHECK(e.activations_bytes == Approx(4 * dense_layer(d) + final_norm(d) + 4 * d.T * d.V));
+  // Working memory at the output layer's backward: Megatron's vocab-parallel cross entropy's bf16 logits' gradient
+  // (2 B per logit) beside the dgrad output grad_output x W (2 T h).
+  CHECK(e.transient_bytes == Approx(2 * d.T * d.V + 2 * d.T * d.h));
   CHECK(e.peak_phase == "forward/backward");
   // Selective recompute drops flash attention's softmax statistics (4 B x T x heads per layer).
   RunConfig s = one_gpu(4096);
@@ -167,9 +177,16 @@ TEST_CASE("memory: TP with SP shards the LayerNorm terms by T/t and the rest by 
   c.sequence_parallel = true;
   const Dense d = dense_dims(m, 4096);
   const double V = 128512.0 / 4;  // 128256 padded to a multiple of 128 x TP = 512
-  // The final norm's input and output are SP shards too (T/t each).
-  CHECK(lower(m, c).peak_memory.activations_bytes ==
-        Approx(2 * dense_layer(d, 4, 4096.0 / 4) + 2 * 2 * (d.T / 4) * d.h + 4 * d.T * V));
+  // The final norm's input, rsigma and output are SP shards too (T/t each).
+  const MemoryEstimate e = lower(m, c).peak_memory;
+  CHECK(e.activations_bytes == Approx(2 * dense_layer(d, 4, 4096.0 / 4) + final_norm(d, 4096.0 / 4) + 4 * d.T * V));
+  // The output layer's backward: the bf16 logits' gradient, its dgrad output [T, h] (the whole sequence: its input
+  // was gathered) and the reduce-scatter's [T/t, h] shard.
+  CHECK(e.transient_bytes == Approx(2 * d.T * V + 2 * d.T * d.h + 2 * (d.T / 4) * d.h));
+  // The output layer's SP all-gather writes its input into Megatron's global memory buffer, [T, h] bf16, kept.
+  CHECK(e.comm_buffers_bytes == Approx(2 * d.T * d.h));
+  c.sequence_parallel = false;
+  CHECK(lower(m, c).peak_memory.comm_buffers_bytes == 0);
 }
 
 TEST_CASE("memory: full recompute keeps each group's input, block keeps the first layers' inputs", "[memory]") {
@@ -177,19 +194,20 @@ TEST_CASE("memory: full recompute keeps each group's input, block keeps the firs
   const Dense d = dense_dims(m, 2048);
   // The final norm's input and output (2 x input) stay with the loss; the embedding's dense bf16 gradient (2 V h)
   // comes after the micro-batch's backward has freed them all, so the forward/backward peak does not hold it.
-  const double input = 2 * d.T * d.h, loss = 2 * input + 4 * d.T * d.V, layer = dense_layer(d);
+  const double input = 2 * d.T * d.h, loss = final_norm(d) + 4 * d.T * d.V, layer = dense_layer(d);
+  const double output_backward = 2 * d.T * d.V + 2 * d.T * d.h;
   RunConfig c = one_gpu(2048);
   c.recompute_granularity = models::RecomputeGranularity::kFull;
   c.recompute_method = models::RecomputeMethod::kUniform;
   c.recompute_num_layers = 2;  // 2 groups of 2 layers: 2 inputs; a group's 2 layers recomputed at once
   MemoryEstimate e = lower(m, c).peak_memory;
   CHECK(e.activations_bytes == Approx(2 * input + loss));
-  CHECK(e.transient_bytes == Approx(std::max(2 * layer, 2 * d.T * d.V)));
+  CHECK(e.transient_bytes == Approx(std::max(2 * layer, output_backward)));
   c.recompute_method = models::RecomputeMethod::kBlock;  // the first 2 layers keep their inputs, the last 2 everything;
                                                          // 1 layer recomputed
   e = lower(m, c).peak_memory;
   CHECK(e.activations_bytes == Approx(2 * input + 2 * layer + loss));
-  CHECK(e.transient_bytes == Approx(std::max(layer, 2 * d.T * d.V)));
+  CHECK(e.transient_bytes == Approx(std::max(layer, output_backward)));
 }
 
 TEST_CASE("memory: micro-batches in flight follow 1F1B and interleaved 1F1B warm-up", "[memory]") {
@@ -224,16 +242,16 @@ TEST_CASE("memory: the embedding's dense gradient comes after the micro-batch's 
   const Dense d = dense_dims(m, 256);
   const double table = 2 * d.V * d.h;  // torch's embedding_dense_backward: the whole [V, h] table in bf16
   MemoryEstimate e = lower(m, one_gpu(256)).peak_memory;  // unfused loss: fp32 softmax saved, 2 B/logit working
-  const double acts = dense_layer(d) + 2 * 2 * d.T * d.h + 4 * d.T * d.V;
-  REQUIRE(acts + 2 * d.T * d.V < table);
+  const double acts = dense_layer(d) + final_norm(d) + 4 * d.T * d.V;
+  REQUIRE(acts + 2 * d.T * d.V + 2 * d.T * d.h < table);
   CHECK(e.peak_phase == "forward/backward");
   CHECK(e.activations_bytes == 0);
   CHECK(e.transient_bytes == Approx(table));
   // Long enough that the micro-batch's activations outweigh the table: they peak alone (the table comes later).
   const Dense l = dense_dims(m, 8192);
   e = lower(m, one_gpu(8192)).peak_memory;
-  CHECK(e.activations_bytes == Approx(dense_layer(l) + 2 * 2 * l.T * l.h + 4 * l.T * l.V));
-  CHECK(e.transient_bytes == Approx(2 * l.T * l.V));
+  CHECK(e.activations_bytes == Approx(dense_layer(l) + final_norm(l) + 4 * l.T * l.V));
+  CHECK(e.transient_bytes == Approx(2 * l.T * l.V + 2 * l.T * l.h));
 }
 
 TEST_CASE("memory: the EP-overlap combined schedule frees the backward's layers as the forward's grow", "[memory]") {
@@ -243,8 +261,8 @@ TEST_CASE("memory: the EP-overlap combined schedule frees the backward's layers 
   c.global_batch_size = 8;
   c.expert_model_parallel_size = 2;
   const MemoryEstimate plain = lower(m, c).peak_memory;
-  // The post-process entry: the final norm's input and output (2 x 2 T h) and the loss's fp32 softmax.
-  const double V = 151936.0, loss = 2 * 2 * 1024 * 2048.0 + 4 * 1024 * V;
+  // The post-process entry: the final norm's input, rsigma and output and the loss's fp32 softmax.
+  const double V = 151936.0, loss = 2 * 2 * 1024 * 2048.0 + norm_stats(1024) + 4 * 1024 * V;
   const double layer = (plain.activations_bytes - loss) / 4;  // PP 1 without overlap: one micro-batch
   c.overlap_moe_expert_parallel_comm = true;
   const Lowered ov = lower(m, c);
@@ -265,10 +283,62 @@ TEST_CASE("memory: a MoE layer's activations against its closed form (router, re
   RunConfig c = one_gpu(1024);
   const MemoryEstimate e = lower(m, c).peak_memory;
   const double T = 1024, h = 2048, nq = 32, nkv = 4, dh = 128, k = 8, E = 128, fe = 768, V = 151936;
-  const double attention = 2 * 2 * T * h + 2 * T * (nq + 2 * nkv) * dh + 2 * T * nq * dh + 4 * T * nq;
-  const double ln2 = 2 * 2 * T * h;
+  const double attention = 2 * 2 * T * h + norm_stats(T) + 2 * T * (nq + 2 * nkv) * dh + 2 * T * nq * dh + 4 * T * nq;
+  const double ln2 = 2 * 2 * T * h + norm_stats(T);
   const double moe = 4 * T * E + 4 * T * k + T * k * (2 * h + 2 * 2 * fe + 2 * fe) + 2 * T * k * h;
-  CHECK(e.activations_bytes == Approx(attention + ln2 + moe + 2 * 2 * T * h + 4 * T * V));
+  CHECK(e.activations_bytes == Approx(attention + ln2 + moe + 2 * 2 * T * h + norm_stats(T) + 4 * T * V));
+}
+
+TEST_CASE("memory: GEMM workspaces: PyTorch's per thread running torch GEMMs, TE's, TE's grouped-GEMM streams",
+          "[memory]") {
+  // Dense, PP 2: stage 0 runs TE GEMMs only (one 32 MiB workspace); the last stage also runs the output layer's torch
+  // GEMMs, forward on the main thread and backward on autograd's thread: two PyTorch cuBLAS workspaces more.
+  const ModelSpec m = test::shrink(load_model("llama3-8b"), 2);
+  RunConfig c = fp32_grads(config(2, 1, 2));
+  c.seq_length = 1024;
+  c.global_batch_size = 2;
+  c.memory.cublas_workspace_bytes = 7.0 * kMiB;  // the profile's measured figure scales the PyTorch ones only
+  const double te = 32.0 * kMiB;
+  Lowered low = lower(m, c);
+  CHECK(low.memory_per_rank[0].workspaces_bytes == Approx(te));
+  CHECK(low.memory_per_rank[1].workspaces_bytes == Approx(te + 2 * 7.0 * kMiB));
+  // TP comm overlap: TE's initialize_ub repeats its workspace for its 3 GEMM streams.
+  RunConfig t = fp32_grads(config(2, 2, 1));
+  t.seq_length = 1024;
+  t.global_batch_size = 1;
+  t.sequence_parallel = true;
+  t.tp_comm_overlap = true;
+  CHECK(lower(m, t).memory_per_rank[0].workspaces_bytes == Approx(3 * te + 2 * 32.0 * kMiB));
+  // MoE layers: the router is a torch GEMM on every rank, and TE's grouped expert GEMMs take 4 multi-stream
+  // workspaces beside TE's own.
+  const ModelSpec moe = test::moe_model("qwen3-30b-a3b", 2);
+  RunConfig e = fp32_grads(config(2, 1, 2));
+  e.seq_length = 1024;
+  e.global_batch_size = 2;
+  low = lower(moe, e);
+  CHECK(low.memory_per_rank[0].workspaces_bytes == Approx(te + 4 * te + 2 * 32.0 * kMiB));
+  CHECK(low.memory_per_rank[0].comm_buffers_bytes == Approx(2 * 1024 * 2048.0 * 2));  // the posted PP receives
+}
+
+TEST_CASE("memory: LayerNorm keeps its fp32 mean beside RMSNorm's rsigma, the output layer's dgrad at the loss",
+          "[memory]") {
+  ModelSpec m = test::shrink(load_model("llama3-8b"), 2);
+  const Dense d = dense_dims(m, 2048);
+  RunConfig c = one_gpu(2048);
+  const MemoryEstimate rms = lower(m, c).peak_memory;
+  m.normalization = "LayerNorm";  // a bias per norm too: parameters, not activations
+  const MemoryEstimate ln = lower(m, c).peak_memory;
+  // Two norms per layer and the final norm, one more fp32 [T] tensor (mu) each.
+  CHECK(ln.activations_bytes - rms.activations_bytes == Approx((2 * 2 + 1) * 4 * d.T));
+  // TE's cross entropy: the gradient is written into the saved logits, so the output layer's backward adds its dgrad
+  // output (2 T h) alone; without gradient_accumulation_fusion its bf16 wgrad [V, h] too.
+  c.cross_entropy_loss_fusion = true;
+  c.cross_entropy_fusion_impl = CrossEntropyFusionImpl::kTe;
+  m.normalization = "RMSNorm";
+  CHECK(lower(m, c).peak_memory.transient_bytes == Approx(2 * d.T * d.h));
+  c.gradient_accumulation_fusion = false;
+  const double layer_wgrad = 2 * d.f1 * d.h;  // fc1, the largest linear weight: below the output layer's backward
+  CHECK(lower(m, c).peak_memory.transient_bytes == Approx(std::max(2 * d.T * d.h + 2 * d.V * d.h, layer_wgrad)));
 }
 
 TEST_CASE("memory: the optimizer step peaks when its fp32 grad copy outweighs the activations", "[memory]") {
@@ -478,8 +548,10 @@ TEST_CASE("memory: the Llama 3 paper's PP16 layout holds 77 chunk forwards under
   CHECK(e.main_params_bytes == Approx(4 * n / 64));  // distributed optimizer: fp32 main weights sharded over DP 64
   CHECK(e.optimizer_bytes == Approx(8 * n / 64));    // Adam's fp32 moments, sharded the same
   CHECK(e.transient_bytes == 0);                     // not the last or first stage; gradient_accumulation_fusion
-  // cuBLAS workspace (32 MiB) + the posted PP receives, forward and backward, x2 with VPP: 2 x 2 x T/8 h bf16.
-  CHECK(e.comm_buffers_bytes == Approx(32.0 * kMiB + 2 * 2 * (8192.0 / 8) * d.h * 2));
+  // The posted PP receives, forward and backward, x2 with VPP: 2 x 2 x T/8 h bf16. A middle stage of a dense model
+  // runs no torch GEMM: TE's workspace alone (32 MiB; no TP comm overlap here).
+  CHECK(e.comm_buffers_bytes == Approx(2 * 2 * (8192.0 / 8) * d.h * 2));
+  CHECK(e.workspaces_bytes == Approx(32.0 * kMiB));
   CHECK_FALSE(low.fits);
   CHECK(e.activations_bytes > e.usable_bytes() - e.params_bytes - e.grads_bytes);
   // One layer slot per chunk (VPP 8): 2 (16 - 2) + 7 x 16 + 1 = 141 one-layer chunk forwards; still short.
