@@ -34,6 +34,8 @@ import time
 
 import torch
 
+from torch_framework import cpu_model  # this directory: the host CPU's model name
+
 SCHEMA = "twinstep.torch_moe_routing/1"
 AUX_COEFF = 1e-3  # Qwen3's router_aux_loss_coef; the value does not change the kernels
 
@@ -140,8 +142,8 @@ def routing_map_steps(prefix, idx_key, out_key, k):
 
 def router_steps(T, E, k, aux):
     steps = [
-        ("router_topk", lambda s: s.update(zip(("top_vals", "top_idx"), torch.topk(s["logits"], k, dim=1)))),
-        ("router_softmax", lambda s: s.__setitem__("top_probs", torch.softmax(s["top_vals"], dim=-1,
+        ("router_logits_topk", lambda s: s.update(zip(("top_vals", "top_idx"), torch.topk(s["logits"], k, dim=1)))),
+        ("router_topk_softmax", lambda s: s.__setitem__("top_probs", torch.softmax(s["top_vals"], dim=-1,
                                                                                dtype=torch.float32))),
         ("router_probs_zeros", lambda s: s.__setitem__("probs0", torch.zeros_like(s["logits"]))),
         ("router_probs_scatter", lambda s: s.__setitem__("probs", s["probs0"].scatter(1, s["top_idx"],
@@ -306,17 +308,6 @@ def run_case(env, T, E, k, h, aux):
     seg["sort"] = run_segment(env, "sort", sort_steps(), state, lambda s: None,
                               lambda s: ([s["sorted"], s["sorted_probs"]], [grads["sorted"], grads["sorted_probs"]]))
     return case
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():
