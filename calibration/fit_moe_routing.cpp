@@ -112,8 +112,9 @@ void forward_points(const MoeRoutingCase& c, const std::string& path, const std:
       const double eff = bytes / (it->second * hbm);
       if (seg != ml::RoutingSegment::kUnsort) log.push_back(format_point("fwd", c, group, it->second, bytes, eff));
       for (const auto& k : kernels) {
-        if (k.group == group && k.kind == ml::EagerKind::kKernel) {
+        if (k.group == group && k.kind == ml::EagerKind::kKernel) {  // a full recompute runs the same kernels
           pts["fwd." + k.name].emplace_back(static_cast<double>(k.bytes), eff);
+          pts["recompute." + k.name].emplace_back(static_cast<double>(k.bytes), eff);
         }
       }
     }

@@ -36,9 +36,9 @@ struct MoeRoutingInput {
 /// the field (a missing or non-positive GPU time, e.g. a --device cpu smoke run's null, a missing segment or step).
 [[nodiscard]] MoeRoutingInput read_moe_routing(const std::string& path);
 
-/// Adds the op_compute tables ("fwd.<op>", "bwd.<op>") of the eager routing kernels to `profile`, a fit summary and
-/// the profile's context key "moe_routing_source"; `log` gets one line per figure. `hbm_bytes_per_s`: the GPU's
-/// datasheet HBM bandwidth, which the cost model multiplies the efficiencies by.
+/// Adds the op_compute tables ("fwd.<op>", "recompute.<op>", "bwd.<op>") of the eager routing kernels to `profile`, a
+/// fit summary and the profile's context key "moe_routing_source"; `log` gets one line per figure. `hbm_bytes_per_s`:
+/// the GPU's datasheet HBM bandwidth, which the cost model multiplies the efficiencies by.
 void fit_moe_routing(const MoeRoutingInput& input, double hbm_bytes_per_s, sim::Profile& profile,
                      std::vector<std::string>& log);
 

@@ -54,6 +54,9 @@ TEST_CASE("calibration::moe_routing: the fitted tables give every measured call 
   fit_moe_routing(in, kHbm, p, log);
   CHECK(p.context.at("moe_routing_source").find("synthetic") != std::string::npos);
   CHECK(p.fits.back().name == "moe_routing");
+  // A recomputed forward (full recompute: "L.mb.recompute.<op>") runs the same kernels: the same tables.
+  CHECK(p.op_compute.at("recompute.router_logits_topk").points == p.op_compute.at("fwd.router_logits_topk").points);
+  CHECK(p.op_compute.count("recompute.router_logits_topk_bwd") == 0);
   for (const MoeRoutingCase& c : in.cases) {
     INFO("T " << c.tokens << " E " << c.experts);
     const ml::RoutingShape shape{c.tokens, c.experts, c.topk, c.hidden, 2, c.tokens * c.topk, c.aux_loss};
