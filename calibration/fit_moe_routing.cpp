@@ -152,6 +152,43 @@ sim::EfficiencyTable table_of(std::vector<std::pair<double, double>> v) {
   return t;
 }
 
+double positive_or_zero(double x) { return x > 0 ? x : 0.0; }
+
+/// The host time the lowering counts for a segment's ops with `profile`'s figures (raw launch + the framework's per
+/// kernel; per sync its wake-up and framework share; the backward's call, per node and per kernel), beside what the
+/// script measured: a check in the log, fitted to nothing. The script's segments are no module calls (no fixed part);
+/// a measured forward that syncs includes the GPU time before each sync (the GPU was idle when the call began).
+std::string host_check(const MoeRoutingCase& c, ml::RoutingSegment seg, const sim::Profile& p) {
+  const sim::FrameworkCosts& f = p.framework;
+  const auto launch = [&](const char* key) {
+    const auto it = p.launch_s.find(key);
+    return it == p.launch_s.end() ? 0.0 : it->second;
+  };
+  double fwd = 0, bwd = positive_or_zero(f.backward_call_s);
+  std::size_t kernels = 0, syncs = 0, nodes = 0, bwd_kernels = 0;  // GPU ops, host syncs, autograd nodes
+  for (const auto& k : ml::routing_kernels(seg, shape_of(c), false, false)) {
+    nodes += k.node ? 1 : 0;
+    if (k.kind == ml::EagerKind::kNodeOnly) continue;
+    ++kernels;
+    fwd += positive_or_zero(f.per_kernel_launch_s) + launch(k.kind == ml::EagerKind::kCountD2H ? "memcpy" : "compute");
+    if (k.kind == ml::EagerKind::kCountD2H) {
+      ++syncs;
+      fwd += positive_or_zero(f.host_sync_s) + launch("host_sync");
+    }
+  }
+  bwd += static_cast<double>(nodes) * positive_or_zero(f.per_autograd_node_s);
+  bwd_kernels = ml::routing_kernels(seg, shape_of(c), false, true).size();
+  bwd += static_cast<double>(bwd_kernels) * (positive_or_zero(f.per_kernel_backward_s) + launch("compute"));
+  const std::string key = ml::segment_key(seg);
+  std::array<char, 200> b{};
+  std::snprintf(b.data(), b.size(),
+                ": forward %.1f us measured, %.1f us counted from the ops (%zu GPU ops, %zu syncs); backward %.1f us "
+                "measured, %.1f us counted (%zu kernels, %zu nodes)",
+                c.seg_fwd_host_s.at(key) * 1e6, fwd * 1e6, kernels, syncs, c.bwd_host_s.at(key) * 1e6, bwd * 1e6,
+                bwd_kernels, nodes);
+  return "moe_routing host " + key + ": " + shape_text(c) + b.data();
+}
+
 }  // namespace
 
 MoeRoutingInput read_moe_routing(const std::string& path) {
@@ -179,10 +216,8 @@ void fit_moe_routing(const MoeRoutingInput& input, double hbm_bytes_per_s, sim::
     const MoeRoutingCase& c = input.cases[i];
     forward_points(c, input.path, "/cases/" + std::to_string(i), hbm_bytes_per_s, pts, log);
     backward_points(c, hbm_bytes_per_s, pts, log);
-    for (const auto& [seg, host] : c.seg_fwd_host_s) {
-      std::array<char, 96> b{};
-      std::snprintf(b.data(), b.size(), ": forward %.1f us, backward %.1f us", host * 1e6, c.bwd_host_s.at(seg) * 1e6);
-      log.push_back("moe_routing host " + seg + ": " + shape_text(c) + b.data());
+    for (const ml::RoutingSegment seg : ml::kRoutingSegments) {
+      if (seg != ml::RoutingSegment::kUnsort) log.push_back(host_check(c, seg, profile));
     }
   }
   std::size_t points = 0;
