@@ -21,6 +21,30 @@ using Json = nlohmann::json;
 namespace ml = models::lowering;
 constexpr const char* kSchema = "twinstep.torch_moe_routing/1";
 constexpr const char* kSegments[] = {"router", "permute", "unpermute", "sort"};
+/// Leaf inputs of each segment in torch_moe_routing.py (logits; tokens and probs; the experts' output; tokens and
+/// probs): before the script cleared their .grad between backward calls, each backward ended in one AccumulateGrad add
+/// per leaf that the model (whose inputs are activations, not leaves) does not run.
+const std::map<std::string, int> kLeafAccumulations = {{"router", 1}, {"permute", 2}, {"unpermute", 1}, {"sort", 2}};
+
+/// GPU seconds of a kernel list ([[name, seconds], ...]) less its last `skip` CUDAFunctor_add kernels (the leaf
+/// accumulations); negative when the list is missing or empty.
+double kernel_sum(const Json& list, int skip) {
+  if (!list.is_array() || list.empty()) return -1;
+  std::vector<std::pair<std::string, double>> k;
+  for (const Json& e : list) {
+    if (!e.is_array() || e.size() != 2 || !e[0].is_string() || !e[1].is_number()) return -1;
+    k.emplace_back(e[0].get<std::string>(), e[1].get<double>());
+  }
+  for (auto it = k.rbegin(); it != k.rend() && skip > 0; ++it) {
+    if (it->first.find("CUDAFunctor_add") != std::string::npos) {
+      it->second = 0;
+      --skip;
+    }
+  }
+  double t = 0;
+  for (const auto& [name, s] : k) t += s;
+  return t;
+}
 
 /// A positive number at j[key], else ParseError at `pointer`/key (null: a --device cpu run has no GPU times).
 double positive(const Json& j, const char* key, const std::string& path, const std::string& pointer) {
@@ -64,11 +88,19 @@ MoeRoutingCase read_case(const Json& c, const std::string& path, const std::stri
       const auto op = step.at("op").get<std::string>();
       // A step without a kernel (MoEAuxLossAutoScaler's node) may time 0: kept, never used.
       const bool kernel_free = op == "router_aux_attach";
-      out.fwd_gpu_s[op] = kernel_free ? 0.0 : positive(step, "gpu_s", path, st);
+      // The profiler's kernel durations where the script recorded them: CUDA events around a call also time the
+      // launch gaps where its host time exceeds the sleep queued before it (sort_chunks' Python loop over E chunks).
+      const double kernels = step.contains("kernel_list") ? kernel_sum(step.at("kernel_list"), 0) : -1;
+      out.fwd_gpu_s[op] = kernel_free ? 0.0 : kernels > 0 ? kernels : positive(step, "gpu_s", path, st);
       out.fwd_host_s[op] = positive(step, "host_s", path, st);
     }
     if (!s.contains("bwd")) throw ParseError(path, sp + "/bwd", "missing");
-    out.bwd_gpu_s[seg] = positive(s.at("bwd"), "gpu_s", path, sp + "/bwd");
+    const Json& b = s.at("bwd");
+    const int leaves = b.contains("leaf_accumulations") && b.at("leaf_accumulations").is_number_integer()
+                           ? b.at("leaf_accumulations").get<int>()
+                           : kLeafAccumulations.at(seg);
+    const double kernels = b.contains("kernel_list") ? kernel_sum(b.at("kernel_list"), leaves) : -1;
+    out.bwd_gpu_s[seg] = kernels > 0 ? kernels : positive(b, "gpu_s", path, sp + "/bwd");
     out.bwd_host_s[seg] = positive(s.at("bwd"), "host_s", path, sp + "/bwd");
     out.seg_fwd_host_s[seg] = positive(s.at("fwd"), "host_s", path, sp + "/fwd");
   }

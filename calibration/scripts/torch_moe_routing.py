@@ -181,6 +181,7 @@ def permute_steps(T, E):
     ]
 
 
+LEAVES = ("logits", "probs_leaf", "tokens", "expert_out", "sort_in", "sort_probs_in")
 SYNCS = {"permute_idx_select", "permute_probs_select"}  # masked_select: nonzero copies its count to the host
 
 
@@ -254,6 +255,10 @@ def run_segment(env, name, steps, state, reset, outputs):
         res["fwd"]["gpu_s"] = (None if not env.cuda else sum(s["gpu_s"] for s in res["fwd"]["steps"]))
 
         def prep_bwd():
+            # The inputs are leaves here (activations in the model): no .grad to accumulate into, so the backward runs
+            # no AccumulateGrad add the model would not run.
+            for key in LEAVES:
+                state[key].grad = None
             reset(state)
             forward()
 
@@ -266,7 +271,8 @@ def run_segment(env, name, steps, state, reset, outputs):
         res["bwd"]["kernels"] = None if ks is None else len(ks)
         res["bwd"]["kernel_list"] = ks
         res["bwd"]["kernel_s"] = None if ks is None else sum(s or 0.0 for _, s in ks)
-    for key in ("logits", "probs_leaf", "tokens", "expert_out", "sort_in", "sort_probs_in"):
+        res["bwd"]["leaf_accumulations"] = 0  # read by the fit (files before this field: one add per leaf)
+    for key in LEAVES:
         state[key].grad = None
     print("  %-9s fwd host %.1f us gpu %s us | bwd host %.1f us gpu %s us" % (
         name, res["fwd"]["host_s"] * 1e6, fmt_us(res["fwd"]["gpu_s"]), res["bwd"]["host_s"] * 1e6,
