@@ -8,6 +8,7 @@
 
 #include "calibration/fit.hpp"
 #include "calibration/fit_framework.hpp"
+#include "calibration/fit_moe_routing.hpp"
 #include "calibration/fit_trace.hpp"
 #include "calibration/raw_file.hpp"
 #include "calibration/suite.hpp"
@@ -36,6 +37,7 @@ struct CalibrateArgs {
   std::string cluster = "h200x2-nvlink";
   std::string framework;
   std::string memory;
+  std::string moe_routing;
   std::string borrow;
   std::string name;
   bool resume = false;
@@ -61,6 +63,11 @@ void fit_and_write(const CalibrateArgs& a, const calibration::RawResults& raw) {
     r.profile.memory_overhead = calibration::read_memory_overhead(a.memory);
     r.json = sim::profile_to_json(r.profile);
     r.log.push_back("memory_overhead: from " + a.memory + " (" + r.profile.memory_overhead.source + ")");
+  }
+  if (!a.moe_routing.empty()) {
+    calibration::fit_moe_routing(calibration::read_moe_routing(a.moe_routing), cluster.node.gpu.hbm_bytes_per_s,
+                                 r.profile, r.log);
+    r.json = sim::profile_to_json(r.profile);
   }
   write_file_atomic(a.output, r.json);
   std::fprintf(stderr, "twinstep calibrate: fitted %zu measurements (suite %s, %u GPU(s)) -> %s\n",
@@ -172,6 +179,9 @@ void register_calibrate_command(CLI::App& app) {
                   "JSON from calibration/scripts/torch_host_overhead.py: the profile's framework section");
   sub->add_option("--memory", a->memory,
                   "JSON from calibration/scripts/torch_memory_overhead.py: the profile's memory_overhead section");
+  sub->add_option("--moe-routing", a->moe_routing,
+                  "JSON from calibration/scripts/torch_moe_routing.py: op_compute tables of the eager MoE router and "
+                  "permute kernels (moe_router_fusion / moe_permute_fusion off)");
   sub->add_option(
       "--borrow", a->borrow,
       "Profile measured on several GPUs of the same NVLink generation: the collective, send/recv and co-run "

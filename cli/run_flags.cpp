@@ -133,6 +133,8 @@ void add_run_flags(CLI::App& sub, RunFlags& f) {
   flag(sub, "--ep-overlap", "overlap_moe_expert_parallel_comm", f.ep_overlap);
   flag(sub, "--delay-wgrad", "delay_wgrad_compute", f.delay_wgrad);
   flag(sub, "--shared-expert-overlap", "moe_shared_expert_overlap", f.shared_expert_overlap);
+  flag(sub, "--moe-router-fusion", "moe_router_fusion", f.moe_router_fusion);
+  flag(sub, "--moe-permute-fusion", "moe_permute_fusion", f.moe_permute_fusion);
   sub.add_option_function<std::int64_t>(
       "--ep-node-ns", [&f](std::int64_t v) { f.ep_node_ns = v; }, "host cost per EP-overlap schedule node, ns");
   sub.add_option_function<std::int64_t>(
@@ -234,6 +236,8 @@ ResolvedRun resolve_run(const RunFlags& f, std::uint32_t world_size, double gpu_
   take("overlap_moe_expert_parallel_comm", f.ep_overlap, c.overlap_moe_expert_parallel_comm, same);
   take("delay_wgrad_compute", f.delay_wgrad, c.delay_wgrad_compute, same);
   take("moe_shared_expert_overlap", f.shared_expert_overlap, c.moe_shared_expert_overlap, same);
+  take("moe_router_fusion", f.moe_router_fusion, c.moe_router_fusion, same);
+  take("moe_permute_fusion", f.moe_permute_fusion, c.moe_permute_fusion, same);
   take("cuda_device_max_connections", f.cdmc, c.cuda_device_max_connections, [](std::uint32_t v) {
     if (v < 1 || v > 32) throw Error("--cdmc must be in [1, 32] (CUDA_DEVICE_MAX_CONNECTIONS)");
     return v;

@@ -48,6 +48,7 @@ struct RunFlags {
   std::optional<double> routing_skew;     ///< moe_routing_skew
   std::optional<std::uint32_t> flex_sms;  ///< moe_flex_num_sms
   std::optional<bool> ep_overlap, delay_wgrad, shared_expert_overlap;
+  std::optional<bool> moe_router_fusion, moe_permute_fusion;
   std::optional<std::int64_t> ep_node_ns, ep_backward_call_ns, event_record_ns;  ///< host costs (RunConfig::host)
 };
 
@@ -58,7 +59,9 @@ struct RunFlags {
 /// --overlap-grad-reduce --overlap-param-gather --tp-comm-overlap
 /// --overlap-p2p-comm
 /// --batch-p2p-comm --first-pipeline-layers --last-pipeline-layers --account-for-embedding --account-for-loss
-/// --routing-skew --flex-sms --ep-overlap --delay-wgrad --shared-expert-overlap --ep-node-ns --ep-backward-call-ns
+/// --routing-skew --flex-sms --ep-overlap --delay-wgrad --shared-expert-overlap --moe-router-fusion
+/// --moe-permute-fusion
+/// --ep-node-ns --ep-backward-call-ns
 /// --event-record-ns.
 void add_run_flags(CLI::App& sub, RunFlags& flags);
 

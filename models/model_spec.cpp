@@ -58,6 +58,7 @@ ModelSpec model_from_json(const std::string& text, const std::string& source) {
   TWINSTEP_FIELD(moe_router_topk);
   TWINSTEP_FIELD(moe_ffn_hidden_size);
   TWINSTEP_FIELD(moe_shared_expert_intermediate_size);
+  TWINSTEP_FIELD(moe_aux_loss_coeff);
   TWINSTEP_FIELD(normalization);
   TWINSTEP_FIELD(gated_linear_unit);
   TWINSTEP_FIELD(add_bias_linear);
@@ -88,6 +89,10 @@ ModelSpec model_from_json(const std::string& text, const std::string& source) {
   TWINSTEP_FIELD(recipe_source);
   TWINSTEP_FIELD(recipe_grad_reduce_in_fp32);
   m.has_recipe_grad_reduce_in_fp32 = seen;
+  TWINSTEP_FIELD(recipe_moe_router_fusion);
+  m.has_recipe_moe_router_fusion = seen;
+  TWINSTEP_FIELD(recipe_moe_permute_fusion);
+  m.has_recipe_moe_permute_fusion = seen;
 #undef TWINSTEP_FIELD
   known.emplace_back("notes");  // free-text remarks (disagreements between sources)
   refuse_unknown_keys(j, source, "", known);
@@ -96,6 +101,10 @@ ModelSpec model_from_json(const std::string& text, const std::string& source) {
   };
   require(!m.has_recipe_grad_reduce_in_fp32 || !m.recipe_source.empty(), "recipe_source",
           "must name the published config recipe_grad_reduce_in_fp32 comes from");
+  require(!(m.has_recipe_moe_router_fusion || m.has_recipe_moe_permute_fusion) || !m.recipe_source.empty(),
+          "recipe_source",
+          "must name the published config recipe_moe_router_fusion / recipe_moe_permute_fusion come from");
+  require(m.moe_aux_loss_coeff >= 0, "moe_aux_loss_coeff", "must be >= 0 (0: no load-balancing loss)");
   require(m.num_layers > 0, "num_layers", "must be > 0");
   require(m.hidden_size > 0, "hidden_size", "must be > 0");
   require(m.num_attention_heads > 0, "num_attention_heads", "must be > 0");

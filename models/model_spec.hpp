@@ -17,6 +17,12 @@ struct ModelSpec {
   bool recipe_grad_reduce_in_fp32 = true;
   bool has_recipe_grad_reduce_in_fp32 = false;
   std::string recipe_source;
+  /// The published recipe's moe_router_fusion / moe_permute_fusion (Megatron-Bridge; recipe_source names it), the
+  /// recipe default for runs that do not set them (models/recipe.hpp); without one, MCore's default (off).
+  bool recipe_moe_router_fusion = false;
+  bool has_recipe_moe_router_fusion = false;
+  bool recipe_moe_permute_fusion = false;
+  bool has_recipe_moe_permute_fusion = false;
   std::uint32_t num_layers = 0;
   std::uint64_t hidden_size = 0;
   std::uint64_t ffn_hidden_size = 0;
@@ -29,6 +35,9 @@ struct ModelSpec {
   std::uint32_t moe_router_topk = 0;
   std::uint64_t moe_ffn_hidden_size = 0;
   std::uint64_t moe_shared_expert_intermediate_size = 0;
+  /// MCore's moe_aux_loss_coeff (default 0: no load-balancing loss): > 0, the router computes the aux-loss terms
+  /// (their kernels: models/lowering/moe_eager.hpp); the value itself changes no cost.
+  double moe_aux_loss_coeff = 0;
 
   // Block details that change cost or parameter count.
   std::string normalization = "RMSNorm";  ///< "RMSNorm" | "LayerNorm" (LayerNorm has a bias too).

@@ -25,6 +25,12 @@ std::string apply_recipe_defaults(RunConfig& c, const SetFields& set, const Mode
   if (model.has_recipe_grad_reduce_in_fp32 && set.count("grad_reduce_in_fp32") == 0) {
     c.grad_reduce_in_fp32 = model.recipe_grad_reduce_in_fp32;
   }
+  if (model.has_recipe_moe_router_fusion && set.count("moe_router_fusion") == 0) {
+    c.moe_router_fusion = model.recipe_moe_router_fusion;
+  }
+  if (model.has_recipe_moe_permute_fusion && set.count("moe_permute_fusion") == 0) {
+    c.moe_permute_fusion = model.recipe_moe_permute_fusion;
+  }
   return note;
 }
 
@@ -37,7 +43,9 @@ const char* recipe_defaults_text() {
          "cross_entropy_fusion_impl te (Bridge's Llama 3 and Qwen3 recipes: Transformer Engine's parallel cross "
          "entropy); CUDA_DEVICE_MAX_CONNECTIONS=1 when "
          "TP or "
-         "CP > 1; global_batch_size = micro_batch_size x DP (Megatron's default) when not given. Turn one off with "
+         "CP > 1; moe_router_fusion and moe_permute_fusion as the model's Megatron-Bridge recipe sets them (Qwen3 MoE, "
+         "Qwen3-Next, DeepSeek-V3: router off, permute on), else MCore's default (both off: the eager router and "
+         "permute); global_batch_size = micro_batch_size x DP (Megatron's default) when not given. Turn one off with "
          "its --no-... flag (e.g. --no-sp, --no-distributed-optimizer) or --cdmc N.";
 }
 

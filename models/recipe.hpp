@@ -28,8 +28,8 @@ using SetFields = std::set<std::string>;
 ///    per DP rank per step). Returns a note saying so then (empty otherwise), for the output's warnings.
 /// Layout, batch and overlap knobs stay as given. Throws like derived_dp() when the world does not divide.
 [[nodiscard]] std::string apply_recipe_defaults(RunConfig& config, const SetFields& set);
-/// The same, then the model's published defaults (ModelSpec::recipe_*: grad_reduce_in_fp32 as the model's
-/// Megatron-Bridge performance config sets it) for the fields not in `set`.
+/// The same, then the model's published defaults (ModelSpec::recipe_*: grad_reduce_in_fp32, moe_router_fusion and
+/// moe_permute_fusion as the model's Megatron-Bridge config sets them) for the fields not in `set`.
 [[nodiscard]] std::string apply_recipe_defaults(RunConfig& config, const SetFields& set, const ModelSpec& model);
 
 /// The recipe defaults as one paragraph, for --help and docs.

@@ -136,6 +136,8 @@ const std::vector<Field>& fields() {
       plain("delay_wgrad_compute", &RunConfig::delay_wgrad_compute),
       plain("moe_shared_expert_overlap", &RunConfig::moe_shared_expert_overlap),
       plain("moe_routing_skew", &RunConfig::moe_routing_skew),
+      plain("moe_router_fusion", &RunConfig::moe_router_fusion),
+      plain("moe_permute_fusion", &RunConfig::moe_permute_fusion),
       plain("moe_flex_num_sms", &RunConfig::moe_flex_num_sms),
       plain("gpu_memory_bytes", &RunConfig::gpu_memory_bytes),
   };

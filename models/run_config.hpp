@@ -215,7 +215,16 @@ struct RunConfig {
   bool overlap_moe_expert_parallel_comm = false;
   bool delay_wgrad_compute = false;
   bool moe_shared_expert_overlap = false;
-  double moe_routing_skew = 1.0;        ///< 1 = balanced; s > 1: the busiest peer receives s x the mean.
+  double moe_routing_skew = 1.0;  ///< 1 = balanced; s > 1: the busiest peer receives s x the mean.
+  /// Megatron's moe_router_fusion (TransformerConfig default off): on, Transformer Engine's fused router kernels
+  /// (fused_topk_with_score_function, fused aux-loss scores and loss); off, MCore's eager torch ops (top-k, softmax,
+  /// scatters, the aux-loss terms), one kernel each (models/lowering/moe_eager.hpp, docs/megatron-kernels.md section
+  /// 5).
+  bool moe_router_fusion = false;
+  /// Megatron's moe_permute_fusion (TransformerConfig default off): on, TE's moe_permute / moe_unpermute / sort-chunks
+  /// kernels; off, MCore's eager permute (masked_select with its host syncs, index_select), unpermute (zeros +
+  /// scatter_add_) and sort_chunks_by_idxs (split + cat).
+  bool moe_permute_fusion = false;
   std::uint32_t moe_flex_num_sms = 20;  ///< SMs the fused flex dispatch/combine kernels hold.
 
   HostCosts host;

@@ -61,6 +61,9 @@ struct Dims {
   std::uint64_t expert_ffn = 0, expert_ffn1 = 0, shared_ffn = 0;  ///< Expert FFN width, its fc1 width, shared width.
   TokenDispatcher dispatcher = TokenDispatcher::kAllToAll;
   bool ep_overlap = false, delay_wgrad = false, shared_overlap = false;
+  /// moe_router_fusion / moe_permute_fusion (TE's fused kernels, else MCore's eager ops: moe_eager.hpp), and whether
+  /// the router computes a load-balancing loss (the model's moe_aux_loss_coeff > 0).
+  bool router_fusion = false, permute_fusion = false, aux_loss = false;
   double skew = 1.0;
   std::uint32_t flex_sms = 0;
   /// TP-overlap ring exchange: how its send/recv move the chunks, and the SMs of a sm_kernel transfer.

@@ -176,6 +176,9 @@ void gate_moe(const ModelSpec& model, const RunConfig& cfg, Dims& k, std::vector
     return;
   }
   gate_expert_layout(model, k);
+  k.router_fusion = cfg.moe_router_fusion;
+  k.permute_fusion = cfg.moe_permute_fusion;
+  k.aux_loss = model.moe_aux_loss_coeff > 0;
   gate_dispatcher(cfg, k, warnings);
   gate_moe_overlap(model, cfg, k, warnings);
 }

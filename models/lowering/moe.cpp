@@ -3,9 +3,31 @@
 // the compute stream or overlapped on its own stream, and the EP comm stream pieces of the combined schedule.
 #include <type_traits>
 
+#include "models/lowering/moe_eager.hpp"
 #include "models/lowering/rank_lowering.hpp"
 
 namespace twinstep::models::lowering {
+
+RoutingShape RankLowering::routing_shape() const {
+  return {moe_tokens(), k_.experts, k_.topk, k_.hidden, k_.act_bytes, expert_rows(), k_.aux_loss};
+}
+
+void RankLowering::routing_ops(RoutingSegment segment, bool fused, bool backward, Phase ph, bool ep) {
+  for (const EagerKernel& e : routing_kernels(segment, routing_shape(), fused, backward)) {
+    const std::uint64_t nodes = nodes_;
+    if (e.kind == EagerKind::kCountD2H) {  // nonzero's count: copied to the host, which blocks on it
+      const OpId copy = kernel(e.name, schedule::Memcpy{e.bytes, schedule::CopyKind::kD2H}, ph);
+      host_sync(Name{e.name, "_sync"}, copy, ph);
+    } else if (e.kind == EagerKind::kKernel) {
+      if (ep)
+        ep_elementwise(e.name, e.bytes, ph);
+      else
+        elementwise(e.name, e.bytes, ph);
+    }
+    // A torch call records one autograd node (on its first kernel) or none (integer / boolean outputs).
+    if (!backward && fused_ == 0) nodes_ = nodes + (e.node ? 1 : 0);
+  }
+}
 
 OpId RankLowering::ep_elementwise(const Name& what, std::uint64_t bytes, Phase ph, DepList deps) {
   if (!comm_node_) return elementwise(what, bytes, ph, std::move(deps));
@@ -76,12 +98,11 @@ void RankLowering::moe_pre_fwd(Phase ph) {
                [&] { ln2_op_ = elementwise("ln2", 2 * act(k_.tokens_sp, k_.hidden), ph); });
     if (k_.shared_ffn > 0 && !k_.shared_overlap) fwd_module("host_shared_expert", ph, [&] { shared_expert_fwd(ph); });
     const std::uint64_t T = moe_tokens();
-    // The router's host work: measured as a whole with the alltoall dispatcher (HostCosts::moe_router_ns); the other
-    // dispatchers run the same router module, so the same figure.
-    host_piece("host_moe_router", ph, x_.cfg->host.moe_router_ns, [&] {
+    // TopKRouter, a module call: per call + per kernel it launches, the gating GEMM and the routing kernels, eager or
+    // TE's fused ones (moe_eager.hpp; moe_router_fusion). Every dispatcher runs the same router.
+    fwd_module("host_moe_router", ph, [&] {
       kernel("router", Gemm{T, k_.experts, k_.hidden, 1, k_.dtype}, ph);  // bf16 under fp8 too (TE keeps it)
-      // softmax, top-k, normalisation and the routing map over T x E fp32 scores (read, written, read again)
-      elementwise("router_topk", T * k_.experts * 4 * 3, ph);
+      routing_ops(RoutingSegment::kRouter, k_.router_fusion, false, ph);
     });
     const std::uint32_t span = k_.etp * k_.ep;
     if (dispatch_a2a_) {
@@ -96,8 +117,8 @@ void RankLowering::moe_pre_fwd(Phase ph) {
                          schedule::Memcpy{2ull * k_.ep * 8 + k_.local_experts * 8, schedule::CopyKind::kD2H}, ph,
                          {counts});
       });
-      host_piece("host_moe_permute", ph, x_.cfg->host.moe_permute_ns,
-                 [&] { elementwise("moe_permute", 2 * act(T * k_.topk, k_.hidden), ph); });
+      // permute(): the dispatcher's own code, per kernel (eager: masked_select's two host syncs; moe_permute_fusion).
+      fwd_ops("host_moe_permute", ph, [&] { routing_ops(RoutingSegment::kPermute, k_.permute_fusion, false, ph); });
     } else if (dispatch_ag_) {
       if (span > 1) {
         collective(x_.st.tp_ep, "moe_hidden_ag", CollectiveKind::kAllGather, x_.tpep_of[rank_],
@@ -174,7 +195,8 @@ void RankLowering::moe_experts_fwd(Phase ph) {
       collective(x_.st.etp, "moe_etp_probs_ag", CollectiveKind::kAllGather, etp, n * 4, ph, true, {}, "",
                  schedule::DType::kFP32);
     }
-    if (k_.local_experts > 1) elementwise("moe_sort", 2 * act(n, k_.hidden), ph);
+    // sort_chunks_by_idxs (the alltoall dispatcher's; the others keep one sort kernel): eager split + cat or TE's.
+    if (k_.local_experts > 1) routing_ops(RoutingSegment::kSort, k_.permute_fusion || !dispatch_a2a_, false, ph);
     const auto& groups = expert_groups();
     fwd_module("host_experts", ph, [&] {  // TEGroupedMLP with its two TEGroupedLinear calls
       fwd_module(
@@ -199,7 +221,7 @@ void RankLowering::moe_experts_fwd(Phase ph) {
           },
           Nodes::kOne);
     });
-    if (k_.local_experts > 1) elementwise("moe_unsort", 2 * act(n, k_.hidden), ph);
+    if (k_.local_experts > 1) routing_ops(RoutingSegment::kUnsort, k_.permute_fusion || !dispatch_a2a_, false, ph);
     if (k_.etp > 1)
       collective(x_.st.etp, "moe_etp_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.hidden), ph, true);
   });
@@ -223,9 +245,9 @@ void RankLowering::moe_combine_fwd(Phase ph) {
         }
       }
     });
-    if (!dispatch_ag_) {
-      host_piece("host_moe_unpermute", ph, x_.cfg->host.moe_unpermute_ns,
-                 [&] { ep_elementwise("moe_unpermute", act(T * k_.topk, k_.hidden) + act(T, k_.hidden), ph); });
+    if (!dispatch_ag_) {  // unpermute(): eager zeros + scatter_add_ or TE's (flex: its fused kernel)
+      fwd_ops("host_moe_unpermute", ph,
+              [&] { routing_ops(RoutingSegment::kUnpermute, k_.permute_fusion || dispatch_flex_, false, ph, true); });
     }
     fwd_ops("host_moe_output", ph, [&] {
       if (k_.shared_ffn > 0) ep_elementwise("shared_add", 3 * act(T, k_.hidden), ph, add_deps);
@@ -246,7 +268,7 @@ void RankLowering::moe_combine_bwd() {
     elementwise("moe_unpermute_local_bwd", act(expert_rows(), k_.hidden) + act(T * k_.etp * k_.ep, k_.hidden), ph);
     return;
   }
-  ep_elementwise("moe_unpermute_bwd", act(T * k_.topk, k_.hidden) + act(T, k_.hidden) + T * k_.topk * 4, ph);
+  routing_ops(RoutingSegment::kUnpermute, k_.permute_fusion || dispatch_flex_, true, ph, true);
   if (dispatch_a2a_) {  // combine's gradient goes the dispatch direction
     if (k_.ep > 1) ep_a2a("moe_combine_grad_a2a", dispatch_copies(), k_.hidden * k_.act_bytes, k_.dtype, ph);
   } else {
@@ -260,7 +282,7 @@ void RankLowering::moe_experts_bwd(std::string_view L) {
   const CommId etp = k_.etp > 1 ? x_.etp_of[rank_] : kNone;
   if (k_.etp > 1)
     collective(x_.st.etp, "moe_etp_grad_ag", CollectiveKind::kAllGather, etp, act(n, k_.hidden), ph, true);
-  if (k_.local_experts > 1) elementwise("moe_unsort_bwd", 2 * act(n, k_.hidden), ph);
+  if (k_.local_experts > 1) routing_ops(RoutingSegment::kUnsort, k_.permute_fusion || !dispatch_a2a_, true, ph);
   const auto& groups = expert_groups();
   // Weight gradients as grouped GEMMs with the same FLOPs (GroupedGemm has one k; the token count varies).
   fp8_cast("experts_fc2_dgrad", n * k_.hidden, ph);
@@ -272,7 +294,7 @@ void RankLowering::moe_experts_bwd(std::string_view L) {
   kernel("experts_fc1_dgrad", grouped_linear(groups, k_.hidden, k_.expert_ffn1 / k_.etp, GemmRole::kDgrad), ph);
   wgrad_op("experts_fc1_wgrad", grouped_linear(groups, k_.expert_ffn1 / k_.etp, k_.hidden, GemmRole::kWgrad), {},
            Name{L, "experts.fc1"});
-  if (k_.local_experts > 1) elementwise("moe_sort_bwd", 2 * act(n, k_.hidden), ph);
+  if (k_.local_experts > 1) routing_ops(RoutingSegment::kSort, k_.permute_fusion || !dispatch_a2a_, true, ph);
   if (k_.etp > 1) {
     collective(x_.st.etp, "moe_etp_grad_rs", CollectiveKind::kReduceScatter, etp, act(n, k_.hidden), ph, true);
   }
@@ -296,8 +318,11 @@ void RankLowering::moe_dispatch_bwd() {
 void RankLowering::moe_pre_bwd(std::string_view L) {
   const Phase ph = Phase::kBwd;
   const std::uint64_t T = moe_tokens();
-  if (!dispatch_flex_) elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.hidden), ph);
-  elementwise("router_topk_bwd", T * k_.experts * 4 * 3, ph);
+  if (dispatch_a2a_)
+    routing_ops(RoutingSegment::kPermute, k_.permute_fusion, true, ph);
+  else if (dispatch_ag_)
+    elementwise("moe_permute_bwd", 2 * act(T * k_.topk, k_.hidden), ph);
+  routing_ops(RoutingSegment::kRouter, k_.router_fusion, true, ph);
   kernel("router_dgrad", Gemm{T, k_.hidden, k_.experts, 1, k_.dtype}, ph);
   wgrad_op("router_wgrad", Gemm{k_.experts, k_.hidden, T, 1, k_.dtype}, {}, Name{L, "router"}, {}, WgradOf::kTorchOp);
   if (k_.shared_ffn > 0) {

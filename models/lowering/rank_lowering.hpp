@@ -15,6 +15,7 @@
 
 #include "models/lower.hpp"
 #include "models/lowering/context.hpp"
+#include "models/lowering/moe_eager.hpp"
 #include "models/lowering/moe_routing.hpp"
 #include "models/lowering/op_emitter.hpp"
 #include "models/lowering/pipeline_schedule.hpp"
@@ -198,6 +199,11 @@ class RankLowering : private OpEmitter {
   void moe_experts_bwd(std::string_view L);
   void moe_dispatch_bwd();
   void moe_pre_bwd(std::string_view L);
+  /// The router's and the permutation's kernels (moe_eager.hpp) at this rank's shapes, emitted in order: elementwise
+  /// ops (on the EP stream inside a comm node when `ep`), nonzero's count copied to the host with the host's sync on
+  /// it, autograd nodes without a kernel; a forward records the nodes the entries name.
+  void routing_ops(RoutingSegment segment, bool fused, bool backward, Phase ph, bool ep = false);
+  RoutingShape routing_shape() const;
   // ---- MoE token counts (routing model) ----
   // The routing model is a function of the layout and the rank's EP position alone: computed once per rank
   // (route(), moe_routing.hpp) and read by every MoE layer and micro-batch.
