@@ -245,6 +245,11 @@ FitResult fit_profile(const RawResults& raw, const topologies::Cluster& cluster,
           "gemm table plus the epilogue's C read and write";
     }
   }
+  if (p.launch_s.count(sim::kGroupedGemmGroupLaunch) == 0) {
+    context["launch.grouped_gemm_group"] =
+        "not measured (no probe of a grouped GEMM's host issue time): each group of a grouped GEMM after its first "
+        "is issued at launch.compute (one cuBLAS call), and its fork/join event calls cost 0 (launch.event)";
+  }
   p.name = p.declared_name = name;
   p.context = std::move(context);
   FitResult r;

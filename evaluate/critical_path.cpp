@@ -40,6 +40,7 @@ struct OpFacts {
   std::uint32_t pos = 0;                     ///< Its place in its rank's program.
   Nanos launch_ns = 0;                       ///< GPU op and host_sync: CostModel::launch_ns; host op: its duration.
   Nanos own_ns = 0;                          ///< GPU op: its duration (a coupled transfer's or instance's too).
+  Nanos host_tail_ns = 0;                    ///< GPU op: host time after its issue (CostModel::host_tail_ns).
   OpId program_prev = kNoOp;                 ///< The rank's op before it (program order).
   OpId stream_prev = kNoOp;                  ///< The op before it on its (rank, stream).
   OpId stream_next = kNoOp;                  ///< The op after it there.
@@ -101,7 +102,7 @@ void in_edges(const Facts& f, std::uint32_t v, bool coupled, Visit&& visit) {
     if (on_host(p.kind)) {
       visit(end_node(x.program_prev), 0);
     } else {
-      visit(issue_node(x.program_prev), p.launch_ns);
+      visit(issue_node(x.program_prev), p.launch_ns + p.host_tail_ns);
     }
   } else if (v == start_node(o)) {
     if (on_host(x.kind)) {  // where the host thread reached it
@@ -429,6 +430,7 @@ Facts facts_of(const schedule::Schedule& s, const sim::CostModel& costs, bool co
       continue;
     }
     x.launch_ns = costs.launch_ns(op);
+    x.host_tail_ns = costs.host_tail_ns(op);
     if (x.kind == OpKind::kHostSync) {
       x.sync_target = std::get<schedule::HostSync>(op.body).target;
       continue;
@@ -508,8 +510,8 @@ CriticalPath critical_path(const schedule::Schedule& s, const sim::CostModel& co
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const OpFacts& x = f.ops[ops[i]];
       const std::int32_t mb = x.microbatch;
-      host.sum_ns += x.launch_ns;
-      if (mb >= 0) per_mb[f.n_streams * n_mb + static_cast<std::size_t>(mb)] += x.launch_ns;
+      host.sum_ns += x.launch_ns + x.host_tail_ns;
+      if (mb >= 0) per_mb[f.n_streams * n_mb + static_cast<std::size_t>(mb)] += x.launch_ns + x.host_tail_ns;
       if (on_host(x.kind)) continue;
       Span& sp = spans[x.stream];
       sp.first = std::min(sp.first, i);

@@ -34,7 +34,9 @@ struct alignas(64) OpState {
   OpId next_in_queue = kNoOp;  ///< One hardware queue (CUDA_DEVICE_MAX_CONNECTIONS=1): the rank's next GPU op.
   std::uint32_t dep_begin = 0, dep_end = 0;  ///< Its dependents: dependents_[dep_begin, dep_end).
   OpId sync_waiter = kNoOp;                  ///< The host_sync waiting for it.
-  std::uint32_t link = UINT32_MAX;           ///< Collective: its instance (Matching::instance_of); send/recv: partner.
+  /// Collective: its instance (Matching::instance_of); send/recv: partner; compute: the host time (ns) after its issue
+  /// that its launch keeps the host thread busy (CostModel::host_tail_ns: a grouped GEMM's other groups), 0 for most.
+  std::uint32_t link = UINT32_MAX;
   OpKind cls = OpKind::kCompute;
   std::uint8_t reached = 0, completed = 0, issued = 0;
 };
@@ -121,6 +123,7 @@ class Core {
       } else {
         st.host_ns = ctx_.costs.launch_ns(op);
       }
+      if (st.cls == OpKind::kCompute) st.link = host_tail(i, ctx_.costs.host_tail_ns(op));
       if (st.cls == OpKind::kCollective && !m_.instance_of.empty()) st.link = m_.instance_of[i];
       if ((st.cls == OpKind::kSend || st.cls == OpKind::kRecv) && !m_.partner.empty()) st.link = m_.partner[i];
       if (st.cls == OpKind::kHostSync) sync_target_.emplace_back(i, std::get<schedule::HostSync>(op.body).target);
@@ -256,6 +259,8 @@ class Core {
           return;
         }
         case OpKind::kCompute:
+          at += op_[op].link;  // the host busy after its issue: a grouped GEMM's other groups (host_tail)
+          [[fallthrough]];
         case OpKind::kCollective:
         case OpKind::kSend:
         case OpKind::kRecv:
@@ -266,6 +271,15 @@ class Core {
           break;
       }
     }
+  }
+
+  /// Compute op `op`'s host tail as its OpState keeps it (in `link`, which compute ops do not use otherwise).
+  std::uint32_t host_tail(OpId op, Nanos tail) const {
+    if (tail < 0 || tail >= static_cast<Nanos>(UINT32_MAX)) {
+      throw Error("op " + std::to_string(op) + " \"" + s_.ops[op].name + "\": host time after its launch " +
+                  std::to_string(tail) + " ns is out of range (0 to 4.29 s): check the profile's launch costs");
+    }
+    return static_cast<std::uint32_t>(tail);
   }
 
   /// The op at position `k` of the ranks' program orders (rank_begin_).

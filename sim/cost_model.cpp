@@ -242,6 +242,10 @@ CostModel::CostModel(const topologies::Cluster& cluster, Profile profile)
     const auto it = profile_.launch_s.find(kLaunchClasses[i]);
     launch_by_class_[i] = it == profile_.launch_s.end() ? 0 : to_nanos(it->second);
   }
+  const auto group = profile_.launch_s.find(kGroupedGemmGroupLaunch);
+  grouped_group_ns_ = group == profile_.launch_s.end() ? launch_by_class_[0] : to_nanos(group->second);
+  const auto event = profile_.launch_s.find(kEventLaunch);
+  event_ns_ = event == profile_.launch_s.end() ? 0 : to_nanos(event->second);
   for (int i = 0; i < kKernelTableSlots; ++i) {
     const auto it = profile_.compute.find(kComputeTableNames[static_cast<std::size_t>(i)]);
     eff_by_class_[i] = it == profile_.compute.end() ? nullptr : &it->second;
@@ -267,6 +271,15 @@ Nanos CostModel::launch_ns(const schedule::Op& op) const {
       return 0;  // host ops carry their own duration
   }
   return 0;  // not reached: the switch names every kind
+}
+
+Nanos CostModel::host_tail_ns(const schedule::Op& op) const {
+  const auto* c = std::get_if<schedule::Compute>(&op.body);
+  const auto* g = c == nullptr ? nullptr : std::get_if<schedule::GroupedGemm>(&c->kernel);
+  if (g == nullptr || g->m.empty()) return 0;
+  const auto nonempty = static_cast<Nanos>(std::count_if(g->m.begin(), g->m.end(), [](auto m) { return m != 0; }));
+  const auto streams = static_cast<Nanos>(std::min<std::size_t>(g->m.size(), kGroupedGemmSideStreams));
+  return std::max<Nanos>(0, nonempty - 1) * grouped_group_ns_ + (1 + 3 * streams) * event_ns_;
 }
 
 std::string_view op_stem(std::string_view name) {

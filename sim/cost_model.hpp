@@ -381,6 +381,12 @@ struct CommSpan {
 /// class, then the measured accumulating-GEMM tables (slot 7, read for Gemms with accumulate_fp32, slot 8 for those
 /// with accumulate into a bf16 C, when the profile has them), the measured non-causal attention tables (slots 9 and
 /// 10, read for non-causal attention kernels when the profile has them). The profile reader accepts these names only.
+/// Optional "launch" keys beyond the op classes: one extra group's GEMM call of a grouped GEMM, one event record or
+/// stream wait (CostModel::host_tail_ns), and the side streams a grouped GEMM forks to (backend kGroupedGemmStreams).
+inline constexpr const char* kGroupedGemmGroupLaunch = "grouped_gemm_group";
+inline constexpr const char* kEventLaunch = "event";
+inline constexpr std::size_t kGroupedGemmSideStreams = 4;
+
 inline constexpr int kKernelTableSlots = 11;
 inline constexpr std::array<const char*, kKernelTableSlots> kComputeTableNames = {"gemm",
                                                                                   "grouped_gemm",
@@ -404,6 +410,13 @@ class CostModel {
   /// Host time to issue `op`: by class "compute", "memcpy", "collective", "send", "recv"; host_sync: its wake-up
   /// cost after the target completes ("host_sync"); host ops: 0 (they carry their duration).
   [[nodiscard]] Nanos launch_ns(const schedule::Op& op) const;
+  /// Host time `op` keeps the host thread busy after its issue (launch_ns): a grouped GEMM of G non-empty groups runs
+  /// one GEMM call per group over min(groups, 4) side streams forked from and joined to its stream by events
+  /// (backend/grouped_gemm.cpp, Transformer Engine's nvte_multi_stream_cublas_gemm), so after its first group's
+  /// launch the host issues the other G - 1 ("launch.grouped_gemm_group" each; default: the profile's
+  /// launch.compute) and the fork/join event calls, 1 + 3 x streams ("launch.event" each; default 0, not measured).
+  /// 0 for every other op.
+  [[nodiscard]] Nanos host_tail_ns(const schedule::Op& op) const;
   /// `op_name`: the op's name, when known; an op whose stem has a table in the profile's op_compute reads that
   /// table instead of its class table.
   [[nodiscard]] KernelCost kernel_cost(const schedule::Compute& c, std::string_view op_name = {}) const;
@@ -436,6 +449,8 @@ class CostModel {
   topologies::Cluster cluster_;
   Profile profile_;
   Nanos launch_by_class_[6] = {};  ///< compute, memcpy, collective, send, recv, host_sync.
+  Nanos grouped_group_ns_ = 0;     ///< launch.grouped_gemm_group, else launch.compute.
+  Nanos event_ns_ = 0;             ///< launch.event, else 0.
   const EfficiencyTable* eff_by_class_[kKernelTableSlots] =
       {};  ///< By kernel_class order; nullptr = no table (roofline 1.0).
 };

@@ -9,6 +9,8 @@
 //                    (optional, later addition: by op stem, sim::op_stem; over the size of the op's class table)
 //     "memory_efficiency": 0.9,
 //     "launch": {"compute": "4.24 us", "memcpy": ..., "collective": ..., "send": ..., "recv": ..., "host_sync": ...},
+//               (optional, later: "grouped_gemm_group", one more group's GEMM call of a grouped GEMM, default
+//                launch.compute; "event", one event record or stream wait, default 0: CostModel::host_tail_ns)
 //     "collectives": [{"kind": "all_reduce", "algorithm": "ring", "protocol": "simple", "span": "intra",
 //                      "base_latency": "8.4 us", "step_latency": "3.4 us", "bus_bandwidth": "370 GB/s"}],
 //                     (optional, later: "ranks": N, the group size the entry was measured at; an entry for a
@@ -358,7 +360,8 @@ void read_compute_tables(const Reader& r, const Json& j, Profile& p) {
 
 /// "launch": the launch cost per op kind.
 void read_launch(const Reader& r, const Json& launch, Profile& p) {
-  r.keys(launch, "/launch", {"compute", "memcpy", "collective", "send", "recv", "host_sync"});
+  r.keys(launch, "/launch",
+         {"compute", "memcpy", "collective", "send", "recv", "host_sync", kGroupedGemmGroupLaunch, kEventLaunch});
   for (const auto& item : launch.items()) {
     const double s = r.quantity(item.value(), "/launch/" + item.key(), Dimension::kTime);
     if (s < 0) r.fail("/launch/" + item.key(), "must not be negative");

@@ -49,6 +49,7 @@ struct Graph {
   std::uint32_t nodes = 0;
   std::vector<Edge> edges;
   std::vector<Nanos> duration, launch;  ///< By op (a host op's duration is its launch).
+  std::vector<Nanos> tail;              ///< By op: host time after its launch (a grouped GEMM's other groups).
 };
 
 bool on_host(OpKind k) { return k == OpKind::kHost || k == OpKind::kHostSync; }
@@ -60,6 +61,7 @@ void durations(const schedule::Schedule& s, const schedule::Matching& m, const s
   const auto n = s.ops.size();
   g.duration.assign(n, 0);
   g.launch.assign(n, 0);
+  g.tail.assign(n, 0);
   for (OpId o = 0; o < n; ++o) {
     const schedule::Op& op = s.ops[o];
     if (const auto* h = std::get_if<schedule::Host>(&op.body)) {
@@ -67,6 +69,7 @@ void durations(const schedule::Schedule& s, const schedule::Matching& m, const s
       continue;
     }
     g.launch[o] = costs.launch_ns(op);
+    g.tail[o] = costs.host_tail_ns(op);
     if (const auto* c = std::get_if<schedule::Compute>(&op.body)) {
       g.duration[o] = floor_ns(costs.kernel_cost(*c).solo_time_s());
     } else if (const auto* k = std::get_if<schedule::Collective>(&op.body);
@@ -124,7 +127,7 @@ Graph graph_of(const schedule::Schedule& s, const sim::CostModel& costs, bool co
     auto add = [&](std::uint32_t from, std::uint32_t to, Nanos w) { g.edges.push_back({from, to, w, Scope::kBoth}); };
     if (const OpId p = prev[op.rank]; p != kNoOp) {  // the host thread
       const bool host = on_host(schedule::kind_of(s.ops[p].body));
-      add(host ? 3 * p + 2 : 3 * p, 3 * o, host ? 0 : g.launch[p]);
+      add(host ? 3 * p + 2 : 3 * p, 3 * o, host ? 0 : g.launch[p] + g.tail[p]);
     }
     prev[op.rank] = o;
     if (on_host(schedule::kind_of(op.body))) {
@@ -200,7 +203,7 @@ void check_against_brute_force(const schedule::Schedule& s, const sim::CostModel
       CHECK(it->tail_ns == q[3 * on.back() + 2]);
       CHECK(it->local_ns == std::max<Nanos>(0, relax(g, source, true, false)[3 * on.back() + 2]));
       Nanos sum = 0;
-      for (const OpId o : on) sum += host ? g.launch[o] : g.duration[o];
+      for (const OpId o : on) sum += host ? g.launch[o] + g.tail[o] : g.duration[o];
       CHECK(it->sum_ns == sum);
       // The least over the micro-batches 0 .. the schedule's largest tag of the stream's ops tagged with it.
       std::int32_t n_mb = 0;
@@ -209,7 +212,7 @@ void check_against_brute_force(const schedule::Schedule& s, const sim::CostModel
       for (std::int32_t mb = 0; mb < n_mb; ++mb) {
         Nanos of_mb = 0;
         for (const OpId o : on) {
-          if (s.ops[o].tags.microbatch == mb) of_mb += host ? g.launch[o] : g.duration[o];
+          if (s.ops[o].tags.microbatch == mb) of_mb += host ? g.launch[o] + g.tail[o] : g.duration[o];
         }
         least = std::min(least, of_mb);
       }

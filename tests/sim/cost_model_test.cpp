@@ -379,7 +379,7 @@ TEST_CASE("sim::read_profile: errors name the file, the field and the fix", "[si
         0);
   CHECK(err(R"({"schema_version": 1, "launch": {"computes": "1 us"}})") ==
         "p.json: /launch/computes: unknown field \"computes\" (accepted here: compute, memcpy, collective, send, recv, "
-        "host_sync); did you mean \"compute\"?");
+        "host_sync, grouped_gemm_group, event); did you mean \"compute\"?");
   CHECK(
       err(R"({"schema_version": 1, "compute": {"gemm": [[1e9, 1.5]]}})").find("/compute/gemm/0: efficiency must be") !=
       std::string::npos);
