@@ -15,11 +15,12 @@
 #include <vector>
 
 #include "backend/handles.hpp"
+#include "schedule/grouped_gemm_streams.hpp"
 
 namespace twinstep::backend {
 
-/// Transformer Engine's compute-stream count of its multi-stream grouped GEMM (num_compute_streams).
-inline constexpr std::size_t kGroupedGemmStreams = 4;
+/// Transformer Engine's compute-stream count of its multi-stream grouped GEMM (the IR's, which the simulator prices).
+using schedule::kGroupedGemmStreams;
 
 /// One side stream of the grouped GEMMs: the stream, a cuBLAS handle bound to it with its own workspace, and the
 /// event it records when its share of an op is done.

@@ -13,6 +13,7 @@
 #include "common/assert.hpp"
 #include "common/enum_names.hpp"
 #include "common/hash.hpp"
+#include "schedule/grouped_gemm_streams.hpp"
 #include "schedule/json.hpp"
 #include "schedule/kernel_math.hpp"
 #include "schedule/op_kind.hpp"
@@ -278,7 +279,7 @@ Nanos CostModel::host_tail_ns(const schedule::Op& op) const {
   const auto* g = c == nullptr ? nullptr : std::get_if<schedule::GroupedGemm>(&c->kernel);
   if (g == nullptr || g->m.empty()) return 0;
   const auto nonempty = static_cast<Nanos>(std::count_if(g->m.begin(), g->m.end(), [](auto m) { return m != 0; }));
-  const auto streams = static_cast<Nanos>(std::min<std::size_t>(g->m.size(), kGroupedGemmSideStreams));
+  const auto streams = static_cast<Nanos>(std::min<std::size_t>(g->m.size(), schedule::kGroupedGemmStreams));
   return std::max<Nanos>(0, nonempty - 1) * grouped_group_ns_ + (1 + 3 * streams) * event_ns_;
 }
 

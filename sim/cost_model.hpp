@@ -382,10 +382,9 @@ struct CommSpan {
 /// with accumulate into a bf16 C, when the profile has them), the measured non-causal attention tables (slots 9 and
 /// 10, read for non-causal attention kernels when the profile has them). The profile reader accepts these names only.
 /// Optional "launch" keys beyond the op classes: one extra group's GEMM call of a grouped GEMM, one event record or
-/// stream wait (CostModel::host_tail_ns), and the side streams a grouped GEMM forks to (backend kGroupedGemmStreams).
+/// stream wait (CostModel::host_tail_ns; a grouped GEMM forks to schedule::kGroupedGemmStreams side streams).
 inline constexpr const char* kGroupedGemmGroupLaunch = "grouped_gemm_group";
 inline constexpr const char* kEventLaunch = "event";
-inline constexpr std::size_t kGroupedGemmSideStreams = 4;
 
 inline constexpr int kKernelTableSlots = 11;
 inline constexpr std::array<const char*, kKernelTableSlots> kComputeTableNames = {"gemm",
