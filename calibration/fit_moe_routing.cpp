@@ -93,6 +93,17 @@ MoeRoutingCase read_case(const Json& c, const std::string& path, const std::stri
       const double kernels = step.contains("kernel_list") ? kernel_sum(step.at("kernel_list"), 0) : -1;
       out.fwd_gpu_s[op] = kernel_free ? 0.0 : kernels > 0 ? kernels : positive(step, "gpu_s", path, st);
       out.fwd_host_s[op] = positive(step, "host_s", path, st);
+      if (step.contains("kernel_list") && step.at("kernel_list").is_array()) {
+        double wait = 0;
+        for (const Json& e : step.at("kernel_list")) {
+          if (!e.is_array() || e.size() != 2 || !e[0].is_string() || !e[1].is_number()) break;
+          wait += e[1].get<double>();
+          if (e[0].get<std::string>().find("Memcpy DtoH") != std::string::npos) {
+            out.fwd_sync_wait_s[op] = wait;
+            break;
+          }
+        }
+      }
     }
     if (!s.contains("bwd")) throw ParseError(path, sp + "/bwd", "missing");
     const Json& b = s.at("bwd");
@@ -221,7 +232,73 @@ std::string host_check(const MoeRoutingCase& c, ml::RoutingSegment seg, const si
   return "moe_routing host " + key + ": " + shape_text(c) + b.data();
 }
 
+double launch_of(const sim::Profile& p, const char* key) {
+  const auto it = p.launch_s.find(key);
+  return it == p.launch_s.end() ? 0.0 : it->second;
+}
+
+/// One case's host figures per call ("fwd.<group>", "bwd.<segment>"): measured less what is charged apart
+/// (fit_moe_routing.hpp's fit_moe_routing_host).
+std::map<std::string, double> host_per_call(const MoeRoutingCase& c, const sim::Profile& p) {
+  const sim::FrameworkCosts& f = p.framework;
+  std::map<std::string, double> out;
+  for (const ml::RoutingSegment seg : ml::kRoutingSegments) {
+    if (seg == ml::RoutingSegment::kUnsort) continue;  // the sort's token step: the same call
+    std::size_t nodes = 0;
+    for (const auto& k : ml::routing_kernels(seg, shape_of(c), false, false)) {
+      nodes += k.node ? 1 : 0;
+      const std::string key = "fwd." + k.group;
+      if (out.count(key) == 0) out[key] = c.fwd_host_s.at(k.group);
+      if (k.kind == ml::EagerKind::kKernel) out[key] -= launch_of(p, "compute");
+      if (k.kind == ml::EagerKind::kCountD2H) {
+        const auto w = c.fwd_sync_wait_s.find(k.group);
+        out[key] -= launch_of(p, "memcpy") + launch_of(p, "host_sync") + positive_or_zero(f.host_sync_s) +
+                    (w == c.fwd_sync_wait_s.end() ? 0.0 : w->second);
+      }
+    }
+    const std::string key = std::string("bwd.") + ml::segment_key(seg);
+    out[key] = c.bwd_host_s.at(ml::segment_key(seg)) - positive_or_zero(f.backward_call_s) -
+               static_cast<double>(nodes) * positive_or_zero(f.per_autograd_node_s) -
+               static_cast<double>(ml::routing_kernels(seg, shape_of(c), false, true).size()) * launch_of(p, "compute");
+  }
+  return out;
+}
+
 }  // namespace
+
+void fit_moe_routing_host(const MoeRoutingInput& input, sim::Profile& profile, std::vector<std::string>& log) {
+  std::map<std::string, std::map<double, std::vector<double>>> by_call;  // call -> experts -> seconds per case
+  for (const MoeRoutingCase& c : input.cases) {
+    for (const auto& [call, s] : host_per_call(c, profile)) by_call[call][static_cast<double>(c.experts)].push_back(s);
+  }
+  for (const auto& [call, points] : by_call) {
+    sim::EfficiencyTable t;
+    std::string text;
+    for (const auto& [experts, secs] : points) {
+      const double m = median(secs);
+      std::array<char, 64> b{};
+      std::snprintf(b.data(), b.size(), "%sE %.0f: %.1f us", text.empty() ? "" : ", ", experts, m * 1e6);
+      text += b.data();
+      if (m > 0) t.points.emplace_back(experts, m);
+    }
+    if (t.points.size() != points.size()) {
+      log.push_back("moe_routing host per call " + call + ": " + text +
+                    " (not positive at some expert count: not written, the lowering counts it per kernel)");
+      continue;
+    }
+    profile.framework.moe_routing_calls[call] = t;
+    log.push_back("moe_routing host per call " + call + ": " + text);
+  }
+  log.push_back(
+      "moe_routing host per call: the figures above went to the profile's framework moe_routing_calls: the "
+      "measured host time of each call (" +
+      input.path +
+      ", median over the cases of one expert count) less the profile's launch figures of the ops the "
+      "lowering emits for it; a forward call that syncs also less host_sync's wake-up and framework share "
+      "and the profiler's GPU time up to its D2H copy; a backward also less backward_call and "
+      "per_autograd_node x the nodes its forward recorded. The lowering charges them in place of "
+      "per_kernel_launch / per_kernel_backward for these calls (the unsort's backward keeps those)");
+}
 
 MoeRoutingInput read_moe_routing(const std::string& path) {
   MoeRoutingInput in;
@@ -257,6 +334,7 @@ void fit_moe_routing(const MoeRoutingInput& input, double hbm_bytes_per_s, sim::
     points += v.size();
     profile.op_compute[stem] = table_of(std::move(v));
   }
+  fit_moe_routing_host(input, profile, log);
   profile.context["moe_routing_source"] = input.source;
   sim::FitSummary s;
   s.name = "moe_routing";

@@ -378,6 +378,10 @@ std::string host_costs_from_profile(const sim::Profile* profile, models::HostCos
   };
   const sim::FrameworkCosts& fw = profile->framework;
   std::string measured, missing;
+  for (const auto& [call, table] : fw.moe_routing_calls) {
+    auto& points = host.moe_routing_call_ns[call];
+    for (const auto& [experts, seconds] : table.points) points.emplace_back(experts, to_nanos(seconds));
+  }
   for (const auto& field : sim::kFrameworkFields) {
     const double seconds = fw.*field.member;
     if (seconds < 0) {  // not measured
@@ -393,6 +397,10 @@ std::string host_costs_from_profile(const sim::Profile* profile, models::HostCos
   }
   if (measured.empty()) return "none (no framework section in " + profile->name + ")";
   if (!missing.empty()) measured += "; not measured, 0 ns: " + missing;
+  if (!fw.moe_routing_calls.empty()) {
+    measured += "; eager MoE routing host per call measured for " + std::to_string(fw.moe_routing_calls.size()) +
+                " calls (moe_routing_calls)";
+  }
   return "framework section of " + profile->name + " (" + measured + ")";
 }
 

@@ -358,4 +358,21 @@ RunConfig apply_overlap_variant(const RunConfig& base, const OverlapVariant& var
   return c;
 }
 
+bool moe_routing_call_ns(const HostCosts& host, const std::string& call, double experts, Nanos& ns) {
+  const auto it = host.moe_routing_call_ns.find(call);
+  if (it == host.moe_routing_call_ns.end() || it->second.empty()) return false;
+  const auto& v = it->second;
+  if (experts <= v.front().first) {
+    ns = v.front().second;
+  } else if (experts >= v.back().first) {
+    ns = v.back().second;
+  } else {
+    std::size_t i = 1;
+    while (v[i].first < experts) ++i;
+    const double f = (experts - v[i - 1].first) / (v[i].first - v[i - 1].first);
+    ns = v[i - 1].second + static_cast<Nanos>(f * static_cast<double>(v[i].second - v[i - 1].second));
+  }
+  return true;
+}
+
 }  // namespace twinstep::models

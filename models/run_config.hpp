@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <string_view>
@@ -38,7 +39,14 @@ struct HostCosts {
   // EP-overlap path (combined 1F1B, megatron-overlap.md 6c item 2): explicit host ops per schedule node.
   Nanos ep_node_ns = 0;           ///< Per node: stream switch, detach/retain-grad, record_stream, state release.
   Nanos ep_backward_call_ns = 0;  ///< Per backward node: its own autograd-engine call (run_backward).
+  /// The eager MoE routing's host time per torch call ("fwd.<group>", "bwd.<segment>"; the profile's framework
+  /// "moe_routing_calls"), as (experts, ns) points ascending: a call found here gets one host op of this figure
+  /// (interpolated in the expert count, clamped at the ends) in place of the per-kernel counting.
+  std::map<std::string, std::vector<std::pair<double, Nanos>>> moe_routing_call_ns;
 };
+
+/// `host`'s figure for the eager routing call `call` at `experts` experts; false when it has none.
+bool moe_routing_call_ns(const HostCosts& host, const std::string& call, double experts, Nanos& ns);
 
 // Modes of a run, each with its Megatron spelling (JSON field values and CLI flag values alike). The spellings are
 // read only by parse_X (ParseError naming `field`, a JSON field or a flag, and the accepted names) and written only

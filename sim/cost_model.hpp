@@ -178,6 +178,11 @@ struct FrameworkCosts {
   /// One combined-1F1B schedule node beyond its two events and its body: stream switch, detach/requires_grad,
   /// record_stream, state release (the plain-torch proxy of torch_framework.py).
   double ep_node_s = -1;
+  /// Optional key "moe_routing_calls": the eager MoE routing's host time per torch call from its microbenchmark
+  /// (calibration/fit_moe_routing.hpp), by "fwd.<group>" (EagerKernel::group) and "bwd.<segment>" (one segment's
+  /// backward), as [experts, seconds] points: the measured host time less what the lowering and the simulator charge
+  /// apart (raw launches, a sync's wake-up, framework share and GPU wait; a backward's call and per-node costs).
+  std::map<std::string, EfficiencyTable> moe_routing_calls;
   std::string source;  ///< How it was measured (script, framework version).
 };
 

@@ -34,8 +34,10 @@
 //                   "per_autograd_node": ..., "per_kernel_backward": ..., "backward_call": ..., "host_sync": ...,
 //                   "optimizer_step": ..., "optimizer_per_param": ..., "optimizer_per_group": ..., "moe_router": ...,
 //                   "moe_preprocess": ...,
-//                   "moe_permute": ..., "moe_unpermute": ..., "ep_node": ..., "source": "..."},
-//                   (every figure optional: absent = not measured; sim::kFrameworkFields lists them)
+//                   "moe_permute": ..., "moe_unpermute": ..., "ep_node": ..., "source": "...",
+//                   "moe_routing_calls": {"fwd.router_logits_topk": [[experts, seconds], ...], "bwd.router": ...}},
+//                   (every figure optional: absent = not measured; sim::kFrameworkFields lists them;
+//                   moe_routing_calls: the eager MoE routing's host time per call, calibration/fit_moe_routing.hpp)
 //     "memory_overhead": {"cuda_context_bytes": 5.2e8, "cublas_workspace_bytes": 3.4e7,
 //                         "nccl_buffer_bytes_per_channel": 4.2e6, "allocator_reserved_over_allocated": 1.03,
 //                         "source": "..."},  (optional, later addition; each key optional: what the GPU measured)
@@ -276,9 +278,15 @@ void read_clock_model(const Reader& r, const Json& c, Profile& p) {
 
 /// "framework": host costs of the training framework (sim::kFrameworkFields lists the figures).
 void read_framework(const Reader& r, const Json& f, Profile& p) {
-  std::vector<std::string> keys{"source"};
+  std::vector<std::string> keys{"source", "moe_routing_calls"};
   for (const auto& fld : kFrameworkFields) keys.emplace_back(fld.key);
   r.keys(f, "/framework", keys);
+  if (f.contains("moe_routing_calls")) {  // [[experts, seconds], ...] by call: seconds are in (0, 1] like efficiencies
+    if (!f["moe_routing_calls"].is_object()) r.fail("/framework/moe_routing_calls", "expected an object by call");
+    for (const auto& item : f["moe_routing_calls"].items()) {
+      p.framework.moe_routing_calls[item.key()] = r.table(item.value(), "/framework/moe_routing_calls/" + item.key());
+    }
+  }
   for (const auto& fld : kFrameworkFields) {
     if (!f.contains(fld.key)) continue;
     const std::string path = std::string("/framework/") + fld.key;
@@ -591,6 +599,7 @@ std::string profile_to_json(const Profile& p) {
   for (const auto& fld : kFrameworkFields) {
     if (p.framework.*fld.member >= 0) fw[fld.key] = p.framework.*fld.member;
   }
+  for (const auto& [call, table] : p.framework.moe_routing_calls) fw["moe_routing_calls"][call] = table_json(table);
   if (!fw.empty()) {
     fw["source"] = p.framework.source;
     j["framework"] = fw;

@@ -1,6 +1,12 @@
 // MoE layers and token dispatchers (megatron-overlap.md sections 1 and 6): router, the alltoall / allgather / flex
 // dispatchers (preprocess, dispatch, experts' grouped GEMMs, combine) forward and backward, the shared expert on
 // the compute stream or overlapped on its own stream, and the EP comm stream pieces of the combined schedule.
+// GCC 12's -Wmaybe-uninitialized reports DepList's union (schedule/dep_list.hpp: heap_ is read only when cap_ says it
+// was set) in this file's lambdas once routing_ops() grew its host-figure branch: a false positive of its inlining.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include <type_traits>
 
 #include "models/lowering/moe_eager.hpp"
@@ -13,7 +19,26 @@ RoutingShape RankLowering::routing_shape() const {
 }
 
 void RankLowering::routing_ops(RoutingSegment segment, bool fused, bool backward, Phase ph, bool ep) {
+  // Eager calls with a measured host figure per call (HostCosts::moe_routing_call_ns; a backward: per segment) get
+  // one host op of it before their ops, which the enclosing call no longer counts per kernel; the others per kernel.
+  const HostCosts& hc = x_.cfg->host;
+  const double experts = fused ? -1.0 : static_cast<double>(k_.experts);
+  const auto measured = [&hc, experts](const std::string& call, Nanos& ns) {
+    return experts > 0 && moe_routing_call_ns(hc, call, experts, ns);
+  };
+  Nanos ns = 0;
+  const bool bwd_measured =
+      backward && segment != RoutingSegment::kUnsort && measured(std::string("bwd.") + segment_key(segment), ns);
+  if (bwd_measured) host(Name{"host_", segment_key(segment), -1, "_bwd"}, ns, ph);
+  std::string group;  // the call the previous kernel belongs to
+  bool group_measured = bwd_measured;
   for (const EagerKernel& e : routing_kernels(segment, routing_shape(), fused, backward)) {
+    if (!backward && e.group != group) {
+      group = e.group;
+      group_measured = measured("fwd." + group, ns);
+      if (group_measured) host(Name{"host_", group}, ns, ph);
+    }
+    const std::uint32_t counted = modules_.empty() ? 0 : modules_.back().kernels;
     const std::uint64_t nodes = nodes_;
     if (e.kind == EagerKind::kCountD2H) {  // nonzero's count: copied to the host, which blocks on it
       const OpId copy = kernel(e.name, schedule::Memcpy{e.bytes, schedule::CopyKind::kD2H}, ph);
@@ -24,6 +49,7 @@ void RankLowering::routing_ops(RoutingSegment segment, bool fused, bool backward
       else
         elementwise(e.name, e.bytes, ph);
     }
+    if (group_measured && !modules_.empty()) modules_.back().kernels = counted;  // in the call's figure
     // A torch call records one autograd node (on its first kernel) or none (integer / boolean outputs).
     if (!backward && fused_ == 0) nodes_ = nodes + (e.node ? 1 : 0);
   }

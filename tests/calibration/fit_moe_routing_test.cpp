@@ -107,3 +107,57 @@ TEST_CASE("calibration::moe_routing: a malformed file is a ParseError naming the
   }));
   CHECK_THROWS_WITH(fit_moe_routing(lacking, kHbm, p, log), twinstep_contains("no step \"permute_map_t\""));
 }
+
+TEST_CASE("calibration::moe_routing: each call's host figure is its measured host time less what is charged apart",
+          "[calibration][moe_routing]") {
+  const MoeRoutingInput in = read_moe_routing(kFixture);
+  REQUIRE(in.cases.size() == 2);
+  REQUIRE(in.cases[0].experts == in.cases[1].experts);  // one expert count: the median of two is their mean
+  sim::Profile p = sim::Profile::datasheet_defaults();
+  p.launch_s["compute"] = 0.5e-6;
+  p.launch_s["memcpy"] = 0.6e-6;
+  p.launch_s["host_sync"] = 0.1e-6;
+  p.framework.host_sync_s = 0.3e-6;
+  p.framework.backward_call_s = 3e-6;
+  p.framework.per_autograd_node_s = 0.6e-6;
+  std::vector<std::string> log;
+  fit_moe_routing_host(in, p, log);
+  const auto& calls = p.framework.moe_routing_calls;
+  const auto mean = [&](const std::function<double(const MoeRoutingCase&)>& f) {
+    return (f(in.cases[0]) + f(in.cases[1])) / 2;
+  };
+  const auto figure = [&](const std::string& call) {
+    const auto& t = calls.at(call);
+    REQUIRE(t.points.size() == 1);
+    CHECK(t.points[0].first == static_cast<double>(in.cases[0].experts));
+    return t.points[0].second;
+  };
+  // masked_select: 3 kernels and the count's D2H copy, its sync (wake-up + framework share); a CPU run's fixture has
+  // no profiler list, so no GPU wait before the copy.
+  CHECK(figure("fwd.permute_idx_select") ==
+        Approx(mean([](const MoeRoutingCase& c) { return c.fwd_host_s.at("permute_idx_select"); }) - 3 * 0.5e-6 -
+               (0.6e-6 + 0.1e-6 + 0.3e-6)));
+  // One kernel; the MoEAuxLossAutoScaler node launches none.
+  CHECK(figure("fwd.router_topk_softmax") ==
+        Approx(mean([](const MoeRoutingCase& c) { return c.fwd_host_s.at("router_topk_softmax"); }) - 0.5e-6));
+  CHECK(figure("fwd.router_aux_attach") ==
+        Approx(mean([](const MoeRoutingCase& c) { return c.fwd_host_s.at("router_aux_attach"); })));
+  // The router's backward with the aux loss: 11 kernels emitted, 9 nodes its forward recorded, one backward call.
+  CHECK(figure("bwd.router") == Approx(mean([](const MoeRoutingCase& c) { return c.bwd_host_s.at("router"); }) - 3e-6 -
+                                       9 * 0.6e-6 - 11 * 0.5e-6));
+  CHECK(calls.count("bwd.sort") == 1);
+  CHECK(calls.count("fwd.sort_tokens") == 1);
+  // Round trip through the profile's framework section.
+  const sim::Profile back = sim::profile_from_json(sim::profile_to_json(p), "roundtrip");
+  CHECK(back.framework.moe_routing_calls.at("bwd.router").points == calls.at("bwd.router").points);
+  // A launch figure above a call's measured time leaves no positive figure: not written, and the log says so.
+  sim::Profile slow = sim::Profile::datasheet_defaults();
+  slow.launch_s["compute"] = 1e-3;
+  std::vector<std::string> slow_log;
+  fit_moe_routing_host(in, slow, slow_log);
+  CHECK(slow.framework.moe_routing_calls.count("fwd.router_topk_softmax") == 0);
+  CHECK(slow.framework.moe_routing_calls.count("fwd.router_aux_attach") == 1);  // no kernel: nothing to subtract
+  bool said = false;
+  for (const auto& line : slow_log) said = said || line.find("router_topk_softmax: E 16") != std::string::npos;
+  CHECK(said);
+}

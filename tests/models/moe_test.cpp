@@ -656,6 +656,20 @@ TEST_CASE("models::moe: step FLOPs count only the active experts and match the s
   CHECK(n_active < 4.1e9);
 }
 
+namespace {
+
+/// Rank 0's host ops whose names end with `suffix`, their durations in schedule order.
+std::vector<Nanos> host_ops(const schedule::Schedule& s, const std::string& suffix) {
+  std::vector<Nanos> out;
+  for (const auto& op : s.ops) {
+    if (op.rank != 0 || !op.name.ends_with(suffix)) continue;
+    out.push_back(std::get<schedule::Host>(op.body).duration_ns);
+  }
+  return out;
+}
+
+}  // namespace
+
 TEST_CASE("models::moe: the alltoall dispatcher's host pieces, syncs and backward calls are emitted per layer",
           "[moe][host]") {
   const ModelSpec m = moe_model("qwen3-30b-a3b", 2);
@@ -667,14 +681,6 @@ TEST_CASE("models::moe: the alltoall dispatcher's host pieces, syncs and backwar
   c.host.host_sync_ns = 3000;
   c.host.moe_preprocess_ns = 20000;
   c.host.ep_backward_call_ns = 7000;
-  auto host_ops = [](const schedule::Schedule& s, const std::string& suffix) {
-    std::vector<Nanos> out;
-    for (const auto& op : s.ops) {
-      if (op.rank != 0 || !op.name.ends_with(suffix)) continue;
-      out.push_back(std::get<schedule::Host>(op.body).duration_ns);
-    }
-    return out;
-  };
   auto bwd_kernel_ns = [](const schedule::Schedule& s) {
     Nanos total = 0;
     for (const auto& op : s.ops) {
@@ -709,4 +715,27 @@ TEST_CASE("models::moe: the alltoall dispatcher's host pieces, syncs and backwar
   const Lowered overlap = lower(m, c);
   CHECK(host_ops(overlap.schedule, "host_moe_router").size() == 4);
   CHECK(host_ops(overlap.schedule, "moe_splits_sync_host").size() == 4);
+}
+
+TEST_CASE("models::moe: an eager routing call with a measured host figure is one host op of it, not per kernel",
+          "[moe][host]") {
+  const ModelSpec m = moe_model("qwen3-30b-a3b", 2);  // 128 experts
+  RunConfig c = moe_config(2, 2, 1, 1, 2);
+  c.host.per_module_call_ns = 1000;
+  c.host.per_kernel_launch_ns = 100;
+  c.host.per_kernel_backward_ns = 10;
+  c.host.moe_routing_call_ns["fwd.permute_idx_select"] = {{8, 50000}};  // clamped above its one point
+  c.host.moe_routing_call_ns["fwd.router_logits_topk"] = {{8, 40000}, {256, 80000}};
+  c.host.moe_routing_call_ns["bwd.router"] = {{8, 300000}};
+  const Lowered l = lower(m, c);
+  // 2 layers x 2 micro-batches. masked_select's 4 GPU ops (count, D2H, nonzero, gather) leave the permute's count.
+  CHECK(host_ops(l.schedule, "host_permute_idx_select") == std::vector<Nanos>(4, 50000));
+  CHECK(host_ops(l.schedule, "host_moe_permute") == std::vector<Nanos>(4, (12 - 4) * 100));
+  // Interpolated in the expert count: 40000 + (128 - 8) / (256 - 8) x 40000, truncated to ns.
+  CHECK(host_ops(l.schedule, "host_router_logits_topk") == std::vector<Nanos>(4, 40000 + 19354));
+  CHECK(host_ops(l.schedule, "host_moe_router") == std::vector<Nanos>(4, 1000 + (25 - 1) * 100));
+  CHECK(host_ops(l.schedule, "host_router_bwd") == std::vector<Nanos>(4, 300000));
+  // A call without a figure keeps the per-kernel counting.
+  CHECK(host_ops(l.schedule, "host_moe_unpermute") == std::vector<Nanos>(4, 2 * 100));
+  CHECK(host_ops(l.schedule, "host_permute_probs_select").empty());
 }
