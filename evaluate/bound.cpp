@@ -23,9 +23,11 @@ CriticalPath path_at(const models::ModelSpec& model, const sim::CostModel& costs
       static_cast<std::uint32_t>(micro_batches * config.micro_batch_size * models::derived_dp(config));
   models::LowerOptions o;
   o.one_rank_per_stage = true;
-  // Names only where the profile has per-op tables (critical_path then takes the cheaper of the op's and its
-  // class's): costs never depend on them otherwise.
-  o.op_names = !costs.profile().op_compute.empty();
+  // No op names, as the sweep's simulation lowers without them (sweep/evaluate_point.cpp): both then price every
+  // kernel by its class table, so the bound stays a bound of what the sweep simulates, and building every op's name
+  // (a profile with per-op tables, e.g. h100x1's eager MoE routing ones, once turned this on) cost the GPT-3 175B
+  // grid a quarter of its CPU time.
+  o.op_names = false;
   return critical_path(models::lower(model, c, o).schedule, costs, count_comm);
 }
 
