@@ -38,7 +38,7 @@ double priced(const sim::Profile& p, const char* phase, const std::vector<ml::Ea
 std::string edited(const std::function<void(nlohmann::json&)>& edit) {
   nlohmann::json j = nlohmann::json::parse(read_file(kFixture));
   edit(j);
-  const std::string path = "moe_routing_edited.json";
+  std::string path = "moe_routing_edited.json";
   write_file_atomic(path, j.dump());
   return path;
 }
